@@ -1,0 +1,44 @@
+"""Application state captured by the operator's own scripts."""
+
+from __future__ import annotations
+
+from prefect.blocks.core import Block
+from pydantic import BaseModel, Field, SecretStr, field_validator
+
+from tasks.ids import check_object_name
+
+
+class AppStateStep(BaseModel):
+    """One piece of state: `backup_command` writes it to stdout, `restore_command` reads stdin."""
+
+    name: str = Field(description="object name in the backup, e.g. 'sessions'")
+    backup_command: list[str] = Field(min_length=1, description="argv; no shell")
+    restore_command: list[str] = Field(min_length=1, description="argv; reads the state on stdin")
+    env: dict[str, str] = Field(default_factory=dict)
+    secret_env: dict[str, SecretStr] = Field(default_factory=dict, description="env vars kept secret")
+    cwd: str | None = None
+    timeout_seconds: float = Field(default=3600, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return check_object_name(value)
+
+    def environment(self) -> dict[str, str]:
+        return {**self.env, **{k: v.get_secret_value() for k, v in self.secret_env.items()}}
+
+
+class AppStateTarget(Block):
+    _block_type_name = "KLB App State Target"
+    _block_type_slug = "klb-app-state-target"
+    _description = "Custom scripts whose stdout is application state (backup) and stdin restores it."
+
+    steps: list[AppStateStep] = Field(min_length=1)
+
+    @field_validator("steps")
+    @classmethod
+    def _unique(cls, steps: list[AppStateStep]) -> list[AppStateStep]:
+        names = [s.name for s in steps]
+        if len(set(names)) != len(names):
+            raise ValueError(f"step names must be unique: {names}")
+        return steps

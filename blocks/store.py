@@ -1,0 +1,82 @@
+"""Store blocks: where backups go. Configuration only; tasks/backends.py does the I/O."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from prefect.blocks.core import Block
+from prefect_aws import AwsCredentials
+from pydantic import Field, SecretStr
+
+from tasks.models import Compression
+
+DEFAULT_LOCAL_STORE = Path.home() / ".local/share/knative-lambda-backup/store"
+
+
+def default_local_path() -> str:
+    return os.environ.get("KLB_STORE_DIR") or str(DEFAULT_LOCAL_STORE)
+
+
+class StoreBlock(Block):
+    """Settings every store shares."""
+
+    prefix: str = Field(
+        default="backups",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$",
+        description="key prefix: objects go to <prefix>/<component>/<YYYY-MM-DD>/<backup-id>/",
+    )
+    compression: Compression = Field(
+        default=Compression.zstd,
+        description="zstd is fast; gzip matches the runbook's manual `gunzip` commands",
+    )
+    compression_level: int | None = Field(default=None, ge=1, le=19)
+    encryption_key: SecretStr | None = Field(
+        default=None,
+        description="client-side AES-256-GCM key (any secret string). Lose it and the backups are lost.",
+    )
+    verify_after_write: bool = Field(
+        default=True,
+        description="read every object back and check sha256 before the manifest is written",
+    )
+
+    @property
+    def location(self) -> str:
+        raise NotImplementedError
+
+
+class LocalStore(StoreBlock):
+    """A directory: the embedded default, so everything runs with no cloud."""
+
+    _block_type_name = "KLB Local Store"
+    _block_type_slug = "klb-local-store"
+    _description = "Backups in a local directory (or a mounted volume)."
+
+    path: str = Field(default_factory=default_local_path, description="directory of the store")
+
+    @property
+    def location(self) -> str:
+        return str(Path(self.path) / self.prefix)
+
+
+class S3Store(StoreBlock):
+    """An S3 (or S3-compatible) bucket, with server-side encryption on every object."""
+
+    _block_type_name = "KLB S3 Store"
+    _block_type_slug = "klb-s3-store"
+    _description = "Backups in an S3 bucket: SSE on every object, multipart streaming uploads."
+
+    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    credentials: AwsCredentials = Field(
+        default_factory=AwsCredentials,
+        description="prefect-aws credentials; aws_client_parameters.endpoint_url for S3-compatible servers",
+    )
+    server_side_encryption: Literal["AES256", "aws:kms"] = "AES256"
+    kms_key_id: str | None = Field(default=None, description="KMS key for aws:kms")
+    part_size_mib: int = Field(default=16, ge=5, le=512, description="multipart part size")
+    max_concurrency: int = Field(default=4, ge=1, le=32, description="parts uploaded at once")
+
+    @property
+    def location(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"

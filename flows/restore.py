@@ -1,0 +1,38 @@
+"""Restore flows: verify the backup whole first, then the component's aside/verify/cut-over."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.blocks.core import Block
+
+from blocks.store import StoreBlock
+from flows.common import load_store
+from tasks.catalog import get_backup
+from tasks.components import ComponentName, load_target, restore_task, verify_task
+
+
+@flow(name="restore-component")
+def restore_component(
+    component: ComponentName,
+    backup_id: str = "latest",
+    target: str | Block | None = None,
+    store: str | StoreBlock | None = None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Restore one component from a backup id (or 'latest'). Refuses a corrupted backup before
+    the target is touched."""
+    component = ComponentName(component).value
+    store_block = load_store(store)
+    manifest = get_backup(store_block, backup_id, component)
+    target_block = load_target(component, target)
+    verify_task(manifest, store_block, target_block)
+    report = restore_task(manifest, target_block, store_block, options)
+    get_run_logger().info("restored %s from %s", component, manifest.id)
+    create_markdown_artifact(
+        key=f"restore-{component}",
+        markdown=f"# Restore of {component} from {manifest.id}\n\n```json\n{report}\n```\n",
+    )
+    return {"backup_id": manifest.id, **report}

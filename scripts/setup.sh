@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what the project needs on Debian bookworm (as root) and creates .venv from the lock.
+# Idempotent: re-running it is cheap. Used by `make demo` and `make test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(postgresql-client postgresql etcd-server etcd-client prometheus-pushgateway prometheus zstd pigz)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: missing Debian packages: ${missing[*]}; run as root or install them with apt-get" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts these as services; the project runs its own throwaway instances instead.
+  for svc in etcd prometheus prometheus-pushgateway; do
+    (command -v systemctl >/dev/null && systemctl disable --now "$svc" >/dev/null 2>&1) || true
+    pkill -x "$svc" >/dev/null 2>&1 || true
+  done
+fi
+
+# RabbitMQ runs on this machine kind; its management API is what the project talks to.
+if command -v rabbitmq-plugins >/dev/null; then
+  rabbitmq-plugins enable --quiet rabbitmq_management >/dev/null 2>&1 || true
+fi
+
+PY=${PYTHON:-python3.11}
+stamp=.venv/.lock-stamp
+if [ ! -x .venv/bin/python ] || ! cmp -s requirements.lock "$stamp" 2>/dev/null; then
+  echo "setup: creating .venv from requirements.lock"
+  "$PY" -m venv .venv
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q -r requirements.lock 2> >(grep -v "^WARNING: Location" >&2)
+  cp requirements.lock "$stamp"
+fi

@@ -1,0 +1,1 @@
+"""Small, reusable pieces: the store, the catalog, and one module per component."""

@@ -1,0 +1,237 @@
+"""Streaming encode/decode: compress, then optionally encrypt, in bounded memory.
+
+Encryption is chunked AES-256-GCM (the STREAM construction): each record carries its index
+and a final flag in the nonce, so re-ordered, truncated or extended ciphertext fails
+authentication. The key is derived with scrypt from a secret and a per-object salt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import zlib
+from collections.abc import Iterable, Iterator
+
+import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from tasks.errors import BadInput, IntegrityError
+from tasks.models import Compression, Encryption
+
+MAGIC = b"KLBENC1\n"
+SALT_LEN = 16
+PREFIX_LEN = 7
+CHUNK = 256 * 1024
+TAG = 16
+RECORD = CHUNK + TAG
+HEADER_LEN = len(MAGIC) + SALT_LEN + PREFIX_LEN
+
+
+def derive_key(secret: str, salt: bytes) -> bytes:
+    if not secret:
+        raise BadInput("the encryption key is empty: set a non-empty secret")
+    return Scrypt(salt=salt, length=32, n=2**14, r=8, p=1).derive(secret.encode())
+
+
+def _nonce(prefix: bytes, index: int, final: bool) -> bytes:
+    if index >= 2**32:
+        raise IntegrityError("encrypted stream too long (over 2^32 records)")
+    return prefix + struct.pack(">I?", index, final)
+
+
+class _Compressor:
+    def __init__(self, kind: Compression, level: int | None) -> None:
+        self.kind = kind
+        if kind is Compression.zstd:
+            self._obj = zstandard.ZstdCompressor(level=level or 3, threads=-1).compressobj()
+        elif kind is Compression.gzip:
+            self._obj = zlib.compressobj(level or 6, zlib.DEFLATED, 31)
+        else:
+            self._obj = None
+
+    def update(self, data: bytes) -> bytes:
+        return self._obj.compress(data) if self._obj else data
+
+    def finish(self) -> bytes:
+        return self._obj.flush() if self._obj else b""
+
+
+class _Decompressor:
+    def __init__(self, kind: Compression) -> None:
+        self.kind = kind
+        if kind is Compression.zstd:
+            self._obj = zstandard.ZstdDecompressor().decompressobj()
+        elif kind is Compression.gzip:
+            self._obj = zlib.decompressobj(31)
+        else:
+            self._obj = None
+
+    def update(self, data: bytes) -> bytes:
+        if not self._obj or not data:
+            return data
+        if self._obj.eof:
+            raise IntegrityError(f"{self.kind} data has trailing bytes after its end")
+        try:
+            return self._obj.decompress(data)
+        except (zstandard.ZstdError, zlib.error) as exc:
+            raise IntegrityError(f"{self.kind} data is corrupt: {exc}") from None
+
+    def finish(self) -> bytes:
+        if self.kind is Compression.gzip:
+            tail = self._obj.flush()
+            if not self._obj.eof:
+                raise IntegrityError("gzip stream is truncated")
+            return tail
+        if self.kind is Compression.zstd and not self._obj.eof:
+            raise IntegrityError("zstd stream is truncated")
+        return b""
+
+
+class _Encryptor:
+    def __init__(self, secret: str) -> None:
+        salt, self._prefix = os.urandom(SALT_LEN), os.urandom(PREFIX_LEN)
+        self._aead = AESGCM(derive_key(secret, salt))
+        self._header = MAGIC + salt + self._prefix
+        self._buf = bytearray()
+        self._index = 0
+        self._started = False
+
+    def _seal(self, data: bytes, final: bool) -> bytes:
+        out = self._aead.encrypt(_nonce(self._prefix, self._index, final), data, self._header)
+        self._index += 1
+        return out
+
+    def update(self, data: bytes) -> bytes:
+        out = bytearray()
+        if not self._started:
+            out += self._header
+            self._started = True
+        self._buf += data
+        while len(self._buf) > CHUNK:
+            out += self._seal(bytes(self._buf[:CHUNK]), False)
+            del self._buf[:CHUNK]
+        return bytes(out)
+
+    def finish(self) -> bytes:
+        head = self.update(b"")
+        return head + self._seal(bytes(self._buf), True)
+
+
+class _Decryptor:
+    def __init__(self, secret: str | None) -> None:
+        self._secret = secret
+        self._aead: AESGCM | None = None
+        self._buf = bytearray()
+        self._index = 0
+
+    def _open(self, record: bytes, final: bool) -> bytes:
+        try:
+            out = self._aead.decrypt(_nonce(self._prefix, self._index, final), record, self._header)
+        except InvalidTag:
+            raise IntegrityError(
+                "decryption failed: the encryption key is wrong, or the object was altered, "
+                "truncated or re-ordered"
+            ) from None
+        self._index += 1
+        return out
+
+    def update(self, data: bytes) -> bytes:
+        self._buf += data
+        if self._aead is None:
+            if len(self._buf) < HEADER_LEN:
+                return b""
+            if not self._buf.startswith(MAGIC):
+                raise IntegrityError("object is not in the encrypted format its manifest declares")
+            if not self._secret:
+                raise BadInput(
+                    "this backup is encrypted: configure the store's encryption_key with the "
+                    "key it was written with"
+                )
+            salt = bytes(self._buf[len(MAGIC) : len(MAGIC) + SALT_LEN])
+            self._prefix = bytes(self._buf[len(MAGIC) + SALT_LEN : HEADER_LEN])
+            self._header = bytes(self._buf[:HEADER_LEN])
+            self._aead = AESGCM(derive_key(self._secret, salt))
+            del self._buf[:HEADER_LEN]
+        out = bytearray()
+        while len(self._buf) > RECORD:
+            out += self._open(bytes(self._buf[:RECORD]), False)
+            del self._buf[:RECORD]
+        return bytes(out)
+
+    def finish(self) -> bytes:
+        if self._aead is None:
+            raise IntegrityError("encrypted object is truncated (no header)")
+        return self._open(bytes(self._buf), True)
+
+
+class Encoder:
+    """raw bytes -> (compress) -> (encrypt) -> stored bytes, hashing both ends."""
+
+    def __init__(self, compression: Compression, secret: str | None, level: int | None = None):
+        self.compression = compression
+        self.encryption = Encryption.aes256gcm if secret else Encryption.none
+        self._comp = _Compressor(compression, level)
+        self._enc = _Encryptor(secret) if secret else None
+        self.raw_hash, self.raw_size = hashlib.sha256(), 0
+        self.hash, self.size = hashlib.sha256(), 0
+
+    def _out(self, data: bytes) -> bytes:
+        if self._enc:
+            data = self._enc.update(data)
+        self.hash.update(data)
+        self.size += len(data)
+        return data
+
+    def update(self, data: bytes) -> bytes:
+        self.raw_hash.update(data)
+        self.raw_size += len(data)
+        return self._out(self._comp.update(data))
+
+    def finish(self) -> bytes:
+        tail = self._comp.finish()
+        if self._enc:
+            tail = self._enc.update(tail) + self._enc.finish()
+        self.hash.update(tail)
+        self.size += len(tail)
+        return tail
+
+
+class Decoder:
+    """stored bytes -> (decrypt) -> (decompress) -> raw bytes, hashing both ends."""
+
+    def __init__(self, compression: Compression, encryption: Encryption, secret: str | None):
+        self._dec = _Decryptor(secret) if encryption is Encryption.aes256gcm else None
+        self._comp = _Decompressor(compression)
+        self.hash, self.size = hashlib.sha256(), 0
+        self.raw_hash, self.raw_size = hashlib.sha256(), 0
+
+    def _raw(self, data: bytes) -> bytes:
+        self.raw_hash.update(data)
+        self.raw_size += len(data)
+        return data
+
+    def update(self, data: bytes) -> bytes:
+        self.hash.update(data)
+        self.size += len(data)
+        if self._dec:
+            data = self._dec.update(data)
+        return self._raw(self._comp.update(data))
+
+    def finish(self) -> bytes:
+        data = self._dec.finish() if self._dec else b""
+        return self._raw(self._comp.update(data) + self._comp.finish())
+
+
+def iter_chunks(source: Iterable[bytes] | object, size: int = 1024 * 1024) -> Iterator[bytes]:
+    """Chunks from a file-like (read) or an iterable of bytes."""
+    read = getattr(source, "read", None)
+    if read is not None:
+        while chunk := read(size):
+            yield chunk
+        return
+    for chunk in source:  # type: ignore[union-attr]
+        if chunk:
+            yield bytes(chunk)

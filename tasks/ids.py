@@ -1,0 +1,48 @@
+"""Backup ids and object names: safe as S3 keys and as path components, or rejected."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import UTC, datetime
+
+from tasks.errors import BadInput
+
+COMPONENT_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+BACKUP_ID_RE = re.compile(r"^(?P<component>[a-z][a-z0-9-]*?)-(?P<ts>\d{8}T\d{6}Z)-(?P<rand>[0-9a-f]{6})$")
+OBJECT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+TS_FORMAT = "%Y%m%dT%H%M%SZ"
+
+
+def check_component_name(name: str) -> str:
+    if not isinstance(name, str) or not COMPONENT_RE.fullmatch(name):
+        raise BadInput(f"invalid component name {name!r}: use lower-case letters, digits and single hyphens")
+    return name
+
+
+def new_backup_id(component: str, now: datetime | None = None) -> str:
+    check_component_name(component)
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    return f"{component}-{now.strftime(TS_FORMAT)}-{secrets.token_hex(3)}"
+
+
+def parse_backup_id(backup_id: str) -> tuple[str, datetime]:
+    """Return (component, start time) of a well-formed id; refuse anything else."""
+    if not isinstance(backup_id, str) or not backup_id:
+        raise BadInput("empty backup id: pass an id from the catalog, or 'latest'")
+    match = BACKUP_ID_RE.fullmatch(backup_id)
+    if not match:
+        raise BadInput(
+            f"malformed backup id {backup_id[:80]!r}: ids look like "
+            "'postgres-20260115T143000Z-1a2b3c'; list them with `python -m flows.catalog list`"
+        )
+    started = datetime.strptime(match["ts"], TS_FORMAT).replace(tzinfo=UTC)
+    return match["component"], started
+
+
+def check_object_name(name: str) -> str:
+    if not isinstance(name, str) or not OBJECT_NAME_RE.fullmatch(name) or ".." in name:
+        raise BadInput(
+            f"invalid object name {name!r}: use letters, digits, '.', '_' and '-' (no '/' or '..')"
+        )
+    return name

@@ -1,0 +1,105 @@
+"""Pydantic models at the store's edge: what a backup is, as written in its manifest."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, Field, field_validator
+
+from tasks.ids import check_component_name, check_object_name, parse_backup_id
+
+MANIFEST_NAME = "manifest.json"
+
+
+class Compression(StrEnum):
+    zstd = "zstd"
+    gzip = "gzip"
+    none = "none"
+
+
+class Encryption(StrEnum):
+    none = "none"
+    aes256gcm = "aes-256-gcm-stream"
+
+
+class StoredObject(BaseModel):
+    """One stored object of a backup: sizes and sha256 of the stored bytes and of the raw stream."""
+
+    name: str
+    key: str
+    size: int = Field(ge=0, description="bytes as stored (compressed, encrypted)")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    raw_size: int = Field(ge=0, description="bytes of the stream the engine produced")
+    raw_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    compression: Compression
+    encryption: Encryption
+    version_id: str | None = Field(default=None, description="S3 object version, when versioned")
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    _check_name = field_validator("name")(lambda cls, v: check_object_name(v))
+
+
+class Manifest(BaseModel):
+    """A backup exists when, and only when, its manifest is stored. Written last."""
+
+    schema_version: int = 1
+    id: str
+    component: str
+    source_time: AwareDatetime = Field(description="time of the source snapshot the data reflects")
+    started_at: AwareDatetime
+    finished_at: AwareDatetime
+    objects: list[StoredObject]
+    engine: dict[str, Any] = Field(default_factory=dict, description="engine facts")
+    fingerprint: dict[str, Any] | None = Field(default=None, description="content fingerprint")
+    expires_at: AwareDatetime | None = None
+    verified_at: AwareDatetime | None = Field(default=None, description="read back after write")
+    labels: dict[str, str] = Field(default_factory=dict)
+    checksum: str | None = Field(default=None, description="sha256 of this manifest without this field")
+
+    def computed_checksum(self) -> str:
+        body = self.model_dump_json(exclude={"checksum"}).encode()
+        return hashlib.sha256(body).hexdigest()
+
+    def sealed(self) -> Manifest:
+        return self.model_copy(update={"checksum": self.computed_checksum()})
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_valid(cls, value: str) -> str:
+        parse_backup_id(value)
+        return value
+
+    @field_validator("component")
+    @classmethod
+    def _component_is_valid(cls, value: str) -> str:
+        return check_component_name(value)
+
+    @property
+    def size(self) -> int:
+        return sum(o.size for o in self.objects)
+
+    @property
+    def raw_size(self) -> int:
+        return sum(o.raw_size for o in self.objects)
+
+    def object(self, name: str) -> StoredObject:
+        for obj in self.objects:
+            if obj.name == name:
+                return obj
+        raise KeyError(f"backup {self.id} has no object {name!r}")
+
+    def age(self, now: datetime | None = None) -> float:
+        return ((now or datetime.now(UTC)) - self.source_time).total_seconds()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "component": self.component,
+            "source_time": self.source_time.isoformat(),
+            "objects": len(self.objects),
+            "size": self.size,
+            "raw_size": self.raw_size,
+        }

@@ -1,0 +1,176 @@
+"""Run engines (pg_dump, etcdctl, scripts) as argv lists, never through a shell.
+
+stdout streams through the caller in bounded chunks; stderr is kept (bounded) for the error
+message and the logs; a non-zero exit, a signal or a timeout raises ComponentFailed.
+Secrets go in `env`, never in argv.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+
+from tasks.errors import ComponentFailed, ConfigurationError
+
+log = logging.getLogger(__name__)
+STDERR_KEEP = 64 * 1024
+CHUNK = 1024 * 1024
+
+
+class _StderrTail(threading.Thread):
+    def __init__(self, stream) -> None:
+        super().__init__(daemon=True)
+        self.stream, self.lines, self.size = stream, deque(), 0
+
+    def run(self) -> None:
+        for raw in iter(self.stream.readline, b""):
+            line = raw.decode(errors="replace").rstrip()
+            self.lines.append(line)
+            self.size += len(line)
+            while self.size > STDERR_KEEP and self.lines:
+                self.size -= len(self.lines.popleft())
+
+    def text(self) -> str:
+        self.join(timeout=5)
+        return "\n".join(self.lines)
+
+
+def _spawn(argv: Sequence[str], env: Mapping[str, str] | None, cwd: str | None, stdin) -> subprocess.Popen:
+    if isinstance(argv, str) or not argv:
+        raise ConfigurationError("a command must be a non-empty list of arguments, not a shell string")
+    full_env = {**os.environ, **(env or {})}
+    try:
+        return subprocess.Popen(
+            list(argv),
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=full_env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        raise ConfigurationError(
+            f"command not found: {argv[0]} (install it or fix the target's command)"
+        ) from None
+    except PermissionError:
+        raise ConfigurationError(f"command not executable: {argv[0]}") from None
+
+
+class _Watchdog:
+    def __init__(self, proc: subprocess.Popen, timeout: float | None) -> None:
+        self.fired = False
+        self._timer = threading.Timer(timeout, self._kill, args=(proc,)) if timeout else None
+        if self._timer:
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _kill(self, proc: subprocess.Popen) -> None:
+        self.fired = True
+        proc.kill()
+
+    def cancel(self) -> None:
+        if self._timer:
+            self._timer.cancel()
+
+
+def _finish(proc: subprocess.Popen, stderr: _StderrTail, name: str, dog: _Watchdog, timeout) -> str:
+    rc = proc.wait()
+    dog.cancel()
+    err = stderr.text()
+    for line in err.splitlines()[-20:]:
+        log.info("%s: %s", name, line)
+    if dog.fired:
+        raise ComponentFailed(f"{name} timed out after {timeout}s and was killed")
+    if rc != 0:
+        tail = "\n".join(err.splitlines()[-8:]) or "(no error output)"
+        how = f"was killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
+        raise ComponentFailed(f"{name} {how}:\n{tail}")
+    return err
+
+
+@contextmanager
+def stream_stdout(
+    argv: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    timeout: float | None = None,
+    name: str | None = None,
+) -> Iterator[Iterator[bytes]]:
+    """`with stream_stdout([...]) as out: store.write(name, out)`; raises if the command failed."""
+    name = name or os.path.basename(argv[0])
+    proc = _spawn(argv, env, cwd, subprocess.DEVNULL)
+    stderr = _StderrTail(proc.stderr)
+    stderr.start()
+    dog = _Watchdog(proc, timeout)
+
+    def chunks() -> Iterator[bytes]:
+        while data := proc.stdout.read1(CHUNK):
+            yield data
+        # the stream ended: it counts only if the command succeeded
+        _finish(proc, stderr, name, dog, timeout)
+
+    try:
+        yield chunks()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        dog.cancel()
+        proc.stdout.close()
+
+
+def feed_stdin(
+    argv: Sequence[str],
+    chunks: Iterable[bytes],
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    timeout: float | None = None,
+    name: str | None = None,
+) -> str:
+    """Stream `chunks` into the command's stdin; return its stdout (bounded). Raises on failure."""
+    name = name or os.path.basename(argv[0])
+    proc = _spawn(argv, env, cwd, subprocess.PIPE)
+    stderr = _StderrTail(proc.stderr)
+    stderr.start()
+    out: deque[bytes] = deque(maxlen=64)
+    reader = threading.Thread(
+        target=lambda: out.extend(iter(lambda: proc.stdout.read1(CHUNK), b"")), daemon=True
+    )
+    reader.start()
+    dog = _Watchdog(proc, timeout)
+    try:
+        for chunk in chunks:
+            proc.stdin.write(chunk)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass  # the command stopped reading; its exit status says why
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        dog.cancel()
+        raise
+    finally:
+        if not proc.stdin.closed:
+            with suppress(BrokenPipeError):
+                proc.stdin.close()
+    _finish(proc, stderr, name, dog, timeout)
+    reader.join(timeout=5)
+    return b"".join(out).decode(errors="replace")
+
+
+def run(
+    argv: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    timeout: float | None = 120,
+    name: str | None = None,
+) -> str:
+    """Run a short command and return its stdout; raises ComponentFailed on failure."""
+    with stream_stdout(argv, env, cwd, timeout, name) as out:
+        return b"".join(out).decode(errors="replace")

@@ -1,0 +1,127 @@
+"""Session-wide real services: each starts once, on loopback, and stops at the end.
+
+A service that cannot start fails the tests that need it, with how to get it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+
+import pytest
+
+from tests import services
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+
+
+def _start(request, starter, *args, **kwargs) -> services.Service:
+    try:
+        svc = starter(*args, **kwargs)
+    except services.ServiceMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    request.addfinalizer(svc.stop)
+    return svc
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_dirs(tmp_path_factory):
+    """Flows called with no store use the embedded local store: keep it inside the test run."""
+    store_dir = tmp_path_factory.mktemp("default-store")
+    os.environ["KLB_STORE_DIR"] = str(store_dir)
+    yield
+    run = services.RUN_DIR / f"test-{os.getpid()}"
+    shutil.rmtree(run, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One Prefect test server for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def moto(request) -> services.Service:
+    return _start(request, services.start_moto)
+
+
+@pytest.fixture(scope="session")
+def postgres(request) -> services.Service:
+    return _start(request, services.start_postgres, "pg-" + secrets.token_hex(12))
+
+
+@pytest.fixture(scope="session")
+def etcd(request) -> services.Service:
+    return _start(request, services.start_etcd)
+
+
+@pytest.fixture(scope="session")
+def pushgateway(request) -> services.Service:
+    return _start(request, services.start_pushgateway)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(request) -> services.Service:
+    return _start(request, services.rabbitmq_management)
+
+
+@pytest.fixture
+def s3_bucket(moto):
+    """A fresh bucket on the session's moto server, and its S3Store factory."""
+    import boto3
+
+    name = "klb-" + secrets.token_hex(6)
+    client = boto3.client(
+        "s3",
+        endpoint_url=moto.url,
+        region_name="us-west-2",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",  # noqa: S106 - moto
+    )
+    client.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
+    return name, client
+
+
+@pytest.fixture
+def s3_store(moto, s3_bucket):
+    from prefect_aws import AwsCredentials
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    from blocks.store import S3Store
+
+    name, _ = s3_bucket
+
+    def make(**kwargs) -> S3Store:
+        creds = AwsCredentials(
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-west-2",
+            aws_client_parameters=AwsClientParameters(endpoint_url=moto.url),
+        )
+        return S3Store(bucket=name, credentials=creds, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def local_store(tmp_path):
+    from blocks.store import LocalStore
+
+    def make(**kwargs) -> LocalStore:
+        return LocalStore(path=str(tmp_path / "store"), **kwargs)
+
+    return make
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_store(request):
+    """Every store test runs against both backends."""
+    if request.param == "local":
+        return request.getfixturevalue("local_store")
+    return request.getfixturevalue("s3_store")

@@ -1,0 +1,190 @@
+"""The store against both backends: the embedded local directory and moto's S3 over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+
+import pytest
+from pydantic import SecretStr
+
+from tasks.backends import backend_for
+from tasks.catalog import backup_at_or_before, get_backup, list_backups, verify_backup
+from tasks.errors import BadInput, ComponentFailed, IntegrityError, NotFound
+from tasks.models import MANIFEST_NAME, Compression
+from tasks.proc import stream_stdout
+from tasks.store import backup_session, read_object
+
+GIB = 1024**3
+
+
+def random_stream(total: int, digest):
+    sent = 0
+    while sent < total:
+        chunk = os.urandom(min(4 * 1024 * 1024, total - sent))
+        digest.update(chunk)
+        sent += len(chunk)
+        yield chunk
+
+
+def take_backup(store, data: bytes = b"hello world\n" * 1000, names=("data",), component="app-state"):
+    with backup_session(store, component) as session:
+        for name in names:
+            session.write(name, [data])
+        return session.commit()
+
+
+def all_keys(store) -> list[str]:
+    return list(backend_for(store).list_keys(store.prefix))
+
+
+@pytest.mark.slow
+def test_one_gib_stream_round_trips_with_identical_sha256(any_store):
+    store = any_store()
+    sent = hashlib.sha256()
+    with backup_session(store, "app-state") as session:
+        session.write("big", random_stream(GIB, sent))
+        manifest = session.commit()
+    assert manifest.objects[0].raw_size == GIB
+    assert manifest.objects[0].raw_sha256 == sent.hexdigest()
+    got, size = hashlib.sha256(), 0
+    for chunk in read_object(store, manifest.object("big")):
+        got.update(chunk)
+        size += len(chunk)
+    assert (size, got.hexdigest()) == (GIB, sent.hexdigest())
+
+
+def test_every_s3_object_carries_sse_aes256(s3_store, s3_bucket):
+    store = s3_store(part_size_mib=5)
+    take_backup(store, os.urandom(12 * 1024 * 1024), names=("multipart", "small"))
+    bucket, client = s3_bucket
+    keys = all_keys(store)
+    assert len(keys) == 3 and any(k.endswith(MANIFEST_NAME) for k in keys)
+    for key in keys:
+        assert client.head_object(Bucket=bucket, Key=key)["ServerSideEncryption"] == "AES256"
+
+
+def test_versioned_bucket_pins_object_versions(s3_store, s3_bucket):
+    bucket, client = s3_bucket
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    store = s3_store()
+    manifest = take_backup(store)
+    obj = manifest.object("data")
+    assert obj.version_id
+    client.put_object(Bucket=bucket, Key=obj.key, Body=b"overwritten", ServerSideEncryption="AES256")
+    assert b"".join(read_object(store, obj)) == b"hello world\n" * 1000  # the pinned version
+
+
+def _flip_byte(store, key: str, s3_bucket=None) -> None:
+    backend = backend_for(store)
+    data = bytearray(backend.get_bytes(key))
+    data[len(data) // 2] ^= 0x01
+    backend.put_bytes(key, bytes(data))
+
+
+@pytest.mark.parametrize("compression", [Compression.zstd, Compression.gzip, Compression.none])
+def test_a_flipped_byte_in_any_object_fails_the_read(any_store, compression):
+    store = any_store(compression=compression)
+    manifest = take_backup(store, os.urandom(300_000), names=("a", "b"))
+    for obj in manifest.objects:
+        _flip_byte(store, obj.key)
+        with pytest.raises(IntegrityError, match=obj.key.rsplit("/", 1)[-1] + "|corrupt|sha256"):
+            verify_backup(store, manifest)
+        _flip_byte(store, obj.key)  # undo
+    verify_backup(store, manifest)
+    manifest_key = obj.key.rsplit("/", 1)[0] + "/" + MANIFEST_NAME
+    _flip_byte(store, manifest_key)
+    with pytest.raises(IntegrityError, match="manifest"):
+        get_backup(store, manifest.id)
+
+
+def test_failed_stream_leaves_nothing_behind(any_store, s3_bucket):
+    store = any_store(part_size_mib=5) if "S3" in any_store.__qualname__ else any_store()
+    script = "head -c 12000000 /dev/urandom; echo 'disk on fire' >&2; exit 3"
+    with pytest.raises(ComponentFailed, match="status 3") as err:
+        with backup_session(store, "app-state") as session:
+            session.write("ok", [b"first object is fine"])
+            with stream_stdout(["sh", "-c", script], name="dump") as out:
+                session.write("dump", out)
+            session.commit()
+    assert "disk on fire" in str(err.value)
+    assert list_backups(store, "app-state") == []
+    assert all_keys(store) == []
+    assert backend_for(store).incomplete_writes(store.prefix) == []
+    if store.__class__.__name__ == "S3Store":
+        bucket, client = s3_bucket
+        assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_encrypted_backup_needs_its_key_and_the_key_never_leaks(any_store, caplog):
+    key = "k3y-" + os.urandom(8).hex()
+    caplog.set_level(logging.DEBUG)
+    store = any_store(encryption_key=SecretStr(key))
+    manifest = take_backup(store, b"secret payload " * 5000)
+    assert b"".join(read_object(store, manifest.object("data"))) == b"secret payload " * 5000
+    for wrong, error in ((None, BadInput), (SecretStr("not-the-key"), IntegrityError)):
+        other = store.model_copy(update={"encryption_key": wrong})
+        with pytest.raises(error, match="encryption_key|key is wrong"):
+            b"".join(read_object(other, manifest.object("data")))
+    backend = backend_for(store)
+    for k in all_keys(store):
+        blob = backend.get_bytes(k)
+        assert key.encode() not in blob and b"secret payload" not in blob
+    assert key not in caplog.text and key not in manifest.model_dump_json() and key not in repr(store)
+
+
+def test_bad_and_unknown_ids_are_rejected(any_store):
+    store = any_store()
+    take_backup(store)
+    for bad in ("", "../../etc/passwd", "app-state/../x", "app-state-20260101T000000Z-zzzzzz"):
+        with pytest.raises(BadInput, match="backup id"):
+            get_backup(store, bad)
+    with pytest.raises(NotFound, match="no backup app-state-20200101T000000Z-abcdef"):
+        get_backup(store, "app-state-20200101T000000Z-abcdef")
+    with pytest.raises(BadInput, match="belongs to component"):
+        get_backup(store, list_backups(store, "app-state")[0].id, component="postgres")
+    with pytest.raises(BadInput, match="object name"), backup_session(store, "app-state") as session:
+        session.write("../escape", [b"x"])
+    with pytest.raises(NotFound, match="no etcd backups"):
+        get_backup(store, "latest", "etcd")
+
+
+def test_catalog_latest_and_at_or_before(local_store):
+    store = local_store()
+    first, second = take_backup(store), take_backup(store)
+    assert get_backup(store, "latest", "app-state").id == second.id
+    assert backup_at_or_before(store, "app-state", first.source_time).id == first.id
+    assert backup_at_or_before(store, "app-state", second.source_time).id == second.id
+    assert [m.id for m in list_backups(store, "app-state", since=second.source_time)] == [second.id]
+    with pytest.raises(NotFound, match="the oldest is"):
+        backup_at_or_before(store, "app-state", first.source_time.replace(year=2000))
+    with pytest.raises(BadInput, match="future"):
+        backup_at_or_before(store, "app-state", first.source_time.replace(year=2999))
+    with pytest.raises(BadInput, match="time zone"):
+        backup_at_or_before(store, "app-state", first.source_time.replace(tzinfo=None))
+
+
+def test_a_damaged_manifest_does_not_hide_the_others(local_store):
+    store = local_store()
+    good, bad = take_backup(store), take_backup(store)
+    key = bad.objects[0].key.rsplit("/", 1)[0] + "/" + MANIFEST_NAME
+    backend_for(store).put_bytes(key, b"{not json")
+    assert [m.id for m in list_backups(store, "app-state")] == [good.id]
+
+
+def test_local_store_full_disk_gives_a_clear_error(local_store, tmp_path):
+    if not os.path.exists("/dev/full"):
+        pytest.fail("/dev/full is needed to simulate a full disk", pytrace=False)
+    store = local_store()
+    from tasks.backends import _LocalWriter
+
+    writer = _LocalWriter(tmp_path / "store" / "x")
+    writer._fh.close()
+    writer._fh = open("/dev/full", "wb", buffering=0)  # noqa: SIM115
+    with pytest.raises(Exception, match="local store is full"):
+        writer.write(b"x" * 10)
+    writer.abort()
+    assert list_backups(store, "app-state") == []
+    assert sys.platform.startswith("linux")
