@@ -102,7 +102,9 @@ def translate(exc: ApiException, what: str) -> BackupError:
             "(docs/kubernetes.md lists what each task needs)"
         )
     if exc.status == 401:
-        return ConfigurationError(f"{what}: the cluster refused the credentials (401): renew the kubeconfig/token")
+        return ConfigurationError(
+            f"{what}: the cluster refused the credentials (401): renew the kubeconfig/token"
+        )
     if exc.status == 404:
         return NotFound(f"{what}: {message}")
     if exc.status == 409:
@@ -163,7 +165,10 @@ def list_deployments(k: Kube, namespace: str) -> list[client.V1Deployment]:
 
 def get_replicas(k: Kube, namespace: str, name: str) -> int:
     scale = k.call(
-        f"read scale of deployment {namespace}/{name}", k.apps.read_namespaced_deployment_scale, name, namespace
+        f"read scale of deployment {namespace}/{name}",
+        k.apps.read_namespaced_deployment_scale,
+        name,
+        namespace,
     )
     return int(scale.spec.replicas or 0)
 
@@ -210,7 +215,9 @@ def list_pvcs(k: Kube, namespace: str | None = None) -> list[dict[str, Any]]:
 
 
 def delete_pvc(k: Kube, namespace: str, name: str) -> None:
-    k.call(f"delete PVC {namespace}/{name}", k.core.delete_namespaced_persistent_volume_claim, name, namespace)
+    k.call(
+        f"delete PVC {namespace}/{name}", k.core.delete_namespaced_persistent_volume_claim, name, namespace
+    )
 
 
 # -- quiesce -----------------------------------------------------------------------------------------
@@ -263,7 +270,9 @@ def unquiesce(kube: KubernetesTarget | None, namespace: str, replicas: dict[str,
     if failed:
         raise ConfigurationError(
             f"could not put back the replica counts in {namespace}: {failed}. Scale them by hand: "
-            + "; ".join(f"kubectl -n {namespace} scale deployment/{n} --replicas={replicas[n]}" for n in failed)
+            + "; ".join(
+                f"kubectl -n {namespace} scale deployment/{n} --replicas={replicas[n]}" for n in failed
+            )
         )
     log.info("unquiesced %s: %s", namespace, replicas)
 
@@ -278,7 +287,57 @@ def quiesced(kube: KubernetesTarget | None, namespace: str) -> Iterator[dict[str
         unquiesce(kube, namespace, counts)
 
 
+# -- the kinds the project lists, counts and verifies ------------------------------------------------
+# plural -> (typed API attribute, method suffix): list_namespaced_<suffix>, read_namespaced_<suffix>, ...
+KINDS: dict[str, tuple[str, str]] = {
+    "deployments": ("apps", "deployment"),
+    "services": ("core", "service"),
+    "configmaps": ("core", "config_map"),
+    "secrets": ("core", "secret"),
+    "persistentvolumeclaims": ("core", "persistent_volume_claim"),
+}
+ALIASES = {
+    "deploy": "deployments",
+    "deployment": "deployments",
+    "svc": "services",
+    "service": "services",
+    "cm": "configmaps",
+    "configmap": "configmaps",
+    "secret": "secrets",
+    "pvc": "persistentvolumeclaims",
+    "persistentvolumeclaim": "persistentvolumeclaims",
+    "pv": "persistentvolumes",
+}
+
+
+def canonical_resource(name: str) -> str:
+    """'deploy', 'deployments.apps', 'PVC' -> the plural the API and Velero use ('deployments')."""
+    base = name.strip().lower()
+    if base != "*" and "." in base:
+        base = base.split(".", 1)[0]
+    return ALIASES.get(base, base)
+
+
+def kind_api(k: Kube, plural: str, verb: str) -> Callable[..., Any]:
+    api, suffix = KINDS[plural]
+    return getattr(getattr(k, api), f"{verb}_namespaced_{suffix}")
+
+
+def list_objects(k: Kube, namespace: str, plural: str, label_selector: str | None = None) -> list[Any]:
+    fn = kind_api(k, plural, "list")
+    return k.call(f"list {plural} in {namespace}", fn, namespace, label_selector=label_selector or None).items
+
+
+def selector_string(labels: dict[str, str] | None) -> str | None:
+    return ",".join(f"{key}={value}" for key, value in sorted((labels or {}).items())) or None
+
+
 __all__ = [
+    "KINDS",
+    "canonical_resource",
+    "kind_api",
+    "list_objects",
+    "selector_string",
     "QUIESCED_ANNOTATION",
     "AlreadyExists",
     "Kube",

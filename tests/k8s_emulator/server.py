@@ -48,7 +48,9 @@ def scale_of(dep: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "autoscaling/v1",
         "kind": "Scale",
-        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")},
+        "metadata": {
+            k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+        },
         "spec": {"replicas": dep["spec"].get("replicas", 1)},
         "status": {
             "replicas": (dep.get("status") or {}).get("replicas", 0),
@@ -187,6 +189,11 @@ class KubeApiServer:
                 "apiVersion": "v1",
                 "metadata": {},
                 "status": "Success",
-                "details": {"name": name, "group": res.group, "kind": res.plural, "uid": obj["metadata"]["uid"]},
+                "details": {
+                    "name": name,
+                    "group": res.group,
+                    "kind": res.plural,
+                    "uid": obj["metadata"]["uid"],
+                },
             }
         raise ApiError(405, "MethodNotAllowed", f"{method} is not supported")

@@ -193,13 +193,17 @@ class ObjectStore:
                     {"name": name, "group": res.group, "kind": res.plural},
                 )
             if res.plural == "deployments" and not ((obj.get("spec") or {}).get("template")):
-                raise ApiError(422, "Invalid", f"Deployment.apps \"{name}\" is invalid: spec.template: Required value")
+                raise ApiError(
+                    422, "Invalid", f'Deployment.apps "{name}" is invalid: spec.template: Required value'
+                )
             obj["apiVersion"], obj["kind"] = res.group_version, res.kind
             meta.update(uid=str(uuid.uuid4()), creationTimestamp=now_iso(), generation=1)
             if res.plural == "namespaces":
                 obj["status"] = {"phase": "Active"}
             if res.plural == "deployments":
                 _deployment_status(obj)
+            if res.plural == "persistentvolumeclaims" and not obj.get("status"):
+                obj["status"] = {"phase": "Bound"}  # a provisioner binds it at once
             self._stamp(obj)
             self.objects[(res, ns, name)] = obj
             return copy.deepcopy(obj)

@@ -87,8 +87,11 @@ class VeleroController:
         for backup in self.store.list(BACKUPS, self.namespace):
             if (backup.get("status") or {}).get("phase") == "InProgress":
                 self._set_status(
-                    BACKUPS, backup, phase="Failed", failureReason="found a backup with status "
-                    '"InProgress" during the server starting, mark it as "Failed"'
+                    BACKUPS,
+                    backup,
+                    phase="Failed",
+                    failureReason="found a backup with status "
+                    '"InProgress" during the server starting, mark it as "Failed"',
                 )
 
     def seed_namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
@@ -96,32 +99,44 @@ class VeleroController:
 
     def seed_deployment(self, namespace: str, name: str, replicas: int, labels: dict | None = None) -> dict:
         labels = {"app": name, **(labels or {})}
-        return self.seed("apps/v1", "deployments", namespace, {
-            "metadata": {"name": name, "labels": labels},
-            "spec": {
-                "replicas": replicas,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name}},
-                    "spec": {"containers": [{"name": name, "image": f"registry.local/{name}:1"}]},
+        return self.seed(
+            "apps/v1",
+            "deployments",
+            namespace,
+            {
+                "metadata": {"name": name, "labels": labels},
+                "spec": {
+                    "replicas": replicas,
+                    "selector": {"matchLabels": {"app": name}},
+                    "template": {
+                        "metadata": {"labels": {"app": name}},
+                        "spec": {"containers": [{"name": name, "image": f"registry.local/{name}:1"}]},
+                    },
                 },
             },
-        })
+        )
 
-    def seed_pvc(self, namespace: str, name: str, content: str | None = None, labels: dict | None = None) -> dict:
+    def seed_pvc(
+        self, namespace: str, name: str, content: str | None = None, labels: dict | None = None
+    ) -> dict:
         """A bound PVC; `content` is what its volume holds (backed up by snapshots / fs-backup)."""
         if content is not None:
             self.volumes[(namespace, name)] = content
-        return self.seed("v1", "persistentvolumeclaims", namespace, {
-            "metadata": {"name": name, "labels": labels or {}},
-            "spec": {
-                "accessModes": ["ReadWriteOnce"],
-                "resources": {"requests": {"storage": "1Gi"}},
-                "storageClassName": "standard",
-                "volumeName": f"pv-{namespace}-{name}",
+        return self.seed(
+            "v1",
+            "persistentvolumeclaims",
+            namespace,
+            {
+                "metadata": {"name": name, "labels": labels or {}},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": "1Gi"}},
+                    "storageClassName": "standard",
+                    "volumeName": f"pv-{namespace}-{name}",
+                },
+                "status": {"phase": "Bound"},
             },
-            "status": {"phase": "Bound"},
-        })
+        )
 
     def seed(self, group_version: str, plural: str, namespace: str, obj: dict[str, Any]) -> dict:
         return self.store.create(BY_PATH[(group_version, plural)], namespace, obj)
@@ -169,14 +184,20 @@ class VeleroController:
         spec = backup.get("spec") or {}
         if self.backup_outcome == "Failed":
             self._set_status(
-                BACKUPS, backup, phase="Failed", completionTimestamp=now_iso(),
+                BACKUPS,
+                backup,
+                phase="Failed",
+                completionTimestamp=now_iso(),
                 failureReason="error getting backup storage location: emulated failure",
             )
             return
         snap = Snapshot()
         namespaces = [
-            ns for ns in self.store.list(NAMESPACES)
-            if _ns_wanted(ns["metadata"]["name"], spec.get("includedNamespaces"), spec.get("excludedNamespaces"))
+            ns
+            for ns in self.store.list(NAMESPACES)
+            if _ns_wanted(
+                ns["metadata"]["name"], spec.get("includedNamespaces"), spec.get("excludedNamespaces")
+            )
         ]
         selector = spec.get("labelSelector")
         for ns_obj in namespaces:
@@ -196,14 +217,18 @@ class VeleroController:
             if (fs_backup or snapshot_volumes) and key in self.volumes:
                 snap.volumes[key] = self.volumes[key]
             if fs_backup:
-                self.store.create(PVBS, self.namespace, {
-                    "metadata": {
-                        "generateName": backup["metadata"]["name"] + "-",
-                        "labels": {"velero.io/backup-name": backup["metadata"]["name"]},
+                self.store.create(
+                    PVBS,
+                    self.namespace,
+                    {
+                        "metadata": {
+                            "generateName": backup["metadata"]["name"] + "-",
+                            "labels": {"velero.io/backup-name": backup["metadata"]["name"]},
+                        },
+                        "spec": {"volume": key[1], "pod": {"namespace": key[0]}},
+                        "status": {"phase": "Completed"},
                     },
-                    "spec": {"volume": key[1], "pod": {"namespace": key[0]}},
-                    "status": {"phase": "Completed"},
-                })
+                )
         self.snapshots[backup["metadata"]["name"]] = snap
         n = len(snap.items)
         status: dict[str, Any] = {
@@ -227,8 +252,10 @@ class VeleroController:
         backup = self.store.find(BACKUPS, self.namespace, name)
         if backup is None or name not in self.snapshots:
             self._set_status(
-                RESTORES, restore, phase="FailedValidation",
-                validationErrors=[f"Error retrieving backup: backups.velero.io \"{name}\" not found"],
+                RESTORES,
+                restore,
+                phase="FailedValidation",
+                validationErrors=[f'Error retrieving backup: backups.velero.io "{name}" not found'],
             )
             return
         self._set_status(RESTORES, restore, phase="InProgress", startTimestamp=now_iso())
@@ -237,7 +264,10 @@ class VeleroController:
         spec = restore.get("spec") or {}
         if self.restore_outcome == "Failed":
             self._set_status(
-                RESTORES, restore, phase="Failed", completionTimestamp=now_iso(),
+                RESTORES,
+                restore,
+                phase="Failed",
+                completionTimestamp=now_iso(),
                 failureReason="error downloading backup: emulated failure",
             )
             return
@@ -247,10 +277,12 @@ class VeleroController:
         modifiers = self._modifiers(spec.get("resourceModifier"))
         restored = warnings = 0
         candidates = [
-            (res, obj) for res, obj in snap.items
+            (res, obj)
+            for res, obj in snap.items
             if _ns_wanted(
                 obj["metadata"]["name"] if res is NAMESPACES else obj["metadata"]["namespace"],
-                spec.get("includedNamespaces"), spec.get("excludedNamespaces"),
+                spec.get("includedNamespaces"),
+                spec.get("excludedNamespaces"),
             )
             and _wanted(res, spec.get("includedResources"), spec.get("excludedResources"))
             and match_labels(obj["metadata"].get("labels") or {}, spec.get("labelSelector"))
