@@ -242,10 +242,7 @@ class ObjectStore:
     def patch(self, res: Resource, ns: str, name: str, patch: Any, status: bool = False) -> dict:
         with self.lock:
             old = self.get(res, ns, name)
-            if isinstance(patch, list):
-                new = json_patch(old, patch)
-            else:
-                new = merge_patch(old, patch)
+            new = json_patch(old, patch) if isinstance(patch, list) else merge_patch(old, patch)
             new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
             return self.replace(res, ns, name, new, status=status)
 

@@ -9,6 +9,7 @@ injectable per test.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import threading
@@ -175,10 +176,8 @@ class VeleroController:
 
     def _set_status(self, res: Resource, obj: dict[str, Any], **status: Any) -> None:
         name = obj["metadata"]["name"]
-        try:
+        with contextlib.suppress(ApiError):  # deleted meanwhile
             self.store.patch(res, self.namespace, name, {"status": status}, status=True)
-        except ApiError:
-            pass  # deleted meanwhile
 
     def _finish_backup(self, backup: dict[str, Any]) -> None:
         spec = backup.get("spec") or {}
