@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,28 @@ class KubeAPI:
     @property
     def controller(self) -> VeleroController:
         return self.server.controller
+
+    def state(self, *namespaces: str) -> dict:
+        """The workload objects (not Velero's) of `namespaces` (default: all but velero), for
+        'the cluster is as it was' assertions; plus the volumes' content."""
+        store = self.server.store
+        with store.lock:
+            objects = {
+                (res.plural, ns, name): json.dumps(
+                    {k: v for k, v in obj.items() if k in ("spec", "data", "stringData")}
+                    | {
+                        "labels": obj["metadata"].get("labels"),
+                        "annotations": obj["metadata"].get("annotations"),
+                    },
+                    sort_keys=True,
+                )
+                for (res, ns, name), obj in store.objects.items()
+                if res.group != "velero.io"
+                and (ns if res.namespaced else name) != "velero"
+                and (not namespaces or (ns if res.namespaced else name) in namespaces)
+            }
+        volumes = {k: v for k, v in self.controller.volumes.items() if not namespaces or k[0] in namespaces}
+        return {"objects": objects, "volumes": volumes}
 
     def target(self, **kwargs):
         from blocks.kubernetes import KubernetesTarget
