@@ -179,6 +179,14 @@ class KubeApiServer:
             if name is None:
                 raise ApiError(405, "MethodNotAllowed", "deletecollection is not emulated")
             obj = store.delete(res, ns_key, name)
+            # reclaimPolicy Delete: the volume goes with its claim (or its namespace)
+            for key in [
+                k
+                for k in ctl.volumes
+                if (res.plural == "namespaces" and k[0] == name)
+                or (res.plural == "persistentvolumeclaims" and k == (ns_key, name))
+            ]:
+                del ctl.volumes[key]
             if res.plural == "namespaces":
                 obj["status"] = {"phase": "Terminating"}
                 return 200, obj
