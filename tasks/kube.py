@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import urllib3
@@ -60,15 +61,15 @@ class Kube:
     api: client.ApiClient
     timeout: float
 
-    @property
+    @cached_property
     def core(self) -> client.CoreV1Api:
         return client.CoreV1Api(self.api)
 
-    @property
+    @cached_property
     def apps(self) -> client.AppsV1Api:
         return client.AppsV1Api(self.api)
 
-    @property
+    @cached_property
     def custom(self) -> client.CustomObjectsApi:
         return client.CustomObjectsApi(self.api)
 
