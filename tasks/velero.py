@@ -430,6 +430,8 @@ def _plan(doc: dict[str, Any], options: RestoreOptions) -> tuple[list[str], list
             f"it holds {in_backup}"
         )
     wanted = [n for n in wanted if n not in options.exclude_namespaces]
+    if not wanted:  # Velero reads an empty includedNamespaces as "all of them"
+        raise BadInput("the exclusions leave no namespace to restore")
     unknown = sorted(set(options.namespace_mapping) - set(wanted))
     if unknown:
         raise BadInput(f"namespace_mapping names {unknown}, which this restore does not include")
@@ -490,6 +492,9 @@ def restore_document(
         spec["restorePVs"] = options.restore_pvs
     if options.label_selector:
         spec["labelSelector"] = {"matchLabels": options.label_selector}
+    rollback = None
+    if options.existing_resource_policy is ExistingResourcePolicy.update:
+        rollback = safety_backup(k, target, [mapping.get(ns, ns) for ns in namespaces], backup_id)
     cr = run_restore(k, target, name, spec, options.timeout_seconds, backup_id)
     missing = {
         f"{mapping.get(ns, ns)}/{plural}/{obj}"
@@ -520,6 +525,8 @@ def restore_document(
         "existing_resource_policy": options.existing_resource_policy.value,
         "already_existed": skipped,
     }
+    if rollback:
+        report["rollback_velero_backup"] = rollback
     if skipped and options.existing_resource_policy is ExistingResourcePolicy.none:
         report["note"] = (
             f"{len(skipped)} objects already existed and were left as they are (existing_resource_policy="
@@ -527,6 +534,26 @@ def restore_document(
         )
         log.warning(report["note"])
     return report
+
+
+def safety_backup(k: Kube, target: VeleroTarget, namespaces: list[str], backup_id: str = "") -> str | None:
+    """Before a restore overwrites objects (policy update): a Velero backup of what is there now,
+    kept 7 days, so the overwrite can be rolled back. None if none of the namespaces exists."""
+    present = [ns for ns in namespaces if kube.namespace_exists(k, ns)]
+    if not present:
+        return None
+    name = f"klb-pre-restore-{datetime.now(UTC):%Y%m%dt%H%M%S}-{secrets.token_hex(3)}"
+    labels = {"klb.io/purpose": "pre-restore", **({"klb.io/backup-id": backup_id[:63]} if backup_id else {})}
+    body = BackupSpec(include_namespaces=present).cr(name, target, timedelta(days=7), labels)
+    _call(k, f"create Velero backup {name}", "create", "backups", target.namespace, body)
+    cr, done = _wait(k, target, "backups", name, BACKUP_TERMINAL, target.backup_timeout_seconds)
+    if not done or cr["status"]["phase"] != "Completed":
+        raise ComponentFailed(
+            f"the safety backup {name} of {present} before overwriting them did not complete "
+            f"({_status_text(cr)}): nothing was restored"
+        )
+    log.info("safety backup %s of %s taken before overwriting", name, present)
+    return name
 
 
 def run_restore(
@@ -609,6 +636,10 @@ def _restore_named(
             "existingResourcePolicy": "none",
         }
         cr = run_restore(k, target, spec["backupName"], spec, options.timeout_seconds, backup_id)
+        rollback = None
+        if options.existing_resource_policy is ExistingResourcePolicy.update:
+            dests = [options.namespace_mapping.get(ns, ns) for ns in expected]
+            rollback = safety_backup(k, target, dests, backup_id)
         for ns, kinds_ in expected.items():
             dest = options.namespace_mapping.get(ns, ns)
             if not kube.namespace_exists(k, dest):
@@ -632,6 +663,7 @@ def _restore_named(
         "phase": "Completed",
         "restored_objects": copied,
         "already_existed": skipped,
+        "rollback_velero_backup": rollback,
         "existing_resource_policy": options.existing_resource_policy.value,
         "verified_objects": len(copied) + len(skipped),
     }

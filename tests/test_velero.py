@@ -147,8 +147,14 @@ def test_existing_objects_are_skipped_and_reported_unless_update(kube_api, targe
     assert f"{shop}/configmaps/settings" in report["already_existed"]
     assert "existing_resource_policy=update" in report["note"]
     assert configmap(kube_api, shop, "settings") == {"mode": "edited"}
-    velero.restore(target, manifest, store, velero.RestoreOptions(**opts, existing_resource_policy="update"))
+    report = velero.restore(
+        target, manifest, store, velero.RestoreOptions(**opts, existing_resource_policy="update")
+    )
     assert configmap(kube_api, shop, "settings") == {"mode": "prod"}
+    # what was overwritten is in a Velero safety backup, for a rollback
+    rollback = kube_api.controller.snapshots[report["rollback_velero_backup"]]
+    saved = [o for _, o in rollback.items if o["metadata"]["name"] == "settings"]
+    assert [o["data"] for o in saved] == [{"mode": "edited"}]
 
 
 def test_quiesce_then_a_failing_restore_still_puts_back_2_5_and_1(
@@ -248,6 +254,13 @@ def test_restore_refuses_namespaces_the_backup_does_not_hold(kube_api, target, s
     manifest = take_backup(target, store)
     with pytest.raises(BadInput, match="not in Velero backup"):
         velero.restore(target, manifest, store, velero.RestoreOptions(namespaces=["nope"]))
+    with pytest.raises(BadInput, match="no namespace to restore"):
+        velero.restore(
+            target,
+            manifest,
+            store,
+            velero.RestoreOptions(exclude_namespaces=list(manifest.engine["namespaces"])),
+        )
     with pytest.raises(ValueError, match="not valid names"):
         velero.RestoreOptions(namespace_mapping={"a": "Bad_Name"})
 
