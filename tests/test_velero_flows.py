@@ -193,3 +193,24 @@ def test_partial_restore_flow_one_resource_type_into_a_mapped_namespace(
     assert kube_api.state(lam) == before
     with pytest.raises(BadInput, match="name the namespaces"):
         partial_restore(result.id, [], store=store, target=target)
+
+
+def test_blocks_saved_by_name_with_kubeconfig_contents_work_in_the_flows(
+    prefect_server, kube_api, namespaces, store
+):
+    from pydantic import SecretStr
+
+    from blocks.kubernetes import KubernetesTarget, VeleroTarget
+
+    name = "k8s-" + secrets.token_hex(3)
+    VeleroTarget(
+        kube=KubernetesTarget(kubeconfig=SecretStr(kube_api.kubeconfig_path.read_text())),
+        include_namespaces=[namespaces[0]],
+        poll_interval_seconds=0.02,
+    ).save(name)
+    loaded = VeleroTarget.load(name)
+    assert loaded.kube.kubeconfig.get_secret_value() == kube_api.kubeconfig_path.read_text()
+    result = backup_component("kubernetes", target=name, store=store)
+    manifest = get_backup(store, result.id)
+    assert manifest.engine["namespaces"] == [namespaces[0]]
+    assert "emulator-token" not in manifest.model_dump_json()
