@@ -7,6 +7,7 @@ second quiesce after a crash still knows the real counts, and unquiesce puts bac
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -324,9 +325,30 @@ def kind_api(k: Kube, plural: str, verb: str) -> Callable[..., Any]:
     return getattr(getattr(k, api), f"{verb}_namespaced_{suffix}")
 
 
-def list_objects(k: Kube, namespace: str, plural: str, label_selector: str | None = None) -> list[Any]:
+# Names are all we need: ask for metadata only, so Secret data never reaches this process.
+METADATA_ONLY = {
+    "Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+}
+
+
+def list_names(k: Kube, namespace: str, plural: str, label_selector: str | None = None) -> list[str]:
+    """Sorted names of the objects of one kind, listed as metadata only (raw JSON: the typed
+    models refuse objects without their spec)."""
     fn = kind_api(k, plural, "list")
-    return k.call(f"list {plural} in {namespace}", fn, namespace, label_selector=label_selector or None).items
+    what = f"list {plural} in {namespace}"
+    resp = k.call(
+        what,
+        fn,
+        namespace,
+        label_selector=label_selector or None,
+        _headers=METADATA_ONLY,
+        _preload_content=False,
+    )
+    try:
+        items = json.loads(resp.data)["items"] or []
+    except (ValueError, KeyError, TypeError):
+        raise TransientError(f"{what}: the API server sent an unreadable list") from None
+    return sorted(i["metadata"]["name"] for i in items)
 
 
 def selector_string(labels: dict[str, str] | None) -> str | None:
@@ -337,7 +359,7 @@ __all__ = [
     "KINDS",
     "canonical_resource",
     "kind_api",
-    "list_objects",
+    "list_names",
     "selector_string",
     "QUIESCED_ANNOTATION",
     "AlreadyExists",

@@ -216,13 +216,7 @@ def inventory(
 ) -> dict[str, dict[str, list[str]]]:
     """namespace -> kind -> sorted object names, as the API lists them now (names only: no data)."""
     selector = selector_string(label_selector)
-    return {
-        ns: {
-            plural: sorted(o.metadata.name for o in kube.list_objects(k, ns, plural, selector))
-            for plural in kinds
-        }
-        for ns in namespaces
-    }
+    return {ns: {plural: kube.list_names(k, ns, plural, selector) for plural in kinds} for ns in namespaces}
 
 
 def run_backup(target: VeleroTarget, session: BackupSession, spec: BackupSpec) -> dict[str, Any]:
@@ -454,7 +448,7 @@ def _expected(doc: dict[str, Any], namespaces: list[str], kinds: list[str], name
 def _present(k: Kube, ns: str, plural: str) -> set[str]:
     if not kube.namespace_exists(k, ns):
         return set()
-    return {o.metadata.name for o in kube.list_objects(k, ns, plural)}
+    return set(kube.list_names(k, ns, plural))
 
 
 def restore_document(
@@ -799,7 +793,7 @@ def describe_current_state(target: VeleroTarget) -> dict[str, Any]:
         if ns not in existing:
             state["namespaces"][ns] = {"exists": False}
             continue
-        counts = {plural: len(kube.list_objects(k, ns, plural)) for plural in KINDS}
+        counts = {plural: len(kube.list_names(k, ns, plural)) for plural in KINDS}
         state["namespaces"][ns] = {"exists": True, "counts": counts}
         state["pvcs"] += kube.list_pvcs(k, ns)
     try:

@@ -76,7 +76,8 @@ class KubeApiServer:
 
             def _handle(self) -> None:
                 try:
-                    code, body = server.dispatch(self.command, self.path, self._body())
+                    accept = self.headers.get("Accept") or ""
+                    code, body = server.dispatch(self.command, self.path, self._body(), accept)
                 except ApiError as exc:
                     code, body = exc.code, exc.status()
                 except Exception as exc:
@@ -118,7 +119,7 @@ class KubeApiServer:
         self.httpd.server_close()
 
     # -- routing -------------------------------------------------------------------------------
-    def dispatch(self, method: str, raw_path: str, body: Any) -> tuple[int, Any]:
+    def dispatch(self, method: str, raw_path: str, body: Any, accept: str = "") -> tuple[int, Any]:
         url = urlsplit(raw_path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         res, ns, name, sub = parse_path(url.path)
@@ -162,6 +163,22 @@ class KubeApiServer:
             if query.get("fieldSelector", "").startswith("metadata.name="):
                 wanted = query["fieldSelector"].split("=", 1)[1]
                 items = [i for i in items if i["metadata"]["name"] == wanted]
+            if "as=PartialObjectMetadataList" in accept:
+                return 200, {
+                    "apiVersion": "meta.k8s.io/v1",
+                    "kind": "PartialObjectMetadataList",
+                    "metadata": {"resourceVersion": str(store.revision)},
+                    "items": [
+                        {
+                            "apiVersion": "meta.k8s.io/v1",
+                            "kind": "PartialObjectMetadata",
+                            "metadata": i["metadata"],
+                        }
+                        for i in items
+                    ],
+                }
+            if res.plural == "secrets":
+                ctl.secret_reads.append(url.path)
             return 200, {
                 "apiVersion": res.group_version,
                 "kind": f"{res.kind}List",

@@ -69,6 +69,7 @@ class VeleroController:
         self.installed = True
         self.denied: set[tuple[str, str]] = set()  # (verb, resource[/subresource])
         self.writes: list[tuple[str, str]] = []  # (method, path) of every mutating request
+        self.secret_reads: list[str] = []  # Secret lists that returned data (not metadata only)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fake-velero", daemon=True)
 
