@@ -98,6 +98,8 @@ def api_message(exc: ApiException) -> tuple[str, dict[str, Any]]:
 
 def translate(exc: ApiException, what: str) -> BackupError:
     message, _ = api_message(exc)
+    if exc.status == 403 and "being terminated" in message:  # not RBAC: the namespace is going away
+        return TransientError(f"{what}: {message}: wait until it is gone, then retry")
     if exc.status == 403:
         return ConfigurationError(
             f"{what}: forbidden by RBAC: {message}. Grant the flow's service account this permission "

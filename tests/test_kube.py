@@ -131,3 +131,18 @@ def test_list_pvcs_and_delete_namespace(kube_api, ctl):
     kube.delete_namespace(k, ns, interval=0.01)
     assert not kube.namespace_exists(k, ns)
     kube.delete_namespace(k, ns)  # already gone: fine
+
+
+def test_a_terminating_namespace_is_waited_for_and_not_mistaken_for_rbac(kube_api, ctl):
+    from tasks.errors import TransientError
+
+    ns = "term-" + secrets.token_hex(3)
+    ctl.seed_namespace(ns)
+    k = kube.connect(kube_api.target())
+    k.core.delete_namespace(ns)  # a bare delete: the namespace terminates for a while
+    with pytest.raises(TransientError, match="being terminated"):
+        k.call("create configmap", k.core.create_namespaced_config_map, ns, {"metadata": {"name": "x"}})
+    kube.delete_namespace(k, ns, interval=0.02)  # waits until it is gone
+    assert not kube.namespace_exists(k, ns)
+    kube.create_namespace(k, ns)
+    assert kube.namespace_exists(k, ns)

@@ -81,6 +81,8 @@ def start_kube_api(workdir: Path) -> KubeAPI:
     """Start the emulator on a free loopback port with Velero installed (namespace `velero`,
     an Available BackupStorageLocation `default`) and write a kubeconfig for it."""
     server = KubeApiServer().start()
+    # namespaces terminate for a moment, as on a real cluster: the project must wait for it
+    server.store.namespace_termination_seconds = 0.2
     ctl = server.controller
     ctl.seed_namespace("velero")
     ctl.seed(

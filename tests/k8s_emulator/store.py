@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -141,6 +142,8 @@ class ObjectStore:
         self.lock = threading.RLock()
         self.objects: dict[tuple[Resource, str, str], dict[str, Any]] = {}
         self.revision = 1
+        self.namespace_termination_seconds = 0.0
+        self.terminating: dict[str, float] = {}  # namespace -> when it is finally removed
 
     def _stamp(self, obj: dict[str, Any]) -> None:
         self.revision += 1
@@ -183,6 +186,13 @@ class ObjectStore:
                 if (BY_PATH[("v1", "namespaces")], "", ns) not in self.objects:
                     raise ApiError(
                         404, "NotFound", f'namespaces "{ns}" not found', {"name": ns, "kind": "namespaces"}
+                    )
+                if ns in self.terminating:
+                    raise ApiError(
+                        403,
+                        "Forbidden",
+                        f'{res.plural} "{name}" is forbidden: unable to create new content in namespace '
+                        f"{ns} because it is being terminated",
                     )
                 meta["namespace"] = ns
             if (res, ns, name) in self.objects:
@@ -248,13 +258,32 @@ class ObjectStore:
 
     def delete(self, res: Resource, ns: str, name: str) -> dict[str, Any]:
         with self.lock:
-            obj = self.objects.pop((res, ns, name), None)
+            obj = self.objects.get((res, ns, name))
             if obj is None:
                 raise not_found(res, name)
-            if res.plural == "namespaces":  # immediate, where a real cluster finalizes for a while
-                for key in [k for k in self.objects if k[0].namespaced and k[1] == name]:
-                    del self.objects[key]
+            if res.plural == "namespaces" and self.namespace_termination_seconds > 0:
+                # like a real cluster: Terminating for a while, then gone (see finalize_namespaces)
+                obj["metadata"].setdefault("deletionTimestamp", now_iso())
+                obj["status"] = {"phase": "Terminating"}
+                self.terminating.setdefault(name, time.monotonic() + self.namespace_termination_seconds)
+                return copy.deepcopy(obj)
+            del self.objects[(res, ns, name)]
+            if res.plural == "namespaces":
+                self._purge(name)
             return obj
+
+    def _purge(self, namespace: str) -> None:
+        for key in [k for k in self.objects if k[0].namespaced and k[1] == namespace]:
+            del self.objects[key]
+
+    def finalize_namespaces(self) -> None:
+        """Remove the namespaces whose termination time has come (called by the controller loop)."""
+        with self.lock:
+            for name, due in list(self.terminating.items()):
+                if time.monotonic() >= due:
+                    self.objects.pop((BY_PATH[("v1", "namespaces")], "", name), None)
+                    self._purge(name)
+                    del self.terminating[name]
 
 
 def _deployment_status(obj: dict[str, Any]) -> None:

@@ -159,6 +159,7 @@ class VeleroController:
                 print(f"fake velero: {exc!r}")
 
     def _reconcile(self) -> None:
+        self.store.finalize_namespaces()
         for backup in self.store.list(BACKUPS, self.namespace):
             phase = (backup.get("status") or {}).get("phase", "")
             if phase in ("", "New"):
