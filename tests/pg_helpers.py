@@ -16,14 +16,14 @@ from tasks.pg_common import admin, connect, fingerprint_database
 
 
 def target_for(postgres, **kwargs) -> PostgresTarget:
-    return PostgresTarget(
-        host="127.0.0.1",
-        port=postgres.port,
-        user="postgres",
-        password=postgres.extra["password"],
-        bin_dir=str(postgres.extra["bindir"]),
-        **kwargs,
-    )
+    fields = {
+        "host": "127.0.0.1",
+        "port": postgres.port,
+        "user": "postgres",
+        "password": postgres.extra["password"],
+        "bin_dir": str(postgres.extra["bindir"]),
+    }
+    return PostgresTarget(**{**fields, **kwargs})
 
 
 def new_name(prefix: str = "t") -> str:
