@@ -10,6 +10,7 @@ import logging
 import time
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from blocks.postgres import PostgresTarget
@@ -32,56 +33,46 @@ def _allow(conn, name: str, allow: bool) -> None:
     )
 
 
-def _drain(conn, names: list[str]) -> None:
-    """Terminate every session on `names` and wait until they are gone."""
-    deadline = time.monotonic() + DRAIN_SECONDS
-    while True:
-        for name in names:
-            terminate(conn, name)
-        left = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY(%s) AND pid <> pg_backend_pid()",
-            (names,),
-        ).fetchone()[0]
-        if not left:
-            return
-        if time.monotonic() > deadline:
-            raise ComponentFailed(f"{left} sessions on {names} did not end within {DRAIN_SECONDS}s")
-        time.sleep(0.1)
-
-
 def swap(target: PostgresTarget, new: str, name: str, keep_as: str) -> dict[str, Any]:
-    """Rename `new` to `name`; an existing `name` becomes `keep_as` (closed to connections)."""
+    """Rename `new` to `name`; an existing `name` becomes `keep_as` (closed to connections).
+
+    All in one transaction: until it commits nothing has changed, so a failure or a kill at
+    any point leaves `name` exactly as it was. Sessions on either database are terminated in
+    the transaction; RENAME itself waits (up to 5 s) for them to exit, and a client that
+    reconnects in between makes us try again.
+    """
     busy = {new, name, keep_as}
     admin_db = target.maintenance_db if target.maintenance_db not in busy else "template1"
+    deadline = time.monotonic() + DRAIN_SECONDS
     with admin(target, admin_db) as conn:
-        if not _exists(conn, new):
-            raise NotFound(f"database {new!r} is gone: nothing to cut over to")
-        had_old = _exists(conn, name)
-        if had_old:
-            _allow(conn, name, False)  # no new sessions while we drain and rename
-        try:
-            _drain(conn, [new, name] if had_old else [new])
-            with conn.transaction():
-                if had_old:
-                    conn.execute(
-                        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                            sql.Identifier(name), sql.Identifier(keep_as)
-                        )
-                    )
-                conn.execute(
-                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                        sql.Identifier(new), sql.Identifier(name)
-                    )
-                )
-                _allow(conn, name, True)
-        except BaseException:
-            if had_old:  # the renames rolled back: reopen the untouched original
-                try:
+        while True:
+            try:
+                with conn.transaction():
+                    if not _exists(conn, new):
+                        raise NotFound(f"database {new!r} is gone: nothing to cut over to")
+                    had_old = _exists(conn, name)
+                    terminate(conn, new)
+                    if had_old:
+                        terminate(conn, name)
+                        conn.execute(_rename(name, keep_as))
+                        _allow(conn, keep_as, False)  # a kept copy nobody uses by accident
+                    conn.execute(_rename(new, name))
                     _allow(conn, name, True)
-                except Exception as exc:  # report, keep the first failure
-                    log.error("could not reopen %s to connections: %s", name, exc)
-            raise
+                break
+            except psycopg.errors.ObjectInUse as exc:
+                if time.monotonic() > deadline:
+                    raise ComponentFailed(
+                        f"cut-over of {name!r} gave up after {DRAIN_SECONDS}s: clients keep "
+                        f"reconnecting ({exc}); quiesce them (quiesce_namespace) and retry. "
+                        f"{name!r} is unchanged."
+                    ) from None
+                log.info("sessions still on %s; retrying the cut-over", name)
+                time.sleep(0.2)
     log.info(
         "cut over: %s is now %s%s", new, name, f"; the previous one is kept as {keep_as}" if had_old else ""
     )
     return {"database": name, "kept_as": keep_as if had_old else None}
+
+
+def _rename(old: str, new: str) -> sql.Composed:
+    return sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new))

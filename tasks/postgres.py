@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from blocks.postgres import PostgresTarget, check_db_name
 from blocks.store import StoreBlock
-from tasks.errors import BadInput, ConfigurationError, IntegrityError, NotFound
+from tasks.errors import BadInput, ComponentFailed, ConfigurationError, IntegrityError, NotFound
 from tasks.models import Manifest, StoredObject
 from tasks.pg_common import (
     FINGERPRINT_ALGORITHM,
@@ -413,13 +413,27 @@ def restore(
                 for side in sides.values():
                     drop_database(conn, side)
             raise
-        for name, side in sides.items():
-            entry = report["databases"][name]
-            if options.cut_over:
-                entry.update(swap(target, side, name, aside_name(name, "rollback")))
-            else:
-                entry["restored_aside_as"] = side
+        if not options.cut_over:
+            for name, side in sides.items():
+                report["databases"][name]["restored_aside_as"] = side
+            return report
+        _cut_over_all(target, sides, report)
     return report
+
+
+def _cut_over_all(target: PostgresTarget, sides: dict[str, str], report: dict[str, Any]) -> None:
+    """Each database is swapped atomically; if one swap fails, say exactly where things stand."""
+    done: list[str] = []
+    for name, side in sides.items():
+        try:
+            report["databases"][name].update(swap(target, side, name, aside_name(name, "rollback")))
+        except Exception as exc:
+            left = {n: s for n, s in sides.items() if n not in done}
+            raise ComponentFailed(
+                f"cut-over of {name!r} failed ({exc}); already cut over: {done or 'none'} (undo each "
+                f"with rollback_postgres); verified copies left aside, not in use: {left}"
+            ) from None
+        done.append(name)
 
 
 # --- drill and state -----------------------------------------------------------------------
@@ -452,9 +466,10 @@ def describe_current_state(target: PostgresTarget) -> dict[str, Any]:
     with admin(target) as conn:
         version = server_version(conn)
         present = databases(conn)
-    wanted = _select(target, present)
+    wanted = target.databases or _select(target, present)
     aside = sorted(d for d in present if parse_aside(d) is not None)
     return {
+        "missing": [db for db in wanted if db not in present],
         "server": f"{target.host}:{target.port}",
         "server_version": version,
         "databases": {
@@ -464,6 +479,7 @@ def describe_current_state(target: PostgresTarget) -> dict[str, Any]:
                 "fingerprint": fingerprint_database(target, db),
             }
             for db in wanted
+            if db in present
         },
         "aside": aside,
     }

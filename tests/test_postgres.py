@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psycopg
 import pytest
 
 import tasks.postgres as pg
 from tasks.catalog import list_backups
 from tasks.errors import BadInput, ComponentFailed, IntegrityError
-from tasks.pg_common import parse_aside
+from tasks.pg_common import connect, parse_aside
 from tasks.store import backup_session
 from tests.pg_helpers import (
     db_names,
@@ -268,3 +269,31 @@ def test_describe_current_state_and_verify(sample, local_store):
     assert described["databases"][db]["fingerprint"]["tables"]["app.items"]["rows"] == 200
     manifest = take_backup(target, store)
     assert pg.verify(target, manifest, store)[db]["table_data_entries"] == 2
+
+
+def test_cut_over_ends_sessions_on_the_target_and_describe_reports_missing_databases(sample, local_store):
+    target, db = sample
+    store = local_store()
+    manifest = take_backup(target, store)
+    exec_in(target, db, "DELETE FROM public.logs")
+    client = connect(target, db, autocommit=True)  # an app still connected to the old database
+    try:
+        pg.restore(target, manifest, store, pg.RestoreOptions())
+        assert client.closed or client.broken or _dead(client)
+    finally:
+        client.close()
+    assert state(target, db) == manifest.fingerprint["databases"][db]
+
+    gone = target.model_copy(update={"databases": [db, "lost_db"]})
+    described = pg.describe_current_state(gone)
+    assert described["missing"] == ["lost_db"]
+    assert list(described["databases"]) == [db]
+    assert any(parse_aside(d)[0] == db for d in described["aside"])
+
+
+def _dead(conn) -> bool:
+    try:
+        conn.execute("SELECT 1")
+    except psycopg.OperationalError:
+        return True
+    return False
