@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -224,5 +225,38 @@ def test_operator_errors_say_what_to_fix_and_change_nothing(prefect_server, post
             )
         assert list_backups(store, "postgres") == []
         assert _asides_of(target_for(postgres), db) == []
+    finally:
+        drop(target_for(postgres), db)
+
+
+@pytest.fixture(scope="module")
+def other_server(request):
+    """A second isolated cluster: the 'different server' a restore or a drill goes to."""
+    from tests import services
+
+    try:
+        svc = services.start_postgres(secrets.token_hex(16), "pg-other-" + secrets.token_hex(3))
+    except services.ServiceMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    request.addfinalizer(svc.stop)
+    return svc
+
+
+def test_restore_to_another_server_leaves_the_source_untouched(postgres, other_server, local_store):
+    db = new_name()
+    source = target_for(postgres, databases=[db])
+    make_db(target_for(postgres), db)
+    store = local_store()
+    try:
+        with backup_session(store, "postgres") as session:
+            pg.backup(source, session)
+            session.commit()
+        before, names = state(source, db), db_names(source)
+
+        other = target_for(other_server, databases=[db])
+        report = pg.restore(other, session.manifest, store, pg.RestoreOptions(rename_to={db: "copy"}))
+        assert report["databases"]["copy"]["kept_as"] is None
+        assert state(other, "copy") == session.manifest.fingerprint["databases"][db]
+        assert state(source, db) == before and db_names(source) == names
     finally:
         drop(target_for(postgres), db)
