@@ -47,6 +47,8 @@ def sample(postgres):
 def test_backup_alter_restore_gives_back_the_recorded_fingerprint(sample, local_store):
     target, db = sample
     store = local_store()
+    exec_in(target, "postgres", f"ALTER DATABASE {db} SET search_path = app, public")
+    exec_in(target, "postgres", f"ALTER DATABASE {db} SET work_mem = '8MB'")
     before = state(target, db)
     manifest = take_backup(target, store)
 
@@ -70,6 +72,10 @@ def test_backup_alter_restore_gives_back_the_recorded_fingerprint(sample, local_
     )
     assert report["databases"][db]["fingerprint_equal"] is True
     assert not [d for d in db_names(target) if "__restore_" in d]
+    # database-level settings came back with the database
+    assert scalar(target, db, "SHOW search_path") == "app, public"
+    assert scalar(target, db, "SHOW work_mem") == "8MB"
+    assert scalar(target, db, "SELECT count(*) FROM items") == 200  # found through search_path
 
 
 def test_writes_during_the_dump_are_not_in_the_fingerprint_or_the_dump(sample, local_store):
