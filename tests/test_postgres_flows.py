@@ -16,7 +16,7 @@ import pytest
 
 import tasks.postgres as pg
 from flows.backup import backup_component
-from flows.postgres import cleanup_postgres_rollbacks, rollback_postgres
+from flows.postgres import cleanup_postgres_rollbacks, demo_postgres, rollback_postgres
 from flows.restore import restore_component
 from tasks.catalog import get_backup, list_backups
 from tasks.errors import ConfigurationError, NotFound
@@ -260,3 +260,14 @@ def test_restore_to_another_server_leaves_the_source_untouched(postgres, other_s
         assert state(source, db) == before and db_names(source) == names
     finally:
         drop(target_for(postgres), db)
+
+
+def test_demo_flow_backs_up_a_sample_and_restores_it_aside(prefect_server, postgres, local_store):
+    target = target_for(postgres)
+    db = new_name("demo")
+    try:
+        result = demo_postgres(target=target, store=local_store(), database=db)
+        assert result["fingerprints_equal"] is True
+        assert scalar(target, db + "_restored", "SELECT count(*) FROM functions") == 1000
+    finally:
+        drop(target, db, db + "_restored")
