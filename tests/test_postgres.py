@@ -303,3 +303,41 @@ def _dead(conn) -> bool:
     except psycopg.OperationalError:
         return True
     return False
+
+
+def test_restore_runs_inside_the_quiesce_window_and_leaves_it_on_failure(sample, local_store, monkeypatch):
+    """tasks.kube is issue #5's: a recording stand-in with its documented interface shows that the
+    restore (globals, restore aside, cut-over) happens while the namespace is scaled down."""
+    import contextlib
+    import sys
+    import types
+
+    target, db = sample
+    store = local_store()
+    manifest = take_backup(target, store)
+    events = []
+
+    @contextlib.contextmanager
+    def quiesced(kube, namespace):
+        events.append(("down", kube, namespace, sorted(db_names(target))))
+        try:
+            yield {"api": 2, "worker": 3}
+        finally:
+            events.append(("up", namespace, sorted(db_names(target))))
+
+    monkeypatch.setitem(sys.modules, "tasks.kube", types.SimpleNamespace(quiesced=quiesced))
+    monkeypatch.setattr("tasks.kube", sys.modules["tasks.kube"], raising=False)
+    report = pg.restore(target, manifest, store, pg.RestoreOptions(quiesce_namespace="lambda-system"))
+    assert report["quiesced"] == {"namespace": "lambda-system", "replicas": {"api": 2, "worker": 3}}
+    assert [e[0] for e in events] == ["down", "up"]
+    assert not any("__rollback_" in d for d in events[0][3])  # nothing cut over before scaling down
+    assert any("__rollback_" in d for d in events[1][2])  # cut over before scaling back up
+
+    events.clear()
+    with pytest.raises(BadInput):
+        pg.restore(target, manifest, store, pg.RestoreOptions(quiesce_namespace="ns", databases=["nope"]))
+    assert events == []  # refused before anything was scaled
+    monkeypatch.setattr(pg, "restore_aside", lambda *a, **k: (_ for _ in ()).throw(ComponentFailed("boom")))
+    with pytest.raises(ComponentFailed, match="boom"):
+        pg.restore(target, manifest, store, pg.RestoreOptions(quiesce_namespace="ns"))
+    assert [e[0] for e in events] == ["down", "up"]
