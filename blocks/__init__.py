@@ -1,6 +1,16 @@
 """Prefect blocks: where things are, with their secrets. Register with `prefect block register -m blocks`."""
 
+from blocks.app_state import AppStateTarget
 from blocks.kubernetes import KubernetesTarget, VeleroTarget
+from blocks.postgres import PostgresTarget
 from blocks.store import LocalStore, S3Store, StoreBlock
 
-__all__ = ["KubernetesTarget", "LocalStore", "S3Store", "StoreBlock", "VeleroTarget"]
+__all__ = [
+    "AppStateTarget",
+    "KubernetesTarget",
+    "LocalStore",
+    "PostgresTarget",
+    "S3Store",
+    "StoreBlock",
+    "VeleroTarget",
+]

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(postgresql-client postgresql etcd-server etcd-client prometheus-pushgateway prometheus zstd pigz)
+APT_PACKAGES=(postgresql-client postgresql etcd-server etcd-client prometheus-pushgateway prometheus zstd pigz time)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -174,6 +174,9 @@ def start_postgres(password: str, name: str = "pg", extra_conf: dict[str, str] |
         fh.write("host replication all 127.0.0.1/32 scram-sha-256\n")
     proc, log = _spawn([str(bindir / "postgres"), "-D", str(data)], workdir, user="postgres")
     wait_until(lambda: port_open(port), 30, "PostgreSQL", proc, log)
+    # the port opens before recovery ends ("the database system is starting up")
+    ready = [str(bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)]
+    wait_until(lambda: subprocess.run(ready).returncode == 0, 30, "PostgreSQL", proc, log)
     return Service(
         name, port, proc, workdir, {"password": password, "data": data, "socket": sock, "bindir": bindir}
     )
