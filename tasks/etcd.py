@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -26,6 +27,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prefect.artifacts import create_markdown_artifact
+from prefect.context import get_run_context
+from prefect.exceptions import MissingContextError
 from pydantic import BaseModel, Field
 
 from blocks.etcd import EtcdTarget, SwapMode
@@ -404,6 +408,27 @@ def swap_plan(tl: Tools, target: EtcdTarget, manifest: Manifest, snapshot_path: 
     return {"mode": target.swap_mode.value, "steps": steps, "rollback": rollback, "notes": notes}
 
 
+def plan_markdown(manifest: Manifest, plan: dict[str, Any]) -> str:
+    lines = [f"# etcd control-plane swap for {manifest.id} ({plan['mode']})", ""]
+    lines += [f"- {note}" for note in plan["notes"]] + ["", "## Steps (as root, in order)", ""]
+    for i, step in enumerate(plan["steps"], 1):
+        cmd = f"`{shlex.join(step['argv'])}`" if step["argv"] else f"({step['kind']})"
+        lines.append(f"{i}. {step['step']}: {cmd}")
+    lines += ["", "## Rollback", ""] + [f"- `{r}`" for r in plan["rollback"]]
+    return "\n".join(lines) + "\n"
+
+
+def _publish(manifest: Manifest, plan: dict[str, Any]) -> None:
+    """The plan as a Prefect artifact, for review, when running inside a flow or task."""
+    try:
+        get_run_context()
+    except MissingContextError:
+        return
+    create_markdown_artifact(
+        key="etcd-swap-plan", markdown=plan_markdown(manifest, plan), description="etcd swap plan"
+    )
+
+
 def on_control_plane(target: EtcdTarget) -> bool:
     if target.swap_mode == SwapMode.static_pod:
         return (Path(target.manifests_dir) / "etcd.yaml").is_file()
@@ -458,6 +483,7 @@ def restore(
     with private_dir(target, "restore") as tmp:
         checks = _restore_and_check(tl, store, manifest, tmp, f"klb-verify-{secrets.token_hex(4)}")
         plan = swap_plan(tl, target, manifest, str(tmp / OBJECT) if options.execute_swap else f"./{OBJECT}")
+        _publish(manifest, plan)
         report: dict[str, Any] = {
             "verified_in_throwaway_member": checks,
             "swap_plan": plan,

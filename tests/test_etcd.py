@@ -208,6 +208,10 @@ def test_drill_restores_checks_and_cleans_up(target, local_store):
 
 
 def test_backup_and_restore_through_the_prefect_flows(prefect_server, etcd, target, local_store):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
     from flows.backup import backup_component
     from flows.restore import restore_component
 
@@ -218,3 +222,10 @@ def test_backup_and_restore_through_the_prefect_flows(prefect_server, etcd, targ
     report = restore_component("etcd", backup_id=result.id, target=target, store=store)
     assert report["backup_id"] == result.id
     assert report["verified_in_throwaway_member"]["revision"]["ok"] is True
+
+    async def swap_plans() -> list[str]:
+        async with get_client() as client:
+            return [a.data for a in await client.read_artifacts() if a.key == "etcd-swap-plan"]
+
+    plans = asyncio.run(swap_plans())
+    assert plans and f"swap for {result.id}" in plans[-1] and "kube-apiserver.yaml" in plans[-1]
