@@ -229,3 +229,65 @@ def test_backup_and_restore_through_the_prefect_flows(prefect_server, etcd, targ
 
     plans = asyncio.run(swap_plans())
     assert plans and f"swap for {result.id}" in plans[-1] and "kube-apiserver.yaml" in plans[-1]
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def tls_etcd(tmp_path_factory):
+    """An etcd that demands client certificates (like kubeadm's), with a throwaway CA."""
+    from tests import services
+
+    d = tmp_path_factory.mktemp("etcd-tls")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+             "-days", "1", "-subj", "/CN=klb-test-ca", cwd=d)  # fmt: skip
+    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n")
+    for name in ("server", "client"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN={name}", cwd=d)  # fmt: skip
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.crt", "-days", "1", "-extfile", "san.cnf", cwd=d)  # fmt: skip
+    port, peer = services.free_port(), services.free_port()
+    url = f"https://127.0.0.1:{port}"
+    argv = [
+        services.need("etcd", "apt-get install etcd-server"),
+        "--name", "tls", "--data-dir", str(d / "data"),
+        "--listen-client-urls", url, "--advertise-client-urls", url,
+        "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+        "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+        "--initial-cluster", f"tls=http://127.0.0.1:{peer}",
+        "--cert-file", str(d / "server.crt"), "--key-file", str(d / "server.key"),
+        "--trusted-ca-file", str(d / "ca.crt"), "--client-cert-auth",
+    ]  # fmt: skip
+    proc, log = services._spawn(argv, d)
+    svc = services.Service("etcd-tls", port, proc, d, {"url": url})
+    try:
+        services.wait_until(lambda: services.port_open(port), 30, "etcd with TLS", proc, log)
+        yield svc
+    finally:
+        svc.stop()
+
+
+def test_tls_etcd_with_pem_contents_from_secrets(tls_etcd, local_store):
+    d = tls_etcd.workdir
+    target = EtcdTarget(
+        endpoints=[tls_etcd.extra["url"]],
+        cacert=SecretStr((d / "ca.crt").read_text()),
+        cert=SecretStr((d / "client.crt").read_text()),
+        key=SecretStr((d / "client.key").read_text()),
+    )
+    store = local_store()
+    manifest = backup_task.fn("etcd", target, store)
+    assert manifest.engine["endpoint"] == tls_etcd.extra["url"] and manifest.engine["keys"] == 0
+    assert etcd_component.describe_current_state(target)["members"][0]["version"]
+    assert etcd_component.drill(target, manifest, store, "tls")["verified"] is True
+
+    # The same CA without a client certificate: refused, said clearly, nothing stored.
+    anonymous = EtcdTarget(
+        endpoints=[tls_etcd.extra["url"]], cacert_path=str(d / "ca.crt"), dial_timeout_seconds=2
+    )
+    with pytest.raises(ConfigurationError, match="unreachable.*client cert"):
+        backup_task.fn("etcd", anonymous, local_store(prefix="anon"))
+    assert list_backups(local_store(prefix="anon"), "etcd") == []
