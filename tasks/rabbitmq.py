@@ -282,6 +282,21 @@ def differences(
     return out
 
 
+def broker_differences(target: RabbitMQTarget, client: httpx.Client, doc: dict[str, Any]) -> list[str]:
+    """Users (with their password hash) and permissions of a broker backup missing or different live."""
+    out = []
+    for user in doc.get("users") or []:
+        live = _get(target, client, f"/users/{q(user['name'])}", "read users")
+        if live is None or live.get("password_hash") != user.get("password_hash"):
+            out.append(f"user {user['name']!r} is missing or has another password")
+    for perm in doc.get("permissions") or []:
+        live = _get(target, client, f"/permissions/{q(perm['vhost'])}/{q(perm['user'])}", "read permissions")
+        props = ("configure", "write", "read")
+        if live is None or _props(live, props) != _props(perm, props):
+            out.append(f"permissions of {perm['user']!r} on {perm['vhost']!r} are missing or different")
+    return out
+
+
 # --- restore ---------------------------------------------------------------------------------
 
 
@@ -328,13 +343,15 @@ def restore(
                 "restore refused, nothing was changed: these exist with other properties "
                 "(delete them, or restore into another vhost with into_vhost): " + "; ".join(conflicts[:20])
             )
-        created = []
         if broker_wide:  # users, vhosts, permissions, global parameters and everything else at once
+            created = [v for v in plan if not _vhost_exists(target, client, v)]
             resp = client.post("/definitions", content=json.dumps(docs[None]))
             _raise_for(target, resp, "import the broker's definitions")
         else:
             created = [v for v, defs in plan.items() if _import_vhost(target, client, v, defs)]
         missing = [d for vhost, defs in plan.items() for d in differences(target, client, vhost, defs, False)]
+        if broker_wide:
+            missing += broker_differences(target, client, docs[None])
     if missing:
         raise IntegrityError(
             f"definitions imported but not all present as backed up: {'; '.join(missing[:20])}"

@@ -221,3 +221,29 @@ def test_backup_and_restore_through_the_prefect_flows(prefect_server, api, vhost
     report = restore_component("rabbitmq", backup_id="latest", target=target, store=store)
     assert report["backup_id"] == result.id and report["created_vhosts"] == [vhost]
     assert definitions(api, vhost) == before
+
+
+def test_whole_broker_restore_brings_back_vhost_user_password_and_permissions(
+    api, vhost, rabbitmq, local_store
+):
+    url = rabbitmq.extra["url"]
+    user, password = f"klb-user-{vhost[-8:]}", "pw-" + secrets.token_hex(8)
+    assert api.put(f"/users/{user}", json={"password": password, "tags": "management"}).status_code == 201
+    perms = {"configure": "^orders.*", "write": ".*", "read": ".*"}
+    assert api.put(f"/permissions/{seg(vhost)}/{user}", json=perms).status_code == 201
+    try:
+        store = local_store(encryption_key=SecretStr("rmq-key"))  # the backup holds password hashes
+        before = definitions(api, vhost)
+        manifest = backup_task.fn("rabbitmq", RabbitMQTarget(url=url), store)
+        api.delete(f"/vhosts/{seg(vhost)}")
+        api.delete(f"/users/{user}")
+
+        report = restore_task.fn(manifest, RabbitMQTarget(url=url), store, {})
+        assert report["broker_wide"] is True and vhost in report["created_vhosts"]
+        assert definitions(api, vhost) == before
+        live = api.get(f"/permissions/{seg(vhost)}/{user}").json()
+        assert {k: live[k] for k in perms} == perms
+        whoami = httpx.get(f"{url}/api/whoami", auth=(user, password), timeout=10)
+        assert whoami.status_code == 200 and whoami.json()["name"] == user, "the password came back"
+    finally:
+        api.delete(f"/users/{user}")
