@@ -496,8 +496,8 @@ def restore(
         else:
             report["next"] = (
                 "the snapshot restores and matches its manifest. To put it in place, run this restore "
-                "with execute_swap=true on the control-plane node, or download the snapshot as "
-                f"./{OBJECT} and follow swap_plan by hand."
+                "with execute_swap=true on the control-plane node, or fetch the checked snapshot with "
+                f"`python -m tasks.etcd download {manifest.id} ./{OBJECT}` and follow swap_plan by hand."
             )
     return report
 
@@ -522,3 +522,52 @@ def describe_current_state(target: EtcdTarget) -> dict[str, Any]:
                 member = {"endpoint": endpoint, "error": str(exc).splitlines()[-1][:200]}
             members.append(member)
     return {"members": members, "tool": tl.describe(), "on_control_plane": on_control_plane(target)}
+
+
+# --- by hand: fetch a checked snapshot for the swap plan ------------------------------------
+
+
+def download_snapshot(
+    store: StoreBlock, backup_id: str, dest: Path, target: EtcdTarget | None = None
+) -> dict:
+    """Write the snapshot of `backup_id` to `dest` (0600), only once sha256 and status check out."""
+    from tasks.catalog import get_backup
+
+    manifest = get_backup(store, backup_id, "etcd")
+    dest = Path(dest)
+    if dest.exists():
+        raise BadInput(f"{dest} exists: choose a new path (nothing was overwritten)")
+    with private_dir(target or EtcdTarget(work_dir=str(dest.parent)), "download") as tmp:
+        snap = _download(store, manifest, tmp)
+        status = _check_status(tools(target), snap, manifest)
+        shutil.move(snap, dest)
+    return {"backup_id": manifest.id, "path": str(dest), "snapshot_status": status}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tasks.etcd download <backup-id|latest> <path> [--store NAME]`"""
+    import argparse
+    import sys
+
+    from flows.common import load_store
+    from tasks.errors import BackupError
+
+    parser = argparse.ArgumentParser(prog="python -m tasks.etcd", description="fetch a checked etcd snapshot")
+    sub = parser.add_subparsers(dest="command", required=True)
+    dl = sub.add_parser("download", help="the snapshot file for the swap plan, checked")
+    dl.add_argument("backup_id")
+    dl.add_argument("path")
+    dl.add_argument("--store", help="store block name (default: $KLB_STORE or the local store)")
+    args = parser.parse_args(argv)
+    try:
+        print(
+            json.dumps(download_snapshot(load_store(args.store), args.backup_id, Path(args.path)), indent=2)
+        )
+    except BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -62,8 +62,8 @@ def etcd_procs() -> set[str]:
     return set(out.split())
 
 
-def test_hundred_keys_back_up_delete_restore_into_new_data_dir(etcd, target, local_store):
-    store = local_store(encryption_key=SecretStr("etcd-test-key"))
+def test_hundred_keys_back_up_delete_restore_into_new_data_dir(etcd, target, any_store):
+    store = any_store(encryption_key=SecretStr("etcd-test-key"))
     prefix = f"/klb-test/{os.urandom(4).hex()}/"
     put_keys(etcd.url, prefix, 100)
     manifest = backup_task.fn("etcd", target, store)
@@ -131,6 +131,10 @@ def test_corrupt_snapshot_is_refused_before_anything_changes(target, local_store
         verify_task.fn(manifest, store, target)
     with pytest.raises(IntegrityError):
         restore_task.fn(manifest, target, store, {})
+    dest = Path(store.path) / "fetched.db"
+    with pytest.raises(IntegrityError):
+        etcd_component.download_snapshot(store, manifest.id, dest)
+    assert not dest.exists()
 
     # Checksums fine, content not an etcd database: snapshot status says so.
     with backup_session(store, "etcd") as session:
@@ -191,6 +195,11 @@ def test_swap_is_refused_off_the_control_plane_and_the_plan_is_exact(target, loc
     moves = [a for a in argvs if a[0] == "mv"]
     assert moves[0][1].endswith("kube-apiserver.yaml"), "the API server stops first"
     assert [str(tmp_path / "etcd"), f"{tmp_path / 'etcd'}-old-{manifest.id}"] == moves[2][1:]
+    fetched = etcd_component.download_snapshot(store, manifest.id, tmp_path / "snapshot.db")
+    assert fetched["snapshot_status"] == manifest.engine["snapshot_status"]
+    assert stat.S_IMODE((tmp_path / "snapshot.db").stat().st_mode) == 0o600
+    with pytest.raises(BadInput, match="exists"):
+        etcd_component.download_snapshot(store, manifest.id, tmp_path / "snapshot.db")
     systemd = etcd_component.swap_plan(
         etcd_component.tools(target), away.model_copy(update={"swap_mode": SwapMode.systemd}), manifest, "x"
     )
