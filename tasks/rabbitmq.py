@@ -259,8 +259,13 @@ def differences(
         ("exchange", EXCHANGE_PROPS, "exchanges"),
         ("policy", POLICY_PROPS, "policies"),
     ):
-        for item in defs.get(path) or []:
-            live = _get(target, client, f"/{path}/{q(vhost)}/{q(item['name'])}", f"read {kind}s")
+        if not defs.get(path):
+            continue
+        # one listing per vhost and kind (a missing vhost lists nothing), not one GET per object
+        listed = _get(target, client, f"/{path}/{q(vhost)}", f"list {kind}s") or []
+        by_name = {i["name"]: i for i in listed}
+        for item in defs[path]:
+            live = by_name.get(item["name"])
             if live is None:
                 if not missing_ok:
                     out.append(f"{kind} {item['name']!r} is missing in vhost {vhost!r}")
