@@ -1,5 +1,8 @@
 """Prefect blocks: where things are, with their secrets. Register with `prefect block register -m blocks`."""
 
+from blocks.app_state import AppStateTarget
+from blocks.etcd import EtcdTarget
+from blocks.rabbitmq import RabbitMQTarget
 from blocks.store import LocalStore, S3Store, StoreBlock
 
-__all__ = ["LocalStore", "S3Store", "StoreBlock"]
+__all__ = ["AppStateTarget", "EtcdTarget", "LocalStore", "RabbitMQTarget", "S3Store", "StoreBlock"]

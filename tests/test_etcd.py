@@ -226,7 +226,11 @@ def test_backup_and_restore_through_the_prefect_flows(prefect_server, etcd, targ
 
     store = local_store()
     put_keys(target.endpoints[0], "/klb-flow/", 3)
-    result = backup_component("etcd", target=target, store=store)
+    target.model_copy(update={"cacert": SecretStr("PEM")}).save("etcd-flow-test", overwrite=True)
+    loaded = EtcdTarget.load("etcd-flow-test")
+    assert loaded.cacert.get_secret_value() == "PEM" and loaded.endpoints == target.endpoints
+    target.save("etcd-flow-test", overwrite=True)
+    result = backup_component("etcd", target="etcd-flow-test", store=store)
     assert result.component == "etcd" and result.verified
     report = restore_component("etcd", backup_id=result.id, target=target, store=store)
     assert report["backup_id"] == result.id

@@ -215,7 +215,9 @@ def test_backup_and_restore_through_the_prefect_flows(prefect_server, api, vhost
 
     store = local_store()
     before = definitions(api, vhost)
-    result = backup_component("rabbitmq", target=target, store=store)
+    block_name = f"rmq-{vhost[-8:]}"
+    target.save(block_name, overwrite=True)  # deployments pass the block's name
+    result = backup_component("rabbitmq", target=block_name, store=store)
     assert result.verified
     api.delete(f"/vhosts/{seg(vhost)}")
     report = restore_component("rabbitmq", backup_id="latest", target=target, store=store)
