@@ -172,10 +172,13 @@ def backup(target: EtcdTarget, session: BackupSession) -> None:
         endpoint = member["endpoint"]
         snap = tmp / OBJECT
         taken = datetime.now(UTC)
+        # etcdctl's --command-timeout (default 5s) bounds the whole download: a larger database
+        # over a slow link fails with "context deadline exceeded" unless it is raised
+        save_env = {**env, "ETCDCTL_COMMAND_TIMEOUT": f"{target.command_timeout_seconds}s"}
         run(
             _ctl(tl, endpoint, "snapshot", "save", str(snap)),
-            env,
-            timeout=target.command_timeout_seconds,
+            save_env,
+            timeout=target.command_timeout_seconds + 30,
             name="etcdctl snapshot save",
         )
         status = snapshot_status(tl, snap)

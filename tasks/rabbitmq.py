@@ -428,7 +428,7 @@ def describe_current_state(target: RabbitMQTarget) -> dict[str, Any]:
     }
     return {
         "rabbitmq_version": overview.get("rabbitmq_version"),
-        "object_totals": overview.get("object_totals"),
+        "object_totals": {k: (overview.get("object_totals") or {}).get(k) for k in ("queues", "exchanges")},
         "vhosts": per_vhost,
         "note": MESSAGES_NOTE,
     }
