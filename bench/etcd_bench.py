@@ -92,7 +92,7 @@ def main() -> None:
     finally:
         etcd.stop()
         shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(etcd.workdir, ignore_errors=True)
+        shutil.rmtree(etcd.workdir.parent, ignore_errors=True)  # .run/test-<pid>/
 
 
 if __name__ == "__main__":
