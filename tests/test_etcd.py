@@ -8,6 +8,8 @@ import os
 import stat
 import subprocess
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -304,3 +306,89 @@ def test_tls_etcd_with_pem_contents_from_secrets(tls_etcd, local_store):
     with pytest.raises(ConfigurationError, match="unreachable.*client cert"):
         backup_task.fn("etcd", anonymous, local_store(prefix="anon"))
     assert list_backups(local_store(prefix="anon"), "etcd") == []
+
+
+class StaticPodKubelet:
+    """A stand-in for kubelet on a rehearsal control plane: runs a real etcd from `data_dir` while
+    `<manifests>/etcd.yaml` exists, stops it when the manifest is moved away."""
+
+    def __init__(self, root: Path) -> None:
+        from tests import services
+
+        self.manifests, self.data = root / "manifests", root / "etcd"
+        self.manifests.mkdir()
+        (self.manifests / "etcd.yaml").write_text("kind: Pod\n")
+        (self.manifests / "kube-apiserver.yaml").write_text("kind: Pod\n")
+        self.client = f"http://127.0.0.1:{services.free_port()}"
+        self.peer = f"http://127.0.0.1:{services.free_port()}"
+        self.log = root / "etcd.log"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _argv(self) -> list[str]:
+        return ["etcd", "--name", "cp1", "--data-dir", str(self.data),
+                "--listen-client-urls", self.client, "--advertise-client-urls", self.client,
+                "--listen-peer-urls", self.peer, "--initial-advertise-peer-urls", self.peer,
+                "--initial-cluster", f"cp1={self.peer}"]  # fmt: skip
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            running = self.proc is not None and self.proc.poll() is None
+            wanted = (self.manifests / "etcd.yaml").exists()
+            if wanted and not running:
+                with open(self.log, "ab") as out:
+                    self.proc = subprocess.Popen(self._argv(), stdout=out, stderr=subprocess.STDOUT)
+                self.starts += 1
+            elif running and not wanted:
+                self.proc.terminate()
+                self.proc.wait(timeout=15)
+            time.sleep(0.2)
+
+    def __enter__(self) -> StaticPodKubelet:
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not etcd_component._healthy(self.client):
+            assert time.monotonic() < deadline, self.log.read_text()[-2000:]
+            time.sleep(0.1)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=15)
+
+
+def test_approved_swap_on_a_rehearsal_control_plane(tmp_path, local_store):
+    """execute_swap end to end on a rehearsal control plane in a temp dir (never the machine's):
+    the restored data dir replaces the live one, etcd restarts with the 100 keys, the old data
+    dir is kept for rollback, and the manifests are back where they were."""
+    store = local_store(encryption_key=SecretStr("swap-key"))
+    with StaticPodKubelet(tmp_path) as kubelet:
+        target = EtcdTarget(
+            endpoints=[kubelet.client],
+            data_dir=str(kubelet.data),
+            manifests_dir=str(kubelet.manifests),
+            member_name="cp1",
+            peer_url=kubelet.peer,
+            dial_timeout_seconds=1,
+        )
+        put_keys(kubelet.client, "/registry/configmaps/", 100)
+        manifest = backup_task.fn("etcd", target, store)
+        delete_prefix(kubelet.client, "/registry/configmaps/")
+        put_keys(kubelet.client, "/registry/after-backup/", 1)
+
+        report = restore_task.fn(manifest, target, store, {"execute_swap": True})
+        assert report["swap_executed"] is True
+        assert report["swap_steps_done"] == [s["step"] for s in report["swap_plan"]["steps"]]
+        assert kubelet.starts == 2, "etcd was stopped and started again by its manifest"
+        kvs, revision = read_prefix(kubelet.client, "/registry/configmaps/")
+        assert len(kvs) == 100 and revision == manifest.engine["snapshot_status"]["revision"]
+        assert read_prefix(kubelet.client, "/registry/after-backup/")[0] == {}
+    old = Path(f"{kubelet.data}-old-{manifest.id}")
+    assert (old / "member").is_dir(), "the old data dir is kept for rollback"
+    assert not Path(f"{kubelet.data}-restored-{manifest.id}").exists()
+    assert {p.name for p in kubelet.manifests.iterdir()} == {"etcd.yaml", "kube-apiserver.yaml"}
