@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 from blocks.etcd import EtcdTarget
 from blocks.store import StoreBlock
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError, IntegrityError
-from tasks.etcd_swap import execute, on_control_plane, publish, swap_plan
+from tasks.etcd_swap import check_preflight, execute, on_control_plane, publish, swap_plan
 from tasks.models import Manifest
 from tasks.proc import run
 from tasks.store import BackupSession, read_object
@@ -358,6 +358,7 @@ def restore(
             raise BadInput(
                 "execute_swap needs the target's peer_url (and member_name): this member's real values"
             )
+        check_preflight(swap_plan(tl, target, manifest, OBJECT))  # fail before the long verification
     with private_dir(target, "restore") as tmp:
         checks = _restore_and_check(tl, store, manifest, tmp, f"klb-verify-{secrets.token_hex(4)}")
         plan = swap_plan(tl, target, manifest, str(tmp / OBJECT) if options.execute_swap else f"./{OBJECT}")

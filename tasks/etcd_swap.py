@@ -16,7 +16,7 @@ from prefect.context import get_run_context
 from prefect.exceptions import MissingContextError
 
 from blocks.etcd import EtcdTarget, SwapMode
-from tasks.errors import ComponentFailed
+from tasks.errors import BadInput, ComponentFailed
 from tasks.models import Manifest
 from tasks.proc import run
 
@@ -46,15 +46,15 @@ def swap_plan(tl: Tools, target: EtcdTarget, manifest: Manifest, snapshot_path: 
         man, hold = Path(target.manifests_dir), f"{target.manifests_dir}-klb-hold-{tag}"
         steps = [
             _step("restore the verified snapshot into a NEW data dir", restore_argv),
-            _step("hold the static pod manifests aside", ["mkdir", "-p", hold]),
+            _step("hold the static pod manifests aside", ["mkdir", "-m", "0700", hold]),
             _step(
                 "stop kube-apiserver (kubelet removes its pod)",
                 ["mv", str(man / "kube-apiserver.yaml"), hold],
             ),
             _step("stop etcd (kubelet removes its pod)", ["mv", str(man / "etcd.yaml"), hold]),
             _step("wait until etcd no longer answers", kind="wait-down"),
-            _step("keep the old data dir for rollback", ["mv", data, old]),
-            _step("put the restored data dir in place", ["mv", restored, data]),
+            _step("keep the old data dir for rollback", ["mv", "-T", data, old]),
+            _step("put the restored data dir in place", ["mv", "-T", restored, data]),
             _step("start etcd", ["mv", f"{hold}/etcd.yaml", str(man)]),
             _step("wait until etcd is healthy", kind="wait-healthy"),
             _step("start kube-apiserver", ["mv", f"{hold}/kube-apiserver.yaml", str(man)]),
@@ -64,14 +64,18 @@ def swap_plan(tl: Tools, target: EtcdTarget, manifest: Manifest, snapshot_path: 
             f"mv {data} {data}-failed-{tag} && mv {old} {data}",
             f"mv {hold}/etcd.yaml {man}/ ; then mv {hold}/kube-apiserver.yaml {man}/",
         ]
+        preflight = {
+            "must_exist": [data, str(man / "etcd.yaml"), str(man / "kube-apiserver.yaml")],
+            "must_not_exist": [restored, old, hold],
+        }
     else:
         steps = [
             _step("restore the verified snapshot into a NEW data dir", restore_argv),
             _step("stop kube-apiserver", ["systemctl", "stop", target.apiserver_unit]),
             _step("stop etcd", ["systemctl", "stop", target.etcd_unit]),
             _step("wait until etcd no longer answers", kind="wait-down"),
-            _step("keep the old data dir for rollback", ["mv", data, old]),
-            _step("put the restored data dir in place", ["mv", restored, data]),
+            _step("keep the old data dir for rollback", ["mv", "-T", data, old]),
+            _step("put the restored data dir in place", ["mv", "-T", restored, data]),
             _step("start etcd", ["systemctl", "start", target.etcd_unit]),
             _step("wait until etcd is healthy", kind="wait-healthy"),
             _step("start kube-apiserver", ["systemctl", "start", target.apiserver_unit]),
@@ -81,6 +85,7 @@ def swap_plan(tl: Tools, target: EtcdTarget, manifest: Manifest, snapshot_path: 
             f"mv {data} {data}-failed-{tag} && mv {old} {data}",
             f"systemctl start {target.etcd_unit} && systemctl start {target.apiserver_unit}",
         ]
+        preflight = {"must_exist": [data], "must_not_exist": [restored, old]}
     notes = [
         "run as root on the control-plane node; with several members, restore EVERY member from this "
         "same snapshot with its own --name/--initial-advertise-peer-urls and the full --initial-cluster",
@@ -89,12 +94,21 @@ def swap_plan(tl: Tools, target: EtcdTarget, manifest: Manifest, snapshot_path: 
     ]
     if not target.peer_url:
         notes.insert(0, "set the target's peer_url (and member_name) to this member's real values first")
-    return {"mode": target.swap_mode.value, "steps": steps, "rollback": rollback, "notes": notes}
+    return {
+        "mode": target.swap_mode.value,
+        "preflight": preflight,
+        "steps": steps,
+        "rollback": rollback,
+        "notes": notes,
+    }
 
 
 def plan_markdown(manifest: Manifest, plan: dict[str, Any]) -> str:
     lines = [f"# etcd control-plane swap for {manifest.id} ({plan['mode']})", ""]
-    lines += [f"- {note}" for note in plan["notes"]] + ["", "## Steps (as root, in order)", ""]
+    lines += [f"- {note}" for note in plan["notes"]] + ["", "## Before anything", ""]
+    lines += [f"- `{p}` must exist" for p in plan["preflight"]["must_exist"]]
+    lines += [f"- `{p}` must NOT exist" for p in plan["preflight"]["must_not_exist"]]
+    lines += ["", "## Steps (as root, in order)", ""]
     for i, step in enumerate(plan["steps"], 1):
         cmd = f"`{shlex.join(step['argv'])}`" if step["argv"] else f"({step['kind']})"
         lines.append(f"{i}. {step['step']}: {cmd}")
@@ -119,7 +133,21 @@ def on_control_plane(target: EtcdTarget) -> bool:
     return (Path(target.data_dir) / "member").is_dir()
 
 
+def check_preflight(plan: dict[str, Any]) -> None:
+    """Refuse before the first step: a leftover from an earlier attempt would make `mv` nest
+    directories or a step fail half-way."""
+    missing = [p for p in plan["preflight"]["must_exist"] if not Path(p).exists()]
+    leftover = [p for p in plan["preflight"]["must_not_exist"] if Path(p).exists()]
+    if missing or leftover:
+        raise BadInput(
+            "etcd swap refused, nothing was changed: "
+            + (f"missing {missing}; " if missing else "")
+            + (f"left from an earlier attempt (move them away first) {leftover}" if leftover else "")
+        )
+
+
 def execute(plan: dict[str, Any], target: EtcdTarget, tl: Tools) -> list[str]:
+    check_preflight(plan)
     done: list[str] = []
     endpoint = target.endpoints[0]
     with target.client_env() as env:

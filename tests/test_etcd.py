@@ -196,7 +196,8 @@ def test_swap_is_refused_off_the_control_plane_and_the_plan_is_exact(target, loc
     assert "--initial-cluster" in argvs[0] and "cp1=https://10.0.0.1:2380" in argvs[0]
     moves = [a for a in argvs if a[0] == "mv"]
     assert moves[0][1].endswith("kube-apiserver.yaml"), "the API server stops first"
-    assert [str(tmp_path / "etcd"), f"{tmp_path / 'etcd'}-old-{manifest.id}"] == moves[2][1:]
+    assert [str(tmp_path / "etcd"), f"{tmp_path / 'etcd'}-old-{manifest.id}"] == moves[2][-2:]
+    assert moves[2][1] == "-T", "never nest the data dir into an existing directory"
     fetched = etcd_component.download_snapshot(store, manifest.id, tmp_path / "snapshot.db")
     assert fetched["snapshot_status"] == manifest.engine["snapshot_status"]
     assert stat.S_IMODE((tmp_path / "snapshot.db").stat().st_mode) == 0o600
@@ -388,6 +389,10 @@ def test_approved_swap_on_a_rehearsal_control_plane(tmp_path, local_store):
         kvs, revision = read_prefix(kubelet.client, "/registry/configmaps/")
         assert len(kvs) == 100 and revision == manifest.engine["snapshot_status"]["revision"]
         assert read_prefix(kubelet.client, "/registry/after-backup/")[0] == {}
+        # A second approved swap from the same backup finds the kept old data dir: refused first.
+        with pytest.raises(BadInput, match="nothing was changed.*earlier attempt"):
+            restore_task.fn(manifest, target, store, {"execute_swap": True})
+        assert kubelet.starts == 2 and len(read_prefix(kubelet.client, "/registry/configmaps/")[0]) == 100
     old = Path(f"{kubelet.data}-old-{manifest.id}")
     assert (old / "member").is_dir(), "the old data dir is kept for rollback"
     assert not Path(f"{kubelet.data}-restored-{manifest.id}").exists()
