@@ -2,7 +2,17 @@
 
 from blocks.app_state import AppStateTarget
 from blocks.etcd import EtcdTarget
+from blocks.kubernetes import KubernetesTarget, VeleroTarget
 from blocks.rabbitmq import RabbitMQTarget
 from blocks.store import LocalStore, S3Store, StoreBlock
 
-__all__ = ["AppStateTarget", "EtcdTarget", "LocalStore", "RabbitMQTarget", "S3Store", "StoreBlock"]
+__all__ = [
+    "AppStateTarget",
+    "EtcdTarget",
+    "KubernetesTarget",
+    "LocalStore",
+    "RabbitMQTarget",
+    "S3Store",
+    "StoreBlock",
+    "VeleroTarget",
+]
