@@ -56,6 +56,10 @@ DEMO_SETUPS: dict[str, Callable[[ExitStack, Path], Block]] = {
     "app-state": app_state,
 }
 
+from flows import demo_etcd_rabbitmq  # noqa: E402
+
+DEMO_SETUPS.update(demo_etcd_rabbitmq.DEMO_SETUPS)
+
 
 def main() -> int:
     services_dir = RUN_DIR / "services"
