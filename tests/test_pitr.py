@@ -15,6 +15,7 @@ from pathlib import Path
 import boto3
 import psycopg
 import pytest
+from pydantic import SecretStr
 
 from blocks.pitr import PitrTarget
 from blocks.store import S3Store
@@ -104,6 +105,10 @@ def bench(request, moto):
         },
     )
     request.addfinalizer(svc.stop)
+    # the port opens before the server accepts connections
+    services.wait_until(
+        lambda: _sql(svc, "select 1"), 30, "PITR source cluster", log=svc.workdir / "server.log"
+    )
     target = target.model_copy(update={"port": svc.port})
     store = _store(moto, bucket)
     _sql(svc, "create table t (id serial primary key, phase text not null)")
@@ -383,3 +388,46 @@ def test_restore_refuses_a_directory_that_is_not_new(bench, tmp_path):
             bench["target"], bench["base"], bench["store"], pitr.RestoreOptions(directory=str(tmp_path))
         )
     assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+# ---- flows: the scheduled base backup and the archive check (last: they add a base backup) -----
+
+
+def _artifact(key: str) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    return max(found, key=lambda a: a.created).data
+
+
+def test_backup_and_check_flows(prefect_server, bench):
+    from flows.backup import backup_component
+    from flows.pitr import check_wal_archive
+
+    result = backup_component("postgres-pitr", target=bench["target"], store=bench["store"])
+    assert result.verified and result.component == "postgres-pitr"
+    _switch_and_wait(bench["svc"])
+    report = check_wal_archive(target=bench["target"], store=bench["store"])
+    assert report["problems"] == []
+    (window,) = report["archive"]["windows"]
+    assert [b["id"] for b in window["base_backups"]] == [bench["base"].id, result.id]
+    markdown = _artifact("pitr-wal-archive")
+    assert "PITR possible" in markdown and bench["base"].id in markdown and result.id in markdown
+    assert "testing" not in markdown  # no credentials in the report
+
+
+def test_check_flow_fails_when_archiving_is_off(prefect_server, postgres, moto):
+    from flows.pitr import check_wal_archive
+
+    target = PitrTarget(port=postgres.port, password=postgres.extra["password"], archive_url="s3://nowhere/x")
+    bucket = "pitr-chk-" + secrets.token_hex(4)
+    _s3(moto).create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+    target = target.model_copy(update={"archive_url": f"s3://{bucket}/pitr", "endpoint_url": moto.url})
+    target = target.model_copy(
+        update={"aws_access_key_id": SecretStr("testing"), "aws_secret_access_key": SecretStr("testing")}
+    )
+    with pytest.raises(ConfigurationError, match="PITR not possible: archive_mode is off"):
+        check_wal_archive(target=target, store=_store(moto, bucket))
+    assert "**PITR not possible**" in _artifact("pitr-wal-archive")
