@@ -69,6 +69,7 @@ def check_wal_archive(
     config = check_config_task(target_block)
     report = wal_window_task(target_block, store_block)
     problems = list(config["problems"])
+    warnings = "".join(f"- warning: {w}\n" for w in config["warnings"])
     if not report.windows:
         problems.append(report.describe())
     if report.missing_segments:
@@ -79,7 +80,9 @@ def check_wal_archive(
         key="pitr-wal-archive",
         markdown="# WAL archive check\n\n"
         + ("**PITR not possible**: " + "; ".join(problems) if problems else "PITR possible.")
-        + "\n\n| setting | value |\n|---|---|\n"
+        + "\n\n"
+        + warnings
+        + "\n| setting | value |\n|---|---|\n"
         + settings
         + archiver
         + "\n"
@@ -99,7 +102,7 @@ def recover_task(target, manifest, store, goal, options) -> dict[str, Any]:
 @flow(name="pitr-postgres")
 def pitr_postgres(
     target_time: datetime | str | None,
-    directory: str,
+    directory: str | None = None,
     target: str | Block | None = None,
     store: str | StoreBlock | None = None,
     target_lsn: str | None = None,
@@ -109,10 +112,12 @@ def pitr_postgres(
     os_user: str = "postgres",
 ) -> dict[str, Any]:
     """Recover PostgreSQL to `target_time` (with zone, or 'latest'; or give target_lsn /
-    target_name instead) into a NEW instance in `directory`, on a loopback port, archiving off,
-    paused at the target. The source is never touched. Promote it with promote_pitr."""
+    target_name instead) into a NEW instance in `directory` (default: a new folder under
+    $KLB_PITR_DIR), on a loopback port, archiving off, paused at the target. The source is never
+    touched. Promote it with promote_pitr."""
     logger = get_run_logger()
     goal = parse_target(target_time, target_lsn, target_name)  # bad input fails before anything runs
+    directory = directory or pitr.default_directory(goal)
     options = pitr.RestoreOptions(directory=directory, port=port, os_user=os_user)
     target_block, store_block = _target(target), load_store(store)
     report, window, ref = pitr.plan(target_block, store_block, goal, backup_id)

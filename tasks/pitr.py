@@ -144,7 +144,8 @@ def check_config(target: PitrTarget) -> dict[str, Any]:
             strict=True,
         )
     )
-    problems = []
+    problems: list[str] = []
+    warnings: list[str] = []
     if settings.get("wal_level") == "minimal":
         problems.append("wal_level is minimal: set wal_level = replica and restart")
     if settings.get("archive_mode") == "off":
@@ -154,7 +155,8 @@ def check_config(target: PitrTarget) -> dict[str, Any]:
         if not settings.get("archive_library"):
             problems.append("archive_command is empty: set it to barman-cloud-wal-archive (docs/pitr.md)")
     elif target.server_name not in command or target.archive_url not in command:
-        problems.append(
+        # an operator (CloudNativePG) may wrap the engine: report it, the window check decides
+        warnings.append(
             f"archive_command does not archive to {target.archive_url} as server {target.server_name}: "
             f"it is {command!r}"
         )
@@ -173,6 +175,7 @@ def check_config(target: PitrTarget) -> dict[str, Any]:
         "wal_segment_size": seg_size,
         "system_identifier": str(sysid),
         "problems": problems,
+        "warnings": warnings,
         "pitr_possible": not problems,
     }
 
@@ -325,6 +328,17 @@ def _as_user(user: str) -> list[str]:
 
 def _conf_quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+DEFAULT_PITR_ROOT = "/var/lib/knative-lambda-backup/pitr"
+
+
+def default_directory(goal: RecoveryTarget) -> str:
+    """$KLB_PITR_DIR (or /var/lib/knative-lambda-backup/pitr)/pitr-<now>-<rand>: always new."""
+    from tasks.ids import new_backup_id
+
+    base = os.environ.get("KLB_PITR_DIR") or DEFAULT_PITR_ROOT
+    return str(Path(base) / new_backup_id("pitr"))
 
 
 def _prepare_directory(path: str, user: str) -> Path:

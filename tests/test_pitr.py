@@ -123,6 +123,7 @@ def bench(request, moto):
     _sql(svc, "insert into t (phase) select 'between-2' from generate_series(1, 5)")
     target_time = _sql(svc, "select clock_timestamp()")[0][0]
     target_lsn = _sql(svc, "select pg_current_wal_lsn()::text")[0][0]
+    _sql(svc, "select pg_create_restore_point('before-after')")  # not a transaction
     _switch_and_wait(svc)
     _sql(svc, "insert into t (phase) select 'after' from generate_series(1, 5)")
     last_commit = _sql(svc, "select max(pg_xact_commit_timestamp(xmin)) from t")[0][0]
@@ -379,6 +380,17 @@ def test_pitr_to_latest_and_to_an_lsn(bench, new_dir, tmp_path):
         if Path(lsn_dir, pitr.STATE_FILE).exists():
             pitr.stop_instance(lsn_dir)
         shutil.rmtree(lsn_dir, ignore_errors=True)
+
+
+def test_pitr_to_a_named_restore_point(bench, new_dir):
+    options = pitr.RestoreOptions(directory=new_dir, target_name="before-after")
+    result = pitr.restore(bench["target"], bench["base"], bench["store"], options)
+    assert "restore point" in result["stopped_at"] and result["in_recovery"]
+    assert _phases(result["port"], bench["svc"].extra["password"]) == {
+        "before": 5,
+        "between-1": 5,
+        "between-2": 5,
+    }
 
 
 def test_restore_refuses_a_directory_that_is_not_new(bench, tmp_path):
