@@ -13,6 +13,7 @@ import contextlib
 import getpass
 import glob
 import json
+import logging
 import os
 import re
 import shutil
@@ -51,8 +52,10 @@ from tasks.pitr_window import (
     parse_target,
 )
 from tasks.proc import feed_stdin, run, stream_stdout
+from tasks.store import read_object
 
 Target = PitrTarget
+log_ = logging.getLogger(__name__)
 BASE_OBJECT = "base.tar"
 STATE_FILE = "pitr.json"
 NOT_REACHED = "recovery ended before configured recovery target was reached"
@@ -461,8 +464,6 @@ def recover(
     as_user = _as_user(user)
     started = False
     try:
-        from tasks.store import read_object
-
         # the stream is checked (sha256) at its end, before anything is started from it
         feed_stdin(
             [*as_user, "tar", "-x", "-f", "-", "-C", str(data)],
@@ -533,9 +534,7 @@ def recover(
             stop_instance(str(root))
         shutil.rmtree(root, ignore_errors=True)
         if tail and tail != "(no server log)":
-            import logging
-
-            logging.getLogger(__name__).error("PITR instance log before cleanup:\n%s", tail)
+            log_.error("PITR instance log before cleanup:\n%s", tail)
         raise
     return {
         "goal": goal.describe(),
@@ -605,6 +604,19 @@ def restore(
     return recover(target, manifest, store, goal, options)
 
 
+def drill(target: PitrTarget, manifest: Manifest, store: StoreBlock, drill_id: str) -> dict[str, Any]:
+    """Recover `manifest` + all archived WAL into a throwaway instance, verify, always remove it."""
+    base = os.environ.get("KLB_PITR_DIR") or DEFAULT_PITR_ROOT
+    directory = str(Path(base) / f"drill-{drill_id}")
+    try:
+        report = restore(target, manifest, store, RestoreOptions(directory=directory))
+        return {"verified": True, "checks": report}
+    finally:
+        if Path(directory, STATE_FILE).exists():
+            stop_instance(directory)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def describe_current_state(target: PitrTarget) -> dict[str, Any]:
     return check_config(target)
 
@@ -616,6 +628,7 @@ __all__ = [
     "verify",
     "restore",
     "describe_current_state",
+    "drill",
     "check_config",
     "wal_archive",
     "plan",

@@ -382,6 +382,16 @@ def test_pitr_to_latest_and_to_an_lsn(bench, new_dir, tmp_path):
         shutil.rmtree(lsn_dir, ignore_errors=True)
 
 
+def test_drill_recovers_verifies_and_removes_its_instance(bench, monkeypatch):
+    base = services.session_dir("pitr-drills")
+    monkeypatch.setenv("KLB_PITR_DIR", str(base))
+    report = pitr.drill(bench["target"], bench["base"], bench["store"], "d1")
+    assert report["verified"] and report["checks"]["in_recovery"] is False
+    assert "postgres" in report["checks"]["databases"]
+    assert not (base / "drill-d1").exists()
+    assert _sql(bench["svc"], "select count(*) from t")[0][0] == 20  # source untouched
+
+
 def test_pitr_to_a_named_restore_point(bench, new_dir):
     options = pitr.RestoreOptions(directory=new_dir, target_name="before-after")
     result = pitr.restore(bench["target"], bench["base"], bench["store"], options)
