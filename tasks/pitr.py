@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 from blocks.pitr import PitrTarget
 from blocks.store import StoreBlock
 from tasks.catalog import list_backups
-from tasks.errors import BadInput, ComponentFailed, ConfigurationError, IntegrityError
+from tasks.errors import BadInput, ComponentFailed, ConfigurationError, IntegrityError, TransientError
 from tasks.models import Manifest
 from tasks.pitr_engines import (
     engine_for,
@@ -98,6 +98,10 @@ def connect(target: PitrTarget, host: str | None = None, port: int | None = None
             autocommit=True,
         )
     except psycopg.OperationalError as exc:
+        if "starting up" in str(exc) or "shutting down" in str(exc):
+            raise TransientError(
+                f"PostgreSQL at {host or target.host}:{port or target.port} is restarting"
+            ) from None
         raise ConfigurationError(
             f"cannot connect to PostgreSQL at {host or target.host}:{port or target.port} as "
             f"{target.user}: {str(exc).strip().splitlines()[0]}"
@@ -425,7 +429,7 @@ def _wait_for_target(target, goal, port, bindir, data, log, user, timeout) -> di
                     goal.kind != "latest" and pause == "paused"
                 ):
                     return _state(conn)
-        except ConfigurationError:
+        except (ConfigurationError, TransientError):
             pass  # shutting down or not accepting yet: the checks above decide
         time.sleep(0.3)
     raise ComponentFailed(f"recovery did not reach {goal.describe()} within {timeout}s:\n{_log_tail(log)}")

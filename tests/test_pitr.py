@@ -173,6 +173,7 @@ def test_check_config_reports_archiving(bench):
 
 def test_pitr_not_possible_without_archiving(postgres, moto):
     """The session cluster has archive_mode off: the check says so and no base backup is stored."""
+    services.wait_until(lambda: _sql(postgres, "select 1"), 30, "session PostgreSQL")  # port opens first
     target = PitrTarget(
         port=postgres.port, password=postgres.extra["password"], archive_url="s3://nowhere/pitr"
     )
@@ -230,7 +231,7 @@ def test_window_matches_what_the_engine_and_server_report(bench, monkeypatch):
     assert [b.id for b in window.base_backups] == [bench["base"].id]
 
 
-def test_archive_with_a_missing_segment_ends_the_window_before_it(bench, moto):
+def test_archive_with_a_missing_segment_ends_the_window_before_it(prefect_server, bench, moto, new_dir):
     """A copy of the archive without one segment: the window stops before the gap."""
     s3, bucket = _s3(moto), bench["bucket"]
     gap = bench["gap_segment"]
@@ -254,10 +255,12 @@ def test_archive_with_a_missing_segment_ends_the_window_before_it(bench, moto):
     tli, segno = segment_number(gap, 16 * 1024 * 1024)
     assert window.last_segment == segment_name(tli, segno - 1, 16 * 1024 * 1024)
     assert window.end_time is None  # nothing committed between the backup's end and the gap
-    goal = parse_target(bench["T"])
+    from flows.pitr import pitr_postgres
+
     with pytest.raises(BadInput, match=f"missing WAL segments: {gap}") as err:
-        pitr.plan(target, store, goal)
+        pitr_postgres(bench["T"], new_dir, target=target, store=store)
     assert "Nothing was changed" in str(err.value)
+    assert not Path(new_dir).exists()
 
 
 # ---- bad targets: clear errors, nothing changed ------------------------------------------------
@@ -443,6 +446,7 @@ def test_backup_and_check_flows(prefect_server, bench):
 def test_check_flow_fails_when_archiving_is_off(prefect_server, postgres, moto):
     from flows.pitr import check_wal_archive
 
+    services.wait_until(lambda: _sql(postgres, "select 1"), 30, "session PostgreSQL")
     target = PitrTarget(port=postgres.port, password=postgres.extra["password"], archive_url="s3://nowhere/x")
     bucket = "pitr-chk-" + secrets.token_hex(4)
     _s3(moto).create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
