@@ -3,6 +3,7 @@
 from blocks.app_state import AppStateTarget
 from blocks.etcd import EtcdTarget
 from blocks.kubernetes import KubernetesTarget, VeleroTarget
+from blocks.pitr import PitrTarget
 from blocks.postgres import PostgresTarget
 from blocks.rabbitmq import RabbitMQTarget
 from blocks.store import LocalStore, S3Store, StoreBlock
@@ -12,6 +13,7 @@ __all__ = [
     "EtcdTarget",
     "KubernetesTarget",
     "LocalStore",
+    "PitrTarget",
     "PostgresTarget",
     "RabbitMQTarget",
     "S3Store",
