@@ -134,9 +134,21 @@ def build_block(spec: BlockSpec, env: dict[str, str]) -> Block:
         raise SetupError(f"block {spec.type}/{spec.name} is invalid: {fields}") from None
 
 
+def _normal(value: Any) -> Any:
+    """Drop Prefect's bookkeeping (`_block_document_id`...); 3600 and 3600.0 are the same value."""
+    if isinstance(value, dict):
+        return {k: _normal(v) for k, v in value.items() if not k.startswith("_")}
+    if isinstance(value, list):
+        return [_normal(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 def _state(block: Block) -> str:
     """Comparable content of a block, secrets included (never printed)."""
-    return json.dumps(block.model_dump(mode="json", context={"include_secrets": True}), sort_keys=True)
+    dumped = block.model_dump(mode="json", context={"include_secrets": True})
+    return json.dumps(_normal(dumped), sort_keys=True)
 
 
 def apply(spec: BlocksFile, env: dict[str, str], log=print) -> dict[str, str]:
