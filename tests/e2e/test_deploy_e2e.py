@@ -202,7 +202,10 @@ def test_backup_deployment_runs_through_a_worker(e2e, deployed):
         result = backup_component("app-state", target="e2e", store="klb-local-store/e2e")
         assert result.verified
     # 4. REST
-    by_rest = api(e2e, "POST", f"/deployments/{dep['id']}/create_flow_run", json={}).json()["id"]
+    found = api(e2e, "GET", f"/deployments/name/{BACKUP}").json()
+    assert found["id"] == dep["id"]
+    body = {"parameters": {}, "idempotency_key": f"rest-{uuid.uuid4()}"}
+    by_rest = api(e2e, "POST", f"/deployments/{found['id']}/create_flow_run", json=body).json()["id"]
     ids = {by_cli, str(by_python.id), by_rest}
     assert len(ids) == 3
 
@@ -216,6 +219,14 @@ def test_backup_deployment_runs_through_a_worker(e2e, deployed):
     states = {r["id"]: (r["state"]["type"], r["state"]["message"]) for r in runs}
     assert {s for s, _ in states.values()} == {"COMPLETED"}, states
 
+    # the deployment's limit (1, ENQUEUE) held the others back rather than running them at once
+    histories = [api(e2e, "GET", "/flow_run_states/", params={"flow_run_id": i}).json() for i in ids]
+    waited = [
+        i
+        for i, h in zip(ids, histories, strict=True)
+        if any(s["name"] == "AwaitingConcurrencySlot" for s in h)
+    ]
+    assert waited, "no run ever waited for the deployment's concurrency slot"
     spans = sorted(
         (datetime.fromisoformat(r["start_time"]), datetime.fromisoformat(r["end_time"])) for r in runs
     )
