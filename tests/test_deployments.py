@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
-import json
 import importlib.util
+import json
 from datetime import timedelta
 from pathlib import Path
 
