@@ -174,9 +174,9 @@ def apply(spec: BlocksFile, env: dict[str, str], log=print) -> dict[str, str]:
         from flows.locks import ensure_component_limit, lock_name
         from tasks.components import SPECS
 
-        for component in SPECS:
+        for name, component in {lock_name(c): c for c in SPECS}.items():
             ensure_component_limit(component)
-            log(f"limit     {lock_name(component)} (1 slot)")
+            log(f"limit     {name} (1 slot)")
     return actions
 
 

@@ -116,6 +116,12 @@ def test_component_lock_excludes_the_same_component_only(prefect_server):
             pytest.fail("two holders of one component")
         with component_lock("rabbitmq", timeout_seconds=5):
             pass  # another component is free
+    with (
+        component_lock("postgres", timeout_seconds=5),
+        pytest.raises(TransientError, match="postgres-pitr"),
+        component_lock("postgres-pitr", timeout_seconds=1),
+    ):
+        pytest.fail("a PITR base backup while the same server is restored")
     with component_lock("etcd", timeout_seconds=5):
         pass  # released
 
