@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from blocks.store import StoreBlock
 from flows.common import load_store, result_storage
+from flows.locks import component_lock
 from tasks.components import SPECS, ComponentName, ComponentNotBuilt, backup_task, load_target
 from tasks.errors import ConfigurationError
 from tasks.models import Manifest
@@ -42,7 +43,8 @@ class BackupResult(BaseModel):
 
 def _run_backup(component: str, target, store, labels) -> BackupResult:
     task = backup_task.with_options(persist_result=True, result_storage=result_storage(store))
-    manifest = task(component, target, store, labels)
+    with component_lock(component):  # never while a restore of this component runs
+        manifest = task(component, target, store, labels)
     where = f"{store.location}/{component}/{manifest.started_at:%Y-%m-%d}/{manifest.id}"
     return BackupResult.of(manifest, where)
 
