@@ -9,7 +9,7 @@ from flows.backup import backup_all, backup_component
 from flows.drill import DrillFailed, drill_report_text, restore_drill
 from tasks.catalog import list_backups
 from tasks.drills import HealthCheck, Status, list_drill_records
-from tests.drill_support import drill_tmp, flip_byte, processes_mentioning, prod  # noqa: F401
+from tests.drill.conftest import flip_byte, processes_mentioning
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -94,7 +94,9 @@ def test_drill_of_a_corrupted_backup_fails_names_the_component_and_cleans_up(loc
     flip_byte(store, list_backups(store, "app-state")[-1].object("sessions").key)
     before = prod.file.read_bytes()
 
-    state = restore_drill(components=["app-state"], targets={"app-state": target}, store=store, return_state=True)
+    state = restore_drill(
+        components=["app-state"], targets={"app-state": target}, store=store, return_state=True
+    )
 
     record, message = _failed_record(store, state)
     app = record.component("app-state")
@@ -110,7 +112,9 @@ def test_a_step_without_a_drill_command_is_not_covered_and_proves_nothing(local_
     store = local_store()
     target = prod.target(drill=False)
     backup_component("app-state", target=target, store=store)
-    state = restore_drill(components=["app-state"], targets={"app-state": target}, store=store, return_state=True)
+    state = restore_drill(
+        components=["app-state"], targets={"app-state": target}, store=store, return_state=True
+    )
     record, message = _failed_record(store, state)
     assert record.component("app-state").status is Status.not_covered
     assert "drill_restore_command" in record.component("app-state").reason
@@ -119,9 +123,8 @@ def test_a_step_without_a_drill_command_is_not_covered_and_proves_nothing(local_
 
 def test_verify_command_and_health_checks_decide(local_store, prod, drill_tmp):
     store = local_store()
-    good = prod.target(verify=["grep", "-q", "alpha", "--", "${KLB_DRILL_DIR}/state"])
-    # argv is not a shell: use sh only to expand the variable the drill sets
-    good.steps[0].verify_command = ["sh", "-c", 'grep -q alpha "$KLB_DRILL_DIR/state"']
+    # argv is not a shell: sh only expands the variable the drill sets
+    good = prod.target(verify=["sh", "-c", 'grep -q alpha "$KLB_DRILL_DIR/state"'])
     backup_component("app-state", target=good, store=store)
     healthy = HealthCheck(name="ok", component="app-state", command=["sh", "-c", 'test -n "$KLB_DRILL_ID"'])
     record = restore_drill(
@@ -131,7 +134,9 @@ def test_verify_command_and_health_checks_decide(local_store, prod, drill_tmp):
     assert app.checks["checks"]["sessions"]["by"] == "verify_command" and app.health[0].ok
 
     bad = prod.target(verify=["sh", "-c", 'grep -q omega "$KLB_DRILL_DIR/state"'])
-    state = restore_drill(components=["app-state"], targets={"app-state": bad}, store=store, return_state=True)
+    state = restore_drill(
+        components=["app-state"], targets={"app-state": bad}, store=store, return_state=True
+    )
     record, _ = _failed_record(store, state)
     assert "app-state verify sessions exited with status 1" in record.component("app-state").reason
 

@@ -1,4 +1,4 @@
-"""Shared by the drill, checklist and recovery tests: a 'production' app-state whose backup is
+"""Fixtures shared by the drill, checklist and recovery tests: a 'production' app-state whose backup is
 `cat` of a file and whose restore replaces that file; drills write only under $KLB_DRILL_DIR."""
 
 from __future__ import annotations
