@@ -45,7 +45,7 @@ from tasks.drills import (
     run_health_check,
     save_drill_record,
 )
-from tasks.errors import BackupError, BadInput, ConfigurationError, NotFound
+from tasks.errors import BackupError, BadInput, ComponentFailed, ConfigurationError, NotFound
 from tasks.ids import new_backup_id
 from tasks.models import Manifest
 from tasks.plan import DR_STEPS, ORDER, PLAN_ONLY, build_plan, plan_markdown
@@ -314,24 +314,38 @@ def _etcd_plan(manifest: Manifest) -> dict[str, Any]:
     }
 
 
+def _verify_restored(
+    done: dict[str, dict], manifests: dict[str, Manifest], targets: dict[str, str | Block]
+) -> dict[str, Any]:
+    """Each restored component as it is now; where both sides have a fingerprint, they must match."""
+    out: dict[str, Any] = {}
+    mismatched = []
+    for name, rec in done.items():
+        if rec.get("status") != "done" or not rec.get("restored"):
+            continue
+        state = load(name).describe_current_state(load_target(name, targets.get(name)))
+        expected = manifests[name].fingerprint
+        match = None if expected is None or "fingerprint" not in state else state["fingerprint"] == expected
+        out[name] = {"state": state, "fingerprint_matches": match}
+        if match is False:
+            mismatched.append(name)
+    if mismatched:
+        raise ComponentFailed(f"after the restore, {mismatched} do not match their backups' fingerprints")
+    return out
+
+
 def _run_step(
-    step: str,
     component: str | None,
     plan_action: str,
-    manifest: Manifest | None,
+    manifests: dict[str, Manifest],
     targets: dict[str, str | Block],
     store: StoreBlock,
     options: dict[str, Any] | None,
     done: dict[str, dict],
 ) -> dict[str, Any]:
-    if component is None:  # verify: each restored component as it is now
-        out = {}
-        for name, rec in done.items():
-            if rec.get("status") != "done" or not rec.get("restored"):
-                continue
-            state = load(name).describe_current_state(load_target(name, targets.get(name)))
-            out[name] = {"state": state}
-        return {"status": "done", "verified": out}
+    if component is None:
+        return {"status": "done", "verified": _verify_restored(done, manifests, targets)}
+    manifest = manifests.get(component)
     if manifest is None or plan_action == "skip":
         return {"status": "skipped", "reason": "nothing to restore or not configured (see the plan)"}
     if component in PLAN_ONLY:
@@ -398,10 +412,9 @@ def full_cluster_restore(
         started = datetime.now(UTC)
         try:
             outcome = _run_step(
-                step,
                 component,
                 action,
-                manifests.get(component) if component else None,
+                manifests,
                 targets or {},
                 store_block,
                 (options or {}).get(component) if component else None,

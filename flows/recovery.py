@@ -113,7 +113,7 @@ def _ask_approval(timeout: int, plan_md: str) -> tuple[ChecklistLine, str]:
         description=f"Approve this restore?\n\n{plan_md}", approve=False, by="", reason=""
     )
     try:
-        answer = pause_flow_run(wait_for_input=form, timeout=timeout, poll_interval=min(10, timeout))
+        answer = pause_flow_run(wait_for_input=form, timeout=timeout, poll_interval=min(2, timeout))
     except FlowPauseTimeout:
         raise Refused(
             ChecklistLine(item=item, mark=Mark.refused, detail=f"no approval within {timeout}s: refused")

@@ -124,3 +124,84 @@ def _keys(store):
     from tasks.backends import backend_for
 
     return sorted(backend_for(store).list_keys(store.prefix))
+
+
+@pytest.fixture
+def webhook():
+    """A real HTTP endpoint on loopback that keeps what it is sent."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/hook", received
+    server.shutdown()
+    server.server_close()
+
+
+def test_stakeholders_are_told_through_notification_blocks(local_store, prod, webhook):
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    url, received = webhook
+    name = "klb-oncall-" + prod.file.parent.parent.name.lower().replace("_", "-")[-20:]
+    CustomWebhookNotificationBlock(name="oncall", url=url, json_data={"text": "{{subject}}: {{body}}"}).save(
+        name, overwrite=True
+    )
+    store = local_store()
+    target = prod.target()
+    backup = backup_component("app-state", target=target, store=store)
+    guard = RestoreGuard(notify=[f"custom-webhook/{name}", "custom-webhook/no-such-block"])
+
+    record = restore_with_checklist("app-state", target=target, store=store, guard=guard)
+
+    line = next(x for x in record.checklist if x.item == "notify stakeholders")
+    assert line.mark is Mark.warn and "no-such-block" in line.detail  # one told, one could not be
+    assert len(received) == 1 and backup.id in received[0]["text"] and record.id in received[0]["text"]
+
+
+def test_an_approved_restore_goes_ahead_with_the_approver_recorded(local_store, prod):
+    import threading
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import resume_flow_run
+
+    store = local_store()
+    target = prod.target()
+    backup_component("app-state", target=target, store=store)
+    prod.file.write_bytes(b"broken\n")
+    stop = threading.Event()
+
+    def approver():  # a human on the other side of the UI: answers the paused run's form
+        paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
+        with get_client(sync_client=True) as client:
+            while not stop.wait(0.2):
+                for run in client.read_flow_runs(flow_run_filter=paused):
+                    resume_flow_run(run.id, run_input={"approve": True, "by": "alice", "reason": "db lost"})
+                    return
+
+    thread = threading.Thread(target=approver, daemon=True)
+    thread.start()
+    try:
+        guard = RestoreGuard(require_approval=True, approval_timeout_seconds=60)
+        record = restore_with_checklist("app-state", target=target, store=store, guard=guard)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    assert record.status == "restored" and record.approved_by == "alice"
+    assert record.checklist[-1].detail == "approved by alice: db lost"
+    assert prod.file.read_bytes() != b"broken\n" and prod.restores == 1

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pytest
+from prefect.settings import PREFECT_API_URL
 
 from flows.backup import backup_all, backup_component
 from flows.drill import DrillFailed, drill_report_text, restore_drill
@@ -127,11 +128,14 @@ def test_verify_command_and_health_checks_decide(local_store, prod, drill_tmp):
     good = prod.target(verify=["sh", "-c", 'grep -q alpha "$KLB_DRILL_DIR/state"'])
     backup_component("app-state", target=good, store=store)
     healthy = HealthCheck(name="ok", component="app-state", command=["sh", "-c", 'test -n "$KLB_DRILL_ID"'])
+    api = HealthCheck(name="prefect-api", url=PREFECT_API_URL.value() + "/health")
     record = restore_drill(
-        components=["app-state"], targets={"app-state": good}, store=store, health_checks=[healthy]
+        components=["app-state"], targets={"app-state": good}, store=store, health_checks=[healthy, api]
     )
     app = record.component("app-state")
     assert app.checks["checks"]["sessions"]["by"] == "verify_command" and app.health[0].ok
+    assert record.health[0].ok and record.health[0].detail.startswith("HTTP 200")
+    assert record.rto_seconds >= app.rto_seconds  # drill-wide checks count in the overall RTO
 
     bad = prod.target(verify=["sh", "-c", 'grep -q omega "$KLB_DRILL_DIR/state"'])
     state = restore_drill(
@@ -140,7 +144,7 @@ def test_verify_command_and_health_checks_decide(local_store, prod, drill_tmp):
     record, _ = _failed_record(store, state)
     assert "app-state verify sessions exited with status 1" in record.component("app-state").reason
 
-    broken = HealthCheck(name="api", command=["false"])
+    broken = HealthCheck(name="api", url=PREFECT_API_URL.value() + "/no-such-page", expect_status=200)
     state = restore_drill(
         components=["app-state"],
         targets={"app-state": good},
@@ -149,5 +153,5 @@ def test_verify_command_and_health_checks_decide(local_store, prod, drill_tmp):
         return_state=True,
     )
     record, message = _failed_record(store, state)
-    assert record.component("app-state").status is Status.verified and "health check api" in message
+    assert record.component("app-state").status is Status.verified and "health check api: HTTP 404" in message
     assert list(drill_tmp.iterdir()) == []
