@@ -40,6 +40,7 @@ from tasks.drills import (
     Status,
     drill_report_markdown,
     drill_report_text,
+    list_drill_records,
     new_drill_id,
     rpo_figures,
     run_health_check,
@@ -52,7 +53,7 @@ from tasks.plan import DR_STEPS, ORDER, PLAN_ONLY, build_plan, plan_markdown
 from tasks.records import get_record, put_record, record_key
 from tasks.recovery import get_recovery_point, member_manifests
 
-__all__ = ["restore_drill", "full_cluster_restore", "drill_report_text", "DrillFailed"]
+__all__ = ["restore_drill", "full_cluster_restore", "drill_report_text", "last_drill_report", "DrillFailed"]
 
 
 class DrillFailed(BackupError):
@@ -281,6 +282,14 @@ def restore_drill(
     if record.failures:
         raise DrillFailed(f"restore drill {drill_id} FAILED ({record.key}): " + "; ".join(record.failures))
     return record
+
+
+def last_drill_report(store: str | StoreBlock | None = None) -> str:
+    """The newest stored drill as plain text (for the demo, also after a failed drill)."""
+    records = list_drill_records(load_store(store))
+    if not records:
+        raise NotFound("no restore drill has been recorded in this store yet: run restore_drill()")
+    return drill_report_text(records[-1])
 
 
 # --- full cluster restore (DR scenario 1) -----------------------------------------------------

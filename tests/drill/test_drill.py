@@ -7,7 +7,7 @@ import pytest
 from prefect.settings import PREFECT_API_URL
 
 from flows.backup import backup_all, backup_component
-from flows.drill import DrillFailed, drill_report_text, restore_drill
+from flows.drill import DrillFailed, drill_report_text, last_drill_report, restore_drill
 from tasks.catalog import list_backups
 from tasks.drills import HealthCheck, Status, list_drill_records
 from tests.drill.conftest import flip_byte, processes_mentioning
@@ -106,7 +106,7 @@ def test_drill_of_a_corrupted_backup_fails_names_the_component_and_cleans_up(loc
     assert "IntegrityError" in app.reason or "corrupt" in app.reason
     assert list(drill_tmp.iterdir()) == [] and processes_mentioning(f"KLB_DRILL_DIR={drill_tmp}") == []
     assert prod.file.read_bytes() == before
-    assert "FAILED" in drill_report_text(record)
+    assert "FAILED" in drill_report_text(record) and last_drill_report(store) == drill_report_text(record)
 
 
 def test_a_step_without_a_drill_command_is_not_covered_and_proves_nothing(local_store, prod, drill_tmp):
