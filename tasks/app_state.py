@@ -7,8 +7,10 @@ tasks/components.py.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from tasks.proc import feed_stdin, run, stream_stdout
 from tasks.store import BackupSession, read_object, verify_object
 
 Target = AppStateTarget
+log = logging.getLogger(__name__)
 
 
 def default_target() -> AppStateTarget:
@@ -98,6 +101,23 @@ def _sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _reap(workdir: Path) -> list[int]:
+    """Kill whatever a drill command left running (found by its $KLB_DRILL_DIR): a drill leaves
+    no process behind. Linux /proc; elsewhere a no-op."""
+    marker = f"{DRILL_DIR_ENV}={workdir}\0".encode()
+    killed = []
+    for pid in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            if marker in Path(f"/proc/{pid}/environ").read_bytes():
+                os.kill(int(pid), signal.SIGKILL)
+                killed.append(int(pid))
+        except OSError:
+            continue
+    return killed
+
+
 def _drill_step(step, obj, store: StoreBlock, drill_id: str) -> dict[str, Any]:
     """Restore one step into its own temp directory, verify it there, always remove it."""
     workdir = Path(tempfile.mkdtemp(prefix=f"klb-drill-{drill_id}-{step.name}-", dir=drill_base_dir()))
@@ -126,6 +146,8 @@ def _drill_step(step, obj, store: StoreBlock, drill_id: str) -> dict[str, Any]:
             )
         return {"verified": True, "by": "sha256", "bytes": obj.raw_size, "dir": str(workdir)}
     finally:
+        if _reap(workdir):
+            log.warning("app-state drill %s: killed processes its commands left running", step.name)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -50,6 +50,20 @@ def test_drill_restores_app_state_into_isolation_and_passes(local_store, prod, d
     assert "PASSED" in text and "app-state" in text and "verified" in text and "not covered" in text
 
 
+def test_a_drill_command_that_leaves_a_process_running_is_cleaned_up(local_store, prod, drill_tmp):
+    store = local_store()
+    target = prod.target()
+    target.steps[0].drill_restore_command = [
+        "sh",
+        "-c",
+        'cat > "$KLB_DRILL_DIR/state"; sleep 300 >/dev/null 2>&1 </dev/null &',
+    ]
+    backup_component("app-state", target=target, store=store)
+    record = restore_drill(components=["app-state"], targets={"app-state": target}, store=store)
+    assert record.passed
+    assert processes_mentioning(f"KLB_DRILL_DIR={drill_tmp}") == [] and list(drill_tmp.iterdir()) == []
+
+
 def test_rto_and_rpo_match_the_timestamps_of_the_runs(local_store, prod, drill_tmp):
     store = local_store()
     target = prod.target()
