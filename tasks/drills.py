@@ -97,6 +97,7 @@ class ComponentDrill(BaseModel):
     rto_seconds: float | None = None
     rpo_age_seconds: float | None = Field(default=None, description="drill start - source time")
     worst_gap_seconds: float | None = Field(default=None, description="worst gap between good backups")
+    rpo_target_hours: float | None = None
     production_unchanged: bool | None = None
     checks: dict[str, Any] = Field(default_factory=dict)
     health: list[CheckResult] = Field(default_factory=list)
@@ -242,18 +243,21 @@ def drill_report_markdown(rec: DrillRecord) -> str:
         f"{_hours(rec.worst_gap_seconds)} | < {rec.rpo_target_hours:g} h | "
         f"{_ok(rec.worst_gap_seconds, rec.rpo_target_hours * 3600)} |",
         "",
-        "| component | result | backup | RTO | RPO (age) | worst gap | production unchanged | detail |",
-        "|---|---|---|---|---|---|---|---|",
+        "| component | result | backup | RTO | RPO (age) | worst gap | RPO target | production unchanged "
+        "| detail |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in rec.components:
         prod = {True: "yes", False: "**NO**", None: "-"}[c.production_unchanged]
         status = f"**{c.status.value}**" if c.status is Status.failed else c.status.value
+        target = "-" if c.rpo_target_hours is None else f"< {c.rpo_target_hours:g} h"
         detail = (c.reason or ", ".join(f"{k}: ok" for k in c.checks.get("checks", {})) or "").replace(
             "|", "/"
         )
         out.append(
             f"| {c.component} | {status} | {c.backup_id or '-'} | {_minutes(c.rto_seconds)} | "
-            f"{_hours(c.rpo_age_seconds)} | {_hours(c.worst_gap_seconds)} | {prod} | {detail[:300]} |"
+            f"{_hours(c.rpo_age_seconds)} | {_hours(c.worst_gap_seconds)} | "
+            f"{target} | {prod} | {detail[:300]} |"
         )
     checks = rec.health + [h for c in rec.components for h in c.health]
     if checks:

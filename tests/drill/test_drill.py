@@ -169,3 +169,18 @@ def test_verify_command_and_health_checks_decide(local_store, prod, drill_tmp):
     record, message = _failed_record(store, state)
     assert record.component("app-state").status is Status.verified and "health check api: HTTP 404" in message
     assert list(drill_tmp.iterdir()) == []
+
+
+def test_rpo_target_is_checked_per_component(local_store, prod, drill_tmp):
+    store = local_store()
+    target = prod.target()
+    backup_component("app-state", target=target, store=store)
+    common = {"components": ["app-state"], "targets": {"app-state": target}, "store": store}
+    state = restore_drill(**common, rpo_target_hours=0.000001, return_state=True)  # 3.6 ms
+    record, message = _failed_record(store, state)
+    app = record.component("app-state")
+    assert app.status is Status.verified and app.rpo_target_hours == 0.000001
+    assert "app-state: RPO" in message and "worst gap" in message
+    # an explicit per-component target (e.g. daily volume backups) overrides the drill-wide one
+    record = restore_drill(**common, rpo_target_hours=0.000001, rpo_targets_hours={"app-state": 6})
+    assert record.passed and record.component("app-state").rpo_target_hours == 6
