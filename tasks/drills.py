@@ -178,12 +178,15 @@ def load_drill_record(store: StoreBlock, key: str) -> DrillRecord:
 # --- the report -------------------------------------------------------------------------------
 
 
-def _minutes(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds / 60:.2f} min"
-
-
-def _hours(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds / 3600:.2f} h"
+def duration(seconds: float | None) -> str:
+    """0.42 s / 12.5 min / 7.25 h: readable at every scale a drill meets."""
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.2f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
 
 
 def _as_record(result: DrillRecord | dict[str, Any]) -> DrillRecord:
@@ -199,9 +202,9 @@ def drill_report_text(result: DrillRecord | dict[str, Any]) -> str:
             (
                 c.component,
                 c.status.value,
-                _minutes(c.rto_seconds),
-                _hours(c.rpo_age_seconds),
-                _hours(c.worst_gap_seconds),
+                duration(c.rto_seconds),
+                duration(c.rpo_age_seconds),
+                duration(c.worst_gap_seconds),
                 (c.reason or c.backup_id or "")[:80],
             )
         )
@@ -215,8 +218,8 @@ def drill_report_text(result: DrillRecord | dict[str, Any]) -> str:
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     lines.append(
-        f"RTO {_minutes(rec.rto_seconds)} (target < {rec.rto_target_minutes:g} min); "
-        f"RPO {_hours(rec.rpo_seconds)}, worst gap {_hours(rec.worst_gap_seconds)} "
+        f"RTO {duration(rec.rto_seconds)} (target < {rec.rto_target_minutes:g} min); "
+        f"RPO {duration(rec.rpo_seconds)}, worst gap {duration(rec.worst_gap_seconds)} "
         f"(target < {rec.rpo_target_hours:g} h)"
     )
     for check in rec.health:
@@ -235,12 +238,12 @@ def drill_report_markdown(rec: DrillRecord) -> str:
         "",
         "| | measured | target | |",
         "|---|---|---|---|",
-        f"| RTO | {_minutes(rec.rto_seconds)} | < {rec.rto_target_minutes:g} min | "
+        f"| RTO | {duration(rec.rto_seconds)} | < {rec.rto_target_minutes:g} min | "
         f"{_ok(rec.rto_seconds, rec.rto_target_minutes * 60)} |",
-        f"| RPO (age of restored data) | {_hours(rec.rpo_seconds)} | < {rec.rpo_target_hours:g} h | "
+        f"| RPO (age of restored data) | {duration(rec.rpo_seconds)} | < {rec.rpo_target_hours:g} h | "
         f"{_ok(rec.rpo_seconds, rec.rpo_target_hours * 3600)} |",
         f"| worst gap between good backups ({rec.rpo_window_hours:g} h window) | "
-        f"{_hours(rec.worst_gap_seconds)} | < {rec.rpo_target_hours:g} h | "
+        f"{duration(rec.worst_gap_seconds)} | < {rec.rpo_target_hours:g} h | "
         f"{_ok(rec.worst_gap_seconds, rec.rpo_target_hours * 3600)} |",
         "",
         "| component | result | backup | RTO | RPO (age) | worst gap | RPO target | production unchanged "
@@ -255,8 +258,8 @@ def drill_report_markdown(rec: DrillRecord) -> str:
             "|", "/"
         )
         out.append(
-            f"| {c.component} | {status} | {c.backup_id or '-'} | {_minutes(c.rto_seconds)} | "
-            f"{_hours(c.rpo_age_seconds)} | {_hours(c.worst_gap_seconds)} | "
+            f"| {c.component} | {status} | {c.backup_id or '-'} | {duration(c.rto_seconds)} | "
+            f"{duration(c.rpo_age_seconds)} | {duration(c.worst_gap_seconds)} | "
             f"{target} | {prod} | {detail[:300]} |"
         )
     checks = rec.health + [h for c in rec.components for h in c.health]
