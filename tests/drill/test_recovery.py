@@ -8,6 +8,7 @@ from flows.backup import backup_all
 from flows.drill import full_cluster_restore, restore_drill
 from flows.recovery import restore_plan
 from tasks.catalog import get_backup
+from tasks.drills import list_drill_records
 from tasks.errors import IntegrityError
 from tasks.plan import DR_STEPS
 from tasks.records import get_record, record_key
@@ -106,3 +107,17 @@ def test_full_cluster_restore_plans_first_then_resumes_where_it_stopped(local_st
 
     again = full_cluster_restore(targets={"app-state": target}, store=store, dry_run=False, run_id=run_id)
     assert again["steps"]["app-state"] == "done (earlier run)" and prod.restores == 1
+
+
+def test_recovery_point_drill_and_records_on_s3(s3_store, prod, drill_tmp):
+    store = s3_store()
+    target = prod.target()
+    result = backup_all(components=["app-state"], targets={"app-state": target}, store=store)
+
+    record = restore_drill(recovery_point="latest", targets={"app-state": target}, store=store)
+
+    assert record.passed and record.recovery_point == result.recovery_point
+    assert record.component("app-state").backup_id == result.backups["app-state"].id
+    assert list_recovery_points(store)[-1].id == result.recovery_point
+    assert [r.id for r in list_drill_records(store)] == [record.id]
+    assert list(drill_tmp.iterdir()) == []
