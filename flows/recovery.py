@@ -139,9 +139,11 @@ def restore_with_checklist(
     force: bool = False,
     required_objects: list[str] | None = None,
     require_approval: bool | None = None,
+    without_rollback: bool = False,
 ) -> RestoreRecord:
     """Restore one component through the pre-restore checklist. Refuses (changing nothing) when
-    an item fails; the safety backup is taken before anything is replaced."""
+    an item fails; the safety backup is taken before anything is replaced. `without_rollback=True`
+    lets a restore go ahead when the current state cannot be described or backed up (it is gone)."""
     logger = get_run_logger()
     component = ComponentName(component).value
     store_block = load_store(store)
@@ -171,10 +173,12 @@ def restore_with_checklist(
             )
         )
         line, record.current_state_key = document_current_state(
-            component, target_block, store_block, record.id
+            component, target_block, store_block, record.id, without_rollback
         )
         record.checklist.append(line)
-        line, record.safety_backup_id = prepare_rollback(component, target_block, store_block, record.id)
+        line, record.safety_backup_id = prepare_rollback(
+            component, target_block, store_block, record.id, without_rollback
+        )
         record.checklist.append(line)
         needs_approval = guard_block.require_approval if require_approval is None else require_approval
         if needs_approval:

@@ -155,18 +155,21 @@ def notify_stakeholders(guard: RestoreGuard, subject: str, body: str) -> Checkli
 
 @task(task_run_name="checklist-document-{component}", cache_policy=NO_CACHE)
 def document_current_state(
-    component: str, target: Block, store: StoreBlock, restore_id: str
-) -> tuple[ChecklistLine, str]:
+    component: str, target: Block, store: StoreBlock, restore_id: str, without_rollback: bool = False
+) -> tuple[ChecklistLine, str | None]:
     """describe_current_state, stored beside the restore record."""
     item = ITEMS[4]
     try:
         state: dict[str, Any] = describe_task.fn(component, target)
     except Exception as exc:
+        detail = f"cannot describe the current state: {type(exc).__name__}: {exc}"
+        if without_rollback:  # production is gone: that is why we restore
+            return ChecklistLine(
+                item=item, mark=Mark.warn, detail=detail + " (allowed: without_rollback)"
+            ), None
         raise Refused(
             ChecklistLine(
-                item=item,
-                mark=Mark.refused,
-                detail=f"cannot describe the current state: {type(exc).__name__}: {exc}",
+                item=item, mark=Mark.refused, detail=detail + "; if it is gone, pass without_rollback=True"
             )
         ) from exc
     key = put_record(store, f"{restore_prefix(store, restore_id)}/current-state.json", state)
@@ -175,8 +178,8 @@ def document_current_state(
 
 @task(task_run_name="checklist-safety-backup-{component}", cache_policy=NO_CACHE)
 def prepare_rollback(
-    component: str, target: Block, store: StoreBlock, restore_id: str
-) -> tuple[ChecklistLine, str]:
+    component: str, target: Block, store: StoreBlock, restore_id: str, without_rollback: bool = False
+) -> tuple[ChecklistLine, str | None]:
     """A safety backup of what is there now, stored and verified, before anything is replaced."""
     item = ITEMS[5]
     try:
@@ -184,9 +187,14 @@ def prepare_rollback(
             component, target, store, {"purpose": "pre-restore-safety", "restore": restore_id}
         )
     except Exception as exc:
+        detail = f"the safety backup failed, so there is no rollback: {type(exc).__name__}: {exc}"
+        if without_rollback:
+            return ChecklistLine(
+                item=item, mark=Mark.warn, detail=detail + " (allowed: without_rollback)"
+            ), None
         raise Refused(
             ChecklistLine(
-                item=item, mark=Mark.refused, detail=f"the safety backup failed, so no rollback: {exc}"
+                item=item, mark=Mark.refused, detail=detail + "; if it is gone, pass without_rollback=True"
             )
         ) from exc
     return (

@@ -205,3 +205,22 @@ def test_an_approved_restore_goes_ahead_with_the_approver_recorded(local_store, 
     assert record.status == "restored" and record.approved_by == "alice"
     assert record.checklist[-1].detail == "approved by alice: db lost"
     assert prod.file.read_bytes() != b"broken\n" and prod.restores == 1
+
+
+def test_when_production_is_gone_the_restore_needs_without_rollback(local_store, prod):
+    store = local_store()
+    target = prod.target()
+    original = prod.file.read_bytes()
+    backup_component("app-state", target=target, store=store)
+    prod.file.unlink()  # the state is lost: `cat` fails, so no safety backup can be taken
+    state = restore_with_checklist("app-state", target=target, store=store, return_state=True)
+    with pytest.raises(Refused, match="without_rollback=True"):
+        state.result()
+    assert not prod.file.exists() and prod.restores == 0
+
+    record = restore_with_checklist("app-state", target=target, store=store, without_rollback=True)
+
+    assert record.status == "restored" and record.safety_backup_id is None
+    assert prod.file.read_bytes() == original
+    line = next(x for x in record.checklist if x.item == "prepare rollback")
+    assert line.mark is Mark.warn and "no rollback" in line.detail
