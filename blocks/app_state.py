@@ -27,7 +27,8 @@ class AppStateStep(BaseModel):
     verify_command: list[str] | None = Field(
         default=None,
         min_length=1,
-        description="argv run after the drill restore with $KLB_DRILL_DIR set; exit 0 = verified. "
+        description="argv run after the drill restore with $KLB_DRILL_DIR set (also the working directory "
+        "unless cwd is set); exit 0 = verified. "
         "Unset: the drill restore must be a pure sink (one file, checked against the sha256)",
     )
 

@@ -122,17 +122,18 @@ def _drill_step(step, obj, store: StoreBlock, drill_id: str) -> dict[str, Any]:
     """Restore one step into its own temp directory, verify it there, always remove it."""
     workdir = Path(tempfile.mkdtemp(prefix=f"klb-drill-{drill_id}-{step.name}-", dir=drill_base_dir()))
     env = {**step.environment(), DRILL_DIR_ENV: str(workdir)}
+    cwd = step.cwd or str(workdir)  # relative paths in drill commands land in the drill dir
     try:
         feed_stdin(  # read_object raises at the end of the stream if any byte is wrong
             step.drill_restore_command,
             read_object(store, obj),
             env,
-            step.cwd,
+            cwd,
             step.timeout_seconds,
             f"app-state drill restore {step.name}",
         )
         if step.verify_command:
-            run(step.verify_command, env, step.cwd, step.timeout_seconds, f"app-state verify {step.name}")
+            run(step.verify_command, env, cwd, step.timeout_seconds, f"app-state verify {step.name}")
             return {"verified": True, "by": "verify_command", "dir": str(workdir)}
         files = [f for f in workdir.rglob("*") if f.is_file()]
         if len(files) != 1:
