@@ -184,3 +184,37 @@ def test_rpo_target_is_checked_per_component(local_store, prod, drill_tmp):
     # an explicit per-component target (e.g. daily volume backups) overrides the drill-wide one
     record = restore_drill(**common, rpo_target_hours=0.000001, rpo_targets_hours={"app-state": 6})
     assert record.passed and record.component("app-state").rpo_target_hours == 6
+
+
+def test_tar_step_drills_in_its_own_directory(local_store, tmp_path, drill_tmp):
+    """The hook directly (no flow): a multi-file restore needs a verify_command."""
+    from blocks.app_state import AppStateStep, AppStateTarget
+    from tasks import app_state
+    from tasks.errors import IntegrityError
+    from tasks.store import backup_session
+
+    src = tmp_path / "src"
+    (src / "sessions").mkdir(parents=True)
+    (src / "sessions" / "active.json").write_text('{"active_sessions": 1284}\n')
+    (src / "flags.yaml").write_text("max_concurrency: 64\n")
+    step = AppStateStep(
+        name="app-files",
+        backup_command=["tar", "-C", str(src), "-cf", "-", "."],
+        restore_command=["tar", "-C", str(src), "-xf", "-"],
+        drill_restore_command=["tar", "-xf", "-"],
+        verify_command=["test", "-s", "sessions/active.json"],
+    )
+    target = AppStateTarget(steps=[step])
+    store = local_store()
+    with backup_session(store, "app-state") as session:
+        app_state.backup(target, session)
+        manifest = session.commit()
+
+    report = app_state.drill(target, manifest, store, "t1")
+    assert report["verified"] and report["checks"]["app-files"]["by"] == "verify_command"
+
+    step.verify_command = None  # two files: sha256 of "the" file cannot decide
+    with pytest.raises(IntegrityError, match="wrote 2 files.*verify_command"):
+        app_state.drill(target, manifest, store, "t2")
+    assert list(drill_tmp.iterdir()) == []
+    assert sorted(p.name for p in src.rglob("*")) == ["active.json", "flags.yaml", "sessions"]
