@@ -6,6 +6,7 @@ from blocks.kubernetes import KubernetesTarget, VeleroTarget
 from blocks.pitr import PitrTarget
 from blocks.postgres import PostgresTarget
 from blocks.rabbitmq import RabbitMQTarget
+from blocks.restore_guard import RestoreGuard
 from blocks.store import LocalStore, S3Store, StoreBlock
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "PitrTarget",
     "PostgresTarget",
     "RabbitMQTarget",
+    "RestoreGuard",
     "S3Store",
     "StoreBlock",
     "VeleroTarget",
