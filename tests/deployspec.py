@@ -13,7 +13,6 @@ from tasks.table import Policy, backup_table
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = ROOT / "prefect.yaml"
-PENDING_YAML = ROOT / "deployments" / "pending.yaml"
 BACKUP_ENTRYPOINT = "flows/backup.py:backup_component"
 DRILL_ENTRYPOINT = "flows/drill.py:restore_drill"
 START = datetime(2026, 1, 1, tzinfo=UTC)  # fixed: the checks must not depend on today

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -18,23 +17,22 @@ from tasks.components import SPECS
 from tests import deployspec as spec
 
 DEPLOYMENTS = spec.deployments()
-PENDING = spec.deployments(spec.PENDING_YAML)
-ALL_ENTRYPOINTS = {
-    "flows/backup.py:backup_component",
-    "flows/backup.py:backup_all",
-    "flows/restore.py:restore_component",
-    "flows/postgres.py:rollback_postgres",
-    "flows/pitr.py:pitr_postgres",
-    "flows/pitr.py:pitr_kubernetes",
-    "flows/pitr.py:promote_pitr",
-    "flows/scenarios.py:namespace_corruption",
-    "flows/scenarios.py:data_corruption",
-    "flows/scenarios.py:partial_restore",
-    "flows/drill.py:restore_drill",
-    "flows/drill.py:full_cluster_restore",
-    "flows/maintenance.py:enforce_retention",
-    "flows/maintenance.py:verify_backups",
-}
+
+
+def _project_flows() -> set[str]:
+    """Every flow defined in flows/*.py (demo flows excepted): each needs a deployment."""
+    import importlib
+
+    found = set()
+    for path in sorted((spec.ROOT / "flows").glob("*.py")):
+        module = importlib.import_module(f"flows.{path.stem}")
+        for name, obj in vars(module).items():
+            if isinstance(obj, Flow) and obj.fn.__module__ == module.__name__ and not name.startswith("demo"):
+                found.add(f"flows/{path.name}:{name}")
+    return found
+
+
+ALL_ENTRYPOINTS = _project_flows()
 
 
 def _flow(entrypoint: str) -> Flow:
@@ -42,19 +40,7 @@ def _flow(entrypoint: str) -> Flow:
     return load_flow_from_entrypoint(f"{spec.ROOT / path}:{func}")
 
 
-def _flow_exists(entrypoint: str) -> bool:
-    path, func = entrypoint.split(":")
-    if not (spec.ROOT / path).exists():
-        return False
-    mod = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-    return isinstance(getattr(mod, func, None), Flow)
-
-
-# ---- shape -------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("path", [spec.PREFECT_YAML, spec.PENDING_YAML], ids=lambda p: p.name)
-def test_files_are_what_prefect_deploy_reads(path: Path):
+def test_files_are_what_prefect_deploy_reads(path: Path = spec.PREFECT_YAML):
     model = PrefectYamlModel.model_validate(spec.load_yaml(path))
     known = set(DeploymentConfig.model_fields)
     for raw in spec.load_yaml(path)["deployments"]:
@@ -64,27 +50,18 @@ def test_files_are_what_prefect_deploy_reads(path: Path):
     assert len(model.deployments) == len(spec.load_yaml(path)["deployments"])
 
 
-def test_deployment_names_are_unique_across_enabled_and_pending():
-    names = [d["name"] for d in DEPLOYMENTS + PENDING]
+def test_deployment_names_are_unique():
+    names = [d["name"] for d in DEPLOYMENTS]
     assert len(names) == len(set(names)), names
 
 
 def test_every_flow_of_the_project_has_a_deployment():
-    assert {d["entrypoint"] for d in DEPLOYMENTS + PENDING} == ALL_ENTRYPOINTS
+    assert {d["entrypoint"] for d in DEPLOYMENTS} == ALL_ENTRYPOINTS
 
 
 @pytest.mark.parametrize("entrypoint", sorted({d["entrypoint"] for d in DEPLOYMENTS}))
 def test_every_entrypoint_in_prefect_yaml_imports_and_is_a_flow(entrypoint):
     assert isinstance(_flow(entrypoint), Flow)
-
-
-@pytest.mark.parametrize("dep", PENDING, ids=lambda d: d["name"])
-def test_pending_flows_not_yet_built(dep):
-    """Fails as soon as a pending flow exists, so its deployment is enabled at merge."""
-    assert not _flow_exists(dep["entrypoint"]), (
-        f"{dep['entrypoint']} exists now: move deployment {dep['name']!r} from "
-        "deployments/pending.yaml into prefect.yaml"
-    )
 
 
 def test_code_runs_from_the_image_directory():
@@ -138,7 +115,7 @@ def test_the_agreement_check_catches_an_edit_on_either_side(edit, expect):
 
 
 def test_every_schedule_is_explicitly_utc():
-    for dep in DEPLOYMENTS + PENDING:
+    for dep in DEPLOYMENTS:
         for schedule in dep.get("schedules") or []:
             assert schedule.get("timezone") == "UTC", dep["name"]
 
@@ -164,7 +141,7 @@ def test_maintenance_sweeps_are_scheduled_daily():
 
 
 def test_restores_and_scenarios_are_on_demand_only():
-    for dep in DEPLOYMENTS + PENDING:
+    for dep in DEPLOYMENTS:
         if "restore" in dep["tags"] or "scenario" in dep["tags"]:
             assert not dep.get("schedules"), dep["name"]
 
@@ -173,7 +150,7 @@ def test_restores_and_scenarios_are_on_demand_only():
 
 
 def test_one_run_per_scheduled_deployment_at_a_time():
-    for dep in DEPLOYMENTS + PENDING:
+    for dep in DEPLOYMENTS:
         if dep.get("schedules") or "backup" in dep["tags"]:
             limit = dep["concurrency_limit"]
             assert limit["limit"] == 1, dep["name"]
