@@ -1,10 +1,11 @@
-"""The main job, end to end on one machine: throwaway services with sample data, a backup of
-every component into the embedded local store, then a restore drill with its report.
+"""The main job, end to end on one machine: sample systems with data, a backup of every
+component into the embedded local store, then a restore drill that proves the backups restore,
+with its report.
 
-    make demo            (or: PYTHONPATH=. .venv/bin/python -m flows.demo)
+    bash scripts/demo.sh      (or: PYTHONPATH=. .venv/bin/python -m flows.demo)
 
-Services run on 127.0.0.1 under .run/demo/ and are stopped at the end; the backups stay in
-.run/demo/store (KLB_STORE_DIR) so later runs build a history.
+Sample services run on 127.0.0.1 under .run/demo/services and are stopped at the end. Backups go
+to .run/demo/store (KLB_STORE_DIR), fresh each run so the drill's RPO speaks of this run.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -26,59 +26,35 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 from prefect.blocks.core import Block  # noqa: E402
 
-from blocks.app_state import AppStateStep, AppStateTarget  # noqa: E402
 from flows.backup import backup_all  # noqa: E402
 from flows.common import load_store  # noqa: E402
-from flows.maintenance import verify_backups  # noqa: E402
-
-
-def app_state(stack: ExitStack, workdir: Path) -> Block:
-    """A directory of 'application state' captured by tar."""
-    src = workdir / "app-state"
-    (src / "sessions").mkdir(parents=True, exist_ok=True)
-    (src / "sessions" / "active.json").write_text('{"active_sessions": 1284}\n')
-    (src / "feature-flags.yaml").write_text("cold_start_cache: true\nmax_concurrency: 64\n")
-    restored = workdir / "app-state-restored"
-    restored.mkdir(exist_ok=True)
-    return AppStateTarget(
-        steps=[
-            AppStateStep(
-                name="app-files",
-                backup_command=["tar", "-C", str(src), "-cf", "-", "."],
-                restore_command=["tar", "-C", str(restored), "-xf", "-"],
-            )
-        ]
-    )
-
-
-# component -> sets up its sample service and returns its target block
-DEMO_SETUPS: dict[str, Callable[[ExitStack, Path], Block]] = {
-    "app-state": app_state,
-}
-
-from flows import demo_etcd_rabbitmq  # noqa: E402
-
-DEMO_SETUPS.update(demo_etcd_rabbitmq.DEMO_SETUPS)
+from flows.demo_samples import DEMO_SETUPS  # noqa: E402
+from flows.drill import drill_report_text, last_drill_report, restore_drill  # noqa: E402
 
 
 def main() -> int:
     services_dir = RUN_DIR / "services"
-    shutil.rmtree(services_dir, ignore_errors=True)
+    for stale in (services_dir, Path(os.environ["KLB_STORE_DIR"])):
+        shutil.rmtree(stale, ignore_errors=True)
     services_dir.mkdir(parents=True)
+    store = load_store()
     with ExitStack() as stack:
         targets: dict[str, Block] = {}
         for component, setup in DEMO_SETUPS.items():
-            print(f"demo: starting {component} sample ...", flush=True)
+            print(f"demo: starting the {component} sample ...", flush=True)
             targets[component] = setup(stack, services_dir)
-        print(f"demo: backing up {', '.join(targets)} ...", flush=True)
-        result = backup_all(components=list(targets), targets=targets)
-        verify_backups(components=list(targets))
-    store = load_store()
+        print(f"demo: backing up {', '.join(targets)} into {store.location} ...", flush=True)
+        backups = backup_all(targets=targets)
+        print("demo: restore drill (every backup restored into isolation and verified) ...", flush=True)
+        drill = restore_drill(targets=targets, return_state=True)
     print(f"\nBackups (store: {store.location}):")
-    for name, backup in result.backups.items():
-        print(f"  {name:14} {backup.id}  {backup.size:>10} bytes  {backup.location}")
-    print("\nList them any time with: PYTHONPATH=. .venv/bin/python -m flows.catalog list")
-    return 0
+    for name, backup in backups.backups.items():
+        print(f"  {name:14} {backup.id}  {backup.size:>9} bytes stored")
+    for name, reason in backups.not_configured.items():
+        print(f"  {name:14} not backed up: {reason.splitlines()[0]}")
+    print("\n" + (drill_report_text(drill.result()) if drill.is_completed() else last_drill_report()))
+    print("\nList the backups any time: PYTHONPATH=. .venv/bin/python -m flows.catalog list")
+    return 0 if drill.is_completed() else 1
 
 
 if __name__ == "__main__":
