@@ -216,3 +216,17 @@ def test_deployment_parameters_fit_the_flow_form(dep):
     if dep["entrypoint"] == spec.BACKUP_ENTRYPOINT:
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate({"component": "mongodb"}, schema)
+
+
+def test_monthly_drill_rpo_targets_are_reachable_by_the_backup_schedule():
+    """A component backed up every N hours cannot show a worst gap under N hours: a drill whose
+    RPO target is at or below the schedule's interval fails by construction."""
+    from tasks.table import backup_table
+
+    drill = next(d for d in DEPLOYMENTS if d["name"] == "restore-drill-monthly")
+    params = drill["parameters"]
+    for component, policy in backup_table().items():
+        target = params.get("rpo_targets_hours", {}).get(component, params["rpo_target_hours"])
+        assert target > policy.every_hours, (
+            f"{component} is backed up every {policy.every_hours} h but the drill wants RPO < {target} h"
+        )
