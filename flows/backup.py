@@ -13,7 +13,9 @@ from blocks.store import StoreBlock
 from flows.common import load_store, result_storage
 from tasks.components import SPECS, ComponentName, ComponentNotBuilt, backup_task, load_target
 from tasks.errors import ConfigurationError
+from tasks.metrics import tracked
 from tasks.models import Manifest
+from tasks.replicate import replicate_task
 
 
 class BackupResult(BaseModel):
@@ -41,8 +43,11 @@ class BackupResult(BaseModel):
 
 
 def _run_backup(component: str, target, store, labels) -> BackupResult:
-    task = backup_task.with_options(persist_result=True, result_storage=result_storage(store))
-    manifest = task(component, target, store, labels)
+    with tracked("backup", component) as run:  # metrics: failures are pushed too (try/finally)
+        task = backup_task.with_options(persist_result=True, result_storage=result_storage(store))
+        manifest = task(component, target, store, labels)
+        run.gauges["backup_size_bytes"] = manifest.size
+    replicate_task(manifest, store)  # the DR copy, when a DR store is configured
     where = f"{store.location}/{component}/{manifest.started_at:%Y-%m-%d}/{manifest.id}"
     return BackupResult.of(manifest, where)
 
