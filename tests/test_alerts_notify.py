@@ -124,3 +124,28 @@ def test_no_routing_is_a_clear_error(prefect_server, monkeypatch, capsys):
         from tasks.notify import load_routing
 
         load_routing("nope-" + secrets.token_hex(3))
+
+
+def test_a_failed_run_alerts_through_the_server_not_the_process(routing):
+    """The automation (server side) sends the P1 notification for a Failed run; the flow has no
+    in-process hook at all."""
+    import time
+
+    from prefect import flow
+
+    from scripts.create_automations import apply
+
+    name, received = routing
+    apply(name)
+    received.clear()
+
+    @flow(name="verify-backups")  # one of our flow names; nothing in-process notifies
+    def failing():
+        raise RuntimeError("sha256 mismatch in the DR copy")
+
+    failing(return_state=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not received:
+        time.sleep(0.5)
+    assert sorted(r["path"] for r in received)[:1] == ["/platform"], received
+    assert any("verify-backups" in r["json"]["text"] and "Failed" in r["json"]["text"] for r in received)
