@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,7 +15,9 @@ from flows.common import load_store
 from tasks.backends import backend_for
 from tasks.catalog_index import list_component
 from tasks.components import SPECS, ComponentName, verify_task
+from tasks.metrics import record_run
 from tasks.models import Manifest
+from tasks.notify import Severity, notify
 from tasks.replicate import load_dr_store
 from tasks.retention import (
     RetentionPlan,
@@ -48,33 +51,48 @@ def verify_backups(
         stores["dr"] = dr
     results: dict[str, Any] = {}
     bad: list[str] = []
+    failed_components: set[str] = set()
+    checked: set[str] = set()  # components with backups: those get a verify outcome
+    started = time.monotonic()
 
-    def fail(where: str, what: str, error: str) -> None:
+    def fail(where: str, what: str, error: str, component: str) -> None:
         logger.error("%s %s failed verification: %s", where, what, error)
         results[f"{where}:{what}"] = {"ok": False, "error": error}
         bad.append(f"{where}:{what}")
+        failed_components.add(component)
 
     newest_primary: dict[str, list[Manifest]] = {}
     for where, block in stores.items():
         for name in _names(components):
-            listing = list_component(block, name)
+            try:
+                listing = list_component(block, name)
+            except Exception as exc:  # a store that is gone must not hide the other one
+                fail(where, name, f"cannot list {block.location}: {exc}", name)
+                continue
             for key, why in listing.unreadable.items():
-                fail(where, key, why)
+                fail(where, key, why, name)
             chosen = listing.manifests[-newest:] if newest > 0 else []
+            if chosen:
+                checked.add(name)
             if where == "primary":
                 newest_primary[name] = chosen
             else:  # the DR store must hold what the primary's newest are, identically
                 have = {m.id: m for m in listing.manifests}
                 for m in newest_primary.get(name, []):
                     if m.id not in have:
-                        fail(where, m.id, "missing from the DR store: replication is behind or failing")
+                        fail(where, m.id, "missing from the DR store: replication is behind or failing", name)
                     elif [o.sha256 for o in have[m.id].objects] != [o.sha256 for o in m.objects]:
-                        fail(where, m.id, "the DR manifest lists different object checksums than the primary")
+                        fail(
+                            where,
+                            m.id,
+                            "the DR manifest lists different object checksums than the primary",
+                            name,
+                        )
             for manifest in chosen:
                 try:
                     results[f"{where}:{manifest.id}"] = {"ok": True, **verify_task(manifest, block)}
                 except Exception as exc:
-                    fail(where, manifest.id, str(exc))
+                    fail(where, manifest.id, str(exc), name)
     rows = "".join(
         f"| {key} | {'ok' if r['ok'] else 'FAILED: ' + r['error']} |\n" for key, r in results.items()
     )
@@ -85,6 +103,8 @@ def verify_backups(
         + "\n| store:backup | result |\n|---|---|\n"
         + (rows or "| (none) | |\n"),
     )
+    for name in sorted(checked | failed_components):  # one outcome per component (BackupVerifyFailed)
+        record_run("verify", name, name not in failed_components, time.monotonic() - started)
     if bad:
         raise RuntimeError(f"{len(bad)} backup(s) failed verification: {', '.join(bad)}")
     return results
@@ -165,6 +185,13 @@ def enforce_retention(
         deleted += delete_keys_task(block, orphans, "orphans")
         summary["keys_deleted"] = deleted
         logger.info("retention deleted %d keys from %s", deleted, block.location)
+    damaged = {c: dirs for c, dirs in left_alone.items() if dirs}
+    if damaged:  # nothing fails, but someone must look (P2); the sweep reports them too
+        notify(
+            Severity.P2,
+            f"retention left {sum(map(len, damaged.values()))} backup(s) with unreadable manifests",
+            "\n".join(f"{c}: {', '.join(d)}" for c, d in damaged.items()),
+        )
     create_markdown_artifact(
         key="retention-plan",
         markdown=plan_markdown(plans, dry_run),

@@ -147,3 +147,44 @@ def test_dr_store_refuses_a_different_encryption_key_before_copying(s3_store, dr
     with pytest.raises(ConfigurationError, match="same client-side encryption key"):
         replicate_backup(manifest, primary, dr)
     assert list(backend_for(dr).list_keys(dr.prefix)) == []
+
+
+def test_a_failed_dr_copy_fails_the_run_keeps_the_primary_and_is_pushed(
+    prefect_server, pushgateway, s3_store, moto, tmp_path, monkeypatch
+):
+    from flows.backup import backup_component
+    from tests.test_metrics import scrape, value
+
+    primary = s3_store()
+    missing = S3Store(bucket="klb-no-such-" + secrets.token_hex(4), credentials=primary.credentials)
+    name = "dr-missing-" + secrets.token_hex(3)
+    missing.save(name)
+    monkeypatch.setenv("KLB_DR_STORE", name)
+    monkeypatch.setenv("KLB_PUSHGATEWAY_URL", pushgateway.url)
+    before = value(scrape(pushgateway), "replication_failure_total", "app-state", job="klb_replication") or 0
+
+    state = tmp_path / "s"
+    state.write_text("v1")
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        backup_component("app-state", target=app_target(state), store=primary)
+    kept = list_backups(primary, "app-state")
+    assert len(kept) == 1 and kept[0].verified_at is not None  # the primary backup stands
+    samples = scrape(pushgateway)
+    assert value(samples, "replication_failure_total", "app-state", job="klb_replication") == before + 1
+    assert value(samples, "backup_last_status", "app-state") == 1  # the backup itself succeeded
+
+
+def test_the_sweep_reports_a_lost_primary_and_still_checks_dr(prefect_server, s3_store, s3_bucket, dr_store):
+    from flows.maintenance import verify_backups
+
+    primary = s3_store()
+    dr, _ = dr_store
+    with backup_session(primary, "app-state") as s:
+        s.write("data", [b"z" * 1000])
+        manifest = s.commit()
+    replicate_backup(manifest, primary, dr)
+    bucket, client = s3_bucket
+    delete_bucket(client, bucket)
+    with pytest.raises(RuntimeError, match="primary:app-state") as err:
+        verify_backups(components=["app-state"], store=primary, dr_store=dr)
+    assert f"dr:{manifest.id}" not in str(err.value)
