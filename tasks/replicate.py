@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from blocks.store import StoreBlock
 from tasks.backends import Backend, backend_for
-from tasks.errors import ConfigurationError, IntegrityError, NotFound
+from tasks.errors import BackupError, ConfigurationError, IntegrityError, NotFound
 from tasks.models import MANIFEST_NAME, Manifest
 from tasks.store import backup_prefix
 
@@ -195,4 +195,10 @@ def replicate_task(manifest: Manifest, store: StoreBlock, dr_store: str | StoreB
     if dest is None or dest.location == store.location:
         return None
     with tracked("replication", manifest.component):
-        return replicate_or_verify(manifest, store, dest)
+        try:
+            return replicate_or_verify(manifest, store, dest)
+        except BackupError as exc:  # same class: the retry condition still sees what it was
+            raise type(exc)(
+                f"backup {manifest.id} is stored and verified in {store.location}, but its DR copy "
+                f"to {dest.location} failed: {exc}"
+            ) from exc
