@@ -15,6 +15,7 @@ from flows.common import load_store
 from tasks.backends import backend_for
 from tasks.catalog_index import list_component
 from tasks.components import SPECS, ComponentName, verify_task
+from tasks.errors import BadInput
 from tasks.metrics import record_run
 from tasks.models import Manifest
 from tasks.notify import Severity, notify
@@ -136,6 +137,10 @@ def enforce_retention(
 
     On a versioned bucket a delete adds a delete marker: the data stays as a noncurrent
     version until the bucket's lifecycle rule expires it (docs/operations.md)."""
+    if keep_last_good < 1:
+        raise BadInput("keep_last_good must be at least 1: the newest good backup is never deleted")
+    if min(keep_daily, keep_weekly, keep_monthly) < 0 or orphan_grace_hours < 1:
+        raise BadInput("GFS tiers must be >= 0 and orphan_grace_hours >= 1 (a write may still be running)")
     logger = get_run_logger()
     block = load_store(store)
     now = datetime.now(UTC)

@@ -165,3 +165,14 @@ def test_keys_of_other_shapes_are_left_alone():
     )
     assert all(k not in d.keys for d in plan.deletions for k in stray)
     assert [o.action for o in plan.orphans] == [Action.keep]  # the malformed id: not ours
+
+
+def test_the_plan_artifact_names_every_deletion_and_says_dry_run():
+    from tasks.retention import plan_markdown
+
+    old, new = manifest(1, 24 * 40), manifest(2, 1)
+    plan = plan_retention([old, new], RetentionPolicy.from_table("etcd"), NOW)
+    text = plan_markdown([plan], dry_run=True)
+    assert "DRY RUN: nothing was deleted" in text
+    assert f"| etcd | {old.id} |" in text and "past retention" in text
+    assert "| etcd | 2 | 1 | 1 | 0 | 0 |" in text

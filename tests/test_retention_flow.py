@@ -138,3 +138,11 @@ def test_the_manifest_index_is_a_cache_never_the_truth(s3_store):
     assert [m.id for m in list_component(store, "etcd").manifests] == [first.id, second.id]
     backend_for(store).delete_keys([f"{backup_prefix(store, first.id)}/manifest.json"])
     assert [m.id for m in list_component(store, "etcd").manifests] == [second.id]
+
+
+def test_bad_parameters_are_refused_before_anything_is_read(prefect_server):
+    from flows.maintenance import enforce_retention
+    from tasks.errors import BadInput
+
+    with pytest.raises(BadInput, match="keep_last_good must be at least 1"):
+        enforce_retention(dry_run=False, keep_last_good=0, store="no-such-store-block")
