@@ -15,7 +15,7 @@ from tasks.components import SPECS, ComponentName, ComponentNotBuilt, backup_tas
 from tasks.errors import ConfigurationError
 from tasks.metrics import tracked
 from tasks.models import Manifest
-from tasks.replicate import replicate_task
+from tasks.replicate import dr_configured, replicate_task
 
 
 class BackupResult(BaseModel):
@@ -47,7 +47,8 @@ def _run_backup(component: str, target, store, labels) -> BackupResult:
         task = backup_task.with_options(persist_result=True, result_storage=result_storage(store))
         manifest = task(component, target, store, labels)
         run.gauges["backup_size_bytes"] = manifest.size
-    replicate_task(manifest, store)  # the DR copy, when a DR store is configured
+    if dr_configured():  # $KLB_DR_STORE: copy (or verify) the backup in the DR store
+        replicate_task(manifest, store)
     where = f"{store.location}/{component}/{manifest.started_at:%Y-%m-%d}/{manifest.id}"
     return BackupResult.of(manifest, where)
 

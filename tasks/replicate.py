@@ -53,6 +53,10 @@ def load_dr_store(ref: str | StoreBlock | None = None) -> StoreBlock | None:
     return load_store(ref) if ref else None
 
 
+def dr_configured() -> bool:
+    return bool(os.environ.get("KLB_DR_STORE"))
+
+
 def dr_mode() -> DRMode:
     raw = os.environ.get("KLB_DR_MODE", DRMode.copy.value)
     try:
