@@ -24,12 +24,24 @@ if ((${#missing[@]})); then
   done
 fi
 
-# RabbitMQ runs on this machine kind; its management API is what the project talks to.
-if command -v rabbitmq-plugins >/dev/null; then
-  rabbitmq-plugins enable --quiet rabbitmq_management >/dev/null 2>&1 || true
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || { echo "setup: $PY not found: install Python 3.11" >&2; exit 1; }
+if ! "$PY" -c "import ensurepip, venv" 2>/dev/null; then  # Debian splits venv out
+  apt-get install -y -qq python3-venv >/dev/null
 fi
 
-PY=${PYTHON:-python3.11}
+# RabbitMQ: its management API (127.0.0.1:15672) is what the project talks to.
+if ! command -v rabbitmq-server >/dev/null; then
+  echo "setup: installing rabbitmq-server"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
+fi
+rabbitmq-plugins enable --quiet rabbitmq_management >/dev/null 2>&1 || true
+if ! rabbitmqctl -q status >/dev/null 2>&1; then
+  echo "setup: starting rabbitmq-server"
+  rabbitmq-server -detached >/dev/null 2>&1 || true
+  rabbitmqctl -q await_startup --timeout 60 >/dev/null 2>&1 || true
+fi
+
 stamp=.venv/.lock-stamp
 if [ ! -x .venv/bin/python ] || ! cmp -s requirements.lock "$stamp" 2>/dev/null; then
   echo "setup: creating .venv from requirements.lock"

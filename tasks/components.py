@@ -21,7 +21,7 @@ from typing import Any
 
 from prefect import task
 from prefect.blocks.core import Block
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import NO_CACHE, CachePolicy
 
 from blocks.store import StoreBlock
 from tasks.catalog import verify_backup
@@ -89,6 +89,17 @@ def load_target(component: str, ref: str | Block | None) -> Block:
         ) from None
 
 
+@dataclass
+class OncePerTaskRun(CachePolicy):
+    """Never reuses a result (each task run id is new), yet gives the result a storage key so
+    Prefect persists it: NO_CACHE has no key, and Prefect then writes nothing."""
+
+    def compute_key(
+        self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
+    ) -> str:
+        return f"{task_ctx.task.name}-{task_ctx.task_run.id}"
+
+
 def _retry_transient(task_obj: Any, task_run: Any, state: Any) -> bool:
     try:
         state.result()
@@ -99,7 +110,7 @@ def _retry_transient(task_obj: Any, task_run: Any, state: Any) -> bool:
 
 @task(
     task_run_name="backup-{component}",
-    cache_policy=NO_CACHE,
+    cache_policy=OncePerTaskRun(),
     retries=2,
     retry_delay_seconds=[10, 60],
     retry_condition_fn=_retry_transient,
