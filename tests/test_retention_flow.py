@@ -146,3 +146,16 @@ def test_bad_parameters_are_refused_before_anything_is_read(prefect_server):
 
     with pytest.raises(BadInput, match="keep_last_good must be at least 1"):
         enforce_retention(dry_run=False, keep_last_good=0, store="no-such-store-block")
+
+
+def test_retention_on_the_local_store(prefect_server, local_store):
+    from flows.maintenance import enforce_retention
+
+    store = local_store()
+    gone = old_backup(store, "rabbitmq", timedelta(days=45))
+    kept = old_backup(store, "rabbitmq", timedelta(days=2))
+    stale = orphan(store, "rabbitmq", timedelta(days=2))
+    done = enforce_retention(dry_run=False, store=store, components=["rabbitmq"])
+    assert done["components"]["rabbitmq"]["deleted"] == [gone.id]
+    assert [m.id for m in list_backups(store, "rabbitmq")] == [kept.id]
+    assert not any(f"/{gone.id}/" in k or k == stale for k in backend_for(store).list_keys(store.prefix))
