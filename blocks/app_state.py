@@ -18,6 +18,19 @@ class AppStateStep(BaseModel):
     secret_env: dict[str, SecretStr] = Field(default_factory=dict, description="env vars kept secret")
     cwd: str | None = None
     timeout_seconds: float = Field(default=3600, gt=0)
+    drill_restore_command: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="argv for restore drills: reads the state on stdin and writes it only under "
+        "$KLB_DRILL_DIR (a temp directory), never to production. Unset: the step is not covered",
+    )
+    verify_command: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="argv run after the drill restore with $KLB_DRILL_DIR set (also the working directory "
+        "unless cwd is set); exit 0 = verified. "
+        "Unset: the drill restore must be a pure sink (one file, checked against the sha256)",
+    )
 
     @field_validator("name")
     @classmethod

@@ -11,10 +11,12 @@ from pydantic import BaseModel
 
 from blocks.store import StoreBlock
 from flows.common import load_store, result_storage
+from flows.locks import component_lock
 from tasks.components import SPECS, ComponentName, ComponentNotBuilt, backup_task, load_target
 from tasks.errors import ConfigurationError
 from tasks.metrics import tracked
 from tasks.models import Manifest
+from tasks.recovery import LABEL, new_recovery_point_id, write_recovery_point
 from tasks.replicate import dr_configured, replicate_task
 
 
@@ -42,15 +44,20 @@ class BackupResult(BaseModel):
         )
 
 
-def _run_backup(component: str, target, store, labels) -> BackupResult:
+def _backup(component: str, target, store, labels) -> tuple[Manifest, BackupResult]:
     with tracked("backup", component) as run:  # metrics: failures are pushed too (try/finally)
         task = backup_task.with_options(persist_result=True, result_storage=result_storage(store))
-        manifest = task(component, target, store, labels)
+        with component_lock(component):  # never while a restore of this component runs
+            manifest = task(component, target, store, labels)
         run.gauges["backup_size_bytes"] = manifest.size
     if dr_configured():  # $KLB_DR_STORE: copy (or verify) the backup in the DR store
         replicate_task(manifest, store)
     where = f"{store.location}/{component}/{manifest.started_at:%Y-%m-%d}/{manifest.id}"
-    return BackupResult.of(manifest, where)
+    return manifest, BackupResult.of(manifest, where)
+
+
+def _run_backup(component: str, target, store, labels) -> BackupResult:
+    return _backup(component, target, store, labels)[1]
 
 
 @flow(name="backup-component")
@@ -78,6 +85,7 @@ class BackupAllResult(BaseModel):
     backups: dict[str, BackupResult]
     not_configured: dict[str, str]
     failed: dict[str, str]
+    recovery_point: str | None = None  # binds the backups of this run (tasks/recovery.py)
 
 
 @flow(name="backup-all")
@@ -91,6 +99,7 @@ def backup_all(
     store_block = load_store(store)
     names = [ComponentName(c).value for c in components] if components else list(SPECS)
     result = BackupAllResult(backups={}, not_configured={}, failed={})
+    rp_id, manifests = new_recovery_point_id(), {}
     for name in names:
         try:
             target = load_target(name, (targets or {}).get(name))
@@ -101,16 +110,21 @@ def backup_all(
                 result.not_configured[name] = str(exc)
             continue
         try:
-            result.backups[name] = _run_backup(name, target, store_block, {"batch": "backup-all"})
+            labels = {"batch": "backup-all", LABEL: rp_id}
+            manifests[name], result.backups[name] = _backup(name, target, store_block, labels)
         except Exception as exc:
             logger.error("backup of %s failed: %s", name, exc)
             result.failed[name] = str(exc)
+    if manifests:  # written after every member's manifest: last, like a manifest
+        write_recovery_point(store_block, rp_id, manifests, result.failed, result.not_configured)
+        result.recovery_point = rp_id
     rows = [f"| {n} | ok | {r.id} | {r.size} |" for n, r in result.backups.items()]
     rows += [f"| {n} | FAILED | {e.splitlines()[0]} | |" for n, e in result.failed.items()]
     rows += [f"| {n} | not configured | {e.splitlines()[0]} | |" for n, e in result.not_configured.items()]
     create_markdown_artifact(
         key="backup-all",
-        markdown="# Backup of all components\n\n| component | status | backup / reason | bytes |\n"
+        markdown=f"# Backup of all components\n\nRecovery point: `{result.recovery_point}`\n\n"
+        "| component | status | backup / reason | bytes |\n"
         "|---|---|---|---|\n" + "\n".join(rows),
     )
     if result.failed:

@@ -40,17 +40,25 @@ def app_state(stack: ExitStack, workdir: Path) -> Block:
     (src / "feature-flags.yaml").write_text("cold_start_cache: true\nmax_concurrency: 64\n")
     restored = workdir / "app-state-restored"
     restored.mkdir(exist_ok=True)
-    return AppStateTarget(steps=[AppStateStep(
-        name="app-files",
-        backup_command=["tar", "-C", str(src), "-cf", "-", "."],
-        restore_command=["tar", "-C", str(restored), "-xf", "-"],
-    )])
+    return AppStateTarget(
+        steps=[
+            AppStateStep(
+                name="app-files",
+                backup_command=["tar", "-C", str(src), "-cf", "-", "."],
+                restore_command=["tar", "-C", str(restored), "-xf", "-"],
+            )
+        ]
+    )
 
 
 # component -> sets up its sample service and returns its target block
 DEMO_SETUPS: dict[str, Callable[[ExitStack, Path], Block]] = {
     "app-state": app_state,
 }
+
+from flows import demo_etcd_rabbitmq  # noqa: E402
+
+DEMO_SETUPS.update(demo_etcd_rabbitmq.DEMO_SETUPS)
 
 
 def main() -> int:
@@ -66,7 +74,7 @@ def main() -> int:
         result = backup_all(components=list(targets), targets=targets)
         verify_backups(components=list(targets))
     store = load_store()
-    print("\nBackups (store: %s):" % store.location)
+    print(f"\nBackups (store: {store.location}):")
     for name, backup in result.backups.items():
         print(f"  {name:14} {backup.id}  {backup.size:>10} bytes  {backup.location}")
     print("\nList them any time with: PYTHONPATH=. .venv/bin/python -m flows.catalog list")

@@ -1,19 +1,194 @@
-"""Point-in-time recovery (issue #4)."""
+"""Point-in-time recovery (issue #4).
+
+pitr_postgres      window -> base backup -> NEW instance paused at the target -> verified
+promote_pitr       the separate, explicit step that makes that instance writable
+check_wal_archive  archiving configuration + the recoverable window, as an artifact
+pitr_kubernetes    the newest Velero backup at or before the target, restored through restore_component
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.blocks.core import Block
+from prefect.cache_policies import NO_CACHE
 
+from blocks.pitr import PitrTarget
 from blocks.store import StoreBlock
-from tasks.errors import ConfigurationError
+from flows.common import load_store
+from tasks import pitr
+from tasks.catalog import backup_at_or_before, get_backup
+from tasks.components import load_target
+from tasks.errors import BadInput
+from tasks.pitr_window import ArchiveReport, parse_target
+
+
+def _target(ref: str | Block | None) -> PitrTarget:
+    block = load_target("postgres-pitr", ref)
+    if not isinstance(block, PitrTarget):
+        raise BadInput(f"target {ref!r} is a {type(block).__name__}, not a PitrTarget")
+    return block
+
+
+def _window_markdown(report: ArchiveReport) -> str:
+    rows = [
+        f"| {w.timeline} | {w.start_time.isoformat()} | {w.end_time.isoformat() if w.end_time else '-'} "
+        f"| {w.first_segment} .. {w.last_segment} ({w.segments}) | {w.end_lsn} "
+        f"| {', '.join(b.id for b in w.base_backups)} |"
+        for w in report.windows
+    ]
+    gaps = ", ".join(report.missing_segments) or "none"
+    return (
+        f"Archive `{report.archive}` server `{report.server_name}` ({report.engine}): "
+        f"{report.wal_files} WAL files, last segment `{report.last_archived_segment}`, gaps: {gaps}\n\n"
+        "| timeline | from (base backup end) | to (last transaction, exclusive) | segments | latest LSN "
+        "| base backups |\n|---|---|---|---|---|---|\n" + "\n".join(rows or ["| - | no window | | | | |"])
+    )
+
+
+@task(task_run_name="check-archive-config", cache_policy=NO_CACHE)
+def check_config_task(target: PitrTarget) -> dict[str, Any]:
+    return pitr.check_config(target)
+
+
+@task(task_run_name="wal-window", cache_policy=NO_CACHE)
+def wal_window_task(target: PitrTarget, store: StoreBlock) -> ArchiveReport:
+    return pitr.wal_archive(target, store)
+
+
+@flow(name="check-wal-archive")
+def check_wal_archive(
+    target: str | Block | None = None, store: str | StoreBlock | None = None, require: bool = True
+) -> dict[str, Any]:
+    """Archiving configuration (archive_mode, archive_command, wal_level, pg_stat_archiver) and the
+    recoverable window. Fails with 'PITR not possible: ...' when `require` and something is wrong."""
+    target_block, store_block = _target(target), load_store(store)
+    config = check_config_task(target_block)
+    report = wal_window_task(target_block, store_block)
+    problems = list(config["problems"])
+    warnings = "".join(f"- warning: {w}\n" for w in config["warnings"])
+    if not report.windows:
+        problems.append(report.describe())
+    if report.missing_segments:
+        problems.append(f"WAL archive has gaps before {', '.join(report.missing_segments)}")
+    settings = "".join(f"| {k} | `{v}` |\n" for k, v in config["settings"].items())
+    archiver = "".join(f"| {k} | {v} |\n" for k, v in config["archiver"].items())
+    create_markdown_artifact(
+        key="pitr-wal-archive",
+        markdown="# WAL archive check\n\n"
+        + ("**PITR not possible**: " + "; ".join(problems) if problems else "PITR possible.")
+        + "\n\n"
+        + warnings
+        + "\n| setting | value |\n|---|---|\n"
+        + settings
+        + archiver
+        + "\n"
+        + _window_markdown(report),
+    )
+    result = {"config": config, "archive": report.model_dump(mode="json"), "problems": problems}
+    if require and problems:
+        pitr.require_archiving({"problems": problems})
+    return result
+
+
+@task(task_run_name="pitr-recover", cache_policy=NO_CACHE)
+def recover_task(target, manifest, store, goal, options) -> dict[str, Any]:
+    return pitr.recover(target, manifest, store, goal, options)
 
 
 @flow(name="pitr-postgres")
 def pitr_postgres(
-    target_time: datetime, target: str | Block | None = None, store: str | StoreBlock | None = None
-) -> dict:
-    """Recover PostgreSQL to `target_time` into a new instance."""
-    raise ConfigurationError("PostgreSQL PITR is not built in this release yet (issue #4)")
+    target_time: datetime | str | None,
+    directory: str | None = None,
+    target: str | Block | None = None,
+    store: str | StoreBlock | None = None,
+    target_lsn: str | None = None,
+    target_name: str | None = None,
+    backup_id: str | None = None,
+    port: int | None = None,
+    os_user: str = "postgres",
+) -> dict[str, Any]:
+    """Recover PostgreSQL to `target_time` (with zone, or 'latest'; or give target_lsn /
+    target_name instead) into a NEW instance in `directory` (default: a new folder under
+    $KLB_PITR_DIR), on a loopback port, archiving off, paused at the target. The source is never
+    touched. Promote it with promote_pitr."""
+    logger = get_run_logger()
+    goal = parse_target(target_time, target_lsn, target_name)  # bad input fails before anything runs
+    directory = directory or pitr.default_directory(goal)
+    options = pitr.RestoreOptions(directory=directory, port=port, os_user=os_user)
+    target_block, store_block = _target(target), load_store(store)
+    report, window, ref = pitr.plan(target_block, store_block, goal, backup_id)
+    manifest = get_backup(store_block, ref.id, "postgres-pitr")
+    lead = ""
+    if goal.kind == "time":
+        lead = f" ({(goal.time - ref.end_time).total_seconds():.0f} s of WAL to replay after it)"
+    create_markdown_artifact(
+        key="pitr-postgres-plan",
+        markdown=f"# PITR plan: {goal.describe()}\n\nBase backup `{ref.id}` ended {ref.end_time.isoformat()}"
+        f" (LSN {ref.stop_lsn}){lead}.\nNew instance: `{directory}` on 127.0.0.1, archive_mode=off.\n\n"
+        + _window_markdown(report),
+    )
+    logger.info("PITR to %s from base backup %s into %s", goal.describe(), ref.id, directory)
+    result = recover_task(target_block, manifest, store_block, goal, options)
+    create_markdown_artifact(
+        key="pitr-postgres-result",
+        markdown=f"# PITR to {goal.describe()}: verified\n\n| field | value |\n|---|---|\n"
+        + "".join(f"| {k} | {v} |\n" for k, v in result.items())
+        + f"\nNext: inspect it on 127.0.0.1:{result['port']}, then `promote_pitr('{directory}')` "
+        "(or stop it). Cut applications over only after promotion.",
+    )
+    return {**result, "window": window.model_dump(mode="json"), "archive": report.model_dump(mode="json")}
+
+
+@flow(name="promote-pitr")
+def promote_pitr(directory: str, target: str | Block | None = None) -> dict[str, Any]:
+    """The explicit cut-over step: end recovery on a PITR instance paused at its target."""
+    result = pitr.promote(_target(target), directory)
+    create_markdown_artifact(
+        key="pitr-promote",
+        markdown="# PITR instance promoted\n\n| field | value |\n|---|---|\n"
+        + "".join(f"| {k} | {v} |\n" for k, v in result.items()),
+    )
+    return result
+
+
+@flow(name="pitr-kubernetes")
+def pitr_kubernetes(
+    target_time: datetime,
+    target: str | Block | None = None,
+    store: str | StoreBlock | None = None,
+    options: dict[str, Any] | None = None,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Restore the newest Kubernetes (Velero) backup taken at or before `target_time`.
+    Kubernetes has no WAL: the plan says how far before the target that backup is."""
+    goal = parse_target(target_time)
+    if goal.kind != "time":
+        raise BadInput("pitr_kubernetes needs a time with zone")
+    store_block = load_store(store)
+    manifest = backup_at_or_before(store_block, "kubernetes", goal.time)
+    gap = (goal.time - manifest.source_time).total_seconds()
+    plan = {
+        "target_time": goal.time.isoformat(),
+        "backup_id": manifest.id,
+        "backup_source_time": manifest.source_time.isoformat(),
+        "seconds_before_target": gap,
+        "dry_run": dry_run,
+    }
+    create_markdown_artifact(
+        key="pitr-kubernetes-plan",
+        markdown=f"# Kubernetes PITR plan\n\nNewest backup at or before {goal.time.isoformat()}: "
+        f"`{manifest.id}` taken {manifest.source_time.isoformat()}, **{gap:.0f} s before the target**: "
+        "changes after it are not restored.\n",
+    )
+    if dry_run:
+        return plan
+    from flows.restore import restore_component
+
+    report = restore_component(
+        "kubernetes", backup_id=manifest.id, target=target, store=store_block, options=options
+    )
+    return {**plan, "restore": report, "finished_at": datetime.now(UTC).isoformat()}

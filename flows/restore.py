@@ -11,6 +11,8 @@ from prefect.blocks.core import Block
 
 from blocks.store import StoreBlock
 from flows.common import load_store
+from flows.locks import component_lock
+from flows.recovery import restore_plan, restore_with_checklist, rollback_restore  # noqa: F401 (issue #8)
 from tasks.catalog import get_backup
 from tasks.components import ComponentName, load_target, restore_task, verify_task
 from tasks.metrics import tracked
@@ -31,8 +33,9 @@ def restore_component(
         store_block = load_store(store)
         manifest = get_backup(store_block, backup_id, component)
         target_block = load_target(component, target)
-        verify_task(manifest, store_block, target_block)
-        report = restore_task(manifest, target_block, store_block, options)
+        with component_lock(component):  # never while a backup of this component runs
+            verify_task(manifest, store_block, target_block)
+            report = restore_task(manifest, target_block, store_block, options)
         run.gauges["restore_rpo_seconds"] = datetime.now(UTC).timestamp() - manifest.source_time.timestamp()
     get_run_logger().info("restored %s from %s", component, manifest.id)
     create_markdown_artifact(

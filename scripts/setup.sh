@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(postgresql-client postgresql etcd-server etcd-client prometheus-pushgateway prometheus zstd pigz)
+APT_PACKAGES=(postgresql-client postgresql etcd-server etcd-client prometheus-pushgateway prometheus zstd pigz time python3-venv)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -49,4 +49,17 @@ if [ ! -x .venv/bin/python ] || ! cmp -s requirements.lock "$stamp" 2>/dev/null;
   .venv/bin/pip install -q --upgrade pip >/dev/null
   .venv/bin/pip install -q -r requirements.lock 2> >(grep -v "^WARNING: Location" >&2)
   cp requirements.lock "$stamp"
+fi
+
+# PITR: PostgreSQL runs archive_command/restore_command as the `postgres` OS user, which cannot
+# reach a Python under root's home. barman-cloud gets its own venv from Debian's python3, readable
+# by every user, pinned by the same lock (docs/pitr.md).
+BARMAN_VENV=${KLB_BARMAN_VENV:-/opt/knative-lambda-backup/barman-venv}
+if [ ! -x "$BARMAN_VENV/bin/barman-cloud-wal-restore" ] || ! cmp -s requirements.lock "$BARMAN_VENV/.lock-stamp" 2>/dev/null; then
+  echo "setup: creating $BARMAN_VENV (barman-cloud for archive/restore commands)"
+  mkdir -p "$(dirname "$BARMAN_VENV")"
+  /usr/bin/python3 -m venv "$BARMAN_VENV"
+  "$BARMAN_VENV/bin/pip" install -q -c requirements.lock 'barman[cloud]' 2> >(grep -v "^WARNING: Location" >&2)
+  cp requirements.lock "$BARMAN_VENV/.lock-stamp"
+  chmod -R a+rX "$BARMAN_VENV"
 fi

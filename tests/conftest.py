@@ -71,6 +71,16 @@ def rabbitmq(request) -> services.Service:
     return _start(request, services.rabbitmq_management)
 
 
+@pytest.fixture(scope="session")
+def kube_api():
+    """The Kubernetes API emulator with a fake Velero (tests/k8s_emulator), and its kubeconfig."""
+    from tests.k8s_emulator import start_kube_api
+
+    api = start_kube_api(services.session_dir("kube-api"))
+    yield api
+    api.server.stop()
+
+
 @pytest.fixture
 def s3_bucket(moto):
     """A fresh bucket on the session's moto server, and its S3Store factory."""

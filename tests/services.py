@@ -174,6 +174,9 @@ def start_postgres(password: str, name: str = "pg", extra_conf: dict[str, str] |
         fh.write("host replication all 127.0.0.1/32 scram-sha-256\n")
     proc, log = _spawn([str(bindir / "postgres"), "-D", str(data)], workdir, user="postgres")
     wait_until(lambda: port_open(port), 30, "PostgreSQL", proc, log)
+    # the port opens before recovery ends ("the database system is starting up")
+    ready = [str(bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)]
+    wait_until(lambda: subprocess.run(ready).returncode == 0, 30, "PostgreSQL", proc, log)
     return Service(
         name, port, proc, workdir, {"password": password, "data": data, "socket": sock, "bindir": bindir}
     )
@@ -212,10 +215,18 @@ def start_pushgateway() -> Service:
     return Service("pushgateway", port, proc, workdir)
 
 
+def _answers(url: str) -> bool:
+    """Any HTTP answer (a 401 included) means the server is up."""
+    try:
+        return http_ok(url)
+    except urllib.error.HTTPError:
+        return True
+
+
 def rabbitmq_management(url: str = "http://127.0.0.1:15672") -> Service:
     """The machine's RabbitMQ (not throwaway): its management API must answer."""
     try:
-        wait_until(lambda: http_ok(f"{url}/api/overview") or True, 1, "rabbitmq")
+        wait_until(lambda: _answers(f"{url}/api/overview"), 10, "rabbitmq")
         urllib.request.urlopen(f"{url}/", timeout=2)  # noqa: S310
     except Exception as exc:
         raise ServiceMissing(

@@ -125,3 +125,24 @@ def test_next_state_is_cumulative():
     assert s.buckets[DURATION_BUCKETS[0]] == 1 and s.buckets[float("inf")] == 2
     assert s.gauges["backup_last_success_timestamp_seconds"] == 100.0
     assert s.gauges["backup_last_failure_timestamp_seconds"] == 200.0
+
+
+def test_a_drill_pushes_rto_rpo_per_component(gateway, prefect_server, local_store, tmp_path, monkeypatch):
+    from flows.backup import backup_component
+    from flows.drill import restore_drill
+    from tests.drill.conftest import Prod
+
+    monkeypatch.setenv("KLB_DRILL_TMPDIR", str(tmp_path))
+    prod = Prod(tmp_path / "prod")
+    store = local_store()
+    backup_component("app-state", target=prod.target(), store=store)
+    before = scrape(gateway)
+    record = restore_drill(components=["app-state"], targets={"app-state": prod.target()}, store=store)
+    samples = scrape(gateway)
+    app = record.component("app-state")
+    success = value(samples, "drill_success_total", "app-state", job="klb_drill")
+    assert success == (value(before, "drill_success_total", "app-state", job="klb_drill") or 0) + 1
+    assert value(samples, "drill_rto_seconds", "app-state", job="klb_drill") == pytest.approx(app.rto_seconds)
+    assert value(samples, "drill_rpo_seconds", "app-state", job="klb_drill") == pytest.approx(
+        app.rpo_age_seconds
+    )

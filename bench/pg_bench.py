@@ -1,0 +1,264 @@
+"""PostgreSQL backup/restore, side by side in one run, on throwaway servers (moto S3, two initdb
+clusters): ours vs the runbook's `pg_dumpall | gzip > file` + upload vs the floor
+`pg_dumpall > /dev/null`; restore ours vs `gunzip -c | psql`; plus the directory format with
+`pg_restore -j 2` as the parallel reference. Wall time and peak RSS of the largest process.
+
+    PYTHONPATH=. .venv/bin/python -m bench.pg_bench            # ~0.5 GB of SQL
+    PYTHONPATH=. .venv/bin/python -m bench.pg_bench --scale 0.02   # a few seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ROWS_PER_SCALE = 2_400_000  # ~0.5 GB of pg_dumpall output at scale 1
+
+WORDS = (
+    "'order','payment','user','session','invoice','refund','timeout','retry','gateway','lambda',"
+    "'function','cold','start','error','success','queue','message','bucket','region','knative',"
+    "'revision','service','deploy','scale','replica','pod','node','cluster','trace','span'"
+)
+GENERATE = f"""
+CREATE EXTENSION IF NOT EXISTS pgcrypto;
+CREATE TABLE events (id bigint PRIMARY KEY, account uuid NOT NULL, kind text NOT NULL,
+  body text, amount numeric(12,2), at timestamptz NOT NULL);
+INSERT INTO events
+SELECT i, gen_random_uuid(),
+  (ARRAY['signup','login','purchase','refund','logout'])[1 + floor(random() * 5)::int],
+  md5(random()::text) || ' ' || (ARRAY[{WORDS}])[1 + floor(random() * 30)::int]
+    || ' ' || (ARRAY[{WORDS}])[1 + floor(random() * 30)::int]
+    || ' ' || (ARRAY[{WORDS}])[1 + floor(random() * 30)::int]
+    || ' ' || encode(gen_random_bytes(24), 'base64') || ' ' || (random() * 1e6)::int,
+  round((random() * 1000)::numeric, 2), now() - random() * interval '365 days'
+FROM generate_series(1, %s) i;
+CREATE INDEX events_account ON events (account);
+CREATE INDEX events_at ON events (at);
+"""
+
+
+def run_measured(stages: list[list[str]], env: dict, stdout_path: str | None = None) -> tuple[float, int]:
+    """Run a pipeline of argv lists (no shell); return (seconds, peak RSS in MiB of the largest
+    process). GNU time measures each stage: a child of this (large) Python would otherwise
+    report the parent's high-water mark inherited through fork."""
+    gnu_time = shutil.which("time") or "/usr/bin/time"
+    rss_files = []
+    start = time.monotonic()
+    procs, prev = [], None
+    for i, argv in enumerate(stages):
+        last = i == len(stages) - 1
+        out = (open(stdout_path, "wb") if stdout_path else subprocess.DEVNULL) if last else subprocess.PIPE  # noqa: SIM115
+        rss = tempfile.NamedTemporaryFile(suffix=".rss", delete=False)  # noqa: SIM115
+        rss_files.append(rss.name)
+        p = subprocess.Popen([gnu_time, "-f", "%M", "-o", rss.name, *argv], stdin=prev, stdout=out, env=env)
+        if prev is not None:
+            prev.close()
+        prev = p.stdout
+        procs.append(p)
+    for p in procs:
+        if p.wait() != 0:
+            raise RuntimeError(f"{p.args[5]} failed with {p.returncode}")
+    seconds = time.monotonic() - start
+    peak = 0
+    for name in rss_files:
+        text = Path(name).read_text().strip().splitlines()
+        peak = max(peak, int(text[-1]) if text else 0)
+        os.unlink(name)
+    return seconds, peak // 1024
+
+
+def child(kind: str, spec: dict) -> None:
+    """Ours, in a process of its own so its peak RSS is measured like the others."""
+    import tasks.postgres as pg
+    from blocks.postgres import PostgresTarget
+    from tasks.catalog import get_backup
+    from tasks.store import backup_session
+
+    store = _store(spec["moto"], spec["bucket"])
+    target = PostgresTarget(password=os.environ["KLB_BENCH_PGPASSWORD"], **spec["target"])
+    if kind == "backup":
+        with backup_session(store, "postgres") as session:
+            pg.backup(target, session)
+            session.commit()
+        print(json.dumps({"id": session.manifest.id, "stored": session.manifest.size}))
+    else:
+        manifest = get_backup(store, spec["id"])
+        opts = pg.RestoreOptions(
+            databases=["bench"], rename_to={"bench": "bench_ours"}, include_globals=False
+        )
+        print(json.dumps(pg.restore(target, manifest, store, opts), default=str))
+
+
+def _store(moto_url: str, bucket: str):
+    from prefect_aws import AwsCredentials
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    from blocks.store import S3Store
+
+    creds = AwsCredentials(
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",  # noqa: S106 - moto
+        region_name="us-west-2",
+        aws_client_parameters=AwsClientParameters(endpoint_url=moto_url),
+    )
+    return S3Store(bucket=bucket, credentials=creds)
+
+
+def _s3(moto_url: str):
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=moto_url,
+        region_name="us-west-2",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",  # noqa: S106 - moto
+    )
+
+
+def _python(code: str, *args: str) -> list[str]:
+    return [sys.executable, "-c", code, *args]
+
+
+UPLOAD = "import sys,boto3;boto3.client('s3',endpoint_url=sys.argv[1],region_name='us-west-2',aws_access_key_id='testing',aws_secret_access_key='testing').upload_file(sys.argv[3],sys.argv[2],sys.argv[4])"  # noqa: E501
+DOWNLOAD = UPLOAD.replace(
+    "upload_file(sys.argv[3],sys.argv[2],sys.argv[4])", "download_file(sys.argv[2],sys.argv[4],sys.argv[3])"
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--scale", type=float, default=1.0, help="1.0 = ~0.5 GB of SQL")
+    parser.add_argument("--child", choices=["backup", "restore"], help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, json.loads(args.spec))
+        return
+
+    from tests import services
+
+    password = secrets.token_hex(16)
+    src = services.start_postgres(password, "bench-src")
+    dst = services.start_postgres(password, "bench-dst")
+    moto = services.start_moto()
+    work = Path(tempfile.mkdtemp(prefix="pg-bench-"))
+    results: dict[str, dict] = {}
+    try:
+        bindir = str(src.extra["bindir"])
+        env = {**os.environ, "PGPASSWORD": password, "PGHOST": "127.0.0.1", "PGUSER": "postgres"}
+        src_env, dst_env = {**env, "PGPORT": str(src.port)}, {**env, "PGPORT": str(dst.port)}
+        psql = [f"{bindir}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1"]
+        rows = max(1000, int(ROWS_PER_SCALE * args.scale))
+        t0 = time.monotonic()
+        subprocess.run([*psql, "-d", "postgres", "-c", "CREATE DATABASE bench"], env=src_env, check=True)
+        subprocess.run([*psql, "-d", "bench", "-c", GENERATE % rows], env=src_env, check=True)
+        size = subprocess.run(
+            [*psql, "-d", "bench", "-At", "-c", "SELECT pg_database_size('bench')"],
+            env=src_env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        print(f"generated {rows} rows, database {int(size) / 2**20:.0f} MiB in {time.monotonic() - t0:.1f}s")
+        s3 = _s3(moto.url)
+        for bucket in ("ours", "runbook"):
+            s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
+
+        dumpall = [f"{bindir}/pg_dumpall", "-l", "postgres"]
+        secs, rss = run_measured([dumpall], src_env, str(work / "plain.sql"))
+        sql_bytes = (work / "plain.sql").stat().st_size
+        (work / "plain.sql").unlink()
+        secs, rss = run_measured([dumpall], src_env)
+        results["floor: pg_dumpall to /dev/null"] = {"s": secs, "rss": rss, "bytes": sql_bytes}
+
+        gz = work / "backup.sql.gz"
+        secs, rss = run_measured([dumpall, ["gzip"]], src_env, str(gz))
+        up_s, up_rss = run_measured([_python(UPLOAD, moto.url, "runbook", str(gz), "backup.sql.gz")], env)
+        results["runbook: pg_dumpall, gzip to file, upload"] = {
+            "s": secs + up_s,
+            "rss": max(rss, up_rss),
+            "bytes": gz.stat().st_size,
+            "detail": f"dump {secs:.1f}s + upload {up_s:.1f}s",
+        }
+
+        spec = {
+            "moto": moto.url,
+            "bucket": "ours",
+            "target": {
+                "host": "127.0.0.1",
+                "port": src.port,
+                "user": "postgres",
+                "bin_dir": bindir,
+                "databases": ["bench"],
+            },
+        }
+        ours_env = {**os.environ, "KLB_BENCH_PGPASSWORD": password, "PYTHONPATH": str(ROOT)}
+        me = [sys.executable, "-m", "bench.pg_bench"]
+        out = work / "ours.json"
+        secs, rss = run_measured([[*me, "--child", "backup", "--spec", json.dumps(spec)]], ours_env, str(out))
+        backup = json.loads(out.read_text().strip().splitlines()[-1])
+        results["ours: pg_dump -Fc + fingerprint, zstd, S3 multipart"] = {
+            "s": secs,
+            "rss": rss,
+            "bytes": backup["stored"],
+        }
+
+        # restores, into the second cluster
+        dl = work / "dl.sql.gz"
+        dl_s, dl_rss = run_measured([_python(DOWNLOAD, moto.url, "runbook", str(dl), "backup.sql.gz")], env)
+        secs, rss = run_measured([["gunzip", "-c", str(dl)], [*psql[:-2], "-d", "postgres"]], dst_env)
+        results["restore runbook: download, gunzip -c, psql"] = {
+            "s": dl_s + secs,
+            "rss": max(rss, dl_rss),
+            "detail": f"download {dl_s:.1f}s + psql {secs:.1f}s",
+        }
+        spec = {**spec, "id": backup["id"], "target": {**spec["target"], "port": dst.port}}
+        secs, rss = run_measured(
+            [[*me, "--child", "restore", "--spec", json.dumps(spec)]], ours_env, str(out)
+        )
+        results["restore ours: verify sha256, pg_restore aside, fingerprint, rename"] = {
+            "s": secs,
+            "rss": rss,
+        }
+
+        # the parallel reference: directory format cannot stream (it needs a directory on disk)
+        d = work / "dirfmt"
+        secs, rss = run_measured(
+            [[f"{bindir}/pg_dump", "-Fd", "-j", "2", "-Z", "0", "-f", str(d), "-d", "bench"]], src_env
+        )
+        results["reference: pg_dump -Fd -j 2 (local dir, no upload)"] = {"s": secs, "rss": rss}
+        subprocess.run([*psql, "-d", "postgres", "-c", "CREATE DATABASE bench_dir"], env=dst_env, check=True)
+        secs, rss = run_measured(
+            [[f"{bindir}/pg_restore", "-j", "2", "--exit-on-error", "-d", "bench_dir", str(d)]], dst_env
+        )
+        results["reference: pg_restore -j 2 from local dir"] = {"s": secs, "rss": rss}
+    finally:
+        for svc in (moto, dst, src):
+            svc.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(src.workdir.parent, ignore_errors=True)
+
+    base = results["runbook: pg_dumpall, gzip to file, upload"]["s"]
+    print(f"\nscale {args.scale}: {sql_bytes / 2**20:.0f} MiB of SQL (pg_dumpall)\n")
+    print("| pipeline | wall s | x runbook | peak RSS MiB | stored MiB | notes |\n|---|---|---|---|---|---|")
+    for name, r in results.items():
+        stored = f"{r['bytes'] / 2**20:.0f}" if "bytes" in r and not name.startswith("floor") else ""
+        print(
+            f"| {name} | {r['s']:.1f} | {r['s'] / base:.2f} | {r['rss']} | {stored} | {r.get('detail', '')} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Where PostgreSQL PITR reads from: the server (for base backups and checks) and its WAL archive."""
+
+from __future__ import annotations
+
+import re
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr, field_validator
+
+_ARCHIVE_URL = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9._-]+)*/?$")
+
+
+class PitrTarget(Block):
+    """A PostgreSQL server whose WAL is archived continuously by barman-cloud-wal-archive."""
+
+    _block_type_name = "KLB PITR Target"
+    _block_type_slug = "klb-pitr-target"
+    _description = "PostgreSQL server + its WAL archive (barman-cloud layout) for point-in-time recovery."
+
+    host: str = Field(default="127.0.0.1", description="server host (TCP; base backups use replication)")
+    port: int = Field(default=5432, ge=1, le=65535)
+    user: str = Field(default="postgres", description="a superuser or a user with REPLICATION")
+    password: SecretStr | None = Field(default=None, description="passed in PGPASSWORD, never argv")
+    database: str = Field(default="postgres", description="database for checks and verification")
+    server_name: str = Field(
+        default="pg", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="SERVER_NAME in the archive"
+    )
+    archive_url: str = Field(description="barman-cloud destination, e.g. s3://bucket/pitr")
+    endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, moto)")
+    region: str | None = Field(default=None, description="S3 region")
+    aws_access_key_id: SecretStr | None = Field(default=None, description="archive read credentials")
+    aws_secret_access_key: SecretStr | None = None
+
+    @field_validator("archive_url")
+    @classmethod
+    def _s3_url(cls, value: str) -> str:
+        if not _ARCHIVE_URL.match(value):
+            raise ValueError(f"archive_url {value!r} must look like s3://bucket/path")
+        return value.rstrip("/")
+
+    def pg_env(self) -> dict[str, str]:
+        """libpq environment: the password travels here, never in argv."""
+        env = {"PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": self.user}
+        if self.password is not None:
+            env["PGPASSWORD"] = self.password.get_secret_value()
+        return env
+
+    def aws_env(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        if self.aws_access_key_id and self.aws_secret_access_key:
+            env["AWS_ACCESS_KEY_ID"] = self.aws_access_key_id.get_secret_value()
+            env["AWS_SECRET_ACCESS_KEY"] = self.aws_secret_access_key.get_secret_value()
+        if self.region:
+            env["AWS_DEFAULT_REGION"] = self.region
+        return env

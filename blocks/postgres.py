@@ -1,0 +1,56 @@
+"""Where a PostgreSQL server is, and how to log in. The password never leaves as argv."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr, field_validator
+
+# A database name we accept: printable, no NUL, at most 63 bytes (PostgreSQL's NAMEDATALEN-1).
+_NAME = re.compile(r"^[^\x00-\x1f]{1,63}$")
+
+
+def check_db_name(name: str) -> str:
+    if not _NAME.match(name) or len(name.encode()) > 63:
+        raise ValueError(f"{name!r} is not a valid PostgreSQL database name (1-63 bytes, no control chars)")
+    return name
+
+
+class PostgresTarget(Block):
+    _block_type_name = "KLB Postgres Target"
+    _block_type_slug = "klb-postgres-target"
+    _description = "A PostgreSQL server to back up or restore into (logical dumps, one per database)."
+
+    host: str = Field(default="127.0.0.1", description="host name or IP of the server")
+    port: int = Field(default=5432, ge=1, le=65535)
+    user: str = Field(default="postgres", description="a superuser (roles and all databases are dumped)")
+    password: SecretStr | None = Field(default=None, description="sent to libpq via PGPASSWORD only")
+    databases: list[str] = Field(
+        default_factory=list, description="databases to back up; empty = every non-template database"
+    )
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    maintenance_db: str = Field(default="postgres", description="database to connect to for admin work")
+    bin_dir: str | None = Field(
+        default=None, description="directory of pg_dump/pg_restore/psql (default: from PATH)"
+    )
+    connect_timeout: int = Field(default=10, ge=1, le=300)
+
+    @field_validator("databases")
+    @classmethod
+    def _names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            check_db_name(name)
+        if len(set(names)) != len(names):
+            raise ValueError(f"databases are listed twice: {names}")
+        return names
+
+    @field_validator("maintenance_db")
+    @classmethod
+    def _maint(cls, name: str) -> str:
+        return check_db_name(name)
+
+    @property
+    def address(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"

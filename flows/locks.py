@@ -1,0 +1,89 @@
+"""One operation per component at a time: never a restore and a backup of the same component at once.
+
+Deployment `concurrency_limit`s (prefect.yaml) keep one run per *deployment*; a backup deployment
+and a restore deployment of the same component are different deployments, so they cannot see
+each other. This lock is a Prefect global concurrency limit named `klb-component-<component>`
+with one slot, held by whichever flow touches the component (backup, restore, rollback); the
+components of one system share it (LOCK_GROUPS). It is
+created on first use (idempotent; `scripts/create_blocks.py` creates them up front too) and
+taken with `strict=True`, so a missing or unreachable limit fails the run instead of running
+unlocked. A crashed holder's lease expires (lease_duration) and frees the slot by itself.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.logging import get_logger
+
+from tasks.errors import ConfigurationError, TransientError
+
+PREFIX = "klb-component-"
+DEFAULT_WAIT_SECONDS = 6 * 3600  # a restore waits for a running backup; longer means stuck
+
+
+# Components that are the same system share one lock: a PITR base backup of the PostgreSQL server
+# must not run while that server is being restored from a dump, and the other way round.
+LOCK_GROUPS = {"postgres-pitr": "postgres"}
+
+
+def lock_name(component: str) -> str:
+    component = str(component)
+    return PREFIX + LOCK_GROUPS.get(component, component)
+
+
+def ensure_component_limit(component: str) -> None:
+    """Create `klb-component-<component>` (limit 1) if missing; refuse one that lost its meaning."""
+    name = lock_name(component)
+    with get_client(sync_client=True) as client:
+        try:
+            found = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with suppress(ObjectAlreadyExists):  # another run may have created it first
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+            return
+    if found.limit != 1 or not found.active:
+        raise ConfigurationError(
+            f"global concurrency limit {name!r} must be active with limit 1 (it is "
+            f"limit={found.limit}, active={found.active}): otherwise a backup and a restore of "
+            f"{component} could run at once. Fix it: `prefect gcl update {name} --limit 1 --enable`"
+        )
+
+
+def wait_seconds() -> float:
+    return float(os.environ.get("KLB_COMPONENT_LOCK_WAIT_SECONDS", DEFAULT_WAIT_SECONDS))
+
+
+@contextmanager
+def component_lock(component: str, timeout_seconds: float | None = None) -> Iterator[None]:
+    """Hold the component's slot for the block; wait up to `timeout_seconds` for it."""
+    component = str(component)
+    timeout = wait_seconds() if timeout_seconds is None else timeout_seconds
+    ensure_component_limit(component)
+    acquired = False
+    try:
+        # raise_on_lease_renewal_failure=False: a blip in the API must not kill a restore halfway
+        # through a cut-over; the lease is renewed again on the next beat.
+        with concurrency(
+            lock_name(component),
+            occupy=1,
+            timeout_seconds=timeout,
+            strict=True,
+            raise_on_lease_renewal_failure=False,
+        ):
+            acquired = True
+            get_logger("klb.locks").info("holding %s", lock_name(component))
+            yield
+    except TimeoutError:
+        if acquired:  # the work itself timed out: not ours to explain
+            raise
+        raise TransientError(
+            f"another backup/restore of {component} held {lock_name(component)} for more than "
+            f"{timeout:.0f}s: check the runs tagged component:{component} in the Prefect UI"
+        ) from None

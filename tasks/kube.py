@@ -1,0 +1,384 @@
+"""Kubernetes API helpers shared by the components: a client from a KubernetesTarget, errors
+translated into ours, namespaces, deployments and their scale, PVCs, and quiescing.
+
+Quiescing records each deployment's replica count in an annotation before scaling it to 0, so a
+second quiesce after a crash still knows the real counts, and unquiesce puts back exactly those.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import urllib3
+import yaml
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from blocks.kubernetes import KubernetesTarget
+from tasks.errors import BackupError, BadInput, ConfigurationError, NotFound, TransientError
+
+log = logging.getLogger(__name__)
+QUIESCED_ANNOTATION = "klb.io/quiesced-replicas"
+
+
+class AlreadyExists(BackupError):
+    """The object exists already (HTTP 409)."""
+
+
+def _configuration(kube: KubernetesTarget) -> client.Configuration:
+    cfg = client.Configuration()
+    try:
+        if kube.in_cluster or (
+            not kube.kubeconfig_path and not kube.kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST")
+        ):
+            config.load_incluster_config(client_configuration=cfg)
+        elif kube.kubeconfig is not None:
+            data = yaml.safe_load(kube.kubeconfig.get_secret_value())
+            config.load_kube_config_from_dict(data, context=kube.context, client_configuration=cfg)
+        else:  # None = $KUBECONFIG or ~/.kube/config, like kubectl
+            config.load_kube_config(kube.kubeconfig_path, context=kube.context, client_configuration=cfg)
+    except (ConfigException, OSError, yaml.YAMLError, TypeError) as exc:
+        where = "in-cluster service account" if kube.in_cluster else (kube.kubeconfig_path or "kubeconfig")
+        raise ConfigurationError(
+            f"cannot load Kubernetes credentials from {where}: {str(exc)[:200]}. Set kubeconfig_path, "
+            "kubeconfig or in_cluster on the KubernetesTarget block"
+        ) from None
+    return cfg
+
+
+@dataclass
+class Kube:
+    """One API client and the typed APIs; `call` translates failures into tasks.errors."""
+
+    api: client.ApiClient
+    timeout: float
+
+    @cached_property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    @cached_property
+    def apps(self) -> client.AppsV1Api:
+        return client.AppsV1Api(self.api)
+
+    @cached_property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api)
+
+    def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, _request_timeout=self.timeout, **kwargs)
+        except ApiException as exc:
+            raise translate(exc, what) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ConfigurationError(
+                f"{what}: cannot reach the Kubernetes API at {self.api.configuration.host} "
+                f"({type(exc).__name__}): check the kubeconfig/context and the network"
+            ) from None
+
+
+def api_message(exc: ApiException) -> tuple[str, dict[str, Any]]:
+    try:
+        body = yaml.safe_load(exc.body or "") or {}
+    except yaml.YAMLError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    return str(body.get("message") or exc.reason or exc.status), body.get("details") or {}
+
+
+def translate(exc: ApiException, what: str) -> BackupError:
+    message, _ = api_message(exc)
+    if exc.status == 403 and "being terminated" in message:  # not RBAC: the namespace is going away
+        return TransientError(f"{what}: {message}: wait until it is gone, then retry")
+    if exc.status == 403:
+        return ConfigurationError(
+            f"{what}: forbidden by RBAC: {message}. Grant the flow's service account this permission "
+            "(docs/kubernetes.md lists what each task needs)"
+        )
+    if exc.status == 401:
+        return ConfigurationError(
+            f"{what}: the cluster refused the credentials (401): renew the kubeconfig/token"
+        )
+    if exc.status == 404:
+        return NotFound(f"{what}: {message}")
+    if exc.status == 409:
+        return AlreadyExists(f"{what}: {message}")
+    if exc.status in (422, 400):
+        return BadInput(f"{what}: the API server rejected the request: {message}")
+    if exc.status == 429 or exc.status >= 500:
+        return TransientError(f"{what}: the API server answered {exc.status}: {message}")
+    return ConfigurationError(f"{what}: the API server answered {exc.status}: {message}")
+
+
+def connect(kube: KubernetesTarget | None) -> Kube:
+    """A client for `kube` (None: in-cluster when in a pod, else $KUBECONFIG)."""
+    kube = kube or KubernetesTarget()
+    return Kube(client.ApiClient(_configuration(kube)), kube.request_timeout_seconds)
+
+
+def wait_for(check: Callable[[], bool], timeout: float, interval: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TransientError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+# -- namespaces ---------------------------------------------------------------------------------
+def list_namespaces(k: Kube) -> list[str]:
+    items = k.call("list namespaces", k.core.list_namespace).items
+    return sorted(ns.metadata.name for ns in items)
+
+
+def namespace_exists(k: Kube, name: str) -> bool:
+    try:
+        k.call(f"read namespace {name}", k.core.read_namespace, name)
+        return True
+    except NotFound:
+        return False
+
+
+def create_namespace(k: Kube, name: str, labels: dict[str, str] | None = None) -> None:
+    body = client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels))
+    k.call(f"create namespace {name}", k.core.create_namespace, body)
+
+
+def delete_namespace(k: Kube, name: str, timeout: float = 600, interval: float = 2) -> None:
+    """Delete and wait until it is gone (a namespace terminates for a while)."""
+    try:
+        k.call(f"delete namespace {name}", k.core.delete_namespace, name)
+    except NotFound:
+        return
+    wait_for(lambda: not namespace_exists(k, name), timeout, interval, f"namespace {name} to terminate")
+
+
+# -- deployments and scale -------------------------------------------------------------------------
+def list_deployments(k: Kube, namespace: str) -> list[client.V1Deployment]:
+    return k.call(f"list deployments in {namespace}", k.apps.list_namespaced_deployment, namespace).items
+
+
+def get_replicas(k: Kube, namespace: str, name: str) -> int:
+    scale = k.call(
+        f"read scale of deployment {namespace}/{name}",
+        k.apps.read_namespaced_deployment_scale,
+        name,
+        namespace,
+    )
+    return int(scale.spec.replicas or 0)
+
+
+def scale(k: Kube, namespace: str, name: str, replicas: int) -> None:
+    k.call(
+        f"scale deployment {namespace}/{name} to {replicas}",
+        k.apps.patch_namespaced_deployment_scale,
+        name,
+        namespace,
+        {"spec": {"replicas": int(replicas)}},
+    )
+
+
+def _annotate(k: Kube, namespace: str, name: str, value: str | None) -> None:
+    k.call(
+        f"annotate deployment {namespace}/{name}",
+        k.apps.patch_namespaced_deployment,
+        name,
+        namespace,
+        {"metadata": {"annotations": {QUIESCED_ANNOTATION: value}}},
+    )
+
+
+# -- PVCs ------------------------------------------------------------------------------------------
+def list_pvcs(k: Kube, namespace: str | None = None) -> list[dict[str, Any]]:
+    if namespace:
+        items = k.call(
+            f"list PVCs in {namespace}", k.core.list_namespaced_persistent_volume_claim, namespace
+        ).items
+    else:
+        items = k.call("list PVCs", k.core.list_persistent_volume_claim_for_all_namespaces).items
+    return [
+        {
+            "namespace": p.metadata.namespace,
+            "name": p.metadata.name,
+            "phase": p.status.phase if p.status else None,
+            "storage_class": p.spec.storage_class_name,
+            "capacity": ((p.spec.resources.requests or {}) if p.spec.resources else {}).get("storage"),
+            "volume": p.spec.volume_name,
+        }
+        for p in items
+    ]
+
+
+def delete_pvc(k: Kube, namespace: str, name: str) -> None:
+    k.call(
+        f"delete PVC {namespace}/{name}", k.core.delete_namespaced_persistent_volume_claim, name, namespace
+    )
+
+
+# -- quiesce -----------------------------------------------------------------------------------------
+def quiesce(kube: KubernetesTarget | None, namespace: str, timeout: float = 300) -> dict[str, int]:
+    """Scale every deployment of `namespace` to 0; return the replica counts they had.
+
+    A deployment already quiesced by an earlier (interrupted) run keeps its recorded count. If
+    any scale-down fails, the ones already scaled are put back before raising."""
+    k = connect(kube)
+    recorded: dict[str, int] = {}
+    try:
+        for dep in list_deployments(k, namespace):
+            name = dep.metadata.name
+            earlier = (dep.metadata.annotations or {}).get(QUIESCED_ANNOTATION)
+            replicas = get_replicas(k, namespace, name)
+            if earlier is not None and replicas == 0:
+                replicas = int(earlier)
+            else:
+                _annotate(k, namespace, name, str(replicas))
+            recorded[name] = replicas
+            scale(k, namespace, name, 0)
+        wait_for(
+            lambda: all((d.status.replicas or 0) == 0 for d in list_deployments(k, namespace)),
+            timeout,
+            1,
+            f"the pods of {namespace} to stop",
+        )
+    except BaseException:
+        if recorded:
+            log.error("quiesce of %s failed: putting back %s", namespace, recorded)
+            try:
+                unquiesce(kube, namespace, recorded)
+            except Exception as exc:
+                log.error("could not put back %s in %s: %s", recorded, namespace, exc)
+        raise
+    log.info("quiesced %s: %s", namespace, recorded)
+    return recorded
+
+
+def unquiesce(kube: KubernetesTarget | None, namespace: str, replicas: dict[str, int]) -> None:
+    """Put back exactly the recorded counts; try every deployment, then report all failures."""
+    k = connect(kube)
+    failed: dict[str, str] = {}
+    for name, count in replicas.items():
+        try:
+            scale(k, namespace, name, count)
+            _annotate(k, namespace, name, None)
+        except BackupError as exc:
+            failed[name] = str(exc)
+    if failed:
+        raise ConfigurationError(
+            f"could not put back the replica counts in {namespace}: {failed}. Scale them by hand: "
+            + "; ".join(
+                f"kubectl -n {namespace} scale deployment/{n} --replicas={replicas[n]}" for n in failed
+            )
+        )
+    log.info("unquiesced %s: %s", namespace, replicas)
+
+
+@contextmanager
+def quiesced(kube: KubernetesTarget | None, namespace: str) -> Iterator[dict[str, int]]:
+    """`with quiesced(kube, ns) as counts:` apps are down inside, back to exactly `counts` after."""
+    counts = quiesce(kube, namespace)
+    try:
+        yield counts
+    finally:
+        unquiesce(kube, namespace, counts)
+
+
+# -- the kinds the project lists, counts and verifies ------------------------------------------------
+# plural -> (typed API attribute, method suffix): list_namespaced_<suffix>, read_namespaced_<suffix>, ...
+KINDS: dict[str, tuple[str, str]] = {
+    "deployments": ("apps", "deployment"),
+    "services": ("core", "service"),
+    "configmaps": ("core", "config_map"),
+    "secrets": ("core", "secret"),
+    "persistentvolumeclaims": ("core", "persistent_volume_claim"),
+}
+ALIASES = {
+    "deploy": "deployments",
+    "deployment": "deployments",
+    "svc": "services",
+    "service": "services",
+    "cm": "configmaps",
+    "configmap": "configmaps",
+    "secret": "secrets",
+    "pvc": "persistentvolumeclaims",
+    "persistentvolumeclaim": "persistentvolumeclaims",
+    "pv": "persistentvolumes",
+}
+
+
+def canonical_resource(name: str) -> str:
+    """'deploy', 'deployments.apps', 'PVC' -> the plural the API and Velero use ('deployments')."""
+    base = name.strip().lower()
+    if base != "*" and "." in base:
+        base = base.split(".", 1)[0]
+    return ALIASES.get(base, base)
+
+
+def kind_api(k: Kube, plural: str, verb: str) -> Callable[..., Any]:
+    api, suffix = KINDS[plural]
+    return getattr(getattr(k, api), f"{verb}_namespaced_{suffix}")
+
+
+# Names are all we need: ask for metadata only, so Secret data never reaches this process.
+METADATA_ONLY = {
+    "Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+}
+
+
+def list_names(k: Kube, namespace: str, plural: str, label_selector: str | None = None) -> list[str]:
+    """Sorted names of the objects of one kind, listed as metadata only (raw JSON: the typed
+    models refuse objects without their spec)."""
+    fn = kind_api(k, plural, "list")
+    what = f"list {plural} in {namespace}"
+    resp = k.call(
+        what,
+        fn,
+        namespace,
+        label_selector=label_selector or None,
+        _headers=METADATA_ONLY,
+        _preload_content=False,
+    )
+    try:
+        items = json.loads(resp.data)["items"] or []
+    except (ValueError, KeyError, TypeError):
+        raise TransientError(f"{what}: the API server sent an unreadable list") from None
+    return sorted(i["metadata"]["name"] for i in items)
+
+
+def selector_string(labels: dict[str, str] | None) -> str | None:
+    return ",".join(f"{key}={value}" for key, value in sorted((labels or {}).items())) or None
+
+
+__all__ = [
+    "KINDS",
+    "canonical_resource",
+    "kind_api",
+    "list_names",
+    "selector_string",
+    "QUIESCED_ANNOTATION",
+    "AlreadyExists",
+    "Kube",
+    "connect",
+    "translate",
+    "wait_for",
+    "list_namespaces",
+    "namespace_exists",
+    "create_namespace",
+    "delete_namespace",
+    "list_deployments",
+    "get_replicas",
+    "scale",
+    "list_pvcs",
+    "delete_pvc",
+    "quiesce",
+    "unquiesce",
+    "quiesced",
+]

@@ -1,0 +1,281 @@
+"""PostgreSQL plumbing shared by backup, restore, drill and the rollback flows.
+
+Connections (with errors that say what to fix), the environment for pg_dump/pg_restore/psql
+(password in PGPASSWORD only), names of side databases, and the content fingerprint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from blocks.postgres import PostgresTarget
+from tasks.errors import ConfigurationError, NotFound
+
+FINGERPRINT_ALGORITHM = "rows+sum64(md5(row::text))/v1"
+# Row text must not depend on session settings, or the same rows would hash differently.
+_STABLE_SETTINGS = (
+    "SET TimeZone = 'UTC'",
+    "SET DateStyle = 'ISO, YMD'",
+    "SET IntervalStyle = 'postgres'",
+    "SET extra_float_digits = 3",
+    "SET bytea_output = 'hex'",
+)
+ASIDE_RE = re.compile(
+    r"^(?P<base>.+)__(?P<kind>restore|rollback|undone)_(?P<ts>\d{14})(?P<rand>[0-9a-f]{4})?$"
+)
+_TS = "%Y%m%d%H%M%S"
+
+
+# --- secrets and errors -------------------------------------------------------------------
+
+
+def _password(target: PostgresTarget) -> str | None:
+    return target.password.get_secret_value() if target.password else None
+
+
+def scrub(target: PostgresTarget, text: str) -> str:
+    """Belt and braces: no message we raise may carry the password."""
+    pw = _password(target)
+    return text.replace(pw, "***") if pw else text
+
+
+def _connect_error(target: PostgresTarget, dbname: str, exc: Exception) -> Exception:
+    msg = scrub(target, str(exc)).strip()
+    where = f"PostgreSQL at {target.host}:{target.port}"
+    if "password authentication failed" in msg or "no password supplied" in msg:
+        return ConfigurationError(
+            f"{where} refused the password of user {target.user!r}: fix the password in the "
+            "postgres target block"
+        )
+    if re.search(r'database ".*" does not exist', msg):
+        return NotFound(
+            f"database {dbname!r} does not exist on {where}: fix the target block's databases "
+            "(or maintenance_db), or create it"
+        )
+    if re.search(r'role ".*" does not exist', msg):
+        return ConfigurationError(f"user {target.user!r} does not exist on {where}: fix the target block")
+    return ConfigurationError(
+        f"cannot reach {where} (database {dbname!r}): {msg.splitlines()[0] if msg else exc!r}; "
+        "check host, port, sslmode and that the server is running"
+    )
+
+
+def connect(
+    target: PostgresTarget, dbname: str | None = None, autocommit: bool = False
+) -> psycopg.Connection:
+    dbname = dbname or target.maintenance_db
+    try:
+        conn = psycopg.connect(
+            host=target.host,
+            port=target.port,
+            user=target.user,
+            password=_password(target),
+            dbname=dbname,
+            sslmode=target.sslmode,
+            connect_timeout=target.connect_timeout,
+            application_name="klb",
+            autocommit=autocommit,
+        )
+    except psycopg.OperationalError as exc:
+        raise _connect_error(target, dbname, exc) from None
+    return conn
+
+
+@contextmanager
+def admin(target: PostgresTarget, dbname: str | None = None) -> Iterator[psycopg.Connection]:
+    """An autocommit connection (CREATE/DROP DATABASE cannot run in a transaction)."""
+    conn = connect(target, dbname, autocommit=True)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+# --- command-line tools -------------------------------------------------------------------
+
+
+def tool(target: PostgresTarget, name: str) -> str:
+    if target.bin_dir:
+        path = os.path.join(target.bin_dir, name)
+        if not os.access(path, os.X_OK):
+            raise ConfigurationError(f"{path} is not an executable: fix bin_dir in the postgres target block")
+        return path
+    found = shutil.which(name)
+    if not found:
+        raise ConfigurationError(f"{name} is not installed: apt-get install postgresql-client")
+    return found
+
+
+def tool_env(target: PostgresTarget, dbname: str | None = None) -> dict[str, str]:
+    """libpq settings for pg_dump & co: the password goes here, never on the command line."""
+    env = {
+        "PGHOST": target.host,
+        "PGPORT": str(target.port),
+        "PGUSER": target.user,
+        "PGSSLMODE": target.sslmode,
+        "PGCONNECT_TIMEOUT": str(target.connect_timeout),
+        "PGAPPNAME": "klb",
+        "PGDATABASE": dbname or target.maintenance_db,
+    }
+    pw = _password(target)
+    if pw:
+        env["PGPASSWORD"] = pw
+    return env
+
+
+def conninfo_dbname(dbname: str) -> str:
+    """`-d` takes a connection string: quote the name so no part of it is read as a keyword."""
+    return "dbname='" + dbname.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+# --- names of side databases --------------------------------------------------------------
+
+
+def aside_name(base: str, kind: str, when: datetime | None = None) -> str:
+    """`<base>__<kind>_<YYYYmmddHHMMSS><4 hex>`, with base cut so the whole fits 63 bytes."""
+    suffix = f"__{kind}_{(when or datetime.now(UTC)).strftime(_TS)}{secrets.token_hex(2)}"
+    raw = base.encode()[: 63 - len(suffix)]
+    return raw.decode(errors="ignore") + suffix
+
+
+def parse_aside(name: str) -> tuple[str, str, datetime] | None:
+    match = ASIDE_RE.match(name)
+    if not match:
+        return None
+    return match["base"], match["kind"], datetime.strptime(match["ts"], _TS).replace(tzinfo=UTC)
+
+
+def same_base(database: str, base: str) -> bool:
+    """Does `base` (possibly cut to fit 63 bytes) name `database`?"""
+    return database == base or (len(database.encode()) > len(base.encode()) and database.startswith(base))
+
+
+# --- catalog queries ----------------------------------------------------------------------
+
+
+def databases(conn: psycopg.Connection) -> dict[str, dict[str, Any]]:
+    rows = conn.execute(
+        """SELECT d.datname, pg_encoding_to_char(d.encoding), d.datcollate, d.datctype,
+                  pg_get_userbyid(d.datdba), pg_database_size(d.oid), d.datallowconn,
+                  coalesce((SELECT s.setconfig FROM pg_db_role_setting s
+                            WHERE s.setdatabase = d.oid AND s.setrole = 0), '{}')
+           FROM pg_database d WHERE NOT d.datistemplate ORDER BY d.datname"""
+    ).fetchall()
+    return {
+        r[0]: {
+            "encoding": r[1],
+            "collate": r[2],
+            "ctype": r[3],
+            "owner": r[4],
+            "size": r[5],
+            "allow_connections": r[6],
+            "settings": list(r[7]),
+        }
+        for r in rows
+    }
+
+
+def server_version(conn: psycopg.Connection) -> str:
+    return conn.execute("SHOW server_version").fetchone()[0]
+
+
+def fingerprint(conn: psycopg.Connection) -> dict[str, Any]:
+    """Per table: row count and an order-independent checksum (sum of 64-bit row hashes).
+
+    A sum needs no sort, so it costs one sequential scan and constant memory, and it is the same
+    whatever the physical order of the rows after a restore. Sequences: last value and is_called
+    (read now: sequences are not transactional, see diff_fingerprints).
+    Runs in the caller's transaction, so it sees exactly that transaction's snapshot.
+    """
+    for stmt in _STABLE_SETTINGS:
+        conn.execute(stmt)
+    rels = conn.execute(
+        """SELECT n.nspname, c.relname, c.relkind FROM pg_class c
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.relkind IN ('r', 'S')
+             AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+             AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+             AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_class'::regclass
+                             AND e.objid = c.oid AND e.deptype = 'e')
+           ORDER BY 1, 2"""
+    ).fetchall()
+    tables: dict[str, Any] = {}
+    sequences: dict[str, Any] = {}
+    for schema, name, kind in rels:
+        ident = sql.Identifier(schema, name)
+        key = f"{schema}.{name}"
+        if kind == "S":
+            last, called = conn.execute(
+                sql.SQL("SELECT last_value, is_called FROM {}").format(ident)
+            ).fetchone()
+            sequences[key] = {"last_value": last, "is_called": called}
+            continue
+        rows, total = conn.execute(
+            sql.SQL(
+                "SELECT count(*), coalesce(sum(('x' || left(md5(klb_r::text), 16))::bit(64)::bigint"
+                "::numeric), 0)::text FROM {} AS klb_r"
+            ).format(ident)
+        ).fetchone()
+        tables[key] = {"rows": rows, "sum": total}
+    return {"tables": tables, "sequences": sequences}
+
+
+def fingerprint_database(target: PostgresTarget, dbname: str) -> dict[str, Any]:
+    conn = connect(target, dbname)
+    try:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        return fingerprint(conn)
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+def diff_fingerprints(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
+    """Human-readable differences, empty when the restore matches the backup.
+
+    Tables must match exactly. Sequences are outside MVCC: pg_dump reads their value when it
+    reaches them, not at the snapshot, so a restored sequence may be ahead of the recorded value
+    (never behind: that would hand out ids already used).
+    """
+    out = []
+    exp, act = expected.get("tables", {}), actual.get("tables", {})
+    for key in sorted(set(exp) | set(act)):
+        if key not in act:
+            out.append(f"table {key} missing after restore")
+        elif key not in exp:
+            out.append(f"table {key} not in the backup")
+        elif exp[key] != act[key]:
+            out.append(f"table {key}: backup {exp[key]} != restored {act[key]}")
+    exp, act = expected.get("sequences", {}), actual.get("sequences", {})
+    for key in sorted(set(exp) | set(act)):
+        if key not in act or key not in exp:
+            out.append(f"sequence {key} {'missing after restore' if key not in act else 'not in the backup'}")
+        elif (act[key]["last_value"], act[key]["is_called"]) < (
+            exp[key]["last_value"],
+            exp[key]["is_called"],
+        ):
+            out.append(f"sequence {key}: restored {act[key]} is behind the backup's {exp[key]}")
+    return out
+
+
+def terminate(conn: psycopg.Connection, dbname: str) -> None:
+    conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = %s AND pid <> pg_backend_pid()",
+        (dbname,),
+    )
+
+
+def drop_database(conn: psycopg.Connection, dbname: str) -> None:
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))

@@ -1,0 +1,209 @@
+"""WAL archive engines behind one small interface. barman-cloud is the one built.
+
+The engine owns the archive's layout: it lists the archived WAL, fetches a segment, and
+writes the `restore_command` a recovering server runs (as the `postgres` OS user, so the
+engine's executables must be reachable by that user: see scripts/setup.sh).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Protocol
+
+from blocks.pitr import PitrTarget
+from tasks.errors import BadInput, ConfigurationError
+from tasks.proc import run
+
+# A venv built from /usr/bin/python3 by scripts/setup.sh: root's pyenv is not readable by postgres.
+DEFAULT_BARMAN_BIN = "/opt/knative-lambda-backup/barman-venv/bin"
+
+# ---- WAL names and LSNs --------------------------------------------------------------------
+
+
+def parse_lsn(text: str) -> int:
+    try:
+        hi, lo = text.strip().split("/")
+        return (int(hi, 16) << 32) | int(lo, 16)
+    except ValueError:
+        raise BadInput(f"{text!r} is not an LSN: write it like 0/3000060") from None
+
+
+def format_lsn(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def is_segment(name: str) -> bool:
+    return len(name) == 24 and all(c in "0123456789ABCDEF" for c in name)
+
+
+def segment_number(name: str, seg_size: int) -> tuple[int, int]:
+    """(timeline, segment number) of a WAL segment file name."""
+    per_id = 0x100000000 // seg_size
+    return int(name[:8], 16), int(name[8:16], 16) * per_id + int(name[16:], 16)
+
+
+def segment_name(timeline: int, segno: int, seg_size: int) -> str:
+    per_id = 0x100000000 // seg_size
+    return f"{timeline:08X}{segno // per_id:08X}{segno % per_id:08X}"
+
+
+def segment_of(lsn: int, seg_size: int) -> int:
+    return lsn // seg_size
+
+
+# ---- the interface ---------------------------------------------------------------------------
+
+
+class PitrEngine(Protocol):
+    name: str
+
+    def list_wal(self, target: PitrTarget) -> list[str]:
+        """Names of every WAL file in the archive (segments, .history, .backup, .partial)."""
+
+    def fetch_wal(self, target: PitrTarget, wal_name: str, dest: Path) -> None:
+        """Download one archived WAL file to `dest` (decompressed)."""
+
+    def restore_command(self, target: PitrTarget, credentials_file: Path) -> str:
+        """The `restore_command` for a recovering server; secrets stay in `credentials_file`."""
+
+    def archive_command(self, target: PitrTarget, credentials_file: Path) -> str:
+        """The `archive_command` the source server should run (documentation / checks)."""
+
+
+# ---- barman-cloud ---------------------------------------------------------------------------
+
+_LIST_WAL = """
+import json, sys
+from barman.cloud import CloudBackupCatalog
+from barman.cloud_providers.aws_s3 import S3CloudInterface
+url, server, endpoint = sys.argv[1], sys.argv[2], sys.argv[3] or None
+iface = S3CloudInterface(url=url, endpoint_url=endpoint, jobs=1)
+if not iface.test_connectivity():
+    sys.exit("cannot reach " + url)
+if not iface.bucket_exists:
+    sys.exit("bucket of " + url + " does not exist")
+print(json.dumps(sorted(CloudBackupCatalog(iface, server).get_wal_paths())))
+"""
+
+
+class BarmanCloud:
+    """barman-cloud (PyPI `barman[cloud]`): boto3-based, plain-HTTP S3 endpoints work."""
+
+    name = "barman-cloud"
+
+    def __init__(self, bin_dir: str | None = None) -> None:
+        self.bin_dir = Path(bin_dir or os.environ.get("KLB_BARMAN_BIN") or DEFAULT_BARMAN_BIN)
+
+    def bin(self, command: str) -> str:
+        path = self.bin_dir / command
+        if path.exists():
+            return str(path)
+        local = Path(sys.executable).parent / command
+        if local.exists():
+            return str(local)
+        found = shutil.which(command)
+        if found:
+            return found
+        raise ConfigurationError(
+            f"{command} is not installed: run scripts/setup.sh (it builds {DEFAULT_BARMAN_BIN}) "
+            "or set KLB_BARMAN_BIN to a directory with barman-cloud's commands"
+        )
+
+    def _python(self) -> str:
+        python = self.bin_dir / "python"
+        return str(python) if python.exists() else sys.executable
+
+    def _endpoint_args(self, target: PitrTarget) -> list[str]:
+        return ["--endpoint-url", target.endpoint_url] if target.endpoint_url else []
+
+    def list_wal(self, target: PitrTarget) -> list[str]:
+        out = run(
+            [
+                self._python(),
+                "-c",
+                _LIST_WAL,
+                target.archive_url,
+                target.server_name,
+                target.endpoint_url or "",
+            ],
+            env=target.aws_env(),
+            timeout=300,
+            name="barman-cloud WAL list",
+        )
+        return json.loads(out)
+
+    def fetch_wal(self, target: PitrTarget, wal_name: str, dest: Path) -> None:
+        run(
+            [
+                self.bin("barman-cloud-wal-restore"),
+                *self._endpoint_args(target),
+                target.archive_url,
+                target.server_name,
+                wal_name,
+                str(dest),
+            ],
+            env=target.aws_env(),
+            timeout=300,
+            name="barman-cloud-wal-restore",
+        )
+
+    def _env_prefix(self, target: PitrTarget, credentials_file: Path) -> list[str]:
+        # PostgreSQL runs these commands through /bin/sh: every configured value is quoted, and
+        # the secrets stay in a file only the server's OS user can read.
+        env = [f"AWS_SHARED_CREDENTIALS_FILE={shlex.quote(str(credentials_file))}"]
+        if target.region:
+            env.append(f"AWS_DEFAULT_REGION={shlex.quote(target.region)}")
+        return env
+
+    def restore_command(self, target: PitrTarget, credentials_file: Path) -> str:
+        env = self._env_prefix(target, credentials_file)
+        argv = [
+            self.bin("barman-cloud-wal-restore"),
+            *self._endpoint_args(target),
+            target.archive_url,
+            target.server_name,
+        ]
+        return " ".join([*env, *map(shlex.quote, argv), "%f", "%p"])
+
+    def archive_command(self, target: PitrTarget, credentials_file: Path) -> str:
+        env = self._env_prefix(target, credentials_file)
+        argv = [
+            self.bin("barman-cloud-wal-archive"),
+            *self._endpoint_args(target),
+            "--gzip",
+            target.archive_url,
+            target.server_name,
+        ]
+        return " ".join([*env, *map(shlex.quote, argv), "%p"])
+
+
+def write_credentials_file(target: PitrTarget, path: Path, owner: str | None) -> Path:
+    """An AWS shared-credentials file readable only by the server's OS user."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["[default]"]
+    if target.aws_access_key_id and target.aws_secret_access_key:
+        lines += [
+            f"aws_access_key_id = {target.aws_access_key_id.get_secret_value()}",
+            f"aws_secret_access_key = {target.aws_secret_access_key.get_secret_value()}",
+        ]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    if owner:
+        shutil.chown(path, owner)
+    return path
+
+
+ENGINES: dict[str, type] = {"barman-cloud": BarmanCloud}
+
+
+def engine_for(name: str = "barman-cloud") -> PitrEngine:
+    try:
+        return ENGINES[name]()
+    except KeyError:
+        raise BadInput(f"unknown PITR engine {name!r}: choose one of {', '.join(ENGINES)}") from None

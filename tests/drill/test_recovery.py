@@ -1,0 +1,123 @@
+"""Recovery points, restore plans (dry runs) and the full cluster restore, through the flows."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.backup import backup_all
+from flows.drill import full_cluster_restore, restore_drill
+from flows.recovery import restore_plan
+from tasks.catalog import get_backup
+from tasks.drills import list_drill_records
+from tasks.errors import IntegrityError
+from tasks.plan import DR_STEPS
+from tasks.records import get_record, record_key
+from tasks.recovery import LABEL, _key, get_recovery_point, list_recovery_points, member_manifests
+from tests.drill.conftest import flip_byte
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def test_recovery_point_binds_the_ids_of_a_backup_all(local_store, prod):
+    store = local_store()
+    result = backup_all(targets={"app-state": prod.target()}, store=store)
+
+    rp = get_recovery_point(store, result.recovery_point)
+    assert set(rp.members) == {"app-state"} and rp.complete
+    member = rp.members["app-state"]
+    manifest = get_backup(store, member.backup_id, "app-state")
+    assert member.backup_id == result.backups["app-state"].id
+    assert member.source_time == manifest.source_time
+    assert manifest.labels[LABEL] == rp.id
+    assert set(rp.not_configured) == set(result.not_configured)  # the rest: said, not hidden
+    assert member_manifests(store, rp) == {"app-state": manifest}
+    assert get_recovery_point(store).id == rp.id  # 'latest'
+
+
+def test_an_incomplete_point_is_recorded_but_never_latest(local_store, prod):
+    store = local_store()
+    good = backup_all(components=["app-state"], targets={"app-state": prod.target()}, store=store)
+    state = backup_all(
+        components=["app-state", "etcd"], targets={"app-state": prod.target()}, store=store, return_state=True
+    )
+    assert state.is_failed()  # etcd was asked for and is not there
+    points = list_recovery_points(store)
+    assert len(points) == 2 and not points[-1].complete and "etcd" in points[-1].failed
+    assert get_recovery_point(store).id == good.recovery_point
+
+
+def test_a_tampered_recovery_point_is_refused(local_store, prod):
+    store = local_store()
+    result = backup_all(components=["app-state"], targets={"app-state": prod.target()}, store=store)
+    flip_byte(store, _key(store, result.recovery_point))
+    with pytest.raises(IntegrityError):
+        get_recovery_point(store, result.recovery_point)
+
+
+def test_restore_plan_is_a_dry_run_with_order_state_and_estimates(local_store, prod, drill_tmp):
+    store = local_store()
+    target = prod.target()
+    result = backup_all(components=["app-state"], targets={"app-state": target}, store=store)
+    before = prod.file.read_bytes()
+
+    plan = restore_plan(recovery_point="latest", targets={"app-state": target}, store=store)
+
+    assert plan["source"] == result.recovery_point
+    assert [s["component"] for s in plan["steps"]][:3] == ["kubernetes", "volumes", "postgres"]
+    app = next(s for s in plan["steps"] if s["component"] == "app-state")
+    assert app["action"] == "replace" and app["current_state"]["steps"][0]["name"] == "sessions"
+    assert app["estimate_basis"].startswith("no restore history")
+    others = [s for s in plan["steps"] if s["component"] != "app-state"]
+    assert all(s["action"] == "skip" for s in others)
+    assert prod.file.read_bytes() == before and prod.restores == 0
+
+    drill = restore_drill(recovery_point="latest", targets={"app-state": target}, store=store)
+    plan = restore_plan(backup_id=result.backups["app-state"].id, targets={"app-state": target}, store=store)
+    (app,) = plan["steps"]
+    assert app["estimated_seconds"] == drill.component("app-state").rto_seconds
+    assert app["estimate_basis"] == "median of the last 1 restores/drills"
+
+
+def test_full_cluster_restore_plans_first_then_resumes_where_it_stopped(local_store, prod):
+    store = local_store()
+    target = prod.target()
+    original = prod.file.read_bytes()
+    backup_all(components=["app-state"], targets={"app-state": target}, store=store)
+    prod.file.write_bytes(b"cluster lost\n")
+
+    dry = full_cluster_restore(targets={"app-state": target}, store=store)
+    assert dry["dry_run"] and prod.file.read_bytes() == b"cluster lost\n" and prod.restores == 0
+
+    fail = prod.file.with_name(prod.file.name + ".fail")
+    fail.touch()  # the app-state step fails the first time
+    state = full_cluster_restore(targets={"app-state": target}, store=store, dry_run=False, return_state=True)
+    assert state.is_failed()
+    run_id = str(state.message).split("run_id='")[1].split("'")[0]
+    steps = {s: i for i, (s, _) in enumerate(DR_STEPS, start=1)}
+    failed = get_record(
+        store, record_key(store, "dr-runs", run_id, f"{steps['app-state']:02d}-app-state.json")
+    )
+    assert failed["status"] == "failed"
+
+    fail.unlink()
+    done = full_cluster_restore(targets={"app-state": target}, store=store, dry_run=False, run_id=run_id)
+    assert done["steps"]["app-state"] == "done" and done["steps"]["verify"] == "done"
+    assert done["steps"]["namespaces-and-crds"] == "skipped"  # not configured here: said, not hidden
+    assert prod.file.read_bytes() == original and prod.restores == 1
+
+    again = full_cluster_restore(targets={"app-state": target}, store=store, dry_run=False, run_id=run_id)
+    assert again["steps"]["app-state"] == "done (earlier run)" and prod.restores == 1
+
+
+def test_recovery_point_drill_and_records_on_s3(s3_store, prod, drill_tmp):
+    store = s3_store()
+    target = prod.target()
+    result = backup_all(components=["app-state"], targets={"app-state": target}, store=store)
+
+    record = restore_drill(recovery_point="latest", targets={"app-state": target}, store=store)
+
+    assert record.passed and record.recovery_point == result.recovery_point
+    assert record.component("app-state").backup_id == result.backups["app-state"].id
+    assert list_recovery_points(store)[-1].id == result.recovery_point
+    assert [r.id for r in list_drill_records(store)] == [record.id]
+    assert list(drill_tmp.iterdir()) == []

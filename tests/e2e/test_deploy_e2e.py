@@ -1,0 +1,241 @@
+"""End to end through a real Prefect server: create blocks with the setup script, `prefect deploy
+--all`, trigger a backup deployment four ways, run a worker, and find Completed runs that never
+overlapped and verified manifests in the store. The process pool stands in for the Kubernetes pool
+(no cluster here); the Kubernetes pool is created with our base job template on the same server.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests import deployspec as spec
+from tests.deployspec import ROOT
+
+BACKUP = "backup-component/backup-app-state"
+
+
+def cli(e2e: dict, *args: str, timeout: float = 120, env: dict | None = None) -> str:
+    out = subprocess.run(
+        [str(ROOT / ".venv/bin/prefect"), *args],
+        cwd=ROOT,
+        env={**e2e["env"], **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.returncode == 0, (
+        f"prefect {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    )
+    return out.stdout
+
+
+def api(e2e: dict, method: str, path: str, **kwargs) -> httpx.Response:
+    resp = httpx.request(method, e2e["api"] + path, timeout=30, **kwargs)
+    resp.raise_for_status()
+    return resp
+
+
+def write_process_pool_variant(e2e: dict, path: Path) -> None:
+    """prefect.yaml as is, but on the process pool and with the code where it is checked out."""
+    doc = spec.load_yaml()
+    doc["pull"] = [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
+    doc.pop("definitions")
+    for dep in doc["deployments"]:
+        dep["work_pool"] = {"name": e2e["pool"], "work_queue_name": "default"}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def deployed(e2e, tmp_path_factory) -> dict:
+    here = tmp_path_factory.mktemp("e2e")
+    source, restored = here / "app-data", here / "restored"
+    source.mkdir()
+    restored.mkdir()
+    (source / "sessions.json").write_text(json.dumps({"user": "ada", "cart": [1, 2, 3]}))
+    blocks = {
+        "blocks": [
+            {"type": "klb-local-store", "name": "e2e", "data": {"path": str(e2e["store_dir"])}},
+            {
+                "type": "klb-app-state-target",
+                "name": "e2e",
+                "data": {
+                    "steps": [
+                        {
+                            "name": "sessions",
+                            "backup_command": ["tar", "-c", "-C", str(source), "."],
+                            "restore_command": ["tar", "-x", "-C", str(restored)],
+                        }
+                    ]
+                },
+            },
+        ]
+    }
+    (here / "blocks.yaml").write_text(yaml.safe_dump(blocks))
+    setup = [
+        str(ROOT / ".venv/bin/python"),
+        str(ROOT / "scripts/create_blocks.py"),
+        "-f",
+        str(here / "blocks.yaml"),
+    ]
+    made = subprocess.run(setup, env=e2e["env"], capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr  # idempotency: tests/test_deployments_setup.py
+    assert "created   klb-app-state-target/e2e" in made.stdout, made.stdout
+
+    cli(e2e, "work-pool", "create", e2e["pool"], "--type", "process")
+    variant = here / "prefect.e2e.yaml"
+    write_process_pool_variant(e2e, variant)
+    cli(e2e, "--no-prompt", "deploy", "--all", "--prefect-file", str(variant), timeout=300)
+    deps = api(e2e, "POST", "/deployments/filter", json={"limit": 200}).json()
+    return {"deployments": {d["name"]: d for d in deps}, "restored": restored, "here": here}
+
+
+def test_every_deployment_of_prefect_yaml_is_on_the_server(e2e, deployed):
+    assert set(deployed["deployments"]) == {d["name"] for d in spec.deployments()}
+    for dep in spec.deployments():
+        server = deployed["deployments"][dep["name"]]
+        assert server["parameters"] == (dep.get("parameters") or {})
+        assert set(server["tags"]) == set(dep["tags"])
+        limit = dep.get("concurrency_limit")
+        if limit:
+            assert server["global_concurrency_limit"]["limit"] == limit["limit"], dep["name"]
+            assert server["concurrency_options"]["collision_strategy"] == limit["collision_strategy"]
+
+
+def _server_schedule(deployment: dict) -> dict:
+    (item,) = deployment["schedules"]
+    return item["schedule"]
+
+
+def test_server_schedules_match_the_backup_table(e2e, deployed):
+    """The schedules as the server stored them give the table's intervals; and the server's own
+    scheduler has created the upcoming runs at those intervals."""
+    deps = [deployed["deployments"][d["name"]] for d in spec.scheduled_backups(spec.deployments())]
+    as_stored = [
+        {
+            "name": d["name"],
+            "entrypoint": spec.BACKUP_ENTRYPOINT,
+            "parameters": d["parameters"],
+            "schedules": [_server_schedule(d)],
+        }
+        for d in deps
+    ]
+    assert spec.schedule_mismatches(as_stored, spec.table()) == []
+
+    deadline = time.monotonic() + 60
+    for dep in deps:
+        every = spec.table()[dep["parameters"]["component"]].interval
+        while True:
+            runs = api(
+                e2e,
+                "POST",
+                "/flow_runs/filter",
+                json={
+                    "deployments": {"id": {"any_": [dep["id"]]}},
+                    "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+                    "sort": "EXPECTED_START_TIME_ASC",
+                    "limit": 20,
+                },
+            ).json()
+            if len(runs) >= 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert len(runs) >= 3, f"the scheduler made {len(runs)} runs for {dep['name']}"
+        starts = [datetime.fromisoformat(r["expected_start_time"]) for r in runs]
+        assert {b - a for a, b in zip(starts, starts[1:], strict=False)} == {every}, dep["name"]
+
+
+def test_server_drill_schedule_is_first_mondays(e2e, deployed):
+    drill = deployed["deployments"]["restore-drill-monthly"]
+    schedule = _server_schedule(drill)
+    assert (schedule["cron"], schedule["day_or"], schedule["timezone"]) == ("0 2 1-7 * 1", False, "UTC")
+    runs = spec.next_runs(schedule, 12, start=datetime.now(UTC))
+    assert len(runs) == 12 and spec.first_monday_problems(runs) == []
+
+
+def test_kubernetes_pool_accepts_the_base_job_template(e2e):
+    template = ROOT / "deployments/k8s/base-job-template.json"
+    cli(
+        e2e,
+        "work-pool",
+        "create",
+        "klb-kubernetes",
+        "--type",
+        "kubernetes",
+        "--base-job-template",
+        str(template),
+    )
+    pool = api(e2e, "GET", "/work_pools/klb-kubernetes").json()
+    assert pool["type"] == "kubernetes"
+    assert pool["base_job_template"] == json.loads(template.read_text())
+
+
+def test_backup_deployment_runs_through_a_worker(e2e, deployed):
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from blocks.store import LocalStore
+    from flows.backup import backup_component
+    from tasks.catalog import list_backups, verify_backup
+
+    dep = deployed["deployments"]["backup-app-state"]
+    # 1. CLI
+    out = cli(e2e, "deployment", "run", BACKUP)
+    by_cli = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
+    with temporary_settings({PREFECT_API_URL: e2e["api"]}):
+        # 2. Python, not waiting (timeout=0); the idempotency key makes a retry of the call harmless
+        key = f"change-1234-{uuid.uuid4()}"
+        by_python = run_deployment(BACKUP, timeout=0, idempotency_key=key)
+        again = run_deployment(BACKUP, timeout=0, idempotency_key=key)
+        assert again.id == by_python.id
+        # 3. a notebook: call the flow function itself, with blocks by name
+        result = backup_component("app-state", target="e2e", store="klb-local-store/e2e")
+        assert result.verified
+    # 4. REST
+    found = api(e2e, "GET", f"/deployments/name/{BACKUP}").json()
+    assert found["id"] == dep["id"]
+    body = {"parameters": {}, "idempotency_key": f"rest-{uuid.uuid4()}"}
+    by_rest = api(e2e, "POST", f"/deployments/{found['id']}/create_flow_run", json=body).json()["id"]
+    ids = {by_cli, str(by_python.id), by_rest}
+    assert len(ids) == 3
+
+    env = {"KLB_STORE": "klb-local-store/e2e", "KLB_APP_STATE_TARGET": "e2e"}
+    runs: list[dict] = []
+    for _ in range(8):  # one slot: the limit lets one run in per pass, the rest wait their turn
+        cli(e2e, "worker", "start", "--pool", e2e["pool"], "--run-once", timeout=180, env=env)
+        runs = [api(e2e, "GET", f"/flow_runs/{i}").json() for i in ids]
+        if all(r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for r in runs):
+            break
+    states = {r["id"]: (r["state"]["type"], r["state"]["message"]) for r in runs}
+    assert {s for s, _ in states.values()} == {"COMPLETED"}, states
+
+    # the deployment's limit (1, ENQUEUE) held the others back rather than running them at once
+    histories = [api(e2e, "GET", "/flow_run_states/", params={"flow_run_id": i}).json() for i in ids]
+    waited = [
+        i
+        for i, h in zip(ids, histories, strict=True)
+        if any(s["name"] == "AwaitingConcurrencySlot" for s in h)
+    ]
+    assert waited, "no run ever waited for the deployment's concurrency slot"
+    spans = sorted(
+        (datetime.fromisoformat(r["start_time"]), datetime.fromisoformat(r["end_time"])) for r in runs
+    )
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        assert start >= end - timedelta(milliseconds=1), "two backups of one component overlapped"
+
+    store = LocalStore(path=str(e2e["store_dir"]))
+    manifests = list_backups(store, "app-state")
+    assert len(manifests) == 4  # three deployment runs and the notebook call
+    for manifest in manifests:
+        assert manifest.verified_at is not None
+        verify_backup(store, manifest)
+    assert result.id in {m.id for m in manifests}

@@ -1,0 +1,167 @@
+"""Application state from the operator's scripts: real tar, real sh, real files."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from blocks.app_state import AppStateStep, AppStateTarget
+from tasks.backends import backend_for
+from tasks.catalog import list_backups
+from tasks.components import backup_task, restore_task
+from tasks.errors import BadInput, ComponentFailed, ConfigurationError
+
+
+def tree(root: Path) -> dict[str, tuple[str, int, str]]:
+    """Every entry under root: kind, permission bits, and content sha256 (or link target)."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        st = path.lstat()
+        if path.is_symlink():
+            out[rel] = ("link", 0, os.readlink(path))
+        elif path.is_dir():
+            out[rel] = ("dir", stat.S_IMODE(st.st_mode), "")
+        else:
+            out[rel] = ("file", stat.S_IMODE(st.st_mode), hashlib.sha256(path.read_bytes()).hexdigest())
+    return out
+
+
+@pytest.fixture
+def app_dir(tmp_path) -> Path:
+    src = tmp_path / "app"
+    (src / "sessions" / "eu").mkdir(parents=True)
+    (src / "sessions" / "eu" / "active.json").write_text('{"active": 1284}\n')
+    (src / "flags.yaml").write_text("cold_start_cache: true\n")
+    (src / "blob.bin").write_bytes(os.urandom(3 * 1024 * 1024 + 17))  # > one pipe chunk, odd size
+    (src / "empty").write_bytes(b"")
+    (src / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (src / "run.sh").chmod(0o750)
+    (src / "current").symlink_to("sessions/eu/active.json")
+    return src
+
+
+def tar_step(src: Path, dest: Path, name: str = "files") -> AppStateStep:
+    return AppStateStep(
+        name=name,
+        backup_command=["tar", "-C", str(src), "-cf", "-", "."],
+        restore_command=["tar", "-C", str(dest), "-xpf", "-"],
+    )
+
+
+def test_tarred_directory_restores_byte_identical(app_dir, tmp_path, local_store):
+    store = local_store()
+    dest = tmp_path / "restored"
+    dest.mkdir()
+    target = AppStateTarget(steps=[tar_step(app_dir, dest)])
+    manifest = backup_task.fn("app-state", target, store)
+    assert [o.name for o in manifest.objects] == ["files"] and manifest.verified_at is not None
+
+    report = restore_task.fn(manifest, target, store, {})
+    assert report["restored_steps"] == ["files"]
+    assert tree(dest) == tree(app_dir)
+    assert (dest / "blob.bin").read_bytes() == (app_dir / "blob.bin").read_bytes()
+
+
+def test_script_failing_half_way_leaves_no_backup(app_dir, tmp_path, local_store, caplog):
+    store = local_store()
+    half = [
+        "sh",
+        "-c",
+        'tar -C "$1" -cf - . ; echo "state export broke half-way" >&2; exit 1',
+        "sh",
+        str(app_dir),
+    ]
+    target = AppStateTarget(
+        steps=[
+            tar_step(app_dir, tmp_path / "r1", "first"),
+            AppStateStep(name="second", backup_command=half, restore_command=["true"]),
+        ]
+    )
+    with caplog.at_level(logging.INFO), pytest.raises(ComponentFailed, match="status 1") as err:
+        backup_task.fn("app-state", target, store)
+    assert "state export broke half-way" in str(err.value)  # stderr's tail says why
+    assert list_backups(store, "app-state") == []
+    assert list(backend_for(store).list_keys(store.prefix)) == [], "the first step's object is removed too"
+
+
+def test_restore_script_failure_is_reported(app_dir, tmp_path, local_store):
+    store = local_store()
+    target = AppStateTarget(steps=[tar_step(app_dir, tmp_path / "does-not-exist")])
+    manifest = backup_task.fn("app-state", target, store)
+    with pytest.raises(ComponentFailed, match="app-state restore files exited"):
+        restore_task.fn(manifest, target, store, {})
+
+
+def test_only_selected_steps_restore_and_unknown_steps_change_nothing(app_dir, tmp_path, local_store):
+    store = local_store()
+    d1, d2 = tmp_path / "d1", tmp_path / "d2"
+    d1.mkdir()
+    d2.mkdir()
+    target = AppStateTarget(steps=[tar_step(app_dir, d1, "one"), tar_step(app_dir, d2, "two")])
+    manifest = backup_task.fn("app-state", target, store)
+    with pytest.raises(BadInput, match="not in both"):
+        restore_task.fn(manifest, target, store, {"steps": ["one", "nope"]})
+    assert list(d1.iterdir()) == [] and list(d2.iterdir()) == []
+    restore_task.fn(manifest, target, store, {"steps": ["two"]})
+    assert list(d1.iterdir()) == [] and tree(d2) == tree(app_dir)
+
+
+def test_no_shell_secrets_in_env_only(tmp_path, local_store):
+    store = local_store()
+    marker = tmp_path / "pwned"
+    # A shell string is refused, and metacharacters in argv are plain data.
+    with pytest.raises(ConfigurationError, match="not a shell string"):
+        from tasks.proc import run
+
+        run("echo hi; touch " + str(marker))  # type: ignore[arg-type]
+    step = AppStateStep(
+        name="env",
+        backup_command=[
+            sys.executable,
+            "-c",
+            "import os,sys; sys.stdout.write(os.environ['TOKEN'] + sys.argv[1])",
+            f"; touch {marker}",
+        ],
+        restore_command=["true"],
+        secret_env={"TOKEN": SecretStr("tok-123")},
+    )
+    manifest = backup_task.fn("app-state", AppStateTarget(steps=[step]), store)
+    assert not marker.exists()
+    assert manifest.objects[0].raw_size == len("tok-123" + f"; touch {marker}")
+    assert "tok-123" not in manifest.model_dump_json()
+
+
+def test_a_hung_script_is_killed_at_its_timeout(local_store):
+    step = AppStateStep(
+        name="slow", backup_command=["sleep", "30"], restore_command=["true"], timeout_seconds=0.5
+    )
+    with pytest.raises(ComponentFailed, match="timed out"):
+        backup_task.fn("app-state", AppStateTarget(steps=[step]), local_store())
+
+
+def test_duplicate_step_names_and_bad_names_are_refused():
+    with pytest.raises(ValueError, match="unique"):
+        AppStateTarget(steps=[AppStateStep(name="a", backup_command=["true"], restore_command=["true"])] * 2)
+    with pytest.raises(ValueError):
+        AppStateStep(name="../etc", backup_command=["true"], restore_command=["true"])
+
+
+def test_round_trip_through_the_prefect_flows(prefect_server, app_dir, tmp_path, local_store):
+    from flows.backup import backup_component
+    from flows.restore import restore_component
+
+    store = local_store(encryption_key=SecretStr("app-state-key"))
+    dest = tmp_path / "flow-restored"
+    dest.mkdir()
+    target = AppStateTarget(steps=[tar_step(app_dir, dest)])
+    result = backup_component("app-state", target=target, store=store)
+    report = restore_component("app-state", backup_id=result.id, target=target, store=store)
+    assert report["restored_steps"] == ["files"] and tree(dest) == tree(app_dir)

@@ -1,0 +1,254 @@
+"""deployments/k8s: the work pool's job template renders with prefect-kubernetes' own worker code,
+manifests are valid Kubernetes objects (strict: unknown fields fail), RBAC is least privilege,
+the flow image pins its tools to what this test bench ran."""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import json
+import re
+import subprocess
+import uuid
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from kubernetes.client import ApiClient
+
+from tests import deployspec as spec
+
+K8S = spec.ROOT / "deployments" / "k8s"
+TEMPLATE = json.loads((K8S / "base-job-template.json").read_text())
+DOCKERFILE = (K8S / "Dockerfile").read_text()
+MANIFESTS = ["namespace.yaml", "rbac.yaml", "drill-namespace-policy.yaml", "config.yaml"]
+_api = ApiClient()
+
+
+def strict_model(obj: dict, kind: str | None = None):
+    """Deserialize into the official client's model and back: anything the model does not know
+    (a typo, a field in the wrong place) is dropped, so a round-trip that differs is invalid."""
+    kind = kind or obj["kind"]
+    version = obj.get("apiVersion", "v1").split("/")[-1].capitalize()
+    model = _api._ApiClient__deserialize(obj, f"{version}{kind}")
+    back = _api.sanitize_for_serialization(model)
+    assert back == obj, f"{kind} {obj.get('metadata', {}).get('name')}: not a valid {version}{kind}"
+    return model
+
+
+def docs(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((K8S / name).read_text()) if d]
+
+
+def render(values: dict | None = None) -> dict:
+    """The Job the worker would create for a flow run, built by the worker's own code."""
+    from prefect.client.schemas.objects import FlowRun
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    config = asyncio.run(KubernetesWorkerJobConfiguration.from_template_and_values(TEMPLATE, values or {}))
+    config.prepare_for_flow_run(FlowRun(id=uuid.uuid4(), name="calm-otter", flow_id=uuid.uuid4()))
+    return config.job_manifest
+
+
+# ---- base job template --------------------------------------------------------------------------
+
+
+def test_template_variables_are_a_valid_json_schema():
+    jsonschema.Draft202012Validator.check_schema(TEMPLATE["variables"])
+    defaults = {k: v["default"] for k, v in TEMPLATE["variables"]["properties"].items() if "default" in v}
+    jsonschema.validate(defaults, TEMPLATE["variables"])
+
+
+def test_job_template_renders_into_a_valid_job(prefect_server):
+    job = render()
+    strict_model(job, "Job")
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert job["metadata"]["namespace"] == "klb-system"
+    assert pod["serviceAccountName"] == "klb-flow-runner"
+    assert container["image"].endswith("/knative-lambda-backup:0.1.0")
+    assert container["args"] == ["prefect", "flow-run", "execute"]
+    assert container["resources"] == {
+        "requests": {"cpu": "250m", "memory": "512Mi"},
+        "limits": {"cpu": "2", "memory": "2Gi"},
+    }
+    assert container["envFrom"] == [
+        {"configMapRef": {"name": "klb-config", "optional": False}},
+        {"secretRef": {"name": "klb-secrets", "optional": False}},
+    ]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert "PREFECT__FLOW_RUN_ID" in env
+    assert not any("SECRET" in k or "PASSWORD" in k for k in env), "secrets come from the Secret"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert job["spec"]["backoffLimit"] == 0 and job["spec"]["ttlSecondsAfterFinished"] == 86400
+
+
+def test_job_variables_override_per_deployment(prefect_server):
+    job = render(
+        {
+            "image": "registry.example/klb:0.2.0",
+            "memory_limit": "8Gi",
+            "namespace": "backup",
+            "secret_name": "klb-secrets-prod",
+            "env": {"KLB_STORE": "klb-s3-store/dr"},
+        }
+    )
+    strict_model(job, "Job")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "registry.example/klb:0.2.0"
+    assert container["resources"]["limits"]["memory"] == "8Gi"
+    assert job["metadata"]["namespace"] == "backup"
+    assert container["envFrom"][1]["secretRef"]["name"] == "klb-secrets-prod"
+    assert {"name": "KLB_STORE", "value": "klb-s3-store/dr"} in container["env"]
+
+
+def test_template_user_matches_the_image_user():
+    pod = TEMPLATE["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    assert f"USER {pod['securityContext']['runAsUser']}" in DOCKERFILE
+    mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert "/tmp" in mounts and "PREFECT_HOME=/tmp/prefect" in DOCKERFILE  # read-only root fs
+
+
+# ---- manifests ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_manifests_are_valid_kubernetes_objects(name):
+    for doc in docs(name):
+        strict_model(doc)
+
+
+def test_kustomization_lists_every_manifest():
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == MANIFESTS
+    on_disk = {Path(p).name for p in glob.glob(str(K8S / "*.yaml"))}
+    assert on_disk - {"kustomization.yaml", "worker-values.yaml"} == set(MANIFESTS)
+
+
+def test_strict_validation_rejects_a_misplaced_field(prefect_server):
+    job = render()
+    job["spec"]["template"]["spec"]["completions"] = 1  # a Job field put into the PodSpec
+    with pytest.raises(AssertionError, match="not a valid"):
+        strict_model(job, "Job")
+
+
+RBAC = docs("rbac.yaml")
+# Every right the flow runner has, and why it is reviewed here: adding one means editing this list.
+ALLOWED = {
+    ("velero", "velero.io", "backups"): {"get", "list", "watch", "create"},
+    ("velero", "velero.io", "restores"): {"get", "list", "watch", "create", "delete"},
+    ("velero", "velero.io", "deletebackuprequests"): {"get", "list", "watch", "create"},
+    ("velero", "velero.io", "backupstoragelocations"): {"get", "list", "watch"},
+    ("velero", "velero.io", "volumesnapshotlocations"): {"get", "list", "watch"},
+    ("velero", "velero.io", "podvolumebackups"): {"get", "list", "watch"},
+    ("velero", "velero.io", "podvolumerestores"): {"get", "list", "watch"},
+    ("*", "apps", "deployments"): {"get", "list", "watch"},
+    ("*", "apps", "deployments/scale"): {"get", "update", "patch"},
+    ("*", "", "pods"): {"get", "list", "watch"},
+    ("*", "", "persistentvolumeclaims"): {"get", "list", "watch"},
+    ("*", "", "namespaces"): {"get", "list", "watch", "create", "delete"},
+}
+
+
+def _rights() -> dict[tuple[str, str, str], set[str]]:
+    roles = {(d["kind"], d["metadata"]["name"]): d for d in RBAC if d["kind"] in ("Role", "ClusterRole")}
+    rights: dict[tuple[str, str, str], set[str]] = {}
+    for binding in (d for d in RBAC if d["kind"] in ("RoleBinding", "ClusterRoleBinding")):
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "klb-flow-runner", "namespace": "klb-system"}
+        ]
+        role = roles[(binding["roleRef"]["kind"], binding["roleRef"]["name"])]
+        scope = binding["metadata"].get("namespace", "*")
+        assert role["metadata"].get("namespace", "*") in (scope, "*")
+        for rule in role["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    rights.setdefault((scope, group, resource), set()).update(rule["verbs"])
+    return rights
+
+
+def test_rbac_is_least_privilege():
+    rights = _rights()
+    assert rights == ALLOWED
+    for (_, group, resource), verbs in rights.items():
+        assert "*" not in verbs and "*" not in resource and group != "*"
+        assert resource not in {"secrets", "pods/exec", "serviceaccounts/token", "roles", "clusterroles"}
+        assert "escalate" not in verbs and "bind" not in verbs and "impersonate" not in verbs
+
+
+def test_service_account_is_the_one_the_template_uses():
+    (sa,) = [d for d in RBAC if d["kind"] == "ServiceAccount"]
+    props = TEMPLATE["variables"]["properties"]
+    assert (sa["metadata"]["name"], sa["metadata"]["namespace"]) == (
+        props["service_account_name"]["default"],
+        props["namespace"]["default"],
+    )
+
+
+def test_namespace_create_delete_is_limited_to_drill_namespaces():
+    policy, binding = docs("drill-namespace-policy.yaml")
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+    (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert set(rule["operations"]) == {"CREATE", "DELETE"} and rule["resources"] == ["namespaces"]
+    (cond,) = policy["spec"]["matchConditions"]
+    assert "system:serviceaccount:klb-system:klb-flow-runner" in cond["expression"]
+    (check,) = policy["spec"]["validations"]
+    assert check["expression"] == "request.name.startsWith('restore-drill-')"
+    assert policy["spec"]["failurePolicy"] == "Fail"
+
+
+def test_worker_values_point_at_the_pool_and_namespace():
+    values = yaml.safe_load((K8S / "worker-values.yaml").read_text())
+    pools = {d["work_pool"]["name"] for d in spec.deployments()}
+    assert pools == {values["worker"]["config"]["workPool"]}
+    assert values["worker"]["config"]["type"] == "kubernetes"
+    namespace = TEMPLATE["variables"]["properties"]["namespace"]["default"]
+    assert values["worker"]["config"]["jobNamespace"] == namespace
+    assert values["worker"]["apiConfig"] == "selfHostedServer"
+    # the template is passed with --set-file so there is one copy of it
+    helm = "--set-file worker.config.baseJobTemplate.configuration=deployments/k8s/base-job-template.json"
+    assert helm in (K8S / "worker-values.yaml").read_text()
+    assert helm in (spec.ROOT / "docs" / "deployments.md").read_text()
+
+
+# ---- the flow image -----------------------------------------------------------------------------
+
+
+def _arg(name: str) -> str:
+    match = re.search(rf"^ARG {name}=(\S+)$", DOCKERFILE, re.M)
+    assert match, f"Dockerfile must pin ARG {name}"
+    return match.group(1)
+
+
+def _installed(package: str) -> str:
+    out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True)
+    assert out.returncode == 0, f"{package} is not installed on this test bench (scripts/setup.sh)"
+    return out.stdout
+
+
+def test_image_pins_postgresql_client_of_the_server_major():
+    version = _arg("POSTGRESQL_CLIENT_VERSION")
+    assert '"postgresql-client-15=${POSTGRESQL_CLIENT_VERSION}"' in DOCKERFILE
+    assert version.startswith("15.")
+    from tests.services import pg_bindir
+
+    assert pg_bindir().parent.name == "15", "the tests' server major must match the image's client"
+    assert version == _installed("postgresql-client-15"), "image pins what the tests ran"
+
+
+def test_image_pins_etcdctl():
+    assert '"etcd-client=${ETCD_CLIENT_VERSION}"' in DOCKERFILE
+    assert _arg("ETCD_CLIENT_VERSION") == _installed("etcd-client")
+
+
+def test_image_installs_the_locked_python_set_with_barman_cloud():
+    lock = (spec.ROOT / "requirements.lock").read_text()
+    assert re.search(r"^barman==\d+\.\d+\.\d+$", lock, re.M), "the PITR engine is pinned in the lock"
+    assert re.search(r"^prefect==3\.8\.8$", lock, re.M)
+    assert "pip install --no-cache-dir --no-deps -r /tmp/requirements.txt" in DOCKERFILE
+    assert "barman-cloud-backup --version" in DOCKERFILE
+    for path in ("backup-table.yaml", "./blocks", "./tasks", "./flows"):
+        assert path in DOCKERFILE
+    assert re.search(r"^FROM python:3\.11-slim-bookworm", DOCKERFILE, re.M)

@@ -1,0 +1,399 @@
+"""etcd against a real etcd 3.4 (the session `etcd` fixture): snapshot, verify, restore aside, drill."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from blocks.etcd import EtcdTarget, SwapMode
+from tasks import etcd as etcd_component
+from tasks.backends import backend_for
+from tasks.catalog import list_backups
+from tasks.components import backup_task, restore_task, verify_task
+from tasks.errors import BadInput, ConfigurationError, IntegrityError
+from tasks.store import backup_session
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def put_keys(url: str, prefix: str, n: int) -> None:
+    with httpx.Client(base_url=url, timeout=10) as http:
+        for i in range(n):
+            http.post(
+                "/v3/kv/put", json={"key": b64(f"{prefix}{i:03d}"), "value": b64(f"value-{i}")}
+            ).raise_for_status()
+
+
+def read_prefix(url: str, prefix: str) -> tuple[dict[str, str], int]:
+    end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    with httpx.Client(base_url=url, timeout=10) as http:
+        body = http.post("/v3/kv/range", json={"key": b64(prefix), "range_end": b64(end)}).json()
+    kvs = {
+        base64.b64decode(kv["key"]).decode(): base64.b64decode(kv["value"]).decode()
+        for kv in body.get("kvs", [])
+    }
+    return kvs, int(body["header"]["revision"])
+
+
+def delete_prefix(url: str, prefix: str) -> None:
+    end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    with httpx.Client(base_url=url, timeout=10) as http:
+        http.post("/v3/kv/deleterange", json={"key": b64(prefix), "range_end": b64(end)}).raise_for_status()
+
+
+@pytest.fixture
+def target(etcd) -> EtcdTarget:
+    return EtcdTarget(endpoints=[etcd.url])
+
+
+def etcd_procs() -> set[str]:
+    out = subprocess.run(["pgrep", "-f", "klb-verify|klb-drill"], capture_output=True, text=True).stdout
+    return set(out.split())
+
+
+def test_hundred_keys_back_up_delete_restore_into_new_data_dir(etcd, target, any_store):
+    store = any_store(encryption_key=SecretStr("etcd-test-key"))
+    prefix = f"/klb-test/{os.urandom(4).hex()}/"
+    put_keys(etcd.url, prefix, 100)
+    manifest = backup_task.fn("etcd", target, store)
+
+    status = manifest.engine["snapshot_status"]
+    assert set(status) == {"hash", "revision", "totalKey", "totalSize"}
+    assert manifest.engine["keys"] >= 100 and manifest.fingerprint["revision"] == status["revision"]
+    assert manifest.objects[0].encryption != "none"
+
+    delete_prefix(etcd.url, prefix)
+    assert read_prefix(etcd.url, prefix)[0] == {}
+
+    report = restore_task.fn(manifest, target, store, {})
+    checks = report["verified_in_throwaway_member"]
+    assert checks["revision"] == {"expected": status["revision"], "found": status["revision"], "ok": True}
+    assert checks["keys"]["found"] == manifest.engine["keys"]
+    assert report["swap_executed"] is False and report["swap_plan"]["steps"]
+    assert read_prefix(etcd.url, prefix)[0] == {}, (
+        "a restore without execute_swap must not touch the live etcd"
+    )
+
+    # Read the 100 keys back from a member restored into a new data dir, at the recorded revision.
+    tl = etcd_component.tools(target)
+    with etcd_component.private_dir(None, "test") as tmp:
+        snap = etcd_component._download(store, manifest, tmp)
+        with etcd_component.throwaway_member(tl, snap, tmp, "klb-test-token") as url:
+            kvs, revision = read_prefix(url, prefix)
+    assert kvs == {f"{prefix}{i:03d}": f"value-{i}" for i in range(100)}
+    assert revision == status["revision"]
+    assert not etcd_procs(), "the throwaway member must be stopped"
+
+
+def test_verify_reruns_snapshot_status_against_the_manifest(target, local_store):
+    store = local_store()
+    manifest = backup_task.fn("etcd", target, store)
+    report = verify_task.fn(manifest, store, target)
+    assert report["component_check"]["snapshot_status"] == manifest.engine["snapshot_status"]
+
+    lied = manifest.model_copy(
+        update={
+            "engine": {
+                **manifest.engine,
+                "snapshot_status": {**manifest.engine["snapshot_status"], "revision": 1},
+            }
+        }
+    )
+    with pytest.raises(IntegrityError, match="differs from its manifest"):
+        etcd_component.verify(target, lied, store)
+
+
+def test_backup_without_encryption_key_warns(target, local_store, caplog):
+    with caplog.at_level(logging.WARNING, logger="tasks.etcd"):
+        backup_task.fn("etcd", target, local_store())
+    assert "WITHOUT client-side encryption" in caplog.text
+
+
+def test_corrupt_snapshot_is_refused_before_anything_changes(target, local_store):
+    store = local_store()
+    manifest = backup_task.fn("etcd", target, store)
+    path = Path(store.path) / manifest.objects[0].key
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError):
+        verify_task.fn(manifest, store, target)
+    with pytest.raises(IntegrityError):
+        restore_task.fn(manifest, target, store, {})
+    dest = Path(store.path) / "fetched.db"
+    with pytest.raises(IntegrityError):
+        etcd_component.download_snapshot(store, manifest.id, dest)
+    assert not dest.exists()
+
+    # Checksums fine, content not an etcd database: snapshot status says so.
+    with backup_session(store, "etcd") as session:
+        session.write("snapshot.db", [os.urandom(64 * 1024)])
+        session.engine = dict(manifest.engine)
+        garbage = session.commit()
+    with pytest.raises(IntegrityError, match="not a valid etcd database"):
+        etcd_component.verify(target, garbage, store)
+    with pytest.raises(IntegrityError, match="not a valid etcd database"):
+        etcd_component.drill(target, garbage, store, "corrupt")
+    assert not etcd_procs()
+
+
+def test_unreachable_endpoint_says_so_and_leaves_no_backup(local_store):
+    store = local_store()
+    target = EtcdTarget(endpoints=["http://127.0.0.1:9"], dial_timeout_seconds=1)
+    with pytest.raises(ConfigurationError, match="etcd is unreachable.*Velero"):
+        backup_task.fn("etcd", target, store)
+    assert list_backups(store, "etcd") == []
+    assert list(backend_for(store).list_keys(store.prefix)) == []
+
+
+def test_tls_contents_become_private_files_removed_afterwards():
+    target = EtcdTarget(
+        cacert=SecretStr("CA PEM"), cert=SecretStr("CERT PEM"), key=SecretStr("KEY PEM"), key_path=None
+    )
+    with target.client_env() as env:
+        paths = [Path(env[v]) for v in ("ETCDCTL_CACERT", "ETCDCTL_CERT", "ETCDCTL_KEY")]
+        assert [p.read_text() for p in paths] == ["CA PEM", "CERT PEM", "KEY PEM"]
+        assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in paths)
+        assert stat.S_IMODE(paths[0].parent.stat().st_mode) == 0o700
+    assert not any(p.exists() for p in paths) and not paths[0].parent.exists()
+    with pytest.raises(ValueError, match="not both"):
+        EtcdTarget(key=SecretStr("x"), key_path="/etc/k.key")
+    assert "KEY PEM" not in repr(target) and "KEY PEM" not in str(target.model_dump())
+
+
+def test_swap_is_refused_off_the_control_plane_and_the_plan_is_exact(target, local_store, tmp_path):
+    store = local_store()
+    manifest = backup_task.fn("etcd", target, store)
+    away = target.model_copy(
+        update={"manifests_dir": str(tmp_path / "manifests"), "data_dir": str(tmp_path / "etcd")}
+    )
+    with pytest.raises(ConfigurationError, match="not the etcd control-plane node"):
+        restore_task.fn(manifest, away, store, {"execute_swap": True})
+    with pytest.raises(BadInput):
+        restore_task.fn(manifest, away, store, {"execute_swap": "perhaps"})
+
+    plan = etcd_component.swap_plan(
+        etcd_component.tools(target),
+        away.model_copy(update={"peer_url": "https://10.0.0.1:2380", "member_name": "cp1"}),
+        manifest,
+        "./snapshot.db",
+    )
+    argvs = [s["argv"] for s in plan["steps"] if s["argv"]]
+    assert argvs[0][:4] == [argvs[0][0], "snapshot", "restore", "./snapshot.db"]
+    assert "--initial-cluster" in argvs[0] and "cp1=https://10.0.0.1:2380" in argvs[0]
+    moves = [a for a in argvs if a[0] == "mv"]
+    assert moves[0][1].endswith("kube-apiserver.yaml"), "the API server stops first"
+    assert [str(tmp_path / "etcd"), f"{tmp_path / 'etcd'}-old-{manifest.id}"] == moves[2][-2:]
+    assert moves[2][1] == "-T", "never nest the data dir into an existing directory"
+    fetched = etcd_component.download_snapshot(store, manifest.id, tmp_path / "snapshot.db")
+    assert fetched["snapshot_status"] == manifest.engine["snapshot_status"]
+    assert stat.S_IMODE((tmp_path / "snapshot.db").stat().st_mode) == 0o600
+    with pytest.raises(BadInput, match="exists"):
+        etcd_component.download_snapshot(store, manifest.id, tmp_path / "snapshot.db")
+    systemd = etcd_component.swap_plan(
+        etcd_component.tools(target), away.model_copy(update={"swap_mode": SwapMode.systemd}), manifest, "x"
+    )
+    assert ["systemctl", "stop", "kube-apiserver"] in [s["argv"] for s in systemd["steps"]]
+
+
+def test_drill_restores_checks_and_cleans_up(target, local_store):
+    store = local_store()
+    manifest = backup_task.fn("etcd", target, store)
+    before = set(os.listdir(tempfile.gettempdir()))
+    result = etcd_component.drill(target, manifest, store, "t1")
+    assert result["verified"] is True and result["checks"]["revision"]["ok"]
+    assert not [d for d in set(os.listdir(tempfile.gettempdir())) - before if d.startswith("klb-etcd")]
+    assert not etcd_procs()
+
+
+def test_backup_and_restore_through_the_prefect_flows(prefect_server, etcd, target, local_store):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    from flows.backup import backup_component
+    from flows.restore import restore_component
+
+    store = local_store()
+    put_keys(target.endpoints[0], "/klb-flow/", 3)
+    target.model_copy(update={"cacert": SecretStr("PEM")}).save("etcd-flow-test", overwrite=True)
+    loaded = EtcdTarget.load("etcd-flow-test")
+    assert loaded.cacert.get_secret_value() == "PEM" and loaded.endpoints == target.endpoints
+    target.save("etcd-flow-test", overwrite=True)
+    result = backup_component("etcd", target="etcd-flow-test", store=store)
+    assert result.component == "etcd" and result.verified
+    report = restore_component("etcd", backup_id=result.id, target=target, store=store)
+    assert report["backup_id"] == result.id
+    assert report["verified_in_throwaway_member"]["revision"]["ok"] is True
+
+    async def swap_plans() -> list[str]:
+        async with get_client() as client:
+            return [a.data for a in await client.read_artifacts() if a.key == "etcd-swap-plan"]
+
+    plans = asyncio.run(swap_plans())
+    assert plans and f"swap for {result.id}" in plans[-1] and "kube-apiserver.yaml" in plans[-1]
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def tls_etcd(tmp_path_factory):
+    """An etcd that demands client certificates (like kubeadm's), with a throwaway CA."""
+    from tests import services
+
+    d = tmp_path_factory.mktemp("etcd-tls")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+             "-days", "1", "-subj", "/CN=klb-test-ca", cwd=d)  # fmt: skip
+    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n")
+    for name in ("server", "client"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN={name}", cwd=d)  # fmt: skip
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.crt", "-days", "1", "-extfile", "san.cnf", cwd=d)  # fmt: skip
+    port, peer = services.free_port(), services.free_port()
+    url = f"https://127.0.0.1:{port}"
+    argv = [
+        services.need("etcd", "apt-get install etcd-server"),
+        "--name", "tls", "--data-dir", str(d / "data"),
+        "--listen-client-urls", url, "--advertise-client-urls", url,
+        "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+        "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+        "--initial-cluster", f"tls=http://127.0.0.1:{peer}",
+        "--cert-file", str(d / "server.crt"), "--key-file", str(d / "server.key"),
+        "--trusted-ca-file", str(d / "ca.crt"), "--client-cert-auth",
+    ]  # fmt: skip
+    proc, log = services._spawn(argv, d)
+    svc = services.Service("etcd-tls", port, proc, d, {"url": url})
+    try:
+        services.wait_until(lambda: services.port_open(port), 30, "etcd with TLS", proc, log)
+        yield svc
+    finally:
+        svc.stop()
+
+
+def test_tls_etcd_with_pem_contents_from_secrets(tls_etcd, local_store):
+    d = tls_etcd.workdir
+    target = EtcdTarget(
+        endpoints=[tls_etcd.extra["url"]],
+        cacert=SecretStr((d / "ca.crt").read_text()),
+        cert=SecretStr((d / "client.crt").read_text()),
+        key=SecretStr((d / "client.key").read_text()),
+    )
+    store = local_store()
+    manifest = backup_task.fn("etcd", target, store)
+    assert manifest.engine["endpoint"] == tls_etcd.extra["url"] and manifest.engine["keys"] == 0
+    assert etcd_component.describe_current_state(target)["members"][0]["version"]
+    assert etcd_component.drill(target, manifest, store, "tls")["verified"] is True
+
+    # The same CA without a client certificate: refused, said clearly, nothing stored.
+    anonymous = EtcdTarget(
+        endpoints=[tls_etcd.extra["url"]], cacert_path=str(d / "ca.crt"), dial_timeout_seconds=2
+    )
+    with pytest.raises(ConfigurationError, match="unreachable.*client cert"):
+        backup_task.fn("etcd", anonymous, local_store(prefix="anon"))
+    assert list_backups(local_store(prefix="anon"), "etcd") == []
+
+
+class StaticPodKubelet:
+    """A stand-in for kubelet on a rehearsal control plane: runs a real etcd from `data_dir` while
+    `<manifests>/etcd.yaml` exists, stops it when the manifest is moved away."""
+
+    def __init__(self, root: Path) -> None:
+        from tests import services
+
+        self.manifests, self.data = root / "manifests", root / "etcd"
+        self.manifests.mkdir()
+        (self.manifests / "etcd.yaml").write_text("kind: Pod\n")
+        (self.manifests / "kube-apiserver.yaml").write_text("kind: Pod\n")
+        self.client = f"http://127.0.0.1:{services.free_port()}"
+        self.peer = f"http://127.0.0.1:{services.free_port()}"
+        self.log = root / "etcd.log"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _argv(self) -> list[str]:
+        return ["etcd", "--name", "cp1", "--data-dir", str(self.data),
+                "--listen-client-urls", self.client, "--advertise-client-urls", self.client,
+                "--listen-peer-urls", self.peer, "--initial-advertise-peer-urls", self.peer,
+                "--initial-cluster", f"cp1={self.peer}"]  # fmt: skip
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            running = self.proc is not None and self.proc.poll() is None
+            wanted = (self.manifests / "etcd.yaml").exists()
+            if wanted and not running:
+                with open(self.log, "ab") as out:
+                    self.proc = subprocess.Popen(self._argv(), stdout=out, stderr=subprocess.STDOUT)
+                self.starts += 1
+            elif running and not wanted:
+                self.proc.terminate()
+                self.proc.wait(timeout=15)
+            time.sleep(0.2)
+
+    def __enter__(self) -> StaticPodKubelet:
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not etcd_component._healthy(self.client):
+            assert time.monotonic() < deadline, self.log.read_text()[-2000:]
+            time.sleep(0.1)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=15)
+
+
+def test_approved_swap_on_a_rehearsal_control_plane(tmp_path, local_store):
+    """execute_swap end to end on a rehearsal control plane in a temp dir (never the machine's):
+    the restored data dir replaces the live one, etcd restarts with the 100 keys, the old data
+    dir is kept for rollback, and the manifests are back where they were."""
+    store = local_store(encryption_key=SecretStr("swap-key"))
+    with StaticPodKubelet(tmp_path) as kubelet:
+        target = EtcdTarget(
+            endpoints=[kubelet.client],
+            data_dir=str(kubelet.data),
+            manifests_dir=str(kubelet.manifests),
+            member_name="cp1",
+            peer_url=kubelet.peer,
+            dial_timeout_seconds=1,
+        )
+        put_keys(kubelet.client, "/registry/configmaps/", 100)
+        manifest = backup_task.fn("etcd", target, store)
+        delete_prefix(kubelet.client, "/registry/configmaps/")
+        put_keys(kubelet.client, "/registry/after-backup/", 1)
+
+        report = restore_task.fn(manifest, target, store, {"execute_swap": True})
+        assert report["swap_executed"] is True
+        assert report["swap_steps_done"] == [s["step"] for s in report["swap_plan"]["steps"]]
+        assert kubelet.starts == 2, "etcd was stopped and started again by its manifest"
+        kvs, revision = read_prefix(kubelet.client, "/registry/configmaps/")
+        assert len(kvs) == 100 and revision == manifest.engine["snapshot_status"]["revision"]
+        assert read_prefix(kubelet.client, "/registry/after-backup/")[0] == {}
+        # A second approved swap from the same backup finds the kept old data dir: refused first.
+        with pytest.raises(BadInput, match="nothing was changed.*earlier attempt"):
+            restore_task.fn(manifest, target, store, {"execute_swap": True})
+        assert kubelet.starts == 2 and len(read_prefix(kubelet.client, "/registry/configmaps/")[0]) == 100
+    old = Path(f"{kubelet.data}-old-{manifest.id}")
+    assert (old / "member").is_dir(), "the old data dir is kept for rollback"
+    assert not Path(f"{kubelet.data}-restored-{manifest.id}").exists()
+    assert {p.name for p in kubelet.manifests.iterdir()} == {"etcd.yaml", "kube-apiserver.yaml"}

@@ -1,0 +1,459 @@
+"""PostgreSQL PITR against a real archiving cluster: barman-cloud-wal-archive into moto S3.
+
+History written once (module scope), in this order:
+  rows 'before'   -> base backup -> rows 'between-1' -> WAL switch -> rows 'between-2'
+  -> T (target)  -> WAL switch -> rows 'after' -> WAL switch
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import boto3
+import psycopg
+import pytest
+from pydantic import SecretStr
+
+from blocks.pitr import PitrTarget
+from blocks.store import S3Store
+from tasks import pitr
+from tasks.errors import BadInput, ComponentFailed, ConfigurationError
+from tasks.pitr_engines import BarmanCloud, segment_name, segment_number, write_credentials_file
+from tasks.pitr_window import RecoveryTarget, parse_target
+from tasks.store import backup_session
+from tests import services
+
+REGION = "us-west-2"
+
+
+def _s3(moto):
+    return boto3.client(
+        "s3",
+        endpoint_url=moto.url,
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",  # noqa: S106 - moto
+    )
+
+
+def _store(moto, bucket: str, prefix: str = "backups") -> S3Store:
+    from prefect_aws import AwsCredentials
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    creds = AwsCredentials(
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name=REGION,
+        aws_client_parameters=AwsClientParameters(endpoint_url=moto.url),
+    )
+    return S3Store(bucket=bucket, credentials=creds, prefix=prefix)
+
+
+def _sql(svc, sql: str, params=None):
+    with psycopg.connect(
+        host="127.0.0.1", port=svc.port, user="postgres", password=svc.extra["password"], autocommit=True
+    ) as conn:
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description else None
+
+
+def _switch_and_wait(svc) -> str:
+    """Close the current segment and wait until the server reports it archived."""
+    seg = _sql(svc, "select pg_walfile_name(pg_current_wal_lsn())")[0][0]
+    _sql(svc, "select pg_switch_wal()")
+    services.wait_until(
+        lambda: (_sql(svc, "select last_archived_wal from pg_stat_archiver")[0][0] or "") >= seg,
+        60,
+        f"archiving of {seg}",
+        log=svc.workdir / "server.log",
+    )
+    return seg
+
+
+@pytest.fixture(scope="module")
+def bench(request, moto):
+    """An archiving cluster, its PitrTarget, a store, one base backup and a known history."""
+    bucket = "pitr-" + secrets.token_hex(4)
+    _s3(moto).create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+    password = "pw-" + secrets.token_hex(8)
+    target = PitrTarget(
+        host="127.0.0.1",
+        port=1,  # set below
+        password=password,
+        server_name="pg",
+        archive_url=f"s3://{bucket}/pitr",
+        endpoint_url=moto.url,
+        region=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    aws_dir = services.session_dir("pitr-aws")
+    shutil.chown(aws_dir, "postgres")
+    creds = write_credentials_file(target, aws_dir / "credentials", "postgres")
+    archive_command = BarmanCloud().archive_command(target, creds)
+    svc = services.start_postgres(
+        password,
+        "pitr-source",
+        extra_conf={
+            "archive_mode": "on",
+            "archive_command": "'" + archive_command.replace("'", "''") + "'",
+            "track_commit_timestamp": "on",  # lets the test know each row's commit time
+            "autovacuum": "off",  # no background transactions: the last commit is ours
+        },
+    )
+    request.addfinalizer(svc.stop)
+    # the port opens before the server accepts connections
+    services.wait_until(
+        lambda: _sql(svc, "select 1"), 30, "PITR source cluster", log=svc.workdir / "server.log"
+    )
+    target = target.model_copy(update={"port": svc.port})
+    store = _store(moto, bucket)
+    _sql(svc, "create table t (id serial primary key, phase text not null)")
+    _sql(svc, "insert into t (phase) select 'before' from generate_series(1, 5)")
+    _switch_and_wait(svc)
+    with backup_session(store, "postgres-pitr") as session:
+        pitr.backup(target, session)
+        session.commit()
+    base = session.manifest
+    _sql(svc, "insert into t (phase) select 'between-1' from generate_series(1, 5)")
+    gap_segment = _switch_and_wait(svc)
+    _sql(svc, "insert into t (phase) select 'between-2' from generate_series(1, 5)")
+    target_time = _sql(svc, "select clock_timestamp()")[0][0]
+    target_lsn = _sql(svc, "select pg_current_wal_lsn()::text")[0][0]
+    _sql(svc, "select pg_create_restore_point('before-after')")  # not a transaction
+    _switch_and_wait(svc)
+    _sql(svc, "insert into t (phase) select 'after' from generate_series(1, 5)")
+    last_commit = _sql(svc, "select max(pg_xact_commit_timestamp(xmin)) from t")[0][0]
+    _switch_and_wait(svc)
+    return {
+        "svc": svc,
+        "target": target,
+        "store": store,
+        "base": base,
+        "T": target_time,
+        "T_lsn": target_lsn,
+        "last_commit": last_commit,
+        "gap_segment": gap_segment,
+        "bucket": bucket,
+        "creds": creds,
+    }
+
+
+@pytest.fixture
+def new_dir():
+    """A fresh directory path for a recovered instance; its server is stopped afterwards."""
+    path = services.session_dir("pitr-restores") / secrets.token_hex(4)
+    yield str(path)
+    if (path / pitr.STATE_FILE).exists():
+        pitr.stop_instance(str(path))
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _phases(port: int, password: str) -> dict[str, int]:
+    with psycopg.connect(host="127.0.0.1", port=port, user="postgres", password=password) as conn:
+        return dict(conn.execute("select phase, count(*) from t group by phase").fetchall())
+
+
+# ---- configuration and the base backup --------------------------------------------------------
+
+
+def test_check_config_reports_archiving(bench):
+    report = pitr.check_config(bench["target"])
+    assert report["pitr_possible"], report["problems"]
+    assert report["settings"]["archive_mode"] == "on"
+    assert report["settings"]["wal_level"] == "replica"
+    assert "barman-cloud-wal-archive" in report["settings"]["archive_command"]
+    assert "testing" not in report["settings"]["archive_command"]  # secrets live in the file only
+    last = _sql(bench["svc"], "select last_archived_wal from pg_stat_archiver")[0][0]
+    assert report["archiver"]["last_archived_wal"] == last
+
+
+def test_pitr_not_possible_without_archiving(postgres, moto):
+    """The session cluster has archive_mode off: the check says so and no base backup is stored."""
+    services.wait_until(lambda: _sql(postgres, "select 1"), 30, "session PostgreSQL")  # port opens first
+    target = PitrTarget(
+        port=postgres.port, password=postgres.extra["password"], archive_url="s3://nowhere/pitr"
+    )
+    report = pitr.check_config(target)
+    assert not report["pitr_possible"]
+    with pytest.raises(ConfigurationError, match="PITR not possible: archive_mode is off"):
+        pitr.require_archiving(report)
+    bucket = "pitr-off-" + secrets.token_hex(4)
+    _s3(moto).create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+    store = _store(moto, bucket)
+    with (
+        pytest.raises(ConfigurationError, match="archive_mode is off"),
+        backup_session(store, "postgres-pitr") as s,
+    ):
+        pitr.backup(target, s)
+        s.commit()
+    assert _s3(moto).list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+def test_base_backup_manifest_records_the_wal_range(bench):
+    e = bench["base"].engine
+    assert e["timeline"] == 1
+    assert pitr.parse_lsn(e["start_lsn"]) < pitr.parse_lsn(e["stop_lsn"])
+    assert e["first_segment"] <= e["last_segment"]
+    assert datetime.fromisoformat(e["begin_time"]) <= datetime.fromisoformat(e["end_time"])
+    assert bench["base"].source_time == datetime.fromisoformat(e["end_time"])
+    assert e["pg_manifest"] is True  # pg_basebackup's own manifest was in the stream
+    assert bench["base"].object(pitr.BASE_OBJECT).raw_size > 1_000_000
+
+
+# ---- the window -------------------------------------------------------------------------------
+
+
+def test_window_matches_what_the_engine_and_server_report(bench, monkeypatch):
+    report = pitr.wal_archive(bench["target"], bench["store"])
+    assert report.missing_segments == []
+    (window,) = report.windows
+    # the server's own record of what it archived
+    last = _sql(bench["svc"], "select last_archived_wal from pg_stat_archiver")[0][0]
+    assert report.last_archived_segment == last == window.last_segment
+    # barman-cloud's own catalog, asked in-process
+    from barman.cloud import CloudBackupCatalog
+    from barman.cloud_providers.aws_s3 import S3CloudInterface
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    iface = S3CloudInterface(url=bench["target"].archive_url, endpoint_url=bench["target"].endpoint_url)
+    engine_wal = CloudBackupCatalog(iface, "pg").get_wal_paths()
+    assert report.wal_files == len(engine_wal)
+    assert max(w for w in engine_wal if len(w) == 24) == window.last_segment
+    # starts where the base backup ended, ends at the last commit (exactly, to the microsecond)
+    assert window.start_time == bench["base"].source_time
+    assert window.start_lsn == bench["base"].engine["stop_lsn"]
+    assert window.end_time == bench["last_commit"]
+    assert [b.id for b in window.base_backups] == [bench["base"].id]
+
+
+def test_archive_with_a_missing_segment_ends_the_window_before_it(prefect_server, bench, moto, new_dir):
+    """A copy of the archive without one segment: the window stops before the gap."""
+    s3, bucket = _s3(moto), bench["bucket"]
+    gap = bench["gap_segment"]
+    for obj in s3.list_objects_v2(Bucket=bucket, Prefix="pitr/pg/")["Contents"]:
+        if gap not in obj["Key"]:
+            s3.copy_object(
+                Bucket=bucket,
+                Key=obj["Key"].replace("pitr/pg/", "gap/pg/", 1),
+                CopySource={"Bucket": bucket, "Key": obj["Key"]},
+            )
+    target = bench["target"].model_copy(update={"archive_url": f"s3://{bucket}/gap"})
+    store = _store(moto, bucket, prefix="gap-catalog")
+    with backup_session(store, "postgres-pitr") as s:  # the same base backup, catalogued for the copy
+        s.write(pitr.BASE_OBJECT, [b"unused by this test"])
+        s.engine.update({**bench["base"].engine, "archive_url": target.archive_url})
+        s.source_time = bench["base"].source_time
+        s.commit()
+    report = pitr.wal_archive(target, store)
+    assert report.missing_segments == [gap]
+    window = report.windows[0]
+    tli, segno = segment_number(gap, 16 * 1024 * 1024)
+    assert window.last_segment == segment_name(tli, segno - 1, 16 * 1024 * 1024)
+    assert window.end_time is None  # nothing committed between the backup's end and the gap
+    from flows.pitr import pitr_postgres
+
+    with pytest.raises(BadInput, match=f"missing WAL segments: {gap}") as err:
+        pitr_postgres(bench["T"], new_dir, target=target, store=store)
+    assert "Nothing was changed" in str(err.value)
+    assert not Path(new_dir).exists()
+
+
+# ---- bad targets: clear errors, nothing changed ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (datetime(2026, 1, 15, 14, 30), "has no time zone"),
+        ("2026-01-15T14:30:00", "has no time zone"),
+        ("yesterday at noon", "is not a time"),
+        ("2026-13-45T99:00:00Z", "is not a time"),
+        (datetime.now(UTC) + timedelta(hours=1), "in the future"),
+    ],
+)
+def test_malformed_and_naive_targets_are_refused(prefect_server, bench, new_dir, value, message):
+    from flows.pitr import pitr_postgres
+
+    with pytest.raises(BadInput, match=message):
+        pitr_postgres(value, new_dir, target=bench["target"], store=bench["store"])
+    assert not Path(new_dir).exists()
+
+
+def test_target_after_the_window_is_refused_with_the_window(prefect_server, bench, new_dir):
+    from flows.pitr import pitr_postgres
+
+    late = bench["last_commit"] + timedelta(microseconds=1)
+    with pytest.raises(BadInput, match="after the last archived transaction") as err:
+        pitr_postgres(late, new_dir, target=bench["target"], store=bench["store"])
+    assert bench["base"].source_time.isoformat() in str(err.value)
+    assert bench["last_commit"].isoformat() in str(err.value)
+    assert not Path(new_dir).exists()
+
+
+def test_target_before_the_base_backup_is_refused(prefect_server, bench, new_dir):
+    from flows.pitr import pitr_postgres
+
+    early = bench["base"].source_time - timedelta(seconds=1)
+    with pytest.raises(BadInput, match="outside the recoverable window") as err:
+        pitr_postgres(early, new_dir, target=bench["target"], store=bench["store"])
+    assert bench["base"].source_time.isoformat() in str(err.value)
+    # an explicitly chosen base backup: a target before its end is refused, never silently ignored
+    with pytest.raises(BadInput, match="before the end of base backup"):
+        pitr.plan(bench["target"], bench["store"], parse_target(early), backup_id=bench["base"].id)
+    assert not Path(new_dir).exists()
+
+
+def test_recovery_that_ends_before_its_target_is_detected(bench, new_dir):
+    """Bypass the window check: the server gives up ('recovery ended before configured recovery
+    target was reached') even though pg_ctl -w start may return 0. The flow must fail."""
+    goal = RecoveryTarget(kind="time", time=bench["last_commit"] + timedelta(seconds=1))
+    options = pitr.RestoreOptions(directory=new_dir, timeout_seconds=120)
+    with pytest.raises(ComponentFailed, match="recovery ended before configured recovery target"):
+        pitr.recover(bench["target"], bench["base"], bench["store"], goal, options)
+    assert not Path(new_dir).exists()  # the half-recovered instance is gone
+
+
+# ---- the real thing ----------------------------------------------------------------------------
+
+
+def test_pitr_to_a_time_brings_back_exactly_the_rows_before_it(prefect_server, bench, new_dir):
+    from flows.pitr import pitr_postgres, promote_pitr
+
+    svc, password = bench["svc"], bench["svc"].extra["password"]
+    source_started = _sql(svc, "select pg_postmaster_start_time()")[0][0]
+    wal_before = BarmanCloud().list_wal(bench["target"])
+
+    result = pitr_postgres(bench["T"], new_dir, target=bench["target"], store=bench["store"])
+
+    assert result["base_backup"] == bench["base"].id
+    assert result["port"] != svc.port
+    assert result["in_recovery"] and result["paused_for_promotion"]
+    assert datetime.fromisoformat(result["recovered_to_time"]) <= bench["T"]
+    assert "recovery stopping before commit" in result["stopped_at"]
+    assert _phases(result["port"], password) == {"before": 5, "between-1": 5, "between-2": 5}
+    with psycopg.connect(host="127.0.0.1", port=result["port"], user="postgres", password=password) as conn:
+        assert conn.execute("show archive_mode").fetchone()[0] == "off"
+    # the source kept running, untouched, with all its rows
+    assert _sql(svc, "select pg_postmaster_start_time()")[0][0] == source_started
+    assert dict(_sql(svc, "select phase, count(*) from t group by phase"))["after"] == 5
+
+    promoted = promote_pitr(new_dir, target=bench["target"])
+    assert promoted["promoted"] and promoted["timeline"] == 2
+    with psycopg.connect(
+        host="127.0.0.1", port=result["port"], user="postgres", password=password, autocommit=True
+    ) as conn:
+        conn.execute("insert into t (phase) values ('written after promotion')")
+    # archiving was off: the promoted instance wrote nothing into the production archive
+    assert BarmanCloud().list_wal(bench["target"]) == wal_before
+    assert not (Path(new_dir) / "aws-credentials").exists()
+
+
+def test_pitr_to_latest_and_to_an_lsn(bench, new_dir, tmp_path):
+    latest_dir = new_dir
+    options = pitr.RestoreOptions(directory=latest_dir)
+    result = pitr.restore(bench["target"], bench["base"], bench["store"], options)
+    assert not result["in_recovery"]
+    assert _phases(result["port"], bench["svc"].extra["password"]) == {
+        "before": 5,
+        "between-1": 5,
+        "between-2": 5,
+        "after": 5,
+    }
+    pitr.stop_instance(latest_dir)
+    lsn_dir = latest_dir + "-lsn"
+    try:
+        result = pitr.restore(
+            bench["target"],
+            bench["base"],
+            bench["store"],
+            pitr.RestoreOptions(directory=lsn_dir, target_lsn=bench["T_lsn"]),
+        )
+        assert result["in_recovery"]
+        assert _phases(result["port"], bench["svc"].extra["password"]) == {
+            "before": 5,
+            "between-1": 5,
+            "between-2": 5,
+        }
+    finally:
+        if Path(lsn_dir, pitr.STATE_FILE).exists():
+            pitr.stop_instance(lsn_dir)
+        shutil.rmtree(lsn_dir, ignore_errors=True)
+
+
+def test_drill_recovers_verifies_and_removes_its_instance(bench, monkeypatch):
+    base = services.session_dir("pitr-drills")
+    monkeypatch.setenv("KLB_PITR_DIR", str(base))
+    report = pitr.drill(bench["target"], bench["base"], bench["store"], "d1")
+    assert report["verified"] and report["checks"]["in_recovery"] is False
+    assert "postgres" in report["checks"]["databases"]
+    assert not (base / "drill-d1").exists()
+    assert _sql(bench["svc"], "select count(*) from t")[0][0] == 20  # source untouched
+
+
+def test_pitr_to_a_named_restore_point(bench, new_dir):
+    options = pitr.RestoreOptions(directory=new_dir, target_name="before-after")
+    result = pitr.restore(bench["target"], bench["base"], bench["store"], options)
+    assert "restore point" in result["stopped_at"] and result["in_recovery"]
+    assert _phases(result["port"], bench["svc"].extra["password"]) == {
+        "before": 5,
+        "between-1": 5,
+        "between-2": 5,
+    }
+
+
+def test_restore_refuses_a_directory_that_is_not_new(bench, tmp_path):
+    (tmp_path / "keep.txt").write_text("precious")
+    with pytest.raises(BadInput, match="not empty"):
+        pitr.restore(
+            bench["target"], bench["base"], bench["store"], pitr.RestoreOptions(directory=str(tmp_path))
+        )
+    assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+# ---- flows: the scheduled base backup and the archive check (last: they add a base backup) -----
+
+
+def _artifact(key: str) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    return max(found, key=lambda a: a.created).data
+
+
+def test_backup_and_check_flows(prefect_server, bench):
+    from flows.backup import backup_component
+    from flows.pitr import check_wal_archive
+
+    result = backup_component("postgres-pitr", target=bench["target"], store=bench["store"])
+    assert result.verified and result.component == "postgres-pitr"
+    _switch_and_wait(bench["svc"])
+    report = check_wal_archive(target=bench["target"], store=bench["store"])
+    assert report["problems"] == []
+    (window,) = report["archive"]["windows"]
+    assert [b["id"] for b in window["base_backups"]] == [bench["base"].id, result.id]
+    markdown = _artifact("pitr-wal-archive")
+    assert "PITR possible" in markdown and bench["base"].id in markdown and result.id in markdown
+    assert "testing" not in markdown  # no credentials in the report
+
+
+def test_check_flow_fails_when_archiving_is_off(prefect_server, postgres, moto):
+    from flows.pitr import check_wal_archive
+
+    services.wait_until(lambda: _sql(postgres, "select 1"), 30, "session PostgreSQL")
+    target = PitrTarget(port=postgres.port, password=postgres.extra["password"], archive_url="s3://nowhere/x")
+    bucket = "pitr-chk-" + secrets.token_hex(4)
+    _s3(moto).create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+    target = target.model_copy(update={"archive_url": f"s3://{bucket}/pitr", "endpoint_url": moto.url})
+    target = target.model_copy(
+        update={"aws_access_key_id": SecretStr("testing"), "aws_secret_access_key": SecretStr("testing")}
+    )
+    with pytest.raises(ConfigurationError, match="PITR not possible: archive_mode is off"):
+        check_wal_archive(target=target, store=_store(moto, bucket))
+    assert "**PITR not possible**" in _artifact("pitr-wal-archive")

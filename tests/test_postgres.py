@@ -1,0 +1,343 @@
+"""PostgreSQL component against a real, isolated PostgreSQL cluster (the session `postgres`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+
+import tasks.postgres as pg
+from tasks.catalog import list_backups
+from tasks.errors import BadInput, ComponentFailed, IntegrityError
+from tasks.pg_common import connect, parse_aside
+from tasks.store import backup_session
+from tests.pg_helpers import (
+    db_names,
+    drop,
+    exec_in,
+    kill_child,
+    make_db,
+    new_name,
+    scalar,
+    state,
+    target_for,
+)
+
+
+def take_backup(target, store, session_hook=None):
+    with backup_session(store, "postgres") as session:
+        if session_hook:
+            session_hook(session)
+        pg.backup(target, session)
+        session.commit()
+    return session.manifest
+
+
+@pytest.fixture
+def sample(postgres):
+    """A fresh sample database and a target that backs up only it."""
+    name = new_name()
+    admin_target = target_for(postgres)
+    make_db(admin_target, name)
+    yield target_for(postgres, databases=[name]), name
+    drop(admin_target, *[d for d in db_names(admin_target) if d == name or d.startswith(name + "__")])
+
+
+def test_backup_alter_restore_gives_back_the_recorded_fingerprint(sample, local_store):
+    target, db = sample
+    store = local_store()
+    exec_in(target, "postgres", f"ALTER DATABASE {db} SET search_path = app, public")
+    exec_in(target, "postgres", f"ALTER DATABASE {db} SET work_mem = '8MB'")
+    before = state(target, db)
+    manifest = take_backup(target, store)
+
+    assert manifest.fingerprint["databases"][db] == before
+    assert before["tables"]["app.items"]["rows"] == 200
+    assert manifest.engine["databases"][db]["size"] > 0
+    assert manifest.engine["server_version"].startswith("15")
+    assert {o.name for o in manifest.objects} == {"globals.sql", manifest.engine["databases"][db]["object"]}
+
+    exec_in(target, db, "DELETE FROM app.items WHERE id % 2 = 0; UPDATE public.logs SET msg = 'x'")
+    exec_in(target, db, "SELECT nextval('app.items_id_seq')")
+    assert state(target, db) != before
+
+    report = pg.restore(target, manifest, store, pg.RestoreOptions())
+    assert state(target, db) == manifest.fingerprint["databases"][db]
+    kept = report["databases"][db]["kept_as"]
+    assert parse_aside(kept)[:2] == (db, "rollback")
+    assert (
+        scalar(target, "postgres", "SELECT datallowconn FROM pg_database WHERE datname = %s", (kept,))
+        is False
+    )
+    assert report["databases"][db]["fingerprint_equal"] is True
+    assert not [d for d in db_names(target) if "__restore_" in d]
+    # database-level settings came back with the database
+    assert scalar(target, db, "SHOW search_path") == "app, public"
+    assert scalar(target, db, "SHOW work_mem") == "8MB"
+    assert scalar(target, db, "SELECT count(*) FROM items") == 200  # found through search_path
+
+
+def test_writes_during_the_dump_are_not_in_the_fingerprint_or_the_dump(sample, local_store):
+    target, db = sample
+    store = local_store()
+    before = state(target, db)
+
+    def hook(session):
+        write = session.write
+
+        def write_after_concurrent_commit(name, source, **kw):
+            if name != "globals.sql":  # the snapshot is taken: commit changes, then dump
+                exec_in(target, db, "INSERT INTO app.items (name) VALUES ('late'); DELETE FROM public.logs")
+            return write(name, source, **kw)
+
+        session.write = write_after_concurrent_commit
+
+    manifest = take_backup(target, store, hook)
+    # tables are read in the snapshot; sequences are not transactional (see diff_fingerprints)
+    assert manifest.fingerprint["databases"][db]["tables"] == before["tables"]
+    assert state(target, db)["tables"] != before["tables"]  # the writes did land
+
+    pg.restore(target, manifest, store, pg.RestoreOptions())
+    assert state(target, db)["tables"] == before["tables"]
+    assert scalar(target, db, "SELECT count(*) FROM app.items WHERE name = 'late'") == 0
+
+
+def test_killed_pg_dump_leaves_no_backup(postgres, local_store):
+    admin_target = target_for(postgres)
+    db = new_name()
+    make_db(admin_target, db, rows=100_000)
+    target = target_for(postgres, databases=[db])
+    store = local_store()
+
+    def hook(session):
+        write = session.write
+
+        def write_and_kill(name, source, **kw):
+            if name == "globals.sql":
+                return write(name, source, **kw)
+
+            def chunks():
+                for i, chunk in enumerate(source):
+                    if i == 0:
+                        kill_child("pg_dump")
+                    yield chunk
+
+            return write(name, chunks(), **kw)
+
+        session.write = write_and_kill
+
+    try:
+        with pytest.raises(ComponentFailed, match="pg_dump .* killed by signal 9"):
+            take_backup(target, store, hook)
+        assert list_backups(store, "postgres") == []
+        stored = [p for p in (Path(store.path)).rglob("*") if p.is_file()]
+        assert stored == []
+    finally:
+        drop(admin_target, db)
+
+
+def test_corrupted_object_is_refused_before_the_target_is_touched(sample, local_store):
+    target, db = sample
+    store = local_store()
+    manifest = take_backup(target, store)
+    exec_in(target, db, "DELETE FROM public.logs")
+    changed = state(target, db)
+    names = db_names(target)
+
+    obj = manifest.object(manifest.engine["databases"][db]["object"])
+    path = Path(store.path) / obj.key
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+    with pytest.raises(IntegrityError, match="sha256"):
+        pg.restore(target, manifest, store, pg.RestoreOptions())
+    assert state(target, db) == changed
+    assert db_names(target) == names
+
+
+def test_restore_whose_sql_fails_leaves_the_target_as_it_was(postgres, local_store):
+    admin_target = target_for(postgres)
+    role, db = new_name("r"), new_name()
+    exec_in(admin_target, "postgres", f"CREATE ROLE {role}")
+    make_db(admin_target, db, owner=role)
+    target = target_for(postgres, databases=[db])
+    store = local_store()
+    try:
+        manifest = take_backup(target, store)
+        # the role the dump assigns ownership to is gone: ALTER ... OWNER TO fails
+        exec_in(admin_target, db, "DELETE FROM app.items WHERE id < 50")
+        exec_in(admin_target, db, f"REASSIGN OWNED BY {role} TO postgres")
+        exec_in(admin_target, "postgres", f"ALTER DATABASE {db} OWNER TO postgres")
+        exec_in(admin_target, "postgres", f"DROP ROLE {role}")
+        changed = state(target, db)
+        names = db_names(target)
+
+        with pytest.raises(ComponentFailed, match="pg_restore .*exited with status 1"):
+            pg.restore(target, manifest, store, pg.RestoreOptions(include_globals=False))
+        assert state(target, db) == changed
+        assert db_names(target) == names
+
+        # asked to skip ownership, the same backup restores cleanly
+        pg.restore(target, manifest, store, pg.RestoreOptions(include_globals=False, no_owner=True))
+        assert state(target, db) == manifest.fingerprint["databases"][db]
+    finally:
+        drop(admin_target, *[d for d in db_names(admin_target) if d.startswith(db)])
+
+
+def test_pg_restore_killed_mid_way_leaves_the_target_as_it_was(postgres, local_store, monkeypatch):
+    admin_target = target_for(postgres)
+    db = new_name()
+    make_db(admin_target, db, rows=100_000)
+    target = target_for(postgres, databases=[db])
+    store = local_store()
+    try:
+        manifest = take_backup(target, store)
+        exec_in(target, db, "DELETE FROM app.items WHERE id < 1000")
+        changed = state(target, db)
+        names = db_names(target)
+        real_read = pg.read_object
+
+        def read_and_kill(store_, obj, *a):
+            for i, chunk in enumerate(real_read(store_, obj, *a)):
+                if i == 1 and obj.name != "globals.sql":
+                    kill_child("pg_restore")
+                yield chunk
+
+        monkeypatch.setattr(pg, "read_object", read_and_kill)
+        with pytest.raises(ComponentFailed, match="pg_restore .*signal 9"):
+            pg.restore(target, manifest, store, pg.RestoreOptions())
+        assert state(target, db) == changed
+        assert db_names(target) == names
+    finally:
+        drop(admin_target, *[d for d in db_names(admin_target) if d.startswith(db)])
+
+
+def test_restore_to_another_name_leaves_the_source_alone_and_cut_over_false_touches_nothing(
+    sample, local_store
+):
+    target, db = sample
+    store = local_store()
+    manifest = take_backup(target, store)
+    exec_in(target, db, "DELETE FROM public.logs")
+    changed = state(target, db)
+    copy = db + "_copy"
+
+    report = pg.restore(target, manifest, store, pg.RestoreOptions(rename_to={db: copy}))
+    assert report["databases"][copy]["kept_as"] is None
+    assert state(target, copy) == manifest.fingerprint["databases"][db]
+    assert state(target, db) == changed
+
+    report = pg.restore(target, manifest, store, pg.RestoreOptions(cut_over=False))
+    aside = report["databases"][db]["restored_aside_as"]
+    assert state(target, aside) == manifest.fingerprint["databases"][db]
+    assert state(target, db) == changed
+    drop(target, copy, aside)
+
+
+def test_bad_restore_options_are_refused(sample, local_store):
+    target, db = sample
+    store = local_store()
+    manifest = take_backup(target, store)
+    with pytest.raises(BadInput, match="not in backup"):
+        pg.restore(target, manifest, store, pg.RestoreOptions(databases=["nope"]))
+    with pytest.raises(BadInput, match="rename_to"):
+        pg.restore(target, manifest, store, pg.RestoreOptions(rename_to={"nope": "x"}))
+    with pytest.raises(ValueError):
+        pg.RestoreOptions(rename_to={db: "bad\x01name"})
+
+
+def test_drill_restores_aside_verifies_and_always_drops(sample, local_store):
+    target, db = sample
+    store = local_store()
+    manifest = take_backup(target, store)
+    before = db_names(target)
+    result = pg.drill(target, manifest, store, "d1")
+    assert result["verified"] is True
+    assert result["checks"][db]["fingerprint_equal"] is True
+    assert result["checks"][db]["rows"] == 400
+    assert db_names(target) == before
+
+    obj = manifest.object(manifest.engine["databases"][db]["object"])
+    path = Path(store.path) / obj.key
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(IntegrityError):
+        pg.drill(target, manifest, store, "d2")
+    assert db_names(target) == before
+
+
+def test_describe_current_state_and_verify(sample, local_store):
+    target, db = sample
+    store = local_store()
+    described = pg.describe_current_state(target)
+    assert list(described["databases"]) == [db]
+    assert described["databases"][db]["fingerprint"]["tables"]["app.items"]["rows"] == 200
+    manifest = take_backup(target, store)
+    assert pg.verify(target, manifest, store)[db]["table_data_entries"] == 2
+
+
+def test_cut_over_ends_sessions_on_the_target_and_describe_reports_missing_databases(sample, local_store):
+    target, db = sample
+    store = local_store()
+    manifest = take_backup(target, store)
+    exec_in(target, db, "DELETE FROM public.logs")
+    client = connect(target, db, autocommit=True)  # an app still connected to the old database
+    try:
+        pg.restore(target, manifest, store, pg.RestoreOptions())
+        assert client.closed or client.broken or _dead(client)
+    finally:
+        client.close()
+    assert state(target, db) == manifest.fingerprint["databases"][db]
+
+    gone = target.model_copy(update={"databases": [db, "lost_db"]})
+    described = pg.describe_current_state(gone)
+    assert described["missing"] == ["lost_db"]
+    assert list(described["databases"]) == [db]
+    assert any(parse_aside(d)[0] == db for d in described["aside"])
+
+
+def _dead(conn) -> bool:
+    try:
+        conn.execute("SELECT 1")
+    except psycopg.OperationalError:
+        return True
+    return False
+
+
+def test_restore_runs_inside_the_quiesce_window_and_leaves_it_on_failure(sample, local_store, monkeypatch):
+    """tasks.kube is issue #5's: a recording stand-in with its documented interface shows that the
+    restore (globals, restore aside, cut-over) happens while the namespace is scaled down."""
+    import contextlib
+    import sys
+    import types
+
+    target, db = sample
+    store = local_store()
+    manifest = take_backup(target, store)
+    events = []
+
+    @contextlib.contextmanager
+    def quiesced(kube, namespace):
+        events.append(("down", kube, namespace, sorted(db_names(target))))
+        try:
+            yield {"api": 2, "worker": 3}
+        finally:
+            events.append(("up", namespace, sorted(db_names(target))))
+
+    monkeypatch.setitem(sys.modules, "tasks.kube", types.SimpleNamespace(quiesced=quiesced))
+    monkeypatch.setattr("tasks.kube", sys.modules["tasks.kube"], raising=False)
+    report = pg.restore(target, manifest, store, pg.RestoreOptions(quiesce_namespace="lambda-system"))
+    assert report["quiesced"] == {"namespace": "lambda-system", "replicas": {"api": 2, "worker": 3}}
+    assert [e[0] for e in events] == ["down", "up"]
+    assert not any("__rollback_" in d for d in events[0][3])  # nothing cut over before scaling down
+    assert any("__rollback_" in d for d in events[1][2])  # cut over before scaling back up
+
+    events.clear()
+    with pytest.raises(BadInput):
+        pg.restore(target, manifest, store, pg.RestoreOptions(quiesce_namespace="ns", databases=["nope"]))
+    assert events == []  # refused before anything was scaled
+    monkeypatch.setattr(pg, "restore_aside", lambda *a, **k: (_ for _ in ()).throw(ComponentFailed("boom")))
+    with pytest.raises(ComponentFailed, match="boom"):
+        pg.restore(target, manifest, store, pg.RestoreOptions(quiesce_namespace="ns"))
+    assert [e[0] for e in events] == ["down", "up"]

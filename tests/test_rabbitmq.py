@@ -1,0 +1,267 @@
+"""RabbitMQ definitions against the machine's real broker (management API on 127.0.0.1:15672).
+
+Every test works in its own vhost and deletes it afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from urllib.parse import quote
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from blocks.rabbitmq import RabbitMQTarget
+from tasks import rabbitmq as rmq
+from tasks.backends import backend_for
+from tasks.catalog import list_backups
+from tasks.components import backup_task, restore_task, verify_task
+from tasks.errors import BadInput, ConfigurationError
+
+
+def seg(name: str) -> str:
+    return quote(name, safe="")
+
+
+@pytest.fixture
+def api(rabbitmq):
+    with httpx.Client(base_url=rabbitmq.extra["url"] + "/api", auth=("guest", "guest"), timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def vhost(api):
+    """A fresh vhost with a classic and a quorum queue, exchanges, bindings and a policy."""
+    name = "klb-test-" + secrets.token_hex(4)
+    created = []
+
+    def put(path, body):
+        r = api.put(path, json=body)
+        assert r.status_code in (201, 204), (path, r.text)
+
+    put(f"/vhosts/{name}", {})
+    created.append(name)
+    v = seg(name)
+    put(
+        f"/exchanges/{v}/orders",
+        {"type": "topic", "durable": True, "arguments": {"alternate-exchange": "unrouted"}},
+    )
+    put(f"/exchanges/{v}/unrouted", {"type": "fanout", "durable": True})
+    put(f"/exchanges/{v}/audit", {"type": "headers", "durable": True, "internal": False})
+    put(
+        f"/queues/{v}/orders.classic",
+        {"durable": True, "arguments": {"x-max-length": 1000, "x-queue-type": "classic"}},
+    )
+    put(f"/queues/{v}/orders.quorum", {"durable": True, "arguments": {"x-queue-type": "quorum"}})
+    put(f"/queues/{v}/lost", {"durable": True})
+    for src, dst, key in (
+        ("orders", "orders.classic", "order.#"),
+        ("orders", "orders.quorum", "order.eu.*"),
+        ("unrouted", "lost", ""),
+    ):
+        assert (
+            api.post(
+                f"/bindings/{v}/e/{src}/q/{seg(dst)}", json={"routing_key": key, "arguments": {}}
+            ).status_code
+            == 201
+        )
+    assert (
+        api.post(
+            f"/bindings/{v}/e/orders/e/audit", json={"routing_key": "order.audit", "arguments": {}}
+        ).status_code
+        == 201
+    )
+    put(
+        f"/policies/{v}/ttl",
+        {
+            "pattern": "^orders\\.classic$",
+            "definition": {"message-ttl": 60000},
+            "apply-to": "queues",
+            "priority": 2,
+        },
+    )
+    yield name
+    for n in created + [
+        n for n in list_vhosts(api) if n.startswith(("drill-", "restored-")) and name[-8:] in n
+    ]:
+        api.delete(f"/vhosts/{seg(n)}")
+
+
+def list_vhosts(api) -> list[str]:
+    return [v["name"] for v in api.get("/vhosts").json()]
+
+
+def definitions(api, vhost: str) -> dict:
+    """The vhost's definitions, in a canonical order, without the broker version."""
+    doc = api.get(f"/definitions/{seg(vhost)}").json()
+    out = {}
+    for kind in ("queues", "exchanges", "bindings", "policies", "parameters"):
+        items = [{k: v for k, v in i.items() if k != "vhost"} for i in doc.get(kind, [])]
+        out[kind] = sorted(items, key=lambda i: repr(sorted(i.items())))
+    return out
+
+
+def wait_for_messages(target, vhost: str, n: int) -> None:
+    """The management API's message counts lag the broker by its stats interval."""
+    import time
+
+    deadline = time.monotonic() + 30
+    while rmq.describe_current_state(target)["vhosts"][vhost]["messages"] != n:
+        assert time.monotonic() < deadline, f"{vhost} never showed {n} messages"
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def target(rabbitmq, vhost) -> RabbitMQTarget:
+    return RabbitMQTarget(url=rabbitmq.extra["url"], vhosts=[vhost])
+
+
+def test_vhost_back_up_delete_restore_identical(api, vhost, target, local_store):
+    store = local_store()
+    before = definitions(api, vhost)
+    msg = {"properties": {}, "routing_key": "order.eu.1", "payload": "order 1", "payload_encoding": "string"}
+    assert api.post(f"/exchanges/{seg(vhost)}/orders/publish", json=msg).json()["routed"] is True
+    wait_for_messages(target, vhost, 2)  # the classic and the quorum queue
+    manifest = backup_task.fn("rabbitmq", target, store)
+    assert manifest.engine["counts"] == {
+        "users": 0, "vhosts": 1, "permissions": 0, "policies": 1,
+        "queues": 3, "exchanges": 3, "bindings": 4, "parameters": 0,
+    }  # fmt: skip
+    assert verify_task.fn(manifest, store, target)["component_check"]["counts"] == manifest.engine["counts"]
+
+    assert api.delete(f"/vhosts/{seg(vhost)}").status_code == 204
+    assert vhost not in list_vhosts(api)
+
+    report = restore_task.fn(manifest, target, store, {})
+    assert report["created_vhosts"] == [vhost]
+    assert "Messages are not part of definitions" in report["messages"]
+    after = definitions(api, vhost)
+    assert after == before
+    queue_types = {q["name"]: q["type"] for q in api.get(f"/queues/{seg(vhost)}").json()}
+    assert queue_types == {"orders.classic": "classic", "orders.quorum": "quorum", "lost": "classic"}
+    state = rmq.describe_current_state(target)
+    assert state["vhosts"][vhost] == {"queues": 3, "messages": 0}, "messages are not part of definitions"
+    assert "not part of definitions" in state["note"]
+
+
+def test_broker_backup_restores_one_vhost_under_another_name(api, vhost, rabbitmq, local_store):
+    store = local_store()
+    manifest = backup_task.fn("rabbitmq", RabbitMQTarget(url=rabbitmq.extra["url"]), store)
+    counts = manifest.engine["counts"]
+    assert (
+        counts["users"] >= 1
+        and counts["vhosts"] >= 2
+        and counts["queues"] >= 3
+        and counts["permissions"] >= 1
+    )
+    assert manifest.engine["scope"] == "broker"
+
+    copy = f"restored-{vhost[-8:]}"
+    target = RabbitMQTarget(url=rabbitmq.extra["url"])
+    report = restore_task.fn(manifest, target, store, {"vhost": vhost, "into_vhost": copy})
+    assert report["restored_vhosts"][copy]["queues"] == 3
+    assert definitions(api, copy) == definitions(api, vhost)
+    api.delete(f"/vhosts/{seg(copy)}")
+
+
+def test_drill_imports_into_a_drill_vhost_and_deletes_it(api, vhost, target, local_store):
+    store = local_store()
+    manifest = backup_task.fn("rabbitmq", target, store)
+    before = definitions(api, vhost)
+    result = rmq.drill(target, manifest, store, vhost[-8:])
+    assert result["verified"] is True
+    assert result["checks"]["source_vhost"] == vhost and result["checks"]["queues"] == 3
+    assert f"drill-{vhost[-8:]}" not in list_vhosts(api)
+    assert definitions(api, vhost) == before, "a drill never touches the production vhost"
+
+
+def test_wrong_password_is_clear_secret_free_and_leaves_no_backup(target, local_store, caplog):
+    store = local_store()
+    bad = target.model_copy(update={"password": SecretStr("s3cret-wrong-pw")})
+    with (
+        caplog.at_level(logging.DEBUG),
+        pytest.raises(ConfigurationError, match="refused user 'guest'") as err,
+    ):
+        backup_task.fn("rabbitmq", bad, store)
+    assert "s3cret-wrong-pw" not in str(err.value) and "s3cret-wrong-pw" not in caplog.text
+    assert "s3cret-wrong-pw" not in repr(bad)
+    assert list(backend_for(store).list_keys(store.prefix)) == []
+
+
+def test_unreachable_broker_and_unknown_vhost_fail_clearly(target, local_store):
+    store = local_store()
+    with pytest.raises(ConfigurationError, match="unreachable.*rabbitmq_management"):
+        backup_task.fn("rabbitmq", target.model_copy(update={"url": "http://127.0.0.1:9"}), store)
+    with pytest.raises(BadInput, match="unknown vhost"):
+        backup_task.fn("rabbitmq", target.model_copy(update={"vhosts": ["no-such-vhost-klb"]}), store)
+    assert list_backups(store, "rabbitmq") == []
+
+
+def test_restore_refuses_unknown_vhost_and_conflicts_without_changing_anything(
+    api, vhost, target, local_store
+):
+    store = local_store()
+    manifest = backup_task.fn("rabbitmq", target, store)
+    with pytest.raises(BadInput, match="not in this backup"):
+        restore_task.fn(manifest, target, store, {"vhost": "no-such-vhost-klb"})
+    assert "no-such-vhost-klb" not in list_vhosts(api)
+
+    # The classic queue comes back with other arguments and one binding is gone: the import would
+    # fail half-way, so the restore refuses before it changes anything.
+    v = seg(vhost)
+    assert api.delete(f"/queues/{v}/orders.classic").status_code == 204
+    assert (
+        api.put(
+            f"/queues/{v}/orders.classic", json={"durable": True, "arguments": {"x-max-length": 5}}
+        ).status_code
+        == 201
+    )
+    api.delete(f"/exchanges/{v}/audit")
+    before = definitions(api, vhost)
+    with pytest.raises(BadInput, match="nothing was changed.*orders.classic"):
+        restore_task.fn(manifest, target, store, {})
+    assert definitions(api, vhost) == before
+
+
+def test_backup_and_restore_through_the_prefect_flows(prefect_server, api, vhost, target, local_store):
+    from flows.backup import backup_component
+    from flows.restore import restore_component
+
+    store = local_store()
+    before = definitions(api, vhost)
+    block_name = f"rmq-{vhost[-8:]}"
+    target.save(block_name, overwrite=True)  # deployments pass the block's name
+    result = backup_component("rabbitmq", target=block_name, store=store)
+    assert result.verified
+    api.delete(f"/vhosts/{seg(vhost)}")
+    report = restore_component("rabbitmq", backup_id="latest", target=target, store=store)
+    assert report["backup_id"] == result.id and report["created_vhosts"] == [vhost]
+    assert definitions(api, vhost) == before
+
+
+def test_whole_broker_restore_brings_back_vhost_user_password_and_permissions(
+    api, vhost, rabbitmq, local_store
+):
+    url = rabbitmq.extra["url"]
+    user, password = f"klb-user-{vhost[-8:]}", "pw-" + secrets.token_hex(8)
+    assert api.put(f"/users/{user}", json={"password": password, "tags": "management"}).status_code == 201
+    perms = {"configure": "^orders.*", "write": ".*", "read": ".*"}
+    assert api.put(f"/permissions/{seg(vhost)}/{user}", json=perms).status_code == 201
+    try:
+        store = local_store(encryption_key=SecretStr("rmq-key"))  # the backup holds password hashes
+        before = definitions(api, vhost)
+        manifest = backup_task.fn("rabbitmq", RabbitMQTarget(url=url), store)
+        api.delete(f"/vhosts/{seg(vhost)}")
+        api.delete(f"/users/{user}")
+
+        report = restore_task.fn(manifest, RabbitMQTarget(url=url), store, {})
+        assert report["broker_wide"] is True and vhost in report["created_vhosts"]
+        assert definitions(api, vhost) == before
+        live = api.get(f"/permissions/{seg(vhost)}/{user}").json()
+        assert {k: live[k] for k in perms} == perms
+        whoami = httpx.get(f"{url}/api/whoami", auth=(user, password), timeout=10)
+        assert whoami.status_code == 200 and whoami.json()["name"] == user, "the password came back"
+    finally:
+        api.delete(f"/users/{user}")

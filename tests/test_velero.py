@@ -1,0 +1,311 @@
+"""Component "kubernetes" (tasks/velero.py) against the Kubernetes API emulator and its fake
+Velero, through the real `kubernetes` client over HTTP."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+from tasks import kube, velero
+from tasks.catalog import list_backups
+from tasks.errors import BadInput, ComponentFailed, ConfigurationError, NotFound
+from tasks.store import backup_session
+
+
+@pytest.fixture
+def ctl(kube_api):
+    kube_api.controller.reset()
+    yield kube_api.controller
+    kube_api.controller.reset()
+
+
+def seed_app(ctl, ns: str, replicas: tuple[int, ...] = (2, 5, 1)) -> None:
+    ctl.seed_namespace(ns, {"team": "lambda"})
+    for name, count in zip(("api", "worker", "cron"), replicas, strict=False):
+        ctl.seed_deployment(ns, name, count)
+    ctl.seed("v1", "configmaps", ns, {"metadata": {"name": "settings"}, "data": {"mode": "prod"}})
+    ctl.seed("v1", "configmaps", ns, {"metadata": {"name": "flags"}, "data": {"beta": "off"}})
+    ctl.seed("v1", "secrets", ns, {"metadata": {"name": "db-password"}, "data": {"pw": "czNjcjN0"}})
+    ctl.seed("v1", "services", ns, {"metadata": {"name": "api"}, "spec": {"ports": [{"port": 80}]}})
+    ctl.seed_pvc(ns, "data", content=f"{ns} volume v1")
+
+
+@pytest.fixture
+def two_namespaces(ctl) -> tuple[str, str]:
+    token = secrets.token_hex(3)
+    names = (f"shop-{token}", f"db-{token}")
+    for ns in names:
+        seed_app(ctl, ns)
+    return names
+
+
+@pytest.fixture
+def target(kube_api, two_namespaces):
+    return kube_api.velero_target(include_namespaces=list(two_namespaces))
+
+
+@pytest.fixture
+def store(local_store):
+    return local_store()
+
+
+def take_backup(target, store, component: str = "kubernetes"):
+    with backup_session(store, component) as session:
+        velero.backup(target, session)
+        session.commit()
+    return session.manifest
+
+
+def k8s(kube_api):
+    return kube.connect(kube_api.target())
+
+
+def configmap(kube_api, ns: str, name: str) -> dict:
+    k = k8s(kube_api)
+    return k.core.read_namespaced_config_map(name, ns).data
+
+
+def set_configmap(kube_api, ns: str, name: str, data: dict) -> None:
+    k = k8s(kube_api)
+    k.core.patch_namespaced_config_map(name, ns, {"data": data})
+
+
+def test_backup_records_velero_facts_and_the_backup_cr(kube_api, target, store, two_namespaces):
+    manifest = take_backup(target, store)
+    eng = manifest.engine
+    assert eng["velero_backup"] == manifest.id and eng["phase"] == "Completed"
+    assert eng["items_backed_up"] == eng["total_items"] > 0
+    assert eng["volume_snapshots"]["completed"] == 2
+    assert eng["namespaces"] == list(two_namespaces)
+    assert eng["expiration"]  # TTL from the backup table (14 days)
+    doc = velero.load_document(store, manifest)
+    assert doc["backup"]["spec"]["includedNamespaces"] == list(two_namespaces)
+    assert doc["backup"]["spec"]["ttl"] == "336h0m0s"
+    assert doc["inventory"][two_namespaces[0]]["configmaps"] == ["flags", "settings"]
+    assert doc["inventory"][two_namespaces[0]]["secrets"] == ["db-password"]
+    assert "czNjcjN0" not in str(doc)  # names only: no secret data in our record
+    assert kube_api.controller.secret_reads == []  # nor in this process: metadata-only lists
+    assert velero.verify(target, manifest, store)["velero_phase"] == "Completed"
+
+
+def test_namespace_mapping_restore_leaves_the_source_untouched(kube_api, ctl, target, store, two_namespaces):
+    shop, _ = two_namespaces
+    manifest = take_backup(target, store)
+    set_configmap(kube_api, shop, "settings", {"mode": "changed-after-backup"})
+    before = kube_api.state(shop)
+    writes = len(ctl.writes)
+    copy = f"copy-{secrets.token_hex(3)}"
+    report = velero.restore(
+        target, manifest, store, velero.RestoreOptions(namespaces=[shop], namespace_mapping={shop: copy})
+    )
+    assert report["namespaces"] == {shop: copy} and report["verified_objects"] == 8
+    assert configmap(kube_api, copy, "settings") == {"mode": "prod"}
+    assert kube_api.state(shop) == before
+    assert not [w for w in ctl.writes[writes:] if f"/namespaces/{shop}/" in w[1] or w[1].endswith(f"/{shop}")]
+    assert ctl.volumes[(copy, "data")] == f"{shop} volume v1"
+
+
+def test_partial_restore_restores_only_the_named_resource_types(kube_api, target, store, two_namespaces):
+    shop, _ = two_namespaces
+    manifest = take_backup(target, store)
+    kube.delete_namespace(k8s(kube_api), shop, interval=0.01)
+    report = velero.restore(
+        target, manifest, store, velero.RestoreOptions(namespaces=[shop], resources=["configmaps", "secrets"])
+    )
+    assert report["verified_objects"] == 3
+    k = k8s(kube_api)
+    assert kube.list_names(k, shop, "configmaps") == ["flags", "settings"]
+    assert kube.list_names(k, shop, "secrets") == ["db-password"]
+    assert kube.list_names(k, shop, "deployments") == []
+    assert kube.list_names(k, shop, "persistentvolumeclaims") == []
+
+
+def test_partial_restore_of_one_object_by_name(kube_api, target, store, two_namespaces):
+    shop, _ = two_namespaces
+    manifest = take_backup(target, store)
+    k = k8s(kube_api)
+    k.core.delete_namespaced_config_map("flags", shop)
+    set_configmap(kube_api, shop, "settings", {"mode": "edited"})
+    report = velero.restore(
+        target,
+        manifest,
+        store,
+        velero.RestoreOptions(namespaces=[shop], resources=["configmaps"], names=["flags"]),
+    )
+    assert report["restored_objects"] == [f"{shop}/configmaps/flags"]
+    assert configmap(kube_api, shop, "flags") == {"beta": "off"}
+    assert configmap(kube_api, shop, "settings") == {"mode": "edited"}  # not named: untouched
+    assert not [n for n in kube.list_namespaces(k) if n.startswith("klb-aside-")]  # scratch removed
+
+
+def test_existing_objects_are_skipped_and_reported_unless_update(kube_api, target, store, two_namespaces):
+    shop, _ = two_namespaces
+    manifest = take_backup(target, store)
+    set_configmap(kube_api, shop, "settings", {"mode": "edited"})
+    opts = {"namespaces": [shop], "resources": ["configmaps"]}
+    report = velero.restore(target, manifest, store, velero.RestoreOptions(**opts))
+    assert f"{shop}/configmaps/settings" in report["already_existed"]
+    assert "existing_resource_policy=update" in report["note"]
+    assert configmap(kube_api, shop, "settings") == {"mode": "edited"}
+    report = velero.restore(
+        target, manifest, store, velero.RestoreOptions(**opts, existing_resource_policy="update")
+    )
+    assert configmap(kube_api, shop, "settings") == {"mode": "prod"}
+    # what was overwritten is in a Velero safety backup, for a rollback
+    rollback = kube_api.controller.snapshots[report["rollback_velero_backup"]]
+    saved = [o for _, o in rollback.items if o["metadata"]["name"] == "settings"]
+    assert [o["data"] for o in saved] == [{"mode": "edited"}]
+
+
+def test_quiesce_then_a_failing_restore_still_puts_back_2_5_and_1(
+    kube_api, ctl, target, store, two_namespaces
+):
+    shop, _ = two_namespaces
+    manifest = take_backup(target, store)
+    ctl.restore_outcome = "Failed"
+    with (
+        pytest.raises(ComponentFailed, match=r"ended Failed.*emulated failure.*velero restore logs"),
+        kube.quiesced(target.kube, shop) as counts,
+    ):
+        velero.restore(target, manifest, store, velero.RestoreOptions(namespaces=[shop]))
+    assert counts == {"api": 2, "worker": 5, "cron": 1}
+    k = k8s(kube_api)
+    assert {d.metadata.name: d.spec.replicas for d in kube.list_deployments(k, shop)} == counts
+
+
+@pytest.mark.parametrize("outcome", ["PartiallyFailed", "Failed"])
+def test_a_backup_velero_does_not_complete_fails_with_the_reason(kube_api, ctl, target, store, outcome):
+    before = kube_api.state()
+    ctl.backup_outcome = outcome
+    with pytest.raises(ComponentFailed, match=rf"ended {outcome} \(phase={outcome}.*velero backup describe"):
+        take_backup(target, store)
+    assert list_backups(store, "kubernetes") == []
+    assert kube_api.state() == before
+
+
+def test_a_stuck_backup_times_out_with_what_velero_says_and_can_be_cancelled(
+    kube_api, ctl, kube_api_target_fast, store
+):
+    target = kube_api_target_fast
+    ctl.backup_outcome = "stuck"
+    with pytest.raises(ComponentFailed) as err:
+        take_backup(target, store)
+    message = str(err.value)
+    assert "did not finish within" in message and "phase=InProgress" in message
+    assert "backup is still in progress" in message and "rollout restart deployment/velero" in message
+    assert list_backups(store, "kubernetes") == []
+    name = message.split("Velero backup ", 1)[1].split(" ", 1)[0]
+    ctl.restart_velero()  # what the error tells the operator to do
+    assert velero.cancel_backup(target, name)["deleted"] is True
+    with pytest.raises(NotFound, match="Velero has no backup"):
+        velero.get_backup_cr(k8s(kube_api), target, name)
+
+
+@pytest.fixture
+def kube_api_target_fast(kube_api, two_namespaces):
+    return kube_api.velero_target(include_namespaces=list(two_namespaces), backup_timeout_seconds=0.3)
+
+
+def test_missing_velero_crds_give_a_clear_error_and_change_nothing(kube_api, ctl, target, store):
+    before = kube_api.state()
+    ctl.installed = False
+    with pytest.raises(ConfigurationError, match="Velero is not installed"):
+        take_backup(target, store)
+    assert list_backups(store, "kubernetes") == []
+    assert kube_api.state() == before
+    state = velero.describe_current_state(target)
+    assert state["velero"]["installed"] is False
+
+
+def test_rbac_forbidding_backups_gives_a_clear_error(kube_api, ctl, target, store):
+    before = kube_api.state()
+    ctl.deny("create", "backups")
+    with pytest.raises(ConfigurationError, match=r'forbidden by RBAC.*cannot create resource "backups"'):
+        take_backup(target, store)
+    assert list_backups(store, "kubernetes") == []
+    assert kube_api.state() == before
+
+
+def test_rbac_forbidding_restores_changes_nothing(kube_api, ctl, target, store, two_namespaces):
+    manifest = take_backup(target, store)
+    kube.delete_namespace(k8s(kube_api), two_namespaces[0], interval=0.01)
+    before = kube_api.state()
+    ctl.deny("create", "restores")
+    with pytest.raises(ConfigurationError, match='cannot create resource "restores"'):
+        velero.restore(target, manifest, store, velero.RestoreOptions(namespaces=[two_namespaces[0]]))
+    assert kube_api.state() == before
+
+
+def test_a_velero_backup_that_is_gone_is_a_clear_not_found_and_nothing_is_restored(
+    kube_api, ctl, target, store, two_namespaces
+):
+    manifest = take_backup(target, store)
+    velero.cancel_backup(target, manifest.engine["velero_backup"])  # expired / deleted in Velero
+    kube.delete_namespace(k8s(kube_api), two_namespaces[0], interval=0.01)
+    before = kube_api.state()
+    with pytest.raises(NotFound, match="Velero has no backup.*velero backup get"):
+        velero.restore(target, manifest, store, velero.RestoreOptions())
+    with pytest.raises(NotFound, match="Velero has no backup"):
+        velero.verify(target, manifest, store)
+    assert kube_api.state() == before
+
+
+def test_restore_refuses_namespaces_the_backup_does_not_hold(kube_api, target, store):
+    manifest = take_backup(target, store)
+    with pytest.raises(BadInput, match="not in Velero backup"):
+        velero.restore(target, manifest, store, velero.RestoreOptions(namespaces=["nope"]))
+    with pytest.raises(BadInput, match="no namespace to restore"):
+        velero.restore(
+            target,
+            manifest,
+            store,
+            velero.RestoreOptions(exclude_namespaces=list(manifest.engine["namespaces"])),
+        )
+    with pytest.raises(ValueError, match="not valid names"):
+        velero.RestoreOptions(namespace_mapping={"a": "Bad_Name"})
+
+
+def test_a_storage_location_that_is_unavailable_stops_the_backup(kube_api, ctl, two_namespaces, store):
+    target = kube_api.velero_target(include_namespaces=list(two_namespaces), storage_location="missing")
+    with pytest.raises(ConfigurationError, match="no BackupStorageLocation 'missing'"):
+        take_backup(target, store)
+
+
+def test_drill_restores_into_isolated_namespaces_verifies_and_cleans_up(
+    kube_api, ctl, target, store, two_namespaces
+):
+    manifest = take_backup(target, store)
+    before = kube_api.state()
+    report = velero.drill(target, manifest, store, "d" + secrets.token_hex(2))
+    assert report["verified"] is True
+    assert set(report["namespaces"]) == set(two_namespaces)
+    assert all(ns.startswith("restore-drill-") for ns in report["namespaces"].values())
+    assert report["checks"][f"{two_namespaces[0]}/configmaps"] == {"expected": 2, "restored": 2}
+    names = kube.list_namespaces(k8s(kube_api))
+    assert not [n for n in names if n.startswith("restore-drill-")]
+    assert kube_api.state() == before  # production unchanged, drill namespaces gone
+
+
+def test_drill_cleans_up_also_when_the_restore_fails(kube_api, ctl, target, store):
+    manifest = take_backup(target, store)
+    ctl.restore_outcome = "PartiallyFailed"
+    with pytest.raises(ComponentFailed, match="PartiallyFailed"):
+        velero.drill(target, manifest, store, "fail" + secrets.token_hex(2))
+    assert not [n for n in kube.list_namespaces(k8s(kube_api)) if n.startswith("restore-drill-")]
+
+
+def test_describe_current_state_counts_objects_and_lists_pvcs(kube_api, target, two_namespaces, store):
+    take_backup(target, store)
+    state = velero.describe_current_state(target)
+    shop = two_namespaces[0]
+    assert state["namespaces"][shop]["counts"] == {
+        "deployments": 3,
+        "services": 1,
+        "configmaps": 2,
+        "secrets": 1,
+        "persistentvolumeclaims": 1,
+    }
+    assert {(p["namespace"], p["name"]) for p in state["pvcs"]} == {(ns, "data") for ns in two_namespaces}
+    assert state["velero"]["installed"] is True
+    assert state["velero"]["storage_location"]["phase"] == "Available"

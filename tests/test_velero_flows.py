@@ -1,0 +1,216 @@
+"""The Kubernetes components through the Prefect flows (a real Prefect test server): backup and
+restore flows, the runbook's scenarios 2 and 3, partial restore, and component "volumes"."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+from flows.backup import backup_component
+from flows.restore import restore_component
+from flows.scenarios import data_corruption, namespace_corruption, partial_restore
+from tasks import kube, velero
+from tasks.catalog import get_backup, list_backups
+from tasks.errors import BadInput, ComponentFailed, NotFound
+from tests.test_velero import configmap, k8s, seed_app, set_configmap
+
+
+@pytest.fixture
+def ctl(kube_api):
+    kube_api.controller.reset()
+    yield kube_api.controller
+    kube_api.controller.reset()
+
+
+@pytest.fixture
+def namespaces(ctl) -> tuple[str, str]:
+    token = secrets.token_hex(3)
+    names = (f"lambda-{token}", f"database-{token}")
+    for ns in names:
+        seed_app(ctl, ns)
+    return names
+
+
+@pytest.fixture
+def target(kube_api, namespaces):
+    return kube_api.velero_target(include_namespaces=list(namespaces))
+
+
+@pytest.fixture
+def store(local_store):
+    return local_store()
+
+
+def replicas(kube_api, ns: str) -> dict[str, int]:
+    return {d.metadata.name: d.spec.replicas for d in kube.list_deployments(k8s(kube_api), ns)}
+
+
+def test_backup_two_namespaces_delete_one_restore_it_through_the_flows(
+    prefect_server, kube_api, target, store, namespaces
+):
+    lam, db = namespaces
+    result = backup_component("kubernetes", target=target, store=store)
+    assert result.verified and result.component == "kubernetes"
+    manifest = get_backup(store, result.id)
+    assert manifest.engine["velero_backup"] == result.id and manifest.engine["phase"] == "Completed"
+    db_before = kube_api.state(db)
+    lam_before = kube_api.state(lam)
+    kube.delete_namespace(k8s(kube_api), lam, interval=0.01)
+    assert not kube.namespace_exists(k8s(kube_api), lam)
+    report = restore_component(
+        "kubernetes", result.id, target=target, store=store, options={"namespaces": [lam]}
+    )
+    assert report["phase"] == "Completed" and report["verified_objects"] == 8
+    after = kube_api.state(lam)
+    assert set(after["objects"]) == set(lam_before["objects"])  # every object is back
+    assert replicas(kube_api, lam) == {"api": 2, "worker": 5, "cron": 1}
+    assert configmap(kube_api, lam, "settings") == {"mode": "prod"}
+    assert after["volumes"] == lam_before["volumes"]  # and the volume's data
+    assert kube_api.state(db) == db_before
+
+
+def test_restore_of_an_unknown_backup_id_changes_nothing(prefect_server, kube_api, target, store):
+    before = kube_api.state()
+    with pytest.raises(NotFound, match="no backup kubernetes-20200101T000000Z-abcdef"):
+        restore_component("kubernetes", "kubernetes-20200101T000000Z-abcdef", target=target, store=store)
+    assert kube_api.state() == before
+
+
+def test_namespace_corruption_keeps_a_forensic_backup_then_restores(
+    prefect_server, kube_api, target, store, namespaces
+):
+    lam, _ = namespaces
+    backup_component("kubernetes", target=target, store=store)
+    k = k8s(kube_api)
+    k.core.delete_namespaced_config_map("flags", lam)  # the corruption
+    set_configmap(kube_api, lam, "settings", {"mode": "corrupted"})
+    report = namespace_corruption(lam, target=target, store=store)
+    assert configmap(kube_api, lam, "settings") == {"mode": "prod"}
+    assert configmap(kube_api, lam, "flags") == {"beta": "off"}
+    assert report["already_existed"] == []  # the namespace was deleted first: nothing skipped
+    forensic = list_backups(store, "kubernetes-forensic")
+    assert [m.id for m in forensic] == [report["forensic_backup"]]
+    assert velero.load_document(store, forensic[0])["inventory"][lam]["configmaps"] == ["settings"]
+    assert forensic[0].labels == {"purpose": "forensic", "namespace": lam}
+    # "latest" of the component is still the good backup, not the broken state
+    assert list_backups(store, "kubernetes")[-1].id == report["backup_id"]
+
+
+def test_namespace_corruption_refuses_a_backup_without_the_namespace(prefect_server, kube_api, target, store):
+    before = kube_api.state()
+    with pytest.raises(NotFound, match="no kubernetes backup holds namespace 'elsewhere'"):
+        namespace_corruption("elsewhere", target=target, store=store)
+    assert kube_api.state() == before
+
+
+def test_data_corruption_restores_pvcs_from_the_last_backup_that_verifies_good(
+    prefect_server, kube_api, ctl, kube_api_volumes, store, namespaces
+):
+    lam, _ = namespaces
+    target = kube_api_volumes
+    good = backup_component("volumes", target=target, store=store)
+    ctl.volumes[(lam, "data")] = "bad bytes written before the second backup"
+    newest = backup_component("volumes", target=target, store=store)
+    # the newest backup's record in the store is damaged: it must be passed over
+    bad = get_backup(store, newest.id)
+    key = bad.objects[0].key
+    path = f"{store.path}/{key}"
+    with open(path, "r+b") as fh:
+        fh.seek(5)
+        fh.write(b"\x00\x01")
+    ctl.volumes[(lam, "data")] = "corrupted"
+    report = data_corruption(lam, target=target, store=store)
+    assert report["backup_id"] == good.id
+    assert newest.id in report["rejected_backups"]
+    assert ctl.volumes[(lam, "data")] == f"{lam} volume v1"
+    assert report["replicas_restored"] == {"api": 2, "worker": 5, "cron": 1}
+    assert replicas(kube_api, lam) == {"api": 2, "worker": 5, "cron": 1}
+    forensic = list_backups(store, "volumes-forensic")
+    assert [m.id for m in forensic] == [report["forensic_backup"]]
+
+
+def test_data_corruption_puts_the_apps_back_when_the_restore_fails(
+    prefect_server, kube_api, ctl, kube_api_volumes, store, namespaces
+):
+    lam, _ = namespaces
+    backup_component("volumes", target=kube_api_volumes, store=store)
+    ctl.restore_outcome = "Failed"
+    with pytest.raises(ComponentFailed, match="ended Failed"):
+        data_corruption(lam, target=kube_api_volumes, store=store)
+    assert replicas(kube_api, lam) == {"api": 2, "worker": 5, "cron": 1}
+
+
+@pytest.fixture
+def kube_api_volumes(kube_api, namespaces):
+    return kube_api.velero_target(include_namespaces=list(namespaces))
+
+
+def test_volumes_backup_with_file_system_backup_records_pod_volume_backups(kube_api, namespaces, store):
+    from tasks import volumes
+    from tasks.store import backup_session
+
+    target = kube_api.velero_target(include_namespaces=list(namespaces), default_volumes_to_fs_backup=True)
+    with backup_session(store, "volumes") as session:
+        volumes.backup(target, session)
+        session.commit()
+    manifest = session.manifest
+    assert manifest.engine["volumes_with_data"] == 2
+    assert {p["namespace"] for p in manifest.engine["fs_backups"]} == set(namespaces)
+    spec = velero.load_document(store, manifest)["backup"]["spec"]
+    assert spec["defaultVolumesToFsBackup"] is True
+    assert spec["includedResources"] == ["persistentvolumeclaims", "persistentvolumes", "pods"]
+
+
+def test_volumes_backup_without_volume_data_fails(kube_api, namespaces, store):
+    from tasks import volumes
+    from tasks.store import backup_session
+
+    target = kube_api.velero_target(include_namespaces=list(namespaces), snapshot_volumes=False)
+    with (
+        pytest.raises(ComponentFailed, match="data of only 0 volumes"),
+        backup_session(store, "volumes") as s,
+    ):
+        volumes.backup(target, s)
+        s.commit()
+    assert list_backups(store, "volumes") == []
+
+
+def test_partial_restore_flow_one_resource_type_into_a_mapped_namespace(
+    prefect_server, kube_api, target, store, namespaces
+):
+    lam, _ = namespaces
+    result = backup_component("kubernetes", target=target, store=store)
+    before = kube_api.state(lam)
+    dest = f"inspect-{secrets.token_hex(3)}"
+    report = partial_restore(
+        result.id, [lam], resources=["secrets"], namespace_mapping={lam: dest}, store=store, target=target
+    )
+    assert report["verified_objects"] == 1
+    k = k8s(kube_api)
+    assert kube.list_names(k, dest, "secrets") == ["db-password"]
+    assert kube.list_names(k, dest, "configmaps") == []
+    assert kube_api.state(lam) == before
+    with pytest.raises(BadInput, match="name the namespaces"):
+        partial_restore(result.id, [], store=store, target=target)
+
+
+def test_blocks_saved_by_name_with_kubeconfig_contents_work_in_the_flows(
+    prefect_server, kube_api, namespaces, store
+):
+    from pydantic import SecretStr
+
+    from blocks.kubernetes import KubernetesTarget, VeleroTarget
+
+    name = "k8s-" + secrets.token_hex(3)
+    VeleroTarget(
+        kube=KubernetesTarget(kubeconfig=SecretStr(kube_api.kubeconfig_path.read_text())),
+        include_namespaces=[namespaces[0]],
+        poll_interval_seconds=0.02,
+    ).save(name)
+    loaded = VeleroTarget.load(name)
+    assert loaded.kube.kubeconfig.get_secret_value() == kube_api.kubeconfig_path.read_text()
+    result = backup_component("kubernetes", target=name, store=store)
+    manifest = get_backup(store, result.id)
+    assert manifest.engine["namespaces"] == [namespaces[0]]
+    assert "emulator-token" not in manifest.model_dump_json()
