@@ -14,8 +14,10 @@ from flows.common import load_store, result_storage
 from flows.locks import component_lock
 from tasks.components import SPECS, ComponentName, ComponentNotBuilt, backup_task, load_target
 from tasks.errors import ConfigurationError
+from tasks.metrics import tracked
 from tasks.models import Manifest
 from tasks.recovery import LABEL, new_recovery_point_id, write_recovery_point
+from tasks.replicate import dr_configured, replicate_task
 
 
 class BackupResult(BaseModel):
@@ -43,9 +45,13 @@ class BackupResult(BaseModel):
 
 
 def _backup(component: str, target, store, labels) -> tuple[Manifest, BackupResult]:
-    task = backup_task.with_options(persist_result=True, result_storage=result_storage(store))
-    with component_lock(component):  # never while a restore of this component runs
-        manifest = task(component, target, store, labels)
+    with tracked("backup", component) as run:  # metrics: failures are pushed too (try/finally)
+        task = backup_task.with_options(persist_result=True, result_storage=result_storage(store))
+        with component_lock(component):  # never while a restore of this component runs
+            manifest = task(component, target, store, labels)
+        run.gauges["backup_size_bytes"] = manifest.size
+    if dr_configured():  # $KLB_DR_STORE: copy (or verify) the backup in the DR store
+        replicate_task(manifest, store)
     where = f"{store.location}/{component}/{manifest.started_at:%Y-%m-%d}/{manifest.id}"
     return manifest, BackupResult.of(manifest, where)
 

@@ -48,6 +48,7 @@ from tasks.drills import (
 )
 from tasks.errors import BackupError, BadInput, ComponentFailed, ConfigurationError, NotFound
 from tasks.ids import new_backup_id
+from tasks.metrics import record_drill
 from tasks.models import Manifest
 from tasks.plan import DR_STEPS, ORDER, PLAN_ONLY, build_plan, plan_markdown
 from tasks.records import get_record, put_record, record_key
@@ -302,6 +303,9 @@ def restore_drill(
     )
     record.failures = _verdict(record, rto_target_minutes)
     record = save_drill_record(store_block, record)
+    for c in record.components:  # metrics (tasks/metrics.py): one outcome per covered component
+        if c.status is not Status.not_covered:
+            record_drill(c.component, c.status is Status.verified, c.rto_seconds or 0.0, c.rpo_age_seconds)
     create_markdown_artifact(
         key="restore-drill", markdown=drill_report_markdown(record), description=f"restore drill {drill_id}"
     )

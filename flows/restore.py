@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -14,6 +15,7 @@ from flows.locks import component_lock
 from flows.recovery import restore_plan, restore_with_checklist, rollback_restore  # noqa: F401 (issue #8)
 from tasks.catalog import get_backup
 from tasks.components import ComponentName, load_target, restore_task, verify_task
+from tasks.metrics import tracked
 
 
 @flow(name="restore-component")
@@ -27,12 +29,14 @@ def restore_component(
     """Restore one component from a backup id (or 'latest'). Refuses a corrupted backup before
     the target is touched."""
     component = ComponentName(component).value
-    store_block = load_store(store)
-    manifest = get_backup(store_block, backup_id, component)
-    target_block = load_target(component, target)
-    with component_lock(component):  # never while a backup of this component runs
-        verify_task(manifest, store_block, target_block)
-        report = restore_task(manifest, target_block, store_block, options)
+    with tracked("restore", component) as run:  # metrics: failures are pushed too (try/finally)
+        store_block = load_store(store)
+        manifest = get_backup(store_block, backup_id, component)
+        target_block = load_target(component, target)
+        with component_lock(component):  # never while a backup of this component runs
+            verify_task(manifest, store_block, target_block)
+            report = restore_task(manifest, target_block, store_block, options)
+        run.gauges["restore_rpo_seconds"] = datetime.now(UTC).timestamp() - manifest.source_time.timestamp()
     get_run_logger().info("restored %s from %s", component, manifest.id)
     create_markdown_artifact(
         key=f"restore-{component}",

@@ -1,0 +1,190 @@
+"""The DR store on moto (two buckets, two regions): copies are made by us (moto never
+replicates), proven by sha256, restorable when the primary bucket is gone, and a tampered DR copy
+is reported by the integrity sweep."""
+
+from __future__ import annotations
+
+import secrets
+
+import boto3
+import pytest
+from prefect_aws import AwsCredentials
+from prefect_aws.client_parameters import AwsClientParameters
+
+from blocks.app_state import AppStateStep, AppStateTarget
+from blocks.store import S3Store
+from tasks.backends import backend_for
+from tasks.catalog import get_backup, list_backups, verify_backup
+from tasks.errors import ConfigurationError, IntegrityError, NotFound
+from tasks.replicate import replicate_backup, verify_replica
+from tasks.store import backup_session
+
+
+@pytest.fixture
+def dr_store(moto):
+    """A second bucket in another region, with its own credentials and another prefix."""
+    name = "klb-dr-" + secrets.token_hex(5)
+    client = boto3.client(
+        "s3",
+        endpoint_url=moto.url,
+        region_name="us-east-1",
+        aws_access_key_id="dr-key",
+        aws_secret_access_key="dr-secret",  # noqa: S106 - moto
+    )
+    client.create_bucket(Bucket=name)
+    creds = AwsCredentials(
+        aws_access_key_id="dr-key",
+        aws_secret_access_key="dr-secret",
+        region_name="us-east-1",
+        aws_client_parameters=AwsClientParameters(endpoint_url=moto.url),
+    )
+    return S3Store(bucket=name, prefix="dr/backups", credentials=creds), client
+
+
+def delete_bucket(client, bucket: str) -> None:
+    keys = [
+        o["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for o in page.get("Contents", [])
+    ]
+    for i in range(0, len(keys), 1000):
+        client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]]})
+    client.delete_bucket(Bucket=bucket)
+
+
+def app_target(state_file) -> AppStateTarget:
+    return AppStateTarget(
+        steps=[
+            AppStateStep(
+                name="state",
+                backup_command=["cat", str(state_file)],
+                restore_command=["sh", "-c", 'cat > "$STATE"'],
+                env={"STATE": str(state_file)},
+            )
+        ]
+    )
+
+
+def test_restore_from_dr_after_the_primary_bucket_is_deleted(
+    prefect_server, s3_store, s3_bucket, dr_store, tmp_path, monkeypatch
+):
+    from flows.backup import backup_component
+    from flows.restore import restore_component
+
+    primary = s3_store(encryption_key="k" * 32)
+    dr, _ = dr_store
+    dr = dr.model_copy(update={"encryption_key": primary.encryption_key})
+    dr_name = "dr-" + secrets.token_hex(4)
+    dr.save(dr_name)
+    monkeypatch.setenv("KLB_DR_STORE", dr_name)
+    monkeypatch.delenv("KLB_DR_MODE", raising=False)
+
+    state = tmp_path / "state.txt"
+    state.write_bytes(b"orders: 42\n" * 1000)
+    result = backup_component("app-state", target=app_target(state), store=primary)
+
+    copy = get_backup(dr, result.id)  # written by the backup flow, manifest last
+    assert all(o.key.startswith("dr/backups/app-state/") for o in copy.objects)
+    assert [o.sha256 for o in copy.objects] == [o.sha256 for o in get_backup(primary, result.id).objects]
+
+    bucket, client = s3_bucket
+    delete_bucket(client, bucket)
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        list_backups(primary, "app-state")
+
+    state.write_bytes(b"lost\n")
+    report = restore_component("app-state", backup_id="latest", target=app_target(state), store=dr_name)
+    assert report["backup_id"] == result.id
+    assert state.read_bytes() == b"orders: 42\n" * 1000
+
+
+def test_a_tampered_dr_copy_is_reported_by_the_sweep(prefect_server, s3_store, dr_store):
+    from flows.maintenance import verify_backups
+
+    primary = s3_store()
+    dr, dr_client = dr_store
+    with backup_session(primary, "app-state") as s:
+        s.write("data", [b"precious bytes " * 500])
+        manifest = s.commit()
+    report = replicate_backup(manifest, primary, dr)
+    assert report.copied == 1
+    assert replicate_backup(manifest, primary, dr).copied == 0  # idempotent: the copy checks out
+
+    assert verify_backups(components=["app-state"], store=primary, dr_store=dr)  # both clean
+
+    key = get_backup(dr, manifest.id).objects[0].key
+    body = dr_client.get_object(Bucket=dr.bucket, Key=key)["Body"].read()
+    dr_client.put_object(Bucket=dr.bucket, Key=key, Body=bytes([body[0] ^ 1]) + body[1:])
+    with pytest.raises(RuntimeError, match=f"dr:{manifest.id}") as err:
+        verify_backups(components=["app-state"], store=primary, dr_store=dr)
+    assert f"primary:{manifest.id}" not in str(err.value)  # the primary copy is fine
+
+
+def test_native_replication_is_verified_by_checksum_not_trusted(s3_store, dr_store):
+    primary = s3_store()
+    dr, dr_client = dr_store
+    with backup_session(primary, "app-state") as s:
+        s.write("data", [b"x" * 4096])
+        manifest = s.commit()
+    with pytest.raises(NotFound, match="not \\(yet\\) in the DR store"):
+        verify_replica(manifest, dr)
+    replicate_backup(manifest, primary, dr)  # stands in for S3 CRR, which moto never performs
+    assert verify_replica(manifest, dr).objects == 1
+    copy = get_backup(dr, manifest.id)
+    dr_client.put_object(Bucket=dr.bucket, Key=copy.objects[0].key, Body=b"y" * copy.objects[0].size)
+    with pytest.raises(IntegrityError, match="does not match"):
+        verify_replica(manifest, dr)
+    with pytest.raises(IntegrityError):
+        verify_backup(dr, copy)
+
+
+def test_dr_store_refuses_a_different_encryption_key_before_copying(s3_store, dr_store):
+    primary = s3_store(encryption_key="a" * 32)
+    dr, _ = dr_store
+    with backup_session(primary, "app-state") as s:
+        s.write("data", [b"secret"])
+        manifest = s.commit()
+    with pytest.raises(ConfigurationError, match="same client-side encryption key"):
+        replicate_backup(manifest, primary, dr)
+    assert list(backend_for(dr).list_keys(dr.prefix)) == []
+
+
+def test_a_failed_dr_copy_fails_the_run_keeps_the_primary_and_is_pushed(
+    prefect_server, pushgateway, s3_store, moto, tmp_path, monkeypatch
+):
+    from flows.backup import backup_component
+    from tests.test_metrics import scrape, value
+
+    primary = s3_store()
+    missing = S3Store(bucket="klb-no-such-" + secrets.token_hex(4), credentials=primary.credentials)
+    name = "dr-missing-" + secrets.token_hex(3)
+    missing.save(name)
+    monkeypatch.setenv("KLB_DR_STORE", name)
+    monkeypatch.setenv("KLB_PUSHGATEWAY_URL", pushgateway.url)
+    before = value(scrape(pushgateway), "replication_failure_total", "app-state", job="klb_replication") or 0
+
+    state = tmp_path / "s"
+    state.write_text("v1")
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        backup_component("app-state", target=app_target(state), store=primary)
+    kept = list_backups(primary, "app-state")
+    assert len(kept) == 1 and kept[0].verified_at is not None  # the primary backup stands
+    samples = scrape(pushgateway)
+    assert value(samples, "replication_failure_total", "app-state", job="klb_replication") == before + 1
+    assert value(samples, "backup_last_status", "app-state") == 1  # the backup itself succeeded
+
+
+def test_the_sweep_reports_a_lost_primary_and_still_checks_dr(prefect_server, s3_store, s3_bucket, dr_store):
+    from flows.maintenance import verify_backups
+
+    primary = s3_store()
+    dr, _ = dr_store
+    with backup_session(primary, "app-state") as s:
+        s.write("data", [b"z" * 1000])
+        manifest = s.commit()
+    replicate_backup(manifest, primary, dr)
+    bucket, client = s3_bucket
+    delete_bucket(client, bucket)
+    with pytest.raises(RuntimeError, match="primary:app-state") as err:
+        verify_backups(components=["app-state"], store=primary, dr_store=dr)
+    assert f"dr:{manifest.id}" not in str(err.value)

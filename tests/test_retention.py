@@ -1,0 +1,178 @@
+"""Retention planning: properties over random histories (hypothesis), then rules one by one."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tasks.models import Compression, Encryption, Manifest, StoredObject
+from tasks.retention import Action, RetentionPolicy, newest_recovery_point, plan_retention
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+PREFIX = "backups/etcd"
+
+
+def manifest(
+    i: int, age_hours: float, good: bool = True, rp: str | None = None, component: str = "etcd"
+) -> Manifest:
+    started = NOW - timedelta(hours=age_hours)
+    backup_id = f"{component}-{started:%Y%m%dT%H%M%SZ}-{i:06x}"
+    key = f"backups/{component}/{started:%Y-%m-%d}/{backup_id}/data"
+    obj = StoredObject(
+        name="data",
+        key=key,
+        size=1,
+        sha256="0" * 64,
+        raw_size=1,
+        raw_sha256="0" * 64,
+        compression=Compression.none,
+        encryption=Encryption.none,
+    )
+    return Manifest(
+        id=backup_id,
+        component=component,
+        source_time=started,
+        started_at=started,
+        finished_at=started + timedelta(seconds=5),
+        objects=[obj],
+        verified_at=started + timedelta(seconds=6) if good else None,
+        labels={"recovery_point": rp} if rp else {},
+        expires_at=started + timedelta(days=7),
+    )
+
+
+def keys_of(m: Manifest) -> list[str]:
+    base = m.objects[0].key.rsplit("/", 1)[0]
+    return [f"{base}/data", f"{base}/manifest.json"]
+
+
+history = st.lists(
+    st.tuples(
+        st.floats(min_value=0, max_value=24 * 60, allow_nan=False),  # age in hours, up to 60 days
+        st.booleans(),  # verified
+        st.sampled_from([None, None, None, "rp-a", "rp-b"]),
+    ),
+    max_size=60,
+)
+in_flight = st.lists(st.floats(min_value=0, max_value=24 * 10, allow_nan=False), max_size=5)
+
+
+def build(entries, flights):
+    manifests = [manifest(i, age, good, rp) for i, (age, good, rp) in enumerate(entries)]
+    keys = [k for m in manifests for k in keys_of(m)]
+    orphan_dirs = {}
+    for j, age in enumerate(flights):
+        started = (NOW - timedelta(hours=age)).replace(microsecond=0)  # ids keep whole seconds
+        bid = f"etcd-{started:%Y%m%dT%H%M%SZ}-{0xF00000 + j:06x}"
+        d = f"{PREFIX}/{started:%Y-%m-%d}/{bid}"
+        orphan_dirs[d] = (NOW - started).total_seconds() / 3600
+        keys.append(f"{d}/data.partial-part")
+    return manifests, keys, orphan_dirs
+
+
+@settings(max_examples=300, deadline=None)
+@given(history, in_flight, st.integers(min_value=1, max_value=4))
+def test_plan_properties_over_random_histories(entries, flights, keep_last_good):
+    manifests, keys, orphan_dirs = build(entries, flights)
+    policy = RetentionPolicy(component="etcd", retention=timedelta(days=7), keep_last_good=keep_last_good)
+    plan = plan_retention(manifests, policy, NOW, keys=keys, prefix=PREFIX)
+    action = {d.id: d.action for d in plan.decisions}
+    assert set(action) == {m.id for m in manifests}  # every backup decided, with a reason
+    assert all(d.reason for d in plan.decisions)
+
+    ordered = sorted(manifests, key=lambda m: (m.source_time, m.id))
+    good = [m for m in ordered if m.verified_at is not None]
+    # never the newest good backup; the newest N good are all kept
+    if good:
+        assert action[good[-1].id] == Action.keep
+    newest_good = {m.id for m in good[-keep_last_good:]}
+    assert all(action[i] == Action.keep for i in newest_good)
+    assert sum(action[m.id] == Action.keep for m in good) >= min(keep_last_good, len(good))
+    # the newest recovery point is kept whole
+    rp = newest_recovery_point(manifests)
+    for m in manifests:
+        if rp and m.labels.get("recovery_point") == rp:
+            assert action[m.id] == Action.keep
+    # everything within the window is kept; everything else past it (not protected) is deleted
+    for m in manifests:
+        protected = m.id in newest_good or (rp and m.labels.get("recovery_point") == rp)
+        past = NOW - m.source_time > policy.retention
+        assert action[m.id] == (Action.delete if past and not protected else Action.keep)
+    # in-flight backups (no manifest) are never deleted within the grace; older orphans are
+    deleted_keys = {k for d in plan.deletions for k in d.keys}
+    for o in plan.orphans:
+        young = orphan_dirs[o.backup_dir] < policy.orphan_grace.total_seconds() / 3600
+        assert o.action == (Action.keep if young else Action.delete)
+        assert not (set(o.keys) & deleted_keys)
+    # a deleted backup loses its manifest first, and only its own keys
+    for d in plan.deletions:
+        assert d.keys[0].endswith(f"/{d.id}/manifest.json")
+        assert all(f"/{d.id}/" in k for k in d.keys)
+
+
+@settings(max_examples=100, deadline=None)
+@given(history, st.integers(0, 5), st.integers(0, 4), st.integers(0, 3))
+def test_gfs_tiers_only_add_keeps_and_keep_one_good_per_period(entries, daily, weekly, monthly):
+    manifests, keys, _ = build(entries, [])
+    base = RetentionPolicy(component="etcd", retention=timedelta(days=7))
+    gfs = base.model_copy(update={"keep_daily": daily, "keep_weekly": weekly, "keep_monthly": monthly})
+    plain = {d.id: d.action for d in plan_retention(manifests, base, NOW, keys=keys, prefix=PREFIX).decisions}
+    tiered = plan_retention(manifests, gfs, NOW, keys=keys, prefix=PREFIX)
+    for d in tiered.decisions:
+        if d.action == Action.delete:
+            assert plain[d.id] == Action.delete  # tiers never delete what the plain plan keeps
+        if d.reason.startswith("GFS"):
+            assert d.good
+    kept_days = {d.source_time.date() for d in tiered.decisions if d.reason == "GFS daily tier"}
+    assert len(kept_days) == len([d for d in tiered.decisions if d.reason == "GFS daily tier"])
+
+
+def test_a_window_of_only_unverified_backups_keeps_the_old_good_one():
+    good_old = manifest(1, 24 * 40)
+    recent_bad = [manifest(i, i, good=False) for i in range(2, 6)]
+    plan = plan_retention([good_old, *recent_bad], RetentionPolicy.from_table("etcd"), NOW)
+    by_id = {d.id: d for d in plan.decisions}
+    assert by_id[good_old.id].action == Action.keep
+    assert "never deleted" in by_id[good_old.id].reason
+
+
+def test_damaged_backups_do_not_count_as_good():
+    old_good, new_damaged = manifest(1, 24 * 40), manifest(2, 24 * 30)
+    plan = plan_retention(
+        [old_good, new_damaged], RetentionPolicy.from_table("etcd"), NOW, damaged={new_damaged.id}
+    )
+    by_id = {d.id: d.action for d in plan.decisions}
+    assert by_id == {old_good.id: Action.keep, new_damaged.id: Action.delete}
+
+
+def test_velero_catalog_entries_follow_the_ttl_and_say_so():
+    m = manifest(1, 24 * 20, component="kubernetes")
+    newer = manifest(2, 1, component="kubernetes")
+    m_ttl_pending = m.model_copy(update={"expires_at": NOW + timedelta(days=1)})
+    plan = plan_retention([m_ttl_pending, newer], RetentionPolicy.from_table("kubernetes"), NOW)
+    assert plan.decisions[0].action == Action.keep and "Velero TTL" in plan.decisions[0].reason
+    plan = plan_retention([m, newer], RetentionPolicy.from_table("kubernetes"), NOW)
+    assert plan.decisions[0].action == Action.delete and "catalog entry only" in plan.decisions[0].reason
+
+
+def test_keys_of_other_shapes_are_left_alone():
+    m = manifest(1, 24 * 40)
+    stray = [f"{PREFIX}/README", f"{PREFIX}/2026-01-01/not-a-backup/x"]
+    plan = plan_retention(
+        [m, manifest(2, 1)], RetentionPolicy.from_table("etcd"), NOW, keys=stray, prefix=PREFIX
+    )
+    assert all(k not in d.keys for d in plan.deletions for k in stray)
+    assert [o.action for o in plan.orphans] == [Action.keep]  # the malformed id: not ours
+
+
+def test_the_plan_artifact_names_every_deletion_and_says_dry_run():
+    from tasks.retention import plan_markdown
+
+    old, new = manifest(1, 24 * 40), manifest(2, 1)
+    plan = plan_retention([old, new], RetentionPolicy.from_table("etcd"), NOW)
+    text = plan_markdown([plan], dry_run=True)
+    assert "DRY RUN: nothing was deleted" in text
+    assert f"| etcd | {old.id} |" in text and "past retention" in text
+    assert "| etcd | 2 | 1 | 1 | 0 | 0 |" in text
