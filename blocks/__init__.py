@@ -3,6 +3,7 @@
 from blocks.app_state import AppStateTarget
 from blocks.etcd import EtcdTarget
 from blocks.kubernetes import KubernetesTarget, VeleroTarget
+from blocks.monitoring import NotificationRouting, PushgatewayConfig
 from blocks.pitr import PitrTarget
 from blocks.postgres import PostgresTarget
 from blocks.rabbitmq import RabbitMQTarget
@@ -14,8 +15,10 @@ __all__ = [
     "EtcdTarget",
     "KubernetesTarget",
     "LocalStore",
+    "NotificationRouting",
     "PitrTarget",
     "PostgresTarget",
+    "PushgatewayConfig",
     "RabbitMQTarget",
     "RestoreGuard",
     "S3Store",
