@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -184,7 +185,6 @@ def test_backup_deployment_runs_through_a_worker(e2e, deployed):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from blocks.store import LocalStore
-    from flows.backup import backup_component
     from tasks.catalog import list_backups, verify_backup
 
     dep = deployed["deployments"]["backup-app-state"]
@@ -197,9 +197,19 @@ def test_backup_deployment_runs_through_a_worker(e2e, deployed):
         by_python = run_deployment(BACKUP, timeout=0, idempotency_key=key)
         again = run_deployment(BACKUP, timeout=0, idempotency_key=key)
         assert again.id == by_python.id
-        # 3. a notebook: call the flow function itself, with blocks by name
-        result = backup_component("app-state", target="e2e", store="klb-local-store/e2e")
-        assert result.verified
+    # 3. a notebook: call the flow function itself, with blocks by name. Its own process, as a
+    # notebook kernel is: in this one, Prefect's clients stay bound to the session's test server.
+    notebook = (
+        "from flows.backup import backup_component\n"
+        "r = backup_component('app-state', target='e2e', store='klb-local-store/e2e')\n"
+        "assert r.verified, r\n"
+        "print('NOTEBOOK-BACKUP', r.id)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", notebook], env=e2e["env"], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and "NOTEBOOK-BACKUP app-state-" in done.stdout, done.stderr[-2000:]
+    notebook_backup_id = done.stdout.split("NOTEBOOK-BACKUP ", 1)[1].split()[0]
     # 4. REST
     found = api(e2e, "GET", f"/deployments/name/{BACKUP}").json()
     assert found["id"] == dep["id"]
@@ -238,4 +248,4 @@ def test_backup_deployment_runs_through_a_worker(e2e, deployed):
     for manifest in manifests:
         assert manifest.verified_at is not None
         verify_backup(store, manifest)
-    assert result.id in {m.id for m in manifests}
+    assert notebook_backup_id in {m.id for m in manifests}
