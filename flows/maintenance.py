@@ -12,6 +12,7 @@ from flows.common import load_store
 from tasks.catalog import list_backups
 from tasks.components import SPECS, ComponentName, verify_task
 from tasks.errors import ConfigurationError
+from tasks.store import sweep_incomplete_writes
 
 
 @flow(name="verify-backups")
@@ -26,6 +27,8 @@ def verify_backups(
     results: dict[str, Any] = {}
     bad: list[str] = []
     for name in names:
+        for key in sweep_incomplete_writes(store_block, name):  # left by failed backups, >24 h old
+            logger.warning("aborted an incomplete upload left by a failed backup: %s", key)
         for manifest in list_backups(store_block, name)[-newest:] if newest > 0 else []:
             try:
                 results[manifest.id] = {"ok": True, **verify_task(manifest, store_block)}

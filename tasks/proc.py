@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import threading
 from collections import deque
@@ -18,6 +19,8 @@ from contextlib import contextmanager, suppress
 from tasks.errors import ComponentFailed, ConfigurationError
 
 log = logging.getLogger(__name__)
+# env vars whose values are hidden from error messages and logs even if a command prints them
+SECRET_ENV_RE = re.compile(r"PASS|SECRET|TOKEN|KEY|CREDENTIAL|AUTH", re.IGNORECASE)
 STDERR_KEEP = 64 * 1024
 CHUNK = 1024 * 1024
 
@@ -79,10 +82,25 @@ class _Watchdog:
             self._timer.cancel()
 
 
-def _finish(proc: subprocess.Popen, stderr: _StderrTail, name: str, dog: _Watchdog, timeout) -> str:
+def _hidden(env: Mapping[str, str] | None, redact: Iterable[str]) -> list[str]:
+    """The secret values of this command: explicit ones and those of secret-looking env names."""
+    values = {v for v in redact if v}
+    values |= {v for k, v in (env or {}).items() if v and SECRET_ENV_RE.search(k)}
+    return sorted((v for v in values if len(v) >= 4), key=len, reverse=True)
+
+
+def _redact(text: str, hidden: list[str]) -> str:
+    for value in hidden:
+        text = text.replace(value, "***")
+    return text
+
+
+def _finish(
+    proc: subprocess.Popen, stderr: _StderrTail, name: str, dog: _Watchdog, timeout, hidden: list[str]
+) -> str:
     rc = proc.wait()
     dog.cancel()
-    err = stderr.text()
+    err = _redact(stderr.text(), hidden)  # a command may echo its password in an error
     for line in err.splitlines()[-20:]:
         log.info("%s: %s", name, line)
     if dog.fired:
@@ -101,9 +119,12 @@ def stream_stdout(
     cwd: str | None = None,
     timeout: float | None = None,
     name: str | None = None,
+    redact: Iterable[str] = (),
 ) -> Iterator[Iterator[bytes]]:
-    """`with stream_stdout([...]) as out: store.write(name, out)`; raises if the command failed."""
+    """`with stream_stdout([...]) as out: store.write(name, out)`; raises if the command failed.
+    Values in `redact` (and of secret-looking env names) never reach messages or logs."""
     name = name or os.path.basename(argv[0])
+    hidden = _hidden(env, redact)
     proc = _spawn(argv, env, cwd, subprocess.DEVNULL)
     stderr = _StderrTail(proc.stderr)
     stderr.start()
@@ -113,7 +134,7 @@ def stream_stdout(
         while data := proc.stdout.read1(CHUNK):
             yield data
         # the stream ended: it counts only if the command succeeded
-        _finish(proc, stderr, name, dog, timeout)
+        _finish(proc, stderr, name, dog, timeout, hidden)
 
     try:
         yield chunks()
@@ -132,9 +153,11 @@ def feed_stdin(
     cwd: str | None = None,
     timeout: float | None = None,
     name: str | None = None,
+    redact: Iterable[str] = (),
 ) -> str:
     """Stream `chunks` into the command's stdin; return its stdout (bounded). Raises on failure."""
     name = name or os.path.basename(argv[0])
+    hidden = _hidden(env, redact)
     proc = _spawn(argv, env, cwd, subprocess.PIPE)
     stderr = _StderrTail(proc.stderr)
     stderr.start()
@@ -159,9 +182,9 @@ def feed_stdin(
         if not proc.stdin.closed:
             with suppress(BrokenPipeError):
                 proc.stdin.close()
-    _finish(proc, stderr, name, dog, timeout)
+    _finish(proc, stderr, name, dog, timeout, hidden)
     reader.join(timeout=5)
-    return b"".join(out).decode(errors="replace")
+    return _redact(b"".join(out).decode(errors="replace"), hidden)
 
 
 def run(
@@ -170,7 +193,8 @@ def run(
     cwd: str | None = None,
     timeout: float | None = 120,
     name: str | None = None,
+    redact: Iterable[str] = (),
 ) -> str:
     """Run a short command and return its stdout; raises ComponentFailed on failure."""
-    with stream_stdout(argv, env, cwd, timeout, name) as out:
+    with stream_stdout(argv, env, cwd, timeout, name, redact) as out:
         return b"".join(out).decode(errors="replace")

@@ -34,6 +34,18 @@ def component_prefix(store: StoreBlock, component: str) -> str:
     return f"{store.prefix}/{component}"
 
 
+STALE_WRITE_AGE = timedelta(hours=24)  # longer than any backup runs: older uploads are orphans
+
+
+def sweep_incomplete_writes(
+    store: StoreBlock, component: str, older_than: timedelta = STALE_WRITE_AGE
+) -> list[str]:
+    """Abort multipart uploads / remove partial files that a failed backup of `component` could
+    not clean up itself (the S3 server was down when it tried, or the process was killed)."""
+    backend = backend_for(store)
+    return backend.abort_incomplete_writes(component_prefix(store, component) + "/", older_than)
+
+
 def _secret(store: StoreBlock) -> str | None:
     return store.encryption_key.get_secret_value() if store.encryption_key else None
 
@@ -122,6 +134,7 @@ class BackupSession:
     def __init__(self, store: StoreBlock, component: str, labels: dict[str, str] | None = None):
         self.store = store
         self.backend = backend_for(store)
+        self.backend.preflight()
         self.started_at = datetime.now(UTC)
         self.id = new_backup_id(component, self.started_at)
         self.component = component
