@@ -8,9 +8,9 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +23,7 @@ from tasks.errors import ConfigurationError, IntegrityError, NotFound, Transient
 
 READ_CHUNK = 1024 * 1024
 MAX_RESUMES = 5  # a download cut mid-body resumes this many times before it fails
+RESUME_DELAY = 0.1  # seconds before the first resume; doubles each time, at most 2 s
 log = logging.getLogger(__name__)
 # a response body cut mid-way (connection dropped, reset, timed out while streaming)
 _BODY_ERRORS = (ResponseStreamingError, IncompleteReadError, ReadTimeoutError, Urllib3Error, ConnectionError)
@@ -44,7 +45,7 @@ class Backend(Protocol):
     def list_keys(self, prefix: str) -> Iterator[str]: ...
     def delete_keys(self, keys: list[str]) -> None: ...
     def incomplete_writes(self, prefix: str) -> list[str]: ...
-    def abort_incomplete_writes(self, prefix: str, older_than: timedelta) -> list[str]: ...
+    def abort_incomplete_writes(self, prefix: str, stale: Callable[[str, datetime], bool]) -> list[str]: ...
     def preflight(self) -> None: ...
 
 
@@ -168,14 +169,13 @@ class LocalBackend:
             return []
         return [str(p.relative_to(self.root)) for p in base.rglob("*.partial-*")]
 
-    def abort_incomplete_writes(self, prefix: str, older_than: timedelta) -> list[str]:
-        """Remove partial files a killed process left (older than `older_than`, so never a live one)."""
-        cutoff = (datetime.now(UTC) - older_than).timestamp()
+    def abort_incomplete_writes(self, prefix: str, stale: Callable[[str, datetime], bool]) -> list[str]:
+        """Remove partial files a killed process left, those `stale(key, modified)` says are old."""
         removed = []
         for key in self.incomplete_writes(prefix):
             path = self.root / key
             with contextlib.suppress(FileNotFoundError):
-                if path.stat().st_mtime <= cutoff:
+                if stale(key, datetime.fromtimestamp(path.stat().st_mtime, UTC)):
                     path.unlink()
                     removed.append(key)
         return removed
@@ -362,7 +362,7 @@ class S3Backend:
                         f"(last at byte {offset}); retry later"
                     ) from None
                 log.warning("S3 download of %s broke at byte %d (%s): resuming", key, offset, exc)
-                time.sleep(min(0.2 * 2**resumes, 5))
+                time.sleep(min(RESUME_DELAY * 2 ** (resumes - 1), 2.0))
                 args["Range"] = f"bytes={offset}-"
 
     def put_bytes(self, key: str, data: bytes) -> str | None:
@@ -416,10 +416,9 @@ class S3Backend:
             raise s3_error(exc, self.bucket, prefix) from None
         return [u["Key"] for u in resp.get("Uploads", [])]
 
-    def abort_incomplete_writes(self, prefix: str, older_than: timedelta) -> list[str]:
+    def abort_incomplete_writes(self, prefix: str, stale: Callable[[str, datetime], bool]) -> list[str]:
         """Abort multipart uploads a failed backup could not abort itself (the server was down,
-        the process was killed). Only those started before `older_than` ago: never a live one."""
-        cutoff = datetime.now(UTC) - older_than
+        the process was killed): those `stale(key, initiated)` says are old, never a live one."""
         aborted = []
         try:
             pages = self.client.get_paginator("list_multipart_uploads").paginate(
@@ -427,7 +426,7 @@ class S3Backend:
             )
             for page in pages:
                 for upload in page.get("Uploads", []):
-                    if upload["Initiated"] <= cutoff:
+                    if stale(upload["Key"], upload["Initiated"]):
                         self.client.abort_multipart_upload(
                             Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                         )

@@ -43,7 +43,34 @@ def sweep_incomplete_writes(
     """Abort multipart uploads / remove partial files that a failed backup of `component` could
     not clean up itself (the S3 server was down when it tried, or the process was killed)."""
     backend = backend_for(store)
-    return backend.abort_incomplete_writes(component_prefix(store, component) + "/", older_than)
+    prefix = component_prefix(store, component) + "/"
+    cutoff = datetime.now(UTC) - older_than
+
+    def stale(key: str, initiated: datetime) -> bool:
+        # our own clock first: the backup id in the key says when it started (some S3 servers
+        # report no real upload time); the server's time for keys that are not ours
+        try:
+            return parse_backup_id(key.rsplit("/", 2)[-2])[1] <= cutoff
+        except (BadInput, IndexError):
+            return initiated <= cutoff
+
+    removed = backend.abort_incomplete_writes(prefix, stale)
+    by_backup: dict[str, list[str]] = {}
+    for key in backend.list_keys(prefix):
+        parts = key.rsplit("/", 2)
+        if len(parts) == 3:
+            by_backup.setdefault(parts[1], []).append(key)
+    for backup_id, keys in by_backup.items():
+        if any(k.endswith("/" + MANIFEST_NAME) for k in keys):
+            continue
+        try:
+            _, started = parse_backup_id(backup_id)
+        except BadInput:
+            continue  # not ours: leave it
+        if started <= cutoff:  # objects whose backup never got a manifest, nor its cleanup
+            backend.delete_keys(keys)
+            removed += keys
+    return removed
 
 
 def _secret(store: StoreBlock) -> str | None:

@@ -9,7 +9,7 @@ Tests point an S3 store's endpoint_url at `proxy.url` and add rules:
 
 A rule matches on method, a regex over the path, a substring of the query, a substring of the
 Authorization header; it lets `skip` matching requests through, then fires `times` times
-(None: forever). Every request is logged in `proxy.log` as (method, path?query, what happened).
+(None: forever). Every request is logged in `proxy.log` as (method, path?query, what happened [range=...]).
 """
 
 from __future__ import annotations
@@ -174,6 +174,8 @@ class _Handler(BaseHTTPRequestHandler):
         path, _, query = self.path.partition("?")
         rule = self.proxy.pick(method, path, query, self.headers.get("Authorization", ""))
         what = rule.action if rule else "forwarded"
+        if self.headers.get("Range"):
+            what += f" range={self.headers['Range']}"
         self.proxy.log.append((method, self.path, what))
         if rule and rule.action == "drop_request":
             length = int(self.headers.get("Content-Length") or 0)
