@@ -126,14 +126,22 @@ def read_object(store: StoreBlock, obj: StoredObject, backend: Backend | None = 
     for chunk in backend.read(obj.key, obj.version_id):
         if decoder.size + len(chunk) > obj.size:
             raise IntegrityError(f"{obj.key} is larger than its manifest says ({obj.size} bytes)")
-        out = decoder.update(chunk)
+        out = _named(obj, decoder.update, chunk)
         if out:
             yield out
-    tail = decoder.finish()
+    tail = _named(obj, decoder.finish)
     _check(obj, decoder)
     if tail:
         yield tail
     _check(obj, decoder, raw=True)
+
+
+def _named(obj: StoredObject, step, *args):
+    """Decoder errors (corrupt zstd, failed authentication) name the object they come from."""
+    try:
+        return step(*args)
+    except IntegrityError as exc:
+        raise IntegrityError(f"{obj.key}: {exc}") from None
 
 
 def _check(obj: StoredObject, decoder: Decoder, raw: bool = False) -> None:
