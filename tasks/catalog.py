@@ -127,7 +127,10 @@ def backup_at_or_before(store: StoreBlock, component: str, when: datetime) -> Ma
     """The newest backup whose source snapshot was taken at or before `when`."""
     _aware(when, "target time")
     if when > datetime.now(UTC):
-        raise BadInput(f"target time {when.isoformat()} is in the future")
+        raise BadInput(
+            f"target time {when.isoformat()} is in the future: give a time up to now "
+            "(with its time zone), or ask for 'latest'"
+        )
     backups = list_backups(store, component, until=when)
     if not backups:
         oldest = list_backups(store, component)

@@ -7,9 +7,12 @@ a file; the file must be untouched and the restore script must never have run.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,10 +20,12 @@ from pydantic import SecretStr
 
 from flows.restore import restore_component
 from tasks.backends import backend_for
-from tasks.catalog import list_backups
+from tasks.catalog import backup_at_or_before, get_backup, latest_backup, list_backups
 from tasks.codec import HEADER_LEN, RECORD
+from tasks.errors import BadInput, NotFound
+from tasks.ids import new_backup_id
 from tasks.models import MANIFEST_NAME, Manifest
-from tasks.store import backup_prefix, backup_session
+from tasks.store import BackupSession, backup_prefix, backup_session
 from tests.faults.helpers import app_target, dir_state
 
 OLD_STATE = b"the state before any restore\n"
@@ -225,3 +230,77 @@ def test_damaged_backup_is_refused_before_the_target_is_touched(case, prefect_se
     assert dir_state(Path(store.path)) == before
     if case.name == "manifest-missing":
         assert list_backups(store, "app-state") == []  # objects without a manifest are no backup
+
+
+# --- clock skew --------------------------------------------------------------------------------
+
+
+def _skewed(store, source_shift: timedelta, start_shift: timedelta = timedelta(0)) -> Manifest:
+    """A backup whose engine clock (source time) and/or runner clock (id, start) were wrong."""
+    session = BackupSession(store, "app-state")
+    if start_shift:
+        session.started_at += start_shift
+        session.id = new_backup_id("app-state", session.started_at)
+        session.prefix = backup_prefix(store, session.id)
+    session.source_time = datetime.now(UTC) + source_shift
+    session.write("sessions", [b"state"])
+    return session.commit()
+
+
+@pytest.mark.fault(
+    "clock",
+    "a manifest whose source time is a day in the future (the engine's clock ran ahead)",
+    "listed, but never chosen as 'latest' (a warning names it); never returned for a past target time",
+)
+def test_future_source_time_is_listed_but_never_latest(local_store, caplog):
+    store = local_store()
+    good = take(store, b"good")
+    future = _skewed(store, timedelta(days=1))
+    assert [m.id for m in list_backups(store, "app-state")] == [good.id, future.id]
+    with caplog.at_level(logging.WARNING, logger="tasks.catalog"):
+        assert latest_backup(store, "app-state").id == good.id
+        assert get_backup(store, "latest", "app-state").id == good.id
+    assert f"backup {future.id} has a source time in the future" in caplog.text
+    assert backup_at_or_before(store, "app-state", datetime.now(UTC)).id == good.id
+    assert get_backup(store, future.id).id == future.id  # still restorable by id
+
+
+@pytest.mark.fault(
+    "clock",
+    "the only backups have source times in the future",
+    "NotFound 'every app-state backup ... has a source time in the future (clock skew): check the "
+    "clocks, then restore one by id: <ids>'",
+)
+def test_only_future_backups_give_a_clear_error(local_store):
+    store = local_store()
+    future = _skewed(store, timedelta(hours=2))
+    with pytest.raises(NotFound, match=rf"has a source time in the future \(clock skew\).*{future.id}"):
+        latest_backup(store, "app-state")
+
+
+@pytest.mark.fault(
+    "clock",
+    "a backup whose id and start time are a day ahead (the runner's clock ran ahead)",
+    "excluded from backup_at_or_before(now) and from 'latest'; still listed",
+)
+def test_future_backup_id_is_never_picked_for_now(local_store):
+    store = local_store()
+    good = take(store, b"good")
+    ahead = _skewed(store, timedelta(days=1), start_shift=timedelta(days=1))
+    assert ahead.id > good.id and {m.id for m in list_backups(store, "app-state")} == {good.id, ahead.id}
+    assert backup_at_or_before(store, "app-state", datetime.now(UTC)).id == good.id
+    assert latest_backup(store, "app-state").id == good.id
+
+
+@pytest.mark.fault(
+    "clock",
+    "a restore target time in the future (an hour from now)",
+    "BadInput 'target time ... is in the future: give a time up to now (with its time zone), or ask for 'latest''",
+)
+def test_target_time_in_the_future_is_refused(local_store):
+    store = local_store()
+    take(store, b"good")
+    when = datetime.now(UTC) + timedelta(hours=1)
+    message = f"target time {when.isoformat()} is in the future: give a time up to now"
+    with pytest.raises(BadInput, match=re.escape(message)):
+        backup_at_or_before(store, "app-state", when)
