@@ -295,7 +295,8 @@ def test_future_backup_id_is_never_picked_for_now(local_store):
 @pytest.mark.fault(
     "clock",
     "a restore target time in the future (an hour from now)",
-    "BadInput 'target time ... is in the future: give a time up to now (with its time zone), or ask for 'latest''",
+    "BadInput 'target time ... is in the future: give a time up to now (with its time zone), "
+    "or ask for latest'",
 )
 def test_target_time_in_the_future_is_refused(local_store):
     store = local_store()
