@@ -14,6 +14,7 @@ from flows.common import load_store, result_storage
 from tasks.components import SPECS, ComponentName, ComponentNotBuilt, backup_task, load_target
 from tasks.errors import ConfigurationError
 from tasks.models import Manifest
+from tasks.store import preflight
 
 
 class BackupResult(BaseModel):
@@ -41,6 +42,7 @@ class BackupResult(BaseModel):
 
 
 def _run_backup(component: str, target, store, labels) -> BackupResult:
+    preflight(store)  # a bad bucket, key or credentials fail here, before any engine starts
     task = backup_task.with_options(persist_result=True, result_storage=result_storage(store))
     manifest = task(component, target, store, labels)
     where = f"{store.location}/{component}/{manifest.started_at:%Y-%m-%d}/{manifest.id}"

@@ -436,7 +436,12 @@ class S3Backend:
         return aborted
 
     def preflight(self) -> None:
-        """Refuse a bucket without default encryption when the store block requires it."""
+        """Before any engine starts: the bucket exists, our credentials work, and it has default
+        encryption if the store block requires it. One or two requests."""
+        try:  # a GET (not HEAD): its error body names the reason (InvalidAccessKeyId, ...)
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.store.prefix + "/", MaxKeys=1)
+        except Exception as exc:
+            raise s3_error(exc, self.bucket) from None
         if not self.store.require_bucket_encryption:
             return
         try:

@@ -73,8 +73,21 @@ def sweep_incomplete_writes(
     return removed
 
 
+def preflight(store: StoreBlock) -> None:
+    """Cheap checks before any engine starts: the key is usable, the bucket answers to us."""
+    _secret(store)
+    backend_for(store).preflight()
+
+
 def _secret(store: StoreBlock) -> str | None:
-    return store.encryption_key.get_secret_value() if store.encryption_key else None
+    if store.encryption_key is None:
+        return None
+    secret = store.encryption_key.get_secret_value()
+    if not secret:  # an empty key (an unset env var?) must not silently mean "unencrypted"
+        raise BadInput(
+            "the store's encryption_key is empty: set the secret, or remove the field to store unencrypted"
+        )
+    return secret
 
 
 def write_object(
