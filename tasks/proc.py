@@ -7,10 +7,13 @@ Secrets go in `env`, never in argv.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import re
+import signal
 import subprocess
+import sys
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -23,6 +26,7 @@ log = logging.getLogger(__name__)
 SECRET_ENV_RE = re.compile(r"PASS|SECRET|TOKEN|KEY|CREDENTIAL|AUTH", re.IGNORECASE)
 STDERR_KEEP = 64 * 1024
 CHUNK = 1024 * 1024
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
 class _StderrTail(threading.Thread):
@@ -43,6 +47,20 @@ class _StderrTail(threading.Thread):
         return "\n".join(self.lines)
 
 
+def _die_with_us(parent: int):
+    """Engines die with the flow process (Linux PR_SET_PDEATHSIG): if the flow is killed mid-restore,
+    a restore command must not see a clean end of its input and cut over to half the data."""
+    if _PRCTL is None:
+        return None
+
+    def set_pdeathsig() -> None:  # runs in the child between fork and exec: one syscall, no imports
+        _PRCTL(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(137)
+
+    return set_pdeathsig
+
+
 def _spawn(argv: Sequence[str], env: Mapping[str, str] | None, cwd: str | None, stdin) -> subprocess.Popen:
     if isinstance(argv, str) or not argv:
         raise ConfigurationError("a command must be a non-empty list of arguments, not a shell string")
@@ -56,6 +74,7 @@ def _spawn(argv: Sequence[str], env: Mapping[str, str] | None, cwd: str | None, 
             env=full_env,
             cwd=cwd,
             start_new_session=True,
+            preexec_fn=_die_with_us(os.getpid()),
         )
     except FileNotFoundError:
         raise ConfigurationError(
