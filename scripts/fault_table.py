@@ -92,7 +92,8 @@ def render(rows: list[Row], args: list[str]) -> str:
     order = [c for c in TITLES if c in by_cat] + sorted(c for c in by_cat if c not in TITLES)
     for cat in order:
         group = by_cat[cat]
-        lines.append(f"| {TITLES.get(cat, cat)} | {len(group)} | {sum(r.result == 'passed' for r in group)} |")
+        ok = sum(r.result == "passed" for r in group)
+        lines.append(f"| {TITLES.get(cat, cat)} | {len(group)} | {ok} |")
     for cat in order:
         lines += ["", f"## {TITLES.get(cat, cat)}", "", "| case | fault | asserted outcome | result |"]
         lines.append("|---|---|---|---|")
