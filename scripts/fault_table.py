@@ -106,7 +106,7 @@ def render(rows: list[Row], args: list[str]) -> str:
 def main(argv: list[str]) -> int:
     args = ["tests/faults", "-q", "-p", "no:cacheprovider", *argv]
     collector = Collector()
-    status = pytest.main(args, plugins=[collector])
+    status = pytest.main(list(args), plugins=[collector])  # pytest edits the list it gets
     rows = list(collector.rows.values())
     if not rows:
         print("no test ran: no table written", file=sys.stderr)

@@ -305,3 +305,33 @@ def test_target_time_in_the_future_is_refused(local_store):
     message = f"target time {when.isoformat()} is in the future: give a time up to now"
     with pytest.raises(BadInput, match=re.escape(message)):
         backup_at_or_before(store, "app-state", when)
+
+
+@pytest.mark.fault(
+    "data",
+    "leftovers of failed backups that could not clean up: objects without a manifest and partial "
+    "files, one set 2 days old and one from a backup still running",
+    "the verify-backups flow removes the old leftovers and keeps the live backup's files and every "
+    "complete backup",
+)
+def test_verify_flow_sweeps_old_leftovers_only(prefect_server, local_store):
+    from flows.maintenance import verify_backups
+
+    store = local_store()
+    good = take(store, b"good")
+    backend = backend_for(store)
+    old_id = new_backup_id("app-state", datetime.now(UTC) - timedelta(days=2))
+    live_id = new_backup_id("app-state")
+    old_keys = [f"{backup_prefix(store, old_id)}/sessions", f"{backup_prefix(store, old_id)}/other"]
+    for key in old_keys:
+        backend.put_bytes(key, b"orphan")
+    partial = Path(store.path) / backup_prefix(store, old_id) / "big.partial-0a1b2c3d"
+    partial.write_bytes(b"half")
+    old_time = (datetime.now(UTC) - timedelta(days=2)).timestamp()
+    os.utime(partial, (old_time, old_time))
+    live_key = f"{backup_prefix(store, live_id)}/sessions"
+    backend.put_bytes(live_key, b"still being written")
+    verify_backups(components=["app-state"], store=store)
+    left = sorted(backend.list_keys(f"{store.prefix}/app-state"))
+    assert left == sorted([live_key, *(o.key for o in good.objects), _manifest_key(store, good)])
+    assert not partial.exists()

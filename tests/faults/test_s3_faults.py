@@ -37,7 +37,7 @@ def sha(data: bytes) -> str:
 
 @pytest.mark.fault(
     "s3",
-    "upload parts answer 503 SlowDown (twice), 500 InternalError and a 2 s stall past the read timeout",
+    "upload parts answer 503 SlowDown (twice), 500 InternalError, and one stalls past the 1 s read timeout",
     "retried by botocore with backoff; the backup completes and its objects verify byte for byte",
 )
 def test_throttled_and_failing_upload_parts_are_retried(proxied_store, fault_proxy, s3_bucket):
