@@ -11,7 +11,7 @@ from blocks.store import StoreBlock
 from flows.common import load_store
 from tasks.catalog import list_backups
 from tasks.components import SPECS, ComponentName, verify_task
-from tasks.errors import ConfigurationError
+from tasks.errors import BackupError, ConfigurationError
 from tasks.store import sweep_incomplete_writes
 
 
@@ -27,8 +27,11 @@ def verify_backups(
     results: dict[str, Any] = {}
     bad: list[str] = []
     for name in names:
-        for key in sweep_incomplete_writes(store_block, name):  # left by failed backups, >24 h old
-            logger.warning("aborted an incomplete upload left by a failed backup: %s", key)
+        try:  # leftovers of failed backups that could not clean up, >24 h old
+            for key in sweep_incomplete_writes(store_block, name):
+                logger.warning("removed a leftover of a failed backup: %s", key)
+        except BackupError as exc:  # the integrity check below matters more: keep going
+            logger.warning("could not sweep leftovers of failed %s backups: %s", name, exc)
         for manifest in list_backups(store_block, name)[-newest:] if newest > 0 else []:
             try:
                 results[manifest.id] = {"ok": True, **verify_task(manifest, store_block)}

@@ -8,6 +8,7 @@ its message (`{id}`, `{bucket}`, `{store}` are filled in from the world).
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -422,7 +423,8 @@ def world(request, tmp_path, prefect_server) -> World:
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=lambda c: c.name)
-def test_bad_input_is_refused_and_changes_nothing(case: Bad, world: World):
+def test_bad_input_is_refused_and_changes_nothing(case: Bad, world: World, caplog):
+    caplog.set_level(logging.INFO)
     before = world.snapshot()
     expected = case.message.format(id=world.id, bucket=world.bucket, store=world.store.location)
     try:
@@ -435,6 +437,9 @@ def test_bad_input_is_refused_and_changes_nothing(case: Bad, world: World):
         assert outcome.is_failed(), outcome
         assert f"{case.error}: " in outcome.message and expected in outcome.message, outcome.message
         assert "Traceback" not in outcome.message
+        # Prefect logs the failure as one line: no traceback dump for a clear, expected error
+        dumps = [r for r in caplog.records if r.name.startswith("prefect") and r.exc_info]
+        assert not dumps, [r.getMessage() for r in dumps]
     after = world.snapshot()
     if case.task_failed:  # exactly one new file: the failed task run's persisted exception
         new = set(after["store"]) - set(before["store"])
