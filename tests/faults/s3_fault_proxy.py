@@ -20,6 +20,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
@@ -40,6 +41,7 @@ class Rule:
     delay: float = 0.0
     times: int | None = 1
     skip: int = 0
+    on_fire: Callable[[], None] | None = None  # run in the proxy as the fault fires
     seen: int = field(default=0, init=False)
     fired: int = field(default=0, init=False)
 
@@ -177,6 +179,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.headers.get("Range"):
             what += f" range={self.headers['Range']}"
         self.proxy.log.append((method, self.path, what))
+        if rule and rule.on_fire and rule.action != "drop_response":
+            rule.on_fire()
         if rule and rule.action == "drop_request":
             length = int(self.headers.get("Content-Length") or 0)
             self._read_body(limit=length // 2)
@@ -212,6 +216,8 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "HEAD":
             return None
         if rule and rule.action == "drop_response" and len(data) > 1:
+            if rule.on_fire:  # after S3 answered: e.g. change the object under a running download
+                rule.on_fire()
             self.wfile.write(data[: len(data) // 2])
             self.wfile.flush()
             return self._drop()

@@ -11,7 +11,7 @@ import pytest
 
 from flows.backup import backup_component
 from tasks.catalog import list_backups, verify_backup
-from tasks.errors import ConfigurationError, TransientError
+from tasks.errors import ConfigurationError, IntegrityError, TransientError
 from tasks.models import MANIFEST_NAME
 from tasks.store import backup_prefix, backup_session, read_object, sweep_incomplete_writes
 from tests.faults.helpers import app_target, multipart_uploads, s3_keys
@@ -166,3 +166,47 @@ def test_a_retried_backup_flow_neither_duplicates_nor_corrupts(
     assert [m.id for m in list_backups(store, "app-state")] == [result.id]
     assert multipart_uploads(client, bucket) == []
     verify_backup(store, list_backups(store, "app-state")[0])
+
+
+@pytest.mark.fault(
+    "s3",
+    "a download is cut mid-body and, before it resumes, the object is overwritten (unversioned bucket)",
+    "the resume is pinned with If-Match on the first ETag: IntegrityError '... changed while it was "
+    "being read: read it again', never a splice of two versions",
+)
+def test_resume_never_splices_two_versions(proxied_store, fault_proxy, s3_bucket):
+    bucket, client = s3_bucket
+    store = proxied_store(compression="none", verify_after_write=False)
+    manifest = backup_bytes(store, os.urandom(3 * MIB))
+    key = manifest.object("data").key
+
+    def overwrite():
+        client.put_object(Bucket=bucket, Key=key, Body=os.urandom(3 * MIB))
+
+    fault_proxy.add(Rule("drop_response", method="GET", path="/data$", on_fire=overwrite))
+    with pytest.raises(
+        IntegrityError, match=rf"s3://{bucket}/{key} changed while it was being read: read it again"
+    ):
+        verify_backup(store, manifest)
+    assert [g[2].split(" ")[0] for g in fault_proxy.requests("GET", "/data")] == [
+        "drop_response",
+        "forwarded",
+    ]
+
+
+@pytest.mark.fault(
+    "s3",
+    "require_bucket_encryption on a bucket that has default encryption (the positive case)",
+    "the backup is written and listed",
+)
+def test_required_bucket_encryption_passes_when_present(s3_store, s3_bucket):
+    bucket, client = s3_bucket
+    client.put_bucket_encryption(
+        Bucket=bucket,
+        ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+        },
+    )
+    store = s3_store(require_bucket_encryption=True)
+    manifest = backup_bytes(store, b"state")
+    assert [m.id for m in list_backups(store, "app-state")] == [manifest.id]
