@@ -37,6 +37,9 @@ class AppStateStep(BaseModel):
     def _safe_name(cls, value: str) -> str:
         return check_object_name(value)
 
+    def secret_values(self) -> list[str]:
+        return [v.get_secret_value() for v in self.secret_env.values()]
+
     def environment(self) -> dict[str, str]:
         return {**self.env, **{k: v.get_secret_value() for k, v in self.secret_env.items()}}
 

@@ -74,6 +74,10 @@ class S3Store(StoreBlock):
     )
     server_side_encryption: Literal["AES256", "aws:kms"] = "AES256"
     kms_key_id: str | None = Field(default=None, description="KMS key for aws:kms")
+    require_bucket_encryption: bool = Field(
+        default=False,
+        description="refuse to write unless the bucket has default encryption (objects carry SSE anyway)",
+    )
     part_size_mib: int = Field(default=16, ge=5, le=512, description="multipart part size")
     max_concurrency: int = Field(default=4, ge=1, le=32, description="parts uploaded at once")
 

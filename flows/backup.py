@@ -18,6 +18,7 @@ from tasks.metrics import tracked
 from tasks.models import Manifest
 from tasks.recovery import LABEL, new_recovery_point_id, write_recovery_point
 from tasks.replicate import dr_configured, replicate_task
+from tasks.store import preflight
 
 
 class BackupResult(BaseModel):
@@ -46,6 +47,7 @@ class BackupResult(BaseModel):
 
 def _backup(component: str, target, store, labels) -> tuple[Manifest, BackupResult]:
     with tracked("backup", component) as run:  # metrics: failures are pushed too (try/finally)
+        preflight(store)  # a bad bucket, key or credentials fail here, before any engine starts
         task = backup_task.with_options(persist_result=True, result_storage=result_storage(store))
         with component_lock(component):  # never while a restore of this component runs
             manifest = task(component, target, store, labels)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -10,7 +11,21 @@ from prefect.blocks.core import Block
 from prefect.filesystems import LocalFileSystem
 
 from blocks.store import LocalStore, S3Store, StoreBlock
-from tasks.errors import ConfigurationError
+from tasks.errors import BackupError, ConfigurationError
+
+
+class _UserErrorsWithoutTraceback(logging.Filter):
+    """A BackupError already says what went wrong and what to do: Prefect logs it as one line,
+    not with a traceback dump. Any other exception (a bug) keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], BackupError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+for _logger in ("prefect.flow_runs", "prefect.task_runs"):
+    logging.getLogger(_logger).addFilter(_UserErrorsWithoutTraceback())
 
 
 def load_store(ref: str | StoreBlock | None = None) -> StoreBlock:

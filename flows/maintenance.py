@@ -27,7 +27,7 @@ from tasks.retention import (
     plan_markdown,
     plan_retention,
 )
-from tasks.store import component_prefix
+from tasks.store import component_prefix, sweep_incomplete_writes
 
 
 def _names(components: list[ComponentName] | None) -> list[str]:
@@ -188,7 +188,12 @@ def enforce_retention(
         deleted = delete_keys_task(block, manifests, "manifests")
         deleted += delete_keys_task(block, objects, "objects")
         deleted += delete_keys_task(block, orphans, "orphans")
+        # what the plan cannot see: open multipart uploads and partial files of dead writers
+        swept = [
+            k for n in names for k in sweep_incomplete_writes(block, n, timedelta(hours=orphan_grace_hours))
+        ]
         summary["keys_deleted"] = deleted
+        summary["incomplete_writes_removed"] = swept
         logger.info("retention deleted %d keys from %s", deleted, block.location)
     damaged = {c: dirs for c, dirs in left_alone.items() if dirs}
     if damaged:  # nothing fails, but someone must look (P2); the sweep reports them too

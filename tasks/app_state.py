@@ -41,7 +41,12 @@ def default_target() -> AppStateTarget:
 def backup(target: AppStateTarget, session: BackupSession) -> None:
     for step in target.steps:
         with stream_stdout(
-            step.backup_command, step.environment(), step.cwd, step.timeout_seconds, f"app-state {step.name}"
+            step.backup_command,
+            step.environment(),
+            step.cwd,
+            step.timeout_seconds,
+            f"app-state {step.name}",
+            redact=step.secret_values(),
         ) as out:
             session.write(step.name, out, meta={"command": step.backup_command[0]})
     session.engine["steps"] = [s.name for s in target.steps]
@@ -76,6 +81,7 @@ def restore(
             step.cwd,
             step.timeout_seconds,
             f"app-state restore {step.name}",
+            redact=step.secret_values(),
         )
         restored.append(obj.name)
     return {"restored_steps": restored, "bytes": sum(o.raw_size for o in objects)}

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
+from botocore.exceptions import IncompleteReadError, ReadTimeoutError, ResponseStreamingError
+from urllib3.exceptions import HTTPError as Urllib3Error
+
 from blocks.store import LocalStore, S3Store, StoreBlock
-from tasks.errors import ConfigurationError, NotFound, TransientError
+from tasks.errors import ConfigurationError, IntegrityError, NotFound, TransientError
 
 READ_CHUNK = 1024 * 1024
+MAX_RESUMES = 5  # a download cut mid-body resumes this many times before it fails
+RESUME_DELAY = 0.1  # seconds before the first resume; doubles each time, at most 2 s
+log = logging.getLogger(__name__)
+# a response body cut mid-way (connection dropped, reset, timed out while streaming)
+_BODY_ERRORS = (ResponseStreamingError, IncompleteReadError, ReadTimeoutError, Urllib3Error, ConnectionError)
 
 
 class Writer(Protocol):
@@ -34,6 +45,8 @@ class Backend(Protocol):
     def list_keys(self, prefix: str) -> Iterator[str]: ...
     def delete_keys(self, keys: list[str]) -> None: ...
     def incomplete_writes(self, prefix: str) -> list[str]: ...
+    def abort_incomplete_writes(self, prefix: str, stale: Callable[[str, datetime], bool]) -> list[str]: ...
+    def preflight(self) -> None: ...
 
 
 def backend_for(store: StoreBlock) -> Backend:
@@ -109,6 +122,9 @@ class LocalBackend:
             raise ConfigurationError(f"key {key!r} escapes the store directory")
         return path
 
+    def preflight(self) -> None:
+        pass
+
     def open_writer(self, key: str) -> _LocalWriter:
         return _LocalWriter(self._path(key))
 
@@ -153,6 +169,17 @@ class LocalBackend:
             return []
         return [str(p.relative_to(self.root)) for p in base.rglob("*.partial-*")]
 
+    def abort_incomplete_writes(self, prefix: str, stale: Callable[[str, datetime], bool]) -> list[str]:
+        """Remove partial files a killed process left, those `stale(key, modified)` says are old."""
+        removed = []
+        for key in self.incomplete_writes(prefix):
+            path = self.root / key
+            with contextlib.suppress(FileNotFoundError):
+                if stale(key, datetime.fromtimestamp(path.stat().st_mtime, UTC)):
+                    path.unlink()
+                    removed.append(key)
+        return removed
+
 
 # --- S3 ----------------------------------------------------------------------------------------
 
@@ -176,6 +203,8 @@ def s3_error(exc: Exception, bucket: str, key: str = "") -> Exception:
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in ("PreconditionFailed", "412"):
+            return IntegrityError(f"{where} changed while it was being read: read it again")
         if code == "NoSuchBucket":
             return ConfigurationError(f"bucket {bucket} does not exist: create it or fix the store block")
         if code in ("NoSuchKey", "404", "NoSuchVersion"):
@@ -288,29 +317,53 @@ class S3Backend:
     def client(self) -> Any:
         from botocore.config import Config
 
-        params = self.store.credentials.aws_client_parameters
         base = Config(
             retries={"mode": "standard", "max_attempts": 6},
             max_pool_connections=max(10, self.store.max_concurrency * 2),
         )
-        config = base.merge(params.config) if isinstance(params.config, Config) else base
         session = self.store.credentials.get_boto3_session()
-        kwargs = params.get_params_override()
-        kwargs["config"] = config
+        kwargs = self.store.credentials.aws_client_parameters.get_params_override()
+        # the block's own botocore config (a dict there, a Config here) overrides our defaults
+        user = kwargs.get("config")
+        kwargs["config"] = base.merge(user) if isinstance(user, Config) else base
         return session.client("s3", **kwargs)
 
     def open_writer(self, key: str) -> _S3Writer:
         return _S3Writer(self, key)
 
     def read(self, key: str, version_id: str | None = None) -> Iterator[bytes]:
-        args = {"Bucket": self.bucket, "Key": key}
+        """Stream an object. botocore retries failed requests but not a body cut mid-way: resume
+        those with a Range request from the last byte received, pinned to the same object
+        (VersionId when there is one, else If-Match on the ETag), a bounded number of times."""
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if version_id:
             args["VersionId"] = version_id
-        try:
-            body = self.client.get_object(**args)["Body"]
-            yield from body.iter_chunks(READ_CHUNK)
-        except Exception as exc:
-            raise s3_error(exc, self.bucket, key) from None
+        offset, resumes = 0, 0
+        while True:
+            try:
+                body = self.client.get_object(**args)
+            except Exception as exc:
+                raise s3_error(exc, self.bucket, key) from None
+            if offset == 0:  # pin every later range request to what the first one read
+                if body.get("VersionId") and body["VersionId"] != "null":
+                    args["VersionId"] = body["VersionId"]
+                elif body.get("ETag"):
+                    args["IfMatch"] = body["ETag"]
+            try:
+                for chunk in body["Body"].iter_chunks(READ_CHUNK):
+                    offset += len(chunk)
+                    yield chunk
+                return
+            except _BODY_ERRORS as exc:
+                resumes += 1
+                if resumes > MAX_RESUMES:
+                    raise TransientError(
+                        f"S3 download of s3://{self.bucket}/{key} broke {resumes} times "
+                        f"(last at byte {offset}); retry later"
+                    ) from None
+                log.warning("S3 download of %s broke at byte %d (%s): resuming", key, offset, exc)
+                time.sleep(min(RESUME_DELAY * 2 ** (resumes - 1), 2.0))
+                args["Range"] = f"bytes={offset}-"
 
     def put_bytes(self, key: str, data: bytes) -> str | None:
         try:
@@ -362,3 +415,47 @@ class S3Backend:
         except Exception as exc:
             raise s3_error(exc, self.bucket, prefix) from None
         return [u["Key"] for u in resp.get("Uploads", [])]
+
+    def abort_incomplete_writes(self, prefix: str, stale: Callable[[str, datetime], bool]) -> list[str]:
+        """Abort multipart uploads a failed backup could not abort itself (the server was down,
+        the process was killed): those `stale(key, initiated)` says are old, never a live one."""
+        aborted = []
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            )
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    if stale(upload["Key"], upload["Initiated"]):
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+                        aborted.append(upload["Key"])
+        except Exception as exc:
+            raise s3_error(exc, self.bucket, prefix) from None
+        return aborted
+
+    def preflight(self) -> None:
+        """Before any engine starts: the bucket exists, our credentials work, and it has default
+        encryption if the store block requires it. One or two requests."""
+        try:  # a GET (not HEAD): its error body names the reason (InvalidAccessKeyId, ...)
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.store.prefix + "/", MaxKeys=1)
+        except Exception as exc:
+            raise s3_error(exc, self.bucket) from None
+        if not self.store.require_bucket_encryption:
+            return
+        try:
+            rules = self.client.get_bucket_encryption(Bucket=self.bucket)[
+                "ServerSideEncryptionConfiguration"
+            ]["Rules"]
+        except Exception as exc:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+            if code != "ServerSideEncryptionConfigurationNotFoundError":
+                raise s3_error(exc, self.bucket) from None
+            rules = []
+        if not rules:
+            raise ConfigurationError(
+                f"bucket {self.bucket} has no default encryption and the store block requires it: "
+                f"enable it (aws s3api put-bucket-encryption --bucket {self.bucket} ...) or set "
+                "require_bucket_encryption to false"
+            )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from pydantic import ValidationError
 
@@ -17,6 +17,7 @@ from tasks.models import MANIFEST_NAME, Manifest
 from tasks.store import backup_prefix, component_prefix, verify_object
 
 LATEST = "latest"
+CLOCK_SKEW_TOLERANCE = timedelta(minutes=5)
 log = logging.getLogger(__name__)
 
 
@@ -91,20 +92,45 @@ def get_backup(store: StoreBlock, backup_id: str, component: str | None = None) 
         ) from None
 
 
+def from_the_future(manifest: Manifest, now: datetime | None = None) -> bool:
+    """A source time later than now (beyond normal skew) means a clock was wrong somewhere."""
+    return manifest.source_time > (now or datetime.now(UTC)) + CLOCK_SKEW_TOLERANCE
+
+
 def latest_backup(store: StoreBlock, component: str) -> Manifest:
+    """The newest backup, never one whose source time is in the future: a skewed clock must
+    not silently make it 'latest' (it stays listed; restore it by id if it is really wanted)."""
     backups = list_backups(store, component)
     if not backups:
         raise NotFound(
             f"no {component} backups in {store.location}: run backup_component('{component}') first"
         )
-    return backups[-1]
+    now = datetime.now(UTC)
+    future = [m for m in backups if from_the_future(m, now)]
+    for m in future:
+        log.warning(
+            "backup %s has a source time in the future (%s): clock skew? not chosen as latest; "
+            "restore it by id if it is the one you want",
+            m.id,
+            m.source_time.isoformat(),
+        )
+    usable = [m for m in backups if not from_the_future(m, now)]
+    if not usable:
+        raise NotFound(
+            f"every {component} backup in {store.location} has a source time in the future "
+            f"(clock skew): check the clocks, then restore one by id: {', '.join(m.id for m in future)}"
+        )
+    return usable[-1]
 
 
 def backup_at_or_before(store: StoreBlock, component: str, when: datetime) -> Manifest:
     """The newest backup whose source snapshot was taken at or before `when`."""
     _aware(when, "target time")
     if when > datetime.now(UTC):
-        raise BadInput(f"target time {when.isoformat()} is in the future")
+        raise BadInput(
+            f"target time {when.isoformat()} is in the future: give a time up to now "
+            "(with its time zone), or ask for 'latest'"
+        )
     backups = list_backups(store, component, until=when)
     if not backups:
         oldest = list_backups(store, component)

@@ -7,9 +7,13 @@ Secrets go in `env`, never in argv.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import re
+import signal
 import subprocess
+import sys
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -18,8 +22,11 @@ from contextlib import contextmanager, suppress
 from tasks.errors import ComponentFailed, ConfigurationError
 
 log = logging.getLogger(__name__)
+# env vars whose values are hidden from error messages and logs even if a command prints them
+SECRET_ENV_RE = re.compile(r"PASS|SECRET|TOKEN|KEY|CREDENTIAL|AUTH", re.IGNORECASE)
 STDERR_KEEP = 64 * 1024
 CHUNK = 1024 * 1024
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
 class _StderrTail(threading.Thread):
@@ -40,6 +47,20 @@ class _StderrTail(threading.Thread):
         return "\n".join(self.lines)
 
 
+def _die_with_us(parent: int):
+    """Engines die with the flow process (Linux PR_SET_PDEATHSIG): if the flow is killed mid-restore,
+    a restore command must not see a clean end of its input and cut over to half the data."""
+    if _PRCTL is None:
+        return None
+
+    def set_pdeathsig() -> None:  # runs in the child between fork and exec: one syscall, no imports
+        _PRCTL(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(137)
+
+    return set_pdeathsig
+
+
 def _spawn(argv: Sequence[str], env: Mapping[str, str] | None, cwd: str | None, stdin) -> subprocess.Popen:
     if isinstance(argv, str) or not argv:
         raise ConfigurationError("a command must be a non-empty list of arguments, not a shell string")
@@ -53,6 +74,7 @@ def _spawn(argv: Sequence[str], env: Mapping[str, str] | None, cwd: str | None, 
             env=full_env,
             cwd=cwd,
             start_new_session=True,
+            preexec_fn=_die_with_us(os.getpid()),
         )
     except FileNotFoundError:
         raise ConfigurationError(
@@ -79,10 +101,25 @@ class _Watchdog:
             self._timer.cancel()
 
 
-def _finish(proc: subprocess.Popen, stderr: _StderrTail, name: str, dog: _Watchdog, timeout) -> str:
+def _hidden(env: Mapping[str, str] | None, redact: Iterable[str]) -> list[str]:
+    """The secret values of this command: explicit ones and those of secret-looking env names."""
+    values = {v for v in redact if v}
+    values |= {v for k, v in (env or {}).items() if v and SECRET_ENV_RE.search(k)}
+    return sorted((v for v in values if len(v) >= 4), key=len, reverse=True)
+
+
+def _redact(text: str, hidden: list[str]) -> str:
+    for value in hidden:
+        text = text.replace(value, "***")
+    return text
+
+
+def _finish(
+    proc: subprocess.Popen, stderr: _StderrTail, name: str, dog: _Watchdog, timeout, hidden: list[str]
+) -> str:
     rc = proc.wait()
     dog.cancel()
-    err = stderr.text()
+    err = _redact(stderr.text(), hidden)  # a command may echo its password in an error
     for line in err.splitlines()[-20:]:
         log.info("%s: %s", name, line)
     if dog.fired:
@@ -101,9 +138,12 @@ def stream_stdout(
     cwd: str | None = None,
     timeout: float | None = None,
     name: str | None = None,
+    redact: Iterable[str] = (),
 ) -> Iterator[Iterator[bytes]]:
-    """`with stream_stdout([...]) as out: store.write(name, out)`; raises if the command failed."""
+    """`with stream_stdout([...]) as out: store.write(name, out)`; raises if the command failed.
+    Values in `redact` (and of secret-looking env names) never reach messages or logs."""
     name = name or os.path.basename(argv[0])
+    hidden = _hidden(env, redact)
     proc = _spawn(argv, env, cwd, subprocess.DEVNULL)
     stderr = _StderrTail(proc.stderr)
     stderr.start()
@@ -113,7 +153,7 @@ def stream_stdout(
         while data := proc.stdout.read1(CHUNK):
             yield data
         # the stream ended: it counts only if the command succeeded
-        _finish(proc, stderr, name, dog, timeout)
+        _finish(proc, stderr, name, dog, timeout, hidden)
 
     try:
         yield chunks()
@@ -132,9 +172,11 @@ def feed_stdin(
     cwd: str | None = None,
     timeout: float | None = None,
     name: str | None = None,
+    redact: Iterable[str] = (),
 ) -> str:
     """Stream `chunks` into the command's stdin; return its stdout (bounded). Raises on failure."""
     name = name or os.path.basename(argv[0])
+    hidden = _hidden(env, redact)
     proc = _spawn(argv, env, cwd, subprocess.PIPE)
     stderr = _StderrTail(proc.stderr)
     stderr.start()
@@ -159,9 +201,9 @@ def feed_stdin(
         if not proc.stdin.closed:
             with suppress(BrokenPipeError):
                 proc.stdin.close()
-    _finish(proc, stderr, name, dog, timeout)
+    _finish(proc, stderr, name, dog, timeout, hidden)
     reader.join(timeout=5)
-    return b"".join(out).decode(errors="replace")
+    return _redact(b"".join(out).decode(errors="replace"), hidden)
 
 
 def run(
@@ -170,7 +212,8 @@ def run(
     cwd: str | None = None,
     timeout: float | None = 120,
     name: str | None = None,
+    redact: Iterable[str] = (),
 ) -> str:
     """Run a short command and return its stdout; raises ComponentFailed on failure."""
-    with stream_stdout(argv, env, cwd, timeout, name) as out:
+    with stream_stdout(argv, env, cwd, timeout, name, redact) as out:
         return b"".join(out).decode(errors="replace")

@@ -34,8 +34,60 @@ def component_prefix(store: StoreBlock, component: str) -> str:
     return f"{store.prefix}/{component}"
 
 
+STALE_WRITE_AGE = timedelta(hours=24)  # longer than any backup runs: older uploads are orphans
+
+
+def sweep_incomplete_writes(
+    store: StoreBlock, component: str, older_than: timedelta = STALE_WRITE_AGE
+) -> list[str]:
+    """Abort multipart uploads / remove partial files that a failed backup of `component` could
+    not clean up itself (the S3 server was down when it tried, or the process was killed)."""
+    backend = backend_for(store)
+    prefix = component_prefix(store, component) + "/"
+    cutoff = datetime.now(UTC) - older_than
+
+    def stale(key: str, initiated: datetime) -> bool:
+        # our own clock first: the backup id in the key says when it started (some S3 servers
+        # report no real upload time); the server's time for keys that are not ours
+        try:
+            return parse_backup_id(key.rsplit("/", 2)[-2])[1] <= cutoff
+        except (BadInput, IndexError):
+            return initiated <= cutoff
+
+    removed = backend.abort_incomplete_writes(prefix, stale)
+    by_backup: dict[str, list[str]] = {}
+    for key in backend.list_keys(prefix):
+        parts = key.rsplit("/", 2)
+        if len(parts) == 3:
+            by_backup.setdefault(parts[1], []).append(key)
+    for backup_id, keys in by_backup.items():
+        if any(k.endswith("/" + MANIFEST_NAME) for k in keys):
+            continue
+        try:
+            _, started = parse_backup_id(backup_id)
+        except BadInput:
+            continue  # not ours: leave it
+        if started <= cutoff:  # objects whose backup never got a manifest, nor its cleanup
+            backend.delete_keys(keys)
+            removed += keys
+    return removed
+
+
+def preflight(store: StoreBlock) -> None:
+    """Cheap checks before any engine starts: the key is usable, the bucket answers to us."""
+    _secret(store)
+    backend_for(store).preflight()
+
+
 def _secret(store: StoreBlock) -> str | None:
-    return store.encryption_key.get_secret_value() if store.encryption_key else None
+    if store.encryption_key is None:
+        return None
+    secret = store.encryption_key.get_secret_value()
+    if not secret:  # an empty key (an unset env var?) must not silently mean "unencrypted"
+        raise BadInput(
+            "the store's encryption_key is empty: set the secret, or remove the field to store unencrypted"
+        )
+    return secret
 
 
 def write_object(
@@ -123,6 +175,7 @@ class BackupSession:
     def __init__(self, store: StoreBlock, component: str, labels: dict[str, str] | None = None):
         self.store = store
         self.backend = backend_for(store)
+        self.backend.preflight()
         self.started_at = datetime.now(UTC)
         self.id = new_backup_id(component, self.started_at)
         self.component = component
