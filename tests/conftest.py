@@ -16,6 +16,8 @@ from tests import services
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+# a leaked component lock must fail a test with its message, not hang it for the 6 h default
+os.environ.setdefault("KLB_COMPONENT_LOCK_WAIT_SECONDS", "120")
 
 
 def _start(request, starter, *args, **kwargs) -> services.Service:
