@@ -129,38 +129,45 @@ def write_object(
 
 
 def read_object(store: StoreBlock, obj: StoredObject, backend: Backend | None = None) -> Iterator[bytes]:
-    """Yield the raw (decoded) bytes of `obj`; raise IntegrityError naming it on any mismatch.
+    """Yield the raw (decoded) bytes of `obj`; raise IntegrityError on any mismatch.
 
     The stored sha256 can only be known at the end: consumers must treat the stream as
-    untrusted until it is exhausted (verify first, or restore aside, then cut over).
+    untrusted until it is exhausted (restore aside, then cut over).
     """
     backend = backend or backend_for(store)
     decoder = Decoder(obj.compression, obj.encryption, _secret(store))
+    for chunk in backend.read(obj.key, obj.version_id):
+        if decoder.size + len(chunk) > obj.size:
+            raise IntegrityError(f"{obj.key} is larger than its manifest says ({obj.size} bytes)")
+        out = _named(obj, decoder.update, chunk)
+        if out:
+            yield out
+    tail = _named(obj, decoder.finish)
+    _check(obj, decoder)
+    if tail:
+        yield tail
+    _check(obj, decoder, raw=True)
+
+
+def _named(obj: StoredObject, step, *args):
+    """Decoder errors (corrupt zstd, failed authentication) name the object they come from."""
     try:
-        for chunk in backend.read(obj.key, obj.version_id):
-            if decoder.size + len(chunk) > obj.size:
-                raise IntegrityError(f"larger than its manifest says ({obj.size} bytes)")
-            out = decoder.update(chunk)
-            if out:
-                yield out
-        tail = decoder.finish()
-        _check(obj, decoder)
-        if tail:
-            yield tail
-        _check(obj, decoder, raw=True)
+        return step(*args)
     except IntegrityError as exc:
-        raise IntegrityError(f"backup object {obj.key} is damaged: {exc}") from None
+        raise IntegrityError(f"{obj.key}: {exc}") from None
 
 
 def _check(obj: StoredObject, decoder: Decoder, raw: bool = False) -> None:
     if not raw:
         if decoder.size != obj.size:
-            raise IntegrityError(f"stored size {decoder.size} != manifest {obj.size} (truncated or replaced)")
+            raise IntegrityError(
+                f"{obj.key}: stored size {decoder.size} != manifest {obj.size} (truncated or replaced)"
+            )
         if decoder.hash.hexdigest() != obj.sha256:
-            raise IntegrityError("sha256 does not match the manifest (object corrupted)")
+            raise IntegrityError(f"{obj.key}: sha256 does not match the manifest (object corrupted)")
         return
     if decoder.raw_size != obj.raw_size or decoder.raw_hash.hexdigest() != obj.raw_sha256:
-        raise IntegrityError("decoded content does not match the manifest")
+        raise IntegrityError(f"{obj.key}: decoded content does not match the manifest")
 
 
 def verify_object(store: StoreBlock, obj: StoredObject, backend: Backend | None = None) -> None:

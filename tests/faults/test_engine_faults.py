@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,9 +117,9 @@ def test_full_disk_fails_clearly_and_frees_the_space(prefect_server, tiny_disk, 
 
 @pytest.mark.fault(
     "concurrency",
-    "two backups of the same component run at the same moment against the same store",
-    "both complete as separate backups with distinct ids; both listed and verified (the per-component "
-    "Prefect concurrency limit of the deployments decides whether they may overlap)",
+    "two backups of the same component are started at the same moment against the same store",
+    "one runs, the other waits on the component lock (klb-component-app-state) and runs after it: "
+    "two separate backups, distinct ids, never overlapping, both listed and verified",
 )
 def test_two_backups_of_one_component_at_once(prefect_server, s3_store, tmp_path):
     store = s3_store()
@@ -132,8 +133,10 @@ def test_two_backups_of_one_component_at_once(prefect_server, s3_store, tmp_path
     threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
     for t in threads:
         t.start()
-    for i in range(2):  # both engines are running before either writes a byte
-        pid_of(tmp_path / f"run{i}" / "sessions.pid")
+    pids = [tmp_path / f"run{i}" / "sessions.pid" for i in range(2)]
+    wait_until(lambda: any(p.exists() for p in pids), 60, "one backup's engine to start")
+    time.sleep(2)  # the other one would have started by now, were it not waiting for the lock
+    assert sum(p.exists() for p in pids) == 1, "both engines ran at once: the component lock did not hold"
     gate.touch()
     for t in threads:
         t.join()
@@ -141,6 +144,8 @@ def test_two_backups_of_one_component_at_once(prefect_server, s3_store, tmp_path
     assert ids[0] != ids[1]
     listed = list_backups(store, "app-state")
     assert sorted(m.id for m in listed) == ids
+    first, second = sorted(listed, key=lambda m: m.started_at)
+    assert second.started_at >= first.finished_at  # one after the other
     for manifest in listed:
         verify_backup(store, manifest)
         assert manifest.objects[0].raw_size == 2 * 1024 * 1024
