@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
 from blocks.postgres import PostgresTarget
+from flows.locks import component_lock
 from tasks.components import load_target
 from tasks.errors import BadInput, NotFound
 from tasks.pg_common import admin, aside_name, databases, drop_database, parse_aside, same_base
@@ -73,7 +74,8 @@ def rollback_postgres(
 ) -> dict[str, Any]:
     """Put back the database the last cut-over replaced (or `rollback_name`). The database it
     replaces is kept as `<db>__undone_<ts>`, so a rollback can itself be undone."""
-    report = rollback_task(_target(target), database, rollback_name)
+    with component_lock("postgres"):  # never while a backup or restore of it runs
+        report = rollback_task(_target(target), database, rollback_name)
     get_run_logger().info("rolled back %s to %s", database, report["restored_from"])
     create_markdown_artifact(
         key="rollback-postgres",

@@ -24,6 +24,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 from blocks.restore_guard import RestoreGuard
 from blocks.store import StoreBlock
 from flows.common import load_store
+from flows.locks import component_lock
 from tasks.catalog import get_backup
 from tasks.checklist import (
     ITEMS,
@@ -195,7 +196,8 @@ def restore_with_checklist(
         raise
     started = datetime.now(UTC)
     try:
-        record.report = restore_task(manifest, target_block, store_block, options)
+        with component_lock(component):  # never while a backup or restore of it runs
+            record.report = restore_task(manifest, target_block, store_block, options)
         record.status = "restored"
     except Exception as exc:
         record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
@@ -232,7 +234,8 @@ def rollback_restore(
     manifest = get_backup(store_block, record.safety_backup_id, record.component)
     target_block = load_target(record.component, target)
     verify_task(manifest, store_block, target_block)
-    restore_task(manifest, target_block, store_block, None)
+    with component_lock(record.component):
+        restore_task(manifest, target_block, store_block, None)
     record.status, record.rolled_back_at = "rolled back", datetime.now(UTC)
     put_record(store_block, record_key_of(store_block, restore_id), record)
     create_markdown_artifact(

@@ -20,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from blocks.kubernetes import VeleroTarget
 from blocks.store import StoreBlock
 from flows.common import load_store
+from flows.locks import component_lock
 from tasks import kube, velero, volumes
 from tasks.catalog import LATEST, get_backup, list_backups, verify_backup
 from tasks.components import load_target, restore_task, verify_task
@@ -115,9 +116,10 @@ def namespace_corruption(
         if not _holds(store_block, manifest, namespace):
             raise BadInput(f"backup {manifest.id} does not hold namespace {namespace!r}")
     verify_task(manifest, store_block, target_block)  # before anything is deleted
-    forensic = forensic_backup_task(target_block, store_block, namespace, "kubernetes")
-    delete_namespace_task(target_block, namespace)
-    restored = restore_task(manifest, target_block, store_block, {"namespaces": [namespace]})
+    with component_lock("kubernetes"):  # no scheduled backup or other restore in between
+        forensic = forensic_backup_task(target_block, store_block, namespace, "kubernetes")
+        delete_namespace_task(target_block, namespace)
+        restored = restore_task(manifest, target_block, store_block, {"namespaces": [namespace]})
     report = {"namespace": namespace, "backup_id": manifest.id, "forensic_backup": forensic, **restored}
     logger.info("namespace %s restored from %s (forensic backup %s)", namespace, manifest.id, forensic)
     _report("namespace-corruption", f"Namespace {namespace} restored", report)
@@ -158,8 +160,8 @@ def data_corruption(
         raise NotFound(f"no volumes backup of {namespace} verifies good: {rejected or 'there are none'}")
     doc = velero.load_document(store_block, manifest)
     names = pvcs or doc["inventory"][namespace]["persistentvolumeclaims"]
-    forensic = forensic_backup_task(target_block, store_block, namespace, "volumes")
-    with kube.quiesced(target_block.kube, namespace) as replicas:
+    with component_lock("volumes"), kube.quiesced(target_block.kube, namespace) as replicas:
+        forensic = forensic_backup_task(target_block, store_block, namespace, "volumes")
         delete_pvcs_task(target_block, namespace, names)
         restored = restore_task(
             manifest,
@@ -205,6 +207,7 @@ def partial_restore(
         "namespace_mapping": namespace_mapping or {},
         "existing_resource_policy": ExistingResourcePolicy(existing_resource_policy).value,
     }
-    report = {"backup_id": manifest.id, **restore_task(manifest, target_block, store_block, options)}
+    with component_lock("kubernetes"):
+        report = {"backup_id": manifest.id, **restore_task(manifest, target_block, store_block, options)}
     _report("partial-restore", f"Partial restore from {manifest.id}", report)
     return report
