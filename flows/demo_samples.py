@@ -4,7 +4,7 @@ the component's target block.
 
 PostgreSQL: an initdb cluster with a `lambda` database. Kubernetes + volumes: the API emulator
 with a fake Velero (tests/k8s_emulator: no cluster can run here). etcd: a throwaway member with
-ConfigMap-like keys. RabbitMQ: a vhost `klb-demo`. App state: a directory captured by tar.
+ConfigMap-like keys. RabbitMQ: a vhost `klb-demo-<random>` (its own each run). App state: a directory captured by tar.
 """
 
 from __future__ import annotations
@@ -84,22 +84,23 @@ def _delete_vhost(target: RabbitMQTarget, vhost: str) -> None:
 
 
 def rabbitmq(stack: ExitStack, workdir: Path) -> RabbitMQTarget:
-    target = RabbitMQTarget(url=RABBITMQ_URL, vhosts=["klb-demo"])
+    vhost = f"klb-demo-{secrets.token_hex(3)}"  # its own: a demo and a test may run at once
+    target = RabbitMQTarget(url=RABBITMQ_URL, vhosts=[vhost])
     try:
         with target.client() as api:
-            api.put("/vhosts/klb-demo", json={}).raise_for_status()
-            api.put("/exchanges/klb-demo/lambda.events", json={"type": "topic", "durable": True})
+            api.put(f"/vhosts/{vhost}", json={}).raise_for_status()
+            api.put(f"/exchanges/{vhost}/lambda.events", json={"type": "topic", "durable": True})
             api.put(
-                "/queues/klb-demo/lambda.invocations",
+                f"/queues/{vhost}/lambda.invocations",
                 json={"durable": True, "arguments": {"x-queue-type": "quorum"}},
             )
-            api.put("/queues/klb-demo/lambda.dead-letters", json={"durable": True})
+            api.put(f"/queues/{vhost}/lambda.dead-letters", json={"durable": True})
             api.post(
-                "/bindings/klb-demo/e/lambda.events/q/lambda.invocations", json={"routing_key": "invoke.#"}
+                f"/bindings/{vhost}/e/lambda.events/q/lambda.invocations", json={"routing_key": "invoke.#"}
             )
-            api.put("/policies/klb-demo/dlx", json={"pattern": "^lambda\\.invocations$", "apply-to": "queues",
+            api.put(f"/policies/{vhost}/dlx", json={"pattern": "^lambda\\.invocations$", "apply-to": "queues",
                     "definition": {"dead-letter-exchange": ""}, "priority": 1})  # fmt: skip
-        stack.callback(_delete_vhost, target, "klb-demo")
+        stack.callback(_delete_vhost, target, vhost)
     except httpx.HTTPError as exc:
         raise ConfigurationError(
             f"RabbitMQ management API at {RABBITMQ_URL} is not usable ({exc}): run scripts/setup.sh"
