@@ -4,7 +4,8 @@ the component's target block.
 
 PostgreSQL: an initdb cluster with a `lambda` database. Kubernetes + volumes: the API emulator
 with a fake Velero (tests/k8s_emulator: no cluster can run here). etcd: a throwaway member with
-ConfigMap-like keys. RabbitMQ: a vhost `klb-demo-<random>` (its own each run). App state: a directory captured by tar.
+ConfigMap-like keys. RabbitMQ: a vhost `klb-demo-<random>` (its own each run). App state: a
+directory captured by tar.
 """
 
 from __future__ import annotations
