@@ -1,5 +1,5 @@
 """Kubernetes PITR: the catalog picks the newest backup at or before the target; the plan says
-how far before. The restore itself belongs to the kubernetes component (issue #5): dry runs here."""
+how far before; the last test restores through Velero on the emulated API."""
 
 from __future__ import annotations
 
@@ -57,3 +57,29 @@ def test_naive_target_is_refused(prefect_server, k8s_store):
     store, now, _ = k8s_store
     with pytest.raises(BadInput, match="no time zone"):
         pitr_kubernetes(now.replace(tzinfo=None), store=store, dry_run=True)
+
+
+def test_restores_the_cluster_as_of_the_target_through_velero(prefect_server, kube_api, local_store):
+    """The real restore (emulated API + fake Velero): a value changed after the chosen backup comes
+    back as it was at the target time; the later backup is not used."""
+    import secrets
+
+    from flows.backup import backup_component
+    from flows.pitr import pitr_kubernetes
+    from tests.test_velero import configmap, seed_app, set_configmap
+
+    store = local_store()
+    ns = f"pitr-{secrets.token_hex(3)}"
+    seed_app(kube_api.controller, ns)
+    target = kube_api.velero_target(include_namespaces=[ns])
+    before = backup_component("kubernetes", target=target, store=store)
+    target_time = datetime.now(UTC)
+    set_configmap(kube_api, ns, "settings", {"mode": "broken"})
+    backup_component("kubernetes", target=target, store=store)  # after the target: must not be used
+
+    result = pitr_kubernetes(
+        target_time, target=target, store=store, options={"existing_resource_policy": "update"}
+    )
+    assert result["backup_id"] == before.id
+    assert 0 <= result["seconds_before_target"] < 60
+    assert configmap(kube_api, ns, "settings") == {"mode": "prod"}
