@@ -46,7 +46,7 @@ stamp=.venv/.lock-stamp
 if [ ! -x .venv/bin/python ] || ! cmp -s requirements.lock "$stamp" 2>/dev/null; then
   echo "setup: creating .venv from requirements.lock"
   "$PY" -m venv .venv
-  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q --upgrade pip >/dev/null 2> >(grep -v "^WARNING: Location" >&2)
   .venv/bin/pip install -q -r requirements.lock 2> >(grep -v "^WARNING: Location" >&2)
   cp requirements.lock "$stamp"
 fi
