@@ -53,7 +53,10 @@ def main() -> int:
     for name, reason in backups.not_configured.items():
         print(f"  {name:14} not backed up: {reason.splitlines()[0]}")
     print("\n" + (drill_report_text(drill.result()) if drill.is_completed() else last_drill_report()))
-    print("\nList the backups any time: PYTHONPATH=. .venv/bin/python -m flows.catalog list")
+    print(
+        f"\nList them any time: KLB_STORE_DIR={os.environ['KLB_STORE_DIR']} "
+        "PYTHONPATH=. .venv/bin/python -m flows.catalog list"
+    )
     return 0 if drill.is_completed() else 1
 
 
