@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,8 @@ class EngineKill:
     def outcome(self) -> str:
         return (
             f"flow Failed with '{self.message}'; nothing listed, no object, "
-            "no multipart upload or partial file left"
+            "no multipart upload or partial file left; the pushgateway shows backup_failure_total+1, "
+            "a fresh backup_last_failure_timestamp_seconds and backup_last_status 0"
         )
 
 
@@ -48,9 +50,37 @@ def app_state_streaming(request, tmp_path: Path):
     return target, lambda: pid_of(tmp_path / "sessions.pid")
 
 
+def _frozen_once_streaming(name: str, written: int = 1 << 20) -> int:
+    """The pid of our child `name`, SIGSTOPped once it has written `written` bytes: it is then
+    certainly mid-stream, however fast the dump would otherwise be."""
+    from tests.pg_helpers import children
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for pid in children(name):
+            try:
+                io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+            except OSError:
+                continue
+            if int(io["wchar"]) >= written:
+                os.kill(pid, signal.SIGSTOP)
+                return pid
+        time.sleep(0.005)
+    raise AssertionError(f"{name} never wrote {written} bytes")
+
+
+def postgres_streaming(request, tmp_path: Path):
+    from tests.pg_helpers import target_for
+
+    db = request.getfixturevalue("pg_big_db")
+    target = target_for(request.getfixturevalue("postgres"), databases=[db])
+    return target, lambda: _frozen_once_streaming("pg_dump")
+
+
 ENGINE_KILLS = [
     EngineKill("app-state", "local", app_state_streaming, "app-state sessions was killed by signal 9"),
     EngineKill("app-state", "s3", app_state_streaming, "app-state sessions was killed by signal 9"),
+    EngineKill("postgres", "local", postgres_streaming, "was killed by signal 9"),
 ]
 
 
@@ -65,8 +95,26 @@ def _everything(store) -> list[str]:
     return [k for k in backend_for(store).list_keys(store.prefix) if "/_prefect-results/" not in k]
 
 
+@pytest.fixture(scope="session")
+def pg_big_db(postgres):
+    """A database whose dump takes long enough to be caught mid-stream (~8 MB)."""
+    from tests.pg_helpers import drop, make_db, new_name, target_for
+
+    name = new_name("fault_dump")
+    make_db(target_for(postgres), name, rows=30_000)
+    yield name
+    drop(target_for(postgres), name)
+
+
 @pytest.mark.parametrize("case", ENGINE_KILLS, ids=lambda c: f"{c.component}-{c.store}")
-def test_engine_killed_mid_stream_leaves_nothing(case, request, prefect_server, tmp_path):
+def test_engine_killed_mid_stream_leaves_nothing(
+    case, request, prefect_server, pushgateway, monkeypatch, tmp_path
+):
+    from tests.test_metrics import scrape, value
+
+    monkeypatch.setenv("KLB_PUSHGATEWAY_URL", pushgateway.url)
+    failures = value(scrape(pushgateway), "backup_failure_total", case.component) or 0
+    started = time.time()
     store = _store(request, case.store)
     target, engine_pid = case.start(request, tmp_path)
     backend = backend_for(store)
@@ -89,6 +137,11 @@ def test_engine_killed_mid_stream_leaves_nothing(case, request, prefect_server, 
     assert list_backups(store, case.component) == []
     assert _everything(store) == []
     assert backend.incomplete_writes(store.prefix) == []
+    # the failure is on the dashboard: one more failure, a fresh last-failure time, status 0
+    samples = scrape(pushgateway)
+    assert value(samples, "backup_failure_total", case.component) == failures + 1
+    assert value(samples, "backup_last_failure_timestamp_seconds", case.component) >= int(started)
+    assert value(samples, "backup_last_status", case.component) == 0
 
 
 @pytest.mark.fault(
