@@ -7,6 +7,7 @@ COMPONENT_BAD_INPUTS is the table (rows of test_bad_input.Bad; `call(world)` get
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from datetime import UTC, datetime, timedelta
@@ -73,9 +74,9 @@ class Systems:
 
         creds = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}  # moto
         client = boto3.client("s3", endpoint_url=self.moto.url, region_name="us-west-2", **creds)
-        client.create_bucket(
-            Bucket=self.bucket, CreateBucketConfiguration={"LocationConstraint": "us-west-2"}
-        )
+        where = {"LocationConstraint": "us-west-2"}
+        with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+            client.create_bucket(Bucket=self.bucket, CreateBucketConfiguration=where)
         return PitrTarget(
             port=self.pg.port,
             archive_url=f"s3://{self.bucket}/pitr",
@@ -298,6 +299,18 @@ COMPONENT_BAD_INPUTS = [
         ),
         "NotFound",
         "no recoverable window in s3://{bucket}/pitr (pg): take a base backup",
+    ),
+    Bad(
+        "pitr-archive-no-credentials",
+        "pitr_postgres against a WAL archive with no S3 credentials configured",
+        lambda w: pitr_postgres(
+            target_time="latest",
+            target=w.pitr_archive().model_copy(update={"aws_access_key_id": None}),
+            store=w.store,
+            return_state=True,
+        ),
+        "ConfigurationError",
+        "the WAL archive s3://{bucket}/pitr has no valid S3 credentials for us: set aws_access_key_id",
     ),
     Bad(
         "pitr-two-targets",
