@@ -410,8 +410,8 @@ BAD_INPUTS = [
         "malformed-target-time",
         "pitr target_time='yesterday at noon'",
         lambda w: pitr_postgres(target_time="yesterday at noon", return_state=True),
-        "ParameterTypeError",
-        "- target_time: Input should be a valid datetime",
+        "BadInput",
+        "target time 'yesterday at noon' is not a time: use ISO 8601 with a zone",
     ),
 ]
 

@@ -169,14 +169,15 @@ def test_full_disk_fails_clearly_and_frees_the_space(prefect_server, tiny_disk, 
 
 @pytest.mark.fault(
     "concurrency",
-    "two backups of the same component run at the same moment against the same store",
-    "both complete as separate backups with distinct ids; both listed and verified (the per-component "
-    "Prefect concurrency limit of the deployments decides whether they may overlap)",
+    "two backups of the same component started at the same moment against the same store",
+    "one runs, the other waits for the component lock (klb-component-app-state) and starts only "
+    "when the first is done; both complete as separate backups with distinct ids, listed and verified",
 )
 def test_two_backups_of_one_component_at_once(prefect_server, s3_store, tmp_path):
     store = s3_store()
     gate = tmp_path / "go"
     targets = [app_target(tmp_path / f"run{i}", mib=2, gate=gate) for i in range(2)]
+    pidfiles = [tmp_path / f"run{i}" / "sessions.pid" for i in range(2)]
     results: dict[int, object] = {}
 
     def run(i: int) -> None:
@@ -185,11 +186,13 @@ def test_two_backups_of_one_component_at_once(prefect_server, s3_store, tmp_path
     threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
     for t in threads:
         t.start()
-    for i in range(2):  # both engines are running before either writes a byte
-        pid_of(tmp_path / f"run{i}" / "sessions.pid")
+    wait_until(lambda: any(p.exists() for p in pidfiles), 30, "one backup's engine to start")
+    time.sleep(1)  # the other had all the time it needs to start too, if it were not locked out
+    assert sum(p.exists() for p in pidfiles) == 1, "both backups ran at once"
     gate.touch()
     for t in threads:
         t.join()
+    assert all(p.exists() for p in pidfiles)  # the second ran after the first
     ids = sorted(results[i].result().id for i in range(2))
     assert ids[0] != ids[1]
     listed = list_backups(store, "app-state")
