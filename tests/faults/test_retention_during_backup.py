@@ -65,11 +65,15 @@ def test_retention_during_a_backup_leaves_it_alone(prefect_server, s3_store, tmp
     runner.start()
     try:
         pid_of(tmp_path / "second.pid")
-        in_flight = lambda: [k for k in backend.list_keys(store.prefix) if k.endswith("/first")]  # noqa: E731
+
+        def in_flight() -> bool:
+            stored = [
+                k for k in backend.list_keys(store.prefix) if k.endswith("/first") and earlier.id not in k
+            ]
+            return bool(stored) and bool(backend.incomplete_writes(store.prefix))
+
         wait_until(
-            lambda: len(in_flight()) == 2 and backend.incomplete_writes(store.prefix),
-            30,
-            "the second backup to store its first object and open an upload for the next",
+            in_flight, 60, "the second backup to store its first object and open an upload for the next"
         )
         summary = enforce_retention(dry_run=False, store=store, components=["app-state"])
     finally:
