@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
@@ -65,3 +67,14 @@ class VeleroTarget(Block):
     cancel_stuck_backups: bool = Field(
         default=True, description="on timeout, ask Velero to delete the stuck backup (DeleteBackupRequest)"
     )
+
+    @field_validator("include_namespaces", "exclude_namespaces")
+    @classmethod
+    def _namespaces(cls, names: list[str]) -> list[str]:
+        # a typo'd or empty name would make Velero back up nothing (or everything) without a word
+        bad = [n for n in names if n != "*" and (len(n) > 63 or not re.fullmatch(DNS_LABEL, n))]
+        if bad:
+            raise ValueError(
+                f"{bad} are not valid namespace names (lower-case DNS labels, <= 63 chars, or '*' for all)"
+            )
+        return names

@@ -87,7 +87,8 @@ def render(rows: list[Row], args: list[str]) -> str:
         f"**{len(rows)} cases, {passed} passed.**",
         "",
         "Regenerate: `PYTHONPATH=. .venv/bin/python scripts/fault_table.py`. A case is added as a row "
-        "of a table in `tests/faults/` (`ENGINE_KILLS`, `RESTORE_KILLS`, `DAMAGES`, `BAD_INPUTS`) "
+        "of a table in `tests/faults/` (`ENGINE_KILLS`, `RESTORE_KILLS`, `DAMAGES`, `BAD_INPUTS`, "
+        "`COMPONENT_BAD_INPUTS`) "
         "or as a test with `@pytest.mark.fault(category, fault, outcome)`; the S3 faults come from "
         "`tests/faults/s3_fault_proxy.py`, a proxy in front of moto.",
         "",

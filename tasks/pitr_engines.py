@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from blocks.pitr import PitrTarget
-from tasks.errors import BadInput, ConfigurationError
+from tasks.errors import BadInput, ComponentFailed, ConfigurationError
 from tasks.proc import run
 
 # A venv built from /usr/bin/python3 by scripts/setup.sh: root's pyenv is not readable by postgres.
@@ -82,13 +82,17 @@ import json, sys
 from barman.cloud import CloudBackupCatalog
 from barman.cloud_providers.aws_s3 import S3CloudInterface
 url, server, endpoint = sys.argv[1], sys.argv[2], sys.argv[3] or None
-iface = S3CloudInterface(url=url, endpoint_url=endpoint, jobs=1)
-if not iface.test_connectivity():
-    sys.exit("cannot reach " + url)
-if not iface.bucket_exists:
-    sys.exit("bucket of " + url + " does not exist")
-print(json.dumps(sorted(CloudBackupCatalog(iface, server).get_wal_paths())))
+try:
+    iface = S3CloudInterface(url=url, endpoint_url=endpoint, jobs=1)
+    if not iface.test_connectivity():
+        sys.exit("cannot reach " + url)
+    if not iface.bucket_exists:
+        sys.exit("bucket of " + url + " does not exist")
+    print(json.dumps(sorted(CloudBackupCatalog(iface, server).get_wal_paths())))
+except Exception as exc:  # one line for the operator, not boto's traceback
+    sys.exit(type(exc).__name__ + ": " + str(exc))
 """
+_CREDENTIAL_ERRORS = ("NoCredentialsError", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken")
 
 
 class BarmanCloud:
@@ -122,7 +126,20 @@ class BarmanCloud:
         return ["--endpoint-url", target.endpoint_url] if target.endpoint_url else []
 
     def list_wal(self, target: PitrTarget) -> list[str]:
-        out = run(
+        try:
+            out = self._list_wal(target)
+        except ComponentFailed as exc:
+            if any(code in str(exc) for code in _CREDENTIAL_ERRORS):
+                raise ConfigurationError(
+                    f"the WAL archive {target.archive_url} has no valid S3 credentials for us: set "
+                    "aws_access_key_id / aws_secret_access_key on the PITR target block (or the "
+                    "environment's AWS credentials)"
+                ) from None
+            raise
+        return json.loads(out)
+
+    def _list_wal(self, target: PitrTarget) -> str:
+        return run(
             [
                 self._python(),
                 "-c",
@@ -135,7 +152,6 @@ class BarmanCloud:
             timeout=300,
             name="barman-cloud WAL list",
         )
-        return json.loads(out)
 
     def fetch_wal(self, target: PitrTarget, wal_name: str, dest: Path) -> None:
         run(

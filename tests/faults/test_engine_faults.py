@@ -40,7 +40,8 @@ class EngineKill:
     def outcome(self) -> str:
         return (
             f"flow Failed with '{self.message}'; nothing listed, no object, "
-            "no multipart upload or partial file left"
+            "no multipart upload or partial file left; the pushgateway shows backup_failure_total+1, "
+            "a fresh backup_last_failure_timestamp_seconds and backup_last_status 0"
         )
 
 
@@ -49,9 +50,37 @@ def app_state_streaming(request, tmp_path: Path):
     return target, lambda: pid_of(tmp_path / "sessions.pid")
 
 
+def _frozen_once_streaming(name: str, written: int = 1 << 20) -> int:
+    """The pid of our child `name`, SIGSTOPped once it has written `written` bytes: it is then
+    certainly mid-stream, however fast the dump would otherwise be."""
+    from tests.pg_helpers import children
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for pid in children(name):
+            try:
+                io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+            except OSError:
+                continue
+            if int(io["wchar"]) >= written:
+                os.kill(pid, signal.SIGSTOP)
+                return pid
+        time.sleep(0.005)
+    raise AssertionError(f"{name} never wrote {written} bytes")
+
+
+def postgres_streaming(request, tmp_path: Path):
+    from tests.pg_helpers import target_for
+
+    db = request.getfixturevalue("pg_big_db")
+    target = target_for(request.getfixturevalue("postgres"), databases=[db])
+    return target, lambda: _frozen_once_streaming("pg_dump")
+
+
 ENGINE_KILLS = [
     EngineKill("app-state", "local", app_state_streaming, "app-state sessions was killed by signal 9"),
     EngineKill("app-state", "s3", app_state_streaming, "app-state sessions was killed by signal 9"),
+    EngineKill("postgres", "local", postgres_streaming, "was killed by signal 9"),
 ]
 
 
@@ -66,8 +95,26 @@ def _everything(store) -> list[str]:
     return [k for k in backend_for(store).list_keys(store.prefix) if "/_prefect-results/" not in k]
 
 
+@pytest.fixture(scope="session")
+def pg_big_db(postgres):
+    """A database whose dump takes long enough to be caught mid-stream (~8 MB)."""
+    from tests.pg_helpers import drop, make_db, new_name, target_for
+
+    name = new_name("fault_dump")
+    make_db(target_for(postgres), name, rows=30_000)
+    yield name
+    drop(target_for(postgres), name)
+
+
 @pytest.mark.parametrize("case", ENGINE_KILLS, ids=lambda c: f"{c.component}-{c.store}")
-def test_engine_killed_mid_stream_leaves_nothing(case, request, prefect_server, tmp_path):
+def test_engine_killed_mid_stream_leaves_nothing(
+    case, request, prefect_server, pushgateway, monkeypatch, tmp_path
+):
+    from tests.test_metrics import scrape, value
+
+    monkeypatch.setenv("KLB_PUSHGATEWAY_URL", pushgateway.url)
+    failures = value(scrape(pushgateway), "backup_failure_total", case.component) or 0
+    started = time.time()
     store = _store(request, case.store)
     target, engine_pid = case.start(request, tmp_path)
     backend = backend_for(store)
@@ -90,6 +137,11 @@ def test_engine_killed_mid_stream_leaves_nothing(case, request, prefect_server, 
     assert list_backups(store, case.component) == []
     assert _everything(store) == []
     assert backend.incomplete_writes(store.prefix) == []
+    # the failure is on the dashboard: one more failure, a fresh last-failure time, status 0
+    samples = scrape(pushgateway)
+    assert value(samples, "backup_failure_total", case.component) == failures + 1
+    assert value(samples, "backup_last_failure_timestamp_seconds", case.component) >= int(started)
+    assert value(samples, "backup_last_status", case.component) == 0
 
 
 @pytest.mark.fault(
@@ -117,14 +169,15 @@ def test_full_disk_fails_clearly_and_frees_the_space(prefect_server, tiny_disk, 
 
 @pytest.mark.fault(
     "concurrency",
-    "two backups of the same component are started at the same moment against the same store",
-    "one runs, the other waits on the component lock (klb-component-app-state) and runs after it: "
-    "two separate backups, distinct ids, never overlapping, both listed and verified",
+    "two backups of the same component started at the same moment against the same store",
+    "one runs, the other waits for the component lock (klb-component-app-state) and starts only "
+    "when the first is done; both complete as separate backups with distinct ids, listed and verified",
 )
 def test_two_backups_of_one_component_at_once(prefect_server, s3_store, tmp_path):
     store = s3_store()
     gate = tmp_path / "go"
     targets = [app_target(tmp_path / f"run{i}", mib=2, gate=gate) for i in range(2)]
+    pidfiles = [tmp_path / f"run{i}" / "sessions.pid" for i in range(2)]
     results: dict[int, object] = {}
 
     def run(i: int) -> None:
@@ -133,19 +186,17 @@ def test_two_backups_of_one_component_at_once(prefect_server, s3_store, tmp_path
     threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
     for t in threads:
         t.start()
-    pids = [tmp_path / f"run{i}" / "sessions.pid" for i in range(2)]
-    wait_until(lambda: any(p.exists() for p in pids), 60, "one backup's engine to start")
-    time.sleep(2)  # the other one would have started by now, were it not waiting for the lock
-    assert sum(p.exists() for p in pids) == 1, "both engines ran at once: the component lock did not hold"
+    wait_until(lambda: any(p.exists() for p in pidfiles), 30, "one backup's engine to start")
+    time.sleep(1)  # the other had all the time it needs to start too, if it were not locked out
+    assert sum(p.exists() for p in pidfiles) == 1, "both backups ran at once"
     gate.touch()
     for t in threads:
         t.join()
+    assert all(p.exists() for p in pidfiles)  # the second ran after the first
     ids = sorted(results[i].result().id for i in range(2))
     assert ids[0] != ids[1]
     listed = list_backups(store, "app-state")
     assert sorted(m.id for m in listed) == ids
-    first, second = sorted(listed, key=lambda m: m.started_at)
-    assert second.started_at >= first.finished_at  # one after the other
     for manifest in listed:
         verify_backup(store, manifest)
         assert manifest.objects[0].raw_size == 2 * 1024 * 1024

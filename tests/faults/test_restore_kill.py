@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +35,15 @@ with open(dest + ".new", "wb") as fh:
         time.sleep(0.005)
 os.replace(dest + ".new", dest)
 """
+# the arguments travel in the environment: a target may hold a password (never argv)
 CHILD = """
-import json, sys
-from blocks.app_state import AppStateTarget
+import importlib, json, os
 from blocks.store import LocalStore
 from flows.restore import restore_component
-args = json.loads(sys.argv[1])
-restore_component("app-state", backup_id=args["id"], target=AppStateTarget.model_validate(args["target"]),
+args = json.loads(os.environ["KLB_TEST_RESTORE"])
+module, name = args["target_cls"].rsplit(".", 1)
+target = getattr(importlib.import_module(module), name).model_validate(args["target"])
+restore_component(args["component"], backup_id=args["id"], target=target,
                   store=LocalStore.model_validate(args["store"]))
 """
 
@@ -50,6 +53,9 @@ class RestoreKill:
     component: str
     # (request, tmp_path) -> (target, store, backup id, state reader, "restore is under way" check)
     setup: Callable
+    # (target) -> None: what must hold once the rerun is done (e.g. leftovers cleaned up)
+    after: Callable | None = None
+    after_text: str = ""
     category: str = "restore-kill"
 
     @property
@@ -58,7 +64,11 @@ class RestoreKill:
 
     @property
     def outcome(self) -> str:
-        return "the target keeps exactly its old state (the engine dies with the flow); a rerun restores all"
+        return (
+            "the target keeps exactly its old state (the engine dies with the flow); the dead run still "
+            "holds the component lock (freed by its 300 s lease, or `prefect gcl delete`); a rerun then "
+            "restores all" + self.after_text
+        )
 
 
 def app_state_setup(request, tmp: Path):
@@ -77,11 +87,75 @@ def app_state_setup(request, tmp: Path):
         backup_command=["true"],
         restore_command=[sys.executable, "-c", SLOW_RESTORER, str(dest)],
     )
-    under_way = lambda: Path(f"{dest}.new").exists() and Path(f"{dest}.new").stat().st_size > 1 << 20  # noqa: E731
+    under_way = lambda _flow: Path(f"{dest}.new").exists() and Path(f"{dest}.new").stat().st_size > 1 << 20  # noqa: E731
     return AppStateTarget(steps=[step]), store, manifest.id, dest.read_bytes, under_way, data
 
 
-RESTORE_KILLS = [RestoreKill("app-state", app_state_setup)]
+def postgres_setup(request, tmp: Path):
+    """A database backed up then changed; the restore is caught with pg_restore mid-way (frozen
+    with SIGSTOP once it has read 256 KiB of the dump: mid-stream whatever the machine's speed)."""
+    import tasks.postgres as pg
+    from blocks.store import LocalStore
+    from tests.pg_helpers import exec_in, make_db, new_name, state, target_for
+
+    postgres = request.getfixturevalue("postgres")
+    db = new_name("fault_rst")
+    make_db(target_for(postgres), db, rows=20_000)
+    request.addfinalizer(lambda: _drop_with_asides(target_for(postgres), db))
+    target = target_for(postgres, databases=[db])
+    store = LocalStore(path=str(tmp / "store"))
+    with backup_session(store, "postgres") as session:
+        pg.backup(target, session)
+        manifest = session.commit()
+    backed_up = _canon(state(target, db))
+    exec_in(target, db, "UPDATE app.items SET name = 'changed' WHERE id < 100; DELETE FROM public.logs")
+    assert _canon(state(target, db)) != backed_up
+    return target, store, manifest.id, lambda: _canon(state(target, db)), _pg_restore_streaming, backed_up
+
+
+def _canon(fingerprint: dict) -> bytes:
+    return json.dumps(fingerprint, sort_keys=True, default=str).encode()
+
+
+def _pg_restore_streaming(flow_pid: int) -> bool:
+    from tests.pg_helpers import children
+
+    for pid in children("pg_restore", flow_pid):
+        io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+        if int(io["rchar"]) >= 256 << 10:  # read from the store's stream (libpq send()s: no wchar)
+            os.kill(pid, signal.SIGSTOP)
+            return True
+    return False
+
+
+def _drop_with_asides(target, db: str) -> None:
+    from tasks.pg_common import parse_aside
+    from tests.pg_helpers import db_names, drop
+
+    drop(target, db, *[d for d in db_names(target) if (p := parse_aside(d)) and p[0] == db])
+
+
+def postgres_after(target) -> None:
+    """The killed run left its `__restore_` copy; the cleanup flow removes it, and after the
+    rerun's own rollback copy nothing of the database's side copies remains."""
+    from flows.postgres import cleanup_postgres_rollbacks
+    from tasks.pg_common import parse_aside
+    from tests.pg_helpers import db_names
+
+    db = target.databases[0]
+    cleanup_postgres_rollbacks(older_than_hours=0, target=target)
+    assert [d for d in db_names(target) if (p := parse_aside(d)) and p[0] == db] == []
+
+
+RESTORE_KILLS = [
+    RestoreKill("app-state", app_state_setup),
+    RestoreKill(
+        "postgres",
+        postgres_setup,
+        postgres_after,
+        "; cleanup_postgres_rollbacks(older_than_hours=0) then leaves no __restore_/__rollback_ copy",
+    ),
+]
 
 
 @pytest.mark.parametrize("case", RESTORE_KILLS, ids=lambda c: c.component)
@@ -91,45 +165,62 @@ def test_flow_killed_mid_restore_leaves_the_old_state(case, request, prefect_ser
     target, store, backup_id, read_state, under_way, data = case.setup(request, tmp_path)
     old = read_state()
     args = json.dumps(
-        {"id": backup_id, "target": target.model_dump(mode="json"), "store": store.model_dump(mode="json")}
+        {
+            "component": case.component,
+            "id": backup_id,
+            "target_cls": f"{type(target).__module__}.{type(target).__name__}",
+            "target": target.model_dump(mode="json", context={"include_secrets": True}),
+            "store": store.model_dump(mode="json"),
+        }
     )
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PYTHONPATH": str(ROOT),
+        "KLB_TEST_RESTORE": args,
+    }
     flow = subprocess.Popen(
-        [sys.executable, "-c", CHILD, args],
+        [sys.executable, "-c", CHILD],
         env=env,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_until(lambda: under_way() or flow.poll() is not None, 120, "the restore to stream")
+        deadline = time.monotonic() + 120  # polled fast: a small restore is over in a blink
+        while not under_way(flow.pid) and flow.poll() is None:
+            assert time.monotonic() < deadline, "the restore never started streaming"
+            time.sleep(0.002)
         assert flow.poll() is None, "the restore flow ended before it could be killed"
         os.kill(flow.pid, signal.SIGKILL)
         flow.wait()
     finally:
         if flow.poll() is None:
             flow.kill()
-    _free_lock_of_killed_holder(case.component)
-    engine = int((tmp_path / "state.pid").read_text())
-    wait_until(lambda: not Path(f"/proc/{engine}").exists() or _zombie(engine), 10, "the engine to die")
+    if (tmp_path / "state.pid").exists():
+        engine = int((tmp_path / "state.pid").read_text())
+        wait_until(lambda: not Path(f"/proc/{engine}").exists() or _zombie(engine), 10, "the engine to die")
     assert read_state() == old  # never a mix, never half the new state
+    _free_the_dead_runs_slot(case.component)
     report = restore_component(case.component, backup_id=backup_id, target=target, store=store)
     assert report["backup_id"] == backup_id
     assert hashlib.sha256(read_state()).digest() == hashlib.sha256(data).digest()
+    if case.after is not None:
+        case.after(target)
 
 
-def _free_lock_of_killed_holder(component: str) -> None:
-    """The killed flow held klb-component-<c>. In production its lease expires and Prefect's
-    repossessor frees the slot; the test session's server does not run it, so free it here or
-    every later backup of the component waits for a dead holder."""
+def _free_the_dead_runs_slot(component: str) -> None:
+    """The killed run still holds the component lock: its lease would free it after
+    lease_duration (300 s). The operator's shortcut, documented in the outcome: delete the limit
+    (`prefect gcl delete klb-component-<c>`); the next run recreates it."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 
     from flows.locks import lock_name
 
     with get_client(sync_client=True) as client:
-        reset = GlobalConcurrencyLimitUpdate(active_slots=0)
-        client.update_global_concurrency_limit(lock_name(component), reset)
+        held = client.read_global_concurrency_limit_by_name(lock_name(component))
+        assert held.active_slots == 1, "the killed restore did not hold the component lock"
+        client.delete_global_concurrency_limit_by_name(lock_name(component))
 
 
 def _zombie(pid: int) -> bool:

@@ -1,0 +1,90 @@
+"""Retention runs (for real, dry_run=False) while a backup is being written: the backup in flight
+is objects without a manifest plus an open multipart upload, younger than the grace; retention
+leaves both alone and the backup completes, listed and verified."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import pytest
+
+from blocks.app_state import AppStateStep, AppStateTarget
+from flows.backup import backup_component
+from flows.maintenance import enforce_retention
+from tasks.backends import backend_for
+from tasks.catalog import list_backups, verify_backup
+from tests.faults.helpers import pid_of, restorer_argv, streamer_argv
+from tests.services import wait_until
+
+# writes 12 MiB (5 MiB parts go up, the multipart upload stays open), waits for argv[2],
+# writes 1 MiB more
+HALF = """
+import os, sys, time
+open(sys.argv[1] + ".tmp", "w").write(str(os.getpid())); os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+for _ in range(12):
+    sys.stdout.buffer.write(os.urandom(1 << 20)); sys.stdout.flush()
+deadline = time.monotonic() + 60
+while not os.path.exists(sys.argv[2]) and time.monotonic() < deadline:
+    time.sleep(0.02)
+sys.stdout.buffer.write(os.urandom(1 << 20))
+"""
+
+
+@pytest.mark.fault(
+    "concurrency",
+    "enforce_retention(dry_run=False) runs while an app-state backup is half written (one object "
+    "stored, the next one an open multipart upload, no manifest yet)",
+    "retention deletes nothing of it (no orphan, no incomplete write removed); the backup then "
+    "completes and is listed and verified",
+)
+def test_retention_during_a_backup_leaves_it_alone(prefect_server, s3_store, tmp_path):
+    store = s3_store(part_size_mib=5)
+    gate = tmp_path / "go"
+    steps = [
+        AppStateStep(
+            name="first",
+            backup_command=streamer_argv(tmp_path / "first.pid", 1),
+            restore_command=restorer_argv(tmp_path / "first.out"),
+        ),
+        AppStateStep(
+            name="second",
+            backup_command=[sys.executable, "-c", HALF, str(tmp_path / "second.pid"), str(gate)],
+            restore_command=restorer_argv(tmp_path / "second.out"),
+        ),
+    ]
+    earlier = backup_component("app-state", target=AppStateTarget(steps=steps[:1]), store=store)
+    (tmp_path / "first.pid").unlink()
+    backend = backend_for(store)
+    result: dict[str, object] = {}
+    runner = threading.Thread(
+        target=lambda: result.update(
+            m=backup_component("app-state", target=AppStateTarget(steps=steps), store=store)
+        )
+    )
+    runner.start()
+    try:
+        pid_of(tmp_path / "second.pid")
+
+        def in_flight() -> bool:
+            stored = [
+                k for k in backend.list_keys(store.prefix) if k.endswith("/first") and earlier.id not in k
+            ]
+            return bool(stored) and bool(backend.incomplete_writes(store.prefix))
+
+        wait_until(
+            in_flight, 60, "the second backup to store its first object and open an upload for the next"
+        )
+        summary = enforce_retention(dry_run=False, store=store, components=["app-state"])
+    finally:
+        gate.touch()
+        runner.join()
+    app = summary["components"]["app-state"]
+    assert app["orphans"] == [] and app["deleted"] == []
+    assert summary["incomplete_writes_removed"] == []
+    listed = {m.id: m for m in list_backups(store, "app-state")}
+    assert sorted(listed) == sorted([earlier.id, result["m"].id])
+    manifest = listed[result["m"].id]
+    verify_backup(store, manifest)
+    assert [o.name for o in manifest.objects] == ["first", "second"]
+    assert manifest.objects[1].raw_size == 13 * 1024 * 1024
