@@ -15,6 +15,12 @@ from pathlib import Path
 
 from tasks.backends import backend_for
 
+# every place a secret could surface; a scan that covered fewer proves less
+EVERY_PLACE = (
+    "argv", "log", "prefect-log", "artifact", "flow-run", "task-run",
+    "result", "manifest", "object", "error message",
+)  # fmt: skip
+
 
 class SecretScan:
     def __init__(self, secrets: dict[str, str]) -> None:

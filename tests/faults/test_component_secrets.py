@@ -20,7 +20,7 @@ from flows.backup import backup_component
 from flows.restore import restore_component
 from tasks.pg_common import admin
 from tests.faults.helpers import make_s3_store, random_secret
-from tests.faults.secret_scan import SecretScan
+from tests.faults.secret_scan import EVERY_PLACE, SecretScan
 from tests.faults.test_restore_kill import _drop_with_asides
 from tests.pg_helpers import children, make_db, new_name, target_for
 
@@ -127,17 +127,4 @@ def test_no_component_password_leaks_anywhere(
     scan.logs(caplog.text)
     scan.store(store)
     scan.prefect()
-    scan.assert_clean(
-        require=(
-            "argv",
-            "log",
-            "prefect-log",
-            "artifact",
-            "flow-run",
-            "task-run",
-            "result",
-            "manifest",
-            "object",
-            "error message",
-        )
-    )
+    scan.assert_clean(require=EVERY_PLACE)

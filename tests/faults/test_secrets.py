@@ -19,7 +19,7 @@ from flows.backup import backup_component
 from flows.maintenance import verify_backups
 from flows.restore import restore_component
 from tests.faults.helpers import make_s3_store, pid_of, random_secret, restorer_argv, streamer_argv
-from tests.faults.secret_scan import SecretScan
+from tests.faults.secret_scan import EVERY_PLACE, SecretScan
 
 # a step that uses its secret env var and echoes it on stderr, the way engines print failing
 # connection strings; exit status from argv[1]
@@ -104,17 +104,4 @@ def test_no_secret_leaks_anywhere(prefect_server, moto, s3_bucket, tmp_path, cap
     assert "connecting with seed=***" in caplog.text  # the engine's stderr was logged, redacted
     scan.store(store)
     scan.prefect()
-    scan.assert_clean(
-        require=(
-            "argv",
-            "log",
-            "prefect-log",
-            "artifact",
-            "flow-run",
-            "task-run",
-            "result",
-            "manifest",
-            "object",
-            "error message",
-        )
-    )
+    scan.assert_clean(require=EVERY_PLACE)
