@@ -136,3 +136,23 @@ def env(**values: str):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def assert_refused_clearly(call, error: str, expected: str, caplog) -> None:
+    """`call()` fails with `error` carrying `expected`: raised before any flow ran (block
+    validation), or as a failed flow state whose message is that one line, with no traceback
+    dumped by Prefect's logs."""
+    from prefect.states import State
+
+    try:
+        outcome = call()
+    except Exception as exc:
+        assert type(exc).__name__ == error, f"{type(exc).__name__}: {exc}"
+        assert expected in str(exc), str(exc)
+        return
+    assert isinstance(outcome, State), f"no error: {outcome!r}"
+    assert outcome.is_failed(), outcome
+    assert f"{error}: " in outcome.message and expected in outcome.message, outcome.message
+    assert "Traceback" not in outcome.message
+    dumps = [r for r in caplog.records if r.name.startswith("prefect") and r.exc_info]
+    assert not dumps, [r.getMessage() for r in dumps]
