@@ -153,6 +153,15 @@ def notify_stakeholders(guard: RestoreGuard, subject: str, body: str) -> Checkli
     return ChecklistLine(item=item, mark=mark, detail=detail)
 
 
+def _warn_or_refuse(item: str, detail: str, without_rollback: bool, exc: Exception) -> ChecklistLine:
+    """A rollback step that could not be done refuses the restore, unless the operator said
+    production is gone (without_rollback): then it is a warning line and the restore goes on."""
+    if without_rollback:
+        return ChecklistLine(item=item, mark=Mark.warn, detail=detail + " (allowed: without_rollback)")
+    refused = detail + "; if it is gone, pass without_rollback=True"
+    raise Refused(ChecklistLine(item=item, mark=Mark.refused, detail=refused)) from exc
+
+
 @task(task_run_name="checklist-document-{component}", cache_policy=NO_CACHE)
 def document_current_state(
     component: str, target: Block, store: StoreBlock, restore_id: str, without_rollback: bool = False
@@ -163,15 +172,7 @@ def document_current_state(
         state: dict[str, Any] = describe_task.fn(component, target)
     except Exception as exc:
         detail = f"cannot describe the current state: {type(exc).__name__}: {exc}"
-        if without_rollback:  # production is gone: that is why we restore
-            return ChecklistLine(
-                item=item, mark=Mark.warn, detail=detail + " (allowed: without_rollback)"
-            ), None
-        raise Refused(
-            ChecklistLine(
-                item=item, mark=Mark.refused, detail=detail + "; if it is gone, pass without_rollback=True"
-            )
-        ) from exc
+        return _warn_or_refuse(item, detail, without_rollback, exc), None
     key = put_record(store, f"{restore_prefix(store, restore_id)}/current-state.json", state)
     return ChecklistLine(item=item, mark=Mark.ok, detail=f"stored at {key}"), key
 
@@ -188,15 +189,7 @@ def prepare_rollback(
         )
     except Exception as exc:
         detail = f"the safety backup failed, so there is no rollback: {type(exc).__name__}: {exc}"
-        if without_rollback:
-            return ChecklistLine(
-                item=item, mark=Mark.warn, detail=detail + " (allowed: without_rollback)"
-            ), None
-        raise Refused(
-            ChecklistLine(
-                item=item, mark=Mark.refused, detail=detail + "; if it is gone, pass without_rollback=True"
-            )
-        ) from exc
+        return _warn_or_refuse(item, detail, without_rollback, exc), None
     return (
         ChecklistLine(
             item=item, mark=Mark.ok, detail=f"safety backup {manifest.id} (roll back with rollback_restore)"
