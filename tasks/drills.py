@@ -17,10 +17,9 @@ from typing import Any
 from pydantic import AwareDatetime, BaseModel, Field, model_validator
 
 from blocks.store import StoreBlock
-from tasks.errors import NotFound
 from tasks.models import Manifest
 from tasks.proc import run
-from tasks.records import get_record, iter_records, put_record, record_key
+from tasks.records import iter_records, put_record, record_key
 
 SPACE = "drills"
 
@@ -162,17 +161,6 @@ def list_drill_records(store: StoreBlock) -> list[DrillRecord]:
     """Every stored drill, oldest first: the trend of RTO and RPO over time."""
     out = [DrillRecord.model_validate(data) for _, data in iter_records(store, SPACE)]
     return sorted(out, key=lambda r: r.started_at)
-
-
-def get_drill_record(store: StoreBlock, drill_id: str) -> DrillRecord:
-    for record in reversed(list_drill_records(store)):
-        if record.id == drill_id:
-            return record
-    raise NotFound(f"no drill {drill_id} in {store.location}")
-
-
-def load_drill_record(store: StoreBlock, key: str) -> DrillRecord:
-    return DrillRecord.model_validate(get_record(store, key))
 
 
 # --- the report -------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, Field
 
 from blocks.pitr import PitrTarget
-from tasks.errors import BadInput, ConfigurationError, NotFound
+from tasks.errors import BadInput, NotFound
 from tasks.models import Manifest
 from tasks.pitr_engines import (
     PitrEngine,
@@ -291,8 +291,3 @@ def choose_base_backup(report: ArchiveReport, goal: RecoveryTarget) -> tuple[Win
     raise BadInput(
         f"target {goal.describe()} is outside the recoverable window: {where}. Nothing was changed."
     )
-
-
-def require_window(report: ArchiveReport) -> None:
-    if not report.windows:
-        raise ConfigurationError(f"PITR not possible: {report.describe()}")
