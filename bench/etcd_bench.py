@@ -23,9 +23,9 @@ from pydantic import SecretStr
 
 from blocks.etcd import EtcdTarget
 from blocks.store import LocalStore
-from tasks import etcd as component
-from tasks.store import backup_session
-from tests.services import start_etcd
+from sandbox.services import start_etcd
+from tasks.components import etcd as component
+from tasks.storage.session import backup_session
 
 
 def load(url: str, keys: int, value_bytes: int) -> None:

@@ -78,10 +78,10 @@ def run_measured(stages: list[list[str]], env: dict, stdout_path: str | None = N
 
 def child(kind: str, spec: dict) -> None:
     """Ours, in a process of its own so its peak RSS is measured like the others."""
-    import tasks.postgres as pg
+    import tasks.components.postgres as pg
     from blocks.postgres import PostgresTarget
-    from tasks.catalog import get_backup
-    from tasks.store import backup_session
+    from tasks.storage.catalog import get_backup
+    from tasks.storage.session import backup_session
 
     store = _store(spec["moto"], spec["bucket"])
     target = PostgresTarget(password=os.environ["KLB_BENCH_PGPASSWORD"], **spec["target"])
@@ -147,7 +147,7 @@ def main() -> None:
         child(args.child, json.loads(args.spec))
         return
 
-    from tests import services
+    from sandbox import services
 
     password = secrets.token_hex(16)
     src = services.start_postgres(password, "bench-src")

@@ -3,7 +3,7 @@
 Run: PYTHONPATH=. .venv/bin/python -m bench.retention_bench [--count 10000] [--objects 1]
 Starts its own moto server on loopback, fills a bucket with synthetic sealed manifests (and
 `--objects` small data objects per backup), then times the cold listing (every manifest fetched),
-the warm listing (manifest index reused, see tasks/catalog_index.py) and the pure planning step.
+the warm listing (manifest index reused, see tasks/storage/index.py) and the pure planning step.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from prefect_aws import AwsCredentials
 from prefect_aws.client_parameters import AwsClientParameters
 
 from blocks.store import S3Store
-from tasks.backends import backend_for
-from tasks.catalog import list_backups
-from tasks.catalog_index import list_component
+from sandbox.services import start_moto
 from tasks.ids import new_backup_id
 from tasks.models import Compression, Encryption, Manifest, StoredObject
-from tasks.retention import RetentionPolicy, plan_retention
-from tasks.store import backup_prefix
-from tests.services import start_moto
+from tasks.storage.backends import backend_for
+from tasks.storage.catalog import list_backups
+from tasks.storage.index import list_component
+from tasks.storage.retention import RetentionPolicy, plan_retention
+from tasks.storage.session import backup_prefix
 
 COMPONENT = "etcd"
 

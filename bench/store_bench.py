@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from tests.services import start_moto
+from sandbox.services import start_moto
 
 MIB = 1024 * 1024
 
@@ -36,7 +36,7 @@ def run_case(backend: str, size: int, moto_url: str | None, compression: str) ->
     from pydantic import SecretStr  # noqa: F401 - imported in the child like real use
 
     from blocks.store import LocalStore, S3Store
-    from tasks.store import backup_session
+    from tasks.storage.session import backup_session
 
     if backend == "local":
         tmp = tempfile.mkdtemp(prefix="klb-bench-")

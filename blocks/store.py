@@ -1,4 +1,4 @@
-"""Store blocks: where backups go. Configuration only; tasks/backends.py does the I/O."""
+"""Store blocks: where backups go. Configuration only; tasks/storage/backends.py does the I/O."""
 
 from __future__ import annotations
 

@@ -12,13 +12,14 @@ from pydantic import BaseModel
 from blocks.store import StoreBlock
 from flows.common import load_store, result_storage
 from flows.locks import component_lock
-from tasks.components import SPECS, ComponentName, ComponentNotBuilt, backup_task, load_target
+from tasks.components.registry import SPECS, ComponentName, load_target
 from tasks.errors import ConfigurationError
 from tasks.metrics import tracked
 from tasks.models import Manifest
-from tasks.recovery import LABEL, new_recovery_point_id, write_recovery_point
-from tasks.replicate import dr_configured, replicate_task
-from tasks.store import preflight
+from tasks.operations.recovery import LABEL, new_recovery_point_id, write_recovery_point
+from tasks.storage.replicate import dr_configured, replicate_task
+from tasks.storage.session import preflight
+from tasks.verbs import backup_task
 
 
 class BackupResult(BaseModel):
@@ -87,7 +88,7 @@ class BackupAllResult(BaseModel):
     backups: dict[str, BackupResult]
     not_configured: dict[str, str]
     failed: dict[str, str]
-    recovery_point: str | None = None  # binds the backups of this run (tasks/recovery.py)
+    recovery_point: str | None = None  # binds the backups of this run (tasks/operations/recovery.py)
 
 
 @flow(name="backup-all")
@@ -105,7 +106,7 @@ def backup_all(
     for name in names:
         try:
             target = load_target(name, (targets or {}).get(name))
-        except (ConfigurationError, ComponentNotBuilt) as exc:
+        except ConfigurationError as exc:
             if components:  # asked for by name: a missing configuration is a failure
                 result.failed[name] = str(exc)
             else:

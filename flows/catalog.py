@@ -10,9 +10,9 @@ import argparse
 import sys
 
 from flows.common import load_store
-from tasks.catalog import get_backup, list_backups
-from tasks.components import SPECS
+from tasks.components.registry import SPECS
 from tasks.errors import BackupError
+from tasks.storage.catalog import get_backup, list_backups
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,17 +22,12 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.store import StoreBlock
 from flows.common import load_store
-from tasks.catalog import latest_backup, list_backups
-from tasks.components import (
-    SPECS,
-    ComponentName,
-    ComponentNotBuilt,
-    load,
-    load_target,
-    restore_task,
-    verify_task,
-)
-from tasks.drills import (
+from tasks.components.registry import SPECS, ComponentName, load, load_target
+from tasks.errors import BackupError, BadInput, ComponentFailed, ConfigurationError, NotFound
+from tasks.ids import new_backup_id
+from tasks.metrics import record_drill
+from tasks.models import Manifest
+from tasks.operations.drills import (
     CheckResult,
     ComponentDrill,
     DrillRecord,
@@ -46,13 +41,11 @@ from tasks.drills import (
     run_health_check,
     save_drill_record,
 )
-from tasks.errors import BackupError, BadInput, ComponentFailed, ConfigurationError, NotFound
-from tasks.ids import new_backup_id
-from tasks.metrics import record_drill
-from tasks.models import Manifest
-from tasks.plan import DR_STEPS, ORDER, PLAN_ONLY, build_plan, plan_markdown
-from tasks.records import get_record, put_record, record_key
-from tasks.recovery import get_recovery_point, member_manifests
+from tasks.operations.plan import DR_STEPS, ORDER, PLAN_ONLY, build_plan, plan_markdown
+from tasks.operations.recovery import get_recovery_point, member_manifests
+from tasks.storage.catalog import latest_backup, list_backups
+from tasks.storage.records import get_record, put_record, record_key
+from tasks.verbs import restore_task, verify_task
 
 __all__ = ["restore_drill", "full_cluster_restore", "drill_report_text", "last_drill_report", "DrillFailed"]
 
@@ -69,11 +62,8 @@ def drill_task(component: str, target: Block, manifest: Manifest, store: StoreBl
 
 @task(task_run_name="drill-cleanup-{component}", cache_policy=NO_CACHE)
 def drill_cleanup_task(component: str, target: Block, drill_id: str) -> None:
-    """Optional second line of cleanup: a hook `drill_cleanup(target, drill_id)` removes anything
-    named after the drill that a crashed hook may have left."""
-    hook = getattr(load(component), "drill_cleanup", None)
-    if hook is not None:
-        hook(target, drill_id)
+    """Second line of cleanup: removes anything named after the drill that a crashed hook left."""
+    load(component).drill_cleanup(target, drill_id)
 
 
 def _describe(module: Any, target: Block) -> tuple[dict | None, str | None]:
@@ -109,12 +99,7 @@ def _drill_one(
     def failed(reason: str, **kw: Any) -> ComponentDrill:
         return ComponentDrill(component=name, status=Status.failed, reason=reason, **kw)
 
-    try:
-        module = load(name)
-    except ComponentNotBuilt as exc:
-        return failed(str(exc)) if explicit else not_covered(str(exc))
-    if not callable(getattr(module, "drill", None)):
-        return failed("no drill hook") if explicit else not_covered("the component has no drill hook yet")
+    module = load(name)
     try:
         target = load_target(name, target_ref)
     except ConfigurationError as exc:

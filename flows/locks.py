@@ -4,7 +4,7 @@ Deployment `concurrency_limit`s (prefect.yaml) keep one run per *deployment*; a 
 and a restore deployment of the same component are different deployments, so they cannot see
 each other. This lock is a Prefect global concurrency limit named `klb-component-<component>`
 with one slot, held by whichever flow touches the component (backup, restore, rollback); the
-components of one system share it (LOCK_GROUPS). It is
+components of one system share it (the registry's lock_group). It is
 created on first use (idempotent; `scripts/create_blocks.py` creates them up front too) and
 taken with `strict=True`, so a missing or unreachable limit fails the run instead of running
 unlocked. A crashed holder's lease expires (lease_duration) and frees the slot by itself.
@@ -22,20 +22,16 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.logging import get_logger
 
+from tasks.components.registry import spec
 from tasks.errors import ConfigurationError, TransientError
 
 PREFIX = "klb-component-"
 DEFAULT_WAIT_SECONDS = 6 * 3600  # a restore waits for a running backup; longer means stuck
 
 
-# Components that are the same system share one lock: a PITR base backup of the PostgreSQL server
-# must not run while that server is being restored from a dump, and the other way round.
-LOCK_GROUPS = {"postgres-pitr": "postgres"}
-
-
 def lock_name(component: str) -> str:
-    component = str(component)
-    return PREFIX + LOCK_GROUPS.get(component, component)
+    """Components of one system share a lock (the registry's lock_group)."""
+    return PREFIX + spec(component).lock_group
 
 
 def ensure_component_limit(component: str) -> None:

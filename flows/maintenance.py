@@ -12,22 +12,23 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.store import StoreBlock
 from flows.common import load_store
-from tasks.backends import backend_for
-from tasks.catalog_index import list_component
-from tasks.components import SPECS, ComponentName, verify_task
+from tasks.components.registry import SPECS, ComponentName
 from tasks.errors import BadInput
 from tasks.metrics import record_run
 from tasks.models import Manifest
 from tasks.notify import Severity, notify
-from tasks.replicate import load_dr_store
-from tasks.retention import (
+from tasks.storage.backends import backend_for
+from tasks.storage.index import list_component
+from tasks.storage.replicate import load_dr_store
+from tasks.storage.retention import (
     RetentionPlan,
     RetentionPolicy,
     newest_recovery_point,
     plan_markdown,
     plan_retention,
 )
-from tasks.store import component_prefix, sweep_incomplete_writes
+from tasks.storage.session import component_prefix, sweep_incomplete_writes
+from tasks.verbs import verify_task
 
 
 def _names(components: list[ComponentName] | None) -> list[str]:

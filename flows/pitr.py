@@ -19,11 +19,11 @@ from prefect.cache_policies import NO_CACHE
 from blocks.pitr import PitrTarget
 from blocks.store import StoreBlock
 from flows.common import load_store
-from tasks import pitr
-from tasks.catalog import backup_at_or_before, get_backup
-from tasks.components import load_target
+from tasks.components import postgres_pitr as pitr
+from tasks.components.postgres_pitr.window import ArchiveReport, parse_target
+from tasks.components.registry import load_target
 from tasks.errors import BadInput
-from tasks.pitr_window import ArchiveReport, parse_target
+from tasks.storage.catalog import backup_at_or_before, get_backup
 
 
 def _target(ref: str | Block | None) -> PitrTarget:

@@ -18,10 +18,17 @@ from pydantic import Field
 
 from blocks.postgres import PostgresTarget
 from flows.locks import component_lock
-from tasks.components import load_target
+from tasks.components.postgres.common import (
+    admin,
+    aside_name,
+    databases,
+    drop_database,
+    parse_aside,
+    same_base,
+)
+from tasks.components.postgres.cutover import swap
+from tasks.components.registry import load_target
 from tasks.errors import BadInput, NotFound
-from tasks.pg_common import admin, aside_name, databases, drop_database, parse_aside, same_base
-from tasks.pg_cutover import swap
 
 
 def _target(ref: str | Block | None) -> PostgresTarget:
@@ -133,7 +140,7 @@ def demo_postgres(
 
     from flows.backup import backup_component
     from flows.restore import restore_component
-    from tasks.pg_common import connect, fingerprint_database
+    from tasks.components.postgres.common import connect, fingerprint_database
 
     block = _target(target)
     with admin(block) as conn:

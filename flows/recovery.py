@@ -25,8 +25,10 @@ from blocks.restore_guard import RestoreGuard
 from blocks.store import StoreBlock
 from flows.common import load_store
 from flows.locks import component_lock
-from tasks.catalog import get_backup
-from tasks.checklist import (
+from tasks.components.registry import ComponentName, load_target
+from tasks.errors import BadInput, ConfigurationError
+from tasks.ids import new_backup_id
+from tasks.operations.checklist import (
     ITEMS,
     ChecklistLine,
     Mark,
@@ -40,11 +42,10 @@ from tasks.checklist import (
     restore_prefix,
     verify_integrity,
 )
-from tasks.components import ComponentName, load_target, restore_task, verify_task
-from tasks.errors import BadInput, ConfigurationError
-from tasks.ids import new_backup_id
-from tasks.plan import build_plan, plan_markdown
-from tasks.records import get_record, put_record
+from tasks.operations.plan import build_plan, plan_markdown
+from tasks.storage.catalog import get_backup
+from tasks.storage.records import get_record, put_record
+from tasks.verbs import restore_task, verify_task
 
 
 class Approval(RunInput):

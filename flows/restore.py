@@ -13,9 +13,10 @@ from blocks.store import StoreBlock
 from flows.common import load_store
 from flows.locks import component_lock
 from flows.recovery import restore_plan, restore_with_checklist, rollback_restore  # noqa: F401 (issue #8)
-from tasks.catalog import get_backup
-from tasks.components import ComponentName, load_target, restore_task, verify_task
+from tasks.components.registry import ComponentName, load_target
 from tasks.metrics import tracked
+from tasks.storage.catalog import get_backup
+from tasks.verbs import restore_task, verify_task
 
 
 @flow(name="restore-component")

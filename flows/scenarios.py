@@ -21,14 +21,17 @@ from blocks.kubernetes import VeleroTarget
 from blocks.store import StoreBlock
 from flows.common import load_store
 from flows.locks import component_lock
-from tasks import kube, velero, volumes
-from tasks.catalog import LATEST, get_backup, list_backups, verify_backup
-from tasks.components import load_target, restore_task, verify_task
+from tasks.components import kubernetes as velero
+from tasks.components import volumes
+from tasks.components.kubernetes import ExistingResourcePolicy
+from tasks.components.kubernetes import api as kube
+from tasks.components.registry import load_target
 from tasks.errors import BackupError, BadInput, NotFound
 from tasks.models import Manifest
-from tasks.store import backup_session
+from tasks.storage.catalog import LATEST, get_backup, list_backups, verify_backup
+from tasks.storage.session import backup_session
 from tasks.table import policy
-from tasks.velero import ExistingResourcePolicy
+from tasks.verbs import restore_task, verify_task
 
 PVC_RESOURCES = volumes.VOLUME_RESOURCES
 

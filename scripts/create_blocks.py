@@ -172,7 +172,7 @@ def apply(spec: BlocksFile, env: dict[str, str], log=print) -> dict[str, str]:
         log(f"{actions[key]:9} {key}")
     if spec.concurrency_limits:
         from flows.locks import ensure_component_limit, lock_name
-        from tasks.components import SPECS
+        from tasks.components.registry import SPECS
 
         for name, component in {lock_name(c): c for c in SPECS}.items():
             ensure_component_limit(component)

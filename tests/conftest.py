@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from tests import services
+from sandbox import services
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -75,8 +75,8 @@ def rabbitmq(request) -> services.Service:
 
 @pytest.fixture(scope="session")
 def kube_api():
-    """The Kubernetes API emulator with a fake Velero (tests/k8s_emulator), and its kubeconfig."""
-    from tests.k8s_emulator import start_kube_api
+    """The Kubernetes API emulator with a fake Velero (sandbox/k8s_emulator), and its kubeconfig."""
+    from sandbox.k8s_emulator import start_kube_api
 
     api = start_kube_api(services.session_dir("kube-api"))
     yield api

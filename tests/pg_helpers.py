@@ -12,7 +12,7 @@ import psycopg
 from psycopg import sql
 
 from blocks.postgres import PostgresTarget
-from tasks.pg_common import admin, connect, fingerprint_database
+from tasks.components.postgres.common import admin, connect, fingerprint_database
 
 
 def target_for(postgres, **kwargs) -> PostgresTarget:

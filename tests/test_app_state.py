@@ -13,10 +13,10 @@ import pytest
 from pydantic import SecretStr
 
 from blocks.app_state import AppStateStep, AppStateTarget
-from tasks.backends import backend_for
-from tasks.catalog import list_backups
-from tasks.components import backup_task, restore_task
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError
+from tasks.storage.backends import backend_for
+from tasks.storage.catalog import list_backups
+from tasks.verbs import backup_task, restore_task
 
 
 def tree(root: Path) -> dict[str, tuple[str, int, str]]:

@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from tasks.codec import CHUNK, Decoder, Encoder
 from tasks.errors import BadInput, IntegrityError
 from tasks.models import Compression, Encryption
+from tasks.storage.codec import CHUNK, Decoder, Encoder
 
 
 def encode(data: bytes, compression: Compression, secret: str | None, step: int = 70_000) -> bytes:

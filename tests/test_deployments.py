@@ -13,7 +13,7 @@ from prefect.cli.deploy._models import DeploymentConfig, PrefectYamlModel
 from prefect.flows import Flow, load_flow_from_entrypoint
 from prefect.utilities.callables import parameter_schema
 
-from tasks.components import SPECS
+from tasks.components.registry import SPECS
 from tests import deployspec as spec
 
 DEPLOYMENTS = spec.deployments()

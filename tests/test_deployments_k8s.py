@@ -232,7 +232,7 @@ def test_image_pins_postgresql_client_of_the_server_major():
     version = _arg("POSTGRESQL_CLIENT_VERSION")
     assert '"postgresql-client-15=${POSTGRESQL_CLIENT_VERSION}"' in DOCKERFILE
     assert version.startswith("15.")
-    from tests.services import pg_bindir
+    from sandbox.services import pg_bindir
 
     assert pg_bindir().parent.name == "15", "the tests' server major must match the image's client"
     assert version == _installed("postgresql-client-15"), "image pins what the tests ran"

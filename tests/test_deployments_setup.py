@@ -13,9 +13,9 @@ from blocks.app_state import AppStateTarget
 from blocks.store import LocalStore
 from flows.locks import component_lock, ensure_component_limit, lock_name
 from scripts import create_blocks
-from tasks.catalog import list_backups
-from tasks.components import SPECS
+from tasks.components.registry import SPECS
 from tasks.errors import ConfigurationError, TransientError
+from tasks.storage.catalog import list_backups
 from tests.deployspec import ROOT
 
 

@@ -13,11 +13,11 @@ from prefect_aws.client_parameters import AwsClientParameters
 
 from blocks.app_state import AppStateStep, AppStateTarget
 from blocks.store import S3Store
-from tasks.backends import backend_for
-from tasks.catalog import get_backup, list_backups, verify_backup
 from tasks.errors import ConfigurationError, IntegrityError, NotFound
-from tasks.replicate import replicate_backup, verify_replica
-from tasks.store import backup_session
+from tasks.storage.backends import backend_for
+from tasks.storage.catalog import get_backup, list_backups, verify_backup
+from tasks.storage.replicate import replicate_backup, verify_replica
+from tasks.storage.session import backup_session
 
 
 @pytest.fixture

@@ -17,12 +17,12 @@ import pytest
 from pydantic import SecretStr
 
 from blocks.etcd import EtcdTarget, SwapMode
-from tasks import etcd as etcd_component
-from tasks.backends import backend_for
-from tasks.catalog import list_backups
-from tasks.components import backup_task, restore_task, verify_task
+from tasks.components import etcd as etcd_component
 from tasks.errors import BadInput, ConfigurationError, IntegrityError
-from tasks.store import backup_session
+from tasks.storage.backends import backend_for
+from tasks.storage.catalog import list_backups
+from tasks.storage.session import backup_session
+from tasks.verbs import backup_task, restore_task, verify_task
 
 
 def b64(text: str) -> str:
@@ -117,7 +117,7 @@ def test_verify_reruns_snapshot_status_against_the_manifest(target, local_store)
 
 
 def test_backup_without_encryption_key_warns(target, local_store, caplog):
-    with caplog.at_level(logging.WARNING, logger="tasks.etcd"):
+    with caplog.at_level(logging.WARNING, logger="tasks.components.etcd"):
         backup_task.fn("etcd", target, local_store())
     assert "WITHOUT client-side encryption" in caplog.text
 
@@ -254,7 +254,7 @@ def _openssl(*args: str, cwd: Path) -> None:
 @pytest.fixture(scope="module")
 def tls_etcd(tmp_path_factory):
     """An etcd that demands client certificates (like kubeadm's), with a throwaway CA."""
-    from tests import services
+    from sandbox import services
 
     d = tmp_path_factory.mktemp("etcd-tls")
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
@@ -314,7 +314,7 @@ class StaticPodKubelet:
     `<manifests>/etcd.yaml` exists, stops it when the manifest is moved away."""
 
     def __init__(self, root: Path) -> None:
-        from tests import services
+        from sandbox import services
 
         self.manifests, self.data = root / "manifests", root / "etcd"
         self.manifests.mkdir()

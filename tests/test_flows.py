@@ -14,8 +14,8 @@ from blocks.app_state import AppStateStep, AppStateTarget
 from flows.backup import backup_all, backup_component
 from flows.maintenance import verify_backups
 from flows.restore import restore_component
-from tasks.backends import backend_for
-from tasks.catalog import list_backups
+from tasks.storage.backends import backend_for
+from tasks.storage.catalog import list_backups
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

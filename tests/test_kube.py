@@ -1,4 +1,5 @@
-"""tasks/kube.py against the Kubernetes API emulator, through the real `kubernetes` client."""
+"""The Kubernetes API client (tasks/components/kubernetes/api.py) against the emulator,
+through the real `kubernetes` client."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from blocks.kubernetes import KubernetesTarget
-from tasks import kube
+from tasks.components.kubernetes import api as kube
 from tasks.errors import ConfigurationError
 
 
@@ -103,8 +104,8 @@ def test_two_credential_sources_are_refused():
 
 
 def test_an_unreachable_api_server_is_a_configuration_error(tmp_path):
-    from tests.k8s_emulator import write_kubeconfig
-    from tests.services import free_port
+    from sandbox.k8s_emulator import write_kubeconfig
+    from sandbox.services import free_port
 
     path = write_kubeconfig(tmp_path / "kc", f"http://127.0.0.1:{free_port()}")
     k = kube.connect(KubernetesTarget(kubeconfig_path=str(path), request_timeout_seconds=2))

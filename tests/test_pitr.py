@@ -19,12 +19,17 @@ from pydantic import SecretStr
 
 from blocks.pitr import PitrTarget
 from blocks.store import S3Store
-from tasks import pitr
+from sandbox import services
+from tasks.components import postgres_pitr as pitr
+from tasks.components.postgres_pitr.engines import (
+    BarmanCloud,
+    segment_name,
+    segment_number,
+    write_credentials_file,
+)
+from tasks.components.postgres_pitr.window import RecoveryTarget, parse_target
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError
-from tasks.pitr_engines import BarmanCloud, segment_name, segment_number, write_credentials_file
-from tasks.pitr_window import RecoveryTarget, parse_target
-from tasks.store import backup_session
-from tests import services
+from tasks.storage.session import backup_session
 
 REGION = "us-west-2"
 

@@ -9,7 +9,7 @@ import pytest
 
 from tasks.errors import BadInput, NotFound
 from tasks.ids import new_backup_id
-from tasks.store import BackupSession, backup_prefix
+from tasks.storage.session import BackupSession, backup_prefix
 
 
 def _kubernetes_backup(store, taken: datetime) -> str:

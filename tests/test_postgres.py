@@ -7,11 +7,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-import tasks.postgres as pg
-from tasks.catalog import list_backups
+import tasks.components.postgres as pg
+from tasks.components.postgres.common import connect, parse_aside
 from tasks.errors import BadInput, ComponentFailed, IntegrityError
-from tasks.pg_common import connect, parse_aside
-from tasks.store import backup_session
+from tasks.storage.catalog import list_backups
+from tasks.storage.session import backup_session
 from tests.pg_helpers import (
     db_names,
     drop,
@@ -306,7 +306,7 @@ def _dead(conn) -> bool:
 
 
 def test_restore_runs_inside_the_quiesce_window_and_leaves_it_on_failure(sample, local_store, monkeypatch):
-    """tasks.kube is issue #5's: a recording stand-in with its documented interface shows that the
+    """A recording stand-in for the Kubernetes API client shows that the
     restore (globals, restore aside, cut-over) happens while the namespace is scaled down."""
     import contextlib
     import sys
@@ -325,8 +325,12 @@ def test_restore_runs_inside_the_quiesce_window_and_leaves_it_on_failure(sample,
         finally:
             events.append(("up", namespace, sorted(db_names(target))))
 
-    monkeypatch.setitem(sys.modules, "tasks.kube", types.SimpleNamespace(quiesced=quiesced))
-    monkeypatch.setattr("tasks.kube", sys.modules["tasks.kube"], raising=False)
+    monkeypatch.setitem(
+        sys.modules, "tasks.components.kubernetes.api", types.SimpleNamespace(quiesced=quiesced)
+    )
+    monkeypatch.setattr(
+        "tasks.components.kubernetes.api", sys.modules["tasks.components.kubernetes.api"], raising=False
+    )
     report = pg.restore(target, manifest, store, pg.RestoreOptions(quiesce_namespace="lambda-system"))
     assert report["quiesced"] == {"namespace": "lambda-system", "replicas": {"api": 2, "worker": 3}}
     assert [e[0] for e in events] == ["down", "up"]

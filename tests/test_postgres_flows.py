@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-import tasks.postgres as pg
+import tasks.components.postgres as pg
 from flows.backup import backup_component
 from flows.postgres import cleanup_postgres_rollbacks, demo_postgres, rollback_postgres
 from flows.restore import restore_component
-from tasks.catalog import get_backup, list_backups
+from sandbox.services import free_port
+from tasks.components.postgres.common import parse_aside
 from tasks.errors import ConfigurationError, NotFound
-from tasks.pg_common import parse_aside
-from tasks.store import backup_session
+from tasks.storage.catalog import get_backup, list_backups
+from tasks.storage.session import backup_session
 from tests.pg_helpers import db_names, drop, exec_in, make_db, new_name, scalar, state, target_for
-from tests.services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -144,10 +144,10 @@ def test_whole_cluster_restore_brings_back_roles_and_every_database(postgres, lo
 
 _RESTORE_SCRIPT = """
 import json, os, sys
-import tasks.postgres as pg
+import tasks.components.postgres as pg
 from blocks.postgres import PostgresTarget
 from blocks.store import LocalStore
-from tasks.catalog import get_backup
+from tasks.storage.catalog import get_backup
 args = json.loads(sys.argv[1])
 target = PostgresTarget(password=os.environ["KLB_TEST_PGPASSWORD"], **args["target"])
 store = LocalStore(path=args["store"])
@@ -232,7 +232,7 @@ def test_operator_errors_say_what_to_fix_and_change_nothing(prefect_server, post
 @pytest.fixture(scope="module")
 def other_server(request):
     """A second isolated cluster: the 'different server' a restore or a drill goes to."""
-    from tests import services
+    from sandbox import services
 
     try:
         svc = services.start_postgres(secrets.token_hex(16), "pg-other-" + secrets.token_hex(3))

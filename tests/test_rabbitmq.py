@@ -14,11 +14,11 @@ import pytest
 from pydantic import SecretStr
 
 from blocks.rabbitmq import RabbitMQTarget
-from tasks import rabbitmq as rmq
-from tasks.backends import backend_for
-from tasks.catalog import list_backups
-from tasks.components import backup_task, restore_task, verify_task
+from tasks.components import rabbitmq as rmq
 from tasks.errors import BadInput, ConfigurationError
+from tasks.storage.backends import backend_for
+from tasks.storage.catalog import list_backups
+from tasks.verbs import backup_task, restore_task, verify_task
 
 
 def seg(name: str) -> str:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tasks.models import Compression, Encryption, Manifest, StoredObject
-from tasks.retention import Action, RetentionPolicy, newest_recovery_point, plan_retention
+from tasks.storage.retention import Action, RetentionPolicy, newest_recovery_point, plan_retention
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 PREFIX = "backups/etcd"
@@ -168,7 +168,7 @@ def test_keys_of_other_shapes_are_left_alone():
 
 
 def test_the_plan_artifact_names_every_deletion_and_says_dry_run():
-    from tasks.retention import plan_markdown
+    from tasks.storage.retention import plan_markdown
 
     old, new = manifest(1, 24 * 40), manifest(2, 1)
     plan = plan_retention([old, new], RetentionPolicy.from_table("etcd"), NOW)

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tasks.backends import backend_for
-from tasks.catalog import list_backups
-from tasks.catalog_index import index_key, list_component
 from tasks.ids import new_backup_id
-from tasks.store import BackupSession, backup_prefix
+from tasks.storage.backends import backend_for
+from tasks.storage.catalog import list_backups
+from tasks.storage.index import index_key, list_component
+from tasks.storage.session import BackupSession, backup_prefix
 
 
 def old_backup(store, component: str, age: timedelta, verified: bool = True, labels=None):

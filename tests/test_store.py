@@ -11,12 +11,12 @@ import pytest
 from pydantic import SecretStr
 
 from blocks.store import S3Store
-from tasks.backends import backend_for
-from tasks.catalog import backup_at_or_before, get_backup, list_backups, verify_backup
 from tasks.errors import BadInput, ComponentFailed, IntegrityError, NotFound
 from tasks.models import MANIFEST_NAME, Compression
 from tasks.proc import stream_stdout
-from tasks.store import backup_session, read_object
+from tasks.storage.backends import backend_for
+from tasks.storage.catalog import backup_at_or_before, get_backup, list_backups, verify_backup
+from tasks.storage.session import backup_session, read_object
 
 GIB = 1024**3
 
@@ -183,7 +183,7 @@ def test_local_store_full_disk_gives_a_clear_error(local_store, tmp_path):
     if not os.path.exists("/dev/full"):
         pytest.fail("/dev/full is needed to simulate a full disk", pytrace=False)
     store = local_store()
-    from tasks.backends import _LocalWriter
+    from tasks.storage.backends import _LocalWriter
 
     writer = _LocalWriter(tmp_path / "store" / "x")
     writer._fh.close()

@@ -1,4 +1,4 @@
-"""Component "kubernetes" (tasks/velero.py) against the Kubernetes API emulator and its fake
+"""Component "kubernetes" (tasks/components/kubernetes/) against the Kubernetes API emulator and its fake
 Velero, through the real `kubernetes` client over HTTP."""
 
 from __future__ import annotations
@@ -7,10 +7,11 @@ import secrets
 
 import pytest
 
-from tasks import kube, velero
-from tasks.catalog import list_backups
+from tasks.components import kubernetes as velero
+from tasks.components.kubernetes import api as kube
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError, NotFound
-from tasks.store import backup_session
+from tasks.storage.catalog import list_backups
+from tasks.storage.session import backup_session
 
 
 @pytest.fixture

@@ -10,9 +10,10 @@ import pytest
 from flows.backup import backup_component
 from flows.restore import restore_component
 from flows.scenarios import data_corruption, namespace_corruption, partial_restore
-from tasks import kube, velero
-from tasks.catalog import get_backup, list_backups
+from tasks.components import kubernetes as velero
+from tasks.components.kubernetes import api as kube
 from tasks.errors import BadInput, ComponentFailed, NotFound
+from tasks.storage.catalog import get_backup, list_backups
 from tests.test_velero import configmap, k8s, seed_app, set_configmap
 
 
@@ -147,8 +148,8 @@ def kube_api_volumes(kube_api, namespaces):
 
 
 def test_volumes_backup_with_file_system_backup_records_pod_volume_backups(kube_api, namespaces, store):
-    from tasks import volumes
-    from tasks.store import backup_session
+    from tasks.components import volumes
+    from tasks.storage.session import backup_session
 
     target = kube_api.velero_target(include_namespaces=list(namespaces), default_volumes_to_fs_backup=True)
     with backup_session(store, "volumes") as session:
@@ -163,8 +164,8 @@ def test_volumes_backup_with_file_system_backup_records_pod_volume_backups(kube_
 
 
 def test_volumes_backup_without_volume_data_fails(kube_api, namespaces, store):
-    from tasks import volumes
-    from tasks.store import backup_session
+    from tasks.components import volumes
+    from tasks.storage.session import backup_session
 
     target = kube_api.velero_target(include_namespaces=list(namespaces), snapshot_volumes=False)
     with (

@@ -16,8 +16,9 @@ import secrets
 import pytest
 
 from blocks.kubernetes import KubernetesTarget, VeleroTarget
-from tasks import kube, velero
-from tasks.store import backup_session
+from tasks.components import kubernetes as velero
+from tasks.components.kubernetes import api as kube
+from tasks.storage.session import backup_session
 
 pytestmark = pytest.mark.real_cluster
 

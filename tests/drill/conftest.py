@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from blocks.app_state import AppStateStep, AppStateTarget
-from tasks.backends import backend_for
+from tasks.storage.backends import backend_for
 
 SINK = ["sh", "-c", 'cat > "$KLB_DRILL_DIR/state"']
 # replaces production atomically, counts restores, and fails while $PROD.fail exists

@@ -9,9 +9,9 @@ import pytest
 from blocks.restore_guard import MaintenanceWindow, RestoreGuard
 from flows.backup import backup_component
 from flows.recovery import load_restore_record, restore_with_checklist, rollback_restore
-from tasks.catalog import get_backup, list_backups
-from tasks.checklist import Mark, Refused
-from tasks.records import get_record
+from tasks.operations.checklist import Mark, Refused
+from tasks.storage.catalog import get_backup, list_backups
+from tasks.storage.records import get_record
 from tests.drill.conftest import flip_byte
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -121,7 +121,7 @@ def test_approval_not_given_in_time_is_a_refusal(local_store, prod):
 
 
 def _keys(store):
-    from tasks.backends import backend_for
+    from tasks.storage.backends import backend_for
 
     return sorted(backend_for(store).list_keys(store.prefix))
 

@@ -8,8 +8,8 @@ from prefect.settings import PREFECT_API_URL
 
 from flows.backup import backup_all, backup_component
 from flows.drill import DrillFailed, drill_report_text, last_drill_report, restore_drill
-from tasks.catalog import list_backups
-from tasks.drills import HealthCheck, Status, list_drill_records
+from tasks.operations.drills import HealthCheck, Status, list_drill_records
+from tasks.storage.catalog import list_backups
 from tests.drill.conftest import flip_byte, processes_mentioning
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -189,9 +189,9 @@ def test_rpo_target_is_checked_per_component(local_store, prod, drill_tmp):
 def test_tar_step_drills_in_its_own_directory(local_store, tmp_path, drill_tmp):
     """The hook directly (no flow): a multi-file restore needs a verify_command."""
     from blocks.app_state import AppStateStep, AppStateTarget
-    from tasks import app_state
+    from tasks.components import app_state
     from tasks.errors import IntegrityError
-    from tasks.store import backup_session
+    from tasks.storage.session import backup_session
 
     src = tmp_path / "src"
     (src / "sessions").mkdir(parents=True)

@@ -9,10 +9,10 @@ from pathlib import Path
 import psycopg
 
 from flows.backup import backup_all
-from flows.demo_samples import DEMO_SETUPS
 from flows.drill import restore_drill
-from tasks import kube
-from tasks.drills import Status
+from sandbox.samples import DEMO_SETUPS
+from tasks.components.kubernetes import api as kube
+from tasks.operations.drills import Status
 
 
 def _etcd_processes() -> set[int]:

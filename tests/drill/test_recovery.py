@@ -7,12 +7,12 @@ import pytest
 from flows.backup import backup_all
 from flows.drill import full_cluster_restore, restore_drill
 from flows.recovery import restore_plan
-from tasks.catalog import get_backup
-from tasks.drills import list_drill_records
 from tasks.errors import IntegrityError
-from tasks.plan import DR_STEPS
-from tasks.records import get_record, record_key
-from tasks.recovery import LABEL, _key, get_recovery_point, list_recovery_points, member_manifests
+from tasks.operations.drills import list_drill_records
+from tasks.operations.plan import DR_STEPS
+from tasks.operations.recovery import LABEL, _key, get_recovery_point, list_recovery_points, member_manifests
+from tasks.storage.catalog import get_backup
+from tasks.storage.records import get_record, record_key
 from tests.drill.conftest import flip_byte
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

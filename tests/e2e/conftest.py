@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests import services
+from sandbox import services
 
 PROCESS_POOL = "klb-e2e"
 

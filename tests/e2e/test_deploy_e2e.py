@@ -185,7 +185,7 @@ def test_backup_deployment_runs_through_a_worker(e2e, deployed):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from blocks.store import LocalStore
-    from tasks.catalog import list_backups, verify_backup
+    from tasks.storage.catalog import list_backups, verify_backup
 
     dep = deployed["deployments"]["backup-app-state"]
     # 1. CLI

@@ -80,6 +80,6 @@ def tiny_disk(tmp_path):
 @pytest.fixture
 def flow_retries_now(monkeypatch):
     """The backup task keeps its retries but without the 10 s / 60 s waits."""
-    from tasks.components import backup_task
+    from tasks.verbs import backup_task
 
     monkeypatch.setattr(backup_task, "retry_delay_seconds", [0, 0])

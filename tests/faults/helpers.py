@@ -114,7 +114,7 @@ def app_target(tmp: Path, mib: int = 1, pause: float = 0.0, name: str = "session
 
 
 def pid_of(pidfile: Path, timeout: float = 20) -> int:
-    from tests.services import wait_until
+    from sandbox.services import wait_until
 
     wait_until(pidfile.exists, timeout, f"the step to write {pidfile}")
     return int(pidfile.read_text())

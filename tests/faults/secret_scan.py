@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from tasks.backends import backend_for
+from tasks.storage.backends import backend_for
 
 # every place a secret could surface; a scan that covered fewer proves less
 EVERY_PLACE = (

@@ -26,8 +26,9 @@ from flows.backup import backup_component
 from flows.maintenance import verify_backups
 from flows.pitr import pitr_postgres
 from flows.restore import restore_component
-from tasks.catalog import backup_at_or_before
-from tasks.store import backup_session
+from sandbox.services import free_port
+from tasks.storage.catalog import backup_at_or_before
+from tasks.storage.session import backup_session
 from tests.faults.helpers import (
     app_target,
     assert_refused_clearly,
@@ -37,7 +38,6 @@ from tests.faults.helpers import (
     make_s3_store,
 )
 from tests.faults.s3_fault_proxy import Rule
-from tests.services import free_port
 
 STEP = {"name": "sessions", "backup_command": ["true"], "restore_command": ["true"]}
 

@@ -28,12 +28,12 @@ from flows.backup import backup_component
 from flows.drill import restore_drill
 from flows.pitr import pitr_postgres
 from flows.restore import restore_component
-from tasks import velero
-from tasks.store import backup_session
+from sandbox.services import free_port
+from tasks.components import kubernetes as velero
+from tasks.storage.session import backup_session
 from tests.faults.helpers import assert_refused_clearly, dir_state
 from tests.faults.test_bad_input import Bad
 from tests.pg_helpers import db_names, drop, make_db, new_name, state, target_for
-from tests.services import free_port
 
 
 class Systems:

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from blocks.rabbitmq import RabbitMQTarget
 from flows.backup import backup_component
 from flows.restore import restore_component
-from tasks.pg_common import admin
+from tasks.components.postgres.common import admin
 from tests.faults.helpers import make_s3_store, random_secret
 from tests.faults.secret_scan import EVERY_PLACE, SecretScan
 from tests.faults.test_restore_kill import _drop_with_asides

@@ -19,13 +19,13 @@ import pytest
 from pydantic import SecretStr
 
 from flows.restore import restore_component
-from tasks.backends import backend_for
-from tasks.catalog import backup_at_or_before, get_backup, latest_backup, list_backups
-from tasks.codec import HEADER_LEN, RECORD
 from tasks.errors import BadInput, NotFound
 from tasks.ids import new_backup_id
 from tasks.models import MANIFEST_NAME, Manifest
-from tasks.store import BackupSession, backup_prefix, backup_session
+from tasks.storage.backends import backend_for
+from tasks.storage.catalog import backup_at_or_before, get_backup, latest_backup, list_backups
+from tasks.storage.codec import HEADER_LEN, RECORD
+from tasks.storage.session import BackupSession, backup_prefix, backup_session
 from tests.faults.helpers import app_target, dir_state
 
 OLD_STATE = b"the state before any restore\n"
@@ -257,7 +257,7 @@ def test_future_source_time_is_listed_but_never_latest(local_store, caplog):
     good = take(store, b"good")
     future = _skewed(store, timedelta(days=1))
     assert [m.id for m in list_backups(store, "app-state")] == [good.id, future.id]
-    with caplog.at_level(logging.WARNING, logger="tasks.catalog"):
+    with caplog.at_level(logging.WARNING, logger="tasks.storage.catalog"):
         assert latest_backup(store, "app-state").id == good.id
         assert get_backup(store, "latest", "app-state").id == good.id
     assert f"backup {future.id} has a source time in the future" in caplog.text

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from flows.backup import backup_component
-from tasks.backends import backend_for
-from tasks.catalog import list_backups, verify_backup
+from sandbox.services import wait_until
+from tasks.storage.backends import backend_for
+from tasks.storage.catalog import list_backups, verify_backup
 from tests.faults.helpers import app_target, dir_state, pid_of
-from tests.services import wait_until
 
 
 @dataclass(frozen=True)

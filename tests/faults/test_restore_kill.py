@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from flows.restore import restore_component
-from tasks.store import backup_session
-from tests.services import ROOT, wait_until
+from sandbox.services import ROOT, wait_until
+from tasks.storage.session import backup_session
 
 # restore: write the stdin aside slowly, rename at the end of input (a careful script)
 SLOW_RESTORER = """
@@ -94,7 +94,7 @@ def app_state_setup(request, tmp: Path):
 def postgres_setup(request, tmp: Path):
     """A database backed up then changed; the restore is caught with pg_restore mid-way (frozen
     with SIGSTOP once it has read 256 KiB of the dump: mid-stream whatever the machine's speed)."""
-    import tasks.postgres as pg
+    import tasks.components.postgres as pg
     from blocks.store import LocalStore
     from tests.pg_helpers import exec_in, make_db, new_name, state, target_for
 
@@ -129,7 +129,7 @@ def _pg_restore_streaming(flow_pid: int) -> bool:
 
 
 def _drop_with_asides(target, db: str) -> None:
-    from tasks.pg_common import parse_aside
+    from tasks.components.postgres.common import parse_aside
     from tests.pg_helpers import db_names, drop
 
     drop(target, db, *[d for d in db_names(target) if (p := parse_aside(d)) and p[0] == db])
@@ -139,7 +139,7 @@ def postgres_after(target) -> None:
     """The killed run left its `__restore_` copy; the cleanup flow removes it, and after the
     rerun's own rollback copy nothing of the database's side copies remains."""
     from flows.postgres import cleanup_postgres_rollbacks
-    from tasks.pg_common import parse_aside
+    from tasks.components.postgres.common import parse_aside
     from tests.pg_helpers import db_names
 
     db = target.databases[0]

@@ -12,10 +12,10 @@ import pytest
 from blocks.app_state import AppStateStep, AppStateTarget
 from flows.backup import backup_component
 from flows.maintenance import enforce_retention
-from tasks.backends import backend_for
-from tasks.catalog import list_backups, verify_backup
+from sandbox.services import wait_until
+from tasks.storage.backends import backend_for
+from tasks.storage.catalog import list_backups, verify_backup
 from tests.faults.helpers import pid_of, restorer_argv, streamer_argv
-from tests.services import wait_until
 
 # writes 12 MiB (5 MiB parts go up, the multipart upload stays open), waits for argv[2],
 # writes 1 MiB more

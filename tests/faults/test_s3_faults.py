@@ -10,13 +10,13 @@ from datetime import timedelta
 import pytest
 
 from flows.backup import backup_component
-from tasks.catalog import list_backups, verify_backup
+from sandbox.services import wait_until
 from tasks.errors import ConfigurationError, IntegrityError, TransientError
 from tasks.models import MANIFEST_NAME
-from tasks.store import backup_prefix, backup_session, read_object, sweep_incomplete_writes
+from tasks.storage.catalog import list_backups, verify_backup
+from tasks.storage.session import backup_prefix, backup_session, read_object, sweep_incomplete_writes
 from tests.faults.helpers import app_target, multipart_uploads, s3_keys
 from tests.faults.s3_fault_proxy import Rule
-from tests.services import wait_until
 
 MIB = 1024 * 1024
 PART = {"method": "PUT", "query": "partNumber"}
@@ -89,7 +89,7 @@ def test_download_cut_mid_body_resumes_from_the_last_byte(proxied_store, fault_p
     "TransientError after 5 resumes ('broke 6 times ... retry later'); no partial data passes",
 )
 def test_download_cut_every_time_fails_clearly(proxied_store, fault_proxy, monkeypatch):
-    monkeypatch.setattr("tasks.backends.RESUME_DELAY", 0.01)  # same code path, shorter waits
+    monkeypatch.setattr("tasks.storage.backends.RESUME_DELAY", 0.01)  # same code path, shorter waits
     store = proxied_store(compression="none", verify_after_write=False)
     manifest = backup_bytes(store, os.urandom(2 * MIB))
     fault_proxy.add(Rule("drop_response", method="GET", path="/data$", times=None))

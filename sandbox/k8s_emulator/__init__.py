@@ -1,0 +1,101 @@
+"""A Kubernetes API emulator with a fake Velero, for tests (see server.py and velero.py)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from sandbox.k8s_emulator.server import KubeApiServer
+from sandbox.k8s_emulator.velero import VeleroController
+
+
+def write_kubeconfig(path: Path, url: str, context: str = "emulator") -> Path:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": context, "cluster": {"server": url}}],
+        "users": [{"name": "klb", "user": {"token": "emulator-token"}}],
+        "contexts": [{"name": context, "context": {"cluster": context, "user": "klb"}}],
+        "current-context": context,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@dataclass
+class KubeAPI:
+    """What the `kube_api` fixture hands out."""
+
+    server: KubeApiServer
+    kubeconfig_path: Path
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def controller(self) -> VeleroController:
+        return self.server.controller
+
+    def state(self, *namespaces: str) -> dict:
+        """The workload objects (not Velero's) of `namespaces` (default: all but velero), for
+        'the cluster is as it was' assertions; plus the volumes' content."""
+        store = self.server.store
+        with store.lock:
+            objects = {
+                (res.plural, ns, name): json.dumps(
+                    {k: v for k, v in obj.items() if k in ("spec", "data", "stringData")}
+                    | {
+                        "labels": obj["metadata"].get("labels"),
+                        "annotations": obj["metadata"].get("annotations"),
+                    },
+                    sort_keys=True,
+                )
+                for (res, ns, name), obj in store.objects.items()
+                if res.group != "velero.io"
+                and (ns if res.namespaced else name) != "velero"
+                and (not namespaces or (ns if res.namespaced else name) in namespaces)
+            }
+        volumes = {k: v for k, v in self.controller.volumes.items() if not namespaces or k[0] in namespaces}
+        return {"objects": objects, "volumes": volumes}
+
+    def target(self, **kwargs):
+        from blocks.kubernetes import KubernetesTarget
+
+        return KubernetesTarget(kubeconfig_path=str(self.kubeconfig_path), **kwargs)
+
+    def velero_target(self, **kwargs):
+        from blocks.kubernetes import VeleroTarget
+
+        kwargs.setdefault("poll_interval_seconds", 0.02)
+        kwargs.setdefault("backup_timeout_seconds", 10)
+        kwargs.setdefault("restore_timeout_seconds", 10)
+        return VeleroTarget(kube=self.target(), **kwargs)
+
+
+def start_kube_api(workdir: Path) -> KubeAPI:
+    """Start the emulator on a free loopback port with Velero installed (namespace `velero`,
+    an Available BackupStorageLocation `default`) and write a kubeconfig for it."""
+    server = KubeApiServer().start()
+    # namespaces terminate for a moment, as on a real cluster: the project must wait for it
+    server.store.namespace_termination_seconds = 0.2
+    ctl = server.controller
+    ctl.seed_namespace("velero")
+    ctl.seed(
+        "velero.io/v1",
+        "backupstoragelocations",
+        "velero",
+        {
+            "metadata": {"name": "default"},
+            "spec": {"provider": "aws", "objectStorage": {"bucket": "velero"}, "default": True},
+            "status": {"phase": "Available"},
+        },
+    )
+    return KubeAPI(server, write_kubeconfig(workdir / "kubeconfig", server.url))
+
+
+__all__ = ["KubeAPI", "KubeApiServer", "VeleroController", "start_kube_api", "write_kubeconfig"]

@@ -1,0 +1,227 @@
+"""An HTTP server speaking the Kubernetes REST API for the calls the project makes.
+
+Namespaces, apps/v1 deployments (+ /scale), core/v1 PVCs, configmaps, secrets, services, pods,
+and velero.io/v1 custom objects (+ /status): list/get/create/replace/patch/delete, label
+selectors, 201/404/409/403/422 with Kubernetes Status bodies. The official `kubernetes`
+client talks to it over real HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from sandbox.k8s_emulator.store import BY_PATH, ApiError, ObjectStore, Resource
+from sandbox.k8s_emulator.velero import VeleroController
+
+VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+def parse_path(path: str) -> tuple[Resource, str | None, str | None, str | None]:
+    """-> (resource, namespace or None (all), name or None (collection), subresource or None)."""
+    parts = [p for p in path.split("/") if p]
+    if parts[:2] == ["api", "v1"]:
+        gv, rest = "v1", parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 3:
+        gv, rest = f"{parts[1]}/{parts[2]}", parts[3:]
+    else:
+        raise ApiError(404, "NotFound", "the server could not find the requested resource")
+    ns = None
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        ns, rest = rest[1], rest[2:]
+    if not rest or (gv, rest[0]) not in BY_PATH:
+        raise ApiError(404, "NotFound", "the server could not find the requested resource")
+    res = BY_PATH[(gv, rest[0])]
+    name = rest[1] if len(rest) > 1 else None
+    sub = rest[2] if len(rest) > 2 else None
+    if res.namespaced and name is not None and ns is None:
+        raise ApiError(404, "NotFound", "the server could not find the requested resource")
+    return res, ns, name, sub
+
+
+def scale_of(dep: dict[str, Any]) -> dict[str, Any]:
+    meta = dep["metadata"]
+    labels = ((dep.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    return {
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": {
+            k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+        },
+        "spec": {"replicas": dep["spec"].get("replicas", 1)},
+        "status": {
+            "replicas": (dep.get("status") or {}).get("replicas", 0),
+            "selector": ",".join(f"{k}={v}" for k, v in labels.items()),
+        },
+    }
+
+
+class KubeApiServer:
+    def __init__(self, port: int = 0, velero_namespace: str = "velero", tick: float = 0.01):
+        self.store = ObjectStore()
+        self.controller = VeleroController(self.store, velero_namespace, tick)
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            # one segment per response: no Nagle / delayed-ACK stall between headers and body
+            disable_nagle_algorithm = True
+            wbufsize = 1 << 16
+
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def _handle(self) -> None:
+                try:
+                    accept = self.headers.get("Accept") or ""
+                    code, body = server.dispatch(self.command, self.path, self._body(), accept)
+                except ApiError as exc:
+                    code, body = exc.code, exc.status()
+                except Exception as exc:
+                    code, body = 500, ApiError(500, "InternalError", f"emulator: {exc!r}").status()
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _body(self) -> Any:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                try:
+                    return json.loads(raw) if raw else None
+                except json.JSONDecodeError:
+                    raise ApiError(400, "BadRequest", "request body is not JSON") from None
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="kube-api", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> KubeApiServer:
+        self._thread.start()
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    # -- routing -------------------------------------------------------------------------------
+    def dispatch(self, method: str, raw_path: str, body: Any, accept: str = "") -> tuple[int, Any]:
+        url = urlsplit(raw_path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        res, ns, name, sub = parse_path(url.path)
+        ctl = self.controller
+        if res.group == "velero.io" and not ctl.installed:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        verb = VERBS.get(method) or ("get" if name else "list")
+        rbac_name = f"{res.plural}/{sub}" if sub else res.plural
+        if (verb, rbac_name) in ctl.denied:
+            where = f' in the namespace "{ns}"' if ns else " at the cluster scope"
+            raise ApiError(
+                403,
+                "Forbidden",
+                f'{res.group_resource} "{name or ""}" is forbidden: User '
+                f'"system:serviceaccount:klb:klb-flows" cannot {verb} resource "{rbac_name}" '
+                f'in API group "{res.group}"{where}',
+                {"name": name or "", "group": res.group, "kind": res.plural},
+            )
+        if method != "GET":
+            ctl.writes.append((method, url.path))
+        ns_key = ns or ""
+        store = self.store
+        if sub == "scale":
+            if res.plural != "deployments":
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            if method == "GET":
+                return 200, scale_of(store.get(res, ns_key, name))
+            replicas = ((body or {}).get("spec") or {}).get("replicas") if isinstance(body, dict) else None
+            if isinstance(body, list):  # json-patch on the scale
+                for op in body:
+                    if op.get("path") == "/spec/replicas":
+                        replicas = op["value"]
+            if replicas is None:
+                return 200, scale_of(store.get(res, ns_key, name))
+            dep = store.patch(res, ns_key, name, {"spec": {"replicas": int(replicas)}})
+            return 200, scale_of(dep)
+        if sub not in (None, "status"):
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        if method == "GET" and name is None:
+            items = store.list(res, ns if res.namespaced else None, query.get("labelSelector"))
+            if query.get("fieldSelector", "").startswith("metadata.name="):
+                wanted = query["fieldSelector"].split("=", 1)[1]
+                items = [i for i in items if i["metadata"]["name"] == wanted]
+            if "as=PartialObjectMetadataList" in accept:
+                return 200, {
+                    "apiVersion": "meta.k8s.io/v1",
+                    "kind": "PartialObjectMetadataList",
+                    "metadata": {"resourceVersion": str(store.revision)},
+                    "items": [
+                        {
+                            "apiVersion": "meta.k8s.io/v1",
+                            "kind": "PartialObjectMetadata",
+                            "metadata": i["metadata"],
+                        }
+                        for i in items
+                    ],
+                }
+            if res.plural == "secrets":
+                ctl.secret_reads.append(url.path)
+            return 200, {
+                "apiVersion": res.group_version,
+                "kind": f"{res.kind}List",
+                "metadata": {"resourceVersion": str(store.revision)},
+                "items": items,
+            }
+        if method == "GET":
+            return 200, store.get(res, ns_key, name)
+        if method == "POST":
+            if name is not None or not isinstance(body, dict):
+                raise ApiError(405, "MethodNotAllowed", "POST goes to a collection, with an object")
+            return 201, store.create(res, ns_key, body)
+        if method == "PUT":
+            return 200, store.replace(res, ns_key, name, body or {}, status=sub == "status")
+        if method == "PATCH":
+            return 200, store.patch(res, ns_key, name, body or {}, status=sub == "status")
+        if method == "DELETE":
+            if name is None:
+                raise ApiError(405, "MethodNotAllowed", "deletecollection is not emulated")
+            obj = store.delete(res, ns_key, name)
+            # reclaimPolicy Delete: the volume goes with its claim (or its namespace)
+            for key in [
+                k
+                for k in ctl.volumes
+                if (res.plural == "namespaces" and k[0] == name)
+                or (res.plural == "persistentvolumeclaims" and k == (ns_key, name))
+            ]:
+                del ctl.volumes[key]
+            if res.plural == "namespaces":
+                obj["status"] = {"phase": "Terminating"}
+                return 200, obj
+            if res.group == "velero.io" or res.plural in ("persistentvolumeclaims", "services"):
+                return 200, obj  # what the API returns for these (PVCs: pending their finalizer)
+            return 200, {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "details": {
+                    "name": name,
+                    "group": res.group,
+                    "kind": res.plural,
+                    "uid": obj["metadata"]["uid"],
+                },
+            }
+        raise ApiError(405, "MethodNotAllowed", f"{method} is not supported")

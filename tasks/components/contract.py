@@ -1,0 +1,102 @@
+"""The component contract: what every module under tasks/components/ provides.
+
+A component is a module (or package) whose top level satisfies `Component`. The flows never reach
+past it: they back up, verify, restore, describe and drill through these verbs only, and every rule
+about the component that is not code (its lock, its place in a full-cluster restore, which kinds
+of backup it makes) is a row of the registry (tasks/components/registry.py).
+
+`check_contract` is the conformance check, in the spirit of wal-g's storage test and Prefect's
+block standards: tests/test_contract.py runs it over every registered component.
+"""
+
+from __future__ import annotations
+
+import inspect
+from types import ModuleType
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from prefect.blocks.core import Block
+from pydantic import BaseModel, ConfigDict
+
+from blocks.store import StoreBlock
+from tasks.models import Manifest
+from tasks.storage.session import BackupSession
+
+
+class StrictOptions(BaseModel):
+    """Base of every component's RestoreOptions: a misspelt option is an error, never ignored
+    (a typo such as `step` for `steps` must not restore everything)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@runtime_checkable
+class Component(Protocol):
+    """The verbs of a component, as module-level names."""
+
+    Target: ClassVar[type[Block]]
+    RestoreOptions: ClassVar[type[StrictOptions]]
+
+    def default_target(self) -> Block:
+        """The target from the environment, or ConfigurationError saying what to create."""
+        ...
+
+    def backup(self, target: Any, session: BackupSession) -> None:
+        """Stream the component's state into `session`; set its engine facts and fingerprint."""
+        ...
+
+    def verify(self, target: Any, manifest: Manifest, store: StoreBlock) -> dict[str, Any]:
+        """The component's own check of a stored backup (object checksums are done already)."""
+        ...
+
+    def restore(self, target: Any, manifest: Manifest, store: StoreBlock, options: Any) -> dict[str, Any]:
+        """Restore aside, verify, cut over; a report. The target is unchanged on failure."""
+        ...
+
+    def describe_current_state(self, target: Any) -> dict[str, Any]:
+        """What the target holds now (for the pre-restore checklist and plans)."""
+        ...
+
+    def drill(self, target: Any, manifest: Manifest, store: StoreBlock, drill_id: str) -> dict[str, Any]:
+        """Restore into isolation named after `drill_id`, verify, clean up; production untouched."""
+        ...
+
+    def drill_cleanup(self, target: Any, drill_id: str) -> None:
+        """Remove anything named after `drill_id` that a crashed drill left (idempotent)."""
+        ...
+
+
+VERBS = ("default_target", "backup", "verify", "restore", "describe_current_state", "drill", "drill_cleanup")
+
+
+def _params(fn: Any) -> list[str]:
+    return [p.name for p in inspect.signature(fn).parameters.values() if p.name != "self"]
+
+
+def check_contract(module: ModuleType, target_block: str | None = None) -> list[str]:
+    """Every way `module` falls short of `Component`, as sentences that say what to add; [] if none."""
+    name = module.__name__
+    problems: list[str] = []
+    for verb in VERBS:
+        fn = getattr(module, verb, None)
+        if not callable(fn):
+            problems.append(f"{name}: missing `{verb}` (see tasks/components/contract.py:Component)")
+            continue
+        want = _params(getattr(Component, verb))
+        got = _params(fn)
+        if got != want:
+            problems.append(f"{name}.{verb}: parameters {got}, the contract says {want}")
+    target = getattr(module, "Target", None)
+    if not (isinstance(target, type) and issubclass(target, Block)):
+        problems.append(f"{name}: `Target` must be the component's target Block class")
+    elif target_block and target.get_block_type_slug() != target_block:
+        problems.append(
+            f"{name}: Target is block type {target.get_block_type_slug()!r}, "
+            f"the registry says {target_block!r}"
+        )
+    options = getattr(module, "RestoreOptions", None)
+    if not (isinstance(options, type) and issubclass(options, BaseModel)):
+        problems.append(f"{name}: `RestoreOptions` must be a pydantic model (subclass StrictOptions)")
+    elif options.model_config.get("extra") != "forbid":
+        problems.append(f"{name}.RestoreOptions: must forbid unknown fields (subclass StrictOptions)")
+    return problems

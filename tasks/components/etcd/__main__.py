@@ -1,0 +1,3 @@
+from tasks.components.etcd import main
+
+raise SystemExit(main())

@@ -1,0 +1,443 @@
+"""RabbitMQ definitions through the management API: GET /api/definitions into the store, POST back.
+
+Definitions are the broker's metadata (users, vhosts, permissions, policies, queues, exchanges,
+bindings, parameters), never messages. The HTTP body streams into the store; a bounded copy is
+parsed for the counts (definitions are metadata the broker itself holds in memory).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from pydantic import Field
+
+from blocks.rabbitmq import RabbitMQTarget
+from blocks.store import StoreBlock
+from tasks.components.contract import StrictOptions
+from tasks.errors import BadInput, ConfigurationError, IntegrityError, TransientError
+from tasks.models import Manifest
+from tasks.storage.session import BackupSession, read_object
+
+Target = RabbitMQTarget
+log = logging.getLogger(__name__)
+KINDS = ("users", "vhosts", "permissions", "policies", "queues", "exchanges", "bindings", "parameters")
+VHOST_KINDS = ("queues", "exchanges", "bindings", "policies", "parameters")
+MAX_DEFINITIONS = 256 * 1024 * 1024
+MESSAGES_NOTE = (
+    "Messages are not part of definitions: restored queues are empty. Messages in flight at the "
+    "time of the loss must be replayed by their producers (or recovered from a shovel/federation peer)."
+)
+
+
+def default_target() -> RabbitMQTarget:
+    ref = os.environ.get("KLB_RABBITMQ_TARGET")
+    if ref:
+        return RabbitMQTarget.load(ref)
+    raise ConfigurationError(
+        "no RabbitMQ target: create a 'klb-rabbitmq-target' block and pass its name, "
+        "or set KLB_RABBITMQ_TARGET"
+    )
+
+
+def q(name: str) -> str:
+    """A vhost or object name as one URL path segment ('/' is %2F)."""
+    return quote(name, safe="")
+
+
+# --- HTTP with errors that say what to do ----------------------------------------------------
+
+
+def _raise_for(target: RabbitMQTarget, resp: httpx.Response, what: str) -> None:
+    if resp.status_code < 400:
+        return
+    body = resp.read().decode(errors="replace")[:300] if not resp.is_stream_consumed else ""
+    if resp.status_code == 401:
+        raise ConfigurationError(
+            f"RabbitMQ at {target.url} refused user {target.username!r} (wrong password?): fix the "
+            "target's credentials; nothing was changed"
+        )
+    if resp.status_code == 403:
+        raise ConfigurationError(
+            f"RabbitMQ user {target.username!r} may not {what}: give it the 'administrator' tag"
+        )
+    if resp.status_code >= 500:
+        raise TransientError(f"RabbitMQ at {target.url} failed to {what}: HTTP {resp.status_code} {body}")
+    raise BadInput(f"RabbitMQ refused to {what}: HTTP {resp.status_code} {body}")
+
+
+@contextmanager
+def connect(target: RabbitMQTarget) -> Iterator[httpx.Client]:
+    try:
+        with target.client() as client:
+            yield client
+    except httpx.ConnectError as exc:
+        raise ConfigurationError(
+            f"RabbitMQ management API unreachable at {target.url} ({exc}): is the broker up and the "
+            "management plugin enabled (`rabbitmq-plugins enable rabbitmq_management`)?"
+        ) from None
+    except httpx.TimeoutException:
+        raise TransientError(
+            f"RabbitMQ at {target.url} did not answer in {target.timeout_seconds}s"
+        ) from None
+
+
+def _get(target: RabbitMQTarget, client: httpx.Client, path: str, what: str) -> Any | None:
+    """JSON of a GET, or None for 404."""
+    resp = client.get(path)
+    if resp.status_code == 404:
+        return None
+    _raise_for(target, resp, what)
+    return resp.json()
+
+
+def _vhost_exists(target: RabbitMQTarget, client: httpx.Client, vhost: str) -> bool:
+    return _get(target, client, f"/vhosts/{q(vhost)}", f"read vhost {vhost!r}") is not None
+
+
+# --- backup ----------------------------------------------------------------------------------
+
+
+def counts(doc: dict[str, Any]) -> dict[str, int]:
+    return {k: len(doc.get(k) or []) for k in KINDS}
+
+
+def _stream_definitions(
+    target: RabbitMQTarget, client: httpx.Client, session: BackupSession, path: str, name: str, meta: dict
+) -> dict[str, Any]:
+    """Stream GET `path` into the store as `name`; return the parsed definitions (bounded copy)."""
+    copy = bytearray()
+    with client.stream("GET", path) as resp:
+        _raise_for(target, resp, f"export definitions ({path})")
+
+        def chunks() -> Iterator[bytes]:
+            for chunk in resp.iter_bytes():
+                if len(copy) + len(chunk) > MAX_DEFINITIONS:
+                    raise BadInput(f"definitions larger than {MAX_DEFINITIONS} bytes: back up per vhost")
+                copy.extend(chunk)
+                yield chunk
+
+        session.write(name, chunks(), meta=meta)
+    try:
+        return json.loads(copy)
+    except json.JSONDecodeError as exc:
+        raise IntegrityError(f"RabbitMQ returned definitions that are not JSON: {exc}") from None
+
+
+def backup(target: RabbitMQTarget, session: BackupSession) -> None:
+    totals = dict.fromkeys(KINDS, 0)
+    objects: dict[str, str | None] = {}
+    with connect(target) as client:
+        overview = _get(target, client, "/overview", "read the overview") or {}
+        if target.vhosts:
+            missing = [v for v in target.vhosts if not _vhost_exists(target, client, v)]
+            if missing:
+                raise BadInput(
+                    f"unknown vhost(s) {missing} on {target.url}: fix the target's vhost filter "
+                    f"(existing: {[v['name'] for v in _get(target, client, '/vhosts', 'list vhosts') or []]})"
+                )
+        session.source_time = datetime.now(UTC)
+        if not target.vhosts:
+            doc = _stream_definitions(
+                target, client, session, "/definitions", "definitions.json", {"scope": "broker"}
+            )
+            totals = counts(doc)
+            objects["definitions.json"] = None
+        for i, vhost in enumerate(target.vhosts or []):
+            name = f"vhost-{i:03d}.json"
+            doc = _stream_definitions(
+                target, client, session, f"/definitions/{q(vhost)}", name, {"scope": "vhost", "vhost": vhost}
+            )
+            for kind, n in counts(doc).items():
+                totals[kind] += n
+            totals["vhosts"] += 1
+            objects[name] = vhost
+    session.engine.update(
+        {
+            "rabbitmq_version": overview.get("rabbitmq_version"),
+            "scope": "vhosts" if target.vhosts else "broker",
+            "vhosts": target.vhosts,
+            "objects": objects,
+            "counts": totals,
+            "messages_included": False,
+        }
+    )
+    session.fingerprint = {"counts": totals}
+
+
+# --- reading a backup back -------------------------------------------------------------------
+
+
+def _load(store: StoreBlock, manifest: Manifest) -> dict[str | None, dict[str, Any]]:
+    """{None: broker definitions} or {vhost: that vhost's definitions}, parsed only after each
+    object streamed whole and matched its sha256."""
+    docs: dict[str | None, dict[str, Any]] = {}
+    for obj in manifest.objects:
+        body = bytearray()
+        for chunk in read_object(store, obj):
+            body.extend(chunk)
+        try:
+            docs[obj.meta.get("vhost")] = json.loads(body)
+        except json.JSONDecodeError as exc:
+            raise IntegrityError(f"{obj.key} is not JSON definitions: {exc}") from None
+    return docs
+
+
+def _strip(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in item.items() if k != "vhost"}
+
+
+def vhost_definitions(docs: dict[str | None, dict[str, Any]], vhost: str) -> dict[str, Any]:
+    """One vhost's queues, exchanges, bindings, policies and parameters, without vhost fields."""
+    if vhost in docs:
+        return {k: [_strip(i) for i in docs[vhost].get(k) or []] for k in VHOST_KINDS}
+    broker = docs.get(None)
+    if broker is None or vhost not in {v["name"] for v in broker.get("vhosts") or []}:
+        raise BadInput(f"vhost {vhost!r} is not in this backup: it has {sorted(backup_vhosts(docs))}")
+    return {k: [_strip(i) for i in broker.get(k) or [] if i.get("vhost") == vhost] for k in VHOST_KINDS}
+
+
+def backup_vhosts(docs: dict[str | None, dict[str, Any]]) -> list[str]:
+    if None in docs:
+        return [v["name"] for v in docs[None].get("vhosts") or []]
+    return [v for v in docs if v is not None]
+
+
+def verify(target: RabbitMQTarget | None, manifest: Manifest, store: StoreBlock) -> dict[str, Any]:
+    docs = _load(store, manifest)
+    found = dict.fromkeys(KINDS, 0)
+    for vhost, doc in docs.items():
+        for kind, n in counts(doc).items():
+            found[kind] += n
+        if vhost is not None:
+            found["vhosts"] += 1
+    recorded = manifest.engine.get("counts")
+    if recorded != found:
+        raise IntegrityError(
+            f"definitions of {manifest.id} do not match the manifest's counts: {recorded} != {found}"
+        )
+    return {"counts": found}
+
+
+# --- compare a backup with the live broker ---------------------------------------------------
+
+QUEUE_PROPS = ("durable", "auto_delete", "arguments")
+EXCHANGE_PROPS = ("type", "durable", "auto_delete", "internal", "arguments")
+POLICY_PROPS = ("pattern", "apply-to", "definition", "priority")
+
+
+def _props(item: dict[str, Any], props: tuple[str, ...]) -> dict[str, Any]:
+    return {p: item.get(p) for p in props}
+
+
+def _binding_key(b: dict[str, Any]) -> str:
+    return json.dumps(
+        [
+            b["source"],
+            b["destination"],
+            b["destination_type"],
+            b.get("routing_key", ""),
+            b.get("arguments") or {},
+        ],
+        sort_keys=True,
+    )
+
+
+def differences(
+    target: RabbitMQTarget, client: httpx.Client, vhost: str, defs: dict[str, Any], missing_ok: bool
+) -> list[str]:
+    """What in `defs` is absent from (unless missing_ok) or different in the live `vhost`."""
+    out = []
+    for kind, props, path in (
+        ("queue", QUEUE_PROPS, "queues"),
+        ("exchange", EXCHANGE_PROPS, "exchanges"),
+        ("policy", POLICY_PROPS, "policies"),
+    ):
+        if not defs.get(path):
+            continue
+        # one listing per vhost and kind (a missing vhost lists nothing), not one GET per object
+        listed = _get(target, client, f"/{path}/{q(vhost)}", f"list {kind}s") or []
+        by_name = {i["name"]: i for i in listed}
+        for item in defs[path]:
+            live = by_name.get(item["name"])
+            if live is None:
+                if not missing_ok:
+                    out.append(f"{kind} {item['name']!r} is missing in vhost {vhost!r}")
+            elif _props(live, props) != _props(item, props):
+                out.append(
+                    f"{kind} {item['name']!r} in vhost {vhost!r}: "
+                    f"live {_props(live, props)} != backup {_props(item, props)}"
+                )
+    if not missing_ok and defs.get("bindings"):
+        live_bindings = {
+            _binding_key(b) for b in _get(target, client, f"/bindings/{q(vhost)}", "read bindings") or []
+        }
+        for b in defs["bindings"]:
+            if _binding_key(b) not in live_bindings:
+                out.append(
+                    f"binding {b['source']!r} -> {b['destination']!r} "
+                    f"({b.get('routing_key')!r}) is missing in {vhost!r}"
+                )
+    return out
+
+
+def broker_differences(target: RabbitMQTarget, client: httpx.Client, doc: dict[str, Any]) -> list[str]:
+    """Users (with their password hash) and permissions of a broker backup missing or different live."""
+    out = []
+    for user in doc.get("users") or []:
+        live = _get(target, client, f"/users/{q(user['name'])}", "read users")
+        if live is None or live.get("password_hash") != user.get("password_hash"):
+            out.append(f"user {user['name']!r} is missing or has another password")
+    for perm in doc.get("permissions") or []:
+        live = _get(target, client, f"/permissions/{q(perm['vhost'])}/{q(perm['user'])}", "read permissions")
+        props = ("configure", "write", "read")
+        if live is None or _props(live, props) != _props(perm, props):
+            out.append(f"permissions of {perm['user']!r} on {perm['vhost']!r} are missing or different")
+    return out
+
+
+# --- restore ---------------------------------------------------------------------------------
+
+
+class RestoreOptions(StrictOptions):
+    vhost: str | None = Field(default=None, description="restore only this vhost of the backup")
+    into_vhost: str | None = Field(
+        default=None, description="import that vhost under another name (e.g. for a drill); needs `vhost`"
+    )
+
+
+def _import_vhost(target: RabbitMQTarget, client: httpx.Client, vhost: str, defs: dict[str, Any]) -> bool:
+    """Create the vhost if needed and POST its definitions; True if the vhost was created."""
+    created = not _vhost_exists(target, client, vhost)
+    if created:
+        _raise_for(target, client.put(f"/vhosts/{q(vhost)}", json={}), f"create vhost {vhost!r}")
+    resp = client.post(f"/definitions/{q(vhost)}", content=json.dumps(defs))
+    _raise_for(target, resp, f"import definitions into vhost {vhost!r}")
+    return created
+
+
+def _plan(docs: dict[str | None, dict[str, Any]], options: RestoreOptions) -> dict[str, dict[str, Any]]:
+    """{destination vhost: its definitions} of what to restore; the broker-wide part is separate."""
+    if options.into_vhost and not options.vhost:
+        raise BadInput("into_vhost needs vhost: say which vhost of the backup to import under the new name")
+    if options.vhost:
+        return {options.into_vhost or options.vhost: vhost_definitions(docs, options.vhost)}
+    return {v: vhost_definitions(docs, v) for v in backup_vhosts(docs)}
+
+
+def restore(
+    target: RabbitMQTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions
+) -> dict[str, Any]:
+    docs = _load(store, manifest)
+    plan = _plan(docs, options)
+    broker_wide = None in docs and not options.vhost
+    with connect(target) as client:
+        # Refuse before changing anything: an existing queue/exchange/policy with other properties
+        # would make the import fail half-way (RabbitMQ does not replace them).
+        conflicts = [
+            d for vhost, defs in plan.items() for d in differences(target, client, vhost, defs, True)
+        ]
+        if conflicts:
+            raise BadInput(
+                "restore refused, nothing was changed: these exist with other properties "
+                "(delete them, or restore into another vhost with into_vhost): " + "; ".join(conflicts[:20])
+            )
+        if broker_wide:  # users, vhosts, permissions, global parameters and everything else at once
+            created = [v for v in plan if not _vhost_exists(target, client, v)]
+            resp = client.post("/definitions", content=json.dumps(docs[None]))
+            _raise_for(target, resp, "import the broker's definitions")
+        else:
+            created = [v for v, defs in plan.items() if _import_vhost(target, client, v, defs)]
+        missing = [d for vhost, defs in plan.items() for d in differences(target, client, vhost, defs, False)]
+        if broker_wide:
+            missing += broker_differences(target, client, docs[None])
+    if missing:
+        raise IntegrityError(
+            f"definitions imported but not all present as backed up: {'; '.join(missing[:20])}"
+        )
+    return {
+        "restored_vhosts": {v: {k: len(defs[k]) for k in VHOST_KINDS} for v, defs in plan.items()},
+        "created_vhosts": created,
+        "broker_wide": broker_wide,
+        "verified": "every queue, exchange, binding and policy of the backup exists with the same properties",
+        "messages": MESSAGES_NOTE,
+    }
+
+
+def _drill_vhost(target: RabbitMQTarget | None, docs: dict[str | None, dict[str, Any]]) -> str:
+    names = backup_vhosts(docs)
+    if target and target.vhosts and target.vhosts[0] in names:
+        return target.vhosts[0]
+    if not names:
+        raise BadInput("the backup holds no vhost to drill")
+
+    def weight(v: str) -> int:
+        defs = vhost_definitions(docs, v)
+        return len(defs["queues"]) + len(defs["exchanges"])
+
+    return max(names, key=weight)
+
+
+def drill(target: RabbitMQTarget, manifest: Manifest, store: StoreBlock, drill_id: str) -> dict[str, Any]:
+    """Import one vhost's definitions into `drill-<id>`, verify, and always delete that vhost."""
+    docs = _load(store, manifest)
+    source = _drill_vhost(target, docs)
+    drill_vhost = f"drill-{drill_id}"
+    defs = vhost_definitions(docs, source)
+    with connect(target) as client:
+        if _vhost_exists(target, client, drill_vhost):
+            raise BadInput(f"vhost {drill_vhost!r} already exists: use a new drill id")
+        try:
+            _import_vhost(target, client, drill_vhost, defs)
+            missing = differences(target, client, drill_vhost, defs, False)
+        finally:
+            resp = client.delete(f"/vhosts/{q(drill_vhost)}")
+            if resp.status_code not in (204, 404):
+                log.error("could not delete drill vhost %s: HTTP %s", drill_vhost, resp.status_code)
+    if missing:
+        raise IntegrityError(
+            f"drill of {manifest.id} ({source!r} into {drill_vhost!r}): {'; '.join(missing[:20])}"
+        )
+    return {
+        "verified": True,
+        "checks": {
+            "source_vhost": source,
+            "drill_vhost": drill_vhost,
+            **{k: len(defs[k]) for k in VHOST_KINDS},
+        },
+    }
+
+
+def drill_cleanup(target: RabbitMQTarget, drill_id: str) -> None:
+    """Delete the `drill-<id>` vhost a crashed drill left."""
+    with connect(target) as client:
+        resp = client.delete(f"/vhosts/{q(f'drill-{drill_id}')}")
+        if resp.status_code not in (204, 404):
+            raise TransientError(f"could not delete vhost drill-{drill_id}: HTTP {resp.status_code}")
+
+
+def describe_current_state(target: RabbitMQTarget) -> dict[str, Any]:
+    with connect(target) as client:
+        overview = _get(target, client, "/overview", "read the overview") or {}
+        queues = _get(target, client, "/queues?columns=vhost,name,messages", "list queues") or []
+        vhosts = [v["name"] for v in _get(target, client, "/vhosts", "list vhosts") or []]
+    per_vhost = {
+        v: {
+            "queues": sum(1 for x in queues if x["vhost"] == v),
+            "messages": sum(x.get("messages") or 0 for x in queues if x["vhost"] == v),
+        }
+        for v in vhosts
+    }
+    return {
+        "rabbitmq_version": overview.get("rabbitmq_version"),
+        "object_totals": {k: (overview.get("object_totals") or {}).get(k) for k in ("queues", "exchanges")},
+        "vhosts": per_vhost,
+        "note": MESSAGES_NOTE,
+    }

@@ -1,0 +1,94 @@
+"""Component "volumes": persistent volumes through Velero (volume snapshots or file-system backup).
+
+The same engine as component "kubernetes" (tasks/components/kubernetes/), restricted to PVCs and PVs, and
+one more check: every backed-up PVC must have its data in the backup (a snapshot or a
+file-system backup), or a "volume backup" would hold only the claims.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import Field
+
+from blocks.kubernetes import VeleroTarget
+from blocks.store import StoreBlock
+from tasks.components import kubernetes as velero
+from tasks.errors import BadInput, ComponentFailed, ConfigurationError
+from tasks.models import Manifest
+from tasks.storage.session import BackupSession
+
+Target = VeleroTarget
+VOLUME_RESOURCES = ["persistentvolumeclaims", "persistentvolumes"]
+
+
+def default_target() -> VeleroTarget:
+    ref = os.environ.get("KLB_VOLUMES_TARGET") or os.environ.get("KLB_VELERO_TARGET")
+    if ref:
+        return VeleroTarget.load(ref)
+    raise ConfigurationError(
+        "no Velero target for volumes: pass a 'klb-velero-target' block name, or set KLB_VOLUMES_TARGET "
+        "(or KLB_VELERO_TARGET)"
+    )
+
+
+def spec(target: VeleroTarget, **overrides: Any) -> velero.BackupSpec:
+    fs = overrides.get("default_volumes_to_fs_backup", target.default_volumes_to_fs_backup)
+    snapshots = target.snapshot_volumes if target.snapshot_volumes is not None else not fs
+    base = {
+        "include_resources": VOLUME_RESOURCES + (["pods"] if fs else []),  # fs-backup reads through pods
+        "exclude_resources": [],
+        "snapshot_volumes": snapshots,
+        "default_volumes_to_fs_backup": fs,
+    }
+    return velero.BackupSpec.of(target, **{**base, **overrides})
+
+
+def run_backup(
+    target: VeleroTarget, session: BackupSession, backup_spec: velero.BackupSpec
+) -> dict[str, Any]:
+    doc = velero.run_backup(target, session, backup_spec)
+    pvcs = sum(len(kinds.get("persistentvolumeclaims", [])) for kinds in doc["inventory"].values())
+    if pvcs == 0:
+        raise BadInput(
+            f"no PVCs in namespaces {sorted(doc['inventory'])}: nothing to back up as volumes "
+            f"(Velero backup {session.id} holds no volume data)"
+        )
+    described = doc["describe"]
+    snaps = described["volume_snapshots"]
+    with_data = snaps["completed"] + snaps["csi_completed"]
+    with_data += sum(1 for p in described["fs_backups"] if p["phase"] == "Completed")
+    if with_data < pvcs:
+        raise ComponentFailed(
+            f"Velero backup {session.id} holds {pvcs} PVCs but the data of only {with_data} volumes "
+            "(snapshots + file-system backups): configure a VolumeSnapshotLocation or set "
+            "default_volumes_to_fs_backup on the Velero target"
+        )
+    session.engine["volumes_with_data"] = with_data
+    return doc
+
+
+def backup(target: VeleroTarget, session: BackupSession) -> None:
+    run_backup(target, session, spec(target))
+
+
+verify = velero.verify
+drill = velero.drill
+drill_cleanup = velero.drill_cleanup
+
+
+class RestoreOptions(velero.RestoreOptions):
+    resources: list[str] | None = Field(default_factory=lambda: list(VOLUME_RESOURCES))
+    restore_pvs: bool | None = Field(default=True, description="restore the volumes' data")
+
+
+def restore(
+    target: VeleroTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions
+) -> dict[str, Any]:
+    return velero.restore(target, manifest, store, options)
+
+
+def describe_current_state(target: VeleroTarget) -> dict[str, Any]:
+    state = velero.describe_current_state(target)
+    return {"pvcs": state["pvcs"], "velero": state["velero"]}

@@ -1,0 +1,143 @@
+"""Recovery points: the backups of one `backup_all` run, bound together so a restore (or a
+drill, or a full cluster restore) can bring back one consistent set.
+
+A recovery point is its own small record, not a component: it holds no data, only the ids and
+source times of its members. It is written after every member's manifest (last, like a
+manifest), at <prefix>/recovery-points/<YYYY-MM-DD>/<rp-id>.json. Each member manifest also
+carries `labels["recovery_point"] = <rp-id>`, so retention can keep whole recovery points.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+from pydantic import AwareDatetime, BaseModel, Field, field_validator
+
+from blocks.store import StoreBlock
+from tasks.errors import BadInput, IntegrityError, NotFound
+from tasks.ids import new_backup_id, parse_backup_id
+from tasks.models import Manifest
+from tasks.storage.catalog import get_backup
+from tasks.storage.records import get_record, iter_records, put_record, record_key
+
+SPACE = "recovery-points"
+RP_COMPONENT = "recovery-point"  # the id's prefix: recovery-point-20260115T143000Z-1a2b3c
+LABEL = "recovery_point"
+
+
+class Member(BaseModel):
+    backup_id: str
+    source_time: AwareDatetime
+
+
+class RecoveryPoint(BaseModel):
+    schema_version: int = 1
+    id: str
+    created_at: AwareDatetime
+    members: dict[str, Member] = Field(description="component -> its backup in this point")
+    failed: dict[str, str] = Field(default_factory=dict, description="component -> why it is missing")
+    not_configured: dict[str, str] = Field(default_factory=dict)
+    checksum: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if parse_backup_id(value)[0] != RP_COMPONENT:
+            raise ValueError(f"{value!r} is not a recovery point id")
+        return value
+
+    @property
+    def complete(self) -> bool:
+        """Every component that was asked for is in it."""
+        return bool(self.members) and not self.failed
+
+    @property
+    def source_time(self) -> datetime:
+        """The oldest member's source time: the point's data is at least this old."""
+        return min(m.source_time for m in self.members.values())
+
+    def computed_checksum(self) -> str:
+        return hashlib.sha256(self.model_dump_json(exclude={"checksum"}).encode()).hexdigest()
+
+
+def new_recovery_point_id(now: datetime | None = None) -> str:
+    return new_backup_id(RP_COMPONENT, now)
+
+
+def _key(store: StoreBlock, rp_id: str) -> str:
+    _, started = parse_backup_id(rp_id)
+    return record_key(store, SPACE, f"{started:%Y-%m-%d}", f"{rp_id}.json")
+
+
+def write_recovery_point(
+    store: StoreBlock,
+    rp_id: str,
+    manifests: dict[str, Manifest],
+    failed: dict[str, str] | None = None,
+    not_configured: dict[str, str] | None = None,
+) -> RecoveryPoint:
+    """Bind `manifests` (already stored, each labelled with rp_id) into one recovery point."""
+    for component, manifest in manifests.items():
+        if manifest.labels.get(LABEL) != rp_id:
+            raise BadInput(f"backup {manifest.id} is not labelled as a member of {rp_id}")
+        if manifest.component != component:
+            raise BadInput(f"backup {manifest.id} is not a {component} backup")
+    rp = RecoveryPoint(
+        id=rp_id,
+        created_at=datetime.now(UTC),
+        members={c: Member(backup_id=m.id, source_time=m.source_time) for c, m in manifests.items()},
+        failed=dict(failed or {}),
+        not_configured=dict(not_configured or {}),
+    )
+    rp = rp.model_copy(update={"checksum": rp.computed_checksum()})
+    put_record(store, _key(store, rp_id), rp)
+    return rp
+
+
+def _load(data: dict, where: str) -> RecoveryPoint:
+    try:
+        rp = RecoveryPoint.model_validate(data)
+    except ValueError as exc:
+        raise IntegrityError(f"recovery point {where} is unreadable: {str(exc)[:200]}") from None
+    if rp.checksum != rp.computed_checksum():
+        raise IntegrityError(f"recovery point {where} was altered: its checksum does not match")
+    return rp
+
+
+def list_recovery_points(store: StoreBlock) -> list[RecoveryPoint]:
+    """Oldest first. A damaged record is skipped (logged) rather than hiding the rest."""
+    points = []
+    for key, data in iter_records(store, SPACE):
+        try:
+            points.append(_load(data, key))
+        except IntegrityError:
+            continue
+    return sorted(points, key=lambda p: (p.created_at, p.id))
+
+
+def get_recovery_point(store: StoreBlock, rp_id: str = "latest") -> RecoveryPoint:
+    """A recovery point by id, or 'latest': the newest complete one."""
+    if rp_id == "latest":
+        complete = [p for p in list_recovery_points(store) if p.complete]
+        if not complete:
+            raise NotFound(f"no complete recovery point in {store.location}: run the backup-all flow first")
+        return complete[-1]
+    key = _key(store, rp_id)
+    try:
+        return _load(get_record(store, key), rp_id)
+    except NotFound:
+        raise NotFound(
+            f"no recovery point {rp_id} in {store.location}: list them with list_recovery_points()"
+        ) from None
+
+
+def member_manifests(store: StoreBlock, rp: RecoveryPoint) -> dict[str, Manifest]:
+    """The members' manifests, checked to really belong to this point."""
+    out = {}
+    for component, member in rp.members.items():
+        manifest = get_backup(store, member.backup_id, component)
+        if manifest.labels.get(LABEL) != rp.id:
+            raise IntegrityError(f"backup {manifest.id} does not carry the label of recovery point {rp.id}")
+        out[component] = manifest
+    return out

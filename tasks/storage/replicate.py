@@ -1,0 +1,208 @@
+"""The DR store: a second store (another bucket, region, credentials) holding a copy of every backup.
+
+Two modes ($KLB_DR_MODE):
+- `copy` (default): after a backup is written, stream each object byte-for-byte from the primary
+  to the DR store (no decode: the same stored bytes, so the same sha256), read the copy back and
+  check its sha256, then write the DR manifest last. The DR manifest is the primary's with keys
+  re-rooted under the DR prefix and the DR version ids (S3 version ids are per bucket), resealed.
+- `verify`: the bucket has native replication (S3 CRR). Nothing is copied; the DR copy is read
+  and checked by sha256, because replication status alone is not proof.
+
+Restore from DR: every flow takes `store=`; pass the DR store's block name and it reads from there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from enum import StrEnum
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from blocks.store import StoreBlock
+from tasks.errors import BackupError, ConfigurationError, IntegrityError, NotFound
+from tasks.models import MANIFEST_NAME, Manifest
+from tasks.storage.backends import Backend, backend_for
+from tasks.storage.session import backup_prefix
+
+log = logging.getLogger(__name__)
+
+
+class DRMode(StrEnum):
+    copy = "copy"
+    verify = "verify"
+
+
+class ReplicationReport(BaseModel):
+    id: str
+    mode: DRMode
+    location: str
+    objects: int
+    bytes: int
+    copied: int
+
+
+def load_dr_store(ref: str | StoreBlock | None = None) -> StoreBlock | None:
+    """The DR store block: given, by name, or named by $KLB_DR_STORE; None when DR is not set up."""
+    from flows.common import load_store  # flows import tasks, not the other way round, at load time
+
+    ref = ref or os.environ.get("KLB_DR_STORE")
+    return load_store(ref) if ref else None
+
+
+def dr_configured() -> bool:
+    return bool(os.environ.get("KLB_DR_STORE"))
+
+
+def dr_mode() -> DRMode:
+    raw = os.environ.get("KLB_DR_MODE", DRMode.copy.value)
+    try:
+        return DRMode(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"KLB_DR_MODE={raw!r}: use 'copy' or 'verify' (native replication)"
+        ) from None
+
+
+def _check_keys(source: StoreBlock, dest: StoreBlock) -> None:
+    src = source.encryption_key.get_secret_value() if source.encryption_key else None
+    dst = dest.encryption_key.get_secret_value() if dest.encryption_key else None
+    if src != dst:
+        raise ConfigurationError(
+            "the DR store block must carry the same client-side encryption key as the primary "
+            "(copies are byte-for-byte): set encryption_key on the DR store block"
+        )
+    if source.location == dest.location:
+        raise ConfigurationError(f"the DR store is the primary store ({dest.location}): point it elsewhere")
+
+
+def _stored_sha256(backend: Backend, key: str, version_id: str | None, size: int) -> str:
+    digest, seen = hashlib.sha256(), 0
+    for chunk in backend.read(key, version_id):
+        seen += len(chunk)
+        if seen > size:
+            break
+        digest.update(chunk)
+    return digest.hexdigest() if seen == size else f"size {seen} != {size}"
+
+
+def dr_manifest(manifest: Manifest, dest: StoreBlock, versions: dict[str, str | None]) -> Manifest:
+    base = backup_prefix(dest, manifest.id)
+    objects = [
+        o.model_copy(update={"key": f"{base}/{o.name}", "version_id": versions.get(o.name)})
+        for o in manifest.objects
+    ]
+    return manifest.model_copy(update={"objects": objects}).sealed()
+
+
+def replicate_backup(manifest: Manifest, source: StoreBlock, dest: StoreBlock) -> ReplicationReport:
+    """Copy one backup to the DR store and prove the copy; the DR manifest is written last.
+    Idempotent: objects whose DR copy already checks out are not copied again."""
+    _check_keys(source, dest)
+    src, dst = backend_for(source), backend_for(dest)
+    base = backup_prefix(dest, manifest.id)
+    versions: dict[str, str | None] = {}
+    copied = 0
+    for obj in manifest.objects:
+        key = f"{base}/{obj.name}"
+        try:
+            if _stored_sha256(dst, key, None, obj.size) == obj.sha256:
+                versions[obj.name] = None
+                continue
+        except NotFound:
+            pass
+        writer = dst.open_writer(key)
+        try:
+            for chunk in src.read(obj.key, obj.version_id):
+                writer.write(chunk)
+            versions[obj.name] = writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        copied += 1
+        got = _stored_sha256(dst, key, versions[obj.name], obj.size)
+        if got != obj.sha256:
+            raise IntegrityError(f"DR copy of {obj.key} does not match the primary's sha256 ({got[:16]})")
+    copy = dr_manifest(manifest, dest, versions)
+    dst.put_bytes(f"{base}/{MANIFEST_NAME}", copy.model_dump_json(indent=2).encode())
+    log.info("replicated %s to %s (%d objects copied)", manifest.id, dest.location, copied)
+    return ReplicationReport(
+        id=manifest.id,
+        mode=DRMode.copy,
+        location=f"{dest.location}",
+        objects=len(manifest.objects),
+        bytes=manifest.size,
+        copied=copied,
+    )
+
+
+def verify_replica(manifest: Manifest, dest: StoreBlock) -> ReplicationReport:
+    """Native replication: the DR copy must exist and every object's sha256 must match."""
+    from tasks.storage.catalog import get_backup
+
+    try:
+        copy = get_backup(dest, manifest.id)
+    except NotFound:
+        raise NotFound(f"backup {manifest.id} is not (yet) in the DR store {dest.location}") from None
+    dst = backend_for(dest)
+    for want, have in zip(manifest.objects, copy.objects, strict=False):
+        if (want.name, want.sha256) != (have.name, have.sha256):
+            raise IntegrityError(f"DR manifest of {manifest.id} differs from the primary at {want.name}")
+        got = _stored_sha256(dst, have.key, have.version_id, have.size)
+        if got != want.sha256:
+            raise IntegrityError(f"DR copy {have.key} does not match the primary's sha256")
+    if len(copy.objects) != len(manifest.objects):
+        raise IntegrityError(f"DR manifest of {manifest.id} lists a different number of objects")
+    return ReplicationReport(
+        id=manifest.id,
+        mode=DRMode.verify,
+        location=dest.location,
+        objects=len(manifest.objects),
+        bytes=manifest.size,
+        copied=0,
+    )
+
+
+def replicate_or_verify(manifest: Manifest, source: StoreBlock, dest: StoreBlock) -> ReplicationReport:
+    if dr_mode() == DRMode.verify:
+        return verify_replica(manifest, dest)
+    return replicate_backup(manifest, source, dest)
+
+
+def _retry_transient(task_obj, task_run, state) -> bool:
+    from tasks.errors import is_retryable
+
+    try:
+        state.result()
+    except Exception as exc:
+        return is_retryable(exc)
+    return False
+
+
+@task(
+    task_run_name="replicate-{manifest.id}",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=_retry_transient,
+)
+def replicate_task(manifest: Manifest, store: StoreBlock, dr_store: str | StoreBlock | None = None):
+    """After a backup: copy it to the DR store (or verify the native replica). No-op without DR.
+    A failure fails the run (the primary backup stays stored and verified) and is pushed as a
+    klb_replication failure."""
+    from tasks.metrics import tracked
+
+    dest = load_dr_store(dr_store)
+    if dest is None or dest.location == store.location:
+        return None
+    with tracked("replication", manifest.component):
+        try:
+            return replicate_or_verify(manifest, store, dest)
+        except BackupError as exc:  # same class: the retry condition still sees what it was
+            raise type(exc)(
+                f"backup {manifest.id} is stored and verified in {store.location}, but its DR copy "
+                f"to {dest.location} failed: {exc}"
+            ) from exc

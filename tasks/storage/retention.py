@@ -1,0 +1,305 @@
+"""Retention planning: manifests + policy + now -> keep or delete, with a reason for each.
+
+Pure: no I/O here (flows/maintenance.py lists, plans, then deletes). The rules, in order:
+
+1. a backup with no manifest is in flight or abandoned: it is invisible to the plan; its objects
+   are "orphans", left alone while younger than `orphan_grace`, collected after (a separate step);
+2. the newest `keep_last_good` good (verified, not known damaged) backups are kept whatever
+   their age: retention by age alone can delete the last good backup;
+3. members of the newest recovery point are kept (labels["recovery_point"]);
+4. everything within the retention window is kept;
+5. GFS tiers (optional): the newest good backup of each of the last N days / ISO weeks / months;
+6. everything else is deleted. Velero-backed components keep their Velero side: Velero deletes
+   the backup through its own TTL; we remove only our catalog copy, once past `expires_at`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+from pydantic import AwareDatetime, BaseModel, Field
+
+from tasks.errors import BadInput
+from tasks.ids import parse_backup_id
+from tasks.models import MANIFEST_NAME, Manifest
+from tasks.table import policy as table_policy
+
+RECOVERY_POINT_LABEL = "recovery_point"
+
+
+class RetentionPolicy(BaseModel):
+    component: str
+    retention: timedelta = Field(description="age (from the source snapshot time) a backup is kept")
+    keep_last_good: int = Field(default=1, ge=1, description="newest good backups kept whatever their age")
+    keep_daily: int = Field(default=0, ge=0, description="GFS: newest good backup of each of N days")
+    keep_weekly: int = Field(default=0, ge=0, description="GFS: ... of each of N ISO weeks")
+    keep_monthly: int = Field(default=0, ge=0, description="GFS: ... of each of N months")
+    velero_owned: bool = Field(
+        default=False, description="Velero holds the data: its TTL and garbage collection expire it"
+    )
+    orphan_grace: timedelta = Field(
+        default=timedelta(hours=24), description="objects with no manifest younger than this may be in flight"
+    )
+
+    @classmethod
+    def from_table(cls, component: str, **overrides) -> RetentionPolicy:
+        from tasks.components.registry import spec  # a leaf: rows of data, no component code
+
+        return cls(
+            component=component,
+            retention=table_policy(component).retention,
+            velero_owned=spec(component).velero_owned,
+            **overrides,
+        )
+
+
+class Action(StrEnum):
+    keep = "keep"
+    delete = "delete"
+
+
+class Decision(BaseModel):
+    id: str
+    source_time: AwareDatetime
+    good: bool
+    action: Action
+    reason: str
+    keys: list[str] = Field(default_factory=list, description="keys deleted with it (manifest first)")
+
+
+class OrphanDecision(BaseModel):
+    backup_dir: str
+    keys: list[str]
+    started_at: AwareDatetime | None
+    action: Action
+    reason: str
+
+
+class RetentionPlan(BaseModel):
+    component: str
+    now: AwareDatetime
+    policy: RetentionPolicy
+    recovery_point: str | None = None
+    decisions: list[Decision]
+    orphans: list[OrphanDecision] = Field(default_factory=list)
+
+    @property
+    def deletions(self) -> list[Decision]:
+        return [d for d in self.decisions if d.action == Action.delete]
+
+    @property
+    def orphan_deletions(self) -> list[OrphanDecision]:
+        return [o for o in self.orphans if o.action == Action.delete]
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "backups": len(self.decisions),
+            "keep": len(self.decisions) - len(self.deletions),
+            "delete": len(self.deletions),
+            "orphan_dirs_deleted": len(self.orphan_deletions),
+            "orphan_dirs_left": len(self.orphans) - len(self.orphan_deletions),
+        }
+
+
+def is_good(manifest: Manifest, damaged: frozenset[str] | set[str] = frozenset()) -> bool:
+    """Good = read back and checked when written, and not found damaged by a sweep since."""
+    return manifest.verified_at is not None and manifest.id not in damaged
+
+
+def newest_recovery_point(manifests: Iterable[Manifest]) -> str | None:
+    """The recovery point whose newest member is newest (ties: the greater id)."""
+    newest: dict[str, datetime] = {}
+    for m in manifests:
+        rp = m.labels.get(RECOVERY_POINT_LABEL)
+        if rp:
+            newest[rp] = max(newest.get(rp, m.source_time), m.source_time)
+    if not newest:
+        return None
+    return max(newest, key=lambda rp: (newest[rp], rp))
+
+
+def _gfs_keep(good: list[Manifest], count: int, bucket_of) -> set[str]:
+    """Newest good backup of each of the newest `count` buckets (days, weeks, months)."""
+    kept: set[str] = set()
+    seen: set[object] = set()
+    for m in reversed(good):  # newest first
+        if len(seen) >= count:
+            break
+        bucket = bucket_of(m.source_time.astimezone(UTC))
+        if bucket not in seen:
+            seen.add(bucket)
+            kept.add(m.id)
+    return kept
+
+
+def plan_retention(
+    manifests: Iterable[Manifest],
+    policy: RetentionPolicy,
+    now: datetime,
+    *,
+    keys: Iterable[str] = (),
+    prefix: str = "",
+    damaged: Iterable[str] = (),
+    recovery_point: str | None = None,
+) -> RetentionPlan:
+    """Decide every backup of one component. `keys` (every stored key under the component's
+    folder) lets the plan delete all of a backup's objects and find orphans; `prefix` is the
+    component's folder (`<store prefix>/<component>`). `recovery_point` protects that recovery
+    point; default: the newest one among these manifests."""
+    if now.tzinfo is None:
+        raise BadInput("`now` needs a time zone")
+    damaged_ids = frozenset(damaged)
+    ordered = sorted(manifests, key=lambda m: (m.source_time, m.id))
+    for m in ordered:
+        if m.component != policy.component:
+            raise BadInput(f"backup {m.id} is a {m.component} backup, not {policy.component}")
+    if recovery_point is None:
+        recovery_point = newest_recovery_point(ordered)
+
+    good = [m for m in ordered if is_good(m, damaged_ids)]
+    last_good = {m.id for m in good[-policy.keep_last_good :]}
+    tiers = {
+        "daily": _gfs_keep(good, policy.keep_daily, lambda t: t.date()),
+        "weekly": _gfs_keep(good, policy.keep_weekly, lambda t: t.isocalendar()[:2]),
+        "monthly": _gfs_keep(good, policy.keep_monthly, lambda t: (t.year, t.month)),
+    }
+
+    by_dir = _group_keys(keys, prefix)
+    velero = policy.velero_owned
+    decisions: list[Decision] = []
+    for m in ordered:
+        age = now - m.source_time
+        good_m = is_good(m, damaged_ids)
+        if m.id in last_good:
+            reason = f"one of the newest {policy.keep_last_good} good backup(s): never deleted"
+            action = Action.keep
+        elif recovery_point and m.labels.get(RECOVERY_POINT_LABEL) == recovery_point:
+            action, reason = Action.keep, f"member of the newest recovery point {recovery_point}"
+        elif age <= policy.retention:
+            action, reason = Action.keep, f"within retention ({_days(age)} <= {_days(policy.retention)})"
+        elif tier := next((name for name, ids in tiers.items() if m.id in ids), None):
+            action, reason = Action.keep, f"GFS {tier} tier"
+        elif velero and m.expires_at is not None and now < m.expires_at:
+            action, reason = Action.keep, "Velero TTL not reached yet: the catalog follows Velero"
+        else:
+            action = Action.delete
+            reason = f"past retention ({_days(age)} > {_days(policy.retention)})"
+            if not good_m:
+                reason += ", not a good backup"
+            if velero:
+                reason += "; Velero's copy expires by its TTL (catalog entry only)"
+        decisions.append(
+            Decision(
+                id=m.id,
+                source_time=m.source_time,
+                good=good_m,
+                action=action,
+                reason=reason,
+                keys=_backup_keys(m, by_dir.pop(m.id, None)) if action == Action.delete else [],
+            )
+        )
+        by_dir.pop(m.id, None)
+
+    orphans = [_orphan(backup_id, dir_keys, policy, now) for backup_id, dir_keys in sorted(by_dir.items())]
+    return RetentionPlan(
+        component=policy.component,
+        now=now,
+        policy=policy,
+        recovery_point=recovery_point,
+        decisions=decisions,
+        orphans=orphans,
+    )
+
+
+def _days(delta: timedelta) -> str:
+    return f"{delta.total_seconds() / 86400:.1f}d"
+
+
+def _group_keys(keys: Iterable[str], prefix: str) -> dict[str, list[str]]:
+    """Stored keys by backup id: `<prefix>/<YYYY-MM-DD>/<backup-id>/<name>`. Keys of any other
+    shape are not ours to judge: they are left out (and so left alone)."""
+    base = prefix.rstrip("/") + "/" if prefix else ""
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        if not key.startswith(base):
+            continue
+        parts = key[len(base) :].split("/")
+        if len(parts) != 3:
+            continue
+        groups.setdefault(parts[1], []).append(key)
+    return groups
+
+
+def _backup_keys(m: Manifest, listed: list[str] | None) -> list[str]:
+    """Manifest first: once it is gone the backup no longer exists; objects left by a crash
+    after that are orphans, collected later."""
+    manifest_keys = [k for k in (listed or []) if k.endswith("/" + MANIFEST_NAME)]
+    if not manifest_keys and m.objects:
+        manifest_keys = [m.objects[0].key.rsplit("/", 1)[0] + "/" + MANIFEST_NAME]
+    rest = sorted(set(listed or []) | {o.key for o in m.objects})
+    return manifest_keys + [k for k in rest if k not in manifest_keys]
+
+
+def _orphan(backup_id: str, keys: list[str], policy: RetentionPolicy, now: datetime) -> OrphanDecision:
+    backup_dir = keys[0].rsplit("/", 1)[0]
+    try:
+        _, started = parse_backup_id(backup_id)
+    except BadInput:
+        return OrphanDecision(
+            backup_dir=backup_dir,
+            keys=sorted(keys),
+            started_at=None,
+            action=Action.keep,
+            reason="not a backup id: not ours to delete",
+        )
+    age = now - started
+    if age < policy.orphan_grace:
+        action, reason = Action.keep, f"no manifest yet, {_days(age)} old: may still be in flight"
+    else:
+        action, reason = Action.delete, f"no manifest, {_days(age)} old (grace {_days(policy.orphan_grace)})"
+    return OrphanDecision(
+        backup_dir=backup_dir, keys=sorted(keys), started_at=started, action=action, reason=reason
+    )
+
+
+def plan_markdown(plans: list[RetentionPlan], dry_run: bool, limit: int = 200) -> str:
+    """The plan as an artifact: totals, then every deletion and every orphan (capped)."""
+    head = "DRY RUN: nothing was deleted" if dry_run else "APPLIED"
+    lines = [
+        f"# Retention plan ({head})",
+        "",
+        "| component | backups | keep | delete | orphans gc | orphans left |",
+    ]
+    lines.append("|---|---|---|---|---|---|")
+    for p in plans:
+        c = p.counts()
+        lines.append(
+            f"| {p.component} | {c['backups']} | {c['keep']} | {c['delete']} | "
+            f"{c['orphan_dirs_deleted']} | {c['orphan_dirs_left']} |"
+        )
+    lines += [
+        "",
+        "| component | backup | source time | good | action | reason |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = 0
+    for p in plans:
+        interesting = [d for d in p.decisions if d.action == Action.delete] or p.decisions[-1:]
+        for d in interesting:
+            if rows >= limit:
+                break
+            rows += 1
+            lines.append(
+                f"| {p.component} | {d.id} | {d.source_time:%Y-%m-%d %H:%M} | {'yes' if d.good else 'no'} | "
+                f"{d.action} | {d.reason} |"
+            )
+        for o in p.orphans:
+            if rows >= limit:
+                break
+            rows += 1
+            lines.append(f"| {p.component} | {o.backup_dir} (no manifest) | | | {o.action} | {o.reason} |")
+    if rows >= limit:
+        lines.append(f"\n(first {limit} rows shown; the flow's result has every decision)")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,262 @@
+"""The store: any byte stream in, stored + checksummed + (optionally) encrypted objects out.
+
+A backup is written through a `BackupSession`: objects stream in, each is read back and
+checked (unless the store says not to), and the manifest is written last. If anything fails,
+every object already written is deleted and open uploads are aborted, so a backup either
+exists whole, with its manifest, or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from blocks.store import StoreBlock
+from tasks.errors import BadInput, IntegrityError
+from tasks.ids import check_object_name, new_backup_id, parse_backup_id
+from tasks.models import MANIFEST_NAME, Compression, Manifest, StoredObject
+from tasks.storage.backends import Backend, backend_for
+from tasks.storage.codec import Decoder, Encoder, iter_chunks
+
+log = logging.getLogger(__name__)
+
+
+def backup_prefix(store: StoreBlock, backup_id: str) -> str:
+    """<prefix>/<component>/<YYYY-MM-DD>/<backup-id>"""
+    component, started = parse_backup_id(backup_id)
+    return f"{store.prefix}/{component}/{started:%Y-%m-%d}/{backup_id}"
+
+
+def component_prefix(store: StoreBlock, component: str) -> str:
+    return f"{store.prefix}/{component}"
+
+
+STALE_WRITE_AGE = timedelta(hours=24)  # longer than any backup runs: older uploads are orphans
+
+
+def sweep_incomplete_writes(
+    store: StoreBlock, component: str, older_than: timedelta = STALE_WRITE_AGE
+) -> list[str]:
+    """Abort multipart uploads / remove partial files that a failed backup of `component` could
+    not clean up itself (the S3 server was down when it tried, or the process was killed)."""
+    backend = backend_for(store)
+    prefix = component_prefix(store, component) + "/"
+    cutoff = datetime.now(UTC) - older_than
+
+    def stale(key: str, initiated: datetime) -> bool:
+        # our own clock first: the backup id in the key says when it started (some S3 servers
+        # report no real upload time); the server's time for keys that are not ours
+        try:
+            return parse_backup_id(key.rsplit("/", 2)[-2])[1] <= cutoff
+        except (BadInput, IndexError):
+            return initiated <= cutoff
+
+    removed = backend.abort_incomplete_writes(prefix, stale)
+    by_backup: dict[str, list[str]] = {}
+    for key in backend.list_keys(prefix):
+        parts = key.rsplit("/", 2)
+        if len(parts) == 3:
+            by_backup.setdefault(parts[1], []).append(key)
+    for backup_id, keys in by_backup.items():
+        if any(k.endswith("/" + MANIFEST_NAME) for k in keys):
+            continue
+        try:
+            _, started = parse_backup_id(backup_id)
+        except BadInput:
+            continue  # not ours: leave it
+        if started <= cutoff:  # objects whose backup never got a manifest, nor its cleanup
+            backend.delete_keys(keys)
+            removed += keys
+    return removed
+
+
+def preflight(store: StoreBlock) -> None:
+    """Cheap checks before any engine starts: the key is usable, the bucket answers to us."""
+    _secret(store)
+    backend_for(store).preflight()
+
+
+def _secret(store: StoreBlock) -> str | None:
+    if store.encryption_key is None:
+        return None
+    secret = store.encryption_key.get_secret_value()
+    if not secret:  # an empty key (an unset env var?) must not silently mean "unencrypted"
+        raise BadInput(
+            "the store's encryption_key is empty: set the secret, or remove the field to store unencrypted"
+        )
+    return secret
+
+
+def write_object(
+    store: StoreBlock,
+    key: str,
+    source: Iterable[bytes] | Any,
+    name: str,
+    compression: Compression | None = None,
+    meta: dict[str, Any] | None = None,
+    backend: Backend | None = None,
+) -> StoredObject:
+    """Stream `source` (iterable of bytes or file-like) into `key`. Memory stays bounded."""
+    backend = backend or backend_for(store)
+    kind = compression or store.compression
+    encoder = Encoder(kind, _secret(store), store.compression_level)
+    writer = backend.open_writer(key)
+    try:
+        for chunk in iter_chunks(source):
+            out = encoder.update(chunk)
+            if out:
+                writer.write(out)
+        writer.write(encoder.finish())
+        version_id = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return StoredObject(
+        name=name,
+        key=key,
+        size=encoder.size,
+        sha256=encoder.hash.hexdigest(),
+        raw_size=encoder.raw_size,
+        raw_sha256=encoder.raw_hash.hexdigest(),
+        compression=kind,
+        encryption=encoder.encryption,
+        version_id=version_id,
+        meta=meta or {},
+    )
+
+
+def read_object(store: StoreBlock, obj: StoredObject, backend: Backend | None = None) -> Iterator[bytes]:
+    """Yield the raw (decoded) bytes of `obj`; raise IntegrityError on any mismatch.
+
+    The stored sha256 can only be known at the end: consumers must treat the stream as
+    untrusted until it is exhausted (restore aside, then cut over).
+    """
+    backend = backend or backend_for(store)
+    decoder = Decoder(obj.compression, obj.encryption, _secret(store))
+    for chunk in backend.read(obj.key, obj.version_id):
+        if decoder.size + len(chunk) > obj.size:
+            raise IntegrityError(f"{obj.key} is larger than its manifest says ({obj.size} bytes)")
+        out = _named(obj, decoder.update, chunk)
+        if out:
+            yield out
+    tail = _named(obj, decoder.finish)
+    _check(obj, decoder)
+    if tail:
+        yield tail
+    _check(obj, decoder, raw=True)
+
+
+def _named(obj: StoredObject, step, *args):
+    """Decoder errors (corrupt zstd, failed authentication) name the object they come from."""
+    try:
+        return step(*args)
+    except IntegrityError as exc:
+        raise IntegrityError(f"{obj.key}: {exc}") from None
+
+
+def _check(obj: StoredObject, decoder: Decoder, raw: bool = False) -> None:
+    if not raw:
+        if decoder.size != obj.size:
+            raise IntegrityError(
+                f"{obj.key}: stored size {decoder.size} != manifest {obj.size} (truncated or replaced)"
+            )
+        if decoder.hash.hexdigest() != obj.sha256:
+            raise IntegrityError(f"{obj.key}: sha256 does not match the manifest (object corrupted)")
+        return
+    if decoder.raw_size != obj.raw_size or decoder.raw_hash.hexdigest() != obj.raw_sha256:
+        raise IntegrityError(f"{obj.key}: decoded content does not match the manifest")
+
+
+def verify_object(store: StoreBlock, obj: StoredObject, backend: Backend | None = None) -> None:
+    """Read `obj` whole and check it; returns only if every byte matches."""
+    for _ in read_object(store, obj, backend):
+        pass
+
+
+class BackupSession:
+    """Collects the objects of one backup; `commit` verifies them and writes the manifest last."""
+
+    def __init__(self, store: StoreBlock, component: str, labels: dict[str, str] | None = None):
+        self.store = store
+        self.backend = backend_for(store)
+        self.backend.preflight()
+        self.started_at = datetime.now(UTC)
+        self.id = new_backup_id(component, self.started_at)
+        self.component = component
+        self.prefix = backup_prefix(store, self.id)
+        self.objects: list[StoredObject] = []
+        self.engine: dict[str, Any] = {}
+        self.fingerprint: dict[str, Any] | None = None
+        self.source_time: datetime | None = None
+        self.labels = dict(labels or {})
+        self.manifest: Manifest | None = None
+
+    def write(
+        self,
+        name: str,
+        source: Iterable[bytes] | Any,
+        compression: Compression | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> StoredObject:
+        check_object_name(name)
+        if name == MANIFEST_NAME or any(o.name == name for o in self.objects):
+            raise BadInput(f"object name {name!r} is reserved or already used in this backup")
+        key = f"{self.prefix}/{name}"
+        obj = write_object(self.store, key, source, name, compression, meta, self.backend)
+        self.objects.append(obj)
+        log.info("stored %s (%d bytes, sha256 %s)", key, obj.size, obj.sha256[:12])
+        return obj
+
+    def commit(self, retention: timedelta | None = None) -> Manifest:
+        if not self.objects:
+            raise BadInput(f"backup {self.id} produced no objects: nothing to record")
+        verified_at = None
+        if self.store.verify_after_write:
+            for obj in self.objects:
+                verify_object(self.store, obj, self.backend)
+            verified_at = datetime.now(UTC)
+        finished = datetime.now(UTC)
+        manifest = Manifest(
+            id=self.id,
+            component=self.component,
+            source_time=self.source_time or self.started_at,
+            started_at=self.started_at,
+            finished_at=finished,
+            objects=self.objects,
+            engine=self.engine,
+            fingerprint=self.fingerprint,
+            expires_at=finished + retention if retention else None,
+            verified_at=verified_at,
+            labels=self.labels,
+        ).sealed()
+        self.backend.put_bytes(f"{self.prefix}/{MANIFEST_NAME}", manifest.model_dump_json(indent=2).encode())
+        self.manifest = manifest
+        return manifest
+
+    def discard(self) -> None:
+        """Remove whatever this session wrote (it never got its manifest)."""
+        keys = [o.key for o in self.objects]
+        if keys:
+            self.backend.delete_keys(keys)
+        self.objects.clear()
+
+
+@contextmanager
+def backup_session(
+    store: StoreBlock, component: str, labels: dict[str, str] | None = None
+) -> Iterator[BackupSession]:
+    """`with backup_session(...) as s: s.write(...); s.commit()` - discards on any failure."""
+    session = BackupSession(store, component, labels)
+    try:
+        yield session
+        if session.manifest is None:
+            raise RuntimeError(f"backup {session.id} ended without commit(): call session.commit()")
+    except BaseException:
+        try:
+            session.discard()
+        except Exception as cleanup_exc:  # report, but keep the original failure
+            log.error("could not remove partial backup %s: %s", session.id, cleanup_exc)
+        raise

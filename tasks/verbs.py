@@ -1,0 +1,83 @@
+"""The Prefect tasks that run one verb of a component's contract (tasks/components/)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import task
+from prefect.blocks.core import Block
+from prefect.cache_policies import NO_CACHE, CachePolicy
+
+from blocks.store import StoreBlock
+from tasks.components.registry import load
+from tasks.errors import BadInput, is_retryable
+from tasks.models import Manifest
+from tasks.storage.catalog import verify_backup
+from tasks.storage.session import backup_session
+from tasks.table import policy
+
+
+@dataclass
+class OncePerTaskRun(CachePolicy):
+    """Never reuses a result (each task run id is new), yet gives the result a storage key so
+    Prefect persists it: NO_CACHE has no key, and Prefect then writes nothing."""
+
+    def compute_key(
+        self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
+    ) -> str:
+        return f"{task_ctx.task.name}-{task_ctx.task_run.id}"
+
+
+def _retry_transient(task_obj: Any, task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except Exception as exc:  # the failure of the attempt
+        return is_retryable(exc)
+    return False
+
+
+@task(
+    task_run_name="backup-{component}",
+    cache_policy=OncePerTaskRun(),
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=_retry_transient,
+)
+def backup_task(
+    component: str, target: Block, store: StoreBlock, labels: dict[str, str] | None = None
+) -> Manifest:
+    """Back up one component: stream into the store, verify, write the manifest last."""
+    module = load(component)
+    with backup_session(store, component, labels) as session:
+        module.backup(target, session)
+        session.commit(retention=policy(component).retention)
+    return session.manifest
+
+
+@task(task_run_name="verify-{manifest.id}", cache_policy=NO_CACHE)
+def verify_task(manifest: Manifest, store: StoreBlock, target: Block | None = None) -> dict[str, Any]:
+    """Checksums of every object, then the component's own check."""
+    report: dict[str, Any] = verify_backup(store, manifest)
+    check = getattr(load(manifest.component), "verify", None)
+    if check is not None:
+        report["component_check"] = check(target, manifest, store)
+    return report
+
+
+@task(task_run_name="restore-{manifest.id}", cache_policy=NO_CACHE)
+def restore_task(
+    manifest: Manifest, target: Block, store: StoreBlock, options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Restore a verified backup through the component's own aside/verify/cut-over steps."""
+    module = load(manifest.component)
+    try:
+        opts = module.RestoreOptions.model_validate(options or {})
+    except Exception as exc:
+        raise BadInput(f"invalid restore options for {manifest.component}: {exc}") from None
+    return module.restore(target, manifest, store, opts)
+
+
+@task(task_run_name="describe-{component}", cache_policy=NO_CACHE)
+def describe_task(component: str, target: Block) -> dict[str, Any]:
+    return load(component).describe_current_state(target)
