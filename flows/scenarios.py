@@ -1,5 +1,5 @@
-"""Disaster-recovery scenarios of the runbook for Kubernetes: namespace corruption (2), data
-corruption (3), and a partial restore.
+"""Disaster-recovery scenarios of the runbook: the full cluster restore (1), namespace
+corruption (2), data corruption (3), and a partial restore.
 
 Each one verifies the backup it will use before changing anything, and takes a forensic backup
 of the broken state first. Forensic backups are stored as components `kubernetes-forensic` /
@@ -9,90 +9,41 @@ of the broken state first. Forensic backups are stored as components `kubernetes
 from __future__ import annotations
 
 import contextlib
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.blocks.core import Block
-from prefect.cache_policies import NO_CACHE
 
-from blocks.kubernetes import VeleroTarget
 from blocks.store import StoreBlock
 from flows.common import load_store
 from flows.locks import component_lock
 from tasks.components import kubernetes as velero
-from tasks.components import volumes
 from tasks.components.kubernetes import ExistingResourcePolicy
 from tasks.components.kubernetes import api as kube
-from tasks.components.registry import load_target
-from tasks.errors import BackupError, BadInput, NotFound
-from tasks.models import Manifest
-from tasks.storage.catalog import LATEST, get_backup, list_backups, verify_backup
-from tasks.storage.session import backup_session
-from tasks.table import policy
+from tasks.errors import BadInput, NotFound
+from tasks.ids import new_backup_id
+from tasks.markdown import fields_table, table
+from tasks.operations.disaster import (
+    PVC_RESOURCES,
+    backup_holding_namespace,
+    delete_namespace_task,
+    delete_pvcs_task,
+    forensic_backup_task,
+    newest_good_volumes_backup,
+    velero_target,
+)
+from tasks.operations.full_restore import read_step, run_key, run_step, step_key
+from tasks.operations.plan import DR_STEPS, build_plan, plan_markdown
+from tasks.operations.recovery import get_recovery_point, member_manifests
+from tasks.storage.catalog import LATEST, get_backup
+from tasks.storage.records import put_record
 from tasks.verbs import restore_task, verify_task
-
-PVC_RESOURCES = volumes.VOLUME_RESOURCES
-
-
-def _velero_target(component: str, ref: str | Block | None) -> VeleroTarget:
-    target = load_target(component, ref)
-    if not isinstance(target, VeleroTarget):
-        raise BadInput(f"target {ref!r} is a {type(target).__name__}, not a Velero target")
-    return target
-
-
-def _holds(store: StoreBlock, manifest: Manifest, namespace: str, pvcs: list[str] | None = None) -> bool:
-    inv = velero.load_document(store, manifest)["inventory"]
-    if namespace not in inv:
-        return False
-    held = set(inv[namespace].get("persistentvolumeclaims", []))
-    return pvcs is None or set(pvcs) <= held
-
-
-@task(task_run_name="forensic-backup-{namespace}", cache_policy=NO_CACHE)
-def forensic_backup_task(
-    target: VeleroTarget, store: StoreBlock, namespace: str, component: str
-) -> str | None:
-    """Keep the broken state (for the post-mortem) before it is replaced; None if it is gone."""
-    if not kube.namespace_exists(kube.connect(target.kube), namespace):
-        get_run_logger().warning("namespace %s does not exist: no forensic backup to take", namespace)
-        return None
-    retention = policy(component).retention
-    hours = retention.total_seconds() / 3600
-    overrides = {"include_namespaces": [namespace], "exclude_namespaces": [], "ttl_hours": hours}
-    with backup_session(store, f"{component}-forensic", {"purpose": "forensic", "namespace": namespace}) as s:
-        if component == "volumes":
-            volumes.run_backup(target, s, volumes.spec(target, **overrides))
-        else:
-            velero.run_backup(target, s, velero.BackupSpec.of(target, label_selector={}, **overrides))
-        s.commit(retention=retention)
-    return s.id
-
-
-@task(task_run_name="delete-namespace-{namespace}", cache_policy=NO_CACHE)
-def delete_namespace_task(target: VeleroTarget, namespace: str) -> None:
-    kube.delete_namespace(kube.connect(target.kube), namespace, interval=target.poll_interval_seconds)
-
-
-@task(task_run_name="delete-pvcs-{namespace}", cache_policy=NO_CACHE)
-def delete_pvcs_task(target: VeleroTarget, namespace: str, names: list[str]) -> None:
-    k = kube.connect(target.kube)
-    for name in names:
-        with contextlib.suppress(NotFound):
-            kube.delete_pvc(k, namespace, name)
-    kube.wait_for(
-        lambda: not ({p["name"] for p in kube.list_pvcs(k, namespace)} & set(names)),
-        600,
-        target.poll_interval_seconds,
-        f"PVCs {names} in {namespace} to be deleted",
-    )
 
 
 def _report(key: str, title: str, report: dict[str, Any]) -> None:
-    rows = "".join(f"| {k} | {v} |\n" for k, v in report.items())
-    create_markdown_artifact(key=key, markdown=f"# {title}\n\n| field | value |\n|---|---|\n{rows}")
+    create_markdown_artifact(key=key, markdown=fields_table(title, report))
 
 
 @flow(name="namespace-corruption")
@@ -106,18 +57,8 @@ def namespace_corruption(
     the newest (or the given) Kubernetes backup that holds it, verify its objects."""
     logger = get_run_logger()
     store_block = load_store(store)
-    target_block = _velero_target("kubernetes", target)
-    if backup_id == LATEST:
-        holding = [
-            m for m in reversed(list_backups(store_block, "kubernetes")) if _holds(store_block, m, namespace)
-        ]
-        if not holding:
-            raise NotFound(f"no kubernetes backup holds namespace {namespace!r}: nothing to restore it from")
-        manifest = holding[0]
-    else:
-        manifest = get_backup(store_block, backup_id, "kubernetes")
-        if not _holds(store_block, manifest, namespace):
-            raise BadInput(f"backup {manifest.id} does not hold namespace {namespace!r}")
+    target_block = velero_target("kubernetes", target)
+    manifest = backup_holding_namespace(store_block, backup_id, namespace)
     verify_task(manifest, store_block, target_block)  # before anything is deleted
     with component_lock("kubernetes"):  # no scheduled backup or other restore in between
         forensic = forensic_backup_task(target_block, store_block, namespace, "kubernetes")
@@ -141,26 +82,9 @@ def data_corruption(
     verifies good. Apps are quiesced, the corrupted PVCs are kept in a forensic backup, deleted
     (Velero skips existing claims, which is why the runbook's restore did nothing) and restored
     with their data; the apps come back with exactly their replica counts."""
-    logger = get_run_logger()
     store_block = load_store(store)
-    target_block = _velero_target("volumes", target)
-    rejected: dict[str, str] = {}
-    manifest = None
-    for candidate in reversed(list_backups(store_block, "volumes", until=before)):
-        try:
-            if not _holds(store_block, candidate, namespace, pvcs):
-                rejected[candidate.id] = f"does not hold the PVCs of {namespace}"
-                continue
-            verify_backup(store_block, candidate)
-            volumes.verify(target_block, candidate, store_block)
-        except BackupError as exc:
-            rejected[candidate.id] = str(exc)
-            logger.warning("backup %s rejected: %s", candidate.id, exc)
-            continue
-        manifest = candidate
-        break
-    if manifest is None:
-        raise NotFound(f"no volumes backup of {namespace} verifies good: {rejected or 'there are none'}")
+    target_block = velero_target("volumes", target)
+    manifest, rejected = newest_good_volumes_backup(store_block, target_block, namespace, pvcs, before)
     doc = velero.load_document(store_block, manifest)
     names = pvcs or doc["inventory"][namespace]["persistentvolumeclaims"]
     with component_lock("volumes"), kube.quiesced(target_block.kube, namespace) as replicas:
@@ -200,7 +124,7 @@ def partial_restore(
     if not namespaces:
         raise BadInput("name the namespaces to restore (a partial restore of everything is a full restore)")
     store_block = load_store(store)
-    target_block = _velero_target("kubernetes", target)
+    target_block = velero_target("kubernetes", target)
     manifest = get_backup(store_block, backup_id, "kubernetes")
     verify_task(manifest, store_block, target_block)
     options = {
@@ -214,3 +138,90 @@ def partial_restore(
         report = {"backup_id": manifest.id, **restore_task(manifest, target_block, store_block, options)}
     _report("partial-restore", f"Partial restore from {manifest.id}", report)
     return report
+
+
+@flow(name="full-cluster-restore")
+def full_cluster_restore(
+    recovery_point: str = "latest",
+    targets: dict[str, str | Block] | None = None,
+    store: str | StoreBlock | None = None,
+    dry_run: bool = True,
+    run_id: str | None = None,
+    options: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """DR scenario 1: bring every component back from one recovery point, in order (namespaces
+    and CRDs, volumes, databases, etcd plan, RabbitMQ, app state, verify). Shows the plan first;
+    `dry_run=False` to act. Each step's record is kept under <prefix>/dr-runs/<run-id>/: re-run
+    with the same `run_id` to resume, completed steps are skipped."""
+    logger = get_run_logger()
+    store_block = load_store(store)
+    key_of_run = run_key(store_block, run_id or "-")
+    run = read_step(store_block, key_of_run) if run_id else None
+    if run_id and not dry_run and run is None:
+        raise NotFound(f"no full cluster restore run {run_id} to resume in {store_block.location}")
+    if run is not None:
+        if recovery_point not in ("latest", run["recovery_point"]):
+            raise BadInput(
+                f"run {run_id} restores recovery point {run['recovery_point']}, not {recovery_point}: "
+                "resume it with the same point, or start a new run"
+            )
+        recovery_point = run["recovery_point"]
+    plan = build_plan(store_block, recovery_point=recovery_point, targets=targets)
+    create_markdown_artifact(
+        key="full-cluster-restore-plan",
+        markdown=plan_markdown(plan, "Full cluster restore plan" + (" (dry run)" if dry_run else "")),
+    )
+    if dry_run:
+        return {"dry_run": True, "recovery_point": plan.source, "plan": plan.model_dump(mode="json")}
+    rp = get_recovery_point(store_block, plan.source)
+    manifests = member_manifests(store_block, rp)
+    if run is None:
+        run_id = new_backup_id("dr")
+        put_record(
+            store_block,
+            run_key(store_block, run_id),
+            {"run_id": run_id, "recovery_point": rp.id, "created": datetime.now(UTC)},
+        )
+    done: dict[str, dict] = {}
+    statuses: dict[str, str] = {}
+    for index, (step, component) in enumerate(DR_STEPS, start=1):
+        key = step_key(store_block, run_id, index, step)
+        previous = read_step(store_block, key)
+        if previous and previous.get("status") == "done":
+            logger.info("step %s already done in run %s: skipped", step, run_id)
+            statuses[step] = "done (earlier run)"
+            if component:
+                done[component] = previous
+            continue
+        action = plan.step(component).action if component else "verify"
+        started = datetime.now(UTC)
+        try:
+            # the step that changes a component holds its lock: no backup or other restore of it meanwhile
+            with component_lock(component) if component else contextlib.nullcontext():
+                outcome = run_step(
+                    component,
+                    action,
+                    manifests,
+                    targets or {},
+                    store_block,
+                    (options or {}).get(component) if component else None,
+                    done,
+                )
+        except Exception as exc:
+            put_record(
+                store_block, key, {"step": step, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            )
+            raise RuntimeError(
+                f"full cluster restore step {step} failed: {exc}. Fix it and resume with run_id={run_id!r}"
+            ) from exc
+        outcome |= {"step": step, "component": component, "started": started, "finished": datetime.now(UTC)}
+        put_record(store_block, key, outcome)
+        statuses[step] = outcome["status"]
+        if component:
+            done[component] = outcome
+    rows = [(i, s, statuses[s]) for i, (s, _) in enumerate(DR_STEPS, start=1)]
+    create_markdown_artifact(
+        key="full-cluster-restore",
+        markdown=f"# Full cluster restore {run_id} from {rp.id}\n\n" + table(["#", "step", "status"], rows),
+    )
+    return {"dry_run": False, "run_id": run_id, "recovery_point": rp.id, "steps": statuses}

@@ -8,6 +8,7 @@ from typing import Any
 from prefect import task
 from prefect.blocks.core import Block
 from prefect.cache_policies import NO_CACHE, CachePolicy
+from pydantic import ValidationError
 
 from blocks.store import StoreBlock
 from tasks.components.registry import load
@@ -37,14 +38,7 @@ def _retry_transient(task_obj: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-@task(
-    task_run_name="backup-{component}",
-    cache_policy=OncePerTaskRun(),
-    retries=2,
-    retry_delay_seconds=[10, 60],
-    retry_condition_fn=_retry_transient,
-)
-def backup_task(
+def backup_component(
     component: str, target: Block, store: StoreBlock, labels: dict[str, str] | None = None
 ) -> Manifest:
     """Back up one component: stream into the store, verify, write the manifest last."""
@@ -55,14 +49,42 @@ def backup_task(
     return session.manifest
 
 
-@task(task_run_name="verify-{manifest.id}", cache_policy=NO_CACHE)
-def verify_task(manifest: Manifest, store: StoreBlock, target: Block | None = None) -> dict[str, Any]:
+def verify_component_backup(
+    manifest: Manifest, store: StoreBlock, target: Block | None = None
+) -> dict[str, Any]:
     """Checksums of every object, then the component's own check."""
     report: dict[str, Any] = verify_backup(store, manifest)
-    check = getattr(load(manifest.component), "verify", None)
-    if check is not None:
-        report["component_check"] = check(target, manifest, store)
+    report["component_check"] = load(manifest.component).verify(target, manifest, store)
     return report
+
+
+def restore_options(component: str, options: dict[str, Any] | None) -> Any:
+    """The component's RestoreOptions from a dict, or BadInput naming what is wrong."""
+    try:
+        return load(component).RestoreOptions.model_validate(options or {})
+    except ValidationError as exc:
+        raise BadInput(f"invalid restore options for {component}: {exc}") from None
+
+
+def describe_component(component: str, target: Block) -> dict[str, Any]:
+    return load(component).describe_current_state(target)
+
+
+backup_task = task(
+    backup_component,
+    name="backup_task",
+    task_run_name="backup-{component}",
+    cache_policy=OncePerTaskRun(),
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=_retry_transient,
+)
+verify_task = task(
+    verify_component_backup, name="verify_task", task_run_name="verify-{manifest.id}", cache_policy=NO_CACHE
+)
+describe_task = task(
+    describe_component, name="describe_task", task_run_name="describe-{component}", cache_policy=NO_CACHE
+)
 
 
 @task(task_run_name="restore-{manifest.id}", cache_policy=NO_CACHE)
@@ -70,14 +92,17 @@ def restore_task(
     manifest: Manifest, target: Block, store: StoreBlock, options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Restore a verified backup through the component's own aside/verify/cut-over steps."""
-    module = load(manifest.component)
-    try:
-        opts = module.RestoreOptions.model_validate(options or {})
-    except Exception as exc:
-        raise BadInput(f"invalid restore options for {manifest.component}: {exc}") from None
-    return module.restore(target, manifest, store, opts)
+    opts = restore_options(manifest.component, options)
+    return load(manifest.component).restore(target, manifest, store, opts)
 
 
-@task(task_run_name="describe-{component}", cache_policy=NO_CACHE)
-def describe_task(component: str, target: Block) -> dict[str, Any]:
-    return load(component).describe_current_state(target)
+@task(task_run_name="drill-{component}", cache_policy=NO_CACHE)
+def drill_task(component: str, target: Block, manifest: Manifest, store: StoreBlock, drill_id: str) -> dict:
+    """The component's drill: restore into isolation, verify, clean up (always)."""
+    return load(component).drill(target, manifest, store, drill_id)
+
+
+@task(task_run_name="drill-cleanup-{component}", cache_policy=NO_CACHE)
+def drill_cleanup_task(component: str, target: Block, drill_id: str) -> None:
+    """Second line of cleanup: removes anything named after the drill that a crashed drill left."""
+    load(component).drill_cleanup(target, drill_id)

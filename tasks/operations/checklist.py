@@ -23,7 +23,7 @@ from tasks.errors import BackupError
 from tasks.ids import parse_backup_id
 from tasks.models import Manifest
 from tasks.storage.records import put_record, record_key
-from tasks.verbs import backup_task, describe_task, verify_task
+from tasks.verbs import backup_component, describe_component, verify_component_backup
 
 SPACE = "restores"
 
@@ -75,7 +75,7 @@ def verify_integrity(manifest: Manifest, store: StoreBlock, target: Block | None
     """Download every object and check its sha256, then the component's own check."""
     item = ITEMS[0]
     try:
-        report = verify_task.fn(manifest, store, target)
+        report = verify_component_backup(manifest, store, target)
     except Exception as exc:
         raise Refused(
             ChecklistLine(item=item, mark=Mark.refused, detail=f"{type(exc).__name__}: {exc}")
@@ -169,7 +169,7 @@ def document_current_state(
     """describe_current_state, stored beside the restore record."""
     item = ITEMS[4]
     try:
-        state: dict[str, Any] = describe_task.fn(component, target)
+        state: dict[str, Any] = describe_component(component, target)
     except Exception as exc:
         detail = f"cannot describe the current state: {type(exc).__name__}: {exc}"
         return _warn_or_refuse(item, detail, without_rollback, exc), None
@@ -184,7 +184,7 @@ def prepare_rollback(
     """A safety backup of what is there now, stored and verified, before anything is replaced."""
     item = ITEMS[5]
     try:
-        manifest = backup_task.fn(
+        manifest = backup_component(
             component, target, store, {"purpose": "pre-restore-safety", "restore": restore_id}
         )
     except Exception as exc:

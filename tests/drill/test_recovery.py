@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from flows.backup import backup_all
-from flows.drill import full_cluster_restore, restore_drill
+from flows.drill import restore_drill
+from flows.scenarios import full_cluster_restore
 from flows.recovery import restore_plan
 from tasks.errors import IntegrityError
 from tasks.operations.drills import list_drill_records
@@ -121,3 +122,48 @@ def test_recovery_point_drill_and_records_on_s3(s3_store, prod, drill_tmp):
     assert list_recovery_points(store)[-1].id == result.recovery_point
     assert [r.id for r in list_drill_records(store)] == [record.id]
     assert list(drill_tmp.iterdir()) == []
+
+
+def test_a_backup_waits_while_full_cluster_restore_restores_its_component(local_store, tmp_path):
+    """full_cluster_restore holds each component's lock while it restores it: a backup of that
+    component started meanwhile begins only after the restore step ended."""
+    import threading
+    import time
+
+    from blocks.app_state import AppStateStep, AppStateTarget
+    from flows.backup import backup_component
+
+    store = local_store()
+    events = tmp_path / "events"
+    state = tmp_path / "state"
+    state.write_text("v1\n")
+    target = AppStateTarget(
+        steps=[
+            AppStateStep(
+                name="state",
+                backup_command=["sh", "-c", 'echo backup >> "$EVENTS"; cat "$STATE"'],
+                restore_command=[
+                    "sh",
+                    "-c",
+                    'echo restore-start >> "$EVENTS"; sleep 3; cat > "$STATE"; echo restore-end >> "$EVENTS"',
+                ],
+                env={"EVENTS": str(events), "STATE": str(state)},
+            )
+        ]
+    )
+    backup_all(components=["app-state"], targets={"app-state": target}, store=store)
+    events.unlink()
+
+    restore = threading.Thread(
+        target=full_cluster_restore,
+        kwargs={"targets": {"app-state": target}, "store": store, "dry_run": False},
+    )
+    restore.start()
+    deadline = time.monotonic() + 120
+    while not (events.exists() and "restore-start" in events.read_text()):
+        assert time.monotonic() < deadline and restore.is_alive(), "the restore step never started"
+        time.sleep(0.05)
+    backup_component("app-state", target=target, store=store)
+    restore.join(timeout=120)
+
+    assert events.read_text().split() == ["restore-start", "restore-end", "backup"]

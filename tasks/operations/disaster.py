@@ -1,0 +1,115 @@
+"""Disaster-recovery scenarios for Kubernetes (runbook scenarios 2 and 3, partial restores): which
+backup to restore from, the forensic backup of the broken state, and the deletions that let
+Velero restore over it. The flows in flows/scenarios.py compose these under the component lock."""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import datetime
+
+from prefect import get_run_logger, task
+from prefect.blocks.core import Block
+from prefect.cache_policies import NO_CACHE
+
+from blocks.kubernetes import VeleroTarget
+from blocks.store import StoreBlock
+from tasks.components import kubernetes as velero
+from tasks.components import volumes
+from tasks.components.kubernetes import api as kube
+from tasks.components.registry import load_target
+from tasks.errors import BackupError, BadInput, NotFound
+from tasks.models import Manifest
+from tasks.storage.catalog import LATEST, get_backup, list_backups, verify_backup
+from tasks.storage.session import backup_session
+from tasks.table import policy
+
+PVC_RESOURCES = volumes.VOLUME_RESOURCES
+
+
+def velero_target(component: str, ref: str | Block | None) -> VeleroTarget:
+    target = load_target(component, ref)
+    if not isinstance(target, VeleroTarget):
+        raise BadInput(f"target {ref!r} is a {type(target).__name__}, not a Velero target")
+    return target
+
+
+def _holds(store: StoreBlock, manifest: Manifest, namespace: str, pvcs: list[str] | None = None) -> bool:
+    inv = velero.load_document(store, manifest)["inventory"]
+    if namespace not in inv:
+        return False
+    held = set(inv[namespace].get("persistentvolumeclaims", []))
+    return pvcs is None or set(pvcs) <= held
+
+
+@task(task_run_name="forensic-backup-{namespace}", cache_policy=NO_CACHE)
+def forensic_backup_task(
+    target: VeleroTarget, store: StoreBlock, namespace: str, component: str
+) -> str | None:
+    """Keep the broken state (for the post-mortem) before it is replaced; None if it is gone."""
+    if not kube.namespace_exists(kube.connect(target.kube), namespace):
+        get_run_logger().warning("namespace %s does not exist: no forensic backup to take", namespace)
+        return None
+    retention = policy(component).retention
+    hours = retention.total_seconds() / 3600
+    overrides = {"include_namespaces": [namespace], "exclude_namespaces": [], "ttl_hours": hours}
+    with backup_session(store, f"{component}-forensic", {"purpose": "forensic", "namespace": namespace}) as s:
+        if component == "volumes":
+            volumes.run_backup(target, s, volumes.spec(target, **overrides))
+        else:
+            velero.run_backup(target, s, velero.BackupSpec.of(target, label_selector={}, **overrides))
+        s.commit(retention=retention)
+    return s.id
+
+
+@task(task_run_name="delete-namespace-{namespace}", cache_policy=NO_CACHE)
+def delete_namespace_task(target: VeleroTarget, namespace: str) -> None:
+    kube.delete_namespace(kube.connect(target.kube), namespace, interval=target.poll_interval_seconds)
+
+
+@task(task_run_name="delete-pvcs-{namespace}", cache_policy=NO_CACHE)
+def delete_pvcs_task(target: VeleroTarget, namespace: str, names: list[str]) -> None:
+    k = kube.connect(target.kube)
+    for name in names:
+        with contextlib.suppress(NotFound):
+            kube.delete_pvc(k, namespace, name)
+    kube.wait_for(
+        lambda: not ({p["name"] for p in kube.list_pvcs(k, namespace)} & set(names)),
+        600,
+        target.poll_interval_seconds,
+        f"PVCs {names} in {namespace} to be deleted",
+    )
+
+
+def backup_holding_namespace(store: StoreBlock, backup_id: str, namespace: str) -> Manifest:
+    """The given Kubernetes backup, or the newest that holds `namespace`; it must hold it."""
+    if backup_id == LATEST:
+        for m in reversed(list_backups(store, "kubernetes")):
+            if _holds(store, m, namespace):
+                return m
+        raise NotFound(f"no kubernetes backup holds namespace {namespace!r}: nothing to restore it from")
+    manifest = get_backup(store, backup_id, "kubernetes")
+    if not _holds(store, manifest, namespace):
+        raise BadInput(f"backup {manifest.id} does not hold namespace {namespace!r}")
+    return manifest
+
+
+def newest_good_volumes_backup(
+    store: StoreBlock, target: VeleroTarget, namespace: str, pvcs: list[str] | None, before: datetime | None
+) -> tuple[Manifest, dict[str, str]]:
+    """The newest volumes backup (at/before `before`) that holds the PVCs and verifies good, and
+    why each newer one was rejected."""
+    logger = get_run_logger()
+    rejected: dict[str, str] = {}
+    for candidate in reversed(list_backups(store, "volumes", until=before)):
+        try:
+            if not _holds(store, candidate, namespace, pvcs):
+                rejected[candidate.id] = f"does not hold the PVCs of {namespace}"
+                continue
+            verify_backup(store, candidate)
+            volumes.verify(target, candidate, store)
+        except BackupError as exc:
+            rejected[candidate.id] = str(exc)
+            logger.warning("backup %s rejected: %s", candidate.id, exc)
+            continue
+        return candidate, rejected
+    raise NotFound(f"no volumes backup of {namespace} verifies good: {rejected or 'there are none'}")

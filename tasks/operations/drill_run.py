@@ -1,0 +1,166 @@
+"""One restore drill: each component drilled into isolation, timed and measured, then the verdict.
+
+The flow (flows/drill.py) composes these; they hold the rules: what counts as verified, covered
+or failed, how RTO and RPO are measured, and when production counts as changed.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prefect.blocks.core import Block
+
+from blocks.store import StoreBlock
+from tasks.components.registry import load, load_target
+from tasks.errors import ConfigurationError, NotFound
+from tasks.models import Manifest
+from tasks.operations.drills import (
+    ComponentDrill,
+    DrillRecord,
+    HealthCheck,
+    Status,
+    rpo_figures,
+    run_health_check,
+)
+from tasks.operations.recovery import get_recovery_point, member_manifests
+from tasks.storage.catalog import latest_backup, list_backups
+from tasks.verbs import drill_cleanup_task, drill_task
+
+
+def describe_safely(module: Any, target: Block) -> tuple[dict | None, str | None]:
+    try:
+        return module.describe_current_state(target), None
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def drill_source(
+    store: StoreBlock, recovery_point: str | None
+) -> tuple[str | None, dict[str, Manifest], dict]:
+    if not recovery_point:
+        return None, {}, {}
+    rp = get_recovery_point(store, recovery_point)
+    return rp.id, member_manifests(store, rp), rp.failed
+
+
+def drill_component(
+    name: str,
+    explicit: bool,
+    target_ref: str | Block | None,
+    store: StoreBlock,
+    drill_id: str,
+    drill_start: datetime,
+    window: timedelta,
+    rp: tuple[str | None, dict[str, Manifest], dict],
+    checks: list[HealthCheck],
+    fail_on_production_change: bool,
+    rpo_target_hours: float,
+) -> ComponentDrill:
+    def not_covered(reason: str) -> ComponentDrill:
+        return ComponentDrill(component=name, status=Status.not_covered, reason=reason)
+
+    def failed(reason: str, **kw: Any) -> ComponentDrill:
+        return ComponentDrill(component=name, status=Status.failed, reason=reason, **kw)
+
+    module = load(name)
+    try:
+        target = load_target(name, target_ref)
+    except ConfigurationError as exc:
+        return failed(f"not configured: {exc}") if explicit else not_covered(f"not configured: {exc}")
+    rp_id, rp_manifests, rp_failed = rp
+    try:
+        if rp_id:
+            manifest = rp_manifests.get(name)
+            if manifest is None:
+                why = rp_failed.get(name, "it was not configured when the point was taken")
+                return failed(f"configured, but recovery point {rp_id} has no {name} backup: {why}")
+        else:
+            manifest = latest_backup(store, name)
+    except NotFound as exc:
+        return failed(f"configured, but nothing to restore: {exc}")
+    age, gap = rpo_figures(manifest, list_backups(store, name), drill_start, window)
+    result = ComponentDrill(
+        component=name,
+        status=Status.failed,
+        backup_id=manifest.id,
+        source_time=manifest.source_time,
+        rpo_age_seconds=age,
+        worst_gap_seconds=gap,
+        rpo_target_hours=rpo_target_hours,
+    )
+    before, before_err = describe_safely(module, target)
+    result.restore_started = datetime.now(UTC)
+    try:
+        report = drill_task(name, target, manifest, store, drill_id)
+    except Exception as exc:
+        result.reason = f"{type(exc).__name__}: {exc}"
+        report = None
+    finally:
+        try:
+            drill_cleanup_task(name, target, drill_id)
+        except Exception as exc:
+            result.status, report = Status.failed, None
+            result.reason = (result.reason + "; " if result.reason else "") + f"cleanup failed: {exc}"
+    if report is not None:
+        result.checks = report
+        # a hook may know better (PITR: the newest archived WAL, not the base backup's age)
+        for field in ("rpo_age_seconds", "worst_gap_seconds"):
+            if isinstance(report.get(field), int | float):
+                setattr(result, field, float(report[field]))
+        if report.get("covered") is False:
+            result.status, result.reason = (
+                Status.not_covered,
+                report.get("reason", "the hook covered nothing"),
+            )
+        elif not report.get("verified"):
+            result.reason = report.get("reason") or "the drill hook did not verify the restore"
+        else:
+            result.health = [run_health_check(c, drill_id) for c in checks if c.component == name]
+            bad = [h for h in result.health if not h.ok]
+            if bad:
+                result.reason = "health checks failed: " + "; ".join(f"{h.name}: {h.detail}" for h in bad)
+            else:
+                result.status, result.verified_at = Status.verified, datetime.now(UTC)
+                result.rto_seconds = (result.verified_at - result.restore_started).total_seconds()
+                uncovered = report.get("not_covered") or {}
+                if uncovered:
+                    result.reason = "partly: not covered " + ", ".join(
+                        f"{k} ({v})" for k, v in uncovered.items()
+                    )
+    after, after_err = describe_safely(module, target)
+    if before_err or after_err:
+        note = f"production state unknown ({before_err or after_err})"
+        result.reason = f"{result.reason}; {note}" if result.reason else note
+    else:
+        result.production_unchanged = before == after
+        if not result.production_unchanged and fail_on_production_change:
+            result.status, result.verified_at, result.rto_seconds = Status.failed, None, None
+            result.reason = "production changed during the drill (describe_current_state before != after)"
+    return result
+
+
+def drill_verdict(record: DrillRecord, rto_target_minutes: float) -> list[str]:
+    failures = [f"{c.component}: {c.reason}" for c in record.components if c.status is Status.failed]
+    failures += [f"health check {h.name}: {h.detail}" for h in record.health if not h.ok]
+    if not any(c.status is Status.verified for c in record.components):
+        failures.append("no component was covered: this drill proves nothing")
+    if record.rto_seconds is not None and record.rto_seconds >= rto_target_minutes * 60:
+        failures.append(
+            f"RTO {record.rto_seconds / 60:.4f} min missed the target of {rto_target_minutes:g} min"
+        )
+    for c in record.components:
+        if c.status is Status.not_covered or c.rpo_target_hours is None:
+            continue
+        limit = c.rpo_target_hours * 3600
+        if c.rpo_age_seconds is not None and c.rpo_age_seconds >= limit:
+            failures.append(
+                f"{c.component}: RPO {c.rpo_age_seconds / 3600:.2f} h (age of the restored data) "
+                f"missed the target of {c.rpo_target_hours:g} h"
+            )
+        if c.worst_gap_seconds is not None and c.worst_gap_seconds >= limit:
+            failures.append(
+                f"{c.component}: worst gap between good backups {c.worst_gap_seconds / 3600:.2f} h "
+                f"missed the target of {c.rpo_target_hours:g} h"
+            )
+    return failures
