@@ -19,7 +19,7 @@ from tasks.models import Manifest
 from tasks.notify import Severity, notify
 from tasks.storage.backends import backend_for
 from tasks.storage.index import list_component
-from tasks.storage.replicate import load_dr_store
+from tasks.storage.replicate import dr_copy_problems, load_dr_store
 from tasks.storage.retention import (
     RetentionPlan,
     RetentionPolicy,
@@ -79,17 +79,10 @@ def verify_backups(
             if where == "primary":
                 newest_primary[name] = chosen
             else:  # the DR store must hold what the primary's newest are, identically
-                have = {m.id: m for m in listing.manifests}
-                for m in newest_primary.get(name, []):
-                    if m.id not in have:
-                        fail(where, m.id, "missing from the DR store: replication is behind or failing", name)
-                    elif [o.sha256 for o in have[m.id].objects] != [o.sha256 for o in m.objects]:
-                        fail(
-                            where,
-                            m.id,
-                            "the DR manifest lists different object checksums than the primary",
-                            name,
-                        )
+                for backup_id, why in dr_copy_problems(
+                    newest_primary.get(name, []), listing.manifests
+                ).items():
+                    fail(where, backup_id, why, name)
             for manifest in chosen:
                 try:
                     results[f"{where}:{manifest.id}"] = {"ok": True, **verify_task(manifest, block)}

@@ -1,4 +1,4 @@
-"""Point-in-time recovery (issue #4).
+"""Point-in-time recovery.
 
 pitr_postgres      window -> base backup -> NEW instance paused at the target -> verified
 promote_pitr       the separate, explicit step that makes that instance writable

@@ -7,70 +7,18 @@ kept copies, and leftovers of interrupted restores (`<db>__restore_<ts>`), older
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.blocks.core import Block
-from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
-from blocks.postgres import PostgresTarget
 from flows.locks import component_lock
-from tasks.components.postgres.common import (
-    admin,
-    aside_name,
-    databases,
-    drop_database,
-    parse_aside,
-    same_base,
-)
-from tasks.components.postgres.cutover import swap
-from tasks.components.registry import load_target
-from tasks.errors import BadInput, NotFound
-
-
-def _target(ref: str | Block | None) -> PostgresTarget:
-    block = load_target("postgres", ref)
-    if not isinstance(block, PostgresTarget):
-        raise BadInput(f"target {ref!r} is a {type(block).__name__}, not a postgres target")
-    return block
-
-
-def _asides(target: PostgresTarget) -> list[tuple[str, str, str, datetime]]:
-    with admin(target) as conn:
-        names = list(databases(conn))
-    out = []
-    for name in names:
-        parsed = parse_aside(name)
-        if parsed:
-            out.append((name, *parsed))
-    return out
-
-
-@task(task_run_name="rollback-{database}", cache_policy=NO_CACHE)
-def rollback_task(target: PostgresTarget, database: str, rollback_name: str | None = None) -> dict[str, Any]:
-    copies = sorted(
-        (when, name)
-        for name, base, kind, when in _asides(target)
-        if kind == "rollback" and same_base(database, base)
-    )
-    if rollback_name:
-        if rollback_name not in {n for _, n in copies}:
-            raise NotFound(
-                f"{rollback_name!r} is not a kept copy of {database!r}: kept are {[n for _, n in copies]}"
-            )
-        chosen = rollback_name
-    elif copies:
-        chosen = copies[-1][1]
-    else:
-        raise NotFound(
-            f"no kept copy of {database!r} on {target.host}:{target.port} (a cut-over keeps one as "
-            f"'{database}__rollback_<time>' until cleanup removes it)"
-        )
-    report = swap(target, chosen, database, aside_name(database, "undone"))
-    return {"restored_from": chosen, **report}
+from tasks.components.postgres.common import admin, drop_database
+from tasks.components.postgres.kept_copies import cleanup_task, postgres_target, rollback_task
+from tasks.markdown import fields_table
 
 
 @flow(name="rollback-postgres")
@@ -82,25 +30,13 @@ def rollback_postgres(
     """Put back the database the last cut-over replaced (or `rollback_name`). The database it
     replaces is kept as `<db>__undone_<ts>`, so a rollback can itself be undone."""
     with component_lock("postgres"):  # never while a backup or restore of it runs
-        report = rollback_task(_target(target), database, rollback_name)
+        report = rollback_task(postgres_target(target), database, rollback_name)
     get_run_logger().info("rolled back %s to %s", database, report["restored_from"])
     create_markdown_artifact(
         key="rollback-postgres",
-        markdown=f"# Rollback of {database}\n\n| field | value |\n|---|---|\n"
-        + "".join(f"| {k} | {v} |\n" for k, v in report.items()),
+        markdown=fields_table(f"Rollback of {database}", report),
     )
     return report
-
-
-@task(task_run_name="drop-kept-databases", cache_policy=NO_CACHE)
-def cleanup_task(target: PostgresTarget, older_than: timedelta, dry_run: bool) -> dict[str, list[str]]:
-    cutoff = datetime.now(UTC) - older_than
-    old = sorted(name for name, _, _, when in _asides(target) if when <= cutoff)
-    if not dry_run and old:
-        with admin(target) as conn:
-            for name in old:
-                drop_database(conn, name)
-    return {"dropped" if not dry_run else "would_drop": old}
 
 
 @flow(name="cleanup-postgres-rollbacks")
@@ -111,7 +47,8 @@ def cleanup_postgres_rollbacks(
 ) -> dict[str, list[str]]:
     """Drop kept copies (`__rollback_`, `__undone_`) and leftovers of interrupted restores
     (`__restore_`) older than `older_than_hours`."""
-    report = cleanup_task(_target(target), timedelta(hours=older_than_hours), dry_run)
+    with component_lock("postgres"):  # never drop a copy a running rollback is swapping in
+        report = cleanup_task(postgres_target(target), timedelta(hours=older_than_hours), dry_run)
     names = next(iter(report.values()))
     get_run_logger().info("%s: %s", next(iter(report)), names or "nothing")
     create_markdown_artifact(
@@ -142,7 +79,7 @@ def demo_postgres(
     from flows.restore import restore_component
     from tasks.components.postgres.common import connect, fingerprint_database
 
-    block = _target(target)
+    block = postgres_target(target)
     with admin(block) as conn:
         for name in (database, f"{database}_restored"):
             drop_database(conn, name)

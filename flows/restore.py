@@ -12,7 +12,6 @@ from prefect.blocks.core import Block
 from blocks.store import StoreBlock
 from flows.common import load_store
 from flows.locks import component_lock
-from flows.recovery import restore_plan, restore_with_checklist, rollback_restore  # noqa: F401 (issue #8)
 from tasks.components.registry import ComponentName, load_target
 from tasks.metrics import tracked
 from tasks.storage.catalog import get_backup

@@ -206,3 +206,15 @@ def replicate_task(manifest: Manifest, store: StoreBlock, dr_store: str | StoreB
                 f"backup {manifest.id} is stored and verified in {store.location}, but its DR copy "
                 f"to {dest.location} failed: {exc}"
             ) from exc
+
+
+def dr_copy_problems(primary: list[Manifest], dr: list[Manifest]) -> dict[str, str]:
+    """Backups of `primary` the DR store lacks, or holds with other objects: backup id -> why."""
+    have = {m.id: m for m in dr}
+    problems: dict[str, str] = {}
+    for m in primary:
+        if m.id not in have:
+            problems[m.id] = "missing from the DR store: replication is behind or failing"
+        elif [o.sha256 for o in have[m.id].objects] != [o.sha256 for o in m.objects]:
+            problems[m.id] = "the DR manifest lists different object checksums than the primary"
+    return problems

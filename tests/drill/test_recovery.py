@@ -6,8 +6,8 @@ import pytest
 
 from flows.backup import backup_all
 from flows.drill import restore_drill
-from flows.scenarios import full_cluster_restore
 from flows.recovery import restore_plan
+from flows.scenarios import full_cluster_restore
 from tasks.errors import IntegrityError
 from tasks.operations.drills import list_drill_records
 from tasks.operations.plan import DR_STEPS
