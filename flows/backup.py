@@ -14,6 +14,7 @@ from flows.common import load_store, result_storage
 from flows.locks import component_lock
 from tasks.components.registry import SPECS, ComponentName, load_target
 from tasks.errors import ConfigurationError
+from tasks.markdown import fields_table
 from tasks.metrics import tracked
 from tasks.models import Manifest
 from tasks.operations.recovery import LABEL, new_recovery_point_id, write_recovery_point
@@ -77,8 +78,7 @@ def backup_component(
     get_run_logger().info("backup %s stored at %s", result.id, result.location)
     create_markdown_artifact(
         key=f"backup-{component}",
-        markdown=f"# Backup {result.id}\n\n| field | value |\n|---|---|\n"
-        + "".join(f"| {k} | {v} |\n" for k, v in result.model_dump(mode="json").items()),
+        markdown=fields_table(f"Backup {result.id}", result.model_dump(mode="json")),
         description=f"{component} backup",
     )
     return result

@@ -23,6 +23,7 @@ from tasks.components import postgres_pitr as pitr
 from tasks.components.postgres_pitr.window import ArchiveReport, parse_target
 from tasks.components.registry import load_target
 from tasks.errors import BadInput
+from tasks.markdown import fields_table
 from tasks.storage.catalog import backup_at_or_before, get_backup
 
 
@@ -135,8 +136,7 @@ def pitr_postgres(
     result = recover_task(target_block, manifest, store_block, goal, options)
     create_markdown_artifact(
         key="pitr-postgres-result",
-        markdown=f"# PITR to {goal.describe()}: verified\n\n| field | value |\n|---|---|\n"
-        + "".join(f"| {k} | {v} |\n" for k, v in result.items())
+        markdown=fields_table(f"PITR to {goal.describe()}: verified", result)
         + f"\nNext: inspect it on 127.0.0.1:{result['port']}, then `promote_pitr('{directory}')` "
         "(or stop it). Cut applications over only after promotion.",
     )
@@ -149,8 +149,7 @@ def promote_pitr(directory: str, target: str | Block | None = None) -> dict[str,
     result = pitr.promote(_target(target), directory)
     create_markdown_artifact(
         key="pitr-promote",
-        markdown="# PITR instance promoted\n\n| field | value |\n|---|---|\n"
-        + "".join(f"| {k} | {v} |\n" for k, v in result.items()),
+        markdown=fields_table("PITR instance promoted", result),
     )
     return result
 
