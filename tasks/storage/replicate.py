@@ -27,6 +27,7 @@ from tasks.errors import BackupError, ConfigurationError, IntegrityError, NotFou
 from tasks.models import MANIFEST_NAME, Manifest
 from tasks.storage.backends import Backend, backend_for
 from tasks.storage.session import backup_prefix
+from tasks.storage.stores import load_store
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,6 @@ class ReplicationReport(BaseModel):
 
 def load_dr_store(ref: str | StoreBlock | None = None) -> StoreBlock | None:
     """The DR store block: given, by name, or named by $KLB_DR_STORE; None when DR is not set up."""
-    from flows.common import load_store  # flows import tasks, not the other way round, at load time
-
     ref = ref or os.environ.get("KLB_DR_STORE")
     return load_store(ref) if ref else None
 
