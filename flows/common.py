@@ -10,6 +10,7 @@ from prefect.filesystems import LocalFileSystem
 
 from blocks.store import LocalStore, StoreBlock
 from tasks.errors import BackupError
+from tasks.storage.layout import layout
 from tasks.storage.stores import load_store  # noqa: F401 - flows import it from here
 
 
@@ -35,7 +36,7 @@ def result_storage(store: StoreBlock) -> str:
     """
     name = "klb-results-" + hashlib.sha256(store.location.encode()).hexdigest()[:12]
     if isinstance(store, LocalStore):
-        block = LocalFileSystem(basepath=str(Path(store.path) / store.prefix / "_prefect-results"))
+        block = LocalFileSystem(basepath=str(Path(store.path) / layout(store).results_dir()))
         slug = "local-file-system"
     else:
         from prefect_aws import S3Bucket
@@ -43,7 +44,7 @@ def result_storage(store: StoreBlock) -> str:
         block = S3Bucket(
             bucket_name=store.bucket,
             credentials=store.credentials,
-            bucket_folder=f"{store.prefix}/_prefect-results",
+            bucket_folder=layout(store).results_dir(),
         )
         slug = "s3-bucket"
     block.save(name, overwrite=True)

@@ -44,7 +44,8 @@ from tasks.operations.drills import (
 from tasks.operations.plan import DR_STEPS, ORDER, PLAN_ONLY, build_plan, plan_markdown
 from tasks.operations.recovery import get_recovery_point, member_manifests
 from tasks.storage.catalog import latest_backup, list_backups
-from tasks.storage.records import get_record, put_record, record_key
+from tasks.storage.layout import layout
+from tasks.storage.records import get_record, put_record
 from tasks.verbs import restore_task, verify_task
 
 __all__ = ["restore_drill", "full_cluster_restore", "drill_report_text", "last_drill_report", "DrillFailed"]
@@ -312,7 +313,7 @@ def last_drill_report(store: str | StoreBlock | None = None) -> str:
 
 
 def _step_key(store: StoreBlock, run_id: str, index: int, step: str) -> str:
-    return record_key(store, "dr-runs", run_id, f"{index:02d}-{step}.json")
+    return layout(store).dr_step_key(run_id, index, step)
 
 
 def _read(store: StoreBlock, key: str) -> dict | None:
@@ -396,7 +397,7 @@ def full_cluster_restore(
     with the same `run_id` to resume, completed steps are skipped."""
     logger = get_run_logger()
     store_block = load_store(store)
-    run_key = record_key(store_block, "dr-runs", run_id or "-", "run.json")
+    run_key = layout(store_block).dr_run_key(run_id or "-")
     run = _read(store_block, run_key) if run_id else None
     if run_id and not dry_run and run is None:
         raise NotFound(f"no full cluster restore run {run_id} to resume in {store_block.location}")
@@ -418,7 +419,7 @@ def full_cluster_restore(
     manifests = member_manifests(store_block, rp)
     if run is None:
         run_id = new_backup_id("dr")
-        run_key = record_key(store_block, "dr-runs", run_id, "run.json")
+        run_key = layout(store_block).dr_run_key(run_id)
         put_record(
             store_block, run_key, {"run_id": run_id, "recovery_point": rp.id, "created": datetime.now(UTC)}
         )

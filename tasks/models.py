@@ -10,8 +10,7 @@ from pydantic import AwareDatetime, BaseModel, Field, field_validator
 
 from blocks.store import Compression, Encryption
 from tasks.ids import check_component_name, check_object_name, parse_backup_id
-
-MANIFEST_NAME = "manifest.json"
+from tasks.storage.layout import MANIFEST_NAME  # noqa: F401 - the manifest's name, kept importable here
 
 
 class StoredObject(BaseModel):

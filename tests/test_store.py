@@ -183,7 +183,7 @@ def test_local_store_full_disk_gives_a_clear_error(local_store, tmp_path):
     if not os.path.exists("/dev/full"):
         pytest.fail("/dev/full is needed to simulate a full disk", pytrace=False)
     store = local_store()
-    from tasks.storage.backends import _LocalWriter
+    from tasks.storage.backends.local import _LocalWriter
 
     writer = _LocalWriter(tmp_path / "store" / "x")
     writer._fh.close()
