@@ -89,7 +89,7 @@ def test_download_cut_mid_body_resumes_from_the_last_byte(proxied_store, fault_p
     "TransientError after 5 resumes ('broke 6 times ... retry later'); no partial data passes",
 )
 def test_download_cut_every_time_fails_clearly(proxied_store, fault_proxy, monkeypatch):
-    monkeypatch.setattr("tasks.storage.backends.RESUME_DELAY", 0.01)  # same code path, shorter waits
+    monkeypatch.setattr("tasks.storage.backends.s3.RESUME_DELAY", 0.01)  # same code path, shorter waits
     store = proxied_store(compression="none", verify_after_write=False)
     manifest = backup_bytes(store, os.urandom(2 * MIB))
     fault_proxy.add(Rule("drop_response", method="GET", path="/data$", times=None))
