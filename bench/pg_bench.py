@@ -80,10 +80,11 @@ def child(kind: str, spec: dict) -> None:
     """Ours, in a process of its own so its peak RSS is measured like the others."""
     import tasks.components.postgres as pg
     from blocks.postgres import PostgresTarget
+    from sandbox.s3 import s3_store
     from tasks.storage.catalog import get_backup
     from tasks.storage.session import backup_session
 
-    store = _store(spec["moto"], spec["bucket"])
+    store = s3_store(spec["moto"], spec["bucket"])
     target = PostgresTarget(password=os.environ["KLB_BENCH_PGPASSWORD"], **spec["target"])
     if kind == "backup":
         with backup_session(store, "postgres") as session:
@@ -96,33 +97,6 @@ def child(kind: str, spec: dict) -> None:
             databases=["bench"], rename_to={"bench": "bench_ours"}, include_globals=False
         )
         print(json.dumps(pg.restore(target, manifest, store, opts), default=str))
-
-
-def _store(moto_url: str, bucket: str):
-    from prefect_aws import AwsCredentials
-    from prefect_aws.client_parameters import AwsClientParameters
-
-    from blocks.store import S3Store
-
-    creds = AwsCredentials(
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",  # noqa: S106 - moto
-        region_name="us-west-2",
-        aws_client_parameters=AwsClientParameters(endpoint_url=moto_url),
-    )
-    return S3Store(bucket=bucket, credentials=creds)
-
-
-def _s3(moto_url: str):
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=moto_url,
-        region_name="us-west-2",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",  # noqa: S106 - moto
-    )
 
 
 def _python(code: str, *args: str) -> list[str]:
@@ -148,6 +122,7 @@ def main() -> None:
         return
 
     from sandbox import services
+    from sandbox.s3 import make_bucket
 
     password = secrets.token_hex(16)
     src = services.start_postgres(password, "bench-src")
@@ -172,9 +147,8 @@ def main() -> None:
             text=True,
         ).stdout.strip()
         print(f"generated {rows} rows, database {int(size) / 2**20:.0f} MiB in {time.monotonic() - t0:.1f}s")
-        s3 = _s3(moto.url)
         for bucket in ("ours", "runbook"):
-            s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
+            make_bucket(moto.url, bucket)
 
         dumpall = [f"{bindir}/pg_dumpall", "-l", "postgres"]
         secs, rss = run_measured([dumpall], src_env, str(work / "plain.sql"))

@@ -14,19 +14,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
-import boto3
-from prefect_aws import AwsCredentials
-from prefect_aws.client_parameters import AwsClientParameters
-
-from blocks.store import S3Store
+from sandbox.s3 import make_bucket, s3_store
 from sandbox.services import start_moto
 from tasks.ids import new_backup_id
 from tasks.models import Compression, Encryption, Manifest, StoredObject
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import list_backups
 from tasks.storage.index import list_component
+from tasks.storage.layout import StoreLayout, layout
 from tasks.storage.retention import RetentionPolicy, plan_retention
-from tasks.storage.session import backup_prefix
 
 COMPONENT = "etcd"
 
@@ -34,11 +30,11 @@ COMPONENT = "etcd"
 def synthetic(now: datetime, i: int, n_objects: int) -> tuple[Manifest, dict[str, bytes]]:
     started = now - timedelta(hours=i)
     backup_id = new_backup_id(COMPONENT, started)
-    prefix = backup_prefix(S3Store(bucket="xx-bench"), backup_id).split("/", 1)[1]
+    keys = StoreLayout("backups")  # the default store prefix
     objects, data = [], {}
     for j in range(n_objects):
         body = secrets.token_bytes(64)
-        key = f"backups/{prefix}/obj{j}"
+        key = keys.object_key(backup_id, f"obj{j}")
         data[key] = body
         objects.append(
             StoredObject(
@@ -61,7 +57,7 @@ def synthetic(now: datetime, i: int, n_objects: int) -> tuple[Manifest, dict[str
         objects=objects,
         verified_at=started + timedelta(seconds=31) if i % 7 else None,
     ).sealed()
-    data[f"backups/{prefix}/manifest.json"] = manifest.model_dump_json(indent=2).encode()
+    data[keys.manifest_key(backup_id)] = manifest.model_dump_json(indent=2).encode()
     return manifest, data
 
 
@@ -76,23 +72,9 @@ def main() -> None:
     args = parser.parse_args()
     moto = start_moto()
     try:
-        client = boto3.client(
-            "s3",
-            endpoint_url=moto.url,
-            region_name="us-east-1",
-            aws_access_key_id="bench",
-            aws_secret_access_key="bench",  # noqa: S106 - moto
-        )
-        client.create_bucket(Bucket="klb-bench")
-        store = S3Store(
-            bucket="klb-bench",
-            credentials=AwsCredentials(
-                aws_access_key_id="bench",
-                aws_secret_access_key="bench",
-                region_name="us-east-1",
-                aws_client_parameters=AwsClientParameters(endpoint_url=moto.url),
-            ),
-        )
+        who = {"key_id": "bench", "secret": "bench", "region": "us-east-1"}  # moto
+        make_bucket(moto.url, "klb-bench", **who)
+        store = s3_store(moto.url, "klb-bench", **who)
         backend = backend_for(store)
         now = datetime.now(UTC)
         t0 = time.perf_counter()
@@ -124,7 +106,7 @@ def main() -> None:
             RetentionPolicy.from_table(COMPONENT),
             now,
             keys=warm.keys,
-            prefix=f"{store.prefix}/{COMPONENT}",
+            prefix=layout(store).component_dir(COMPONENT),
         )
         t_plan = time.perf_counter() - t0
         c = plan.counts()

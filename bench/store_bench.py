@@ -35,32 +35,19 @@ def stream(total: int):
 def run_case(backend: str, size: int, moto_url: str | None, compression: str) -> dict:
     from pydantic import SecretStr  # noqa: F401 - imported in the child like real use
 
-    from blocks.store import LocalStore, S3Store
+    from blocks.store import LocalStore
     from tasks.storage.session import backup_session
 
     if backend == "local":
         tmp = tempfile.mkdtemp(prefix="klb-bench-")
         store = LocalStore(path=tmp, compression=compression, verify_after_write=False)
     else:
-        import boto3
-        from prefect_aws import AwsCredentials
-        from prefect_aws.client_parameters import AwsClientParameters
+        from sandbox.s3 import make_bucket, s3_store
 
-        bucket = f"bench-{os.getpid()}"
-        boto3.client(
-            "s3",
-            endpoint_url=moto_url,
-            region_name="us-east-1",
-            aws_access_key_id="x",
-            aws_secret_access_key="x",
-        ).create_bucket(Bucket=bucket)
-        creds = AwsCredentials(
-            aws_access_key_id="x",
-            aws_secret_access_key="x",
-            region_name="us-east-1",
-            aws_client_parameters=AwsClientParameters(endpoint_url=moto_url),
+        bucket, _ = make_bucket(moto_url, f"bench-{os.getpid()}", region="us-east-1")
+        store = s3_store(
+            moto_url, bucket, region="us-east-1", compression=compression, verify_after_write=False
         )
-        store = S3Store(bucket=bucket, credentials=creds, compression=compression, verify_after_write=False)
     start = time.perf_counter()
     with backup_session(store, "app-state") as session:
         obj = session.write("bench", stream(size))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
-from tasks.ids import check_object_name
+from blocks.names import object_name_problem
 
 
 class AppStateStep(BaseModel):
@@ -35,7 +35,9 @@ class AppStateStep(BaseModel):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
-        return check_object_name(value)
+        if problem := object_name_problem(value):
+            raise ValueError(problem)
+        return value
 
     def secret_values(self) -> list[str]:
         return [v.get_secret_value() for v in self.secret_env.values()]

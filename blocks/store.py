@@ -1,8 +1,9 @@
-"""Store blocks: where backups go. Configuration only; tasks/storage/backends.py does the I/O."""
+"""Store blocks: where backups go. Configuration only; tasks/storage/backends/ does the I/O."""
 
 from __future__ import annotations
 
 import os
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
@@ -10,7 +11,17 @@ from prefect.blocks.core import Block
 from prefect_aws import AwsCredentials
 from pydantic import Field, SecretStr
 
-from tasks.models import Compression
+
+class Compression(StrEnum):
+    zstd = "zstd"
+    gzip = "gzip"
+    none = "none"
+
+
+class Encryption(StrEnum):
+    none = "none"
+    aes256gcm = "aes-256-gcm-stream"
+
 
 DEFAULT_LOCAL_STORE = Path.home() / ".local/share/knative-lambda-backup/store"
 

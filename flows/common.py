@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 
-from prefect.blocks.core import Block
 from prefect.filesystems import LocalFileSystem
 
-from blocks.store import LocalStore, S3Store, StoreBlock
-from tasks.errors import BackupError, ConfigurationError
+from blocks.store import LocalStore, StoreBlock
+from tasks.errors import BackupError
+from tasks.storage.layout import layout
+from tasks.storage.stores import load_store  # noqa: F401 - flows import it from here
 
 
 class _UserErrorsWithoutTraceback(logging.Filter):
@@ -28,31 +28,6 @@ for _logger in ("prefect.flow_runs", "prefect.task_runs"):
     logging.getLogger(_logger).addFilter(_UserErrorsWithoutTraceback())
 
 
-def load_store(ref: str | StoreBlock | None = None) -> StoreBlock:
-    """A store block: given, loaded by name, named by $KLB_STORE, or the embedded local store."""
-    if isinstance(ref, StoreBlock):
-        return ref
-    ref = ref or os.environ.get("KLB_STORE")
-    if not ref:
-        return LocalStore()
-    try:
-        if "/" in ref:
-            block = Block.load(ref)
-        else:
-            try:
-                block = LocalStore.load(ref)
-            except ValueError:
-                block = S3Store.load(ref)
-    except ValueError:
-        raise ConfigurationError(
-            f"no store block named {ref!r}: create one (docs/blocks.md) or leave it empty for the "
-            "embedded local store"
-        ) from None
-    if not isinstance(block, StoreBlock):
-        raise ConfigurationError(f"block {ref!r} is a {type(block).__name__}, not a backup store")
-    return block
-
-
 def result_storage(store: StoreBlock) -> str:
     """Task results persist beside the backups they describe (manifests hold no secrets).
 
@@ -61,7 +36,7 @@ def result_storage(store: StoreBlock) -> str:
     """
     name = "klb-results-" + hashlib.sha256(store.location.encode()).hexdigest()[:12]
     if isinstance(store, LocalStore):
-        block = LocalFileSystem(basepath=str(Path(store.path) / store.prefix / "_prefect-results"))
+        block = LocalFileSystem(basepath=str(Path(store.path) / layout(store).results_dir()))
         slug = "local-file-system"
     else:
         from prefect_aws import S3Bucket
@@ -69,7 +44,7 @@ def result_storage(store: StoreBlock) -> str:
         block = S3Bucket(
             bucket_name=store.bucket,
             credentials=store.credentials,
-            bucket_folder=f"{store.prefix}/_prefect-results",
+            bucket_folder=layout(store).results_dir(),
         )
         slug = "s3-bucket"
     block.save(name, overwrite=True)

@@ -19,6 +19,7 @@ from tasks.models import Manifest
 from tasks.notify import Severity, notify
 from tasks.storage.backends import backend_for
 from tasks.storage.index import list_component
+from tasks.storage.layout import backup_dir_of, layout
 from tasks.storage.replicate import dr_copy_problems, load_dr_store
 from tasks.storage.retention import (
     RetentionPlan,
@@ -27,7 +28,7 @@ from tasks.storage.retention import (
     plan_markdown,
     plan_retention,
 )
-from tasks.storage.session import component_prefix, sweep_incomplete_writes
+from tasks.storage.session import sweep_incomplete_writes
 from tasks.verbs import verify_task
 
 
@@ -153,7 +154,7 @@ def enforce_retention(
             orphan_grace=timedelta(hours=orphan_grace_hours),
         )
         # a backup whose manifest is unreadable is evidence for the sweep, not an orphan to collect
-        bad_dirs = {k.rsplit("/", 1)[0] + "/" for k in listing.unreadable}
+        bad_dirs = {backup_dir_of(k) + "/" for k in listing.unreadable}
         keys = [k for k in listing.keys if not any(k.startswith(d) for d in bad_dirs)]
         left_alone[name] = sorted(bad_dirs)
         plans.append(
@@ -162,7 +163,7 @@ def enforce_retention(
                 policy,
                 now,
                 keys=keys,
-                prefix=component_prefix(block, name),
+                prefix=layout(block).component_dir(name),
                 recovery_point=rp,
             )
         )

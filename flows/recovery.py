@@ -39,11 +39,11 @@ from tasks.operations.checklist import (
     maintenance_window,
     notify_stakeholders,
     prepare_rollback,
-    restore_prefix,
     verify_integrity,
 )
 from tasks.operations.plan import build_plan, plan_markdown
 from tasks.storage.catalog import get_backup
+from tasks.storage.layout import layout
 from tasks.storage.records import get_record, put_record
 from tasks.verbs import restore_task, verify_task
 
@@ -86,7 +86,7 @@ def load_guard(ref: str | RestoreGuard | None) -> RestoreGuard:
 
 
 def record_key_of(store: StoreBlock, restore_id: str) -> str:
-    return f"{restore_prefix(store, restore_id)}/record.json"
+    return layout(store).restore_record_key(restore_id)
 
 
 def load_restore_record(store: StoreBlock, restore_id: str) -> RestoreRecord:

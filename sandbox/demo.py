@@ -27,9 +27,9 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 from prefect.blocks.core import Block  # noqa: E402
 
 from flows.backup import backup_all  # noqa: E402
-from flows.common import load_store  # noqa: E402
 from flows.drill import drill_report_text, last_drill_report, restore_drill  # noqa: E402
 from sandbox.samples import DEMO_SETUPS  # noqa: E402
+from tasks.storage.stores import load_store  # noqa: E402
 
 
 def main() -> int:

@@ -6,11 +6,11 @@ import re
 import secrets
 from datetime import UTC, datetime
 
+from blocks.names import object_name_problem
 from tasks.errors import BadInput
 
 COMPONENT_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 BACKUP_ID_RE = re.compile(r"^(?P<component>[a-z][a-z0-9-]*?)-(?P<ts>\d{8}T\d{6}Z)-(?P<rand>[0-9a-f]{6})$")
-OBJECT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 TS_FORMAT = "%Y%m%dT%H%M%SZ"
 
 
@@ -41,8 +41,6 @@ def parse_backup_id(backup_id: str) -> tuple[str, datetime]:
 
 
 def check_object_name(name: str) -> str:
-    if not isinstance(name, str) or not OBJECT_NAME_RE.fullmatch(name) or ".." in name:
-        raise BadInput(
-            f"invalid object name {name!r}: use letters, digits, '.', '_' and '-' (no '/' or '..')"
-        )
+    if problem := object_name_problem(name):
+        raise BadInput(problem)
     return name

@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, Field, field_validator
 
+from blocks.store import Compression, Encryption
 from tasks.ids import check_component_name, check_object_name, parse_backup_id
-
-MANIFEST_NAME = "manifest.json"
-
-
-class Compression(StrEnum):
-    zstd = "zstd"
-    gzip = "gzip"
-    none = "none"
-
-
-class Encryption(StrEnum):
-    none = "none"
-    aes256gcm = "aes-256-gcm-stream"
+from tasks.storage.layout import MANIFEST_NAME  # noqa: F401 - the manifest's name, kept importable here
 
 
 class StoredObject(BaseModel):

@@ -85,38 +85,21 @@ def kube_api():
 
 @pytest.fixture
 def s3_bucket(moto):
-    """A fresh bucket on the session's moto server, and its S3Store factory."""
-    import boto3
+    """A fresh bucket on the session's moto server: (name, boto3 client)."""
+    from sandbox.s3 import make_bucket
 
-    name = "klb-" + secrets.token_hex(6)
-    client = boto3.client(
-        "s3",
-        endpoint_url=moto.url,
-        region_name="us-west-2",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",  # noqa: S106 - moto
-    )
-    client.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
-    return name, client
+    return make_bucket(moto.url)
 
 
 @pytest.fixture
 def s3_store(moto, s3_bucket):
-    from prefect_aws import AwsCredentials
-    from prefect_aws.client_parameters import AwsClientParameters
-
-    from blocks.store import S3Store
+    """A factory of S3Store blocks on the `s3_bucket` bucket: s3_store(**S3Store fields)."""
+    from sandbox import s3
 
     name, _ = s3_bucket
 
-    def make(**kwargs) -> S3Store:
-        creds = AwsCredentials(
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            region_name="us-west-2",
-            aws_client_parameters=AwsClientParameters(endpoint_url=moto.url),
-        )
-        return S3Store(bucket=name, credentials=creds, **kwargs)
+    def make(**kwargs):
+        return s3.s3_store(moto.url, name, **kwargs)
 
     return make
 

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import secrets
 
-import boto3
 import pytest
-from prefect_aws import AwsCredentials
-from prefect_aws.client_parameters import AwsClientParameters
 
 from blocks.app_state import AppStateStep, AppStateTarget
 from blocks.store import S3Store
+from sandbox.s3 import make_bucket, s3_store
 from tasks.errors import ConfigurationError, IntegrityError, NotFound
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import get_backup, list_backups, verify_backup
@@ -23,22 +21,9 @@ from tasks.storage.session import backup_session
 @pytest.fixture
 def dr_store(moto):
     """A second bucket in another region, with its own credentials and another prefix."""
-    name = "klb-dr-" + secrets.token_hex(5)
-    client = boto3.client(
-        "s3",
-        endpoint_url=moto.url,
-        region_name="us-east-1",
-        aws_access_key_id="dr-key",
-        aws_secret_access_key="dr-secret",  # noqa: S106 - moto
-    )
-    client.create_bucket(Bucket=name)
-    creds = AwsCredentials(
-        aws_access_key_id="dr-key",
-        aws_secret_access_key="dr-secret",
-        region_name="us-east-1",
-        aws_client_parameters=AwsClientParameters(endpoint_url=moto.url),
-    )
-    return S3Store(bucket=name, prefix="dr/backups", credentials=creds), client
+    who = {"key_id": "dr-key", "secret": "dr-secret", "region": "us-east-1"}  # moto
+    name, client = make_bucket(moto.url, "klb-dr-" + secrets.token_hex(5), **who)
+    return s3_store(moto.url, name, prefix="dr/backups", **who), client
 
 
 def delete_bucket(client, bucket: str) -> None:

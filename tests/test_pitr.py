@@ -12,14 +12,13 @@ import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import boto3
 import psycopg
 import pytest
 from pydantic import SecretStr
 
 from blocks.pitr import PitrTarget
 from blocks.store import S3Store
-from sandbox import services
+from sandbox import s3, services
 from tasks.components import postgres_pitr as pitr
 from tasks.components.postgres_pitr.engines import (
     BarmanCloud,
@@ -35,26 +34,11 @@ REGION = "us-west-2"
 
 
 def _s3(moto):
-    return boto3.client(
-        "s3",
-        endpoint_url=moto.url,
-        region_name=REGION,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",  # noqa: S106 - moto
-    )
+    return s3.client(moto.url)
 
 
 def _store(moto, bucket: str, prefix: str = "backups") -> S3Store:
-    from prefect_aws import AwsCredentials
-    from prefect_aws.client_parameters import AwsClientParameters
-
-    creds = AwsCredentials(
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name=REGION,
-        aws_client_parameters=AwsClientParameters(endpoint_url=moto.url),
-    )
-    return S3Store(bucket=bucket, credentials=creds, prefix=prefix)
+    return s3.s3_store(moto.url, bucket, prefix=prefix)
 
 
 def _sql(svc, sql: str, params=None):
@@ -82,7 +66,7 @@ def _switch_and_wait(svc) -> str:
 def bench(request, moto):
     """An archiving cluster, its PitrTarget, a store, one base backup and a known history."""
     bucket = "pitr-" + secrets.token_hex(4)
-    _s3(moto).create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3.make_bucket(moto.url, bucket)
     password = "pw-" + secrets.token_hex(8)
     target = PitrTarget(
         host="127.0.0.1",
@@ -187,7 +171,7 @@ def test_pitr_not_possible_without_archiving(postgres, moto):
     with pytest.raises(ConfigurationError, match="PITR not possible: archive_mode is off"):
         pitr.require_archiving(report)
     bucket = "pitr-off-" + secrets.token_hex(4)
-    _s3(moto).create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3.make_bucket(moto.url, bucket)
     store = _store(moto, bucket)
     with (
         pytest.raises(ConfigurationError, match="archive_mode is off"),
@@ -238,11 +222,11 @@ def test_window_matches_what_the_engine_and_server_report(bench, monkeypatch):
 
 def test_archive_with_a_missing_segment_ends_the_window_before_it(prefect_server, bench, moto, new_dir):
     """A copy of the archive without one segment: the window stops before the gap."""
-    s3, bucket = _s3(moto), bench["bucket"]
+    client, bucket = _s3(moto), bench["bucket"]
     gap = bench["gap_segment"]
-    for obj in s3.list_objects_v2(Bucket=bucket, Prefix="pitr/pg/")["Contents"]:
+    for obj in client.list_objects_v2(Bucket=bucket, Prefix="pitr/pg/")["Contents"]:
         if gap not in obj["Key"]:
-            s3.copy_object(
+            client.copy_object(
                 Bucket=bucket,
                 Key=obj["Key"].replace("pitr/pg/", "gap/pg/", 1),
                 CopySource={"Bucket": bucket, "Key": obj["Key"]},
@@ -454,7 +438,7 @@ def test_check_flow_fails_when_archiving_is_off(prefect_server, postgres, moto):
     services.wait_until(lambda: _sql(postgres, "select 1"), 30, "session PostgreSQL")
     target = PitrTarget(port=postgres.port, password=postgres.extra["password"], archive_url="s3://nowhere/x")
     bucket = "pitr-chk-" + secrets.token_hex(4)
-    _s3(moto).create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3.make_bucket(moto.url, bucket)
     target = target.model_copy(update={"archive_url": f"s3://{bucket}/pitr", "endpoint_url": moto.url})
     target = target.model_copy(
         update={"aws_access_key_id": SecretStr("testing"), "aws_secret_access_key": SecretStr("testing")}

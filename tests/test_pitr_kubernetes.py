@@ -9,7 +9,7 @@ import pytest
 
 from tasks.errors import BadInput, NotFound
 from tasks.ids import new_backup_id
-from tasks.storage.session import BackupSession, backup_prefix
+from tasks.storage.session import BackupSession
 
 
 def _kubernetes_backup(store, taken: datetime) -> str:
@@ -17,7 +17,6 @@ def _kubernetes_backup(store, taken: datetime) -> str:
     session = BackupSession(store, "kubernetes")
     session.started_at = taken  # simulate an older backup: its id and folder carry its time
     session.id = new_backup_id("kubernetes", taken)
-    session.prefix = backup_prefix(store, session.id)
     session.write("velero-backup.json", [b'{"kind": "Backup"}'])
     session.source_time = taken
     session.engine["velero_backup"] = f"klb-{session.id}"

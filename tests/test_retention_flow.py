@@ -11,8 +11,9 @@ import pytest
 from tasks.ids import new_backup_id
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import list_backups
-from tasks.storage.index import index_key, list_component
-from tasks.storage.session import BackupSession, backup_prefix
+from tasks.storage.index import list_component
+from tasks.storage.layout import backup_prefix, layout
+from tasks.storage.session import BackupSession
 
 
 def old_backup(store, component: str, age: timedelta, verified: bool = True, labels=None):
@@ -21,18 +22,17 @@ def old_backup(store, component: str, age: timedelta, verified: bool = True, lab
     started = datetime.now(UTC) - age
     session.started_at = session.source_time = started
     session.id = new_backup_id(component, started)
-    session.prefix = backup_prefix(store, session.id)
     session.write("data", [b"payload " * 100])
     manifest = session.commit()
     if not verified:  # as if the read-back had been skipped
         manifest = manifest.model_copy(update={"verified_at": None}).sealed()
-        session.backend.put_bytes(f"{session.prefix}/manifest.json", manifest.model_dump_json().encode())
+        session.backend.put_bytes(layout(store).manifest_key(session.id), manifest.model_dump_json().encode())
     return manifest
 
 
 def orphan(store, component: str, age: timedelta) -> str:
     backup_id = new_backup_id(component, datetime.now(UTC) - age)
-    key = f"{backup_prefix(store, backup_id)}/data"
+    key = layout(store).object_key(backup_id, "data")
     backend_for(store).put_bytes(key, b"half-written")
     return key
 
@@ -47,7 +47,7 @@ def history(s3_store):
         "recent": old_backup(store, "etcd", timedelta(hours=2)),
         "damaged": old_backup(store, "etcd", timedelta(days=30)),
     }
-    damaged_key = f"{backup_prefix(store, b['damaged'].id)}/manifest.json"
+    damaged_key = layout(store).manifest_key(b["damaged"].id)
     backend_for(store).put_bytes(damaged_key, b'{"not": "a manifest"}')
     orphans = {
         "young": orphan(store, "etcd", timedelta(hours=1)),
@@ -57,7 +57,7 @@ def history(s3_store):
 
 
 def keys(store) -> set[str]:
-    return set(backend_for(store).list_keys(f"{store.prefix}/etcd"))
+    return set(backend_for(store).list_keys(layout(store).component_dir("etcd")))
 
 
 def test_dry_run_deletes_nothing_and_apply_deletes_exactly_the_plan(prefect_server, history):
@@ -134,9 +134,9 @@ def test_the_manifest_index_is_a_cache_never_the_truth(s3_store):
     second = old_backup(store, "etcd", timedelta(hours=1))
     listing = list_component(store, "etcd")
     assert [m.id for m in listing.manifests] == [first.id, second.id] and listing.fetched == 1
-    backend_for(store).put_bytes(index_key(store, "etcd"), b"garbage")
+    backend_for(store).put_bytes(layout(store).index_key("etcd"), b"garbage")
     assert [m.id for m in list_component(store, "etcd").manifests] == [first.id, second.id]
-    backend_for(store).delete_keys([f"{backup_prefix(store, first.id)}/manifest.json"])
+    backend_for(store).delete_keys([layout(store).manifest_key(first.id)])
     assert [m.id for m in list_component(store, "etcd").manifests] == [second.id]
 
 

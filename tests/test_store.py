@@ -183,7 +183,7 @@ def test_local_store_full_disk_gives_a_clear_error(local_store, tmp_path):
     if not os.path.exists("/dev/full"):
         pytest.fail("/dev/full is needed to simulate a full disk", pytrace=False)
     store = local_store()
-    from tasks.storage.backends import _LocalWriter
+    from tasks.storage.backends.local import _LocalWriter
 
     writer = _LocalWriter(tmp_path / "store" / "x")
     writer._fh.close()
@@ -193,3 +193,41 @@ def test_local_store_full_disk_gives_a_clear_error(local_store, tmp_path):
     writer.abort()
     assert list_backups(store, "app-state") == []
     assert sys.platform.startswith("linux")
+
+
+@pytest.fixture
+def web_server():
+    """A plain HTTP server that is not S3 (a web console, another service on the port)."""
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("scheme", "says"),
+    [("http", "does not answer like S3"), ("https", "write endpoint_url as http://")],
+)
+def test_an_endpoint_that_is_not_s3_is_a_configuration_error(web_server, scheme, says):
+    """Not 'object does not exist' nor a raw botocore SSLError: the message names endpoint_url."""
+    from sandbox.s3 import s3_store
+    from tasks.errors import ConfigurationError
+
+    store = s3_store(
+        f"{scheme}://127.0.0.1:{web_server}",
+        "klb-nowhere",
+        client_config={"retries": {"total_max_attempts": 1}},
+    )
+    backend = backend_for(store)
+    with pytest.raises(ConfigurationError, match=says):
+        backend.preflight()
+    with pytest.raises(ConfigurationError, match=says):
+        backend.get_bytes("backups/app-state/x")

@@ -20,12 +20,10 @@ from pydantic import AwareDatetime, BaseModel, Field
 from blocks.restore_guard import RestoreGuard
 from blocks.store import StoreBlock
 from tasks.errors import BackupError
-from tasks.ids import parse_backup_id
 from tasks.models import Manifest
-from tasks.storage.records import put_record, record_key
+from tasks.storage.layout import layout
+from tasks.storage.records import put_record
 from tasks.verbs import backup_component, describe_component, verify_component_backup
-
-SPACE = "restores"
 
 
 class Mark(StrEnum):
@@ -63,11 +61,6 @@ ITEMS = [
     "prepare rollback",
     "approval",
 ]
-
-
-def restore_prefix(store: StoreBlock, restore_id: str) -> str:
-    _, started = parse_backup_id(restore_id)
-    return record_key(store, SPACE, f"{started:%Y-%m-%d}", restore_id)
 
 
 @task(task_run_name="checklist-verify-{manifest.id}", cache_policy=NO_CACHE)
@@ -173,7 +166,7 @@ def document_current_state(
     except Exception as exc:
         detail = f"cannot describe the current state: {type(exc).__name__}: {exc}"
         return _warn_or_refuse(item, detail, without_rollback, exc), None
-    key = put_record(store, f"{restore_prefix(store, restore_id)}/current-state.json", state)
+    key = put_record(store, layout(store).restore_state_key(restore_id), state)
     return ChecklistLine(item=item, mark=Mark.ok, detail=f"stored at {key}"), key
 
 

@@ -19,9 +19,10 @@ from pydantic import AwareDatetime, BaseModel, Field, model_validator
 from blocks.store import StoreBlock
 from tasks.models import Manifest
 from tasks.proc import run
-from tasks.storage.records import iter_records, put_record, record_key
+from tasks.storage.layout import DRILLS, layout
+from tasks.storage.records import iter_records, put_record
 
-SPACE = "drills"
+SPACE = DRILLS
 
 
 def new_drill_id(now: datetime | None = None) -> str:
@@ -147,7 +148,7 @@ def rpo_figures(
 
 
 def drill_key(store: StoreBlock, drill_id: str, started: datetime) -> str:
-    return record_key(store, SPACE, f"{started:%Y-%m-%d}", f"{drill_id}.json")
+    return layout(store).drill_key(drill_id, started)
 
 
 def save_drill_record(store: StoreBlock, record: DrillRecord) -> DrillRecord:

@@ -13,16 +13,17 @@ from tasks.components.registry import load, load_target
 from tasks.errors import ComponentFailed, NotFound
 from tasks.models import Manifest
 from tasks.operations.plan import PLAN_ONLY
-from tasks.storage.records import get_record, record_key
+from tasks.storage.layout import layout
+from tasks.storage.records import get_record
 from tasks.verbs import restore_task, verify_task
 
 
 def run_key(store: StoreBlock, run_id: str) -> str:
-    return record_key(store, "dr-runs", run_id, "run.json")
+    return layout(store).dr_run_key(run_id)
 
 
 def step_key(store: StoreBlock, run_id: str, index: int, step: str) -> str:
-    return record_key(store, "dr-runs", run_id, f"{index:02d}-{step}.json")
+    return layout(store).dr_step_key(run_id, index, step)
 
 
 def read_step(store: StoreBlock, key: str) -> dict | None:

@@ -16,6 +16,7 @@ from tasks.errors import BadInput, ConfigurationError
 from tasks.models import Manifest
 from tasks.operations.recovery import get_recovery_point, member_manifests
 from tasks.storage.catalog import get_backup
+from tasks.storage.layout import DRILLS, RESTORE_RECORD, RESTORES
 from tasks.storage.records import iter_records
 
 # Full cluster restore (runbook "Scenario 1"): the order things come back in, from the registry's
@@ -69,10 +70,10 @@ def _target_label(target: Block) -> str:
 def restore_history(store: StoreBlock) -> dict[str, list[float]]:
     """Seconds past restores and drills of each component took, oldest first."""
     out: dict[str, list[float]] = {}
-    for _, rec in iter_records(store, "restores", "/record.json"):
+    for _, rec in iter_records(store, RESTORES, "/" + RESTORE_RECORD):
         if rec.get("status") in ("restored", "rolled back") and rec.get("duration_seconds") is not None:
             out.setdefault(rec["component"], []).append(float(rec["duration_seconds"]))
-    for _, rec in iter_records(store, "drills"):
+    for _, rec in iter_records(store, DRILLS):
         for comp in rec.get("components", []):
             if comp.get("status") == "verified" and comp.get("rto_seconds") is not None:
                 out.setdefault(comp["component"], []).append(float(comp["rto_seconds"]))

@@ -19,9 +19,10 @@ from tasks.errors import BadInput, IntegrityError, NotFound
 from tasks.ids import new_backup_id, parse_backup_id
 from tasks.models import Manifest
 from tasks.storage.catalog import get_backup
-from tasks.storage.records import get_record, iter_records, put_record, record_key
+from tasks.storage.layout import RECOVERY_POINTS, layout
+from tasks.storage.records import get_record, iter_records, put_record
 
-SPACE = "recovery-points"
+SPACE = RECOVERY_POINTS
 RP_COMPONENT = "recovery-point"  # the id's prefix: recovery-point-20260115T143000Z-1a2b3c
 LABEL = "recovery_point"
 
@@ -66,8 +67,7 @@ def new_recovery_point_id(now: datetime | None = None) -> str:
 
 
 def _key(store: StoreBlock, rp_id: str) -> str:
-    _, started = parse_backup_id(rp_id)
-    return record_key(store, SPACE, f"{started:%Y-%m-%d}", f"{rp_id}.json")
+    return layout(store).recovery_point_key(rp_id)
 
 
 def write_recovery_point(

@@ -12,9 +12,10 @@ from pydantic import ValidationError
 from blocks.store import StoreBlock
 from tasks.errors import BadInput, IntegrityError, NotFound
 from tasks.ids import check_component_name, parse_backup_id
-from tasks.models import MANIFEST_NAME, Manifest
+from tasks.models import Manifest
 from tasks.storage.backends import Backend, backend_for
-from tasks.storage.session import backup_prefix, component_prefix, verify_object
+from tasks.storage.layout import backup_id_of, is_manifest_key, layout
+from tasks.storage.session import verify_object
 
 LATEST = "latest"
 CLOCK_SKEW_TOLERANCE = timedelta(minutes=5)
@@ -57,10 +58,10 @@ def list_backups(
     since, until = _aware(since, "since"), _aware(until, "until")
     backend = backend_for(store)
     keys = []
-    for key in backend.list_keys(component_prefix(store, component)):
-        if not key.endswith("/" + MANIFEST_NAME):
+    for key in backend.list_keys(layout(store).component_dir(component)):
+        if not is_manifest_key(key):
             continue
-        _, started = parse_backup_id(key.rsplit("/", 2)[-2])
+        _, started = parse_backup_id(backup_id_of(key))
         if until is None or started <= until:  # a backup cannot reflect a time before it started
             keys.append(key)
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -84,7 +85,7 @@ def get_backup(store: StoreBlock, backup_id: str, component: str | None = None) 
     if component and id_component != component:
         raise BadInput(f"backup {backup_id} belongs to component {id_component!r}, not {component!r}")
     try:
-        return _load(backend_for(store), f"{backup_prefix(store, backup_id)}/{MANIFEST_NAME}")
+        return _load(backend_for(store), layout(store).manifest_key(backup_id))
     except NotFound:
         raise NotFound(
             f"no backup {backup_id} in {store.location}: list backups with "

@@ -12,29 +12,22 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pydantic import ValidationError
 
 from blocks.store import StoreBlock
 from tasks.errors import IntegrityError, NotFound
 from tasks.ids import check_component_name
-from tasks.models import MANIFEST_NAME, Manifest
-from tasks.storage.backends import Backend, LocalBackend, S3Backend, backend_for, s3_error
+from tasks.models import Manifest
+from tasks.storage.backends import Backend, backend_for
 from tasks.storage.catalog import _load
-from tasks.storage.session import component_prefix
+from tasks.storage.layout import is_manifest_key, layout
 
 log = logging.getLogger(__name__)
 INDEX_VERSION = 1
-
-
-def index_key(store: StoreBlock, component: str) -> str:
-    # "_index" can never be a component folder: component names start with a letter.
-    return f"{store.prefix}/_index/{component}.json"
 
 
 @dataclass
@@ -44,31 +37,6 @@ class ComponentListing:
     unreadable: dict[str, str] = field(default_factory=dict)  # manifest key -> why
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase (bench/)
     fetched: int = 0  # manifests read from the store (the rest came from the index)
-
-
-def list_tagged(backend: Backend, prefix: str) -> dict[str, str]:
-    """Every key under `prefix` with a change tag (S3 ETag; local size+mtime). One paginated
-    listing: listing the date folders in parallel was tried and was no faster on moto (its cost
-    is per key, not per page) and costs one LIST request per day instead of one per 1,000 keys."""
-    if isinstance(backend, S3Backend):
-        out: dict[str, str] = {}
-        try:
-            pages = backend.client.get_paginator("list_objects_v2").paginate(
-                Bucket=backend.bucket, Prefix=prefix.rstrip("/") + "/"
-            )
-            for page in pages:
-                for item in page.get("Contents", []):
-                    out[item["Key"]] = item["ETag"]
-        except Exception as exc:
-            raise s3_error(exc, backend.bucket, prefix) from None
-        return out
-    if isinstance(backend, LocalBackend):
-        out = {}
-        for key in backend.list_keys(prefix):
-            st = os.stat(Path(backend.root) / key)
-            out[key] = f"{st.st_size}-{st.st_mtime_ns}"
-        return out
-    return {key: "" for key in backend.list_keys(prefix)}
 
 
 def _read_index(backend: Backend, key: str) -> dict[str, dict[str, str]]:
@@ -98,9 +66,12 @@ def list_component(store: StoreBlock, component: str, use_index: bool = True) ->
     check_component_name(component)
     backend = backend_for(store)
     t0 = time.perf_counter()
-    tagged = list_tagged(backend, component_prefix(store, component))
-    manifest_keys = sorted(k for k in tagged if k.endswith("/" + MANIFEST_NAME))
-    ikey = index_key(store, component)
+    keys = layout(store)
+    # one paginated listing: listing the date folders in parallel was tried and was no faster on
+    # moto (its cost is per key, not per page) and costs one LIST request per day, not per 1,000 keys
+    tagged = backend.list_tagged(keys.component_dir(component))
+    manifest_keys = sorted(k for k in tagged if is_manifest_key(k))
+    ikey = keys.index_key(component)
     t1 = time.perf_counter()
     cache = _read_index(backend, ikey) if use_index else {}
 

@@ -1,11 +1,7 @@
 """Small JSON records kept in the store beside the backups: recovery points, drills, restores,
 full-cluster-restore steps. Each lives in its own key space under the store's prefix, so none
-of them can be mistaken for a backup (a backup is a folder with a manifest.json):
-
-    <prefix>/recovery-points/<YYYY-MM-DD>/<rp-id>.json
-    <prefix>/drills/<YYYY-MM-DD>/<drill-id>.json
-    <prefix>/restores/<YYYY-MM-DD>/<restore-id>/{record,current-state}.json
-    <prefix>/dr-runs/<run-id>/{run,NN-step}.json
+of them can be mistaken for a backup (a backup is a folder with a manifest.json). Their keys come
+from tasks/storage/layout.py (StoreLayout.recovery_point_key, drill_key, restore_record_key, ...).
 """
 
 from __future__ import annotations
@@ -20,12 +16,9 @@ from pydantic import BaseModel
 from blocks.store import StoreBlock
 from tasks.errors import IntegrityError, NotFound
 from tasks.storage.backends import backend_for
+from tasks.storage.layout import layout
 
 log = logging.getLogger(__name__)
-
-
-def record_key(store: StoreBlock, *parts: str) -> str:
-    return "/".join([store.prefix, *parts])
 
 
 def put_record(store: StoreBlock, key: str, record: BaseModel | dict[str, Any]) -> str:
@@ -52,10 +45,11 @@ def get_record(store: StoreBlock, key: str) -> dict[str, Any]:
 def iter_records(
     store: StoreBlock, space: str, suffix: str = ".json"
 ) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(key, record) for every record under <prefix>/<space>/ ending in `suffix`; an unreadable
+    """(key, record) for every record under <prefix>/<space>/ (a layout record space such as
+    layout.DRILLS) ending in `suffix`; an unreadable
     record is logged and skipped so one bad file cannot hide the rest."""
     backend = backend_for(store)
-    for key in sorted(backend.list_keys(record_key(store, space))):
+    for key in sorted(backend.list_keys(layout(store).records_dir(space))):
         if not key.endswith(suffix):
             continue
         try:

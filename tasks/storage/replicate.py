@@ -24,9 +24,10 @@ from pydantic import BaseModel
 
 from blocks.store import StoreBlock
 from tasks.errors import BackupError, ConfigurationError, IntegrityError, NotFound
-from tasks.models import MANIFEST_NAME, Manifest
+from tasks.models import Manifest
 from tasks.storage.backends import Backend, backend_for
-from tasks.storage.session import backup_prefix
+from tasks.storage.layout import layout
+from tasks.storage.stores import load_store
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,6 @@ class ReplicationReport(BaseModel):
 
 def load_dr_store(ref: str | StoreBlock | None = None) -> StoreBlock | None:
     """The DR store block: given, by name, or named by $KLB_DR_STORE; None when DR is not set up."""
-    from flows.common import load_store  # flows import tasks, not the other way round, at load time
-
     ref = ref or os.environ.get("KLB_DR_STORE")
     return load_store(ref) if ref else None
 
@@ -90,9 +89,9 @@ def _stored_sha256(backend: Backend, key: str, version_id: str | None, size: int
 
 
 def dr_manifest(manifest: Manifest, dest: StoreBlock, versions: dict[str, str | None]) -> Manifest:
-    base = backup_prefix(dest, manifest.id)
+    keys = layout(dest)
     objects = [
-        o.model_copy(update={"key": f"{base}/{o.name}", "version_id": versions.get(o.name)})
+        o.model_copy(update={"key": keys.object_key(manifest.id, o.name), "version_id": versions.get(o.name)})
         for o in manifest.objects
     ]
     return manifest.model_copy(update={"objects": objects}).sealed()
@@ -103,11 +102,11 @@ def replicate_backup(manifest: Manifest, source: StoreBlock, dest: StoreBlock) -
     Idempotent: objects whose DR copy already checks out are not copied again."""
     _check_keys(source, dest)
     src, dst = backend_for(source), backend_for(dest)
-    base = backup_prefix(dest, manifest.id)
+    keys = layout(dest)
     versions: dict[str, str | None] = {}
     copied = 0
     for obj in manifest.objects:
-        key = f"{base}/{obj.name}"
+        key = keys.object_key(manifest.id, obj.name)
         try:
             if _stored_sha256(dst, key, None, obj.size) == obj.sha256:
                 versions[obj.name] = None
@@ -127,7 +126,7 @@ def replicate_backup(manifest: Manifest, source: StoreBlock, dest: StoreBlock) -
         if got != obj.sha256:
             raise IntegrityError(f"DR copy of {obj.key} does not match the primary's sha256 ({got[:16]})")
     copy = dr_manifest(manifest, dest, versions)
-    dst.put_bytes(f"{base}/{MANIFEST_NAME}", copy.model_dump_json(indent=2).encode())
+    dst.put_bytes(keys.manifest_key(manifest.id), copy.model_dump_json(indent=2).encode())
     log.info("replicated %s to %s (%d objects copied)", manifest.id, dest.location, copied)
     return ReplicationReport(
         id=manifest.id,

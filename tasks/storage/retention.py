@@ -23,7 +23,13 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from tasks.errors import BadInput
 from tasks.ids import parse_backup_id
-from tasks.models import MANIFEST_NAME, Manifest
+from tasks.models import Manifest
+from tasks.storage.layout import (
+    backup_dir_of,
+    is_manifest_key,
+    manifest_key_beside,
+    split_component_key,
+)
 from tasks.table import policy as table_policy
 
 RECOVERY_POINT_LABEL = "recovery_point"
@@ -220,30 +226,26 @@ def _days(delta: timedelta) -> str:
 def _group_keys(keys: Iterable[str], prefix: str) -> dict[str, list[str]]:
     """Stored keys by backup id: `<prefix>/<YYYY-MM-DD>/<backup-id>/<name>`. Keys of any other
     shape are not ours to judge: they are left out (and so left alone)."""
-    base = prefix.rstrip("/") + "/" if prefix else ""
     groups: dict[str, list[str]] = {}
     for key in keys:
-        if not key.startswith(base):
-            continue
-        parts = key[len(base) :].split("/")
-        if len(parts) != 3:
-            continue
-        groups.setdefault(parts[1], []).append(key)
+        parts = split_component_key(key, prefix)
+        if parts is not None:
+            groups.setdefault(parts[1], []).append(key)
     return groups
 
 
 def _backup_keys(m: Manifest, listed: list[str] | None) -> list[str]:
     """Manifest first: once it is gone the backup no longer exists; objects left by a crash
     after that are orphans, collected later."""
-    manifest_keys = [k for k in (listed or []) if k.endswith("/" + MANIFEST_NAME)]
+    manifest_keys = [k for k in (listed or []) if is_manifest_key(k)]
     if not manifest_keys and m.objects:
-        manifest_keys = [m.objects[0].key.rsplit("/", 1)[0] + "/" + MANIFEST_NAME]
+        manifest_keys = [manifest_key_beside(m.objects[0].key)]
     rest = sorted(set(listed or []) | {o.key for o in m.objects})
     return manifest_keys + [k for k in rest if k not in manifest_keys]
 
 
 def _orphan(backup_id: str, keys: list[str], policy: RetentionPolicy, now: datetime) -> OrphanDecision:
-    backup_dir = keys[0].rsplit("/", 1)[0]
+    backup_dir = backup_dir_of(keys[0])
     try:
         _, started = parse_backup_id(backup_id)
     except BadInput:

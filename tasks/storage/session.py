@@ -17,21 +17,12 @@ from typing import Any
 from blocks.store import StoreBlock
 from tasks.errors import BadInput, IntegrityError
 from tasks.ids import check_object_name, new_backup_id, parse_backup_id
-from tasks.models import MANIFEST_NAME, Compression, Manifest, StoredObject
+from tasks.models import Compression, Manifest, StoredObject
 from tasks.storage.backends import Backend, backend_for
 from tasks.storage.codec import Decoder, Encoder, iter_chunks
+from tasks.storage.layout import MANIFEST_NAME, backup_id_of, is_manifest_key, layout
 
 log = logging.getLogger(__name__)
-
-
-def backup_prefix(store: StoreBlock, backup_id: str) -> str:
-    """<prefix>/<component>/<YYYY-MM-DD>/<backup-id>"""
-    component, started = parse_backup_id(backup_id)
-    return f"{store.prefix}/{component}/{started:%Y-%m-%d}/{backup_id}"
-
-
-def component_prefix(store: StoreBlock, component: str) -> str:
-    return f"{store.prefix}/{component}"
 
 
 STALE_WRITE_AGE = timedelta(hours=24)  # longer than any backup runs: older uploads are orphans
@@ -43,25 +34,25 @@ def sweep_incomplete_writes(
     """Abort multipart uploads / remove partial files that a failed backup of `component` could
     not clean up itself (the S3 server was down when it tried, or the process was killed)."""
     backend = backend_for(store)
-    prefix = component_prefix(store, component) + "/"
+    prefix = layout(store).component_dir(component) + "/"
     cutoff = datetime.now(UTC) - older_than
 
     def stale(key: str, initiated: datetime) -> bool:
         # our own clock first: the backup id in the key says when it started (some S3 servers
         # report no real upload time); the server's time for keys that are not ours
         try:
-            return parse_backup_id(key.rsplit("/", 2)[-2])[1] <= cutoff
-        except (BadInput, IndexError):
+            return parse_backup_id(backup_id_of(key))[1] <= cutoff
+        except BadInput:
             return initiated <= cutoff
 
     removed = backend.abort_incomplete_writes(prefix, stale)
     by_backup: dict[str, list[str]] = {}
     for key in backend.list_keys(prefix):
-        parts = key.rsplit("/", 2)
-        if len(parts) == 3:
-            by_backup.setdefault(parts[1], []).append(key)
+        backup_id = backup_id_of(key)
+        if backup_id is not None:
+            by_backup.setdefault(backup_id, []).append(key)
     for backup_id, keys in by_backup.items():
-        if any(k.endswith("/" + MANIFEST_NAME) for k in keys):
+        if any(is_manifest_key(k) for k in keys):
             continue
         try:
             _, started = parse_backup_id(backup_id)
@@ -186,13 +177,18 @@ class BackupSession:
         self.started_at = datetime.now(UTC)
         self.id = new_backup_id(component, self.started_at)
         self.component = component
-        self.prefix = backup_prefix(store, self.id)
+        self.layout = layout(store)
         self.objects: list[StoredObject] = []
         self.engine: dict[str, Any] = {}
         self.fingerprint: dict[str, Any] | None = None
         self.source_time: datetime | None = None
         self.labels = dict(labels or {})
         self.manifest: Manifest | None = None
+
+    @property
+    def prefix(self) -> str:
+        """The backup's folder (follows `id`)."""
+        return self.layout.backup_dir(self.id)
 
     def write(
         self,
@@ -204,7 +200,7 @@ class BackupSession:
         check_object_name(name)
         if name == MANIFEST_NAME or any(o.name == name for o in self.objects):
             raise BadInput(f"object name {name!r} is reserved or already used in this backup")
-        key = f"{self.prefix}/{name}"
+        key = self.layout.object_key(self.id, name)
         obj = write_object(self.store, key, source, name, compression, meta, self.backend)
         self.objects.append(obj)
         log.info("stored %s (%d bytes, sha256 %s)", key, obj.size, obj.sha256[:12])
@@ -232,7 +228,7 @@ class BackupSession:
             verified_at=verified_at,
             labels=self.labels,
         ).sealed()
-        self.backend.put_bytes(f"{self.prefix}/{MANIFEST_NAME}", manifest.model_dump_json(indent=2).encode())
+        self.backend.put_bytes(self.layout.manifest_key(self.id), manifest.model_dump_json(indent=2).encode())
         self.manifest = manifest
         return manifest
 

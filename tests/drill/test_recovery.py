@@ -13,7 +13,8 @@ from tasks.operations.drills import list_drill_records
 from tasks.operations.plan import DR_STEPS
 from tasks.operations.recovery import LABEL, _key, get_recovery_point, list_recovery_points, member_manifests
 from tasks.storage.catalog import get_backup
-from tasks.storage.records import get_record, record_key
+from tasks.storage.layout import layout
+from tasks.storage.records import get_record
 from tests.drill.conftest import flip_byte
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -95,9 +96,7 @@ def test_full_cluster_restore_plans_first_then_resumes_where_it_stopped(local_st
     assert state.is_failed()
     run_id = str(state.message).split("run_id='")[1].split("'")[0]
     steps = {s: i for i, (s, _) in enumerate(DR_STEPS, start=1)}
-    failed = get_record(
-        store, record_key(store, "dr-runs", run_id, f"{steps['app-state']:02d}-app-state.json")
-    )
+    failed = get_record(store, layout(store).dr_step_key(run_id, steps["app-state"], "app-state"))
     assert failed["status"] == "failed"
 
     fail.unlink()

@@ -18,21 +18,11 @@ FAST_RETRIES = {
 
 
 def make_s3_store(endpoint: str, bucket: str, key_id: str = "testing", secret: str = "testing", **kwargs):
-    from prefect_aws import AwsCredentials
-    from prefect_aws.client_parameters import AwsClientParameters
+    """sandbox.s3.s3_store with the suite's fast retries."""
+    from sandbox.s3 import s3_store
 
-    from blocks.store import S3Store
-
-    token = kwargs.pop("session_token", None)
     config = {**FAST_RETRIES, **kwargs.pop("client_config", {})}
-    creds = AwsCredentials(
-        aws_access_key_id=key_id,
-        aws_secret_access_key=secret,
-        aws_session_token=token,
-        region_name="us-west-2",
-        aws_client_parameters=AwsClientParameters(endpoint_url=endpoint, config=config),
-    )
-    return S3Store(bucket=bucket, credentials=creds, **kwargs)
+    return s3_store(endpoint, bucket, key_id=key_id, secret=secret, client_config=config, **kwargs)
 
 
 # --- snapshots: "nothing changed" ----------------------------------------------------------

@@ -7,7 +7,6 @@ COMPONENT_BAD_INPUTS is the table (rows of test_bad_input.Bad; `call(world)` get
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import secrets
 from datetime import UTC, datetime, timedelta
@@ -70,13 +69,10 @@ class Systems:
 
     def pitr_archive(self) -> PitrTarget:
         """A PITR target whose WAL archive is a real, empty bucket on moto."""
-        import boto3
+        from sandbox.s3 import make_bucket
 
         creds = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}  # moto
-        client = boto3.client("s3", endpoint_url=self.moto.url, region_name="us-west-2", **creds)
-        where = {"LocationConstraint": "us-west-2"}
-        with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
-            client.create_bucket(Bucket=self.bucket, CreateBucketConfiguration=where)
+        make_bucket(self.moto.url, self.bucket, exist_ok=True)
         return PitrTarget(
             port=self.pg.port,
             archive_url=f"s3://{self.bucket}/pitr",

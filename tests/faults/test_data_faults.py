@@ -21,18 +21,19 @@ from pydantic import SecretStr
 from flows.restore import restore_component
 from tasks.errors import BadInput, NotFound
 from tasks.ids import new_backup_id
-from tasks.models import MANIFEST_NAME, Manifest
+from tasks.models import Manifest
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import backup_at_or_before, get_backup, latest_backup, list_backups
 from tasks.storage.codec import HEADER_LEN, RECORD
-from tasks.storage.session import BackupSession, backup_prefix, backup_session
+from tasks.storage.layout import backup_prefix, layout
+from tasks.storage.session import BackupSession, backup_session
 from tests.faults.helpers import app_target, dir_state
 
 OLD_STATE = b"the state before any restore\n"
 
 
 def _manifest_key(store, manifest: Manifest) -> str:
-    return f"{backup_prefix(store, manifest.id)}/{MANIFEST_NAME}"
+    return layout(store).manifest_key(manifest.id)
 
 
 def _rewrite(store, key: str, change: Callable[[bytes], bytes]) -> None:
@@ -241,7 +242,6 @@ def _skewed(store, source_shift: timedelta, start_shift: timedelta = timedelta(0
     if start_shift:
         session.started_at += start_shift
         session.id = new_backup_id("app-state", session.started_at)
-        session.prefix = backup_prefix(store, session.id)
     session.source_time = datetime.now(UTC) + source_shift
     session.write("sessions", [b"state"])
     return session.commit()
@@ -322,16 +322,16 @@ def test_retention_flow_sweeps_old_leftovers_only(prefect_server, local_store):
     backend = backend_for(store)
     old_id = new_backup_id("app-state", datetime.now(UTC) - timedelta(days=2))
     live_id = new_backup_id("app-state")
-    old_keys = [f"{backup_prefix(store, old_id)}/sessions", f"{backup_prefix(store, old_id)}/other"]
+    old_keys = [layout(store).object_key(old_id, "sessions"), layout(store).object_key(old_id, "other")]
     for key in old_keys:
         backend.put_bytes(key, b"orphan")
     partial = Path(store.path) / backup_prefix(store, old_id) / "big.partial-0a1b2c3d"
     partial.write_bytes(b"half")
     old_time = (datetime.now(UTC) - timedelta(days=2)).timestamp()
     os.utime(partial, (old_time, old_time))
-    live_key = f"{backup_prefix(store, live_id)}/sessions"
+    live_key = layout(store).object_key(live_id, "sessions")
     backend.put_bytes(live_key, b"still being written")
     enforce_retention(dry_run=False, components=["app-state"], store=store)
-    left = sorted(backend.list_keys(f"{store.prefix}/app-state"))
+    left = sorted(backend.list_keys(layout(store).component_dir("app-state")))
     assert left == sorted([live_key, *(o.key for o in good.objects), _manifest_key(store, good)])
     assert not partial.exists()

@@ -12,9 +12,9 @@ import pytest
 from flows.backup import backup_component
 from sandbox.services import wait_until
 from tasks.errors import ConfigurationError, IntegrityError, TransientError
-from tasks.models import MANIFEST_NAME
 from tasks.storage.catalog import list_backups, verify_backup
-from tasks.storage.session import backup_prefix, backup_session, read_object, sweep_incomplete_writes
+from tasks.storage.layout import layout
+from tasks.storage.session import backup_session, read_object, sweep_incomplete_writes
 from tests.faults.helpers import app_target, multipart_uploads, s3_keys
 from tests.faults.s3_fault_proxy import Rule
 
@@ -89,7 +89,7 @@ def test_download_cut_mid_body_resumes_from_the_last_byte(proxied_store, fault_p
     "TransientError after 5 resumes ('broke 6 times ... retry later'); no partial data passes",
 )
 def test_download_cut_every_time_fails_clearly(proxied_store, fault_proxy, monkeypatch):
-    monkeypatch.setattr("tasks.storage.backends.RESUME_DELAY", 0.01)  # same code path, shorter waits
+    monkeypatch.setattr("tasks.storage.backends.s3.RESUME_DELAY", 0.01)  # same code path, shorter waits
     store = proxied_store(compression="none", verify_after_write=False)
     manifest = backup_bytes(store, os.urandom(2 * MIB))
     fault_proxy.add(Rule("drop_response", method="GET", path="/data$", times=None))
@@ -161,8 +161,8 @@ def test_a_retried_backup_flow_neither_duplicates_nor_corrupts(
     attempts = [k.split("/")[5] for _, k, _ in fault_proxy.requests("POST", "?uploads")]
     assert len(set(attempts)) == 2 and attempts[-1] == result.id  # two tries, two distinct ids
     keys = [k for k in s3_keys(client, bucket) if "/_prefect-results/" not in k]
-    prefix = backup_prefix(store, result.id)
-    assert keys == [f"{prefix}/{MANIFEST_NAME}", f"{prefix}/sessions"]
+    keys_of = layout(store)
+    assert keys == [keys_of.manifest_key(result.id), keys_of.object_key(result.id, "sessions")]
     assert [m.id for m in list_backups(store, "app-state")] == [result.id]
     assert multipart_uploads(client, bucket) == []
     verify_backup(store, list_backups(store, "app-state")[0])
