@@ -14,7 +14,7 @@ from typing import Any
 from blocks.kubernetes import VeleroTarget
 from tasks.components.kubernetes import api as kube
 from tasks.components.kubernetes.api import KINDS, connect
-from tasks.components.kubernetes.backup import (
+from tasks.components.kubernetes.backups import (
     OBJECT_NAME,
     BackupSpec,
     backup,
@@ -24,8 +24,8 @@ from tasks.components.kubernetes.backup import (
     run_backup,
     verify,
 )
-from tasks.components.kubernetes.drill import SCALE_TO_ZERO, drill, drill_cleanup, drill_namespaces
-from tasks.components.kubernetes.restore import (
+from tasks.components.kubernetes.drills import SCALE_TO_ZERO, drill, drill_cleanup, drill_namespaces
+from tasks.components.kubernetes.restores import (
     DNS_LABEL,
     ExistingResourcePolicy,
     RestoreOptions,

@@ -16,7 +16,7 @@ from typing import Any
 
 from blocks.pitr import PitrTarget
 from blocks.store import StoreBlock
-from tasks.components.postgres_pitr.backup import (
+from tasks.components.postgres_pitr.backups import (
     BASE_OBJECT,
     backup,
     catalog_backups,

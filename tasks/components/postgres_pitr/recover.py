@@ -23,7 +23,7 @@ from pydantic import Field
 from blocks.pitr import PitrTarget
 from blocks.store import StoreBlock
 from tasks.components.contract import StrictOptions
-from tasks.components.postgres_pitr.backup import BASE_OBJECT
+from tasks.components.postgres_pitr.backups import BASE_OBJECT
 from tasks.components.postgres_pitr.engines import (
     engine_for,
     write_credentials_file,

@@ -20,7 +20,7 @@ from blocks.store import StoreBlock
 from tasks.components.contract import StrictOptions
 from tasks.components.kubernetes import api as kube
 from tasks.components.kubernetes.api import Kube, canonical_resource, connect
-from tasks.components.kubernetes.backup import BackupSpec, _kinds, load_document
+from tasks.components.kubernetes.backups import BackupSpec, _kinds, load_document
 from tasks.components.kubernetes.velero import (
     BACKUP_TERMINAL,
     _call,

@@ -13,8 +13,8 @@ from blocks.kubernetes import VeleroTarget
 from blocks.store import StoreBlock
 from tasks.components.kubernetes import api as kube
 from tasks.components.kubernetes.api import connect
-from tasks.components.kubernetes.backup import load_document
-from tasks.components.kubernetes.restore import RestoreOptions, _aside_name, _plan, _present
+from tasks.components.kubernetes.backups import load_document
+from tasks.components.kubernetes.restores import RestoreOptions, _aside_name, _plan, _present
 from tasks.components.kubernetes.velero import get_backup_cr, preflight, run_restore
 from tasks.errors import BadInput, IntegrityError
 from tasks.models import Manifest
