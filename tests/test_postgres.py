@@ -310,8 +310,6 @@ def test_restore_runs_inside_the_quiesce_window_and_leaves_it_on_failure(sample,
     """A recording stand-in for the Kubernetes API client shows that the
     restore (globals, restore aside, cut-over) happens while the namespace is scaled down."""
     import contextlib
-    import sys
-    import types
 
     target, db = sample
     store = local_store()
@@ -326,12 +324,9 @@ def test_restore_runs_inside_the_quiesce_window_and_leaves_it_on_failure(sample,
         finally:
             events.append(("up", namespace, sorted(db_names(target))))
 
-    monkeypatch.setitem(
-        sys.modules, "tasks.components.kubernetes.api", types.SimpleNamespace(quiesced=quiesced)
-    )
-    monkeypatch.setattr(
-        "tasks.components.kubernetes.api", sys.modules["tasks.components.kubernetes.api"], raising=False
-    )
+    from tasks.components.kubernetes import api as kube_api
+
+    monkeypatch.setattr(kube_api, "quiesced", quiesced)
     report = pg.restore(target, manifest, store, pg.RestoreOptions(quiesce_namespace="lambda-system"))
     assert report["quiesced"] == {"namespace": "lambda-system", "replicas": {"api": 2, "worker": 3}}
     assert [e[0] for e in events] == ["down", "up"]
