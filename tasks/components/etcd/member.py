@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,7 +18,7 @@ from blocks.store import StoreBlock
 from tasks.components.etcd.tools import OBJECT, STATUS_FIELDS, Tools, count_keys, snapshot_status
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError, IntegrityError
 from tasks.models import Manifest
-from tasks.proc import run
+from tasks.proc import run, start, stop
 from tasks.storage.session import read_object
 
 
@@ -106,30 +104,20 @@ def throwaway_member(tl: Tools, snap: Path, workdir: Path, token: str) -> Iterat
         "--initial-cluster", f"{name}={peer}",
         "--initial-cluster-token", token,
     ]  # fmt: skip
-    with open(logfile, "wb") as out:
-        try:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        except FileNotFoundError:
-            raise ConfigurationError(
-                f"etcd server binary not found ({tl.etcd}): install etcd-server"
-            ) from None
+    try:
+        server = start(argv, logfile)
+    except ConfigurationError:
+        raise ConfigurationError(f"etcd server binary not found ({tl.etcd}): install etcd-server") from None
     try:
         deadline = time.monotonic() + 60
         while not _healthy(client):
-            if proc.poll() is not None or time.monotonic() > deadline:
+            if server.poll() is not None or time.monotonic() > deadline:
                 tail = logfile.read_text(errors="replace")[-1500:]
                 raise ComponentFailed(f"the throwaway etcd restored from the snapshot did not start:\n{tail}")
             time.sleep(0.1)
         yield client
     finally:
-        if proc.poll() is None:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop(server)
 
 
 def _restore_and_check(

@@ -14,7 +14,7 @@ from typing import Any
 
 from blocks.etcd import EtcdTarget
 from tasks.errors import ComponentFailed, ConfigurationError, IntegrityError
-from tasks.proc import run
+from tasks.proc import find_binary, run
 
 OBJECT = "snapshot.db"
 STATUS_FIELDS = ("hash", "revision", "totalKey", "totalSize")
@@ -43,16 +43,18 @@ class Tools:
 
 def tools(target: EtcdTarget | None) -> Tools:
     target = target or EtcdTarget()
-    ctl = shutil.which(target.etcdctl)
-    if not ctl:
-        raise ConfigurationError(
-            f"etcdctl not found ({target.etcdctl!r}): install etcd-client (Debian) or the etcd release, "
-            "or set the target's etcdctl path"
-        )
-    utl = shutil.which(target.etcdutl) if target.etcdutl else shutil.which("etcdutl")
-    if target.etcdutl and not utl:
-        raise ConfigurationError(f"etcdutl not found at {target.etcdutl!r}: fix the target's etcdutl path")
-    return Tools(ctl, utl, shutil.which(target.etcd) or target.etcd)
+    ctl = find_binary(
+        target.etcdctl,
+        missing=f"etcdctl not found ({target.etcdctl!r}): install etcd-client (Debian) or the etcd release, "
+        "or set the target's etcdctl path",
+    )
+    utl = find_binary(
+        target.etcdutl or "etcdutl",
+        missing=f"etcdutl not found at {target.etcdutl!r}: fix the target's etcdutl path"
+        if target.etcdutl
+        else None,
+    )
+    return Tools(ctl, utl, find_binary(target.etcd) or target.etcd)
 
 
 @contextmanager
