@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 from datetime import datetime
 from pathlib import Path
@@ -11,41 +10,28 @@ from typing import Any
 import psycopg
 
 from blocks.pitr import PitrTarget
-from tasks.errors import ConfigurationError, TransientError
+from tasks.components.postgres.common import connect as pg_connect
+from tasks.errors import ConfigurationError
+from tasks.proc import find_binary
 
 
 def pg_bindir(major: int | None = None) -> Path:
     """Server binaries of `major` (restore must match the backup), or the newest (client tools)."""
     if os.environ.get("KLB_PG_BINDIR"):
         return Path(os.environ["KLB_PG_BINDIR"])
-    pattern = f"/usr/lib/postgresql/{major}/bin/pg_ctl" if major else "/usr/lib/postgresql/*/bin/pg_ctl"
-    found = sorted(glob.glob(pattern), key=lambda p: int(p.split("/")[4]))
-    if not found:
-        want = f"PostgreSQL {major} server binaries" if major else "PostgreSQL binaries"
-        raise ConfigurationError(f"{want} are not installed: apt-get install postgresql-{major or ''}")
-    return Path(found[-1]).parent
+    want = f"PostgreSQL {major} server binaries" if major else "PostgreSQL binaries"
+    pg_ctl = find_binary(
+        "pg_ctl",
+        [f"/usr/lib/postgresql/{major or '*'}/bin"],
+        path=False,
+        missing=f"{want} are not installed: apt-get install postgresql-{major or ''}",
+    )
+    return Path(pg_ctl).parent
 
 
 def connect(target: PitrTarget, host: str | None = None, port: int | None = None) -> psycopg.Connection:
-    try:
-        return psycopg.connect(
-            host=host or target.host,
-            port=port or target.port,
-            user=target.user,
-            password=target.password.get_secret_value() if target.password else None,
-            dbname=target.database,
-            connect_timeout=10,
-            autocommit=True,
-        )
-    except psycopg.OperationalError as exc:
-        if "starting up" in str(exc) or "shutting down" in str(exc):
-            raise TransientError(
-                f"PostgreSQL at {host or target.host}:{port or target.port} is restarting"
-            ) from None
-        raise ConfigurationError(
-            f"cannot connect to PostgreSQL at {host or target.host}:{port or target.port} as "
-            f"{target.user}: {str(exc).strip().splitlines()[0]}"
-        ) from None
+    """An autocommit connection to the target's `database`, or to the instance at `host`:`port`."""
+    return pg_connect(target, target.database, autocommit=True, host=host, port=port)
 
 
 def _row(conn: psycopg.Connection, sql: str) -> tuple:
