@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import re
 
-from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
+
+from blocks.postgres import PostgresTarget
 
 _ARCHIVE_URL = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9._-]+)*/?$")
 
 
-class PitrTarget(Block):
-    """A PostgreSQL server whose WAL is archived continuously by barman-cloud-wal-archive."""
+class PitrTarget(PostgresTarget):
+    """A PostgreSQL server whose WAL is archived continuously by barman-cloud-wal-archive.
+
+    Where the server is and how to log in are PostgresTarget's fields; these add the archive."""
 
     _block_type_name = "KLB PITR Target"
     _block_type_slug = "klb-pitr-target"
     _description = "PostgreSQL server + its WAL archive (barman-cloud layout) for point-in-time recovery."
 
     host: str = Field(default="127.0.0.1", description="server host (TCP; base backups use replication)")
-    port: int = Field(default=5432, ge=1, le=65535)
     user: str = Field(default="postgres", description="a superuser or a user with REPLICATION")
-    password: SecretStr | None = Field(default=None, description="passed in PGPASSWORD, never argv")
     database: str = Field(default="postgres", description="database for checks and verification")
     server_name: str = Field(
         default="pg", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="SERVER_NAME in the archive"

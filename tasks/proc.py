@@ -8,9 +8,11 @@ Secrets go in `env`, never in argv.
 from __future__ import annotations
 
 import ctypes
+import glob
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,8 +20,12 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from typing import TYPE_CHECKING
 
 from tasks.errors import ComponentFailed, ConfigurationError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 log = logging.getLogger(__name__)
 # env vars whose values are hidden from error messages and logs even if a command prints them
@@ -115,7 +121,13 @@ def _redact(text: str, hidden: list[str]) -> str:
 
 
 def _finish(
-    proc: subprocess.Popen, stderr: _StderrTail, name: str, dog: _Watchdog, timeout, hidden: list[str]
+    proc: subprocess.Popen,
+    stderr: _StderrTail,
+    name: str,
+    dog: _Watchdog,
+    timeout,
+    hidden: list[str],
+    ok_codes: Iterable[int] = (0,),
 ) -> str:
     rc = proc.wait()
     dog.cancel()
@@ -124,7 +136,7 @@ def _finish(
         log.info("%s: %s", name, line)
     if dog.fired:
         raise ComponentFailed(f"{name} timed out after {timeout}s and was killed")
-    if rc != 0:
+    if rc not in ok_codes:
         tail = "\n".join(err.splitlines()[-8:]) or "(no error output)"
         how = f"was killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
         raise ComponentFailed(f"{name} {how}:\n{tail}")
@@ -139,9 +151,11 @@ def stream_stdout(
     timeout: float | None = None,
     name: str | None = None,
     redact: Iterable[str] = (),
+    ok_codes: Iterable[int] = (0,),
 ) -> Iterator[Iterator[bytes]]:
-    """`with stream_stdout([...]) as out: store.write(name, out)`; raises if the command failed.
-    Values in `redact` (and of secret-looking env names) never reach messages or logs."""
+    """`with stream_stdout([...]) as out: store.write(name, out)`; raises if the command failed
+    (an exit status not in `ok_codes`). Values in `redact` (and of secret-looking env names) never
+    reach messages or logs."""
     name = name or os.path.basename(argv[0])
     hidden = _hidden(env, redact)
     proc = _spawn(argv, env, cwd, subprocess.DEVNULL)
@@ -153,7 +167,7 @@ def stream_stdout(
         while data := proc.stdout.read1(CHUNK):
             yield data
         # the stream ended: it counts only if the command succeeded
-        _finish(proc, stderr, name, dog, timeout, hidden)
+        _finish(proc, stderr, name, dog, timeout, hidden, ok_codes)
 
     try:
         yield chunks()
@@ -213,7 +227,69 @@ def run(
     timeout: float | None = 120,
     name: str | None = None,
     redact: Iterable[str] = (),
+    ok_codes: Iterable[int] = (0,),
 ) -> str:
-    """Run a short command and return its stdout; raises ComponentFailed on failure."""
-    with stream_stdout(argv, env, cwd, timeout, name, redact) as out:
+    """Run a short command and return its stdout; raises ComponentFailed on failure (an exit
+    status not in `ok_codes`)."""
+    with stream_stdout(argv, env, cwd, timeout, name, redact, ok_codes) as out:
         return b"".join(out).decode(errors="replace")
+
+
+def start(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """Start a server (a throwaway etcd member, say) in the background, stdout and stderr into
+    `log`; it dies with the flow process. Stop it with `stop`."""
+    if isinstance(argv, str) or not argv:
+        raise ConfigurationError("a command must be a non-empty list of arguments, not a shell string")
+    with open(log, "wb") as out:
+        try:
+            return subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
+                preexec_fn=_die_with_us(os.getpid()),
+            )
+        except FileNotFoundError:
+            raise ConfigurationError(
+                f"command not found: {argv[0]} (install it or fix the target's command)"
+            ) from None
+        except PermissionError:
+            raise ConfigurationError(f"command not executable: {argv[0]}") from None
+
+
+def stop(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM to the server's process group, SIGKILL if it is still there after `timeout`."""
+    if proc.poll() is not None:
+        return
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _version_key(path: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", path))
+
+
+def find_binary(
+    name: str, dirs: Iterable[str | os.PathLike] = (), path: bool = True, missing: str | None = None
+) -> str | None:
+    """Where the engine command `name` is: `name` itself if it is a path; else the first of `dirs`
+    that holds it executable (a pattern such as /usr/lib/postgresql/*/bin is searched newest
+    version first); else, if `path`, on PATH. None if nowhere, or ConfigurationError(`missing`)."""
+    search: list[str] = []
+    for d in map(str, dirs):
+        matches = glob.glob(d) if glob.has_magic(d) else [d]
+        search += sorted(matches, key=_version_key, reverse=True)
+    found = shutil.which(name, path=os.pathsep.join(search)) if search or os.sep in name else None
+    if not found and path:
+        found = shutil.which(name)
+    if not found and missing:
+        raise ConfigurationError(missing)
+    return found

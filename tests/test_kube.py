@@ -11,13 +11,12 @@ from pydantic import SecretStr, ValidationError
 from blocks.kubernetes import KubernetesTarget
 from tasks.components.kubernetes import api as kube
 from tasks.errors import ConfigurationError
+from tests.k8s_helpers import fresh_controller
 
 
 @pytest.fixture
 def ctl(kube_api):
-    kube_api.controller.reset()
-    yield kube_api.controller
-    kube_api.controller.reset()
+    yield from fresh_controller(kube_api)
 
 
 @pytest.fixture

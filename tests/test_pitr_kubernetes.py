@@ -65,7 +65,7 @@ def test_restores_the_cluster_as_of_the_target_through_velero(prefect_server, ku
 
     from flows.backup import backup_component
     from flows.pitr import pitr_kubernetes
-    from tests.test_velero import configmap, seed_app, set_configmap
+    from tests.k8s_helpers import configmap, seed_app, set_configmap
 
     store = local_store()
     ns = f"pitr-{secrets.token_hex(3)}"

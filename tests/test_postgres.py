@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 import tasks.components.postgres as pg
+import tasks.components.postgres.restores as pg_restores
 from tasks.components.postgres.common import connect, parse_aside
 from tasks.errors import BadInput, ComponentFailed, IntegrityError
 from tasks.storage.catalog import list_backups
@@ -197,7 +198,7 @@ def test_pg_restore_killed_mid_way_leaves_the_target_as_it_was(postgres, local_s
         exec_in(target, db, "DELETE FROM app.items WHERE id < 1000")
         changed = state(target, db)
         names = db_names(target)
-        real_read = pg.read_object
+        real_read = pg_restores.read_object
 
         def read_and_kill(store_, obj, *a):
             for i, chunk in enumerate(real_read(store_, obj, *a)):
@@ -205,7 +206,7 @@ def test_pg_restore_killed_mid_way_leaves_the_target_as_it_was(postgres, local_s
                     kill_child("pg_restore")
                 yield chunk
 
-        monkeypatch.setattr(pg, "read_object", read_and_kill)
+        monkeypatch.setattr(pg_restores, "read_object", read_and_kill)
         with pytest.raises(ComponentFailed, match="pg_restore .*signal 9"):
             pg.restore(target, manifest, store, pg.RestoreOptions())
         assert state(target, db) == changed
@@ -309,8 +310,6 @@ def test_restore_runs_inside_the_quiesce_window_and_leaves_it_on_failure(sample,
     """A recording stand-in for the Kubernetes API client shows that the
     restore (globals, restore aside, cut-over) happens while the namespace is scaled down."""
     import contextlib
-    import sys
-    import types
 
     target, db = sample
     store = local_store()
@@ -325,12 +324,9 @@ def test_restore_runs_inside_the_quiesce_window_and_leaves_it_on_failure(sample,
         finally:
             events.append(("up", namespace, sorted(db_names(target))))
 
-    monkeypatch.setitem(
-        sys.modules, "tasks.components.kubernetes.api", types.SimpleNamespace(quiesced=quiesced)
-    )
-    monkeypatch.setattr(
-        "tasks.components.kubernetes.api", sys.modules["tasks.components.kubernetes.api"], raising=False
-    )
+    from tasks.components.kubernetes import api as kube_api
+
+    monkeypatch.setattr(kube_api, "quiesced", quiesced)
     report = pg.restore(target, manifest, store, pg.RestoreOptions(quiesce_namespace="lambda-system"))
     assert report["quiesced"] == {"namespace": "lambda-system", "replicas": {"api": 2, "worker": 3}}
     assert [e[0] for e in events] == ["down", "up"]
@@ -341,7 +337,9 @@ def test_restore_runs_inside_the_quiesce_window_and_leaves_it_on_failure(sample,
     with pytest.raises(BadInput):
         pg.restore(target, manifest, store, pg.RestoreOptions(quiesce_namespace="ns", databases=["nope"]))
     assert events == []  # refused before anything was scaled
-    monkeypatch.setattr(pg, "restore_aside", lambda *a, **k: (_ for _ in ()).throw(ComponentFailed("boom")))
+    monkeypatch.setattr(
+        pg_restores, "restore_aside", lambda *a, **k: (_ for _ in ()).throw(ComponentFailed("boom"))
+    )
     with pytest.raises(ComponentFailed, match="boom"):
         pg.restore(target, manifest, store, pg.RestoreOptions(quiesce_namespace="ns"))
     assert [e[0] for e in events] == ["down", "up"]

@@ -12,33 +12,17 @@ from tasks.components.kubernetes import api as kube
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError, NotFound
 from tasks.storage.catalog import list_backups
 from tasks.storage.session import backup_session
+from tests.k8s_helpers import configmap, fresh_controller, k8s, seed_namespaces, set_configmap
 
 
 @pytest.fixture
 def ctl(kube_api):
-    kube_api.controller.reset()
-    yield kube_api.controller
-    kube_api.controller.reset()
-
-
-def seed_app(ctl, ns: str, replicas: tuple[int, ...] = (2, 5, 1)) -> None:
-    ctl.seed_namespace(ns, {"team": "lambda"})
-    for name, count in zip(("api", "worker", "cron"), replicas, strict=False):
-        ctl.seed_deployment(ns, name, count)
-    ctl.seed("v1", "configmaps", ns, {"metadata": {"name": "settings"}, "data": {"mode": "prod"}})
-    ctl.seed("v1", "configmaps", ns, {"metadata": {"name": "flags"}, "data": {"beta": "off"}})
-    ctl.seed("v1", "secrets", ns, {"metadata": {"name": "db-password"}, "data": {"pw": "czNjcjN0"}})
-    ctl.seed("v1", "services", ns, {"metadata": {"name": "api"}, "spec": {"ports": [{"port": 80}]}})
-    ctl.seed_pvc(ns, "data", content=f"{ns} volume v1")
+    yield from fresh_controller(kube_api)
 
 
 @pytest.fixture
 def two_namespaces(ctl) -> tuple[str, str]:
-    token = secrets.token_hex(3)
-    names = (f"shop-{token}", f"db-{token}")
-    for ns in names:
-        seed_app(ctl, ns)
-    return names
+    return seed_namespaces(ctl, "shop", "db")
 
 
 @pytest.fixture
@@ -56,20 +40,6 @@ def take_backup(target, store, component: str = "kubernetes"):
         velero.backup(target, session)
         session.commit()
     return session.manifest
-
-
-def k8s(kube_api):
-    return kube.connect(kube_api.target())
-
-
-def configmap(kube_api, ns: str, name: str) -> dict:
-    k = k8s(kube_api)
-    return k.core.read_namespaced_config_map(name, ns).data
-
-
-def set_configmap(kube_api, ns: str, name: str, data: dict) -> None:
-    k = k8s(kube_api)
-    k.core.patch_namespaced_config_map(name, ns, {"data": data})
 
 
 def test_backup_records_velero_facts_and_the_backup_cr(kube_api, target, store, two_namespaces):

@@ -14,23 +14,17 @@ from tasks.components import kubernetes as velero
 from tasks.components.kubernetes import api as kube
 from tasks.errors import BadInput, ComponentFailed, NotFound
 from tasks.storage.catalog import get_backup, list_backups
-from tests.test_velero import configmap, k8s, seed_app, set_configmap
+from tests.k8s_helpers import configmap, fresh_controller, k8s, seed_namespaces, set_configmap
 
 
 @pytest.fixture
 def ctl(kube_api):
-    kube_api.controller.reset()
-    yield kube_api.controller
-    kube_api.controller.reset()
+    yield from fresh_controller(kube_api)
 
 
 @pytest.fixture
 def namespaces(ctl) -> tuple[str, str]:
-    token = secrets.token_hex(3)
-    names = (f"lambda-{token}", f"database-{token}")
-    for ns in names:
-        seed_app(ctl, ns)
-    return names
+    return seed_namespaces(ctl, "lambda", "database")
 
 
 @pytest.fixture

@@ -127,7 +127,11 @@ def load_target(component: str, ref: str | Block | None) -> Block:
                 f"no {component} target block named {ref!r}: create a {spec(component).target_block!r} "
                 f"block with that name (docs/deployments.md, scripts/create_blocks.py) ({exc})"
             ) from None
-    if not isinstance(block, module.Target):
+    # exact block type: a PitrTarget is a PostgresTarget in Python, but not a postgres target
+    if (
+        not isinstance(block, module.Target)
+        or block.get_block_type_slug() != module.Target.get_block_type_slug()
+    ):
         raise ConfigurationError(
             f"target {ref!r} is a {type(block).__name__} block; {component} needs a "
             f"{spec(component).target_block!r} block ({module.Target.__name__})"

@@ -32,6 +32,7 @@ from tasks.components import kubernetes as velero
 from tasks.storage.session import backup_session
 from tests.faults.helpers import assert_refused_clearly, dir_state
 from tests.faults.test_bad_input import Bad
+from tests.k8s_helpers import seed_namespaces, seed_settings
 from tests.pg_helpers import db_names, drop, make_db, new_name, state, target_for
 
 
@@ -56,11 +57,7 @@ class Systems:
         self.kube_api = request.getfixturevalue("kube_api")
         self.ctl = self.kube_api.controller
         self.ctl.reset()
-        token = secrets.token_hex(3)
-        self.namespaces = [f"shop-{token}", f"db-{token}"]
-        for ns in self.namespaces:
-            self.ctl.seed_namespace(ns, {"team": "lambda"})
-            self.ctl.seed("v1", "configmaps", ns, {"metadata": {"name": "settings"}, "data": {"m": "1"}})
+        self.namespaces = list(seed_namespaces(self.ctl, "shop", "db", seed=seed_settings))
         self.velero_target = self.kube_api.velero_target(include_namespaces=self.namespaces)
         self.store = LocalStore(path=str(tmp / "store"))
         with backup_session(self.store, "kubernetes") as session:

@@ -21,7 +21,7 @@ from tasks.models import Manifest
 from tasks.proc import run
 
 if TYPE_CHECKING:
-    from tasks.components.etcd import Tools
+    from tasks.components.etcd.tools import Tools
 
 log = logging.getLogger(__name__)
 

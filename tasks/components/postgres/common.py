@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -19,7 +18,8 @@ import psycopg
 from psycopg import sql
 
 from blocks.postgres import PostgresTarget
-from tasks.errors import ConfigurationError, NotFound
+from tasks.errors import ConfigurationError, NotFound, TransientError
+from tasks.proc import find_binary
 
 FINGERPRINT_ALGORITHM = "rows+sum64(md5(row::text))/v1"
 # Row text must not depend on session settings, or the same rows would hash differently.
@@ -49,9 +49,11 @@ def scrub(target: PostgresTarget, text: str) -> str:
     return text.replace(pw, "***") if pw else text
 
 
-def _connect_error(target: PostgresTarget, dbname: str, exc: Exception) -> Exception:
+def _connect_error(target: PostgresTarget, dbname: str, exc: Exception, host: str, port: int) -> Exception:
     msg = scrub(target, str(exc)).strip()
-    where = f"PostgreSQL at {target.host}:{target.port}"
+    where = f"PostgreSQL at {host}:{port}"
+    if "starting up" in msg or "shutting down" in msg:
+        return TransientError(f"{where} is restarting")
     if "password authentication failed" in msg or "no password supplied" in msg:
         return ConfigurationError(
             f"{where} refused the password of user {target.user!r}: fix the password in the "
@@ -71,13 +73,20 @@ def _connect_error(target: PostgresTarget, dbname: str, exc: Exception) -> Excep
 
 
 def connect(
-    target: PostgresTarget, dbname: str | None = None, autocommit: bool = False
+    target: PostgresTarget,
+    dbname: str | None = None,
+    autocommit: bool = False,
+    host: str | None = None,
+    port: int | None = None,
 ) -> psycopg.Connection:
+    """A connection to `dbname` (default: the maintenance database) of the target's server, or of
+    the server at `host`:`port` with the target's credentials (a recovered instance)."""
     dbname = dbname or target.maintenance_db
+    host, port = host or target.host, port or target.port
     try:
         conn = psycopg.connect(
-            host=target.host,
-            port=target.port,
+            host=host,
+            port=port,
             user=target.user,
             password=_password(target),
             dbname=dbname,
@@ -87,7 +96,7 @@ def connect(
             autocommit=autocommit,
         )
     except psycopg.OperationalError as exc:
-        raise _connect_error(target, dbname, exc) from None
+        raise _connect_error(target, dbname, exc, host, port) from None
     return conn
 
 
@@ -106,14 +115,14 @@ def admin(target: PostgresTarget, dbname: str | None = None) -> Iterator[psycopg
 
 def tool(target: PostgresTarget, name: str) -> str:
     if target.bin_dir:
-        path = os.path.join(target.bin_dir, name)
-        if not os.access(path, os.X_OK):
-            raise ConfigurationError(f"{path} is not an executable: fix bin_dir in the postgres target block")
-        return path
-    found = shutil.which(name)
-    if not found:
-        raise ConfigurationError(f"{name} is not installed: apt-get install postgresql-client")
-    return found
+        return find_binary(
+            name,
+            [target.bin_dir],
+            path=False,
+            missing=f"{os.path.join(target.bin_dir, name)} is not an executable: fix bin_dir in the "
+            "postgres target block",
+        )
+    return find_binary(name, missing=f"{name} is not installed: apt-get install postgresql-client")
 
 
 def tool_env(target: PostgresTarget, dbname: str | None = None) -> dict[str, str]:

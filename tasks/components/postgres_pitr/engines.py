@@ -17,7 +17,7 @@ from typing import Protocol
 
 from blocks.pitr import PitrTarget
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError
-from tasks.proc import run
+from tasks.proc import find_binary, run
 
 # A venv built from /usr/bin/python3 by scripts/setup.sh: root's pyenv is not readable by postgres.
 DEFAULT_BARMAN_BIN = "/opt/knative-lambda-backup/barman-venv/bin"
@@ -104,18 +104,11 @@ class BarmanCloud:
         self.bin_dir = Path(bin_dir or os.environ.get("KLB_BARMAN_BIN") or DEFAULT_BARMAN_BIN)
 
     def bin(self, command: str) -> str:
-        path = self.bin_dir / command
-        if path.exists():
-            return str(path)
-        local = Path(sys.executable).parent / command
-        if local.exists():
-            return str(local)
-        found = shutil.which(command)
-        if found:
-            return found
-        raise ConfigurationError(
-            f"{command} is not installed: run scripts/setup.sh (it builds {DEFAULT_BARMAN_BIN}) "
-            "or set KLB_BARMAN_BIN to a directory with barman-cloud's commands"
+        return find_binary(
+            command,
+            [self.bin_dir, Path(sys.executable).parent],
+            missing=f"{command} is not installed: run scripts/setup.sh (it builds {DEFAULT_BARMAN_BIN}) "
+            "or set KLB_BARMAN_BIN to a directory with barman-cloud's commands",
         )
 
     def _python(self) -> str:

@@ -10,7 +10,6 @@ meets a transaction *after* the target, so a target at or past the last one cann
 from __future__ import annotations
 
 import re
-import subprocess
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, Field
 
 from blocks.pitr import PitrTarget
+from tasks import proc
 from tasks.components.postgres_pitr.engines import (
     PitrEngine,
     format_lsn,
@@ -190,14 +190,12 @@ def last_transaction(
             path = Path(tmp) / name
             engine.fetch_wal(target, name, path)
             # pg_waldump exits 1 at the end of a switched/zero-filled segment: read what it printed.
-            out = subprocess.run(  # noqa: S603 - argv list, no shell
+            out = proc.run(
                 [str(bindir / "pg_waldump"), "--rmgr=Transaction", str(path)],
-                capture_output=True,
-                text=True,
-                env={"TZ": "UTC", "PATH": "/usr/bin:/bin"},
+                env={"TZ": "UTC"},
                 timeout=120,
-                check=False,
-            ).stdout
+                ok_codes=(0, 1),
+            )
             path.unlink()
             found = _XACT.findall(out)
             if found:

@@ -11,10 +11,8 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 from pydantic import Field
@@ -22,15 +20,27 @@ from pydantic import Field
 from blocks.rabbitmq import RabbitMQTarget
 from blocks.store import StoreBlock
 from tasks.components.contract import StrictOptions
+from tasks.components.rabbitmq.api import _get, _raise_for, _vhost_exists, connect, q
+from tasks.components.rabbitmq.definitions import (
+    EXCHANGE_PROPS,
+    KINDS,
+    MAX_DEFINITIONS,
+    POLICY_PROPS,
+    QUEUE_PROPS,
+    VHOST_KINDS,
+    _load,
+    backup_vhosts,
+    broker_differences,
+    counts,
+    differences,
+    vhost_definitions,
+)
 from tasks.errors import BadInput, ConfigurationError, IntegrityError, TransientError
 from tasks.models import Manifest
-from tasks.storage.session import BackupSession, read_object
+from tasks.storage.session import BackupSession
 
 Target = RabbitMQTarget
 log = logging.getLogger(__name__)
-KINDS = ("users", "vhosts", "permissions", "policies", "queues", "exchanges", "bindings", "parameters")
-VHOST_KINDS = ("queues", "exchanges", "bindings", "policies", "parameters")
-MAX_DEFINITIONS = 256 * 1024 * 1024
 MESSAGES_NOTE = (
     "Messages are not part of definitions: restored queues are empty. Messages in flight at the "
     "time of the loss must be replayed by their producers (or recovered from a shovel/federation peer)."
@@ -45,68 +55,6 @@ def default_target() -> RabbitMQTarget:
         "no RabbitMQ target: create a 'klb-rabbitmq-target' block and pass its name, "
         "or set KLB_RABBITMQ_TARGET"
     )
-
-
-def q(name: str) -> str:
-    """A vhost or object name as one URL path segment ('/' is %2F)."""
-    return quote(name, safe="")
-
-
-# --- HTTP with errors that say what to do ----------------------------------------------------
-
-
-def _raise_for(target: RabbitMQTarget, resp: httpx.Response, what: str) -> None:
-    if resp.status_code < 400:
-        return
-    body = resp.read().decode(errors="replace")[:300] if not resp.is_stream_consumed else ""
-    if resp.status_code == 401:
-        raise ConfigurationError(
-            f"RabbitMQ at {target.url} refused user {target.username!r} (wrong password?): fix the "
-            "target's credentials; nothing was changed"
-        )
-    if resp.status_code == 403:
-        raise ConfigurationError(
-            f"RabbitMQ user {target.username!r} may not {what}: give it the 'administrator' tag"
-        )
-    if resp.status_code >= 500:
-        raise TransientError(f"RabbitMQ at {target.url} failed to {what}: HTTP {resp.status_code} {body}")
-    raise BadInput(f"RabbitMQ refused to {what}: HTTP {resp.status_code} {body}")
-
-
-@contextmanager
-def connect(target: RabbitMQTarget) -> Iterator[httpx.Client]:
-    try:
-        with target.client() as client:
-            yield client
-    except httpx.ConnectError as exc:
-        raise ConfigurationError(
-            f"RabbitMQ management API unreachable at {target.url} ({exc}): is the broker up and the "
-            "management plugin enabled (`rabbitmq-plugins enable rabbitmq_management`)?"
-        ) from None
-    except httpx.TimeoutException:
-        raise TransientError(
-            f"RabbitMQ at {target.url} did not answer in {target.timeout_seconds}s"
-        ) from None
-
-
-def _get(target: RabbitMQTarget, client: httpx.Client, path: str, what: str) -> Any | None:
-    """JSON of a GET, or None for 404."""
-    resp = client.get(path)
-    if resp.status_code == 404:
-        return None
-    _raise_for(target, resp, what)
-    return resp.json()
-
-
-def _vhost_exists(target: RabbitMQTarget, client: httpx.Client, vhost: str) -> bool:
-    return _get(target, client, f"/vhosts/{q(vhost)}", f"read vhost {vhost!r}") is not None
-
-
-# --- backup ----------------------------------------------------------------------------------
-
-
-def counts(doc: dict[str, Any]) -> dict[str, int]:
-    return {k: len(doc.get(k) or []) for k in KINDS}
 
 
 def _stream_definitions(
@@ -172,44 +120,6 @@ def backup(target: RabbitMQTarget, session: BackupSession) -> None:
     session.fingerprint = {"counts": totals}
 
 
-# --- reading a backup back -------------------------------------------------------------------
-
-
-def _load(store: StoreBlock, manifest: Manifest) -> dict[str | None, dict[str, Any]]:
-    """{None: broker definitions} or {vhost: that vhost's definitions}, parsed only after each
-    object streamed whole and matched its sha256."""
-    docs: dict[str | None, dict[str, Any]] = {}
-    for obj in manifest.objects:
-        body = bytearray()
-        for chunk in read_object(store, obj):
-            body.extend(chunk)
-        try:
-            docs[obj.meta.get("vhost")] = json.loads(body)
-        except json.JSONDecodeError as exc:
-            raise IntegrityError(f"{obj.key} is not JSON definitions: {exc}") from None
-    return docs
-
-
-def _strip(item: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in item.items() if k != "vhost"}
-
-
-def vhost_definitions(docs: dict[str | None, dict[str, Any]], vhost: str) -> dict[str, Any]:
-    """One vhost's queues, exchanges, bindings, policies and parameters, without vhost fields."""
-    if vhost in docs:
-        return {k: [_strip(i) for i in docs[vhost].get(k) or []] for k in VHOST_KINDS}
-    broker = docs.get(None)
-    if broker is None or vhost not in {v["name"] for v in broker.get("vhosts") or []}:
-        raise BadInput(f"vhost {vhost!r} is not in this backup: it has {sorted(backup_vhosts(docs))}")
-    return {k: [_strip(i) for i in broker.get(k) or [] if i.get("vhost") == vhost] for k in VHOST_KINDS}
-
-
-def backup_vhosts(docs: dict[str | None, dict[str, Any]]) -> list[str]:
-    if None in docs:
-        return [v["name"] for v in docs[None].get("vhosts") or []]
-    return [v for v in docs if v is not None]
-
-
 def verify(target: RabbitMQTarget | None, manifest: Manifest, store: StoreBlock) -> dict[str, Any]:
     docs = _load(store, manifest)
     found = dict.fromkeys(KINDS, 0)
@@ -224,86 +134,6 @@ def verify(target: RabbitMQTarget | None, manifest: Manifest, store: StoreBlock)
             f"definitions of {manifest.id} do not match the manifest's counts: {recorded} != {found}"
         )
     return {"counts": found}
-
-
-# --- compare a backup with the live broker ---------------------------------------------------
-
-QUEUE_PROPS = ("durable", "auto_delete", "arguments")
-EXCHANGE_PROPS = ("type", "durable", "auto_delete", "internal", "arguments")
-POLICY_PROPS = ("pattern", "apply-to", "definition", "priority")
-
-
-def _props(item: dict[str, Any], props: tuple[str, ...]) -> dict[str, Any]:
-    return {p: item.get(p) for p in props}
-
-
-def _binding_key(b: dict[str, Any]) -> str:
-    return json.dumps(
-        [
-            b["source"],
-            b["destination"],
-            b["destination_type"],
-            b.get("routing_key", ""),
-            b.get("arguments") or {},
-        ],
-        sort_keys=True,
-    )
-
-
-def differences(
-    target: RabbitMQTarget, client: httpx.Client, vhost: str, defs: dict[str, Any], missing_ok: bool
-) -> list[str]:
-    """What in `defs` is absent from (unless missing_ok) or different in the live `vhost`."""
-    out = []
-    for kind, props, path in (
-        ("queue", QUEUE_PROPS, "queues"),
-        ("exchange", EXCHANGE_PROPS, "exchanges"),
-        ("policy", POLICY_PROPS, "policies"),
-    ):
-        if not defs.get(path):
-            continue
-        # one listing per vhost and kind (a missing vhost lists nothing), not one GET per object
-        listed = _get(target, client, f"/{path}/{q(vhost)}", f"list {kind}s") or []
-        by_name = {i["name"]: i for i in listed}
-        for item in defs[path]:
-            live = by_name.get(item["name"])
-            if live is None:
-                if not missing_ok:
-                    out.append(f"{kind} {item['name']!r} is missing in vhost {vhost!r}")
-            elif _props(live, props) != _props(item, props):
-                out.append(
-                    f"{kind} {item['name']!r} in vhost {vhost!r}: "
-                    f"live {_props(live, props)} != backup {_props(item, props)}"
-                )
-    if not missing_ok and defs.get("bindings"):
-        live_bindings = {
-            _binding_key(b) for b in _get(target, client, f"/bindings/{q(vhost)}", "read bindings") or []
-        }
-        for b in defs["bindings"]:
-            if _binding_key(b) not in live_bindings:
-                out.append(
-                    f"binding {b['source']!r} -> {b['destination']!r} "
-                    f"({b.get('routing_key')!r}) is missing in {vhost!r}"
-                )
-    return out
-
-
-def broker_differences(target: RabbitMQTarget, client: httpx.Client, doc: dict[str, Any]) -> list[str]:
-    """Users (with their password hash) and permissions of a broker backup missing or different live."""
-    out = []
-    for user in doc.get("users") or []:
-        live = _get(target, client, f"/users/{q(user['name'])}", "read users")
-        if live is None or live.get("password_hash") != user.get("password_hash"):
-            out.append(f"user {user['name']!r} is missing or has another password")
-    for perm in doc.get("permissions") or []:
-        live = _get(target, client, f"/permissions/{q(perm['vhost'])}/{q(perm['user'])}", "read permissions")
-        props = ("configure", "write", "read")
-        if live is None or _props(live, props) != _props(perm, props):
-            out.append(f"permissions of {perm['user']!r} on {perm['vhost']!r} are missing or different")
-    return out
-
-
-# --- restore ---------------------------------------------------------------------------------
 
 
 class RestoreOptions(StrictOptions):
@@ -441,3 +271,30 @@ def describe_current_state(target: RabbitMQTarget) -> dict[str, Any]:
         "vhosts": per_vhost,
         "note": MESSAGES_NOTE,
     }
+
+
+__all__ = [
+    "EXCHANGE_PROPS",
+    "KINDS",
+    "MAX_DEFINITIONS",
+    "MESSAGES_NOTE",
+    "POLICY_PROPS",
+    "QUEUE_PROPS",
+    "RestoreOptions",
+    "Target",
+    "VHOST_KINDS",
+    "backup",
+    "backup_vhosts",
+    "broker_differences",
+    "connect",
+    "counts",
+    "default_target",
+    "describe_current_state",
+    "differences",
+    "drill",
+    "drill_cleanup",
+    "q",
+    "restore",
+    "verify",
+    "vhost_definitions",
+]

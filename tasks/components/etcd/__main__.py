@@ -1,3 +1,0 @@
-from tasks.components.etcd import main
-
-raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""A snapshot checked the only sure way: fetched whole, its status compared with the manifest, then
+restored into a throwaway member on loopback ports whose revision and key count are compared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from blocks.store import StoreBlock
+from tasks.components.etcd.tools import OBJECT, STATUS_FIELDS, Tools, count_keys, snapshot_status
+from tasks.errors import BadInput, ComponentFailed, ConfigurationError, IntegrityError
+from tasks.models import Manifest
+from tasks.proc import run, start, stop
+from tasks.storage.session import read_object
+
+
+def _download(store: StoreBlock, manifest: Manifest, tmp: Path) -> Path:
+    """The snapshot as a file, whole and checked (sha256 is verified when the stream ends)."""
+    try:
+        obj = manifest.object(OBJECT)
+    except KeyError:
+        raise BadInput(f"backup {manifest.id} has no {OBJECT}: is it an etcd backup?") from None
+    path = tmp / OBJECT
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        for chunk in read_object(store, obj):
+            fh.write(chunk)
+    return path
+
+
+def _check_status(tl: Tools, path: Path, manifest: Manifest) -> dict[str, int]:
+    status = snapshot_status(tl, path)
+    recorded = manifest.engine.get("snapshot_status") or {}
+    diff = {k: (recorded.get(k), status[k]) for k in STATUS_FIELDS if recorded.get(k) != status[k]}
+    if diff:
+        raise IntegrityError(
+            f"etcd snapshot of {manifest.id} differs from its manifest (recorded, found): {diff}"
+        )
+    return status
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _restore_dir(
+    tl: Tools, snap: Path, data_dir: Path, name: str, peer: str, cluster: str, token: str
+) -> None:
+    run(
+        [
+            tl.file_tool,
+            "snapshot",
+            "restore",
+            str(snap),
+            "--data-dir",
+            str(data_dir),
+            "--name",
+            name,
+            "--initial-cluster",
+            cluster,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--initial-cluster-token",
+            token,
+        ],
+        {"ETCDCTL_API": "3"},
+        timeout=1800,
+        name="snapshot restore",
+    )
+
+
+def _healthy(url: str) -> bool:
+    with suppress(Exception), urllib.request.urlopen(f"{url}/health", timeout=1) as resp:  # noqa: S310 - loopback
+        return json.loads(resp.read()).get("health") in ("true", True)
+    return False
+
+
+@contextmanager
+def throwaway_member(tl: Tools, snap: Path, workdir: Path, token: str) -> Iterator[str]:
+    """Restore `snap` into a NEW data dir, serve it on free loopback ports; yield its client URL.
+    Always stopped; the caller's private dir removes the data."""
+    client, peer = f"http://127.0.0.1:{_free_port()}", f"http://127.0.0.1:{_free_port()}"
+    data, name = workdir / "member", "klb-verify"
+    _restore_dir(tl, snap, data, name, peer, f"{name}={peer}", token)
+    logfile = workdir / "etcd.log"
+    argv = [
+        tl.etcd,
+        "--name", name,
+        "--data-dir", str(data),
+        "--listen-client-urls", client,
+        "--advertise-client-urls", client,
+        "--listen-peer-urls", peer,
+        "--initial-advertise-peer-urls", peer,
+        "--initial-cluster", f"{name}={peer}",
+        "--initial-cluster-token", token,
+    ]  # fmt: skip
+    try:
+        server = start(argv, logfile)
+    except ConfigurationError:
+        raise ConfigurationError(f"etcd server binary not found ({tl.etcd}): install etcd-server") from None
+    try:
+        deadline = time.monotonic() + 60
+        while not _healthy(client):
+            if server.poll() is not None or time.monotonic() > deadline:
+                tail = logfile.read_text(errors="replace")[-1500:]
+                raise ComponentFailed(f"the throwaway etcd restored from the snapshot did not start:\n{tail}")
+            time.sleep(0.1)
+        yield client
+    finally:
+        stop(server)
+
+
+def _restore_and_check(
+    tl: Tools, store: StoreBlock, manifest: Manifest, tmp: Path, token: str
+) -> dict[str, Any]:
+    snap = _download(store, manifest, tmp)
+    status = _check_status(tl, snap, manifest)
+    with throwaway_member(tl, snap, tmp, token) as url:
+        keys, revision = count_keys(tl, {"ETCDCTL_API": "3"}, url)
+    want_keys = manifest.engine.get("keys")
+    want_rev = max(status["revision"], 1)  # a never-written etcd: the file says 0, a server says 1
+    checks = {
+        "revision": {"expected": want_rev, "found": revision, "ok": revision == want_rev},
+        "keys": {"expected": want_keys, "found": keys, "ok": want_keys is None or keys == want_keys},
+        "snapshot_hash": status["hash"],
+    }
+    if not (checks["revision"]["ok"] and checks["keys"]["ok"]):
+        raise IntegrityError(f"etcd restored from {manifest.id} does not match its manifest: {checks}")
+    return checks

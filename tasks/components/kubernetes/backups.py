@@ -1,0 +1,241 @@
+"""One Velero backup, what it holds (the inventory), and our record of it in the store."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from blocks.kubernetes import VeleroTarget
+from blocks.store import StoreBlock
+from tasks.components.kubernetes import api as kube
+from tasks.components.kubernetes.api import KINDS, Kube, canonical_resource, connect, selector_string
+from tasks.components.kubernetes.velero import (
+    BACKUP_TERMINAL,
+    GROUP,
+    VERSION,
+    _call,
+    _status_text,
+    _wait,
+    cancel_backup,
+    get_backup_cr,
+    preflight,
+)
+from tasks.errors import BadInput, ComponentFailed, IntegrityError
+from tasks.models import Manifest
+from tasks.storage.session import BackupSession, read_object
+from tasks.table import policy
+
+log = logging.getLogger(__name__)
+OBJECT_NAME = "velero-backup.json"
+
+
+class BackupSpec(BaseModel):
+    """What one Velero backup includes (the block's defaults, or a caller's overrides)."""
+
+    include_namespaces: list[str]
+    exclude_namespaces: list[str] = Field(default_factory=list)
+    include_resources: list[str] = Field(default_factory=list)
+    exclude_resources: list[str] = Field(default_factory=list)
+    label_selector: dict[str, str] = Field(default_factory=dict)
+    snapshot_volumes: bool | None = None
+    default_volumes_to_fs_backup: bool = False
+    ttl_hours: float | None = None
+
+    @classmethod
+    def of(cls, target: VeleroTarget, **overrides: Any) -> BackupSpec:
+        fields = {name: getattr(target, name) for name in cls.model_fields}
+        return cls(**{**fields, **overrides})
+
+    def cr(self, name: str, target: VeleroTarget, ttl: timedelta, labels: dict[str, str]) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "includedNamespaces": self.include_namespaces or ["*"],
+            "excludedNamespaces": self.exclude_namespaces,
+            "storageLocation": target.storage_location,
+            "ttl": f"{int(ttl.total_seconds() // 3600)}h0m0s",
+            "defaultVolumesToFsBackup": self.default_volumes_to_fs_backup,
+        }
+        if self.include_resources:
+            spec["includedResources"] = self.include_resources
+        if self.exclude_resources:
+            spec["excludedResources"] = self.exclude_resources
+        if self.label_selector:
+            spec["labelSelector"] = {"matchLabels": self.label_selector}
+        if self.snapshot_volumes is not None:
+            spec["snapshotVolumes"] = self.snapshot_volumes
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "Backup",
+            "metadata": {"name": name, "namespace": target.namespace, "labels": labels},
+            "spec": spec,
+        }
+
+
+def _kinds(include: list[str], exclude: list[str]) -> list[str]:
+    inc = {canonical_resource(r) for r in include}
+    exc = {canonical_resource(r) for r in exclude}
+    return [p for p in KINDS if (not inc or "*" in inc or p in inc) and p not in exc]
+
+
+def inventory(
+    k: Kube, namespaces: list[str], kinds: list[str], label_selector: dict[str, str] | None = None
+) -> dict[str, dict[str, list[str]]]:
+    """namespace -> kind -> sorted object names, as the API lists them now (names only: no data)."""
+    selector = selector_string(label_selector)
+    return {ns: {plural: kube.list_names(k, ns, plural, selector) for plural in kinds} for ns in namespaces}
+
+
+def run_backup(target: VeleroTarget, session: BackupSession, spec: BackupSpec) -> dict[str, Any]:
+    """One Velero backup into `session`: preflight, Backup CR, wait, record. No manifest unless
+    Velero says Completed."""
+    k = connect(target.kube)
+    preflight(k, target)
+    existing = kube.list_namespaces(k)
+    if not spec.include_namespaces or "*" in spec.include_namespaces:
+        namespaces = [n for n in existing if n not in spec.exclude_namespaces]
+    else:
+        namespaces = [
+            n for n in spec.include_namespaces if n in existing and n not in spec.exclude_namespaces
+        ]
+    missing = sorted(set(spec.include_namespaces) - set(existing) - {"*"})
+    if not namespaces:
+        raise BadInput(
+            f"none of the namespaces {spec.include_namespaces} exists on the cluster: nothing to back up. "
+            "Fix include_namespaces on the Velero target block"
+        )
+    if missing:
+        log.warning("namespaces %s do not exist and are not in backup %s", missing, session.id)
+    kinds = _kinds(spec.include_resources, spec.exclude_resources)
+    source_time = datetime.now(UTC)
+    expected = inventory(k, namespaces, kinds, spec.label_selector)
+    ttl = timedelta(hours=spec.ttl_hours) if spec.ttl_hours else policy(session.component).retention
+    labels = {"klb.io/backup-id": session.id, "klb.io/component": session.component}
+    name = session.id
+    _call(
+        k,
+        f"create Velero backup {name}",
+        "create",
+        "backups",
+        target.namespace,
+        spec.cr(name, target, ttl, labels),
+    )
+    log.info("created Velero backup %s of %s", name, namespaces)
+    cr, done = _wait(k, target, "backups", name, BACKUP_TERMINAL, target.backup_timeout_seconds)
+    if not done:
+        said = _status_text(cr)
+        outcome = "not cancelled (cancel_stuck_backups is off)"
+        if target.cancel_stuck_backups:
+            try:
+                cancel_backup(target, name)
+                outcome = "cancelled (DeleteBackupRequest processed)"
+            except Exception as exc:  # the timeout is the failure; the cancel outcome is information
+                outcome = f"cancel failed: {exc}"
+        raise ComponentFailed(
+            f"Velero backup {name} did not finish within {target.backup_timeout_seconds:.0f}s ({said}); "
+            f"{outcome}. See `velero backup describe {name} --details` and `velero backup logs {name}`"
+        )
+    phase = cr["status"]["phase"]
+    if phase != "Completed":
+        raise ComponentFailed(
+            f"Velero backup {name} ended {phase} ({_status_text(cr)}): not recorded as a backup. "
+            f"Velero keeps it for inspection: `velero backup describe {name} --details`, "
+            f"`velero backup logs {name}`"
+        )
+    described = describe_backup(k, target, cr)
+    doc = {"backup": cr, "describe": described, "inventory": expected, "missing_namespaces": missing}
+    session.write(
+        OBJECT_NAME, [json.dumps(doc, indent=2, sort_keys=True).encode()], meta={"velero_backup": name}
+    )
+    session.source_time = source_time
+    session.engine.update(
+        velero_backup=name,
+        phase=phase,
+        items_backed_up=described["items_backed_up"],
+        total_items=described["total_items"],
+        warnings=described["warnings"],
+        errors=described["errors"],
+        volume_snapshots=described["volume_snapshots"],
+        fs_backups=described["fs_backups"],
+        storage_location=target.storage_location,
+        namespaces=namespaces,
+        expiration=(cr.get("status") or {}).get("expiration"),
+    )
+    session.fingerprint = {ns: {p: len(v) for p, v in kinds_.items()} for ns, kinds_ in expected.items()}
+    return doc
+
+
+def describe_backup(k: Kube, target: VeleroTarget, cr: dict[str, Any]) -> dict[str, Any]:
+    """What `velero backup describe --details` shows that matters for a restore."""
+    st = cr.get("status") or {}
+    name = cr["metadata"]["name"]
+    pvbs = _call(
+        k,
+        f"list PodVolumeBackups of {name}",
+        "list",
+        "podvolumebackups",
+        target.namespace,
+        label_selector=f"velero.io/backup-name={name}",
+    )["items"]
+    return {
+        "name": name,
+        "phase": st.get("phase"),
+        "started": st.get("startTimestamp"),
+        "completed": st.get("completionTimestamp"),
+        "expiration": st.get("expiration"),
+        "total_items": (st.get("progress") or {}).get("totalItems", 0),
+        "items_backed_up": (st.get("progress") or {}).get("itemsBackedUp", 0),
+        "warnings": st.get("warnings", 0),
+        "errors": st.get("errors", 0),
+        "volume_snapshots": {
+            "attempted": st.get("volumeSnapshotsAttempted", 0),
+            "completed": st.get("volumeSnapshotsCompleted", 0),
+            "csi_attempted": st.get("csiVolumeSnapshotsAttempted", 0),
+            "csi_completed": st.get("csiVolumeSnapshotsCompleted", 0),
+        },
+        "fs_backups": [
+            {
+                "volume": (p.get("spec") or {}).get("volume"),
+                "namespace": ((p.get("spec") or {}).get("pod") or {}).get("namespace"),
+                "phase": (p.get("status") or {}).get("phase"),
+            }
+            for p in pvbs
+        ],
+    }
+
+
+def backup(target: VeleroTarget, session: BackupSession) -> None:
+    run_backup(target, session, BackupSpec.of(target))
+
+
+def load_document(store: StoreBlock, manifest: Manifest) -> dict[str, Any]:
+    """Our record of the Velero backup (small JSON; sha256-checked by read_object)."""
+    try:
+        obj = manifest.object(OBJECT_NAME)
+    except KeyError:
+        raise IntegrityError(f"backup {manifest.id} has no {OBJECT_NAME}: not a Velero backup") from None
+    raw = b"".join(read_object(store, obj))
+    try:
+        doc = json.loads(raw)
+        doc["backup"]["metadata"]["name"]
+    except (ValueError, KeyError, TypeError):
+        raise IntegrityError(f"{OBJECT_NAME} of backup {manifest.id} is not a Velero backup record") from None
+    return doc
+
+
+def verify(target: VeleroTarget | None, manifest: Manifest, store: StoreBlock) -> dict[str, Any]:
+    """Our record is intact, and (given a target) Velero still has the backup, Completed."""
+    doc = load_document(store, manifest)
+    name = doc["backup"]["metadata"]["name"]
+    report: dict[str, Any] = {"velero_backup": name, "inventory_namespaces": sorted(doc["inventory"])}
+    if target is not None:
+        cr = get_backup_cr(connect(target.kube), target, name)
+        phase = (cr.get("status") or {}).get("phase")
+        if phase != "Completed":
+            raise IntegrityError(
+                f"Velero backup {name} is {phase} on the cluster, not Completed: do not restore it"
+            )
+        report["velero_phase"] = phase
+    return report

@@ -1,0 +1,117 @@
+"""Drill: restore into `restore-drill-<id>` namespaces with deployments at 0 replicas, verify, clean up."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from typing import Any
+
+import yaml
+
+from blocks.kubernetes import VeleroTarget
+from blocks.store import StoreBlock
+from tasks.components.kubernetes import api as kube
+from tasks.components.kubernetes.api import connect
+from tasks.components.kubernetes.backups import load_document
+from tasks.components.kubernetes.restores import RestoreOptions, _aside_name, _plan, _present
+from tasks.components.kubernetes.velero import get_backup_cr, preflight, run_restore
+from tasks.errors import BadInput, IntegrityError
+from tasks.models import Manifest
+
+log = logging.getLogger(__name__)
+SCALE_TO_ZERO = {
+    "version": "v1",
+    "resourceModifierRules": [
+        {
+            "conditions": {"groupResource": "deployments.apps", "resourceNameRegex": ".*"},
+            "patches": [{"operation": "replace", "path": "/spec/replicas", "value": "0"}],
+        }
+    ],
+}
+
+
+def drill_namespaces(doc: dict[str, Any], drill_id: str) -> dict[str, str]:
+    token = re.sub(r"[^a-z0-9-]", "-", drill_id.lower()).strip("-")[:30] or "x"
+    sources = sorted(doc["inventory"])
+    if len(sources) == 1:
+        return {sources[0]: f"restore-drill-{token}"}
+    return {ns: _aside_name("restore-drill", token, ns) for ns in sources}
+
+
+def drill(target: VeleroTarget, manifest: Manifest, store: StoreBlock, drill_id: str) -> dict[str, Any]:
+    """Restore into `restore-drill-<id>` namespaces with every deployment at 0 replicas (the drill's
+    apps must not talk to production), verify every object of the inventory, always clean up."""
+    doc = load_document(store, manifest)
+    k = connect(target.kube)
+    preflight(k, target)
+    get_backup_cr(k, target, doc["backup"]["metadata"]["name"])
+    mapping = drill_namespaces(doc, drill_id)
+    taken = [ns for ns in mapping.values() if kube.namespace_exists(k, ns)]
+    if taken:
+        raise BadInput(
+            f"drill namespaces {taken} exist already (an earlier drill?): delete them or use another id"
+        )
+    modifier = f"klb-drill-{secrets.token_hex(4)}"
+    created: list[str] = []
+    try:
+        k.call(
+            f"create ConfigMap {modifier}",
+            k.core.create_namespaced_config_map,
+            target.namespace,
+            {"metadata": {"name": modifier}, "data": {"rules.yaml": yaml.safe_dump(SCALE_TO_ZERO)}},
+        )
+        created = list(mapping.values())
+        namespaces, _ = _plan(doc, RestoreOptions(namespace_mapping=mapping, restore_pvs=True))
+        spec = {
+            "backupName": doc["backup"]["metadata"]["name"],
+            "includedNamespaces": namespaces,
+            "namespaceMapping": mapping,
+            "restorePVs": True,
+            "existingResourcePolicy": "none",
+            "resourceModifier": {"kind": "ConfigMap", "name": modifier},
+        }
+        cr = run_restore(k, target, spec["backupName"], spec, None, manifest.id)
+        checks: dict[str, Any] = {}
+        for ns, kinds_ in doc["inventory"].items():
+            for plural, objs in kinds_.items():
+                present = _present(k, mapping[ns], plural)
+                missing = sorted(set(objs) - present)
+                if missing:
+                    raise IntegrityError(f"drill {drill_id}: {mapping[ns]}/{plural} lacks {missing[:10]}")
+                checks[f"{ns}/{plural}"] = {"expected": len(objs), "restored": len(set(objs) & present)}
+            running = [
+                d.metadata.name for d in kube.list_deployments(k, mapping[ns]) if (d.spec.replicas or 0) != 0
+            ]
+            if running:
+                raise IntegrityError(f"drill {drill_id}: deployments {running} in {mapping[ns]} are not at 0")
+        return {
+            "verified": True,
+            "velero_restore": cr["metadata"]["name"],
+            "namespaces": mapping,
+            "checks": checks,
+        }
+    finally:
+        for ns in created:
+            try:
+                kube.delete_namespace(k, ns, interval=target.poll_interval_seconds)
+            except Exception as exc:
+                log.error("could not delete drill namespace %s: %s", ns, exc)
+        try:
+            k.call(
+                f"delete ConfigMap {modifier}",
+                k.core.delete_namespaced_config_map,
+                modifier,
+                target.namespace,
+            )
+        except Exception as exc:
+            log.debug("drill modifier %s: %s", modifier, exc)
+
+
+def drill_cleanup(target: VeleroTarget, drill_id: str) -> None:
+    """Delete the `restore-drill-<id>*` namespaces a crashed drill left."""
+    k = connect(target.kube)
+    token = re.sub(r"[^a-z0-9-]", "-", drill_id.lower()).strip("-")[:30] or "x"
+    for ns in kube.list_namespaces(k):
+        if ns == f"restore-drill-{token}" or ns.startswith(f"restore-drill-{token}-"):
+            kube.delete_namespace(k, ns, interval=target.poll_interval_seconds)

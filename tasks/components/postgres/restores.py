@@ -1,0 +1,281 @@
+"""Restore into `<db>__restore_<ts>`, compare the fingerprint with the manifest, then cut over
+(the old database is kept as `<db>__rollback_<ts>`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from psycopg import sql
+from pydantic import Field, field_validator
+
+from blocks.postgres import PostgresTarget, check_db_name
+from blocks.store import StoreBlock
+from tasks.components.contract import StrictOptions
+from tasks.components.postgres.common import (
+    admin,
+    aside_name,
+    conninfo_dbname,
+    diff_fingerprints,
+    drop_database,
+    fingerprint_database,
+    server_version,
+    tool,
+    tool_env,
+)
+from tasks.components.postgres.cutover import swap
+from tasks.components.postgres.dump import GLOBALS, GLOBALS_MAX
+from tasks.errors import BadInput, ComponentFailed, IntegrityError
+from tasks.models import Manifest
+from tasks.proc import feed_stdin
+from tasks.storage.session import read_object, verify_object
+
+log = logging.getLogger(__name__)
+
+
+class RestoreOptions(StrictOptions):
+    databases: list[str] | None = Field(
+        default=None, description="restore only these (default: all in the backup)"
+    )
+    rename_to: dict[str, str] = Field(default_factory=dict, description="backup name -> name on the target")
+    include_globals: bool | None = Field(
+        default=None, description="apply roles/tablespaces first (default: when restoring every database)"
+    )
+    cut_over: bool = Field(default=True, description="False: leave the verified copy aside, touch nothing")
+    no_owner: bool = Field(
+        default=False, description="skip ownership and grants (a server without the roles)"
+    )
+    quiesce_namespace: str | None = Field(
+        default=None, description="scale this namespace to 0 during the restore"
+    )
+    kube_block: str | None = Field(default=None, description="KubernetesTarget block name for quiescing")
+
+    @field_validator("rename_to")
+    @classmethod
+    def _names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value.values():
+            check_db_name(name)
+        return value
+
+
+@contextmanager
+def _quiesced(options: RestoreOptions) -> Iterator[dict[str, int] | None]:
+    if not options.quiesce_namespace:
+        yield None
+        return
+    from tasks.components.kubernetes import api as kube  # imported only when asked for
+
+    block = None
+    if options.kube_block:
+        from blocks.kubernetes import KubernetesTarget
+
+        block = KubernetesTarget.load(options.kube_block)
+    with kube.quiesced(block, options.quiesce_namespace) as replicas:
+        yield replicas
+
+
+def _plan(manifest: Manifest, options: RestoreOptions) -> dict[str, str]:
+    """backup database -> target database name; refuses anything unclear."""
+    in_backup = manifest.engine.get("databases", {})
+    wanted = options.databases or list(in_backup)
+    unknown = [d for d in wanted if d not in in_backup]
+    if unknown:
+        raise BadInput(f"database(s) {unknown} are not in backup {manifest.id} (it has {sorted(in_backup)})")
+    stray = [d for d in options.rename_to if d not in wanted]
+    if stray:
+        raise BadInput(f"rename_to names {stray}, which are not being restored ({wanted})")
+    plan = {d: options.rename_to.get(d, d) for d in wanted}
+    if len(set(plan.values())) != len(plan):
+        raise BadInput(f"two databases would be restored to the same name: {plan}")
+    if not plan:
+        raise BadInput(f"backup {manifest.id} has no databases to restore")
+    return plan
+
+
+def _ident_forms(name: str) -> set[str]:
+    return {name, '"' + name.replace('"', '""') + '"'}
+
+
+def _globals_script(raw: bytes, user: str, tablespaces: set[str]) -> tuple[str, bool]:
+    """Make pg_dumpall's globals re-runnable on a live server: existing roles and tablespaces
+    are kept (not an error), and the connecting user's password is left as it is now."""
+    out, creates_tablespace = [], False
+    me = _ident_forms(user)
+    for line in raw.decode().splitlines():
+        role = re.fullmatch(r"CREATE ROLE (.+);", line)
+        if role:
+            out.append(
+                f"DO $klb$ BEGIN {line} EXCEPTION WHEN duplicate_object THEN "
+                f"RAISE NOTICE 'role % exists, kept', {_literal(role[1])}; END $klb$;"
+            )
+            continue
+        alter = re.fullmatch(r"ALTER ROLE (\S+|\"(?:[^\"]|\"\")+\") WITH (.*);", line)
+        if alter and alter[1] in me:
+            line = re.sub(r" PASSWORD '(?:[^']|'')*'", "", line)
+        space = re.match(r"CREATE TABLESPACE (\S+|\"(?:[^\"]|\"\")+\") ", line)
+        if space:
+            if any(space[1] in _ident_forms(t) for t in tablespaces):
+                out.append(f"-- tablespace {space[1]} exists, kept")
+                continue
+            creates_tablespace = True
+        out.append(line)
+    return "\n".join(out) + "\n", creates_tablespace
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _apply_globals(target: PostgresTarget, manifest: Manifest, store: StoreBlock) -> dict[str, Any]:
+    obj = manifest.object(GLOBALS)
+    if obj.raw_size > GLOBALS_MAX:
+        raise IntegrityError(
+            f"{GLOBALS} of {manifest.id} is {obj.raw_size} bytes: too large to be roles only"
+        )
+    raw = b"".join(read_object(store, obj))
+    with admin(target) as conn:
+        spaces = {r[0] for r in conn.execute("SELECT spcname FROM pg_tablespace")}
+    script, has_tablespace = _globals_script(raw, target.user, spaces)
+    argv = [tool(target, "psql"), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1"]
+    if not has_tablespace:  # CREATE TABLESPACE cannot run inside a transaction block
+        argv.append("--single-transaction")
+    feed_stdin(argv, [script.encode()], tool_env(target), name="psql (globals)")
+    return {"roles": len(re.findall(r"^DO \$klb\$ BEGIN CREATE ROLE", script, re.M))}
+
+
+def _create_side(conn, target: PostgresTarget, side: str, info: dict[str, Any], no_owner: bool) -> None:
+    owner_ok = (
+        not no_owner
+        and info.get("owner")
+        and conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (info["owner"],)).fetchone()
+    )
+    parts = [sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(side))]
+    if info.get("encoding"):
+        parts.append(sql.SQL("ENCODING {}").format(sql.Literal(info["encoding"])))
+    if info.get("collate"):
+        parts.append(
+            sql.SQL("LC_COLLATE {} LC_CTYPE {}").format(
+                sql.Literal(info["collate"]), sql.Literal(info["ctype"])
+            )
+        )
+    if owner_ok:
+        parts.append(sql.SQL("OWNER {}").format(sql.Identifier(info["owner"])))
+    conn.execute(sql.SQL(" ").join(parts))
+    for setting in info.get("settings", []):
+        key, _, value = setting.partition("=")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", key):
+            log.warning("database setting %r not re-applied (unexpected name)", key)
+            continue
+        # list settings are stored already quoted (search_path="$user", public): keep them raw
+        is_list = key in {"search_path", "temp_tablespaces"} or key.endswith("preload_libraries")
+        val = sql.SQL(value) if is_list else sql.Literal(value)
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} SET {} = {}").format(sql.Identifier(side), sql.Identifier(key), val)
+        )
+
+
+def restore_aside(
+    target: PostgresTarget,
+    manifest: Manifest,
+    store: StoreBlock,
+    db: str,
+    side: str,
+    no_owner: bool = False,
+) -> dict[str, Any]:
+    """Restore backup database `db` into a new database `side` and check its fingerprint.
+    Drops `side` on any failure; never touches any other database."""
+    info = manifest.engine["databases"][db]
+    obj = manifest.object(info["object"])
+    with admin(target) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (side,)).fetchone():
+            raise BadInput(f"database {side!r} already exists: drop it or pick another name")
+        _create_side(conn, target, side, info, no_owner)
+    try:
+        argv = [
+            tool(target, "pg_restore"),
+            "--exit-on-error",
+            "--single-transaction",
+            "--no-password",
+            "--dbname",
+            conninfo_dbname(side),
+        ]
+        if no_owner:
+            argv += ["--no-owner", "--no-privileges"]
+        feed_stdin(argv, read_object(store, obj), tool_env(target, side), name=f"pg_restore {db}")
+        actual = fingerprint_database(target, side)
+        expected = (manifest.fingerprint or {}).get("databases", {}).get(db)
+        if expected is None:
+            raise IntegrityError(
+                f"backup {manifest.id} has no fingerprint for {db!r}: cannot verify the restore"
+            )
+        diff = diff_fingerprints(expected, actual)
+        if diff:
+            raise IntegrityError(
+                f"restored {db!r} does not match backup {manifest.id}: " + "; ".join(diff[:10])
+            )
+    except BaseException:
+        with admin(target) as conn:
+            drop_database(conn, side)
+        raise
+    rows = sum(t["rows"] for t in actual["tables"].values())
+    return {"tables": len(actual["tables"]), "rows": rows, "fingerprint_equal": True}
+
+
+def restore(
+    target: PostgresTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions
+) -> dict[str, Any]:
+    plan = _plan(manifest, options)
+    with_globals = options.include_globals if options.include_globals is not None else not options.databases
+    # every byte checks out before anything on the server changes
+    needed = [manifest.object(manifest.engine["databases"][d]["object"]) for d in plan]
+    if with_globals:
+        needed.insert(0, manifest.object(GLOBALS))
+    for obj in needed:
+        verify_object(store, obj)
+    with admin(target) as conn:  # reachable, password right: before quiescing anything
+        version = server_version(conn)
+    report: dict[str, Any] = {"server_version": version, "databases": {}}
+    sides: dict[str, str] = {}
+    with _quiesced(options) as replicas:
+        if replicas is not None:
+            report["quiesced"] = {"namespace": options.quiesce_namespace, "replicas": replicas}
+        if with_globals:
+            report["globals"] = _apply_globals(target, manifest, store)
+        try:
+            for db, name in plan.items():
+                side = aside_name(name, "restore")
+                report["databases"][name] = {
+                    "from": db,
+                    **restore_aside(target, manifest, store, db, side, options.no_owner),
+                }
+                sides[name] = side
+        except BaseException:
+            with admin(target) as conn:
+                for side in sides.values():
+                    drop_database(conn, side)
+            raise
+        if not options.cut_over:
+            for name, side in sides.items():
+                report["databases"][name]["restored_aside_as"] = side
+            return report
+        _cut_over_all(target, sides, report)
+    return report
+
+
+def _cut_over_all(target: PostgresTarget, sides: dict[str, str], report: dict[str, Any]) -> None:
+    """Each database is swapped atomically; if one swap fails, say exactly where things stand."""
+    done: list[str] = []
+    for name, side in sides.items():
+        try:
+            report["databases"][name].update(swap(target, side, name, aside_name(name, "rollback")))
+        except Exception as exc:
+            left = {n: s for n, s in sides.items() if n not in done}
+            raise ComponentFailed(
+                f"cut-over of {name!r} failed ({exc}); already cut over: {done or 'none'} (undo each "
+                f"with rollback_postgres); verified copies left aside, not in use: {left}"
+            ) from None
+        done.append(name)

@@ -1,0 +1,146 @@
+"""Base backups: pg_basebackup -D - -Ft -X fetch over TCP, streamed into the store.
+
+Its manifest records start/stop LSN, timeline and times; `plan` picks the base backup and the
+stretch of archived WAL that reach a recovery target.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from blocks.pitr import PitrTarget
+from blocks.store import StoreBlock
+from tasks.components.postgres_pitr.engines import (
+    engine_for,
+    parse_lsn,
+    segment_name,
+    segment_of,
+)
+from tasks.components.postgres_pitr.server import _row, check_config, connect, pg_bindir, require_archiving
+from tasks.components.postgres_pitr.tar import TarPeek
+from tasks.components.postgres_pitr.window import (
+    COMPONENT,
+    ArchiveReport,
+    BaseBackupRef,
+    RecoveryTarget,
+    Window,
+    archive_report,
+    base_backup_refs,
+    choose_base_backup,
+)
+from tasks.errors import BadInput, IntegrityError
+from tasks.models import Manifest
+from tasks.proc import stream_stdout
+from tasks.storage.catalog import list_backups
+
+BASE_OBJECT = "base.tar"
+
+
+def _label(text: str) -> dict[str, Any]:
+    start = re.search(r"START WAL LOCATION: ([0-9A-F]+/[0-9A-F]+) \(file ([0-9A-F]{24})\)", text)
+    tli = re.search(r"START TIMELINE: (\d+)", text)
+    if not start or not tli:
+        raise IntegrityError("pg_basebackup's backup_label is not readable: the base backup is unusable")
+    return {"start_lsn": start[1], "start_segment": start[2], "timeline": int(tli[1])}
+
+
+def backup(target: PitrTarget, session) -> None:
+    config = check_config(target)
+    require_archiving(config)  # a base backup without its WAL archive recovers nothing after it
+    with connect(target) as conn:
+        begin_time = _row(conn, "select now()")[0]
+    peek = TarPeek({"backup_label", "backup_manifest"})
+    argv = [
+        str(pg_bindir() / "pg_basebackup"),
+        "--pgdata=-",
+        "--format=tar",
+        "--wal-method=fetch",
+        "--checkpoint=fast",
+        f"--label={session.id}",
+        "--no-password",
+    ]
+    with stream_stdout(argv, env=target.pg_env(), timeout=24 * 3600, name="pg_basebackup") as out:
+        session.write(BASE_OBJECT, peek.tee(out), meta={"format": "tar", "wal": "fetch"})
+    if "backup_label" not in peek.found:
+        raise IntegrityError("the base backup has no backup_label: it cannot be recovered")
+    label = _label(peek.found["backup_label"].decode())
+    stop_lsn = None
+    if "backup_manifest" in peek.found:
+        ranges = json.loads(peek.found["backup_manifest"])["WAL-Ranges"]
+        stop_lsn = ranges[-1]["End-LSN"]
+    with connect(target) as conn:
+        # server clock, after pg_basebackup returned: at or after the consistent point (conservative)
+        end_time, lsn_now = _row(conn, "select now(), pg_current_wal_lsn()::text")
+    stop_lsn = stop_lsn or lsn_now
+    seg = config["wal_segment_size"]
+    session.source_time = end_time
+    session.engine.update(
+        {
+            "engine": "pg_basebackup+barman-cloud",
+            "server_version_num": config["server_version_num"],
+            "system_identifier": config["system_identifier"],
+            "wal_segment_size": seg,
+            "timeline": label["timeline"],
+            "start_lsn": label["start_lsn"],
+            "stop_lsn": stop_lsn,
+            "begin_time": begin_time.isoformat(),
+            "end_time": end_time.isoformat(),
+            "first_segment": label["start_segment"],
+            "last_segment": segment_name(label["timeline"], segment_of(parse_lsn(stop_lsn), seg), seg),
+            "archive_url": target.archive_url,
+            "server_name": target.server_name,
+            "pg_manifest": "backup_manifest" in peek.found,
+        }
+    )
+
+
+def verify(target: PitrTarget | None, manifest: Manifest, store: StoreBlock) -> dict[str, Any]:
+    e = manifest.engine
+    missing = [k for k in ("start_lsn", "stop_lsn", "timeline", "end_time", "archive_url") if k not in e]
+    if missing:
+        raise IntegrityError(f"base backup {manifest.id} lacks {missing} in its manifest")
+    manifest.object(BASE_OBJECT)
+    return {"start_lsn": e["start_lsn"], "stop_lsn": e["stop_lsn"], "timeline": e["timeline"]}
+
+
+def catalog_backups(store: StoreBlock, target: PitrTarget) -> list[Manifest]:
+    return [m for m in list_backups(store, COMPONENT) if base_backup_refs([m], target)]
+
+
+def wal_archive(target: PitrTarget, store: StoreBlock, engine_name: str = "barman-cloud") -> ArchiveReport:
+    backups = catalog_backups(store, target)
+    seg = backups[-1].engine["wal_segment_size"] if backups else 16 * 1024 * 1024
+    major = backups[-1].engine["server_version_num"] // 10000 if backups else None
+    return archive_report(engine_for(engine_name), target, backups, seg, pg_bindir(major))
+
+
+def plan(
+    target: PitrTarget, store: StoreBlock, goal: RecoveryTarget, backup_id: str | None = None
+) -> tuple[ArchiveReport, Window, BaseBackupRef]:
+    report = wal_archive(target, store)
+    explicit = None
+    if backup_id:
+        # an explicit base backup: refuse a target before its end (barman would silently ignore it)
+        found = [b for w in report.windows for b in w.base_backups if b.id == backup_id]
+        if not found:
+            raise BadInput(f"base backup {backup_id} is not in a recoverable window: {report.describe()}")
+        explicit = found[0]
+        if (goal.kind == "time" and goal.time < explicit.end_time) or (
+            goal.kind == "lsn" and parse_lsn(goal.lsn) < parse_lsn(explicit.stop_lsn)
+        ):
+            raise BadInput(
+                f"target {goal.describe()} is before the end of base backup {explicit.id} "
+                f"({explicit.end_time.isoformat()}, LSN {explicit.stop_lsn}): choose an earlier backup "
+                "or let the flow choose. Nothing was changed."
+            )
+    window, ref = choose_base_backup(report, goal)  # the target must be inside a window
+    if explicit is not None:
+        if explicit not in window.base_backups:
+            raise BadInput(
+                f"base backup {explicit.id} cannot reach {goal.describe()}: it is in another stretch of "
+                f"archived WAL ({report.describe()}). Nothing was changed."
+            )
+        ref = explicit
+    return report, window, ref

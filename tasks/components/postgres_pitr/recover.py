@@ -1,0 +1,329 @@
+"""Recovery into a NEW data directory, started on its own loopback port with archive_mode=off and
+recovery_target_action=pause; verified; promotion is the separate promote() step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from pydantic import Field
+
+from blocks.pitr import PitrTarget
+from blocks.store import StoreBlock
+from tasks.components.contract import StrictOptions
+from tasks.components.postgres_pitr.backups import BASE_OBJECT
+from tasks.components.postgres_pitr.engines import (
+    engine_for,
+    write_credentials_file,
+)
+from tasks.components.postgres_pitr.server import _row, connect, pg_bindir
+from tasks.components.postgres_pitr.window import (
+    RecoveryTarget,
+)
+from tasks.errors import BadInput, ComponentFailed, ConfigurationError, IntegrityError, TransientError
+from tasks.models import Manifest
+from tasks.proc import feed_stdin, run
+from tasks.storage.session import read_object
+
+log_ = logging.getLogger(__name__)
+STATE_FILE = "pitr.json"
+NOT_REACHED = "recovery ended before configured recovery target was reached"
+
+
+class RestoreOptions(StrictOptions):
+    directory: str = Field(description="NEW directory for the recovered instance (absent or empty)")
+    target_time: datetime | str | None = Field(default=None, description="aware time or 'latest' (default)")
+    target_lsn: str | None = None
+    target_name: str | None = None
+    port: int | None = Field(
+        default=None, ge=1024, le=65535, description="loopback port; default: a free one"
+    )
+    os_user: str = Field(default="postgres", description="OS user that owns and runs the instance (as root)")
+    timeout_seconds: float = Field(default=3600, gt=0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _as_user(user: str) -> list[str]:
+    if os.geteuid() == 0 and user != getpass.getuser():
+        return ["runuser", "-u", user, "--"]
+    return []
+
+
+def _conf_quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+DEFAULT_PITR_ROOT = "/var/lib/knative-lambda-backup/pitr"
+
+
+def default_directory(goal: RecoveryTarget) -> str:
+    """$KLB_PITR_DIR (or /var/lib/knative-lambda-backup/pitr)/pitr-<now>-<rand>: always new."""
+    from tasks.ids import new_backup_id
+
+    base = os.environ.get("KLB_PITR_DIR") or DEFAULT_PITR_ROOT
+    return str(Path(base) / new_backup_id("pitr"))
+
+
+def _prepare_directory(path: str, user: str) -> Path:
+    root = Path(path)
+    if not root.is_absolute():
+        raise BadInput(f"directory {path!r} must be an absolute path")
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise BadInput(f"directory {path} exists and is not empty: PITR only restores into a new directory")
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (root / "data").mkdir(mode=0o700)
+    (root / "socket").mkdir(mode=0o700)
+    if _as_user(user):
+        for p in (root, root / "data", root / "socket"):
+            shutil.chown(p, user)
+    return root
+
+
+def _recovery_settings(goal: RecoveryTarget, restore_command: str, port: int, sock: Path) -> dict[str, str]:
+    conf = {
+        "port": str(port),
+        "listen_addresses": "'127.0.0.1'",
+        "unix_socket_directories": _conf_quote(str(sock)),
+        "archive_mode": "'off'",  # it must never write into the production archive
+        "logging_collector": "off",
+        "hot_standby": "on",
+        "primary_conninfo": "''",
+        "restore_command": _conf_quote(restore_command),
+        "recovery_target_timeline": "'current'",
+    }
+    if goal.kind != "latest":
+        conf["recovery_target_action"] = "'pause'"  # promotion is promote(), an explicit step
+        conf["recovery_target_inclusive"] = "on"
+    if goal.kind == "time":
+        conf["recovery_target_time"] = _conf_quote(goal.time.isoformat())
+    elif goal.kind == "lsn":
+        conf["recovery_target_lsn"] = _conf_quote(goal.lsn)
+    elif goal.kind == "name":
+        conf["recovery_target_name"] = _conf_quote(goal.name)
+    return conf
+
+
+def _log_tail(log: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no server log)"
+
+
+def _running(bindir: Path, data: Path, user: str) -> bool:
+    try:
+        run([*_as_user(user), str(bindir / "pg_ctl"), "status", "-D", str(data)], timeout=30)
+        return True
+    except ComponentFailed:
+        return False
+
+
+def _raise_if_not_reached(goal: RecoveryTarget, log: Path) -> None:
+    if NOT_REACHED in log.read_text(errors="replace"):
+        raise ComponentFailed(
+            f"PITR to {goal.describe()} failed: the server says '{NOT_REACHED}' (the archived WAL "
+            "ends before the target). The new instance was removed; the source was not touched.\n"
+            + _log_tail(log)
+        )
+
+
+def _wait_for_target(target, goal, port, bindir, data, log, user, timeout) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _raise_if_not_reached(goal, log)
+        if not _running(bindir, data, user):
+            _raise_if_not_reached(goal, log)
+            raise ComponentFailed(f"the recovering server stopped:\n{_log_tail(log)}")
+        try:
+            with connect(target, "127.0.0.1", port) as conn:
+                in_recovery, pause = _row(
+                    conn,
+                    "select pg_is_in_recovery(), "
+                    "case when pg_is_in_recovery() then pg_get_wal_replay_pause_state() end",
+                )
+                if (goal.kind == "latest" and not in_recovery) or (
+                    goal.kind != "latest" and pause == "paused"
+                ):
+                    return _state(conn)
+        except (ConfigurationError, TransientError):
+            pass  # shutting down or not accepting yet: the checks above decide
+        time.sleep(0.3)
+    raise ComponentFailed(f"recovery did not reach {goal.describe()} within {timeout}s:\n{_log_tail(log)}")
+
+
+def _state(conn: psycopg.Connection) -> dict[str, Any]:
+    in_recovery, replay_ts, replay_lsn, dbs = _row(
+        conn,
+        "select pg_is_in_recovery(), pg_last_xact_replay_timestamp(), pg_last_wal_replay_lsn()::text, "
+        "(select array_agg(datname order by datname) from pg_database where not datistemplate)",
+    )
+    return {
+        "in_recovery": in_recovery,
+        "recovered_to_time": replay_ts.astimezone(UTC).isoformat() if replay_ts else None,
+        "replayed_lsn": replay_lsn,
+        "databases": dbs,
+    }
+
+
+def recover(
+    target: PitrTarget,
+    manifest: Manifest,
+    store: StoreBlock,
+    goal: RecoveryTarget,
+    options: RestoreOptions,
+    engine_name: str = "barman-cloud",
+) -> dict[str, Any]:
+    """Base backup -> new directory -> replay archived WAL to `goal` -> verify. Source untouched."""
+    engine = engine_for(engine_name)
+    major = manifest.engine["server_version_num"] // 10000
+    bindir = pg_bindir(major)
+    user = options.os_user
+    port = options.port or free_port()
+    root = _prepare_directory(options.directory, user)
+    data, sock, log, creds = root / "data", root / "socket", root / "server.log", root / "aws-credentials"
+    as_user = _as_user(user)
+    started = False
+    try:
+        # the stream is checked (sha256) at its end, before anything is started from it
+        feed_stdin(
+            [*as_user, "tar", "-x", "-f", "-", "-C", str(data)],
+            read_object(store, manifest.object(BASE_OBJECT)),
+            timeout=options.timeout_seconds,
+            name="tar",
+        )
+        if manifest.engine.get("pg_manifest"):
+            run([*as_user, str(bindir / "pg_verifybackup"), str(data)], timeout=options.timeout_seconds)
+        write_credentials_file(target, creds, user if as_user else None)
+        settings = _recovery_settings(goal, engine.restore_command(target, creds), port, sock)
+        if not (data / "postgresql.conf").exists():  # Debian keeps it in /etc: the data dir has none
+            (data / "postgresql.conf").touch()
+        with open(data / "postgresql.auto.conf", "a") as fh:
+            fh.write("\n# knative-lambda-backup PITR: new instance, archiving off\n")
+            fh.writelines(f"{k} = {v}\n" for k, v in settings.items())
+        (data / "standby.signal").unlink(missing_ok=True)
+        (data / "recovery.signal").touch()
+        log.touch()
+        if as_user:
+            for p in (data / "postgresql.conf", data / "postgresql.auto.conf", data / "recovery.signal", log):
+                shutil.chown(p, user)
+        state_file = {
+            "backup_id": manifest.id,
+            "goal": goal.model_dump(mode="json"),
+            "port": port,
+            "bindir": str(bindir),
+            "os_user": user,
+        }
+        (root / STATE_FILE).write_text(json.dumps(state_file, indent=2))
+        started = True
+        try:
+            run(
+                [
+                    *as_user,
+                    str(bindir / "pg_ctl"),
+                    "start",
+                    "-D",
+                    str(data),
+                    "-l",
+                    str(log),
+                    "-w",
+                    "-t",
+                    "600",
+                ],
+                timeout=700,
+                name="pg_ctl start",
+            )
+        except ComponentFailed:
+            _raise_if_not_reached(goal, log)
+            raise
+        # pg_ctl -w returns 0 once read-only connections work: the outcome is checked here
+        state = _wait_for_target(target, goal, port, bindir, data, log, user, options.timeout_seconds)
+        text = log.read_text(errors="replace")
+        stop = re.findall(r"recovery stopping [^\n]*", text)
+        if goal.kind != "latest" and not stop:
+            raise IntegrityError(
+                f"recovery paused but the log shows no 'recovery stopping' line:\n{_log_tail(log)}"
+            )
+        recovered = state["recovered_to_time"]
+        if goal.kind == "time" and recovered and datetime.fromisoformat(recovered) > goal.time:
+            raise IntegrityError(
+                f"recovered to {state['recovered_to_time']}, after the target {goal.time.isoformat()}"
+            )
+    except BaseException:
+        tail = _log_tail(log)
+        if started:
+            stop_instance(str(root))
+        shutil.rmtree(root, ignore_errors=True)
+        if tail and tail != "(no server log)":
+            log_.error("PITR instance log before cleanup:\n%s", tail)
+        raise
+    return {
+        "goal": goal.describe(),
+        "base_backup": manifest.id,
+        "directory": str(root),
+        "data_directory": str(data),
+        "port": port,
+        "host": "127.0.0.1",
+        "stopped_at": stop[-1] if stop else "end of archived WAL",
+        "paused_for_promotion": goal.kind != "latest",
+        **state,
+    }
+
+
+def _load_state(directory: str) -> tuple[Path, dict[str, Any]]:
+    root = Path(directory)
+    try:
+        return root, json.loads((root / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        raise BadInput(f"{directory} is not a PITR instance directory (no {STATE_FILE})") from None
+
+
+def promote(target: PitrTarget, directory: str) -> dict[str, Any]:
+    """End recovery on a PITR instance paused at its target: it becomes writable (new timeline)."""
+    root, st = _load_state(directory)
+    with connect(target, "127.0.0.1", st["port"]) as conn:
+        if not _row(conn, "select pg_is_in_recovery()")[0]:
+            raise BadInput(f"the instance in {directory} is already promoted")
+        if not _row(conn, "select pg_promote(true, 300)")[0]:
+            raise ComponentFailed(f"promotion of {directory} did not finish in 300 s")
+        state = _state(conn)
+        # the control file's timeline waits for the next checkpoint; the WAL file name does not
+        state["timeline"] = int(_row(conn, "select pg_walfile_name(pg_current_wal_lsn())")[0][:8], 16)
+    (root / "aws-credentials").unlink(missing_ok=True)  # no more WAL to fetch
+    return {"directory": str(root), "port": st["port"], "promoted": not state["in_recovery"], **state}
+
+
+def stop_instance(directory: str) -> None:
+    root, st = _load_state(directory)
+    data = root / "data"
+    if (data / "postmaster.pid").exists():
+        with contextlib.suppress(ComponentFailed):  # already stopped
+            run(
+                [
+                    *_as_user(st["os_user"]),
+                    str(Path(st["bindir"]) / "pg_ctl"),
+                    "stop",
+                    "-D",
+                    str(data),
+                    "-m",
+                    "fast",
+                    "-w",
+                ],
+                timeout=120,
+            )

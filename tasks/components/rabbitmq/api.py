@@ -1,0 +1,65 @@
+"""The management API over HTTP, with errors that say what to do."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from blocks.rabbitmq import RabbitMQTarget
+from tasks.errors import BadInput, ConfigurationError, TransientError
+
+
+def q(name: str) -> str:
+    """A vhost or object name as one URL path segment ('/' is %2F)."""
+    return quote(name, safe="")
+
+
+def _raise_for(target: RabbitMQTarget, resp: httpx.Response, what: str) -> None:
+    if resp.status_code < 400:
+        return
+    body = resp.read().decode(errors="replace")[:300] if not resp.is_stream_consumed else ""
+    if resp.status_code == 401:
+        raise ConfigurationError(
+            f"RabbitMQ at {target.url} refused user {target.username!r} (wrong password?): fix the "
+            "target's credentials; nothing was changed"
+        )
+    if resp.status_code == 403:
+        raise ConfigurationError(
+            f"RabbitMQ user {target.username!r} may not {what}: give it the 'administrator' tag"
+        )
+    if resp.status_code >= 500:
+        raise TransientError(f"RabbitMQ at {target.url} failed to {what}: HTTP {resp.status_code} {body}")
+    raise BadInput(f"RabbitMQ refused to {what}: HTTP {resp.status_code} {body}")
+
+
+@contextmanager
+def connect(target: RabbitMQTarget) -> Iterator[httpx.Client]:
+    try:
+        with target.client() as client:
+            yield client
+    except httpx.ConnectError as exc:
+        raise ConfigurationError(
+            f"RabbitMQ management API unreachable at {target.url} ({exc}): is the broker up and the "
+            "management plugin enabled (`rabbitmq-plugins enable rabbitmq_management`)?"
+        ) from None
+    except httpx.TimeoutException:
+        raise TransientError(
+            f"RabbitMQ at {target.url} did not answer in {target.timeout_seconds}s"
+        ) from None
+
+
+def _get(target: RabbitMQTarget, client: httpx.Client, path: str, what: str) -> Any | None:
+    """JSON of a GET, or None for 404."""
+    resp = client.get(path)
+    if resp.status_code == 404:
+        return None
+    _raise_for(target, resp, what)
+    return resp.json()
+
+
+def _vhost_exists(target: RabbitMQTarget, client: httpx.Client, vhost: str) -> bool:
+    return _get(target, client, f"/vhosts/{q(vhost)}", f"read vhost {vhost!r}") is not None

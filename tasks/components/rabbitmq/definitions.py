@@ -1,0 +1,135 @@
+"""Definitions as the store holds them (one document, or one per vhost), and how they differ
+from each other or from what the broker holds now.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from blocks.rabbitmq import RabbitMQTarget
+from blocks.store import StoreBlock
+from tasks.components.rabbitmq.api import _get, q
+from tasks.errors import BadInput, IntegrityError
+from tasks.models import Manifest
+from tasks.storage.session import read_object
+
+KINDS = ("users", "vhosts", "permissions", "policies", "queues", "exchanges", "bindings", "parameters")
+VHOST_KINDS = ("queues", "exchanges", "bindings", "policies", "parameters")
+MAX_DEFINITIONS = 256 * 1024 * 1024
+
+
+def counts(doc: dict[str, Any]) -> dict[str, int]:
+    return {k: len(doc.get(k) or []) for k in KINDS}
+
+
+def _load(store: StoreBlock, manifest: Manifest) -> dict[str | None, dict[str, Any]]:
+    """{None: broker definitions} or {vhost: that vhost's definitions}, parsed only after each
+    object streamed whole and matched its sha256."""
+    docs: dict[str | None, dict[str, Any]] = {}
+    for obj in manifest.objects:
+        body = bytearray()
+        for chunk in read_object(store, obj):
+            body.extend(chunk)
+        try:
+            docs[obj.meta.get("vhost")] = json.loads(body)
+        except json.JSONDecodeError as exc:
+            raise IntegrityError(f"{obj.key} is not JSON definitions: {exc}") from None
+    return docs
+
+
+def _strip(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in item.items() if k != "vhost"}
+
+
+def vhost_definitions(docs: dict[str | None, dict[str, Any]], vhost: str) -> dict[str, Any]:
+    """One vhost's queues, exchanges, bindings, policies and parameters, without vhost fields."""
+    if vhost in docs:
+        return {k: [_strip(i) for i in docs[vhost].get(k) or []] for k in VHOST_KINDS}
+    broker = docs.get(None)
+    if broker is None or vhost not in {v["name"] for v in broker.get("vhosts") or []}:
+        raise BadInput(f"vhost {vhost!r} is not in this backup: it has {sorted(backup_vhosts(docs))}")
+    return {k: [_strip(i) for i in broker.get(k) or [] if i.get("vhost") == vhost] for k in VHOST_KINDS}
+
+
+def backup_vhosts(docs: dict[str | None, dict[str, Any]]) -> list[str]:
+    if None in docs:
+        return [v["name"] for v in docs[None].get("vhosts") or []]
+    return [v for v in docs if v is not None]
+
+
+QUEUE_PROPS = ("durable", "auto_delete", "arguments")
+EXCHANGE_PROPS = ("type", "durable", "auto_delete", "internal", "arguments")
+POLICY_PROPS = ("pattern", "apply-to", "definition", "priority")
+
+
+def _props(item: dict[str, Any], props: tuple[str, ...]) -> dict[str, Any]:
+    return {p: item.get(p) for p in props}
+
+
+def _binding_key(b: dict[str, Any]) -> str:
+    return json.dumps(
+        [
+            b["source"],
+            b["destination"],
+            b["destination_type"],
+            b.get("routing_key", ""),
+            b.get("arguments") or {},
+        ],
+        sort_keys=True,
+    )
+
+
+def differences(
+    target: RabbitMQTarget, client: httpx.Client, vhost: str, defs: dict[str, Any], missing_ok: bool
+) -> list[str]:
+    """What in `defs` is absent from (unless missing_ok) or different in the live `vhost`."""
+    out = []
+    for kind, props, path in (
+        ("queue", QUEUE_PROPS, "queues"),
+        ("exchange", EXCHANGE_PROPS, "exchanges"),
+        ("policy", POLICY_PROPS, "policies"),
+    ):
+        if not defs.get(path):
+            continue
+        # one listing per vhost and kind (a missing vhost lists nothing), not one GET per object
+        listed = _get(target, client, f"/{path}/{q(vhost)}", f"list {kind}s") or []
+        by_name = {i["name"]: i for i in listed}
+        for item in defs[path]:
+            live = by_name.get(item["name"])
+            if live is None:
+                if not missing_ok:
+                    out.append(f"{kind} {item['name']!r} is missing in vhost {vhost!r}")
+            elif _props(live, props) != _props(item, props):
+                out.append(
+                    f"{kind} {item['name']!r} in vhost {vhost!r}: "
+                    f"live {_props(live, props)} != backup {_props(item, props)}"
+                )
+    if not missing_ok and defs.get("bindings"):
+        live_bindings = {
+            _binding_key(b) for b in _get(target, client, f"/bindings/{q(vhost)}", "read bindings") or []
+        }
+        for b in defs["bindings"]:
+            if _binding_key(b) not in live_bindings:
+                out.append(
+                    f"binding {b['source']!r} -> {b['destination']!r} "
+                    f"({b.get('routing_key')!r}) is missing in {vhost!r}"
+                )
+    return out
+
+
+def broker_differences(target: RabbitMQTarget, client: httpx.Client, doc: dict[str, Any]) -> list[str]:
+    """Users (with their password hash) and permissions of a broker backup missing or different live."""
+    out = []
+    for user in doc.get("users") or []:
+        live = _get(target, client, f"/users/{q(user['name'])}", "read users")
+        if live is None or live.get("password_hash") != user.get("password_hash"):
+            out.append(f"user {user['name']!r} is missing or has another password")
+    for perm in doc.get("permissions") or []:
+        live = _get(target, client, f"/permissions/{q(perm['vhost'])}/{q(perm['user'])}", "read permissions")
+        props = ("configure", "write", "read")
+        if live is None or _props(live, props) != _props(perm, props):
+            out.append(f"permissions of {perm['user']!r} on {perm['vhost']!r} are missing or different")
+    return out
