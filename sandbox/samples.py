@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -31,14 +30,9 @@ from blocks.kubernetes import KubernetesTarget, VeleroTarget
 from blocks.postgres import PostgresTarget
 from blocks.rabbitmq import RabbitMQTarget
 from tasks.errors import ConfigurationError
+from tasks.proc import free_port
 
 RABBITMQ_URL = os.environ.get("KLB_DEMO_RABBITMQ_URL", "http://127.0.0.1:15672")
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -49,7 +43,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def etcd(stack: ExitStack, workdir: Path) -> EtcdTarget:
-    client, peer = f"http://127.0.0.1:{_port()}", f"http://127.0.0.1:{_port()}"
+    client, peer = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
     d = workdir / "etcd"
     d.mkdir(parents=True, exist_ok=True)
     argv = [

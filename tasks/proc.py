@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -293,3 +294,12 @@ def find_binary(
     if not found and missing:
         raise ConfigurationError(missing)
     return found
+
+
+def free_port() -> int:
+    """A free TCP port on loopback, for a throwaway server an engine starts (drill members,
+    recovered instances). Another process may take it before ours binds: callers that start a
+    server retry on a bind failure."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from blocks.store import StoreBlock
 from tasks.components.etcd.tools import OBJECT, STATUS_FIELDS, Tools, count_keys, snapshot_status
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError, IntegrityError
 from tasks.models import Manifest
-from tasks.proc import run, start, stop
+from tasks.proc import free_port, run, start, stop
 from tasks.storage.session import read_object
 
 
@@ -45,12 +44,6 @@ def _check_status(tl: Tools, path: Path, manifest: Manifest) -> dict[str, int]:
             f"etcd snapshot of {manifest.id} differs from its manifest (recorded, found): {diff}"
         )
     return status
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _restore_dir(
@@ -89,7 +82,7 @@ def _healthy(url: str) -> bool:
 def throwaway_member(tl: Tools, snap: Path, workdir: Path, token: str) -> Iterator[str]:
     """Restore `snap` into a NEW data dir, serve it on free loopback ports; yield its client URL.
     Always stopped; the caller's private dir removes the data."""
-    client, peer = f"http://127.0.0.1:{_free_port()}", f"http://127.0.0.1:{_free_port()}"
+    client, peer = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
     data, name = workdir / "member", "klb-verify"
     _restore_dir(tl, snap, data, name, peer, f"{name}={peer}", token)
     logfile = workdir / "etcd.log"

@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +33,7 @@ from tasks.components.postgres_pitr.window import (
 )
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError, IntegrityError, TransientError
 from tasks.models import Manifest
-from tasks.proc import feed_stdin, run
+from tasks.proc import feed_stdin, free_port, run
 from tasks.storage.session import read_object
 
 log_ = logging.getLogger(__name__)
@@ -52,12 +51,6 @@ class RestoreOptions(StrictOptions):
     )
     os_user: str = Field(default="postgres", description="OS user that owns and runs the instance (as root)")
     timeout_seconds: float = Field(default=3600, gt=0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _as_user(user: str) -> list[str]:
