@@ -1,1 +1,2 @@
-"""Small, reusable pieces: the store, the catalog, and one module per component."""
+"""Reusable Prefect tasks and what they stand on: components, storage, operations, and the
+engines' process runner."""
