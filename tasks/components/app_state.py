@@ -19,8 +19,8 @@ from pydantic import Field
 
 from blocks.app_state import AppStateTarget
 from blocks.store import StoreBlock
-from tasks.components.contract import StrictOptions
-from tasks.errors import BackupError, BadInput, ConfigurationError, IntegrityError
+from tasks.components.contract import StrictOptions, target_from_env
+from tasks.errors import BackupError, BadInput, IntegrityError
 from tasks.models import Manifest
 from tasks.proc import feed_stdin, run, stream_stdout
 from tasks.storage.session import BackupSession, read_object, verify_object
@@ -30,13 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def default_target() -> AppStateTarget:
-    ref = os.environ.get("KLB_APP_STATE_TARGET")
-    if ref:
-        return AppStateTarget.load(ref)
-    raise ConfigurationError(
-        "no app-state target: create a 'klb-app-state-target' block and pass its name, "
-        "or set KLB_APP_STATE_TARGET"
-    )
+    return target_from_env(AppStateTarget, "app-state", "KLB_APP_STATE_TARGET")  # type: ignore[return-value]
 
 
 def backup(target: AppStateTarget, session: BackupSession) -> None:

@@ -12,6 +12,7 @@ block standards: tests/test_contract.py runs it over every registered component.
 from __future__ import annotations
 
 import inspect
+import os
 from types import ModuleType
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -19,6 +20,7 @@ from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict
 
 from blocks.store import StoreBlock
+from tasks.errors import ConfigurationError
 from tasks.models import Manifest
 from tasks.storage.session import BackupSession
 
@@ -64,6 +66,26 @@ class Component(Protocol):
     def drill_cleanup(self, target: Any, drill_id: str) -> None:
         """Remove anything named after `drill_id` that a crashed drill left (idempotent)."""
         ...
+
+
+def target_from_env(block_cls: type[Block], what: str, *env_vars: str, hint: str = "") -> Block:
+    """A component's default target: the block named by the first of `env_vars` that is set,
+    else ConfigurationError saying what to create."""
+    slug = block_cls.get_block_type_slug()
+    ref = next((os.environ[v] for v in env_vars if os.environ.get(v)), None)
+    if ref:
+        try:
+            return block_cls.load(ref)
+        except ValueError:
+            raise ConfigurationError(
+                f"no {what} target block named {ref!r} (from ${env_vars[0]}): create a {slug!r} block "
+                "with that name, or unset the variable"
+            ) from None
+    also = f" (or {', '.join(env_vars[1:])})" if len(env_vars) > 1 else ""
+    raise ConfigurationError(
+        f"no {what} target: create a {slug!r} block and pass its name, or set {env_vars[0]}{also}"
+        + (f". {hint}" if hint else "")
+    )
 
 
 VERBS = ("default_target", "backup", "verify", "restore", "describe_current_state", "drill", "drill_cleanup")

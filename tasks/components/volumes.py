@@ -7,7 +7,6 @@ file-system backup), or a "volume backup" would hold only the claims.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from pydantic import Field
@@ -15,7 +14,8 @@ from pydantic import Field
 from blocks.kubernetes import VeleroTarget
 from blocks.store import StoreBlock
 from tasks.components import kubernetes as velero
-from tasks.errors import BadInput, ComponentFailed, ConfigurationError
+from tasks.components.contract import target_from_env
+from tasks.errors import BadInput, ComponentFailed
 from tasks.models import Manifest
 from tasks.storage.session import BackupSession
 
@@ -24,13 +24,7 @@ VOLUME_RESOURCES = ["persistentvolumeclaims", "persistentvolumes"]
 
 
 def default_target() -> VeleroTarget:
-    ref = os.environ.get("KLB_VOLUMES_TARGET") or os.environ.get("KLB_VELERO_TARGET")
-    if ref:
-        return VeleroTarget.load(ref)
-    raise ConfigurationError(
-        "no Velero target for volumes: pass a 'klb-velero-target' block name, or set KLB_VOLUMES_TARGET "
-        "(or KLB_VELERO_TARGET)"
-    )
+    return target_from_env(VeleroTarget, "volumes", "KLB_VOLUMES_TARGET", "KLB_VELERO_TARGET")  # type: ignore[return-value]
 
 
 def spec(target: VeleroTarget, **overrides: Any) -> velero.BackupSpec:

@@ -9,7 +9,6 @@ See docs/etcd.md.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import shutil
 from datetime import UTC, datetime
@@ -20,7 +19,7 @@ from pydantic import Field
 
 from blocks.etcd import EtcdTarget
 from blocks.store import StoreBlock
-from tasks.components.contract import StrictOptions
+from tasks.components.contract import StrictOptions, target_from_env
 from tasks.components.etcd.member import (
     _check_status,
     _download,
@@ -52,13 +51,7 @@ log = logging.getLogger(__name__)
 
 
 def default_target() -> EtcdTarget:
-    ref = os.environ.get("KLB_ETCD_TARGET")
-    if ref:
-        return EtcdTarget.load(ref)
-    raise ConfigurationError(
-        "no etcd target: create a 'klb-etcd-target' block and pass its name, or set KLB_ETCD_TARGET. "
-        + MANAGED_HINT
-    )
+    return target_from_env(EtcdTarget, "etcd", "KLB_ETCD_TARGET", hint=MANAGED_HINT)  # type: ignore[return-value]
 
 
 def backup(target: EtcdTarget, session: BackupSession) -> None:

@@ -8,10 +8,10 @@ objects it should hold. That inventory is what restores and drills verify agains
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from blocks.kubernetes import VeleroTarget
+from tasks.components.contract import target_from_env
 from tasks.components.kubernetes import api as kube
 from tasks.components.kubernetes.api import KINDS, connect
 from tasks.components.kubernetes.backups import (
@@ -51,12 +51,7 @@ Target = VeleroTarget
 
 
 def default_target() -> VeleroTarget:
-    ref = os.environ.get("KLB_VELERO_TARGET")
-    if ref:
-        return VeleroTarget.load(ref)
-    raise ConfigurationError(
-        "no Velero target: create a 'klb-velero-target' block and pass its name, or set KLB_VELERO_TARGET"
-    )
+    return target_from_env(VeleroTarget, "Velero", "KLB_VELERO_TARGET")  # type: ignore[return-value]
 
 
 def describe_current_state(target: VeleroTarget) -> dict[str, Any]:

@@ -10,12 +10,12 @@ renamed in place in one transaction; the old database is kept as `<db>__rollback
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any
 
 from blocks.postgres import PostgresTarget
 from blocks.store import StoreBlock
+from tasks.components.contract import target_from_env
 from tasks.components.postgres.common import (
     admin,
     databases,
@@ -26,7 +26,7 @@ from tasks.components.postgres.common import (
 )
 from tasks.components.postgres.dump import GLOBALS, GLOBALS_MAX, _select, backup, verify
 from tasks.components.postgres.restores import RestoreOptions, restore, restore_aside
-from tasks.errors import BadInput, ConfigurationError
+from tasks.errors import BadInput
 from tasks.models import Manifest
 from tasks.storage.session import verify_object
 
@@ -34,18 +34,7 @@ Target = PostgresTarget
 
 
 def default_target() -> PostgresTarget:
-    ref = os.environ.get("KLB_POSTGRES_TARGET")
-    if ref:
-        try:
-            return PostgresTarget.load(ref)
-        except ValueError:
-            raise ConfigurationError(
-                f"no postgres target block named {ref!r} (from KLB_POSTGRES_TARGET)"
-            ) from None
-    raise ConfigurationError(
-        "no postgres target: create a 'klb-postgres-target' block and pass its name, "
-        "or set KLB_POSTGRES_TARGET"
-    )
+    return target_from_env(PostgresTarget, "postgres", "KLB_POSTGRES_TARGET")  # type: ignore[return-value]
 
 
 def drill(target: PostgresTarget, manifest: Manifest, store: StoreBlock, drill_id: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from blocks.pitr import PitrTarget
 from blocks.store import StoreBlock
+from tasks.components.contract import target_from_env
 from tasks.components.postgres_pitr.backups import (
     BASE_OBJECT,
     backup,
@@ -38,20 +39,13 @@ from tasks.components.postgres_pitr.recover import (
 )
 from tasks.components.postgres_pitr.server import check_config, connect, pg_bindir, require_archiving
 from tasks.components.postgres_pitr.window import parse_target
-from tasks.errors import ConfigurationError
 from tasks.models import Manifest
 
 Target = PitrTarget
 
 
 def default_target() -> PitrTarget:
-    ref = os.environ.get("KLB_PITR_TARGET")
-    if ref:
-        return PitrTarget.load(ref)
-    raise ConfigurationError(
-        "no PITR target: create a 'klb-pitr-target' block (docs/pitr.md) and pass its name, "
-        "or set KLB_PITR_TARGET"
-    )
+    return target_from_env(PitrTarget, "PITR", "KLB_PITR_TARGET", hint="See docs/pitr.md.")  # type: ignore[return-value]
 
 
 def restore(

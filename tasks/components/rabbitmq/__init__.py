@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +18,7 @@ from pydantic import Field
 
 from blocks.rabbitmq import RabbitMQTarget
 from blocks.store import StoreBlock
-from tasks.components.contract import StrictOptions
+from tasks.components.contract import StrictOptions, target_from_env
 from tasks.components.rabbitmq.api import _get, _raise_for, _vhost_exists, connect, q
 from tasks.components.rabbitmq.definitions import (
     EXCHANGE_PROPS,
@@ -35,7 +34,7 @@ from tasks.components.rabbitmq.definitions import (
     differences,
     vhost_definitions,
 )
-from tasks.errors import BadInput, ConfigurationError, IntegrityError, TransientError
+from tasks.errors import BadInput, IntegrityError, TransientError
 from tasks.models import Manifest
 from tasks.storage.session import BackupSession
 
@@ -48,13 +47,7 @@ MESSAGES_NOTE = (
 
 
 def default_target() -> RabbitMQTarget:
-    ref = os.environ.get("KLB_RABBITMQ_TARGET")
-    if ref:
-        return RabbitMQTarget.load(ref)
-    raise ConfigurationError(
-        "no RabbitMQ target: create a 'klb-rabbitmq-target' block and pass its name, "
-        "or set KLB_RABBITMQ_TARGET"
-    )
+    return target_from_env(RabbitMQTarget, "RabbitMQ", "KLB_RABBITMQ_TARGET")  # type: ignore[return-value]
 
 
 def _stream_definitions(
