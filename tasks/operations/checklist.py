@@ -21,6 +21,7 @@ from blocks.restore_guard import RestoreGuard
 from blocks.store import StoreBlock
 from tasks.errors import BackupError
 from tasks.ids import parse_backup_id
+from tasks.markdown import table
 from tasks.models import Manifest
 from tasks.storage.records import put_record, record_key
 from tasks.verbs import backup_component, describe_component, verify_component_backup
@@ -33,6 +34,7 @@ class Mark(StrEnum):
     warn = "warn"
     refused = "REFUSED"
     failed = "FAILED"
+    cancelled = "cancelled"
     not_reached = "not reached"
 
 
@@ -100,8 +102,8 @@ def confirm_contents(manifest: Manifest, required_objects: list[str] | None) -> 
     return ChecklistLine(
         item=item,
         mark=Mark.ok,
-        detail=f"{len(names)} objects ({', '.join(names)[:200]}), {manifest.raw_size} bytes raw, "
-        f"data from {manifest.source_time.isoformat()} ({age_h:.2f} h old); {fp[:300]}",
+        detail=f"{len(names)} objects ({', '.join(names)}), {manifest.raw_size} bytes raw, "
+        f"data from {manifest.source_time.isoformat()} ({age_h:.2f} h old); {fp}",
     )
 
 
@@ -191,16 +193,27 @@ def prepare_rollback(
         detail = f"the safety backup failed, so there is no rollback: {type(exc).__name__}: {exc}"
         return _warn_or_refuse(item, detail, without_rollback, exc), None
     return (
-        ChecklistLine(
-            item=item, mark=Mark.ok, detail=f"safety backup {manifest.id} (roll back with rollback_restore)"
-        ),
+        ChecklistLine(item=item, mark=Mark.ok, detail=f"safety backup {manifest.id}, stored and verified"),
         manifest.id,
     )
 
 
-def checklist_markdown(title: str, lines: list[ChecklistLine], plan_md: str | None = None) -> str:
-    box = {Mark.ok: "[x]", Mark.warn: "[x]", Mark.refused: "[ ]", Mark.failed: "[ ]", Mark.not_reached: "[ ]"}
+# how each mark reads in an artifact: words first (screen readers, plain text), then a sign
+SHOWN = {
+    Mark.ok: "✅ ok",
+    Mark.warn: "⚠️ warning",
+    Mark.refused: "⛔ REFUSED",
+    Mark.failed: "❌ FAILED",
+    Mark.cancelled: "🚫 cancelled",
+    Mark.not_reached: "… not reached",
+}
+
+
+def checklist_markdown(title: str, lines: list[ChecklistLine], status: str = "running") -> str:
+    """The checklist as a table: every item, its mark and its full detail; items not reached yet
+    say "pending" while the restore runs, "not reached" once it has ended."""
     done = {line.item for line in lines}
-    rows = [f"- {box[line.mark]} **{line.item}** ({line.mark.value}): {line.detail}" for line in lines]
-    rows += [f"- [ ] **{item}** (not reached)" for item in ITEMS if item not in done]
-    return f"# {title}\n\n" + "\n".join(rows) + "\n" + (f"\n{plan_md}" if plan_md else "")
+    waiting = "⏳ pending" if status == "running" else SHOWN[Mark.not_reached]
+    rows = [(line.item, SHOWN[line.mark], line.detail) for line in lines]
+    rows += [(item, waiting, "") for item in ITEMS if item not in done]
+    return f"# {title}\n\nStatus: {status}\n\n" + table(["item", "result", "detail"], rows)
