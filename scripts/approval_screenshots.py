@@ -37,9 +37,11 @@ WIDTH, HEIGHT = 1280, 900
 CLICK_RESUME = """(() => {
   const b = [...document.querySelectorAll('button')].find(x => x.textContent.trim() === 'Resume');
   if (b) { b.click(); return true } return false })()"""
-MODAL = "(document.querySelector('.p-modal__body') || document.querySelector('.p-modal'))"
-MODAL_WIDTHS = f"(() => {{ const m = {MODAL}; return m ? [m.scrollWidth, m.clientWidth] : null }})()"
-SCROLL_MODAL = f"(() => {{ const m = {MODAL}; if (m) m.scrollTop = m.scrollHeight }})()"
+# the dialog's scrolling boxes (its description, its body), innermost first
+SCROLLERS = """[...document.querySelectorAll('.p-modal *')]
+  .filter(e => e.scrollHeight > e.clientHeight + 4 && getComputedStyle(e).overflowY !== 'visible')"""
+MODAL_WIDTHS = f"(() => {SCROLLERS}.map(e => [e.scrollWidth, e.clientWidth]))()"
+SCROLL_MODAL = f"(() => {{ {SCROLLERS}.forEach(e => e.scrollTop = e.scrollHeight); return true }})()"
 
 
 class Chromium:

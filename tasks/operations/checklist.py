@@ -21,7 +21,7 @@ from blocks.restore_guard import RestoreGuard
 from blocks.store import StoreBlock
 from tasks.errors import BackupError
 from tasks.ids import parse_backup_id
-from tasks.markdown import table
+from tasks.markdown import cell
 from tasks.models import Manifest
 from tasks.storage.records import put_record, record_key
 from tasks.verbs import backup_component, describe_component, verify_component_backup
@@ -198,22 +198,23 @@ def prepare_rollback(
     )
 
 
-# how each mark reads in an artifact: words first (screen readers, plain text), then a sign
+# how each mark reads in an artifact: words (plain fonts, screen readers); warnings marked as such
 SHOWN = {
-    Mark.ok: "✅ ok",
-    Mark.warn: "⚠️ warning",
-    Mark.refused: "⛔ REFUSED",
-    Mark.failed: "❌ FAILED",
-    Mark.cancelled: "🚫 cancelled",
-    Mark.not_reached: "… not reached",
+    Mark.ok: "ok",
+    Mark.warn: "⚠ WARNING",
+    Mark.refused: "REFUSED",
+    Mark.failed: "FAILED",
+    Mark.cancelled: "cancelled",
+    Mark.not_reached: "not reached",
 }
 
 
 def checklist_markdown(title: str, lines: list[ChecklistLine], status: str = "running") -> str:
-    """The checklist as a table: every item, its mark and its full detail; items not reached yet
-    say "pending" while the restore runs, "not reached" once it has ended."""
+    """The checklist as a numbered list (it wraps; a table of long details does not): every
+    item, its mark and its full detail; items not reached yet are "pending" while the restore
+    runs, "not reached" once it has ended."""
     done = {line.item for line in lines}
-    waiting = "⏳ pending" if status == "running" else SHOWN[Mark.not_reached]
-    rows = [(line.item, SHOWN[line.mark], line.detail) for line in lines]
-    rows += [(item, waiting, "") for item in ITEMS if item not in done]
-    return f"# {title}\n\nStatus: {status}\n\n" + table(["item", "result", "detail"], rows)
+    waiting = "pending" if status == "running" else SHOWN[Mark.not_reached]
+    rows = [f"1. **{line.item}**: {SHOWN[line.mark]}: {cell(line.detail)}" for line in lines]
+    rows += [f"1. **{item}**: {waiting}" for item in ITEMS if item not in done]
+    return f"# {title}\n\nStatus: **{status}**\n\n" + "\n".join(rows) + "\n"

@@ -203,7 +203,7 @@ def drill_report_text(result: DrillRecord | dict[str, Any]) -> str:
         rows.append(
             (
                 c.component,
-                c.status.value,
+                c.status.value if c.configured else "not configured",
                 duration(c.rto_seconds),
                 duration(c.rpo_age_seconds),
                 duration(c.worst_gap_seconds),
@@ -244,25 +244,27 @@ def drill_report_markdown(rec: DrillRecord) -> str:
         f"{duration(rec.worst_gap_seconds)} | < {rec.rpo_target_hours:g} h | "
         f"{_ok(rec.worst_gap_seconds, rec.rpo_target_hours * 3600)} |",
         "",
-        "| component | result | backup | RTO | RPO (age) | worst gap | RPO target | production unchanged "
-        "| detail |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| component | result | backup | RTO | RPO (age) | worst gap | RPO target | production unchanged |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    details: list[str] = []
     for c in rec.components:
-        prod = {True: "yes", False: "❌ NO", None: "-"}[c.production_unchanged]
+        prod = {True: "yes", False: "NO (changed)", None: "-"}[c.production_unchanged]
         status = SHOWN[c.status] if c.configured else "not configured"
         target = "-" if c.rpo_target_hours is None else f"< {c.rpo_target_hours:g} h"
         detail = c.reason or ", ".join(f"{k}: ok" for k in c.checks.get("checks", {})) or ""
         out.append(
             f"| {c.component} | {status} | {c.backup_id or '-'} | {duration(c.rto_seconds)} | "
             f"{duration(c.rpo_age_seconds)} | {duration(c.worst_gap_seconds)} | "
-            f"{target} | {prod} | {cell(detail)} |"
+            f"{target} | {prod} |"
         )
+        details.append(f"- **{c.component}**: {status}" + (f": {cell(detail)}" if detail else ""))
+    out += ["", "## Each component", ""] + details
     checks = rec.health + [h for c in rec.components for h in c.health]
     if checks:
         out += ["", "| health check | component | result | detail |", "|---|---|---|---|"]
         out += [
-            f"| {h.name} | {h.component or '(all)'} | {'✅ ok' if h.ok else '❌ FAILED'} | {cell(h.detail)} |"
+            f"| {h.name} | {h.component or '(all)'} | {'ok' if h.ok else 'FAILED'} | {cell(h.detail)} |"
             for h in checks
         ]
     if rec.failures:
@@ -275,7 +277,7 @@ def drill_report_markdown(rec: DrillRecord) -> str:
 def _ok(value: float | None, limit: float) -> str:
     if value is None:
         return "-"
-    return "✅ ok" if value < limit else "❌ MISSED"
+    return "ok" if value < limit else "MISSED"
 
 
-SHOWN = {Status.verified: "✅ verified", Status.failed: "❌ FAILED", Status.not_covered: "⚠️ not covered"}
+SHOWN = {Status.verified: "verified", Status.failed: "FAILED", Status.not_covered: "⚠ not covered"}

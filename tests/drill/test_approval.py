@@ -100,10 +100,10 @@ def test_a_paused_restore_shows_every_answer_and_the_form_carries_the_decision(l
     # the checklist, read while paused: every answer so far, with its detail; approval pending
     md = _checklist_artifact(flow_run.id)
     for item in ITEMS[:6]:
-        assert f"| {item} | " in md
-    assert "| approval | ⏳ pending |" in md
-    assert "⚠️ warning | no maintenance window configured" in md and "nobody told" in md
-    assert "**" not in md  # no bold markup inside table cells
+        assert f"1. **{item}**: " in md
+    assert "1. **approval**: pending" in md and "sha256 match" in md
+    assert "**maintenance window**: ⚠ WARNING: no maintenance window configured" in md
+    assert "nobody told" in md and "|" not in md  # a list that wraps, no wide table
     # the form: explicit decision, required name, a reason required for a rejection, descriptions
     schema, description = _form(flow_run.id)
     assert schema["required"] == ["decision", "by"]
