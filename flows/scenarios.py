@@ -207,11 +207,12 @@ def full_cluster_restore(
         action = plan.step(component).action if component else "verify"
         started = datetime.now(UTC)
         try:
-            # the step that changes a component holds its lock: no backup or other restore of it meanwhile
-            # and pushes its restore metrics (a failure too)
+            # the step that changes a component holds its lock: no backup or other restore of it
+            # meanwhile; a step that restores pushes its restore metrics (a failure too)
+            restores = component is not None and action in ("create", "replace")
             with (
                 component_lock(component) if component else contextlib.nullcontext(),
-                tracked("restore", component) if component else contextlib.nullcontext(),
+                tracked("restore", component) if restores else contextlib.nullcontext(),
             ):
                 outcome = run_step(
                     component,
