@@ -190,7 +190,16 @@ def newer_backup(store: StoreBlock, manifest: Manifest) -> Manifest | None:
     return newer[-1] if newer else None
 
 
-def run_checklist(
+def run_checklist(record: RestoreRecord, *args: Any, **kwargs: Any) -> None:
+    """Every item in order (`_items`); a refusal's own line is kept in the record too."""
+    try:
+        _items(record, *args, **kwargs)
+    except Refused as exc:
+        record.checklist.append(exc.line)
+        raise
+
+
+def _items(
     record: RestoreRecord,
     manifest: Manifest,
     store: StoreBlock,
@@ -257,9 +266,6 @@ def run_checklist(
     )
     try:
         line, record.approved_by = decide(description, timeout)
-    except Refused as exc:
-        record.checklist.append(exc.line)
-        raise
     except RestoreCancelled:
         line = ChecklistLine(
             item=ITEMS[6], mark=Mark.cancelled, detail="the run was cancelled while it waited for approval"
