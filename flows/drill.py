@@ -5,7 +5,9 @@ The drill restores each component into isolation through the component's own `dr
 restore (RTO), measures how old the restored data is and the worst gap between good backups (RPO),
 checks production did not change, records the result in the store and as an artifact, and fails
 when a covered component fails or a target is missed. A component that is not configured is
-reported "not covered", never passed. The rules live in tasks/operations/drill_run.py.
+reported "not configured", never passed; a configured component that is not verified fails the
+drill. The verdict's headline says "N of M components verified, K not configured". The rules live
+in tasks/operations/drill_run.py.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.blocks.core import Block
+from prefect.states import Completed
 
 from blocks.store import StoreBlock
 from flows.common import load_store
@@ -139,8 +142,10 @@ def restore_drill(
     )
     logger.info("%s", drill_report_text(record))
     if record.failures:
-        raise DrillFailed(f"restore drill {drill_id} FAILED ({record.key}): " + "; ".join(record.failures))
-    return record
+        raise DrillFailed(
+            f"restore drill {drill_id} {record.headline} ({record.key}): " + "; ".join(record.failures)
+        )
+    return Completed(message=f"restore drill {drill_id} {record.headline}", data=record)
 
 
 def last_drill_report(store: str | StoreBlock | None = None) -> str:

@@ -1,11 +1,11 @@
 """Restores with the pre-restore checklist, their rollback, and restore plans (dry runs).
 
-`restore_with_checklist` is the restore an SRE runs by hand: plan shown, integrity and contents
-checked, window enforced, people told, current state documented, a safety backup taken, an
-optional human approval, then the component's own aside/verify/cut-over restore. Every step
-leaves its line in the checklist artifact and in the restore record
-(<prefix>/restores/<YYYY-MM-DD>/<restore-id>/record.json). `rollback_restore` puts the safety
-backup back.
+`restore_with_checklist` is the restore an SRE runs by hand: integrity and contents checked,
+window enforced, people told, current state documented, a safety backup taken, an optional human
+approval (a paused run whose form shows what is about to happen), then the component's own
+restore. Each checklist line is published as soon as it is known (artifact `restore-checklist`)
+and kept in the restore record (tasks/operations/restores.py). `rollback_restore` puts the safety
+backup back, as a restore of its own: same checklist, its own safety backup, its own record.
 """
 
 from __future__ import annotations
@@ -16,81 +16,40 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.blocks.core import Block
-from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import pause_flow_run
-from prefect.input import RunInput
-from pydantic import AwareDatetime, BaseModel, Field
+from prefect.states import Cancelled, State
+from pydantic import AwareDatetime
 
 from blocks.restore_guard import RestoreGuard
 from blocks.store import StoreBlock
 from flows.common import load_store
 from flows.locks import component_lock
 from tasks.components.registry import ComponentName, load_target
-from tasks.errors import BadInput, ConfigurationError
+from tasks.errors import BadInput
 from tasks.ids import new_backup_id
-from tasks.operations.checklist import (
-    ITEMS,
-    ChecklistLine,
-    Mark,
-    Refused,
-    checklist_markdown,
-    confirm_contents,
-    document_current_state,
-    maintenance_window,
-    notify_stakeholders,
-    prepare_rollback,
-    verify_integrity,
-)
+from tasks.models import Manifest
+from tasks.operations.approval import RestoreCancelled
+from tasks.operations.checklist import Refused
 from tasks.operations.plan import build_plan, plan_markdown
+from tasks.operations.restores import (
+    RestoreRecord,
+    check_rollback_allowed,
+    finish,
+    load_guard,
+    load_restore_record,
+    record_key_of,
+    run_checklist,
+)
 from tasks.storage.catalog import get_backup
-from tasks.storage.layout import layout
-from tasks.storage.records import get_record, put_record
-from tasks.verbs import restore_task, verify_task
+from tasks.storage.records import put_record
+from tasks.verbs import restore_task
 
-
-class Approval(RunInput):
-    approve: bool = Field(description="restore now?")
-    by: str = Field(default="", description="who decides")
-    reason: str = ""
-
-
-class RestoreRecord(BaseModel):
-    id: str
-    component: str
-    backup_id: str
-    status: str = Field(description="refused | failed | restored | rolled back")
-    started_at: AwareDatetime
-    finished_at: AwareDatetime | None = None
-    duration_seconds: float | None = Field(default=None, description="the restore step alone")
-    forced: bool = False
-    checklist: list[ChecklistLine] = Field(default_factory=list)
-    safety_backup_id: str | None = None
-    current_state_key: str | None = None
-    approved_by: str | None = None
-    report: dict[str, Any] | None = None
-    error: str | None = None
-    rolled_back_at: AwareDatetime | None = None
-
-
-def load_guard(ref: str | RestoreGuard | None) -> RestoreGuard:
-    if isinstance(ref, RestoreGuard):
-        return ref
-    if not ref:
-        return RestoreGuard()
-    try:
-        return RestoreGuard.load(ref)
-    except ValueError:
-        raise ConfigurationError(
-            f"no klb-restore-guard block named {ref!r}: create it or pass none"
-        ) from None
-
-
-def record_key_of(store: StoreBlock, restore_id: str) -> str:
-    return layout(store).restore_record_key(restore_id)
-
-
-def load_restore_record(store: StoreBlock, restore_id: str) -> RestoreRecord:
-    return RestoreRecord.model_validate(get_record(store, record_key_of(store, restore_id)))
+__all__ = [
+    "restore_plan",
+    "restore_with_checklist",
+    "rollback_restore",
+    "load_restore_record",
+    "RestoreRecord",
+]
 
 
 @flow(name="restore-plan")
@@ -98,36 +57,74 @@ def restore_plan(
     recovery_point: str | None = None,
     backup_id: str | None = None,
     components: list[ComponentName] | None = None,
+    at: AwareDatetime | None = None,
     targets: dict[str, str | Block] | None = None,
     store: str | StoreBlock | None = None,
 ) -> dict[str, Any]:
-    """Dry run: what a restore from `recovery_point` ('latest' or an id) or `backup_id` would do."""
+    """Dry run of a restore asked for any way: a recovery point ('latest' or an id), a backup id,
+    backup_id='latest' with components, or the newest backups at or before `at`."""
     store_block = load_store(store)
     names = [ComponentName(c).value for c in components] if components else None
-    plan = build_plan(store_block, recovery_point, backup_id, names, targets)
+    plan = build_plan(store_block, recovery_point, backup_id, names, targets, at)
     create_markdown_artifact(key="restore-plan", markdown=plan_markdown(plan), description="dry run")
     return plan.model_dump(mode="json")
 
 
-def _ask_approval(timeout: int, plan_md: str) -> tuple[ChecklistLine, str]:
-    item = ITEMS[6]
-    form = Approval.with_initial_data(
-        description=f"Approve this restore?\n\n{plan_md}", approve=False, by="", reason=""
-    )
+def _checked_restore(
+    record: RestoreRecord,
+    manifest: Manifest,
+    store: StoreBlock,
+    target: Block,
+    guard: RestoreGuard,
+    checklist: dict[str, Any],
+    options: dict[str, Any] | None,
+) -> RestoreRecord | State:
+    """The checklist, then the restore under the component's lock; the record is finished
+    (stored, artifact, metrics) however it ends. A cancellation ends the run Cancelled."""
+    logger = get_run_logger()
     try:
-        answer = pause_flow_run(wait_for_input=form, timeout=timeout, poll_interval=min(2, timeout))
-    except FlowPauseTimeout:
-        raise Refused(
-            ChecklistLine(item=item, mark=Mark.refused, detail=f"no approval within {timeout}s: refused")
-        ) from None
-    if not answer.approve:
-        who = answer.by or "an operator"
-        raise Refused(
-            ChecklistLine(item=item, mark=Mark.refused, detail=f"declined by {who}: {answer.reason}")
+        run_checklist(record, manifest, store, target, guard, **checklist)
+    except Refused as exc:
+        record.status, record.error = "refused", str(exc)
+        finish(store, record)
+        logger.error("%s refused by the checklist: %s", record.id, exc)
+        raise
+    except RestoreCancelled as exc:
+        record.status, record.error = "cancelled", str(exc)
+        finish(store, record)
+        logger.warning("%s cancelled while waiting for approval; nothing was restored", record.id)
+        return Cancelled(
+            message=f"restore {record.id} cancelled while waiting for approval: nothing restored"
         )
-    return ChecklistLine(
-        item=item, mark=Mark.ok, detail=f"approved by {answer.by or '?'}: {answer.reason}"
-    ), answer.by
+    started = datetime.now(UTC)
+    try:
+        with component_lock(record.component):  # never while a backup or restore of it runs
+            record.report = restore_task(manifest, target, store, options)
+        record.status = "restored"
+    except Exception as exc:
+        record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        record.finished_at = datetime.now(UTC)
+        record.duration_seconds = (record.finished_at - started).total_seconds()
+        finish(store, record)
+    logger.info(
+        "%s: %s from %s; safety backup %s", record.id, record.status, manifest.id, record.safety_backup_id
+    )
+    return record
+
+
+def _new_record(component: str, manifest: Manifest, force: bool, **extra: Any) -> RestoreRecord:
+    return RestoreRecord(
+        id=new_backup_id("restore"),
+        component=component,
+        backup_id=manifest.id,
+        size=manifest.raw_size,
+        status="running",
+        started_at=datetime.now(UTC),
+        forced=force,
+        **extra,
+    )
 
 
 @flow(name="restore-with-checklist")
@@ -145,103 +142,69 @@ def restore_with_checklist(
 ) -> RestoreRecord:
     """Restore one component through the pre-restore checklist. Refuses (changing nothing) when
     an item fails; the safety backup is taken before anything is replaced. `without_rollback=True`
-    lets a restore go ahead when the current state cannot be described or backed up (it is gone)."""
-    logger = get_run_logger()
+    lets a restore go ahead when the current state cannot be described or backed up (it is gone).
+    Cancelling the run while it waits for approval ends it Cancelled, with a 'cancelled' record."""
     component = ComponentName(component).value
     store_block = load_store(store)
     guard_block = load_guard(guard)
     manifest = get_backup(store_block, backup_id, component)
     target_block = load_target(component, target)
-    record = RestoreRecord(
-        id=new_backup_id("restore"),
-        component=component,
-        backup_id=manifest.id,
-        status="refused",
-        started_at=datetime.now(UTC),
-        forced=force,
-    )
-    plan_md = plan_markdown(build_plan(store_block, backup_id=manifest.id, targets={component: target_block}))
-    title = f"Pre-restore checklist: {component} from {manifest.id} ({record.id})"
-    try:
-        record.checklist.append(verify_integrity(manifest, store_block, target_block))
-        record.checklist.append(confirm_contents(manifest, required_objects))
-        record.checklist.append(maintenance_window(guard_block, force))
-        record.checklist.append(
-            notify_stakeholders(
-                guard_block,
-                f"Restore of {component} starting ({record.id})",
-                f"{component} will be restored from backup {manifest.id} "
-                f"(data from {manifest.source_time.isoformat()}). Restore id {record.id}.",
-            )
-        )
-        line, record.current_state_key = document_current_state(
-            component, target_block, store_block, record.id, without_rollback
-        )
-        record.checklist.append(line)
-        line, record.safety_backup_id = prepare_rollback(
-            component, target_block, store_block, record.id, without_rollback
-        )
-        record.checklist.append(line)
-        needs_approval = guard_block.require_approval if require_approval is None else require_approval
-        if needs_approval:
-            line, record.approved_by = _ask_approval(guard_block.approval_timeout_seconds, plan_md)
-        else:
-            line = ChecklistLine(item=ITEMS[6], mark=Mark.ok, detail="not required")
-        record.checklist.append(line)
-    except Refused as exc:
-        record.checklist.append(exc.line)
-        record.finished_at = datetime.now(UTC)
-        record.error = str(exc)
-        _finish(store_block, record, title, plan_md)
-        logger.error("restore refused by the checklist: %s", exc)
-        raise
-    started = datetime.now(UTC)
-    try:
-        with component_lock(component):  # never while a backup or restore of it runs
-            record.report = restore_task(manifest, target_block, store_block, options)
-        record.status = "restored"
-    except Exception as exc:
-        record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        record.finished_at = datetime.now(UTC)
-        record.duration_seconds = (record.finished_at - started).total_seconds()
-        _finish(store_block, record, title, plan_md)
-    logger.info("restored %s from %s; safety backup %s", component, manifest.id, record.safety_backup_id)
-    return record
-
-
-def _finish(store: StoreBlock, record: RestoreRecord, title: str, plan_md: str) -> None:
-    put_record(store, record_key_of(store, record.id), record)
-    verdict = f"\n**Result: {record.status}**" + (f": {record.error}" if record.error else "") + "\n"
-    create_markdown_artifact(
-        key="restore-checklist",
-        markdown=checklist_markdown(title, record.checklist, plan_md) + verdict,
-        description=f"pre-restore checklist {record.id}",
-    )
+    record = _new_record(component, manifest, force)
+    needs_approval = guard_block.require_approval if require_approval is None else require_approval
+    checklist = {
+        "force": force,
+        "required_objects": required_objects,
+        "needs_approval": needs_approval,
+        "without_rollback": without_rollback,
+    }
+    return _checked_restore(record, manifest, store_block, target_block, guard_block, checklist, options)
 
 
 @flow(name="rollback-restore")
 def rollback_restore(
-    restore_id: str, target: str | Block | None = None, store: str | StoreBlock | None = None
+    restore_id: str,
+    target: str | Block | None = None,
+    store: str | StoreBlock | None = None,
+    guard: str | RestoreGuard | None = None,
+    force: bool = False,
+    require_approval: bool | None = None,
 ) -> RestoreRecord:
-    """Put back the safety backup a checklist restore took before it changed anything."""
+    """Put back the safety backup a checklist restore took, through the same checklist (its own
+    safety backup first, so the rollback can itself be rolled back; approval when the guard asks).
+    Only a restore that changed something ('restored' or 'failed') can be rolled back; a second
+    call on a rolled-back restore changes nothing. Returns the original restore's record."""
+    logger = get_run_logger()
     store_block = load_store(store)
-    record = load_restore_record(store_block, restore_id)
-    if not record.safety_backup_id:
-        raise BadInput(
-            f"restore {restore_id} took no safety backup (status {record.status}): nothing to roll back"
+    guard_block = load_guard(guard)
+    original = load_restore_record(store_block, restore_id)
+    if original.status == "rolled back":
+        logger.info(
+            "restore %s was already rolled back by %s: nothing to do", restore_id, original.rolled_back_by
         )
-    manifest = get_backup(store_block, record.safety_backup_id, record.component)
-    target_block = load_target(record.component, target)
-    verify_task(manifest, store_block, target_block)
-    with component_lock(record.component):
-        restore_task(manifest, target_block, store_block, None)
-    record.status, record.rolled_back_at = "rolled back", datetime.now(UTC)
-    put_record(store_block, record_key_of(store_block, restore_id), record)
-    create_markdown_artifact(
-        key="restore-rollback",
-        markdown=f"# Rollback of {restore_id}\n\n{record.component} is back to safety backup "
-        f"`{manifest.id}` (data from {manifest.source_time.isoformat()}).\n",
+        return original
+    check_rollback_allowed(original)
+    manifest = get_backup(store_block, original.safety_backup_id, original.component)
+    target_block = load_target(original.component, target)
+    record = _new_record(original.component, manifest, force, kind="rollback", rolls_back=restore_id)
+    needs_approval = guard_block.require_approval if require_approval is None else require_approval
+    checklist = {
+        "force": force,
+        "required_objects": None,
+        "needs_approval": needs_approval,
+        "without_rollback": False,
+    }
+    if load_restore_record(store_block, restore_id).status == "rolled back":  # a concurrent rollback
+        raise BadInput(f"restore {restore_id} was rolled back meanwhile: nothing more to do")
+    outcome = _checked_restore(record, manifest, store_block, target_block, guard_block, checklist, None)
+    if not isinstance(outcome, RestoreRecord):
+        return outcome  # cancelled while waiting for approval
+    original.status, original.rolled_back_at, original.rolled_back_by = (
+        "rolled back",
+        datetime.now(UTC),
+        record.id,
     )
-    return record
+    put_record(store_block, record_key_of(store_block, restore_id), original)
+    logger.info(
+        "restore %s rolled back by %s (its safety backup %s)", restore_id, record.id, record.safety_backup_id
+    )
+    return original

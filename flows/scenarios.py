@@ -25,6 +25,7 @@ from tasks.components.kubernetes import api as kube
 from tasks.errors import BadInput, NotFound
 from tasks.ids import new_backup_id
 from tasks.markdown import fields_table, table
+from tasks.metrics import tracked
 from tasks.operations.disaster import (
     PVC_RESOURCES,
     backup_holding_namespace,
@@ -56,14 +57,15 @@ def namespace_corruption(
     """Runbook scenario 2: forensic backup of the broken namespace, delete it, restore it from
     the newest (or the given) Kubernetes backup that holds it, verify its objects."""
     logger = get_run_logger()
-    store_block = load_store(store)
-    target_block = velero_target("kubernetes", target)
-    manifest = backup_holding_namespace(store_block, backup_id, namespace)
-    verify_task(manifest, store_block, target_block)  # before anything is deleted
-    with component_lock("kubernetes"):  # no scheduled backup or other restore in between
-        forensic = forensic_backup_task(target_block, store_block, namespace, "kubernetes")
-        delete_namespace_task(target_block, namespace)
-        restored = restore_task(manifest, target_block, store_block, {"namespaces": [namespace]})
+    with tracked("restore", "kubernetes"):  # metrics: failures are pushed too (try/finally)
+        store_block = load_store(store)
+        target_block = velero_target("kubernetes", target)
+        manifest = backup_holding_namespace(store_block, backup_id, namespace)
+        verify_task(manifest, store_block, target_block)  # before anything is deleted
+        with component_lock("kubernetes"):  # no scheduled backup or other restore in between
+            forensic = forensic_backup_task(target_block, store_block, namespace, "kubernetes")
+            delete_namespace_task(target_block, namespace)
+            restored = restore_task(manifest, target_block, store_block, {"namespaces": [namespace]})
     report = {"namespace": namespace, "backup_id": manifest.id, "forensic_backup": forensic, **restored}
     logger.info("namespace %s restored from %s (forensic backup %s)", namespace, manifest.id, forensic)
     _report("namespace-corruption", f"Namespace {namespace} restored", report)
@@ -82,20 +84,13 @@ def data_corruption(
     verifies good. Apps are quiesced, the corrupted PVCs are kept in a forensic backup, deleted
     (Velero skips existing claims, which is why the runbook's restore did nothing) and restored
     with their data; the apps come back with exactly their replica counts."""
-    store_block = load_store(store)
-    target_block = velero_target("volumes", target)
-    manifest, rejected = newest_good_volumes_backup(store_block, target_block, namespace, pvcs, before)
-    doc = velero.load_document(store_block, manifest)
-    names = pvcs or doc["inventory"][namespace]["persistentvolumeclaims"]
-    with component_lock("volumes"), kube.quiesced(target_block.kube, namespace) as replicas:
-        forensic = forensic_backup_task(target_block, store_block, namespace, "volumes")
-        delete_pvcs_task(target_block, namespace, names)
-        restored = restore_task(
-            manifest,
-            target_block,
-            store_block,
-            {"namespaces": [namespace], "resources": PVC_RESOURCES, "restore_pvs": True},
-        )
+    with tracked("restore", "volumes"):  # metrics: failures are pushed too (try/finally)
+        store_block = load_store(store)
+        target_block = velero_target("volumes", target)
+        manifest, rejected = newest_good_volumes_backup(store_block, target_block, namespace, pvcs, before)
+        doc = velero.load_document(store_block, manifest)
+        names = pvcs or doc["inventory"][namespace]["persistentvolumeclaims"]
+        forensic, replicas, restored = _replace_pvcs(store_block, target_block, manifest, namespace, names)
     report = {
         "namespace": namespace,
         "backup_id": manifest.id,
@@ -107,6 +102,22 @@ def data_corruption(
     }
     _report("data-corruption", f"PVCs of {namespace} restored", report)
     return report
+
+
+def _replace_pvcs(
+    store: StoreBlock, target: Any, manifest: Any, namespace: str, names: list[str]
+) -> tuple[str, dict[str, int], dict[str, Any]]:
+    """Apps quiesced, a forensic backup, the claims deleted and restored with their data."""
+    with component_lock("volumes"), kube.quiesced(target.kube, namespace) as replicas:
+        forensic = forensic_backup_task(target, store, namespace, "volumes")
+        delete_pvcs_task(target, namespace, names)
+        restored = restore_task(
+            manifest,
+            target,
+            store,
+            {"namespaces": [namespace], "resources": PVC_RESOURCES, "restore_pvs": True},
+        )
+    return forensic, replicas, restored
 
 
 @flow(name="partial-restore")
@@ -134,7 +145,7 @@ def partial_restore(
         "namespace_mapping": namespace_mapping or {},
         "existing_resource_policy": ExistingResourcePolicy(existing_resource_policy).value,
     }
-    with component_lock("kubernetes"):
+    with tracked("restore", "kubernetes"), component_lock("kubernetes"):
         report = {"backup_id": manifest.id, **restore_task(manifest, target_block, store_block, options)}
     _report("partial-restore", f"Partial restore from {manifest.id}", report)
     return report
@@ -196,8 +207,13 @@ def full_cluster_restore(
         action = plan.step(component).action if component else "verify"
         started = datetime.now(UTC)
         try:
-            # the step that changes a component holds its lock: no backup or other restore of it meanwhile
-            with component_lock(component) if component else contextlib.nullcontext():
+            # the step that changes a component holds its lock: no backup or other restore of it
+            # meanwhile; a step that restores pushes its restore metrics (a failure too)
+            restores = component is not None and action in ("create", "replace")
+            with (
+                component_lock(component) if component else contextlib.nullcontext(),
+                tracked("restore", component) if restores else contextlib.nullcontext(),
+            ):
                 outcome = run_step(
                     component,
                     action,

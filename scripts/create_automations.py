@@ -23,12 +23,25 @@ from prefect.automations import Automation, EventTrigger, Posture, SendNotificat
 from tasks.errors import ConfigurationError
 from tasks.notify import Severity, load_notifier, load_routing, targets
 
+# every flow that backs up, restores, rolls back or proves a restore: a Failed or Crashed run alerts
+# (tests/drill/test_restore_alerts.py checks that every restore-type flow under flows/ is here)
 FLOWS = (
     "backup-component",
     "backup-all",
     "restore-component",
+    "restore-with-checklist",
+    "rollback-restore",
     "restore-drill",
     "pitr-postgres",
+    "promote-pitr",
+    "pitr-kubernetes",
+    "check-wal-archive",
+    "rollback-postgres",
+    "cleanup-postgres-rollbacks",
+    "namespace-corruption",
+    "data-corruption",
+    "partial-restore",
+    "full-cluster-restore",
     "verify-backups",
     "enforce-retention",
 )

@@ -20,6 +20,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 from blocks.restore_guard import RestoreGuard
 from blocks.store import StoreBlock
 from tasks.errors import BackupError
+from tasks.markdown import cell
 from tasks.models import Manifest
 from tasks.storage.layout import layout
 from tasks.storage.records import put_record
@@ -31,6 +32,7 @@ class Mark(StrEnum):
     warn = "warn"
     refused = "REFUSED"
     failed = "FAILED"
+    cancelled = "cancelled"
     not_reached = "not reached"
 
 
@@ -93,8 +95,8 @@ def confirm_contents(manifest: Manifest, required_objects: list[str] | None) -> 
     return ChecklistLine(
         item=item,
         mark=Mark.ok,
-        detail=f"{len(names)} objects ({', '.join(names)[:200]}), {manifest.raw_size} bytes raw, "
-        f"data from {manifest.source_time.isoformat()} ({age_h:.2f} h old); {fp[:300]}",
+        detail=f"{len(names)} objects ({', '.join(names)}), {manifest.raw_size} bytes raw, "
+        f"data from {manifest.source_time.isoformat()} ({age_h:.2f} h old); {fp}",
     )
 
 
@@ -184,16 +186,28 @@ def prepare_rollback(
         detail = f"the safety backup failed, so there is no rollback: {type(exc).__name__}: {exc}"
         return _warn_or_refuse(item, detail, without_rollback, exc), None
     return (
-        ChecklistLine(
-            item=item, mark=Mark.ok, detail=f"safety backup {manifest.id} (roll back with rollback_restore)"
-        ),
+        ChecklistLine(item=item, mark=Mark.ok, detail=f"safety backup {manifest.id}, stored and verified"),
         manifest.id,
     )
 
 
-def checklist_markdown(title: str, lines: list[ChecklistLine], plan_md: str | None = None) -> str:
-    box = {Mark.ok: "[x]", Mark.warn: "[x]", Mark.refused: "[ ]", Mark.failed: "[ ]", Mark.not_reached: "[ ]"}
+# how each mark reads in an artifact: words (plain fonts, screen readers); warnings marked as such
+SHOWN = {
+    Mark.ok: "ok",
+    Mark.warn: "⚠ WARNING",
+    Mark.refused: "REFUSED",
+    Mark.failed: "FAILED",
+    Mark.cancelled: "cancelled",
+    Mark.not_reached: "not reached",
+}
+
+
+def checklist_markdown(title: str, lines: list[ChecklistLine], status: str = "running") -> str:
+    """The checklist as a numbered list (it wraps; a table of long details does not): every
+    item, its mark and its full detail; items not reached yet are "pending" while the restore
+    runs, "not reached" once it has ended."""
     done = {line.item for line in lines}
-    rows = [f"- {box[line.mark]} **{line.item}** ({line.mark.value}): {line.detail}" for line in lines]
-    rows += [f"- [ ] **{item}** (not reached)" for item in ITEMS if item not in done]
-    return f"# {title}\n\n" + "\n".join(rows) + "\n" + (f"\n{plan_md}" if plan_md else "")
+    waiting = "pending" if status == "running" else SHOWN[Mark.not_reached]
+    rows = [f"1. **{line.item}**: {SHOWN[line.mark]}: {cell(line.detail)}" for line in lines]
+    rows += [f"1. **{item}**: {waiting}" for item in ITEMS if item not in done]
+    return f"# {title}\n\nStatus: **{status}**\n\n" + "\n".join(rows) + "\n"

@@ -57,8 +57,8 @@ def drill_component(
     fail_on_production_change: bool,
     rpo_target_hours: float,
 ) -> ComponentDrill:
-    def not_covered(reason: str) -> ComponentDrill:
-        return ComponentDrill(component=name, status=Status.not_covered, reason=reason)
+    def not_configured(reason: str) -> ComponentDrill:
+        return ComponentDrill(component=name, status=Status.not_covered, configured=False, reason=reason)
 
     def failed(reason: str, **kw: Any) -> ComponentDrill:
         return ComponentDrill(component=name, status=Status.failed, reason=reason, **kw)
@@ -67,7 +67,7 @@ def drill_component(
     try:
         target = load_target(name, target_ref)
     except ConfigurationError as exc:
-        return failed(f"not configured: {exc}") if explicit else not_covered(f"not configured: {exc}")
+        return failed(f"not configured: {exc}") if explicit else not_configured(f"not configured: {exc}")
     rp_id, rp_manifests, rp_failed = rp
     try:
         if rp_id:
@@ -84,6 +84,7 @@ def drill_component(
         component=name,
         status=Status.failed,
         backup_id=manifest.id,
+        size=manifest.raw_size,
         source_time=manifest.source_time,
         rpo_age_seconds=age,
         worst_gap_seconds=gap,
@@ -143,6 +144,11 @@ def drill_component(
 def drill_verdict(record: DrillRecord, rto_target_minutes: float) -> list[str]:
     failures = [f"{c.component}: {c.reason}" for c in record.components if c.status is Status.failed]
     failures += [f"health check {h.name}: {h.detail}" for h in record.health if not h.ok]
+    failures += [
+        f"{c.component}: configured but not verified: {c.reason}"
+        for c in record.components
+        if c.configured and c.status is Status.not_covered
+    ]
     if not any(c.status is Status.verified for c in record.components):
         failures.append("no component was covered: this drill proves nothing")
     if record.rto_seconds is not None and record.rto_seconds >= rto_target_minutes * 60:

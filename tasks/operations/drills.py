@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import AwareDatetime, BaseModel, Field, model_validator
 
 from blocks.store import StoreBlock
+from tasks.markdown import cell
 from tasks.models import Manifest
 from tasks.proc import run
 from tasks.storage.layout import DRILLS, layout
@@ -89,7 +90,9 @@ def run_health_check(check: HealthCheck, drill_id: str) -> CheckResult:
 class ComponentDrill(BaseModel):
     component: str
     status: Status
+    configured: bool = Field(default=True, description="False: no target configured, so not drilled")
     reason: str | None = None
+    size: int | None = Field(default=None, description="raw bytes of the backup drilled")
     backup_id: str | None = None
     source_time: AwareDatetime | None = None
     restore_started: AwareDatetime | None = None
@@ -123,6 +126,17 @@ class DrillRecord(BaseModel):
     @property
     def passed(self) -> bool:
         return not self.failures
+
+    @property
+    def coverage(self) -> str:
+        """'N of M components verified, K not configured': what the verdict stands on."""
+        verified = sum(c.status is Status.verified for c in self.components)
+        absent = sum(not c.configured for c in self.components)
+        return f"{verified} of {len(self.components)} components verified, {absent} not configured"
+
+    @property
+    def headline(self) -> str:
+        return f"{'PASSED' if self.passed else 'FAILED'}: {self.coverage}"
 
     def component(self, name: str) -> ComponentDrill:
         for c in self.components:
@@ -190,18 +204,15 @@ def drill_report_text(result: DrillRecord | dict[str, Any]) -> str:
         rows.append(
             (
                 c.component,
-                c.status.value,
+                c.status.value if c.configured else "not configured",
                 duration(c.rto_seconds),
                 duration(c.rpo_age_seconds),
                 duration(c.worst_gap_seconds),
-                (c.reason or c.backup_id or "")[:80],
+                c.reason or c.backup_id or "",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [
-        f"Restore drill {rec.id} ({rec.started_at:%Y-%m-%d %H:%M:%S} UTC): "
-        + ("PASSED" if rec.passed else "FAILED")
-    ]
+    lines = [f"Restore drill {rec.id} ({rec.started_at:%Y-%m-%d %H:%M:%S} UTC): {rec.headline}"]
     for i, row in enumerate(rows):
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
         if i == 0:
@@ -218,9 +229,8 @@ def drill_report_text(result: DrillRecord | dict[str, Any]) -> str:
 
 
 def drill_report_markdown(rec: DrillRecord) -> str:
-    verdict = "PASSED" if rec.passed else "FAILED"
     out = [
-        f"# Restore drill {rec.id}: {verdict}",
+        f"# Restore drill {rec.id}: {rec.headline}",
         "",
         f"Started {rec.started_at.isoformat()}, finished {rec.finished_at.isoformat()}"
         + (f", recovery point `{rec.recovery_point}`" if rec.recovery_point else ""),
@@ -235,27 +245,27 @@ def drill_report_markdown(rec: DrillRecord) -> str:
         f"{duration(rec.worst_gap_seconds)} | < {rec.rpo_target_hours:g} h | "
         f"{_ok(rec.worst_gap_seconds, rec.rpo_target_hours * 3600)} |",
         "",
-        "| component | result | backup | RTO | RPO (age) | worst gap | RPO target | production unchanged "
-        "| detail |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| component | result | backup | RTO | RPO (age) | worst gap | RPO target | production unchanged |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    details: list[str] = []
     for c in rec.components:
-        prod = {True: "yes", False: "**NO**", None: "-"}[c.production_unchanged]
-        status = f"**{c.status.value}**" if c.status is Status.failed else c.status.value
+        prod = {True: "yes", False: "NO (changed)", None: "-"}[c.production_unchanged]
+        status = SHOWN[c.status] if c.configured else "not configured"
         target = "-" if c.rpo_target_hours is None else f"< {c.rpo_target_hours:g} h"
-        detail = (c.reason or ", ".join(f"{k}: ok" for k in c.checks.get("checks", {})) or "").replace(
-            "|", "/"
-        )
+        detail = c.reason or ", ".join(f"{k}: ok" for k in c.checks.get("checks", {})) or ""
         out.append(
             f"| {c.component} | {status} | {c.backup_id or '-'} | {duration(c.rto_seconds)} | "
             f"{duration(c.rpo_age_seconds)} | {duration(c.worst_gap_seconds)} | "
-            f"{target} | {prod} | {detail[:300]} |"
+            f"{target} | {prod} |"
         )
+        details.append(f"- **{c.component}**: {status}" + (f": {cell(detail)}" if detail else ""))
+    out += ["", "## Each component", ""] + details
     checks = rec.health + [h for c in rec.components for h in c.health]
     if checks:
         out += ["", "| health check | component | result | detail |", "|---|---|---|---|"]
         out += [
-            f"| {h.name} | {h.component or '(all)'} | {'ok' if h.ok else '**FAILED**'} | {h.detail} |"
+            f"| {h.name} | {h.component or '(all)'} | {'ok' if h.ok else 'FAILED'} | {cell(h.detail)} |"
             for h in checks
         ]
     if rec.failures:
@@ -268,4 +278,7 @@ def drill_report_markdown(rec: DrillRecord) -> str:
 def _ok(value: float | None, limit: float) -> str:
     if value is None:
         return "-"
-    return "ok" if value < limit else "**MISSED**"
+    return "ok" if value < limit else "MISSED"
+
+
+SHOWN = {Status.verified: "verified", Status.failed: "FAILED", Status.not_covered: "⚠ not covered"}

@@ -12,10 +12,12 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from blocks.store import StoreBlock
 from tasks.components.registry import SPECS, dr_order, load, load_target
-from tasks.errors import BadInput, ConfigurationError
+from tasks.errors import BadInput, ConfigurationError, NotFound
+from tasks.markdown import cell
 from tasks.models import Manifest
+from tasks.operations.drills import duration
 from tasks.operations.recovery import get_recovery_point, member_manifests
-from tasks.storage.catalog import get_backup
+from tasks.storage.catalog import LATEST, backup_at_or_before, get_backup, latest_backup
 from tasks.storage.layout import DRILLS, RESTORE_RECORD, RESTORES
 from tasks.storage.records import iter_records
 
@@ -29,6 +31,18 @@ ORDER = dr_order()
 
 Action = Literal["create", "replace", "skip", "plan only"]
 
+# what a restore of each component really does to its target (its module's `restore`)
+MODES: dict[str, str] = {
+    "kubernetes": "in place: a Velero Restore into the namespaces (existing objects per the policy)",
+    "volumes": "in place: the claims are deleted and restored with their data",
+    "postgres": "aside, then cut over: restored into a side database, checked, renamed over "
+    "(the old database is kept for rollback_postgres)",
+    "etcd": "plan only: the snapshot and the restore commands are written out for a reviewed swap",
+    "rabbitmq": "in place: the definitions are imported over the current ones, then checked",
+    "app-state": "in place: each step's restore command replaces the current state (no aside copy)",
+    "postgres-pitr": "new instance: a new PostgreSQL paused at the target; promote_pitr is separate",
+}
+
 
 class PlanStep(BaseModel):
     order: int
@@ -41,6 +55,7 @@ class PlanStep(BaseModel):
     current_state: dict[str, Any] | None = None
     action: Action
     reason: str
+    mode: str = Field(default="", description="what a restore of this component does to its target")
     estimated_seconds: float | None = None
     estimate_basis: str = ""
 
@@ -67,22 +82,40 @@ def _target_label(target: Block) -> str:
     return f"{kind} '{name}'" if name else f"{kind} (unsaved / from the environment)"
 
 
-def restore_history(store: StoreBlock) -> dict[str, list[float]]:
-    """Seconds past restores and drills of each component took, oldest first."""
-    out: dict[str, list[float]] = {}
+Sample = tuple[float, int | None]  # (seconds, raw bytes) of one past restore or drill
+
+
+def restore_history(store: StoreBlock) -> dict[str, list[Sample]]:
+    """(seconds, bytes) of past restores and drills of each component, oldest first."""
+    out: dict[str, list[tuple[datetime, Sample]]] = {}
     for _, rec in iter_records(store, RESTORES, "/" + RESTORE_RECORD):
         if rec.get("status") in ("restored", "rolled back") and rec.get("duration_seconds") is not None:
-            out.setdefault(rec["component"], []).append(float(rec["duration_seconds"]))
+            sample = (float(rec["duration_seconds"]), rec.get("size"))
+            out.setdefault(rec["component"], []).append((_when(rec.get("started_at")), sample))
     for _, rec in iter_records(store, DRILLS):
         for comp in rec.get("components", []):
             if comp.get("status") == "verified" and comp.get("rto_seconds") is not None:
-                out.setdefault(comp["component"], []).append(float(comp["rto_seconds"]))
-    return out
+                sample = (float(comp["rto_seconds"]), comp.get("size"))
+                out.setdefault(comp["component"], []).append((_when(rec.get("started_at")), sample))
+    return {c: [s for _, s in sorted(v, key=lambda x: x[0])] for c, v in out.items()}
 
 
-def estimate(manifest: Manifest, history: list[float]) -> tuple[float, str]:
+def _when(value: Any) -> datetime:
+    return datetime.fromisoformat(value) if isinstance(value, str) else datetime.min.replace(tzinfo=UTC)
+
+
+def estimate(manifest: Manifest, history: list[Sample]) -> tuple[float, str]:
+    """From measured throughput (bytes/s) of the last five restores/drills of the component,
+    scaled to this backup's size; else their median duration; else the backup's own duration."""
+    sized = [(sec, n) for sec, n in history if n and sec > 0][-5:]
+    if sized and manifest.raw_size:
+        rate = statistics.median(n / sec for sec, n in sized)
+        return manifest.raw_size / rate, (
+            f"{manifest.raw_size} bytes at {rate / 1024:.1f} KiB/s, the median throughput of "
+            f"the last {len(sized)} restores/drills"
+        )
     if history:
-        recent = history[-5:]
+        recent = [sec for sec, _ in history[-5:]]
         return statistics.median(recent), f"median of the last {len(recent)} restores/drills"
     took = (manifest.finished_at - manifest.started_at).total_seconds()
     return took, "no restore history: the backup's own duration"
@@ -98,7 +131,13 @@ def _decide(manifest: Manifest, state: dict[str, Any]) -> tuple[Action, str]:
         return "skip", "already identical: the current fingerprint equals the backup's"
     if _is_empty(state):
         return "create", "nothing there now"
-    return "replace", "the current state would be replaced (restore aside, then cut over)"
+    if current is None or manifest.fingerprint is None:
+        return "replace", "the current state would be replaced (no fingerprint tells if it is identical)"
+    return "replace", "the current state differs from the backup (fingerprints differ) and would be replaced"
+
+
+def target_label(target: Block) -> str:
+    return _target_label(target)
 
 
 def plan_step(
@@ -126,7 +165,12 @@ def plan_step(
     if manifest is None:
         return PlanStep(**base, target=_target_label(target), action="skip", reason=missing or "no backup")
     seconds, basis = estimate(manifest, history.get(component, []))
-    base |= {"target": _target_label(target), "estimated_seconds": seconds, "estimate_basis": basis}
+    base |= {
+        "target": _target_label(target),
+        "mode": MODES.get(component, ""),
+        "estimated_seconds": seconds,
+        "estimate_basis": basis,
+    }
     try:
         state = module.describe_current_state(target)
     except Exception as exc:
@@ -139,20 +183,52 @@ def plan_step(
     return PlanStep(**base, current_state=state, action=action, reason=reason)
 
 
+def _each(store: StoreBlock, components: list[str], pick: Any, label: str) -> tuple[dict, dict]:
+    found, missing = {}, {}
+    for name in components:
+        try:
+            found[name] = pick(store, name)
+        except NotFound as exc:
+            missing[name] = f"no backup {label}: {exc}"
+    return found, missing
+
+
 def resolve_source(
-    store: StoreBlock, recovery_point: str | None, backup_id: str | None, component: str | None = None
+    store: StoreBlock,
+    recovery_point: str | None,
+    backup_id: str | None,
+    components: list[str] | None = None,
+    at: datetime | None = None,
 ) -> tuple[str, dict[str, Manifest], dict[str, str]]:
-    """(source label, component -> manifest, component -> why it has no backup)."""
-    if recovery_point and backup_id:
-        raise BadInput("give a recovery point or a backup id, not both")
+    """(source label, component -> manifest, component -> why it has no backup). Every way a
+    restore is asked for: a recovery point ('latest' or an id), a backup id, 'latest' of the
+    listed components, or the newest backup of each at or before a time."""
+    given = [x for x in (recovery_point, backup_id, at) if x]
+    if len(given) > 1:
+        raise BadInput("give one of: a recovery point, a backup id ('latest' or an id), or a time")
+    if backup_id == LATEST:
+        if not components:
+            raise BadInput("backup_id='latest' needs components=[...]: say whose latest backup to plan")
+        found, missing = _each(store, components, latest_backup, "yet")
+        return "latest backups", found, missing
     if backup_id:
-        manifest = get_backup(store, backup_id, component)
+        manifest = get_backup(store, backup_id)
         return manifest.id, {manifest.component: manifest}, {}
+    if at:
+        if at.tzinfo is None:
+            raise BadInput(f"time {at.isoformat()} has no time zone: give it with one (e.g. +00:00)")
+        found, missing = _each(
+            store, components or ORDER, lambda st, c: backup_at_or_before(st, c, at), f"at or before {at}"
+        )
+        return f"backups at or before {at.isoformat()}", found, missing
     if recovery_point:
         rp = get_recovery_point(store, recovery_point)
         missing = {c: f"failed in recovery point {rp.id}: {e}" for c, e in rp.failed.items()}
         return rp.id, member_manifests(store, rp), missing
-    raise BadInput("say what to restore: a recovery point ('latest' or an id) or a backup id")
+    raise BadInput(
+        "say what to restore: a recovery point ('latest' or an id), a backup id, "
+        "backup_id='latest' with components, or a time"
+    )
 
 
 def build_plan(
@@ -161,12 +237,16 @@ def build_plan(
     backup_id: str | None = None,
     components: list[str] | None = None,
     targets: dict[str, str | Block] | None = None,
+    at: datetime | None = None,
 ) -> RestorePlan:
     unknown = [c for c in components or [] if c not in SPECS]
     if unknown:
         raise BadInput(f"unknown components {unknown}: choose from {', '.join(SPECS)}")
-    source, manifests, missing = resolve_source(store, recovery_point, backup_id)
-    names = list(manifests) if backup_id else [c for c in ORDER if c in (components or ORDER)]
+    source, manifests, missing = resolve_source(store, recovery_point, backup_id, components, at)
+    if backup_id and backup_id != LATEST:
+        names = list(manifests)
+    else:
+        names = [c for c in ORDER if c in (components or ORDER)]
     history = restore_history(store)
     steps = [
         plan_step(
@@ -183,26 +263,31 @@ def build_plan(
 
 
 def plan_markdown(plan: RestorePlan, title: str = "Restore plan") -> str:
+    """One short section per component (lists wrap; wide tables do not)."""
+    acting = [s for s in plan.steps if s.action in ("create", "replace")]
     out = [
         f"# {title}: {plan.source}",
         "",
-        f"Dry run made {plan.created_at.isoformat()}. Nothing was changed. "
-        f"Estimated duration: {plan.estimated_seconds / 60:.1f} min.",
-        "",
-        "| # | component | backup | data age | to | now there | action | estimate |",
-        "|---|---|---|---|---|---|---|---|",
+        f"Dry run made {plan.created_at:%Y-%m-%d %H:%M:%S} UTC; it changed nothing. "
+        f"{len(acting)} of {len(plan.steps)} components would be restored, estimated "
+        f"{duration(plan.estimated_seconds)} in all.",
     ]
     for s in plan.steps:
-        now = "-" if s.current_state is None else _short(s.current_state)
-        age = "-" if s.age_hours is None else f"{s.age_hours:.2f} h"
-        est = "-" if s.estimated_seconds is None else f"{s.estimated_seconds:.1f} s ({s.estimate_basis})"
-        out.append(
-            f"| {s.order} | {s.component} | {s.backup_id or '-'} | {age} | {s.target} | {now} | "
-            f"**{s.action}**: {s.reason.replace('|', '/')[:200]} | {est} |"
-        )
+        out += ["", f"### {s.order}. {s.component}: {s.action}", ""]
+        if s.backup_id:
+            age = "" if s.age_hours is None else f", {s.age_hours:.2f} h old"
+            out.append(f"- backup: `{s.backup_id}`{age}, {s.size} bytes raw")
+        out.append(f"- into: {s.target}")
+        if s.current_state is not None:
+            out.append(f"- there now: {cell(short_state(s.current_state))}")
+        if s.mode and s.action != "skip":
+            out.append(f"- how: {s.mode}")
+        out.append(f"- why: {cell(s.reason)}")
+        if s.estimated_seconds is not None:
+            out.append(f"- estimate: {duration(s.estimated_seconds)} ({s.estimate_basis})")
     return "\n".join(out) + "\n"
 
 
-def _short(state: dict[str, Any]) -> str:
-    text = ", ".join(f"{k}={v}" for k, v in state.items())
-    return text.replace("|", "/")[:160]
+def short_state(state: dict[str, Any]) -> str:
+    """The current state in one line, full (it is what an operator decides on)."""
+    return ", ".join(f"{k}={v}" for k, v in state.items()) or "empty"

@@ -7,6 +7,7 @@
     <prefix>/drills/<YYYY-MM-DD>/<drill-id>.json                   restore drills
     <prefix>/restores/<YYYY-MM-DD>/<restore-id>/record.json        a restore (and its rollback)
     <prefix>/restores/<YYYY-MM-DD>/<restore-id>/current-state.json state found before it
+    <prefix>/restores/safety-backups/<backup-id>.json              a safety backup's restore
     <prefix>/dr-runs/<run-id>/run.json, NN-<step>.json             full cluster restore runs
     <prefix>/_prefect-results/                                     Prefect task results
 
@@ -37,6 +38,7 @@ RESULTS_DIR = "_prefect-results"
 RESTORE_RECORD = "record.json"
 RESTORE_STATE = "current-state.json"
 DR_RUN_RECORD = "run.json"
+SAFETY_MARKS = "safety-backups"
 
 
 def _day(when: datetime) -> str:
@@ -103,6 +105,11 @@ class StoreLayout:
 
     def restore_state_key(self, restore_id: str) -> str:
         return f"{self.restore_dir(restore_id)}/{RESTORE_STATE}"
+
+    def safety_mark_key(self, backup_id: str) -> str:
+        """<prefix>/restores/safety-backups/<backup-id>.json: which restore took it, how it ended."""
+        parse_backup_id(backup_id)
+        return self._join(RESTORES, SAFETY_MARKS, f"{backup_id}.json")
 
     def dr_run_key(self, run_id: str) -> str:
         return self._join(DR_RUNS, run_id, DR_RUN_RECORD)

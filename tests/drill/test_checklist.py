@@ -191,7 +191,9 @@ def test_an_approved_restore_goes_ahead_with_the_approver_recorded(local_store, 
         with get_client(sync_client=True) as client:
             while not stop.wait(0.2):
                 for run in client.read_flow_runs(flow_run_filter=paused):
-                    resume_flow_run(run.id, run_input={"approve": True, "by": "alice", "reason": "db lost"})
+                    resume_flow_run(
+                        run.id, run_input={"decision": "approve", "by": "alice", "reason": "db lost"}
+                    )
                     return
 
     thread = threading.Thread(target=approver, daemon=True)

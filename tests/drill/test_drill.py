@@ -8,7 +8,7 @@ from prefect.settings import PREFECT_API_URL
 
 from flows.backup import backup_all, backup_component
 from flows.drill import DrillFailed, drill_report_text, last_drill_report, restore_drill
-from tasks.operations.drills import HealthCheck, Status, list_drill_records
+from tasks.operations.drills import HealthCheck, Status, drill_report_markdown, list_drill_records
 from tasks.storage.catalog import list_backups
 from tests.drill.conftest import flip_byte, processes_mentioning
 
@@ -47,7 +47,17 @@ def test_drill_restores_app_state_into_isolation_and_passes(local_store, prod, d
     # the record is stored for trends, and the text report names every component
     assert list_drill_records(store)[-1].id == record.id
     text = drill_report_text(record)
-    assert "PASSED" in text and "app-state" in text and "verified" in text and "not covered" in text
+    assert "PASSED" in text and "app-state" in text and "verified" in text and "not configured" in text
+    # the verdict says what it stands on, in the headline, the artifact and the run's state message
+    assert record.coverage == "1 of 7 components verified, 6 not configured"
+    assert text.splitlines()[0].endswith("PASSED: 1 of 7 components verified, 6 not configured")
+    markdown = drill_report_markdown(record)
+    assert markdown.startswith(f"# Restore drill {record.id}: PASSED: 1 of 7 components verified")
+    assert all("**" not in line for line in markdown.splitlines() if line.startswith("|"))
+    for other in others:  # reasons in full, never cut
+        assert other.reason in text and other.reason in markdown
+    state = restore_drill(targets={"app-state": target}, store=store, return_state=True)
+    assert state.is_completed() and "PASSED: 1 of 7 components verified, 6 not configured" in state.message
 
 
 def test_a_drill_command_that_leaves_a_process_running_is_cleaned_up(local_store, prod, drill_tmp):

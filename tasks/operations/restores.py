@@ -1,0 +1,274 @@
+"""Restore records: what one checklist restore (or rollback) did, kept in the store at
+<prefix>/restores/<YYYY-MM-DD>/<restore-id>/record.json, its artifacts, its metrics, and the mark
+on its safety backup (<prefix>/restores/safety-backups/<backup-id>.json: which restore it
+belongs to and how that restore ended)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from prefect.artifacts import create_markdown_artifact
+from prefect.blocks.core import Block
+from pydantic import AwareDatetime, BaseModel, Field
+
+from blocks.restore_guard import RestoreGuard
+from blocks.store import StoreBlock
+from tasks.errors import BadInput, ConfigurationError, NotFound
+from tasks.metrics import record_run
+from tasks.models import Manifest
+from tasks.operations.approval import RestoreCancelled, deadline_of, decide, form_markdown, size
+from tasks.operations.checklist import (
+    ITEMS,
+    ChecklistLine,
+    Mark,
+    Refused,
+    checklist_markdown,
+    confirm_contents,
+    document_current_state,
+    maintenance_window,
+    notify_stakeholders,
+    prepare_rollback,
+    verify_integrity,
+)
+from tasks.operations.plan import MODES, short_state, target_label
+from tasks.storage.catalog import get_backup, list_backups
+from tasks.storage.layout import layout
+from tasks.storage.records import get_record, put_record
+
+Status = Literal["running", "refused", "cancelled", "failed", "restored", "rolled back"]
+# a restore in one of these states may have changed the target: a rollback puts the safety copy back
+CHANGED = ("restored", "failed")
+
+
+class RestoreRecord(BaseModel):
+    id: str
+    kind: Literal["restore", "rollback"] = "restore"
+    component: str
+    backup_id: str
+    size: int | None = Field(default=None, description="raw bytes of the backup restored")
+    status: Status = Field(description="running | refused | cancelled | failed | restored | rolled back")
+    started_at: AwareDatetime
+    finished_at: AwareDatetime | None = None
+    duration_seconds: float | None = Field(default=None, description="the restore step alone")
+    forced: bool = False
+    checklist: list[ChecklistLine] = Field(default_factory=list)
+    safety_backup_id: str | None = None
+    current_state_key: str | None = None
+    approved_by: str | None = None
+    report: dict[str, Any] | None = None
+    error: str | None = None
+    rolls_back: str | None = Field(default=None, description="for a rollback: the restore it undoes")
+    rolled_back_at: AwareDatetime | None = None
+    rolled_back_by: str | None = Field(default=None, description="the rollback's own restore id")
+
+
+def load_guard(ref: str | RestoreGuard | None) -> RestoreGuard:
+    if isinstance(ref, RestoreGuard):
+        return ref
+    if not ref:
+        return RestoreGuard()
+    try:
+        return RestoreGuard.load(ref)
+    except ValueError:
+        raise ConfigurationError(
+            f"no klb-restore-guard block named {ref!r}: create it or pass none"
+        ) from None
+
+
+def record_key_of(store: StoreBlock, restore_id: str) -> str:
+    return layout(store).restore_record_key(restore_id)
+
+
+def load_restore_record(store: StoreBlock, restore_id: str) -> RestoreRecord:
+    try:
+        return RestoreRecord.model_validate(get_record(store, record_key_of(store, restore_id)))
+    except NotFound:
+        raise NotFound(
+            f"no restore {restore_id} in {store.location}: the id is in the restore's checklist "
+            "artifact and in its flow run's result"
+        ) from None
+
+
+def safety_mark_key(store: StoreBlock, backup_id: str) -> str:
+    return layout(store).safety_mark_key(backup_id)
+
+
+def safety_mark(store: StoreBlock, backup_id: str) -> dict[str, Any]:
+    """Which restore took this safety backup, and how that restore ended."""
+    return get_record(store, safety_mark_key(store, backup_id))
+
+
+def title_of(record: RestoreRecord) -> str:
+    what = "Rollback" if record.kind == "rollback" else "Restore"
+    return f"{what} of {record.component} from {record.backup_id} ({record.id})"
+
+
+def publish_progress(record: RestoreRecord) -> None:
+    """The checklist as it happens: a new version of the run's checklist artifact per item."""
+    create_markdown_artifact(
+        key="restore-checklist",
+        markdown=checklist_markdown(title_of(record), record.checklist, record.status),
+        description=f"pre-restore checklist {record.id} ({record.status})",
+    )
+
+
+def finish(store: StoreBlock, record: RestoreRecord) -> None:
+    """Store the record, mark its safety backup, publish the final checklist, push metrics
+    (a cancelled restore pushes none: nothing failed and nothing was restored)."""
+    record.finished_at = record.finished_at or datetime.now(UTC)
+    put_record(store, record_key_of(store, record.id), record)
+    if record.safety_backup_id:
+        put_record(
+            store,
+            safety_mark_key(store, record.safety_backup_id),
+            {
+                "backup_id": record.safety_backup_id,
+                "restore_id": record.id,
+                "restore_status": record.status,
+                "note": _safety_note(record),
+                "at": datetime.now(UTC),
+            },
+        )
+    lines = [f"\n## Result: {record.status}\n"]
+    if record.error:
+        lines.append(f"{record.error}\n")
+    lines.append(next_step(record) + "\n")
+    create_markdown_artifact(
+        key="restore-checklist",
+        markdown=checklist_markdown(title_of(record), record.checklist, record.status) + "\n".join(lines),
+        description=f"pre-restore checklist {record.id} ({record.status})",
+    )
+    if record.status in ("restored", "failed", "refused"):
+        record_run("restore", record.component, record.status == "restored", record.duration_seconds or 0.0)
+
+
+def _safety_note(record: RestoreRecord) -> str:
+    if record.status in CHANGED:
+        return f"the state before restore {record.id}: roll back with rollback_restore('{record.id}')"
+    return f"restore {record.id} was {record.status} before it changed anything: nothing to roll back"
+
+
+def next_step(record: RestoreRecord) -> str:
+    if record.status == "restored" and record.safety_backup_id:
+        return f"To undo it: `rollback_restore(restore_id='{record.id}')`."
+    if record.status == "failed" and record.safety_backup_id:
+        return (
+            f"The target may be part-way: check it; `rollback_restore(restore_id='{record.id}')` "
+            f"puts back safety backup `{record.safety_backup_id}`."
+        )
+    if record.status in ("refused", "cancelled"):
+        return "Nothing was restored, so there is nothing to roll back."
+    return ""
+
+
+def check_rollback_allowed(record: RestoreRecord) -> None:
+    """A rollback undoes a restore that changed something, and needs its safety backup."""
+    if record.status not in CHANGED:
+        raise BadInput(
+            f"restore {record.id} is '{record.status}': it replaced nothing, so there is nothing to "
+            "roll back; the current data stays as it is"
+        )
+    if not record.safety_backup_id:
+        raise BadInput(
+            f"restore {record.id} took no safety backup (run with without_rollback=True): there is "
+            "nothing to roll back to; restore an older backup with restore_with_checklist instead"
+        )
+
+
+def newer_backup(store: StoreBlock, manifest: Manifest) -> Manifest | None:
+    """The newest routine backup of the component with data newer than `manifest`'s, if any
+    (safety and forensic copies do not count: they hold the state being replaced)."""
+    routine = [
+        m
+        for m in list_backups(store, manifest.component)
+        if m.labels.get("purpose") != "pre-restore-safety"
+        and m.labels.get("kind") not in ("safety", "forensic")
+    ]
+    newer = [m for m in routine if m.source_time > manifest.source_time and m.id != manifest.id]
+    return newer[-1] if newer else None
+
+
+def run_checklist(record: RestoreRecord, *args: Any, **kwargs: Any) -> None:
+    """Every item in order (`_items`); a refusal's own line is kept in the record too."""
+    try:
+        _items(record, *args, **kwargs)
+    except Refused as exc:
+        record.checklist.append(exc.line)
+        raise
+
+
+def _items(
+    record: RestoreRecord,
+    manifest: Manifest,
+    store: StoreBlock,
+    target: Block,
+    guard: RestoreGuard,
+    force: bool,
+    required_objects: list[str] | None,
+    needs_approval: bool,
+    without_rollback: bool,
+) -> None:
+    """Every item in order, each line published as soon as it is known. Raises Refused (the
+    record holds every line so far) or RestoreCancelled (cancelled while paused)."""
+
+    def add(line: ChecklistLine) -> None:
+        record.checklist.append(line)
+        publish_progress(record)
+
+    what = "Rollback" if record.kind == "rollback" else "Restore"
+    newer = newer_backup(store, manifest)
+    publish_progress(record)
+    add(verify_integrity(manifest, store, target))
+    add(confirm_contents(manifest, required_objects))
+    add(maintenance_window(guard, force))
+    add(
+        notify_stakeholders(
+            guard,
+            f"{what} of {record.component} starting ({record.id})",
+            f"{record.component} will be restored from backup {manifest.id} "
+            f"(data from {manifest.source_time.isoformat()}). Restore id {record.id}.",
+        )
+    )
+    line, record.current_state_key = document_current_state(
+        record.component, target, store, record.id, without_rollback
+    )
+    add(line)
+    line, record.safety_backup_id = prepare_rollback(
+        record.component, target, store, record.id, without_rollback
+    )
+    add(line)
+    if not needs_approval:
+        add(ChecklistLine(item=ITEMS[6], mark=Mark.ok, detail="not required by the guard"))
+        return
+    state = get_record(store, record.current_state_key) if record.current_state_key else None
+    safety = get_backup(store, record.safety_backup_id, record.component) if record.safety_backup_id else None
+    now_there = (
+        f"{size(safety.raw_size)} in safety backup `{safety.id}`"
+        + (f", fingerprint {short_state(safety.fingerprint)}" if safety.fingerprint else "")
+        if safety
+        else "unknown (no safety backup)"
+    )
+    if state:
+        now_there += f"; configured as {short_state(state)}"
+    timeout = guard.approval_timeout_seconds
+    description = form_markdown(
+        record.id,
+        manifest,
+        newer,
+        target_label(target),
+        now_there,
+        MODES.get(record.component, "the component's own restore"),
+        safety,
+        record.checklist,
+        deadline_of(timeout),
+    )
+    try:
+        line, record.approved_by = decide(description, timeout)
+    except RestoreCancelled:
+        line = ChecklistLine(
+            item=ITEMS[6], mark=Mark.cancelled, detail="the run was cancelled while it waited for approval"
+        )
+        record.checklist.append(line)
+        raise
+    add(line)

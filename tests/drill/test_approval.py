@@ -1,0 +1,260 @@
+"""A paused checklist restore as an SRE meets it in the Prefect UI, against a real Prefect server:
+the form's schema and description, the checklist artifact read while paused, approve / reject
+through `resume_flow_run`, cancel while paused; rollback rules; restore metrics and alerts."""
+
+from __future__ import annotations
+
+import ast
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.flow_runs import resume_flow_run
+from prefect.input.run_input import keyset_from_base_key
+from prefect.states import Cancelling
+
+from blocks.restore_guard import RestoreGuard
+from flows.backup import backup_component
+from flows.recovery import load_restore_record, restore_with_checklist, rollback_restore
+from tasks.errors import BadInput
+from tasks.operations.checklist import ITEMS, Refused
+from tasks.operations.restores import safety_mark
+from tasks.storage.catalog import get_backup
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+KEYSET = keyset_from_base_key("paused-restore-approval")
+GUARD = RestoreGuard(require_approval=True, approval_timeout_seconds=120)
+
+
+class Running:
+    """A checklist restore in a thread, as a deployment run would be: the test is the human."""
+
+    def __init__(self, **kwargs) -> None:
+        self.state = None
+        self.thread = threading.Thread(target=self._run, kwargs=kwargs, daemon=True)
+        self.thread.start()
+
+    def _run(self, **kwargs) -> None:
+        self.state = restore_with_checklist(**kwargs, return_state=True)
+
+    def paused_run(self, timeout: float = 120):
+        paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
+        deadline = time.monotonic() + timeout
+        with get_client(sync_client=True) as client:
+            while time.monotonic() < deadline:
+                runs = client.read_flow_runs(flow_run_filter=paused)
+                if runs:
+                    return runs[0]
+                assert self.thread.is_alive(), f"the restore ended without pausing: {self.state}"
+                time.sleep(0.2)
+        raise AssertionError("the restore never paused for approval")
+
+    def wait(self):
+        self.thread.join(timeout=120)
+        assert not self.thread.is_alive()
+        return self.state
+
+
+def _checklist_artifact(flow_run_id) -> str:
+    """The newest version of the run's checklist artifact."""
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+                key=ArtifactFilterKey(any_=["restore-checklist"]),
+            )
+        )
+    assert found, "no checklist artifact while paused"
+    return max(found, key=lambda a: a.created).data
+
+
+def _form(flow_run_id) -> tuple[dict, str]:
+    with get_client(sync_client=True) as client:
+        schema = client.read_flow_run_input(flow_run_id, KEYSET["schema"])
+        description = client.read_flow_run_input(flow_run_id, KEYSET["description"])
+    import json
+
+    return json.loads(schema), json.loads(description)
+
+
+def test_a_paused_restore_shows_every_answer_and_the_form_carries_the_decision(local_store, prod):
+    store = local_store()
+    target = prod.target()
+    older = backup_component("app-state", target=target, store=store)
+    newer = backup_component("app-state", target=target, store=store)
+    prod.file.write_bytes(b"broken\n")
+    run = Running(component="app-state", backup_id=older.id, target=target, store=store, guard=GUARD)
+    flow_run = run.paused_run()
+
+    # the checklist, read while paused: every answer so far, with its detail; approval pending
+    md = _checklist_artifact(flow_run.id)
+    for item in ITEMS[:6]:
+        assert f"1. **{item}**: " in md
+    assert "1. **approval**: pending" in md and "sha256 match" in md
+    assert "**maintenance window**: ⚠ WARNING: no maintenance window configured" in md
+    assert "nobody told" in md and "|" not in md  # a list that wraps, no wide table
+    # the form: explicit decision, required name, a reason required for a rejection, descriptions
+    schema, description = _form(flow_run.id)
+    assert schema["required"] == ["decision", "by"]
+    assert schema["properties"]["decision"]["enum"] == ["approve", "reject"]
+    assert all(p.get("description") for p in schema["properties"].values())
+    assert schema["then"]["required"] == ["reason"]
+    record_id = description.split("**Restore id:** `")[1].split("`")[0]
+    safety_id = description.split("**Safety backup:** `")[1].split("`")[0]
+    assert older.id in description and f"A newer backup exists:** `{newer.id}`" in description
+    assert "in place" in description and "Decide by" in description and "rollback_restore" in description
+    assert "nobody told" in description and "sha256 match" in description  # the checklist answers
+    assert get_backup(store, safety_id, "app-state").raw_size == len(b"broken\n")
+    assert "Nothing was changed" not in description and "0.0 min" not in description
+    assert max(len(line) for line in description.splitlines() if not line.startswith("- ")) < 120
+
+    # the server refuses an anonymous approval and a rejection without a reason; still paused
+    for bad in ({"decision": "approve", "by": ""}, {"decision": "reject", "by": "alice"}, {"by": "alice"}):
+        with pytest.raises(Exception, match="422|[Vv]alidation|required|short"):
+            resume_flow_run(flow_run.id, run_input=bad)
+    resume_flow_run(flow_run.id, run_input={"decision": "approve", "by": "alice", "reason": "db lost"})
+    state = run.wait()
+
+    record = state.result()
+    assert record.id == record_id and record.status == "restored" and record.approved_by == "alice"
+    assert record.checklist[-1].detail == "approved by alice: db lost"
+    assert prod.file.read_bytes() != b"broken\n" and prod.restores == 1
+    final = _checklist_artifact(flow_run.id)
+    assert "## Result: restored" in final and f"rollback_restore(restore_id='{record.id}')" in final
+
+
+def test_a_rejected_restore_changes_nothing_and_cannot_be_rolled_back(local_store, prod):
+    store = local_store()
+    target = prod.target()
+    backup_component("app-state", target=target, store=store)
+    prod.file.write_bytes(b"current data\n")
+    run = Running(component="app-state", target=target, store=store, guard=GUARD)
+    flow_run = run.paused_run()
+    resume_flow_run(flow_run.id, run_input={"decision": "reject", "by": "bob", "reason": "wrong backup"})
+    state = run.wait()
+
+    assert state.is_failed()
+    with pytest.raises(Refused, match="rejected by bob: wrong backup"):
+        state.result()
+    assert prod.file.read_bytes() == b"current data\n" and prod.restores == 0
+    record = load_restore_record(store, _record_id(flow_run.id))
+    assert record.status == "refused" and record.safety_backup_id
+    assert safety_mark(store, record.safety_backup_id)["restore_status"] == "refused"
+    md = _checklist_artifact(flow_run.id)
+    assert "rollback_restore(" not in md and "nothing to roll back" in md
+
+    with pytest.raises(BadInput, match="replaced nothing, so there is nothing to roll back"):
+        rollback_restore(record.id, target=target, store=store)
+    assert prod.file.read_bytes() == b"current data\n" and prod.restores == 0
+    assert load_restore_record(store, record.id).status == "refused"
+
+
+def test_cancelling_a_paused_restore_ends_it_with_a_record_and_a_marked_safety_backup(local_store, prod):
+    store = local_store()
+    target = prod.target()
+    backup_component("app-state", target=target, store=store)
+    prod.file.write_bytes(b"current data\n")
+    run = Running(component="app-state", target=target, store=store, guard=GUARD)
+    flow_run = run.paused_run()
+    with get_client(sync_client=True) as client:  # what `prefect flow-run cancel <id>` does
+        client.set_flow_run_state(flow_run.id, Cancelling(message="wrong ticket"))
+    started = time.monotonic()
+    state = run.wait()
+
+    assert time.monotonic() - started < 30  # it stopped polling at once, not at the deadline
+    assert state.type is StateType.CANCELLED and "nothing restored" in state.message
+    record = load_restore_record(store, _record_id(flow_run.id))
+    assert record.status == "cancelled" and record.checklist[-1].mark.value == "cancelled"
+    mark = safety_mark(store, record.safety_backup_id)
+    assert mark["restore_id"] == record.id and mark["restore_status"] == "cancelled"
+    assert "nothing to roll back" in mark["note"]
+    assert prod.file.read_bytes() == b"current data\n" and prod.restores == 0
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(flow_run.id).state.type is StateType.CANCELLED
+
+
+def test_rollback_takes_its_own_safety_backup_is_idempotent_and_can_be_undone(local_store, prod):
+    store = local_store()
+    target = prod.target()
+    original = prod.file.read_bytes()
+    backup_component("app-state", target=target, store=store)
+    prod.file.write_bytes(b"state before the restore\n")
+    record = restore_with_checklist("app-state", target=target, store=store)
+    assert prod.file.read_bytes() == original
+
+    rolled = rollback_restore(record.id, target=target, store=store)
+
+    assert prod.file.read_bytes() == b"state before the restore\n" and prod.restores == 2
+    assert rolled.status == "rolled back" and rolled.rolled_back_by
+    rollback = load_restore_record(store, rolled.rolled_back_by)
+    assert rollback.kind == "rollback" and rollback.rolls_back == record.id
+    assert rollback.backup_id == record.safety_backup_id and rollback.status == "restored"
+    own = get_backup(store, rollback.safety_backup_id, "app-state")  # what the rollback replaced
+    assert own.raw_size == len(original)
+    assert [line.item for line in rollback.checklist] == ITEMS
+
+    again = rollback_restore(record.id, target=target, store=store)  # idempotent: nothing happens
+    assert again.rolled_back_by == rolled.rolled_back_by and prod.restores == 2
+
+    rollback_restore(rollback.id, target=target, store=store)  # the rollback rolled back
+    assert prod.file.read_bytes() == original and prod.restores == 3
+
+
+def test_restore_type_flows_push_failures_and_are_covered_by_the_alerts(
+    local_store, prod, pushgateway, monkeypatch
+):
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from scripts.create_automations import FLOWS
+
+    monkeypatch.setenv("KLB_PUSHGATEWAY_URL", pushgateway.url)
+
+    def failures() -> float:
+        with urllib.request.urlopen(f"{pushgateway.url}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == "restore_failure_total" and s.labels.get("component") == "app-state":
+                    return s.value
+        return 0.0
+
+    store = local_store()
+    target = prod.target()
+    backup_component("app-state", target=target, store=store)
+    before = failures()
+    state = restore_with_checklist(
+        "app-state", target=target, store=store, required_objects=["x"], return_state=True
+    )
+    assert state.is_failed() and failures() == before + 1
+
+    names = set()
+    for path in Path(__file__).resolve().parents[2].joinpath("flows").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.keyword) and node.arg == "name" and isinstance(node.value, ast.Constant):
+                names.add(node.value.value)
+    restore_type = {n for n in names if any(w in n for w in ("restore", "rollback", "pitr", "corruption"))}
+    assert {
+        "restore-with-checklist",
+        "rollback-restore",
+        "full-cluster-restore",
+        "partial-restore",
+    } <= restore_type
+    assert restore_type - {"restore-plan"} <= set(FLOWS)
+
+
+def _record_id(flow_run_id) -> str:
+    md = _checklist_artifact(flow_run_id)
+    return "restore-" + md.split("(restore-")[1].split(")")[0]
