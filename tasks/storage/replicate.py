@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from blocks.store import StoreBlock
 from tasks.errors import BackupError, ConfigurationError, IntegrityError, NotFound
 from tasks.models import Manifest
+from tasks.storage import object_lock
 from tasks.storage.backends import Backend, backend_for
 from tasks.storage.layout import layout
 from tasks.storage.stores import load_store
@@ -97,23 +98,39 @@ def dr_manifest(manifest: Manifest, dest: StoreBlock, versions: dict[str, str | 
     return manifest.model_copy(update={"objects": objects}).sealed()
 
 
+def _dr_lock_until(manifest: Manifest, dest: StoreBlock, dst: Backend):
+    """Retain-until of the DR copy: the backup's expiry + the DR store's margin. The DR store may
+    lock while the primary does not (the layering docs/operations.md recommends)."""
+    if not object_lock.lock_mode(dest):
+        return None
+    object_lock.preflight(dest, dst, manifest.component, object_lock.table_retention(manifest.component))
+    if manifest.expires_at is None:
+        raise ConfigurationError(
+            f"backup {manifest.id} has no expiry, and the DR store {dest.location} locks every copy "
+            "until its expiry: add the component to backup-table.yaml"
+        )
+    return object_lock.lock_until(dest, manifest.expires_at)
+
+
 def replicate_backup(manifest: Manifest, source: StoreBlock, dest: StoreBlock) -> ReplicationReport:
     """Copy one backup to the DR store and prove the copy; the DR manifest is written last.
     Idempotent: objects whose DR copy already checks out are not copied again."""
     _check_keys(source, dest)
     src, dst = backend_for(source), backend_for(dest)
     keys = layout(dest)
+    until = _dr_lock_until(manifest, dest, dst)
     versions: dict[str, str | None] = {}
     copied = 0
     for obj in manifest.objects:
         key = keys.object_key(manifest.id, obj.name)
         try:
             if _stored_sha256(dst, key, None, obj.size) == obj.sha256:
-                versions[obj.name] = None
+                # a locked DR store pins (and locks) the copy found, as it would a new one
+                versions[obj.name] = dst.ensure_lock(key, None, until) if until else None  # type: ignore[attr-defined]
                 continue
         except NotFound:
             pass
-        writer = dst.open_writer(key)
+        writer = dst.open_writer(key, lock_until=until)
         try:
             for chunk in src.read(obj.key, obj.version_id):
                 writer.write(chunk)
@@ -126,7 +143,7 @@ def replicate_backup(manifest: Manifest, source: StoreBlock, dest: StoreBlock) -
         if got != obj.sha256:
             raise IntegrityError(f"DR copy of {obj.key} does not match the primary's sha256 ({got[:16]})")
     copy = dr_manifest(manifest, dest, versions)
-    dst.put_bytes(keys.manifest_key(manifest.id), copy.model_dump_json(indent=2).encode())
+    dst.put_bytes(keys.manifest_key(manifest.id), copy.model_dump_json(indent=2).encode(), lock_until=until)
     log.info("replicated %s to %s (%d objects copied)", manifest.id, dest.location, copied)
     return ReplicationReport(
         id=manifest.id,
