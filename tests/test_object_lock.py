@@ -276,3 +276,30 @@ def test_restore_from_an_object_lock_dr_store_while_the_primary_is_not_locked(
     report = restore_component("app-state", backup_id="latest", target=target, store=dr_name)
     assert report["backup_id"] == result.id
     assert state.read_bytes() == b"orders: 42\n" * 1000
+
+
+def test_object_lock_pitr_refuses_a_wal_archive_without_a_long_enough_default_retention(moto):
+    from blocks.pitr import PitrTarget
+    from tasks.components.postgres_pitr.backups import check_wal_lock
+
+    store, _ = locked(moto, "COMPLIANCE")
+    days = policy("postgres-pitr").retention_days
+
+    def target(bucket: str) -> PitrTarget:
+        return PitrTarget(
+            archive_url=f"s3://{bucket}/pitr",
+            endpoint_url=moto.url,
+            region="us-west-2",
+            aws_access_key_id="wal-key",
+            aws_secret_access_key="wal-secret",
+        )
+
+    plain, _ = make_bucket(moto.url)
+    with pytest.raises(ConfigurationError, match=f"default retention of at least {days} days"):
+        check_wal_lock(target(plain), store)
+    short, _ = locked(moto, default=("COMPLIANCE", days - 1))
+    with pytest.raises(ConfigurationError, match="barman-cloud-wal-archive cannot set object lock headers"):
+        check_wal_lock(target(short.bucket), store)
+    enough, _ = locked(moto, default=("COMPLIANCE", days))
+    check_wal_lock(target(enough.bucket), store)  # accepted
+    check_wal_lock(target(plain), s3_store(moto.url, plain))  # an unlocked store asks nothing

@@ -203,3 +203,19 @@ def census(backend: Backend, manifests: list[Manifest], now: datetime) -> LockCe
         unlocked=len(pinned) - len(locked),
         earliest_retain_until=min(locked, default=None),
     )
+
+
+def check_wal_archive(status: BucketLock, retention: timedelta, component: str = "postgres-pitr") -> None:
+    """Pure: base backups are locked, so the WAL they need must be too. barman-cloud-wal-archive
+    sends no Object Lock headers: the archive bucket's default retention is the only lock WAL
+    gets. A segment archived at t is needed by the base backup before it, which expires at most
+    `retention` after t, so the default must be at least `retention`."""
+    days = -(-int(retention.total_seconds()) // 86400)
+    if status.lock_enabled and status.default_days and status.default_days >= days:
+        return
+    raise ConfigurationError(
+        f"the store locks {component} base backups, but the WAL archive ({status.describe()}) does "
+        f"not lock WAL for the {days} days they are kept: barman-cloud-wal-archive cannot set "
+        "object lock headers, so give the archive bucket a default retention of at least "
+        f"{days} days ({_put_lock_cmd(status.bucket, days)}), or unset object_lock_mode"
+    )
