@@ -303,3 +303,25 @@ def test_object_lock_pitr_refuses_a_wal_archive_without_a_long_enough_default_re
     enough, _ = locked(moto, default=("COMPLIANCE", days))
     check_wal_lock(target(enough.bucket), store)  # accepted
     check_wal_lock(target(plain), s3_store(moto.url, plain))  # an unlocked store asks nothing
+
+
+def test_object_lock_sweep_reports_a_replaced_manifest_and_not_a_rerun_replication(moto, prefect_server):
+    from flows.maintenance import verify_backups
+    from tasks.storage.replicate import replicate_backup
+
+    primary, _ = locked(moto, "GOVERNANCE")
+    dr, dr_client = locked(moto, "COMPLIANCE", prefix="dr/backups")
+    manifest = backup(primary)
+    replicate_backup(manifest, primary, dr)
+    assert replicate_backup(manifest, primary, dr).copied == 0  # a retry: nothing new is written
+    mkey = layout(dr).manifest_key(manifest.id)
+    assert len(dr_client.list_object_versions(Bucket=dr.bucket, Prefix=mkey)["Versions"]) == 1
+    assert verify_backups(components=["app-state"], store=primary, dr_store=dr)  # clean: no false alarm
+
+    # a forged manifest (valid checksum, other labels) written over the locked one: a new version
+    forged = manifest.model_copy(update={"labels": {"forged": "yes"}}).sealed()
+    pkey = layout(primary).manifest_key(manifest.id)
+    backend_for(primary).put_bytes(pkey, forged.model_dump_json().encode())
+    with pytest.raises(RuntimeError, match="failed verification") as err:
+        verify_backups(components=["app-state"], store=primary, dr_store=dr)
+    assert f"primary:{pkey}" in str(err.value) and "dr:" not in str(err.value)

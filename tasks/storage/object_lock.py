@@ -20,6 +20,7 @@ from tasks.errors import ConfigurationError, NotFound
 from tasks.models import Manifest
 from tasks.storage.backends import Backend, S3Backend
 from tasks.storage.backends.s3_lock import DELETE_MARKER, BucketLock, ceil_second
+from tasks.storage.layout import manifest_key_beside
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,17 @@ def preflight(
     return status
 
 
+def pin_current(backend: Backend, key: str, until: datetime | None) -> str | None:
+    """The version id of `key`'s current version (None where the store keeps no versions),
+    locked until `until` when given."""
+    if not isinstance(backend, S3Backend):
+        return None
+    if until is not None:
+        return backend.ensure_lock(key, None, until)
+    version = backend.current_version(key)
+    return None if version in (None, "null") else version
+
+
 def _bucket_locks(backend: Backend) -> bool:
     return isinstance(backend, S3Backend) and backend.bucket_lock().lock_enabled
 
@@ -154,22 +166,29 @@ def locked_until(
 def pinned_version_problems(
     backend: Backend, component_dir: str, manifests: list[Manifest]
 ) -> dict[str, str]:
-    """Tamper evidence: object key -> why, for each object whose current version is not the one
-    its manifest pinned (overwritten, or hidden by a delete marker). A restore still reads the
-    pinned version; someone with the worker's credentials tried to change a backup."""
+    """Tamper evidence: key -> why, for each object whose current version is not the one its
+    manifest pinned (overwritten, or hidden by a delete marker), and each manifest stored more
+    than once (manifests are written once). A restore still reads the pinned versions; someone
+    with write access tried to change a backup. Needs a versioned bucket: else {}."""
     if not isinstance(backend, S3Backend) or not any(o.version_id for m in manifests for o in m.objects):
         return {}
-    current = backend.current_versions(component_dir)
+    versions = backend.key_versions(component_dir)
     problems: dict[str, str] = {}
     for m in manifests:
         for o in m.objects:
-            now_at = current.get(o.key)
+            now_at = (versions.get(o.key) or [DELETE_MARKER])[0]
             if o.version_id and now_at != o.version_id:
-                what = "a delete marker" if now_at in (DELETE_MARKER, None) else f"version {now_at}"
+                what = "a delete marker" if now_at == DELETE_MARKER else f"version {now_at}"
                 problems[o.key] = (
                     f"current version is {what}, not the version {o.version_id} backup {m.id} pinned: "
                     "overwritten or deleted since (restores still read the pinned version)"
                 )
+        mkey = manifest_key_beside(m.objects[0].key) if m.objects else None
+        if mkey and len(versions.get(mkey, [])) > 1:
+            problems[mkey] = (
+                f"the manifest of {m.id} has {len(versions[mkey])} versions but is written once: it was "
+                "replaced; compare the versions (aws s3api list-object-versions) before trusting it"
+            )
     return problems
 
 

@@ -125,8 +125,8 @@ def replicate_backup(manifest: Manifest, source: StoreBlock, dest: StoreBlock) -
         key = keys.object_key(manifest.id, obj.name)
         try:
             if _stored_sha256(dst, key, None, obj.size) == obj.sha256:
-                # a locked DR store pins (and locks) the copy found, as it would a new one
-                versions[obj.name] = dst.ensure_lock(key, None, until) if until else None  # type: ignore[attr-defined]
+                # pin (and on a locked DR store lock) the copy found, as a new one would be
+                versions[obj.name] = object_lock.pin_current(dst, key, until)
                 continue
         except NotFound:
             pass
@@ -143,7 +143,13 @@ def replicate_backup(manifest: Manifest, source: StoreBlock, dest: StoreBlock) -
         if got != obj.sha256:
             raise IntegrityError(f"DR copy of {obj.key} does not match the primary's sha256 ({got[:16]})")
     copy = dr_manifest(manifest, dest, versions)
-    dst.put_bytes(keys.manifest_key(manifest.id), copy.model_dump_json(indent=2).encode(), lock_until=until)
+    body, mkey = copy.model_dump_json(indent=2).encode(), keys.manifest_key(manifest.id)
+    try:
+        unchanged = dst.get_bytes(mkey) == body  # a re-run: manifests are written once
+    except NotFound:
+        unchanged = False
+    if not unchanged:
+        dst.put_bytes(mkey, body, lock_until=until)
     log.info("replicated %s to %s (%d objects copied)", manifest.id, dest.location, copied)
     return ReplicationReport(
         id=manifest.id,

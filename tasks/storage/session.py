@@ -48,6 +48,7 @@ def sweep_incomplete_writes(
 
     removed = backend.abort_incomplete_writes(prefix, stale)
     by_backup: dict[str, list[str]] = {}
+    stale_dirs: dict[str, list[str]] = {}
     for key in backend.list_keys(prefix):
         backup_id = backup_id_of(key)
         if backup_id is not None:
@@ -60,8 +61,13 @@ def sweep_incomplete_writes(
         except BadInput:
             continue  # not ours: leave it
         if started <= cutoff:  # objects whose backup never got a manifest, nor its cleanup
-            backend.delete_keys(keys)
-            removed += keys
+            stale_dirs[backup_id] = keys
+    # never a delete before an object lock's retain-until: those wait for a later run
+    for backup_id in object_lock.locked_until(backend, stale_dirs, datetime.now(UTC)):
+        del stale_dirs[backup_id]
+    for keys in stale_dirs.values():
+        backend.delete_keys(keys)
+        removed += keys
     return removed
 
 

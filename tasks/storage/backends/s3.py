@@ -154,8 +154,11 @@ class S3Backend(Backend):
         mode, until, _ = s3_lock.retention_of(self.client, self.bucket, key, version_id)
         return mode, until
 
-    def current_versions(self, prefix: str) -> dict[str, str]:
-        return s3_lock.current_versions(self.client, self.bucket, prefix)
+    def current_version(self, key: str) -> str | None:
+        return s3_lock.retention_of(self.client, self.bucket, key)[2]
+
+    def key_versions(self, prefix: str) -> dict[str, list[str]]:
+        return s3_lock.key_versions(self.client, self.bucket, prefix)
 
     def read(self, key: str, version_id: str | None = None) -> Iterator[bytes]:
         """Stream an object. botocore retries failed requests but not a body cut mid-way: resume

@@ -102,19 +102,20 @@ def ensure_retention(
     return version_id
 
 
-def current_versions(client: Any, bucket: str, prefix: str) -> dict[str, str]:
-    """Every key under the folder `prefix` -> the version id that is current now
-    (DELETE_MARKER when its newest entry is a delete marker). One paginated listing."""
-    out: dict[str, str] = {}
+def key_versions(client: Any, bucket: str, prefix: str) -> dict[str, list[str]]:
+    """Every key under the folder `prefix` -> its version ids, the current one first
+    (DELETE_MARKER for a delete marker). One paginated listing."""
+    entries: dict[str, list[tuple[bool, datetime, str]]] = {}
     with s3_errors(bucket, prefix):
         pages = client.get_paginator("list_object_versions").paginate(
             Bucket=bucket, Prefix=prefix.rstrip("/") + "/"
         )
         for page in pages:
             for v in page.get("Versions", []):
-                if v.get("IsLatest"):
-                    out[v["Key"]] = v["VersionId"]
+                entries.setdefault(v["Key"], []).append((v["IsLatest"], v["LastModified"], v["VersionId"]))
             for m in page.get("DeleteMarkers", []):
-                if m.get("IsLatest"):
-                    out[m["Key"]] = DELETE_MARKER
-    return out
+                entries.setdefault(m["Key"], []).append((m["IsLatest"], m["LastModified"], DELETE_MARKER))
+    return {
+        k: [vid for *_, vid in sorted(e, key=lambda x: (x[0], x[1]), reverse=True)]
+        for k, e in entries.items()
+    }
