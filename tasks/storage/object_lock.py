@@ -130,7 +130,12 @@ def pin_current(backend: Backend, key: str, until: datetime | None) -> str | Non
 
 
 def _bucket_locks(backend: Backend) -> bool:
-    return isinstance(backend, S3Backend) and backend.bucket_lock().lock_enabled
+    if not isinstance(backend, S3Backend):
+        return False
+    try:
+        return backend.bucket_lock().lock_enabled
+    except ConfigurationError:  # a server without the lock API (some S3-compatible ones)
+        return False
 
 
 def _retention_of_keys(
@@ -213,7 +218,7 @@ def census(backend: Backend, manifests: list[Manifest], now: datetime) -> LockCe
     if not isinstance(backend, S3Backend):
         return None
     pinned: list[tuple[str, str | None]] = [(o.key, o.version_id) for m in manifests for o in m.objects]
-    if not backend.bucket_lock().lock_enabled:
+    if not _bucket_locks(backend):
         return LockCensus(objects=len(pinned), unlocked=len(pinned), earliest_retain_until=None)
     found: list[Any] = _retention_of_keys(backend, pinned)
     locked = [until for mode, until in found if mode and until and until > now]
