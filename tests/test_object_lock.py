@@ -325,3 +325,22 @@ def test_object_lock_sweep_reports_a_replaced_manifest_and_not_a_rerun_replicati
     with pytest.raises(RuntimeError, match="failed verification") as err:
         verify_backups(components=["app-state"], store=primary, dr_store=dr)
     assert f"primary:{pkey}" in str(err.value) and "dr:" not in str(err.value)
+
+
+def test_object_lock_orphans_of_a_killed_backup_are_kept_until_their_lock_runs_out(moto, prefect_server):
+    from flows.maintenance import enforce_retention
+    from tasks.ids import new_backup_id
+    from tasks.storage.session import BackupSession, sweep_incomplete_writes
+
+    store, client = locked(moto, "COMPLIANCE")
+    backup(store)
+    killed = BackupSession(store, "app-state")  # written, never committed nor discarded: a kill
+    killed.id = new_backup_id("app-state", datetime.now(UTC) - timedelta(days=3))
+    obj = killed.write("state", [b"half a backup"])
+
+    assert sweep_incomplete_writes(store, "app-state") == []
+    result = enforce_retention(dry_run=False, store=store, components=["app-state"])
+    assert result["components"]["app-state"]["orphans"] == [] and result["keys_deleted"] == 0
+    assert versions(client, store.bucket)[1] == []  # no delete marker: no delete was attempted
+    head = client.head_object(Bucket=store.bucket, Key=obj.key)
+    assert head["ObjectLockMode"] == "COMPLIANCE" and head["ObjectLockRetainUntilDate"] > datetime.now(UTC)
