@@ -103,13 +103,15 @@ def _dr_lock_until(manifest: Manifest, dest: StoreBlock, dst: Backend):
     lock while the primary does not (the layering docs/operations.md recommends)."""
     if not object_lock.lock_mode(dest):
         return None
-    object_lock.preflight(dest, dst, manifest.component, object_lock.table_retention(manifest.component))
-    if manifest.expires_at is None:
+    retention = object_lock.table_retention(manifest.component)
+    object_lock.preflight(dest, dst, manifest.component, retention)
+    expires = manifest.expires_at or (manifest.finished_at + retention if retention else None)
+    if expires is None:
         raise ConfigurationError(
             f"backup {manifest.id} has no expiry, and the DR store {dest.location} locks every copy "
             "until its expiry: add the component to backup-table.yaml"
         )
-    return object_lock.lock_until(dest, manifest.expires_at)
+    return object_lock.lock_until(dest, expires)
 
 
 def replicate_backup(manifest: Manifest, source: StoreBlock, dest: StoreBlock) -> ReplicationReport:

@@ -237,8 +237,8 @@ class BackupSession:
                 verify_object(self.store, obj, self.backend)
             verified_at = datetime.now(UTC)
         finished = datetime.now(UTC)
-        retention = retention or self.retention
-        until = object_lock.lock_until(self.store, finished + retention) if retention else None
+        lock_for = retention or self.retention  # expires_at stays as before: from `retention` only
+        until = object_lock.lock_until(self.store, finished + lock_for) if lock_for else None
         if object_lock.lock_mode(self.store) and until is None:
             raise BadInput(
                 f"backup {self.id}: the store locks every backup until its expiry, and "
