@@ -12,6 +12,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from blocks.app_state import AppStateStep, AppStateTarget
+from blocks.monitoring import PushgatewayConfig
 from sandbox.s3 import make_bucket, s3_store
 from tasks.errors import ConfigurationError
 from tasks.storage import object_lock
@@ -19,6 +20,7 @@ from tasks.storage.backends import backend_for
 from tasks.storage.backends.s3_lock import ceil_second
 from tasks.storage.catalog import get_backup, list_backups
 from tasks.storage.layout import layout
+from tasks.storage.replicate import replicate_backup
 from tasks.storage.retention import RetentionPolicy, apply_locks, locks_markdown, plan_retention
 from tasks.storage.session import backup_session, read_object
 from tasks.table import policy
@@ -307,7 +309,6 @@ def test_object_lock_pitr_refuses_a_wal_archive_without_a_long_enough_default_re
 
 def test_object_lock_sweep_reports_a_replaced_manifest_and_not_a_rerun_replication(moto, prefect_server):
     from flows.maintenance import verify_backups
-    from tasks.storage.replicate import replicate_backup
 
     primary, _ = locked(moto, "GOVERNANCE")
     dr, dr_client = locked(moto, "COMPLIANCE", prefix="dr/backups")
@@ -344,3 +345,25 @@ def test_object_lock_orphans_of_a_killed_backup_are_kept_until_their_lock_runs_o
     assert versions(client, store.bucket)[1] == []  # no delete marker: no delete was attempted
     head = client.head_object(Bucket=store.bucket, Key=obj.key)
     assert head["ObjectLockMode"] == "COMPLIANCE" and head["ObjectLockRetainUntilDate"] > datetime.now(UTC)
+
+
+def test_object_lock_sweep_pushes_unlocked_objects_and_earliest_retain_until(
+    moto, prefect_server, pushgateway, monkeypatch
+):
+    from flows.maintenance import verify_backups
+    from tasks.metrics import read_group
+
+    monkeypatch.setenv("KLB_PUSHGATEWAY_URL", pushgateway.url)
+    store, _ = locked(moto, "COMPLIANCE")
+    dr_name, _ = make_bucket(moto.url)  # an unlocked DR store: every object counted as unlocked
+    dr = s3_store(moto.url, dr_name, prefix="dr/backups")
+    manifests = [backup(store) for _ in range(2)]
+    for m in manifests:
+        replicate_backup(m, store, dr)
+    verify_backups(components=["app-state"], store=store, dr_store=dr)
+
+    gauges = read_group(PushgatewayConfig(url=pushgateway.url), "verify", "app-state").gauges
+    assert gauges["verify_objects_without_lock"] == 0
+    earliest = ceil_second(manifests[0].expires_at + timedelta(days=1)).timestamp()
+    assert gauges["verify_lock_earliest_retain_until_timestamp_seconds"] == earliest
+    assert gauges["verify_dr_objects_without_lock"] == 2
