@@ -274,6 +274,8 @@ def test_restore_from_an_object_lock_dr_store_while_the_primary_is_not_locked(
 
     bucket, client = s3_bucket
     delete_bucket(client, bucket)  # the primary is gone
+    # and the attacker overwrote the DR copy with the worker's credentials: a new version on top
+    dr_client.put_object(Bucket=dr.bucket, Key=copy.objects[0].key, Body=b"encrypted by ransomware")
     state.write_bytes(b"lost\n")
     report = restore_component("app-state", backup_id="latest", target=target, store=dr_name)
     assert report["backup_id"] == result.id
