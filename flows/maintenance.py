@@ -142,9 +142,14 @@ def delete_keys_task(store: StoreBlock, keys: list[str], what: str) -> int:
     return len(keys)
 
 
-def _locks(block: StoreBlock, plan: RetentionPlan, now: datetime) -> dict[str, tuple[str, datetime]]:
-    """Deletions whose objects S3 Object Lock still holds (one HEAD per key of each candidate)."""
-    groups = {d.id: d.keys for d in plan.deletions} | {o.backup_dir: o.keys for o in plan.orphan_deletions}
+def _locks(
+    block: StoreBlock, plan: RetentionPlan, manifests: list[Manifest], now: datetime
+) -> dict[str, tuple[str, datetime]]:
+    """Deletions that S3 Object Lock still holds: one HEAD per key of each candidate, and for
+    the objects a manifest pinned, of the pinned version (an overwrite on top is not the backup)."""
+    pinned = {o.key: o.version_id for m in manifests for o in m.objects}
+    groups: dict[str, list] = {d.id: [(k, pinned.get(k)) for k in d.keys] for d in plan.deletions}
+    groups |= {o.backup_dir: o.keys for o in plan.orphan_deletions}
     return object_lock.locked_until(backend_for(block), groups, now)
 
 
@@ -199,7 +204,7 @@ def enforce_retention(
             prefix=layout(block).component_dir(name),
             recovery_point=rp,
         )
-        plans.append(apply_locks(plan, _locks(block, plan, now)))
+        plans.append(apply_locks(plan, _locks(block, plan, listing.manifests, now)))
     summary: dict[str, Any] = {"dry_run": dry_run, "recovery_point": rp, "components": {}}
     for plan in plans:
         summary["components"][plan.component] = {

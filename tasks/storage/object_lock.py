@@ -152,15 +152,16 @@ def _retention_of_keys(
 
 
 def locked_until(
-    backend: Backend, groups: dict[str, list[str]], now: datetime
+    backend: Backend, groups: dict[str, list[str] | list[tuple[str, str | None]]], now: datetime
 ) -> dict[str, tuple[str, datetime]]:
-    """Of `groups` (name -> keys, e.g. a backup's keys), those with a key whose current version
-    is locked past `now`: name -> (mode, latest retain-until). Retention asks before it deletes."""
+    """Of `groups` (name -> a backup's keys, or (key, pinned version id) pairs), those with a
+    version locked past `now`: name -> (mode, latest retain-until); a bare key means its
+    current version. Retention asks this before it deletes."""
     if not groups or not _bucket_locks(backend):
         return {}
     assert isinstance(backend, S3Backend)
-    flat = [(name, key) for name, keys in groups.items() for key in keys]
-    found = _retention_of_keys(backend, [(key, None) for _, key in flat])
+    flat = [(name, k if isinstance(k, tuple) else (k, None)) for name, keys in groups.items() for k in keys]
+    found = _retention_of_keys(backend, [kv for _, kv in flat])
     out: dict[str, tuple[str, datetime]] = {}
     for (name, _), (mode, until) in zip(flat, found, strict=True):
         if mode and until and until > now and (name not in out or until > out[name][1]):
