@@ -91,6 +91,20 @@ class S3Store(StoreBlock):
     )
     part_size_mib: int = Field(default=16, ge=5, le=512, description="multipart part size")
     max_concurrency: int = Field(default=4, ge=1, le=32, description="parts uploaded at once")
+    object_lock_mode: Literal["GOVERNANCE", "COMPLIANCE"] | None = Field(
+        default=None,
+        description="S3 Object Lock on every object and manifest, retained until the backup's expiry "
+        "(backup-table.yaml) plus object_lock_margin_days. COMPLIANCE: nobody can delete a locked "
+        "version, not even the account root; GOVERNANCE: only a principal with "
+        "s3:BypassGovernanceRetention can. The bucket needs versioning and object lock enabled "
+        "(docs/operations.md).",
+    )
+    object_lock_margin_days: int = Field(
+        default=1,
+        ge=0,
+        le=3650,
+        description="days a locked backup stays locked past its expiry (clock skew, a late retention run)",
+    )
 
     @property
     def location(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -17,6 +18,7 @@ from tasks.errors import BadInput
 from tasks.metrics import record_run
 from tasks.models import Manifest
 from tasks.notify import Severity, notify
+from tasks.storage import object_lock
 from tasks.storage.backends import backend_for
 from tasks.storage.index import list_component
 from tasks.storage.layout import backup_dir_of, layout
@@ -24,6 +26,8 @@ from tasks.storage.replicate import dr_copy_problems, load_dr_store
 from tasks.storage.retention import (
     RetentionPlan,
     RetentionPolicy,
+    apply_locks,
+    locks_markdown,
     newest_recovery_point,
     plan_markdown,
     plan_retention,
@@ -65,6 +69,7 @@ def verify_backups(
         failed_components.add(component)
 
     newest_primary: dict[str, list[Manifest]] = {}
+    lock_gauges: dict[str, dict[str, float]] = {}
     for where, block in stores.items():
         for name in _names(components):
             try:
@@ -74,6 +79,11 @@ def verify_backups(
                 continue
             for key, why in listing.unreadable.items():
                 fail(where, key, why, name)
+            try:
+                gauges = _lock_sweep(block, where, name, listing.manifests, partial(fail, where), name)
+                lock_gauges.setdefault(name, {}).update(gauges)
+            except Exception as exc:  # a sweep that cannot look must say so, not pass
+                fail(where, name, f"object versions / locks unreadable in {block.location}: {exc}", name)
             chosen = listing.manifests[-newest:] if newest > 0 else []
             if chosen:
                 checked.add(name)
@@ -100,10 +110,28 @@ def verify_backups(
         + (rows or "| (none) | |\n"),
     )
     for name in sorted(checked | failed_components):  # one outcome per component (BackupVerifyFailed)
-        record_run("verify", name, name not in failed_components, time.monotonic() - started)
+        record_run(
+            "verify", name, name not in failed_components, time.monotonic() - started, lock_gauges.get(name)
+        )
     if bad:
         raise RuntimeError(f"{len(bad)} backup(s) failed verification: {', '.join(bad)}")
     return results
+
+
+def _lock_sweep(
+    block: StoreBlock, where: str, name: str, manifests: list[Manifest], fail, fail_component: str
+) -> dict[str, float]:
+    """Tamper evidence (an object whose current version is not the pinned one fails the sweep)
+    and the lock census of the store as metrics: objects without a lock, earliest
+    retain-until."""
+    backend = backend_for(block)
+    for key, why in object_lock.pinned_version_problems(
+        backend, layout(block).component_dir(name), manifests
+    ).items():
+        fail(key, why, fail_component)
+    counted = object_lock.census(backend, manifests, datetime.now(UTC))
+    # one group per component: the DR store's census beside the primary's
+    return counted.gauges("verify" if where == "primary" else f"verify_{where}") if counted else {}
 
 
 @task(task_run_name="delete-{what}", cache_policy=NO_CACHE)
@@ -112,6 +140,17 @@ def delete_keys_task(store: StoreBlock, keys: list[str], what: str) -> int:
     if keys:
         backend_for(store).delete_keys(keys)
     return len(keys)
+
+
+def _locks(
+    block: StoreBlock, plan: RetentionPlan, manifests: list[Manifest], now: datetime
+) -> dict[str, tuple[str, datetime]]:
+    """Deletions that S3 Object Lock still holds: one HEAD per key of each candidate, and for
+    the objects a manifest pinned, of the pinned version (an overwrite on top is not the backup)."""
+    pinned = {o.key: o.version_id for m in manifests for o in m.objects}
+    groups: dict[str, list] = {d.id: [(k, pinned.get(k)) for k in d.keys] for d in plan.deletions}
+    groups |= {o.backup_dir: o.keys for o in plan.orphan_deletions}
+    return object_lock.locked_until(backend_for(block), groups, now)
 
 
 @flow(name="enforce-retention")
@@ -157,16 +196,15 @@ def enforce_retention(
         bad_dirs = {backup_dir_of(k) + "/" for k in listing.unreadable}
         keys = [k for k in listing.keys if not any(k.startswith(d) for d in bad_dirs)]
         left_alone[name] = sorted(bad_dirs)
-        plans.append(
-            plan_retention(
-                listing.manifests,
-                policy,
-                now,
-                keys=keys,
-                prefix=layout(block).component_dir(name),
-                recovery_point=rp,
-            )
+        plan = plan_retention(
+            listing.manifests,
+            policy,
+            now,
+            keys=keys,
+            prefix=layout(block).component_dir(name),
+            recovery_point=rp,
         )
+        plans.append(apply_locks(plan, _locks(block, plan, listing.manifests, now)))
     summary: dict[str, Any] = {"dry_run": dry_run, "recovery_point": rp, "components": {}}
     for plan in plans:
         summary["components"][plan.component] = {
@@ -174,6 +212,7 @@ def enforce_retention(
             "deleted" if not dry_run else "would_delete": [d.id for d in plan.deletions],
             "orphans": [o.backup_dir for o in plan.orphan_deletions],
             "unreadable_left_alone": left_alone[plan.component],
+            "locked": {d.id: d.locked_until.isoformat() for d in plan.decisions if d.locked_until},
         }
     if not dry_run:
         # manifests first (the backups stop existing at once), then their objects, then orphans
@@ -199,7 +238,7 @@ def enforce_retention(
         )
     create_markdown_artifact(
         key="retention-plan",
-        markdown=plan_markdown(plans, dry_run),
+        markdown=plan_markdown(plans, dry_run) + locks_markdown(plans),
         description=f"retention of {block.location}",
     )
     return summary

@@ -33,11 +33,17 @@ def make_bucket(
     secret: str = SECRET,
     region: str = REGION,
     exist_ok: bool = False,
+    object_lock: bool = False,
 ) -> tuple[str, Any]:
-    """Create `bucket` (default: a fresh 'klb-<random>') in `region`; returns (name, client)."""
+    """Create `bucket` (default: a fresh 'klb-<random>') in `region`; returns (name, client).
+    `object_lock`: created with Object Lock enabled (which also turns versioning on)."""
     name = bucket or "klb-" + secrets.token_hex(6)
     s3 = client(url, key_id=key_id, secret=secret, region=region)
-    where = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+    where: dict[str, Any] = (
+        {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+    )
+    if object_lock:
+        where["ObjectLockEnabledForBucket"] = True
     with contextlib.suppress(*((s3.exceptions.BucketAlreadyOwnedByYou,) if exist_ok else ())):
         s3.create_bucket(Bucket=name, **where)
     return name, s3

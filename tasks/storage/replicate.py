@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from blocks.store import StoreBlock
 from tasks.errors import BackupError, ConfigurationError, IntegrityError, NotFound
 from tasks.models import Manifest
+from tasks.storage import object_lock
 from tasks.storage.backends import Backend, backend_for
 from tasks.storage.layout import layout
 from tasks.storage.stores import load_store
@@ -97,23 +98,41 @@ def dr_manifest(manifest: Manifest, dest: StoreBlock, versions: dict[str, str | 
     return manifest.model_copy(update={"objects": objects}).sealed()
 
 
+def _dr_lock_until(manifest: Manifest, dest: StoreBlock, dst: Backend):
+    """Retain-until of the DR copy: the backup's expiry + the DR store's margin. The DR store may
+    lock while the primary does not (the layering docs/operations.md recommends)."""
+    if not object_lock.lock_mode(dest):
+        return None
+    retention = object_lock.table_retention(manifest.component)
+    object_lock.preflight(dest, dst, manifest.component, retention)
+    expires = manifest.expires_at or (manifest.finished_at + retention if retention else None)
+    if expires is None:
+        raise ConfigurationError(
+            f"backup {manifest.id} has no expiry, and the DR store {dest.location} locks every copy "
+            "until its expiry: add the component to backup-table.yaml"
+        )
+    return object_lock.lock_until(dest, expires)
+
+
 def replicate_backup(manifest: Manifest, source: StoreBlock, dest: StoreBlock) -> ReplicationReport:
     """Copy one backup to the DR store and prove the copy; the DR manifest is written last.
     Idempotent: objects whose DR copy already checks out are not copied again."""
     _check_keys(source, dest)
     src, dst = backend_for(source), backend_for(dest)
     keys = layout(dest)
+    until = _dr_lock_until(manifest, dest, dst)
     versions: dict[str, str | None] = {}
     copied = 0
     for obj in manifest.objects:
         key = keys.object_key(manifest.id, obj.name)
         try:
             if _stored_sha256(dst, key, None, obj.size) == obj.sha256:
-                versions[obj.name] = None
+                # pin (and on a locked DR store lock) the copy found, as a new one would be
+                versions[obj.name] = object_lock.pin_current(dst, key, until)
                 continue
         except NotFound:
             pass
-        writer = dst.open_writer(key)
+        writer = dst.open_writer(key, lock_until=until)
         try:
             for chunk in src.read(obj.key, obj.version_id):
                 writer.write(chunk)
@@ -126,7 +145,13 @@ def replicate_backup(manifest: Manifest, source: StoreBlock, dest: StoreBlock) -
         if got != obj.sha256:
             raise IntegrityError(f"DR copy of {obj.key} does not match the primary's sha256 ({got[:16]})")
     copy = dr_manifest(manifest, dest, versions)
-    dst.put_bytes(keys.manifest_key(manifest.id), copy.model_dump_json(indent=2).encode())
+    body, mkey = copy.model_dump_json(indent=2).encode(), keys.manifest_key(manifest.id)
+    try:
+        unchanged = dst.get_bytes(mkey) == body  # a re-run: manifests are written once
+    except NotFound:
+        unchanged = False
+    if not unchanged:
+        dst.put_bytes(mkey, body, lock_until=until)
     log.info("replicated %s to %s (%d objects copied)", manifest.id, dest.location, copied)
     return ReplicationReport(
         id=manifest.id,

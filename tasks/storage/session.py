@@ -18,6 +18,7 @@ from blocks.store import StoreBlock
 from tasks.errors import BadInput, IntegrityError
 from tasks.ids import check_object_name, new_backup_id, parse_backup_id
 from tasks.models import Compression, Manifest, StoredObject
+from tasks.storage import object_lock
 from tasks.storage.backends import Backend, backend_for
 from tasks.storage.codec import Decoder, Encoder, iter_chunks
 from tasks.storage.layout import MANIFEST_NAME, backup_id_of, is_manifest_key, layout
@@ -47,6 +48,7 @@ def sweep_incomplete_writes(
 
     removed = backend.abort_incomplete_writes(prefix, stale)
     by_backup: dict[str, list[str]] = {}
+    stale_dirs: dict[str, list[str]] = {}
     for key in backend.list_keys(prefix):
         backup_id = backup_id_of(key)
         if backup_id is not None:
@@ -59,8 +61,13 @@ def sweep_incomplete_writes(
         except BadInput:
             continue  # not ours: leave it
         if started <= cutoff:  # objects whose backup never got a manifest, nor its cleanup
-            backend.delete_keys(keys)
-            removed += keys
+            stale_dirs[backup_id] = keys
+    # never a delete before an object lock's retain-until: those wait for a later run
+    for backup_id in object_lock.locked_until(backend, stale_dirs, datetime.now(UTC)):
+        del stale_dirs[backup_id]
+    for keys in stale_dirs.values():
+        backend.delete_keys(keys)
+        removed += keys
     return removed
 
 
@@ -89,12 +96,14 @@ def write_object(
     compression: Compression | None = None,
     meta: dict[str, Any] | None = None,
     backend: Backend | None = None,
+    lock_until: datetime | None = None,
 ) -> StoredObject:
-    """Stream `source` (iterable of bytes or file-like) into `key`. Memory stays bounded."""
+    """Stream `source` (iterable of bytes or file-like) into `key`. Memory stays bounded.
+    `lock_until`: retain-until of the object on a store that locks (S3 Object Lock)."""
     backend = backend or backend_for(store)
     kind = compression or store.compression
     encoder = Encoder(kind, _secret(store), store.compression_level)
-    writer = backend.open_writer(key)
+    writer = backend.open_writer(key, lock_until=lock_until)
     try:
         for chunk in iter_chunks(source):
             out = encoder.update(chunk)
@@ -168,12 +177,23 @@ def verify_object(store: StoreBlock, obj: StoredObject, backend: Backend | None 
 
 
 class BackupSession:
-    """Collects the objects of one backup; `commit` verifies them and writes the manifest last."""
+    """Collects the objects of one backup; `commit` verifies them and writes the manifest last.
 
-    def __init__(self, store: StoreBlock, component: str, labels: dict[str, str] | None = None):
+    On a store with object lock every object is locked as it is written (until now + retention +
+    margin) and, at commit, every object and the manifest until the backup's expiry + margin."""
+
+    def __init__(
+        self,
+        store: StoreBlock,
+        component: str,
+        labels: dict[str, str] | None = None,
+        retention: timedelta | None = None,
+    ):
         self.store = store
         self.backend = backend_for(store)
         self.backend.preflight()
+        self.retention = retention or object_lock.table_retention(component)
+        object_lock.preflight(store, self.backend, component, self.retention)
         self.started_at = datetime.now(UTC)
         self.id = new_backup_id(component, self.started_at)
         self.component = component
@@ -201,7 +221,9 @@ class BackupSession:
         if name == MANIFEST_NAME or any(o.name == name for o in self.objects):
             raise BadInput(f"object name {name!r} is reserved or already used in this backup")
         key = self.layout.object_key(self.id, name)
-        obj = write_object(self.store, key, source, name, compression, meta, self.backend)
+        # locked from the first byte; commit lengthens it to the backup's exact expiry
+        until = object_lock.lock_until(self.store, datetime.now(UTC) + (self.retention or timedelta()))
+        obj = write_object(self.store, key, source, name, compression, meta, self.backend, until)
         self.objects.append(obj)
         log.info("stored %s (%d bytes, sha256 %s)", key, obj.size, obj.sha256[:12])
         return obj
@@ -215,6 +237,18 @@ class BackupSession:
                 verify_object(self.store, obj, self.backend)
             verified_at = datetime.now(UTC)
         finished = datetime.now(UTC)
+        lock_for = retention or self.retention  # expires_at stays as before: from `retention` only
+        until = object_lock.lock_until(self.store, finished + lock_for) if lock_for else None
+        if object_lock.lock_mode(self.store) and until is None:
+            raise BadInput(
+                f"backup {self.id}: the store locks every backup until its expiry, and "
+                f"{self.component} has no retention: add it to backup-table.yaml or pass one"
+            )
+        if until is not None:
+            self.objects = [
+                o.model_copy(update={"version_id": self.backend.ensure_lock(o.key, o.version_id, until)})  # type: ignore[attr-defined]
+                for o in self.objects
+            ]
         manifest = Manifest(
             id=self.id,
             component=self.component,
@@ -228,7 +262,9 @@ class BackupSession:
             verified_at=verified_at,
             labels=self.labels,
         ).sealed()
-        self.backend.put_bytes(self.layout.manifest_key(self.id), manifest.model_dump_json(indent=2).encode())
+        self.backend.put_bytes(
+            self.layout.manifest_key(self.id), manifest.model_dump_json(indent=2).encode(), lock_until=until
+        )
         self.manifest = manifest
         return manifest
 
@@ -242,10 +278,14 @@ class BackupSession:
 
 @contextmanager
 def backup_session(
-    store: StoreBlock, component: str, labels: dict[str, str] | None = None
+    store: StoreBlock,
+    component: str,
+    labels: dict[str, str] | None = None,
+    retention: timedelta | None = None,
 ) -> Iterator[BackupSession]:
-    """`with backup_session(...) as s: s.write(...); s.commit()` - discards on any failure."""
-    session = BackupSession(store, component, labels)
+    """`with backup_session(...) as s: s.write(...); s.commit()` - discards on any failure.
+    `retention` (default: the backup table's) is what a locked store locks each object for."""
+    session = BackupSession(store, component, labels, retention)
     try:
         yield session
         if session.manifest is None:

@@ -46,7 +46,31 @@ def _label(text: str) -> dict[str, Any]:
     return {"start_lsn": start[1], "start_segment": start[2], "timeline": int(tli[1])}
 
 
+def check_wal_lock(target: PitrTarget, store: StoreBlock) -> None:
+    """A locked store's base backups need a locked WAL archive (object_lock.check_wal_archive).
+    Two requests to the archive bucket, with the target's archive credentials."""
+    from tasks.storage import object_lock
+    from tasks.storage.backends.s3_lock import bucket_lock
+
+    if not object_lock.lock_mode(store):
+        return
+    import boto3
+
+    keys = {}
+    if target.aws_access_key_id and target.aws_secret_access_key:
+        keys = {
+            "aws_access_key_id": target.aws_access_key_id.get_secret_value(),
+            "aws_secret_access_key": target.aws_secret_access_key.get_secret_value(),
+        }
+    client = boto3.client("s3", endpoint_url=target.endpoint_url, region_name=target.region, **keys)
+    bucket = target.archive_url.removeprefix("s3://").split("/", 1)[0]
+    retention = object_lock.table_retention(COMPONENT)
+    if retention is not None:
+        object_lock.check_wal_archive(bucket_lock(client, bucket), retention, COMPONENT)
+
+
 def backup(target: PitrTarget, session) -> None:
+    check_wal_lock(target, session.store)  # before pg_basebackup: refuse, having changed nothing
     config = check_config(target)
     require_archiving(config)  # a base backup without its WAL archive recovers nothing after it
     with connect(target) as conn:

@@ -25,15 +25,16 @@ class Backend(ABC):
         """Cheap checks before any engine starts (the bucket answers to our credentials)."""
 
     @abstractmethod
-    def open_writer(self, key: str) -> Writer:
-        """A streaming writer: nothing is visible under `key` until `commit()`."""
+    def open_writer(self, key: str, lock_until: datetime | None = None) -> Writer:
+        """A streaming writer: nothing is visible under `key` until `commit()`. `lock_until`:
+        the retain-until of the version written, on stores that lock (S3 Object Lock)."""
 
     @abstractmethod
     def read(self, key: str, version_id: str | None = None) -> Iterator[bytes]:
         """Stream an object; NotFound when it is missing."""
 
     @abstractmethod
-    def put_bytes(self, key: str, data: bytes) -> str | None:
+    def put_bytes(self, key: str, data: bytes, lock_until: datetime | None = None) -> str | None:
         """Write a small object whole; returns its version id, if the store keeps versions."""
 
     def get_bytes(self, key: str) -> bytes:

@@ -79,7 +79,8 @@ class LocalBackend(Backend):
     def preflight(self) -> None:
         pass
 
-    def open_writer(self, key: str) -> _LocalWriter:
+    def open_writer(self, key: str, lock_until: datetime | None = None) -> _LocalWriter:
+        # a directory cannot lock: object_lock_mode exists only on the S3 store block
         return _LocalWriter(self._path(key))
 
     def read(self, key: str, version_id: str | None = None) -> Iterator[bytes]:
@@ -91,7 +92,7 @@ class LocalBackend(Backend):
             while chunk := fh.read(READ_CHUNK):
                 yield chunk
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes, lock_until: datetime | None = None) -> None:
         writer = self.open_writer(key)
         writer.write(data)
         writer.commit()

@@ -17,6 +17,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from blocks.store import S3Store
 from tasks.errors import ConfigurationError, TransientError
+from tasks.storage.backends import s3_lock
 from tasks.storage.backends.base import READ_CHUNK, Backend
 from tasks.storage.backends.s3_errors import error_code, s3_error, s3_errors
 
@@ -28,8 +29,8 @@ _BODY_ERRORS = (ResponseStreamingError, IncompleteReadError, ReadTimeoutError, U
 
 
 class _S3Writer:
-    def __init__(self, backend: S3Backend, key: str) -> None:
-        self.b, self.key = backend, key
+    def __init__(self, backend: S3Backend, key: str, lock_until: datetime | None = None) -> None:
+        self.b, self.key, self.lock_until = backend, key, lock_until
         self.part_size = backend.store.part_size_mib * 1024 * 1024
         self._buf = bytearray()
         self._parts: list[Future] = []
@@ -39,7 +40,7 @@ class _S3Writer:
     def _start(self) -> None:
         with s3_errors(self.b.bucket, self.key):
             resp = self.b.client.create_multipart_upload(
-                Bucket=self.b.bucket, Key=self.key, **self.b.sse_args
+                Bucket=self.b.bucket, Key=self.key, **self.b.sse_args, **self.b.lock_args(self.lock_until)
             )
         self.upload_id = resp["UploadId"]
 
@@ -71,7 +72,7 @@ class _S3Writer:
         with s3_errors(self.b.bucket, self.key):
             try:
                 if self.upload_id is None:  # small object: one PUT
-                    return self.b.put_bytes(self.key, bytes(self._buf))
+                    return self.b.put_bytes(self.key, bytes(self._buf), lock_until=self.lock_until)
                 if self._buf:
                     self._submit(bytes(self._buf))
                     self._buf.clear()
@@ -82,7 +83,7 @@ class _S3Writer:
                     UploadId=self.upload_id,
                     MultipartUpload={"Parts": parts},
                 )
-                return resp.get("VersionId")
+                return self.b.check_lock(self.key, resp.get("VersionId"), self.lock_until)
             except Exception:
                 self.abort()
                 raise
@@ -125,8 +126,39 @@ class S3Backend(Backend):
         kwargs["config"] = base.merge(user) if isinstance(user, Config) else base
         return session.client("s3", **kwargs)
 
-    def open_writer(self, key: str) -> _S3Writer:
-        return _S3Writer(self, key)
+    def open_writer(self, key: str, lock_until: datetime | None = None) -> _S3Writer:
+        return _S3Writer(self, key, lock_until)
+
+    # --- Object Lock (s3_lock.py); a lock is set only when the store block asks for one --------
+
+    def lock_args(self, until: datetime | None) -> dict[str, Any]:
+        mode = self.store.object_lock_mode
+        if not (mode and until):
+            return {}
+        return {"ObjectLockMode": mode, "ObjectLockRetainUntilDate": s3_lock.ceil_second(until)}
+
+    def check_lock(self, key: str, version_id: str | None, until: datetime | None) -> str | None:
+        """Read the lock of a version just written back (and set it if the server dropped it)."""
+        if not (self.store.object_lock_mode and until):
+            return version_id
+        return self.ensure_lock(key, version_id, until)
+
+    def ensure_lock(self, key: str, version_id: str | None, until: datetime) -> str | None:
+        mode = self.store.object_lock_mode or "GOVERNANCE"
+        return s3_lock.ensure_retention(self.client, self.bucket, key, version_id, mode, until)
+
+    def bucket_lock(self) -> s3_lock.BucketLock:
+        return s3_lock.bucket_lock(self.client, self.bucket)
+
+    def retention_of(self, key: str, version_id: str | None = None) -> tuple[str | None, datetime | None]:
+        mode, until, _ = s3_lock.retention_of(self.client, self.bucket, key, version_id)
+        return mode, until
+
+    def current_version(self, key: str) -> str | None:
+        return s3_lock.retention_of(self.client, self.bucket, key)[2]
+
+    def key_versions(self, prefix: str) -> dict[str, list[str]]:
+        return s3_lock.key_versions(self.client, self.bucket, prefix)
 
     def read(self, key: str, version_id: str | None = None) -> Iterator[bytes]:
         """Stream an object. botocore retries failed requests but not a body cut mid-way: resume
@@ -160,10 +192,12 @@ class S3Backend(Backend):
                 time.sleep(min(RESUME_DELAY * 2 ** (resumes - 1), 2.0))
                 args["Range"] = f"bytes={offset}-"
 
-    def put_bytes(self, key: str, data: bytes) -> str | None:
+    def put_bytes(self, key: str, data: bytes, lock_until: datetime | None = None) -> str | None:
         with s3_errors(self.bucket, key):
-            resp = self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **self.sse_args)
-        return resp.get("VersionId")
+            resp = self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, **self.sse_args, **self.lock_args(lock_until)
+            )
+        return self.check_lock(key, resp.get("VersionId"), lock_until)
 
     def head(self, key: str) -> dict[str, Any]:
         with s3_errors(self.bucket, key):
