@@ -228,13 +228,15 @@ def _installed(package: str) -> str:
     return out.stdout
 
 
-def test_image_pins_postgresql_client_of_the_server_major():
-    version = _arg("POSTGRESQL_CLIENT_VERSION")
-    assert '"postgresql-client-15=${POSTGRESQL_CLIENT_VERSION}"' in DOCKERFILE
-    assert version.startswith("15.")
+def test_image_pins_postgresql_client_and_server_of_the_server_major():
+    version, major = _arg("POSTGRESQL_VERSION"), _arg("POSTGRESQL_MAJOR")
+    assert '"postgresql-client-${POSTGRESQL_MAJOR}=${POSTGRESQL_VERSION}"' in DOCKERFILE
+    assert '"postgresql-${POSTGRESQL_MAJOR}=${POSTGRESQL_VERSION}"' in DOCKERFILE  # pg_ctl/postgres: PITR
+    assert major == "15" and version.startswith("15.")
+    assert f"PATH=/usr/lib/postgresql/{major}/bin:$PATH" in DOCKERFILE
     from sandbox.services import pg_bindir
 
-    assert pg_bindir().parent.name == "15", "the tests' server major must match the image's client"
+    assert pg_bindir().parent.name == major, "the tests' server major must match the image's"
     assert version == _installed("postgresql-client-15"), "image pins what the tests ran"
 
 
@@ -247,7 +249,7 @@ def test_image_installs_the_locked_python_set_with_barman_cloud():
     lock = (spec.ROOT / "requirements.lock").read_text()
     assert re.search(r"^barman==\d+\.\d+\.\d+$", lock, re.M), "the PITR engine is pinned in the lock"
     assert re.search(r"^prefect==3\.8\.8$", lock, re.M)
-    assert "pip install --no-cache-dir --no-deps -r /tmp/requirements.txt" in DOCKERFILE
+    assert "pip install --no-cache-dir --no-deps --only-binary :all: -r requirements.lock" in DOCKERFILE
     assert "barman-cloud-backup --version" in DOCKERFILE
     for path in ("backup-table.yaml", "./blocks", "./tasks", "./flows"):
         assert path in DOCKERFILE
