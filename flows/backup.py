@@ -6,11 +6,9 @@ from datetime import datetime
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.blocks.core import Block
 from pydantic import BaseModel
 
-from blocks.store import StoreBlock
-from flows.common import load_store, result_storage
+from flows.common import StoreRef, TargetBlock, TargetRef, load_store, result_storage
 from flows.locks import component_lock
 from tasks.components.registry import SPECS, ComponentName, load_target
 from tasks.errors import ConfigurationError
@@ -67,11 +65,21 @@ def _run_backup(component: str, target, store, labels) -> BackupResult:
 @flow(name="backup-component")
 def backup_component(
     component: ComponentName,
-    target: str | Block | None = None,
-    store: str | StoreBlock | None = None,
+    target: TargetRef = None,
+    store: StoreRef = None,
     labels: dict[str, str] | None = None,
 ) -> BackupResult:
-    """Back up one component into the store. `target`/`store` are block names; empty = defaults."""
+    """Back up one component into the store. `target`/`store` are block names; empty = defaults.
+
+    Args:
+        component: Which component: kubernetes, volumes, postgres, postgres-pitr, etcd, rabbitmq or
+            app-state (backup-table.yaml lists them).
+        target: Name of the component's target block (e.g. 'production'); empty: the default from
+            the KLB_*_TARGET setting. From Python, a block object.
+        store: Name of the store block holding the backups ('klb-s3-store/production' or
+            'production'); empty: $KLB_STORE.
+        labels: Extra labels recorded in the backup's manifest (key: value).
+    """
     component = ComponentName(component).value
     store_block = load_store(store)
     result = _run_backup(component, load_target(component, target), store_block, labels)
@@ -94,10 +102,18 @@ class BackupAllResult(BaseModel):
 @flow(name="backup-all")
 def backup_all(
     components: list[ComponentName] | None = None,
-    targets: dict[str, str | Block] | None = None,
-    store: str | StoreBlock | None = None,
+    targets: dict[str, str | TargetBlock] | None = None,
+    store: StoreRef = None,
 ) -> BackupAllResult:
-    """Back up every configured component (or the listed ones). Fails if any backup failed."""
+    """Back up every configured component (or the listed ones). Fails if any backup failed.
+
+    Args:
+        components: The components to include (empty: every component that has a target configured).
+        targets: Component name -> name of its target block (from Python, block objects); empty:
+            each component's default target.
+        store: Name of the store block holding the backups ('klb-s3-store/production' or
+            'production'); empty: $KLB_STORE.
+    """
     logger = get_run_logger()
     store_block = load_store(store)
     names = [ComponentName(c).value for c in components] if components else list(SPECS)

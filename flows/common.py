@@ -10,6 +10,12 @@ from pathlib import Path
 from prefect.blocks.core import Block
 from prefect.filesystems import LocalFileSystem
 
+from blocks.app_state import AppStateTarget
+from blocks.etcd import EtcdTarget
+from blocks.kubernetes import VeleroTarget
+from blocks.pitr import PitrTarget
+from blocks.postgres import PostgresTarget
+from blocks.rabbitmq import RabbitMQTarget
 from blocks.store import LocalStore, S3Store, StoreBlock
 from tasks.errors import BackupError, ConfigurationError
 
@@ -22,6 +28,14 @@ class _UserErrorsWithoutTraceback(logging.Filter):
         if record.exc_info and isinstance(record.exc_info[1], BackupError):
             record.exc_info, record.exc_text = None, None
         return True
+
+
+# Parameter types of the run forms: a block name ("klb-s3-store/production", or just "production"),
+# or from Python a block object. Concrete block classes, never Prefect's Block base class, so the
+# form shows the project's blocks (and Python callers may still pass any of them).
+TargetBlock = AppStateTarget | PostgresTarget | PitrTarget | EtcdTarget | RabbitMQTarget | VeleroTarget
+TargetRef = str | TargetBlock | None
+StoreRef = str | LocalStore | S3Store | None
 
 
 for _logger in ("prefect.flow_runs", "prefect.task_runs"):

@@ -15,7 +15,6 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.blocks.core import Block
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
@@ -23,7 +22,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from blocks.restore_guard import RestoreGuard
 from blocks.store import StoreBlock
-from flows.common import load_store
+from flows.common import StoreRef, TargetBlock, TargetRef, load_store
 from flows.locks import component_lock
 from tasks.components.registry import ComponentName, load_target
 from tasks.errors import BadInput, ConfigurationError
@@ -98,10 +97,23 @@ def restore_plan(
     recovery_point: str | None = None,
     backup_id: str | None = None,
     components: list[ComponentName] | None = None,
-    targets: dict[str, str | Block] | None = None,
-    store: str | StoreBlock | None = None,
+    targets: dict[str, str | TargetBlock] | None = None,
+    store: StoreRef = None,
 ) -> dict[str, Any]:
-    """Dry run: what a restore from `recovery_point` ('latest' or an id) or `backup_id` would do."""
+    """Dry run: what a restore from `recovery_point` ('latest' or an id) or `backup_id` would do.
+
+    Args:
+        recovery_point: 'latest' or a recovery point id (a set of backups taken together by backup-
+            all); empty: each component's newest backup.
+        backup_id: Which backup: 'latest' (the newest verified backup of the component) or an id as
+            listed by `python -m flows.catalog list`, '<component>-<YYYYMMDDTHHMMSSZ>-<6 hex>', e.g.
+            kubernetes-20260101T020000Z-a1b2c3.
+        components: The components to include (empty: every component that has a target configured).
+        targets: Component name -> name of its target block (from Python, block objects); empty:
+            each component's default target.
+        store: Name of the store block holding the backups ('klb-s3-store/production' or
+            'production'); empty: $KLB_STORE.
+    """
     store_block = load_store(store)
     names = [ComponentName(c).value for c in components] if components else None
     plan = build_plan(store_block, recovery_point, backup_id, names, targets)
@@ -134,8 +146,8 @@ def _ask_approval(timeout: int, plan_md: str) -> tuple[ChecklistLine, str]:
 def restore_with_checklist(
     component: ComponentName,
     backup_id: str = "latest",
-    target: str | Block | None = None,
-    store: str | StoreBlock | None = None,
+    target: TargetRef = None,
+    store: StoreRef = None,
     options: dict[str, Any] | None = None,
     guard: str | RestoreGuard | None = None,
     force: bool = False,
@@ -145,7 +157,30 @@ def restore_with_checklist(
 ) -> RestoreRecord:
     """Restore one component through the pre-restore checklist. Refuses (changing nothing) when
     an item fails; the safety backup is taken before anything is replaced. `without_rollback=True`
-    lets a restore go ahead when the current state cannot be described or backed up (it is gone)."""
+    lets a restore go ahead when the current state cannot be described or backed up (it is gone).
+
+    Args:
+        component: Which component: kubernetes, volumes, postgres, postgres-pitr, etcd, rabbitmq or
+            app-state (backup-table.yaml lists them).
+        backup_id: Which backup: 'latest' (the newest verified backup of the component) or an id as
+            listed by `python -m flows.catalog list`, '<component>-<YYYYMMDDTHHMMSSZ>-<6 hex>', e.g.
+            kubernetes-20260101T020000Z-a1b2c3.
+        target: Name of the component's target block (e.g. 'production'); empty: the default from
+            the KLB_*_TARGET setting. From Python, a block object.
+        store: Name of the store block holding the backups ('klb-s3-store/production' or
+            'production'); empty: $KLB_STORE.
+        options: Restore options of the component (its RestoreOptions fields, docs/components.md),
+            e.g. {"namespaces": ["lambda"], "existing_resource_policy": "update"} for kubernetes.
+        guard: Name of the klb-restore-guard block (maintenance window, notifications, approval);
+            empty: no window, no notification.
+        force: Restore even if the checklist finds blocking problems (they are recorded).
+        required_objects: Object names the backup must hold (its manifest's objects), else the restore is
+            refused.
+        require_approval: Pause for a person to approve the plan in the UI before anything changes
+            (empty: as the guard block says).
+        without_rollback: Do not keep a copy of the current state to roll back to (faster, not
+            undoable).
+    """
     logger = get_run_logger()
     component = ComponentName(component).value
     store_block = load_store(store)
@@ -222,10 +257,16 @@ def _finish(store: StoreBlock, record: RestoreRecord, title: str, plan_md: str) 
 
 
 @flow(name="rollback-restore")
-def rollback_restore(
-    restore_id: str, target: str | Block | None = None, store: str | StoreBlock | None = None
-) -> RestoreRecord:
-    """Put back the safety backup a checklist restore took before it changed anything."""
+def rollback_restore(restore_id: str, target: TargetRef = None, store: StoreRef = None) -> RestoreRecord:
+    """Put back the safety backup a checklist restore took before it changed anything.
+
+    Args:
+        restore_id: The restore to undo (id from the restore-with-checklist report).
+        target: Name of the component's target block (e.g. 'production'); empty: the default from
+            the KLB_*_TARGET setting. From Python, a block object.
+        store: Name of the store block holding the backups ('klb-s3-store/production' or
+            'production'); empty: $KLB_STORE.
+    """
     store_block = load_store(store)
     record = load_restore_record(store_block, restore_id)
     if not record.safety_backup_id:

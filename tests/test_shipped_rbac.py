@@ -141,19 +141,21 @@ def partial_restore(c: Cluster, store) -> None:
     target = c.velero_target()
     result = backup_component("kubernetes", target=target, store=store)
     ns = APP_NAMESPACES[0]
-    for gv, plural, name in [("v1", "configmaps", "flags"), ("v1", "secrets", "db-password")]:
-        c.api.server.store.delete(_res(gv, plural), ns, name)
-    c.api.server.store.delete(_res("apps/v1", "deployments"), ns, "cron")
+    store_ = c.api.server.store
+    for plural, name in [("configmaps", "flags"), ("secrets", "db-password")]:  # changed: replaced
+        store_.patch(_res("v1", plural), ns, name, {"data": {"broken": "eHg="}})
+    store_.delete(_res("apps/v1", "deployments"), ns, "cron")  # deleted: created
     report = partial_restore(
         result.id,
         [ns],
         resources=["configmaps", "secrets", "services", "deployments"],
         names=["flags", "db-password", "cron", "api"],
-        existing_resource_policy="update",  # api exists: replaced
+        existing_resource_policy="update",
         store=store,
         target=target,
     )
     assert len(report["restored_objects"]) == 5
+    assert "broken" not in c.api.server.store.get(_res("v1", "configmaps"), ns, "flags")["data"]
 
 
 def stuck_backup_is_cancelled(c: Cluster, store) -> None:
@@ -269,7 +271,7 @@ def test_every_rule_and_verb_of_the_shipped_rbac_is_used(
         for verb in rule["verbs"]
         if (key, verb, f"{group}/{res}") not in used
     ]
-    assert unused == []
+    assert unused == [], unused
 
 
 def test_nothing_cluster_wide_is_a_write_an_application_namespace_list_serves():
