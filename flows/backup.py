@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import datetime
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.client.orchestration import get_client
+from prefect.runtime import flow_run as current_run
 from pydantic import BaseModel
 
 from flows.common import StoreRef, TargetBlock, TargetRef, load_store, result_storage
 from flows.locks import component_lock
 from tasks.components.registry import SPECS, ComponentName, load_target
-from tasks.errors import ConfigurationError
+from tasks.errors import ConfigurationError, is_retryable
 from tasks.markdown import fields_table
 from tasks.metrics import tracked
 from tasks.models import Manifest
@@ -62,7 +66,38 @@ def _run_backup(component: str, target, store, labels) -> BackupResult:
     return _backup(component, target, store, labels)[1]
 
 
-@flow(name="backup-component")
+def _with_run_id(labels: dict[str, str] | None) -> dict[str, str]:
+    """The manifest records which flow run made the backup (label flow_run_id)."""
+    run_id = current_run.get_id()
+    return {**(labels or {}), **({"flow_run_id": str(run_id)} if run_id else {})}
+
+
+def _name_run(name: str) -> None:
+    """Rename the current flow run (best effort: a name is a convenience, never a failure)."""
+    run_id = current_run.get_id()
+    if run_id:
+        try:
+            with get_client(sync_client=True) as client:
+                client.set_flow_run_name(run_id, name)
+        except Exception as exc:
+            get_run_logger().debug("could not rename the flow run: %s", exc)
+
+
+def retry_policy() -> tuple[int, float]:
+    """(retries, delay in seconds) of a backup after a transient failure: KLB_BACKUP_RETRIES
+    (default 2) and KLB_BACKUP_RETRY_DELAY_SECONDS (default 120): a 6-hourly backup that hit a
+    network blip is retried within minutes, not at its next slot."""
+    return int(os.environ.get("KLB_BACKUP_RETRIES", "2")), float(
+        os.environ.get("KLB_BACKUP_RETRY_DELAY_SECONDS", "120")
+    )
+
+
+def _backup_run_name() -> str:
+    component = current_run.parameters.get("component")
+    return f"backup-{getattr(component, 'value', component)}"
+
+
+@flow(name="backup-component", flow_run_name=_backup_run_name)
 def backup_component(
     component: ComponentName,
     target: TargetRef = None,
@@ -82,7 +117,25 @@ def backup_component(
     """
     component = ComponentName(component).value
     store_block = load_store(store)
-    result = _run_backup(component, load_target(component, target), store_block, labels)
+    target_block = load_target(component, target)
+    retries, delay = retry_policy()
+    for attempt in range(retries + 1):
+        try:
+            result = _run_backup(component, target_block, store_block, _with_run_id(labels))
+            break
+        except Exception as exc:  # only what may succeed on a second try is retried
+            if attempt >= retries or not is_retryable(exc):
+                raise
+            get_run_logger().warning(
+                "backup of %s failed (%s), transient: retry %d/%d in %.0fs",
+                component,
+                exc,
+                attempt + 1,
+                retries,
+                delay,
+            )
+            time.sleep(delay)
+    _name_run(f"backup-{result.id}")
     get_run_logger().info("backup %s stored at %s", result.id, result.location)
     create_markdown_artifact(
         key=f"backup-{component}",
@@ -130,7 +183,7 @@ def backup_all(
             continue
         try:
             labels = {"batch": "backup-all", LABEL: rp_id}
-            manifests[name], result.backups[name] = _backup(name, target, store_block, labels)
+            manifests[name], result.backups[name] = _backup(name, target, store_block, _with_run_id(labels))
         except Exception as exc:
             logger.error("backup of %s failed: %s", name, exc)
             result.failed[name] = str(exc)
