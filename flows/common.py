@@ -35,6 +35,9 @@ class _UserErrorsWithoutTraceback(logging.Filter):
 # form shows the project's blocks (and Python callers may still pass any of them).
 TargetBlock = AppStateTarget | PostgresTarget | PitrTarget | EtcdTarget | RabbitMQTarget | VeleroTarget
 TargetRef = str | TargetBlock | None
+VeleroRef = str | VeleroTarget | None  # flows that only work on Kubernetes (Velero)
+PostgresRef = str | PostgresTarget | None
+PitrRef = str | PitrTarget | None
 StoreRef = str | LocalStore | S3Store | None
 
 

@@ -63,8 +63,8 @@ def restore_drill(
 
     Args:
         components: The components to include (empty: every component that has a target configured).
-        recovery_point: 'latest' or a recovery point id (a set of backups taken together by backup-
-            all); empty: each component's newest backup.
+        recovery_point: 'latest' or a recovery point id (a set of backups taken together
+            by backup-all); empty: each component's newest backup.
         targets: Component name -> name of its target block (from Python, block objects); empty:
             each component's default target.
         store: Name of the store block holding the backups ('klb-s3-store/production' or

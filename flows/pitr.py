@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.pitr import PitrTarget
 from blocks.store import StoreBlock
-from flows.common import StoreRef, TargetRef, load_store
+from flows.common import PitrRef, StoreRef, TargetRef, VeleroRef, load_store
 from tasks.components import postgres_pitr as pitr
 from tasks.components.postgres_pitr.window import ArchiveReport, parse_target
 from tasks.components.registry import load_target
@@ -60,9 +60,7 @@ def wal_window_task(target: PitrTarget, store: StoreBlock) -> ArchiveReport:
 
 
 @flow(name="check-wal-archive")
-def check_wal_archive(
-    target: TargetRef = None, store: StoreRef = None, require: bool = True
-) -> dict[str, Any]:
+def check_wal_archive(target: PitrRef = None, store: StoreRef = None, require: bool = True) -> dict[str, Any]:
     """Archiving configuration (archive_mode, archive_command, wal_level, pg_stat_archiver) and the
     recoverable window. Fails with 'PITR not possible: ...' when `require` and something is wrong.
 
@@ -111,7 +109,7 @@ def recover_task(target, manifest, store, goal, options) -> dict[str, Any]:
 def pitr_postgres(
     target_time: datetime | str | None,
     directory: str | None = None,
-    target: TargetRef = None,
+    target: PitrRef = None,
     store: StoreRef = None,
     target_lsn: str | None = None,
     target_name: str | None = None,
@@ -137,7 +135,7 @@ def pitr_postgres(
         target_name: Recover up to this named restore point (pg_create_restore_point) instead of a
             time.
         backup_id: Which backup: 'latest' (the newest verified backup of the component) or an id as
-            listed by `python -m flows.catalog list`, '<component>-<YYYYMMDDTHHMMSSZ>-<6 hex>', e.g.
+            listed by `python -m flows.catalog list`, `<component>-<YYYYMMDDTHHMMSSZ>-<6 hex>`, e.g.
             kubernetes-20260101T020000Z-a1b2c3.
         port: Port the recovered PostgreSQL instance listens on.
         os_user: Operating-system user that runs the recovered PostgreSQL (postgres refuses to run
@@ -171,7 +169,7 @@ def pitr_postgres(
 
 
 @flow(name="promote-pitr")
-def promote_pitr(directory: str, target: TargetRef = None) -> dict[str, Any]:
+def promote_pitr(directory: str, target: PitrRef = None) -> dict[str, Any]:
     """The explicit cut-over step: end recovery on a PITR instance paused at its target.
 
     Args:
@@ -190,7 +188,7 @@ def promote_pitr(directory: str, target: TargetRef = None) -> dict[str, Any]:
 @flow(name="pitr-kubernetes")
 def pitr_kubernetes(
     target_time: datetime,
-    target: TargetRef = None,
+    target: VeleroRef = None,
     store: StoreRef = None,
     options: dict[str, Any] | None = None,
     dry_run: bool = False,

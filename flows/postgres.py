@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 
-from flows.common import TargetRef
+from flows.common import PostgresRef, StoreRef
 from flows.locks import component_lock
 from tasks.components.postgres.common import admin, drop_database
 from tasks.components.postgres.kept_copies import cleanup_task, postgres_target, rollback_task
@@ -24,7 +24,7 @@ from tasks.markdown import fields_table
 @flow(name="rollback-postgres")
 def rollback_postgres(
     database: str,
-    target: TargetRef = None,
+    target: PostgresRef = None,
     rollback_name: str | None = None,
 ) -> dict[str, Any]:
     """Put back the database the last cut-over replaced (or `rollback_name`). The database it
@@ -49,7 +49,7 @@ def rollback_postgres(
 @flow(name="cleanup-postgres-rollbacks")
 def cleanup_postgres_rollbacks(
     older_than_hours: Annotated[float, Field(ge=0)] = 72,
-    target: TargetRef = None,
+    target: PostgresRef = None,
     dry_run: bool = False,
 ) -> dict[str, list[str]]:
     """Drop kept copies (`__rollback_`, `__undone_`) and leftovers of interrupted restores
@@ -83,7 +83,7 @@ FROM generate_series(1, 1000) i;"""
 
 @flow(name="demo-postgres")
 def demo_postgres(
-    target: TargetRef = None, store: TargetRef = None, database: str = "klb_demo"
+    target: PostgresRef = None, store: StoreRef = None, database: str = "klb_demo"
 ) -> dict[str, Any]:
     """Create a sample database, back it up, restore it aside as `<database>_restored` and show
     that the fingerprints match. Touches nothing else on the server."""

@@ -103,10 +103,10 @@ def restore_plan(
     """Dry run: what a restore from `recovery_point` ('latest' or an id) or `backup_id` would do.
 
     Args:
-        recovery_point: 'latest' or a recovery point id (a set of backups taken together by backup-
-            all); empty: each component's newest backup.
+        recovery_point: 'latest' or a recovery point id (a set of backups taken together
+            by backup-all); empty: each component's newest backup.
         backup_id: Which backup: 'latest' (the newest verified backup of the component) or an id as
-            listed by `python -m flows.catalog list`, '<component>-<YYYYMMDDTHHMMSSZ>-<6 hex>', e.g.
+            listed by `python -m flows.catalog list`, `<component>-<YYYYMMDDTHHMMSSZ>-<6 hex>`, e.g.
             kubernetes-20260101T020000Z-a1b2c3.
         components: The components to include (empty: every component that has a target configured).
         targets: Component name -> name of its target block (from Python, block objects); empty:
@@ -163,7 +163,7 @@ def restore_with_checklist(
         component: Which component: kubernetes, volumes, postgres, postgres-pitr, etcd, rabbitmq or
             app-state (backup-table.yaml lists them).
         backup_id: Which backup: 'latest' (the newest verified backup of the component) or an id as
-            listed by `python -m flows.catalog list`, '<component>-<YYYYMMDDTHHMMSSZ>-<6 hex>', e.g.
+            listed by `python -m flows.catalog list`, `<component>-<YYYYMMDDTHHMMSSZ>-<6 hex>`, e.g.
             kubernetes-20260101T020000Z-a1b2c3.
         target: Name of the component's target block (e.g. 'production'); empty: the default from
             the KLB_*_TARGET setting. From Python, a block object.

@@ -31,7 +31,7 @@ def restore_component(
         component: Which component: kubernetes, volumes, postgres, postgres-pitr, etcd, rabbitmq or
             app-state (backup-table.yaml lists them).
         backup_id: Which backup: 'latest' (the newest verified backup of the component) or an id as
-            listed by `python -m flows.catalog list`, '<component>-<YYYYMMDDTHHMMSSZ>-<6 hex>', e.g.
+            listed by `python -m flows.catalog list`, `<component>-<YYYYMMDDTHHMMSSZ>-<6 hex>`, e.g.
             kubernetes-20260101T020000Z-a1b2c3.
         target: Name of the component's target block (e.g. 'production'); empty: the default from
             the KLB_*_TARGET setting. From Python, a block object.

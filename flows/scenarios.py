@@ -15,7 +15,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import StoreRef, TargetBlock, TargetRef, load_store
+from flows.common import StoreRef, TargetBlock, VeleroRef, load_store
 from flows.locks import component_lock
 from tasks.components import kubernetes as velero
 from tasks.components.kubernetes import ExistingResourcePolicy
@@ -48,7 +48,7 @@ def _report(key: str, title: str, report: dict[str, Any]) -> None:
 def namespace_corruption(
     namespace: str,
     backup_id: str = LATEST,
-    target: TargetRef = None,
+    target: VeleroRef = None,
     store: StoreRef = None,
 ) -> dict[str, Any]:
     """Runbook scenario 2: forensic backup of the broken namespace, delete it, restore it from
@@ -57,7 +57,7 @@ def namespace_corruption(
     Args:
         namespace: The Kubernetes namespace to recover.
         backup_id: Which backup: 'latest' (the newest verified backup of the component) or an id as
-            listed by `python -m flows.catalog list`, '<component>-<YYYYMMDDTHHMMSSZ>-<6 hex>', e.g.
+            listed by `python -m flows.catalog list`, `<component>-<YYYYMMDDTHHMMSSZ>-<6 hex>`, e.g.
             kubernetes-20260101T020000Z-a1b2c3.
         target: Name of the component's target block (e.g. 'production'); empty: the default from
             the KLB_*_TARGET setting. From Python, a block object.
@@ -84,7 +84,7 @@ def data_corruption(
     namespace: str,
     pvcs: list[str] | None = None,
     before: datetime | None = None,
-    target: TargetRef = None,
+    target: VeleroRef = None,
     store: StoreRef = None,
 ) -> dict[str, Any]:
     """Runbook scenario 3: restore PVCs from the newest volumes backup (at/before `before`) that
@@ -137,14 +137,14 @@ def partial_restore(
     names: list[str] | None = None,
     namespace_mapping: dict[str, str] | None = None,
     existing_resource_policy: ExistingResourcePolicy = ExistingResourcePolicy.none,
-    target: TargetRef = None,
+    target: VeleroRef = None,
     store: StoreRef = None,
 ) -> dict[str, Any]:
     """A namespace, some resource types, or single objects (`names`) from a Kubernetes backup.
 
     Args:
         backup_id: Which backup: 'latest' (the newest verified backup of the component) or an id as
-            listed by `python -m flows.catalog list`, '<component>-<YYYYMMDDTHHMMSSZ>-<6 hex>', e.g.
+            listed by `python -m flows.catalog list`, `<component>-<YYYYMMDDTHHMMSSZ>-<6 hex>`, e.g.
             kubernetes-20260101T020000Z-a1b2c3.
         namespaces: The namespaces of the backup to restore.
         resources: Resource types to restore, e.g. ["configmaps", "secrets"] (empty: all).
@@ -191,8 +191,8 @@ def full_cluster_restore(
     with the same `run_id` to resume, completed steps are skipped.
 
     Args:
-        recovery_point: 'latest' or a recovery point id (a set of backups taken together by backup-
-            all); empty: each component's newest backup.
+        recovery_point: 'latest' or a recovery point id (a set of backups taken together
+            by backup-all); empty: each component's newest backup.
         targets: Component name -> name of its target block (from Python, block objects); empty:
             each component's default target.
         store: Name of the store block holding the backups ('klb-s3-store/production' or
