@@ -95,7 +95,7 @@ def deployed(e2e, tmp_path_factory) -> dict:
     cli(e2e, "work-pool", "create", e2e["pool"], "--type", "process")
     variant = here / "prefect.e2e.yaml"
     write_process_pool_variant(e2e, variant)
-    cli(e2e, "--no-prompt", "deploy", "--all", "--prefect-file", str(variant), timeout=300)
+    cli(e2e, "--no-prompt", "deploy", "--all", "--prefect-file", str(variant), timeout=900)
     deps = api(e2e, "POST", "/deployments/filter", json={"limit": 200}).json()
     return {"deployments": {d["name"]: d for d in deps}, "restored": restored, "here": here}
 
