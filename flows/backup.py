@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import datetime
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.blocks.core import Block
+from prefect.client.orchestration import get_client
+from prefect.runtime import flow_run as current_run
 from pydantic import BaseModel
 
-from blocks.store import StoreBlock
-from flows.common import load_store, result_storage
+from flows.common import StoreRef, TargetBlock, TargetRef, load_store, result_storage
 from flows.locks import component_lock
 from tasks.components.registry import SPECS, ComponentName, load_target
-from tasks.errors import ConfigurationError
+from tasks.errors import ConfigurationError, is_retryable
 from tasks.markdown import fields_table
 from tasks.metrics import tracked
 from tasks.models import Manifest
@@ -64,17 +66,76 @@ def _run_backup(component: str, target, store, labels) -> BackupResult:
     return _backup(component, target, store, labels)[1]
 
 
-@flow(name="backup-component")
+def _with_run_id(labels: dict[str, str] | None) -> dict[str, str]:
+    """The manifest records which flow run made the backup (label flow_run_id)."""
+    run_id = current_run.get_id()
+    return {**(labels or {}), **({"flow_run_id": str(run_id)} if run_id else {})}
+
+
+def _name_run(name: str) -> None:
+    """Rename the current flow run (best effort: a name is a convenience, never a failure)."""
+    run_id = current_run.get_id()
+    if run_id:
+        try:
+            with get_client(sync_client=True) as client:
+                client.set_flow_run_name(run_id, name)
+        except Exception as exc:
+            get_run_logger().debug("could not rename the flow run: %s", exc)
+
+
+def retry_policy() -> tuple[int, float]:
+    """(retries, delay in seconds) of a backup after a transient failure: KLB_BACKUP_RETRIES
+    (default 2) and KLB_BACKUP_RETRY_DELAY_SECONDS (default 120): a 6-hourly backup that hit a
+    network blip is retried within minutes, not at its next slot."""
+    return int(os.environ.get("KLB_BACKUP_RETRIES", "2")), float(
+        os.environ.get("KLB_BACKUP_RETRY_DELAY_SECONDS", "120")
+    )
+
+
+def _backup_run_name() -> str:
+    component = current_run.parameters.get("component")
+    return f"backup-{getattr(component, 'value', component)}"
+
+
+@flow(name="backup-component", flow_run_name=_backup_run_name)
 def backup_component(
     component: ComponentName,
-    target: str | Block | None = None,
-    store: str | StoreBlock | None = None,
+    target: TargetRef = None,
+    store: StoreRef = None,
     labels: dict[str, str] | None = None,
 ) -> BackupResult:
-    """Back up one component into the store. `target`/`store` are block names; empty = defaults."""
+    """Back up one component into the store. `target`/`store` are block names; empty = defaults.
+
+    Args:
+        component: Which component: kubernetes, volumes, postgres, postgres-pitr, etcd, rabbitmq or
+            app-state (backup-table.yaml lists them).
+        target: Name of the component's target block (e.g. 'production'); empty: the default from
+            the KLB_*_TARGET setting. From Python, a block object.
+        store: Name of the store block holding the backups ('klb-s3-store/production' or
+            'production'); empty: $KLB_STORE.
+        labels: Extra labels recorded in the backup's manifest (key: value).
+    """
     component = ComponentName(component).value
     store_block = load_store(store)
-    result = _run_backup(component, load_target(component, target), store_block, labels)
+    target_block = load_target(component, target)
+    retries, delay = retry_policy()
+    for attempt in range(retries + 1):
+        try:
+            result = _run_backup(component, target_block, store_block, _with_run_id(labels))
+            break
+        except Exception as exc:  # only what may succeed on a second try is retried
+            if attempt >= retries or not is_retryable(exc):
+                raise
+            get_run_logger().warning(
+                "backup of %s failed (%s), transient: retry %d/%d in %.0fs",
+                component,
+                exc,
+                attempt + 1,
+                retries,
+                delay,
+            )
+            time.sleep(delay)
+    _name_run(f"backup-{result.id}")
     get_run_logger().info("backup %s stored at %s", result.id, result.location)
     create_markdown_artifact(
         key=f"backup-{component}",
@@ -94,10 +155,18 @@ class BackupAllResult(BaseModel):
 @flow(name="backup-all")
 def backup_all(
     components: list[ComponentName] | None = None,
-    targets: dict[str, str | Block] | None = None,
-    store: str | StoreBlock | None = None,
+    targets: dict[str, str | TargetBlock] | None = None,
+    store: StoreRef = None,
 ) -> BackupAllResult:
-    """Back up every configured component (or the listed ones). Fails if any backup failed."""
+    """Back up every configured component (or the listed ones). Fails if any backup failed.
+
+    Args:
+        components: The components to include (empty: every component that has a target configured).
+        targets: Component name -> name of its target block (from Python, block objects); empty:
+            each component's default target.
+        store: Name of the store block holding the backups ('klb-s3-store/production' or
+            'production'); empty: $KLB_STORE.
+    """
     logger = get_run_logger()
     store_block = load_store(store)
     names = [ComponentName(c).value for c in components] if components else list(SPECS)
@@ -114,7 +183,7 @@ def backup_all(
             continue
         try:
             labels = {"batch": "backup-all", LABEL: rp_id}
-            manifests[name], result.backups[name] = _backup(name, target, store_block, labels)
+            manifests[name], result.backups[name] = _backup(name, target, store_block, _with_run_id(labels))
         except Exception as exc:
             logger.error("backup of %s failed: %s", name, exc)
             result.failed[name] = str(exc)

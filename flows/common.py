@@ -8,7 +8,13 @@ from pathlib import Path
 
 from prefect.filesystems import LocalFileSystem
 
-from blocks.store import LocalStore, StoreBlock
+from blocks.app_state import AppStateTarget
+from blocks.etcd import EtcdTarget
+from blocks.kubernetes import VeleroTarget
+from blocks.pitr import PitrTarget
+from blocks.postgres import PostgresTarget
+from blocks.rabbitmq import RabbitMQTarget
+from blocks.store import LocalStore, S3Store, StoreBlock
 from tasks.errors import BackupError
 from tasks.storage.layout import layout
 from tasks.storage.stores import load_store  # noqa: F401 - flows import it from here
@@ -22,6 +28,17 @@ class _UserErrorsWithoutTraceback(logging.Filter):
         if record.exc_info and isinstance(record.exc_info[1], BackupError):
             record.exc_info, record.exc_text = None, None
         return True
+
+
+# Parameter types of the run forms: a block name ("klb-s3-store/production", or just "production"),
+# or from Python a block object. Concrete block classes, never Prefect's Block base class, so the
+# form shows the project's blocks (and Python callers may still pass any of them).
+TargetBlock = AppStateTarget | PostgresTarget | PitrTarget | EtcdTarget | RabbitMQTarget | VeleroTarget
+TargetRef = str | TargetBlock | None
+VeleroRef = str | VeleroTarget | None  # flows that only work on Kubernetes (Velero)
+PostgresRef = str | PostgresTarget | None
+PitrRef = str | PitrTarget | None
+StoreRef = str | LocalStore | S3Store | None
 
 
 for _logger in ("prefect.flow_runs", "prefect.task_runs"):

@@ -17,11 +17,9 @@ from datetime import UTC, datetime, timedelta
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.blocks.core import Block
 from prefect.states import Completed
 
-from blocks.store import StoreBlock
-from flows.common import load_store
+from flows.common import StoreRef, TargetBlock, load_store
 from tasks.components.registry import SPECS, ComponentName
 from tasks.errors import BackupError, BadInput, NotFound
 from tasks.metrics import record_drill
@@ -52,8 +50,8 @@ class DrillFailed(BackupError):
 def restore_drill(
     components: list[ComponentName] | None = None,
     recovery_point: str | None = None,
-    targets: dict[str, str | Block] | None = None,
-    store: str | StoreBlock | None = None,
+    targets: dict[str, str | TargetBlock] | None = None,
+    store: StoreRef = None,
     rto_target_minutes: float = 30,
     rpo_target_hours: float = 6,
     rpo_window_hours: float = 7 * 24,
@@ -64,7 +62,29 @@ def restore_drill(
 ) -> DrillRecord:
     """Restore the newest backups (or a recovery point: 'latest' or an id) of every component
     (or the listed ones) into isolation; verify; measure RTO/RPO against the targets; clean up.
-    Fails when any covered component fails or a target is missed; the record is stored either way."""
+    Fails when any covered component fails or a target is missed; the record is stored either way.
+
+    Args:
+        components: The components to include (empty: every component that has a target configured).
+        recovery_point: 'latest' or a recovery point id (a set of backups taken together
+            by backup-all); empty: each component's newest backup.
+        targets: Component name -> name of its target block (from Python, block objects); empty:
+            each component's default target.
+        store: Name of the store block holding the backups ('klb-s3-store/production' or
+            'production'); empty: $KLB_STORE.
+        rto_target_minutes: Recovery time objective: a component's drill restore taking longer fails
+            the drill.
+        rpo_target_hours: Recovery point objective: a newest backup older than this fails the drill.
+        rpo_window_hours: How far back the RPO is measured over (the largest gap between backups in
+            this window).
+        rpo_targets_hours: Per-component RPO overrides in hours, e.g. {"postgres": 6, "etcd": 1}.
+        health_checks: Extra checks run against the restored copies (HTTP or command), each with a
+            name.
+        fail_on_production_change: Fail the drill if production looks different after it (isolation
+            check).
+        drill_id: Identifier of this drill (names its isolated namespaces/databases); empty:
+            generated.
+    """
     logger = get_run_logger()
     per_component = dict(rpo_targets_hours or {})
     if min([rto_target_minutes, rpo_target_hours, rpo_window_hours, *per_component.values()]) <= 0:
@@ -148,7 +168,7 @@ def restore_drill(
     return Completed(message=f"restore drill {drill_id} {record.headline}", data=record)
 
 
-def last_drill_report(store: str | StoreBlock | None = None) -> str:
+def last_drill_report(store: StoreRef = None) -> str:
     """The newest stored drill as plain text (for the demo, also after a failed drill)."""
     records = list_drill_records(load_store(store))
     if not records:

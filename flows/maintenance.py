@@ -12,7 +12,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from blocks.store import StoreBlock
-from flows.common import load_store
+from flows.common import StoreRef, load_store
 from tasks.components.registry import SPECS, ComponentName
 from tasks.errors import BadInput
 from tasks.metrics import record_run
@@ -44,13 +44,22 @@ def _names(components: list[ComponentName] | None) -> list[str]:
 def verify_backups(
     components: list[ComponentName] | None = None,
     newest: int = 1,
-    store: str | StoreBlock | None = None,
-    dr_store: str | StoreBlock | None = None,
+    store: StoreRef = None,
+    dr_store: StoreRef = None,
 ) -> dict[str, Any]:
     """Integrity sweep: re-read the newest `newest` backups of each component in the primary
     store and in the DR store (`dr_store` or $KLB_DR_STORE, when set): sha256 of every object
     against its manifest, then the component's own check. In the DR store, a backup that the
-    primary has and the DR copy lacks, or whose copy differs, is a failure. Fails if any is bad."""
+    primary has and the DR copy lacks, or whose copy differs, is a failure. Fails if any is bad.
+
+    Args:
+        components: The components to include (empty: every component that has a target configured).
+        newest: How many of the newest backups of each component to re-read.
+        store: Name of the store block holding the backups ('klb-s3-store/production' or
+            'production'); empty: $KLB_STORE.
+        dr_store: Name of the disaster-recovery copy's store block; empty: the DR store configured
+            on the primary, if any.
+    """
     logger = get_run_logger()
     stores: dict[str, StoreBlock] = {"primary": load_store(store)}
     dr = load_dr_store(dr_store)
@@ -156,7 +165,7 @@ def _locks(
 @flow(name="enforce-retention")
 def enforce_retention(
     dry_run: bool = True,
-    store: str | StoreBlock | None = None,
+    store: StoreRef = None,
     components: list[ComponentName] | None = None,
     keep_last_good: int = 1,
     keep_daily: int = 0,
@@ -170,7 +179,20 @@ def enforce_retention(
     older than `orphan_grace_hours` (abandoned writes) are collected as a separate step.
 
     On a versioned bucket a delete adds a delete marker: the data stays as a noncurrent
-    version until the bucket's lifecycle rule expires it (docs/operations.md)."""
+    version until the bucket's lifecycle rule expires it (docs/operations.md).
+
+    Args:
+        dry_run: True: only show what would be done; False: do it.
+        store: Name of the store block holding the backups ('klb-s3-store/production' or
+            'production'); empty: $KLB_STORE.
+        components: The components to include (empty: every component that has a target configured).
+        keep_last_good: Always keep at least this many newest verified backups per component.
+        keep_daily: Also keep the newest backup of each of the last N days.
+        keep_weekly: Also keep the newest backup of each of the last N weeks.
+        keep_monthly: Also keep the newest backup of each of the last N months.
+        orphan_grace_hours: Objects without a manifest younger than this are left alone (a backup
+            may be writing them).
+    """
     if keep_last_good < 1:
         raise BadInput("keep_last_good must be at least 1: the newest good backup is never deleted")
     if min(keep_daily, keep_weekly, keep_monthly) < 0 or orphan_grace_hours < 1:

@@ -13,12 +13,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.blocks.core import Block
 from prefect.cache_policies import NO_CACHE
 
 from blocks.pitr import PitrTarget
 from blocks.store import StoreBlock
-from flows.common import load_store
+from flows.common import PitrRef, StoreRef, TargetRef, VeleroRef, load_store
 from tasks.components import postgres_pitr as pitr
 from tasks.components.postgres_pitr.window import ArchiveReport, parse_target
 from tasks.components.registry import load_target
@@ -27,7 +26,7 @@ from tasks.markdown import fields_table
 from tasks.storage.catalog import backup_at_or_before, get_backup
 
 
-def _target(ref: str | Block | None) -> PitrTarget:
+def _target(ref: TargetRef) -> PitrTarget:
     block = load_target("postgres-pitr", ref)
     if not isinstance(block, PitrTarget):
         raise BadInput(f"target {ref!r} is a {type(block).__name__}, not a PitrTarget")
@@ -61,11 +60,17 @@ def wal_window_task(target: PitrTarget, store: StoreBlock) -> ArchiveReport:
 
 
 @flow(name="check-wal-archive")
-def check_wal_archive(
-    target: str | Block | None = None, store: str | StoreBlock | None = None, require: bool = True
-) -> dict[str, Any]:
+def check_wal_archive(target: PitrRef = None, store: StoreRef = None, require: bool = True) -> dict[str, Any]:
     """Archiving configuration (archive_mode, archive_command, wal_level, pg_stat_archiver) and the
-    recoverable window. Fails with 'PITR not possible: ...' when `require` and something is wrong."""
+    recoverable window. Fails with 'PITR not possible: ...' when `require` and something is wrong.
+
+    Args:
+        target: Name of the component's target block (e.g. 'production'); empty: the default from
+            the KLB_*_TARGET setting. From Python, a block object.
+        store: Name of the store block holding the backups ('klb-s3-store/production' or
+            'production'); empty: $KLB_STORE.
+        require: Fail the run ('PITR not possible: ...') when archiving or the window is not right.
+    """
     target_block, store_block = _target(target), load_store(store)
     config = check_config_task(target_block)
     report = wal_window_task(target_block, store_block)
@@ -104,8 +109,8 @@ def recover_task(target, manifest, store, goal, options) -> dict[str, Any]:
 def pitr_postgres(
     target_time: datetime | str | None,
     directory: str | None = None,
-    target: str | Block | None = None,
-    store: str | StoreBlock | None = None,
+    target: PitrRef = None,
+    store: StoreRef = None,
     target_lsn: str | None = None,
     target_name: str | None = None,
     backup_id: str | None = None,
@@ -115,7 +120,27 @@ def pitr_postgres(
     """Recover PostgreSQL to `target_time` (with zone, or 'latest'; or give target_lsn /
     target_name instead) into a NEW instance in `directory` (default: a new folder under
     $KLB_PITR_DIR), on a loopback port, archiving off, paused at the target. The source is never
-    touched. Promote it with promote_pitr."""
+    touched. Promote it with promote_pitr.
+
+    Args:
+        target_time: The point in time to recover to, with a timezone (ISO 8601, e.g.
+            2026-01-01T10:30:00+00:00), or 'latest'; empty when target_lsn or target_name is given.
+        directory: Directory for the new, recovered instance (must not exist yet); empty: a new
+            folder under $KLB_PITR_DIR.
+        target: Name of the component's target block (e.g. 'production'); empty: the default from
+            the KLB_*_TARGET setting. From Python, a block object.
+        store: Name of the store block holding the backups ('klb-s3-store/production' or
+            'production'); empty: $KLB_STORE.
+        target_lsn: Recover up to this WAL location instead of a time (e.g. 0/3000060).
+        target_name: Recover up to this named restore point (pg_create_restore_point) instead of a
+            time.
+        backup_id: Which backup: 'latest' (the newest verified backup of the component) or an id as
+            listed by `python -m flows.catalog list`, `<component>-<YYYYMMDDTHHMMSSZ>-<6 hex>`, e.g.
+            kubernetes-20260101T020000Z-a1b2c3.
+        port: Port the recovered PostgreSQL instance listens on.
+        os_user: Operating-system user that runs the recovered PostgreSQL (postgres refuses to run
+            as root).
+    """
     logger = get_run_logger()
     goal = parse_target(target_time, target_lsn, target_name)  # bad input fails before anything runs
     directory = directory or pitr.default_directory(goal)
@@ -144,8 +169,14 @@ def pitr_postgres(
 
 
 @flow(name="promote-pitr")
-def promote_pitr(directory: str, target: str | Block | None = None) -> dict[str, Any]:
-    """The explicit cut-over step: end recovery on a PITR instance paused at its target."""
+def promote_pitr(directory: str, target: PitrRef = None) -> dict[str, Any]:
+    """The explicit cut-over step: end recovery on a PITR instance paused at its target.
+
+    Args:
+        directory: Directory of the PITR instance to promote (the `directory` of its pitr-postgres run).
+        target: Name of the component's target block (e.g. 'production'); empty: the default from
+            the KLB_*_TARGET setting. From Python, a block object.
+    """
     result = pitr.promote(_target(target), directory)
     create_markdown_artifact(
         key="pitr-promote",
@@ -157,13 +188,25 @@ def promote_pitr(directory: str, target: str | Block | None = None) -> dict[str,
 @flow(name="pitr-kubernetes")
 def pitr_kubernetes(
     target_time: datetime,
-    target: str | Block | None = None,
-    store: str | StoreBlock | None = None,
+    target: VeleroRef = None,
+    store: StoreRef = None,
     options: dict[str, Any] | None = None,
     dry_run: bool = False,
 ) -> dict[str, Any]:
     """Restore the newest Kubernetes (Velero) backup taken at or before `target_time`.
-    Kubernetes has no WAL: the plan says how far before the target that backup is."""
+    Kubernetes has no WAL: the plan says how far before the target that backup is.
+
+    Args:
+        target_time: The point in time to recover to, with a timezone (ISO 8601, e.g.
+            2026-01-01T10:30:00+00:00).
+        target: Name of the component's target block (e.g. 'production'); empty: the default from
+            the KLB_*_TARGET setting. From Python, a block object.
+        store: Name of the store block holding the backups ('klb-s3-store/production' or
+            'production'); empty: $KLB_STORE.
+        options: Restore options of the component (its RestoreOptions fields, docs/components.md),
+            e.g. {"namespaces": ["lambda"], "existing_resource_policy": "update"} for kubernetes.
+        dry_run: True: only show what would be done; False: do it.
+    """
     goal = parse_target(target_time)
     if goal.kind != "time":
         raise BadInput("pitr_kubernetes needs a time with zone")

@@ -12,9 +12,9 @@ from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.blocks.core import Block
 from pydantic import Field
 
+from flows.common import PostgresRef, StoreRef
 from flows.locks import component_lock
 from tasks.components.postgres.common import admin, drop_database
 from tasks.components.postgres.kept_copies import cleanup_task, postgres_target, rollback_task
@@ -24,11 +24,18 @@ from tasks.markdown import fields_table
 @flow(name="rollback-postgres")
 def rollback_postgres(
     database: str,
-    target: str | Block | None = None,
+    target: PostgresRef = None,
     rollback_name: str | None = None,
 ) -> dict[str, Any]:
     """Put back the database the last cut-over replaced (or `rollback_name`). The database it
-    replaces is kept as `<db>__undone_<ts>`, so a rollback can itself be undone."""
+    replaces is kept as `<db>__undone_<ts>`, so a rollback can itself be undone.
+
+    Args:
+        database: Name of the database.
+        target: Name of the component's target block (e.g. 'production'); empty: the default from
+            the KLB_*_TARGET setting. From Python, a block object.
+        rollback_name: The kept copy to roll back to (from the restore's report); empty: the newest.
+    """
     with component_lock("postgres"):  # never while a backup or restore of it runs
         report = rollback_task(postgres_target(target), database, rollback_name)
     get_run_logger().info("rolled back %s to %s", database, report["restored_from"])
@@ -42,11 +49,18 @@ def rollback_postgres(
 @flow(name="cleanup-postgres-rollbacks")
 def cleanup_postgres_rollbacks(
     older_than_hours: Annotated[float, Field(ge=0)] = 72,
-    target: str | Block | None = None,
+    target: PostgresRef = None,
     dry_run: bool = False,
 ) -> dict[str, list[str]]:
     """Drop kept copies (`__rollback_`, `__undone_`) and leftovers of interrupted restores
-    (`__restore_`) older than `older_than_hours`."""
+    (`__restore_`) older than `older_than_hours`.
+
+    Args:
+        older_than_hours: Delete kept rollback copies older than this many hours.
+        target: Name of the component's target block (e.g. 'production'); empty: the default from
+            the KLB_*_TARGET setting. From Python, a block object.
+        dry_run: True: only show what would be done; False: do it.
+    """
     with component_lock("postgres"):  # never drop a copy a running rollback is swapping in
         report = cleanup_task(postgres_target(target), timedelta(hours=older_than_hours), dry_run)
     names = next(iter(report.values()))
@@ -69,7 +83,7 @@ FROM generate_series(1, 1000) i;"""
 
 @flow(name="demo-postgres")
 def demo_postgres(
-    target: str | Block | None = None, store: str | Block | None = None, database: str = "klb_demo"
+    target: PostgresRef = None, store: StoreRef = None, database: str = "klb_demo"
 ) -> dict[str, Any]:
     """Create a sample database, back it up, restore it aside as `<database>_restored` and show
     that the fingerprints match. Touches nothing else on the server."""

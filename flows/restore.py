@@ -7,10 +7,8 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.blocks.core import Block
 
-from blocks.store import StoreBlock
-from flows.common import load_store
+from flows.common import StoreRef, TargetRef, load_store
 from flows.locks import component_lock
 from tasks.components.registry import ComponentName, load_target
 from tasks.metrics import tracked
@@ -22,12 +20,26 @@ from tasks.verbs import restore_task, verify_task
 def restore_component(
     component: ComponentName,
     backup_id: str = "latest",
-    target: str | Block | None = None,
-    store: str | StoreBlock | None = None,
+    target: TargetRef = None,
+    store: StoreRef = None,
     options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Restore one component from a backup id (or 'latest'). Refuses a corrupted backup before
-    the target is touched."""
+    the target is touched.
+
+    Args:
+        component: Which component: kubernetes, volumes, postgres, postgres-pitr, etcd, rabbitmq or
+            app-state (backup-table.yaml lists them).
+        backup_id: Which backup: 'latest' (the newest verified backup of the component) or an id as
+            listed by `python -m flows.catalog list`, `<component>-<YYYYMMDDTHHMMSSZ>-<6 hex>`, e.g.
+            kubernetes-20260101T020000Z-a1b2c3.
+        target: Name of the component's target block (e.g. 'production'); empty: the default from
+            the KLB_*_TARGET setting. From Python, a block object.
+        store: Name of the store block holding the backups ('klb-s3-store/production' or
+            'production'); empty: $KLB_STORE.
+        options: Restore options of the component (its RestoreOptions fields, docs/components.md),
+            e.g. {"namespaces": ["lambda"], "existing_resource_policy": "update"} for kubernetes.
+    """
     component = ComponentName(component).value
     with tracked("restore", component) as run:  # metrics: failures are pushed too (try/finally)
         store_block = load_store(store)

@@ -14,10 +14,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.blocks.core import Block
 
 from blocks.store import StoreBlock
-from flows.common import load_store
+from flows.common import StoreRef, TargetBlock, VeleroRef, load_store
 from flows.locks import component_lock
 from tasks.components import kubernetes as velero
 from tasks.components.kubernetes import ExistingResourcePolicy
@@ -51,11 +50,22 @@ def _report(key: str, title: str, report: dict[str, Any]) -> None:
 def namespace_corruption(
     namespace: str,
     backup_id: str = LATEST,
-    target: str | Block | None = None,
-    store: str | StoreBlock | None = None,
+    target: VeleroRef = None,
+    store: StoreRef = None,
 ) -> dict[str, Any]:
     """Runbook scenario 2: forensic backup of the broken namespace, delete it, restore it from
-    the newest (or the given) Kubernetes backup that holds it, verify its objects."""
+    the newest (or the given) Kubernetes backup that holds it, verify its objects.
+
+    Args:
+        namespace: The Kubernetes namespace to recover.
+        backup_id: Which backup: 'latest' (the newest verified backup of the component) or an id as
+            listed by `python -m flows.catalog list`, `<component>-<YYYYMMDDTHHMMSSZ>-<6 hex>`, e.g.
+            kubernetes-20260101T020000Z-a1b2c3.
+        target: Name of the component's target block (e.g. 'production'); empty: the default from
+            the KLB_*_TARGET setting. From Python, a block object.
+        store: Name of the store block holding the backups ('klb-s3-store/production' or
+            'production'); empty: $KLB_STORE.
+    """
     logger = get_run_logger()
     with tracked("restore", "kubernetes"):  # metrics: failures are pushed too (try/finally)
         store_block = load_store(store)
@@ -77,13 +87,24 @@ def data_corruption(
     namespace: str,
     pvcs: list[str] | None = None,
     before: datetime | None = None,
-    target: str | Block | None = None,
-    store: str | StoreBlock | None = None,
+    target: VeleroRef = None,
+    store: StoreRef = None,
 ) -> dict[str, Any]:
     """Runbook scenario 3: restore PVCs from the newest volumes backup (at/before `before`) that
     verifies good. Apps are quiesced, the corrupted PVCs are kept in a forensic backup, deleted
     (Velero skips existing claims, which is why the runbook's restore did nothing) and restored
-    with their data; the apps come back with exactly their replica counts."""
+    with their data; the apps come back with exactly their replica counts.
+
+    Args:
+        namespace: The Kubernetes namespace to recover.
+        pvcs: The PersistentVolumeClaims to restore (empty: every PVC of the namespace in the backup).
+        before: Use the newest backup taken before this time (with a timezone); empty: the newest
+            that verifies good.
+        target: Name of the component's target block (e.g. 'production'); empty: the default from
+            the KLB_*_TARGET setting. From Python, a block object.
+        store: Name of the store block holding the backups ('klb-s3-store/production' or
+            'production'); empty: $KLB_STORE.
+    """
     with tracked("restore", "volumes"):  # metrics: failures are pushed too (try/finally)
         store_block = load_store(store)
         target_block = velero_target("volumes", target)
@@ -128,10 +149,26 @@ def partial_restore(
     names: list[str] | None = None,
     namespace_mapping: dict[str, str] | None = None,
     existing_resource_policy: ExistingResourcePolicy = ExistingResourcePolicy.none,
-    target: str | Block | None = None,
-    store: str | StoreBlock | None = None,
+    target: VeleroRef = None,
+    store: StoreRef = None,
 ) -> dict[str, Any]:
-    """A namespace, some resource types, or single objects (`names`) from a Kubernetes backup."""
+    """A namespace, some resource types, or single objects (`names`) from a Kubernetes backup.
+
+    Args:
+        backup_id: Which backup: 'latest' (the newest verified backup of the component) or an id as
+            listed by `python -m flows.catalog list`, `<component>-<YYYYMMDDTHHMMSSZ>-<6 hex>`, e.g.
+            kubernetes-20260101T020000Z-a1b2c3.
+        namespaces: The namespaces of the backup to restore.
+        resources: Resource types to restore, e.g. ["configmaps", "secrets"] (empty: all).
+        names: Single objects to restore by name (of the given resource types).
+        namespace_mapping: Restore a namespace under another name: {"source": "destination"}.
+        existing_resource_policy: none: leave objects that exist as they are; update: overwrite them
+            (a safety backup is taken first).
+        target: Name of the component's target block (e.g. 'production'); empty: the default from
+            the KLB_*_TARGET setting. From Python, a block object.
+        store: Name of the store block holding the backups ('klb-s3-store/production' or
+            'production'); empty: $KLB_STORE.
+    """
     if not namespaces:
         raise BadInput("name the namespaces to restore (a partial restore of everything is a full restore)")
     store_block = load_store(store)
@@ -154,8 +191,8 @@ def partial_restore(
 @flow(name="full-cluster-restore")
 def full_cluster_restore(
     recovery_point: str = "latest",
-    targets: dict[str, str | Block] | None = None,
-    store: str | StoreBlock | None = None,
+    targets: dict[str, str | TargetBlock] | None = None,
+    store: StoreRef = None,
     dry_run: bool = True,
     run_id: str | None = None,
     options: dict[str, dict[str, Any]] | None = None,
@@ -163,7 +200,20 @@ def full_cluster_restore(
     """DR scenario 1: bring every component back from one recovery point, in order (namespaces
     and CRDs, volumes, databases, etcd plan, RabbitMQ, app state, verify). Shows the plan first;
     `dry_run=False` to act. Each step's record is kept under <prefix>/dr-runs/<run-id>/: re-run
-    with the same `run_id` to resume, completed steps are skipped."""
+    with the same `run_id` to resume, completed steps are skipped.
+
+    Args:
+        recovery_point: 'latest' or a recovery point id (a set of backups taken together
+            by backup-all); empty: each component's newest backup.
+        targets: Component name -> name of its target block (from Python, block objects); empty:
+            each component's default target.
+        store: Name of the store block holding the backups ('klb-s3-store/production' or
+            'production'); empty: $KLB_STORE.
+        dry_run: True: only show what would be done; False: do it.
+        run_id: Resume this earlier run (its id is in the run's report); empty: a new run.
+        options: Restore options of the component (its RestoreOptions fields, docs/components.md),
+            e.g. {"namespaces": ["lambda"], "existing_resource_policy": "update"} for kubernetes.
+    """
     logger = get_run_logger()
     store_block = load_store(store)
     key_of_run = run_key(store_block, run_id or "-")

@@ -2,9 +2,11 @@
 
     PREFECT_API_URL=... python scripts/create_blocks.py --file deployments/blocks.example.yaml
     KLB_BLOCKS_YAML="$(cat blocks.yaml)" python scripts/create_blocks.py      # e.g. from a Secret
-    python scripts/create_blocks.py --file blocks.yaml --check                # validate, touch nothing
+    python scripts/create_blocks.py --file deployments/blocks.example.yaml --check   # validate only
 
-It (1) registers every block type in the `blocks` package (what `prefect block register -m
+(copy deployments/blocks.example.yaml to blocks.yaml and edit it for your installation.)
+It (0) validates every listed block (nothing is registered or saved if one is invalid),
+(1) registers every block type in the `blocks` package (what `prefect block register -m
 blocks.<module>` does, for all modules at once), (2) creates or updates each listed block,
 (3) creates the `klb-component-<name>` concurrency limits (flows/locks.py). Running it again with
 the same file changes nothing. Blocks that are not in the file are left alone.
@@ -153,10 +155,10 @@ def _state(block: Block) -> str:
 
 def apply(spec: BlocksFile, env: dict[str, str], log=print) -> dict[str, str]:
     """Register types, save blocks, create limits. Returns {type/name: created|updated|unchanged}."""
+    built = [(s, build_block(s, env)) for s in spec.blocks]  # all valid before anything is saved
     for cls in project_block_types():
         cls.register_type_and_schema()
         log(f"registered block type {cls.get_block_type_slug()}")
-    built = [(s, build_block(s, env)) for s in spec.blocks]  # all valid before anything is saved
     actions: dict[str, str] = {}
     for s, block in built:
         key = f"{s.type}/{s.name}"

@@ -43,12 +43,13 @@ if ! rabbitmqctl -q status >/dev/null 2>&1; then
 fi
 
 stamp=.venv/.lock-stamp
-if [ ! -x .venv/bin/python ] || ! cmp -s requirements.lock "$stamp" 2>/dev/null; then
-  echo "setup: creating .venv from requirements.lock"
+if [ ! -x .venv/bin/python ] || ! cmp -s requirements-dev.lock "$stamp" 2>/dev/null; then
+  echo "setup: creating .venv from requirements-dev.lock (runtime + test tools)"
   "$PY" -m venv .venv
   .venv/bin/pip install -q --upgrade pip >/dev/null 2> >(grep -v "^WARNING: Location" >&2)
-  .venv/bin/pip install -q -r requirements.lock 2> >(grep -v "^WARNING: Location" >&2)
-  cp requirements.lock "$stamp"
+  # --no-deps: the lock is the full set (barman's `psycopg2` comes as psycopg2-binary)
+  .venv/bin/pip install -q --no-deps -r requirements-dev.lock 2> >(grep -v "^WARNING: Location" >&2)
+  cp requirements-dev.lock "$stamp"
 fi
 
 # PITR: PostgreSQL runs archive_command/restore_command as the `postgres` OS user, which cannot
@@ -59,7 +60,9 @@ if [ ! -x "$BARMAN_VENV/bin/barman-cloud-wal-restore" ] || ! cmp -s requirements
   echo "setup: creating $BARMAN_VENV (barman-cloud for archive/restore commands)"
   mkdir -p "$(dirname "$BARMAN_VENV")"
   /usr/bin/python3 -m venv "$BARMAN_VENV"
-  "$BARMAN_VENV/bin/pip" install -q -c requirements.lock 'barman[cloud]' 2> >(grep -v "^WARNING: Location" >&2)
+  grep -iE '^(barman|boto3|botocore|s3transfer|jmespath|urllib3|python-dateutil|six|psycopg2-binary)==' \
+    requirements.lock > "$BARMAN_VENV/requirements.txt"
+  "$BARMAN_VENV/bin/pip" install -q --no-deps -r "$BARMAN_VENV/requirements.txt" 2> >(grep -v "^WARNING: Location" >&2)
   cp requirements.lock "$BARMAN_VENV/.lock-stamp"
   chmod -R a+rX "$BARMAN_VENV"
 fi

@@ -18,6 +18,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 # a leaked component lock must fail a test with its message, not hang it for the 6 h default
 os.environ.setdefault("KLB_COMPONENT_LOCK_WAIT_SECONDS", "120")
+# backups retry transient failures after minutes in production; tests that want it say so
+os.environ.setdefault("KLB_BACKUP_RETRIES", "0")
 
 
 def _start(request, starter, *args, **kwargs) -> services.Service:

@@ -73,8 +73,6 @@ def schedule_mismatches(deps: list[dict[str, Any]], table: dict[str, Policy]) ->
         if schedule.get("cron") != policy.cron:
             problems.append(f"{dep['name']}: cron {schedule.get('cron')!r}, table says {policy.cron!r}")
         problems += [f"{dep['name']}: {p}" for p in interval_problems(schedule, policy.interval)]
-        if schedule.get("active") is False:
-            problems.append(f"{dep['name']}: schedule is inactive")
     return problems
 
 

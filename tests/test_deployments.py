@@ -78,6 +78,14 @@ def test_scheduled_backups_agree_with_the_backup_table():
     assert {d["parameters"]["component"] for d in spec.scheduled_backups(DEPLOYMENTS)} == set(spec.table())
 
 
+def test_backup_schedules_ship_inactive_until_the_component_is_configured():
+    """scripts/enable_schedules.py turns on those with a target; drill and sweeps always run."""
+    for dep in spec.scheduled_backups(DEPLOYMENTS):
+        assert [s["active"] for s in dep["schedules"]] == [False], dep["name"]
+    others = [d for d in DEPLOYMENTS if d.get("schedules") and d not in spec.scheduled_backups(DEPLOYMENTS)]
+    assert others and all(s["active"] for d in others for s in d["schedules"])
+
+
 def test_every_component_of_the_registry_is_in_the_table():
     assert set(SPECS) == set(spec.table())
 

@@ -209,3 +209,23 @@ def test_blocks_saved_by_name_with_kubeconfig_contents_work_in_the_flows(
     manifest = get_backup(store, result.id)
     assert manifest.engine["namespaces"] == [namespaces[0]]
     assert "emulator-token" not in manifest.model_dump_json()
+
+
+@pytest.mark.parametrize("phase", [None, "PartiallyFailed"])
+def test_a_velero_restore_that_completes_with_errors_fails_the_restore_flow(
+    prefect_server, kube_api, ctl, target, store, namespaces, phase
+):
+    """Velero's own phase may say Completed while status.errors > 0: the restore still fails, with
+    the count and how to list the errors; warnings alone do not fail it."""
+    lam, _ = namespaces
+    result = backup_component("kubernetes", target=target, store=store)
+    ctl.restore_outcome, ctl.restore_errors = phase, 3
+    with pytest.raises(ComponentFailed, match=r"ended (Completed|PartiallyFailed) with 3 errors") as failed:
+        restore_component("kubernetes", result.id, target=target, store=store, options={"namespaces": [lam]})
+    assert "velero restore describe" in str(failed.value)
+    assert "is incomplete" in str(failed.value)
+    ctl.restore_outcome, ctl.restore_errors = None, 0
+    report = restore_component(
+        "kubernetes", result.id, target=target, store=store, options={"namespaces": [lam]}
+    )
+    assert report["warnings"] > 0  # every object already existed: Velero warns, the report keeps it

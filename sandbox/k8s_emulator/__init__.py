@@ -8,16 +8,18 @@ from pathlib import Path
 
 import yaml
 
+from sandbox.k8s_emulator.rbac import ADMIN_TOKEN
 from sandbox.k8s_emulator.server import KubeApiServer
 from sandbox.k8s_emulator.velero import VeleroController
 
 
-def write_kubeconfig(path: Path, url: str, context: str = "emulator") -> Path:
+def write_kubeconfig(path: Path, url: str, context: str = "emulator", token: str = ADMIN_TOKEN) -> Path:
+    """A kubeconfig for the emulator; the default token is a cluster admin's (see rbac.py)."""
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": context, "cluster": {"server": url}}],
-        "users": [{"name": "klb", "user": {"token": "emulator-token"}}],
+        "users": [{"name": "klb", "user": {"token": token}}],
         "contexts": [{"name": context, "context": {"cluster": context, "user": "klb"}}],
         "current-context": context,
     }
@@ -62,6 +64,22 @@ class KubeAPI:
             }
         volumes = {k: v for k, v in self.controller.volumes.items() if not namespaces or k[0] in namespaces}
         return {"objects": objects, "volumes": volumes}
+
+    def apply(self, docs: list[dict]) -> None:
+        """Create manifests' objects as a cluster admin would (`kubectl apply` of new objects)."""
+        from sandbox.k8s_emulator.store import RESOURCES
+
+        by_kind = {(r.group_version, r.kind): r for r in RESOURCES}
+        for doc in docs:
+            res = by_kind.get((doc["apiVersion"], doc["kind"]))
+            if res is None:
+                raise ValueError(f"the emulator does not serve {doc['apiVersion']} {doc['kind']}")
+            self.server.store.create(res, doc["metadata"].get("namespace", "") if res.namespaced else "", doc)
+
+    def service_account_kubeconfig(self, namespace: str, name: str, path: Path) -> Path:
+        """A kubeconfig that authenticates as ServiceAccount `namespace/name` (RBAC applies)."""
+        token = self.server.auth.service_account_token(namespace, name)
+        return write_kubeconfig(path, self.url, token=token)
 
     def target(self, **kwargs):
         from blocks.kubernetes import KubernetesTarget

@@ -1,9 +1,10 @@
 """An HTTP server speaking the Kubernetes REST API for the calls the project makes.
 
 Namespaces, apps/v1 deployments (+ /scale), core/v1 PVCs, configmaps, secrets, services, pods,
-and velero.io/v1 custom objects (+ /status): list/get/create/replace/patch/delete, label
-selectors, 201/404/409/403/422 with Kubernetes Status bodies. The official `kubernetes`
-client talks to it over real HTTP.
+serviceaccounts, RBAC roles and bindings, and velero.io/v1 custom objects (+ /status):
+list/get/create/replace/patch/delete, label selectors, 201/404/409/403/422 with Kubernetes
+Status bodies. The official `kubernetes` client talks to it over real HTTP.
+Every request is authenticated by its bearer token and authorized by RBAC (rbac.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from sandbox.k8s_emulator.rbac import ADMIN, Authorizer, Identity
 from sandbox.k8s_emulator.store import BY_PATH, ApiError, ObjectStore, Resource
 from sandbox.k8s_emulator.velero import VeleroController
 
@@ -63,6 +65,7 @@ class KubeApiServer:
     def __init__(self, port: int = 0, velero_namespace: str = "velero", tick: float = 0.01):
         self.store = ObjectStore()
         self.controller = VeleroController(self.store, velero_namespace, tick)
+        self.auth = Authorizer(self.store)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -77,7 +80,8 @@ class KubeApiServer:
             def _handle(self) -> None:
                 try:
                     accept = self.headers.get("Accept") or ""
-                    code, body = server.dispatch(self.command, self.path, self._body(), accept)
+                    who = server.auth.authenticate(self.headers.get("Authorization"))
+                    code, body = server.dispatch(self.command, self.path, self._body(), accept, who)
                 except ApiError as exc:
                     code, body = exc.code, exc.status()
                 except Exception as exc:
@@ -119,7 +123,9 @@ class KubeApiServer:
         self.httpd.server_close()
 
     # -- routing -------------------------------------------------------------------------------
-    def dispatch(self, method: str, raw_path: str, body: Any, accept: str = "") -> tuple[int, Any]:
+    def dispatch(
+        self, method: str, raw_path: str, body: Any, accept: str = "", who: Identity = ADMIN
+    ) -> tuple[int, Any]:
         url = urlsplit(raw_path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         res, ns, name, sub = parse_path(url.path)
@@ -127,6 +133,7 @@ class KubeApiServer:
         if res.group == "velero.io" and not ctl.installed:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         verb = VERBS.get(method) or ("get" if name else "list")
+        self.auth.authorize(who, verb, res, sub, ns, name)
         rbac_name = f"{res.plural}/{sub}" if sub else res.plural
         if (verb, rbac_name) in ctl.denied:
             where = f' in the namespace "{ns}"' if ns else " at the cluster scope"

@@ -45,6 +45,12 @@ RESOURCES = [
     Resource("velero.io/v1", "deletebackuprequests", "DeleteBackupRequest"),
     Resource("velero.io/v1", "backupstoragelocations", "BackupStorageLocation"),
     Resource("velero.io/v1", "podvolumebackups", "PodVolumeBackup"),
+    # identities and RBAC (sandbox/k8s_emulator/rbac.py enforces them)
+    Resource("v1", "serviceaccounts", "ServiceAccount"),
+    Resource("rbac.authorization.k8s.io/v1", "roles", "Role"),
+    Resource("rbac.authorization.k8s.io/v1", "rolebindings", "RoleBinding"),
+    Resource("rbac.authorization.k8s.io/v1", "clusterroles", "ClusterRole", namespaced=False),
+    Resource("rbac.authorization.k8s.io/v1", "clusterrolebindings", "ClusterRoleBinding", namespaced=False),
 ]
 BY_PATH = {(r.group_version, r.plural): r for r in RESOURCES}
 # What a Velero backup captures from a namespace (the emulator's "all resources").

@@ -64,7 +64,8 @@ class Snapshot:
 
 class VeleroController:
     """Failure switches: `backup_outcome` / `restore_outcome` = None (succeed), 'PartiallyFailed',
-    'Failed' or 'stuck' (stays InProgress). `installed=False` makes velero.io paths 404."""
+    'Failed' or 'stuck' (stays InProgress); `restore_errors` = N item errors on a restore (phase
+    Completed unless restore_outcome says otherwise). `installed=False` makes velero.io paths 404."""
 
     def __init__(self, store: ObjectStore, namespace: str = "velero", tick: float = 0.01):
         self.store = store
@@ -74,6 +75,7 @@ class VeleroController:
         self.volumes: dict[tuple[str, str], str] = {}  # (namespace, pvc) -> the volume's "content"
         self.backup_outcome: str | None = None
         self.restore_outcome: str | None = None
+        self.restore_errors = 0  # > 0: restores report that many item errors (with restore_outcome's phase)
         self.installed = True
         self.denied: set[tuple[str, str]] = set()  # (verb, resource[/subresource])
         self.writes: list[tuple[str, str]] = []  # (method, path) of every mutating request
@@ -84,6 +86,7 @@ class VeleroController:
     # -- test controls -----------------------------------------------------------------------
     def reset(self) -> None:
         self.backup_outcome = self.restore_outcome = None
+        self.restore_errors = 0
         self.installed = True
         self.denied.clear()
 
@@ -333,6 +336,8 @@ class VeleroController:
         }
         if self.restore_outcome == "PartiallyFailed":
             status["errors"] = 1
+        if self.restore_errors:  # Velero counts item errors; the phase says PartiallyFailed or not
+            status["errors"] = self.restore_errors
         self._set_status(RESTORES, restore, **status)
 
     def _modifiers(self, ref: dict[str, Any] | None) -> list:

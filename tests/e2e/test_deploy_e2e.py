@@ -95,7 +95,7 @@ def deployed(e2e, tmp_path_factory) -> dict:
     cli(e2e, "work-pool", "create", e2e["pool"], "--type", "process")
     variant = here / "prefect.e2e.yaml"
     write_process_pool_variant(e2e, variant)
-    cli(e2e, "--no-prompt", "deploy", "--all", "--prefect-file", str(variant), timeout=300)
+    cli(e2e, "--no-prompt", "deploy", "--all", "--prefect-file", str(variant), timeout=900)
     deps = api(e2e, "POST", "/deployments/filter", json={"limit": 200}).json()
     return {"deployments": {d["name"]: d for d in deps}, "restored": restored, "here": here}
 
@@ -117,6 +117,43 @@ def _server_schedule(deployment: dict) -> dict:
     return item["schedule"]
 
 
+def _scheduled_runs(e2e: dict, deployment_id: str) -> list[dict]:
+    return api(
+        e2e,
+        "POST",
+        "/flow_runs/filter",
+        json={
+            "deployments": {"id": {"any_": [deployment_id]}},
+            "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+            "sort": "EXPECTED_START_TIME_ASC",
+            "limit": 20,
+        },
+    ).json()
+
+
+def test_no_backup_schedule_fires_until_its_component_has_a_target(e2e, deployed):
+    """After `deploy --all` no backup is scheduled; the one set-up step (scripts/enable_schedules.py)
+    turns on exactly the components with a target block (here app-state), and the server's
+    scheduler then makes runs for that one only."""
+    names = [d["name"] for d in spec.scheduled_backups(spec.deployments())]
+    assert all(not s["active"] for n in names for s in deployed["deployments"][n]["schedules"])
+    step = [str(ROOT / ".venv/bin/python"), str(ROOT / "scripts/enable_schedules.py")]
+    out = subprocess.run(step, env=e2e["env"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "backup-app-state: active" in out.stdout and "backup-etcd: paused" in out.stdout
+    deps = {d["name"]: d for d in api(e2e, "POST", "/deployments/filter", json={"limit": 200}).json()}
+    active = {n for n in names if any(s["active"] for s in deps[n]["schedules"])}
+    assert active == {"backup-app-state"}
+    deadline = time.monotonic() + 60
+    while not _scheduled_runs(e2e, deps["backup-app-state"]["id"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _scheduled_runs(e2e, deps["backup-app-state"]["id"])
+    for name in set(names) - active:
+        assert _scheduled_runs(e2e, deps[name]["id"]) == [], f"{name} has no target but is scheduled"
+    again = subprocess.run(step, env=e2e["env"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout == out.stdout  # idempotent
+
+
 def test_server_schedules_match_the_backup_table(e2e, deployed):
     """The schedules as the server stored them give the table's intervals; and the server's own
     scheduler has created the upcoming runs at those intervals."""
@@ -133,20 +170,14 @@ def test_server_schedules_match_the_backup_table(e2e, deployed):
     assert spec.schedule_mismatches(as_stored, spec.table()) == []
 
     deadline = time.monotonic() + 60
-    for dep in deps:
+    # the server's scheduler makes runs for the active ones (enable_schedules.py turned them on)
+    current = {d["name"]: d for d in api(e2e, "POST", "/deployments/filter", json={"limit": 200}).json()}
+    for dep in [
+        current[d["name"]] for d in deps if any(s["active"] for s in current[d["name"]]["schedules"])
+    ]:
         every = spec.table()[dep["parameters"]["component"]].interval
         while True:
-            runs = api(
-                e2e,
-                "POST",
-                "/flow_runs/filter",
-                json={
-                    "deployments": {"id": {"any_": [dep["id"]]}},
-                    "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
-                    "sort": "EXPECTED_START_TIME_ASC",
-                    "limit": 20,
-                },
-            ).json()
+            runs = _scheduled_runs(e2e, dep["id"])
             if len(runs) >= 3 or time.monotonic() > deadline:
                 break
             time.sleep(0.5)

@@ -304,7 +304,7 @@ def _copy(
         obj.status = None
     if plural == "services" and obj.spec is not None:  # cluster IPs are allocated per service
         obj.spec.cluster_ip = None
-        obj.spec.cluster_i_ps = None
+        obj.spec.cluster_ips = None
     try:
         k.call(f"create {plural} {dest_ns}/{name}", kube.kind_api(k, plural, "create"), dest_ns, obj)
         return True

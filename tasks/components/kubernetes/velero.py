@@ -157,10 +157,11 @@ def run_restore(
             f"Velero restore {name} did not finish within {limit:.0f}s ({_status_text(cr)}): it may still "
             f"be changing the cluster. Watch `velero restore describe {name}` and check the namespaces"
         )
-    phase = cr["status"]["phase"]
-    if phase != "Completed":
+    phase, errors = cr["status"]["phase"], cr["status"].get("errors") or 0
+    if phase != "Completed" or errors:
         raise ComponentFailed(
-            f"Velero restore {name} ended {phase} ({_status_text(cr)}). "
-            f"See `velero restore describe {name} --details` and `velero restore logs {name}`"
+            f"Velero restore {name} ended {phase} with {errors} errors ({_status_text(cr)}): the restore "
+            f"is incomplete. List them with `velero restore describe {name} --details` and "
+            f"`velero restore logs {name}`, fix the cause, then restore again"
         )
     return cr

@@ -1,0 +1,96 @@
+"""The flow image can be built as shipped: its Python set resolves from binary wheels only (no
+compiler in the image), holds no test tool, and its Debian packages resolve in bookworm.
+
+These ask the real package indexes (PyPI, this machine's bookworm apt sources)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests import deployspec as spec
+
+LOCK = spec.ROOT / "requirements.lock"
+DEV_LOCK = spec.ROOT / "requirements-dev.lock"
+DOCKERFILE = (spec.ROOT / "deployments" / "k8s" / "Dockerfile").read_text()
+TEST_TOOLS = {"moto", "pytest", "pytest-timeout", "hypothesis", "ruff", "flask", "cfn-lint", "werkzeug"}
+
+
+def _names(path) -> set[str]:
+    return {
+        line.split("==")[0].lower()
+        for line in path.read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+def test_the_image_lock_has_no_test_tools_and_the_dev_lock_is_a_superset():
+    runtime, dev = _names(LOCK), _names(DEV_LOCK)
+    assert runtime & TEST_TOOLS == set()
+    assert TEST_TOOLS - {"cfn-lint"} <= dev | {"flask", "werkzeug"}
+    assert runtime <= dev
+    assert "psycopg2" not in runtime and "psycopg2-binary" in runtime  # barman's driver, as a wheel
+    for line in DEV_LOCK.read_text().splitlines():  # the same pins in both
+        name = line.split("==")[0].lower()
+        if name in runtime:
+            assert line in LOCK.read_text().splitlines()
+
+
+def test_the_image_requirements_resolve_from_manylinux_wheels_only(tmp_path):
+    out = subprocess.run(
+        [
+            spec.ROOT / ".venv" / "bin" / "pip",
+            "download",
+            "--quiet",
+            "--only-binary",
+            ":all:",
+            "--platform",
+            "manylinux2014_x86_64",
+            "--platform",
+            "manylinux_2_28_x86_64",
+            "--python-version",
+            "3.11",
+            "--no-deps",
+            "-r",
+            LOCK,
+            "-d",
+            tmp_path,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    wheels = {p.name.split("-")[0].lower().replace("_", "-") for p in tmp_path.glob("*.whl")}
+    assert len(wheels) == len(_names(LOCK)), "one wheel per locked package"
+    assert not list(tmp_path.glob("*.tar.gz")), "an sdist would need a compiler"
+
+
+def _debian_packages() -> list[str]:
+    args = dict(re.findall(r"^ARG (\w+)=(.*)$", DOCKERFILE, re.M))
+    block = DOCKERFILE[DOCKERFILE.index("apt-get install") : DOCKERFILE.index("rm -rf /var/lib/apt/lists")]
+    packages = []
+    for token in re.findall(
+        r'"([^"]+)"|\b([a-z0-9][a-z0-9.+-]+)\b', block.split("--no-install-recommends")[1]
+    ):
+        word = token[0] or token[1]
+        packages.append(re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], word))
+    return [p for p in packages if p]
+
+
+def test_the_image_debian_packages_resolve_in_bookworm():
+    if shutil.which("apt-get") is None or "bookworm" not in Path("/etc/os-release").read_text():
+        pytest.skip("needs Debian bookworm's apt (this check runs on the test bench)")
+    packages = _debian_packages()
+    assert "postgresql-15=15.20-0+deb12u1" in packages and "postgresql-client-15=15.20-0+deb12u1" in packages
+    out = subprocess.run(
+        ["apt-get", "install", "--dry-run", "--no-install-recommends", "-qq", *packages],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:] + out.stdout[-2000:]
