@@ -21,7 +21,7 @@ from pydantic import AwareDatetime
 
 from blocks.restore_guard import RestoreGuard
 from blocks.store import StoreBlock
-from flows.common import load_store
+from flows.common import StoreRef, TargetBlock, TargetRef, load_store
 from flows.locks import component_lock
 from tasks.components.registry import ComponentName, load_target
 from tasks.errors import BadInput
@@ -58,11 +58,25 @@ def restore_plan(
     backup_id: str | None = None,
     components: list[ComponentName] | None = None,
     at: AwareDatetime | None = None,
-    targets: dict[str, str | Block] | None = None,
-    store: str | StoreBlock | None = None,
+    targets: dict[str, str | TargetBlock] | None = None,
+    store: StoreRef = None,
 ) -> dict[str, Any]:
     """Dry run of a restore asked for any way: a recovery point ('latest' or an id), a backup id,
-    backup_id='latest' with components, or the newest backups at or before `at`."""
+    backup_id='latest' with components, or the newest backups at or before `at`. Changes nothing.
+
+    Args:
+        recovery_point: 'latest' or a recovery point id (a set of backups taken together by
+            backup-all); empty: see backup_id and at.
+        backup_id: Which backup: 'latest' (the newest verified backup of the component) or an id as
+            listed by `python -m flows.catalog list`, `<component>-<YYYYMMDDTHHMMSSZ>-<6 hex>`, e.g.
+            kubernetes-20260101T020000Z-a1b2c3. With 'latest', name the components.
+        components: The components to include (empty: every component).
+        at: Plan from the newest backups taken at or before this time (with a timezone).
+        targets: Component name -> name of its target block (from Python, block objects); empty:
+            each component's default target.
+        store: Name of the store block holding the backups ('klb-s3-store/production' or
+            'production'); empty: $KLB_STORE, else the embedded local store.
+    """
     store_block = load_store(store)
     names = [ComponentName(c).value for c in components] if components else None
     plan = build_plan(store_block, recovery_point, backup_id, names, targets, at)
@@ -131,8 +145,8 @@ def _new_record(component: str, manifest: Manifest, force: bool, **extra: Any) -
 def restore_with_checklist(
     component: ComponentName,
     backup_id: str = "latest",
-    target: str | Block | None = None,
-    store: str | StoreBlock | None = None,
+    target: TargetRef = None,
+    store: StoreRef = None,
     options: dict[str, Any] | None = None,
     guard: str | RestoreGuard | None = None,
     force: bool = False,
@@ -143,7 +157,31 @@ def restore_with_checklist(
     """Restore one component through the pre-restore checklist. Refuses (changing nothing) when
     an item fails; the safety backup is taken before anything is replaced. `without_rollback=True`
     lets a restore go ahead when the current state cannot be described or backed up (it is gone).
-    Cancelling the run while it waits for approval ends it Cancelled, with a 'cancelled' record."""
+    Cancelling the run while it waits for approval ends it Cancelled, with a 'cancelled' record.
+
+    Args:
+        component: Which component: kubernetes, volumes, postgres, postgres-pitr, etcd, rabbitmq or
+            app-state (backup-table.yaml lists them).
+        backup_id: Which backup: 'latest' (the newest verified backup of the component) or an id as
+            listed by `python -m flows.catalog list`, `<component>-<YYYYMMDDTHHMMSSZ>-<6 hex>`, e.g.
+            kubernetes-20260101T020000Z-a1b2c3.
+        target: Name of the component's target block (e.g. 'production'); empty: the default from
+            the KLB_*_TARGET setting. From Python, a block object.
+        store: Name of the store block holding the backups ('klb-s3-store/production' or
+            'production'); empty: $KLB_STORE, else the embedded local store.
+        options: Restore options of the component (its RestoreOptions fields, docs/components.md),
+            e.g. {"namespaces": ["lambda"], "existing_resource_policy": "update"} for kubernetes.
+            Unknown fields are refused.
+        guard: Name of the klb-restore-guard block (maintenance window, notifications, approval);
+            empty: no window, no notification, no approval.
+        force: Go ahead outside the maintenance window (an emergency); recorded as forced.
+        required_objects: Object names the backup must hold (its manifest's objects), else the
+            restore is refused.
+        require_approval: Pause for a person to approve in the UI before anything changes (empty:
+            as the guard block says).
+        without_rollback: Go ahead even when the current state cannot be described or backed up
+            (it is gone): there will be nothing to roll back to.
+    """
     component = ComponentName(component).value
     store_block = load_store(store)
     guard_block = load_guard(guard)
@@ -163,8 +201,8 @@ def restore_with_checklist(
 @flow(name="rollback-restore")
 def rollback_restore(
     restore_id: str,
-    target: str | Block | None = None,
-    store: str | StoreBlock | None = None,
+    target: TargetRef = None,
+    store: StoreRef = None,
     guard: str | RestoreGuard | None = None,
     force: bool = False,
     require_approval: bool | None = None,
@@ -172,7 +210,21 @@ def rollback_restore(
     """Put back the safety backup a checklist restore took, through the same checklist (its own
     safety backup first, so the rollback can itself be rolled back; approval when the guard asks).
     Only a restore that changed something ('restored' or 'failed') can be rolled back; a second
-    call on a rolled-back restore changes nothing. Returns the original restore's record."""
+    call on a rolled-back restore changes nothing. Returns the original restore's record.
+
+    Args:
+        restore_id: The restore to undo: its id is in the restore-with-checklist run's result and
+            its checklist artifact (restore-<YYYYMMDDTHHMMSSZ>-<6 hex>).
+        target: Name of the component's target block (e.g. 'production'); empty: the default from
+            the KLB_*_TARGET setting. From Python, a block object.
+        store: Name of the store block holding the backups ('klb-s3-store/production' or
+            'production'); empty: $KLB_STORE, else the embedded local store.
+        guard: Name of the klb-restore-guard block (maintenance window, notifications, approval);
+            empty: no window, no notification, no approval.
+        force: Go ahead outside the maintenance window (an emergency); recorded as forced.
+        require_approval: Pause for a person to approve in the UI before anything changes (empty:
+            as the guard block says).
+    """
     logger = get_run_logger()
     store_block = load_store(store)
     guard_block = load_guard(guard)
