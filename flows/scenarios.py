@@ -87,15 +87,18 @@ def data_corruption(
     manifest, rejected = newest_good_volumes_backup(store_block, target_block, namespace, pvcs, before)
     doc = velero.load_document(store_block, manifest)
     names = pvcs or doc["inventory"][namespace]["persistentvolumeclaims"]
-    with component_lock("volumes"), kube.quiesced(target_block.kube, namespace) as replicas:
+    with component_lock("volumes"):
+        # the forensic backup first, while the apps run: file-system backup reads volumes only
+        # through running pods (Velero makes no PodVolumeBackup for a pod that is not Running)
         forensic = forensic_backup_task(target_block, store_block, namespace, "volumes")
-        delete_pvcs_task(target_block, namespace, names)
-        restored = restore_task(
-            manifest,
-            target_block,
-            store_block,
-            {"namespaces": [namespace], "resources": PVC_RESOURCES, "restore_pvs": True},
-        )
+        with kube.quiesced(target_block.kube, namespace) as replicas:
+            delete_pvcs_task(target_block, namespace, names)
+            restored = restore_task(
+                manifest,
+                target_block,
+                store_block,
+                {"namespaces": [namespace], "resources": PVC_RESOURCES, "restore_pvs": True},
+            )
     report = {
         "namespace": namespace,
         "backup_id": manifest.id,

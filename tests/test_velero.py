@@ -45,12 +45,15 @@ def take_backup(target, store, component: str = "kubernetes"):
 def test_backup_records_velero_facts_and_the_backup_cr(kube_api, target, store, two_namespaces):
     manifest = take_backup(target, store)
     eng = manifest.engine
-    assert eng["velero_backup"] == manifest.id and eng["phase"] == "Completed"
+    # a lowercase name (ours has T and Z); the id itself is in the CR's annotation and label
+    assert eng["velero_backup"] == manifest.id.lower() and eng["phase"] == "Completed"
     assert eng["items_backed_up"] == eng["total_items"] > 0
     assert eng["volume_snapshots"]["completed"] == 2
     assert eng["namespaces"] == list(two_namespaces)
     assert eng["expiration"]  # TTL from the backup table (14 days)
     doc = velero.load_document(store, manifest)
+    assert doc["backup"]["metadata"]["annotations"]["klb.io/backup-id"] == manifest.id
+    assert doc["backup"]["metadata"]["labels"]["klb.io/backup-id"] == manifest.id
     assert doc["backup"]["spec"]["includedNamespaces"] == list(two_namespaces)
     assert doc["backup"]["spec"]["ttl"] == "336h0m0s"
     assert doc["inventory"][two_namespaces[0]]["configmaps"] == ["flags", "settings"]

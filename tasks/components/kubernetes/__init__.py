@@ -13,7 +13,7 @@ from typing import Any
 
 from blocks.kubernetes import VeleroTarget
 from tasks.components.kubernetes import api as kube
-from tasks.components.kubernetes.api import KINDS, connect
+from tasks.components.kubernetes.api import KINDS, canonical_resource, connect
 from tasks.components.kubernetes.backups import (
     OBJECT_NAME,
     BackupSpec,
@@ -110,6 +110,7 @@ __all__ = [
     "Target",
     "VERSION",
     "backup",
+    "canonical_resource",
     "cancel_backup",
     "default_target",
     "describe_backup",
