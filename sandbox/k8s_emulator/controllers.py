@@ -79,7 +79,14 @@ class ClusterControllers:
                     "metadata": {
                         "generateName": f"{meta['name']}-",
                         "labels": (template.get("metadata") or {}).get("labels") or {},
-                        "ownerReferences": [{"kind": "ReplicaSet", "name": meta["name"], "uid": meta["uid"]}],
+                        "ownerReferences": [
+                            {
+                                "apiVersion": "apps/v1",
+                                "kind": "ReplicaSet",
+                                "name": meta["name"],
+                                "uid": meta["uid"],
+                            }
+                        ],
                     },
                     "spec": template.get("spec") or {},
                 },
