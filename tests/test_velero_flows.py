@@ -224,3 +224,25 @@ def test_blocks_saved_by_name_with_kubeconfig_contents_work_in_the_flows(
     manifest = get_backup(store, result.id)
     assert manifest.engine["namespaces"] == [namespaces[0]]
     assert "emulator-token" not in manifest.model_dump_json()
+
+
+@BOTH_VOLUME_MODES
+def test_full_cluster_restore_brings_back_namespaces_and_volume_data(
+    prefect_server, kube_api, ctl, target, store, namespaces
+):
+    from flows.backup import backup_all
+    from flows.scenarios import full_cluster_restore
+
+    lam, db = namespaces
+    targets = {"kubernetes": target, "volumes": target}
+    backup_all(components=["kubernetes", "volumes"], targets=targets, store=store)
+    before = {ns: kube_api.state(ns) for ns in namespaces}
+    for ns in namespaces:  # the cluster is lost
+        kube.delete_namespace(k8s(kube_api), ns, interval=0.01)
+    result = full_cluster_restore(targets=targets, store=store, dry_run=False)
+    assert result["steps"]["verify"]
+    for ns in namespaces:
+        after = kube_api.state(ns)
+        assert set(after["objects"]) == set(before[ns]["objects"])
+        assert after["volumes"] == before[ns]["volumes"] == {(ns, "data"): f"{ns} volume v1"}
+    assert replicas(kube_api, lam) == {"api": 2, "worker": 5, "cron": 1}
