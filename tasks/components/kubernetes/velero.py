@@ -168,17 +168,19 @@ def cancel_backup(target: VeleroTarget, name: str, timeout: float | None = None)
             )
         except NotFound:
             dbr = None
-        if dbr is None:  # processed and removed by Velero: the backup must be gone too
+        st = (dbr or {}).get("status") or {}
+        if dbr is not None and st.get("phase") == "Processed" and st.get("errors"):
+            errors = st["errors"]
+            break
+        if dbr is None or st.get("phase") == "Processed":
+            # removed by Velero (or about to be: Processed without errors): the backup must be gone
             try:
                 get_backup_cr(k, target, name)
             except NotFound:
                 return {"backup": name, "deleted": True, "request": request}
-            errors = ["the request was removed but the backup is still there"]
-            break
-        st = dbr.get("status") or {}
-        if st.get("phase") == "Processed":
-            errors = st.get("errors") or ["processed, but the backup was not deleted"]
-            break
+            if dbr is None:
+                errors = ["the request was removed but the backup is still there"]
+                break
         if time.monotonic() >= deadline:
             break
         time.sleep(target.poll_interval_seconds)
