@@ -59,14 +59,22 @@ class ClusterControllers:
                 self._kubelet(pod)
 
     # -- deployments -> pods -----------------------------------------------------------------
-    def _deployment(self, dep: dict[str, Any]) -> None:
+    def _pods(self, ns: str, selector: dict) -> list[dict[str, Any]]:
+        return [p for p in self.store.list(PODS, ns, selector) if not p["metadata"].get("deletionTimestamp")]
+
+    def _deployment(self, listed: dict[str, Any]) -> None:
+        meta = listed["metadata"]
+        ns = meta["namespace"]
+        with self.store.lock:  # one consistent view: the deployment as it is now, and its pods
+            dep = self.store.find(DEPLOYMENTS, ns, meta["name"])
+            if dep is None:
+                return
+            self._sync(dep)
+
+    def _sync(self, dep: dict[str, Any]) -> None:
         meta, spec = dep["metadata"], dep.get("spec") or {}
         ns = meta["namespace"]
-        pods = [
-            p
-            for p in self.store.list(PODS, ns, spec.get("selector") or {})
-            if not p["metadata"].get("deletionTimestamp")
-        ]
+        pods = self._pods(ns, spec.get("selector") or {})
         want = int(spec.get("replicas", 1))
         for pod in pods[want:]:
             self.store.delete(PODS, ns, pod["metadata"]["name"])
@@ -91,7 +99,7 @@ class ClusterControllers:
                     "spec": template.get("spec") or {},
                 },
             )
-        pods = pods[:want]
+        pods = self._pods(ns, spec.get("selector") or {})
         running = sum(1 for p in pods if (p.get("status") or {}).get("phase") == "Running")
         status = {
             "observedGeneration": meta.get("generation", 1),
