@@ -128,16 +128,19 @@ def data_corruption(
 def _replace_pvcs(
     store: StoreBlock, target: Any, manifest: Any, namespace: str, names: list[str]
 ) -> tuple[str, dict[str, int], dict[str, Any]]:
-    """Apps quiesced, a forensic backup, the claims deleted and restored with their data."""
-    with component_lock("volumes"), kube.quiesced(target.kube, namespace) as replicas:
+    """A forensic backup, then with the apps quiesced the claims deleted and restored with their data."""
+    with component_lock("volumes"):
+        # the forensic backup first, while the apps run: file-system backup reads volumes only
+        # through running pods (Velero makes no PodVolumeBackup for a pod that is not Running)
         forensic = forensic_backup_task(target, store, namespace, "volumes")
-        delete_pvcs_task(target, namespace, names)
-        restored = restore_task(
-            manifest,
-            target,
-            store,
-            {"namespaces": [namespace], "resources": PVC_RESOURCES, "restore_pvs": True},
-        )
+        with kube.quiesced(target.kube, namespace) as replicas:
+            delete_pvcs_task(target, namespace, names)
+            restored = restore_task(
+                manifest,
+                target,
+                store,
+                {"namespaces": [namespace], "resources": PVC_RESOURCES, "restore_pvs": True},
+            )
     return forensic, replicas, restored
 
 

@@ -76,13 +76,21 @@ def rabbitmq(request) -> services.Service:
 
 
 @pytest.fixture(scope="session")
-def kube_api():
+def kube_server():
     """The Kubernetes API emulator with a fake Velero (sandbox/k8s_emulator), and its kubeconfig."""
     from sandbox.k8s_emulator import start_kube_api
 
     api = start_kube_api(services.session_dir("kube-api"))
     yield api
     api.server.stop()
+
+
+@pytest.fixture
+def kube_api(kube_server):
+    """The emulator, as a freshly installed cluster: nothing a test did leaks into the next."""
+    kube_server.reset()
+    yield kube_server
+    kube_server.reset()
 
 
 @pytest.fixture

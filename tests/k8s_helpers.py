@@ -18,13 +18,19 @@ def fresh_controller(kube_api) -> Iterator:
 def seed_app(ctl, ns: str, replicas: tuple[int, ...] = (2, 5, 1)) -> None:
     """A namespace like the product's: deployments, config maps, a secret, a service, a volume."""
     ctl.seed_namespace(ns, {"team": "lambda"})
+    ctl.seed_pvc(ns, "data", content=f"{ns} volume v1")
     for name, count in zip(("api", "worker", "cron"), replicas, strict=False):
-        ctl.seed_deployment(ns, name, count)
+        # the api's pods mount the volume: file-system backup reads it through them
+        ctl.seed_deployment(ns, name, count, pvcs=("data",) if name == "api" else ())
     ctl.seed("v1", "configmaps", ns, {"metadata": {"name": "settings"}, "data": {"mode": "prod"}})
     ctl.seed("v1", "configmaps", ns, {"metadata": {"name": "flags"}, "data": {"beta": "off"}})
     ctl.seed("v1", "secrets", ns, {"metadata": {"name": "db-password"}, "data": {"pw": "czNjcjN0"}})
-    ctl.seed("v1", "services", ns, {"metadata": {"name": "api"}, "spec": {"ports": [{"port": 80}]}})
-    ctl.seed_pvc(ns, "data", content=f"{ns} volume v1")
+    ctl.seed(
+        "v1",
+        "services",
+        ns,
+        {"metadata": {"name": "api"}, "spec": {"type": "NodePort", "ports": [{"port": 80}]}},
+    )
 
 
 def seed_settings(ctl, ns: str) -> None:

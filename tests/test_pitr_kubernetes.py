@@ -58,7 +58,10 @@ def test_naive_target_is_refused(prefect_server, k8s_store):
         pitr_kubernetes(now.replace(tzinfo=None), store=store, dry_run=True)
 
 
-def test_restores_the_cluster_as_of_the_target_through_velero(prefect_server, kube_api, local_store):
+@pytest.mark.parametrize("fs_backup", [False, True], ids=["snapshots", "fs"])
+def test_restores_the_cluster_as_of_the_target_through_velero(
+    prefect_server, kube_api, local_store, fs_backup
+):
     """The real restore (emulated API + fake Velero): a value changed after the chosen backup comes
     back as it was at the target time; the later backup is not used."""
     import secrets
@@ -70,7 +73,7 @@ def test_restores_the_cluster_as_of_the_target_through_velero(prefect_server, ku
     store = local_store()
     ns = f"pitr-{secrets.token_hex(3)}"
     seed_app(kube_api.controller, ns)
-    target = kube_api.velero_target(include_namespaces=[ns])
+    target = kube_api.velero_target(include_namespaces=[ns], default_volumes_to_fs_backup=fs_backup)
     before = backup_component("kubernetes", target=target, store=store)
     target_time = datetime.now(UTC)
     set_configmap(kube_api, ns, "settings", {"mode": "broken"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import psycopg
@@ -306,40 +307,65 @@ def _dead(conn) -> bool:
     return False
 
 
-def test_restore_runs_inside_the_quiesce_window_and_leaves_it_on_failure(sample, local_store, monkeypatch):
-    """A recording stand-in for the Kubernetes API client shows that the
-    restore (globals, restore aside, cut-over) happens while the namespace is scaled down."""
-    import contextlib
+def test_restore_runs_inside_the_quiesce_window_and_leaves_it_on_failure(
+    sample, local_store, monkeypatch, kube_api, prefect_server
+):
+    """Against the Kubernetes API emulator (deployments, pods, scale): the restore (globals,
+    restore aside, cut-over) happens while the namespace is scaled down, the replica counts come
+    back exactly, also when the restore fails; bad input scales nothing."""
+    from tasks.components.kubernetes import api as kube
 
     target, db = sample
     store = local_store()
     manifest = take_backup(target, store)
+    ns = "lambda-" + secrets.token_hex(3)
+    ctl = kube_api.controller
+    ctl.seed_namespace(ns)
+    ctl.seed_deployment(ns, "api", 2)
+    ctl.seed_deployment(ns, "worker", 3)
+    block = "kube-" + secrets.token_hex(3)
+    kube_api.target().save(block)  # as an operator configures it: a KubernetesTarget block
+    k = kube.connect(kube_api.target())
+
+    def replicas() -> dict[str, int]:
+        return {d.metadata.name: d.spec.replicas for d in kube.list_deployments(k, ns)}
+
+    def running_pods() -> int:
+        return len(k.core.list_namespaced_pod(ns).items)
+
     events = []
+    real_aside, real_unquiesce = pg_restores.restore_aside, kube.unquiesce
 
-    @contextlib.contextmanager
-    def quiesced(kube, namespace):
-        events.append(("down", kube, namespace, sorted(db_names(target))))
-        try:
-            yield {"api": 2, "worker": 3}
-        finally:
-            events.append(("up", namespace, sorted(db_names(target))))
+    def observed_aside(*args, **kwargs):  # the real restore, observed when it starts
+        events.append(("restore", replicas(), running_pods()))
+        return real_aside(*args, **kwargs)
 
-    from tasks.components.kubernetes import api as kube_api
+    def observed_unquiesce(*args, **kwargs):  # the real scale-up, observed when it starts
+        events.append(("up", sorted(db_names(target))))
+        return real_unquiesce(*args, **kwargs)
 
-    monkeypatch.setattr(kube_api, "quiesced", quiesced)
-    report = pg.restore(target, manifest, store, pg.RestoreOptions(quiesce_namespace="lambda-system"))
-    assert report["quiesced"] == {"namespace": "lambda-system", "replicas": {"api": 2, "worker": 3}}
-    assert [e[0] for e in events] == ["down", "up"]
-    assert not any("__rollback_" in d for d in events[0][3])  # nothing cut over before scaling down
-    assert any("__rollback_" in d for d in events[1][2])  # cut over before scaling back up
+    monkeypatch.setattr(pg_restores, "restore_aside", observed_aside)
+    monkeypatch.setattr(kube, "unquiesce", observed_unquiesce)
+    report = pg.restore(target, manifest, store, pg.RestoreOptions(quiesce_namespace=ns, kube_block=block))
+    assert report["quiesced"] == {"namespace": ns, "replicas": {"api": 2, "worker": 3}}
+    assert events[0] == ("restore", {"api": 0, "worker": 0}, 0)  # down, and the pods gone
+    assert events[1][0] == "up" and any("__rollback_" in d for d in events[1][1])  # cut over first
+    assert replicas() == {"api": 2, "worker": 3}
 
     events.clear()
+    writes = len(ctl.writes)
     with pytest.raises(BadInput):
-        pg.restore(target, manifest, store, pg.RestoreOptions(quiesce_namespace="ns", databases=["nope"]))
-    assert events == []  # refused before anything was scaled
+        pg.restore(
+            target,
+            manifest,
+            store,
+            pg.RestoreOptions(quiesce_namespace=ns, kube_block=block, databases=["nope"]),
+        )
+    assert events == [] and ctl.writes[writes:] == []  # refused before anything was scaled
     monkeypatch.setattr(
         pg_restores, "restore_aside", lambda *a, **k: (_ for _ in ()).throw(ComponentFailed("boom"))
     )
     with pytest.raises(ComponentFailed, match="boom"):
-        pg.restore(target, manifest, store, pg.RestoreOptions(quiesce_namespace="ns"))
-    assert [e[0] for e in events] == ["down", "up"]
+        pg.restore(target, manifest, store, pg.RestoreOptions(quiesce_namespace=ns, kube_block=block))
+    assert [e[0] for e in events] == ["up"]
+    assert replicas() == {"api": 2, "worker": 3}

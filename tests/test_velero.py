@@ -45,12 +45,15 @@ def take_backup(target, store, component: str = "kubernetes"):
 def test_backup_records_velero_facts_and_the_backup_cr(kube_api, target, store, two_namespaces):
     manifest = take_backup(target, store)
     eng = manifest.engine
-    assert eng["velero_backup"] == manifest.id and eng["phase"] == "Completed"
+    # a lowercase name (ours has T and Z); the id itself is in the CR's annotation and label
+    assert eng["velero_backup"] == manifest.id.lower() and eng["phase"] == "Completed"
     assert eng["items_backed_up"] == eng["total_items"] > 0
     assert eng["volume_snapshots"]["completed"] == 2
     assert eng["namespaces"] == list(two_namespaces)
     assert eng["expiration"]  # TTL from the backup table (14 days)
     doc = velero.load_document(store, manifest)
+    assert doc["backup"]["metadata"]["annotations"]["klb.io/backup-id"] == manifest.id
+    assert doc["backup"]["metadata"]["labels"]["klb.io/backup-id"] == manifest.id
     assert doc["backup"]["spec"]["includedNamespaces"] == list(two_namespaces)
     assert doc["backup"]["spec"]["ttl"] == "336h0m0s"
     assert doc["inventory"][two_namespaces[0]]["configmaps"] == ["flags", "settings"]
@@ -243,9 +246,11 @@ def test_a_storage_location_that_is_unavailable_stops_the_backup(kube_api, ctl, 
         take_backup(target, store)
 
 
+@pytest.mark.parametrize("fs_backup", [False, True], ids=["snapshots", "fs"])
 def test_drill_restores_into_isolated_namespaces_verifies_and_cleans_up(
-    kube_api, ctl, target, store, two_namespaces
+    kube_api, ctl, target, store, two_namespaces, fs_backup
 ):
+    target = target.model_copy(update={"default_volumes_to_fs_backup": fs_backup})
     manifest = take_backup(target, store)
     before = kube_api.state()
     report = velero.drill(target, manifest, store, "d" + secrets.token_hex(2))
@@ -280,3 +285,53 @@ def test_describe_current_state_counts_objects_and_lists_pvcs(kube_api, target, 
     assert {(p["namespace"], p["name"]) for p in state["pvcs"]} == {(ns, "data") for ns in two_namespaces}
     assert state["velero"]["installed"] is True
     assert state["velero"]["storage_location"]["phase"] == "Available"
+
+
+def test_every_object_the_project_creates_has_a_kubernetes_safe_name(
+    kube_api, ctl, target, store, two_namespaces
+):
+    """Every kind the project creates (Backups, Restores, DeleteBackupRequests, resource-modifier
+    ConfigMaps, scratch/drill namespaces and what is copied into them) is named
+    `^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`; Velero's own names and every label value fit in 63
+    characters (Velero labels restored objects with the backup and restore names)."""
+    import re
+
+    shop, db = two_namespaces
+    fs_target = target.model_copy(update={"default_volumes_to_fs_backup": True})
+    manifest = take_backup(fs_target, store)
+    velero.restore(
+        target,
+        manifest,
+        store,
+        velero.RestoreOptions(namespaces=[shop], namespace_mapping={shop: "copy-" + shop}),
+    )
+    velero.restore(
+        target,
+        manifest,
+        store,
+        velero.RestoreOptions(namespaces=[db], resources=["configmaps"], names=["flags"]),
+    )
+    velero.restore(
+        target,
+        manifest,
+        store,
+        velero.RestoreOptions(namespaces=[db], resources=["configmaps"], existing_resource_policy="update"),
+    )
+    velero.drill(fs_target, manifest, store, "Names" + secrets.token_hex(2))
+    assert velero.cancel_backup(target, manifest.engine["velero_backup"])["deleted"] is True
+    name_re = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    created = kube_api.server.store.created  # every create since the fixture reset the emulator
+    kinds = {plural for plural, *_ in created}
+    assert {
+        "backups",
+        "restores",
+        "deletebackuprequests",
+        "configmaps",
+        "namespaces",
+        "podvolumebackups",
+    } <= kinds
+    for plural, ns, name, labels in created:
+        assert name_re.fullmatch(name), (plural, ns, name)
+        if plural in ("backups", "restores", "namespaces", "services"):
+            assert len(name) <= 63, (plural, name)
+        assert all(len(v) <= 63 for v in labels.values()), (plural, name, labels)

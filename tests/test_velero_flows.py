@@ -27,9 +27,21 @@ def namespaces(ctl) -> tuple[str, str]:
     return seed_namespaces(ctl, "lambda", "database")
 
 
+def volume_target(kube_api, namespaces, mode: str):
+    """Volume data by snapshots (the seeded PVs: native snapshots) or by file-system backup
+    (PodVolumeBackups of the running api pods, restored through restored pods)."""
+    return kube_api.velero_target(
+        include_namespaces=list(namespaces), default_volumes_to_fs_backup=mode == "fs"
+    )
+
+
+# parametrize a test with this, indirect: it runs with snapshots and with file-system backup
+BOTH_VOLUME_MODES = pytest.mark.parametrize("target", ["snapshots", "fs"], indirect=True)
+
+
 @pytest.fixture
-def target(kube_api, namespaces):
-    return kube_api.velero_target(include_namespaces=list(namespaces))
+def target(request, kube_api, namespaces):
+    return volume_target(kube_api, namespaces, getattr(request, "param", "snapshots"))
 
 
 @pytest.fixture
@@ -41,6 +53,7 @@ def replicas(kube_api, ns: str) -> dict[str, int]:
     return {d.metadata.name: d.spec.replicas for d in kube.list_deployments(k8s(kube_api), ns)}
 
 
+@BOTH_VOLUME_MODES
 def test_backup_two_namespaces_delete_one_restore_it_through_the_flows(
     prefect_server, kube_api, target, store, namespaces
 ):
@@ -48,7 +61,7 @@ def test_backup_two_namespaces_delete_one_restore_it_through_the_flows(
     result = backup_component("kubernetes", target=target, store=store)
     assert result.verified and result.component == "kubernetes"
     manifest = get_backup(store, result.id)
-    assert manifest.engine["velero_backup"] == result.id and manifest.engine["phase"] == "Completed"
+    assert manifest.engine["velero_backup"] == result.id.lower() and manifest.engine["phase"] == "Completed"
     db_before = kube_api.state(db)
     lam_before = kube_api.state(lam)
     kube.delete_namespace(k8s(kube_api), lam, interval=0.01)
@@ -72,6 +85,7 @@ def test_restore_of_an_unknown_backup_id_changes_nothing(prefect_server, kube_ap
     assert kube_api.state() == before
 
 
+@BOTH_VOLUME_MODES
 def test_namespace_corruption_keeps_a_forensic_backup_then_restores(
     prefect_server, kube_api, target, store, namespaces
 ):
@@ -136,9 +150,9 @@ def test_data_corruption_puts_the_apps_back_when_the_restore_fails(
     assert replicas(kube_api, lam) == {"api": 2, "worker": 5, "cron": 1}
 
 
-@pytest.fixture
-def kube_api_volumes(kube_api, namespaces):
-    return kube_api.velero_target(include_namespaces=list(namespaces))
+@pytest.fixture(params=["snapshots", "fs"])
+def kube_api_volumes(request, kube_api, namespaces):
+    return volume_target(kube_api, namespaces, request.param)
 
 
 def test_volumes_backup_with_file_system_backup_records_pod_volume_backups(kube_api, namespaces, store):
@@ -171,6 +185,7 @@ def test_volumes_backup_without_volume_data_fails(kube_api, namespaces, store):
     assert list_backups(store, "volumes") == []
 
 
+@BOTH_VOLUME_MODES
 def test_partial_restore_flow_one_resource_type_into_a_mapped_namespace(
     prefect_server, kube_api, target, store, namespaces
 ):
@@ -229,3 +244,25 @@ def test_a_velero_restore_that_completes_with_errors_fails_the_restore_flow(
         "kubernetes", result.id, target=target, store=store, options={"namespaces": [lam]}
     )
     assert report["warnings"] > 0  # every object already existed: Velero warns, the report keeps it
+
+
+@BOTH_VOLUME_MODES
+def test_full_cluster_restore_brings_back_namespaces_and_volume_data(
+    prefect_server, kube_api, ctl, target, store, namespaces
+):
+    from flows.backup import backup_all
+    from flows.scenarios import full_cluster_restore
+
+    lam, db = namespaces
+    targets = {"kubernetes": target, "volumes": target}
+    backup_all(components=["kubernetes", "volumes"], targets=targets, store=store)
+    before = {ns: kube_api.state(ns) for ns in namespaces}
+    for ns in namespaces:  # the cluster is lost
+        kube.delete_namespace(k8s(kube_api), ns, interval=0.01)
+    result = full_cluster_restore(targets=targets, store=store, dry_run=False)
+    assert result["steps"]["verify"]
+    for ns in namespaces:
+        after = kube_api.state(ns)
+        assert set(after["objects"]) == set(before[ns]["objects"])
+        assert after["volumes"] == before[ns]["volumes"] == {(ns, "data"): f"{ns} volume v1"}
+    assert replicas(kube_api, lam) == {"api": 2, "worker": 5, "cron": 1}

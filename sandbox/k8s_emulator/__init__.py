@@ -43,6 +43,11 @@ class KubeAPI:
     def controller(self) -> VeleroController:
         return self.server.controller
 
+    def reset(self) -> None:
+        """Between tests: a freshly installed cluster (no objects, volumes, Velero backups, request
+        logs or failure switches left by the one before)."""
+        self.controller.wipe()
+
     def state(self, *namespaces: str) -> dict:
         """The workload objects (not Velero's) of `namespaces` (default: all but velero), for
         'the cluster is as it was' assertions; plus the volumes' content."""
@@ -96,23 +101,12 @@ class KubeAPI:
 
 
 def start_kube_api(workdir: Path) -> KubeAPI:
-    """Start the emulator on a free loopback port with Velero installed (namespace `velero`,
-    an Available BackupStorageLocation `default`) and write a kubeconfig for it."""
+    """Start the emulator on a free loopback port with Velero installed (VeleroController.install)
+    and write a kubeconfig for it."""
     server = KubeApiServer().start()
     # namespaces terminate for a moment, as on a real cluster: the project must wait for it
     server.store.namespace_termination_seconds = 0.2
-    ctl = server.controller
-    ctl.seed_namespace("velero")
-    ctl.seed(
-        "velero.io/v1",
-        "backupstoragelocations",
-        "velero",
-        {
-            "metadata": {"name": "default"},
-            "spec": {"provider": "aws", "objectStorage": {"bucket": "velero"}, "default": True},
-            "status": {"phase": "Available"},
-        },
-    )
+    server.controller.install()
     return KubeAPI(server, write_kubeconfig(workdir / "kubeconfig", server.url))
 
 

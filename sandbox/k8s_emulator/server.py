@@ -81,7 +81,8 @@ class KubeApiServer:
                 try:
                     accept = self.headers.get("Accept") or ""
                     who = server.auth.authenticate(self.headers.get("Authorization"))
-                    code, body = server.dispatch(self.command, self.path, self._body(), accept, who)
+                    ctype = self.headers.get("Content-Type") or ""
+                    code, body = server.dispatch(self.command, self.path, self._body(), accept, ctype, who)
                 except ApiError as exc:
                     code, body = exc.code, exc.status()
                 except Exception as exc:
@@ -124,7 +125,13 @@ class KubeApiServer:
 
     # -- routing -------------------------------------------------------------------------------
     def dispatch(
-        self, method: str, raw_path: str, body: Any, accept: str = "", who: Identity = ADMIN
+        self,
+        method: str,
+        raw_path: str,
+        body: Any,
+        accept: str = "",
+        content_type: str = "",
+        who: Identity = ADMIN,
     ) -> tuple[int, Any]:
         url = urlsplit(raw_path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
@@ -161,7 +168,9 @@ class KubeApiServer:
                         replicas = op["value"]
             if replicas is None:
                 return 200, scale_of(store.get(res, ns_key, name))
-            dep = store.patch(res, ns_key, name, {"spec": {"replicas": int(replicas)}})
+            dep = store.patch(
+                res, ns_key, name, {"spec": {"replicas": int(replicas)}}
+            )  # scale: any patch type
             return 200, scale_of(dep)
         if sub not in (None, "status"):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
@@ -201,23 +210,17 @@ class KubeApiServer:
         if method == "PUT":
             return 200, store.replace(res, ns_key, name, body or {}, status=sub == "status")
         if method == "PATCH":
-            return 200, store.patch(res, ns_key, name, body or {}, status=sub == "status")
+            return 200, store.patch(
+                res, ns_key, name, body, status=sub == "status", content_type=content_type
+            )
         if method == "DELETE":
             if name is None:
                 raise ApiError(405, "MethodNotAllowed", "deletecollection is not emulated")
-            obj = store.delete(res, ns_key, name)
-            # reclaimPolicy Delete: the volume goes with its claim (or its namespace)
-            for key in [
-                k
-                for k in ctl.volumes
-                if (res.plural == "namespaces" and k[0] == name)
-                or (res.plural == "persistentvolumeclaims" and k == (ns_key, name))
-            ]:
-                del ctl.volumes[key]
+            obj = store.delete(res, ns_key, name)  # the volume data goes when the claim is gone
             if res.plural == "namespaces":
                 obj["status"] = {"phase": "Terminating"}
                 return 200, obj
-            if res.group == "velero.io" or res.plural in ("persistentvolumeclaims", "services"):
+            if res.group == "velero.io" or res.plural in ("persistentvolumeclaims", "services", "pods"):
                 return 200, obj  # what the API returns for these (PVCs: pending their finalizer)
             return 200, {
                 "kind": "Status",

@@ -13,6 +13,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sandbox.k8s_emulator.allocation import ServiceAllocator
+from sandbox.k8s_emulator.errors import ApiError, not_found
+from sandbox.k8s_emulator.patches import apply_patch, json_patch, merge_patch
+from sandbox.k8s_emulator.validation import generated_name, prune, validate_metadata
+
 
 @dataclass(frozen=True)
 class Resource:
@@ -45,6 +50,8 @@ RESOURCES = [
     Resource("velero.io/v1", "deletebackuprequests", "DeleteBackupRequest"),
     Resource("velero.io/v1", "backupstoragelocations", "BackupStorageLocation"),
     Resource("velero.io/v1", "podvolumebackups", "PodVolumeBackup"),
+    Resource("velero.io/v1", "podvolumerestores", "PodVolumeRestore"),
+    Resource("storage.k8s.io/v1", "storageclasses", "StorageClass", namespaced=False),
     # identities and RBAC (sandbox/k8s_emulator/rbac.py enforces them)
     Resource("v1", "serviceaccounts", "ServiceAccount"),
     Resource("rbac.authorization.k8s.io/v1", "roles", "Role"),
@@ -59,33 +66,6 @@ WORKLOAD = [r for r in RESOURCES if r.namespaced and r.group != "velero.io"]
 
 def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class ApiError(Exception):
-    def __init__(self, code: int, reason: str, message: str, details: dict | None = None):
-        super().__init__(message)
-        self.code, self.reason, self.message, self.details = code, reason, message, details or {}
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "details": self.details,
-            "code": self.code,
-        }
-
-
-def not_found(res: Resource, name: str) -> ApiError:
-    return ApiError(
-        404,
-        "NotFound",
-        f'{res.group_resource} "{name}" not found',
-        {"name": name, "group": res.group, "kind": res.plural},
-    )
 
 
 def match_labels(labels: dict[str, str], selector: str | dict | None) -> bool:
@@ -144,12 +124,26 @@ def _split_terms(selector: str) -> list[str]:
 
 
 class ObjectStore:
+    """Objects by (resource, namespace, name). Besides storage it does what the API server does
+    on a write: validation (validation.py), defaults and allocation (services), finalizers and
+    deletionTimestamp, Terminating namespaces, pruning of custom resources."""
+
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.objects: dict[tuple[Resource, str, str], dict[str, Any]] = {}
         self.revision = 1
         self.namespace_termination_seconds = 0.0
         self.terminating: dict[str, float] = {}  # namespace -> when it is finally removed
+        self.created: list[tuple[str, str, str, dict]] = []  # (plural, ns, name, labels) of every create
+        self.on_remove: list = []  # callbacks(res, ns, name, obj) when an object is really gone
+        self.services = ServiceAllocator()
+
+    def clear(self) -> None:
+        with self.lock:
+            self.objects.clear()
+            self.terminating.clear()
+            self.created.clear()
+            self.services = ServiceAllocator()
 
     def _stamp(self, obj: dict[str, Any]) -> None:
         self.revision += 1
@@ -183,10 +177,11 @@ class ObjectStore:
         meta = obj.setdefault("metadata", {})
         name = meta.get("name")
         if not name and meta.get("generateName"):
-            name = meta["generateName"] + uuid.uuid4().hex[:5]
+            name = generated_name(meta["generateName"])
             meta["name"] = name
         if not name:
             raise ApiError(422, "Invalid", f"{res.kind} is invalid: metadata.name: Required value")
+        validate_metadata(res.kind, res.plural, obj, creating=True)
         with self.lock:
             if res.namespaced:
                 if (BY_PATH[("v1", "namespaces")], "", ns) not in self.objects:
@@ -213,15 +208,14 @@ class ObjectStore:
                     422, "Invalid", f'Deployment.apps "{name}" is invalid: spec.template: Required value'
                 )
             obj["apiVersion"], obj["kind"] = res.group_version, res.kind
+            for key in ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp", "generation"):
+                meta.pop(key, None)  # the server's to set, never the client's
             meta.update(uid=str(uuid.uuid4()), creationTimestamp=now_iso(), generation=1)
-            if res.plural == "namespaces":
-                obj["status"] = {"phase": "Active"}
-            if res.plural == "deployments":
-                _deployment_status(obj)
-            if res.plural == "persistentvolumeclaims" and not obj.get("status"):
-                obj["status"] = {"phase": "Bound"}  # a provisioner binds it at once
+            prune(res.plural, obj)
+            defaults(res, obj, self.services)
             self._stamp(obj)
             self.objects[(res, ns, name)] = obj
+            self.created.append((res.plural, ns, name, dict(meta.get("labels") or {})))
             return copy.deepcopy(obj)
 
     def replace(self, res: Resource, ns: str, name: str, obj: dict[str, Any], status: bool = False) -> dict:
@@ -243,103 +237,110 @@ class ObjectStore:
             elif "status" in old:  # and the main resource never changes status
                 new["status"] = copy.deepcopy(old["status"])
             meta = new.setdefault("metadata", {})
-            for key in ("uid", "creationTimestamp", "namespace", "name"):
+            for key in ("uid", "creationTimestamp", "namespace", "name", "deletionTimestamp"):
                 if key in old["metadata"]:
                     meta[key] = old["metadata"][key]
+                else:
+                    meta.pop(key, None)
+            validate_metadata(res.kind, res.plural, new, creating=False)
+            if res.plural == "services":
+                self.services.keep(old, new)
             new["apiVersion"], new["kind"] = res.group_version, res.kind
+            prune(res.plural, new)
             if new.get("spec") != old.get("spec"):
                 meta["generation"] = old["metadata"].get("generation", 1) + 1
             if res.plural == "deployments":
-                _deployment_status(new)
+                new["status"] = {**(new.get("status") or {}), "observedGeneration": meta.get("generation", 1)}
             self._stamp(new)
             self.objects[(res, ns, name)] = new
+            if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+                self._remove(res, ns, name)  # the last finalizer is gone: so is the object
             return copy.deepcopy(new)
 
-    def patch(self, res: Resource, ns: str, name: str, patch: Any, status: bool = False) -> dict:
+    def patch(
+        self, res: Resource, ns: str, name: str, patch: Any, status: bool = False, content_type: str = ""
+    ) -> dict:
+        """`content_type` empty: the emulator's own (controller) writes, a merge patch."""
         with self.lock:
             old = self.get(res, ns, name)
-            new = json_patch(old, patch) if isinstance(patch, list) else merge_patch(old, patch)
+            if content_type:
+                new = apply_patch(old, patch, content_type, custom=res.group == "velero.io")
+            else:
+                new = json_patch(old, patch) if isinstance(patch, list) else merge_patch(old, patch)
             new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
             return self.replace(res, ns, name, new, status=status)
 
     def delete(self, res: Resource, ns: str, name: str) -> dict[str, Any]:
+        """Objects with finalizers are only marked (deletionTimestamp) until the last one is
+        removed (kubernetes.io/docs/concepts/overview/working-with-objects/finalizers/)."""
         with self.lock:
             obj = self.objects.get((res, ns, name))
             if obj is None:
                 raise not_found(res, name)
+            meta = obj["metadata"]
+            if res.plural == "namespaces" and meta.get("deletionTimestamp"):
+                # pkg/registry/core/namespace/storage/storage.go: a second delete while finalizing
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on namespaces "{name}": The system is ensuring all '
+                    "content is removed from this namespace.  Upon completion, this namespace will "
+                    "automatically be purged by the system.",
+                    {"name": name, "kind": "namespaces"},
+                )
             if res.plural == "namespaces" and self.namespace_termination_seconds > 0:
-                # like a real cluster: Terminating for a while, then gone (see finalize_namespaces)
-                obj["metadata"].setdefault("deletionTimestamp", now_iso())
+                meta["deletionTimestamp"] = now_iso()
                 obj["status"] = {"phase": "Terminating"}
+                self._stamp(obj)
                 self.terminating.setdefault(name, time.monotonic() + self.namespace_termination_seconds)
                 return copy.deepcopy(obj)
-            del self.objects[(res, ns, name)]
-            if res.plural == "namespaces":
-                self._purge(name)
+            if meta.get("finalizers"):
+                meta.setdefault("deletionTimestamp", now_iso())
+                self._stamp(obj)
+                return copy.deepcopy(obj)
+            self._remove(res, ns, name)
             return obj
 
-    def _purge(self, namespace: str) -> None:
-        for key in [k for k in self.objects if k[0].namespaced and k[1] == namespace]:
-            del self.objects[key]
+    def _remove(self, res: Resource, ns: str, name: str) -> None:
+        obj = self.objects.pop((res, ns, name), None)
+        if obj is None:
+            return
+        if res.plural == "services":
+            self.services.release(obj)
+        if res.plural == "namespaces":
+            for key in [k for k in self.objects if k[0].namespaced and k[1] == name]:
+                self._remove(*key)
+        for hook in self.on_remove:
+            hook(res, ns, name, obj)
 
     def finalize_namespaces(self) -> None:
         """Remove the namespaces whose termination time has come (called by the controller loop)."""
         with self.lock:
             for name, due in list(self.terminating.items()):
                 if time.monotonic() >= due:
-                    self.objects.pop((BY_PATH[("v1", "namespaces")], "", name), None)
-                    self._purge(name)
+                    self._remove(BY_PATH[("v1", "namespaces")], "", name)
                     del self.terminating[name]
 
 
-def _deployment_status(obj: dict[str, Any]) -> None:
-    """No pods here: a deployment is instantly at its desired replica count."""
-    replicas = (obj.get("spec") or {}).get("replicas", 1)
-    obj.setdefault("spec", {})["replicas"] = replicas
-    obj["status"] = {
-        "replicas": replicas,
-        "readyReplicas": replicas,
-        "availableReplicas": replicas,
-        "updatedReplicas": replicas,
-        "observedGeneration": obj["metadata"].get("generation", 1),
-    }
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 (also used for strategic-merge patches: the emulator has no list merge keys)."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = copy.deepcopy(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge_patch(out.get(key), value)
-    return out
-
-
-def json_patch(doc: Any, ops: list[dict[str, Any]]) -> Any:
-    """RFC 6902 add/replace/remove/test, enough for resource modifiers and the client's patches."""
-    doc = copy.deepcopy(doc)
-    for op in ops:
-        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
-        parent = doc
-        for part in parts[:-1]:
-            parent = parent[int(part)] if isinstance(parent, list) else parent.setdefault(part, {})
-        last = parts[-1]
-        kind = op["op"]
-        if isinstance(parent, list):
-            idx = len(parent) if last == "-" else int(last)
-            if kind == "add":
-                parent.insert(idx, op["value"])
-            elif kind == "replace":
-                parent[idx] = op["value"]
-            elif kind == "remove":
-                parent.pop(idx)
-        elif kind in ("add", "replace"):
-            parent[last] = op["value"]
-        elif kind == "remove":
-            parent.pop(last, None)
-        elif kind == "test" and parent.get(last) != op["value"]:
-            raise ApiError(422, "Invalid", f"test operation failed at {op['path']}")
-    return doc
+def defaults(res: Resource, obj: dict[str, Any], services: ServiceAllocator) -> None:
+    """What the server sets on create (status is never the client's to set on create)."""
+    if res.plural == "namespaces":
+        obj.setdefault("spec", {})["finalizers"] = ["kubernetes"]
+        obj["status"] = {"phase": "Active"}
+    elif res.plural == "deployments":
+        obj.setdefault("spec", {}).setdefault("replicas", 1)
+        obj["status"] = {"observedGeneration": 1}  # the deployment controller fills in the rest
+    elif res.plural == "persistentvolumeclaims":
+        # pvc-protection admission adds the finalizer; the binder binds it (controllers.py)
+        obj["metadata"].setdefault("finalizers", [])
+        if "kubernetes.io/pvc-protection" not in obj["metadata"]["finalizers"]:
+            obj["metadata"]["finalizers"].append("kubernetes.io/pvc-protection")
+        obj["status"] = {"phase": "Pending"}
+    elif res.plural == "persistentvolumes":
+        obj["status"] = {"phase": "Bound" if (obj.get("spec") or {}).get("claimRef") else "Available"}
+    elif res.plural == "pods":
+        obj["status"] = {"phase": "Pending"}  # the kubelet runs it (controllers.py)
+    elif res.plural == "services":
+        services.allocate(obj)
+    elif res.group == "velero.io" and res.plural not in ("backupstoragelocations",):
+        obj.pop("status", None)  # Velero's controllers write it through /status

@@ -1,68 +1,52 @@
-"""A fake Velero server: a thread that drives Backup, Restore and DeleteBackupRequest objects.
+"""A fake Velero server: a thread that drives Backup, Restore and DeleteBackupRequest objects
+the way Velero's controllers do (github.com/vmware-tanzu/velero, pkg/controller/,
+pkg/apis/velero/v1/*_types.go), and runs the cluster's own controllers (controllers.py).
 
-It does what Velero does to the API objects, in-process: a Backup really snapshots the objects
-of its included namespaces/resources (label selectors honoured) and the "volume data" of their
-PVCs; a Restore really copies them into the (mapped) namespaces, skipping objects that exist
-unless `existingResourcePolicy: update`, and applying resource modifiers. Failure modes are
-injectable per test.
+Backups (pkg/backup/backup.go, pkg/podvolume/backupper.go): New -> InProgress ->
+[WaitingForPluginOperations when the data mover runs] -> Finalizing -> Completed. Objects of the
+included namespaces/resources (label selectors honoured), the PVs bound to included PVCs; volume
+data by file-system backup (one PodVolumeBackup per volume of a *running* pod in the backup,
+`kube.IsPodRunning` in backupper.go) or by snapshot (native, CSI, or CSI + data mover, counted in
+backupItemOperations*). Restores are in velero_restore.py. Deletion
+(pkg/controller/backup_deletion_controller.go): the DeleteBackupRequest goes InProgress, the
+backup Deleting, then both are deleted; on an error it stays Processed with `errors`.
+Failure modes are injectable per test.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import re
 import threading
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-import yaml
-
-from sandbox.k8s_emulator.store import (
-    BY_PATH,
+from sandbox.k8s_emulator import velero_restore
+from sandbox.k8s_emulator.controllers import ClusterControllers, claims_of
+from sandbox.k8s_emulator.seeding import Seeding
+from sandbox.k8s_emulator.snapshot import (
+    BACKUPS,
+    DBRS,
+    NAMESPACES,
+    PODS,
+    PVBS,
+    PVCS,
+    PVS,
+    RESTORES,
+    TERMINAL,
     WORKLOAD,
-    ApiError,
-    ObjectStore,
-    Resource,
-    match_labels,
-    now_iso,
+    Snapshot,
+    duration,
+    ns_wanted,
+    wanted,
 )
+from sandbox.k8s_emulator.store import BY_PATH, ApiError, ObjectStore, Resource, now_iso
 
-VELERO = "velero.io/v1"
-BACKUPS, RESTORES = BY_PATH[(VELERO, "backups")], BY_PATH[(VELERO, "restores")]
-DBRS, PVBS = BY_PATH[(VELERO, "deletebackuprequests")], BY_PATH[(VELERO, "podvolumebackups")]
-NAMESPACES, CONFIGMAPS = BY_PATH[("v1", "namespaces")], BY_PATH[("v1", "configmaps")]
-PVCS = BY_PATH[("v1", "persistentvolumeclaims")]
-ALIASES = {"pvc": "persistentvolumeclaims", "cm": "configmaps", "svc": "services", "deploy": "deployments"}
-TERMINAL = {"Completed", "PartiallyFailed", "Failed", "FailedValidation"}
+BSLS = BY_PATH[("velero.io/v1", "backupstoragelocations")]
+CLASSES = BY_PATH[("storage.k8s.io/v1", "storageclasses")]
 
 
-def _resource_names(res: Resource) -> set[str]:
-    return {res.plural, res.group_resource, res.kind.lower()}
-
-
-def _wanted(res: Resource, include: list[str] | None, exclude: list[str] | None) -> bool:
-    def hit(names: list[str]) -> bool:
-        return any(n == "*" or ALIASES.get(n, n) in _resource_names(res) for n in names)
-
-    return (not include or hit(include)) and not (exclude and hit(exclude))
-
-
-def _ns_wanted(ns: str, include: list[str] | None, exclude: list[str] | None) -> bool:
-    return (not include or "*" in include or ns in include) and not (exclude and ns in exclude)
-
-
-@dataclass
-class Snapshot:
-    """What Velero would keep in its object storage for one backup."""
-
-    items: list[tuple[Resource, dict[str, Any]]] = field(default_factory=list)
-    volumes: dict[tuple[str, str], str] = field(default_factory=dict)
-
-
-class VeleroController:
+class VeleroController(Seeding):
     """Failure switches: `backup_outcome` / `restore_outcome` = None (succeed), 'PartiallyFailed',
     'Failed' or 'stuck' (stays InProgress); `restore_errors` = N item errors on a restore (phase
     Completed unless restore_outcome says otherwise). `installed=False` makes velero.io paths 404."""
@@ -73,6 +57,8 @@ class VeleroController:
         self.tick = tick
         self.snapshots: dict[str, Snapshot] = {}
         self.volumes: dict[tuple[str, str], str] = {}  # (namespace, pvc) -> the volume's "content"
+        self.cluster = ClusterControllers(store, self.volumes)
+        self.pod_volume_data: dict[str, tuple[str, str, str, str]] = {}  # PodVolumeRestore -> data
         self.backup_outcome: str | None = None
         self.restore_outcome: str | None = None
         self.restore_errors = 0  # > 0: restores report that many item errors (with restore_outcome's phase)
@@ -89,6 +75,18 @@ class VeleroController:
         self.restore_errors = 0
         self.installed = True
         self.denied.clear()
+        self.writes.clear()
+        self.secret_reads.clear()
+
+    def wipe(self) -> None:
+        """Back to a freshly installed cluster: no objects, no volume data, no Velero backups."""
+        with self.store.lock:
+            self.reset()
+            self.store.clear()
+            self.snapshots.clear()
+            self.volumes.clear()
+            self.pod_volume_data.clear()
+            self.install()
 
     def deny(self, verb: str, resource: str) -> None:
         """Answer 403 to `verb` ('get', 'list', 'create', 'update', 'patch', 'delete') on `resource`
@@ -107,53 +105,6 @@ class VeleroController:
                     '"InProgress" during the server starting, mark it as "Failed"',
                 )
 
-    def seed_namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
-        self.store.create(NAMESPACES, "", {"metadata": {"name": name, "labels": labels or {}}})
-
-    def seed_deployment(self, namespace: str, name: str, replicas: int, labels: dict | None = None) -> dict:
-        labels = {"app": name, **(labels or {})}
-        return self.seed(
-            "apps/v1",
-            "deployments",
-            namespace,
-            {
-                "metadata": {"name": name, "labels": labels},
-                "spec": {
-                    "replicas": replicas,
-                    "selector": {"matchLabels": {"app": name}},
-                    "template": {
-                        "metadata": {"labels": {"app": name}},
-                        "spec": {"containers": [{"name": name, "image": f"registry.local/{name}:1"}]},
-                    },
-                },
-            },
-        )
-
-    def seed_pvc(
-        self, namespace: str, name: str, content: str | None = None, labels: dict | None = None
-    ) -> dict:
-        """A bound PVC; `content` is what its volume holds (backed up by snapshots / fs-backup)."""
-        if content is not None:
-            self.volumes[(namespace, name)] = content
-        return self.seed(
-            "v1",
-            "persistentvolumeclaims",
-            namespace,
-            {
-                "metadata": {"name": name, "labels": labels or {}},
-                "spec": {
-                    "accessModes": ["ReadWriteOnce"],
-                    "resources": {"requests": {"storage": "1Gi"}},
-                    "storageClassName": "standard",
-                    "volumeName": f"pv-{namespace}-{name}",
-                },
-                "status": {"phase": "Bound"},
-            },
-        )
-
-    def seed(self, group_version: str, plural: str, namespace: str, obj: dict[str, Any]) -> dict:
-        return self.store.create(BY_PATH[(group_version, plural)], namespace, obj)
-
     # -- the controller loop -------------------------------------------------------------------
     def start(self) -> None:
         self._thread.start()
@@ -165,24 +116,31 @@ class VeleroController:
     def _run(self) -> None:
         while not self._stop.wait(self.tick):
             try:
+                self.cluster.reconcile()
                 self._reconcile()
             except Exception as exc:  # keep the fake server alive; tests see the stuck phase
                 print(f"fake velero: {exc!r}")
 
     def _reconcile(self) -> None:
-        self.store.finalize_namespaces()
         for backup in self.store.list(BACKUPS, self.namespace):
             phase = (backup.get("status") or {}).get("phase", "")
             if phase in ("", "New"):
-                self._set_status(BACKUPS, backup, phase="InProgress", startTimestamp=now_iso())
+                self._start_backup(backup)
             elif phase == "InProgress" and self.backup_outcome != "stuck":
                 self._finish_backup(backup)
+            elif phase in ("WaitingForPluginOperations", "Finalizing"):
+                ops = (backup.get("status") or {}).get("backupItemOperationsAttempted", 0)
+                if phase == "Finalizing":
+                    self._set_status(
+                        BACKUPS,
+                        backup,
+                        phase=self.backup_outcome or "Completed",
+                        completionTimestamp=now_iso(),
+                    )
+                else:
+                    self._set_status(BACKUPS, backup, phase="Finalizing", backupItemOperationsCompleted=ops)
         for restore in self.store.list(RESTORES, self.namespace):
-            phase = (restore.get("status") or {}).get("phase", "")
-            if phase in ("", "New"):
-                self._start_restore(restore)
-            elif phase == "InProgress" and self.restore_outcome != "stuck":
-                self._finish_restore(restore)
+            velero_restore.step(self, restore)
         for dbr in self.store.list(DBRS, self.namespace):
             if not (dbr.get("status") or {}).get("phase"):
                 self._delete_backup(dbr)
@@ -192,8 +150,29 @@ class VeleroController:
         with contextlib.suppress(ApiError):  # deleted meanwhile
             self.store.patch(res, self.namespace, name, {"status": status}, status=True)
 
+    def _start_backup(self, backup: dict[str, Any]) -> None:
+        """pkg/controller/backup_controller.go prepareBackupRequest: validation first."""
+        location = (backup.get("spec") or {}).get("storageLocation") or "default"
+        if self.store.find(BSLS, self.namespace, location) is None:
+            self._set_status(
+                BACKUPS,
+                backup,
+                phase="FailedValidation",
+                validationErrors=[
+                    f"an existing backup storage location wasn't specified at backup creation time and the "
+                    f'default "{location}" wasn\'t found. Please address this issue (see `velero '
+                    "backup-location -h` for options) and create a new backup. Error: "
+                    f'backupstoragelocations.velero.io "{location}" not found'
+                ],
+            )
+            return
+        self._set_status(
+            BACKUPS, backup, phase="InProgress", startTimestamp=now_iso(), version=1, formatVersion="1.1.0"
+        )
+
     def _finish_backup(self, backup: dict[str, Any]) -> None:
         spec = backup.get("spec") or {}
+        bname = backup["metadata"]["name"]
         if self.backup_outcome == "Failed":
             self._set_status(
                 BACKUPS,
@@ -204,216 +183,130 @@ class VeleroController:
             )
             return
         snap = Snapshot()
-        namespaces = [
-            ns
-            for ns in self.store.list(NAMESPACES)
-            if _ns_wanted(
-                ns["metadata"]["name"], spec.get("includedNamespaces"), spec.get("excludedNamespaces")
-            )
-        ]
+        inc, exc = spec.get("includedResources"), spec.get("excludedResources")
         selector = spec.get("labelSelector")
-        for ns_obj in namespaces:
+        for ns_obj in self.store.list(NAMESPACES):
             ns = ns_obj["metadata"]["name"]
-            if _wanted(NAMESPACES, spec.get("includedResources"), spec.get("excludedResources")):
+            if not ns_wanted(ns, spec.get("includedNamespaces"), spec.get("excludedNamespaces")):
+                continue
+            if wanted(NAMESPACES, inc, exc):
                 snap.items.append((NAMESPACES, ns_obj))
             for res in WORKLOAD:
-                if not _wanted(res, spec.get("includedResources"), spec.get("excludedResources")):
-                    continue
-                for obj in self.store.list(res, ns, selector):
-                    snap.items.append((res, obj))
+                if wanted(res, inc, exc):
+                    snap.items += [(res, obj) for obj in self.store.list(res, ns, selector)]
         pvcs = [obj for res, obj in snap.items if res is PVCS]
-        snapshot_volumes = spec.get("snapshotVolumes") is not False
-        fs_backup = bool(spec.get("defaultVolumesToFsBackup"))
-        for pvc in pvcs:
-            key = (pvc["metadata"]["namespace"], pvc["metadata"]["name"])
-            if (fs_backup or snapshot_volumes) and key in self.volumes:
-                snap.volumes[key] = self.volumes[key]
-            if fs_backup:
+        if wanted(PVS, inc, exc):  # the PVC backup item action adds its PV
+            for pvc in pvcs:
+                pv = self.store.find(PVS, "", (pvc.get("spec") or {}).get("volumeName") or "")
+                if pv:
+                    snap.items.append((PVS, pv))
+        status: dict[str, Any] = {}
+        fs_done = self._pod_volume_backups(backup, snap, bool(spec.get("defaultVolumesToFsBackup")))
+        if spec.get("snapshotVolumes") is not False:
+            self._snapshot_volumes(spec, snap, pvcs, fs_done, status)
+        self.snapshots[bname] = snap
+        n = len(snap.items)
+        status.update(progress={"totalItems": n, "itemsBackedUp": n})
+        ttl = spec.get("ttl")
+        if ttl:
+            status["expiration"] = (datetime.now(UTC) + duration(ttl)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if self.backup_outcome == "PartiallyFailed":
+            status.update(errors=2, warnings=1, failureReason="")
+        status["phase"] = (
+            "WaitingForPluginOperations" if status.get("backupItemOperationsAttempted") else "Finalizing"
+        )
+        self._set_status(BACKUPS, backup, **status)
+
+    def _pod_volume_backups(self, backup: dict, snap: Snapshot, default_fs: bool) -> set[tuple[str, str]]:
+        """One PodVolumeBackup per PVC volume of each running pod in the backup (opt-in by
+        annotation, or all with defaultVolumesToFsBackup; opt-out by annotation)."""
+        done: set[tuple[str, str]] = set()
+        bname, buid = backup["metadata"]["name"], backup["metadata"]["uid"]
+        for res, pod in list(snap.items):
+            if res is not PODS or (pod.get("status") or {}).get("phase") != "Running":
+                continue
+            meta = pod["metadata"]
+            notes = meta.get("annotations") or {}
+            opted_in = set(filter(None, notes.get("backup.velero.io/backup-volumes", "").split(",")))
+            opted_out = set(
+                filter(None, notes.get("backup.velero.io/backup-volumes-excludes", "").split(","))
+            )
+            ns = meta["namespace"]
+            for volume, claim in claims_of(pod):
+                if (ns, claim) in done or volume in opted_out or not (default_fs or volume in opted_in):
+                    continue
+                done.add((ns, claim))
+                snap.pod_volumes[(ns, meta["name"], volume)] = self.volumes.get((ns, claim), "")
                 self.store.create(
                     PVBS,
                     self.namespace,
                     {
                         "metadata": {
-                            "generateName": backup["metadata"]["name"] + "-",
-                            "labels": {"velero.io/backup-name": backup["metadata"]["name"]},
+                            "generateName": f"{bname}-",
+                            "labels": {"velero.io/backup-name": bname, "velero.io/backup-uid": buid},
                         },
-                        "spec": {"volume": key[1], "pod": {"namespace": key[0]}},
-                        "status": {"phase": "Completed"},
+                        "spec": {
+                            "node": "node-1",
+                            "pod": {"kind": "Pod", "namespace": ns, "name": meta["name"], "uid": meta["uid"]},
+                            "volume": volume,
+                            "backupStorageLocation": "default",
+                            "uploaderType": "kopia",
+                        },
                     },
                 )
-        self.snapshots[backup["metadata"]["name"]] = snap
-        n = len(snap.items)
-        status: dict[str, Any] = {
-            "phase": self.backup_outcome or "Completed",
-            "completionTimestamp": now_iso(),
-            "progress": {"totalItems": n, "itemsBackedUp": n},
-            "version": 1,
-            "formatVersion": "1.1.0",
-        }
-        ttl = spec.get("ttl")
-        if ttl:
-            status["expiration"] = (datetime.now(UTC) + _duration(ttl)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        if snapshot_volumes and not fs_backup and pvcs:
-            status["volumeSnapshotsAttempted"] = status["volumeSnapshotsCompleted"] = len(pvcs)
-        if self.backup_outcome == "PartiallyFailed":
-            status.update(errors=2, warnings=1, failureReason="")
-        self._set_status(BACKUPS, backup, **status)
+        for pvb in self.store.list(PVBS, self.namespace, f"velero.io/backup-name={bname}"):
+            self._set_status(PVBS, pvb, phase="Completed", snapshotID=pvb["metadata"]["uid"][:8])
+        return done
 
-    def _start_restore(self, restore: dict[str, Any]) -> None:
-        name = (restore.get("spec") or {}).get("backupName", "")
-        backup = self.store.find(BACKUPS, self.namespace, name)
-        if backup is None or name not in self.snapshots:
-            self._set_status(
-                RESTORES,
-                restore,
-                phase="FailedValidation",
-                validationErrors=[f'Error retrieving backup: backups.velero.io "{name}" not found'],
-            )
-            return
-        self._set_status(RESTORES, restore, phase="InProgress", startTimestamp=now_iso())
-
-    def _finish_restore(self, restore: dict[str, Any]) -> None:
-        spec = restore.get("spec") or {}
-        if self.restore_outcome == "Failed":
-            self._set_status(
-                RESTORES,
-                restore,
-                phase="Failed",
-                completionTimestamp=now_iso(),
-                failureReason="error downloading backup: emulated failure",
-            )
-            return
-        snap = self.snapshots.get(spec.get("backupName", ""), Snapshot())
-        mapping = spec.get("namespaceMapping") or {}
-        policy = spec.get("existingResourcePolicy") or "none"
-        modifiers = self._modifiers(spec.get("resourceModifier"))
-        restored = warnings = 0
-        candidates = [
-            (res, obj)
-            for res, obj in snap.items
-            if _ns_wanted(
-                obj["metadata"]["name"] if res is NAMESPACES else obj["metadata"]["namespace"],
-                spec.get("includedNamespaces"),
-                spec.get("excludedNamespaces"),
-            )
-            and _wanted(res, spec.get("includedResources"), spec.get("excludedResources"))
-            and match_labels(obj["metadata"].get("labels") or {}, spec.get("labelSelector"))
-        ]
-        for res, obj in candidates:
-            src_ns = obj["metadata"]["name"] if res is NAMESPACES else obj["metadata"]["namespace"]
-            ns = mapping.get(src_ns, src_ns)
-            if self.store.find(NAMESPACES, "", ns) is None:
-                labels = {}
-                for r, o in snap.items:
-                    if r is NAMESPACES and o["metadata"]["name"] == src_ns:
-                        labels = o["metadata"].get("labels") or {}
-                self.store.create(NAMESPACES, "", {"metadata": {"name": ns, "labels": labels}})
-                restored += 1
-            if res is NAMESPACES:
+    def _snapshot_volumes(self, spec: dict, snap: Snapshot, pvcs: list, fs_done: set, status: dict) -> None:
+        """Bound PVCs not backed up by file system: native snapshots of in-tree PVs, CSI
+        snapshots of CSI PVs; with snapshotMoveData a DataUpload per CSI snapshot."""
+        for pvc in pvcs:
+            key = (pvc["metadata"]["namespace"], pvc["metadata"]["name"])
+            if key in fs_done or (pvc.get("status") or {}).get("phase") != "Bound":
                 continue
-            new = _clean(obj, restore, spec.get("backupName", ""))
-            for rule in modifiers:
-                new = rule(res, ns, new)
-            existing = self.store.find(res, ns, new["metadata"]["name"])
-            if existing is None:
-                self.store.create(res, ns, new)
-                restored += 1
-                if res is PVCS and spec.get("restorePVs") is not False:
-                    key = (src_ns, new["metadata"]["name"])
-                    if key in snap.volumes:
-                        self.volumes[(ns, key[1])] = snap.volumes[key]
-            elif policy == "update":
-                new["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
-                self.store.replace(res, ns, new["metadata"]["name"], new)
-                restored += 1
+            pv = self.store.find(PVS, "", pvc["spec"].get("volumeName") or "") or {}
+            snap.volumes[key] = self.volumes.get(key, "")
+            if "csi" in (pv.get("spec") or {}):
+                if spec.get("snapshotMoveData"):
+                    status["backupItemOperationsAttempted"] = (
+                        status.get("backupItemOperationsAttempted", 0) + 1
+                    )
+                else:
+                    for field in ("csiVolumeSnapshotsAttempted", "csiVolumeSnapshotsCompleted"):
+                        status[field] = status.get(field, 0) + 1
             else:
-                warnings += 1  # Velero: "could not restore, X already exists"
-        status: dict[str, Any] = {
-            "phase": self.restore_outcome or "Completed",
-            "completionTimestamp": now_iso(),
-            "progress": {"totalItems": len(candidates), "itemsRestored": restored},
-            "warnings": warnings,
-        }
-        if self.restore_outcome == "PartiallyFailed":
-            status["errors"] = 1
-        if self.restore_errors:  # Velero counts item errors; the phase says PartiallyFailed or not
-            status["errors"] = self.restore_errors
-        self._set_status(RESTORES, restore, **status)
-
-    def _modifiers(self, ref: dict[str, Any] | None) -> list:
-        if not ref:
-            return []
-        cm = self.store.get(CONFIGMAPS, self.namespace, ref["name"])
-        doc = yaml.safe_load(next(iter(cm["data"].values())))
-        rules = []
-        for rule in doc.get("resourceModifierRules") or []:
-            cond = rule.get("conditions") or {}
-            ops = [
-                {"op": p["operation"], "path": p["path"], "value": _velero_value(p.get("value", ""))}
-                for p in rule.get("patches") or []
-            ]
-
-            def apply(res, ns, obj, cond=cond, ops=ops):
-                from sandbox.k8s_emulator.store import json_patch
-
-                if cond.get("groupResource") not in _resource_names(res):
-                    return obj
-                if cond.get("namespaces") and ns not in cond["namespaces"]:
-                    return obj
-                if not re.search(cond.get("resourceNameRegex", ".*"), obj["metadata"]["name"]):
-                    return obj
-                return json_patch(obj, ops)
-
-            rules.append(apply)
-        return rules
+                for field in ("volumeSnapshotsAttempted", "volumeSnapshotsCompleted"):
+                    status[field] = status.get(field, 0) + 1
 
     def _delete_backup(self, dbr: dict[str, Any]) -> None:
         name = (dbr.get("spec") or {}).get("backupName", "")
         backup = self.store.find(BACKUPS, self.namespace, name)
-        errors: list[str] = []
+        phase = ((backup or {}).get("status") or {}).get("phase")
         if backup is None:
-            errors.append(f'backups.velero.io "{name}" not found')
-        elif (backup.get("status") or {}).get("phase") == "InProgress":
-            errors.append("backup is still in progress")  # what Velero answers, verbatim
-        else:
-            self.store.delete(BACKUPS, self.namespace, name)
-            self.snapshots.pop(name, None)
-        self._set_status(DBRS, dbr, phase="Processed", errors=errors)
-
-
-def _clean(obj: dict[str, Any], restore: dict[str, Any], backup_name: str) -> dict[str, Any]:
-    new = copy.deepcopy(obj)
-    new.pop("status", None)
-    meta = new["metadata"]
-    for key in ("uid", "resourceVersion", "creationTimestamp", "generation", "namespace"):
-        meta.pop(key, None)
-    meta.setdefault("labels", {}).update(
-        {"velero.io/backup-name": backup_name, "velero.io/restore-name": restore["metadata"]["name"]}
-    )
-    return new
-
-
-def _velero_value(value: str) -> Any:
-    """Velero's JSONPatch.ToString: numbers, booleans, null, objects and arrays go in unquoted."""
-    import json
-
-    if value in ("null", "true", "false") or value[:1] in ("{", "["):
-        return json.loads(value)
-    try:
-        return json.loads(value) if value and float(value) is not None else value
-    except ValueError:
-        return value
-
-
-def _duration(text: str) -> timedelta:
-    total = 0.0
-    for amount, unit in re.findall(r"([\d.]+)([hms])", text):
-        total += float(amount) * {"h": 3600, "m": 60, "s": 1}[unit]
-    return timedelta(seconds=total)
-
-
-def backup_done(phase: str | None) -> bool:
-    return phase in TERMINAL
+            self._set_status(DBRS, dbr, phase="Processed", errors=["backup not found"])
+            return
+        if phase in ("New", "InProgress", "WaitingForPluginOperations", "Finalizing"):
+            self._set_status(DBRS, dbr, phase="Processed", errors=["backup is still in progress"])
+            return
+        self._set_status(DBRS, dbr, phase="InProgress")
+        self._set_status(BACKUPS, backup, phase="Deleting")
+        for kind in (PVBS, RESTORES):
+            for obj in self.store.list(kind, self.namespace):
+                if obj["metadata"].get("labels", {}).get("velero.io/backup-name") == name or (
+                    (obj.get("spec") or {}).get("backupName") == name
+                ):
+                    with contextlib.suppress(ApiError):
+                        self.store.delete(kind, self.namespace, obj["metadata"]["name"])
+        self.store.delete(BACKUPS, self.namespace, name)
+        self.snapshots.pop(name, None)
+        self._set_status(DBRS, dbr, phase="Processed", errors=[])
+        # "Everything deleted correctly, so we can delete all DeleteBackupRequests for this backup"
+        for other in self.store.list(DBRS, self.namespace, f"velero.io/backup-name={name}"):
+            with contextlib.suppress(ApiError):
+                self.store.delete(DBRS, self.namespace, other["metadata"]["name"])
+        with contextlib.suppress(ApiError):
+            self.store.delete(DBRS, self.namespace, dbr["metadata"]["name"])
 
 
 def wait_phase(store: ObjectStore, res: Resource, ns: str, name: str, timeout: float = 5) -> str:

@@ -31,7 +31,9 @@ def spec(target: VeleroTarget, **overrides: Any) -> velero.BackupSpec:
     fs = overrides.get("default_volumes_to_fs_backup", target.default_volumes_to_fs_backup)
     snapshots = target.snapshot_volumes if target.snapshot_volumes is not None else not fs
     base = {
-        "include_resources": VOLUME_RESOURCES + (["pods"] if fs else []),  # fs-backup reads through pods
+        # fs-backup reads through running pods: they must be in the backup (and running: back up
+        # before quiescing, e.g. data_corruption's forensic backup)
+        "include_resources": VOLUME_RESOURCES + (["pods"] if fs else []),
         "exclude_resources": [],
         "snapshot_volumes": snapshots,
         "default_volumes_to_fs_backup": fs,
@@ -51,7 +53,7 @@ def run_backup(
         )
     described = doc["describe"]
     snaps = described["volume_snapshots"]
-    with_data = snaps["completed"] + snaps["csi_completed"]
+    with_data = snaps["completed"] + snaps["csi_completed"] + snaps.get("data_mover_completed", 0)
     with_data += sum(1 for p in described["fs_backups"] if p["phase"] == "Completed")
     if with_data < pvcs:
         raise ComponentFailed(
@@ -80,7 +82,18 @@ class RestoreOptions(velero.RestoreOptions):
 def restore(
     target: VeleroTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions
 ) -> dict[str, Any]:
-    return velero.restore(target, manifest, store, options)
+    """File-system-backed volumes get their data back only through restored pods that mount them
+    (Velero's restore-wait): their pods come too, as helpers that never run the app and are
+    removed once the data is in (kubernetes/claims.py). Snapshots need no pods."""
+    doc = velero.load_document(store, manifest)
+    fs = any(p.get("phase") == "Completed" for p in doc["describe"].get("fs_backups") or [])
+    if fs and options.restore_pvs is not False:
+        wanted = {velero.canonical_resource(r) for r in options.resources or []}
+        if not options.resources or "persistentvolumeclaims" in wanted:
+            if options.resources and "pods" not in wanted:
+                options = options.model_copy(update={"resources": [*options.resources, "pods"]})
+            return velero.restore_document(target, doc, options, manifest.id, helper_pods=True)
+    return velero.restore_document(target, doc, options, manifest.id)
 
 
 def describe_current_state(target: VeleroTarget) -> dict[str, Any]:

@@ -54,7 +54,7 @@ class Systems:
         with self.rmq_api() as api:
             assert api.put(f"/vhosts/{self.vhost}", json={}).status_code in (201, 204)
             assert api.put(f"/queues/{self.vhost}/q1", json={"durable": True}).status_code in (201, 204)
-        self.kube_api = request.getfixturevalue("kube_api")
+        self.kube_api = request.getfixturevalue("kube_server")  # module-scoped: the session emulator
         self.ctl = self.kube_api.controller
         self.ctl.reset()
         self.namespaces = list(seed_namespaces(self.ctl, "shop", "db", seed=seed_settings))

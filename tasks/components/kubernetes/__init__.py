@@ -13,7 +13,7 @@ from typing import Any
 from blocks.kubernetes import VeleroTarget
 from tasks.components.contract import target_from_env
 from tasks.components.kubernetes import api as kube
-from tasks.components.kubernetes.api import KINDS, connect
+from tasks.components.kubernetes.api import KINDS, canonical_resource, connect
 from tasks.components.kubernetes.backups import (
     OBJECT_NAME,
     BackupSpec,
@@ -105,6 +105,7 @@ __all__ = [
     "Target",
     "VERSION",
     "backup",
+    "canonical_resource",
     "cancel_backup",
     "default_target",
     "describe_backup",

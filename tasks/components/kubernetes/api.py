@@ -71,6 +71,10 @@ class Kube:
         return client.AppsV1Api(self.api)
 
     @cached_property
+    def storage(self) -> client.StorageV1Api:
+        return client.StorageV1Api(self.api)
+
+    @cached_property
     def custom(self) -> client.CustomObjectsApi:
         return client.CustomObjectsApi(self.api)
 
@@ -159,6 +163,10 @@ def delete_namespace(k: Kube, name: str, timeout: float = 600, interval: float =
         k.call(f"delete namespace {name}", k.core.delete_namespace, name)
     except NotFound:
         return
+    except AlreadyExists:
+        # 409 Conflict: already Terminating (a second delete while its content is being removed,
+        # pkg/registry/core/namespace/storage/storage.go): wait for it like for our own delete
+        log.info("namespace %s is already terminating: waiting for it to go", name)
     wait_for(lambda: not namespace_exists(k, name), timeout, interval, f"namespace {name} to terminate")
 
 

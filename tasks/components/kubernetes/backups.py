@@ -22,6 +22,8 @@ from tasks.components.kubernetes.velero import (
     _wait,
     cancel_backup,
     get_backup_cr,
+    id_metadata,
+    object_name,
     preflight,
 )
 from tasks.errors import BadInput, ComponentFailed, IntegrityError
@@ -43,14 +45,15 @@ class BackupSpec(BaseModel):
     label_selector: dict[str, str] = Field(default_factory=dict)
     snapshot_volumes: bool | None = None
     default_volumes_to_fs_backup: bool = False
+    snapshot_move_data: bool = False  # CSI snapshots moved to the BSL by Velero's data mover
     ttl_hours: float | None = None
 
     @classmethod
     def of(cls, target: VeleroTarget, **overrides: Any) -> BackupSpec:
-        fields = {name: getattr(target, name) for name in cls.model_fields}
+        fields = {name: getattr(target, name) for name in cls.model_fields if hasattr(target, name)}
         return cls(**{**fields, **overrides})
 
-    def cr(self, name: str, target: VeleroTarget, ttl: timedelta, labels: dict[str, str]) -> dict[str, Any]:
+    def cr(self, name: str, target: VeleroTarget, ttl: timedelta, metadata: dict[str, Any]) -> dict[str, Any]:
         spec: dict[str, Any] = {
             "includedNamespaces": self.include_namespaces or ["*"],
             "excludedNamespaces": self.exclude_namespaces,
@@ -66,10 +69,12 @@ class BackupSpec(BaseModel):
             spec["labelSelector"] = {"matchLabels": self.label_selector}
         if self.snapshot_volumes is not None:
             spec["snapshotVolumes"] = self.snapshot_volumes
+        if self.snapshot_move_data:
+            spec["snapshotMoveData"] = True
         return {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "Backup",
-            "metadata": {"name": name, "namespace": target.namespace, "labels": labels},
+            "metadata": {"name": name, "namespace": target.namespace, **metadata},
             "spec": spec,
         }
 
@@ -112,15 +117,16 @@ def run_backup(target: VeleroTarget, session: BackupSession, spec: BackupSpec) -
     source_time = datetime.now(UTC)
     expected = inventory(k, namespaces, kinds, spec.label_selector)
     ttl = timedelta(hours=spec.ttl_hours) if spec.ttl_hours else policy(session.component).retention
-    labels = {"klb.io/backup-id": session.id, "klb.io/component": session.component}
-    name = session.id
+    # our ids have upper case (T, Z): the CR gets a lowercase name, the id rides along in metadata
+    metadata = id_metadata(session.id, {"klb.io/component": object_name(session.component)})
+    name = object_name(session.id)
     _call(
         k,
         f"create Velero backup {name}",
         "create",
         "backups",
         target.namespace,
-        spec.cr(name, target, ttl, labels),
+        spec.cr(name, target, ttl, metadata),
     )
     log.info("created Velero backup %s of %s", name, namespaces)
     cr, done = _wait(k, target, "backups", name, BACKUP_TERMINAL, target.backup_timeout_seconds)
@@ -194,6 +200,9 @@ def describe_backup(k: Kube, target: VeleroTarget, cr: dict[str, Any]) -> dict[s
             "completed": st.get("volumeSnapshotsCompleted", 0),
             "csi_attempted": st.get("csiVolumeSnapshotsAttempted", 0),
             "csi_completed": st.get("csiVolumeSnapshotsCompleted", 0),
+            # data-mover uploads are async item operations (backup_types.go)
+            "data_mover_attempted": st.get("backupItemOperationsAttempted", 0),
+            "data_mover_completed": st.get("backupItemOperationsCompleted", 0),
         },
         "fs_backups": [
             {

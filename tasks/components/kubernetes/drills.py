@@ -7,11 +7,10 @@ import re
 import secrets
 from typing import Any
 
-import yaml
-
 from blocks.kubernetes import VeleroTarget
 from blocks.store import StoreBlock
 from tasks.components.kubernetes import api as kube
+from tasks.components.kubernetes import claims
 from tasks.components.kubernetes.api import connect
 from tasks.components.kubernetes.backups import load_document
 from tasks.components.kubernetes.restores import RestoreOptions, _aside_name, _plan, _present
@@ -52,16 +51,9 @@ def drill(target: VeleroTarget, manifest: Manifest, store: StoreBlock, drill_id:
         raise BadInput(
             f"drill namespaces {taken} exist already (an earlier drill?): delete them or use another id"
         )
-    modifier = f"klb-drill-{secrets.token_hex(4)}"
-    created: list[str] = []
+    created = list(mapping.values())
+    token = secrets.token_hex(4)
     try:
-        k.call(
-            f"create ConfigMap {modifier}",
-            k.core.create_namespaced_config_map,
-            target.namespace,
-            {"metadata": {"name": modifier}, "data": {"rules.yaml": yaml.safe_dump(SCALE_TO_ZERO)}},
-        )
-        created = list(mapping.values())
         namespaces, _ = _plan(doc, RestoreOptions(namespace_mapping=mapping, restore_pvs=True))
         spec = {
             "backupName": doc["backup"]["metadata"]["name"],
@@ -69,9 +61,13 @@ def drill(target: VeleroTarget, manifest: Manifest, store: StoreBlock, drill_id:
             "namespaceMapping": mapping,
             "restorePVs": True,
             "existingResourcePolicy": "none",
-            "resourceModifier": {"kind": "ConfigMap", "name": modifier},
         }
-        cr = run_restore(k, target, spec["backupName"], spec, None, manifest.id)
+        # deployments at 0, and pods only as volume-restore helpers: the drill's apps never run
+        rules = SCALE_TO_ZERO["resourceModifierRules"] + claims.helper_pod_rules(token)
+        with claims.resource_modifier(k, target, rules) as modifier:
+            spec["resourceModifier"] = modifier
+            cr = run_restore(k, target, spec["backupName"], spec, None, manifest.id)
+        claims.remove_helpers(k, target, created, token, target.restore_timeout_seconds)
         checks: dict[str, Any] = {}
         for ns, kinds_ in doc["inventory"].items():
             for plural, objs in kinds_.items():
@@ -85,11 +81,22 @@ def drill(target: VeleroTarget, manifest: Manifest, store: StoreBlock, drill_id:
             ]
             if running:
                 raise IntegrityError(f"drill {drill_id}: deployments {running} in {mapping[ns]} are not at 0")
+        pvcs = claims.wait_bound(
+            k,
+            target,
+            [
+                (mapping[ns], p)
+                for ns, kinds_ in doc["inventory"].items()
+                for p in kinds_.get("persistentvolumeclaims", [])
+            ],
+            target.restore_timeout_seconds,
+        )
         return {
             "verified": True,
             "velero_restore": cr["metadata"]["name"],
             "namespaces": mapping,
             "checks": checks,
+            "claims": pvcs,
         }
     finally:
         for ns in created:
@@ -97,15 +104,6 @@ def drill(target: VeleroTarget, manifest: Manifest, store: StoreBlock, drill_id:
                 kube.delete_namespace(k, ns, interval=target.poll_interval_seconds)
             except Exception as exc:
                 log.error("could not delete drill namespace %s: %s", ns, exc)
-        try:
-            k.call(
-                f"delete ConfigMap {modifier}",
-                k.core.delete_namespaced_config_map,
-                modifier,
-                target.namespace,
-            )
-        except Exception as exc:
-            log.debug("drill modifier %s: %s", modifier, exc)
 
 
 def drill_cleanup(target: VeleroTarget, drill_id: str) -> None:

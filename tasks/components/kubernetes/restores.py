@@ -6,6 +6,7 @@ aside into a scratch namespace and just the named objects are copied into place.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import secrets
@@ -19,6 +20,7 @@ from blocks.kubernetes import VeleroTarget
 from blocks.store import StoreBlock
 from tasks.components.contract import StrictOptions
 from tasks.components.kubernetes import api as kube
+from tasks.components.kubernetes import claims
 from tasks.components.kubernetes.api import Kube, canonical_resource, connect
 from tasks.components.kubernetes.backups import BackupSpec, _kinds, load_document
 from tasks.components.kubernetes.velero import (
@@ -27,6 +29,7 @@ from tasks.components.kubernetes.velero import (
     _status_text,
     _wait,
     get_backup_cr,
+    id_metadata,
     preflight,
     run_restore,
 )
@@ -71,9 +74,13 @@ class RestoreOptions(StrictOptions):
 
 
 def restore(
-    target: VeleroTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions
+    target: VeleroTarget,
+    manifest: Manifest,
+    store: StoreBlock,
+    options: RestoreOptions,
+    helper_pods: bool = False,
 ) -> dict[str, Any]:
-    return restore_document(target, load_document(store, manifest), options, manifest.id)
+    return restore_document(target, load_document(store, manifest), options, manifest.id, helper_pods)
 
 
 def _plan(doc: dict[str, Any], options: RestoreOptions) -> tuple[list[str], list[str]]:
@@ -115,9 +122,15 @@ def _present(k: Kube, ns: str, plural: str) -> set[str]:
 
 
 def restore_document(
-    target: VeleroTarget, doc: dict[str, Any], options: RestoreOptions, backup_id: str = ""
+    target: VeleroTarget,
+    doc: dict[str, Any],
+    options: RestoreOptions,
+    backup_id: str = "",
+    helper_pods: bool = False,
 ) -> dict[str, Any]:
-    """Restore from our record of a Velero backup; verify the objects are where expected."""
+    """Restore from our record of a Velero backup; verify the objects are where expected, and
+    wait for the restored PVCs to bind. `helper_pods`: the backup's pods come back only as
+    volume-restore helpers (claims.py), removed once their data is in."""
     k = connect(target.kube)
     preflight(k, target)
     name = doc["backup"]["metadata"]["name"]
@@ -152,7 +165,17 @@ def restore_document(
     rollback = None
     if options.existing_resource_policy is ExistingResourcePolicy.update:
         rollback = safety_backup(k, target, [mapping.get(ns, ns) for ns in namespaces], backup_id)
-    cr = run_restore(k, target, name, spec, options.timeout_seconds, backup_id)
+    token = secrets.token_hex(4)
+    targets = [mapping.get(ns, ns) for ns in namespaces]
+    with contextlib.ExitStack() as stack:
+        if helper_pods:
+            spec["resourceModifier"] = stack.enter_context(
+                claims.resource_modifier(k, target, claims.helper_pod_rules(token))
+            )
+        cr = run_restore(k, target, name, spec, options.timeout_seconds, backup_id)
+    limit = options.timeout_seconds or target.restore_timeout_seconds
+    if helper_pods:
+        claims.remove_helpers(k, target, targets, token, limit)
     missing = {
         f"{mapping.get(ns, ns)}/{plural}/{obj}"
         for ns, kinds_ in expected.items()
@@ -170,6 +193,16 @@ def restore_document(
         for obj in objs
         if obj in expected[ns][plural]
     )
+    volumes = claims.wait_bound(
+        k,
+        target,
+        [
+            (mapping.get(ns, ns), pvc)
+            for ns, kinds_ in expected.items()
+            for pvc in kinds_.get("persistentvolumeclaims", [])
+        ],
+        limit,
+    )
     st = cr.get("status") or {}
     report = {
         "velero_backup": name,
@@ -181,6 +214,7 @@ def restore_document(
         "verified_objects": sum(len(v) for kinds_ in expected.values() for v in kinds_.values()),
         "existing_resource_policy": options.existing_resource_policy.value,
         "already_existed": skipped,
+        "claims": volumes,
     }
     if rollback:
         report["rollback_velero_backup"] = rollback
@@ -200,8 +234,8 @@ def safety_backup(k: Kube, target: VeleroTarget, namespaces: list[str], backup_i
     if not present:
         return None
     name = f"klb-pre-restore-{datetime.now(UTC):%Y%m%dt%H%M%S}-{secrets.token_hex(3)}"
-    labels = {"klb.io/purpose": "pre-restore", **({"klb.io/backup-id": backup_id[:63]} if backup_id else {})}
-    body = BackupSpec(include_namespaces=present).cr(name, target, timedelta(days=7), labels)
+    metadata = id_metadata(backup_id, {"klb.io/purpose": "pre-restore"})
+    body = BackupSpec(include_namespaces=present).cr(name, target, timedelta(days=7), metadata)
     _call(k, f"create Velero backup {name}", "create", "backups", target.namespace, body)
     cr, done = _wait(k, target, "backups", name, BACKUP_TERMINAL, target.backup_timeout_seconds)
     if not done or cr["status"]["phase"] != "Completed":
@@ -302,9 +336,15 @@ def _copy(
     meta.managed_fields = meta.owner_references = None
     if hasattr(obj, "status"):
         obj.status = None
-    if plural == "services" and obj.spec is not None:  # cluster IPs are allocated per service
-        obj.spec.cluster_ip = None
-        obj.spec.cluster_ips = None
+    if plural == "services" and obj.spec is not None:
+        # allocated by the server, unique per cluster: a copy asking for the same ones is refused
+        # (422 "provided port is already allocated"); Velero's service action drops them too
+        if obj.spec.cluster_ip != "None":
+            obj.spec.cluster_ip = None
+            obj.spec.cluster_ips = None
+        obj.spec.health_check_node_port = None
+        for port in obj.spec.ports or []:
+            port.node_port = None
     try:
         k.call(f"create {plural} {dest_ns}/{name}", kube.kind_api(k, plural, "create"), dest_ns, obj)
         return True

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import secrets
 import time
 from typing import Any
@@ -19,6 +21,34 @@ NOT_INSTALLED = (
     "Velero is not installed on this cluster (no velero.io/v1 API): install Velero "
     "(`velero install ...`, or its Helm chart) and check `kubectl get crd backups.velero.io`"
 )
+
+
+# Object names the API server accepts (lowercase RFC 1123) and that fit a label value (<= 63), as
+# Velero puts backup and restore names into labels (velero.io/backup-name, velero.io/restore-name).
+NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+BACKUP_ID_KEY = "klb.io/backup-id"
+
+
+def object_name(text: str, limit: int = 63) -> str:
+    """`text` as a Kubernetes object name: lower case, other characters as '-', at most `limit`
+    long (a long one keeps a hash of the whole, so two long names stay distinct)."""
+    name = re.sub(r"[^a-z0-9.-]+", "-", text.lower()).strip("-.")
+    if len(name) > limit:
+        digest = hashlib.sha256(text.encode()).hexdigest()[:6]
+        name = f"{name[: limit - 7].rstrip('-.')}-{digest}"
+    return name or "x"
+
+
+def id_metadata(backup_id: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """Labels and annotations that tie an object to our backup id: the id itself as an annotation
+    (any length and case), and as a label too when it is a valid label value."""
+    labels = dict(labels or {})
+    if not backup_id:
+        return {"labels": labels}
+    if len(backup_id) <= 63 and LABEL_VALUE_RE.fullmatch(backup_id):
+        labels[BACKUP_ID_KEY] = backup_id
+    return {"labels": labels, "annotations": {BACKUP_ID_KEY: backup_id}}
 
 
 def _call(k: Kube, what: str, verb: str, plural: str, namespace: str, *args: Any, **kwargs: Any) -> Any:
@@ -102,7 +132,10 @@ def _status_text(obj: dict[str, Any]) -> str:
 def cancel_backup(target: VeleroTarget, name: str, timeout: float | None = None) -> dict[str, Any]:
     """Ask Velero to delete a backup (what `velero backup delete` does): a DeleteBackupRequest.
 
-    Velero refuses to delete a backup that is still InProgress; the error says what to do then."""
+    Velero deletes the request itself once the backup is gone (backup_deletion_controller.go:
+    "Everything deleted correctly, so we can delete all DeleteBackupRequests for this backup"),
+    so its disappearance, with the backup gone, is the success; a request left Processed carries
+    Velero's errors. Velero refuses to delete a backup that is still InProgress."""
     k = connect(target.kube)
     dbr = _call(
         k,
@@ -113,22 +146,50 @@ def cancel_backup(target: VeleroTarget, name: str, timeout: float | None = None)
         {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "DeleteBackupRequest",
-            "metadata": {"generateName": f"{name[:50]}-", "labels": {"velero.io/backup-name": name[:63]}},
+            "metadata": {
+                "generateName": f"{name[:50].rstrip('-.')}-",
+                "labels": {"velero.io/backup-name": name},
+            },
             "spec": {"backupName": name},
         },
     )
-    dbr, done = _wait(
-        k, target, "deletebackuprequests", dbr["metadata"]["name"], {"Processed"}, timeout or 60
+    request = dbr["metadata"]["name"]
+    deadline = time.monotonic() + (timeout or 60)
+    errors: list[str] = []
+    while True:
+        try:
+            dbr = _call(
+                k,
+                f"read DeleteBackupRequest {request}",
+                "get",
+                "deletebackuprequests",
+                target.namespace,
+                request,
+            )
+        except NotFound:
+            dbr = None
+        st = (dbr or {}).get("status") or {}
+        if dbr is not None and st.get("phase") == "Processed" and st.get("errors"):
+            errors = st["errors"]
+            break
+        if dbr is None or st.get("phase") == "Processed":
+            # removed by Velero (or about to be: Processed without errors): the backup must be gone
+            try:
+                get_backup_cr(k, target, name)
+            except NotFound:
+                return {"backup": name, "deleted": True, "request": request}
+            if dbr is None:
+                errors = ["the request was removed but the backup is still there"]
+                break
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(target.poll_interval_seconds)
+    said = "; ".join(errors) if errors else "no answer (is the Velero server running?)"
+    raise ComponentFailed(
+        f"Velero did not delete backup {name}: {said}. A backup stuck InProgress is only released "
+        f"by restarting Velero (`kubectl -n {target.namespace} rollout restart deployment/velero`), "
+        f"which marks it Failed; then run cancel_backup again"
     )
-    errors = (dbr.get("status") or {}).get("errors") or []
-    if not done or errors:
-        said = "; ".join(errors) if errors else "no answer (is the Velero server running?)"
-        raise ComponentFailed(
-            f"Velero did not delete backup {name}: {said}. A backup stuck InProgress is only released "
-            f"by restarting Velero (`kubectl -n {target.namespace} rollout restart deployment/velero`), "
-            f"which marks it Failed; then run cancel_backup again"
-        )
-    return {"backup": name, "deleted": True, "request": dbr["metadata"]["name"]}
 
 
 def run_restore(
@@ -140,12 +201,11 @@ def run_restore(
     backup_id: str = "",
 ) -> dict[str, Any]:
     """Create a Restore, wait for it; anything but Completed raises with Velero's own words."""
-    name = f"{backup_name[:48]}-r{secrets.token_hex(3)}"
-    labels = {"klb.io/backup-id": backup_id[:63]} if backup_id else {}
+    name = f"{object_name(backup_name, 48)}-r{secrets.token_hex(3)}"
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "Restore",
-        "metadata": {"name": name, "namespace": target.namespace, "labels": labels},
+        "metadata": {"name": name, "namespace": target.namespace, **id_metadata(backup_id)},
         "spec": spec,
     }
     _call(k, f"create Velero restore {name}", "create", "restores", target.namespace, body)

@@ -1,0 +1,64 @@
+"""What the fake Velero keeps in its "object storage" for a backup, and the include/exclude rules
+shared by backups and restores (pkg/util/collections/includes_excludes.go)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sandbox.k8s_emulator.store import BY_PATH, WORKLOAD, Resource
+
+VELERO = "velero.io/v1"
+BACKUPS, RESTORES = BY_PATH[(VELERO, "backups")], BY_PATH[(VELERO, "restores")]
+DBRS, PVBS = BY_PATH[(VELERO, "deletebackuprequests")], BY_PATH[(VELERO, "podvolumebackups")]
+PVRS = BY_PATH[(VELERO, "podvolumerestores")]
+NAMESPACES, CONFIGMAPS = BY_PATH[("v1", "namespaces")], BY_PATH[("v1", "configmaps")]
+PVCS, PVS, PODS = (
+    BY_PATH[("v1", "persistentvolumeclaims")],
+    BY_PATH[("v1", "persistentvolumes")],
+    BY_PATH[("v1", "pods")],
+)
+SERVICES = BY_PATH[("v1", "services")]
+ALIASES = {
+    "pvc": "persistentvolumeclaims",
+    "pv": "persistentvolumes",
+    "cm": "configmaps",
+    "svc": "services",
+    "deploy": "deployments",
+    "po": "pods",
+}
+TERMINAL = {"Completed", "PartiallyFailed", "Failed", "FailedValidation"}
+__all__ = ["WORKLOAD"]
+
+
+def resource_names(res: Resource) -> set[str]:
+    return {res.plural, res.group_resource, res.kind.lower()}
+
+
+def wanted(res: Resource, include: list[str] | None, exclude: list[str] | None) -> bool:
+    def hit(names: list[str]) -> bool:
+        return any(n == "*" or ALIASES.get(n, n) in resource_names(res) for n in names)
+
+    return (not include or hit(include)) and not (exclude and hit(exclude))
+
+
+def ns_wanted(ns: str, include: list[str] | None, exclude: list[str] | None) -> bool:
+    return (not include or "*" in include or ns in include) and not (exclude and ns in exclude)
+
+
+@dataclass
+class Snapshot:
+    """What Velero would keep in its object storage for one backup."""
+
+    items: list[tuple[Resource, dict[str, Any]]] = field(default_factory=list)
+    volumes: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, pvc) snapshots
+    pod_volumes: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (ns, pod, volume)
+
+
+def duration(text: str) -> timedelta:
+    total = 0.0
+    for amount, unit in re.findall(r"([\d.]+)([hms])", text):
+        total += float(amount) * {"h": 3600, "m": 60, "s": 1}[unit]
+    return timedelta(seconds=total)

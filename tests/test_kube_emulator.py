@@ -1,0 +1,229 @@
+"""The emulated Kubernetes API server is as strict as a real one (sandbox/k8s_emulator/).
+
+Each test names where the real behaviour is documented; each fails against the emulator's old
+lenient behaviour (names unchecked, 200 on a second namespace delete, finalizers ignored, no
+allocation, instant binding, any PATCH accepted, no pruning, state leaking between tests).
+Requests go through the real `kubernetes` client over HTTP.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from sandbox.k8s_emulator.store import BY_PATH
+from tests.k8s_helpers import k8s
+
+PVCS, NAMESPACES = BY_PATH[("v1", "persistentvolumeclaims")], BY_PATH[("v1", "namespaces")]
+
+
+@pytest.fixture
+def ns(kube_api) -> str:
+    name = "emu-" + secrets.token_hex(3)
+    kube_api.controller.seed_namespace(name)
+    return name
+
+
+def status_of(call) -> int:
+    with pytest.raises(ApiException) as info:
+        call()
+    return info.value.status
+
+
+def velero_cr(kind: str, name: str, spec: dict) -> dict:
+    return {"apiVersion": "velero.io/v1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+
+
+def test_names_must_be_lowercase_rfc1123(kube_api, ns):
+    """k8s.io/apimachinery/pkg/util/validation/validation.go IsDNS1123Subdomain (most kinds and
+    custom resources) and IsDNS1123Label (ValidateNamespaceName, ValidateServiceName in
+    pkg/apis/core/validation/validation.go): 422 Invalid."""
+    k = k8s(kube_api)
+    backup = velero_cr("Backup", "kubernetes-20261124T014758Z-d20921", {"includedNamespaces": [ns]})
+    assert (
+        status_of(
+            lambda: k.custom.create_namespaced_custom_object("velero.io", "v1", "velero", "backups", backup)
+        )
+        == 422
+    )
+    assert status_of(lambda: k.core.create_namespace({"metadata": {"name": "has.dot"}})) == 422
+    assert (
+        status_of(
+            lambda: k.core.create_namespaced_service(
+                ns, {"metadata": {"name": "a.b"}, "spec": {"ports": [{"port": 1}]}}
+            )
+        )
+        == 422
+    )
+    assert (
+        status_of(lambda: k.core.create_namespaced_config_map(ns, {"metadata": {"name": "x" * 254}})) == 422
+    )
+    k.core.create_namespaced_config_map(ns, {"metadata": {"name": "a.b-c"}})  # a subdomain is fine here
+
+
+def test_label_values_are_at_most_63_valid_characters(kube_api, ns):
+    """validation.go IsValidLabelValue: at most 63 characters, alphanumeric at both ends."""
+    k = k8s(kube_api)
+    too_long = {"metadata": {"name": "l1", "labels": {"klb.io/backup-id": "x" * 64}}}
+    assert status_of(lambda: k.core.create_namespaced_config_map(ns, too_long)) == 422
+    bad_end = {"metadata": {"name": "l2", "labels": {"a": "ends-"}}}
+    assert status_of(lambda: k.core.create_namespaced_config_map(ns, bad_end)) == 422
+
+
+def test_generate_name_keeps_58_characters_and_appends_5(kube_api, ns):
+    """k8s.io/apiserver/pkg/storage/names/generate.go: maxGeneratedNameLength = 63 - 5."""
+    k = k8s(kube_api)
+    cm = k.core.create_namespaced_config_map(ns, {"metadata": {"generateName": "g" * 70}})
+    assert len(cm.metadata.name) == 63 and cm.metadata.name.startswith("g" * 58)
+
+
+def test_a_second_delete_of_a_terminating_namespace_is_409(kube_api, ns):
+    """pkg/registry/core/namespace/storage/storage.go Delete: a namespace already being deleted
+    whose finalizers have not run answers 409 Conflict ("The system is ensuring all content is
+    removed from this namespace")."""
+    k = k8s(kube_api)
+    assert k.core.read_namespace(ns).spec.finalizers == ["kubernetes"]
+    k.core.delete_namespace(ns)
+    assert status_of(lambda: k.core.delete_namespace(ns)) == 409
+    assert k.core.read_namespace(ns).status.phase == "Terminating"
+
+
+def test_finalizers_hold_an_object_until_removed(kube_api, ns):
+    """kubernetes.io/docs/concepts/overview/working-with-objects/finalizers/: delete only sets
+    metadata.deletionTimestamp while finalizers remain; removing the last one removes the object."""
+    k = k8s(kube_api)
+    k.core.create_namespaced_config_map(
+        ns, {"metadata": {"name": "held", "finalizers": ["example.com/hold"]}}
+    )
+    k.core.delete_namespaced_config_map("held", ns)
+    held = k.core.read_namespaced_config_map("held", ns)
+    assert held.metadata.deletion_timestamp is not None
+    k.core.patch_namespaced_config_map("held", ns, {"metadata": {"finalizers": None}})
+    assert status_of(lambda: k.core.read_namespaced_config_map("held", ns)) == 404
+
+
+def test_a_pvc_in_use_by_a_pod_is_not_removed(kube_api, ns):
+    """pkg/controller/volume/pvcprotection: the kubernetes.io/pvc-protection finalizer stays
+    while a pod uses the claim; the claim (and its Delete-policy PV, and data) go after."""
+    ctl = kube_api.controller
+    ctl.seed_pvc(ns, "data", content="x")
+    ctl.seed_deployment(ns, "app", 1, pvcs=("data",))
+    k = k8s(kube_api)
+    k.core.delete_namespaced_persistent_volume_claim("data", ns)
+    assert k.core.read_namespaced_persistent_volume_claim("data", ns).metadata.deletion_timestamp
+    assert ctl.volumes[(ns, "data")] == "x"
+    k.apps.patch_namespaced_deployment_scale("app", ns, {"spec": {"replicas": 0}})
+    ctl.settle(lambda: ctl.store.find(PVCS, ns, "data") is None)
+    assert (ns, "data") not in ctl.volumes
+    assert status_of(lambda: k.core.read_persistent_volume(f"pv-{ns}-data")) == 404
+
+
+def test_services_get_allocated_ips_and_node_ports_which_are_unique(kube_api, ns):
+    """pkg/registry/core/service/ipallocator and portallocator: the server allocates clusterIP
+    and nodePorts; asking for ones in use is 422 "provided port is already allocated"; a
+    nodePort on a ClusterIP service is invalid (ValidateService)."""
+    k = k8s(kube_api)
+    svc = k.core.create_namespaced_service(
+        ns, {"metadata": {"name": "a"}, "spec": {"type": "NodePort", "ports": [{"port": 80}]}}
+    )
+    assert svc.spec.cluster_ip and svc.spec.ports[0].node_port
+    taken = {
+        "metadata": {"name": "b"},
+        "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": svc.spec.ports[0].node_port}]},
+    }
+    assert status_of(lambda: k.core.create_namespaced_service(ns, taken)) == 422
+    same_ip = {"metadata": {"name": "c"}, "spec": {"clusterIP": svc.spec.cluster_ip, "ports": [{"port": 80}]}}
+    assert status_of(lambda: k.core.create_namespaced_service(ns, same_ip)) == 422
+    k.core.delete_namespaced_service("a", ns)
+    k.core.create_namespaced_service(ns, taken)  # released: free again
+
+
+def test_pvcs_bind_by_their_storage_class_binding_mode(kube_api, ns):
+    """kubernetes.io/docs/concepts/storage/storage-classes/#volume-binding-mode: a claim is
+    Pending when created; Immediate provisions and binds, WaitForFirstConsumer only once a pod
+    uses it; a claim of an unknown class stays Pending."""
+    ctl = kube_api.controller
+    k = k8s(kube_api)
+
+    def claim(name, cls):
+        body = {
+            "metadata": {"name": name},
+            "spec": {
+                "storageClassName": cls,
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        }
+        return k.core.create_namespaced_persistent_volume_claim(ns, body)
+
+    assert claim("now", "standard").status.phase == "Pending"
+    claim("later", "local-wffc")
+    claim("never", "no-such-class")
+    phase = lambda name: k.core.read_namespaced_persistent_volume_claim(name, ns).status.phase  # noqa: E731
+    ctl.settle(lambda: phase("now") == "Bound")
+    assert phase("later") == "Pending" and phase("never") == "Pending"
+    ctl.seed_deployment(ns, "consumer", 1, pvcs=("later",))
+    assert phase("later") == "Bound" and phase("never") == "Pending"
+
+
+def test_custom_resources_refuse_strategic_merge_patch(kube_api):
+    """apiextensions-apiserver customresource_handler.go: custom resources accept JSON patch and
+    merge patch, not strategic merge patch (415 UnsupportedMediaType); a JSON patch must be a list."""
+    import json
+
+    server = kube_api.server
+    path = "/apis/velero.io/v1/namespaces/velero/backupstoragelocations/default"
+    with pytest.raises(Exception) as info:
+        server.dispatch(
+            "PATCH", path, {"spec": {"default": False}}, "", "application/strategic-merge-patch+json"
+        )
+    assert info.value.code == 415
+    with pytest.raises(Exception) as info:
+        server.dispatch("PATCH", path, {"spec": {}}, "", "application/json-patch+json")
+    assert info.value.code == 400
+    code, body = server.dispatch(
+        "PATCH", path, {"metadata": {"labels": {"a": "b"}}}, "", "application/merge-patch+json"
+    )
+    assert code == 200 and json.dumps(body["metadata"]["labels"]) == '{"a": "b"}'
+
+
+def test_unknown_fields_of_velero_resources_are_pruned(kube_api, ns):
+    """apiextensions "structural schema" pruning: Velero's CRDs (pkg/apis/velero/v1/
+    backup_types.go) declare the fields; others are dropped, and status is not the client's."""
+    k = k8s(kube_api)
+    body = velero_cr("Backup", "pruned", {"includedNamespaces": [ns], "snapshotVolume": False})
+    body["status"] = {"phase": "Completed"}
+    created = k.custom.create_namespaced_custom_object("velero.io", "v1", "velero", "backups", body)
+    assert "snapshotVolume" not in created["spec"] and created["spec"]["includedNamespaces"] == [ns]
+    assert (created.get("status") or {}).get("phase") != "Completed"
+
+
+def test_deployments_run_pods_and_status_follows_them(kube_api, ns):
+    """pkg/controller/deployment and replicaset: pods are created and removed asynchronously and
+    status.replicas counts them (a quiesce must wait for them to go)."""
+    ctl = kube_api.controller
+    ctl.seed_deployment(ns, "web", 2)
+    k = k8s(kube_api)
+    assert len(k.core.list_namespaced_pod(ns, label_selector="app=web").items) == 2
+    k.apps.patch_namespaced_deployment_scale("web", ns, {"spec": {"replicas": 0}})
+    ctl.settle(lambda: k.apps.read_namespaced_deployment("web", ns).status.replicas == 0)
+    assert k.core.list_namespaced_pod(ns, label_selector="app=web").items == []
+
+
+def test_emulator_state_is_reset_between_tests_part_one(kube_api, ns):
+    """Everything a test leaves (objects, volume data, Velero backups, request logs) is gone for
+    the next (the kube_api fixture resets the session's emulator)."""
+    ctl = kube_api.controller
+    ctl.volumes[("leak", "x")] = "left behind"
+    ctl.secret_reads.append("/leak")
+    ctl.snapshots["leak"] = object()
+    ctl.seed_namespace("leak-check")
+
+
+def test_emulator_state_is_reset_between_tests_part_two(kube_api):
+    ctl = kube_api.controller
+    assert ("leak", "x") not in ctl.volumes and "leak" not in ctl.snapshots
+    assert ctl.secret_reads == [] and ctl.writes == []
+    assert ctl.store.find(NAMESPACES, "", "leak-check") is None

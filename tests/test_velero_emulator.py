@@ -1,0 +1,176 @@
+"""The fake Velero behaves like Velero (sandbox/k8s_emulator/velero.py, velero_restore.py).
+
+Each test cites the Velero source (github.com/vmware-tanzu/velero) that documents the
+behaviour, and fails against the old fake (a DeleteBackupRequest kept as Processed, a
+PodVolumeBackup per PVC without pods, data copied whenever a PVC was created, no PVs in
+backups, Services restored with their nodePorts, no data-mover operations).
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+from sandbox.k8s_emulator.snapshot import BACKUPS, DBRS, PODS, PVBS, PVCS, PVS, RESTORES, SERVICES
+from sandbox.k8s_emulator.velero import wait_phase
+from tests.k8s_helpers import k8s, seed_app
+
+
+@pytest.fixture
+def app(kube_api) -> str:
+    ns = "vel-" + secrets.token_hex(3)
+    seed_app(kube_api.controller, ns)
+    return ns
+
+
+def create(kube_api, res, spec: dict, name: str | None = None, **meta) -> str:
+    name = name or f"{res.plural[:-1]}-{secrets.token_hex(3)}"
+    body = {"metadata": {"name": name, **meta}, "spec": spec}
+    kube_api.controller.store.create(res, "velero", body)
+    return name
+
+
+def backup(kube_api, ns: str, **spec) -> tuple[str, str]:
+    name = create(kube_api, BACKUPS, {"includedNamespaces": [ns], "storageLocation": "default", **spec})
+    return name, wait_phase(kube_api.controller.store, BACKUPS, "velero", name)
+
+
+def restore(kube_api, backup_name: str, **spec) -> tuple[str, dict]:
+    name = create(kube_api, RESTORES, {"backupName": backup_name, **spec})
+    wait_phase(kube_api.controller.store, RESTORES, "velero", name)
+    return name, kube_api.controller.store.get(RESTORES, "velero", name)
+
+
+def pvbs(kube_api, backup_name: str) -> list[dict]:
+    return kube_api.controller.store.list(PVBS, "velero", f"velero.io/backup-name={backup_name}")
+
+
+def test_a_processed_delete_request_is_deleted_with_the_backup(kube_api, app):
+    """pkg/controller/backup_deletion_controller.go: the backup goes Deleting and is deleted;
+    then "Everything deleted correctly, so we can delete all DeleteBackupRequests for this
+    backup". On an error the request stays Processed with status.errors."""
+    ctl = kube_api.controller
+    name, _ = backup(kube_api, app)
+    dbr = create(kube_api, DBRS, {"backupName": name}, labels={"velero.io/backup-name": name})
+    ctl.settle(lambda: ctl.store.find(DBRS, "velero", dbr) is None)
+    assert ctl.store.find(BACKUPS, "velero", name) is None
+    gone = create(kube_api, DBRS, {"backupName": "no-such-backup"})
+    ctl.settle(lambda: (ctl.store.get(DBRS, "velero", gone).get("status") or {}).get("phase") == "Processed")
+    assert ctl.store.get(DBRS, "velero", gone)["status"]["errors"] == ["backup not found"]
+
+
+def test_pod_volume_backups_only_for_volumes_of_running_pods(kube_api, app):
+    """pkg/podvolume/backupper.go BackupPodVolumes: `kube.IsPodRunning(pod)` or no backup of its
+    volumes; one PodVolumeBackup per volume of a pod in the backup, none for a claim alone."""
+    ctl = kube_api.controller
+    name, phase = backup(kube_api, app, defaultVolumesToFsBackup=True)
+    assert phase == "Completed"
+    found = pvbs(kube_api, name)
+    assert len(found) == 1 and found[0]["spec"]["volume"] == "data"
+    assert found[0]["spec"]["pod"]["name"].startswith("api-") and found[0]["status"]["phase"] == "Completed"
+    k8s(kube_api).apps.patch_namespaced_deployment_scale("api", app, {"spec": {"replicas": 0}})
+    ctl.settle(lambda: not ctl.store.list(PODS, app, "app=api"))
+    quiesced, phase = backup(kube_api, app, defaultVolumesToFsBackup=True)
+    assert phase == "Completed" and pvbs(kube_api, quiesced) == []  # apps down: no volume data
+    assert ctl.snapshots[quiesced].pod_volumes == {}
+
+
+def test_file_system_data_comes_back_only_through_restored_pods(kube_api, app):
+    """pkg/restore/actions/pod_volume_restore_action.go and pkg/podvolume/restorer.go: data is
+    restored into a restored pod's volume (restore-wait init container); a claim restored
+    without its pod is a new, empty volume (its PV had no snapshot: not restored)."""
+    ctl = kube_api.controller
+    name, _ = backup(kube_api, app, defaultVolumesToFsBackup=True, snapshotVolumes=False)
+    claims_only = f"c-{app}"
+    _, done = restore(
+        kube_api, name, includedResources=["persistentvolumeclaims"], namespaceMapping={app: claims_only}
+    )
+    assert done["status"]["phase"] == "Completed"
+    ctl.settle(
+        lambda: (
+            ((ctl.store.find(PVCS, claims_only, "data") or {}).get("status") or {}).get("phase") == "Bound"
+        )
+    )
+    assert (claims_only, "data") not in ctl.volumes
+    with_pods = f"p-{app}"
+    _, done = restore(
+        kube_api,
+        name,
+        includedResources=["persistentvolumeclaims", "pods"],
+        namespaceMapping={app: with_pods},
+    )
+    assert done["status"]["phase"] == "Completed"
+    assert ctl.volumes[(with_pods, "data")] == f"{app} volume v1"
+
+
+def test_snapshot_backups_hold_the_pv_and_restore_it_renamed_when_taken(kube_api, app):
+    """pkg/backup/actions/csi and the PVC backup item action add the bound PV; on restore
+    (pkg/restore/restore.go, actions/add_pv_from_pvc_action.go) the PV comes from its snapshot,
+    renamed velero-clone-<uuid> when the original still exists."""
+    ctl = kube_api.controller
+    name, _ = backup(kube_api, app)
+    assert any(res is PVS for res, _ in ctl.snapshots[name].items)
+    assert ctl.store.get(BACKUPS, "velero", name)["status"]["volumeSnapshotsCompleted"] == 1
+    copy = f"s-{app}"
+    restore(kube_api, name, includedResources=["persistentvolumeclaims"], namespaceMapping={app: copy})
+    claim = ctl.store.get(PVCS, copy, "data")
+    assert claim["spec"]["volumeName"].startswith("velero-clone-")
+    assert ctl.volumes[(copy, "data")] == f"{app} volume v1"
+
+
+def test_data_mover_uploads_are_item_operations(kube_api):
+    """backup_types.go: with snapshotMoveData the CSI snapshot's upload is an async item
+    operation (backupItemOperationsAttempted/Completed) and the backup passes through
+    WaitingForPluginOperations and Finalizing before Completed."""
+    ctl = kube_api.controller
+    ns = "dm-" + secrets.token_hex(3)
+    ctl.seed_namespace(ns)
+    k8s(kube_api).core.create_namespaced_persistent_volume_claim(
+        ns,
+        {
+            "metadata": {"name": "csi"},
+            "spec": {
+                "storageClassName": "standard",
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
+    ctl.settle(lambda: (ctl.store.get(PVCS, ns, "csi").get("status") or {}).get("phase") == "Bound")
+    name = create(kube_api, BACKUPS, {"includedNamespaces": [ns], "snapshotMoveData": True})
+
+    ctl.settle(
+        lambda: (ctl.store.get(BACKUPS, "velero", name).get("status") or {}).get("phase") == "Completed"
+    )
+    st = ctl.store.get(BACKUPS, "velero", name)["status"]
+    assert st["backupItemOperationsAttempted"] == st["backupItemOperationsCompleted"] == 1
+    assert not st.get("volumeSnapshotsAttempted") and not st.get("csiVolumeSnapshotsAttempted")
+
+
+def test_restored_services_lose_their_allocated_ports(kube_api, app):
+    """pkg/restore/actions/service_action.go: clusterIP(s) cleared, nodePorts deleted unless
+    spec.preserveNodePorts; restoring a copy beside the original then works."""
+    ctl = kube_api.controller
+    name, _ = backup(kube_api, app)
+    copy = f"svc-{app}"
+    _, done = restore(kube_api, name, includedResources=["services"], namespaceMapping={app: copy})
+    assert done["status"]["phase"] == "Completed"
+    old, new = ctl.store.get(SERVICES, app, "api"), ctl.store.get(SERVICES, copy, "api")
+    assert new["spec"]["clusterIP"] != old["spec"]["clusterIP"]
+    assert new["spec"]["ports"][0]["nodePort"] != old["spec"]["ports"][0]["nodePort"]
+
+
+def test_validation_failures(kube_api, app):
+    """pkg/controller/backup_controller.go: a storage location that does not exist is
+    FailedValidation; pkg/controller/restore_controller.go: a restore of a backup that is not
+    Completed/PartiallyFailed is FailedValidation."""
+    ctl = kube_api.controller
+    _, phase = backup(kube_api, app, storageLocation="nowhere")
+    assert phase == "FailedValidation"
+    ctl.backup_outcome = "Failed"
+    failed, phase = backup(kube_api, app)
+    assert phase == "Failed"
+    ctl.backup_outcome = None
+    _, done = restore(kube_api, failed)
+    assert done["status"]["phase"] == "FailedValidation"
