@@ -59,7 +59,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from tasks.storage.stores import load_store
 
-        store = load_store(args.store)
+        try:
+            store = load_store(args.store)
+        except BackupError:
+            raise
+        except Exception as exc:  # the Prefect API that holds the block is not reachable
+            print(
+                f"klb: error: could not load store block {args.store or os.environ.get('KLB_STORE')!r} from "
+                f"the Prefect API ({type(exc).__name__}: {str(exc)[:200]}): set PREFECT_API_URL to your "
+                "server, or use the local store (no --store, no $KLB_STORE)",
+                file=sys.stderr,
+            )
+            return UNUSABLE
         print(f"store: {store.location} ({_store_source(args.store)})", flush=True)
         text, ok = dispatch(args, store)
     except BackupError as exc:
@@ -68,7 +79,3 @@ def main(argv: list[str] | None = None) -> int:
     if text:
         print(text, flush=True)
     return OK if ok else PROBLEM
-
-
-if __name__ == "__main__":
-    sys.exit(main())
