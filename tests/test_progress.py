@@ -4,6 +4,7 @@ artifact (read back from the server) and log lines, throttled."""
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 
@@ -11,12 +12,18 @@ from tasks.storage import progress
 from tests.console_helpers import app_target, files, sample_dir
 
 
-def _artifacts(key: str):
+def _artifacts(key: str, state):
+    """The artifacts with `key` of the flow run that ended in `state`."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
+    run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
-        return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])
+            )
+        )
 
 
 def test_backup_and_restore_progress_artifacts(prefect_server, tmp_path, local_store, monkeypatch):
@@ -26,17 +33,21 @@ def test_backup_and_restore_progress_artifacts(prefect_server, tmp_path, local_s
     monkeypatch.setenv("KLB_PROGRESS_SECONDS", "0")  # report on every chunk: the updates are seen
     src = sample_dir(tmp_path, size=5 * 1024 * 1024 + 3)
     target, store = app_target(src, tmp_path / "restored"), local_store()
-    result = backup_component("app-state", target, store)
-    (art,) = _artifacts("progress-backup-app-state")
+    state = backup_component("app-state", target, store, return_state=True)
+    result = state.result()
+    (art,) = _artifacts("progress-backup-app-state", state)
     assert art.type == "progress" and float(art.data) == 100.0
     assert art.task_run_id is not None  # attached to the backup task run
     assert "backup of app-state" in art.description and "1 object(s) done" in art.description
-    assert "MiB streamed" in art.description  # 5 MiB of tar went through
+    assert "5.0 MiB streamed" in art.description  # 5 MiB of tar, counted once (not the read-back)
 
-    restore_component("app-state", result.id, target, store)
-    (art,) = _artifacts("progress-restore-app-state")
+    state = restore_component("app-state", result.id, target, store, return_state=True)
+    (art,) = _artifacts("progress-restore-app-state", state)
     assert art.type == "progress" and float(art.data) == 100.0
     assert f"restore of {result.id}" in art.description and "1 object(s) done" in art.description
+    # the stored bytes read, out of the stored size (the checking read before it is not counted)
+    done, total = re.search(r": (.+) of (.+) streamed", art.description).groups()
+    assert done == total
     assert files(tmp_path / "restored") == files(src)
 
 
@@ -50,7 +61,7 @@ def test_a_failed_stream_says_so_and_keeps_its_percentage(prefect_server, tmp_pa
     )  # fmt: skip
     state = backup_component("app-state", target, local_store(), return_state=True)
     assert state.is_failed()
-    art = max(_artifacts("progress-backup-app-state"), key=lambda a: a.created)
+    (art,) = _artifacts("progress-backup-app-state", state)
     assert art.description.endswith("(FAILED)") and float(art.data) < 100.0
 
 
@@ -58,7 +69,7 @@ def test_log_lines_are_throttled(caplog):
     caplog.set_level(logging.INFO, logger=progress.__name__)
     with progress.tracking("backup of x", "progress-x") as p:
         p.interval = 3600.0  # no periodic line within this test: only the final one
-        tick = progress.ticker()
+        tick = progress.ticker(progress.current())
         for _ in range(100):
             tick(1024)
     lines = [r.getMessage() for r in caplog.records if r.name == progress.__name__]
@@ -67,14 +78,14 @@ def test_log_lines_are_throttled(caplog):
     with progress.tracking("restore of y", "progress-y", total_bytes=4096) as p:
         p.interval = 0.0
         for _ in range(4):
-            progress.ticker()(1024)
+            progress.ticker(progress.current())(1024)
     lines = [r.getMessage() for r in caplog.records if r.name == progress.__name__]
     assert len(lines) == 5 and lines[1] == "restore of y: 2.0 KiB of 4.0 KiB streamed, 0 object(s) done"
 
 
 def test_no_tracking_is_a_no_op():
     assert progress.current() is None
-    progress.ticker()(123)  # nothing to count into, nothing raised
+    progress.ticker(progress.current())(123)  # nothing to count into, nothing raised
 
 
 @pytest.mark.parametrize(

@@ -122,9 +122,8 @@ def current() -> Progress | None:
     return _current.get()
 
 
-def ticker(progress: Progress | None = None) -> Callable[[int], None]:
-    """The byte counter of `progress` (default: the current one), or a no-op."""
-    progress = progress or current()
+def ticker(progress: Progress | None) -> Callable[[int], None]:
+    """The byte counter of `progress`, or a no-op for None (e.g. a verification read)."""
     return progress.advance if progress else (lambda n: None)
 
 
