@@ -46,7 +46,7 @@ def _configured(component: str) -> str | None:
     try:
         load_target(component, None)
     except BackupError as exc:
-        return str(exc).splitlines()[0]
+        return str(exc).splitlines()[0].split(". ")[0]  # its first sentence: status is a summary
     except Exception as exc:  # e.g. the Prefect API is not reachable to load the named block
         return f"could not check: {type(exc).__name__}: {str(exc)[:120]}"
     return None
