@@ -47,6 +47,11 @@ class StoreBlock(Block):
         default=None,
         description="client-side AES-256-GCM key (any secret string). Lose it and the backups are lost.",
     )
+    previous_encryption_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="older keys, for reading only: to rotate, move the current key here and set a new "
+        "encryption_key (nothing is re-encrypted; each object names its key)",
+    )
     verify_after_write: bool = Field(
         default=True,
         description="read every object back and check sha256 before the manifest is written",

@@ -1,43 +1,26 @@
-"""Command line view of the catalog: `python -m flows.catalog list [component]`, `... show <id>`.
-
-Uses the same store resolution as the flows: --store NAME (a store block), $KLB_STORE, or the
-embedded local store ($KLB_STORE_DIR).
-"""
+"""The old catalog command, kept as an alias: `python -m flows.catalog list [component]` is
+`klb backups list [component]`, `... show ID` is `klb backups describe ID` (flows/console)."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from flows.common import load_store
-from tasks.components.registry import SPECS
-from tasks.errors import BackupError
-from tasks.storage.catalog import get_backup, list_backups
+from flows.console import main as klb
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.catalog", description=__doc__)
-    parser.add_argument("--store", help="store block name (default: $KLB_STORE or the local store)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    ls = sub.add_parser("list", help="backups, oldest first")
-    ls.add_argument("component", nargs="?", choices=list(SPECS))
-    show = sub.add_parser("show", help="one backup's manifest")
-    show.add_argument("backup_id")
-    args = parser.parse_args(argv)
-    try:
-        store = load_store(args.store)
-        if args.command == "show":
-            print(get_backup(store, args.backup_id).model_dump_json(indent=2))
-            return 0
-        print(f"# {store.location}")
-        for component in [args.component] if args.component else list(SPECS):
-            for m in list_backups(store, component):
-                verified = "verified" if m.verified_at else "unverified"
-                print(f"{m.id}\t{m.source_time.isoformat()}\t{m.size}\t{verified}")
-        return 0
-    except BackupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    args = list(sys.argv[1:] if argv is None else argv)
+    store = []
+    while args[:1] == ["--store"] and len(args) > 1:
+        store, args = args[:2], args[2:]
+    verb = {"list": ["backups", "list"], "show": ["backups", "describe"]}.get(args[0] if args else "")
+    if verb is None:
+        print(
+            "usage: python -m flows.catalog [--store NAME] list [component] | show ID  (see: klb)",
+            file=sys.stderr,
+        )
         return 2
+    return klb([*store, *verb, *args[1:]])
 
 
 if __name__ == "__main__":

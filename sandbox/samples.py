@@ -5,7 +5,7 @@ the component's target block.
 PostgreSQL: an initdb cluster with a `lambda` database. Kubernetes + volumes: the API emulator
 with a fake Velero (sandbox/k8s_emulator: no cluster can run here). etcd: a throwaway member with
 ConfigMap-like keys. RabbitMQ: a vhost `klb-demo-<random>` (its own each run). App state: a
-directory captured by tar.
+directory captured by tar. PostgreSQL PITR: a server archiving its WAL into moto's S3 server.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pydantic import SecretStr
 from blocks.app_state import AppStateStep, AppStateTarget
 from blocks.etcd import EtcdTarget
 from blocks.kubernetes import KubernetesTarget, VeleroTarget
+from blocks.pitr import PitrTarget
 from blocks.postgres import PostgresTarget
 from blocks.rabbitmq import RabbitMQTarget
 from tasks.errors import ConfigurationError
@@ -185,8 +186,62 @@ def volumes(stack: ExitStack, workdir: Path) -> VeleroTarget:
     return _velero(_kube_api(stack, workdir))
 
 
-# component -> sets up its sample and returns its target block (postgres-pitr needs an S3 WAL
-# archive, so the no-cloud demo reports it "not covered": see docs/pitr.md)
+def postgres_pitr(stack: ExitStack, workdir: Path) -> PitrTarget:
+    """A PostgreSQL server archiving its WAL with barman-cloud-wal-archive into an S3 bucket on
+    moto's server (loopback, stopped at the end): PITR needs an S3 archive, and the demo has no
+    cloud."""
+    import shutil
+
+    from sandbox import s3
+    from sandbox.services import ServiceMissing, start_moto, start_postgres, wait_until
+    from tasks.components.postgres_pitr.engines import BarmanCloud, write_credentials_file
+
+    try:
+        moto = start_moto()
+    except ServiceMissing as exc:
+        raise ConfigurationError(f"{exc}: run scripts/setup.sh") from None
+    stack.callback(moto.stop)
+    bucket, _ = s3.make_bucket(moto.url, "klb-demo-pitr-" + secrets.token_hex(3))
+    password = secrets.token_urlsafe(18)
+    target = PitrTarget(
+        port=1,  # set once the server runs
+        password=SecretStr(password),
+        server_name="demo",
+        archive_url=f"s3://{bucket}/wal",
+        endpoint_url=moto.url,
+        region=s3.REGION,
+        aws_access_key_id=SecretStr(s3.KEY_ID),
+        aws_secret_access_key=SecretStr(s3.SECRET),
+    )
+    aws_dir = workdir / "pitr-aws"
+    aws_dir.mkdir(parents=True, exist_ok=True)
+    shutil.chown(aws_dir, "postgres")  # the server's archive_command runs as `postgres`
+    creds = write_credentials_file(target, aws_dir / "credentials", "postgres")
+    archive = BarmanCloud().archive_command(target, creds)
+    service = start_postgres(
+        password,
+        name="demo-postgres-pitr",
+        extra_conf={"archive_mode": "on", "archive_command": "'" + archive.replace("'", "''") + "'"},
+    )
+    stack.callback(service.stop)
+    target = target.model_copy(update={"port": service.port})
+    import psycopg
+
+    dsn = dict(host="127.0.0.1", port=service.port, user="postgres", password=password, autocommit=True)
+    with psycopg.connect(dbname="postgres", **dsn) as conn:
+        conn.execute(SAMPLE_SQL)
+        segment = conn.execute("select pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+        conn.execute("select pg_switch_wal()")
+
+        def archived() -> bool:  # the base backup refuses a server whose archiving never worked
+            row = conn.execute("select last_archived_wal from pg_stat_archiver").fetchone()
+            return (row[0] or "") >= segment
+
+        wait_until(archived, 120, "WAL archiving to the demo's S3", log=service.workdir / "server.log")
+    return target
+
+
+# component -> sets up its sample and returns its target block
 DEMO_SETUPS: dict[str, Callable[[ExitStack, Path], Block]] = {
     "postgres": postgres,
     "kubernetes": kubernetes,
@@ -194,4 +249,5 @@ DEMO_SETUPS: dict[str, Callable[[ExitStack, Path], Block]] = {
     "etcd": etcd,
     "rabbitmq": rabbitmq,
     "app-state": app_state,
+    "postgres-pitr": postgres_pitr,
 }

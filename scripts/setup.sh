@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the project needs on Debian bookworm (as root) and creates .venv from the lock.
+# Installs what the project needs on Debian bookworm (as root), creates .venv from the lock and
+# installs the project into it (the `klb` command).
 # Idempotent: re-running it is cheap. Used by `make demo` and `make test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +51,12 @@ if [ ! -x .venv/bin/python ] || ! cmp -s requirements-dev.lock "$stamp" 2>/dev/n
   # --no-deps: the lock is the full set (barman's `psycopg2` comes as psycopg2-binary)
   .venv/bin/pip install -q --no-deps -r requirements-dev.lock 2> >(grep -v "^WARNING: Location" >&2)
   cp requirements-dev.lock "$stamp"
+fi
+# The project itself, editable (its dependencies are the lock's): gives .venv/bin/klb.
+if [ ! -x .venv/bin/klb ] || ! cmp -s pyproject.toml .venv/.klb-stamp 2>/dev/null; then
+  echo "setup: installing the klb command into .venv"
+  .venv/bin/pip install -q --no-deps -e . 2> >(grep -v "^WARNING: Location" >&2)
+  cp pyproject.toml .venv/.klb-stamp
 fi
 
 # PITR: PostgreSQL runs archive_command/restore_command as the `postgres` OS user, which cannot

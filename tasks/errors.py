@@ -19,6 +19,11 @@ class IntegrityError(BackupError):
     """Stored data does not match its manifest (size, sha256, authentication tag)."""
 
 
+class KeyNotHeld(IntegrityError):
+    """An encrypted object names a key (by id) that the store does not hold: the data may be
+    fine, the store's keys are not (docs/encryption-format.md, key rotation)."""
+
+
 class ConfigurationError(BackupError):
     """A target or store is not configured, unreachable, or refuses our credentials."""
 

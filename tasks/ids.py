@@ -34,7 +34,7 @@ def parse_backup_id(backup_id: str) -> tuple[str, datetime]:
     if not match:
         raise BadInput(
             f"malformed backup id {backup_id[:80]!r}: ids look like "
-            "'postgres-20260115T143000Z-1a2b3c'; list them with `python -m flows.catalog list`"
+            "'postgres-20260115T143000Z-1a2b3c'; list them with `klb backups list`"
         )
     started = datetime.strptime(match["ts"], TS_FORMAT).replace(tzinfo=UTC)
     return match["component"], started

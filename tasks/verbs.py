@@ -15,6 +15,7 @@ from tasks.components.registry import load
 from tasks.errors import BadInput, is_retryable
 from tasks.models import Manifest
 from tasks.storage.catalog import verify_backup
+from tasks.storage.progress import tracking
 from tasks.storage.session import backup_session
 from tasks.table import policy
 
@@ -43,7 +44,10 @@ def backup_component(
 ) -> Manifest:
     """Back up one component: stream into the store, verify, write the manifest last."""
     module = load(component)
-    with backup_session(store, component, labels) as session:
+    with (
+        tracking(f"backup of {component}", f"progress-backup-{component}"),
+        backup_session(store, component, labels) as session,
+    ):
         module.backup(target, session)
         session.commit(retention=policy(component).retention)
     return session.manifest
@@ -93,13 +97,15 @@ def restore_task(
 ) -> dict[str, Any]:
     """Restore a verified backup through the component's own aside/verify/cut-over steps."""
     opts = restore_options(manifest.component, options)
-    return load(manifest.component).restore(target, manifest, store, opts)
+    with tracking(f"restore of {manifest.id}", f"progress-restore-{manifest.component}", manifest.size):
+        return load(manifest.component).restore(target, manifest, store, opts)
 
 
 @task(task_run_name="drill-{component}", cache_policy=NO_CACHE)
 def drill_task(component: str, target: Block, manifest: Manifest, store: StoreBlock, drill_id: str) -> dict:
     """The component's drill: restore into isolation, verify, clean up (always)."""
-    return load(component).drill(target, manifest, store, drill_id)
+    with tracking(f"drill restore of {manifest.id}", f"progress-drill-{component}", manifest.size):
+        return load(component).drill(target, manifest, store, drill_id)
 
 
 @task(task_run_name="drill-cleanup-{component}", cache_policy=NO_CACHE)

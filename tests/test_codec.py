@@ -6,7 +6,7 @@ import pytest
 
 from tasks.errors import BadInput, IntegrityError
 from tasks.models import Compression, Encryption
-from tasks.storage.codec import CHUNK, Decoder, Encoder
+from tasks.storage.codec import CHUNK, HEADER_LEN, Decoder, Encoder
 
 
 def encode(data: bytes, compression: Compression, secret: str | None, step: int = 70_000) -> bytes:
@@ -55,7 +55,7 @@ def test_truncation_at_a_record_boundary_is_caught():
 def test_reordered_records_are_caught():
     blob = encode(os.urandom(3 * CHUNK + 5), Compression.none, "k")
     record = CHUNK + 16
-    header = 8 + 16 + 7
+    header = HEADER_LEN
     r1, r2 = blob[header : header + record], blob[header + record : header + 2 * record]
     swapped = blob[:header] + r2 + r1 + blob[header + 2 * record :]
     with pytest.raises(IntegrityError):

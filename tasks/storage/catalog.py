@@ -88,8 +88,7 @@ def get_backup(store: StoreBlock, backup_id: str, component: str | None = None) 
         return _load(backend_for(store), layout(store).manifest_key(backup_id))
     except NotFound:
         raise NotFound(
-            f"no backup {backup_id} in {store.location}: list backups with "
-            f"`python -m flows.catalog list {id_component}`"
+            f"no backup {backup_id} in {store.location}: list backups with `klb backups list {id_component}`"
         ) from None
 
 

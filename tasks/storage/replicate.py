@@ -28,6 +28,7 @@ from tasks.models import Manifest
 from tasks.storage import object_lock
 from tasks.storage.backends import Backend, backend_for
 from tasks.storage.layout import layout
+from tasks.storage.session import read_keys
 from tasks.storage.stores import load_store
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,11 @@ def _check_keys(source: StoreBlock, dest: StoreBlock) -> None:
         raise ConfigurationError(
             "the DR store block must carry the same client-side encryption key as the primary "
             "(copies are byte-for-byte): set encryption_key on the DR store block"
+        )
+    if not set(read_keys(source)) <= set(read_keys(dest)):  # copies of older backups need theirs
+        raise ConfigurationError(
+            "the DR store block must also hold the primary's previous_encryption_keys (copies of "
+            "backups written before a key rotation are read with them): copy them to the DR block"
         )
     if source.location == dest.location:
         raise ConfigurationError(f"the DR store is the primary store ({dest.location}): point it elsewhere")

@@ -18,7 +18,7 @@ from blocks.store import StoreBlock
 from tasks.errors import BadInput, IntegrityError
 from tasks.ids import check_object_name, new_backup_id, parse_backup_id
 from tasks.models import Compression, Manifest, StoredObject
-from tasks.storage import object_lock
+from tasks.storage import object_lock, progress
 from tasks.storage.backends import Backend, backend_for
 from tasks.storage.codec import Decoder, Encoder, iter_chunks
 from tasks.storage.layout import MANIFEST_NAME, backup_id_of, is_manifest_key, layout
@@ -72,8 +72,8 @@ def sweep_incomplete_writes(
 
 
 def preflight(store: StoreBlock) -> None:
-    """Cheap checks before any engine starts: the key is usable, the bucket answers to us."""
-    _secret(store)
+    """Cheap checks before any engine starts: the keys are usable, the bucket answers to us."""
+    read_keys(store)
     backend_for(store).preflight()
 
 
@@ -88,6 +88,17 @@ def _secret(store: StoreBlock) -> str | None:
     return secret
 
 
+def read_keys(store: StoreBlock) -> list[str]:
+    """Every key the store can read with: the current one first, then the older ones."""
+    keys = [s for s in [_secret(store)] if s]
+    for old in store.previous_encryption_keys:
+        secret = old.get_secret_value()
+        if not secret:
+            raise BadInput("an entry of the store's previous_encryption_keys is empty: remove it")
+        keys.append(secret)
+    return keys
+
+
 def write_object(
     store: StoreBlock,
     key: str,
@@ -97,10 +108,14 @@ def write_object(
     meta: dict[str, Any] | None = None,
     backend: Backend | None = None,
     lock_until: datetime | None = None,
+    tracker: progress.Progress | None = None,
 ) -> StoredObject:
     """Stream `source` (iterable of bytes or file-like) into `key`. Memory stays bounded.
-    `lock_until`: retain-until of the object on a store that locks (S3 Object Lock)."""
+    `lock_until`: retain-until of the object on a store that locks (S3 Object Lock).
+    `tracker` (default: the flow's, tasks/storage/progress.py) counts the raw bytes streamed."""
     backend = backend or backend_for(store)
+    tracker = tracker or progress.current()
+    tick = progress.ticker(tracker)
     kind = compression or store.compression
     encoder = Encoder(kind, _secret(store), store.compression_level)
     writer = backend.open_writer(key, lock_until=lock_until)
@@ -109,11 +124,14 @@ def write_object(
             out = encoder.update(chunk)
             if out:
                 writer.write(out)
+            tick(len(chunk))
         writer.write(encoder.finish())
         version_id = writer.commit()
     except BaseException:
         writer.abort()
         raise
+    if tracker:
+        tracker.object_done()
     return StoredObject(
         name=name,
         key=key,
@@ -134,12 +152,19 @@ def read_object(store: StoreBlock, obj: StoredObject, backend: Backend | None = 
     The stored sha256 can only be known at the end: consumers must treat the stream as
     untrusted until it is exhausted (restore aside, then cut over).
     """
+    # the flow's progress is captured now: the stream is often consumed in a feeder thread
+    return _read_object(store, obj, backend, progress.current())
+
+
+def _read_object(store: StoreBlock, obj: StoredObject, backend: Backend | None, tracker) -> Iterator[bytes]:
     backend = backend or backend_for(store)
-    decoder = Decoder(obj.compression, obj.encryption, _secret(store))
+    tick = progress.ticker(tracker)
+    decoder = Decoder(obj.compression, obj.encryption, read_keys(store))
     for chunk in backend.read(obj.key, obj.version_id):
         if decoder.size + len(chunk) > obj.size:
             raise IntegrityError(f"{obj.key} is larger than its manifest says ({obj.size} bytes)")
         out = _named(obj, decoder.update, chunk)
+        tick(len(chunk))
         if out:
             yield out
     tail = _named(obj, decoder.finish)
@@ -147,6 +172,8 @@ def read_object(store: StoreBlock, obj: StoredObject, backend: Backend | None = 
     if tail:
         yield tail
     _check(obj, decoder, raw=True)
+    if tracker:
+        tracker.object_done()
 
 
 def _named(obj: StoredObject, step, *args):
@@ -154,7 +181,7 @@ def _named(obj: StoredObject, step, *args):
     try:
         return step(*args)
     except IntegrityError as exc:
-        raise IntegrityError(f"{obj.key}: {exc}") from None
+        raise type(exc)(f"{obj.key}: {exc}") from None  # keep the kind (KeyNotHeld is not damage)
 
 
 def _check(obj: StoredObject, decoder: Decoder, raw: bool = False) -> None:
@@ -172,7 +199,7 @@ def _check(obj: StoredObject, decoder: Decoder, raw: bool = False) -> None:
 
 def verify_object(store: StoreBlock, obj: StoredObject, backend: Backend | None = None) -> None:
     """Read `obj` whole and check it; returns only if every byte matches."""
-    for _ in read_object(store, obj, backend):
+    for _ in _read_object(store, obj, backend, None):  # a check, not progress of the restore
         pass
 
 
@@ -204,6 +231,7 @@ class BackupSession:
         self.source_time: datetime | None = None
         self.labels = dict(labels or {})
         self.manifest: Manifest | None = None
+        self.progress = progress.current()  # writes may come from engine threads: keep it here
 
     @property
     def prefix(self) -> str:
@@ -223,7 +251,9 @@ class BackupSession:
         key = self.layout.object_key(self.id, name)
         # locked from the first byte; commit lengthens it to the backup's exact expiry
         until = object_lock.lock_until(self.store, datetime.now(UTC) + (self.retention or timedelta()))
-        obj = write_object(self.store, key, source, name, compression, meta, self.backend, until)
+        obj = write_object(
+            self.store, key, source, name, compression, meta, self.backend, until, self.progress
+        )
         self.objects.append(obj)
         log.info("stored %s (%d bytes, sha256 %s)", key, obj.size, obj.sha256[:12])
         return obj

@@ -319,7 +319,7 @@ BAD_INPUTS = [
         lambda w: w.restore(
             backup_id=w.enc_id, store=w.enc_store.model_copy(update={"encryption_key": SecretStr("other")})
         ),
-        "IntegrityError",
+        "KeyNotHeld",  # an IntegrityError: the object names a key this store does not hold
         "decryption failed: the encryption key is wrong",
     ),
     Bad(

@@ -12,6 +12,7 @@ from typing import Any
 from blocks.kubernetes import VeleroTarget
 from tasks.components.kubernetes.api import Kube, connect
 from tasks.errors import ComponentFailed, ConfigurationError, NotFound
+from tasks.storage.progress import interval_seconds
 
 log = logging.getLogger(__name__)
 GROUP, VERSION = "velero.io", "v1"
@@ -100,11 +101,17 @@ def get_backup_cr(k: Kube, target: VeleroTarget, name: str) -> dict[str, Any]:
 def _wait(
     k: Kube, target: VeleroTarget, plural: str, name: str, terminal: set[str], timeout: float
 ) -> tuple[dict[str, Any], bool]:
-    """Poll until a terminal phase; -> (object, finished)."""
+    """Poll until a terminal phase; -> (object, finished). Logs phase and item progress when they
+    change, at most every KLB_PROGRESS_SECONDS, so a long wait is not silent until its timeout."""
     deadline = time.monotonic() + timeout
+    said, said_at = "", 0.0
     while True:
         obj = _call(k, f"read Velero {plural} {name}", "get", plural, target.namespace, name)
         phase = (obj.get("status") or {}).get("phase")
+        text = _status_text(obj)
+        if text != said and time.monotonic() - said_at >= interval_seconds():
+            log.info("Velero %s %s: %s", plural.rstrip("s"), name, text)
+            said, said_at = text, time.monotonic()
         if phase in terminal:
             return obj, True
         if time.monotonic() >= deadline:

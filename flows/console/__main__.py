@@ -1,0 +1,7 @@
+"""`python -m flows.console` = `klb`."""
+
+import sys
+
+from flows.console import main
+
+sys.exit(main())

@@ -1,0 +1,55 @@
+"""What is known about one backup: verified, damaged or unverified, and since when.
+
+The ONE place `klb` asks this (status, backups list, describe), so it can be pointed at the
+per-backup "what is known" record of issue 15 once that lands. Until then the knowledge is: the
+manifest's `verified_at` (every object read back and checked after the write) and a manifest
+that does not load (damaged); a damaged object is found by `klb verify`, whose result issue 15's
+record will keep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from blocks.store import StoreBlock
+from tasks.errors import IntegrityError, NotFound
+from tasks.models import Manifest
+from tasks.storage.backends import backend_for
+from tasks.storage.catalog import get_backup, list_backups
+from tasks.storage.layout import backup_id_of, is_manifest_key, layout
+
+
+@dataclass
+class Known:
+    status: str  # "verified" | "damaged" | "unverified"
+    when: datetime | None = None
+    detail: str = ""
+
+
+def known_state(store: StoreBlock, manifest: Manifest) -> Known:
+    if manifest.verified_at is not None:
+        return Known("verified", manifest.verified_at, "read back and checked after the write")
+    return Known("unverified", None, "never read back")
+
+
+def damaged_backups(store: StoreBlock, component: str, good: list[Manifest]) -> dict[str, str]:
+    """backup id -> why, for backups whose manifest exists but does not load (the catalog skips
+    them; an operator must see them)."""
+    seen = {m.id for m in good}
+    out: dict[str, str] = {}
+    for key in backend_for(store).list_keys(layout(store).component_dir(component)):
+        backup_id = backup_id_of(key)
+        if not is_manifest_key(key) or backup_id is None or backup_id in seen:
+            continue
+        try:
+            get_backup(store, backup_id, component)
+        except (IntegrityError, NotFound) as exc:
+            out[backup_id] = str(exc)
+    return out
+
+
+def backups_of(store: StoreBlock, component: str) -> tuple[list[Manifest], dict[str, str]]:
+    """(loadable manifests oldest first, damaged id -> why)."""
+    good = list_backups(store, component)
+    return good, damaged_backups(store, component, good)

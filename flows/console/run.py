@@ -1,0 +1,115 @@
+"""`klb backup|restore|drill|plan`: run the flow here, or (`--deployment`) trigger its deployment
+through the Prefect API and follow it to its end.
+
+A triggered run carries an idempotency key: the same command given twice within the same minute
+(a retried call, a double Enter) attaches to the first run instead of starting a second one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from tasks.errors import BadInput
+
+# flow name / deployment name (prefect.yaml) per console verb
+BACKUP_ONE = "backup-component/backup-{component}"
+BACKUP_ALL = "backup-all/backup-now"
+RESTORE = "restore-component/restore"
+DRILL = "restore-drill/restore-drill-monthly"
+
+
+def idempotency_key(deployment: str, parameters: dict[str, Any], given: str | None = None) -> str:
+    if given:
+        return given
+    body = json.dumps([deployment, parameters], sort_keys=True, default=str)
+    minute = datetime.now(UTC).strftime("%Y%m%dT%H%M")
+    return f"klb-{hashlib.sha256(body.encode()).hexdigest()[:16]}-{minute}"
+
+
+def trigger(deployment: str, parameters: dict[str, Any], key: str | None, say) -> tuple[str, bool]:
+    """Create (or attach to) the deployment's run, follow it until it is final: (summary, ok)."""
+    from prefect.deployments import run_deployment
+
+    idem = idempotency_key(deployment, parameters, key)
+    say(f"klb: triggering deployment {deployment} (idempotency key {idem}) and following it ...")
+    try:
+        run = run_deployment(
+            deployment, parameters=parameters, idempotency_key=idem, timeout=None, as_subflow=False
+        )
+    except Exception as exc:  # ObjectNotFound, unreachable API: say what to do
+        if "not found" in str(exc).lower() or type(exc).__name__ == "ObjectNotFound":
+            raise BadInput(
+                f"no deployment {deployment!r} on the Prefect server: deploy prefect.yaml "
+                "(`prefect deploy --all`, docs/deployments.md), or run here without --deployment"
+            ) from None
+        raise
+    state = run.state
+    ok = bool(state and state.is_completed())
+    return f"flow run {run.name} ({run.id}): {state.name if state else 'unknown'}", ok
+
+
+def backup(store_ref: str | None, component: str | None, target: str | None) -> tuple[str, bool]:
+    from flows.backup import backup_all, backup_component
+
+    if component:
+        r = backup_component(component, target, store_ref, return_state=True)
+        if not r.is_completed():
+            return f"backup of {component} FAILED: {_message(r)}", False
+        res = r.result()
+        return f"{res.id}  {res.size} bytes stored  {'verified' if res.verified else 'unverified'}", True
+    r = backup_all(store=store_ref, return_state=True)
+    lines, ok = [], r.is_completed()
+    if ok:
+        res = r.result()
+        lines += [f"{n:14} {b.id}" for n, b in res.backups.items()]
+        lines += [f"{n:14} not configured: {e.splitlines()[0]}" for n, e in res.not_configured.items()]
+    else:
+        lines.append(f"backup FAILED: {_message(r)}")
+    return "\n".join(lines), ok
+
+
+def restore(
+    store_ref: str | None, component: str, backup_id: str, target: str | None, options: dict | None
+) -> tuple[str, bool]:
+    from flows.restore import restore_component
+
+    r = restore_component(component, backup_id, target, store_ref, options, return_state=True)
+    if not r.is_completed():
+        return f"restore of {component} FAILED (the target was not cut over): {_message(r)}", False
+    res = r.result()
+    return f"restored {component} from {res['backup_id']}", True
+
+
+def drill(store_ref: str | None, components: list[str] | None) -> tuple[str, bool]:
+    from flows.drill import drill_report_text, last_drill_report, restore_drill
+
+    r = restore_drill(components=components or None, store=store_ref, return_state=True)
+    if r.is_completed():
+        return drill_report_text(r.result()), True
+    try:
+        return last_drill_report(store_ref) + f"\n{_message(r)}", False
+    except Exception:
+        return f"drill FAILED: {_message(r)}", False
+
+
+def plan(
+    store_ref: str | None, recovery_point: str | None, backup_id: str | None, components: list[str] | None
+) -> tuple[str, bool]:
+    from flows.recovery import restore_plan
+    from tasks.operations.plan import RestorePlan, plan_markdown
+
+    r = restore_plan(recovery_point, backup_id, components or None, None, store_ref, return_state=True)
+    if not r.is_completed():
+        return f"plan FAILED: {_message(r)}", False
+    return plan_markdown(RestorePlan.model_validate(r.result()), "Restore plan (dry run)"), True
+
+
+def _message(state) -> str:
+    try:
+        state.result()
+    except Exception as exc:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return state.message or state.name

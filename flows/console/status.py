@@ -1,0 +1,126 @@
+"""`klb status`: per component, is the newest good backup within its schedule interval, how big,
+when verified, what the last drill proved (RTO/RPO), and what is not configured."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from blocks.store import StoreBlock
+from flows.console.fmt import age, ago, every, human_bytes, table
+from flows.console.known import backups_of, known_state
+from tasks.components.registry import SPECS, load_target
+from tasks.errors import BackupError
+from tasks.operations.drills import DrillRecord, list_drill_records
+from tasks.storage.catalog import from_the_future
+from tasks.storage.codec import key_id
+from tasks.storage.session import read_keys
+from tasks.table import policy
+
+# a scheduled backup takes time and a worker may start it late: overdue once it is this much later
+GRACE = 0.25
+
+
+@dataclass
+class ComponentStatus:
+    component: str
+    interval: timedelta
+    newest: str = "-"
+    age_seconds: float | None = None
+    size: int | None = None
+    verified: str = "-"
+    drill: str = "no drill recorded"
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    configured: bool = True
+
+    @property
+    def state(self) -> str:
+        if self.problems:
+            return "; ".join(self.problems)
+        return "ok" if self.configured or self.newest != "-" else "not configured"
+
+
+def _configured(component: str) -> str | None:
+    """None when a target is configured (default block/env), else why not (first line)."""
+    try:
+        load_target(component, None)
+    except BackupError as exc:
+        return str(exc).splitlines()[0].split(". ")[0]  # its first sentence: status is a summary
+    except Exception as exc:  # e.g. the Prefect API is not reachable to load the named block
+        return f"could not check: {type(exc).__name__}: {str(exc)[:120]}"
+    return None
+
+
+def _drill_line(component: str, drills: list[DrillRecord]) -> str:
+    for rec in reversed(drills):  # the newest drill that covered this component
+        for c in rec.components:
+            if c.component == component and c.status.value != "not covered":
+                rto = age(c.rto_seconds)
+                rpo = age(c.rpo_age_seconds)
+                return f"{c.status.value} {ago(rec.started_at)} (drill {rec.id}, RTO {rto}, RPO {rpo})"
+    return "no drill covered it"
+
+
+def component_status(
+    store: StoreBlock, component: str, drills: list[DrillRecord], now: datetime
+) -> ComponentStatus:
+    pol = policy(component)
+    st = ComponentStatus(component, pol.interval)
+    backups, damaged = backups_of(store, component)
+    usable = [m for m in backups if not from_the_future(m, now)]
+    good = [m for m in usable if known_state(store, m).status != "damaged"]
+    not_configured = _configured(component)
+    st.configured = not not_configured
+    if not_configured:
+        st.notes.append(f"target not configured: {not_configured}")
+    if good:
+        newest = good[-1]
+        known = known_state(store, newest)
+        st.newest, st.size = newest.id, newest.size
+        st.age_seconds = (now - newest.source_time).total_seconds()
+        st.verified = f"{known.status} {ago(known.when, now)}" if known.when else known.status
+        if st.age_seconds > pol.interval.total_seconds() * (1 + GRACE):
+            st.problems.append(f"OVERDUE (every {every(pol.interval)})")
+    elif not not_configured:
+        st.problems.append("OVERDUE (no good backup)")
+    if damaged:
+        st.problems.append(f"DAMAGED: {len(damaged)} backup(s) ({', '.join(sorted(damaged))})")
+    st.drill = _drill_line(component, drills)
+    return st
+
+
+def status(store: StoreBlock, components: list[str] | None = None) -> tuple[str, bool]:
+    """(report text, healthy)."""
+    now = datetime.now(UTC)
+    drills = list_drill_records(store)
+    rows = [("COMPONENT", "EVERY", "NEWEST GOOD BACKUP", "AGE", "SIZE", "VERIFIED", "LAST DRILL", "STATE")]
+    notes: list[str] = []
+    healthy = True
+    for name in components or list(SPECS):
+        st = component_status(store, name, drills, now)
+        healthy = healthy and not st.problems
+        rows.append(
+            (
+                name,
+                every(st.interval),
+                st.newest,
+                age(st.age_seconds),
+                human_bytes(st.size) if st.size is not None else "-",
+                st.verified,
+                st.drill,
+                st.state,
+            )
+        )
+        notes += [f"{name}: {n}" for n in st.notes]
+    lines = [table(rows)]
+    ids = [key_id(k) for k in read_keys(store)]
+    if ids:
+        writes = f"writes with key {ids[0]}" if store.encryption_key else "writes unencrypted"
+        lines.append(f"encryption: {writes}; reads keys {', '.join(ids)}")
+    if drills:
+        last = drills[-1]
+        verdict = "PASSED" if last.passed else "FAILED: " + "; ".join(last.failures)[:200]
+        lines.append(f"last drill: {last.id} {ago(last.started_at, now)}: {verdict}")
+    lines += notes
+    return "\n".join(lines), healthy

@@ -1,0 +1,239 @@
+"""`klb`: each command's output and exit code against a real store (and, for the commands that
+run flows, the session's Prefect server)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from blocks.store import LocalStore
+from flows.console import OK, PROBLEM, UNUSABLE, main
+from tasks.storage.backends import backend_for
+from tasks.storage.catalog import list_backups
+from tasks.storage.layout import layout
+from tasks.storage.session import backup_session
+from tests.console_helpers import app_target, files, sample_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> LocalStore:
+    """The default store `klb` uses with no --store: $KLB_STORE_DIR."""
+    monkeypatch.delenv("KLB_STORE", raising=False)
+    monkeypatch.setenv("KLB_STORE_DIR", str(tmp_path / "store"))
+    return LocalStore()
+
+
+def klb(capsys, *argv: str) -> tuple[int, list[str], str]:
+    capsys.readouterr()
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out.splitlines(), out.err
+
+
+def put_backup(store, component: str, age: timedelta = timedelta(0), data: bytes = b"x" * 5000):
+    with backup_session(store, component, {"batch": "test"}) as s:
+        s.write("data", [data])
+        s.source_time = datetime.now(UTC) - age
+        return s.commit(retention=timedelta(days=14))
+
+
+def row(lines: list[str], first: str) -> str:
+    found = [line for line in lines if line.split()[:1] == [first]]
+    assert found, f"no row for {first} in:\n" + "\n".join(lines)
+    return found[0]
+
+
+def test_status_fresh_backup_is_ok_and_unconfigured_components_say_so(store, capsys):
+    put_backup(store, "app-state")
+    code, lines, _ = klb(capsys, "status")
+    assert code == OK
+    assert lines[0] == f"store: {store.location} (default local store ($KLB_STORE_DIR))"
+    assert lines[1].split()[:3] == ["COMPONENT", "EVERY", "NEWEST"]
+    app = row(lines, "app-state")
+    assert "4h" in app and "verified" in app and app.endswith("ok")
+    assert row(lines, "etcd").endswith("not configured")
+    assert any(line.startswith("etcd: target not configured") for line in lines)
+    for component in ("postgres", "kubernetes", "volumes", "etcd", "rabbitmq", "app-state", "postgres-pitr"):
+        row(lines, component)
+
+
+def test_status_overdue_component_exits_1(store, capsys):
+    put_backup(store, "app-state", age=timedelta(hours=6))  # every 4 h (+25 % grace)
+    put_backup(store, "etcd")
+    code, lines, _ = klb(capsys, "status")
+    assert code == PROBLEM
+    assert "OVERDUE (every 4h)" in row(lines, "app-state")
+    assert row(lines, "app-state").split()[3] == "6h"  # the AGE column
+    assert row(lines, "etcd").endswith("ok")
+    code, lines, _ = klb(capsys, "status", "etcd")  # only the components asked about
+    assert code == OK and [line.split()[0] for line in lines[2:3]] == ["etcd"]
+
+
+def test_damaged_backup_shows_in_status_and_list_and_exits_1(store, capsys):
+    good = put_backup(store, "app-state")
+    bad = put_backup(store, "app-state")
+    backend = backend_for(store)
+    key = layout(store).manifest_key(bad.id)
+    backend.put_bytes(key, backend.get_bytes(key).replace(b'"size"', b'"sizes"', 1))
+    code, lines, _ = klb(capsys, "status", "app-state")
+    assert code == PROBLEM
+    assert f"DAMAGED: 1 backup(s) ({bad.id})" in row(lines, "app-state")
+    assert good.id in row(lines, "app-state")  # the newest GOOD backup
+    code, lines, _ = klb(capsys, "backups", "list", "app-state")
+    assert code == OK
+    assert "damaged: manifest unreadable" in row(lines, bad.id)
+    assert "verified" in row(lines, good.id)
+
+
+def test_backups_list_shows_every_column(store, capsys):
+    m = put_backup(store, "etcd", age=timedelta(minutes=90))
+    code, lines, err = klb(capsys, "backups", "list")
+    assert code == OK and "EventsWorker" not in err
+    assert lines[1].split() == ["ID", "KIND", "TIME", "AGE", "SIZE", "STATUS", "EXPIRES"]
+    cells = row(lines, m.id).split()
+    assert cells[1] == "test"  # the kind: its batch label
+    assert cells[2] == m.source_time.strftime("%Y-%m-%d")
+    assert cells[4] == "1h30m"
+    assert "verified" in cells and "ago" in cells
+    assert m.expires_at.strftime("%Y-%m-%d") in row(lines, m.id)
+    code, lines, _ = klb(capsys, "backups", "list", "postgres")
+    assert code == OK and lines[1:] == ["no backups"]
+
+
+def test_backups_describe_is_a_readable_summary(store, capsys):
+    m = put_backup(store, "app-state")
+    code, lines, _ = klb(capsys, "backups", "describe", m.id)
+    text = "\n".join(lines)
+    assert code == OK
+    assert f"backup      {m.id}" in text and "component   app-state" in text
+    assert "1 object(s)" in text and "status      verified" in text
+    assert "data" in text and m.objects[0].sha256[:16] in text
+    assert "batch=test" in text
+    missing = m.id[:-6] + "000000"
+    code, lines, err = klb(capsys, "backups", "describe", missing)
+    assert code == UNUSABLE and f"no backup {missing}" in err and "klb backups list" in err
+
+
+def test_verify_passes_then_finds_a_damaged_object(store, capsys):
+    m = put_backup(store, "app-state")
+    code, lines, _ = klb(capsys, "verify", m.id)
+    assert code == OK and row(lines, m.id).endswith("verified")
+    code, lines, _ = klb(capsys, "verify")  # no id: the newest of each component
+    assert code == OK and row(lines, m.id).endswith("verified")
+    path = Path(store.path) / m.objects[0].key
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 1
+    path.write_bytes(bytes(blob))
+    code, lines, _ = klb(capsys, "verify", m.id)
+    assert code == PROBLEM and "DAMAGED" in row(lines, m.id)
+
+
+def test_bad_input_exits_2_and_changes_nothing(store, capsys):
+    m = put_backup(store, "app-state")
+    code, _, err = klb(capsys, "restore", "app-state", m.id)
+    assert code == UNUSABLE and "--yes" in err
+    code, _, err = klb(capsys, "restore", "app-state", m.id, "--yes", "--options", "[1]")
+    assert code == UNUSABLE and "--options must be a JSON object" in err
+    with pytest.raises(SystemExit) as exc:
+        main(["backups", "list", "not-a-component"])
+    assert exc.value.code == 2
+    assert [b.id for b in list_backups(store, "app-state")] == [m.id]
+
+
+def test_the_installed_command_is_quiet(store, tmp_path):
+    """`klb` as a process: the store header and the table on stdout, nothing on stderr (no
+    Prefect EventsWorker warning)."""
+    put_backup(store, "app-state")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.console", "backups", "list"], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"store: {store.location}")
+    assert proc.stderr == ""
+    alias = subprocess.run(
+        [sys.executable, "-m", "flows.catalog", "list", "app-state"], capture_output=True, text=True, env=env
+    )
+    ids = [line.split()[0] for line in proc.stdout.splitlines()[1:]]  # ages move on between runs
+    assert alias.returncode == 0 and [line.split()[0] for line in alias.stdout.splitlines()[1:]] == ids
+
+
+# ---- commands that run flows (the session's Prefect server) -----------------------------------
+
+
+@pytest.fixture
+def saved(prefect_server, tmp_path, store):
+    """A saved app-state target block and a saved store block pointing at the same store."""
+    src = sample_dir(tmp_path, size=200_000)
+    target = app_target(src, tmp_path / "restored")
+    name = "console-" + secrets.token_hex(4)
+    target.save(name)
+    LocalStore(path=store.path).save(name)
+    return {"target": name, "store": name, "src": src, "dest": tmp_path / "restored"}
+
+
+def test_backup_restore_drill_and_plan_run_here(saved, store, capsys):
+    code, lines, _ = klb(
+        capsys, "--store", saved["store"], "backup", "app-state", "--target", saved["target"]
+    )
+    assert code == OK and lines[0] == f"store: {store.location} (--store)"
+    backup_id = lines[1].split()[0]
+    assert backup_id.startswith("app-state-") and lines[1].endswith("verified")
+
+    code, lines, _ = klb(capsys, "plan", "app-state", "--backup-id", backup_id)
+    assert code == OK and backup_id in "\n".join(lines)
+
+    code, lines, _ = klb(capsys, "restore", "app-state", backup_id, "--target", saved["target"], "--yes")
+    assert code == OK and lines[1] == f"restored app-state from {backup_id}"
+    assert files(saved["dest"]) == files(saved["src"])
+
+    os.environ["KLB_APP_STATE_TARGET"] = saved["target"]  # the drill uses the default target
+    try:
+        code, lines, _ = klb(capsys, "drill", "app-state")
+        assert code == OK and "verified" in row(lines, "app-state")
+        code, lines, _ = klb(capsys, "status", "app-state")
+        assert code == OK
+        assert "verified" in row(lines, "app-state").split("(drill")[0]
+        assert "RTO" in row(lines, "app-state") and "RPO" in row(lines, "app-state")
+    finally:
+        del os.environ["KLB_APP_STATE_TARGET"]
+
+
+def test_failed_backup_exits_1(saved, store, capsys, tmp_path):
+    from blocks.app_state import AppStateStep, AppStateTarget
+
+    broken = "broken-" + secrets.token_hex(4)
+    AppStateTarget(steps=[AppStateStep(name="x", backup_command=["false"], restore_command=["true"])]).save(
+        broken
+    )
+    code, lines, _ = klb(capsys, "backup", "app-state", "--target", broken)
+    assert code == PROBLEM and "backup of app-state FAILED" in lines[1]
+
+
+def test_unknown_store_block_exits_2(saved, capsys):
+    code, _, err = klb(capsys, "--store", "no-such-store-" + secrets.token_hex(3), "status")
+    assert code == UNUSABLE and "no store block named" in err
+
+
+def test_deployment_that_does_not_exist_is_a_clear_error(saved, capsys):
+    code, _, err = klb(capsys, "backup", "app-state", "--deployment", "--idempotency-key", "k1")
+    assert code == UNUSABLE
+    assert "no deployment 'backup-component/backup-app-state'" in err and "prefect deploy" in err
+
+
+def test_idempotency_key_is_stable_for_the_same_command():
+    from flows.console.run import idempotency_key
+
+    a = idempotency_key("restore-component/restore", {"component": "etcd", "backup_id": "latest"})
+    b = idempotency_key("restore-component/restore", {"backup_id": "latest", "component": "etcd"})
+    c = idempotency_key("restore-component/restore", {"component": "etcd", "backup_id": "x"})
+    assert a == b != c and a.startswith("klb-")
+    assert idempotency_key("x", {}, "given") == "given"
