@@ -53,7 +53,7 @@ class Cluster:
 
 def start_cluster(workdir: Path, rbac: list[dict]) -> Cluster:
     """An emulated cluster with the apps, Velero, and `rbac` applied; a flow-runner kubeconfig."""
-    from tests.test_velero import seed_app
+    from tests.k8s_helpers import seed_app
 
     api = start_kube_api(workdir)
     for ns in APP_NAMESPACES:

@@ -95,6 +95,17 @@ def _params(fn: Any) -> list[str]:
     return [p.name for p in inspect.signature(fn).parameters.values() if p.name != "self"]
 
 
+def _required_extras(fn: Any, contract_params: list[str]) -> list[str]:
+    """Parameters beyond the contract's that a caller of the contract could not leave out."""
+    return [
+        p.name
+        for p in inspect.signature(fn).parameters.values()
+        if p.name not in contract_params
+        and p.default is inspect.Parameter.empty
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+
+
 def check_contract(module: ModuleType, target_block: str | None = None) -> list[str]:
     """Every way `module` falls short of `Component`, as sentences that say what to add; [] if none."""
     name = module.__name__
@@ -106,7 +117,8 @@ def check_contract(module: ModuleType, target_block: str | None = None) -> list[
             continue
         want = _params(getattr(Component, verb))
         got = _params(fn)
-        if got != want:
+        # the contract's parameters first, in its order; anything more must be optional
+        if got[: len(want)] != want or _required_extras(fn, want):
             problems.append(f"{name}.{verb}: parameters {got}, the contract says {want}")
     target = getattr(module, "Target", None)
     if not (isinstance(target, type) and issubclass(target, Block)):
