@@ -26,7 +26,7 @@ import yaml
 from blocks.kubernetes import VeleroTarget
 from tasks.components.kubernetes import api as kube
 from tasks.components.kubernetes.api import Kube
-from tasks.errors import ComponentFailed, ConfigurationError, NotFound, TransientError
+from tasks.errors import ComponentFailed, NotFound, TransientError
 
 log = logging.getLogger(__name__)
 HELPER_LABEL = "klb.io/restore-helper"
@@ -108,7 +108,7 @@ def _waits_for_consumer(k: Kube, storage_class: str | None, cache: dict[str, boo
                 storage_class,
             )
             cache[storage_class] = cls.volume_binding_mode == "WaitForFirstConsumer"
-        except (NotFound, ConfigurationError) as exc:  # unknown or not readable: wait for it
+        except NotFound as exc:  # a class that is gone binds nothing new: wait and say so
             log.warning("storage class %s: %s", storage_class, exc)
             cache[storage_class] = False
     return cache[storage_class]
@@ -127,13 +127,12 @@ def wait_bound(
         for ns, name in list(pending):
             pvc = k.call(f"read PVC {ns}/{name}", k.core.read_namespaced_persistent_volume_claim, name, ns)
             phase = pvc.status.phase if pvc.status else None
+            # every claim's binding mode is read (once per class), so a missing permission shows
+            # on the first restore, not only on the day a claim waits for its first consumer
+            waits = _waits_for_consumer(k, pvc.spec.storage_class_name, cache)
             if phase == "Bound":
                 del pending[(ns, name)]
-            elif (
-                phase == "Pending"
-                and not pvc.spec.volume_name
-                and _waits_for_consumer(k, pvc.spec.storage_class_name, cache)
-            ):
+            elif phase == "Pending" and not pvc.spec.volume_name and waits:
                 consumer.append(f"{ns}/{name}")
                 del pending[(ns, name)]
         return not pending
