@@ -12,11 +12,11 @@ from pydantic import BaseModel
 from blocks.store import StoreBlock
 from flows.common import load_store, result_storage
 from flows.locks import component_lock
-from tasks.components.registry import SPECS, ComponentName, load_target
-from tasks.errors import ConfigurationError
+from tasks.components.registry import SPECS, BackupKind, ComponentName, load_target
+from tasks.errors import BadInput, ConfigurationError
 from tasks.markdown import fields_table
 from tasks.metrics import tracked
-from tasks.models import Manifest
+from tasks.models import KIND_LABEL, Manifest
 from tasks.operations.recovery import LABEL, new_recovery_point_id, write_recovery_point
 from tasks.storage.replicate import dr_configured, replicate_task
 from tasks.storage.session import preflight
@@ -47,6 +47,28 @@ class BackupResult(BaseModel):
         )
 
 
+def _kind_of_this_run() -> BackupKind:
+    """scheduled when a deployment's schedule started this run, on-demand otherwise."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    try:
+        if flow_run.id and flow_run.deployment_id:
+            with get_client(sync_client=True) as client:
+                if client.read_flow_run(flow_run.id).auto_scheduled:
+                    return BackupKind.scheduled
+    except Exception as exc:  # the kind is a label: never fail a backup over it
+        get_run_logger().warning("could not tell whether a schedule started this run: %s", exc)
+    return BackupKind.on_demand
+
+
+def _labels(labels: dict[str, str] | None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The caller's labels; `kind` (why it was taken) defaults to this run's."""
+    out = {**(labels or {}), **(extra or {})}
+    out.setdefault(KIND_LABEL, _kind_of_this_run().value)
+    return out
+
+
 def _backup(component: str, target, store, labels) -> tuple[Manifest, BackupResult]:
     with tracked("backup", component) as run:  # metrics: failures are pushed too (try/finally)
         preflight(store)  # a bad bucket, key or credentials fail here, before any engine starts
@@ -74,7 +96,7 @@ def backup_component(
     """Back up one component into the store. `target`/`store` are block names; empty = defaults."""
     component = ComponentName(component).value
     store_block = load_store(store)
-    result = _run_backup(component, load_target(component, target), store_block, labels)
+    result = _run_backup(component, load_target(component, target), store_block, _labels(labels))
     get_run_logger().info("backup %s stored at %s", result.id, result.location)
     create_markdown_artifact(
         key=f"backup-{component}",
@@ -97,8 +119,13 @@ def backup_all(
     targets: dict[str, str | Block] | None = None,
     store: str | StoreBlock | None = None,
 ) -> BackupAllResult:
-    """Back up every configured component (or the listed ones). Fails if any backup failed."""
+    """Back up every configured component (or the listed ones). Fails if any backup failed, or
+    if none is configured (a run that backs up nothing must not look like a success)."""
     logger = get_run_logger()
+    if components is not None and not components:
+        raise BadInput(
+            "components=[] names no component: leave it out for every configured one, or name some"
+        )
     store_block = load_store(store)
     names = [ComponentName(c).value for c in components] if components else list(SPECS)
     result = BackupAllResult(backups={}, not_configured={}, failed={})
@@ -113,7 +140,7 @@ def backup_all(
                 result.not_configured[name] = str(exc)
             continue
         try:
-            labels = {"batch": "backup-all", LABEL: rp_id}
+            labels = _labels({"batch": "backup-all", LABEL: rp_id})
             manifests[name], result.backups[name] = _backup(name, target, store_block, labels)
         except Exception as exc:
             logger.error("backup of %s failed: %s", name, exc)
@@ -132,4 +159,10 @@ def backup_all(
     )
     if result.failed:
         raise RuntimeError(f"backups failed: {', '.join(result.failed)}")
+    if not result.backups:
+        raise ConfigurationError(
+            "backup-all found no configured component, so nothing was backed up: configure the "
+            "targets (docs/deployments.md, scripts/create_blocks.py) or name the components. "
+            + "; ".join(f"{n}: {e.splitlines()[0]}" for n, e in result.not_configured.items())
+        )
     return result

@@ -15,7 +15,7 @@ from flows.locks import component_lock
 from tasks.components.registry import ComponentName, load_target
 from tasks.metrics import tracked
 from tasks.storage.catalog import get_backup
-from tasks.verbs import restore_task, verify_task
+from tasks.verbs import restore_options, restore_task, verify_task
 
 
 @flow(name="restore-component")
@@ -29,6 +29,7 @@ def restore_component(
     """Restore one component from a backup id (or 'latest'). Refuses a corrupted backup before
     the target is touched."""
     component = ComponentName(component).value
+    restore_options(component, options)  # a typo or an empty selection fails before anything
     with tracked("restore", component) as run:  # metrics: failures are pushed too (try/finally)
         store_block = load_store(store)
         manifest = get_backup(store_block, backup_id, component)
