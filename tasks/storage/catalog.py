@@ -175,17 +175,28 @@ def latest_backup(store: StoreBlock, component: str) -> Manifest:
             + (f" other than safety/forensic ones ({', '.join(others)}; restore one by id)" if others else "")
             + f": run backup_component('{component}') first"
         )
+    return _not_damaged(store, component, usable, {m.id for m in backups})
+
+
+def _not_damaged(
+    store: StoreBlock, component: str, usable: list[Manifest], loaded: set[str], until: datetime | None = None
+) -> Manifest:
+    """The newest of `usable`, unless it, or a newer backup whose manifest cannot be read (started
+    by `until`), is known damaged: then IntegrityError naming it and the fallback."""
     newest = usable[-1]
     damaged = {i: h for i, h in health_of(store, component).items() if h.status == Status.damaged}
-    loaded = {m.id for m in backups}
     newest_start = parse_backup_id(newest.id)[1]
-    # a newer backup whose manifest cannot be read at all is damaged too (recorded while listing)
-    newer = [
-        i
-        for i in damaged
-        if i == newest.id
-        or (i not in loaded and parse_backup_id(i)[1] > newest_start and _still_there(store, i))
-    ]
+
+    def newer_unreadable(backup_id: str) -> bool:
+        started = parse_backup_id(backup_id)[1]
+        return (
+            backup_id not in loaded
+            and started > newest_start
+            and (until is None or started <= until)
+            and _still_there(store, backup_id)
+        )
+
+    newer = [i for i in damaged if i == newest.id or newer_unreadable(i)]
     if newer:
         worst = max(newer)
         good = [m for m in usable if m.id not in damaged]
@@ -210,12 +221,13 @@ def backup_at_or_before(store: StoreBlock, component: str, when: datetime) -> Ma
             f"target time {when.isoformat()} is in the future: give a time up to now "
             "(with its time zone), or ask for 'latest'"
         )
-    backups = [m for m in list_backups(store, component, until=when) if m.routine]
+    listed = list_backups(store, component, until=when)
+    backups = [m for m in listed if m.routine]
     if not backups:
         oldest = list_backups(store, component)
         window = f"; the oldest is {oldest[0].source_time.isoformat()}" if oldest else ""
         raise NotFound(f"no {component} backup at or before {when.isoformat()}{window}")
-    return backups[-1]
+    return _not_damaged(store, component, backups, {m.id for m in listed}, until=when)
 
 
 def verify_backup(store: StoreBlock, manifest: Manifest) -> dict[str, object]:
