@@ -22,7 +22,7 @@ from flows.backup import backup_all, backup_component
 from flows.catalog import main as catalog_main
 from flows.maintenance import enforce_retention, verify_backups
 from flows.restore import restore_component
-from tasks.errors import BadInput, IntegrityError
+from tasks.errors import BadInput, ConfigurationError, IntegrityError
 from tasks.ids import new_backup_id
 from tasks.models import Manifest
 from tasks.operations.recovery import get_recovery_point, list_recovery_points
@@ -31,6 +31,7 @@ from tasks.storage.catalog import get_backup, latest_backup, list_backups, verif
 from tasks.storage.health import Status, health_of
 from tasks.storage.layout import layout
 from tasks.storage.session import BackupSession
+from tasks.storage.stores import load_store
 from tests.faults.helpers import app_target, dir_state
 
 OLD_STATE = b"the state before any restore\n"
@@ -100,7 +101,7 @@ def test_retention_never_deletes_the_last_good_backup_behind_a_damaged_one(world
         failed_with(st, "RuntimeError", f"primary:{damaged.id}")
     else:
         st = restore_component(APP, backup_id=damaged.id, target=target, store=store, return_state=True)
-        failed_with(st, "IntegrityError", "sha256 does not match")
+        failed_with(st, "IntegrityError", damaged.objects[0].key)
         assert untouched(state)
     assert health_of(store, APP)[damaged.id].status == Status.damaged
 
@@ -146,7 +147,7 @@ def test_a_manifest_copied_into_another_backups_folder_is_refused(world, monkeyp
     with redirect_stdout(out):
         assert catalog_main(["list", APP]) == 0
     lines = out.getvalue().splitlines()
-    assert sum(b.id in line for line in lines) == 1
+    assert sum(line.startswith(b.id) for line in lines) == 1
     assert any(a.id in line and "damaged" in line for line in lines)
 
 
@@ -377,12 +378,16 @@ def test_inputs_that_escaped_as_internal_errors(world):
     cases = [
         (dict(backup_id="app-state-20260230T120000Z-abcdef"), "BadInput", "impossible date/time"),
         (dict(target=LocalStore(path=store.path)), "ConfigurationError", "needs a 'klb-app-state-target'"),
-        (dict(store=target, target=target), "ConfigurationError", "store must be a store block"),
     ]
     for kwargs, error, fragment in cases:
         st = restore_component(APP, **{"target": target, "store": store, **kwargs}, return_state=True)
         failed_with(st, error, fragment)
         assert untouched(state)
+    # a target block given as the store: Prefect's parameter check, or ours where a flow takes any Block
+    st = restore_component(APP, target=target, store=target, return_state=True)
+    assert st.is_failed() and "store.StoreBlock: Input should be" in st.message and untouched(state)
+    with pytest.raises(ConfigurationError, match="store must be a store block .* not a AppStateTarget"):
+        load_store(target)
     for bad in (float("nan"), float("inf")):
         st = enforce_retention(store=store, orphan_grace_hours=bad, return_state=True)
         failed_with(st, "BadInput", "orphan_grace_hours must be a finite number")
@@ -435,15 +440,23 @@ def test_retention_dry_run_shows_the_leftovers_it_would_sweep(world):
     "a restore by id of a backup whose manifest is fine but whose object is damaged",
     "the failed read is recorded: 'latest' then fails naming it instead of silently using an older one",
 )
-def test_latest_never_skips_a_damaged_newest_backup_silently(world):
+def test_latest_never_skips_a_damaged_newest_backup_silently(world, monkeypatch):
     store, target, state = world
     older = backup(store, b"older")
     newest = backup(store, b"newest")
     flip_object(store, newest)
     st = restore_component(APP, backup_id=newest.id, target=target, store=store, return_state=True)
-    failed_with(st, "IntegrityError", "sha256")
+    failed_with(st, "IntegrityError", newest.objects[0].key)
     with pytest.raises(IntegrityError, match=rf"newest app-state backup {newest.id} is damaged.*{older.id}"):
         latest_backup(store, APP)
     st = restore_component(APP, target=target, store=store, return_state=True)
     failed_with(st, "IntegrityError", f"restore it by id (backup_id='{older.id}')")
     assert untouched(state)
+    monkeypatch.delenv("KLB_STORE", raising=False)
+    monkeypatch.setenv("KLB_STORE_DIR", store.path)
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert catalog_main(["list", APP]) == 0
+    status = {line.split("\t")[0]: line.split("\t")[-1] for line in out.getvalue().splitlines()}
+    assert status[newest.id].startswith("damaged ") and newest.objects[0].key in status[newest.id]
+    assert status[older.id].startswith("verified ")
