@@ -14,14 +14,14 @@ from prefect.cache_policies import NO_CACHE
 from blocks.store import StoreBlock
 from flows.common import load_store
 from tasks.components.registry import SPECS, ComponentName
-from tasks.errors import BadInput, IntegrityError
+from tasks.errors import BadInput
 from tasks.metrics import record_run
 from tasks.models import Manifest
 from tasks.notify import Severity, notify
 from tasks.operations.recovery import check_recovery_point, scan_recovery_points
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import get_backup
-from tasks.storage.health import Status, health_of, mark_damaged
+from tasks.storage.health import Status, health_of, is_damage, mark_damaged, mark_verified
 from tasks.storage.index import list_component
 from tasks.storage.layout import backup_dir_of, layout
 from tasks.storage.replicate import dr_copy_problems, load_dr_store
@@ -125,8 +125,9 @@ def verify_backups(
                     # its checksum and the folder it is in; then every object
                     manifest = get_backup(block, manifest.id, name)
                     results[f"{where}:{manifest.id}"] = {"ok": True, **verify_task(manifest, block)}
+                    mark_verified(block, manifest.id)
                 except Exception as exc:
-                    if isinstance(exc, IntegrityError):  # the component's own check found it
+                    if is_damage(exc):  # e.g. the component's own check found it
                         mark_damaged(block, manifest.id, str(exc))
                     fail(where, manifest.id, str(exc), name)
         if where == "primary" and components is None:

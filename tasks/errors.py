@@ -19,6 +19,12 @@ class IntegrityError(BackupError):
     """Stored data does not match its manifest (size, sha256, authentication tag)."""
 
 
+class WrongKeyOrAltered(IntegrityError):
+    """The first encrypted record of an object does not authenticate: the key is wrong, or the
+    data was altered; nothing can tell which. Not recorded as damage (a typo in a key must not
+    mark a good backup damaged); later records failing prove the key right and are damage."""
+
+
 class ConfigurationError(BackupError):
     """A target or store is not configured, unreachable, or refuses our credentials."""
 

@@ -14,7 +14,7 @@ from tasks.errors import BadInput, IntegrityError, NotFound
 from tasks.ids import check_component_name, parse_backup_id
 from tasks.models import Manifest
 from tasks.storage.backends import Backend, backend_for
-from tasks.storage.health import Status, health_of, mark_damaged, mark_verified
+from tasks.storage.health import Status, health_of, is_damage, mark_damaged
 from tasks.storage.layout import StoreLayout, backup_id_of, is_manifest_key, layout
 from tasks.storage.session import verify_object
 
@@ -238,9 +238,9 @@ def verify_backup(store: StoreBlock, manifest: Manifest) -> dict[str, object]:
         for obj in manifest.objects:
             verify_object(store, obj, backend)
     except (IntegrityError, NotFound) as exc:
-        mark_damaged(store, manifest.id, str(exc))
+        if is_damage(exc):
+            mark_damaged(store, manifest.id, str(exc))
         raise
-    mark_verified(store, manifest.id)
     return {
         "id": manifest.id,
         "objects": len(manifest.objects),

@@ -20,7 +20,7 @@ from enum import StrEnum
 from pydantic import AwareDatetime, BaseModel, ValidationError
 
 from blocks.store import StoreBlock
-from tasks.errors import BadInput, NotFound
+from tasks.errors import BadInput, IntegrityError, NotFound, WrongKeyOrAltered
 from tasks.ids import parse_backup_id
 from tasks.storage.backends import backend_for
 from tasks.storage.layout import layout
@@ -57,6 +57,11 @@ def record(store: StoreBlock, backup_id: str, status: Status, reason: str = "") 
         log.warning("could not record that %s is %s: %s", backup_id, status.value, exc)
         return None
     return finding
+
+
+def is_damage(exc: BaseException) -> bool:
+    """A failure that proves the stored backup damaged (not a wrong key, not a network error)."""
+    return isinstance(exc, (IntegrityError, NotFound)) and not isinstance(exc, WrongKeyOrAltered)
 
 
 def mark_damaged(store: StoreBlock, backup_id: str, reason: str) -> None:

@@ -154,7 +154,7 @@ def _named(obj: StoredObject, step, *args):
     try:
         return step(*args)
     except IntegrityError as exc:
-        raise IntegrityError(f"{obj.key}: {exc}") from None
+        raise type(exc)(f"{obj.key}: {exc}") from None
 
 
 def _check(obj: StoredObject, decoder: Decoder, raw: bool = False) -> None:

@@ -125,7 +125,7 @@ BAD_INPUTS = [
         "backup of component 'nope'",
         lambda w: backup_component(component="nope", return_state=True),
         "ParameterTypeError",
-        "- component: Input should be 'postgres', 'kubernetes'",
+        "- component: Input should be 'kubernetes', 'volumes'",
     ),
     Bad(
         "unknown-component-restore",
@@ -225,7 +225,7 @@ BAD_INPUTS = [
         "target='ghost-target'",
         lambda w: w.backup(target="ghost-target", store=w.store),
         "ConfigurationError",
-        "no app-state target block named 'ghost-target': create it",
+        "no app-state target block named 'ghost-target': create a 'klb-app-state-target' block",
     ),
     Bad(
         "no-target-configured",
