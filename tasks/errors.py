@@ -18,11 +18,16 @@ class NotFound(BackupError, LookupError):
 class IntegrityError(BackupError):
     """Stored data does not match its manifest (size, sha256, authentication tag)."""
 
+    # False when a wrong key explains the failure as well as damage does (the FIRST encrypted
+    # record does not authenticate): then it is not recorded as damage, so a typo in a key
+    # never marks a good backup damaged (tasks/storage/health.py)
+    proves_damage = True
 
-class WrongKeyOrAltered(IntegrityError):
-    """The first encrypted record of an object does not authenticate: the key is wrong, or the
-    data was altered; nothing can tell which. Not recorded as damage (a typo in a key must not
-    mark a good backup damaged); later records failing prove the key right and are damage."""
+
+def ambiguous_key_error(message: str) -> IntegrityError:
+    exc = IntegrityError(message)
+    exc.proves_damage = False
+    return exc
 
 
 class ConfigurationError(BackupError):

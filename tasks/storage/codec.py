@@ -18,7 +18,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from tasks.errors import BadInput, IntegrityError, WrongKeyOrAltered
+from tasks.errors import BadInput, IntegrityError, ambiguous_key_error
 from tasks.models import Compression, Encryption
 
 MAGIC = b"KLBENC1\n"
@@ -132,7 +132,7 @@ class _Decryptor:
             out = self._aead.decrypt(_nonce(self._prefix, self._index, final), record, self._header)
         except InvalidTag:
             # the first record failing may be the key; a later one, with the first authenticated, is the data
-            error = WrongKeyOrAltered if self._index == 0 else IntegrityError
+            error = ambiguous_key_error if self._index == 0 else IntegrityError
             raise error(
                 "decryption failed: the encryption key is wrong, or the object was altered, "
                 "truncated or re-ordered"

@@ -20,7 +20,7 @@ from enum import StrEnum
 from pydantic import AwareDatetime, BaseModel, ValidationError
 
 from blocks.store import StoreBlock
-from tasks.errors import BadInput, IntegrityError, NotFound, WrongKeyOrAltered
+from tasks.errors import BadInput, IntegrityError, NotFound
 from tasks.ids import parse_backup_id
 from tasks.storage.backends import backend_for
 from tasks.storage.layout import layout
@@ -61,7 +61,9 @@ def record(store: StoreBlock, backup_id: str, status: Status, reason: str = "") 
 
 def is_damage(exc: BaseException) -> bool:
     """A failure that proves the stored backup damaged (not a wrong key, not a network error)."""
-    return isinstance(exc, (IntegrityError, NotFound)) and not isinstance(exc, WrongKeyOrAltered)
+    if isinstance(exc, IntegrityError):
+        return exc.proves_damage
+    return isinstance(exc, NotFound)
 
 
 def mark_damaged(store: StoreBlock, backup_id: str, reason: str) -> None:

@@ -154,7 +154,9 @@ def _named(obj: StoredObject, step, *args):
     try:
         return step(*args)
     except IntegrityError as exc:
-        raise type(exc)(f"{obj.key}: {exc}") from None
+        named = IntegrityError(f"{obj.key}: {exc}")
+        named.proves_damage = exc.proves_damage
+        raise named from None
 
 
 def _check(obj: StoredObject, decoder: Decoder, raw: bool = False) -> None:
