@@ -14,11 +14,11 @@ from pydantic import BaseModel
 
 from flows.common import StoreRef, TargetBlock, TargetRef, load_store, result_storage
 from flows.locks import component_lock
-from tasks.components.registry import SPECS, ComponentName, load_target
-from tasks.errors import ConfigurationError, is_retryable
+from tasks.components.registry import SPECS, BackupKind, ComponentName, load_target
+from tasks.errors import BadInput, ConfigurationError, is_retryable
 from tasks.markdown import fields_table
 from tasks.metrics import tracked
-from tasks.models import Manifest
+from tasks.models import KIND_LABEL, Manifest
 from tasks.operations.recovery import LABEL, new_recovery_point_id, write_recovery_point
 from tasks.storage.replicate import dr_configured, replicate_task
 from tasks.storage.session import preflight
@@ -47,6 +47,28 @@ class BackupResult(BaseModel):
             raw_size=manifest.raw_size,
             verified=manifest.verified_at is not None,
         )
+
+
+def _kind_of_this_run() -> BackupKind:
+    """scheduled when a deployment's schedule started this run, on-demand otherwise."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    try:
+        if flow_run.id and flow_run.deployment_id:
+            with get_client(sync_client=True) as client:
+                if client.read_flow_run(flow_run.id).auto_scheduled:
+                    return BackupKind.scheduled
+    except Exception as exc:  # the kind is a label: never fail a backup over it
+        get_run_logger().warning("could not tell whether a schedule started this run: %s", exc)
+    return BackupKind.on_demand
+
+
+def _labels(labels: dict[str, str] | None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The caller's labels; `kind` (why it was taken) defaults to this run's."""
+    out = {**(labels or {}), **(extra or {})}
+    out.setdefault(KIND_LABEL, _kind_of_this_run().value)
+    return out
 
 
 def _backup(component: str, target, store, labels) -> tuple[Manifest, BackupResult]:
@@ -121,7 +143,7 @@ def backup_component(
     retries, delay = retry_policy()
     for attempt in range(retries + 1):
         try:
-            result = _run_backup(component, target_block, store_block, _with_run_id(labels))
+            result = _run_backup(component, target_block, store_block, _with_run_id(_labels(labels)))
             break
         except Exception as exc:  # only what may succeed on a second try is retried
             if attempt >= retries or not is_retryable(exc):
@@ -158,7 +180,8 @@ def backup_all(
     targets: dict[str, str | TargetBlock] | None = None,
     store: StoreRef = None,
 ) -> BackupAllResult:
-    """Back up every configured component (or the listed ones). Fails if any backup failed.
+    """Back up every configured component (or the listed ones). Fails if any backup failed, or
+    if none is configured (a run that backs up nothing must not look like a success).
 
     Args:
         components: The components to include (empty: every component that has a target configured).
@@ -168,6 +191,10 @@ def backup_all(
             'production'); empty: $KLB_STORE.
     """
     logger = get_run_logger()
+    if components is not None and not components:
+        raise BadInput(
+            "components=[] names no component: leave it out for every configured one, or name some"
+        )
     store_block = load_store(store)
     names = [ComponentName(c).value for c in components] if components else list(SPECS)
     result = BackupAllResult(backups={}, not_configured={}, failed={})
@@ -182,8 +209,8 @@ def backup_all(
                 result.not_configured[name] = str(exc)
             continue
         try:
-            labels = {"batch": "backup-all", LABEL: rp_id}
-            manifests[name], result.backups[name] = _backup(name, target, store_block, _with_run_id(labels))
+            labels = _with_run_id(_labels({"batch": "backup-all", LABEL: rp_id}))
+            manifests[name], result.backups[name] = _backup(name, target, store_block, labels)
         except Exception as exc:
             logger.error("backup of %s failed: %s", name, exc)
             result.failed[name] = str(exc)
@@ -201,4 +228,10 @@ def backup_all(
     )
     if result.failed:
         raise RuntimeError(f"backups failed: {', '.join(result.failed)}")
+    if not result.backups:
+        raise ConfigurationError(
+            "backup-all found no configured component, so nothing was backed up: configure the "
+            "targets (docs/deployments.md, scripts/create_blocks.py) or name the components. "
+            + "; ".join(f"{n}: {e.splitlines()[0]}" for n, e in result.not_configured.items())
+        )
     return result

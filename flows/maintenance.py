@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -18,8 +19,11 @@ from tasks.errors import BadInput
 from tasks.metrics import record_run
 from tasks.models import Manifest
 from tasks.notify import Severity, notify
+from tasks.operations.recovery import check_recovery_point, scan_recovery_points
 from tasks.storage import object_lock
 from tasks.storage.backends import backend_for
+from tasks.storage.catalog import get_backup
+from tasks.storage.health import Status, health_of, is_damage, mark_damaged, mark_verified
 from tasks.storage.index import list_component
 from tasks.storage.layout import backup_dir_of, layout
 from tasks.storage.replicate import dr_copy_problems, load_dr_store
@@ -37,7 +41,33 @@ from tasks.verbs import verify_task
 
 
 def _names(components: list[ComponentName] | None) -> list[str]:
-    return [ComponentName(c).value for c in components] if components else list(SPECS)
+    """The listed components, or all when None. An empty list is a mistake, never "all"."""
+    if components is None:
+        return list(SPECS)
+    if not components:
+        raise BadInput("components=[] names no component: leave it out (None) for all, or name some")
+    return [ComponentName(c).value for c in components]
+
+
+def _count(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise BadInput(f"{name} must be a whole number >= {minimum}, not {value!r}")
+    return value
+
+
+def _hours(name: str, value: object, minimum: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadInput(f"{name} must be a finite number >= {minimum}, not {value!r}")
+    if value < minimum:
+        raise BadInput(f"{name} must be >= {minimum} (a write may still be running), not {value!r}")
+    return float(value)
+
+
+def _sweep_choice(manifests: list[Manifest], newest: int) -> list[Manifest]:
+    """The newest `newest` routine backups and the newest `newest` safety/forensic ones."""
+    routine = [m for m in manifests if m.routine]
+    special = [m for m in manifests if not m.routine]
+    return sorted(routine[-newest:] + special[-newest:], key=lambda m: (m.source_time, m.id))
 
 
 @flow(name="verify-backups")
@@ -50,16 +80,20 @@ def verify_backups(
     """Integrity sweep: re-read the newest `newest` backups of each component in the primary
     store and in the DR store (`dr_store` or $KLB_DR_STORE, when set): sha256 of every object
     against its manifest, then the component's own check. In the DR store, a backup that the
-    primary has and the DR copy lacks, or whose copy differs, is a failure. Fails if any is bad.
+    primary has and the DR copy lacks, or whose copy differs, is a failure. The newest `newest`
+    recovery points of the primary are checked too (record intact, members there and sound).
+    Every finding is recorded (storage/health.py): what `latest`, the catalog, retention and the
+    drills see. Fails if any is bad.
 
     Args:
-        components: The components to include (empty: every component that has a target configured).
-        newest: How many of the newest backups of each component to re-read.
+        components: The components to include (empty: every component).
+        newest: How many of the newest backups (and recovery points) to re-read, at least 1.
         store: Name of the store block holding the backups ('klb-s3-store/production' or
-            'production'); empty: $KLB_STORE.
-        dr_store: Name of the disaster-recovery copy's store block; empty: the DR store configured
-            on the primary, if any.
+            'production'); empty: $KLB_STORE, else the embedded local store.
+        dr_store: Name of the disaster-recovery copy's store block; empty: $KLB_DR_STORE, if set.
     """
+    newest = _count("newest", newest, 1)
+    names = _names(components)
     logger = get_run_logger()
     stores: dict[str, StoreBlock] = {"primary": load_store(store)}
     dr = load_dr_store(dr_store)
@@ -80,7 +114,7 @@ def verify_backups(
     newest_primary: dict[str, list[Manifest]] = {}
     lock_gauges: dict[str, dict[str, float]] = {}
     for where, block in stores.items():
-        for name in _names(components):
+        for name in names:
             try:
                 listing = list_component(block, name)
             except Exception as exc:  # a store that is gone must not hide the other one
@@ -93,7 +127,7 @@ def verify_backups(
                 lock_gauges.setdefault(name, {}).update(gauges)
             except Exception as exc:  # a sweep that cannot look must say so, not pass
                 fail(where, name, f"object versions / locks unreadable in {block.location}: {exc}", name)
-            chosen = listing.manifests[-newest:] if newest > 0 else []
+            chosen = _sweep_choice(listing.manifests, newest)
             if chosen:
                 checked.add(name)
             if where == "primary":
@@ -105,9 +139,25 @@ def verify_backups(
                     fail(where, backup_id, why, name)
             for manifest in chosen:
                 try:
+                    # the manifest itself is read again (never a cached copy), checked against
+                    # its checksum and the folder it is in; then every object
+                    manifest = get_backup(block, manifest.id, name)
                     results[f"{where}:{manifest.id}"] = {"ok": True, **verify_task(manifest, block)}
+                    mark_verified(block, manifest.id)
                 except Exception as exc:
+                    if is_damage(exc):  # e.g. the component's own check found it
+                        mark_damaged(block, manifest.id, str(exc))
                     fail(where, manifest.id, str(exc), name)
+        if where == "primary" and components is None:
+            points, damaged_points = scan_recovery_points(block)
+            for rp_id, why in damaged_points.items():
+                fail(where, rp_id, why, "recovery-point")
+            for rp in points[-newest:]:
+                try:
+                    check_recovery_point(block, rp)
+                    results[f"{where}:{rp.id}"] = {"ok": True, "members": len(rp.members)}
+                except Exception as exc:
+                    fail(where, rp.id, str(exc), "recovery-point")
     rows = "".join(
         f"| {key} | {'ok' if r['ok'] else 'FAILED: ' + r['error']} |\n" for key, r in results.items()
     )
@@ -118,6 +168,7 @@ def verify_backups(
         + "\n| store:backup | result |\n|---|---|\n"
         + (rows or "| (none) | |\n"),
     )
+    failed_components.discard("recovery-point")  # not a component: its failures fail the run below
     for name in sorted(checked | failed_components):  # one outcome per component (BackupVerifyFailed)
         record_run(
             "verify", name, name not in failed_components, time.monotonic() - started, lock_gauges.get(name)
@@ -172,11 +223,15 @@ def enforce_retention(
     keep_weekly: int = 0,
     keep_monthly: int = 0,
     orphan_grace_hours: float = 24.0,
+    special_retention_days: float | None = None,
 ) -> dict[str, Any]:
     """Delete backups past their retention (backup-table.yaml), never the newest good one,
     never fewer than `keep_last_good` good ones, never a member of the newest recovery point.
-    Dry run by default: the plan is the artifact `retention-plan`. Objects with no manifest
-    older than `orphan_grace_hours` (abandoned writes) are collected as a separate step.
+    Dry run by default: the plan is the artifact `retention-plan`, with the leftovers of failed
+    writes it would sweep. Objects with no manifest older than `orphan_grace_hours` (abandoned
+    writes) are collected as a separate step. A backup the sweep (or a failed read) found damaged
+    never counts as good. Safety and forensic backups are kept `special_retention_days` (default:
+    the component's retention) and never protect older backups (docs/operations.md).
 
     On a versioned bucket a delete adds a delete marker: the data stays as a noncurrent
     version until the bucket's lifecycle rule expires it (docs/operations.md).
@@ -184,19 +239,31 @@ def enforce_retention(
     Args:
         dry_run: True: only show what would be done; False: do it.
         store: Name of the store block holding the backups ('klb-s3-store/production' or
-            'production'); empty: $KLB_STORE.
-        components: The components to include (empty: every component that has a target configured).
-        keep_last_good: Always keep at least this many newest verified backups per component.
-        keep_daily: Also keep the newest backup of each of the last N days.
-        keep_weekly: Also keep the newest backup of each of the last N weeks.
-        keep_monthly: Also keep the newest backup of each of the last N months.
+            'production'); empty: $KLB_STORE, else the embedded local store.
+        components: The components to include (empty: every component).
+        keep_last_good: Always keep at least this many newest good backups per component (>= 1).
+        keep_daily: Also keep the newest good backup of each of the last N days.
+        keep_weekly: Also keep the newest good backup of each of the last N weeks.
+        keep_monthly: Also keep the newest good backup of each of the last N months.
         orphan_grace_hours: Objects without a manifest younger than this are left alone (a backup
-            may be writing them).
+            may be writing them); at least 1.
+        special_retention_days: How long safety and forensic backups are kept (empty: the
+            component's retention).
     """
-    if keep_last_good < 1:
+    if not isinstance(keep_last_good, int) or isinstance(keep_last_good, bool) or keep_last_good < 1:
         raise BadInput("keep_last_good must be at least 1: the newest good backup is never deleted")
-    if min(keep_daily, keep_weekly, keep_monthly) < 0 or orphan_grace_hours < 1:
-        raise BadInput("GFS tiers must be >= 0 and orphan_grace_hours >= 1 (a write may still be running)")
+    for tier, value in (
+        ("keep_daily", keep_daily),
+        ("keep_weekly", keep_weekly),
+        ("keep_monthly", keep_monthly),
+    ):
+        _count(tier, value, 0)
+    grace = _hours("orphan_grace_hours", orphan_grace_hours, 1)
+    special = (
+        None
+        if special_retention_days is None
+        else _hours("special_retention_days", special_retention_days, 0)
+    )
     logger = get_run_logger()
     block = load_store(store)
     now = datetime.now(UTC)
@@ -212,8 +279,10 @@ def enforce_retention(
             keep_daily=keep_daily,
             keep_weekly=keep_weekly,
             keep_monthly=keep_monthly,
-            orphan_grace=timedelta(hours=orphan_grace_hours),
+            orphan_grace=timedelta(hours=grace),
+            special_retention=None if special is None else timedelta(days=special),
         )
+        known = health_of(block, name)
         # a backup whose manifest is unreadable is evidence for the sweep, not an orphan to collect
         bad_dirs = {backup_dir_of(k) + "/" for k in listing.unreadable}
         keys = [k for k in listing.keys if not any(k.startswith(d) for d in bad_dirs)]
@@ -224,6 +293,8 @@ def enforce_retention(
             now,
             keys=keys,
             prefix=layout(block).component_dir(name),
+            damaged=[i for i, h in known.items() if h.status == Status.damaged],
+            verified=[i for i, h in known.items() if h.status == Status.verified],
             recovery_point=rp,
         )
         plans.append(apply_locks(plan, _locks(block, plan, listing.manifests, now)))
@@ -236,18 +307,20 @@ def enforce_retention(
             "unreadable_left_alone": left_alone[plan.component],
             "locked": {d.id: d.locked_until.isoformat() for d in plan.decisions if d.locked_until},
         }
-    if not dry_run:
+    incomplete = {n: sweep_incomplete_writes(block, n, timedelta(hours=grace), dry_run=True) for n in names}
+    if dry_run:
+        summary["incomplete_writes_would_remove"] = [k for keys in incomplete.values() for k in keys]
+    else:
         # manifests first (the backups stop existing at once), then their objects, then orphans
         manifests = [d.keys[0] for p in plans for d in p.deletions]
         objects = [k for p in plans for d in p.deletions for k in d.keys[1:]]
+        objects += [layout(block).health_key(d.id) for p in plans for d in p.deletions]
         orphans = [k for p in plans for o in p.orphan_deletions for k in o.keys]
         deleted = delete_keys_task(block, manifests, "manifests")
         deleted += delete_keys_task(block, objects, "objects")
         deleted += delete_keys_task(block, orphans, "orphans")
         # what the plan cannot see: open multipart uploads and partial files of dead writers
-        swept = [
-            k for n in names for k in sweep_incomplete_writes(block, n, timedelta(hours=orphan_grace_hours))
-        ]
+        swept = [k for n in names for k in sweep_incomplete_writes(block, n, timedelta(hours=grace))]
         summary["keys_deleted"] = deleted
         summary["incomplete_writes_removed"] = swept
         logger.info("retention deleted %d keys from %s", deleted, block.location)
@@ -260,7 +333,7 @@ def enforce_retention(
         )
     create_markdown_artifact(
         key="retention-plan",
-        markdown=plan_markdown(plans, dry_run) + locks_markdown(plans),
+        markdown=plan_markdown(plans, dry_run, incomplete=incomplete) + locks_markdown(plans),
         description=f"retention of {block.location}",
     )
     return summary

@@ -13,7 +13,7 @@ from flows.locks import component_lock
 from tasks.components.registry import ComponentName, load_target
 from tasks.metrics import tracked
 from tasks.storage.catalog import get_backup
-from tasks.verbs import restore_task, verify_task
+from tasks.verbs import restore_options, restore_task, verify_task
 
 
 @flow(name="restore-component")
@@ -41,6 +41,7 @@ def restore_component(
             e.g. {"namespaces": ["lambda"], "existing_resource_policy": "update"} for kubernetes.
     """
     component = ComponentName(component).value
+    restore_options(component, options)  # a typo or an empty selection fails before anything
     with tracked("restore", component) as run:  # metrics: failures are pushed too (try/finally)
         store_block = load_store(store)
         manifest = get_backup(store_block, backup_id, component)

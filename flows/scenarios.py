@@ -2,8 +2,8 @@
 corruption (2), data corruption (3), and a partial restore.
 
 Each one verifies the backup it will use before changing anything, and takes a forensic backup
-of the broken state first. Forensic backups are stored as components `kubernetes-forensic` /
-`volumes-forensic`, so that "latest" never picks the broken state for a later restore.
+of the broken state first. Forensic backups are backups of `kubernetes` / `volumes` with the
+label kind=forensic, so that "latest" never picks the broken state for a later restore.
 """
 
 from __future__ import annotations

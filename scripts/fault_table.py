@@ -32,6 +32,7 @@ TITLES = {
     "data": "Damaged backups (restore refuses before touching the target)",
     "bad-input": "Bad input (flow parameters and blocks): nothing changes",
     "secrets": "Secrets",
+    "catalog": "The catalog cannot lie: forged or damaged backups, kinds, strict inputs, dead lock holders",
 }
 
 

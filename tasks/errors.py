@@ -18,10 +18,23 @@ class NotFound(BackupError, LookupError):
 class IntegrityError(BackupError):
     """Stored data does not match its manifest (size, sha256, authentication tag)."""
 
+    # False when a wrong key explains the failure as well as damage does (the FIRST encrypted
+    # record does not authenticate): then it is not recorded as damage, so a typo in a key
+    # never marks a good backup damaged (tasks/storage/health.py)
+    proves_damage = True
+
+
+def ambiguous_key_error(message: str) -> IntegrityError:
+    exc = IntegrityError(message)
+    exc.proves_damage = False
+    return exc
+
 
 class KeyNotHeld(IntegrityError):
     """An encrypted object names a key (by id) that the store does not hold: the data may be
     fine, the store's keys are not (docs/encryption-format.md, key rotation)."""
+
+    proves_damage = False  # the store lacks a key: the backup itself may be sound
 
 
 class ConfigurationError(BackupError):

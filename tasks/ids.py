@@ -36,7 +36,13 @@ def parse_backup_id(backup_id: str) -> tuple[str, datetime]:
             f"malformed backup id {backup_id[:80]!r}: ids look like "
             "'postgres-20260115T143000Z-1a2b3c'; list them with `klb backups list`"
         )
-    started = datetime.strptime(match["ts"], TS_FORMAT).replace(tzinfo=UTC)
+    try:
+        started = datetime.strptime(match["ts"], TS_FORMAT).replace(tzinfo=UTC)
+    except ValueError:  # the right shape, an impossible date (2026-02-30, hour 25)
+        raise BadInput(
+            f"backup id {backup_id[:80]!r} names an impossible date/time {match['ts']!r}: copy the id "
+            "exactly from `python -m flows.catalog list`"
+        ) from None
     return match["component"], started
 
 

@@ -9,8 +9,25 @@ from typing import Any
 from pydantic import AwareDatetime, BaseModel, Field, field_validator
 
 from blocks.store import Compression, Encryption
+from tasks.components.registry import ROUTINE_KINDS, BackupKind
 from tasks.ids import check_component_name, check_object_name, parse_backup_id
 from tasks.storage.layout import MANIFEST_NAME  # noqa: F401 - the manifest's name, kept importable here
+
+KIND_LABEL = "kind"
+# labels of backups written before kinds existed: their purpose said what they were
+_LEGACY_PURPOSE = {"pre-restore-safety": BackupKind.safety, "forensic": BackupKind.forensic}
+
+
+def kind_label(value: str | BackupKind) -> str:
+    """The `kind` label's value, or BadInput naming the kinds there are."""
+    try:
+        return BackupKind(value).value
+    except ValueError:
+        from tasks.errors import BadInput
+
+        raise BadInput(
+            f"unknown backup kind {value!r}: use one of {', '.join(k.value for k in BackupKind)}"
+        ) from None
 
 
 class StoredObject(BaseModel):
@@ -66,6 +83,21 @@ class Manifest(BaseModel):
         return check_component_name(value)
 
     @property
+    def kind(self) -> BackupKind:
+        """Why it was taken (labels["kind"]); unlabelled old backups by their purpose, else on-demand."""
+        raw = self.labels.get(KIND_LABEL)
+        if raw in BackupKind._value2member_map_:
+            return BackupKind(raw)
+        if raw is not None:  # a kind we do not know is never trusted as a routine backup
+            return BackupKind.forensic
+        return _LEGACY_PURPOSE.get(self.labels.get("purpose", ""), BackupKind.on_demand)
+
+    @property
+    def routine(self) -> bool:
+        """Scheduled or on-demand: the only kinds 'latest', drills and retention's protection use."""
+        return self.kind in ROUTINE_KINDS
+
+    @property
     def size(self) -> int:
         return sum(o.size for o in self.objects)
 
@@ -90,4 +122,5 @@ class Manifest(BaseModel):
             "objects": len(self.objects),
             "size": self.size,
             "raw_size": self.raw_size,
+            "kind": self.kind.value,
         }

@@ -176,3 +176,53 @@ def test_the_plan_artifact_names_every_deletion_and_says_dry_run():
     assert "DRY RUN: nothing was deleted" in text
     assert f"| etcd | {old.id} |" in text and "past retention" in text
     assert "| etcd | 2 | 1 | 1 | 0 | 0 |" in text
+
+
+# --- issue 15: what the sweep found, and the kinds of backup -------------------------------------
+
+POLICY = RetentionPolicy(component="etcd", retention=timedelta(days=7))
+
+
+def _kind(m: Manifest, kind: str) -> Manifest:
+    return m.model_copy(update={"labels": {**m.labels, "kind": kind}})
+
+
+@settings(max_examples=200, deadline=None)
+@given(history, st.data())
+def test_a_damaged_or_special_backup_never_stands_in_for_the_newest_good_one(entries, data):
+    """Whatever is damaged and whatever is a safety/forensic backup, the newest routine backup
+    that is verified and not damaged is kept."""
+    manifests = [manifest(i, age, good, rp) for i, (age, good, rp) in enumerate(entries)]
+    damaged = {m.id for m in manifests if data.draw(st.booleans())}
+    manifests = [
+        _kind(m, data.draw(st.sampled_from(["on-demand", "scheduled", "safety", "forensic"])))
+        for m in manifests
+    ]
+    plan = plan_retention(manifests, POLICY, NOW, damaged=damaged)
+    action = {d.id: d.action for d in plan.decisions}
+    good = sorted(
+        (m for m in manifests if m.routine and m.verified_at and m.id not in damaged),
+        key=lambda m: (m.source_time, m.id),
+    )
+    if good:
+        assert action[good[-1].id] == Action.keep
+    for m in manifests:
+        if not m.routine:  # their own window only
+            assert (action[m.id] == Action.keep) == (NOW - m.source_time <= POLICY.retention)
+
+
+def test_the_sweeps_verdict_and_a_newer_safety_backup_do_not_cost_the_old_good_backup():
+    old_good = manifest(1, 24 * 30)
+    damaged = manifest(2, 24 * 29)
+    safety = _kind(manifest(3, 24 * 28), "safety")
+    plan = plan_retention([old_good, damaged, safety], POLICY, NOW, damaged=[damaged.id])
+    by_id = {d.id: d for d in plan.decisions}
+    assert by_id[old_good.id].action == Action.keep and by_id[old_good.id].good
+    assert by_id[damaged.id].action == Action.delete and "found damaged" in by_id[damaged.id].reason
+    assert by_id[safety.id].action == Action.delete and by_id[safety.id].kind == "safety"
+    longer = RetentionPolicy(
+        component="etcd", retention=timedelta(days=7), special_retention=timedelta(days=60)
+    )
+    assert {d.id: d.action for d in plan_retention([old_good, safety], longer, NOW).decisions}[
+        safety.id
+    ] == Action.keep

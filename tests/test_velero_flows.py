@@ -98,10 +98,10 @@ def test_namespace_corruption_keeps_a_forensic_backup_then_restores(
     assert configmap(kube_api, lam, "settings") == {"mode": "prod"}
     assert configmap(kube_api, lam, "flags") == {"beta": "off"}
     assert report["already_existed"] == []  # the namespace was deleted first: nothing skipped
-    forensic = list_backups(store, "kubernetes-forensic")
+    forensic = [m for m in list_backups(store, "kubernetes") if m.kind == "forensic"]
     assert [m.id for m in forensic] == [report["forensic_backup"]]
     assert velero.load_document(store, forensic[0])["inventory"][lam]["configmaps"] == ["settings"]
-    assert forensic[0].labels == {"purpose": "forensic", "namespace": lam}
+    assert forensic[0].labels == {"kind": "forensic", "purpose": "forensic", "namespace": lam}
     # "latest" of the component is still the good backup, not the broken state
     assert list_backups(store, "kubernetes")[-1].id == report["backup_id"]
 
@@ -135,7 +135,7 @@ def test_data_corruption_restores_pvcs_from_the_last_backup_that_verifies_good(
     assert ctl.volumes[(lam, "data")] == f"{lam} volume v1"
     assert report["replicas_restored"] == {"api": 2, "worker": 5, "cron": 1}
     assert replicas(kube_api, lam) == {"api": 2, "worker": 5, "cron": 1}
-    forensic = list_backups(store, "volumes-forensic")
+    forensic = [m for m in list_backups(store, "volumes") if m.kind == "forensic"]
     assert [m.id for m in forensic] == [report["forensic_backup"]]
 
 

@@ -1,10 +1,9 @@
 """What is known about one backup: verified, damaged or unverified, and since when.
 
-The ONE place `klb` asks this (status, backups list, describe), so it can be pointed at the
-per-backup "what is known" record of issue 15 once that lands. Until then the knowledge is: the
-manifest's `verified_at` (every object read back and checked after the write) and a manifest
-that does not load (damaged); a damaged object is found by `klb verify`, whose result issue 15's
-record will keep.
+The ONE place `klb` asks this (status, backups list, describe). The knowledge is the backup's
+health record (tasks/storage/health.py: the sweep's verdict, or the reason a read failed), else
+the manifest's `verified_at` (every object checked after the write), and a manifest that does not
+load (damaged).
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from tasks.errors import IntegrityError, NotFound
 from tasks.models import Manifest
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import get_backup, list_backups
+from tasks.storage.health import finding
 from tasks.storage.layout import backup_id_of, is_manifest_key, layout
 
 
@@ -28,6 +28,9 @@ class Known:
 
 
 def known_state(store: StoreBlock, manifest: Manifest) -> Known:
+    found = finding(store, manifest.id)
+    if found is not None:
+        return Known(found.status.value, found.checked_at, found.reason or "checked by the sweep")
     if manifest.verified_at is not None:
         return Known("verified", manifest.verified_at, "read back and checked after the write")
     return Known("unverified", None, "never read back")

@@ -17,7 +17,8 @@ from types import ModuleType
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from prefect.blocks.core import Block
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic_core import PydanticUndefined
 
 from blocks.store import StoreBlock
 from tasks.errors import ConfigurationError
@@ -27,9 +28,26 @@ from tasks.storage.session import BackupSession
 
 class StrictOptions(BaseModel):
     """Base of every component's RestoreOptions: a misspelt option is an error, never ignored
-    (a typo such as `step` for `steps` must not restore everything)."""
+    (a typo such as `step` for `steps` must not restore everything). And an empty selection
+    (`steps=[]`, `databases=[]`, `vhost=""`) is an error, never "all": a field given as an empty
+    list, set or string whose default is something else selects nothing."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _no_empty_selection(self) -> StrictOptions:
+        for name in self.model_fields_set:
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple, set, frozenset, str)) or len(value) > 0:
+                continue
+            field = type(self).model_fields[name]
+            default = field.get_default(call_default_factory=True)
+            if default is PydanticUndefined or default != value:
+                raise ValueError(
+                    f"{name}={value!r} selects nothing: leave {name} out to restore everything, "
+                    f"or name what to restore"
+                )
+        return self
 
 
 @runtime_checkable

@@ -180,7 +180,10 @@ def prepare_rollback(
     item = ITEMS[5]
     try:
         manifest = backup_component(
-            component, target, store, {"purpose": "pre-restore-safety", "restore": restore_id}
+            component,
+            target,
+            store,
+            {"kind": "safety", "purpose": "pre-restore-safety", "restore": restore_id},
         )
     except Exception as exc:
         detail = f"the safety backup failed, so there is no rollback: {type(exc).__name__}: {exc}"

@@ -52,7 +52,10 @@ def forensic_backup_task(
     retention = policy(component).retention
     hours = retention.total_seconds() / 3600
     overrides = {"include_namespaces": [namespace], "exclude_namespaces": [], "ttl_hours": hours}
-    with backup_session(store, f"{component}-forensic", {"purpose": "forensic", "namespace": namespace}) as s:
+    # its own component with kind forensic: listed, verified, restorable by id, expired by
+    # retention; never 'latest', a drill's pick, nor the good backup protecting older ones
+    labels = {"kind": "forensic", "purpose": "forensic", "namespace": namespace}
+    with backup_session(store, component, labels) as s:
         if component == "volumes":
             volumes.run_backup(target, s, volumes.spec(target, **overrides))
         else:
@@ -84,7 +87,7 @@ def backup_holding_namespace(store: StoreBlock, backup_id: str, namespace: str) 
     """The given Kubernetes backup, or the newest that holds `namespace`; it must hold it."""
     if backup_id == LATEST:
         for m in reversed(list_backups(store, "kubernetes")):
-            if _holds(store, m, namespace):
+            if m.routine and _holds(store, m, namespace):  # never a forensic/safety backup
                 return m
         raise NotFound(f"no kubernetes backup holds namespace {namespace!r}: nothing to restore it from")
     manifest = get_backup(store, backup_id, "kubernetes")
@@ -100,7 +103,7 @@ def newest_good_volumes_backup(
     why each newer one was rejected."""
     logger = get_run_logger()
     rejected: dict[str, str] = {}
-    for candidate in reversed(list_backups(store, "volumes", until=before)):
+    for candidate in reversed([m for m in list_backups(store, "volumes", until=before) if m.routine]):
         try:
             if not _holds(store, candidate, namespace, pvcs):
                 rejected[candidate.id] = f"does not hold the PVCs of {namespace}"

@@ -18,9 +18,11 @@ from blocks.store import StoreBlock
 from tasks.errors import BadInput, IntegrityError, NotFound
 from tasks.ids import new_backup_id, parse_backup_id
 from tasks.models import Manifest
+from tasks.storage.backends import backend_for
 from tasks.storage.catalog import get_backup
+from tasks.storage.health import Status, finding, mark_damaged, mark_verified
 from tasks.storage.layout import RECOVERY_POINTS, layout
-from tasks.storage.records import get_record, iter_records, put_record
+from tasks.storage.records import get_record, put_record
 
 SPACE = RECOVERY_POINTS
 RP_COMPONENT = "recovery-point"  # the id's prefix: recovery-point-20260115T143000Z-1a2b3c
@@ -105,24 +107,69 @@ def _load(data: dict, where: str) -> RecoveryPoint:
     return rp
 
 
-def list_recovery_points(store: StoreBlock) -> list[RecoveryPoint]:
-    """Oldest first. A damaged record is skipped (logged) rather than hiding the rest."""
-    points = []
-    for key, data in iter_records(store, SPACE):
-        try:
-            points.append(_load(data, key))
-        except IntegrityError:
+def scan_recovery_points(store: StoreBlock) -> tuple[list[RecoveryPoint], dict[str, str]]:
+    """(readable points oldest first, {id: why} of damaged records). A damaged record is recorded
+    as damaged (storage/health.py), never just dropped."""
+    points, damaged = [], {}
+    for key in backend_for(store).list_keys(layout(store).records_dir(SPACE)):
+        if not key.endswith(".json"):
             continue
-    return sorted(points, key=lambda p: (p.created_at, p.id))
+        rp_id = key.rsplit("/", 1)[-1].removesuffix(".json")
+        try:
+            point = _load(get_record(store, key), key)
+            if point.id != rp_id:
+                raise IntegrityError(f"recovery point {key} names another point, {point.id}: it was copied")
+            points.append(point)
+        except (IntegrityError, NotFound) as exc:
+            damaged[rp_id] = str(exc)
+            mark_damaged(store, rp_id, str(exc))
+    return sorted(points, key=lambda p: (p.created_at, p.id)), damaged
+
+
+def list_recovery_points(store: StoreBlock) -> list[RecoveryPoint]:
+    """Oldest first. A damaged record is left out (and recorded as damaged)."""
+    return scan_recovery_points(store)[0]
+
+
+def _started(rp_id: str) -> datetime | None:
+    try:
+        return parse_backup_id(rp_id)[1]
+    except BadInput:
+        return None
+
+
+def latest_recovery_point(store: StoreBlock) -> RecoveryPoint:
+    """The newest complete recovery point. If a newer one is damaged (its record, or a member,
+    as found by the sweep or a failed read), fail naming it: never an older point in silence."""
+    points, damaged = scan_recovery_points(store)
+    complete = [p for p in points if p.complete]
+    if not complete:
+        raise NotFound(f"no complete recovery point in {store.location}: run the backup-all flow first")
+    newest = complete[-1]
+    known = finding(store, newest.id)
+    if known is not None and known.status == Status.damaged:
+        damaged[newest.id] = known.reason
+    since = _started(newest.id)
+    blocking = {i: why for i, why in damaged.items() if i == newest.id or ((_started(i) or since) > since)}
+    if blocking:
+        worst = max(blocking)
+        good = [p for p in complete if p.id not in damaged]
+        fallback = (
+            f"the newest one not known damaged is {good[-1].id}: use it by id if older data is acceptable"
+            if good
+            else "no older complete point is known good either"
+        )
+        raise IntegrityError(
+            f"the newest recovery point {worst} is damaged ({blocking[worst][:300]}); 'latest' will "
+            f"not silently use an older one: {fallback}, or run backup-all"
+        )
+    return newest
 
 
 def get_recovery_point(store: StoreBlock, rp_id: str = "latest") -> RecoveryPoint:
-    """A recovery point by id, or 'latest': the newest complete one."""
+    """A recovery point by id, or 'latest': the newest complete one (see latest_recovery_point)."""
     if rp_id == "latest":
-        complete = [p for p in list_recovery_points(store) if p.complete]
-        if not complete:
-            raise NotFound(f"no complete recovery point in {store.location}: run the backup-all flow first")
-        return complete[-1]
+        return latest_recovery_point(store)
     key = _key(store, rp_id)
     try:
         return _load(get_record(store, key), rp_id)
@@ -130,6 +177,23 @@ def get_recovery_point(store: StoreBlock, rp_id: str = "latest") -> RecoveryPoin
         raise NotFound(
             f"no recovery point {rp_id} in {store.location}: list them with list_recovery_points()"
         ) from None
+    except IntegrityError as exc:
+        mark_damaged(store, rp_id, str(exc))
+        raise
+
+
+def check_recovery_point(store: StoreBlock, rp: RecoveryPoint) -> None:
+    """The sweep's check: every member is there, carries the point's label, and is not known
+    damaged. Records the finding under the point's id; raises IntegrityError naming the problem."""
+    try:
+        for component, manifest in member_manifests(store, rp).items():
+            known = finding(store, manifest.id)
+            if known is not None and known.status == Status.damaged:
+                raise IntegrityError(f"its {component} member {manifest.id} is damaged: {known.reason[:200]}")
+    except (IntegrityError, NotFound) as exc:
+        mark_damaged(store, rp.id, f"recovery point {rp.id}: {exc}")
+        raise IntegrityError(f"recovery point {rp.id}: {exc}") from None
+    mark_verified(store, rp.id)
 
 
 def member_manifests(store: StoreBlock, rp: RecoveryPoint) -> dict[str, Manifest]:

@@ -14,7 +14,8 @@ from tasks.errors import BadInput, IntegrityError, NotFound
 from tasks.ids import check_component_name, parse_backup_id
 from tasks.models import Manifest
 from tasks.storage.backends import Backend, backend_for
-from tasks.storage.layout import backup_id_of, is_manifest_key, layout
+from tasks.storage.health import Status, health_of, is_damage, mark_damaged
+from tasks.storage.layout import StoreLayout, backup_id_of, is_manifest_key, layout
 from tasks.storage.session import verify_object
 
 LATEST = "latest"
@@ -22,23 +23,58 @@ CLOCK_SKEW_TOLERANCE = timedelta(minutes=5)
 log = logging.getLogger(__name__)
 
 
-def _load(backend: Backend, key: str) -> Manifest:
+def parse_manifest(data: bytes, key: str, keys: StoreLayout) -> Manifest:
+    """A manifest read from `key`, checked against its checksum AND against where it was found:
+    the id, component and object keys it names (all inside the checksum) must be the ones of the
+    folder it sits in. A manifest copied into another backup's folder is refused, so restoring
+    backup A can never bring back backup B."""
     try:
-        manifest = Manifest.model_validate_json(backend.get_bytes(key))
+        manifest = Manifest.model_validate_json(data)
     except (ValidationError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise IntegrityError(f"manifest {key} is unreadable: {str(exc)[:200]}") from None
     if manifest.checksum != manifest.computed_checksum():
         raise IntegrityError(f"manifest {key} was altered: its checksum does not match its content")
+    home = keys.manifest_key(manifest.id)
+    id_component, _ = parse_backup_id(manifest.id)
+    folder = keys.backup_dir(manifest.id) + "/"
+    strays = [o.key for o in manifest.objects if not o.key.startswith(folder)]
+    if home != key or manifest.component != id_component or strays:
+        found = backup_id_of(key) or key
+        raise IntegrityError(
+            f"manifest {key} is not the manifest of backup {found}: it names backup {manifest.id} "
+            f"({manifest.component})"
+            + (f" with objects outside its folder ({strays[0]})" if strays else "")
+            + "; it was copied or moved: restore the backup you want by its own id, or restore this "
+            "folder's manifest from the DR store"
+        )
     return manifest
 
 
-def _try_load(backend: Backend, key: str) -> Manifest | None:
-    """A damaged manifest must not hide the others: log it; the integrity sweep reports it."""
+def _load(backend: Backend, key: str, keys: StoreLayout) -> Manifest:
+    return parse_manifest(backend.get_bytes(key), key, keys)
+
+
+def _backup_id_at(key: str) -> str | None:
+    found = backup_id_of(key)
     try:
-        return _load(backend, key)
-    except (IntegrityError, NotFound) as exc:
-        log.error("skipping backup: %s", exc)
+        parse_backup_id(found or "")
+    except BadInput:
         return None
+    return found
+
+
+def _try_load(store: StoreBlock, backend: Backend, key: str) -> Manifest | None:
+    """A damaged manifest must not hide the others: it is recorded as damaged (storage/health.py)
+    and left out; the integrity sweep reports it."""
+    try:
+        return _load(backend, key, layout(store))
+    except IntegrityError as exc:
+        if backup_id := _backup_id_at(key):
+            mark_damaged(store, backup_id, str(exc))
+        log.error("skipping backup: %s", exc)
+    except NotFound as exc:  # deleted while we listed
+        log.error("skipping backup: %s", exc)
+    return None
 
 
 def _aware(when: datetime | None, what: str) -> datetime | None:
@@ -65,7 +101,7 @@ def list_backups(
         if until is None or started <= until:  # a backup cannot reflect a time before it started
             keys.append(key)
     with ThreadPoolExecutor(max_workers=16) as pool:
-        loaded = list(pool.map(lambda k: _try_load(backend, k), keys))
+        loaded = list(pool.map(lambda k: _try_load(store, backend, k), keys))
     manifests = [m for m in loaded if m is not None]
     manifests = [
         m
@@ -85,11 +121,23 @@ def get_backup(store: StoreBlock, backup_id: str, component: str | None = None) 
     if component and id_component != component:
         raise BadInput(f"backup {backup_id} belongs to component {id_component!r}, not {component!r}")
     try:
-        return _load(backend_for(store), layout(store).manifest_key(backup_id))
+        return _load(backend_for(store), layout(store).manifest_key(backup_id), layout(store))
     except NotFound:
         raise NotFound(
             f"no backup {backup_id} in {store.location}: list backups with `klb backups list {id_component}`"
         ) from None
+    except IntegrityError as exc:  # every failed read is recorded: latest, retention, drills see it
+        mark_damaged(store, backup_id, str(exc))
+        raise
+
+
+def _still_there(store: StoreBlock, backup_id: str) -> bool:
+    """A finding can outlive its backup (deleted by hand): only a stored manifest counts."""
+    try:
+        backend_for(store).get_bytes(layout(store).manifest_key(backup_id))
+    except NotFound:
+        return False
+    return True
 
 
 def from_the_future(manifest: Manifest, now: datetime | None = None) -> bool:
@@ -98,15 +146,14 @@ def from_the_future(manifest: Manifest, now: datetime | None = None) -> bool:
 
 
 def latest_backup(store: StoreBlock, component: str) -> Manifest:
-    """The newest backup, never one whose source time is in the future: a skewed clock must
-    not silently make it 'latest' (it stays listed; restore it by id if it is really wanted)."""
+    """The newest routine (scheduled or on-demand) backup. Never a safety or forensic backup
+    (they hold the state a restore replaced, possibly the broken one), never one whose source
+    time is in the future (a skewed clock; it stays listed, restorable by id). And never an
+    older one in place of a newer one known to be damaged: that fails, naming both, so nobody
+    restores older data than they think without saying so."""
     backups = list_backups(store, component)
-    if not backups:
-        raise NotFound(
-            f"no {component} backups in {store.location}: run backup_component('{component}') first"
-        )
     now = datetime.now(UTC)
-    future = [m for m in backups if from_the_future(m, now)]
+    future = [m for m in backups if m.routine and from_the_future(m, now)]
     for m in future:
         log.warning(
             "backup %s has a source time in the future (%s): clock skew? not chosen as latest; "
@@ -114,13 +161,55 @@ def latest_backup(store: StoreBlock, component: str) -> Manifest:
             m.id,
             m.source_time.isoformat(),
         )
-    usable = [m for m in backups if not from_the_future(m, now)]
+    usable = [m for m in backups if m.routine and not from_the_future(m, now)]
     if not usable:
+        if future:
+            raise NotFound(
+                f"every {component} backup in {store.location} has a source time in the future "
+                f"(clock skew): check the clocks, then restore one by id: {', '.join(m.id for m in future)}"
+            )
+        others = [m.id for m in backups]
         raise NotFound(
-            f"every {component} backup in {store.location} has a source time in the future "
-            f"(clock skew): check the clocks, then restore one by id: {', '.join(m.id for m in future)}"
+            f"no {component} backups in {store.location}"
+            + (f" other than safety/forensic ones ({', '.join(others)}; restore one by id)" if others else "")
+            + f": run backup_component('{component}') first"
         )
-    return usable[-1]
+    return _not_damaged(store, component, usable, {m.id for m in backups})
+
+
+def _not_damaged(
+    store: StoreBlock, component: str, usable: list[Manifest], loaded: set[str], until: datetime | None = None
+) -> Manifest:
+    """The newest of `usable`, unless it, or a newer backup whose manifest cannot be read (started
+    by `until`), is known damaged: then IntegrityError naming it and the fallback."""
+    newest = usable[-1]
+    damaged = {i: h for i, h in health_of(store, component).items() if h.status == Status.damaged}
+    newest_start = parse_backup_id(newest.id)[1]
+
+    def newer_unreadable(backup_id: str) -> bool:
+        started = parse_backup_id(backup_id)[1]
+        return (
+            backup_id not in loaded
+            and started > newest_start
+            and (until is None or started <= until)
+            and _still_there(store, backup_id)
+        )
+
+    newer = [i for i in damaged if i == newest.id or newer_unreadable(i)]
+    if newer:
+        worst = max(newer)
+        good = [m for m in usable if m.id not in damaged]
+        fallback = (
+            f"the newest backup not known to be damaged is {good[-1].id}: restore it by id "
+            f"(backup_id='{good[-1].id}') if older data is acceptable"
+            if good
+            else "no older backup is known good either"
+        )
+        raise IntegrityError(
+            f"the newest {component} backup {worst} is damaged ({damaged[worst].reason[:300]}); "
+            f"'latest' will not silently use an older one: {fallback}, or take a new backup"
+        )
+    return newest
 
 
 def backup_at_or_before(store: StoreBlock, component: str, when: datetime) -> Manifest:
@@ -131,19 +220,26 @@ def backup_at_or_before(store: StoreBlock, component: str, when: datetime) -> Ma
             f"target time {when.isoformat()} is in the future: give a time up to now "
             "(with its time zone), or ask for 'latest'"
         )
-    backups = list_backups(store, component, until=when)
+    listed = list_backups(store, component, until=when)
+    backups = [m for m in listed if m.routine]
     if not backups:
         oldest = list_backups(store, component)
         window = f"; the oldest is {oldest[0].source_time.isoformat()}" if oldest else ""
         raise NotFound(f"no {component} backup at or before {when.isoformat()}{window}")
-    return backups[-1]
+    return _not_damaged(store, component, backups, {m.id for m in listed}, until=when)
 
 
 def verify_backup(store: StoreBlock, manifest: Manifest) -> dict[str, object]:
-    """Read every object back; raise IntegrityError naming the first bad one."""
+    """Read every object back; raise IntegrityError naming the first bad one. The finding is
+    recorded either way (storage/health.py): every failed read marks the backup damaged."""
     backend = backend_for(store)
-    for obj in manifest.objects:
-        verify_object(store, obj, backend)
+    try:
+        for obj in manifest.objects:
+            verify_object(store, obj, backend)
+    except (IntegrityError, NotFound) as exc:
+        if is_damage(exc):
+            mark_damaged(store, manifest.id, str(exc))
+        raise
     return {
         "id": manifest.id,
         "objects": len(manifest.objects),

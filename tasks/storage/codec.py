@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from tasks.errors import BadInput, IntegrityError, KeyNotHeld
+from tasks.errors import BadInput, IntegrityError, KeyNotHeld, ambiguous_key_error
 from tasks.models import Compression, Encryption
 
 MAGIC = b"KLBENC2\n"  # written: carries a key id
@@ -159,7 +159,10 @@ class _Decryptor:
             self._aead = aead
             self._index += 1
             return out
-        raise IntegrityError(
+        # with a key id the key is known right, so a failure is the data; without one (KLBENC1)
+        # the first record failing may be the key, a later one (the first authenticated) the data
+        error = ambiguous_key_error if self.key_id is None and self._index == 0 else IntegrityError
+        raise error(
             "decryption failed: the encryption key is wrong, or the object was altered, "
             "truncated or re-ordered"
         )

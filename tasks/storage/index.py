@@ -1,9 +1,11 @@
 """Fast catalog listing for sweeps over thousands of backups: one listing, a manifest cache.
 
 The manifests stay the truth. The index (`<prefix>/_index/<component>.json`) is only a cache of
-manifest bodies keyed by the ETag the listing reports for each manifest key (local stores: size
-and mtime). A listing is always made; a manifest whose tag differs from the cached one, or that
-is not cached, is fetched again; a cached body is re-checked against its own checksum. A lost,
+manifest bodies keyed by the ETag the listing reports for each manifest key: a tag that changes
+with the content. Local stores have no such tag (size and mtime survive bit rot), so there every
+manifest is read each time (a local read costs what hashing it would). A listing is always made;
+a manifest whose tag differs from the cached one, or that is not cached, is fetched again; a
+cached body is re-checked against its own checksum and against the key it was listed under. A lost,
 stale or damaged index costs time, never correctness. Nothing on the write path changes, so
 concurrent backups cannot race on it.
 """
@@ -23,8 +25,9 @@ from tasks.errors import IntegrityError, NotFound
 from tasks.ids import check_component_name
 from tasks.models import Manifest
 from tasks.storage.backends import Backend, backend_for
-from tasks.storage.catalog import _load
-from tasks.storage.layout import is_manifest_key, layout
+from tasks.storage.catalog import _backup_id_at, _load, parse_manifest
+from tasks.storage.health import mark_damaged
+from tasks.storage.layout import StoreLayout, is_manifest_key, layout
 
 log = logging.getLogger(__name__)
 INDEX_VERSION = 1
@@ -51,14 +54,13 @@ def _read_index(backend: Backend, key: str) -> dict[str, dict[str, str]]:
     return {}
 
 
-def _from_cache(entry: dict[str, str], tag: str) -> Manifest | None:
+def _from_cache(entry: dict[str, str], tag: str, key: str, keys: StoreLayout) -> Manifest | None:
     if not tag or entry.get("etag") != tag:
         return None
     try:
-        manifest = Manifest.model_validate_json(entry["manifest"])
-    except (ValidationError, KeyError):
+        return parse_manifest(entry["manifest"].encode(), key, keys)
+    except (ValidationError, KeyError, IntegrityError):
         return None
-    return manifest if manifest.checksum == manifest.computed_checksum() else None
 
 
 def list_component(store: StoreBlock, component: str, use_index: bool = True) -> ComponentListing:
@@ -75,10 +77,12 @@ def list_component(store: StoreBlock, component: str, use_index: bool = True) ->
     t1 = time.perf_counter()
     cache = _read_index(backend, ikey) if use_index else {}
 
+    if not backend.content_tags:  # a tag that is not the content's proves nothing: read them all
+        tagged = {k: "" for k in tagged}
     found: dict[str, Manifest] = {}
     missing: list[str] = []
     for key in manifest_keys:
-        cached = _from_cache(cache.get(key, {}), tagged[key])
+        cached = _from_cache(cache.get(key, {}), tagged[key], key, keys)
         if cached is not None:
             found[key] = cached
         else:
@@ -89,8 +93,13 @@ def list_component(store: StoreBlock, component: str, use_index: bool = True) ->
 
     def fetch(key: str) -> tuple[str, Manifest | None]:
         try:
-            return key, _load(backend, key)
-        except (IntegrityError, NotFound) as exc:
+            return key, _load(backend, key, keys)
+        except IntegrityError as exc:
+            unreadable[key] = str(exc)
+            if backup_id := _backup_id_at(key):
+                mark_damaged(store, backup_id, str(exc))
+            return key, None
+        except NotFound as exc:
             unreadable[key] = str(exc)
             return key, None
 
@@ -101,7 +110,7 @@ def list_component(store: StoreBlock, component: str, use_index: bool = True) ->
                 found[key] = manifest
 
     t3 = time.perf_counter()
-    if use_index and (missing or set(cache) - set(found)):
+    if use_index and backend.content_tags and (missing or set(cache) - set(found)):
         entries = {
             k: {"etag": tagged[k], "manifest": m.model_dump_json()} for k, m in found.items() if tagged[k]
         }

@@ -3,6 +3,7 @@
     <prefix>/<component>/<YYYY-MM-DD>/<backup-id>/<object>         a backup's objects
     <prefix>/<component>/<YYYY-MM-DD>/<backup-id>/manifest.json    written last: the backup exists
     <prefix>/_index/<component>.json                               manifest cache (storage/index.py)
+    <prefix>/_health/<component>/<backup-id>.json                   what is known: verified / damaged
     <prefix>/recovery-points/<YYYY-MM-DD>/<rp-id>.json             recovery points
     <prefix>/drills/<YYYY-MM-DD>/<drill-id>.json                   restore drills
     <prefix>/restores/<YYYY-MM-DD>/<restore-id>/record.json        a restore (and its rollback)
@@ -34,6 +35,7 @@ DRILLS = "drills"
 RESTORES = "restores"
 DR_RUNS = "dr-runs"
 INDEX_DIR = "_index"
+HEALTH_DIR = "_health"
 RESULTS_DIR = "_prefect-results"
 RESTORE_RECORD = "record.json"
 RESTORE_STATE = "current-state.json"
@@ -80,6 +82,17 @@ class StoreLayout:
     def index_key(self, component: str) -> str:
         """<prefix>/_index/<component>.json"""
         return self._join(INDEX_DIR, f"{check_component_name(component)}.json")
+
+    # --- what is known about each backup (storage/health.py) -------------------------------
+
+    def health_dir(self, component: str) -> str:
+        """<prefix>/_health/<component>"""
+        return self._join(HEALTH_DIR, check_component_name(component))
+
+    def health_key(self, backup_id: str) -> str:
+        """<prefix>/_health/<component>/<backup-id>.json (recovery points: component 'recovery-point')"""
+        component, _ = parse_backup_id(backup_id)
+        return f"{self.health_dir(component)}/{backup_id}.json"
 
     # --- records --------------------------------------------------------------------------
 

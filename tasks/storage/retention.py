@@ -4,12 +4,19 @@ Pure: no I/O here (flows/maintenance.py lists, plans, then deletes). The rules, 
 
 1. a backup with no manifest is in flight or abandoned: it is invisible to the plan; its objects
    are "orphans", left alone while younger than `orphan_grace`, collected after (a separate step);
-2. the newest `keep_last_good` good (verified, not known damaged) backups are kept whatever
-   their age: retention by age alone can delete the last good backup;
+2. the newest `keep_last_good` good backups are kept whatever their age: retention by age alone
+   can delete the last good backup. Good = routine (scheduled or on-demand), verified (when
+   written or by the sweep) and not known damaged (storage/health.py): a damaged backup never
+   counts as good, so it never protects, nor displaces, the good one before it;
 3. members of the newest recovery point are kept (labels["recovery_point"]);
 4. everything within the retention window is kept;
 5. GFS tiers (optional): the newest good backup of each of the last N days / ISO weeks / months;
-6. everything else is deleted. Velero-backed components keep their Velero side: Velero deletes
+6. everything else is deleted.
+
+Safety backups (taken before a restore) and forensic ones (before a DR scenario) have their own
+rule: kept for `special_retention` (default: the component's retention), then deleted. They are
+never one of the good backups of rule 2 nor a GFS pick, so they can neither protect older
+routine backups nor push one out. Velero-backed components keep their Velero side: Velero deletes
    the backup through its own TTL; we remove only our catalog copy, once past `expires_at`.
 """
 
@@ -48,6 +55,9 @@ class RetentionPolicy(BaseModel):
     orphan_grace: timedelta = Field(
         default=timedelta(hours=24), description="objects with no manifest younger than this may be in flight"
     )
+    special_retention: timedelta | None = Field(
+        default=None, description="how long safety and forensic backups are kept (default: `retention`)"
+    )
 
     @classmethod
     def from_table(cls, component: str, **overrides) -> RetentionPolicy:
@@ -69,6 +79,7 @@ class Action(StrEnum):
 class Decision(BaseModel):
     id: str
     source_time: AwareDatetime
+    kind: str = "on-demand"
     good: bool
     action: Action
     reason: str
@@ -111,9 +122,15 @@ class RetentionPlan(BaseModel):
         }
 
 
-def is_good(manifest: Manifest, damaged: frozenset[str] | set[str] = frozenset()) -> bool:
-    """Good = read back and checked when written, and not found damaged by a sweep since."""
-    return manifest.verified_at is not None and manifest.id not in damaged
+def is_good(
+    manifest: Manifest,
+    damaged: frozenset[str] | set[str] = frozenset(),
+    verified: frozenset[str] | set[str] = frozenset(),
+) -> bool:
+    """Good = a routine backup, read back and checked (when written, or by a sweep since), and
+    not found damaged since. Safety and forensic backups are never the good one."""
+    checked = manifest.verified_at is not None or manifest.id in verified
+    return manifest.routine and checked and manifest.id not in damaged
 
 
 def newest_recovery_point(manifests: Iterable[Manifest]) -> str | None:
@@ -150,6 +167,7 @@ def plan_retention(
     keys: Iterable[str] = (),
     prefix: str = "",
     damaged: Iterable[str] = (),
+    verified: Iterable[str] = (),
     recovery_point: str | None = None,
 ) -> RetentionPlan:
     """Decide every backup of one component. `keys` (every stored key under the component's
@@ -158,7 +176,7 @@ def plan_retention(
     point; default: the newest one among these manifests."""
     if now.tzinfo is None:
         raise BadInput("`now` needs a time zone")
-    damaged_ids = frozenset(damaged)
+    damaged_ids, verified_ids = frozenset(damaged), frozenset(verified) - frozenset(damaged)
     ordered = sorted(manifests, key=lambda m: (m.source_time, m.id))
     for m in ordered:
         if m.component != policy.component:
@@ -166,7 +184,8 @@ def plan_retention(
     if recovery_point is None:
         recovery_point = newest_recovery_point(ordered)
 
-    good = [m for m in ordered if is_good(m, damaged_ids)]
+    good = [m for m in ordered if is_good(m, damaged_ids, verified_ids)]
+    special = policy.special_retention or policy.retention
     last_good = {m.id for m in good[-policy.keep_last_good :]}
     tiers = {
         "daily": _gfs_keep(good, policy.keep_daily, lambda t: t.date()),
@@ -179,8 +198,13 @@ def plan_retention(
     decisions: list[Decision] = []
     for m in ordered:
         age = now - m.source_time
-        good_m = is_good(m, damaged_ids)
-        if m.id in last_good:
+        good_m = is_good(m, damaged_ids, verified_ids)
+        if not m.routine:  # safety / forensic: their own window, nothing else keeps them
+            if age <= special:
+                action, reason = Action.keep, f"{m.kind} backup within its retention ({_days(age)})"
+            else:
+                action, reason = Action.delete, f"{m.kind} backup past its retention ({_days(age)})"
+        elif m.id in last_good:
             reason = f"one of the newest {policy.keep_last_good} good backup(s): never deleted"
             action = Action.keep
         elif recovery_point and m.labels.get(RECOVERY_POINT_LABEL) == recovery_point:
@@ -194,7 +218,9 @@ def plan_retention(
         else:
             action = Action.delete
             reason = f"past retention ({_days(age)} > {_days(policy.retention)})"
-            if not good_m:
+            if m.id in damaged_ids:
+                reason += ", found damaged"
+            elif not good_m:
                 reason += ", not a good backup"
             if velero:
                 reason += "; Velero's copy expires by its TTL (catalog entry only)"
@@ -202,6 +228,7 @@ def plan_retention(
             Decision(
                 id=m.id,
                 source_time=m.source_time,
+                kind=m.kind.value,
                 good=good_m,
                 action=action,
                 reason=reason,
@@ -268,8 +295,14 @@ def _orphan(backup_id: str, keys: list[str], policy: RetentionPolicy, now: datet
     )
 
 
-def plan_markdown(plans: list[RetentionPlan], dry_run: bool, limit: int = 200) -> str:
-    """The plan as an artifact: totals, then every deletion and every orphan (capped)."""
+def plan_markdown(
+    plans: list[RetentionPlan],
+    dry_run: bool,
+    limit: int = 200,
+    incomplete: dict[str, list[str]] | None = None,
+) -> str:
+    """The plan as an artifact: totals, then every deletion and every orphan (capped), then the
+    leftovers of failed writes (partial files, open multipart uploads) the sweep removes."""
     head = "DRY RUN: nothing was deleted" if dry_run else "APPLIED"
     lines = [
         f"# Retention plan ({head})",
@@ -285,8 +318,8 @@ def plan_markdown(plans: list[RetentionPlan], dry_run: bool, limit: int = 200) -
         )
     lines += [
         "",
-        "| component | backup | source time | good | action | reason |",
-        "|---|---|---|---|---|---|",
+        "| component | backup | kind | source time | good | action | reason |",
+        "|---|---|---|---|---|---|---|",
     ]
     rows = 0
     for p in plans:
@@ -296,16 +329,21 @@ def plan_markdown(plans: list[RetentionPlan], dry_run: bool, limit: int = 200) -
                 break
             rows += 1
             lines.append(
-                f"| {p.component} | {d.id} | {d.source_time:%Y-%m-%d %H:%M} | {'yes' if d.good else 'no'} | "
+                f"| {p.component} | {d.id} | {d.kind} | {d.source_time:%Y-%m-%d %H:%M} | "
+                f"{'yes' if d.good else 'no'} | "
                 f"{d.action} | {d.reason} |"
             )
         for o in p.orphans:
             if rows >= limit:
                 break
             rows += 1
-            lines.append(f"| {p.component} | {o.backup_dir} (no manifest) | | | {o.action} | {o.reason} |")
+            lines.append(f"| {p.component} | {o.backup_dir} (no manifest) | | | | {o.action} | {o.reason} |")
     if rows >= limit:
         lines.append(f"\n(first {limit} rows shown; the flow's result has every decision)")
+    leftovers = [(c, k) for c, keys in (incomplete or {}).items() for k in keys]
+    verb = "would remove" if dry_run else "removes"
+    lines += ["", f"## Leftovers of failed writes the sweep {verb}: {len(leftovers)}", ""]
+    lines += [f"- {c}: `{k}`" for c, k in leftovers[:limit]]
     return "\n".join(lines) + "\n"
 
 

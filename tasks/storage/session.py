@@ -15,9 +15,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from blocks.store import StoreBlock
+from tasks.components.registry import SPECS, BackupKind
 from tasks.errors import BadInput, IntegrityError
 from tasks.ids import check_object_name, new_backup_id, parse_backup_id
-from tasks.models import Compression, Manifest, StoredObject
+from tasks.models import KIND_LABEL, Compression, Manifest, StoredObject, kind_label
 from tasks.storage import object_lock, progress
 from tasks.storage.backends import Backend, backend_for
 from tasks.storage.codec import Decoder, Encoder, iter_chunks
@@ -30,23 +31,30 @@ STALE_WRITE_AGE = timedelta(hours=24)  # longer than any backup runs: older uplo
 
 
 def sweep_incomplete_writes(
-    store: StoreBlock, component: str, older_than: timedelta = STALE_WRITE_AGE
+    store: StoreBlock, component: str, older_than: timedelta = STALE_WRITE_AGE, dry_run: bool = False
 ) -> list[str]:
     """Abort multipart uploads / remove partial files that a failed backup of `component` could
-    not clean up itself (the S3 server was down when it tried, or the process was killed)."""
+    not clean up itself (the S3 server was down when it tried, or the process was killed).
+    `dry_run`: change nothing, return what would be removed."""
     backend = backend_for(store)
     prefix = layout(store).component_dir(component) + "/"
     cutoff = datetime.now(UTC) - older_than
+
+    would: list[str] = []
 
     def stale(key: str, initiated: datetime) -> bool:
         # our own clock first: the backup id in the key says when it started (some S3 servers
         # report no real upload time); the server's time for keys that are not ours
         try:
-            return parse_backup_id(backup_id_of(key))[1] <= cutoff
+            old = parse_backup_id(backup_id_of(key) or "")[1] <= cutoff
         except BadInput:
-            return initiated <= cutoff
+            old = initiated <= cutoff
+        if old and dry_run:  # listed, never aborted
+            would.append(key)
+            return False
+        return old
 
-    removed = backend.abort_incomplete_writes(prefix, stale)
+    removed = backend.abort_incomplete_writes(prefix, stale) + would
     by_backup: dict[str, list[str]] = {}
     stale_dirs: dict[str, list[str]] = {}
     for key in backend.list_keys(prefix):
@@ -66,7 +74,8 @@ def sweep_incomplete_writes(
     for backup_id in object_lock.locked_until(backend, stale_dirs, datetime.now(UTC)):
         del stale_dirs[backup_id]
     for keys in stale_dirs.values():
-        backend.delete_keys(keys)
+        if not dry_run:
+            backend.delete_keys(keys)
         removed += keys
     return removed
 
@@ -181,7 +190,9 @@ def _named(obj: StoredObject, step, *args):
     try:
         return step(*args)
     except IntegrityError as exc:
-        raise type(exc)(f"{obj.key}: {exc}") from None  # keep the kind (KeyNotHeld is not damage)
+        named = type(exc)(f"{obj.key}: {exc}")  # keep the kind (KeyNotHeld is not damage)
+        named.proves_damage = exc.proves_damage
+        raise named from None
 
 
 def _check(obj: StoredObject, decoder: Decoder, raw: bool = False) -> None:
@@ -201,6 +212,20 @@ def verify_object(store: StoreBlock, obj: StoredObject, backend: Backend | None 
     """Read `obj` whole and check it; returns only if every byte matches."""
     for _ in _read_object(store, obj, backend, None):  # a check, not progress of the restore
         pass
+
+
+def _with_kind(component: str, labels: dict[str, str] | None) -> dict[str, str]:
+    """Every backup says why it was taken (labels["kind"], default on-demand), and only a kind
+    its component makes (the registry row's `kinds`)."""
+    out = dict(labels or {})
+    out[KIND_LABEL] = kind_label(out.get(KIND_LABEL, BackupKind.on_demand))
+    row = SPECS.get(component)
+    if row is not None and out[KIND_LABEL] not in row.kinds:
+        raise BadInput(
+            f"{component} makes no {out[KIND_LABEL]} backups (it makes: "
+            f"{', '.join(sorted(k.value for k in row.kinds))})"
+        )
+    return out
 
 
 class BackupSession:
@@ -229,7 +254,7 @@ class BackupSession:
         self.engine: dict[str, Any] = {}
         self.fingerprint: dict[str, Any] | None = None
         self.source_time: datetime | None = None
-        self.labels = dict(labels or {})
+        self.labels = _with_kind(component, labels)
         self.manifest: Manifest | None = None
         self.progress = progress.current()  # writes may come from engine threads: keep it here
 

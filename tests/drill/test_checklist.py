@@ -79,7 +79,7 @@ def test_forced_restore_takes_the_safety_backup_first_and_rollback_restores_it(l
     assert marks["notify stakeholders"] is Mark.warn  # none configured: said so
     assert marks["prepare rollback"] is Mark.ok and marks["document current state"] is Mark.ok
     safety = get_backup(store, record.safety_backup_id, "app-state")
-    assert safety.labels == {"purpose": "pre-restore-safety", "restore": record.id}
+    assert safety.labels == {"kind": "safety", "purpose": "pre-restore-safety", "restore": record.id}
     restore_started = record.finished_at - timedelta(seconds=record.duration_seconds)
     assert safety.finished_at <= restore_started  # complete before anything was replaced
     assert get_record(store, record.current_state_key)["steps"][0]["name"] == "sessions"

@@ -211,7 +211,7 @@ BAD_INPUTS = [
         "store='no-such-store'",
         lambda w: w.backup(store="no-such-store"),
         "ConfigurationError",
-        "no store block named 'no-such-store': create one (docs/blocks.md)",
+        "no store block named 'no-such-store': create one (docs/deployments.md, scripts/create_blocks.py)",
     ),
     Bad(
         "missing-typed-store-block",

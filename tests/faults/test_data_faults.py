@@ -25,6 +25,7 @@ from tasks.models import Manifest
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import backup_at_or_before, get_backup, latest_backup, list_backups
 from tasks.storage.codec import HEADER_LEN, RECORD
+from tasks.storage.health import Status, finding
 from tasks.storage.layout import backup_prefix, layout
 from tasks.storage.session import BackupSession, backup_session
 from tests.faults.helpers import app_target, dir_state
@@ -79,6 +80,9 @@ class Damage:
     encrypted: bool = False
     compression: str = "none"  # plain bytes make each check's message deterministic
     category: str = "data"
+    # recorded as damaged (tasks/storage/health.py); not when the FIRST encrypted record fails,
+    # which a wrong key does too, nor when there is no backup at all
+    recorded: bool = True
 
     @property
     def store_options(self) -> dict:
@@ -138,6 +142,7 @@ DAMAGES = [
         "IntegrityError",
         "decryption failed: the encryption key is wrong, or the object was altered, truncated or re-ordered",
         encrypted=True,
+        recorded=False,
     ),
     Damage(
         "truncated-encrypted",
@@ -146,6 +151,7 @@ DAMAGES = [
         "IntegrityError",
         "decryption failed",
         encrypted=True,
+        recorded=False,
     ),
     Damage(
         "truncated-zstd",
@@ -196,6 +202,7 @@ DAMAGES = [
         lambda s, m: backend_for(s).delete_keys([_manifest_key(s, m)]),
         "NotFound",
         "no backup {id} in",
+        recorded=False,
     ),
 ]
 
@@ -228,9 +235,16 @@ def test_damaged_backup_is_refused_before_the_target_is_touched(case, prefect_se
     assert st.message.startswith(f"Flow run encountered an exception: {case.error}: ")
     assert expected in st.message
     assert state.read_bytes() == OLD_STATE and not state.with_suffix(".restored.new").exists()
-    assert dir_state(Path(store.path)) == before
+    # nothing changed but the record of what the failed read found (tasks/storage/health.py)
+    health = layout(store).health_key(manifest.id)
+    after = dir_state(Path(store.path))
+    assert {k: v for k, v in after.items() if k != health} == before
     if case.name == "manifest-missing":
         assert list_backups(store, "app-state") == []  # objects without a manifest are no backup
+    if case.recorded:
+        assert finding(store, manifest.id).status == Status.damaged
+    else:
+        assert health not in after
 
 
 # --- clock skew --------------------------------------------------------------------------------

@@ -19,6 +19,10 @@ class Writer(Protocol):
 
 class Backend(ABC):
     location: str
+    # True when list_tagged's tag changes whenever the content does (S3's ETag is the MD5 of a
+    # single PUT). Size + mtime is not such a tag (bit rot, or a rewrite within the same
+    # timestamp, keeps both): caches keyed on it would hide a damaged manifest.
+    content_tags: bool = False
 
     @abstractmethod
     def preflight(self) -> None:
@@ -47,7 +51,8 @@ class Backend(ABC):
     @abstractmethod
     def list_tagged(self, prefix: str) -> dict[str, str]:
         """Every key under the folder `prefix` with a change tag (S3: ETag; local: size and
-        mtime): a different tag means the object changed. One listing."""
+        mtime): a different tag means the object changed; the same tag proves nothing unless
+        `content_tags`. One listing."""
 
     @abstractmethod
     def delete_keys(self, keys: list[str]) -> None: ...

@@ -103,6 +103,8 @@ class _S3Writer:
 
 
 class S3Backend(Backend):
+    content_tags = True  # ETag: a new object, a new tag (manifests are single PUTs: their MD5)
+
     def __init__(self, store: S3Store) -> None:
         self.store = store
         self.bucket = store.bucket
