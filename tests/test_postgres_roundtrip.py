@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 import secrets
+import shutil
 
 import pytest
 
@@ -18,7 +19,7 @@ from sandbox import services
 from tasks.components.postgres.common import connect, engine_env, parse_aside
 from tasks.proc import run
 from tasks.storage.session import backup_session
-from tests.pg_helpers import db_names, exec_in, scalar, target_for
+from tests.pg_helpers import db_names, drop, exec_in, make_db, new_name, scalar, target_for
 
 ROLES = """
 CREATE ROLE app_owner LOGIN CREATEDB PASSWORD 'owner-pw' VALID UNTIL '2031-01-01 00:00:00+00';
@@ -230,3 +231,70 @@ def test_round_trip_into_an_empty_cluster_gives_back_an_identical_pg_dumpall(req
     ]
     assert scalar(empty, "shop", "SHOW DateStyle") == "SQL, DMY"
     assert scalar(empty, "Ünï db", "SHOW default_transaction_read_only") == "on"
+
+
+def test_a_database_in_its_own_tablespace_comes_back_in_it(postgres, local_store):
+    admin_target = target_for(postgres)
+    space, db = new_name("ts"), new_name()
+    location = postgres.workdir / space
+    location.mkdir()
+    shutil.chown(location, "postgres")
+    exec_in(admin_target, "postgres", f"CREATE TABLESPACE {space} LOCATION '{location}'")
+    exec_in(admin_target, "postgres", f"CREATE DATABASE {db} TABLESPACE {space}")
+    exec_in(admin_target, db, "CREATE TABLE t AS SELECT generate_series(1, 100) AS i")
+    target, store = target_for(postgres, databases=[db]), local_store()
+    where = """SELECT t.spcname FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace
+               WHERE d.datname = %s"""
+    try:
+        with backup_session(store, "postgres") as session:
+            pg.backup(target, session)
+            session.commit()
+        drop(admin_target, db)
+        pg.restore(target, session.manifest, store, pg.RestoreOptions())  # globals: ts kept
+        assert scalar(admin_target, "postgres", where, (db,)) == space
+        assert scalar(admin_target, db, "SELECT count(*) FROM t") == 100
+    finally:
+        drop(admin_target, *[d for d in db_names(admin_target) if d == db or d.startswith(db + "__")])
+        exec_in(admin_target, "postgres", f"DROP TABLESPACE IF EXISTS {space}")
+
+
+def test_properties_follow_a_renamed_restore_and_no_owner_keeps_the_role_free_ones(postgres, local_store):
+    admin_target, role, db = target_for(postgres), new_name("r"), new_name()
+    exec_in(admin_target, "postgres", f"CREATE ROLE {role} LOGIN")
+    make_db(admin_target, db, owner=role)
+    for statement in (
+        f"REVOKE CONNECT ON DATABASE {db} FROM PUBLIC",
+        f"GRANT CONNECT ON DATABASE {db} TO {role}",
+        f"ALTER DATABASE {db} SET work_mem = '3MB'",
+        f"ALTER ROLE {role} IN DATABASE {db} SET statement_timeout = '7s'",
+        f"COMMENT ON DATABASE {db} IS 'kept'",
+        f"ALTER DATABASE {db} CONNECTION LIMIT 9",
+    ):
+        exec_in(admin_target, "postgres", statement)
+    target, store = target_for(postgres, databases=[db]), local_store()
+    props = "SELECT datacl::text, datconnlimit, shobj_description(oid, 'pg_database') FROM pg_database"
+    role_settings = """SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_database d
+                       ON d.oid = s.setdatabase WHERE d.datname = %s AND s.setrole <> 0"""
+    copy, bare = db + "_copy", db + "_bare"
+    try:
+        with backup_session(store, "postgres") as session:
+            pg.backup(target, session)
+            session.commit()
+        options = pg.RestoreOptions(rename_to={db: copy}, include_globals=False)
+        pg.restore(target, session.manifest, store, options)
+        with connect(admin_target, "postgres") as conn:
+            rows = {n: conn.execute(props + " WHERE datname = %s", (n,)).fetchone() for n in (db, copy)}
+            assert rows[copy] == rows[db] and f"{role}=c/" in rows[copy][0]
+            assert conn.execute(role_settings, (copy,)).fetchone() == (["statement_timeout=7s"],)
+        assert scalar(admin_target, copy, "SHOW work_mem") == "3MB"
+
+        options = pg.RestoreOptions(rename_to={db: bare}, include_globals=False, no_owner=True)
+        pg.restore(target, session.manifest, store, options)
+        with connect(admin_target, "postgres") as conn:
+            acl, limit, comment = conn.execute(props + " WHERE datname = %s", (bare,)).fetchone()
+            assert (acl, limit, comment) == (None, 9, "kept")  # no roles needed: the ACL is not
+            assert conn.execute(role_settings, (bare,)).fetchone() is None
+        assert scalar(admin_target, bare, "SHOW work_mem") == "3MB"
+    finally:
+        drop(admin_target, db, copy, bare)
+        exec_in(admin_target, "postgres", f"DROP ROLE IF EXISTS {role}")
