@@ -264,7 +264,7 @@ def test_properties_follow_a_renamed_restore_and_no_owner_keeps_the_role_free_on
     make_db(admin_target, db, owner=role)
     for statement in (
         f"REVOKE CONNECT ON DATABASE {db} FROM PUBLIC",
-        f"GRANT CONNECT ON DATABASE {db} TO {role}",
+        f"GRANT CONNECT ON DATABASE {db} TO pg_read_all_data",
         f"ALTER DATABASE {db} SET work_mem = '3MB'",
         f"ALTER ROLE {role} IN DATABASE {db} SET statement_timeout = '7s'",
         f"COMMENT ON DATABASE {db} IS 'kept'",
@@ -284,7 +284,7 @@ def test_properties_follow_a_renamed_restore_and_no_owner_keeps_the_role_free_on
         pg.restore(target, session.manifest, store, options)
         with connect(admin_target, "postgres") as conn:
             rows = {n: conn.execute(props + " WHERE datname = %s", (n,)).fetchone() for n in (db, copy)}
-            assert rows[copy] == rows[db] and f"{role}=c/" in rows[copy][0]
+            assert rows[copy] == rows[db] and "pg_read_all_data=c/" in rows[copy][0]
             assert conn.execute(role_settings, (copy,)).fetchone() == (["statement_timeout=7s"],)
         assert scalar(admin_target, copy, "SHOW work_mem") == "3MB"
 
