@@ -184,3 +184,24 @@ def test_no_engine_has_the_password_in_its_environment_or_argv(postgres, local_s
         path, file_mode, dir_mode = (log / run).read_text().split()
         assert (file_mode, dir_mode) == ("600", "700")
         assert not Path(path).exists() and not Path(path).parent.exists()  # removed afterwards
+
+
+def test_a_password_with_colons_backslashes_and_quotes_reaches_every_engine(postgres, local_store):
+    """The password file escapes ':' and '\\' (its field separator and escape character)."""
+    user, password = new_name("odd"), "a:b\\c:'\"d \\:" + random_secret("x")
+    admin_target, db = target_for(postgres), new_name()
+    with admin(admin_target) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
+                sql.Identifier(user), sql.Literal(password)
+            )
+        )
+    make_db(admin_target, db)
+    target = target_for(postgres, user=user, password=password, databases=[db])
+    try:
+        manifest = _take_backup(target, local_store())  # pg_dumpall and pg_dump log in
+        assert manifest.fingerprint["databases"][db]["tables"]["app.items"]["rows"] == 200
+    finally:
+        drop(admin_target, db)
+        with admin(admin_target) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(user)))
