@@ -1,4 +1,4 @@
-"""Where a PostgreSQL server is, and how to log in. The password never leaves as argv."""
+"""Where a PostgreSQL server is, and how to log in. The password never leaves as argv or environment."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ class PostgresTarget(Block):
     host: str = Field(default="127.0.0.1", description="host name or IP of the server")
     port: int = Field(default=5432, ge=1, le=65535)
     user: str = Field(default="postgres", description="a superuser (roles and all databases are dumped)")
-    password: SecretStr | None = Field(default=None, description="sent to libpq via PGPASSWORD only")
+    password: SecretStr | None = Field(
+        default=None, description="engines read it from a private 0600 password file, never argv or env"
+    )
     databases: list[str] = Field(
         default_factory=list, description="databases to back up; empty = every non-template database"
     )

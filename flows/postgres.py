@@ -74,9 +74,9 @@ def cleanup_postgres_rollbacks(
     return report
 
 
-DEMO_SQL = """CREATE TABLE functions (id serial PRIMARY KEY, name text NOT NULL, runtime text,
+DEMO_SQL = """CREATE TABLE public.functions (id serial PRIMARY KEY, name text NOT NULL, runtime text,
   memory_mb int, created timestamptz DEFAULT now());
-INSERT INTO functions (name, runtime, memory_mb)
+INSERT INTO public.functions (name, runtime, memory_mb)
 SELECT 'fn-' || md5(i::text), (ARRAY['python','go','node'])[1 + mod(i, 3)], 128 * (1 + mod(i, 8))
 FROM generate_series(1, 1000) i;"""
 

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -68,10 +69,13 @@ def _die_with_us(parent: int):
     return set_pdeathsig
 
 
-def _spawn(argv: Sequence[str], env: Mapping[str, str] | None, cwd: str | None, stdin) -> subprocess.Popen:
+def _spawn(
+    argv: Sequence[str], env: Mapping[str, str | None] | None, cwd: str | None, stdin
+) -> subprocess.Popen:
     if isinstance(argv, str) or not argv:
         raise ConfigurationError("a command must be a non-empty list of arguments, not a shell string")
-    full_env = {**os.environ, **(env or {})}
+    # a None value removes an inherited variable (PGPASSWORD would beat our password file)
+    full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
     try:
         return subprocess.Popen(
             list(argv),
@@ -272,6 +276,22 @@ def stop(proc: subprocess.Popen, timeout: float = 15) -> None:
         with suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+@contextmanager
+def private_file(name: str, content: str) -> Iterator[str]:
+    """A file only this user can read (0600) in a fresh private directory (0700), both removed
+    on exit: how an engine gets a credential without it being in its argv or environment
+    (an environment is readable in /proc by the same user and inherited by every child)."""
+    folder = tempfile.mkdtemp(prefix="klb-")  # created 0700
+    path = os.path.join(folder, name)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(content)
+        yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _version_key(path: str) -> tuple[int, ...]:

@@ -61,12 +61,14 @@ def make_db(target: PostgresTarget, name: str, rows: int = 200, owner: str | Non
 
 
 def exec_in(target: PostgresTarget, db: str, statement: str) -> None:
-    with connect(target, db, autocommit=True) as conn:
+    """As an application would: the database's and role's own settings apply."""
+    with connect(target, db, autocommit=True, own_settings=False) as conn:
         conn.execute(statement)
 
 
 def scalar(target: PostgresTarget, db: str, query: str, params=()):
-    with connect(target, db, autocommit=True) as conn:
+    """As an application would: the database's and role's own settings apply."""
+    with connect(target, db, autocommit=True, own_settings=False) as conn:
         return conn.execute(query, params or None).fetchone()[0]
 
 

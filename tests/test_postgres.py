@@ -164,6 +164,9 @@ def test_restore_whose_sql_fails_leaves_the_target_as_it_was(postgres, local_sto
     role, db = new_name("r"), new_name()
     exec_in(admin_target, "postgres", f"CREATE ROLE {role}")
     make_db(admin_target, db, owner=role)
+    # the database itself is the superuser's (a missing database owner is refused before
+    # pg_restore: see below); a table in it is the role's
+    exec_in(admin_target, "postgres", f"ALTER DATABASE {db} OWNER TO postgres")
     target = target_for(postgres, databases=[db])
     store = local_store()
     try:
@@ -178,6 +181,17 @@ def test_restore_whose_sql_fails_leaves_the_target_as_it_was(postgres, local_sto
 
         with pytest.raises(ComponentFailed, match="pg_restore .*exited with status 1"):
             pg.restore(target, manifest, store, pg.RestoreOptions(include_globals=False))
+        assert state(target, db) == changed
+        assert db_names(target) == names
+
+        # a backup whose database owner is gone is refused before anything is loaded
+        exec_in(admin_target, "postgres", f"CREATE ROLE {role}")
+        exec_in(admin_target, "postgres", f"ALTER DATABASE {db} OWNER TO {role}")
+        owned = take_backup(target, store)
+        exec_in(admin_target, "postgres", f"ALTER DATABASE {db} OWNER TO postgres")
+        exec_in(admin_target, "postgres", f"DROP ROLE {role}")
+        with pytest.raises(ComponentFailed, match=f'cannot create .*role "{role}" does not exist.*no_owner'):
+            pg.restore(target, owned, store, pg.RestoreOptions(include_globals=False))
         assert state(target, db) == changed
         assert db_names(target) == names
 

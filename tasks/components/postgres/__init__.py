@@ -3,8 +3,10 @@
 Backup: `pg_dumpall --globals-only` (roles, tablespaces) and one `pg_dump -Fc` per database,
 each streamed into the store. The fingerprint (rows + checksum per table, sequence values) is
 computed in a REPEATABLE READ transaction whose exported snapshot `pg_dump --snapshot` reads,
-so it describes exactly the dumped data. Restore: into `<db>__restore_<ts>`, with
-`pg_restore --exit-on-error --single-transaction`, fingerprint compared with the manifest, then
+so it describes exactly the dumped data; each database's database-level properties (owner, ACL,
+settings, role-in-database settings, locale, ...) are recorded as data (properties.py).
+Restore: into `<db>__restore_<ts>`, with `pg_restore --exit-on-error --single-transaction`,
+fingerprint compared with the manifest, database-level properties put on it and read back, then
 renamed in place in one transaction; the old database is kept as `<db>__rollback_<ts>`.
 """
 

@@ -1,7 +1,9 @@
 """PostgreSQL plumbing shared by backup, restore, drill and the rollback flows.
 
-Connections (with errors that say what to fix), the environment for pg_dump/pg_restore/psql
-(password in PGPASSWORD only), names of side databases, and the content fingerprint.
+Connections (with errors that say what to fix) and the environment for pg_dump/pg_restore/psql,
+both with the session settings the project depends on (a database's or role's own settings never
+apply to our sessions); the engines' password in a private password file, names of side
+databases, and the content fingerprint.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from psycopg import sql
 
 from blocks.postgres import PostgresTarget
 from tasks.errors import ConfigurationError, NotFound, TransientError
-from tasks.proc import find_binary
+from tasks.proc import find_binary, private_file
 
 FINGERPRINT_ALGORITHM = "rows+sum64(md5(row::text))/v1"
 # Row text must not depend on session settings, or the same rows would hash differently.
@@ -30,6 +32,21 @@ _STABLE_SETTINGS = (
     "SET extra_float_digits = 3",
     "SET bytea_output = 'hex'",
 )
+# Every session we open (ours and the engines') sets what it depends on, in the startup packet,
+# which outranks ALTER DATABASE/ROLE ... SET: a database with a read-only default, DateStyle
+# 'SQL, DMY', a 20 ms statement_timeout or its own search_path must not change what we do.
+# row_security=off makes a policy that would hide rows from us an error, not a silent miss.
+SESSION_SETTINGS = {
+    "DateStyle": "ISO,YMD",
+    "IntervalStyle": "postgres",
+    "statement_timeout": "0",
+    "lock_timeout": "0",
+    "idle_in_transaction_session_timeout": "0",
+    "default_transaction_read_only": "off",
+    "search_path": "pg_catalog",
+    "row_security": "off",
+}
+SESSION_OPTIONS = " ".join(f"-c {k}={v}" for k, v in SESSION_SETTINGS.items())
 ASIDE_RE = re.compile(
     r"^(?P<base>.+)__(?P<kind>restore|rollback|undone)_(?P<ts>\d{14})(?P<rand>[0-9a-f]{4})?$"
 )
@@ -78,9 +95,12 @@ def connect(
     autocommit: bool = False,
     host: str | None = None,
     port: int | None = None,
+    own_settings: bool = True,
 ) -> psycopg.Connection:
     """A connection to `dbname` (default: the maintenance database) of the target's server, or of
-    the server at `host`:`port` with the target's credentials (a recovered instance)."""
+    the server at `host`:`port` with the target's credentials (a recovered instance).
+    With `own_settings` (always, in the project) the session uses SESSION_SETTINGS, whatever the
+    database's or role's; False gives a session as an application would see it (tests)."""
     dbname = dbname or target.maintenance_db
     host, port = host or target.host, port or target.port
     try:
@@ -94,6 +114,7 @@ def connect(
             connect_timeout=target.connect_timeout,
             application_name="klb",
             autocommit=autocommit,
+            **({"options": SESSION_OPTIONS} if own_settings else {}),
         )
     except psycopg.OperationalError as exc:
         raise _connect_error(target, dbname, exc, host, port) from None
@@ -125,9 +146,17 @@ def tool(target: PostgresTarget, name: str) -> str:
     return find_binary(name, missing=f"{name} is not installed: apt-get install postgresql-client")
 
 
-def tool_env(target: PostgresTarget, dbname: str | None = None) -> dict[str, str]:
-    """libpq settings for pg_dump & co: the password goes here, never on the command line."""
-    env = {
+def _pgpass_field(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+@contextmanager
+def engine_env(target: PostgresTarget, dbname: str | None = None) -> Iterator[dict[str, str | None]]:
+    """libpq settings for pg_dump & co. The password is in a 0600 password file (PGPASSFILE) in a
+    private directory removed on exit: never in argv, never in the environment (readable in
+    /proc/<pid>/environ and inherited by every child). An inherited PGPASSWORD is removed: it
+    would take precedence over the file."""
+    env: dict[str, str | None] = {
         "PGHOST": target.host,
         "PGPORT": str(target.port),
         "PGUSER": target.user,
@@ -135,11 +164,21 @@ def tool_env(target: PostgresTarget, dbname: str | None = None) -> dict[str, str
         "PGCONNECT_TIMEOUT": str(target.connect_timeout),
         "PGAPPNAME": "klb",
         "PGDATABASE": dbname or target.maintenance_db,
+        "PGOPTIONS": SESSION_OPTIONS,
+        "PGPASSWORD": None,
     }
     pw = _password(target)
-    if pw:
-        env["PGPASSWORD"] = pw
-    return env
+    if not pw:
+        yield env
+        return
+    if "\n" in pw or "\r" in pw:
+        raise ConfigurationError(
+            "the postgres target's password contains a line break, which a libpq password file "
+            "cannot hold: change the password"
+        )
+    line = f"*:*:*:{_pgpass_field(target.user)}:{_pgpass_field(pw)}\n"
+    with private_file("pgpass", line) as path:
+        yield {**env, "PGPASSFILE": path}
 
 
 def conninfo_dbname(dbname: str) -> str:
@@ -178,7 +217,7 @@ def databases(conn: psycopg.Connection) -> dict[str, dict[str, Any]]:
                   pg_get_userbyid(d.datdba), pg_database_size(d.oid), d.datallowconn,
                   coalesce((SELECT s.setconfig FROM pg_db_role_setting s
                             WHERE s.setdatabase = d.oid AND s.setrole = 0), '{}')
-           FROM pg_database d WHERE NOT d.datistemplate ORDER BY d.datname"""
+           FROM pg_database d WHERE d.datname NOT IN ('template0', 'template1') ORDER BY d.datname"""
     ).fetchall()
     return {
         r[0]: {
@@ -287,4 +326,9 @@ def terminate(conn: psycopg.Connection, dbname: str) -> None:
 
 
 def drop_database(conn: psycopg.Connection, dbname: str) -> None:
+    # a restored template database (IS_TEMPLATE true) cannot be dropped until it is not one
+    if conn.execute("SELECT datistemplate FROM pg_database WHERE datname = %s", (dbname,)).fetchone() == (
+        True,
+    ):
+        conn.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(sql.Identifier(dbname)))
     conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))

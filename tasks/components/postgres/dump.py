@@ -14,17 +14,18 @@ import psycopg
 
 from blocks.postgres import PostgresTarget
 from blocks.store import StoreBlock
+from tasks.components.postgres import properties
 from tasks.components.postgres.common import (
     FINGERPRINT_ALGORITHM,
     admin,
     connect,
     conninfo_dbname,
     databases,
+    engine_env,
     fingerprint,
     parse_aside,
     server_version,
     tool,
-    tool_env,
 )
 from tasks.errors import IntegrityError, NotFound
 from tasks.models import Manifest, StoredObject
@@ -74,7 +75,10 @@ def _dump_database(
             # the fingerprint scans the same snapshot while pg_dump streams it
             future = pool.submit(fingerprint, conn)
             try:
-                with stream_stdout(argv, tool_env(target, db), name=f"pg_dump {db}") as out:
+                with (
+                    engine_env(target, db) as env,
+                    stream_stdout(argv, env, name=f"pg_dump {db}") as out,
+                ):
                     obj = session.write(name, out, meta={"database": db, "format": "custom"})
             except BaseException:
                 conn.cancel_safe()
@@ -94,11 +98,14 @@ def backup(target: PostgresTarget, session: BackupSession) -> None:
         version = server_version(conn)
         present = databases(conn)
     wanted = _select(target, present)
-    with stream_stdout(
-        [tool(target, "pg_dumpall"), "--globals-only", "--no-password", "-l", target.maintenance_db],
-        tool_env(target),
-        name="pg_dumpall --globals-only",
-    ) as out:
+    with (
+        engine_env(target) as env,
+        stream_stdout(
+            [tool(target, "pg_dumpall"), "--globals-only", "--no-password", "-l", target.maintenance_db],
+            env,
+            name="pg_dumpall --globals-only",
+        ) as out,
+    ):
         session.write(GLOBALS, out, meta={"kind": "globals"})
     fingerprints: dict[str, Any] = {}
     facts: dict[str, Any] = {}
@@ -106,6 +113,8 @@ def backup(target: PostgresTarget, session: BackupSession) -> None:
     for index, db in enumerate(wanted):
         name = _object_name(index, db)
         fp, taken_at, obj = _dump_database(target, db, name, session)
+        with admin(target) as conn:  # after the dump: what the restored database must carry
+            props = properties.read(conn, db)
         fingerprints[db] = fp
         times.append(taken_at)
         facts[db] = {
@@ -113,6 +122,7 @@ def backup(target: PostgresTarget, session: BackupSession) -> None:
             "object": name,
             "snapshot_time": taken_at.isoformat(),
             "dump_bytes": obj.raw_size,
+            "properties": props,
         }
         log.info("dumped %s: %d tables, %d bytes", db, len(fp["tables"]), obj.raw_size)
     session.engine.update(

@@ -10,22 +10,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from psycopg import sql
 from pydantic import Field, field_validator
 
 from blocks.postgres import PostgresTarget, check_db_name
 from blocks.store import StoreBlock
 from tasks.components.contract import StrictOptions
+from tasks.components.postgres import properties
 from tasks.components.postgres.common import (
     admin,
     aside_name,
     conninfo_dbname,
     diff_fingerprints,
     drop_database,
+    engine_env,
     fingerprint_database,
     server_version,
     tool,
-    tool_env,
 )
 from tasks.components.postgres.cutover import swap
 from tasks.components.postgres.dump import GLOBALS, GLOBALS_MAX
@@ -143,39 +143,9 @@ def _apply_globals(target: PostgresTarget, manifest: Manifest, store: StoreBlock
     argv = [tool(target, "psql"), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1"]
     if not has_tablespace:  # CREATE TABLESPACE cannot run inside a transaction block
         argv.append("--single-transaction")
-    feed_stdin(argv, [script.encode()], tool_env(target), name="psql (globals)")
+    with engine_env(target) as env:
+        feed_stdin(argv, [script.encode()], env, name="psql (globals)")
     return {"roles": len(re.findall(r"^DO \$klb\$ BEGIN CREATE ROLE", script, re.M))}
-
-
-def _create_side(conn, target: PostgresTarget, side: str, info: dict[str, Any], no_owner: bool) -> None:
-    owner_ok = (
-        not no_owner
-        and info.get("owner")
-        and conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (info["owner"],)).fetchone()
-    )
-    parts = [sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(side))]
-    if info.get("encoding"):
-        parts.append(sql.SQL("ENCODING {}").format(sql.Literal(info["encoding"])))
-    if info.get("collate"):
-        parts.append(
-            sql.SQL("LC_COLLATE {} LC_CTYPE {}").format(
-                sql.Literal(info["collate"]), sql.Literal(info["ctype"])
-            )
-        )
-    if owner_ok:
-        parts.append(sql.SQL("OWNER {}").format(sql.Identifier(info["owner"])))
-    conn.execute(sql.SQL(" ").join(parts))
-    for setting in info.get("settings", []):
-        key, _, value = setting.partition("=")
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", key):
-            log.warning("database setting %r not re-applied (unexpected name)", key)
-            continue
-        # list settings are stored already quoted (search_path="$user", public): keep them raw
-        is_list = key in {"search_path", "temp_tablespaces"} or key.endswith("preload_libraries")
-        val = sql.SQL(value) if is_list else sql.Literal(value)
-        conn.execute(
-            sql.SQL("ALTER DATABASE {} SET {} = {}").format(sql.Identifier(side), sql.Identifier(key), val)
-        )
 
 
 def restore_aside(
@@ -186,14 +156,17 @@ def restore_aside(
     side: str,
     no_owner: bool = False,
 ) -> dict[str, Any]:
-    """Restore backup database `db` into a new database `side` and check its fingerprint.
-    Drops `side` on any failure; never touches any other database."""
+    """Restore backup database `db` into a new database `side`, check its fingerprint, then put
+    the recorded database properties on it (after the load: a read-only default or a short
+    statement_timeout must not apply to it). Drops `side` on any failure; never touches any
+    other database."""
     info = manifest.engine["databases"][db]
     obj = manifest.object(info["object"])
+    props = info.get("properties") or properties.legacy(info)
     with admin(target) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (side,)).fetchone():
             raise BadInput(f"database {side!r} already exists: drop it or pick another name")
-        _create_side(conn, target, side, info, no_owner)
+        properties.create_side(conn, side, props, no_owner)
     try:
         argv = [
             tool(target, "pg_restore"),
@@ -205,7 +178,8 @@ def restore_aside(
         ]
         if no_owner:
             argv += ["--no-owner", "--no-privileges"]
-        feed_stdin(argv, read_object(store, obj), tool_env(target, side), name=f"pg_restore {db}")
+        with engine_env(target, side) as env:
+            feed_stdin(argv, read_object(store, obj), env, name=f"pg_restore {db}")
         actual = fingerprint_database(target, side)
         expected = (manifest.fingerprint or {}).get("databases", {}).get(db)
         if expected is None:
@@ -217,6 +191,8 @@ def restore_aside(
             raise IntegrityError(
                 f"restored {db!r} does not match backup {manifest.id}: " + "; ".join(diff[:10])
             )
+        with admin(target) as conn:
+            properties.apply(conn, side, props, no_owner)
     except BaseException:
         with admin(target) as conn:
             drop_database(conn, side)

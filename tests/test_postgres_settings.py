@@ -1,0 +1,207 @@
+"""Databases whose own settings change how a session behaves back up and restore, and keep those
+settings; the engines never carry the password in their environment or argv."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from psycopg import sql
+
+import tasks.components.postgres as pg
+from tasks.components.postgres.common import admin, connect
+from tasks.storage.session import backup_session
+from tests.faults.helpers import random_secret
+from tests.pg_helpers import db_names, drop, make_db, new_name, scalar, state, target_for
+
+SETTINGS = {
+    "read_only_default": (
+        "ALTER DATABASE {db} SET default_transaction_read_only = on",
+        "default_transaction_read_only",
+        "on",
+    ),
+    "datestyle_sql_dmy": ("ALTER DATABASE {db} SET \"DateStyle\" = 'SQL, DMY'", "DateStyle", "SQL, DMY"),
+    "statement_timeout_20ms": (
+        "ALTER DATABASE {db} SET statement_timeout = '20ms'",
+        "statement_timeout",
+        "20ms",
+    ),
+    "role_in_database_timeout": (
+        "ALTER ROLE postgres IN DATABASE {db} SET statement_timeout = '20ms'",
+        "statement_timeout",
+        "20ms",
+    ),
+    "idle_in_transaction_10ms": (
+        "ALTER DATABASE {db} SET idle_in_transaction_session_timeout = '10ms'",
+        "idle_in_transaction_session_timeout",
+        "10ms",
+    ),
+    "lock_timeout_1ms": ("ALTER DATABASE {db} SET lock_timeout = '1ms'", "lock_timeout", "1ms"),
+}
+
+
+def _take_backup(target, store):
+    with backup_session(store, "postgres") as session:
+        pg.backup(target, session)
+        session.commit()
+    return session.manifest
+
+
+@pytest.mark.parametrize("case", sorted(SETTINGS))
+def test_a_database_whose_settings_change_sessions_backs_up_restores_and_keeps_them(
+    postgres, local_store, case
+):
+    alter, name, value = SETTINGS[case]
+    admin_target, db = target_for(postgres), new_name()
+    make_db(admin_target, db)
+    # 300k rows: a scan of it takes longer than 20 ms, the fingerprint with it
+    with connect(admin_target, db, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE public.big AS SELECT i, md5(i::text) AS h FROM generate_series(1, 300000) i"
+        )
+    with admin(admin_target) as conn:
+        conn.execute(alter.format(db=sql.Identifier(db).as_string(conn)))
+    target = target_for(postgres, databases=[db])
+    store = local_store()
+    try:
+        assert scalar(target, db, f'SHOW "{name}"') == value  # as the application sees it
+        manifest = _take_backup(target, store)
+        assert manifest.fingerprint["databases"][db]["tables"]["public.big"]["rows"] == 300000
+        with connect(target, db, autocommit=True) as conn:  # our own settings: not read-only
+            conn.execute("DELETE FROM public.big WHERE i % 2 = 0; DELETE FROM app.items")
+        assert state(target, db) != manifest.fingerprint["databases"][db]
+
+        report = pg.restore(target, manifest, store, pg.RestoreOptions())
+
+        assert report["databases"][db]["fingerprint_equal"] is True
+        assert state(target, db) == manifest.fingerprint["databases"][db]
+        assert scalar(target, db, f'SHOW "{name}"') == value  # the setting came back with it
+        # and the restored database backs up and restores again, in place over itself
+        again = _take_backup(target, store)
+        pg.restore(target, again, store, pg.RestoreOptions())
+        assert state(target, db) == manifest.fingerprint["databases"][db]
+        assert scalar(target, db, f'SHOW "{name}"') == value
+    finally:  # dropping a database drops its role-in-database settings too
+        drop(admin_target, *[d for d in db_names(admin_target) if d == db or d.startswith(db + "__")])
+
+
+# --- no password in any engine's environment or argv ----------------------------------------
+
+_WRAPPER = """#!/bin/sh
+# record what this engine was started with, wait until the test's sampler has seen it, then run it
+log={log}
+name=$(basename "$0")
+modes="$(stat -c %a "$PGPASSFILE") $(stat -c %a "$(dirname "$PGPASSFILE")")"
+echo "$PGPASSFILE $modes" > "$log/$name.$$.passfile"
+i=0
+while [ ! -e "$log/seen.$$" ] && [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done
+exec {real}/"$name" "$@"
+"""
+
+
+def _descendants(root: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(path.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(path.parent.name))
+    out, todo = [], [root]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+class _Sampler(threading.Thread):
+    """Reads /proc/<pid>/environ and cmdline of every descendant of this process, repeatedly."""
+
+    def __init__(self, secret: bytes, log: Path) -> None:
+        super().__init__(daemon=True)
+        self.secret, self.log, self.stop = secret, log, threading.Event()
+        self.seen: dict[int, str] = {}
+        self.leaks: list[str] = []
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for pid in _descendants(os.getpid()):
+                try:
+                    environ = Path(f"/proc/{pid}/environ").read_bytes()
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue  # gone already
+                if self.secret in environ or self.secret in cmdline or b"PGPASSWORD=" in environ:
+                    self.leaks.append(f"{pid}: {cmdline[:200]!r}")
+                self.seen[pid] = cmdline.split(b"\0", 1)[0].decode(errors="replace")
+                (self.log / f"seen.{pid}").touch()
+
+
+def test_no_engine_has_the_password_in_its_environment_or_argv(postgres, local_store, tmp_path):
+    user, password = new_name("leak"), random_secret("pgpw")
+    admin_target, db = target_for(postgres), new_name()
+    with admin(admin_target) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
+                sql.Identifier(user), sql.Literal(password)
+            )
+        )
+    make_db(admin_target, db, rows=20000)
+    log, bin_dir = tmp_path / "log", tmp_path / "bin"
+    log.mkdir()
+    bin_dir.mkdir()
+    for engine in ("pg_dump", "pg_dumpall", "pg_restore", "psql"):
+        wrapper = bin_dir / engine
+        wrapper.write_text(_WRAPPER.format(log=log, real=postgres.extra["bindir"]))
+        wrapper.chmod(0o755)
+    target = target_for(postgres, user=user, password=password, databases=[db], bin_dir=str(bin_dir))
+    sampler = _Sampler(password.encode(), log)
+    sampler.start()
+    os.environ["PGPASSWORD"] = "inherited-" + password  # must not reach an engine either
+    try:
+        store = local_store()
+        manifest = _take_backup(target, store)
+        pg.restore(target, manifest, store, pg.RestoreOptions(include_globals=True))
+    finally:
+        del os.environ["PGPASSWORD"]
+        sampler.stop.set()
+        sampler.join()
+        drop(admin_target, *[d for d in db_names(admin_target) if d == db or d.startswith(db + "__")])
+        with admin(admin_target) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(user)))
+
+    assert sampler.leaks == []
+    runs = sorted(p.name for p in log.glob("*.passfile"))
+    engines = {r.split(".")[0] for r in runs}
+    assert engines == {"pg_dump", "pg_dumpall", "pg_restore", "psql"}
+    # every engine run was sampled while it ran (it waited for that), and read a private file
+    for run in runs:
+        pid = int(run.split(".")[1])
+        assert pid in sampler.seen, f"{run} was never sampled"
+        path, file_mode, dir_mode = (log / run).read_text().split()
+        assert (file_mode, dir_mode) == ("600", "700")
+        assert not Path(path).exists() and not Path(path).parent.exists()  # removed afterwards
+
+
+def test_a_password_with_colons_backslashes_and_quotes_reaches_every_engine(postgres, local_store):
+    """The password file escapes ':' and '\\' (its field separator and escape character)."""
+    user, password = new_name("odd"), "a:b\\c:'\"d \\:" + random_secret("x")
+    admin_target, db = target_for(postgres), new_name()
+    with admin(admin_target) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
+                sql.Identifier(user), sql.Literal(password)
+            )
+        )
+    make_db(admin_target, db)
+    target = target_for(postgres, user=user, password=password, databases=[db])
+    try:
+        manifest = _take_backup(target, local_store())  # pg_dumpall and pg_dump log in
+        assert manifest.fingerprint["databases"][db]["tables"]["app.items"]["rows"] == 200
+    finally:
+        drop(admin_target, db)
+        with admin(admin_target) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(user)))
