@@ -28,6 +28,7 @@ from tasks.components.postgres_pitr.engines import (
     engine_for,
     write_credentials_file,
 )
+from tasks.components.postgres_pitr.prefetch import wal_spool
 from tasks.components.postgres_pitr.server import _row, connect, pg_bindir
 from tasks.components.postgres_pitr.window import (
     RecoveryTarget,
@@ -200,6 +201,7 @@ def recover(
     data, sock, log, creds = root / "data", root / "socket", root / "server.log", root / "aws-credentials"
     as_user = _as_user(user)
     started = False
+    spool = contextlib.ExitStack()  # the WAL prefetcher, while recovery replays
     try:
         # the stream is checked (sha256) at its end, before anything is started from it
         feed_stdin(
@@ -211,7 +213,12 @@ def recover(
         if manifest.engine.get("pg_manifest"):
             run([*as_user, str(bindir / "pg_verifybackup"), str(data)], timeout=options.timeout_seconds)
         write_credentials_file(target, creds, user if as_user else None)
-        settings = _recovery_settings(goal, engine.restore_command(target, creds), port, sock)
+        command = spool.enter_context(
+            wal_spool(
+                engine, target, root, creds, manifest.engine.get("first_segment"), user if as_user else None
+            )
+        )
+        settings = _recovery_settings(goal, command, port, sock)
         if not (data / "postgresql.conf").exists():  # Debian keeps it in /etc: the data dir has none
             (data / "postgresql.conf").touch()
         with open(data / "postgresql.auto.conf", "a") as fh:
@@ -266,6 +273,7 @@ def recover(
                 f"recovered to {state['recovered_to_time']}, after the target {goal.time.isoformat()}"
             )
     except BaseException:
+        spool.close()
         tail = _log_tail(log)
         if started:
             stop_instance(str(root))
@@ -273,6 +281,7 @@ def recover(
         if tail and tail != "(no server log)":
             log_.error("PITR instance log before cleanup:\n%s", tail)
         raise
+    spool.close()
     return {
         "goal": goal.describe(),
         "base_backup": manifest.id,
