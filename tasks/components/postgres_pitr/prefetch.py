@@ -31,6 +31,7 @@ AHEAD = 8  # segments fetched ahead of replay (16 MiB each by default)
 JOBS = 4  # downloads at once
 PLAN = "plan"  # the segments the fetcher will bring, one name a line
 DONE = "done"  # the fetcher ended (every planned segment is in the spool or marked failed)
+RESTORE_LOG = "wal-restore.log"  # one line per file the server asked for: spool or fallback
 WAIT_STEPS = 6000  # x 0.05 s: how long the restore_command waits for a planned segment
 
 _FETCHER = r"""
@@ -88,17 +89,21 @@ if grep -qxF -- "$f" "$spool/{plan}" 2>/dev/null; then
     sleep 0.05; i=$((i + 1))
   done
 fi
-if [ -f "$spool/$f" ] && mv -f -- "$spool/$f" "$p"; then exit 0; fi
+if [ -f "$spool/$f" ] && mv -f -- "$spool/$f" "$p"; then
+  echo "spool $f" >> {log}; exit 0
+fi
+echo "fallback $f" >> {log}
 exec env {fallback}
 """
 
 
-def restore_script(fallback: str, spool: Path) -> str:
+def restore_script(fallback: str, spool: Path, log: Path) -> str:
     """The restore_command script; `fallback` is the engine's own command, ending in `%f %p`."""
     if not fallback.endswith(" %f %p"):
         raise ValueError(f"unexpected restore_command {fallback!r}")
     return _RESTORE_SCRIPT.format(
         spool=shlex.quote(str(spool)),
+        log=shlex.quote(str(log)),
         plan=PLAN,
         done=DONE,
         steps=WAIT_STEPS,
@@ -124,7 +129,7 @@ def wal_spool(
     spool = root / "wal-spool"
     spool.mkdir(mode=0o700)
     script = root / "restore_wal.sh"
-    script.write_text(restore_script(fallback, spool))
+    script.write_text(restore_script(fallback, spool, root / RESTORE_LOG))
     script.chmod(0o700)
     uid = -1
     if owner:
@@ -189,3 +194,17 @@ def _wait_for_plan(spool: Path, fetcher: subprocess.Popen, timeout: float = 120)
             return
         time.sleep(0.05)
     log.warning("WAL prefetch did not list the archive in %.0f s: fetching segment by segment", timeout)
+
+
+def restore_report(root: Path) -> dict[str, object]:
+    """What the recovering server asked for so far: the files the spool served, and those the
+    fallback command was run for (history files, the end of the archive, misses)."""
+    try:
+        lines = (root / RESTORE_LOG).read_text().split("\n")
+    except FileNotFoundError:
+        return {"from_spool": [], "fallback": []}
+    pairs = [line.split(" ", 1) for line in lines if " " in line]
+    return {
+        "from_spool": [name for how, name in pairs if how == "spool"],
+        "fallback": [name for how, name in pairs if how == "fallback"],
+    }

@@ -28,7 +28,7 @@ from tasks.components.postgres_pitr.engines import (
     engine_for,
     write_credentials_file,
 )
-from tasks.components.postgres_pitr.prefetch import wal_spool
+from tasks.components.postgres_pitr.prefetch import restore_report, wal_spool
 from tasks.components.postgres_pitr.server import _row, connect, pg_bindir
 from tasks.components.postgres_pitr.window import (
     RecoveryTarget,
@@ -291,6 +291,7 @@ def recover(
         "host": "127.0.0.1",
         "stopped_at": stop[-1] if stop else "end of archived WAL",
         "paused_for_promotion": goal.kind != "latest",
+        "wal_restored": restore_report(root),
         **state,
     }
 
