@@ -157,11 +157,14 @@ def wal_spool(
         str(AHEAD),
         str(JOBS),
     ]
-    fetcher = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-        argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
-    )
+    # its messages go to a file: a pipe nobody reads would fill up and stall the fetcher
+    fetcher_log = root / "wal-fetcher.log"
+    with open(fetcher_log, "wb") as err:
+        fetcher = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, env=env
+        )
     try:
-        _wait_for_plan(spool, fetcher)
+        _wait_for_plan(spool, fetcher, fetcher_log)
         yield f"sh {shlex.quote(str(script))} %f %p"
     finally:
         with contextlib.suppress(OSError):
@@ -171,13 +174,12 @@ def wal_spool(
         except subprocess.TimeoutExpired:
             fetcher.kill()
             fetcher.wait()
-        fetcher.stderr.close()
         for path in spool.iterdir():
             path.unlink(missing_ok=True)
         spool.rmdir()
 
 
-def _wait_for_plan(spool: Path, fetcher: subprocess.Popen, timeout: float = 120) -> None:
+def _wait_for_plan(spool: Path, fetcher: subprocess.Popen, fetcher_log: Path, timeout: float = 120) -> None:
     """The server starts once the fetcher knows what it will fetch (or has given up: then every
     segment comes from the fallback command, as without a spool)."""
     deadline = time.monotonic() + timeout
@@ -185,11 +187,7 @@ def _wait_for_plan(spool: Path, fetcher: subprocess.Popen, timeout: float = 120)
         if (spool / PLAN).exists():
             return
         if fetcher.poll() is not None or (spool / DONE).exists():
-            err = (
-                fetcher.stderr.read().decode(errors="replace").strip().splitlines()[-1:]
-                if fetcher.stderr
-                else []
-            )
+            err = fetcher_log.read_text(errors="replace").strip().splitlines()[-1:]
             log.warning("WAL prefetch did not start (%s): fetching segment by segment", err or "no plan")
             return
         time.sleep(0.05)
