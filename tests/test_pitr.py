@@ -446,3 +446,29 @@ def test_check_flow_fails_when_archiving_is_off(prefect_server, postgres, moto):
     with pytest.raises(ConfigurationError, match="PITR not possible: archive_mode is off"):
         check_wal_archive(target=target, store=_store(moto, bucket))
     assert "**PITR not possible**" in _artifact("pitr-wal-archive")
+
+
+def test_recovery_replays_wal_fetched_ahead_not_one_process_per_segment(bench, new_dir):
+    """Every segment from the base backup to the target comes out of the prefetch spool (one
+    long-lived fetcher); barman-cloud-wal-restore runs only for what the spool cannot have."""
+    goal = RecoveryTarget(kind="time", time=bench["T"])
+    result = pitr.recover(
+        bench["target"], bench["base"], bench["store"], goal, pitr.RestoreOptions(directory=new_dir)
+    )
+    first = bench["base"].engine["first_segment"]
+    replayed = sorted(
+        n
+        for n in BarmanCloud().list_wal(bench["target"])
+        if len(n) == 24 and n[:8] == first[:8] and n >= first
+    )
+    spooled, fallback = result["wal_restored"]["from_spool"], result["wal_restored"]["fallback"]
+    # the replayed segments, in order from the base backup's first, all came out of the spool
+    assert len(spooled) >= 2 and spooled == replayed[: len(spooled)]
+    # the fallback ran only for what comes after them (the end of the archive) or is no segment
+    assert all(n > spooled[-1] or len(n) != 24 for n in fallback)
+    assert _phases(result["port"], bench["svc"].extra["password"]) == {
+        "before": 5,
+        "between-1": 5,
+        "between-2": 5,
+    }
+    assert not (Path(new_dir) / "wal-spool").exists()  # the spool is gone once recovery paused

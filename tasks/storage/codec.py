@@ -36,6 +36,8 @@ TAG = 16
 RECORD = CHUNK + TAG
 HEADER_LEN = len(MAGIC) + KEY_ID_LEN + SALT_LEN + PREFIX_LEN
 HEADER_LEN_V1 = len(MAGIC_V1) + SALT_LEN + PREFIX_LEN
+ZSTD_LEVEL = 1  # when the store block sets none: measured in bench/pg_parts.py (docs/performance.md)
+ZSTD_THREADS = -1  # one compression worker per core, off the GIL, beside the engine's dump
 
 
 def derive_key(secret: str, salt: bytes) -> bytes:
@@ -61,7 +63,9 @@ class _Compressor:
     def __init__(self, kind: Compression, level: int | None) -> None:
         self.kind = kind
         if kind is Compression.zstd:
-            self._obj = zstandard.ZstdCompressor(level=level or 3, threads=-1).compressobj()
+            self._obj = zstandard.ZstdCompressor(
+                level=level or ZSTD_LEVEL, threads=ZSTD_THREADS
+            ).compressobj()
         elif kind is Compression.gzip:
             self._obj = zlib.compressobj(level or 6, zlib.DEFLATED, 31)
         else:

@@ -1,7 +1,8 @@
 """The store: any byte stream in, stored + checksummed + (optionally) encrypted objects out.
 
-A backup is written through a `BackupSession`: objects stream in, each is read back and
-checked (unless the store says not to), and the manifest is written last. If anything fails,
+A backup is written through a `BackupSession`: objects stream in, each is checked (by the store
+itself when it can: S3 verifies a SHA-256 per part on upload; otherwise read back, unless the
+store block says not to), and the manifest is written last. If anything fails,
 every object already written is deleted and open uploads are aborted, so a backup either
 exists whole, with its manifest, or not at all.
 """
@@ -9,10 +10,10 @@ exists whole, with its manifest, or not at all.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from blocks.store import StoreBlock
 from tasks.components.registry import SPECS, BackupKind
@@ -25,6 +26,7 @@ from tasks.storage.codec import Decoder, Encoder, iter_chunks
 from tasks.storage.layout import MANIFEST_NAME, backup_id_of, is_manifest_key, layout
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 STALE_WRITE_AGE = timedelta(hours=24)  # longer than any backup runs: older uploads are orphans
@@ -122,6 +124,21 @@ def write_object(
     """Stream `source` (iterable of bytes or file-like) into `key`. Memory stays bounded.
     `lock_until`: retain-until of the object on a store that locks (S3 Object Lock).
     `tracker` (default: the flow's, tasks/storage/progress.py) counts the raw bytes streamed."""
+    return _write(store, key, source, name, compression, meta, backend, lock_until, tracker)[0]
+
+
+def _write(
+    store: StoreBlock,
+    key: str,
+    source: Iterable[bytes] | Any,
+    name: str,
+    compression: Compression | None,
+    meta: dict[str, Any] | None,
+    backend: Backend | None,
+    lock_until: datetime | None = None,
+    tracker: progress.Progress | None = None,
+) -> tuple[StoredObject, bool]:
+    """write_object, and whether the store itself confirmed every byte (no read-back needed)."""
     backend = backend or backend_for(store)
     tracker = tracker or progress.current()
     tick = progress.ticker(tracker)
@@ -141,7 +158,7 @@ def write_object(
         raise
     if tracker:
         tracker.object_done()
-    return StoredObject(
+    obj = StoredObject(
         name=name,
         key=key,
         size=encoder.size,
@@ -153,6 +170,7 @@ def write_object(
         version_id=version_id,
         meta=meta or {},
     )
+    return obj, bool(getattr(writer, "checked_by_store", False))
 
 
 def read_object(store: StoreBlock, obj: StoredObject, backend: Backend | None = None) -> Iterator[bytes]:
@@ -183,6 +201,31 @@ def _read_object(store: StoreBlock, obj: StoredObject, backend: Backend | None, 
     _check(obj, decoder, raw=True)
     if tracker:
         tracker.object_done()
+
+
+def consume_checked(stream: Iterator[bytes], consume: Callable[[Iterator[bytes]], T]) -> T:
+    """`consume(stream)` for a stream from `read_object`, the one read of a restore. Its checks
+    run at the end of the stream, so whatever the consumer left unread (a tool that stopped
+    early) is read and checked too; and when the consumer fails on bad bytes, the error says
+    the backup is damaged (IntegrityError), not that the tool failed."""
+    try:
+        result = consume(stream)
+    except IntegrityError:
+        raise
+    except Exception as failure:
+        # were the bytes the cause? Reading the rest costs at most what the old verify-first
+        # read cost up front, and only on a restore that is failing anyway
+        try:
+            for _ in stream:
+                pass
+        except IntegrityError:
+            raise
+        except Exception as exc:  # the store failing now says less than the consumer's error
+            log.warning("could not read the rest of the backup after the restore failed: %s", exc)
+        raise failure from None
+    for _ in stream:
+        pass
+    return result
 
 
 def _named(obj: StoredObject, step, *args):
@@ -251,6 +294,7 @@ class BackupSession:
         self.component = component
         self.layout = layout(store)
         self.objects: list[StoredObject] = []
+        self._checked_by_store: set[str] = set()  # keys the store verified on upload
         self.engine: dict[str, Any] = {}
         self.fingerprint: dict[str, Any] | None = None
         self.source_time: datetime | None = None
@@ -276,10 +320,12 @@ class BackupSession:
         key = self.layout.object_key(self.id, name)
         # locked from the first byte; commit lengthens it to the backup's exact expiry
         until = object_lock.lock_until(self.store, datetime.now(UTC) + (self.retention or timedelta()))
-        obj = write_object(
+        obj, checked = _write(
             self.store, key, source, name, compression, meta, self.backend, until, self.progress
         )
         self.objects.append(obj)
+        if checked:
+            self._checked_by_store.add(key)
         log.info("stored %s (%d bytes, sha256 %s)", key, obj.size, obj.sha256[:12])
         return obj
 
@@ -288,8 +334,11 @@ class BackupSession:
             raise BadInput(f"backup {self.id} produced no objects: nothing to record")
         verified_at = None
         if self.store.verify_after_write:
+            # a read-back only where the store could not check the upload itself (a local
+            # directory, an S3-compatible server that keeps no checksums)
             for obj in self.objects:
-                verify_object(self.store, obj, self.backend)
+                if obj.key not in self._checked_by_store:
+                    verify_object(self.store, obj, self.backend)
             verified_at = datetime.now(UTC)
         finished = datetime.now(UTC)
         lock_for = retention or self.retention  # expires_at stays as before: from `retention` only

@@ -5,6 +5,7 @@ Tests point an S3 store's endpoint_url at `proxy.url` and add rules:
     proxy.add(Rule(method="PUT", query="partNumber", action="error", status=503, code="SlowDown"))
     proxy.add(Rule(method="GET", action="drop_response", times=2))      # cut the body mid-way
     proxy.add(Rule(auth="AKIAWRONG", action="error", status=403, code="InvalidAccessKeyId", times=None))
+    proxy.add(Rule(method="HEAD", action="strip_checksums", times=None))  # a server keeping none
     proxy.stop(); ...; proxy.start()                                    # the server dies, comes back
 
 A rule matches on method, a regex over the path, a substring of the query, a substring of the
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
 
-Action = Literal["error", "delay", "drop_request", "drop_response"]
+Action = Literal["error", "delay", "drop_request", "drop_response", "strip_checksums"]
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade", "te"}
 
 
@@ -208,10 +209,15 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             upstream.close()
         self.send_response_only(resp.status, resp.reason)
+        strip = rule is not None and rule.action == "strip_checksums"
         for key, value in resp.getheaders():
+            if strip and key.lower().startswith("x-amz-checksum"):
+                continue
             if key.lower() not in HOP_HEADERS and key.lower() != "content-length":
                 self.send_header(key, value)
-        self.send_header("Content-Length", str(len(data)))
+        # a HEAD answer has no body: its Content-Length is the object's size, as S3 said
+        head_length = resp.getheader("Content-Length") if method == "HEAD" else None
+        self.send_header("Content-Length", head_length or str(len(data)))
         self.end_headers()
         if method == "HEAD":
             return None

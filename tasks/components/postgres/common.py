@@ -20,10 +20,23 @@ import psycopg
 from psycopg import sql
 
 from blocks.postgres import PostgresTarget
-from tasks.errors import ConfigurationError, NotFound, TransientError
+from tasks.errors import ConfigurationError, IntegrityError, NotFound, TransientError
 from tasks.proc import find_binary, private_file
 
-FINGERPRINT_ALGORITHM = "rows+sum64(md5(row::text))/v1"
+# Per table: row count and the sum of a 64-bit hash of each row's text. v2 hashes with
+# hashtextextended (PostgreSQL's own 64-bit hash, the one hash partitioning uses): the same
+# 64 bits per row as v1's truncated md5, at a fraction of the CPU, and its sum accumulates in
+# 128-bit integers instead of numeric. Backups record which one they used; a restore checks
+# with that one, so backups fingerprinted with v1 still verify.
+_FINGERPRINT_SUMS = {
+    "rows+sum64(md5(row::text))/v1": (
+        "coalesce(sum(('x' || left(md5(klb_r::text), 16))::bit(64)::bigint::numeric), 0)::text"
+    ),
+    "rows+sum64(hashtextextended(row::text,0))/v2": (
+        "coalesce(sum(hashtextextended(klb_r::text, 0)), 0)::text"
+    ),
+}
+FINGERPRINT_ALGORITHM = "rows+sum64(hashtextextended(row::text,0))/v2"
 # Row text must not depend on session settings, or the same rows would hash differently.
 _STABLE_SETTINGS = (
     "SET TimeZone = 'UTC'",
@@ -237,7 +250,23 @@ def server_version(conn: psycopg.Connection) -> str:
     return conn.execute("SHOW server_version").fetchone()[0]
 
 
-def fingerprint(conn: psycopg.Connection) -> dict[str, Any]:
+def fingerprint_sum(algorithm: str) -> str:
+    """The SQL expression over `klb_r` (a table's rows) that `algorithm` names."""
+    try:
+        return _FINGERPRINT_SUMS[algorithm]
+    except KeyError:
+        raise IntegrityError(
+            f"fingerprint algorithm {algorithm!r} is unknown to this version: restore it with the "
+            f"version that made the backup (known: {sorted(_FINGERPRINT_SUMS)})"
+        ) from None
+
+
+def recorded_algorithm(fingerprint: dict[str, Any] | None) -> str:
+    """The algorithm a backup's fingerprint was made with (backups before v2 did not all say)."""
+    return (fingerprint or {}).get("algorithm") or "rows+sum64(md5(row::text))/v1"
+
+
+def fingerprint(conn: psycopg.Connection, algorithm: str = FINGERPRINT_ALGORITHM) -> dict[str, Any]:
     """Per table: row count and an order-independent checksum (sum of 64-bit row hashes).
 
     A sum needs no sort, so it costs one sequential scan and constant memory, and it is the same
@@ -245,6 +274,7 @@ def fingerprint(conn: psycopg.Connection) -> dict[str, Any]:
     (read now: sequences are not transactional, see diff_fingerprints).
     Runs in the caller's transaction, so it sees exactly that transaction's snapshot.
     """
+    row_sum = sql.SQL(fingerprint_sum(algorithm))  # a constant of this module, never input
     for stmt in _STABLE_SETTINGS:
         conn.execute(stmt)
     rels = conn.execute(
@@ -269,21 +299,20 @@ def fingerprint(conn: psycopg.Connection) -> dict[str, Any]:
             sequences[key] = {"last_value": last, "is_called": called}
             continue
         rows, total = conn.execute(
-            sql.SQL(
-                "SELECT count(*), coalesce(sum(('x' || left(md5(klb_r::text), 16))::bit(64)::bigint"
-                "::numeric), 0)::text FROM {} AS klb_r"
-            ).format(ident)
+            sql.SQL("SELECT count(*), {} FROM {} AS klb_r").format(row_sum, ident)
         ).fetchone()
         tables[key] = {"rows": rows, "sum": total}
     return {"tables": tables, "sequences": sequences}
 
 
-def fingerprint_database(target: PostgresTarget, dbname: str) -> dict[str, Any]:
+def fingerprint_database(
+    target: PostgresTarget, dbname: str, algorithm: str = FINGERPRINT_ALGORITHM
+) -> dict[str, Any]:
     conn = connect(target, dbname)
     try:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
-        return fingerprint(conn)
+        return fingerprint(conn, algorithm)
     finally:
         conn.rollback()
         conn.close()

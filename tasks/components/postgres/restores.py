@@ -24,6 +24,7 @@ from tasks.components.postgres.common import (
     drop_database,
     engine_env,
     fingerprint_database,
+    recorded_algorithm,
     server_version,
     tool,
 )
@@ -32,7 +33,7 @@ from tasks.components.postgres.dump import GLOBALS, GLOBALS_MAX
 from tasks.errors import BadInput, ComponentFailed, IntegrityError
 from tasks.models import Manifest
 from tasks.proc import feed_stdin
-from tasks.storage.session import read_object, verify_object
+from tasks.storage.session import consume_checked, read_object, verify_object
 
 log = logging.getLogger(__name__)
 
@@ -178,9 +179,13 @@ def restore_aside(
         ]
         if no_owner:
             argv += ["--no-owner", "--no-privileges"]
+        # the one read of the backup: checked as it streams, so refused before any cut-over
         with engine_env(target, side) as env:
-            feed_stdin(argv, read_object(store, obj), env, name=f"pg_restore {db}")
-        actual = fingerprint_database(target, side)
+            consume_checked(
+                read_object(store, obj),
+                lambda s: feed_stdin(argv, s, env, name=f"pg_restore {db}"),
+            )
+        actual = fingerprint_database(target, side, recorded_algorithm(manifest.fingerprint))
         expected = (manifest.fingerprint or {}).get("databases", {}).get(db)
         if expected is None:
             raise IntegrityError(
@@ -210,8 +215,9 @@ def restore(
     needed = [manifest.object(manifest.engine["databases"][d]["object"]) for d in plan]
     if with_globals:
         needed.insert(0, manifest.object(GLOBALS))
-    for obj in needed:
-        verify_object(store, obj)
+    if with_globals or options.quiesce_namespace:  # these change the live server before the load
+        for obj in needed:
+            verify_object(store, obj)
     with admin(target) as conn:  # reachable, password right: before quiescing anything
         version = server_version(conn)
     report: dict[str, Any] = {"server_version": version, "databases": {}}

@@ -27,6 +27,7 @@ from tasks.components.postgres_pitr.engines import (
     engine_for,
     write_credentials_file,
 )
+from tasks.components.postgres_pitr.prefetch import restore_report, wal_spool
 from tasks.components.postgres_pitr.server import _row, connect, pg_bindir
 from tasks.components.postgres_pitr.window import (
     RecoveryTarget,
@@ -193,6 +194,7 @@ def recover(
     data, sock, log, creds = root / "data", root / "socket", root / "server.log", root / "aws-credentials"
     as_user = _as_user(user)
     started = False
+    spool = contextlib.ExitStack()  # the WAL prefetcher, while recovery replays
     try:
         # the stream is checked (sha256) at its end, before anything is started from it
         feed_stdin(
@@ -204,7 +206,12 @@ def recover(
         if manifest.engine.get("pg_manifest"):
             run([*as_user, str(bindir / "pg_verifybackup"), str(data)], timeout=options.timeout_seconds)
         write_credentials_file(target, creds, user if as_user else None)
-        settings = _recovery_settings(goal, engine.restore_command(target, creds), port, sock)
+        command = spool.enter_context(
+            wal_spool(
+                engine, target, root, creds, manifest.engine.get("first_segment"), user if as_user else None
+            )
+        )
+        settings = _recovery_settings(goal, command, port, sock)
         if not (data / "postgresql.conf").exists():  # Debian keeps it in /etc: the data dir has none
             (data / "postgresql.conf").touch()
         with open(data / "postgresql.auto.conf", "a") as fh:
@@ -259,6 +266,7 @@ def recover(
                 f"recovered to {state['recovered_to_time']}, after the target {goal.time.isoformat()}"
             )
     except BaseException:
+        spool.close()
         tail = _log_tail(log)
         if started:
             stop_instance(str(root))
@@ -266,6 +274,7 @@ def recover(
         if tail and tail != "(no server log)":
             log_.error("PITR instance log before cleanup:\n%s", tail)
         raise
+    spool.close()
     return {
         "goal": goal.describe(),
         "base_backup": manifest.id,
@@ -275,6 +284,7 @@ def recover(
         "host": "127.0.0.1",
         "stopped_at": stop[-1] if stop else "end of archived WAL",
         "paused_for_promotion": goal.kind != "latest",
+        "wal_restored": restore_report(root),
         **state,
     }
 

@@ -3,7 +3,9 @@ downloads pinned to one object version. Every botocore error goes through s3_err
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +18,7 @@ from botocore.exceptions import IncompleteReadError, ReadTimeoutError, ResponseS
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from blocks.store import S3Store
-from tasks.errors import ConfigurationError, TransientError
+from tasks.errors import ConfigurationError, IntegrityError, TransientError
 from tasks.storage.backends import s3_lock
 from tasks.storage.backends.base import READ_CHUNK, Backend
 from tasks.storage.backends.s3_errors import error_code, s3_error, s3_errors
@@ -36,20 +38,38 @@ class _S3Writer:
         self._parts: list[Future] = []
         self._pool = ThreadPoolExecutor(max_workers=backend.store.max_concurrency)
         self.upload_id: str | None = None
+        self.size = 0
+        # True once the store itself has confirmed every byte (see _confirm): the session then
+        # needs no read-back of this object
+        self.checked_by_store = False
+        self._stored = False
 
     def _start(self) -> None:
         with s3_errors(self.b.bucket, self.key):
             resp = self.b.client.create_multipart_upload(
-                Bucket=self.b.bucket, Key=self.key, **self.b.sse_args, **self.b.lock_args(self.lock_until)
+                Bucket=self.b.bucket,
+                Key=self.key,
+                ChecksumAlgorithm="SHA256",
+                **self.b.sse_args,
+                **self.b.lock_args(self.lock_until),
             )
         self.upload_id = resp["UploadId"]
 
     def _upload(self, number: int, data: bytes) -> dict[str, Any]:
+        # S3 recomputes this SHA-256 from the bytes it receives and refuses the part (BadDigest)
+        # if they differ: the integrity check happens on upload, not by reading the object back
+        digest = _b64sha256(data)
         with s3_errors(self.b.bucket, self.key):
             resp = self.b.client.upload_part(
-                Bucket=self.b.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=data
+                Bucket=self.b.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                PartNumber=number,
+                Body=data,
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=digest,
             )
-        return {"PartNumber": number, "ETag": resp["ETag"]}
+        return {"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": digest}
 
     def _submit(self, data: bytes) -> None:
         if self.upload_id is None:
@@ -63,6 +83,7 @@ class _S3Writer:
         self._parts.append(self._pool.submit(self._upload, len(self._parts) + 1, data))
 
     def write(self, data: bytes) -> None:
+        self.size += len(data)
         self._buf += data
         while len(self._buf) >= self.part_size:
             self._submit(bytes(self._buf[: self.part_size]))
@@ -72,7 +93,19 @@ class _S3Writer:
         with s3_errors(self.b.bucket, self.key):
             try:
                 if self.upload_id is None:  # small object: one PUT
-                    return self.b.put_bytes(self.key, bytes(self._buf), lock_until=self.lock_until)
+                    data = bytes(self._buf)
+                    resp = self.b.client.put_object(
+                        Bucket=self.b.bucket,
+                        Key=self.key,
+                        Body=data,
+                        ChecksumAlgorithm="SHA256",
+                        ChecksumSHA256=_b64sha256(data),
+                        **self.b.sse_args,
+                        **self.b.lock_args(self.lock_until),
+                    )
+                    self._stored = True
+                    self._confirm(resp.get("VersionId"), _b64sha256(data), None)
+                    return self.b.check_lock(self.key, resp.get("VersionId"), self.lock_until)
                 if self._buf:
                     self._submit(bytes(self._buf))
                     self._buf.clear()
@@ -83,12 +116,46 @@ class _S3Writer:
                     UploadId=self.upload_id,
                     MultipartUpload={"Parts": parts},
                 )
+                # S3's checksum of a multipart object: the SHA-256 of the parts' SHA-256s
+                composite = hashlib.sha256(b"".join(base64.b64decode(p["ChecksumSHA256"]) for p in parts))
+                expected = base64.b64encode(composite.digest()).decode()
+                self._stored = True
+                self._confirm(resp.get("VersionId"), expected, len(parts))
                 return self.b.check_lock(self.key, resp.get("VersionId"), self.lock_until)
             except Exception:
                 self.abort()
+                if self._stored:  # written, but not confirmed: it must not stay under the key
+                    with contextlib.suppress(Exception):
+                        self.b.delete_keys([self.key])
                 raise
             finally:
                 self._pool.shutdown(wait=True)
+
+    def _confirm(self, version_id: str | None, expected: str, parts: int | None) -> None:
+        """Ask the store which checksum it recorded for the object now under the key, and its size.
+        A store that checks uploads (S3) answers with the SHA-256 it verified; one that does not
+        keep checksums (some S3-compatible servers) answers nothing, and the session reads the
+        object back instead."""
+        args: dict[str, Any] = {"Bucket": self.b.bucket, "Key": self.key, "ChecksumMode": "ENABLED"}
+        if version_id and version_id != "null":  # "null": an unversioned bucket's answer
+            args["VersionId"] = version_id
+        head = self.b.client.head_object(**args)
+        stored = head.get("ChecksumSHA256")
+        if not stored:
+            log.info("%s: the store keeps no SHA-256 checksum: the object will be read back", self.key)
+            return
+        value, _, count = stored.partition("-")  # composite checksums end in -<parts>
+        if value != expected or (count and parts is not None and count != str(parts)):
+            raise IntegrityError(
+                f"s3://{self.b.bucket}/{self.key}: the store recorded checksum {stored}, not the "
+                f"{expected} of the bytes sent: the upload is damaged; retry the backup"
+            )
+        if head.get("ContentLength") != self.size:
+            raise IntegrityError(
+                f"s3://{self.b.bucket}/{self.key}: the store holds {head.get('ContentLength')} "
+                f"bytes, {self.size} were sent: retry the backup"
+            )
+        self.checked_by_store = True
 
     def abort(self) -> None:
         for f in self._parts:
@@ -100,6 +167,10 @@ class _S3Writer:
                     Bucket=self.b.bucket, Key=self.key, UploadId=self.upload_id
                 )
             self.upload_id = None
+
+
+def _b64sha256(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
 class S3Backend(Backend):

@@ -1,0 +1,144 @@
+"""The faster restore keeps its guarantees: a restore of some databases reads the backup once
+(checked as it streams into the side database), so damage must still be refused before any
+cut-over; the v2 fingerprint must still catch a missing row, a changed value, a missing table;
+and backups fingerprinted with v1 must still restore, checked with v1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import tasks.components.postgres as pg
+from tasks.components.postgres.common import (
+    FINGERPRINT_ALGORITHM,
+    diff_fingerprints,
+    fingerprint_database,
+    recorded_algorithm,
+)
+from tasks.errors import IntegrityError
+from tests.pg_helpers import db_names, drop, exec_in, make_db, new_name, state, target_for
+from tests.test_postgres import take_backup
+
+V1 = "rows+sum64(md5(row::text))/v1"
+
+
+@pytest.fixture
+def sample(postgres):
+    name = new_name()
+    admin_target = target_for(postgres)
+    make_db(admin_target, name)
+    yield target_for(postgres, databases=[name]), name
+    drop(admin_target, *[d for d in db_names(admin_target) if d == name or d.startswith(name + "__")])
+
+
+def _flip_middle(data: bytes) -> bytes:
+    out = bytearray(data)
+    out[len(out) // 2] ^= 0x01
+    return bytes(out)
+
+
+def _flip_last(data: bytes) -> bytes:  # after everything pg_restore needs has gone through
+    out = bytearray(data)
+    out[-1] ^= 0x01
+    return bytes(out)
+
+
+DAMAGES = {
+    "flip-middle": _flip_middle,
+    "flip-last-byte": _flip_last,
+    "truncated": lambda d: d[:-100],
+    "extended": lambda d: d + b"\0" * 10,
+}
+
+
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_damage_is_refused_by_the_one_read_restore_before_cut_over(sample, local_store, damage, compression):
+    target, db = sample
+    store = local_store(compression=compression)
+    manifest = take_backup(target, store)
+    exec_in(target, db, "DELETE FROM public.logs WHERE msg < '5'")
+    changed = state(target, db)
+    names = db_names(target)
+    obj = manifest.object(manifest.engine["databases"][db]["object"])
+    path = Path(store.path) / obj.key
+    path.write_bytes(DAMAGES[damage](path.read_bytes()))
+
+    # one database, no globals, no quiescing: the restore reads the object only once
+    with pytest.raises(IntegrityError, match=obj.key):
+        pg.restore(target, manifest, store, pg.RestoreOptions(databases=[db]))
+    assert state(target, db) == changed
+    assert db_names(target) == names  # the side database is gone too
+
+
+def test_the_one_read_restore_brings_back_exactly_the_backup(sample, local_store):
+    target, db = sample
+    store = local_store()
+    manifest = take_backup(target, store)
+    exec_in(target, db, "DELETE FROM app.items WHERE id % 3 = 0; DROP TABLE public.logs")
+    report = pg.restore(target, manifest, store, pg.RestoreOptions(databases=[db]))
+    assert report["databases"][db]["fingerprint_equal"] is True
+    assert state(target, db)["tables"] == manifest.fingerprint["databases"][db]["tables"]
+    assert manifest.fingerprint["algorithm"] == FINGERPRINT_ALGORITHM
+
+
+@pytest.mark.parametrize("algorithm", [V1, FINGERPRINT_ALGORITHM])
+def test_fingerprint_catches_a_missing_row_a_changed_value_and_a_missing_table(sample, algorithm):
+    target, db = sample
+    before = fingerprint_database(target, db, algorithm)
+    changes = [
+        ("DELETE FROM app.items WHERE id = 17", "table app.items"),
+        ("UPDATE app.items SET ratio = ratio + 1e-9 WHERE id = 18", "table app.items"),
+        ("UPDATE app.items SET blob = NULL WHERE id = 19", "table app.items"),
+        # a row swapped for another with the same count: only the checksum can tell
+        (
+            "UPDATE public.logs SET msg = msg || 'x' WHERE ctid = (SELECT min(ctid) FROM public.logs)",
+            "table public.logs",
+        ),
+        ("DROP TABLE public.logs", "table public.logs missing after restore"),
+    ]
+    for statement, expected in changes:
+        exec_in(target, db, statement)
+        diff = diff_fingerprints(before, fingerprint_database(target, db, algorithm))
+        assert any(expected in line for line in diff), (statement, diff)
+        before = fingerprint_database(target, db, algorithm)
+
+
+def test_a_backup_fingerprinted_with_v1_restores_checked_with_v1(sample, local_store):
+    target, db = sample
+    store = local_store()
+    manifest = take_backup(target, store)
+    # as a backup made before v2 recorded it: same data, v1 fingerprint
+    v1 = {"algorithm": V1, "databases": {db: fingerprint_database(target, db, V1)}}
+    old = manifest.model_copy(update={"fingerprint": v1})
+    assert (
+        recorded_algorithm(old.fingerprint) == V1
+        and v1["databases"][db] != manifest.fingerprint["databases"][db]
+    )
+    report = pg.restore(target, old, store, pg.RestoreOptions(databases=[db], rename_to={db: db + "_v1"}))
+    assert report["databases"][db + "_v1"]["fingerprint_equal"] is True
+    drop(target, db + "_v1")
+
+    # and a v1 fingerprint that does not match is still refused
+    lie = {"algorithm": V1, "databases": {db: {**v1["databases"][db], "tables": {}}}}
+    names = db_names(target)
+    with pytest.raises(IntegrityError, match="not in the backup"):
+        pg.restore(
+            target, manifest.model_copy(update={"fingerprint": lie}), store, pg.RestoreOptions(databases=[db])
+        )
+    assert db_names(target) == names
+
+
+def test_an_unknown_fingerprint_algorithm_is_refused_and_changes_nothing(sample, local_store):
+    target, db = sample
+    store = local_store()
+    manifest = take_backup(target, store)
+    exec_in(target, db, "DELETE FROM app.items")
+    changed, names = state(target, db), db_names(target)
+    odd = {**manifest.fingerprint, "algorithm": "rows+sum64(sha3(row))/v9"}
+    with pytest.raises(IntegrityError, match="unknown to this version"):
+        pg.restore(
+            target, manifest.model_copy(update={"fingerprint": odd}), store, pg.RestoreOptions(databases=[db])
+        )
+    assert state(target, db) == changed and db_names(target) == names
