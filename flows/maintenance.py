@@ -26,17 +26,16 @@ from tasks.storage.catalog import get_backup
 from tasks.storage.health import Status, health_of, is_damage, mark_damaged, mark_verified
 from tasks.storage.index import list_component
 from tasks.storage.layout import backup_dir_of, layout
+from tasks.storage.leftovers import sweep_incomplete_writes
 from tasks.storage.replicate import dr_copy_problems, load_dr_store
 from tasks.storage.retention import (
     RetentionPlan,
     RetentionPolicy,
-    apply_locks,
-    locks_markdown,
     newest_recovery_point,
     plan_markdown,
     plan_retention,
 )
-from tasks.storage.session import sweep_incomplete_writes
+from tasks.storage.retention_locks import apply_locks, locks_markdown
 from tasks.verbs import verify_task
 
 

@@ -21,7 +21,8 @@ from tasks.storage.backends.s3_lock import ceil_second
 from tasks.storage.catalog import get_backup, list_backups
 from tasks.storage.layout import layout
 from tasks.storage.replicate import replicate_backup
-from tasks.storage.retention import RetentionPolicy, apply_locks, locks_markdown, plan_retention
+from tasks.storage.retention import RetentionPolicy, plan_retention
+from tasks.storage.retention_locks import apply_locks, locks_markdown
 from tasks.storage.session import backup_session, read_object
 from tasks.table import policy
 
@@ -333,7 +334,8 @@ def test_object_lock_sweep_reports_a_replaced_manifest_and_not_a_rerun_replicati
 def test_object_lock_orphans_of_a_killed_backup_are_kept_until_their_lock_runs_out(moto, prefect_server):
     from flows.maintenance import enforce_retention
     from tasks.ids import new_backup_id
-    from tasks.storage.session import BackupSession, sweep_incomplete_writes
+    from tasks.storage.leftovers import sweep_incomplete_writes
+    from tasks.storage.session import BackupSession
 
     store, client = locked(moto, "COMPLIANCE")
     backup(store)

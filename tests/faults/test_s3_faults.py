@@ -14,7 +14,8 @@ from sandbox.services import wait_until
 from tasks.errors import ConfigurationError, IntegrityError, TransientError
 from tasks.storage.catalog import list_backups, verify_backup
 from tasks.storage.layout import layout
-from tasks.storage.session import backup_session, read_object, sweep_incomplete_writes
+from tasks.storage.leftovers import sweep_incomplete_writes
+from tasks.storage.session import backup_session, read_object
 from tests.faults.helpers import app_target, multipart_uploads, s3_keys
 from tests.faults.s3_fault_proxy import Rule
 
