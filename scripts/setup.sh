@@ -55,7 +55,8 @@ fi
 # The project itself, editable (its dependencies are the lock's): gives .venv/bin/klb.
 if [ ! -x .venv/bin/klb ] || ! cmp -s pyproject.toml .venv/.klb-stamp 2>/dev/null; then
   echo "setup: installing the klb command into .venv"
-  .venv/bin/pip install -q --no-deps -e . 2> >(grep -v "^WARNING: Location" >&2)
+  # quiet: setuptools warns about editable installs on every run; a failure is shown in full
+  .venv/bin/pip install -q --no-deps -e . >/dev/null 2>&1 || .venv/bin/pip install --no-deps -e .
   cp pyproject.toml .venv/.klb-stamp
 fi
 
