@@ -24,7 +24,7 @@ from tasks.ids import new_backup_id
 from tasks.models import Manifest
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import backup_at_or_before, get_backup, latest_backup, list_backups
-from tasks.storage.codec import HEADER_LEN, RECORD
+from tasks.storage.codec import HEADER_LEN, MAGIC, RECORD
 from tasks.storage.health import Status, finding
 from tasks.storage.layout import backup_prefix, layout
 from tasks.storage.session import BackupSession, backup_session
@@ -58,7 +58,7 @@ def _flip(data: bytes) -> bytes:
 
 def _swap_records(data: bytes) -> bytes:
     """Swap the first two encrypted records (each 256 KiB + tag), or two halves of plain data."""
-    if data.startswith(b"KLBENC1"):
+    if data.startswith(MAGIC):
         head, a, b, rest = (
             data[:HEADER_LEN],
             data[HEADER_LEN : HEADER_LEN + RECORD],
@@ -80,8 +80,9 @@ class Damage:
     encrypted: bool = False
     compression: str = "none"  # plain bytes make each check's message deterministic
     category: str = "data"
-    # recorded as damaged (tasks/storage/health.py); not when the FIRST encrypted record fails,
-    # which a wrong key does too, nor when there is no backup at all
+    # recorded as damaged (tasks/storage/health.py), also when an encrypted record fails: the
+    # object names its key by id, so a held key that fails proves the data altered (a key the
+    # store does not hold is KeyNotHeld, never damage); not when there is no backup at all
     recorded: bool = True
 
     @property
@@ -142,7 +143,6 @@ DAMAGES = [
         "IntegrityError",
         "decryption failed: the encryption key is wrong, or the object was altered, truncated or re-ordered",
         encrypted=True,
-        recorded=False,
     ),
     Damage(
         "truncated-encrypted",
@@ -151,7 +151,6 @@ DAMAGES = [
         "IntegrityError",
         "decryption failed",
         encrypted=True,
-        recorded=False,
     ),
     Damage(
         "truncated-zstd",
