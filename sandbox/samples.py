@@ -191,6 +191,7 @@ def postgres_pitr(stack: ExitStack, workdir: Path) -> PitrTarget:
     moto's server (loopback, stopped at the end): PITR needs an S3 archive, and the demo has no
     cloud."""
     import shutil
+    import tempfile
 
     from sandbox import s3
     from sandbox.services import ServiceMissing, start_moto, start_postgres, wait_until
@@ -213,9 +214,11 @@ def postgres_pitr(stack: ExitStack, workdir: Path) -> PitrTarget:
         aws_access_key_id=SecretStr(s3.KEY_ID),
         aws_secret_access_key=SecretStr(s3.SECRET),
     )
-    aws_dir = workdir / "pitr-aws"
-    aws_dir.mkdir(parents=True, exist_ok=True)
-    shutil.chown(aws_dir, "postgres")  # the server's archive_command runs as `postgres`
+    # the server's archive_command runs as `postgres`, which must reach the file: a private
+    # directory of its own under the system temp dir (`workdir` may sit below a root-only one)
+    aws_dir = Path(tempfile.mkdtemp(prefix="klb-demo-pitr-aws-"))
+    stack.callback(shutil.rmtree, aws_dir, True)
+    shutil.chown(aws_dir, "postgres")
     creds = write_credentials_file(target, aws_dir / "credentials", "postgres")
     archive = BarmanCloud().archive_command(target, creds)
     service = start_postgres(
