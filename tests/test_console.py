@@ -99,7 +99,7 @@ def test_backups_list_shows_every_column(store, capsys):
     assert code == OK and "EventsWorker" not in err
     assert lines[1].split() == ["ID", "KIND", "TIME", "AGE", "SIZE", "STATUS", "EXPIRES"]
     cells = row(lines, m.id).split()
-    assert cells[1] == "test"  # the kind: its batch label
+    assert cells[1] == "on-demand"  # the kind: why it was taken
     assert cells[2] == m.source_time.strftime("%Y-%m-%d")
     assert cells[4] == "1h30m"
     assert "verified" in cells and "ago" in cells

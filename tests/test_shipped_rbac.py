@@ -127,7 +127,8 @@ def data_corruption(c: Cluster, store) -> None:
     from flows.backup import backup_component
     from flows.scenarios import data_corruption
 
-    target = c.velero_target()
+    # file-system backup: the data comes back through helper pods, which the restore then deletes
+    target = c.velero_target(default_volumes_to_fs_backup=True)
     backup_component("volumes", target=target, store=store)
     c.api.controller.volumes[(APP_NAMESPACES[0], "data")] = "corrupted"
     data_corruption(APP_NAMESPACES[0], target=target, store=store)
