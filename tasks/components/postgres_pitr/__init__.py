@@ -45,7 +45,9 @@ Target = PitrTarget
 
 
 def default_target() -> PitrTarget:
-    return target_from_env(PitrTarget, "PITR", "KLB_PITR_TARGET", hint="docs/pitr.md has the archive settings")  # type: ignore[return-value]
+    return target_from_env(
+        PitrTarget, "PITR", "KLB_PITR_TARGET", hint="docs/pitr.md has the archive settings"
+    )  # type: ignore[return-value]
 
 
 def restore(
