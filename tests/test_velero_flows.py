@@ -13,7 +13,7 @@ from flows.scenarios import data_corruption, namespace_corruption, partial_resto
 from tasks.components import kubernetes as velero
 from tasks.components.kubernetes import api as kube
 from tasks.errors import BadInput, ComponentFailed, NotFound
-from tasks.storage.catalog import get_backup, list_backups
+from tasks.storage.catalog import get_backup, latest_backup, list_backups
 from tests.k8s_helpers import configmap, fresh_controller, k8s, seed_namespaces, set_configmap
 
 
@@ -103,7 +103,7 @@ def test_namespace_corruption_keeps_a_forensic_backup_then_restores(
     assert velero.load_document(store, forensic[0])["inventory"][lam]["configmaps"] == ["settings"]
     assert forensic[0].labels == {"kind": "forensic", "purpose": "forensic", "namespace": lam}
     # "latest" of the component is still the good backup, not the broken state
-    assert list_backups(store, "kubernetes")[-1].id == report["backup_id"]
+    assert latest_backup(store, "kubernetes").id == report["backup_id"]
 
 
 def test_namespace_corruption_refuses_a_backup_without_the_namespace(prefect_server, kube_api, target, store):
