@@ -70,7 +70,12 @@ def _die_with_us(parent: int):
 
 
 def _spawn(
-    argv: Sequence[str], env: Mapping[str, str | None] | None, cwd: str | None, stdin
+    argv: Sequence[str],
+    env: Mapping[str, str | None] | None,
+    cwd: str | None,
+    stdin,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
 ) -> subprocess.Popen:
     if isinstance(argv, str) or not argv:
         raise ConfigurationError("a command must be a non-empty list of arguments, not a shell string")
@@ -80,8 +85,8 @@ def _spawn(
         return subprocess.Popen(
             list(argv),
             stdin=stdin,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=stdout,
+            stderr=stderr,
             env=full_env,
             cwd=cwd,
             start_new_session=True,
@@ -243,25 +248,8 @@ def run(
 def start(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen:
     """Start a server (a throwaway etcd member, say) in the background, stdout and stderr into
     `log`; it dies with the flow process. Stop it with `stop`."""
-    if isinstance(argv, str) or not argv:
-        raise ConfigurationError("a command must be a non-empty list of arguments, not a shell string")
     with open(log, "wb") as out:
-        try:
-            return subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
-                start_new_session=True,
-                preexec_fn=_die_with_us(os.getpid()),
-            )
-        except FileNotFoundError:
-            raise ConfigurationError(
-                f"command not found: {argv[0]} (install it or fix the target's command)"
-            ) from None
-        except PermissionError:
-            raise ConfigurationError(f"command not executable: {argv[0]}") from None
+        return _spawn(argv, env, None, subprocess.DEVNULL, out, subprocess.STDOUT)
 
 
 def stop(proc: subprocess.Popen, timeout: float = 15) -> None:
