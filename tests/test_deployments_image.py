@@ -84,7 +84,9 @@ def _debian_packages() -> list[str]:
 
 def test_the_image_debian_packages_resolve_in_bookworm():
     if shutil.which("apt-get") is None or "bookworm" not in Path("/etc/os-release").read_text():
-        pytest.skip("needs Debian bookworm's apt (this check runs on the test bench)")
+        pytest.fail(
+            "needs Debian bookworm's apt-get: run the tests on the project's test bench (Debian bookworm)"
+        )
     packages = _debian_packages()
     assert "postgresql-15=15.20-0+deb12u1" in packages and "postgresql-client-15=15.20-0+deb12u1" in packages
     out = subprocess.run(
