@@ -143,7 +143,11 @@ def test_backup_and_restore_of_a_component_never_overlap(prefect_server, local_s
     from flows.backup import backup_component
     from flows.restore import restore_component
 
-    monkeypatch.setenv("KLB_COMPONENT_LOCK_WAIT_SECONDS", "1")
+    def lock_wait(seconds: int) -> None:
+        # short where the slot is held (the run must give up), generous where it is free: on a
+        # loaded machine the acquire round trips alone can take more than a second
+        monkeypatch.setenv("KLB_COMPONENT_LOCK_WAIT_SECONDS", str(seconds))
+
     restored = tmp_path / "restored"
     restored.mkdir()
     target = AppStateTarget(
@@ -157,14 +161,18 @@ def test_backup_and_restore_of_a_component_never_overlap(prefect_server, local_s
     )
     store = local_store()
     # a restore is running
+    lock_wait(1)
     with component_lock("app-state", timeout_seconds=5), pytest.raises(TransientError, match="app-state"):
         backup_component("app-state", target=target, store=store)
     assert list_backups(store, "app-state") == []  # nothing half-written
 
+    lock_wait(120)
     done = backup_component("app-state", target=target, store=store)
     # a backup is running
+    lock_wait(1)
     with component_lock("app-state", timeout_seconds=5), pytest.raises(TransientError, match="app-state"):
         restore_component("app-state", backup_id=done.id, target=target, store=store)
     assert not (restored / "state").exists()  # the target was not touched
+    lock_wait(120)
     restore_component("app-state", backup_id=done.id, target=target, store=store)
     assert (restored / "state").read_text() == "hello"

@@ -223,6 +223,8 @@ def test_backup_and_restore_through_the_prefect_flows(prefect_server, etcd, targ
     import asyncio
 
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
     from flows.backup import backup_component
     from flows.restore import restore_component
@@ -240,8 +242,13 @@ def test_backup_and_restore_through_the_prefect_flows(prefect_server, etcd, targ
     assert report["verified_in_throwaway_member"]["revision"]["ok"] is True
 
     async def swap_plans() -> list[str]:
+        # filtered by key on the server: the session's server holds more artifacts than one page
         async with get_client() as client:
-            return [a.data for a in await client.read_artifacts() if a.key == "etcd-swap-plan"]
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["etcd-swap-plan"])),
+                sort=ArtifactSort.CREATED_DESC,
+            )
+            return [a.data for a in found][::-1]
 
     plans = asyncio.run(swap_plans())
     assert plans and f"swap for {result.id}" in plans[-1] and "kube-apiserver.yaml" in plans[-1]

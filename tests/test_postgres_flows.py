@@ -36,11 +36,13 @@ def _prefect_records() -> str:
     """Everything the Prefect server kept: logs, artifacts, flow and task run parameters."""
     from prefect.client.orchestration import get_client
 
+    from tests.faults.secret_scan import all_pages
+
     with get_client(sync_client=True) as client:
-        logs = client.read_logs()
-        artifacts = client.read_artifacts()
-        flow_runs = client.read_flow_runs()
-        task_runs = client.read_task_runs()
+        logs = list(all_pages(client.read_logs))
+        artifacts = list(all_pages(client.read_artifacts))
+        flow_runs = list(all_pages(client.read_flow_runs))
+        task_runs = list(all_pages(client.read_task_runs))
     parts = [log.message for log in logs]
     parts += [json.dumps(a.model_dump(mode="json")) for a in artifacts]
     parts += [json.dumps(fr.model_dump(mode="json")) for fr in flow_runs]

@@ -68,19 +68,19 @@ class SecretScan:
 
         APILogWorker.drain_all(timeout=10)
         with get_client(sync_client=True) as client:
-            for log in _all(client.read_logs):
+            for log in all_pages(client.read_logs):
                 self.text("prefect-log", log.message, f"(flow run {log.flow_run_id})")
-            for artifact in _all(client.read_artifacts):
+            for artifact in all_pages(client.read_artifacts):
                 self.text(
                     "artifact", f"{artifact.key} {artifact.description} {artifact.data}", artifact.key or ""
                 )
-            for run in _all(client.read_flow_runs):
+            for run in all_pages(client.read_flow_runs):
                 self.text("flow-run", run.model_dump_json(), run.name)
-            for run in _all(client.read_task_runs):
+            for run in all_pages(client.read_task_runs):
                 self.text("task-run", run.model_dump_json(), run.name)
             # blocks are where Prefect keeps secrets by design (the result-storage block holds the
             # S3 credentials): they must come back obfuscated unless secrets are asked for
-            for doc in _all(lambda **kw: client.read_block_documents(include_secrets=False, **kw)):
+            for doc in all_pages(lambda **kw: client.read_block_documents(include_secrets=False, **kw)):
                 self.text("block", doc.model_dump_json(), doc.name or "")
 
     def assert_clean(self, require: tuple[str, ...] = ()) -> None:
@@ -89,7 +89,8 @@ class SecretScan:
         assert not self.findings, "secrets leaked:\n" + "\n".join(self.findings)
 
 
-def _all(read, page: int = 200):
+def all_pages(read, page: int = 200):
+    """Every row a paged Prefect client read returns (one page is 200 at most)."""
     offset = 0
     while True:
         batch = read(limit=page, offset=offset)
