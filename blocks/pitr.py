@@ -38,19 +38,3 @@ class PitrTarget(PostgresTarget):
         if not _ARCHIVE_URL.match(value):
             raise ValueError(f"archive_url {value!r} must look like s3://bucket/path")
         return value.rstrip("/")
-
-    def pg_env(self) -> dict[str, str]:
-        """libpq environment: the password travels here, never in argv."""
-        env = {"PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": self.user}
-        if self.password is not None:
-            env["PGPASSWORD"] = self.password.get_secret_value()
-        return env
-
-    def aws_env(self) -> dict[str, str]:
-        env: dict[str, str] = {}
-        if self.aws_access_key_id and self.aws_secret_access_key:
-            env["AWS_ACCESS_KEY_ID"] = self.aws_access_key_id.get_secret_value()
-            env["AWS_SECRET_ACCESS_KEY"] = self.aws_secret_access_key.get_secret_value()
-        if self.region:
-            env["AWS_DEFAULT_REGION"] = self.region
-        return env

@@ -117,7 +117,7 @@ class _Watchdog:
             self._timer.cancel()
 
 
-def _hidden(env: Mapping[str, str] | None, redact: Iterable[str]) -> list[str]:
+def _hidden(env: Mapping[str, str | None] | None, redact: Iterable[str]) -> list[str]:
     """The secret values of this command: explicit ones and those of secret-looking env names."""
     values = {v for v in redact if v}
     values |= {v for k, v in (env or {}).items() if v and SECRET_ENV_RE.search(k)}
@@ -156,7 +156,7 @@ def _finish(
 @contextmanager
 def stream_stdout(
     argv: Sequence[str],
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str | None] | None = None,
     cwd: str | None = None,
     timeout: float | None = None,
     name: str | None = None,
@@ -192,7 +192,7 @@ def stream_stdout(
 def feed_stdin(
     argv: Sequence[str],
     chunks: Iterable[bytes],
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str | None] | None = None,
     cwd: str | None = None,
     timeout: float | None = None,
     name: str | None = None,
@@ -232,7 +232,7 @@ def feed_stdin(
 
 def run(
     argv: Sequence[str],
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str | None] | None = None,
     cwd: str | None = None,
     timeout: float | None = 120,
     name: str | None = None,
@@ -245,7 +245,7 @@ def run(
         return b"".join(out).decode(errors="replace")
 
 
-def start(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+def start(argv: Sequence[str], log: Path, env: Mapping[str, str | None] | None = None) -> subprocess.Popen:
     """Start a server (a throwaway etcd member, say) in the background, stdout and stderr into
     `log`; it dies with the flow process. Stop it with `stop`."""
     with open(log, "wb") as out:

@@ -472,3 +472,66 @@ def test_recovery_replays_wal_fetched_ahead_not_one_process_per_segment(bench, n
         "between-2": 5,
     }
     assert not (Path(new_dir) / "wal-spool").exists()  # the spool is gone once recovery paused
+
+
+# ---- secrets ----------------------------------------------------------------------------------
+
+_RECORDER = """#!/bin/sh
+# record this engine's argv, environment and credential files' modes, then run the real one
+out={log}/$(basename "$0").$$
+printf '%s\\n' "$@" > "$out.argv"
+env > "$out.env"
+for f in "$PGPASSFILE" "$AWS_SHARED_CREDENTIALS_FILE"; do
+  [ -n "$f" ] && echo "$f $(stat -c %a "$f") $(stat -c %a "$(dirname "$f")")" >> "$out.files"
+done
+exec {real}/$(basename "$0") "$@"
+"""
+
+
+def _recording_bindir(real: Path, wrapped: list[str], bindir: Path, log: Path) -> None:
+    bindir.mkdir()
+    for path in real.iterdir():
+        (bindir / path.name).symlink_to(path)
+    for name in wrapped:
+        (bindir / name).unlink(missing_ok=True)
+        (bindir / name).write_text(_RECORDER.format(log=log, real=real))
+        (bindir / name).chmod(0o755)
+
+
+def test_no_engine_gets_a_password_or_key_in_its_environment_or_argv(bench, tmp_path, monkeypatch):
+    """pg_basebackup reads the password from a private password file, barman-cloud the S3 keys from
+    a private credentials file; inherited PGPASSWORD / AWS keys are not passed on either."""
+    aws_secret = "aws-" + secrets.token_hex(16)  # moto accepts any key pair
+    target = bench["target"].model_copy(update={"aws_secret_access_key": SecretStr(aws_secret)})
+    password = target.password.get_secret_value()
+    log = tmp_path / "log"
+    log.mkdir()
+    _recording_bindir(pitr.pg_bindir(), ["pg_basebackup"], tmp_path / "pg", log)
+    _recording_bindir(BarmanCloud().bin_dir, ["python", "barman-cloud-wal-restore"], tmp_path / "barman", log)
+    monkeypatch.setenv("KLB_PG_BINDIR", str(tmp_path / "pg"))
+    monkeypatch.setenv("KLB_BARMAN_BIN", str(tmp_path / "barman"))
+    monkeypatch.setenv("PGPASSWORD", "inherited-" + password)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "inherited-key")  # would beat the block's keys
+
+    with backup_session(bench["store"].model_copy(update={"prefix": "secrets"}), "postgres-pitr") as session:
+        pitr.backup(target, session)
+        session.commit()
+    engine = BarmanCloud()
+    segment = engine.list_wal(target)[0]
+    engine.fetch_wal(target, segment, tmp_path / "segment")
+    assert (tmp_path / "segment").stat().st_size > 0
+
+    runs = {p.name.split(".")[0] for p in log.glob("*.env")}
+    assert runs == {"pg_basebackup", "python", "barman-cloud-wal-restore"}
+    for record in log.glob("*.argv"):
+        assert password not in record.read_text() and aws_secret not in record.read_text()
+    for record in log.glob("*.env"):
+        text = record.read_text()
+        assert password not in text and aws_secret not in text, record.name
+        assert "PGPASSWORD=" not in text, record.name
+        if not record.name.startswith("pg_"):
+            assert "AWS_SECRET_ACCESS_KEY=" not in text, record.name
+    for record in log.glob("*.files"):
+        path, file_mode, dir_mode = record.read_text().split()
+        assert (file_mode, dir_mode) == ("600", "700"), record.name
+        assert not Path(path).exists()  # removed once the engine is done

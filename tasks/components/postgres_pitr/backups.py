@@ -12,6 +12,7 @@ from typing import Any
 
 from blocks.pitr import PitrTarget
 from blocks.store import StoreBlock
+from tasks.components.postgres.common import engine_env
 from tasks.components.postgres_pitr.engines import (
     engine_for,
     parse_lsn,
@@ -85,7 +86,11 @@ def backup(target: PitrTarget, session) -> None:
         f"--label={session.id}",
         "--no-password",
     ]
-    with stream_stdout(argv, env=target.pg_env(), timeout=24 * 3600, name="pg_basebackup") as out:
+    # the password reaches pg_basebackup in a private password file, as for pg_dump
+    with (
+        engine_env(target) as env,
+        stream_stdout(argv, env=env, timeout=24 * 3600, name="pg_basebackup") as out,
+    ):
         session.write(BASE_OBJECT, peek.tee(out), meta={"format": "tar", "wal": "fetch"})
     if "backup_label" not in peek.found:
         raise IntegrityError("the base backup has no backup_label: it cannot be recovered")

@@ -12,12 +12,14 @@ import os
 import shlex
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
 from blocks.pitr import PitrTarget
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError
-from tasks.proc import find_binary, run
+from tasks.proc import find_binary, private_file, run
 
 # A venv built from /usr/bin/python3 by scripts/setup.sh: root's pyenv is not readable by postgres.
 DEFAULT_BARMAN_BIN = "/opt/knative-lambda-backup/barman-venv/bin"
@@ -132,34 +134,28 @@ class BarmanCloud:
         return json.loads(out)
 
     def _list_wal(self, target: PitrTarget) -> str:
-        return run(
-            [
-                self._python(),
-                "-c",
-                _LIST_WAL,
-                target.archive_url,
-                target.server_name,
-                target.endpoint_url or "",
-            ],
-            env=target.aws_env(),
-            timeout=300,
-            name="barman-cloud WAL list",
-        )
+        argv = [
+            self._python(),
+            "-c",
+            _LIST_WAL,
+            target.archive_url,
+            target.server_name,
+            target.endpoint_url or "",
+        ]
+        with aws_engine_env(target) as env:
+            return run(argv, env=env, timeout=300, name="barman-cloud WAL list")
 
     def fetch_wal(self, target: PitrTarget, wal_name: str, dest: Path) -> None:
-        run(
-            [
-                self.bin("barman-cloud-wal-restore"),
-                *self._endpoint_args(target),
-                target.archive_url,
-                target.server_name,
-                wal_name,
-                str(dest),
-            ],
-            env=target.aws_env(),
-            timeout=300,
-            name="barman-cloud-wal-restore",
-        )
+        argv = [
+            self.bin("barman-cloud-wal-restore"),
+            *self._endpoint_args(target),
+            target.archive_url,
+            target.server_name,
+            wal_name,
+            str(dest),
+        ]
+        with aws_engine_env(target) as env:
+            run(argv, env=env, timeout=300, name="barman-cloud-wal-restore")
 
     def _env_prefix(self, target: PitrTarget, credentials_file: Path) -> list[str]:
         # PostgreSQL runs these commands through /bin/sh: every configured value is quoted, and
@@ -191,21 +187,42 @@ class BarmanCloud:
         return " ".join([*env, *map(shlex.quote, argv), "%p"])
 
 
-def write_credentials_file(target: PitrTarget, path: Path, owner: str | None) -> Path:
-    """An AWS shared-credentials file readable only by the server's OS user."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _credentials_text(target: PitrTarget) -> str:
     lines = ["[default]"]
     if target.aws_access_key_id and target.aws_secret_access_key:
         lines += [
             f"aws_access_key_id = {target.aws_access_key_id.get_secret_value()}",
             f"aws_secret_access_key = {target.aws_secret_access_key.get_secret_value()}",
         ]
+    return "\n".join(lines) + "\n"
+
+
+def write_credentials_file(target: PitrTarget, path: Path, owner: str | None) -> Path:
+    """An AWS shared-credentials file readable only by the server's OS user."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
+        fh.write(_credentials_text(target))
     if owner:
         shutil.chown(path, owner)
     return path
+
+
+@contextmanager
+def aws_engine_env(target: PitrTarget) -> Iterator[dict[str, str | None]]:
+    """The environment of a barman-cloud process we run: the target's keys in a private
+    shared-credentials file, never in the environment (readable in /proc, inherited by children).
+    Without keys on the block, the ambient AWS credentials (IRSA, instance profile) apply."""
+    env: dict[str, str | None] = {"PGPASSWORD": None}  # barman-cloud never logs in to PostgreSQL
+    if target.region:
+        env["AWS_DEFAULT_REGION"] = target.region
+    if not (target.aws_access_key_id and target.aws_secret_access_key):
+        yield env
+        return
+    with private_file("credentials", _credentials_text(target)) as path:
+        # inherited keys would beat the file in boto's order: the block's keys are the ones meant
+        yield {**env, "AWS_SHARED_CREDENTIALS_FILE": path, "AWS_ACCESS_KEY_ID": None,
+               "AWS_SECRET_ACCESS_KEY": None, "AWS_SESSION_TOKEN": None, "AWS_PROFILE": None}  # fmt: skip
 
 
 ENGINES: dict[str, type] = {"barman-cloud": BarmanCloud}
