@@ -39,6 +39,20 @@ SETTINGS = {
         "10ms",
     ),
     "lock_timeout_1ms": ("ALTER DATABASE {db} SET lock_timeout = '1ms'", "lock_timeout", "1ms"),
+    # our sessions would run as this role (no rights on the tables): pg_dump failed
+    "role_default": ("ALTER DATABASE {db} SET role = 'pg_monitor'", "role", "pg_monitor"),
+    "role_in_database_role": (
+        "ALTER ROLE postgres IN DATABASE {db} SET role = 'pg_monitor'",
+        "role",
+        "pg_monitor",
+    ),
+    # stored as `search_path=""`: re-applied as SQL text it was a zero-length identifier
+    "empty_search_path": ("ALTER DATABASE {db} SET search_path = ''", "search_path", '""'),
+    "quoted_search_path": (
+        """ALTER DATABASE {db} SET search_path = '$user', 'My "Schema"', public""",
+        "search_path",
+        '"$user", "My ""Schema""", public',
+    ),
 }
 
 

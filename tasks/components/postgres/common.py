@@ -47,7 +47,7 @@ _STABLE_SETTINGS = (
 )
 # Every session we open (ours and the engines') sets what it depends on, in the startup packet,
 # which outranks ALTER DATABASE/ROLE ... SET: a database with a read-only default, DateStyle
-# 'SQL, DMY', a 20 ms statement_timeout or its own search_path must not change what we do.
+# 'SQL, DMY', a 20 ms statement_timeout, its own search_path or role must not change what we do.
 # row_security=off makes a policy that would hide rows from us an error, not a silent miss.
 SESSION_SETTINGS = {
     "DateStyle": "ISO,YMD",
@@ -58,6 +58,8 @@ SESSION_SETTINGS = {
     "default_transaction_read_only": "off",
     "search_path": "pg_catalog",
     "row_security": "off",
+    # ALTER DATABASE/ROLE ... SET role = x would make us x (and a pg_dump without its rights)
+    "role": "none",
 }
 SESSION_OPTIONS = " ".join(f"-c {k}={v}" for k, v in SESSION_SETTINGS.items())
 ASIDE_RE = re.compile(

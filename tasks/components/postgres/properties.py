@@ -132,9 +132,44 @@ def create_side(conn: psycopg.Connection, side: str, props: dict[str, Any], no_o
         ) from None
 
 
+def _list_elements(value: str) -> list[str]:
+    """The elements of a stored GUC_LIST_QUOTE value (`"$user", public`, `""`): comma-separated,
+    each bare or double-quoted with "" for a quote, as PostgreSQL's SplitGUCList reads it."""
+    out, i, n = [], 0, len(value)
+    while True:
+        while i < n and value[i].isspace():
+            i += 1
+        if i < n and value[i] == '"':
+            j, elem = i + 1, []
+            while j < n and not (value[j] == '"' and value[j + 1 : j + 2] != '"'):
+                elem.append(value[j])
+                j += 2 if value[j] == '"' else 1
+            out.append("".join(elem))
+            i = j + 1
+        else:
+            j = i
+            while j < n and value[j] != ",":
+                j += 1
+            out.append(value[i:j].strip())
+            i = j
+        while i < n and value[i].isspace():
+            i += 1
+        if i >= n:
+            return out
+        if value[i] != ",":
+            raise IntegrityError(f"recorded list setting {value!r} is malformed: it cannot be re-applied")
+        i += 1
+
+
 def _setting(key_value: str) -> tuple[sql.Composable, sql.Composable]:
+    """`name=value` as recorded -> (name, value) for `SET name = value`. A list setting stored
+    quoted (search_path) goes back as one literal per element, as pg_dump does: its stored text
+    is identifiers (`""` for an empty path), never SQL to paste."""
     key, _, value = key_value.partition("=")
-    val = sql.SQL(value) if key.lower() in _LIST_QUOTED else sql.Literal(value)
+    if key.lower() in _LIST_QUOTED:
+        val: sql.Composable = sql.SQL(", ").join(sql.Literal(e) for e in _list_elements(value))
+    else:
+        val = sql.Literal(value)
     return sql.Identifier(key), val
 
 
