@@ -226,3 +226,14 @@ def test_the_sweeps_verdict_and_a_newer_safety_backup_do_not_cost_the_old_good_b
     assert {d.id: d.action for d in plan_retention([old_good, safety], longer, NOW).decisions}[
         safety.id
     ] == Action.keep
+
+
+def test_a_backup_from_the_future_never_stands_in_for_the_newest_good_one():
+    """A clock 30 days ahead stamped the newest backup: `latest` never picks it (clock skew), so
+    it must not be the good backup that lets retention delete the one `latest` does pick."""
+    old_good, future = manifest(1, 24 * 20), manifest(2, -24 * 30)
+    plan = plan_retention([old_good, future], POLICY, NOW)
+    by_id = {d.id: d for d in plan.decisions}
+    assert by_id[old_good.id].action == Action.keep and by_id[old_good.id].good
+    assert by_id[future.id].action == Action.keep and not by_id[future.id].good
+    assert "future" in by_id[future.id].reason

@@ -7,7 +7,9 @@ Pure: no I/O here (flows/maintenance.py lists, plans, then deletes). The rules, 
 2. the newest `keep_last_good` good backups are kept whatever their age: retention by age alone
    can delete the last good backup. Good = routine (scheduled or on-demand), verified (when
    written or by the sweep) and not known damaged (storage/health.py): a damaged backup never
-   counts as good, so it never protects, nor displaces, the good one before it;
+   counts as good, so it never protects, nor displaces, the good one before it. Nor does one
+   whose source time is in the future (a skewed clock): `latest` never picks it, so it must not
+   stand in for the backup `latest` does pick; it is kept (its age is negative) and says why;
 3. members of the newest recovery point are kept (labels["recovery_point"]);
 4. everything within the retention window is kept;
 5. GFS tiers (optional): the newest good backup of each of the last N days / ISO weeks / months;
@@ -31,6 +33,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 from tasks.errors import BadInput
 from tasks.ids import parse_backup_id
 from tasks.models import Manifest
+from tasks.storage.catalog import from_the_future
 from tasks.storage.layout import (
     backup_dir_of,
     is_manifest_key,
@@ -126,11 +129,13 @@ def is_good(
     manifest: Manifest,
     damaged: frozenset[str] | set[str] = frozenset(),
     verified: frozenset[str] | set[str] = frozenset(),
+    now: datetime | None = None,
 ) -> bool:
-    """Good = a routine backup, read back and checked (when written, or by a sweep since), and
-    not found damaged since. Safety and forensic backups are never the good one."""
+    """Good = a routine backup, read back and checked (when written, or by a sweep since), not
+    found damaged since, and not from the future (the backups `latest` may pick). Safety and
+    forensic backups are never the good one."""
     checked = manifest.verified_at is not None or manifest.id in verified
-    return manifest.routine and checked and manifest.id not in damaged
+    return manifest.routine and checked and manifest.id not in damaged and not from_the_future(manifest, now)
 
 
 def newest_recovery_point(manifests: Iterable[Manifest]) -> str | None:
@@ -184,7 +189,7 @@ def plan_retention(
     if recovery_point is None:
         recovery_point = newest_recovery_point(ordered)
 
-    good = [m for m in ordered if is_good(m, damaged_ids, verified_ids)]
+    good = [m for m in ordered if is_good(m, damaged_ids, verified_ids, now)]
     special = policy.special_retention or policy.retention
     last_good = {m.id for m in good[-policy.keep_last_good :]}
     tiers = {
@@ -198,8 +203,11 @@ def plan_retention(
     decisions: list[Decision] = []
     for m in ordered:
         age = now - m.source_time
-        good_m = is_good(m, damaged_ids, verified_ids)
-        if not m.routine:  # safety / forensic: their own window, nothing else keeps them
+        good_m = is_good(m, damaged_ids, verified_ids, now)
+        if from_the_future(m, now):
+            action = Action.keep
+            reason = "source time in the future (clock skew?): kept, never counted as the good backup"
+        elif not m.routine:  # safety / forensic: their own window, nothing else keeps them
             if age <= special:
                 action, reason = Action.keep, f"{m.kind} backup within its retention ({_days(age)})"
             else:
