@@ -41,7 +41,7 @@ from tasks.operations.restores import (
 )
 from tasks.storage.catalog import get_backup
 from tasks.storage.records import put_record
-from tasks.verbs import restore_task
+from tasks.verbs import restore_options, restore_task
 
 __all__ = [
     "restore_plan",
@@ -183,19 +183,24 @@ def restore_with_checklist(
             (it is gone): there will be nothing to roll back to.
     """
     component = ComponentName(component).value
+    # checked before anything (no safety backup, no record): a typo is refused, never found only
+    # after the approval, and what is approved is exactly what runs (the form shows them)
+    opts = restore_options(component, options)
     store_block = load_store(store)
     guard_block = load_guard(guard)
     manifest = get_backup(store_block, backup_id, component)
     target_block = load_target(component, target)
-    record = _new_record(component, manifest, force)
+    given = opts.model_dump(mode="json", exclude_unset=True)
+    record = _new_record(component, manifest, force, options=given)
     needs_approval = guard_block.require_approval if require_approval is None else require_approval
     checklist = {
         "force": force,
         "required_objects": required_objects,
         "needs_approval": needs_approval,
         "without_rollback": without_rollback,
+        "options": opts,
     }
-    return _checked_restore(record, manifest, store_block, target_block, guard_block, checklist, options)
+    return _checked_restore(record, manifest, store_block, target_block, guard_block, checklist, given)
 
 
 @flow(name="rollback-restore")

@@ -12,9 +12,10 @@ restore ends at once, with its record.
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
@@ -75,6 +76,7 @@ def form_markdown(
     safety: Manifest | None,
     checklist: list[ChecklistLine],
     deadline: datetime,
+    options: dict[str, Any] | None = None,
 ) -> str:
     """The form's description. Lists, not wide tables: it must fit the Resume dialog."""
     age_h = manifest.age() / 3600
@@ -95,6 +97,12 @@ def form_markdown(
         f"- **Into:** {target_label}",
         f"- **There now:** {now_there}",
         f"- **Action:** {action}",
+        "- **Options:** "
+        + (
+            "; ".join(f"`{k}` = `{json.dumps(v, ensure_ascii=False)}`" for k, v in options.items())
+            if options
+            else "none: the component's defaults (everything in the backup)"
+        ),
         "- **Safety backup:** "
         + (
             f"`{safety.id}` ({size(safety.raw_size)}), taken and verified; undo with "

@@ -44,6 +44,21 @@ MODES: dict[str, str] = {
 }
 
 
+def action_of(component: str, options: Any = None) -> str:
+    """What a restore of `component` with these RestoreOptions does: the options that change the
+    kind of action (not only its scope) say so, so an approval is never of the default action."""
+    if component == "etcd" and getattr(options, "execute_swap", False):
+        return (
+            "THE SWAP ITSELF (execute_swap): kube-apiserver and etcd are stopped on this node, the "
+            "data dir is replaced by the restored one, both are restarted"
+        )
+    if component == "postgres" and options is not None and not getattr(options, "cut_over", True):
+        return (
+            "aside only (cut_over=False): restored into a side database and checked; nothing is renamed over"
+        )
+    return MODES.get(component, "the component's own restore")
+
+
 class PlanStep(BaseModel):
     order: int
     component: str

@@ -31,7 +31,7 @@ from tasks.operations.checklist import (
     prepare_rollback,
     verify_integrity,
 )
-from tasks.operations.plan import MODES, short_state, target_label
+from tasks.operations.plan import action_of, short_state, target_label
 from tasks.storage.catalog import get_backup, list_backups
 from tasks.storage.layout import layout
 from tasks.storage.records import get_record, put_record
@@ -56,6 +56,9 @@ class RestoreRecord(BaseModel):
     safety_backup_id: str | None = None
     current_state_key: str | None = None
     approved_by: str | None = None
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="the restore options given (checked), as shown for approval"
+    )
     report: dict[str, Any] | None = None
     error: str | None = None
     rolls_back: str | None = Field(default=None, description="for a rollback: the restore it undoes")
@@ -208,9 +211,11 @@ def _items(
     required_objects: list[str] | None,
     needs_approval: bool,
     without_rollback: bool,
+    options: Any = None,
 ) -> None:
     """Every item in order, each line published as soon as it is known. Raises Refused (the
-    record holds every line so far) or RestoreCancelled (cancelled while paused)."""
+    record holds every line so far) or RestoreCancelled (cancelled while paused). `options`:
+    the component's RestoreOptions, checked already; the approval form shows them."""
 
     def add(line: ChecklistLine) -> None:
         record.checklist.append(line)
@@ -258,10 +263,11 @@ def _items(
         newer,
         target_label(target),
         now_there,
-        MODES.get(record.component, "the component's own restore"),
+        action_of(record.component, options),
         safety,
         record.checklist,
         deadline_of(timeout),
+        record.options,
     )
     try:
         line, record.approved_by = decide(description, timeout)
@@ -272,3 +278,13 @@ def _items(
         record.checklist.append(line)
         raise
     add(line)
+    # the window was checked before the wait: an answer that comes after it closed is too late
+    if guard.window is not None and not guard.window.contains(datetime.now(UTC)) and not force:
+        raise Refused(
+            ChecklistLine(
+                item=ITEMS[2],
+                mark=Mark.refused,
+                detail=f"approved, but {guard.window.describe()} closed while the restore waited for "
+                "approval: nothing was changed; run it again in the window, or with force=True",
+            )
+        )

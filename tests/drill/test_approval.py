@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -24,13 +25,17 @@ from prefect.flow_runs import resume_flow_run
 from prefect.input.run_input import keyset_from_base_key
 from prefect.states import Cancelling
 
-from blocks.restore_guard import RestoreGuard
+from blocks.restore_guard import MaintenanceWindow, RestoreGuard
 from flows.backup import backup_component
 from flows.recovery import load_restore_record, restore_with_checklist, rollback_restore
 from tasks.errors import BadInput
 from tasks.operations.checklist import ITEMS, Refused
+from tasks.operations.plan import action_of
 from tasks.operations.restores import safety_mark
-from tasks.storage.catalog import get_backup
+from tasks.storage.backends import backend_for
+from tasks.storage.catalog import get_backup, list_backups
+from tasks.storage.layout import layout
+from tasks.verbs import restore_options
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 KEYSET = keyset_from_base_key("paused-restore-approval")
@@ -258,3 +263,52 @@ def test_restore_type_flows_push_failures_and_are_covered_by_the_alerts(
 def _record_id(flow_run_id) -> str:
     md = _checklist_artifact(flow_run_id)
     return "restore-" + md.split("(restore-")[1].split(")")[0]
+
+
+def test_restore_options_are_checked_before_anything_and_the_form_shows_them(local_store, prod):
+    store = local_store()
+    target = prod.target()
+    backup_component("app-state", target=target, store=store)
+    prod.file.write_bytes(b"current data\n")
+    # a typo is refused before the checklist: no safety backup, no record a rollback could act on
+    with pytest.raises(BadInput, match="step"):
+        restore_with_checklist("app-state", target=target, store=store, options={"step": ["sessions"]})
+    assert [m.kind.value for m in list_backups(store, "app-state")] == ["on-demand"]
+    assert not list(backend_for(store).list_keys(layout(store).records_dir("restores")))
+    assert prod.file.read_bytes() == b"current data\n" and prod.restores == 0
+
+    options = {"steps": ["sessions"]}
+    run = Running(component="app-state", target=target, store=store, guard=GUARD, options=options)
+    flow_run = run.paused_run()
+    _, description = _form(flow_run.id)
+    assert '- **Options:** `steps` = `["sessions"]`' in description
+    resume_flow_run(flow_run.id, run_input={"decision": "approve", "by": "alice"})
+    record = run.wait().result()
+    assert record.status == "restored" and record.options == options
+    # options that change the kind of action, not only its scope, change what the form says
+    assert "plan only" in action_of("etcd", restore_options("etcd", {}))
+    assert "SWAP ITSELF" in action_of("etcd", restore_options("etcd", {"execute_swap": True}))
+    assert "cut over" in action_of("postgres", restore_options("postgres", {}))
+    assert "aside only" in action_of("postgres", restore_options("postgres", {"cut_over": False}))
+
+
+def test_an_approval_given_after_the_window_closed_changes_nothing(local_store, prod):
+    store = local_store()
+    target = prod.target()
+    backup_component("app-state", target=target, store=store)
+    prod.file.write_bytes(b"current data\n")
+    now = datetime.now(UTC)
+    closes = now + timedelta(seconds=40)
+    window = MaintenanceWindow(start=(now - timedelta(minutes=1)).time(), end=closes.time())
+    guard = RestoreGuard(require_approval=True, approval_timeout_seconds=300, window=window)
+    run = Running(component="app-state", target=target, store=store, guard=guard)
+    flow_run = run.paused_run()
+    time.sleep(max(0.0, (closes - datetime.now(UTC)).total_seconds() + 1))
+    resume_flow_run(flow_run.id, run_input={"decision": "approve", "by": "alice"})
+    state = run.wait()
+
+    assert state.is_failed()
+    with pytest.raises(Refused, match="closed while the restore waited for approval"):
+        state.result()
+    assert prod.file.read_bytes() == b"current data\n" and prod.restores == 0
+    assert load_restore_record(store, _record_id(flow_run.id)).status == "refused"
