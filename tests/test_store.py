@@ -231,3 +231,24 @@ def test_an_endpoint_that_is_not_s3_is_a_configuration_error(web_server, scheme,
         backend.preflight()
     with pytest.raises(ConfigurationError, match=says):
         backend.get_bytes("backups/app-state/x")
+
+
+@pytest.mark.parametrize("how", ["dot-dot", "other-name", "duplicate"])
+def test_a_manifest_must_name_its_objects_in_its_own_folder_exactly(any_store, how):
+    """A manifest (checksum recomputed) whose object key leaves its folder through '..' (a local
+    store resolves it into backup B), or names another object than its own name says, or names
+    one object twice, is refused: backup A's manifest can never restore B's bytes."""
+    store = any_store()
+    a, b = take_backup(store, b"state A\n"), take_backup(store, b"state B\n")
+    folder = a.objects[0].key.rsplit("/", 1)[0]
+    evil = {
+        "dot-dot": [b.objects[0].model_copy(update={"key": f"{folder}/../{b.id}/data"})],
+        "other-name": [a.objects[0].model_copy(update={"key": f"{folder}/other"})],
+        "duplicate": [a.objects[0], a.objects[0]],
+    }[how]
+    forged = a.model_copy(update={"objects": evil}).sealed()
+    key = a.objects[0].key.rsplit("/", 1)[0] + "/" + MANIFEST_NAME
+    backend_for(store).put_bytes(key, forged.model_dump_json().encode())
+    with pytest.raises(IntegrityError, match=f"is not the manifest of backup {a.id}"):
+        get_backup(store, a.id)
+    assert [m.id for m in list_backups(store, "app-state")] == [b.id]

@@ -36,8 +36,11 @@ def parse_manifest(data: bytes, key: str, keys: StoreLayout) -> Manifest:
         raise IntegrityError(f"manifest {key} was altered: its checksum does not match its content")
     home = keys.manifest_key(manifest.id)
     id_component, _ = parse_backup_id(manifest.id)
-    folder = keys.backup_dir(manifest.id) + "/"
-    strays = [o.key for o in manifest.objects if not o.key.startswith(folder)]
+    # each object exactly at <folder>/<its name>: a prefix test would pass '<folder>/../<B>/x',
+    # which a local store resolves into backup B; and one object named twice is not a backup
+    strays = [o.key for o in manifest.objects if o.key != keys.object_key(manifest.id, o.name)]
+    names = [o.name for o in manifest.objects]
+    strays += [f"{n} (named twice)" for n in sorted({n for n in names if names.count(n) > 1})]
     if home != key or manifest.component != id_component or strays:
         found = backup_id_of(key) or key
         raise IntegrityError(
