@@ -97,13 +97,20 @@ def write_recovery_point(
     return rp
 
 
-def _load(data: dict, where: str) -> RecoveryPoint:
+def _load(data: dict, where: str, rp_id: str) -> RecoveryPoint:
+    """The record stored under `rp_id`'s key: intact, and naming that very point (a record copied
+    over another's must never stand in for it, as a manifest cannot)."""
     try:
         rp = RecoveryPoint.model_validate(data)
     except ValueError as exc:
         raise IntegrityError(f"recovery point {where} is unreadable: {str(exc)[:200]}") from None
     if rp.checksum != rp.computed_checksum():
         raise IntegrityError(f"recovery point {where} was altered: its checksum does not match")
+    if rp.id != rp_id:
+        raise IntegrityError(
+            f"recovery point {where} names another point, {rp.id}: it was copied; use the point you "
+            "want by its own id"
+        )
     return rp
 
 
@@ -116,10 +123,7 @@ def scan_recovery_points(store: StoreBlock) -> tuple[list[RecoveryPoint], dict[s
             continue
         rp_id = key.rsplit("/", 1)[-1].removesuffix(".json")
         try:
-            point = _load(get_record(store, key), key)
-            if point.id != rp_id:
-                raise IntegrityError(f"recovery point {key} names another point, {point.id}: it was copied")
-            points.append(point)
+            points.append(_load(get_record(store, key), key, rp_id))
         except (IntegrityError, NotFound) as exc:
             damaged[rp_id] = str(exc)
             mark_damaged(store, rp_id, str(exc))
@@ -172,7 +176,7 @@ def get_recovery_point(store: StoreBlock, rp_id: str = "latest") -> RecoveryPoin
         return latest_recovery_point(store)
     key = _key(store, rp_id)
     try:
-        return _load(get_record(store, key), rp_id)
+        return _load(get_record(store, key), rp_id, rp_id)
     except NotFound:
         raise NotFound(
             f"no recovery point {rp_id} in {store.location}: list them with list_recovery_points()"

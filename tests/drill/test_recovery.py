@@ -12,6 +12,7 @@ from tasks.errors import IntegrityError
 from tasks.operations.drills import list_drill_records
 from tasks.operations.plan import DR_STEPS
 from tasks.operations.recovery import LABEL, _key, get_recovery_point, list_recovery_points, member_manifests
+from tasks.storage.backends import backend_for
 from tasks.storage.catalog import get_backup
 from tasks.storage.layout import layout
 from tasks.storage.records import get_record
@@ -54,6 +55,23 @@ def test_a_tampered_recovery_point_is_refused(local_store, prod):
     flip_byte(store, _key(store, result.recovery_point))
     with pytest.raises(IntegrityError):
         get_recovery_point(store, result.recovery_point)
+
+
+def test_a_recovery_point_record_copied_over_another_is_refused_by_id(local_store, prod):
+    """Point B's record copied into point A's place: asking for A by id must never give B (its
+    members, its plan), as a manifest copied into another backup's folder is refused."""
+    store = local_store()
+    targets = {"app-state": prod.target()}
+    a = backup_all(components=["app-state"], targets=targets, store=store).recovery_point
+    b = backup_all(components=["app-state"], targets=targets, store=store).recovery_point
+    backend = backend_for(store)
+    backend.put_bytes(_key(store, a), backend.get_bytes(_key(store, b)))
+    with pytest.raises(IntegrityError, match=f"names another point, {b}"):
+        get_recovery_point(store, a)
+    state = restore_plan(recovery_point=a, store=store, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(IntegrityError, match=f"names another point, {b}"):
+        state.result()
 
 
 def test_restore_plan_is_a_dry_run_with_order_state_and_estimates(local_store, prod, drill_tmp):
