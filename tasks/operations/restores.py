@@ -14,7 +14,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from blocks.restore_guard import RestoreGuard
 from blocks.store import StoreBlock
-from tasks.errors import BadInput, ConfigurationError, NotFound
+from tasks.errors import BadInput, ConfigurationError, IntegrityError, NotFound
 from tasks.metrics import record_run
 from tasks.models import Manifest
 from tasks.operations.approval import RestoreCancelled, deadline_of, decide, form_markdown, size
@@ -84,13 +84,21 @@ def record_key_of(store: StoreBlock, restore_id: str) -> str:
 
 
 def load_restore_record(store: StoreBlock, restore_id: str) -> RestoreRecord:
+    """The record stored under `restore_id`, naming that restore (a record copied over another's
+    would make a rollback put back the wrong safety backup)."""
     try:
-        return RestoreRecord.model_validate(get_record(store, record_key_of(store, restore_id)))
+        record = RestoreRecord.model_validate(get_record(store, record_key_of(store, restore_id)))
     except NotFound:
         raise NotFound(
             f"no restore {restore_id} in {store.location}: the id is in the restore's checklist "
             "artifact and in its flow run's result"
         ) from None
+    if record.id != restore_id:
+        raise IntegrityError(
+            f"the record of restore {restore_id} names another restore, {record.id}: it was copied; "
+            "nothing was done: check the store's restores/ records"
+        )
+    return record
 
 
 def safety_mark_key(store: StoreBlock, backup_id: str) -> str:

@@ -104,9 +104,10 @@ def finding(store: StoreBlock, backup_id: str) -> BackupHealth | None:
     parse_backup_id(backup_id)
     key = layout(store).health_key(backup_id)
     try:
-        return _parse(backend_for(store).get_bytes(key), key)
+        found = _parse(backend_for(store).get_bytes(key), key)
     except NotFound:
         return None
+    return found if found is not None and found.id == backup_id else None  # another's: not this one's
 
 
 def damaged_ids(store: StoreBlock, component: str) -> dict[str, str]:

@@ -28,7 +28,7 @@ from prefect.states import Cancelling
 from blocks.restore_guard import MaintenanceWindow, RestoreGuard
 from flows.backup import backup_component
 from flows.recovery import load_restore_record, restore_with_checklist, rollback_restore
-from tasks.errors import BadInput
+from tasks.errors import BadInput, IntegrityError
 from tasks.operations.checklist import ITEMS, Refused
 from tasks.operations.plan import action_of
 from tasks.operations.restores import safety_mark
@@ -312,3 +312,20 @@ def test_an_approval_given_after_the_window_closed_changes_nothing(local_store, 
         state.result()
     assert prod.file.read_bytes() == b"current data\n" and prod.restores == 0
     assert load_restore_record(store, _record_id(flow_run.id)).status == "refused"
+
+
+def test_a_restore_record_copied_over_another_is_refused_by_rollback(local_store, prod):
+    store = local_store()
+    target = prod.target()
+    backup_component("app-state", target=target, store=store)
+    first = restore_with_checklist("app-state", target=target, store=store)
+    prod.file.write_bytes(b"written since\n")
+    second = restore_with_checklist("app-state", target=target, store=store)
+    prod.file.write_bytes(b"live data\n")
+    backend = backend_for(store)
+    a_key, b_key = (layout(store).restore_record_key(r.id) for r in (first, second))
+    backend.put_bytes(a_key, backend.get_bytes(b_key))
+
+    with pytest.raises(IntegrityError, match=f"names another restore, {second.id}"):
+        rollback_restore(first.id, target=target, store=store)
+    assert prod.file.read_bytes() == b"live data\n" and prod.restores == 2
