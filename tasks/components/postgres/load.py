@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import IO, Any
 
@@ -103,3 +104,26 @@ def check_fingerprint(target: PostgresTarget, manifest: Manifest, db: str, side:
     if diff:
         raise IntegrityError(f"restored {db!r} does not match backup {manifest.id}: " + "; ".join(diff[:10]))
     return actual
+
+
+def fingerprint_while_building(
+    target: PostgresTarget, manifest: Manifest, db: str, side: str, post_path: str, no_owner: bool
+) -> dict[str, Any]:
+    """The fingerprint scan (heap only) runs while post-data builds: CREATE INDEX lets it read;
+    an ADD PRIMARY KEY waits for it. Measured at scale 1 on 2 cores: 12.4 s for both together
+    against 8.1 s + 7.7 s one after the other (docs/performance.md)."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="pg-fingerprint")
+    try:
+        future = pool.submit(check_fingerprint, target, manifest, db, side)
+        try:
+            build_post_data(target, post_path, db, side, no_owner)
+        except Exception:
+            # the data's verdict first: rows that differ from the backup explain a failing build
+            # (a constraint they break); only on a restore that is failing anyway
+            if isinstance(found := future.exception(), IntegrityError):
+                raise found from None
+            raise
+        return future.result()
+    finally:
+        # on any failure the caller drops the side database WITH (FORCE), which ends the scan
+        pool.shutdown(wait=False, cancel_futures=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -165,19 +166,22 @@ def restore_aside(
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (side,)).fetchone():
             raise BadInput(f"database {side!r} already exists: drop it or pick another name")
         properties.create_side(conn, side, props, no_owner)
+    seconds: dict[str, float] = {}  # per phase: what a drill's RTO is made of
     try:
         if post is None:  # a backup from before post-data had its own object: all in one stream
-            load.load_stream(target, store, obj, db, side, no_owner, single_transaction=True)
-            actual = load.check_fingerprint(target, manifest, db, side)
+            with _timed(seconds, "load"):
+                load.load_stream(target, store, obj, db, side, no_owner, single_transaction=True)
+            with _timed(seconds, "fingerprint"):
+                actual = load.check_fingerprint(target, manifest, db, side)
         else:
             with load.post_data_file(store, post) as post_path:  # kilobytes: checked first
                 # no --single-transaction: the side database already makes the restore all or
                 # nothing (dropped on any failure), and one transaction over every table can run
                 # out of lock slots (max_locks_per_transaction) on a database with many tables
-                load.load_stream(target, store, obj, db, side, no_owner, single_transaction=False)
-                # the heap is complete: fingerprint it before the index builds take the cores
-                actual = load.check_fingerprint(target, manifest, db, side)
-                load.build_post_data(target, post_path, db, side, no_owner)
+                with _timed(seconds, "load"):
+                    load.load_stream(target, store, obj, db, side, no_owner, single_transaction=False)
+                with _timed(seconds, "fingerprint+post_data"):
+                    actual = load.fingerprint_while_building(target, manifest, db, side, post_path, no_owner)
         with admin(target) as conn:
             properties.apply(conn, side, props, no_owner)
     except BaseException:
@@ -185,7 +189,21 @@ def restore_aside(
             drop_database(conn, side)
         raise
     rows = sum(t["rows"] for t in actual["tables"].values())
-    return {"tables": len(actual["tables"]), "rows": rows, "fingerprint_equal": True}
+    return {
+        "tables": len(actual["tables"]),
+        "rows": rows,
+        "fingerprint_equal": True,
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+    }
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], phase: str) -> Iterator[None]:
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        seconds[phase] = time.monotonic() - started
 
 
 def restore(
