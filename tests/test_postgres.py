@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 import tasks.components.postgres as pg
+import tasks.components.postgres.load as pg_load
 import tasks.components.postgres.restores as pg_restores
 from tasks.components.postgres.common import connect, parse_aside
 from tasks.errors import BadInput, ComponentFailed, IntegrityError
@@ -58,7 +59,8 @@ def test_backup_alter_restore_gives_back_the_recorded_fingerprint(sample, local_
     assert before["tables"]["app.items"]["rows"] == 200
     assert manifest.engine["databases"][db]["size"] > 0
     assert manifest.engine["server_version"].startswith("15")
-    assert {o.name for o in manifest.objects} == {"globals.sql", manifest.engine["databases"][db]["object"]}
+    facts = manifest.engine["databases"][db]
+    assert {o.name for o in manifest.objects} == {"globals.sql", facts["object"], facts["post_data_object"]}
 
     exec_in(target, db, "DELETE FROM app.items WHERE id % 2 = 0; UPDATE public.logs SET msg = 'x'")
     exec_in(target, db, "SELECT nextval('app.items_id_seq')")
@@ -213,7 +215,7 @@ def test_pg_restore_killed_mid_way_leaves_the_target_as_it_was(postgres, local_s
         exec_in(target, db, "DELETE FROM app.items WHERE id < 1000")
         changed = state(target, db)
         names = db_names(target)
-        real_read = pg_restores.read_object
+        real_read = pg_load.read_object
 
         def read_and_kill(store_, obj, *a):
             for i, chunk in enumerate(real_read(store_, obj, *a)):
@@ -221,7 +223,7 @@ def test_pg_restore_killed_mid_way_leaves_the_target_as_it_was(postgres, local_s
                     kill_child("pg_restore")
                 yield chunk
 
-        monkeypatch.setattr(pg_restores, "read_object", read_and_kill)
+        monkeypatch.setattr(pg_load, "read_object", read_and_kill)
         with pytest.raises(ComponentFailed, match="pg_restore .*signal 9"):
             pg.restore(target, manifest, store, pg.RestoreOptions())
         assert state(target, db) == changed

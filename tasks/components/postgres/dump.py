@@ -1,5 +1,9 @@
-"""Backup: `pg_dumpall --globals-only` and one `pg_dump -Fc` per database, streamed into the store,
-each with the fingerprint of the snapshot it dumped; verify reads each archive's table of contents.
+"""Backup: `pg_dumpall --globals-only` and, per database, two `pg_dump -Fc` objects of one exported
+snapshot streamed into the store: pre-data + data (the bulk), and post-data (indexes, constraints,
+triggers: DDL only, kilobytes) on its own, so a restore can stream the bulk and still build the
+indexes in parallel (`pg_restore -j` needs a seekable file: the small object can be one, the
+bulk need not). Each with the fingerprint of the snapshot it dumped; verify reads each archive's
+table of contents.
 """
 
 from __future__ import annotations
@@ -41,6 +45,11 @@ def _object_name(index: int, db: str) -> str:
     return f"db-{index:03d}-{re.sub(r'[^A-Za-z0-9_-]', '_', db)[:60]}.pgdump"
 
 
+def post_data_name(main: str) -> str:
+    """`db-000-x.pgdump` -> `db-000-x.postdata.pgdump`."""
+    return main.removesuffix(".pgdump") + ".postdata.pgdump"
+
+
 def _select(target: PostgresTarget, present: dict[str, dict[str, Any]]) -> list[str]:
     if target.databases:
         missing = [d for d in target.databases if d not in present]
@@ -54,37 +63,52 @@ def _select(target: PostgresTarget, present: dict[str, dict[str, Any]]) -> list[
     return [d for d, info in present.items() if info["allow_connections"] and parse_aside(d) is None]
 
 
+def _pg_dump(target: PostgresTarget, db: str, snapshot: str, sections: list[str]) -> list[str]:
+    return [
+        tool(target, "pg_dump"),
+        "--format=custom",
+        "--compress=0",  # the store compresses (zstd), far faster than pg_dump's zlib
+        f"--snapshot={snapshot}",
+        *(f"--section={s}" for s in sections),
+        "--no-password",
+        "--dbname",
+        conninfo_dbname(db),
+    ]
+
+
 def _dump_database(
     target: PostgresTarget, db: str, name: str, session: BackupSession
-) -> tuple[dict[str, Any], datetime, StoredObject]:
+) -> tuple[dict[str, Any], datetime, StoredObject, StoredObject]:
     conn = connect(target, db)
     try:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         snapshot, taken_at = conn.execute("SELECT pg_export_snapshot(), statement_timestamp()").fetchone()
-        argv = [
-            tool(target, "pg_dump"),
-            "--format=custom",
-            "--compress=0",  # the store compresses (zstd), far faster than pg_dump's zlib
-            f"--snapshot={snapshot}",
-            "--no-password",
-            "--dbname",
-            conninfo_dbname(db),
-        ]
         with ThreadPoolExecutor(1, thread_name_prefix="pg-fingerprint") as pool:
             # the fingerprint scans the same snapshot while pg_dump streams it
             future = pool.submit(fingerprint, conn)
             try:
-                with (
-                    engine_env(target, db) as env,
-                    stream_stdout(argv, env, name=f"pg_dump {db}") as out,
-                ):
-                    obj = session.write(name, out, meta={"database": db, "format": "custom"})
+                with engine_env(target, db) as env:
+                    with stream_stdout(
+                        _pg_dump(target, db, snapshot, ["pre-data", "data"]), env, name=f"pg_dump {db}"
+                    ) as out:
+                        obj = session.write(name, out, meta={"database": db, "format": "custom"})
+                    # the same snapshot: it stays importable while `conn` keeps its transaction
+                    with stream_stdout(
+                        _pg_dump(target, db, snapshot, ["post-data"]),
+                        env,
+                        name=f"pg_dump --section=post-data {db}",
+                    ) as out:
+                        post = session.write(
+                            post_data_name(name),
+                            out,
+                            meta={"database": db, "format": "custom", "section": "post-data"},
+                        )
             except BaseException:
                 conn.cancel_safe()
                 raise
             fp = future.result()
-        return fp, taken_at.astimezone(UTC), obj
+        return fp, taken_at.astimezone(UTC), obj, post
     finally:
         if not conn.closed:
             try:
@@ -112,7 +136,7 @@ def backup(target: PostgresTarget, session: BackupSession) -> None:
     times = []
     for index, db in enumerate(wanted):
         name = _object_name(index, db)
-        fp, taken_at, obj = _dump_database(target, db, name, session)
+        fp, taken_at, obj, post = _dump_database(target, db, name, session)
         with admin(target) as conn:  # after the dump: what the restored database must carry
             props = properties.read(conn, db)
         fingerprints[db] = fp
@@ -120,6 +144,8 @@ def backup(target: PostgresTarget, session: BackupSession) -> None:
         facts[db] = {
             **present[db],
             "object": name,
+            # indexes, constraints, triggers; a backup without it has them in `object`
+            "post_data_object": post.name,
             "snapshot_time": taken_at.isoformat(),
             "dump_bytes": obj.raw_size,
             "properties": props,
@@ -129,7 +155,8 @@ def backup(target: PostgresTarget, session: BackupSession) -> None:
         {
             "server_version": version,
             "server": f"{target.host}:{target.port}",
-            "format": "pg_dump custom (-Fc), uncompressed inside; store-compressed",
+            "format": "pg_dump custom (-Fc): pre-data+data, and post-data on its own; "
+            "uncompressed inside; store-compressed",
             "databases": facts,
             "globals": GLOBALS,
         }
@@ -138,16 +165,22 @@ def backup(target: PostgresTarget, session: BackupSession) -> None:
     session.source_time = min(times) if times else datetime.now(UTC)
 
 
+def _list(pg_restore: str, manifest: Manifest, store: StoreBlock, db: str, name: str) -> str:
+    """The archive's table of contents, read by pg_restore: it fails on an unreadable archive."""
+    return feed_stdin(
+        [pg_restore, "--list"],
+        read_object(store, manifest.object(name)),
+        name=f"pg_restore --list {db} ({name})",
+    )
+
+
 def verify(target: PostgresTarget | None, manifest: Manifest, store: StoreBlock) -> dict[str, Any]:
-    """pg_restore reads each archive's table of contents: every fingerprinted table has data."""
+    """pg_restore reads each archive's table of contents: every fingerprinted table has data, and
+    the post-data archive (where there is one) is readable and holds no data."""
     pg_restore = tool(target, "pg_restore") if target else "pg_restore"
     report = {}
     for db, info in manifest.engine.get("databases", {}).items():
-        toc = feed_stdin(
-            [pg_restore, "--list"],
-            read_object(store, manifest.object(info["object"])),
-            name=f"pg_restore --list {db}",
-        )
+        toc = _list(pg_restore, manifest, store, db, info["object"])
         data_entries = sum(1 for line in toc.splitlines() if " TABLE DATA " in line)
         expected = len(manifest.fingerprint["databases"][db]["tables"]) if manifest.fingerprint else 0
         if data_entries < expected:
@@ -156,4 +189,11 @@ def verify(target: PostgresTarget | None, manifest: Manifest, store: StoreBlock)
                 f"fingerprint lists {expected}: the dump is incomplete"
             )
         report[db] = {"table_data_entries": data_entries}
+        if post := info.get("post_data_object"):
+            post_toc = _list(pg_restore, manifest, store, db, post)
+            if any(" TABLE DATA " in line for line in post_toc.splitlines()):
+                raise IntegrityError(f"backup {manifest.id}: post-data archive of {db!r} holds table data")
+            report[db]["post_data_entries"] = sum(
+                1 for line in post_toc.splitlines() if line and not line.startswith(";")
+            )
     return report

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,16 +16,12 @@ from pydantic import Field, field_validator
 from blocks.postgres import PostgresTarget, check_db_name
 from blocks.store import StoreBlock
 from tasks.components.contract import StrictOptions
-from tasks.components.postgres import properties
+from tasks.components.postgres import load, properties
 from tasks.components.postgres.common import (
     admin,
     aside_name,
-    conninfo_dbname,
-    diff_fingerprints,
     drop_database,
     engine_env,
-    fingerprint_database,
-    recorded_algorithm,
     server_version,
     tool,
 )
@@ -33,7 +30,7 @@ from tasks.components.postgres.dump import GLOBALS, GLOBALS_MAX
 from tasks.errors import BadInput, ComponentFailed, IntegrityError
 from tasks.models import Manifest
 from tasks.proc import feed_stdin
-from tasks.storage.session import consume_checked, read_object, verify_object
+from tasks.storage.session import read_object, verify_object
 
 log = logging.getLogger(__name__)
 
@@ -163,39 +160,28 @@ def restore_aside(
     other database."""
     info = manifest.engine["databases"][db]
     obj = manifest.object(info["object"])
+    post = manifest.object(info["post_data_object"]) if info.get("post_data_object") else None
     props = info.get("properties") or properties.legacy(info)
     with admin(target) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (side,)).fetchone():
             raise BadInput(f"database {side!r} already exists: drop it or pick another name")
         properties.create_side(conn, side, props, no_owner)
+    seconds: dict[str, float] = {}  # per phase: what a drill's RTO is made of
     try:
-        argv = [
-            tool(target, "pg_restore"),
-            "--exit-on-error",
-            "--single-transaction",
-            "--no-password",
-            "--dbname",
-            conninfo_dbname(side),
-        ]
-        if no_owner:
-            argv += ["--no-owner", "--no-privileges"]
-        # the one read of the backup: checked as it streams, so refused before any cut-over
-        with engine_env(target, side) as env:
-            consume_checked(
-                read_object(store, obj),
-                lambda s: feed_stdin(argv, s, env, name=f"pg_restore {db}"),
-            )
-        actual = fingerprint_database(target, side, recorded_algorithm(manifest.fingerprint))
-        expected = (manifest.fingerprint or {}).get("databases", {}).get(db)
-        if expected is None:
-            raise IntegrityError(
-                f"backup {manifest.id} has no fingerprint for {db!r}: cannot verify the restore"
-            )
-        diff = diff_fingerprints(expected, actual)
-        if diff:
-            raise IntegrityError(
-                f"restored {db!r} does not match backup {manifest.id}: " + "; ".join(diff[:10])
-            )
+        if post is None:  # a backup from before post-data had its own object: all in one stream
+            with _timed(seconds, "load"):
+                load.load_stream(target, store, obj, db, side, no_owner, single_transaction=True)
+            with _timed(seconds, "fingerprint"):
+                actual = load.check_fingerprint(target, manifest, db, side)
+        else:
+            with load.post_data_file(store, post) as post_path:  # kilobytes: checked first
+                # no --single-transaction: the side database already makes the restore all or
+                # nothing (dropped on any failure), and one transaction over every table can run
+                # out of lock slots (max_locks_per_transaction) on a database with many tables
+                with _timed(seconds, "load"):
+                    load.load_stream(target, store, obj, db, side, no_owner, single_transaction=False)
+                with _timed(seconds, "fingerprint+post_data"):
+                    actual = load.fingerprint_while_building(target, manifest, db, side, post_path, no_owner)
         with admin(target) as conn:
             properties.apply(conn, side, props, no_owner)
     except BaseException:
@@ -203,7 +189,21 @@ def restore_aside(
             drop_database(conn, side)
         raise
     rows = sum(t["rows"] for t in actual["tables"].values())
-    return {"tables": len(actual["tables"]), "rows": rows, "fingerprint_equal": True}
+    return {
+        "tables": len(actual["tables"]),
+        "rows": rows,
+        "fingerprint_equal": True,
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+    }
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], phase: str) -> Iterator[None]:
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        seconds[phase] = time.monotonic() - started
 
 
 def restore(
@@ -212,7 +212,9 @@ def restore(
     plan = _plan(manifest, options)
     with_globals = options.include_globals if options.include_globals is not None else not options.databases
     # every byte checks out before anything on the server changes
-    needed = [manifest.object(manifest.engine["databases"][d]["object"]) for d in plan]
+    facts = manifest.engine["databases"]
+    parts = ("object", "post_data_object")  # backups from before the split have no post-data
+    needed = [manifest.object(facts[d][p]) for d in plan for p in parts if p in facts[d]]
     if with_globals:
         needed.insert(0, manifest.object(GLOBALS))
     if with_globals or options.quiesce_namespace:  # these change the live server before the load
