@@ -111,6 +111,9 @@ def test_whole_cluster_restore_brings_back_roles_and_every_database(postgres, lo
     role, db = new_name("r"), new_name()
     exec_in(admin_target, "postgres", f"CREATE ROLE {role} LOGIN PASSWORD 'app-secret' CONNECTION LIMIT 7")
     make_db(admin_target, db, owner=role)
+    closed = new_name("closed")  # pg_dump cannot read it: left out, and the backup says so
+    make_db(admin_target, closed)
+    exec_in(admin_target, "postgres", f"ALTER DATABASE {closed} ALLOW_CONNECTIONS false")
     store = local_store()
     try:
         with backup_session(store, "postgres") as session:
@@ -118,6 +121,8 @@ def test_whole_cluster_restore_brings_back_roles_and_every_database(postgres, lo
             session.commit()
         manifest = session.manifest
         assert {"postgres", db} <= set(manifest.engine["databases"])
+        assert closed not in manifest.engine["databases"]
+        assert manifest.engine["not_backed_up"][closed] == "refuses connections"
 
         drop(admin_target, db)
         exec_in(admin_target, "postgres", f"DROP ROLE {role}")
@@ -140,7 +145,7 @@ def test_whole_cluster_restore_brings_back_roles_and_every_database(postgres, lo
         assert report["databases"]["postgres"]["kept_as"].startswith("postgres__rollback_")
     finally:
         asides = [d for d in db_names(admin_target) if parse_aside(d)]
-        drop(admin_target, db, *asides)
+        drop(admin_target, db, closed, *asides)
         exec_in(admin_target, "postgres", f"DROP ROLE IF EXISTS {role}")
 
 

@@ -122,6 +122,16 @@ def backup(target: PostgresTarget, session: BackupSession) -> None:
         version = server_version(conn)
         present = databases(conn)
     wanted = _select(target, present)
+    # left out without a word would read as "backed up": say which, in the log and the manifest
+    closed = sorted(
+        d for d, info in present.items() if not info["allow_connections"] and parse_aside(d) is None
+    )
+    if closed and not target.databases:
+        log.warning(
+            "not backed up: %s refuse connections (ALLOW_CONNECTIONS false); pg_dump cannot read "
+            "them. Allow connections, or accept that they are not in this backup",
+            closed,
+        )
     with (
         engine_env(target) as env,
         stream_stdout(
@@ -159,6 +169,7 @@ def backup(target: PostgresTarget, session: BackupSession) -> None:
             "uncompressed inside; store-compressed",
             "databases": facts,
             "globals": GLOBALS,
+            "not_backed_up": {d: "refuses connections" for d in closed} if not target.databases else {},
         }
     )
     session.fingerprint = {"algorithm": FINGERPRINT_ALGORITHM, "databases": fingerprints}
