@@ -5,6 +5,7 @@ belongs to and how that restore ended)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -296,3 +297,39 @@ def _items(
                 "approval: nothing was changed; run it again in the window, or with force=True",
             )
         )
+    if record.safety_backup_id:
+        _retake_safety_backup(record, store, target, without_rollback, add)
+
+
+def _retake_safety_backup(
+    record: RestoreRecord,
+    store: StoreBlock,
+    target: Block,
+    without_rollback: bool,
+    add: Callable[[ChecklistLine], None],
+) -> None:
+    """The form showed a safety backup taken before the wait; writes made while a person decided
+    are not in it. Take it again now, so a rollback puts back what was there just before the
+    restore; the first one is marked superseded (kept, never what a rollback uses)."""
+    earlier = record.safety_backup_id
+    line, fresh = prepare_rollback(record.component, target, store, record.id, without_rollback)
+    if fresh is None:  # without_rollback and it failed: the earlier one is still a rollback point
+        add(
+            line.model_copy(
+                update={"detail": line.detail + f"; rollback uses {earlier}, taken before approval"}
+            )
+        )
+        return
+    add(line.model_copy(update={"detail": line.detail + " (after approval: holds writes made meanwhile)"}))
+    record.safety_backup_id = fresh
+    put_record(
+        store,
+        safety_mark_key(store, earlier),
+        {
+            "backup_id": earlier,
+            "restore_id": record.id,
+            "restore_status": "superseded",
+            "note": f"taken before approval; superseded by {fresh}, taken after approval",
+            "at": datetime.now(UTC),
+        },
+    )

@@ -128,13 +128,23 @@ def test_a_paused_restore_shows_every_answer_and_the_form_carries_the_decision(l
     for bad in ({"decision": "approve", "by": ""}, {"decision": "reject", "by": "alice"}, {"by": "alice"}):
         with pytest.raises(Exception, match="422|[Vv]alidation|required|short"):
             resume_flow_run(flow_run.id, run_input=bad)
+    prod.file.write_bytes(b"written while a person decided\n")
     resume_flow_run(flow_run.id, run_input={"decision": "approve", "by": "alice", "reason": "db lost"})
     state = run.wait()
 
     record = state.result()
     assert record.id == record_id and record.status == "restored" and record.approved_by == "alice"
-    assert record.checklist[-1].detail == "approved by alice: db lost"
-    assert prod.file.read_bytes() != b"broken\n" and prod.restores == 1
+    assert record.checklist[-2].detail == "approved by alice: db lost"
+    # the rollback point is taken again after the wait: it holds what was written meanwhile
+    assert record.checklist[-1].item == "prepare rollback" and "after approval" in record.checklist[-1].detail
+    assert record.safety_backup_id != safety_id
+    assert get_backup(store, record.safety_backup_id, "app-state").raw_size == len(
+        b"written while a person decided\n"
+    )
+    assert safety_mark(store, safety_id)["restore_status"] == "superseded"
+    assert safety_mark(store, record.safety_backup_id)["restore_status"] == "restored"
+    assert prod.file.read_bytes() not in (b"broken\n", b"written while a person decided\n")
+    assert prod.restores == 1
     final = _checklist_artifact(flow_run.id)
     assert "## Result: restored" in final and f"rollback_restore(restore_id='{record.id}')" in final
 

@@ -205,7 +205,8 @@ def test_an_approved_restore_goes_ahead_with_the_approver_recorded(local_store, 
         stop.set()
         thread.join(timeout=5)
     assert record.status == "restored" and record.approved_by == "alice"
-    assert record.checklist[-1].detail == "approved by alice: db lost"
+    assert [line.item for line in record.checklist[-2:]] == ["approval", "prepare rollback"]
+    assert record.checklist[-2].detail == "approved by alice: db lost"
     assert prod.file.read_bytes() != b"broken\n" and prod.restores == 1
 
 
