@@ -13,6 +13,7 @@ from botocore.exceptions import ClientError
 
 from blocks.app_state import AppStateStep, AppStateTarget
 from blocks.monitoring import PushgatewayConfig
+from blocks.store import Encryption
 from sandbox.s3 import make_bucket, s3_store
 from tasks.errors import ConfigurationError
 from tasks.storage import object_lock
@@ -187,7 +188,9 @@ def test_object_lock_compliance_the_workers_credentials_cannot_destroy_a_backup(
     # a plain delete of every key only adds delete markers: the pinned versions stay
     keys = list(backend_for(store).list_keys(layout(store).component_dir("app-state")))
     backend_for(store).delete_keys(keys)
-    assert list_backups(store, "app-state") == []
+    # still listed and restorable: a delete marker over a locked manifest is someone hiding it
+    assert list_backups(store, "app-state") == [manifest]
+    assert b"".join(read_object(store, get_backup(store, "latest", "app-state").objects[0])) == payload
     kept = {(v["Key"], v["VersionId"]) for v in versions(client, store.bucket)[0]}
     assert (obj.key, obj.version_id) in kept
     # undelete (docs/operations.md): remove the delete markers; the backup restores exactly
@@ -371,3 +374,50 @@ def test_object_lock_sweep_pushes_unlocked_objects_and_earliest_retain_until(
     earliest = ceil_second(manifests[0].expires_at + timedelta(days=1)).timestamp()
     assert gauges["verify_lock_earliest_retain_until_timestamp_seconds"] == earliest
     assert gauges["verify_dr_objects_without_lock"] == 2
+
+
+def test_object_lock_a_forged_manifest_cannot_redirect_a_restore(moto):
+    """With the worker's credentials an attacker writes ransom bytes as a new version of a locked
+    object and a new manifest version (valid checksum) pinning them: a restore by id, 'latest'
+    and the listing still read the manifest as it was written once, and the original bytes."""
+    from hashlib import sha256
+
+    store, client = locked(moto, "COMPLIANCE", compression="none")
+    payload = os.urandom(50_000)
+    manifest = backup(store, payload)
+    obj = manifest.objects[0]
+    ransom = b"pay us" * 100
+    put = client.put_object(Bucket=store.bucket, Key=obj.key, Body=ransom)
+    digest = sha256(ransom).hexdigest()
+    bad_obj = obj.model_copy(
+        update={
+            "version_id": put["VersionId"],
+            "size": len(ransom),
+            "raw_size": len(ransom),
+            "sha256": digest,
+            "raw_sha256": digest,
+            "encryption": Encryption.none,
+        }
+    )
+    forged = manifest.model_copy(update={"objects": [bad_obj]}).sealed()
+    client.put_object(
+        Bucket=store.bucket, Key=layout(store).manifest_key(manifest.id), Body=forged.model_dump_json()
+    )
+
+    for found in (get_backup(store, manifest.id), get_backup(store, "latest", "app-state")):
+        assert found == manifest
+        assert b"".join(read_object(store, found.objects[0])) == payload
+    assert list_backups(store, "app-state") == [manifest]
+
+
+def test_object_lock_a_delete_marker_on_the_newest_manifest_does_not_make_latest_older(moto):
+    """A plain delete of a locked backup's manifest only hides it: 'latest' must not silently
+    fall back to an older backup, and a restore by id still finds it."""
+    store, client = locked(moto, "COMPLIANCE")
+    older = backup(store, b"old state\n")
+    newest = backup(store, b"new state\n")
+    client.delete_object(Bucket=store.bucket, Key=layout(store).manifest_key(newest.id))
+
+    assert get_backup(store, newest.id) == newest
+    assert get_backup(store, "latest", "app-state") == newest
+    assert [m.id for m in list_backups(store, "app-state")] == [older.id, newest.id]

@@ -13,9 +13,10 @@ from blocks.store import StoreBlock
 from tasks.errors import BadInput, IntegrityError, NotFound
 from tasks.ids import check_component_name, parse_backup_id
 from tasks.models import Manifest
+from tasks.storage import object_lock
 from tasks.storage.backends import Backend, backend_for
 from tasks.storage.health import Status, health_of, is_damage, mark_damaged
-from tasks.storage.layout import StoreLayout, backup_id_of, is_manifest_key, layout
+from tasks.storage.layout import StoreLayout, backup_dir_of, backup_id_of, is_manifest_key, layout
 from tasks.storage.session import verify_object
 
 LATEST = "latest"
@@ -53,8 +54,8 @@ def parse_manifest(data: bytes, key: str, keys: StoreLayout) -> Manifest:
     return manifest
 
 
-def _load(backend: Backend, key: str, keys: StoreLayout) -> Manifest:
-    return parse_manifest(backend.get_bytes(key), key, keys)
+def _load(backend: Backend, key: str, keys: StoreLayout, version_id: str | None = None) -> Manifest:
+    return parse_manifest(b"".join(backend.read(key, version_id)), key, keys)
 
 
 def _backup_id_at(key: str) -> str | None:
@@ -66,11 +67,13 @@ def _backup_id_at(key: str) -> str | None:
     return found
 
 
-def _try_load(store: StoreBlock, backend: Backend, key: str) -> Manifest | None:
+def _try_load(
+    store: StoreBlock, backend: Backend, key: str, version_id: str | None = None
+) -> Manifest | None:
     """A damaged manifest must not hide the others: it is recorded as damaged (storage/health.py)
     and left out; the integrity sweep reports it."""
     try:
-        return _load(backend, key, layout(store))
+        return _load(backend, key, layout(store), version_id)
     except IntegrityError as exc:
         if backup_id := _backup_id_at(key):
             mark_damaged(store, backup_id, str(exc))
@@ -96,15 +99,18 @@ def list_backups(
     check_component_name(component)
     since, until = _aware(since, "since"), _aware(until, "until")
     backend = backend_for(store)
+    folder = layout(store).component_dir(component)
+    # a locked store: the version each manifest was written as (object_lock.written_manifests)
+    written = object_lock.written_manifests(store, backend, folder, datetime.now(UTC))
     keys = []
-    for key in backend.list_keys(layout(store).component_dir(component)):
+    for key in written if written is not None else backend.list_keys(folder):
         if not is_manifest_key(key):
             continue
         _, started = parse_backup_id(backup_id_of(key))
         if until is None or started <= until:  # a backup cannot reflect a time before it started
             keys.append(key)
     with ThreadPoolExecutor(max_workers=16) as pool:
-        loaded = list(pool.map(lambda k: _try_load(store, backend, k), keys))
+        loaded = list(pool.map(lambda k: _try_load(store, backend, k, (written or {}).get(k)), keys))
     manifests = [m for m in loaded if m is not None]
     manifests = [
         m
@@ -123,8 +129,12 @@ def get_backup(store: StoreBlock, backup_id: str, component: str | None = None) 
     id_component, _ = parse_backup_id(backup_id)
     if component and id_component != component:
         raise BadInput(f"backup {backup_id} belongs to component {id_component!r}, not {component!r}")
+    backend, key = backend_for(store), layout(store).manifest_key(backup_id)
     try:
-        return _load(backend_for(store), layout(store).manifest_key(backup_id), layout(store))
+        written = object_lock.written_manifests(store, backend, backup_dir_of(key), datetime.now(UTC))
+        if written is not None and key not in written:
+            raise NotFound(key)
+        return _load(backend, key, layout(store), (written or {}).get(key))
     except NotFound:
         raise NotFound(
             f"no backup {backup_id} in {store.location}: list backups with `klb backups list {id_component}`"

@@ -17,10 +17,11 @@ from typing import Any
 
 from blocks.store import StoreBlock
 from tasks.errors import ConfigurationError, NotFound
+from tasks.ids import parse_backup_id
 from tasks.models import Manifest
 from tasks.storage.backends import Backend, S3Backend
 from tasks.storage.backends.s3_lock import DELETE_MARKER, BucketLock, ceil_second
-from tasks.storage.layout import manifest_key_beside
+from tasks.storage.layout import backup_id_of, is_manifest_key, manifest_key_beside
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,59 @@ def _bucket_locks(backend: Backend) -> bool:
         return backend.bucket_lock().lock_enabled
     except ConfigurationError:  # a server without the lock API (some S3-compatible ones)
         return False
+
+
+def written_manifests(
+    store: StoreBlock, backend: Backend, folder: str, now: datetime
+) -> dict[str, str] | None:
+    """On a store whose bucket locks: each manifest key under `folder` -> the version to read,
+    the FIRST one written (a manifest is written once: a later version is a forgery, and it
+    could pin other bytes). A manifest hidden by a delete marker while its version is still
+    locked is kept: the project never deletes before a lock ends, so someone hid it. None on a
+    store that keeps no locked versions: read the current version."""
+    if not isinstance(backend, S3Backend):
+        return None
+    try:
+        status = backend.bucket_lock()
+    except ConfigurationError:  # a server without the lock API
+        return None
+    if not status.lock_enabled:
+        return None
+    out: dict[str, str] = {}
+    for key, vids in backend.key_versions(folder).items():
+        written = [v for v in vids if v != DELETE_MARKER]
+        if not is_manifest_key(key) or not written:
+            continue
+        if vids[0] == DELETE_MARKER:
+            if not _maybe_locked(store, status, key, now) or not _locked_now(backend, key, written[-1], now):
+                continue  # deleted by retention once its lock ran out
+            log.warning("manifest %s is hidden by a delete marker while locked: someone hid it", key)
+        elif len(written) > 1:
+            log.warning("manifest %s was replaced (%d versions): reading the first", key, len(written))
+        out[key] = written[-1]
+    return out
+
+
+def _maybe_locked(store: StoreBlock, status: BucketLock, key: str, now: datetime) -> bool:
+    """Cheap bound before asking the server: can a backup started when this one did still be
+    locked? (retention + margin, or the bucket's default retention)"""
+    try:
+        component, started = parse_backup_id(backup_id_of(key) or "")
+    except Exception:
+        return False
+    keep = table_retention(component)
+    if keep is None:
+        return True
+    days = max(keep.days + 1 + getattr(store, "object_lock_margin_days", 0), status.default_days or 0)
+    return started + timedelta(days=days + 1) > now
+
+
+def _locked_now(backend: S3Backend, key: str, version_id: str, now: datetime) -> bool:
+    try:
+        _, until = backend.retention_of(key, version_id)
+    except NotFound:
+        return False
+    return until is not None and until > now
 
 
 def _retention_of_keys(
