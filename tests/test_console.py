@@ -237,3 +237,31 @@ def test_idempotency_key_is_stable_for_the_same_command():
     c = idempotency_key("restore-component/restore", {"component": "etcd", "backup_id": "x"})
     assert a == b != c and a.startswith("klb-")
     assert idempotency_key("x", {}, "given") == "given"
+
+
+def test_status_a_backup_the_sweep_found_damaged_exits_1(store, capsys):
+    """Damage found after the write (a health record, the manifest still loads) is a problem
+    like an unreadable manifest: status names it and exits 1, even with an older good backup."""
+    from tasks.storage.health import mark_damaged
+
+    good = put_backup(store, "app-state", age=timedelta(hours=1))
+    bad = put_backup(store, "app-state")
+    mark_damaged(store, bad.id, "state: sha256 mismatch")
+    code, lines, _ = klb(capsys, "status", "app-state")
+    assert code == PROBLEM
+    assert f"DAMAGED: 1 backup(s) ({bad.id})" in row(lines, "app-state")
+    assert good.id in row(lines, "app-state")
+
+
+def test_status_a_safety_backup_does_not_hide_an_overdue_component(store, capsys):
+    """Only routine backups count as the newest good one ('latest' would never restore a safety
+    or forensic backup): a restore's safety backup must not make an overdue component look ok."""
+    from tasks.models import KIND_LABEL, BackupKind
+
+    routine = put_backup(store, "app-state", age=timedelta(hours=6))
+    with backup_session(store, "app-state", {KIND_LABEL: BackupKind.safety.value}) as s:
+        s.write("data", [b"the state a restore replaced"])
+        s.commit(retention=timedelta(days=14))
+    code, lines, _ = klb(capsys, "status", "app-state")
+    assert code == PROBLEM
+    assert "OVERDUE (every 4h)" in row(lines, "app-state") and routine.id in row(lines, "app-state")

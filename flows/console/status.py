@@ -68,15 +68,19 @@ def component_status(
     pol = policy(component)
     st = ComponentStatus(component, pol.interval)
     backups, damaged = backups_of(store, component)
-    usable = [m for m in backups if not from_the_future(m, now)]
-    good = [m for m in usable if known_state(store, m).status != "damaged"]
+    states = {m.id: known_state(store, m) for m in backups}
+    # damage found after the write (the sweep, a failed read) counts as much as an unreadable manifest
+    damaged |= {m.id: states[m.id].detail for m in backups if states[m.id].status == "damaged"}
+    # the newest good backup is one 'latest' would restore: routine, not from the future, not damaged
+    usable = [m for m in backups if m.routine and not from_the_future(m, now)]
+    good = [m for m in usable if m.id not in damaged]
     not_configured = _configured(component)
     st.configured = not not_configured
     if not_configured:
         st.notes.append(f"target not configured: {not_configured}")
     if good:
         newest = good[-1]
-        known = known_state(store, newest)
+        known = states[newest.id]
         st.newest, st.size = newest.id, newest.size
         st.age_seconds = (now - newest.source_time).total_seconds()
         st.verified = f"{known.status} {ago(known.when, now)}" if known.when else known.status
