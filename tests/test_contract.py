@@ -100,3 +100,11 @@ def test_contract_fake_fixed_passes():
     fake.restore = lambda target, manifest, store, options: {}
     fake.drill_cleanup = lambda target, drill_id: None
     assert_conforms(fake, "klb-rabbitmq-target")
+
+
+def test_contract_covers_every_component_of_the_backup_table():
+    """The contract runs over the registry: a component of the backup table without a row (or a
+    row without a table entry) would never be checked."""
+    from tasks.table import backup_table
+
+    assert set(SPECS) == set(backup_table())
