@@ -351,7 +351,23 @@ def _copy(
     except kube.AlreadyExists:
         if policy_ is not ExistingResourcePolicy.update:
             return False
-    current = k.call(f"read {plural} {dest_ns}/{name}", read, name, dest_ns)
-    meta.resource_version = current.metadata.resource_version
-    k.call(f"replace {plural} {dest_ns}/{name}", kube.kind_api(k, plural, "replace"), name, dest_ns, obj)
+    for attempt in range(3):
+        current = k.call(f"read {plural} {dest_ns}/{name}", read, name, dest_ns)
+        binary = getattr(current, "binary_data", None), getattr(obj, "binary_data", None)
+        if getattr(current, "immutable", None) and (current.data != obj.data or binary[0] != binary[1]):
+            # the API refuses any change to the data of an immutable ConfigMap/Secret (422)
+            raise BadInput(
+                f"{dest_ns}/{plural}/{name} is immutable (immutable: true) and differs from the backup: "
+                f"delete it (kubectl -n {dest_ns} delete {plural} {name}) and run the restore again, "
+                "which then creates it from the backup"
+            )
+        meta.resource_version = current.metadata.resource_version
+        try:
+            k.call(
+                f"replace {plural} {dest_ns}/{name}", kube.kind_api(k, plural, "replace"), name, dest_ns, obj
+            )
+            return True
+        except kube.AlreadyExists:  # 409 Conflict: changed since we read it; read it again
+            if attempt == 2:
+                raise
     return True
