@@ -17,6 +17,7 @@ import pytest
 import yaml
 from kubernetes.client import ApiClient
 
+from sandbox.k8s_emulator.admission import pod_security_violations
 from tests import deployspec as spec
 
 K8S = spec.ROOT / "deployments" / "k8s"
@@ -201,6 +202,31 @@ def test_worker_values_point_at_the_pool_and_namespace():
     helm = "--set-file worker.config.baseJobTemplate.configuration=deployments/k8s/base-job-template.json"
     assert helm in (K8S / "worker-values.yaml").read_text()
     assert helm in (spec.ROOT / "docs" / "deployments.md").read_text()
+
+
+def _enforced_level() -> str:
+    (ns,) = [d for d in docs("namespace.yaml") if d["kind"] == "Namespace"]
+    return ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"]
+
+
+def test_flow_job_pods_pass_the_namespaces_pod_security(prefect_server):
+    """klb-system enforces Pod Security "restricted": a Job pod that breaks it is never created
+    (kubernetes.io/docs/concepts/security/pod-security-standards/)."""
+    pod = render()["spec"]["template"]["spec"]
+    assert pod_security_violations(pod, _enforced_level()) == []
+
+
+def test_worker_pod_passes_the_namespaces_pod_security():
+    """The worker runs in klb-system too: its pod, as the prefect-worker chart builds it from
+    worker.podSecurityContext / containerSecurityContext, must pass "restricted" on these values
+    alone (the chart's defaults set no capabilities.drop and no seccompProfile)."""
+    worker = yaml.safe_load((K8S / "worker-values.yaml").read_text())["worker"]
+    pod = {
+        "securityContext": worker["podSecurityContext"],
+        "containers": [{"name": "prefect-worker", "securityContext": worker["containerSecurityContext"]}],
+        "volumes": [{"name": "scratch", "emptyDir": {}}],
+    }
+    assert pod_security_violations(pod, _enforced_level()) == []
 
 
 # ---- the flow image -----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ Requests go through the real `kubernetes` client over HTTP.
 
 from __future__ import annotations
 
+import json
 import secrets
 
 import pytest
@@ -227,3 +228,102 @@ def test_emulator_state_is_reset_between_tests_part_two(kube_api):
     assert ("leak", "x") not in ctl.volumes and "leak" not in ctl.snapshots
     assert ctl.secret_reads == [] and ctl.writes == []
     assert ctl.store.find(NAMESPACES, "", "leak-check") is None
+
+
+def test_a_pods_spec_is_immutable_but_for_its_images(kube_api, ns):
+    """pkg/apis/core/validation/validation.go ValidatePodUpdate: "pod updates may not change
+    fields other than `spec.containers[*].image`, ..." (422); an image change is allowed."""
+    kube_api.controller.seed_deployment(ns, "web", 1)
+    k = k8s(kube_api)
+    pod = k.core.list_namespaced_pod(ns, label_selector="app=web").items[0]
+    name = pod.metadata.name
+    patch = [{"op": "replace", "path": "/spec/containers/0/image", "value": "nginx:2"}]
+    assert k.core.patch_namespaced_pod(name, ns, patch).spec.containers[0].image == "nginx:2"
+    env = [{"op": "add", "path": "/spec/containers/0/env", "value": [{"name": "A", "value": "1"}]}]
+    assert status_of(lambda: k.core.patch_namespaced_pod(name, ns, env)) == 422
+    labels_ok = k.core.patch_namespaced_pod(name, ns, {"metadata": {"labels": {"x": "y"}}})
+    assert labels_ok.metadata.labels["x"] == "y"  # metadata stays mutable
+
+
+def test_a_pvc_spec_is_immutable_but_for_its_size(kube_api, ns):
+    """ValidatePersistentVolumeClaimUpdate: "spec is immutable after creation except
+    resources.requests ..." (422)."""
+    kube_api.controller.seed_pvc(ns, "data", content="x")
+    k = k8s(kube_api)
+    grow = {"spec": {"resources": {"requests": {"storage": "2Gi"}}}}
+    assert k.core.patch_namespaced_persistent_volume_claim("data", ns, grow)
+    modes = {"spec": {"accessModes": ["ReadWriteMany"]}}
+    assert status_of(lambda: k.core.patch_namespaced_persistent_volume_claim("data", ns, modes)) == 422
+
+
+def test_service_cluster_ip_is_kept_when_empty_and_immutable_otherwise(kube_api, ns):
+    """ValidateServiceUpdate ("field is immutable") and patchAllocatedValues in
+    pkg/registry/core/service/storage/storage.go: an update without clusterIP/nodePort keeps them."""
+    k = k8s(kube_api)
+    spec = {"type": "NodePort", "ports": [{"port": 80}]}
+    svc = k.core.create_namespaced_service(ns, {"metadata": {"name": "api"}, "spec": spec})
+    ip, port = svc.spec.cluster_ip, svc.spec.ports[0].node_port
+    body = {"metadata": {"name": "api", "labels": {"v": "2"}}, "spec": spec}
+    again = k.core.replace_namespaced_service("api", ns, body)
+    assert (again.spec.cluster_ip, again.spec.ports[0].node_port) == (ip, port)
+    moved = {"metadata": {"name": "api"}, "spec": {**spec, "clusterIP": "10.96.200.200"}}
+    assert status_of(lambda: k.core.replace_namespaced_service("api", ns, moved)) == 422
+
+
+def test_deployment_selector_is_immutable(kube_api, ns):
+    """apps/validation ValidateDeploymentUpdate (apps/v1): spec.selector is immutable (422)."""
+    kube_api.controller.seed_deployment(ns, "web", 1)
+    k = k8s(kube_api)
+    dep = k.apps.read_namespaced_deployment("web", ns)
+    dep.spec.selector.match_labels = {"app": "other"}
+    dep.spec.template.metadata.labels = {"app": "other"}
+    dep.metadata.resource_version = None  # no precondition: the controller writes status meanwhile
+    assert status_of(lambda: k.apps.replace_namespaced_deployment("web", ns, dep)) == 422
+
+
+def test_immutable_config_maps_and_secrets_refuse_changes(kube_api, ns):
+    """ValidateConfigMapUpdate / ValidateSecretUpdate: with `immutable: true`, data and the flag
+    itself are "field is immutable when `immutable` is set" (422)
+    (kubernetes.io/docs/concepts/configuration/configmap/#configmap-immutable)."""
+    k = k8s(kube_api)
+    k.core.create_namespaced_config_map(
+        ns, {"metadata": {"name": "frozen"}, "data": {"a": "1"}, "immutable": True}
+    )
+    change = {"data": {"a": "2"}}
+    assert status_of(lambda: k.core.patch_namespaced_config_map("frozen", ns, change)) == 422
+    thaw = {"immutable": False}
+    assert status_of(lambda: k.core.patch_namespaced_config_map("frozen", ns, thaw)) == 422
+    k.core.create_namespaced_secret(
+        ns, {"metadata": {"name": "frozen"}, "data": {"a": "MQ=="}, "immutable": True}
+    )
+    assert status_of(lambda: k.core.patch_namespaced_secret("frozen", ns, {"data": {"a": "Mg=="}})) == 422
+    labels = {"metadata": {"labels": {"x": "y"}}}
+    assert k.core.patch_namespaced_config_map("frozen", ns, labels).metadata.labels == {"x": "y"}
+
+
+def test_pod_security_admission_enforces_the_namespace_level(kube_api):
+    """The PodSecurity admission plugin (kubernetes.io/docs/concepts/security/pod-security-admission/,
+    k8s.io/pod-security-admission/policy): a pod breaking the namespace's enforced level is 403
+    `violates PodSecurity "restricted:latest"`; an unlabelled namespace admits it."""
+    ctl = kube_api.controller
+    ctl.seed_namespace("emu-restricted", {"pod-security.kubernetes.io/enforce": "restricted"})
+    ctl.seed_namespace("emu-open")
+    k = k8s(kube_api)
+    loose = {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
+    with pytest.raises(ApiException) as info:
+        k.core.create_namespaced_pod("emu-restricted", loose)
+    message = json.loads(info.value.body)["message"]
+    assert info.value.status == 403 and 'violates PodSecurity "restricted:latest"' in message
+    assert "capabilities.drop" in message and "seccompProfile" in message
+    k.core.create_namespaced_pod("emu-open", loose)
+    strict_sc = {
+        "allowPrivilegeEscalation": False,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    strict = {
+        "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": "busybox", "securityContext": strict_sc}]},
+    }
+    k.core.create_namespaced_pod("emu-restricted", strict)

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from sandbox.k8s_emulator import KubeAPI, start_kube_api
-from tasks.errors import ComponentFailed
+from tasks.errors import ComponentFailed, ConfigurationError
 from tests import deployspec as spec
 
 K8S = spec.ROOT / "deployments" / "k8s"
@@ -310,3 +310,29 @@ def drill_tmp_dir(tmp_path, monkeypatch):
     path.mkdir()
     monkeypatch.setenv("KLB_DRILL_TMPDIR", str(path))
     return path
+
+
+def test_partial_restore_into_a_missing_namespace_says_how_to_prepare_it(
+    prefect_server, cluster, local_store
+):
+    """The shipped account may not create namespaces (and drill-namespace-policy.yaml would refuse
+    any but klb-aside-*/restore-drill-*): a copy into a namespace that does not exist fails before
+    Velero restores anything, saying to create it and bind klb-flow-runner-apps there."""
+    from flows.backup import backup_component
+    from flows.scenarios import partial_restore
+
+    store = local_store()
+    target = cluster.velero_target()
+    result = backup_component("kubernetes", target=target, store=store)
+    ns = APP_NAMESPACES[0]
+    with pytest.raises(ConfigurationError, match="kubectl create namespace restored-copy.*RoleBinding"):
+        partial_restore(
+            result.id,
+            [ns],
+            resources=["configmaps"],
+            names=["flags"],
+            namespace_mapping={ns: "restored-copy"},
+            store=store,
+            target=target,
+        )
+    assert cluster.api.server.store.list(_res("velero.io/v1", "restores")) == []

@@ -132,6 +132,41 @@ def test_existing_objects_are_skipped_and_reported_unless_update(kube_api, targe
     assert [o["data"] for o in saved] == [{"mode": "edited"}]
 
 
+def test_update_of_named_objects_keeps_allocations_and_names_immutable_ones(
+    kube_api, target, store, two_namespaces
+):
+    """A real API server keeps a Service's clusterIP/nodePort on an update that leaves them out,
+    and refuses any data change to an immutable ConfigMap (ValidateConfigMapUpdate, 422): the
+    restore says to delete it first instead of failing with the bare 422."""
+    shop, _ = two_namespaces
+    k = k8s(kube_api)
+    body = {"metadata": {"name": "frozen"}, "data": {"v": "1"}, "immutable": True}
+    k.core.create_namespaced_config_map(shop, body)
+    manifest = take_backup(target, store)
+    before = k.core.read_namespaced_service("api", shop).spec
+    report = velero.restore(
+        target,
+        manifest,
+        store,
+        velero.RestoreOptions(
+            namespaces=[shop], resources=["services"], names=["api"], existing_resource_policy="update"
+        ),
+    )
+    assert report["restored_objects"] == [f"{shop}/services/api"]
+    after = k.core.read_namespaced_service("api", shop).spec
+    assert (after.cluster_ip, after.ports[0].node_port) == (before.cluster_ip, before.ports[0].node_port)
+    k.core.delete_namespaced_config_map("frozen", shop)
+    k.core.create_namespaced_config_map(shop, {**body, "data": {"v": "2"}})
+    opts = velero.RestoreOptions(
+        namespaces=[shop], resources=["configmaps"], names=["frozen"], existing_resource_policy="update"
+    )
+    with pytest.raises(BadInput, match=f"immutable.*kubectl -n {shop} delete configmaps frozen"):
+        velero.restore(target, manifest, store, opts)
+    k.core.delete_namespaced_config_map("frozen", shop)
+    velero.restore(target, manifest, store, opts)
+    assert configmap(kube_api, shop, "frozen") == {"v": "1"}
+
+
 def test_quiesce_then_a_failing_restore_still_puts_back_2_5_and_1(
     kube_api, ctl, target, store, two_namespaces
 ):

@@ -57,13 +57,6 @@ class ServiceAllocator:
                 port["nodePort"] = self._next_port
             self.ports.add(port["nodePort"])
 
-    def keep(self, old: dict[str, Any], new: dict[str, Any]) -> None:
-        """clusterIP is immutable; an update keeps what was allocated."""
-        spec = new.setdefault("spec", {})
-        for key in ("clusterIP", "clusterIPs"):
-            if key in (old.get("spec") or {}):
-                spec[key] = old["spec"][key]
-
     def release(self, svc: dict[str, Any]) -> None:
         spec = svc.get("spec") or {}
         self.ips.discard(spec.get("clusterIP"))

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sandbox.k8s_emulator.admission import admit_pod
 from sandbox.k8s_emulator.allocation import ServiceAllocator
 from sandbox.k8s_emulator.errors import ApiError, not_found
+from sandbox.k8s_emulator.immutability import update_errors
 from sandbox.k8s_emulator.patches import apply_patch, json_patch, merge_patch
 from sandbox.k8s_emulator.validation import generated_name, prune, validate_metadata
 
@@ -196,6 +198,10 @@ class ObjectStore:
                         f"{ns} because it is being terminated",
                     )
                 meta["namespace"] = ns
+                if res.plural == "pods":
+                    refused = admit_pod(self.objects.get((BY_PATH[("v1", "namespaces")], "", ns)), obj)
+                    if refused:
+                        raise ApiError(403, "Forbidden", refused, {"name": name, "kind": "pods"})
             if (res, ns, name) in self.objects:
                 raise ApiError(
                     409,
@@ -243,8 +249,14 @@ class ObjectStore:
                 else:
                     meta.pop(key, None)
             validate_metadata(res.kind, res.plural, new, creating=False)
-            if res.plural == "services":
-                self.services.keep(old, new)
+            causes = [] if status else update_errors(res.plural, old, new)
+            if causes:
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    f'{res.kind} "{name}" is invalid: ' + ", ".join(causes),
+                    {"name": name, "kind": res.kind, "causes": [{"message": c} for c in causes]},
+                )
             new["apiVersion"], new["kind"] = res.group_version, res.kind
             prune(res.plural, new)
             if new.get("spec") != old.get("spec"):

@@ -33,7 +33,7 @@ from tasks.components.kubernetes.velero import (
     preflight,
     run_restore,
 )
-from tasks.errors import BadInput, ComponentFailed, IntegrityError
+from tasks.errors import BadInput, ComponentFailed, ConfigurationError, IntegrityError
 from tasks.models import Manifest
 
 log = logging.getLogger(__name__)
@@ -279,6 +279,8 @@ def _restore_named(
     absent = sorted(set(options.names or []) - found)
     if absent:
         raise BadInput(f"objects {absent} of types {kinds} are not in the backup's namespaces {namespaces}")
+    for ns in expected:  # before Velero restores anything aside
+        _ensure_namespace(k, options.namespace_mapping.get(ns, ns))
     token = secrets.token_hex(3)
     aside = {ns: _aside_name("klb-aside", token, ns) for ns in expected}
     copied, skipped = [], []
@@ -298,8 +300,6 @@ def _restore_named(
             rollback = safety_backup(k, target, dests, backup_id)
         for ns, kinds_ in expected.items():
             dest = options.namespace_mapping.get(ns, ns)
-            if not kube.namespace_exists(k, dest):
-                kube.create_namespace(k, dest)
             for plural, objs in kinds_.items():
                 for obj_name in objs:
                     where = f"{dest}/{plural}/{obj_name}"
@@ -323,6 +323,22 @@ def _restore_named(
         "existing_resource_policy": options.existing_resource_policy.value,
         "verified_objects": len(copied) + len(skipped),
     }
+
+
+def _ensure_namespace(k: Kube, name: str) -> None:
+    """The destination of copied objects exists, or is made. The shipped flow account may not
+    create namespaces (rbac.yaml; drill-namespace-policy.yaml admits klb-aside-*/restore-drill-*
+    only), and could not write in a new one without a klb-flow-runner-apps RoleBinding there."""
+    if kube.namespace_exists(k, name):
+        return
+    try:
+        kube.create_namespace(k, name)
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            f"namespace {name} does not exist and this account may not create it ({exc}). Create it "
+            f"(kubectl create namespace {name}), bind the ClusterRole klb-flow-runner-apps there with a "
+            "RoleBinding (deployments/k8s/rbac.yaml), then run the restore again"
+        ) from None
 
 
 def _copy(
@@ -351,7 +367,23 @@ def _copy(
     except kube.AlreadyExists:
         if policy_ is not ExistingResourcePolicy.update:
             return False
-    current = k.call(f"read {plural} {dest_ns}/{name}", read, name, dest_ns)
-    meta.resource_version = current.metadata.resource_version
-    k.call(f"replace {plural} {dest_ns}/{name}", kube.kind_api(k, plural, "replace"), name, dest_ns, obj)
+    for attempt in range(3):
+        current = k.call(f"read {plural} {dest_ns}/{name}", read, name, dest_ns)
+        binary = getattr(current, "binary_data", None), getattr(obj, "binary_data", None)
+        if getattr(current, "immutable", None) and (current.data != obj.data or binary[0] != binary[1]):
+            # the API refuses any change to the data of an immutable ConfigMap/Secret (422)
+            raise BadInput(
+                f"{dest_ns}/{plural}/{name} is immutable (immutable: true) and differs from the backup: "
+                f"delete it (kubectl -n {dest_ns} delete {plural} {name}) and run the restore again, "
+                "which then creates it from the backup"
+            )
+        meta.resource_version = current.metadata.resource_version
+        try:
+            k.call(
+                f"replace {plural} {dest_ns}/{name}", kube.kind_api(k, plural, "replace"), name, dest_ns, obj
+            )
+            return True
+        except kube.AlreadyExists:  # 409 Conflict: changed since we read it; read it again
+            if attempt == 2:
+                raise
     return True
