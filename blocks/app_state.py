@@ -37,6 +37,8 @@ class AppStateStep(BaseModel):
     def _safe_name(cls, value: str) -> str:
         if problem := object_name_problem(value):
             raise ValueError(problem)
+        if value == "manifest.json":  # every backup's own manifest has this name
+            raise ValueError("step name 'manifest.json' is reserved: choose another name")
         return value
 
     def secret_values(self) -> list[str]:

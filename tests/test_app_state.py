@@ -165,3 +165,47 @@ def test_round_trip_through_the_prefect_flows(prefect_server, app_dir, tmp_path,
     result = backup_component("app-state", target=target, store=store)
     report = restore_component("app-state", backup_id=result.id, target=target, store=store)
     assert report["restored_steps"] == ["files"] and tree(dest) == tree(app_dir)
+
+
+def test_odd_outputs_round_trip_and_a_step_failing_mid_way_says_where_the_target_stands(
+    tmp_path, local_store
+):
+    """Binary, empty and large outputs come back byte for byte; when one restore script fails,
+    the error names the steps already restored and those that did not run, and how to resume."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    (src / "bin").write_bytes(bytes(range(256)) * 4096)
+    (src / "big").write_bytes(os.urandom(8 * 1024 * 1024))
+
+    def step(name: str, data: str | None, restore: list[str] | None = None) -> AppStateStep:
+        backup = ["cat", str(src / data)] if data else ["true"]
+        return AppStateStep(
+            name=name,
+            backup_command=backup,
+            restore_command=restore or ["sh", "-c", f'cat > "{out}/{name}"'],
+        )
+
+    fail = ["sh", "-c", "cat >/dev/null; echo disk full >&2; exit 3"]
+    steps = [step("a-bin", "bin"), step("0.empty_", None), step("big", "big")]
+    target = AppStateTarget(steps=[*steps, step("fails", "bin", fail), step("last", "bin")])
+    store = local_store()
+    manifest = backup_task.fn("app-state", target, store)
+    assert [o.raw_size for o in manifest.objects] == [2**20, 0, 8 * 2**20, 2**20, 2**20]
+
+    with pytest.raises(ComponentFailed, match="disk full") as err:
+        restore_task.fn(manifest, target, store, {})
+    assert "steps ['a-bin', '0.empty_', 'big'] were restored, step 'fails' failed" in str(err.value)
+    assert "steps ['last'] did not run" in str(err.value)
+    assert "'steps': ['fails', 'last']" in str(err.value)
+    assert (out / "a-bin").read_bytes() == (src / "bin").read_bytes()
+    assert (out / "big").read_bytes() == (src / "big").read_bytes()
+    assert (out / "0.empty_").read_bytes() == b"" and not (out / "last").exists()
+
+    with pytest.raises(BadInput, match="twice"):
+        restore_task.fn(manifest, target, store, {"steps": ["last", "last"]})
+    assert not (out / "last").exists()
+    restore_task.fn(manifest, target, store, {"steps": ["last"]})
+    assert (out / "last").read_bytes() == (src / "bin").read_bytes()
+    with pytest.raises(ValueError, match="reserved"):
+        step("manifest.json", "bin")

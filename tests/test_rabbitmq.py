@@ -265,3 +265,55 @@ def test_whole_broker_restore_brings_back_vhost_user_password_and_permissions(
         assert whoami.status_code == 200 and whoami.json()["name"] == user, "the password came back"
     finally:
         api.delete(f"/users/{user}")
+
+
+def test_one_vhost_of_a_broker_backup_brings_back_its_permissions_and_topic_permissions(
+    api, vhost, rabbitmq, local_store
+):
+    """Deleting a vhost deletes every permission on it: restoring that vhost from a whole-broker
+    backup must put them back (for users that exist), not only its queues and exchanges."""
+    url, v = rabbitmq.extra["url"], seg(vhost)
+    user, gone = f"klb-user-{vhost[-8:]}", f"klb-gone-{vhost[-8:]}"
+    perms = {"configure": "^orders.*", "write": ".*", "read": "^lost$"}
+    topic = {"exchange": "orders", "write": "^order\\.", "read": ".*"}
+    for name in (user, gone):
+        assert api.put(f"/users/{name}", json={"password": "pw", "tags": ""}).status_code == 201
+        assert api.put(f"/permissions/{v}/{name}", json=perms).status_code == 201
+    assert api.put(f"/topic-permissions/{v}/{user}", json=topic).status_code == 201
+    try:
+        store = local_store(encryption_key=SecretStr("rmq-key"))
+        before = definitions(api, vhost)
+        manifest = backup_task.fn("rabbitmq", RabbitMQTarget(url=url), store)
+        api.delete(f"/vhosts/{v}")
+        api.delete(f"/users/{gone}")
+
+        report = restore_task.fn(manifest, RabbitMQTarget(url=url), store, {"vhost": vhost})
+        assert definitions(api, vhost) == before
+        live = api.get(f"/permissions/{v}/{user}").json()
+        assert {k: live[k] for k in perms} == perms
+        live_topic = api.get(f"/topic-permissions/{v}/{user}").json()
+        assert [{k: t[k] for k in topic} for t in live_topic] == [topic]
+        assert gone in report["permissions_not_restored"], "a user that no longer exists is named"
+        assert api.get(f"/users/{gone}").status_code == 404, "a one-vhost restore creates no users"
+    finally:
+        api.delete(f"/users/{user}")
+        api.delete(f"/users/{gone}")
+
+
+def test_live_queue_limit_below_the_backup_refuses_before_changing_anything(api, vhost, target, local_store):
+    """RabbitMQ checks a vhost's live max-queues before it imports (after the users of a broker
+    import): the restore refuses first, saying what to do, and changes nothing."""
+    store = local_store()
+    manifest = backup_task.fn("rabbitmq", target, store)
+    v = seg(vhost)
+    assert api.delete(f"/queues/{v}/lost").status_code == 204
+    assert api.delete(f"/exchanges/{v}/audit").status_code == 204
+    assert api.put(f"/vhost-limits/{v}/max-queues", json={"value": 2}).status_code == 204
+    before = definitions(api, vhost)
+    with pytest.raises(BadInput, match="nothing was changed.*max-queues"):
+        restore_task.fn(manifest, target, store, {})
+    assert definitions(api, vhost) == before
+
+    assert api.put(f"/vhost-limits/{v}/max-queues", json={"value": 3}).status_code == 204
+    restore_task.fn(manifest, target, store, {})
+    assert {q["name"] for q in api.get(f"/queues/{v}").json()} == {"orders.classic", "orders.quorum", "lost"}

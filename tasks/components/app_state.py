@@ -63,21 +63,31 @@ def restore(
     unknown = [n for n in wanted if n not in by_name or n not in {o.name for o in manifest.objects}]
     if unknown:
         raise BadInput(f"steps {unknown} are not in both backup {manifest.id} and the target")
+    if len(set(wanted)) != len(wanted):
+        raise BadInput(f"steps {wanted} name a step twice: name each step once (nothing was restored)")
     objects = [manifest.object(n) for n in wanted]
     for obj in objects:  # the restore scripts only ever see data that checked out whole
         verify_object(store, obj)
     restored = []
-    for obj in objects:
+    for i, obj in enumerate(objects):
         step = by_name[obj.name]
-        feed_stdin(
-            step.restore_command,
-            read_object(store, obj),
-            step.environment(),
-            step.cwd,
-            step.timeout_seconds,
-            f"app-state restore {step.name}",
-            redact=step.secret_values(),
-        )
+        try:
+            feed_stdin(
+                step.restore_command,
+                read_object(store, obj),
+                step.environment(),
+                step.cwd,
+                step.timeout_seconds,
+                f"app-state restore {step.name}",
+                redact=step.secret_values(),
+            )
+        except BackupError as exc:  # steps are separate scripts: say exactly where the target stands
+            not_run = [o.name for o in objects[i + 1 :]]
+            raise type(exc)(
+                f"{exc}\nThe target is partly restored: steps {restored} were restored, step "
+                f"{obj.name!r} failed, steps {not_run} did not run. Fix the failure, then restore "
+                f"with options={{'steps': {[obj.name, *not_run]}}} (or all steps again)."
+            ) from exc
         restored.append(obj.name)
     return {"restored_steps": restored, "bytes": sum(o.raw_size for o in objects)}
 

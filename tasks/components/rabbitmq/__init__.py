@@ -32,6 +32,7 @@ from tasks.components.rabbitmq.definitions import (
     broker_differences,
     counts,
     differences,
+    limit_conflicts,
     vhost_definitions,
 )
 from tasks.errors import BadInput, IntegrityError, TransientError
@@ -155,6 +156,31 @@ def _plan(docs: dict[str | None, dict[str, Any]], options: RestoreOptions) -> di
     return {v: vhost_definitions(docs, v) for v in backup_vhosts(docs)}
 
 
+def _restore_vhost_access(
+    target: RabbitMQTarget, client: httpx.Client, broker: dict[str, Any], vhost: str
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """A broker backup's permissions and topic permissions on `vhost`, put back for the users that
+    exist (deleting a vhost deletes them; a per-vhost import carries none). Returns (what was put
+    back, for verification; {user: why not})."""
+    live_users = {u["name"] for u in _get(target, client, "/users", "list users") or []}
+    put_back: dict[str, Any] = {"permissions": [], "topic_permissions": []}
+    skipped: dict[str, str] = {}
+    for kind, path, props in (
+        ("permissions", "permissions", ("configure", "write", "read")),
+        ("topic_permissions", "topic-permissions", ("exchange", "write", "read")),
+    ):
+        for perm in broker.get(kind) or []:
+            if perm.get("vhost") != vhost:
+                continue
+            if perm["user"] not in live_users:
+                skipped[perm["user"]] = "the user does not exist: restore the whole broker to bring it back"
+                continue
+            resp = client.put(f"/{path}/{q(vhost)}/{q(perm['user'])}", json={p: perm[p] for p in props})
+            _raise_for(target, resp, f"set {kind} of {perm['user']!r} on vhost {vhost!r}")
+            put_back[kind].append(perm)
+    return put_back, skipped
+
+
 def restore(
     target: RabbitMQTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions
 ) -> dict[str, Any]:
@@ -165,7 +191,12 @@ def restore(
         # Refuse before changing anything: an existing queue/exchange/policy with other properties
         # would make the import fail half-way (RabbitMQ does not replace them).
         conflicts = [
-            d for vhost, defs in plan.items() for d in differences(target, client, vhost, defs, True)
+            d
+            for vhost, defs in plan.items()
+            for d in [
+                *differences(target, client, vhost, defs, True),
+                *limit_conflicts(target, client, vhost, defs),
+            ]
         ]
         if conflicts:
             raise BadInput(
@@ -178,9 +209,12 @@ def restore(
             _raise_for(target, resp, "import the broker's definitions")
         else:
             created = [v for v, defs in plan.items() if _import_vhost(target, client, v, defs)]
+        access, skipped = None, {}
+        if None in docs and options.vhost and not options.into_vhost:  # one vhost of a broker backup
+            access, skipped = _restore_vhost_access(target, client, docs[None], options.vhost)
         missing = [d for vhost, defs in plan.items() for d in differences(target, client, vhost, defs, False)]
-        if broker_wide:
-            missing += broker_differences(target, client, docs[None])
+        if broker_wide or access:
+            missing += broker_differences(target, client, docs[None] if broker_wide else access)
     if missing:
         raise IntegrityError(
             f"definitions imported but not all present as backed up: {'; '.join(missing[:20])}"
@@ -189,6 +223,7 @@ def restore(
         "restored_vhosts": {v: {k: len(defs[k]) for k in VHOST_KINDS} for v, defs in plan.items()},
         "created_vhosts": created,
         "broker_wide": broker_wide,
+        **({"permissions_not_restored": skipped} if skipped else {}),
         "verified": "every queue, exchange, binding and policy of the backup exists with the same properties",
         "messages": MESSAGES_NOTE,
     }

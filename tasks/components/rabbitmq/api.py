@@ -21,7 +21,10 @@ def q(name: str) -> str:
 def _raise_for(target: RabbitMQTarget, resp: httpx.Response, what: str) -> None:
     if resp.status_code < 400:
         return
-    body = resp.read().decode(errors="replace")[:300] if not resp.is_stream_consumed else ""
+    try:  # RabbitMQ says why in the body ({"error": ..., "reason": ...}): keep it in the error
+        body = resp.read().decode(errors="replace")[:300]
+    except httpx.StreamConsumed:
+        body = ""
     if resp.status_code == 401:
         raise ConfigurationError(
             f"RabbitMQ at {target.url} refused user {target.username!r} (wrong password?): fix the "

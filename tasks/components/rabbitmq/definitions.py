@@ -120,8 +120,28 @@ def differences(
     return out
 
 
+def limit_conflicts(
+    target: RabbitMQTarget, client: httpx.Client, vhost: str, defs: dict[str, Any]
+) -> list[str]:
+    """The live vhost's max-queues limit against the queues the import would add: RabbitMQ checks
+    the live limit before it imports anything else and fails the import half-way."""
+    limits = _get(target, client, f"/vhost-limits/{q(vhost)}", "read vhost limits") or []
+    max_queues = next((lim["value"].get("max-queues") for lim in limits if "value" in lim), None)
+    if max_queues is None or max_queues < 0 or not defs.get("queues"):
+        return []
+    live = {i["name"] for i in _get(target, client, f"/queues/{q(vhost)}", "list queues") or []}
+    new = [i["name"] for i in defs["queues"] if i["name"] not in live]
+    if new and len(live) + len(new) > max_queues:
+        return [
+            f"vhost {vhost!r} allows {max_queues} queues (max-queues) and has {len(live)}; the backup "
+            f"adds {len(new)}: raise the limit (PUT /api/vhost-limits/{q(vhost)}/max-queues) or delete queues"
+        ]
+    return []
+
+
 def broker_differences(target: RabbitMQTarget, client: httpx.Client, doc: dict[str, Any]) -> list[str]:
-    """Users (with their password hash) and permissions of a broker backup missing or different live."""
+    """Users (with their password hash), permissions and topic permissions of a broker backup
+    missing or different live."""
     out = []
     for user in doc.get("users") or []:
         live = _get(target, client, f"/users/{q(user['name'])}", "read users")
@@ -132,4 +152,13 @@ def broker_differences(target: RabbitMQTarget, client: httpx.Client, doc: dict[s
         props = ("configure", "write", "read")
         if live is None or _props(live, props) != _props(perm, props):
             out.append(f"permissions of {perm['user']!r} on {perm['vhost']!r} are missing or different")
+    for perm in doc.get("topic_permissions") or []:
+        path = f"/topic-permissions/{q(perm['vhost'])}/{q(perm['user'])}"
+        live = _get(target, client, path, "read topic permissions") or []
+        props = ("exchange", "write", "read")
+        if _props(perm, props) not in [_props(i, props) for i in live]:
+            out.append(
+                f"topic permissions of {perm['user']!r} on {perm['vhost']!r} ({perm['exchange']!r}) "
+                "are missing or different"
+            )
     return out
