@@ -3,6 +3,7 @@ app state) and the emulated Kubernetes API: the same sample systems as the demo.
 
 from __future__ import annotations
 
+import os
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -16,15 +17,24 @@ from tasks.operations.drills import Status
 
 
 def _etcd_processes() -> set[int]:
-    pids = set()
+    """etcd members started by this test process (another run on the machine has its own)."""
+    parent, argvs = {}, {}
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
+            argvs[int(proc.name)] = (proc / "cmdline").read_bytes().split(b"\0")
+            parent[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
             continue
-        if argv and argv[0].endswith(b"etcd") and b"--data-dir" in argv:
-            pids.add(int(proc.name))
-    return pids
+
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            pid = parent.get(pid, 0)
+            if pid == os.getpid():
+                return True
+        return False
+
+    members = {pid for pid, argv in argvs.items() if argv[0].endswith(b"etcd") and b"--data-dir" in argv}
+    return {pid for pid in members if ours(pid)}
 
 
 def _drill_leftovers(targets: dict) -> dict[str, list[str]]:
