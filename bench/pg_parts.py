@@ -39,7 +39,7 @@ def main() -> None:
     import psycopg
 
     from sandbox import services
-    from tasks.components.postgres.common import _FINGERPRINT_SUMS, fingerprint
+    from tasks.components.postgres.common import _FINGERPRINT_SUMS, FINGERPRINT_ALGORITHM, fingerprint
     from tasks.models import Compression
     from tasks.storage import codec
 
@@ -69,7 +69,7 @@ def main() -> None:
                 )
         url = f"host=127.0.0.1 port={src.port} user=postgres password={password} dbname=bench"
         for workers in (0, 2):
-            for algorithm in _FINGERPRINT_SUMS:
+            for algorithm in [*_FINGERPRINT_SUMS, FINGERPRINT_ALGORITHM]:
                 with psycopg.connect(url) as conn:
                     conn.execute(f"SET max_parallel_workers_per_gather = {workers}")
                     start = time.monotonic()

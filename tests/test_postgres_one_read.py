@@ -5,6 +5,7 @@ and backups fingerprinted with v1 must still restore, checked with v1."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from tests.pg_helpers import db_names, drop, exec_in, make_db, new_name, state, 
 from tests.test_postgres import take_backup
 
 V1 = "rows+sum64(md5(row::text))/v1"
+V2 = "rows+sum64(hashtextextended(row::text,0))/v2"
 
 
 @pytest.fixture
@@ -83,7 +85,7 @@ def test_the_one_read_restore_brings_back_exactly_the_backup(sample, local_store
     assert manifest.fingerprint["algorithm"] == FINGERPRINT_ALGORITHM
 
 
-@pytest.mark.parametrize("algorithm", [V1, FINGERPRINT_ALGORITHM])
+@pytest.mark.parametrize("algorithm", [V1, V2, FINGERPRINT_ALGORITHM])
 def test_fingerprint_catches_a_missing_row_a_changed_value_and_a_missing_table(sample, algorithm):
     target, db = sample
     before = fingerprint_database(target, db, algorithm)
@@ -103,6 +105,53 @@ def test_fingerprint_catches_a_missing_row_a_changed_value_and_a_missing_table(s
         diff = diff_fingerprints(before, fingerprint_database(target, db, algorithm))
         assert any(expected in line for line in diff), (statement, diff)
         before = fingerprint_database(target, db, algorithm)
+
+
+@pytest.mark.parametrize("algorithm", [V2, FINGERPRINT_ALGORITHM])
+def test_fingerprint_catches_changes_that_equality_would_hide(sample, algorithm):
+    """v3 hashes a column by its type only where equality is byte identity: a value equal but
+    not identical (numeric scale, float sign of zero, json spacing, a domain's numeric, text under
+    a case-insensitive collation) still changes the fingerprint."""
+    target, db = sample
+    exec_in(
+        target,
+        db,
+        "CREATE DOMAIN public.money2 AS numeric; "
+        "CREATE TABLE public.eq (id int, n numeric, f float8, j json, d public.money2, t text, v varchar); "
+        "INSERT INTO public.eq VALUES (1, 1.0, 0, '{\"a\": 1}', 2.0, 'abc', 'abc')",
+    )
+    changes = [
+        "UPDATE public.eq SET n = 1.00",
+        "UPDATE public.eq SET f = '-0'",
+        "UPDATE public.eq SET j = '{\"a\":1}'",
+        "UPDATE public.eq SET d = 2.00",
+        "UPDATE public.eq SET t = 'abd'",
+        "UPDATE public.eq SET v = 'abd'",
+        "ALTER TABLE public.eq DROP COLUMN f",
+    ]
+    before = fingerprint_database(target, db, algorithm)
+    for statement in changes:
+        exec_in(target, db, statement)
+        after = fingerprint_database(target, db, algorithm)
+        assert after["tables"]["public.eq"] != before["tables"]["public.eq"], statement
+        before = after
+    with contextlib.suppress(Exception):  # only where the server has ICU
+        exec_in(
+            target,
+            db,
+            "CREATE COLLATION public.ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false); "
+            "CREATE TABLE public.ci_t (t text COLLATE public.ci); INSERT INTO public.ci_t VALUES ('a')",
+        )
+    if (
+        "public.ci_t" in before["tables"]
+        or "public.ci_t" in fingerprint_database(target, db, algorithm)["tables"]
+    ):
+        before = fingerprint_database(target, db, algorithm)
+        exec_in(target, db, "UPDATE public.ci_t SET t = 'A'")
+        assert (
+            fingerprint_database(target, db, algorithm)["tables"]["public.ci_t"]
+            != before["tables"]["public.ci_t"]
+        )
 
 
 def test_a_backup_fingerprinted_with_v1_restores_checked_with_v1(sample, local_store):

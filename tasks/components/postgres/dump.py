@@ -20,8 +20,8 @@ from blocks.postgres import PostgresTarget
 from blocks.store import StoreBlock
 from tasks.components.postgres import properties
 from tasks.components.postgres.common import (
-    FINGERPRINT_ALGORITHM,
     admin,
+    algorithm_for,
     connect,
     conninfo_dbname,
     databases,
@@ -77,7 +77,7 @@ def _pg_dump(target: PostgresTarget, db: str, snapshot: str, sections: list[str]
 
 
 def _dump_database(
-    target: PostgresTarget, db: str, name: str, session: BackupSession
+    target: PostgresTarget, db: str, name: str, session: BackupSession, algorithm: str
 ) -> tuple[dict[str, Any], datetime, StoredObject, StoredObject]:
     conn = connect(target, db)
     try:
@@ -86,7 +86,7 @@ def _dump_database(
         snapshot, taken_at = conn.execute("SELECT pg_export_snapshot(), statement_timestamp()").fetchone()
         with ThreadPoolExecutor(1, thread_name_prefix="pg-fingerprint") as pool:
             # the fingerprint scans the same snapshot while pg_dump streams it
-            future = pool.submit(fingerprint, conn)
+            future = pool.submit(fingerprint, conn, algorithm)
             try:
                 with engine_env(target, db) as env:
                     with stream_stdout(
@@ -120,6 +120,7 @@ def _dump_database(
 def backup(target: PostgresTarget, session: BackupSession) -> None:
     with admin(target) as conn:
         version = server_version(conn)
+        algorithm = algorithm_for(conn)
         present = databases(conn)
     wanted = _select(target, present)
     # left out without a word would read as "backed up": say which, in the log and the manifest
@@ -146,7 +147,7 @@ def backup(target: PostgresTarget, session: BackupSession) -> None:
     times = []
     for index, db in enumerate(wanted):
         name = _object_name(index, db)
-        fp, taken_at, obj, post = _dump_database(target, db, name, session)
+        fp, taken_at, obj, post = _dump_database(target, db, name, session, algorithm)
         with admin(target) as conn:  # after the dump: what the restored database must carry
             props = properties.read(conn, db)
         fingerprints[db] = fp
@@ -172,7 +173,7 @@ def backup(target: PostgresTarget, session: BackupSession) -> None:
             "not_backed_up": {d: "refuses connections" for d in closed} if not target.databases else {},
         }
     )
-    session.fingerprint = {"algorithm": FINGERPRINT_ALGORITHM, "databases": fingerprints}
+    session.fingerprint = {"algorithm": algorithm, "databases": fingerprints}
     session.source_time = min(times) if times else datetime.now(UTC)
 
 
