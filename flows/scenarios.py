@@ -9,6 +9,7 @@ label kind=forensic, so that "latest" never picks the broken state for a later r
 from __future__ import annotations
 
 import contextlib
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from blocks.store import StoreBlock
 from flows.common import StoreRef, TargetBlock, VeleroRef, load_store
+from flows.inputs import per_component
 from flows.locks import component_lock
 from tasks.components import kubernetes as velero
 from tasks.components.kubernetes import ExistingResourcePolicy
@@ -39,7 +41,7 @@ from tasks.operations.plan import DR_STEPS, build_plan, plan_markdown
 from tasks.operations.recovery import get_recovery_point, member_manifests
 from tasks.storage.catalog import LATEST, get_backup
 from tasks.storage.records import put_record
-from tasks.verbs import restore_task, verify_task
+from tasks.verbs import restore_options, restore_task, verify_task
 
 
 def _report(key: str, title: str, report: dict[str, Any]) -> None:
@@ -218,6 +220,15 @@ def full_cluster_restore(
             e.g. {"namespaces": ["lambda"], "existing_resource_policy": "update"} for kubernetes.
     """
     logger = get_run_logger()
+    targets = per_component("targets", targets)
+    options = per_component("options", options)
+    for component, given in options.items():  # a typo fails now, not after earlier steps restored
+        restore_options(component, given)
+    if run_id and not re.fullmatch(r"dr-\d{8}T\d{6}Z-[0-9a-f]{6}", run_id):
+        raise BadInput(
+            f"run_id {run_id[:80]!r} is not a full cluster restore run id: copy it from the run's "
+            "report (dr-<YYYYMMDDTHHMMSSZ>-<6 hex>), or leave it out for a new run"
+        )
     store_block = load_store(store)
     key_of_run = run_key(store_block, run_id or "-")
     run = read_step(store_block, key_of_run) if run_id else None

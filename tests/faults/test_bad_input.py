@@ -9,6 +9,7 @@ its message (`{id}`, `{bucket}`, `{store}` are filled in from the world).
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,10 +23,13 @@ from pydantic import SecretStr
 
 from blocks.app_state import AppStateStep, AppStateTarget
 from blocks.store import LocalStore, S3Store
-from flows.backup import backup_component
+from flows.backup import backup_all, backup_component
+from flows.drill import restore_drill
 from flows.maintenance import verify_backups
 from flows.pitr import pitr_postgres
+from flows.recovery import restore_plan
 from flows.restore import restore_component
+from flows.scenarios import full_cluster_restore
 from sandbox.services import free_port
 from tasks.storage.catalog import backup_at_or_before
 from tasks.storage.session import backup_session
@@ -419,6 +423,97 @@ BAD_INPUTS = [
         lambda w: pitr_postgres(target_time="yesterday at noon", return_state=True),
         "BadInput",
         "target time 'yesterday at noon' is not a time: use ISO 8601 with a zone",
+    ),
+    # --- every flow's shared parameters (flows/inputs.py) -----------------------------------
+    Bad(
+        "plan-empty-components",
+        "restore_plan(recovery_point='latest', components=[])",
+        lambda w: restore_plan(recovery_point="latest", components=[], store=w.store, return_state=True),
+        "BadInput",
+        "components=[] names no component",
+    ),
+    Bad(
+        "plan-targets-typo",
+        "restore_plan targets={'app-stat': ...} (a typo, was silently ignored)",
+        lambda w: restore_plan(backup_id=w.id, targets={"app-stat": "x"}, store=w.store, return_state=True),
+        "BadInput",
+        "targets names unknown components ['app-stat']",
+    ),
+    Bad(
+        "plan-id-of-another-component",
+        "restore_plan(backup_id=<app-state id>, components=['etcd']) (components was ignored)",
+        lambda w: restore_plan(backup_id=w.id, components=["etcd"], store=w.store, return_state=True),
+        "BadInput",
+        "backup {id} is of app-state, not of components ['etcd']",
+    ),
+    Bad(
+        "drill-empty-components",
+        "restore_drill(components=[]) (was: every component, and a drill record)",
+        lambda w: restore_drill(components=[], store=w.store, return_state=True),
+        "BadInput",
+        "components=[] names no component",
+    ),
+    Bad(
+        "drill-nan-rto",
+        "restore_drill(rto_target_minutes=nan) (an RTO no restore could miss)",
+        lambda w: restore_drill(rto_target_minutes=math.nan, store=w.store, return_state=True),
+        "BadInput",
+        "rto_target_minutes must be a finite number > 0, not nan",
+    ),
+    Bad(
+        "drill-infinite-rpo-override",
+        "restore_drill(rpo_targets_hours={'app-state': inf})",
+        lambda w: restore_drill(rpo_targets_hours={"app-state": math.inf}, store=w.store, return_state=True),
+        "BadInput",
+        "rpo_targets_hours['app-state'] must be a finite number > 0, not inf",
+    ),
+    Bad(
+        "drill-targets-typo",
+        "restore_drill targets={'app-stat': ...} (was: app-state 'not configured')",
+        lambda w: restore_drill(targets={"app-stat": w.target}, store=w.store, return_state=True),
+        "BadInput",
+        "targets names unknown components ['app-stat']",
+    ),
+    Bad(
+        "backup-all-targets-typo",
+        "backup_all targets={'app-stat': ...}",
+        lambda w: backup_all(
+            components=["app-state"], targets={"app-stat": w.target}, store=w.store, return_state=True
+        ),
+        "BadInput",
+        "targets names unknown components ['app-stat']",
+    ),
+    Bad(
+        "backup-all-named-unconfigured",
+        "backup_all(components=['app-state']) with no app-state target (was: RuntimeError)",
+        lambda w: backup_all(components=["app-state"], store=w.store, return_state=True),
+        "ComponentFailed",
+        "backups failed: app-state: no app-state target",
+    ),
+    Bad(
+        "full-restore-options-typo",
+        "full_cluster_restore options={'app-stat': ...} (was silently ignored)",
+        lambda w: full_cluster_restore(
+            options={"app-stat": {"steps": ["x"]}}, store=w.store, return_state=True
+        ),
+        "BadInput",
+        "options names unknown components ['app-stat']",
+    ),
+    Bad(
+        "full-restore-invalid-options",
+        "full_cluster_restore options={'app-state': {'step': [...]}} (was found only at that step)",
+        lambda w: full_cluster_restore(
+            options={"app-state": {"step": ["x"]}}, store=w.store, return_state=True
+        ),
+        "BadInput",
+        "invalid restore options for app-state",
+    ),
+    Bad(
+        "full-restore-run-id-path",
+        "full_cluster_restore(run_id='../../x')",
+        lambda w: full_cluster_restore(run_id="../../x", store=w.store, return_state=True),
+        "BadInput",
+        "run_id '../../x' is not a full cluster restore run id",
     ),
 ]
 

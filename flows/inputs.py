@@ -1,0 +1,60 @@
+"""The checks every flow makes of its parameters before anything happens: one place, so a
+component list, a per-component mapping or a number means the same in every flow. Each failure
+is a BadInput that says what to pass instead; nothing has been read or written yet."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from tasks.components.registry import SPECS, ComponentName
+from tasks.errors import BadInput
+
+
+def component_names(components: list[ComponentName] | list[str] | None) -> list[str]:
+    """The listed components, or all when None. An empty list is a mistake, never "all"."""
+    if components is None:
+        return list(SPECS)
+    if not components:
+        raise BadInput("components=[] names no component: leave it out (None) for all, or name some")
+    unknown = [str(getattr(c, "value", c)) for c in components if getattr(c, "value", c) not in SPECS]
+    if unknown:
+        raise BadInput(f"unknown components {unknown}: choose from {', '.join(SPECS)}")
+    return [ComponentName(c).value for c in components]
+
+
+def per_component(name: str, mapping: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A component -> value parameter (targets, options, RPO targets): every key a component's
+    name, so a typo ('postgress') is refused, never silently ignored. Keys of components a run
+    does not include are allowed (a deployment's defaults may cover every component)."""
+    given = dict(mapping or {})
+    unknown = sorted(k for k in given if k not in SPECS)
+    if unknown:
+        raise BadInput(
+            f"{name} names unknown components {unknown}: the keys are component names ({', '.join(SPECS)})"
+        )
+    return given
+
+
+def count(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise BadInput(f"{name} must be a whole number >= {minimum}, not {value!r}")
+    return value
+
+
+def number(name: str, value: object, minimum: float, why: str = "") -> float:
+    """A finite number >= minimum (NaN and infinities refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadInput(f"{name} must be a finite number >= {minimum}, not {value!r}")
+    if value < minimum:
+        raise BadInput(f"{name} must be >= {minimum}{why}, not {value!r}")
+    return float(value)
+
+
+def positive(name: str, value: object) -> float:
+    """A finite number > 0 (NaN and infinities refused)."""
+    finite = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if not finite or value <= 0:
+        raise BadInput(f"{name} must be a finite number > 0, not {value!r}")
+    return float(value)
