@@ -99,7 +99,8 @@ def data_corruption(
 
     Args:
         namespace: The Kubernetes namespace to recover.
-        pvcs: The PersistentVolumeClaims to restore (empty: every PVC of the namespace in the backup).
+        pvcs: The PersistentVolumeClaims to restore (left out: every PVC of the namespace in the
+            backup; [] is refused).
         before: Use the newest backup taken before this time (with a timezone); empty: the newest
             that verifies good.
         target: Name of the component's target block (e.g. 'production'); empty: the default from
@@ -107,6 +108,8 @@ def data_corruption(
         store: Name of the store block holding the backups ('klb-s3-store/production' or
             'production'); empty: $KLB_STORE.
     """
+    if pvcs is not None and not pvcs:  # never "every PVC": those are deleted and restored
+        raise BadInput("pvcs=[] names no PVC: leave it out for every PVC of the namespace, or name some")
     with tracked("restore", "volumes"):  # metrics: failures are pushed too (try/finally)
         store_block = load_store(store)
         target_block = velero_target("volumes", target)

@@ -26,10 +26,10 @@ from blocks.store import LocalStore, S3Store
 from flows.backup import backup_all, backup_component
 from flows.drill import restore_drill
 from flows.maintenance import verify_backups
-from flows.pitr import pitr_postgres
+from flows.pitr import pitr_kubernetes, pitr_postgres
 from flows.recovery import restore_plan
 from flows.restore import restore_component
-from flows.scenarios import full_cluster_restore
+from flows.scenarios import data_corruption, full_cluster_restore
 from sandbox.services import free_port
 from tasks.storage.catalog import backup_at_or_before
 from tasks.storage.session import backup_session
@@ -514,6 +514,33 @@ BAD_INPUTS = [
         lambda w: full_cluster_restore(run_id="../../x", store=w.store, return_state=True),
         "BadInput",
         "run_id '../../x' is not a full cluster restore run id",
+    ),
+    Bad(
+        "pitr-port-out-of-range",
+        "pitr_postgres(port=-1) (was: pydantic's ValidationError)",
+        lambda w: pitr_postgres(target_time="latest", port=-1, return_state=True),
+        "BadInput",
+        "invalid restore options for postgres-pitr",
+    ),
+    Bad(
+        "pitr-kubernetes-dry-run-options-typo",
+        "pitr_kubernetes(dry_run=True, options={'namespace': ...}) (was: a plan, the typo unseen)",
+        lambda w: pitr_kubernetes(
+            target_time=datetime.now(UTC),
+            options={"namespace": ["x"]},
+            dry_run=True,
+            store=w.store,
+            return_state=True,
+        ),
+        "BadInput",
+        "invalid restore options for kubernetes",
+    ),
+    Bad(
+        "data-corruption-empty-pvcs",
+        "data_corruption(pvcs=[]) (was: every PVC of the namespace deleted and restored)",
+        lambda w: data_corruption(namespace="shop", pvcs=[], store=w.store, return_state=True),
+        "BadInput",
+        "pvcs=[] names no PVC",
     ),
 ]
 
