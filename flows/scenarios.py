@@ -9,7 +9,6 @@ label kind=forensic, so that "latest" never picks the broken state for a later r
 from __future__ import annotations
 
 import contextlib
-import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -227,14 +226,8 @@ def full_cluster_restore(
     options = per_component("options", options)
     for component, given in options.items():  # a typo fails now, not after earlier steps restored
         restore_options(component, given)
-    if run_id and not re.fullmatch(r"dr-\d{8}T\d{6}Z-[0-9a-f]{6}", run_id):
-        raise BadInput(
-            f"run_id {run_id[:80]!r} is not a full cluster restore run id: copy it from the run's "
-            "report (dr-<YYYYMMDDTHHMMSSZ>-<6 hex>), or leave it out for a new run"
-        )
     store_block = load_store(store)
-    key_of_run = run_key(store_block, run_id or "-")
-    run = read_step(store_block, key_of_run) if run_id else None
+    run = read_step(store_block, run_key(store_block, run_id)) if run_id else None
     if run_id and not dry_run and run is None:
         raise NotFound(f"no full cluster restore run {run_id} to resume in {store_block.location}")
     if run is not None:

@@ -27,7 +27,7 @@ from flows.backup import backup_all, backup_component
 from flows.drill import restore_drill
 from flows.maintenance import verify_backups
 from flows.pitr import pitr_kubernetes, pitr_postgres
-from flows.recovery import restore_plan
+from flows.recovery import restore_plan, rollback_restore
 from flows.restore import restore_component
 from flows.scenarios import data_corruption, full_cluster_restore
 from sandbox.services import free_port
@@ -513,7 +513,7 @@ BAD_INPUTS = [
         "full_cluster_restore(run_id='../../x')",
         lambda w: full_cluster_restore(run_id="../../x", store=w.store, return_state=True),
         "BadInput",
-        "run_id '../../x' is not a full cluster restore run id",
+        "'../../x' is not a full cluster restore run id (dr-<YYYYMMDDTHHMMSSZ>-<6 hex>): copy it",
     ),
     Bad(
         "pitr-port-out-of-range",
@@ -541,6 +541,27 @@ BAD_INPUTS = [
         lambda w: data_corruption(namespace="shop", pvcs=[], store=w.store, return_state=True),
         "BadInput",
         "pvcs=[] names no PVC",
+    ),
+    Bad(
+        "rollback-backup-id-as-restore-id",
+        "rollback_restore(restore_id=<a backup id>) (was: 'no restore', from a backup id's rules)",
+        lambda w: rollback_restore(restore_id=w.id, store=w.store, return_state=True),
+        "BadInput",
+        "'{id}' is not a restore id (restore-<YYYYMMDDTHHMMSSZ>-<6 hex>): copy it from the restore's",
+    ),
+    Bad(
+        "rollback-path-restore-id",
+        "rollback_restore(restore_id='../../x') (was: 'malformed backup id ... klb backups list')",
+        lambda w: rollback_restore(restore_id="../../x", store=w.store, return_state=True),
+        "BadInput",
+        "'../../x' is not a restore id",
+    ),
+    Bad(
+        "plan-backup-id-as-recovery-point",
+        "restore_plan(recovery_point=<a backup id>)",
+        lambda w: restore_plan(recovery_point=w.id, store=w.store, return_state=True),
+        "BadInput",
+        "'{id}' is not a recovery point id (recovery-point-<YYYYMMDDTHHMMSSZ>-<6 hex>)",
     ),
 ]
 
