@@ -13,7 +13,7 @@ from prefect.runtime import flow_run as current_run
 from pydantic import BaseModel
 
 from flows.common import StoreRef, TargetBlock, TargetRef, load_store, result_storage
-from flows.inputs import component_names, per_component
+from flows.inputs import component_names, per_component, user_labels
 from flows.locks import component_lock
 from tasks.components.registry import BackupKind, ComponentName, load_target
 from tasks.errors import ComponentFailed, ConfigurationError, is_retryable
@@ -139,6 +139,7 @@ def backup_component(
         labels: Extra labels recorded in the backup's manifest (key: value).
     """
     component = ComponentName(component).value
+    labels = user_labels(labels)
     store_block = load_store(store)
     target_block = load_target(component, target)
     retries, delay = retry_policy()

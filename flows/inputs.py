@@ -10,6 +10,7 @@ from typing import Any
 
 from tasks.components.registry import SPECS, ComponentName
 from tasks.errors import BadInput
+from tasks.models import KIND_LABEL, kind_label
 
 
 def component_names(components: list[ComponentName] | list[str] | None) -> list[str]:
@@ -58,3 +59,22 @@ def positive(name: str, value: object) -> float:
     if not finite or value <= 0:
         raise BadInput(f"{name} must be a finite number > 0, not {value!r}")
     return float(value)
+
+
+# labels only the system sets: a caller's `recovery_point` would make a lone backup look like a
+# member of the newest recovery point (retention protects those, and stops protecting the real one)
+SYSTEM_LABELS = ("recovery_point", "flow_run_id", "batch")
+
+
+def user_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
+    """A caller's labels for a backup's manifest: no system label, a known `kind`."""
+    given = dict(labels or {})
+    reserved = sorted(k for k in given if k in SYSTEM_LABELS)
+    if reserved:
+        raise BadInput(
+            f"labels {reserved} are set by the system ({', '.join(SYSTEM_LABELS)}): drop them; "
+            "a recovery point is made by backup-all"
+        )
+    if KIND_LABEL in given:
+        given[KIND_LABEL] = kind_label(given[KIND_LABEL])
+    return given

@@ -121,6 +121,7 @@ def naive_now() -> datetime:
 
 OTHER_ID = "etcd-20260101T000000Z-abcdef"
 UNKNOWN_ID = "app-state-20200101T000000Z-abcdef"
+FORGED_RP = "recovery-point-20990101T000000Z-abcdef"
 
 BAD_INPUTS = [
     # --- components -------------------------------------------------------------------------
@@ -562,6 +563,21 @@ BAD_INPUTS = [
         lambda w: restore_plan(recovery_point=w.id, store=w.store, return_state=True),
         "BadInput",
         "'{id}' is not a recovery point id (recovery-point-<YYYYMMDDTHHMMSSZ>-<6 hex>)",
+    ),
+    Bad(
+        "backup-forged-recovery-point-label",
+        "backup_component(labels={'recovery_point': ...}) (was: a lone backup retention took for "
+        "the newest recovery point)",
+        lambda w: w.backup(store=w.store, labels={"recovery_point": FORGED_RP}),
+        "BadInput",
+        "labels ['recovery_point'] are set by the system",
+    ),
+    Bad(
+        "backup-unknown-kind-label",
+        "backup_component(labels={'kind': 'bogus'}) (was: refused inside the task, its result kept)",
+        lambda w: w.backup(store=w.store, labels={"kind": "bogus"}),
+        "BadInput",
+        "unknown backup kind 'bogus': use one of",
     ),
 ]
 
