@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed
 
 from flows.common import StoreRef, TargetBlock, load_store
-from flows.inputs import component_names, positive
+from flows.inputs import MAX_HOURS, component_names, positive
 from flows.inputs import per_component as per_component_of
 from tasks.components.registry import SPECS, ComponentName
 from tasks.errors import BackupError, BadInput, NotFound
@@ -88,12 +88,9 @@ def restore_drill(
             generated.
     """
     logger = get_run_logger()
-    for name, value in (
-        ("rto_target_minutes", rto_target_minutes),
-        ("rpo_target_hours", rpo_target_hours),
-        ("rpo_window_hours", rpo_window_hours),
-    ):
-        positive(name, value)
+    positive("rto_target_minutes", rto_target_minutes, maximum=MAX_HOURS * 60)
+    positive("rpo_target_hours", rpo_target_hours)
+    positive("rpo_window_hours", rpo_window_hours)
     per_component = per_component_of("rpo_targets_hours", rpo_targets_hours)
     for name, value in per_component.items():
         positive(f"rpo_targets_hours[{name!r}]", value)

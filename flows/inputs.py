@@ -44,20 +44,29 @@ def count(name: str, value: object, minimum: int) -> int:
     return value
 
 
-def number(name: str, value: object, minimum: float, why: str = "") -> float:
-    """A finite number >= minimum (NaN and infinities refused)."""
+# the longest duration a parameter may name (about 114 years): beyond it is a typo, and
+# Python's timedelta overflows (OverflowError) near 2.7e10 hours
+MAX_HOURS = 1_000_000
+
+
+def number(name: str, value: object, minimum: float, why: str = "", maximum: float = MAX_HOURS) -> float:
+    """A finite number in [minimum, maximum] (NaN and infinities refused)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise BadInput(f"{name} must be a finite number >= {minimum}, not {value!r}")
     if value < minimum:
         raise BadInput(f"{name} must be >= {minimum}{why}, not {value!r}")
+    if value > maximum:
+        raise BadInput(f"{name} must be at most {maximum:g}, not {value!r}: is it a typo?")
     return float(value)
 
 
-def positive(name: str, value: object) -> float:
-    """A finite number > 0 (NaN and infinities refused)."""
+def positive(name: str, value: object, maximum: float = MAX_HOURS) -> float:
+    """A finite number in (0, maximum] (NaN and infinities refused)."""
     finite = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
     if not finite or value <= 0:
         raise BadInput(f"{name} must be a finite number > 0, not {value!r}")
+    if value > maximum:
+        raise BadInput(f"{name} must be at most {maximum:g}, not {value!r}: is it a typo?")
     return float(value)
 
 

@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.store import StoreBlock
 from flows.common import StoreRef, load_store
-from flows.inputs import component_names, count, number
+from flows.inputs import MAX_HOURS, component_names, count, number
 from tasks.components.registry import ComponentName
 from tasks.errors import BadInput
 from tasks.metrics import record_run
@@ -238,7 +238,7 @@ def enforce_retention(
     special = (
         None
         if special_retention_days is None
-        else number("special_retention_days", special_retention_days, 0)
+        else number("special_retention_days", special_retention_days, 0, maximum=MAX_HOURS / 24)
     )
     logger = get_run_logger()
     block = load_store(store)

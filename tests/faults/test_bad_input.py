@@ -25,8 +25,9 @@ from blocks.app_state import AppStateStep, AppStateTarget
 from blocks.store import LocalStore, S3Store
 from flows.backup import backup_all, backup_component
 from flows.drill import restore_drill
-from flows.maintenance import verify_backups
+from flows.maintenance import enforce_retention, verify_backups
 from flows.pitr import pitr_kubernetes, pitr_postgres
+from flows.postgres import cleanup_postgres_rollbacks
 from flows.recovery import restore_plan, rollback_restore
 from flows.restore import restore_component
 from flows.scenarios import data_corruption, full_cluster_restore
@@ -578,6 +579,27 @@ BAD_INPUTS = [
         lambda w: w.backup(store=w.store, labels={"kind": "bogus"}),
         "BadInput",
         "unknown backup kind 'bogus': use one of",
+    ),
+    Bad(
+        "retention-huge-grace",
+        "enforce_retention(orphan_grace_hours=1e20) (was: OverflowError)",
+        lambda w: enforce_retention(orphan_grace_hours=1e20, store=w.store, return_state=True),
+        "BadInput",
+        "orphan_grace_hours must be at most 1e+06, not 1e+20: is it a typo?",
+    ),
+    Bad(
+        "drill-huge-rpo-window",
+        "restore_drill(rpo_window_hours=1e20) (was: OverflowError per component)",
+        lambda w: restore_drill(rpo_window_hours=1e20, store=w.store, return_state=True),
+        "BadInput",
+        "rpo_window_hours must be at most 1e+06",
+    ),
+    Bad(
+        "pg-cleanup-infinite-age",
+        "cleanup_postgres_rollbacks(older_than_hours=inf) (was: OverflowError)",
+        lambda w: cleanup_postgres_rollbacks(older_than_hours=math.inf, return_state=True),
+        "BadInput",
+        "older_than_hours must be a finite number >= 0, not inf",
     ),
 ]
 
