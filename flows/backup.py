@@ -13,9 +13,10 @@ from prefect.runtime import flow_run as current_run
 from pydantic import BaseModel
 
 from flows.common import StoreRef, TargetBlock, TargetRef, load_store, result_storage
+from flows.inputs import component_names, per_component, user_labels
 from flows.locks import component_lock
-from tasks.components.registry import SPECS, BackupKind, ComponentName, load_target
-from tasks.errors import BadInput, ConfigurationError, is_retryable
+from tasks.components.registry import BackupKind, ComponentName, load_target
+from tasks.errors import ComponentFailed, ConfigurationError, is_retryable
 from tasks.markdown import fields_table
 from tasks.metrics import tracked
 from tasks.models import KIND_LABEL, Manifest
@@ -138,6 +139,7 @@ def backup_component(
         labels: Extra labels recorded in the backup's manifest (key: value).
     """
     component = ComponentName(component).value
+    labels = user_labels(labels)
     store_block = load_store(store)
     target_block = load_target(component, target)
     retries, delay = retry_policy()
@@ -191,12 +193,9 @@ def backup_all(
             'production'); empty: $KLB_STORE.
     """
     logger = get_run_logger()
-    if components is not None and not components:
-        raise BadInput(
-            "components=[] names no component: leave it out for every configured one, or name some"
-        )
+    names = component_names(components)  # None: every configured one; [] is a mistake
+    targets = per_component("targets", targets)
     store_block = load_store(store)
-    names = [ComponentName(c).value for c in components] if components else list(SPECS)
     result = BackupAllResult(backups={}, not_configured={}, failed={})
     rp_id, manifests = new_recovery_point_id(), {}
     for name in names:
@@ -227,7 +226,12 @@ def backup_all(
         "|---|---|---|---|\n" + "\n".join(rows),
     )
     if result.failed:
-        raise RuntimeError(f"backups failed: {', '.join(result.failed)}")
+        raise ComponentFailed(
+            "backups failed: "
+            + "; ".join(f"{n}: {e.splitlines()[0] if e else '?'}" for n, e in result.failed.items())
+            + ". Fix what each says (the backup-all artifact lists them) and run backup-all again"
+            + (f"; the others are in recovery point {result.recovery_point}" if result.recovery_point else "")
+        )
     if not result.backups:
         raise ConfigurationError(
             "backup-all found no configured component, so nothing was backed up: configure the "

@@ -20,6 +20,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed
 
 from flows.common import StoreRef, TargetBlock, load_store
+from flows.inputs import MAX_HOURS, component_names, positive
+from flows.inputs import per_component as per_component_of
 from tasks.components.registry import SPECS, ComponentName
 from tasks.errors import BackupError, BadInput, NotFound
 from tasks.metrics import record_drill
@@ -86,19 +88,19 @@ def restore_drill(
             generated.
     """
     logger = get_run_logger()
-    per_component = dict(rpo_targets_hours or {})
-    if min([rto_target_minutes, rpo_target_hours, rpo_window_hours, *per_component.values()]) <= 0:
-        raise BadInput("RTO/RPO targets and the RPO window must be positive")
-    if set(per_component) - set(SPECS):
-        raise BadInput(
-            f"rpo_targets_hours names unknown components {sorted(set(per_component) - set(SPECS))}"
-        )
+    positive("rto_target_minutes", rto_target_minutes, maximum=MAX_HOURS * 60)
+    positive("rpo_target_hours", rpo_target_hours)
+    positive("rpo_window_hours", rpo_window_hours)
+    per_component = per_component_of("rpo_targets_hours", rpo_targets_hours)
+    for name, value in per_component.items():
+        positive(f"rpo_targets_hours[{name!r}]", value)
+    targets = per_component_of("targets", targets)
+    names = component_names(components)  # None: every component; [] is a mistake, never "all"
     store_block = load_store(store)
     drill_id = drill_id or new_drill_id()
     if not re.fullmatch(r"[a-z0-9]{1,40}", drill_id):
         raise BadInput(f"drill id {drill_id!r}: use lower-case letters and digits only")
-    explicit = bool(components)
-    names = [ComponentName(c).value for c in components] if components else list(SPECS)
+    explicit = components is not None
     names = [c for c in ORDER if c in names]
     checks = list(health_checks or [])
     unknown = [c.component for c in checks if c.component and c.component not in SPECS]

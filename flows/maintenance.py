@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -14,7 +13,8 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.store import StoreBlock
 from flows.common import StoreRef, load_store
-from tasks.components.registry import SPECS, ComponentName
+from flows.inputs import MAX_HOURS, component_names, count, number
+from tasks.components.registry import ComponentName
 from tasks.errors import BadInput
 from tasks.metrics import record_run
 from tasks.models import Manifest
@@ -37,29 +37,6 @@ from tasks.storage.retention import (
 )
 from tasks.storage.retention_locks import apply_locks, locks_markdown
 from tasks.verbs import verify_task
-
-
-def _names(components: list[ComponentName] | None) -> list[str]:
-    """The listed components, or all when None. An empty list is a mistake, never "all"."""
-    if components is None:
-        return list(SPECS)
-    if not components:
-        raise BadInput("components=[] names no component: leave it out (None) for all, or name some")
-    return [ComponentName(c).value for c in components]
-
-
-def _count(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise BadInput(f"{name} must be a whole number >= {minimum}, not {value!r}")
-    return value
-
-
-def _hours(name: str, value: object, minimum: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise BadInput(f"{name} must be a finite number >= {minimum}, not {value!r}")
-    if value < minimum:
-        raise BadInput(f"{name} must be >= {minimum} (a write may still be running), not {value!r}")
-    return float(value)
 
 
 def _sweep_choice(manifests: list[Manifest], newest: int) -> list[Manifest]:
@@ -91,8 +68,8 @@ def verify_backups(
             'production'); empty: $KLB_STORE, else the embedded local store.
         dr_store: Name of the disaster-recovery copy's store block; empty: $KLB_DR_STORE, if set.
     """
-    newest = _count("newest", newest, 1)
-    names = _names(components)
+    newest = count("newest", newest, 1)
+    names = component_names(components)
     logger = get_run_logger()
     stores: dict[str, StoreBlock] = {"primary": load_store(store)}
     dr = load_dr_store(dr_store)
@@ -256,17 +233,17 @@ def enforce_retention(
         ("keep_weekly", keep_weekly),
         ("keep_monthly", keep_monthly),
     ):
-        _count(tier, value, 0)
-    grace = _hours("orphan_grace_hours", orphan_grace_hours, 1)
+        count(tier, value, 0)
+    grace = number("orphan_grace_hours", orphan_grace_hours, 1, " (a write may still be running)")
     special = (
         None
         if special_retention_days is None
-        else _hours("special_retention_days", special_retention_days, 0)
+        else number("special_retention_days", special_retention_days, 0, maximum=MAX_HOURS / 24)
     )
     logger = get_run_logger()
     block = load_store(store)
     now = datetime.now(UTC)
-    names = _names(components)
+    names = component_names(components)
     listings = {name: list_component(block, name) for name in names}
     rp = newest_recovery_point(m for lst in listings.values() for m in lst.manifests)
     plans: list[RetentionPlan] = []

@@ -24,6 +24,7 @@ from tasks.components.registry import load_target
 from tasks.errors import BadInput
 from tasks.markdown import fields_table
 from tasks.storage.catalog import backup_at_or_before, get_backup
+from tasks.verbs import restore_options
 
 
 def _target(ref: TargetRef) -> PitrTarget:
@@ -144,7 +145,8 @@ def pitr_postgres(
     logger = get_run_logger()
     goal = parse_target(target_time, target_lsn, target_name)  # bad input fails before anything runs
     directory = directory or pitr.default_directory(goal)
-    options = pitr.RestoreOptions(directory=directory, port=port, os_user=os_user)
+    given = {"directory": directory, "port": port, "os_user": os_user}
+    options = restore_options("postgres-pitr", given)  # BadInput (port out of range), not pydantic's
     target_block, store_block = _target(target), load_store(store)
     report, window, ref = pitr.plan(target_block, store_block, goal, backup_id)
     manifest = get_backup(store_block, ref.id, "postgres-pitr")
@@ -210,6 +212,7 @@ def pitr_kubernetes(
     goal = parse_target(target_time)
     if goal.kind != "time":
         raise BadInput("pitr_kubernetes needs a time with zone")
+    restore_options("kubernetes", options)  # a typo fails the dry run too, not only the real one
     store_block = load_store(store)
     manifest = backup_at_or_before(store_block, "kubernetes", goal.time)
     gap = (goal.time - manifest.source_time).total_seconds()

@@ -15,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 
 from flows.common import PostgresRef, StoreRef
+from flows.inputs import number
 from flows.locks import component_lock
 from tasks.components.postgres.common import admin, drop_database
 from tasks.components.postgres.kept_copies import cleanup_task, postgres_target, rollback_task
@@ -61,8 +62,9 @@ def cleanup_postgres_rollbacks(
             the KLB_*_TARGET setting. From Python, a block object.
         dry_run: True: only show what would be done; False: do it.
     """
+    age = timedelta(hours=number("older_than_hours", older_than_hours, 0))  # inf/1e20: BadInput
     with component_lock("postgres"):  # never drop a copy a running rollback is swapping in
-        report = cleanup_task(postgres_target(target), timedelta(hours=older_than_hours), dry_run)
+        report = cleanup_task(postgres_target(target), age, dry_run)
     names = next(iter(report.values()))
     get_run_logger().info("%s: %s", next(iter(report)), names or "nothing")
     create_markdown_artifact(

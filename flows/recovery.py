@@ -22,6 +22,7 @@ from pydantic import AwareDatetime
 from blocks.restore_guard import RestoreGuard
 from blocks.store import StoreBlock
 from flows.common import StoreRef, TargetBlock, TargetRef, load_store
+from flows.inputs import component_names, per_component
 from flows.locks import component_lock
 from tasks.components.registry import ComponentName, load_target
 from tasks.errors import BadInput
@@ -77,8 +78,9 @@ def restore_plan(
         store: Name of the store block holding the backups ('klb-s3-store/production' or
             'production'); empty: $KLB_STORE, else the embedded local store.
     """
+    names = None if components is None else component_names(components)  # [] is a mistake
+    targets = per_component("targets", targets)
     store_block = load_store(store)
-    names = [ComponentName(c).value for c in components] if components else None
     plan = build_plan(store_block, recovery_point, backup_id, names, targets, at)
     create_markdown_artifact(key="restore-plan", markdown=plan_markdown(plan), description="dry run")
     return plan.model_dump(mode="json")

@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from blocks.store import StoreBlock
 from flows.common import StoreRef, TargetBlock, VeleroRef, load_store
+from flows.inputs import per_component
 from flows.locks import component_lock
 from tasks.components import kubernetes as velero
 from tasks.components.kubernetes import ExistingResourcePolicy
@@ -39,7 +40,7 @@ from tasks.operations.plan import DR_STEPS, build_plan, plan_markdown
 from tasks.operations.recovery import get_recovery_point, member_manifests
 from tasks.storage.catalog import LATEST, get_backup
 from tasks.storage.records import put_record
-from tasks.verbs import restore_task, verify_task
+from tasks.verbs import restore_options, restore_task, verify_task
 
 
 def _report(key: str, title: str, report: dict[str, Any]) -> None:
@@ -97,7 +98,8 @@ def data_corruption(
 
     Args:
         namespace: The Kubernetes namespace to recover.
-        pvcs: The PersistentVolumeClaims to restore (empty: every PVC of the namespace in the backup).
+        pvcs: The PersistentVolumeClaims to restore (left out: every PVC of the namespace in the
+            backup; [] is refused).
         before: Use the newest backup taken before this time (with a timezone); empty: the newest
             that verifies good.
         target: Name of the component's target block (e.g. 'production'); empty: the default from
@@ -105,6 +107,8 @@ def data_corruption(
         store: Name of the store block holding the backups ('klb-s3-store/production' or
             'production'); empty: $KLB_STORE.
     """
+    if pvcs is not None and not pvcs:  # never "every PVC": those are deleted and restored
+        raise BadInput("pvcs=[] names no PVC: leave it out for every PVC of the namespace, or name some")
     with tracked("restore", "volumes"):  # metrics: failures are pushed too (try/finally)
         store_block = load_store(store)
         target_block = velero_target("volumes", target)
@@ -218,9 +222,12 @@ def full_cluster_restore(
             e.g. {"namespaces": ["lambda"], "existing_resource_policy": "update"} for kubernetes.
     """
     logger = get_run_logger()
+    targets = per_component("targets", targets)
+    options = per_component("options", options)
+    for component, given in options.items():  # a typo fails now, not after earlier steps restored
+        restore_options(component, given)
     store_block = load_store(store)
-    key_of_run = run_key(store_block, run_id or "-")
-    run = read_step(store_block, key_of_run) if run_id else None
+    run = read_step(store_block, run_key(store_block, run_id)) if run_id else None
     if run_id and not dry_run and run is None:
         raise NotFound(f"no full cluster restore run {run_id} to resume in {store_block.location}")
     if run is not None:

@@ -46,6 +46,26 @@ def parse_backup_id(backup_id: str) -> tuple[str, datetime]:
     return match["component"], started
 
 
+# ids of records that are not backups: (what it is, where a person finds one)
+RECORD_KINDS = {
+    "restore": ("restore", "copy it from the restore's checklist artifact or its flow run's result"),
+    "recovery-point": ("recovery point", "copy it from the backup-all run's result, or pass 'latest'"),
+    "dr": ("full cluster restore run", "copy it from the full-cluster-restore run's report"),
+}
+
+
+def parse_record_id(record_id: str, kind: str) -> datetime:
+    """The start time of a restore / recovery point / DR run id of that kind; a backup id, a
+    path or anything else is refused with where to find a real one."""
+    what, where = RECORD_KINDS[kind]
+    if not isinstance(record_id, str) or not record_id:
+        raise BadInput(f"empty {what} id: {where}")
+    match = BACKUP_ID_RE.fullmatch(record_id)
+    if not match or match["component"] != kind:
+        raise BadInput(f"{record_id[:80]!r} is not a {what} id ({kind}-<YYYYMMDDTHHMMSSZ>-<6 hex>): {where}")
+    return parse_backup_id(record_id)[1]
+
+
 def check_object_name(name: str) -> str:
     if problem := object_name_problem(name):
         raise BadInput(problem)

@@ -142,6 +142,8 @@ def test_bad_input_exits_2_and_changes_nothing(store, capsys):
     assert code == UNUSABLE and "--yes" in err
     code, _, err = klb(capsys, "restore", "app-state", m.id, "--yes", "--options", "[1]")
     assert code == UNUSABLE and "--options must be a JSON object" in err
+    code, _, err = klb(capsys, "backup", "--all", "--target", "production")  # was: ignored
+    assert code == UNUSABLE and "--target names one component's target" in err
     with pytest.raises(SystemExit) as exc:
         main(["backups", "list", "not-a-component"])
     assert exc.value.code == 2

@@ -91,6 +91,11 @@ def dispatch(args: argparse.Namespace, store: StoreBlock) -> tuple[str, bool]:
     if args.command == "plan":
         return run.plan(ref, args.recovery_point, args.backup_id, args.components)
     if args.command == "backup":
+        if args.all and args.target:  # backup-all has a target per component, never one for all
+            raise BadInput(
+                "--target names one component's target; --all backs up each component to its "
+                "default target: drop --target, or back the component up on its own with it"
+            )
         if args.deployment:
             name = run.BACKUP_ALL if args.all else run.BACKUP_ONE.format(component=args.component)
             params = {"store": ref} if ref else {}

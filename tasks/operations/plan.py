@@ -260,6 +260,11 @@ def build_plan(
     source, manifests, missing = resolve_source(store, recovery_point, backup_id, components, at)
     if backup_id and backup_id != LATEST:
         names = list(manifests)
+        if components and not set(names) & set(components):
+            raise BadInput(
+                f"backup {backup_id} is of {names[0]}, not of components {components}: "
+                "leave components out with a backup id, or give the id of one of theirs"
+            )
     else:
         names = [c for c in ORDER if c in (components or ORDER)]
     history = restore_history(store)

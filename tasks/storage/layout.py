@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from tasks.errors import BadInput
-from tasks.ids import check_component_name, check_object_name, parse_backup_id
+from tasks.ids import check_component_name, check_object_name, parse_backup_id, parse_record_id
 
 if TYPE_CHECKING:
     from blocks.store import StoreBlock
@@ -103,14 +103,14 @@ class StoreLayout:
         return self._join(space)
 
     def recovery_point_key(self, rp_id: str) -> str:
-        _, started = parse_backup_id(rp_id)
+        started = parse_record_id(rp_id, "recovery-point")
         return self._join(RECOVERY_POINTS, _day(started), f"{rp_id}.json")
 
     def drill_key(self, drill_id: str, started: datetime) -> str:
         return self._join(DRILLS, _day(started), f"{drill_id}.json")
 
     def restore_dir(self, restore_id: str) -> str:
-        _, started = parse_backup_id(restore_id)
+        started = parse_record_id(restore_id, "restore")
         return self._join(RESTORES, _day(started), restore_id)
 
     def restore_record_key(self, restore_id: str) -> str:
@@ -125,9 +125,11 @@ class StoreLayout:
         return self._join(RESTORES, SAFETY_MARKS, f"{backup_id}.json")
 
     def dr_run_key(self, run_id: str) -> str:
+        parse_record_id(run_id, "dr")
         return self._join(DR_RUNS, run_id, DR_RUN_RECORD)
 
     def dr_step_key(self, run_id: str, index: int, step: str) -> str:
+        parse_record_id(run_id, "dr")
         return self._join(DR_RUNS, run_id, f"{index:02d}-{step}.json")
 
     # --- Prefect results ------------------------------------------------------------------

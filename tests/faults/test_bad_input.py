@@ -1,17 +1,16 @@
 """Bad input, through the flows' parameters and the blocks: a precise error that says what to do,
 no traceback in the flow's failure message, and no change anywhere (stores, bucket, target).
 
-BAD_INPUTS is the table. A component adds rows: `call(world)` does the bad thing (flows are
-called with return_state=True), `error` is the exception class name, `message` a fragment of
-its message (`{id}`, `{bucket}`, `{store}` are filled in from the world).
+BAD_INPUTS is the table (its last rows, FLOW_INPUTS, are in bad_flow_inputs.py). A component
+adds rows: `call(world)` does the bad thing (flows are called with return_state=True),
+`error` is the exception class name, `message` a fragment of its message (`{id}`, `{bucket}`,
+`{store}` are filled in from the world).
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from flows.restore import restore_component
 from sandbox.services import free_port
 from tasks.storage.catalog import backup_at_or_before
 from tasks.storage.session import backup_session
+from tests.faults.bad_flow_inputs import FLOW_INPUTS, Bad
 from tests.faults.helpers import (
     app_target,
     assert_refused_clearly,
@@ -89,22 +89,6 @@ class World:
         kwargs.setdefault("target", self.target)
         kwargs.setdefault("store", self.store)
         return restore_component(**{"component": "app-state", **kwargs}, return_state=True)
-
-
-@dataclass(frozen=True)
-class Bad:
-    name: str
-    fault: str
-    call: Callable[[World], Any]
-    error: str
-    message: str
-    task_failed: bool = False  # failed inside the backup task: Prefect records it in _prefect-results
-    category: str = "bad-input"
-
-    @property
-    def outcome(self) -> str:
-        extra = " (but Prefect's record of the failed task run)" if self.task_failed else ""
-        return f"{self.error}: '{self.message}'; nothing changed{extra}"
 
 
 def step(**kwargs) -> AppStateStep:
@@ -420,7 +404,7 @@ BAD_INPUTS = [
         "BadInput",
         "target time 'yesterday at noon' is not a time: use ISO 8601 with a zone",
     ),
-]
+] + FLOW_INPUTS
 
 
 @pytest.fixture

@@ -321,7 +321,7 @@ COMPONENT_BAD_INPUTS = [
         "restore_drill rto_target_minutes=-5",
         lambda w: restore_drill(rto_target_minutes=-5, store=w.store, return_state=True),
         "BadInput",
-        "RTO/RPO targets and the RPO window must be positive",
+        "rto_target_minutes must be a finite number > 0, not -5",
     ),
     Bad(
         "drill-unknown-rpo-component",
