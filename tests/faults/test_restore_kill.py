@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,7 +122,11 @@ def _pg_restore_streaming(flow_pid: int) -> bool:
     from tests.pg_helpers import children
 
     for pid in children("pg_restore", flow_pid):
-        io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+        try:
+            text = Path(f"/proc/{pid}/io").read_text()
+        except OSError:
+            continue  # it ended between the listing and the read (post-data's pg_restore is short)
+        io = dict(line.split(": ") for line in text.splitlines())
         if int(io["rchar"]) >= 256 << 10:  # read from the store's stream (libpq send()s: no wchar)
             os.kill(pid, signal.SIGSTOP)
             return True
@@ -194,9 +199,13 @@ def test_flow_killed_mid_restore_leaves_the_old_state(case, request, prefect_ser
         assert flow.poll() is None, "the restore flow ended before it could be killed"
         os.kill(flow.pid, signal.SIGKILL)
         flow.wait()
-    finally:
+    except BaseException:
+        # whatever went wrong, the killed run's slot must not block every later test of the component
         if flow.poll() is None:
             flow.kill()
+            flow.wait()
+        _free_the_dead_runs_slot(case.component, must_be_held=False)
+        raise
     if (tmp_path / "state.pid").exists():
         engine = int((tmp_path / "state.pid").read_text())
         wait_until(lambda: not Path(f"/proc/{engine}").exists() or _zombie(engine), 10, "the engine to die")
@@ -209,15 +218,20 @@ def test_flow_killed_mid_restore_leaves_the_old_state(case, request, prefect_ser
         case.after(target)
 
 
-def _free_the_dead_runs_slot(component: str) -> None:
+def _free_the_dead_runs_slot(component: str, must_be_held: bool = True) -> None:
     """The killed run still holds the component lock: its lease would free it after
     lease_duration (300 s). The operator's shortcut, documented in the outcome: delete the limit
     (`prefect gcl delete klb-component-<c>`); the next run recreates it."""
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
 
     from flows.locks import lock_name
 
     with get_client(sync_client=True) as client:
+        if not must_be_held:  # cleaning up after a failure: whatever is there goes
+            with suppress(ObjectNotFound):
+                client.delete_global_concurrency_limit_by_name(lock_name(component))
+            return
         held = client.read_global_concurrency_limit_by_name(lock_name(component))
         assert held.active_slots == 1, "the killed restore did not hold the component lock"
         client.delete_global_concurrency_limit_by_name(lock_name(component))
