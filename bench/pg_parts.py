@@ -39,7 +39,7 @@ def main() -> None:
     import psycopg
 
     from sandbox import services
-    from tasks.components.postgres.common import _FINGERPRINT_SUMS, FINGERPRINT_ALGORITHM, fingerprint
+    from tasks.components.postgres.fingerprint import _FINGERPRINT_SUMS, FINGERPRINT_ALGORITHM, fingerprint
     from tasks.models import Compression
     from tasks.storage import codec
 

@@ -38,6 +38,12 @@ class PostgresTarget(Block):
         default=None, description="directory of pg_dump/pg_restore/psql (default: from PATH)"
     )
     connect_timeout: int = Field(default=10, ge=1, le=300)
+    restore_index_memory: str = Field(
+        default="256MB",
+        pattern=r"^[1-9][0-9]{0,6}(kB|MB|GB)$",
+        description="maintenance_work_mem of each session that rebuilds indexes after a restore "
+        "(one per parallel job): the server default (64MB) sorts a large index on disk",
+    )
 
     @field_validator("databases")
     @classmethod

@@ -93,7 +93,8 @@ def demo_postgres(
 
     from flows.backup import backup_component
     from flows.restore import restore_component
-    from tasks.components.postgres.common import connect, fingerprint_database
+    from tasks.components.postgres.common import connect
+    from tasks.components.postgres.fingerprint import fingerprint_database
 
     block = postgres_target(target)
     with admin(block) as conn:

@@ -12,7 +12,8 @@ import psycopg
 from psycopg import sql
 
 from blocks.postgres import PostgresTarget
-from tasks.components.postgres.common import admin, connect, fingerprint_database
+from tasks.components.postgres.common import admin, connect
+from tasks.components.postgres.fingerprint import fingerprint_database
 
 
 def target_for(postgres, **kwargs) -> PostgresTarget:

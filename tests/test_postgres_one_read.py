@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import tasks.components.postgres as pg
-from tasks.components.postgres.common import (
+from tasks.components.postgres.fingerprint import (
     FINGERPRINT_ALGORITHM,
     diff_fingerprints,
     fingerprint_database,

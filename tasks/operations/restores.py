@@ -111,6 +111,20 @@ def safety_mark(store: StoreBlock, backup_id: str) -> dict[str, Any]:
     return get_record(store, safety_mark_key(store, backup_id))
 
 
+def _mark_safety(store: StoreBlock, backup_id: str, restore_id: str, status: str, note: str) -> None:
+    put_record(
+        store,
+        safety_mark_key(store, backup_id),
+        {
+            "backup_id": backup_id,
+            "restore_id": restore_id,
+            "restore_status": status,
+            "note": note,
+            "at": datetime.now(UTC),
+        },
+    )
+
+
 def title_of(record: RestoreRecord) -> str:
     what = "Rollback" if record.kind == "rollback" else "Restore"
     return f"{what} of {record.component} from {record.backup_id} ({record.id})"
@@ -131,17 +145,7 @@ def finish(store: StoreBlock, record: RestoreRecord) -> None:
     record.finished_at = record.finished_at or datetime.now(UTC)
     put_record(store, record_key_of(store, record.id), record)
     if record.safety_backup_id:
-        put_record(
-            store,
-            safety_mark_key(store, record.safety_backup_id),
-            {
-                "backup_id": record.safety_backup_id,
-                "restore_id": record.id,
-                "restore_status": record.status,
-                "note": _safety_note(record),
-                "at": datetime.now(UTC),
-            },
-        )
+        _mark_safety(store, record.safety_backup_id, record.id, record.status, _safety_note(record))
     lines = [f"\n## Result: {record.status}\n"]
     if record.error:
         lines.append(f"{record.error}\n")
@@ -322,14 +326,5 @@ def _retake_safety_backup(
         return
     add(line.model_copy(update={"detail": line.detail + " (after approval: holds writes made meanwhile)"}))
     record.safety_backup_id = fresh
-    put_record(
-        store,
-        safety_mark_key(store, earlier),
-        {
-            "backup_id": earlier,
-            "restore_id": record.id,
-            "restore_status": "superseded",
-            "note": f"taken before approval; superseded by {fresh}, taken after approval",
-            "at": datetime.now(UTC),
-        },
-    )
+    note = f"taken before approval; superseded by {fresh}, taken after approval"
+    _mark_safety(store, earlier, record.id, "superseded", note)

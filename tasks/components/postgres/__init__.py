@@ -22,11 +22,11 @@ from tasks.components.postgres.common import (
     admin,
     databases,
     drop_database,
-    fingerprint_database,
     parse_aside,
     server_version,
 )
 from tasks.components.postgres.dump import GLOBALS, GLOBALS_MAX, _select, backup, verify
+from tasks.components.postgres.fingerprint import fingerprint_database
 from tasks.components.postgres.restores import RestoreOptions, restore, restore_aside
 from tasks.errors import BadInput
 from tasks.models import Manifest

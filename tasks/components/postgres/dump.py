@@ -21,16 +21,15 @@ from blocks.store import StoreBlock
 from tasks.components.postgres import properties
 from tasks.components.postgres.common import (
     admin,
-    algorithm_for,
     connect,
     conninfo_dbname,
     databases,
     engine_env,
-    fingerprint,
     parse_aside,
     server_version,
     tool,
 )
+from tasks.components.postgres.fingerprint import algorithm_for, fingerprint
 from tasks.errors import IntegrityError, NotFound
 from tasks.models import Manifest, StoredObject
 from tasks.proc import feed_stdin, stream_stdout

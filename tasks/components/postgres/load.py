@@ -14,14 +14,8 @@ from typing import IO, Any
 
 from blocks.postgres import PostgresTarget
 from blocks.store import StoreBlock
-from tasks.components.postgres.common import (
-    conninfo_dbname,
-    diff_fingerprints,
-    engine_env,
-    fingerprint_database,
-    recorded_algorithm,
-    tool,
-)
+from tasks.components.postgres.common import conninfo_dbname, engine_env, tool
+from tasks.components.postgres.fingerprint import diff_fingerprints, fingerprint_database, recorded_algorithm
 from tasks.errors import IntegrityError
 from tasks.models import Manifest, StoredObject
 from tasks.proc import feed_stdin, private_dir, run
@@ -88,7 +82,8 @@ def post_data_file(store: StoreBlock, obj: StoredObject) -> Iterator[str]:
 def build_post_data(target: PostgresTarget, path: str, db: str, side: str, no_owner: bool) -> None:
     """Indexes, constraints and triggers, POST_DATA_JOBS at a time."""
     argv = _pg_restore(target, side, no_owner, f"--jobs={POST_DATA_JOBS}", "--section=post-data")
-    with engine_env(target, side) as env:
+    # each job sorts its index in memory up to this, not in temporary files (default 64MB)
+    with engine_env(target, side, {"maintenance_work_mem": target.restore_index_memory}) as env:
         # no timeout: an index build on a large table takes as long as it takes
         run([*argv, path], env, timeout=None, name=f"pg_restore --section=post-data {db}")
 
