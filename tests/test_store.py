@@ -252,3 +252,44 @@ def test_a_manifest_must_name_its_objects_in_its_own_folder_exactly(any_store, h
     with pytest.raises(IntegrityError, match=f"is not the manifest of backup {a.id}"):
         get_backup(store, a.id)
     assert [m.id for m in list_backups(store, "app-state")] == [b.id]
+
+
+def test_s3_parts_grow_so_a_long_stream_stays_under_the_part_limit(s3_store, s3_bucket, monkeypatch):
+    """S3 takes 10,000 parts at most: parts grow every PARTS_PER_STEP parts (here 2), the store
+    still confirms the composite checksum, and the object reads back whole."""
+    from tasks.storage.backends import s3
+
+    monkeypatch.setattr(s3, "PARTS_PER_STEP", 2)
+    store = s3_store(part_size_mib=5, compression="none")
+    data = os.urandom(40 * 1024 * 1024)
+    with backup_session(store, "app-state") as session:
+        session.write("big", [data[i : i + 1024 * 1024] for i in range(0, len(data), 1024 * 1024)])
+        manifest = session.commit()
+    bucket, client = s3_bucket
+    obj = manifest.object("big")
+    sizes = [
+        client.head_object(Bucket=bucket, Key=obj.key, PartNumber=n)["ContentLength"]
+        for n in range(
+            1, 1 + int(client.head_object(Bucket=bucket, Key=obj.key)["ETag"].strip('"').split("-")[1])
+        )
+    ]
+    mib = 1024 * 1024
+    assert sizes[:4] == [5 * mib, 5 * mib, 10 * mib, 10 * mib] and sum(sizes) == len(data)
+    assert b"".join(read_object(store, obj)) == data
+
+
+def test_s3_stream_past_the_part_limit_fails_clearly_and_leaves_nothing(s3_store, monkeypatch):
+    from tasks.errors import ConfigurationError
+    from tasks.storage.backends import s3
+
+    monkeypatch.setattr(s3, "MAX_PARTS", 2)
+    store = s3_store(part_size_mib=5, compression="none")
+    chunks = [os.urandom(1024 * 1024) for _ in range(16)]
+    with (
+        pytest.raises(ConfigurationError, match="part_size_mib"),
+        backup_session(store, "app-state") as session,
+    ):
+        session.write("big", chunks)
+    assert all_keys(store) == []
+    uploads = backend_for(store).client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])
+    assert uploads == []

@@ -23,6 +23,12 @@ from tasks.storage.backends import s3_lock
 from tasks.storage.backends.base import READ_CHUNK, Backend
 from tasks.storage.backends.s3_errors import error_code, s3_error, s3_errors
 
+# S3 takes at most 10,000 parts per upload, and a stream's size is unknown when it starts: the
+# part size grows by the block's part_size_mib every PARTS_PER_STEP parts (16 MiB parts reach
+# 1.6 TiB by part 10,000, then 320 MiB each), so a large database does not fail after hours
+# at part 10,001, and a small one keeps small parts (memory: max_concurrency parts in flight).
+MAX_PARTS = 10_000
+PARTS_PER_STEP = 500
 MAX_RESUMES = 5  # a download cut mid-body resumes this many times before it fails
 RESUME_DELAY = 0.1  # seconds before the first resume; doubles each time, at most 2 s
 log = logging.getLogger(__name__)
@@ -34,7 +40,8 @@ class _S3Writer:
     def __init__(self, backend: S3Backend, key: str, lock_until: datetime | None = None) -> None:
         self.b, self.key, self.lock_until = backend, key, lock_until
         self.part_size = backend.store.part_size_mib * 1024 * 1024
-        self._buf = bytearray()
+        self._pending: list[bytes] = []  # joined once per part: one copy of the bytes, not three
+        self._pending_size = 0
         self._parts: list[Future] = []
         self._pool = ThreadPoolExecutor(max_workers=backend.store.max_concurrency)
         self.upload_id: str | None = None
@@ -71,7 +78,15 @@ class _S3Writer:
             )
         return {"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": digest}
 
+    def _next_part_size(self) -> int:
+        return self.part_size * (1 + len(self._parts) // PARTS_PER_STEP)
+
     def _submit(self, data: bytes) -> None:
+        if len(self._parts) >= MAX_PARTS:
+            raise ConfigurationError(
+                f"s3://{self.b.bucket}/{self.key}: more than {MAX_PARTS} parts of up to "
+                f"{self._next_part_size() >> 20} MiB: raise the store block's part_size_mib"
+            )
         if self.upload_id is None:
             self._start()
         inflight = [f for f in self._parts if not f.done()]
@@ -83,17 +98,30 @@ class _S3Writer:
         self._parts.append(self._pool.submit(self._upload, len(self._parts) + 1, data))
 
     def write(self, data: bytes) -> None:
+        """Parts are at least the current part size (S3 wants 5 MiB for all but the last) and
+        less than twice it: the usual small writes are joined once, a large one is cut."""
         self.size += len(data)
-        self._buf += data
-        while len(self._buf) >= self.part_size:
-            self._submit(bytes(self._buf[: self.part_size]))
-            del self._buf[: self.part_size]
+        self._pending.append(bytes(data))
+        self._pending_size += len(data)
+        while self._pending_size >= (size := self._next_part_size()):
+            joined = self._take()
+            if len(joined) < 2 * size:
+                self._submit(joined)
+            else:
+                self._submit(joined[:size])
+                self._pending, self._pending_size = [joined[size:]], len(joined) - size
+
+    def _take(self) -> bytes:
+        data = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_size = 0
+        return data
 
     def commit(self) -> str | None:
         with s3_errors(self.b.bucket, self.key):
             try:
                 if self.upload_id is None:  # small object: one PUT
-                    data = bytes(self._buf)
+                    data = self._take()
                     resp = self.b.client.put_object(
                         Bucket=self.b.bucket,
                         Key=self.key,
@@ -106,9 +134,8 @@ class _S3Writer:
                     self._stored = True
                     self._confirm(resp.get("VersionId"), _b64sha256(data), None)
                     return self.b.check_lock(self.key, resp.get("VersionId"), self.lock_until)
-                if self._buf:
-                    self._submit(bytes(self._buf))
-                    self._buf.clear()
+                if self._pending:
+                    self._submit(self._take())
                 parts = [f.result() for f in self._parts]
                 resp = self.b.client.complete_multipart_upload(
                     Bucket=self.b.bucket,
