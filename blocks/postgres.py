@@ -54,6 +54,16 @@ class PostgresTarget(Block):
             raise ValueError(f"databases are listed twice: {names}")
         return names
 
+    @field_validator("restore_index_memory")
+    @classmethod
+    def _index_memory(cls, value: str) -> str:
+        # the server's own bounds (1MB .. 2147483647kB): refused here, not after a whole load
+        number, unit = int(value[:-2]), value[-2:]
+        kb = number * {"kB": 1, "MB": 1024, "GB": 1024 * 1024}[unit]
+        if not 1024 <= kb <= 2147483647:
+            raise ValueError(f"{value}: maintenance_work_mem takes 1MB to 2047GB")
+        return value
+
     @field_validator("maintenance_db")
     @classmethod
     def _maint(cls, name: str) -> str:

@@ -119,6 +119,8 @@ def _checked_restore(
         record.status = "restored"
     except Exception as exc:
         record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+        if getattr(exc, "target_untouched", False):  # the component knows it changed nothing
+            record.target_changed = False
         raise
     finally:
         record.finished_at = datetime.now(UTC)

@@ -24,6 +24,13 @@ class IntegrityError(BackupError):
     proves_damage = True
 
 
+def target_untouched(exc: BaseException) -> BaseException:
+    """Mark a restore's failure as raised before it changed its target (tasks/operations/restores.py:
+    a rollback then has nothing to undo, and must not put an older copy over newer writes)."""
+    exc.target_untouched = True  # type: ignore[attr-defined]
+    return exc
+
+
 def ambiguous_key_error(message: str) -> IntegrityError:
     exc = IntegrityError(message)
     exc.proves_damage = False

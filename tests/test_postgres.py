@@ -275,14 +275,18 @@ def test_drill_restores_aside_verifies_and_always_drops(sample, local_store):
     assert result["verified"] is True
     assert result["checks"][db]["fingerprint_equal"] is True
     assert result["checks"][db]["rows"] == 400
+    assert set(result["checks"][db]["seconds"]) == {"load", "fingerprint+post_data"}  # the RTO's parts
     assert db_names(target) == before
 
-    obj = manifest.object(manifest.engine["databases"][db]["object"])
-    path = Path(store.path) / obj.key
-    path.write_bytes(path.read_bytes()[:-10])
-    with pytest.raises(IntegrityError):
-        pg.drill(target, manifest, store, "d2")
-    assert db_names(target) == before
+    # every object is checked: the streamed ones as they load, globals (not applied) on its own
+    for name in (manifest.engine["databases"][db]["object"], "globals.sql"):
+        path = Path(store.path) / manifest.object(name).key
+        good = path.read_bytes()
+        path.write_bytes(good[:-10])
+        with pytest.raises(IntegrityError):
+            pg.drill(target, manifest, store, "d2")
+        assert db_names(target) == before
+        path.write_bytes(good)
 
 
 def test_describe_current_state_and_verify(sample, local_store):

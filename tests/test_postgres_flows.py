@@ -278,3 +278,45 @@ def test_demo_flow_backs_up_a_sample_and_restores_it_aside(prefect_server, postg
         assert scalar(target, db + "_restored", "SELECT count(*) FROM functions") == 1000
     finally:
         drop(target, db, db + "_restored")
+
+
+def test_a_restore_that_fails_before_the_cut_over_says_so_and_refuses_a_rollback(
+    prefect_server, postgres, local_store
+):
+    """The load fails (a table's owner role is gone from the server): the side database is
+    dropped, the target is as it was, the record says the target was not changed, and a
+    rollback (which would put the safety backup over writes made since) is refused."""
+    from flows.recovery import restore_with_checklist, rollback_restore
+    from tasks.errors import BadInput
+    from tasks.operations.restores import load_restore_record, safety_mark
+    from tasks.storage.backends import backend_for
+
+    db, role = new_name(), f"gone_{secrets.token_hex(3)}"
+    admin_target = target_for(postgres)
+    make_db(admin_target, db)
+    target = target_for(postgres, databases=[db])
+    store = local_store()
+    try:
+        exec_in(admin_target, db, f"CREATE ROLE {role}; ALTER TABLE app.items OWNER TO {role}")
+        backup_component("postgres", target=target, store=store)
+        exec_in(admin_target, db, f"REASSIGN OWNED BY {role} TO postgres; DROP OWNED BY {role}")
+        exec_in(admin_target, "postgres", f"DROP ROLE {role}")
+        exec_in(target, db, "DELETE FROM app.items WHERE id > 10")  # the state now, kept as it is
+        now = state(target, db)
+        before = db_names(admin_target)
+
+        run = restore_with_checklist("postgres", target=target, store=store, return_state=True)
+        assert run.is_failed()
+        keys = [k for k in backend_for(store).list_keys(store.prefix) if k.endswith("/record.json")]
+        assert len(keys) == 1
+        record = load_restore_record(store, keys[0].split("/")[-2])
+        assert record.status == "failed" and record.target_changed is False
+        assert role in (record.error or "")
+        assert state(target, db) == now and db_names(admin_target) == before  # side database gone
+        assert "failed before it changed anything" in safety_mark(store, record.safety_backup_id)["note"]
+        with pytest.raises(BadInput, match="failed before it changed postgres"):
+            rollback_restore(record.id, target=target, store=store)
+        assert state(target, db) == now
+    finally:
+        exec_in(admin_target, "postgres", f"DROP ROLE IF EXISTS {role}")
+        drop(admin_target, db, *_asides_of(admin_target, db))

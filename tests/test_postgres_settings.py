@@ -219,3 +219,30 @@ def test_a_password_with_colons_backslashes_and_quotes_reaches_every_engine(post
         drop(admin_target, db)
         with admin(admin_target) as conn:
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(user)))
+
+
+def test_index_builds_get_the_target_blocks_memory_and_bad_values_are_refused_up_front(postgres):
+    """The post-data build's sessions sort with restore_index_memory (the server's default 64MB
+    spills a large index to disk); a value the server would refuse is refused by the block."""
+    import subprocess
+
+    from pydantic import ValidationError
+
+    from blocks.postgres import PostgresTarget
+    from tasks.components.postgres.common import engine_env, tool
+
+    target = target_for(postgres).model_copy(update={"restore_index_memory": "300MB"})
+    with engine_env(target, "postgres", {"maintenance_work_mem": target.restore_index_memory}) as env:
+        full = {**os.environ, **{k: v for k, v in env.items() if v is not None}}
+        full.pop("PGPASSWORD", None)
+        shown = subprocess.run(
+            [tool(target, "psql"), "-X", "-At", "-c", "SHOW maintenance_work_mem"],
+            env=full,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    assert shown == "300MB"
+    for bad in ("512kB", "3000GB", "0MB", "12 MB", "1TB"):
+        with pytest.raises(ValidationError, match="restore_index_memory"):
+            PostgresTarget(restore_index_memory=bad)

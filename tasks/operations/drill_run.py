@@ -98,8 +98,11 @@ def drill_component(
         result.reason = f"{type(exc).__name__}: {exc}"
         report = None
     finally:
+        result.rto_phases["restore"] = _since(result.restore_started)
+        cleanup_from = datetime.now(UTC)
         try:
             drill_cleanup_task(name, target, drill_id)
+            result.rto_phases["cleanup"] = _since(cleanup_from)
         except Exception as exc:
             result.status, report = Status.failed, None
             result.reason = (result.reason + "; " if result.reason else "") + f"cleanup failed: {exc}"
@@ -117,7 +120,9 @@ def drill_component(
         elif not report.get("verified"):
             result.reason = report.get("reason") or "the drill hook did not verify the restore"
         else:
+            checked_from = datetime.now(UTC)
             result.health = [run_health_check(c, drill_id) for c in checks if c.component == name]
+            result.rto_phases["health checks"] = _since(checked_from)
             bad = [h for h in result.health if not h.ok]
             if bad:
                 result.reason = "health checks failed: " + "; ".join(f"{h.name}: {h.detail}" for h in bad)
@@ -139,6 +144,10 @@ def drill_component(
             result.status, result.verified_at, result.rto_seconds = Status.failed, None, None
             result.reason = "production changed during the drill (describe_current_state before != after)"
     return result
+
+
+def _since(start: datetime) -> float:
+    return round((datetime.now(UTC) - start).total_seconds(), 2)
 
 
 def drill_verdict(record: DrillRecord, rto_target_minutes: float) -> list[str]:

@@ -62,6 +62,11 @@ class RestoreRecord(BaseModel):
     )
     report: dict[str, Any] | None = None
     error: str | None = None
+    target_changed: bool | None = Field(
+        default=None,
+        description="False: the restore failed before it changed the target (nothing to roll back); "
+        "None: the component cannot tell",
+    )
     rolls_back: str | None = Field(default=None, description="for a rollback: the restore it undoes")
     rolled_back_at: AwareDatetime | None = None
     rolled_back_by: str | None = Field(default=None, description="the rollback's own restore id")
@@ -159,7 +164,14 @@ def finish(store: StoreBlock, record: RestoreRecord) -> None:
         record_run("restore", record.component, record.status == "restored", record.duration_seconds or 0.0)
 
 
+def untouched(record: RestoreRecord) -> bool:
+    """A failed restore whose component says the target was never changed."""
+    return record.status == "failed" and record.target_changed is False
+
+
 def _safety_note(record: RestoreRecord) -> str:
+    if untouched(record):
+        return f"restore {record.id} failed before it changed anything: nothing to roll back"
     if record.status in CHANGED:
         return f"the state before restore {record.id}: roll back with rollback_restore('{record.id}')"
     return f"restore {record.id} was {record.status} before it changed anything: nothing to roll back"
@@ -168,6 +180,11 @@ def _safety_note(record: RestoreRecord) -> str:
 def next_step(record: RestoreRecord) -> str:
     if record.status == "restored" and record.safety_backup_id:
         return f"To undo it: `rollback_restore(restore_id='{record.id}')`."
+    if untouched(record):
+        return (
+            f"The restore failed before it changed {record.component}: the target is as it was. "
+            "Fix the cause above and run the restore again; there is nothing to roll back."
+        )
     if record.status == "failed" and record.safety_backup_id:
         return (
             f"The target may be part-way: check it; `rollback_restore(restore_id='{record.id}')` "
@@ -184,6 +201,11 @@ def check_rollback_allowed(record: RestoreRecord) -> None:
         raise BadInput(
             f"restore {record.id} is '{record.status}': it replaced nothing, so there is nothing to "
             "roll back; the current data stays as it is"
+        )
+    if untouched(record):
+        raise BadInput(
+            f"restore {record.id} failed before it changed {record.component}: the target is as it "
+            "was, and putting the safety backup back would only undo writes made since; nothing was done"
         )
     if not record.safety_backup_id:
         raise BadInput(

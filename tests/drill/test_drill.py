@@ -86,6 +86,10 @@ def test_rto_and_rpo_match_the_timestamps_of_the_runs(local_store, prod, drill_t
     app = record.component("app-state")
     assert app.backup_id == backups[-1].id
     assert app.rto_seconds == (app.verified_at - app.restore_started).total_seconds() > 0
+    # where the RTO went: the restore (checked), the cleanup and the health checks, within the RTO
+    assert set(app.rto_phases) == {"restore", "cleanup", "health checks"}
+    assert 0 < sum(app.rto_phases.values()) <= app.rto_seconds + 0.02
+    assert f"{app.component}: restore " in drill_report_text(record)
     assert record.rto_seconds == app.rto_seconds  # one component, no drill-wide checks
     assert app.restore_started >= record.started_at and app.verified_at <= record.finished_at
     assert app.rpo_age_seconds == (record.started_at - backups[-1].source_time).total_seconds()

@@ -27,7 +27,7 @@ from tasks.components.postgres.common import (
 )
 from tasks.components.postgres.cutover import swap
 from tasks.components.postgres.dump import GLOBALS, GLOBALS_MAX
-from tasks.errors import BadInput, ComponentFailed, IntegrityError
+from tasks.errors import BadInput, ComponentFailed, IntegrityError, target_untouched
 from tasks.models import Manifest
 from tasks.proc import feed_stdin
 from tasks.storage.session import read_object, verify_object
@@ -217,36 +217,44 @@ def restore(
     needed = [manifest.object(facts[d][p]) for d in plan for p in parts if p in facts[d]]
     if with_globals:
         needed.insert(0, manifest.object(GLOBALS))
-    if with_globals or options.quiesce_namespace:  # these change the live server before the load
-        for obj in needed:
-            verify_object(store, obj)
-    with admin(target) as conn:  # reachable, password right: before quiescing anything
-        version = server_version(conn)
-    report: dict[str, Any] = {"server_version": version, "databases": {}}
-    sides: dict[str, str] = {}
-    with _quiesced(options) as replicas:
-        if replicas is not None:
-            report["quiesced"] = {"namespace": options.quiesce_namespace, "replicas": replicas}
-        if with_globals:
-            report["globals"] = _apply_globals(target, manifest, store)
-        try:
-            for db, name in plan.items():
-                side = aside_name(name, "restore")
-                report["databases"][name] = {
-                    "from": db,
-                    **restore_aside(target, manifest, store, db, side, options.no_owner),
-                }
-                sides[name] = side
-        except BaseException:
-            with admin(target) as conn:
-                for side in sides.values():
-                    drop_database(conn, side)
-            raise
-        if not options.cut_over:
-            for name, side in sides.items():
-                report["databases"][name]["restored_aside_as"] = side
-            return report
-        _cut_over_all(target, sides, report)
+    changed = False  # the live server changes with the roles (globals) or at the cut-over
+    try:
+        if with_globals or options.quiesce_namespace:  # these change the live server before the load
+            for obj in needed:
+                verify_object(store, obj)
+        with admin(target) as conn:  # reachable, password right: before quiescing anything
+            version = server_version(conn)
+        report: dict[str, Any] = {"server_version": version, "databases": {}}
+        sides: dict[str, str] = {}
+        with _quiesced(options) as replicas:
+            if replicas is not None:
+                report["quiesced"] = {"namespace": options.quiesce_namespace, "replicas": replicas}
+            if with_globals:
+                changed = True
+                report["globals"] = _apply_globals(target, manifest, store)
+            try:
+                for db, name in plan.items():
+                    side = aside_name(name, "restore")
+                    report["databases"][name] = {
+                        "from": db,
+                        **restore_aside(target, manifest, store, db, side, options.no_owner),
+                    }
+                    sides[name] = side
+            except BaseException:
+                with admin(target) as conn:
+                    for side in sides.values():
+                        drop_database(conn, side)
+                raise
+            if not options.cut_over:
+                for name, side in sides.items():
+                    report["databases"][name]["restored_aside_as"] = side
+                return report
+            changed = True
+            _cut_over_all(target, sides, report)
+    except BaseException as exc:
+        if not changed:  # every side database is gone and nothing else was touched
+            target_untouched(exc)
+        raise
     return report
 
 
