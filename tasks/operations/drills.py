@@ -226,7 +226,8 @@ def drill_report_text(result: DrillRecord | dict[str, Any]) -> str:
         f"RPO {duration(rec.rpo_seconds)}, worst gap {duration(rec.worst_gap_seconds)} "
         f"(target < {rec.rpo_target_hours:g} h)"
     )
-    lines += [f"{c.component}: {rto_phases_text(c)}" for c in rec.components if c.rto_phases]
+    phases = [f"  {c.component}: {rto_phases_text(c)}" for c in rec.components if c.rto_phases]
+    lines += ["Where the RTO went:", *phases] if phases else []
     for check in rec.health:
         lines.append(f"health check {check.name}: {'ok' if check.ok else 'FAILED'} ({check.detail})")
     lines += [f"FAILED: {f}" for f in rec.failures]
