@@ -11,7 +11,9 @@ from pydantic import BaseModel, Field
 
 from tasks.errors import NotFound
 
-TABLE_PATH = Path(__file__).resolve().parent.parent / "backup-table.yaml"
+# The table users edit is the repository's backup-table.yaml; tasks/backup-table.yaml links to it,
+# so an installed wheel (which holds packages, not the repository's root) carries it as package data.
+TABLE_PATH = Path(__file__).resolve().parent / "backup-table.yaml"
 
 
 class Policy(BaseModel):

@@ -96,3 +96,34 @@ def test_the_image_debian_packages_resolve_in_bookworm():
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:] + out.stdout[-2000:]
+
+
+def test_an_installed_wheel_carries_the_backup_table(tmp_path):
+    """The schedules and retentions (backup-table.yaml, at the repository's root) travel in the
+    wheel as package data: a non-editable install has no repository root to read them from."""
+    import sys
+    import zipfile
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "backup-table.yaml", "blocks", "tasks", "flows"):
+        path = spec.ROOT / name
+        if path.is_dir():
+            shutil.copytree(path, src / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(path, src / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"), str(src)],
+        check=True,
+        timeout=300,
+    )
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    assert not (site / "backup-table.yaml").exists()  # only packages: the root's copy is not there
+    code = "import tasks.table as t; print(sorted(t.backup_table()))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=site, env={"PYTHONPATH": str(site)}, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == str(sorted(spec.backup_table()))
