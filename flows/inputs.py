@@ -8,6 +8,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from blocks.names import object_name_problem
 from tasks.components.registry import SPECS, ComponentName
 from tasks.errors import BadInput
 from tasks.models import KIND_LABEL, kind_label
@@ -87,3 +88,16 @@ def user_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
     if KIND_LABEL in given:
         given[KIND_LABEL] = kind_label(given[KIND_LABEL])
     return given
+
+
+def object_names(name: str, values: list[str] | None) -> list[str] | None:
+    """Names of a backup's objects, as its manifest lists them: each one checked, none empty."""
+    if values is None:
+        return None
+    for value in values:
+        if not isinstance(value, str) or (problem := object_name_problem(value)):
+            raise BadInput(
+                f"{name}: {value!r} cannot be an object of a backup ({problem or 'not text'}); "
+                "pass the names its manifest lists (klb backups describe ID)"
+            )
+    return list(values)

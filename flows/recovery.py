@@ -22,7 +22,7 @@ from pydantic import AwareDatetime
 from blocks.restore_guard import RestoreGuard
 from blocks.store import StoreBlock
 from flows.common import StoreRef, TargetBlock, TargetRef, load_store
-from flows.inputs import component_names, per_component
+from flows.inputs import component_names, object_names, per_component
 from flows.locks import component_lock
 from tasks.components.registry import ComponentName, load_target
 from tasks.errors import BadInput
@@ -190,6 +190,7 @@ def restore_with_checklist(
     # checked before anything (no safety backup, no record): a typo is refused, never found only
     # after the approval, and what is approved is exactly what runs (the form shows them)
     opts = restore_options(component, options)
+    required_objects = object_names("required_objects", required_objects)
     store_block = load_store(store)
     guard_block = load_guard(guard)
     manifest = get_backup(store_block, backup_id, component)

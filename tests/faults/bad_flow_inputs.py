@@ -14,7 +14,7 @@ from flows.drill import restore_drill
 from flows.maintenance import enforce_retention
 from flows.pitr import pitr_kubernetes, pitr_postgres
 from flows.postgres import cleanup_postgres_rollbacks
-from flows.recovery import restore_plan, rollback_restore
+from flows.recovery import restore_plan, restore_with_checklist, rollback_restore
 from flows.scenarios import data_corruption, full_cluster_restore
 
 FORGED_RP = "recovery-point-20990101T000000Z-abcdef"
@@ -154,6 +154,25 @@ FLOW_INPUTS = [
         lambda w: data_corruption(namespace="shop", pvcs=[], store=w.store, return_state=True),
         "BadInput",
         "pvcs=[] names no PVC",
+    ),
+    Bad(
+        "checklist-empty-required-object",
+        "restore_with_checklist(required_objects=['']) (was: refused only after reading the backup, "
+        "leaving a 'refused' restore record)",
+        lambda w: restore_with_checklist(
+            "app-state", target=w.target, store=w.store, required_objects=[""], return_state=True
+        ),
+        "BadInput",
+        "required_objects: '' cannot be an object of a backup",
+    ),
+    Bad(
+        "checklist-path-required-object",
+        "restore_with_checklist(required_objects=['../x'])",
+        lambda w: restore_with_checklist(
+            "app-state", target=w.target, store=w.store, required_objects=["../x"], return_state=True
+        ),
+        "BadInput",
+        "required_objects: '../x' cannot be an object of a backup",
     ),
     Bad(
         "rollback-backup-id-as-restore-id",
