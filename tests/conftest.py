@@ -1,13 +1,19 @@
 """Session-wide real services: each starts once, on loopback, and stops at the end.
 
 A service that cannot start fails the tests that need it, with how to get it.
+Under pytest-xdist (scripts/test.sh runs the suite on several workers) every worker is its own
+session: its own servers, Prefect server, store directory and temp directory. The one thing the
+workers share is the machine's RabbitMQ, which `_rabbitmq_sharing` arbitrates.
 """
 
 from __future__ import annotations
 
+import atexit
+import fcntl
 import os
 import secrets
 import shutil
+import tempfile
 
 import pytest
 
@@ -20,6 +26,16 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 os.environ.setdefault("KLB_COMPONENT_LOCK_WAIT_SECONDS", "120")
 # backups retry transient failures after minutes in production; tests that want it say so
 os.environ.setdefault("KLB_BACKUP_RETRIES", "0")
+# Each xdist worker gets its own temp directory, so a test that checks it left no temp files
+# behind does not see another worker's. Like /tmp, anyone may use it (the PostgreSQL servers run
+# as `postgres` and read their credential files from it); removed when the worker exits, after
+# Prefect's test harness has removed its own (atexit runs last-registered first).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _worker_tmp = tempfile.mkdtemp(prefix=f"klb-{os.environ['PYTEST_XDIST_WORKER']}-")
+    os.chmod(_worker_tmp, 0o1777)
+    atexit.register(shutil.rmtree, _worker_tmp, ignore_errors=True)
+    os.environ["TMPDIR"] = _worker_tmp
+    tempfile.tempdir = None
 
 
 def _start(request, starter, *args, **kwargs) -> services.Service:
@@ -73,6 +89,22 @@ def pushgateway(request) -> services.Service:
 @pytest.fixture(scope="session")
 def rabbitmq(request) -> services.Service:
     return _start(request, services.rabbitmq_management)
+
+
+@pytest.fixture(autouse=True)
+def _rabbitmq_sharing(request):
+    """Tests on the machine's broker work in vhosts of their own and may run side by side; a test
+    marked `broker_wide` (it restores the whole broker, bringing back every vhost it backed up, or
+    checks that no drill vhost is left on it) runs alone on it: one lock file, shared by the xdist
+    workers, taken shared or exclusive."""
+    exclusive = request.node.get_closest_marker("broker_wide") is not None
+    if not exclusive and "rabbitmq" not in request.fixturenames:
+        yield
+        return
+    services.RUN_DIR.mkdir(parents=True, exist_ok=True)
+    with open(services.RUN_DIR / "rabbitmq-tests.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)  # released on close
+        yield
 
 
 @pytest.fixture(scope="session")

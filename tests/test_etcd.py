@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import re
 import stat
 import subprocess
 import tempfile
@@ -23,6 +24,7 @@ from tasks.storage.backends import backend_for
 from tasks.storage.catalog import list_backups
 from tasks.storage.session import backup_session
 from tasks.verbs import backup_task, restore_task, verify_task
+from tests.procs import descendants
 
 
 def b64(text: str) -> str:
@@ -59,9 +61,10 @@ def target(etcd) -> EtcdTarget:
     return EtcdTarget(endpoints=[etcd.url])
 
 
-def etcd_procs() -> set[str]:
-    out = subprocess.run(["pgrep", "-f", "klb-verify|klb-drill"], capture_output=True, text=True).stdout
-    return set(out.split())
+def etcd_procs() -> set[int]:
+    """This test's throwaway etcd members still running (their names say klb-verify/klb-drill)."""
+    ours = descendants().items()
+    return {pid for pid, argv in ours if re.search(rb"klb-verify|klb-drill", b" ".join(argv))}
 
 
 def test_hundred_keys_back_up_delete_restore_into_new_data_dir(etcd, target, any_store):

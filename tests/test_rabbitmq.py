@@ -241,6 +241,7 @@ def test_backup_and_restore_through_the_prefect_flows(prefect_server, api, vhost
     assert definitions(api, vhost) == before
 
 
+@pytest.mark.broker_wide  # brings back every vhost it backed up, other tests' included
 def test_whole_broker_restore_brings_back_vhost_user_password_and_permissions(
     api, vhost, rabbitmq, local_store
 ):

@@ -3,38 +3,22 @@ app state) and the emulated Kubernetes API: the same sample systems as the demo.
 
 from __future__ import annotations
 
-import os
 from contextlib import ExitStack
-from pathlib import Path
 
 import psycopg
+import pytest
 
 from flows.backup import backup_all
 from flows.drill import restore_drill
 from sandbox.samples import DEMO_SETUPS
 from tasks.components.kubernetes import api as kube
 from tasks.operations.drills import Status
+from tests.procs import descendants
 
 
 def _etcd_processes() -> set[int]:
     """etcd members started by this test process (another run on the machine has its own)."""
-    parent, argvs = {}, {}
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            argvs[int(proc.name)] = (proc / "cmdline").read_bytes().split(b"\0")
-            parent[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-
-    def ours(pid: int) -> bool:
-        while pid > 1:
-            pid = parent.get(pid, 0)
-            if pid == os.getpid():
-                return True
-        return False
-
-    members = {pid for pid, argv in argvs.items() if argv[0].endswith(b"etcd") and b"--data-dir" in argv}
-    return {pid for pid in members if ours(pid)}
+    return {pid for pid, argv in descendants().items() if argv[0].endswith(b"etcd") and b"--data-dir" in argv}
 
 
 def _drill_leftovers(targets: dict) -> dict[str, list[str]]:
@@ -50,6 +34,7 @@ def _drill_leftovers(targets: dict) -> dict[str, list[str]]:
     return {"databases": databases, "vhosts": vhosts, "namespaces": namespaces}
 
 
+@pytest.mark.broker_wide  # checks that no drill vhost is left on the machine's broker
 def test_drill_over_every_component_restores_into_isolation_and_leaves_nothing_behind(
     prefect_server, local_store, tmp_path, drill_tmp
 ):
