@@ -24,8 +24,8 @@ from tasks.storage.backends.base import READ_CHUNK, Backend
 from tasks.storage.backends.s3_errors import error_code, s3_error, s3_errors
 
 # S3 takes at most 10,000 parts per upload, and a stream's size is unknown when it starts: the
-# part size grows by the block's part_size_mib every PARTS_PER_STEP parts (16 MiB parts reach
-# 1.6 TiB by part 10,000, then 320 MiB each), so a large database does not fail after hours
+# part size grows by the block's part_size_mib every PARTS_PER_STEP parts (16 MiB parts grow to
+# 320 MiB, and 10,000 of them hold 1.6 TiB), so a large database does not fail after hours
 # at part 10,001, and a small one keeps small parts (memory: max_concurrency parts in flight).
 MAX_PARTS = 10_000
 PARTS_PER_STEP = 500
