@@ -9,6 +9,7 @@ from datetime import datetime
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
+from prefect.runtime import deployment
 from prefect.runtime import flow_run as current_run
 from pydantic import BaseModel
 
@@ -52,13 +53,10 @@ class BackupResult(BaseModel):
 
 def _kind_of_this_run() -> BackupKind:
     """scheduled when a deployment's schedule started this run, on-demand otherwise."""
-    from prefect.client.orchestration import get_client
-    from prefect.runtime import flow_run
-
     try:
-        if flow_run.id and flow_run.deployment_id:
+        if current_run.id and deployment.id:  # a run of a deployment (flow_run has no deployment_id)
             with get_client(sync_client=True) as client:
-                if client.read_flow_run(flow_run.id).auto_scheduled:
+                if client.read_flow_run(current_run.id).auto_scheduled:
                     return BackupKind.scheduled
     except Exception as exc:  # the kind is a label: never fail a backup over it
         get_run_logger().warning("could not tell whether a schedule started this run: %s", exc)

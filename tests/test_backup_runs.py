@@ -56,3 +56,48 @@ def test_a_transient_failure_is_retried_within_the_run(prefect_server, local_sto
     finally:
         holder.join()
     assert result.verified
+
+
+def test_a_run_the_schedule_made_is_labelled_scheduled_and_one_asked_for_is_on_demand(
+    prefect_server, local_store, tmp_path, caplog
+):
+    """The deployment's schedule makes auto-scheduled runs (here a backfill through the server's
+    own scheduling endpoint); a run asked for by hand is on-demand. Each backup says which."""
+    from datetime import UTC, datetime, timedelta
+
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.client.schemas.schedules import IntervalSchedule
+    from prefect.flow_engine import run_flow
+
+    store, target = local_store(), _target(tmp_path)
+    deployment_id = backup_component.to_deployment(
+        name=f"kinds-{time.monotonic_ns()}",
+        schedule=IntervalSchedule(interval=timedelta(hours=1)),
+        parameters={"component": "app-state"},
+    ).apply()
+    now = datetime.now(UTC)
+    with get_client(sync_client=True) as client:
+        client.request(
+            "POST",
+            "/deployments/{id}/schedule",
+            path_params={"id": deployment_id},
+            json={
+                "start_time": (now - timedelta(hours=3)).isoformat(),
+                "end_time": now.isoformat(),
+                "max_runs": 1,
+            },
+        )
+        mine = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+        [scheduled] = client.read_flow_runs(deployment_filter=mine)  # the backfill, made by the schedule
+        assert scheduled.deployment_id == deployment_id and scheduled.auto_scheduled
+        by_hand = client.create_flow_run_from_deployment(deployment_id)
+    kinds = {}
+    for run in (scheduled, by_hand):
+        result = run_flow(
+            backup_component,
+            flow_run=run,
+            parameters={"component": "app-state", "target": target, "store": store},
+        )
+        kinds[run.id] = get_backup(store, result.id).labels["kind"]
+    assert kinds == {scheduled.id: "scheduled", by_hand.id: "on-demand"}
+    assert "could not tell whether a schedule started this run" not in caplog.text
