@@ -19,7 +19,7 @@ import os
 import shlex
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -119,14 +119,12 @@ def wal_spool(
     credentials: Path,
     first_segment: str | None,
     owner: str | None,
-) -> Iterator[Callable[[], str]]:
-    """Start the fetcher; yield a function that returns the restore_command to configure once
-    the fetcher knows what it will fetch. Entered before the base backup streams in, so the
-    fetcher starts and lists the archive meanwhile, not after. The fetcher is stopped and the
-    spool removed on exit. An engine other than barman-cloud gets its own command."""
+) -> Iterator[str]:
+    """Start the fetcher; yield the restore_command to configure. The fetcher is stopped and
+    the spool removed on exit. An engine other than barman-cloud gets its own command."""
     fallback = engine.restore_command(target, credentials)  # type: ignore[attr-defined]
     if not isinstance(engine, BarmanCloud) or not first_segment:
-        yield lambda: fallback
+        yield fallback
         return
     spool = root / "wal-spool"
     spool.mkdir(mode=0o700)
@@ -165,13 +163,9 @@ def wal_spool(
         fetcher = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
             argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, env=env
         )
-
-    def restore_command() -> str:
-        _wait_for_plan(spool, fetcher, fetcher_log)
-        return f"sh {shlex.quote(str(script))} %f %p"
-
     try:
-        yield restore_command
+        _wait_for_plan(spool, fetcher, fetcher_log)
+        yield f"sh {shlex.quote(str(script))} %f %p"
     finally:
         with contextlib.suppress(OSError):
             fetcher.stdin.close()  # the fetcher exits on EOF

@@ -196,13 +196,6 @@ def recover(
     started = False
     spool = contextlib.ExitStack()  # the WAL prefetcher, while recovery replays
     try:
-        # the WAL fetcher starts (and lists the archive) while the base backup streams in
-        write_credentials_file(target, creds, user if as_user else None)
-        restore_command = spool.enter_context(
-            wal_spool(
-                engine, target, root, creds, manifest.engine.get("first_segment"), user if as_user else None
-            )
-        )
         # the stream is checked (sha256) at its end, before anything is started from it
         feed_stdin(
             [*as_user, "tar", "-x", "-f", "-", "-C", str(data)],
@@ -212,7 +205,13 @@ def recover(
         )
         if manifest.engine.get("pg_manifest"):
             run([*as_user, str(bindir / "pg_verifybackup"), str(data)], timeout=options.timeout_seconds)
-        settings = _recovery_settings(goal, restore_command(), port, sock)
+        write_credentials_file(target, creds, user if as_user else None)
+        command = spool.enter_context(
+            wal_spool(
+                engine, target, root, creds, manifest.engine.get("first_segment"), user if as_user else None
+            )
+        )
+        settings = _recovery_settings(goal, command, port, sock)
         if not (data / "postgresql.conf").exists():  # Debian keeps it in /etc: the data dir has none
             (data / "postgresql.conf").touch()
         with open(data / "postgresql.auto.conf", "a") as fh:
