@@ -17,7 +17,11 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.pg_bench import GENERATE, ROOT, ROWS_PER_SCALE, run_measured
 
@@ -119,6 +123,72 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class ArchivingCluster:
+    """A throwaway PostgreSQL cluster archiving its WAL (barman-cloud) into a moto bucket, with
+    the bench table generated and its WAL switched out."""
+
+    moto: Any
+    bucket: str
+    password: str
+    fields: dict[str, Any]  # PitrTarget's fields, the S3 keys and the cluster's port included
+    src: Any
+    work: Path
+    rows: int
+
+    @property
+    def bindir(self) -> str:
+        return str(self.src.extra["bindir"])
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PGPASSWORD": self.password}
+
+    def target(self):
+        from blocks.pitr import PitrTarget
+
+        return PitrTarget(password=self.password, **self.fields)
+
+
+@contextmanager
+def archiving_cluster(name: str, scale: float) -> Iterator[ArchivingCluster]:
+    """Start moto and the cluster, generate `scale` of the bench table; stop and remove both after."""
+    from blocks.pitr import PitrTarget
+    from sandbox import services
+    from sandbox.s3 import make_bucket
+    from tasks.components.postgres_pitr.engines import BarmanCloud, write_credentials_file
+
+    password, bucket = secrets.token_hex(16), name
+    moto = services.start_moto()
+    make_bucket(moto.url, bucket)
+    fields = {"host": "127.0.0.1", "port": 1, "user": "postgres", "server_name": "pg",
+              "archive_url": f"s3://{bucket}/pitr", "endpoint_url": moto.url, "region": "us-west-2",
+              "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}  # fmt: skip
+    work = services.session_dir(name)
+    shutil.chown(work, "postgres")
+    archiver = PitrTarget(password=password, **fields)
+    archive = BarmanCloud().archive_command(
+        archiver, write_credentials_file(archiver, work / "credentials", "postgres")
+    )
+    conf = {"archive_mode": "on", "archive_command": "'" + archive.replace("'", "''") + "'"}
+    src = services.start_postgres(password, f"{name}-src", extra_conf=conf)
+    try:
+        rows = max(1000, int(ROWS_PER_SCALE * scale))
+        cluster = ArchivingCluster(moto, bucket, password, {**fields, "port": src.port}, src, work, rows)
+        bindir, env = cluster.bindir, cluster.env
+        services.wait_until(lambda: _psql(bindir, src.port, env, "select 1") == "1", 60, f"{name} cluster")
+        _psql(bindir, src.port, env, GENERATE % rows)
+        _switch_and_wait(bindir, src.port, env)
+        size = int(_psql(bindir, src.port, env, "select pg_database_size('postgres')"))
+        print(f"generated {rows} rows, database {size / 2**20:.0f} MiB")
+        yield cluster
+    finally:
+        src.stop()
+        moto.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(src.workdir.parent, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -141,46 +211,13 @@ def main() -> None:
         child(args.child, json.loads(args.spec))
         return
 
-    from blocks.pitr import PitrTarget
-    from sandbox import services
-    from sandbox.s3 import make_bucket
-    from tasks.components.postgres_pitr.engines import BarmanCloud, write_credentials_file
+    from tasks.components.postgres_pitr.engines import BarmanCloud
 
-    password = secrets.token_hex(16)
-    moto = services.start_moto()
-    bucket = "pitr-bench"
-    make_bucket(moto.url, bucket)
-    fields = {
-        "host": "127.0.0.1",
-        "port": 1,
-        "user": "postgres",
-        "server_name": "pg",
-        "archive_url": f"s3://{bucket}/pitr",
-        "endpoint_url": moto.url,
-        "region": "us-west-2",
-    }
-    keys = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-    target = PitrTarget(password=password, **fields, **keys)
-    work = services.session_dir("pitr-bench")
-    shutil.chown(work, "postgres")
-    creds = write_credentials_file(target, work / "credentials", "postgres")
-    archive = BarmanCloud().archive_command(target, creds)
-    src = services.start_postgres(
-        password,
-        "pitr-bench-src",
-        extra_conf={"archive_mode": "on", "archive_command": "'" + archive.replace("'", "''") + "'"},
-    )
     results: dict[str, dict] = {}
-    try:
-        bindir = str(src.extra["bindir"])
-        env = {**os.environ, "PGPASSWORD": password}
-        services.wait_until(lambda: _psql(bindir, src.port, env, "select 1") == "1", 60, "PITR bench cluster")
-        rows = max(1000, int(ROWS_PER_SCALE * args.scale))
-        _psql(bindir, src.port, env, GENERATE % rows)
-        _switch_and_wait(bindir, src.port, env)
-        size = int(_psql(bindir, src.port, env, "select pg_database_size('postgres')"))
-        print(f"generated {rows} rows, database {size / 2**20:.0f} MiB")
-
+    with archiving_cluster("pitr-bench", args.scale) as cluster:
+        moto, bucket, password, src = cluster.moto, cluster.bucket, cluster.password, cluster.src
+        work, bindir, env, rows = cluster.work, cluster.bindir, cluster.env, cluster.rows
+        target = cluster.target()
         base_tar = work / "floor-base"
         pg_env = {**env, "PGHOST": "127.0.0.1", "PGPORT": str(src.port), "PGUSER": "postgres"}
         basebackup = [
@@ -195,7 +232,7 @@ def main() -> None:
         secs, rss = run_measured([basebackup], pg_env)
         results["floor: pg_basebackup -Ft -X fetch to local disk"] = {"s": secs, "rss": rss}
 
-        spec = {"moto": moto.url, "bucket": bucket, "target": {**fields, **keys, "port": src.port}}
+        spec = {"moto": moto.url, "bucket": bucket, "target": cluster.fields}
         ours_env = {**os.environ, "KLB_BENCH_PGPASSWORD": password, "PYTHONPATH": str(ROOT)}
         me = [sys.executable, "-m", "bench.pitr_bench"]
         out = work / "ours.json"
@@ -241,11 +278,6 @@ def main() -> None:
             "detail": f"{secs:.1f} s with interpreter start and imports; {rec['spool']} segments from "
             f"the spool; fallback: {rec['wal_restored']['fallback']}",
         }
-    finally:
-        src.stop()
-        moto.stop()
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(src.workdir.parent, ignore_errors=True)
 
     floor_b = results["floor: pg_basebackup -Ft -X fetch to local disk"]["s"]
     floor_r = results["floor restore: untar, start, replay to T with cp from local WAL"]["s"]

@@ -9,15 +9,11 @@ Every variant runs `--repeat` times, interleaved, so load drifts hit them all al
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
-import shutil
 import statistics
 import subprocess
 import time
 
-from bench.pg_bench import GENERATE, ROWS_PER_SCALE
-from bench.pitr_bench import _psql, _switch_and_wait
+from bench.pitr_bench import archiving_cluster
 
 
 def main() -> None:
@@ -28,36 +24,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    from blocks.pitr import PitrTarget
     from blocks.store import LocalStore
-    from sandbox import services
-    from sandbox.s3 import make_bucket, s3_store
+    from sandbox.s3 import s3_store
     from tasks.components import postgres_pitr as pitr
-    from tasks.components.postgres_pitr.engines import BarmanCloud, write_credentials_file
     from tasks.storage.session import backup_session
 
-    password, bucket = secrets.token_hex(16), "pitr-parts"
-    moto = services.start_moto()
-    make_bucket(moto.url, bucket)
-    fields = {"host": "127.0.0.1", "user": "postgres", "server_name": "pg", "archive_url": f"s3://{bucket}/pitr",
-              "endpoint_url": moto.url, "region": "us-west-2",
-              "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}  # fmt: skip
-    work = services.session_dir("pitr-parts")
-    shutil.chown(work, "postgres")
-    archiver = PitrTarget(password=password, port=1, **fields)
-    creds = write_credentials_file(archiver, work / "creds", "postgres")
-    archive = BarmanCloud().archive_command(archiver, creds)
-    conf = {"archive_mode": "on", "archive_command": "'" + archive.replace("'", "''") + "'"}
-    src = services.start_postgres(password, "pitr-parts-src", conf)
-    try:
-        bindir, env = str(src.extra["bindir"]), {**os.environ, "PGPASSWORD": password}
-        services.wait_until(lambda: _psql(bindir, src.port, env, "select 1") == "1", 60, "the cluster")
-        _psql(bindir, src.port, env, GENERATE % max(1000, int(ROWS_PER_SCALE * args.scale)))
-        _switch_and_wait(bindir, src.port, env)
-        size = int(_psql(bindir, src.port, env, "select pg_database_size('postgres')"))
-        print(f"database {size >> 20} MiB")
-        target = PitrTarget(password=password, port=src.port, **fields)
-        pg_env = {**env, "PGHOST": "127.0.0.1", "PGPORT": str(src.port), "PGUSER": "postgres"}
+    with archiving_cluster("pitr-parts", args.scale) as cluster:
+        bindir, env, port, work = cluster.bindir, cluster.env, cluster.src.port, cluster.work
+        target = cluster.target()
+        pg_env = {**env, "PGHOST": "127.0.0.1", "PGPORT": str(port), "PGUSER": "postgres"}
         basebackup = f"{bindir}/pg_basebackup -D - -Ft -X fetch --checkpoint=fast"
 
         def shell(cmd: str) -> float:
@@ -78,7 +53,7 @@ def main() -> None:
             "pg_basebackup | zstd -1 -T0 | sha256sum": lambda i: shell(
                 f"{basebackup} | zstd -1 -T0 -q | sha256sum > /dev/null"
             ),
-            "ours, S3 (moto)": lambda i: ours(s3_store(moto.url, bucket)),
+            "ours, S3 (moto)": lambda i: ours(s3_store(cluster.moto.url, cluster.bucket)),
             "ours, local store": lambda i: ours(LocalStore(path=str(work / f"a{i}"))),
             "ours, local store, no read-back": lambda i: ours(
                 LocalStore(path=str(work / f"b{i}"), verify_after_write=False)
@@ -94,9 +69,6 @@ def main() -> None:
             runs = ", ".join(f"{s:.2f}" for s in secs)
             label = name.replace("|", "\\|")  # a markdown table cell
             print(f"| {label} | {runs} | {statistics.median(secs) / floor:.1f} |")
-    finally:
-        src.stop()
-        moto.stop()
 
 
 if __name__ == "__main__":
