@@ -7,22 +7,29 @@ import os
 from pathlib import Path
 
 
-def descendants(root: int | None = None) -> dict[int, list[bytes]]:
-    """pid -> argv of every live process below `root` (default: this process)."""
-    root = root or os.getpid()
-    parent, argvs = {}, {}
-    for proc in Path("/proc").glob("[0-9]*"):
+def descendant_pids(root: int | None = None) -> list[int]:
+    """Every live process below `root` (default: this process), from one read of /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for path in Path("/proc").glob("[0-9]*/stat"):
         try:
-            argvs[int(proc.name)] = (proc / "cmdline").read_bytes().split(b"\0")
-            parent[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            ppid = int(path.read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue  # the process ended
+        children.setdefault(ppid, []).append(int(path.parent.name))
+    out, todo = [], [root or os.getpid()]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
 
-    def below(pid: int) -> bool:
-        while pid > 1:
-            pid = parent.get(pid, 0)
-            if pid == root:
-                return True
-        return False
 
-    return {pid: argv for pid, argv in argvs.items() if below(pid)}
+def descendants(root: int | None = None) -> dict[int, list[bytes]]:
+    """pid -> argv of every live process below `root` (default: this process)."""
+    out = {}
+    for pid in descendant_pids(root):
+        try:
+            out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # the process ended
+    return out

@@ -15,6 +15,7 @@ from tasks.components.postgres.common import admin, connect
 from tasks.storage.session import backup_session
 from tests.faults.helpers import random_secret
 from tests.pg_helpers import db_names, drop, make_db, new_name, scalar, state, target_for
+from tests.procs import descendant_pids
 
 SETTINGS = {
     "read_only_default": (
@@ -115,22 +116,6 @@ exec {real}/"$name" "$@"
 """
 
 
-def _descendants(root: int) -> list[int]:
-    parents: dict[int, list[int]] = {}
-    for path in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(path.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        parents.setdefault(ppid, []).append(int(path.parent.name))
-    out, todo = [], [root]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 class _Sampler(threading.Thread):
     """Reads /proc/<pid>/environ and cmdline of every descendant of this process, repeatedly."""
 
@@ -142,7 +127,7 @@ class _Sampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            for pid in _descendants(os.getpid()):
+            for pid in descendant_pids():
                 try:
                     environ = Path(f"/proc/{pid}/environ").read_bytes()
                     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
