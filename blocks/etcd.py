@@ -62,6 +62,13 @@ class EtcdTarget(Block):
         description="--initial-cluster of the restored cluster (default: this member alone); every "
         "member must be restored from the same snapshot",
     )
+    swap_wait_seconds: int = Field(
+        default=300,
+        ge=5,
+        le=3600,
+        description="during an approved swap, how long etcd may take to stop or to become healthy "
+        "before the swap is rolled back",
+    )
     etcd_unit: str = Field(default="etcd", description="systemd unit (swap_mode systemd)")
     apiserver_unit: str = Field(default="kube-apiserver", description="systemd unit (swap_mode systemd)")
 

@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -19,7 +20,7 @@ from pydantic import SecretStr
 
 from blocks.etcd import EtcdTarget, SwapMode
 from tasks.components import etcd as etcd_component
-from tasks.errors import BadInput, ConfigurationError, IntegrityError
+from tasks.errors import BadInput, ComponentFailed, ConfigurationError, IntegrityError
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import list_backups
 from tasks.storage.session import backup_session
@@ -323,7 +324,7 @@ class StaticPodKubelet:
     """A stand-in for kubelet on a rehearsal control plane: runs a real etcd from `data_dir` while
     `<manifests>/etcd.yaml` exists, stops it when the manifest is moved away."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, refuse_start: Callable[[], bool] = lambda: False) -> None:
         from sandbox import services
 
         self.manifests, self.data = root / "manifests", root / "etcd"
@@ -335,6 +336,7 @@ class StaticPodKubelet:
         self.log = root / "etcd.log"
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        self.refuse_start = refuse_start  # a pod that cannot start (e.g. crash-loops on its data)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -348,7 +350,7 @@ class StaticPodKubelet:
         while not self._stop.is_set():
             running = self.proc is not None and self.proc.poll() is None
             wanted = (self.manifests / "etcd.yaml").exists()
-            if wanted and not running:
+            if wanted and not running and not self.refuse_start():
                 with open(self.log, "ab") as out:
                     self.proc = subprocess.Popen(self._argv(), stdout=out, stderr=subprocess.STDOUT)
                 self.starts += 1
@@ -407,3 +409,39 @@ def test_approved_swap_on_a_rehearsal_control_plane(tmp_path, local_store):
     assert (old / "member").is_dir(), "the old data dir is kept for rollback"
     assert not Path(f"{kubelet.data}-restored-{manifest.id}").exists()
     assert {p.name for p in kubelet.manifests.iterdir()} == {"etcd.yaml", "kube-apiserver.yaml"}
+
+
+def test_a_swap_that_fails_half_way_rolls_back_to_the_live_control_plane(tmp_path, local_store):
+    """The restored member never becomes healthy (kubelet cannot start it): the swap undoes every
+    step it took, newest first, so the old data dir is live again, etcd answers with the keys it
+    had before the swap, both manifests are back, and the restored dir is kept aside as failed."""
+    store = local_store()
+    original: list[int] = []
+
+    def restored_data_in_place() -> bool:
+        return bool(original) and kubelet.data.stat().st_ino != original[0]
+
+    with StaticPodKubelet(tmp_path, refuse_start=restored_data_in_place) as kubelet:
+        original.append(kubelet.data.stat().st_ino)
+        target = EtcdTarget(
+            endpoints=[kubelet.client],
+            data_dir=str(kubelet.data),
+            manifests_dir=str(kubelet.manifests),
+            member_name="cp1",
+            peer_url=kubelet.peer,
+            dial_timeout_seconds=1,
+            swap_wait_seconds=5,
+        )
+        put_keys(kubelet.client, "/registry/configmaps/", 10)
+        manifest = backup_task.fn("etcd", target, store)
+        put_keys(kubelet.client, "/registry/after-backup/", 1)
+
+        with pytest.raises(ComponentFailed, match="failed at 'wait until etcd is healthy'.*Rolled back"):
+            restore_task.fn(manifest, target, store, {"execute_swap": True})
+        assert kubelet.data.stat().st_ino == original[0], "the old data dir is live again"
+        assert kubelet.starts == 2, "etcd was started again on its own data"
+        assert len(read_prefix(kubelet.client, "/registry/after-backup/")[0]) == 1
+        assert len(read_prefix(kubelet.client, "/registry/configmaps/")[0]) == 10
+    assert {p.name for p in kubelet.manifests.iterdir()} == {"etcd.yaml", "kube-apiserver.yaml"}
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(["etcd", f"etcd-failed-{manifest.id}", "etcd.log", "manifests", "store"]), left

@@ -26,8 +26,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _step(text: str, argv: list[str] | None = None, kind: str = "run") -> dict[str, Any]:
-    return {"step": text, "argv": argv, "kind": kind}
+def _step(
+    text: str, argv: list[str] | None = None, kind: str = "run", undo: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """One step of the swap, and what puts it back (run in reverse order if a later step fails)."""
+    return {"step": text, "argv": argv, "kind": kind, "undo": undo or []}
+
+
+def _wait(up: bool) -> dict[str, Any]:
+    return _step("wait until etcd is healthy" if up else "wait until etcd no longer answers",
+                 kind="wait-healthy" if up else "wait-down")  # fmt: skip
 
 
 def swap_plan(tl: Tools, target: EtcdTarget, manifest: Manifest, snapshot_path: str) -> dict[str, Any]:
@@ -42,50 +50,96 @@ def swap_plan(tl: Tools, target: EtcdTarget, manifest: Manifest, snapshot_path: 
         "--initial-cluster", cluster, "--initial-advertise-peer-urls", peer,
         "--initial-cluster-token", f"klb-{tag}",
     ]  # fmt: skip
+    failed = f"{data}-failed-{tag}"
+    restore_step = _step(
+        "restore the verified snapshot into a NEW data dir",
+        restore_argv,
+        undo=[_step("keep the restored data dir aside as failed", ["mv", "-T", restored, failed])],
+    )
+    old_aside = _step(
+        "keep the old data dir for rollback",
+        ["mv", "-T", data, old],
+        undo=[_step("put the old data dir back", ["mv", "-T", old, data])],
+    )
+    restored_in = _step(
+        "put the restored data dir in place",
+        ["mv", "-T", restored, data],
+        undo=[_step("take the restored data dir out", ["mv", "-T", data, restored])],
+    )
     if target.swap_mode == SwapMode.static_pod:
         man, hold = Path(target.manifests_dir), f"{target.manifests_dir}-klb-hold-{tag}"
+        api_out = ["mv", str(man / "kube-apiserver.yaml"), hold]
+        api_in = ["mv", f"{hold}/kube-apiserver.yaml", str(man)]
+        etcd_out = ["mv", str(man / "etcd.yaml"), hold]
+        etcd_in = ["mv", f"{hold}/etcd.yaml", str(man)]
         steps = [
-            _step("restore the verified snapshot into a NEW data dir", restore_argv),
-            _step("hold the static pod manifests aside", ["mkdir", "-m", "0700", hold]),
+            restore_step,
+            _step(
+                "hold the static pod manifests aside",
+                ["mkdir", "-m", "0700", hold],
+                undo=[_step("remove the empty hold dir", ["rmdir", hold])],
+            ),
             _step(
                 "stop kube-apiserver (kubelet removes its pod)",
-                ["mv", str(man / "kube-apiserver.yaml"), hold],
+                api_out,
+                undo=[_step("start kube-apiserver again", api_in)],
             ),
-            _step("stop etcd (kubelet removes its pod)", ["mv", str(man / "etcd.yaml"), hold]),
-            _step("wait until etcd no longer answers", kind="wait-down"),
-            _step("keep the old data dir for rollback", ["mv", "-T", data, old]),
-            _step("put the restored data dir in place", ["mv", "-T", restored, data]),
-            _step("start etcd", ["mv", f"{hold}/etcd.yaml", str(man)]),
-            _step("wait until etcd is healthy", kind="wait-healthy"),
-            _step("start kube-apiserver", ["mv", f"{hold}/kube-apiserver.yaml", str(man)]),
+            _step(
+                "stop etcd (kubelet removes its pod)",
+                etcd_out,
+                undo=[_step("start etcd again", etcd_in), _wait(True)],
+            ),
+            _wait(False),
+            old_aside,
+            restored_in,
+            _step("start etcd", etcd_in, undo=[_step("stop etcd", etcd_out), _wait(False)]),
+            _wait(True),
+            _step("start kube-apiserver", api_in, undo=[_step("stop kube-apiserver", api_out)]),
         ]
         rollback = [
             f"mv {man}/kube-apiserver.yaml {man}/etcd.yaml {hold}/  (stop both)",
-            f"mv {data} {data}-failed-{tag} && mv {old} {data}",
+            f"mv {data} {failed} && mv {old} {data}",
             f"mv {hold}/etcd.yaml {man}/ ; then mv {hold}/kube-apiserver.yaml {man}/",
         ]
         preflight = {
             "must_exist": [data, str(man / "etcd.yaml"), str(man / "kube-apiserver.yaml")],
-            "must_not_exist": [restored, old, hold],
+            "must_not_exist": [restored, old, failed, hold],
         }
     else:
+        unit = {"api": target.apiserver_unit, "etcd": target.etcd_unit}
         steps = [
-            _step("restore the verified snapshot into a NEW data dir", restore_argv),
-            _step("stop kube-apiserver", ["systemctl", "stop", target.apiserver_unit]),
-            _step("stop etcd", ["systemctl", "stop", target.etcd_unit]),
-            _step("wait until etcd no longer answers", kind="wait-down"),
-            _step("keep the old data dir for rollback", ["mv", "-T", data, old]),
-            _step("put the restored data dir in place", ["mv", "-T", restored, data]),
-            _step("start etcd", ["systemctl", "start", target.etcd_unit]),
-            _step("wait until etcd is healthy", kind="wait-healthy"),
-            _step("start kube-apiserver", ["systemctl", "start", target.apiserver_unit]),
+            restore_step,
+            _step(
+                "stop kube-apiserver",
+                ["systemctl", "stop", unit["api"]],
+                undo=[_step("start kube-apiserver again", ["systemctl", "start", unit["api"]])],
+            ),
+            _step(
+                "stop etcd",
+                ["systemctl", "stop", unit["etcd"]],
+                undo=[_step("start etcd again", ["systemctl", "start", unit["etcd"]]), _wait(True)],
+            ),
+            _wait(False),
+            old_aside,
+            restored_in,
+            _step(
+                "start etcd",
+                ["systemctl", "start", unit["etcd"]],
+                undo=[_step("stop etcd", ["systemctl", "stop", unit["etcd"]]), _wait(False)],
+            ),
+            _wait(True),
+            _step(
+                "start kube-apiserver",
+                ["systemctl", "start", unit["api"]],
+                undo=[_step("stop kube-apiserver", ["systemctl", "stop", unit["api"]])],
+            ),
         ]
         rollback = [
-            f"systemctl stop {target.apiserver_unit} {target.etcd_unit}",
-            f"mv {data} {data}-failed-{tag} && mv {old} {data}",
-            f"systemctl start {target.etcd_unit} && systemctl start {target.apiserver_unit}",
+            f"systemctl stop {unit['api']} {unit['etcd']}",
+            f"mv {data} {failed} && mv {old} {data}",
+            f"systemctl start {unit['etcd']} && systemctl start {unit['api']}",
         ]
-        preflight = {"must_exist": [data], "must_not_exist": [restored, old]}
+        preflight = {"must_exist": [data], "must_not_exist": [restored, old, failed]}
     notes = [
         "run as root on the control-plane node; with several members, restore EVERY member from this "
         "same snapshot with its own --name/--initial-advertise-peer-urls and the full --initial-cluster",
@@ -146,36 +200,59 @@ def check_preflight(plan: dict[str, Any]) -> None:
         )
 
 
+def _run_step(step: dict[str, Any], target: EtcdTarget, tl: Tools, env: dict[str, str]) -> None:
+    if step["kind"] == "run":
+        run(step["argv"], {"ETCDCTL_API": "3"}, timeout=1800, name=step["argv"][0])
+        return
+    want_up = step["kind"] == "wait-healthy"
+    deadline = time.monotonic() + target.swap_wait_seconds
+    while True:
+        try:
+            run([tl.etcdctl, "--endpoints", target.endpoints[0], "endpoint", "health"], env, timeout=15,
+                name="etcdctl")  # fmt: skip
+            up = True
+        except ComponentFailed:
+            up = False
+        if up == want_up:
+            return
+        if time.monotonic() > deadline:
+            raise ComponentFailed(f"etcd {'did not become healthy' if want_up else 'still answers'} "
+                                  f"after {target.swap_wait_seconds}s")  # fmt: skip
+        time.sleep(1)
+
+
 def execute(plan: dict[str, Any], target: EtcdTarget, tl: Tools) -> list[str]:
+    """Run the plan's steps in order. If one fails, undo every step done, newest first, so the
+    control plane is back as it was (old data dir in place, etcd and kube-apiserver running),
+    and raise; the restored data dir is kept as `-failed-` for a post-mortem."""
     check_preflight(plan)
-    done: list[str] = []
-    endpoint = target.endpoints[0]
+    done: list[dict[str, Any]] = []
     with target.client_env() as env:
         for step in plan["steps"]:
             log.warning("etcd swap: %s", step["step"])
-            if step["kind"] == "run":
-                run(step["argv"], {"ETCDCTL_API": "3"}, timeout=1800, name=step["argv"][0])
-            else:
-                want_up = step["kind"] == "wait-healthy"
-                deadline = time.monotonic() + 300
-                while True:
-                    try:
-                        run(
-                            [tl.etcdctl, "--endpoints", endpoint, "endpoint", "health"],
-                            env,
-                            timeout=15,
-                            name="etcdctl",
-                        )
-                        up = True
-                    except ComponentFailed:
-                        up = False
-                    if up == want_up:
-                        break
-                    if time.monotonic() > deadline:
-                        raise ComponentFailed(
-                            f"etcd swap stopped at '{step['step']}' after 300s; done so far: {done}. "
-                            f"Roll back by hand: {plan['rollback']}"
-                        )
-                    time.sleep(2)
-            done.append(step["step"])
-    return done
+            try:
+                _run_step(step, target, tl, env)
+            except ComponentFailed as exc:
+                failure = f"etcd swap failed at '{step['step']}': {str(exc).splitlines()[-1][:300]}"
+                log.error("%s; rolling back %d step(s)", failure, len(done))
+                raise ComponentFailed(f"{failure}. {_roll_back(done, target, tl, env)}") from None
+            done.append(step)
+    return [s["step"] for s in done]
+
+
+def _roll_back(done: list[dict[str, Any]], target: EtcdTarget, tl: Tools, env: dict[str, str]) -> str:
+    undone: list[str] = []
+    for undo in [u for step in reversed(done) for u in step["undo"]]:
+        log.warning("etcd swap rollback: %s", undo["step"])
+        try:
+            _run_step(undo, target, tl, env)
+        except ComponentFailed as exc:
+            return (
+                f"ROLLBACK FAILED at '{undo['step']}' ({str(exc).splitlines()[-1][:300]}) after: {undone}. "
+                "The control plane needs you now: finish by hand from the plan's rollback."
+            )
+        undone.append(undo["step"])
+    return (
+        "Rolled back, the control plane is as it was before the swap (old data dir in place, etcd "
+        f"and kube-apiserver running): {undone}"
+    )
