@@ -34,7 +34,12 @@ class EtcdTarget(Block):
     cacert: SecretStr | None = Field(default=None, description="CA certificate PEM (instead of a path)")
     cert: SecretStr | None = Field(default=None, description="client certificate PEM (instead of a path)")
     key: SecretStr | None = Field(default=None, description="client key PEM (instead of a path)")
-    username: str | None = Field(default=None, description="etcd auth user, if auth is enabled")
+    username: str | None = Field(
+        default=None,
+        pattern=r"^[^:\s]+$",
+        description="etcd auth user, if auth is enabled (checks of a backup need it too: the "
+        "snapshot keeps the cluster's users)",
+    )
     password: SecretStr | None = None
     etcdctl: str = Field(default="etcdctl", description="etcdctl binary")
     etcdutl: str | None = Field(
@@ -91,8 +96,8 @@ class EtcdTarget(Block):
 
     @contextmanager
     def client_env(self) -> Iterator[dict[str, str]]:
-        """etcdctl's settings as environment (never argv): PEM contents become 0600 files in a
-        0700 directory that is removed on exit."""
+        """etcdctl's settings as environment: paths only (PEM contents become 0600 files in a
+        0700 directory that is removed on exit), never a secret."""
         env = {"ETCDCTL_API": "3", "ETCDCTL_DIAL_TIMEOUT": f"{self.dial_timeout_seconds}s"}
         with tempfile.TemporaryDirectory(prefix="klb-etcd-tls-") as tmp:
             os.chmod(tmp, 0o700)
@@ -107,6 +112,4 @@ class EtcdTarget(Block):
                     path = str(file)
                 if path:
                     env[var] = path
-            if self.username and self.password:
-                env["ETCDCTL_USER"] = f"{self.username}:{self.password.get_secret_value()}"
-            yield env
+            yield env  # etcd auth is not here: the password goes on etcdctl's stdin (tools.ctl)

@@ -162,13 +162,19 @@ def stream_stdout(
     name: str | None = None,
     redact: Iterable[str] = (),
     ok_codes: Iterable[int] = (0,),
+    stdin: bytes | None = None,
 ) -> Iterator[Iterator[bytes]]:
     """`with stream_stdout([...]) as out: store.write(name, out)`; raises if the command failed
     (an exit status not in `ok_codes`). Values in `redact` (and of secret-looking env names) never
     reach messages or logs."""
     name = name or os.path.basename(argv[0])
     hidden = _hidden(env, redact)
-    proc = _spawn(argv, env, cwd, subprocess.DEVNULL)
+    proc = _spawn(argv, env, cwd, subprocess.DEVNULL if stdin is None else subprocess.PIPE)
+    if stdin is not None:  # small (within the pipe's buffer): written whole before reading
+        with suppress(BrokenPipeError):
+            proc.stdin.write(stdin)
+        with suppress(BrokenPipeError):
+            proc.stdin.close()
     stderr = _StderrTail(proc.stderr)
     stderr.start()
     dog = _Watchdog(proc, timeout)
@@ -238,10 +244,12 @@ def run(
     name: str | None = None,
     redact: Iterable[str] = (),
     ok_codes: Iterable[int] = (0,),
+    stdin: bytes | None = None,
 ) -> str:
     """Run a short command and return its stdout; raises ComponentFailed on failure (an exit
-    status not in `ok_codes`)."""
-    with stream_stdout(argv, env, cwd, timeout, name, redact, ok_codes) as out:
+    status not in `ok_codes`). `stdin`: a few bytes the command reads first (a password it
+    prompts for: never argv or environment)."""
+    with stream_stdout(argv, env, cwd, timeout, name, redact, ok_codes, stdin) as out:
         return b"".join(out).decode(errors="replace")
 
 

@@ -33,3 +33,20 @@ def descendants(root: int | None = None) -> dict[int, list[bytes]]:
         except OSError:
             continue  # the process ended
     return out
+
+
+_RECORDER = """#!/bin/sh
+# record this command's argv and environment, then run the real one
+out={log}/$(basename "$0").$$
+printf '%s\\n' "$@" > "$out.argv"
+env > "$out.env"
+exec {real} "$@"
+"""
+
+
+def recording_wrapper(real: str | Path, wrapper: Path, log: Path) -> Path:
+    """A script at `wrapper` that writes each run's argv and environment under `log` (as
+    <name>.<pid>.argv/.env) and then execs `real`: what a secret-keeping test reads back."""
+    wrapper.write_text(_RECORDER.format(log=log, real=real))
+    wrapper.chmod(0o755)
+    return wrapper

@@ -6,6 +6,8 @@ import base64
 import logging
 import os
 import re
+import secrets
+import shutil
 import stat
 import subprocess
 import tempfile
@@ -25,7 +27,7 @@ from tasks.storage.backends import backend_for
 from tasks.storage.catalog import list_backups
 from tasks.storage.session import backup_session
 from tasks.verbs import backup_task, restore_task, verify_task
-from tests.procs import descendants
+from tests.procs import descendants, recording_wrapper
 
 
 def b64(text: str) -> str:
@@ -318,6 +320,65 @@ def test_tls_etcd_with_pem_contents_from_secrets(tls_etcd, local_store):
     with pytest.raises(ConfigurationError, match="unreachable.*client cert"):
         backup_task.fn("etcd", anonymous, local_store(prefix="anon"))
     assert list_backups(local_store(prefix="anon"), "etcd") == []
+
+
+@pytest.fixture(scope="module")
+def auth_etcd(tmp_path_factory):
+    """An etcd with user auth enabled (root and a password), holding 5 keys written before."""
+    from sandbox import services
+
+    d, password = tmp_path_factory.mktemp("etcd-auth"), "pw-" + secrets.token_hex(8)
+    port, peer = services.free_port(), services.free_port()
+    url, peer_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{peer}"
+    argv = [services.need("etcd", "apt-get install etcd-server"), "--name", "auth",
+            "--data-dir", str(d / "data"), "--listen-client-urls", url, "--advertise-client-urls", url,
+            "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+            "--initial-cluster", f"auth={peer_url}"]  # fmt: skip
+    proc, log = services._spawn(argv, d)
+    svc = services.Service("etcd-auth", port, proc, d, {"url": url, "password": password})
+    try:
+        services.wait_until(lambda: services.http_ok(f"{url}/health"), 30, "etcd with auth", proc, log)
+        put_keys(url, "/registry/secrets/", 5)
+        ctl = ["etcdctl", "--endpoints", url]
+        for args in (["user", "add", "root", "--new-user-password", password], ["auth", "enable"]):
+            subprocess.run(
+                [*ctl, *args], env={**os.environ, "ETCDCTL_API": "3"}, check=True, capture_output=True
+            )
+        yield svc
+    finally:
+        svc.stop()
+
+
+def test_etcd_with_auth_is_backed_up_and_checked_with_the_password_on_stdin_only(
+    auth_etcd, local_store, tmp_path
+):
+    """Backup, verify, drill and restore of an etcd with user auth: the snapshot keeps the users,
+    so the throwaway member is checked logged in too. etcdctl gets `--user root` in argv and the
+    password on stdin: never in its argv or environment."""
+    url, password = auth_etcd.extra["url"], auth_etcd.extra["password"]
+    log = tmp_path / "log"
+    log.mkdir()
+    wrapper = recording_wrapper(shutil.which("etcdctl"), tmp_path / "etcdctl", log)
+    target = EtcdTarget(endpoints=[url], username="root", password=SecretStr(password), etcdctl=str(wrapper))
+    store = local_store()
+    manifest = backup_task.fn("etcd", target, store)
+    assert manifest.engine["keys"] == 5
+    verify_task.fn(manifest, store, target)
+    assert etcd_component.drill(target, manifest, store, "auth")["checks"]["keys"]["found"] == 5
+    assert restore_task.fn(manifest, target, store, {})["verified_in_throwaway_member"]["keys"]["ok"]
+    assert etcd_component.describe_current_state(target)["members"][0]["keys"] == 5
+
+    with pytest.raises(ConfigurationError, match="has auth enabled.*username and password"):
+        etcd_component.drill(None, manifest, store, "anon")
+    wrong = target.model_copy(update={"password": SecretStr("not-it")})
+    with pytest.raises(ConfigurationError, match="refused user 'root'.*password"):
+        backup_task.fn("etcd", wrong, local_store(prefix="wrong"))
+    assert list_backups(local_store(prefix="wrong"), "etcd") == []
+
+    records = list(log.iterdir())
+    assert len(records) > 10 and any("--user" in r.read_text() for r in records if r.suffix == ".argv")
+    leaked = [r.name for r in records if password in r.read_text()]
+    assert leaked == [], "the password reached an engine's argv or environment"
 
 
 class StaticPodKubelet:

@@ -33,17 +33,16 @@ from tasks.components.etcd.tools import (
     OBJECT,
     STATUS_FIELDS,
     Tools,
-    _ctl,
     _endpoint_status,
     _pick_endpoint,
     count_keys,
+    ctl,
     private_dir,
     snapshot_status,
     tools,
 )
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError
 from tasks.models import Manifest
-from tasks.proc import run
 from tasks.storage.session import BackupSession
 
 Target = EtcdTarget
@@ -71,15 +70,11 @@ def backup(target: EtcdTarget, session: BackupSession) -> None:
         # etcdctl's --command-timeout (default 5s) bounds the whole download: a larger database
         # over a slow link fails with "context deadline exceeded" unless it is raised
         save_env = {**env, "ETCDCTL_COMMAND_TIMEOUT": f"{target.command_timeout_seconds}s"}
-        run(
-            _ctl(tl, endpoint, "snapshot", "save", str(snap)),
-            save_env,
-            timeout=target.command_timeout_seconds + 30,
-            name="etcdctl snapshot save",
-        )
+        ctl(tl, target, save_env, endpoint, "snapshot", "save", str(snap),
+            timeout=target.command_timeout_seconds + 30, name="etcdctl snapshot save")  # fmt: skip
         status = snapshot_status(tl, snap)
         try:  # the user keys at exactly the snapshot's revision: what a restore must give back
-            keys, _ = count_keys(tl, env, endpoint, status["revision"])
+            keys, _ = count_keys(tl, target, env, endpoint, status["revision"])
         except (ComponentFailed, ValueError, KeyError) as exc:
             log.warning("could not count keys at revision %s: %s", status["revision"], exc)
             keys = None
@@ -126,7 +121,7 @@ def restore(
             )
         check_preflight(swap_plan(tl, target, manifest, OBJECT))  # fail before the long verification
     with private_dir(target, "restore") as tmp:
-        checks = _restore_and_check(tl, store, manifest, tmp, f"klb-verify-{secrets.token_hex(4)}")
+        checks = _restore_and_check(tl, target, store, manifest, tmp, f"klb-verify-{secrets.token_hex(4)}")
         plan = swap_plan(tl, target, manifest, str(tmp / OBJECT) if options.execute_swap else f"./{OBJECT}")
         publish(manifest, plan)
         report: dict[str, Any] = {
@@ -152,7 +147,7 @@ def drill(target: EtcdTarget | None, manifest: Manifest, store: StoreBlock, dril
     """Restore into a throwaway member on loopback, check revision and key count, stop, delete."""
     tl = tools(target)
     with private_dir(target, f"drill-{drill_id}"[:40]) as tmp:
-        checks = _restore_and_check(tl, store, manifest, tmp, f"klb-drill-{drill_id}")
+        checks = _restore_and_check(tl, target, store, manifest, tmp, f"klb-drill-{drill_id}")
     return {"verified": True, "checks": checks}
 
 
@@ -167,8 +162,8 @@ def describe_current_state(target: EtcdTarget) -> dict[str, Any]:
     with target.client_env() as env:
         for endpoint in target.endpoints:
             try:
-                member = _endpoint_status(tl, env, endpoint, target.dial_timeout_seconds + 10)
-                member["keys"], _ = count_keys(tl, env, endpoint)
+                member = _endpoint_status(tl, target, env, endpoint, target.dial_timeout_seconds + 10)
+                member["keys"], _ = count_keys(tl, target, env, endpoint)
             except (ComponentFailed, ValueError, KeyError, IndexError) as exc:
                 member = {"endpoint": endpoint, "error": str(exc).splitlines()[-1][:200]}
             members.append(member)

@@ -13,6 +13,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from blocks.etcd import EtcdTarget
 from blocks.store import StoreBlock
 from tasks.components.etcd.tools import OBJECT, STATUS_FIELDS, Tools, count_keys, snapshot_status
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError, IntegrityError
@@ -114,12 +115,20 @@ def throwaway_member(tl: Tools, snap: Path, workdir: Path, token: str) -> Iterat
 
 
 def _restore_and_check(
-    tl: Tools, store: StoreBlock, manifest: Manifest, tmp: Path, token: str
+    tl: Tools, target: EtcdTarget | None, store: StoreBlock, manifest: Manifest, tmp: Path, token: str
 ) -> dict[str, Any]:
     snap = _download(store, manifest, tmp)
     status = _check_status(tl, snap, manifest)
     with throwaway_member(tl, snap, tmp, token) as url:
-        keys, revision = count_keys(tl, {"ETCDCTL_API": "3"}, url)
+        try:  # the restored member keeps the cluster's users and auth: log in as the backup did
+            keys, revision = count_keys(tl, target, {"ETCDCTL_API": "3"}, url)
+        except ComponentFailed as exc:
+            if "user name is empty" not in str(exc):
+                raise
+            raise ConfigurationError(
+                f"the etcd of {manifest.id} has auth enabled: give the target's username and password "
+                "(those of the cluster it was taken from) to check it"
+            ) from None
     want_keys = manifest.engine.get("keys")
     want_rev = max(status["revision"], 1)  # a never-written etcd: the file says 0, a server says 1
     checks = {

@@ -9,19 +9,17 @@ import shlex
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import get_run_context
 from prefect.exceptions import MissingContextError
 
 from blocks.etcd import EtcdTarget, SwapMode
+from tasks.components.etcd.tools import Tools, ctl
 from tasks.errors import BadInput, ComponentFailed
 from tasks.models import Manifest
 from tasks.proc import run
-
-if TYPE_CHECKING:
-    from tasks.components.etcd.tools import Tools
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +206,7 @@ def _run_step(step: dict[str, Any], target: EtcdTarget, tl: Tools, env: dict[str
     deadline = time.monotonic() + target.swap_wait_seconds
     while True:
         try:
-            run([tl.etcdctl, "--endpoints", target.endpoints[0], "endpoint", "health"], env, timeout=15,
-                name="etcdctl")  # fmt: skip
+            ctl(tl, target, env, target.endpoints[0], "endpoint", "health", timeout=15)
             up = True
         except ComponentFailed:
             up = False

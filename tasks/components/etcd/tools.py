@@ -79,12 +79,37 @@ def snapshot_status(tl: Tools, path: Path) -> dict[str, int]:
     return {k: int(status[k]) for k in STATUS_FIELDS}
 
 
-def _ctl(tl: Tools, endpoint: str, *args: str) -> list[str]:
-    return [tl.etcdctl, "--endpoints", endpoint, *args]
+PROMPT = "Password: "  # what etcdctl prints on stdout when it reads the password from stdin
 
 
-def _endpoint_status(tl: Tools, env: dict[str, str], endpoint: str, timeout: float) -> dict[str, Any]:
-    out = run(_ctl(tl, endpoint, "endpoint", "status", "-w", "json"), env, timeout=timeout, name="etcdctl")
+def ctl(
+    tl: Tools, target: EtcdTarget | None, env: dict[str, str], endpoint: str, *args: str,
+    timeout: float = 60, name: str = "etcdctl",
+) -> str:  # fmt: skip
+    """etcdctl against `endpoint`, its stdout. TLS comes as file paths in `env`; etcd auth as
+    `--user <name>` with the password on stdin, which etcdctl reads when `--user` has none:
+    never in argv or the environment."""
+    argv = [tl.etcdctl, "--endpoints", endpoint]
+    if target is None or not target.username or target.password is None:
+        return run([*argv, *args], env, timeout=timeout, name=name)
+    password = target.password.get_secret_value()
+    try:
+        out = run([*argv, "--user", target.username, *args], env, timeout=timeout, name=name,
+                  redact=[password], stdin=f"{password}\n".encode())  # fmt: skip
+    except ComponentFailed as exc:
+        if "authentication failed" in str(exc):
+            raise ConfigurationError(
+                f"etcd refused user {target.username!r} at {endpoint}: check the target's username and "
+                "password (a backup is checked with those of the cluster it was taken from)"
+            ) from None
+        raise
+    return out.removeprefix(PROMPT).lstrip("\n")
+
+
+def _endpoint_status(
+    tl: Tools, target: EtcdTarget | None, env: dict[str, str], endpoint: str, timeout: float
+) -> dict[str, Any]:
+    out = ctl(tl, target, env, endpoint, "endpoint", "status", "-w", "json", timeout=timeout)
     status = json.loads(out)[0]["Status"]
     return {
         "endpoint": endpoint,
@@ -101,7 +126,7 @@ def _pick_endpoint(tl: Tools, target: EtcdTarget, env: dict[str, str]) -> dict[s
     errors = []
     for endpoint in target.endpoints:
         try:
-            return _endpoint_status(tl, env, endpoint, target.dial_timeout_seconds + 10)
+            return _endpoint_status(tl, target, env, endpoint, target.dial_timeout_seconds + 10)
         except (ComponentFailed, ValueError, KeyError, IndexError) as exc:
             errors.append(f"{endpoint}: {str(exc).splitlines()[-1][:200]}")
     raise ConfigurationError(
@@ -110,10 +135,12 @@ def _pick_endpoint(tl: Tools, target: EtcdTarget, env: dict[str, str]) -> dict[s
     )
 
 
-def count_keys(tl: Tools, env: dict[str, str], endpoint: str, revision: int | None = None) -> tuple[int, int]:
+def count_keys(
+    tl: Tools, target: EtcdTarget | None, env: dict[str, str], endpoint: str, revision: int | None = None
+) -> tuple[int, int]:
     """(number of keys, store revision) as the cluster answers; at `revision` when given."""
     args = ["get", "", "--from-key", "--keys-only", "--limit", "1", "-w", "json"]
     if revision is not None:
         args += ["--rev", str(revision)]
-    out = json.loads(run(_ctl(tl, endpoint, *args), env, timeout=60, name="etcdctl get"))
+    out = json.loads(ctl(tl, target, env, endpoint, *args, name="etcdctl get"))
     return int(out.get("count", 0)), int(out["header"]["revision"])
