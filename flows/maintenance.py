@@ -104,15 +104,17 @@ def verify_backups(
             except Exception as exc:  # a sweep that cannot look must say so, not pass
                 fail(where, name, f"object versions / locks unreadable in {block.location}: {exc}", name)
             chosen = _sweep_choice(listing.manifests, newest)
-            if chosen:
-                checked.add(name)
             if where == "primary":
                 newest_primary[name] = chosen
-            else:  # the DR store must hold what the primary's newest are, identically
-                for backup_id, why in dr_copy_problems(
-                    newest_primary.get(name, []), listing.manifests
-                ).items():
+            else:  # the DR store must hold what the primary's newest are, identically, and whole
+                problems = dr_copy_problems(newest_primary.get(name, []), listing.manifests)
+                for backup_id, why in problems.items():
                     fail(where, backup_id, why, name)
+                # a newer backup only the DR store has must not spare those copies their re-read
+                reread = {m.id for m in chosen} | {m.id for m in newest_primary.get(name, [])}
+                chosen = [m for m in listing.manifests if m.id in reread - set(problems)]
+            if chosen:
+                checked.add(name)
             for manifest in chosen:
                 try:
                     # the manifest itself is read again (never a cached copy), checked against
