@@ -9,7 +9,9 @@ Pure: no I/O here (flows/maintenance.py lists, plans, then deletes). The rules, 
    written or by the sweep) and not known damaged (storage/health.py): a damaged backup never
    counts as good, so it never protects, nor displaces, the good one before it. Nor does one
    whose source time is in the future (a skewed clock): `latest` never picks it, so it must not
-   stand in for the backup `latest` does pick; it is kept (its age is negative) and says why;
+   stand in for the backup `latest` does pick; it is kept (its age is negative) and says why.
+   Nor does one whose objects the listing lacks (deleted behind its manifest's back). With no
+   good backup at all, the newest routine one not known damaged is kept in its place;
 3. members of the newest recovery point are kept (labels["recovery_point"]);
 4. everything within the retention window is kept;
 5. GFS tiers (optional): the newest good backup of each of the last N days / ISO weeks / months;
@@ -181,24 +183,31 @@ def plan_retention(
     point; default: the newest one among these manifests."""
     if now.tzinfo is None:
         raise BadInput("`now` needs a time zone")
-    damaged_ids, verified_ids = frozenset(damaged), frozenset(verified) - frozenset(damaged)
     ordered = sorted(manifests, key=lambda m: (m.source_time, m.id))
     for m in ordered:
         if m.component != policy.component:
             raise BadInput(f"backup {m.id} is a {m.component} backup, not {policy.component}")
     if recovery_point is None:
         recovery_point = newest_recovery_point(ordered)
+    by_dir = _group_keys(keys, prefix)
+    # with the listing at hand (`prefix`), a backup whose objects are gone is known damaged
+    missing = {m.id: gone for m in ordered if prefix and (gone := _missing_objects(m, by_dir.get(m.id)))}
+    damaged_ids = frozenset(damaged) | missing.keys()
+    verified_ids = frozenset(verified) - damaged_ids
 
     good = [m for m in ordered if is_good(m, damaged_ids, verified_ids, now)]
     special = policy.special_retention or policy.retention
     last_good = {m.id for m in good[-policy.keep_last_good :]}
+    # no good backup at all (none verified yet, say): the newest that may be one stays, so
+    # retention alone can never leave a component with nothing to restore
+    candidates = [m for m in ordered if m.routine and m.id not in damaged_ids and not from_the_future(m, now)]
+    fallback = candidates[-1].id if not good and candidates else None
     tiers = {
         "daily": _gfs_keep(good, policy.keep_daily, lambda t: t.date()),
         "weekly": _gfs_keep(good, policy.keep_weekly, lambda t: t.isocalendar()[:2]),
         "monthly": _gfs_keep(good, policy.keep_monthly, lambda t: (t.year, t.month)),
     }
 
-    by_dir = _group_keys(keys, prefix)
     velero = policy.velero_owned
     decisions: list[Decision] = []
     for m in ordered:
@@ -215,6 +224,9 @@ def plan_retention(
         elif m.id in last_good:
             reason = f"one of the newest {policy.keep_last_good} good backup(s): never deleted"
             action = Action.keep
+        elif m.id == fallback:
+            action = Action.keep
+            reason = "no good (verified) backup: the newest not known damaged is kept until one is"
         elif recovery_point and m.labels.get(RECOVERY_POINT_LABEL) == recovery_point:
             action, reason = Action.keep, f"member of the newest recovery point {recovery_point}"
         elif age <= policy.retention:
@@ -226,7 +238,9 @@ def plan_retention(
         else:
             action = Action.delete
             reason = f"past retention ({_days(age)} > {_days(policy.retention)})"
-            if m.id in damaged_ids:
+            if m.id in missing:
+                reason += f", objects missing ({', '.join(missing[m.id][:3])})"
+            elif m.id in damaged_ids:
                 reason += ", found damaged"
             elif not good_m:
                 reason += ", not a good backup"
@@ -269,6 +283,13 @@ def _group_keys(keys: Iterable[str], prefix: str) -> dict[str, list[str]]:
         if parts is not None:
             groups.setdefault(parts[1], []).append(key)
     return groups
+
+
+def _missing_objects(m: Manifest, listed: list[str] | None) -> list[str]:
+    """Objects of `m` the listing lacks. A pinned version (a versioned bucket) may outlive its
+    current key (a delete marker on top): only unpinned objects prove the backup broken."""
+    there = set(listed or ())
+    return [o.name for o in m.objects if o.version_id is None and o.key not in there]
 
 
 def _backup_keys(m: Manifest, listed: list[str] | None) -> list[str]:
