@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -13,8 +14,11 @@ from blocks.app_state import AppStateStep, AppStateTarget
 from flows.backup import backup_component
 from flows.maintenance import enforce_retention
 from sandbox.services import wait_until
+from tasks.errors import IntegrityError
+from tasks.ids import new_backup_id
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import list_backups, verify_backup
+from tasks.storage.session import BackupSession
 from tests.faults.helpers import pid_of, restorer_argv, streamer_argv
 
 # writes 12 MiB (5 MiB parts go up, the multipart upload stays open), waits for argv[2],
@@ -88,3 +92,24 @@ def test_retention_during_a_backup_leaves_it_alone(prefect_server, s3_store, tmp
     verify_backup(store, manifest)
     assert [o.name for o in manifest.objects] == ["first", "second"]
     assert manifest.objects[1].raw_size == 13 * 1024 * 1024
+
+
+@pytest.mark.fault(
+    "concurrency",
+    "an app-state backup runs longer than retention's orphan grace; enforce_retention(dry_run=False) "
+    "collects its stored object as an abandoned write before the manifest is written",
+    "the backup fails naming the vanished object and writes no manifest: nothing is listed as a "
+    "good backup whose data is gone",
+)
+def test_a_backup_whose_objects_retention_collected_is_never_committed(prefect_server, s3_store):
+    store = s3_store()
+    session = BackupSession(store, "app-state")
+    # a backup started two days ago and still running: to retention, past the grace, abandoned
+    session.started_at = datetime.now(UTC) - timedelta(days=2)
+    session.id = new_backup_id("app-state", session.started_at)
+    session.write("data", [b"x" * 1000])
+    summary = enforce_retention(dry_run=False, store=store, components=["app-state"])
+    assert summary["components"]["app-state"]["orphans"] == [session.prefix]
+    with pytest.raises(IntegrityError, match="data vanished"):
+        session.commit()
+    assert list_backups(store, "app-state") == []
