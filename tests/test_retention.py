@@ -276,3 +276,25 @@ def test_a_backup_whose_objects_are_gone_never_stands_in_for_the_good_one():
         [old_good, pinned], RetentionPolicy.from_table("etcd"), NOW, keys=keys, prefix=PREFIX
     )
     assert {d.id: d.good for d in plan.decisions}[pinned.id]  # its pinned version may outlive the key
+
+
+def test_the_newest_good_backup_of_each_database_is_kept():
+    """A one-database backup (before a migration) is newer than the last full one: database b's
+    only copy is in the full one, past the window with it."""
+
+    def with_databases(m: Manifest, *dbs: str) -> Manifest:
+        objs = [
+            m.objects[0].model_copy(update={"name": f"db-{i:03d}-{db}", "meta": {"database": db}})
+            for i, db in enumerate(dbs)
+        ]
+        return m.model_copy(update={"objects": objs})
+
+    full = with_databases(manifest(1, 24 * 50, component="postgres"), "a", "b")
+    only_a = with_databases(manifest(2, 24 * 40, component="postgres"), "a")
+    newer_full = with_databases(manifest(3, 24 * 35, component="postgres"), "b", "a")
+    plan = plan_retention([full, only_a], RetentionPolicy.from_table("postgres"), NOW)
+    by_id = {d.id: d for d in plan.decisions}
+    assert by_id[full.id].action == Action.keep and "of b" in by_id[full.id].reason
+    # once a newer backup holds b (at another position: objects are named by position), it goes
+    plan = plan_retention([full, only_a, newer_full], RetentionPolicy.from_table("postgres"), NOW)
+    assert [d.id for d in plan.deletions] == [full.id, only_a.id]

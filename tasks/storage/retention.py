@@ -11,7 +11,9 @@ Pure: no I/O here (flows/maintenance.py lists, plans, then deletes). The rules, 
    whose source time is in the future (a skewed clock): `latest` never picks it, so it must not
    stand in for the backup `latest` does pick; it is kept (its age is negative) and says why.
    Nor does one whose objects the listing lacks (deleted behind its manifest's back). With no
-   good backup at all, the newest routine one not known damaged is kept in its place;
+   good backup at all, the newest routine one not known damaged is kept in its place. And the
+   newest good backup holding each part (object name: a database, an app-state step) is kept,
+   so a narrower newer backup never costs the other parts their last copy;
 3. members of the newest recovery point are kept (labels["recovery_point"]);
 4. everything within the retention window is kept;
 5. GFS tiers (optional): the newest good backup of each of the last N days / ISO weeks / months;
@@ -198,6 +200,7 @@ def plan_retention(
     good = [m for m in ordered if is_good(m, damaged_ids, verified_ids, now)]
     special = policy.special_retention or policy.retention
     last_good = {m.id for m in good[-policy.keep_last_good :]}
+    holders = _last_holders(good)
     # no good backup at all (none verified yet, say): the newest that may be one stays, so
     # retention alone can never leave a component with nothing to restore
     candidates = [m for m in ordered if m.routine and m.id not in damaged_ids and not from_the_future(m, now)]
@@ -224,6 +227,9 @@ def plan_retention(
         elif m.id in last_good:
             reason = f"one of the newest {policy.keep_last_good} good backup(s): never deleted"
             action = Action.keep
+        elif m.id in holders:
+            action = Action.keep
+            reason = f"the newest good backup of {', '.join(holders[m.id][:3])}: never deleted"
         elif m.id == fallback:
             action = Action.keep
             reason = "no good (verified) backup: the newest not known damaged is kept until one is"
@@ -283,6 +289,21 @@ def _group_keys(keys: Iterable[str], prefix: str) -> dict[str, list[str]]:
         if parts is not None:
             groups.setdefault(parts[1], []).append(key)
     return groups
+
+
+def _last_holders(good: list[Manifest]) -> dict[str, list[str]]:
+    """backup id -> the parts (a database, an app-state step, a vhost) it is the newest good
+    backup of. A narrower backup (one database, taken before a migration) is good, and newer;
+    without this the others' last copies went with the older, wider backup once past the window.
+    A part is the object's database (postgres names objects by position too), else its name."""
+    newest_of: dict[str, str] = {}
+    for m in good:  # oldest first: the newest holder of each part wins
+        for o in m.objects:
+            newest_of[str(o.meta.get("database") or o.name)] = m.id
+    holders: dict[str, list[str]] = {}
+    for name, backup_id in sorted(newest_of.items()):
+        holders.setdefault(backup_id, []).append(name)
+    return holders
 
 
 def _missing_objects(m: Manifest, listed: list[str] | None) -> list[str]:
