@@ -104,28 +104,30 @@ def verify_backups(
             except Exception as exc:  # a sweep that cannot look must say so, not pass
                 fail(where, name, f"object versions / locks unreadable in {block.location}: {exc}", name)
             chosen = _sweep_choice(listing.manifests, newest)
-            if where == "primary":
-                newest_primary[name] = chosen
-            else:  # the DR store must hold what the primary's newest are, identically, and whole
-                problems = dr_copy_problems(newest_primary.get(name, []), listing.manifests)
-                for backup_id, why in problems.items():
-                    fail(where, backup_id, why, name)
-                # a newer backup only the DR store has must not spare those copies their re-read
-                reread = {m.id for m in chosen} | {m.id for m in newest_primary.get(name, [])}
-                chosen = [m for m in listing.manifests if m.id in reread - set(problems)]
+            if where == "dr":  # a newer backup only the DR store has must not spare these a re-read
+                wanted = {m.id for m in chosen} | {m.id for m in newest_primary.get(name, [])}
+                chosen = [m for m in listing.manifests if m.id in wanted]
             if chosen:
                 checked.add(name)
+            reread: dict[str, Manifest] = {}
             for manifest in chosen:
                 try:
-                    # the manifest itself is read again (never a cached copy), checked against
-                    # its checksum and the folder it is in; then every object
+                    # the manifest itself is read again (never a cached copy, on a locked store
+                    # the version first written), checked against its checksum and its folder
                     manifest = get_backup(block, manifest.id, name)
+                    reread[manifest.id] = manifest
                     results[f"{where}:{manifest.id}"] = {"ok": True, **verify_task(manifest, block)}
                     mark_verified(block, manifest.id)
                 except Exception as exc:
                     if is_damage(exc):  # e.g. the component's own check found it
                         mark_damaged(block, manifest.id, str(exc))
                     fail(where, manifest.id, str(exc), name)
+            as_read = [reread.get(m.id, m) for m in (chosen if where == "primary" else listing.manifests)]
+            if where == "primary":
+                newest_primary[name] = as_read
+            else:  # the DR store must hold what the primary's newest are, identically
+                for backup_id, why in dr_copy_problems(newest_primary.get(name, []), as_read).items():
+                    fail(where, backup_id, why, name)
         if where == "primary" and components is None:
             points, damaged_points = scan_recovery_points(block)
             for rp_id, why in damaged_points.items():
