@@ -184,9 +184,10 @@ def delete_keys_task(store: StoreBlock, keys: list[str], what: str) -> int:
 
 def _locks(
     block: StoreBlock, plan: RetentionPlan, manifests: list[Manifest], now: datetime
-) -> dict[str, tuple[str, datetime]]:
-    """Deletions that S3 Object Lock still holds: one HEAD per key of each candidate, and for
-    the objects a manifest pinned, of the pinned version (an overwrite on top is not the backup)."""
+) -> dict[str, tuple[str, datetime | None]]:
+    """Deletions that S3 Object Lock (a retain-until or a legal hold) still holds: one HEAD per
+    key of each candidate, and for the objects a manifest pinned, of the pinned version (an
+    overwrite on top is not the backup)."""
     pinned = {o.key: o.version_id for m in manifests for o in m.objects}
     groups: dict[str, list] = {d.id: [(k, pinned.get(k)) for k in d.keys] for d in plan.deletions}
     groups |= {o.backup_dir: o.keys for o in plan.orphan_deletions}
@@ -285,7 +286,11 @@ def enforce_retention(
             "deleted" if not dry_run else "would_delete": [d.id for d in plan.deletions],
             "orphans": [o.backup_dir for o in plan.orphan_deletions],
             "unreadable_left_alone": left_alone[plan.component],
-            "locked": {d.id: d.locked_until.isoformat() for d in plan.decisions if d.locked_until},
+            "locked": {
+                d.id: "legal hold" if d.legal_hold else d.locked_until.isoformat()
+                for d in plan.decisions
+                if d.locked_until or d.legal_hold
+            },
         }
     incomplete = {n: sweep_incomplete_writes(block, n, timedelta(hours=grace), dry_run=True) for n in names}
     if dry_run:

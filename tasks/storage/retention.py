@@ -83,7 +83,20 @@ class Action(StrEnum):
     delete = "delete"
 
 
-class Decision(BaseModel):
+class _Held(BaseModel):
+    """What S3 Object Lock says of a deletion retention left alone (storage/retention_locks.py)."""
+
+    locked_until: AwareDatetime | None = Field(default=None, description="S3 Object Lock: kept until then")
+    legal_hold: bool = Field(default=False, description="S3 legal hold: kept until someone lifts it")
+
+    def lock_note(self) -> str | None:
+        """Why a lock keeps it, for reports: the legal hold or the retain-until (None: no lock)."""
+        if self.legal_hold:
+            return "legal hold (until lifted)"
+        return f"{self.locked_until:%Y-%m-%d %H:%M}Z" if self.locked_until else None
+
+
+class Decision(_Held):
     id: str
     source_time: AwareDatetime
     kind: str = "on-demand"
@@ -91,16 +104,14 @@ class Decision(BaseModel):
     action: Action
     reason: str
     keys: list[str] = Field(default_factory=list, description="keys deleted with it (manifest first)")
-    locked_until: AwareDatetime | None = Field(default=None, description="S3 Object Lock: kept until then")
 
 
-class OrphanDecision(BaseModel):
+class OrphanDecision(_Held):
     backup_dir: str
     keys: list[str]
     started_at: AwareDatetime | None
     action: Action
     reason: str
-    locked_until: AwareDatetime | None = None
 
 
 class RetentionPlan(BaseModel):
