@@ -127,6 +127,8 @@ def verify_backups(
                 newest_primary[name] = as_read
             else:  # the DR store must hold what the primary's newest are, identically
                 for backup_id, why in dr_copy_problems(newest_primary.get(name, []), as_read).items():
+                    if backup_id in reread:  # a copy that is not the primary's backup: recorded,
+                        mark_damaged(block, backup_id, why)  # so DR's latest/retention never trust it
                     fail(where, backup_id, why, name)
         if where == "primary" and components is None:
             points, damaged_points = scan_recovery_points(block)

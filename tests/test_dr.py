@@ -15,6 +15,7 @@ from sandbox.s3 import make_bucket, s3_store
 from tasks.errors import ConfigurationError, IntegrityError, NotFound
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import get_backup, list_backups, verify_backup
+from tasks.storage.health import finding
 from tasks.storage.replicate import replicate_backup, verify_replica
 from tasks.storage.session import backup_session
 
@@ -140,6 +141,9 @@ def test_a_dr_copy_whose_manifest_says_something_else_fails_the_sweep(
     with pytest.raises(RuntimeError, match=f"dr:{manifest.id}") as err:
         verify_backups(components=["app-state"], store=primary, dr_store=dr)
     assert f"primary:{manifest.id}" not in str(err.value)
+    # recorded: a restore of 'latest' from the DR store, and its retention, see it
+    recorded = finding(dr, manifest.id)
+    assert recorded is not None and "not the primary's backup" in recorded.reason
     with pytest.raises(IntegrityError, match=field):
         verify_replica(manifest, dr)
 
