@@ -113,3 +113,28 @@ def test_a_backup_whose_objects_retention_collected_is_never_committed(prefect_s
     with pytest.raises(IntegrityError, match="data vanished"):
         session.commit()
     assert list_backups(store, "app-state") == []
+
+
+@pytest.mark.fault(
+    "concurrency",
+    "enforce_retention(dry_run=False) while a restore of app-state holds the component lock and "
+    "reads an old backup past the window",
+    "retention deletes nothing of app-state, fails naming it as left for the next run; once the "
+    "restore is done, the next run deletes the old backup",
+)
+def test_retention_never_deletes_what_a_running_restore_may_read(prefect_server, s3_store, monkeypatch):
+    from flows.locks import component_lock
+    from tasks.errors import TransientError
+    from tests.test_retention_flow import old_backup
+
+    store = s3_store()
+    old = old_backup(store, "app-state", timedelta(days=40))
+    newest = old_backup(store, "app-state", timedelta(hours=1))
+    monkeypatch.setenv("KLB_COMPONENT_LOCK_WAIT_SECONDS", "1")
+    with component_lock("app-state", timeout_seconds=30):  # what restore_component holds as it reads
+        with pytest.raises(TransientError, match="app-state was left for the next run"):
+            enforce_retention(dry_run=False, store=store, components=["app-state"])
+        assert [m.id for m in list_backups(store, "app-state")] == [old.id, newest.id]
+    done = enforce_retention(dry_run=False, store=store, components=["app-state"])
+    assert done["components"]["app-state"]["deleted"] == [old.id]
+    assert [m.id for m in list_backups(store, "app-state")] == [newest.id]
