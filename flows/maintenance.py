@@ -23,7 +23,7 @@ from tasks.notify import Severity, notify
 from tasks.operations.recovery import check_recovery_point, scan_recovery_points
 from tasks.storage import object_lock
 from tasks.storage.backends import backend_for
-from tasks.storage.catalog import get_backup
+from tasks.storage.catalog import from_the_future, get_backup
 from tasks.storage.health import Status, health_of, is_damage, mark_damaged, mark_verified
 from tasks.storage.index import ComponentListing, list_component
 from tasks.storage.layout import backup_dir_of, layout
@@ -41,10 +41,15 @@ from tasks.verbs import verify_task
 
 
 def _sweep_choice(manifests: list[Manifest], newest: int) -> list[Manifest]:
-    """The newest `newest` routine backups and the newest `newest` safety/forensic ones."""
-    routine = [m for m in manifests if m.routine]
+    """The newest `newest` routine backups and the newest `newest` safety/forensic ones. Those
+    from the future (a skewed clock) are counted apart: they sort last, and would otherwise
+    take the place of the newest backups 'latest' and retention actually rely on."""
+    now = datetime.now(UTC)
+    routine = [m for m in manifests if m.routine and not from_the_future(m, now)]
+    future = [m for m in manifests if m.routine and from_the_future(m, now)]
     special = [m for m in manifests if not m.routine]
-    return sorted(routine[-newest:] + special[-newest:], key=lambda m: (m.source_time, m.id))
+    chosen = routine[-newest:] + future[-newest:] + special[-newest:]
+    return sorted(chosen, key=lambda m: (m.source_time, m.id))
 
 
 @flow(name="verify-backups")

@@ -78,6 +78,26 @@ def failed_with(st, error: str, fragment: str) -> None:
     assert fragment in st.message, st.message
 
 
+@pytest.mark.fault(
+    "catalog",
+    "a backup from a skewed clock (source time two days ahead) beside a damaged newest real one; "
+    "the sweep re-reads the newest one",
+    "the sweep re-reads the damaged one too ('latest' and retention rely on it, not the future "
+    "one) and fails naming it",
+)
+def test_a_future_dated_backup_does_not_spare_the_real_newest_the_sweep(world):
+    store, _target, _state = world
+    real = backup(store, b"real")
+    session = BackupSession(store, APP)
+    session.source_time = datetime.now(UTC) + timedelta(days=2)  # the worker's clock ran ahead
+    session.write("sessions", [b"skewed"])
+    session.commit()
+    flip_object(store, real)
+    st = verify_backups(components=[APP], store=store, newest=1, return_state=True)
+    failed_with(st, "RuntimeError", f"primary:{real.id}")
+    assert health_of(store, APP)[real.id].status == Status.damaged
+
+
 # --- 1. retention and the sweep's findings -----------------------------------------------------
 
 
