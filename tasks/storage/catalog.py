@@ -58,13 +58,16 @@ def _load(backend: Backend, key: str, keys: StoreLayout, version_id: str | None 
     return parse_manifest(b"".join(backend.read(key, version_id)), key, keys)
 
 
-def _backup_id_at(key: str) -> str | None:
+def _backup_id_at(key: str, keys: StoreLayout) -> str | None:
+    """The backup whose manifest `key` is: only at that backup's own manifest key. A manifest
+    found anywhere else (a folder copied under another day) is a stray: damage to record
+    against no backup, or a stray copy would mark the real backup damaged, and retention and
+    'latest' would pass it over."""
     found = backup_id_of(key)
     try:
-        parse_backup_id(found or "")
+        return found if found and keys.manifest_key(found) == key else None
     except BadInput:
         return None
-    return found
 
 
 def _try_load(
@@ -75,7 +78,7 @@ def _try_load(
     try:
         return _load(backend, key, layout(store), version_id)
     except IntegrityError as exc:
-        if backup_id := _backup_id_at(key):
+        if backup_id := _backup_id_at(key, layout(store)):
             mark_damaged(store, backup_id, str(exc))
         log.error("skipping backup: %s", exc)
     except NotFound as exc:  # deleted while we listed

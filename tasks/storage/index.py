@@ -96,7 +96,7 @@ def list_component(store: StoreBlock, component: str, use_index: bool = True) ->
             return key, _load(backend, key, keys)
         except IntegrityError as exc:
             unreadable[key] = str(exc)
-            if backup_id := _backup_id_at(key):
+            if backup_id := _backup_id_at(key, keys):
                 mark_damaged(store, backup_id, str(exc))
             return key, None
         except NotFound as exc:
