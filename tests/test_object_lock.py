@@ -20,6 +20,7 @@ from tasks.storage import object_lock
 from tasks.storage.backends import backend_for
 from tasks.storage.backends.s3_lock import ceil_second
 from tasks.storage.catalog import get_backup, list_backups
+from tasks.storage.index import list_component
 from tasks.storage.layout import layout
 from tasks.storage.replicate import replicate_backup
 from tasks.storage.retention import RetentionPolicy, plan_retention
@@ -408,6 +409,7 @@ def test_object_lock_a_forged_manifest_cannot_redirect_a_restore(moto):
         assert found == manifest
         assert b"".join(read_object(store, found.objects[0])) == payload
     assert list_backups(store, "app-state") == [manifest]
+    assert list_component(store, "app-state").manifests == [manifest]  # what retention and the sweep list
 
 
 def test_object_lock_a_delete_marker_on_the_newest_manifest_does_not_make_latest_older(moto):
