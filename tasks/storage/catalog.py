@@ -35,6 +35,12 @@ def parse_manifest(data: bytes, key: str, keys: StoreLayout) -> Manifest:
         raise IntegrityError(f"manifest {key} is unreadable: {str(exc)[:200]}") from None
     if manifest.checksum != manifest.computed_checksum():
         raise IntegrityError(f"manifest {key} was altered: its checksum does not match its content")
+    if not manifest.objects:  # never written by a backup (commit refuses one): it would verify vacuously
+        raise IntegrityError(
+            f"manifest {key} lists no objects: it is not the manifest of backup "
+            f"{backup_id_of(key) or key} (no backup writes one); restore this folder's manifest "
+            "from the DR store, or delete the folder"
+        )
     home = keys.manifest_key(manifest.id)
     id_component, _ = parse_backup_id(manifest.id)
     # each object exactly at <folder>/<its name>: a prefix test would pass '<folder>/../<B>/x',
