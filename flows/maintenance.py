@@ -316,6 +316,8 @@ def enforce_retention(
     plans: dict[str, RetentionPlan] = {}
     for name, listing in listings.items():
         plans[name], left_alone[name] = _plan(block, policies[name], listing, now, rp)
+        for backup_id, gone in plans[name].missing.items():  # recorded: 'latest' must not pick it
+            mark_damaged(block, backup_id, f"objects missing from {block.location}: {', '.join(gone)}")
     incomplete = {n: sweep_incomplete_writes(block, n, timedelta(hours=grace), dry_run=True) for n in names}
     busy: dict[str, str] = {}
     if not dry_run:

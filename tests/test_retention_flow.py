@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tasks.errors import IntegrityError
 from tasks.ids import new_backup_id
 from tasks.storage.backends import backend_for
-from tasks.storage.catalog import list_backups
+from tasks.storage.catalog import latest_backup, list_backups
 from tasks.storage.index import list_component
 from tasks.storage.layout import backup_prefix, layout
 from tasks.storage.session import BackupSession
@@ -107,9 +108,13 @@ def test_a_narrower_or_emptied_newer_backup_never_costs_a_part_its_last_good_cop
     orders_only = old_backup(store, "app-state", timedelta(days=40), parts=("orders",))
     emptied = old_backup(store, "app-state", timedelta(days=35), parts=("orders", "users"))
     backend_for(store).delete_keys([emptied.object("users").key])
+    newest = old_backup(store, "app-state", timedelta(hours=1), parts=("orders", "users"))
+    backend_for(store).delete_keys([newest.object("orders").key])
     done = enforce_retention(dry_run=False, store=store, components=["app-state"])
     assert done["components"]["app-state"]["deleted"] == [emptied.id]
-    assert [m.id for m in list_backups(store, "app-state")] == [full.id, orders_only.id]
+    assert [m.id for m in list_backups(store, "app-state")] == [full.id, orders_only.id, newest.id]
+    with pytest.raises(IntegrityError, match=f"{newest.id} is damaged .objects missing"):
+        latest_backup(store, "app-state")  # recorded: 'latest' never picks a backup whose data is gone
 
 
 def test_members_of_the_newest_recovery_point_are_kept(prefect_server, s3_store):

@@ -121,6 +121,9 @@ class RetentionPlan(BaseModel):
     recovery_point: str | None = None
     decisions: list[Decision]
     orphans: list[OrphanDecision] = Field(default_factory=list)
+    missing: dict[str, list[str]] = Field(
+        default_factory=dict, description="backup id -> its objects the listing lacks (damaged)"
+    )
 
     @property
     def deletions(self) -> list[Decision]:
@@ -284,6 +287,7 @@ def plan_retention(
         recovery_point=recovery_point,
         decisions=decisions,
         orphans=orphans,
+        missing=missing,
     )
 
 
