@@ -14,17 +14,18 @@ from prefect.cache_policies import NO_CACHE
 from blocks.store import StoreBlock
 from flows.common import StoreRef, load_store
 from flows.inputs import MAX_HOURS, component_names, count, number
+from flows.locks import component_lock
 from tasks.components.registry import ComponentName
-from tasks.errors import BadInput
+from tasks.errors import BadInput, TransientError
 from tasks.metrics import record_run
 from tasks.models import Manifest
 from tasks.notify import Severity, notify
 from tasks.operations.recovery import check_recovery_point, scan_recovery_points
 from tasks.storage import object_lock
 from tasks.storage.backends import backend_for
-from tasks.storage.catalog import get_backup
+from tasks.storage.catalog import from_the_future, get_backup
 from tasks.storage.health import Status, health_of, is_damage, mark_damaged, mark_verified
-from tasks.storage.index import list_component
+from tasks.storage.index import ComponentListing, list_component
 from tasks.storage.layout import backup_dir_of, layout
 from tasks.storage.leftovers import sweep_incomplete_writes
 from tasks.storage.replicate import dr_copy_problems, load_dr_store
@@ -40,10 +41,15 @@ from tasks.verbs import verify_task
 
 
 def _sweep_choice(manifests: list[Manifest], newest: int) -> list[Manifest]:
-    """The newest `newest` routine backups and the newest `newest` safety/forensic ones."""
-    routine = [m for m in manifests if m.routine]
+    """The newest `newest` routine backups and the newest `newest` safety/forensic ones. Those
+    from the future (a skewed clock) are counted apart: they sort last, and would otherwise
+    take the place of the newest backups 'latest' and retention actually rely on."""
+    now = datetime.now(UTC)
+    routine = [m for m in manifests if m.routine and not from_the_future(m, now)]
+    future = [m for m in manifests if m.routine and from_the_future(m, now)]
     special = [m for m in manifests if not m.routine]
-    return sorted(routine[-newest:] + special[-newest:], key=lambda m: (m.source_time, m.id))
+    chosen = routine[-newest:] + future[-newest:] + special[-newest:]
+    return sorted(chosen, key=lambda m: (m.source_time, m.id))
 
 
 @flow(name="verify-backups")
@@ -104,26 +110,32 @@ def verify_backups(
             except Exception as exc:  # a sweep that cannot look must say so, not pass
                 fail(where, name, f"object versions / locks unreadable in {block.location}: {exc}", name)
             chosen = _sweep_choice(listing.manifests, newest)
+            if where == "dr":  # a newer backup only the DR store has must not spare these a re-read
+                wanted = {m.id for m in chosen} | {m.id for m in newest_primary.get(name, [])}
+                chosen = [m for m in listing.manifests if m.id in wanted]
             if chosen:
                 checked.add(name)
-            if where == "primary":
-                newest_primary[name] = chosen
-            else:  # the DR store must hold what the primary's newest are, identically
-                for backup_id, why in dr_copy_problems(
-                    newest_primary.get(name, []), listing.manifests
-                ).items():
-                    fail(where, backup_id, why, name)
+            reread: dict[str, Manifest] = {}
             for manifest in chosen:
                 try:
-                    # the manifest itself is read again (never a cached copy), checked against
-                    # its checksum and the folder it is in; then every object
+                    # the manifest itself is read again (never a cached copy, on a locked store
+                    # the version first written), checked against its checksum and its folder
                     manifest = get_backup(block, manifest.id, name)
+                    reread[manifest.id] = manifest
                     results[f"{where}:{manifest.id}"] = {"ok": True, **verify_task(manifest, block)}
                     mark_verified(block, manifest.id)
                 except Exception as exc:
                     if is_damage(exc):  # e.g. the component's own check found it
                         mark_damaged(block, manifest.id, str(exc))
                     fail(where, manifest.id, str(exc), name)
+            as_read = [reread.get(m.id, m) for m in (chosen if where == "primary" else listing.manifests)]
+            if where == "primary":
+                newest_primary[name] = as_read
+            else:  # the DR store must hold what the primary's newest are, identically
+                for backup_id, why in dr_copy_problems(newest_primary.get(name, []), as_read).items():
+                    if backup_id in reread:  # a copy that is not the primary's backup: recorded,
+                        mark_damaged(block, backup_id, why)  # so DR's latest/retention never trust it
+                    fail(where, backup_id, why, name)
         if where == "primary" and components is None:
             points, damaged_points = scan_recovery_points(block)
             for rp_id, why in damaged_points.items():
@@ -180,13 +192,49 @@ def delete_keys_task(store: StoreBlock, keys: list[str], what: str) -> int:
 
 def _locks(
     block: StoreBlock, plan: RetentionPlan, manifests: list[Manifest], now: datetime
-) -> dict[str, tuple[str, datetime]]:
-    """Deletions that S3 Object Lock still holds: one HEAD per key of each candidate, and for
-    the objects a manifest pinned, of the pinned version (an overwrite on top is not the backup)."""
+) -> dict[str, tuple[str, datetime | None]]:
+    """Deletions that S3 Object Lock (a retain-until or a legal hold) still holds: one HEAD per
+    key of each candidate, and for the objects a manifest pinned, of the pinned version (an
+    overwrite on top is not the backup)."""
     pinned = {o.key: o.version_id for m in manifests for o in m.objects}
     groups: dict[str, list] = {d.id: [(k, pinned.get(k)) for k in d.keys] for d in plan.deletions}
     groups |= {o.backup_dir: o.keys for o in plan.orphan_deletions}
     return object_lock.locked_until(backend_for(block), groups, now)
+
+
+def _plan(
+    block: StoreBlock, policy: RetentionPolicy, listing: ComponentListing, now: datetime, rp: str | None
+) -> tuple[RetentionPlan, list[str]]:
+    """One component's plan (locks applied), and the folders left alone as unreadable."""
+    name = policy.component
+    known = health_of(block, name)
+    # a backup whose manifest is unreadable is evidence for the sweep, not an orphan to collect
+    bad_dirs = {backup_dir_of(k) + "/" for k in listing.unreadable}
+    keys = [k for k in listing.keys if not any(k.startswith(d) for d in bad_dirs)]
+    plan = plan_retention(
+        listing.manifests,
+        policy,
+        now,
+        keys=keys,
+        prefix=layout(block).component_dir(name),
+        damaged=[i for i, h in known.items() if h.status == Status.damaged],
+        verified=[i for i, h in known.items() if h.status == Status.verified],
+        recovery_point=rp,
+    )
+    return apply_locks(plan, _locks(block, plan, listing.manifests, now)), sorted(bad_dirs)
+
+
+def _apply(block: StoreBlock, plan: RetentionPlan) -> int:
+    """Manifests first (the backups stop existing at once), then their objects and health
+    records, then orphans. Returns the keys deleted."""
+    c = plan.component
+    objects = [k for d in plan.deletions for k in d.keys[1:]]
+    objects += [layout(block).health_key(d.id) for d in plan.deletions]
+    deleted = delete_keys_task(block, [d.keys[0] for d in plan.deletions], f"{c}-manifests")
+    deleted += delete_keys_task(block, objects, f"{c}-objects")
+    return deleted + delete_keys_task(
+        block, [k for o in plan.orphan_deletions for k in o.keys], f"{c}-orphans"
+    )
 
 
 @flow(name="enforce-retention")
@@ -208,6 +256,12 @@ def enforce_retention(
     writes) are collected as a separate step. A backup the sweep (or a failed read) found damaged
     never counts as good. Safety and forensic backups are kept `special_retention_days` (default:
     the component's retention) and never protect older backups (docs/operations.md).
+
+    Deletions of a component are planned again and applied holding its lock (flows/locks.py), as
+    backups and restores do: never while a restore reads a backup that would go, nor while a
+    backup writes objects that would look abandoned. A component whose lock stays held past
+    $KLB_COMPONENT_LOCK_WAIT_SECONDS is left for the next run; the others are done, and the run
+    fails naming it.
 
     On a versioned bucket a delete adds a delete marker: the data stays as a noncurrent
     version until the bucket's lifecycle rule expires it (docs/operations.md).
@@ -246,10 +300,8 @@ def enforce_retention(
     names = component_names(components)
     listings = {name: list_component(block, name) for name in names}
     rp = newest_recovery_point(m for lst in listings.values() for m in lst.manifests)
-    plans: list[RetentionPlan] = []
-    left_alone: dict[str, list[str]] = {}
-    for name, listing in listings.items():
-        policy = RetentionPolicy.from_table(
+    policies = {
+        name: RetentionPolicy.from_table(
             name,
             keep_last_good=keep_last_good,
             keep_daily=keep_daily,
@@ -258,48 +310,55 @@ def enforce_retention(
             orphan_grace=timedelta(hours=grace),
             special_retention=None if special is None else timedelta(days=special),
         )
-        known = health_of(block, name)
-        # a backup whose manifest is unreadable is evidence for the sweep, not an orphan to collect
-        bad_dirs = {backup_dir_of(k) + "/" for k in listing.unreadable}
-        keys = [k for k in listing.keys if not any(k.startswith(d) for d in bad_dirs)]
-        left_alone[name] = sorted(bad_dirs)
-        plan = plan_retention(
-            listing.manifests,
-            policy,
-            now,
-            keys=keys,
-            prefix=layout(block).component_dir(name),
-            damaged=[i for i, h in known.items() if h.status == Status.damaged],
-            verified=[i for i, h in known.items() if h.status == Status.verified],
-            recovery_point=rp,
-        )
-        plans.append(apply_locks(plan, _locks(block, plan, listing.manifests, now)))
-    summary: dict[str, Any] = {"dry_run": dry_run, "recovery_point": rp, "components": {}}
-    for plan in plans:
-        summary["components"][plan.component] = {
-            **plan.counts(),
-            "deleted" if not dry_run else "would_delete": [d.id for d in plan.deletions],
-            "orphans": [o.backup_dir for o in plan.orphan_deletions],
-            "unreadable_left_alone": left_alone[plan.component],
-            "locked": {d.id: d.locked_until.isoformat() for d in plan.decisions if d.locked_until},
-        }
+        for name in names
+    }
+    left_alone: dict[str, list[str]] = {}
+    plans: dict[str, RetentionPlan] = {}
+    for name, listing in listings.items():
+        plans[name], left_alone[name] = _plan(block, policies[name], listing, now, rp)
+        for backup_id, gone in plans[name].missing.items():  # recorded: 'latest' must not pick it
+            mark_damaged(block, backup_id, f"objects missing from {block.location}: {', '.join(gone)}")
     incomplete = {n: sweep_incomplete_writes(block, n, timedelta(hours=grace), dry_run=True) for n in names}
-    if dry_run:
-        summary["incomplete_writes_would_remove"] = [k for keys in incomplete.values() for k in keys]
-    else:
-        # manifests first (the backups stop existing at once), then their objects, then orphans
-        manifests = [d.keys[0] for p in plans for d in p.deletions]
-        objects = [k for p in plans for d in p.deletions for k in d.keys[1:]]
-        objects += [layout(block).health_key(d.id) for p in plans for d in p.deletions]
-        orphans = [k for p in plans for o in p.orphan_deletions for k in o.keys]
-        deleted = delete_keys_task(block, manifests, "manifests")
-        deleted += delete_keys_task(block, objects, "objects")
-        deleted += delete_keys_task(block, orphans, "orphans")
-        # what the plan cannot see: open multipart uploads and partial files of dead writers
-        swept = [k for n in names for k in sweep_incomplete_writes(block, n, timedelta(hours=grace))]
-        summary["keys_deleted"] = deleted
-        summary["incomplete_writes_removed"] = swept
+    busy: dict[str, str] = {}
+    if not dry_run:
+        deleted, swept = 0, []
+        for name, plan in plans.items():
+            if not (plan.deletions or plan.orphan_deletions or incomplete[name]):
+                continue
+            try:
+                # never while a restore reads a backup that would go, nor while a backup writes
+                # objects that would look abandoned: planned again under the component's lock
+                with component_lock(name):
+                    listing = list_component(block, name)
+                    plans[name], left_alone[name] = _plan(
+                        block, policies[name], listing, datetime.now(UTC), rp
+                    )
+                    deleted += _apply(block, plans[name])
+                    # what the plan cannot see: open multipart uploads and partial files of dead writers
+                    swept += sweep_incomplete_writes(block, name, timedelta(hours=grace))
+            except TransientError as exc:  # held past the wait: left for the next run, said so
+                logger.warning("retention of %s left for the next run: %s", name, exc)
+                busy[name] = str(exc)
+        summary_extra: dict[str, Any] = {"keys_deleted": deleted, "incomplete_writes_removed": swept}
         logger.info("retention deleted %d keys from %s", deleted, block.location)
+    else:
+        summary_extra = {"incomplete_writes_would_remove": [k for keys in incomplete.values() for k in keys]}
+    summary: dict[str, Any] = {"dry_run": dry_run, "recovery_point": rp, "components": {}}
+    for name, plan in plans.items():
+        done = [] if name in busy else [d.id for d in plan.deletions]
+        summary["components"][name] = {
+            **plan.counts(),
+            "deleted" if not dry_run else "would_delete": done,
+            "orphans": [] if name in busy else [o.backup_dir for o in plan.orphan_deletions],
+            "unreadable_left_alone": left_alone[name],
+            "locked": {
+                d.id: "legal hold" if d.legal_hold else d.locked_until.isoformat()
+                for d in plan.decisions
+                if d.locked_until or d.legal_hold
+            },
+            **({"busy": busy[name]} if name in busy else {}),
+        }
+    summary |= summary_extra
     damaged = {c: dirs for c, dirs in left_alone.items() if dirs}
     if damaged:  # nothing fails, but someone must look (P2); the sweep reports them too
         notify(
@@ -309,7 +368,13 @@ def enforce_retention(
         )
     create_markdown_artifact(
         key="retention-plan",
-        markdown=plan_markdown(plans, dry_run, incomplete=incomplete) + locks_markdown(plans),
+        markdown=plan_markdown(list(plans.values()), dry_run, incomplete=incomplete)
+        + locks_markdown(list(plans.values()))
+        + "".join(f"\n**{c}: nothing deleted, left for the next run**: {why}\n" for c, why in busy.items()),
         description=f"retention of {block.location}",
     )
+    if busy:  # the rest is done; these components wait for the next run, and the run says so
+        raise TransientError(
+            f"retention of {', '.join(busy)} was left for the next run: {'; '.join(busy.values())}"
+        )
     return summary

@@ -5,6 +5,7 @@ is reported by the integrity sweep."""
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 
 import pytest
 
@@ -14,6 +15,7 @@ from sandbox.s3 import make_bucket, s3_store
 from tasks.errors import ConfigurationError, IntegrityError, NotFound
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import get_backup, list_backups, verify_backup
+from tasks.storage.health import finding
 from tasks.storage.replicate import replicate_backup, verify_replica
 from tasks.storage.session import backup_session
 
@@ -103,6 +105,66 @@ def test_a_tampered_dr_copy_is_reported_by_the_sweep(prefect_server, s3_store, d
     with pytest.raises(RuntimeError, match=f"dr:{manifest.id}") as err:
         verify_backups(components=["app-state"], store=primary, dr_store=dr)
     assert f"primary:{manifest.id}" not in str(err.value)  # the primary copy is fine
+
+
+def forge_dr_manifest(dr, dr_client, backup_id: str, **update) -> None:
+    """Rewrite the DR copy's manifest with `update`, resealed: consistent in itself, only not
+    the primary's backup any more."""
+    copy = get_backup(dr, backup_id)
+    forged = copy.model_copy(update=update).sealed()
+    key = copy.objects[0].key.rsplit("/", 1)[0] + "/manifest.json"
+    dr_client.put_object(Bucket=dr.bucket, Key=key, Body=forged.model_dump_json().encode())
+
+
+@pytest.mark.parametrize(
+    "field, update",
+    [
+        ("source_time", lambda m: {"source_time": m.source_time - timedelta(days=3)}),
+        ("labels", lambda m: {"labels": {**m.labels, "kind": "safety"}}),
+        ("engine", lambda m: {"engine": {**m.engine, "tool": "another"}}),
+    ],
+)
+def test_a_dr_copy_whose_manifest_says_something_else_fails_the_sweep(
+    prefect_server, s3_store, dr_store, field, update
+):
+    """Same objects, same checksums, but a DR manifest that differs from the primary's elsewhere
+    (an older source time moves what at-or-before picks; another kind hides it from latest)."""
+    from flows.maintenance import verify_backups
+
+    primary = s3_store()
+    dr, dr_client = dr_store
+    with backup_session(primary, "app-state") as s:
+        s.write("data", [b"precious bytes " * 50])
+        manifest = s.commit()
+    replicate_backup(manifest, primary, dr)
+    forge_dr_manifest(dr, dr_client, manifest.id, **update(manifest))
+    with pytest.raises(RuntimeError, match=f"dr:{manifest.id}") as err:
+        verify_backups(components=["app-state"], store=primary, dr_store=dr)
+    assert f"primary:{manifest.id}" not in str(err.value)
+    # recorded: a restore of 'latest' from the DR store, and its retention, see it
+    recorded = finding(dr, manifest.id)
+    assert recorded is not None and "not the primary's backup" in recorded.reason
+    with pytest.raises(IntegrityError, match=field):
+        verify_replica(manifest, dr)
+
+
+def test_a_newer_dr_only_backup_does_not_spare_the_copy_its_reread(prefect_server, s3_store, dr_store):
+    from flows.maintenance import verify_backups
+
+    primary = s3_store()
+    dr, dr_client = dr_store
+    with backup_session(primary, "app-state") as s:
+        s.write("data", [b"precious bytes " * 50])
+        manifest = s.commit()
+    replicate_backup(manifest, primary, dr)
+    with backup_session(dr, "app-state") as s:  # newer than the primary's newest, only in DR
+        s.write("data", [b"other bytes"])
+        s.commit()
+    key = get_backup(dr, manifest.id).objects[0].key
+    body = dr_client.get_object(Bucket=dr.bucket, Key=key)["Body"].read()
+    dr_client.put_object(Bucket=dr.bucket, Key=key, Body=bytes([body[0] ^ 1]) + body[1:])
+    with pytest.raises(RuntimeError, match=f"dr:{manifest.id}"):
+        verify_backups(components=["app-state"], store=primary, dr_store=dr)
 
 
 def test_native_replication_is_verified_by_checksum_not_trusted(s3_store, dr_store):

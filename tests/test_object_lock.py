@@ -20,6 +20,7 @@ from tasks.storage import object_lock
 from tasks.storage.backends import backend_for
 from tasks.storage.backends.s3_lock import ceil_second
 from tasks.storage.catalog import get_backup, list_backups
+from tasks.storage.index import list_component
 from tasks.storage.layout import layout
 from tasks.storage.replicate import replicate_backup
 from tasks.storage.retention import RetentionPolicy, plan_retention
@@ -408,6 +409,7 @@ def test_object_lock_a_forged_manifest_cannot_redirect_a_restore(moto):
         assert found == manifest
         assert b"".join(read_object(store, found.objects[0])) == payload
     assert list_backups(store, "app-state") == [manifest]
+    assert list_component(store, "app-state").manifests == [manifest]  # what retention and the sweep list
 
 
 def test_object_lock_a_delete_marker_on_the_newest_manifest_does_not_make_latest_older(moto):
@@ -421,3 +423,30 @@ def test_object_lock_a_delete_marker_on_the_newest_manifest_does_not_make_latest
     assert get_backup(store, newest.id) == newest
     assert get_backup(store, "latest", "app-state") == newest
     assert [m.id for m in list_backups(store, "app-state")] == [older.id, newest.id]
+
+
+def test_object_lock_retention_never_deletes_or_hides_a_backup_under_legal_hold(moto, prefect_server):
+    """An operator put a legal hold on an old backup (an investigation); the store itself does
+    not lock per backup. Past the window, retention keeps it and says why: a delete would only
+    have put delete markers on it and hidden it from the catalog."""
+    from flows.maintenance import enforce_retention
+
+    store, client = locked(moto, None)
+    held = backup(store, source_time=datetime.now(UTC) - timedelta(days=40))
+    gone = backup(store, source_time=datetime.now(UTC) - timedelta(days=41))
+    newest = backup(store)
+    manifest_key = layout(store).manifest_key(held.id)
+    hold = {"Bucket": store.bucket, "LegalHold": {"Status": "ON"}}
+    client.put_object_legal_hold(Key=manifest_key, **hold)
+    for o in held.objects:
+        client.put_object_legal_hold(Key=o.key, VersionId=o.version_id, **hold)
+
+    dry = enforce_retention(dry_run=True, store=store, components=["app-state"])["components"]["app-state"]
+    assert dry["would_delete"] == [gone.id] and dry["locked"] == {held.id: "legal hold"}
+    applied = enforce_retention(dry_run=False, store=store, components=["app-state"])
+    assert applied["components"]["app-state"]["deleted"] == [gone.id]
+    assert {m.id for m in list_backups(store, "app-state")} == {held.id, newest.id}
+    markers = {m["Key"] for m in versions(client, store.bucket)[1]}
+    assert manifest_key not in markers and not {o.key for o in held.objects} & markers
+    census = object_lock.census(backend_for(store), [held, newest], datetime.now(UTC))
+    assert census is not None and census.unlocked == len(newest.objects)  # held ones are protected

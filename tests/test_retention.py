@@ -95,9 +95,11 @@ def test_plan_properties_over_random_histories(entries, flights, keep_last_good)
     for m in manifests:
         if rp and m.labels.get("recovery_point") == rp:
             assert action[m.id] == Action.keep
+    # with no good backup, the newest one stands in for it: retention never empties a component
+    stand_in = {ordered[-1].id} if ordered and not good else set()
     # everything within the window is kept; everything else past it (not protected) is deleted
     for m in manifests:
-        protected = m.id in newest_good or (rp and m.labels.get("recovery_point") == rp)
+        protected = m.id in newest_good | stand_in or (rp and m.labels.get("recovery_point") == rp)
         past = NOW - m.source_time > policy.retention
         assert action[m.id] == (Action.delete if past and not protected else Action.keep)
     # in-flight backups (no manifest) are never deleted within the grace; older orphans are
@@ -237,3 +239,62 @@ def test_a_backup_from_the_future_never_stands_in_for_the_newest_good_one():
     assert by_id[old_good.id].action == Action.keep and by_id[old_good.id].good
     assert by_id[future.id].action == Action.keep and not by_id[future.id].good
     assert "future" in by_id[future.id].reason
+
+
+def test_with_no_good_backup_the_newest_is_kept_and_never_a_damaged_one():
+    """Nothing verified (verify_after_write off, no sweep yet) and everything past the window:
+    retention alone must not leave the component with nothing to restore."""
+    older, newer, damaged = (
+        manifest(1, 24 * 50, good=False),
+        manifest(2, 24 * 40, good=False),
+        manifest(3, 24 * 35),
+    )
+    plan = plan_retention(
+        [older, newer, damaged], RetentionPolicy.from_table("etcd"), NOW, damaged={damaged.id}
+    )
+    by_id = {d.id: d for d in plan.decisions}
+    assert by_id[newer.id].action == Action.keep and "no good" in by_id[newer.id].reason
+    assert by_id[older.id].action == by_id[damaged.id].action == Action.delete
+
+
+def test_a_backup_whose_objects_are_gone_never_stands_in_for_the_good_one():
+    """The newest backup's data was deleted behind its manifest (by hand, a lifecycle rule):
+    the listing shows it, so the older good backup is the one kept."""
+    old_good, emptied = manifest(1, 24 * 40), manifest(2, 24 * 30)
+    keys = keys_of(old_good) + [k for k in keys_of(emptied) if k.endswith("manifest.json")]
+    plan = plan_retention(
+        [old_good, emptied], RetentionPolicy.from_table("etcd"), NOW, keys=keys, prefix=PREFIX
+    )
+    by_id = {d.id: d for d in plan.decisions}
+    assert by_id[old_good.id].action == Action.keep and "never deleted" in by_id[old_good.id].reason
+    assert by_id[emptied.id].action == Action.delete and "objects missing (data)" in by_id[emptied.id].reason
+    assert not by_id[emptied.id].good
+    pinned = emptied.model_copy(
+        update={"objects": [emptied.objects[0].model_copy(update={"version_id": "v1"})]}
+    )
+    plan = plan_retention(
+        [old_good, pinned], RetentionPolicy.from_table("etcd"), NOW, keys=keys, prefix=PREFIX
+    )
+    assert {d.id: d.good for d in plan.decisions}[pinned.id]  # its pinned version may outlive the key
+
+
+def test_the_newest_good_backup_of_each_database_is_kept():
+    """A one-database backup (before a migration) is newer than the last full one: database b's
+    only copy is in the full one, past the window with it."""
+
+    def with_databases(m: Manifest, *dbs: str) -> Manifest:
+        objs = [
+            m.objects[0].model_copy(update={"name": f"db-{i:03d}-{db}", "meta": {"database": db}})
+            for i, db in enumerate(dbs)
+        ]
+        return m.model_copy(update={"objects": objs})
+
+    full = with_databases(manifest(1, 24 * 50, component="postgres"), "a", "b")
+    only_a = with_databases(manifest(2, 24 * 40, component="postgres"), "a")
+    newer_full = with_databases(manifest(3, 24 * 35, component="postgres"), "b", "a")
+    plan = plan_retention([full, only_a], RetentionPolicy.from_table("postgres"), NOW)
+    by_id = {d.id: d for d in plan.decisions}
+    assert by_id[full.id].action == Action.keep and "of b" in by_id[full.id].reason
+    # once a newer backup holds b (at another position: objects are named by position), it goes
+    plan = plan_retention([full, only_a, newer_full], RetentionPolicy.from_table("postgres"), NOW)
+    assert [d.id for d in plan.deletions] == [full.id, only_a.id]

@@ -8,21 +8,23 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tasks.errors import IntegrityError
 from tasks.ids import new_backup_id
 from tasks.storage.backends import backend_for
-from tasks.storage.catalog import list_backups
+from tasks.storage.catalog import latest_backup, list_backups
 from tasks.storage.index import list_component
 from tasks.storage.layout import backup_prefix, layout
 from tasks.storage.session import BackupSession
 
 
-def old_backup(store, component: str, age: timedelta, verified: bool = True, labels=None):
-    """A real backup (objects, checksums, manifest last) that started `age` ago."""
+def old_backup(store, component: str, age: timedelta, verified: bool = True, labels=None, parts=("data",)):
+    """A real backup (objects `parts`, checksums, manifest last) that started `age` ago."""
     session = BackupSession(store, component, labels)
     started = datetime.now(UTC) - age
     session.started_at = session.source_time = started
     session.id = new_backup_id(component, started)
-    session.write("data", [b"payload " * 100])
+    for part in parts:
+        session.write(part, [b"payload " * 100])
     manifest = session.commit()
     if not verified:  # as if the read-back had been skipped
         manifest = manifest.model_copy(update={"verified_at": None}).sealed()
@@ -93,6 +95,26 @@ def test_the_newest_good_backup_survives_when_everything_is_past_the_window(pref
     done = enforce_retention(dry_run=False, store=store, components=["app-state"], keep_last_good=1)
     assert set(done["components"]["app-state"]["deleted"]) == {older.id, newer_bad.id}
     assert [m.id for m in list_backups(store, "app-state")] == [newest_good.id]
+
+
+def test_a_narrower_or_emptied_newer_backup_never_costs_a_part_its_last_good_copy(prefect_server, s3_store):
+    """All past the window: a full app-state backup (steps orders + users), a newer one of the
+    orders step only, and a newest full one whose users object was deleted by hand. The users
+    step's last good copy is the oldest backup: it stays; the emptied one is not good."""
+    from flows.maintenance import enforce_retention
+
+    store = s3_store()
+    full = old_backup(store, "app-state", timedelta(days=60), parts=("orders", "users"))
+    orders_only = old_backup(store, "app-state", timedelta(days=40), parts=("orders",))
+    emptied = old_backup(store, "app-state", timedelta(days=35), parts=("orders", "users"))
+    backend_for(store).delete_keys([emptied.object("users").key])
+    newest = old_backup(store, "app-state", timedelta(hours=1), parts=("orders", "users"))
+    backend_for(store).delete_keys([newest.object("orders").key])
+    done = enforce_retention(dry_run=False, store=store, components=["app-state"])
+    assert done["components"]["app-state"]["deleted"] == [emptied.id]
+    assert [m.id for m in list_backups(store, "app-state")] == [full.id, orders_only.id, newest.id]
+    with pytest.raises(IntegrityError, match=f"{newest.id} is damaged .objects missing"):
+        latest_backup(store, "app-state")  # recorded: 'latest' never picks a backup whose data is gone
 
 
 def test_members_of_the_newest_recovery_point_are_kept(prefect_server, s3_store):

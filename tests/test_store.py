@@ -233,11 +233,12 @@ def test_an_endpoint_that_is_not_s3_is_a_configuration_error(web_server, scheme,
         backend.get_bytes("backups/app-state/x")
 
 
-@pytest.mark.parametrize("how", ["dot-dot", "other-name", "duplicate"])
+@pytest.mark.parametrize("how", ["dot-dot", "other-name", "duplicate", "none"])
 def test_a_manifest_must_name_its_objects_in_its_own_folder_exactly(any_store, how):
     """A manifest (checksum recomputed) whose object key leaves its folder through '..' (a local
     store resolves it into backup B), or names another object than its own name says, or names
-    one object twice, is refused: backup A's manifest can never restore B's bytes."""
+    one object twice, is refused: backup A's manifest can never restore B's bytes. One that
+    names none (it would verify vacuously and count as the newest good backup) is refused too."""
     store = any_store()
     a, b = take_backup(store, b"state A\n"), take_backup(store, b"state B\n")
     folder = a.objects[0].key.rsplit("/", 1)[0]
@@ -245,6 +246,7 @@ def test_a_manifest_must_name_its_objects_in_its_own_folder_exactly(any_store, h
         "dot-dot": [b.objects[0].model_copy(update={"key": f"{folder}/../{b.id}/data"})],
         "other-name": [a.objects[0].model_copy(update={"key": f"{folder}/other"})],
         "duplicate": [a.objects[0], a.objects[0]],
+        "none": [],
     }[how]
     forged = a.model_copy(update={"objects": evil}).sealed()
     key = a.objects[0].key.rsplit("/", 1)[0] + "/" + MANIFEST_NAME

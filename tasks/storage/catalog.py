@@ -35,6 +35,12 @@ def parse_manifest(data: bytes, key: str, keys: StoreLayout) -> Manifest:
         raise IntegrityError(f"manifest {key} is unreadable: {str(exc)[:200]}") from None
     if manifest.checksum != manifest.computed_checksum():
         raise IntegrityError(f"manifest {key} was altered: its checksum does not match its content")
+    if not manifest.objects:  # never written by a backup (commit refuses one): it would verify vacuously
+        raise IntegrityError(
+            f"manifest {key} lists no objects: it is not the manifest of backup "
+            f"{backup_id_of(key) or key} (no backup writes one); restore this folder's manifest "
+            "from the DR store, or delete the folder"
+        )
     home = keys.manifest_key(manifest.id)
     id_component, _ = parse_backup_id(manifest.id)
     # each object exactly at <folder>/<its name>: a prefix test would pass '<folder>/../<B>/x',
@@ -58,13 +64,16 @@ def _load(backend: Backend, key: str, keys: StoreLayout, version_id: str | None 
     return parse_manifest(b"".join(backend.read(key, version_id)), key, keys)
 
 
-def _backup_id_at(key: str) -> str | None:
+def _backup_id_at(key: str, keys: StoreLayout) -> str | None:
+    """The backup whose manifest `key` is: only at that backup's own manifest key. A manifest
+    found anywhere else (a folder copied under another day) is a stray: damage to record
+    against no backup, or a stray copy would mark the real backup damaged, and retention and
+    'latest' would pass it over."""
     found = backup_id_of(key)
     try:
-        parse_backup_id(found or "")
+        return found if found and keys.manifest_key(found) == key else None
     except BadInput:
         return None
-    return found
 
 
 def _try_load(
@@ -75,7 +84,7 @@ def _try_load(
     try:
         return _load(backend, key, layout(store), version_id)
     except IntegrityError as exc:
-        if backup_id := _backup_id_at(key):
+        if backup_id := _backup_id_at(key, layout(store)):
             mark_damaged(store, backup_id, str(exc))
         log.error("skipping backup: %s", exc)
     except NotFound as exc:  # deleted while we listed

@@ -7,7 +7,8 @@ manifest is read each time (a local read costs what hashing it would). A listing
 a manifest whose tag differs from the cached one, or that is not cached, is fetched again; a
 cached body is re-checked against its own checksum and against the key it was listed under. A lost,
 stale or damaged index costs time, never correctness. Nothing on the write path changes, so
-concurrent backups cannot race on it.
+concurrent backups cannot race on it. On a store whose bucket locks, every manifest is read as
+first written (as the catalog reads it), and the cache is not used.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
@@ -24,6 +26,7 @@ from blocks.store import StoreBlock
 from tasks.errors import IntegrityError, NotFound
 from tasks.ids import check_component_name
 from tasks.models import Manifest
+from tasks.storage import object_lock
 from tasks.storage.backends import Backend, backend_for
 from tasks.storage.catalog import _backup_id_at, _load, parse_manifest
 from tasks.storage.health import mark_damaged
@@ -72,7 +75,11 @@ def list_component(store: StoreBlock, component: str, use_index: bool = True) ->
     # one paginated listing: listing the date folders in parallel was tried and was no faster on
     # moto (its cost is per key, not per page) and costs one LIST request per day, not per 1,000 keys
     tagged = backend.list_tagged(keys.component_dir(component))
-    manifest_keys = sorted(k for k in tagged if is_manifest_key(k))
+    # a locked store: each manifest as first written (catalog.list_backups reads the same); the
+    # cache, keyed on current versions, could hand on a forged later version: not used there
+    written = object_lock.written_manifests(store, backend, keys.component_dir(component), datetime.now(UTC))
+    use_index = use_index and written is None
+    manifest_keys = sorted(written if written is not None else (k for k in tagged if is_manifest_key(k)))
     ikey = keys.index_key(component)
     t1 = time.perf_counter()
     cache = _read_index(backend, ikey) if use_index else {}
@@ -82,7 +89,7 @@ def list_component(store: StoreBlock, component: str, use_index: bool = True) ->
     found: dict[str, Manifest] = {}
     missing: list[str] = []
     for key in manifest_keys:
-        cached = _from_cache(cache.get(key, {}), tagged[key], key, keys)
+        cached = _from_cache(cache.get(key, {}), tagged.get(key, ""), key, keys)
         if cached is not None:
             found[key] = cached
         else:
@@ -93,10 +100,10 @@ def list_component(store: StoreBlock, component: str, use_index: bool = True) ->
 
     def fetch(key: str) -> tuple[str, Manifest | None]:
         try:
-            return key, _load(backend, key, keys)
+            return key, _load(backend, key, keys, (written or {}).get(key))
         except IntegrityError as exc:
             unreadable[key] = str(exc)
-            if backup_id := _backup_id_at(key):
+            if backup_id := _backup_id_at(key, keys):
                 mark_damaged(store, backup_id, str(exc))
             return key, None
         except NotFound as exc:

@@ -24,6 +24,7 @@ from tasks.storage.backends.s3_lock import DELETE_MARKER, BucketLock, ceil_secon
 from tasks.storage.layout import backup_id_of, is_manifest_key, manifest_key_beside
 
 log = logging.getLogger(__name__)
+LEGAL_HOLD = "legal hold"  # a lock with no date: until someone lifts it (s3api put-object-legal-hold)
 
 
 def lock_mode(store: StoreBlock) -> str | None:
@@ -186,20 +187,20 @@ def _maybe_locked(store: StoreBlock, status: BucketLock, key: str, now: datetime
 
 def _locked_now(backend: S3Backend, key: str, version_id: str, now: datetime) -> bool:
     try:
-        _, until = backend.retention_of(key, version_id)
+        _, until, held = backend.retention_of(key, version_id)
     except NotFound:
         return False
-    return until is not None and until > now
+    return held or (until is not None and until > now)
 
 
 def _retention_of_keys(
     backend: S3Backend, keys: list[tuple[str, str | None]]
-) -> list[tuple[str | None, datetime | None]]:
-    def one(kv: tuple[str, str | None]) -> tuple[str | None, datetime | None]:
+) -> list[tuple[str | None, datetime | None, bool]]:
+    def one(kv: tuple[str, str | None]) -> tuple[str | None, datetime | None, bool]:
         try:
             return backend.retention_of(*kv)
         except NotFound:
-            return None, None
+            return None, None, False
 
     with ThreadPoolExecutor(max_workers=10) as pool:
         return list(pool.map(one, keys))
@@ -207,18 +208,22 @@ def _retention_of_keys(
 
 def locked_until(
     backend: Backend, groups: dict[str, list[str] | list[tuple[str, str | None]]], now: datetime
-) -> dict[str, tuple[str, datetime]]:
+) -> dict[str, tuple[str, datetime | None]]:
     """Of `groups` (name -> a backup's keys, or (key, pinned version id) pairs), those with a
-    version locked past `now`: name -> (mode, latest retain-until); a bare key means its
-    current version. Retention asks this before it deletes."""
+    version locked past `now` or under a legal hold: name -> (mode, latest retain-until), and
+    (LEGAL_HOLD, None) when any version is held (no date: it lasts until someone lifts it). A
+    bare key means its current version. Retention asks this before it deletes."""
     if not groups or not _bucket_locks(backend):
         return {}
     assert isinstance(backend, S3Backend)
     flat = [(name, k if isinstance(k, tuple) else (k, None)) for name, keys in groups.items() for k in keys]
     found = _retention_of_keys(backend, [kv for _, kv in flat])
-    out: dict[str, tuple[str, datetime]] = {}
-    for (name, _), (mode, until) in zip(flat, found, strict=True):
-        if mode and until and until > now and (name not in out or until > out[name][1]):
+    out: dict[str, tuple[str, datetime | None]] = {}
+    for (name, _), (mode, until, held) in zip(flat, found, strict=True):
+        have = out.get(name)
+        if held:
+            out[name] = (LEGAL_HOLD, None)
+        elif mode and until and until > now and (have is None or (have[1] is not None and until > have[1])):
             out[name] = (mode, until)
     return out
 
@@ -276,11 +281,12 @@ def census(backend: Backend, manifests: list[Manifest], now: datetime) -> LockCe
     if not _bucket_locks(backend):
         return LockCensus(objects=len(pinned), unlocked=len(pinned), earliest_retain_until=None)
     found: list[Any] = _retention_of_keys(backend, pinned)
-    locked = [until for mode, until in found if mode and until and until > now]
+    dated = [until for mode, until, _ in found if mode and until and until > now]
+    held = sum(1 for mode, until, on_hold in found if on_hold and not (mode and until and until > now))
     return LockCensus(
         objects=len(pinned),
-        unlocked=len(pinned) - len(locked),
-        earliest_retain_until=min(locked, default=None),
+        unlocked=len(pinned) - len(dated) - held,
+        earliest_retain_until=min(dated, default=None),
     )
 
 

@@ -177,15 +177,13 @@ def verify_replica(manifest: Manifest, dest: StoreBlock) -> ReplicationReport:
         copy = get_backup(dest, manifest.id)
     except NotFound:
         raise NotFound(f"backup {manifest.id} is not (yet) in the DR store {dest.location}") from None
+    if why := copy_difference(manifest, copy):
+        raise IntegrityError(f"DR manifest of {manifest.id} {why}")
     dst = backend_for(dest)
-    for want, have in zip(manifest.objects, copy.objects, strict=False):
-        if (want.name, want.sha256) != (have.name, have.sha256):
-            raise IntegrityError(f"DR manifest of {manifest.id} differs from the primary at {want.name}")
+    for have in copy.objects:
         got = _stored_sha256(dst, have.key, have.version_id, have.size)
-        if got != want.sha256:
+        if got != have.sha256:
             raise IntegrityError(f"DR copy {have.key} does not match the primary's sha256")
-    if len(copy.objects) != len(manifest.objects):
-        raise IntegrityError(f"DR manifest of {manifest.id} lists a different number of objects")
     return ReplicationReport(
         id=manifest.id,
         mode=DRMode.verify,
@@ -238,13 +236,38 @@ def replicate_task(manifest: Manifest, store: StoreBlock, dr_store: str | StoreB
             ) from exc
 
 
+def _as_copied(manifest: Manifest) -> dict:
+    """What a faithful copy keeps: everything but where each object sits (the DR store's own keys
+    and version ids) and the seal over those."""
+    body = manifest.model_dump(mode="json", exclude={"checksum"})
+    for obj in body["objects"]:
+        del obj["key"], obj["version_id"]
+    return body
+
+
+def copy_difference(primary: Manifest, copy: Manifest) -> str | None:
+    """Why `copy` is not a copy of `primary` (None when it is). Every field counts, not only the
+    objects' checksums: a copy whose source time, kind, engine facts, fingerprint or object
+    names differ would be restored, chosen as latest or at-or-before, or kept by retention
+    otherwise than the primary it claims to be."""
+    want, have = _as_copied(primary), _as_copied(copy)
+    if len(want["objects"]) != len(have["objects"]):
+        return f"lists {len(have['objects'])} objects, the primary {len(want['objects'])}"
+    for i, (w, h) in enumerate(zip(want["objects"], have["objects"], strict=True)):
+        if w != h:
+            field = next(k for k in sorted(w.keys() | h.keys()) if w.get(k) != h.get(k))
+            return f"differs from the primary at object {i} ({w['name']}): {field}"
+    field = next((k for k in sorted(want.keys() | have.keys()) if want.get(k) != have.get(k)), None)
+    return f"differs from the primary in its {field}" if field else None
+
+
 def dr_copy_problems(primary: list[Manifest], dr: list[Manifest]) -> dict[str, str]:
-    """Backups of `primary` the DR store lacks, or holds with other objects: backup id -> why."""
+    """Backups of `primary` the DR store lacks, or holds as something else: backup id -> why."""
     have = {m.id: m for m in dr}
     problems: dict[str, str] = {}
     for m in primary:
         if m.id not in have:
             problems[m.id] = "missing from the DR store: replication is behind or failing"
-        elif [o.sha256 for o in have[m.id].objects] != [o.sha256 for o in m.objects]:
-            problems[m.id] = "the DR manifest lists different object checksums than the primary"
+        elif why := copy_difference(m, have[m.id]):
+            problems[m.id] = f"the DR manifest {why}: the copy is not the primary's backup"
     return problems

@@ -9,7 +9,11 @@ Pure: no I/O here (flows/maintenance.py lists, plans, then deletes). The rules, 
    written or by the sweep) and not known damaged (storage/health.py): a damaged backup never
    counts as good, so it never protects, nor displaces, the good one before it. Nor does one
    whose source time is in the future (a skewed clock): `latest` never picks it, so it must not
-   stand in for the backup `latest` does pick; it is kept (its age is negative) and says why;
+   stand in for the backup `latest` does pick; it is kept (its age is negative) and says why.
+   Nor does one whose objects the listing lacks (deleted behind its manifest's back). With no
+   good backup at all, the newest routine one not known damaged is kept in its place. And the
+   newest good backup holding each part (object name: a database, an app-state step) is kept,
+   so a narrower newer backup never costs the other parts their last copy;
 3. members of the newest recovery point are kept (labels["recovery_point"]);
 4. everything within the retention window is kept;
 5. GFS tiers (optional): the newest good backup of each of the last N days / ISO weeks / months;
@@ -79,7 +83,20 @@ class Action(StrEnum):
     delete = "delete"
 
 
-class Decision(BaseModel):
+class _Held(BaseModel):
+    """What S3 Object Lock says of a deletion retention left alone (storage/retention_locks.py)."""
+
+    locked_until: AwareDatetime | None = Field(default=None, description="S3 Object Lock: kept until then")
+    legal_hold: bool = Field(default=False, description="S3 legal hold: kept until someone lifts it")
+
+    def lock_note(self) -> str | None:
+        """Why a lock keeps it, for reports: the legal hold or the retain-until (None: no lock)."""
+        if self.legal_hold:
+            return "legal hold (until lifted)"
+        return f"{self.locked_until:%Y-%m-%d %H:%M}Z" if self.locked_until else None
+
+
+class Decision(_Held):
     id: str
     source_time: AwareDatetime
     kind: str = "on-demand"
@@ -87,16 +104,14 @@ class Decision(BaseModel):
     action: Action
     reason: str
     keys: list[str] = Field(default_factory=list, description="keys deleted with it (manifest first)")
-    locked_until: AwareDatetime | None = Field(default=None, description="S3 Object Lock: kept until then")
 
 
-class OrphanDecision(BaseModel):
+class OrphanDecision(_Held):
     backup_dir: str
     keys: list[str]
     started_at: AwareDatetime | None
     action: Action
     reason: str
-    locked_until: AwareDatetime | None = None
 
 
 class RetentionPlan(BaseModel):
@@ -106,6 +121,9 @@ class RetentionPlan(BaseModel):
     recovery_point: str | None = None
     decisions: list[Decision]
     orphans: list[OrphanDecision] = Field(default_factory=list)
+    missing: dict[str, list[str]] = Field(
+        default_factory=dict, description="backup id -> its objects the listing lacks (damaged)"
+    )
 
     @property
     def deletions(self) -> list[Decision]:
@@ -181,24 +199,32 @@ def plan_retention(
     point; default: the newest one among these manifests."""
     if now.tzinfo is None:
         raise BadInput("`now` needs a time zone")
-    damaged_ids, verified_ids = frozenset(damaged), frozenset(verified) - frozenset(damaged)
     ordered = sorted(manifests, key=lambda m: (m.source_time, m.id))
     for m in ordered:
         if m.component != policy.component:
             raise BadInput(f"backup {m.id} is a {m.component} backup, not {policy.component}")
     if recovery_point is None:
         recovery_point = newest_recovery_point(ordered)
+    by_dir = _group_keys(keys, prefix)
+    # with the listing at hand (`prefix`), a backup whose objects are gone is known damaged
+    missing = {m.id: gone for m in ordered if prefix and (gone := _missing_objects(m, by_dir.get(m.id)))}
+    damaged_ids = frozenset(damaged) | missing.keys()
+    verified_ids = frozenset(verified) - damaged_ids
 
     good = [m for m in ordered if is_good(m, damaged_ids, verified_ids, now)]
     special = policy.special_retention or policy.retention
     last_good = {m.id for m in good[-policy.keep_last_good :]}
+    holders = _last_holders(good)
+    # no good backup at all (none verified yet, say): the newest that may be one stays, so
+    # retention alone can never leave a component with nothing to restore
+    candidates = [m for m in ordered if m.routine and m.id not in damaged_ids and not from_the_future(m, now)]
+    fallback = candidates[-1].id if not good and candidates else None
     tiers = {
         "daily": _gfs_keep(good, policy.keep_daily, lambda t: t.date()),
         "weekly": _gfs_keep(good, policy.keep_weekly, lambda t: t.isocalendar()[:2]),
         "monthly": _gfs_keep(good, policy.keep_monthly, lambda t: (t.year, t.month)),
     }
 
-    by_dir = _group_keys(keys, prefix)
     velero = policy.velero_owned
     decisions: list[Decision] = []
     for m in ordered:
@@ -215,6 +241,12 @@ def plan_retention(
         elif m.id in last_good:
             reason = f"one of the newest {policy.keep_last_good} good backup(s): never deleted"
             action = Action.keep
+        elif m.id in holders:
+            action = Action.keep
+            reason = f"the newest good backup of {', '.join(holders[m.id][:3])}: never deleted"
+        elif m.id == fallback:
+            action = Action.keep
+            reason = "no good (verified) backup: the newest not known damaged is kept until one is"
         elif recovery_point and m.labels.get(RECOVERY_POINT_LABEL) == recovery_point:
             action, reason = Action.keep, f"member of the newest recovery point {recovery_point}"
         elif age <= policy.retention:
@@ -226,7 +258,9 @@ def plan_retention(
         else:
             action = Action.delete
             reason = f"past retention ({_days(age)} > {_days(policy.retention)})"
-            if m.id in damaged_ids:
+            if m.id in missing:
+                reason += f", objects missing ({', '.join(missing[m.id][:3])})"
+            elif m.id in damaged_ids:
                 reason += ", found damaged"
             elif not good_m:
                 reason += ", not a good backup"
@@ -253,6 +287,7 @@ def plan_retention(
         recovery_point=recovery_point,
         decisions=decisions,
         orphans=orphans,
+        missing=missing,
     )
 
 
@@ -269,6 +304,28 @@ def _group_keys(keys: Iterable[str], prefix: str) -> dict[str, list[str]]:
         if parts is not None:
             groups.setdefault(parts[1], []).append(key)
     return groups
+
+
+def _last_holders(good: list[Manifest]) -> dict[str, list[str]]:
+    """backup id -> the parts (a database, an app-state step, a vhost) it is the newest good
+    backup of. A narrower backup (one database, taken before a migration) is good, and newer;
+    without this the others' last copies went with the older, wider backup once past the window.
+    A part is the object's database (postgres names objects by position too), else its name."""
+    newest_of: dict[str, str] = {}
+    for m in good:  # oldest first: the newest holder of each part wins
+        for o in m.objects:
+            newest_of[str(o.meta.get("database") or o.name)] = m.id
+    holders: dict[str, list[str]] = {}
+    for name, backup_id in sorted(newest_of.items()):
+        holders.setdefault(backup_id, []).append(name)
+    return holders
+
+
+def _missing_objects(m: Manifest, listed: list[str] | None) -> list[str]:
+    """Objects of `m` the listing lacks. A pinned version (a versioned bucket) may outlive its
+    current key (a delete marker on top): only unpinned objects prove the backup broken."""
+    there = set(listed or ())
+    return [o.name for o in m.objects if o.version_id is None and o.key not in there]
 
 
 def _backup_keys(m: Manifest, listed: list[str] | None) -> list[str]:

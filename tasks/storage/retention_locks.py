@@ -1,60 +1,54 @@
 """Retention under S3 Object Lock: a backup (or leftover) whose objects are still locked is kept,
-with the date it may go, and the plan's report says so."""
+with the date it may go (or, under a legal hold, until the hold is lifted), and the plan's
+report says so."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from tasks.storage.retention import Action, RetentionPlan
+from tasks.storage.retention import Action, Decision, OrphanDecision, RetentionPlan
 
 
-def apply_locks(plan: RetentionPlan, locks: dict[str, tuple[str, datetime]]) -> RetentionPlan:
-    """Keep every deletion whose objects are still locked: never attempt a delete before the
-    retain-until (it would only add delete markers and hide a backup that still exists).
-    `locks`: backup id or orphan folder -> (mode, retain-until), from storage/object_lock.py."""
+def _kept(item: Decision | OrphanDecision, lock: tuple[str, datetime | None]) -> dict[str, Any]:
+    mode, until = lock
+    if until is None:  # a legal hold: no date, an operator placed it on purpose
+        note = f"; {mode} on it: kept until someone lifts it"
+    else:
+        note = f"; object lock {mode} until {until:%Y-%m-%d %H:%M}Z: kept until then"
+    update = {"action": Action.keep, "locked_until": until, "legal_hold": until is None}
+    return update | {"reason": item.reason + note}
 
-    def held(name: str, action: Action) -> tuple[str, datetime] | None:
-        return locks.get(name) if action == Action.delete else None
 
-    decisions = []
-    for d in plan.decisions:
-        if lock := held(d.id, d.action):
-            d = d.model_copy(
-                update={
-                    "action": Action.keep,
-                    "keys": [],
-                    "locked_until": lock[1],
-                    "reason": f"{d.reason}; object lock {lock[0]} until {lock[1]:%Y-%m-%d %H:%M}Z: "
-                    "kept until then",
-                }
-            )
-        decisions.append(d)
-    orphans = []
-    for o in plan.orphans:
-        if lock := held(o.backup_dir, o.action):
-            o = o.model_copy(
-                update={
-                    "action": Action.keep,
-                    "locked_until": lock[1],
-                    "reason": f"{o.reason}; object lock {lock[0]} until {lock[1]:%Y-%m-%d %H:%M}Z",
-                }
-            )
-        orphans.append(o)
+def apply_locks(plan: RetentionPlan, locks: dict[str, tuple[str, datetime | None]]) -> RetentionPlan:
+    """Keep every deletion whose objects are still locked or under a legal hold: never attempt a
+    delete before the retain-until or while held (on a versioned bucket it would only add delete
+    markers and hide a backup that still exists). `locks`: backup id or orphan folder -> (mode,
+    retain-until; None for a legal hold), from storage/object_lock.py."""
+    decisions = [
+        d.model_copy(update={**_kept(d, locks[d.id]), "keys": []})
+        if d.action == Action.delete and d.id in locks
+        else d
+        for d in plan.decisions
+    ]
+    orphans = [
+        o.model_copy(update=_kept(o, locks[o.backup_dir]))
+        if o.action == Action.delete and o.backup_dir in locks
+        else o
+        for o in plan.orphans
+    ]
     return plan.model_copy(update={"decisions": decisions, "orphans": orphans})
 
 
 def locks_markdown(plans: list[RetentionPlan]) -> str:
     """What retention left alone because it is locked, and until when (dry run and applied)."""
     rows = [
-        f"| {p.component} | {d.id} | {d.locked_until:%Y-%m-%d %H:%M}Z |"
-        for p in plans
-        for d in p.decisions
-        if d.locked_until
+        f"| {p.component} | {d.id} | {d.lock_note()} |" for p in plans for d in p.decisions if d.lock_note()
     ] + [
-        f"| {p.component} | {o.backup_dir} (no manifest) | {o.locked_until:%Y-%m-%d %H:%M}Z |"
+        f"| {p.component} | {o.backup_dir} (no manifest) | {o.lock_note()} |"
         for p in plans
         for o in p.orphans
-        if o.locked_until
+        if o.lock_note()
     ]
     if not rows:
         return ""

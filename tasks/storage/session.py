@@ -287,6 +287,7 @@ class BackupSession:
                 if obj.key not in self._checked_by_store:
                     verify_object(self.store, obj, self.backend)
             verified_at = datetime.now(UTC)
+        self._still_stored()
         finished = datetime.now(UTC)
         lock_for = retention or self.retention  # expires_at stays as before: from `retention` only
         until = object_lock.lock_until(self.store, finished + lock_for) if lock_for else None
@@ -318,6 +319,21 @@ class BackupSession:
         )
         self.manifest = manifest
         return manifest
+
+    def _still_stored(self) -> None:
+        """Every object is still there, as the current object at its key, just before the manifest
+        says so: a backup that ran longer than retention's orphan grace looks abandoned, and its
+        objects may have been collected (a delete marker on a versioned bucket counts as gone).
+        One listing of the backup's folder; the store's upload check cannot see a later delete."""
+        listed = set(self.backend.list_keys(self.prefix))
+        gone = [o.name for o in self.objects if o.key not in listed]
+        if gone:
+            raise IntegrityError(
+                f"backup {self.id}: {', '.join(gone)} vanished from {self.prefix} before the manifest "
+                "was written (collected as an abandoned write by retention, or deleted by hand): the "
+                "backup is discarded; run it again, and keep enforce_retention's orphan_grace_hours "
+                "above the longest backup"
+            )
 
     def discard(self) -> None:
         """Remove whatever this session wrote (it never got its manifest)."""

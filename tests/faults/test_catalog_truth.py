@@ -78,6 +78,49 @@ def failed_with(st, error: str, fragment: str) -> None:
     assert fragment in st.message, st.message
 
 
+@pytest.mark.fault(
+    "catalog",
+    "a backup from a skewed clock (source time two days ahead) beside a damaged newest real one; "
+    "the sweep re-reads the newest one",
+    "the sweep re-reads the damaged one too ('latest' and retention rely on it, not the future "
+    "one) and fails naming it",
+)
+def test_a_future_dated_backup_does_not_spare_the_real_newest_the_sweep(world):
+    store, _target, _state = world
+    real = backup(store, b"real")
+    session = BackupSession(store, APP)
+    session.source_time = datetime.now(UTC) + timedelta(days=2)  # the worker's clock ran ahead
+    session.write("sessions", [b"skewed"])
+    session.commit()
+    flip_object(store, real)
+    st = verify_backups(components=[APP], store=store, newest=1, return_state=True)
+    failed_with(st, "RuntimeError", f"primary:{real.id}")
+    assert health_of(store, APP)[real.id].status == Status.damaged
+
+
+@pytest.mark.fault(
+    "catalog",
+    "a good backup's folder copied under another day's folder (a sync tool, a careless hand)",
+    "the sweep reports the stray copy; the real backup is not marked damaged: still 'latest', "
+    "still the good one retention keeps",
+)
+def test_a_stray_copy_of_a_backup_folder_does_not_mark_the_real_one_damaged(world):
+    store, _target, _state = world
+    older = backup(store, b"older", age=timedelta(days=40))
+    real = backup(store, b"real", age=timedelta(days=30))
+    backend = backend_for(store)
+    home = layout(store).manifest_key(real.id)
+    stray = home.replace(f"/{real.started_at:%Y-%m-%d}/", "/1999-01-01/")
+    backend.put_bytes(stray, backend.get_bytes(home))
+    st = verify_backups(components=[APP], store=store, return_state=True)
+    failed_with(st, "RuntimeError", stray)
+    assert real.id not in health_of(store, APP) or health_of(store, APP)[real.id].status == Status.verified
+    assert latest_backup(store, APP).id == real.id
+    done = enforce_retention(dry_run=False, store=store, components=[APP])
+    assert done["components"][APP]["deleted"] == [older.id]
+    assert get_backup(store, real.id).id == real.id
+
+
 # --- 1. retention and the sweep's findings -----------------------------------------------------
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -13,8 +14,11 @@ from blocks.app_state import AppStateStep, AppStateTarget
 from flows.backup import backup_component
 from flows.maintenance import enforce_retention
 from sandbox.services import wait_until
+from tasks.errors import IntegrityError
+from tasks.ids import new_backup_id
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import list_backups, verify_backup
+from tasks.storage.session import BackupSession
 from tests.faults.helpers import pid_of, restorer_argv, streamer_argv
 
 # writes 12 MiB (5 MiB parts go up, the multipart upload stays open), waits for argv[2],
@@ -88,3 +92,49 @@ def test_retention_during_a_backup_leaves_it_alone(prefect_server, s3_store, tmp
     verify_backup(store, manifest)
     assert [o.name for o in manifest.objects] == ["first", "second"]
     assert manifest.objects[1].raw_size == 13 * 1024 * 1024
+
+
+@pytest.mark.fault(
+    "concurrency",
+    "an app-state backup runs longer than retention's orphan grace; enforce_retention(dry_run=False) "
+    "collects its stored object as an abandoned write before the manifest is written",
+    "the backup fails naming the vanished object and writes no manifest: nothing is listed as a "
+    "good backup whose data is gone",
+)
+def test_a_backup_whose_objects_retention_collected_is_never_committed(prefect_server, s3_store):
+    store = s3_store()
+    session = BackupSession(store, "app-state")
+    # a backup started two days ago and still running: to retention, past the grace, abandoned
+    session.started_at = datetime.now(UTC) - timedelta(days=2)
+    session.id = new_backup_id("app-state", session.started_at)
+    session.write("data", [b"x" * 1000])
+    summary = enforce_retention(dry_run=False, store=store, components=["app-state"])
+    assert summary["components"]["app-state"]["orphans"] == [session.prefix]
+    with pytest.raises(IntegrityError, match="data vanished"):
+        session.commit()
+    assert list_backups(store, "app-state") == []
+
+
+@pytest.mark.fault(
+    "concurrency",
+    "enforce_retention(dry_run=False) while a restore of app-state holds the component lock and "
+    "reads an old backup past the window",
+    "retention deletes nothing of app-state, fails naming it as left for the next run; once the "
+    "restore is done, the next run deletes the old backup",
+)
+def test_retention_never_deletes_what_a_running_restore_may_read(prefect_server, s3_store, monkeypatch):
+    from flows.locks import component_lock
+    from tasks.errors import TransientError
+    from tests.test_retention_flow import old_backup
+
+    store = s3_store()
+    old = old_backup(store, "app-state", timedelta(days=40))
+    newest = old_backup(store, "app-state", timedelta(hours=1))
+    monkeypatch.setenv("KLB_COMPONENT_LOCK_WAIT_SECONDS", "1")
+    with component_lock("app-state", timeout_seconds=30):  # what restore_component holds as it reads
+        with pytest.raises(TransientError, match="app-state was left for the next run"):
+            enforce_retention(dry_run=False, store=store, components=["app-state"])
+        assert [m.id for m in list_backups(store, "app-state")] == [old.id, newest.id]
+    done = enforce_retention(dry_run=False, store=store, components=["app-state"])
+    assert done["components"]["app-state"]["deleted"] == [old.id]
+    assert [m.id for m in list_backups(store, "app-state")] == [newest.id]

@@ -250,9 +250,12 @@ class S3Backend(Backend):
     def bucket_lock(self) -> s3_lock.BucketLock:
         return s3_lock.bucket_lock(self.client, self.bucket)
 
-    def retention_of(self, key: str, version_id: str | None = None) -> tuple[str | None, datetime | None]:
-        mode, until, _ = s3_lock.retention_of(self.client, self.bucket, key, version_id)
-        return mode, until
+    def retention_of(
+        self, key: str, version_id: str | None = None
+    ) -> tuple[str | None, datetime | None, bool]:
+        """(lock mode, retain-until, legal hold on) of a version (default: the current one)."""
+        mode, until, _, held = s3_lock.retention_of(self.client, self.bucket, key, version_id)
+        return mode, until, held
 
     def current_version(self, key: str) -> str | None:
         return s3_lock.retention_of(self.client, self.bucket, key)[2]

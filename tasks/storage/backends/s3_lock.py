@@ -63,14 +63,16 @@ def bucket_lock(client: Any, bucket: str) -> BucketLock:
 
 def retention_of(
     client: Any, bucket: str, key: str, version_id: str | None = None
-) -> tuple[str | None, datetime | None, str | None]:
-    """(mode, retain-until, version id) of `key` (its current version unless `version_id`)."""
+) -> tuple[str | None, datetime | None, str | None, bool]:
+    """(mode, retain-until, version id, legal hold on) of `key` (its current version unless
+    `version_id`). One HEAD."""
     args: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if version_id:
         args["VersionId"] = version_id
     with s3_errors(bucket, key):
         head = client.head_object(**args)
-    return head.get("ObjectLockMode"), head.get("ObjectLockRetainUntilDate"), head.get("VersionId")
+    held = head.get("ObjectLockLegalHoldStatus") == "ON"
+    return head.get("ObjectLockMode"), head.get("ObjectLockRetainUntilDate"), head.get("VersionId"), held
 
 
 def ensure_retention(
@@ -82,7 +84,7 @@ def ensure_retention(
     servers that accept the lock headers of a write and then do not keep them (moto's multipart
     uploads): the lock is read back, set when missing or short, and read back again."""
     until = ceil_second(until)
-    have_mode, have_until, version_id = retention_of(client, bucket, key, version_id)
+    have_mode, have_until, version_id, _ = retention_of(client, bucket, key, version_id)
     if have_mode == mode and have_until is not None and have_until >= until:
         return version_id
     with s3_errors(bucket, key):
@@ -92,7 +94,7 @@ def ensure_retention(
             VersionId=version_id,
             Retention={"Mode": mode, "RetainUntilDate": until},
         )
-    have_mode, have_until, _ = retention_of(client, bucket, key, version_id)
+    have_mode, have_until, *_ = retention_of(client, bucket, key, version_id)
     if have_mode != mode or have_until is None or have_until < until:
         raise ConfigurationError(
             f"s3://{bucket}/{key} is not locked as asked ({mode} until {until.isoformat()}; the server "
