@@ -201,6 +201,26 @@ def test_unknown_fields_of_velero_resources_are_pruned(kube_api, ns):
     assert (created.get("status") or {}).get("phase") != "Completed"
 
 
+def test_unknown_fields_are_refused_under_strict_field_validation(kube_api, ns):
+    """?fieldValidation=Strict (kubectl's default; apiserver/pkg/endpoints/handlers/create.go):
+    an undeclared field is a 400 "strict decoding error: unknown field", not pruned; an older
+    Velero's CRDs declare fewer fields (resourceModifier came with 1.12)."""
+    k = k8s(kube_api)
+    body = velero_cr("Restore", "strict", {"backupName": "b", "resourceModifer": {"name": "m"}})
+    create = k.custom.create_namespaced_custom_object
+    with pytest.raises(ApiException) as info:
+        create("velero.io", "v1", "velero", "restores", body, field_validation="Strict")
+    assert info.value.status == 400 and 'unknown field \\"spec.resourceModifer\\"' in info.value.body
+    body["spec"] = {"backupName": "b", "resourceModifier": {"kind": "ConfigMap", "name": "m"}}
+    assert create("velero.io", "v1", "velero", "restores", body, field_validation="Strict")["spec"]
+    kube_api.controller.older_crds("restores", "resourceModifier")
+    body["metadata"]["name"] = "older"
+    strict = lambda: create("velero.io", "v1", "velero", "restores", body, field_validation="Strict")  # noqa: E731
+    assert status_of(strict) == 400
+    pruned = create("velero.io", "v1", "velero", "restores", body)  # Warn, the default: dropped
+    assert "resourceModifier" not in pruned["spec"]
+
+
 def test_deployments_run_pods_and_status_follows_them(kube_api, ns):
     """pkg/controller/deployment and replicaset: pods are created and removed asynchronously and
     status.replicas counts them (a quiesce must wait for them to go)."""

@@ -7,6 +7,7 @@ import secrets
 
 import pytest
 
+from sandbox.k8s_emulator.store import BY_PATH
 from tasks.components import kubernetes as velero
 from tasks.components.kubernetes import api as kube
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError, NotFound
@@ -304,6 +305,22 @@ def test_drill_cleans_up_also_when_the_restore_fails(kube_api, ctl, target, stor
     with pytest.raises(ComponentFailed, match="PartiallyFailed"):
         velero.drill(target, manifest, store, "fail" + secrets.token_hex(2))
     assert not [n for n in kube.list_namespaces(k8s(kube_api)) if n.startswith("restore-drill-")]
+
+
+def test_a_velero_whose_crds_lack_a_field_we_send_refuses_it_before_anything_runs(
+    kube_api, ctl, target, store
+):
+    """Velero < 1.12's Restore CRD has no resourceModifier. By default the API server prunes an
+    undeclared field silently, so a drill's "replicas 0" rule would vanish and its apps start at
+    full scale beside production. The project creates Velero objects with fieldValidation=Strict:
+    the server refuses (400), and nothing is restored."""
+    manifest = take_backup(target, store)
+    ctl.older_crds("restores", "resourceModifier")
+    before = kube_api.state()
+    with pytest.raises(ConfigurationError, match=r'unknown field "spec.resourceModifier".*Velero >= 1\.12'):
+        velero.drill(target, manifest, store, "old" + secrets.token_hex(2))
+    assert kube_api.server.store.list(BY_PATH[("velero.io/v1", "restores")]) == []
+    assert kube_api.state() == before
 
 
 def test_describe_current_state_counts_objects_and_lists_pvcs(kube_api, target, two_namespaces, store):

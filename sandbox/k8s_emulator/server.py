@@ -141,6 +141,10 @@ class KubeApiServer:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         verb = VERBS.get(method) or ("get" if name else "list")
         self.auth.authorize(who, verb, res, sub, ns, name)
+        validation = query.get("fieldValidation", "Warn")  # the server's default since 1.27
+        if validation not in ("Ignore", "Warn", "Strict"):
+            raise ApiError(400, "BadRequest", f"fieldValidation {validation!r}: not Ignore, Warn or Strict")
+        strict = validation == "Strict"
         rbac_name = f"{res.plural}/{sub}" if sub else res.plural
         if (verb, rbac_name) in ctl.denied:
             where = f' in the namespace "{ns}"' if ns else " at the cluster scope"
@@ -206,12 +210,12 @@ class KubeApiServer:
         if method == "POST":
             if name is not None or not isinstance(body, dict):
                 raise ApiError(405, "MethodNotAllowed", "POST goes to a collection, with an object")
-            return 201, store.create(res, ns_key, body)
+            return 201, store.create(res, ns_key, body, strict=strict)
         if method == "PUT":
-            return 200, store.replace(res, ns_key, name, body or {}, status=sub == "status")
+            return 200, store.replace(res, ns_key, name, body or {}, status=sub == "status", strict=strict)
         if method == "PATCH":
             return 200, store.patch(
-                res, ns_key, name, body, status=sub == "status", content_type=content_type
+                res, ns_key, name, body, status=sub == "status", content_type=content_type, strict=strict
             )
         if method == "DELETE":
             if name is None:
