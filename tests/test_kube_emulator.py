@@ -222,15 +222,23 @@ def test_unknown_fields_are_refused_under_strict_field_validation(kube_api, ns):
 
 
 def test_deployments_run_pods_and_status_follows_them(kube_api, ns):
-    """pkg/controller/deployment and replicaset: pods are created and removed asynchronously and
-    status.replicas counts them (a quiesce must wait for them to go)."""
+    """pkg/controller/deployment and replicaset: pods are created and removed asynchronously.
+    A deleted pod is only marked (deletionTimestamp; pkg/registry/core/pod/strategy.go
+    CheckGracefulDelete) and runs out its grace period; status.replicas counts "non-terminated
+    pods" (apps/v1 DeploymentStatus), so it is 0 while they still run (a quiesce must wait for
+    the pods themselves). The kubelet removes them once stopped."""
     ctl = kube_api.controller
     ctl.seed_deployment(ns, "web", 2)
     k = k8s(kube_api)
     assert len(k.core.list_namespaced_pod(ns, label_selector="app=web").items) == 2
+    ctl.cluster.hold_termination = True  # a long terminationGracePeriodSeconds
     k.apps.patch_namespaced_deployment_scale("web", ns, {"spec": {"replicas": 0}})
     ctl.settle(lambda: k.apps.read_namespaced_deployment("web", ns).status.replicas == 0)
-    assert k.core.list_namespaced_pod(ns, label_selector="app=web").items == []
+    terminating = k.core.list_namespaced_pod(ns, label_selector="app=web").items
+    assert len(terminating) == 2 and all(p.metadata.deletion_timestamp for p in terminating)
+    assert {p.metadata.deletion_grace_period_seconds for p in terminating} == {30}
+    ctl.cluster.hold_termination = False
+    ctl.settle(lambda: not k.core.list_namespaced_pod(ns, label_selector="app=web").items)
 
 
 def test_emulator_state_is_reset_between_tests_part_one(kube_api, ns):

@@ -10,6 +10,7 @@ import pytest
 from sandbox.k8s_emulator.store import BY_PATH
 from tasks.components import kubernetes as velero
 from tasks.components.kubernetes import api as kube
+from tasks.components.kubernetes import quiesce
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError, NotFound
 from tasks.storage.catalog import list_backups
 from tasks.storage.session import backup_session
@@ -176,7 +177,7 @@ def test_quiesce_then_a_failing_restore_still_puts_back_2_5_and_1(
     ctl.restore_outcome = "Failed"
     with (
         pytest.raises(ComponentFailed, match=r"ended Failed.*emulated failure.*velero restore logs"),
-        kube.quiesced(target.kube, shop) as counts,
+        quiesce.quiesced(target.kube, shop) as counts,
     ):
         velero.restore(target, manifest, store, velero.RestoreOptions(namespaces=[shop]))
     assert counts == {"api": 2, "worker": 5, "cron": 1}

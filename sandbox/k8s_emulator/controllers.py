@@ -4,7 +4,11 @@ run them (asynchronously: a client must wait for them, as on a real cluster).
 - Deployments own pods matching their selector and keep `spec.replicas` of them; orphans that
   match are adopted (pkg/controller/replicaset: ClaimPods adopts matching orphans); status
   counts the pods.
-- The kubelet starts a pod once every PVC it mounts is Bound.
+- The kubelet starts a pod once every PVC it mounts is Bound, and removes a deleted pod (marked
+  with deletionTimestamp) once its containers have stopped, on a later pass; meanwhile the pod
+  still runs, and is no longer counted in its deployment's status.replicas ("non-terminated
+  pods", apps/v1 DeploymentStatus). `hold_termination` keeps deleted pods terminating, as a
+  long terminationGracePeriodSeconds would.
 - The PV binder (pkg/controller/volume/persistentvolume): a Pending claim with `volumeName`
   binds to that PV; otherwise its StorageClass decides, `Immediate` provisions a PV now,
   `WaitForFirstConsumer` only once a pod mounts the claim
@@ -42,6 +46,7 @@ class ClusterControllers:
     def __init__(self, store: ObjectStore, volumes: dict[tuple[str, str], str]):
         self.store = store
         self.volumes = volumes  # (namespace, pvc) -> the data on its volume
+        self.hold_termination = False  # deleted pods stay terminating (still running) while True
         store.on_remove.append(self._removed)
 
     def reconcile(self) -> None:
@@ -160,9 +165,16 @@ class ClusterControllers:
         self.store.patch(PVCS, ns, meta["name"], {"status": status}, True)
 
     def _kubelet(self, pod: dict[str, Any]) -> None:
+        ns = pod["metadata"]["namespace"]
+        if pod["metadata"].get("deletionTimestamp"):
+            if not self.hold_termination:  # its containers have stopped: the pod goes
+                with self.store.lock:
+                    current = self.store.find(PODS, ns, pod["metadata"]["name"])
+                    if current and current["metadata"]["uid"] == pod["metadata"]["uid"]:
+                        self.store._remove(PODS, ns, pod["metadata"]["name"])
+            return
         if (pod.get("status") or {}).get("phase") != "Pending":
             return
-        ns = pod["metadata"]["namespace"]
         if all(
             ((self.store.find(PVCS, ns, claim) or {}).get("status") or {}).get("phase") == "Bound"
             for _, claim in claims_of(pod)

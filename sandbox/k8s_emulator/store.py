@@ -333,7 +333,12 @@ class ObjectStore:
                 self._stamp(obj)
                 self.terminating.setdefault(name, time.monotonic() + self.namespace_termination_seconds)
                 return copy.deepcopy(obj)
-            if meta.get("finalizers"):
+            if res.plural == "pods":
+                # graceful deletion (pkg/registry/core/pod/strategy.go CheckGracefulDelete): the pod
+                # is marked and keeps running its grace period; the kubelet removes it (controllers.py)
+                grace = (obj.get("spec") or {}).get("terminationGracePeriodSeconds", 30)
+                meta.setdefault("deletionGracePeriodSeconds", grace)
+            if meta.get("finalizers") or res.plural == "pods":
                 meta.setdefault("deletionTimestamp", now_iso())
                 self._stamp(obj)
                 return copy.deepcopy(obj)

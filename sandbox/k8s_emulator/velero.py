@@ -74,6 +74,7 @@ class VeleroController(Seeding):
         self.backup_outcome = self.restore_outcome = None
         self.restore_errors = 0
         self.installed = True
+        self.cluster.hold_termination = False
         self.denied.clear()
         self.writes.clear()
         self.secret_reads.clear()
