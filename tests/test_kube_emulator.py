@@ -14,7 +14,7 @@ import secrets
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from sandbox.k8s_emulator.store import BY_PATH
+from sandbox.k8s_emulator.store import BY_PATH, ApiError
 from tests.k8s_helpers import k8s
 
 PVCS, NAMESPACES = BY_PATH[("v1", "persistentvolumeclaims")], BY_PATH[("v1", "namespaces")]
@@ -355,3 +355,30 @@ def test_pod_security_admission_enforces_the_namespace_level(kube_api):
         "spec": {"containers": [{"name": "c", "image": "busybox", "securityContext": strict_sc}]},
     }
     k.core.create_namespaced_pod("emu-restricted", strict)
+
+
+def test_forbidden_comes_before_not_found_and_scope_is_checked(kube_api, ns, tmp_path):
+    """The apiserver authorizes a request (WithAuthorization, before the API handlers) from its
+    RequestInfo alone: a caller RBAC does not allow gets 403 even for a resource type that is not
+    served (or Velero's, when it is not installed); an allowed caller gets 404. A cluster-scoped
+    resource under a namespace path is not served (404)."""
+    from blocks.kubernetes import KubernetesTarget
+    from tasks.components.kubernetes import api as kube
+
+    kube_api.controller.seed("v1", "serviceaccounts", ns, {"metadata": {"name": "nobody"}})
+    config = kube_api.service_account_kubeconfig(ns, "nobody", tmp_path / "nobody.kubeconfig")
+    nobody, admin = kube.connect(KubernetesTarget(kubeconfig_path=str(config))), k8s(kube_api)
+
+    def velero_get(k):
+        return k.custom.get_namespaced_custom_object("velero.io", "v1", "velero", "backups", "b")
+
+    def unknown_list(k):
+        return k.custom.list_namespaced_custom_object("example.com", "v1", ns, "widgets")
+
+    assert (status_of(lambda: unknown_list(nobody)), status_of(lambda: unknown_list(admin))) == (403, 404)
+    kube_api.controller.installed = False
+    assert (status_of(lambda: velero_get(nobody)), status_of(lambda: velero_get(admin))) == (403, 404)
+    path = f"/api/v1/namespaces/{ns}/persistentvolumes"
+    with pytest.raises(ApiError) as info:
+        kube_api.server.dispatch("POST", path, {"metadata": {"name": "pv-in-ns"}, "spec": {}})
+    assert info.value.code == 404 and kube_api.server.store.list(BY_PATH[("v1", "persistentvolumes")]) == []
