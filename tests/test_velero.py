@@ -134,6 +134,25 @@ def test_existing_objects_are_skipped_and_reported_unless_update(kube_api, targe
     assert [o["data"] for o in saved] == [{"mode": "edited"}]
 
 
+def test_objects_velero_could_not_update_are_named_in_the_report(kube_api, target, store, two_namespaces):
+    """existing_resource_policy=update: an object the API refuses to update (an immutable
+    ConfigMap) keeps its in-cluster version; Velero counts a warning and still says Completed
+    (pkg/restore/restore.go processUpdateResourcePolicy: "patch attempt failed" is a warning).
+    The report says so, with the command that lists them, instead of a plain success."""
+    shop, _ = two_namespaces
+    manifest = take_backup(target, store)
+    k8s(kube_api).core.patch_namespaced_config_map(
+        "settings", shop, {"data": {"mode": "edited"}, "immutable": True}
+    )
+    opts = velero.RestoreOptions(
+        namespaces=[shop], resources=["configmaps"], existing_resource_policy="update"
+    )
+    report = velero.restore(target, manifest, store, opts)
+    assert report["warnings"] == 1 and configmap(kube_api, shop, "settings") == {"mode": "edited"}
+    assert "could not update 1" in report["note"]
+    assert f"velero restore describe {report['velero_restore']} --details" in report["note"]
+
+
 def test_update_of_named_objects_keeps_allocations_and_names_immutable_ones(
     kube_api, target, store, two_namespaces
 ):

@@ -224,6 +224,15 @@ def restore_document(
             "none): delete them first, or restore with existing_resource_policy=update"
         )
         log.warning(report["note"])
+    elif report["warnings"] and options.existing_resource_policy is ExistingResourcePolicy.update:
+        # a refused update (an immutable field) is only a warning to Velero, which still says
+        # Completed (restore.go processUpdateResourcePolicy): those objects are not the backup's
+        report["note"] = (
+            f"Velero could not update {report['warnings']} existing objects (warnings; e.g. immutable "
+            "fields): they keep their in-cluster version. List them with `velero restore describe "
+            f"{report['velero_restore']} --details`, delete them, and restore again"
+        )
+        log.warning(report["note"])
     return report
 
 
