@@ -382,3 +382,26 @@ def test_forbidden_comes_before_not_found_and_scope_is_checked(kube_api, ns, tmp
     with pytest.raises(ApiError) as info:
         kube_api.server.dispatch("POST", path, {"metadata": {"name": "pv-in-ns"}, "spec": {}})
     assert info.value.code == 404 and kube_api.server.store.list(BY_PATH[("v1", "persistentvolumes")]) == []
+
+
+def test_dependents_of_a_deleted_owner_are_garbage_collected(kube_api, ns):
+    """pkg/controller/garbagecollector (background propagation, the default for a DELETE): the
+    pods whose owner is gone are deleted too; a pod without an owner stays."""
+    ctl = kube_api.controller
+    ctl.seed_deployment(ns, "web", 2)
+    ctl.seed("v1", "pods", ns, {"metadata": {"name": "lonely"}, "spec": {"containers": []}})
+    k = k8s(kube_api)
+    k.apps.delete_namespaced_deployment("web", ns)
+    ctl.settle(lambda: not k.core.list_namespaced_pod(ns, label_selector="app=web").items)
+    assert [p.metadata.name for p in k.core.list_namespaced_pod(ns).items] == ["lonely"]
+
+
+def test_a_resource_version_in_a_patch_is_a_precondition(kube_api, ns):
+    """A PATCH carrying metadata.resourceVersion is an optimistic-concurrency precondition, like
+    an update (api-concepts: "resource versions"): stale -> 409 Conflict, nothing changed."""
+    k = k8s(kube_api)
+    cm = k.core.create_namespaced_config_map(ns, {"metadata": {"name": "rv"}, "data": {"a": "1"}})
+    k.core.patch_namespaced_config_map("rv", ns, {"data": {"a": "2"}})
+    stale = {"metadata": {"resourceVersion": cm.metadata.resource_version}, "data": {"a": "3"}}
+    assert status_of(lambda: k.core.patch_namespaced_config_map("rv", ns, stale)) == 409
+    assert k.core.read_namespaced_config_map("rv", ns).data == {"a": "2"}

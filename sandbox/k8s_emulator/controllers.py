@@ -13,6 +13,9 @@ run them (asynchronously: a client must wait for them, as on a real cluster).
   binds to that PV; otherwise its StorageClass decides, `Immediate` provisions a PV now,
   `WaitForFirstConsumer` only once a pod mounts the claim
   (kubernetes.io/docs/concepts/storage/storage-classes/#volume-binding-mode).
+- The garbage collector (pkg/controller/garbagecollector; background propagation): an object
+  whose ownerReferences all name objects that are gone (by uid) is deleted, e.g. the pods of a
+  deleted deployment.
 - PVC protection (pkg/controller/volume/pvcprotection): the kubernetes.io/pvc-protection
   finalizer is removed only when no pod uses the claim; a removed claim's PV goes with it when
   its reclaimPolicy is Delete, and with it the volume's data.
@@ -62,6 +65,7 @@ class ClusterControllers:
         for pod in self.store.list(PODS):
             with suppress(ApiError):
                 self._kubelet(pod)
+        self._collect_garbage()
 
     # -- deployments -> pods -----------------------------------------------------------------
     def _pods(self, ns: str, selector: dict) -> list[dict[str, Any]]:
@@ -115,6 +119,20 @@ class ClusterControllers:
         }
         if dep.get("status") != status:
             self.store.patch(DEPLOYMENTS, ns, meta["name"], {"status": status}, True)
+
+    def _collect_garbage(self) -> None:
+        with self.store.lock:
+            uids = {obj["metadata"]["uid"] for obj in self.store.objects.values()}
+            orphans = [
+                (res, ns, name)
+                for (res, ns, name), obj in self.store.objects.items()
+                if (owners := obj["metadata"].get("ownerReferences"))
+                and not obj["metadata"].get("deletionTimestamp")
+                and not any(o.get("uid") in uids for o in owners)
+            ]
+            for res, ns, name in orphans:
+                with suppress(ApiError):
+                    self.store.delete(res, ns, name)
 
     # -- PV binder, kubelet, pvc-protection -------------------------------------------------
     def _consumers(self, ns: str) -> set[str]:

@@ -306,7 +306,9 @@ class ObjectStore:
                 new = apply_patch(old, patch, content_type, custom=res.group == "velero.io")
             else:
                 new = json_patch(old, patch) if isinstance(patch, list) else merge_patch(old, patch)
-            new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+            # a resourceVersion in the patch is a precondition (409 when stale), as in an update
+            asked = ((patch.get("metadata") or {}) if isinstance(patch, dict) else {}).get("resourceVersion")
+            new["metadata"]["resourceVersion"] = asked or old["metadata"]["resourceVersion"]
             return self.replace(res, ns, name, new, status=status, strict=strict)
 
     def delete(self, res: Resource, ns: str, name: str) -> dict[str, Any]:
