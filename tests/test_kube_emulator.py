@@ -405,3 +405,18 @@ def test_a_resource_version_in_a_patch_is_a_precondition(kube_api, ns):
     stale = {"metadata": {"resourceVersion": cm.metadata.resource_version}, "data": {"a": "3"}}
     assert status_of(lambda: k.core.patch_namespaced_config_map("rv", ns, stale)) == 409
     assert k.core.read_namespaced_config_map("rv", ns).data == {"a": "2"}
+
+
+def test_lists_come_in_chunks_with_limit_and_continue(kube_api, ns):
+    """api-concepts "Retrieving large results sets in chunks": `limit` gives at most that many
+    items, `metadata.continue` (and remainingItemCount) while more remain; the token resumes
+    after the last one; a token that is not the server's is a 400."""
+    k = k8s(kube_api)
+    for name in ("c1", "c2", "c3"):
+        k.core.create_namespaced_config_map(ns, {"metadata": {"name": name}})
+    first = k.core.list_namespaced_config_map(ns, limit=2)
+    assert [c.metadata.name for c in first.items] == ["c1", "c2"]
+    assert first.metadata.remaining_item_count == 1 and first.metadata._continue
+    rest = k.core.list_namespaced_config_map(ns, limit=2, _continue=first.metadata._continue)
+    assert [c.metadata.name for c in rest.items] == ["c3"] and rest.metadata._continue is None
+    assert status_of(lambda: k.core.list_namespaced_config_map(ns, limit=2, _continue="bogus")) == 400

@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from sandbox.k8s_emulator.paging import page
 from sandbox.k8s_emulator.rbac import ADMIN, Authorizer, Identity
 from sandbox.k8s_emulator.store import BY_PATH, ApiError, ObjectStore, Resource
 from sandbox.k8s_emulator.velero import VeleroController
@@ -192,11 +193,12 @@ class KubeApiServer:
             if query.get("fieldSelector", "").startswith("metadata.name="):
                 wanted = query["fieldSelector"].split("=", 1)[1]
                 items = [i for i in items if i["metadata"]["name"] == wanted]
+            items, list_meta = page(items, query, store.revision)
             if "as=PartialObjectMetadataList" in accept:
                 return 200, {
                     "apiVersion": "meta.k8s.io/v1",
                     "kind": "PartialObjectMetadataList",
-                    "metadata": {"resourceVersion": str(store.revision)},
+                    "metadata": list_meta,
                     "items": [
                         {
                             "apiVersion": "meta.k8s.io/v1",
@@ -211,7 +213,7 @@ class KubeApiServer:
             return 200, {
                 "apiVersion": res.group_version,
                 "kind": f"{res.kind}List",
-                "metadata": {"resourceVersion": str(store.revision)},
+                "metadata": list_meta,
                 "items": items,
             }
         if method == "GET":
