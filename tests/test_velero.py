@@ -179,6 +179,34 @@ def test_objects_velero_could_not_update_are_named_in_the_report(kube_api, targe
     assert f"velero restore describe {report['velero_restore']} --details" in report["note"]
 
 
+def test_named_objects_are_all_checked_before_any_is_put_back(kube_api, target, store, two_namespaces):
+    """A partial restore of several named objects with existing_resource_policy=update: if the
+    API would refuse one of them (an immutable ConfigMap that differs), none is written, so the
+    namespace is never left half put back."""
+    shop, _ = two_namespaces
+    k = k8s(kube_api)
+    k.core.create_namespaced_config_map(
+        shop, {"metadata": {"name": "frozen"}, "data": {"v": "1"}, "immutable": True}
+    )
+    manifest = take_backup(target, store)
+    set_configmap(kube_api, shop, "flags", {"beta": "on"})
+    k.core.delete_namespaced_config_map("frozen", shop)
+    k.core.create_namespaced_config_map(
+        shop, {"metadata": {"name": "frozen"}, "data": {"v": "2"}, "immutable": True}
+    )
+    opts = velero.RestoreOptions(
+        namespaces=[shop],
+        resources=["configmaps"],
+        names=["flags", "frozen"],
+        existing_resource_policy="update",
+    )
+    with pytest.raises(BadInput, match="configmaps/frozen is immutable") as refused:
+        velero.restore(target, manifest, store, opts)
+    assert configmap(kube_api, shop, "flags") == {"beta": "on"}  # not put back alone
+    assert configmap(kube_api, shop, "frozen") == {"v": "2"}
+    assert "Nothing was changed" in str(refused.value)
+
+
 def test_update_of_named_objects_keeps_allocations_and_names_immutable_ones(
     kube_api, target, store, two_namespaces
 ):
