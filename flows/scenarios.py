@@ -21,7 +21,7 @@ from flows.inputs import per_component
 from flows.locks import component_lock
 from tasks.components import kubernetes as velero
 from tasks.components.kubernetes import ExistingResourcePolicy
-from tasks.components.kubernetes import api as kube
+from tasks.components.kubernetes.quiesce import quiesced
 from tasks.errors import BadInput, NotFound
 from tasks.ids import new_backup_id
 from tasks.markdown import fields_table, table
@@ -137,7 +137,7 @@ def _replace_pvcs(
         # the forensic backup first, while the apps run: file-system backup reads volumes only
         # through running pods (Velero makes no PodVolumeBackup for a pod that is not Running)
         forensic = forensic_backup_task(target, store, namespace, "volumes")
-        with kube.quiesced(target.kube, namespace) as replicas:
+        with quiesced(target.kube, namespace) as replicas:
             delete_pvcs_task(target, namespace, names)
             restored = restore_task(
                 manifest,

@@ -10,7 +10,8 @@ from pydantic import SecretStr, ValidationError
 
 from blocks.kubernetes import KubernetesTarget
 from tasks.components.kubernetes import api as kube
-from tasks.errors import ConfigurationError
+from tasks.components.kubernetes import quiesce
+from tasks.errors import ConfigurationError, TransientError
 from tests.k8s_helpers import fresh_controller
 
 
@@ -35,21 +36,36 @@ def replicas(kube_api, ns: str) -> dict[str, int]:
 
 
 def test_quiesce_records_counts_and_unquiesce_puts_back_exactly_those(kube_api, apps):
-    counts = kube.quiesce(kube_api.target(), apps)
+    counts = quiesce.quiesce(kube_api.target(), apps)
     assert counts == {"api": 2, "worker": 5, "cron": 1}
     assert replicas(kube_api, apps) == {"api": 0, "worker": 0, "cron": 0}
-    kube.unquiesce(kube_api.target(), apps, counts)
+    quiesce.unquiesce(kube_api.target(), apps, counts)
     assert replicas(kube_api, apps) == {"api": 2, "worker": 5, "cron": 1}
     k = kube.connect(kube_api.target())
     assert all(
-        kube.QUIESCED_ANNOTATION not in (d.metadata.annotations or {}) for d in kube.list_deployments(k, apps)
+        quiesce.QUIESCED_ANNOTATION not in (d.metadata.annotations or {})
+        for d in kube.list_deployments(k, apps)
     )
+
+
+def test_quiesce_waits_until_the_pods_are_gone_not_only_status_replicas(kube_api, apps, ctl):
+    """status.replicas drops to 0 as soon as the pods are terminating (apps/v1 DeploymentStatus:
+    "non-terminated pods"), while they still run out their grace period and may write: quiesced
+    means no pod of the deployments is left. Pods that never stop: a timeout, counts put back."""
+    k = kube.connect(kube_api.target())
+    ctl.cluster.hold_termination = True
+    with pytest.raises(TransientError, match="terminating pods included"):
+        quiesce.quiesce(kube_api.target(), apps, timeout=1)
+    assert replicas(kube_api, apps) == {"api": 2, "worker": 5, "cron": 1}
+    ctl.cluster.hold_termination = False
+    assert quiesce.quiesce(kube_api.target(), apps) == {"api": 2, "worker": 5, "cron": 1}
+    assert k.core.list_namespaced_pod(apps).items == []
 
 
 def test_quiesced_puts_counts_back_when_the_work_inside_fails(kube_api, apps):
     with (
         pytest.raises(RuntimeError, match="restore failed"),
-        kube.quiesced(kube_api.target(), apps) as counts,
+        quiesce.quiesced(kube_api.target(), apps) as counts,
     ):
         assert replicas(kube_api, apps) == {"api": 0, "worker": 0, "cron": 0}
         raise RuntimeError("restore failed")
@@ -58,22 +74,22 @@ def test_quiesced_puts_counts_back_when_the_work_inside_fails(kube_api, apps):
 
 
 def test_a_second_quiesce_after_a_crash_still_knows_the_real_counts(kube_api, apps):
-    kube.quiesce(kube_api.target(), apps)  # the run that crashed before unquiesce
-    assert kube.quiesce(kube_api.target(), apps) == {"api": 2, "worker": 5, "cron": 1}
+    quiesce.quiesce(kube_api.target(), apps)  # the run that crashed before unquiesce
+    assert quiesce.quiesce(kube_api.target(), apps) == {"api": 2, "worker": 5, "cron": 1}
 
 
 def test_quiesce_forbidden_by_rbac_says_which_permission_and_changes_nothing(kube_api, apps, ctl):
     before = kube_api.state(apps)
     ctl.deny("patch", "deployments")
     with pytest.raises(ConfigurationError, match=r'forbidden by RBAC.*cannot patch resource "deployments"'):
-        kube.quiesce(kube_api.target(), apps)
+        quiesce.quiesce(kube_api.target(), apps)
     assert kube_api.state(apps) == before
 
 
 def test_scale_forbidden_keeps_the_replica_counts(kube_api, apps, ctl):
     ctl.deny("patch", "deployments/scale")
     with pytest.raises(ConfigurationError, match='"deployments/scale"'):
-        kube.quiesce(kube_api.target(), apps)
+        quiesce.quiesce(kube_api.target(), apps)
     assert replicas(kube_api, apps) == {"api": 2, "worker": 5, "cron": 1}
 
 

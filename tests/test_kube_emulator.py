@@ -14,7 +14,7 @@ import secrets
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from sandbox.k8s_emulator.store import BY_PATH
+from sandbox.k8s_emulator.store import BY_PATH, ApiError
 from tests.k8s_helpers import k8s
 
 PVCS, NAMESPACES = BY_PATH[("v1", "persistentvolumeclaims")], BY_PATH[("v1", "namespaces")]
@@ -201,16 +201,44 @@ def test_unknown_fields_of_velero_resources_are_pruned(kube_api, ns):
     assert (created.get("status") or {}).get("phase") != "Completed"
 
 
+def test_unknown_fields_are_refused_under_strict_field_validation(kube_api, ns):
+    """?fieldValidation=Strict (kubectl's default; apiserver/pkg/endpoints/handlers/create.go):
+    an undeclared field is a 400 "strict decoding error: unknown field", not pruned; an older
+    Velero's CRDs declare fewer fields (resourceModifier came with 1.12)."""
+    k = k8s(kube_api)
+    body = velero_cr("Restore", "strict", {"backupName": "b", "resourceModifer": {"name": "m"}})
+    create = k.custom.create_namespaced_custom_object
+    with pytest.raises(ApiException) as info:
+        create("velero.io", "v1", "velero", "restores", body, field_validation="Strict")
+    assert info.value.status == 400 and 'unknown field \\"spec.resourceModifer\\"' in info.value.body
+    body["spec"] = {"backupName": "b", "resourceModifier": {"kind": "ConfigMap", "name": "m"}}
+    assert create("velero.io", "v1", "velero", "restores", body, field_validation="Strict")["spec"]
+    kube_api.controller.older_crds("restores", "resourceModifier")
+    body["metadata"]["name"] = "older"
+    strict = lambda: create("velero.io", "v1", "velero", "restores", body, field_validation="Strict")  # noqa: E731
+    assert status_of(strict) == 400
+    pruned = create("velero.io", "v1", "velero", "restores", body)  # Warn, the default: dropped
+    assert "resourceModifier" not in pruned["spec"]
+
+
 def test_deployments_run_pods_and_status_follows_them(kube_api, ns):
-    """pkg/controller/deployment and replicaset: pods are created and removed asynchronously and
-    status.replicas counts them (a quiesce must wait for them to go)."""
+    """pkg/controller/deployment and replicaset: pods are created and removed asynchronously.
+    A deleted pod is only marked (deletionTimestamp; pkg/registry/core/pod/strategy.go
+    CheckGracefulDelete) and runs out its grace period; status.replicas counts "non-terminated
+    pods" (apps/v1 DeploymentStatus), so it is 0 while they still run (a quiesce must wait for
+    the pods themselves). The kubelet removes them once stopped."""
     ctl = kube_api.controller
     ctl.seed_deployment(ns, "web", 2)
     k = k8s(kube_api)
     assert len(k.core.list_namespaced_pod(ns, label_selector="app=web").items) == 2
+    ctl.cluster.hold_termination = True  # a long terminationGracePeriodSeconds
     k.apps.patch_namespaced_deployment_scale("web", ns, {"spec": {"replicas": 0}})
     ctl.settle(lambda: k.apps.read_namespaced_deployment("web", ns).status.replicas == 0)
-    assert k.core.list_namespaced_pod(ns, label_selector="app=web").items == []
+    terminating = k.core.list_namespaced_pod(ns, label_selector="app=web").items
+    assert len(terminating) == 2 and all(p.metadata.deletion_timestamp for p in terminating)
+    assert {p.metadata.deletion_grace_period_seconds for p in terminating} == {30}
+    ctl.cluster.hold_termination = False
+    ctl.settle(lambda: not k.core.list_namespaced_pod(ns, label_selector="app=web").items)
 
 
 def test_emulator_state_is_reset_between_tests_part_one(kube_api, ns):
@@ -327,3 +355,68 @@ def test_pod_security_admission_enforces_the_namespace_level(kube_api):
         "spec": {"containers": [{"name": "c", "image": "busybox", "securityContext": strict_sc}]},
     }
     k.core.create_namespaced_pod("emu-restricted", strict)
+
+
+def test_forbidden_comes_before_not_found_and_scope_is_checked(kube_api, ns, tmp_path):
+    """The apiserver authorizes a request (WithAuthorization, before the API handlers) from its
+    RequestInfo alone: a caller RBAC does not allow gets 403 even for a resource type that is not
+    served (or Velero's, when it is not installed); an allowed caller gets 404. A cluster-scoped
+    resource under a namespace path is not served (404)."""
+    from blocks.kubernetes import KubernetesTarget
+    from tasks.components.kubernetes import api as kube
+
+    kube_api.controller.seed("v1", "serviceaccounts", ns, {"metadata": {"name": "nobody"}})
+    config = kube_api.service_account_kubeconfig(ns, "nobody", tmp_path / "nobody.kubeconfig")
+    nobody, admin = kube.connect(KubernetesTarget(kubeconfig_path=str(config))), k8s(kube_api)
+
+    def velero_get(k):
+        return k.custom.get_namespaced_custom_object("velero.io", "v1", "velero", "backups", "b")
+
+    def unknown_list(k):
+        return k.custom.list_namespaced_custom_object("example.com", "v1", ns, "widgets")
+
+    assert (status_of(lambda: unknown_list(nobody)), status_of(lambda: unknown_list(admin))) == (403, 404)
+    kube_api.controller.installed = False
+    assert (status_of(lambda: velero_get(nobody)), status_of(lambda: velero_get(admin))) == (403, 404)
+    path = f"/api/v1/namespaces/{ns}/persistentvolumes"
+    with pytest.raises(ApiError) as info:
+        kube_api.server.dispatch("POST", path, {"metadata": {"name": "pv-in-ns"}, "spec": {}})
+    assert info.value.code == 404 and kube_api.server.store.list(BY_PATH[("v1", "persistentvolumes")]) == []
+
+
+def test_dependents_of_a_deleted_owner_are_garbage_collected(kube_api, ns):
+    """pkg/controller/garbagecollector (background propagation, the default for a DELETE): the
+    pods whose owner is gone are deleted too; a pod without an owner stays."""
+    ctl = kube_api.controller
+    ctl.seed_deployment(ns, "web", 2)
+    ctl.seed("v1", "pods", ns, {"metadata": {"name": "lonely"}, "spec": {"containers": []}})
+    k = k8s(kube_api)
+    k.apps.delete_namespaced_deployment("web", ns)
+    ctl.settle(lambda: not k.core.list_namespaced_pod(ns, label_selector="app=web").items)
+    assert [p.metadata.name for p in k.core.list_namespaced_pod(ns).items] == ["lonely"]
+
+
+def test_a_resource_version_in_a_patch_is_a_precondition(kube_api, ns):
+    """A PATCH carrying metadata.resourceVersion is an optimistic-concurrency precondition, like
+    an update (api-concepts: "resource versions"): stale -> 409 Conflict, nothing changed."""
+    k = k8s(kube_api)
+    cm = k.core.create_namespaced_config_map(ns, {"metadata": {"name": "rv"}, "data": {"a": "1"}})
+    k.core.patch_namespaced_config_map("rv", ns, {"data": {"a": "2"}})
+    stale = {"metadata": {"resourceVersion": cm.metadata.resource_version}, "data": {"a": "3"}}
+    assert status_of(lambda: k.core.patch_namespaced_config_map("rv", ns, stale)) == 409
+    assert k.core.read_namespaced_config_map("rv", ns).data == {"a": "2"}
+
+
+def test_lists_come_in_chunks_with_limit_and_continue(kube_api, ns):
+    """api-concepts "Retrieving large results sets in chunks": `limit` gives at most that many
+    items, `metadata.continue` (and remainingItemCount) while more remain; the token resumes
+    after the last one; a token that is not the server's is a 400."""
+    k = k8s(kube_api)
+    for name in ("c1", "c2", "c3"):
+        k.core.create_namespaced_config_map(ns, {"metadata": {"name": name}})
+    first = k.core.list_namespaced_config_map(ns, limit=2)
+    assert [c.metadata.name for c in first.items] == ["c1", "c2"]
+    assert first.metadata.remaining_item_count == 1 and first.metadata._continue
+    rest = k.core.list_namespaced_config_map(ns, limit=2, _continue=first.metadata._continue)
+    assert [c.metadata.name for c in rest.items] == ["c3"] and rest.metadata._continue is None
+    assert status_of(lambda: k.core.list_namespaced_config_map(ns, limit=2, _continue="bogus")) == 400

@@ -334,6 +334,7 @@ def test_restore_runs_inside_the_quiesce_window_and_leaves_it_on_failure(
     restore aside, cut-over) happens while the namespace is scaled down, the replica counts come
     back exactly, also when the restore fails; bad input scales nothing."""
     from tasks.components.kubernetes import api as kube
+    from tasks.components.kubernetes import quiesce
 
     target, db = sample
     store = local_store()
@@ -354,7 +355,7 @@ def test_restore_runs_inside_the_quiesce_window_and_leaves_it_on_failure(
         return len(k.core.list_namespaced_pod(ns).items)
 
     events = []
-    real_aside, real_unquiesce = pg_restores.restore_aside, kube.unquiesce
+    real_aside, real_unquiesce = pg_restores.restore_aside, quiesce.unquiesce
 
     def observed_aside(*args, **kwargs):  # the real restore, observed when it starts
         events.append(("restore", replicas(), running_pods()))
@@ -365,7 +366,7 @@ def test_restore_runs_inside_the_quiesce_window_and_leaves_it_on_failure(
         return real_unquiesce(*args, **kwargs)
 
     monkeypatch.setattr(pg_restores, "restore_aside", observed_aside)
-    monkeypatch.setattr(kube, "unquiesce", observed_unquiesce)
+    monkeypatch.setattr(quiesce, "unquiesce", observed_unquiesce)
     report = pg.restore(target, manifest, store, pg.RestoreOptions(quiesce_namespace=ns, kube_block=block))
     assert report["quiesced"] == {"namespace": ns, "replicas": {"api": 2, "worker": 3}}
     assert events[0] == ("restore", {"api": 0, "worker": 0}, 0)  # down, and the pods gone

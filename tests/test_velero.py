@@ -4,11 +4,14 @@ Velero, through the real `kubernetes` client over HTTP."""
 from __future__ import annotations
 
 import secrets
+import threading
 
 import pytest
 
+from sandbox.k8s_emulator.store import BY_PATH
 from tasks.components import kubernetes as velero
 from tasks.components.kubernetes import api as kube
+from tasks.components.kubernetes import quiesce
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError, NotFound
 from tasks.storage.catalog import list_backups
 from tasks.storage.session import backup_session
@@ -132,6 +135,78 @@ def test_existing_objects_are_skipped_and_reported_unless_update(kube_api, targe
     assert [o["data"] for o in saved] == [{"mode": "edited"}]
 
 
+def test_an_object_deleted_while_velero_backs_up_is_not_expected_back(
+    kube_api, ctl, target, store, two_namespaces
+):
+    """Our inventory is listed before the Backup is created; an object deleted before Velero
+    reads the namespace is not in the backup. Expecting it made every restore and drill of that
+    backup fail ("Completed but these objects are missing"): only objects there both before and
+    after the backup are expected; the others are recorded as changed during the backup."""
+    shop, _ = two_namespaces
+    ctl.backup_outcome = "stuck"  # Velero has not read the namespace yet
+    done: dict = {}
+    worker = threading.Thread(target=lambda: done.update(m=take_backup(target, store)), daemon=True)
+    worker.start()
+    backups = BY_PATH[("velero.io/v1", "backups")]
+    ctl.settle(lambda: any((b.get("status") or {}).get("phase") for b in ctl.store.list(backups)))
+    k8s(kube_api).core.delete_namespaced_config_map("flags", shop)
+    ctl.backup_outcome = None
+    worker.join()
+    opts = velero.RestoreOptions(namespaces=[shop], namespace_mapping={shop: f"copy-{shop}"})
+    report = velero.restore(target, done["m"], store, opts)
+    assert report["phase"] == "Completed"
+    assert kube.list_names(k8s(kube_api), f"copy-{shop}", "configmaps") == ["settings"]
+    doc = velero.load_document(store, done["m"])
+    assert doc["changed_during_backup"] == [f"{shop}/configmaps/flags"]
+
+
+def test_objects_velero_could_not_update_are_named_in_the_report(kube_api, target, store, two_namespaces):
+    """existing_resource_policy=update: an object the API refuses to update (an immutable
+    ConfigMap) keeps its in-cluster version; Velero counts a warning and still says Completed
+    (pkg/restore/restore.go processUpdateResourcePolicy: "patch attempt failed" is a warning).
+    The report says so, with the command that lists them, instead of a plain success."""
+    shop, _ = two_namespaces
+    manifest = take_backup(target, store)
+    k8s(kube_api).core.patch_namespaced_config_map(
+        "settings", shop, {"data": {"mode": "edited"}, "immutable": True}
+    )
+    opts = velero.RestoreOptions(
+        namespaces=[shop], resources=["configmaps"], existing_resource_policy="update"
+    )
+    report = velero.restore(target, manifest, store, opts)
+    assert report["warnings"] == 1 and configmap(kube_api, shop, "settings") == {"mode": "edited"}
+    assert "could not update 1" in report["note"]
+    assert f"velero restore describe {report['velero_restore']} --details" in report["note"]
+
+
+def test_named_objects_are_all_checked_before_any_is_put_back(kube_api, target, store, two_namespaces):
+    """A partial restore of several named objects with existing_resource_policy=update: if the
+    API would refuse one of them (an immutable ConfigMap that differs), none is written, so the
+    namespace is never left half put back."""
+    shop, _ = two_namespaces
+    k = k8s(kube_api)
+    k.core.create_namespaced_config_map(
+        shop, {"metadata": {"name": "frozen"}, "data": {"v": "1"}, "immutable": True}
+    )
+    manifest = take_backup(target, store)
+    set_configmap(kube_api, shop, "flags", {"beta": "on"})
+    k.core.delete_namespaced_config_map("frozen", shop)
+    k.core.create_namespaced_config_map(
+        shop, {"metadata": {"name": "frozen"}, "data": {"v": "2"}, "immutable": True}
+    )
+    opts = velero.RestoreOptions(
+        namespaces=[shop],
+        resources=["configmaps"],
+        names=["flags", "frozen"],
+        existing_resource_policy="update",
+    )
+    with pytest.raises(BadInput, match="configmaps/frozen is immutable") as refused:
+        velero.restore(target, manifest, store, opts)
+    assert configmap(kube_api, shop, "flags") == {"beta": "on"}  # not put back alone
+    assert configmap(kube_api, shop, "frozen") == {"v": "2"}
+    assert "Nothing was changed" in str(refused.value)
+
+
 def test_update_of_named_objects_keeps_allocations_and_names_immutable_ones(
     kube_api, target, store, two_namespaces
 ):
@@ -175,7 +250,7 @@ def test_quiesce_then_a_failing_restore_still_puts_back_2_5_and_1(
     ctl.restore_outcome = "Failed"
     with (
         pytest.raises(ComponentFailed, match=r"ended Failed.*emulated failure.*velero restore logs"),
-        kube.quiesced(target.kube, shop) as counts,
+        quiesce.quiesced(target.kube, shop) as counts,
     ):
         velero.restore(target, manifest, store, velero.RestoreOptions(namespaces=[shop]))
     assert counts == {"api": 2, "worker": 5, "cron": 1}
@@ -304,6 +379,22 @@ def test_drill_cleans_up_also_when_the_restore_fails(kube_api, ctl, target, stor
     with pytest.raises(ComponentFailed, match="PartiallyFailed"):
         velero.drill(target, manifest, store, "fail" + secrets.token_hex(2))
     assert not [n for n in kube.list_namespaces(k8s(kube_api)) if n.startswith("restore-drill-")]
+
+
+def test_a_velero_whose_crds_lack_a_field_we_send_refuses_it_before_anything_runs(
+    kube_api, ctl, target, store
+):
+    """Velero < 1.12's Restore CRD has no resourceModifier. By default the API server prunes an
+    undeclared field silently, so a drill's "replicas 0" rule would vanish and its apps start at
+    full scale beside production. The project creates Velero objects with fieldValidation=Strict:
+    the server refuses (400), and nothing is restored."""
+    manifest = take_backup(target, store)
+    ctl.older_crds("restores", "resourceModifier")
+    before = kube_api.state()
+    with pytest.raises(ConfigurationError, match=r'unknown field "spec.resourceModifier".*Velero >= 1\.12'):
+        velero.drill(target, manifest, store, "old" + secrets.token_hex(2))
+    assert kube_api.server.store.list(BY_PATH[("velero.io/v1", "restores")]) == []
+    assert kube_api.state() == before
 
 
 def test_describe_current_state_counts_objects_and_lists_pvcs(kube_api, target, two_namespaces, store):

@@ -174,3 +174,22 @@ def test_validation_failures(kube_api, app):
     ctl.backup_outcome = None
     _, done = restore(kube_api, failed)
     assert done["status"]["phase"] == "FailedValidation"
+
+
+def test_restores_follow_veleros_resource_priorities(kube_api, app):
+    """pkg/cmd/server/config/config.go defaultRestorePriorities.HighPriorities: namespaces, PVs,
+    PVCs, serviceaccounts, secrets, configmaps, pods, services, and only then the rest
+    (deployments): a pod is created after the ServiceAccount and the Secrets it needs."""
+    ctl = kube_api.controller
+    ctl.seed("v1", "serviceaccounts", app, {"metadata": {"name": "runner"}})
+    name, _ = backup(kube_api, app)
+    copy = f"ord-{app}"
+    ctl.store.created.clear()
+    _, done = restore(kube_api, name, namespaceMapping={app: copy})
+    assert done["status"]["phase"] == "Completed"
+    kinds = [plural for plural, ns, *_ in ctl.store.created if ns == copy]
+    firsts = [k for i, k in enumerate(kinds) if k not in kinds[:i]]
+    order = ["persistentvolumeclaims", "serviceaccounts", "secrets", "configmaps", "pods", "services"]
+    assert [k for k in firsts if k in order] == order
+    assert firsts.index("deployments") > firsts.index("services")
+    assert kinds.index("deployments") > max(i for i, k in enumerate(kinds) if k == "services")

@@ -4,11 +4,18 @@ run them (asynchronously: a client must wait for them, as on a real cluster).
 - Deployments own pods matching their selector and keep `spec.replicas` of them; orphans that
   match are adopted (pkg/controller/replicaset: ClaimPods adopts matching orphans); status
   counts the pods.
-- The kubelet starts a pod once every PVC it mounts is Bound.
+- The kubelet starts a pod once every PVC it mounts is Bound, and removes a deleted pod (marked
+  with deletionTimestamp) once its containers have stopped, on a later pass; meanwhile the pod
+  still runs, and is no longer counted in its deployment's status.replicas ("non-terminated
+  pods", apps/v1 DeploymentStatus). `hold_termination` keeps deleted pods terminating, as a
+  long terminationGracePeriodSeconds would.
 - The PV binder (pkg/controller/volume/persistentvolume): a Pending claim with `volumeName`
   binds to that PV; otherwise its StorageClass decides, `Immediate` provisions a PV now,
   `WaitForFirstConsumer` only once a pod mounts the claim
   (kubernetes.io/docs/concepts/storage/storage-classes/#volume-binding-mode).
+- The garbage collector (pkg/controller/garbagecollector; background propagation): an object
+  whose ownerReferences all name objects that are gone (by uid) is deleted, e.g. the pods of a
+  deleted deployment.
 - PVC protection (pkg/controller/volume/pvcprotection): the kubernetes.io/pvc-protection
   finalizer is removed only when no pod uses the claim; a removed claim's PV goes with it when
   its reclaimPolicy is Delete, and with it the volume's data.
@@ -42,6 +49,7 @@ class ClusterControllers:
     def __init__(self, store: ObjectStore, volumes: dict[tuple[str, str], str]):
         self.store = store
         self.volumes = volumes  # (namespace, pvc) -> the data on its volume
+        self.hold_termination = False  # deleted pods stay terminating (still running) while True
         store.on_remove.append(self._removed)
 
     def reconcile(self) -> None:
@@ -57,6 +65,7 @@ class ClusterControllers:
         for pod in self.store.list(PODS):
             with suppress(ApiError):
                 self._kubelet(pod)
+        self._collect_garbage()
 
     # -- deployments -> pods -----------------------------------------------------------------
     def _pods(self, ns: str, selector: dict) -> list[dict[str, Any]]:
@@ -111,6 +120,20 @@ class ClusterControllers:
         if dep.get("status") != status:
             self.store.patch(DEPLOYMENTS, ns, meta["name"], {"status": status}, True)
 
+    def _collect_garbage(self) -> None:
+        with self.store.lock:
+            uids = {obj["metadata"]["uid"] for obj in self.store.objects.values()}
+            orphans = [
+                (res, ns, name)
+                for (res, ns, name), obj in self.store.objects.items()
+                if (owners := obj["metadata"].get("ownerReferences"))
+                and not obj["metadata"].get("deletionTimestamp")
+                and not any(o.get("uid") in uids for o in owners)
+            ]
+            for res, ns, name in orphans:
+                with suppress(ApiError):
+                    self.store.delete(res, ns, name)
+
     # -- PV binder, kubelet, pvc-protection -------------------------------------------------
     def _consumers(self, ns: str) -> set[str]:
         return {claim for pod in self.store.list(PODS, ns) for _, claim in claims_of(pod)}
@@ -160,9 +183,16 @@ class ClusterControllers:
         self.store.patch(PVCS, ns, meta["name"], {"status": status}, True)
 
     def _kubelet(self, pod: dict[str, Any]) -> None:
+        ns = pod["metadata"]["namespace"]
+        if pod["metadata"].get("deletionTimestamp"):
+            if not self.hold_termination:  # its containers have stopped: the pod goes
+                with self.store.lock:
+                    current = self.store.find(PODS, ns, pod["metadata"]["name"])
+                    if current and current["metadata"]["uid"] == pod["metadata"]["uid"]:
+                        self.store._remove(PODS, ns, pod["metadata"]["name"])
+            return
         if (pod.get("status") or {}).get("phase") != "Pending":
             return
-        ns = pod["metadata"]["namespace"]
         if all(
             ((self.store.find(PVCS, ns, claim) or {}).get("status") or {}).get("phase") == "Bound"
             for _, claim in claims_of(pod)

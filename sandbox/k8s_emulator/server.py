@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from sandbox.k8s_emulator.paging import page
 from sandbox.k8s_emulator.rbac import ADMIN, Authorizer, Identity
 from sandbox.k8s_emulator.store import BY_PATH, ApiError, ObjectStore, Resource
 from sandbox.k8s_emulator.velero import VeleroController
@@ -22,26 +23,35 @@ from sandbox.k8s_emulator.velero import VeleroController
 VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 
-def parse_path(path: str) -> tuple[Resource, str | None, str | None, str | None]:
-    """-> (resource, namespace or None (all), name or None (collection), subresource or None)."""
+NOT_FOUND = "the server could not find the requested resource"
+
+
+def parse_path(path: str) -> tuple[Resource, bool, str | None, str | None, str | None]:
+    """-> (resource, served, namespace or None (all), name or None (collection), subresource).
+
+    Like the apiserver's RequestInfo, any well-formed path yields its attributes, so RBAC judges
+    the request before anyone learns whether the resource exists: `served` False is a 404 only
+    for a caller allowed to ask (the authorization filter runs before the API's handlers)."""
     parts = [p for p in path.split("/") if p]
     if parts[:2] == ["api", "v1"]:
         gv, rest = "v1", parts[2:]
     elif parts[:1] == ["apis"] and len(parts) >= 3:
         gv, rest = f"{parts[1]}/{parts[2]}", parts[3:]
     else:
-        raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        raise ApiError(404, "NotFound", NOT_FOUND)
     ns = None
     if len(rest) >= 3 and rest[0] == "namespaces":
         ns, rest = rest[1], rest[2:]
-    if not rest or (gv, rest[0]) not in BY_PATH:
-        raise ApiError(404, "NotFound", "the server could not find the requested resource")
-    res = BY_PATH[(gv, rest[0])]
+    if not rest:
+        raise ApiError(404, "NotFound", NOT_FOUND)
+    res = BY_PATH.get((gv, rest[0])) or Resource(gv, rest[0], "", namespaced=ns is not None)
+    served = (gv, rest[0]) in BY_PATH
     name = rest[1] if len(rest) > 1 else None
     sub = rest[2] if len(rest) > 2 else None
-    if res.namespaced and name is not None and ns is None:
-        raise ApiError(404, "NotFound", "the server could not find the requested resource")
-    return res, ns, name, sub
+    # a namespaced object needs its namespace in the path; a cluster-scoped one has none
+    if (res.namespaced and name is not None and ns is None) or (not res.namespaced and ns is not None):
+        served = False
+    return res, served, ns, name, sub
 
 
 def scale_of(dep: dict[str, Any]) -> dict[str, Any]:
@@ -135,12 +145,16 @@ class KubeApiServer:
     ) -> tuple[int, Any]:
         url = urlsplit(raw_path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
-        res, ns, name, sub = parse_path(url.path)
+        res, served, ns, name, sub = parse_path(url.path)
         ctl = self.controller
-        if res.group == "velero.io" and not ctl.installed:
-            raise ApiError(404, "NotFound", "the server could not find the requested resource")
         verb = VERBS.get(method) or ("get" if name else "list")
-        self.auth.authorize(who, verb, res, sub, ns, name)
+        self.auth.authorize(who, verb, res, sub, ns, name)  # 403 before 404, as the apiserver
+        if not served or (res.group == "velero.io" and not ctl.installed):
+            raise ApiError(404, "NotFound", NOT_FOUND)
+        validation = query.get("fieldValidation", "Warn")  # the server's default since 1.27
+        if validation not in ("Ignore", "Warn", "Strict"):
+            raise ApiError(400, "BadRequest", f"fieldValidation {validation!r}: not Ignore, Warn or Strict")
+        strict = validation == "Strict"
         rbac_name = f"{res.plural}/{sub}" if sub else res.plural
         if (verb, rbac_name) in ctl.denied:
             where = f' in the namespace "{ns}"' if ns else " at the cluster scope"
@@ -158,7 +172,7 @@ class KubeApiServer:
         store = self.store
         if sub == "scale":
             if res.plural != "deployments":
-                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+                raise ApiError(404, "NotFound", NOT_FOUND)
             if method == "GET":
                 return 200, scale_of(store.get(res, ns_key, name))
             replicas = ((body or {}).get("spec") or {}).get("replicas") if isinstance(body, dict) else None
@@ -173,17 +187,18 @@ class KubeApiServer:
             )  # scale: any patch type
             return 200, scale_of(dep)
         if sub not in (None, "status"):
-            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            raise ApiError(404, "NotFound", NOT_FOUND)
         if method == "GET" and name is None:
             items = store.list(res, ns if res.namespaced else None, query.get("labelSelector"))
             if query.get("fieldSelector", "").startswith("metadata.name="):
                 wanted = query["fieldSelector"].split("=", 1)[1]
                 items = [i for i in items if i["metadata"]["name"] == wanted]
+            items, list_meta = page(items, query, store.revision)
             if "as=PartialObjectMetadataList" in accept:
                 return 200, {
                     "apiVersion": "meta.k8s.io/v1",
                     "kind": "PartialObjectMetadataList",
-                    "metadata": {"resourceVersion": str(store.revision)},
+                    "metadata": list_meta,
                     "items": [
                         {
                             "apiVersion": "meta.k8s.io/v1",
@@ -198,7 +213,7 @@ class KubeApiServer:
             return 200, {
                 "apiVersion": res.group_version,
                 "kind": f"{res.kind}List",
-                "metadata": {"resourceVersion": str(store.revision)},
+                "metadata": list_meta,
                 "items": items,
             }
         if method == "GET":
@@ -206,12 +221,12 @@ class KubeApiServer:
         if method == "POST":
             if name is not None or not isinstance(body, dict):
                 raise ApiError(405, "MethodNotAllowed", "POST goes to a collection, with an object")
-            return 201, store.create(res, ns_key, body)
+            return 201, store.create(res, ns_key, body, strict=strict)
         if method == "PUT":
-            return 200, store.replace(res, ns_key, name, body or {}, status=sub == "status")
+            return 200, store.replace(res, ns_key, name, body or {}, status=sub == "status", strict=strict)
         if method == "PATCH":
             return 200, store.patch(
-                res, ns_key, name, body, status=sub == "status", content_type=content_type
+                res, ns_key, name, body, status=sub == "status", content_type=content_type, strict=strict
             )
         if method == "DELETE":
             if name is None:

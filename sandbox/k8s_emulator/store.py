@@ -18,7 +18,13 @@ from sandbox.k8s_emulator.allocation import ServiceAllocator
 from sandbox.k8s_emulator.errors import ApiError, not_found
 from sandbox.k8s_emulator.immutability import update_errors
 from sandbox.k8s_emulator.patches import apply_patch, json_patch, merge_patch
-from sandbox.k8s_emulator.validation import generated_name, prune, validate_metadata
+from sandbox.k8s_emulator.validation import (
+    VELERO_FIELDS,
+    check_fields,
+    generated_name,
+    prune,
+    validate_metadata,
+)
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,8 @@ class ObjectStore:
         self.created: list[tuple[str, str, str, dict]] = []  # (plural, ns, name, labels) of every create
         self.on_remove: list = []  # callbacks(res, ns, name, obj) when an object is really gone
         self.services = ServiceAllocator()
+        # the custom resources' schemas as installed (an older Velero's CRDs declare fewer fields)
+        self.crd_fields = copy.deepcopy(VELERO_FIELDS)
 
     def clear(self) -> None:
         with self.lock:
@@ -146,6 +154,7 @@ class ObjectStore:
             self.terminating.clear()
             self.created.clear()
             self.services = ServiceAllocator()
+            self.crd_fields = copy.deepcopy(VELERO_FIELDS)
 
     def _stamp(self, obj: dict[str, Any]) -> None:
         self.revision += 1
@@ -174,7 +183,8 @@ class ObjectStore:
             ]
         return out
 
-    def create(self, res: Resource, ns: str, obj: dict[str, Any]) -> dict[str, Any]:
+    def create(self, res: Resource, ns: str, obj: dict[str, Any], strict: bool = False) -> dict[str, Any]:
+        """`strict`: the request's fieldValidation=Strict (unknown fields are a 400)."""
         obj = copy.deepcopy(obj)
         meta = obj.setdefault("metadata", {})
         name = meta.get("name")
@@ -217,14 +227,23 @@ class ObjectStore:
             for key in ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp", "generation"):
                 meta.pop(key, None)  # the server's to set, never the client's
             meta.update(uid=str(uuid.uuid4()), creationTimestamp=now_iso(), generation=1)
-            prune(res.plural, obj)
+            check_fields(res.kind, obj, self.crd_fields.get(res.plural), strict)
+            prune(obj, self.crd_fields.get(res.plural))
             defaults(res, obj, self.services)
             self._stamp(obj)
             self.objects[(res, ns, name)] = obj
             self.created.append((res.plural, ns, name, dict(meta.get("labels") or {})))
             return copy.deepcopy(obj)
 
-    def replace(self, res: Resource, ns: str, name: str, obj: dict[str, Any], status: bool = False) -> dict:
+    def replace(
+        self,
+        res: Resource,
+        ns: str,
+        name: str,
+        obj: dict[str, Any],
+        status: bool = False,
+        strict: bool = False,
+    ) -> dict:
         with self.lock:
             old = self.objects.get((res, ns, name))
             if old is None:
@@ -258,7 +277,8 @@ class ObjectStore:
                     {"name": name, "kind": res.kind, "causes": [{"message": c} for c in causes]},
                 )
             new["apiVersion"], new["kind"] = res.group_version, res.kind
-            prune(res.plural, new)
+            check_fields(res.kind, new, self.crd_fields.get(res.plural), strict)
+            prune(new, self.crd_fields.get(res.plural))
             if new.get("spec") != old.get("spec"):
                 meta["generation"] = old["metadata"].get("generation", 1) + 1
             if res.plural == "deployments":
@@ -270,7 +290,14 @@ class ObjectStore:
             return copy.deepcopy(new)
 
     def patch(
-        self, res: Resource, ns: str, name: str, patch: Any, status: bool = False, content_type: str = ""
+        self,
+        res: Resource,
+        ns: str,
+        name: str,
+        patch: Any,
+        status: bool = False,
+        content_type: str = "",
+        strict: bool = False,
     ) -> dict:
         """`content_type` empty: the emulator's own (controller) writes, a merge patch."""
         with self.lock:
@@ -279,8 +306,10 @@ class ObjectStore:
                 new = apply_patch(old, patch, content_type, custom=res.group == "velero.io")
             else:
                 new = json_patch(old, patch) if isinstance(patch, list) else merge_patch(old, patch)
-            new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
-            return self.replace(res, ns, name, new, status=status)
+            # a resourceVersion in the patch is a precondition (409 when stale), as in an update
+            asked = ((patch.get("metadata") or {}) if isinstance(patch, dict) else {}).get("resourceVersion")
+            new["metadata"]["resourceVersion"] = asked or old["metadata"]["resourceVersion"]
+            return self.replace(res, ns, name, new, status=status, strict=strict)
 
     def delete(self, res: Resource, ns: str, name: str) -> dict[str, Any]:
         """Objects with finalizers are only marked (deletionTimestamp) until the last one is
@@ -306,7 +335,12 @@ class ObjectStore:
                 self._stamp(obj)
                 self.terminating.setdefault(name, time.monotonic() + self.namespace_termination_seconds)
                 return copy.deepcopy(obj)
-            if meta.get("finalizers"):
+            if res.plural == "pods":
+                # graceful deletion (pkg/registry/core/pod/strategy.go CheckGracefulDelete): the pod
+                # is marked and keeps running its grace period; the kubelet removes it (controllers.py)
+                grace = (obj.get("spec") or {}).get("terminationGracePeriodSeconds", 30)
+                meta.setdefault("deletionGracePeriodSeconds", grace)
+            if meta.get("finalizers") or res.plural == "pods":
                 meta.setdefault("deletionTimestamp", now_iso())
                 self._stamp(obj)
                 return copy.deepcopy(obj)

@@ -8,7 +8,8 @@
 - Label keys and values (IsQualifiedName, IsValidLabelValue: values at most 63 characters).
 - Structural-schema pruning of custom resources (apiextensions "Specifying a structural schema",
   pruning unknown fields): Velero's CRDs are generated from pkg/apis/velero/v1/*_types.go, so a
-  field the types do not declare is silently dropped on create/update.
+  field the types do not declare is silently dropped on create/update, unless the request asks
+  `?fieldValidation=Strict` (kubectl's default): then it is a 400 "strict decoding error".
 """
 
 from __future__ import annotations
@@ -132,8 +133,18 @@ VELERO_FIELDS: dict[str, dict[str, set[str]]] = {
 }
 
 
-def prune(plural: str, obj: dict[str, Any]) -> dict[str, Any]:
-    schema = VELERO_FIELDS.get(plural)
+def unknown_fields(obj: dict[str, Any], schema: dict[str, set[str]] | None) -> list[str]:
+    """The paths ('spec.foo') of the fields a custom resource's schema does not declare."""
+    if not schema:
+        return []
+    out = [k for k in obj if k not in ("apiVersion", "kind", "metadata", "spec", "status")]
+    for part, known in schema.items():
+        if isinstance(obj.get(part), dict):
+            out += [f"{part}.{k}" for k in obj[part] if k not in known]
+    return out
+
+
+def prune(obj: dict[str, Any], schema: dict[str, set[str]] | None) -> dict[str, Any]:
     if not schema:
         return obj
     for part, known in schema.items():
@@ -142,3 +153,16 @@ def prune(plural: str, obj: dict[str, Any]) -> dict[str, Any]:
     for key in [k for k in obj if k not in ("apiVersion", "kind", "metadata", "spec", "status")]:
         del obj[key]
     return obj
+
+
+def check_fields(kind: str, obj: dict[str, Any], schema: dict[str, set[str]] | None, strict: bool) -> None:
+    """fieldValidation=Strict: a field the schema does not declare is a 400, not silently pruned
+    (apiserver/pkg/endpoints/handlers/rest.go fieldValidation; the decoder's message)."""
+    unknown = unknown_fields(obj, schema) if strict else []
+    if unknown:
+        raise ApiError(
+            400,
+            "BadRequest",
+            f'{kind} in version "v1" cannot be handled as a {kind}: strict decoding error: '
+            + ", ".join(f'unknown field "{path}"' for path in unknown),
+        )

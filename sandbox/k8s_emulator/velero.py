@@ -74,6 +74,7 @@ class VeleroController(Seeding):
         self.backup_outcome = self.restore_outcome = None
         self.restore_errors = 0
         self.installed = True
+        self.cluster.hold_termination = False
         self.denied.clear()
         self.writes.clear()
         self.secret_reads.clear()
@@ -92,6 +93,13 @@ class VeleroController(Seeding):
         """Answer 403 to `verb` ('get', 'list', 'create', 'update', 'patch', 'delete') on `resource`
         ('deployments/scale', 'backups', ...), as RBAC would."""
         self.denied.add((verb, resource))
+
+    def older_crds(self, plural: str, *spec_fields: str) -> None:
+        """Velero's CRDs as an older release installed them, without these fields of `plural`'s
+        spec (e.g. restores' resourceModifier, before Velero 1.12): the server prunes them, or
+        refuses them under fieldValidation=Strict. `wipe` reinstalls the current ones."""
+        with self.store.lock:
+            self.store.crd_fields[plural]["spec"] -= set(spec_fields)
 
     def restart_velero(self) -> None:
         """What a Velero server restart does: backups left InProgress are marked Failed."""

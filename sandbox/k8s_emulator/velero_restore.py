@@ -3,8 +3,10 @@
 - Phases: New -> FailedValidation (backup missing or not Completed/PartiallyFailed) or
   InProgress -> Finalizing -> Completed/PartiallyFailed (restore_types.go). InProgress lasts
   until every PodVolumeRestore has finished (pkg/podvolume/restorer.go waits for them).
-- Order: namespaces, PVs, PVCs, secrets, configmaps, services, pods, deployments (Velero's
-  default resource priorities, pkg/cmd/server/server.go defaultRestorePriorities).
+- Order: namespaces, PVs, PVCs, serviceaccounts, secrets, configmaps, pods, services, then the
+  rest (deployments, ...) (Velero's default resource priorities, pkg/cmd/server/config/config.go
+  defaultRestorePriorities.HighPriorities: "... persistentvolumeclaims, serviceaccounts, secrets,
+  configmaps, limitranges, pods, replicasets.apps, ..., endpoints, services").
 - resetMetadataAndStatus keeps only name, namespace, labels and annotations; status is dropped.
 - A PV is restored with its PVC (actions/add_pv_from_pvc_action.go) only from a volume snapshot;
   renamed `velero-clone-<uuid>` when its name is taken. A PV without a snapshot is not restored
@@ -50,10 +52,11 @@ ORDER = [
     "namespaces",
     "persistentvolumes",
     "persistentvolumeclaims",
+    "serviceaccounts",
     "secrets",
     "configmaps",
-    "services",
     "pods",
+    "services",
 ]
 
 

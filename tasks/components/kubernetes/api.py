@@ -1,8 +1,5 @@
 """Kubernetes API helpers shared by the components: a client from a KubernetesTarget, errors
-translated into ours, namespaces, deployments and their scale, PVCs, and quiescing.
-
-Quiescing records each deployment's replica count in an annotation before scaling it to 0, so a
-second quiesce after a crash still knows the real counts, and unquiesce puts back exactly those.
+translated into ours, namespaces, deployments and their scale, PVCs (quiescing: quiesce.py).
 """
 
 from __future__ import annotations
@@ -11,8 +8,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -27,7 +23,6 @@ from blocks.kubernetes import KubernetesTarget
 from tasks.errors import BackupError, BadInput, ConfigurationError, NotFound, TransientError
 
 log = logging.getLogger(__name__)
-QUIESCED_ANNOTATION = "klb.io/quiesced-replicas"
 
 
 class AlreadyExists(BackupError):
@@ -195,16 +190,6 @@ def scale(k: Kube, namespace: str, name: str, replicas: int) -> None:
     )
 
 
-def _annotate(k: Kube, namespace: str, name: str, value: str | None) -> None:
-    k.call(
-        f"annotate deployment {namespace}/{name}",
-        k.apps.patch_namespaced_deployment,
-        name,
-        namespace,
-        {"metadata": {"annotations": {QUIESCED_ANNOTATION: value}}},
-    )
-
-
 # -- PVCs ------------------------------------------------------------------------------------------
 def list_pvcs(k: Kube, namespace: str | None = None) -> list[dict[str, Any]]:
     if namespace:
@@ -230,73 +215,6 @@ def delete_pvc(k: Kube, namespace: str, name: str) -> None:
     k.call(
         f"delete PVC {namespace}/{name}", k.core.delete_namespaced_persistent_volume_claim, name, namespace
     )
-
-
-# -- quiesce -----------------------------------------------------------------------------------------
-def quiesce(kube: KubernetesTarget | None, namespace: str, timeout: float = 300) -> dict[str, int]:
-    """Scale every deployment of `namespace` to 0; return the replica counts they had.
-
-    A deployment already quiesced by an earlier (interrupted) run keeps its recorded count. If
-    any scale-down fails, the ones already scaled are put back before raising."""
-    k = connect(kube)
-    recorded: dict[str, int] = {}
-    try:
-        for dep in list_deployments(k, namespace):
-            name = dep.metadata.name
-            earlier = (dep.metadata.annotations or {}).get(QUIESCED_ANNOTATION)
-            replicas = get_replicas(k, namespace, name)
-            if earlier is not None and replicas == 0:
-                replicas = int(earlier)
-            else:
-                _annotate(k, namespace, name, str(replicas))
-            recorded[name] = replicas
-            scale(k, namespace, name, 0)
-        wait_for(
-            lambda: all((d.status.replicas or 0) == 0 for d in list_deployments(k, namespace)),
-            timeout,
-            1,
-            f"the pods of {namespace} to stop",
-        )
-    except BaseException:
-        if recorded:
-            log.error("quiesce of %s failed: putting back %s", namespace, recorded)
-            try:
-                unquiesce(kube, namespace, recorded)
-            except Exception as exc:
-                log.error("could not put back %s in %s: %s", recorded, namespace, exc)
-        raise
-    log.info("quiesced %s: %s", namespace, recorded)
-    return recorded
-
-
-def unquiesce(kube: KubernetesTarget | None, namespace: str, replicas: dict[str, int]) -> None:
-    """Put back exactly the recorded counts; try every deployment, then report all failures."""
-    k = connect(kube)
-    failed: dict[str, str] = {}
-    for name, count in replicas.items():
-        try:
-            scale(k, namespace, name, count)
-            _annotate(k, namespace, name, None)
-        except BackupError as exc:
-            failed[name] = str(exc)
-    if failed:
-        raise ConfigurationError(
-            f"could not put back the replica counts in {namespace}: {failed}. Scale them by hand: "
-            + "; ".join(
-                f"kubectl -n {namespace} scale deployment/{n} --replicas={replicas[n]}" for n in failed
-            )
-        )
-    log.info("unquiesced %s: %s", namespace, replicas)
-
-
-@contextmanager
-def quiesced(kube: KubernetesTarget | None, namespace: str) -> Iterator[dict[str, int]]:
-    """`with quiesced(kube, ns) as counts:` apps are down inside, back to exactly `counts` after."""
-    counts = quiesce(kube, namespace)
-    try:
-        yield counts
-    finally:
-        unquiesce(kube, namespace, counts)
 
 
 # -- the kinds the project lists, counts and verifies ------------------------------------------------
@@ -371,7 +289,6 @@ __all__ = [
     "kind_api",
     "list_names",
     "selector_string",
-    "QUIESCED_ANNOTATION",
     "AlreadyExists",
     "Kube",
     "connect",
@@ -386,7 +303,4 @@ __all__ = [
     "scale",
     "list_pvcs",
     "delete_pvc",
-    "quiesce",
-    "unquiesce",
-    "quiesced",
 ]

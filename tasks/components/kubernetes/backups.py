@@ -26,7 +26,7 @@ from tasks.components.kubernetes.velero import (
     object_name,
     preflight,
 )
-from tasks.errors import BadInput, ComponentFailed, IntegrityError
+from tasks.errors import BadInput, ComponentFailed, IntegrityError, NotFound
 from tasks.models import Manifest
 from tasks.storage.session import BackupSession, read_object
 from tasks.table import policy
@@ -88,9 +88,35 @@ def _kinds(include: list[str], exclude: list[str]) -> list[str]:
 def inventory(
     k: Kube, namespaces: list[str], kinds: list[str], label_selector: dict[str, str] | None = None
 ) -> dict[str, dict[str, list[str]]]:
-    """namespace -> kind -> sorted object names, as the API lists them now (names only: no data)."""
+    """namespace -> kind -> sorted object names, as the API lists them now (names only: no data);
+    a namespace that is gone holds nothing."""
     selector = selector_string(label_selector)
-    return {ns: {plural: kube.list_names(k, ns, plural, selector) for plural in kinds} for ns in namespaces}
+    out: dict[str, dict[str, list[str]]] = {}
+    for ns in namespaces:
+        try:
+            out[ns] = {plural: kube.list_names(k, ns, plural, selector) for plural in kinds}
+        except NotFound:
+            out[ns] = dict.fromkeys(kinds, [])
+    return out
+
+
+def settled(
+    before: dict[str, dict[str, list[str]]], after: dict[str, dict[str, list[str]]]
+) -> tuple[dict[str, dict[str, list[str]]], list[str]]:
+    """What the backup surely holds: the objects there both before the Backup was created and
+    after it completed (one deleted or created meanwhile may or may not be in it, so restores and
+    drills must not expect it); and those that changed, as ns/kind/name."""
+    held = {
+        ns: {plural: sorted(set(names) & set(after[ns][plural])) for plural, names in kinds_.items()}
+        for ns, kinds_ in before.items()
+    }
+    changed = sorted(
+        f"{ns}/{plural}/{name}"
+        for ns, kinds_ in before.items()
+        for plural, names in kinds_.items()
+        for name in set(names) ^ set(after[ns][plural])
+    )
+    return held, changed
 
 
 def run_backup(target: VeleroTarget, session: BackupSession, spec: BackupSpec) -> dict[str, Any]:
@@ -151,7 +177,16 @@ def run_backup(target: VeleroTarget, session: BackupSession, spec: BackupSpec) -
             f"`velero backup logs {name}`"
         )
     described = describe_backup(k, target, cr)
-    doc = {"backup": cr, "describe": described, "inventory": expected, "missing_namespaces": missing}
+    expected, changed = settled(expected, inventory(k, namespaces, kinds, spec.label_selector))
+    if changed:
+        log.warning("created or deleted while Velero backed up (not verified on restore): %s", changed)
+    doc = {
+        "backup": cr,
+        "describe": described,
+        "inventory": expected,
+        "changed_during_backup": changed,
+        "missing_namespaces": missing,
+    }
     session.write(
         OBJECT_NAME, [json.dumps(doc, indent=2, sort_keys=True).encode()], meta={"velero_backup": name}
     )

@@ -13,7 +13,8 @@ from tasks.components.kubernetes import api as kube
 from tasks.components.kubernetes import claims
 from tasks.components.kubernetes.api import connect
 from tasks.components.kubernetes.backups import load_document
-from tasks.components.kubernetes.restores import RestoreOptions, _aside_name, _plan, _present
+from tasks.components.kubernetes.named import aside_name
+from tasks.components.kubernetes.restores import RestoreOptions, _plan, _present
 from tasks.components.kubernetes.velero import get_backup_cr, preflight, run_restore
 from tasks.errors import BadInput, IntegrityError
 from tasks.models import Manifest
@@ -35,7 +36,7 @@ def drill_namespaces(doc: dict[str, Any], drill_id: str) -> dict[str, str]:
     sources = sorted(doc["inventory"])
     if len(sources) == 1:
         return {sources[0]: f"restore-drill-{token}"}
-    return {ns: _aside_name("restore-drill", token, ns) for ns in sources}
+    return {ns: aside_name("restore-drill", token, ns) for ns in sources}
 
 
 def drill(target: VeleroTarget, manifest: Manifest, store: StoreBlock, drill_id: str) -> dict[str, Any]:

@@ -1,7 +1,5 @@
 """Restore from our record of a Velero backup, and verify the objects are where expected.
-
-Restoring single named objects: Velero cannot select by name, so the resource types are restored
-aside into a scratch namespace and just the named objects are copied into place.
+Single named objects are restored by named.py.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from blocks.store import StoreBlock
 from tasks.components.contract import StrictOptions
 from tasks.components.kubernetes import api as kube
 from tasks.components.kubernetes import claims
-from tasks.components.kubernetes.api import Kube, canonical_resource, connect
+from tasks.components.kubernetes.api import Kube, connect
 from tasks.components.kubernetes.backups import BackupSpec, _kinds, load_document
 from tasks.components.kubernetes.velero import (
     BACKUP_TERMINAL,
@@ -33,7 +31,7 @@ from tasks.components.kubernetes.velero import (
     preflight,
     run_restore,
 )
-from tasks.errors import BadInput, ComponentFailed, ConfigurationError, IntegrityError
+from tasks.errors import BadInput, ComponentFailed, IntegrityError
 from tasks.models import Manifest
 
 log = logging.getLogger(__name__)
@@ -103,7 +101,9 @@ def _plan(doc: dict[str, Any], options: RestoreOptions) -> tuple[list[str], list
     return wanted, kinds
 
 
-def _expected(doc: dict[str, Any], namespaces: list[str], kinds: list[str], names: list[str] | None) -> dict:
+def expected_objects(
+    doc: dict[str, Any], namespaces: list[str], kinds: list[str], names: list[str] | None
+) -> dict:
     """(target namespace unmapped) -> kind -> names the backup holds and the restore asks for."""
     out: dict[str, dict[str, list[str]]] = {}
     for ns in namespaces:
@@ -137,10 +137,13 @@ def restore_document(
     get_backup_cr(k, target, name)  # unknown/expired backup: a clear error before anything is created
     namespaces, kinds = _plan(doc, options)
     if options.names:
-        return _restore_named(k, target, doc, options, namespaces, kinds, backup_id)
+        # named.py builds on this module (options, safety backup): imported here, not at the top
+        from tasks.components.kubernetes.named import restore_named
+
+        return restore_named(k, target, doc, options, namespaces, kinds, backup_id)
     if options.label_selector:
         log.info("label selector %s: objects without those labels are not verified", options.label_selector)
-    expected = _expected(doc, namespaces, kinds, None) if not options.label_selector else {}
+    expected = expected_objects(doc, namespaces, kinds, None) if not options.label_selector else {}
     mapping = options.namespace_mapping
     before = {
         (ns, plural): _present(k, mapping.get(ns, ns), plural)
@@ -224,6 +227,15 @@ def restore_document(
             "none): delete them first, or restore with existing_resource_policy=update"
         )
         log.warning(report["note"])
+    elif report["warnings"] and options.existing_resource_policy is ExistingResourcePolicy.update:
+        # a refused update (an immutable field) is only a warning to Velero, which still says
+        # Completed (restore.go processUpdateResourcePolicy): those objects are not the backup's
+        report["note"] = (
+            f"Velero could not update {report['warnings']} existing objects (warnings; e.g. immutable "
+            "fields): they keep their in-cluster version. List them with `velero restore describe "
+            f"{report['velero_restore']} --details`, delete them, and restore again"
+        )
+        log.warning(report["note"])
     return report
 
 
@@ -245,145 +257,3 @@ def safety_backup(k: Kube, target: VeleroTarget, namespaces: list[str], backup_i
         )
     log.info("safety backup %s of %s taken before overwriting", name, present)
     return name
-
-
-def _aside_name(prefix: str, token: str, ns: str) -> str:
-    name = f"{prefix}-{token}-{ns}"
-    return (
-        name if len(name) <= 63 else f"{prefix}-{token}-{ns[: 62 - len(prefix) - len(token) - 2]}".rstrip("-")
-    )
-
-
-def _restore_named(
-    k: Kube,
-    target: VeleroTarget,
-    doc: dict[str, Any],
-    options: RestoreOptions,
-    namespaces: list[str],
-    kinds: list[str],
-    backup_id: str,
-) -> dict[str, Any]:
-    """Velero cannot select by name: restore the resource types aside into a scratch namespace,
-    check the named objects are there, copy just those into place, and remove the scratch."""
-    if (
-        "persistentvolumeclaims" in kinds
-        and options.resources
-        and "persistentvolumeclaims" in {canonical_resource(r) for r in options.resources}
-    ):
-        raise BadInput(
-            "single PVCs cannot be copied between namespaces with their data: use the data_corruption flow"
-        )
-    kinds = [p for p in kinds if p != "persistentvolumeclaims"]
-    expected = _expected(doc, namespaces, kinds, options.names)
-    found = {n for kinds_ in expected.values() for objs in kinds_.values() for n in objs}
-    absent = sorted(set(options.names or []) - found)
-    if absent:
-        raise BadInput(f"objects {absent} of types {kinds} are not in the backup's namespaces {namespaces}")
-    for ns in expected:  # before Velero restores anything aside
-        _ensure_namespace(k, options.namespace_mapping.get(ns, ns))
-    token = secrets.token_hex(3)
-    aside = {ns: _aside_name("klb-aside", token, ns) for ns in expected}
-    copied, skipped = [], []
-    try:
-        spec = {
-            "backupName": doc["backup"]["metadata"]["name"],
-            "includedNamespaces": list(expected),
-            "includedResources": kinds,
-            "namespaceMapping": aside,
-            "restorePVs": False,
-            "existingResourcePolicy": "none",
-        }
-        cr = run_restore(k, target, spec["backupName"], spec, options.timeout_seconds, backup_id)
-        rollback = None
-        if options.existing_resource_policy is ExistingResourcePolicy.update:
-            dests = [options.namespace_mapping.get(ns, ns) for ns in expected]
-            rollback = safety_backup(k, target, dests, backup_id)
-        for ns, kinds_ in expected.items():
-            dest = options.namespace_mapping.get(ns, ns)
-            for plural, objs in kinds_.items():
-                for obj_name in objs:
-                    where = f"{dest}/{plural}/{obj_name}"
-                    if _copy(k, plural, aside[ns], dest, obj_name, options.existing_resource_policy):
-                        copied.append(where)
-                    else:
-                        skipped.append(where)
-    finally:
-        for ns in aside.values():
-            try:
-                kube.delete_namespace(k, ns, interval=target.poll_interval_seconds)
-            except Exception as exc:
-                log.error("could not delete scratch namespace %s: %s", ns, exc)
-    return {
-        "velero_backup": doc["backup"]["metadata"]["name"],
-        "velero_restore": cr["metadata"]["name"],
-        "phase": "Completed",
-        "restored_objects": copied,
-        "already_existed": skipped,
-        "rollback_velero_backup": rollback,
-        "existing_resource_policy": options.existing_resource_policy.value,
-        "verified_objects": len(copied) + len(skipped),
-    }
-
-
-def _ensure_namespace(k: Kube, name: str) -> None:
-    """The destination of copied objects exists, or is made. The shipped flow account may not
-    create namespaces (rbac.yaml; drill-namespace-policy.yaml admits klb-aside-*/restore-drill-*
-    only), and could not write in a new one without a klb-flow-runner-apps RoleBinding there."""
-    if kube.namespace_exists(k, name):
-        return
-    try:
-        kube.create_namespace(k, name)
-    except ConfigurationError as exc:
-        raise ConfigurationError(
-            f"namespace {name} does not exist and this account may not create it ({exc}). Create it "
-            f"(kubectl create namespace {name}), bind the ClusterRole klb-flow-runner-apps there with a "
-            "RoleBinding (deployments/k8s/rbac.yaml), then run the restore again"
-        ) from None
-
-
-def _copy(
-    k: Kube, plural: str, src_ns: str, dest_ns: str, name: str, policy_: ExistingResourcePolicy
-) -> bool:
-    read = kube.kind_api(k, plural, "read")
-    obj = k.call(f"read restored {plural} {src_ns}/{name}", read, name, src_ns)
-    meta = obj.metadata
-    meta.namespace = dest_ns
-    meta.uid = meta.resource_version = meta.creation_timestamp = None
-    meta.managed_fields = meta.owner_references = None
-    if hasattr(obj, "status"):
-        obj.status = None
-    if plural == "services" and obj.spec is not None:
-        # allocated by the server, unique per cluster: a copy asking for the same ones is refused
-        # (422 "provided port is already allocated"); Velero's service action drops them too
-        if obj.spec.cluster_ip != "None":
-            obj.spec.cluster_ip = None
-            obj.spec.cluster_ips = None
-        obj.spec.health_check_node_port = None
-        for port in obj.spec.ports or []:
-            port.node_port = None
-    try:
-        k.call(f"create {plural} {dest_ns}/{name}", kube.kind_api(k, plural, "create"), dest_ns, obj)
-        return True
-    except kube.AlreadyExists:
-        if policy_ is not ExistingResourcePolicy.update:
-            return False
-    for attempt in range(3):
-        current = k.call(f"read {plural} {dest_ns}/{name}", read, name, dest_ns)
-        binary = getattr(current, "binary_data", None), getattr(obj, "binary_data", None)
-        if getattr(current, "immutable", None) and (current.data != obj.data or binary[0] != binary[1]):
-            # the API refuses any change to the data of an immutable ConfigMap/Secret (422)
-            raise BadInput(
-                f"{dest_ns}/{plural}/{name} is immutable (immutable: true) and differs from the backup: "
-                f"delete it (kubectl -n {dest_ns} delete {plural} {name}) and run the restore again, "
-                "which then creates it from the backup"
-            )
-        meta.resource_version = current.metadata.resource_version
-        try:
-            k.call(
-                f"replace {plural} {dest_ns}/{name}", kube.kind_api(k, plural, "replace"), name, dest_ns, obj
-            )
-            return True
-        except kube.AlreadyExists:  # 409 Conflict: changed since we read it; read it again
-            if attempt == 2:
-                raise
-    return True

@@ -11,13 +11,15 @@ from typing import Any
 
 from blocks.kubernetes import VeleroTarget
 from tasks.components.kubernetes.api import Kube, connect
-from tasks.errors import ComponentFailed, ConfigurationError, NotFound
+from tasks.errors import BadInput, ComponentFailed, ConfigurationError, NotFound
 from tasks.storage.progress import interval_seconds
 
 log = logging.getLogger(__name__)
 GROUP, VERSION = "velero.io", "v1"
 BACKUP_TERMINAL = {"Completed", "PartiallyFailed", "Failed", "FailedValidation", "Deleting"}
 RESTORE_TERMINAL = {"Completed", "PartiallyFailed", "Failed", "FailedValidation"}
+# resourceModifier and snapshotMoveData (Restore/Backup spec) came with Velero 1.12
+MIN_VELERO = "1.12"
 NOT_INSTALLED = (
     "Velero is not installed on this cluster (no velero.io/v1 API): install Velero "
     "(`velero install ...`, or its Helm chart) and check `kubectl get crd backups.velero.io`"
@@ -54,11 +56,24 @@ def id_metadata(backup_id: str, labels: dict[str, str] | None = None) -> dict[st
 
 def _call(k: Kube, what: str, verb: str, plural: str, namespace: str, *args: Any, **kwargs: Any) -> Any:
     fn = getattr(k.custom, f"{verb}_namespaced_custom_object")
+    if verb == "create":
+        # Strict: a field Velero's installed CRDs do not declare (an older Velero: no
+        # resourceModifier before 1.12) is refused, not silently pruned (the server's default),
+        # which would run a drill's apps at full scale or restore without the asked-for policy
+        kwargs.setdefault("field_validation", "Strict")
     try:
         return k.call(what, fn, GROUP, VERSION, namespace, plural, *args, **kwargs)
     except NotFound as exc:
         if "could not find the requested resource" in str(exc):
             raise ConfigurationError(f"{what}: {NOT_INSTALLED}") from None
+        raise
+    except BadInput as exc:
+        if "strict decoding error" in str(exc):
+            raise ConfigurationError(
+                f"{exc}. Velero's CRDs on this cluster are older than "
+                f"this project needs (Velero >= {MIN_VELERO}): upgrade Velero and its CRDs "
+                "(`velero install --crds-only --dry-run -o yaml | kubectl apply -f -`); nothing was created"
+            ) from None
         raise
 
 

@@ -65,7 +65,7 @@ def _quiesced(options: RestoreOptions) -> Iterator[dict[str, int] | None]:
     if not options.quiesce_namespace:
         yield None
         return
-    from tasks.components.kubernetes import api as kube  # imported only when asked for
+    from tasks.components.kubernetes import quiesce as kube  # imported only when asked for
 
     block = None
     if options.kube_block:

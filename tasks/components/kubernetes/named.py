@@ -1,0 +1,196 @@
+"""Partial restore of single named objects. Velero cannot select by name: the resource types are
+restored aside into scratch namespaces, every named object is checked against what is in place
+(if one of them cannot be put back, none is), and just those are copied into place."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+from blocks.kubernetes import VeleroTarget
+from tasks.components.kubernetes import api as kube
+from tasks.components.kubernetes.api import Kube, canonical_resource
+from tasks.components.kubernetes.restores import (
+    ExistingResourcePolicy,
+    RestoreOptions,
+    expected_objects,
+    safety_backup,
+)
+from tasks.components.kubernetes.velero import run_restore
+from tasks.errors import BadInput, ConfigurationError, NotFound
+
+log = logging.getLogger(__name__)
+
+
+def aside_name(prefix: str, token: str, ns: str) -> str:
+    name = f"{prefix}-{token}-{ns}"
+    return (
+        name if len(name) <= 63 else f"{prefix}-{token}-{ns[: 62 - len(prefix) - len(token) - 2]}".rstrip("-")
+    )
+
+
+def restore_named(
+    k: Kube,
+    target: VeleroTarget,
+    doc: dict[str, Any],
+    options: RestoreOptions,
+    namespaces: list[str],
+    kinds: list[str],
+    backup_id: str,
+) -> dict[str, Any]:
+    """Restore the resource types aside into a scratch namespace, check the named objects are
+    there and can all be put in place, copy just those, and remove the scratch."""
+    if (
+        "persistentvolumeclaims" in kinds
+        and options.resources
+        and "persistentvolumeclaims" in {canonical_resource(r) for r in options.resources}
+    ):
+        raise BadInput(
+            "single PVCs cannot be copied between namespaces with their data: use the data_corruption flow"
+        )
+    kinds = [p for p in kinds if p != "persistentvolumeclaims"]
+    expected = expected_objects(doc, namespaces, kinds, options.names)
+    found = {n for kinds_ in expected.values() for objs in kinds_.values() for n in objs}
+    absent = sorted(set(options.names or []) - found)
+    if absent:
+        raise BadInput(f"objects {absent} of types {kinds} are not in the backup's namespaces {namespaces}")
+    for ns in expected:  # before Velero restores anything aside
+        ensure_namespace(k, options.namespace_mapping.get(ns, ns))
+    token = secrets.token_hex(3)
+    aside = {ns: aside_name("klb-aside", token, ns) for ns in expected}
+    policy = options.existing_resource_policy
+    copied, skipped = [], []
+    try:
+        spec = {
+            "backupName": doc["backup"]["metadata"]["name"],
+            "includedNamespaces": list(expected),
+            "includedResources": kinds,
+            "namespaceMapping": aside,
+            "restorePVs": False,
+            "existingResourcePolicy": "none",
+        }
+        cr = run_restore(k, target, spec["backupName"], spec, options.timeout_seconds, backup_id)
+        copies = [
+            (plural, options.namespace_mapping.get(ns, ns), name, _read_copy(k, plural, aside[ns], name))
+            for ns, kinds_ in expected.items()
+            for plural, objs in kinds_.items()
+            for name in objs
+        ]
+        rollback = None
+        if policy is ExistingResourcePolicy.update:
+            # every object is checked before the first is written: never half put back
+            conflicts = [
+                c
+                for plural, dest, name, obj in copies
+                if (c := _conflict(plural, dest, name, obj, _current(k, plural, dest, name)))
+            ]
+            if conflicts:
+                raise BadInput("; ".join(conflicts) + ". Nothing was changed")
+            rollback = safety_backup(k, target, sorted({dest for _, dest, _, _ in copies}), backup_id)
+        for plural, dest, name, obj in copies:
+            written = _put(k, plural, dest, name, obj, policy)
+            (copied if written else skipped).append(f"{dest}/{plural}/{name}")
+    finally:
+        for ns in aside.values():
+            try:
+                kube.delete_namespace(k, ns, interval=target.poll_interval_seconds)
+            except Exception as exc:
+                log.error("could not delete scratch namespace %s: %s", ns, exc)
+    return {
+        "velero_backup": doc["backup"]["metadata"]["name"],
+        "velero_restore": cr["metadata"]["name"],
+        "phase": "Completed",
+        "restored_objects": copied,
+        "already_existed": skipped,
+        "rollback_velero_backup": rollback,
+        "existing_resource_policy": policy.value,
+        "verified_objects": len(copied) + len(skipped),
+    }
+
+
+def ensure_namespace(k: Kube, name: str) -> None:
+    """The destination of copied objects exists, or is made. The shipped flow account may not
+    create namespaces (rbac.yaml; drill-namespace-policy.yaml admits klb-aside-*/restore-drill-*
+    only), and could not write in a new one without a klb-flow-runner-apps RoleBinding there."""
+    if kube.namespace_exists(k, name):
+        return
+    try:
+        kube.create_namespace(k, name)
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            f"namespace {name} does not exist and this account may not create it ({exc}). Create it "
+            f"(kubectl create namespace {name}), bind the ClusterRole klb-flow-runner-apps there with a "
+            "RoleBinding (deployments/k8s/rbac.yaml), then run the restore again"
+        ) from None
+
+
+def _read_copy(k: Kube, plural: str, src_ns: str, name: str) -> Any:
+    """The object Velero restored aside, without what the server sets or allocates."""
+    obj = k.call(f"read restored {plural} {src_ns}/{name}", kube.kind_api(k, plural, "read"), name, src_ns)
+    meta = obj.metadata
+    meta.uid = meta.resource_version = meta.creation_timestamp = None
+    meta.managed_fields = meta.owner_references = None
+    if hasattr(obj, "status"):
+        obj.status = None
+    if plural == "services" and obj.spec is not None:
+        # allocated by the server, unique per cluster: a copy asking for the same ones is refused
+        # (422 "provided port is already allocated"); Velero's service action drops them too
+        if obj.spec.cluster_ip != "None":
+            obj.spec.cluster_ip = None
+            obj.spec.cluster_ips = None
+        obj.spec.health_check_node_port = None
+        for port in obj.spec.ports or []:
+            port.node_port = None
+    return obj
+
+
+def _current(k: Kube, plural: str, ns: str, name: str) -> Any | None:
+    try:
+        return k.call(f"read {plural} {ns}/{name}", kube.kind_api(k, plural, "read"), name, ns)
+    except NotFound:
+        return None
+
+
+def _conflict(plural: str, ns: str, name: str, obj: Any, current: Any | None) -> str | None:
+    """Why the API would refuse to replace `current` with `obj` (an immutable field), or None."""
+    if current is None:
+        return None
+    binary = getattr(current, "binary_data", None), getattr(obj, "binary_data", None)
+    if getattr(current, "immutable", None) and (current.data != obj.data or binary[0] != binary[1]):
+        # the API refuses any change to the data of an immutable ConfigMap/Secret (422)
+        return (
+            f"{ns}/{plural}/{name} is immutable (immutable: true) and differs from the backup: "
+            f"delete it (kubectl -n {ns} delete {plural} {name}) and run the restore again, "
+            "which then creates it from the backup"
+        )
+    if plural == "deployments" and current.spec.selector != obj.spec.selector:
+        return (
+            f"{ns}/{plural}/{name} has another spec.selector than the backup, and a selector is "
+            f"immutable: delete it (kubectl -n {ns} delete {plural} {name}) and run the restore again"
+        )
+    return None
+
+
+def _put(k: Kube, plural: str, ns: str, name: str, obj: Any, policy_: ExistingResourcePolicy) -> bool:
+    """Create `obj` in `ns`; an existing one is replaced only with policy update. -> written."""
+    obj.metadata.namespace = ns
+    try:
+        k.call(f"create {plural} {ns}/{name}", kube.kind_api(k, plural, "create"), ns, obj)
+        return True
+    except kube.AlreadyExists:
+        if policy_ is not ExistingResourcePolicy.update:
+            return False
+    for attempt in range(3):
+        current = k.call(f"read {plural} {ns}/{name}", kube.kind_api(k, plural, "read"), name, ns)
+        refused = _conflict(plural, ns, name, obj, current)  # changed since the check
+        if refused:
+            raise BadInput(refused)
+        obj.metadata.resource_version = current.metadata.resource_version
+        try:
+            k.call(f"replace {plural} {ns}/{name}", kube.kind_api(k, plural, "replace"), name, ns, obj)
+            return True
+        except kube.AlreadyExists:  # 409 Conflict: changed since we read it; read it again
+            if attempt == 2:
+                raise
+    return True
