@@ -112,6 +112,24 @@ def test_template_user_matches_the_image_user():
     assert "/tmp" in mounts and "PREFECT_HOME=/tmp/prefect" in DOCKERFILE  # read-only root fs
 
 
+def test_every_directory_the_flows_write_by_default_is_writable_in_the_shipped_pod():
+    """The root filesystem is read-only; only the scratch emptyDir (/tmp) is writable. A PITR drill
+    or recovery creates its instance under $KLB_PITR_DIR, whose code default is /var/lib/...: the
+    image must point it (and Prefect's and the user's home) into /tmp."""
+    from tasks.components.postgres_pitr.recover import DEFAULT_PITR_ROOT
+
+    pod = TEMPLATE["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    writable = [m["mountPath"] for m in pod["containers"][0]["volumeMounts"] if not m.get("readOnly")]
+    env = dict(re.findall(r"^\s*(?:ENV\s+)?([A-Z_]+)=(\S+?)\s*\\?$", DOCKERFILE, re.M))
+    for name, default in (
+        ("KLB_PITR_DIR", str(DEFAULT_PITR_ROOT)),
+        ("PREFECT_HOME", "~/.prefect"),
+        ("HOME", "/"),
+    ):
+        path = env.get(name, default)
+        assert any(path == m or path.startswith(m + "/") for m in writable), (name, path, writable)
+
+
 # ---- manifests ----------------------------------------------------------------------------------
 
 
