@@ -33,10 +33,10 @@ from tasks.storage.retention import (
     RetentionPlan,
     RetentionPolicy,
     newest_recovery_point,
-    plan_markdown,
     plan_retention,
 )
-from tasks.storage.retention_locks import apply_locks, locks_markdown
+from tasks.storage.retention_locks import apply_locks
+from tasks.storage.retention_report import locks_markdown, plan_markdown
 from tasks.verbs import verify_task
 
 

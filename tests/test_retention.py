@@ -170,7 +170,7 @@ def test_keys_of_other_shapes_are_left_alone():
 
 
 def test_the_plan_artifact_names_every_deletion_and_says_dry_run():
-    from tasks.storage.retention import plan_markdown
+    from tasks.storage.retention_report import plan_markdown
 
     old, new = manifest(1, 24 * 40), manifest(2, 1)
     plan = plan_retention([old, new], RetentionPolicy.from_table("etcd"), NOW)

@@ -1,6 +1,6 @@
 """Retention under S3 Object Lock: a backup (or leftover) whose objects are still locked is kept,
-with the date it may go (or, under a legal hold, until the hold is lifted), and the plan's
-report says so."""
+with the date it may go (or, under a legal hold, until the hold is lifted); the plan's report
+(storage/retention_report.py) says so."""
 
 from __future__ import annotations
 
@@ -38,24 +38,3 @@ def apply_locks(plan: RetentionPlan, locks: dict[str, tuple[str, datetime | None
         for o in plan.orphans
     ]
     return plan.model_copy(update={"decisions": decisions, "orphans": orphans})
-
-
-def locks_markdown(plans: list[RetentionPlan]) -> str:
-    """What retention left alone because it is locked, and until when (dry run and applied)."""
-    rows = [
-        f"| {p.component} | {d.id} | {d.lock_note()} |" for p in plans for d in p.decisions if d.lock_note()
-    ] + [
-        f"| {p.component} | {o.backup_dir} (no manifest) | {o.lock_note()} |"
-        for p in plans
-        for o in p.orphans
-        if o.lock_note()
-    ]
-    if not rows:
-        return ""
-    head = [
-        "",
-        "## Past retention but locked (S3 Object Lock): not deleted",
-        "",
-        "| component | backup | locked until |",
-    ]
-    return "\n".join([*head, "|---|---|---|", *rows]) + "\n"
