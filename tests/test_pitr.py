@@ -22,12 +22,14 @@ from sandbox import s3, services
 from tasks.components import postgres_pitr as pitr
 from tasks.components.postgres_pitr.engines import (
     BarmanCloud,
+    aws_engine_env,
     segment_name,
     segment_number,
     write_credentials_file,
 )
 from tasks.components.postgres_pitr.window import RecoveryTarget, parse_target
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError
+from tasks.proc import run
 from tasks.storage.session import backup_session
 
 REGION = "us-west-2"
@@ -250,6 +252,51 @@ def test_archive_with_a_missing_segment_ends_the_window_before_it(prefect_server
         pitr_postgres(bench["T"], new_dir, target=target, store=store)
     assert "Nothing was changed" in str(err.value)
     assert not Path(new_dir).exists()
+
+
+def test_a_timeline_that_branched_off_ends_the_window_and_latest_is_refused(bench, moto, tmp_path):
+    """A copy of the archive into which a promoted server (a previous recovery, a failover) has
+    archived its timeline history: timeline 2 left timeline 1 at T's LSN. Recovery stays on the
+    base backup's timeline, so past the branch it would replay the abandoned history (the
+    'after' rows): the window ends at the branch, and 'latest' from it is refused."""
+    client, bucket = _s3(moto), bench["bucket"]
+    for obj in client.list_objects_v2(Bucket=bucket, Prefix="pitr/pg/")["Contents"]:
+        client.copy_object(
+            Bucket=bucket,
+            Key=obj["Key"].replace("pitr/pg/", "tl/pg/", 1),
+            CopySource={"Bucket": bucket, "Key": obj["Key"]},
+        )
+    target = bench["target"].model_copy(update={"archive_url": f"s3://{bucket}/tl"})
+    # archived as the server archives it: its archive_command, barman-cloud-wal-archive
+    history = tmp_path / "00000002.history"
+    history.write_text(f'1\t{bench["T_lsn"]}\tat restore point "before-after"\n')
+    engine = BarmanCloud()
+    with aws_engine_env(target) as env:
+        run(
+            [engine.bin("barman-cloud-wal-archive"), "--endpoint-url", moto.url, "--gzip"]
+            + [target.archive_url, target.server_name, str(history)],
+            env=env,
+        )
+    assert "00000002.history" in engine.list_wal(target)
+    store = _store(moto, bucket, prefix="tl-catalog")
+    with backup_session(store, "postgres-pitr") as s:  # the same base backup, catalogued for the copy
+        s.write(pitr.BASE_OBJECT, [b"unused by this test"])
+        s.engine.update({**bench["base"].engine, "archive_url": target.archive_url})
+        s.source_time = bench["base"].source_time
+        s.commit()
+
+    with pytest.raises(BadInput, match="newest history is on timeline 2") as err:
+        pitr.plan(target, store, parse_target("latest"))
+    assert "Nothing was changed" in str(err.value)
+    (window,) = pitr.wal_archive(target, store).windows
+    assert (window.timeline, window.branched_to, window.end_lsn) == (1, 2, bench["T_lsn"])
+    kept = _sql(bench["svc"], "select max(pg_xact_commit_timestamp(xmin)) from t where phase = 'between-2'")
+    assert window.end_time == kept[0][0]  # the last commit before the branch, not the archive's last
+    with pytest.raises(BadInput, match="take a base backup on timeline 2"):
+        pitr.plan(target, store, parse_target(bench["last_commit"] - timedelta(microseconds=1)))
+    # before the branch both histories are one: still recoverable
+    before = parse_target(window.end_time - timedelta(microseconds=1))
+    assert pitr.plan(target, store, before)[2].id == s.manifest.id
 
 
 # ---- bad targets: clear errors, nothing changed ------------------------------------------------
