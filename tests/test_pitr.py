@@ -64,9 +64,8 @@ def _switch_and_wait(svc) -> str:
     return seg
 
 
-@pytest.fixture(scope="module")
-def bench(request, moto):
-    """An archiving cluster, its PitrTarget, a store, one base backup and a known history."""
+def _archiving_cluster(request, moto, name: str):
+    """A cluster archiving to a bucket of its own: (server, its PitrTarget, bucket, credentials)."""
     bucket = "pitr-" + secrets.token_hex(4)
     s3.make_bucket(moto.url, bucket)
     password = "pw-" + secrets.token_hex(8)
@@ -87,7 +86,7 @@ def bench(request, moto):
     archive_command = BarmanCloud().archive_command(target, creds)
     svc = services.start_postgres(
         password,
-        "pitr-source",
+        name,
         extra_conf={
             "archive_mode": "on",
             "archive_command": "'" + archive_command.replace("'", "''") + "'",
@@ -100,7 +99,13 @@ def bench(request, moto):
     services.wait_until(
         lambda: _sql(svc, "select 1"), 30, "PITR source cluster", log=svc.workdir / "server.log"
     )
-    target = target.model_copy(update={"port": svc.port})
+    return svc, target.model_copy(update={"port": svc.port}), bucket, creds
+
+
+@pytest.fixture(scope="module")
+def bench(request, moto):
+    """An archiving cluster, its PitrTarget, a store, one base backup and a known history."""
+    svc, target, bucket, creds = _archiving_cluster(request, moto, "pitr-source")
     store = _store(moto, bucket)
     _sql(svc, "create table t (id serial primary key, phase text not null)")
     _sql(svc, "insert into t (phase) select 'before' from generate_series(1, 5)")
@@ -297,6 +302,29 @@ def test_a_timeline_that_branched_off_ends_the_window_and_latest_is_refused(benc
     # before the branch both histories are one: still recoverable
     before = parse_target(window.end_time - timedelta(microseconds=1))
     assert pitr.plan(target, store, before)[2].id == s.manifest.id
+
+
+def test_an_archive_ending_in_a_long_stretch_without_transactions_keeps_its_window(request, moto):
+    """A bulk load or an index build still running writes WAL and no commit: the window ends at
+    the last transaction however many segments back it is (a fixed look-back of 8 segments found
+    none, and every time target was refused as after the window)."""
+    svc, target, bucket, _ = _archiving_cluster(request, moto, "pitr-long-load")
+    store = _store(moto, bucket)
+    _sql(svc, "create table t (id serial primary key, phase text not null)")
+    with backup_session(store, "postgres-pitr") as session:
+        pitr.backup(target, session)
+        session.commit()
+    _sql(svc, "insert into t (phase) values ('kept')")
+    last_commit = _sql(svc, "select max(pg_xact_commit_timestamp(xmin)) from t")[0][0]
+    password = svc.extra["password"]
+    with psycopg.connect(host="127.0.0.1", port=svc.port, user="postgres", password=password) as load:
+        for _ in range(9):  # nine segments of WAL from a transaction that has not committed
+            load.execute("insert into t (phase) values ('loading')")
+            _switch_and_wait(svc)
+        (window,) = pitr.wal_archive(target, store).windows
+        assert window.segments >= 10 and window.end_time == last_commit
+        assert pitr.plan(target, store, parse_target(window.start_time))[2].id == session.manifest.id
+        load.rollback()
 
 
 # ---- bad targets: clear errors, nothing changed ------------------------------------------------

@@ -38,8 +38,6 @@ from tasks.errors import BadInput, NotFound
 from tasks.models import Manifest
 
 COMPONENT = "postgres-pitr"
-# How many segments back from the archive's end to look for the last transaction.
-SCAN_BACK = 8
 _HISTORY = re.compile(r"[0-9A-F]{8}\.history")
 _XACT = re.compile(
     r"lsn: ([0-9A-F]+/[0-9A-F]+),.*desc: (?:COMMIT|ABORT)\S* (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)"
@@ -224,11 +222,16 @@ def last_transaction(
     seg_size: int,
     bindir: Path,
     before_lsn: int | None = None,
+    floor: int | None = None,
 ) -> tuple[datetime, str] | None:
-    """Time and LSN of the last commit/abort in the run's final segments (pg_waldump), before
-    `before_lsn` when given (where a later timeline branched off)."""
+    """Time and LSN of the last commit/abort in the run (pg_waldump), before `before_lsn` when
+    given (where a later timeline branched off), reading segments from the end back to `floor`
+    (the base backup's last one: an earlier transaction cannot end its window). It stops at the
+    first segment with one, so it reads one or two segments unless the archive ends in a
+    stretch without transactions (a long bulk load or index build, uncommitted yet): a fixed
+    look-back then found nothing and refused every time target as 'after the window'."""
     with tempfile.TemporaryDirectory(prefix="klb-waldump-") as tmp:
-        for segno in reversed(run[-SCAN_BACK:]):
+        for segno in reversed([n for n in run if floor is None or n >= floor]):
             name = segment_name(tli, segno, seg_size)
             path = Path(tmp) / name
             engine.fetch_wal(target, name, path)
@@ -277,7 +280,8 @@ def archive_report(
             ]
             if not usable:
                 continue
-            last = last_transaction(engine, target, tli, run, seg_size, bindir, branch_lsn)
+            floor = segment_of(parse_lsn(usable[0].stop_lsn), seg_size)
+            last = last_transaction(engine, target, tli, run, seg_size, bindir, branch_lsn, floor)
             end_time, xact_lsn = last if last else (None, None)
             if end_time is not None and end_time <= usable[0].end_time:
                 end_time = None  # nothing committed after the base backup: only 'latest' applies
