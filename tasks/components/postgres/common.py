@@ -198,9 +198,14 @@ def parse_aside(name: str) -> tuple[str, str, datetime] | None:
     return match["base"], match["kind"], datetime.strptime(match["ts"], _TS).replace(tzinfo=UTC)
 
 
-def same_base(database: str, base: str) -> bool:
-    """Does `base` (possibly cut to fit 63 bytes) name `database`?"""
-    return database == base or (len(database.encode()) > len(base.encode()) and database.startswith(base))
+def same_base(database: str, base: str, kind: str) -> bool:
+    """Does `base`, of a `<base>__<kind>_...` name, name `database`? Only a cut that aside_name
+    makes counts (`database` too long to fit whole): a mere prefix would give `app_staging` the
+    kept copies of `app`. Names from before the 4 random hex digits had 4 bytes more room."""
+    for room in (63 - len(f"__{kind}_") - 14 - 4, 63 - len(f"__{kind}_") - 14):
+        if base == database.encode()[:room].decode(errors="ignore"):
+            return True
+    return False
 
 
 # --- catalog queries ----------------------------------------------------------------------
