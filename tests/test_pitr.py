@@ -259,7 +259,9 @@ def test_archive_with_a_missing_segment_ends_the_window_before_it(prefect_server
     assert not Path(new_dir).exists()
 
 
-def test_a_timeline_that_branched_off_ends_the_window_and_latest_is_refused(bench, moto, tmp_path):
+def test_a_timeline_that_branched_off_ends_the_window_and_latest_is_refused(
+    prefect_server, bench, moto, tmp_path
+):
     """A copy of the archive into which a promoted server (a previous recovery, a failover) has
     archived its timeline history: timeline 2 left timeline 1 at T's LSN. Recovery stays on the
     base backup's timeline, so past the branch it would replay the abandoned history (the
@@ -302,6 +304,10 @@ def test_a_timeline_that_branched_off_ends_the_window_and_latest_is_refused(benc
     # before the branch both histories are one: still recoverable
     before = parse_target(window.end_time - timedelta(microseconds=1))
     assert pitr.plan(target, store, before)[2].id == s.manifest.id
+    from flows.pitr import check_wal_archive
+
+    problems = check_wal_archive(target=target, store=store, require=False)["problems"]
+    assert any("timeline 2 branched off timeline 1" in p for p in problems), problems
 
 
 def test_an_archive_ending_in_a_long_stretch_without_transactions_keeps_its_window(request, moto):
