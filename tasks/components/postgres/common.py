@@ -38,6 +38,8 @@ SESSION_SETTINGS = {
     "row_security": "off",
     # ALTER DATABASE/ROLE ... SET role = x would make us x (and a pg_dump without its rights)
     "role": "none",
+    # a database's client_encoding = LATIN1 made every name outside LATIN1 an error in our queries
+    "client_encoding": "UTF8",
 }
 SESSION_OPTIONS = " ".join(f"-c {k}={v}" for k, v in SESSION_SETTINGS.items())
 ASIDE_RE = re.compile(
