@@ -285,13 +285,14 @@ def archive_report(
             end_time, xact_lsn = last if last else (None, None)
             if end_time is not None and end_time <= usable[0].end_time:
                 end_time = None  # nothing committed after the base backup: only 'latest' applies
+            end_lsn = (hi + 1) * seg_size if branch_lsn is None else min((hi + 1) * seg_size, branch_lsn)
             windows.append(
                 Window(
                     timeline=tli,
                     start_time=usable[0].end_time,
                     start_lsn=usable[0].stop_lsn,
                     end_time=end_time,
-                    end_lsn=format_lsn(min((hi + 1) * seg_size, branch_lsn or (hi + 1) * seg_size)),
+                    end_lsn=format_lsn(end_lsn),
                     last_xact_lsn=xact_lsn,
                     first_segment=segment_name(tli, lo, seg_size),
                     last_segment=segment_name(tli, hi, seg_size),
