@@ -408,6 +408,8 @@ def test_pitr_to_a_time_brings_back_exactly_the_rows_before_it(prefect_server, b
     assert _phases(result["port"], password) == {"before": 5, "between-1": 5, "between-2": 5}
     with psycopg.connect(host="127.0.0.1", port=result["port"], user="postgres", password=password) as conn:
         assert conn.execute("show archive_mode").fetchone()[0] == "off"
+        # its log says what we read in English, whatever the source's lc_messages ('C.UTF-8' here)
+        assert conn.execute("show lc_messages").fetchone()[0] == "C"
     # the source kept running, untouched, with all its rows
     assert _sql(svc, "select pg_postmaster_start_time()")[0][0] == source_started
     assert dict(_sql(svc, "select phase, count(*) from t group by phase"))["after"] == 5
