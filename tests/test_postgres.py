@@ -393,8 +393,9 @@ def test_restore_runs_inside_the_quiesce_window_and_leaves_it_on_failure(
 
 def test_a_rollback_takes_only_its_own_database_s_kept_copies(postgres):
     """`app` and `app_staging`: the kept copy of `app` is not one of `app_staging`, though its
-    name starts the same (a rollback of `app_staging` put `app`'s old data in its place). A name
-    too long to keep whole is still recognised by its cut."""
+    name starts the same (a rollback of `app_staging` put `app`'s old data in its place). Names
+    too long to keep whole are recognised by their cut, and two that begin alike past the room
+    (`..._q1`, `..._q2`) do not share kept copies."""
     from tasks.components.postgres.common import aside_name
     from tasks.components.postgres.kept_copies import rollback_task
     from tasks.errors import NotFound
@@ -402,8 +403,9 @@ def test_a_rollback_takes_only_its_own_database_s_kept_copies(postgres):
     admin_target = target_for(postgres)
     app = new_name("app")
     staging, long_name = app + "_staging", app + "_" + "l" * 52
-    kept = {db: aside_name(db, "rollback") for db in (app, long_name)}
-    for db in (app, staging, long_name, *kept.values()):
+    q1, q2 = app + "_events_partitioned_2024_q1", app + "_events_partitioned_2024_q2"
+    kept = {db: aside_name(db, "rollback") for db in (app, long_name, q1)}
+    for db in (app, staging, long_name, q1, q2, *kept.values()):
         exec_in(admin_target, "postgres", f'CREATE DATABASE "{db}"')
     exec_in(admin_target, staging, "CREATE TABLE mine (x int)")
     try:
@@ -413,6 +415,9 @@ def test_a_rollback_takes_only_its_own_database_s_kept_copies(postgres):
         with pytest.raises(NotFound, match="is not a kept copy"):
             rollback_task.fn(admin_target, staging, kept[app])
         assert scalar(admin_target, staging, "SELECT count(*) FROM pg_class WHERE relname = 'mine'") == 1
+        with pytest.raises(NotFound, match="no kept copy"):
+            rollback_task.fn(admin_target, q2)
+        assert rollback_task.fn(admin_target, q1)["restored_from"] == kept[q1]
         assert rollback_task.fn(admin_target, long_name)["restored_from"] == kept[long_name]
         assert rollback_task.fn(admin_target, app)["restored_from"] == kept[app]
     finally:
