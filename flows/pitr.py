@@ -37,7 +37,8 @@ def _target(ref: TargetRef) -> PitrTarget:
 def _window_markdown(report: ArchiveReport) -> str:
     rows = [
         f"| {w.timeline} | {w.start_time.isoformat()} | {w.end_time.isoformat() if w.end_time else '-'} "
-        f"| {w.first_segment} .. {w.last_segment} ({w.segments}) | {w.end_lsn} "
+        f"| {w.first_segment} .. {w.last_segment} ({w.segments}) | {w.end_lsn}"
+        f"{f' (timeline {w.branched_to} branched off)' if w.branched_to is not None else ''} "
         f"| {', '.join(b.id for b in w.base_backups)} |"
         for w in report.windows
     ]
@@ -81,6 +82,12 @@ def check_wal_archive(target: PitrRef = None, store: StoreRef = None, require: b
         problems.append(report.describe())
     if report.missing_segments:
         problems.append(f"WAL archive has gaps before {', '.join(report.missing_segments)}")
+    if report.current is not None and report.current.branched_to is not None:
+        problems.append(
+            f"timeline {report.current.branched_to} branched off timeline {report.current.timeline} at LSN "
+            f"{report.current.end_lsn} and has no base backup: nothing after the branch is recoverable; "
+            "take a base backup (backup_component('postgres-pitr'))"
+        )
     settings = "".join(f"| {k} | `{v}` |\n" for k, v in config["settings"].items())
     archiver = "".join(f"| {k} | {v} |\n" for k, v in config["archiver"].items())
     create_markdown_artifact(

@@ -22,12 +22,14 @@ from sandbox import s3, services
 from tasks.components import postgres_pitr as pitr
 from tasks.components.postgres_pitr.engines import (
     BarmanCloud,
+    aws_engine_env,
     segment_name,
     segment_number,
     write_credentials_file,
 )
-from tasks.components.postgres_pitr.window import RecoveryTarget, parse_target
+from tasks.components.postgres_pitr.window import RecoveryTarget, choose_base_backup, parse_target
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError
+from tasks.proc import run
 from tasks.storage.session import backup_session
 
 REGION = "us-west-2"
@@ -62,9 +64,8 @@ def _switch_and_wait(svc) -> str:
     return seg
 
 
-@pytest.fixture(scope="module")
-def bench(request, moto):
-    """An archiving cluster, its PitrTarget, a store, one base backup and a known history."""
+def _archiving_cluster(request, moto, name: str):
+    """A cluster archiving to a bucket of its own: (server, its PitrTarget, bucket, credentials)."""
     bucket = "pitr-" + secrets.token_hex(4)
     s3.make_bucket(moto.url, bucket)
     password = "pw-" + secrets.token_hex(8)
@@ -85,7 +86,7 @@ def bench(request, moto):
     archive_command = BarmanCloud().archive_command(target, creds)
     svc = services.start_postgres(
         password,
-        "pitr-source",
+        name,
         extra_conf={
             "archive_mode": "on",
             "archive_command": "'" + archive_command.replace("'", "''") + "'",
@@ -98,7 +99,13 @@ def bench(request, moto):
     services.wait_until(
         lambda: _sql(svc, "select 1"), 30, "PITR source cluster", log=svc.workdir / "server.log"
     )
-    target = target.model_copy(update={"port": svc.port})
+    return svc, target.model_copy(update={"port": svc.port}), bucket, creds
+
+
+@pytest.fixture(scope="module")
+def bench(request, moto):
+    """An archiving cluster, its PitrTarget, a store, one base backup and a known history."""
+    svc, target, bucket, creds = _archiving_cluster(request, moto, "pitr-source")
     store = _store(moto, bucket)
     _sql(svc, "create table t (id serial primary key, phase text not null)")
     _sql(svc, "insert into t (phase) select 'before' from generate_series(1, 5)")
@@ -252,6 +259,82 @@ def test_archive_with_a_missing_segment_ends_the_window_before_it(prefect_server
     assert not Path(new_dir).exists()
 
 
+def test_a_timeline_that_branched_off_ends_the_window_and_latest_is_refused(
+    prefect_server, bench, moto, tmp_path
+):
+    """A copy of the archive into which a promoted server (a previous recovery, a failover) has
+    archived its timeline history: timeline 2 left timeline 1 at T's LSN. Recovery stays on the
+    base backup's timeline, so past the branch it would replay the abandoned history (the
+    'after' rows): the window ends at the branch, and 'latest' from it is refused."""
+    client, bucket = _s3(moto), bench["bucket"]
+    for obj in client.list_objects_v2(Bucket=bucket, Prefix="pitr/pg/")["Contents"]:
+        client.copy_object(
+            Bucket=bucket,
+            Key=obj["Key"].replace("pitr/pg/", "tl/pg/", 1),
+            CopySource={"Bucket": bucket, "Key": obj["Key"]},
+        )
+    target = bench["target"].model_copy(update={"archive_url": f"s3://{bucket}/tl"})
+    # archived as the server archives it: its archive_command, barman-cloud-wal-archive
+    history = tmp_path / "00000002.history"
+    history.write_text(f'1\t{bench["T_lsn"]}\tat restore point "before-after"\n')
+    engine = BarmanCloud()
+    with aws_engine_env(target) as env:
+        run(
+            [engine.bin("barman-cloud-wal-archive"), "--endpoint-url", moto.url, "--gzip"]
+            + [target.archive_url, target.server_name, str(history)],
+            env=env,
+        )
+    assert "00000002.history" in engine.list_wal(target)
+    store = _store(moto, bucket, prefix="tl-catalog")
+    with backup_session(store, "postgres-pitr") as s:  # the same base backup, catalogued for the copy
+        s.write(pitr.BASE_OBJECT, [b"unused by this test"])
+        s.engine.update({**bench["base"].engine, "archive_url": target.archive_url})
+        s.source_time = bench["base"].source_time
+        s.commit()
+
+    with pytest.raises(BadInput, match="newest history is on timeline 2") as err:
+        pitr.plan(target, store, parse_target("latest"))
+    assert "Nothing was changed" in str(err.value)
+    (window,) = pitr.wal_archive(target, store).windows
+    assert (window.timeline, window.branched_to, window.end_lsn) == (1, 2, bench["T_lsn"])
+    kept = _sql(bench["svc"], "select max(pg_xact_commit_timestamp(xmin)) from t where phase = 'between-2'")
+    assert window.end_time == kept[0][0]  # the last commit before the branch, not the archive's last
+    with pytest.raises(BadInput, match="take a base backup on timeline 2"):
+        pitr.plan(target, store, parse_target(bench["last_commit"] - timedelta(microseconds=1)))
+    # before the branch both histories are one: still recoverable
+    before = parse_target(window.end_time - timedelta(microseconds=1))
+    assert pitr.plan(target, store, before)[2].id == s.manifest.id
+    from flows.pitr import check_wal_archive
+
+    problems = check_wal_archive(target=target, store=store, require=False)["problems"]
+    assert any("timeline 2 branched off timeline 1" in p for p in problems), problems
+
+
+def test_an_archive_ending_in_a_long_stretch_without_transactions_keeps_its_window(request, moto):
+    """A bulk load or an index build still running writes WAL and no commit: the window ends at
+    the last transaction however many segments back it is (a fixed look-back of 8 segments found
+    none, and every time target was refused as after the window)."""
+    svc, target, bucket, _ = _archiving_cluster(request, moto, "pitr-long-load")
+    store = _store(moto, bucket)
+    _sql(svc, "create table t (id serial primary key, phase text not null)")
+    with backup_session(store, "postgres-pitr") as session:
+        pitr.backup(target, session)
+        session.commit()
+    _sql(svc, "insert into t (phase) values ('kept')")
+    last_commit = _sql(svc, "select max(pg_xact_commit_timestamp(xmin)) from t")[0][0]
+    password = svc.extra["password"]
+    with psycopg.connect(host="127.0.0.1", port=svc.port, user="postgres", password=password) as load:
+        for _ in range(9):  # nine segments of WAL from a transaction that has not committed
+            load.execute("insert into t (phase) values ('loading')")
+            _switch_and_wait(svc)
+        report = pitr.wal_archive(target, store)
+        (window,) = report.windows
+        assert window.segments >= 10 and window.end_time == last_commit
+        _, chosen = choose_base_backup(report, parse_target(window.start_time))  # what plan() does
+        assert chosen.id == session.manifest.id
+        load.rollback()
+
+
 # ---- bad targets: clear errors, nothing changed ------------------------------------------------
 
 
@@ -327,6 +410,8 @@ def test_pitr_to_a_time_brings_back_exactly_the_rows_before_it(prefect_server, b
     assert _phases(result["port"], password) == {"before": 5, "between-1": 5, "between-2": 5}
     with psycopg.connect(host="127.0.0.1", port=result["port"], user="postgres", password=password) as conn:
         assert conn.execute("show archive_mode").fetchone()[0] == "off"
+        # its log says what we read in English, whatever the source's lc_messages ('C.UTF-8' here)
+        assert conn.execute("show lc_messages").fetchone()[0] == "C"
     # the source kept running, untouched, with all its rows
     assert _sql(svc, "select pg_postmaster_start_time()")[0][0] == source_started
     assert dict(_sql(svc, "select phase, count(*) from t group by phase"))["after"] == 5

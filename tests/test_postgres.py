@@ -390,3 +390,36 @@ def test_restore_runs_inside_the_quiesce_window_and_leaves_it_on_failure(
         pg.restore(target, manifest, store, pg.RestoreOptions(quiesce_namespace=ns, kube_block=block))
     assert [e[0] for e in events] == ["up"]
     assert replicas() == {"api": 2, "worker": 3}
+
+
+def test_a_rollback_takes_only_its_own_database_s_kept_copies(postgres):
+    """`app` and `app_staging`: the kept copy of `app` is not one of `app_staging`, though its
+    name starts the same (a rollback of `app_staging` put `app`'s old data in its place). Names
+    too long to keep whole are recognised by their cut, and two that begin alike past the room
+    (`..._q1`, `..._q2`) do not share kept copies."""
+    from tasks.components.postgres.common import aside_name
+    from tasks.components.postgres.kept_copies import rollback_task
+    from tasks.errors import NotFound
+
+    admin_target = target_for(postgres)
+    app = new_name("app")
+    staging, long_name = app + "_staging", app + "_" + "l" * 52
+    q1, q2 = app + "_events_partitioned_2024_q1", app + "_events_partitioned_2024_q2"
+    kept = {db: aside_name(db, "rollback") for db in (app, long_name, q1)}
+    for db in (app, staging, long_name, q1, q2, *kept.values()):
+        exec_in(admin_target, "postgres", f'CREATE DATABASE "{db}"')
+    exec_in(admin_target, staging, "CREATE TABLE mine (x int)")
+    try:
+        assert parse_aside(kept[long_name])[0] != long_name  # cut to fit 63 bytes
+        with pytest.raises(NotFound, match="no kept copy"):
+            rollback_task.fn(admin_target, staging)
+        with pytest.raises(NotFound, match="is not a kept copy"):
+            rollback_task.fn(admin_target, staging, kept[app])
+        assert scalar(admin_target, staging, "SELECT count(*) FROM pg_class WHERE relname = 'mine'") == 1
+        with pytest.raises(NotFound, match="no kept copy"):
+            rollback_task.fn(admin_target, q2)
+        assert rollback_task.fn(admin_target, q1)["restored_from"] == kept[q1]
+        assert rollback_task.fn(admin_target, long_name)["restored_from"] == kept[long_name]
+        assert rollback_task.fn(admin_target, app)["restored_from"] == kept[app]
+    finally:
+        drop(admin_target, *[d for d in db_names(admin_target) if d.startswith(app)])

@@ -33,6 +33,9 @@ GRANT app_ro TO "Ünïcode Rôle";
 ALTER ROLE reporter SET work_mem = '16MB';
 ALTER ROLE app_owner SET statement_timeout = '5s';
 COMMENT ON ROLE app_ro IS 'read only — lecture seule';
+CREATE ROLE "o'brien" LOGIN;
+ALTER ROLE granter SET search_path = E'"a\\nCREATE ROLE pwn;\\nb"';
+COMMENT ON ROLE app_rw IS E'rotated\\nALTER ROLE postgres WITH SUPERUSER PASSWORD ''x'';\\nCREATE ROLE pwn;';
 """
 
 DATABASES = """

@@ -49,6 +49,12 @@ SETTINGS = {
     ),
     # stored as `search_path=""`: re-applied as SQL text it was a zero-length identifier
     "empty_search_path": ("ALTER DATABASE {db} SET search_path = ''", "search_path", '""'),
+    # a name outside LATIN1 (below) was an error in our queries: the backup failed
+    "client_encoding_latin1": (
+        "ALTER DATABASE {db} SET client_encoding = 'LATIN1'",
+        "client_encoding",
+        "LATIN1",
+    ),
     "quoted_search_path": (
         """ALTER DATABASE {db} SET search_path = '$user', 'My "Schema"', public""",
         "search_path",
@@ -76,6 +82,7 @@ def test_a_database_whose_settings_change_sessions_backs_up_restores_and_keeps_t
         conn.execute(
             "CREATE TABLE public.big AS SELECT i, md5(i::text) AS h FROM generate_series(1, 300000) i"
         )
+        conn.execute('CREATE TABLE public."日本語" ("列" text); INSERT INTO public."日本語" VALUES (\'値\')')
     with admin(admin_target) as conn:
         conn.execute(alter.format(db=sql.Identifier(db).as_string(conn)))
     target = target_for(postgres, databases=[db])
@@ -100,6 +107,29 @@ def test_a_database_whose_settings_change_sessions_backs_up_restores_and_keeps_t
         assert scalar(target, db, f'SHOW "{name}"') == value
     finally:  # dropping a database drops its role-in-database settings too
         drop(admin_target, *[d for d in db_names(admin_target) if d == db or d.startswith(db + "__")])
+
+
+def test_a_failing_fingerprint_is_named_not_pg_dump_s_lost_snapshot(postgres, local_store, monkeypatch):
+    """The fingerprint's transaction holds the snapshot pg_dump imports: when the fingerprint fails,
+    pg_dump says only "could not import the requested snapshot" (issue 14 saw it hide a cancelled
+    query). The error names the fingerprint and its cause, and nothing is stored."""
+    import tasks.components.postgres.dump as pg_dump_module
+    from tasks.errors import ComponentFailed
+
+    admin_target, db = target_for(postgres), new_name()
+    make_db(admin_target, db)
+
+    def failing(conn, algorithm):  # as a query of the fingerprint failing on the server would
+        conn.execute("SELECT 1 / 0")
+
+    monkeypatch.setattr(pg_dump_module, "fingerprint", failing)
+    store = local_store()
+    try:
+        with pytest.raises(ComponentFailed, match=f"fingerprint of '{db}' failed: division by zero"):
+            _take_backup(target_for(postgres, databases=[db]), store)
+        assert not [p for p in Path(store.path).rglob("manifest.json")]
+    finally:
+        drop(admin_target, db)
 
 
 # --- no password in any engine's environment or argv ----------------------------------------

@@ -8,6 +8,7 @@ databases. The content fingerprint is in fingerprint.py.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -38,6 +39,8 @@ SESSION_SETTINGS = {
     "row_security": "off",
     # ALTER DATABASE/ROLE ... SET role = x would make us x (and a pg_dump without its rights)
     "role": "none",
+    # a database's client_encoding = LATIN1 made every name outside LATIN1 an error in our queries
+    "client_encoding": "UTF8",
 }
 SESSION_OPTIONS = " ".join(f"-c {k}={v}" for k, v in SESSION_SETTINGS.items())
 ASIDE_RE = re.compile(
@@ -184,11 +187,21 @@ def conninfo_dbname(dbname: str) -> str:
 # --- names of side databases --------------------------------------------------------------
 
 
+def _aside_base(base: str, kind: str) -> str:
+    """What an aside name of `kind` carries of `base`: all of it when it fits; else a cut marked
+    with 8 hex of its sha256, so two long names that begin alike (`events_2024_q1`, `..._q2`
+    past the room) never share kept copies."""
+    room = 63 - len(f"__{kind}_") - 14 - 4
+    if len(base.encode()) <= room:
+        return base
+    mark = "~" + hashlib.sha256(base.encode()).hexdigest()[:8]
+    return base.encode()[: room - len(mark)].decode(errors="ignore") + mark
+
+
 def aside_name(base: str, kind: str, when: datetime | None = None) -> str:
-    """`<base>__<kind>_<YYYYmmddHHMMSS><4 hex>`, with base cut so the whole fits 63 bytes."""
+    """`<base>__<kind>_<YYYYmmddHHMMSS><4 hex>`, base as _aside_base makes it fit 63 bytes."""
     suffix = f"__{kind}_{(when or datetime.now(UTC)).strftime(_TS)}{secrets.token_hex(2)}"
-    raw = base.encode()[: 63 - len(suffix)]
-    return raw.decode(errors="ignore") + suffix
+    return _aside_base(base, kind) + suffix
 
 
 def parse_aside(name: str) -> tuple[str, str, datetime] | None:
@@ -198,9 +211,17 @@ def parse_aside(name: str) -> tuple[str, str, datetime] | None:
     return match["base"], match["kind"], datetime.strptime(match["ts"], _TS).replace(tzinfo=UTC)
 
 
-def same_base(database: str, base: str) -> bool:
-    """Does `base` (possibly cut to fit 63 bytes) name `database`?"""
-    return database == base or (len(database.encode()) > len(base.encode()) and database.startswith(base))
+def same_base(database: str, base: str, kind: str) -> bool:
+    """Does `base`, of a `<base>__<kind>_...` name, name `database`? Only what aside_name makes of
+    it counts: a mere prefix would give `app_staging` the kept copies of `app`. Names made before
+    the mark were cut bare (and before the 4 random hex digits, with 4 bytes more room): still
+    recognised, so copies kept by an earlier version can be rolled back to."""
+    if base == _aside_base(database, kind):
+        return True
+    bare = 63 - len(f"__{kind}_") - 14
+    return len(database.encode()) > bare - 4 and base in {
+        database.encode()[:room].decode(errors="ignore") for room in (bare - 4, bare)
+    }
 
 
 # --- catalog queries ----------------------------------------------------------------------

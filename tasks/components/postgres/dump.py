@@ -30,7 +30,7 @@ from tasks.components.postgres.common import (
     tool,
 )
 from tasks.components.postgres.fingerprint import algorithm_for, fingerprint
-from tasks.errors import IntegrityError, NotFound
+from tasks.errors import ComponentFailed, IntegrityError, NotFound
 from tasks.models import Manifest, StoredObject
 from tasks.proc import feed_stdin, stream_stdout
 from tasks.storage.session import BackupSession, read_object
@@ -103,6 +103,14 @@ def _dump_database(
                             out,
                             meta={"database": db, "format": "custom", "section": "post-data"},
                         )
+            except Exception:
+                # a failed fingerprint ends the transaction whose snapshot pg_dump reads: its
+                # error is the cause, pg_dump's "could not import the requested snapshot" is not
+                cause = future.exception() if future.done() else None  # before our cancel below
+                conn.cancel_safe()
+                if isinstance(cause, psycopg.Error):
+                    raise ComponentFailed(f"the fingerprint of {db!r} failed: {str(cause).strip()}") from None
+                raise
             except BaseException:
                 conn.cancel_safe()
                 raise

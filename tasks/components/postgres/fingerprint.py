@@ -33,8 +33,26 @@ V2 = "rows+sum64(hashtextextended(row::text,0))/v2"
 # row's text was nearly all of v2's cost, measured in docs/performance.md); every other column
 # by its text, in the "C" collation, as v2 did (numeric 1.0 and 1.00, float -0 and 0, json
 # have equal hashes by type, and a case-insensitive collation would make 'a' hash as 'A').
-FINGERPRINT_ALGORITHM = "rows+sum64(hash_record_extended(typed columns,0))/v3"
-_PER_COLUMN = {FINGERPRINT_ALGORITHM}
+V3 = "rows+sum64(hash_record_extended(typed columns,0))/v3"
+# v4 is v3 with two holes closed: a table's key is its quoted name (v3's `schema.name` gave
+# `a."b.c"` and `"a.b".c` one key, so one of the two tables went unchecked), and a column whose
+# type is (a domain over) bpchar goes by its output text: its cast to text drops trailing blanks,
+# so in an unbounded bpchar 'a ' and 'a' hashed alike; and it covers large objects (below).
+FINGERPRINT_ALGORITHM = "rows+sum64(hash_record_extended(typed columns,0))/v4"
+_PER_COLUMN = {V3, FINGERPRINT_ALGORITHM}
+_BPCHAR = 1042
+# v4 also sums large objects (pg_dump dumps them with the data; v3 and before left them out, so a
+# changed or missing one went unseen): per 1 MiB piece, a hash of (oid, offset, bytes), read with
+# lo_get in the caller's snapshot. Pieces, not whole objects: lo_get of one over 1 GB fails.
+_LARGE_OBJECTS = """
+    WITH RECURSIVE piece(loid, off, data) AS (
+        SELECT oid, 0::bigint, lo_get(oid, 0, 1048576) FROM pg_largeobject_metadata
+        UNION ALL
+        SELECT loid, off + 1048576, lo_get(loid, off + 1048576, 1048576)
+        FROM piece WHERE length(data) = 1048576)
+    SELECT count(*) FILTER (WHERE off = 0),
+           coalesce(sum(hash_record_extended(ROW(loid, off, data), 0)), 0)::text
+    FROM piece"""
 # bool, bytea, int8, int2, int4, text, oid, varchar, date, timestamp, timestamptz, uuid: exact
 # type oids (a domain over one of them goes by its text); text types hashed in "C" (bytes)
 _TYPE_HASHED = {16, 17, 20, 21, 23, 25, 26, 1043, 1082, 1114, 1184, 2950}
@@ -51,7 +69,7 @@ _STABLE_SETTINGS = (
 
 def fingerprint_sum(algorithm: str) -> str | None:
     """The SQL expression over `klb_r` (a table's rows) that `algorithm` names; None for one built
-    per table from its columns (v3)."""
+    per table from its columns (v3, v4)."""
     if algorithm in _PER_COLUMN:
         return None
     try:
@@ -64,23 +82,36 @@ def fingerprint_sum(algorithm: str) -> str | None:
 
 
 def algorithm_for(conn: psycopg.Connection) -> str:
-    """The fingerprint a new backup of this server records: v3 where the server has
+    """The fingerprint a new backup of this server records: v4 where the server has
     hash_record_extended (PostgreSQL 14+), v2 before."""
     return FINGERPRINT_ALGORITHM if conn.info.server_version >= 140000 else V2
 
 
-def _per_column_sum(conn: psycopg.Connection, oid: int) -> sql.Composable:
+def _per_column_sum(conn: psycopg.Connection, oid: int, algorithm: str) -> sql.Composable:
+    # each column's type, and the base type under its domains (a domain over a domain...)
     cols = conn.execute(
-        """SELECT attname, atttypid FROM pg_attribute
-           WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum""",
-        (oid,),
+        """WITH RECURSIVE base(attnum, typ) AS (
+               SELECT attnum, atttypid FROM pg_attribute
+               WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped
+               UNION ALL
+               SELECT b.attnum, t.typbasetype FROM base b JOIN pg_type t ON t.oid = b.typ
+               WHERE t.typtype = 'd')
+           SELECT a.attname, a.atttypid,
+                  (SELECT b.typ FROM base b JOIN pg_type t ON t.oid = b.typ
+                   WHERE b.attnum = a.attnum AND t.typtype <> 'd')
+           FROM pg_attribute a
+           WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum""",
+        (oid, oid),
     ).fetchall()
     if not cols:  # no columns: the row count is all there is
         return sql.SQL("'0'")
     parts = []
-    for name, typ in cols:
+    for name, typ, base in cols:
         col = sql.SQL("klb_r.{}").format(sql.Identifier(name))
-        if typ in _TEXT_TYPES:
+        if base == _BPCHAR and algorithm != V3:
+            # its output function keeps the blanks; NULL stays NULL (both are strict)
+            parts.append(sql.SQL('textin(bpcharout({})) COLLATE "C"').format(col))
+        elif typ in _TEXT_TYPES:
             parts.append(sql.SQL('{} COLLATE "C"').format(col))
         elif typ in _TYPE_HASHED:
             parts.append(col)
@@ -109,7 +140,8 @@ def fingerprint(conn: psycopg.Connection, algorithm: str | None = None) -> dict[
     for stmt in _STABLE_SETTINGS:
         conn.execute(stmt)
     rels = conn.execute(
-        """SELECT n.nspname, c.relname, c.relkind, c.oid FROM pg_class c
+        """SELECT n.nspname, c.relname, c.relkind, c.oid,
+                  quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c
            JOIN pg_namespace n ON n.oid = c.relnamespace
            WHERE c.relkind IN ('r', 'S')
              AND n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -120,21 +152,27 @@ def fingerprint(conn: psycopg.Connection, algorithm: str | None = None) -> dict[
     ).fetchall()
     tables: dict[str, Any] = {}
     sequences: dict[str, Any] = {}
-    for schema, name, kind, oid in rels:
+    # before v4 the key was `schema.name`, ambiguous with a dot in a name; kept for those backups
+    old_keys = algorithm in _FINGERPRINT_SUMS or algorithm == V3
+    for schema, name, kind, oid, quoted in rels:
         ident = sql.Identifier(schema, name)
-        key = f"{schema}.{name}"
+        key = f"{schema}.{name}" if old_keys else quoted
         if kind == "S":
             last, called = conn.execute(
                 sql.SQL("SELECT last_value, is_called FROM {}").format(ident)
             ).fetchone()
             sequences[key] = {"last_value": last, "is_called": called}
             continue
-        row_sum = sql.SQL(expression) if expression is not None else _per_column_sum(conn, oid)
+        row_sum = sql.SQL(expression) if expression is not None else _per_column_sum(conn, oid, algorithm)
         rows, total = conn.execute(
             sql.SQL("SELECT count(*), {} FROM {} AS klb_r").format(row_sum, ident)
         ).fetchone()
         tables[key] = {"rows": rows, "sum": total}
-    return {"tables": tables, "sequences": sequences}
+    out: dict[str, Any] = {"tables": tables, "sequences": sequences}
+    if not old_keys:
+        count, total = conn.execute(_LARGE_OBJECTS).fetchone()
+        out["large_objects"] = {"count": count, "sum": total}
+    return out
 
 
 def fingerprint_database(target: PostgresTarget, dbname: str, algorithm: str | None = None) -> dict[str, Any]:
@@ -164,6 +202,10 @@ def diff_fingerprints(expected: dict[str, Any], actual: dict[str, Any]) -> list[
             out.append(f"table {key} not in the backup")
         elif exp[key] != act[key]:
             out.append(f"table {key}: backup {exp[key]} != restored {act[key]}")
+    if "large_objects" in expected and expected["large_objects"] != actual.get("large_objects"):
+        out.append(
+            f"large objects: backup {expected['large_objects']} != restored {actual.get('large_objects')}"
+        )
     exp, act = expected.get("sequences", {}), actual.get("sequences", {})
     for key in sorted(set(exp) | set(act)):
         if key not in act or key not in exp:

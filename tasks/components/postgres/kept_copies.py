@@ -48,7 +48,7 @@ def rollback_task(target: PostgresTarget, database: str, rollback_name: str | No
     copies = sorted(
         (when, name)
         for name, base, kind, when in kept_copies(target)
-        if kind == "rollback" and same_base(database, base)
+        if kind == "rollback" and same_base(database, base, kind)
     )
     if rollback_name:
         if rollback_name not in {n for _, n in copies}:

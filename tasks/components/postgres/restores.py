@@ -98,12 +98,33 @@ def _ident_forms(name: str) -> set[str]:
     return {name, '"' + name.replace('"', '""') + '"'}
 
 
+def _statement_starts(lines: list[str]) -> Iterator[tuple[str, bool]]:
+    """Each line, and whether it starts outside a quoted literal or identifier: a role's comment
+    or setting (`ALTER ROLE me SET search_path = '"a<newline>CREATE ROLE x;"'`, which any role may
+    set on itself) spans lines, and its inner lines are text, never statements to rewrite.
+    pg_dumpall writes standard_conforming_strings literals: '' and "" inside, no backslashes."""
+    quote: str | None = None
+    for line in lines:
+        yield line, quote is None
+        for i, char in enumerate(line):
+            if quote is None:
+                if line.startswith("--", i):
+                    break  # a comment, to the end of the line
+                if char in "'\"":
+                    quote = char
+            elif char == quote:
+                quote = None  # a doubled quote opens again at the next character
+
+
 def _globals_script(raw: bytes, user: str, tablespaces: set[str]) -> tuple[str, bool]:
     """Make pg_dumpall's globals re-runnable on a live server: existing roles and tablespaces
     are kept (not an error), and the connecting user's password is left as it is now."""
     out, creates_tablespace = [], False
     me = _ident_forms(user)
-    for line in raw.decode().splitlines():
+    for line, statement in _statement_starts(raw.decode().splitlines()):
+        if not statement:
+            out.append(line)
+            continue
         role = re.fullmatch(r"CREATE ROLE (.+);", line)
         if role:
             out.append(

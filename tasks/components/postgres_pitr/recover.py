@@ -96,7 +96,12 @@ def _recovery_settings(goal: RecoveryTarget, restore_command: str, port: int, so
         "listen_addresses": "'127.0.0.1'",
         "unix_socket_directories": _conf_quote(str(sock)),
         "archive_mode": "'off'",  # it must never write into the production archive
+        # its log (-l) is read for "recovery stopping" and NOT_REACHED: on stderr, at LOG level,
+        # untranslated, whatever the source's postgresql.conf (a base backup carries it) says
         "logging_collector": "off",
+        "log_destination": "'stderr'",
+        "log_min_messages": "'warning'",
+        "lc_messages": "'C'",
         "hot_standby": "on",
         "primary_conninfo": "''",
         "restore_command": _conf_quote(restore_command),

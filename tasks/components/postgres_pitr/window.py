@@ -5,6 +5,12 @@ archive, and runs through every following segment with no gap. It ends, for time
 last transaction (commit/abort) in the last archived segment: PostgreSQL stops replay only when it
 meets a transaction *after* the target, so a target at or past the last one cannot be reached
 (it ends with "recovery ended before configured recovery target was reached").
+
+Timelines: after a recovery or a failover promoted a server that archives here, the archive holds
+a history file for the new timeline, naming where it branched off its parent. Recovery stays on
+the base backup's timeline (recovery_target_timeline 'current'), so past that branch point it
+would replay the abandoned history: a window ends there, and 'latest' from it is refused until a
+base backup on the newer timeline exists.
 """
 
 from __future__ import annotations
@@ -32,8 +38,7 @@ from tasks.errors import BadInput, NotFound
 from tasks.models import Manifest
 
 COMPONENT = "postgres-pitr"
-# How many segments back from the archive's end to look for the last transaction.
-SCAN_BACK = 8
+_HISTORY = re.compile(r"[0-9A-F]{8}\.history")
 _XACT = re.compile(
     r"lsn: ([0-9A-F]+/[0-9A-F]+),.*desc: (?:COMMIT|ABORT)\S* (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)"
 )
@@ -60,9 +65,17 @@ class Window(BaseModel):
     last_segment: str
     segments: int
     base_backups: list[BaseBackupRef]
+    branched_to: int | None = Field(
+        default=None, description="a later timeline branched off this one at end_lsn: the window ends there"
+    )
 
     def describe(self) -> str:
         end = self.end_time.isoformat() if self.end_time else "(no transaction archived yet)"
+        if self.branched_to is not None:
+            return (
+                f"{self.start_time.isoformat()} .. {end} (exclusive) on timeline {self.timeline}, where "
+                f"timeline {self.branched_to} branched off at LSN {self.end_lsn}"
+            )
         return f"{self.start_time.isoformat()} .. {end} (exclusive; 'latest' = LSN {self.end_lsn})"
 
 
@@ -180,12 +193,45 @@ def _runs(segments: list[str], seg_size: int) -> tuple[dict[int, list[list[int]]
     return runs, missing
 
 
+def branch_points(engine: PitrEngine, target: PitrTarget, names: list[str]) -> dict[int, tuple[int, int]]:
+    """Per timeline, the earliest point where a later timeline in the archive left it:
+    {timeline: (switch LSN, the timeline whose history file says so)}. A history file
+    `0000000N.history` lists each ancestor of N and the LSN at which N's history left it."""
+    out: dict[int, tuple[int, int]] = {}
+    with tempfile.TemporaryDirectory(prefix="klb-history-") as tmp:
+        for name in names:
+            if not _HISTORY.fullmatch(name):
+                continue
+            path = Path(tmp) / name
+            engine.fetch_wal(target, name, path)
+            for line in path.read_text(errors="replace").splitlines():
+                fields = line.split()
+                if len(fields) < 2 or not fields[0].isdigit():
+                    continue  # a comment or blank line
+                parent, lsn = int(fields[0]), parse_lsn(fields[1])
+                if parent not in out or lsn < out[parent][0]:
+                    out[parent] = (lsn, int(name[:8], 16))
+    return out
+
+
 def last_transaction(
-    engine: PitrEngine, target: PitrTarget, tli: int, run: list[int], seg_size: int, bindir: Path
+    engine: PitrEngine,
+    target: PitrTarget,
+    tli: int,
+    run: list[int],
+    seg_size: int,
+    bindir: Path,
+    before_lsn: int | None = None,
+    floor: int | None = None,
 ) -> tuple[datetime, str] | None:
-    """Time and LSN of the last commit/abort in the run's final segments (pg_waldump)."""
+    """Time and LSN of the last commit/abort in the run (pg_waldump), before `before_lsn` when
+    given (where a later timeline branched off), reading segments from the end back to `floor`
+    (the base backup's last one: an earlier transaction cannot end its window). It stops at the
+    first segment with one, so it reads one or two segments unless the archive ends in a
+    stretch without transactions (a long bulk load or index build, uncommitted yet): a fixed
+    look-back then found nothing and refused every time target as 'after the window'."""
     with tempfile.TemporaryDirectory(prefix="klb-waldump-") as tmp:
-        for segno in reversed(run[-SCAN_BACK:]):
+        for segno in reversed([n for n in run if floor is None or n >= floor]):
             name = segment_name(tli, segno, seg_size)
             path = Path(tmp) / name
             engine.fetch_wal(target, name, path)
@@ -197,7 +243,11 @@ def last_transaction(
                 ok_codes=(0, 1),
             )
             path.unlink()
-            found = _XACT.findall(out)
+            found = [
+                (lsn, ts)
+                for lsn, ts in _XACT.findall(out)
+                if before_lsn is None or parse_lsn(lsn) < before_lsn
+            ]
             if found:
                 lsn, ts = found[-1]
                 return datetime.fromisoformat(ts).replace(tzinfo=UTC), lsn
@@ -211,33 +261,44 @@ def archive_report(
     segments = [w for w in wal if is_segment(w)]
     refs = base_backup_refs(backups, target)
     runs, missing = _runs(segments, seg_size) if segments else ({}, [])
+    branches = branch_points(engine, target, wal)
     windows: list[Window] = []
     for tli, tli_runs in runs.items():
+        branch_lsn, child = branches.get(tli, (None, None))
         for run in tli_runs:
+            if branch_lsn is not None:  # past the branch this timeline's WAL is an abandoned history
+                run = [n for n in run if n <= segment_of(branch_lsn, seg_size)]
+                if not run:
+                    continue
             lo, hi = run[0], run[-1]
             usable = [
                 r
                 for r in refs
-                if r.timeline == tli and lo <= segment_of(parse_lsn(r.stop_lsn), seg_size) <= hi
+                if r.timeline == tli
+                and lo <= segment_of(parse_lsn(r.stop_lsn), seg_size) <= hi
+                and (branch_lsn is None or parse_lsn(r.stop_lsn) <= branch_lsn)
             ]
             if not usable:
                 continue
-            last = last_transaction(engine, target, tli, run, seg_size, bindir)
+            floor = segment_of(parse_lsn(usable[0].stop_lsn), seg_size)
+            last = last_transaction(engine, target, tli, run, seg_size, bindir, branch_lsn, floor)
             end_time, xact_lsn = last if last else (None, None)
             if end_time is not None and end_time <= usable[0].end_time:
                 end_time = None  # nothing committed after the base backup: only 'latest' applies
+            end_lsn = (hi + 1) * seg_size if branch_lsn is None else min((hi + 1) * seg_size, branch_lsn)
             windows.append(
                 Window(
                     timeline=tli,
                     start_time=usable[0].end_time,
                     start_lsn=usable[0].stop_lsn,
                     end_time=end_time,
-                    end_lsn=format_lsn((hi + 1) * seg_size),
+                    end_lsn=format_lsn(end_lsn),
                     last_xact_lsn=xact_lsn,
                     first_segment=segment_name(tli, lo, seg_size),
                     last_segment=segment_name(tli, hi, seg_size),
                     segments=len(run),
                     base_backups=usable,
+                    branched_to=child,
                 )
             )
     windows.sort(key=lambda w: w.start_time)
@@ -264,6 +325,15 @@ def choose_base_backup(report: ArchiveReport, goal: RecoveryTarget) -> tuple[Win
     where = f"the recoverable window is {report.describe()}{gaps}"
     if goal.kind in ("latest", "name"):
         window = report.windows[-1]
+        if goal.kind == "latest" and window.branched_to is not None:
+            raise BadInput(
+                f"the newest history is on timeline {window.branched_to}, which branched off timeline "
+                f"{window.timeline} at LSN {window.end_lsn} (a recovery or failover promoted a server "
+                "that archives here), and no base backup on it is in a window: recovering timeline "
+                f"{window.timeline} to its end would bring back the abandoned history. Take a base "
+                "backup (backup_component('postgres-pitr')) and recover from it, or give a target "
+                f"before the branch: {where}. Nothing was changed."
+            )
         # a named restore point's LSN is unknown here: start from the earliest backup of the stretch
         return window, window.base_backups[-1] if goal.kind == "latest" else window.base_backups[0]
     for window in reversed(report.windows):
@@ -273,9 +343,15 @@ def choose_base_backup(report: ArchiveReport, goal: RecoveryTarget) -> tuple[Win
                 continue
             if window.end_time is None or goal.time >= window.end_time:
                 if window is report.windows[-1]:
+                    hint = (
+                        "For the newest state use target 'latest'."
+                        if window.branched_to is None
+                        else f"Past the branch, take a base backup on timeline {window.branched_to} and "
+                        "recover from it."
+                    )
                     raise BadInput(
                         f"target {goal.describe()} is after the last archived transaction: {where}. "
-                        "For the newest state use target 'latest'. Nothing was changed."
+                        f"{hint} Nothing was changed."
                     )
                 continue
             ok = [b for b in window.base_backups if b.end_time <= goal.time]
