@@ -420,6 +420,18 @@ class StaticPodKubelet:
                 self.proc.wait(timeout=15)
             time.sleep(0.2)
 
+    def target(self, **fields) -> EtcdTarget:
+        """The etcd target of this rehearsal control plane."""
+        return EtcdTarget(
+            endpoints=[self.client],
+            data_dir=str(self.data),
+            manifests_dir=str(self.manifests),
+            member_name="cp1",
+            peer_url=self.peer,
+            dial_timeout_seconds=1,
+            **fields,
+        )
+
     def __enter__(self) -> StaticPodKubelet:
         self._thread.start()
         deadline = time.monotonic() + 30
@@ -442,14 +454,7 @@ def test_approved_swap_on_a_rehearsal_control_plane(tmp_path, local_store):
     dir is kept for rollback, and the manifests are back where they were."""
     store = local_store(encryption_key=SecretStr("swap-key"))
     with StaticPodKubelet(tmp_path) as kubelet:
-        target = EtcdTarget(
-            endpoints=[kubelet.client],
-            data_dir=str(kubelet.data),
-            manifests_dir=str(kubelet.manifests),
-            member_name="cp1",
-            peer_url=kubelet.peer,
-            dial_timeout_seconds=1,
-        )
+        target = kubelet.target()
         put_keys(kubelet.client, "/registry/configmaps/", 100)
         manifest = backup_task.fn("etcd", target, store)
         delete_prefix(kubelet.client, "/registry/configmaps/")
@@ -484,15 +489,7 @@ def test_a_swap_that_fails_half_way_rolls_back_to_the_live_control_plane(tmp_pat
 
     with StaticPodKubelet(tmp_path, refuse_start=restored_data_in_place) as kubelet:
         original.append(kubelet.data.stat().st_ino)
-        target = EtcdTarget(
-            endpoints=[kubelet.client],
-            data_dir=str(kubelet.data),
-            manifests_dir=str(kubelet.manifests),
-            member_name="cp1",
-            peer_url=kubelet.peer,
-            dial_timeout_seconds=1,
-            swap_wait_seconds=5,
-        )
+        target = kubelet.target(swap_wait_seconds=5)
         put_keys(kubelet.client, "/registry/configmaps/", 10)
         manifest = backup_task.fn("etcd", target, store)
         put_keys(kubelet.client, "/registry/after-backup/", 1)
