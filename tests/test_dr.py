@@ -52,6 +52,16 @@ def app_target(state_file) -> AppStateTarget:
     )
 
 
+def _primary_backup(s3_store, dr_store, data: bytes):
+    """An app-state backup of `data` in the primary store: (primary, dr, dr_client, manifest)."""
+    primary = s3_store()
+    dr, dr_client = dr_store
+    with backup_session(primary, "app-state") as s:
+        s.write("data", [data])
+        manifest = s.commit()
+    return primary, dr, dr_client, manifest
+
+
 def test_restore_from_dr_after_the_primary_bucket_is_deleted(
     prefect_server, s3_store, s3_bucket, dr_store, tmp_path, monkeypatch
 ):
@@ -88,11 +98,7 @@ def test_restore_from_dr_after_the_primary_bucket_is_deleted(
 def test_a_tampered_dr_copy_is_reported_by_the_sweep(prefect_server, s3_store, dr_store):
     from flows.maintenance import verify_backups
 
-    primary = s3_store()
-    dr, dr_client = dr_store
-    with backup_session(primary, "app-state") as s:
-        s.write("data", [b"precious bytes " * 500])
-        manifest = s.commit()
+    primary, dr, dr_client, manifest = _primary_backup(s3_store, dr_store, b"precious bytes " * 500)
     report = replicate_backup(manifest, primary, dr)
     assert report.copied == 1
     assert replicate_backup(manifest, primary, dr).copied == 0  # idempotent: the copy checks out
@@ -121,11 +127,7 @@ def test_a_dr_copy_whose_manifest_says_something_else_fails_the_sweep(prefect_se
     (an older source time moves what at-or-before picks; another kind hides it from latest)."""
     from flows.maintenance import verify_backups
 
-    primary = s3_store()
-    dr, dr_client = dr_store
-    with backup_session(primary, "app-state") as s:
-        s.write("data", [b"precious bytes " * 50])
-        manifest = s.commit()
+    primary, dr, dr_client, manifest = _primary_backup(s3_store, dr_store, b"precious bytes " * 50)
     replicate_backup(manifest, primary, dr)
     copy = get_backup(dr, manifest.id)
     assert copy_difference(manifest, copy) is None  # its own keys and versions: a faithful copy
@@ -153,11 +155,7 @@ def test_a_dr_copy_whose_manifest_says_something_else_fails_the_sweep(prefect_se
 def test_a_newer_dr_only_backup_does_not_spare_the_copy_its_reread(prefect_server, s3_store, dr_store):
     from flows.maintenance import verify_backups
 
-    primary = s3_store()
-    dr, dr_client = dr_store
-    with backup_session(primary, "app-state") as s:
-        s.write("data", [b"precious bytes " * 50])
-        manifest = s.commit()
+    primary, dr, dr_client, manifest = _primary_backup(s3_store, dr_store, b"precious bytes " * 50)
     replicate_backup(manifest, primary, dr)
     with backup_session(dr, "app-state") as s:  # newer than the primary's newest, only in DR
         s.write("data", [b"other bytes"])
@@ -170,11 +168,7 @@ def test_a_newer_dr_only_backup_does_not_spare_the_copy_its_reread(prefect_serve
 
 
 def test_native_replication_is_verified_by_checksum_not_trusted(s3_store, dr_store):
-    primary = s3_store()
-    dr, dr_client = dr_store
-    with backup_session(primary, "app-state") as s:
-        s.write("data", [b"x" * 4096])
-        manifest = s.commit()
+    primary, dr, dr_client, manifest = _primary_backup(s3_store, dr_store, b"x" * 4096)
     with pytest.raises(NotFound, match="not \\(yet\\) in the DR store"):
         verify_replica(manifest, dr)
     replicate_backup(manifest, primary, dr)  # stands in for S3 CRR, which moto never performs
@@ -226,11 +220,7 @@ def test_a_failed_dr_copy_fails_the_run_keeps_the_primary_and_is_pushed(
 def test_the_sweep_reports_a_lost_primary_and_still_checks_dr(prefect_server, s3_store, s3_bucket, dr_store):
     from flows.maintenance import verify_backups
 
-    primary = s3_store()
-    dr, _ = dr_store
-    with backup_session(primary, "app-state") as s:
-        s.write("data", [b"z" * 1000])
-        manifest = s.commit()
+    primary, dr, _, manifest = _primary_backup(s3_store, dr_store, b"z" * 1000)
     replicate_backup(manifest, primary, dr)
     bucket, client = s3_bucket
     delete_bucket(client, bucket)
