@@ -18,6 +18,7 @@ from blocks.store import StoreBlock
 from tasks.errors import BadInput, ConfigurationError, IntegrityError, NotFound
 from tasks.metrics import record_run
 from tasks.models import Manifest
+from tasks.named_blocks import load_named
 from tasks.operations.approval import RestoreCancelled, deadline_of, decide, form_markdown, size
 from tasks.operations.checklist import (
     ITEMS,
@@ -77,12 +78,10 @@ def load_guard(ref: str | RestoreGuard | None) -> RestoreGuard:
         return ref
     if not ref:
         return RestoreGuard()
-    try:
-        return RestoreGuard.load(ref)
-    except ValueError:
-        raise ConfigurationError(
-            f"no klb-restore-guard block named {ref!r}: create it or pass none"
-        ) from None
+    guard = load_named(RestoreGuard, ref)
+    if guard is None:
+        raise ConfigurationError(f"no klb-restore-guard block named {ref!r}: create it or pass none")
+    return guard
 
 
 def record_key_of(store: StoreBlock, restore_id: str) -> str:
