@@ -267,3 +267,25 @@ def test_status_a_safety_backup_does_not_hide_an_overdue_component(store, capsys
     code, lines, _ = klb(capsys, "status", "app-state")
     assert code == PROBLEM
     assert "OVERDUE (every 4h)" in row(lines, "app-state") and routine.id in row(lines, "app-state")
+
+
+def test_a_prefect_api_that_does_not_answer_is_one_clear_line(store, tmp_path):
+    """PREFECT_API_URL naming a server that is down: the commands that need it exit 2 with one
+    line naming the API (without the password a URL may carry), never a traceback; `status`
+    says it could not check a named target and exits 1, never "not configured" and 0."""
+    from sandbox.services import free_port
+
+    put_backup(store, "app-state")
+    url = f"http://ops:pw-{secrets.token_hex(4)}@127.0.0.1:{free_port()}/api"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": url, "KLB_APP_STATE_TARGET": "prod"}
+    for argv in (["backup", "app-state"], ["drill", "--deployment"], ["--store", "prod", "backups", "list"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "flows.console", *argv], capture_output=True, text=True, env=env
+        )
+        assert proc.returncode == UNUSABLE, (argv, proc.stderr[-2000:])
+        assert proc.stderr.startswith("klb: error: the Prefect API at http://127.0.0.1:"), proc.stderr
+        assert "Traceback" not in proc.stderr and "pw-" not in proc.stderr + proc.stdout
+    status = [sys.executable, "-m", "flows.console", "status", "app-state"]
+    proc = subprocess.run(status, capture_output=True, text=True, env=env)
+    assert proc.returncode == PROBLEM, proc.stdout + proc.stderr
+    assert "UNKNOWN: its target could not be checked" in proc.stdout and "not configured" not in proc.stdout
