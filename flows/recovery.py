@@ -10,6 +10,7 @@ backup back, as a restore of its own: same checklist, its own safety backup, its
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -94,9 +95,30 @@ def _checked_restore(
     guard: RestoreGuard,
     checklist: dict[str, Any],
     options: dict[str, Any] | None,
+    still_wanted: Callable[[], None] | None = None,
 ) -> RestoreRecord | State:
-    """The checklist, then the restore under the component's lock; the record is finished
-    (stored, artifact, metrics) however it ends. A cancellation ends the run Cancelled."""
+    """The checklist and the restore, both under the component's lock: a second restore of the
+    component waits for this one to end before its own checklist, so its safety backup, its
+    "there now" and its approval see what this one restored (with the lock taken only for the
+    restore step, the second put its restore over the first, and its rollback point was the
+    state before both). `still_wanted()` (under the lock) may say the restore is moot by now.
+    The record is finished (stored, artifact, metrics) however it ends; a cancellation ends the
+    run Cancelled."""
+    with component_lock(record.component):  # never while a backup or restore of it runs
+        if still_wanted is not None:
+            still_wanted()
+        return _locked_restore(record, manifest, store, target, guard, checklist, options)
+
+
+def _locked_restore(
+    record: RestoreRecord,
+    manifest: Manifest,
+    store: StoreBlock,
+    target: Block,
+    guard: RestoreGuard,
+    checklist: dict[str, Any],
+    options: dict[str, Any] | None,
+) -> RestoreRecord | State:
     logger = get_run_logger()
     try:
         run_checklist(record, manifest, store, target, guard, **checklist)
@@ -112,10 +134,14 @@ def _checked_restore(
         return Cancelled(
             message=f"restore {record.id} cancelled while waiting for approval: nothing restored"
         )
+    except Exception as exc:  # e.g. the Prefect API while pausing: the checklist changed nothing
+        record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+        record.target_changed = False
+        finish(store, record)
+        raise
     started = datetime.now(UTC)
     try:
-        with component_lock(record.component):  # never while a backup or restore of it runs
-            record.report = restore_task(manifest, target, store, options)
+        record.report = restore_task(manifest, target, store, options)
         record.status = "restored"
     except Exception as exc:
         record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
@@ -255,9 +281,14 @@ def rollback_restore(
         "needs_approval": needs_approval,
         "without_rollback": False,
     }
-    if load_restore_record(store_block, restore_id).status == "rolled back":  # a concurrent rollback
-        raise BadInput(f"restore {restore_id} was rolled back meanwhile: nothing more to do")
-    outcome = _checked_restore(record, manifest, store_block, target_block, guard_block, checklist, None)
+
+    def still_wanted() -> None:  # under the lock: a concurrent rollback of it may have run
+        if load_restore_record(store_block, restore_id).status == "rolled back":
+            raise BadInput(f"restore {restore_id} was rolled back meanwhile: nothing more to do")
+
+    outcome = _checked_restore(
+        record, manifest, store_block, target_block, guard_block, checklist, None, still_wanted
+    )
     if not isinstance(outcome, RestoreRecord):
         return outcome  # cancelled while waiting for approval
     original.status, original.rolled_back_at, original.rolled_back_by = (

@@ -31,6 +31,7 @@ from tasks.operations.checklist import (
     maintenance_window,
     notify_stakeholders,
     prepare_rollback,
+    still_as_verified,
     verify_integrity,
 )
 from tasks.operations.plan import action_of, short_state, target_label
@@ -279,6 +280,7 @@ def _items(
     add(line)
     if not needs_approval:
         add(ChecklistLine(item=ITEMS[6], mark=Mark.ok, detail="not required by the guard"))
+        still_as_verified(manifest, store)  # the safety backup may have taken an hour
         return
     state = get_record(store, record.current_state_key) if record.current_state_key else None
     safety = get_backup(store, record.safety_backup_id, record.component) if record.safety_backup_id else None
@@ -304,7 +306,7 @@ def _items(
         record.options,
     )
     try:
-        line, record.approved_by = decide(description, timeout)
+        line, record.approved_by = decide(description, timeout, record.id)
     except RestoreCancelled:
         line = ChecklistLine(
             item=ITEMS[6], mark=Mark.cancelled, detail="the run was cancelled while it waited for approval"
@@ -324,6 +326,7 @@ def _items(
         )
     if record.safety_backup_id:
         _retake_safety_backup(record, store, target, without_rollback, add)
+    still_as_verified(manifest, store)  # what was approved is what runs, or nothing does
 
 
 def _retake_safety_backup(
