@@ -25,7 +25,7 @@ from flows.inputs import per_component as per_component_of
 from tasks.components.registry import SPECS, ComponentName
 from tasks.errors import BackupError, BadInput, NotFound
 from tasks.metrics import record_drill
-from tasks.operations.drill_run import drill_component, drill_source, drill_verdict
+from tasks.operations.drill_run import drill_component, drill_source, drill_verdict, passed_for
 from tasks.operations.drills import (
     CheckResult,
     ComponentDrill,
@@ -157,8 +157,9 @@ def restore_drill(
     record.failures = drill_verdict(record, rto_target_minutes)
     record = save_drill_record(store_block, record)
     for c in record.components:  # metrics (tasks/metrics.py): one outcome per covered component
-        if c.status is not Status.not_covered:
-            record_drill(c.component, c.status is Status.verified, c.rto_seconds or 0.0, c.rpo_age_seconds)
+        if c.status is not Status.not_covered:  # a missed target is a failure, not a green drill
+            ok = passed_for(record, c.component, rto_target_minutes)
+            record_drill(c.component, ok, c.rto_seconds or 0.0, c.rpo_age_seconds)
     create_markdown_artifact(
         key="restore-drill", markdown=drill_report_markdown(record), description=f"restore drill {drill_id}"
     )
