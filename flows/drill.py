@@ -97,9 +97,13 @@ def restore_drill(
     targets = per_component_of("targets", targets)
     names = component_names(components)  # None: every component; [] is a mistake, never "all"
     store_block = load_store(store)
-    drill_id = drill_id or new_drill_id()
-    if not re.fullmatch(r"[a-z0-9]{1,40}", drill_id):
+    if drill_id and not re.fullmatch(r"[a-z0-9]{1,40}", drill_id):
         raise BadInput(f"drill id {drill_id!r}: use lower-case letters and digits only")
+    if drill_id and any(r.id == drill_id for r in list_drill_records(store_block)):
+        # the record would be overwritten (the trend loses a drill) and the names of its
+        # isolated copies are the earlier drill's: one id, one drill
+        raise BadInput(f"drill id {drill_id!r} is the id of a recorded drill: give a new one, or none")
+    drill_id = drill_id or new_drill_id()
     explicit = components is not None
     names = [c for c in ORDER if c in names]
     checks = list(health_checks or [])
