@@ -175,9 +175,12 @@ def restore_drill(
     return Completed(message=f"restore drill {drill_id} {record.headline}", data=record)
 
 
-def last_drill_report(store: StoreRef = None) -> str:
-    """The newest stored drill as plain text (for the demo, also after a failed drill)."""
-    records = list_drill_records(load_store(store))
+def last_drill_report(store: StoreRef = None, drill_id: str | None = None) -> str:
+    """The newest stored drill (or the one named) as plain text (for the demo and `klb drill`,
+    also after a failed drill)."""
+    records = [r for r in list_drill_records(load_store(store)) if drill_id in (None, r.id)]
     if not records:
-        raise NotFound("no restore drill has been recorded in this store yet: run restore_drill()")
+        raise NotFound(
+            f"no restore drill {drill_id or ''} has been recorded in this store yet: run restore_drill()"
+        )
     return drill_report_text(records[-1])

@@ -289,3 +289,36 @@ def test_a_prefect_api_that_does_not_answer_is_one_clear_line(store, tmp_path):
     proc = subprocess.run(status, capture_output=True, text=True, env=env)
     assert proc.returncode == PROBLEM, proc.stdout + proc.stderr
     assert "UNKNOWN: its target could not be checked" in proc.stdout and "not configured" not in proc.stdout
+
+
+def test_a_drill_that_fails_before_its_record_never_shows_an_older_report(saved, store, capsys):
+    """`klb drill` whose own record could not be stored printed the newest stored drill, an
+    older one that PASSED, above the failure: now only what this drill says."""
+    from tasks.operations.drills import DrillRecord, save_drill_record
+
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    old = DrillRecord(
+        id="olddrill1",
+        started_at=yesterday,
+        finished_at=yesterday,
+        rto_target_minutes=30,
+        rpo_target_hours=6,
+        rpo_window_hours=168,
+        components=[],
+        rto_seconds=1.0,
+        rpo_seconds=1.0,
+        worst_gap_seconds=1.0,
+        failures=[],
+    )
+    save_drill_record(store, old)
+    today = Path(store.location) / "drills" / f"{datetime.now(UTC):%Y-%m-%d}"
+    today.parent.mkdir(parents=True, exist_ok=True)
+    today.write_text("not a folder: the drill's record cannot be stored")
+    os.environ["KLB_APP_STATE_TARGET"] = saved["target"]
+    try:
+        code, lines, _ = klb(capsys, "drill", "app-state")
+    finally:
+        del os.environ["KLB_APP_STATE_TARGET"]
+    text = "\n".join(lines)
+    assert code == PROBLEM and "FAILED" in text
+    assert "olddrill1" not in text and "PASSED" not in text

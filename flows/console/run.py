@@ -129,14 +129,16 @@ def restore(
 
 def drill(store_ref: str | None, components: list[str] | None) -> tuple[str, bool]:
     from flows.drill import drill_report_text, last_drill_report, restore_drill
+    from tasks.operations.drills import new_drill_id
 
-    r = restore_drill(components=components or None, store=store_ref, return_state=True)
+    drill_id = new_drill_id()  # so a failed drill's report is its own, never an older one's
+    r = restore_drill(components=components or None, store=store_ref, drill_id=drill_id, return_state=True)
     if r.is_completed():
         return drill_report_text(r.result()), True
     try:
-        return last_drill_report(store_ref) + f"\n{_message(r)}", False
-    except Exception:
-        return f"drill FAILED: {_message(r)}", False
+        return last_drill_report(store_ref, drill_id) + f"\n{_message(r)}", False
+    except Exception:  # it failed before its record was stored
+        return f"drill {drill_id} FAILED: {_message(r)}", False
 
 
 def plan(
