@@ -35,11 +35,14 @@ from tasks.operations.plan import build_plan, plan_markdown
 from tasks.operations.restores import (
     RestoreRecord,
     check_rollback_allowed,
+    check_same_target,
     finish,
     load_guard,
     load_restore_record,
     record_key_of,
+    rollback_target,
     run_checklist,
+    target_digest,
 )
 from tasks.storage.catalog import get_backup
 from tasks.storage.records import put_record
@@ -158,7 +161,9 @@ def _locked_restore(
     return record
 
 
-def _new_record(component: str, manifest: Manifest, force: bool, **extra: Any) -> RestoreRecord:
+def _new_record(
+    component: str, manifest: Manifest, force: bool, target: Block, **extra: Any
+) -> RestoreRecord:
     return RestoreRecord(
         id=new_backup_id("restore"),
         component=component,
@@ -167,6 +172,8 @@ def _new_record(component: str, manifest: Manifest, force: bool, **extra: Any) -
         status="running",
         started_at=datetime.now(UTC),
         forced=force,
+        target=getattr(target, "_block_document_name", None),
+        target_digest=target_digest(target),
         **extra,
     )
 
@@ -222,7 +229,7 @@ def restore_with_checklist(
     manifest = get_backup(store_block, backup_id, component)
     target_block = load_target(component, target)
     given = opts.model_dump(mode="json", exclude_unset=True)
-    record = _new_record(component, manifest, force, options=given)
+    record = _new_record(component, manifest, force, target_block, options=given)
     needs_approval = guard_block.require_approval if require_approval is None else require_approval
     checklist = {
         "force": force,
@@ -251,8 +258,9 @@ def rollback_restore(
     Args:
         restore_id: The restore to undo: its id is in the restore-with-checklist run's result and
             its checklist artifact (restore-<YYYYMMDDTHHMMSSZ>-<6 hex>).
-        target: Name of the component's target block (e.g. 'production'); empty: the default from
-            the KLB_*_TARGET setting. From Python, a block object.
+        target: Name of the component's target block; empty: the one the restore went into (its
+            record names it), else the default from the KLB_*_TARGET setting. Another target than
+            the restore's is refused. From Python, a block object.
         store: Name of the store block holding the backups ('klb-s3-store/production' or
             'production'); empty: $KLB_STORE, else the embedded local store.
         guard: Name of the klb-restore-guard block (maintenance window, notifications, approval);
@@ -272,8 +280,11 @@ def rollback_restore(
         return original
     check_rollback_allowed(original)
     manifest = get_backup(store_block, original.safety_backup_id, original.component)
-    target_block = load_target(original.component, target)
-    record = _new_record(original.component, manifest, force, kind="rollback", rolls_back=restore_id)
+    target_block = load_target(original.component, rollback_target(original, target))
+    check_same_target(original, target_block)
+    record = _new_record(
+        original.component, manifest, force, target_block, kind="rollback", rolls_back=restore_id
+    )
     needs_approval = guard_block.require_approval if require_approval is None else require_approval
     checklist = {
         "force": force,

@@ -5,6 +5,8 @@ belongs to and how that restore ended)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -68,6 +70,10 @@ class RestoreRecord(BaseModel):
         default=None,
         description="False: the restore failed before it changed the target (nothing to roll back); "
         "None: the component cannot tell",
+    )
+    target: str | None = Field(default=None, description="the target block restored into (its name)")
+    target_digest: str | None = Field(
+        default=None, description="sha256 of the target's settings (secrets masked): where it went"
     )
     rolls_back: str | None = Field(default=None, description="for a rollback: the restore it undoes")
     rolled_back_at: AwareDatetime | None = None
@@ -211,6 +217,30 @@ def check_rollback_allowed(record: RestoreRecord) -> None:
         raise BadInput(
             f"restore {record.id} took no safety backup (run with without_rollback=True): there is "
             "nothing to roll back to; restore an older backup with restore_with_checklist instead"
+        )
+
+
+def target_digest(target: Block) -> str:
+    """Which place a target block points at: its settings, secrets masked (a password change
+    is still the same place)."""
+    settings = json.dumps(target.model_dump(mode="json"), sort_keys=True, default=str)
+    return hashlib.sha256(settings.encode()).hexdigest()
+
+
+def rollback_target(record: RestoreRecord, given: str | Block | None) -> str | Block | None:
+    """Where a rollback goes: the target given, else the one the restore went into (by name),
+    else the component's default (checked by `check_same_target`)."""
+    return given if given not in (None, "") else record.target
+
+
+def check_same_target(record: RestoreRecord, target: Block) -> None:
+    """A rollback puts the safety copy back where it was taken, never into another target (the
+    default one, when the restore went into a named one)."""
+    if record.target_digest and record.target_digest != target_digest(target):
+        raise BadInput(
+            f"restore {record.id} went into {record.target or 'a target given as a block'}, and its "
+            f"safety backup holds that target's data; {target_label(target)} is another target: pass "
+            "the restore's own target (or none, when it had a name); nothing was done"
         )
 
 

@@ -5,6 +5,7 @@ through `resume_flow_run`, cancel while paused; rollback rules; restore metrics 
 from __future__ import annotations
 
 import ast
+import secrets
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -420,3 +421,31 @@ def test_a_second_restore_of_the_component_waits_and_its_rollback_point_holds_th
     assert a.status == b.status == "restored" and prod.restores == 2
     assert b.started_at < a.finished_at < b.checklist[0].at  # it waited, then checked
     assert get_backup(store, b.safety_backup_id, "app-state").raw_size == good.raw_size
+
+
+def test_a_rollback_goes_back_into_the_restores_own_target_never_the_default(
+    local_store, prod, tmp_path, monkeypatch
+):
+    """A restore into a named target ('staging'), rolled back with no target: the safety copy
+    of staging went into the default target (production). It goes back into staging; another
+    target is refused."""
+    from tests.drill.conftest import Prod
+
+    store = local_store()
+    staging = Prod(tmp_path / "staging")
+    suffix = secrets.token_hex(3)
+    prod.target().save(f"prod-{suffix}")
+    staging.target().save(f"staging-{suffix}")
+    monkeypatch.setenv("KLB_APP_STATE_TARGET", f"prod-{suffix}")  # the default target
+    backup_component("app-state", target=staging.target(), store=store)
+    staging.file.write_bytes(b"staging before the restore\n")
+    prod.file.write_bytes(b"live production\n")
+    record = restore_with_checklist("app-state", target=f"staging-{suffix}", store=store)
+
+    with pytest.raises(BadInput, match=f"went into staging-{suffix}.*is another target"):
+        rollback_restore(record.id, target=f"prod-{suffix}", store=store)
+    rollback_restore(record.id, store=store)
+
+    assert staging.file.read_bytes() == b"staging before the restore\n"
+    assert prod.file.read_bytes() == b"live production\n" and prod.restores == 0
+    assert load_restore_record(store, record.id).target == f"staging-{suffix}"
