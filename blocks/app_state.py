@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from prefect.blocks.core import Block
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from blocks.names import object_name_problem
+from blocks.strict import StrictBlock, StrictModel
 
 
-class AppStateStep(BaseModel):
+class AppStateStep(StrictModel):
     """One piece of state: `backup_command` writes it to stdout, `restore_command` reads stdin."""
 
     name: str = Field(description="object name in the backup, e.g. 'sessions'")
@@ -48,7 +48,7 @@ class AppStateStep(BaseModel):
         return {**self.env, **{k: v.get_secret_value() for k, v in self.secret_env.items()}}
 
 
-class AppStateTarget(Block):
+class AppStateTarget(StrictBlock):
     _block_type_name = "KLB App State Target"
     _block_type_slug = "klb-app-state-target"
     _description = "Custom scripts whose stdout is application state (backup) and stdin restores it."

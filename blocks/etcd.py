@@ -9,8 +9,9 @@ from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 
-from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator, model_validator
+
+from blocks.strict import StrictBlock
 
 
 class SwapMode(StrEnum):
@@ -18,7 +19,7 @@ class SwapMode(StrEnum):
     systemd = "systemd"  # etcd and kube-apiserver are systemd units (the runbook's layout)
 
 
-class EtcdTarget(Block):
+class EtcdTarget(StrictBlock):
     _block_type_name = "KLB etcd Target"
     _block_type_slug = "klb-etcd-target"
     _description = "An etcd cluster (a self-managed control plane): endpoints, TLS, binaries, swap layout."

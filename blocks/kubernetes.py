@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 
-from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator, model_validator
+
+from blocks.strict import StrictBlock
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
-class KubernetesTarget(Block):
+class KubernetesTarget(StrictBlock):
     """How to reach a cluster. Empty = in-cluster service account when running in a pod (the
     work pool's Job), else $KUBECONFIG / ~/.kube/config (a laptop)."""
 
@@ -34,7 +35,7 @@ class KubernetesTarget(Block):
         return self
 
 
-class VeleroTarget(Block):
+class VeleroTarget(StrictBlock):
     """A cluster with Velero, and the defaults of the backups taken through it."""
 
     _block_type_name = "KLB Velero Target"

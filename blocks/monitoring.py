@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
+from blocks.strict import StrictBlock
 
-class PushgatewayConfig(Block):
+
+class PushgatewayConfig(StrictBlock):
     _block_type_name = "KLB Pushgateway"
     _block_type_slug = "klb-pushgateway"
     _description = "Prometheus Pushgateway that every backup, verify, restore and drill run pushes to."
@@ -17,7 +18,7 @@ class PushgatewayConfig(Block):
     timeout_seconds: float = Field(default=10, gt=0)
 
 
-class NotificationRouting(Block):
+class NotificationRouting(StrictBlock):
     """Which Prefect notification blocks hear each severity (the runbook's "Escalation").
 
     Entries are block references "<block-type-slug>/<name>", e.g. "slack-webhook/platform",

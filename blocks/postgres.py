@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
+
+from blocks.strict import StrictBlock
 
 # A database name we accept: printable, no NUL, at most 63 bytes (PostgreSQL's NAMEDATALEN-1).
 _NAME = re.compile(r"^[^\x00-\x1f]{1,63}$")
@@ -18,7 +19,7 @@ def check_db_name(name: str) -> str:
     return name
 
 
-class PostgresTarget(Block):
+class PostgresTarget(StrictBlock):
     _block_type_name = "KLB Postgres Target"
     _block_type_slug = "klb-postgres-target"
     _description = "A PostgreSQL server to back up or restore into (logical dumps, one per database)."

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import httpx
-from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
 
+from blocks.strict import StrictBlock
 
-class RabbitMQTarget(Block):
+
+class RabbitMQTarget(StrictBlock):
     _block_type_name = "KLB RabbitMQ Target"
     _block_type_slug = "klb-rabbitmq-target"
     _description = "A RabbitMQ broker's management HTTP API: definitions backup and restore."

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, time
 
-from prefect.blocks.core import Block
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from blocks.strict import StrictBlock, StrictModel
 
 
-class MaintenanceWindow(BaseModel):
+class MaintenanceWindow(StrictModel):
     """Days and hours (UTC) when restores may run. `end` before `start` spans midnight."""
 
     days: list[int] = Field(
@@ -33,7 +34,7 @@ class MaintenanceWindow(BaseModel):
         return f"{days} {self.start:%H:%M}-{self.end:%H:%M} UTC"
 
 
-class RestoreGuard(Block):
+class RestoreGuard(StrictBlock):
     _block_type_name = "KLB Restore Guard"
     _block_type_slug = "klb-restore-guard"
     _description = "Pre-restore checklist settings: maintenance window, notifications, approval."

@@ -7,9 +7,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from prefect.blocks.core import Block
 from prefect_aws import AwsCredentials
 from pydantic import Field, SecretStr
+
+from blocks.strict import StrictBlock
 
 
 class Compression(StrEnum):
@@ -30,7 +31,7 @@ def default_local_path() -> str:
     return os.environ.get("KLB_STORE_DIR") or str(DEFAULT_LOCAL_STORE)
 
 
-class StoreBlock(Block):
+class StoreBlock(StrictBlock):
     """Settings every store shares."""
 
     prefix: str = Field(

@@ -25,7 +25,7 @@ from flows.inputs import per_component as per_component_of
 from tasks.components.registry import SPECS, ComponentName
 from tasks.errors import BackupError, BadInput, NotFound
 from tasks.metrics import record_drill
-from tasks.operations.drill_run import drill_component, drill_source, drill_verdict
+from tasks.operations.drill_run import drill_component, drill_source, drill_verdict, passed_for
 from tasks.operations.drills import (
     CheckResult,
     ComponentDrill,
@@ -97,9 +97,13 @@ def restore_drill(
     targets = per_component_of("targets", targets)
     names = component_names(components)  # None: every component; [] is a mistake, never "all"
     store_block = load_store(store)
-    drill_id = drill_id or new_drill_id()
-    if not re.fullmatch(r"[a-z0-9]{1,40}", drill_id):
+    if drill_id and not re.fullmatch(r"[a-z0-9]{1,40}", drill_id):
         raise BadInput(f"drill id {drill_id!r}: use lower-case letters and digits only")
+    if drill_id and any(r.id == drill_id for r in list_drill_records(store_block)):
+        # the record would be overwritten (the trend loses a drill) and the names of its
+        # isolated copies are the earlier drill's: one id, one drill
+        raise BadInput(f"drill id {drill_id!r} is the id of a recorded drill: give a new one, or none")
+    drill_id = drill_id or new_drill_id()
     explicit = components is not None
     names = [c for c in ORDER if c in names]
     checks = list(health_checks or [])
@@ -157,8 +161,9 @@ def restore_drill(
     record.failures = drill_verdict(record, rto_target_minutes)
     record = save_drill_record(store_block, record)
     for c in record.components:  # metrics (tasks/metrics.py): one outcome per covered component
-        if c.status is not Status.not_covered:
-            record_drill(c.component, c.status is Status.verified, c.rto_seconds or 0.0, c.rpo_age_seconds)
+        if c.status is not Status.not_covered:  # a missed target is a failure, not a green drill
+            ok = passed_for(record, c.component, rto_target_minutes)
+            record_drill(c.component, ok, c.rto_seconds or 0.0, c.rpo_age_seconds)
     create_markdown_artifact(
         key="restore-drill", markdown=drill_report_markdown(record), description=f"restore drill {drill_id}"
     )
@@ -170,9 +175,12 @@ def restore_drill(
     return Completed(message=f"restore drill {drill_id} {record.headline}", data=record)
 
 
-def last_drill_report(store: StoreRef = None) -> str:
-    """The newest stored drill as plain text (for the demo, also after a failed drill)."""
-    records = list_drill_records(load_store(store))
+def last_drill_report(store: StoreRef = None, drill_id: str | None = None) -> str:
+    """The newest stored drill (or the one named) as plain text (for the demo and `klb drill`,
+    also after a failed drill)."""
+    records = [r for r in list_drill_records(load_store(store)) if drill_id in (None, r.id)]
     if not records:
-        raise NotFound("no restore drill has been recorded in this store yet: run restore_drill()")
+        raise NotFound(
+            f"no restore drill {drill_id or ''} has been recorded in this store yet: run restore_drill()"
+        )
     return drill_report_text(records[-1])

@@ -10,6 +10,7 @@ backup back, as a restore of its own: same checklist, its own safety backup, its
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,11 +35,14 @@ from tasks.operations.plan import build_plan, plan_markdown
 from tasks.operations.restores import (
     RestoreRecord,
     check_rollback_allowed,
+    check_same_target,
     finish,
     load_guard,
     load_restore_record,
     record_key_of,
+    rollback_target,
     run_checklist,
+    target_digest,
 )
 from tasks.storage.catalog import get_backup
 from tasks.storage.records import put_record
@@ -94,9 +98,30 @@ def _checked_restore(
     guard: RestoreGuard,
     checklist: dict[str, Any],
     options: dict[str, Any] | None,
+    still_wanted: Callable[[], None] | None = None,
 ) -> RestoreRecord | State:
-    """The checklist, then the restore under the component's lock; the record is finished
-    (stored, artifact, metrics) however it ends. A cancellation ends the run Cancelled."""
+    """The checklist and the restore, both under the component's lock: a second restore of the
+    component waits for this one to end before its own checklist, so its safety backup, its
+    "there now" and its approval see what this one restored (with the lock taken only for the
+    restore step, the second put its restore over the first, and its rollback point was the
+    state before both). `still_wanted()` (under the lock) may say the restore is moot by now.
+    The record is finished (stored, artifact, metrics) however it ends; a cancellation ends the
+    run Cancelled."""
+    with component_lock(record.component):  # never while a backup or restore of it runs
+        if still_wanted is not None:
+            still_wanted()
+        return _locked_restore(record, manifest, store, target, guard, checklist, options)
+
+
+def _locked_restore(
+    record: RestoreRecord,
+    manifest: Manifest,
+    store: StoreBlock,
+    target: Block,
+    guard: RestoreGuard,
+    checklist: dict[str, Any],
+    options: dict[str, Any] | None,
+) -> RestoreRecord | State:
     logger = get_run_logger()
     try:
         run_checklist(record, manifest, store, target, guard, **checklist)
@@ -112,10 +137,14 @@ def _checked_restore(
         return Cancelled(
             message=f"restore {record.id} cancelled while waiting for approval: nothing restored"
         )
+    except Exception as exc:  # e.g. the Prefect API while pausing: the checklist changed nothing
+        record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+        record.target_changed = False
+        finish(store, record)
+        raise
     started = datetime.now(UTC)
     try:
-        with component_lock(record.component):  # never while a backup or restore of it runs
-            record.report = restore_task(manifest, target, store, options)
+        record.report = restore_task(manifest, target, store, options)
         record.status = "restored"
     except Exception as exc:
         record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
@@ -132,7 +161,9 @@ def _checked_restore(
     return record
 
 
-def _new_record(component: str, manifest: Manifest, force: bool, **extra: Any) -> RestoreRecord:
+def _new_record(
+    component: str, manifest: Manifest, force: bool, target: Block, **extra: Any
+) -> RestoreRecord:
     return RestoreRecord(
         id=new_backup_id("restore"),
         component=component,
@@ -141,6 +172,8 @@ def _new_record(component: str, manifest: Manifest, force: bool, **extra: Any) -
         status="running",
         started_at=datetime.now(UTC),
         forced=force,
+        target=getattr(target, "_block_document_name", None),
+        target_digest=target_digest(target),
         **extra,
     )
 
@@ -196,7 +229,7 @@ def restore_with_checklist(
     manifest = get_backup(store_block, backup_id, component)
     target_block = load_target(component, target)
     given = opts.model_dump(mode="json", exclude_unset=True)
-    record = _new_record(component, manifest, force, options=given)
+    record = _new_record(component, manifest, force, target_block, options=given)
     needs_approval = guard_block.require_approval if require_approval is None else require_approval
     checklist = {
         "force": force,
@@ -225,8 +258,9 @@ def rollback_restore(
     Args:
         restore_id: The restore to undo: its id is in the restore-with-checklist run's result and
             its checklist artifact (restore-<YYYYMMDDTHHMMSSZ>-<6 hex>).
-        target: Name of the component's target block (e.g. 'production'); empty: the default from
-            the KLB_*_TARGET setting. From Python, a block object.
+        target: Name of the component's target block; empty: the one the restore went into (its
+            record names it), else the default from the KLB_*_TARGET setting. Another target than
+            the restore's is refused. From Python, a block object.
         store: Name of the store block holding the backups ('klb-s3-store/production' or
             'production'); empty: $KLB_STORE, else the embedded local store.
         guard: Name of the klb-restore-guard block (maintenance window, notifications, approval);
@@ -246,8 +280,11 @@ def rollback_restore(
         return original
     check_rollback_allowed(original)
     manifest = get_backup(store_block, original.safety_backup_id, original.component)
-    target_block = load_target(original.component, target)
-    record = _new_record(original.component, manifest, force, kind="rollback", rolls_back=restore_id)
+    target_block = load_target(original.component, rollback_target(original, target))
+    check_same_target(original, target_block)
+    record = _new_record(
+        original.component, manifest, force, target_block, kind="rollback", rolls_back=restore_id
+    )
     needs_approval = guard_block.require_approval if require_approval is None else require_approval
     checklist = {
         "force": force,
@@ -255,9 +292,14 @@ def rollback_restore(
         "needs_approval": needs_approval,
         "without_rollback": False,
     }
-    if load_restore_record(store_block, restore_id).status == "rolled back":  # a concurrent rollback
-        raise BadInput(f"restore {restore_id} was rolled back meanwhile: nothing more to do")
-    outcome = _checked_restore(record, manifest, store_block, target_block, guard_block, checklist, None)
+
+    def still_wanted() -> None:  # under the lock: a concurrent rollback of it may have run
+        if load_restore_record(store_block, restore_id).status == "rolled back":
+            raise BadInput(f"restore {restore_id} was rolled back meanwhile: nothing more to do")
+
+    outcome = _checked_restore(
+        record, manifest, store_block, target_block, guard_block, checklist, None, still_wanted
+    )
     if not isinstance(outcome, RestoreRecord):
         return outcome  # cancelled while waiting for approval
     original.status, original.rolled_back_at, original.rolled_back_by = (

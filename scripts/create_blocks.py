@@ -124,6 +124,8 @@ def load_spec(path: str | None, env: dict[str, str]) -> BlocksFile:
 
 def build_block(spec: BlockSpec, env: dict[str, str]) -> Block:
     project_block_types()  # import the project's block modules so their slugs resolve
+    from blocks.strict import validation_problems
+
     try:
         cls = Block.get_block_class_from_key(spec.type)
     except Exception:
@@ -131,9 +133,8 @@ def build_block(spec: BlockSpec, env: dict[str, str]) -> Block:
     try:
         return cls.model_validate(expand_env(spec.data, env))
     except ValidationError as exc:
-        # pydantic's message shows the input; strip it so no secret can reach the terminal
-        fields = ", ".join(".".join(map(str, e["loc"])) + ": " + e["msg"] for e in exc.errors())
-        raise SetupError(f"block {spec.type}/{spec.name} is invalid: {fields}") from None
+        # pydantic's message shows the input; this leaves it out, so no secret reaches the terminal
+        raise SetupError(f"block {spec.type}/{spec.name} is invalid: {validation_problems(exc)}") from None
 
 
 def _normal(value: Any) -> Any:

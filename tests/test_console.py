@@ -267,3 +267,58 @@ def test_status_a_safety_backup_does_not_hide_an_overdue_component(store, capsys
     code, lines, _ = klb(capsys, "status", "app-state")
     assert code == PROBLEM
     assert "OVERDUE (every 4h)" in row(lines, "app-state") and routine.id in row(lines, "app-state")
+
+
+def test_a_prefect_api_that_does_not_answer_is_one_clear_line(store, tmp_path):
+    """PREFECT_API_URL naming a server that is down: the commands that need it exit 2 with one
+    line naming the API (without the password a URL may carry), never a traceback; `status`
+    says it could not check a named target and exits 1, never "not configured" and 0."""
+    from sandbox.services import free_port
+
+    put_backup(store, "app-state")
+    url = f"http://ops:pw-{secrets.token_hex(4)}@127.0.0.1:{free_port()}/api"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": url, "KLB_APP_STATE_TARGET": "prod"}
+    for argv in (["backup", "app-state"], ["drill", "--deployment"], ["--store", "prod", "backups", "list"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "flows.console", *argv], capture_output=True, text=True, env=env
+        )
+        assert proc.returncode == UNUSABLE, (argv, proc.stderr[-2000:])
+        assert proc.stderr.startswith("klb: error: the Prefect API at http://127.0.0.1:"), proc.stderr
+        assert "Traceback" not in proc.stderr and "pw-" not in proc.stderr + proc.stdout
+    status = [sys.executable, "-m", "flows.console", "status", "app-state"]
+    proc = subprocess.run(status, capture_output=True, text=True, env=env)
+    assert proc.returncode == PROBLEM, proc.stdout + proc.stderr
+    assert "UNKNOWN: its target could not be checked" in proc.stdout and "not configured" not in proc.stdout
+
+
+def test_a_drill_that_fails_before_its_record_never_shows_an_older_report(saved, store, capsys):
+    """`klb drill` whose own record could not be stored printed the newest stored drill, an
+    older one that PASSED, above the failure: now only what this drill says."""
+    from tasks.operations.drills import DrillRecord, save_drill_record
+
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    old = DrillRecord(
+        id="olddrill1",
+        started_at=yesterday,
+        finished_at=yesterday,
+        rto_target_minutes=30,
+        rpo_target_hours=6,
+        rpo_window_hours=168,
+        components=[],
+        rto_seconds=1.0,
+        rpo_seconds=1.0,
+        worst_gap_seconds=1.0,
+        failures=[],
+    )
+    save_drill_record(store, old)
+    today = Path(store.location) / "drills" / f"{datetime.now(UTC):%Y-%m-%d}"
+    today.parent.mkdir(parents=True, exist_ok=True)
+    today.write_text("not a folder: the drill's record cannot be stored")
+    os.environ["KLB_APP_STATE_TARGET"] = saved["target"]
+    try:
+        code, lines, _ = klb(capsys, "drill", "app-state")
+    finally:
+        del os.environ["KLB_APP_STATE_TARGET"]
+    text = "\n".join(lines)
+    assert code == PROBLEM and "FAILED" in text
+    assert "olddrill1" not in text and "PASSED" not in text

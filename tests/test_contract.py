@@ -108,3 +108,58 @@ def test_contract_covers_every_component_of_the_backup_table():
     from tasks.table import backup_table
 
     assert set(SPECS) == set(backup_table())
+
+
+def _project_models() -> list[type[BaseModel]]:
+    """Every block type of the blocks package, and every model of ours a flow parameter can
+    carry (steps, windows, health checks), found by walking the flows' signatures."""
+    import importlib
+    import pkgutil
+    import typing
+
+    from prefect import Flow
+
+    import flows
+    from scripts.create_blocks import project_block_types
+
+    found: dict[str, type[BaseModel]] = {}
+
+    def walk(annotation: object) -> None:
+        for arg in typing.get_args(annotation):
+            walk(arg)
+        ours = isinstance(annotation, type) and annotation.__module__.split(".")[0] in ("blocks", "tasks")
+        if ours and issubclass(annotation, BaseModel) and annotation.__name__ not in found:
+            found[annotation.__name__] = annotation
+            for field in annotation.model_fields.values():
+                walk(field.annotation)
+
+    for block_type in project_block_types():
+        walk(block_type)
+    for info in pkgutil.walk_packages(flows.__path__, "flows."):
+        if info.name.endswith("__main__"):
+            continue
+        for obj in vars(importlib.import_module(info.name)).values():
+            if isinstance(obj, Flow):
+                for name, annotation in typing.get_type_hints(obj.fn).items():
+                    if name != "return":
+                        walk(annotation)
+    return [found[k] for k in sorted(found)]
+
+
+MODELS = _project_models()
+
+
+def test_the_strict_field_check_sees_the_models_flows_take():
+    names = {m.__name__ for m in MODELS}
+    expected = {"RestoreGuard", "S3Store", "PitrTarget", "MaintenanceWindow", "HealthCheck", "AppStateStep"}
+    assert expected <= names
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
+def test_every_block_and_parameter_model_refuses_an_unknown_field(model):
+    """A misspelt field is an error that names it, never ignored (Prefect's Block allows extras,
+    pydantic ignores them by default); a secret given under a misspelt name is not echoed."""
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate({"no_such_field": "s3cr3t-never-shown"})
+    assert f"{model.__name__}: unknown field 'no_such_field'" in str(caught.value)
+    assert "s3cr3t-never-shown" not in str(caught.value)

@@ -146,3 +146,31 @@ def test_a_drill_pushes_rto_rpo_per_component(gateway, prefect_server, local_sto
     assert value(samples, "drill_rpo_seconds", "app-state", job="klb_drill") == pytest.approx(
         app.rpo_age_seconds
     )
+
+
+def test_a_drill_that_misses_its_target_pushes_a_failure(
+    gateway, prefect_server, local_store, tmp_path, monkeypatch
+):
+    """The restore verified, the RTO target was missed: the drill failed, and its metrics say so
+    (they counted a success: an alert on drill failures stayed quiet)."""
+    from flows.backup import backup_component
+    from flows.drill import restore_drill
+    from tests.drill.conftest import Prod
+
+    monkeypatch.setenv("KLB_DRILL_TMPDIR", str(tmp_path))
+    prod = Prod(tmp_path / "prod")
+    store = local_store()
+    backup_component("app-state", target=prod.target(), store=store)
+    before = scrape(gateway)
+    state = restore_drill(
+        components=["app-state"],
+        targets={"app-state": prod.target()},
+        store=store,
+        rto_target_minutes=0.0001,
+        return_state=True,
+    )
+    assert state.is_failed() and "RTO" in state.message
+    samples = scrape(gateway)
+    for counter, added in (("drill_failure_total", 1), ("drill_success_total", 0)):
+        was = value(before, counter, "app-state", job="klb_drill") or 0
+        assert (value(samples, counter, "app-state", job="klb_drill") or 0) == was + added, counter

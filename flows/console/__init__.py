@@ -18,6 +18,8 @@ import os
 import sys
 
 OK, PROBLEM, UNUSABLE = 0, 1, 2
+# the commands that run a flow here or trigger a deployment: they need the Prefect API
+RUN_FLOWS = ("backup", "restore", "drill", "plan")
 
 
 class _QuietEventsWorker(logging.Filter):
@@ -55,27 +57,31 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     _quiet_prefect(args.verbose)
     from flows.console.cli import dispatch
+    from flows.console.run import api_problem, lost_api
     from tasks.errors import BackupError
 
     try:
         from tasks.storage.stores import load_store
 
-        try:
-            store = load_store(args.store)
-        except BackupError:
-            raise
-        except Exception as exc:  # the Prefect API that holds the block is not reachable
-            print(
-                f"klb: error: could not load store block {args.store or os.environ.get('KLB_STORE')!r} from "
-                f"the Prefect API ({type(exc).__name__}: {str(exc)[:200]}): set PREFECT_API_URL to your "
-                "server, or use the local store (no --store, no $KLB_STORE)",
-                file=sys.stderr,
-            )
+        named_store = args.store or os.environ.get("KLB_STORE")
+        # a store block, a flow run and a deployment all live on the Prefect API: ask it first
+        if (named_store or args.command in RUN_FLOWS) and (problem := api_problem()):
+            print(f"klb: error: {problem}", file=sys.stderr)
             return UNUSABLE
+        store = load_store(args.store)
         print(f"store: {store.location} ({_store_source(args.store)})", flush=True)
         text, ok = dispatch(args, store)
     except BackupError as exc:
         print(f"klb: error: {exc}", file=sys.stderr)
+        return UNUSABLE
+    except Exception as exc:
+        if not lost_api(exc):
+            raise  # a bug: its traceback is what a report needs
+        print(
+            f"klb: error: lost the Prefect API ({type(exc).__name__}): check the server; a flow run "
+            "it had started shows its state there",
+            file=sys.stderr,
+        )
         return UNUSABLE
     if text:
         print(text, flush=True)

@@ -11,6 +11,7 @@ import hashlib
 import json
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from tasks.errors import BadInput
 
@@ -19,6 +20,49 @@ BACKUP_ONE = "backup-component/backup-{component}"
 BACKUP_ALL = "backup-all/backup-now"
 RESTORE = "restore-component/restore"
 DRILL = "restore-drill/restore-drill-monthly"
+
+
+def api_url() -> str | None:
+    """The Prefect API these commands use, without credentials a URL may carry; None when
+    PREFECT_API_URL is unset (Prefect then runs flows on a temporary local server)."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return None
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
+
+
+def api_problem() -> str | None:
+    """Why the Prefect API cannot be used, or None: asked before a flow runs or a deployment is
+    triggered, so a server that is down is one clear line, not a traceback halfway through."""
+    url = api_url()
+    if url is None:
+        return None
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    try:  # one try: the client's retries with backoff would keep the operator waiting ~10 s
+        with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}), get_client(sync_client=True) as client:
+            failure = client.api_healthcheck()
+    except Exception as exc:
+        failure = exc
+    if failure is None:
+        return None
+    return (
+        f"the Prefect API at {url} does not answer ({type(failure).__name__}): start the server or "
+        "set PREFECT_API_URL to it (unset, flows run on a temporary local server); nothing was run"
+    )
+
+
+def lost_api(exc: BaseException) -> bool:
+    """The Prefect API went away while a command ran (a connection error, Prefect's 'Failed to
+    reach API'): the operator needs to know that, not a traceback."""
+    import httpx
+
+    return isinstance(exc, httpx.TransportError) or "Failed to reach API" in str(exc)
 
 
 def idempotency_key(deployment: str, parameters: dict[str, Any], given: str | None = None) -> str:
@@ -85,14 +129,16 @@ def restore(
 
 def drill(store_ref: str | None, components: list[str] | None) -> tuple[str, bool]:
     from flows.drill import drill_report_text, last_drill_report, restore_drill
+    from tasks.operations.drills import new_drill_id
 
-    r = restore_drill(components=components or None, store=store_ref, return_state=True)
+    drill_id = new_drill_id()  # so a failed drill's report is its own, never an older one's
+    r = restore_drill(components=components or None, store=store_ref, drill_id=drill_id, return_state=True)
     if r.is_completed():
         return drill_report_text(r.result()), True
     try:
-        return last_drill_report(store_ref) + f"\n{_message(r)}", False
-    except Exception:
-        return f"drill FAILED: {_message(r)}", False
+        return last_drill_report(store_ref, drill_id) + f"\n{_message(r)}", False
+    except Exception:  # it failed before its record was stored
+        return f"drill {drill_id} FAILED: {_message(r)}", False
 
 
 def plan(

@@ -41,15 +41,16 @@ class ComponentStatus:
         return "ok" if self.configured or self.newest != "-" else "not configured"
 
 
-def _configured(component: str) -> str | None:
-    """None when a target is configured (default block/env), else why not (first line)."""
+def _configured(component: str) -> tuple[str | None, str | None]:
+    """(why no target is configured, why it could not be checked): (None, None) when the default
+    target (block/env) loads."""
     try:
         load_target(component, None)
     except BackupError as exc:
-        return str(exc).splitlines()[0].split(". ")[0]  # its first sentence: status is a summary
-    except Exception as exc:  # e.g. the Prefect API is not reachable to load the named block
-        return f"could not check: {type(exc).__name__}: {str(exc)[:120]}"
-    return None
+        return str(exc).splitlines()[0].split(". ")[0], None  # its first sentence: a summary
+    except Exception as exc:  # e.g. the Prefect API that holds the named block does not answer
+        return None, f"{type(exc).__name__}: {str(exc)[:120]}"
+    return None, None
 
 
 def _drill_line(component: str, drills: list[DrillRecord]) -> str:
@@ -74,10 +75,13 @@ def component_status(
     # the newest good backup is one 'latest' would restore: routine, not from the future, not damaged
     usable = [m for m in backups if m.routine and not from_the_future(m, now)]
     good = [m for m in usable if m.id not in damaged]
-    not_configured = _configured(component)
+    not_configured, unchecked = _configured(component)
     st.configured = not not_configured
     if not_configured:
         st.notes.append(f"target not configured: {not_configured}")
+    if unchecked:  # not "not configured": a target is named, and nobody can tell if it is right
+        st.problems.append("UNKNOWN: its target could not be checked")
+        st.notes.append(f"target could not be checked: {unchecked}")
     if good:
         newest = good[-1]
         known = states[newest.id]

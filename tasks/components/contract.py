@@ -23,6 +23,7 @@ from pydantic_core import PydanticUndefined
 from blocks.store import StoreBlock
 from tasks.errors import ConfigurationError
 from tasks.models import Manifest
+from tasks.named_blocks import load_named
 from tasks.storage.session import BackupSession
 
 
@@ -92,13 +93,13 @@ def target_from_env(block_cls: type[Block], what: str, *env_vars: str, hint: str
     slug = block_cls.get_block_type_slug()
     ref = next((os.environ[v] for v in env_vars if os.environ.get(v)), None)
     if ref:
-        try:
-            return block_cls.load(ref)
-        except ValueError:
+        block = load_named(block_cls, ref)
+        if block is None:
             raise ConfigurationError(
                 f"no {what} target block named {ref!r} (from ${env_vars[0]}): create a {slug!r} block "
                 "with that name, or unset the variable"
-            ) from None
+            )
+        return block
     also = f" (or {', '.join(env_vars[1:])})" if len(env_vars) > 1 else ""
     raise ConfigurationError(
         f"no {what} target: create a {slug!r} block and pass its name, or set {env_vars[0]}{also}"

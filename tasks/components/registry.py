@@ -16,6 +16,7 @@ from types import ModuleType
 from prefect.blocks.core import Block
 
 from tasks.errors import BadInput, ConfigurationError
+from tasks.named_blocks import load_named
 
 
 class BackupKind(StrEnum):
@@ -120,13 +121,12 @@ def load_target(component: str, ref: str | Block | None) -> Block:
     elif not isinstance(ref, str):
         raise BadInput(f"target for {component} must be a block name or a {module.Target.__name__} block")
     else:
-        try:
-            block = Block.load(ref) if "/" in ref else module.Target.load(ref)
-        except (ValueError, KeyError) as exc:
+        block = load_named(Block if "/" in ref else module.Target, ref)
+        if block is None:
             raise ConfigurationError(
                 f"no {component} target block named {ref!r}: create a {spec(component).target_block!r} "
-                f"block with that name (docs/deployments.md, scripts/create_blocks.py) ({exc})"
-            ) from None
+                "block with that name (docs/deployments.md, scripts/create_blocks.py)"
+            )
     # exact block type: a PitrTarget is a PostgresTarget in Python, but not a postgres target
     if (
         not isinstance(block, module.Target)

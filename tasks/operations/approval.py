@@ -13,6 +13,7 @@ restore ends at once, with its record.
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -130,14 +131,20 @@ def size(n: int | None) -> str:
     return f"{n} bytes"
 
 
-def wait_for_decision(description: str, timeout: int, poll: float = 2.0) -> Approval | None:
+def wait_for_decision(description: str, timeout: int, key: str, poll: float = 2.0) -> Approval | None:
     """Pause this flow run for the form; None when nobody answered in time. Raises
-    RestoreCancelled when the run is cancelled while paused."""
+    RestoreCancelled when the run is cancelled while paused.
+
+    `key` (the restore's id) names the form and its answer: each restore asks anew. With one key
+    for every pause, a retried run (the UI's Retry, flow retries: the same flow run) could not
+    pause again (its form is stored already: 409), and could have read the earlier answer."""
     context = FlowRunContext.get()
     if context is None or context.flow_run is None:
         raise RuntimeError("an approval can only be asked from inside a flow run")
     form = Approval.with_initial_data(description=description)
-    proposed = Paused(timeout_seconds=timeout, reschedule=False, pause_key="restore-approval")
+    # run-input keys take lower-case letters, digits and dashes only
+    pause_key = "restore-approval-" + re.sub(r"[^a-z0-9-]", "-", key.lower())
+    proposed = Paused(timeout_seconds=timeout, reschedule=False, pause_key=pause_key)
     keyset = keyset_from_paused_state(proposed)
     proposed.state_details.run_input_keyset = keyset
     deadline = time.monotonic() + timeout
@@ -157,9 +164,9 @@ def wait_for_decision(description: str, timeout: int, poll: float = 2.0) -> Appr
                 return None
 
 
-def decide(description: str, timeout: int) -> tuple[ChecklistLine, str]:
+def decide(description: str, timeout: int, key: str) -> tuple[ChecklistLine, str]:
     """The approval item: (its line, who approved), or Refused with the line saying why."""
-    answer = wait_for_decision(description, timeout, poll=min(2.0, timeout / 2))
+    answer = wait_for_decision(description, timeout, key, poll=min(2.0, timeout / 2))
     if answer is None:
         line = ChecklistLine(item=ITEM, mark=Mark.refused, detail=f"no answer within {timeout} s: refused")
         raise Refused(line)

@@ -19,10 +19,12 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from blocks.restore_guard import RestoreGuard
 from blocks.store import StoreBlock
-from tasks.errors import BackupError
+from tasks.errors import BackupError, NotFound
 from tasks.markdown import cell
 from tasks.models import Manifest
-from tasks.storage.layout import layout
+from tasks.storage.backends import backend_for
+from tasks.storage.catalog import get_backup
+from tasks.storage.layout import backup_prefix, layout
 from tasks.storage.records import put_record
 from tasks.verbs import backup_component, describe_component, verify_component_backup
 
@@ -78,6 +80,33 @@ def verify_integrity(manifest: Manifest, store: StoreBlock, target: Block | None
     return ChecklistLine(
         item=item, mark=Mark.ok, detail=f"{report['objects']} objects, {report['bytes']} bytes, sha256 match"
     )
+
+
+def still_as_verified(manifest: Manifest, store: StoreBlock) -> None:
+    """Refused unless the backup verified first is still stored as it was: its manifest the same,
+    every object listed. Retention takes no lock and a person may decide for an hour; what runs
+    must be the backup that was checked and shown, never a half-deleted one."""
+    item = ITEMS[0]
+    try:
+        now = get_backup(store, manifest.id, manifest.component)
+    except NotFound:
+        now = None
+    stored = set(backend_for(store).list_keys(backup_prefix(store, manifest.id)))
+    gone = [o.name for o in manifest.objects if o.key not in stored]
+    if now is None or gone:
+        what = "its manifest" if now is None else f"its objects {gone}"
+        detail = (
+            f"backup {manifest.id} was verified, but {what} left the store since (retention?): "
+            "nothing was changed; restore another backup (klb backups list)"
+        )
+    elif now.checksum != manifest.checksum:
+        detail = (
+            f"the manifest of backup {manifest.id} changed since it was verified: nothing was "
+            "changed; check the store before restoring it"
+        )
+    else:
+        return
+    raise Refused(ChecklistLine(item=item, mark=Mark.refused, detail=detail))
 
 
 @task(task_run_name="checklist-contents-{manifest.id}", cache_policy=NO_CACHE)

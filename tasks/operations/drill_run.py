@@ -151,31 +151,53 @@ def _since(start: datetime) -> float:
 
 
 def drill_verdict(record: DrillRecord, rto_target_minutes: float) -> list[str]:
-    failures = [f"{c.component}: {c.reason}" for c in record.components if c.status is Status.failed]
-    failures += [f"health check {h.name}: {h.detail}" for h in record.health if not h.ok]
-    failures += [
-        f"{c.component}: configured but not verified: {c.reason}"
-        for c in record.components
-        if c.configured and c.status is Status.not_covered
-    ]
+    """Every reason the drill failed (none: it passed)."""
+    return [line for lines in failures_by_component(record, rto_target_minutes).values() for line in lines]
+
+
+def failures_by_component(record: DrillRecord, rto_target_minutes: float) -> dict[str | None, list[str]]:
+    """The drill's failures, per component; under None those of the whole drill (its RTO, its
+    overall health checks, nothing covered), which every component's outcome shares."""
+    out: dict[str | None, list[str]] = {None: []}
+
+    def fail(component: str | None, line: str) -> None:
+        out.setdefault(component, []).append(line)
+
+    for c in record.components:
+        if c.status is Status.failed:
+            fail(c.component, f"{c.component}: {c.reason}")
+    for h in record.health:
+        if not h.ok:
+            fail(None, f"health check {h.name}: {h.detail}")
+    for c in record.components:
+        if c.configured and c.status is Status.not_covered:
+            fail(c.component, f"{c.component}: configured but not verified: {c.reason}")
     if not any(c.status is Status.verified for c in record.components):
-        failures.append("no component was covered: this drill proves nothing")
+        fail(None, "no component was covered: this drill proves nothing")
     if record.rto_seconds is not None and record.rto_seconds >= rto_target_minutes * 60:
-        failures.append(
-            f"RTO {record.rto_seconds / 60:.4f} min missed the target of {rto_target_minutes:g} min"
-        )
+        fail(None, f"RTO {record.rto_seconds / 60:.4f} min missed the target of {rto_target_minutes:g} min")
     for c in record.components:
         if c.status is Status.not_covered or c.rpo_target_hours is None:
             continue
         limit = c.rpo_target_hours * 3600
         if c.rpo_age_seconds is not None and c.rpo_age_seconds >= limit:
-            failures.append(
+            fail(
+                c.component,
                 f"{c.component}: RPO {c.rpo_age_seconds / 3600:.2f} h (age of the restored data) "
-                f"missed the target of {c.rpo_target_hours:g} h"
+                f"missed the target of {c.rpo_target_hours:g} h",
             )
         if c.worst_gap_seconds is not None and c.worst_gap_seconds >= limit:
-            failures.append(
+            fail(
+                c.component,
                 f"{c.component}: worst gap between good backups {c.worst_gap_seconds / 3600:.2f} h "
-                f"missed the target of {c.rpo_target_hours:g} h"
+                f"missed the target of {c.rpo_target_hours:g} h",
             )
-    return failures
+    return out
+
+
+def passed_for(record: DrillRecord, component: str, rto_target_minutes: float) -> bool:
+    """What the component's drill metrics say: verified, and no failure of its own or of the
+    whole drill (a verified restore that missed its RPO or the RTO is a failed drill)."""
+    failures = failures_by_component(record, rto_target_minutes)
+    verified = record.component(component).status is Status.verified
+    return verified and not failures.get(component) and not failures[None]

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import AwareDatetime, BaseModel, Field, model_validator
 
 from blocks.store import StoreBlock
+from blocks.strict import StrictModel
 from tasks.markdown import cell
 from tasks.models import Manifest
 from tasks.proc import run
@@ -39,7 +40,7 @@ class Status(StrEnum):
     not_covered = "not covered"
 
 
-class HealthCheck(BaseModel):
+class HealthCheck(StrictModel):
     """An HTTP or command check run during the drill. With `component`, it runs right after that
     component's drill restore (inside its RTO); without, after all components (overall RTO).
     Commands get $KLB_DRILL_ID in their environment."""

@@ -5,6 +5,8 @@ belongs to and how that restore ended)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -18,6 +20,7 @@ from blocks.store import StoreBlock
 from tasks.errors import BadInput, ConfigurationError, IntegrityError, NotFound
 from tasks.metrics import record_run
 from tasks.models import Manifest
+from tasks.named_blocks import load_named
 from tasks.operations.approval import RestoreCancelled, deadline_of, decide, form_markdown, size
 from tasks.operations.checklist import (
     ITEMS,
@@ -30,6 +33,7 @@ from tasks.operations.checklist import (
     maintenance_window,
     notify_stakeholders,
     prepare_rollback,
+    still_as_verified,
     verify_integrity,
 )
 from tasks.operations.plan import action_of, short_state, target_label
@@ -67,6 +71,10 @@ class RestoreRecord(BaseModel):
         description="False: the restore failed before it changed the target (nothing to roll back); "
         "None: the component cannot tell",
     )
+    target: str | None = Field(default=None, description="the target block restored into (its name)")
+    target_digest: str | None = Field(
+        default=None, description="sha256 of the target's settings (secrets masked): where it went"
+    )
     rolls_back: str | None = Field(default=None, description="for a rollback: the restore it undoes")
     rolled_back_at: AwareDatetime | None = None
     rolled_back_by: str | None = Field(default=None, description="the rollback's own restore id")
@@ -77,12 +85,10 @@ def load_guard(ref: str | RestoreGuard | None) -> RestoreGuard:
         return ref
     if not ref:
         return RestoreGuard()
-    try:
-        return RestoreGuard.load(ref)
-    except ValueError:
-        raise ConfigurationError(
-            f"no klb-restore-guard block named {ref!r}: create it or pass none"
-        ) from None
+    guard = load_named(RestoreGuard, ref)
+    if guard is None:
+        raise ConfigurationError(f"no klb-restore-guard block named {ref!r}: create it or pass none")
+    return guard
 
 
 def record_key_of(store: StoreBlock, restore_id: str) -> str:
@@ -214,6 +220,30 @@ def check_rollback_allowed(record: RestoreRecord) -> None:
         )
 
 
+def target_digest(target: Block) -> str:
+    """Which place a target block points at: its settings, secrets masked (a password change
+    is still the same place)."""
+    settings = json.dumps(target.model_dump(mode="json"), sort_keys=True, default=str)
+    return hashlib.sha256(settings.encode()).hexdigest()
+
+
+def rollback_target(record: RestoreRecord, given: str | Block | None) -> str | Block | None:
+    """Where a rollback goes: the target given, else the one the restore went into (by name),
+    else the component's default (checked by `check_same_target`)."""
+    return given if given not in (None, "") else record.target
+
+
+def check_same_target(record: RestoreRecord, target: Block) -> None:
+    """A rollback puts the safety copy back where it was taken, never into another target (the
+    default one, when the restore went into a named one)."""
+    if record.target_digest and record.target_digest != target_digest(target):
+        raise BadInput(
+            f"restore {record.id} went into {record.target or 'a target given as a block'}, and its "
+            f"safety backup holds that target's data; {target_label(target)} is another target: pass "
+            "the restore's own target (or none, when it had a name); nothing was done"
+        )
+
+
 def newer_backup(store: StoreBlock, manifest: Manifest) -> Manifest | None:
     """The newest routine backup of the component with data newer than `manifest`'s, if any
     (safety and forensic copies do not count: they hold the state being replaced)."""
@@ -280,6 +310,7 @@ def _items(
     add(line)
     if not needs_approval:
         add(ChecklistLine(item=ITEMS[6], mark=Mark.ok, detail="not required by the guard"))
+        still_as_verified(manifest, store)  # the safety backup may have taken an hour
         return
     state = get_record(store, record.current_state_key) if record.current_state_key else None
     safety = get_backup(store, record.safety_backup_id, record.component) if record.safety_backup_id else None
@@ -305,7 +336,7 @@ def _items(
         record.options,
     )
     try:
-        line, record.approved_by = decide(description, timeout)
+        line, record.approved_by = decide(description, timeout, record.id)
     except RestoreCancelled:
         line = ChecklistLine(
             item=ITEMS[6], mark=Mark.cancelled, detail="the run was cancelled while it waited for approval"
@@ -325,6 +356,7 @@ def _items(
         )
     if record.safety_backup_id:
         _retake_safety_backup(record, store, target, without_rollback, add)
+    still_as_verified(manifest, store)  # what was approved is what runs, or nothing does
 
 
 def _retake_safety_backup(

@@ -8,6 +8,7 @@ from prefect.blocks.core import Block
 
 from blocks.store import LocalStore, S3Store, StoreBlock
 from tasks.errors import ConfigurationError
+from tasks.named_blocks import load_named
 
 
 def load_store(ref: str | StoreBlock | None = None) -> StoreBlock:
@@ -22,19 +23,13 @@ def load_store(ref: str | StoreBlock | None = None) -> StoreBlock:
     ref = ref or os.environ.get("KLB_STORE")
     if not ref:
         return LocalStore()
-    try:
-        if "/" in ref:
-            block = Block.load(ref)
-        else:
-            try:
-                block = LocalStore.load(ref)
-            except ValueError:
-                block = S3Store.load(ref)
-    except ValueError:
+    named = (LocalStore, S3Store) if "/" not in ref else (Block,)
+    block = next((b for b in (load_named(cls, ref) for cls in named) if b is not None), None)
+    if block is None:
         raise ConfigurationError(
             f"no store block named {ref!r}: create one (docs/deployments.md, scripts/create_blocks.py) "
             "or leave it empty for the embedded local store"
-        ) from None
+        )
     if not isinstance(block, StoreBlock):
         raise ConfigurationError(f"block {ref!r} is a {type(block).__name__}, not a backup store")
     return block

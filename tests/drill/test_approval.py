@@ -5,6 +5,7 @@ through `resume_flow_run`, cancel while paused; rollback rules; restore metrics 
 from __future__ import annotations
 
 import ast
+import secrets
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,6 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import resume_flow_run
-from prefect.input.run_input import keyset_from_base_key
 from prefect.states import Cancelling
 
 from blocks.restore_guard import MaintenanceWindow, RestoreGuard
@@ -34,31 +34,33 @@ from tasks.operations.plan import action_of
 from tasks.operations.restores import safety_mark
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import get_backup, list_backups
-from tasks.storage.layout import layout
+from tasks.storage.layout import backup_prefix, layout
 from tasks.verbs import restore_options
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
-KEYSET = keyset_from_base_key("paused-restore-approval")
 GUARD = RestoreGuard(require_approval=True, approval_timeout_seconds=120)
 
 
 class Running:
     """A checklist restore in a thread, as a deployment run would be: the test is the human."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, flow=restore_with_checklist, **kwargs) -> None:
         self.state = None
+        self.flow = flow
         self.thread = threading.Thread(target=self._run, kwargs=kwargs, daemon=True)
         self.thread.start()
 
     def _run(self, **kwargs) -> None:
-        self.state = restore_with_checklist(**kwargs, return_state=True)
+        self.state = self.flow(**kwargs, return_state=True)
 
-    def paused_run(self, timeout: float = 120):
+    def paused_run(self, timeout: float = 120, not_keyset: dict | None = None):
+        """The paused run (asking with a form other than `not_keyset`: a second pause)."""
         paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
         deadline = time.monotonic() + timeout
         with get_client(sync_client=True) as client:
             while time.monotonic() < deadline:
                 runs = client.read_flow_runs(flow_run_filter=paused)
+                runs = [r for r in runs if r.state.state_details.run_input_keyset != not_keyset]
                 if runs:
                     return runs[0]
                 assert self.thread.is_alive(), f"the restore ended without pausing: {self.state}"
@@ -85,9 +87,11 @@ def _checklist_artifact(flow_run_id) -> str:
 
 
 def _form(flow_run_id) -> tuple[dict, str]:
+    """The form of the run's current pause, found where the UI finds it (its paused state)."""
     with get_client(sync_client=True) as client:
-        schema = client.read_flow_run_input(flow_run_id, KEYSET["schema"])
-        description = client.read_flow_run_input(flow_run_id, KEYSET["description"])
+        keyset = client.read_flow_run(flow_run_id).state.state_details.run_input_keyset
+        schema = client.read_flow_run_input(flow_run_id, keyset["schema"])
+        description = client.read_flow_run_input(flow_run_id, keyset["description"])
     import json
 
     return json.loads(schema), json.loads(description)
@@ -270,6 +274,11 @@ def test_restore_type_flows_push_failures_and_are_covered_by_the_alerts(
     assert restore_type - {"restore-plan"} <= set(FLOWS)
 
 
+def _restore_id_asked(flow_run_id) -> str:
+    """The restore id the paused run's form asks about."""
+    return _form(flow_run_id)[1].split("**Restore id:** `")[1].split("`")[0]
+
+
 def _record_id(flow_run_id) -> str:
     md = _checklist_artifact(flow_run_id)
     return "restore-" + md.split("(restore-")[1].split(")")[0]
@@ -339,3 +348,104 @@ def test_a_restore_record_copied_over_another_is_refused_by_rollback(local_store
     with pytest.raises(IntegrityError, match=f"names another restore, {second.id}"):
         rollback_restore(first.id, target=target, store=store)
     assert prod.file.read_bytes() == b"live data\n" and prod.restores == 2
+
+
+def test_a_retried_restore_asks_again_and_never_reuses_the_first_answer(local_store, prod):
+    """The same flow run run again (the UI's Retry, flow retries): its second pause is a new
+    form with no answer; it could not pause at all (the form's key was taken: 409)."""
+    store = local_store()
+    target = prod.target()
+    backup_component("app-state", target=target, store=store)
+    prod.file.write_bytes(b"current data\n")
+    Path(f"{prod.file}.fail").touch()  # the first restore fails, so the flow retries
+    # a resume counts as a run of the flow run too: 2 retries give the failed attempt one more
+    retried = restore_with_checklist.with_options(retries=2, retry_delay_seconds=0)
+    run = Running(flow=retried, component="app-state", target=target, store=store, guard=GUARD)
+    first = run.paused_run()
+    asked = _restore_id_asked(first.id)
+    resume_flow_run(first.id, run_input={"decision": "approve", "by": "alice"})
+    second = run.paused_run(not_keyset=first.state.state_details.run_input_keyset)
+    assert second.id == first.id  # the same flow run, asking anew about a new restore
+    assert _restore_id_asked(second.id) != asked
+    resume_flow_run(second.id, run_input={"decision": "reject", "by": "bob", "reason": "not again"})
+    state = run.wait()
+
+    with pytest.raises(Refused, match="rejected by bob: not again"):
+        state.result()
+    assert prod.file.read_bytes() == b"current data\n" and prod.restores == 0
+
+
+def test_a_backup_deleted_while_a_person_decided_is_not_restored(local_store, prod):
+    """Retention takes no lock: the backup approved can be gone (or half gone) by the time the
+    answer comes. Nothing is restored; the record says why."""
+    store = local_store()
+    target = prod.target()
+    older = backup_component("app-state", target=target, store=store)
+    backup_component("app-state", target=target, store=store)
+    prod.file.write_bytes(b"current data\n")
+    run = Running(component="app-state", backup_id=older.id, target=target, store=store, guard=GUARD)
+    flow_run = run.paused_run()
+    backend = backend_for(store)
+    keys = backend.list_keys(backup_prefix(store, older.id))  # retention deletes the objects first
+    backend.delete_keys([k for k in keys if not k.endswith("manifest.json")])
+    resume_flow_run(flow_run.id, run_input={"decision": "approve", "by": "alice"})
+    state = run.wait()
+
+    with pytest.raises(Refused, match=f"backup {older.id} was verified, but its objects .* left the store"):
+        state.result()
+    assert prod.file.read_bytes() == b"current data\n" and prod.restores == 0
+    assert load_restore_record(store, _record_id(flow_run.id)).status == "refused"
+
+
+def test_a_second_restore_of_the_component_waits_and_its_rollback_point_holds_the_first(local_store, prod):
+    """Two SREs restore the same component at once: the second waits for the first (approval
+    included) before its checklist, so its safety backup holds what the first restored; it
+    never ran its restore while the first waited for approval, nor kept a stale rollback point."""
+    store = local_store()
+    target = prod.target()
+    good = backup_component("app-state", target=target, store=store)
+    prod.file.write_bytes(b"broken\n")
+    first = Running(component="app-state", backup_id=good.id, target=target, store=store, guard=GUARD)
+    flow_run = first.paused_run()
+    second = Running(component="app-state", backup_id=good.id, target=target, store=store)
+
+    def safety_backups() -> list:
+        return [m for m in list_backups(store, "app-state") if m.kind.value == "safety"]
+
+    deadline = time.monotonic() + 10  # room for the second to (wrongly) go ahead
+    while time.monotonic() < deadline and len(safety_backups()) < 2 and second.thread.is_alive():
+        time.sleep(0.2)
+    resume_flow_run(flow_run.id, run_input={"decision": "approve", "by": "alice"})
+    a, b = first.wait().result(), second.wait().result()
+
+    assert a.status == b.status == "restored" and prod.restores == 2
+    assert b.started_at < a.finished_at < b.checklist[0].at  # it waited, then checked
+    assert get_backup(store, b.safety_backup_id, "app-state").raw_size == good.raw_size
+
+
+def test_a_rollback_goes_back_into_the_restores_own_target_never_the_default(
+    local_store, prod, tmp_path, monkeypatch
+):
+    """A restore into a named target ('staging'), rolled back with no target: the safety copy
+    of staging went into the default target (production). It goes back into staging; another
+    target is refused."""
+    from tests.drill.conftest import Prod
+
+    store = local_store()
+    staging = Prod(tmp_path / "staging")
+    suffix = secrets.token_hex(3)
+    prod.target().save(f"prod-{suffix}")
+    staging.target().save(f"staging-{suffix}")
+    monkeypatch.setenv("KLB_APP_STATE_TARGET", f"prod-{suffix}")  # the default target
+    backup_component("app-state", target=staging.target(), store=store)
+    staging.file.write_bytes(b"staging before the restore\n")
+    prod.file.write_bytes(b"live production\n")
+    record = restore_with_checklist("app-state", target=f"staging-{suffix}", store=store)
+
+    with pytest.raises(BadInput, match=f"went into staging-{suffix}.*is another target"):
+        rollback_restore(record.id, target=f"prod-{suffix}", store=store)
+    rollback_restore(record.id, store=store)
+
+    assert staging.file.read_bytes() == b"staging before the restore\n"
+    assert prod.file.read_bytes() == b"live production\n" and prod.restores == 0
+    assert load_restore_record(store, record.id).target == f"staging-{suffix}"

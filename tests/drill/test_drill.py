@@ -232,3 +232,22 @@ def test_tar_step_drills_in_its_own_directory(local_store, tmp_path, drill_tmp):
         app_state.drill(target, manifest, store, "t2")
     assert list(drill_tmp.iterdir()) == []
     assert sorted(p.name for p in src.rglob("*")) == ["active.json", "flags.yaml", "sessions"]
+
+
+def test_a_drill_id_already_recorded_is_refused_and_its_record_kept(local_store, prod, drill_tmp):
+    """A drill id names one drill: reusing one overwrote the earlier record (the trend lost it)."""
+    store = local_store()
+    target = prod.target()
+    backup_component("app-state", target=target, store=store)
+    first = restore_drill(
+        components=["app-state"], targets={"app-state": target}, store=store, drill_id="again1"
+    )
+    state = restore_drill(
+        components=["app-state"],
+        targets={"app-state": target},
+        store=store,
+        drill_id="again1",
+        return_state=True,
+    )
+    assert state.is_failed() and "BadInput: drill id 'again1' is the id of a recorded drill" in state.message
+    assert [(r.id, r.finished_at) for r in list_drill_records(store)] == [("again1", first.finished_at)]

@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from blocks.restore_guard import MaintenanceWindow, RestoreGuard
+from blocks.store import S3Store
 from flows.backup import backup_all
 from flows.drill import restore_drill
 from flows.maintenance import enforce_retention
@@ -18,6 +21,24 @@ from flows.recovery import restore_plan, restore_with_checklist, rollback_restor
 from flows.scenarios import data_corruption, full_cluster_restore
 
 FORGED_RP = "recovery-point-20990101T000000Z-abcdef"
+
+
+def stored_with_typo(name: str) -> str:
+    """A restore guard stored with a misspelt field through the API (the server keeps any data;
+    Block.save would drop the field): its name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import BlockDocumentCreate
+
+    RestoreGuard.register_type_and_schema()
+    document = BlockDocumentCreate(
+        name=name,
+        data={"require_aproval": True},
+        block_type_id=RestoreGuard._block_type_id,
+        block_schema_id=RestoreGuard._block_schema_id,
+    )
+    with get_client(sync_client=True) as client:
+        client.create_block_document(document)
+    return name
 
 
 @dataclass(frozen=True)
@@ -37,6 +58,53 @@ class Bad:
 
 
 FLOW_INPUTS = [
+    # --- strict block fields and parameter models (blocks/strict.py) -------------------------
+    Bad(
+        "guard-field-typo",
+        "RestoreGuard(require_aproval=True) (was: a guard that asks nobody, the typo ignored)",
+        lambda w: RestoreGuard(require_aproval=True),
+        "ValidationError",
+        "unknown field 'require_aproval' (did you mean 'require_approval'?)",
+    ),
+    Bad(
+        "store-field-typo",
+        "S3Store(encryption_kay=...) (was: a store that writes in clear, the key ignored)",
+        lambda w: S3Store(bucket=w.bucket, encryption_kay="k3y-never-shown"),
+        "ValidationError",
+        "unknown field 'encryption_kay' (did you mean 'encryption_key'?)",
+    ),
+    Bad(
+        "window-field-typo",
+        "MaintenanceWindow(day=[5]) (was: a window open every day)",
+        lambda w: MaintenanceWindow(start="02:00", end="04:00", day=[5]),
+        "ValidationError",
+        "unknown field 'day' (did you mean 'days'?)",
+    ),
+    Bad(
+        "drill-health-check-typo",
+        "restore_drill(health_checks=[{..., 'expect_staus': 204}]) (was: expects 200, the typo ignored)",
+        lambda w: restore_drill(
+            health_checks=[{"name": "api", "url": "http://127.0.0.1:9/", "expect_staus": 204}],
+            store=w.store,
+            return_state=True,
+        ),
+        "ParameterTypeError",
+        "unknown field 'expect_staus' (did you mean 'expect_status'?)",
+    ),
+    Bad(
+        "guard-stored-with-unknown-field",
+        "restore_with_checklist(guard=<a guard block stored with require_aproval>) (was: Prefect's "
+        "'Unable to load ... try validate=False')",
+        lambda w: restore_with_checklist(
+            "app-state",
+            target=w.target,
+            store=w.store,
+            guard=stored_with_typo(f"typo-guard-{secrets.token_hex(3)}"),
+            return_state=True,
+        ),
+        "ConfigurationError",
+        "is stored with invalid fields (RestoreGuard: unknown field 'require_aproval'",
+    ),
     # --- every flow's shared parameters (flows/inputs.py) -----------------------------------
     Bad(
         "plan-empty-components",
