@@ -240,3 +240,28 @@ def test_a_restore_script_that_exits_0_without_reading_all_its_input_fails(
     step.restore_command = ["sh", "-c", 'cat > "$OUT"']
     assert restore_task.fn(manifest, target, store, {})["restored_steps"] == ["state"]
     assert (tmp_path / "out").read_bytes() == data.read_bytes()
+
+
+def test_drill_commands_never_show_a_steps_secret_env(tmp_path, local_store, caplog):
+    """A drill restore or verify command that prints its secret_env (a DSN with a password: a
+    name the generic PASS/TOKEN/... filter does not catch) has it redacted, as in backup/restore."""
+    from tasks.components import app_state
+
+    secret = "postgres://app:hunter2-drill@db/app"
+    step = AppStateStep(
+        name="state",
+        backup_command=["echo", "state"],
+        restore_command=["true"],
+        secret_env={"UPSTREAM_DSN": SecretStr(secret)},
+        drill_restore_command=["sh", "-c", 'cat >/dev/null; echo "no route to $UPSTREAM_DSN" >&2; exit 2'],
+    )
+    target, store = AppStateTarget(steps=[step]), local_store()
+    manifest = backup_task.fn("app-state", target, store)
+    caplog.set_level(logging.INFO)
+    with pytest.raises(ComponentFailed, match="no route to \\*\\*\\*") as err:
+        app_state.drill(target, manifest, store, "redact1")
+    step.drill_restore_command = ["sh", "-c", 'cat > "$KLB_DRILL_DIR/state"']
+    step.verify_command = ["sh", "-c", 'echo "verify could not reach $UPSTREAM_DSN" >&2; exit 1']
+    with pytest.raises(ComponentFailed, match="could not reach \\*\\*\\*") as err2:
+        app_state.drill(target, manifest, store, "redact2")
+    assert secret not in str(err.value) + str(err2.value) and secret not in caplog.text
