@@ -41,7 +41,7 @@ def vhost(api):
         r = api.put(path, json=body)
         assert r.status_code in (201, 204), (path, r.text)
 
-    put(f"/vhosts/{name}", {})
+    put(f"/vhosts/{name}", {"description": "orders, EU", "tags": "prod,eu"})
     created.append(name)
     v = seg(name)
     put(
@@ -89,6 +89,12 @@ def vhost(api):
         api.delete(f"/vhosts/{seg(n)}")
 
 
+def vhost_meta(api, vhost: str) -> dict:
+    """What the vhost was created with besides its name: lost if the restore re-creates it bare."""
+    live = api.get(f"/vhosts/{seg(vhost)}").json()
+    return {"description": live.get("description"), "tags": sorted(live.get("tags") or [])}
+
+
 def list_vhosts(api) -> list[str]:
     return [v["name"] for v in api.get("/vhosts").json()]
 
@@ -120,7 +126,8 @@ def target(rabbitmq, vhost) -> RabbitMQTarget:
 
 def test_vhost_back_up_delete_restore_identical(api, vhost, target, local_store):
     store = local_store()
-    before = definitions(api, vhost)
+    before, meta = definitions(api, vhost), vhost_meta(api, vhost)
+    assert meta == {"description": "orders, EU", "tags": ["eu", "prod"]}
     msg = {"properties": {}, "routing_key": "order.eu.1", "payload": "order 1", "payload_encoding": "string"}
     assert api.post(f"/exchanges/{seg(vhost)}/orders/publish", json=msg).json()["routed"] is True
     wait_for_messages(target, vhost, 2)  # the classic and the quorum queue
@@ -138,7 +145,7 @@ def test_vhost_back_up_delete_restore_identical(api, vhost, target, local_store)
     assert report["created_vhosts"] == [vhost]
     assert "Messages are not part of definitions" in report["messages"]
     after = definitions(api, vhost)
-    assert after == before
+    assert after == before and vhost_meta(api, vhost) == meta
     queue_types = {q["name"]: q["type"] for q in api.get(f"/queues/{seg(vhost)}").json()}
     assert queue_types == {"orders.classic": "classic", "orders.quorum": "quorum", "lost": "classic"}
     state = rmq.describe_current_state(target)
@@ -163,6 +170,7 @@ def test_broker_backup_restores_one_vhost_under_another_name(api, vhost, rabbitm
     report = restore_task.fn(manifest, target, store, {"vhost": vhost, "into_vhost": copy})
     assert report["restored_vhosts"][copy]["queues"] == 3
     assert definitions(api, copy) == definitions(api, vhost)
+    assert vhost_meta(api, copy) == vhost_meta(api, vhost)
     api.delete(f"/vhosts/{seg(copy)}")
 
 
@@ -252,14 +260,14 @@ def test_whole_broker_restore_brings_back_vhost_user_password_and_permissions(
     assert api.put(f"/permissions/{seg(vhost)}/{user}", json=perms).status_code == 201
     try:
         store = local_store(encryption_key=SecretStr("rmq-key"))  # the backup holds password hashes
-        before = definitions(api, vhost)
+        before, meta = definitions(api, vhost), vhost_meta(api, vhost)
         manifest = backup_task.fn("rabbitmq", RabbitMQTarget(url=url), store)
         api.delete(f"/vhosts/{seg(vhost)}")
         api.delete(f"/users/{user}")
 
         report = restore_task.fn(manifest, RabbitMQTarget(url=url), store, {})
         assert report["broker_wide"] is True and vhost in report["created_vhosts"]
-        assert definitions(api, vhost) == before
+        assert definitions(api, vhost) == before and vhost_meta(api, vhost) == meta
         live = api.get(f"/permissions/{seg(vhost)}/{user}").json()
         assert {k: live[k] for k in perms} == perms
         whoami = httpx.get(f"{url}/api/whoami", auth=(user, password), timeout=10)
