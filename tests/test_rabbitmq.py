@@ -326,3 +326,78 @@ def test_live_queue_limit_below_the_backup_refuses_before_changing_anything(api,
     assert api.put(f"/vhost-limits/{v}/max-queues", json={"value": 3}).status_code == 204
     restore_task.fn(manifest, target, store, {})
     assert {q["name"] for q in api.get(f"/queues/{v}").json()} == {"orders.classic", "orders.quorum", "lost"}
+
+
+@pytest.fixture
+def plugin_source(api):
+    """A source broker that had plugins the machine's broker lacks (the delayed-message exchange,
+    shovels): a management API serving what such a broker exports, for the backup to read."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    name, user = "klb-plugins-" + secrets.token_hex(4), "klb-plugins-" + secrets.token_hex(4)
+    vhost_doc = {
+        "rabbit_version": "3.10.8",
+        "parameters": [
+            {"component": "shovel", "name": "move", "value": {"src-uri": "amqp://", "src-queue": "a",
+                                                               "dest-uri": "amqp://", "dest-queue": "b"}},
+        ],
+        "policies": [],
+        "queues": [{"name": "delayed.q", "durable": True, "auto_delete": False, "arguments": {}}],
+        "exchanges": [{"name": "delayed", "type": "x-delayed-message", "durable": True, "auto_delete": False,
+                       "internal": False, "arguments": {"x-delayed-type": "direct"}}],
+        "bindings": [],
+    }  # fmt: skip
+    broker_doc = {
+        "users": [{"name": user, "password_hash": "", "hashing_algorithm": "rabbit_password_hashing_sha256",
+                   "tags": [], "limits": {}}],
+        "vhosts": [{"name": name}],
+        "permissions": [{"user": user, "vhost": name, "configure": ".*", "write": ".*", "read": ".*"}],
+        **{k: [{**i, "vhost": name} for i in v] for k, v in vhost_doc.items() if isinstance(v, list)},
+    }  # fmt: skip
+    routes = {
+        "/api/overview": {"rabbitmq_version": "3.10.8"},
+        "/api/vhosts": [{"name": name, "description": "", "tags": []}],
+        f"/api/vhosts/{name}": {"name": name},
+        "/api/definitions": broker_doc,
+        f"/api/definitions/{name}": vhost_doc,
+    }
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            body = routes.get(self.path)
+            self.send_response(404 if body is None else 200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(json.dumps(body).encode())
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", name, user
+    finally:
+        server.shutdown()
+        api.delete(f"/vhosts/{seg(name)}")
+        api.delete(f"/users/{user}")
+
+
+@pytest.mark.parametrize("scope", ["vhost", "broker"])
+def test_a_backup_using_plugins_this_broker_lacks_is_refused_before_anything_changes(
+    api, rabbitmq, plugin_source, local_store, scope
+):
+    """RabbitMQ checks exchange types and parameter components only while importing: after the
+    users and vhosts of a broker import are in, or after the restore created the vhost. The
+    restore refuses first, names the plugins, and changes nothing."""
+    url, name, user = plugin_source
+    store = local_store()
+    source = RabbitMQTarget(url=url, vhosts=[name] if scope == "vhost" else None)
+    manifest = backup_task.fn("rabbitmq", source, store)
+    with pytest.raises(BadInput, match="nothing was changed") as err:
+        restore_task.fn(manifest, RabbitMQTarget(url=rabbitmq.extra["url"], vhosts=source.vhosts), store, {})
+    assert "'x-delayed-message'" in str(err.value) and "rabbitmq_shovel" in str(err.value)
+    assert name not in list_vhosts(api)
+    assert api.get(f"/users/{user}").status_code == 404

@@ -41,6 +41,7 @@ from tasks.components.rabbitmq.definitions import (
     broker_differences,
     counts,
     differences,
+    feature_conflicts,
     limit_conflicts,
     vhost_definitions,
 )
@@ -162,6 +163,8 @@ def _import_vhost(
     if created:
         create_vhost(target, client, vhost, meta)
     resp = client.post(f"/definitions/{q(vhost)}", content=json.dumps(defs))
+    if resp.status_code >= 400 and created:  # a refused import leaves no empty vhost behind
+        client.delete(f"/vhosts/{q(vhost)}")
     _raise_for(target, resp, f"import definitions into vhost {vhost!r}")
     return created
 
@@ -238,6 +241,11 @@ def restore(
             raise BadInput(
                 "restore refused, nothing was changed: these exist with other properties "
                 "(delete them, or restore into another vhost with into_vhost): " + "; ".join(conflicts[:20])
+            )
+        if lacking := feature_conflicts(target, client, plan):
+            raise BadInput(
+                "restore refused, nothing was changed: this broker lacks what the backup uses: "
+                + "; ".join(lacking[:20])
             )
         if broker_wide:  # users, vhosts, permissions, global parameters and everything else at once
             created = [v for v in plan if not _vhost_exists(target, client, v)]
