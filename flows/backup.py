@@ -71,7 +71,12 @@ def _labels(labels: dict[str, str] | None, extra: dict[str, str] | None = None) 
 
 
 def _backup(component: str, target, store, labels) -> tuple[Manifest, BackupResult]:
+    """`target`/`store`: blocks or their names, loaded inside the tracked run: a scheduled backup
+    whose block cannot be loaded (deleted, renamed, unset) is a failed backup, and its failure is
+    pushed for the BackupFailed alert like any other."""
     with tracked("backup", component) as run:  # metrics: failures are pushed too (try/finally)
+        store = load_store(store)
+        target = load_target(component, target)
         preflight(store)  # a bad bucket, key or credentials fail here, before any engine starts
         task = backup_task.with_options(persist_result=True, result_storage=result_storage(store))
         with component_lock(component):  # never while a restore of this component runs
@@ -138,12 +143,10 @@ def backup_component(
     """
     component = ComponentName(component).value
     labels = user_labels(labels)
-    store_block = load_store(store)
-    target_block = load_target(component, target)
     retries, delay = retry_policy()
     for attempt in range(retries + 1):
         try:
-            result = _run_backup(component, target_block, store_block, _with_run_id(_labels(labels)))
+            result = _run_backup(component, target, store, _with_run_id(_labels(labels)))
             break
         except Exception as exc:  # only what may succeed on a second try is retried
             if attempt >= retries or not is_retryable(exc):

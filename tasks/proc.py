@@ -8,6 +8,7 @@ Secrets go in `env`, never in argv.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import glob
 import logging
 import os
@@ -18,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -195,6 +197,30 @@ def stream_stdout(
         proc.stdout.close()
 
 
+class _InputWatch:
+    """Whether a command read all of its stdin: we keep our own copy of the pipe's read end, so
+    when the command exits the bytes it left unread are still countable (FIONREAD), even those
+    that fit in the pipe's buffer and never made a write fail. Closing that copy then makes a
+    write still blocked on the full pipe fail (EPIPE) instead of waiting forever."""
+
+    def __init__(self, proc: subprocess.Popen, read_end: int) -> None:
+        self.unread = 0
+        self._proc, self._fd = proc, read_end
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        self._proc.wait()
+        buf = bytearray(4)
+        with suppress(OSError):
+            fcntl.ioctl(self._fd, termios.FIONREAD, buf)
+            self.unread = int.from_bytes(buf, sys.byteorder)
+        os.close(self._fd)
+
+    def join(self) -> None:
+        self._thread.join()
+
+
 def feed_stdin(
     argv: Sequence[str],
     chunks: Iterable[bytes],
@@ -203,11 +229,26 @@ def feed_stdin(
     timeout: float | None = None,
     name: str | None = None,
     redact: Iterable[str] = (),
+    read_all: bool = False,
 ) -> str:
-    """Stream `chunks` into the command's stdin; return its stdout (bounded). Raises on failure."""
+    """Stream `chunks` into the command's stdin; return its stdout (bounded). Raises on failure.
+    `read_all`: the command must also read its input to the end (a restore script that stopped
+    half-way and exited 0 restored only part of the state); otherwise it may stop reading early
+    (pg_restore does) and its exit status alone decides."""
     name = name or os.path.basename(argv[0])
     hidden = _hidden(env, redact)
-    proc = _spawn(argv, env, cwd, subprocess.PIPE)
+    if read_all:
+        read_end, write_end = os.pipe()
+        try:
+            proc = _spawn(argv, env, cwd, read_end)
+        except BaseException:
+            os.close(read_end)
+            os.close(write_end)
+            raise
+        proc.stdin = open(write_end, "wb")  # noqa: SIM115 - closed below, as Popen's own pipe is
+        watch: _InputWatch | None = _InputWatch(proc, read_end)
+    else:
+        proc, watch = _spawn(argv, env, cwd, subprocess.PIPE), None
     stderr = _StderrTail(proc.stderr)
     stderr.start()
     out: deque[bytes] = deque(maxlen=64)
@@ -216,10 +257,12 @@ def feed_stdin(
     )
     reader.start()
     dog = _Watchdog(proc, timeout)
+    complete = False
     try:
         for chunk in chunks:
             proc.stdin.write(chunk)
         proc.stdin.close()
+        complete = True
     except BrokenPipeError:
         pass  # the command stopped reading; its exit status says why
     except BaseException:
@@ -233,6 +276,14 @@ def feed_stdin(
                 proc.stdin.close()
     _finish(proc, stderr, name, dog, timeout, hidden)
     reader.join(timeout=5)
+    if watch is not None:
+        watch.join()
+        if not complete or watch.unread:
+            why = f"{watch.unread} bytes left unread" if complete else "stopped reading before the end"
+            raise ComponentFailed(
+                f"{name} exited with status 0 but did not read all of its input ({why}): it "
+                "restored only part of the state. Make the command read its stdin to the end."
+            )
     return _redact(b"".join(out).decode(errors="replace"), hidden)
 
 

@@ -209,3 +209,59 @@ def test_odd_outputs_round_trip_and_a_step_failing_mid_way_says_where_the_target
     assert (out / "last").read_bytes() == (src / "bin").read_bytes()
     with pytest.raises(ValueError, match="reserved"):
         step("manifest.json", "bin")
+
+
+@pytest.mark.parametrize(
+    ("size", "restorer", "why"),
+    [  # stops reading half-way (the pipe breaks) / reads nothing of input that fits in the pipe
+        (2 * 1024 * 1024, ["sh", "-c", 'head -c 1000 > "$OUT"'], "stopped reading before the end"),
+        (100, ["sh", "-c", 'echo restored > "$OUT"'], "100 bytes left unread"),
+    ],
+)
+def test_a_restore_script_that_exits_0_without_reading_all_its_input_fails(
+    tmp_path, local_store, size, restorer, why
+):
+    """Exit status 0 is not enough: a restore that consumed only part of the state restored only
+    part of it, and must not be reported as restored."""
+    data = tmp_path / "state.bin"
+    data.write_bytes(os.urandom(size))
+    step = AppStateStep(
+        name="state",
+        backup_command=["cat", str(data)],
+        restore_command=restorer,
+        env={"OUT": str(tmp_path / "out")},
+    )
+    target, store = AppStateTarget(steps=[step]), local_store()
+    manifest = backup_task.fn("app-state", target, store)
+    with pytest.raises(ComponentFailed, match=f"did not read all of its input \\({why}\\)") as err:
+        restore_task.fn(manifest, target, store, {})
+    assert "steps [] were restored, step 'state' failed" in str(err.value)
+    # a script that reads everything still restores (and counts) as before
+    step.restore_command = ["sh", "-c", 'cat > "$OUT"']
+    assert restore_task.fn(manifest, target, store, {})["restored_steps"] == ["state"]
+    assert (tmp_path / "out").read_bytes() == data.read_bytes()
+
+
+def test_drill_commands_never_show_a_steps_secret_env(tmp_path, local_store, caplog):
+    """A drill restore or verify command that prints its secret_env (a DSN with a password: a
+    name the generic PASS/TOKEN/... filter does not catch) has it redacted, as in backup/restore."""
+    from tasks.components import app_state
+
+    secret = "postgres://app:hunter2-drill@db/app"
+    step = AppStateStep(
+        name="state",
+        backup_command=["echo", "state"],
+        restore_command=["true"],
+        secret_env={"UPSTREAM_DSN": SecretStr(secret)},
+        drill_restore_command=["sh", "-c", 'cat >/dev/null; echo "no route to $UPSTREAM_DSN" >&2; exit 2'],
+    )
+    target, store = AppStateTarget(steps=[step]), local_store()
+    manifest = backup_task.fn("app-state", target, store)
+    caplog.set_level(logging.INFO)
+    with pytest.raises(ComponentFailed, match="no route to \\*\\*\\*") as err:
+        app_state.drill(target, manifest, store, "redact1")
+    step.drill_restore_command = ["sh", "-c", 'cat > "$KLB_DRILL_DIR/state"']
+    step.verify_command = ["sh", "-c", 'echo "verify could not reach $UPSTREAM_DSN" >&2; exit 1']
+    with pytest.raises(ComponentFailed, match="could not reach \\*\\*\\*") as err2:
+        app_state.drill(target, manifest, store, "redact2")
+    assert secret not in str(err.value) + str(err2.value) and secret not in caplog.text

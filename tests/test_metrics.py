@@ -88,6 +88,13 @@ def test_backup_flow_pushes_size_interval_and_success(gateway, prefect_server, l
     )
     store = local_store()
     before = scrape(gateway)
+    # a scheduled backup whose target block is gone fails, and says so to the BackupFailed alert
+    with pytest.raises(Exception, match="no app-state target block named"):
+        backup_component("app-state", target="klb-deleted-" + secrets.token_hex(4), store=store)
+    samples = scrape(gateway)
+    failures = value(samples, "backup_failure_total", "app-state")
+    assert failures == (value(before, "backup_failure_total", "app-state") or 0) + 1
+    assert value(samples, "backup_last_status", "app-state") == 0
     result = backup_component("app-state", target=target, store=store)
     samples = scrape(gateway)
     assert (

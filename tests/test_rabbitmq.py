@@ -41,7 +41,7 @@ def vhost(api):
         r = api.put(path, json=body)
         assert r.status_code in (201, 204), (path, r.text)
 
-    put(f"/vhosts/{name}", {})
+    put(f"/vhosts/{name}", {"description": "orders, EU", "tags": "prod,eu"})
     created.append(name)
     v = seg(name)
     put(
@@ -89,6 +89,12 @@ def vhost(api):
         api.delete(f"/vhosts/{seg(n)}")
 
 
+def vhost_meta(api, vhost: str) -> dict:
+    """What the vhost was created with besides its name: lost if the restore re-creates it bare."""
+    live = api.get(f"/vhosts/{seg(vhost)}").json()
+    return {"description": live.get("description"), "tags": sorted(live.get("tags") or [])}
+
+
 def list_vhosts(api) -> list[str]:
     return [v["name"] for v in api.get("/vhosts").json()]
 
@@ -120,7 +126,8 @@ def target(rabbitmq, vhost) -> RabbitMQTarget:
 
 def test_vhost_back_up_delete_restore_identical(api, vhost, target, local_store):
     store = local_store()
-    before = definitions(api, vhost)
+    before, meta = definitions(api, vhost), vhost_meta(api, vhost)
+    assert meta == {"description": "orders, EU", "tags": ["eu", "prod"]}
     msg = {"properties": {}, "routing_key": "order.eu.1", "payload": "order 1", "payload_encoding": "string"}
     assert api.post(f"/exchanges/{seg(vhost)}/orders/publish", json=msg).json()["routed"] is True
     wait_for_messages(target, vhost, 2)  # the classic and the quorum queue
@@ -138,7 +145,7 @@ def test_vhost_back_up_delete_restore_identical(api, vhost, target, local_store)
     assert report["created_vhosts"] == [vhost]
     assert "Messages are not part of definitions" in report["messages"]
     after = definitions(api, vhost)
-    assert after == before
+    assert after == before and vhost_meta(api, vhost) == meta
     queue_types = {q["name"]: q["type"] for q in api.get(f"/queues/{seg(vhost)}").json()}
     assert queue_types == {"orders.classic": "classic", "orders.quorum": "quorum", "lost": "classic"}
     state = rmq.describe_current_state(target)
@@ -163,6 +170,7 @@ def test_broker_backup_restores_one_vhost_under_another_name(api, vhost, rabbitm
     report = restore_task.fn(manifest, target, store, {"vhost": vhost, "into_vhost": copy})
     assert report["restored_vhosts"][copy]["queues"] == 3
     assert definitions(api, copy) == definitions(api, vhost)
+    assert vhost_meta(api, copy) == vhost_meta(api, vhost)
     api.delete(f"/vhosts/{seg(copy)}")
 
 
@@ -252,14 +260,14 @@ def test_whole_broker_restore_brings_back_vhost_user_password_and_permissions(
     assert api.put(f"/permissions/{seg(vhost)}/{user}", json=perms).status_code == 201
     try:
         store = local_store(encryption_key=SecretStr("rmq-key"))  # the backup holds password hashes
-        before = definitions(api, vhost)
+        before, meta = definitions(api, vhost), vhost_meta(api, vhost)
         manifest = backup_task.fn("rabbitmq", RabbitMQTarget(url=url), store)
         api.delete(f"/vhosts/{seg(vhost)}")
         api.delete(f"/users/{user}")
 
         report = restore_task.fn(manifest, RabbitMQTarget(url=url), store, {})
         assert report["broker_wide"] is True and vhost in report["created_vhosts"]
-        assert definitions(api, vhost) == before
+        assert definitions(api, vhost) == before and vhost_meta(api, vhost) == meta
         live = api.get(f"/permissions/{seg(vhost)}/{user}").json()
         assert {k: live[k] for k in perms} == perms
         whoami = httpx.get(f"{url}/api/whoami", auth=(user, password), timeout=10)
@@ -318,3 +326,78 @@ def test_live_queue_limit_below_the_backup_refuses_before_changing_anything(api,
     assert api.put(f"/vhost-limits/{v}/max-queues", json={"value": 3}).status_code == 204
     restore_task.fn(manifest, target, store, {})
     assert {q["name"] for q in api.get(f"/queues/{v}").json()} == {"orders.classic", "orders.quorum", "lost"}
+
+
+@pytest.fixture
+def plugin_source(api):
+    """A source broker that had plugins the machine's broker lacks (the delayed-message exchange,
+    shovels): a management API serving what such a broker exports, for the backup to read."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    name, user = "klb-plugins-" + secrets.token_hex(4), "klb-plugins-" + secrets.token_hex(4)
+    vhost_doc = {
+        "rabbit_version": "3.10.8",
+        "parameters": [
+            {"component": "shovel", "name": "move", "value": {"src-uri": "amqp://", "src-queue": "a",
+                                                               "dest-uri": "amqp://", "dest-queue": "b"}},
+        ],
+        "policies": [],
+        "queues": [{"name": "delayed.q", "durable": True, "auto_delete": False, "arguments": {}}],
+        "exchanges": [{"name": "delayed", "type": "x-delayed-message", "durable": True, "auto_delete": False,
+                       "internal": False, "arguments": {"x-delayed-type": "direct"}}],
+        "bindings": [],
+    }  # fmt: skip
+    broker_doc = {
+        "users": [{"name": user, "password_hash": "", "hashing_algorithm": "rabbit_password_hashing_sha256",
+                   "tags": [], "limits": {}}],
+        "vhosts": [{"name": name}],
+        "permissions": [{"user": user, "vhost": name, "configure": ".*", "write": ".*", "read": ".*"}],
+        **{k: [{**i, "vhost": name} for i in v] for k, v in vhost_doc.items() if isinstance(v, list)},
+    }  # fmt: skip
+    routes = {
+        "/api/overview": {"rabbitmq_version": "3.10.8"},
+        "/api/vhosts": [{"name": name, "description": "", "tags": []}],
+        f"/api/vhosts/{name}": {"name": name},
+        "/api/definitions": broker_doc,
+        f"/api/definitions/{name}": vhost_doc,
+    }
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            body = routes.get(self.path)
+            self.send_response(404 if body is None else 200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(json.dumps(body).encode())
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", name, user
+    finally:
+        server.shutdown()
+        api.delete(f"/vhosts/{seg(name)}")
+        api.delete(f"/users/{user}")
+
+
+@pytest.mark.parametrize("scope", ["vhost", "broker"])
+def test_a_backup_using_plugins_this_broker_lacks_is_refused_before_anything_changes(
+    api, rabbitmq, plugin_source, local_store, scope
+):
+    """RabbitMQ checks exchange types and parameter components only while importing: after the
+    users and vhosts of a broker import are in, or after the restore created the vhost. The
+    restore refuses first, names the plugins, and changes nothing."""
+    url, name, user = plugin_source
+    store = local_store()
+    source = RabbitMQTarget(url=url, vhosts=[name] if scope == "vhost" else None)
+    manifest = backup_task.fn("rabbitmq", source, store)
+    with pytest.raises(BadInput, match="nothing was changed") as err:
+        restore_task.fn(manifest, RabbitMQTarget(url=rabbitmq.extra["url"], vhosts=source.vhosts), store, {})
+    assert "'x-delayed-message'" in str(err.value) and "rabbitmq_shovel" in str(err.value)
+    assert name not in list_vhosts(api)
+    assert api.get(f"/users/{user}").status_code == 404

@@ -80,6 +80,7 @@ def restore(
                 step.timeout_seconds,
                 f"app-state restore {step.name}",
                 redact=step.secret_values(),
+                read_all=True,
             )
         except BackupError as exc:  # steps are separate scripts: say exactly where the target stands
             not_run = [o.name for o in objects[i + 1 :]]
@@ -142,9 +143,18 @@ def _drill_step(step, obj, store: StoreBlock, drill_id: str) -> dict[str, Any]:
             cwd,
             step.timeout_seconds,
             f"app-state drill restore {step.name}",
+            redact=step.secret_values(),
+            read_all=True,
         )
         if step.verify_command:
-            run(step.verify_command, env, cwd, step.timeout_seconds, f"app-state verify {step.name}")
+            run(
+                step.verify_command,
+                env,
+                cwd,
+                step.timeout_seconds,
+                f"app-state verify {step.name}",
+                redact=step.secret_values(),
+            )
             return {"verified": True, "by": "verify_command", "dir": str(workdir)}
         files = [f for f in workdir.rglob("*") if f.is_file()]
         if len(files) != 1:

@@ -19,7 +19,16 @@ from pydantic import Field
 from blocks.rabbitmq import RabbitMQTarget
 from blocks.store import StoreBlock
 from tasks.components.contract import StrictOptions, target_from_env
-from tasks.components.rabbitmq.api import _get, _raise_for, _vhost_exists, connect, q
+from tasks.components.rabbitmq.api import (
+    _get,
+    _raise_for,
+    _vhost_exists,
+    connect,
+    create_vhost,
+    metadata_differences,
+    q,
+    vhost_metadata,
+)
 from tasks.components.rabbitmq.definitions import (
     EXCHANGE_PROPS,
     KINDS,
@@ -32,6 +41,7 @@ from tasks.components.rabbitmq.definitions import (
     broker_differences,
     counts,
     differences,
+    feature_conflicts,
     limit_conflicts,
     vhost_definitions,
 )
@@ -101,6 +111,8 @@ def backup(target: RabbitMQTarget, session: BackupSession) -> None:
                 totals[kind] += n
             totals["vhosts"] += 1
             objects[name] = vhost
+        backed_up = target.vhosts or [v["name"] for v in doc.get("vhosts") or []]
+        metadata = vhost_metadata(target, client, backed_up)
     session.engine.update(
         {
             "rabbitmq_version": overview.get("rabbitmq_version"),
@@ -108,6 +120,7 @@ def backup(target: RabbitMQTarget, session: BackupSession) -> None:
             "vhosts": target.vhosts,
             "objects": objects,
             "counts": totals,
+            "vhost_metadata": metadata,
             "messages_included": False,
         }
     )
@@ -137,14 +150,38 @@ class RestoreOptions(StrictOptions):
     )
 
 
-def _import_vhost(target: RabbitMQTarget, client: httpx.Client, vhost: str, defs: dict[str, Any]) -> bool:
-    """Create the vhost if needed and POST its definitions; True if the vhost was created."""
+def _import_vhost(
+    target: RabbitMQTarget,
+    client: httpx.Client,
+    vhost: str,
+    defs: dict[str, Any],
+    meta: dict[str, Any] | None,
+) -> bool:
+    """Create the vhost if needed (with its backed-up metadata) and POST its definitions; True if
+    the vhost was created."""
     created = not _vhost_exists(target, client, vhost)
     if created:
-        _raise_for(target, client.put(f"/vhosts/{q(vhost)}", json={}), f"create vhost {vhost!r}")
+        create_vhost(target, client, vhost, meta)
     resp = client.post(f"/definitions/{q(vhost)}", content=json.dumps(defs))
+    if resp.status_code >= 400 and created:  # a refused import leaves no empty vhost behind
+        client.delete(f"/vhosts/{q(vhost)}")
     _raise_for(target, resp, f"import definitions into vhost {vhost!r}")
     return created
+
+
+def _with_metadata(doc: dict[str, Any], meta: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+    """The broker document with each vhost entry carrying `meta` (where known)."""
+    vhosts = []
+    for entry in doc.get("vhosts") or []:
+        extra = meta.get(entry["name"]) or {}
+        vhosts.append(
+            {
+                **entry,
+                **extra,
+                **({"metadata": {**entry["metadata"], **extra}} if "metadata" in entry else {}),
+            }
+        )
+    return {**doc, "vhosts": vhosts}
 
 
 def _plan(docs: dict[str | None, dict[str, Any]], options: RestoreOptions) -> dict[str, dict[str, Any]]:
@@ -187,6 +224,8 @@ def restore(
     docs = _load(store, manifest)
     plan = _plan(docs, options)
     broker_wide = None in docs and not options.vhost
+    backed_up = manifest.engine.get("vhost_metadata") or {}  # older backups have none
+    meta = {v: backed_up.get(options.vhost or v) for v in plan}
     with connect(target) as client:
         # Refuse before changing anything: an existing queue/exchange/policy with other properties
         # would make the import fail half-way (RabbitMQ does not replace them).
@@ -203,16 +242,29 @@ def restore(
                 "restore refused, nothing was changed: these exist with other properties "
                 "(delete them, or restore into another vhost with into_vhost): " + "; ".join(conflicts[:20])
             )
+        if lacking := feature_conflicts(target, client, plan):
+            raise BadInput(
+                "restore refused, nothing was changed: this broker lacks what the backup uses: "
+                + "; ".join(lacking[:20])
+            )
         if broker_wide:  # users, vhosts, permissions, global parameters and everything else at once
             created = [v for v in plan if not _vhost_exists(target, client, v)]
-            resp = client.post("/definitions", content=json.dumps(docs[None]))
+            # the import sets every vhost's description and tags from its entry (blank if absent):
+            # created vhosts get the backed-up ones, existing vhosts keep their own
+            meta |= vhost_metadata(target, client, [v for v in plan if v not in created])
+            resp = client.post("/definitions", content=json.dumps(_with_metadata(docs[None], meta)))
             _raise_for(target, resp, "import the broker's definitions")
         else:
-            created = [v for v, defs in plan.items() if _import_vhost(target, client, v, defs)]
+            created = [v for v, defs in plan.items() if _import_vhost(target, client, v, defs, meta[v])]
         access, skipped = None, {}
         if None in docs and options.vhost and not options.into_vhost:  # one vhost of a broker backup
             access, skipped = _restore_vhost_access(target, client, docs[None], options.vhost)
         missing = [d for vhost, defs in plan.items() for d in differences(target, client, vhost, defs, False)]
+        missing += [
+            d
+            for v in (plan if broker_wide else created)
+            for d in metadata_differences(target, client, v, meta[v])
+        ]
         if broker_wide or access:
             missing += broker_differences(target, client, docs[None] if broker_wide else access)
     if missing:
@@ -224,7 +276,8 @@ def restore(
         "created_vhosts": created,
         "broker_wide": broker_wide,
         **({"permissions_not_restored": skipped} if skipped else {}),
-        "verified": "every queue, exchange, binding and policy of the backup exists with the same properties",
+        "verified": "every queue, exchange, binding and policy of the backup exists with the same "
+        "properties, and every vhost the restore created has its description, tags and default queue type",
         "messages": MESSAGES_NOTE,
     }
 
@@ -253,7 +306,9 @@ def drill(target: RabbitMQTarget, manifest: Manifest, store: StoreBlock, drill_i
         if _vhost_exists(target, client, drill_vhost):
             raise BadInput(f"vhost {drill_vhost!r} already exists: use a new drill id")
         try:
-            _import_vhost(target, client, drill_vhost, defs)
+            _import_vhost(
+                target, client, drill_vhost, defs, (manifest.engine.get("vhost_metadata") or {}).get(source)
+            )
             missing = differences(target, client, drill_vhost, defs, False)
         finally:
             resp = client.delete(f"/vhosts/{q(drill_vhost)}")

@@ -162,3 +162,47 @@ def broker_differences(target: RabbitMQTarget, client: httpx.Client, doc: dict[s
                 "are missing or different"
             )
     return out
+
+
+# runtime-parameter components that a plugin registers: without it, the import fails with
+# "component ... not found" after it has imported users and vhosts
+PLUGIN_COMPONENTS = {
+    "federation-upstream": "rabbitmq_federation",
+    "federation-upstream-set": "rabbitmq_federation",
+    "shovel": "rabbitmq_shovel",
+}
+
+
+def feature_conflicts(
+    target: RabbitMQTarget, client: httpx.Client, plan: dict[str, dict[str, Any]]
+) -> list[str]:
+    """Exchange types and plugin parameters of the backup that this broker lacks: RabbitMQ
+    checks them only while importing, after users and vhosts are in, and fails half-way."""
+    wanted_types = {(e["type"], v) for v, defs in plan.items() for e in defs.get("exchanges") or []}
+    wanted_plugins = {
+        (PLUGIN_COMPONENTS[p["component"]], p["component"], v)
+        for v, defs in plan.items()
+        for p in defs.get("parameters") or []
+        if p.get("component") in PLUGIN_COMPONENTS
+    }
+    out = []
+    if wanted_types:
+        overview = _get(target, client, "/overview", "read the overview") or {}
+        known = {t["name"] for t in overview.get("exchange_types") or []}
+        for kind, vhost in sorted(t for t in wanted_types if t[0] not in known):
+            out.append(
+                f"exchange type {kind!r} (vhost {vhost!r}) is not enabled on this broker: enable the "
+                "plugin that provides it (rabbitmq-plugins enable ...)"
+            )
+    if wanted_plugins:
+        nodes = _get(target, client, "/nodes?columns=name,applications", "list nodes") or []
+        for plugin, component, vhost in sorted(wanted_plugins):
+            lacking = [
+                n["name"] for n in nodes if plugin not in {a["name"] for a in n.get("applications") or []}
+            ]
+            if lacking or not nodes:
+                out.append(
+                    f"parameter component {component!r} (vhost {vhost!r}) needs plugin {plugin}, not "
+                    f"running on {lacking or 'this broker'}: rabbitmq-plugins enable {plugin}"
+                )
+    return out
