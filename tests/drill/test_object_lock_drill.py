@@ -40,14 +40,9 @@ def test_a_drill_on_an_object_lock_store_passes_and_its_records_are_new_versions
     head = client.head_object(Bucket=name, Key=m.objects[0].key, VersionId=m.objects[0].version_id)
     assert (head["ObjectLockMode"], head["ObjectLockRetainUntilDate"]) == ("COMPLIANCE", want)
 
-    # a second backup: the index is written again, as a new version beside the locked old one
+    # a second backup is listed; the manifest index (a cache keyed on current versions, which a
+    # forged later version could poison) is neither read nor written on a locked store
     backup_all(components=["app-state"], targets={"app-state": target}, store=store)
     assert len(list_component(store, "app-state").manifests) == len(first) + 1
     ikey = layout(store).index_key("app-state")
-    index_versions = client.list_object_versions(Bucket=name, Prefix=ikey).get("Versions", [])
-    assert len(index_versions) >= 2
-    assert all(
-        client.head_object(Bucket=name, Key=ikey, VersionId=v["VersionId"]).get("ObjectLockMode")
-        == "COMPLIANCE"
-        for v in index_versions
-    )
+    assert client.list_object_versions(Bucket=name, Prefix=ikey).get("Versions", []) == []
