@@ -11,6 +11,12 @@ class BadInput(BackupError, ValueError):
     """A parameter or block value is invalid; nothing was changed."""
 
 
+class IsolationTaken(BadInput):
+    """The name a drill or restore would put its isolated copy under (a side database, a drill
+    namespace or vhost) is taken by something it did not create: refused, and that is left as is
+    (never cleaned up as if it were a crashed drill's)."""
+
+
 class NotFound(BackupError, LookupError):
     """The requested backup, component or object does not exist."""
 

@@ -12,8 +12,8 @@ import tasks.components.postgres as pg
 import tasks.components.postgres.load as pg_load
 import tasks.components.postgres.restores as pg_restores
 from tasks.components.postgres.common import connect, parse_aside
-from tasks.errors import BadInput, ComponentFailed, IntegrityError
-from tasks.storage.catalog import list_backups
+from tasks.errors import BadInput, ComponentFailed, IntegrityError, IsolationTaken
+from tasks.storage.catalog import latest_backup, list_backups
 from tasks.storage.session import backup_session
 from tests.pg_helpers import (
     db_names,
@@ -287,6 +287,28 @@ def test_drill_restores_aside_verifies_and_always_drops(sample, local_store):
             pg.drill(target, manifest, store, "d2")
         assert db_names(target) == before
         path.write_bytes(good)
+
+
+def test_a_drill_whose_side_database_name_is_taken_refuses_and_leaves_it(prefect_server, sample, local_store):
+    """A database already under the drill's side name is not the drill's to drop: the drill fails
+    saying so, and neither the drill nor the flow's cleanup of crashed drills touches it."""
+    from flows.drill import DrillFailed, restore_drill
+
+    target, db = sample
+    store = local_store()
+    take_backup(target, store)
+    taken = f"drill_taken_0_{db}"
+    make_db(target, taken, rows=3)
+    try:
+        with pytest.raises(IsolationTaken, match="already exists"):
+            pg.drill(target, latest_backup(store, "postgres"), store, "taken")
+        with pytest.raises(DrillFailed, match="IsolationTaken: database 'drill_taken_0_"):
+            restore_drill(
+                components=["postgres"], targets={"postgres": target}, store=store, drill_id="taken"
+            )
+        assert taken in db_names(target) and scalar(target, taken, "SELECT count(*) FROM app.items") == 3
+    finally:
+        drop(target, taken)
 
 
 def test_describe_current_state_and_verify(sample, local_store):

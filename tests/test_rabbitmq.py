@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from blocks.rabbitmq import RabbitMQTarget
 from tasks.components import rabbitmq as rmq
-from tasks.errors import BadInput, ConfigurationError
+from tasks.errors import BadInput, ConfigurationError, IsolationTaken
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import list_backups
 from tasks.verbs import backup_task, restore_task, verify_task
@@ -183,6 +183,16 @@ def test_drill_imports_into_a_drill_vhost_and_deletes_it(api, vhost, target, loc
     assert result["checks"]["source_vhost"] == vhost and result["checks"]["queues"] == 3
     assert f"drill-{vhost[-8:]}" not in list_vhosts(api)
     assert definitions(api, vhost) == before, "a drill never touches the production vhost"
+
+    # a vhost already under the drill's name is not the drill's: refused, and left as it is
+    taken = f"drill-{vhost[-8:]}"
+    assert api.put(f"/vhosts/{seg(taken)}", json={}).status_code in (201, 204)
+    try:
+        with pytest.raises(IsolationTaken, match="already exists"):
+            rmq.drill(target, manifest, store, vhost[-8:])
+        assert taken in list_vhosts(api)
+    finally:
+        api.delete(f"/vhosts/{seg(taken)}")
 
 
 def test_wrong_password_is_clear_secret_free_and_leaves_no_backup(target, local_store, caplog):

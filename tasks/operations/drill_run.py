@@ -13,7 +13,7 @@ from prefect.blocks.core import Block
 
 from blocks.store import StoreBlock
 from tasks.components.registry import load, load_target
-from tasks.errors import ConfigurationError, NotFound
+from tasks.errors import ConfigurationError, IsolationTaken, NotFound
 from tasks.models import Manifest
 from tasks.operations.drills import (
     ComponentDrill,
@@ -92,16 +92,18 @@ def drill_component(
     )
     before, before_err = describe_safely(module, target)
     result.restore_started = datetime.now(UTC)
+    taken = False  # the drill's isolation names belong to something else: nothing of ours to clean
     try:
         report = drill_task(name, target, manifest, store, drill_id)
     except Exception as exc:
         result.reason = f"{type(exc).__name__}: {exc}"
-        report = None
+        report, taken = None, isinstance(exc, IsolationTaken)
     finally:
         result.rto_phases["restore"] = _since(result.restore_started)
         cleanup_from = datetime.now(UTC)
         try:
-            drill_cleanup_task(name, target, drill_id)
+            if not taken:
+                drill_cleanup_task(name, target, drill_id)
             result.rto_phases["cleanup"] = _since(cleanup_from)
         except Exception as exc:
             result.status, report = Status.failed, None

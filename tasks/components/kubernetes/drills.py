@@ -16,7 +16,7 @@ from tasks.components.kubernetes.backups import load_document
 from tasks.components.kubernetes.named import aside_name
 from tasks.components.kubernetes.restores import RestoreOptions, _plan, _present
 from tasks.components.kubernetes.velero import get_backup_cr, preflight, run_restore
-from tasks.errors import BadInput, IntegrityError
+from tasks.errors import IntegrityError, IsolationTaken
 from tasks.models import Manifest
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def drill(target: VeleroTarget, manifest: Manifest, store: StoreBlock, drill_id:
     mapping = drill_namespaces(doc, drill_id)
     taken = [ns for ns in mapping.values() if kube.namespace_exists(k, ns)]
     if taken:
-        raise BadInput(
+        raise IsolationTaken(
             f"drill namespaces {taken} exist already (an earlier drill?): delete them or use another id"
         )
     created = list(mapping.values())

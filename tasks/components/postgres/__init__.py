@@ -28,7 +28,7 @@ from tasks.components.postgres.common import (
 from tasks.components.postgres.dump import GLOBALS, GLOBALS_MAX, _select, backup, verify
 from tasks.components.postgres.fingerprint import fingerprint_database
 from tasks.components.postgres.restores import RestoreOptions, restore, restore_aside
-from tasks.errors import BadInput
+from tasks.errors import BadInput, IsolationTaken
 from tasks.models import Manifest
 from tasks.storage.session import verify_object
 
@@ -58,8 +58,12 @@ def drill(target: PostgresTarget, manifest: Manifest, store: StoreBlock, drill_i
             side = f"drill_{drill_id}_{index}_{re.sub(r'[^A-Za-z0-9_]', '_', db)}".encode()[:63].decode(
                 errors="ignore"
             )
-            created.append(side)
-            checks[db] = {"database": side, **restore_aside(target, manifest, store, db, side)}
+            created.append(side)  # restore_aside drops it on failure; this drops it after a success
+            try:
+                checks[db] = {"database": side, **restore_aside(target, manifest, store, db, side)}
+            except IsolationTaken:
+                created.remove(side)  # not ours: left as it is
+                raise
     finally:
         with admin(target) as conn:
             for side in created:

@@ -27,7 +27,7 @@ from tasks.components.postgres.common import (
 )
 from tasks.components.postgres.cutover import swap
 from tasks.components.postgres.dump import GLOBALS, GLOBALS_MAX
-from tasks.errors import BadInput, ComponentFailed, IntegrityError, target_untouched
+from tasks.errors import BadInput, ComponentFailed, IntegrityError, IsolationTaken, target_untouched
 from tasks.models import Manifest
 from tasks.proc import feed_stdin
 from tasks.storage.session import read_object, verify_object
@@ -185,7 +185,7 @@ def restore_aside(
     props = info.get("properties") or properties.legacy(info)
     with admin(target) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (side,)).fetchone():
-            raise BadInput(f"database {side!r} already exists: drop it or pick another name")
+            raise IsolationTaken(f"database {side!r} already exists: drop it or pick another name")
         properties.create_side(conn, side, props, no_owner)
     seconds: dict[str, float] = {}  # per phase: what a drill's RTO is made of
     try:

@@ -45,7 +45,7 @@ from tasks.components.rabbitmq.definitions import (
     limit_conflicts,
     vhost_definitions,
 )
-from tasks.errors import BadInput, IntegrityError, TransientError
+from tasks.errors import BadInput, IntegrityError, IsolationTaken, TransientError
 from tasks.models import Manifest
 from tasks.storage.session import BackupSession
 
@@ -304,7 +304,7 @@ def drill(target: RabbitMQTarget, manifest: Manifest, store: StoreBlock, drill_i
     defs = vhost_definitions(docs, source)
     with connect(target) as client:
         if _vhost_exists(target, client, drill_vhost):
-            raise BadInput(f"vhost {drill_vhost!r} already exists: use a new drill id")
+            raise IsolationTaken(f"vhost {drill_vhost!r} already exists: use a new drill id")
         try:
             _import_vhost(
                 target, client, drill_vhost, defs, (manifest.engine.get("vhost_metadata") or {}).get(source)
