@@ -200,15 +200,15 @@ def backup_all(
     result = BackupAllResult(backups={}, not_configured={}, failed={})
     rp_id, manifests = new_recovery_point_id(), {}
     for name in names:
-        try:
-            target = load_target(name, (targets or {}).get(name))
-        except ConfigurationError as exc:
-            if components:  # asked for by name: a missing configuration is a failure
-                result.failed[name] = str(exc)
-            else:
+        target = (targets or {}).get(name)
+        if not components:  # every configured one: an unconfigured component is skipped, not failed
+            try:
+                target = load_target(name, target)
+            except ConfigurationError as exc:
                 result.not_configured[name] = str(exc)
-            continue
-        try:
+                continue
+        try:  # asked for by name: _backup loads the target inside its tracked run, so a missing
+            # configuration is a failed backup, pushed for the BackupFailed alert like any other
             labels = _with_run_id(_labels({"batch": "backup-all", LABEL: rp_id}))
             manifests[name], result.backups[name] = _backup(name, target, store_block, labels)
         except Exception as exc:

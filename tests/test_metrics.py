@@ -10,6 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from blocks.monitoring import PushgatewayConfig
+from tasks.errors import ComponentFailed
 from tasks.metrics import DURATION_BUCKETS, GroupState, next_state, record_run, tracked
 
 
@@ -72,7 +73,7 @@ def test_tracked_flow_block_pushes_failures_before_they_propagate(gateway):
 
 def test_backup_flow_pushes_size_interval_and_success(gateway, prefect_server, local_store, tmp_path):
     from blocks.app_state import AppStateStep, AppStateTarget
-    from flows.backup import backup_component
+    from flows.backup import backup_all, backup_component
     from flows.restore import restore_component
 
     state = tmp_path / "state.txt"
@@ -95,6 +96,10 @@ def test_backup_flow_pushes_size_interval_and_success(gateway, prefect_server, l
     failures = value(samples, "backup_failure_total", "app-state")
     assert failures == (value(before, "backup_failure_total", "app-state") or 0) + 1
     assert value(samples, "backup_last_status", "app-state") == 0
+    # the same through backup-all, the component asked for by name
+    with pytest.raises(ComponentFailed, match="app-state: no app-state target block named"):
+        backup_all(components=["app-state"], targets={"app-state": "klb-deleted-x"}, store=store)
+    assert value(scrape(gateway), "backup_failure_total", "app-state") == failures + 1
     result = backup_component("app-state", target=target, store=store)
     samples = scrape(gateway)
     assert (
