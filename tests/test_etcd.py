@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import stat
 import subprocess
 import tempfile
@@ -21,6 +22,7 @@ import pytest
 from pydantic import SecretStr
 
 from blocks.etcd import EtcdTarget, SwapMode
+from tasks import proc
 from tasks.components import etcd as etcd_component
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError, IntegrityError
 from tasks.storage.backends import backend_for
@@ -215,13 +217,24 @@ def test_swap_is_refused_off_the_control_plane_and_the_plan_is_exact(target, loc
     assert ["systemctl", "stop", "kube-apiserver"] in [s["argv"] for s in systemd["steps"]]
 
 
-def test_drill_restores_checks_and_cleans_up(target, local_store):
+def test_drill_restores_checks_and_cleans_up(target, local_store, monkeypatch):
     store = local_store()
     manifest = backup_task.fn("etcd", target, store)
     before = set(os.listdir(tempfile.gettempdir()))
     result = etcd_component.drill(target, manifest, store, "t1")
     assert result["verified"] is True and result["checks"]["revision"]["ok"]
     assert not [d for d in set(os.listdir(tempfile.gettempdir())) - before if d.startswith("klb-etcd")]
+    assert not etcd_procs()
+
+    # a port another process takes between choosing and binding it: restored again on others
+    from tasks.components.etcd import member
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        ports = iter([busy.getsockname()[1]])
+        monkeypatch.setattr(member, "free_port", lambda: next(ports, None) or proc.free_port())
+        assert etcd_component.drill(target, manifest, store, "t2")["verified"] is True
     assert not etcd_procs()
 
 

@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from subprocess import Popen
 from typing import Any
 
 from blocks.etcd import EtcdTarget
@@ -79,10 +80,36 @@ def _healthy(url: str) -> bool:
     return False
 
 
+BIND_TRIES = 3  # a free port may be taken by another process before the member binds it
+
+
 @contextmanager
 def throwaway_member(tl: Tools, snap: Path, workdir: Path, token: str) -> Iterator[str]:
     """Restore `snap` into a NEW data dir, serve it on free loopback ports; yield its client URL.
-    Always stopped; the caller's private dir removes the data."""
+    Always stopped; the caller's private dir removes the data. A port taken between choosing and
+    binding it: restored again on other ports (the data dir records the peer URL)."""
+    for attempt in range(1, BIND_TRIES + 1):
+        try:
+            server, client = _start_member(tl, snap, workdir / f"member-{attempt}", token)
+            break
+        except _PortTaken:
+            if attempt == BIND_TRIES:
+                raise ComponentFailed(
+                    f"the throwaway etcd could not bind loopback ports {BIND_TRIES} times: the machine's "
+                    "ports are busy; run the check again"
+                ) from None
+    try:
+        yield client
+    finally:
+        stop(server)
+
+
+class _PortTaken(Exception):
+    pass
+
+
+def _start_member(tl: Tools, snap: Path, workdir: Path, token: str) -> tuple[Popen, str]:
+    workdir.mkdir(mode=0o700)
     client, peer = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
     data, name = workdir / "member", "klb-verify"
     _restore_dir(tl, snap, data, name, peer, f"{name}={peer}", token)
@@ -102,16 +129,16 @@ def throwaway_member(tl: Tools, snap: Path, workdir: Path, token: str) -> Iterat
         server = start(argv, logfile)
     except ConfigurationError:
         raise ConfigurationError(f"etcd server binary not found ({tl.etcd}): install etcd-server") from None
-    try:
-        deadline = time.monotonic() + 60
-        while not _healthy(client):
-            if server.poll() is not None or time.monotonic() > deadline:
-                tail = logfile.read_text(errors="replace")[-1500:]
-                raise ComponentFailed(f"the throwaway etcd restored from the snapshot did not start:\n{tail}")
-            time.sleep(0.1)
-        yield client
-    finally:
-        stop(server)
+    deadline = time.monotonic() + 60
+    while not _healthy(client):
+        if server.poll() is not None or time.monotonic() > deadline:
+            stop(server)
+            tail = logfile.read_text(errors="replace")[-1500:]
+            if "address already in use" in tail:
+                raise _PortTaken
+            raise ComponentFailed(f"the throwaway etcd restored from the snapshot did not start:\n{tail}")
+        time.sleep(0.1)
+    return server, client
 
 
 def _restore_and_check(
