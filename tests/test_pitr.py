@@ -29,6 +29,7 @@ from tasks.components.postgres_pitr.engines import (
 )
 from tasks.components.postgres_pitr.window import RecoveryTarget, choose_base_backup, parse_target
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError
+from tasks.models import Manifest
 from tasks.proc import run
 from tasks.storage.session import backup_session
 
@@ -227,6 +228,17 @@ def test_window_matches_what_the_engine_and_server_report(bench, monkeypatch):
     assert [b.id for b in window.base_backups] == [bench["base"].id]
 
 
+def _catalogued_copy(bench, moto, bucket: str, prefix: str, target: PitrTarget) -> tuple[S3Store, Manifest]:
+    """A store cataloguing the bench's base backup for a copy of its archive (`target`), and
+    that catalogue entry."""
+    store = _store(moto, bucket, prefix=prefix)
+    with backup_session(store, "postgres-pitr") as s:
+        s.write(pitr.BASE_OBJECT, [b"unused by this test"])
+        s.engine.update({**bench["base"].engine, "archive_url": target.archive_url})
+        s.source_time = bench["base"].source_time
+        return store, s.commit()
+
+
 def test_archive_with_a_missing_segment_ends_the_window_before_it(prefect_server, bench, moto, new_dir):
     """A copy of the archive without one segment: the window stops before the gap."""
     client, bucket = _s3(moto), bench["bucket"]
@@ -239,12 +251,7 @@ def test_archive_with_a_missing_segment_ends_the_window_before_it(prefect_server
                 CopySource={"Bucket": bucket, "Key": obj["Key"]},
             )
     target = bench["target"].model_copy(update={"archive_url": f"s3://{bucket}/gap"})
-    store = _store(moto, bucket, prefix="gap-catalog")
-    with backup_session(store, "postgres-pitr") as s:  # the same base backup, catalogued for the copy
-        s.write(pitr.BASE_OBJECT, [b"unused by this test"])
-        s.engine.update({**bench["base"].engine, "archive_url": target.archive_url})
-        s.source_time = bench["base"].source_time
-        s.commit()
+    store, _ = _catalogued_copy(bench, moto, bucket, "gap-catalog", target)
     report = pitr.wal_archive(target, store)
     assert report.missing_segments == [gap]
     window = report.windows[0]
@@ -285,12 +292,7 @@ def test_a_timeline_that_branched_off_ends_the_window_and_latest_is_refused(
             env=env,
         )
     assert "00000002.history" in engine.list_wal(target)
-    store = _store(moto, bucket, prefix="tl-catalog")
-    with backup_session(store, "postgres-pitr") as s:  # the same base backup, catalogued for the copy
-        s.write(pitr.BASE_OBJECT, [b"unused by this test"])
-        s.engine.update({**bench["base"].engine, "archive_url": target.archive_url})
-        s.source_time = bench["base"].source_time
-        s.commit()
+    store, copy = _catalogued_copy(bench, moto, bucket, "tl-catalog", target)
 
     with pytest.raises(BadInput, match="newest history is on timeline 2") as err:
         pitr.plan(target, store, parse_target("latest"))
@@ -303,7 +305,7 @@ def test_a_timeline_that_branched_off_ends_the_window_and_latest_is_refused(
         pitr.plan(target, store, parse_target(bench["last_commit"] - timedelta(microseconds=1)))
     # before the branch both histories are one: still recoverable
     before = parse_target(window.end_time - timedelta(microseconds=1))
-    assert pitr.plan(target, store, before)[2].id == s.manifest.id
+    assert pitr.plan(target, store, before)[2].id == copy.id
     from flows.pitr import check_wal_archive
 
     problems = check_wal_archive(target=target, store=store, require=False)["problems"]
