@@ -7,6 +7,7 @@ service fails the run, it never skips.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import os
 import shutil
@@ -30,6 +31,38 @@ class ServiceMissing(RuntimeError):
     pass
 
 
+class PortTaken(ServiceMissing):
+    """The free port a server was given was taken before it bound it (by another process, or
+    another xdist worker's server): the start is tried again on other ports."""
+
+    def __init__(self, message: str, workdir: Path):
+        super().__init__(message)
+        self.workdir = workdir
+
+
+BIND_TRIES = 3
+_BUSY = ("address already in use", "could not bind")
+
+
+def on_other_ports_if_taken(start: Callable[..., Service]) -> Callable[..., Service]:
+    """Run `start` again, up to BIND_TRIES times, when its server found its port taken; its
+    half-made directory (an initdb'd data dir, a log) is removed first, so the new try starts
+    clean rather than reusing a cluster configured for the old port."""
+
+    @functools.wraps(start)
+    def starter(*args, **kwargs) -> Service:
+        for attempt in range(1, BIND_TRIES + 1):
+            try:
+                return start(*args, **kwargs)
+            except PortTaken as exc:
+                if attempt == BIND_TRIES:
+                    raise
+                shutil.rmtree(exc.workdir, ignore_errors=True)
+        raise AssertionError("unreachable")
+
+    return starter
+
+
 def need(binary: str, how: str) -> str:
     path = shutil.which(binary) or (str(VENV_BIN / binary) if (VENV_BIN / binary).exists() else None)
     if not path:
@@ -46,8 +79,11 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, proc=None, 
             if check():
                 return
         time.sleep(0.1)
-    tail = log.read_text()[-2000:] if log and log.exists() else ""
-    raise ServiceMissing(f"{what} did not become ready in {timeout}s\n{tail}")
+    tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+    message = f"{what} did not become ready in {timeout}s\n{tail}"
+    if log and proc is not None and proc.poll() is not None and any(b in tail.lower() for b in _BUSY):
+        raise PortTaken(message, log.parent)
+    raise ServiceMissing(message)
 
 
 def port_open(port: int) -> bool:
@@ -106,6 +142,7 @@ def session_dir(name: str) -> Path:
     return path
 
 
+@on_other_ports_if_taken
 def start_moto() -> Service:
     binary = need("moto_server", "pip install 'moto[server]'")
     port, workdir = free_port(), session_dir("moto")
@@ -121,6 +158,7 @@ def pg_bindir() -> Path:
     return Path(found[-1]).parent
 
 
+@on_other_ports_if_taken
 def start_postgres(password: str, name: str = "pg", extra_conf: dict[str, str] | None = None) -> Service:
     """An isolated cluster: superuser 'postgres' with `password`, scram over TCP on loopback."""
     bindir = pg_bindir()
@@ -178,6 +216,7 @@ def start_postgres(password: str, name: str = "pg", extra_conf: dict[str, str] |
     )
 
 
+@on_other_ports_if_taken
 def start_etcd() -> Service:
     binary = need("etcd", "apt-get install etcd-server etcd-client")
     port, peer, workdir = free_port(), free_port(), session_dir("etcd")
@@ -203,6 +242,7 @@ def start_etcd() -> Service:
     return Service("etcd", port, proc, workdir)
 
 
+@on_other_ports_if_taken
 def start_pushgateway() -> Service:
     binary = need("prometheus-pushgateway", "apt-get install prometheus-pushgateway")
     port, workdir = free_port(), session_dir("pushgateway")
