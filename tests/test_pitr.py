@@ -7,8 +7,11 @@ History written once (module scope), in this order:
 
 from __future__ import annotations
 
+import importlib
+import json
 import secrets
 import shutil
+import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,7 +33,7 @@ from tasks.components.postgres_pitr.engines import (
 from tasks.components.postgres_pitr.window import RecoveryTarget, choose_base_backup, parse_target
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError
 from tasks.models import Manifest
-from tasks.proc import run
+from tasks.proc import free_port, run
 from tasks.storage.session import backup_session
 
 REGION = "us-west-2"
@@ -471,9 +474,22 @@ def test_drill_recovers_verifies_and_removes_its_instance(bench, monkeypatch):
     assert _sql(bench["svc"], "select count(*) from t")[0][0] == 20  # source untouched
 
 
-def test_pitr_to_a_named_restore_point(bench, new_dir):
-    options = pitr.RestoreOptions(directory=new_dir, target_name="before-after")
-    result = pitr.restore(bench["target"], bench["base"], bench["store"], options)
+def test_pitr_to_a_named_restore_point(bench, new_dir, monkeypatch):
+    # and the port it was given is taken before it binds it: started again on another one
+    recover = importlib.import_module(
+        "tasks.components.postgres_pitr.recover"
+    )  # the package's recover() hides it
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        busy = held.getsockname()[1]
+        ports = iter([busy])
+        monkeypatch.setattr(recover, "free_port", lambda: next(ports, None) or free_port())
+        options = pitr.RestoreOptions(directory=new_dir, target_name="before-after")
+        result = pitr.restore(bench["target"], bench["base"], bench["store"], options)
+    assert result["port"] != busy
+    assert json.loads(Path(new_dir, pitr.STATE_FILE).read_text())["port"] == result["port"]
     assert "restore point" in result["stopped_at"] and result["in_recovery"]
     assert _phases(result["port"], bench["svc"].extra["password"]) == {
         "before": 5,

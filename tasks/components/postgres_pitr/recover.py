@@ -126,6 +126,14 @@ def _log_tail(log: Path, lines: int = 15) -> str:
         return "(no server log)"
 
 
+BIND_TRIES = 3  # a free port may be taken by another process before the instance binds it
+
+
+def _port_taken(log: Path) -> bool:
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return "could not bind" in text and "already in use" in text.lower()
+
+
 def _running(bindir: Path, data: Path, user: str) -> bool:
     try:
         run([*_as_user(user), str(bindir / "pg_ctl"), "status", "-D", str(data)], timeout=30)
@@ -237,26 +245,21 @@ def recover(
         }
         (root / STATE_FILE).write_text(json.dumps(state_file, indent=2))
         started = True
-        try:
-            run(
-                [
-                    *as_user,
-                    str(bindir / "pg_ctl"),
-                    "start",
-                    "-D",
-                    str(data),
-                    "-l",
-                    str(log),
-                    "-w",
-                    "-t",
-                    "600",
-                ],
-                timeout=700,
-                name="pg_ctl start",
-            )
-        except ComponentFailed:
-            _raise_if_not_reached(goal, log)
-            raise
+        for attempt in range(1, BIND_TRIES + 1):
+            try:
+                start = [*as_user, str(bindir / "pg_ctl"), "start", "-D", str(data), "-l", str(log)]
+                run([*start, "-w", "-t", "600"], timeout=700, name="pg_ctl start")
+                break
+            except ComponentFailed:
+                _raise_if_not_reached(goal, log)
+                # a free port taken before the postmaster bound it: nothing ran yet (it binds
+                # before recovery starts), so the same directory starts again on another port
+                if options.port or attempt == BIND_TRIES or not _port_taken(log):
+                    raise
+                port = free_port()
+                with open(data / "postgresql.auto.conf", "a") as fh:
+                    fh.write(f"port = {port}\n")  # the last setting wins
+                (root / STATE_FILE).write_text(json.dumps({**state_file, "port": port}, indent=2))
         # pg_ctl -w returns 0 once read-only connections work: the outcome is checked here
         state = _wait_for_target(target, goal, port, bindir, data, log, user, options.timeout_seconds)
         text = log.read_text(errors="replace")
