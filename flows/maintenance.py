@@ -12,14 +12,15 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from blocks.store import StoreBlock
-from flows.common import StoreRef, load_store
-from flows.inputs import MAX_HOURS, component_names, count, number
+from flows.common import StoreRef, TargetBlock, load_store
+from flows.inputs import MAX_HOURS, component_names, count, number, per_component
 from flows.locks import component_lock
 from tasks.components.registry import ComponentName
-from tasks.errors import BadInput, TransientError
+from tasks.errors import BadInput, ComponentFailed, TransientError
 from tasks.metrics import record_run
 from tasks.models import Manifest
 from tasks.notify import Severity, notify
+from tasks.operations.engine_expiry import hold_kept_backups
 from tasks.operations.recovery import check_recovery_point, scan_recovery_points
 from tasks.storage import object_lock
 from tasks.storage.backends import backend_for
@@ -248,9 +249,11 @@ def enforce_retention(
     keep_monthly: int = 0,
     orphan_grace_hours: float = 24.0,
     special_retention_days: float | None = None,
+    targets: dict[str, str | TargetBlock] | None = None,
 ) -> dict[str, Any]:
     """Delete backups past their retention (backup-table.yaml), never the newest good one,
     never fewer than `keep_last_good` good ones, never a member of the newest recovery point.
+    Velero is told to keep those too: it expires a backup at its TTL whatever the catalog keeps.
     Dry run by default: the plan is the artifact `retention-plan`, with the leftovers of failed
     writes it would sweep. Objects with no manifest older than `orphan_grace_hours` (abandoned
     writes) are collected as a separate step. A backup the sweep (or a failed read) found damaged
@@ -279,6 +282,9 @@ def enforce_retention(
             may be writing them); at least 1.
         special_retention_days: How long safety and forensic backups are kept (empty: the
             component's retention).
+        targets: Component name -> name of its target block, for the components whose engine
+            expires backups itself (kubernetes, volumes: Velero); empty: from the environment
+            ($KLB_VELERO_TARGET).
     """
     if not isinstance(keep_last_good, int) or isinstance(keep_last_good, bool) or keep_last_good < 1:
         raise BadInput("keep_last_good must be at least 1: the newest good backup is never deleted")
@@ -294,6 +300,7 @@ def enforce_retention(
         if special_retention_days is None
         else number("special_retention_days", special_retention_days, 0, maximum=MAX_HOURS / 24)
     )
+    targets = per_component("targets", targets)
     logger = get_run_logger()
     block = load_store(store)
     now = datetime.now(UTC)
@@ -343,6 +350,10 @@ def enforce_retention(
         logger.info("retention deleted %d keys from %s", deleted, block.location)
     else:
         summary_extra = {"incomplete_writes_would_remove": [k for keys in incomplete.values() for k in keys]}
+    # backups kept past their window must outlive Velero's TTL too; a failure fails the run below
+    held, unheld = hold_kept_backups(
+        plans, {n: lst.manifests for n, lst in listings.items()}, targets, dry_run
+    )
     summary: dict[str, Any] = {"dry_run": dry_run, "recovery_point": rp, "components": {}}
     for name, plan in plans.items():
         done = [] if name in busy else [d.id for d in plan.deletions]
@@ -357,6 +368,7 @@ def enforce_retention(
                 if d.locked_until or d.legal_hold
             },
             **({"busy": busy[name]} if name in busy else {}),
+            **({"engine_hold": held[name]} if held.get(name) else {}),
         }
     summary |= summary_extra
     damaged = {c: dirs for c, dirs in left_alone.items() if dirs}
@@ -373,6 +385,9 @@ def enforce_retention(
         + "".join(f"\n**{c}: nothing deleted, left for the next run**: {why}\n" for c, why in busy.items()),
         description=f"retention of {block.location}",
     )
+    if unheld:  # the rest is done; Velero would delete what retention keeps: someone must act
+        notify(Severity.P1, "retention could not hold Velero's expiry of kept backups", unheld)
+        raise ComponentFailed(unheld)
     if busy:  # the rest is done; these components wait for the next run, and the run says so
         raise TransientError(
             f"retention of {', '.join(busy)} was left for the next run: {'; '.join(busy.values())}"

@@ -18,14 +18,14 @@ from tasks.errors import BadInput, ConfigurationError
 COMPONENTS = sorted(SPECS)
 
 
-def assert_conforms(module: types.ModuleType, target_block: str | None) -> None:
-    problems = check_contract(module, target_block)
+def assert_conforms(module: types.ModuleType, target_block: str | None, engine_expiry: bool = False) -> None:
+    problems = check_contract(module, target_block, engine_expiry)
     assert not problems, "the component breaks its contract:\n" + "\n".join(problems)
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
 def test_contract_every_verb_with_its_signature(component):
-    assert_conforms(load(component), spec(component).target_block)
+    assert_conforms(load(component), spec(component).target_block, spec(component).velero_owned)
 
 
 @pytest.mark.parametrize("component", COMPONENTS)

@@ -190,6 +190,18 @@ def full_cluster_restore(c: Cluster, store) -> None:
     assert not done["dry_run"]
 
 
+def retention_holds_velero_expiry(c: Cluster, store) -> None:
+    from flows.backup import backup_component
+    from flows.maintenance import enforce_retention
+
+    target = c.velero_target()
+    backup_component("kubernetes", target=target, store=store)
+    done = enforce_retention(
+        dry_run=False, store=store, components=["kubernetes"], targets={"kubernetes": target}
+    )
+    assert done["components"]["kubernetes"]["engine_hold"]
+
+
 def _res(gv: str, plural: str):
     from sandbox.k8s_emulator.store import BY_PATH
 
@@ -208,6 +220,7 @@ FLOWS: dict[str, Callable[[Cluster, object], None]] = {
         pitr_kubernetes,
         full_cluster_restore,
         stuck_backup_is_cancelled,
+        retention_holds_velero_expiry,
     )
 }
 

@@ -186,7 +186,7 @@ class KubeApiServer:
                 res, ns_key, name, {"spec": {"replicas": int(replicas)}}
             )  # scale: any patch type
             return 200, scale_of(dep)
-        if sub not in (None, "status"):
+        if sub not in (None, "status") or (sub == "status" and not res.status_subresource):
             raise ApiError(404, "NotFound", NOT_FOUND)
         if method == "GET" and name is None:
             items = store.list(res, ns if res.namespaced else None, query.get("labelSelector"))

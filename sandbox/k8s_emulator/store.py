@@ -26,6 +26,8 @@ from sandbox.k8s_emulator.validation import (
     validate_metadata,
 )
 
+NO_STATUS_SUBRESOURCE = frozenset({"backups", "restores", "deletebackuprequests"})
+
 
 @dataclass(frozen=True)
 class Resource:
@@ -37,6 +39,14 @@ class Resource:
     @property
     def group(self) -> str:
         return self.group_version.rpartition("/")[0]
+
+    @property
+    def status_subresource(self) -> bool:
+        """Velero's Backup, Restore and DeleteBackupRequest CRDs declare no `subresources`
+        (config/crd/v1/bases/velero.io_backups.yaml): status is written through the object
+        itself (`kubectl edit backup` changes status.expiration, honoured by Velero's GC) and
+        /status is not found. Built-in kinds have one: the object's writes keep its status."""
+        return self.plural not in NO_STATUS_SUBRESOURCE
 
     @property
     def group_resource(self) -> str:
@@ -259,7 +269,7 @@ class ObjectStore:
             new = copy.deepcopy(obj)
             if status:  # the /status subresource changes only status
                 new = {**copy.deepcopy(old), "status": new.get("status", {})}
-            elif "status" in old:  # and the main resource never changes status
+            elif "status" in old and res.status_subresource:  # and the main resource never does
                 new["status"] = copy.deepcopy(old["status"])
             meta = new.setdefault("metadata", {})
             for key in ("uid", "creationTimestamp", "namespace", "name", "deletionTimestamp"):
@@ -388,5 +398,5 @@ def defaults(res: Resource, obj: dict[str, Any], services: ServiceAllocator) -> 
         obj["status"] = {"phase": "Pending"}  # the kubelet runs it (controllers.py)
     elif res.plural == "services":
         services.allocate(obj)
-    elif res.group == "velero.io" and res.plural not in ("backupstoragelocations",):
+    elif res.group == "velero.io" and res.status_subresource and res.plural != "backupstoragelocations":
         obj.pop("status", None)  # Velero's controllers write it through /status

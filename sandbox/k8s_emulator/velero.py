@@ -9,7 +9,8 @@ data by file-system backup (one PodVolumeBackup per volume of a *running* pod in
 `kube.IsPodRunning` in backupper.go) or by snapshot (native, CSI, or CSI + data mover, counted in
 backupItemOperations*). Restores are in velero_restore.py. Deletion
 (pkg/controller/backup_deletion_controller.go): the DeleteBackupRequest goes InProgress, the
-backup Deleting, then both are deleted; on an error it stays Processed with `errors`.
+backup Deleting, then both are deleted; on an error it stays Processed with `errors`. Expiry
+(pkg/controller/gc_controller.go): a finished backup past its status.expiration is deleted so.
 Failure modes are injectable per test.
 """
 
@@ -42,6 +43,7 @@ from sandbox.k8s_emulator.snapshot import (
 )
 from sandbox.k8s_emulator.store import BY_PATH, ApiError, ObjectStore, Resource, now_iso
 
+GC_PHASES = ("Completed", "PartiallyFailed", "Failed", "FailedValidation")
 BSLS = BY_PATH[("velero.io/v1", "backupstoragelocations")]
 CLASSES = BY_PATH[("storage.k8s.io/v1", "storageclasses")]
 
@@ -149,9 +151,36 @@ class VeleroController(Seeding):
                     self._set_status(BACKUPS, backup, phase="Finalizing", backupItemOperationsCompleted=ops)
         for restore in self.store.list(RESTORES, self.namespace):
             velero_restore.step(self, restore)
+        self._collect_expired()
         for dbr in self.store.list(DBRS, self.namespace):
             if not (dbr.get("status") or {}).get("phase"):
                 self._delete_backup(dbr)
+
+    def _collect_expired(self) -> None:
+        """Velero's GC controller (pkg/controller/gc_controller.go): a finished backup whose
+        status.expiration has passed gets a DeleteBackupRequest, whatever anyone else keeps.
+        The expiration is read from the Backup object each time, so extending it keeps it."""
+        now = datetime.now(UTC)
+        asked = {(d.get("spec") or {}).get("backupName") for d in self.store.list(DBRS, self.namespace)}
+        for backup in self.store.list(BACKUPS, self.namespace):
+            st = backup.get("status") or {}
+            name = backup["metadata"]["name"]
+            if st.get("phase") not in GC_PHASES or not st.get("expiration") or name in asked:
+                continue
+            if datetime.fromisoformat(st["expiration"].replace("Z", "+00:00")) > now:
+                continue
+            with contextlib.suppress(ApiError):
+                self.store.create(
+                    DBRS,
+                    self.namespace,
+                    {
+                        "metadata": {
+                            "name": f"{name[:50]}-gc{int(time.time() * 1000) % 100000}",
+                            "labels": {"velero.io/backup-name": name},
+                        },
+                        "spec": {"backupName": name},
+                    },
+                )
 
     def _set_status(self, res: Resource, obj: dict[str, Any], **status: Any) -> None:
         name = obj["metadata"]["name"]

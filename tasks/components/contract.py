@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from datetime import datetime
 from types import ModuleType
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -87,6 +88,15 @@ class Component(Protocol):
         ...
 
 
+class EngineExpiry(Protocol):
+    """The extra verb of a component whose engine expires backups on its own (Velero's TTL;
+    registry: velero_owned): retention calls it for the backups it keeps past their window."""
+
+    def keep_until(self, target: Any, manifests: list[Manifest], until: datetime) -> dict[str, str]:
+        """Make the engine keep these backups at least until `until`; -> backup id: what was done."""
+        ...
+
+
 def target_from_env(block_cls: type[Block], what: str, *env_vars: str, hint: str = "") -> Block:
     """A component's default target: the block named by the first of `env_vars` that is set,
     else ConfigurationError saying what to create."""
@@ -125,16 +135,22 @@ def _required_extras(fn: Any, contract_params: list[str]) -> list[str]:
     ]
 
 
-def check_contract(module: ModuleType, target_block: str | None = None) -> list[str]:
-    """Every way `module` falls short of `Component`, as sentences that say what to add; [] if none."""
+def check_contract(
+    module: ModuleType, target_block: str | None = None, engine_expiry: bool = False
+) -> list[str]:
+    """Every way `module` falls short of `Component` (and of `EngineExpiry` when its engine
+    expires backups itself), as sentences that say what to add; [] if none."""
     name = module.__name__
     problems: list[str] = []
-    for verb in VERBS:
+    verbs = [(v, Component) for v in VERBS] + ([("keep_until", EngineExpiry)] if engine_expiry else [])
+    for verb, protocol in verbs:
         fn = getattr(module, verb, None)
         if not callable(fn):
-            problems.append(f"{name}: missing `{verb}` (see tasks/components/contract.py:Component)")
+            problems.append(
+                f"{name}: missing `{verb}` (see tasks/components/contract.py:{protocol.__name__})"
+            )
             continue
-        want = _params(getattr(Component, verb))
+        want = _params(getattr(protocol, verb))
         got = _params(fn)
         # the contract's parameters first, in its order; anything more must be optional
         if got[: len(want)] != want or _required_extras(fn, want):

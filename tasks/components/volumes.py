@@ -15,6 +15,7 @@ from blocks.kubernetes import VeleroTarget
 from blocks.store import StoreBlock
 from tasks.components import kubernetes as velero
 from tasks.components.contract import target_from_env
+from tasks.components.kubernetes.expiry import keep_until as keep_until  # Velero's expiry, as kubernetes
 from tasks.errors import BadInput, ComponentFailed
 from tasks.models import Manifest
 from tasks.storage.session import BackupSession

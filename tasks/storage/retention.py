@@ -103,6 +103,10 @@ class Decision(_Held):
     good: bool
     action: Action
     reason: str
+    protected: bool = Field(
+        default=False,
+        description="kept whatever its age (rules 2, 3, 5): an engine's own expiry must not take it",
+    )
     keys: list[str] = Field(default_factory=list, description="keys deleted with it (manifest first)")
 
 
@@ -266,6 +270,13 @@ def plan_retention(
                 reason += ", not a good backup"
             if velero:
                 reason += "; Velero's copy expires by its TTL (catalog entry only)"
+        protected = m.routine and (
+            m.id in last_good
+            or m.id in holders
+            or m.id == fallback
+            or bool(recovery_point and m.labels.get(RECOVERY_POINT_LABEL) == recovery_point)
+            or any(m.id in ids for ids in tiers.values())
+        )
         decisions.append(
             Decision(
                 id=m.id,
@@ -274,6 +285,7 @@ def plan_retention(
                 good=good_m,
                 action=action,
                 reason=reason,
+                protected=action == Action.keep and protected,
                 keys=_backup_keys(m, by_dir.pop(m.id, None)) if action == Action.delete else [],
             )
         )

@@ -25,6 +25,7 @@ from tasks.components.kubernetes.backups import (
     verify,
 )
 from tasks.components.kubernetes.drills import SCALE_TO_ZERO, drill, drill_cleanup, drill_namespaces
+from tasks.components.kubernetes.expiry import keep_until
 from tasks.components.kubernetes.restores import (
     DNS_LABEL,
     ExistingResourcePolicy,
@@ -115,6 +116,7 @@ __all__ = [
     "drill_namespaces",
     "get_backup_cr",
     "inventory",
+    "keep_until",
     "load_document",
     "preflight",
     "restore",
