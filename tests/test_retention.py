@@ -298,3 +298,25 @@ def test_the_newest_good_backup_of_each_database_is_kept():
     # once a newer backup holds b (at another position: objects are named by position), it goes
     plan = plan_retention([full, only_a, newer_full], RetentionPolicy.from_table("postgres"), NOW)
     assert [d.id for d in plan.deletions] == [full.id, only_a.id]
+
+
+def test_the_newest_good_backup_of_each_namespace_is_kept():
+    """A Velero target narrowed to one namespace (an on-demand backup before a change there)
+    backs up into the same catalog: after a run of failed backups longer than the window, the
+    last full backup is the only copy of the other namespaces."""
+
+    def with_namespaces(m: Manifest, *namespaces: str) -> Manifest:
+        return m.model_copy(
+            update={"engine": {"velero_backup": m.id.lower(), "namespaces": list(namespaces)}}
+        )
+
+    policy = RetentionPolicy.from_table("kubernetes")
+    full = with_namespaces(manifest(1, 24 * 50, component="kubernetes"), "lambda-system", "database")
+    only_lambda = with_namespaces(manifest(2, 24 * 40, component="kubernetes"), "lambda-system")
+    plan = plan_retention([full, only_lambda], policy, NOW)
+    by_id = {d.id: d for d in plan.decisions}
+    assert by_id[full.id].action == Action.keep and "namespace database" in by_id[full.id].reason
+    assert by_id[full.id].protected and by_id[only_lambda.id].protected
+    newer_full = with_namespaces(manifest(3, 24 * 35, component="kubernetes"), "database", "lambda-system")
+    plan = plan_retention([full, only_lambda, newer_full], policy, NOW)
+    assert [d.id for d in plan.deletions] == [full.id, only_lambda.id]

@@ -12,8 +12,8 @@ Pure: no I/O here (flows/maintenance.py lists, plans, then deletes). The rules, 
    stand in for the backup `latest` does pick; it is kept (its age is negative) and says why.
    Nor does one whose objects the listing lacks (deleted behind its manifest's back). With no
    good backup at all, the newest routine one not known damaged is kept in its place. And the
-   newest good backup holding each part (object name: a database, an app-state step) is kept,
-   so a narrower newer backup never costs the other parts their last copy;
+   newest good backup holding each part (a database, an app-state step, a vhost, a Kubernetes
+   namespace) is kept, so a narrower newer backup never costs the other parts their last copy;
 3. members of the newest recovery point are kept (labels["recovery_point"]);
 4. everything within the retention window is kept;
 5. GFS tiers (optional): the newest good backup of each of the last N days / ISO weeks / months;
@@ -322,11 +322,15 @@ def _last_holders(good: list[Manifest]) -> dict[str, list[str]]:
     """backup id -> the parts (a database, an app-state step, a vhost) it is the newest good
     backup of. A narrower backup (one database, taken before a migration) is good, and newer;
     without this the others' last copies went with the older, wider backup once past the window.
-    A part is the object's database (postgres names objects by position too), else its name."""
+    A part is the object's database (postgres names objects by position too), else its name;
+    and each namespace a Velero backup holds (a target block narrowed to one namespace backs up
+    into the same catalog: its newer backup must not cost the other namespaces theirs)."""
     newest_of: dict[str, str] = {}
     for m in good:  # oldest first: the newest holder of each part wins
         for o in m.objects:
             newest_of[str(o.meta.get("database") or o.name)] = m.id
+        for ns in m.engine.get("namespaces") or []:
+            newest_of[f"namespace {ns}"] = m.id
     holders: dict[str, list[str]] = {}
     for name, backup_id in sorted(newest_of.items()):
         holders.setdefault(backup_id, []).append(name)
