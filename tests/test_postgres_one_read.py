@@ -291,3 +291,36 @@ def test_fingerprint_sees_values_moved_between_rows_and_bigints_a_fold_to_32_bit
         after = fingerprint_database(target, db)
         assert any(expected in line for line in diff_fingerprints(before, after)), statement
         before = after
+
+
+def test_a_descending_sequence_is_checked_the_way_it_counts(sample, local_store):
+    """pg_dump reads a sequence when it reaches it, not at the snapshot, so a restored sequence may
+    be ahead of the fingerprint's value, never behind. 'Ahead' of a descending sequence is lower:
+    one the application used during the dump failed every restore of that backup as 'behind',
+    and one truly behind (it would hand out ids again) passed."""
+    target, db = sample
+    exec_in(
+        target,
+        db,
+        "CREATE SEQUENCE public.down INCREMENT -1; SELECT nextval('public.down') FROM generate_series(1, 3)",
+    )
+    store = local_store()
+    manifest = take_backup(target, store)
+    recorded = manifest.fingerprint["databases"][db]["sequences"]["public.down"]
+    assert (recorded["last_value"], recorded["is_called"]) == (-3, True)
+
+    def recorded_as(value: int):
+        fp = manifest.fingerprint["databases"][db]
+        seqs = {**fp["sequences"], "public.down": {**recorded, "last_value": value}}
+        fingerprint = {**manifest.fingerprint, "databases": {db: {**fp, "sequences": seqs}}}
+        return manifest.model_copy(update={"fingerprint": fingerprint})
+
+    # the fingerprint read -2, then the application took -3, then pg_dump read -3: a sound backup
+    options = pg.RestoreOptions(rename_to={db: db + "_copy"})  # the sample fixture drops it
+    report = pg.restore(target, recorded_as(-2), store, options)
+    assert report["databases"][db + "_copy"]["fingerprint_equal"] is True
+    # recorded -4, restored -3: -4 would be handed out again
+    names = db_names(target)
+    with pytest.raises(IntegrityError, match="public.down.*behind"):
+        pg.restore(target, recorded_as(-4), store, pg.RestoreOptions(rename_to={db: db + "_behind"}))
+    assert db_names(target) == names

@@ -175,7 +175,9 @@ def fingerprint(conn: psycopg.Connection, algorithm: str | None = None) -> dict[
             last, called = conn.execute(
                 sql.SQL("SELECT last_value, is_called FROM {}").format(ident)
             ).fetchone()
-            sequences[key] = {"last_value": last, "is_called": called}
+            # its direction: what "behind" means for it (diff_fingerprints)
+            step = conn.execute("SELECT seqincrement FROM pg_sequence WHERE seqrelid = %s", (oid,)).fetchone()
+            sequences[key] = {"last_value": last, "is_called": called, "increment": step[0]}
             continue
         row_sum = sql.SQL(expression) if expression is not None else _per_column_sum(conn, oid, algorithm)
         rows, total = conn.execute(
@@ -206,7 +208,8 @@ def diff_fingerprints(expected: dict[str, Any], actual: dict[str, Any]) -> list[
 
     Tables must match exactly. Sequences are outside MVCC: pg_dump reads their value when it
     reaches them, not at the snapshot, so a restored sequence may be ahead of the recorded value
-    (never behind: that would hand out ids already used).
+    (never behind: that would hand out ids already used). Ahead is the way it counts: lower for a
+    descending one (its increment; fingerprints before it was recorded have the restored one's).
     """
     out = []
     exp, act = expected.get("tables", {}), actual.get("tables", {})
@@ -225,9 +228,12 @@ def diff_fingerprints(expected: dict[str, Any], actual: dict[str, Any]) -> list[
     for key in sorted(set(exp) | set(act)):
         if key not in act or key not in exp:
             out.append(f"sequence {key} {'missing after restore' if key not in act else 'not in the backup'}")
-        elif (act[key]["last_value"], act[key]["is_called"]) < (
-            exp[key]["last_value"],
-            exp[key]["is_called"],
-        ):
+        elif _progress(act[key], exp[key]) < _progress(exp[key], act[key]):
             out.append(f"sequence {key}: restored {act[key]} is behind the backup's {exp[key]}")
     return out
+
+
+def _progress(seq: dict[str, Any], other: dict[str, Any]) -> tuple[int, bool]:
+    """How far `seq` has counted: its value in its own direction, then whether it was used."""
+    step = seq.get("increment") or other.get("increment") or 1
+    return (seq["last_value"] if step > 0 else -seq["last_value"], seq["is_called"])
