@@ -129,6 +129,30 @@ CREATE TABLE public."Ünï Tablé" ("çolumn ✓" text COLLATE app.german, n int
 INSERT INTO public."Ünï Tablé" SELECT chr(19968 + i) || ' ✓', i FROM generate_series(1, 50) i;
 ALTER TABLE app.customers OWNER TO app_owner;
 ALTER TABLE app.orders OWNER TO app_owner;
+ALTER TABLE app.customers FORCE ROW LEVEL SECURITY;
+ALTER TABLE app.orders_2025 ADD CONSTRAINT big_enough CHECK (total > 100) NOT VALID;
+CREATE UNLOGGED TABLE app.cache (k text PRIMARY KEY, v text);
+INSERT INTO app.cache SELECT 'k' || i, repeat('v', i) FROM generate_series(1, 20) i;
+CREATE MATERIALIZED VIEW app.later AS SELECT customer FROM app.orders WITH NO DATA;
+CREATE SEQUENCE app.countdown INCREMENT -1;
+SELECT nextval('app.countdown') FROM generate_series(1, 4);
+CREATE SEQUENCE app.unused;
+CREATE TABLE app.odd (n numeric, twice numeric GENERATED ALWAYS AS (n * 2) STORED, f float8, r real,
+    t text, c char(4), a int[], j json, tz timetz, ts timestamptz, iv interval, b bit varying);
+INSERT INTO app.odd (n, f, r, t, c, a, j, tz, ts, iv, b) VALUES
+    (1.50, '-0', 'NaN', '', 'ab  ', '[0:1]={1,2}', '{"b": 1, "a": 2}', '12:00+05:30',
+     '1999-12-31 23:59:59.999999+14', '1 day 25:00:00', B'101'),
+    (NULL, 'Infinity', '-0', NULL, NULL, '{}', '[]', NULL, 'infinity', '-1 mon', B''),
+    ('NaN', 1e308, 1.17549435e-38, ' trailing  ', 'x', '{{1,NULL},{3,4}}', 'null', '00:00-15:59',
+     '0001-01-01 00:00:00+00 BC', '0', NULL);
+CREATE FUNCTION app.log_ddl() RETURNS event_trigger LANGUAGE plpgsql AS
+    $$ BEGIN INSERT INTO app.audit (what) VALUES ('ddl ' || tg_tag); END $$;
+CREATE EVENT TRIGGER app_ddl ON ddl_command_end EXECUTE FUNCTION app.log_ddl();
+ALTER EVENT TRIGGER app_ddl DISABLE;
+CREATE EVENT TRIGGER app_ddl_live ON ddl_command_end WHEN TAG IN ('CREATE TABLE')
+    EXECUTE FUNCTION app.log_ddl();
+CREATE PUBLICATION shop_pub FOR TABLE app.customers, app.orders WITH (publish = 'insert, update');
+CREATE PUBLICATION shop_all FOR ALL TABLES;
 """
 
 UNICODE_DB = """
