@@ -84,12 +84,15 @@ def post_data_file(store: StoreBlock, obj: StoredObject) -> Iterator[str]:
 _EVENT_TRIGGER = re.compile(r"^\d+; \d+ \d+ (?:(?:COMMENT|SECURITY LABEL) - )?EVENT TRIGGER ")
 
 
-def _split_event_triggers(target: PostgresTarget, path: str) -> tuple[str, str] | None:
+def _split_event_triggers(
+    target: PostgresTarget, path: str, env: dict[str, str | None]
+) -> tuple[str, str] | None:
     """List files for `pg_restore -L`: everything but the event triggers, then only them; None
     when there are none. pg_restore creates event triggers before it refreshes materialized
     views, so a DDL-audit trigger would log the restore's own REFRESH into the restored data (a
     row the backup never had), or fail it (pg_restore's search_path is empty)."""
-    toc = run([tool(target, "pg_restore"), "--list", path], name="pg_restore --list (post-data)")
+    # `env` as every engine's: an inherited PGPASSWORD is not passed on, even to one that only reads
+    toc = run([tool(target, "pg_restore"), "--list", path], env, name="pg_restore --list (post-data)")
     lines = toc.splitlines()
     events = [line for line in lines if _EVENT_TRIGGER.match(line)]
     if not events:
@@ -110,9 +113,9 @@ def build_post_data(target: PostgresTarget, path: str, db: str, side: str, no_ow
     """Indexes, constraints and triggers, POST_DATA_JOBS at a time; event triggers last, when no
     DDL of the restore is left to fire them."""
     argv = _pg_restore(target, side, no_owner, f"--jobs={POST_DATA_JOBS}", "--section=post-data")
-    lists = _split_event_triggers(target, path)
     # each job sorts its index in memory up to this, not in temporary files (default 64MB)
     with engine_env(target, side, {"maintenance_work_mem": target.restore_index_memory}) as env:
+        lists = _split_event_triggers(target, path, env)
         # no timeout: an index build on a large table takes as long as it takes
         name = f"pg_restore --section=post-data {db}"
         run([*argv, *(["--use-list", lists[0]] if lists else []), path], env, timeout=None, name=name)
