@@ -155,6 +155,18 @@ CREATE PUBLICATION shop_pub FOR TABLE app.customers, app.orders WITH (publish = 
 CREATE PUBLICATION shop_all FOR ALL TABLES;
 """
 
+TEMPLATE1 = """
+CREATE EXTENSION citext;
+CREATE TABLE public.seeded (k citext PRIMARY KEY, v text);
+INSERT INTO public.seeded VALUES ('Default', 'every new database starts with this');
+"""
+TEMPLATE1_PROPERTIES = """
+REVOKE TEMPORARY ON DATABASE template1 FROM PUBLIC;
+GRANT CREATE ON DATABASE template1 TO app_owner;
+ALTER DATABASE template1 SET work_mem = '5MB';
+COMMENT ON DATABASE template1 IS 'our seed';
+"""
+
 UNICODE_DB = """
 CREATE TABLE mots (mot text, n int);
 INSERT INTO mots SELECT 'été ' || i, i FROM generate_series(1, 100) i;
@@ -197,6 +209,10 @@ def broad(request, tmp_path_factory):
     exec_in(source, "shop", SHOP)
     exec_in(source, "Ünï db", UNICODE_DB)
     exec_in(source, "postgres", 'ALTER DATABASE "Ünï db" SET default_transaction_read_only = on')
+    # template1, made after the others (it seeds every database created later): pg_dumpall has it
+    exec_in(source, "template1", TEMPLATE1)
+    for statement in TEMPLATE1_PROPERTIES.split(";\n")[:-1]:
+        exec_in(source, "postgres", statement)
     before = _pg_dumpall(source)
     assert any("REVOKE CONNECT,TEMPORARY ON DATABASE shop FROM PUBLIC" in x for x in before)
     assert any("ALTER ROLE reporter IN DATABASE shop SET statement_timeout" in x for x in before)
@@ -204,7 +220,9 @@ def broad(request, tmp_path_factory):
     with backup_session(store, "postgres") as session:
         pg.backup(source, session)
         session.commit()
-    assert {"postgres", "shop", "Ünï db", "tmpl_app"} <= set(session.manifest.engine["databases"])
+    assert {"postgres", "shop", "Ünï db", "tmpl_app", "template1"} <= set(
+        session.manifest.engine["databases"]
+    )
     return source, before, session.manifest, store
 
 
@@ -218,6 +236,7 @@ def test_round_trip_in_place_gives_back_an_identical_pg_dumpall(broad):
     exec_in(
         source, "shop", "SELECT lo_unlink(424242); REVOKE SELECT (id, name) ON app.customers FROM reporter"
     )
+    exec_in(source, "template1", "DELETE FROM public.seeded")
     for statement in (
         "GRANT ALL ON DATABASE shop TO PUBLIC",
         "ALTER DATABASE shop RESET ALL",
@@ -227,6 +246,8 @@ def test_round_trip_in_place_gives_back_an_identical_pg_dumpall(broad):
         'DROP DATABASE "Ünï db"',
         "ALTER DATABASE tmpl_app IS_TEMPLATE false",
         "ALTER ROLE reporter NOLOGIN CONNECTION LIMIT -1",
+        "GRANT ALL ON DATABASE template1 TO PUBLIC",
+        "ALTER DATABASE template1 RESET ALL",
         'REVOKE app_ro FROM "Ünïcode Rôle"',
     ):
         exec_in(source, "postgres", statement)
@@ -237,7 +258,7 @@ def test_round_trip_in_place_gives_back_an_identical_pg_dumpall(broad):
     after = _pg_dumpall(source)
     assert _diff(before, after) == []
     kept = [d for d in db_names(source) if parse_aside(d)]
-    assert {parse_aside(d)[0] for d in kept} == {"postgres", "shop", "tmpl_app"}  # "Ünï db" was gone
+    assert {parse_aside(d)[0] for d in kept} == {"postgres", "shop", "tmpl_app", "template1"}  # not "Ünï db"
     assert not any("__rollback_" in line for line in after)
     assert report["databases"]["shop"]["fingerprint_equal"] is True
     # what the issue saw widen: PUBLIC may not connect to shop again
@@ -258,6 +279,11 @@ def test_round_trip_into_an_empty_cluster_gives_back_an_identical_pg_dumpall(req
     ]
     assert scalar(empty, "shop", "SHOW DateStyle") == "SQL, DMY"
     assert scalar(empty, "Ünï db", "SHOW default_transaction_read_only") == "on"
+    # and a database created on it now starts from the backup's template1
+    exec_in(empty, "postgres", "CREATE DATABASE fresh")
+    assert scalar(empty, "fresh", "SELECT v FROM public.seeded WHERE k = 'DEFAULT'") == (
+        "every new database starts with this"
+    )
 
 
 def test_a_database_in_its_own_tablespace_comes_back_in_it(postgres, local_store):
