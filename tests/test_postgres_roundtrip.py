@@ -306,6 +306,11 @@ def test_a_database_in_its_own_tablespace_comes_back_in_it(postgres, local_store
         pg.restore(target, session.manifest, store, pg.RestoreOptions())  # globals: ts kept
         assert scalar(admin_target, "postgres", where, (db,)) == space
         assert scalar(admin_target, db, "SELECT count(*) FROM t") == 100
+        # gone with its database: made again before the load, from the backup's globals
+        drop(admin_target, db, *[d for d in db_names(admin_target) if d.startswith(db + "__")])
+        exec_in(admin_target, "postgres", f"DROP TABLESPACE {space}")
+        pg.restore(target, session.manifest, store, pg.RestoreOptions(include_globals=True))
+        assert scalar(admin_target, "postgres", where, (db,)) == space
     finally:
         drop(admin_target, *[d for d in db_names(admin_target) if d == db or d.startswith(db + "__")])
         exec_in(admin_target, "postgres", f"DROP TABLESPACE IF EXISTS {space}")
