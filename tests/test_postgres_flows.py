@@ -353,6 +353,11 @@ def test_a_restore_with_globals_that_fails_before_the_cut_over_leaves_the_roles_
             "postgres",
             f"DROP ROLE {gone}; ALTER ROLE {app} PASSWORD 'rotated' CONNECTION LIMIT 5",
         )
+        exec_in(
+            admin_target,
+            "postgres",
+            f"ALTER ROLE {app} VALID UNTIL '2030-01-01'; ALTER ROLE {app} SET search_path = nowhere",
+        )
         with pg.common.admin(admin_target) as conn:
             now = conn.execute(roles, (app, gone)).fetchall()
         changed, names = state(target, db), db_names(admin_target)
@@ -374,6 +379,12 @@ def test_a_restore_with_globals_that_fails_before_the_cut_over_leaves_the_roles_
         with pg.common.admin(admin_target) as conn:
             (back,) = [r for r in conn.execute(roles, (app, gone)).fetchall() if r[0] == app]
         assert back[1] != now[0][1]  # the password as it was at the backup, not the rotated one
+        # and what was added since is gone: no connection limit, no expiry, no setting
+        attrs = """SELECT r.rolconnlimit, coalesce(r.rolvaliduntil = 'infinity', true), s.setconfig
+                   FROM pg_roles r LEFT JOIN pg_db_role_setting s ON s.setrole = r.oid AND s.setdatabase = 0
+                   WHERE r.rolname = %s"""
+        with pg.common.admin(admin_target) as conn:
+            assert conn.execute(attrs, (app,)).fetchone() == (-1, True, None)
         assert scalar(admin_target, db, f"SELECT has_table_privilege('{gone}', 'app.items', 'SELECT')")
     finally:
         drop(admin_target, db, *_asides_of(admin_target, db))

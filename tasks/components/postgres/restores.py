@@ -117,9 +117,15 @@ def _statement_starts(lines: list[str]) -> Iterator[tuple[str, bool]]:
                 quote = None  # a doubled quote opens again at the next character
 
 
-def _globals_script(raw: bytes, user: str, tablespaces: set[str]) -> tuple[str, bool]:
+def _globals_script(
+    raw: bytes, user: str, tablespaces: set[str], expiring: frozenset[str] = frozenset()
+) -> tuple[str, bool]:
     """Make pg_dumpall's globals re-runnable on a live server: existing roles and tablespaces
-    are kept (not an error), and the connecting user's password is left as it is now."""
+    are kept (not an error), and the connecting user's password is left as it is now. An
+    existing role is put back as the backup has it: pg_dumpall leaves out what is the default (no
+    connection limit, no expiry, no settings), so what was added since is reset explicitly
+    (`expiring`: roles that have an expiry now; NULL cannot be given back, 'infinity' means the
+    same)."""
     out, creates_tablespace = [], False
     me = _ident_forms(user)
     for line, statement in _statement_starts(raw.decode().splitlines()):
@@ -136,6 +142,12 @@ def _globals_script(raw: bytes, user: str, tablespaces: set[str]) -> tuple[str, 
         alter = re.fullmatch(r"ALTER ROLE (\S+|\"(?:[^\"]|\"\")+\") WITH (.*);", line)
         if alter and alter[1] in me:
             line = re.sub(r" PASSWORD '(?:[^']|'')*'", "", line)
+        if alter:  # its settings follow, further down: none but those
+            out.append(f"ALTER ROLE {alter[1]} RESET ALL;")
+            if not re.search(r" CONNECTION LIMIT -?\d+", line):
+                line = line[:-1] + " CONNECTION LIMIT -1;"
+            if " VALID UNTIL '" not in line and _unquote(alter[1]) in expiring:
+                line = line[:-1] + " VALID UNTIL 'infinity';"
         space = re.match(r"CREATE TABLESPACE (\S+|\"(?:[^\"]|\"\")+\") ", line)
         if space:
             if any(space[1] in _ident_forms(t) for t in tablespaces):
@@ -203,7 +215,9 @@ def _drop_made(target: PostgresTarget, made: dict[str, list[str]]) -> bool:
 def _apply_globals(target: PostgresTarget, raw: bytes) -> dict[str, Any]:
     with admin(target) as conn:
         spaces = {r[0] for r in conn.execute("SELECT spcname FROM pg_tablespace")}
-    script, has_tablespace = _globals_script(raw, target.user, spaces)
+        expiring = "SELECT rolname FROM pg_roles WHERE rolvaliduntil IS NOT NULL"
+        dated = frozenset(r[0] for r in conn.execute(expiring))
+    script, has_tablespace = _globals_script(raw, target.user, spaces, dated)
     argv = [tool(target, "psql"), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1"]
     if not has_tablespace:  # CREATE TABLESPACE cannot run inside a transaction block
         argv.append("--single-transaction")
