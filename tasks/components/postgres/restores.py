@@ -42,7 +42,9 @@ class RestoreOptions(StrictOptions):
     )
     rename_to: dict[str, str] = Field(default_factory=dict, description="backup name -> name on the target")
     include_globals: bool | None = Field(
-        default=None, description="apply roles/tablespaces first (default: when restoring every database)"
+        default=None,
+        description="restore roles/tablespaces too: missing ones before the load, the rest just "
+        "before the cut-over (default: when restoring every database)",
     )
     cut_over: bool = Field(default=True, description="False: leave the verified copy aside, touch nothing")
     no_owner: bool = Field(
