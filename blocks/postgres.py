@@ -31,7 +31,8 @@ class PostgresTarget(StrictBlock):
         default=None, description="engines read it from a private 0600 password file, never argv or env"
     )
     databases: list[str] = Field(
-        default_factory=list, description="databases to back up; empty = every non-template database"
+        default_factory=list,
+        description="databases to back up; empty = every one that accepts connections, template1 too",
     )
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
     maintenance_db: str = Field(default="postgres", description="database to connect to for admin work")

@@ -12,7 +12,7 @@ import psycopg
 from psycopg import sql
 
 from blocks.postgres import PostgresTarget
-from tasks.components.postgres.common import admin, connect
+from tasks.components.postgres.common import admin, connect, drop_database
 from tasks.components.postgres.fingerprint import fingerprint_database
 
 
@@ -112,7 +112,7 @@ def kill_child(name: str, timeout: float = 10) -> int:
 def drop(target: PostgresTarget, *names: str) -> None:
     with admin(target) as conn:
         for name in names:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            drop_database(conn, name)  # a template too (a kept template1__rollback_ copy)
 
 
 __all__ = ["psycopg"]

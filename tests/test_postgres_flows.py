@@ -322,3 +322,70 @@ def test_a_restore_that_fails_before_the_cut_over_says_so_and_refuses_a_rollback
     finally:
         exec_in(admin_target, "postgres", f"DROP ROLE IF EXISTS {role}")
         drop(admin_target, db, *_asides_of(admin_target, db))
+
+
+def test_a_restore_with_globals_that_fails_before_the_cut_over_leaves_the_roles_as_they_were(
+    postgres, local_store
+):
+    """The roles were applied to the live server before the databases were loaded: a restore that
+    then failed (a fingerprint that does not match, here) had already put back every role's old
+    password and attributes (an application's rotated password with it) and re-created roles
+    dropped since, while its databases stayed as they were. Now only the missing roles are made
+    (bare) before the load, and dropped again on failure; the rest is applied after every
+    database is verified, just before the cut-over."""
+    from tasks.errors import IntegrityError
+
+    admin_target = target_for(postgres)
+    app, gone, db = new_name("app"), new_name("gone"), new_name()
+    exec_in(admin_target, "postgres", f"CREATE ROLE {app} LOGIN PASSWORD 'old-pw'; CREATE ROLE {gone} LOGIN")
+    make_db(admin_target, db, owner=app)
+    exec_in(admin_target, db, f"GRANT SELECT ON app.items TO {gone}")
+    target = target_for(postgres, databases=[db])
+    store = local_store()
+    roles = "SELECT rolname, rolpassword, rolconnlimit FROM pg_authid WHERE rolname IN (%s, %s) ORDER BY 1"
+    try:
+        with backup_session(store, "postgres") as session:
+            pg.backup(target, session)
+            session.commit()
+        exec_in(admin_target, db, f"REVOKE SELECT ON app.items FROM {gone}")
+        exec_in(
+            admin_target,
+            "postgres",
+            f"DROP ROLE {gone}; ALTER ROLE {app} PASSWORD 'rotated' CONNECTION LIMIT 5",
+        )
+        exec_in(
+            admin_target,
+            "postgres",
+            f"ALTER ROLE {app} VALID UNTIL '2030-01-01'; ALTER ROLE {app} SET search_path = nowhere",
+        )
+        with pg.common.admin(admin_target) as conn:
+            now = conn.execute(roles, (app, gone)).fetchall()
+        changed, names = state(target, db), db_names(admin_target)
+        fp = session.manifest.fingerprint
+        lie = {**fp, "databases": {db: {**fp["databases"][db], "tables": {}}}}
+        manifest = session.manifest.model_copy(update={"fingerprint": lie})
+
+        with pytest.raises(IntegrityError, match="not in the backup") as failed:
+            pg.restore(target, manifest, store, pg.RestoreOptions(include_globals=True))
+
+        assert getattr(failed.value, "target_untouched", False) is True
+        with pg.common.admin(admin_target) as conn:
+            assert conn.execute(roles, (app, gone)).fetchall() == now  # rotated, and still gone
+        assert state(target, db) == changed and db_names(admin_target) == names
+
+        # and the same backup, unaltered, brings the roles back as they were at the backup
+        report = pg.restore(target, session.manifest, store, pg.RestoreOptions(include_globals=True))
+        assert report["databases"][db]["fingerprint_equal"] is True
+        with pg.common.admin(admin_target) as conn:
+            (back,) = [r for r in conn.execute(roles, (app, gone)).fetchall() if r[0] == app]
+        assert back[1] != now[0][1]  # the password as it was at the backup, not the rotated one
+        # and what was added since is gone: no connection limit, no expiry, no setting
+        attrs = """SELECT r.rolconnlimit, coalesce(r.rolvaliduntil = 'infinity', true), s.setconfig
+                   FROM pg_roles r LEFT JOIN pg_db_role_setting s ON s.setrole = r.oid AND s.setdatabase = 0
+                   WHERE r.rolname = %s"""
+        with pg.common.admin(admin_target) as conn:
+            assert conn.execute(attrs, (app,)).fetchone() == (-1, True, None)
+        assert scalar(admin_target, db, f"SELECT has_table_privilege('{gone}', 'app.items', 'SELECT')")
+    finally:
+        drop(admin_target, db, *_asides_of(admin_target, db))
+        exec_in(admin_target, "postgres", f"DROP ROLE IF EXISTS {gone}; DROP ROLE IF EXISTS {app}")

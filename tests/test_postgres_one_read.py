@@ -14,6 +14,7 @@ import tasks.components.postgres as pg
 from tasks.components.postgres.fingerprint import (
     FINGERPRINT_ALGORITHM,
     V3,
+    V4,
     diff_fingerprints,
     fingerprint_database,
     recorded_algorithm,
@@ -86,7 +87,7 @@ def test_the_one_read_restore_brings_back_exactly_the_backup(sample, local_store
     assert manifest.fingerprint["algorithm"] == FINGERPRINT_ALGORITHM
 
 
-@pytest.mark.parametrize("algorithm", [V1, V2, V3, FINGERPRINT_ALGORITHM])
+@pytest.mark.parametrize("algorithm", [V1, V2, V3, V4, FINGERPRINT_ALGORITHM])
 def test_fingerprint_catches_a_missing_row_a_changed_value_and_a_missing_table(sample, algorithm):
     target, db = sample
     before = fingerprint_database(target, db, algorithm)
@@ -258,3 +259,68 @@ def test_an_unknown_fingerprint_algorithm_is_refused_and_changes_nothing(sample,
             target, manifest.model_copy(update={"fingerprint": odd}), store, pg.RestoreOptions(databases=[db])
         )
     assert state(target, db) == changed and db_names(target) == names
+
+
+def test_fingerprint_sees_values_moved_between_rows_and_bigints_a_fold_to_32_bits_confuses(sample):
+    """v4 summed hash_record_extended over the rows, and that hash is linear in its columns'
+    hashes (31 * h + next), so the sum is only per-column sums: two rows swapping an email (or a
+    NULL, or two large objects swapping content) left it unchanged. And int8/timestamp(tz)
+    columns were hashed by hashint8, which folds 64 bits to 32: 0 and 4294967297 hash alike."""
+    target, db = sample
+    exec_in(
+        target,
+        db,
+        "CREATE TABLE public.acct (id int, email text, note text, big bigint, at timestamptz, ts timestamp); "
+        "INSERT INTO public.acct VALUES "
+        "(1, 'a@x', 'n', 0, '2000-01-01 00:00:00+00', '2000-01-01 00:00:00'), "
+        "(2, 'b@x', NULL, 7, '2001-01-01 00:00:00+00', '2001-01-01 00:00:00'); "
+        "SELECT lo_from_bytea(5151, 'aaa'); SELECT lo_from_bytea(5252, 'bbb')",
+    )
+    changes = [
+        ("UPDATE public.acct SET email = CASE id WHEN 1 THEN 'b@x' ELSE 'a@x' END", "table public.acct"),
+        ("UPDATE public.acct SET note = CASE id WHEN 1 THEN NULL ELSE 'n' END", "table public.acct"),
+        ("UPDATE public.acct SET big = 4294967297 WHERE id = 1", "table public.acct"),  # 1 << 32 | 1
+        # 4294967297 microseconds after 2000-01-01, PostgreSQL's epoch: the same 32-bit fold
+        ("UPDATE public.acct SET at = at + interval '4294.967297 s' WHERE id = 1", "table public.acct"),
+        ("UPDATE public.acct SET ts = ts + interval '4294.967297 s' WHERE id = 1", "table public.acct"),
+        ("SELECT lo_put(5151, 0, 'bbb'), lo_put(5252, 0, 'aaa')", "large objects:"),
+    ]
+    before = fingerprint_database(target, db)
+    for statement, expected in changes:
+        exec_in(target, db, statement)
+        after = fingerprint_database(target, db)
+        assert any(expected in line for line in diff_fingerprints(before, after)), statement
+        before = after
+
+
+def test_a_descending_sequence_is_checked_the_way_it_counts(sample, local_store):
+    """pg_dump reads a sequence when it reaches it, not at the snapshot, so a restored sequence may
+    be ahead of the fingerprint's value, never behind. 'Ahead' of a descending sequence is lower:
+    one the application used during the dump failed every restore of that backup as 'behind',
+    and one truly behind (it would hand out ids again) passed."""
+    target, db = sample
+    exec_in(
+        target,
+        db,
+        "CREATE SEQUENCE public.down INCREMENT -1; SELECT nextval('public.down') FROM generate_series(1, 3)",
+    )
+    store = local_store()
+    manifest = take_backup(target, store)
+    recorded = manifest.fingerprint["databases"][db]["sequences"]["public.down"]
+    assert (recorded["last_value"], recorded["is_called"]) == (-3, True)
+
+    def recorded_as(value: int):
+        fp = manifest.fingerprint["databases"][db]
+        seqs = {**fp["sequences"], "public.down": {**recorded, "last_value": value}}
+        fingerprint = {**manifest.fingerprint, "databases": {db: {**fp, "sequences": seqs}}}
+        return manifest.model_copy(update={"fingerprint": fingerprint})
+
+    # the fingerprint read -2, then the application took -3, then pg_dump read -3: a sound backup
+    options = pg.RestoreOptions(rename_to={db: db + "_copy"})  # the sample fixture drops it
+    report = pg.restore(target, recorded_as(-2), store, options)
+    assert report["databases"][db + "_copy"]["fingerprint_equal"] is True
+    # recorded -4, restored -3: -4 would be handed out again
+    names = db_names(target)
+    with pytest.raises(IntegrityError, match="public.down.*behind"):
+        pg.restore(target, recorded_as(-4), store, pg.RestoreOptions(rename_to={db: db + "_behind"}))
+    assert db_names(target) == names

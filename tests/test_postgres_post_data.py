@@ -123,3 +123,49 @@ def test_a_backup_from_before_the_split_restores_by_the_single_stream(sample, lo
     assert state(target, db)["tables"] == manifest.fingerprint["databases"][db]["tables"]
     assert _indexes(target, db) == {"items_pkey", "logs_at"}  # from the one stream
     assert builds == []
+
+
+def test_event_triggers_come_back_but_never_fire_during_the_restore(sample, local_store):
+    """pg_restore creates event triggers before it refreshes materialized views: a DDL-audit
+    trigger logged the restore's own REFRESH into the restored table (a row the backup never had),
+    and one whose function names its table without a schema failed every restore (pg_restore runs
+    with an empty search_path). They are now created last, after the fingerprint and the build."""
+    target, db = sample
+    exec_in(
+        target,
+        db,
+        "CREATE TABLE public.ddl_log (tag text); "
+        "CREATE MATERIALIZED VIEW public.totals AS SELECT count(*) AS n FROM app.items; "
+        "CREATE FUNCTION public.log_ddl() RETURNS event_trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN INSERT INTO public.ddl_log VALUES (tg_tag); END $$; "
+        "CREATE FUNCTION public.log_ddl_bare() RETURNS event_trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN INSERT INTO ddl_log VALUES (tg_tag || ' (bare)'); END $$; "
+        "CREATE EVENT TRIGGER log_ddl ON ddl_command_end EXECUTE FUNCTION public.log_ddl(); "
+        "CREATE EVENT TRIGGER log_ddl_bare ON ddl_command_end EXECUTE FUNCTION public.log_ddl_bare(); "
+        "COMMENT ON EVENT TRIGGER log_ddl IS 'audit'; "
+        "CREATE INDEX items_name ON app.items (name)",
+    )
+    logged = "SELECT array_agg(tag ORDER BY tag) FROM public.ddl_log"
+    before = scalar(target, db, logged)
+    assert before == ["CREATE INDEX", "CREATE INDEX (bare)"]
+    store = local_store()
+    manifest = take_backup(target, store)
+    copy = db + "_copy"  # the sample fixture drops it with `db`
+
+    pg.restore(target, manifest, store, pg.RestoreOptions(rename_to={db: copy}))
+
+    assert scalar(target, copy, logged) == before
+    triggers = "SELECT array_agg(evtname || ':' || evtenabled::text ORDER BY evtname) FROM pg_event_trigger"
+    assert scalar(target, copy, triggers) == ["log_ddl:O", "log_ddl_bare:O"]
+    assert (
+        scalar(
+            target,
+            copy,
+            "SELECT obj_description(oid, 'pg_event_trigger') FROM pg_event_trigger WHERE evtname = 'log_ddl'",
+        )
+        == "audit"
+    )
+    assert scalar(target, copy, "SELECT n FROM public.totals") == 200
+    assert {"items_pkey", "logs_at", "items_name"} <= _indexes(target, copy)
+    exec_in(target, copy, "CREATE INDEX later ON public.ddl_log (tag)")  # and they work after it
+    assert len(scalar(target, copy, logged)) == 4

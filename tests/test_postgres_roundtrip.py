@@ -129,6 +129,42 @@ CREATE TABLE public."Ünï Tablé" ("çolumn ✓" text COLLATE app.german, n int
 INSERT INTO public."Ünï Tablé" SELECT chr(19968 + i) || ' ✓', i FROM generate_series(1, 50) i;
 ALTER TABLE app.customers OWNER TO app_owner;
 ALTER TABLE app.orders OWNER TO app_owner;
+ALTER TABLE app.customers FORCE ROW LEVEL SECURITY;
+ALTER TABLE app.orders_2025 ADD CONSTRAINT big_enough CHECK (total > 100) NOT VALID;
+CREATE UNLOGGED TABLE app.cache (k text PRIMARY KEY, v text);
+INSERT INTO app.cache SELECT 'k' || i, repeat('v', i) FROM generate_series(1, 20) i;
+CREATE MATERIALIZED VIEW app.later AS SELECT customer FROM app.orders WITH NO DATA;
+CREATE SEQUENCE app.countdown INCREMENT -1;
+SELECT nextval('app.countdown') FROM generate_series(1, 4);
+CREATE SEQUENCE app.unused;
+CREATE TABLE app.odd (n numeric, twice numeric GENERATED ALWAYS AS (n * 2) STORED, f float8, r real,
+    t text, c char(4), a int[], j json, tz timetz, ts timestamptz, iv interval, b bit varying);
+INSERT INTO app.odd (n, f, r, t, c, a, j, tz, ts, iv, b) VALUES
+    (1.50, '-0', 'NaN', '', 'ab  ', '[0:1]={1,2}', '{"b": 1, "a": 2}', '12:00+05:30',
+     '1999-12-31 23:59:59.999999+14', '1 day 25:00:00', B'101'),
+    (NULL, 'Infinity', '-0', NULL, NULL, '{}', '[]', NULL, 'infinity', '-1 mon', B''),
+    ('NaN', 1e308, 1.17549435e-38, ' trailing  ', 'x', '{{1,NULL},{3,4}}', 'null', '00:00-15:59',
+     '0001-01-01 00:00:00+00 BC', '0', NULL);
+CREATE FUNCTION app.log_ddl() RETURNS event_trigger LANGUAGE plpgsql AS
+    $$ BEGIN INSERT INTO app.audit (what) VALUES ('ddl ' || tg_tag); END $$;
+CREATE EVENT TRIGGER app_ddl ON ddl_command_end EXECUTE FUNCTION app.log_ddl();
+ALTER EVENT TRIGGER app_ddl DISABLE;
+CREATE EVENT TRIGGER app_ddl_live ON ddl_command_end WHEN TAG IN ('CREATE TABLE')
+    EXECUTE FUNCTION app.log_ddl();
+CREATE PUBLICATION shop_pub FOR TABLE app.customers, app.orders WITH (publish = 'insert, update');
+CREATE PUBLICATION shop_all FOR ALL TABLES;
+"""
+
+TEMPLATE1 = """
+CREATE EXTENSION citext;
+CREATE TABLE public.seeded (k citext PRIMARY KEY, v text);
+INSERT INTO public.seeded VALUES ('Default', 'every new database starts with this');
+"""
+TEMPLATE1_PROPERTIES = """
+REVOKE TEMPORARY ON DATABASE template1 FROM PUBLIC;
+GRANT CREATE ON DATABASE template1 TO app_owner;
+ALTER DATABASE template1 SET work_mem = '5MB';
+COMMENT ON DATABASE template1 IS 'our seed';
 """
 
 UNICODE_DB = """
@@ -173,6 +209,10 @@ def broad(request, tmp_path_factory):
     exec_in(source, "shop", SHOP)
     exec_in(source, "Ünï db", UNICODE_DB)
     exec_in(source, "postgres", 'ALTER DATABASE "Ünï db" SET default_transaction_read_only = on')
+    # template1, made after the others (it seeds every database created later): pg_dumpall has it
+    exec_in(source, "template1", TEMPLATE1)
+    for statement in TEMPLATE1_PROPERTIES.split(";\n")[:-1]:
+        exec_in(source, "postgres", statement)
     before = _pg_dumpall(source)
     assert any("REVOKE CONNECT,TEMPORARY ON DATABASE shop FROM PUBLIC" in x for x in before)
     assert any("ALTER ROLE reporter IN DATABASE shop SET statement_timeout" in x for x in before)
@@ -180,7 +220,9 @@ def broad(request, tmp_path_factory):
     with backup_session(store, "postgres") as session:
         pg.backup(source, session)
         session.commit()
-    assert {"postgres", "shop", "Ünï db", "tmpl_app"} <= set(session.manifest.engine["databases"])
+    assert {"postgres", "shop", "Ünï db", "tmpl_app", "template1"} <= set(
+        session.manifest.engine["databases"]
+    )
     return source, before, session.manifest, store
 
 
@@ -194,6 +236,7 @@ def test_round_trip_in_place_gives_back_an_identical_pg_dumpall(broad):
     exec_in(
         source, "shop", "SELECT lo_unlink(424242); REVOKE SELECT (id, name) ON app.customers FROM reporter"
     )
+    exec_in(source, "template1", "DELETE FROM public.seeded")
     for statement in (
         "GRANT ALL ON DATABASE shop TO PUBLIC",
         "ALTER DATABASE shop RESET ALL",
@@ -203,6 +246,8 @@ def test_round_trip_in_place_gives_back_an_identical_pg_dumpall(broad):
         'DROP DATABASE "Ünï db"',
         "ALTER DATABASE tmpl_app IS_TEMPLATE false",
         "ALTER ROLE reporter NOLOGIN CONNECTION LIMIT -1",
+        "GRANT ALL ON DATABASE template1 TO PUBLIC",
+        "ALTER DATABASE template1 RESET ALL",
         'REVOKE app_ro FROM "Ünïcode Rôle"',
     ):
         exec_in(source, "postgres", statement)
@@ -213,7 +258,7 @@ def test_round_trip_in_place_gives_back_an_identical_pg_dumpall(broad):
     after = _pg_dumpall(source)
     assert _diff(before, after) == []
     kept = [d for d in db_names(source) if parse_aside(d)]
-    assert {parse_aside(d)[0] for d in kept} == {"postgres", "shop", "tmpl_app"}  # "Ünï db" was gone
+    assert {parse_aside(d)[0] for d in kept} == {"postgres", "shop", "tmpl_app", "template1"}  # not "Ünï db"
     assert not any("__rollback_" in line for line in after)
     assert report["databases"]["shop"]["fingerprint_equal"] is True
     # what the issue saw widen: PUBLIC may not connect to shop again
@@ -234,6 +279,11 @@ def test_round_trip_into_an_empty_cluster_gives_back_an_identical_pg_dumpall(req
     ]
     assert scalar(empty, "shop", "SHOW DateStyle") == "SQL, DMY"
     assert scalar(empty, "Ünï db", "SHOW default_transaction_read_only") == "on"
+    # and a database created on it now starts from the backup's template1
+    exec_in(empty, "postgres", "CREATE DATABASE fresh")
+    assert scalar(empty, "fresh", "SELECT v FROM public.seeded WHERE k = 'DEFAULT'") == (
+        "every new database starts with this"
+    )
 
 
 def test_a_database_in_its_own_tablespace_comes_back_in_it(postgres, local_store):
@@ -256,6 +306,11 @@ def test_a_database_in_its_own_tablespace_comes_back_in_it(postgres, local_store
         pg.restore(target, session.manifest, store, pg.RestoreOptions())  # globals: ts kept
         assert scalar(admin_target, "postgres", where, (db,)) == space
         assert scalar(admin_target, db, "SELECT count(*) FROM t") == 100
+        # gone with its database: made again before the load, from the backup's globals
+        drop(admin_target, db, *[d for d in db_names(admin_target) if d.startswith(db + "__")])
+        exec_in(admin_target, "postgres", f"DROP TABLESPACE {space}")
+        pg.restore(target, session.manifest, store, pg.RestoreOptions(include_globals=True))
+        assert scalar(admin_target, "postgres", where, (db,)) == space
     finally:
         drop(admin_target, *[d for d in db_names(admin_target) if d == db or d.startswith(db + "__")])
         exec_in(admin_target, "postgres", f"DROP TABLESPACE IF EXISTS {space}")

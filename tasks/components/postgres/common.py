@@ -228,12 +228,15 @@ def same_base(database: str, base: str, kind: str) -> bool:
 
 
 def databases(conn: psycopg.Connection) -> dict[str, dict[str, Any]]:
+    """Every database but template0 (never changed, and closed). template1 is one: what an
+    operator put there (extensions, tables, grants, settings) seeds each database created later,
+    and pg_dumpall keeps it; a whole-cluster backup that left it out lost it unseen."""
     rows = conn.execute(
         """SELECT d.datname, pg_encoding_to_char(d.encoding), d.datcollate, d.datctype,
                   pg_get_userbyid(d.datdba), pg_database_size(d.oid), d.datallowconn,
                   coalesce((SELECT s.setconfig FROM pg_db_role_setting s
                             WHERE s.setdatabase = d.oid AND s.setrole = 0), '{}')
-           FROM pg_database d WHERE d.datname NOT IN ('template0', 'template1') ORDER BY d.datname"""
+           FROM pg_database d WHERE d.datname <> 'template0' ORDER BY d.datname"""
     ).fetchall()
     return {
         r[0]: {

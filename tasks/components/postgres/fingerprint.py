@@ -38,21 +38,32 @@ V3 = "rows+sum64(hash_record_extended(typed columns,0))/v3"
 # `a."b.c"` and `"a.b".c` one key, so one of the two tables went unchecked), and a column whose
 # type is (a domain over) bpchar goes by its output text: its cast to text drops trailing blanks,
 # so in an unbounded bpchar 'a ' and 'a' hashed alike; and it covers large objects (below).
-FINGERPRINT_ALGORITHM = "rows+sum64(hash_record_extended(typed columns,0))/v4"
-_PER_COLUMN = {V3, FINGERPRINT_ALGORITHM}
+V4 = "rows+sum64(hash_record_extended(typed columns,0))/v4"
+# v5 closes two more. hash_record_extended combines its columns linearly (h = 31 * h + column's
+# hash), so v3/v4's sum over rows was only a weighted sum of per-column sums: two rows swapping an
+# email, a balance or a NULL (or two large objects swapping content) left it unchanged. v5 hashes
+# each row's hash again (hashtextextended of its decimal text, a full 64-bit mix), so a value
+# counts with the row it is in. And int8, timestamp and timestamptz went by hashint8, which folds
+# 64 bits to 32 (0 and 4294967297 hash alike): v5 hashes their 8 bytes (their binary send form).
+FINGERPRINT_ALGORITHM = "rows+sum64(hashtextextended(hash_record_extended(typed columns,0)::text,0))/v5"
+_PER_COLUMN = {V3, V4, FINGERPRINT_ALGORITHM}
 _BPCHAR = 1042
+# the 8-byte types hashint8 folds, and the function that gives their bytes (v5)
+_WIDE = {20: "int8send", 1114: "timestamp_send", 1184: "timestamptz_send"}
 # v4 also sums large objects (pg_dump dumps them with the data; v3 and before left them out, so a
 # changed or missing one went unseen): per 1 MiB piece, a hash of (oid, offset, bytes), read with
 # lo_get in the caller's snapshot. Pieces, not whole objects: lo_get of one over 1 GB fails.
+# {piece} is the hash of one piece: v5 mixes it as it mixes a row's.
 _LARGE_OBJECTS = """
     WITH RECURSIVE piece(loid, off, data) AS (
         SELECT oid, 0::bigint, lo_get(oid, 0, 1048576) FROM pg_largeobject_metadata
         UNION ALL
         SELECT loid, off + 1048576, lo_get(loid, off + 1048576, 1048576)
         FROM piece WHERE length(data) = 1048576)
-    SELECT count(*) FILTER (WHERE off = 0),
-           coalesce(sum(hash_record_extended(ROW(loid, off, data), 0)), 0)::text
+    SELECT count(*) FILTER (WHERE off = 0), coalesce(sum({piece}), 0)::text
     FROM piece"""
+_PIECE = "hash_record_extended(ROW(loid, off, data), 0)"
+_MIX = "hashtextextended(({})::text, 0)"
 # bool, bytea, int8, int2, int4, text, oid, varchar, date, timestamp, timestamptz, uuid: exact
 # type oids (a domain over one of them goes by its text); text types hashed in "C" (bytes)
 _TYPE_HASHED = {16, 17, 20, 21, 23, 25, 26, 1043, 1082, 1114, 1184, 2950}
@@ -111,15 +122,18 @@ def _per_column_sum(conn: psycopg.Connection, oid: int, algorithm: str) -> sql.C
         if base == _BPCHAR and algorithm != V3:
             # its output function keeps the blanks; NULL stays NULL (both are strict)
             parts.append(sql.SQL('textin(bpcharout({})) COLLATE "C"').format(col))
+        elif typ in _WIDE and algorithm == FINGERPRINT_ALGORITHM:
+            parts.append(sql.SQL("{}({})").format(sql.SQL(_WIDE[typ]), col))  # strict: NULL stays
         elif typ in _TEXT_TYPES:
             parts.append(sql.SQL('{} COLLATE "C"').format(col))
         elif typ in _TYPE_HASHED:
             parts.append(col)
         else:
             parts.append(sql.SQL('{}::text COLLATE "C"').format(col))
-    return sql.SQL("coalesce(sum(hash_record_extended(ROW({}), 0)), 0)::text").format(
-        sql.SQL(", ").join(parts)
-    )
+    row = sql.SQL("hash_record_extended(ROW({}), 0)").format(sql.SQL(", ").join(parts))
+    if algorithm == FINGERPRINT_ALGORITHM:
+        row = sql.SQL(_MIX).format(row)
+    return sql.SQL("coalesce(sum({}), 0)::text").format(row)
 
 
 def recorded_algorithm(fingerprint: dict[str, Any] | None) -> str:
@@ -161,7 +175,9 @@ def fingerprint(conn: psycopg.Connection, algorithm: str | None = None) -> dict[
             last, called = conn.execute(
                 sql.SQL("SELECT last_value, is_called FROM {}").format(ident)
             ).fetchone()
-            sequences[key] = {"last_value": last, "is_called": called}
+            # its direction: what "behind" means for it (diff_fingerprints)
+            step = conn.execute("SELECT seqincrement FROM pg_sequence WHERE seqrelid = %s", (oid,)).fetchone()
+            sequences[key] = {"last_value": last, "is_called": called, "increment": step[0]}
             continue
         row_sum = sql.SQL(expression) if expression is not None else _per_column_sum(conn, oid, algorithm)
         rows, total = conn.execute(
@@ -170,7 +186,8 @@ def fingerprint(conn: psycopg.Connection, algorithm: str | None = None) -> dict[
         tables[key] = {"rows": rows, "sum": total}
     out: dict[str, Any] = {"tables": tables, "sequences": sequences}
     if not old_keys:
-        count, total = conn.execute(_LARGE_OBJECTS).fetchone()
+        piece = _MIX.format(_PIECE) if algorithm == FINGERPRINT_ALGORITHM else _PIECE
+        count, total = conn.execute(_LARGE_OBJECTS.format(piece=piece)).fetchone()
         out["large_objects"] = {"count": count, "sum": total}
     return out
 
@@ -191,7 +208,8 @@ def diff_fingerprints(expected: dict[str, Any], actual: dict[str, Any]) -> list[
 
     Tables must match exactly. Sequences are outside MVCC: pg_dump reads their value when it
     reaches them, not at the snapshot, so a restored sequence may be ahead of the recorded value
-    (never behind: that would hand out ids already used).
+    (never behind: that would hand out ids already used). Ahead is the way it counts: lower for a
+    descending one (its increment; fingerprints before it was recorded have the restored one's).
     """
     out = []
     exp, act = expected.get("tables", {}), actual.get("tables", {})
@@ -210,9 +228,12 @@ def diff_fingerprints(expected: dict[str, Any], actual: dict[str, Any]) -> list[
     for key in sorted(set(exp) | set(act)):
         if key not in act or key not in exp:
             out.append(f"sequence {key} {'missing after restore' if key not in act else 'not in the backup'}")
-        elif (act[key]["last_value"], act[key]["is_called"]) < (
-            exp[key]["last_value"],
-            exp[key]["is_called"],
-        ):
+        elif _progress(act[key], exp[key]) < _progress(exp[key], act[key]):
             out.append(f"sequence {key}: restored {act[key]} is behind the backup's {exp[key]}")
     return out
+
+
+def _progress(seq: dict[str, Any], other: dict[str, Any]) -> tuple[int, bool]:
+    """How far `seq` has counted: its value in its own direction, then whether it was used."""
+    step = seq.get("increment") or other.get("increment") or 1
+    return (seq["last_value"] if step > 0 else -seq["last_value"], seq["is_called"])

@@ -7,6 +7,7 @@ build them in parallel; the fingerprint of the side database is compared with th
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -79,13 +80,48 @@ def post_data_file(store: StoreBlock, obj: StoredObject) -> Iterator[str]:
         yield path
 
 
+# an event trigger's entries in `pg_restore -l` (its comment and security label go with it)
+_EVENT_TRIGGER = re.compile(r"^\d+; \d+ \d+ (?:(?:COMMENT|SECURITY LABEL) - )?EVENT TRIGGER ")
+
+
+def _split_event_triggers(
+    target: PostgresTarget, path: str, env: dict[str, str | None]
+) -> tuple[str, str] | None:
+    """List files for `pg_restore -L`: everything but the event triggers, then only them; None
+    when there are none. pg_restore creates event triggers before it refreshes materialized
+    views, so a DDL-audit trigger would log the restore's own REFRESH into the restored data (a
+    row the backup never had), or fail it (pg_restore's search_path is empty)."""
+    # `env` as every engine's: an inherited PGPASSWORD is not passed on, even to one that only reads
+    toc = run([tool(target, "pg_restore"), "--list", path], env, name="pg_restore --list (post-data)")
+    lines = toc.splitlines()
+    events = [line for line in lines if _EVENT_TRIGGER.match(line)]
+    if not events:
+        return None
+    folder = os.path.dirname(path)  # the post-data file's private directory
+    lists = []
+    for name, chosen in (
+        ("rest.list", [x for x in lines if not _EVENT_TRIGGER.match(x)]),
+        ("events.list", events),
+    ):
+        lists.append(os.path.join(folder, name))
+        with open(lists[-1], "w") as fh:
+            fh.write("\n".join(chosen) + "\n")
+    return lists[0], lists[1]
+
+
 def build_post_data(target: PostgresTarget, path: str, db: str, side: str, no_owner: bool) -> None:
-    """Indexes, constraints and triggers, POST_DATA_JOBS at a time."""
+    """Indexes, constraints and triggers, POST_DATA_JOBS at a time; event triggers last, when no
+    DDL of the restore is left to fire them."""
     argv = _pg_restore(target, side, no_owner, f"--jobs={POST_DATA_JOBS}", "--section=post-data")
     # each job sorts its index in memory up to this, not in temporary files (default 64MB)
     with engine_env(target, side, {"maintenance_work_mem": target.restore_index_memory}) as env:
+        lists = _split_event_triggers(target, path, env)
         # no timeout: an index build on a large table takes as long as it takes
-        run([*argv, path], env, timeout=None, name=f"pg_restore --section=post-data {db}")
+        name = f"pg_restore --section=post-data {db}"
+        run([*argv, *(["--use-list", lists[0]] if lists else []), path], env, timeout=None, name=name)
+        if lists:
+            last = _pg_restore(target, side, no_owner, "--section=post-data", "--use-list", lists[1])
+            run([*last, path], env, timeout=None, name=f"pg_restore (event triggers) {db}")
 
 
 def check_fingerprint(target: PostgresTarget, manifest: Manifest, db: str, side: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from psycopg import sql
 from pydantic import Field, field_validator
 
 from blocks.postgres import PostgresTarget, check_db_name
@@ -41,7 +42,9 @@ class RestoreOptions(StrictOptions):
     )
     rename_to: dict[str, str] = Field(default_factory=dict, description="backup name -> name on the target")
     include_globals: bool | None = Field(
-        default=None, description="apply roles/tablespaces first (default: when restoring every database)"
+        default=None,
+        description="restore roles/tablespaces too: missing ones before the load, the rest just "
+        "before the cut-over (default: when restoring every database)",
     )
     cut_over: bool = Field(default=True, description="False: leave the verified copy aside, touch nothing")
     no_owner: bool = Field(
@@ -116,9 +119,15 @@ def _statement_starts(lines: list[str]) -> Iterator[tuple[str, bool]]:
                 quote = None  # a doubled quote opens again at the next character
 
 
-def _globals_script(raw: bytes, user: str, tablespaces: set[str]) -> tuple[str, bool]:
+def _globals_script(
+    raw: bytes, user: str, tablespaces: set[str], expiring: frozenset[str] = frozenset()
+) -> tuple[str, bool]:
     """Make pg_dumpall's globals re-runnable on a live server: existing roles and tablespaces
-    are kept (not an error), and the connecting user's password is left as it is now."""
+    are kept (not an error), and the connecting user's password is left as it is now. An
+    existing role is put back as the backup has it: pg_dumpall leaves out what is the default (no
+    connection limit, no expiry, no settings), so what was added since is reset explicitly
+    (`expiring`: roles that have an expiry now; NULL cannot be given back, 'infinity' means the
+    same)."""
     out, creates_tablespace = [], False
     me = _ident_forms(user)
     for line, statement in _statement_starts(raw.decode().splitlines()):
@@ -135,6 +144,12 @@ def _globals_script(raw: bytes, user: str, tablespaces: set[str]) -> tuple[str, 
         alter = re.fullmatch(r"ALTER ROLE (\S+|\"(?:[^\"]|\"\")+\") WITH (.*);", line)
         if alter and alter[1] in me:
             line = re.sub(r" PASSWORD '(?:[^']|'')*'", "", line)
+        if alter:  # its settings follow, further down: none but those
+            out.append(f"ALTER ROLE {alter[1]} RESET ALL;")
+            if not re.search(r" CONNECTION LIMIT -?\d+", line):
+                line = line[:-1] + " CONNECTION LIMIT -1;"
+            if " VALID UNTIL '" not in line and _unquote(alter[1]) in expiring:
+                line = line[:-1] + " VALID UNTIL 'infinity';"
         space = re.match(r"CREATE TABLESPACE (\S+|\"(?:[^\"]|\"\")+\") ", line)
         if space:
             if any(space[1] in _ident_forms(t) for t in tablespaces):
@@ -149,16 +164,62 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _apply_globals(target: PostgresTarget, manifest: Manifest, store: StoreBlock) -> dict[str, Any]:
+def _read_globals(manifest: Manifest, store: StoreBlock) -> bytes:
     obj = manifest.object(GLOBALS)
     if obj.raw_size > GLOBALS_MAX:
         raise IntegrityError(
             f"{GLOBALS} of {manifest.id} is {obj.raw_size} bytes: too large to be roles only"
         )
-    raw = b"".join(read_object(store, obj))
+    return b"".join(read_object(store, obj))
+
+
+def _unquote(ident: str) -> str:
+    return ident[1:-1].replace('""', '"') if ident.startswith('"') else ident
+
+
+def _make_missing(target: PostgresTarget, raw: bytes) -> dict[str, list[str]]:
+    """Before the load, only what it needs, and nothing that changes what is there: the backup's
+    roles the server lacks, created bare (no login, password, attribute or membership: objects
+    can be owned by and granted to them), and its tablespaces the server lacks. What was made is
+    returned, to be dropped again if the restore fails before the cut-over."""
+    made: dict[str, list[str]] = {"roles": [], "tablespaces": []}
+    with admin(target) as conn:
+        roles = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles")}
+        spaces = {r[0] for r in conn.execute("SELECT spcname FROM pg_tablespace")}
+        for line, statement in _statement_starts(raw.decode().splitlines()):
+            role = re.fullmatch(r"CREATE ROLE (.+);", line) if statement else None
+            if role and _unquote(role[1]) not in roles:
+                conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(_unquote(role[1]))))
+                made["roles"].append(_unquote(role[1]))
+            space = re.match(r'CREATE TABLESPACE (\S+|"(?:[^"]|"")+") ', line) if statement else None
+            if space and _unquote(space[1]) not in spaces:
+                conn.execute(line.encode())  # as pg_dumpall wrote it (its owner: made above)
+                made["tablespaces"].append(_unquote(space[1]))
+    return made
+
+
+def _drop_made(target: PostgresTarget, made: dict[str, list[str]]) -> bool:
+    """Undo _make_missing once the side databases are gone; False if something could not be."""
+    if not any(made.values()):
+        return True
+    try:
+        with admin(target) as conn:
+            for space in made["tablespaces"]:
+                conn.execute(sql.SQL("DROP TABLESPACE IF EXISTS {}").format(sql.Identifier(space)))
+            for role in made["roles"]:
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    except Exception as exc:  # the restore's own error is the one to raise
+        log.warning("could not drop what this restore created (%s): %s", made, exc)
+        return False
+    return True
+
+
+def _apply_globals(target: PostgresTarget, raw: bytes) -> dict[str, Any]:
     with admin(target) as conn:
         spaces = {r[0] for r in conn.execute("SELECT spcname FROM pg_tablespace")}
-    script, has_tablespace = _globals_script(raw, target.user, spaces)
+        expiring = "SELECT rolname FROM pg_roles WHERE rolvaliduntil IS NOT NULL"
+        dated = frozenset(r[0] for r in conn.execute(expiring))
+    script, has_tablespace = _globals_script(raw, target.user, spaces, dated)
     argv = [tool(target, "psql"), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1"]
     if not has_tablespace:  # CREATE TABLESPACE cannot run inside a transaction block
         argv.append("--single-transaction")
@@ -239,6 +300,7 @@ def restore(
     if with_globals:
         needed.insert(0, manifest.object(GLOBALS))
     changed = False  # the live server changes with the roles (globals) or at the cut-over
+    made: dict[str, list[str]] = {"roles": [], "tablespaces": []}
     try:
         if with_globals or options.quiesce_namespace:  # these change the live server before the load
             for obj in needed:
@@ -250,9 +312,9 @@ def restore(
         with _quiesced(options) as replicas:
             if replicas is not None:
                 report["quiesced"] = {"namespace": options.quiesce_namespace, "replicas": replicas}
-            if with_globals:
-                changed = True
-                report["globals"] = _apply_globals(target, manifest, store)
+            raw = _read_globals(manifest, store) if with_globals else b""
+            if with_globals:  # what the load needs; the roles as they are now stay as they are
+                made = _make_missing(target, raw)
             try:
                 for db, name in plan.items():
                     side = aside_name(name, "restore")
@@ -269,17 +331,28 @@ def restore(
             if not options.cut_over:
                 for name, side in sides.items():
                     report["databases"][name]["restored_aside_as"] = side
+                if with_globals:  # the aside copies need them; nothing live was changed
+                    report["globals"] = {"applied": False, "created_bare": made}
                 return report
             changed = True
-            _cut_over_all(target, sides, report)
+            if with_globals:  # every database is verified: now the roles as the backup has them
+                try:
+                    report["globals"] = {**_apply_globals(target, raw), "created_bare": made}
+                except BaseException:
+                    with admin(target) as conn:
+                        for side in sides.values():
+                            drop_database(conn, side)
+                    raise
+            _cut_over_all(target, sides, report, with_globals)
     except BaseException as exc:
-        if not changed:  # every side database is gone and nothing else was touched
+        # every side database is gone; what the load needed is dropped again
+        if not changed and _drop_made(target, made):
             target_untouched(exc)
         raise
     return report
 
 
-def _cut_over_all(target: PostgresTarget, sides: dict[str, str], report: dict[str, Any]) -> None:
+def _cut_over_all(target: PostgresTarget, sides: dict[str, str], report: dict[str, Any], roles: bool) -> None:
     """Each database is swapped atomically; if one swap fails, say exactly where things stand."""
     done: list[str] = []
     for name, side in sides.items():
@@ -290,5 +363,6 @@ def _cut_over_all(target: PostgresTarget, sides: dict[str, str], report: dict[st
             raise ComponentFailed(
                 f"cut-over of {name!r} failed ({exc}); already cut over: {done or 'none'} (undo each "
                 f"with rollback_postgres); verified copies left aside, not in use: {left}"
+                + ("; the roles were already put back as the backup has them" if roles else "")
             ) from None
         done.append(name)
