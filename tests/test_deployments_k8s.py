@@ -274,9 +274,10 @@ def test_image_pins_postgresql_client_and_server_of_the_server_major():
     assert version == _installed("postgresql-client-15"), "image pins what the tests ran"
 
 
-def test_image_pins_etcdctl():
-    assert '"etcd-client=${ETCD_CLIENT_VERSION}"' in DOCKERFILE
-    assert _arg("ETCD_CLIENT_VERSION") == _installed("etcd-client")
+def test_image_pins_etcdctl_and_the_etcd_server():
+    assert '"etcd-client=${ETCD_VERSION}"' in DOCKERFILE
+    assert '"etcd-server=${ETCD_VERSION}"' in DOCKERFILE  # the throwaway member of restores/drills
+    assert _arg("ETCD_VERSION") == _installed("etcd-client") == _installed("etcd-server")
 
 
 def test_image_installs_the_locked_python_set_with_barman_cloud():
