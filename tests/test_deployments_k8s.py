@@ -149,6 +149,23 @@ def test_every_directory_the_flows_write_by_default_is_writable_in_the_shipped_p
         assert any(path == m or path.startswith(m + "/") for m in writable), (name, path, writable)
 
 
+def _bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9}
+    number, unit = re.fullmatch(r"(\d+)([A-Za-z]*)", quantity).groups()
+    return int(number) * units.get(unit, 1)
+
+
+def test_the_scratch_holds_what_an_etcd_backup_restore_or_drill_stages(prefect_server):
+    """etcdctl writes the snapshot to a file (fsync, rename), so an etcd backup stages it in the
+    pod's scratch, and a restore or drill holds it next to the throwaway member restored from it.
+    A healthy etcd may grow to its default quota (2 GiB, --quota-backend-bytes): the emptyDir must
+    hold twice that, or the hourly backup of such an etcd is evicted (and rescheduled, again)."""
+    etcd_default_quota = 2 * 2**30
+    job = render()
+    (scratch,) = [v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "scratch"]
+    assert _bytes(scratch["emptyDir"]["sizeLimit"]) >= 2 * etcd_default_quota + 2**30
+
+
 # ---- manifests ----------------------------------------------------------------------------------
 
 
