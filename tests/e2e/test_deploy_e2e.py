@@ -23,6 +23,7 @@ from tests import deployspec as spec
 from tests.deployspec import ROOT
 
 BACKUP = "backup-component/backup-app-state"
+ENABLE = [str(ROOT / ".venv/bin/python"), str(ROOT / "scripts/enable_schedules.py")]
 
 
 def cli(e2e: dict, *args: str, timeout: float = 120, env: dict | None = None) -> str:
@@ -137,7 +138,7 @@ def test_no_backup_schedule_fires_until_its_component_has_a_target(e2e, deployed
     scheduler then makes runs for that one only."""
     names = [d["name"] for d in spec.scheduled_backups(spec.deployments())]
     assert all(not s["active"] for n in names for s in deployed["deployments"][n]["schedules"])
-    step = [*_enable_schedules(deployed), "--config", str(_pod_config(deployed))]
+    step = [*ENABLE, "--config", str(_pod_config(deployed))]
     out = subprocess.run(step, env=e2e["env"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "backup-app-state: active" in out.stdout and "backup-etcd: paused" in out.stdout
@@ -152,10 +153,6 @@ def test_no_backup_schedule_fires_until_its_component_has_a_target(e2e, deployed
         assert _scheduled_runs(e2e, deps[name]["id"]) == [], f"{name} has no target but is scheduled"
     again = subprocess.run(step, env=e2e["env"], capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and again.stdout == out.stdout  # idempotent
-
-
-def _enable_schedules(deployed) -> list[str]:
-    return [str(ROOT / ".venv/bin/python"), str(ROOT / "scripts/enable_schedules.py")]
 
 
 def _pod_config(deployed) -> Path:
@@ -174,16 +171,16 @@ def test_a_schedule_is_turned_on_only_when_the_flow_pods_find_its_target(e2e, de
     environment (the shipped deployments/k8s/config.yaml unless --config names another)."""
     blocks = {"blocks": [{"type": "klb-postgres-target", "name": "pg-elsewhere", "data": {"host": "db"}}]}
     (deployed["here"] / "pg.yaml").write_text(yaml.safe_dump(blocks))
-    setup = [str(ROOT / ".venv/bin/python"), str(ROOT / "scripts/create_blocks.py"), "-f"]
-    made = subprocess.run([*setup, str(deployed["here"] / "pg.yaml")], env=e2e["env"], capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    setup = [str(ROOT / ".venv/bin/python"), str(ROOT / "scripts/create_blocks.py"), "-f", "pg.yaml"]
+    made = subprocess.run(
+        setup, cwd=deployed["here"], env=e2e["env"], capture_output=True, text=True, timeout=120
+    )
     assert made.returncode == 0, made.stderr
     try:
         for config in ([], ["--config", str(_pod_config(deployed))]):
             out = subprocess.run(
-                [*_enable_schedules(deployed), *config], env=e2e["env"], capture_output=True, text=True,
-                timeout=120,
-            )  # fmt: skip
+                [*ENABLE, *config], env=e2e["env"], capture_output=True, text=True, timeout=120
+            )
             assert out.returncode == 0, out.stderr
             assert "backup-postgres: paused" in out.stdout, out.stdout
             assert "'production'" in out.stdout  # the name klb-config gives, and no block has
@@ -192,8 +189,8 @@ def test_a_schedule_is_turned_on_only_when_the_flow_pods_find_its_target(e2e, de
         assert "backup-app-state: active" in out.stdout
     finally:
         api(e2e, "DELETE", f"/block_documents/{_block_id(e2e, 'klb-postgres-target', 'pg-elsewhere')}")
-        subprocess.run([*_enable_schedules(deployed), "--config", str(_pod_config(deployed))],
-                       env=e2e["env"], capture_output=True, timeout=120, check=True)  # fmt: skip
+        again = [*ENABLE, "--config", str(_pod_config(deployed))]
+        subprocess.run(again, env=e2e["env"], capture_output=True, timeout=120, check=True)
 
 
 def _block_id(e2e: dict, slug: str, name: str) -> str:
