@@ -5,17 +5,22 @@
 
 prefect.yaml ships every component's backup schedule inactive: a cluster without, say, etcd
 access (EKS, GKE, AKS) must not get a failing run every hour. This script activates the schedule
-of `backup-<component>` when a target block of that component's type exists on the server
-(tasks/components/registry.py names the type), and pauses it otherwise. Enabling a component
-later is one step: create its target block (scripts/create_blocks.py), then run this again.
-Run it again after every `prefect deploy --all` (deploy resets schedules to prefect.yaml's).
+of `backup-<component>` when the flow pods will find that component's target, and pauses it
+otherwise. The pods find it by the block name their ConfigMap klb-config gives (KLB_<COMPONENT>_TARGET):
+the script loads each target exactly as a scheduled run does, under the environment of
+`--config` (default deployments/k8s/config.yaml, the ConfigMap `kubectl apply -k` installs), so a
+block under a name klb-config does not give never turns a schedule on. Enabling a component
+later is one step: create its target block under that name (scripts/create_blocks.py), then run
+this again. Run it again after every `prefect deploy --all` (deploy resets schedules to prefect.yaml's).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,9 +31,11 @@ import yaml  # noqa: E402
 from prefect.client.orchestration import get_client  # noqa: E402
 from prefect.exceptions import ObjectNotFound  # noqa: E402
 
-from tasks.components.registry import spec  # noqa: E402
+from tasks.components.registry import load_target  # noqa: E402
+from tasks.errors import ConfigurationError  # noqa: E402
 
 BACKUP_ENTRYPOINT = "flows/backup.py:backup_component"
+CONFIG = ROOT / "deployments" / "k8s" / "config.yaml"
 
 
 def scheduled_backups() -> dict[str, str]:
@@ -41,15 +48,39 @@ def scheduled_backups() -> dict[str, str]:
     }
 
 
-async def plan_and_apply(check: bool) -> dict[str, bool]:
-    wanted: dict[str, bool] = {}
-    async with get_client() as client:
+@contextmanager
+def pod_environment(config: Path):
+    """os.environ as a flow pod has it: klb-config's data, none of this shell's own KLB_ settings."""
+    data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
+    saved = dict(os.environ)
+    try:
+        for name in [n for n in os.environ if n.startswith("KLB_")]:
+            del os.environ[name]
+        os.environ.update({str(k): str(v) for k, v in data.items()})
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def decide(config: Path) -> dict[str, tuple[bool, str]]:
+    """deployment name -> (active, why): active when the component's target loads as a
+    scheduled run in a flow pod loads it."""
+    wanted: dict[str, tuple[bool, str]] = {}
+    with pod_environment(config):
         for name, component in scheduled_backups().items():
-            slug = spec(component).target_block
             try:
-                targets = await client.read_block_documents_by_type(slug, limit=1, include_secrets=False)
-            except ObjectNotFound:
-                targets = []
+                target = load_target(component, None)
+            except ConfigurationError as exc:
+                wanted[name] = (False, str(exc).splitlines()[0])
+            else:
+                wanted[name] = (True, f"target {target._block_document_name!r}")
+    return wanted
+
+
+async def apply(wanted: dict[str, tuple[bool, str]]) -> None:
+    async with get_client() as client:
+        for name, (active, _) in wanted.items():
             try:
                 dep = await client.read_deployment_by_name(f"backup-component/{name}")
             except ObjectNotFound:
@@ -57,21 +88,31 @@ async def plan_and_apply(check: bool) -> dict[str, bool]:
                     f"deployment backup-component/{name} is not on the server: run "
                     "`prefect --no-prompt deploy --all` first"
                 ) from None
-            active = bool(targets)
-            wanted[name] = active
-            print(f"{name}: {'active' if active else 'paused'} ({'a' if active else 'no'} {slug} block)")
-            if not check:
-                for schedule in dep.schedules:
-                    if schedule.active != active:
-                        await client.update_deployment_schedule(dep.id, schedule.id, active=active)
-    return wanted
+            for schedule in dep.schedules:
+                if schedule.active != active:
+                    await client.update_deployment_schedule(dep.id, schedule.id, active=active)
+
+
+def plan_and_apply(check: bool, config: Path = CONFIG) -> dict[str, bool]:
+    wanted = decide(config)
+    for name, (active, why) in wanted.items():
+        print(f"{name}: {'active' if active else 'paused'} ({why})")
+    if not check:
+        asyncio.run(apply(wanted))
+    return {name: active for name, (active, _) in wanted.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="show what would change, change nothing")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=CONFIG,
+        help="the ConfigMap klb-config the flow pods get (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
-    asyncio.run(plan_and_apply(args.check))
+    plan_and_apply(args.check, args.config)
     return 0
 
 

@@ -127,3 +127,50 @@ def test_an_installed_wheel_carries_the_backup_table(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == str(sorted(spec.backup_table()))
+
+
+def _programs_the_flows_run() -> set[str]:
+    """The programs the flows start, read from the code: PostgreSQL's by the names passed to
+    `tool(target, ...)` and `bindir / ...`, etcd's from the target block's defaults (the
+    throwaway member that restores, drills and verifies run is the `etcd` server)."""
+    from blocks.etcd import EtcdTarget
+
+    code = "\n".join(p.read_text() for d in ("tasks", "flows") for p in (spec.ROOT / d).rglob("*.py"))
+    found = set(re.findall(r'tool\(target, "([a-z_]+)"\)|bindir(?:\(\))? / "([a-z_]+)"', code))
+    programs = {name for pair in found for name in pair if name}
+    assert {"pg_dump", "pg_restore", "pg_ctl", "pg_basebackup"} <= programs, programs
+    programs |= {"postgres"}  # pg_ctl starts it (PITR recovery and drills)
+    if '"tar", "-x"' in code:
+        programs.add("tar")
+    target = EtcdTarget()
+    return programs | {target.etcdctl, target.etcd}
+
+
+def _owning_package(program: str) -> str:
+    from sandbox.services import pg_bindir
+
+    path = shutil.which(program, path=f"{pg_bindir()}:/usr/bin:/bin")
+    assert path, f"{program} is not on this test bench, which runs it (scripts/setup.sh)"
+    for candidate in dict.fromkeys([path, str(Path(path).resolve()), "/bin/" + program]):
+        out = subprocess.run(["dpkg-query", "-S", candidate], capture_output=True, text=True)
+        if out.returncode == 0:
+            return out.stdout.split(":")[0]
+    raise AssertionError(f"no Debian package owns {path}")
+
+
+def test_the_image_installs_every_program_the_flows_run():
+    """An etcd restore or drill in the cluster restores the snapshot into a throwaway `etcd`
+    member: the image must carry the server (etcd-server), not only etcdctl (etcd-client). Each
+    program the flows run must come from a package the Dockerfile installs or one it pulls in."""
+    if shutil.which("apt-cache") is None or "bookworm" not in Path("/etc/os-release").read_text():
+        pytest.fail("needs Debian bookworm's apt-cache: run the tests on the project's test bench")
+    listed = [p.split("=")[0] for p in _debian_packages()]
+    out = subprocess.run(
+        ["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests", "--no-conflicts",
+         "--no-breaks", "--no-replaces", "--no-enhances", *listed],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    image = {line.strip() for line in out.stdout.splitlines() if not line.startswith(" ")}
+    missing = {p: _owning_package(p) for p in sorted(_programs_the_flows_run())}
+    missing = {p: pkg for p, pkg in missing.items() if pkg not in image}
+    assert missing == {}, f"programs the flows run whose package the image does not install: {missing}"

@@ -74,16 +74,34 @@ def test_job_template_renders_into_a_valid_job(prefect_server):
         "requests": {"cpu": "250m", "memory": "512Mi"},
         "limits": {"cpu": "2", "memory": "2Gi"},
     }
-    assert container["envFrom"] == [
-        {"configMapRef": {"name": "klb-config", "optional": False}},
-        {"secretRef": {"name": "klb-secrets", "optional": False}},
-    ]
+    assert container["envFrom"] == [{"configMapRef": {"name": "klb-config", "optional": False}}]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert "PREFECT__FLOW_RUN_ID" in env
     assert not any("SECRET" in k or "PASSWORD" in k for k in env), "secrets come from the Secret"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert job["spec"]["backoffLimit"] == 0 and job["spec"]["ttlSecondsAfterFinished"] == 86400
+
+
+def test_no_secret_reaches_the_flow_pods_environment(prefect_server):
+    """Every secret a flow uses is in a block (read from the Prefect API at run time), and the
+    engines get theirs through private files. A Secret as env vars of the pod is inherited by every
+    process the flows start (pg_dump, etcdctl, barman-cloud, the operator's app-state scripts) and
+    readable in /proc: klb-secrets is mounted as read-only files instead, and the docs never put the
+    store's encryption key (only create_blocks.py reads KLB_ENCRYPTION_KEY) into the cluster."""
+    job = render()
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert [e for e in container.get("envFrom") or [] if "secretRef" in e] == []
+    assert [e["name"] for e in container["env"] if "secretKeyRef" in (e.get("valueFrom") or {})] == []
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    secret_volumes = [n for n, v in volumes.items() if "secret" in v]
+    assert "klb-secrets" in {volumes[n]["secret"]["secretName"] for n in secret_volumes}
+    for name in secret_volumes:
+        assert mounts[name]["readOnly"] is True and volumes[name]["secret"]["defaultMode"] == 0o440
+    how_to = (spec.ROOT / "docs" / "deployments.md").read_text().split("kubectl -n klb-system create secret")
+    assert len(how_to) == 2 and "KLB_ENCRYPTION_KEY" not in how_to[1][:200]
 
 
 def test_job_variables_override_per_deployment(prefect_server):
@@ -101,7 +119,8 @@ def test_job_variables_override_per_deployment(prefect_server):
     assert container["image"] == "registry.example/klb:0.2.0"
     assert container["resources"]["limits"]["memory"] == "8Gi"
     assert job["metadata"]["namespace"] == "backup"
-    assert container["envFrom"][1]["secretRef"]["name"] == "klb-secrets-prod"
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["secrets"]["secret"]["secretName"] == "klb-secrets-prod"
     assert {"name": "KLB_STORE", "value": "klb-s3-store/dr"} in container["env"]
 
 
@@ -128,6 +147,23 @@ def test_every_directory_the_flows_write_by_default_is_writable_in_the_shipped_p
     ):
         path = env.get(name, default)
         assert any(path == m or path.startswith(m + "/") for m in writable), (name, path, writable)
+
+
+def _bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9}
+    number, unit = re.fullmatch(r"(\d+)([A-Za-z]*)", quantity).groups()
+    return int(number) * units.get(unit, 1)
+
+
+def test_the_scratch_holds_what_an_etcd_backup_restore_or_drill_stages(prefect_server):
+    """etcdctl writes the snapshot to a file (fsync, rename), so an etcd backup stages it in the
+    pod's scratch, and a restore or drill holds it next to the throwaway member restored from it.
+    A healthy etcd may grow to its default quota (2 GiB, --quota-backend-bytes): the emptyDir must
+    hold twice that, or the hourly backup of such an etcd is evicted (and rescheduled, again)."""
+    etcd_default_quota = 2 * 2**30
+    job = render()
+    (scratch,) = [v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "scratch"]
+    assert _bytes(scratch["emptyDir"]["sizeLimit"]) >= 2 * etcd_default_quota + 2**30
 
 
 # ---- manifests ----------------------------------------------------------------------------------
@@ -274,9 +310,10 @@ def test_image_pins_postgresql_client_and_server_of_the_server_major():
     assert version == _installed("postgresql-client-15"), "image pins what the tests ran"
 
 
-def test_image_pins_etcdctl():
-    assert '"etcd-client=${ETCD_CLIENT_VERSION}"' in DOCKERFILE
-    assert _arg("ETCD_CLIENT_VERSION") == _installed("etcd-client")
+def test_image_pins_etcdctl_and_the_etcd_server():
+    assert '"etcd-client=${ETCD_VERSION}"' in DOCKERFILE
+    assert '"etcd-server=${ETCD_VERSION}"' in DOCKERFILE  # the throwaway member of restores/drills
+    assert _arg("ETCD_VERSION") == _installed("etcd-client") == _installed("etcd-server")
 
 
 def test_image_installs_the_locked_python_set_with_barman_cloud():

@@ -23,6 +23,7 @@ from tests import deployspec as spec
 from tests.deployspec import ROOT
 
 BACKUP = "backup-component/backup-app-state"
+ENABLE = [str(ROOT / ".venv/bin/python"), str(ROOT / "scripts/enable_schedules.py")]
 
 
 def cli(e2e: dict, *args: str, timeout: float = 120, env: dict | None = None) -> str:
@@ -137,7 +138,7 @@ def test_no_backup_schedule_fires_until_its_component_has_a_target(e2e, deployed
     scheduler then makes runs for that one only."""
     names = [d["name"] for d in spec.scheduled_backups(spec.deployments())]
     assert all(not s["active"] for n in names for s in deployed["deployments"][n]["schedules"])
-    step = [str(ROOT / ".venv/bin/python"), str(ROOT / "scripts/enable_schedules.py")]
+    step = [*ENABLE, "--config", str(_pod_config(deployed))]
     out = subprocess.run(step, env=e2e["env"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "backup-app-state: active" in out.stdout and "backup-etcd: paused" in out.stdout
@@ -152,6 +153,48 @@ def test_no_backup_schedule_fires_until_its_component_has_a_target(e2e, deployed
         assert _scheduled_runs(e2e, deps[name]["id"]) == [], f"{name} has no target but is scheduled"
     again = subprocess.run(step, env=e2e["env"], capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and again.stdout == out.stdout  # idempotent
+
+
+def _pod_config(deployed) -> Path:
+    """klb-config as this module's worker has it (KLB_APP_STATE_TARGET=e2e, like its env)."""
+    shipped = yaml.safe_load((ROOT / "deployments/k8s/config.yaml").read_text())
+    shipped["data"] = {**shipped["data"], "KLB_STORE": "klb-local-store/e2e", "KLB_APP_STATE_TARGET": "e2e"}
+    path = deployed["here"] / "klb-config.yaml"
+    path.write_text(yaml.safe_dump(shipped))
+    return path
+
+
+def test_a_schedule_is_turned_on_only_when_the_flow_pods_find_its_target(e2e, deployed):
+    """The flow pods find a component's target by the block name their ConfigMap klb-config gives
+    (KLB_<COMPONENT>_TARGET): a target block under another name made a schedule whose every run
+    failed 'no postgres target'. The script asks what the pods would load, under klb-config's
+    environment (the shipped deployments/k8s/config.yaml unless --config names another)."""
+    blocks = {"blocks": [{"type": "klb-postgres-target", "name": "pg-elsewhere", "data": {"host": "db"}}]}
+    (deployed["here"] / "pg.yaml").write_text(yaml.safe_dump(blocks))
+    setup = [str(ROOT / ".venv/bin/python"), str(ROOT / "scripts/create_blocks.py"), "-f", "pg.yaml"]
+    made = subprocess.run(
+        setup, cwd=deployed["here"], env=e2e["env"], capture_output=True, text=True, timeout=120
+    )
+    assert made.returncode == 0, made.stderr
+    try:
+        for config in ([], ["--config", str(_pod_config(deployed))]):
+            out = subprocess.run(
+                [*ENABLE, *config], env=e2e["env"], capture_output=True, text=True, timeout=120
+            )
+            assert out.returncode == 0, out.stderr
+            assert "backup-postgres: paused" in out.stdout, out.stdout
+            assert "'production'" in out.stdout  # the name klb-config gives, and no block has
+            deps = {d["name"]: d for d in api(e2e, "POST", "/deployments/filter", json={"limit": 200}).json()}
+            assert not any(s["active"] for s in deps["backup-postgres"]["schedules"])
+        assert "backup-app-state: active" in out.stdout
+    finally:
+        api(e2e, "DELETE", f"/block_documents/{_block_id(e2e, 'klb-postgres-target', 'pg-elsewhere')}")
+        again = [*ENABLE, "--config", str(_pod_config(deployed))]
+        subprocess.run(again, env=e2e["env"], capture_output=True, timeout=120, check=True)
+
+
+def _block_id(e2e: dict, slug: str, name: str) -> str:
+    return api(e2e, "GET", f"/block_types/slug/{slug}/block_documents/name/{name}").json()["id"]
 
 
 def test_server_schedules_match_the_backup_table(e2e, deployed):
