@@ -12,7 +12,9 @@ import secrets
 
 import pytest
 
+from sandbox.k8s_emulator.controllers import claims_of
 from sandbox.k8s_emulator.snapshot import BACKUPS, DBRS, PODS, PVBS, PVCS, PVS, RESTORES, SERVICES
+from sandbox.k8s_emulator.store import BY_PATH
 from sandbox.k8s_emulator.velero import wait_phase
 from tests.k8s_helpers import k8s, seed_app
 
@@ -193,3 +195,26 @@ def test_restores_follow_veleros_resource_priorities(kube_api, app):
     assert [k for k in firsts if k in order] == order
     assert firsts.index("deployments") > firsts.index("services")
     assert kinds.index("deployments") > max(i for i, k in enumerate(kinds) if k == "services")
+
+
+def test_a_restored_item_the_api_refuses_is_an_item_error_and_the_restore_partially_fails(kube_api, app):
+    """pkg/restore/restore.go restoreItem: a create the API refuses ("error restoring ...", here
+    Pod Security admission) is added to the restore's errors and the restore goes on; it ends
+    PartiallyFailed (restore_controller.go), it does not stay InProgress. The pod restored with
+    volumes to restore has the restore-wait init container first, with its first container's
+    securityContext (actions/pod_volume_restore_action.go), before the resource modifiers."""
+    ctl = kube_api.controller
+    name, _ = backup(kube_api, app, defaultVolumesToFsBackup=True, snapshotVolumes=False)
+    strict = f"r-{app}"
+    ctl.seed_namespace(strict, {"pod-security.kubernetes.io/enforce": "restricted"})
+    _, done = restore(kube_api, name, namespaceMapping={app: strict})
+    assert done["status"]["phase"] == "PartiallyFailed" and done["status"]["errors"] >= 1
+    assert not ctl.store.list(PODS, strict)  # the seeded pods break "restricted"
+    assert ctl.store.find(BY_PATH[("v1", "configmaps")], strict, "settings")  # the rest is restored
+    loose = f"l-{app}"
+    _, done = restore(kube_api, name, namespaceMapping={app: loose})
+    assert done["status"]["phase"] == "Completed"
+    pod = next(p for p in ctl.store.list(PODS, loose) if claims_of(p))
+    wait = pod["spec"]["initContainers"][0]
+    assert wait["name"] == "restore-wait" and wait["volumeMounts"][0]["name"] == "data"
+    assert pod["metadata"]["labels"]["velero.io/restore-name"]

@@ -115,15 +115,21 @@ def _source_ns(res: Resource, obj: dict[str, Any]) -> str:
     return obj["metadata"].get("namespace", "")
 
 
-def _reset(obj: dict[str, Any], restore_name: str, backup_name: str) -> dict[str, Any]:
+def _reset(obj: dict[str, Any]) -> dict[str, Any]:
     new = {k: copy.deepcopy(v) for k, v in obj.items() if k not in ("status",)}
     meta = new["metadata"]
     new["metadata"] = {k: meta[k] for k in ("name", "namespace", "labels", "annotations") if k in meta}
     new["metadata"].pop("namespace", None)
-    new["metadata"].setdefault("labels", {}).update(
+    return new
+
+
+def _label(obj: dict[str, Any], restore_name: str, backup_name: str) -> dict[str, Any]:
+    """addRestoreLabels, which restore.go calls after the resource modifiers: a modifier that
+    replaces an object's labels does not take these away."""
+    obj["metadata"].setdefault("labels", {}).update(
         {"velero.io/backup-name": _valid(backup_name), "velero.io/restore-name": _valid(restore_name)}
     )
-    return new
+    return obj
 
 
 def _valid(name: str) -> str:
@@ -149,7 +155,7 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
     ]
     picked.sort(key=lambda item: ORDER.index(item[0].plural) if item[0].plural in ORDER else len(ORDER))
     pvs = {o["metadata"]["name"]: o for r, o in snap.items if r is PVS}
-    restored = warnings = 0
+    restored = warnings = errors = 0
     for res, obj in picked:
         src_ns = _source_ns(res, obj)
         ns = mapping.get(src_ns, src_ns)
@@ -166,18 +172,26 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
             restored += 1
         if res is NAMESPACES:
             continue
-        new = _reset(obj, rname, bname)
+        new = _reset(obj)
         if res is PVCS:
             _claim(ctl, new, src_ns, ns, snap, pvs, restore_pvs, rname, bname)
         elif res is SERVICES:
             _service(new, bool(spec.get("preserveNodePorts")))
         elif res is PODS:
             new.setdefault("spec", {}).pop("nodeName", None)
-        for rule in modifiers:
+            _restore_wait(new, src_ns, obj["metadata"]["name"], snap)
+        for rule in modifiers:  # after the item actions (restore.go restoreItem)
             new = rule(res, ns, new)
+        new = _label(new, rname, bname)
         existing = ctl.store.find(res, ns, new["metadata"]["name"])
         if existing is None:
-            created = ctl.store.create(res, ns, new)
+            try:
+                created = ctl.store.create(res, ns, new)
+            except ApiError:
+                # restore.go: a create the API refuses (admission, validation) is an item error,
+                # "error restoring <kind>/<ns>/<name>"; the restore goes on and ends PartiallyFailed
+                errors += 1
+                continue
             restored += 1
             if res is PODS:
                 _pod_volumes(ctl, created, src_ns, obj["metadata"]["name"], snap, rname)
@@ -193,6 +207,8 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
         else:
             warnings += 1  # Velero: "could not restore, X already exists"
     status = {"progress": {"totalItems": len(picked), "itemsRestored": restored}, "warnings": warnings}
+    if errors:
+        status["errors"] = errors
     ctl._set_status(RESTORES, restore, **status)
 
 
@@ -206,7 +222,7 @@ def _claim(ctl, pvc, src_ns, ns, snap, pvs, restore_pvs, rname, bname) -> None:
     if pv is None or not restore_pvs or (src_ns, name) not in snap.volumes:
         spec.pop("volumeName", None)  # no snapshot: a new (empty) volume is provisioned
         return
-    new_pv = _reset(pv, rname, bname)
+    new_pv = _label(_reset(pv), rname, bname)
     if ctl.store.find(PVS, "", new_pv["metadata"]["name"]) is not None:
         new_pv["metadata"]["name"] = f"velero-clone-{uuid.uuid4()}"
     new_pv["spec"]["claimRef"] = {"kind": "PersistentVolumeClaim", "namespace": ns, "name": name}
@@ -224,6 +240,32 @@ def _service(svc: dict[str, Any], preserve_node_ports: bool) -> None:
         spec.pop("healthCheckNodePort", None)
         for port in spec.get("ports") or []:
             port.pop("nodePort", None)
+
+
+def _restore_wait(pod: dict[str, Any], src_ns: str, src_pod: str, snap: Snapshot) -> None:
+    """actions/pod_volume_restore_action.go: a pod with volumes to restore gets the restore-wait
+    init container first, with the securityContext of its first container (or a restricted one),
+    mounting those volumes; it runs before the resource modifiers."""
+    spec = pod.setdefault("spec", {})
+    volumes = [v for v, _ in claims_of(pod) if (src_ns, src_pod, v) in snap.pod_volumes]
+    if not volumes:
+        return
+    first = (spec.get("containers") or [{}])[0]
+    context = copy.deepcopy(first.get("securityContext")) or {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+        "runAsUser": 1000,  # restoreHelperUID
+        "runAsNonRoot": True,
+    }
+    wait = {
+        "name": "restore-wait",
+        "image": "velero/velero-restore-helper:v1.16.0",
+        "command": ["/velero-restore-helper"],
+        "securityContext": context,
+        "volumeMounts": [{"name": v, "mountPath": f"/restores/{v}"} for v in volumes],
+    }
+    spec["initContainers"] = [wait, *(spec.get("initContainers") or [])]
 
 
 def _pod_volumes(ctl, pod: dict[str, Any], src_ns: str, src_pod: str, snap: Snapshot, rname: str) -> None:
