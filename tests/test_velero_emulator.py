@@ -86,7 +86,10 @@ def test_file_system_data_comes_back_only_through_restored_pods(kube_api, app):
     name, _ = backup(kube_api, app, defaultVolumesToFsBackup=True, snapshotVolumes=False)
     claims_only = f"c-{app}"
     _, done = restore(
-        kube_api, name, includedResources=["persistentvolumeclaims"], namespaceMapping={app: claims_only}
+        kube_api,
+        name,
+        includedResources=["persistentvolumeclaims", "persistentvolumes"],
+        namespaceMapping={app: claims_only},
     )
     assert done["status"]["phase"] == "Completed"
     ctl.settle(
@@ -99,7 +102,7 @@ def test_file_system_data_comes_back_only_through_restored_pods(kube_api, app):
     _, done = restore(
         kube_api,
         name,
-        includedResources=["persistentvolumeclaims", "pods"],
+        includedResources=["persistentvolumeclaims", "persistentvolumes", "pods"],
         namespaceMapping={app: with_pods},
     )
     assert done["status"]["phase"] == "Completed"
@@ -115,7 +118,12 @@ def test_snapshot_backups_hold_the_pv_and_restore_it_renamed_when_taken(kube_api
     assert any(res is PVS for res, _ in ctl.snapshots[name].items)
     assert ctl.store.get(BACKUPS, "velero", name)["status"]["volumeSnapshotsCompleted"] == 1
     copy = f"s-{app}"
-    restore(kube_api, name, includedResources=["persistentvolumeclaims"], namespaceMapping={app: copy})
+    restore(
+        kube_api,
+        name,
+        includedResources=["persistentvolumeclaims", "persistentvolumes"],
+        namespaceMapping={app: copy},
+    )
     claim = ctl.store.get(PVCS, copy, "data")
     assert claim["spec"]["volumeName"].startswith("velero-clone-")
     assert ctl.volumes[(copy, "data")] == f"{app} volume v1"
@@ -218,3 +226,26 @@ def test_a_restored_item_the_api_refuses_is_an_item_error_and_the_restore_partia
     wait = pod["spec"]["initContainers"][0]
     assert wait["name"] == "restore-wait" and wait["volumeMounts"][0]["name"] == "data"
     assert pod["metadata"]["labels"]["velero.io/restore-name"]
+
+
+@pytest.mark.parametrize("fs", [False, True], ids=["snapshots", "fs"])
+def test_claims_restored_without_their_pvs_keep_their_volume_name_and_get_no_data(kube_api, app, fs):
+    """pkg/restore/restore.go: a claim's volumeName is reset for dynamic provisioning only when
+    its PV was processed (pvsToProvision), and PodVolumeRestores are made only "when current
+    restore [includes] pv/pvc"; a restore of claims without persistentvolumes leaves them
+    waiting for PVs that are not there, and no data is restored. A claim that exists is
+    skipped and its volume left as it is; a PV whose name is taken is renamed only for a
+    remapped namespace (shouldRenamePV)."""
+    ctl = kube_api.controller
+    name, _ = backup(kube_api, app, defaultVolumesToFsBackup=fs, snapshotVolumes=not fs)
+    copy = f"n-{app}"
+    _, done = restore(
+        kube_api, name, includedResources=["persistentvolumeclaims", "pods"], namespaceMapping={app: copy}
+    )
+    assert done["status"]["phase"] == "Completed"
+    claim = ctl.store.get(PVCS, copy, "data")
+    assert claim["spec"]["volumeName"] == f"pv-{app}-data" and claim["status"]["phase"] == "Pending"
+    assert (copy, "data") not in ctl.volumes
+    ctl.volumes[(app, "data")] = "written after the backup"
+    _, done = restore(kube_api, name, includedResources=["persistentvolumeclaims", "persistentvolumes"])
+    assert ctl.volumes[(app, "data")] == "written after the backup"  # the claim exists: skipped

@@ -9,9 +9,14 @@
   configmaps, limitranges, pods, replicasets.apps, ..., endpoints, services").
 - resetMetadataAndStatus keeps only name, namespace, labels and annotations; status is dropped.
 - A PV is restored with its PVC (actions/add_pv_from_pvc_action.go) only from a volume snapshot;
-  renamed `velero-clone-<uuid>` when its name is taken. A PV without a snapshot is not restored
-  and the PVC's volumeName is cleared, so it is dynamically provisioned (empty).
-- File-system backup data comes back only through a restored pod that mounts the volume: the
+  renamed `velero-clone-<uuid>` when its name is taken and its claim's namespace is remapped
+  (shouldRenamePV), else a PV still in the cluster is kept and no volume is made. A PV without
+  a snapshot is not restored and the PVC's volumeName is cleared, so it is dynamically
+  provisioned (empty). A restore that excludes persistentvolumes never resets the claims'
+  volumeName: they wait for PVs that are not there. A claim that exists is skipped, its volume
+  untouched.
+- File-system backup data comes back only through a restored pod that mounts the volume, and
+  only when the restore includes both PVCs and PVs: the
   pod gets the `restore-wait` init container and a PodVolumeRestore
   (actions/pod_volume_restore_action.go); a volume with no restored pod gets no data.
 - Services lose clusterIP(s) and nodePorts unless spec.preserveNodePorts
@@ -145,12 +150,14 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
     update = (spec.get("existingResourcePolicy") or "none") == "update"
     modifiers = _modifiers(ctl, spec.get("resourceModifier"))
     restore_pvs = spec.get("restorePVs") is not False
+    inc, exc = spec.get("includedResources"), spec.get("excludedResources")
+    with_pvs = wanted(PVS, inc, exc)
     picked = [
         (res, obj)
         for res, obj in snap.items
         if res is not PVS
         and ns_wanted(_source_ns(res, obj), spec.get("includedNamespaces"), spec.get("excludedNamespaces"))
-        and wanted(res, spec.get("includedResources"), spec.get("excludedResources"))
+        and wanted(res, inc, exc)
         and match_labels(obj["metadata"].get("labels") or {}, spec.get("labelSelector"))
     ]
     picked.sort(key=lambda item: ORDER.index(item[0].plural) if item[0].plural in ORDER else len(ORDER))
@@ -174,7 +181,7 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
             continue
         new = _reset(obj)
         if res is PVCS:
-            _claim(ctl, new, src_ns, ns, snap, pvs, restore_pvs, rname, bname)
+            _claim(ctl, new, src_ns, ns, snap, pvs, restore_pvs, rname, bname, with_pvs, src_ns in mapping)
         elif res is SERVICES:
             _service(new, bool(spec.get("preserveNodePorts")))
         elif res is PODS:
@@ -193,7 +200,8 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
                 errors += 1
                 continue
             restored += 1
-            if res is PODS:
+            if res is PODS and with_pvs and wanted(PVCS, inc, exc):
+                # "Do not create podvolumerestore when current restore excludes pv/pvc"
                 _pod_volumes(ctl, created, src_ns, obj["metadata"]["name"], snap, rname)
         elif update:
             new["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
@@ -212,18 +220,28 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
     ctl._set_status(RESTORES, restore, **status)
 
 
-def _claim(ctl, pvc, src_ns, ns, snap, pvs, restore_pvs, rname, bname) -> None:
+def _claim(ctl, pvc, src_ns, ns, snap, pvs, restore_pvs, rname, bname, with_pvs, mapped) -> None:
     spec = pvc.setdefault("spec", {})
     name = pvc["metadata"]["name"]
     pv = pvs.get(spec.get("volumeName") or "")
     notes = pvc["metadata"].get("annotations") or {}
     for key in ("pv.kubernetes.io/bind-completed", "pv.kubernetes.io/bound-by-controller"):
         notes.pop(key, None)
+    if ctl.store.find(PVCS, ns, name) is not None:
+        return  # skipped as existing: its PV (in use, same name) is not restored over it
+    if not with_pvs:
+        # the PV is never processed, so the claim keeps its volumeName (restore.go resets it only
+        # for PVs in pvsToProvision) and waits for a PV that is not there
+        return
     if pv is None or not restore_pvs or (src_ns, name) not in snap.volumes:
         spec.pop("volumeName", None)  # no snapshot: a new (empty) volume is provisioned
         return
     new_pv = _label(_reset(pv), rname, bname)
     if ctl.store.find(PVS, "", new_pv["metadata"]["name"]) is not None:
+        if not mapped:
+            # shouldRenamePV: renamed only for a remapped namespace; else the PV in the cluster
+            # is kept (shouldRestore) and no volume is made from the snapshot
+            return
         new_pv["metadata"]["name"] = f"velero-clone-{uuid.uuid4()}"
     new_pv["spec"]["claimRef"] = {"kind": "PersistentVolumeClaim", "namespace": ns, "name": name}
     ctl.store.create(PVS, "", new_pv)
