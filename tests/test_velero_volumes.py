@@ -10,9 +10,10 @@ import pytest
 from sandbox.k8s_emulator.admission import ENFORCE
 from tasks.components import volumes
 from tasks.components.kubernetes.quiesce import quiesced
+from tasks.errors import BadInput
 from tasks.operations.disaster import delete_pvcs_task
 from tasks.storage.session import backup_session
-from tests.k8s_helpers import fresh_controller
+from tests.k8s_helpers import fresh_controller, seed_namespaces
 
 # what Pod Security "restricted" asks of every container
 RESTRICTED = {
@@ -57,3 +58,34 @@ def test_file_system_volumes_come_back_in_a_namespace_that_enforces_restricted(k
         report = volumes.restore(target, manifest, store, volumes.RestoreOptions(namespaces=[ns]))
     assert report["phase"] == "Completed"
     assert ctl.volumes[(ns, "data")] == "strict volume v1"
+
+
+@pytest.mark.parametrize("fs", [False, True], ids=["snapshots", "fs"])
+def test_a_restore_of_claims_brings_their_volumes_too(kube_api, ctl, store, fs):
+    """Velero restores a claim's volume only when the restore includes persistentvolumes (the
+    claim's volumeName is reset, or its PV made from the snapshot, only for a PV it processed;
+    PodVolumeRestores only "when current restore [includes] pv/pvc"). Asked for claims alone,
+    the claims waited for ever for a PV that was not there; the PVs are now always restored
+    with the claims."""
+    (ns,) = seed_namespaces(ctl, "claims")
+    target = kube_api.velero_target(include_namespaces=[ns], default_volumes_to_fs_backup=fs)
+    manifest = volumes_backup(target, store)
+    ctl.volumes[(ns, "data")] = "corrupted"
+    with quiesced(target.kube, ns):
+        delete_pvcs_task.fn(target, ns, ["data"])
+        report = volumes.restore(
+            target, manifest, store, volumes.RestoreOptions(namespaces=[ns], resources=["pvc"])
+        )
+    assert report["claims"]["bound"] == [f"{ns}/data"]
+    assert ctl.volumes[(ns, "data")] == f"{ns} volume v1"
+
+
+def test_claims_without_their_pvs_are_refused_before_anything_changes(kube_api, ctl, store):
+    (ns,) = seed_namespaces(ctl, "nopv")
+    target = kube_api.velero_target(include_namespaces=[ns])
+    manifest = volumes_backup(target, store)
+    before, writes = kube_api.state(), len(ctl.writes)
+    options = volumes.RestoreOptions(namespaces=[ns], exclude_resources=["persistentvolumes"])
+    with pytest.raises(BadInput, match="Exclude persistentvolumeclaims too"):
+        volumes.restore(target, manifest, store, options)
+    assert kube_api.state() == before and len(ctl.writes) == writes
