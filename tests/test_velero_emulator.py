@@ -71,6 +71,7 @@ def test_pod_volume_backups_only_for_volumes_of_running_pods(kube_api, app):
     found = pvbs(kube_api, name)
     assert len(found) == 1 and found[0]["spec"]["volume"] == "data"
     assert found[0]["spec"]["pod"]["name"].startswith("api-") and found[0]["status"]["phase"] == "Completed"
+    assert found[0]["metadata"]["annotations"]["velero.io/pvc-name"] == "data"  # configs.PVCNameAnnotation
     k8s(kube_api).apps.patch_namespaced_deployment_scale("api", app, {"spec": {"replicas": 0}})
     ctl.settle(lambda: not ctl.store.list(PODS, app, "app=api"))
     quiesced, phase = backup(kube_api, app, defaultVolumesToFsBackup=True)

@@ -252,6 +252,8 @@ class VeleroController(Seeding):
                         "metadata": {
                             "generateName": f"{bname}-",
                             "labels": {"velero.io/backup-name": bname, "velero.io/backup-uid": buid},
+                            # backupper.go newPodVolumeBackup: the claim a pod volume comes from
+                            "annotations": {"velero.io/pvc-name": claim},
                         },
                         "spec": {
                             "node": "node-1",
