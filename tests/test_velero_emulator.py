@@ -250,3 +250,36 @@ def test_claims_restored_without_their_pvs_keep_their_volume_name_and_get_no_dat
     ctl.volumes[(app, "data")] = "written after the backup"
     _, done = restore(kube_api, name, includedResources=["persistentvolumeclaims", "persistentvolumes"])
     assert ctl.volumes[(app, "data")] == "written after the backup"  # the claim exists: skipped
+
+
+def test_cluster_scoped_resources_only_with_every_namespace_or_when_asked(kube_api, app):
+    """includeClusterResources unset ("auto"): cluster-scoped resources are backed up and
+    restored only when every namespace is included (pkg/backup/backup_test.go "should not include
+    cluster-scoped resource if backing up subset of namespaces and IncludeClusterResources=nil";
+    pkg/restore/restore.go getOrderedResourceCollection "Skipping resource ... because it's
+    cluster-scoped and only specific namespaces are included in the restore"); true includes
+    them, false never."""
+    ctl = kube_api.controller
+    roles = BY_PATH[("rbac.authorization.k8s.io/v1", "clusterroles")]
+    rule = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}
+    ctl.seed(
+        "rbac.authorization.k8s.io/v1",
+        "clusterroles",
+        "",
+        {"metadata": {"name": "app-reader"}, "rules": [rule]},
+    )
+    some, _ = backup(kube_api, app)
+    assert not any(res is roles for res, _ in ctl.snapshots[some].items)
+    name = create(kube_api, BACKUPS, {"includedNamespaces": ["*"], "storageLocation": "default"})
+    assert wait_phase(ctl.store, BACKUPS, "velero", name) == "Completed"
+    assert any(res is roles for res, _ in ctl.snapshots[name].items)
+    ctl.store.delete(roles, "", "app-reader")
+    restore(kube_api, name, includedNamespaces=[app])
+    assert ctl.store.find(roles, "", "app-reader") is None
+    restore(
+        kube_api, name, includedNamespaces=[app], includeClusterResources=False, existingResourcePolicy="none"
+    )
+    assert ctl.store.find(roles, "", "app-reader") is None
+    _, done = restore(kube_api, name, includedNamespaces=[app], includeClusterResources=True)
+    assert done["status"]["phase"] == "Completed"
+    assert ctl.store.get(roles, "", "app-reader")["rules"] == [rule]

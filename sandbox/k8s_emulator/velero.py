@@ -36,13 +36,17 @@ from sandbox.k8s_emulator.snapshot import (
     TERMINAL,
     WORKLOAD,
     Snapshot,
+    cluster_scoped_wanted,
     duration,
     ns_wanted,
     wanted,
 )
-from sandbox.k8s_emulator.store import BY_PATH, ApiError, ObjectStore, Resource, now_iso
+from sandbox.k8s_emulator.store import BY_PATH, RESOURCES, ApiError, ObjectStore, Resource, now_iso
 
 BSLS = BY_PATH[("velero.io/v1", "backupstoragelocations")]
+# what a backup of the whole cluster holds besides namespaces (item_collector.go lists every
+# cluster-scoped resource; Velero's own are not backed up)
+CLUSTER_SCOPED = [r for r in RESOURCES if not r.namespaced and r.plural != "namespaces"]
 CLASSES = BY_PATH[("storage.k8s.io/v1", "storageclasses")]
 
 
@@ -208,6 +212,15 @@ class VeleroController(Seeding):
                 pv = self.store.find(PVS, "", (pvc.get("spec") or {}).get("volumeName") or "")
                 if pv:
                     snap.items.append((PVS, pv))
+        if cluster_scoped_wanted(spec):
+            taken = {obj["metadata"]["name"] for res, obj in snap.items if res is PVS}
+            for res in CLUSTER_SCOPED:
+                if wanted(res, inc, exc):
+                    snap.items += [
+                        (res, obj)
+                        for obj in self.store.list(res, None, selector)
+                        if not (res is PVS and obj["metadata"]["name"] in taken)
+                    ]
         status: dict[str, Any] = {}
         fs_done = self._pod_volume_backups(backup, snap, bool(spec.get("defaultVolumesToFsBackup")))
         if spec.get("snapshotVolumes") is not False:

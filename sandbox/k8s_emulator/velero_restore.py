@@ -47,6 +47,7 @@ from sandbox.k8s_emulator.snapshot import (
     RESTORES,
     SERVICES,
     Snapshot,
+    cluster_scoped_wanted,
     ns_wanted,
     resource_names,
     wanted,
@@ -152,11 +153,16 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
     restore_pvs = spec.get("restorePVs") is not False
     inc, exc = spec.get("includedResources"), spec.get("excludedResources")
     with_pvs = wanted(PVS, inc, exc)
+    cluster = cluster_scoped_wanted(spec)
     picked = [
         (res, obj)
         for res, obj in snap.items
         if res is not PVS
-        and ns_wanted(_source_ns(res, obj), spec.get("includedNamespaces"), spec.get("excludedNamespaces"))
+        and (
+            ns_wanted(_source_ns(res, obj), spec.get("includedNamespaces"), spec.get("excludedNamespaces"))
+            if res.namespaced or res is NAMESPACES
+            else cluster
+        )
         and wanted(res, inc, exc)
         and match_labels(obj["metadata"].get("labels") or {}, spec.get("labelSelector"))
     ]
@@ -164,9 +170,9 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
     pvs = {o["metadata"]["name"]: o for r, o in snap.items if r is PVS}
     restored = warnings = errors = 0
     for res, obj in picked:
-        src_ns = _source_ns(res, obj)
+        src_ns = _source_ns(res, obj) if res.namespaced or res is NAMESPACES else ""
         ns = mapping.get(src_ns, src_ns)
-        if ctl.store.find(NAMESPACES, "", ns) is None:
+        if src_ns and ctl.store.find(NAMESPACES, "", ns) is None:
             labels = next(
                 (
                     o["metadata"].get("labels") or {}
