@@ -187,6 +187,12 @@ def restore_document(
         spec["restorePVs"] = options.restore_pvs
     if options.label_selector:
         spec["labelSelector"] = {"matchLabels": options.label_selector}
+    if not options.exclude_namespaces and not mapping and set(namespaces) >= set(doc["inventory"]):
+        # the whole backup: its cluster-scoped objects too (CRDs, ClusterRoles, ...). We name the
+        # namespaces, and Velero leaves cluster-scoped objects out of a restore of named
+        # namespaces unless asked (restore.go getOrderedResourceCollection), so a full-cluster
+        # restore brought back no CRD and no ClusterRole(Binding) of the backup
+        spec["includeClusterResources"] = True
     rollback = None
     if options.existing_resource_policy is ExistingResourcePolicy.update:
         rollback = safety_backup(k, target, [mapping.get(ns, ns) for ns in namespaces], backup_id)
