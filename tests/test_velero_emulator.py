@@ -283,3 +283,16 @@ def test_cluster_scoped_resources_only_with_every_namespace_or_when_asked(kube_a
     _, done = restore(kube_api, name, includedNamespaces=[app], includeClusterResources=True)
     assert done["status"]["phase"] == "Completed"
     assert ctl.store.get(roles, "", "app-reader")["rules"] == [rule]
+
+
+def test_a_zero_ttl_is_the_servers_default(kube_api, app):
+    """pkg/controller/backup_controller.go prepareBackupRequest: `if request.Spec.TTL.Duration ==
+    0` the default backup TTL (--default-backup-ttl, 720h) is used."""
+    from datetime import UTC, datetime, timedelta
+
+    ctl = kube_api.controller
+    for ttl, hours in (("0h0m0s", 720), ("0h30m0s", 0.5)):
+        name, _ = backup(kube_api, app, ttl=ttl)
+        expiration = ctl.store.get(BACKUPS, "velero", name)["status"]["expiration"]
+        left = datetime.strptime(expiration, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) - datetime.now(UTC)
+        assert abs(left - timedelta(hours=hours)) < timedelta(minutes=1)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sandbox.k8s_emulator import velero_restore
@@ -44,6 +44,7 @@ from sandbox.k8s_emulator.snapshot import (
 from sandbox.k8s_emulator.store import BY_PATH, RESOURCES, ApiError, ObjectStore, Resource, now_iso
 
 BSLS = BY_PATH[("velero.io/v1", "backupstoragelocations")]
+DEFAULT_TTL = timedelta(hours=720)
 # what a backup of the whole cluster holds besides namespaces (item_collector.go lists every
 # cluster-scoped resource; Velero's own are not backed up)
 CLUSTER_SCOPED = [r for r in RESOURCES if not r.namespaced and r.plural != "namespaces"]
@@ -228,9 +229,10 @@ class VeleroController(Seeding):
         self.snapshots[bname] = snap
         n = len(snap.items)
         status.update(progress={"totalItems": n, "itemsBackedUp": n})
-        ttl = spec.get("ttl")
-        if ttl:
-            status["expiration"] = (datetime.now(UTC) + duration(ttl)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        # backup_controller.go prepareBackupRequest: a zero (or missing) TTL is the server's
+        # default, --default-backup-ttl 720h
+        ttl = duration(spec.get("ttl") or "") or DEFAULT_TTL
+        status["expiration"] = (datetime.now(UTC) + ttl).strftime("%Y-%m-%dT%H:%M:%SZ")
         if self.backup_outcome == "PartiallyFailed":
             status.update(errors=2, warnings=1, failureReason="")
         status["phase"] = (
