@@ -33,6 +33,7 @@ from tasks.operations.disaster import (
     delete_pvcs_task,
     forensic_backup_task,
     newest_good_volumes_backup,
+    refuse_other_claims,
     velero_target,
 )
 from tasks.operations.full_restore import read_step, run_key, run_step, step_key
@@ -115,6 +116,7 @@ def data_corruption(
         manifest, rejected = newest_good_volumes_backup(store_block, target_block, namespace, pvcs, before)
         doc = velero.load_document(store_block, manifest)
         names = pvcs or doc["inventory"][namespace]["persistentvolumeclaims"]
+        refuse_other_claims(target_block, doc, namespace, names)
         forensic, replicas, restored = _replace_pvcs(store_block, target_block, manifest, namespace, names)
     report = {
         "namespace": namespace,

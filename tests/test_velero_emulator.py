@@ -12,7 +12,9 @@ import secrets
 
 import pytest
 
+from sandbox.k8s_emulator.controllers import claims_of
 from sandbox.k8s_emulator.snapshot import BACKUPS, DBRS, PODS, PVBS, PVCS, PVS, RESTORES, SERVICES
+from sandbox.k8s_emulator.store import BY_PATH
 from sandbox.k8s_emulator.velero import wait_phase
 from tests.k8s_helpers import k8s, seed_app
 
@@ -69,6 +71,7 @@ def test_pod_volume_backups_only_for_volumes_of_running_pods(kube_api, app):
     found = pvbs(kube_api, name)
     assert len(found) == 1 and found[0]["spec"]["volume"] == "data"
     assert found[0]["spec"]["pod"]["name"].startswith("api-") and found[0]["status"]["phase"] == "Completed"
+    assert found[0]["metadata"]["annotations"]["velero.io/pvc-name"] == "data"  # configs.PVCNameAnnotation
     k8s(kube_api).apps.patch_namespaced_deployment_scale("api", app, {"spec": {"replicas": 0}})
     ctl.settle(lambda: not ctl.store.list(PODS, app, "app=api"))
     quiesced, phase = backup(kube_api, app, defaultVolumesToFsBackup=True)
@@ -84,7 +87,10 @@ def test_file_system_data_comes_back_only_through_restored_pods(kube_api, app):
     name, _ = backup(kube_api, app, defaultVolumesToFsBackup=True, snapshotVolumes=False)
     claims_only = f"c-{app}"
     _, done = restore(
-        kube_api, name, includedResources=["persistentvolumeclaims"], namespaceMapping={app: claims_only}
+        kube_api,
+        name,
+        includedResources=["persistentvolumeclaims", "persistentvolumes"],
+        namespaceMapping={app: claims_only},
     )
     assert done["status"]["phase"] == "Completed"
     ctl.settle(
@@ -97,7 +103,7 @@ def test_file_system_data_comes_back_only_through_restored_pods(kube_api, app):
     _, done = restore(
         kube_api,
         name,
-        includedResources=["persistentvolumeclaims", "pods"],
+        includedResources=["persistentvolumeclaims", "persistentvolumes", "pods"],
         namespaceMapping={app: with_pods},
     )
     assert done["status"]["phase"] == "Completed"
@@ -113,7 +119,12 @@ def test_snapshot_backups_hold_the_pv_and_restore_it_renamed_when_taken(kube_api
     assert any(res is PVS for res, _ in ctl.snapshots[name].items)
     assert ctl.store.get(BACKUPS, "velero", name)["status"]["volumeSnapshotsCompleted"] == 1
     copy = f"s-{app}"
-    restore(kube_api, name, includedResources=["persistentvolumeclaims"], namespaceMapping={app: copy})
+    restore(
+        kube_api,
+        name,
+        includedResources=["persistentvolumeclaims", "persistentvolumes"],
+        namespaceMapping={app: copy},
+    )
     claim = ctl.store.get(PVCS, copy, "data")
     assert claim["spec"]["volumeName"].startswith("velero-clone-")
     assert ctl.volumes[(copy, "data")] == f"{app} volume v1"
@@ -193,3 +204,95 @@ def test_restores_follow_veleros_resource_priorities(kube_api, app):
     assert [k for k in firsts if k in order] == order
     assert firsts.index("deployments") > firsts.index("services")
     assert kinds.index("deployments") > max(i for i, k in enumerate(kinds) if k == "services")
+
+
+def test_a_restored_item_the_api_refuses_is_an_item_error_and_the_restore_partially_fails(kube_api, app):
+    """pkg/restore/restore.go restoreItem: a create the API refuses ("error restoring ...", here
+    Pod Security admission) is added to the restore's errors and the restore goes on; it ends
+    PartiallyFailed (restore_controller.go), it does not stay InProgress. The pod restored with
+    volumes to restore has the restore-wait init container first, with its first container's
+    securityContext (actions/pod_volume_restore_action.go), before the resource modifiers."""
+    ctl = kube_api.controller
+    name, _ = backup(kube_api, app, defaultVolumesToFsBackup=True, snapshotVolumes=False)
+    strict = f"r-{app}"
+    ctl.seed_namespace(strict, {"pod-security.kubernetes.io/enforce": "restricted"})
+    _, done = restore(kube_api, name, namespaceMapping={app: strict})
+    assert done["status"]["phase"] == "PartiallyFailed" and done["status"]["errors"] >= 1
+    assert not ctl.store.list(PODS, strict)  # the seeded pods break "restricted"
+    assert ctl.store.find(BY_PATH[("v1", "configmaps")], strict, "settings")  # the rest is restored
+    loose = f"l-{app}"
+    _, done = restore(kube_api, name, namespaceMapping={app: loose})
+    assert done["status"]["phase"] == "Completed"
+    pod = next(p for p in ctl.store.list(PODS, loose) if claims_of(p))
+    wait = pod["spec"]["initContainers"][0]
+    assert wait["name"] == "restore-wait" and wait["volumeMounts"][0]["name"] == "data"
+    assert pod["metadata"]["labels"]["velero.io/restore-name"]
+
+
+@pytest.mark.parametrize("fs", [False, True], ids=["snapshots", "fs"])
+def test_claims_restored_without_their_pvs_keep_their_volume_name_and_get_no_data(kube_api, app, fs):
+    """pkg/restore/restore.go: a claim's volumeName is reset for dynamic provisioning only when
+    its PV was processed (pvsToProvision), and PodVolumeRestores are made only "when current
+    restore [includes] pv/pvc"; a restore of claims without persistentvolumes leaves them
+    waiting for PVs that are not there, and no data is restored. A claim that exists is
+    skipped and its volume left as it is; a PV whose name is taken is renamed only for a
+    remapped namespace (shouldRenamePV)."""
+    ctl = kube_api.controller
+    name, _ = backup(kube_api, app, defaultVolumesToFsBackup=fs, snapshotVolumes=not fs)
+    copy = f"n-{app}"
+    _, done = restore(
+        kube_api, name, includedResources=["persistentvolumeclaims", "pods"], namespaceMapping={app: copy}
+    )
+    assert done["status"]["phase"] == "Completed"
+    claim = ctl.store.get(PVCS, copy, "data")
+    assert claim["spec"]["volumeName"] == f"pv-{app}-data" and claim["status"]["phase"] == "Pending"
+    assert (copy, "data") not in ctl.volumes
+    ctl.volumes[(app, "data")] = "written after the backup"
+    _, done = restore(kube_api, name, includedResources=["persistentvolumeclaims", "persistentvolumes"])
+    assert ctl.volumes[(app, "data")] == "written after the backup"  # the claim exists: skipped
+
+
+def test_cluster_scoped_resources_only_with_every_namespace_or_when_asked(kube_api, app):
+    """includeClusterResources unset ("auto"): cluster-scoped resources are backed up and
+    restored only when every namespace is included (pkg/backup/backup_test.go "should not include
+    cluster-scoped resource if backing up subset of namespaces and IncludeClusterResources=nil";
+    pkg/restore/restore.go getOrderedResourceCollection "Skipping resource ... because it's
+    cluster-scoped and only specific namespaces are included in the restore"); true includes
+    them, false never."""
+    ctl = kube_api.controller
+    roles = BY_PATH[("rbac.authorization.k8s.io/v1", "clusterroles")]
+    rule = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}
+    ctl.seed(
+        "rbac.authorization.k8s.io/v1",
+        "clusterroles",
+        "",
+        {"metadata": {"name": "app-reader"}, "rules": [rule]},
+    )
+    some, _ = backup(kube_api, app)
+    assert not any(res is roles for res, _ in ctl.snapshots[some].items)
+    name = create(kube_api, BACKUPS, {"includedNamespaces": ["*"], "storageLocation": "default"})
+    assert wait_phase(ctl.store, BACKUPS, "velero", name) == "Completed"
+    assert any(res is roles for res, _ in ctl.snapshots[name].items)
+    ctl.store.delete(roles, "", "app-reader")
+    restore(kube_api, name, includedNamespaces=[app])
+    assert ctl.store.find(roles, "", "app-reader") is None
+    restore(
+        kube_api, name, includedNamespaces=[app], includeClusterResources=False, existingResourcePolicy="none"
+    )
+    assert ctl.store.find(roles, "", "app-reader") is None
+    _, done = restore(kube_api, name, includedNamespaces=[app], includeClusterResources=True)
+    assert done["status"]["phase"] == "Completed"
+    assert ctl.store.get(roles, "", "app-reader")["rules"] == [rule]
+
+
+def test_a_zero_ttl_is_the_servers_default(kube_api, app):
+    """pkg/controller/backup_controller.go prepareBackupRequest: `if request.Spec.TTL.Duration ==
+    0` the default backup TTL (--default-backup-ttl, 720h) is used."""
+    from datetime import UTC, datetime, timedelta
+
+    ctl = kube_api.controller
+    for ttl, hours in (("0h0m0s", 720), ("0h30m0s", 0.5)):
+        name, _ = backup(kube_api, app, ttl=ttl)
+        expiration = ctl.store.get(BACKUPS, "velero", name)["status"]["expiration"]
+        left = datetime.strptime(expiration, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) - datetime.now(UTC)
+        assert abs(left - timedelta(hours=hours)) < timedelta(minutes=1)

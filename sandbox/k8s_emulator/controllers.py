@@ -145,8 +145,16 @@ class ClusterControllers:
         ns = meta["namespace"]
         pv_name = spec.get("volumeName")
         if pv_name:
-            if self.store.find(PVS, "", pv_name) is None:
+            pv = self.store.find(PVS, "", pv_name)
+            if pv is None:
                 return  # pre-bound to a PV that does not exist (yet): stays Pending
+            ref = (pv.get("spec") or {}).get("claimRef")
+            if ref and (
+                (ref.get("namespace"), ref.get("name")) != (ns, meta["name"])
+                or ref.get("uid", meta["uid"]) != meta["uid"]
+            ):
+                # pv_controller.go syncUnboundClaim: "volume already bound to different claim"
+                return
         else:
             cls = self.store.find(CLASSES, "", spec.get("storageClassName") or "")
             if cls is None:

@@ -44,11 +44,21 @@ class Seeding:
         self.store.create(NAMESPACES, "", {"metadata": {"name": name, "labels": labels or {}}})
 
     def seed_deployment(
-        self, namespace: str, name: str, replicas: int, labels: dict | None = None, pvcs: tuple[str, ...] = ()
+        self,
+        namespace: str,
+        name: str,
+        replicas: int,
+        labels: dict | None = None,
+        pvcs: tuple[str, ...] = (),
+        security_context: dict | None = None,
     ) -> dict:
-        """A deployment (its pods follow on the next ticks), mounting `pvcs`."""
+        """A deployment (its pods follow on the next ticks), mounting `pvcs`; `security_context`
+        for its container (what a namespace's Pod Security level may require)."""
         labels = {"app": name, **(labels or {})}
-        pod_spec: dict[str, Any] = {"containers": [{"name": name, "image": f"registry.local/{name}:1"}]}
+        container: dict[str, Any] = {"name": name, "image": f"registry.local/{name}:1"}
+        if security_context:
+            container["securityContext"] = security_context
+        pod_spec: dict[str, Any] = {"containers": [container]}
         if pvcs:
             pod_spec["volumes"] = [{"name": c, "persistentVolumeClaim": {"claimName": c}} for c in pvcs]
         dep = self.seed(

@@ -48,6 +48,19 @@ def ns_wanted(ns: str, include: list[str] | None, exclude: list[str] | None) -> 
     return (not include or "*" in include or ns in include) and not (exclude and ns in exclude)
 
 
+def cluster_scoped_wanted(spec: dict[str, Any]) -> bool:
+    """includeClusterResources: true includes cluster-scoped resources, false never; unset
+    ("auto") only when every namespace is included (IncludesExcludes.IncludeEverything: no
+    excludes, includes empty or '*'), for backups (backup_test.go "should not include
+    cluster-scoped resource if backing up subset of namespaces and IncludeClusterResources=nil")
+    and restores alike (restore.go getOrderedResourceCollection)."""
+    flag = spec.get("includeClusterResources")
+    if flag is not None:
+        return bool(flag)
+    include = spec.get("includedNamespaces") or []
+    return not spec.get("excludedNamespaces") and (not include or include == ["*"])
+
+
 @dataclass
 class Snapshot:
     """What Velero would keep in its object storage for one backup."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sandbox.k8s_emulator import velero_restore
@@ -37,14 +37,19 @@ from sandbox.k8s_emulator.snapshot import (
     TERMINAL,
     WORKLOAD,
     Snapshot,
+    cluster_scoped_wanted,
     duration,
     ns_wanted,
     wanted,
 )
-from sandbox.k8s_emulator.store import BY_PATH, ApiError, ObjectStore, Resource, now_iso
+from sandbox.k8s_emulator.store import BY_PATH, RESOURCES, ApiError, ObjectStore, Resource, now_iso
 
 GC_PHASES = ("Completed", "PartiallyFailed", "Failed", "FailedValidation")
 BSLS = BY_PATH[("velero.io/v1", "backupstoragelocations")]
+DEFAULT_TTL = timedelta(hours=720)
+# what a backup of the whole cluster holds besides namespaces (item_collector.go lists every
+# cluster-scoped resource; Velero's own are not backed up)
+CLUSTER_SCOPED = [r for r in RESOURCES if not r.namespaced and r.plural != "namespaces"]
 CLASSES = BY_PATH[("storage.k8s.io/v1", "storageclasses")]
 
 
@@ -237,6 +242,15 @@ class VeleroController(Seeding):
                 pv = self.store.find(PVS, "", (pvc.get("spec") or {}).get("volumeName") or "")
                 if pv:
                     snap.items.append((PVS, pv))
+        if cluster_scoped_wanted(spec):
+            taken = {obj["metadata"]["name"] for res, obj in snap.items if res is PVS}
+            for res in CLUSTER_SCOPED:
+                if wanted(res, inc, exc):
+                    snap.items += [
+                        (res, obj)
+                        for obj in self.store.list(res, None, selector)
+                        if not (res is PVS and obj["metadata"]["name"] in taken)
+                    ]
         status: dict[str, Any] = {}
         fs_done = self._pod_volume_backups(backup, snap, bool(spec.get("defaultVolumesToFsBackup")))
         if spec.get("snapshotVolumes") is not False:
@@ -244,9 +258,10 @@ class VeleroController(Seeding):
         self.snapshots[bname] = snap
         n = len(snap.items)
         status.update(progress={"totalItems": n, "itemsBackedUp": n})
-        ttl = spec.get("ttl")
-        if ttl:
-            status["expiration"] = (datetime.now(UTC) + duration(ttl)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        # backup_controller.go prepareBackupRequest: a zero (or missing) TTL is the server's
+        # default, --default-backup-ttl 720h
+        ttl = duration(spec.get("ttl") or "") or DEFAULT_TTL
+        status["expiration"] = (datetime.now(UTC) + ttl).strftime("%Y-%m-%dT%H:%M:%SZ")
         if self.backup_outcome == "PartiallyFailed":
             status.update(errors=2, warnings=1, failureReason="")
         status["phase"] = (
@@ -281,6 +296,8 @@ class VeleroController(Seeding):
                         "metadata": {
                             "generateName": f"{bname}-",
                             "labels": {"velero.io/backup-name": bname, "velero.io/backup-uid": buid},
+                            # backupper.go newPodVolumeBackup: the claim a pod volume comes from
+                            "annotations": {"velero.io/pvc-name": claim},
                         },
                         "spec": {
                             "node": "node-1",

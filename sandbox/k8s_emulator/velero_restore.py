@@ -9,9 +9,14 @@
   configmaps, limitranges, pods, replicasets.apps, ..., endpoints, services").
 - resetMetadataAndStatus keeps only name, namespace, labels and annotations; status is dropped.
 - A PV is restored with its PVC (actions/add_pv_from_pvc_action.go) only from a volume snapshot;
-  renamed `velero-clone-<uuid>` when its name is taken. A PV without a snapshot is not restored
-  and the PVC's volumeName is cleared, so it is dynamically provisioned (empty).
-- File-system backup data comes back only through a restored pod that mounts the volume: the
+  renamed `velero-clone-<uuid>` when its name is taken and its claim's namespace is remapped
+  (shouldRenamePV), else a PV still in the cluster is kept and no volume is made. A PV without
+  a snapshot is not restored and the PVC's volumeName is cleared, so it is dynamically
+  provisioned (empty). A restore that excludes persistentvolumes never resets the claims'
+  volumeName: they wait for PVs that are not there. A claim that exists is skipped, its volume
+  untouched.
+- File-system backup data comes back only through a restored pod that mounts the volume, and
+  only when the restore includes both PVCs and PVs: the
   pod gets the `restore-wait` init container and a PodVolumeRestore
   (actions/pod_volume_restore_action.go); a volume with no restored pod gets no data.
 - Services lose clusterIP(s) and nodePorts unless spec.preserveNodePorts
@@ -42,6 +47,7 @@ from sandbox.k8s_emulator.snapshot import (
     RESTORES,
     SERVICES,
     Snapshot,
+    cluster_scoped_wanted,
     ns_wanted,
     resource_names,
     wanted,
@@ -115,15 +121,21 @@ def _source_ns(res: Resource, obj: dict[str, Any]) -> str:
     return obj["metadata"].get("namespace", "")
 
 
-def _reset(obj: dict[str, Any], restore_name: str, backup_name: str) -> dict[str, Any]:
+def _reset(obj: dict[str, Any]) -> dict[str, Any]:
     new = {k: copy.deepcopy(v) for k, v in obj.items() if k not in ("status",)}
     meta = new["metadata"]
     new["metadata"] = {k: meta[k] for k in ("name", "namespace", "labels", "annotations") if k in meta}
     new["metadata"].pop("namespace", None)
-    new["metadata"].setdefault("labels", {}).update(
+    return new
+
+
+def _label(obj: dict[str, Any], restore_name: str, backup_name: str) -> dict[str, Any]:
+    """addRestoreLabels, which restore.go calls after the resource modifiers: a modifier that
+    replaces an object's labels does not take these away."""
+    obj["metadata"].setdefault("labels", {}).update(
         {"velero.io/backup-name": _valid(backup_name), "velero.io/restore-name": _valid(restore_name)}
     )
-    return new
+    return obj
 
 
 def _valid(name: str) -> str:
@@ -139,21 +151,28 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
     update = (spec.get("existingResourcePolicy") or "none") == "update"
     modifiers = _modifiers(ctl, spec.get("resourceModifier"))
     restore_pvs = spec.get("restorePVs") is not False
+    inc, exc = spec.get("includedResources"), spec.get("excludedResources")
+    with_pvs = wanted(PVS, inc, exc)
+    cluster = cluster_scoped_wanted(spec)
     picked = [
         (res, obj)
         for res, obj in snap.items
         if res is not PVS
-        and ns_wanted(_source_ns(res, obj), spec.get("includedNamespaces"), spec.get("excludedNamespaces"))
-        and wanted(res, spec.get("includedResources"), spec.get("excludedResources"))
+        and (
+            ns_wanted(_source_ns(res, obj), spec.get("includedNamespaces"), spec.get("excludedNamespaces"))
+            if res.namespaced or res is NAMESPACES
+            else cluster
+        )
+        and wanted(res, inc, exc)
         and match_labels(obj["metadata"].get("labels") or {}, spec.get("labelSelector"))
     ]
     picked.sort(key=lambda item: ORDER.index(item[0].plural) if item[0].plural in ORDER else len(ORDER))
     pvs = {o["metadata"]["name"]: o for r, o in snap.items if r is PVS}
-    restored = warnings = 0
+    restored = warnings = errors = 0
     for res, obj in picked:
-        src_ns = _source_ns(res, obj)
+        src_ns = _source_ns(res, obj) if res.namespaced or res is NAMESPACES else ""
         ns = mapping.get(src_ns, src_ns)
-        if ctl.store.find(NAMESPACES, "", ns) is None:
+        if src_ns and ctl.store.find(NAMESPACES, "", ns) is None:
             labels = next(
                 (
                     o["metadata"].get("labels") or {}
@@ -166,20 +185,29 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
             restored += 1
         if res is NAMESPACES:
             continue
-        new = _reset(obj, rname, bname)
+        new = _reset(obj)
         if res is PVCS:
-            _claim(ctl, new, src_ns, ns, snap, pvs, restore_pvs, rname, bname)
+            _claim(ctl, new, src_ns, ns, snap, pvs, restore_pvs, rname, bname, with_pvs, src_ns in mapping)
         elif res is SERVICES:
             _service(new, bool(spec.get("preserveNodePorts")))
         elif res is PODS:
             new.setdefault("spec", {}).pop("nodeName", None)
-        for rule in modifiers:
+            _restore_wait(new, src_ns, obj["metadata"]["name"], snap)
+        for rule in modifiers:  # after the item actions (restore.go restoreItem)
             new = rule(res, ns, new)
+        new = _label(new, rname, bname)
         existing = ctl.store.find(res, ns, new["metadata"]["name"])
         if existing is None:
-            created = ctl.store.create(res, ns, new)
+            try:
+                created = ctl.store.create(res, ns, new)
+            except ApiError:
+                # restore.go: a create the API refuses (admission, validation) is an item error,
+                # "error restoring <kind>/<ns>/<name>"; the restore goes on and ends PartiallyFailed
+                errors += 1
+                continue
             restored += 1
-            if res is PODS:
+            if res is PODS and with_pvs and wanted(PVCS, inc, exc):
+                # "Do not create podvolumerestore when current restore excludes pv/pvc"
                 _pod_volumes(ctl, created, src_ns, obj["metadata"]["name"], snap, rname)
         elif update:
             new["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
@@ -193,21 +221,33 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
         else:
             warnings += 1  # Velero: "could not restore, X already exists"
     status = {"progress": {"totalItems": len(picked), "itemsRestored": restored}, "warnings": warnings}
+    if errors:
+        status["errors"] = errors
     ctl._set_status(RESTORES, restore, **status)
 
 
-def _claim(ctl, pvc, src_ns, ns, snap, pvs, restore_pvs, rname, bname) -> None:
+def _claim(ctl, pvc, src_ns, ns, snap, pvs, restore_pvs, rname, bname, with_pvs, mapped) -> None:
     spec = pvc.setdefault("spec", {})
     name = pvc["metadata"]["name"]
     pv = pvs.get(spec.get("volumeName") or "")
     notes = pvc["metadata"].get("annotations") or {}
     for key in ("pv.kubernetes.io/bind-completed", "pv.kubernetes.io/bound-by-controller"):
         notes.pop(key, None)
+    if ctl.store.find(PVCS, ns, name) is not None:
+        return  # skipped as existing: its PV (in use, same name) is not restored over it
+    if not with_pvs:
+        # the PV is never processed, so the claim keeps its volumeName (restore.go resets it only
+        # for PVs in pvsToProvision) and waits for a PV that is not there
+        return
     if pv is None or not restore_pvs or (src_ns, name) not in snap.volumes:
         spec.pop("volumeName", None)  # no snapshot: a new (empty) volume is provisioned
         return
-    new_pv = _reset(pv, rname, bname)
+    new_pv = _label(_reset(pv), rname, bname)
     if ctl.store.find(PVS, "", new_pv["metadata"]["name"]) is not None:
+        if not mapped:
+            # shouldRenamePV: renamed only for a remapped namespace; else the PV in the cluster
+            # is kept (shouldRestore) and no volume is made from the snapshot
+            return
         new_pv["metadata"]["name"] = f"velero-clone-{uuid.uuid4()}"
     new_pv["spec"]["claimRef"] = {"kind": "PersistentVolumeClaim", "namespace": ns, "name": name}
     ctl.store.create(PVS, "", new_pv)
@@ -224,6 +264,32 @@ def _service(svc: dict[str, Any], preserve_node_ports: bool) -> None:
         spec.pop("healthCheckNodePort", None)
         for port in spec.get("ports") or []:
             port.pop("nodePort", None)
+
+
+def _restore_wait(pod: dict[str, Any], src_ns: str, src_pod: str, snap: Snapshot) -> None:
+    """actions/pod_volume_restore_action.go: a pod with volumes to restore gets the restore-wait
+    init container first, with the securityContext of its first container (or a restricted one),
+    mounting those volumes; it runs before the resource modifiers."""
+    spec = pod.setdefault("spec", {})
+    volumes = [v for v, _ in claims_of(pod) if (src_ns, src_pod, v) in snap.pod_volumes]
+    if not volumes:
+        return
+    first = (spec.get("containers") or [{}])[0]
+    context = copy.deepcopy(first.get("securityContext")) or {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+        "runAsUser": 1000,  # restoreHelperUID
+        "runAsNonRoot": True,
+    }
+    wait = {
+        "name": "restore-wait",
+        "image": "velero/velero-restore-helper:v1.16.0",
+        "command": ["/velero-restore-helper"],
+        "securityContext": context,
+        "volumeMounts": [{"name": v, "mountPath": f"/restores/{v}"} for v in volumes],
+    }
+    spec["initContainers"] = [wait, *(spec.get("initContainers") or [])]
 
 
 def _pod_volumes(ctl, pod: dict[str, Any], src_ns: str, src_pod: str, snap: Snapshot, rname: str) -> None:

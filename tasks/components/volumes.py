@@ -7,6 +7,7 @@ file-system backup), or a "volume backup" would hold only the claims.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pydantic import Field
@@ -15,13 +16,18 @@ from blocks.kubernetes import VeleroTarget
 from blocks.store import StoreBlock
 from tasks.components import kubernetes as velero
 from tasks.components.contract import target_from_env
+from tasks.components.kubernetes.api import connect
 from tasks.components.kubernetes.expiry import keep_until as keep_until  # Velero's expiry, as kubernetes
+from tasks.components.kubernetes.restores import _present
+from tasks.components.kubernetes.velero import _call
 from tasks.errors import BadInput, ComponentFailed
 from tasks.models import Manifest
 from tasks.storage.session import BackupSession
 
+log = logging.getLogger(__name__)
 Target = VeleroTarget
 VOLUME_RESOURCES = ["persistentvolumeclaims", "persistentvolumes"]
+PVC_NAME = "velero.io/pvc-name"  # a PodVolumeBackup's claim (podvolume/configs)
 
 
 def default_target() -> VeleroTarget:
@@ -75,6 +81,40 @@ drill = velero.drill
 drill_cleanup = velero.drill_cleanup
 
 
+def fs_claims(target: VeleroTarget, doc: dict[str, Any]) -> dict[tuple[str, str], list[str]]:
+    """(namespace, claim) -> the backed-up pods whose file-system backup of it a restore brings
+    back. Velero restores every volume with a PodVolumeBackup of every pod it restores into
+    whatever claim that pod mounts, one that exists too (podvolume/restorer.go checks no
+    existence), and the helper pods are all the backup's pods of the restored namespaces."""
+    name = doc["backup"]["metadata"]["name"]
+    k = connect(target.kube)
+    pvbs = _call(
+        k,
+        f"list PodVolumeBackups of {name}",
+        "list",
+        "podvolumebackups",
+        target.namespace,
+        label_selector=f"velero.io/backup-name={name}",
+    )["items"]
+    out: dict[tuple[str, str], list[str]] = {}
+    for pvb in pvbs:
+        claim = (pvb["metadata"].get("annotations") or {}).get(PVC_NAME)
+        pod = (pvb.get("spec") or {}).get("pod") or {}
+        if claim and (pvb.get("status") or {}).get("snapshotID"):  # none: nothing to restore
+            out.setdefault((pod.get("namespace", ""), claim), []).append(pod.get("name", ""))
+    return out
+
+
+def rewritten_too(target: VeleroTarget, doc: dict[str, Any], restoring: dict[str, list[str]]) -> list[str]:
+    """The claims a file-system restore of the namespaces in `restoring` (namespace -> the claims
+    meant to get their data back) would rewrite besides those, as 'ns/claim (pods ...)'."""
+    return sorted(
+        f"{ns}/{claim} (mounted by {', '.join(sorted(pods))})"
+        for (ns, claim), pods in fs_claims(target, doc).items()
+        if ns in restoring and claim not in restoring[ns]
+    )
+
+
 class RestoreOptions(velero.RestoreOptions):
     resources: list[str] | None = Field(default_factory=lambda: list(VOLUME_RESOURCES))
     restore_pvs: bool | None = Field(default=True, description="restore the volumes' data")
@@ -91,10 +131,42 @@ def restore(
     if fs and options.restore_pvs is not False:
         wanted = {velero.canonical_resource(r) for r in options.resources or []}
         if not options.resources or "persistentvolumeclaims" in wanted:
+            rewritten = _existing_claims_rewritten(target, doc, options)
             if options.resources and "pods" not in wanted:
                 options = options.model_copy(update={"resources": [*options.resources, "pods"]})
-            return velero.restore_document(target, doc, options, manifest.id, helper_pods=True)
+            report = velero.restore_document(target, doc, options, manifest.id, helper_pods=True)
+            if rewritten:
+                # Velero skipped these claims as existing, yet wrote their data: never "left as they are"
+                report["rewritten_claims"] = rewritten
+                report["note"] = (
+                    f"claims {rewritten} already existed: Velero kept the claim objects but wrote the "
+                    "backup's data into them through the restored pods (file-system backup restores "
+                    "every backed-up volume of the pods it restores). " + report.get("note", "")
+                ).strip()
+                log.warning(report["note"])
+            return report
     return velero.restore_document(target, doc, options, manifest.id)
+
+
+def _existing_claims_rewritten(
+    target: VeleroTarget, doc: dict[str, Any], options: RestoreOptions
+) -> list[str]:
+    """The claims that exist (in the restore's target namespaces) whose data the restore's helper
+    pods will nonetheless rewrite from the backup, as 'ns/claim (mounted by ...)'."""
+    k = connect(target.kube)
+    mapping = options.namespace_mapping
+    namespaces = [
+        ns for ns in options.namespaces or sorted(doc["inventory"]) if ns not in options.exclude_namespaces
+    ]
+    absent = {
+        ns: sorted(
+            set(doc["inventory"].get(ns, {}).get("persistentvolumeclaims", []))
+            - _present(k, mapping.get(ns, ns), "persistentvolumeclaims")
+        )
+        for ns in namespaces
+    }
+    pairs = (claim.split("/", 1) for claim in rewritten_too(target, doc, absent))
+    return [f"{mapping.get(ns, ns)}/{rest}" for ns, rest in pairs]
 
 
 def describe_current_state(target: VeleroTarget) -> dict[str, Any]:

@@ -116,3 +116,15 @@ def newest_good_volumes_backup(
             continue
         return candidate, rejected
     raise NotFound(f"no volumes backup of {namespace} verifies good: {rejected or 'there are none'}")
+
+
+def refuse_other_claims(target: VeleroTarget, doc: dict, namespace: str, names: list[str]) -> None:
+    """Before anything changes: restoring the data of `names` from a file-system backup would
+    rewrite every other claim of the namespace the backup's pods mount too."""
+    rewritten = volumes.rewritten_too(target, doc, {namespace: names})
+    if rewritten:
+        raise BadInput(
+            f"restoring {names} from this file-system backup would also rewrite {rewritten}, whose "
+            "pods Velero restores with them: name those claims too (or leave pvcs out for all). "
+            "Nothing was changed"
+        )

@@ -58,7 +58,7 @@ class BackupSpec(BaseModel):
             "includedNamespaces": self.include_namespaces or ["*"],
             "excludedNamespaces": self.exclude_namespaces,
             "storageLocation": target.storage_location,
-            "ttl": f"{int(ttl.total_seconds() // 3600)}h0m0s",
+            "ttl": go_duration(ttl),
             "defaultVolumesToFsBackup": self.default_volumes_to_fs_backup,
         }
         if self.include_resources:
@@ -77,6 +77,13 @@ class BackupSpec(BaseModel):
             "metadata": {"name": name, "namespace": target.namespace, **metadata},
             "spec": spec,
         }
+
+
+def go_duration(ttl: timedelta) -> str:
+    """A metav1.Duration Velero reads with time.ParseDuration, to the second (whole hours cut
+    0.5 h to "0h0m0s", which Velero replaces with its 30-day default TTL)."""
+    seconds = max(int(ttl.total_seconds()), 1)
+    return f"{seconds // 3600}h{seconds % 3600 // 60}m{seconds % 60}s"
 
 
 def _kinds(include: list[str], exclude: list[str]) -> list[str]:

@@ -16,6 +16,7 @@ storage-classes/#volume-binding-mode).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import secrets
 from collections.abc import Iterator
@@ -31,6 +32,20 @@ from tasks.errors import ComponentFailed, NotFound, TransientError
 log = logging.getLogger(__name__)
 HELPER_LABEL = "klb.io/restore-helper"
 PAUSE_IMAGE = "registry.k8s.io/pause:3.9"
+# Velero creates the helpers in the app's namespace, where Pod Security admission applies: a
+# container without these is refused by "restricted" (and the restore ends PartiallyFailed).
+# pause runs as 65535 (its image's USER), never as root.
+HELPER_CONTAINER = {
+    "name": "hold",
+    "image": PAUSE_IMAGE,
+    "securityContext": {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "runAsUser": 65535,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    },
+}
 
 
 def helper_pod_rules(token: str) -> list[dict[str, Any]]:
@@ -47,7 +62,7 @@ def helper_pod_rules(token: str) -> list[dict[str, Any]]:
                 {
                     "operation": "replace",
                     "path": "/spec/containers",
-                    "value": f'[{{"name": "hold", "image": "{PAUSE_IMAGE}"}}]',
+                    "value": json.dumps([HELPER_CONTAINER]),
                 },
             ],
         }

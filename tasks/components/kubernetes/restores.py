@@ -19,7 +19,7 @@ from blocks.store import StoreBlock
 from tasks.components.contract import StrictOptions
 from tasks.components.kubernetes import api as kube
 from tasks.components.kubernetes import claims
-from tasks.components.kubernetes.api import Kube, connect
+from tasks.components.kubernetes.api import Kube, canonical_resource, connect
 from tasks.components.kubernetes.backups import BackupSpec, _kinds, load_document
 from tasks.components.kubernetes.velero import (
     BACKUP_TERMINAL,
@@ -98,7 +98,29 @@ def _plan(doc: dict[str, Any], options: RestoreOptions) -> tuple[list[str], list
     if unknown:
         raise BadInput(f"namespace_mapping names {unknown}, which this restore does not include")
     kinds = _kinds(options.resources or [], options.exclude_resources)
+    if (
+        not options.names
+        and "persistentvolumeclaims" in kinds
+        and "persistentvolumes" in {canonical_resource(r) for r in options.exclude_resources}
+    ):
+        raise BadInput(
+            "exclude_resources names persistentvolumes but the restore brings back claims: Velero "
+            "would leave them Pending, waiting for their PVs. Exclude persistentvolumeclaims too"
+        )
     return wanted, kinds
+
+
+def velero_resources(options: RestoreOptions) -> list[str] | None:
+    """includedResources for Velero: claims always with their PVs. Velero resets a claim's
+    volumeName (or makes its PV from the snapshot) only for a PV it restores, and restores
+    file-system data only when both are included (restore.go), so claims alone would wait for
+    ever for a PV that is not there."""
+    if not options.resources:
+        return None
+    asked = {canonical_resource(r) for r in options.resources}
+    if "persistentvolumeclaims" in asked and not asked & {"persistentvolumes", "*"}:
+        return [*options.resources, "persistentvolumes"]
+    return options.resources
 
 
 def expected_objects(
@@ -158,13 +180,19 @@ def restore_document(
         "existingResourcePolicy": options.existing_resource_policy.value,
     }
     if options.resources:
-        spec["includedResources"] = options.resources
+        spec["includedResources"] = velero_resources(options)
     if options.exclude_resources:
         spec["excludedResources"] = options.exclude_resources
     if options.restore_pvs is not None:
         spec["restorePVs"] = options.restore_pvs
     if options.label_selector:
         spec["labelSelector"] = {"matchLabels": options.label_selector}
+    if not options.exclude_namespaces and not mapping and set(namespaces) >= set(doc["inventory"]):
+        # the whole backup: its cluster-scoped objects too (CRDs, ClusterRoles, ...). We name the
+        # namespaces, and Velero leaves cluster-scoped objects out of a restore of named
+        # namespaces unless asked (restore.go getOrderedResourceCollection), so a full-cluster
+        # restore brought back no CRD and no ClusterRole(Binding) of the backup
+        spec["includeClusterResources"] = True
     rollback = None
     if options.existing_resource_policy is ExistingResourcePolicy.update:
         rollback = safety_backup(k, target, [mapping.get(ns, ns) for ns in namespaces], backup_id)

@@ -1,0 +1,66 @@
+"""A restore of a whole Velero backup brings back its cluster-scoped objects too (CRDs,
+ClusterRoles, ClusterRoleBindings, ...), against the emulator and its fake Velero."""
+
+from __future__ import annotations
+
+import pytest
+
+from sandbox.k8s_emulator.store import BY_PATH
+from tasks.components import kubernetes as velero
+from tasks.components.kubernetes import api as kube
+from tasks.storage.session import backup_session
+from tests.k8s_helpers import fresh_controller, k8s, seed_namespaces
+
+RBAC = "rbac.authorization.k8s.io/v1"
+ROLES, BINDINGS = BY_PATH[(RBAC, "clusterroles")], BY_PATH[(RBAC, "clusterrolebindings")]
+
+
+@pytest.fixture
+def ctl(kube_api):
+    yield from fresh_controller(kube_api)
+
+
+def test_a_whole_cluster_backup_restored_whole_brings_back_its_cluster_scoped_objects(
+    kube_api, ctl, local_store
+):
+    """Velero restores cluster-scoped objects of a restore that names its namespaces only when
+    includeClusterResources is true (restore.go getOrderedResourceCollection: "Skipping resource
+    ... because it's cluster-scoped and only specific namespaces are included in the restore").
+    We name the namespaces, so a full-cluster restore of an all-namespaces backup brought back
+    no ClusterRole, ClusterRoleBinding or CRD, and said Completed."""
+    store = local_store()
+    shop, _ = seed_namespaces(ctl, "shop", "db")
+    rule = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}
+    ctl.seed(RBAC, "clusterroles", "", {"metadata": {"name": "shop-reader"}, "rules": [rule]})
+    subject = {"kind": "ServiceAccount", "name": "default", "namespace": shop}
+    role_ref = {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "shop-reader"}
+    ctl.seed(
+        RBAC,
+        "clusterrolebindings",
+        "",
+        {"metadata": {"name": "shop-reader"}, "roleRef": role_ref, "subjects": [subject]},
+    )
+    target = kube_api.velero_target(include_namespaces=["*"])
+    with backup_session(store, "kubernetes") as session:
+        velero.backup(target, session)
+        session.commit()
+    ctl.store.delete(ROLES, "", "shop-reader")
+    ctl.store.delete(BINDINGS, "", "shop-reader")
+    kube.delete_namespace(k8s(kube_api), shop, interval=0.01)
+    report = velero.restore(target, session.manifest, store, velero.RestoreOptions())
+    assert report["phase"] == "Completed" and kube.namespace_exists(k8s(kube_api), shop)
+    assert ctl.store.get(ROLES, "", "shop-reader")["rules"] == [rule]
+    assert ctl.store.get(BINDINGS, "", "shop-reader")["subjects"] == [subject]
+
+
+def test_a_restore_of_some_namespaces_leaves_cluster_scoped_objects_alone(kube_api, ctl, local_store):
+    store = local_store()
+    shop, _ = seed_namespaces(ctl, "shop", "db")
+    ctl.seed(RBAC, "clusterroles", "", {"metadata": {"name": "shop-reader"}, "rules": []})
+    target = kube_api.velero_target(include_namespaces=["*"])
+    with backup_session(store, "kubernetes") as session:
+        velero.backup(target, session)
+        session.commit()
+    ctl.store.delete(ROLES, "", "shop-reader")
+    velero.restore(target, session.manifest, store, velero.RestoreOptions(namespaces=[shop]))
+    assert ctl.store.find(ROLES, "", "shop-reader") is None
