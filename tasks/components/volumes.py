@@ -19,7 +19,7 @@ from tasks.components.contract import target_from_env
 from tasks.components.kubernetes.api import connect
 from tasks.components.kubernetes.expiry import keep_until as keep_until  # Velero's expiry, as kubernetes
 from tasks.components.kubernetes.restores import _present
-from tasks.components.kubernetes.velero import _call
+from tasks.components.kubernetes.velero import pod_volume_backups
 from tasks.errors import BadInput, ComponentFailed
 from tasks.models import Manifest
 from tasks.storage.session import BackupSession
@@ -88,14 +88,7 @@ def fs_claims(target: VeleroTarget, doc: dict[str, Any]) -> dict[tuple[str, str]
     existence), and the helper pods are all the backup's pods of the restored namespaces."""
     name = doc["backup"]["metadata"]["name"]
     k = connect(target.kube)
-    pvbs = _call(
-        k,
-        f"list PodVolumeBackups of {name}",
-        "list",
-        "podvolumebackups",
-        target.namespace,
-        label_selector=f"velero.io/backup-name={name}",
-    )["items"]
+    pvbs = pod_volume_backups(k, target, name)
     out: dict[tuple[str, str], list[str]] = {}
     for pvb in pvbs:
         claim = (pvb["metadata"].get("annotations") or {}).get(PVC_NAME)

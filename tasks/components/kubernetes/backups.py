@@ -24,6 +24,7 @@ from tasks.components.kubernetes.velero import (
     get_backup_cr,
     id_metadata,
     object_name,
+    pod_volume_backups,
     preflight,
 )
 from tasks.errors import BadInput, ComponentFailed, IntegrityError, NotFound
@@ -219,14 +220,7 @@ def describe_backup(k: Kube, target: VeleroTarget, cr: dict[str, Any]) -> dict[s
     """What `velero backup describe --details` shows that matters for a restore."""
     st = cr.get("status") or {}
     name = cr["metadata"]["name"]
-    pvbs = _call(
-        k,
-        f"list PodVolumeBackups of {name}",
-        "list",
-        "podvolumebackups",
-        target.namespace,
-        label_selector=f"velero.io/backup-name={name}",
-    )["items"]
+    pvbs = pod_volume_backups(k, target, name)
     return {
         "name": name,
         "phase": st.get("phase"),

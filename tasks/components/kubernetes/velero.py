@@ -113,6 +113,18 @@ def get_backup_cr(k: Kube, target: VeleroTarget, name: str) -> dict[str, Any]:
         ) from None
 
 
+def pod_volume_backups(k: Kube, target: VeleroTarget, name: str) -> list[dict[str, Any]]:
+    """The PodVolumeBackups of backup `name`: one per volume file-system backup read."""
+    return _call(
+        k,
+        f"list PodVolumeBackups of {name}",
+        "list",
+        "podvolumebackups",
+        target.namespace,
+        label_selector=f"velero.io/backup-name={name}",
+    )["items"]
+
+
 def _wait(
     k: Kube, target: VeleroTarget, plural: str, name: str, terminal: set[str], timeout: float
 ) -> tuple[dict[str, Any], bool]:
