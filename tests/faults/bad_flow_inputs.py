@@ -149,6 +149,20 @@ FLOW_INPUTS = [
         "rpo_targets_hours['app-state'] must be a finite number > 0, not inf",
     ),
     Bad(
+        "drill-health-check-of-a-component-left-out",
+        "restore_drill(components=['app-state'], health_checks=[{component: 'rabbitmq', ...}]) "
+        "(was: the drill ran and was judged without it: the check never ran)",
+        lambda w: restore_drill(
+            components=["app-state"],
+            targets={"app-state": w.target},
+            health_checks=[{"name": "queues", "component": "rabbitmq", "command": ["false"]}],
+            store=w.store,
+            return_state=True,
+        ),
+        "BadInput",
+        "health checks are for ['rabbitmq'], which this drill does not include (app-state)",
+    ),
+    Bad(
         "drill-targets-typo",
         "restore_drill targets={'app-stat': ...} (was: app-state 'not configured')",
         lambda w: restore_drill(targets={"app-stat": w.target}, store=w.store, return_state=True),
