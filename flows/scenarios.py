@@ -22,7 +22,7 @@ from flows.locks import component_lock
 from tasks.components import kubernetes as velero
 from tasks.components.kubernetes import ExistingResourcePolicy
 from tasks.components.kubernetes.quiesce import quiesced
-from tasks.errors import BadInput, NotFound
+from tasks.errors import BackupError, BadInput, ComponentFailed, NotFound
 from tasks.ids import new_backup_id
 from tasks.markdown import fields_table, table
 from tasks.metrics import tracked
@@ -287,9 +287,12 @@ def full_cluster_restore(
             put_record(
                 store_block, key, {"step": step, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
             )
-            raise RuntimeError(
+            message = (
                 f"full cluster restore step {step} failed: {exc}. Fix it and resume with run_id={run_id!r}"
-            ) from exc
+            )
+            # a failure the project names (BackupError) stays one: one line, no traceback; a bug
+            # (any other exception) keeps its traceback
+            raise (ComponentFailed if isinstance(exc, BackupError) else RuntimeError)(message) from exc
         outcome |= {"step": step, "component": component, "started": started, "finished": datetime.now(UTC)}
         put_record(store_block, key, outcome)
         statuses[step] = outcome["status"]
