@@ -32,6 +32,21 @@ def test_window_contains_handles_days_and_midnight():
     assert not night.contains(monday.replace(hour=21))
 
 
+def test_a_window_written_in_utc_with_z_lets_the_restore_run(local_store, prod):
+    """'02:00Z' is UTC written plainly: the window kept it aware and every check of it failed
+    with a TypeError (aware against naive), leaving a 'failed' restore record."""
+    store = local_store()
+    target = prod.target()
+    backup_component("app-state", target=target, store=store)
+    window = MaintenanceWindow(start="00:00:00Z", end="23:59:59Z")
+    record = restore_with_checklist(
+        "app-state", target=target, store=store, guard=RestoreGuard(window=window)
+    )
+    assert record.status == "restored" and prod.restores == 1
+    assert window.start == ALL_DAY[0] and window.start.tzinfo is None
+    assert {line.item: line.mark for line in record.checklist}["maintenance window"] is Mark.ok
+
+
 def test_checklist_refuses_outside_the_window_and_changes_nothing(local_store, prod):
     store = local_store()
     target = prod.target()

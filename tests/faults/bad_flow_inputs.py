@@ -81,6 +81,34 @@ FLOW_INPUTS = [
         "unknown field 'day' (did you mean 'days'?)",
     ),
     Bad(
+        "window-day-not-a-weekday",
+        "MaintenanceWindow(days=[7]) (was: a window that never opened, and an IndexError describing it)",
+        lambda w: MaintenanceWindow(days=[7], start="02:00", end="04:00"),
+        "ValidationError",
+        "days [7] are not weekdays: use 0=Monday .. 6=Sunday",
+    ),
+    Bad(
+        "window-no-days",
+        "MaintenanceWindow(days=[]) (was: a window that never opened)",
+        lambda w: MaintenanceWindow(days=[], start="02:00", end="04:00"),
+        "ValidationError",
+        "days=[] names no day: leave days out for every day",
+    ),
+    Bad(
+        "window-of-no-length",
+        "MaintenanceWindow(start='02:00', end='02:00') (was: a window that never opened)",
+        lambda w: MaintenanceWindow(start="02:00", end="02:00"),
+        "ValidationError",
+        "start and end are both 02:00: the window would never open",
+    ),
+    Bad(
+        "window-not-utc",
+        "MaintenanceWindow(start='02:00+02:00') (was: a TypeError at every restore)",
+        lambda w: MaintenanceWindow(start="02:00+02:00", end="04:00"),
+        "ValidationError",
+        "is not UTC: give the window's times in UTC",
+    ),
+    Bad(
         "drill-health-check-typo",
         "restore_drill(health_checks=[{..., 'expect_staus': 204}]) (was: expects 200, the typo ignored)",
         lambda w: restore_drill(
