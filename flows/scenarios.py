@@ -228,8 +228,11 @@ def full_cluster_restore(
         restore_options(component, given)
     store_block = load_store(store)
     run = read_step(store_block, run_key(store_block, run_id)) if run_id else None
-    if run_id and not dry_run and run is None:
-        raise NotFound(f"no full cluster restore run {run_id} to resume in {store_block.location}")
+    if run_id and run is None:  # a dry run of a resume too: it would show the plan of 'latest'
+        raise NotFound(
+            f"no full cluster restore run {run_id} to resume in {store_block.location}: copy the run id "
+            "from the failed run's message or report, or leave run_id out for a new run"
+        )
     if run is not None:
         if recovery_point not in ("latest", run["recovery_point"]):
             raise BadInput(

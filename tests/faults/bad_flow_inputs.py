@@ -239,6 +239,14 @@ FLOW_INPUTS = [
         "'../../x' is not a full cluster restore run id (dr-<YYYYMMDDTHHMMSSZ>-<6 hex>): copy it",
     ),
     Bad(
+        "full-restore-dry-run-of-an-unknown-run",
+        "full_cluster_restore(run_id=<no such run>) as a dry run (was: the plan of 'latest', as if "
+        "it were that run's)",
+        lambda w: full_cluster_restore(run_id="dr-20260101T000000Z-abcdef", store=w.store, return_state=True),
+        "NotFound",
+        "no full cluster restore run dr-20260101T000000Z-abcdef to resume",
+    ),
+    Bad(
         "pitr-port-out-of-range",
         "pitr_postgres(port=-1) (was: pydantic's ValidationError)",
         lambda w: pitr_postgres(target_time="latest", port=-1, return_state=True),
