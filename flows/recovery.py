@@ -144,6 +144,9 @@ def _locked_restore(
         finish(store, record)
         raise
     started = datetime.now(UTC)
+    # stored before the target is touched: a run killed during the restore leaves a 'running'
+    # record with its safety backup, which a rollback can act on (else no record at all)
+    put_record(store, record_key_of(store, record.id), record)
     try:
         record.report = restore_task(manifest, target, store, options)
         record.status = "restored"
@@ -307,9 +310,12 @@ def rollback_restore(
         "options": opts,
     }
 
-    def still_wanted() -> None:  # under the lock: a concurrent rollback of it may have run
-        if load_restore_record(store_block, restore_id).status == "rolled back":
+    def still_wanted() -> None:  # under the lock: a concurrent rollback of it may have run, or
+        # a restore 'running' when asked has ended since (the lock waited for it)
+        now = load_restore_record(store_block, restore_id)
+        if now.status == "rolled back":
             raise BadInput(f"restore {restore_id} was rolled back meanwhile: nothing more to do")
+        check_rollback_allowed(now)
 
     outcome = _checked_restore(
         record, manifest, store_block, target_block, guard_block, checklist, given, still_wanted

@@ -42,8 +42,10 @@ from tasks.storage.layout import layout
 from tasks.storage.records import get_record, put_record
 
 Status = Literal["running", "refused", "cancelled", "failed", "restored", "rolled back"]
-# a restore in one of these states may have changed the target: a rollback puts the safety copy back
-CHANGED = ("restored", "failed")
+# a restore in one of these states may have changed the target: a rollback puts the safety copy back.
+# 'running' is stored just before the restore step: still so when asked, its run died mid-restore
+# (a live one holds the component lock, which a rollback waits for, then checks again)
+CHANGED = ("restored", "failed", "running")
 
 
 class RestoreRecord(BaseModel):
