@@ -3,9 +3,9 @@ and whether a human must approve (the runbook's Pre-Restore Checklist)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, time, timedelta
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from blocks.strict import StrictBlock, StrictModel
 
@@ -18,6 +18,38 @@ class MaintenanceWindow(StrictModel):
     )
     start: time = Field(description="UTC, e.g. '02:00'")
     end: time = Field(description="UTC, e.g. '04:00'")
+
+    @field_validator("days")
+    @classmethod
+    def _weekdays(cls, days: list[int]) -> list[int]:
+        # [] never opens and 7 or -1 name no weekday (7 crashed describe(), -1 read as Sunday
+        # and never opened): a window that can never open refuses every restore, unexplained
+        if not days:
+            raise ValueError("days=[] names no day: leave days out for every day, or name some (0=Monday)")
+        wrong = sorted({d for d in days if not 0 <= d <= 6})
+        if wrong:
+            raise ValueError(f"days {wrong} are not weekdays: use 0=Monday .. 6=Sunday")
+        return sorted(set(days))
+
+    @field_validator("start", "end")
+    @classmethod
+    def _utc(cls, value: time) -> time:
+        # '02:00Z' is a natural way to write UTC; kept aware, every check of the window failed
+        # with a TypeError (aware against naive). Another offset would shift the days: refused
+        if value.tzinfo is None:
+            return value
+        if value.utcoffset() != timedelta(0):
+            raise ValueError(f"{value.isoformat()} is not UTC: give the window's times in UTC ('02:00')")
+        return value.replace(tzinfo=None)
+
+    @model_validator(mode="after")
+    def _some_length(self) -> MaintenanceWindow:
+        if self.start == self.end:
+            raise ValueError(
+                f"start and end are both {self.start:%H:%M}: the window would never open; "
+                "give an end after the start (an end before it spans midnight)"
+            )
+        return self
 
     def contains(self, when: datetime) -> bool:
         when = when.astimezone(UTC)

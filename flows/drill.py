@@ -110,6 +110,13 @@ def restore_drill(
     unknown = [c.component for c in checks if c.component and c.component not in SPECS]
     if unknown:
         raise BadInput(f"health checks name unknown components {unknown}")
+    # a check of a component the drill leaves out would never run, and the drill would pass
+    left_out = sorted({c.component for c in checks if c.component and c.component not in names})
+    if left_out:
+        raise BadInput(
+            f"health checks are for {left_out}, which this drill does not include ({', '.join(names)}): "
+            "add them to components, or drop those checks; nothing was run"
+        )
     started = datetime.now(UTC)
     rp = drill_source(store_block, recovery_point)
     results = []

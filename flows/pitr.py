@@ -142,9 +142,9 @@ def pitr_postgres(
         target_lsn: Recover up to this WAL location instead of a time (e.g. 0/3000060).
         target_name: Recover up to this named restore point (pg_create_restore_point) instead of a
             time.
-        backup_id: Which backup: 'latest' (the newest verified backup of the component) or an id as
-            listed by `python -m flows.catalog list`, `<component>-<YYYYMMDDTHHMMSSZ>-<6 hex>`, e.g.
-            kubernetes-20260101T020000Z-a1b2c3.
+        backup_id: Which base backup to start from: empty or 'latest' (the newest that reaches the
+            target) or a postgres-pitr id as listed by `klb backups list postgres-pitr`, e.g.
+            postgres-pitr-20260101T020000Z-a1b2c3.
         port: Port the recovered PostgreSQL instance listens on.
         os_user: Operating-system user that runs the recovered PostgreSQL (postgres refuses to run
             as root).

@@ -44,6 +44,7 @@ from tasks.operations.restores import (
     run_checklist,
     target_digest,
 )
+from tasks.operations.rollback import changed_target, rollback_options
 from tasks.storage.catalog import get_backup
 from tasks.storage.records import put_record
 from tasks.verbs import restore_options, restore_task
@@ -143,9 +144,14 @@ def _locked_restore(
         finish(store, record)
         raise
     started = datetime.now(UTC)
+    # stored before the target is touched: a run killed during the restore leaves a 'running'
+    # record with its safety backup, which a rollback can act on (else no record at all)
+    put_record(store, record_key_of(store, record.id), record)
     try:
         record.report = restore_task(manifest, target, store, options)
         record.status = "restored"
+        # by its options it may have written nothing (aside only, a plan): nothing to roll back
+        record.target_changed = changed_target(record.component, record.options)
     except Exception as exc:
         record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
         if getattr(exc, "target_untouched", False):  # the component knows it changed nothing
@@ -282,8 +288,18 @@ def rollback_restore(
     manifest = get_backup(store_block, original.safety_backup_id, original.component)
     target_block = load_target(original.component, rollback_target(original, target))
     check_same_target(original, target_block)
+    # what the restore wrote to, overwritten from the safety backup (the defaults were not the
+    # undo: Velero kept the restored objects, other databases/steps were put back too)
+    given = rollback_options(store_block, original.component, original.backup_id, original.options, manifest)
+    opts = restore_options(original.component, given)
     record = _new_record(
-        original.component, manifest, force, target_block, kind="rollback", rolls_back=restore_id
+        original.component,
+        manifest,
+        force,
+        target_block,
+        kind="rollback",
+        rolls_back=restore_id,
+        options=given,
     )
     needs_approval = guard_block.require_approval if require_approval is None else require_approval
     checklist = {
@@ -291,14 +307,18 @@ def rollback_restore(
         "required_objects": None,
         "needs_approval": needs_approval,
         "without_rollback": False,
+        "options": opts,
     }
 
-    def still_wanted() -> None:  # under the lock: a concurrent rollback of it may have run
-        if load_restore_record(store_block, restore_id).status == "rolled back":
+    def still_wanted() -> None:  # under the lock: a concurrent rollback of it may have run, or
+        # a restore 'running' when asked has ended since (the lock waited for it)
+        now = load_restore_record(store_block, restore_id)
+        if now.status == "rolled back":
             raise BadInput(f"restore {restore_id} was rolled back meanwhile: nothing more to do")
+        check_rollback_allowed(now)
 
     outcome = _checked_restore(
-        record, manifest, store_block, target_block, guard_block, checklist, None, still_wanted
+        record, manifest, store_block, target_block, guard_block, checklist, given, still_wanted
     )
     if not isinstance(outcome, RestoreRecord):
         return outcome  # cancelled while waiting for approval

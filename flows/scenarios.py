@@ -22,7 +22,7 @@ from flows.locks import component_lock
 from tasks.components import kubernetes as velero
 from tasks.components.kubernetes import ExistingResourcePolicy
 from tasks.components.kubernetes.quiesce import quiesced
-from tasks.errors import BadInput, NotFound
+from tasks.errors import BackupError, BadInput, ComponentFailed, NotFound
 from tasks.ids import new_backup_id
 from tasks.markdown import fields_table, table
 from tasks.metrics import tracked
@@ -230,8 +230,11 @@ def full_cluster_restore(
         restore_options(component, given)
     store_block = load_store(store)
     run = read_step(store_block, run_key(store_block, run_id)) if run_id else None
-    if run_id and not dry_run and run is None:
-        raise NotFound(f"no full cluster restore run {run_id} to resume in {store_block.location}")
+    if run_id and run is None:  # a dry run of a resume too: it would show the plan of 'latest'
+        raise NotFound(
+            f"no full cluster restore run {run_id} to resume in {store_block.location}: copy the run id "
+            "from the failed run's message or report, or leave run_id out for a new run"
+        )
     if run is not None:
         if recovery_point not in ("latest", run["recovery_point"]):
             raise BadInput(
@@ -289,9 +292,12 @@ def full_cluster_restore(
             put_record(
                 store_block, key, {"step": step, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
             )
-            raise RuntimeError(
+            message = (
                 f"full cluster restore step {step} failed: {exc}. Fix it and resume with run_id={run_id!r}"
-            ) from exc
+            )
+            # a failure the project names (BackupError) stays one: one line, no traceback; a bug
+            # (any other exception) keeps its traceback
+            raise (ComponentFailed if isinstance(exc, BackupError) else RuntimeError)(message) from exc
         outcome |= {"step": step, "component": component, "started": started, "finished": datetime.now(UTC)}
         put_record(store_block, key, outcome)
         statuses[step] = outcome["status"]

@@ -322,3 +322,32 @@ def test_a_drill_that_fails_before_its_record_never_shows_an_older_report(saved,
     text = "\n".join(lines)
     assert code == PROBLEM and "FAILED" in text
     assert "olddrill1" not in text and "PASSED" not in text
+
+
+def test_a_restore_that_fails_part_way_says_where_the_target_stands(saved, store, capsys, tmp_path):
+    """`klb restore` said 'FAILED (the target was not cut over)' and cut the error to its first
+    line, when the first step had been restored and the error's next line said so."""
+    from blocks.app_state import AppStateStep, AppStateTarget
+
+    first = tmp_path / "first.restored"
+    name = "two-steps-" + secrets.token_hex(4)
+    AppStateTarget(
+        steps=[
+            AppStateStep(
+                name="first", backup_command=["echo", "a"], restore_command=["sh", "-c", f"cat > {first}"]
+            ),
+            AppStateStep(
+                name="second", backup_command=["echo", "b"], restore_command=["sh", "-c", "cat; exit 3"]
+            ),
+        ]
+    ).save(name)
+    code, lines, _ = klb(capsys, "--store", saved["store"], "backup", "app-state", "--target", name)
+    backup_id = lines[1].split()[0]
+
+    code, lines, _ = klb(
+        capsys, "--store", saved["store"], "restore", "app-state", backup_id, "--target", name, "--yes"
+    )
+
+    text = "\n".join(lines)
+    assert code == PROBLEM and "restore of app-state FAILED" in text and "not cut over" not in text
+    assert "steps ['first'] were restored, step 'second' failed" in text and first.read_text() == "a\n"

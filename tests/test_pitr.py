@@ -385,6 +385,21 @@ def test_target_before_the_base_backup_is_refused(prefect_server, bench, new_dir
     assert not Path(new_dir).exists()
 
 
+def test_backup_id_latest_is_the_flows_choice_and_another_components_id_is_refused(bench):
+    """The form offers backup_id='latest' ('the newest verified backup'): PITR refused it as
+    'base backup latest is not in a recoverable window'. A postgres backup's id was looked for
+    in the WAL archive's windows before saying what was wrong with it."""
+    chosen = pitr.plan(bench["target"], bench["store"], parse_target("latest"))[2]
+    assert pitr.plan(bench["target"], bench["store"], parse_target("latest"), backup_id="latest")[2] == chosen
+    with pytest.raises(BadInput, match="is a postgres backup: PITR starts from a postgres-pitr base backup"):
+        pitr.plan(
+            bench["target"],
+            bench["store"],
+            parse_target("latest"),
+            backup_id="postgres-20260101T000000Z-abcdef",
+        )
+
+
 def test_recovery_that_ends_before_its_target_is_detected(bench, new_dir):
     """Bypass the window check: the server gives up ('recovery ended before configured recovery
     target was reached') even though pg_ctl -w start may return 0. The flow must fail."""

@@ -389,3 +389,66 @@ def test_a_restore_with_globals_that_fails_before_the_cut_over_leaves_the_roles_
     finally:
         drop(admin_target, db, *_asides_of(admin_target, db))
         exec_in(admin_target, "postgres", f"DROP ROLE IF EXISTS {gone}; DROP ROLE IF EXISTS {app}")
+
+
+def test_a_restore_left_aside_is_never_rolled_back_over_the_live_database(
+    prefect_server, postgres, local_store
+):
+    """cut_over=False restores into a side database and touches nothing live, yet the record
+    said 'restored' and rollback_restore put its safety copy over the live database, undoing
+    every write made since. The record now says the target was not changed; a rollback is
+    refused and changes nothing."""
+    from flows.recovery import restore_with_checklist, rollback_restore
+    from tasks.errors import BadInput
+    from tasks.operations.restores import safety_mark
+
+    db = new_name()
+    admin_target = target_for(postgres)
+    make_db(admin_target, db)
+    target = target_for(postgres, databases=[db])
+    store = local_store()
+    try:
+        backup_component("postgres", target=target, store=store)
+        exec_in(target, db, "DELETE FROM app.items WHERE id > 10")
+        record = restore_with_checklist(
+            "postgres", target=target, store=store, options={"cut_over": False, "include_globals": False}
+        )
+        assert record.status == "restored" and record.target_changed is False
+        assert "nothing to roll back" in safety_mark(store, record.safety_backup_id)["note"]
+        exec_in(target, db, "DELETE FROM app.items WHERE id > 5")  # written since: must stay
+        now = state(target, db)
+
+        with pytest.raises(BadInput, match="by its options wrote nothing to postgres"):
+            rollback_restore(record.id, target=target, store=store)
+
+        assert state(target, db) == now
+    finally:
+        drop(admin_target, db, *_asides_of(admin_target, db))
+
+
+def test_a_rollback_of_one_database_puts_back_that_database_only(prefect_server, postgres, local_store):
+    """The rollback of a restore of databases=[a] put back every database of the safety backup:
+    b, which the restore never touched, lost the writes made to it since."""
+    from flows.recovery import load_restore_record, restore_with_checklist, rollback_restore
+
+    a, b = new_name(), new_name()
+    admin_target = target_for(postgres)
+    make_db(admin_target, a)
+    make_db(admin_target, b)
+    target = target_for(postgres, databases=[a, b])
+    store = local_store()
+    try:
+        backup_component("postgres", target=target, store=store)
+        exec_in(target, a, "DELETE FROM app.items WHERE id > 10")
+        a_before = state(target, a)
+        record = restore_with_checklist("postgres", target=target, store=store, options={"databases": [a]})
+        exec_in(target, b, "DELETE FROM app.items WHERE id > 3")  # b, written since
+        b_now = state(target, b)
+
+        rolled = rollback_restore(record.id, target=target, store=store)
+
+        assert state(target, a) == a_before and state(target, b) == b_now
+        rollback = load_restore_record(store, rolled.rolled_back_by)
+        assert rollback.options == {"include_globals": False, "databases": [a]}
+    finally:
+        drop(admin_target, a, b, *_asides_of(admin_target, a), *_asides_of(admin_target, b))

@@ -266,3 +266,33 @@ def test_full_cluster_restore_brings_back_namespaces_and_volume_data(
         assert set(after["objects"]) == set(before[ns]["objects"])
         assert after["volumes"] == before[ns]["volumes"] == {(ns, "data"): f"{ns} volume v1"}
     assert replicas(kube_api, lam) == {"api": 2, "worker": 5, "cron": 1}
+
+
+def test_a_rollback_of_a_kubernetes_restore_puts_back_what_the_restore_overwrote(
+    prefect_server, kube_api, target, store, namespaces
+):
+    """The safety backup was restored with Velero's default policy (leave existing objects as
+    they are): the rollback said 'rolled back' and the restored objects stayed. It now
+    overwrites, within the restore's own namespaces only."""
+    from flows.recovery import load_restore_record, restore_with_checklist, rollback_restore
+
+    lam, db = namespaces
+    backup_component("kubernetes", target=target, store=store)
+    set_configmap(kube_api, lam, "settings", {"mode": "broken"})
+    set_configmap(kube_api, db, "settings", {"mode": "db-before"})
+    record = restore_with_checklist(
+        "kubernetes",
+        target=target,
+        store=store,
+        options={"namespaces": [lam], "existing_resource_policy": "update"},
+    )
+    assert configmap(kube_api, lam, "settings") == {"mode": "prod"}
+    set_configmap(kube_api, db, "settings", {"mode": "db-written-since"})  # not the restore's
+
+    rolled = rollback_restore(record.id, target=target, store=store)
+
+    assert rolled.status == "rolled back"
+    assert configmap(kube_api, lam, "settings") == {"mode": "broken"}  # what was there before
+    assert configmap(kube_api, db, "settings") == {"mode": "db-written-since"}  # left alone
+    rollback = load_restore_record(store, rolled.rolled_back_by)
+    assert rollback.options == {"namespaces": [lam], "existing_resource_policy": "update"}

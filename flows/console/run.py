@@ -122,7 +122,12 @@ def restore(
 
     r = restore_component(component, backup_id, target, store_ref, options, return_state=True)
     if not r.is_completed():
-        return f"restore of {component} FAILED (the target was not cut over): {_message(r)}", False
+        # the whole message: it says where the target stands (an app-state step restored before
+        # one failed, a cut-over done for some databases); only a component's own mark says it
+        # was not changed
+        exc = _exception(r)
+        unchanged = " (the target was not changed)" if getattr(exc, "target_untouched", False) else ""
+        return f"restore of {component} FAILED{unchanged}: {exc or r.message or r.name}", False
     res = r.result()
     return f"restored {component} from {res['backup_id']}", True
 
@@ -151,6 +156,14 @@ def plan(
     if not r.is_completed():
         return f"plan FAILED: {_message(r)}", False
     return plan_markdown(RestorePlan.model_validate(r.result()), "Restore plan (dry run)"), True
+
+
+def _exception(state) -> BaseException | None:
+    try:
+        state.result()
+    except Exception as exc:
+        return exc
+    return None
 
 
 def _message(state) -> str:

@@ -25,6 +25,8 @@ from tasks.operations.drills import (
 )
 from tasks.operations.recovery import get_recovery_point, member_manifests
 from tasks.storage.catalog import latest_backup, list_backups
+from tasks.storage.health import Status as HealthStatus
+from tasks.storage.health import health_of
 from tasks.verbs import drill_cleanup_task, drill_task
 
 
@@ -42,6 +44,14 @@ def drill_source(
         return None, {}, {}
     rp = get_recovery_point(store, recovery_point)
     return rp.id, member_manifests(store, rp), rp.failed
+
+
+def good_backups(store: StoreBlock, component: str) -> list[Manifest]:
+    """The backups the worst gap is measured between: those 'latest' could restore from. Not a
+    backup known damaged (the sweep or a failed read found it bad), nor a safety or forensic copy
+    (a forensic one holds the broken state): counted, they hid the gap they leave."""
+    damaged = {i for i, h in health_of(store, component).items() if h.status == HealthStatus.damaged}
+    return [m for m in list_backups(store, component) if m.routine and m.id not in damaged]
 
 
 def drill_component(
@@ -79,7 +89,7 @@ def drill_component(
             manifest = latest_backup(store, name)
     except NotFound as exc:
         return failed(f"configured, but nothing to restore: {exc}")
-    age, gap = rpo_figures(manifest, list_backups(store, name), drill_start, window)
+    age, gap = rpo_figures(manifest, good_backups(store, name), drill_start, window)
     result = ComponentDrill(
         component=name,
         status=Status.failed,

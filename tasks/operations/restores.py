@@ -42,8 +42,10 @@ from tasks.storage.layout import layout
 from tasks.storage.records import get_record, put_record
 
 Status = Literal["running", "refused", "cancelled", "failed", "restored", "rolled back"]
-# a restore in one of these states may have changed the target: a rollback puts the safety copy back
-CHANGED = ("restored", "failed")
+# a restore in one of these states may have changed the target: a rollback puts the safety copy back.
+# 'running' is stored just before the restore step: still so when asked, its run died mid-restore
+# (a live one holds the component lock, which a rollback waits for, then checks again)
+CHANGED = ("restored", "failed", "running")
 
 
 class RestoreRecord(BaseModel):
@@ -171,11 +173,14 @@ def finish(store: StoreBlock, record: RestoreRecord) -> None:
 
 
 def untouched(record: RestoreRecord) -> bool:
-    """A failed restore whose component says the target was never changed."""
-    return record.status == "failed" and record.target_changed is False
+    """A restore that never changed its target: it failed before it did (its component says
+    so), or its options write nothing there (postgres cut_over=False, etcd without the swap)."""
+    return record.status in CHANGED and record.target_changed is False
 
 
 def _safety_note(record: RestoreRecord) -> str:
+    if untouched(record) and record.status == "restored":
+        return f"restore {record.id} wrote nothing to its target (by its options): nothing to roll back"
     if untouched(record):
         return f"restore {record.id} failed before it changed anything: nothing to roll back"
     if record.status in CHANGED:
@@ -184,6 +189,11 @@ def _safety_note(record: RestoreRecord) -> str:
 
 
 def next_step(record: RestoreRecord) -> str:
+    if untouched(record) and record.status == "restored":
+        return (
+            f"With these options the restore wrote nothing to {record.component}'s target (see the "
+            "report for what it left aside or planned): there is nothing to roll back."
+        )
     if record.status == "restored" and record.safety_backup_id:
         return f"To undo it: `rollback_restore(restore_id='{record.id}')`."
     if untouched(record):
@@ -209,8 +219,9 @@ def check_rollback_allowed(record: RestoreRecord) -> None:
             "roll back; the current data stays as it is"
         )
     if untouched(record):
+        how = "failed before it changed" if record.status == "failed" else "by its options wrote nothing to"
         raise BadInput(
-            f"restore {record.id} failed before it changed {record.component}: the target is as it "
+            f"restore {record.id} {how} {record.component}: the target is as it "
             "was, and putting the safety backup back would only undo writes made since; nothing was done"
         )
     if not record.safety_backup_id:

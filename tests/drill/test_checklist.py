@@ -32,6 +32,21 @@ def test_window_contains_handles_days_and_midnight():
     assert not night.contains(monday.replace(hour=21))
 
 
+def test_a_window_written_in_utc_with_z_lets_the_restore_run(local_store, prod):
+    """'02:00Z' is UTC written plainly: the window kept it aware and every check of it failed
+    with a TypeError (aware against naive), leaving a 'failed' restore record."""
+    store = local_store()
+    target = prod.target()
+    backup_component("app-state", target=target, store=store)
+    window = MaintenanceWindow(start="00:00:00Z", end="23:59:59Z")
+    record = restore_with_checklist(
+        "app-state", target=target, store=store, guard=RestoreGuard(window=window)
+    )
+    assert record.status == "restored" and prod.restores == 1
+    assert window.start == ALL_DAY[0] and window.start.tzinfo is None
+    assert {line.item: line.mark for line in record.checklist}["maintenance window"] is Mark.ok
+
+
 def test_checklist_refuses_outside_the_window_and_changes_nothing(local_store, prod):
     store = local_store()
     target = prod.target()
@@ -227,3 +242,30 @@ def test_when_production_is_gone_the_restore_needs_without_rollback(local_store,
     assert prod.file.read_bytes() == original
     line = next(x for x in record.checklist if x.item == "prepare rollback")
     assert line.mark is Mark.warn and "no rollback" in line.detail
+
+
+def test_a_rollback_of_one_step_puts_back_that_step_only(local_store, tmp_path):
+    """A restore of steps=['sessions'] was rolled back by putting back every step of the safety
+    backup: writes made since to 'carts', which the restore never touched, were undone."""
+    from blocks.app_state import AppStateTarget
+    from tests.drill.conftest import Prod
+
+    sessions, carts = Prod(tmp_path / "sessions"), Prod(tmp_path / "carts")
+    carts_step = carts.target().steps[0].model_copy(update={"name": "carts"})
+    target = AppStateTarget(steps=[sessions.target().steps[0], carts_step])
+    store = local_store()
+    backup = backup_component("app-state", target=target, store=store)
+    sessions.file.write_bytes(b"sessions before the restore\n")
+
+    record = restore_with_checklist(
+        "app-state", backup_id=backup.id, target=target, store=store, options={"steps": ["sessions"]}
+    )
+    assert sessions.restores == 1 and carts.restores == 0
+    carts.file.write_bytes(b"carts written since the restore\n")
+
+    rolled = rollback_restore(record.id, target=target, store=store)
+
+    assert rolled.status == "rolled back"
+    assert sessions.file.read_bytes() == b"sessions before the restore\n"
+    assert carts.file.read_bytes() == b"carts written since the restore\n" and carts.restores == 0
+    assert load_restore_record(store, rolled.rolled_back_by).options == {"steps": ["sessions"]}

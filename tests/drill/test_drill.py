@@ -99,6 +99,30 @@ def test_rto_and_rpo_match_the_timestamps_of_the_runs(local_store, prod, drill_t
     assert record.rpo_seconds == app.rpo_age_seconds and record.worst_gap_seconds == max(gaps)
 
 
+def test_the_worst_gap_is_measured_between_backups_latest_could_restore(local_store, prod, drill_tmp):
+    """A backup the sweep found damaged, or a safety copy (never what 'latest' restores), is no
+    restore point: counted as good backups they split the gap and hid it."""
+    from flows.maintenance import verify_backups
+
+    store = local_store()
+    target = prod.target()
+    first = backup_component("app-state", target=target, store=store)
+    damaged = backup_component("app-state", target=target, store=store)
+    backup_component("app-state", target=target, store=store, labels={"kind": "safety"})
+    last = backup_component("app-state", target=target, store=store)
+    flip_byte(store, list_backups(store, "app-state")[1].object("sessions").key)
+    verify_backups(components=["app-state"], newest=10, store=store, return_state=True)
+
+    record = restore_drill(components=["app-state"], targets={"app-state": target}, store=store)
+
+    app = record.component("app-state")
+    assert app.status is Status.verified and app.backup_id == last.id
+    times = {b.id: b.source_time for b in list_backups(store, "app-state")}
+    assert damaged.id in times  # still listed: only not counted
+    gaps = [times[last.id] - times[first.id], record.started_at - times[last.id]]
+    assert app.worst_gap_seconds == max(g.total_seconds() for g in gaps)
+
+
 def test_rto_target_below_the_measured_time_fails_the_drill(local_store, prod, drill_tmp):
     store = local_store()
     target = prod.target()

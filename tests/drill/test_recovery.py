@@ -8,7 +8,7 @@ from flows.backup import backup_all, backup_component
 from flows.drill import restore_drill
 from flows.recovery import restore_plan
 from flows.scenarios import full_cluster_restore
-from tasks.errors import IntegrityError
+from tasks.errors import ComponentFailed, IntegrityError
 from tasks.operations.drills import list_drill_records
 from tasks.operations.plan import DR_STEPS
 from tasks.operations.recovery import LABEL, _key, get_recovery_point, list_recovery_points, member_manifests
@@ -141,6 +141,8 @@ def test_full_cluster_restore_plans_first_then_resumes_where_it_stopped(local_st
     fail.touch()  # the app-state step fails the first time
     state = full_cluster_restore(targets={"app-state": target}, store=store, dry_run=False, return_state=True)
     assert state.is_failed()
+    with pytest.raises(ComponentFailed, match="(?s)step app-state failed: .*resume with run_id="):
+        state.result()  # the project's own error (was RuntimeError: logged with a traceback)
     run_id = str(state.message).split("run_id='")[1].split("'")[0]
     steps = {s: i for i, (s, _) in enumerate(DR_STEPS, start=1)}
     failed = get_record(store, layout(store).dr_step_key(run_id, steps["app-state"], "app-state"))

@@ -81,6 +81,34 @@ FLOW_INPUTS = [
         "unknown field 'day' (did you mean 'days'?)",
     ),
     Bad(
+        "window-day-not-a-weekday",
+        "MaintenanceWindow(days=[7]) (was: a window that never opened, and an IndexError describing it)",
+        lambda w: MaintenanceWindow(days=[7], start="02:00", end="04:00"),
+        "ValidationError",
+        "days [7] are not weekdays: use 0=Monday .. 6=Sunday",
+    ),
+    Bad(
+        "window-no-days",
+        "MaintenanceWindow(days=[]) (was: a window that never opened)",
+        lambda w: MaintenanceWindow(days=[], start="02:00", end="04:00"),
+        "ValidationError",
+        "days=[] names no day: leave days out for every day",
+    ),
+    Bad(
+        "window-of-no-length",
+        "MaintenanceWindow(start='02:00', end='02:00') (was: a window that never opened)",
+        lambda w: MaintenanceWindow(start="02:00", end="02:00"),
+        "ValidationError",
+        "start and end are both 02:00: the window would never open",
+    ),
+    Bad(
+        "window-not-utc",
+        "MaintenanceWindow(start='02:00+02:00') (was: a TypeError at every restore)",
+        lambda w: MaintenanceWindow(start="02:00+02:00", end="04:00"),
+        "ValidationError",
+        "is not UTC: give the window's times in UTC",
+    ),
+    Bad(
         "drill-health-check-typo",
         "restore_drill(health_checks=[{..., 'expect_staus': 204}]) (was: expects 200, the typo ignored)",
         lambda w: restore_drill(
@@ -149,6 +177,20 @@ FLOW_INPUTS = [
         "rpo_targets_hours['app-state'] must be a finite number > 0, not inf",
     ),
     Bad(
+        "drill-health-check-of-a-component-left-out",
+        "restore_drill(components=['app-state'], health_checks=[{component: 'rabbitmq', ...}]) "
+        "(was: the drill ran and was judged without it: the check never ran)",
+        lambda w: restore_drill(
+            components=["app-state"],
+            targets={"app-state": w.target},
+            health_checks=[{"name": "queues", "component": "rabbitmq", "command": ["false"]}],
+            store=w.store,
+            return_state=True,
+        ),
+        "BadInput",
+        "health checks are for ['rabbitmq'], which this drill does not include (app-state)",
+    ),
+    Bad(
         "drill-targets-typo",
         "restore_drill targets={'app-stat': ...} (was: app-state 'not configured')",
         lambda w: restore_drill(targets={"app-stat": w.target}, store=w.store, return_state=True),
@@ -195,6 +237,14 @@ FLOW_INPUTS = [
         lambda w: full_cluster_restore(run_id="../../x", store=w.store, return_state=True),
         "BadInput",
         "'../../x' is not a full cluster restore run id (dr-<YYYYMMDDTHHMMSSZ>-<6 hex>): copy it",
+    ),
+    Bad(
+        "full-restore-dry-run-of-an-unknown-run",
+        "full_cluster_restore(run_id=<no such run>) as a dry run (was: the plan of 'latest', as if "
+        "it were that run's)",
+        lambda w: full_cluster_restore(run_id="dr-20260101T000000Z-abcdef", store=w.store, return_state=True),
+        "NotFound",
+        "no full cluster restore run dr-20260101T000000Z-abcdef to resume",
     ),
     Bad(
         "pitr-port-out-of-range",

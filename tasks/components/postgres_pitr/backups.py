@@ -32,9 +32,10 @@ from tasks.components.postgres_pitr.window import (
     choose_base_backup,
 )
 from tasks.errors import BadInput, IntegrityError
+from tasks.ids import parse_backup_id
 from tasks.models import Manifest
 from tasks.proc import stream_stdout
-from tasks.storage.catalog import list_backups
+from tasks.storage.catalog import LATEST, list_backups
 
 BASE_OBJECT = "base.tar"
 
@@ -148,6 +149,13 @@ def wal_archive(target: PitrTarget, store: StoreBlock, engine_name: str = "barma
 def plan(
     target: PitrTarget, store: StoreBlock, goal: RecoveryTarget, backup_id: str | None = None
 ) -> tuple[ArchiveReport, Window, BaseBackupRef]:
+    if backup_id == LATEST:  # what the form offers: the newest base backup that reaches the target
+        backup_id = None
+    if backup_id and parse_backup_id(backup_id)[0] != COMPONENT:
+        raise BadInput(
+            f"{backup_id} is a {parse_backup_id(backup_id)[0]} backup: PITR starts from a postgres-pitr "
+            "base backup (klb backups list postgres-pitr), or leave backup_id empty; nothing was changed"
+        )
     report = wal_archive(target, store)
     explicit = None
     if backup_id:

@@ -1,0 +1,133 @@
+"""What a rollback puts back, and whether a restore changed anything to roll back.
+
+A rollback restores the safety backup taken just before a checklist restore. With the
+component's default options that is not the undo of the restore: Velero leaves existing objects
+as they are (existing_resource_policy=none), so a Kubernetes rollback changed nothing and said
+'rolled back'; a restore of one database, step or vhost was rolled back by putting back every
+one of them, over writes made since to those the restore never touched. So the rollback takes
+the restore's own scope (what it wrote to, after renames and mappings) and overwrites it. A
+restore that by its options never wrote to its target (postgres cut_over=False without roles,
+etcd without execute_swap, a PITR into a new instance) has nothing to roll back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from blocks.store import StoreBlock
+from tasks.errors import BackupError, BadInput
+from tasks.models import Manifest
+from tasks.storage.catalog import get_backup
+
+# the options of a Kubernetes restore that narrow what it wrote, carried over to its rollback
+KUBERNETES_SCOPE = (
+    "resources",
+    "exclude_resources",
+    "names",
+    "label_selector",
+    "restore_pvs",
+    "timeout_seconds",
+)
+
+
+def _postgres_globals(options: dict[str, Any]) -> bool:
+    given = options.get("include_globals")
+    return given if given is not None else not options.get("databases")
+
+
+def changed_target(component: str, options: dict[str, Any]) -> bool:
+    """False when a restore of `component` with these options (as recorded) writes nothing to
+    its target even when it succeeds."""
+    if component == "postgres-pitr":  # a new instance; the source is never touched
+        return False
+    if component == "etcd":  # without the swap: checked in a throwaway member, a plan written
+        return bool(options.get("execute_swap"))
+    if component == "postgres":  # aside only: side databases, nothing renamed over
+        return options.get("cut_over", True) is not False or _postgres_globals(options)
+    return True
+
+
+def _restored_backup(store: StoreBlock, backup_id: str, component: str) -> Manifest | None:
+    try:
+        return get_backup(store, backup_id, component)
+    except BackupError:  # deleted by retention since: the scope falls back to the safety backup's
+        return None
+
+
+def _kubernetes(
+    store: StoreBlock, options: dict, backup: Callable[[], Manifest | None], safety: Manifest
+) -> dict:
+    from tasks.components.kubernetes import load_document  # Velero's record, read only here
+
+    held = set(load_document(store, safety)["inventory"])
+    mapping = options.get("namespace_mapping") or {}
+    sources = options.get("namespaces")
+    if sources is None and (restored := backup()) is not None:
+        sources = sorted(load_document(store, restored)["inventory"])
+    out: dict[str, Any] = {k: options[k] for k in KUBERNETES_SCOPE if k in options}
+    out["existing_resource_policy"] = "update"  # "none" would leave the restored objects in place
+    if sources is not None:
+        skip = set(options.get("exclude_namespaces") or [])
+        written = sorted({mapping.get(n, n) for n in sources if n not in skip})
+        out["namespaces"] = _held("namespaces", written, held)
+    elif options.get("exclude_namespaces"):
+        out["exclude_namespaces"] = options["exclude_namespaces"]
+    return out
+
+
+def _postgres(options: dict, backup: Callable[[], Manifest | None], safety: Manifest) -> dict:
+    held = set(safety.engine.get("databases") or {})
+    out: dict[str, Any] = {"include_globals": _postgres_globals(options)}
+    if options.get("cut_over", True) is False:
+        raise BadInput(
+            "the restore left its databases aside (cut_over=False) and replaced none; only the "
+            "roles it applied changed, and a rollback cannot put roles back alone: nothing was done"
+        )
+    sources = options.get("databases")
+    if sources is None and (restored := backup()) is not None:
+        sources = list(restored.engine.get("databases") or {})
+    if sources is not None:
+        rename = options.get("rename_to") or {}
+        out["databases"] = _held("databases", sorted({rename.get(d, d) for d in sources}), held)
+    return out
+
+
+def _held(what: str, written: list[str], held: set[str]) -> list[str]:
+    """Those of `written` the safety backup holds; the others did not exist before the restore."""
+    kept = [n for n in written if n in held]
+    if not kept:
+        raise BadInput(
+            f"the restore wrote only {what} {written}, which did not exist before it (its safety "
+            "backup holds none of them): there is nothing to put back; delete them by hand if they "
+            "are not wanted; nothing was done"
+        )
+    return kept
+
+
+def rollback_options(
+    store: StoreBlock, component: str, backup_id: str, options: dict[str, Any], safety: Manifest
+) -> dict[str, Any]:
+    """The restore options that put back, from `safety`, exactly what the restore of `backup_id`
+    with `options` (as recorded) wrote to; BadInput when there is nothing it can put back."""
+    if not changed_target(component, options):
+        raise BadInput(
+            f"the restore's options ({options or 'defaults'}) wrote nothing to its {component} "
+            "target, so there is nothing to roll back; the current data stays as it is"
+        )
+
+    def backup() -> Manifest | None:  # read only when the options do not name the scope
+        return _restored_backup(store, backup_id, component)
+
+    if component in ("kubernetes", "volumes"):
+        return _kubernetes(store, options, backup, safety)
+    if component == "postgres":
+        return _postgres(options, backup, safety)
+    if component == "etcd":
+        return {"execute_swap": True}
+    if component == "rabbitmq" and options.get("vhost"):
+        return {"vhost": options.get("into_vhost") or options["vhost"]}
+    if component == "app-state" and options.get("steps"):
+        held = {o.name for o in safety.objects}
+        return {"steps": _held("steps", list(options["steps"]), held)}
+    return {}
