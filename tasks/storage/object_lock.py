@@ -228,6 +228,26 @@ def locked_until(
     return out
 
 
+def extend_locks(
+    store: StoreBlock, backend: Backend, manifests: list[Manifest], until: datetime, now: datetime
+) -> int:
+    """Lengthen the lock of every pinned version of `manifests` (objects, and each manifest as
+    first written) to at least `until`; a lock is never shortened. Returns the versions asked.
+    Retention calls this for the backups it keeps past their window: their first lock ran out
+    with the window, and a backup retention keeps but nothing locks is one a stolen credential
+    deletes for good. Nothing for a store that does not lock (no mode asked, or local)."""
+    if not lock_mode(store) or not isinstance(backend, S3Backend) or not manifests:
+        return 0
+    pinned: list[tuple[str, str | None]] = [(o.key, o.version_id) for m in manifests for o in m.objects]
+    for m in manifests:  # the manifest's first version: the one the catalog reads
+        mkey = manifest_key_beside(m.objects[0].key)
+        written = written_manifests(store, backend, mkey.rsplit("/", 1)[0], now) or {}
+        pinned.append((mkey, written.get(mkey)))
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        list(pool.map(lambda kv: backend.ensure_lock(kv[0], kv[1], until), pinned))
+    return len(pinned)
+
+
 def pinned_version_problems(
     backend: Backend, component_dir: str, manifests: list[Manifest]
 ) -> dict[str, str]:
