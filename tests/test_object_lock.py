@@ -485,3 +485,26 @@ def test_object_lock_retention_keeps_the_lock_on_the_backup_it_keeps_past_its_wi
     assert "locked until at least" in applied["components"]["app-state"]["object_lock_hold"][last.id]
     dry = enforce_retention(dry_run=True, store=store, components=["app-state"])["components"]["app-state"]
     assert dry["would_delete"] == [] and "would lock" in dry["object_lock_hold"][last.id]
+
+
+def test_object_lock_a_delete_marker_on_an_old_kept_backups_manifest_does_not_hide_it(moto, prefect_server):
+    """The last good backup is older than its retention + margin, and retention keeps it locked.
+    A plain delete of its manifest (the worker's credentials) only hides it: the catalog must
+    still list it, or 'latest' loses it and retention stops keeping (and locking) it."""
+    from flows.maintenance import enforce_retention
+    from tasks.ids import new_backup_id
+
+    store, client = locked(moto, "COMPLIANCE")
+    old = datetime.now(UTC) - timedelta(days=40)
+    with backup_session(store, "app-state") as s:  # an id as old as its source time
+        s.started_at, s.id = old, new_backup_id("app-state", old)
+        s.source_time = old
+        s.write("state", [b"orders: 42\n"])
+        last = s.commit(retention=RETENTION)
+    client.delete_object(Bucket=store.bucket, Key=layout(store).manifest_key(last.id))
+
+    assert [m.id for m in list_backups(store, "app-state")] == [last.id]
+    assert get_backup(store, "latest", "app-state") == last
+    applied = enforce_retention(dry_run=False, store=store, components=["app-state"])
+    summary = applied["components"]["app-state"]
+    assert summary["deleted"] == [] and summary["orphans"] == [] and last.id in summary["object_lock_hold"]

@@ -157,12 +157,18 @@ def written_manifests(
     if not status.lock_enabled:
         return None
     out: dict[str, str] = {}
-    for key, vids in backend.key_versions(folder).items():
+    versions = backend.key_versions(folder)
+    # folders with an object still current: retention deletes a backup's objects with its manifest
+    current = {k.rsplit("/", 1)[0] for k, vids in versions.items() if vids[0] != DELETE_MARKER}
+    for key, vids in versions.items():
         written = [v for v in vids if v != DELETE_MARKER]
         if not is_manifest_key(key) or not written:
             continue
         if vids[0] == DELETE_MARKER:
-            if not _maybe_locked(store, status, key, now) or not _locked_now(backend, key, written[-1], now):
+            # one HEAD where the manifest may still be locked: by its age, or (a backup retention
+            # keeps past its window stays locked) when its objects were not deleted with it
+            maybe = _maybe_locked(store, status, key, now) or key.rsplit("/", 1)[0] in current
+            if not maybe or not _locked_now(backend, key, written[-1], now):
                 continue  # deleted by retention once its lock ran out
             log.warning("manifest %s is hidden by a delete marker while locked: someone hid it", key)
         elif len(written) > 1:
