@@ -36,7 +36,7 @@ from tasks.storage.retention import (
     newest_recovery_point,
     plan_retention,
 )
-from tasks.storage.retention_locks import apply_locks
+from tasks.storage.retention_locks import apply_locks, hold_kept_locks
 from tasks.storage.retention_report import locks_markdown, plan_markdown
 from tasks.verbs import verify_task
 
@@ -351,9 +351,10 @@ def enforce_retention(
     else:
         summary_extra = {"incomplete_writes_would_remove": [k for keys in incomplete.values() for k in keys]}
     # backups kept past their window must outlive Velero's TTL too; a failure fails the run below
-    held, unheld = hold_kept_backups(
-        plans, {n: lst.manifests for n, lst in listings.items()}, targets, dry_run
-    )
+    kept = {n: lst.manifests for n, lst in listings.items()}
+    held, unheld = hold_kept_backups(plans, kept, targets, dry_run)
+    locked, unlocked = hold_kept_locks(block, plans, kept, dry_run)  # and S3 Object Lock to keep them
+    unheld = "; ".join(u for u in (unheld, unlocked) if u)
     summary: dict[str, Any] = {"dry_run": dry_run, "recovery_point": rp, "components": {}}
     for name, plan in plans.items():
         done = [] if name in busy else [d.id for d in plan.deletions]
@@ -369,6 +370,7 @@ def enforce_retention(
             },
             **({"busy": busy[name]} if name in busy else {}),
             **({"engine_hold": held[name]} if held.get(name) else {}),
+            **({"object_lock_hold": locked[name]} if locked.get(name) else {}),
         }
     summary |= summary_extra
     damaged = {c: dirs for c, dirs in left_alone.items() if dirs}
@@ -385,8 +387,8 @@ def enforce_retention(
         + "".join(f"\n**{c}: nothing deleted, left for the next run**: {why}\n" for c, why in busy.items()),
         description=f"retention of {block.location}",
     )
-    if unheld:  # the rest is done; Velero would delete what retention keeps: someone must act
-        notify(Severity.P1, "retention could not hold Velero's expiry of kept backups", unheld)
+    if unheld:  # the rest is done; Velero or anyone could delete what retention keeps: someone must act
+        notify(Severity.P1, "retention could not hold (Velero, object lock) the backups it keeps", unheld)
         raise ComponentFailed(unheld)
     if busy:  # the rest is done; these components wait for the next run, and the run says so
         raise TransientError(

@@ -451,3 +451,60 @@ def test_object_lock_retention_never_deletes_or_hides_a_backup_under_legal_hold(
     assert manifest_key not in markers and not {o.key for o in held.objects} & markers
     census = object_lock.census(backend_for(store), [held, newest], datetime.now(UTC))
     assert census is not None and census.unlocked == len(newest.objects)  # held ones are protected
+
+
+def test_object_lock_retention_keeps_the_lock_on_the_backup_it_keeps_past_its_window(moto, prefect_server):
+    """Backups stopped (an attacker's first move is to pause them); the last good one is past its
+    window and its lock has run out. Retention keeps it as the newest good backup: it must keep
+    it locked too, or the worker's own credentials delete its versions for good."""
+    from flows.maintenance import enforce_retention
+
+    store, client = locked(moto, "COMPLIANCE")
+    last = backup(store, source_time=datetime.now(UTC) - timedelta(days=40))
+    manifest_key = layout(store).manifest_key(last.id)
+    manifest_version = client.head_object(Bucket=store.bucket, Key=manifest_key)["VersionId"]
+    pinned = [(o.key, o.version_id) for o in last.objects] + [(manifest_key, manifest_version)]
+    past = datetime.now(UTC) - timedelta(minutes=1)  # moto lets a COMPLIANCE date be shortened
+    for key, vid in pinned:
+        client.put_object_retention(
+            Bucket=store.bucket,
+            Key=key,
+            VersionId=vid,
+            Retention={"Mode": "COMPLIANCE", "RetainUntilDate": past},
+        )
+
+    applied = enforce_retention(dry_run=False, store=store, components=["app-state"])
+    assert applied["components"]["app-state"]["deleted"] == []
+    floor = datetime.now(UTC) + RETENTION
+    for key, vid in pinned:
+        head = client.head_object(Bucket=store.bucket, Key=key, VersionId=vid)
+        assert head["ObjectLockMode"] == "COMPLIANCE" and head["ObjectLockRetainUntilDate"] >= floor, key
+        with pytest.raises(ClientError):  # the worker's credentials cannot destroy the kept backup
+            client.delete_object(Bucket=store.bucket, Key=key, VersionId=vid)
+    assert [m.id for m in list_backups(store, "app-state")] == [last.id]
+    assert "locked until at least" in applied["components"]["app-state"]["object_lock_hold"][last.id]
+    dry = enforce_retention(dry_run=True, store=store, components=["app-state"])["components"]["app-state"]
+    assert dry["would_delete"] == [] and "would lock" in dry["object_lock_hold"][last.id]
+
+
+def test_object_lock_a_delete_marker_on_an_old_kept_backups_manifest_does_not_hide_it(moto, prefect_server):
+    """The last good backup is older than its retention + margin, and retention keeps it locked.
+    A plain delete of its manifest (the worker's credentials) only hides it: the catalog must
+    still list it, or 'latest' loses it and retention stops keeping (and locking) it."""
+    from flows.maintenance import enforce_retention
+    from tasks.ids import new_backup_id
+
+    store, client = locked(moto, "COMPLIANCE")
+    old = datetime.now(UTC) - timedelta(days=40)
+    with backup_session(store, "app-state") as s:  # an id as old as its source time
+        s.started_at, s.id = old, new_backup_id("app-state", old)
+        s.source_time = old
+        s.write("state", [b"orders: 42\n"])
+        last = s.commit(retention=RETENTION)
+    client.delete_object(Bucket=store.bucket, Key=layout(store).manifest_key(last.id))
+
+    assert [m.id for m in list_backups(store, "app-state")] == [last.id]
+    assert get_backup(store, "latest", "app-state") == last
+    applied = enforce_retention(dry_run=False, store=store, components=["app-state"])
+    summary = applied["components"]["app-state"]
+    assert summary["deleted"] == [] and summary["orphans"] == [] and last.id in summary["object_lock_hold"]

@@ -157,12 +157,18 @@ def written_manifests(
     if not status.lock_enabled:
         return None
     out: dict[str, str] = {}
-    for key, vids in backend.key_versions(folder).items():
+    versions = backend.key_versions(folder)
+    # folders with an object still current: retention deletes a backup's objects with its manifest
+    current = {k.rsplit("/", 1)[0] for k, vids in versions.items() if vids[0] != DELETE_MARKER}
+    for key, vids in versions.items():
         written = [v for v in vids if v != DELETE_MARKER]
         if not is_manifest_key(key) or not written:
             continue
         if vids[0] == DELETE_MARKER:
-            if not _maybe_locked(store, status, key, now) or not _locked_now(backend, key, written[-1], now):
+            # one HEAD where the manifest may still be locked: by its age, or (a backup retention
+            # keeps past its window stays locked) when its objects were not deleted with it
+            maybe = _maybe_locked(store, status, key, now) or key.rsplit("/", 1)[0] in current
+            if not maybe or not _locked_now(backend, key, written[-1], now):
                 continue  # deleted by retention once its lock ran out
             log.warning("manifest %s is hidden by a delete marker while locked: someone hid it", key)
         elif len(written) > 1:
@@ -226,6 +232,26 @@ def locked_until(
         elif mode and until and until > now and (have is None or (have[1] is not None and until > have[1])):
             out[name] = (mode, until)
     return out
+
+
+def extend_locks(
+    store: StoreBlock, backend: Backend, manifests: list[Manifest], until: datetime, now: datetime
+) -> int:
+    """Lengthen the lock of every pinned version of `manifests` (objects, and each manifest as
+    first written) to at least `until`; a lock is never shortened. Returns the versions asked.
+    Retention calls this for the backups it keeps past their window: their first lock ran out
+    with the window, and a backup retention keeps but nothing locks is one a stolen credential
+    deletes for good. Nothing for a store that does not lock (no mode asked, or local)."""
+    if not lock_mode(store) or not isinstance(backend, S3Backend) or not manifests:
+        return 0
+    pinned: list[tuple[str, str | None]] = [(o.key, o.version_id) for m in manifests for o in m.objects]
+    for m in manifests:  # the manifest's first version: the one the catalog reads
+        mkey = manifest_key_beside(m.objects[0].key)
+        written = written_manifests(store, backend, mkey.rsplit("/", 1)[0], now) or {}
+        pinned.append((mkey, written.get(mkey)))
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        list(pool.map(lambda kv: backend.ensure_lock(kv[0], kv[1], until), pinned))
+    return len(pinned)
 
 
 def pinned_version_problems(

@@ -1,13 +1,21 @@
 """Retention under S3 Object Lock: a backup (or leftover) whose objects are still locked is kept,
 with the date it may go (or, under a legal hold, until the hold is lifted); the plan's report
-(storage/retention_report.py) says so."""
+(storage/retention_report.py) says so. And the backups retention keeps past their window stay
+locked a retention window past each run (`hold_kept_locks`)."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
+from blocks.store import StoreBlock
+from tasks.models import Manifest
+from tasks.storage import object_lock
+from tasks.storage.backends import backend_for
 from tasks.storage.retention import Action, Decision, OrphanDecision, RetentionPlan
+
+log = logging.getLogger(__name__)
 
 
 def _kept(item: Decision | OrphanDecision, lock: tuple[str, datetime | None]) -> dict[str, Any]:
@@ -38,3 +46,41 @@ def apply_locks(plan: RetentionPlan, locks: dict[str, tuple[str, datetime | None
         for o in plan.orphans
     ]
     return plan.model_copy(update={"decisions": decisions, "orphans": orphans})
+
+
+def hold_kept_locks(
+    store: StoreBlock, plans: dict[str, RetentionPlan], manifests: dict[str, list[Manifest]], dry_run: bool
+) -> tuple[dict[str, dict[str, str]], str]:
+    """On a store that locks: the backups a plan keeps whatever their age (`Decision.protected`:
+    the newest good, each part's holder, the newest recovery point's members, GFS picks) are
+    locked until a retention window (+ the store's margin) past the run. Their own lock ended
+    with their window; without this the backup retention promises never to delete could be
+    deleted for good by anyone with the worker's credentials once backups stop. -> (component
+    -> backup id -> until when, or would be in a dry run; what failed, "" when nothing)."""
+    held: dict[str, dict[str, str]] = {}
+    failed: list[str] = []
+    if not object_lock.lock_mode(store):
+        return held, ""
+    backend = backend_for(store)
+    for name, plan in plans.items():
+        ids = {d.id for d in plan.decisions if d.protected}
+        kept = [m for m in manifests.get(name, []) if m.id in ids and m.objects]
+        until = object_lock.lock_until(store, plan.now + plan.policy.retention)
+        if not kept or until is None:
+            continue
+        try:
+            if not dry_run:
+                object_lock.extend_locks(store, backend, kept, until, plan.now)
+        except Exception as exc:  # one component's failure must not spare the others their lock
+            log.error("%s: backups kept past their window stay unlocked: %s", name, exc)
+            failed.append(f"{name}: {exc}")
+            continue
+        word = "would lock" if dry_run else "locked"
+        held[name] = {m.id: f"{word} until at least {until:%Y-%m-%dT%H:%M:%SZ}" for m in kept}
+    if not failed:
+        return held, ""
+    return held, (
+        "backups retention keeps past their window could not be locked again (anyone with the "
+        "worker's credentials can delete them): " + "; ".join(failed) + ". Fix the cause (the "
+        "worker needs s3:PutObjectRetention on the bucket), then run enforce-retention again"
+    )
