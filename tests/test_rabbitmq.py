@@ -411,3 +411,47 @@ def test_a_backup_using_plugins_this_broker_lacks_is_refused_before_anything_cha
     assert "'x-delayed-message'" in str(err.value) and "rabbitmq_shovel" in str(err.value)
     assert name not in list_vhosts(api)
     assert api.get(f"/users/{user}").status_code == 404
+
+
+@pytest.mark.broker_wide  # a whole-broker backup and restore attempt
+def test_a_broker_restore_that_would_reset_its_own_users_password_is_refused_before_anything(
+    api, vhost, rabbitmq, local_store
+):
+    """The backup holds the restoring administrator's password hash from backup time. Rotated
+    since, the import put the old password back and every request after it was refused: the
+    vhosts were imported, the check never ran, and the error said 'wrong password? nothing was
+    changed'. Now the restore compares the target's password with the backed-up hash first."""
+    url = rabbitmq.extra["url"]
+    admin, old, new = f"klb-admin-{vhost[-8:]}", "old-" + secrets.token_hex(8), "new-" + secrets.token_hex(8)
+    assert api.put(f"/users/{admin}", json={"password": old, "tags": "administrator"}).status_code == 201
+    try:
+        for v in list_vhosts(api):
+            api.put(f"/permissions/{seg(v)}/{admin}", json={"configure": ".*", "write": ".*", "read": ".*"})
+        store = local_store(encryption_key=SecretStr("rmq-key"))
+        manifest = backup_task.fn("rabbitmq", RabbitMQTarget(url=url, username=admin, password=old), store)
+        assert api.put(f"/users/{admin}", json={"password": new, "tags": "administrator"}).status_code == 204
+        before = definitions(api, vhost)
+        assert api.delete(f"/vhosts/{seg(vhost)}").status_code == 204
+
+        target = RabbitMQTarget(url=url, username=admin, password=SecretStr(new))
+        with pytest.raises(BadInput, match="nothing was changed.*password it had at backup time") as err:
+            restore_task.fn(manifest, target, store, {})
+        assert new not in str(err.value) and old not in str(err.value)
+        assert vhost not in list_vhosts(api), "the restore imported before it refused"
+        assert httpx.get(f"{url}/api/whoami", auth=(admin, new), timeout=10).status_code == 200
+
+        # a password that is the backed-up one again restores (the import keeps it)
+        assert api.put(f"/users/{admin}", json={"password": old, "tags": "administrator"}).status_code == 204
+        report = restore_task.fn(manifest, RabbitMQTarget(url=url, username=admin, password=old), store, {})
+        assert vhost in report["created_vhosts"] and definitions(api, vhost) == before
+    finally:
+        api.delete(f"/users/{admin}")
+
+
+def test_a_broker_backup_that_demotes_the_restoring_user_is_named():
+    """The import sets the restoring user's tags too: without 'administrator' every request after
+    it would be refused (403), so the restore refuses first (the same check as the password's)."""
+    target = RabbitMQTarget(username="ops", password=SecretStr("pw"))
+    doc = {"users": [{"name": "ops", "password_hash": "", "tags": ["management"]}]}
+    assert [p.split(" ")[1] for p in rmq.self_lockout(target, doc)] == ["sets", "takes"]
+    assert rmq.self_lockout(target, {"users": [{"name": "other", "tags": []}]}) == []

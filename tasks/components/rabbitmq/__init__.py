@@ -43,6 +43,7 @@ from tasks.components.rabbitmq.definitions import (
     differences,
     feature_conflicts,
     limit_conflicts,
+    self_lockout,
     vhost_definitions,
 )
 from tasks.errors import BadInput, IntegrityError, IsolationTaken, TransientError
@@ -247,6 +248,11 @@ def restore(
                 "restore refused, nothing was changed: this broker lacks what the backup uses: "
                 + "; ".join(lacking[:20])
             )
+        if broker_wide and (lockout := self_lockout(target, docs[None])):
+            raise BadInput(
+                "restore refused, nothing was changed: the import would lock this restore out "
+                "before it could check what it brought back: " + "; ".join(lockout)
+            )
         if broker_wide:  # users, vhosts, permissions, global parameters and everything else at once
             created = [v for v in plan if not _vhost_exists(target, client, v)]
             # the import sets every vhost's description and tags from its entry (blank if absent):
@@ -378,6 +384,7 @@ __all__ = [
     "drill_cleanup",
     "q",
     "restore",
+    "self_lockout",
     "verify",
     "vhost_definitions",
 ]
