@@ -292,3 +292,16 @@ def test_a_step_that_cannot_start_refuses_the_restore_before_any_step_runs(
     with pytest.raises(ConfigurationError, match=match):
         restore_task.fn(manifest, broken_target, store, {})
     assert list(d1.iterdir()) == [] and list(d2.iterdir()) == [], "a step ran before the refusal"
+
+
+def test_a_backup_step_whose_cwd_is_missing_says_so(tmp_path, local_store):
+    """Popen fails the same way for a missing program and a missing working directory: the error
+    said 'command not found: sh' for a step whose command is installed."""
+    store = local_store()
+    gone = tmp_path / "gone"
+    step = AppStateStep(
+        name="s", backup_command=["sh", "-c", "echo x"], restore_command=["true"], cwd=str(gone)
+    )
+    with pytest.raises(ConfigurationError, match=f"working directory {gone} does not exist"):
+        backup_task.fn("app-state", AppStateTarget(steps=[step]), store)
+    assert list_backups(store, "app-state") == []
