@@ -455,3 +455,27 @@ def test_a_broker_backup_that_demotes_the_restoring_user_is_named():
     doc = {"users": [{"name": "ops", "password_hash": "", "tags": ["management"]}]}
     assert [p.split(" ")[1] for p in rmq.self_lockout(target, doc)] == ["sets", "takes"]
     assert rmq.self_lockout(target, {"users": [{"name": "other", "tags": []}]}) == []
+
+
+@pytest.mark.broker_wide  # brings back every vhost it backed up, other tests' included
+def test_whole_broker_restore_brings_back_users_tags_and_limits_exactly(api, vhost, rabbitmq, local_store):
+    """RabbitMQ's import replaces a user's tags but merges its limits: a limit set since the
+    backup stayed, and the check (password hash only) called the users restored."""
+    url = rabbitmq.extra["url"]
+    user = f"klb-user-{vhost[-8:]}"
+    assert api.put(f"/users/{user}", json={"password": "pw-1234", "tags": "management"}).status_code == 201
+    assert api.put(f"/user-limits/{user}/max-connections", json={"value": 5}).status_code == 204
+    try:
+        store = local_store(encryption_key=SecretStr("rmq-key"))
+        manifest = backup_task.fn("rabbitmq", RabbitMQTarget(url=url), store)
+        assert (
+            api.put(f"/users/{user}", json={"password": "pw-1234", "tags": "monitoring"}).status_code == 204
+        )
+        assert api.put(f"/user-limits/{user}/max-channels", json={"value": 3}).status_code == 204
+        assert api.put(f"/user-limits/{user}/max-connections", json={"value": 50}).status_code == 204
+
+        restore_task.fn(manifest, RabbitMQTarget(url=url), store, {})
+        live = api.get(f"/users/{user}").json()
+        assert (live["tags"], live["limits"]) == (["management"], {"max-connections": 5})
+    finally:
+        api.delete(f"/users/{user}")

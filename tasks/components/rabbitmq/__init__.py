@@ -41,6 +41,7 @@ from tasks.components.rabbitmq.definitions import (
     broker_differences,
     counts,
     differences,
+    drop_newer_user_limits,
     feature_conflicts,
     limit_conflicts,
     self_lockout,
@@ -260,6 +261,7 @@ def restore(
             meta |= vhost_metadata(target, client, [v for v in plan if v not in created])
             resp = client.post("/definitions", content=json.dumps(_with_metadata(docs[None], meta)))
             _raise_for(target, resp, "import the broker's definitions")
+            drop_newer_user_limits(target, client, docs[None])
         else:
             created = [v for v, defs in plan.items() if _import_vhost(target, client, v, defs, meta[v])]
         access, skipped = None, {}

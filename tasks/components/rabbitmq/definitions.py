@@ -14,7 +14,7 @@ import httpx
 
 from blocks.rabbitmq import RabbitMQTarget
 from blocks.store import StoreBlock
-from tasks.components.rabbitmq.api import _get, q
+from tasks.components.rabbitmq.api import _get, _raise_for, q
 from tasks.errors import BadInput, IntegrityError
 from tasks.models import Manifest
 from tasks.storage.session import read_object
@@ -142,14 +142,30 @@ def limit_conflicts(
     return []
 
 
+def drop_newer_user_limits(target: RabbitMQTarget, client: httpx.Client, doc: dict[str, Any]) -> None:
+    """Clear the limits a backed-up user has gained since the backup: RabbitMQ's import sets the
+    backed-up ones but merges them with those the user has now."""
+    for user in doc.get("users") or []:
+        if "limits" not in user:  # exported before RabbitMQ had user limits: nothing to compare
+            continue
+        live = _get(target, client, f"/users/{q(user['name'])}", "read users") or {}
+        for name in set(live.get("limits") or {}) - set(user["limits"]):
+            resp = client.delete(f"/user-limits/{q(user['name'])}/{q(name)}")
+            _raise_for(target, resp, f"clear limit {name} of user {user['name']!r} (set since the backup)")
+
+
 def broker_differences(target: RabbitMQTarget, client: httpx.Client, doc: dict[str, Any]) -> list[str]:
-    """Users (with their password hash), permissions and topic permissions of a broker backup
-    missing or different live."""
+    """Users (with their password hash, tags and limits), permissions and topic permissions of a
+    broker backup missing or different live."""
     out = []
     for user in doc.get("users") or []:
         live = _get(target, client, f"/users/{q(user['name'])}", "read users")
         if live is None or live.get("password_hash") != user.get("password_hash"):
             out.append(f"user {user['name']!r} is missing or has another password")
+        elif sorted(live.get("tags") or []) != sorted(user.get("tags") or []):
+            out.append(f"user {user['name']!r} has tags {live.get('tags')}, backed up {user.get('tags')}")
+        elif "limits" in user and (live.get("limits") or {}) != user["limits"]:
+            out.append(f"user {user['name']!r} has limits {live.get('limits')}, backed up {user['limits']}")
     for perm in doc.get("permissions") or []:
         live = _get(target, client, f"/permissions/{q(perm['vhost'])}/{q(perm['user'])}", "read permissions")
         props = ("configure", "write", "read")
