@@ -388,7 +388,7 @@ def plugin_source(api):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}", name, user
+        yield f"http://127.0.0.1:{server.server_port}", name, user, vhost_doc
     finally:
         server.shutdown()
         api.delete(f"/vhosts/{seg(name)}")
@@ -402,7 +402,7 @@ def test_a_backup_using_plugins_this_broker_lacks_is_refused_before_anything_cha
     """RabbitMQ checks exchange types and parameter components only while importing: after the
     users and vhosts of a broker import are in, or after the restore created the vhost. The
     restore refuses first, names the plugins, and changes nothing."""
-    url, name, user = plugin_source
+    url, name, user, _ = plugin_source
     store = local_store()
     source = RabbitMQTarget(url=url, vhosts=[name] if scope == "vhost" else None)
     manifest = backup_task.fn("rabbitmq", source, store)
@@ -479,3 +479,19 @@ def test_whole_broker_restore_brings_back_users_tags_and_limits_exactly(api, vho
         assert (live["tags"], live["limits"]) == (["management"], {"max-connections": 5})
     finally:
         api.delete(f"/users/{user}")
+
+
+def test_a_drill_never_imports_shovels_or_federation_upstreams(api, rabbitmq, plugin_source, local_store):
+    """A shovel or federation upstream in the drill vhost would run against the broker's real
+    queues (src-uri 'amqp://' is this broker) for as long as the drill lasts, and what it moved
+    into the drill vhost is deleted with it; on a broker without the plugin the drill failed
+    outright. The drill leaves them out and says so."""
+    url, name, _, vhost_doc = plugin_source
+    vhost_doc["exchanges"] = []  # only the shovel needs a plugin now
+    store = local_store()
+    manifest = backup_task.fn("rabbitmq", RabbitMQTarget(url=url, vhosts=[name]), store)
+    drill_id = secrets.token_hex(4)
+    result = rmq.drill(RabbitMQTarget(url=rabbitmq.extra["url"]), manifest, store, drill_id)
+    assert result["verified"] is True and result["checks"]["queues"] == 1
+    assert list(result["not_drilled"]) == ["shovel 'move'"]
+    assert f"drill-{drill_id}" not in list_vhosts(api)

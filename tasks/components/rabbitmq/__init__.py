@@ -33,6 +33,7 @@ from tasks.components.rabbitmq.definitions import (
     EXCHANGE_PROPS,
     KINDS,
     MAX_DEFINITIONS,
+    PLUGIN_COMPONENTS,
     POLICY_PROPS,
     QUEUE_PROPS,
     VHOST_KINDS,
@@ -310,6 +311,10 @@ def drill(target: RabbitMQTarget, manifest: Manifest, store: StoreBlock, drill_i
     source = _drill_vhost(target, docs)
     drill_vhost = f"drill-{drill_id}"
     defs = vhost_definitions(docs, source)
+    # a shovel or federation upstream would start consuming the broker's real queues the moment
+    # it is imported, and what it moved into the drill vhost would be deleted with it
+    movers = [p for p in defs["parameters"] if p.get("component") in PLUGIN_COMPONENTS]
+    defs = {**defs, "parameters": [p for p in defs["parameters"] if p not in movers]}
     with connect(target) as client:
         if _vhost_exists(target, client, drill_vhost):
             raise IsolationTaken(f"vhost {drill_vhost!r} already exists: use a new drill id")
@@ -332,6 +337,11 @@ def drill(target: RabbitMQTarget, manifest: Manifest, store: StoreBlock, drill_i
             "source_vhost": source,
             "drill_vhost": drill_vhost,
             **{k: len(defs[k]) for k in VHOST_KINDS},
+        },
+        "not_drilled": {
+            f"{p['component']} {p['name']!r}": "not imported: it would move messages of the broker's "
+            "real queues while the drill runs"
+            for p in movers
         },
     }
 
