@@ -95,6 +95,10 @@ def _spawn(
             preexec_fn=_die_with_us(os.getpid()),
         )
     except FileNotFoundError:
+        if cwd and not os.path.isdir(cwd):  # Popen says ENOENT for a missing cwd as well
+            raise ConfigurationError(
+                f"working directory {cwd} does not exist (create it or fix the target's cwd)"
+            ) from None
         raise ConfigurationError(
             f"command not found: {argv[0]} (install it or fix the target's command)"
         ) from None

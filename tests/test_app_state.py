@@ -266,3 +266,42 @@ def test_drill_commands_never_show_a_steps_secret_env(tmp_path, local_store, cap
     with pytest.raises(ComponentFailed, match="could not reach \\*\\*\\*") as err2:
         app_state.drill(target, manifest, store, "redact2")
     assert secret not in str(err.value) + str(err2.value) and secret not in caplog.text
+
+
+@pytest.mark.parametrize("broken", ["command", "cwd"])
+def test_a_step_that_cannot_start_refuses_the_restore_before_any_step_runs(
+    app_dir, tmp_path, local_store, broken
+):
+    """A misspelt restore command or a missing working directory of the second step failed only
+    when its turn came, after the first step had overwritten its state: now every selected step's
+    command and directory are found before the first one runs."""
+    store = local_store()
+    d1, d2 = tmp_path / "d1", tmp_path / "d2"
+    d1.mkdir()
+    d2.mkdir()
+    target = AppStateTarget(steps=[tar_step(app_dir, d1, "one"), tar_step(app_dir, d2, "two")])
+    manifest = backup_task.fn("app-state", target, store)
+    second = target.steps[1]
+    if broken == "command":
+        second = second.model_copy(update={"restore_command": ["klb-no-such-restore-tool", "-x"]})
+        match = "step 'two'.*klb-no-such-restore-tool.*nothing was restored"
+    else:
+        second = second.model_copy(update={"cwd": str(tmp_path / "gone")})
+        match = f"step 'two'.*{tmp_path / 'gone'}.*nothing was restored"
+    broken_target = AppStateTarget(steps=[target.steps[0], second])
+    with pytest.raises(ConfigurationError, match=match):
+        restore_task.fn(manifest, broken_target, store, {})
+    assert list(d1.iterdir()) == [] and list(d2.iterdir()) == [], "a step ran before the refusal"
+
+
+def test_a_backup_step_whose_cwd_is_missing_says_so(tmp_path, local_store):
+    """Popen fails the same way for a missing program and a missing working directory: the error
+    said 'command not found: sh' for a step whose command is installed."""
+    store = local_store()
+    gone = tmp_path / "gone"
+    step = AppStateStep(
+        name="s", backup_command=["sh", "-c", "echo x"], restore_command=["true"], cwd=str(gone)
+    )
+    with pytest.raises(ConfigurationError, match=f"working directory {gone} does not exist"):
+        backup_task.fn("app-state", AppStateTarget(steps=[step]), store)
+    assert list_backups(store, "app-state") == []

@@ -516,3 +516,26 @@ def test_a_swap_that_fails_half_way_rolls_back_to_the_live_control_plane(tmp_pat
     assert {p.name for p in kubelet.manifests.iterdir()} == {"etcd.yaml", "kube-apiserver.yaml"}
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted(["etcd", f"etcd-failed-{manifest.id}", "etcd.log", "manifests", "store"]), left
+
+
+def test_a_swap_whose_etcd_comes_back_on_other_data_fails_and_rolls_back(tmp_path, local_store):
+    """The target's data_dir is not the directory etcd runs from (a misconfigured target: here a
+    copy of the member). The swap moved that directory, etcd came back healthy on its own live
+    data, kube-apiserver started, and the report said swap_executed with none of the backup in
+    place. Now etcd must serve the backup's revision and key count before kube-apiserver starts,
+    or the swap is rolled back."""
+    store = local_store()
+    with StaticPodKubelet(tmp_path) as kubelet:
+        put_keys(kubelet.client, "/registry/configmaps/", 10)
+        stale = tmp_path / "etcd-copy"
+        shutil.copytree(kubelet.data, stale)
+        target = kubelet.target(swap_wait_seconds=10).model_copy(update={"data_dir": str(stale)})
+        manifest = backup_task.fn("etcd", target, store)
+        delete_prefix(kubelet.client, "/registry/configmaps/")
+        put_keys(kubelet.client, "/registry/after-backup/", 1)
+
+        with pytest.raises(ComponentFailed, match="revision.*is data_dir.*Rolled back"):
+            restore_task.fn(manifest, target, store, {"execute_swap": True})
+        assert (stale / "member").is_dir() and not Path(f"{stale}-old-{manifest.id}").exists()
+        assert len(read_prefix(kubelet.client, "/registry/after-backup/")[0]) == 1
+    assert {p.name for p in kubelet.manifests.iterdir()} == {"etcd.yaml", "kube-apiserver.yaml"}

@@ -388,7 +388,7 @@ def plugin_source(api):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}", name, user
+        yield f"http://127.0.0.1:{server.server_port}", name, user, vhost_doc
     finally:
         server.shutdown()
         api.delete(f"/vhosts/{seg(name)}")
@@ -402,7 +402,7 @@ def test_a_backup_using_plugins_this_broker_lacks_is_refused_before_anything_cha
     """RabbitMQ checks exchange types and parameter components only while importing: after the
     users and vhosts of a broker import are in, or after the restore created the vhost. The
     restore refuses first, names the plugins, and changes nothing."""
-    url, name, user = plugin_source
+    url, name, user, _ = plugin_source
     store = local_store()
     source = RabbitMQTarget(url=url, vhosts=[name] if scope == "vhost" else None)
     manifest = backup_task.fn("rabbitmq", source, store)
@@ -411,3 +411,87 @@ def test_a_backup_using_plugins_this_broker_lacks_is_refused_before_anything_cha
     assert "'x-delayed-message'" in str(err.value) and "rabbitmq_shovel" in str(err.value)
     assert name not in list_vhosts(api)
     assert api.get(f"/users/{user}").status_code == 404
+
+
+@pytest.mark.broker_wide  # a whole-broker backup and restore attempt
+def test_a_broker_restore_that_would_reset_its_own_users_password_is_refused_before_anything(
+    api, vhost, rabbitmq, local_store
+):
+    """The backup holds the restoring administrator's password hash from backup time. Rotated
+    since, the import put the old password back and every request after it was refused: the
+    vhosts were imported, the check never ran, and the error said 'wrong password? nothing was
+    changed'. Now the restore compares the target's password with the backed-up hash first."""
+    url = rabbitmq.extra["url"]
+    admin, old, new = f"klb-admin-{vhost[-8:]}", "old-" + secrets.token_hex(8), "new-" + secrets.token_hex(8)
+    assert api.put(f"/users/{admin}", json={"password": old, "tags": "administrator"}).status_code == 201
+    try:
+        for v in list_vhosts(api):
+            api.put(f"/permissions/{seg(v)}/{admin}", json={"configure": ".*", "write": ".*", "read": ".*"})
+        store = local_store(encryption_key=SecretStr("rmq-key"))
+        manifest = backup_task.fn("rabbitmq", RabbitMQTarget(url=url, username=admin, password=old), store)
+        assert api.put(f"/users/{admin}", json={"password": new, "tags": "administrator"}).status_code == 204
+        before = definitions(api, vhost)
+        assert api.delete(f"/vhosts/{seg(vhost)}").status_code == 204
+
+        target = RabbitMQTarget(url=url, username=admin, password=SecretStr(new))
+        with pytest.raises(BadInput, match="nothing was changed.*password it had at backup time") as err:
+            restore_task.fn(manifest, target, store, {})
+        assert new not in str(err.value) and old not in str(err.value)
+        assert vhost not in list_vhosts(api), "the restore imported before it refused"
+        assert httpx.get(f"{url}/api/whoami", auth=(admin, new), timeout=10).status_code == 200
+
+        # a password that is the backed-up one again restores (the import keeps it)
+        assert api.put(f"/users/{admin}", json={"password": old, "tags": "administrator"}).status_code == 204
+        report = restore_task.fn(manifest, RabbitMQTarget(url=url, username=admin, password=old), store, {})
+        assert vhost in report["created_vhosts"] and definitions(api, vhost) == before
+    finally:
+        api.delete(f"/users/{admin}")
+
+
+def test_a_broker_backup_that_demotes_the_restoring_user_is_named():
+    """The import sets the restoring user's tags too: without 'administrator' every request after
+    it would be refused (403), so the restore refuses first (the same check as the password's)."""
+    target = RabbitMQTarget(username="ops", password=SecretStr("pw"))
+    doc = {"users": [{"name": "ops", "password_hash": "", "tags": ["management"]}]}
+    assert [p.split(" ")[1] for p in rmq.self_lockout(target, doc)] == ["sets", "takes"]
+    assert rmq.self_lockout(target, {"users": [{"name": "other", "tags": []}]}) == []
+
+
+@pytest.mark.broker_wide  # brings back every vhost it backed up, other tests' included
+def test_whole_broker_restore_brings_back_users_tags_and_limits_exactly(api, vhost, rabbitmq, local_store):
+    """RabbitMQ's import replaces a user's tags but merges its limits: a limit set since the
+    backup stayed, and the check (password hash only) called the users restored."""
+    url = rabbitmq.extra["url"]
+    user = f"klb-user-{vhost[-8:]}"
+    assert api.put(f"/users/{user}", json={"password": "pw-1234", "tags": "management"}).status_code == 201
+    assert api.put(f"/user-limits/{user}/max-connections", json={"value": 5}).status_code == 204
+    try:
+        store = local_store(encryption_key=SecretStr("rmq-key"))
+        manifest = backup_task.fn("rabbitmq", RabbitMQTarget(url=url), store)
+        assert (
+            api.put(f"/users/{user}", json={"password": "pw-1234", "tags": "monitoring"}).status_code == 204
+        )
+        assert api.put(f"/user-limits/{user}/max-channels", json={"value": 3}).status_code == 204
+        assert api.put(f"/user-limits/{user}/max-connections", json={"value": 50}).status_code == 204
+
+        restore_task.fn(manifest, RabbitMQTarget(url=url), store, {})
+        live = api.get(f"/users/{user}").json()
+        assert (live["tags"], live["limits"]) == (["management"], {"max-connections": 5})
+    finally:
+        api.delete(f"/users/{user}")
+
+
+def test_a_drill_never_imports_shovels_or_federation_upstreams(api, rabbitmq, plugin_source, local_store):
+    """A shovel or federation upstream in the drill vhost would run against the broker's real
+    queues (src-uri 'amqp://' is this broker) for as long as the drill lasts, and what it moved
+    into the drill vhost is deleted with it; on a broker without the plugin the drill failed
+    outright. The drill leaves them out and says so."""
+    url, name, _, vhost_doc = plugin_source
+    vhost_doc["exchanges"] = []  # only the shovel needs a plugin now
+    store = local_store()
+    manifest = backup_task.fn("rabbitmq", RabbitMQTarget(url=url, vhosts=[name]), store)
+    drill_id = secrets.token_hex(4)
+    result = rmq.drill(RabbitMQTarget(url=rabbitmq.extra["url"]), manifest, store, drill_id)
+    assert result["verified"] is True and result["checks"]["queues"] == 1
+    assert list(result["not_drilled"]) == ["shovel 'move'"]
+    assert f"drill-{drill_id}" not in list_vhosts(api)

@@ -17,10 +17,10 @@ from typing import Any
 
 from pydantic import Field
 
-from blocks.app_state import AppStateTarget
+from blocks.app_state import AppStateStep, AppStateTarget
 from blocks.store import StoreBlock
 from tasks.components.contract import StrictOptions, target_from_env
-from tasks.errors import BackupError, BadInput, IntegrityError
+from tasks.errors import BackupError, BadInput, ConfigurationError, IntegrityError
 from tasks.models import Manifest
 from tasks.proc import feed_stdin, run, stream_stdout
 from tasks.storage.session import BackupSession, read_object, verify_object
@@ -66,6 +66,14 @@ def restore(
     if len(set(wanted)) != len(wanted):
         raise BadInput(f"steps {wanted} name a step twice: name each step once (nothing was restored)")
     objects = [manifest.object(n) for n in wanted]
+    # steps are separate scripts run one after the other: one that cannot even start (a misspelt
+    # command, a missing directory) must refuse the restore before an earlier step overwrites state
+    unstartable = {n: why for n in wanted if (why := _cannot_start(by_name[n]))}
+    if unstartable:
+        raise ConfigurationError(
+            "; ".join(f"step {n!r}: {why}" for n, why in unstartable.items())
+            + ": fix the target's steps; nothing was restored"
+        )
     for obj in objects:  # the restore scripts only ever see data that checked out whole
         verify_object(store, obj)
     restored = []
@@ -91,6 +99,19 @@ def restore(
             ) from exc
         restored.append(obj.name)
     return {"restored_steps": restored, "bytes": sum(o.raw_size for o in objects)}
+
+
+def _cannot_start(step: AppStateStep) -> str | None:
+    """Why the step's restore command cannot start (as Popen would find it), or None."""
+    if step.cwd and not os.path.isdir(step.cwd):
+        return f"its working directory {step.cwd} does not exist"
+    program = step.restore_command[0]
+    if os.sep in program:  # a path: relative to the step's working directory, as Popen takes it
+        path = os.path.join(step.cwd or os.getcwd(), program)
+        found = os.path.isfile(path) and os.access(path, os.X_OK)
+    else:  # on the PATH the command gets: the step's own, else the flow's
+        found = shutil.which(program, path=step.environment().get("PATH", os.environ.get("PATH"))) is not None
+    return None if found else f"restore command {program!r} is not found or not executable"
 
 
 def describe_current_state(target: AppStateTarget) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from prefect.context import get_run_context
 from prefect.exceptions import MissingContextError
 
 from blocks.etcd import EtcdTarget, SwapMode
-from tasks.components.etcd.tools import Tools, ctl
+from tasks.components.etcd.tools import Tools, count_keys, ctl
 from tasks.errors import BadInput, ComponentFailed
 from tasks.models import Manifest
 from tasks.proc import run
@@ -49,6 +49,14 @@ def swap_plan(tl: Tools, target: EtcdTarget, manifest: Manifest, snapshot_path: 
         "--initial-cluster-token", f"klb-{tag}",
     ]  # fmt: skip
     failed = f"{data}-failed-{tag}"
+    # before kube-apiserver writes again: etcd must serve the backup, not data it found elsewhere
+    check = {
+        **_step("check that etcd serves the backup's revision and keys", kind="check-restored"),
+        "expect": {
+            "revision": max(int((manifest.engine.get("snapshot_status") or {}).get("revision") or 0), 1),
+            "keys": manifest.engine.get("keys"),
+        },
+    }
     restore_step = _step(
         "restore the verified snapshot into a NEW data dir",
         restore_argv,
@@ -92,6 +100,7 @@ def swap_plan(tl: Tools, target: EtcdTarget, manifest: Manifest, snapshot_path: 
             restored_in,
             _step("start etcd", etcd_in, undo=[_step("stop etcd", etcd_out), _wait(False)]),
             _wait(True),
+            check,
             _step("start kube-apiserver", api_in, undo=[_step("stop kube-apiserver", api_out)]),
         ]
         rollback = [
@@ -126,6 +135,7 @@ def swap_plan(tl: Tools, target: EtcdTarget, manifest: Manifest, snapshot_path: 
                 undo=[_step("stop etcd", ["systemctl", "stop", unit["etcd"]]), _wait(False)],
             ),
             _wait(True),
+            check,
             _step(
                 "start kube-apiserver",
                 ["systemctl", "start", unit["api"]],
@@ -202,6 +212,9 @@ def _run_step(step: dict[str, Any], target: EtcdTarget, tl: Tools, env: dict[str
     if step["kind"] == "run":
         run(step["argv"], {"ETCDCTL_API": "3"}, timeout=1800, name=step["argv"][0])
         return
+    if step["kind"] == "check-restored":
+        _check_restored(step["expect"], target, tl, env)
+        return
     want_up = step["kind"] == "wait-healthy"
     deadline = time.monotonic() + target.swap_wait_seconds
     while True:
@@ -216,6 +229,19 @@ def _run_step(step: dict[str, Any], target: EtcdTarget, tl: Tools, env: dict[str
             raise ComponentFailed(f"etcd {'did not become healthy' if want_up else 'still answers'} "
                                   f"after {target.swap_wait_seconds}s")  # fmt: skip
         time.sleep(1)
+
+
+def _check_restored(expect: dict[str, Any], target: EtcdTarget, tl: Tools, env: dict[str, str]) -> None:
+    try:
+        keys, revision = count_keys(tl, target, env, target.endpoints[0])
+    except (ValueError, KeyError) as exc:
+        raise ComponentFailed(f"could not read the swapped etcd's revision and keys: {exc}") from None
+    if revision != expect["revision"] or expect["keys"] not in (None, keys):
+        raise ComponentFailed(
+            f"etcd came back with revision {revision} and {keys} keys, the backup has revision "
+            f"{expect['revision']} and {expect['keys']} keys: is data_dir ({target.data_dir}) the "
+            "directory this etcd runs from?"
+        )
 
 
 def execute(plan: dict[str, Any], target: EtcdTarget, tl: Tools) -> list[str]:

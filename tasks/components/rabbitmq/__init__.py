@@ -33,6 +33,7 @@ from tasks.components.rabbitmq.definitions import (
     EXCHANGE_PROPS,
     KINDS,
     MAX_DEFINITIONS,
+    PLUGIN_COMPONENTS,
     POLICY_PROPS,
     QUEUE_PROPS,
     VHOST_KINDS,
@@ -41,8 +42,10 @@ from tasks.components.rabbitmq.definitions import (
     broker_differences,
     counts,
     differences,
+    drop_newer_user_limits,
     feature_conflicts,
     limit_conflicts,
+    self_lockout,
     vhost_definitions,
 )
 from tasks.errors import BadInput, IntegrityError, IsolationTaken, TransientError
@@ -247,6 +250,11 @@ def restore(
                 "restore refused, nothing was changed: this broker lacks what the backup uses: "
                 + "; ".join(lacking[:20])
             )
+        if broker_wide and (lockout := self_lockout(target, docs[None])):
+            raise BadInput(
+                "restore refused, nothing was changed: the import would lock this restore out "
+                "before it could check what it brought back: " + "; ".join(lockout)
+            )
         if broker_wide:  # users, vhosts, permissions, global parameters and everything else at once
             created = [v for v in plan if not _vhost_exists(target, client, v)]
             # the import sets every vhost's description and tags from its entry (blank if absent):
@@ -254,6 +262,7 @@ def restore(
             meta |= vhost_metadata(target, client, [v for v in plan if v not in created])
             resp = client.post("/definitions", content=json.dumps(_with_metadata(docs[None], meta)))
             _raise_for(target, resp, "import the broker's definitions")
+            drop_newer_user_limits(target, client, docs[None])
         else:
             created = [v for v, defs in plan.items() if _import_vhost(target, client, v, defs, meta[v])]
         access, skipped = None, {}
@@ -302,6 +311,10 @@ def drill(target: RabbitMQTarget, manifest: Manifest, store: StoreBlock, drill_i
     source = _drill_vhost(target, docs)
     drill_vhost = f"drill-{drill_id}"
     defs = vhost_definitions(docs, source)
+    # a shovel or federation upstream would start consuming the broker's real queues the moment
+    # it is imported, and what it moved into the drill vhost would be deleted with it
+    movers = [p for p in defs["parameters"] if p.get("component") in PLUGIN_COMPONENTS]
+    defs = {**defs, "parameters": [p for p in defs["parameters"] if p not in movers]}
     with connect(target) as client:
         if _vhost_exists(target, client, drill_vhost):
             raise IsolationTaken(f"vhost {drill_vhost!r} already exists: use a new drill id")
@@ -324,6 +337,11 @@ def drill(target: RabbitMQTarget, manifest: Manifest, store: StoreBlock, drill_i
             "source_vhost": source,
             "drill_vhost": drill_vhost,
             **{k: len(defs[k]) for k in VHOST_KINDS},
+        },
+        "not_drilled": {
+            f"{p['component']} {p['name']!r}": "not imported: it would move messages of the broker's "
+            "real queues while the drill runs"
+            for p in movers
         },
     }
 
@@ -378,6 +396,7 @@ __all__ = [
     "drill_cleanup",
     "q",
     "restore",
+    "self_lockout",
     "verify",
     "vhost_definitions",
 ]

@@ -4,6 +4,9 @@ from each other or from what the broker holds now.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 from typing import Any
 
@@ -11,7 +14,7 @@ import httpx
 
 from blocks.rabbitmq import RabbitMQTarget
 from blocks.store import StoreBlock
-from tasks.components.rabbitmq.api import _get, q
+from tasks.components.rabbitmq.api import _get, _raise_for, q
 from tasks.errors import BadInput, IntegrityError
 from tasks.models import Manifest
 from tasks.storage.session import read_object
@@ -139,14 +142,30 @@ def limit_conflicts(
     return []
 
 
+def drop_newer_user_limits(target: RabbitMQTarget, client: httpx.Client, doc: dict[str, Any]) -> None:
+    """Clear the limits a backed-up user has gained since the backup: RabbitMQ's import sets the
+    backed-up ones but merges them with those the user has now."""
+    for user in doc.get("users") or []:
+        if "limits" not in user:  # exported before RabbitMQ had user limits: nothing to compare
+            continue
+        live = _get(target, client, f"/users/{q(user['name'])}", "read users") or {}
+        for name in set(live.get("limits") or {}) - set(user["limits"]):
+            resp = client.delete(f"/user-limits/{q(user['name'])}/{q(name)}")
+            _raise_for(target, resp, f"clear limit {name} of user {user['name']!r} (set since the backup)")
+
+
 def broker_differences(target: RabbitMQTarget, client: httpx.Client, doc: dict[str, Any]) -> list[str]:
-    """Users (with their password hash), permissions and topic permissions of a broker backup
-    missing or different live."""
+    """Users (with their password hash, tags and limits), permissions and topic permissions of a
+    broker backup missing or different live."""
     out = []
     for user in doc.get("users") or []:
         live = _get(target, client, f"/users/{q(user['name'])}", "read users")
         if live is None or live.get("password_hash") != user.get("password_hash"):
             out.append(f"user {user['name']!r} is missing or has another password")
+        elif sorted(live.get("tags") or []) != sorted(user.get("tags") or []):
+            out.append(f"user {user['name']!r} has tags {live.get('tags')}, backed up {user.get('tags')}")
+        elif "limits" in user and (live.get("limits") or {}) != user["limits"]:
+            out.append(f"user {user['name']!r} has limits {live.get('limits')}, backed up {user['limits']}")
     for perm in doc.get("permissions") or []:
         live = _get(target, client, f"/permissions/{q(perm['vhost'])}/{q(perm['user'])}", "read permissions")
         props = ("configure", "write", "read")
@@ -205,4 +224,49 @@ def feature_conflicts(
                     f"parameter component {component!r} (vhost {vhost!r}) needs plugin {plugin}, not "
                     f"running on {lacking or 'this broker'}: rabbitmq-plugins enable {plugin}"
                 )
+    return out
+
+
+_HASHES = {
+    "rabbit_password_hashing_sha256": hashlib.sha256,
+    "rabbit_password_hashing_sha512": hashlib.sha512,
+    "rabbit_password_hashing_md5": hashlib.md5,
+}
+
+
+def _password_is(user: dict[str, Any], password: str) -> bool | None:
+    """Whether `password` is the one the user's stored hash holds (base64 of a 4-byte salt and
+    H(salt + password)); None for a hashing algorithm we do not know."""
+    algorithm = _HASHES.get(user.get("hashing_algorithm") or "rabbit_password_hashing_md5")
+    if algorithm is None:
+        return None
+    try:
+        raw = base64.b64decode(user.get("password_hash") or "", validate=True)
+    except ValueError:
+        return False
+    if len(raw) <= 4:  # no password: the user cannot log in with one
+        return False
+    return hmac.compare_digest(raw[4:], algorithm(raw[:4] + password.encode()).digest())
+
+
+def self_lockout(target: RabbitMQTarget, doc: dict[str, Any]) -> list[str]:
+    """How a broker import would lock the restore out of the broker half-way: it sets the
+    target's own user back to its backed-up password and tags, and every request after the
+    import (the check of what it brought back) would then be refused."""
+    user = next((u for u in doc.get("users") or [] if u.get("name") == target.username), None)
+    if user is None:
+        return []
+    out = []
+    if _password_is(user, target.password.get_secret_value()) is False:
+        out.append(
+            f"it sets user {target.username!r} (the target's own) back to the password it had at "
+            "backup time, which is not the target's password: restore with another administrator "
+            "(one not in the backup, or whose password has not changed since), or set this user's "
+            "password back to the backed-up one and the target's with it"
+        )
+    if "administrator" not in (user.get("tags") or []):
+        out.append(
+            f"it takes the 'administrator' tag from user {target.username!r} (the target's own): "
+            "restore with another administrator"
+        )
     return out
