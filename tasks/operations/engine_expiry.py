@@ -53,8 +53,7 @@ def hold_kept_backups(
 def _hold(plan: RetentionPlan, manifests: list[Manifest], target: Any, dry_run: bool) -> dict[str, str]:
     if not spec(plan.component).velero_owned:
         return {}
-    ids = {d.id for d in plan.decisions if d.protected}
-    kept = [m for m in manifests if m.id in ids]
+    kept = plan.protected(manifests)
     if not kept:
         return {}
     until = plan.now + max(plan.policy.retention, MIN_HOLD)

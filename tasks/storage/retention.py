@@ -133,6 +133,12 @@ class RetentionPlan(BaseModel):
     def deletions(self) -> list[Decision]:
         return [d for d in self.decisions if d.action == Action.delete]
 
+    def protected(self, manifests: Iterable[Manifest]) -> list[Manifest]:
+        """Those of `manifests` kept whatever their age (`Decision.protected`): what an engine's
+        own expiry (Velero's TTL, an S3 Object Lock date) must be told to keep."""
+        ids = {d.id for d in self.decisions if d.protected}
+        return [m for m in manifests if m.id in ids]
+
     @property
     def orphan_deletions(self) -> list[OrphanDecision]:
         return [o for o in self.orphans if o.action == Action.delete]

@@ -63,8 +63,7 @@ def hold_kept_locks(
         return held, ""
     backend = backend_for(store)
     for name, plan in plans.items():
-        ids = {d.id for d in plan.decisions if d.protected}
-        kept = [m for m in manifests.get(name, []) if m.id in ids and m.objects]
+        kept = [m for m in plan.protected(manifests.get(name, [])) if m.objects]
         until = object_lock.lock_until(store, plan.now + plan.policy.retention)
         if not kept or until is None:
             continue
