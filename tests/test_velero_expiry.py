@@ -58,16 +58,17 @@ def test_retention_keeps_the_newest_good_backup_alive_in_velero(
     older = backup_component("kubernetes", target=target, store=store)
     newest = backup_component("kubernetes", target=target, store=store)
     old_name, new_name = (get_backup(store, r.id).engine["velero_backup"] for r in (older, newest))
+    # both nearly expired, but not before the two runs below have finished on a slow machine
+    # (a 3 s margin let Velero's GC take the newest one before the hold, on a loaded CI worker)
     for name in (old_name, new_name):
-        expire_soon(kube_api, name, 3)
+        expire_soon(kube_api, name, 120)
+    before = {name: expiration(kube_api, name) for name in (old_name, new_name)}
 
     dry = enforce_retention(
         dry_run=True, store=store, components=["kubernetes"], targets={"kubernetes": target}
     )
     assert "would keep in Velero" in dry["components"]["kubernetes"]["engine_hold"][newest.id]
-    assert expiration(kube_api, new_name) < datetime.now(UTC) + timedelta(
-        seconds=5
-    )  # a dry run changes nothing
+    assert expiration(kube_api, new_name) == before[new_name]  # a dry run changes nothing
 
     done = enforce_retention(
         dry_run=False, store=store, components=["kubernetes"], targets={"kubernetes": target}
@@ -75,9 +76,11 @@ def test_retention_keeps_the_newest_good_backup_alive_in_velero(
     assert list(done["components"]["kubernetes"]["engine_hold"]) == [newest.id]
     retention = policy("kubernetes").retention
     assert expiration(kube_api, new_name) >= datetime.now(UTC) + retention - timedelta(minutes=1)
+    assert expiration(kube_api, old_name) == before[old_name]  # not protected: left to Velero
 
-    # Velero's GC takes the one retention does not protect (within its window, not the newest),
-    # and leaves the one it was told to keep
+    # Velero's GC takes the one retention does not protect (within its window, not the newest)
+    # once its TTL is up, and leaves the one it was told to keep
+    expire_soon(kube_api, old_name, -1)
     assert wait_gone(kube_api, old_name), "the emulated Velero did not collect an expired backup"
     assert kube_api.server.store.find(BACKUPS, "velero", new_name) is not None
 
