@@ -96,6 +96,7 @@ def _archiving_cluster(request, moto, name: str):
             "archive_command": "'" + archive_command.replace("'", "''") + "'",
             "track_commit_timestamp": "on",  # lets the test know each row's commit time
             "autovacuum": "off",  # no background transactions: the last commit is ours
+            "shared_buffers": "'144MB'",  # production's: the recovered instance must not take it
         },
     )
     request.addfinalizer(svc.stop)
@@ -432,6 +433,8 @@ def test_pitr_to_a_time_brings_back_exactly_the_rows_before_it(prefect_server, b
         assert conn.execute("show archive_mode").fetchone()[0] == "off"
         # its log says what we read in English, whatever the source's lc_messages ('C.UTF-8' here)
         assert conn.execute("show lc_messages").fetchone()[0] == "C"
+        # sized for the recovery pod (RestoreOptions.shared_buffers), not the source's 144MB
+        assert conn.execute("show shared_buffers").fetchone()[0] == "128MB"
     # the source kept running, untouched, with all its rows
     assert _sql(svc, "select pg_postmaster_start_time()")[0][0] == source_started
     assert dict(_sql(svc, "select phase, count(*) from t group by phase"))["after"] == 5

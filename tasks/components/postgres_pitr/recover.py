@@ -52,6 +52,12 @@ class RestoreOptions(StrictOptions):
     )
     os_user: str = Field(default="postgres", description="OS user that owns and runs the instance (as root)")
     timeout_seconds: float = Field(default=3600, gt=0)
+    shared_buffers: str = Field(
+        default="128MB",
+        pattern=r"^[1-9][0-9]*(kB|MB|GB)$",
+        description="shared_buffers of the recovered instance, whatever the source's (a base backup "
+        "carries production's, often more than the recovery pod's memory limit)",
+    )
 
 
 def _as_user(user: str) -> list[str]:
@@ -90,8 +96,14 @@ def _prepare_directory(path: str, user: str) -> Path:
     return root
 
 
-def _recovery_settings(goal: RecoveryTarget, restore_command: str, port: int, sock: Path) -> dict[str, str]:
+def _recovery_settings(
+    goal: RecoveryTarget, restore_command: str, port: int, sock: Path, shared_buffers: str
+) -> dict[str, str]:
     conf = {
+        # sized for the pod it runs in, not the source (replay needs little); huge pages may not
+        # exist there. Settings a standby must keep >= the primary's (max_connections...) stay.
+        "shared_buffers": _conf_quote(shared_buffers),
+        "huge_pages": "'try'",
         "port": str(port),
         "listen_addresses": "'127.0.0.1'",
         "unix_socket_directories": _conf_quote(str(sock)),
@@ -224,7 +236,7 @@ def recover(
                 engine, target, root, creds, manifest.engine.get("first_segment"), user if as_user else None
             )
         )
-        settings = _recovery_settings(goal, command, port, sock)
+        settings = _recovery_settings(goal, command, port, sock, options.shared_buffers)
         if not (data / "postgresql.conf").exists():  # Debian keeps it in /etc: the data dir has none
             (data / "postgresql.conf").touch()
         with open(data / "postgresql.auto.conf", "a") as fh:
