@@ -174,3 +174,19 @@ def test_the_image_installs_every_program_the_flows_run():
     missing = {p: _owning_package(p) for p in sorted(_programs_the_flows_run())}
     missing = {p: pkg for p, pkg in missing.items() if pkg not in image}
     assert missing == {}, f"programs the flows run whose package the image does not install: {missing}"
+
+
+def test_the_build_context_is_only_what_the_image_copies():
+    """.dockerignore is an allow-list: every COPY source gets in; .venv, .run (the test services'
+    data and credentials), .git and local stores never reach the build context."""
+    ignore = [ln.strip() for ln in (spec.ROOT / ".dockerignore").read_text().splitlines()]
+    rules = [ln for ln in ignore if ln and not ln.startswith("#")]
+    assert rules[0] == "*", "start from nothing, then allow what the Dockerfile copies"
+    allowed = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
+    copied = set()
+    for line in DOCKERFILE.splitlines():
+        if line.startswith("COPY "):
+            copied |= {src.rstrip("/") for src in line.split()[1:-1] if not src.startswith("--")}
+    assert copied == allowed, f"COPY sources {sorted(copied)} vs allowed {sorted(allowed)}"
+    for src in copied:
+        assert (spec.ROOT / src).exists(), f"the Dockerfile copies {src}, which the repo lacks"

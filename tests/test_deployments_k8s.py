@@ -303,7 +303,8 @@ def test_image_pins_postgresql_client_and_server_of_the_server_major():
     assert '"postgresql-client-${POSTGRESQL_MAJOR}=${POSTGRESQL_VERSION}"' in DOCKERFILE
     assert '"postgresql-${POSTGRESQL_MAJOR}=${POSTGRESQL_VERSION}"' in DOCKERFILE  # pg_ctl/postgres: PITR
     assert major == "15" and version.startswith("15.")
-    assert f"PATH=/usr/lib/postgresql/{major}/bin:$PATH" in DOCKERFILE
+    # the server binaries PITR runs, of the pinned major (one ARG to change for an upgrade)
+    assert "PATH=/usr/lib/postgresql/${POSTGRESQL_MAJOR}/bin:$PATH" in DOCKERFILE
     from sandbox.services import pg_bindir
 
     assert pg_bindir().parent.name == major, "the tests' server major must match the image's"
