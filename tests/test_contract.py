@@ -163,3 +163,11 @@ def test_every_block_and_parameter_model_refuses_an_unknown_field(model):
         model.model_validate({"no_such_field": "s3cr3t-never-shown"})
     assert f"{model.__name__}: unknown field 'no_such_field'" in str(caught.value)
     assert "s3cr3t-never-shown" not in str(caught.value)
+
+
+def test_etcd_default_target_missing_tells_a_managed_cluster_not_to_configure_one(prefect_server, monkeypatch):
+    """The shipped klb-config names KLB_ETCD_TARGET; on EKS/GKE/AKS nobody creates that block, and
+    the error must say why there is none to create (Velero covers ConfigMaps and Secrets)."""
+    monkeypatch.setenv("KLB_ETCD_TARGET", "klb-no-such-block")
+    with pytest.raises(ConfigurationError, match=r"named 'klb-no-such-block'.*managed Kubernetes"):
+        load("etcd").default_target()

@@ -107,7 +107,7 @@ def target_from_env(block_cls: type[Block], what: str, *env_vars: str, hint: str
         if block is None:
             raise ConfigurationError(
                 f"no {what} target block named {ref!r} (from ${env_vars[0]}): create a {slug!r} block "
-                "with that name, or unset the variable"
+                "with that name, or unset the variable" + (f". {hint}" if hint else "")
             )
         return block
     also = f" (or {', '.join(env_vars[1:])})" if len(env_vars) > 1 else ""
