@@ -165,7 +165,9 @@ def test_every_block_and_parameter_model_refuses_an_unknown_field(model):
     assert "s3cr3t-never-shown" not in str(caught.value)
 
 
-def test_etcd_default_target_missing_tells_a_managed_cluster_not_to_configure_one(prefect_server, monkeypatch):
+def test_etcd_default_target_missing_tells_a_managed_cluster_not_to_configure_one(
+    prefect_server, monkeypatch
+):
     """The shipped klb-config names KLB_ETCD_TARGET; on EKS/GKE/AKS nobody creates that block, and
     the error must say why there is none to create (Velero covers ConfigMaps and Secrets)."""
     monkeypatch.setenv("KLB_ETCD_TARGET", "klb-no-such-block")
