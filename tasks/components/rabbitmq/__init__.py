@@ -43,11 +43,9 @@ from tasks.components.rabbitmq.definitions import (
     counts,
     differences,
     drop_newer_user_limits,
-    feature_conflicts,
-    limit_conflicts,
-    self_lockout,
     vhost_definitions,
 )
+from tasks.components.rabbitmq.prechecks import refuse_before_restore, self_lockout
 from tasks.errors import BadInput, IntegrityError, IsolationTaken, TransientError
 from tasks.models import Manifest
 from tasks.storage.session import BackupSession
@@ -230,31 +228,7 @@ def restore(
     backed_up = manifest.engine.get("vhost_metadata") or {}  # older backups have none
     meta = {v: backed_up.get(options.vhost or v) for v in plan}
     with connect(target) as client:
-        # Refuse before changing anything: an existing queue/exchange/policy with other properties
-        # would make the import fail half-way (RabbitMQ does not replace them).
-        conflicts = [
-            d
-            for vhost, defs in plan.items()
-            for d in [
-                *differences(target, client, vhost, defs, True),
-                *limit_conflicts(target, client, vhost, defs),
-            ]
-        ]
-        if conflicts:
-            raise BadInput(
-                "restore refused, nothing was changed: these exist with other properties "
-                "(delete them, or restore into another vhost with into_vhost): " + "; ".join(conflicts[:20])
-            )
-        if lacking := feature_conflicts(target, client, plan):
-            raise BadInput(
-                "restore refused, nothing was changed: this broker lacks what the backup uses: "
-                + "; ".join(lacking[:20])
-            )
-        if broker_wide and (lockout := self_lockout(target, docs[None])):
-            raise BadInput(
-                "restore refused, nothing was changed: the import would lock this restore out "
-                "before it could check what it brought back: " + "; ".join(lockout)
-            )
+        refuse_before_restore(target, client, plan, docs[None] if broker_wide else None)
         if broker_wide:  # users, vhosts, permissions, global parameters and everything else at once
             created = [v for v in plan if not _vhost_exists(target, client, v)]
             # the import sets every vhost's description and tags from its entry (blank if absent):
