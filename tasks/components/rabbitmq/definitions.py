@@ -168,3 +168,35 @@ PLUGIN_COMPONENTS = {
     "federation-upstream-set": "rabbitmq_federation",
     "shovel": "rabbitmq_shovel",
 }
+
+# policy keys with which the federation plugin makes matching queues and exchanges consume from
+# their upstreams
+FEDERATION_POLICY_KEYS = ("federation-upstream", "federation-upstream-set")
+
+
+def without_movers(defs: dict[str, Any], why: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """`defs` without what moves messages once imported: shovels and federation upstreams (the
+    PLUGIN_COMPONENTS parameters) and the federation keys of policies (a policy with nothing else
+    is left out whole). For an import that is not production (a drill, a copy under into_vhost):
+    there they would consume production's queues (a `src-uri` of `amqp://` is this broker) and
+    move their messages into the copy. Returns (the definitions, {what was left out: why})."""
+    left: dict[str, str] = {}
+    parameters = []
+    for p in defs.get("parameters") or []:
+        if p.get("component") in PLUGIN_COMPONENTS:
+            left[f"{p['component']} {p['name']!r}"] = f"not imported: {why}"
+        else:
+            parameters.append(p)
+    policies = []
+    for p in defs.get("policies") or []:
+        definition = p.get("definition") or {}
+        federated = sorted(k for k in definition if k in FEDERATION_POLICY_KEYS)
+        rest = {k: v for k, v in definition.items() if k not in FEDERATION_POLICY_KEYS}
+        if not federated:
+            policies.append(p)
+        elif rest:
+            policies.append({**p, "definition": rest})
+            left[f"policy {p['name']!r}"] = f"imported without {', '.join(federated)}: {why}"
+        else:
+            left[f"policy {p['name']!r}"] = f"not imported: {why}"
+    return {**defs, "parameters": parameters, "policies": policies}, left
