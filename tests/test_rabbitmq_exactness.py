@@ -7,15 +7,18 @@ import json
 import secrets
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from blocks.rabbitmq import RabbitMQTarget
 from tasks.components import rabbitmq as rmq
+from tasks.errors import IntegrityError
 from tasks.verbs import backup_task, restore_task
 
 
@@ -77,9 +80,16 @@ def mover_source(api, vhosts):
         "permissions": [],
         **{k: [{**i, "vhost": name} for i in v] for k, v in vhost_doc.items() if isinstance(v, list)},
     }
+    with serve(name, broker_doc, vhost_doc) as url:
+        yield url, name, vhost_doc
+
+
+@contextmanager
+def serve(name: str, broker_doc: dict[str, Any], vhost_doc: dict[str, Any]) -> Iterator[str]:
+    """A management API on loopback that serves what a source broker with vhost `name` exports."""
     routes = {
         "/api/overview": {"rabbitmq_version": "3.10.8"},
-        "/api/vhosts": [{"name": name, "description": "movers", "tags": []}],
+        "/api/vhosts": [{"name": name, "description": "", "tags": []}],
         f"/api/vhosts/{name}": {"name": name},
         "/api/definitions": broker_doc,
         f"/api/definitions/{name}": vhost_doc,
@@ -99,7 +109,7 @@ def mover_source(api, vhosts):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}", name, vhost_doc
+        yield f"http://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
 
@@ -145,3 +155,94 @@ def test_a_drill_leaves_out_federation_policies_too(api, rabbitmq, mover_source,
     result = rmq.drill(RabbitMQTarget(url=rabbitmq.extra["url"]), manifest, store, drill_id)
     assert result["verified"] is True and set(result["not_drilled"]) == LEFT_OUT
     assert f"drill-{drill_id}" not in [v["name"] for v in api.get("/vhosts").json()]
+
+
+@contextmanager
+def lossy(drop: str) -> Iterator[None]:
+    """The broker's definitions import drops every `drop` item of what it is given, and says
+    nothing (as an import that ignores what it does not handle would)."""
+    real = rmq.connect
+
+    class Client:
+        def __init__(self, inner: httpx.Client) -> None:
+            self._inner = inner
+
+        def __getattr__(self, attr: str) -> Any:
+            return getattr(self._inner, attr)
+
+        def post(self, path: str, content: str | None = None, **kwargs: Any) -> httpx.Response:
+            if path.startswith("/definitions") and content is not None:
+                content = json.dumps({**json.loads(content), drop: []})
+            return self._inner.post(path, content=content, **kwargs)
+
+    @contextmanager
+    def connect(target: RabbitMQTarget) -> Iterator[Any]:
+        with real(target) as client:
+            yield Client(client)
+
+    rmq.connect = connect  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        rmq.connect = real  # type: ignore[assignment]
+
+
+def test_a_vhost_parameter_the_import_dropped_fails_the_restore(api, rabbitmq, vhosts, local_store):
+    """The check compared queues, exchanges, bindings and policies only: a restore that lost the
+    vhost's limits (runtime parameters, like shovels and federation upstreams) passed."""
+    name = "klb-params-" + secrets.token_hex(4)
+    vhosts.append(name)
+    put(api, f"/vhosts/{seg(name)}", {})
+    put(api, f"/queues/{seg(name)}/q", {"durable": True})
+    put(api, f"/vhost-limits/{seg(name)}/max-connections", {"value": 7})
+    target = RabbitMQTarget(url=rabbitmq.extra["url"], vhosts=[name])
+    store = local_store()
+    manifest = backup_task.fn("rabbitmq", target, store)
+    assert api.delete(f"/vhosts/{seg(name)}").status_code == 204
+
+    with lossy("parameters"), pytest.raises(IntegrityError, match="vhost-limits 'limits'.*missing"):
+        restore_task.fn(manifest, target, store, {})
+    assert api.delete(f"/vhosts/{seg(name)}").status_code == 204
+    restore_task.fn(manifest, target, store, {})
+    assert api.get(f"/vhost-limits/{seg(name)}").json()[0]["value"] == {"max-connections": 7}
+
+
+@pytest.mark.broker_wide  # a whole-broker restore
+def test_a_global_parameter_the_import_dropped_fails_a_broker_restore(api, rabbitmq, local_store):
+    """Global parameters (cluster_name and the like) were not compared after a broker import."""
+    param = "klb-test-" + secrets.token_hex(4)
+    put(api, f"/global-parameters/{param}", {"value": {"owner": "klb"}})
+    try:
+        target = RabbitMQTarget(url=rabbitmq.extra["url"])
+        store = local_store(encryption_key=SecretStr("rmq-key"))
+        manifest = backup_task.fn("rabbitmq", target, store)
+        assert api.delete(f"/global-parameters/{param}").status_code == 204
+        with lossy("global_parameters"), pytest.raises(IntegrityError, match=f"global parameter '{param}'"):
+            restore_task.fn(manifest, target, store, {})
+        restore_task.fn(manifest, target, store, {})
+        assert api.get(f"/global-parameters/{param}").json()["value"] == {"owner": "klb"}
+    finally:
+        api.delete(f"/global-parameters/{param}")
+
+
+def test_a_kind_of_definition_this_broker_does_not_import_fails_the_restore(
+    api, rabbitmq, vhosts, local_store
+):
+    """A broker backup carrying a kind of definition the check has no rule for (a newer
+    RabbitMQ's; here operator policies, which 3.10 neither exports nor imports) is compared with
+    the live export item by item: the import ignored it, so the restore fails and names it."""
+    name = "klb-newer-" + secrets.token_hex(4)
+    vhosts.append(name)
+    cap = {"vhost": name, "name": "cap", "pattern": ".*", "apply-to": "queues", "priority": 0,
+           "definition": {"max-length": 100}}  # fmt: skip
+    broker_doc = {
+        "users": [], "vhosts": [{"name": name}], "permissions": [], "parameters": [], "policies": [],
+        "queues": [{"name": "q", "vhost": name, "durable": True, "auto_delete": False, "arguments": {}}],
+        "exchanges": [], "bindings": [], "operator_policies": [cap],
+    }  # fmt: skip
+    store = local_store()
+    with serve(name, broker_doc, {}) as url:
+        manifest = backup_task.fn("rabbitmq", RabbitMQTarget(url=url), store)
+    with pytest.raises(IntegrityError, match="operator_policies .*cap.* is missing"):
+        restore_task.fn(manifest, RabbitMQTarget(url=rabbitmq.extra["url"]), store, {})
+    assert [q["name"] for q in api.get(f"/queues/{seg(name)}").json()] == ["q"], "the rest was imported"

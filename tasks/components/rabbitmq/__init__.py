@@ -42,6 +42,7 @@ from tasks.components.rabbitmq.definitions import (
     counts,
     differences,
     drop_newer_user_limits,
+    restored_differences,
     vhost_definitions,
     without_movers,
 )
@@ -263,6 +264,7 @@ def restore(
         ]
         if broker_wide or access:
             missing += broker_differences(target, client, docs[None] if broker_wide else access)
+        missing += restored_differences(target, client, plan, docs[None] if broker_wide else None)
     if missing:
         raise IntegrityError(
             f"definitions imported but not all present as backed up: {'; '.join(missing[:20])}"
@@ -273,8 +275,10 @@ def restore(
         "broker_wide": broker_wide,
         **({"permissions_not_restored": skipped} if skipped else {}),
         **({"not_imported": left_out} if left_out else {}),
-        "verified": "every queue, exchange, binding and policy of the backup exists with the same "
-        "properties, and every vhost the restore created has its description, tags and default queue type",
+        "verified": "every vhost, queue, exchange, binding, policy and runtime parameter (vhost limits, "
+        "shovels, federation upstreams) the restore imported exists with the same properties; every "
+        "vhost the restore created has its description, tags and default queue type; a whole-broker "
+        "restore also has every user, permission, topic permission and global parameter back",
         "messages": MESSAGES_NOTE,
     }
 
@@ -312,6 +316,7 @@ def drill(target: RabbitMQTarget, manifest: Manifest, store: StoreBlock, drill_i
                 target, client, drill_vhost, defs, (manifest.engine.get("vhost_metadata") or {}).get(source)
             )
             missing = differences(target, client, drill_vhost, defs, False)
+            missing += restored_differences(target, client, {drill_vhost: defs}, None)
         finally:
             resp = client.delete(f"/vhosts/{q(drill_vhost)}")
             if resp.status_code not in (204, 404):
