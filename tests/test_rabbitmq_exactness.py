@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from blocks.rabbitmq import RabbitMQTarget
 from tasks.components import rabbitmq as rmq
-from tasks.errors import IntegrityError
+from tasks.errors import BadInput, IntegrityError
 from tasks.verbs import backup_task, restore_task
 
 
@@ -246,3 +246,35 @@ def test_a_kind_of_definition_this_broker_does_not_import_fails_the_restore(
     with pytest.raises(IntegrityError, match="operator_policies .*cap.* is missing"):
         restore_task.fn(manifest, RabbitMQTarget(url=rabbitmq.extra["url"]), store, {})
     assert [q["name"] for q in api.get(f"/queues/{seg(name)}").json()] == ["q"], "the rest was imported"
+
+
+@pytest.mark.parametrize("scope", ["vhost", "broker"])
+def test_a_federation_policy_on_a_broker_without_federation_is_refused_before_anything(
+    api, rabbitmq, vhosts, local_store, scope
+):
+    """RabbitMQ validates a policy's keys only while importing it: after a broker import's users
+    and vhosts (and a vhost's parameters) are in. A federation policy where the federation plugin
+    does not run is refused first, like a federation upstream, and nothing changes."""
+    name, user = "klb-fedpol-" + secrets.token_hex(4), "klb-fedpol-" + secrets.token_hex(4)
+    vhosts.append(name)
+    policy = {"name": "federate", "pattern": "^orders$", "apply-to": "queues", "priority": 0,
+              "definition": {"federation-upstream-set": "all"}}  # fmt: skip
+    vhost_doc = {"parameters": [], "policies": [policy], "queues": [], "exchanges": [], "bindings": []}
+    broker_doc = {
+        "users": [{"name": user, "password_hash": "", "hashing_algorithm": "rabbit_password_hashing_sha256",
+                   "tags": [], "limits": {}}],
+        "vhosts": [{"name": name}], "permissions": [], "parameters": [], "queues": [], "exchanges": [],
+        "bindings": [], "policies": [{**policy, "vhost": name}],
+    }  # fmt: skip
+    store = local_store()
+    try:
+        with serve(name, broker_doc, vhost_doc) as url:
+            source = RabbitMQTarget(url=url, vhosts=[name] if scope == "vhost" else None)
+            manifest = backup_task.fn("rabbitmq", source, store)
+        target = RabbitMQTarget(url=rabbitmq.extra["url"], vhosts=source.vhosts)
+        with pytest.raises(BadInput, match="nothing was changed.*policy 'federate'.*rabbitmq_federation"):
+            restore_task.fn(manifest, target, store, {})
+        assert name not in [v["name"] for v in api.get("/vhosts").json()]
+        assert api.get(f"/users/{user}").status_code == 404
+    finally:
+        api.delete(f"/users/{user}")

@@ -229,7 +229,7 @@ PLUGIN_COMPONENTS = {
 
 # policy keys with which the federation plugin makes matching queues and exchanges consume from
 # their upstreams
-FEDERATION_POLICY_KEYS = ("federation-upstream", "federation-upstream-set")
+FEDERATION_POLICY_KEYS = frozenset({"federation-upstream", "federation-upstream-set"})
 
 
 def without_movers(defs: dict[str, Any], why: str) -> tuple[dict[str, Any], dict[str, str]]:

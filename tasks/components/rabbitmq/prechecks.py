@@ -14,7 +14,7 @@ import httpx
 
 from blocks.rabbitmq import RabbitMQTarget
 from tasks.components.rabbitmq.api import _get, q
-from tasks.components.rabbitmq.definitions import PLUGIN_COMPONENTS, differences
+from tasks.components.rabbitmq.definitions import FEDERATION_POLICY_KEYS, PLUGIN_COMPONENTS, differences
 from tasks.errors import BadInput
 
 
@@ -75,14 +75,21 @@ def limit_conflicts(
 def feature_conflicts(
     target: RabbitMQTarget, client: httpx.Client, plan: dict[str, dict[str, Any]]
 ) -> list[str]:
-    """Exchange types and plugin parameters of the backup that this broker lacks: RabbitMQ
-    checks them only while importing, after users and vhosts are in, and fails half-way."""
+    """Exchange types, plugin parameters and federation policies of the backup that this broker
+    lacks: RabbitMQ checks them only while importing, after users and vhosts are in, and fails
+    half-way."""
     wanted_types = {(e["type"], v) for v, defs in plan.items() for e in defs.get("exchanges") or []}
     wanted_plugins = {
-        (PLUGIN_COMPONENTS[p["component"]], p["component"], v)
+        (PLUGIN_COMPONENTS[p["component"]], f"parameter component {p['component']!r}", v)
         for v, defs in plan.items()
         for p in defs.get("parameters") or []
         if p.get("component") in PLUGIN_COMPONENTS
+    }
+    wanted_plugins |= {
+        ("rabbitmq_federation", f"policy {p['name']!r} ({', '.join(sorted(keys))})", v)
+        for v, defs in plan.items()
+        for p in defs.get("policies") or []
+        if (keys := FEDERATION_POLICY_KEYS & set(p.get("definition") or {}))
     }
     out = []
     if wanted_types:
@@ -95,13 +102,13 @@ def feature_conflicts(
             )
     if wanted_plugins:
         nodes = _get(target, client, "/nodes?columns=name,applications", "list nodes") or []
-        for plugin, component, vhost in sorted(wanted_plugins):
+        for plugin, what, vhost in sorted(wanted_plugins):
             lacking = [
                 n["name"] for n in nodes if plugin not in {a["name"] for a in n.get("applications") or []}
             ]
             if lacking or not nodes:
                 out.append(
-                    f"parameter component {component!r} (vhost {vhost!r}) needs plugin {plugin}, not "
+                    f"{what} (vhost {vhost!r}) needs plugin {plugin}, not "
                     f"running on {lacking or 'this broker'}: rabbitmq-plugins enable {plugin}"
                 )
     return out
