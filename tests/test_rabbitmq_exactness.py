@@ -278,3 +278,16 @@ def test_a_federation_policy_on_a_broker_without_federation_is_refused_before_an
         assert api.get(f"/users/{user}").status_code == 404
     finally:
         api.delete(f"/users/{user}")
+
+
+def test_the_approval_form_says_a_copy_under_into_vhost_is_aside():
+    """The approval form said every RabbitMQ restore imports over the current definitions: a copy
+    under into_vhost touches no production vhost, and what it leaves out is part of the action."""
+    from tasks.operations.plan import action_of
+    from tasks.verbs import restore_options
+
+    copy = action_of(
+        "rabbitmq", restore_options("rabbitmq", {"vhost": "orders", "into_vhost": "orders-check"})
+    )
+    assert "aside" in copy and "'orders' of the backup as 'orders-check'" in copy and "shovels" in copy
+    assert "in place" in action_of("rabbitmq", restore_options("rabbitmq", {"vhost": "orders"}))
