@@ -56,6 +56,11 @@ def action_of(component: str, options: Any = None) -> str:
         return (
             "aside only (cut_over=False): restored into a side database and checked; nothing is renamed over"
         )
+    if component == "rabbitmq" and getattr(options, "into_vhost", None):
+        return (
+            f"aside: vhost {options.vhost!r} of the backup as {options.into_vhost!r} (into_vhost), "
+            "without its shovels, federation upstreams and federation policies; no other vhost is touched"
+        )
     return MODES.get(component, "the component's own restore")
 
 

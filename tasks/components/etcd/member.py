@@ -1,5 +1,6 @@
 """A snapshot checked the only sure way: fetched whole, its status compared with the manifest, then
-restored into a throwaway member on loopback ports whose revision and key count are compared.
+restored into a throwaway member on loopback ports whose revision and key count are compared
+(`check_served`: a lease that runs out once the member is up is not a difference).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from blocks.etcd import EtcdTarget
 from blocks.store import StoreBlock
-from tasks.components.etcd.tools import OBJECT, STATUS_FIELDS, Tools, count_keys, snapshot_status
+from tasks.components.etcd.tools import OBJECT, STATUS_FIELDS, Tools, check_served, snapshot_status
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError, IntegrityError
 from tasks.models import Manifest
 from tasks.proc import free_port, run, start, stop
@@ -146,9 +147,11 @@ def _restore_and_check(
 ) -> dict[str, Any]:
     snap = _download(store, manifest, tmp)
     status = _check_status(tl, snap, manifest)
+    want_rev = max(status["revision"], 1)  # a never-written etcd: the file says 0, a server says 1
+    want_keys, env = manifest.engine.get("keys"), {"ETCDCTL_API": "3"}
     with throwaway_member(tl, snap, tmp, token) as url:
         try:  # the restored member keeps the cluster's users and auth: log in as the backup did
-            keys, revision = count_keys(tl, target, {"ETCDCTL_API": "3"}, url)
+            served = check_served(tl, target, env, url, want_rev, want_keys)
         except ComponentFailed as exc:
             if "user name is empty" not in str(exc):
                 raise
@@ -156,13 +159,7 @@ def _restore_and_check(
                 f"the etcd of {manifest.id} has auth enabled: give the target's username and password "
                 "(those of the cluster it was taken from) to check it"
             ) from None
-    want_keys = manifest.engine.get("keys")
-    want_rev = max(status["revision"], 1)  # a never-written etcd: the file says 0, a server says 1
-    checks = {
-        "revision": {"expected": want_rev, "found": revision, "ok": revision == want_rev},
-        "keys": {"expected": want_keys, "found": keys, "ok": want_keys is None or keys == want_keys},
-        "snapshot_hash": status["hash"],
-    }
+    checks = {**served, "snapshot_hash": status["hash"]}
     if not (checks["revision"]["ok"] and checks["keys"]["ok"]):
         raise IntegrityError(f"etcd restored from {manifest.id} does not match its manifest: {checks}")
     return checks

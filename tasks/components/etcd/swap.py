@@ -16,7 +16,7 @@ from prefect.context import get_run_context
 from prefect.exceptions import MissingContextError
 
 from blocks.etcd import EtcdTarget, SwapMode
-from tasks.components.etcd.tools import Tools, count_keys, ctl
+from tasks.components.etcd.tools import Tools, check_served, ctl
 from tasks.errors import BadInput, ComponentFailed
 from tasks.models import Manifest
 from tasks.proc import run
@@ -233,14 +233,16 @@ def _run_step(step: dict[str, Any], target: EtcdTarget, tl: Tools, env: dict[str
 
 def _check_restored(expect: dict[str, Any], target: EtcdTarget, tl: Tools, env: dict[str, str]) -> None:
     try:
-        keys, revision = count_keys(tl, target, env, target.endpoints[0])
+        served = check_served(tl, target, env, target.endpoints[0], expect["revision"], expect["keys"])
     except (ValueError, KeyError) as exc:
         raise ComponentFailed(f"could not read the swapped etcd's revision and keys: {exc}") from None
-    if revision != expect["revision"] or expect["keys"] not in (None, keys):
+    if not (served["revision"]["ok"] and served["keys"]["ok"]):
+        changed = served["revision"].get("changed_since")
         raise ComponentFailed(
-            f"etcd came back with revision {revision} and {keys} keys, the backup has revision "
-            f"{expect['revision']} and {expect['keys']} keys: is data_dir ({target.data_dir}) the "
-            "directory this etcd runs from?"
+            f"etcd came back with revision {served['revision']['found']} and {served['keys']['found']} "
+            f"keys, the backup has revision {expect['revision']} and {expect['keys']} keys"
+            + f": is data_dir ({target.data_dir}) the directory this etcd runs from?"
+            + (f" Changed since the backup's revision: {changed[:5]}" if changed else "")
         )
 
 

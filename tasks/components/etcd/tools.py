@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -144,3 +145,54 @@ def count_keys(
         args += ["--rev", str(revision)]
     out = json.loads(ctl(tl, target, env, endpoint, *args, name="etcdctl get"))
     return int(out.get("count", 0)), int(out["header"]["revision"])
+
+
+def _listing(
+    tl: Tools, target: EtcdTarget | None, env: dict[str, str], endpoint: str, revision: int | None
+) -> tuple[dict[bytes, dict[str, Any]], int]:
+    """({key: its mod_revision and lease}, store revision): every key, without values."""
+    args = ["get", "", "--from-key", "--keys-only", "-w", "json"]
+    if revision is not None:
+        args += ["--rev", str(revision)]
+    out = json.loads(ctl(tl, target, env, endpoint, *args, name="etcdctl get"))
+    kvs = {base64.b64decode(kv["key"]): kv for kv in out.get("kvs") or []}
+    return kvs, int(out["header"]["revision"])
+
+
+def check_served(
+    tl: Tools, target: EtcdTarget | None, env: dict[str, str], endpoint: str, revision: int, keys: int | None
+) -> dict[str, dict[str, Any]]:
+    """Whether the member at `endpoint`, just started on data restored from a snapshot at
+    `revision` holding `keys` keys, serves exactly that: {"revision": ..., "keys": ...}, each with
+    expected, found and ok.
+
+    A lease in the snapshot keeps running in the restored member: one that runs out before the
+    check deletes its keys and moves the member's revision on (kube-apiserver's master leases
+    last 15 s). So when the member is past `revision`, the keys are counted AT `revision`, and
+    every revision after it must hold nothing but the deletion of keys that had a lease: a key
+    written or changed since, or an unleased key deleted, is still a difference."""
+    found, current = count_keys(tl, target, env, endpoint)
+    rev: dict[str, Any] = {"expected": revision, "found": current, "ok": current == revision}
+    if current > revision:  # below it: the member lacks revisions, and the check fails as it is
+        found, _ = count_keys(tl, target, env, endpoint, revision)
+        then, _ = _listing(tl, target, env, endpoint, revision)
+        now, rev["found"] = _listing(tl, target, env, endpoint, None)
+        written = [k for k, kv in now.items() if int(kv.get("mod_revision", 0)) > revision]
+        deleted = [k for k in then if k not in now]
+        unleased = [k for k in deleted if not int(then[k].get("lease", 0))]
+        changed = [f"written {k.decode(errors='replace')!r}" for k in sorted(written)]
+        changed += [f"deleted without a lease {k.decode(errors='replace')!r}" for k in sorted(unleased)]
+        # a lease's keys go in one revision: a key written and deleted again since shows only here
+        revoked = {then[k]["lease"] for k in deleted if k not in unleased}
+        if not changed and rev["found"] - revision != len(revoked):
+            changed.append(
+                f"{rev['found'] - revision} revision(s) since, {len(revoked)} of them explained by leases"
+            )
+        rev["ok"] = not changed
+        rev["leased_keys_expired_since"] = len(deleted) - len(unleased)
+        if changed:
+            rev["changed_since"] = changed[:20]
+    return {
+        "revision": rev,
+        "keys": {"expected": keys, "found": found, "ok": keys is None or found == keys},
+    }

@@ -33,7 +33,6 @@ from tasks.components.rabbitmq.definitions import (
     EXCHANGE_PROPS,
     KINDS,
     MAX_DEFINITIONS,
-    PLUGIN_COMPONENTS,
     POLICY_PROPS,
     QUEUE_PROPS,
     VHOST_KINDS,
@@ -43,11 +42,11 @@ from tasks.components.rabbitmq.definitions import (
     counts,
     differences,
     drop_newer_user_limits,
-    feature_conflicts,
-    limit_conflicts,
-    self_lockout,
+    restored_differences,
     vhost_definitions,
+    without_movers,
 )
+from tasks.components.rabbitmq.prechecks import refuse_before_restore, self_lockout
 from tasks.errors import BadInput, IntegrityError, IsolationTaken, TransientError
 from tasks.models import Manifest
 from tasks.storage.session import BackupSession
@@ -187,13 +186,26 @@ def _with_metadata(doc: dict[str, Any], meta: dict[str, dict[str, Any] | None]) 
     return {**doc, "vhosts": vhosts}
 
 
-def _plan(docs: dict[str | None, dict[str, Any]], options: RestoreOptions) -> dict[str, dict[str, Any]]:
-    """{destination vhost: its definitions} of what to restore; the broker-wide part is separate."""
+COPY_WHY = (
+    "it would consume or move the messages of production's queues (src-uri amqp:// is this broker) "
+    "while the copy exists; restore the vhost itself (without into_vhost) to bring it back"
+)
+
+
+def _plan(
+    docs: dict[str | None, dict[str, Any]], options: RestoreOptions
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """({destination vhost: its definitions}, {what was left out: why}) of what to restore; the
+    broker-wide part is separate. A copy under into_vhost is not production: no shovels or
+    federation in it."""
     if options.into_vhost and not options.vhost:
         raise BadInput("into_vhost needs vhost: say which vhost of the backup to import under the new name")
+    if options.into_vhost:
+        defs, left_out = without_movers(vhost_definitions(docs, options.vhost), COPY_WHY)
+        return {options.into_vhost: defs}, left_out
     if options.vhost:
-        return {options.into_vhost or options.vhost: vhost_definitions(docs, options.vhost)}
-    return {v: vhost_definitions(docs, v) for v in backup_vhosts(docs)}
+        return {options.vhost: vhost_definitions(docs, options.vhost)}, {}
+    return {v: vhost_definitions(docs, v) for v in backup_vhosts(docs)}, {}
 
 
 def _restore_vhost_access(
@@ -225,36 +237,12 @@ def restore(
     target: RabbitMQTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions
 ) -> dict[str, Any]:
     docs = _load(store, manifest)
-    plan = _plan(docs, options)
+    plan, left_out = _plan(docs, options)
     broker_wide = None in docs and not options.vhost
     backed_up = manifest.engine.get("vhost_metadata") or {}  # older backups have none
     meta = {v: backed_up.get(options.vhost or v) for v in plan}
     with connect(target) as client:
-        # Refuse before changing anything: an existing queue/exchange/policy with other properties
-        # would make the import fail half-way (RabbitMQ does not replace them).
-        conflicts = [
-            d
-            for vhost, defs in plan.items()
-            for d in [
-                *differences(target, client, vhost, defs, True),
-                *limit_conflicts(target, client, vhost, defs),
-            ]
-        ]
-        if conflicts:
-            raise BadInput(
-                "restore refused, nothing was changed: these exist with other properties "
-                "(delete them, or restore into another vhost with into_vhost): " + "; ".join(conflicts[:20])
-            )
-        if lacking := feature_conflicts(target, client, plan):
-            raise BadInput(
-                "restore refused, nothing was changed: this broker lacks what the backup uses: "
-                + "; ".join(lacking[:20])
-            )
-        if broker_wide and (lockout := self_lockout(target, docs[None])):
-            raise BadInput(
-                "restore refused, nothing was changed: the import would lock this restore out "
-                "before it could check what it brought back: " + "; ".join(lockout)
-            )
+        refuse_before_restore(target, client, plan, docs[None] if broker_wide else None)
         if broker_wide:  # users, vhosts, permissions, global parameters and everything else at once
             created = [v for v in plan if not _vhost_exists(target, client, v)]
             # the import sets every vhost's description and tags from its entry (blank if absent):
@@ -276,6 +264,7 @@ def restore(
         ]
         if broker_wide or access:
             missing += broker_differences(target, client, docs[None] if broker_wide else access)
+        missing += restored_differences(target, client, plan, docs[None] if broker_wide else None)
     if missing:
         raise IntegrityError(
             f"definitions imported but not all present as backed up: {'; '.join(missing[:20])}"
@@ -285,8 +274,11 @@ def restore(
         "created_vhosts": created,
         "broker_wide": broker_wide,
         **({"permissions_not_restored": skipped} if skipped else {}),
-        "verified": "every queue, exchange, binding and policy of the backup exists with the same "
-        "properties, and every vhost the restore created has its description, tags and default queue type",
+        **({"not_imported": left_out} if left_out else {}),
+        "verified": "every vhost, queue, exchange, binding, policy and runtime parameter (vhost limits, "
+        "shovels, federation upstreams) the restore imported exists with the same properties; every "
+        "vhost the restore created has its description, tags and default queue type; a whole-broker "
+        "restore also has every user, permission, topic permission and global parameter back",
         "messages": MESSAGES_NOTE,
     }
 
@@ -310,11 +302,12 @@ def drill(target: RabbitMQTarget, manifest: Manifest, store: StoreBlock, drill_i
     docs = _load(store, manifest)
     source = _drill_vhost(target, docs)
     drill_vhost = f"drill-{drill_id}"
-    defs = vhost_definitions(docs, source)
-    # a shovel or federation upstream would start consuming the broker's real queues the moment
-    # it is imported, and what it moved into the drill vhost would be deleted with it
-    movers = [p for p in defs["parameters"] if p.get("component") in PLUGIN_COMPONENTS]
-    defs = {**defs, "parameters": [p for p in defs["parameters"] if p not in movers]}
+    # a shovel, federation upstream or federation policy would start consuming the broker's real
+    # queues the moment it is imported, and what it moved into the drill vhost is deleted with it
+    defs, not_drilled = without_movers(
+        vhost_definitions(docs, source),
+        "it would move messages of the broker's real queues while the drill runs",
+    )
     with connect(target) as client:
         if _vhost_exists(target, client, drill_vhost):
             raise IsolationTaken(f"vhost {drill_vhost!r} already exists: use a new drill id")
@@ -323,6 +316,7 @@ def drill(target: RabbitMQTarget, manifest: Manifest, store: StoreBlock, drill_i
                 target, client, drill_vhost, defs, (manifest.engine.get("vhost_metadata") or {}).get(source)
             )
             missing = differences(target, client, drill_vhost, defs, False)
+            missing += restored_differences(target, client, {drill_vhost: defs}, None)
         finally:
             resp = client.delete(f"/vhosts/{q(drill_vhost)}")
             if resp.status_code not in (204, 404):
@@ -338,11 +332,7 @@ def drill(target: RabbitMQTarget, manifest: Manifest, store: StoreBlock, drill_i
             "drill_vhost": drill_vhost,
             **{k: len(defs[k]) for k in VHOST_KINDS},
         },
-        "not_drilled": {
-            f"{p['component']} {p['name']!r}": "not imported: it would move messages of the broker's "
-            "real queues while the drill runs"
-            for p in movers
-        },
+        "not_drilled": not_drilled,
     }
 
 

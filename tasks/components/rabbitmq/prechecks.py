@@ -1,0 +1,159 @@
+"""What a restore checks before it changes anything: an import that RabbitMQ would refuse or fail
+half-way (a live object with other properties, a queue limit, a missing plugin), or one that
+would lock the restore itself out of the broker. Each names what to do; nothing is changed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from typing import Any
+
+import httpx
+
+from blocks.rabbitmq import RabbitMQTarget
+from tasks.components.rabbitmq.api import _get, q
+from tasks.components.rabbitmq.definitions import FEDERATION_POLICY_KEYS, PLUGIN_COMPONENTS, differences
+from tasks.errors import BadInput
+
+
+def refuse_before_restore(
+    target: RabbitMQTarget,
+    client: httpx.Client,
+    plan: dict[str, dict[str, Any]],
+    broker_doc: dict[str, Any] | None,
+) -> None:
+    """BadInput, before anything is changed, if importing `plan` (and, for a whole-broker restore,
+    `broker_doc`) would fail half-way or lock the restore out."""
+    # an existing queue/exchange/policy with other properties would make the import fail
+    # half-way (RabbitMQ does not replace them)
+    conflicts = [
+        d
+        for vhost, defs in plan.items()
+        for d in [
+            *differences(target, client, vhost, defs, True),
+            *limit_conflicts(target, client, vhost, defs),
+        ]
+    ]
+    if conflicts:
+        raise BadInput(
+            "restore refused, nothing was changed: these exist with other properties "
+            "(delete them, or restore into another vhost with into_vhost): " + "; ".join(conflicts[:20])
+        )
+    if lacking := feature_conflicts(target, client, plan):
+        raise BadInput(
+            "restore refused, nothing was changed: this broker lacks what the backup uses: "
+            + "; ".join(lacking[:20])
+        )
+    if broker_doc is not None and (lockout := self_lockout(target, broker_doc)):
+        raise BadInput(
+            "restore refused, nothing was changed: the import would lock this restore out "
+            "before it could check what it brought back: " + "; ".join(lockout)
+        )
+
+
+def limit_conflicts(
+    target: RabbitMQTarget, client: httpx.Client, vhost: str, defs: dict[str, Any]
+) -> list[str]:
+    """The live vhost's max-queues limit against the queues the import would add: RabbitMQ checks
+    the live limit before it imports anything else and fails the import half-way."""
+    limits = _get(target, client, f"/vhost-limits/{q(vhost)}", "read vhost limits") or []
+    max_queues = next((lim["value"].get("max-queues") for lim in limits if "value" in lim), None)
+    if max_queues is None or max_queues < 0 or not defs.get("queues"):
+        return []
+    live = {i["name"] for i in _get(target, client, f"/queues/{q(vhost)}", "list queues") or []}
+    new = [i["name"] for i in defs["queues"] if i["name"] not in live]
+    if new and len(live) + len(new) > max_queues:
+        return [
+            f"vhost {vhost!r} allows {max_queues} queues (max-queues) and has {len(live)}; the backup "
+            f"adds {len(new)}: raise the limit (PUT /api/vhost-limits/{q(vhost)}/max-queues) or delete queues"
+        ]
+    return []
+
+
+def feature_conflicts(
+    target: RabbitMQTarget, client: httpx.Client, plan: dict[str, dict[str, Any]]
+) -> list[str]:
+    """Exchange types, plugin parameters and federation policies of the backup that this broker
+    lacks: RabbitMQ checks them only while importing, after users and vhosts are in, and fails
+    half-way."""
+    wanted_types = {(e["type"], v) for v, defs in plan.items() for e in defs.get("exchanges") or []}
+    wanted_plugins = {
+        (PLUGIN_COMPONENTS[p["component"]], f"parameter component {p['component']!r}", v)
+        for v, defs in plan.items()
+        for p in defs.get("parameters") or []
+        if p.get("component") in PLUGIN_COMPONENTS
+    }
+    wanted_plugins |= {
+        ("rabbitmq_federation", f"policy {p['name']!r} ({', '.join(sorted(keys))})", v)
+        for v, defs in plan.items()
+        for p in defs.get("policies") or []
+        if (keys := FEDERATION_POLICY_KEYS & set(p.get("definition") or {}))
+    }
+    out = []
+    if wanted_types:
+        overview = _get(target, client, "/overview", "read the overview") or {}
+        known = {t["name"] for t in overview.get("exchange_types") or []}
+        for kind, vhost in sorted(t for t in wanted_types if t[0] not in known):
+            out.append(
+                f"exchange type {kind!r} (vhost {vhost!r}) is not enabled on this broker: enable the "
+                "plugin that provides it (rabbitmq-plugins enable ...)"
+            )
+    if wanted_plugins:
+        nodes = _get(target, client, "/nodes?columns=name,applications", "list nodes") or []
+        for plugin, what, vhost in sorted(wanted_plugins):
+            lacking = [
+                n["name"] for n in nodes if plugin not in {a["name"] for a in n.get("applications") or []}
+            ]
+            if lacking or not nodes:
+                out.append(
+                    f"{what} (vhost {vhost!r}) needs plugin {plugin}, not "
+                    f"running on {lacking or 'this broker'}: rabbitmq-plugins enable {plugin}"
+                )
+    return out
+
+
+_HASHES = {
+    "rabbit_password_hashing_sha256": hashlib.sha256,
+    "rabbit_password_hashing_sha512": hashlib.sha512,
+    "rabbit_password_hashing_md5": hashlib.md5,
+}
+
+
+def _password_is(user: dict[str, Any], password: str) -> bool | None:
+    """Whether `password` is the one the user's stored hash holds (base64 of a 4-byte salt and
+    H(salt + password)); None for a hashing algorithm we do not know."""
+    algorithm = _HASHES.get(user.get("hashing_algorithm") or "rabbit_password_hashing_md5")
+    if algorithm is None:
+        return None
+    try:
+        raw = base64.b64decode(user.get("password_hash") or "", validate=True)
+    except ValueError:
+        return False
+    if len(raw) <= 4:  # no password: the user cannot log in with one
+        return False
+    return hmac.compare_digest(raw[4:], algorithm(raw[:4] + password.encode()).digest())
+
+
+def self_lockout(target: RabbitMQTarget, doc: dict[str, Any]) -> list[str]:
+    """How a broker import would lock the restore out of the broker half-way: it sets the
+    target's own user back to its backed-up password and tags, and every request after the
+    import (the check of what it brought back) would then be refused."""
+    user = next((u for u in doc.get("users") or [] if u.get("name") == target.username), None)
+    if user is None:
+        return []
+    out = []
+    if _password_is(user, target.password.get_secret_value()) is False:
+        out.append(
+            f"it sets user {target.username!r} (the target's own) back to the password it had at "
+            "backup time, which is not the target's password: restore with another administrator "
+            "(one not in the backup, or whose password has not changed since), or set this user's "
+            "password back to the backed-up one and the target's with it"
+        )
+    if "administrator" not in (user.get("tags") or []):
+        out.append(
+            f"it takes the 'administrator' tag from user {target.username!r} (the target's own): "
+            "restore with another administrator"
+        )
+    return out
