@@ -17,7 +17,7 @@ from pydantic import Field, field_validator
 from blocks.postgres import PostgresTarget, check_db_name
 from blocks.store import StoreBlock
 from tasks.components.contract import StrictOptions
-from tasks.components.postgres import load, properties
+from tasks.components.postgres import load, memberships, properties
 from tasks.components.postgres.common import (
     admin,
     aside_name,
@@ -219,13 +219,20 @@ def _apply_globals(target: PostgresTarget, raw: bytes) -> dict[str, Any]:
         spaces = {r[0] for r in conn.execute("SELECT spcname FROM pg_tablespace")}
         expiring = "SELECT rolname FROM pg_roles WHERE rolvaliduntil IS NOT NULL"
         dated = frozenset(r[0] for r in conn.execute(expiring))
+        lines = [line for line, start in _statement_starts(raw.decode().splitlines()) if start]
+        revokes, revoked = memberships.revocations(conn, lines)
     script, has_tablespace = _globals_script(raw, target.user, spaces, dated)
+    # first, in the same transaction: the backup's GRANTs below give back what it has
+    script = "".join(line + "\n" for line in revokes) + script
     argv = [tool(target, "psql"), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1"]
     if not has_tablespace:  # CREATE TABLESPACE cannot run inside a transaction block
         argv.append("--single-transaction")
     with engine_env(target) as env:
         feed_stdin(argv, [script.encode()], env, name="psql (globals)")
-    return {"roles": len(re.findall(r"^DO \$klb\$ BEGIN CREATE ROLE", script, re.M))}
+    return {
+        "roles": len(re.findall(r"^DO \$klb\$ BEGIN CREATE ROLE", script, re.M)),
+        "memberships_revoked": revoked,
+    }
 
 
 def restore_aside(

@@ -1,0 +1,86 @@
+"""A restore brings back exactly what was backed up, and what it cannot bring back is named:
+role memberships and grants given or taken since the backup, materialized views' populated state,
+money values under another lc_monetary, subscriptions left disabled, extension configuration
+tables' rows."""
+
+from __future__ import annotations
+
+import tasks.components.postgres as pg
+from tasks.components.postgres.common import connect
+from tasks.storage.session import backup_session
+from tests.pg_helpers import db_names, drop, exec_in, make_db, new_name, target_for
+
+MEMBERSHIPS = """SELECT r.rolname, m.rolname, g.rolname, a.admin_option
+                 FROM pg_auth_members a JOIN pg_roles r ON r.oid = a.roleid
+                 JOIN pg_roles m ON m.oid = a.member LEFT JOIN pg_roles g ON g.oid = a.grantor
+                 WHERE r.rolname = ANY(%(roles)s) OR m.rolname = ANY(%(roles)s) ORDER BY 1, 2, 3"""
+ACLS = """SELECT (SELECT datacl::text FROM pg_database WHERE datname = current_database()),
+                 (SELECT nspacl::text FROM pg_namespace WHERE nspname = 'app'),
+                 (SELECT relacl::text FROM pg_class WHERE oid = 'app.items'::regclass)"""
+
+
+def _backup(target, store):
+    with backup_session(store, "postgres") as session:
+        pg.backup(target, session)
+        session.commit()
+    return session.manifest
+
+
+def _rows(target, db: str, query: str, params=None) -> list[tuple]:
+    with connect(target, db) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+def _leftovers(target, db: str) -> list[str]:
+    return [d for d in db_names(target) if d == db or d.startswith(db + "__")]
+
+
+def test_memberships_and_grants_given_or_taken_since_the_backup_are_put_back(postgres, local_store):
+    admin_target, db = target_for(postgres), new_name()
+    ra, rb, rc = (new_name("r") for _ in range(3))
+    roles = {"roles": [ra, rb, rc]}
+    for statement in (
+        f"CREATE ROLE {ra}",
+        f"CREATE ROLE {rb} LOGIN",
+        f"CREATE ROLE {rc}",
+        f"GRANT {ra} TO {rb}",
+        f"GRANT {rc} TO {rb} WITH ADMIN OPTION",
+    ):
+        exec_in(admin_target, "postgres", statement)
+    make_db(admin_target, db, rows=10)
+    for statement in (f"GRANT USAGE ON SCHEMA app TO {ra}", f"GRANT SELECT ON app.items TO {ra}"):
+        exec_in(admin_target, db, statement)
+    exec_in(admin_target, "postgres", f"GRANT CONNECT ON DATABASE {db} TO {ra}")
+    target, store = target_for(postgres, databases=[db]), local_store()
+    try:
+        members_before = _rows(admin_target, "postgres", MEMBERSHIPS, roles)
+        acls_before = _rows(admin_target, db, ACLS)
+        manifest = _backup(target, store)
+        for statement in (
+            f"GRANT {ra} TO {rb} WITH ADMIN OPTION",  # an option added
+            f"REVOKE {rc} FROM {rb}",  # a membership taken away
+            f"GRANT {rb} TO {rc}",  # one added
+            f"GRANT pg_read_all_data TO {ra}",  # one in a predefined role
+            f"GRANT CREATE ON DATABASE {db} TO {rb}",
+            f"REVOKE CONNECT ON DATABASE {db} FROM {ra}",
+        ):
+            exec_in(admin_target, "postgres", statement)
+        exec_in(admin_target, db, f"GRANT CREATE ON SCHEMA app TO {rb}; GRANT ALL ON app.items TO {rc}")
+        exec_in(admin_target, db, f"REVOKE SELECT ON app.items FROM {ra}")
+        assert _rows(admin_target, "postgres", MEMBERSHIPS, roles) != members_before
+
+        report = pg.restore(target, manifest, store, pg.RestoreOptions())
+
+        assert _rows(admin_target, "postgres", MEMBERSHIPS, roles) == members_before
+        assert _rows(admin_target, db, ACLS) == acls_before
+        assert sorted(report["globals"]["memberships_revoked"]) == sorted(
+            [
+                f"{ra} from {rb} (granted by postgres)",
+                f"{rb} from {rc} (granted by postgres)",
+                f"pg_read_all_data from {ra} (granted by postgres)",
+            ]
+        )
+    finally:
+        drop(admin_target, *_leftovers(admin_target, db))
+        for role in (ra, rb, rc):
+            exec_in(admin_target, "postgres", f"DROP ROLE IF EXISTS {role}")
