@@ -122,3 +122,33 @@ def test_materialized_views_come_back_as_populated_as_backed_up_and_stale_data_i
     finally:
         drop(admin_target, *_leftovers(admin_target, db))
 
+
+def test_money_keeps_its_value_when_the_database_s_lc_monetary_is_another(postgres, local_store):
+    """A session that dumps under de_DE writes `1.234,50 €`; the restore loads into a new database
+    under the server's lc_monetary (C), which reads it as another amount or not at all."""
+    admin_target, db = target_for(postgres), new_name()
+    make_db(admin_target, db, rows=1)
+    exec_in(admin_target, "postgres", f"ALTER DATABASE {db} SET lc_monetary = 'de_DE.UTF-8'")
+    exec_in(
+        admin_target,
+        db,
+        "CREATE TABLE app.prices (p money); INSERT INTO app.prices VALUES (1234.5), (-0.07), (NULL)",
+    )
+    amounts = "SELECT p::numeric::text FROM app.prices ORDER BY p NULLS LAST"
+    target, store = target_for(postgres, databases=[db]), local_store()
+    try:
+        before = _rows(admin_target, db, amounts)
+        assert before == [("-0.07",), ("1234.50",), (None,)]
+        manifest = _backup(target, store)
+        exec_in(admin_target, db, "UPDATE app.prices SET p = 1")
+
+        pg.restore(target, manifest, store, pg.RestoreOptions(include_globals=False))
+
+        assert _rows(admin_target, db, amounts) == before
+        with connect(admin_target, db, own_settings=False) as conn:  # as the application sees it
+            assert conn.execute("SELECT p::text FROM app.prices WHERE p > 0::money").fetchone() == (
+                "1.234,50 €",
+            )
+    finally:
+        drop(admin_target, *_leftovers(admin_target, db))
+

@@ -41,6 +41,10 @@ SESSION_SETTINGS = {
     "role": "none",
     # a database's client_encoding = LATIN1 made every name outside LATIN1 an error in our queries
     "client_encoding": "UTF8",
+    # money is written and read in the session's lc_monetary: a database whose lc_monetary was
+    # de_DE dumped `1.234,50 €`, which the restore (into a new database: the server's C) read
+    # as another amount or refused. Dumped and loaded in one locale, it keeps its exact value
+    "lc_monetary": "C",
 }
 SESSION_OPTIONS = " ".join(f"-c {k}={v}" for k, v in SESSION_SETTINGS.items())
 ASIDE_RE = re.compile(
