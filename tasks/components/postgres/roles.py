@@ -1,0 +1,164 @@
+"""The backup's globals (roles, tablespaces) on a live server: the roles and tablespaces a load
+needs made bare before it (and dropped again if the restore fails before the cut-over), then,
+once every database is verified, pg_dumpall's globals made re-runnable and applied, with the
+role memberships given since the backup revoked first (memberships.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from psycopg import sql
+
+from blocks.postgres import PostgresTarget
+from blocks.store import StoreBlock
+from tasks.components.postgres import memberships
+from tasks.components.postgres.common import admin, engine_env, tool
+from tasks.components.postgres.dump import GLOBALS, GLOBALS_MAX
+from tasks.errors import IntegrityError
+from tasks.models import Manifest
+from tasks.proc import feed_stdin
+from tasks.storage.session import read_object
+
+log = logging.getLogger(__name__)
+
+
+def _ident_forms(name: str) -> set[str]:
+    return {name, '"' + name.replace('"', '""') + '"'}
+
+
+def _statement_starts(lines: list[str]) -> Iterator[tuple[str, bool]]:
+    """Each line, and whether it starts outside a quoted literal or identifier: a role's comment
+    or setting (`ALTER ROLE me SET search_path = '"a<newline>CREATE ROLE x;"'`, which any role may
+    set on itself) spans lines, and its inner lines are text, never statements to rewrite.
+    pg_dumpall writes standard_conforming_strings literals: '' and "" inside, no backslashes."""
+    quote: str | None = None
+    for line in lines:
+        yield line, quote is None
+        for i, char in enumerate(line):
+            if quote is None:
+                if line.startswith("--", i):
+                    break  # a comment, to the end of the line
+                if char in "'\"":
+                    quote = char
+            elif char == quote:
+                quote = None  # a doubled quote opens again at the next character
+
+
+def _globals_script(
+    raw: bytes, user: str, tablespaces: set[str], expiring: frozenset[str] = frozenset()
+) -> tuple[str, bool]:
+    """Make pg_dumpall's globals re-runnable on a live server: existing roles and tablespaces
+    are kept (not an error), and the connecting user's password is left as it is now. An
+    existing role is put back as the backup has it: pg_dumpall leaves out what is the default (no
+    connection limit, no expiry, no settings), so what was added since is reset explicitly
+    (`expiring`: roles that have an expiry now; NULL cannot be given back, 'infinity' means the
+    same)."""
+    out, creates_tablespace = [], False
+    me = _ident_forms(user)
+    for line, statement in _statement_starts(raw.decode().splitlines()):
+        if not statement:
+            out.append(line)
+            continue
+        role = re.fullmatch(r"CREATE ROLE (.+);", line)
+        if role:
+            out.append(
+                f"DO $klb$ BEGIN {line} EXCEPTION WHEN duplicate_object THEN "
+                f"RAISE NOTICE 'role % exists, kept', {_literal(role[1])}; END $klb$;"
+            )
+            continue
+        alter = re.fullmatch(r"ALTER ROLE (\S+|\"(?:[^\"]|\"\")+\") WITH (.*);", line)
+        if alter and alter[1] in me:
+            line = re.sub(r" PASSWORD '(?:[^']|'')*'", "", line)
+        if alter:  # its settings follow, further down: none but those
+            out.append(f"ALTER ROLE {alter[1]} RESET ALL;")
+            if not re.search(r" CONNECTION LIMIT -?\d+", line):
+                line = line[:-1] + " CONNECTION LIMIT -1;"
+            if " VALID UNTIL '" not in line and _unquote(alter[1]) in expiring:
+                line = line[:-1] + " VALID UNTIL 'infinity';"
+        space = re.match(r"CREATE TABLESPACE (\S+|\"(?:[^\"]|\"\")+\") ", line)
+        if space:
+            if any(space[1] in _ident_forms(t) for t in tablespaces):
+                out.append(f"-- tablespace {space[1]} exists, kept")
+                continue
+            creates_tablespace = True
+        out.append(line)
+    return "\n".join(out) + "\n", creates_tablespace
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def read_globals(manifest: Manifest, store: StoreBlock) -> bytes:
+    obj = manifest.object(GLOBALS)
+    if obj.raw_size > GLOBALS_MAX:
+        raise IntegrityError(
+            f"{GLOBALS} of {manifest.id} is {obj.raw_size} bytes: too large to be roles only"
+        )
+    return b"".join(read_object(store, obj))
+
+
+def _unquote(ident: str) -> str:
+    return ident[1:-1].replace('""', '"') if ident.startswith('"') else ident
+
+
+def make_missing(target: PostgresTarget, raw: bytes) -> dict[str, list[str]]:
+    """Before the load, only what it needs, and nothing that changes what is there: the backup's
+    roles the server lacks, created bare (no login, password, attribute or membership: objects
+    can be owned by and granted to them), and its tablespaces the server lacks. What was made is
+    returned, to be dropped again if the restore fails before the cut-over."""
+    made: dict[str, list[str]] = {"roles": [], "tablespaces": []}
+    with admin(target) as conn:
+        roles = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles")}
+        spaces = {r[0] for r in conn.execute("SELECT spcname FROM pg_tablespace")}
+        for line, statement in _statement_starts(raw.decode().splitlines()):
+            role = re.fullmatch(r"CREATE ROLE (.+);", line) if statement else None
+            if role and _unquote(role[1]) not in roles:
+                conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(_unquote(role[1]))))
+                made["roles"].append(_unquote(role[1]))
+            space = re.match(r'CREATE TABLESPACE (\S+|"(?:[^"]|"")+") ', line) if statement else None
+            if space and _unquote(space[1]) not in spaces:
+                conn.execute(line.encode())  # as pg_dumpall wrote it (its owner: made above)
+                made["tablespaces"].append(_unquote(space[1]))
+    return made
+
+
+def drop_made(target: PostgresTarget, made: dict[str, list[str]]) -> bool:
+    """Undo _make_missing once the side databases are gone; False if something could not be."""
+    if not any(made.values()):
+        return True
+    try:
+        with admin(target) as conn:
+            for space in made["tablespaces"]:
+                conn.execute(sql.SQL("DROP TABLESPACE IF EXISTS {}").format(sql.Identifier(space)))
+            for role in made["roles"]:
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    except Exception as exc:  # the restore's own error is the one to raise
+        log.warning("could not drop what this restore created (%s): %s", made, exc)
+        return False
+    return True
+
+
+def apply_globals(target: PostgresTarget, raw: bytes) -> dict[str, Any]:
+    with admin(target) as conn:
+        spaces = {r[0] for r in conn.execute("SELECT spcname FROM pg_tablespace")}
+        expiring = "SELECT rolname FROM pg_roles WHERE rolvaliduntil IS NOT NULL"
+        dated = frozenset(r[0] for r in conn.execute(expiring))
+        lines = [line for line, start in _statement_starts(raw.decode().splitlines()) if start]
+        revokes, revoked = memberships.revocations(conn, lines)
+    script, has_tablespace = _globals_script(raw, target.user, spaces, dated)
+    # first, in the same transaction: the backup's GRANTs below give back what it has
+    script = "".join(line + "\n" for line in revokes) + script
+    argv = [tool(target, "psql"), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1"]
+    if not has_tablespace:  # CREATE TABLESPACE cannot run inside a transaction block
+        argv.append("--single-transaction")
+    with engine_env(target) as env:
+        feed_stdin(argv, [script.encode()], env, name="psql (globals)")
+    return {
+        "roles": len(re.findall(r"^DO \$klb\$ BEGIN CREATE ROLE", script, re.M)),
+        "memberships_revoked": revoked,
+    }
