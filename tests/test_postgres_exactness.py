@@ -152,3 +152,43 @@ def test_money_keeps_its_value_when_the_database_s_lc_monetary_is_another(postgr
     finally:
         drop(admin_target, *_leftovers(admin_target, db))
 
+
+def test_a_subscription_enabled_at_backup_and_left_disabled_is_named_with_its_command(postgres, local_store):
+    """pg_dump makes subscriptions disabled (`connect = false`): enabling one again may apply
+    changes twice, so the restore does not; it says which were enabled and how to enable them."""
+    admin_target, db = target_for(postgres), new_name()
+    make_db(admin_target, db, rows=1)
+    nowhere = "host=127.0.0.1 port=1 dbname=nowhere connect_timeout=1"
+    exec_in(
+        admin_target,
+        db,
+        f"""CREATE SUBSCRIPTION "Live Sub" CONNECTION '{nowhere}' PUBLICATION p
+                WITH (connect = false, slot_name = 'live_sub');
+            CREATE SUBSCRIPTION idle CONNECTION '{nowhere}' PUBLICATION p WITH (connect = false)""",
+    )
+    target, store = target_for(postgres, databases=[db]), local_store()
+    try:
+        exec_in(admin_target, db, 'ALTER SUBSCRIPTION "Live Sub" ENABLE')
+        manifest = _backup(target, store)
+        exec_in(admin_target, db, 'ALTER SUBSCRIPTION "Live Sub" DISABLE')  # before the cut-over
+
+        report = pg.restore(target, manifest, store, pg.RestoreOptions(include_globals=False))
+
+        enabled = "SELECT subname, subenabled FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid"
+        assert _rows(admin_target, "postgres", enabled + " WHERE d.datname = %s ORDER BY 1", (db,)) == [
+            ("Live Sub", False),
+            ("idle", False),
+        ]
+        assert report["databases"][db]["subscriptions_left_disabled"] == [
+            {
+                "subscription": "Live Sub",
+                "enable": f'ALTER SUBSCRIPTION "Live Sub" ENABLE; -- in database "{db}"',
+            }
+        ]
+        # a side database with subscriptions can be dropped (DROP DATABASE refuses one that has):
+        # a drill drops its own, and the kept copy and the restored one go in `finally`
+        assert pg.drill(target, manifest, store, "subs")["verified"] is True
+        assert not [d for d in db_names(admin_target) if d.startswith("drill_subs_")]
+    finally:
+        drop(admin_target, *_leftovers(admin_target, db))
+        assert not _leftovers(admin_target, db)

@@ -132,6 +132,7 @@ def restore_aside(
             views = load.check_materialized_views(target, manifest, db, side)
         with admin(target) as conn:
             properties.apply(conn, side, props, no_owner)
+            now = properties.subscriptions(conn, side)
     except BaseException:
         with admin(target) as conn:
             drop_database(conn, side)
@@ -144,6 +145,10 @@ def restore_aside(
         "rows": rows,
         "fingerprint_equal": True,
         **({"materialized_views_differ": views} if views else {}),
+        # pg_dump makes every subscription disabled; enabled again it could apply changes twice
+        "subscriptions_left_disabled": [
+            n for n, on in info.get("subscriptions", {}).items() if on and not now.get(n, True)
+        ],
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
     }
 
@@ -192,6 +197,7 @@ def restore(
                         **restore_aside(target, manifest, store, db, side, options.no_owner),
                     }
                     sides[name] = side
+                    _enable_commands(report["databases"][name], name)
             except BaseException:
                 with admin(target) as conn:
                     for side in sides.values():
@@ -219,6 +225,29 @@ def restore(
             target_untouched(exc)
         raise
     return report
+
+
+def _enable_commands(report: dict[str, Any], name: str) -> None:
+    """Each subscription enabled at backup and left disabled, with the command that enables it:
+    not run here, as it may apply again what the restored data already has (its slot on the
+    publisher is where the backed-up one was, or where a later one left it)."""
+    left = report.pop("subscriptions_left_disabled", [])
+    if not left:
+        return
+    db = '"' + name.replace('"', '""') + '"'
+    report["subscriptions_left_disabled"] = [
+        {
+            "subscription": sub,
+            "enable": f'ALTER SUBSCRIPTION "{sub.replace(chr(34), chr(34) * 2)}" ENABLE; -- in database {db}',
+        }
+        for sub in left
+    ]
+    log.warning(
+        "restored %s: subscriptions enabled at backup are left disabled (enabling one may apply "
+        "changes twice; check its publisher's slot first): %s",
+        name,
+        report["subscriptions_left_disabled"],
+    )
 
 
 def _cut_over_all(target: PostgresTarget, sides: dict[str, str], report: dict[str, Any], roles: bool) -> None:
