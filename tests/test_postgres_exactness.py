@@ -5,8 +5,12 @@ tables' rows."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import tasks.components.postgres as pg
 from tasks.components.postgres.common import connect
+from tasks.components.postgres.fingerprint import diff_fingerprints, fingerprint_database
+from tasks.proc import run
 from tasks.storage.session import backup_session
 from tests.pg_helpers import db_names, drop, exec_in, make_db, new_name, target_for
 
@@ -192,3 +196,47 @@ def test_a_subscription_enabled_at_backup_and_left_disabled_is_named_with_its_co
     finally:
         drop(admin_target, *_leftovers(admin_target, db))
         assert not _leftovers(admin_target, db)
+
+
+EXTENSION_SQL = """
+CREATE TABLE settings (k text PRIMARY KEY, v text, standard bool NOT NULL DEFAULT false);
+INSERT INTO settings VALUES ('shipped', 'by the extension', true);
+SELECT pg_catalog.pg_extension_config_dump('settings', 'WHERE NOT standard');
+"""
+
+
+def test_rows_of_an_extension_s_configuration_table_are_fingerprinted(postgres, local_store):
+    """pg_dump keeps the rows of an extension's configuration table (pg_extension_config_dump)
+    that its condition selects; the fingerprint left the table out, as an extension member."""
+    admin_target, db, ext = target_for(postgres), new_name(), new_name("klb_cfg")
+    sharedir = run([str(postgres.extra["bindir"] / "pg_config"), "--sharedir"], name="pg_config").strip()
+    files = [Path(sharedir, "extension", f"{ext}{suffix}") for suffix in (".control", "--1.0.sql")]
+    files[0].write_text(f"default_version = '1.0'\nrelocatable = false\nschema = {ext}\n")
+    files[1].write_text(EXTENSION_SQL)
+    make_db(admin_target, db, rows=1)
+    target, store = target_for(postgres, databases=[db]), local_store()
+    try:
+        exec_in(admin_target, db, f"CREATE EXTENSION {ext}")
+        exec_in(admin_target, db, f"INSERT INTO {ext}.settings (k, v) VALUES ('mine', 'an operator''s')")
+        manifest = _backup(target, store)
+        key = f"{ext}.settings"
+        recorded = manifest.fingerprint["databases"][db]["extension_config"]
+        assert list(recorded) == [key] and recorded[key]["rows"] == 1  # not the shipped row
+
+        pg.restore(target, manifest, store, pg.RestoreOptions(include_globals=False))
+
+        assert _rows(admin_target, db, f"SELECT k, v FROM {ext}.settings ORDER BY k") == [
+            ("mine", "an operator's"),
+            ("shipped", "by the extension"),
+        ]
+        expected = manifest.fingerprint["databases"][db]
+        assert diff_fingerprints(expected, fingerprint_database(target, db)) == []
+        exec_in(admin_target, db, f"UPDATE {ext}.settings SET v = 'changed' WHERE k = 'mine'")
+        assert diff_fingerprints(expected, fingerprint_database(target, db)) == [
+            f"extension configuration table {key}: backup {expected['extension_config'][key]} != restored "
+            f"{fingerprint_database(target, db)['extension_config'][key]}"
+        ]
+    finally:
+        drop(admin_target, *_leftovers(admin_target, db))
+        for path in files:
+            path.unlink()
