@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import tasks.components.postgres as pg
+from tasks.components.postgres import roles
 from tasks.components.postgres.common import connect
 from tasks.components.postgres.fingerprint import diff_fingerprints, fingerprint_database
 from tasks.proc import run
@@ -240,3 +241,39 @@ def test_rows_of_an_extension_s_configuration_table_are_fingerprinted(postgres, 
         drop(admin_target, *_leftovers(admin_target, db))
         for path in files:
             path.unlink()
+
+
+def test_role_comments_and_passwords_given_since_are_reset_and_roles_a_killed_restore_made_are_dropped(
+    postgres, local_store
+):
+    admin_target, db, kept, gone = target_for(postgres), new_name(), new_name("r"), new_name("r")
+    exec_in(admin_target, "postgres", f"CREATE ROLE {kept} LOGIN; CREATE ROLE {gone}")
+    make_db(admin_target, db, rows=1)
+    exec_in(admin_target, db, f"GRANT SELECT ON app.items TO {gone}")
+    target, store = target_for(postgres, databases=[db]), local_store()
+    role = """SELECT rolpassword IS NULL, shobj_description(oid, 'pg_authid') FROM pg_authid
+              WHERE rolname = %s"""
+    try:
+        with_gone = _backup(target, store)
+        exec_in(admin_target, db, f"REVOKE SELECT ON app.items FROM {gone}")
+        exec_in(admin_target, "postgres", f"DROP ROLE {gone}")
+        without_gone = _backup(target, store)
+        exec_in(admin_target, "postgres", f"COMMENT ON ROLE {kept} IS 'since'")
+        exec_in(admin_target, "postgres", f"ALTER ROLE {kept} PASSWORD 'since-the-backup'")
+        # a restore killed after making the roles its load needs, before dropping them again
+        made = roles.make_missing(target, roles.read_globals(with_gone, store))
+        assert made["roles"] == [gone]
+        assert _rows(admin_target, "postgres", role, (gone,)) == [(True, roles.BARE_MARK)]
+
+        report = pg.restore(target, without_gone, store, pg.RestoreOptions())
+
+        assert _rows(admin_target, "postgres", role, (gone,)) == []
+        assert report["globals"]["created_bare"]["left_bare_dropped"] == [gone]
+        assert _rows(admin_target, "postgres", role, (kept,)) == [(True, None)]
+        # made bare for a restore that cuts over: the backup's role, without the mark
+        pg.restore(target, with_gone, store, pg.RestoreOptions())
+        assert _rows(admin_target, "postgres", role, (gone,)) == [(True, None)]
+    finally:
+        drop(admin_target, *_leftovers(admin_target, db))
+        for name in (kept, gone):
+            exec_in(admin_target, "postgres", f"DROP ROLE IF EXISTS {name}")

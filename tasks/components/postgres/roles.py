@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from blocks.postgres import PostgresTarget
@@ -24,6 +25,8 @@ from tasks.proc import feed_stdin
 from tasks.storage.session import read_object
 
 log = logging.getLogger(__name__)
+# the comment of a role make_missing created bare, until the globals are applied
+BARE_MARK = "klb: made bare for a restore's load; dropped if that restore does not cut over"
 
 
 def _ident_forms(name: str) -> set[str]:
@@ -54,9 +57,9 @@ def _globals_script(
     """Make pg_dumpall's globals re-runnable on a live server: existing roles and tablespaces
     are kept (not an error), and the connecting user's password is left as it is now. An
     existing role is put back as the backup has it: pg_dumpall leaves out what is the default (no
-    connection limit, no expiry, no settings), so what was added since is reset explicitly
-    (`expiring`: roles that have an expiry now; NULL cannot be given back, 'infinity' means the
-    same)."""
+    connection limit, no expiry, no settings, no password, no comment), so what was added since
+    is reset explicitly (`expiring`: roles that have an expiry now; NULL cannot be given back,
+    'infinity' means the same). A role's comment follows its ALTER ROLE in pg_dumpall's output."""
     out, creates_tablespace = [], False
     me = _ident_forms(user)
     for line, statement in _statement_starts(raw.decode().splitlines()):
@@ -79,6 +82,10 @@ def _globals_script(
                 line = line[:-1] + " CONNECTION LIMIT -1;"
             if " VALID UNTIL '" not in line and _unquote(alter[1]) in expiring:
                 line = line[:-1] + " VALID UNTIL 'infinity';"
+            if alter[1] not in me and " PASSWORD '" not in line:
+                line = line[:-1] + " PASSWORD NULL;"
+            out.append(line)
+            line = f"COMMENT ON ROLE {alter[1]} IS NULL;"  # also the mark of a bare one (make_missing)
         space = re.match(r"CREATE TABLESPACE (\S+|\"(?:[^\"]|\"\")+\") ", line)
         if space:
             if any(space[1] in _ident_forms(t) for t in tablespaces):
@@ -106,19 +113,46 @@ def _unquote(ident: str) -> str:
     return ident[1:-1].replace('""', '"') if ident.startswith('"') else ident
 
 
+def _drop_left_bare(conn: psycopg.Connection) -> list[str]:
+    """Roles an earlier restore made bare and could not drop again (it was killed before the
+    cut-over): dropped now, each unless something still depends on it (a side database a
+    cleanup has not dropped yet: it goes at a later run). Restores of a server are one at a time
+    (the component lock), so none of these is another running restore's."""
+    left = conn.execute(
+        "SELECT rolname FROM pg_roles WHERE shobj_description(oid, 'pg_authid') = %s", (BARE_MARK,)
+    ).fetchall()
+    dropped = []
+    for (role,) in left:
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+            dropped.append(role)
+        except psycopg.errors.DependentObjectsStillExist as exc:
+            log.warning("role %s, made bare by an interrupted restore, is kept: %s", role, exc)
+    if dropped:
+        log.info("dropped roles an interrupted restore made bare: %s", dropped)
+    return dropped
+
+
 def make_missing(target: PostgresTarget, raw: bytes) -> dict[str, list[str]]:
     """Before the load, only what it needs, and nothing that changes what is there: the backup's
     roles the server lacks, created bare (no login, password, attribute or membership: objects
     can be owned by and granted to them), and its tablespaces the server lacks. What was made is
-    returned, to be dropped again if the restore fails before the cut-over."""
-    made: dict[str, list[str]] = {"roles": [], "tablespaces": []}
+    returned, to be dropped again if the restore fails before the cut-over; each role is marked
+    (its comment: BARE_MARK, which the globals reset), so that one a killed restore left is
+    dropped by the next (and `left_bare_dropped` says which)."""
+    made: dict[str, list[str]] = {"roles": [], "tablespaces": [], "left_bare_dropped": []}
     with admin(target) as conn:
+        made["left_bare_dropped"] = _drop_left_bare(conn)
         roles = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles")}
         spaces = {r[0] for r in conn.execute("SELECT spcname FROM pg_tablespace")}
         for line, statement in _statement_starts(raw.decode().splitlines()):
             role = re.fullmatch(r"CREATE ROLE (.+);", line) if statement else None
             if role and _unquote(role[1]) not in roles:
-                conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(_unquote(role[1]))))
+                name = sql.Identifier(_unquote(role[1]))
+                with conn.transaction():  # never one without its mark
+                    conn.execute(sql.SQL("CREATE ROLE {}").format(name))
+                    conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(name, sql.Literal(BARE_MARK)))
                 made["roles"].append(_unquote(role[1]))
             space = re.match(r'CREATE TABLESPACE (\S+|"(?:[^"]|"")+") ', line) if statement else None
             if space and _unquote(space[1]) not in spaces:
@@ -129,7 +163,7 @@ def make_missing(target: PostgresTarget, raw: bytes) -> dict[str, list[str]]:
 
 def drop_made(target: PostgresTarget, made: dict[str, list[str]]) -> bool:
     """Undo _make_missing once the side databases are gone; False if something could not be."""
-    if not any(made.values()):
+    if not (made["roles"] or made["tablespaces"]):
         return True
     try:
         with admin(target) as conn:
