@@ -5,6 +5,7 @@ tables' rows."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import tasks.components.postgres as pg
@@ -277,3 +278,67 @@ def test_role_comments_and_passwords_given_since_are_reset_and_roles_a_killed_re
         drop(admin_target, *_leftovers(admin_target, db))
         for name in (kept, gone):
             exec_in(admin_target, "postgres", f"DROP ROLE IF EXISTS {name}")
+
+
+def test_tablespace_owner_grants_options_and_parameter_grants_given_since_are_put_back(postgres, local_store):
+    admin_target, db, space, ra, rb = (
+        target_for(postgres),
+        new_name(),
+        new_name("ts"),
+        new_name("r"),
+        new_name("r"),
+    )
+    location = postgres.workdir / space
+    location.mkdir()
+    shutil.chown(location, "postgres")
+    exec_in(admin_target, "postgres", f"CREATE TABLESPACE {space} LOCATION '{location}'")
+    for statement in (
+        f"CREATE ROLE {ra}",
+        f"CREATE ROLE {rb}",
+        f"GRANT CREATE ON TABLESPACE {space} TO {ra} WITH GRANT OPTION",
+        f"GRANT SET ON PARAMETER work_mem TO {ra}",
+    ):
+        exec_in(admin_target, "postgres", statement)
+    make_db(admin_target, db, rows=1)
+    tablespace = """SELECT pg_get_userbyid(spcowner), spcacl::text, spcoptions,
+                           shobj_description(oid, 'pg_tablespace') FROM pg_tablespace WHERE spcname = %s"""
+    parameters = """SELECT p.parname, pg_get_userbyid(a.grantee), a.privilege_type
+                    FROM pg_parameter_acl p, aclexplode(p.paracl) a
+                    WHERE a.grantee <> 10 ORDER BY 1, 2, 3"""  # the bootstrap superuser's: the default
+    target, store = target_for(postgres, databases=[db]), local_store()
+    try:
+        before = (
+            _rows(admin_target, "postgres", tablespace, (space,)),
+            _rows(admin_target, "postgres", parameters),
+        )
+        manifest = _backup(target, store)
+        for statement in (
+            f"SET SESSION AUTHORIZATION {ra}; GRANT CREATE ON TABLESPACE {space} TO {rb}",
+            f"ALTER TABLESPACE {space} OWNER TO {rb}",
+            f"ALTER TABLESPACE {space} SET (random_page_cost = 2)",
+            f"COMMENT ON TABLESPACE {space} IS 'since'",
+            f"GRANT ALTER SYSTEM ON PARAMETER work_mem TO {rb}",
+            "GRANT SET ON PARAMETER maintenance_work_mem TO PUBLIC",
+            f"REVOKE SET ON PARAMETER work_mem FROM {ra}",
+        ):
+            exec_in(admin_target, "postgres", statement)
+        assert (
+            _rows(admin_target, "postgres", tablespace, (space,)),
+            _rows(admin_target, "postgres", parameters),
+        ) != before
+
+        pg.restore(target, manifest, store, pg.RestoreOptions())
+
+        assert (
+            _rows(admin_target, "postgres", tablespace, (space,)),
+            _rows(admin_target, "postgres", parameters),
+        ) == before
+    finally:
+        drop(admin_target, *_leftovers(admin_target, db))
+        for statement in (
+            f"REVOKE ALL ON PARAMETER work_mem, maintenance_work_mem FROM PUBLIC, {ra}, {rb}",
+            f"DROP TABLESPACE IF EXISTS {space}",
+            f"DROP ROLE IF EXISTS {ra}",
+            f"DROP ROLE IF EXISTS {rb}",
+        ):
+            exec_in(admin_target, "postgres", statement)

@@ -16,7 +16,7 @@ from psycopg import sql
 
 from blocks.postgres import PostgresTarget
 from blocks.store import StoreBlock
-from tasks.components.postgres import memberships
+from tasks.components.postgres import memberships, shared_acls
 from tasks.components.postgres.common import admin, engine_env, tool
 from tasks.components.postgres.dump import GLOBALS, GLOBALS_MAX
 from tasks.errors import IntegrityError
@@ -184,8 +184,9 @@ def apply_globals(target: PostgresTarget, raw: bytes) -> dict[str, Any]:
         dated = frozenset(r[0] for r in conn.execute(expiring))
         lines = [line for line, start in _statement_starts(raw.decode().splitlines()) if start]
         revokes, revoked = memberships.revocations(conn, lines)
+        revokes += shared_acls.resets(conn, lines)
     script, has_tablespace = _globals_script(raw, target.user, spaces, dated)
-    # first, in the same transaction: the backup's GRANTs below give back what it has
+    # first, in the same transaction: the backup's statements below give back what it has
     script = "".join(line + "\n" for line in revokes) + script
     argv = [tool(target, "psql"), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1"]
     if not has_tablespace:  # CREATE TABLESPACE cannot run inside a transaction block
