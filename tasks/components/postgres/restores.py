@@ -119,6 +119,7 @@ def restore_aside(
                 load.load_stream(target, store, obj, db, side, no_owner, single_transaction=True)
             with _timed(seconds, "fingerprint"):
                 actual = load.check_fingerprint(target, manifest, db, side)
+                views = load.check_materialized_views(target, manifest, db, side)
         else:
             with load.post_data_file(store, post) as post_path:  # kilobytes: checked first
                 # no --single-transaction: the side database already makes the restore all or
@@ -128,8 +129,8 @@ def restore_aside(
                     load.load_stream(target, store, obj, db, side, no_owner, single_transaction=False)
                 with _timed(seconds, "fingerprint+post_data"):
                     actual = load.fingerprint_while_building(target, manifest, db, side, post_path, no_owner)
-        with _timed(seconds, "materialized_views"):  # refreshed by now, in either way
-            views = load.check_materialized_views(target, manifest, db, side)
+                    # once post-data has refreshed them
+                    views = load.check_materialized_views(target, manifest, db, side)
         with admin(target) as conn:
             properties.apply(conn, side, props, no_owner)
             now = properties.subscriptions(conn, side)
