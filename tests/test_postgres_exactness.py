@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import tasks.components.postgres as pg
-from tasks.components.postgres import roles
+from tasks.components.postgres import memberships, roles
 from tasks.components.postgres.common import connect
 from tasks.components.postgres.fingerprint import diff_fingerprints, fingerprint_database
 from tasks.proc import run
@@ -342,3 +342,37 @@ def test_tablespace_owner_grants_options_and_parameter_grants_given_since_are_pu
             f"DROP ROLE IF EXISTS {rb}",
         ):
             exec_in(admin_target, "postgres", statement)
+
+
+def test_pg_dumpall_16_membership_lines_are_read_with_their_options():
+    """This machine's server is 15: the lines pg_dumpall 16+ writes (INHERIT always, SET only when
+    FALSE, GRANTED BY left out for a server before 16) are checked as text."""
+    created, grants = memberships.parse(
+        [
+            "CREATE ROLE a;",
+            'CREATE ROLE "B ""c""";',
+            'GRANT a TO "B ""c""" WITH ADMIN OPTION, INHERIT FALSE, SET FALSE GRANTED BY postgres;',
+            'GRANT a TO x WITH INHERIT TRUE GRANTED BY "B ""c""";',
+            "GRANT a TO y;",
+            "GRANT SET ON PARAMETER work_mem TO a;",
+            "GRANT ALL ON TABLESPACE t TO a;",
+        ]
+    )
+    assert created == {"a", 'B "c"'}
+    assert grants == [
+        {
+            "role": "a",
+            "member": 'B "c"',
+            "grantor": "postgres",
+            "admin": True,
+            "inherit": False,
+            "set": False,
+        },
+        {"role": "a", "member": "x", "grantor": 'B "c"', "admin": False, "inherit": True, "set": True},
+        {"role": "a", "member": "y", "grantor": None, "admin": False, "inherit": None, "set": None},
+    ]
+    now = {"role": "a", "member": "x", "grantor": 'B "c"', "admin": False, "inherit": True, "set": True}
+    assert memberships._same(now, grants[1])
+    assert not memberships._same({**now, "set": False}, grants[1])
+    assert not memberships._same({**now, "grantor": "postgres"}, grants[1])
+    assert memberships._same({**now, "member": "y", "grantor": "anyone", "inherit": False}, grants[2])
