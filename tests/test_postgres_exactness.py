@@ -191,6 +191,12 @@ def test_a_subscription_enabled_at_backup_and_left_disabled_is_named_with_its_co
                 "enable": f'ALTER SUBSCRIPTION "Live Sub" ENABLE; -- in database "{db}"',
             }
         ]
+        # left aside: the command names the database the subscription is in
+        options = pg.RestoreOptions(include_globals=False, cut_over=False)
+        aside = pg.restore(target, manifest, store, options)["databases"][db]
+        assert [s["enable"] for s in aside["subscriptions_left_disabled"]] == [
+            f'ALTER SUBSCRIPTION "Live Sub" ENABLE; -- in database "{aside["restored_aside_as"]}"'
+        ]
         # a side database with subscriptions can be dropped (DROP DATABASE refuses one that has):
         # a drill drops its own, and the kept copy and the restored one go in `finally`
         assert pg.drill(target, manifest, store, "subs")["verified"] is True

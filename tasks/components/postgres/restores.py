@@ -198,7 +198,7 @@ def restore(
                         **restore_aside(target, manifest, store, db, side, options.no_owner),
                     }
                     sides[name] = side
-                    _enable_commands(report["databases"][name], name)
+                    _enable_commands(report["databases"][name], name if options.cut_over else side)
             except BaseException:
                 with admin(target) as conn:
                     for side in sides.values():
