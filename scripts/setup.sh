@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(postgresql-client postgresql etcd-server etcd-client prometheus-pushgateway prometheus zstd pigz time python3-venv)
+APT_PACKAGES=(postgresql-client postgresql locales etcd-server etcd-client prometheus-pushgateway prometheus zstd pigz time python3-venv)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -23,6 +23,16 @@ if ((${#missing[@]})); then
     (command -v systemctl >/dev/null && systemctl disable --now "$svc" >/dev/null 2>&1) || true
     pkill -x "$svc" >/dev/null 2>&1 || true
   done
+fi
+
+# a second libc locale: the tests restore money under another lc_monetary than the server's
+if ! locale -a 2>/dev/null | grep -qx 'de_DE.utf8'; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: generating the de_DE.UTF-8 locale"
+    localedef -i de_DE -f UTF-8 de_DE.UTF-8
+  else
+    echo "setup: the de_DE.UTF-8 locale is missing: as root, localedef -i de_DE -f UTF-8 de_DE.UTF-8" >&2
+  fi
 fi
 
 PY=${PYTHON:-python3.11}

@@ -41,6 +41,10 @@ SESSION_SETTINGS = {
     "role": "none",
     # a database's client_encoding = LATIN1 made every name outside LATIN1 an error in our queries
     "client_encoding": "UTF8",
+    # money is written and read in the session's lc_monetary: a database whose lc_monetary was
+    # de_DE dumped `1.234,50 €`, which the restore (into a new database: the server's C) read
+    # as another amount or refused. Dumped and loaded in one locale, it keeps its exact value
+    "lc_monetary": "C",
 }
 SESSION_OPTIONS = " ".join(f"-c {k}={v}" for k, v in SESSION_SETTINGS.items())
 ASIDE_RE = re.compile(
@@ -264,10 +268,36 @@ def terminate(conn: psycopg.Connection, dbname: str) -> None:
     )
 
 
+def _detach_subscriptions(conn: psycopg.Connection, dbname: str) -> None:
+    """DROP DATABASE refuses one that has subscriptions. Those of a database we drop (a side
+    database, a drill's, a kept copy) are copies of a live one: each is disabled and detached
+    from its slot first, so that dropping it never drops the slot on the publisher, which the
+    live subscription (or the one a rollback brings back) goes on with."""
+    names = [
+        r[0]
+        for r in conn.execute(
+            "SELECT s.subname FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid"
+            " WHERE d.datname = %s",
+            (dbname,),
+        )
+    ]
+    if not names:
+        return
+    # a kept copy refuses connections
+    conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(dbname)))
+    params = {**conn.info.get_parameters(), "dbname": dbname}
+    with psycopg.connect(**params, password=conn.info.password, autocommit=True) as inside:
+        for name in names:
+            for step in ("ALTER SUBSCRIPTION {} DISABLE", "ALTER SUBSCRIPTION {} SET (slot_name = NONE)"):
+                inside.execute(sql.SQL(step).format(sql.Identifier(name)))
+            inside.execute(sql.SQL("DROP SUBSCRIPTION {}").format(sql.Identifier(name)))
+
+
 def drop_database(conn: psycopg.Connection, dbname: str) -> None:
     # a restored template database (IS_TEMPLATE true) cannot be dropped until it is not one
     if conn.execute("SELECT datistemplate FROM pg_database WHERE datname = %s", (dbname,)).fetchone() == (
         True,
     ):
         conn.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(sql.Identifier(dbname)))
+    _detach_subscriptions(conn, dbname)
     conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))

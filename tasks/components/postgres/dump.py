@@ -157,6 +157,7 @@ def backup(target: PostgresTarget, session: BackupSession) -> None:
         fp, taken_at, obj, post = _dump_database(target, db, name, session, algorithm)
         with admin(target) as conn:  # after the dump: what the restored database must carry
             props = properties.read(conn, db)
+            subscriptions = properties.subscriptions(conn, db)
         fingerprints[db] = fp
         times.append(taken_at)
         facts[db] = {
@@ -167,6 +168,7 @@ def backup(target: PostgresTarget, session: BackupSession) -> None:
             "snapshot_time": taken_at.isoformat(),
             "dump_bytes": obj.raw_size,
             "properties": props,
+            "subscriptions": subscriptions,
         }
         log.info("dumped %s: %d tables, %d bytes", db, len(fp["tables"]), obj.raw_size)
     session.engine.update(

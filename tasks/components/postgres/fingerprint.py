@@ -141,13 +141,14 @@ def recorded_algorithm(fingerprint: dict[str, Any] | None) -> str:
     return (fingerprint or {}).get("algorithm") or "rows+sum64(md5(row::text))/v1"
 
 
-def fingerprint(conn: psycopg.Connection, algorithm: str | None = None) -> dict[str, Any]:
+def fingerprint(conn: psycopg.Connection, algorithm: str | None = None, kinds: str = "rSm") -> dict[str, Any]:
     """Per table: row count and an order-independent checksum (sum of 64-bit row hashes).
 
     A sum needs no sort, so it costs one sequential scan and constant memory, and it is the same
     whatever the physical order of the rows after a restore. Sequences: last value and is_called
     (read now: sequences are not transactional, see diff_fingerprints).
     Runs in the caller's transaction, so it sees exactly that transaction's snapshot.
+    `kinds`: of relations, r(tables, with the large objects), S(equences), m(aterialized views).
     """
     algorithm = algorithm or algorithm_for(conn)
     expression = fingerprint_sum(algorithm)  # a constant of this module, never input
@@ -155,22 +156,31 @@ def fingerprint(conn: psycopg.Connection, algorithm: str | None = None) -> dict[
         conn.execute(stmt)
     rels = conn.execute(
         """SELECT n.nspname, c.relname, c.relkind, c.oid,
-                  quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c
-           JOIN pg_namespace n ON n.oid = c.relnamespace
-           WHERE c.relkind IN ('r', 'S')
+                  quote_ident(n.nspname) || '.' || quote_ident(c.relname),
+                  (SELECT x.extcondition[array_position(x.extconfig, c.oid)] FROM pg_extension x
+                   WHERE c.oid = ANY(x.extconfig) AND c.relkind = 'r')
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.relkind = ANY(%s)
              AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-             AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
-             AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_class'::regclass
-                             AND e.objid = c.oid AND e.deptype = 'e')
-           ORDER BY 1, 2"""
+             AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp%%'
+             AND (NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_class'::regclass
+                              AND e.objid = c.oid AND e.deptype = 'e')
+                  OR (c.relkind = 'r' AND EXISTS (SELECT 1 FROM pg_extension x
+                                                  WHERE c.oid = ANY(x.extconfig))))
+           ORDER BY 1, 2""",
+        (list(kinds),),
     ).fetchall()
     tables: dict[str, Any] = {}
     sequences: dict[str, Any] = {}
+    views: dict[str, Any] = {}
+    configs: dict[str, Any] = {}
     # before v4 the key was `schema.name`, ambiguous with a dot in a name; kept for those backups
     old_keys = algorithm in _FINGERPRINT_SUMS or algorithm == V3
-    for schema, name, kind, oid, quoted in rels:
+    for schema, name, kind, oid, quoted, condition in rels:
         ident = sql.Identifier(schema, name)
         key = f"{schema}.{name}" if old_keys else quoted
+        if condition is not None and old_keys:
+            continue  # fingerprints before v4 had no extension configuration tables
         if kind == "S":
             last, called = conn.execute(
                 sql.SQL("SELECT last_value, is_called FROM {}").format(ident)
@@ -179,25 +189,49 @@ def fingerprint(conn: psycopg.Connection, algorithm: str | None = None) -> dict[
             step = conn.execute("SELECT seqincrement FROM pg_sequence WHERE seqrelid = %s", (oid,)).fetchone()
             sequences[key] = {"last_value": last, "is_called": called, "increment": step[0]}
             continue
+        if kind == "m" and old_keys:
+            continue  # fingerprints before v4 had no materialized views
+        if (
+            kind == "m"
+            and not conn.execute("SELECT relispopulated FROM pg_class WHERE oid = %s", (oid,)).fetchone()[0]
+        ):
+            views[key] = {"populated": False}  # WITH NO DATA: reading it is an error
+            continue
         row_sum = sql.SQL(expression) if expression is not None else _per_column_sum(conn, oid, algorithm)
+        rows_of: sql.Composable = ident
+        if condition is not None:
+            # an extension's configuration table (pg_extension_config_dump): pg_dump keeps the
+            # rows its condition selects (the rest CREATE EXTENSION makes); the condition is the
+            # extension's SQL, which pg_dump runs as it is too
+            rows_of = sql.SQL("(SELECT * FROM {} {})").format(ident, sql.SQL(condition))
         rows, total = conn.execute(
-            sql.SQL("SELECT count(*), {} FROM {} AS klb_r").format(row_sum, ident)
+            sql.SQL("SELECT count(*), {} FROM {} AS klb_r").format(row_sum, rows_of)
         ).fetchone()
-        tables[key] = {"rows": rows, "sum": total}
+        (views if kind == "m" else configs if condition is not None else tables)[key] = {
+            "rows": rows,
+            "sum": total,
+        }
     out: dict[str, Any] = {"tables": tables, "sequences": sequences}
-    if not old_keys:
+    if not old_keys and "m" in kinds:
+        # pg_dump keeps no rows of a materialized view: pg_restore refreshes it, from the restored
+        # tables; compared on their own (materialized_view_differences), once they are refreshed
+        out["materialized_views"] = views
+    if not old_keys and "r" in kinds:
+        out["extension_config"] = configs  # on their own: fingerprints before had none
         piece = _MIX.format(_PIECE) if algorithm == FINGERPRINT_ALGORITHM else _PIECE
         count, total = conn.execute(_LARGE_OBJECTS.format(piece=piece)).fetchone()
         out["large_objects"] = {"count": count, "sum": total}
     return out
 
 
-def fingerprint_database(target: PostgresTarget, dbname: str, algorithm: str | None = None) -> dict[str, Any]:
+def fingerprint_database(
+    target: PostgresTarget, dbname: str, algorithm: str | None = None, kinds: str = "rSm"
+) -> dict[str, Any]:
     conn = connect(target, dbname)
     try:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
-        return fingerprint(conn, algorithm)
+        return fingerprint(conn, algorithm, kinds)
     finally:
         conn.rollback()
         conn.close()
@@ -220,6 +254,12 @@ def diff_fingerprints(expected: dict[str, Any], actual: dict[str, Any]) -> list[
             out.append(f"table {key} not in the backup")
         elif exp[key] != act[key]:
             out.append(f"table {key}: backup {exp[key]} != restored {act[key]}")
+    if "extension_config" in expected:  # fingerprints before it was recorded have none
+        exp_cfg, act_cfg = expected["extension_config"], actual.get("extension_config", {})
+        for key in sorted(set(exp_cfg) | set(act_cfg)):
+            if exp_cfg.get(key) != act_cfg.get(key):
+                was, now = exp_cfg.get(key), act_cfg.get(key)
+                out.append(f"extension configuration table {key}: backup {was} != restored {now}")
     if "large_objects" in expected and expected["large_objects"] != actual.get("large_objects"):
         out.append(
             f"large objects: backup {expected['large_objects']} != restored {actual.get('large_objects')}"
@@ -231,6 +271,32 @@ def diff_fingerprints(expected: dict[str, Any], actual: dict[str, Any]) -> list[
         elif _progress(act[key], exp[key]) < _progress(exp[key], act[key]):
             out.append(f"sequence {key}: restored {act[key]} is behind the backup's {exp[key]}")
     return out
+
+
+def materialized_view_differences(expected: dict[str, Any], actual: dict[str, Any]) -> dict[str, str]:
+    """Materialized views whose rows differ from the backup's (one refreshed last before the backup
+    while its tables changed since): view -> what differs. One populated at backup and not now,
+    or the other way round, or missing, is an IntegrityError: that a restore gives back exactly."""
+    exp, act = expected.get("materialized_views"), actual.get("materialized_views", {})
+    if exp is None:
+        return {}  # a fingerprint from before they were recorded
+    wrong = []
+    for key in sorted(set(exp) | set(act)):
+        if key not in act or key not in exp:
+            where = "missing after restore" if key not in act else "not in the backup"
+            wrong.append(f"materialized view {key} {where}")
+        elif exp[key].get("populated", True) != act[key].get("populated", True):
+            state = "populated" if exp[key].get("populated", True) else "not populated (WITH NO DATA)"
+            wrong.append(f"materialized view {key} was {state} at backup, and is not now")
+    if wrong:
+        raise IntegrityError("; ".join(wrong))
+    return {
+        key: f"backup had {exp[key]['rows']} rows (sum {exp[key]['sum']}), refreshed it has "
+        f"{act[key]['rows']} rows (sum {act[key]['sum']}): it was not refreshed since its tables "
+        "last changed before the backup, and pg_dump keeps no rows of a materialized view"
+        for key in sorted(exp)
+        if exp[key] != act[key]
+    }
 
 
 def _progress(seq: dict[str, Any], other: dict[str, Any]) -> tuple[int, bool]:

@@ -16,7 +16,12 @@ from typing import IO, Any
 from blocks.postgres import PostgresTarget
 from blocks.store import StoreBlock
 from tasks.components.postgres.common import conninfo_dbname, engine_env, tool
-from tasks.components.postgres.fingerprint import diff_fingerprints, fingerprint_database, recorded_algorithm
+from tasks.components.postgres.fingerprint import (
+    diff_fingerprints,
+    fingerprint_database,
+    materialized_view_differences,
+    recorded_algorithm,
+)
 from tasks.errors import IntegrityError
 from tasks.models import Manifest, StoredObject
 from tasks.proc import feed_stdin, private_dir, run
@@ -130,11 +135,28 @@ def check_fingerprint(target: PostgresTarget, manifest: Manifest, db: str, side:
     expected = (manifest.fingerprint or {}).get("databases", {}).get(db)
     if expected is None:
         raise IntegrityError(f"backup {manifest.id} has no fingerprint for {db!r}: cannot verify the restore")
-    actual = fingerprint_database(target, side, recorded_algorithm(manifest.fingerprint))
+    # materialized views are not refreshed yet (post-data): check_materialized_views, after
+    actual = fingerprint_database(target, side, recorded_algorithm(manifest.fingerprint), kinds="rS")
     diff = diff_fingerprints(expected, actual)
     if diff:
         raise IntegrityError(f"restored {db!r} does not match backup {manifest.id}: " + "; ".join(diff[:10]))
     return actual
+
+
+def check_materialized_views(
+    target: PostgresTarget, manifest: Manifest, db: str, side: str
+) -> dict[str, str]:
+    """Once post-data has refreshed them: each materialized view populated as at backup (else
+    IntegrityError), and those whose rows differ from the backup's, named (see
+    materialized_view_differences)."""
+    expected = (manifest.fingerprint or {}).get("databases", {}).get(db, {})
+    if "materialized_views" not in expected:
+        return {}
+    actual = fingerprint_database(target, side, recorded_algorithm(manifest.fingerprint), kinds="m")
+    try:
+        return materialized_view_differences(expected, actual)
+    except IntegrityError as exc:
+        raise IntegrityError(f"restored {db!r} does not match backup {manifest.id}: {exc}") from None
 
 
 def fingerprint_while_building(

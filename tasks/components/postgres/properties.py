@@ -89,6 +89,17 @@ def read(conn: psycopg.Connection, db: str) -> dict[str, Any]:
     }
 
 
+def subscriptions(conn: psycopg.Connection, db: str) -> dict[str, bool]:
+    """Database `db`'s subscriptions: name -> enabled. pg_dump makes each disabled (`connect =
+    false`): the restore names those that were enabled at backup (restores.py)."""
+    rows = conn.execute(
+        """SELECT s.subname, s.subenabled FROM pg_subscription s
+           JOIN pg_database d ON d.oid = s.subdbid WHERE d.datname = %s ORDER BY 1""",
+        (db,),
+    ).fetchall()
+    return dict(rows)
+
+
 def legacy(info: dict[str, Any]) -> dict[str, Any]:
     """Properties of a backup made before they were recorded: what its manifest has."""
     return {

@@ -5,33 +5,28 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from psycopg import sql
 from pydantic import Field, field_validator
 
 from blocks.postgres import PostgresTarget, check_db_name
 from blocks.store import StoreBlock
 from tasks.components.contract import StrictOptions
-from tasks.components.postgres import load, properties
+from tasks.components.postgres import load, properties, roles
 from tasks.components.postgres.common import (
     admin,
     aside_name,
     drop_database,
-    engine_env,
     server_version,
-    tool,
 )
 from tasks.components.postgres.cutover import swap
-from tasks.components.postgres.dump import GLOBALS, GLOBALS_MAX
-from tasks.errors import BadInput, ComponentFailed, IntegrityError, IsolationTaken, target_untouched
+from tasks.components.postgres.dump import GLOBALS
+from tasks.errors import BadInput, ComponentFailed, IsolationTaken, target_untouched
 from tasks.models import Manifest
-from tasks.proc import feed_stdin
-from tasks.storage.session import read_object, verify_object
+from tasks.storage.session import verify_object
 
 log = logging.getLogger(__name__)
 
@@ -97,137 +92,6 @@ def _plan(manifest: Manifest, options: RestoreOptions) -> dict[str, str]:
     return plan
 
 
-def _ident_forms(name: str) -> set[str]:
-    return {name, '"' + name.replace('"', '""') + '"'}
-
-
-def _statement_starts(lines: list[str]) -> Iterator[tuple[str, bool]]:
-    """Each line, and whether it starts outside a quoted literal or identifier: a role's comment
-    or setting (`ALTER ROLE me SET search_path = '"a<newline>CREATE ROLE x;"'`, which any role may
-    set on itself) spans lines, and its inner lines are text, never statements to rewrite.
-    pg_dumpall writes standard_conforming_strings literals: '' and "" inside, no backslashes."""
-    quote: str | None = None
-    for line in lines:
-        yield line, quote is None
-        for i, char in enumerate(line):
-            if quote is None:
-                if line.startswith("--", i):
-                    break  # a comment, to the end of the line
-                if char in "'\"":
-                    quote = char
-            elif char == quote:
-                quote = None  # a doubled quote opens again at the next character
-
-
-def _globals_script(
-    raw: bytes, user: str, tablespaces: set[str], expiring: frozenset[str] = frozenset()
-) -> tuple[str, bool]:
-    """Make pg_dumpall's globals re-runnable on a live server: existing roles and tablespaces
-    are kept (not an error), and the connecting user's password is left as it is now. An
-    existing role is put back as the backup has it: pg_dumpall leaves out what is the default (no
-    connection limit, no expiry, no settings), so what was added since is reset explicitly
-    (`expiring`: roles that have an expiry now; NULL cannot be given back, 'infinity' means the
-    same)."""
-    out, creates_tablespace = [], False
-    me = _ident_forms(user)
-    for line, statement in _statement_starts(raw.decode().splitlines()):
-        if not statement:
-            out.append(line)
-            continue
-        role = re.fullmatch(r"CREATE ROLE (.+);", line)
-        if role:
-            out.append(
-                f"DO $klb$ BEGIN {line} EXCEPTION WHEN duplicate_object THEN "
-                f"RAISE NOTICE 'role % exists, kept', {_literal(role[1])}; END $klb$;"
-            )
-            continue
-        alter = re.fullmatch(r"ALTER ROLE (\S+|\"(?:[^\"]|\"\")+\") WITH (.*);", line)
-        if alter and alter[1] in me:
-            line = re.sub(r" PASSWORD '(?:[^']|'')*'", "", line)
-        if alter:  # its settings follow, further down: none but those
-            out.append(f"ALTER ROLE {alter[1]} RESET ALL;")
-            if not re.search(r" CONNECTION LIMIT -?\d+", line):
-                line = line[:-1] + " CONNECTION LIMIT -1;"
-            if " VALID UNTIL '" not in line and _unquote(alter[1]) in expiring:
-                line = line[:-1] + " VALID UNTIL 'infinity';"
-        space = re.match(r"CREATE TABLESPACE (\S+|\"(?:[^\"]|\"\")+\") ", line)
-        if space:
-            if any(space[1] in _ident_forms(t) for t in tablespaces):
-                out.append(f"-- tablespace {space[1]} exists, kept")
-                continue
-            creates_tablespace = True
-        out.append(line)
-    return "\n".join(out) + "\n", creates_tablespace
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _read_globals(manifest: Manifest, store: StoreBlock) -> bytes:
-    obj = manifest.object(GLOBALS)
-    if obj.raw_size > GLOBALS_MAX:
-        raise IntegrityError(
-            f"{GLOBALS} of {manifest.id} is {obj.raw_size} bytes: too large to be roles only"
-        )
-    return b"".join(read_object(store, obj))
-
-
-def _unquote(ident: str) -> str:
-    return ident[1:-1].replace('""', '"') if ident.startswith('"') else ident
-
-
-def _make_missing(target: PostgresTarget, raw: bytes) -> dict[str, list[str]]:
-    """Before the load, only what it needs, and nothing that changes what is there: the backup's
-    roles the server lacks, created bare (no login, password, attribute or membership: objects
-    can be owned by and granted to them), and its tablespaces the server lacks. What was made is
-    returned, to be dropped again if the restore fails before the cut-over."""
-    made: dict[str, list[str]] = {"roles": [], "tablespaces": []}
-    with admin(target) as conn:
-        roles = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles")}
-        spaces = {r[0] for r in conn.execute("SELECT spcname FROM pg_tablespace")}
-        for line, statement in _statement_starts(raw.decode().splitlines()):
-            role = re.fullmatch(r"CREATE ROLE (.+);", line) if statement else None
-            if role and _unquote(role[1]) not in roles:
-                conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(_unquote(role[1]))))
-                made["roles"].append(_unquote(role[1]))
-            space = re.match(r'CREATE TABLESPACE (\S+|"(?:[^"]|"")+") ', line) if statement else None
-            if space and _unquote(space[1]) not in spaces:
-                conn.execute(line.encode())  # as pg_dumpall wrote it (its owner: made above)
-                made["tablespaces"].append(_unquote(space[1]))
-    return made
-
-
-def _drop_made(target: PostgresTarget, made: dict[str, list[str]]) -> bool:
-    """Undo _make_missing once the side databases are gone; False if something could not be."""
-    if not any(made.values()):
-        return True
-    try:
-        with admin(target) as conn:
-            for space in made["tablespaces"]:
-                conn.execute(sql.SQL("DROP TABLESPACE IF EXISTS {}").format(sql.Identifier(space)))
-            for role in made["roles"]:
-                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-    except Exception as exc:  # the restore's own error is the one to raise
-        log.warning("could not drop what this restore created (%s): %s", made, exc)
-        return False
-    return True
-
-
-def _apply_globals(target: PostgresTarget, raw: bytes) -> dict[str, Any]:
-    with admin(target) as conn:
-        spaces = {r[0] for r in conn.execute("SELECT spcname FROM pg_tablespace")}
-        expiring = "SELECT rolname FROM pg_roles WHERE rolvaliduntil IS NOT NULL"
-        dated = frozenset(r[0] for r in conn.execute(expiring))
-    script, has_tablespace = _globals_script(raw, target.user, spaces, dated)
-    argv = [tool(target, "psql"), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1"]
-    if not has_tablespace:  # CREATE TABLESPACE cannot run inside a transaction block
-        argv.append("--single-transaction")
-    with engine_env(target) as env:
-        feed_stdin(argv, [script.encode()], env, name="psql (globals)")
-    return {"roles": len(re.findall(r"^DO \$klb\$ BEGIN CREATE ROLE", script, re.M))}
-
-
 def restore_aside(
     target: PostgresTarget,
     manifest: Manifest,
@@ -255,6 +119,7 @@ def restore_aside(
                 load.load_stream(target, store, obj, db, side, no_owner, single_transaction=True)
             with _timed(seconds, "fingerprint"):
                 actual = load.check_fingerprint(target, manifest, db, side)
+                views = load.check_materialized_views(target, manifest, db, side)
         else:
             with load.post_data_file(store, post) as post_path:  # kilobytes: checked first
                 # no --single-transaction: the side database already makes the restore all or
@@ -264,17 +129,27 @@ def restore_aside(
                     load.load_stream(target, store, obj, db, side, no_owner, single_transaction=False)
                 with _timed(seconds, "fingerprint+post_data"):
                     actual = load.fingerprint_while_building(target, manifest, db, side, post_path, no_owner)
+                    # once post-data has refreshed them
+                    views = load.check_materialized_views(target, manifest, db, side)
         with admin(target) as conn:
             properties.apply(conn, side, props, no_owner)
+            now = properties.subscriptions(conn, side)
     except BaseException:
         with admin(target) as conn:
             drop_database(conn, side)
         raise
     rows = sum(t["rows"] for t in actual["tables"].values())
+    if views:
+        log.warning("restored %s: materialized views differ from the backup: %s", db, views)
     return {
         "tables": len(actual["tables"]),
         "rows": rows,
         "fingerprint_equal": True,
+        **({"materialized_views_differ": views} if views else {}),
+        # pg_dump makes every subscription disabled; enabled again it could apply changes twice
+        "subscriptions_left_disabled": [
+            n for n, on in info.get("subscriptions", {}).items() if on and not now.get(n, True)
+        ],
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
     }
 
@@ -312,9 +187,9 @@ def restore(
         with _quiesced(options) as replicas:
             if replicas is not None:
                 report["quiesced"] = {"namespace": options.quiesce_namespace, "replicas": replicas}
-            raw = _read_globals(manifest, store) if with_globals else b""
+            raw = roles.read_globals(manifest, store) if with_globals else b""
             if with_globals:  # what the load needs; the roles as they are now stay as they are
-                made = _make_missing(target, raw)
+                made = roles.make_missing(target, raw)
             try:
                 for db, name in plan.items():
                     side = aside_name(name, "restore")
@@ -323,6 +198,7 @@ def restore(
                         **restore_aside(target, manifest, store, db, side, options.no_owner),
                     }
                     sides[name] = side
+                    _enable_commands(report["databases"][name], name if options.cut_over else side)
             except BaseException:
                 with admin(target) as conn:
                     for side in sides.values():
@@ -337,7 +213,7 @@ def restore(
             changed = True
             if with_globals:  # every database is verified: now the roles as the backup has them
                 try:
-                    report["globals"] = {**_apply_globals(target, raw), "created_bare": made}
+                    report["globals"] = {**roles.apply_globals(target, raw), "created_bare": made}
                 except BaseException:
                     with admin(target) as conn:
                         for side in sides.values():
@@ -346,10 +222,33 @@ def restore(
             _cut_over_all(target, sides, report, with_globals)
     except BaseException as exc:
         # every side database is gone; what the load needed is dropped again
-        if not changed and _drop_made(target, made):
+        if not changed and roles.drop_made(target, made):
             target_untouched(exc)
         raise
     return report
+
+
+def _enable_commands(report: dict[str, Any], name: str) -> None:
+    """Each subscription enabled at backup and left disabled, with the command that enables it:
+    not run here, as it may apply again what the restored data already has (its slot on the
+    publisher is where the backed-up one was, or where a later one left it)."""
+    left = report.pop("subscriptions_left_disabled", [])
+    if not left:
+        return
+    db = '"' + name.replace('"', '""') + '"'
+    report["subscriptions_left_disabled"] = [
+        {
+            "subscription": sub,
+            "enable": f'ALTER SUBSCRIPTION "{sub.replace(chr(34), chr(34) * 2)}" ENABLE; -- in database {db}',
+        }
+        for sub in left
+    ]
+    log.warning(
+        "restored %s: subscriptions enabled at backup are left disabled (enabling one may apply "
+        "changes twice; check its publisher's slot first): %s",
+        name,
+        report["subscriptions_left_disabled"],
+    )
 
 
 def _cut_over_all(target: PostgresTarget, sides: dict[str, str], report: dict[str, Any], roles: bool) -> None:
