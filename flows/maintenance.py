@@ -118,13 +118,14 @@ def verify_backups(
                 checked.add(name)
             reread: dict[str, Manifest] = {}
             for manifest in chosen:
+                read_from = datetime.now(UTC)  # damage recorded after this is not disproved by this read
                 try:
                     # the manifest itself is read again (never a cached copy, on a locked store
                     # the version first written), checked against its checksum and its folder
                     manifest = get_backup(block, manifest.id, name)
                     reread[manifest.id] = manifest
                     results[f"{where}:{manifest.id}"] = {"ok": True, **verify_task(manifest, block)}
-                    mark_verified(block, manifest.id)
+                    mark_verified(block, manifest.id, read_from)
                 except Exception as exc:
                     if is_damage(exc):  # e.g. the component's own check found it
                         mark_damaged(block, manifest.id, str(exc))
@@ -230,7 +231,7 @@ def _apply(block: StoreBlock, plan: RetentionPlan) -> int:
     records, then orphans. Returns the keys deleted."""
     c = plan.component
     objects = [k for d in plan.deletions for k in d.keys[1:]]
-    objects += [layout(block).health_key(d.id) for d in plan.deletions]
+    objects += [k for d in plan.deletions for k in layout(block).health_keys(d.id)]
     deleted = delete_keys_task(block, [d.keys[0] for d in plan.deletions], f"{c}-manifests")
     deleted += delete_keys_task(block, objects, f"{c}-objects")
     return deleted + delete_keys_task(
