@@ -14,7 +14,8 @@ from tasks.errors import IntegrityError
 from tasks.models import Manifest
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import latest_backup, verify_backup
-from tasks.storage.health import Status, finding, health_of, mark_damaged, mark_verified
+from tasks.storage.health import BackupHealth, Status, finding, health_of, mark_damaged, mark_verified
+from tasks.storage.layout import layout
 from tasks.storage.session import BackupSession
 
 APP = "app-state"
@@ -98,3 +99,41 @@ def test_an_older_reads_verdict_never_outranks_damage_recorded_after_it_began(lo
     mark_verified(store, m.id, began)  # a slow older sweep finishing last changes nothing
     assert finding(store, m.id).status == Status.verified
     assert finding(store, m.id).since == later
+
+
+def test_a_forged_verified_record_cannot_hide_damage_on_a_store_with_a_key(local_store):
+    """Anyone who can write to the bucket could write 'verified' over a damaged backup. On a
+    store with an encryption key the verdicts are signed with a key derived from it: a forged
+    one (no signature, or a signature of other content) is ignored, the damage stands; the
+    store's own verdicts, also after a key rotation, still count."""
+    store = local_store(encryption_key="the-current-key-" + "k" * 16)
+    m = backup(store)
+    began = datetime.now(UTC)
+    mark_damaged(store, m.id, "object sessions: sha256 mismatch")
+    key = layout(store).verified_key(m.id)
+    forged = BackupHealth(
+        id=m.id,
+        status=Status.verified,
+        checked_at=datetime.now(UTC),
+        read_from=datetime(2099, 1, 1, tzinfo=UTC),
+    )
+    backend_for(store).put_bytes(key, forged.model_dump_json().encode())
+    assert finding(store, m.id).status == Status.damaged
+    assert health_of(store, APP)[m.id].status == Status.damaged
+    # a genuine signature of another record, pasted on: refused too
+    genuine = mark_verified(store, m.id, began)
+    assert genuine is not None and genuine.signature
+    backend_for(store).put_bytes(
+        key, forged.model_copy(update={"signature": genuine.signature}).model_dump_json().encode()
+    )
+    assert finding(store, m.id).status == Status.damaged
+
+    repaired = datetime.now(UTC)
+    assert mark_verified(store, m.id, repaired).signature  # the sweep's own verdict: signed, counts
+    assert finding(store, m.id).status == Status.verified
+    rotated = local_store(
+        encryption_key="the-next-key-" + "n" * 16, previous_encryption_keys=["the-current-key-" + "k" * 16]
+    )
+    assert finding(rotated, m.id).status == Status.verified
+    # what the sweep stores carries its signature (a store without a key has none to sign with)
+    assert BackupHealth.model_validate_json(backend_for(store).get_bytes(key)).signature

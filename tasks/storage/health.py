@@ -14,6 +14,15 @@ when its read began (`read_from`): it outranks damage only if that read began af
 recorded (a backup repaired, then re-read whole); else the damage stands. A record written before
 this split (a 'verified' at `<backup-id>.json`) is read the same way.
 
+Signed verdicts. The health records sit in the bucket beside the backups, so anyone who can
+write there could write "verified" over a damaged backup. On a store with an encryption_key every
+record is signed (HMAC-SHA256, with a key derived from the encryption key by scrypt under a salt of
+its own): a 'verified' record that no key of the store signed is ignored (logged), as if the
+backup had not been swept. Damage need not be signed: a forged damage finding can only make the
+project refuse a backup, never trust a bad one. Signing cannot stop a record being deleted or
+overwritten (damage then goes unrecorded until the next read finds it again; every restore
+re-checks every object before it touches the target): docs/operations.md says what would.
+
 One record (pair) per backup, not one file per component: the sweep and concurrent restores each
 write their own keys. Writing a finding is best effort: failing to record it must not hide the
 error that produced it (that error is raised anyway).
@@ -21,9 +30,12 @@ error that produced it (that error is raised anyway).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import lru_cache
 
 from pydantic import AwareDatetime, BaseModel, ValidationError
 
@@ -31,7 +43,9 @@ from blocks.store import StoreBlock
 from tasks.errors import BadInput, IntegrityError, NotFound
 from tasks.ids import parse_backup_id
 from tasks.storage.backends import backend_for
+from tasks.storage.codec import derive_key
 from tasks.storage.layout import layout
+from tasks.storage.session import read_keys
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +62,11 @@ class BackupHealth(BaseModel):
     reason: str = ""
     # verified: when the read that proved it began (damage recorded after that is not disproved)
     read_from: AwareDatetime | None = None
+    signature: str | None = None  # HMAC of the rest, on a store with an encryption key
+
+    def mac(self, secret: str) -> str:
+        body = self.model_dump_json(exclude={"signature"}).encode()
+        return hmac.new(_signing_key(secret), body, hashlib.sha256).hexdigest()
 
     @property
     def since(self) -> datetime:
@@ -59,8 +78,34 @@ class BackupHealth(BaseModel):
         return f"{self.status.value} {when}" + (f": {self.reason}" if self.reason else "")
 
 
+SIGNING_SALT = b"klb health record signature v1"  # not the objects' salts: a key of its own
+
+
+@lru_cache(maxsize=16)
+def _signing_key(secret: str) -> bytes:
+    return derive_key(secret, SIGNING_SALT)
+
+
+def _trusted(store: StoreBlock, finding: BackupHealth, key: str) -> bool:
+    """A verdict counts only if a key of the store signed it (when the store has keys)."""
+    secrets = read_keys(store)
+    if finding.status != Status.verified or not secrets:
+        return True
+    if finding.signature and any(hmac.compare_digest(finding.signature, finding.mac(k)) for k in secrets):
+        return True
+    log.warning(
+        "health record %s says %s is verified but no encryption key of the store signed it: "
+        "ignored (forged, or written before records were signed; the next sweep writes a signed one)",
+        key,
+        finding.id,
+    )
+    return False
+
+
 def _write(store: StoreBlock, key: str, finding: BackupHealth) -> BackupHealth | None:
     try:
+        if secrets := read_keys(store):
+            finding = finding.model_copy(update={"signature": finding.mac(secrets[0])})
         backend_for(store).put_bytes(key, finding.model_dump_json(indent=2).encode())
     except Exception as exc:
         log.warning("could not record that %s is %s: %s", finding.id, finding.status.value, exc)
@@ -123,7 +168,9 @@ def _read(store: StoreBlock, key: str, backup_id: str) -> BackupHealth | None:
         found = _parse(backend_for(store).get_bytes(key), key)
     except NotFound:
         return None  # none, or deleted by retention while we listed
-    return found if found is not None and found.id == backup_id else None  # another's: not this one's
+    if found is None or found.id != backup_id:  # another's: not this one's
+        return None
+    return found if _trusted(store, found, key) else None
 
 
 def _newest(findings: list[BackupHealth]) -> BackupHealth | None:
@@ -149,7 +196,7 @@ def health_of(store: StoreBlock, component: str) -> dict[str, BackupHealth]:
             finding = _parse(backend.get_bytes(key), key)
         except NotFound:
             continue  # deleted by retention while we listed
-        if finding is None:
+        if finding is None or not _trusted(store, finding, key):
             continue
         try:
             own = key in keys.health_keys(finding.id)  # a record copied under another id: not its
