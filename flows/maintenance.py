@@ -24,12 +24,12 @@ from tasks.operations.engine_expiry import hold_kept_backups
 from tasks.operations.recovery import check_recovery_point, scan_recovery_points
 from tasks.storage import object_lock
 from tasks.storage.backends import backend_for
-from tasks.storage.catalog import from_the_future, get_backup
-from tasks.storage.health import Status, health_of, is_damage, mark_damaged, mark_verified
+from tasks.storage.catalog import get_backup
+from tasks.storage.health import Status, damaged_ids, health_of, is_damage, mark_damaged, mark_verified
 from tasks.storage.index import ComponentListing, list_component
 from tasks.storage.layout import backup_dir_of, layout
 from tasks.storage.leftovers import sweep_incomplete_writes
-from tasks.storage.replicate import dr_copy_problems, load_dr_store
+from tasks.storage.replicate import dr_copy_problems, dr_only_problems, load_dr_store
 from tasks.storage.retention import (
     RetentionPlan,
     RetentionPolicy,
@@ -38,19 +38,8 @@ from tasks.storage.retention import (
 )
 from tasks.storage.retention_locks import apply_locks, hold_kept_locks
 from tasks.storage.retention_report import locks_markdown, plan_markdown
+from tasks.storage.sweep import lock_sweep, sweep_choice
 from tasks.verbs import verify_task
-
-
-def _sweep_choice(manifests: list[Manifest], newest: int) -> list[Manifest]:
-    """The newest `newest` routine backups and the newest `newest` safety/forensic ones. Those
-    from the future (a skewed clock) are counted apart: they sort last, and would otherwise
-    take the place of the newest backups 'latest' and retention actually rely on."""
-    now = datetime.now(UTC)
-    routine = [m for m in manifests if m.routine and not from_the_future(m, now)]
-    future = [m for m in manifests if m.routine and from_the_future(m, now)]
-    special = [m for m in manifests if not m.routine]
-    chosen = routine[-newest:] + future[-newest:] + special[-newest:]
-    return sorted(chosen, key=lambda m: (m.source_time, m.id))
 
 
 @flow(name="verify-backups")
@@ -64,7 +53,9 @@ def verify_backups(
     store and in the DR store (`dr_store` or $KLB_DR_STORE, when set): sha256 of every object
     against its manifest, then the component's own check. In the DR store, a backup that the
     primary has and the DR copy lacks, or whose copy differs, is a failure. The newest `newest`
-    recovery points of the primary are checked too (record intact, members there and sound).
+    recovery points of the primary are checked too (record intact, members there and sound). A
+    backup whose only good copy is the DR store's (the primary's damaged, or lost within its
+    retention) fails as `dr-only:<id>`, saying how to restore it from there.
     Every finding is recorded (storage/health.py): what `latest`, the catalog, retention and the
     drills see. Fails if any is bad.
 
@@ -95,6 +86,7 @@ def verify_backups(
         failed_components.add(component)
 
     newest_primary: dict[str, list[Manifest]] = {}
+    primary_ids: dict[str, set[str]] = {}  # components the primary could list: all its backup ids
     lock_gauges: dict[str, dict[str, float]] = {}
     for where, block in stores.items():
         for name in names:
@@ -106,11 +98,12 @@ def verify_backups(
             for key, why in listing.unreadable.items():
                 fail(where, key, why, name)
             try:
-                gauges = _lock_sweep(block, where, name, listing.manifests, partial(fail, where), name)
+                on_problem = partial(fail, where, component=name)
+                gauges = lock_sweep(block, where, name, listing.manifests, on_problem)
                 lock_gauges.setdefault(name, {}).update(gauges)
             except Exception as exc:  # a sweep that cannot look must say so, not pass
                 fail(where, name, f"object versions / locks unreadable in {block.location}: {exc}", name)
-            chosen = _sweep_choice(listing.manifests, newest)
+            chosen = sweep_choice(listing.manifests, newest)
             if where == "dr":  # a newer backup only the DR store has must not spare these a re-read
                 wanted = {m.id for m in chosen} | {m.id for m in newest_primary.get(name, [])}
                 chosen = [m for m in listing.manifests if m.id in wanted]
@@ -118,25 +111,32 @@ def verify_backups(
                 checked.add(name)
             reread: dict[str, Manifest] = {}
             for manifest in chosen:
+                read_from = datetime.now(UTC)  # damage recorded after this is not disproved by this read
                 try:
                     # the manifest itself is read again (never a cached copy, on a locked store
                     # the version first written), checked against its checksum and its folder
                     manifest = get_backup(block, manifest.id, name)
                     reread[manifest.id] = manifest
                     results[f"{where}:{manifest.id}"] = {"ok": True, **verify_task(manifest, block)}
-                    mark_verified(block, manifest.id)
+                    mark_verified(block, manifest.id, read_from)
                 except Exception as exc:
                     if is_damage(exc):  # e.g. the component's own check found it
                         mark_damaged(block, manifest.id, str(exc))
                     fail(where, manifest.id, str(exc), name)
             as_read = [reread.get(m.id, m) for m in (chosen if where == "primary" else listing.manifests)]
             if where == "primary":
-                newest_primary[name] = as_read
+                newest_primary[name], primary_ids[name] = as_read, {m.id for m in listing.manifests}
             else:  # the DR store must hold what the primary's newest are, identically
                 for backup_id, why in dr_copy_problems(newest_primary.get(name, []), as_read).items():
                     if backup_id in reread:  # a copy that is not the primary's backup: recorded,
                         mark_damaged(block, backup_id, why)  # so DR's latest/retention never trust it
                     fail(where, backup_id, why, name)
+                if name in primary_ids:  # and what only the DR store still holds good is said
+                    good = [m for m in as_read if results.get(f"dr:{m.id}", {}).get("ok", True)]
+                    read = {m.id for m in good if m.id in reread}
+                    lost = damaged_ids(stores["primary"], name)
+                    for backup_id, why in dr_only_problems(primary_ids[name], lost, good, read).items():
+                        fail("dr-only", backup_id, why, name)
         if where == "primary" and components is None:
             points, damaged_points = scan_recovery_points(block)
             for rp_id, why in damaged_points.items():
@@ -165,22 +165,6 @@ def verify_backups(
     if bad:
         raise RuntimeError(f"{len(bad)} backup(s) failed verification: {', '.join(bad)}")
     return results
-
-
-def _lock_sweep(
-    block: StoreBlock, where: str, name: str, manifests: list[Manifest], fail, fail_component: str
-) -> dict[str, float]:
-    """Tamper evidence (an object whose current version is not the pinned one fails the sweep)
-    and the lock census of the store as metrics: objects without a lock, earliest
-    retain-until."""
-    backend = backend_for(block)
-    for key, why in object_lock.pinned_version_problems(
-        backend, layout(block).component_dir(name), manifests
-    ).items():
-        fail(key, why, fail_component)
-    counted = object_lock.census(backend, manifests, datetime.now(UTC))
-    # one group per component: the DR store's census beside the primary's
-    return counted.gauges("verify" if where == "primary" else f"verify_{where}") if counted else {}
 
 
 @task(task_run_name="delete-{what}", cache_policy=NO_CACHE)
@@ -230,7 +214,7 @@ def _apply(block: StoreBlock, plan: RetentionPlan) -> int:
     records, then orphans. Returns the keys deleted."""
     c = plan.component
     objects = [k for d in plan.deletions for k in d.keys[1:]]
-    objects += [layout(block).health_key(d.id) for d in plan.deletions]
+    objects += [k for d in plan.deletions for k in layout(block).health_keys(d.id)]
     deleted = delete_keys_task(block, [d.keys[0] for d in plan.deletions], f"{c}-manifests")
     deleted += delete_keys_task(block, objects, f"{c}-objects")
     return deleted + delete_keys_task(

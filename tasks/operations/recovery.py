@@ -189,6 +189,7 @@ def get_recovery_point(store: StoreBlock, rp_id: str = "latest") -> RecoveryPoin
 def check_recovery_point(store: StoreBlock, rp: RecoveryPoint) -> None:
     """The sweep's check: every member is there, carries the point's label, and is not known
     damaged. Records the finding under the point's id; raises IntegrityError naming the problem."""
+    read_from = datetime.now(UTC)
     try:
         for component, manifest in member_manifests(store, rp).items():
             known = finding(store, manifest.id)
@@ -197,7 +198,7 @@ def check_recovery_point(store: StoreBlock, rp: RecoveryPoint) -> None:
     except (IntegrityError, NotFound) as exc:
         mark_damaged(store, rp.id, f"recovery point {rp.id}: {exc}")
         raise IntegrityError(f"recovery point {rp.id}: {exc}") from None
-    mark_verified(store, rp.id)
+    mark_verified(store, rp.id, read_from)
 
 
 def member_manifests(store: StoreBlock, rp: RecoveryPoint) -> dict[str, Manifest]:

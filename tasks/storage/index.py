@@ -27,7 +27,7 @@ from tasks.errors import IntegrityError, NotFound
 from tasks.ids import check_component_name
 from tasks.models import Manifest
 from tasks.storage import object_lock
-from tasks.storage.backends import Backend, backend_for
+from tasks.storage.backends import Backend, S3Backend, backend_for
 from tasks.storage.catalog import _backup_id_at, _load, parse_manifest
 from tasks.storage.health import mark_damaged
 from tasks.storage.layout import StoreLayout, is_manifest_key, layout
@@ -64,6 +64,20 @@ def _from_cache(entry: dict[str, str], tag: str, key: str, keys: StoreLayout) ->
         return parse_manifest(entry["manifest"].encode(), key, keys)
     except (ValidationError, KeyError, IntegrityError):
         return None
+
+
+def _hidden_but_pinned(
+    backend: Backend, folder: str, manifests: list[Manifest], current: dict[str, str]
+) -> set[str]:
+    """Objects of listed backups that a delete marker hides while the version their manifest
+    pinned is still stored (a locked backup someone hid: the catalog lists it, restores read the
+    pinned versions). They are the backup's, not gone: retention must not count it damaged (so
+    stop keeping and locking it). One version listing, only when such objects exist."""
+    hidden = [o for m in manifests for o in m.objects if o.key not in current and o.version_id]
+    if not hidden or not isinstance(backend, S3Backend):
+        return set()
+    versions = backend.key_versions(folder)
+    return {o.key for o in hidden if o.version_id in versions.get(o.key, [])}
 
 
 def list_component(store: StoreBlock, component: str, use_index: bool = True) -> ComponentListing:
@@ -126,7 +140,10 @@ def list_component(store: StoreBlock, component: str, use_index: bool = True) ->
         except Exception as exc:  # the cache is an optimisation: never fail a sweep over it
             log.warning("could not write manifest index %s: %s", ikey, exc)
     manifests = sorted(found.values(), key=lambda m: (m.source_time, m.id))
+    listed = sorted(
+        set(tagged) | _hidden_but_pinned(backend, keys.component_dir(component), manifests, tagged)
+    )
     timings = {"list": t1 - t0, "index": t2 - t1, "fetch": t3 - t2, "write_index": time.perf_counter() - t3}
     return ComponentListing(
-        manifests=manifests, keys=sorted(tagged), unreadable=unreadable, timings=timings, fetched=len(missing)
+        manifests=manifests, keys=listed, unreadable=unreadable, timings=timings, fetched=len(missing)
     )

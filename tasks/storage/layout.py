@@ -94,6 +94,17 @@ class StoreLayout:
         component, _ = parse_backup_id(backup_id)
         return f"{self.health_dir(component)}/{backup_id}.json"
 
+    def verified_key(self, backup_id: str) -> str:
+        """<prefix>/_health/<component>/<backup-id>.verified.json: the sweep's 'verified' verdicts
+        live apart from the damage findings (health_key), so a slow sweep's verdict can never
+        overwrite damage recorded while it read (storage/health.py)."""
+        component, _ = parse_backup_id(backup_id)
+        return f"{self.health_dir(component)}/{backup_id}.verified.json"
+
+    def health_keys(self, backup_id: str) -> list[str]:
+        """Every record of what is known about `backup_id` (retention deletes them with it)."""
+        return [self.health_key(backup_id), self.verified_key(backup_id)]
+
     # --- records --------------------------------------------------------------------------
 
     def records_dir(self, space: str) -> str:

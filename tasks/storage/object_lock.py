@@ -17,11 +17,10 @@ from typing import Any
 
 from blocks.store import StoreBlock
 from tasks.errors import ConfigurationError, NotFound
-from tasks.ids import parse_backup_id
 from tasks.models import Manifest
 from tasks.storage.backends import Backend, S3Backend
 from tasks.storage.backends.s3_lock import DELETE_MARKER, BucketLock, ceil_second
-from tasks.storage.layout import backup_id_of, is_manifest_key, manifest_key_beside
+from tasks.storage.layout import is_manifest_key, manifest_key_beside
 
 log = logging.getLogger(__name__)
 LEGAL_HOLD = "legal hold"  # a lock with no date: until someone lifts it (s3api put-object-legal-hold)
@@ -157,46 +156,38 @@ def written_manifests(
     if not status.lock_enabled:
         return None
     out: dict[str, str] = {}
-    versions = backend.key_versions(folder)
-    # folders with an object still current: retention deletes a backup's objects with its manifest
-    current = {k.rsplit("/", 1)[0] for k, vids in versions.items() if vids[0] != DELETE_MARKER}
-    for key, vids in versions.items():
+    hidden: list[tuple[str, str]] = []
+    for key, vids in backend.key_versions(folder).items():
         written = [v for v in vids if v != DELETE_MARKER]
         if not is_manifest_key(key) or not written:
             continue
         if vids[0] == DELETE_MARKER:
-            # one HEAD where the manifest may still be locked: by its age, or (a backup retention
-            # keeps past its window stays locked) when its objects were not deleted with it
-            maybe = _maybe_locked(store, status, key, now) or key.rsplit("/", 1)[0] in current
-            if not maybe or not _locked_now(backend, key, written[-1], now):
-                continue  # deleted by retention once its lock ran out
-            log.warning("manifest %s is hidden by a delete marker while locked: someone hid it", key)
-        elif len(written) > 1:
+            hidden.append((key, written[-1]))
+            continue
+        if len(written) > 1:
             log.warning("manifest %s was replaced (%d versions): reading the first", key, len(written))
         out[key] = written[-1]
+    # Every hidden manifest's lock is asked, whatever the backup's age: a backup retention keeps
+    # past its window is locked again by each run, so an old one hidden with ALL its objects
+    # (delete markers on every key of its folder) is still locked, and must not vanish from
+    # 'latest' and retention. The cost is one HEAD per deleted manifest whose version the
+    # bucket's lifecycle rule has not yet expired (docs/operations.md), made in parallel.
+    if hidden:
+        found = _retention_of_keys(backend, hidden)
+        for (key, version), (_, until, held) in zip(hidden, found, strict=True):
+            if not (held or (until is not None and until > now)):
+                continue  # deleted by retention once its lock ran out
+            log.warning(
+                "manifest %s is hidden by a delete marker while its version %s is locked: someone "
+                "hid the backup (still listed, restorable from its locked versions); see who in the "
+                "bucket's access logs, then remove the delete markers of its folder (aws s3api "
+                "list-object-versions --prefix %s, then delete-object --version-id <marker>)",
+                key,
+                version,
+                key.rsplit("/", 1)[0] + "/",
+            )
+            out[key] = version
     return out
-
-
-def _maybe_locked(store: StoreBlock, status: BucketLock, key: str, now: datetime) -> bool:
-    """Cheap bound before asking the server: can a backup started when this one did still be
-    locked? (retention + margin, or the bucket's default retention)"""
-    try:
-        component, started = parse_backup_id(backup_id_of(key) or "")
-    except Exception:
-        return False
-    keep = table_retention(component)
-    if keep is None:
-        return True
-    days = max(keep.days + 1 + getattr(store, "object_lock_margin_days", 0), status.default_days or 0)
-    return started + timedelta(days=days + 1) > now
-
-
-def _locked_now(backend: S3Backend, key: str, version_id: str, now: datetime) -> bool:
-    try:
-        _, until, held = backend.retention_of(key, version_id)
-    except NotFound:
-        return False
-    return held or (until is not None and until > now)
 
 
 def _retention_of_keys(
@@ -275,7 +266,14 @@ def pinned_version_problems(
                     "overwritten or deleted since (restores still read the pinned version)"
                 )
         mkey = manifest_key_beside(m.objects[0].key) if m.objects else None
-        if mkey and len(versions.get(mkey, [])) > 1:
+        if mkey and (versions.get(mkey) or [None])[0] == DELETE_MARKER:
+            problems[mkey] = (
+                f"the manifest of {m.id} is hidden by a delete marker while its version is locked: "
+                "someone hid the backup (the catalog still lists it and restores read the locked "
+                "versions); remove the delete markers of its folder (aws s3api list-object-versions "
+                "--prefix <its folder>, then delete-object --version-id <marker>)"
+            )
+        elif mkey and len(versions.get(mkey, [])) > 1:
             problems[mkey] = (
                 f"the manifest of {m.id} has {len(versions[mkey])} versions but is written once: it was "
                 "replaced; compare the versions (aws s3api list-object-versions) before trusting it"

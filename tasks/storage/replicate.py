@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from prefect import task
@@ -271,3 +272,44 @@ def dr_copy_problems(primary: list[Manifest], dr: list[Manifest]) -> dict[str, s
         elif why := copy_difference(m, have[m.id]):
             problems[m.id] = f"the DR manifest {why}: the copy is not the primary's backup"
     return problems
+
+
+def dr_only_problems(
+    primary: set[str],
+    primary_damaged: dict[str, str],
+    dr: list[Manifest],
+    dr_good: set[str],
+    now: datetime | None = None,
+) -> dict[str, str]:
+    """Backups whose only good copy is the DR store's: backup id -> why, and what to do.
+
+    `primary`: the ids the primary store lists; `primary_damaged`: id -> why, the primary's damage
+    findings; `dr`: the DR store's manifests (each checked against its checksum and folder);
+    `dr_good`: those the sweep just re-read whole. A backup the primary knows damaged counts
+    whatever its age. One the primary lacks counts only while it is a routine backup within its
+    retention (backup-table.yaml, from its source time): the primary's retention never deletes
+    those, so it was lost; older ones the primary's retention may have deleted first."""
+    now = now or datetime.now(UTC)
+    out: dict[str, str] = {}
+    for m in dr:
+        if m.id in primary_damaged:
+            primary_state = f"the primary's copy is damaged ({primary_damaged[m.id][:200]})"
+        elif m.id not in primary:
+            keep = object_lock.table_retention(m.component)
+            if not m.routine or (keep is not None and now - m.source_time > keep):
+                continue
+            primary_state = "the primary store does not hold it (lost or deleted within its retention)"
+        else:
+            continue
+        copy = (
+            "the DR copy was read whole and checks out"
+            if m.id in dr_good
+            else "the DR manifest checks out but its objects were not re-read by this sweep (run it "
+            "with a larger `newest`, or verify_backup on the DR store)"
+        )
+        out[m.id] = (
+            f"only the DR store holds a good copy: {primary_state}; {copy}. Restore it from the DR "
+            f"store by id (backup_id='{m.id}', store=<the DR store block>): the primary's 'latest' "
+            "will not give it"
+        )
+    return out

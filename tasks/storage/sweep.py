@@ -1,0 +1,42 @@
+"""What the integrity sweep (flows/maintenance.py verify_backups) reads and checks beyond the
+backups themselves: which backups to re-read, the tamper evidence and lock census of a store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from blocks.store import StoreBlock
+from tasks.models import Manifest
+from tasks.storage import object_lock
+from tasks.storage.backends import backend_for
+from tasks.storage.catalog import from_the_future
+from tasks.storage.layout import layout
+
+
+def sweep_choice(manifests: list[Manifest], newest: int) -> list[Manifest]:
+    """The newest `newest` routine backups and the newest `newest` safety/forensic ones. Those
+    from the future (a skewed clock) are counted apart: they sort last, and would otherwise
+    take the place of the newest backups 'latest' and retention actually rely on."""
+    now = datetime.now(UTC)
+    routine = [m for m in manifests if m.routine and not from_the_future(m, now)]
+    future = [m for m in manifests if m.routine and from_the_future(m, now)]
+    special = [m for m in manifests if not m.routine]
+    chosen = routine[-newest:] + future[-newest:] + special[-newest:]
+    return sorted(chosen, key=lambda m: (m.source_time, m.id))
+
+
+def lock_sweep(
+    block: StoreBlock, where: str, name: str, manifests: list[Manifest], fail: Callable[[str, str], None]
+) -> dict[str, float]:
+    """Tamper evidence (an object whose current version is not the pinned one: `fail(key, why)`)
+    and the lock census of the store as metrics: objects without a lock, earliest
+    retain-until."""
+    backend = backend_for(block)
+    for key, why in object_lock.pinned_version_problems(
+        backend, layout(block).component_dir(name), manifests
+    ).items():
+        fail(key, why)
+    counted = object_lock.census(backend, manifests, datetime.now(UTC))
+    # one group per component: the DR store's census beside the primary's
+    return counted.gauges("verify" if where == "primary" else f"verify_{where}") if counted else {}
