@@ -10,4 +10,4 @@ export PYTHONPATH="$PWD" PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 # Workers side by side (pytest-xdist), one test file per worker at a time: most of a test's time
 # is spent waiting on servers, so three workers on two cores finish in about half the time.
 # KLB_TEST_WORKERS=0 runs everything in this one process.
-exec .venv/bin/python -m pytest -n "${KLB_TEST_WORKERS:-3}" --dist loadfile "$@"
+exec .venv/bin/python -m pytest -n "${KLB_TEST_WORKERS:-3}" --dist loadfile --no-loadscope-reorder "$@"

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import json
 import os
 import secrets
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +28,9 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 os.environ.setdefault("KLB_COMPONENT_LOCK_WAIT_SECONDS", "120")
 # backups retry transient failures after minutes in production; tests that want it say so
 os.environ.setdefault("KLB_BACKUP_RETRIES", "0")
+# a flow called outside the session's server starts Prefect's ephemeral one: its 20 s default,
+# missed once on a busy machine, failed every later test of that worker (like sandbox/demo.py)
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 # Each xdist worker gets its own temp directory, so a test that checks it left no temp files
 # behind does not see another worker's. Like /tmp, anyone may use it (the PostgreSQL servers run
 # as `postgres` and read their credential files from it); removed when the worker exits, after
@@ -36,6 +41,20 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     atexit.register(shutil.rmtree, _worker_tmp, ignore_errors=True)
     os.environ["TMPDIR"] = _worker_tmp
     tempfile.tempdir = None
+
+
+DURATIONS = Path(__file__).with_name("durations.json")
+NEW_FILE_SECONDS = 60.0  # a file not timed yet: start it among the long ones rather than last
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest files first. scripts/test.sh gives each worker one file at a time, in this order
+    (--dist loadfile --no-loadscope-reorder; xdist's own order, most tests first, left the few
+    long PostgreSQL files to run one after another on one worker at the end). Seconds per file
+    from an earlier run: tests/durations.json (scripts/test_durations.py). A stable sort: the
+    tests of a file keep their order."""
+    seconds = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], NEW_FILE_SECONDS))
 
 
 def _start(request, starter, *args, **kwargs) -> services.Service:
@@ -62,7 +81,7 @@ def prefect_server():
     """One Prefect test server for the whole session."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=300):  # a busy machine
         yield
 
 
