@@ -150,7 +150,16 @@ def drill_component(
                     )
     after, after_err = describe_safely(module, target)
     if before_err or after_err:
-        note = f"production state unknown ({before_err or after_err})"
+        when = "before" if before_err else "after"
+        note = f"production state unknown {when} the drill ({before_err or after_err})"
+        if fail_on_production_change and result.status is Status.verified:
+            # the isolation check could not run: a drill that relies on it proves nothing about
+            # production, so it is never PASSED on a restore alone
+            result.status, result.verified_at, result.rto_seconds = Status.failed, None, None
+            note = (
+                f"isolation unchecked: {note}; fix what stops describing production, or run the "
+                "drill with fail_on_production_change=False to accept a drill without that check"
+            )
         result.reason = f"{result.reason}; {note}" if result.reason else note
     else:
         result.production_unchanged = before == after
