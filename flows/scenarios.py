@@ -36,7 +36,15 @@ from tasks.operations.disaster import (
     refuse_other_claims,
     velero_target,
 )
-from tasks.operations.full_restore import read_step, run_key, run_step, step_key
+from tasks.operations.full_restore import (
+    check_resume,
+    not_verified,
+    read_step,
+    run_key,
+    run_settings,
+    run_step,
+    step_key,
+)
 from tasks.operations.plan import DR_STEPS, build_plan, plan_markdown
 from tasks.operations.recovery import get_recovery_point, member_manifests
 from tasks.operations.scope import backup_for
@@ -243,6 +251,8 @@ def full_cluster_restore(
                 "resume it with the same point, or start a new run"
             )
         recovery_point = run["recovery_point"]
+        # a resume restores and verifies into what the run started with, or is refused
+        targets, options = check_resume(run, targets, options)
     plan = build_plan(store_block, recovery_point=recovery_point, targets=targets)
     create_markdown_artifact(
         key="full-cluster-restore-plan",
@@ -257,7 +267,12 @@ def full_cluster_restore(
         put_record(
             store_block,
             run_key(store_block, run_id),
-            {"run_id": run_id, "recovery_point": rp.id, "created": datetime.now(UTC)},
+            {
+                "run_id": run_id,
+                "recovery_point": rp.id,
+                "created": datetime.now(UTC),
+                "settings": run_settings(targets or {}, options or {}),
+            },
         )
     done: dict[str, dict] = {}
     statuses: dict[str, str] = {}
@@ -302,6 +317,8 @@ def full_cluster_restore(
         outcome |= {"step": step, "component": component, "started": started, "finished": datetime.now(UTC)}
         put_record(store_block, key, outcome)
         statuses[step] = outcome["status"]
+        if unchecked := not_verified(outcome):  # "done" must not read as verified
+            statuses[step] += "; not verified: " + "; ".join(f"{n} ({why})" for n, why in unchecked.items())
         if component:
             done[component] = outcome
     rows = [(i, s, statuses[s]) for i, (s, _) in enumerate(DR_STEPS, start=1)]
