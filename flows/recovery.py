@@ -44,7 +44,7 @@ from tasks.operations.restores import (
     run_checklist,
     target_digest,
 )
-from tasks.operations.rollback import changed_target, rollback_options
+from tasks.operations.rollback import changed_target, created_by_restore, rollback_options
 from tasks.operations.scope import backup_for
 from tasks.storage.catalog import get_backup
 from tasks.storage.records import put_record
@@ -293,6 +293,10 @@ def rollback_restore(
     # undo: Velero kept the restored objects, other databases/steps were put back too)
     given = rollback_options(store_block, original.component, original.backup_id, original.options, manifest)
     opts = restore_options(original.component, given)
+    # what the restore created is not in the safety backup: the rollback leaves it, and says so
+    left = created_by_restore(store_block, original.component, original.backup_id, original.options, manifest)
+    if left:
+        logger.warning("rollback of %s leaves what that restore created: %s", restore_id, ", ".join(left))
     record = _new_record(
         original.component,
         manifest,
@@ -302,6 +306,7 @@ def rollback_restore(
         rolls_back=restore_id,
         options=given,
     )
+    record.left_in_place = left
     needs_approval = guard_block.require_approval if require_approval is None else require_approval
     checklist = {
         "force": force,
