@@ -45,7 +45,7 @@ from tasks.operations.restores import (
     target_digest,
 )
 from tasks.operations.rollback import changed_target, created_by_restore, rollback_options
-from tasks.operations.scope import backup_for
+from tasks.operations.scope import backup_and_target
 from tasks.storage.catalog import get_backup
 from tasks.storage.records import put_record
 from tasks.verbs import restore_options, restore_task
@@ -233,8 +233,8 @@ def restore_with_checklist(
     required_objects = object_names("required_objects", required_objects)
     store_block = load_store(store)
     guard_block = load_guard(guard)
-    target_block = load_target(component, target)
-    manifest = backup_for(store_block, backup_id, component, target_block, opts)  # 'latest' of this scope
+    # 'latest' of this scope: never a newer, narrower backup
+    manifest, target_block = backup_and_target(store_block, backup_id, component, target, opts)
     given = opts.model_dump(mode="json", exclude_unset=True)
     record = _new_record(component, manifest, force, target_block, options=given)
     needs_approval = guard_block.require_approval if require_approval is None else require_approval

@@ -20,7 +20,7 @@ from tasks.components.registry import load_target
 from tasks.errors import BackupError, BadInput, NotFound
 from tasks.models import Manifest
 from tasks.operations.scope import backup_for
-from tasks.storage.catalog import list_backups, verify_backup
+from tasks.storage.catalog import LATEST, list_backups, verify_backup
 from tasks.storage.session import backup_session
 from tasks.table import policy
 
@@ -89,7 +89,14 @@ def backup_holding_namespace(
 ) -> Manifest:
     """The given Kubernetes backup, or 'latest' of that namespace (operations/scope.py: the
     newest routine backup whose scope covers it, never a damaged one); it must hold it."""
-    manifest = backup_for(store, backup_id, "kubernetes", target, {"namespaces": [namespace]})
+    try:
+        manifest = backup_for(store, backup_id, "kubernetes", target, {"namespaces": [namespace]})
+    except NotFound as exc:
+        if backup_id != LATEST:
+            raise
+        raise NotFound(
+            f"no kubernetes backup holds namespace {namespace!r}: nothing to restore it from ({exc})"
+        ) from None
     if not _holds(store, manifest, namespace):
         raise BadInput(f"backup {manifest.id} does not hold namespace {namespace!r}")
     return manifest

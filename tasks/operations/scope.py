@@ -184,3 +184,20 @@ def recovery_point_gap(store: StoreBlock, targets: dict[str, Any] | None) -> Poi
         return "; ".join(lacks) or None
 
     return point_gap
+
+
+def backup_and_target(
+    store: StoreBlock, backup_id: str, component: str, target_ref: Any, options: Any = None
+) -> tuple[Manifest, Any]:
+    """The backup a restore uses, and its target block. By id: the backup first (a malformed or
+    unknown id is refused before any target is loaded); 'latest': the target first, since it says
+    what 'latest' must cover, but a component with no backup at all says that first."""
+    if backup_id != LATEST:
+        manifest = get_backup(store, backup_id, component)
+        return manifest, load_target(component, target_ref)
+    try:
+        target = load_target(component, target_ref)
+    except ConfigurationError:
+        latest_backup(store, component)  # NotFound when there is nothing to restore at all
+        raise
+    return backup_for(store, LATEST, component, target, options), target
