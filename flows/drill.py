@@ -118,7 +118,7 @@ def restore_drill(
             "add them to components, or drop those checks; nothing was run"
         )
     started = datetime.now(UTC)
-    rp = drill_source(store_block, recovery_point)
+    rp = drill_source(store_block, recovery_point, targets)
     results = []
     for name in names:
         try:

@@ -21,9 +21,10 @@ from flows.common import PitrRef, StoreRef, TargetRef, VeleroRef, load_store
 from tasks.components import postgres_pitr as pitr
 from tasks.components.postgres_pitr.window import ArchiveReport, parse_target
 from tasks.components.registry import load_target
-from tasks.errors import BadInput
+from tasks.errors import BadInput, ConfigurationError
 from tasks.markdown import fields_table
-from tasks.storage.catalog import backup_at_or_before, get_backup
+from tasks.operations.scope import backup_for
+from tasks.storage.catalog import LATEST, backup_at_or_before, get_backup
 from tasks.verbs import restore_options
 
 
@@ -221,7 +222,16 @@ def pitr_kubernetes(
         raise BadInput("pitr_kubernetes needs a time with zone")
     restore_options("kubernetes", options)  # a typo fails the dry run too, not only the real one
     store_block = load_store(store)
-    manifest = backup_at_or_before(store_block, "kubernetes", goal.time)
+    try:  # the target says what 'the whole component' is: a narrower backup is never the pick
+        target_block = load_target("kubernetes", target)
+        manifest = backup_for(store_block, LATEST, "kubernetes", target_block, options, at=goal.time)
+        unchecked = None
+    except ConfigurationError as exc:
+        if not dry_run:
+            raise
+        # a plan without a target still shows the newest backup, saying its scope is unchecked
+        target_block, manifest = None, backup_at_or_before(store_block, "kubernetes", goal.time)
+        unchecked = f"no target to compare its scope with ({exc})"
     gap = (goal.time - manifest.source_time).total_seconds()
     plan = {
         "target_time": goal.time.isoformat(),
@@ -229,6 +239,7 @@ def pitr_kubernetes(
         "backup_source_time": manifest.source_time.isoformat(),
         "seconds_before_target": gap,
         "dry_run": dry_run,
+        **({"scope_unchecked": unchecked} if unchecked else {}),
     }
     create_markdown_artifact(
         key="pitr-kubernetes-plan",
@@ -241,6 +252,6 @@ def pitr_kubernetes(
     from flows.restore import restore_component
 
     report = restore_component(
-        "kubernetes", backup_id=manifest.id, target=target, store=store_block, options=options
+        "kubernetes", backup_id=manifest.id, target=target_block, store=store_block, options=options
     )
     return {**plan, "restore": report, "finished_at": datetime.now(UTC).isoformat()}

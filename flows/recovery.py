@@ -44,7 +44,8 @@ from tasks.operations.restores import (
     run_checklist,
     target_digest,
 )
-from tasks.operations.rollback import changed_target, rollback_options
+from tasks.operations.rollback import changed_target, created_by_restore, rollback_options
+from tasks.operations.scope import backup_and_target
 from tasks.storage.catalog import get_backup
 from tasks.storage.records import put_record
 from tasks.verbs import restore_options, restore_task
@@ -232,8 +233,8 @@ def restore_with_checklist(
     required_objects = object_names("required_objects", required_objects)
     store_block = load_store(store)
     guard_block = load_guard(guard)
-    manifest = get_backup(store_block, backup_id, component)
-    target_block = load_target(component, target)
+    # 'latest' of this scope: never a newer, narrower backup
+    manifest, target_block = backup_and_target(store_block, backup_id, component, target, opts)
     given = opts.model_dump(mode="json", exclude_unset=True)
     record = _new_record(component, manifest, force, target_block, options=given)
     needs_approval = guard_block.require_approval if require_approval is None else require_approval
@@ -292,6 +293,10 @@ def rollback_restore(
     # undo: Velero kept the restored objects, other databases/steps were put back too)
     given = rollback_options(store_block, original.component, original.backup_id, original.options, manifest)
     opts = restore_options(original.component, given)
+    # what the restore created is not in the safety backup: the rollback leaves it, and says so
+    left = created_by_restore(store_block, original.component, original.backup_id, original.options, manifest)
+    if left:
+        logger.warning("rollback of %s leaves what that restore created: %s", restore_id, ", ".join(left))
     record = _new_record(
         original.component,
         manifest,
@@ -301,6 +306,7 @@ def rollback_restore(
         rolls_back=restore_id,
         options=given,
     )
+    record.left_in_place = left
     needs_approval = guard_block.require_approval if require_approval is None else require_approval
     checklist = {
         "force": force,

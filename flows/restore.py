@@ -10,9 +10,9 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.common import StoreRef, TargetRef, load_store
 from flows.locks import component_lock
-from tasks.components.registry import ComponentName, load_target
+from tasks.components.registry import ComponentName
 from tasks.metrics import tracked
-from tasks.storage.catalog import get_backup
+from tasks.operations.scope import backup_and_target
 from tasks.verbs import restore_options, restore_task, verify_task
 
 
@@ -44,8 +44,8 @@ def restore_component(
     restore_options(component, options)  # a typo or an empty selection fails before anything
     with tracked("restore", component) as run:  # metrics: failures are pushed too (try/finally)
         store_block = load_store(store)
-        manifest = get_backup(store_block, backup_id, component)
-        target_block = load_target(component, target)
+        # 'latest' is the newest backup covering what is asked for, never a narrower one
+        manifest, target_block = backup_and_target(store_block, backup_id, component, target, options)
         with component_lock(component):  # never while a backup of this component runs
             verify_task(manifest, store_block, target_block)
             report = restore_task(manifest, target_block, store_block, options)

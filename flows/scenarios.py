@@ -36,10 +36,19 @@ from tasks.operations.disaster import (
     refuse_other_claims,
     velero_target,
 )
-from tasks.operations.full_restore import read_step, run_key, run_step, step_key
+from tasks.operations.full_restore import (
+    check_resume,
+    not_verified,
+    read_step,
+    run_key,
+    run_settings,
+    run_step,
+    step_key,
+)
 from tasks.operations.plan import DR_STEPS, build_plan, plan_markdown
 from tasks.operations.recovery import get_recovery_point, member_manifests
-from tasks.storage.catalog import LATEST, get_backup
+from tasks.operations.scope import backup_for
+from tasks.storage.catalog import LATEST
 from tasks.storage.records import put_record
 from tasks.verbs import restore_options, restore_task, verify_task
 
@@ -72,7 +81,7 @@ def namespace_corruption(
     with tracked("restore", "kubernetes"):  # metrics: failures are pushed too (try/finally)
         store_block = load_store(store)
         target_block = velero_target("kubernetes", target)
-        manifest = backup_holding_namespace(store_block, backup_id, namespace)
+        manifest = backup_holding_namespace(store_block, target_block, backup_id, namespace)
         verify_task(manifest, store_block, target_block)  # before anything is deleted
         with component_lock("kubernetes"):  # no scheduled backup or other restore in between
             forensic = forensic_backup_task(target_block, store_block, namespace, "kubernetes")
@@ -182,8 +191,6 @@ def partial_restore(
         raise BadInput("name the namespaces to restore (a partial restore of everything is a full restore)")
     store_block = load_store(store)
     target_block = velero_target("kubernetes", target)
-    manifest = get_backup(store_block, backup_id, "kubernetes")
-    verify_task(manifest, store_block, target_block)
     options = {
         "namespaces": namespaces,
         "resources": resources,
@@ -191,6 +198,8 @@ def partial_restore(
         "namespace_mapping": namespace_mapping or {},
         "existing_resource_policy": ExistingResourcePolicy(existing_resource_policy).value,
     }
+    manifest = backup_for(store_block, backup_id, "kubernetes", target_block, options)
+    verify_task(manifest, store_block, target_block)
     with tracked("restore", "kubernetes"), component_lock("kubernetes"):
         report = {"backup_id": manifest.id, **restore_task(manifest, target_block, store_block, options)}
     _report("partial-restore", f"Partial restore from {manifest.id}", report)
@@ -242,6 +251,8 @@ def full_cluster_restore(
                 "resume it with the same point, or start a new run"
             )
         recovery_point = run["recovery_point"]
+        # a resume restores and verifies into what the run started with, or is refused
+        targets, options = check_resume(run, targets, options)
     plan = build_plan(store_block, recovery_point=recovery_point, targets=targets)
     create_markdown_artifact(
         key="full-cluster-restore-plan",
@@ -256,7 +267,12 @@ def full_cluster_restore(
         put_record(
             store_block,
             run_key(store_block, run_id),
-            {"run_id": run_id, "recovery_point": rp.id, "created": datetime.now(UTC)},
+            {
+                "run_id": run_id,
+                "recovery_point": rp.id,
+                "created": datetime.now(UTC),
+                "settings": run_settings(targets or {}, options or {}),
+            },
         )
     done: dict[str, dict] = {}
     statuses: dict[str, str] = {}
@@ -301,6 +317,8 @@ def full_cluster_restore(
         outcome |= {"step": step, "component": component, "started": started, "finished": datetime.now(UTC)}
         put_record(store_block, key, outcome)
         statuses[step] = outcome["status"]
+        if unchecked := not_verified(outcome):  # "done" must not read as verified
+            statuses[step] += "; not verified: " + "; ".join(f"{n} ({why})" for n, why in unchecked.items())
         if component:
             done[component] = outcome
     rows = [(i, s, statuses[s]) for i, (s, _) in enumerate(DR_STEPS, start=1)]

@@ -19,7 +19,8 @@ from tasks.components.kubernetes import api as kube
 from tasks.components.registry import load_target
 from tasks.errors import BackupError, BadInput, NotFound
 from tasks.models import Manifest
-from tasks.storage.catalog import LATEST, get_backup, list_backups, verify_backup
+from tasks.operations.scope import backup_for
+from tasks.storage.catalog import LATEST, list_backups, verify_backup
 from tasks.storage.session import backup_session
 from tasks.table import policy
 
@@ -83,14 +84,19 @@ def delete_pvcs_task(target: VeleroTarget, namespace: str, names: list[str]) -> 
     )
 
 
-def backup_holding_namespace(store: StoreBlock, backup_id: str, namespace: str) -> Manifest:
-    """The given Kubernetes backup, or the newest that holds `namespace`; it must hold it."""
-    if backup_id == LATEST:
-        for m in reversed(list_backups(store, "kubernetes")):
-            if m.routine and _holds(store, m, namespace):  # never a forensic/safety backup
-                return m
-        raise NotFound(f"no kubernetes backup holds namespace {namespace!r}: nothing to restore it from")
-    manifest = get_backup(store, backup_id, "kubernetes")
+def backup_holding_namespace(
+    store: StoreBlock, target: VeleroTarget, backup_id: str, namespace: str
+) -> Manifest:
+    """The given Kubernetes backup, or 'latest' of that namespace (operations/scope.py: the
+    newest routine backup whose scope covers it, never a damaged one); it must hold it."""
+    try:
+        manifest = backup_for(store, backup_id, "kubernetes", target, {"namespaces": [namespace]})
+    except NotFound as exc:
+        if backup_id != LATEST:
+            raise
+        raise NotFound(
+            f"no kubernetes backup holds namespace {namespace!r}: nothing to restore it from ({exc})"
+        ) from None
     if not _holds(store, manifest, namespace):
         raise BadInput(f"backup {manifest.id} does not hold namespace {namespace!r}")
     return manifest

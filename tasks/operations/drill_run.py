@@ -24,7 +24,8 @@ from tasks.operations.drills import (
     run_health_check,
 )
 from tasks.operations.recovery import get_recovery_point, member_manifests
-from tasks.storage.catalog import latest_backup, list_backups
+from tasks.operations.scope import backup_for, recovery_point_gap
+from tasks.storage.catalog import LATEST, list_backups
 from tasks.storage.health import Status as HealthStatus
 from tasks.storage.health import health_of
 from tasks.verbs import drill_cleanup_task, drill_task
@@ -38,11 +39,12 @@ def describe_safely(module: Any, target: Block) -> tuple[dict | None, str | None
 
 
 def drill_source(
-    store: StoreBlock, recovery_point: str | None
+    store: StoreBlock, recovery_point: str | None, targets: dict[str, str | Block] | None = None
 ) -> tuple[str | None, dict[str, Manifest], dict]:
     if not recovery_point:
         return None, {}, {}
-    rp = get_recovery_point(store, recovery_point)
+    # 'latest': the newest point whose members cover the drilled targets (operations/scope.py)
+    rp = get_recovery_point(store, recovery_point, recovery_point_gap(store, targets))
     return rp.id, member_manifests(store, rp), rp.failed
 
 
@@ -86,7 +88,7 @@ def drill_component(
                 why = rp_failed.get(name, "it was not configured when the point was taken")
                 return failed(f"configured, but recovery point {rp_id} has no {name} backup: {why}")
         else:
-            manifest = latest_backup(store, name)
+            manifest = backup_for(store, LATEST, name, target)  # one that covers the whole target
     except NotFound as exc:
         return failed(f"configured, but nothing to restore: {exc}")
     age, gap = rpo_figures(manifest, good_backups(store, name), drill_start, window)
@@ -148,7 +150,16 @@ def drill_component(
                     )
     after, after_err = describe_safely(module, target)
     if before_err or after_err:
-        note = f"production state unknown ({before_err or after_err})"
+        when = "before" if before_err else "after"
+        note = f"production state unknown {when} the drill ({before_err or after_err})"
+        if fail_on_production_change and result.status is Status.verified:
+            # the isolation check could not run: a drill that relies on it proves nothing about
+            # production, so it is never PASSED on a restore alone
+            result.status, result.verified_at, result.rto_seconds = Status.failed, None, None
+            note = (
+                f"isolation unchecked: {note}; fix what stops describing production, or run the "
+                "drill with fail_on_production_change=False to accept a drill without that check"
+            )
         result.reason = f"{result.reason}; {note}" if result.reason else note
     else:
         result.production_unchanged = before == after

@@ -10,9 +10,10 @@ from prefect.blocks.core import Block
 
 from blocks.store import StoreBlock
 from tasks.components.registry import load, load_target
-from tasks.errors import ComponentFailed, NotFound
+from tasks.errors import BadInput, ComponentFailed, ConfigurationError, NotFound
 from tasks.models import Manifest
-from tasks.operations.plan import PLAN_ONLY
+from tasks.operations.plan import DR_STEPS, PLAN_ONLY, target_label
+from tasks.operations.restores import target_digest
 from tasks.storage.layout import layout
 from tasks.storage.records import get_record
 from tasks.verbs import restore_task, verify_task
@@ -53,7 +54,9 @@ def etcd_plan(manifest: Manifest) -> dict[str, Any]:
 def verify_restored(
     done: dict[str, dict], manifests: dict[str, Manifest], targets: dict[str, str | Block]
 ) -> dict[str, Any]:
-    """Each restored component as it is now; where both sides have a fingerprint, they must match."""
+    """Each restored component as it is now; where both sides have a fingerprint, they must match.
+    One without a fingerprint on either side was not checked: it is `verified: False` with why,
+    never counted as verified (not_verified() lists them)."""
     out: dict[str, Any] = {}
     mismatched = []
     for name, rec in done.items():
@@ -61,13 +64,83 @@ def verify_restored(
             continue
         state = load(name).describe_current_state(load_target(name, targets.get(name)))
         expected = manifests[name].fingerprint
-        match = None if expected is None or "fingerprint" not in state else state["fingerprint"] == expected
-        out[name] = {"state": state, "fingerprint_matches": match}
+        if expected is None:
+            match, why = None, f"backup {manifests[name].id} has no fingerprint to compare with"
+        elif "fingerprint" not in state:
+            match, why = None, f"the {name} target's current state has no fingerprint to compare"
+        else:
+            match, why = state["fingerprint"] == expected, None
+        out[name] = {"state": state, "fingerprint_matches": match, "verified": bool(match)}
+        if why:
+            out[name]["not_verified"] = why
         if match is False:
             mismatched.append(name)
     if mismatched:
         raise ComponentFailed(f"after the restore, {mismatched} do not match their backups' fingerprints")
     return out
+
+
+def not_verified(outcome: dict[str, Any]) -> dict[str, str]:
+    """Component -> why the verify step could not check it (from verify_restored's outcome)."""
+    return {n: v["not_verified"] for n, v in (outcome.get("verified") or {}).items() if v.get("not_verified")}
+
+
+def run_settings(targets: dict[str, str | Block], options: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What a run restores into and how, recorded with the run: a resume must restore, and verify,
+    into the same targets with the same options (check_resume)."""
+    recorded: dict[str, Any] = {}
+    for _, name in DR_STEPS:
+        if name is None:
+            continue
+        ref = targets.get(name)
+        try:
+            target = load_target(name, ref)
+        except ConfigurationError:
+            recorded[name] = None  # not configured: its step is skipped
+            continue
+        recorded[name] = {
+            "ref": ref if isinstance(ref, str) else None,
+            "label": target_label(target),
+            "identity": target_digest(target),
+        }
+    return {"targets": recorded, "options": options}
+
+
+def check_resume(
+    run: dict[str, Any], targets: dict[str, str | Block], options: dict[str, dict[str, Any]]
+) -> tuple[dict[str, str | Block], dict[str, dict[str, Any]]]:
+    """The targets and options a resume of `run` uses: the recorded ones when none are given,
+    else the given ones only if they are the same; BadInput naming what differs otherwise. A run
+    recorded before settings were kept resumes with what is given, as before."""
+    if "settings" not in run:
+        return targets, options
+    recorded = run["settings"]
+    run_id = run.get("run_id")
+    if options and options != recorded["options"]:
+        raise BadInput(
+            f"run {run_id} was started with options {recorded['options']}, not {options}: resume it "
+            "with the same options (or none: the recorded ones are used), or start a new run"
+        )
+    if not targets:  # the recorded block names; a run given block objects needs them again
+        targets = {n: r["ref"] for n, r in recorded["targets"].items() if r and r["ref"]}
+    now = run_settings(targets, recorded["options"])["targets"]
+
+    def label(entry: dict | None) -> str:
+        return (entry or {}).get("label", "not configured")
+
+    differ = {
+        n: f"{label(r)} then, {label(now.get(n))} now"
+        for n, r in recorded["targets"].items()
+        if (r or {}).get("identity") != (now.get(n) or {}).get("identity")
+    }
+    if differ:
+        raise BadInput(
+            f"run {run_id} restored into other targets than these: "
+            + "; ".join(f"{n}: {d}" for n, d in differ.items())
+            + ". Resume it with the targets it started with (their block names, or the same block "
+            "objects), or start a new run; nothing was changed"
+        )
+    return targets, recorded["options"]
 
 
 def run_step(

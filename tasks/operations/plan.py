@@ -17,7 +17,8 @@ from tasks.markdown import cell
 from tasks.models import Manifest
 from tasks.operations.drills import duration
 from tasks.operations.recovery import get_recovery_point, member_manifests
-from tasks.storage.catalog import LATEST, backup_at_or_before, get_backup, latest_backup
+from tasks.operations.scope import backup_for, recovery_point_gap
+from tasks.storage.catalog import LATEST, get_backup
 from tasks.storage.layout import DRILLS, RESTORE_RECORD, RESTORES
 from tasks.storage.records import iter_records
 
@@ -203,11 +204,22 @@ def plan_step(
     return PlanStep(**base, current_state=state, action=action, reason=reason)
 
 
-def _each(store: StoreBlock, components: list[str], pick: Any, label: str) -> tuple[dict, dict]:
+def _each(
+    store: StoreBlock,
+    components: list[str],
+    targets: dict[str, str | Block] | None,
+    at: datetime | None,
+    label: str,
+) -> tuple[dict, dict]:
+    """Each component's 'latest' (or newest at or before `at`) that covers its whole target:
+    operations/scope.py, the resolution every restore uses."""
     found, missing = {}, {}
     for name in components:
         try:
-            found[name] = pick(store, name)
+            target = load_target(name, (targets or {}).get(name))
+            found[name] = backup_for(store, LATEST, name, target, at=at)
+        except ConfigurationError as exc:
+            missing[name] = f"not configured: {exc}"
         except NotFound as exc:
             missing[name] = f"no backup {label}: {exc}"
     return found, missing
@@ -219,6 +231,7 @@ def resolve_source(
     backup_id: str | None,
     components: list[str] | None = None,
     at: datetime | None = None,
+    targets: dict[str, str | Block] | None = None,
 ) -> tuple[str, dict[str, Manifest], dict[str, str]]:
     """(source label, component -> manifest, component -> why it has no backup). Every way a
     restore is asked for: a recovery point ('latest' or an id), a backup id, 'latest' of the
@@ -229,7 +242,7 @@ def resolve_source(
     if backup_id == LATEST:
         if not components:
             raise BadInput("backup_id='latest' needs components=[...]: say whose latest backup to plan")
-        found, missing = _each(store, components, latest_backup, "yet")
+        found, missing = _each(store, components, targets, None, "yet")
         return "latest backups", found, missing
     if backup_id:
         manifest = get_backup(store, backup_id)
@@ -237,12 +250,10 @@ def resolve_source(
     if at:
         if at.tzinfo is None:
             raise BadInput(f"time {at.isoformat()} has no time zone: give it with one (e.g. +00:00)")
-        found, missing = _each(
-            store, components or ORDER, lambda st, c: backup_at_or_before(st, c, at), f"at or before {at}"
-        )
+        found, missing = _each(store, components or ORDER, targets, at, f"at or before {at}")
         return f"backups at or before {at.isoformat()}", found, missing
     if recovery_point:
-        rp = get_recovery_point(store, recovery_point)
+        rp = get_recovery_point(store, recovery_point, recovery_point_gap(store, targets))
         missing = {c: f"failed in recovery point {rp.id}: {e}" for c, e in rp.failed.items()}
         return rp.id, member_manifests(store, rp), missing
     raise BadInput(
@@ -262,7 +273,7 @@ def build_plan(
     unknown = [c for c in components or [] if c not in SPECS]
     if unknown:
         raise BadInput(f"unknown components {unknown}: choose from {', '.join(SPECS)}")
-    source, manifests, missing = resolve_source(store, recovery_point, backup_id, components, at)
+    source, manifests, missing = resolve_source(store, recovery_point, backup_id, components, at, targets)
     if backup_id and backup_id != LATEST:
         names = list(manifests)
         if components and not set(names) & set(components):

@@ -10,6 +10,8 @@ carries `labels["recovery_point"] = <rp-id>`, so retention can keep whole recove
 from __future__ import annotations
 
 import hashlib
+import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from pydantic import AwareDatetime, BaseModel, Field, field_validator
@@ -27,6 +29,7 @@ from tasks.storage.records import get_record, put_record
 SPACE = RECOVERY_POINTS
 RP_COMPONENT = "recovery-point"  # the id's prefix: recovery-point-20260115T143000Z-1a2b3c
 LABEL = "recovery_point"
+log = logging.getLogger(__name__)
 
 
 class Member(BaseModel):
@@ -142,13 +145,43 @@ def _started(rp_id: str) -> datetime | None:
         return None
 
 
-def latest_recovery_point(store: StoreBlock) -> RecoveryPoint:
-    """The newest complete recovery point. If a newer one is damaged (its record, or a member,
-    as found by the sweep or a failed read), fail naming it: never an older point in silence."""
+# a recovery point -> None when its members cover the scope asked for, else what they lack
+PointGap = Callable[["RecoveryPoint"], str | None]
+
+
+def _covering(store: StoreBlock, complete: list[RecoveryPoint], gap: PointGap | None) -> list[RecoveryPoint]:
+    """`complete` up to its newest point whose members cover the scope asked for (`gap`, from
+    operations/scope.py: a point taken by narrower targets is never 'latest' of the whole); none
+    covers it: NotFound naming them."""
+    if gap is None:
+        return complete
+    skipped = []
+    for index in range(len(complete) - 1, -1, -1):  # newest first; members read only as needed
+        why = gap(complete[index])
+        if why is None:
+            if skipped:
+                log.warning(
+                    "'latest' recovery point is %s; newer ones are narrower: %s", complete[index].id, skipped
+                )
+            return complete[: index + 1]
+        skipped.append(f"{complete[index].id} ({why})")
+    raise NotFound(
+        f"no complete recovery point in {store.location} covers the targets asked for: "
+        + "; ".join(skipped[:5])
+        + ". Use one of them by id if that narrower scope is what you want, or run backup-all with "
+        "the whole targets"
+    )
+
+
+def latest_recovery_point(store: StoreBlock, gap: PointGap | None = None) -> RecoveryPoint:
+    """The newest complete recovery point (with `gap`, that covers the targets asked for). If a
+    newer one is damaged (its record, or a member, as found by the sweep or a failed read), fail
+    naming it: never an older point in silence."""
     points, damaged = scan_recovery_points(store)
     complete = [p for p in points if p.complete]
     if not complete:
         raise NotFound(f"no complete recovery point in {store.location}: run the backup-all flow first")
+    complete = _covering(store, complete, gap)
     newest = complete[-1]
     known = finding(store, newest.id)
     if known is not None and known.status == Status.damaged:
@@ -170,10 +203,12 @@ def latest_recovery_point(store: StoreBlock) -> RecoveryPoint:
     return newest
 
 
-def get_recovery_point(store: StoreBlock, rp_id: str = "latest") -> RecoveryPoint:
+def get_recovery_point(
+    store: StoreBlock, rp_id: str = "latest", gap: PointGap | None = None
+) -> RecoveryPoint:
     """A recovery point by id, or 'latest': the newest complete one (see latest_recovery_point)."""
     if rp_id == "latest":
-        return latest_recovery_point(store)
+        return latest_recovery_point(store, gap)
     key = _key(store, rp_id)
     try:
         return _load(get_record(store, key), rp_id, rp_id)

@@ -80,6 +80,9 @@ class RestoreRecord(BaseModel):
     rolls_back: str | None = Field(default=None, description="for a rollback: the restore it undoes")
     rolled_back_at: AwareDatetime | None = None
     rolled_back_by: str | None = Field(default=None, description="the rollback's own restore id")
+    left_in_place: list[str] = Field(
+        default_factory=list, description="a rollback: what the restore created that it leaves (listed)"
+    )
 
 
 def load_guard(ref: str | RestoreGuard | None) -> RestoreGuard:

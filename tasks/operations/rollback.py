@@ -131,3 +131,62 @@ def rollback_options(
         held = {o.name for o in safety.objects}
         return {"steps": _held("steps", list(options["steps"]), held)}
     return {}
+
+
+def _velero_created(store: StoreBlock, options: dict, restored: Manifest, safety: Manifest) -> list[str]:
+    """Namespaces and objects the restore wrote that the safety backup does not hold: a rollback
+    (policy update from the safety backup) overwrites what existed, and leaves these."""
+    from tasks.components.kubernetes import canonical_resource, load_document
+
+    before = load_document(store, safety)["inventory"]
+    wrote = load_document(store, restored)["inventory"]
+    mapping = options.get("namespace_mapping") or {}
+    skip = set(options.get("exclude_namespaces") or [])
+    kinds = {canonical_resource(r) for r in options.get("resources") or []}
+    names = set(options.get("names") or [])
+    out: list[str] = []
+    for source in options.get("namespaces") or sorted(wrote):
+        if source in skip or source not in wrote:
+            continue
+        ns = mapping.get(source, source)
+        if ns not in before:
+            out.append(f"namespace {ns}")
+            continue
+        for plural, held in sorted(wrote[source].items()):
+            if kinds and plural not in kinds:
+                continue
+            there = set(before[ns].get(plural, []))
+            out += [f"{ns}/{plural}/{n}" for n in held if n not in there and (not names or n in names)]
+    return out
+
+
+def created_by_restore(
+    store: StoreBlock, component: str, backup_id: str, options: dict[str, Any], safety: Manifest
+) -> list[str]:
+    """What the restore of `backup_id` (with `options`, as recorded) created that its safety
+    backup does not hold (new databases, namespaces, objects, vhosts, steps): a rollback puts back
+    what the safety backup holds and cannot tell these from what was written since, so it leaves
+    them, and says so. Listed, never deleted here: deleting is the operator's call."""
+    if not changed_target(component, options):
+        return []
+    restored = _restored_backup(store, backup_id, component)
+    if restored is None:
+        return [f"unknown: backup {backup_id} is gone, so what its restore created cannot be listed"]
+    if component in ("kubernetes", "volumes"):
+        return _velero_created(store, options, restored, safety)
+    if component == "postgres":
+        rename = options.get("rename_to") or {}
+        wrote = options.get("databases") or list(restored.engine.get("databases") or {})
+        held = set(safety.engine.get("databases") or {})
+        return [f"database {rename.get(d, d)}" for d in wrote if rename.get(d, d) not in held]
+    if component == "rabbitmq":
+        held = set(safety.engine.get("vhost_metadata") or {})
+        wrote = [options.get("into_vhost") or options["vhost"]] if options.get("vhost") else []
+        wrote = wrote or list(restored.engine.get("vhost_metadata") or {})
+        return [f"vhost {v}" for v in wrote if v not in held]
+    if component == "app-state":
+        held = {o.name for o in safety.objects}
+        return [
+            f"step {s}" for s in options.get("steps") or [o.name for o in restored.objects] if s not in held
+        ]
+    return []

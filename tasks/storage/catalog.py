@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -167,12 +168,43 @@ def from_the_future(manifest: Manifest, now: datetime | None = None) -> bool:
     return manifest.source_time > (now or datetime.now(UTC)) + CLOCK_SKEW_TOLERANCE
 
 
-def latest_backup(store: StoreBlock, component: str) -> Manifest:
+def _covering(
+    store: StoreBlock, component: str, usable: list[Manifest], gap: Callable[[Manifest], str | None] | None
+) -> list[Manifest]:
+    """`usable` without the backups narrower than the scope asked for (`gap` says what one lacks;
+    tasks/operations/scope.py). None cover it: NotFound naming them, restorable by id."""
+    if gap is None or not usable:
+        return usable
+    lacks = {m.id: why for m in usable if (why := gap(m))}
+    covering = [m for m in usable if m.id not in lacks]
+    newer = usable[usable.index(covering[-1]) + 1 :] if covering else usable
+    skipped = [f"{m.id} ({lacks[m.id]})" for m in newer]
+    if not covering:
+        raise NotFound(
+            f"no {component} backup in {store.location} covers what was asked for: "
+            + "; ".join(reversed(skipped[-5:]))
+            + ". Restore one of them by id if that narrower scope is what you want (or narrow the "
+            f"restore's options to it), or run backup_component('{component}') with the whole target"
+        )
+    if skipped:
+        log.warning(
+            "'latest' %s is %s: newer backups are narrower than what was asked for: %s",
+            component,
+            covering[-1].id,
+            "; ".join(skipped),
+        )
+    return covering
+
+
+def latest_backup(
+    store: StoreBlock, component: str, gap: Callable[[Manifest], str | None] | None = None
+) -> Manifest:
     """The newest routine (scheduled or on-demand) backup. Never a safety or forensic backup
     (they hold the state a restore replaced, possibly the broken one), never one whose source
     time is in the future (a skewed clock; it stays listed, restorable by id). And never an
     older one in place of a newer one known to be damaged: that fails, naming both, so nobody
-    restores older data than they think without saying so."""
+    restores older data than they think without saying so. With `gap`, only a backup that
+    covers the scope asked for (tasks/operations/scope.py)."""
     backups = list_backups(store, component)
     now = datetime.now(UTC)
     future = [m for m in backups if m.routine and from_the_future(m, now)]
@@ -196,7 +228,7 @@ def latest_backup(store: StoreBlock, component: str) -> Manifest:
             + (f" other than safety/forensic ones ({', '.join(others)}; restore one by id)" if others else "")
             + f": run backup_component('{component}') first"
         )
-    return _not_damaged(store, component, usable, {m.id for m in backups})
+    return _not_damaged(store, component, _covering(store, component, usable, gap), {m.id for m in backups})
 
 
 def _not_damaged(
@@ -234,8 +266,11 @@ def _not_damaged(
     return newest
 
 
-def backup_at_or_before(store: StoreBlock, component: str, when: datetime) -> Manifest:
-    """The newest backup whose source snapshot was taken at or before `when`."""
+def backup_at_or_before(
+    store: StoreBlock, component: str, when: datetime, gap: Callable[[Manifest], str | None] | None = None
+) -> Manifest:
+    """The newest backup whose source snapshot was taken at or before `when` (and, with `gap`,
+    that covers the scope asked for)."""
     _aware(when, "target time")
     if when > datetime.now(UTC):
         raise BadInput(
@@ -248,7 +283,8 @@ def backup_at_or_before(store: StoreBlock, component: str, when: datetime) -> Ma
         oldest = list_backups(store, component)
         window = f"; the oldest is {oldest[0].source_time.isoformat()}" if oldest else ""
         raise NotFound(f"no {component} backup at or before {when.isoformat()}{window}")
-    return _not_damaged(store, component, backups, {m.id for m in listed}, until=when)
+    covering = _covering(store, component, backups, gap)
+    return _not_damaged(store, component, covering, {m.id for m in listed}, until=when)
 
 
 def verify_backup(store: StoreBlock, manifest: Manifest) -> dict[str, object]:

@@ -150,7 +150,9 @@ def test_full_cluster_restore_plans_first_then_resumes_where_it_stopped(local_st
 
     fail.unlink()
     done = full_cluster_restore(targets={"app-state": target}, store=store, dry_run=False, run_id=run_id)
-    assert done["steps"]["app-state"] == "done" and done["steps"]["verify"] == "done"
+    assert done["steps"]["app-state"] == "done"
+    # app-state backups carry no fingerprint: the verify step says it could not check it
+    assert done["steps"]["verify"].startswith("done; not verified: app-state (backup ")
     assert done["steps"]["namespaces-and-crds"] == "skipped"  # not configured here: said, not hidden
     assert prod.file.read_bytes() == original and prod.restores == 1
 

@@ -210,6 +210,16 @@ def run_backup(target: VeleroTarget, session: BackupSession, spec: BackupSpec) -
         fs_backups=described["fs_backups"],
         storage_location=target.storage_location,
         namespaces=namespaces,
+        # the scope it was asked for: 'latest' of a wider scope must not pick it (operations/scope.py)
+        scope=spec.model_dump(
+            include={
+                "include_namespaces",
+                "exclude_namespaces",
+                "include_resources",
+                "exclude_resources",
+                "label_selector",
+            }
+        ),
         expiration=(cr.get("status") or {}).get("expiration"),
     )
     session.fingerprint = {ns: {p: len(v) for p, v in kinds_.items()} for ns, kinds_ in expected.items()}

@@ -180,6 +180,8 @@ def backup(target: PostgresTarget, session: BackupSession) -> None:
             "databases": facts,
             "globals": GLOBALS,
             "not_backed_up": {d: "refuses connections" for d in closed} if not target.databases else {},
+            # the scope it was asked for (None: every database): 'latest' of a wider scope skips it
+            "selected": list(target.databases) or None,
         }
     )
     session.fingerprint = {"algorithm": algorithm, "databases": fingerprints}
