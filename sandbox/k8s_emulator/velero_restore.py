@@ -187,7 +187,8 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
             continue
         new = _reset(obj)
         if res is PVCS:
-            _claim(ctl, new, src_ns, ns, snap, pvs, restore_pvs, rname, bname, with_pvs, src_ns in mapping)
+            mapped = src_ns in mapping
+            errors += _claim(ctl, new, src_ns, ns, snap, pvs, restore_pvs, rname, bname, with_pvs, mapped)
         elif res is SERVICES:
             _service(new, bool(spec.get("preserveNodePorts")))
         elif res is PODS:
@@ -226,7 +227,8 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
     ctl._set_status(RESTORES, restore, **status)
 
 
-def _claim(ctl, pvc, src_ns, ns, snap, pvs, restore_pvs, rname, bname, with_pvs, mapped) -> None:
+def _claim(ctl, pvc, src_ns, ns, snap, pvs, restore_pvs, rname, bname, with_pvs, mapped) -> int:
+    """Its PV from the snapshot (the claim is then created by the caller); -> item errors."""
     spec = pvc.setdefault("spec", {})
     name = pvc["metadata"]["name"]
     pv = pvs.get(spec.get("volumeName") or "")
@@ -234,25 +236,38 @@ def _claim(ctl, pvc, src_ns, ns, snap, pvs, restore_pvs, rname, bname, with_pvs,
     for key in ("pv.kubernetes.io/bind-completed", "pv.kubernetes.io/bound-by-controller"):
         notes.pop(key, None)
     if ctl.store.find(PVCS, ns, name) is not None:
-        return  # skipped as existing: its PV (in use, same name) is not restored over it
+        return 0  # skipped as existing: its PV (in use, same name) is not restored over it
     if not with_pvs:
         # the PV is never processed, so the claim keeps its volumeName (restore.go resets it only
         # for PVs in pvsToProvision) and waits for a PV that is not there
-        return
+        return 0
     if pv is None or not restore_pvs or (src_ns, name) not in snap.volumes:
         spec.pop("volumeName", None)  # no snapshot: a new (empty) volume is provisioned
-        return
+        return 0
     new_pv = _label(_reset(pv), rname, bname)
-    if ctl.store.find(PVS, "", new_pv["metadata"]["name"]) is not None:
+    there = ctl.store.find(PVS, "", new_pv["metadata"]["name"])
+    if there is not None:
         if not mapped:
-            # shouldRenamePV: renamed only for a remapped namespace; else the PV in the cluster
-            # is kept (shouldRestore) and no volume is made from the snapshot
-            return
+            # shouldRenamePV: renamed only for a remapped namespace; else shouldRestore looks at
+            # the PV in the cluster: Released (reclaimPolicy Retain, its claim deleted), being
+            # deleted, or claimed by a claim that is gone, it waits resourceTerminatingTimeout
+            # (10 min by default; here at once) for it to go, then fails the item ("error waiting
+            # on in-cluster persistentvolume"); else the PV is kept and no volume is made
+            return int(_lingering(ctl, there))
         new_pv["metadata"]["name"] = f"velero-clone-{uuid.uuid4()}"
     new_pv["spec"]["claimRef"] = {"kind": "PersistentVolumeClaim", "namespace": ns, "name": name}
     ctl.store.create(PVS, "", new_pv)
     spec["volumeName"] = new_pv["metadata"]["name"]
     ctl.volumes[(ns, name)] = snap.volumes[(src_ns, name)]
+    return 0
+
+
+def _lingering(ctl, pv: dict[str, Any]) -> bool:
+    """restore.go shouldRestore's "wait for it to go away" cases."""
+    if (pv.get("status") or {}).get("phase") == "Released" or pv["metadata"].get("deletionTimestamp"):
+        return True
+    ref = (pv.get("spec") or {}).get("claimRef")
+    return bool(ref) and ctl.store.find(PVCS, ref.get("namespace", ""), ref.get("name", "")) is None
 
 
 def _service(svc: dict[str, Any], preserve_node_ports: bool) -> None:

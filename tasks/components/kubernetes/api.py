@@ -217,6 +217,14 @@ def delete_pvc(k: Kube, namespace: str, name: str) -> None:
     )
 
 
+def read_pv(k: Kube, name: str) -> client.V1PersistentVolume | None:
+    """A PersistentVolume, or None when there is none of that name."""
+    try:
+        return k.call(f"read PV {name}", k.core.read_persistent_volume, name)
+    except NotFound:
+        return None
+
+
 # -- the kinds the project lists, counts and verifies ------------------------------------------------
 # plural -> (typed API attribute, method suffix): list_namespaced_<suffix>, read_namespaced_<suffix>, ...
 KINDS: dict[str, tuple[str, str]] = {
@@ -303,4 +311,5 @@ __all__ = [
     "scale",
     "list_pvcs",
     "delete_pvc",
+    "read_pv",
 ]
