@@ -142,7 +142,7 @@ def expected_objects(
 
 
 def _present(k: Kube, ns: str, plural: str) -> set[str]:
-    if not kube.namespace_exists(k, ns):
+    if not kube.namespace_active(k, ns):  # a Terminating namespace's objects are going
         return set()
     return set(kube.list_names(k, ns, plural))
 
