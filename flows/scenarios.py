@@ -34,6 +34,7 @@ from tasks.operations.disaster import (
     forensic_backup_task,
     newest_good_volumes_backup,
     refuse_other_claims,
+    refuse_retained_volumes,
     velero_target,
 )
 from tasks.operations.full_restore import (
@@ -83,6 +84,9 @@ def namespace_corruption(
         target_block = velero_target("kubernetes", target)
         manifest = backup_holding_namespace(store_block, target_block, backup_id, namespace)
         verify_task(manifest, store_block, target_block)  # before anything is deleted
+        doc = velero.load_document(store_block, manifest)
+        claims = doc["inventory"][namespace].get("persistentvolumeclaims", [])
+        refuse_retained_volumes(target_block, doc, namespace, claims)
         with component_lock("kubernetes"):  # no scheduled backup or other restore in between
             forensic = forensic_backup_task(target_block, store_block, namespace, "kubernetes")
             delete_namespace_task(target_block, namespace)
@@ -126,6 +130,7 @@ def data_corruption(
         doc = velero.load_document(store_block, manifest)
         names = pvcs or doc["inventory"][namespace]["persistentvolumeclaims"]
         refuse_other_claims(target_block, doc, namespace, names)
+        refuse_retained_volumes(target_block, doc, namespace, names)
         forensic, replicas, restored = _replace_pvcs(store_block, target_block, manifest, namespace, names)
     report = {
         "namespace": namespace,

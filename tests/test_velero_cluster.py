@@ -64,3 +64,36 @@ def test_a_restore_of_some_namespaces_leaves_cluster_scoped_objects_alone(kube_a
     ctl.store.delete(ROLES, "", "shop-reader")
     velero.restore(target, session.manifest, store, velero.RestoreOptions(namespaces=[shop]))
     assert ctl.store.find(ROLES, "", "shop-reader") is None
+
+
+@pytest.mark.parametrize("kubernetes_data", ["other-snapshot", "no-snapshot"])
+def test_a_full_cluster_restore_puts_the_chosen_volumes_backups_data_in_the_volumes(
+    prefect_server, kube_api, ctl, local_store, kubernetes_data
+):
+    """The kubernetes step restores the claims first, with the data of the kubernetes backup's
+    own snapshots (taken at another moment than the volumes backup), or empty volumes when its
+    target does not snapshot; the volumes step then had Velero skip every claim as existing,
+    and the data of the volumes backup of the recovery point never got in."""
+    from flows.backup import backup_all
+    from flows.scenarios import full_cluster_restore
+    from tasks.storage.catalog import latest_backup
+
+    store = local_store()
+    (ns,) = seed_namespaces(ctl, "vol")
+    volumes_target = kube_api.velero_target(include_namespaces=[ns])
+    kubernetes_target = kube_api.velero_target(
+        include_namespaces=[ns], snapshot_volumes=None if kubernetes_data == "other-snapshot" else False
+    )
+    targets = {"kubernetes": kubernetes_target, "volumes": volumes_target}
+    backup_all(components=["kubernetes", "volumes"], targets=targets, store=store)
+    if kubernetes_data == "other-snapshot":  # the kubernetes backup saw the volume a moment apart
+        name = velero.load_document(store, latest_backup(store, "kubernetes"))["backup"]["metadata"]["name"]
+        ctl.snapshots[name].volumes[(ns, "data")] = "written between the two backups"
+    kube.delete_namespace(k8s(kube_api), ns, interval=0.01)  # the cluster is lost
+
+    result = full_cluster_restore(targets=targets, store=store, dry_run=False)
+
+    assert result["steps"]["volumes"] == "done"
+    assert ctl.volumes[(ns, "data")] == f"{ns} volume v1"  # the volumes backup's
+    replicas = {d.metadata.name: d.spec.replicas for d in kube.list_deployments(k8s(kube_api), ns)}
+    assert replicas == {"api": 2, "worker": 5, "cron": 1}  # the apps back as they were

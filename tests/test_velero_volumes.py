@@ -10,9 +10,10 @@ import pytest
 from flows.backup import backup_component
 from flows.scenarios import data_corruption
 from sandbox.k8s_emulator.admission import ENFORCE
+from sandbox.k8s_emulator.snapshot import PVS
 from tasks.components import volumes
 from tasks.components.kubernetes.quiesce import quiesced
-from tasks.errors import BadInput
+from tasks.errors import BadInput, ComponentFailed
 from tasks.operations.disaster import delete_pvcs_task
 from tasks.storage.catalog import list_backups
 from tasks.storage.session import backup_session
@@ -139,3 +140,47 @@ def test_a_volumes_restore_names_the_existing_claims_whose_data_it_rewrote(kube_
     assert ctl.volumes[(ns, "cache")] == "cache v1"  # what Velero does: the report must say so
     assert [c.split(" ")[0] for c in report["rewritten_claims"]] == [f"{ns}/cache"]
     assert report["note"].startswith(f"claims ['{ns}/cache (mounted by worker-")
+
+
+def retain(ctl, ns: str, claim: str = "data") -> str:
+    """The claim's PV set to reclaimPolicy Retain (as admins do to keep a disk); -> its name."""
+    pv = f"pv-{ns}-{claim}"
+    ctl.store.patch(PVS, "", pv, {"spec": {"persistentVolumeReclaimPolicy": "Retain"}})
+    return pv
+
+
+def test_a_claim_whose_retained_pv_lingers_released_does_not_get_its_snapshot_back(kube_api, ctl, store):
+    """What Velero does (restore.go shouldRestore): a PV of the same name that is Released waits
+    resourceTerminatingTimeout (10 min; the emulator fails at once), then the item fails and
+    the restored claim stays Pending."""
+    (ns,) = seed_namespaces(ctl, "released")
+    pv = retain(ctl, ns)
+    target = kube_api.velero_target(include_namespaces=[ns], restore_timeout_seconds=2)
+    manifest = volumes_backup(target, store)
+    with quiesced(target.kube, ns):
+        delete_pvcs_task.fn(target, ns, ["data"])
+        assert ctl.store.get(PVS, "", pv)["status"]["phase"] == "Released"
+        with pytest.raises(ComponentFailed, match="PartiallyFailed with 1 errors"):
+            volumes.restore(target, manifest, store, volumes.RestoreOptions(namespaces=[ns]))
+
+
+def test_data_corruption_refuses_claims_whose_pvs_are_retained_before_anything_changes(
+    prefect_server, kube_api, ctl, store
+):
+    """A PV with reclaimPolicy Retain stays Released once data_corruption deletes its claim, and
+    Velero waited 10 minutes for it before failing the restore, the apps down all along. It is
+    now refused before the forensic backup or any change, saying what to do; with the policy
+    set to Delete as it says, the data comes back."""
+    (ns,) = seed_namespaces(ctl, "retain")
+    pv = retain(ctl, ns)
+    target = kube_api.velero_target(include_namespaces=[ns])
+    backup_component("volumes", target=target, store=store)
+    ctl.volumes[(ns, "data")] = "corrupted"
+    before, writes = kube_api.state(), len(ctl.writes)
+    with pytest.raises(BadInput, match=rf"PVs \['{pv} \(claim {ns}/data\)'\] have persistentVolumeReclaim"):
+        data_corruption(ns, target=target, store=store)
+    assert kube_api.state() == before and len(ctl.writes) == writes
+    assert [m.kind for m in list_backups(store, "volumes")] == ["on-demand"]  # no forensic backup
+    ctl.store.patch(PVS, "", pv, {"spec": {"persistentVolumeReclaimPolicy": "Delete"}})
+    data_corruption(ns, target=target, store=store)
+    assert ctl.volumes[(ns, "data")] == f"{ns} volume v1"

@@ -18,7 +18,7 @@ run them (asynchronously: a client must wait for them, as on a real cluster).
   deleted deployment.
 - PVC protection (pkg/controller/volume/pvcprotection): the kubernetes.io/pvc-protection
   finalizer is removed only when no pod uses the claim; a removed claim's PV goes with it when
-  its reclaimPolicy is Delete, and with it the volume's data.
+  its reclaimPolicy is Delete, and with it the volume's data; with Retain the PV stays, Released.
 """
 
 from __future__ import annotations
@@ -223,3 +223,9 @@ class ClusterControllers:
         if pv and (pv.get("spec") or {}).get("persistentVolumeReclaimPolicy", "Delete") == "Delete":
             with suppress(ApiError):
                 self.store.delete(PVS, "", pv["metadata"]["name"])
+        elif pv:
+            # Retain (pv_controller.go syncVolume): the PV stays, Released, its claimRef still
+            # naming the claim that is gone; nothing binds it again until an admin deletes it
+            # or clears its claimRef
+            with suppress(ApiError):
+                self.store.patch(PVS, "", pv["metadata"]["name"], {"status": {"phase": "Released"}}, True)

@@ -70,6 +70,10 @@ class VeleroController(Seeding):
         self.restore_outcome: str | None = None
         self.restore_errors = 0  # > 0: restores report that many item errors (with restore_outcome's phase)
         self.installed = True
+        # restores wait this long for a target namespace being deleted (Velero's
+        # --resource-terminating-timeout, 10 min); restore name -> when its wait began
+        self.resource_terminating_timeout = 600.0
+        self.terminating_waits: dict[str, float] = {}
         self.denied: set[tuple[str, str]] = set()  # (verb, resource[/subresource])
         self.writes: list[tuple[str, str]] = []  # (method, path) of every mutating request
         self.secret_reads: list[str] = []  # Secret lists that returned data (not metadata only)
@@ -80,6 +84,8 @@ class VeleroController(Seeding):
     def reset(self) -> None:
         self.backup_outcome = self.restore_outcome = None
         self.restore_errors = 0
+        self.resource_terminating_timeout = 600.0
+        self.terminating_waits.clear()
         self.installed = True
         self.cluster.hold_termination = False
         self.denied.clear()

@@ -7,7 +7,12 @@
   rest (deployments, ...) (Velero's default resource priorities, pkg/cmd/server/config/config.go
   defaultRestorePriorities.HighPriorities: "... persistentvolumeclaims, serviceaccounts, secrets,
   configmaps, limitranges, pods, replicasets.apps, ..., endpoints, services").
-- resetMetadataAndStatus keeps only name, namespace, labels and annotations; status is dropped.
+- Items (velero_items.py): resetMetadataAndStatus drops status and the server's metadata (uid,
+  resourceVersion, ownerReferences, ...), finalizers stay; a pod that Succeeded or Failed is
+  not restored (isCompleted); an object that exists and equals the backed-up one is skipped
+  without a warning, one that differs is a warning (policy none) or updated (policy update).
+- A target namespace being deleted is waited for (EnsureNamespaceExistsAndIsReady), up to
+  `resource_terminating_timeout` (Velero's 10 min), then created anew.
 - A PV is restored with its PVC (actions/add_pv_from_pvc_action.go) only from a volume snapshot;
   renamed `velero-clone-<uuid>` when its name is taken and its claim's namespace is remapped
   (shouldRenamePV), else a PV still in the cluster is kept and no volume is made. A PV without
@@ -25,15 +30,14 @@
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import json
 import re
-import uuid
+import time
 from typing import Any
 
 import yaml
 
-from sandbox.k8s_emulator.controllers import claims_of
 from sandbox.k8s_emulator.errors import ApiError
 from sandbox.k8s_emulator.patches import json_patch
 from sandbox.k8s_emulator.snapshot import (
@@ -53,6 +57,17 @@ from sandbox.k8s_emulator.snapshot import (
     wanted,
 )
 from sandbox.k8s_emulator.store import Resource, match_labels, now_iso
+from sandbox.k8s_emulator.velero_items import (
+    claim,
+    completed,
+    identical,
+    label,
+    pod_volumes,
+    reset,
+    restore_wait,
+    service,
+    valid_name,
+)
 
 ORDER = [
     "namespaces",
@@ -121,28 +136,6 @@ def _source_ns(res: Resource, obj: dict[str, Any]) -> str:
     return obj["metadata"].get("namespace", "")
 
 
-def _reset(obj: dict[str, Any]) -> dict[str, Any]:
-    new = {k: copy.deepcopy(v) for k, v in obj.items() if k not in ("status",)}
-    meta = new["metadata"]
-    new["metadata"] = {k: meta[k] for k in ("name", "namespace", "labels", "annotations") if k in meta}
-    new["metadata"].pop("namespace", None)
-    return new
-
-
-def _label(obj: dict[str, Any], restore_name: str, backup_name: str) -> dict[str, Any]:
-    """addRestoreLabels, which restore.go calls after the resource modifiers: a modifier that
-    replaces an object's labels does not take these away."""
-    obj["metadata"].setdefault("labels", {}).update(
-        {"velero.io/backup-name": _valid(backup_name), "velero.io/restore-name": _valid(restore_name)}
-    )
-    return obj
-
-
-def _valid(name: str) -> str:
-    """label.GetValidName: at most 63 characters (longer names: 57 + a hash)."""
-    return name if len(name) <= 63 else name[:57] + format(abs(hash(name)) % 16**6, "06x")
-
-
 def _apply(ctl, restore: dict[str, Any]) -> None:
     spec = restore.get("spec") or {}
     rname, bname = restore["metadata"]["name"], spec.get("backupName", "")
@@ -167,6 +160,8 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
         and match_labels(obj["metadata"].get("labels") or {}, spec.get("labelSelector"))
     ]
     picked.sort(key=lambda item: ORDER.index(item[0].plural) if item[0].plural in ORDER else len(ORDER))
+    if _terminating(ctl, rname, {mapping.get(n, n) for n in (_source_ns(r, o) for r, o in picked) if n}):
+        return  # InProgress, nothing restored yet: the next pass looks again
     pvs = {o["metadata"]["name"]: o for r, o in snap.items if r is PVS}
     restored = warnings = errors = 0
     for res, obj in picked:
@@ -183,19 +178,20 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
             )
             ctl.store.create(NAMESPACES, "", {"metadata": {"name": ns, "labels": labels}})
             restored += 1
-        if res is NAMESPACES:
+        if res is NAMESPACES or completed(res, obj):
             continue
-        new = _reset(obj)
+        new = reset(obj)
         if res is PVCS:
-            _claim(ctl, new, src_ns, ns, snap, pvs, restore_pvs, rname, bname, with_pvs, src_ns in mapping)
+            mapped = src_ns in mapping
+            errors += claim(ctl, new, src_ns, ns, snap, pvs, restore_pvs, rname, bname, with_pvs, mapped)
         elif res is SERVICES:
-            _service(new, bool(spec.get("preserveNodePorts")))
+            service(new, bool(spec.get("preserveNodePorts")))
         elif res is PODS:
             new.setdefault("spec", {}).pop("nodeName", None)
-            _restore_wait(new, src_ns, obj["metadata"]["name"], snap)
+            restore_wait(new, src_ns, obj["metadata"]["name"], snap)
         for rule in modifiers:  # after the item actions (restore.go restoreItem)
             new = rule(res, ns, new)
-        new = _label(new, rname, bname)
+        new = label(new, rname, bname)
         existing = ctl.store.find(res, ns, new["metadata"]["name"])
         if existing is None:
             try:
@@ -208,7 +204,15 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
             restored += 1
             if res is PODS and with_pvs and wanted(PVCS, inc, exc):
                 # "Do not create podvolumerestore when current restore excludes pv/pvc"
-                _pod_volumes(ctl, created, src_ns, obj["metadata"]["name"], snap, rname)
+                pod_volumes(ctl, created, src_ns, obj["metadata"]["name"], snap, rname)
+        elif identical(existing, new):
+            # "skipped: it already exists in the cluster and is the same as the backed up
+            # version": no warning; with policy update only its restore labels are patched
+            if update:
+                with contextlib.suppress(ApiError):
+                    ctl.store.patch(
+                        res, ns, new["metadata"]["name"], {"metadata": {"labels": new["metadata"]["labels"]}}
+                    )
         elif update:
             new["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
             try:
@@ -219,106 +223,29 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
                 # back to the restore labels only and is reported as a warning
                 warnings += 1
         else:
-            warnings += 1  # Velero: "could not restore, X already exists"
+            warnings += (
+                1  # Velero: "could not restore, X already exists. ... in-cluster version is different"
+            )
     status = {"progress": {"totalItems": len(picked), "itemsRestored": restored}, "warnings": warnings}
     if errors:
         status["errors"] = errors
     ctl._set_status(RESTORES, restore, **status)
 
 
-def _claim(ctl, pvc, src_ns, ns, snap, pvs, restore_pvs, rname, bname, with_pvs, mapped) -> None:
-    spec = pvc.setdefault("spec", {})
-    name = pvc["metadata"]["name"]
-    pv = pvs.get(spec.get("volumeName") or "")
-    notes = pvc["metadata"].get("annotations") or {}
-    for key in ("pv.kubernetes.io/bind-completed", "pv.kubernetes.io/bound-by-controller"):
-        notes.pop(key, None)
-    if ctl.store.find(PVCS, ns, name) is not None:
-        return  # skipped as existing: its PV (in use, same name) is not restored over it
-    if not with_pvs:
-        # the PV is never processed, so the claim keeps its volumeName (restore.go resets it only
-        # for PVs in pvsToProvision) and waits for a PV that is not there
-        return
-    if pv is None or not restore_pvs or (src_ns, name) not in snap.volumes:
-        spec.pop("volumeName", None)  # no snapshot: a new (empty) volume is provisioned
-        return
-    new_pv = _label(_reset(pv), rname, bname)
-    if ctl.store.find(PVS, "", new_pv["metadata"]["name"]) is not None:
-        if not mapped:
-            # shouldRenamePV: renamed only for a remapped namespace; else the PV in the cluster
-            # is kept (shouldRestore) and no volume is made from the snapshot
-            return
-        new_pv["metadata"]["name"] = f"velero-clone-{uuid.uuid4()}"
-    new_pv["spec"]["claimRef"] = {"kind": "PersistentVolumeClaim", "namespace": ns, "name": name}
-    ctl.store.create(PVS, "", new_pv)
-    spec["volumeName"] = new_pv["metadata"]["name"]
-    ctl.volumes[(ns, name)] = snap.volumes[(src_ns, name)]
-
-
-def _service(svc: dict[str, Any], preserve_node_ports: bool) -> None:
-    spec = svc.setdefault("spec", {})
-    if spec.get("clusterIP") != "None":
-        spec.pop("clusterIP", None)
-        spec.pop("clusterIPs", None)
-    if not preserve_node_ports:
-        spec.pop("healthCheckNodePort", None)
-        for port in spec.get("ports") or []:
-            port.pop("nodePort", None)
-
-
-def _restore_wait(pod: dict[str, Any], src_ns: str, src_pod: str, snap: Snapshot) -> None:
-    """actions/pod_volume_restore_action.go: a pod with volumes to restore gets the restore-wait
-    init container first, with the securityContext of its first container (or a restricted one),
-    mounting those volumes; it runs before the resource modifiers."""
-    spec = pod.setdefault("spec", {})
-    volumes = [v for v, _ in claims_of(pod) if (src_ns, src_pod, v) in snap.pod_volumes]
-    if not volumes:
-        return
-    first = (spec.get("containers") or [{}])[0]
-    context = copy.deepcopy(first.get("securityContext")) or {
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-        "runAsUser": 1000,  # restoreHelperUID
-        "runAsNonRoot": True,
-    }
-    wait = {
-        "name": "restore-wait",
-        "image": "velero/velero-restore-helper:v1.16.0",
-        "command": ["/velero-restore-helper"],
-        "securityContext": context,
-        "volumeMounts": [{"name": v, "mountPath": f"/restores/{v}"} for v in volumes],
-    }
-    spec["initContainers"] = [wait, *(spec.get("initContainers") or [])]
-
-
-def _pod_volumes(ctl, pod: dict[str, Any], src_ns: str, src_pod: str, snap: Snapshot, rname: str) -> None:
-    ns = pod["metadata"]["namespace"]
-    for volume, claim in claims_of(pod):
-        data = snap.pod_volumes.get((src_ns, src_pod, volume))
-        if data is None:
-            continue
-        pvr = ctl.store.create(
-            PVRS,
-            ctl.namespace,
-            {
-                "metadata": {
-                    "generateName": f"{rname[:50]}-",
-                    "labels": {"velero.io/restore-name": _valid(rname)},
-                },
-                "spec": {
-                    "pod": {
-                        "kind": "Pod",
-                        "namespace": ns,
-                        "name": pod["metadata"]["name"],
-                        "uid": pod["metadata"]["uid"],
-                    },
-                    "volume": volume,
-                    "uploaderType": "kopia",
-                },
-            },
-        )
-        ctl.pod_volume_data[pvr["metadata"]["name"]] = (ns, pod["metadata"]["uid"], claim, data)
+def _terminating(ctl, rname: str, namespaces: set[str]) -> bool:
+    """kube.EnsureNamespaceExistsAndIsReady: a target namespace that is being deleted is waited
+    for, up to resourceTerminatingTimeout (10 min by default), and then created anew; past the
+    timeout the items in it fail."""
+    going = [
+        n
+        for n in namespaces
+        if ((ctl.store.find(NAMESPACES, "", n) or {}).get("metadata") or {}).get("deletionTimestamp")
+    ]
+    if not going:
+        ctl.terminating_waits.pop(rname, None)
+        return False
+    since = ctl.terminating_waits.setdefault(rname, time.monotonic())
+    return time.monotonic() - since < ctl.resource_terminating_timeout
 
 
 def _pod_volume_restores(ctl, restore: dict[str, Any]) -> None:
@@ -327,7 +254,7 @@ def _pod_volume_restores(ctl, restore: dict[str, Any]) -> None:
     rname = restore["metadata"]["name"]
     errors = (restore.get("status") or {}).get("errors", 0)
     pending = 0
-    for pvr in ctl.store.list(PVRS, ctl.namespace, f"velero.io/restore-name={_valid(rname)}"):
+    for pvr in ctl.store.list(PVRS, ctl.namespace, f"velero.io/restore-name={valid_name(rname)}"):
         if (pvr.get("status") or {}).get("phase") in ("Completed", "Failed"):
             continue
         ns, uid, claim, data = ctl.pod_volume_data.get(pvr["metadata"]["name"], ("", "", "", ""))

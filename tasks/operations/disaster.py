@@ -134,3 +134,36 @@ def refuse_other_claims(target: VeleroTarget, doc: dict, namespace: str, names: 
             "pods Velero restores with them: name those claims too (or leave pvcs out for all). "
             "Nothing was changed"
         )
+
+
+def refuse_retained_volumes(target: VeleroTarget, doc: dict, namespace: str, names: list[str]) -> None:
+    """Before anything changes: claims about to be deleted (and restored from `doc`) whose PV has
+    reclaimPolicy Retain. Such a PV stays, Released, under its name once its claim is gone, and
+    Velero restores a volume from a native snapshot under that same name: restore.go
+    shouldRestore waits its resourceTerminatingTimeout (10 min by default) for the PV to go,
+    then fails the item, and the restored claim stays Pending. CSI snapshots and file-system
+    backups are provisioned anew (other names): not blocked."""
+    k = kube.connect(target.kube)
+    through_pods = (
+        {c for (ns, c) in volumes.fs_claims(target, doc) if ns == namespace}
+        if doc["describe"].get("fs_backups")
+        else set()
+    )
+    claims = {p["name"]: p["volume"] for p in kube.list_pvcs(k, namespace)}
+    retained = []
+    for name in sorted(set(names) & set(claims) - through_pods):
+        if not claims[name]:
+            continue
+        pv = kube.read_pv(k, claims[name])
+        if pv is not None and pv.spec.persistent_volume_reclaim_policy == "Retain" and not pv.spec.csi:
+            retained.append(f"{claims[name]} (claim {namespace}/{name})")
+    if retained:
+        first = retained[0].split(" ", 1)[0]
+        raise BadInput(
+            f"PVs {retained} have persistentVolumeReclaimPolicy Retain: once their claims are deleted "
+            "they stay Released under the names Velero restores their snapshots to, and Velero waits "
+            "10 min (its resourceTerminatingTimeout) for them to go, then fails the restore. Set them "
+            f"to Delete first (`kubectl patch pv {first} -p "
+            '\'{"spec":{"persistentVolumeReclaimPolicy":"Delete"}}\'`; the forensic backup this '
+            "restore takes keeps their data), then run again. Nothing was changed"
+        )

@@ -4,6 +4,7 @@ so that a run can be resumed, in the registry's restore order. The flow
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from prefect.blocks.core import Block
@@ -16,7 +17,7 @@ from tasks.operations.plan import DR_STEPS, PLAN_ONLY, target_label
 from tasks.operations.restores import target_digest
 from tasks.storage.layout import layout
 from tasks.storage.records import get_record
-from tasks.verbs import restore_task, verify_task
+from tasks.verbs import restore_options, restore_task, verify_task
 
 
 def run_key(store: StoreBlock, run_id: str) -> str:
@@ -161,5 +162,53 @@ def run_step(
         return {"status": "done", "restored": False, "plan": etcd_plan(manifest)}
     target = load_target(component, targets.get(component))
     verify_task(manifest, store, target)
-    report = restore_task(manifest, target, store, options)
+    if component == "volumes":
+        report = restore_volumes(manifest, target, store, options)
+    else:
+        report = restore_task(manifest, target, store, options)
     return {"status": "done", "restored": True, "backup_id": manifest.id, "report": report}
+
+
+def restore_volumes(
+    manifest: Manifest, target: Any, store: StoreBlock, options: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The volumes step: the data of the chosen volumes backup in every claim it holds. The
+    kubernetes step before it restored the claims already, with the data of the kubernetes
+    backup's own snapshots (or pod volume backups), or empty when it has none, and Velero skips
+    a claim that exists: the volumes backup's data never got in. So, as data_corruption does,
+    the apps using them are quiesced, those claims deleted and restored with their data."""
+    from tasks.components.kubernetes import api as kube
+    from tasks.components.kubernetes.backups import _kinds, load_document
+    from tasks.components.kubernetes.quiesce import quiesced
+    from tasks.components.kubernetes.restores import _present
+    from tasks.operations.disaster import delete_pvcs_task, refuse_retained_volumes
+
+    opts = restore_options("volumes", options)
+    doc = load_document(store, manifest)
+    if (
+        opts.restore_pvs is False
+        or opts.names
+        or opts.label_selector
+        or "persistentvolumeclaims" not in _kinds(opts.resources or [], opts.exclude_resources)
+    ):
+        return restore_task(manifest, target, store, options)  # no claim with its data: nothing to replace
+    k = kube.connect(target.kube)
+    existing: dict[str, list[str]] = {}
+    for ns in opts.namespaces or sorted(doc["inventory"]):
+        if ns in opts.exclude_namespaces:
+            continue
+        into = opts.namespace_mapping.get(ns, ns)
+        held = doc["inventory"].get(ns, {}).get("persistentvolumeclaims", [])
+        there = sorted(set(held) & _present(k, into, "persistentvolumeclaims"))
+        if there:
+            refuse_retained_volumes(target, doc, into, there)  # before any is deleted
+            existing[into] = there
+    with contextlib.ExitStack() as stack:
+        for ns in existing:
+            stack.enter_context(quiesced(target.kube, ns))
+        for ns, names in existing.items():
+            delete_pvcs_task(target, ns, names)
+        report = restore_task(manifest, target, store, options)
+    if existing:
+        report["replaced_claims"] = [f"{ns}/{name}" for ns, names in existing.items() for name in names]
+    return report

@@ -27,6 +27,7 @@ KUBERNETES_SCOPE = (
     "names",
     "label_selector",
     "restore_pvs",
+    "include_cluster_resources",
     "timeout_seconds",
 )
 
@@ -67,6 +68,11 @@ def _kubernetes(
         sources = sorted(load_document(store, restored)["inventory"])
     out: dict[str, Any] = {k: options[k] for k in KUBERNETES_SCOPE if k in options}
     out["existing_resource_policy"] = "update"  # "none" would leave the restored objects in place
+    if _wrote_cluster_scoped(store, options, backup):
+        # a restore of the whole backup overwrote cluster-scoped objects (CRDs, ClusterRoles, PVs):
+        # the rollback puts them back too, even when it names fewer namespaces than the safety
+        # backup holds (one created since the restored backup), which Velero reads as "leave them"
+        out["include_cluster_resources"] = True
     if sources is not None:
         skip = set(options.get("exclude_namespaces") or [])
         written = sorted({mapping.get(n, n) for n in sources if n not in skip})
@@ -74,6 +80,24 @@ def _kubernetes(
     elif options.get("exclude_namespaces"):
         out["exclude_namespaces"] = options["exclude_namespaces"]
     return out
+
+
+def _wrote_cluster_scoped(store: StoreBlock, options: dict, backup: Callable[[], Manifest | None]) -> bool:
+    """Whether a Kubernetes restore with these options included cluster-scoped objects, as
+    restores.restore_document decides it (asked for, or the whole backup restored)."""
+    from tasks.components.kubernetes import load_document
+
+    given = options.get("include_cluster_resources")
+    if given is not None:
+        return bool(given)
+    if options.get("exclude_namespaces") or options.get("namespace_mapping") or options.get("names"):
+        return False
+    if options.get("namespaces") is None:
+        return True
+    restored = backup()
+    if restored is None:
+        return False
+    return set(options["namespaces"]) >= set(load_document(store, restored)["inventory"])
 
 
 def _postgres(options: dict, backup: Callable[[], Manifest | None], safety: Manifest) -> dict:

@@ -147,6 +147,17 @@ def namespace_exists(k: Kube, name: str) -> bool:
         return False
 
 
+def namespace_active(k: Kube, name: str) -> bool:
+    """It exists and is not being deleted: the objects of a Terminating namespace are going, and
+    a restore into it waits for it to go and makes it anew (Velero's
+    EnsureNamespaceExistsAndIsReady)."""
+    try:
+        ns = k.call(f"read namespace {name}", k.core.read_namespace, name)
+    except NotFound:
+        return False
+    return not ns.metadata.deletion_timestamp and (ns.status.phase if ns.status else None) != "Terminating"
+
+
 def create_namespace(k: Kube, name: str, labels: dict[str, str] | None = None) -> None:
     body = client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels))
     k.call(f"create namespace {name}", k.core.create_namespace, body)
@@ -215,6 +226,14 @@ def delete_pvc(k: Kube, namespace: str, name: str) -> None:
     k.call(
         f"delete PVC {namespace}/{name}", k.core.delete_namespaced_persistent_volume_claim, name, namespace
     )
+
+
+def read_pv(k: Kube, name: str) -> client.V1PersistentVolume | None:
+    """A PersistentVolume, or None when there is none of that name."""
+    try:
+        return k.call(f"read PV {name}", k.core.read_persistent_volume, name)
+    except NotFound:
+        return None
 
 
 # -- the kinds the project lists, counts and verifies ------------------------------------------------
@@ -296,6 +315,7 @@ __all__ = [
     "wait_for",
     "list_namespaces",
     "namespace_exists",
+    "namespace_active",
     "create_namespace",
     "delete_namespace",
     "list_deployments",
@@ -303,4 +323,5 @@ __all__ = [
     "scale",
     "list_pvcs",
     "delete_pvc",
+    "read_pv",
 ]

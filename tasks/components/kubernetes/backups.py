@@ -48,6 +48,8 @@ class BackupSpec(BaseModel):
     default_volumes_to_fs_backup: bool = False
     snapshot_move_data: bool = False  # CSI snapshots moved to the BSL by Velero's data mover
     ttl_hours: float | None = None
+    # Velero's includeClusterResources; None: cluster-scoped objects only when every namespace is in
+    include_cluster_resources: bool | None = None
 
     @classmethod
     def of(cls, target: VeleroTarget, **overrides: Any) -> BackupSpec:
@@ -72,6 +74,8 @@ class BackupSpec(BaseModel):
             spec["snapshotVolumes"] = self.snapshot_volumes
         if self.snapshot_move_data:
             spec["snapshotMoveData"] = True
+        if self.include_cluster_resources is not None:
+            spec["includeClusterResources"] = self.include_cluster_resources
         return {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "Backup",

@@ -60,6 +60,10 @@ class RestoreOptions(StrictOptions):
     existing_resource_policy: ExistingResourcePolicy = ExistingResourcePolicy.none
     restore_pvs: bool | None = Field(default=None, description="restore volume data (Velero restorePVs)")
     label_selector: dict[str, str] = Field(default_factory=dict)
+    include_cluster_resources: bool | None = Field(
+        default=None,
+        description="cluster-scoped objects (CRDs, ClusterRoles, PVs...); default: with the whole backup",
+    )
     timeout_seconds: float | None = Field(default=None, gt=0, description="default: the target's")
 
     @field_validator("namespace_mapping")
@@ -138,7 +142,7 @@ def expected_objects(
 
 
 def _present(k: Kube, ns: str, plural: str) -> set[str]:
-    if not kube.namespace_exists(k, ns):
+    if not kube.namespace_active(k, ns):  # a Terminating namespace's objects are going
         return set()
     return set(kube.list_names(k, ns, plural))
 
@@ -187,7 +191,9 @@ def restore_document(
         spec["restorePVs"] = options.restore_pvs
     if options.label_selector:
         spec["labelSelector"] = {"matchLabels": options.label_selector}
-    if not options.exclude_namespaces and not mapping and set(namespaces) >= set(doc["inventory"]):
+    if options.include_cluster_resources is not None:
+        spec["includeClusterResources"] = options.include_cluster_resources
+    elif not options.exclude_namespaces and not mapping and set(namespaces) >= set(doc["inventory"]):
         # the whole backup: its cluster-scoped objects too (CRDs, ClusterRoles, ...). We name the
         # namespaces, and Velero leaves cluster-scoped objects out of a restore of named
         # namespaces unless asked (restore.go getOrderedResourceCollection), so a full-cluster
@@ -195,7 +201,16 @@ def restore_document(
         spec["includeClusterResources"] = True
     rollback = None
     if options.existing_resource_policy is ExistingResourcePolicy.update:
-        rollback = safety_backup(k, target, [mapping.get(ns, ns) for ns in namespaces], backup_id)
+        # the safety copy covers whatever the restore may overwrite: with cluster-scoped objects
+        # in the restore, all of them (a copy of the namespaces alone left nothing to put a
+        # ClusterRole or CRD back from)
+        rollback = safety_backup(
+            k,
+            target,
+            [mapping.get(ns, ns) for ns in namespaces],
+            backup_id,
+            cluster=bool(spec.get("includeClusterResources")),
+        )
     token = secrets.token_hex(4)
     targets = [mapping.get(ns, ns) for ns in namespaces]
     with contextlib.ExitStack() as stack:
@@ -267,21 +282,28 @@ def restore_document(
     return report
 
 
-def safety_backup(k: Kube, target: VeleroTarget, namespaces: list[str], backup_id: str = "") -> str | None:
+def safety_backup(
+    k: Kube, target: VeleroTarget, namespaces: list[str], backup_id: str = "", cluster: bool = False
+) -> str | None:
     """Before a restore overwrites objects (policy update): a Velero backup of what is there now,
-    kept 7 days, so the overwrite can be rolled back. None if none of the namespaces exists."""
+    kept 7 days, so the overwrite can be rolled back. `cluster`: the restore overwrites
+    cluster-scoped objects too, so they are in the copy. None if there is nothing to copy."""
     present = [ns for ns in namespaces if kube.namespace_exists(k, ns)]
-    if not present:
+    if not present and not cluster:
         return None
     name = f"klb-pre-restore-{datetime.now(UTC):%Y%m%dt%H%M%S}-{secrets.token_hex(3)}"
     metadata = id_metadata(backup_id, {"klb.io/purpose": "pre-restore"})
-    body = BackupSpec(include_namespaces=present).cr(name, target, timedelta(days=7), metadata)
+    # no namespace present: Velero reads an empty includedNamespaces as all of them, so one that
+    # cannot exist keeps the copy to the cluster-scoped objects
+    spec = BackupSpec(include_namespaces=present or ["klb-none"], include_cluster_resources=cluster or None)
+    body = spec.cr(name, target, timedelta(days=7), metadata)
     _call(k, f"create Velero backup {name}", "create", "backups", target.namespace, body)
     cr, done = _wait(k, target, "backups", name, BACKUP_TERMINAL, target.backup_timeout_seconds)
     if not done or cr["status"]["phase"] != "Completed":
         raise ComponentFailed(
-            f"the safety backup {name} of {present} before overwriting them did not complete "
+            f"the safety backup {name} of {present}{' and the cluster-scoped objects' if cluster else ''} "
+            "before overwriting them did not complete "
             f"({_status_text(cr)}): nothing was restored"
         )
-    log.info("safety backup %s of %s taken before overwriting", name, present)
+    log.info("safety backup %s of %s (cluster-scoped: %s) taken before overwriting", name, present, cluster)
     return name
