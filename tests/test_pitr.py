@@ -492,6 +492,18 @@ def test_drill_recovers_verifies_and_removes_its_instance(bench, monkeypatch):
     assert _sql(bench["svc"], "select count(*) from t")[0][0] == 20  # source untouched
 
 
+def test_the_drill_flow_picks_the_newest_pitr_backup_and_passes(prefect_server, bench):
+    """restore_drill resolves 'latest' for postgres-pitr with no restore options: PITR's
+    RestoreOptions require `directory`, and validating them to pick the backup failed every
+    drill of postgres-pitr (the demo's 7th component) with BadInput."""
+    from flows.drill import restore_drill
+
+    record = restore_drill(
+        components=["postgres-pitr"], targets={"postgres-pitr": bench["target"]}, store=bench["store"]
+    )
+    assert record.passed and [c.status.value for c in record.components] == ["verified"]
+
+
 def test_pitr_to_a_named_restore_point(bench, new_dir, monkeypatch):
     # and the port it was given is taken before it binds it: started again on another one
     recover = importlib.import_module(

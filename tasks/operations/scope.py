@@ -118,6 +118,11 @@ def _app_state(manifest: Manifest, target: Any, options: Any) -> str | None:
 def scope_gap(component: str, target: Any, options: Any = None) -> Gap:
     """manifest -> None when it covers what a restore of `component` into `target` with `options`
     asks for, else what it lacks. etcd and PITR back up the whole server: always covered."""
+    if component not in ("postgres", "kubernetes", "volumes", "rabbitmq", "app-state"):
+        # options are not parsed here: a PITR restore's `directory` is required, and a drill or
+        # plan asks for 'latest' with none. An unknown component is BadInput, not 'covered'.
+        load(component)
+        return lambda m: None
     opts = _options(component, options)
     if component == "postgres":
         return lambda m: _postgres(m, target, opts)
@@ -129,10 +134,7 @@ def scope_gap(component: str, target: Any, options: Any = None) -> Gap:
         return lambda m: _velero(m, opts, base)
     if component == "rabbitmq":
         return lambda m: _rabbitmq(m, target, opts)
-    if component == "app-state":
-        return lambda m: _app_state(m, target, opts)
-    load(component)  # an unknown component is BadInput here, not a silent 'covered'
-    return lambda m: None
+    return lambda m: _app_state(m, target, opts)
 
 
 def backup_for(
