@@ -110,18 +110,21 @@ def rabbitmq(request) -> services.Service:
     return _start(request, services.rabbitmq_management)
 
 
+RABBITMQ_LOCK = Path("/tmp/knative-lambda-backup-rabbitmq-tests.lock")  # not $TMPDIR: per worker here
+
+
 @pytest.fixture(autouse=True)
 def _rabbitmq_sharing(request):
     """Tests on the machine's broker work in vhosts of their own and may run side by side; a test
     marked `broker_wide` (it restores the whole broker, bringing back every vhost it backed up, or
-    checks that no drill vhost is left on it) runs alone on it: one lock file, shared by the xdist
-    workers, taken shared or exclusive."""
+    checks that no drill vhost is left on it) runs alone on it: one lock file, taken shared or
+    exclusive. The broker is the machine's, so the lock is too: every checkout's test run on this
+    machine (xdist workers, git worktrees, a fresh clone) takes the same file."""
     exclusive = request.node.get_closest_marker("broker_wide") is not None
     if not exclusive and "rabbitmq" not in request.fixturenames:
         yield
         return
-    services.RUN_DIR.mkdir(parents=True, exist_ok=True)
-    with open(services.RUN_DIR / "rabbitmq-tests.lock", "a") as lock:
+    with open(RABBITMQ_LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)  # released on close
         yield
 

@@ -19,6 +19,7 @@ from tasks.errors import BadInput, ConfigurationError, IsolationTaken
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import list_backups
 from tasks.verbs import backup_task, restore_task, verify_task
+from tests.rabbitmq_helpers import serve
 
 
 def seg(name: str) -> str:
@@ -342,10 +343,6 @@ def test_live_queue_limit_below_the_backup_refuses_before_changing_anything(api,
 def plugin_source(api):
     """A source broker that had plugins the machine's broker lacks (the delayed-message exchange,
     shovels): a management API serving what such a broker exports, for the backup to read."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     name, user = "klb-plugins-" + secrets.token_hex(4), "klb-plugins-" + secrets.token_hex(4)
     vhost_doc = {
         "rabbit_version": "3.10.8",
@@ -366,33 +363,12 @@ def plugin_source(api):
         "permissions": [{"user": user, "vhost": name, "configure": ".*", "write": ".*", "read": ".*"}],
         **{k: [{**i, "vhost": name} for i in v] for k, v in vhost_doc.items() if isinstance(v, list)},
     }  # fmt: skip
-    routes = {
-        "/api/overview": {"rabbitmq_version": "3.10.8"},
-        "/api/vhosts": [{"name": name, "description": "", "tags": []}],
-        f"/api/vhosts/{name}": {"name": name},
-        "/api/definitions": broker_doc,
-        f"/api/definitions/{name}": vhost_doc,
-    }
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            body = routes.get(self.path)
-            self.send_response(404 if body is None else 200)
-            self.send_header("content-type", "application/json")
-            self.end_headers()
-            self.wfile.write(json.dumps(body).encode())
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", name, user, vhost_doc
-    finally:
-        server.shutdown()
-        api.delete(f"/vhosts/{seg(name)}")
-        api.delete(f"/users/{user}")
+    with serve(name, broker_doc, vhost_doc) as url:
+        try:
+            yield url, name, user, vhost_doc
+        finally:
+            api.delete(f"/vhosts/{seg(name)}")
+            api.delete(f"/users/{user}")
 
 
 @pytest.mark.parametrize("scope", ["vhost", "broker"])

@@ -1,0 +1,41 @@
+"""A stand-in for a source broker's management API, for tests whose backup must read what a
+broker with other plugins or versions exports (the machine's broker cannot hold it)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@contextmanager
+def serve(name: str, broker_doc: dict[str, Any], vhost_doc: dict[str, Any]) -> Iterator[str]:
+    """A management API on loopback that serves what a source broker with vhost `name` exports."""
+    routes = {
+        "/api/overview": {"rabbitmq_version": "3.10.8"},
+        "/api/vhosts": [{"name": name, "description": "", "tags": []}],
+        f"/api/vhosts/{name}": {"name": name},
+        "/api/definitions": broker_doc,
+        f"/api/definitions/{name}": vhost_doc,
+    }
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            body = routes.get(self.path)
+            self.send_response(404 if body is None else 200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(json.dumps(body).encode())
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
