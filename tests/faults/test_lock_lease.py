@@ -92,5 +92,13 @@ def test_a_killed_holder_frees_the_component_lock(real_prefect_server):
         holder.wait()
     assert LEASE_SECONDS <= 60
     # the holder printed "held" only once it had the slot, so the slot was taken when it died
-    with temporary_settings({PREFECT_API_URL: url}), component_lock("rabbitmq", timeout_seconds=150):
-        pass
+    try:
+        with temporary_settings({PREFECT_API_URL: url}), component_lock("rabbitmq", timeout_seconds=150):
+            pass
+    finally:
+        # Prefect keeps one slot-acquiring service per set of limit names, with the client of the
+        # API it first talked to: left running, this worker's later rabbitmq locks would all go
+        # to this test's server, gone by then (ConnectError in full_cluster_restore's rabbitmq step)
+        from prefect.concurrency.services import ConcurrencySlotAcquisitionWithLeaseService
+
+        ConcurrencySlotAcquisitionWithLeaseService.drain_all(timeout=30, at_exit=False)
