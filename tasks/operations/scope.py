@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from blocks.store import StoreBlock
@@ -115,26 +116,25 @@ def _app_state(manifest: Manifest, target: Any, options: Any) -> str | None:
     return f"does not hold steps {missing}" if missing else None
 
 
+# component -> (target, its parsed RestoreOptions) -> Gap. Components not here (etcd, PITR) back
+# up the whole server: always covered, and their options are not parsed (a PITR restore's
+# `directory` is required, and a drill or plan asks for 'latest' with none).
+SCOPED: dict[str, Callable[[Any, Any], Gap]] = {
+    "postgres": lambda target, opts: lambda m: _postgres(m, target, opts),
+    "kubernetes": lambda target, opts: partial(_velero, options=opts, base=velero.BackupSpec.of(target)),
+    "volumes": lambda target, opts: partial(_velero, options=opts, base=volumes.spec(target)),
+    "rabbitmq": lambda target, opts: lambda m: _rabbitmq(m, target, opts),
+    "app-state": lambda target, opts: lambda m: _app_state(m, target, opts),
+}
+
+
 def scope_gap(component: str, target: Any, options: Any = None) -> Gap:
     """manifest -> None when it covers what a restore of `component` into `target` with `options`
-    asks for, else what it lacks. etcd and PITR back up the whole server: always covered."""
-    if component not in ("postgres", "kubernetes", "volumes", "rabbitmq", "app-state"):
-        # options are not parsed here: a PITR restore's `directory` is required, and a drill or
-        # plan asks for 'latest' with none. An unknown component is BadInput, not 'covered'.
-        load(component)
+    asks for, else what it lacks."""
+    if component not in SCOPED:
+        load(component)  # an unknown component is BadInput here, not a silent 'covered'
         return lambda m: None
-    opts = _options(component, options)
-    if component == "postgres":
-        return lambda m: _postgres(m, target, opts)
-    if component == "kubernetes":
-        base = velero.BackupSpec.of(target)
-        return lambda m: _velero(m, opts, base)
-    if component == "volumes":
-        base = volumes.spec(target)
-        return lambda m: _velero(m, opts, base)
-    if component == "rabbitmq":
-        return lambda m: _rabbitmq(m, target, opts)
-    return lambda m: _app_state(m, target, opts)
+    return SCOPED[component](target, _options(component, options))
 
 
 def backup_for(
