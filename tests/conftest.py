@@ -148,6 +148,14 @@ def kube_api(kube_server):
 
 
 @pytest.fixture
+def ctl(kube_api):
+    """The emulator's controller (its fake Velero, seeding), reset before and after the test."""
+    kube_api.controller.reset()
+    yield kube_api.controller
+    kube_api.controller.reset()
+
+
+@pytest.fixture
 def s3_bucket(moto):
     """A fresh bucket on the session's moto server: (name, boto3 client)."""
     from sandbox.s3 import make_bucket

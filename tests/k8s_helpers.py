@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from tasks.components.kubernetes import api as kube
-
-
-def fresh_controller(kube_api) -> Iterator:
-    """For a `ctl` fixture: the emulator's controller, reset before and after the test."""
-    kube_api.controller.reset()
-    yield kube_api.controller
-    kube_api.controller.reset()
 
 
 def seed_app(ctl, ns: str, replicas: tuple[int, ...] = (2, 5, 1)) -> None:

@@ -12,12 +12,6 @@ from blocks.kubernetes import KubernetesTarget
 from tasks.components.kubernetes import api as kube
 from tasks.components.kubernetes import quiesce
 from tasks.errors import ConfigurationError, TransientError
-from tests.k8s_helpers import fresh_controller
-
-
-@pytest.fixture
-def ctl(kube_api):
-    yield from fresh_controller(kube_api)
 
 
 @pytest.fixture

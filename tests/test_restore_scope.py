@@ -12,13 +12,6 @@ import pytest
 from tasks.errors import NotFound
 
 
-@pytest.fixture
-def ctl(kube_api):
-    from tests.k8s_helpers import fresh_controller
-
-    yield from fresh_controller(kube_api)
-
-
 def test_latest_of_the_whole_kubernetes_target_skips_a_newer_one_namespace_backup(
     prefect_server, kube_api, ctl, local_store
 ):

@@ -4,15 +4,6 @@ rollback's record lists it, so that is never silent. Emulated Kubernetes API wit
 
 from __future__ import annotations
 
-import pytest
-
-
-@pytest.fixture
-def ctl(kube_api):
-    from tests.k8s_helpers import fresh_controller
-
-    yield from fresh_controller(kube_api)
-
 
 def test_a_rollback_lists_the_objects_the_restore_created_that_it_leaves(
     prefect_server, kube_api, ctl, local_store

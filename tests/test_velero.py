@@ -15,12 +15,7 @@ from tasks.components.kubernetes import quiesce
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError, NotFound
 from tasks.storage.catalog import list_backups
 from tasks.storage.session import backup_session
-from tests.k8s_helpers import configmap, fresh_controller, k8s, seed_namespaces, set_configmap
-
-
-@pytest.fixture
-def ctl(kube_api):
-    yield from fresh_controller(kube_api)
+from tests.k8s_helpers import configmap, k8s, seed_namespaces, set_configmap
 
 
 @pytest.fixture

@@ -9,15 +9,10 @@ from sandbox.k8s_emulator.store import BY_PATH
 from tasks.components import kubernetes as velero
 from tasks.components.kubernetes import api as kube
 from tasks.storage.session import backup_session
-from tests.k8s_helpers import fresh_controller, k8s, seed_namespaces
+from tests.k8s_helpers import k8s, seed_namespaces
 
 RBAC = "rbac.authorization.k8s.io/v1"
 ROLES, BINDINGS = BY_PATH[(RBAC, "clusterroles")], BY_PATH[(RBAC, "clusterrolebindings")]
-
-
-@pytest.fixture
-def ctl(kube_api):
-    yield from fresh_controller(kube_api)
 
 
 def test_a_whole_cluster_backup_restored_whole_brings_back_its_cluster_scoped_objects(

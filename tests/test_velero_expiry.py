@@ -16,14 +16,9 @@ from sandbox.k8s_emulator.store import BY_PATH
 from tasks.errors import ComponentFailed
 from tasks.storage.catalog import get_backup
 from tasks.table import policy
-from tests.k8s_helpers import fresh_controller, seed_namespaces
+from tests.k8s_helpers import seed_namespaces
 
 BACKUPS = BY_PATH[("velero.io/v1", "backups")]
-
-
-@pytest.fixture
-def ctl(kube_api):
-    yield from fresh_controller(kube_api)
 
 
 @pytest.fixture

@@ -14,12 +14,7 @@ from tasks.components import kubernetes as velero
 from tasks.components.kubernetes import api as kube
 from tasks.errors import BadInput, ComponentFailed, NotFound
 from tasks.storage.catalog import get_backup, latest_backup, list_backups
-from tests.k8s_helpers import configmap, fresh_controller, k8s, seed_namespaces, set_configmap
-
-
-@pytest.fixture
-def ctl(kube_api):
-    yield from fresh_controller(kube_api)
+from tests.k8s_helpers import configmap, k8s, seed_namespaces, set_configmap
 
 
 @pytest.fixture

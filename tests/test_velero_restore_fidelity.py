@@ -4,17 +4,10 @@ finalizers come back, completed pods do not, and a namespace being deleted is wa
 
 from __future__ import annotations
 
-import pytest
-
 from sandbox.k8s_emulator.snapshot import CONFIGMAPS, NAMESPACES, PODS
 from tasks.components import kubernetes as velero
 from tasks.storage.session import backup_session
-from tests.k8s_helpers import fresh_controller, seed_namespaces, seed_settings
-
-
-@pytest.fixture
-def ctl(kube_api):
-    yield from fresh_controller(kube_api)
+from tests.k8s_helpers import seed_namespaces, seed_settings
 
 
 def take_backup(kube_api, store, ns: str):

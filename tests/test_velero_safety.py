@@ -6,24 +6,17 @@ from __future__ import annotations
 
 import secrets
 
-import pytest
-
 from sandbox.k8s_emulator.store import BY_PATH
 from tasks.components import kubernetes as velero
 from tasks.components.kubernetes import api as kube
 from tasks.components.kubernetes.velero import run_restore
 from tasks.storage.session import backup_session
-from tests.k8s_helpers import fresh_controller, k8s, seed_namespaces
+from tests.k8s_helpers import k8s, seed_namespaces
 
 RBAC = "rbac.authorization.k8s.io/v1"
 ROLES = BY_PATH[(RBAC, "clusterroles")]
 BEFORE = [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]
 LATER = [{"apiGroups": [""], "resources": ["configmaps", "secrets"], "verbs": ["get", "list"]}]
-
-
-@pytest.fixture
-def ctl(kube_api):
-    yield from fresh_controller(kube_api)
 
 
 def whole_cluster_backup(kube_api, ctl, store):

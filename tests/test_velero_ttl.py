@@ -8,12 +8,7 @@ import pytest
 
 from tasks.components import kubernetes as velero
 from tasks.storage.session import backup_session
-from tests.k8s_helpers import fresh_controller, seed_namespaces
-
-
-@pytest.fixture
-def ctl(kube_api):
-    yield from fresh_controller(kube_api)
+from tests.k8s_helpers import seed_namespaces
 
 
 @pytest.mark.parametrize("hours", [0.5, 1.5])

@@ -17,7 +17,7 @@ from tasks.errors import BadInput, ComponentFailed
 from tasks.operations.disaster import delete_pvcs_task
 from tasks.storage.catalog import list_backups
 from tasks.storage.session import backup_session
-from tests.k8s_helpers import fresh_controller, seed_namespaces
+from tests.k8s_helpers import seed_namespaces
 
 # what Pod Security "restricted" asks of every container
 RESTRICTED = {
@@ -26,11 +26,6 @@ RESTRICTED = {
     "capabilities": {"drop": ["ALL"]},
     "seccompProfile": {"type": "RuntimeDefault"},
 }
-
-
-@pytest.fixture
-def ctl(kube_api):
-    yield from fresh_controller(kube_api)
 
 
 @pytest.fixture
