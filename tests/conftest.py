@@ -85,6 +85,37 @@ def prefect_server():
         yield
 
 
+@pytest.fixture(autouse=True)
+def _component_locks_freed(request):
+    """After each test on the Prefect test server, free any `klb-component-*` slot still held.
+
+    A real server's repossessor revokes a dead holder's lease a minute after its renewals stop
+    (flows/locks.py); the test harness's ephemeral server runs no repossessor, so a holder a test
+    killed (or one whose release call was lost) kept its slot for the rest of that worker's
+    session, and every later test of the component waited out KLB_COMPONENT_LOCK_WAIT_SECONDS and
+    failed, in whichever file xdist happened to run next on that worker. This does what the
+    repossessor (or the operator's `prefect gcl delete`) would, and names the test that left it."""
+    yield
+    if "prefect_server" not in request.fixturenames:
+        return
+    from prefect.client.orchestration import get_client
+
+    from flows.locks import PREFIX
+
+    with get_client(sync_client=True) as client:
+        held = [
+            limit.name
+            for limit in client.read_global_concurrency_limits(limit=200, offset=0)
+            if limit.name.startswith(PREFIX) and limit.active_slots
+        ]
+        for name in held:
+            client.delete_global_concurrency_limit_by_name(name)  # recreated on next use
+    if held:
+        import warnings
+
+        warnings.warn(f"{request.node.nodeid} left {held} held; freed them", stacklevel=1)
+
+
 @pytest.fixture(scope="session")
 def moto(request) -> services.Service:
     return _start(request, services.start_moto)
