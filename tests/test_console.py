@@ -351,3 +351,34 @@ def test_a_restore_that_fails_part_way_says_where_the_target_stands(saved, store
     text = "\n".join(lines)
     assert code == PROBLEM and "restore of app-state FAILED" in text and "not cut over" not in text
     assert "steps ['first'] were restored, step 'second' failed" in text and first.read_text() == "a\n"
+
+
+def test_status_a_newer_narrower_backup_does_not_hide_an_overdue_whole_target(
+    prefect_server, store, capsys, monkeypatch
+):
+    """The newest good backup in `klb status` is the newest that covers the whole configured
+    target, as 'latest' for a restore is: a newer backup holding only part of it (one step of two
+    here; one database, one namespace, one vhost alike) says so in a note and does not make a
+    component whose full backups stopped look fresh."""
+    from blocks.app_state import AppStateStep, AppStateTarget
+
+    name = f"status-scope-{secrets.token_hex(3)}"
+    step = {"backup_command": ["true"], "restore_command": ["true"]}
+    AppStateTarget(steps=[AppStateStep(name="data", **step), AppStateStep(name="db", **step)]).save(name)
+    monkeypatch.setenv("KLB_APP_STATE_TARGET", name)
+    with backup_session(store, "app-state", {"batch": "test"}) as s:
+        s.write("data", [b"x" * 100])
+        s.write("db", [b"y" * 100])
+        s.source_time = datetime.now(UTC) - timedelta(hours=6)  # every 4 h (+25 % grace)
+        whole = s.commit(retention=timedelta(days=14))
+    part = put_backup(store, "app-state")  # only "data": fresh, but not the whole target
+    code, lines, _ = klb(capsys, "status", "app-state")
+    assert code == PROBLEM
+    assert whole.id in row(lines, "app-state") and "OVERDUE (every 4h)" in row(lines, "app-state")
+    assert any(part.id in line and "does not hold steps ['db']" in line for line in lines), lines
+
+    # only narrower backups: none good for the whole target
+    monkeypatch.setenv("KLB_STORE_DIR", str(Path(store.path).parent / "only-narrower"))
+    put_backup(LocalStore(), "app-state")
+    code, lines, _ = klb(capsys, "status", "app-state")
+    assert code == PROBLEM and "OVERDUE (no good backup of its whole target)" in row(lines, "app-state")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from blocks.store import StoreBlock
 from flows.console.fmt import age, ago, every, human_bytes, table
@@ -12,6 +13,7 @@ from flows.console.known import backups_of, known_state
 from tasks.components.registry import SPECS, load_target
 from tasks.errors import BackupError
 from tasks.operations.drills import DrillRecord, list_drill_records
+from tasks.operations.scope import scope_gap
 from tasks.storage.catalog import from_the_future
 from tasks.storage.codec import key_id
 from tasks.storage.session import read_keys
@@ -41,16 +43,15 @@ class ComponentStatus:
         return "ok" if self.configured or self.newest != "-" else "not configured"
 
 
-def _configured(component: str) -> tuple[str | None, str | None]:
-    """(why no target is configured, why it could not be checked): (None, None) when the default
-    target (block/env) loads."""
+def _configured(component: str) -> tuple[Any, str | None, str | None]:
+    """(the default target, why no target is configured, why it could not be checked): the
+    target (block/env) and (None, None) when it loads."""
     try:
-        load_target(component, None)
+        return load_target(component, None), None, None
     except BackupError as exc:
-        return str(exc).splitlines()[0].split(". ")[0], None  # its first sentence: a summary
+        return None, str(exc).splitlines()[0].split(". ")[0], None  # its first sentence: a summary
     except Exception as exc:  # e.g. the Prefect API that holds the named block does not answer
-        return None, f"{type(exc).__name__}: {str(exc)[:120]}"
-    return None, None
+        return None, None, f"{type(exc).__name__}: {str(exc)[:120]}"
 
 
 def _drill_line(component: str, drills: list[DrillRecord]) -> str:
@@ -75,7 +76,19 @@ def component_status(
     # the newest good backup is one 'latest' would restore: routine, not from the future, not damaged
     usable = [m for m in backups if m.routine and not from_the_future(m, now)]
     good = [m for m in usable if m.id not in damaged]
-    not_configured, unchecked = _configured(component)
+    target, not_configured, unchecked = _configured(component)
+    if target is not None:
+        # the newest good backup is the newest that covers the whole target, as 'latest' for a
+        # restore of the component is (tasks/operations/scope.py): a newer one-database or
+        # one-namespace backup must not make a component whose full backups stopped look fresh
+        gap = scope_gap(component, target)
+        lacks = {m.id: gap(m) for m in good}
+        narrower = [m for m in good if lacks[m.id]]
+        good = [m for m in good if not lacks[m.id]]
+        since = good[-1].source_time if good else None
+        newer = [f"{m.id} {lacks[m.id]}" for m in narrower if since is None or m.source_time > since]
+        if newer:
+            st.notes.append(f"newer backups cover less than its target: {'; '.join(newer[-3:])}")
     st.configured = not not_configured
     if not_configured:
         st.notes.append(f"target not configured: {not_configured}")
@@ -91,7 +104,7 @@ def component_status(
         if st.age_seconds > pol.interval.total_seconds() * (1 + GRACE):
             st.problems.append(f"OVERDUE (every {every(pol.interval)})")
     elif not not_configured:
-        st.problems.append("OVERDUE (no good backup)")
+        st.problems.append("OVERDUE (no good backup" + (" of its whole target)" if target else ")"))
     if damaged:
         st.problems.append(f"DAMAGED: {len(damaged)} backup(s) ({', '.join(sorted(damaged))})")
     st.drill = _drill_line(component, drills)
