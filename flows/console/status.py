@@ -81,7 +81,11 @@ def component_status(
         # the newest good backup is the newest that covers the whole target, as 'latest' for a
         # restore of the component is (tasks/operations/scope.py): a newer one-database or
         # one-namespace backup must not make a component whose full backups stopped look fresh
-        gap = scope_gap(component, target)
+        try:
+            gap = scope_gap(component, target)
+        except BackupError as exc:  # a status report that cannot check scope still reports the rest
+            st.notes.append(f"scope not checked: {exc}")
+            gap = lambda m: None  # noqa: E731
         lacks = {m.id: gap(m) for m in good}
         narrower = [m for m in good if lacks[m.id]]
         good = [m for m in good if not lacks[m.id]]
@@ -104,7 +108,8 @@ def component_status(
         if st.age_seconds > pol.interval.total_seconds() * (1 + GRACE):
             st.problems.append(f"OVERDUE (every {every(pol.interval)})")
     elif not not_configured:
-        st.problems.append("OVERDUE (no good backup" + (" of its whole target)" if target else ")"))
+        whole = " of its whole target" if target is not None else ""
+        st.problems.append(f"OVERDUE (no good backup{whole})")
     if damaged:
         st.problems.append(f"DAMAGED: {len(damaged)} backup(s) ({', '.join(sorted(damaged))})")
     st.drill = _drill_line(component, drills)
