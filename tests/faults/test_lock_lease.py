@@ -91,14 +91,28 @@ def test_a_killed_holder_frees_the_component_lock(real_prefect_server):
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert LEASE_SECONDS <= 60
-    # the holder printed "held" only once it had the slot, so the slot was taken when it died
-    try:
-        with temporary_settings({PREFECT_API_URL: url}), component_lock("rabbitmq", timeout_seconds=150):
-            pass
-    finally:
-        # Prefect keeps one slot-acquiring service per set of limit names, with the client of the
-        # API it first talked to: left running, this worker's later rabbitmq locks would all go
-        # to this test's server, gone by then (ConnectError in full_cluster_restore's rabbitmq step)
-        from prefect.concurrency.services import ConcurrencySlotAcquisitionWithLeaseService
+    # Prefect keeps one slot-acquiring service per set of limit names, with the client of the API
+    # it first talked to. Drained before: one an earlier test of this worker started would take
+    # the slot below on the session's test server, where it is free, and the test would pass
+    # without this server's lease ever expiring (and leave that slot held there). Drained after:
+    # this worker's later rabbitmq locks would all go to this test's server, gone by then.
+    from prefect.concurrency.services import ConcurrencySlotAcquisitionWithLeaseService
 
+    ConcurrencySlotAcquisitionWithLeaseService.drain_all(timeout=30, at_exit=False)
+    # the holder printed "held" only once it had the slot, so the slot was taken when it died
+    from prefect.client.orchestration import get_client
+
+    from flows.locks import lock_name
+
+    def held_here() -> int:
+        with get_client(sync_client=True) as client:
+            return client.read_global_concurrency_limit_by_name(lock_name("rabbitmq")).active_slots
+
+    try:
+        with temporary_settings({PREFECT_API_URL: url}):
+            assert held_here() == 1  # the dead holder's, on this server
+            with component_lock("rabbitmq", timeout_seconds=150):
+                assert held_here() == 1  # ours now, taken on this server once the lease ran out
+            assert held_here() == 0
+    finally:
         ConcurrencySlotAcquisitionWithLeaseService.drain_all(timeout=30, at_exit=False)
