@@ -19,14 +19,17 @@ which made the next backup of the component wait five minutes behind a dead hold
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.services import ConcurrencySlotAcquisitionWithLeaseService
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.logging import get_logger
+from prefect.settings import PREFECT_API_URL
 
 from tasks.components.registry import spec
 from tasks.errors import ConfigurationError, TransientError
@@ -59,6 +62,23 @@ def ensure_component_limit(component: str) -> None:
         )
 
 
+_api_lock = threading.Lock()
+_api_used: list[str] = []  # the Prefect API this process last took a component lock on
+
+
+def _same_api_as_last_time() -> None:
+    """Prefect keeps one slot-acquiring service per limit name, and the service keeps the client
+    of the API it started with: a process that switches PREFECT_API_URL (a notebook going from
+    staging to production, `temporary_settings`) would take the lock on the first server, where
+    it means nothing for the second. So when the API changes, the services are drained first and
+    the next acquisition starts one with a client of the current API."""
+    url = str(PREFECT_API_URL.value() or "")
+    with _api_lock:
+        if _api_used and _api_used[0] != url:
+            ConcurrencySlotAcquisitionWithLeaseService.drain_all(timeout=30, at_exit=False)
+        _api_used[:] = [url]
+
+
 def wait_seconds() -> float:
     return float(os.environ.get("KLB_COMPONENT_LOCK_WAIT_SECONDS", DEFAULT_WAIT_SECONDS))
 
@@ -68,6 +88,7 @@ def component_lock(component: str, timeout_seconds: float | None = None) -> Iter
     """Hold the component's slot for the block; wait up to `timeout_seconds` for it."""
     component = str(component)
     timeout = wait_seconds() if timeout_seconds is None else timeout_seconds
+    _same_api_as_last_time()
     ensure_component_limit(component)
     acquired = False
     try:

@@ -12,21 +12,14 @@ import pytest
 
 # --- 8. a crashed lock holder --------------------------------------------------------------------
 
-HOLDER = """
-import sys, time
-from flows.locks import component_lock
-with component_lock(sys.argv[1], timeout_seconds=60):
-    print("held", flush=True)
-    time.sleep(3600)
-"""
 
-
-@pytest.fixture
-def real_prefect_server(tmp_path):
+@pytest.fixture(scope="module")
+def real_prefect_server(tmp_path_factory):
     """A real `prefect server start`: the test harness's ephemeral server runs no repossessor,
     the service that revokes expired leases, so only a real server shows a lease expiring."""
     from sandbox.services import free_port, http_ok, wait_until
 
+    tmp_path = tmp_path_factory.mktemp("real-prefect")
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -91,28 +84,47 @@ def test_a_killed_holder_frees_the_component_lock(real_prefect_server):
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert LEASE_SECONDS <= 60
-    # Prefect keeps one slot-acquiring service per set of limit names, with the client of the API
-    # it first talked to. Drained before: one an earlier test of this worker started would take
-    # the slot below on the session's test server, where it is free, and the test would pass
-    # without this server's lease ever expiring (and leave that slot held there). Drained after:
-    # this worker's later rabbitmq locks would all go to this test's server, gone by then.
-    from prefect.concurrency.services import ConcurrencySlotAcquisitionWithLeaseService
-
-    ConcurrencySlotAcquisitionWithLeaseService.drain_all(timeout=30, at_exit=False)
     # the holder printed "held" only once it had the slot, so the slot was taken when it died
+    with temporary_settings({PREFECT_API_URL: url}):
+        assert held_here() == 1  # the dead holder's, on this server
+        with component_lock("rabbitmq", timeout_seconds=150):
+            assert held_here() == 1  # ours now, taken on this server once the lease ran out
+        assert held_here() == 0
+
+
+def held_here(component: str = "rabbitmq") -> int:
+    """Slots of the component's lock held on the server PREFECT_API_URL names now."""
     from prefect.client.orchestration import get_client
 
     from flows.locks import lock_name
 
-    def held_here() -> int:
-        with get_client(sync_client=True) as client:
-            return client.read_global_concurrency_limit_by_name(lock_name("rabbitmq")).active_slots
+    with get_client(sync_client=True) as client:
+        return client.read_global_concurrency_limit_by_name(lock_name(component)).active_slots
 
-    try:
-        with temporary_settings({PREFECT_API_URL: url}):
-            assert held_here() == 1  # the dead holder's, on this server
-            with component_lock("rabbitmq", timeout_seconds=150):
-                assert held_here() == 1  # ours now, taken on this server once the lease ran out
-            assert held_here() == 0
-    finally:
-        ConcurrencySlotAcquisitionWithLeaseService.drain_all(timeout=30, at_exit=False)
+
+@pytest.mark.fault(
+    "catalog",
+    "8b. a notebook or script takes a component lock, then switches PREFECT_API_URL to another server",
+    "the next lock is taken on the server the process uses now (Prefect's slot service, which keeps "
+    "the first server's client, is drained when the API changes), and again after switching back",
+)
+def test_a_process_that_switches_prefect_servers_takes_the_lock_on_the_new_one(
+    prefect_server, real_prefect_server
+):
+    """Prefect keeps one slot-acquiring service per limit name with the client of the API it
+    started with: after a lock on one server, a notebook that switches PREFECT_API_URL took the
+    next lock on the first server, where it meant nothing for the second (flows/locks.py)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.locks import component_lock
+
+    url, _ = real_prefect_server
+    with component_lock("rabbitmq", timeout_seconds=30):  # on the session's test server
+        assert held_here() == 1
+    with temporary_settings({PREFECT_API_URL: url}):
+        with component_lock("rabbitmq", timeout_seconds=30):
+            assert held_here() == 1  # here, on the server the process uses now
+        assert held_here() == 0
+    with component_lock("rabbitmq", timeout_seconds=30):  # and back
+        assert held_here() == 1
+    assert held_here() == 0
