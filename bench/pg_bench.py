@@ -150,10 +150,14 @@ def main() -> None:
         env = {**os.environ, "PGPASSWORD": password, "PGHOST": "127.0.0.1", "PGUSER": "postgres"}
         src_env, dst_env = {**env, "PGPORT": str(src.port)}, {**env, "PGPORT": str(dst.port)}
         psql = [f"{bindir}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1"]
+
+        def run_sql(cluster_env: dict, statement: str, db: str = "postgres") -> None:
+            subprocess.run([*psql, "-d", db, "-c", statement], env=cluster_env, check=True)
+
         rows = max(1000, int(ROWS_PER_SCALE * args.scale))
         t0 = time.monotonic()
-        subprocess.run([*psql, "-d", "postgres", "-c", "CREATE DATABASE bench"], env=src_env, check=True)
-        subprocess.run([*psql, "-d", "bench", "-c", GENERATE % rows], env=src_env, check=True)
+        run_sql(src_env, "CREATE DATABASE bench")
+        run_sql(src_env, GENERATE % rows, "bench")
         size = subprocess.run(
             [*psql, "-d", "bench", "-At", "-c", "SELECT pg_database_size('bench')"],
             env=src_env,
@@ -163,12 +167,12 @@ def main() -> None:
         ).stdout.strip()
         print(f"generated {rows} rows, database {int(size) / 2**20:.0f} MiB in {time.monotonic() - t0:.1f}s")
         # autovacuum of the fresh table would otherwise run beside the first measured pipelines
-        subprocess.run([*psql, "-d", "bench", "-c", "VACUUM ANALYZE"], env=src_env, check=True)
+        run_sql(src_env, "VACUUM ANALYZE", "bench")
 
         def settle() -> None:
             """Each pipeline starts with no dirty buffers left by the one before to write."""
             for cluster_env in (src_env, dst_env):
-                subprocess.run([*psql, "-d", "postgres", "-c", "CHECKPOINT"], env=cluster_env, check=True)
+                run_sql(cluster_env, "CHECKPOINT")
 
         for bucket in ("ours", "runbook"):
             make_bucket(moto.url, bucket)
@@ -224,22 +228,21 @@ def main() -> None:
         out = work / "ours.json"
         stores = {"S3 (moto)": {}, "local store": {"local": str(work / "store")}}
 
-        def ours(kind: str, this: dict) -> tuple[float, int, dict]:
+        def ours(kind: str, this: dict) -> tuple[float, int, dict, dict]:
+            """(seconds, peak RSS, the child's result, moto's CPU as a phase when on S3)."""
             before = cpu_seconds(moto.proc.pid)
             secs, rss = run_measured([[*me, "--child", kind, "--spec", json.dumps(this)]], ours_env, str(out))
             result = json.loads(out.read_text().strip().splitlines()[-1])
-            if "local" not in this:  # CPU of these two cores that real S3 would not take
-                result["moto_cpu_s"] = cpu_seconds(moto.proc.pid) - before
-            return secs, rss, result
+            # CPU of these two cores that real S3 would not take
+            moto_cpu = {} if "local" in this else {"moto CPU": cpu_seconds(moto.proc.pid) - before}
+            return secs, rss, result, moto_cpu
 
         # the first large restore into a cluster ran 10 to 25 % slower than later ones (seen at
         # scale 4, alike for ours and the reference): one unmeasured restore first, so that
         # whichever is measured first is not the one that pays for it
-        for sql in ("CREATE DATABASE bench_warmup", None, "DROP DATABASE bench_warmup"):
-            if sql:
-                subprocess.run([*psql, "-d", "postgres", "-c", sql], env=dst_env, check=True)
-            else:
-                run_measured([[f"{bindir}/pg_restore", "-j", "2", "-d", "bench_warmup", str(d)]], dst_env)
+        run_sql(dst_env, "CREATE DATABASE bench_warmup")
+        run_measured([[f"{bindir}/pg_restore", "-j", "2", "-d", "bench_warmup", str(d)]], dst_env)
+        run_sql(dst_env, "DROP DATABASE bench_warmup")
 
         # interleaved: each round runs every fast pipeline once, so drifting load hits all alike
         for round_ in range(args.repeat):
@@ -248,8 +251,7 @@ def main() -> None:
             record(results, "floor: pg_dumpall to /dev/null", secs, rss)
             for label, where in stores.items():
                 settle()
-                secs, rss, backup = ours("backup", {**spec, **where})
-                moto_cpu = {"moto CPU": backup["moto_cpu_s"]} if "moto_cpu_s" in backup else None
+                secs, rss, backup, moto_cpu = ours("backup", {**spec, **where})
                 record(
                     results,
                     f"ours, {label}: backup",
@@ -268,10 +270,8 @@ def main() -> None:
                     "target": {**spec["target"], "port": dst.port},
                 }
                 settle()
-                secs, rss, restored = ours("restore", this)
-                phases = dict(restored["databases"][into].get("seconds", {}))
-                if "moto_cpu_s" in restored:
-                    phases["moto CPU"] = restored["moto_cpu_s"]
+                secs, rss, restored, moto_cpu = ours("restore", this)
+                phases = {**restored["databases"][into].get("seconds", {}), **moto_cpu}
                 record(
                     results,
                     f"ours, {label}: restore (checked as it streams, fingerprint, post-data -j)",
@@ -280,21 +280,17 @@ def main() -> None:
                     op_s=restored["op_s"],
                     phases=phases,
                 )
-                subprocess.run(
-                    [*psql, "-d", "postgres", "-c", f'DROP DATABASE "{into}"'], env=dst_env, check=True
-                )
+                run_sql(dst_env, f'DROP DATABASE "{into}"')
             ref_db = f"bench_dir{round_}"
-            subprocess.run(
-                [*psql, "-d", "postgres", "-c", f"CREATE DATABASE {ref_db}"], env=dst_env, check=True
-            )
+            run_sql(dst_env, f"CREATE DATABASE {ref_db}")
             # one pg_restore -j 2 as the reference; the same split in two calls (its data, then
             # post-data) beside it, to set against our load and fingerprint+post_data phases
             pg_restore = [f"{bindir}/pg_restore", "-j", "2", "--exit-on-error", "-d", ref_db]
             settle()
             secs, rss = run_measured([[*pg_restore, str(d)]], dst_env)
             record(results, "reference: pg_restore -j 2 from local dir", secs, rss)
-            for sql in (f"DROP DATABASE {ref_db}", f"CREATE DATABASE {ref_db}"):
-                subprocess.run([*psql, "-d", "postgres", "-c", sql], env=dst_env, check=True)
+            run_sql(dst_env, f"DROP DATABASE {ref_db}")
+            run_sql(dst_env, f"CREATE DATABASE {ref_db}")
             settle()
             load_s, _ = run_measured([[*pg_restore, "--section=pre-data", "--section=data", str(d)]], dst_env)
             post_s, _ = run_measured([[*pg_restore, "--section=post-data", str(d)]], dst_env)
@@ -305,9 +301,7 @@ def main() -> None:
                 0,
                 phases={"load": load_s, "post_data": post_s},
             )
-            subprocess.run(
-                [*psql, "-d", "postgres", "-c", f"DROP DATABASE {ref_db}"], env=dst_env, check=True
-            )
+            run_sql(dst_env, f"DROP DATABASE {ref_db}")
     finally:
         for svc in (moto, dst, src):
             svc.stop()
