@@ -63,7 +63,7 @@ def ensure_component_limit(component: str) -> None:
 
 
 _api_lock = threading.Lock()
-_api_used: list[str] = []  # the Prefect API this process last took a component lock on
+_api_used: str | None = None  # the Prefect API this process last took a component lock on
 
 
 def _same_api_as_last_time() -> None:
@@ -72,11 +72,12 @@ def _same_api_as_last_time() -> None:
     staging to production, `temporary_settings`) would take the lock on the first server, where
     it means nothing for the second. So when the API changes, the services are drained first and
     the next acquisition starts one with a client of the current API."""
+    global _api_used
     url = str(PREFECT_API_URL.value() or "")
     with _api_lock:
-        if _api_used and _api_used[0] != url:
+        if _api_used is not None and _api_used != url:
             ConcurrencySlotAcquisitionWithLeaseService.drain_all(timeout=30, at_exit=False)
-        _api_used[:] = [url]
+        _api_used = url
 
 
 def wait_seconds() -> float:

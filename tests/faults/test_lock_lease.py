@@ -53,6 +53,16 @@ def real_prefect_server(tmp_path_factory):
             server.wait()
 
 
+def held_here(component: str = "rabbitmq") -> int:
+    """Slots of the component's lock held on the server PREFECT_API_URL names now."""
+    from prefect.client.orchestration import get_client
+
+    from flows.locks import lock_name
+
+    with get_client(sync_client=True) as client:
+        return client.read_global_concurrency_limit_by_name(lock_name(component)).active_slots
+
+
 HOLDER = """
 import sys, time
 from flows.locks import component_lock
@@ -90,16 +100,6 @@ def test_a_killed_holder_frees_the_component_lock(real_prefect_server):
         with component_lock("rabbitmq", timeout_seconds=150):
             assert held_here() == 1  # ours now, taken on this server once the lease ran out
         assert held_here() == 0
-
-
-def held_here(component: str = "rabbitmq") -> int:
-    """Slots of the component's lock held on the server PREFECT_API_URL names now."""
-    from prefect.client.orchestration import get_client
-
-    from flows.locks import lock_name
-
-    with get_client(sync_client=True) as client:
-        return client.read_global_concurrency_limit_by_name(lock_name(component)).active_slots
 
 
 @pytest.mark.fault(
