@@ -40,6 +40,12 @@ class PostgresTarget(StrictBlock):
         default=None, description="directory of pg_dump/pg_restore/psql (default: from PATH)"
     )
     connect_timeout: int = Field(default=10, ge=1, le=300)
+    split_tables_from_mib: int | None = Field(
+        default=256,
+        ge=0,
+        description="tables of at least this many MiB are backed up in parts (block ranges of "
+        "the same snapshot), which a restore loads in parallel; empty: never split",
+    )
     restore_index_memory: str = Field(
         default="256MB",
         pattern=r"^[1-9][0-9]{0,6}(kB|MB|GB)$",

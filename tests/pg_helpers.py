@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import time
@@ -116,3 +117,24 @@ def drop(target: PostgresTarget, *names: str) -> None:
 
 
 __all__ = ["psycopg"]
+
+
+def dump_lines(out: str) -> list[str]:
+    """pg_dump(all)'s text, to compare: without its per-run `\\restrict` key (random, against psql
+    meta-command injection), each table's rows sorted (tables loaded in parts, side by side, keep
+    every row, not the order of the rows on disk, which no query without ORDER BY may rely on)."""
+    lines: list[str] = []
+    rows: list[str] | None = None
+    for line in out.splitlines():
+        if re.match(r"\\(un)?restrict ", line):
+            continue
+        if rows is not None and line != "\\.":
+            rows.append(line)
+            continue
+        if rows is not None:
+            lines += sorted(rows)
+            rows = None
+        lines.append(line)
+        if line.startswith("COPY ") and line.endswith(" FROM stdin;"):
+            rows = []
+    return lines

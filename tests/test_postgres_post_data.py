@@ -99,13 +99,15 @@ def test_a_backup_from_before_the_split_restores_by_the_single_stream(sample, lo
     store = local_store()
     real_argv = pg_dump._pg_dump
 
-    def whole(target_, db_, snapshot, sections):  # as before: one archive with every section
-        return [a for a in real_argv(target_, db_, snapshot, sections) if not a.startswith("--section")]
+    def whole(target_, db_, snapshot, sections, options=()):  # as before: one archive, every section
+        argv = real_argv(target_, db_, snapshot, sections, options)
+        return [a for a in argv if not a.startswith("--section")]
 
     monkeypatch.setattr(pg_dump, "_pg_dump", whole)
     with backup_session(store, "postgres") as session:
         pg.backup(target, session)
         post = session.engine["databases"][db].pop("post_data_object")
+        assert session.engine["databases"][db].pop("table_parts") == []  # nor tables in parts
         session.backend.delete_keys([o.key for o in session.objects if o.name == post])
         session.objects = [o for o in session.objects if o.name != post]
         session.commit()

@@ -19,7 +19,7 @@ from sandbox import services
 from tasks.components.postgres.common import connect, engine_env, parse_aside
 from tasks.proc import run
 from tasks.storage.session import backup_session
-from tests.pg_helpers import db_names, drop, exec_in, make_db, new_name, scalar, target_for
+from tests.pg_helpers import db_names, drop, dump_lines, exec_in, make_db, new_name, scalar, target_for
 
 ROLES = """
 CREATE ROLE app_owner LOGIN CREATEDB PASSWORD 'owner-pw' VALID UNTIL '2031-01-01 00:00:00+00';
@@ -176,8 +176,7 @@ INSERT INTO mots SELECT 'été ' || i, i FROM generate_series(1, 100) i;
 def _pg_dumpall(target) -> list[str]:
     with engine_env(target) as env:
         out = run([pg.common.tool(target, "pg_dumpall"), "--no-password"], env, name="pg_dumpall")
-    # pg_dump's per-run key against psql meta-command injection: random by design
-    return [line for line in out.splitlines() if not re.match(r"\\(un)?restrict ", line)]
+    return dump_lines(out)
 
 
 def _without_password_of(lines: list[str], user: str) -> list[str]:
@@ -202,7 +201,8 @@ def broad(request, tmp_path_factory):
     """Cluster A built broadly, its pg_dumpall, and a whole-cluster backup of it."""
     from blocks.store import LocalStore
 
-    source = target_for(_cluster(request, "pg-broad"))
+    # every table in parts (table_parts.py), however small: loaded side by side, back exactly
+    source = target_for(_cluster(request, "pg-broad"), split_tables_from_mib=0)
     with connect(source, "postgres", autocommit=True, own_settings=False) as conn:
         for statement in (ROLES + DATABASES).split(";\n")[:-1]:  # one by one: CREATE DATABASE
             conn.execute(statement)
@@ -223,6 +223,8 @@ def broad(request, tmp_path_factory):
     assert {"postgres", "shop", "Ünï db", "tmpl_app", "template1"} <= set(
         session.manifest.engine["databases"]
     )
+    in_parts = {t["table"] for t in session.manifest.engine["databases"]["shop"]["table_parts"]}
+    assert {"customers", "orders_2025", "odd", "cache", "Ünï Tablé"} <= in_parts
     return source, before, session.manifest, store
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from blocks.postgres import PostgresTarget
 from blocks.store import StoreBlock
 from tasks.components.contract import target_from_env
+from tasks.components.postgres import table_parts
 from tasks.components.postgres.common import (
     admin,
     databases,
@@ -50,6 +51,7 @@ def drill(target: PostgresTarget, manifest: Manifest, store: StoreBlock, drill_i
     # each database's objects are checked as they stream into its side database (one read, as
     # in a restore); the rest (globals: roles are not applied in a drill) is read and checked here
     streamed = {info.get(part) for info in facts.values() for part in ("object", "post_data_object")}
+    streamed |= {name for info in facts.values() for name in table_parts.object_names(info)}
     try:
         for obj in manifest.objects:
             if obj.name not in streamed:

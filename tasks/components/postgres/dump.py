@@ -18,7 +18,7 @@ import psycopg
 
 from blocks.postgres import PostgresTarget
 from blocks.store import StoreBlock
-from tasks.components.postgres import properties
+from tasks.components.postgres import properties, table_parts
 from tasks.components.postgres.common import (
     admin,
     connect,
@@ -33,7 +33,7 @@ from tasks.components.postgres.fingerprint import algorithm_for, fingerprint
 from tasks.errors import ComponentFailed, IntegrityError, NotFound
 from tasks.models import Manifest, StoredObject
 from tasks.proc import feed_stdin, stream_stdout
-from tasks.storage.session import BackupSession, read_object
+from tasks.storage.session import BackupSession, read_object, verify_object
 
 log = logging.getLogger(__name__)
 GLOBALS = "globals.sql"
@@ -62,13 +62,16 @@ def _select(target: PostgresTarget, present: dict[str, dict[str, Any]]) -> list[
     return [d for d, info in present.items() if info["allow_connections"] and parse_aside(d) is None]
 
 
-def _pg_dump(target: PostgresTarget, db: str, snapshot: str, sections: list[str]) -> list[str]:
+def _pg_dump(
+    target: PostgresTarget, db: str, snapshot: str, sections: list[str], options: list[str] = ()
+) -> list[str]:
     return [
         tool(target, "pg_dump"),
         "--format=custom",
         "--compress=0",  # the store compresses (zstd), far faster than pg_dump's zlib
         f"--snapshot={snapshot}",
         *(f"--section={s}" for s in sections),
+        *options,
         "--no-password",
         "--dbname",
         conninfo_dbname(db),
@@ -77,21 +80,26 @@ def _pg_dump(target: PostgresTarget, db: str, snapshot: str, sections: list[str]
 
 def _dump_database(
     target: PostgresTarget, db: str, name: str, session: BackupSession, algorithm: str
-) -> tuple[dict[str, Any], datetime, StoredObject, StoredObject]:
+) -> tuple[dict[str, Any], datetime, StoredObject, StoredObject, list[dict[str, Any]]]:
     conn = connect(target, db)
     try:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         snapshot, taken_at = conn.execute("SELECT pg_export_snapshot(), statement_timestamp()").fetchone()
+        large = table_parts.plan(conn, target)  # before the fingerprint takes `conn`
         with ThreadPoolExecutor(1, thread_name_prefix="pg-fingerprint") as pool:
             # the fingerprint scans the same snapshot while pg_dump streams it
             future = pool.submit(fingerprint, conn, algorithm)
             try:
                 with engine_env(target, db) as env:
                     with stream_stdout(
-                        _pg_dump(target, db, snapshot, ["pre-data", "data"]), env, name=f"pg_dump {db}"
+                        _pg_dump(target, db, snapshot, ["pre-data", "data"], table_parts.exclusions(large)),
+                        env,
+                        name=f"pg_dump {db}",
                     ) as out:
                         obj = session.write(name, out, meta={"database": db, "format": "custom"})
+                    base = name.removesuffix(".pgdump")
+                    parts = table_parts.dump(target, db, snapshot, base, large, session)
                     # the same snapshot: it stays importable while `conn` keeps its transaction
                     with stream_stdout(
                         _pg_dump(target, db, snapshot, ["post-data"]),
@@ -115,7 +123,7 @@ def _dump_database(
                 conn.cancel_safe()
                 raise
             fp = future.result()
-        return fp, taken_at.astimezone(UTC), obj, post
+        return fp, taken_at.astimezone(UTC), obj, post, parts
     finally:
         if not conn.closed:
             try:
@@ -154,11 +162,12 @@ def backup(target: PostgresTarget, session: BackupSession) -> None:
     times = []
     for index, db in enumerate(wanted):
         name = _object_name(index, db)
-        fp, taken_at, obj, post = _dump_database(target, db, name, session, algorithm)
+        fp, taken_at, obj, post, parts = _dump_database(target, db, name, session, algorithm)
         with admin(target) as conn:  # after the dump: what the restored database must carry
             props = properties.read(conn, db)
             subscriptions = properties.subscriptions(conn, db)
         fingerprints[db] = fp
+        in_parts = table_parts.object_names({"table_parts": parts})
         times.append(taken_at)
         facts[db] = {
             **present[db],
@@ -166,7 +175,9 @@ def backup(target: PostgresTarget, session: BackupSession) -> None:
             # indexes, constraints, triggers; a backup without it has them in `object`
             "post_data_object": post.name,
             "snapshot_time": taken_at.isoformat(),
-            "dump_bytes": obj.raw_size,
+            # large tables' data in block-range parts, loaded in parallel (table_parts.py)
+            "table_parts": parts,
+            "dump_bytes": sum(o.raw_size for o in session.objects if o.name in {name, *in_parts}),
             "properties": props,
             "subscriptions": subscriptions,
         }
@@ -175,8 +186,8 @@ def backup(target: PostgresTarget, session: BackupSession) -> None:
         {
             "server_version": version,
             "server": f"{target.host}:{target.port}",
-            "format": "pg_dump custom (-Fc): pre-data+data, and post-data on its own; "
-            "uncompressed inside; store-compressed",
+            "format": "pg_dump custom (-Fc): pre-data+data, and post-data on its own; large tables' "
+            "data as COPY text parts (table_parts); uncompressed inside; store-compressed",
             "databases": facts,
             "globals": GLOBALS,
             "not_backed_up": {d: "refuses connections" for d in closed} if not target.databases else {},
@@ -205,6 +216,9 @@ def verify(target: PostgresTarget | None, manifest: Manifest, store: StoreBlock)
     for db, info in manifest.engine.get("databases", {}).items():
         toc = _list(pg_restore, manifest, store, db, info["object"])
         data_entries = sum(1 for line in toc.splitlines() if " TABLE DATA " in line)
+        data_entries += table_parts.check_toc(manifest, db, info, toc)
+        for part in table_parts.object_names(info):
+            verify_object(store, manifest.object(part))
         expected = len(manifest.fingerprint["databases"][db]["tables"]) if manifest.fingerprint else 0
         if data_entries < expected:
             raise IntegrityError(

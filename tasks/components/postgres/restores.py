@@ -15,7 +15,7 @@ from pydantic import Field, field_validator
 from blocks.postgres import PostgresTarget, check_db_name
 from blocks.store import StoreBlock
 from tasks.components.contract import StrictOptions
-from tasks.components.postgres import load, properties, roles
+from tasks.components.postgres import load, properties, roles, table_parts
 from tasks.components.postgres.common import (
     admin,
     aside_name,
@@ -127,6 +127,8 @@ def restore_aside(
                 # out of lock slots (max_locks_per_transaction) on a database with many tables
                 with _timed(seconds, "load"):
                     load.load_stream(target, store, obj, db, side, no_owner, single_transaction=False)
+                    # the large tables, made empty by pre-data: their parts in parallel
+                    table_parts.load(target, store, manifest, info, db, side, load.POST_DATA_JOBS)
                 with _timed(seconds, "fingerprint+post_data"):
                     actual = load.fingerprint_while_building(target, manifest, db, side, post_path, no_owner)
                     # once post-data has refreshed them
@@ -172,6 +174,7 @@ def restore(
     facts = manifest.engine["databases"]
     parts = ("object", "post_data_object")  # backups from before the split have no post-data
     needed = [manifest.object(facts[d][p]) for d in plan for p in parts if p in facts[d]]
+    needed += [manifest.object(n) for d in plan for n in table_parts.object_names(facts[d])]
     if with_globals:
         needed.insert(0, manifest.object(GLOBALS))
     changed = False  # the live server changes with the roles (globals) or at the cut-over

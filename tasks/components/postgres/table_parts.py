@@ -1,0 +1,191 @@
+"""Large tables in parts: at backup, each table of at least the target's `split_tables_from_mib`
+is dumped as block ranges of one exported snapshot (`COPY (SELECT ... WHERE ctid >= ...) TO
+STDOUT`, a TID range scan), each part its own object, and `pg_dump` leaves that table's data
+out; at restore, the parts load by parallel `COPY ... FROM STDIN` sessions after the pre-data
+has created the table, before post-data builds its indexes. One table is otherwise one COPY,
+one core, however many the server has: the parts are what lets a restore beat `pg_restore -j`.
+
+Text COPY in the same session settings both ways (SESSION_SETTINGS, plus what pg_dump sets for
+exact values: UTF8, extra_float_digits 3, xmloption content), so every value reads back as it was
+written; the restore's fingerprint check compares every row with the backup's all the same.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import Any
+
+import psycopg
+
+from blocks.postgres import PostgresTarget
+from blocks.store import StoreBlock
+from tasks.components.postgres.common import conninfo_dbname, engine_env, tool
+from tasks.errors import IntegrityError
+from tasks.models import Manifest, StoredObject
+from tasks.proc import feed_stdin, stream_stdout
+from tasks.storage.session import BackupSession, consume_checked, read_object
+
+MIN_SERVER = 140000  # TID range scans: before 14, each part would read the whole table
+PART_BYTES = 1024**3  # a part per GiB of heap at most...
+MIN_PARTS, MAX_PARTS = 4, 256  # ...and at least as many as a restore's parallel sessions
+# pg_dump's settings for values that read back exactly, beside SESSION_SETTINGS (PGOPTIONS)
+EXACT = ("SET client_encoding = 'UTF8'", "SET extra_float_digits = 3", "SET xmloption = content")
+
+# ordinary tables whose data pg_dump would dump: no temporary ones, none of an extension (its
+# configuration tables are dumped with their filter) or in an extension's schema
+_LARGE = """
+SELECT c.oid::int8, n.nspname, c.relname, pg_relation_size(c.oid),
+       array(SELECT a.attname FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+             AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum)::text[]
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND c.relpersistence <> 't'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname !~ '^pg_(toast|temp_)'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.deptype = 'e' AND (
+      (d.classid = 'pg_class'::regclass AND d.objid = c.oid)
+      OR (d.classid = 'pg_namespace'::regclass AND d.objid = n.oid)))
+  AND pg_relation_size(c.oid) >= %s
+ORDER BY 4 DESC, 2, 3
+"""
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _pattern(schema: str, table: str) -> str:
+    """pg_dump's pattern for exactly this table: within double quotes nothing is a wildcard."""
+    return f"{_ident(schema)}.{_ident(table)}"
+
+
+def plan(conn: psycopg.Connection, target: PostgresTarget) -> list[dict[str, Any]]:
+    """The tables to dump in parts, read in the exported snapshot's transaction (`conn`)."""
+    if conn.info.server_version < MIN_SERVER or target.split_tables_from_mib is None:
+        return []
+    block = int(conn.execute("SELECT current_setting('block_size')").fetchone()[0])
+    tables = []
+    for oid, schema, table, size, columns in conn.execute(
+        _LARGE, (target.split_tables_from_mib * 1024 * 1024,)
+    ).fetchall():
+        blocks = size // block
+        parts = max(1, min(blocks, max(MIN_PARTS, min(MAX_PARTS, math.ceil(size / PART_BYTES)))))
+        step = math.ceil(blocks / parts) if blocks else 1
+        # block ranges; the last is open-ended (the snapshot's rows cannot be past it, but a
+        # table that grew since pg_relation_size must not lose a page to a rounding)
+        starts = [i * step for i in range(parts) if i * step < max(blocks, 1)]
+        tables.append({"oid": oid, "schema": schema, "table": table, "columns": columns, "starts": starts})
+    return tables
+
+
+def exclusions(tables: list[dict[str, Any]]) -> list[str]:
+    """pg_dump options that leave these tables' data to their parts."""
+    return [f"--exclude-table-data={_pattern(t['schema'], t['table'])}" for t in tables]
+
+
+def _copy_out(table: dict[str, Any], start: int, end: int | None) -> str:
+    columns = ", ".join(_ident(c) for c in table["columns"])
+    where = f"ctid >= '({start},0)'::tid" + (f" AND ctid < '({end},0)'::tid" if end is not None else "")
+    source = _pattern(table["schema"], table["table"])
+    return f"COPY (SELECT {columns} FROM ONLY {source} WHERE {where}) TO STDOUT"  # noqa: S608 - quoted names
+
+
+def _psql(target: PostgresTarget, db: str, statements: list[str]) -> list[str]:
+    argv = [tool(target, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password"]
+    argv += ["-d", conninfo_dbname(db)]
+    for statement in statements:
+        argv += ["-c", statement]
+    return argv
+
+
+def dump(
+    target: PostgresTarget,
+    db: str,
+    snapshot: str,
+    base: str,
+    tables: list[dict[str, Any]],
+    session: BackupSession,
+) -> list[dict[str, Any]]:
+    """Each table's parts, each read in `snapshot` (its exporting transaction must stay open),
+    stored as `<base>.t<i>-p<j>.copy`; returns the manifest's record of them."""
+    record = []
+    with engine_env(target, db) as env:
+        for i, table in enumerate(tables):
+            names = []
+            starts = table["starts"]
+            for j, start in enumerate(starts):
+                end = starts[j + 1] if j + 1 < len(starts) else None
+                statements = [
+                    *EXACT,
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+                    f"SET TRANSACTION SNAPSHOT '{snapshot}'",
+                    _copy_out(table, start, end),
+                ]
+                name = f"{base}.t{i:03d}-p{j:03d}.copy"
+                label = f"COPY {table['schema']}.{table['table']} part {j + 1}/{len(starts)} ({db})"
+                with stream_stdout(_psql(target, db, statements), env, name=label) as out:
+                    meta = {"database": db, "format": "copy text", "part_of": table["table"]}
+                    session.write(name, out, meta=meta)
+                names.append(name)
+            record.append({**{k: table[k] for k in ("oid", "schema", "table", "columns")}, "objects": names})
+    return record
+
+
+def object_names(info: dict[str, Any]) -> list[str]:
+    return [name for table in info.get("table_parts", []) for name in table["objects"]]
+
+
+def check_toc(manifest: Manifest, db: str, info: dict[str, Any], toc: str) -> int:
+    """The main archive holds no data of a table stored in parts (it would load twice); returns
+    how many tables the parts hold."""
+    tables = info.get("table_parts", [])
+    oids = {str(t["oid"]) for t in tables}
+    for line in toc.splitlines():
+        fields = line.split(" ", 5)  # "<id>; <catalog> <oid> TABLE DATA <schema> <name> <owner>"
+        if len(fields) == 6 and fields[2] in oids and fields[3:5] == ["TABLE", "DATA"]:
+            raise IntegrityError(
+                f"backup {manifest.id}: the archive of {db!r} also holds data of a table stored in "
+                "parts (it would load twice): take the backup again"
+            )
+    return len(tables)
+
+
+def load(
+    target: PostgresTarget,
+    store: StoreBlock,
+    manifest: Manifest,
+    info: dict[str, Any],
+    db: str,
+    side: str,
+    jobs: int,
+) -> None:
+    """Every part into `side` (its tables made by pre-data, empty), `jobs` COPY sessions at a
+    time, each part checked as it streams; the first failure stops the rest (the caller drops
+    `side`, which ends the sessions still running)."""
+    work: list[tuple[dict[str, Any], StoredObject]] = [
+        (table, manifest.object(name)) for table in info.get("table_parts", []) for name in table["objects"]
+    ]
+    if not work:
+        return
+    with engine_env(target, side) as env:
+
+        def one(table: dict[str, Any], obj: StoredObject) -> Callable[[], None]:
+            columns = ", ".join(_ident(c) for c in table["columns"])
+            copy_in = f"COPY {_pattern(table['schema'], table['table'])} ({columns}) FROM STDIN"
+            argv = _psql(target, side, [*EXACT, copy_in])
+            label = f"COPY {table['schema']}.{table['table']} ({obj.name}, {db})"
+            # read_all: a psql that stopped at a stray end-of-data line loaded part of the rows
+            return lambda: consume_checked(
+                read_object(store, obj), lambda s: feed_stdin(argv, s, env, name=label, read_all=True)
+            )
+
+        pool = ThreadPoolExecutor(max(1, jobs), thread_name_prefix="pg-load")
+        try:
+            futures = [pool.submit(one(table, obj)) for table, obj in work]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for future in done:
+                if future.exception() is not None:
+                    raise future.exception()  # type: ignore[misc]
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
