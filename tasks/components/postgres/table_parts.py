@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -30,6 +31,7 @@ from tasks.storage.session import BackupSession, consume_checked, read_object
 MIN_SERVER = 140000  # TID range scans: before 14, each part would read the whole table
 PART_BYTES = 1024**3  # a part per GiB of heap at most...
 MIN_PARTS, MAX_PARTS = 4, 256  # ...and at least as many as a restore's parallel sessions
+DUMP_JOBS = 2  # parts read at a time: the server's COPY, not our end, sets a part's pace
 # pg_dump's settings for values that read back exactly, beside SESSION_SETTINGS (PGOPTIONS)
 EXACT = ("SET client_encoding = 'UTF8'", "SET extra_float_digits = 3", "SET xmloption = content")
 
@@ -106,30 +108,59 @@ def dump(
     base: str,
     tables: list[dict[str, Any]],
     session: BackupSession,
+    jobs: int = DUMP_JOBS,
 ) -> list[dict[str, Any]]:
-    """Each table's parts, each read in `snapshot` (its exporting transaction must stay open),
-    stored as `<base>.t<i>-p<j>.copy`; returns the manifest's record of them."""
-    record = []
+    """Each table's parts, `jobs` at a time, each read in `snapshot` (its exporting transaction
+    must stay open), stored as `<base>.t<i>-p<j>.copy`; returns the manifest's record of them."""
+    record = [
+        {
+            **{k: table[k] for k in ("oid", "schema", "table", "columns")},
+            "objects": [f"{base}.t{i:03d}-p{j:03d}.copy" for j in range(len(table["starts"]))],
+        }
+        for i, table in enumerate(tables)
+    ]
     with engine_env(target, db) as env:
-        for i, table in enumerate(tables):
-            names = []
+
+        def one(table: dict[str, Any], j: int, name: str) -> None:
             starts = table["starts"]
-            for j, start in enumerate(starts):
-                end = starts[j + 1] if j + 1 < len(starts) else None
-                statements = [
-                    *EXACT,
-                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-                    f"SET TRANSACTION SNAPSHOT '{snapshot}'",
-                    _copy_out(table, start, end),
-                ]
-                name = f"{base}.t{i:03d}-p{j:03d}.copy"
-                label = f"COPY {table['schema']}.{table['table']} part {j + 1}/{len(starts)} ({db})"
-                with stream_stdout(_psql(target, db, statements), env, name=label) as out:
-                    meta = {"database": db, "format": "copy text", "part_of": table["table"]}
-                    session.write(name, out, meta=meta)
-                names.append(name)
-            record.append({**{k: table[k] for k in ("oid", "schema", "table", "columns")}, "objects": names})
+            end = starts[j + 1] if j + 1 < len(starts) else None
+            statements = [
+                *EXACT,
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+                f"SET TRANSACTION SNAPSHOT '{snapshot}'",
+                _copy_out(table, starts[j], end),
+            ]
+            label = f"COPY {table['schema']}.{table['table']} part {j + 1}/{len(starts)} ({db})"
+            with stream_stdout(_psql(target, db, statements), env, name=label) as out:
+                session.write(
+                    name, out, meta={"database": db, "format": "copy text", "part_of": table["table"]}
+                )
+
+        _all_or_first_error(
+            [
+                partial(one, table, j, name)
+                for table, rec in zip(tables, record, strict=True)
+                for j, name in enumerate(rec["objects"])
+            ],
+            jobs,
+        )
     return record
+
+
+def _all_or_first_error(work: list[Callable[[], Any]], jobs: int) -> None:
+    """Run `work`, `jobs` at a time; the first failure is raised once the running ones end
+    (the caller then discards or drops what they made), and nothing more is started."""
+    pool = ThreadPoolExecutor(max(1, jobs), thread_name_prefix="pg-parts")
+    try:
+        futures = [pool.submit(job) for job in work]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in futures:
+            if future in done and future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
+    finally:
+        # nothing new starts; the running ones end with their part (a write after the session's
+        # discard, or a COPY into a database being dropped, would be left behind otherwise)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def object_names(info: dict[str, Any]) -> list[str]:
@@ -161,8 +192,8 @@ def load(
     jobs: int,
 ) -> None:
     """Every part into `side` (its tables made by pre-data, empty), `jobs` COPY sessions at a
-    time, each part checked as it streams; the first failure stops the rest (the caller drops
-    `side`, which ends the sessions still running)."""
+    time, each part checked as it streams; after the first failure no other part starts (the
+    caller then drops `side`)."""
     work: list[tuple[dict[str, Any], StoredObject]] = [
         (table, manifest.object(name)) for table in info.get("table_parts", []) for name in table["objects"]
     ]
@@ -180,12 +211,4 @@ def load(
                 read_object(store, obj), lambda s: feed_stdin(argv, s, env, name=label, read_all=True)
             )
 
-        pool = ThreadPoolExecutor(max(1, jobs), thread_name_prefix="pg-load")
-        try:
-            futures = [pool.submit(one(table, obj)) for table, obj in work]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            for future in done:
-                if future.exception() is not None:
-                    raise future.exception()  # type: ignore[misc]
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+        _all_or_first_error([one(table, obj) for table, obj in work], jobs)
