@@ -295,3 +295,44 @@ def test_s3_stream_past_the_part_limit_fails_clearly_and_leaves_nothing(s3_store
     assert all_keys(store) == []
     uploads = backend_for(store).client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])
     assert uploads == []
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_a_local_write_is_decoded_as_written_and_its_stored_bytes_checked_before_the_manifest(
+    local_store, encrypted, monkeypatch
+):
+    """Where no store checks the upload, each object is decoded as it is written (codec.RoundTrip)
+    and its stored bytes are hashed again before the manifest: bytes changed on disk after the
+    write, or bytes that do not decode to what was dumped, are refused and nothing is recorded."""
+    store = local_store(**({"encryption_key": SecretStr("k" * 32)} if encrypted else {}))
+    data = os.urandom(3 << 20) + b"compressible " * 100_000
+
+    with (
+        pytest.raises(IntegrityError, match="not those written"),
+        backup_session(store, "app-state") as session,
+    ):
+        obj = session.write("data", [data])
+        path = os.path.join(store.path, obj.key)
+        with open(path, "r+b") as fh:  # changed on disk between the write and the manifest
+            fh.seek(obj.size // 2)
+            byte = fh.read(1)
+            fh.seek(obj.size // 2)
+            fh.write(bytes([byte[0] ^ 1]))
+        session.commit()
+    assert list_backups(store, "app-state") == [] and all_keys(store) == []
+
+    import tasks.storage.codec as codec
+
+    real = codec.Encoder._out
+
+    def faulty(self, out: bytes) -> bytes:  # an encoder whose output no longer decodes
+        return real(self, out[:-1] + bytes([out[-1] ^ 1]) if len(out) > 64 else out)
+
+    monkeypatch.setattr(codec.Encoder, "_out", faulty)
+    with pytest.raises(IntegrityError, match="do not decode to what was dumped"):
+        take_backup(store, data)
+    monkeypatch.undo()
+    assert list_backups(store, "app-state") == [] and all_keys(store) == []
+
+    manifest = take_backup(store, data)  # and a sound write goes through, decoded once
+    assert b"".join(read_object(store, manifest.object("data"))) == data
