@@ -40,6 +40,8 @@ SELECT i, 0.1 + i / 3.0, 1.0 / (i + 7), date '2026-02-03' + i,
        E'line\\nbreak \\\\. ' || i
 FROM generate_series(1, 3000) i;
 INSERT INTO "we.ird s"."t ""a"",b" (id, f) VALUES (-1, 'NaN'), (-2, '-Infinity'), (-3, -0.0);
+CREATE TABLE "we.ird s".nocols ();
+INSERT INTO "we.ird s".nocols SELECT FROM generate_series(1, 5);
 '''
 
 
@@ -66,6 +68,7 @@ def test_tables_in_parts_come_back_exactly_whatever_the_database_s_settings(odd,
     before = _pg_dump(target, db)
     manifest = take_backup(target, store)
     info = manifest.engine["databases"][db]
+    # not a table with no column to copy: pg_dump keeps it
     assert {t["table"] for t in info["table_parts"]} == {"items", "logs", 't "a",b'}
     assert all(len(t["objects"]) >= 2 for t in info["table_parts"])  # more than one block each
     assert pg.verify(target, manifest, store)[db]["table_data_entries"] == 3

@@ -300,13 +300,15 @@ class RoundTrip(threading.Thread):
         self.start()
 
     def run(self) -> None:
+        ended = False  # the writer's end-of-stream taken off the queue
         try:
             while (data := self._queue.get()) is not None:
                 self.decoder.update(data)
+            ended = True
             self.decoder.finish()
         except BaseException as exc:  # noqa: BLE001 - reported by check()
             self._error = exc
-            while self._queue.get() is not None:  # the writer never waits on a full queue
+            while not ended and self._queue.get() is not None:  # the writer never waits on a full queue
                 pass
 
     def feed(self, data: bytes) -> None:

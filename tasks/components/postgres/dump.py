@@ -33,7 +33,7 @@ from tasks.components.postgres.fingerprint import algorithm_for, fingerprint
 from tasks.errors import ComponentFailed, IntegrityError, NotFound
 from tasks.models import Manifest, StoredObject
 from tasks.proc import feed_stdin, stream_stdout
-from tasks.storage.session import BackupSession, read_object, verify_object
+from tasks.storage.session import BackupSession, read_object
 
 log = logging.getLogger(__name__)
 GLOBALS = "globals.sql"
@@ -209,16 +209,22 @@ def _list(pg_restore: str, manifest: Manifest, store: StoreBlock, db: str, name:
 
 
 def verify(target: PostgresTarget | None, manifest: Manifest, store: StoreBlock) -> dict[str, Any]:
-    """pg_restore reads each archive's table of contents: every fingerprinted table has data, and
-    the post-data archive (where there is one) is readable and holds no data."""
+    """pg_restore reads each archive's table of contents: every fingerprinted table has data (in
+    the archive or in parts, not both), and the post-data archive (where there is one) is
+    readable and holds no data. The bytes of every object are the catalog's check, run first."""
     pg_restore = tool(target, "pg_restore") if target else "pg_restore"
     report = {}
     for db, info in manifest.engine.get("databases", {}).items():
         toc = _list(pg_restore, manifest, store, db, info["object"])
         data_entries = sum(1 for line in toc.splitlines() if " TABLE DATA " in line)
+        # the tables in parts: each part an object of this backup (whose bytes the catalog's
+        # check reads), and none of their data in the archive too
+        missing = [p for p in table_parts.object_names(info) if p not in {o.name for o in manifest.objects}]
+        if missing:
+            raise IntegrityError(
+                f"backup {manifest.id}: the parts {missing} of {db!r} are not among its objects"
+            )
         data_entries += table_parts.check_toc(manifest, db, info, toc)
-        for part in table_parts.object_names(info):
-            verify_object(store, manifest.object(part))
         expected = len(manifest.fingerprint["databases"][db]["tables"]) if manifest.fingerprint else 0
         if data_entries < expected:
             raise IntegrityError(

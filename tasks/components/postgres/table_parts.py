@@ -38,7 +38,7 @@ DUMP_JOBS = 1
 EXACT = ("SET client_encoding = 'UTF8'", "SET extra_float_digits = 3", "SET xmloption = content")
 
 # ordinary tables whose data pg_dump would dump: no temporary ones, none of an extension (its
-# configuration tables are dumped with their filter) or in an extension's schema
+# configuration tables are dumped with their filter) or in an extension's schema; largest first
 _LARGE = """
 SELECT c.oid::int8, n.nspname, c.relname, pg_relation_size(c.oid), pg_table_size(c.oid),
        array(SELECT a.attname FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
@@ -51,6 +51,9 @@ WHERE c.relkind = 'r' AND c.relpersistence <> 't'
       (d.classid = 'pg_class'::regclass AND d.objid = c.oid)
       OR (d.classid = 'pg_namespace'::regclass AND d.objid = n.oid)))
   AND pg_table_size(c.oid) >= %s
+  -- a table with no column to copy (none, or only generated ones) stays with pg_dump
+  AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+              AND NOT a.attisdropped AND a.attgenerated = '')
 ORDER BY 5 DESC, 2, 3
 """
 
