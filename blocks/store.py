@@ -55,9 +55,7 @@ class StoreBlock(StrictBlock):
     )
     verify_after_write: bool = Field(
         default=True,
-        description="check every object before the manifest is written: S3 checks each upload "
-        "itself (else it is read back); a local store's objects are decoded as they are written "
-        "and their stored bytes read back and hashed",
+        description="read every object back and check sha256 before the manifest is written",
     )
 
     @property

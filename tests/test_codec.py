@@ -67,30 +67,3 @@ def test_truncated_compression_is_caught(compression):
     blob = encode(os.urandom(200_000), compression, None)
     with pytest.raises(IntegrityError, match="truncated|corrupt"):
         decode(blob[:-10], compression, None)
-
-
-@pytest.mark.parametrize("compression", [Compression.zstd, Compression.gzip])
-@pytest.mark.parametrize("where", ["early", "at-the-end", "none"])
-def test_round_trip_checks_what_was_written_and_never_blocks_the_writer(compression, where):
-    """RoundTrip decodes beside the writer: a sound stream passes; bytes that stop decoding early
-    (with many more chunks still to come than its queue holds) or only at the end fail `check`,
-    and the writer is never left waiting."""
-    from tasks.storage.codec import RoundTrip
-
-    data = os.urandom(1 << 20) + b"abc" * 400_000
-    enc = Encoder(compression, None)
-    check = RoundTrip(enc, [])
-    chunks = [enc.update(data[i : i + 4096]) for i in range(0, len(data), 4096)] + [enc.finish()]
-    chunks = [c for c in chunks if c]
-    if where == "early":
-        chunks[0] = b"\xff" * len(chunks[0])
-    elif where == "at-the-end":
-        chunks[-1] = chunks[-1][:-4]
-    for chunk in chunks:
-        check.feed(chunk)
-    if where == "none":
-        check.check("obj")
-    else:
-        with pytest.raises(IntegrityError, match="obj: the bytes written do not decode"):
-            check.check("obj")
-    assert not check.is_alive()

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
 import struct
-import threading
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
@@ -282,57 +280,6 @@ class Decoder:
     def finish(self) -> bytes:
         data = self._dec.finish() if self._dec else b""
         return self._raw(self._comp.update(data) + self._comp.finish())
-
-
-class RoundTrip(threading.Thread):
-    """Decodes, in a thread of its own, what an Encoder stores, as it is written: `check` then
-    says whether those bytes decode to what went in. With a read of the stored bytes after the
-    write (their size and SHA-256 against the encoder's), that proves what reading the object
-    back and decoding it proves, at the cost of one hash pass after the write: the decoding
-    runs beside the engine's dump, not after it (docs/performance.md)."""
-
-    def __init__(self, encoder: Encoder, keys: Sequence[str]) -> None:
-        super().__init__(name="klb-round-trip", daemon=True)
-        self.encoder = encoder
-        self.decoder = Decoder(encoder.compression, encoder.encryption, keys)
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)  # bounded memory
-        self._error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        ended = False  # the writer's end-of-stream taken off the queue
-        try:
-            while (data := self._queue.get()) is not None:
-                self.decoder.update(data)
-            ended = True
-            self.decoder.finish()
-        except BaseException as exc:  # noqa: BLE001 - reported by check()
-            self._error = exc
-            while not ended and self._queue.get() is not None:  # the writer never waits on a full queue
-                pass
-
-    def feed(self, data: bytes) -> None:
-        if data:
-            self._queue.put(data)
-
-    def stop(self) -> None:
-        """The write failed: nothing to check."""
-        self._queue.put(None)
-
-    def check(self, name: str) -> None:
-        self._queue.put(None)
-        self.join()
-        d, e = self.decoder, self.encoder
-        if (
-            self._error is not None
-            or (d.size, d.hash.digest()) != (e.size, e.hash.digest())
-            or (d.raw_size, d.raw_hash.digest()) != (e.raw_size, e.raw_hash.digest())
-        ):
-            raise IntegrityError(
-                f"{name}: the bytes written do not decode to what was dumped"
-                + (f" ({self._error})" if self._error else "")
-                + ": nothing was recorded; run the backup again, and check the machine's memory"
-            )
 
 
 def iter_chunks(source: Iterable[bytes] | object, size: int = 1024 * 1024) -> Iterator[bytes]:

@@ -9,7 +9,6 @@ exists whole, with its manifest, or not at all.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ from tasks.ids import check_object_name, new_backup_id
 from tasks.models import KIND_LABEL, Compression, Manifest, StoredObject, kind_label
 from tasks.storage import object_lock, progress
 from tasks.storage.backends import Backend, backend_for
-from tasks.storage.codec import Decoder, Encoder, RoundTrip, iter_chunks
+from tasks.storage.codec import Decoder, Encoder, iter_chunks
 from tasks.storage.layout import MANIFEST_NAME, layout
 
 log = logging.getLogger(__name__)
@@ -85,35 +84,23 @@ def _write(
     backend: Backend | None,
     lock_until: datetime | None = None,
     tracker: progress.Progress | None = None,
-    round_trip: bool = False,
 ) -> tuple[StoredObject, bool]:
-    """write_object, and whether the store itself confirmed every byte (no read-back needed).
-    `round_trip`: decode what is written as it is written (codec.RoundTrip), so the read-back
-    need only check the stored bytes."""
+    """write_object, and whether the store itself confirmed every byte (no read-back needed)."""
     backend = backend or backend_for(store)
     tracker = tracker or progress.current()
     tick = progress.ticker(tracker)
     kind = compression or store.compression
     encoder = Encoder(kind, _secret(store), store.compression_level)
     writer = backend.open_writer(key, lock_until=lock_until)
-    check = RoundTrip(encoder, read_keys(store)) if round_trip else None
     try:
         for chunk in iter_chunks(source):
             out = encoder.update(chunk)
             if out:
                 writer.write(out)
-                if check:
-                    check.feed(out)
             tick(len(chunk))
-        tail = encoder.finish()
-        writer.write(tail)
-        if check:
-            check.feed(tail)
-            check.check(key)
+        writer.write(encoder.finish())
         version_id = writer.commit()
     except BaseException:
-        if check:
-            check.stop()
         writer.abort()
         raise
     if tracker:
@@ -211,18 +198,6 @@ def _check(obj: StoredObject, decoder: Decoder, raw: bool = False) -> None:
         raise IntegrityError(f"{obj.key}: decoded content does not match the manifest")
 
 
-def _check_stored(backend: Backend, obj: StoredObject) -> None:
-    """The stored bytes are those written: their size and SHA-256 (what S3 checks on upload)."""
-    digest, size = hashlib.sha256(), 0
-    for chunk in backend.read(obj.key, obj.version_id):
-        digest.update(chunk)
-        size += len(chunk)
-    if size != obj.size or digest.hexdigest() != obj.sha256:
-        raise IntegrityError(
-            f"{obj.key}: the stored bytes are not those written (size {size}, manifest {obj.size})"
-        )
-
-
 def verify_object(store: StoreBlock, obj: StoredObject, backend: Backend | None = None) -> None:
     """Read `obj` whole and check it; returns only if every byte matches."""
     for _ in _read_object(store, obj, backend, None):  # a check, not progress of the restore
@@ -267,7 +242,6 @@ class BackupSession:
         self.layout = layout(store)
         self.objects: list[StoredObject] = []
         self._checked_by_store: set[str] = set()  # keys the store verified on upload
-        self._round_tripped: set[str] = set()  # keys decoded as written: the stored bytes to check
         self.engine: dict[str, Any] = {}
         self.fingerprint: dict[str, Any] | None = None
         self.source_time: datetime | None = None
@@ -293,17 +267,12 @@ class BackupSession:
         key = self.layout.object_key(self.id, name)
         # locked from the first byte; commit lengthens it to the backup's exact expiry
         until = object_lock.lock_until(self.store, datetime.now(UTC) + (self.retention or timedelta()))
-        # where no store checks the upload (a local directory), what is written is decoded as
-        # it is written: the read-back before the manifest then only hashes the stored bytes
-        round_trip = self.store.verify_after_write and not self.backend.checks_uploads
         obj, checked = _write(
-            self.store, key, source, name, compression, meta, self.backend, until, self.progress, round_trip
+            self.store, key, source, name, compression, meta, self.backend, until, self.progress
         )
         self.objects.append(obj)
         if checked:
             self._checked_by_store.add(key)
-        elif round_trip:
-            self._round_tripped.add(key)
         log.info("stored %s (%d bytes, sha256 %s)", key, obj.size, obj.sha256[:12])
         return obj
 
@@ -315,9 +284,7 @@ class BackupSession:
             # a read-back only where the store could not check the upload itself (a local
             # directory, an S3-compatible server that keeps no checksums)
             for obj in self.objects:
-                if obj.key in self._round_tripped:
-                    _check_stored(self.backend, obj)
-                elif obj.key not in self._checked_by_store:
+                if obj.key not in self._checked_by_store:
                     verify_object(self.store, obj, self.backend)
             verified_at = datetime.now(UTC)
         self._still_stored()

@@ -23,9 +23,6 @@ class Backend(ABC):
     # single PUT). Size + mtime is not such a tag (bit rot, or a rewrite within the same
     # timestamp, keeps both): caches keyed on it would hide a damaged manifest.
     content_tags: bool = False
-    # True when the store checks each write itself (S3: a SHA-256 per part); a session then
-    # skips decoding as it writes, and reads back only what the store did not confirm
-    checks_uploads: bool = False
 
     @abstractmethod
     def preflight(self) -> None:

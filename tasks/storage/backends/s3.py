@@ -202,7 +202,6 @@ def _b64sha256(data: bytes) -> str:
 
 class S3Backend(Backend):
     content_tags = True  # ETag: a new object, a new tag (manifests are single PUTs: their MD5)
-    checks_uploads = True  # unless the server keeps no checksums: then read back whole (_confirm)
 
     def __init__(self, store: S3Store) -> None:
         self.store = store
