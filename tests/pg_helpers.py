@@ -116,9 +116,6 @@ def drop(target: PostgresTarget, *names: str) -> None:
             drop_database(conn, name)  # a template too (a kept template1__rollback_ copy)
 
 
-__all__ = ["psycopg"]
-
-
 def dump_lines(out: str) -> list[str]:
     """pg_dump(all)'s text, to compare: without its per-run `\\restrict` key (random, against psql
     meta-command injection), each table's rows sorted (tables loaded in parts, side by side, keep
@@ -138,3 +135,6 @@ def dump_lines(out: str) -> list[str]:
         if line.startswith("COPY ") and line.endswith(" FROM stdin;"):
             rows = []
     return lines
+
+
+__all__ = ["psycopg"]
