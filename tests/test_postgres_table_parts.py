@@ -14,7 +14,7 @@ from tasks.components.postgres import table_parts
 from tasks.components.postgres.common import engine_env, tool
 from tasks.errors import IntegrityError, NotFound
 from tasks.proc import run
-from tests.pg_helpers import db_names, drop, dump_lines, exec_in, make_db, new_name, state, target_for
+from tests.pg_helpers import db_names, drop, dump_lines, exec_in, make_db, new_name, scalar, state, target_for
 from tests.test_postgres import take_backup
 
 # what a database may set that changes how values are written as text, and awkward names
@@ -59,7 +59,7 @@ def odd(postgres):
     exec_in(admin_target, name, ODD.format(db=name))
     # every table in parts, however small
     yield target_for(postgres, databases=[name], split_tables_from_mib=0), name
-    drop(admin_target, *[d for d in db_names(admin_target) if d == name or d.startswith(name + "__")])
+    drop(admin_target, *[d for d in db_names(admin_target) if d.startswith(name)])  # and `<name>_copy`
 
 
 def test_tables_in_parts_come_back_exactly_whatever_the_database_s_settings(odd, local_store):
@@ -124,3 +124,27 @@ def test_tables_under_the_threshold_stay_in_the_archive(postgres, local_store):
         assert [o.name for o in manifest.objects if o.name.endswith(".copy")] == []
     finally:
         drop(admin_target, name)
+
+
+def test_parts_read_the_dump_s_snapshot_not_what_was_written_meanwhile(odd, local_store, monkeypatch):
+    """Rows committed while the parts are dumped (after the snapshot was exported) are in
+    neither the parts nor the fingerprint: each part's session imports the dump's snapshot."""
+    target, db = odd
+    store = local_store()
+    real_dump = table_parts.dump
+
+    def write_meanwhile(*args, **kwargs):
+        exec_in(target, db, "INSERT INTO app.items (name) SELECT 'late' FROM generate_series(1, 500)")
+        exec_in(target, db, "DELETE FROM public.logs WHERE msg < '8'")
+        return real_dump(*args, **kwargs)
+
+    monkeypatch.setattr(table_parts, "dump", write_meanwhile)
+    manifest = take_backup(target, store)
+    monkeypatch.undo()
+    rows = manifest.fingerprint["databases"][db]["tables"]
+    assert rows["app.items"]["rows"] == 3000 and rows["public.logs"]["rows"] == 3000
+
+    report = pg.restore(target, manifest, store, pg.RestoreOptions(rename_to={db: db + "_copy"}))
+
+    assert report["databases"][db + "_copy"]["rows"] == sum(t["rows"] for t in rows.values())
+    assert scalar(target, db + "_copy", "SELECT count(*) FROM app.items WHERE name = 'late'") == 0
