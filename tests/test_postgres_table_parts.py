@@ -148,3 +148,21 @@ def test_parts_read_the_dump_s_snapshot_not_what_was_written_meanwhile(odd, loca
 
     assert report["databases"][db + "_copy"]["rows"] == sum(t["rows"] for t in rows.values())
     assert scalar(target, db + "_copy", "SELECT count(*) FROM app.items WHERE name = 'late'") == 0
+
+
+def test_a_backup_in_parts_drills_and_restores_without_owners(odd, local_store):
+    target, db = odd
+    store = local_store()
+    manifest = take_backup(target, store)
+    expected = manifest.fingerprint["databases"][db]["tables"]
+
+    drill = pg.drill(target, manifest, store, "parts")
+    assert drill["verified"] is True and drill["checks"][db]["fingerprint_equal"] is True
+    report = pg.restore(
+        target,
+        manifest,
+        store,
+        pg.RestoreOptions(rename_to={db: db + "_copy"}, no_owner=True, cut_over=False),
+    )
+    side = report["databases"][db + "_copy"]["restored_aside_as"]
+    assert state(target, side)["tables"] == expected
