@@ -4,9 +4,9 @@ Backup: `pg_dumpall --globals-only` (roles, tablespaces) and per database `pg_du
 (pre-data + data, and post-data on its own: dump.py), its large tables in block-range parts
 (table_parts.py), each streamed into the store. The fingerprint (rows + checksum per table,
 sequence values) is computed in a REPEATABLE READ transaction whose exported snapshot
-`pg_dump --snapshot` and the parts read,
-so it describes exactly the dumped data; each database's database-level properties (owner, ACL,
-settings, role-in-database settings, locale, ...) are recorded as data (properties.py).
+`pg_dump --snapshot` and the parts read, so it describes exactly the dumped data; each
+database's database-level properties (owner, ACL, settings, role-in-database settings, locale,
+...) are recorded as data (properties.py).
 Restore: into `<db>__restore_<ts>` (load.py, restores.py): the bulk streams into `pg_restore`,
 the parts load side by side, post-data builds while the fingerprint is compared with the
 manifest; database-level properties are put on it and read back, then it is renamed in place in
