@@ -317,7 +317,13 @@ def test_backup_deployment_runs_through_a_worker(e2e, deployed):
         assert start >= end - timedelta(milliseconds=1), "two backups of one component overlapped"
 
     store = LocalStore(path=str(e2e["store_dir"]))
-    manifests = list_backups(store, "app-state")
+    # ours only: the schedule an earlier test turned on makes a run at :45 of every fourth hour,
+    # which the worker runs too when this test crosses that minute
+    manifests = [
+        m
+        for m in list_backups(store, "app-state")
+        if m.labels.get("flow_run_id") in ids or m.id == notebook_backup_id
+    ]
     assert len(manifests) == 4  # three deployment runs and the notebook call
     for manifest in manifests:
         assert manifest.verified_at is not None

@@ -97,8 +97,9 @@ def describe_current_state(target: PostgresTarget) -> dict[str, Any]:
         "server": f"{target.host}:{target.port}",
         "server_version": version,
         "databases": {
+            # no size: it moves with autovacuum and ANALYZE, not with the content, and a drill's
+            # isolation check (this, before == after) failed on it when autovacuum ran meanwhile
             db: {
-                "size": present[db]["size"],
                 "owner": present[db]["owner"],
                 "fingerprint": fingerprint_database(target, db),
             }
