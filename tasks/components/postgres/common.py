@@ -146,6 +146,11 @@ def tool(target: PostgresTarget, name: str) -> str:
     return find_binary(name, missing=f"{name} is not installed: apt-get install postgresql-client")
 
 
+def psql(target: PostgresTarget) -> list[str]:
+    """psql as the engines run it: no psqlrc, quiet, no password prompt, stop at the first error."""
+    return [tool(target, "psql"), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1"]
+
+
 def _pgpass_field(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:")
 

@@ -214,12 +214,13 @@ def verify(target: PostgresTarget | None, manifest: Manifest, store: StoreBlock)
     readable and holds no data. The bytes of every object are the catalog's check, run first."""
     pg_restore = tool(target, "pg_restore") if target else "pg_restore"
     report = {}
+    stored = {o.name for o in manifest.objects}
     for db, info in manifest.engine.get("databases", {}).items():
         toc = _list(pg_restore, manifest, store, db, info["object"])
         data_entries = sum(1 for line in toc.splitlines() if " TABLE DATA " in line)
         # the tables in parts: each part an object of this backup (whose bytes the catalog's
         # check reads), and none of their data in the archive too
-        missing = [p for p in table_parts.object_names(info) if p not in {o.name for o in manifest.objects}]
+        missing = [p for p in table_parts.object_names(info) if p not in stored]
         if missing:
             raise IntegrityError(
                 f"backup {manifest.id}: the parts {missing} of {db!r} are not among its objects"

@@ -17,7 +17,7 @@ from psycopg import sql
 from blocks.postgres import PostgresTarget
 from blocks.store import StoreBlock
 from tasks.components.postgres import memberships, shared_acls
-from tasks.components.postgres.common import admin, engine_env, tool
+from tasks.components.postgres.common import admin, engine_env, psql
 from tasks.components.postgres.dump import GLOBALS, GLOBALS_MAX
 from tasks.errors import IntegrityError
 from tasks.models import Manifest
@@ -188,7 +188,7 @@ def apply_globals(target: PostgresTarget, raw: bytes) -> dict[str, Any]:
     script, has_tablespace = _globals_script(raw, target.user, spaces, dated)
     # first, in the same transaction: the backup's statements below give back what it has
     script = "".join(line + "\n" for line in revokes) + script
-    argv = [tool(target, "psql"), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1"]
+    argv = psql(target)
     if not has_tablespace:  # CREATE TABLESPACE cannot run inside a transaction block
         argv.append("--single-transaction")
     with engine_env(target) as env:

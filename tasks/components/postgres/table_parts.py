@@ -15,14 +15,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from functools import partial
 from typing import Any
 
 import psycopg
 
 from blocks.postgres import PostgresTarget
 from blocks.store import StoreBlock
-from tasks.components.postgres.common import conninfo_dbname, engine_env, tool
+from tasks.components.postgres.common import conninfo_dbname, engine_env, psql
 from tasks.errors import IntegrityError
 from tasks.models import Manifest, StoredObject
 from tasks.proc import feed_stdin, stream_stdout
@@ -31,9 +30,6 @@ from tasks.storage.session import BackupSession, consume_checked, read_object
 MIN_SERVER = 140000  # TID range scans: before 14, each part would read the whole table
 PART_BYTES = 1024**3  # a part per GiB of heap at most...
 MIN_PARTS, MAX_PARTS = 4, 256  # ...and at least as many as a restore's parallel sessions
-# parts read at a time. Two were no faster (scale 1: 4.30 s against 4.38 s for the whole table:
-# the server's COPY sets the pace) and held two writers' upload buffers: 292 MiB peak on S3
-DUMP_JOBS = 1
 # pg_dump's settings for values that read back exactly, beside SESSION_SETTINGS (PGOPTIONS)
 EXACT = ("SET client_encoding = 'UTF8'", "SET extra_float_digits = 3", "SET xmloption = content")
 
@@ -101,8 +97,7 @@ def _copy_out(table: dict[str, Any], start: int, end: int | None) -> str:
 
 
 def _psql(target: PostgresTarget, db: str, statements: list[str]) -> list[str]:
-    argv = [tool(target, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password"]
-    argv += ["-d", conninfo_dbname(db)]
+    argv = [*psql(target), "-d", conninfo_dbname(db)]
     for statement in statements:
         argv += ["-c", statement]
     return argv
@@ -115,49 +110,36 @@ def dump(
     base: str,
     tables: list[dict[str, Any]],
     session: BackupSession,
-    jobs: int = DUMP_JOBS,
 ) -> list[dict[str, Any]]:
-    """Each table's parts, `jobs` at a time, each read in `snapshot` (its exporting transaction
-    must stay open), stored as `<base>.t<i>-p<j>.copy`; returns the manifest's record of them."""
-    record = [
-        {
-            **{k: table[k] for k in ("oid", "schema", "table", "columns")},
-            "objects": [f"{base}.t{i:03d}-p{j:03d}.copy" for j in range(len(table["starts"]))],
-        }
-        for i, table in enumerate(tables)
-    ]
+    """Each table's parts, one after the other, each read in `snapshot` (its exporting transaction
+    must stay open), stored as `<base>.t<i>-p<j>.copy`; returns the manifest's record of them.
+    One at a time: two were no faster (scale 1: 4.30 s against 4.38 s for the whole table: the
+    server's COPY sets the pace) and held two writers' upload buffers (292 MiB peak on S3)."""
+    record = []
     with engine_env(target, db) as env:
-
-        def one(table: dict[str, Any], j: int, name: str) -> None:
-            starts = table["starts"]
-            end = starts[j + 1] if j + 1 < len(starts) else None
-            statements = [
-                *EXACT,
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-                f"SET TRANSACTION SNAPSHOT '{snapshot}'",
-                _copy_out(table, starts[j], end),
-            ]
-            label = f"COPY {table['schema']}.{table['table']} part {j + 1}/{len(starts)} ({db})"
-            with stream_stdout(_psql(target, db, statements), env, name=label) as out:
-                session.write(
-                    name, out, meta={"database": db, "format": "copy text", "part_of": table["table"]}
-                )
-
-        _all_or_first_error(
-            [
-                partial(one, table, j, name)
-                for table, rec in zip(tables, record, strict=True)
-                for j, name in enumerate(rec["objects"])
-            ],
-            jobs,
-        )
+        for i, table in enumerate(tables):
+            starts, names = table["starts"], []
+            for j, start in enumerate(starts):
+                end = starts[j + 1] if j + 1 < len(starts) else None
+                statements = [
+                    *EXACT,
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+                    f"SET TRANSACTION SNAPSHOT '{snapshot}'",
+                    _copy_out(table, start, end),
+                ]
+                names.append(f"{base}.t{i:03d}-p{j:03d}.copy")
+                label = f"COPY {table['schema']}.{table['table']} part {j + 1}/{len(starts)} ({db})"
+                with stream_stdout(_psql(target, db, statements), env, name=label) as out:
+                    meta = {"database": db, "format": "copy text", "part_of": table["table"]}
+                    session.write(names[-1], out, meta=meta)
+            record.append({**{k: table[k] for k in ("oid", "schema", "table", "columns")}, "objects": names})
     return record
 
 
 def _all_or_first_error(work: list[Callable[[], Any]], jobs: int) -> None:
     """Run `work`, `jobs` at a time; the first failure is raised once the running ones end
-    (the caller then discards or drops what they made), and nothing more is started."""
-    pool = ThreadPoolExecutor(max(1, jobs), thread_name_prefix="pg-parts")
+    (the caller then drops what they made), and nothing more is started."""
+    pool = ThreadPoolExecutor(max(1, jobs), thread_name_prefix="pg-load")
     try:
         futures = [pool.submit(job) for job in work]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
@@ -165,8 +147,8 @@ def _all_or_first_error(work: list[Callable[[], Any]], jobs: int) -> None:
             if future in done and future.exception() is not None:
                 raise future.exception()  # type: ignore[misc]
     finally:
-        # nothing new starts; the running ones end with their part (a write after the session's
-        # discard, or a COPY into a database being dropped, would be left behind otherwise)
+        # nothing new starts; the running ones end with their part (a COPY into a database
+        # being dropped would be left behind otherwise)
         pool.shutdown(wait=True, cancel_futures=True)
 
 
