@@ -8,13 +8,13 @@ import secrets
 import pytest
 
 from flows.backup import backup_component
-from flows.scenarios import data_corruption
+from flows.scenarios import data_corruption, namespace_corruption
 from sandbox.k8s_emulator.admission import ENFORCE
 from sandbox.k8s_emulator.snapshot import PVS
 from tasks.components import volumes
 from tasks.components.kubernetes.quiesce import quiesced
 from tasks.errors import BadInput, ComponentFailed
-from tasks.operations.disaster import delete_pvcs_task
+from tasks.operations.disaster import delete_namespace_task, delete_pvcs_task
 from tasks.storage.catalog import list_backups
 from tasks.storage.session import backup_session
 from tests.k8s_helpers import seed_namespaces
@@ -178,4 +178,29 @@ def test_data_corruption_refuses_claims_whose_pvs_are_retained_before_anything_c
     assert [m.kind for m in list_backups(store, "volumes")] == ["on-demand"]  # no forensic backup
     ctl.store.patch(PVS, "", pv, {"spec": {"persistentVolumeReclaimPolicy": "Delete"}})
     data_corruption(ns, target=target, store=store)
+    assert ctl.volumes[(ns, "data")] == f"{ns} volume v1"
+
+
+def test_a_namespace_deleted_by_the_incident_is_refused_while_its_retained_pvs_linger(
+    prefect_server, kube_api, ctl, store
+):
+    """The incident deleted the namespace itself: its claims are gone, and a PV with reclaimPolicy
+    Retain stays Released under the name Velero restores its snapshot to. The check looked only
+    at claims that exist, so namespace_corruption went ahead, Velero waited for the PV and failed
+    the item, and the claim stayed Pending. The PV is found from the backup's record of which
+    volume each claim had, and the restore refused before anything changes; once the PV is
+    deleted as the error says (its disk stays: Retain), the data comes back."""
+    (ns,) = seed_namespaces(ctl, "gone")
+    pv = retain(ctl, ns)
+    target = kube_api.velero_target(include_namespaces=[ns])
+    backup_component("kubernetes", target=target, store=store)
+    delete_namespace_task.fn(target, ns)  # the incident
+    assert ctl.store.get(PVS, "", pv)["status"]["phase"] == "Released"
+    before, writes = kube_api.state(), len(ctl.writes)
+    refused = rf"PVs \['{pv} \(claim {ns}/data, gone\)'\] .*`kubectl delete pv {pv}`"
+    with pytest.raises(BadInput, match=refused):
+        namespace_corruption(ns, target=target, store=store)
+    assert kube_api.state() == before and len(ctl.writes) == writes
+    ctl.store.delete(PVS, "", pv)
+    namespace_corruption(ns, target=target, store=store)
     assert ctl.volumes[(ns, "data")] == f"{ns} volume v1"

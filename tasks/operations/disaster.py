@@ -137,11 +137,13 @@ def refuse_other_claims(target: VeleroTarget, doc: dict, namespace: str, names: 
 
 
 def refuse_retained_volumes(target: VeleroTarget, doc: dict, namespace: str, names: list[str]) -> None:
-    """Before anything changes: claims about to be deleted (and restored from `doc`) whose PV has
-    reclaimPolicy Retain. Such a PV stays, Released, under its name once its claim is gone, and
-    Velero restores a volume from a native snapshot under that same name: restore.go
-    shouldRestore waits its resourceTerminatingTimeout (10 min by default) for the PV to go,
-    then fails the item, and the restored claim stays Pending. CSI snapshots and file-system
+    """Before anything changes: the PVs, with reclaimPolicy Retain, of the claims about to be
+    restored from `doc`: those of claims about to be deleted, and those of claims already gone
+    (the backup records which PV each claim had). Such a PV stays, Released, under its name once
+    its claim is gone, and Velero restores a volume from a native snapshot under that same name:
+    restore.go shouldRestore waits its resourceTerminatingTimeout (10 min by default) for the PV
+    to go, then fails the item, and the restored claim stays Pending (or, if the PV was made
+    Available again, binds the old disk instead of the backup's). CSI snapshots and file-system
     backups are provisioned anew (other names): not blocked."""
     k = kube.connect(target.kube)
     through_pods = (
@@ -150,20 +152,35 @@ def refuse_retained_volumes(target: VeleroTarget, doc: dict, namespace: str, nam
         else set()
     )
     claims = {p["name"]: p["volume"] for p in kube.list_pvcs(k, namespace)}
-    retained = []
-    for name in sorted(set(names) & set(claims) - through_pods):
-        if not claims[name]:
-            continue
-        pv = kube.read_pv(k, claims[name])
+    recorded = doc.get("claim_volumes", {}).get(namespace, {})
+    to_delete, left_behind = [], []  # of claims that exist (deleted by this run), of claims gone
+    for name in sorted(set(names) - through_pods):
+        volume = claims[name] if name in claims else recorded.get(name)
+        pv = kube.read_pv(k, volume) if volume else None
         if pv is not None and pv.spec.persistent_volume_reclaim_policy == "Retain" and not pv.spec.csi:
-            retained.append(f"{claims[name]} (claim {namespace}/{name})")
-    if retained:
-        first = retained[0].split(" ", 1)[0]
-        raise BadInput(
-            f"PVs {retained} have persistentVolumeReclaimPolicy Retain: once their claims are deleted "
+            if name in claims:
+                to_delete.append(f"{volume} (claim {namespace}/{name})")
+            else:
+                left_behind.append(f"{volume} (claim {namespace}/{name}, gone)")
+    why = []
+    if to_delete:
+        first = to_delete[0].split(" ", 1)[0]
+        why.append(
+            f"PVs {to_delete} have persistentVolumeReclaimPolicy Retain: once their claims are deleted "
             "they stay Released under the names Velero restores their snapshots to, and Velero waits "
             "10 min (its resourceTerminatingTimeout) for them to go, then fails the restore. Set them "
             f"to Delete first (`kubectl patch pv {first} -p "
             '\'{"spec":{"persistentVolumeReclaimPolicy":"Delete"}}\'`; the forensic backup this '
-            "restore takes keeps their data), then run again. Nothing was changed"
+            "restore takes keeps their data)"
         )
+    if left_behind:
+        first = left_behind[0].split(" ", 1)[0]
+        why.append(
+            f"PVs {left_behind} of claims that no longer exist are still in the cluster with "
+            "persistentVolumeReclaimPolicy Retain, under the names Velero restores their snapshots "
+            "to: Velero waits 10 min (its resourceTerminatingTimeout) for them to go, then fails the "
+            f"restore. Delete them first (`kubectl delete pv {first}`: with Retain the disk itself "
+            "stays, for the post-mortem)"
+        )
+    if why:
+        raise BadInput("; ".join(why) + ", then run again. Nothing was changed")

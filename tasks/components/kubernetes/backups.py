@@ -112,6 +112,18 @@ def inventory(
     return out
 
 
+def claim_volumes(k: Kube, held: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, str]]:
+    """namespace -> claim -> the PV it is bound to, for the claims the backup holds: the name
+    Velero restores the claim's snapshot under, which a restore must know even once the claim
+    is gone (a PV of that name left in the cluster makes Velero wait, then fail the item)."""
+    out = {}
+    for ns, kinds_ in held.items():
+        if names := set(kinds_.get("persistentvolumeclaims", [])):
+            bound = kube.list_pvcs(k, ns)
+            out[ns] = {p["name"]: p["volume"] for p in bound if p["name"] in names and p["volume"]}
+    return out
+
+
 def settled(
     before: dict[str, dict[str, list[str]]], after: dict[str, dict[str, list[str]]]
 ) -> tuple[dict[str, dict[str, list[str]]], list[str]]:
@@ -198,6 +210,7 @@ def run_backup(target: VeleroTarget, session: BackupSession, spec: BackupSpec) -
         "inventory": expected,
         "changed_during_backup": changed,
         "missing_namespaces": missing,
+        "claim_volumes": claim_volumes(k, expected),
     }
     session.write(
         OBJECT_NAME, [json.dumps(doc, indent=2, sort_keys=True).encode()], meta={"velero_backup": name}
