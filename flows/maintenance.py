@@ -27,7 +27,7 @@ from tasks.storage.backends import backend_for
 from tasks.storage.catalog import get_backup
 from tasks.storage.health import Status, damaged_ids, health_of, is_damage, mark_damaged, mark_verified
 from tasks.storage.index import ComponentListing, list_component
-from tasks.storage.layout import backup_dir_of, layout
+from tasks.storage.layout import backup_dir_of, layout, split_component_key
 from tasks.storage.leftovers import sweep_incomplete_writes
 from tasks.storage.replicate import dr_copy_problems, dr_only_problems, load_dr_store
 from tasks.storage.retention import (
@@ -193,8 +193,10 @@ def _plan(
     """One component's plan (locks applied), and the folders left alone as unreadable."""
     name = policy.component
     known = health_of(block, name)
-    # a backup whose manifest is unreadable is evidence for the sweep, not an orphan to collect
-    bad_dirs = {backup_dir_of(k) + "/" for k in listing.unreadable}
+    # a backup whose manifest is unreadable is evidence for the sweep, not an orphan to collect;
+    # a manifest.json higher up (a component's or day's folder) holds no backup's objects
+    folder = layout(block).component_dir(name)
+    bad_dirs = {backup_dir_of(k) + "/" for k in listing.unreadable if split_component_key(k, folder)}
     keys = [k for k in listing.keys if not any(k.startswith(d) for d in bad_dirs)]
     plan = plan_retention(
         listing.manifests,

@@ -17,7 +17,7 @@ from tasks.models import Manifest
 from tasks.storage import object_lock
 from tasks.storage.backends import Backend, backend_for
 from tasks.storage.health import Status, health_of, is_damage, mark_damaged
-from tasks.storage.layout import StoreLayout, backup_dir_of, backup_id_of, is_manifest_key, layout
+from tasks.storage.layout import StoreLayout, backup_dir_of, backup_id_of, layout
 from tasks.storage.session import verify_object
 
 LATEST = "latest"
@@ -109,12 +109,13 @@ def list_backups(
     check_component_name(component)
     since, until = _aware(since, "since"), _aware(until, "until")
     backend = backend_for(store)
-    folder = layout(store).component_dir(component)
+    where = layout(store)
+    folder = where.component_dir(component)
     # a locked store: the version each manifest was written as (object_lock.written_manifests)
     written = object_lock.written_manifests(store, backend, folder, datetime.now(UTC))
     keys = []
     for key in written if written is not None else backend.list_keys(folder):
-        if not is_manifest_key(key):
+        if not where.is_manifest_of(key, component):
             continue
         _, started = parse_backup_id(backup_id_of(key))
         if until is None or started <= until:  # a backup cannot reflect a time before it started

@@ -93,7 +93,13 @@ def list_component(store: StoreBlock, component: str, use_index: bool = True) ->
     # cache, keyed on current versions, could hand on a forged later version: not used there
     written = object_lock.written_manifests(store, backend, keys.component_dir(component), datetime.now(UTC))
     use_index = use_index and written is None
-    manifest_keys = sorted(written if written is not None else (k for k in tagged if is_manifest_key(k)))
+    named = sorted(written if written is not None else (k for k in tagged if is_manifest_key(k)))
+    manifest_keys = [k for k in named if keys.is_manifest_of(k, component)]
+    # a manifest.json anywhere else (a sync tool's leftover, a copy made by hand) is no backup:
+    # reported to the sweep as found, never read as one, never a reason to touch backups near it
+    strays = {
+        k: "not where a backup of this component keeps its manifest" for k in named if k not in manifest_keys
+    }
     ikey = keys.index_key(component)
     t1 = time.perf_counter()
     cache = _read_index(backend, ikey) if use_index else {}
@@ -110,7 +116,7 @@ def list_component(store: StoreBlock, component: str, use_index: bool = True) ->
             missing.append(key)
 
     t2 = time.perf_counter()
-    unreadable: dict[str, str] = {}
+    unreadable: dict[str, str] = dict(strays)
 
     def fetch(key: str) -> tuple[str, Manifest | None]:
         try:

@@ -77,6 +77,19 @@ class StoreLayout:
     def manifest_key(self, backup_id: str) -> str:
         return f"{self.backup_dir(backup_id)}/{MANIFEST_NAME}"
 
+    def is_manifest_of(self, key: str, component: str) -> bool:
+        """`key` is where a backup of `component` keeps its manifest: <component>/<day>/<id>/
+        manifest.json, a well-formed id of that component on the day it names. Any other
+        manifest.json under the folder (a sync tool's leftover, a copy made by hand) is no
+        backup: not listed, not judged unreadable, and no reason to touch the backups near it."""
+        backup_id = backup_id_of(key)
+        if not is_manifest_key(key) or backup_id is None:
+            return False
+        try:
+            return parse_backup_id(backup_id)[0] == component and key == self.manifest_key(backup_id)
+        except BadInput:
+            return False
+
     # --- the manifest cache -------------------------------------------------------------------
 
     def index_key(self, component: str) -> str:

@@ -344,10 +344,12 @@ def _last_holders(good: list[Manifest]) -> dict[str, list[str]]:
 
 
 def _missing_objects(m: Manifest, listed: list[str] | None) -> list[str]:
-    """Objects of `m` the listing lacks. A pinned version (a versioned bucket) may outlive its
-    current key (a delete marker on top): only unpinned objects prove the backup broken."""
+    """Objects of `m` the listing lacks. The listing (index.list_component) holds the keys whose
+    pinned version outlives a delete marker on top; a pinned version that is gone too (purged,
+    expired by a lifecycle rule) is missing like any other: a backup without its data is no
+    good backup to keep in place of older ones."""
     there = set(listed or ())
-    return [o.name for o in m.objects if o.version_id is None and o.key not in there]
+    return [o.name for o in m.objects if o.key not in there]
 
 
 def _backup_keys(m: Manifest, listed: list[str] | None) -> list[str]:

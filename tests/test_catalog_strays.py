@@ -1,0 +1,98 @@
+"""What is under a component's folder but is no backup, and a backup whose data is gone for good:
+neither may cost the catalog its listing, nor retention the backups that still restore."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from flows.maintenance import enforce_retention
+from tasks.errors import IntegrityError, NotFound
+from tasks.storage.backends import backend_for
+from tasks.storage.catalog import latest_backup, list_backups, verify_backup
+from tasks.storage.index import list_component
+from tasks.storage.layout import layout
+from tasks.storage.retention import RetentionPolicy, plan_retention
+from tasks.storage.session import backup_session
+from tests.test_retention_flow import old_backup
+
+
+def take(store, data: bytes, component: str = "app-state"):
+    with backup_session(store, component) as s:
+        s.write("data", [data])
+        return s.commit()
+
+
+@pytest.mark.parametrize(
+    "stray",
+    [
+        "manifest.json",
+        "2026-11-30/manifest.json",
+        "2026-11-30/not-an-id/manifest.json",
+        "2026-11-30/app-state-20261399T000000Z-abcdef/manifest.json",  # no such date
+        "2026-11-30/etcd-20261130T000000Z-abcdef/manifest.json",  # another component's id
+        "2026-01-01/app-state-20261130T000000Z-abcdef/manifest.json",  # not on the day it names
+    ],
+)
+def test_a_stray_manifest_key_is_no_backup_and_breaks_no_listing(local_store, stray):
+    """One stray key (a sync tool's leftover, a copy made by hand) made list_backups, `latest`
+    and everything built on them raise 'malformed backup id'."""
+    store = local_store()
+    good = take(store, b"good\n")
+    backend_for(store).put_bytes(f"{layout(store).component_dir('app-state')}/{stray}", b"{}")
+    assert [m.id for m in list_backups(store, "app-state")] == [good.id]
+    assert latest_backup(store, "app-state").id == good.id
+    listing = list_component(store, "app-state")
+    assert [m.id for m in listing.manifests] == [good.id]
+    assert list(listing.unreadable) == [
+        f"{layout(store).component_dir('app-state')}/{stray}"
+    ]  # for the sweep
+
+
+@pytest.mark.parametrize("where", ["manifest.json", "{day}/manifest.json"])
+def test_a_stray_manifest_file_does_not_make_retention_delete_good_backups(
+    prefect_server, local_store, where
+):
+    """A stray manifest.json above the backups' folders was taken as an unreadable backup whose
+    'folder' was the whole component (or day): every backup in it looked as if its objects were
+    missing, was recorded damaged, and was deleted, the newest good one included."""
+    store = local_store()
+    old = old_backup(store, "etcd", timedelta(days=10))
+    newest = old_backup(store, "etcd", timedelta(days=9))
+    for m in (old, newest):
+        verify_backup(store, m)
+    stray = f"{layout(store).component_dir('etcd')}/{where.format(day=f'{newest.started_at:%Y-%m-%d}')}"
+    backend_for(store).put_bytes(stray, b"not a manifest")
+    done = enforce_retention(dry_run=False, store=store, components=["etcd"])
+    remaining = list(backend_for(store).list_keys(layout(store).component_dir("etcd")))
+    assert layout(store).manifest_key(newest.id) in remaining, done["components"]["etcd"]
+    assert stray in remaining  # not ours: left as it is
+    assert latest_backup(store, "etcd").id == newest.id
+
+
+def test_a_backup_whose_pinned_versions_are_gone_is_not_the_good_one_retention_keeps(s3_store, s3_bucket):
+    """On a versioned bucket, retention skipped every object with a pinned version when it looked
+    for missing ones: with the newest backup's data purged (every version: a lifecycle rule, a
+    hand), it still counted as the good backup, and the older one, the only one that restores,
+    went past retention."""
+    bucket, client = s3_bucket
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    store = s3_store()
+    old = take(store, b"old\n")
+    new = take(store, b"new\n")
+    obj = new.objects[0]
+    client.delete_object(Bucket=bucket, Key=obj.key, VersionId=obj.version_id)
+    with pytest.raises((IntegrityError, NotFound)):
+        backend_for(store).get_bytes(obj.key)
+    listing = list_component(store, "app-state")
+    plan = plan_retention(
+        listing.manifests,
+        RetentionPolicy(component="app-state", retention=timedelta(hours=1)),
+        datetime.now(UTC) + timedelta(hours=2),
+        keys=listing.keys,
+        prefix=layout(store).component_dir("app-state"),
+    )
+    decisions = {d.id: d for d in plan.decisions}
+    assert decisions[old.id].action == "keep" and decisions[old.id].good, plan.decisions
+    assert plan.missing == {new.id: ["data"]}
