@@ -29,7 +29,7 @@ from tasks.components.postgres.common import (
     server_version,
     tool,
 )
-from tasks.components.postgres.fingerprint import algorithm_for, fingerprint
+from tasks.components.postgres.fingerprint import algorithm_for, fingerprint, lock_what_it_reads
 from tasks.errors import ComponentFailed, IntegrityError, NotFound
 from tasks.models import Manifest, StoredObject
 from tasks.proc import feed_stdin, stream_stdout
@@ -86,10 +86,15 @@ def _dump_database(
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         snapshot, taken_at = conn.execute("SELECT pg_export_snapshot(), statement_timestamp()").fetchone()
+        lock_what_it_reads(conn)  # before anything reads: no TRUNCATE or rewrite until we are done
+        # sequences are read live, not in the snapshot: ours before pg_dump reads its own, so a
+        # restored value (pg_dump's) is ahead of the recorded one or equal, never behind
+        # (diff_fingerprints); read after the large tables' scan it was behind under any writes
+        sequences = fingerprint(conn, algorithm, kinds="S")["sequences"]
         large = table_parts.plan(conn, target)  # before the fingerprint takes `conn`
         with ThreadPoolExecutor(1, thread_name_prefix="pg-fingerprint") as pool:
             # the fingerprint scans the same snapshot while pg_dump streams it
-            future = pool.submit(fingerprint, conn, algorithm)
+            future = pool.submit(fingerprint, conn, algorithm, "rm")
             try:
                 with engine_env(target, db) as env:
                     with stream_stdout(
@@ -122,7 +127,7 @@ def _dump_database(
             except BaseException:
                 conn.cancel_safe()
                 raise
-            fp = future.result()
+            fp = {**future.result(), "sequences": sequences}
         return fp, taken_at.astimezone(UTC), obj, post, parts
     finally:
         if not conn.closed:
