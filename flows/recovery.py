@@ -48,7 +48,7 @@ from tasks.operations.rollback import changed_target, created_by_restore, rollba
 from tasks.operations.scope import backup_and_target
 from tasks.storage.catalog import get_backup
 from tasks.storage.records import put_record
-from tasks.verbs import restore_options, restore_task
+from tasks.verbs import check_restore, restore_options, restore_task
 
 __all__ = [
     "restore_plan",
@@ -236,6 +236,7 @@ def restore_with_checklist(
     # 'latest' of this scope: never a newer, narrower backup
     manifest, target_block = backup_and_target(store_block, backup_id, component, target, opts)
     given = opts.model_dump(mode="json", exclude_unset=True)
+    check_restore(manifest, target_block, given)  # what the restore would refuse, refused now
     record = _new_record(component, manifest, force, target_block, options=given)
     needs_approval = guard_block.require_approval if require_approval is None else require_approval
     checklist = {

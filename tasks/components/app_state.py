@@ -20,7 +20,7 @@ from pydantic import Field
 from blocks.app_state import AppStateStep, AppStateTarget
 from blocks.store import StoreBlock
 from tasks.components.contract import StrictOptions, target_from_env
-from tasks.errors import BackupError, BadInput, ConfigurationError, IntegrityError
+from tasks.errors import BackupError, BadInput, ConfigurationError, IntegrityError, target_untouched
 from tasks.models import Manifest
 from tasks.proc import feed_stdin, run, stream_stdout
 from tasks.storage.session import BackupSession, read_object, verify_object
@@ -55,9 +55,9 @@ class RestoreOptions(StrictOptions):
     steps: list[str] | None = Field(default=None, description="restore only these steps (default: all)")
 
 
-def restore(
-    target: AppStateTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions
-) -> dict[str, Any]:
+def check_restore(target: AppStateTarget, manifest: Manifest, options: RestoreOptions) -> list[str]:
+    """The steps to restore, in order; what the restore would refuse is refused here, before a
+    checklist, safety backup or approval."""
     by_name = {s.name: s for s in target.steps}
     wanted = options.steps or [o.name for o in manifest.objects]
     unknown = [n for n in wanted if n not in by_name or n not in {o.name for o in manifest.objects}]
@@ -65,7 +65,6 @@ def restore(
         raise BadInput(f"steps {unknown} are not in both backup {manifest.id} and the target")
     if len(set(wanted)) != len(wanted):
         raise BadInput(f"steps {wanted} name a step twice: name each step once (nothing was restored)")
-    objects = [manifest.object(n) for n in wanted]
     # steps are separate scripts run one after the other: one that cannot even start (a misspelt
     # command, a missing directory) must refuse the restore before an earlier step overwrites state
     unstartable = {n: why for n in wanted if (why := _cannot_start(by_name[n]))}
@@ -74,6 +73,18 @@ def restore(
             "; ".join(f"step {n!r}: {why}" for n, why in unstartable.items())
             + ": fix the target's steps; nothing was restored"
         )
+    return wanted
+
+
+def restore(
+    target: AppStateTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions
+) -> dict[str, Any]:
+    try:
+        wanted = check_restore(target, manifest, options)
+    except BackupError as exc:  # before anything: a rollback must find nothing to undo
+        raise target_untouched(exc) from None
+    by_name = {s.name: s for s in target.steps}
+    objects = [manifest.object(n) for n in wanted]
     for obj in objects:  # the restore scripts only ever see data that checked out whole
         verify_object(store, obj)
     restored = []

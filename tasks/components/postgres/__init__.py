@@ -31,7 +31,7 @@ from tasks.components.postgres.common import (
 )
 from tasks.components.postgres.dump import GLOBALS, GLOBALS_MAX, _select, backup, verify
 from tasks.components.postgres.fingerprint import fingerprint_database
-from tasks.components.postgres.restores import RestoreOptions, restore, restore_aside
+from tasks.components.postgres.restores import RestoreOptions, check_restore, restore, restore_aside
 from tasks.errors import BadInput, IsolationTaken
 from tasks.models import Manifest
 from tasks.storage.session import verify_object
@@ -116,6 +116,7 @@ __all__ = [
     "RestoreOptions",
     "Target",
     "backup",
+    "check_restore",
     "default_target",
     "describe_current_state",
     "drill",

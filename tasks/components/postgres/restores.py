@@ -26,6 +26,7 @@ from tasks.components.postgres.cutover import swap
 from tasks.components.postgres.dump import GLOBALS
 from tasks.errors import BadInput, ComponentFailed, IsolationTaken, target_untouched
 from tasks.models import Manifest
+from tasks.named_blocks import load_named
 from tasks.storage.session import verify_object
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,21 @@ def _quiesced(options: RestoreOptions) -> Iterator[dict[str, int] | None]:
         block = KubernetesTarget.load(options.kube_block)
     with kube.quiesced(block, options.quiesce_namespace) as replicas:
         yield replicas
+
+
+def check_restore(target: PostgresTarget, manifest: Manifest, options: RestoreOptions) -> None:
+    """What the restore would refuse, checked before a checklist, safety backup or approval: the
+    databases and renames against this backup, and the Kubernetes block to quiesce through."""
+    _plan(manifest, options)
+    if options.kube_block:
+        from blocks.kubernetes import KubernetesTarget
+
+        if load_named(KubernetesTarget, options.kube_block) is None:
+            raise BadInput(
+                f"kube_block {options.kube_block!r}: no klb-kubernetes-target block of that name: "
+                "name one that exists (Prefect UI, Blocks), or leave it out for the in-cluster "
+                "credentials; nothing was done"
+            )
 
 
 def _plan(manifest: Manifest, options: RestoreOptions) -> dict[str, str]:
@@ -168,7 +184,10 @@ def _timed(seconds: dict[str, float], phase: str) -> Iterator[None]:
 def restore(
     target: PostgresTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions
 ) -> dict[str, Any]:
-    plan = _plan(manifest, options)
+    try:
+        plan = _plan(manifest, options)
+    except BadInput as exc:  # before anything: a rollback must find nothing to undo
+        raise target_untouched(exc) from None
     with_globals = options.include_globals if options.include_globals is not None else not options.databases
     # every byte checks out before anything on the server changes
     facts = manifest.engine["databases"]
