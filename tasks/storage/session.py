@@ -248,6 +248,7 @@ class BackupSession:
         self.labels = _with_kind(component, labels)
         self.manifest: Manifest | None = None
         self.progress = progress.current()  # writes may come from engine threads: keep it here
+        self._manifest_in_doubt = False
 
     @property
     def prefix(self) -> str:
@@ -314,9 +315,14 @@ class BackupSession:
             verified_at=verified_at,
             labels=self.labels,
         ).sealed()
-        self.backend.put_bytes(
-            self.layout.manifest_key(self.id), manifest.model_dump_json(indent=2).encode(), lock_until=until
-        )
+        body = manifest.model_dump_json(indent=2).encode()
+        try:
+            self.backend.put_bytes(self.layout.manifest_key(self.id), body, lock_until=until)
+        except BaseException:
+            # a PUT the client gave up on (a timeout, a dropped connection) may still be stored,
+            # now or by a retry the server finishes later: the objects it names must stay
+            self._manifest_in_doubt = True
+            raise
         self.manifest = manifest
         return manifest
 
@@ -336,7 +342,18 @@ class BackupSession:
             )
 
     def discard(self) -> None:
-        """Remove whatever this session wrote (it never got its manifest)."""
+        """Remove whatever this session wrote (it never got its manifest). Unless the manifest's
+        own write failed: whether it was stored is unknown, and a listed backup whose objects were
+        deleted would be a lie; its objects stay, a whole backup if the manifest landed, else
+        orphans that retention collects after its orphan grace."""
+        if self._manifest_in_doubt:
+            log.warning(
+                "backup %s: the manifest write failed and may still have been stored: its %d objects "
+                "are left in place (if the manifest is not there, retention collects them as orphans)",
+                self.id,
+                len(self.objects),
+            )
+            return
         keys = [o.key for o in self.objects]
         if keys:
             self.backend.delete_keys(keys)

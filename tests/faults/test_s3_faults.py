@@ -211,3 +211,25 @@ def test_required_bucket_encryption_passes_when_present(s3_store, s3_bucket):
     store = s3_store(require_bucket_encryption=True)
     manifest = backup_bytes(store, b"state")
     assert [m.id for m in list_backups(store, "app-state")] == [manifest.id]
+
+
+@pytest.mark.fault(
+    "s3",
+    "the manifest PUT is answered after the client gave up (read timeout, every attempt); the "
+    "server stores it all the same",
+    "the backup fails, and its objects stay: the manifest that lands later names a whole, verified "
+    "backup, never one whose objects were deleted as the failed backup was discarded",
+)
+def test_a_manifest_put_the_client_gave_up_on_never_lists_a_backup_without_its_objects(
+    proxied_store, fault_proxy
+):
+    store = proxied_store(
+        client_config={"read_timeout": 1, "retries": {"mode": "standard", "total_max_attempts": 2}}
+    )
+    fault_proxy.add(Rule("delay", method="PUT", path=r"manifest\.json$", delay=2, times=None))
+    with pytest.raises(TransientError):
+        backup_bytes(store, b"state\n" * 1000)
+    fault_proxy.clear()
+    wait_until(lambda: list_backups(store, "app-state") != [], 15, "the late manifest to land")
+    (late,) = list_backups(store, "app-state")
+    verify_backup(store, late)  # whole: its objects were left in place
