@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from enum import StrEnum
 
 from prefect.blocks.core import Block
@@ -74,5 +75,17 @@ def notify(
             load_notifier(ref).notify(body=body, subject=f"[{severity}] {subject}")
             sent.append(ref)
         except Exception as exc:
-            log.error("could not notify %s (%s): %s", ref, severity, exc)
+            log.error("could not notify %s (%s): %s", ref, severity, failure_text(exc))
     return sent
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
+
+
+def failure_text(exc: BaseException) -> str:
+    """What went wrong sending a notification, without the address it was sent to: a webhook's
+    URL often holds its secret (a token in the path or the query, filled in from the block's
+    secrets), and httpx puts the whole URL in its errors."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    text = f"HTTP {status}" if isinstance(status, int) else _URL.sub("<url>", str(exc))
+    return f"{type(exc).__name__}: {text[:120]}"

@@ -22,6 +22,7 @@ from blocks.store import StoreBlock
 from tasks.errors import BackupError, NotFound
 from tasks.markdown import cell
 from tasks.models import Manifest
+from tasks.notify import failure_text
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import get_backup
 from tasks.storage.layout import backup_prefix, layout
@@ -171,7 +172,7 @@ def notify_stakeholders(guard: RestoreGuard, subject: str, body: str) -> Checkli
             block.notify(body, subject)
             told.append(ref)
         except Exception as exc:
-            failed.append(f"{ref} ({type(exc).__name__}: {str(exc)[:120]})")
+            failed.append(f"{ref} ({failure_text(exc)})")
     mark = Mark.ok if not failed else Mark.warn
     detail = f"told {told}" + (f"; could not tell {failed}" if failed else "")
     return ChecklistLine(item=item, mark=mark, detail=detail)
