@@ -34,6 +34,7 @@ from tasks.operations.checklist import Refused
 from tasks.operations.plan import build_plan, plan_markdown
 from tasks.operations.restores import (
     RestoreRecord,
+    check_nothing_later,
     check_rollback_allowed,
     check_same_target,
     finish,
@@ -287,6 +288,7 @@ def rollback_restore(
         )
         return original
     check_rollback_allowed(original)
+    check_nothing_later(store_block, original)
     manifest = get_backup(store_block, original.safety_backup_id, original.component)
     target_block = load_target(original.component, rollback_target(original, target))
     check_same_target(original, target_block)

@@ -37,8 +37,9 @@ from tasks.operations.checklist import (
     verify_integrity,
 )
 from tasks.operations.plan import action_of, short_state, target_label
+from tasks.storage.backends import backend_for
 from tasks.storage.catalog import get_backup, list_backups
-from tasks.storage.layout import layout
+from tasks.storage.layout import RESTORE_RECORD, RESTORES, layout
 from tasks.storage.records import get_record, put_record
 
 Status = Literal["running", "refused", "cancelled", "failed", "restored", "rolled back"]
@@ -231,6 +232,29 @@ def check_rollback_allowed(record: RestoreRecord) -> None:
         raise BadInput(
             f"restore {record.id} took no safety backup (run with without_rollback=True): there is "
             "nothing to roll back to; restore an older backup with restore_with_checklist instead"
+        )
+
+
+def check_nothing_later(store: StoreBlock, record: RestoreRecord) -> None:
+    """A rollback puts back the state from before `record`: any restore (or rollback) into the
+    same target since then would be undone too, without a word, while its record still says
+    'restored'. They are rolled back first, newest first, each by its own id."""
+    later = []
+    for key in backend_for(store).list_keys(layout(store).records_dir(RESTORES)):
+        restore_id = key.rsplit("/", 2)[-2] if key.endswith("/" + RESTORE_RECORD) else ""
+        if restore_id <= record.id:  # ids sort by their start time
+            continue
+        other = load_restore_record(store, restore_id)
+        same = other.component == record.component and other.target_digest == record.target_digest
+        # a later restore rolled back (its status), with the rollback that undid it: back to as before
+        undoes_later = other.kind == "rollback" and (other.rolls_back or "") > record.id
+        if same and other.status in CHANGED and not untouched(other) and not undoes_later:
+            later.append(other.id)
+    if later:
+        raise BadInput(
+            f"{', '.join(later)} restored {record.component} into the same target after {record.id}: "
+            f"rolling {record.id} back would silently undo them too. Roll back the newest first "
+            f"({later[-1]}), then the others; nothing was done"
         )
 
 

@@ -13,7 +13,7 @@ from flows.backup import backup_component
 from flows.recovery import restore_with_checklist
 from tasks.errors import BadInput
 from tasks.storage.backends import backend_for
-from tests.drill.conftest import RESTORE
+from tests.drill.conftest import RESTORE, Prod
 from tests.pg_helpers import drop, make_db, new_name, target_for
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -82,3 +82,28 @@ def test_postgres_options_that_do_not_fit_the_backup_are_refused_before_the_chec
         assert _written(store) == before
     finally:
         drop(target_for(postgres), db)
+
+
+def test_a_restore_is_not_rolled_back_under_a_later_one(local_store, tmp_path):
+    """Restore A, then restore B into the same target, then roll back A: it put back the state
+    from before A, silently undoing B, whose record still said 'restored'. Refused now, naming
+    B; once B is rolled back (newest first), A can be."""
+    from flows.recovery import rollback_restore
+
+    prod = Prod(tmp_path / "prod")
+    store, target = local_store(), prod.target()
+    prod.file.write_bytes(b"v1\n")
+    first = backup_component("app-state", target=target, store=store)
+    prod.file.write_bytes(b"v2\n")
+    second = backup_component("app-state", target=target, store=store)
+    prod.file.write_bytes(b"broken\n")
+    a = restore_with_checklist("app-state", backup_id=second.id, target=target, store=store)
+    b = restore_with_checklist("app-state", backup_id=first.id, target=target, store=store)
+    assert prod.file.read_bytes() == b"v1\n"
+    with pytest.raises(BadInput, match=rf"{b.id} restored app-state into the same target after {a.id}"):
+        rollback_restore(a.id, target=target, store=store)
+    assert prod.file.read_bytes() == b"v1\n"
+    rollback_restore(b.id, target=target, store=store)
+    assert prod.file.read_bytes() == b"v2\n"
+    rollback_restore(a.id, target=target, store=store)
+    assert prod.file.read_bytes() == b"broken\n"
