@@ -292,7 +292,11 @@ def enforce_retention(
     now = datetime.now(UTC)
     names = component_names(components)
     listings = {name: list_component(block, name) for name in names}
-    rp = newest_recovery_point(m for lst in listings.values() for m in lst.manifests)
+    # the point 'latest' restores (the newest complete one) keeps its members; with none
+    # complete, the newest by its members' labels (a backup-all still running, say)
+    complete = [p.id for p in scan_recovery_points(block)[0] if p.complete]
+    labelled = newest_recovery_point(m for lst in listings.values() for m in lst.manifests)
+    rp = complete[-1] if complete else labelled
     policies = {
         name: RetentionPolicy.from_table(
             name,

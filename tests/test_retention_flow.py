@@ -181,3 +181,32 @@ def test_retention_on_the_local_store(prefect_server, local_store):
     assert done["components"]["rabbitmq"]["deleted"] == [gone.id]
     assert [m.id for m in list_backups(store, "rabbitmq")] == [kept.id]
     assert not any(f"/{gone.id}/" in k or k == stale for k in backend_for(store).list_keys(store.prefix))
+
+
+def test_retention_keeps_the_recovery_point_latest_restores(prefect_server, s3_store):
+    """A complete recovery point, then a newer incomplete one (rabbitmq failed in that backup-all):
+    retention protected the newest point by its members' labels, the incomplete one, and deleted
+    the members of the complete one, the point 'latest' restores (found by an adversarial review)."""
+    from flows.maintenance import enforce_retention
+    from tasks.operations.recovery import (
+        get_recovery_point,
+        member_manifests,
+        new_recovery_point_id,
+        write_recovery_point,
+    )
+
+    store = s3_store()
+    rp1 = new_recovery_point_id(datetime.now(UTC) - timedelta(days=45))
+    p1 = old_backup(store, "postgres", timedelta(days=45), labels={"recovery_point": rp1})
+    r1 = old_backup(store, "rabbitmq", timedelta(days=45), labels={"recovery_point": rp1})
+    write_recovery_point(store, rp1, {"postgres": p1, "rabbitmq": r1})
+    rp2 = new_recovery_point_id(datetime.now(UTC) - timedelta(days=40))
+    p2 = old_backup(store, "postgres", timedelta(days=40), labels={"recovery_point": rp2})
+    write_recovery_point(store, rp2, {"postgres": p2}, failed={"rabbitmq": "broker down"})
+    old_backup(store, "postgres", timedelta(days=1))  # the scheduled backups go on
+    old_backup(store, "rabbitmq", timedelta(days=1))
+    assert get_recovery_point(store, "latest").id == rp1
+    done = enforce_retention(dry_run=False, store=store, components=["postgres", "rabbitmq"])
+    assert done["recovery_point"] == rp1
+    members = member_manifests(store, get_recovery_point(store, "latest"))
+    assert {c: m.id for c, m in members.items()} == {"postgres": p1.id, "rabbitmq": r1.id}
