@@ -11,6 +11,7 @@ from flows.maintenance import enforce_retention
 from tasks.errors import IntegrityError, NotFound
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import latest_backup, list_backups, verify_backup
+from tasks.storage.health import Status
 from tasks.storage.index import list_component
 from tasks.storage.layout import layout
 from tasks.storage.retention import RetentionPolicy, plan_retention
@@ -96,3 +97,24 @@ def test_a_backup_whose_pinned_versions_are_gone_is_not_the_good_one_retention_k
     decisions = {d.id: d for d in plan.decisions}
     assert decisions[old.id].action == "keep" and decisions[old.id].good, plan.decisions
     assert plan.missing == {new.id: ["data"]}
+
+
+def test_damage_records_alone_never_make_retention_delete_every_backup(local_store):
+    """Damage records need no signature (a forged one can only make the project refuse a
+    backup), yet retention deleted every backup of a component whose backups all carried one,
+    though their objects were whole: with no good backup, the newest whose objects are all there
+    stays (found by an adversarial review)."""
+    from flows.maintenance import _plan
+    from tasks.storage.health import BackupHealth
+
+    store = local_store()
+    a, b = take(store, b"a\n"), take(store, b"b\n")
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    for m in (a, b):
+        forged = BackupHealth(id=m.id, status=Status.damaged, checked_at=later, reason="forged")
+        backend_for(store).put_bytes(layout(store).health_key(m.id), forged.model_dump_json().encode())
+    policy = RetentionPolicy(component="app-state", retention=timedelta(hours=1))
+    plan, _ = _plan(
+        store, policy, list_component(store, "app-state"), datetime.now(UTC) + timedelta(hours=2), None
+    )
+    assert [d.id for d in plan.decisions if d.action == "keep"] == [b.id]

@@ -226,8 +226,11 @@ def plan_retention(
     last_good = {m.id for m in good[-policy.keep_last_good :]}
     holders = _last_holders(good)
     # no good backup at all (none verified yet, say): the newest that may be one stays, so
-    # retention alone can never leave a component with nothing to restore
-    candidates = [m for m in ordered if m.routine and m.id not in damaged_ids and not from_the_future(m, now)]
+    # retention alone can never leave a component with nothing to restore: the newest not known
+    # damaged, else the newest whose objects are all there (a damage record, unsigned, may be
+    # forged, or the damage partial: a record alone never deletes every last copy)
+    candidates = [m for m in ordered if m.routine and m.id not in missing and not from_the_future(m, now)]
+    candidates = [m for m in candidates if m.id not in damaged_ids] or candidates
     fallback = candidates[-1].id if not good and candidates else None
     tiers = {
         "daily": _gfs_keep(good, policy.keep_daily, lambda t: t.date()),
@@ -256,7 +259,14 @@ def plan_retention(
             reason = f"the newest good backup of {', '.join(holders[m.id][:3])}: never deleted"
         elif m.id == fallback:
             action = Action.keep
-            reason = "no good (verified) backup: the newest not known damaged is kept until one is"
+            reason = (
+                "no good (verified) backup: the newest whose objects are all there is kept until one is"
+                + (
+                    " (it is recorded damaged: restore it only by id, after checking it)"
+                    if m.id in damaged_ids
+                    else ""
+                )
+            )
         elif recovery_point and m.labels.get(RECOVERY_POINT_LABEL) == recovery_point:
             action, reason = Action.keep, f"member of the newest recovery point {recovery_point}"
         elif age <= policy.retention:
