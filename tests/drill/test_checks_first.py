@@ -107,3 +107,22 @@ def test_a_restore_is_not_rolled_back_under_a_later_one(local_store, tmp_path):
     assert prod.file.read_bytes() == b"v2\n"
     rollback_restore(a.id, target=target, store=store)
     assert prod.file.read_bytes() == b"broken\n"
+
+
+def test_a_rename_onto_a_database_outside_the_target_is_refused_before_the_checklist(postgres, local_store):
+    """The target block selects [a]; rename_to {a: b} with b existing replaced b, and the
+    rollback then refused ('b did not exist before'): the safety backup held only a. Refused."""
+    a, b = new_name(), new_name()
+    for db in (a, b):
+        make_db(target_for(postgres), db)
+    target, store = target_for(postgres, databases=[a]), local_store()
+    try:
+        backup = backup_component("postgres", target=target, store=store)
+        before = _written(store)
+        with pytest.raises(BadInput, match=rf"rename_to would replace \['{b}'\], which exist"):
+            restore_with_checklist(
+                "postgres", backup_id=backup.id, target=target, store=store, options={"rename_to": {a: b}}
+            )
+        assert _written(store) == before
+    finally:
+        drop(target_for(postgres), a, b)

@@ -78,7 +78,20 @@ def _quiesced(options: RestoreOptions) -> Iterator[dict[str, int] | None]:
 def check_restore(target: PostgresTarget, manifest: Manifest, options: RestoreOptions) -> None:
     """What the restore would refuse, checked before a checklist, safety backup or approval: the
     databases and renames against this backup, and the Kubernetes block to quiesce through."""
-    _plan(manifest, options)
+    plan = _plan(manifest, options)
+    if target.databases and options.cut_over:
+        # the checklist's safety backup holds the target's databases: a rename onto another one
+        # that exists would replace data no rollback could put back
+        with admin(target) as conn:
+            present = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+        outside = sorted(d for d in plan.values() if d in present and d not in target.databases)
+        if outside:
+            raise BadInput(
+                f"rename_to would replace {outside}, which exist on {target.host}:{target.port} "
+                f"outside the target block's databases {list(target.databases)}: the safety backup "
+                "(and so a rollback) would not hold them. Add them to the target's databases, or "
+                "rename to a name that does not exist; nothing was done"
+            )
     if options.kube_block:
         from blocks.kubernetes import KubernetesTarget
 
