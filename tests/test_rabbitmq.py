@@ -172,6 +172,12 @@ def test_broker_backup_restores_one_vhost_under_another_name(api, vhost, rabbitm
     assert report["restored_vhosts"][copy]["queues"] == 3
     assert definitions(api, copy) == definitions(api, vhost)
     assert vhost_meta(api, copy) == vhost_meta(api, vhost)
+    # a copy goes aside, into a new vhost: into one that exists the import merged with what was
+    # there (found by an adversarial review); refused, the vhost left as it is
+    before = definitions(api, copy)
+    with pytest.raises(BadInput, match=rf"into_vhost '{copy}' exists on the broker"):
+        restore_task.fn(manifest, target, store, {"vhost": vhost, "into_vhost": copy})
+    assert definitions(api, copy) == before
     api.delete(f"/vhosts/{seg(copy)}")
 
 

@@ -47,7 +47,7 @@ from tasks.components.rabbitmq.definitions import (
     without_movers,
 )
 from tasks.components.rabbitmq.prechecks import refuse_before_restore, self_lockout
-from tasks.errors import BadInput, IntegrityError, IsolationTaken, TransientError
+from tasks.errors import BadInput, IntegrityError, IsolationTaken, TransientError, target_untouched
 from tasks.models import Manifest
 from tasks.storage.session import BackupSession
 
@@ -192,6 +192,22 @@ COPY_WHY = (
 )
 
 
+def check_restore(target: RabbitMQTarget, manifest: Manifest, options: RestoreOptions) -> None:
+    """Before a checklist, safety backup or approval: a copy under into_vhost goes aside, into a
+    vhost that does not exist. Into an existing one the import merged with what was there (and
+    the approval form said 'aside'), and no rollback takes a merge apart."""
+    if options.into_vhost and not options.vhost:
+        raise BadInput("into_vhost needs vhost: say which vhost of the backup to import under the new name")
+    if options.into_vhost:
+        with connect(target) as client:
+            if _vhost_exists(target, client, options.into_vhost):
+                raise BadInput(
+                    f"into_vhost {options.into_vhost!r} exists on the broker: a copy goes aside, into a "
+                    "new vhost; name one that does not exist (or delete that one first), or restore "
+                    f"vhost {options.vhost!r} itself without into_vhost; nothing was done"
+                )
+
+
 def _plan(
     docs: dict[str | None, dict[str, Any]], options: RestoreOptions
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
@@ -236,6 +252,10 @@ def _restore_vhost_access(
 def restore(
     target: RabbitMQTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions
 ) -> dict[str, Any]:
+    try:
+        check_restore(target, manifest, options)
+    except BadInput as exc:  # before anything: a rollback must find nothing to undo
+        raise target_untouched(exc) from None
     docs = _load(store, manifest)
     plan, left_out = _plan(docs, options)
     broker_wide = None in docs and not options.vhost
