@@ -15,4 +15,6 @@ def object_name_problem(name: object) -> str | None:
     """Why `name` cannot name a stored object, or None when it can."""
     if not isinstance(name, str) or not OBJECT_NAME_RE.fullmatch(name) or ".." in name:
         return f"invalid object name {name!r}: use letters, digits, '.', '_' and '-' (no '/' or '..')"
+    if ".partial-" in name:  # the local store's in-flight writes: it lists none of them
+        return f"invalid object name {name!r}: '.partial-' marks a write in progress; choose another name"
     return None

@@ -35,7 +35,9 @@ def test_bad_component_names(bad):
         check_component_name(bad)
 
 
-@pytest.mark.parametrize("bad", ["", "..", "a/b", ".hidden", "x" * 201, "a\\b"])
+# "orders.partial-2024": the local store hides in-flight writes by that mark, so the backup
+# failed at commit as if retention had collected it
+@pytest.mark.parametrize("bad", ["", "..", "a/b", ".hidden", "x" * 201, "a\\b", "orders.partial-2024"])
 def test_bad_object_names(bad):
     with pytest.raises(BadInput, match="object name"):
         check_object_name(bad)

@@ -347,7 +347,12 @@ def _items(
     )
     add(line)
     if not needs_approval:
-        add(ChecklistLine(item=ITEMS[6], mark=Mark.ok, detail="not required by the guard"))
+        # the audit trail says who decided: the guard, or the caller over the guard's word
+        skipped = "the guard requires it; skipped by the caller (require_approval=False)"
+        detail = skipped if guard.require_approval else "not required by the guard"
+        add(
+            ChecklistLine(item=ITEMS[6], mark=Mark.warn if guard.require_approval else Mark.ok, detail=detail)
+        )
         still_as_verified(manifest, store)  # the safety backup may have taken an hour
         return
     state = get_record(store, record.current_state_key) if record.current_state_key else None

@@ -126,3 +126,18 @@ def test_a_rename_onto_a_database_outside_the_target_is_refused_before_the_check
         assert _written(store) == before
     finally:
         drop(target_for(postgres), a, b)
+
+
+def test_an_approval_the_guard_requires_and_the_caller_skips_is_recorded_as_skipped(local_store, tmp_path):
+    """The record said 'not required by the guard' when the guard required it and the caller
+    passed require_approval=False: the audit trail misstated why nobody approved."""
+    from blocks.restore_guard import RestoreGuard
+
+    store, target = local_store(), Prod(tmp_path / "prod").target()
+    backup_component("app-state", target=target, store=store)
+    guard = RestoreGuard(require_approval=True, approval_timeout_seconds=30)
+    record = restore_with_checklist(
+        "app-state", target=target, store=store, guard=guard, require_approval=False
+    )
+    line = next(line for line in record.checklist if line.item == "approval")
+    assert line.mark == "warn" and "skipped by the caller" in line.detail and record.approved_by is None
