@@ -382,3 +382,44 @@ def test_pg_dumpall_16_membership_lines_are_read_with_their_options():
     assert not memberships._same({**now, "set": False}, grants[1])
     assert not memberships._same({**now, "grantor": "postgres"}, grants[1])
     assert memberships._same({**now, "member": "y", "grantor": "anyone", "inherit": False}, grants[2])
+
+
+def test_a_materialized_view_whose_refresh_writes_is_refused_not_restored_different(postgres, local_store):
+    """pg_restore refreshes materialized views at the end of post-data; a view whose query calls
+    a function that writes (an audit log) added rows the backup never had, after the table scan
+    that ran beside the build had found them equal: the restore passed with 50 more rows (found
+    by an adversarial review). With views to refresh the scan now runs after post-data, and the
+    difference refuses the restore; the target is untouched."""
+    import pytest
+
+    from tasks.errors import IntegrityError
+
+    admin_target, db = target_for(postgres), new_name()
+    exec_in(admin_target, "postgres", f"CREATE DATABASE {db}")
+    try:
+        exec_in(
+            admin_target,
+            db,
+            """CREATE TABLE public.audit (what text);
+               CREATE TABLE public.t AS SELECT generate_series(1, 50) AS id;
+               CREATE FUNCTION public.touch(i int) RETURNS int LANGUAGE plpgsql VOLATILE AS
+                 $$ BEGIN INSERT INTO public.audit VALUES ('read ' || i); RETURN i; END $$;
+               CREATE MATERIALIZED VIEW public.mv AS SELECT public.touch(id) AS id FROM public.t;
+               TRUNCATE public.audit;""",
+        )
+        for split in (None, 0):
+            target = admin_target.model_copy(update={"databases": [db], "split_tables_from_mib": split})
+            with backup_session(local_store(), "postgres") as session:
+                pg.backup(target, session)
+                manifest = session.commit()
+            copy = f"{db}_c"
+            with pytest.raises(IntegrityError, match=r"public\.audit"):
+                pg.restore(
+                    target,
+                    manifest,
+                    session.store,
+                    pg.RestoreOptions(include_globals=False, rename_to={db: copy}),
+                )
+            assert [d for d in db_names(admin_target) if d.startswith(copy)] == []
+    finally:
+        drop(admin_target, *[d for d in db_names(admin_target) if d.startswith(db)])

@@ -159,6 +159,12 @@ def check_materialized_views(
         raise IntegrityError(f"restored {db!r} does not match backup {manifest.id}: {exc}") from None
 
 
+def refreshes_views(manifest: Manifest, db: str) -> bool:
+    """Whether post-data refreshes materialized views of `db` (populated ones in the backup)."""
+    views = (manifest.fingerprint or {}).get("databases", {}).get(db, {}).get("materialized_views") or {}
+    return any(v.get("populated", True) for v in views.values())
+
+
 def fingerprint_while_building(
     target: PostgresTarget, manifest: Manifest, db: str, side: str, post_path: str, no_owner: bool
 ) -> dict[str, Any]:
