@@ -162,6 +162,27 @@ def test_the_manifest_index_is_a_cache_never_the_truth(s3_store):
     assert [m.id for m in list_component(store, "etcd").manifests] == [second.id]
 
 
+def test_a_forged_index_entry_is_never_taken_for_the_stored_manifest(s3_store):
+    """The index is written by whoever can write the bucket: an entry whose body is another
+    (self-consistent) manifest under the real manifest's ETag was used as it was, and retention
+    planned on it (a backup relabelled 'safety' went past its retention) while get_backup read
+    the truth (found by an adversarial review). A cached body is used only when its MD5 is the
+    listed ETag: the stored manifest, byte for byte."""
+    import json
+
+    store = s3_store()
+    real = old_backup(store, "etcd", timedelta(hours=3))
+    list_component(store, "etcd")  # writes the index
+    backend, ikey = backend_for(store), layout(store).index_key("etcd")
+    index = json.loads(backend.get_bytes(ikey))
+    entry = index["entries"][layout(store).manifest_key(real.id)]
+    forged = real.model_copy(update={"labels": {**real.labels, "kind": "safety"}}).sealed()
+    entry["body"] = forged.model_dump_json(indent=2)
+    backend.put_bytes(ikey, json.dumps(index).encode())
+    listing = list_component(store, "etcd")
+    assert [m.labels for m in listing.manifests] == [real.labels] and listing.fetched == 1
+
+
 def test_bad_parameters_are_refused_before_anything_is_read(prefect_server):
     from flows.maintenance import enforce_retention
     from tasks.errors import BadInput

@@ -13,6 +13,7 @@ first written (as the catalog reads it), and the cache is not used.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -28,12 +29,12 @@ from tasks.ids import check_component_name
 from tasks.models import Manifest
 from tasks.storage import object_lock
 from tasks.storage.backends import Backend, S3Backend, backend_for
-from tasks.storage.catalog import _backup_id_at, _load, parse_manifest
+from tasks.storage.catalog import _backup_id_at, parse_manifest
 from tasks.storage.health import mark_damaged
 from tasks.storage.layout import StoreLayout, is_manifest_key, layout
 
 log = logging.getLogger(__name__)
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: entries hold the stored body, checked against the ETag
 
 
 @dataclass
@@ -58,11 +59,17 @@ def _read_index(backend: Backend, key: str) -> dict[str, dict[str, str]]:
 
 
 def _from_cache(entry: dict[str, str], tag: str, key: str, keys: StoreLayout) -> Manifest | None:
-    if not tag or entry.get("etag") != tag:
+    """The cached body, only if it is the stored manifest byte for byte: its MD5 is the ETag the
+    listing gives for that key. The index is written by whoever can write the bucket: an entry
+    matching only the tag (a forged body under the real ETag) once made retention act on a
+    manifest the store does not hold. Tags that are not an MD5 (multipart, SSE-KMS): not used."""
+    body = entry.get("body")
+    digest = tag.strip('"')
+    if not isinstance(body, str) or len(digest) != 32 or hashlib.md5(body.encode()).hexdigest() != digest:  # noqa: S324 - S3's ETag
         return None
     try:
-        return parse_manifest(entry["manifest"].encode(), key, keys)
-    except (ValidationError, KeyError, IntegrityError):
+        return parse_manifest(body.encode(), key, keys)
+    except (ValidationError, IntegrityError):
         return None
 
 
@@ -107,11 +114,12 @@ def list_component(store: StoreBlock, component: str, use_index: bool = True) ->
     if not backend.content_tags:  # a tag that is not the content's proves nothing: read them all
         tagged = {k: "" for k in tagged}
     found: dict[str, Manifest] = {}
+    bodies: dict[str, str] = {}  # as stored, for the index
     missing: list[str] = []
     for key in manifest_keys:
         cached = _from_cache(cache.get(key, {}), tagged.get(key, ""), key, keys)
         if cached is not None:
-            found[key] = cached
+            found[key], bodies[key] = cached, cache[key]["body"]
         else:
             missing.append(key)
 
@@ -120,7 +128,10 @@ def list_component(store: StoreBlock, component: str, use_index: bool = True) ->
 
     def fetch(key: str) -> tuple[str, Manifest | None]:
         try:
-            return key, _load(backend, key, keys, (written or {}).get(key))
+            data = b"".join(backend.read(key, (written or {}).get(key)))
+            manifest = parse_manifest(data, key, keys)
+            bodies[key] = data.decode()
+            return key, manifest
         except IntegrityError as exc:
             unreadable[key] = str(exc)
             if backup_id := _backup_id_at(key, keys):
@@ -138,9 +149,7 @@ def list_component(store: StoreBlock, component: str, use_index: bool = True) ->
 
     t3 = time.perf_counter()
     if use_index and backend.content_tags and (missing or set(cache) - set(found)):
-        entries = {
-            k: {"etag": tagged[k], "manifest": m.model_dump_json()} for k, m in found.items() if tagged[k]
-        }
+        entries = {k: {"etag": tagged[k], "body": bodies[k]} for k in found if tagged[k]}
         try:
             backend.put_bytes(ikey, json.dumps({"version": INDEX_VERSION, "entries": entries}).encode())
         except Exception as exc:  # the cache is an optimisation: never fail a sweep over it
