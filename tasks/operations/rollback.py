@@ -202,7 +202,12 @@ def created_by_restore(
         rename = options.get("rename_to") or {}
         wrote = options.get("databases") or list(restored.engine.get("databases") or {})
         held = set(safety.engine.get("databases") or {})
-        return [f"database {rename.get(d, d)}" for d in wrote if rename.get(d, d) not in held]
+        left = [f"database {rename.get(d, d)}" for d in wrote if rename.get(d, d) not in held]
+        with_globals = options.get("include_globals")
+        if with_globals if with_globals is not None else not options.get("databases"):
+            # roles the restore's globals created (a rollback puts databases back, not roles)
+            left += [f"role {r}" for r in sorted(_roles(store, restored) - _roles(store, safety))]
+        return left
     if component == "rabbitmq":
         held = set(safety.engine.get("vhost_metadata") or {})
         wrote = [options.get("into_vhost") or options["vhost"]] if options.get("vhost") else []
@@ -214,3 +219,16 @@ def created_by_restore(
             f"step {s}" for s in options.get("steps") or [o.name for o in restored.objects] if s not in held
         ]
     return []
+
+
+def _roles(store: StoreBlock, manifest: Manifest) -> set[str]:
+    """The roles a postgres backup's globals create (as pg_dumpall names them)."""
+    import re
+
+    from tasks.components.postgres import roles
+
+    try:
+        text = roles.read_globals(manifest, store).decode()
+    except (KeyError, BackupError):  # no globals object, or unreadable: nothing to tell from it
+        return set()
+    return set(re.findall(r"^CREATE ROLE (.+);$", text, re.M))
