@@ -47,10 +47,13 @@ class StoredObject(BaseModel):
     _check_name = field_validator("name")(lambda cls, v: check_object_name(v))
 
 
+MANIFEST_SCHEMA = 1  # the newest manifest format this version reads (and the one it writes)
+
+
 class Manifest(BaseModel):
     """A backup exists when, and only when, its manifest is stored. Written last."""
 
-    schema_version: int = 1
+    schema_version: int = MANIFEST_SCHEMA
     id: str
     component: str
     source_time: AwareDatetime = Field(description="time of the source snapshot the data reflects")

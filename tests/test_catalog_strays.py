@@ -11,7 +11,7 @@ from flows.maintenance import enforce_retention
 from tasks.errors import IntegrityError, NotFound
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import latest_backup, list_backups, verify_backup
-from tasks.storage.health import Status
+from tasks.storage.health import Status, health_of
 from tasks.storage.index import list_component
 from tasks.storage.layout import layout
 from tasks.storage.retention import RetentionPolicy, plan_retention
@@ -118,3 +118,24 @@ def test_damage_records_alone_never_make_retention_delete_every_backup(local_sto
         store, policy, list_component(store, "app-state"), datetime.now(UTC) + timedelta(hours=2), None
     )
     assert [d.id for d in plan.decisions if d.action == "keep"] == [b.id]
+
+
+def test_a_manifest_of_a_newer_format_is_refused_not_read_as_ours_nor_recorded_damaged(local_store):
+    """A manifest with a schema_version this version does not know was read as if it were ours
+    (found by an adversarial review): refused by name; listing the component (and so 'latest')
+    fails rather than leave the newest backup out in silence; not recorded as damage (the version
+    that wrote it reads it), and retention leaves its folder alone."""
+    from tasks.errors import IntegrityError
+    from tasks.storage.catalog import get_backup
+
+    store = local_store()
+    older, newer = take(store, b"older\n"), take(store, b"newer\n")
+    future = newer.model_copy(update={"schema_version": 99}).sealed()
+    backend_for(store).put_bytes(layout(store).manifest_key(newer.id), future.model_dump_json().encode())
+    with pytest.raises(IntegrityError, match="format 99, newer than this version"):
+        get_backup(store, newer.id)
+    for listing in (list_backups, latest_backup):
+        with pytest.raises(IntegrityError, match="format 99"):
+            listing(store, "app-state")
+    assert [m.id for m in list_component(store, "app-state").manifests] == [older.id]
+    assert newer.id not in health_of(store, "app-state")

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from blocks.store import StoreBlock
 from tasks.errors import BadInput, IntegrityError, NotFound
 from tasks.ids import check_component_name, parse_backup_id
-from tasks.models import Manifest
+from tasks.models import MANIFEST_SCHEMA, Manifest
 from tasks.storage import object_lock
 from tasks.storage.backends import Backend, backend_for
 from tasks.storage.health import Status, health_of, is_damage, mark_damaged
@@ -36,6 +36,14 @@ def parse_manifest(data: bytes, key: str, keys: StoreLayout) -> Manifest:
         raise IntegrityError(f"manifest {key} is unreadable: {str(exc)[:200]}") from None
     if manifest.checksum != manifest.computed_checksum():
         raise IntegrityError(f"manifest {key} was altered: its checksum does not match its content")
+    if manifest.schema_version > MANIFEST_SCHEMA:
+        # read as if it were ours it could mean something else: refused, and no damage recorded
+        newer = IntegrityError(
+            f"manifest {key} has format {manifest.schema_version}, newer than this version of "
+            f"knative-lambda-backup reads ({MANIFEST_SCHEMA}): use the version that wrote it"
+        )
+        newer.proves_damage = False
+        raise newer
     if not manifest.objects:  # never written by a backup (commit refuses one): it would verify vacuously
         raise IntegrityError(
             f"manifest {key} lists no objects: it is not the manifest of backup "
@@ -85,6 +93,8 @@ def _try_load(
     try:
         return _load(backend, key, layout(store), version_id)
     except IntegrityError as exc:
+        if not exc.proves_damage:  # a newer format: skipped, 'latest' would silently be older
+            raise
         if backup_id := _backup_id_at(key, layout(store)):
             mark_damaged(store, backup_id, str(exc))
         log.error("skipping backup: %s", exc)
@@ -151,7 +161,8 @@ def get_backup(store: StoreBlock, backup_id: str, component: str | None = None) 
             f"no backup {backup_id} in {store.location}: list backups with `klb backups list {id_component}`"
         ) from None
     except IntegrityError as exc:  # every failed read is recorded: latest, retention, drills see it
-        mark_damaged(store, backup_id, str(exc))
+        if exc.proves_damage:
+            mark_damaged(store, backup_id, str(exc))
         raise
 
 

@@ -5,7 +5,9 @@ manifest bodies keyed by the ETag the listing reports for each manifest key: a t
 with the content. Local stores have no such tag (size and mtime survive bit rot), so there every
 manifest is read each time (a local read costs what hashing it would). A listing is always made;
 a manifest whose tag differs from the cached one, or that is not cached, is fetched again; a
-cached body is re-checked against its own checksum and against the key it was listed under. A lost,
+cached body is used only when it is the stored manifest byte for byte (its MD5 is the listed ETag:
+whoever can write the bucket can write the index too), and is re-checked against its own checksum
+and against the key it was listed under. A lost,
 stale or damaged index costs time, never correctness. Nothing on the write path changes, so
 concurrent backups cannot race on it. On a store whose bucket locks, every manifest is read as
 first written (as the catalog reads it), and the cache is not used.
@@ -65,7 +67,9 @@ def _from_cache(entry: dict[str, str], tag: str, key: str, keys: StoreLayout) ->
     manifest the store does not hold. Tags that are not an MD5 (multipart, SSE-KMS): not used."""
     body = entry.get("body")
     digest = tag.strip('"')
-    if not isinstance(body, str) or len(digest) != 32 or hashlib.md5(body.encode()).hexdigest() != digest:  # noqa: S324 - S3's ETag
+    if not isinstance(body, str) or len(digest) != 32:
+        return None
+    if hashlib.md5(body.encode()).hexdigest() != digest:  # noqa: S324 - S3's ETag is an MD5
         return None
     try:
         return parse_manifest(body.encode(), key, keys)
@@ -134,7 +138,7 @@ def list_component(store: StoreBlock, component: str, use_index: bool = True) ->
             return key, manifest
         except IntegrityError as exc:
             unreadable[key] = str(exc)
-            if backup_id := _backup_id_at(key, keys):
+            if exc.proves_damage and (backup_id := _backup_id_at(key, keys)):
                 mark_damaged(store, backup_id, str(exc))
             return key, None
         except NotFound as exc:
