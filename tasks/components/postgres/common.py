@@ -236,6 +236,14 @@ def same_base(database: str, base: str, kind: str) -> bool:
 # --- catalog queries ----------------------------------------------------------------------
 
 
+def dump_encoding(encoding: str | None) -> str:
+    """The client encoding a database's data is dumped and loaded in: UTF8 (every encoding
+    converts to it), except for SQL_ASCII, whose bytes are in no encoding at all: converted to
+    UTF8, one byte over 127 that was not UTF-8 failed the whole backup; as SQL_ASCII they pass
+    as they are, both ways."""
+    return "SQL_ASCII" if encoding == "SQL_ASCII" else "UTF8"
+
+
 def databases(conn: psycopg.Connection) -> dict[str, dict[str, Any]]:
     """Every database but template0 (never changed, and closed). template1 is one: what an
     operator put there (extensions, tables, grants, settings) seeds each database created later,

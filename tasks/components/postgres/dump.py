@@ -24,6 +24,7 @@ from tasks.components.postgres.common import (
     connect,
     conninfo_dbname,
     databases,
+    dump_encoding,
     engine_env,
     parse_aside,
     server_version,
@@ -63,13 +64,19 @@ def _select(target: PostgresTarget, present: dict[str, dict[str, Any]]) -> list[
 
 
 def _pg_dump(
-    target: PostgresTarget, db: str, snapshot: str, sections: list[str], options: list[str] = ()
+    target: PostgresTarget,
+    db: str,
+    snapshot: str,
+    sections: list[str],
+    encoding: str,
+    options: list[str] = (),
 ) -> list[str]:
     return [
         tool(target, "pg_dump"),
         "--format=custom",
         "--compress=0",  # the store compresses (zstd), far faster than pg_dump's zlib
         f"--snapshot={snapshot}",
+        f"--encoding={dump_encoding(encoding)}",
         *(f"--section={s}" for s in sections),
         *options,
         "--no-password",
@@ -79,7 +86,7 @@ def _pg_dump(
 
 
 def _dump_database(
-    target: PostgresTarget, db: str, name: str, session: BackupSession, algorithm: str
+    target: PostgresTarget, db: str, encoding: str, name: str, session: BackupSession, algorithm: str
 ) -> tuple[dict[str, Any], datetime, StoredObject, StoredObject, list[dict[str, Any]]]:
     conn = connect(target, db)
     try:
@@ -98,16 +105,23 @@ def _dump_database(
             try:
                 with engine_env(target, db) as env:
                     with stream_stdout(
-                        _pg_dump(target, db, snapshot, ["pre-data", "data"], table_parts.exclusions(large)),
+                        _pg_dump(
+                            target,
+                            db,
+                            snapshot,
+                            ["pre-data", "data"],
+                            encoding,
+                            table_parts.exclusions(large),
+                        ),
                         env,
                         name=f"pg_dump {db}",
                     ) as out:
                         obj = session.write(name, out, meta={"database": db, "format": "custom"})
                     base = name.removesuffix(".pgdump")
-                    parts = table_parts.dump(target, db, snapshot, base, large, session)
+                    parts = table_parts.dump(target, db, encoding, snapshot, base, large, session)
                     # the same snapshot: it stays importable while `conn` keeps its transaction
                     with stream_stdout(
-                        _pg_dump(target, db, snapshot, ["post-data"]),
+                        _pg_dump(target, db, snapshot, ["post-data"], encoding),
                         env,
                         name=f"pg_dump --section=post-data {db}",
                     ) as out:
@@ -167,7 +181,9 @@ def backup(target: PostgresTarget, session: BackupSession) -> None:
     times = []
     for index, db in enumerate(wanted):
         name = _object_name(index, db)
-        fp, taken_at, obj, post, parts = _dump_database(target, db, name, session, algorithm)
+        fp, taken_at, obj, post, parts = _dump_database(
+            target, db, present[db]["encoding"], name, session, algorithm
+        )
         with admin(target) as conn:  # after the dump: what the restored database must carry
             props = properties.read(conn, db)
             subscriptions = properties.subscriptions(conn, db)

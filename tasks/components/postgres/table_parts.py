@@ -6,7 +6,7 @@ has created the table, before post-data builds its indexes. One table is otherwi
 one core, however many the server has: the parts are what lets a restore beat `pg_restore -j`.
 
 Text COPY in the same session settings both ways (SESSION_SETTINGS, plus what pg_dump sets for
-exact values: UTF8, extra_float_digits 3, xmloption content), so every value reads back as it was
+exact values: the dump encoding, extra_float_digits 3, xmloption content), so every value reads back as it was
 written; the restore's fingerprint check compares every row with the backup's all the same.
 """
 
@@ -21,7 +21,7 @@ import psycopg
 
 from blocks.postgres import PostgresTarget
 from blocks.store import StoreBlock
-from tasks.components.postgres.common import conninfo_dbname, engine_env, psql
+from tasks.components.postgres.common import conninfo_dbname, dump_encoding, engine_env, psql
 from tasks.errors import IntegrityError
 from tasks.models import Manifest, StoredObject
 from tasks.proc import feed_stdin, stream_stdout
@@ -30,8 +30,17 @@ from tasks.storage.session import BackupSession, consume_checked, read_object
 MIN_SERVER = 140000  # TID range scans: before 14, each part would read the whole table
 PART_BYTES = 1024**3  # a part per GiB of heap at most...
 MIN_PARTS, MAX_PARTS = 4, 256  # ...and at least as many as a restore's parallel sessions
-# pg_dump's settings for values that read back exactly, beside SESSION_SETTINGS (PGOPTIONS)
-EXACT = ("SET client_encoding = 'UTF8'", "SET extra_float_digits = 3", "SET xmloption = content")
+
+
+def _exact(encoding: str | None) -> tuple[str, ...]:
+    """pg_dump's settings for values that read back exactly, beside SESSION_SETTINGS (PGOPTIONS),
+    in the database's dump encoding (common.dump_encoding), the same both ways."""
+    return (
+        f"SET client_encoding = '{dump_encoding(encoding)}'",
+        "SET extra_float_digits = 3",
+        "SET xmloption = content",
+    )
+
 
 # ordinary tables whose data pg_dump would dump: no temporary ones, none of an extension (its
 # configuration tables are dumped with their filter) or in an extension's schema; largest first
@@ -106,6 +115,7 @@ def _psql(target: PostgresTarget, db: str, statements: list[str]) -> list[str]:
 def dump(
     target: PostgresTarget,
     db: str,
+    encoding: str,
     snapshot: str,
     base: str,
     tables: list[dict[str, Any]],
@@ -122,7 +132,7 @@ def dump(
             for j, start in enumerate(starts):
                 end = starts[j + 1] if j + 1 < len(starts) else None
                 statements = [
-                    *EXACT,
+                    *_exact(encoding),
                     "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
                     f"SET TRANSACTION SNAPSHOT '{snapshot}'",
                     _copy_out(table, start, end),
@@ -193,7 +203,7 @@ def load(
         def one(table: dict[str, Any], obj: StoredObject) -> Callable[[], None]:
             columns = ", ".join(_ident(c) for c in table["columns"])
             copy_in = f"COPY {_pattern(table['schema'], table['table'])} ({columns}) FROM STDIN"
-            argv = _psql(target, side, [*EXACT, copy_in])
+            argv = _psql(target, side, [*_exact(info.get("encoding")), copy_in])
             label = f"COPY {table['schema']}.{table['table']} ({obj.name}, {db})"
             # read_all: a psql that stopped at a stray end-of-data line loaded part of the rows
             return lambda: consume_checked(
