@@ -99,8 +99,10 @@ def test_a_backup_from_before_the_split_restores_by_the_single_stream(sample, lo
     store = local_store()
     real_argv = pg_dump._pg_dump
 
-    def whole(target_, db_, snapshot, sections, options=()):  # as before: one archive, every section
-        argv = real_argv(target_, db_, snapshot, sections, options)
+    def whole(
+        target_, db_, snapshot, sections, encoding, options=()
+    ):  # as before: one archive, every section
+        argv = real_argv(target_, db_, snapshot, sections, encoding, options)
         return [a for a in argv if not a.startswith("--section")]
 
     monkeypatch.setattr(pg_dump, "_pg_dump", whole)
