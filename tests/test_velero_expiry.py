@@ -109,6 +109,17 @@ def test_velero_backups_have_no_status_subresource_as_their_crd(kube_api, target
         "spec": {"includedNamespaces": ["x"]},
     }
     k.custom.create_namespaced_custom_object("velero.io", "v1", "velero", "backups", body)
+    # the controller sets its own expiration when it takes the backup: edited only after that
+    # (on a loaded machine it took it after the edit, and overwrote it)
+    from sandbox.services import wait_until
+
+    wait_until(
+        lambda: (kube_api.server.store.find(BACKUPS, "velero", "edited").get("status") or {}).get(
+            "expiration"
+        ),
+        60,
+        "the emulated Velero to take the backup",
+    )
     until = "2099-01-01T00:00:00Z"
     # what `kubectl edit backup` does: status changes through the object itself
     k.custom.patch_namespaced_custom_object(
