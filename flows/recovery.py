@@ -34,18 +34,22 @@ from tasks.operations.checklist import Refused
 from tasks.operations.plan import build_plan, plan_markdown
 from tasks.operations.restores import (
     RestoreRecord,
-    check_nothing_later,
-    check_rollback_allowed,
-    check_same_target,
     finish,
     load_guard,
     load_restore_record,
     record_key_of,
-    rollback_target,
     run_checklist,
     target_digest,
 )
-from tasks.operations.rollback import changed_target, created_by_restore, rollback_options
+from tasks.operations.rollback import (
+    changed_target,
+    check_nothing_later,
+    check_rollback_allowed,
+    check_same_target,
+    created_by_restore,
+    rollback_options,
+    rollback_target,
+)
 from tasks.operations.scope import backup_and_target
 from tasks.storage.catalog import get_backup
 from tasks.storage.records import put_record

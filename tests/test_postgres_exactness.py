@@ -384,6 +384,15 @@ def test_pg_dumpall_16_membership_lines_are_read_with_their_options():
     assert memberships._same({**now, "member": "y", "grantor": "anyone", "inherit": False}, grants[2])
 
 
+def _backups_whole_and_in_parts(admin_target, db: str, local_store):
+    """(split_tables_from_mib, target, manifest, store): a backup of `db` with each table one
+    stream, then one with every table in parts."""
+    for split in (None, 0):
+        target = admin_target.model_copy(update={"databases": [db], "split_tables_from_mib": split})
+        store = local_store()
+        yield split, target, _backup(target, store), store
+
+
 def test_a_materialized_view_whose_refresh_writes_is_refused_not_restored_different(postgres, local_store):
     """pg_restore refreshes materialized views at the end of post-data; a view whose query calls
     a function that writes (an audit log) added rows the backup never had, after the table scan
@@ -407,17 +416,13 @@ def test_a_materialized_view_whose_refresh_writes_is_refused_not_restored_differ
                CREATE MATERIALIZED VIEW public.mv AS SELECT public.touch(id) AS id FROM public.t;
                TRUNCATE public.audit;""",
         )
-        for split in (None, 0):
-            target = admin_target.model_copy(update={"databases": [db], "split_tables_from_mib": split})
-            with backup_session(local_store(), "postgres") as session:
-                pg.backup(target, session)
-                manifest = session.commit()
+        for _, target, manifest, store in _backups_whole_and_in_parts(admin_target, db, local_store):
             copy = f"{db}_c"
             with pytest.raises(IntegrityError, match=r"public\.audit"):
                 pg.restore(
                     target,
                     manifest,
-                    session.store,
+                    store,
                     pg.RestoreOptions(include_globals=False, rename_to={db: copy}),
                 )
             assert [d for d in db_names(admin_target) if d.startswith(copy)] == []
@@ -446,16 +451,12 @@ def test_a_sql_ascii_database_with_bytes_in_no_encoding_comes_back_byte_for_byte
         )
         before = scalar(admin_target, db, content)
         assert b"e9" in before and b"fffe" in before  # (a SQL_ASCII session gives text as bytes)
-        for split in (None, 0):
-            target = admin_target.model_copy(update={"databases": [db], "split_tables_from_mib": split})
-            with backup_session(local_store(), "postgres") as session:
-                pg.backup(target, session)
-                manifest = session.commit()
+        for split, target, manifest, store in _backups_whole_and_in_parts(admin_target, db, local_store):
             copy = f"{db}_c{split or 0}"
             pg.restore(
                 target,
                 manifest,
-                session.store,
+                store,
                 pg.RestoreOptions(include_globals=False, rename_to={db: copy}),
             )
             assert scalar(admin_target, copy, content) == before

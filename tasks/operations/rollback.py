@@ -15,10 +15,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from prefect.blocks.core import Block
+
 from blocks.store import StoreBlock
 from tasks.errors import BackupError, BadInput
 from tasks.models import Manifest
+from tasks.operations.plan import target_label
+from tasks.operations.restores import CHANGED, RestoreRecord, load_restore_record, target_digest, untouched
+from tasks.storage.backends import backend_for
 from tasks.storage.catalog import get_backup
+from tasks.storage.layout import RESTORE_RECORD, RESTORES, layout
 
 # the options of a Kubernetes restore that narrow what it wrote, carried over to its rollback
 KUBERNETES_SCOPE = (
@@ -222,13 +228,73 @@ def created_by_restore(
 
 
 def _roles(store: StoreBlock, manifest: Manifest) -> set[str]:
-    """The roles a postgres backup's globals create (as pg_dumpall names them)."""
-    import re
-
+    """The roles a postgres backup's globals create."""
     from tasks.components.postgres import roles
 
     try:
-        text = roles.read_globals(manifest, store).decode()
+        return set(roles.role_names(roles.read_globals(manifest, store)))
     except (KeyError, BackupError):  # no globals object, or unreadable: nothing to tell from it
         return set()
-    return set(re.findall(r"^CREATE ROLE (.+);$", text, re.M))
+
+
+# --- whether a rollback may go ahead, and where ----------------------------------------------
+
+
+def check_rollback_allowed(record: RestoreRecord) -> None:
+    """A rollback undoes a restore that changed something, and needs its safety backup."""
+    if record.status not in CHANGED:
+        raise BadInput(
+            f"restore {record.id} is '{record.status}': it replaced nothing, so there is nothing to "
+            "roll back; the current data stays as it is"
+        )
+    if untouched(record):
+        how = "failed before it changed" if record.status == "failed" else "by its options wrote nothing to"
+        raise BadInput(
+            f"restore {record.id} {how} {record.component}: the target is as it "
+            "was, and putting the safety backup back would only undo writes made since; nothing was done"
+        )
+    if not record.safety_backup_id:
+        raise BadInput(
+            f"restore {record.id} took no safety backup (run with without_rollback=True): there is "
+            "nothing to roll back to; restore an older backup with restore_with_checklist instead"
+        )
+
+
+def check_nothing_later(store: StoreBlock, record: RestoreRecord) -> None:
+    """A rollback puts back the state from before `record`: any restore (or rollback) into the
+    same target since then would be undone too, without a word, while its record still says
+    'restored'. They are rolled back first, newest first, each by its own id."""
+    later = []
+    for key in backend_for(store).list_keys(layout(store).records_dir(RESTORES)):
+        restore_id = key.rsplit("/", 2)[-2] if key.endswith("/" + RESTORE_RECORD) else ""
+        if restore_id <= record.id:  # ids sort by their start time
+            continue
+        other = load_restore_record(store, restore_id)
+        same = other.component == record.component and other.target_digest == record.target_digest
+        # a later restore rolled back (its status), with the rollback that undid it: back to as before
+        undoes_later = other.kind == "rollback" and (other.rolls_back or "") > record.id
+        if same and other.status in CHANGED and not untouched(other) and not undoes_later:
+            later.append(other.id)
+    if later:
+        raise BadInput(
+            f"{', '.join(later)} restored {record.component} into the same target after {record.id}: "
+            f"rolling {record.id} back would silently undo them too. Roll back the newest first "
+            f"({later[-1]}), then the others; nothing was done"
+        )
+
+
+def rollback_target(record: RestoreRecord, given: str | Block | None) -> str | Block | None:
+    """Where a rollback goes: the target given, else the one the restore went into (by name),
+    else the component's default (checked by `check_same_target`)."""
+    return given if given not in (None, "") else record.target
+
+
+def check_same_target(record: RestoreRecord, target: Block) -> None:
+    """A rollback puts the safety copy back where it was taken, never into another target (the
+    default one, when the restore went into a named one)."""
+    if record.target_digest and record.target_digest != target_digest(target):
+        raise BadInput(
+            f"restore {record.id} went into {record.target or 'a target given as a block'}, and its "
+            f"safety backup holds that target's data; {target_label(target)} is another target: pass "
+            "the restore's own target (or none, when it had a name); nothing was done"
+        )

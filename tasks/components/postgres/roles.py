@@ -96,6 +96,16 @@ def _globals_script(
     return "\n".join(out) + "\n", creates_tablespace
 
 
+def role_names(raw: bytes) -> list[str]:
+    """The roles pg_dumpall's globals `raw` create, unquoted, in order: statements only, never a
+    line inside a quoted comment or setting that reads like one."""
+    return [
+        _unquote(role[1])
+        for line, statement in _statement_starts(raw.decode().splitlines())
+        if statement and (role := re.fullmatch(r"CREATE ROLE (.+);", line))
+    ]
+
+
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 

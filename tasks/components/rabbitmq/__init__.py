@@ -46,7 +46,7 @@ from tasks.components.rabbitmq.definitions import (
     vhost_definitions,
     without_movers,
 )
-from tasks.components.rabbitmq.prechecks import refuse_before_restore, self_lockout
+from tasks.components.rabbitmq.prechecks import check_restore, refuse_before_restore, self_lockout
 from tasks.errors import BadInput, IntegrityError, IsolationTaken, TransientError, target_untouched
 from tasks.models import Manifest
 from tasks.storage.session import BackupSession
@@ -190,22 +190,6 @@ COPY_WHY = (
     "it would consume or move the messages of production's queues (src-uri amqp:// is this broker) "
     "while the copy exists; restore the vhost itself (without into_vhost) to bring it back"
 )
-
-
-def check_restore(target: RabbitMQTarget, manifest: Manifest, options: RestoreOptions) -> None:
-    """Before a checklist, safety backup or approval: a copy under into_vhost goes aside, into a
-    vhost that does not exist. Into an existing one the import merged with what was there (and
-    the approval form said 'aside'), and no rollback takes a merge apart."""
-    if options.into_vhost and not options.vhost:
-        raise BadInput("into_vhost needs vhost: say which vhost of the backup to import under the new name")
-    if options.into_vhost:
-        with connect(target) as client:
-            if _vhost_exists(target, client, options.into_vhost):
-                raise BadInput(
-                    f"into_vhost {options.into_vhost!r} exists on the broker: a copy goes aside, into a "
-                    "new vhost; name one that does not exist (or delete that one first), or restore "
-                    f"vhost {options.vhost!r} itself without into_vhost; nothing was done"
-                )
 
 
 def _plan(

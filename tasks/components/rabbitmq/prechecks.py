@@ -8,14 +8,34 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from blocks.rabbitmq import RabbitMQTarget
-from tasks.components.rabbitmq.api import _get, q
+from tasks.components.rabbitmq.api import _get, _vhost_exists, connect, q
 from tasks.components.rabbitmq.definitions import FEDERATION_POLICY_KEYS, PLUGIN_COMPONENTS, differences
 from tasks.errors import BadInput
+from tasks.models import Manifest
+
+if TYPE_CHECKING:  # the options are the component's own (its __init__ imports this module)
+    from tasks.components.rabbitmq import RestoreOptions
+
+
+def check_restore(target: RabbitMQTarget, manifest: Manifest, options: RestoreOptions) -> None:
+    """Before a checklist, safety backup or approval: a copy under into_vhost goes aside, into a
+    vhost that does not exist. Into an existing one the import merged with what was there (and
+    the approval form said 'aside'), and no rollback takes a merge apart."""
+    if options.into_vhost and not options.vhost:
+        raise BadInput("into_vhost needs vhost: say which vhost of the backup to import under the new name")
+    if options.into_vhost:
+        with connect(target) as client:
+            if _vhost_exists(target, client, options.into_vhost):
+                raise BadInput(
+                    f"into_vhost {options.into_vhost!r} exists on the broker: a copy goes aside, into a "
+                    "new vhost; name one that does not exist (or delete that one first), or restore "
+                    f"vhost {options.vhost!r} itself without into_vhost; nothing was done"
+                )
 
 
 def refuse_before_restore(
