@@ -95,7 +95,14 @@ def _backup(admin_target, db: str, split, local_store, at_root=AT_ROOT):
     target = admin_target.model_copy(update={"databases": [db], "split_tables_from_mib": split})
     store = local_store()
     manifest = take_backup(target, store)
-    in_parts = {t["table"] for t in manifest.engine["databases"][db]["table_parts"]}
+    parts = manifest.engine["databases"][db]["table_parts"]
+    in_parts = {t["table"] for t in parts}
+    # t's partitions each in several parts, loaded through the root; r's into themselves
+    for table in parts:
+        assert table.get("load_into") == (
+            {"schema": "public", "table": at_root[table["table"]]} if table["table"] in at_root else None
+        )
+        assert len(table["objects"]) >= 2 or not table["table"].startswith("t")
     # in parts: every leaf (however small); whole: none
     assert in_parts == (set() if split is None else {*at_root, "r1", "r2"})
     # compared at the root: the leaves under hash partitioning; r's are compared one by one
