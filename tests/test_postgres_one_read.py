@@ -13,8 +13,10 @@ import pytest
 import tasks.components.postgres as pg
 from tasks.components.postgres.fingerprint import (
     FINGERPRINT_ALGORITHM,
+    V2_AT_ROOT,
     V3,
     V4,
+    V5,
     diff_fingerprints,
     fingerprint_database,
     recorded_algorithm,
@@ -87,7 +89,7 @@ def test_the_one_read_restore_brings_back_exactly_the_backup(sample, local_store
     assert manifest.fingerprint["algorithm"] == FINGERPRINT_ALGORITHM
 
 
-@pytest.mark.parametrize("algorithm", [V1, V2, V3, V4, FINGERPRINT_ALGORITHM])
+@pytest.mark.parametrize("algorithm", [V1, V2, V2_AT_ROOT, V3, V4, V5, FINGERPRINT_ALGORITHM])
 def test_fingerprint_catches_a_missing_row_a_changed_value_and_a_missing_table(sample, algorithm):
     target, db = sample
     before = fingerprint_database(target, db, algorithm)
@@ -109,7 +111,7 @@ def test_fingerprint_catches_a_missing_row_a_changed_value_and_a_missing_table(s
         before = fingerprint_database(target, db, algorithm)
 
 
-@pytest.mark.parametrize("algorithm", [V2, FINGERPRINT_ALGORITHM])
+@pytest.mark.parametrize("algorithm", [V2, V5, FINGERPRINT_ALGORITHM])
 def test_fingerprint_catches_changes_that_equality_would_hide(sample, algorithm):
     """v3 hashes a column by its type only where equality is byte identity: a value equal but
     not identical (numeric scale, float sign of zero, json spacing, a domain's numeric, text under

@@ -18,7 +18,7 @@ import psycopg
 
 from blocks.postgres import PostgresTarget
 from blocks.store import StoreBlock
-from tasks.components.postgres import properties, table_parts
+from tasks.components.postgres import partitions, properties, table_parts
 from tasks.components.postgres.common import (
     admin,
     connect,
@@ -98,7 +98,12 @@ def _dump_database(
         # restored value (pg_dump's) is ahead of the recorded one or equal, never behind
         # (diff_fingerprints); read after the large tables' scan it was behind under any writes
         sequences = fingerprint(conn, algorithm, kinds="S")["sequences"]
-        large = table_parts.plan(conn, target)  # before the fingerprint takes `conn`
+        # partitions whose rows may belong to another one when restored: through their root
+        hashed = partitions.hashed(conn)
+        large = table_parts.plan(conn, target, hashed)  # before the fingerprint takes `conn`
+        # it is for every partition in the dump, so only where there are such: the others then
+        # load through their root too, which routes each row back into its partition
+        via_root = ["--load-via-partition-root"] if hashed else []
         with ThreadPoolExecutor(1, thread_name_prefix="pg-fingerprint") as pool:
             # the fingerprint scans the same snapshot while pg_dump streams it
             future = pool.submit(fingerprint, conn, algorithm, "rm")
@@ -111,7 +116,7 @@ def _dump_database(
                             snapshot,
                             ["pre-data", "data"],
                             encoding,
-                            table_parts.exclusions(large),
+                            [*table_parts.exclusions(large), *via_root],
                         ),
                         env,
                         name=f"pg_dump {db}",

@@ -11,6 +11,7 @@ import psycopg
 from psycopg import sql
 
 from blocks.postgres import PostgresTarget
+from tasks.components.postgres import partitions
 from tasks.components.postgres.common import connect
 from tasks.errors import IntegrityError
 
@@ -28,6 +29,11 @@ _FINGERPRINT_SUMS = {
     ),
 }
 V2 = "rows+sum64(hashtextextended(row::text,0))/v2"
+# v2 as servers before 14 record it since partitions.py: v2, and the partitions of a hierarchy with
+# hash partitioning in it compared at their root, as v6 does (below); a row of those as its text
+# with the columns in the root's order
+V2_AT_ROOT = "rows+sum64(hashtextextended(row::text,0))/v2, hash partitions at their root"
+_FINGERPRINT_SUMS[V2_AT_ROOT] = _FINGERPRINT_SUMS[V2]
 # v3: per row, hash_record_extended over the columns (PostgreSQL 14+). A column whose type's
 # equality is byte identity is hashed by its type's own hash function (no text made for it: the
 # row's text was nearly all of v2's cost, measured in docs/performance.md); every other column
@@ -45,8 +51,16 @@ V4 = "rows+sum64(hash_record_extended(typed columns,0))/v4"
 # each row's hash again (hashtextextended of its decimal text, a full 64-bit mix), so a value
 # counts with the row it is in. And int8, timestamp and timestamptz went by hashint8, which folds
 # 64 bits to 32 (0 and 4294967297 hash alike): v5 hashes their 8 bytes (their binary send form).
-FINGERPRINT_ALGORITHM = "rows+sum64(hashtextextended(hash_record_extended(typed columns,0)::text,0))/v5"
-_PER_COLUMN = {V3, V4, FINGERPRINT_ALGORITHM}
+V5 = "rows+sum64(hashtextextended(hash_record_extended(typed columns,0)::text,0))/v5"
+# v6 is v5 for every table but the partitions of a hierarchy with hash partitioning in it
+# (partitions.py): a row of those may be in another partition after a restore, so they are
+# compared at their root (`compared_at_root`: partition -> root, recorded with the tables), and a
+# row of them is hashed with its columns in the root's order (a partition attached with its
+# own column order would hash a row otherwise than the partition it moves to).
+FINGERPRINT_ALGORITHM = "rows+sum64(hashtextextended(hash_record_extended(typed columns,0)::text,0))/v6"
+_MIXED = {V5, FINGERPRINT_ALGORITHM}  # each row's hash hashed again (v5 and after)
+_AT_ROOT = {V2_AT_ROOT, FINGERPRINT_ALGORITHM}  # with `compared_at_root`
+_PER_COLUMN = {V3, V4, *_MIXED}
 _BPCHAR = 1042
 # the 8-byte types hashint8 folds, and the function that gives their bytes (v5)
 _WIDE = {20: "int8send", 1114: "timestamp_send", 1184: "timestamptz_send"}
@@ -93,9 +107,9 @@ def fingerprint_sum(algorithm: str) -> str | None:
 
 
 def algorithm_for(conn: psycopg.Connection) -> str:
-    """The fingerprint a new backup of this server records: v4 where the server has
+    """The fingerprint a new backup of this server records: the latest where the server has
     hash_record_extended (PostgreSQL 14+), v2 before."""
-    return FINGERPRINT_ALGORITHM if conn.info.server_version >= 140000 else V2
+    return FINGERPRINT_ALGORITHM if conn.info.server_version >= 140000 else V2_AT_ROOT
 
 
 def _per_column_sum(conn: psycopg.Connection, oid: int, algorithm: str) -> sql.Composable:
@@ -122,7 +136,7 @@ def _per_column_sum(conn: psycopg.Connection, oid: int, algorithm: str) -> sql.C
         if base == _BPCHAR and algorithm != V3:
             # its output function keeps the blanks; NULL stays NULL (both are strict)
             parts.append(sql.SQL('textin(bpcharout({})) COLLATE "C"').format(col))
-        elif typ in _WIDE and algorithm == FINGERPRINT_ALGORITHM:
+        elif typ in _WIDE and algorithm in _MIXED:
             parts.append(sql.SQL("{}({})").format(sql.SQL(_WIDE[typ]), col))  # strict: NULL stays
         elif typ in _TEXT_TYPES:
             parts.append(sql.SQL('{} COLLATE "C"').format(col))
@@ -131,9 +145,18 @@ def _per_column_sum(conn: psycopg.Connection, oid: int, algorithm: str) -> sql.C
         else:
             parts.append(sql.SQL('{}::text COLLATE "C"').format(col))
     row = sql.SQL("hash_record_extended(ROW({}), 0)").format(sql.SQL(", ").join(parts))
-    if algorithm == FINGERPRINT_ALGORITHM:
+    if algorithm in _MIXED:
         row = sql.SQL(_MIX).format(row)
     return sql.SQL("coalesce(sum({}), 0)::text").format(row)
+
+
+def _columns(conn: psycopg.Connection, oid: int) -> sql.Composable:
+    names = conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped"
+        " ORDER BY attnum",
+        (oid,),
+    ).fetchall()
+    return sql.SQL(", ").join(sql.Identifier(name) for (name,) in names)
 
 
 def recorded_algorithm(fingerprint: dict[str, Any] | None) -> str:
@@ -202,6 +225,9 @@ def fingerprint(conn: psycopg.Connection, algorithm: str | None = None, kinds: s
     configs: dict[str, Any] = {}
     # before v4 the key was `schema.name`, ambiguous with a dot in a name; kept for those backups
     old_keys = algorithm in _FINGERPRINT_SUMS or algorithm == V3
+    # v6 (and v2 at root): partitions compared at their root, rows in its column order
+    at_root = partitions.hashed(conn) if algorithm in _AT_ROOT and "r" in kinds else {}
+    roots: dict[str, str] = {}
     for schema, name, kind, oid, quoted, condition in rels:
         ident = sql.Identifier(schema, name)
         key = f"{schema}.{name}" if old_keys else quoted
@@ -223,8 +249,17 @@ def fingerprint(conn: psycopg.Connection, algorithm: str | None = None, kinds: s
         ):
             views[key] = {"populated": False}  # WITH NO DATA: reading it is an error
             continue
-        row_sum = sql.SQL(expression) if expression is not None else _per_column_sum(conn, oid, algorithm)
         rows_of: sql.Composable = ident
+        # the root's columns are a partition's, by name: in its order a row hashes alike in each
+        part = at_root.get(oid) if kind == "r" and condition is None else None
+        if part:
+            roots[key] = f"{part['schema']}.{part['table']}" if old_keys else part["root_key"]
+        if expression is None:
+            row_sum: sql.Composable = _per_column_sum(conn, part["root_oid"] if part else oid, algorithm)
+        else:
+            row_sum = sql.SQL(expression)
+            if part:
+                rows_of = sql.SQL("(SELECT {} FROM ONLY {})").format(_columns(conn, part["root_oid"]), ident)
         if condition is not None:
             # an extension's configuration table (pg_extension_config_dump): pg_dump keeps the
             # rows its condition selects (the rest CREATE EXTENSION makes); the condition is the
@@ -238,13 +273,15 @@ def fingerprint(conn: psycopg.Connection, algorithm: str | None = None, kinds: s
             "sum": total,
         }
     out: dict[str, Any] = {"tables": tables, "sequences": sequences}
+    if algorithm in _AT_ROOT and "r" in kinds:
+        out["compared_at_root"] = roots
     if not old_keys and "m" in kinds:
         # pg_dump keeps no rows of a materialized view: pg_restore refreshes it, from the restored
         # tables; compared on their own (materialized_view_differences), once they are refreshed
         out["materialized_views"] = views
     if not old_keys and "r" in kinds:
         out["extension_config"] = configs  # on their own: fingerprints before had none
-        piece = _MIX.format(_PIECE) if algorithm == FINGERPRINT_ALGORITHM else _PIECE
+        piece = _MIX.format(_PIECE) if algorithm in _MIXED else _PIECE
         count, total = conn.execute(_LARGE_OBJECTS.format(piece=piece)).fetchone()
         out["large_objects"] = {"count": count, "sum": total}
     return out
@@ -266,20 +303,25 @@ def fingerprint_database(
 def diff_fingerprints(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
     """Human-readable differences, empty when the restore matches the backup.
 
-    Tables must match exactly. Sequences are outside MVCC: pg_dump reads their value when it
-    reaches them, not at the snapshot, so a restored sequence may be ahead of the recorded value
-    (never behind: that would hand out ids already used). Ahead is the way it counts: lower for a
-    descending one (its increment; fingerprints before it was recorded have the restored one's).
+    Tables must match exactly; the partitions of a hierarchy with hash partitioning in it (v6's
+    `compared_at_root`) as exactly, added up at their root (partitions.py). Sequences are outside
+    MVCC: pg_dump reads their value when it reaches them, not at the snapshot, so a restored
+    sequence may be ahead of the recorded value (never behind: that would hand out ids already
+    used). Ahead is the way it counts: lower for a descending one (its increment; fingerprints
+    before it was recorded have the restored one's).
     """
     out = []
     exp, act = expected.get("tables", {}), actual.get("tables", {})
+    # partitions whose rows may move between them: compared at their root (v6; none before)
+    roots = expected.get("compared_at_root") or {}
     for key in sorted(set(exp) | set(act)):
         if key not in act:
             out.append(f"table {key} missing after restore")
         elif key not in exp:
             out.append(f"table {key} not in the backup")
-        elif exp[key] != act[key]:
+        elif exp[key] != act[key] and key not in roots:
             out.append(f"table {key}: backup {exp[key]} != restored {act[key]}")
+    out += partitions.root_differences(roots, exp, act)
     if "extension_config" in expected:  # fingerprints before it was recorded have none
         exp_cfg, act_cfg = expected["extension_config"], actual.get("extension_config", {})
         for key in sorted(set(exp_cfg) | set(act_cfg)):

@@ -72,8 +72,12 @@ def _pattern(schema: str, table: str) -> str:
     return f"{_ident(schema)}.{_ident(table)}"
 
 
-def plan(conn: psycopg.Connection, target: PostgresTarget) -> list[dict[str, Any]]:
-    """The tables to dump in parts, read in the exported snapshot's transaction (`conn`)."""
+def plan(
+    conn: psycopg.Connection, target: PostgresTarget, hashed: dict[int, dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """The tables to dump in parts, read in the exported snapshot's transaction (`conn`). A
+    partition in `hashed` (partitions.hashed) loads through its root (`load_into`): restored, its
+    rows may belong to another partition."""
     if conn.info.server_version < MIN_SERVER or target.split_tables_from_mib is None:
         return []
     block = int(conn.execute("SELECT current_setting('block_size')").fetchone()[0])
@@ -90,6 +94,8 @@ def plan(conn: psycopg.Connection, target: PostgresTarget) -> list[dict[str, Any
         # table that grew since pg_relation_size must not lose a page to a rounding)
         starts = [i * step for i in range(parts) if i * step < max(blocks, 1)]
         tables.append({"oid": oid, "schema": schema, "table": table, "columns": columns, "starts": starts})
+        if root := (hashed or {}).get(oid):
+            tables[-1]["load_into"] = {"schema": root["schema"], "table": root["table"]}
     return tables
 
 
@@ -142,7 +148,8 @@ def dump(
                 with stream_stdout(_psql(target, db, statements), env, name=label) as out:
                     meta = {"database": db, "format": "copy text", "part_of": table["table"]}
                     session.write(names[-1], out, meta=meta)
-            record.append({**{k: table[k] for k in ("oid", "schema", "table", "columns")}, "objects": names})
+            kept = ("oid", "schema", "table", "columns", "load_into")
+            record.append({**{k: table[k] for k in kept if k in table}, "objects": names})
     return record
 
 
@@ -202,7 +209,10 @@ def load(
 
         def one(table: dict[str, Any], obj: StoredObject) -> Callable[[], None]:
             columns = ", ".join(_ident(c) for c in table["columns"])
-            copy_in = f"COPY {_pattern(table['schema'], table['table'])} ({columns}) FROM STDIN"
+            # a partition whose rows may belong to another one here: its root routes them (its
+            # columns are the partition's, by name); recorded since partitions.py, else the table
+            into = table.get("load_into") or table
+            copy_in = f"COPY {_pattern(into['schema'], into['table'])} ({columns}) FROM STDIN"
             argv = _psql(target, side, [*_exact(info.get("encoding")), copy_in])
             label = f"COPY {table['schema']}.{table['table']} ({obj.name}, {db})"
             # read_all: a psql that stopped at a stray end-of-data line loaded part of the rows
