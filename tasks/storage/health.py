@@ -44,8 +44,8 @@ from tasks.errors import BadInput, IntegrityError, NotFound
 from tasks.ids import parse_backup_id
 from tasks.storage.backends import backend_for
 from tasks.storage.codec import derive_key
+from tasks.storage.keys import read_keys
 from tasks.storage.layout import layout
-from tasks.storage.session import read_keys
 
 log = logging.getLogger(__name__)
 

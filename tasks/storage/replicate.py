@@ -28,8 +28,8 @@ from tasks.errors import BackupError, ConfigurationError, IntegrityError, NotFou
 from tasks.models import Manifest
 from tasks.storage import object_lock
 from tasks.storage.backends import Backend, backend_for
+from tasks.storage.keys import read_keys
 from tasks.storage.layout import layout
-from tasks.storage.session import read_keys
 from tasks.storage.stores import load_store
 
 log = logging.getLogger(__name__)
