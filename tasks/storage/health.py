@@ -21,7 +21,9 @@ its own): a 'verified' record that no key of the store signed is ignored (logged
 backup had not been swept. Damage need not be signed: a forged damage finding can only make the
 project refuse a backup, never trust a bad one. Signing cannot stop a record being deleted or
 overwritten (damage then goes unrecorded until the next read finds it again; every restore
-re-checks every object before it touches the target): docs/operations.md says what would.
+re-checks every object before it touches the target): docs/operations.md says what would. The
+manifests are signed the same way (storage/signing.py, a salt of their own), and the sweep reads
+each through the catalog: no verdict is written for a manifest no key of the store signed.
 
 One record (pair) per backup, not one file per component: the sweep and concurrent restores each
 write their own keys. Writing a finding is best effort: failing to record it must not hide the

@@ -25,6 +25,7 @@ from tasks.storage.backends import Backend, backend_for
 from tasks.storage.codec import Decoder, Encoder, iter_chunks
 from tasks.storage.keys import current_secret, read_keys
 from tasks.storage.layout import MANIFEST_NAME, layout
+from tasks.storage.signing import signed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -293,8 +294,9 @@ class BackupSession:
             expires_at=finished + retention if retention else None,
             verified_at=verified_at,
             labels=self.labels,
-        ).sealed()
-        body = manifest.model_dump_json(indent=2).encode()
+        )
+        manifest = signed(manifest, self.store)  # sealed; signed on a store with keys
+        body = manifest.stored()
         try:
             self.backend.put_bytes(self.layout.manifest_key(self.id), body, lock_until=until)
         except BaseException:
