@@ -98,8 +98,9 @@ def check_signature(store: StoreBlock, manifest: Manifest, key: str) -> None:
     if not held:
         raise KeyNotHeld(
             f"{where} is not signed by any key of this store: it is signed with key {signer} and the "
-            f"store holds {', '.join(key_id(s) for s in secrets)}: written with another key (add it "
-            "to previous_encryption_keys), or forged (then delete its folder)"
+            f"store holds {', '.join(key_id(s) for s in secrets)}: the encryption key is wrong (set the "
+            "key it was written with, or add it to previous_encryption_keys), or it is forged (then "
+            "delete its folder)"
         )
     if not any(hmac.compare_digest(mac, _mac(manifest, s)) for s in held):
         raise IntegrityError(
