@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from prefect_aws import AwsCredentials
-from pydantic import Field, SecretStr
+from pydantic import AwareDatetime, Field, SecretStr
 
 from blocks.strict import StrictBlock
 
@@ -52,6 +52,14 @@ class StoreBlock(StrictBlock):
         default_factory=list,
         description="older keys, for reading only: to rotate, move the current key here and set a new "
         "encryption_key (nothing is re-encrypted; each object names its key)",
+    )
+    unsigned_manifests_before: AwareDatetime | None = Field(
+        default=None,
+        description="with an encryption key, every manifest is signed and an unsigned one is refused "
+        "(anyone who can write to the bucket could have made it). Backups written before the store "
+        "had a key, or by a version that did not sign, are unsigned too: set this to a time (with "
+        "its time zone) to accept, with a warning, unsigned manifests whose id and times are all "
+        "before it. Empty: none accepted (docs/operations.md, signed manifests)",
     )
     verify_after_write: bool = Field(
         default=True,

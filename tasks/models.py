@@ -65,14 +65,32 @@ class Manifest(BaseModel):
     expires_at: AwareDatetime | None = None
     verified_at: AwareDatetime | None = Field(default=None, description="read back after write")
     labels: dict[str, str] = Field(default_factory=dict)
-    checksum: str | None = Field(default=None, description="sha256 of this manifest without this field")
+    signature: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{16}:[0-9a-f]{64}$",
+        description="on a store with an encryption key: '<key id>:<HMAC-SHA256 of the body>' "
+        "(tasks/storage/signing.py); none on a store without one",
+    )
+    checksum: str | None = Field(
+        default=None, description="sha256 of the body: this manifest without checksum and signature"
+    )
+
+    def body(self) -> bytes:
+        """What the checksum and the signature cover: everything but themselves, as JSON (a
+        manifest written before signatures has the same body as before)."""
+        return self.model_dump_json(exclude={"checksum", "signature"}).encode()
 
     def computed_checksum(self) -> str:
-        body = self.model_dump_json(exclude={"checksum"}).encode()
-        return hashlib.sha256(body).hexdigest()
+        return hashlib.sha256(self.body()).hexdigest()
 
     def sealed(self) -> Manifest:
         return self.model_copy(update={"checksum": self.computed_checksum()})
+
+    def stored(self) -> bytes:
+        """The bytes written to the store (without a `signature` field when unsigned: a store
+        without a key writes its manifests exactly as before)."""
+        unsigned = {"signature"} if self.signature is None else None
+        return self.model_dump_json(indent=2, exclude=unsigned).encode()
 
     @field_validator("id")
     @classmethod

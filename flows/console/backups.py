@@ -114,22 +114,27 @@ def _short(value: object, limit: int = 100) -> str:
 def verify_text(store: StoreBlock, backup_id: str | None) -> tuple[str, bool]:
     """Read every object of one backup (or the newest of every component) back and check it;
     then the component's own offline check."""
+    rows, ok = [("ID", "OBJECTS", "SIZE", "RESULT")], True
     if backup_id:
-        manifests = [get_backup(store, backup_id)]
+        try:
+            manifests = [get_backup(store, backup_id)]
+        except IntegrityError as exc:  # its manifest (signature, checksum) is what failed
+            return table(rows + [(backup_id, "?", "?", _problem(exc))]), False
     else:
         manifests = [b[-1] for b in (list_backups(store, c) for c in SPECS) if b]
     if not manifests:
         return "no backups to verify", True
-    rows, ok = [("ID", "OBJECTS", "SIZE", "RESULT")], True
     for m in manifests:
         try:
             verify_component_backup(m, store, None)
             result = "verified"
-        except KeyNotHeld as exc:
-            ok, result = False, f"KEY MISSING: {exc}"
-        except IntegrityError as exc:
-            ok, result = False, f"DAMAGED: {exc}"
         except BackupError as exc:
-            ok, result = False, f"FAILED: {exc}"
+            ok, result = False, _problem(exc)
         rows.append((m.id, str(len(m.objects)), human_bytes(m.size), result))
     return table(rows), ok
+
+
+def _problem(exc: BackupError) -> str:
+    if isinstance(exc, KeyNotHeld):
+        return f"KEY MISSING: {exc}"
+    return f"{'DAMAGED' if isinstance(exc, IntegrityError) else 'FAILED'}: {exc}"

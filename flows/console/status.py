@@ -16,7 +16,7 @@ from tasks.operations.drills import DrillRecord, list_drill_records
 from tasks.operations.scope import scope_gap
 from tasks.storage.catalog import from_the_future
 from tasks.storage.codec import key_id
-from tasks.storage.session import read_keys
+from tasks.storage.keys import read_keys
 from tasks.table import policy
 
 # a scheduled backup takes time and a worker may start it late: overdue once it is this much later

@@ -19,17 +19,20 @@ from tasks.storage.backends import Backend, backend_for
 from tasks.storage.health import Status, health_of, is_damage, mark_damaged
 from tasks.storage.layout import StoreLayout, backup_dir_of, backup_id_of, layout
 from tasks.storage.session import verify_object
+from tasks.storage.signing import check_signature
 
 LATEST = "latest"
 CLOCK_SKEW_TOLERANCE = timedelta(minutes=5)
 log = logging.getLogger(__name__)
 
 
-def parse_manifest(data: bytes, key: str, keys: StoreLayout) -> Manifest:
+def parse_manifest(data: bytes, key: str, store: StoreBlock) -> Manifest:
     """A manifest read from `key`, checked against its checksum AND against where it was found:
     the id, component and object keys it names (all inside the checksum) must be the ones of the
     folder it sits in. A manifest copied into another backup's folder is refused, so restoring
-    backup A can never bring back backup B."""
+    backup A can never bring back backup B. On a store with keys, a key of the store must have
+    signed it (storage/signing.py): a writer of the bucket without the key cannot make one."""
+    keys = layout(store)
     try:
         manifest = Manifest.model_validate_json(data)
     except (ValidationError, json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -66,11 +69,12 @@ def parse_manifest(data: bytes, key: str, keys: StoreLayout) -> Manifest:
             + "; it was copied or moved: restore the backup you want by its own id, or restore this "
             "folder's manifest from the DR store"
         )
+    check_signature(store, manifest, key)
     return manifest
 
 
-def _load(backend: Backend, key: str, keys: StoreLayout, version_id: str | None = None) -> Manifest:
-    return parse_manifest(b"".join(backend.read(key, version_id)), key, keys)
+def _load(store: StoreBlock, backend: Backend, key: str, version_id: str | None = None) -> Manifest:
+    return parse_manifest(b"".join(backend.read(key, version_id)), key, store)
 
 
 def _backup_id_at(key: str, keys: StoreLayout) -> str | None:
@@ -91,9 +95,9 @@ def _try_load(
     """A damaged manifest must not hide the others: it is recorded as damaged (storage/health.py)
     and left out; the integrity sweep reports it."""
     try:
-        return _load(backend, key, layout(store), version_id)
+        return _load(store, backend, key, version_id)
     except IntegrityError as exc:
-        if not exc.proves_damage:  # a newer format: skipped, 'latest' would silently be older
+        if not exc.proves_damage:  # newer format, unsigned, key not held: skipped, 'latest' would be older
             raise
         if backup_id := _backup_id_at(key, layout(store)):
             mark_damaged(store, backup_id, str(exc))
@@ -155,7 +159,7 @@ def get_backup(store: StoreBlock, backup_id: str, component: str | None = None) 
         written = object_lock.written_manifests(store, backend, backup_dir_of(key), datetime.now(UTC))
         if written is not None and key not in written:
             raise NotFound(key)
-        return _load(backend, key, layout(store), (written or {}).get(key))
+        return _load(store, backend, key, (written or {}).get(key))
     except NotFound:
         raise NotFound(
             f"no backup {backup_id} in {store.location}: list backups with `klb backups list {id_component}`"

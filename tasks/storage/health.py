@@ -21,7 +21,9 @@ its own): a 'verified' record that no key of the store signed is ignored (logged
 backup had not been swept. Damage need not be signed: a forged damage finding can only make the
 project refuse a backup, never trust a bad one. Signing cannot stop a record being deleted or
 overwritten (damage then goes unrecorded until the next read finds it again; every restore
-re-checks every object before it touches the target): docs/operations.md says what would.
+re-checks every object before it touches the target): docs/operations.md says what would. The
+manifests are signed the same way (storage/signing.py, a salt of their own), and the sweep reads
+each through the catalog: no verdict is written for a manifest no key of the store signed.
 
 One record (pair) per backup, not one file per component: the sweep and concurrent restores each
 write their own keys. Writing a finding is best effort: failing to record it must not hide the
@@ -44,8 +46,8 @@ from tasks.errors import BadInput, IntegrityError, NotFound
 from tasks.ids import parse_backup_id
 from tasks.storage.backends import backend_for
 from tasks.storage.codec import derive_key
+from tasks.storage.keys import read_keys
 from tasks.storage.layout import layout
-from tasks.storage.session import read_keys
 
 log = logging.getLogger(__name__)
 

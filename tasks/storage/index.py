@@ -6,8 +6,9 @@ with the content. Local stores have no such tag (size and mtime survive bit rot)
 manifest is read each time (a local read costs what hashing it would). A listing is always made;
 a manifest whose tag differs from the cached one, or that is not cached, is fetched again; a
 cached body is used only when it is the stored manifest byte for byte (its MD5 is the listed ETag:
-whoever can write the bucket can write the index too), and is re-checked against its own checksum
-and against the key it was listed under. A lost,
+whoever can write the bucket can write the index too), and is re-checked against its own checksum,
+against the key it was listed under and, on a store with keys, against its signature (signing.py:
+the index was written under other settings, maybe trusting unsigned manifests). A lost,
 stale or damaged index costs time, never correctness. Nothing on the write path changes, so
 concurrent backups cannot race on it. On a store whose bucket locks, every manifest is read as
 first written (as the catalog reads it), and the cache is not used.
@@ -33,7 +34,7 @@ from tasks.storage import object_lock
 from tasks.storage.backends import Backend, S3Backend, backend_for
 from tasks.storage.catalog import _backup_id_at, parse_manifest
 from tasks.storage.health import mark_damaged
-from tasks.storage.layout import StoreLayout, is_manifest_key, layout
+from tasks.storage.layout import is_manifest_key, layout
 
 log = logging.getLogger(__name__)
 INDEX_VERSION = 2  # 2: entries hold the stored body, checked against the ETag
@@ -60,7 +61,7 @@ def _read_index(backend: Backend, key: str) -> dict[str, dict[str, str]]:
     return {}
 
 
-def _from_cache(entry: dict[str, str], tag: str, key: str, keys: StoreLayout) -> Manifest | None:
+def _from_cache(entry: dict[str, str], tag: str, key: str, store: StoreBlock) -> Manifest | None:
     """The cached body, only if it is the stored manifest byte for byte: its MD5 is the ETag the
     listing gives for that key. The index is written by whoever can write the bucket: an entry
     matching only the tag (a forged body under the real ETag) once made retention act on a
@@ -72,7 +73,7 @@ def _from_cache(entry: dict[str, str], tag: str, key: str, keys: StoreLayout) ->
     if hashlib.md5(body.encode()).hexdigest() != digest:  # noqa: S324 - S3's ETag is an MD5
         return None
     try:
-        return parse_manifest(body.encode(), key, keys)
+        return parse_manifest(body.encode(), key, store)  # its signature too: as read from the store
     except (ValidationError, IntegrityError):
         return None
 
@@ -121,7 +122,7 @@ def list_component(store: StoreBlock, component: str, use_index: bool = True) ->
     bodies: dict[str, str] = {}  # as stored, for the index
     missing: list[str] = []
     for key in manifest_keys:
-        cached = _from_cache(cache.get(key, {}), tagged.get(key, ""), key, keys)
+        cached = _from_cache(cache.get(key, {}), tagged.get(key, ""), key, store)
         if cached is not None:
             found[key], bodies[key] = cached, cache[key]["body"]
         else:
@@ -133,7 +134,7 @@ def list_component(store: StoreBlock, component: str, use_index: bool = True) ->
     def fetch(key: str) -> tuple[str, Manifest | None]:
         try:
             data = b"".join(backend.read(key, (written or {}).get(key)))
-            manifest = parse_manifest(data, key, keys)
+            manifest = parse_manifest(data, key, store)
             bodies[key] = data.decode()
             return key, manifest
         except IntegrityError as exc:

@@ -4,7 +4,8 @@ Two modes ($KLB_DR_MODE):
 - `copy` (default): after a backup is written, stream each object byte-for-byte from the primary
   to the DR store (no decode: the same stored bytes, so the same sha256), read the copy back and
   check its sha256, then write the DR manifest last. The DR manifest is the primary's with keys
-  re-rooted under the DR prefix and the DR version ids (S3 version ids are per bucket), resealed.
+  re-rooted under the DR prefix and the DR version ids (S3 version ids are per bucket), resealed
+  and signed with the DR store's key (tasks/storage/signing.py).
 - `verify`: the bucket has native replication (S3 CRR). Nothing is copied; the DR copy is read
   and checked by sha256, because replication status alone is not proof.
 
@@ -28,8 +29,9 @@ from tasks.errors import BackupError, ConfigurationError, IntegrityError, NotFou
 from tasks.models import Manifest
 from tasks.storage import object_lock
 from tasks.storage.backends import Backend, backend_for
+from tasks.storage.keys import read_keys
 from tasks.storage.layout import layout
-from tasks.storage.session import read_keys
+from tasks.storage.signing import signed
 from tasks.storage.stores import load_store
 
 log = logging.getLogger(__name__)
@@ -102,7 +104,7 @@ def dr_manifest(manifest: Manifest, dest: StoreBlock, versions: dict[str, str | 
         o.model_copy(update={"key": keys.object_key(manifest.id, o.name), "version_id": versions.get(o.name)})
         for o in manifest.objects
     ]
-    return manifest.model_copy(update={"objects": objects}).sealed()
+    return signed(manifest.model_copy(update={"objects": objects}), dest)  # its keys: signed anew
 
 
 def _dr_lock_until(manifest: Manifest, dest: StoreBlock, dst: Backend):
@@ -152,7 +154,7 @@ def replicate_backup(manifest: Manifest, source: StoreBlock, dest: StoreBlock) -
         if got != obj.sha256:
             raise IntegrityError(f"DR copy of {obj.key} does not match the primary's sha256 ({got[:16]})")
     copy = dr_manifest(manifest, dest, versions)
-    body, mkey = copy.model_dump_json(indent=2).encode(), keys.manifest_key(manifest.id)
+    body, mkey = copy.stored(), keys.manifest_key(manifest.id)
     try:
         unchanged = dst.get_bytes(mkey) == body  # a re-run: manifests are written once
     except NotFound:
@@ -239,8 +241,8 @@ def replicate_task(manifest: Manifest, store: StoreBlock, dr_store: str | StoreB
 
 def _as_copied(manifest: Manifest) -> dict:
     """What a faithful copy keeps: everything but where each object sits (the DR store's own keys
-    and version ids) and the seal over those."""
-    body = manifest.model_dump(mode="json", exclude={"checksum"})
+    and version ids) and the seal and signature over those."""
+    body = manifest.model_dump(mode="json", exclude={"checksum", "signature"})
     for obj in body["objects"]:
         del obj["key"], obj["version_id"]
     return body

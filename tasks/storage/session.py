@@ -23,7 +23,9 @@ from tasks.models import KIND_LABEL, Compression, Manifest, StoredObject, kind_l
 from tasks.storage import object_lock, progress
 from tasks.storage.backends import Backend, backend_for
 from tasks.storage.codec import Decoder, Encoder, iter_chunks
+from tasks.storage.keys import current_secret, read_keys
 from tasks.storage.layout import MANIFEST_NAME, layout
+from tasks.storage.signing import signed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -33,28 +35,6 @@ def preflight(store: StoreBlock) -> None:
     """Cheap checks before any engine starts: the keys are usable, the bucket answers to us."""
     read_keys(store)
     backend_for(store).preflight()
-
-
-def _secret(store: StoreBlock) -> str | None:
-    if store.encryption_key is None:
-        return None
-    secret = store.encryption_key.get_secret_value()
-    if not secret:  # an empty key (an unset env var?) must not silently mean "unencrypted"
-        raise BadInput(
-            "the store's encryption_key is empty: set the secret, or remove the field to store unencrypted"
-        )
-    return secret
-
-
-def read_keys(store: StoreBlock) -> list[str]:
-    """Every key the store can read with: the current one first, then the older ones."""
-    keys = [s for s in [_secret(store)] if s]
-    for old in store.previous_encryption_keys:
-        secret = old.get_secret_value()
-        if not secret:
-            raise BadInput("an entry of the store's previous_encryption_keys is empty: remove it")
-        keys.append(secret)
-    return keys
 
 
 def write_object(
@@ -90,7 +70,7 @@ def _write(
     tracker = tracker or progress.current()
     tick = progress.ticker(tracker)
     kind = compression or store.compression
-    encoder = Encoder(kind, _secret(store), store.compression_level)
+    encoder = Encoder(kind, current_secret(store), store.compression_level)
     writer = backend.open_writer(key, lock_until=lock_until)
     try:
         for chunk in iter_chunks(source):
@@ -314,8 +294,9 @@ class BackupSession:
             expires_at=finished + retention if retention else None,
             verified_at=verified_at,
             labels=self.labels,
-        ).sealed()
-        body = manifest.model_dump_json(indent=2).encode()
+        )
+        manifest = signed(manifest, self.store)  # sealed; signed on a store with keys
+        body = manifest.stored()
         try:
             self.backend.put_bytes(self.layout.manifest_key(self.id), body, lock_until=until)
         except BaseException:

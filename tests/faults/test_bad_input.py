@@ -303,8 +303,8 @@ BAD_INPUTS = [
         lambda w: w.restore(
             backup_id=w.enc_id, store=w.enc_store.model_copy(update={"encryption_key": SecretStr("other")})
         ),
-        "KeyNotHeld",  # an IntegrityError: the object names a key this store does not hold
-        "decryption failed: the encryption key is wrong",
+        "KeyNotHeld",  # an IntegrityError: the manifest's signature names a key this store does not hold
+        "is not signed by any key of this store: it is signed with key",
     ),
     Bad(
         "missing-encryption-key",
