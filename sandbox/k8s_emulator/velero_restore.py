@@ -24,8 +24,10 @@
   only when the restore includes both PVCs and PVs: the
   pod gets the `restore-wait` init container and a PodVolumeRestore
   (actions/pod_volume_restore_action.go); a volume with no restored pod gets no data.
-- Services lose clusterIP(s) and nodePorts unless spec.preserveNodePorts
-  (actions/service_action.go): both are allocated by the new cluster.
+- Services lose clusterIP(s) (not headless ones) and, unless spec.preserveNodePorts, the
+  nodePorts the cluster allocated; those `kubectl apply` asked for (last-applied-configuration)
+  stay (actions/service_action.go), so a copy next to the original is refused (422: an item error).
+- A namespace Velero makes gets the backed-up one's labels, annotations and spec (getNamespace).
 """
 
 from __future__ import annotations
@@ -168,15 +170,15 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
         src_ns = _source_ns(res, obj) if res.namespaced or res is NAMESPACES else ""
         ns = mapping.get(src_ns, src_ns)
         if src_ns and ctl.store.find(NAMESPACES, "", ns) is None:
-            labels = next(
-                (
-                    o["metadata"].get("labels") or {}
-                    for r, o in snap.items
-                    if r is NAMESPACES and o["metadata"]["name"] == src_ns
-                ),
-                {},
+            # restore.go getNamespace: the backed-up namespace's labels, annotations and spec
+            backed = next(
+                (o for r, o in snap.items if r is NAMESPACES and o["metadata"]["name"] == src_ns), {}
             )
-            ctl.store.create(NAMESPACES, "", {"metadata": {"name": ns, "labels": labels}})
+            meta = backed.get("metadata") or {}
+            fresh = {k: meta[k] for k in ("labels", "annotations") if meta.get(k)}
+            ctl.store.create(
+                NAMESPACES, "", {"metadata": {"name": ns, **fresh}, "spec": backed.get("spec") or {}}
+            )
             restored += 1
         if res is NAMESPACES or completed(res, obj):
             continue
