@@ -33,18 +33,12 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import re
 import time
 from typing import Any
 
-import yaml
-
 from sandbox.k8s_emulator.errors import ApiError
-from sandbox.k8s_emulator.patches import json_patch
 from sandbox.k8s_emulator.snapshot import (
     BACKUPS,
-    CONFIGMAPS,
     NAMESPACES,
     PODS,
     PVCS,
@@ -55,7 +49,6 @@ from sandbox.k8s_emulator.snapshot import (
     Snapshot,
     cluster_scoped_wanted,
     ns_wanted,
-    resource_names,
     wanted,
 )
 from sandbox.k8s_emulator.store import Resource, match_labels, now_iso
@@ -70,6 +63,7 @@ from sandbox.k8s_emulator.velero_items import (
     service,
     valid_name,
 )
+from sandbox.k8s_emulator.velero_modifiers import resource_modifiers
 
 ORDER = [
     "namespaces",
@@ -144,7 +138,7 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
     snap: Snapshot = ctl.snapshots.get(bname, Snapshot())
     mapping = spec.get("namespaceMapping") or {}
     update = (spec.get("existingResourcePolicy") or "none") == "update"
-    modifiers = _modifiers(ctl, spec.get("resourceModifier"))
+    modifiers = resource_modifiers(ctl, spec.get("resourceModifier"))
     restore_pvs = spec.get("restorePVs") is not False
     inc, exc = spec.get("includedResources"), spec.get("excludedResources")
     with_pvs = wanted(PVS, inc, exc)
@@ -191,8 +185,9 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
         elif res is PODS:
             new.setdefault("spec", {}).pop("nodeName", None)
             restore_wait(new, src_ns, obj["metadata"]["name"], snap)
-        for rule in modifiers:  # after the item actions (restore.go restoreItem)
-            new = rule(res, ns, new)
+        # after the item actions, on the object still in its source namespace (restore.go restoreItem)
+        new, failed = modifiers(res, src_ns, new)
+        errors += failed
         new = label(new, rname, bname)
         existing = ctl.store.find(res, ns, new["metadata"]["name"])
         if existing is None:
@@ -271,39 +266,3 @@ def _pod_volume_restores(ctl, restore: dict[str, Any]) -> None:
             pending += 1
     if not pending:
         ctl._set_status(RESTORES, restore, phase="Finalizing", errors=errors)
-
-
-def _modifiers(ctl, ref: dict[str, Any] | None) -> list:
-    if not ref:
-        return []
-    cm = ctl.store.get(CONFIGMAPS, ctl.namespace, ref["name"])
-    doc = yaml.safe_load(next(iter(cm["data"].values())))
-    rules = []
-    for rule in doc.get("resourceModifierRules") or []:
-        cond = rule.get("conditions") or {}
-        ops = [
-            {"op": p["operation"], "path": p["path"], "value": _velero_value(p.get("value", ""))}
-            for p in rule.get("patches") or []
-        ]
-
-        def apply(res, ns, obj, cond=cond, ops=ops):
-            if cond.get("groupResource") not in resource_names(res):
-                return obj
-            if cond.get("namespaces") and ns not in cond["namespaces"]:
-                return obj
-            if not re.search(cond.get("resourceNameRegex", ".*"), obj["metadata"]["name"]):
-                return obj
-            return json_patch(obj, ops)
-
-        rules.append(apply)
-    return rules
-
-
-def _velero_value(value: str) -> Any:
-    """Velero's JSONPatch.ToString: numbers, booleans, null, objects and arrays go in unquoted."""
-    if value in ("null", "true", "false") or value[:1] in ("{", "["):
-        return json.loads(value)
-    try:
-        return json.loads(value) if value and float(value) is not None else value
-    except ValueError:
-        return value
