@@ -142,3 +142,41 @@ def test_a_namespace_comes_back_exactly_as_it_was_backed_up(kube_api, ctl, local
     assert sorted(after) == sorted(before)
     assert {k: v for k, v in after.items() if v != before[k]} == {}
     assert ctl.volumes[(ns, "data")] == "volume v1"
+
+
+def seed_fixed_port(ctl, ns: str) -> None:
+    seed_settings(ctl, ns)
+    fixed = {"type": "NodePort", "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}
+    ctl.seed("v1", "services", ns, applied({"metadata": {"name": "fixed"}, "spec": fixed}))
+
+
+def test_a_drill_beside_a_service_with_a_fixed_node_port_verifies(kube_api, ctl, local_store):
+    """Velero keeps a nodePort `kubectl apply` asked for; its copy in a drill namespace, next to the
+    original, is refused by the API (422 'provided port is already allocated'): an item error, the
+    restore PartiallyFailed, every drill of such a namespace failed on a real cluster. The drill's
+    copies give up the nodePorts the cluster has already allocated (a resource modifier)."""
+    store = local_store()
+    (ns,) = seed_namespaces(ctl, "port", seed=seed_fixed_port)
+    target, manifest = take_backup(kube_api, store, ns)
+
+    report = velero.drill(target, manifest, store, f"p{secrets.token_hex(2)}")
+
+    assert report["verified"] is True
+    assert report["checks"][f"{ns}/services"] == {"expected": 1, "restored": 1}
+    assert ctl.store.get(SERVICES, ns, "fixed")["spec"]["ports"][0]["nodePort"] == 30080
+
+
+def test_one_object_by_name_beside_a_service_with_a_fixed_node_port(kube_api, ctl, local_store):
+    """A restore of one object by name restores its types aside, next to the originals: the same
+    refusal failed it for any namespace holding a Service with a fixed nodePort."""
+    store = local_store()
+    (ns,) = seed_namespaces(ctl, "named", seed=seed_fixed_port)
+    ctl.seed("v1", "services", ns, {"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80}]}})
+    target, manifest = take_backup(kube_api, store, ns)
+    ctl.store.delete(SERVICES, ns, "web")
+
+    options = velero.RestoreOptions(namespaces=[ns], resources=["services"], names=["web"])
+    report = velero.restore(target, manifest, store, options)
+
+    assert report["restored_objects"] == [f"{ns}/services/web"]
+    assert ctl.store.get(SERVICES, ns, "fixed")["spec"]["ports"][0]["nodePort"] == 30080
