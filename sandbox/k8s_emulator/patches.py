@@ -57,27 +57,42 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 
 def json_patch(doc: Any, ops: list[dict[str, Any]]) -> Any:
-    """RFC 6902 add/replace/remove/test, enough for resource modifiers and the client's patches."""
+    """RFC 6902 add/replace/remove/test, as strict as evanphx/json-patch (the apiserver's and
+    Velero's): a path whose parent is missing, a replace, remove or test of a missing member, an
+    index out of range are errors (422), never created or ignored."""
     doc = copy.deepcopy(doc)
     for op in ops:
         parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
         parent = doc
-        for part in parts[:-1]:
-            parent = parent[int(part)] if isinstance(parent, list) else parent.setdefault(part, {})
+        try:
+            for part in parts[:-1]:
+                parent = parent[int(part)] if isinstance(parent, list) else parent[part]
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise missing(op) from None
         last = parts[-1]
         kind = op["op"]
         if isinstance(parent, list):
-            idx = len(parent) if last == "-" else int(last)
+            idx = len(parent) if last == "-" and kind == "add" else int(last) if last.isdigit() else -1
+            if not 0 <= idx <= len(parent) - (kind != "add"):
+                raise missing(op)
             if kind == "add":
                 parent.insert(idx, op["value"])
             elif kind == "replace":
                 parent[idx] = op["value"]
             elif kind == "remove":
                 parent.pop(idx)
+            elif kind == "test" and parent[idx] != op["value"]:
+                raise ApiError(422, "Invalid", f"test operation failed at {op['path']}")
+        elif not isinstance(parent, dict) or (kind != "add" and last not in parent):
+            raise missing(op)
         elif kind in ("add", "replace"):
             parent[last] = op["value"]
         elif kind == "remove":
-            parent.pop(last, None)
-        elif kind == "test" and parent.get(last) != op["value"]:
+            del parent[last]
+        elif kind == "test" and parent[last] != op["value"]:
             raise ApiError(422, "Invalid", f"test operation failed at {op['path']}")
     return doc
+
+
+def missing(op: dict[str, Any]) -> ApiError:
+    return ApiError(422, "Invalid", f"{op['op']} operation does not apply: doc is missing path: {op['path']}")

@@ -47,6 +47,7 @@ from sandbox.k8s_emulator.store import BY_PATH, RESOURCES, ApiError, ObjectStore
 GC_PHASES = ("Completed", "PartiallyFailed", "Failed", "FailedValidation")
 BSLS = BY_PATH[("velero.io/v1", "backupstoragelocations")]
 DEFAULT_TTL = timedelta(hours=720)
+EXCLUDE_LABEL = "velero.io/exclude-from-backup"
 # what a backup of the whole cluster holds besides namespaces (item_collector.go lists every
 # cluster-scoped resource; Velero's own are not backed up)
 CLUSTER_SCOPED = [r for r in RESOURCES if not r.namespaced and r.plural != "namespaces"]
@@ -242,7 +243,7 @@ class VeleroController(Seeding):
             for res in WORKLOAD:
                 if wanted(res, inc, exc):
                     snap.items += [(res, obj) for obj in self.store.list(res, ns, selector)]
-        pvcs = [obj for res, obj in snap.items if res is PVCS]
+        pvcs = [obj for res, obj in snap.items if res is PVCS and backed_up(obj)]
         if wanted(PVS, inc, exc):  # the PVC backup item action adds its PV
             for pvc in pvcs:
                 pv = self.store.find(PVS, "", (pvc.get("spec") or {}).get("volumeName") or "")
@@ -257,6 +258,7 @@ class VeleroController(Seeding):
                         for obj in self.store.list(res, None, selector)
                         if not (res is PVS and obj["metadata"]["name"] in taken)
                     ]
+        snap.items = [(res, obj) for res, obj in snap.items if backed_up(obj)]
         status: dict[str, Any] = {}
         fs_done = self._pod_volume_backups(backup, snap, bool(spec.get("defaultVolumesToFsBackup")))
         if spec.get("snapshotVolumes") is not False:
@@ -367,6 +369,14 @@ class VeleroController(Seeding):
                 self.store.delete(DBRS, self.namespace, other["metadata"]["name"])
         with contextlib.suppress(ApiError):
             self.store.delete(DBRS, self.namespace, dbr["metadata"]["name"])
+
+
+def backed_up(obj: dict[str, Any]) -> bool:
+    """item_backupper.go itemInclusionChecks: an object labelled velero.io/exclude-from-backup=true
+    is left out ("Excluding item because it has label"), and so is one being deleted ("Skipping
+    item because it's being deleted"); a claim left out brings no PV and no snapshot."""
+    meta = obj["metadata"]
+    return (meta.get("labels") or {}).get(EXCLUDE_LABEL) != "true" and not meta.get("deletionTimestamp")
 
 
 def wait_phase(store: ObjectStore, res: Resource, ns: str, name: str, timeout: float = 5) -> str:

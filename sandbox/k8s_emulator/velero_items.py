@@ -6,6 +6,7 @@ container and PodVolumeRestores. The restore's phases and order are in velero_re
 from __future__ import annotations
 
 import copy
+import json
 import uuid
 from typing import Any
 
@@ -13,6 +14,7 @@ from sandbox.k8s_emulator.controllers import claims_of
 from sandbox.k8s_emulator.snapshot import PVCS, PVRS, PVS, Snapshot
 from sandbox.k8s_emulator.store import Resource
 
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 # restore.go resetMetadata: the only metadata a restored object loses
 SERVER_METADATA = frozenset(
     {
@@ -111,13 +113,31 @@ def _lingering(ctl, pv: dict[str, Any]) -> bool:
 
 
 def service(svc: dict[str, Any], preserve_node_ports: bool) -> None:
+    """actions/service_action.go: the cluster IPs go (unless headless); unless preserveNodePorts,
+    the nodePorts go but those the last-applied-configuration names (set by `kubectl apply`: a
+    named port by name, an unnamed one by value), and an ExternalName service keeps its own;
+    healthCheckNodePort goes for a LoadBalancer with externalTrafficPolicy Local unless applied."""
     spec = svc.setdefault("spec", {})
     if spec.get("clusterIP") != "None":
         spec.pop("clusterIP", None)
         spec.pop("clusterIPs", None)
-    if not preserve_node_ports:
+    if preserve_node_ports:
+        return
+    last = json.loads((svc["metadata"].get("annotations") or {}).get(LAST_APPLIED) or "{}")
+    asked = last.get("spec") or {}
+    if (
+        spec.get("type") == "LoadBalancer"
+        and spec.get("externalTrafficPolicy") == "Local"
+        and not asked.get("healthCheckNodePort")
+    ):
         spec.pop("healthCheckNodePort", None)
-        for port in spec.get("ports") or []:
+    if spec.get("type") == "ExternalName":
+        return
+    fixed = [p for p in asked.get("ports") or [] if p.get("nodePort")]
+    named = {p["name"] for p in fixed if p.get("name")}
+    unnamed = {int(p["nodePort"]) for p in fixed if not p.get("name")}
+    for port in spec.get("ports") or []:
+        if not (port.get("name") in named if port.get("name") else port.get("nodePort") in unnamed):
             port.pop("nodePort", None)
 
 

@@ -24,25 +24,21 @@
   only when the restore includes both PVCs and PVs: the
   pod gets the `restore-wait` init container and a PodVolumeRestore
   (actions/pod_volume_restore_action.go); a volume with no restored pod gets no data.
-- Services lose clusterIP(s) and nodePorts unless spec.preserveNodePorts
-  (actions/service_action.go): both are allocated by the new cluster.
+- Services lose clusterIP(s) (not headless ones) and, unless spec.preserveNodePorts, the
+  nodePorts the cluster allocated; those `kubectl apply` asked for (last-applied-configuration)
+  stay (actions/service_action.go), so a copy next to the original is refused (422: an item error).
+- A namespace Velero makes gets the backed-up one's labels, annotations and spec (getNamespace).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import re
 import time
 from typing import Any
 
-import yaml
-
 from sandbox.k8s_emulator.errors import ApiError
-from sandbox.k8s_emulator.patches import json_patch
 from sandbox.k8s_emulator.snapshot import (
     BACKUPS,
-    CONFIGMAPS,
     NAMESPACES,
     PODS,
     PVCS,
@@ -53,7 +49,6 @@ from sandbox.k8s_emulator.snapshot import (
     Snapshot,
     cluster_scoped_wanted,
     ns_wanted,
-    resource_names,
     wanted,
 )
 from sandbox.k8s_emulator.store import Resource, match_labels, now_iso
@@ -68,6 +63,7 @@ from sandbox.k8s_emulator.velero_items import (
     service,
     valid_name,
 )
+from sandbox.k8s_emulator.velero_modifiers import resource_modifiers
 
 ORDER = [
     "namespaces",
@@ -142,7 +138,7 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
     snap: Snapshot = ctl.snapshots.get(bname, Snapshot())
     mapping = spec.get("namespaceMapping") or {}
     update = (spec.get("existingResourcePolicy") or "none") == "update"
-    modifiers = _modifiers(ctl, spec.get("resourceModifier"))
+    modifiers = resource_modifiers(ctl, spec.get("resourceModifier"))
     restore_pvs = spec.get("restorePVs") is not False
     inc, exc = spec.get("includedResources"), spec.get("excludedResources")
     with_pvs = wanted(PVS, inc, exc)
@@ -168,15 +164,15 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
         src_ns = _source_ns(res, obj) if res.namespaced or res is NAMESPACES else ""
         ns = mapping.get(src_ns, src_ns)
         if src_ns and ctl.store.find(NAMESPACES, "", ns) is None:
-            labels = next(
-                (
-                    o["metadata"].get("labels") or {}
-                    for r, o in snap.items
-                    if r is NAMESPACES and o["metadata"]["name"] == src_ns
-                ),
-                {},
+            # restore.go getNamespace: the backed-up namespace's labels, annotations and spec
+            backed = next(
+                (o for r, o in snap.items if r is NAMESPACES and o["metadata"]["name"] == src_ns), {}
             )
-            ctl.store.create(NAMESPACES, "", {"metadata": {"name": ns, "labels": labels}})
+            meta = backed.get("metadata") or {}
+            fresh = {k: meta[k] for k in ("labels", "annotations") if meta.get(k)}
+            ctl.store.create(
+                NAMESPACES, "", {"metadata": {"name": ns, **fresh}, "spec": backed.get("spec") or {}}
+            )
             restored += 1
         if res is NAMESPACES or completed(res, obj):
             continue
@@ -189,8 +185,9 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
         elif res is PODS:
             new.setdefault("spec", {}).pop("nodeName", None)
             restore_wait(new, src_ns, obj["metadata"]["name"], snap)
-        for rule in modifiers:  # after the item actions (restore.go restoreItem)
-            new = rule(res, ns, new)
+        # after the item actions, on the object still in its source namespace (restore.go restoreItem)
+        new, failed = modifiers(res, src_ns, new)
+        errors += failed
         new = label(new, rname, bname)
         existing = ctl.store.find(res, ns, new["metadata"]["name"])
         if existing is None:
@@ -269,39 +266,3 @@ def _pod_volume_restores(ctl, restore: dict[str, Any]) -> None:
             pending += 1
     if not pending:
         ctl._set_status(RESTORES, restore, phase="Finalizing", errors=errors)
-
-
-def _modifiers(ctl, ref: dict[str, Any] | None) -> list:
-    if not ref:
-        return []
-    cm = ctl.store.get(CONFIGMAPS, ctl.namespace, ref["name"])
-    doc = yaml.safe_load(next(iter(cm["data"].values())))
-    rules = []
-    for rule in doc.get("resourceModifierRules") or []:
-        cond = rule.get("conditions") or {}
-        ops = [
-            {"op": p["operation"], "path": p["path"], "value": _velero_value(p.get("value", ""))}
-            for p in rule.get("patches") or []
-        ]
-
-        def apply(res, ns, obj, cond=cond, ops=ops):
-            if cond.get("groupResource") not in resource_names(res):
-                return obj
-            if cond.get("namespaces") and ns not in cond["namespaces"]:
-                return obj
-            if not re.search(cond.get("resourceNameRegex", ".*"), obj["metadata"]["name"]):
-                return obj
-            return json_patch(obj, ops)
-
-        rules.append(apply)
-    return rules
-
-
-def _velero_value(value: str) -> Any:
-    """Velero's JSONPatch.ToString: numbers, booleans, null, objects and arrays go in unquoted."""
-    if value in ("null", "true", "false") or value[:1] in ("{", "["):
-        return json.loads(value)
-    try:
-        return json.loads(value) if value and float(value) is not None else value
-    except ValueError:
-        return value

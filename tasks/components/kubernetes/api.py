@@ -278,9 +278,16 @@ METADATA_ONLY = {
 }
 
 
-def list_names(k: Kube, namespace: str, plural: str, label_selector: str | None = None) -> list[str]:
+# Velero leaves these out of every backup (pkg/backup/item_backupper.go itemInclusionChecks)
+EXCLUDE_FROM_BACKUP = "velero.io/exclude-from-backup"
+
+
+def list_names(
+    k: Kube, namespace: str, plural: str, label_selector: str | None = None, backed_up: bool = False
+) -> list[str]:
     """Sorted names of the objects of one kind, listed as metadata only (raw JSON: the typed
-    models refuse objects without their spec)."""
+    models refuse objects without their spec). `backed_up`: only those a Velero backup takes,
+    i.e. not labelled velero.io/exclude-from-backup=true and not being deleted."""
     fn = kind_api(k, plural, "list")
     what = f"list {plural} in {namespace}"
     resp = k.call(
@@ -295,6 +302,13 @@ def list_names(k: Kube, namespace: str, plural: str, label_selector: str | None 
         items = json.loads(resp.data)["items"] or []
     except (ValueError, KeyError, TypeError):
         raise TransientError(f"{what}: the API server sent an unreadable list") from None
+    if backed_up:
+        items = [
+            i
+            for i in items
+            if (i["metadata"].get("labels") or {}).get(EXCLUDE_FROM_BACKUP) != "true"
+            and not i["metadata"].get("deletionTimestamp")
+        ]
     return sorted(i["metadata"]["name"] for i in items)
 
 

@@ -4,13 +4,16 @@ restored aside into scratch namespaces, every named object is checked against wh
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from typing import Any
 
 from blocks.kubernetes import VeleroTarget
 from tasks.components.kubernetes import api as kube
+from tasks.components.kubernetes import claims
 from tasks.components.kubernetes.api import Kube, canonical_resource
+from tasks.components.kubernetes.ports import allocated_node_port_rules
 from tasks.components.kubernetes.restores import (
     ExistingResourcePolicy,
     RestoreOptions,
@@ -70,7 +73,11 @@ def restore_named(
             "restorePVs": False,
             "existingResourcePolicy": "none",
         }
-        cr = run_restore(k, target, spec["backupName"], spec, options.timeout_seconds, backup_id)
+        with contextlib.ExitStack() as stack:
+            # the copies stand beside the originals: no nodePort the cluster has allocated (ports.py)
+            if "services" in kinds and (rules := allocated_node_port_rules(k, list(expected))):
+                spec["resourceModifier"] = stack.enter_context(claims.resource_modifier(k, target, rules))
+            cr = run_restore(k, target, spec["backupName"], spec, options.timeout_seconds, backup_id)
         copies = [
             (plural, options.namespace_mapping.get(ns, ns), name, _read_copy(k, plural, aside[ns], name))
             for ns, kinds_ in expected.items()
