@@ -216,7 +216,10 @@ def test_rbac_has_no_wildcard_escalation_or_exec():
     assert rights
     for (_, group, resource), verbs in rights.items():
         assert "*" not in verbs and "*" not in resource and group != "*"
-        assert resource not in {"pods/exec", "serviceaccounts/token", "roles", "clusterroles", "rolebindings"}
+        assert resource not in {"pods/exec", "serviceaccounts/token"}
+        if group == "rbac.authorization.k8s.io" or resource == "serviceaccounts":
+            # listed by name for the inventory of a backup; never written (no way to escalate)
+            assert verbs <= {"list"}, (resource, verbs)
         assert "escalate" not in verbs and "bind" not in verbs and "impersonate" not in verbs
         if resource == "secrets":
             assert verbs <= {"get", "list", "create", "update"} and "delete" not in verbs

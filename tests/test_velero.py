@@ -402,6 +402,9 @@ def test_describe_current_state_counts_objects_and_lists_pvcs(kube_api, target, 
         "configmaps": 2,
         "secrets": 1,
         "persistentvolumeclaims": 1,
+        "serviceaccounts": 0,
+        "roles": 0,
+        "rolebindings": 0,
     }
     assert {(p["namespace"], p["name"]) for p in state["pvcs"]} == {(ns, "data") for ns in two_namespaces}
     assert state["velero"]["installed"] is True

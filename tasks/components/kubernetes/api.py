@@ -70,6 +70,10 @@ class Kube:
         return client.StorageV1Api(self.api)
 
     @cached_property
+    def rbac(self) -> client.RbacAuthorizationV1Api:
+        return client.RbacAuthorizationV1Api(self.api)
+
+    @cached_property
     def custom(self) -> client.CustomObjectsApi:
         return client.CustomObjectsApi(self.api)
 
@@ -244,7 +248,18 @@ KINDS: dict[str, tuple[str, str]] = {
     "configmaps": ("core", "config_map"),
     "secrets": ("core", "secret"),
     "persistentvolumeclaims": ("core", "persistent_volume_claim"),
+    # listed and verified, never written by us (no RBAC writes): restored by Velero only
+    "serviceaccounts": ("core", "service_account"),
+    "roles": ("rbac", "role"),
+    "rolebindings": ("rbac", "role_binding"),
 }
+# the kinds a restore of objects by name copies into place (named.py): not the RBAC ones, which
+# would need create/update on RBAC objects (and escalate/bind) for the flow-run account
+COPIED_KINDS = ("deployments", "services", "configmaps", "secrets", "persistentvolumeclaims")
+# Velero merges a ServiceAccount that already exists into the cluster's (pkg/restore/restore.go
+# mergeServiceAccounts, then a patch, whatever existingResourcePolicy says): never "skipped".
+# Every namespace has its `default` one, so a restore into an existing namespace always meets it
+MERGED_KINDS = ("serviceaccounts",)
 ALIASES = {
     "deploy": "deployments",
     "deployment": "deployments",
@@ -256,6 +271,10 @@ ALIASES = {
     "pvc": "persistentvolumeclaims",
     "persistentvolumeclaim": "persistentvolumeclaims",
     "pv": "persistentvolumes",
+    "sa": "serviceaccounts",
+    "serviceaccount": "serviceaccounts",
+    "role": "roles",
+    "rolebinding": "rolebindings",
 }
 
 
@@ -317,7 +336,9 @@ def selector_string(labels: dict[str, str] | None) -> str | None:
 
 
 __all__ = [
+    "COPIED_KINDS",
     "KINDS",
+    "MERGED_KINDS",
     "canonical_resource",
     "kind_api",
     "list_names",

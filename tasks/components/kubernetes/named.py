@@ -52,10 +52,22 @@ def restore_named(
         raise BadInput(
             "single PVCs cannot be copied between namespaces with their data: use the data_corruption flow"
         )
-    kinds = [p for p in kinds if p != "persistentvolumeclaims"]
+    # ServiceAccounts, Roles, RoleBindings are not copied by name (api.COPIED_KINDS: no RBAC writes)
+    uncopied = expected_objects(
+        doc, namespaces, [p for p in kinds if p not in kube.COPIED_KINDS], options.names
+    )
+    kinds = [p for p in kinds if p != "persistentvolumeclaims" and p in kube.COPIED_KINDS]
     expected = expected_objects(doc, namespaces, kinds, options.names)
     found = {n for kinds_ in expected.values() for objs in kinds_.values() for n in objs}
     absent = sorted(set(options.names or []) - found)
+    if absent and uncopied:
+        held = sorted(
+            f"{ns}/{p}/{n}" for ns, kinds_ in uncopied.items() for p, ns_ in kinds_.items() for n in ns_
+        )
+        raise BadInput(
+            f"objects {held} are ServiceAccounts, Roles or RoleBindings, which a restore by name does "
+            "not copy (the flows may not write RBAC objects): restore their namespace without names"
+        )
     if absent:
         raise BadInput(f"objects {absent} of types {kinds} are not in the backup's namespaces {namespaces}")
     for ns in expected:  # before Velero restores anything aside

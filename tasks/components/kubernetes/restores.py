@@ -236,6 +236,7 @@ def restore_document(
     skipped = sorted(
         f"{mapping.get(ns, ns)}/{plural}/{obj}"
         for (ns, plural), objs in before.items()
+        if plural not in kube.MERGED_KINDS  # Velero merges these into the cluster's
         for obj in objs
         if obj in expected[ns][plural]
     )
