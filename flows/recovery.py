@@ -241,7 +241,7 @@ def restore_with_checklist(
     # 'latest' of this scope: never a newer, narrower backup
     manifest, target_block = backup_and_target(store_block, backup_id, component, target, opts)
     given = opts.model_dump(mode="json", exclude_unset=True)
-    check_restore(manifest, target_block, given)  # what the restore would refuse, refused now
+    check_restore(manifest, target_block, store_block, given)  # what the restore would refuse, refused now
     record = _new_record(component, manifest, force, target_block, options=given)
     needs_approval = guard_block.require_approval if require_approval is None else require_approval
     checklist = {
