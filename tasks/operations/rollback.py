@@ -20,6 +20,7 @@ from prefect.blocks.core import Block
 from blocks.store import StoreBlock
 from tasks.errors import BackupError, BadInput
 from tasks.models import Manifest
+from tasks.operations.checklist import applies_globals, changed_target
 from tasks.operations.plan import target_label
 from tasks.operations.restores import CHANGED, RestoreRecord, load_restore_record, target_digest, untouched
 from tasks.storage.backends import backend_for
@@ -36,23 +37,6 @@ KUBERNETES_SCOPE = (
     "include_cluster_resources",
     "timeout_seconds",
 )
-
-
-def _postgres_globals(options: dict[str, Any]) -> bool:
-    given = options.get("include_globals")
-    return given if given is not None else not options.get("databases")
-
-
-def changed_target(component: str, options: dict[str, Any]) -> bool:
-    """False when a restore of `component` with these options (as recorded) writes nothing to
-    its target even when it succeeds."""
-    if component == "postgres-pitr":  # a new instance; the source is never touched
-        return False
-    if component == "etcd":  # without the swap: checked in a throwaway member, a plan written
-        return bool(options.get("execute_swap"))
-    if component == "postgres":  # aside only: side databases, nothing renamed over
-        return options.get("cut_over", True) is not False or _postgres_globals(options)
-    return True
 
 
 def _restored_backup(store: StoreBlock, backup_id: str, component: str) -> Manifest | None:
@@ -108,7 +92,7 @@ def _wrote_cluster_scoped(store: StoreBlock, options: dict, backup: Callable[[],
 
 def _postgres(options: dict, backup: Callable[[], Manifest | None], safety: Manifest) -> dict:
     held = set(safety.engine.get("databases") or {})
-    out: dict[str, Any] = {"include_globals": _postgres_globals(options)}
+    out: dict[str, Any] = {"include_globals": applies_globals(options)}
     if options.get("cut_over", True) is False:
         raise BadInput(
             "the restore left its databases aside (cut_over=False) and replaced none; only the "
