@@ -121,3 +121,16 @@ def test_a_pitr_through_the_checklist_starts_from_a_base_backup_that_reaches_it_
         phases = [r[0] for r in conn.execute("select phase from t order by id")]
     assert phases == ["one", "two"]
 
+
+def test_the_approval_form_says_a_pitr_without_a_target_is_promoted_at_once():
+    """The form said 'paused at the target; promote_pitr is separate' for every PITR; with no
+    target (or 'latest') PostgreSQL ends recovery itself and the instance is writable at once."""
+    from tasks.operations.plan import action_of
+    from tasks.verbs import restore_options
+
+    def action(**given):
+        return action_of("postgres-pitr", restore_options("postgres-pitr", {"directory": "/x", **given}))
+
+    assert "promoted at once" in action() and "promoted at once" in action(target_time="latest")
+    assert "paused at the target" in action(target_time="2026-01-15T14:30:00Z")
+    assert "paused at the target" in action(target_lsn="0/3000060")

@@ -136,3 +136,14 @@ def test_a_label_selector_that_matches_nothing_is_not_a_restore(shop, kube_api):
     assert record.status == "failed" and record.target_changed is False
     with pytest.raises(BadInput, match="failed before it changed"):
         rollback_restore(record.id, target=target, store=store)
+
+
+def test_the_approval_form_says_which_namespaces_go_aside():
+    """The form said 'in place: a Velero Restore into the namespaces' for a restore that maps
+    a namespace into a new one."""
+    from tasks.operations.plan import action_of
+    from tasks.verbs import restore_options
+
+    opts = restore_options("kubernetes", {"namespaces": ["a", "b"], "namespace_mapping": {"a": "copy-a"}})
+    assert "but namespaces a as copy-a: aside, into new namespaces" in action_of("kubernetes", opts)
+    assert action_of("kubernetes", restore_options("kubernetes", {})).startswith("in place")
