@@ -79,6 +79,7 @@ def backup(target: VeleroTarget, session: BackupSession) -> None:
 verify = velero.verify
 drill = velero.drill
 drill_cleanup = velero.drill_cleanup
+check_restore = velero.check_restore  # the same options, the same refusals before a checklist
 
 
 def fs_claims(target: VeleroTarget, doc: dict[str, Any]) -> dict[tuple[str, str], list[str]]:

@@ -147,3 +147,16 @@ def test_the_approval_form_says_which_namespaces_go_aside():
     opts = restore_options("kubernetes", {"namespaces": ["a", "b"], "namespace_mapping": {"a": "copy-a"}})
     assert "but namespaces a as copy-a: aside, into new namespaces" in action_of("kubernetes", opts)
     assert action_of("kubernetes", restore_options("kubernetes", {})).startswith("in place")
+
+
+def test_volumes_options_that_do_not_fit_are_refused_before_the_checklist(kube_api, ctl, local_store):
+    """Component volumes restores through the same engine and had no check_restore either."""
+    (app,) = seed_namespaces(ctl, "app")
+    target, store = kube_api.velero_target(include_namespaces=[app]), local_store()
+    backup = backup_component("volumes", target=target, store=store)
+    before, cluster = _written(store), kube_api.state()
+    with pytest.raises(BadInput, match=r"namespaces \['nope'\] are not in Velero backup"):
+        restore_with_checklist(
+            "volumes", backup_id=backup.id, target=target, store=store, options={"namespaces": ["nope"]}
+        )
+    assert _written(store) == before and kube_api.state() == cluster
