@@ -300,6 +300,7 @@ def rollback_restore(
     # undo: Velero kept the restored objects, other databases/steps were put back too)
     given = rollback_options(store_block, original.component, original.backup_id, original.options, manifest)
     opts = restore_options(original.component, given)
+    check_restore(manifest, target_block, store_block, given)  # refused now, not after the checklist
     # what the restore created is not in the safety backup: the rollback leaves it, and says so
     left = created_by_restore(store_block, original.component, original.backup_id, original.options, manifest)
     if left:

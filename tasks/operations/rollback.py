@@ -49,9 +49,10 @@ def _restored_backup(store: StoreBlock, backup_id: str, component: str) -> Manif
 def _kubernetes(
     store: StoreBlock, options: dict, backup: Callable[[], Manifest | None], safety: Manifest
 ) -> dict:
-    from tasks.components.kubernetes import load_document  # Velero's record, read only here
+    from tasks.components.kubernetes import canonical_resource, load_document  # Velero's, only here
 
-    held = set(load_document(store, safety)["inventory"])
+    inventory = load_document(store, safety)["inventory"]
+    held = set(inventory)
     mapping = options.get("namespace_mapping") or {}
     sources = options.get("namespaces")
     if sources is None and (restored := backup()) is not None:
@@ -69,6 +70,16 @@ def _kubernetes(
         out["namespaces"] = _held("namespaces", written, held)
     elif options.get("exclude_namespaces"):
         out["exclude_namespaces"] = options["exclude_namespaces"]
+    if options.get("names"):  # those the safety backup holds; the others the restore created
+        kinds = {canonical_resource(r) for r in options.get("resources") or []}
+        have = {
+            name
+            for ns in out.get("namespaces") or sorted(held)
+            for plural, names in inventory.get(ns, {}).items()
+            if not kinds or plural in kinds
+            for name in names
+        }
+        out["names"] = _held("names", list(options["names"]), have)
     return out
 
 
