@@ -67,14 +67,32 @@ def action_of(component: str, options: Any = None) -> str:
             "new instance, recovered to the end of the archived WAL and promoted at once (no target: "
             "writable, not paused); the source is not touched"
         )
-    if component in ("kubernetes", "volumes") and getattr(options, "namespace_mapping", None):
-        moved = ", ".join(f"{s} as {d}" for s, d in options.namespace_mapping.items() if s != d)
-        if moved:
-            return (
-                f"{MODES[component]}; but namespaces {moved}: aside, into new namespaces "
-                "(namespace_mapping), their sources not touched"
-            )
+    if component == "kubernetes" and options is not None:
+        return _velero_action(options)
     return MODES.get(component, "the component's own restore")
+
+
+def _velero_action(options: Any) -> str:
+    """A Kubernetes restore as its options make it: which policy applies to what exists (the
+    default leaves it: a restore of objects that all exist brings nothing back), and which
+    namespaces go aside."""
+    if str(getattr(options, "existing_resource_policy", "none")) == "update":
+        text = (
+            "in place: a Velero Restore into the namespaces; objects that exist are OVERWRITTEN "
+            "(policy update)"
+        )
+    else:
+        text = (
+            "in place: a Velero Restore into the namespaces; objects that exist are LEFT AS THEY ARE "
+            "(policy none): only missing ones come back"
+        )
+    moved = ", ".join(f"{s} as {d}" for s, d in (options.namespace_mapping or {}).items() if s != d)
+    if moved:
+        text += (
+            f"; but namespaces {moved}: aside, into new namespaces (namespace_mapping), their "
+            "sources not touched"
+        )
+    return text
 
 
 def _pitr_to_the_end(options: Any) -> bool:

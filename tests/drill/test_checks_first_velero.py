@@ -139,14 +139,19 @@ def test_a_label_selector_that_matches_nothing_is_not_a_restore(shop, kube_api):
 
 
 def test_the_approval_form_says_which_namespaces_go_aside():
-    """The form said 'in place: a Velero Restore into the namespaces' for a restore that maps
-    a namespace into a new one."""
+    """The form said 'in place: a Velero Restore into the namespaces (existing objects per the
+    policy)' for every restore: one that maps a namespace into a new one too, and without saying
+    which policy (the default, none, leaves every existing object as it is)."""
     from tasks.operations.plan import action_of
     from tasks.verbs import restore_options
 
     opts = restore_options("kubernetes", {"namespaces": ["a", "b"], "namespace_mapping": {"a": "copy-a"}})
     assert "but namespaces a as copy-a: aside, into new namespaces" in action_of("kubernetes", opts)
     assert action_of("kubernetes", restore_options("kubernetes", {})).startswith("in place")
+    # the default policy leaves what exists: a restore of objects that all exist brings nothing back
+    assert "LEFT AS THEY ARE (policy none)" in action_of("kubernetes", restore_options("kubernetes", {}))
+    update = restore_options("kubernetes", {"existing_resource_policy": "update"})
+    assert "OVERWRITTEN (policy update)" in action_of("kubernetes", update)
 
 
 def test_volumes_options_that_do_not_fit_are_refused_before_the_checklist(kube_api, ctl, local_store):
