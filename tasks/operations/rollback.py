@@ -68,8 +68,8 @@ def _kubernetes(
         skip = set(options.get("exclude_namespaces") or [])
         written = sorted({mapping.get(n, n) for n in sources if n not in skip})
         out["namespaces"] = _held("namespaces", written, held)
-    elif options.get("exclude_namespaces"):
-        out["exclude_namespaces"] = options["exclude_namespaces"]
+    elif skip := [n for n in options.get("exclude_namespaces") or [] if n in held]:
+        out["exclude_namespaces"] = skip  # those the safety backup holds (Velero: the same)
     if options.get("names"):  # those the safety backup holds; the others the restore created
         kinds = {canonical_resource(r) for r in options.get("resources") or []}
         have = {

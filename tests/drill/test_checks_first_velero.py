@@ -39,6 +39,7 @@ def shop(kube_api, ctl, local_store):
     [
         ({"namespaces": ["{a}", "nope"]}, r"namespaces \['nope'\] are not in Velero backup"),
         ({"namespaces": ["{a}"], "exclude_namespaces": ["{a}"]}, "the exclusions leave no namespace"),
+        ({"exclude_namespaces": ["{a}x"]}, r"exclude_namespaces \['{a}x'\] are not in Velero backup"),
         ({"namespaces": ["{a}"], "namespace_mapping": {"{b}": "x-{a}"}}, "this restore does not include"),
         (
             {"namespaces": ["{a}", "{b}"], "namespace_mapping": {"{a}": "x-{a}", "{b}": "x-{a}"}},
@@ -57,6 +58,7 @@ def shop(kube_api, ctl, local_store):
     ids=[
         "unknown-namespace",
         "excluded-all",
+        "misspelt-exclusion",
         "mapping-of-nothing",
         "two-onto-one",
         "onto-a-source",

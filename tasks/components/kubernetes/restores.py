@@ -96,6 +96,12 @@ def _plan(doc: dict[str, Any], options: RestoreOptions) -> tuple[list[str], list
             f"namespaces {unknown} are not in Velero backup {doc['backup']['metadata']['name']}: "
             f"it holds {in_backup}"
         )
+    misspelt = sorted(set(options.exclude_namespaces) - set(in_backup))
+    if misspelt:  # it would exclude nothing: the namespace meant is restored too
+        raise BadInput(
+            f"exclude_namespaces {misspelt} are not in Velero backup {doc['backup']['metadata']['name']}: "
+            f"it holds {in_backup}; name the namespaces to leave out as the backup has them"
+        )
     wanted = [n for n in wanted if n not in options.exclude_namespaces]
     if not wanted:  # Velero reads an empty includedNamespaces as "all of them"
         raise BadInput("the exclusions leave no namespace to restore")
