@@ -60,7 +60,11 @@ def default_target() -> VeleroTarget:
 
 
 def check_restore(
-    target: VeleroTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions
+    target: VeleroTarget,
+    manifest: Manifest,
+    store: StoreBlock,
+    options: RestoreOptions,
+    mapping_aside: bool = True,
 ) -> None:
     """What the restore would refuse, refused before a checklist, safety backup or approval:
     namespaces, mappings and names against this backup, a mapping into a namespace that exists;
@@ -72,7 +76,7 @@ def check_restore(
         from tasks.components.kubernetes.named import check_named
 
         check_named(doc, options, namespaces, kinds)
-    else:
+    elif mapping_aside:
         refuse_live_targets(k, options.namespace_mapping, namespaces)
     refuse_outside_scope(k, target, [options.namespace_mapping.get(ns, ns) for ns in namespaces])
 

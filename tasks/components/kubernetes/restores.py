@@ -161,17 +161,20 @@ def restore_document(
     options: RestoreOptions,
     backup_id: str = "",
     helper_pods: bool = False,
+    mapping_aside: bool = True,
 ) -> dict[str, Any]:
     """Restore from our record of a Velero backup; verify the objects are where expected, and
     wait for the restored PVCs to bind. `helper_pods`: the backup's pods come back only as
-    volume-restore helpers (claims.py), removed once their data is in."""
+    volume-restore helpers (claims.py), removed once their data is in. `mapping_aside`: a
+    namespace_mapping goes into new namespaces only (component volumes puts the claims into
+    the mapped namespace the kubernetes step of a full restore made)."""
     k = connect(target.kube)
     name = doc["backup"]["metadata"]["name"]
     try:  # refused before anything is created: the target is as it was
         preflight(k, target)
         get_backup_cr(k, target, name)  # unknown/expired backup: a clear error first
         namespaces, kinds = _plan(doc, options)
-        if not options.names:  # named objects are copied into the mapped namespace, which may exist
+        if mapping_aside and not options.names:  # named objects are copied in, where they may exist
             refuse_live_targets(k, options.namespace_mapping, namespaces)
     except BackupError as exc:
         raise target_untouched(exc) from None
