@@ -134,3 +134,21 @@ def test_the_approval_form_says_a_pitr_without_a_target_is_promoted_at_once():
     assert "promoted at once" in action() and "promoted at once" in action(target_time="latest")
     assert "paused at the target" in action(target_time="2026-01-15T14:30:00Z")
     assert "paused at the target" in action(target_lsn="0/3000060")
+
+
+def test_a_pitr_while_the_source_server_is_down_is_not_refused_by_the_checklist(two_bases, new_dir):
+    """Recovering from the archive is what a PITR is for when the server is gone; the checklist
+    refused it ('cannot describe the current state ... pass without_rollback=True') though the
+    restore writes nothing to the server. It is a warning now."""
+    from tasks.proc import free_port
+
+    down = two_bases["target"].model_copy(update={"port": free_port()})  # nothing listens there
+    record = restore_with_checklist(
+        "postgres-pitr",
+        backup_id=two_bases["first"].id,
+        target=down,
+        store=two_bases["store"],
+        options={"directory": new_dir, "target_time": two_bases["T"].isoformat()},
+    )
+    line = next(x for x in record.checklist if x.item == "document current state")
+    assert record.status == "restored" and line.mark == "warn" and "writes nothing" in line.detail

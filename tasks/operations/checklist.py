@@ -217,14 +217,24 @@ def _warn_or_refuse(item: str, detail: str, without_rollback: bool, exc: Excepti
 
 @task(task_run_name="checklist-document-{component}", cache_policy=NO_CACHE)
 def document_current_state(
-    component: str, target: Block, store: StoreBlock, restore_id: str, without_rollback: bool = False
+    component: str,
+    target: Block,
+    store: StoreBlock,
+    restore_id: str,
+    without_rollback: bool = False,
+    writes: bool = True,
 ) -> tuple[ChecklistLine, str | None]:
-    """describe_current_state, stored beside the restore record."""
+    """describe_current_state, stored beside the restore record. `writes` False: the restore
+    writes nothing to the target (a PITR: a new instance), so a target that cannot be described
+    (the server is down: a reason to recover) is a warning, not a refusal."""
     item = ITEMS[4]
     try:
         state: dict[str, Any] = describe_component(component, target)
     except Exception as exc:
         detail = f"cannot describe the current state: {type(exc).__name__}: {exc}"
+        if not writes:
+            allowed = detail + " (allowed: the restore writes nothing to it)"
+            return ChecklistLine(item=item, mark=Mark.warn, detail=allowed), None
         return _warn_or_refuse(item, detail, without_rollback, exc), None
     key = put_record(store, layout(store).restore_state_key(restore_id), state)
     return ChecklistLine(item=item, mark=Mark.ok, detail=f"stored at {key}"), key

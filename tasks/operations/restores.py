@@ -279,11 +279,12 @@ def _items(
             f"(data from {manifest.source_time.isoformat()}). Restore id {record.id}.",
         )
     )
+    writes = changed_target(record.component, record.options)
     line, record.current_state_key = document_current_state(
-        record.component, target, store, record.id, without_rollback
+        record.component, target, store, record.id, without_rollback, writes
     )
     add(line)
-    if changed_target(record.component, record.options):
+    if writes:
         line, record.safety_backup_id = prepare_rollback(
             record.component, target, store, record.id, without_rollback
         )
