@@ -241,7 +241,7 @@ def restore_with_checklist(
     # 'latest' of this scope: never a newer, narrower backup
     manifest, target_block = backup_and_target(store_block, backup_id, component, target, opts)
     given = opts.model_dump(mode="json", exclude_unset=True)
-    check_restore(manifest, target_block, given)  # what the restore would refuse, refused now
+    check_restore(manifest, target_block, store_block, given)  # what the restore would refuse, refused now
     record = _new_record(component, manifest, force, target_block, options=given)
     needs_approval = guard_block.require_approval if require_approval is None else require_approval
     checklist = {
@@ -300,6 +300,7 @@ def rollback_restore(
     # undo: Velero kept the restored objects, other databases/steps were put back too)
     given = rollback_options(store_block, original.component, original.backup_id, original.options, manifest)
     opts = restore_options(original.component, given)
+    check_restore(manifest, target_block, store_block, given)  # refused now, not after the checklist
     # what the restore created is not in the safety backup: the rollback leaves it, and says so
     left = created_by_restore(store_block, original.component, original.backup_id, original.options, manifest)
     if left:

@@ -91,13 +91,15 @@ describe_task = task(
 )
 
 
-def check_restore(manifest: Manifest, target: Block, options: dict[str, Any] | None = None) -> None:
+def check_restore(
+    manifest: Manifest, target: Block, store: StoreBlock, options: dict[str, Any] | None = None
+) -> None:
     """What the component's restore would refuse with these options and this backup (names it
     does not hold, a rename of nothing, a block that does not exist), refused now: before a
     checklist, a safety backup or an approval. A component with no such checks has none here."""
     check = getattr(load(manifest.component), "check_restore", None)
     if check is not None:
-        check(target, manifest, restore_options(manifest.component, options))
+        check(target, manifest, store, restore_options(manifest.component, options))
 
 
 @task(task_run_name="restore-{manifest.id}", cache_policy=NO_CACHE)

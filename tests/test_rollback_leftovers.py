@@ -4,6 +4,8 @@ rollback's record lists it, so that is never silent. Emulated Kubernetes API wit
 
 from __future__ import annotations
 
+import pytest
+
 
 def test_a_rollback_lists_the_objects_the_restore_created_that_it_leaves(
     prefect_server, kube_api, ctl, local_store
@@ -49,3 +51,49 @@ def test_nothing_created_nothing_listed(prefect_server, kube_api, ctl, local_sto
     )
     rolled = rollback_restore(record.id, target=target, store=store)
     assert load_restore_record(store, rolled.rolled_back_by).left_in_place == []
+
+
+def test_a_rollback_of_a_named_restore_puts_back_the_names_that_existed_and_lists_the_others(
+    prefect_server, kube_api, ctl, local_store
+):
+    """A names restore brought back `settings` (changed since) and `flags` (deleted since). Its
+    rollback asked for both names from the safety backup, which does not hold `flags`: the
+    rollback failed, after its own safety backup, with `settings` not put back. It now puts back
+    `settings` and lists `flags`; a rollback with no name the safety backup holds is refused
+    before its checklist."""
+    from flows.backup import backup_component
+    from flows.recovery import load_restore_record, restore_with_checklist, rollback_restore
+    from tasks.errors import BadInput
+    from tasks.storage.backends import backend_for
+    from tests.k8s_helpers import configmap, k8s, seed_namespaces, seed_settings, set_configmap
+
+    store = local_store()
+    (ns,) = seed_namespaces(ctl, "named", seed=seed_settings)
+    target = kube_api.velero_target(include_namespaces=[ns])
+    core = k8s(kube_api).core
+    core.create_namespaced_config_map(ns, {"metadata": {"name": "flags"}, "data": {"beta": "on"}})
+    backup = backup_component("kubernetes", target=target, store=store)
+    core.delete_namespaced_config_map("flags", ns)
+    set_configmap(kube_api, ns, "settings", {"m": "2"})
+    both = {"namespaces": [ns], "resources": ["configmaps"], "existing_resource_policy": "update"}
+
+    named = {**both, "names": ["settings", "flags"]}
+    record = restore_with_checklist(
+        "kubernetes", backup_id=backup.id, target=target, store=store, options=named
+    )
+    assert configmap(kube_api, ns, "settings") == {"m": "1"}
+    assert configmap(kube_api, ns, "flags") == {"beta": "on"}
+    rolled = rollback_restore(record.id, target=target, store=store)
+    rollback = load_restore_record(store, rolled.rolled_back_by)
+    assert rollback.status == "restored" and rollback.options["names"] == ["settings"]
+    assert configmap(kube_api, ns, "settings") == {"m": "2"}
+    assert rollback.left_in_place == [f"{ns}/configmaps/flags"]
+
+    core.delete_namespaced_config_map("flags", ns)
+    only_new = restore_with_checklist(
+        "kubernetes", backup_id=backup.id, target=target, store=store, options={**both, "names": ["flags"]}
+    )
+    before = sorted(backend_for(store).list_keys(store.prefix))
+    with pytest.raises(BadInput, match=r"wrote only names \['flags'\], which did not exist before"):
+        rollback_restore(only_new.id, target=target, store=store)
+    assert sorted(backend_for(store).list_keys(store.prefix)) == before

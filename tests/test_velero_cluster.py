@@ -92,3 +92,37 @@ def test_a_full_cluster_restore_puts_the_chosen_volumes_backups_data_in_the_volu
     assert ctl.volumes[(ns, "data")] == f"{ns} volume v1"  # the volumes backup's
     replicas = {d.metadata.name: d.spec.replicas for d in kube.list_deployments(k8s(kube_api), ns)}
     assert replicas == {"api": 2, "worker": 5, "cron": 1}  # the apps back as they were
+
+
+def test_a_full_cluster_restore_into_a_mapped_namespace_puts_the_volumes_data_there(
+    prefect_server, kube_api, ctl, local_store
+):
+    """Both steps map the namespace to a new one: the kubernetes step makes it with its claims,
+    the volumes step replaces those claims with the volumes backup's data. A mapping into a
+    namespace that exists is refused for component kubernetes, not for volumes, whose step
+    writes into the one the kubernetes step made. And a volumes option that the restore refuses
+    (a misspelt exclusion) is refused before any claim is deleted."""
+    from flows.backup import backup_all
+    from flows.scenarios import full_cluster_restore
+    from tasks.errors import ComponentFailed
+
+    store = local_store()
+    (ns,) = seed_namespaces(ctl, "map")
+    target = kube_api.velero_target(include_namespaces=[ns])
+    targets = {"kubernetes": target, "volumes": target}
+    backup_all(components=["kubernetes", "volumes"], targets=targets, store=store)
+    ctl.volumes[(ns, "data")] = "changed since"
+    copy = f"copy-{ns}"
+
+    with pytest.raises(ComponentFailed, match=r"step volumes failed: exclude_namespaces \['nope'\]"):
+        full_cluster_restore(
+            targets=targets, store=store, dry_run=False, options={"volumes": {"exclude_namespaces": ["nope"]}}
+        )
+    assert kube.list_names(k8s(kube_api), ns, "persistentvolumeclaims") == ["data"]  # not deleted
+
+    mapped = {"namespaces": [ns], "namespace_mapping": {ns: copy}}
+    result = full_cluster_restore(
+        targets=targets, store=store, dry_run=False, options={"kubernetes": mapped, "volumes": mapped}
+    )
+    assert result["steps"]["volumes"] == "done"
+    assert ctl.volumes[(copy, "data")] == f"{ns} volume v1" and ctl.volumes[(ns, "data")] == "changed since"

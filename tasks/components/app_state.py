@@ -55,7 +55,9 @@ class RestoreOptions(StrictOptions):
     steps: list[str] | None = Field(default=None, description="restore only these steps (default: all)")
 
 
-def check_restore(target: AppStateTarget, manifest: Manifest, options: RestoreOptions) -> list[str]:
+def check_restore(
+    target: AppStateTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions
+) -> list[str]:
     """The steps to restore, in order; what the restore would refuse is refused here, before a
     checklist, safety backup or approval."""
     by_name = {s.name: s for s in target.steps}
@@ -80,7 +82,7 @@ def restore(
     target: AppStateTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions
 ) -> dict[str, Any]:
     try:
-        wanted = check_restore(target, manifest, options)
+        wanted = check_restore(target, manifest, store, options)
     except BackupError as exc:  # before anything: a rollback must find nothing to undo
         raise target_untouched(exc) from None
     by_name = {s.name: s for s in target.steps}

@@ -81,6 +81,14 @@ drill = velero.drill
 drill_cleanup = velero.drill_cleanup
 
 
+def check_restore(
+    target: VeleroTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions
+) -> None:
+    """Kubernetes' refusals before a checklist, but a mapping may go into a namespace that
+    exists (a full restore's kubernetes step made it, with the claims this puts data into)."""
+    velero.check_restore(target, manifest, store, options, mapping_aside=False)
+
+
 def fs_claims(target: VeleroTarget, doc: dict[str, Any]) -> dict[tuple[str, str], list[str]]:
     """(namespace, claim) -> the backed-up pods whose file-system backup of it a restore brings
     back. Velero restores every volume with a PodVolumeBackup of every pod it restores into
@@ -127,7 +135,9 @@ def restore(
             rewritten = _existing_claims_rewritten(target, doc, options)
             if options.resources and "pods" not in wanted:
                 options = options.model_copy(update={"resources": [*options.resources, "pods"]})
-            report = velero.restore_document(target, doc, options, manifest.id, helper_pods=True)
+            report = velero.restore_document(
+                target, doc, options, manifest.id, helper_pods=True, mapping_aside=False
+            )
             if rewritten:
                 # Velero skipped these claims as existing, yet wrote their data: never "left as they are"
                 report["rewritten_claims"] = rewritten
@@ -138,7 +148,7 @@ def restore(
                 ).strip()
                 log.warning(report["note"])
             return report
-    return velero.restore_document(target, doc, options, manifest.id)
+    return velero.restore_document(target, doc, options, manifest.id, mapping_aside=False)
 
 
 def _existing_claims_rewritten(

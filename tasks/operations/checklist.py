@@ -178,6 +178,34 @@ def notify_stakeholders(guard: RestoreGuard, subject: str, body: str) -> Checkli
     return ChecklistLine(item=item, mark=mark, detail=detail)
 
 
+def applies_globals(options: dict[str, Any]) -> bool:
+    given = options.get("include_globals")
+    return given if given is not None else not options.get("databases")
+
+
+def changed_target(component: str, options: dict[str, Any]) -> bool:
+    """False when a restore of `component` with these options (as recorded) writes nothing to
+    its target even when it succeeds: it takes no safety backup, and has nothing to roll back."""
+    if component == "postgres-pitr":  # a new instance; the source is never touched
+        return False
+    if component == "etcd":  # without the swap: checked in a throwaway member, a plan written
+        return bool(options.get("execute_swap"))
+    if component == "postgres":  # aside only: side databases, nothing renamed over
+        return options.get("cut_over", True) is not False or applies_globals(options)
+    return True
+
+
+def no_safety_backup_needed(component: str) -> ChecklistLine:
+    """The line of a restore whose options write nothing to its target: a safety backup of it
+    (a whole base backup of the server, for a PITR) would hold what nothing replaces."""
+    return ChecklistLine(
+        item=ITEMS[5],
+        mark=Mark.ok,
+        detail=f"no safety backup: with these options the restore writes nothing to {component}'s "
+        "target, so there is nothing to roll back",
+    )
+
+
 def _warn_or_refuse(item: str, detail: str, without_rollback: bool, exc: Exception) -> ChecklistLine:
     """A rollback step that could not be done refuses the restore, unless the operator said
     production is gone (without_rollback): then it is a warning line and the restore goes on."""
@@ -189,14 +217,24 @@ def _warn_or_refuse(item: str, detail: str, without_rollback: bool, exc: Excepti
 
 @task(task_run_name="checklist-document-{component}", cache_policy=NO_CACHE)
 def document_current_state(
-    component: str, target: Block, store: StoreBlock, restore_id: str, without_rollback: bool = False
+    component: str,
+    target: Block,
+    store: StoreBlock,
+    restore_id: str,
+    without_rollback: bool = False,
+    writes: bool = True,
 ) -> tuple[ChecklistLine, str | None]:
-    """describe_current_state, stored beside the restore record."""
+    """describe_current_state, stored beside the restore record. `writes` False: the restore
+    writes nothing to the target (a PITR: a new instance), so a target that cannot be described
+    (the server is down: a reason to recover) is a warning, not a refusal."""
     item = ITEMS[4]
     try:
         state: dict[str, Any] = describe_component(component, target)
     except Exception as exc:
         detail = f"cannot describe the current state: {type(exc).__name__}: {exc}"
+        if not writes:
+            allowed = detail + " (allowed: the restore writes nothing to it)"
+            return ChecklistLine(item=item, mark=Mark.warn, detail=allowed), None
         return _warn_or_refuse(item, detail, without_rollback, exc), None
     key = put_record(store, layout(store).restore_state_key(restore_id), state)
     return ChecklistLine(item=item, mark=Mark.ok, detail=f"stored at {key}"), key

@@ -180,11 +180,12 @@ def restore_volumes(
     from tasks.components.kubernetes import api as kube
     from tasks.components.kubernetes.backups import _kinds, load_document
     from tasks.components.kubernetes.quiesce import quiesced
-    from tasks.components.kubernetes.restores import _present
+    from tasks.components.kubernetes.restores import _plan, _present
     from tasks.operations.disaster import delete_pvcs_task, refuse_retained_volumes
 
     opts = restore_options("volumes", options)
     doc = load_document(store, manifest)
+    _plan(doc, opts)  # what the restore would refuse, before any claim is deleted
     if (
         opts.restore_pvs is False
         or opts.names

@@ -62,7 +62,44 @@ def action_of(component: str, options: Any = None) -> str:
             f"aside: vhost {options.vhost!r} of the backup as {options.into_vhost!r} (into_vhost), "
             "without its shovels, federation upstreams and federation policies; no other vhost is touched"
         )
+    if component == "postgres-pitr" and options is not None and _pitr_to_the_end(options):
+        return (
+            "new instance, recovered to the end of the archived WAL and promoted at once (no target: "
+            "writable, not paused); the source is not touched"
+        )
+    if component == "kubernetes" and options is not None:
+        return _velero_action(options)
     return MODES.get(component, "the component's own restore")
+
+
+def _velero_action(options: Any) -> str:
+    """A Kubernetes restore as its options make it: which policy applies to what exists (the
+    default leaves it: a restore of objects that all exist brings nothing back), and which
+    namespaces go aside."""
+    if str(getattr(options, "existing_resource_policy", "none")) == "update":
+        text = (
+            "in place: a Velero Restore into the namespaces; objects that exist are OVERWRITTEN "
+            "(policy update)"
+        )
+    else:
+        text = (
+            "in place: a Velero Restore into the namespaces; objects that exist are LEFT AS THEY ARE "
+            "(policy none): only missing ones come back"
+        )
+    moved = ", ".join(f"{s} as {d}" for s, d in (options.namespace_mapping or {}).items() if s != d)
+    if moved:
+        text += (
+            f"; but namespaces {moved}: aside, into new namespaces (namespace_mapping), their "
+            "sources not touched"
+        )
+    return text
+
+
+def _pitr_to_the_end(options: Any) -> bool:
+    """A PITR with no target (or 'latest'): PostgreSQL ends recovery itself, no pause."""
+    when = getattr(options, "target_time", None)
+    named = getattr(options, "target_lsn", None) or getattr(options, "target_name", None)
+    return not named and (when is None or (isinstance(when, str) and when.strip().lower() == "latest"))
 
 
 class PlanStep(BaseModel):

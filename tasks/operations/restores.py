@@ -27,10 +27,12 @@ from tasks.operations.checklist import (
     ChecklistLine,
     Mark,
     Refused,
+    changed_target,
     checklist_markdown,
     confirm_contents,
     document_current_state,
     maintenance_window,
+    no_safety_backup_needed,
     notify_stakeholders,
     prepare_rollback,
     still_as_verified,
@@ -277,13 +279,17 @@ def _items(
             f"(data from {manifest.source_time.isoformat()}). Restore id {record.id}.",
         )
     )
+    writes = changed_target(record.component, record.options)
     line, record.current_state_key = document_current_state(
-        record.component, target, store, record.id, without_rollback
+        record.component, target, store, record.id, without_rollback, writes
     )
     add(line)
-    line, record.safety_backup_id = prepare_rollback(
-        record.component, target, store, record.id, without_rollback
-    )
+    if writes:
+        line, record.safety_backup_id = prepare_rollback(
+            record.component, target, store, record.id, without_rollback
+        )
+    else:  # a PITR into a new instance, etcd without the swap, postgres aside only
+        line = no_safety_backup_needed(record.component)
     add(line)
     if not needs_approval:
         # the audit trail says who decided: the guard, or the caller over the guard's word
@@ -301,6 +307,8 @@ def _items(
         + (f", fingerprint {short_state(safety.fingerprint)}" if safety.fingerprint else "")
         if safety
         else "unknown (no safety backup)"
+        if changed_target(record.component, record.options)
+        else "left as it is: with these options the restore writes nothing to it"
     )
     if state:
         now_there += f"; configured as {short_state(state)}"

@@ -20,6 +20,7 @@ from prefect.blocks.core import Block
 from blocks.store import StoreBlock
 from tasks.errors import BackupError, BadInput
 from tasks.models import Manifest
+from tasks.operations.checklist import applies_globals, changed_target
 from tasks.operations.plan import target_label
 from tasks.operations.restores import CHANGED, RestoreRecord, load_restore_record, target_digest, untouched
 from tasks.storage.backends import backend_for
@@ -38,23 +39,6 @@ KUBERNETES_SCOPE = (
 )
 
 
-def _postgres_globals(options: dict[str, Any]) -> bool:
-    given = options.get("include_globals")
-    return given if given is not None else not options.get("databases")
-
-
-def changed_target(component: str, options: dict[str, Any]) -> bool:
-    """False when a restore of `component` with these options (as recorded) writes nothing to
-    its target even when it succeeds."""
-    if component == "postgres-pitr":  # a new instance; the source is never touched
-        return False
-    if component == "etcd":  # without the swap: checked in a throwaway member, a plan written
-        return bool(options.get("execute_swap"))
-    if component == "postgres":  # aside only: side databases, nothing renamed over
-        return options.get("cut_over", True) is not False or _postgres_globals(options)
-    return True
-
-
 def _restored_backup(store: StoreBlock, backup_id: str, component: str) -> Manifest | None:
     try:
         return get_backup(store, backup_id, component)
@@ -65,9 +49,10 @@ def _restored_backup(store: StoreBlock, backup_id: str, component: str) -> Manif
 def _kubernetes(
     store: StoreBlock, options: dict, backup: Callable[[], Manifest | None], safety: Manifest
 ) -> dict:
-    from tasks.components.kubernetes import load_document  # Velero's record, read only here
+    from tasks.components.kubernetes import canonical_resource, load_document  # Velero's, only here
 
-    held = set(load_document(store, safety)["inventory"])
+    inventory = load_document(store, safety)["inventory"]
+    held = set(inventory)
     mapping = options.get("namespace_mapping") or {}
     sources = options.get("namespaces")
     if sources is None and (restored := backup()) is not None:
@@ -83,8 +68,18 @@ def _kubernetes(
         skip = set(options.get("exclude_namespaces") or [])
         written = sorted({mapping.get(n, n) for n in sources if n not in skip})
         out["namespaces"] = _held("namespaces", written, held)
-    elif options.get("exclude_namespaces"):
-        out["exclude_namespaces"] = options["exclude_namespaces"]
+    elif skip := [n for n in options.get("exclude_namespaces") or [] if n in held]:
+        out["exclude_namespaces"] = skip  # those the safety backup holds (Velero: the same)
+    if options.get("names"):  # those the safety backup holds; the others the restore created
+        kinds = {canonical_resource(r) for r in options.get("resources") or []}
+        have = {
+            name
+            for ns in out.get("namespaces") or sorted(held)
+            for plural, names in inventory.get(ns, {}).items()
+            if not kinds or plural in kinds
+            for name in names
+        }
+        out["names"] = _held("names", list(options["names"]), have)
     return out
 
 
@@ -108,7 +103,7 @@ def _wrote_cluster_scoped(store: StoreBlock, options: dict, backup: Callable[[],
 
 def _postgres(options: dict, backup: Callable[[], Manifest | None], safety: Manifest) -> dict:
     held = set(safety.engine.get("databases") or {})
-    out: dict[str, Any] = {"include_globals": _postgres_globals(options)}
+    out: dict[str, Any] = {"include_globals": applies_globals(options)}
     if options.get("cut_over", True) is False:
         raise BadInput(
             "the restore left its databases aside (cut_over=False) and replaced none; only the "

@@ -22,7 +22,7 @@ from typing import Any
 
 from blocks.store import StoreBlock
 from tasks.components import kubernetes as velero
-from tasks.components import volumes
+from tasks.components import postgres_pitr, volumes
 from tasks.components.registry import load, load_target
 from tasks.errors import BackupError, BadInput, ConfigurationError
 from tasks.models import Manifest
@@ -30,6 +30,7 @@ from tasks.operations.recovery import PointGap, RecoveryPoint
 from tasks.storage.catalog import LATEST, backup_at_or_before, get_backup, latest_backup
 
 Gap = Callable[[Manifest], str | None]
+PITR = "postgres-pitr"
 
 
 def _options(component: str, options: Any) -> Any:
@@ -202,4 +203,9 @@ def backup_and_target(
     except ConfigurationError:
         latest_backup(store, component)  # NotFound when there is nothing to restore at all
         raise
+    if component == PITR and options is not None:
+        # the newest base backup may end after the recovery target: 'latest' is the newest one
+        # that reaches it, as pitr_postgres chooses (the newest was refused after the checklist)
+        chosen = postgres_pitr.base_backup_for(target, store, _options(component, options))
+        return get_backup(store, chosen, component), target
     return backup_for(store, LATEST, component, target, options), target

@@ -27,7 +27,14 @@ from tasks.components.etcd.member import (
     _restore_and_check,
     throwaway_member,
 )
-from tasks.components.etcd.swap import check_preflight, execute, on_control_plane, publish, swap_plan
+from tasks.components.etcd.swap import (
+    SwapRolledBack,
+    check_preflight,
+    execute,
+    on_control_plane,
+    publish,
+    swap_plan,
+)
 from tasks.components.etcd.tools import (
     MANAGED_HINT,
     OBJECT,
@@ -41,7 +48,7 @@ from tasks.components.etcd.tools import (
     snapshot_status,
     tools,
 )
-from tasks.errors import BadInput, ComponentFailed, ConfigurationError
+from tasks.errors import BackupError, BadInput, ComponentFailed, ConfigurationError, target_untouched
 from tasks.models import Manifest
 from tasks.storage.session import BackupSession
 
@@ -103,23 +110,34 @@ class RestoreOptions(StrictOptions):
     )
 
 
+def check_restore(target: EtcdTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions) -> None:
+    """What the swap would refuse, refused before a checklist, safety snapshot or approval: not
+    the control-plane node, no peer_url, a leftover of an earlier attempt. Without execute_swap
+    nothing is written, so nothing is checked."""
+    if not options.execute_swap:
+        return
+    if not on_control_plane(target):
+        raise ConfigurationError(
+            f"execute_swap refused: this is not the etcd control-plane node (no "
+            f"{Path(target.manifests_dir) / 'etcd.yaml'} / {Path(target.data_dir) / 'member'}). Run the "
+            "restore flow there (a Job pinned to the node with hostPath mounts) or follow the plan by "
+            "hand. " + MANAGED_HINT
+        )
+    if not target.peer_url:
+        raise BadInput(
+            "execute_swap needs the target's peer_url (and member_name): this member's real values"
+        )
+    check_preflight(swap_plan(tools(target), target, manifest, OBJECT))
+
+
 def restore(
     target: EtcdTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions
 ) -> dict[str, Any]:
     tl = tools(target)
-    if options.execute_swap:
-        if not on_control_plane(target):
-            raise ConfigurationError(
-                f"execute_swap refused: this is not the etcd control-plane node (no "
-                f"{Path(target.manifests_dir) / 'etcd.yaml'} / {Path(target.data_dir) / 'member'}). Run the "
-                "restore flow there (a Job pinned to the node with hostPath mounts) or follow the plan by "
-                "hand. " + MANAGED_HINT
-            )
-        if not target.peer_url:
-            raise BadInput(
-                "execute_swap needs the target's peer_url (and member_name): this member's real values"
-            )
-        check_preflight(swap_plan(tl, target, manifest, OBJECT))  # fail before the long verification
+    try:  # before the long verification; a refusal leaves the control plane as it was
+        check_restore(target, manifest, store, options)
+    except BackupError as exc:
+        raise target_untouched(exc) from None
     with private_dir(target, "restore") as tmp:
         checks = _restore_and_check(tl, target, store, manifest, tmp, f"klb-verify-{secrets.token_hex(4)}")
         plan = swap_plan(tl, target, manifest, str(tmp / OBJECT) if options.execute_swap else f"./{OBJECT}")
@@ -131,7 +149,10 @@ def restore(
             "tool": tl.describe(),
         }
         if options.execute_swap:
-            report["swap_steps_done"] = execute(plan, target, tl)
+            try:
+                report["swap_steps_done"] = execute(plan, target, tl)
+            except SwapRolledBack as exc:  # every step undone: the old data dir is live again
+                raise target_untouched(exc) from None
             report["swap_executed"] = True
         else:
             report["next"] = (
@@ -198,6 +219,7 @@ __all__ = [
     "_download",
     "_healthy",
     "backup",
+    "check_restore",
     "count_keys",
     "default_target",
     "describe_current_state",

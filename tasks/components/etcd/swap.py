@@ -208,6 +208,11 @@ def check_preflight(plan: dict[str, Any]) -> None:
         )
 
 
+class SwapRolledBack(ComponentFailed):
+    """The swap failed and every step it took was undone: the control plane runs on its old
+    data dir, as before the swap (the restored one is kept aside as -failed-)."""
+
+
 def _run_step(step: dict[str, Any], target: EtcdTarget, tl: Tools, env: dict[str, str]) -> None:
     if step["kind"] == "run":
         run(step["argv"], {"ETCDCTL_API": "3"}, timeout=1800, name=step["argv"][0])
@@ -260,24 +265,28 @@ def execute(plan: dict[str, Any], target: EtcdTarget, tl: Tools) -> list[str]:
             except ComponentFailed as exc:
                 failure = f"etcd swap failed at '{step['step']}': {str(exc).splitlines()[-1][:300]}"
                 log.error("%s; rolling back %d step(s)", failure, len(done))
-                raise ComponentFailed(f"{failure}. {_roll_back(done, target, tl, env)}") from None
+                undone, outcome = _roll_back(done, target, tl, env)
+                raise (SwapRolledBack if undone else ComponentFailed)(f"{failure}. {outcome}") from None
             done.append(step)
     return [s["step"] for s in done]
 
 
-def _roll_back(done: list[dict[str, Any]], target: EtcdTarget, tl: Tools, env: dict[str, str]) -> str:
+def _roll_back(
+    done: list[dict[str, Any]], target: EtcdTarget, tl: Tools, env: dict[str, str]
+) -> tuple[bool, str]:
+    """-> (every step undone, what to tell)."""
     undone: list[str] = []
     for undo in [u for step in reversed(done) for u in step["undo"]]:
         log.warning("etcd swap rollback: %s", undo["step"])
         try:
             _run_step(undo, target, tl, env)
         except ComponentFailed as exc:
-            return (
+            return False, (
                 f"ROLLBACK FAILED at '{undo['step']}' ({str(exc).splitlines()[-1][:300]}) after: {undone}. "
                 "The control plane needs you now: finish by hand from the plan's rollback."
             )
         undone.append(undo["step"])
-    return (
+    return True, (
         "Rolled back, the control plane is as it was before the swap (old data dir in place, etcd "
         f"and kube-apiserver running): {undone}"
     )

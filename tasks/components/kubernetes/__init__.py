@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from blocks.kubernetes import VeleroTarget
+from blocks.store import StoreBlock
 from tasks.components.contract import target_from_env
 from tasks.components.kubernetes import api as kube
 from tasks.components.kubernetes.api import KINDS, canonical_resource, connect
@@ -26,10 +27,12 @@ from tasks.components.kubernetes.backups import (
 )
 from tasks.components.kubernetes.drills import SCALE_TO_ZERO, drill, drill_cleanup, drill_namespaces
 from tasks.components.kubernetes.expiry import keep_until
+from tasks.components.kubernetes.prechecks import refuse_live_targets, refuse_outside_scope
 from tasks.components.kubernetes.restores import (
     DNS_LABEL,
     ExistingResourcePolicy,
     RestoreOptions,
+    _plan,
     restore,
     restore_document,
     safety_backup,
@@ -47,12 +50,35 @@ from tasks.components.kubernetes.velero import (
     run_restore,
 )
 from tasks.errors import ConfigurationError
+from tasks.models import Manifest
 
 Target = VeleroTarget
 
 
 def default_target() -> VeleroTarget:
     return target_from_env(VeleroTarget, "Velero", "KLB_VELERO_TARGET")  # type: ignore[return-value]
+
+
+def check_restore(
+    target: VeleroTarget,
+    manifest: Manifest,
+    store: StoreBlock,
+    options: RestoreOptions,
+    mapping_aside: bool = True,
+) -> None:
+    """What the restore would refuse, refused before a checklist, safety backup or approval:
+    namespaces, mappings and names against this backup, a mapping into a namespace that exists;
+    and namespaces that exist outside the target block's, which its safety backup would not hold."""
+    doc = load_document(store, manifest)
+    namespaces, kinds = _plan(doc, options)
+    k = connect(target.kube)
+    if options.names:
+        from tasks.components.kubernetes.named import check_named
+
+        check_named(doc, options, namespaces, kinds)
+    elif mapping_aside:
+        refuse_live_targets(k, options.namespace_mapping, namespaces)
+    refuse_outside_scope(k, target, [options.namespace_mapping.get(ns, ns) for ns in namespaces])
 
 
 def describe_current_state(target: VeleroTarget) -> dict[str, Any]:
@@ -108,6 +134,7 @@ __all__ = [
     "backup",
     "canonical_resource",
     "cancel_backup",
+    "check_restore",
     "default_target",
     "describe_backup",
     "describe_current_state",

@@ -44,32 +44,7 @@ def restore_named(
 ) -> dict[str, Any]:
     """Restore the resource types aside into a scratch namespace, check the named objects are
     there and can all be put in place, copy just those, and remove the scratch."""
-    if (
-        "persistentvolumeclaims" in kinds
-        and options.resources
-        and "persistentvolumeclaims" in {canonical_resource(r) for r in options.resources}
-    ):
-        raise BadInput(
-            "single PVCs cannot be copied between namespaces with their data: use the data_corruption flow"
-        )
-    # ServiceAccounts, Roles, RoleBindings are not copied by name (api.COPIED_KINDS: no RBAC writes)
-    uncopied = expected_objects(
-        doc, namespaces, [p for p in kinds if p not in kube.COPIED_KINDS], options.names
-    )
-    kinds = [p for p in kinds if p != "persistentvolumeclaims" and p in kube.COPIED_KINDS]
-    expected = expected_objects(doc, namespaces, kinds, options.names)
-    found = {n for kinds_ in expected.values() for objs in kinds_.values() for n in objs}
-    absent = sorted(set(options.names or []) - found)
-    if absent and uncopied:
-        held = sorted(
-            f"{ns}/{p}/{n}" for ns, kinds_ in uncopied.items() for p, ns_ in kinds_.items() for n in ns_
-        )
-        raise BadInput(
-            f"objects {held} are ServiceAccounts, Roles or RoleBindings, which a restore by name does "
-            "not copy (the flows may not write RBAC objects): restore their namespace without names"
-        )
-    if absent:
-        raise BadInput(f"objects {absent} of types {kinds} are not in the backup's namespaces {namespaces}")
+    kinds, expected = check_named(doc, options, namespaces, kinds)
     for ns in expected:  # before Velero restores anything aside
         ensure_namespace(k, options.namespace_mapping.get(ns, ns))
     token = secrets.token_hex(3)
@@ -126,6 +101,40 @@ def restore_named(
         "existing_resource_policy": policy.value,
         "verified_objects": len(copied) + len(skipped),
     }
+
+
+def check_named(
+    doc: dict[str, Any], options: RestoreOptions, namespaces: list[str], kinds: list[str]
+) -> tuple[list[str], dict[str, dict[str, list[str]]]]:
+    """-> (the kinds copied, the named objects per namespace and kind); BadInput for a single PVC
+    or a name the backup does not hold."""
+    if (
+        "persistentvolumeclaims" in kinds
+        and options.resources
+        and "persistentvolumeclaims" in {canonical_resource(r) for r in options.resources}
+    ):
+        raise BadInput(
+            "single PVCs cannot be copied between namespaces with their data: use the data_corruption flow"
+        )
+    # ServiceAccounts, Roles, RoleBindings are not copied by name (api.COPIED_KINDS: no RBAC writes)
+    uncopied = expected_objects(
+        doc, namespaces, [p for p in kinds if p not in kube.COPIED_KINDS], options.names
+    )
+    kinds = [p for p in kinds if p != "persistentvolumeclaims" and p in kube.COPIED_KINDS]
+    expected = expected_objects(doc, namespaces, kinds, options.names)
+    found = {n for kinds_ in expected.values() for objs in kinds_.values() for n in objs}
+    absent = sorted(set(options.names or []) - found)
+    if absent and uncopied:
+        held = sorted(
+            f"{ns}/{p}/{n}" for ns, kinds_ in uncopied.items() for p, ns_ in kinds_.items() for n in ns_
+        )
+        raise BadInput(
+            f"objects {held} are ServiceAccounts, Roles or RoleBindings, which a restore by name does "
+            "not copy (the flows may not write RBAC objects): restore their namespace without names"
+        )
+    if absent:
+        raise BadInput(f"objects {absent} of types {kinds} are not in the backup's namespaces {namespaces}")
+    return kinds, expected
 
 
 def ensure_namespace(k: Kube, name: str) -> None:

@@ -21,6 +21,7 @@ from tasks.components.kubernetes import api as kube
 from tasks.components.kubernetes import claims
 from tasks.components.kubernetes.api import Kube, canonical_resource, connect
 from tasks.components.kubernetes.backups import BackupSpec, _kinds, load_document
+from tasks.components.kubernetes.prechecks import check_mapping, refuse_live_targets
 from tasks.components.kubernetes.velero import (
     BACKUP_TERMINAL,
     _call,
@@ -31,7 +32,7 @@ from tasks.components.kubernetes.velero import (
     preflight,
     run_restore,
 )
-from tasks.errors import BadInput, ComponentFailed, IntegrityError
+from tasks.errors import BackupError, BadInput, ComponentFailed, IntegrityError, target_untouched
 from tasks.models import Manifest
 
 log = logging.getLogger(__name__)
@@ -95,12 +96,19 @@ def _plan(doc: dict[str, Any], options: RestoreOptions) -> tuple[list[str], list
             f"namespaces {unknown} are not in Velero backup {doc['backup']['metadata']['name']}: "
             f"it holds {in_backup}"
         )
+    misspelt = sorted(set(options.exclude_namespaces) - set(in_backup))
+    if misspelt:  # it would exclude nothing: the namespace meant is restored too
+        raise BadInput(
+            f"exclude_namespaces {misspelt} are not in Velero backup {doc['backup']['metadata']['name']}: "
+            f"it holds {in_backup}; name the namespaces to leave out as the backup has them"
+        )
     wanted = [n for n in wanted if n not in options.exclude_namespaces]
     if not wanted:  # Velero reads an empty includedNamespaces as "all of them"
         raise BadInput("the exclusions leave no namespace to restore")
     unknown = sorted(set(options.namespace_mapping) - set(wanted))
     if unknown:
         raise BadInput(f"namespace_mapping names {unknown}, which this restore does not include")
+    check_mapping(wanted, options.namespace_mapping)
     kinds = _kinds(options.resources or [], options.exclude_resources)
     if (
         not options.names
@@ -153,15 +161,23 @@ def restore_document(
     options: RestoreOptions,
     backup_id: str = "",
     helper_pods: bool = False,
+    mapping_aside: bool = True,
 ) -> dict[str, Any]:
     """Restore from our record of a Velero backup; verify the objects are where expected, and
     wait for the restored PVCs to bind. `helper_pods`: the backup's pods come back only as
-    volume-restore helpers (claims.py), removed once their data is in."""
+    volume-restore helpers (claims.py), removed once their data is in. `mapping_aside`: a
+    namespace_mapping goes into new namespaces only (component volumes puts the claims into
+    the mapped namespace the kubernetes step of a full restore made)."""
     k = connect(target.kube)
-    preflight(k, target)
     name = doc["backup"]["metadata"]["name"]
-    get_backup_cr(k, target, name)  # unknown/expired backup: a clear error before anything is created
-    namespaces, kinds = _plan(doc, options)
+    try:  # refused before anything is created: the target is as it was
+        preflight(k, target)
+        get_backup_cr(k, target, name)  # unknown/expired backup: a clear error first
+        namespaces, kinds = _plan(doc, options)
+        if mapping_aside and not options.names:  # named objects are copied in, where they may exist
+            refuse_live_targets(k, options.namespace_mapping, namespaces)
+    except BackupError as exc:
+        raise target_untouched(exc) from None
     if options.names:
         # named.py builds on this module (options, safety backup): imported here, not at the top
         from tasks.components.kubernetes.named import restore_named
@@ -220,6 +236,17 @@ def restore_document(
             )
         cr = run_restore(k, target, name, spec, options.timeout_seconds, backup_id)
     limit = options.timeout_seconds or target.restore_timeout_seconds
+    if (cr.get("status") or {}).get("progress", {}).get("totalItems") == 0:
+        # nothing in the backup matched (a label selector or resource type that matches no
+        # object): Velero says Completed, and with nothing expected nothing was missing
+        raise target_untouched(
+            BadInput(
+                f"Velero restore {cr['metadata']['name']} matched no object of backup {name} "
+                f"(namespaces {namespaces}, resources {options.resources or 'all'}, label selector "
+                f"{options.label_selector or 'none'}): nothing was restored. Check the filters against "
+                f"`velero backup describe {name} --details`"
+            )
+        )
     if helper_pods:
         claims.remove_helpers(k, target, targets, token, limit)
     missing = {

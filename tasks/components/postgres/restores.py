@@ -75,7 +75,9 @@ def _quiesced(options: RestoreOptions) -> Iterator[dict[str, int] | None]:
         yield replicas
 
 
-def check_restore(target: PostgresTarget, manifest: Manifest, options: RestoreOptions) -> None:
+def check_restore(
+    target: PostgresTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions
+) -> None:
     """What the restore would refuse, checked before a checklist, safety backup or approval: the
     databases and renames against this backup, and the Kubernetes block to quiesce through."""
     plan = _plan(manifest, options)

@@ -31,6 +31,7 @@ from tasks.components.postgres_pitr.recover import (
     NOT_REACHED,
     STATE_FILE,
     RestoreOptions,
+    check_directory,
     default_directory,
     free_port,
     promote,
@@ -38,7 +39,7 @@ from tasks.components.postgres_pitr.recover import (
     stop_instance,
 )
 from tasks.components.postgres_pitr.server import check_config, connect, pg_bindir, require_archiving
-from tasks.components.postgres_pitr.window import parse_target
+from tasks.components.postgres_pitr.window import RecoveryTarget, parse_target
 from tasks.models import Manifest
 
 Target = PitrTarget
@@ -50,11 +51,30 @@ def default_target() -> PitrTarget:
     )  # type: ignore[return-value]
 
 
+def goal_of(options: RestoreOptions) -> RecoveryTarget:
+    """The recovery target the options name ('latest' when they name none)."""
+    when = options.target_time or (None if options.target_lsn or options.target_name else "latest")
+    return parse_target(when, options.target_lsn, options.target_name)
+
+
+def check_restore(target: PitrTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions) -> None:
+    """Before a checklist or approval: the target (with a zone, not in the future, inside the
+    recoverable window and reachable from this base backup) and a new directory."""
+    goal = goal_of(options)
+    check_directory(options.directory)
+    plan(target, store, goal, backup_id=manifest.id)
+
+
+def base_backup_for(target: PitrTarget, store: StoreBlock, options: RestoreOptions) -> str:
+    """What 'latest' means for a PITR: the newest base backup from which the options' target
+    is reachable (the newest of all may end after a time target; the restore then refused)."""
+    return plan(target, store, goal_of(options))[2].id
+
+
 def restore(
     target: PitrTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions
 ) -> dict[str, Any]:
-    when = options.target_time or (None if options.target_lsn or options.target_name else "latest")
-    goal = parse_target(when, options.target_lsn, options.target_name)
+    goal = goal_of(options)
     plan(target, store, goal, backup_id=manifest.id)
     return recover(target, manifest, store, goal, options)
 
@@ -99,7 +119,9 @@ __all__ = [
     "STATE_FILE",
     "Target",
     "backup",
+    "base_backup_for",
     "catalog_backups",
+    "check_restore",
     "check_config",
     "connect",
     "default_directory",
@@ -109,6 +131,7 @@ __all__ = [
     "drill_cleanup",
     "format_lsn",
     "free_port",
+    "goal_of",
     "parse_lsn",
     "parse_target",
     "pg_bindir",

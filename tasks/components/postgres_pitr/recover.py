@@ -81,12 +81,18 @@ def default_directory(goal: RecoveryTarget) -> str:
     return str(Path(base) / new_backup_id("pitr"))
 
 
-def _prepare_directory(path: str, user: str) -> Path:
+def check_directory(path: str) -> Path:
+    """The recovered instance's directory: absolute, and new (absent or empty)."""
     root = Path(path)
     if not root.is_absolute():
         raise BadInput(f"directory {path!r} must be an absolute path")
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise BadInput(f"directory {path} exists and is not empty: PITR only restores into a new directory")
+    return root
+
+
+def _prepare_directory(path: str, user: str) -> Path:
+    root = check_directory(path)
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     (root / "data").mkdir(mode=0o700)
     (root / "socket").mkdir(mode=0o700)

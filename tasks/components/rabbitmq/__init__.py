@@ -237,7 +237,7 @@ def restore(
     target: RabbitMQTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions
 ) -> dict[str, Any]:
     try:
-        check_restore(target, manifest, options)
+        check_restore(target, manifest, store, options)
     except BadInput as exc:  # before anything: a rollback must find nothing to undo
         raise target_untouched(exc) from None
     docs = _load(store, manifest)

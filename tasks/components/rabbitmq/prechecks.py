@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from blocks.rabbitmq import RabbitMQTarget
+from blocks.store import StoreBlock
 from tasks.components.rabbitmq.api import _get, _vhost_exists, connect, q
 from tasks.components.rabbitmq.definitions import FEDERATION_POLICY_KEYS, PLUGIN_COMPONENTS, differences
 from tasks.errors import BadInput
@@ -22,7 +23,9 @@ if TYPE_CHECKING:  # the options are the component's own (its __init__ imports t
     from tasks.components.rabbitmq import RestoreOptions
 
 
-def check_restore(target: RabbitMQTarget, manifest: Manifest, options: RestoreOptions) -> None:
+def check_restore(
+    target: RabbitMQTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions
+) -> None:
     """Before a checklist, safety backup or approval: a copy under into_vhost goes aside, into a
     vhost that does not exist. Into an existing one the import merged with what was there (and
     the approval form said 'aside'), and no rollback takes a merge apart."""
