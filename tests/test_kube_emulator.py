@@ -412,13 +412,46 @@ def test_a_resource_version_in_a_patch_is_a_precondition(kube_api, ns):
 def test_lists_come_in_chunks_with_limit_and_continue(kube_api, ns):
     """api-concepts "Retrieving large results sets in chunks": `limit` gives at most that many
     items, `metadata.continue` (and remainingItemCount) while more remain; the token resumes
-    after the last one; a token that is not the server's is a 400."""
+    after the last one; a token that is not the server's is a 400. (The namespace also holds the
+    cluster's kube-root-ca.crt, last by name.)"""
     k = k8s(kube_api)
     for name in ("c1", "c2", "c3"):
         k.core.create_namespaced_config_map(ns, {"metadata": {"name": name}})
     first = k.core.list_namespaced_config_map(ns, limit=2)
     assert [c.metadata.name for c in first.items] == ["c1", "c2"]
-    assert first.metadata.remaining_item_count == 1 and first.metadata._continue
+    assert first.metadata.remaining_item_count == 2 and first.metadata._continue
     rest = k.core.list_namespaced_config_map(ns, limit=2, _continue=first.metadata._continue)
-    assert [c.metadata.name for c in rest.items] == ["c3"] and rest.metadata._continue is None
+    assert [c.metadata.name for c in rest.items] == ["c3", "kube-root-ca.crt"]
+    assert rest.metadata._continue is None
     assert status_of(lambda: k.core.list_namespaced_config_map(ns, limit=2, _continue="bogus")) == 400
+
+
+def test_a_new_namespace_gets_the_clusters_default_account_and_root_ca(kube_api, ns, tmp_path):
+    """kube-controller-manager's serviceaccount controller and root-ca-cert-publisher
+    (pkg/controller/serviceaccount, pkg/controller/certificates/rootcacertpublisher): every new
+    namespace holds a ServiceAccount `default` and a ConfigMap `kube-root-ca.crt` (`ca.crt`, the
+    cluster's CA), made by the system: a caller allowed to create namespaces and nothing else
+    gets both, though it may neither create nor read them."""
+    from blocks.kubernetes import KubernetesTarget
+    from tasks.components.kubernetes import api as kube
+
+    ctl, rbac = kube_api.controller, "rbac.authorization.k8s.io/v1"
+    ctl.seed("v1", "serviceaccounts", ns, {"metadata": {"name": "maker"}})
+    rule = {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["create"]}
+    ctl.seed(rbac, "clusterroles", "", {"metadata": {"name": f"{ns}-maker"}, "rules": [rule]})
+    ref = {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": f"{ns}-maker"}
+    subject = {"kind": "ServiceAccount", "name": "maker", "namespace": ns}
+    binding = {"metadata": {"name": f"{ns}-maker"}, "roleRef": ref, "subjects": [subject]}
+    ctl.seed(rbac, "clusterrolebindings", "", binding)
+    config = kube_api.service_account_kubeconfig(ns, "maker", tmp_path / "maker.kubeconfig")
+    maker, admin = kube.connect(KubernetesTarget(kubeconfig_path=str(config))), k8s(kube_api)
+    fresh = f"{ns}-new"
+
+    maker.core.create_namespace({"metadata": {"name": fresh}})
+
+    assert [a.metadata.name for a in admin.core.list_namespaced_service_account(fresh).items] == ["default"]
+    (root_ca,) = admin.core.list_namespaced_config_map(fresh).items
+    assert root_ca.metadata.name == "kube-root-ca.crt"
+    assert list(root_ca.data) == ["ca.crt"]
+    assert root_ca.data["ca.crt"].startswith("-----BEGIN CERTIFICATE-----")
+    assert status_of(lambda: maker.core.list_namespaced_config_map(fresh)) == 403

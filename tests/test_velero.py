@@ -87,7 +87,7 @@ def test_partial_restore_restores_only_the_named_resource_types(kube_api, target
     )
     assert report["verified_objects"] == 3
     k = k8s(kube_api)
-    assert kube.list_names(k, shop, "configmaps") == ["flags", "settings"]
+    assert kube.list_names(k, shop, "configmaps") == ["flags", "kube-root-ca.crt", "settings"]
     assert kube.list_names(k, shop, "secrets") == ["db-password"]
     assert kube.list_names(k, shop, "deployments") == []
     assert kube.list_names(k, shop, "persistentvolumeclaims") == []
@@ -150,7 +150,7 @@ def test_an_object_deleted_while_velero_backs_up_is_not_expected_back(
     opts = velero.RestoreOptions(namespaces=[shop], namespace_mapping={shop: f"copy-{shop}"})
     report = velero.restore(target, done["m"], store, opts)
     assert report["phase"] == "Completed"
-    assert kube.list_names(k8s(kube_api), f"copy-{shop}", "configmaps") == ["settings"]
+    assert kube.list_names(k8s(kube_api), f"copy-{shop}", "configmaps") == ["kube-root-ca.crt", "settings"]
     doc = velero.load_document(store, done["m"])
     assert doc["changed_during_backup"] == [f"{shop}/configmaps/flags"]
 

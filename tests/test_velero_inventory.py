@@ -21,10 +21,9 @@ ACCOUNTS = BY_PATH[("v1", "serviceaccounts")]
 
 
 def seed_accounts(ctl, ns: str) -> None:
-    """A namespace with its `default` ServiceAccount (kube-controller-manager makes one in every
-    namespace), an application account, a Role and the RoleBinding that grants it."""
+    """A namespace (with the `default` ServiceAccount the emulated kube-controller-manager makes
+    in every namespace), an application account, a Role and the RoleBinding that grants it."""
     seed_settings(ctl, ns)
-    ctl.seed("v1", "serviceaccounts", ns, {"metadata": {"name": "default"}})
     ctl.seed("v1", "serviceaccounts", ns, {"metadata": {"name": "runner"}})
     rule = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}
     ctl.seed(RBAC, "roles", ns, {"metadata": {"name": "read"}, "rules": [rule]})
@@ -49,7 +48,8 @@ def test_the_inventory_holds_service_accounts_roles_and_role_bindings(kube_api, 
     (ns,) = seed_namespaces(ctl, "acct", seed=seed_accounts)
     _, manifest = take_backup(kube_api, store, ns)
     held = velero.load_document(store, manifest)["inventory"][ns]
-    assert held["serviceaccounts"] == ["default", "runner"]
+    # `default` is the cluster's (made in every namespace, there before any restore): not ours
+    assert held["serviceaccounts"] == ["runner"]
     assert held["roles"] == ["read"] and held["rolebindings"] == ["read"]
 
 
@@ -89,7 +89,8 @@ def test_service_accounts_already_there_are_not_reported_as_left_as_they_were(ku
 
     report = velero.restore(target, manifest, store, velero.RestoreOptions())
 
-    assert report["phase"] == "Completed" and report["verified_objects"] == 5
+    # settings, runner, the Role and the RoleBinding: `default` and kube-root-ca.crt are the cluster's
+    assert report["phase"] == "Completed" and report["verified_objects"] == 4
     assert {o["metadata"]["name"] for o in ctl.store.list(ACCOUNTS, ns)} == {"default", "runner"}
     assert report["already_existed"] == [f"{ns}/rolebindings/read", f"{ns}/roles/read"]
 

@@ -19,6 +19,11 @@ run them (asynchronously: a client must wait for them, as on a real cluster).
 - PVC protection (pkg/controller/volume/pvcprotection): the kubernetes.io/pvc-protection
   finalizer is removed only when no pod uses the claim; a removed claim's PV goes with it when
   its reclaimPolicy is Delete, and with it the volume's data; with Retain the PV stays, Released.
+- Every new namespace gets what the serviceaccount controller and the root-ca-cert-publisher
+  (pkg/controller/serviceaccount, pkg/controller/certificates/rootcacertpublisher) put in it: the
+  ServiceAccount `default` and the ConfigMap `kube-root-ca.crt` (`ca.crt`: the cluster's CA).
+  Made by the system (no caller's RBAC applies), at once: before anything a client or Velero
+  creates in the namespace, the case a restore into a fresh namespace must cope with.
 """
 
 from __future__ import annotations
@@ -34,6 +39,16 @@ DEPLOYMENTS, PODS = BY_PATH[("apps/v1", "deployments")], BY_PATH[("v1", "pods")]
 PVCS, PVS = BY_PATH[("v1", "persistentvolumeclaims")], BY_PATH[("v1", "persistentvolumes")]
 CLASSES = BY_PATH[("storage.k8s.io/v1", "storageclasses")]
 PROTECTION = "kubernetes.io/pvc-protection"
+NAMESPACES, ACCOUNTS = BY_PATH[("v1", "namespaces")], BY_PATH[("v1", "serviceaccounts")]
+CONFIGMAPS = BY_PATH[("v1", "configmaps")]
+ROOT_CA = "kube-root-ca.crt"
+# a fixed, fake cluster CA (not a usable certificate): the same in every namespace, as on a cluster
+FAKE_CA_PEM = (
+    "-----BEGIN CERTIFICATE-----\n"
+    "MIIBdzCCAR2gAwIBAgIBADAKBggqhkjOPQQDAjAjMSEwHwYDVQQDDBhrM3MtZW11bGF0\n"
+    "b3Itc2VydmVyLWNhMB4XDTI2MDEwMTAwMDAwMFoXDTM2MDEwMTAwMDAwMFowIzEhMB8G\n"
+    "-----END CERTIFICATE-----\n"
+)
 
 
 def claims_of(pod: dict[str, Any]) -> list[tuple[str, str]]:
@@ -51,6 +66,33 @@ class ClusterControllers:
         self.volumes = volumes  # (namespace, pvc) -> the data on its volume
         self.hold_termination = False  # deleted pods stay terminating (still running) while True
         store.on_remove.append(self._removed)
+        store.on_create.append(self._namespace_created)
+
+    def _namespace_created(self, res: Resource, ns: str, obj: dict[str, Any]) -> None:
+        """The serviceaccount controller and the root-ca-cert-publisher, for a new namespace."""
+        if res is not NAMESPACES:
+            return
+        name = obj["metadata"]["name"]
+        for kind, made in (
+            (ACCOUNTS, {"metadata": {"name": "default"}}),
+            (
+                CONFIGMAPS,
+                {
+                    "metadata": {
+                        "name": ROOT_CA,
+                        "annotations": {
+                            "kubernetes.io/description": "Contains a CA bundle that can be used to verify "
+                            "the kube-apiserver when using internal endpoints such as the internal "
+                            "service IP or kubernetes.default.svc. No other usage is guaranteed across "
+                            "distributions of Kubernetes clusters."
+                        },
+                    },
+                    "data": {"ca.crt": FAKE_CA_PEM},
+                },
+            ),
+        ):
+            with suppress(ApiError):  # already there
+                self.store.create(kind, name, made)
 
     def reconcile(self) -> None:
         self.store.finalize_namespaces()

@@ -154,6 +154,7 @@ class ObjectStore:
         self.terminating: dict[str, float] = {}  # namespace -> when it is finally removed
         self.created: list[tuple[str, str, str, dict]] = []  # (plural, ns, name, labels) of every create
         self.on_remove: list = []  # callbacks(res, ns, name, obj) when an object is really gone
+        self.on_create: list = []  # callbacks(res, ns, obj) after a create, under the lock
         self.services = ServiceAllocator()
         # the custom resources' schemas as installed (an older Velero's CRDs declare fewer fields)
         self.crd_fields = copy.deepcopy(VELERO_FIELDS)
@@ -243,6 +244,8 @@ class ObjectStore:
             self._stamp(obj)
             self.objects[(res, ns, name)] = obj
             self.created.append((res.plural, ns, name, dict(meta.get("labels") or {})))
+            for hook in self.on_create:
+                hook(res, ns, obj)
             return copy.deepcopy(obj)
 
     def replace(

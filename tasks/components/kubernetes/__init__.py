@@ -82,7 +82,8 @@ def check_restore(
 
 
 def describe_current_state(target: VeleroTarget) -> dict[str, Any]:
-    """Namespaces, object counts per kind, PVCs; and what Velero holds (pre-restore checklist)."""
+    """Namespaces, object counts per kind (not those the cluster makes in every namespace), PVCs;
+    and what Velero holds (pre-restore checklist)."""
     k = connect(target.kube)
     existing = kube.list_namespaces(k)
     wanted = (
@@ -95,7 +96,7 @@ def describe_current_state(target: VeleroTarget) -> dict[str, Any]:
         if ns not in existing:
             state["namespaces"][ns] = {"exists": False}
             continue
-        counts = {plural: len(kube.list_names(k, ns, plural)) for plural in KINDS}
+        counts = {p: len(kube.workload_names(p, kube.list_names(k, ns, p))) for p in KINDS}
         state["namespaces"][ns] = {"exists": True, "counts": counts}
         state["pvcs"] += kube.list_pvcs(k, ns)
     try:

@@ -260,6 +260,13 @@ COPIED_KINDS = ("deployments", "services", "configmaps", "secrets", "persistentv
 # mergeServiceAccounts, then a patch, whatever existingResourcePolicy says): never "skipped".
 # Every namespace has its `default` one, so a restore into an existing namespace always meets it
 MERGED_KINDS = ("serviceaccounts",)
+# What the cluster itself makes in every namespace, within moments of its creation: the
+# serviceaccount controller its ServiceAccount `default`, the root-ca-cert-publisher its ConfigMap
+# `kube-root-ca.crt` (the cluster's CA). Velero backs them up, but they are the cluster's, not the
+# workload's: in a namespace Velero restores into they are there before its copies (which it then
+# skips, or merges), and the CA must stay the target cluster's. So no inventory, count or check
+# of ours holds them: never "missing", never "already existed" for a user to act on
+CLUSTER_MANAGED = frozenset({("serviceaccounts", "default"), ("configmaps", "kube-root-ca.crt")})
 ALIASES = {
     "deploy": "deployments",
     "deployment": "deployments",
@@ -276,6 +283,11 @@ ALIASES = {
     "role": "roles",
     "rolebinding": "rolebindings",
 }
+
+
+def workload_names(plural: str, names: list[str]) -> list[str]:
+    """`names` of kind `plural` without the objects the cluster makes in every namespace."""
+    return [n for n in names if (plural, n) not in CLUSTER_MANAGED]
 
 
 def canonical_resource(name: str) -> str:
@@ -336,12 +348,14 @@ def selector_string(labels: dict[str, str] | None) -> str | None:
 
 
 __all__ = [
+    "CLUSTER_MANAGED",
     "COPIED_KINDS",
     "KINDS",
     "MERGED_KINDS",
     "canonical_resource",
     "kind_api",
     "list_names",
+    "workload_names",
     "selector_string",
     "AlreadyExists",
     "Kube",

@@ -102,12 +102,16 @@ def inventory(
 ) -> dict[str, dict[str, list[str]]]:
     """namespace -> kind -> sorted object names, as the API lists them now (names only: no data);
     a namespace that is gone holds nothing. Only what Velero backs up: not the objects labelled
-    velero.io/exclude-from-backup=true, nor those being deleted (a restore must not expect them)."""
+    velero.io/exclude-from-backup=true, nor those being deleted (a restore must not expect them);
+    nor those the cluster makes in every namespace (kube.CLUSTER_MANAGED: there before any restore)."""
     selector = selector_string(label_selector)
     out: dict[str, dict[str, list[str]]] = {}
     for ns in namespaces:
         try:
-            out[ns] = {plural: kube.list_names(k, ns, plural, selector, backed_up=True) for plural in kinds}
+            out[ns] = {
+                plural: kube.workload_names(plural, kube.list_names(k, ns, plural, selector, backed_up=True))
+                for plural in kinds
+            }
         except NotFound:
             out[ns] = dict.fromkeys(kinds, [])
     return out

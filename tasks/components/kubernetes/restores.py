@@ -138,11 +138,13 @@ def velero_resources(options: RestoreOptions) -> list[str] | None:
 def expected_objects(
     doc: dict[str, Any], namespaces: list[str], kinds: list[str], names: list[str] | None
 ) -> dict:
-    """(target namespace unmapped) -> kind -> names the backup holds and the restore asks for."""
+    """(target namespace unmapped) -> kind -> names the backup holds and the restore asks for; not
+    the objects the cluster makes in every namespace (recorded by inventories older than
+    kube.CLUSTER_MANAGED): they are there whatever Velero does with its copies."""
     out: dict[str, dict[str, list[str]]] = {}
     for ns in namespaces:
         for plural in kinds:
-            held = doc["inventory"].get(ns, {}).get(plural, [])
+            held = kube.workload_names(plural, doc["inventory"].get(ns, {}).get(plural, []))
             picked = [n for n in held if names is None or n in names]
             if picked:
                 out.setdefault(ns, {})[plural] = picked
