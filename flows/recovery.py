@@ -42,7 +42,6 @@ from tasks.operations.restores import (
     target_digest,
 )
 from tasks.operations.rollback import (
-    changed_target,
     check_nothing_later,
     check_rollback_allowed,
     check_same_target,
@@ -53,7 +52,7 @@ from tasks.operations.rollback import (
 from tasks.operations.scope import backup_and_target
 from tasks.storage.catalog import get_backup
 from tasks.storage.records import put_record
-from tasks.verbs import check_restore, restore_options, restore_task
+from tasks.verbs import check_restore, restore_options, restore_task, writes_target
 
 __all__ = [
     "restore_plan",
@@ -157,7 +156,7 @@ def _locked_restore(
         record.report = restore_task(manifest, target, store, options)
         record.status = "restored"
         # by its options it may have written nothing (aside only, a plan): nothing to roll back
-        record.target_changed = changed_target(record.component, record.options)
+        record.target_changed = writes_target(record.component, record.options)
     except Exception as exc:
         record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
         if getattr(exc, "target_untouched", False):  # the component knows it changed nothing

@@ -70,6 +70,14 @@ def restore_options(component: str, options: dict[str, Any] | None) -> Any:
         raise BadInput(f"invalid restore options for {component}: {exc}") from None
 
 
+def writes_target(component: str, options: dict[str, Any] | None) -> bool:
+    """False when a restore of `component` with these options (as recorded) writes nothing to its
+    target even when it succeeds: it takes no safety backup and has nothing to roll back. The
+    component says so (its optional `writes_target`); without it, every restore writes."""
+    says = getattr(load(component), "writes_target", None)
+    return True if says is None else bool(says(restore_options(component, options)))
+
+
 def describe_component(component: str, target: Block) -> dict[str, Any]:
     return load(component).describe_current_state(target)
 

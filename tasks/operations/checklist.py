@@ -178,23 +178,6 @@ def notify_stakeholders(guard: RestoreGuard, subject: str, body: str) -> Checkli
     return ChecklistLine(item=item, mark=mark, detail=detail)
 
 
-def applies_globals(options: dict[str, Any]) -> bool:
-    given = options.get("include_globals")
-    return given if given is not None else not options.get("databases")
-
-
-def changed_target(component: str, options: dict[str, Any]) -> bool:
-    """False when a restore of `component` with these options (as recorded) writes nothing to
-    its target even when it succeeds: it takes no safety backup, and has nothing to roll back."""
-    if component == "postgres-pitr":  # a new instance; the source is never touched
-        return False
-    if component == "etcd":  # without the swap: checked in a throwaway member, a plan written
-        return bool(options.get("execute_swap"))
-    if component == "postgres":  # aside only: side databases, nothing renamed over
-        return options.get("cut_over", True) is not False or applies_globals(options)
-    return True
-
-
 def no_safety_backup_needed(component: str) -> ChecklistLine:
     """The line of a restore whose options write nothing to its target: a safety backup of it
     (a whole base backup of the server, for a PITR) would hold what nothing replaces."""

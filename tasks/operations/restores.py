@@ -27,7 +27,6 @@ from tasks.operations.checklist import (
     ChecklistLine,
     Mark,
     Refused,
-    changed_target,
     checklist_markdown,
     confirm_contents,
     document_current_state,
@@ -42,6 +41,7 @@ from tasks.operations.plan import action_of, short_state, target_label
 from tasks.storage.catalog import get_backup, list_backups
 from tasks.storage.layout import layout
 from tasks.storage.records import get_record, put_record
+from tasks.verbs import writes_target
 
 Status = Literal["running", "refused", "cancelled", "failed", "restored", "rolled back"]
 # a restore in one of these states may have changed the target: a rollback puts the safety copy back.
@@ -279,7 +279,7 @@ def _items(
             f"(data from {manifest.source_time.isoformat()}). Restore id {record.id}.",
         )
     )
-    writes = changed_target(record.component, record.options)
+    writes = writes_target(record.component, record.options)
     line, record.current_state_key = document_current_state(
         record.component, target, store, record.id, without_rollback, writes
     )
@@ -307,7 +307,7 @@ def _items(
         + (f", fingerprint {short_state(safety.fingerprint)}" if safety.fingerprint else "")
         if safety
         else "unknown (no safety backup)"
-        if changed_target(record.component, record.options)
+        if writes_target(record.component, record.options)
         else "left as it is: with these options the restore writes nothing to it"
     )
     if state:

@@ -20,12 +20,12 @@ from prefect.blocks.core import Block
 from blocks.store import StoreBlock
 from tasks.errors import BackupError, BadInput
 from tasks.models import Manifest
-from tasks.operations.checklist import applies_globals, changed_target
 from tasks.operations.plan import target_label
 from tasks.operations.restores import CHANGED, RestoreRecord, load_restore_record, target_digest, untouched
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import get_backup
 from tasks.storage.layout import RESTORE_RECORD, RESTORES, layout
+from tasks.verbs import restore_options, writes_target
 
 # the options of a Kubernetes restore that narrow what it wrote, carried over to its rollback
 KUBERNETES_SCOPE = (
@@ -103,7 +103,9 @@ def _wrote_cluster_scoped(store: StoreBlock, options: dict, backup: Callable[[],
 
 def _postgres(options: dict, backup: Callable[[], Manifest | None], safety: Manifest) -> dict:
     held = set(safety.engine.get("databases") or {})
-    out: dict[str, Any] = {"include_globals": applies_globals(options)}
+    from tasks.components.postgres import applies_globals  # the component's rule, used only here
+
+    out: dict[str, Any] = {"include_globals": applies_globals(restore_options("postgres", options))}
     if options.get("cut_over", True) is False:
         raise BadInput(
             "the restore left its databases aside (cut_over=False) and replaced none; only the "
@@ -135,7 +137,7 @@ def rollback_options(
 ) -> dict[str, Any]:
     """The restore options that put back, from `safety`, exactly what the restore of `backup_id`
     with `options` (as recorded) wrote to; BadInput when there is nothing it can put back."""
-    if not changed_target(component, options):
+    if not writes_target(component, options):
         raise BadInput(
             f"the restore's options ({options or 'defaults'}) wrote nothing to its {component} "
             "target, so there is nothing to roll back; the current data stays as it is"
@@ -192,7 +194,7 @@ def created_by_restore(
     backup does not hold (new databases, namespaces, objects, vhosts, steps): a rollback puts back
     what the safety backup holds and cannot tell these from what was written since, so it leaves
     them, and says so. Listed, never deleted here: deleting is the operator's call."""
-    if not changed_target(component, options):
+    if not writes_target(component, options):
         return []
     restored = _restored_backup(store, backup_id, component)
     if restored is None:

@@ -110,6 +110,11 @@ class RestoreOptions(StrictOptions):
     )
 
 
+def writes_target(options: RestoreOptions) -> bool:
+    """Without the swap a restore is checked in a throwaway member and writes a plan: nothing live."""
+    return options.execute_swap
+
+
 def check_restore(target: EtcdTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions) -> None:
     """What the swap would refuse, refused before a checklist, safety snapshot or approval: not
     the control-plane node, no peer_url, a leftover of an earlier attempt. Without execute_swap
@@ -211,8 +216,8 @@ def download_snapshot(
 __all__ = [
     "MANAGED_HINT",
     "OBJECT",
-    "RestoreOptions",
     "STATUS_FIELDS",
+    "RestoreOptions",
     "Target",
     "Tools",
     "_check_status",
@@ -233,4 +238,5 @@ __all__ = [
     "throwaway_member",
     "tools",
     "verify",
+    "writes_target",
 ]

@@ -31,7 +31,14 @@ from tasks.components.postgres.common import (
 )
 from tasks.components.postgres.dump import GLOBALS, GLOBALS_MAX, _select, backup, verify
 from tasks.components.postgres.fingerprint import fingerprint_database
-from tasks.components.postgres.restores import RestoreOptions, check_restore, restore, restore_aside
+from tasks.components.postgres.restores import (
+    RestoreOptions,
+    applies_globals,
+    check_restore,
+    restore,
+    restore_aside,
+    writes_target,
+)
 from tasks.errors import BadInput, IsolationTaken
 from tasks.models import Manifest
 from tasks.storage.session import verify_object
@@ -115,6 +122,7 @@ __all__ = [
     "GLOBALS_MAX",
     "RestoreOptions",
     "Target",
+    "applies_globals",
     "backup",
     "check_restore",
     "default_target",
@@ -124,4 +132,5 @@ __all__ = [
     "restore",
     "restore_aside",
     "verify",
+    "writes_target",
 ]

@@ -204,6 +204,16 @@ def _timed(seconds: dict[str, float], phase: str) -> Iterator[None]:
         seconds[phase] = time.monotonic() - started
 
 
+def applies_globals(options: RestoreOptions) -> bool:
+    """Whether the restore applies the backup's roles (globals): said, else only a whole restore."""
+    return options.include_globals if options.include_globals is not None else not options.databases
+
+
+def writes_target(options: RestoreOptions) -> bool:
+    """Aside only (cut_over=False) and no globals: side databases, nothing renamed over."""
+    return options.cut_over is not False or applies_globals(options)
+
+
 def restore(
     target: PostgresTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions
 ) -> dict[str, Any]:
@@ -211,7 +221,7 @@ def restore(
         plan = _plan(manifest, options)
     except BadInput as exc:  # before anything: a rollback must find nothing to undo
         raise target_untouched(exc) from None
-    with_globals = options.include_globals if options.include_globals is not None else not options.databases
+    with_globals = applies_globals(options)
     # every byte checks out before anything on the server changes
     facts = manifest.engine["databases"]
     parts = ("object", "post_data_object")  # backups from before the split have no post-data

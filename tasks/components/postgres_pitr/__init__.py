@@ -65,6 +65,11 @@ def check_restore(target: PitrTarget, manifest: Manifest, store: StoreBlock, opt
     plan(target, store, goal, backup_id=manifest.id)
 
 
+def writes_target(options: RestoreOptions) -> bool:
+    """A recovery makes a new instance; the source server is never written to."""
+    return False
+
+
 def base_backup_for(target: PitrTarget, store: StoreBlock, options: RestoreOptions) -> str:
     """What 'latest' means for a PITR: the newest base backup from which the options' target
     is reachable (the newest of all may end after a time target; the restore then refused)."""
@@ -115,14 +120,14 @@ __all__ = [
     "BASE_OBJECT",
     "DEFAULT_PITR_ROOT",
     "NOT_REACHED",
-    "RestoreOptions",
     "STATE_FILE",
+    "RestoreOptions",
     "Target",
     "backup",
     "base_backup_for",
     "catalog_backups",
-    "check_restore",
     "check_config",
+    "check_restore",
     "connect",
     "default_directory",
     "default_target",
@@ -143,4 +148,5 @@ __all__ = [
     "stop_instance",
     "verify",
     "wal_archive",
+    "writes_target",
 ]
