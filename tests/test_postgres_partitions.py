@@ -97,12 +97,15 @@ def _backup(admin_target, db: str, split, local_store, at_root=AT_ROOT):
     manifest = take_backup(target, store)
     parts = manifest.engine["databases"][db]["table_parts"]
     in_parts = {t["table"] for t in parts}
-    # t's partitions each in several parts, loaded through the root; r's into themselves
+    # t's partitions loaded through the root; r's into themselves
     for table in parts:
         assert table.get("load_into") == (
             {"schema": "public", "table": at_root[table["table"]]} if table["table"] in at_root else None
         )
-        assert len(table["objects"]) >= 2 or not table["table"].startswith("t")
+    # some partition of t in several parts, so parallel COPYs through the root are tested (which
+    # ones depends on the enum's OIDs in this cluster: a partition that drew few labels fits in a
+    # page or two, one part; of 3000 rows in 4 partitions one holds at least 750)
+    assert split is None or any(len(t["objects"]) >= 2 for t in parts if t["table"].startswith("t"))
     # in parts: every leaf (however small); whole: none
     assert in_parts == (set() if split is None else {*at_root, "r1", "r2"})
     # compared at the root: the leaves under hash partitioning; r's are compared one by one
