@@ -33,11 +33,10 @@ WORDS = (
     "'function','cold','start','error','success','queue','message','bucket','region','knative',"
     "'revision','service','deploy','scale','replica','pod','node','cluster','trace','span'"
 )
-GENERATE = f"""
-CREATE EXTENSION IF NOT EXISTS pgcrypto;
-CREATE TABLE events (id bigint PRIMARY KEY, account uuid NOT NULL, kind text NOT NULL,
+TABLE = f"""
+CREATE TABLE {{table}} (id bigint PRIMARY KEY, account uuid NOT NULL, kind text NOT NULL,
   body text, amount numeric(12,2), at timestamptz NOT NULL);
-INSERT INTO events
+INSERT INTO {{table}}
 SELECT i, gen_random_uuid(),
   (ARRAY['signup','login','purchase','refund','logout'])[1 + floor(random() * 5)::int],
   md5(random()::text) || ' ' || (ARRAY[{WORDS}])[1 + floor(random() * 30)::int]
@@ -45,10 +44,18 @@ SELECT i, gen_random_uuid(),
     || ' ' || (ARRAY[{WORDS}])[1 + floor(random() * 30)::int]
     || ' ' || encode(gen_random_bytes(24), 'base64') || ' ' || (random() * 1e6)::int,
   round((random() * 1000)::numeric, 2), now() - random() * interval '365 days'
-FROM generate_series(1, %s) i;
-CREATE INDEX events_account ON events (account);
-CREATE INDEX events_at ON events (at);
+FROM generate_series(1, {{rows}}) i;
+CREATE INDEX {{table}}_account ON {{table}} (account);
+CREATE INDEX {{table}}_at ON {{table}} (at);
 """
+
+
+def generate(rows: int, tables: int) -> str:
+    """The bench database: `rows` rows of realistic entropy, in one table `events` or spread over
+    `tables` tables `events_1`... (the shape of a database of many mid-sized tables)."""
+    names = ["events"] if tables == 1 else [f"events_{i}" for i in range(1, tables + 1)]
+    body = "".join(TABLE.format(table=name, rows=rows // len(names)) for name in names)
+    return "CREATE EXTENSION IF NOT EXISTS pgcrypto;\n" + body
 
 
 def run_measured(stages: list[list[str]], env: dict, stdout_path: str | None = None) -> tuple[float, int]:
@@ -129,6 +136,7 @@ def main() -> None:
     )
     parser.add_argument("--scale", type=float, default=1.0, help="1.0 = ~0.5 GB of SQL")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each fast pipeline (median shown)")
+    parser.add_argument("--tables", type=int, default=1, help="spread the rows over this many tables")
     parser.add_argument("--child", choices=["backup", "restore"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -157,7 +165,7 @@ def main() -> None:
         rows = max(1000, int(ROWS_PER_SCALE * args.scale))
         t0 = time.monotonic()
         run_sql(src_env, "CREATE DATABASE bench")
-        run_sql(src_env, GENERATE % rows, "bench")
+        run_sql(src_env, generate(rows, args.tables), "bench")
         size = subprocess.run(
             [*psql, "-d", "bench", "-At", "-c", "SELECT pg_database_size('bench')"],
             env=src_env,
@@ -165,7 +173,8 @@ def main() -> None:
             capture_output=True,
             text=True,
         ).stdout.strip()
-        print(f"generated {rows} rows, database {int(size) / 2**20:.0f} MiB in {time.monotonic() - t0:.1f}s")
+        took = time.monotonic() - t0
+        print(f"generated {rows} rows in {args.tables} table(s), {int(size) / 2**20:.0f} MiB in {took:.1f}s")
         # autovacuum of the fresh table would otherwise run beside the first measured pipelines
         run_sql(src_env, "VACUUM ANALYZE", "bench")
 

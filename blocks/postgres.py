@@ -40,11 +40,18 @@ class PostgresTarget(StrictBlock):
         default=None, description="directory of pg_dump/pg_restore/psql (default: from PATH)"
     )
     connect_timeout: int = Field(default=10, ge=1, le=300)
+    table_objects_from_mib: int | None = Field(
+        default=32,
+        ge=0,
+        description="tables of at least this many MiB are backed up as objects of their own "
+        "(COPY in the dump's snapshot), which a restore loads side by side; smaller ones go "
+        "through pg_dump's one stream; empty: only split tables (below) have their own",
+    )
     split_tables_from_mib: int | None = Field(
         default=256,
         ge=0,
         description="tables of at least this many MiB are backed up in parts (block ranges of "
-        "the same snapshot), which a restore loads in parallel; empty: never split",
+        "the same snapshot), at least 4, which a restore loads in parallel; empty: never split",
     )
     restore_index_memory: str = Field(
         default="256MB",

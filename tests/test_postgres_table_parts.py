@@ -166,3 +166,30 @@ def test_a_backup_in_parts_drills_and_restores_without_owners(odd, local_store):
     )
     side = report["databases"][db + "_copy"]["restored_aside_as"]
     assert state(target, side)["tables"] == expected
+
+
+@pytest.mark.parametrize("split", [None, 10**6])
+def test_mid_sized_tables_are_objects_of_their_own_whole_and_come_back_exactly(odd, local_store, split):
+    """Tables of at least `table_objects_from_mib` and under `split_tables_from_mib` (or with
+    splitting off): one object each, the whole table, loaded beside the others at restore."""
+    target, db = odd
+    target = target.model_copy(update={"table_objects_from_mib": 0, "split_tables_from_mib": split})
+    store = local_store()
+    before = _pg_dump(target, db)
+    manifest = take_backup(target, store)
+    info = manifest.engine["databases"][db]
+    assert {t["table"] for t in info["table_parts"]} == {"items", "logs", 't "a",b'}
+    assert all(len(t["objects"]) == 1 for t in info["table_parts"])
+    exec_in(target, db, "DELETE FROM app.items WHERE id % 3 = 0; DROP TABLE " + ODD_TABLE)
+
+    report = pg.restore(target, manifest, store, pg.RestoreOptions())
+
+    assert report["databases"][db]["fingerprint_equal"] is True
+    assert _pg_dump(target, db) == before
+
+
+def test_no_table_has_objects_of_its_own_when_both_thresholds_are_empty(odd, local_store):
+    target, db = odd
+    target = target.model_copy(update={"table_objects_from_mib": None, "split_tables_from_mib": None})
+    manifest = take_backup(target, local_store())
+    assert manifest.engine["databases"][db]["table_parts"] == []

@@ -1,9 +1,12 @@
-"""Large tables in parts: at backup, each table of at least the target's `split_tables_from_mib`
-is dumped as block ranges of one exported snapshot (`COPY (SELECT ... WHERE ctid >= ...) TO
-STDOUT`, a TID range scan), each part its own object, and `pg_dump` leaves that table's data
-out; at restore, the parts load by parallel `COPY ... FROM STDIN` sessions after the pre-data
-has created the table, before post-data builds its indexes. One table is otherwise one COPY,
-one core, however many the server has: the parts are what lets a restore beat `pg_restore -j`.
+"""Tables in objects of their own: at backup, each table of at least the target's
+`table_objects_from_mib` is dumped by `COPY (SELECT ... WHERE ctid >= ...) TO STDOUT` in the
+dump's exported snapshot, and one of at least `split_tables_from_mib` as several block ranges
+(a TID range scan each), each part its own object; `pg_dump` leaves those tables' data out. At
+restore, the parts load by parallel `COPY ... FROM STDIN` sessions after the pre-data has
+created the tables, before post-data builds their indexes. Through `pg_restore`'s one stream
+every table would load one after the other, one core however many the server has: the parts
+are what lets a restore keep up with `pg_restore -j`, for many mid-sized tables as for one
+large table.
 
 Text COPY in the same session settings both ways (SESSION_SETTINGS, plus what pg_dump sets for
 exact values: the dump encoding, extra_float_digits 3, xmloption content), so every value reads back as it was
@@ -28,7 +31,8 @@ from tasks.proc import feed_stdin, stream_stdout
 from tasks.storage.session import BackupSession, consume_checked, read_object
 
 MIN_SERVER = 140000  # TID range scans: before 14, each part would read the whole table
-PART_BYTES = 1024**3  # a part per GiB of heap at most...
+MIB = 1024 * 1024
+PART_BYTES = 1024 * MIB  # a split table: a part per GiB of heap at most...
 MIN_PARTS, MAX_PARTS = 4, 256  # ...and at least as many as a restore's parallel sessions
 
 
@@ -78,17 +82,20 @@ def plan(
     """The tables to dump in parts, read in the exported snapshot's transaction (`conn`). A
     partition in `hashed` (partitions.hashed) loads through its root (`load_into`): restored, its
     rows may belong to another partition."""
-    if conn.info.server_version < MIN_SERVER or target.split_tables_from_mib is None:
+    thresholds = [t for t in (target.table_objects_from_mib, target.split_tables_from_mib) if t is not None]
+    if conn.info.server_version < MIN_SERVER or not thresholds:
         return []
+    split = target.split_tables_from_mib
     block = int(conn.execute("SELECT current_setting('block_size')").fetchone()[0])
     tables = []
     # parts by heap blocks; their number by the table's size with its TOAST (large values
     # stored out of line are read with their rows, so block ranges share them out too)
-    for oid, schema, table, heap, size, columns in conn.execute(
-        _LARGE, (target.split_tables_from_mib * 1024 * 1024,)
-    ).fetchall():
+    for oid, schema, table, heap, size, columns in conn.execute(_LARGE, (min(thresholds) * MIB,)).fetchall():
         blocks = heap // block
-        parts = max(1, min(blocks, max(MIN_PARTS, min(MAX_PARTS, math.ceil(size / PART_BYTES)))))
+        if split is None or size < split * MIB:
+            parts = 1  # a mid-sized table: loaded beside the others, not split
+        else:
+            parts = max(1, min(blocks, max(MIN_PARTS, min(MAX_PARTS, math.ceil(size / PART_BYTES)))))
         step = math.ceil(blocks / parts) if blocks else 1
         # block ranges; the last is open-ended (the snapshot's rows cannot be past it, but a
         # table that grew since pg_relation_size must not lose a page to a rounding)
