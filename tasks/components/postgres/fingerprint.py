@@ -288,12 +288,23 @@ def fingerprint(conn: psycopg.Connection, algorithm: str | None = None, kinds: s
 
 
 def fingerprint_database(
-    target: PostgresTarget, dbname: str, algorithm: str | None = None, kinds: str = "rSm"
+    target: PostgresTarget,
+    dbname: str,
+    algorithm: str | None = None,
+    kinds: str = "rSm",
+    table_by_table: bool = False,
 ) -> dict[str, Any]:
-    conn = connect(target, dbname)
+    """`table_by_table`: each table read in a transaction of its own, its lock let go once read,
+    for a database nobody writes to but a restore's own post-data build (a side database): in
+    one transaction every table read stays locked to its end, and post-data's ADD PRIMARY KEY
+    on any of them (ACCESS EXCLUSIVE) waits for the whole scan, holding a build job idle."""
+    conn = connect(target, dbname, autocommit=table_by_table)
     try:
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        conn.read_only = True
+        if table_by_table:
+            conn.execute("SET default_transaction_read_only = on")
+        else:
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
         return fingerprint(conn, algorithm, kinds)
     finally:
         conn.rollback()
