@@ -260,7 +260,7 @@ def _not_damaged(
         started = parse_backup_id(backup_id)[1]
         return (
             backup_id not in loaded
-            and started > newest_start
+            and started >= newest_start  # ids name the second: one of the same may be newer
             and (until is None or started <= until)
             and _still_there(store, backup_id)
         )

@@ -414,3 +414,29 @@ def test_latest_never_skips_a_damaged_newest_backup_silently(world, monkeypatch)
         assert catalog_main(["list", APP]) == 0
     line_of = {i: next(x for x in out.getvalue().splitlines() if i in x) for i in (newest.id, older.id)}
     assert "damaged" in line_of[newest.id] and "verified" in line_of[older.id]
+
+
+@pytest.mark.fault(
+    "catalog",
+    "a backup started in the same second as the newest readable one, its manifest unreadable "
+    "and found damaged by the sweep (ids name the second: which started first is unknown)",
+    "'latest' fails naming it, as for one started later, instead of using the readable one silently",
+)
+def test_a_damaged_backup_of_the_newest_s_second_is_not_passed_over(world):
+    store, _target, _state = world
+    second = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    made = []
+    for payload in (b"one", b"two"):
+        session = BackupSession(store, APP)
+        session.started_at = session.source_time = second
+        session.id = new_backup_id(APP, second)
+        session.write("sessions", [payload])
+        made.append(session.commit())
+    lost, kept = made
+    backend_for(store).put_bytes(layout(store).manifest_key(lost.id), b"{ not a manifest")
+    st = verify_backups(components=[APP], store=store, return_state=True)
+    failed_with(st, "RuntimeError", lost.id)
+    assert health_of(store, APP)[lost.id].status == Status.damaged
+
+    with pytest.raises(IntegrityError, match=rf"(?s)newest {APP} backup {lost.id} is damaged.*{kept.id}"):
+        latest_backup(store, APP)
