@@ -21,6 +21,7 @@ from tasks.components.kubernetes import api as kube
 from tasks.components.kubernetes import claims
 from tasks.components.kubernetes.api import Kube, canonical_resource, connect
 from tasks.components.kubernetes.backups import BackupSpec, _kinds, load_document
+from tasks.components.kubernetes.ports import node_port_rules
 from tasks.components.kubernetes.prechecks import check_mapping, refuse_live_targets
 from tasks.components.kubernetes.velero import (
     BACKUP_TERMINAL,
@@ -231,11 +232,12 @@ def restore_document(
         )
     token = secrets.token_hex(4)
     targets = [mapping.get(ns, ns) for ns in namespaces]
+    rules = claims.helper_pod_rules(token) if helper_pods else []
+    if "services" in kinds:  # nodePorts Velero keeps that another Service holds now (ports.py)
+        rules += node_port_rules(k, doc, namespaces, mapping)
     with contextlib.ExitStack() as stack:
-        if helper_pods:
-            spec["resourceModifier"] = stack.enter_context(
-                claims.resource_modifier(k, target, claims.helper_pod_rules(token))
-            )
+        if rules:
+            spec["resourceModifier"] = stack.enter_context(claims.resource_modifier(k, target, rules))
         cr = run_restore(k, target, name, spec, options.timeout_seconds, backup_id)
     limit = options.timeout_seconds or target.restore_timeout_seconds
     if (cr.get("status") or {}).get("progress", {}).get("totalItems") == 0:
