@@ -21,6 +21,7 @@ from tasks.components.kubernetes import api as kube
 from tasks.components.kubernetes import claims
 from tasks.components.kubernetes.api import Kube, canonical_resource, connect
 from tasks.components.kubernetes.backups import BackupSpec, _kinds, load_document
+from tasks.components.kubernetes.discovery import check_resource_names
 from tasks.components.kubernetes.ports import node_port_rules
 from tasks.components.kubernetes.prechecks import check_mapping, refuse_live_targets
 from tasks.components.kubernetes.velero import (
@@ -176,6 +177,7 @@ def restore_document(
     try:  # refused before anything is created: the target is as it was
         preflight(k, target)
         get_backup_cr(k, target, name)  # unknown/expired backup: a clear error first
+        check_resource_names(k, resources=options.resources, exclude_resources=options.exclude_resources)
         namespaces, kinds = _plan(doc, options)
         if mapping_aside and not options.names:  # named objects are copied in, where they may exist
             refuse_live_targets(k, options.namespace_mapping, namespaces)
