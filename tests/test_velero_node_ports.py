@@ -26,13 +26,24 @@ MULTI = {
         {"name": "c", "port": 83, "nodePort": 30083},
     ],
 }
-FIXED_PORTS = {"fixed": {"http": 30080}, "multi": {"c": 30083}}
+# fixed by server-side apply: no last-applied-configuration, its field manager owns the nodePort
+SSA_FIELDS = {"f:spec": {"f:ports": {'k:{"port":84,"protocol":"TCP"}': {".": {}, "f:nodePort": {}}}}}
+SSA = {
+    "name": "ssa",
+    "managedFields": [
+        {"manager": "kubectl", "operation": "Apply", "apiVersion": "v1", "fieldsType": "FieldsV1"}
+    ],
+}
+SSA["managedFields"][0]["fieldsV1"] = SSA_FIELDS
+SSA_SPEC = {"type": "NodePort", "ports": [{"name": "p", "port": 84, "protocol": "TCP", "nodePort": 30084}]}
+FIXED_PORTS = {"fixed": {"http": 30080}, "multi": {"c": 30083}, "ssa": {"p": 30084}}
 
 
 def seed_ports(ctl, ns: str) -> None:
     seed_settings(ctl, ns)
     ctl.seed("v1", "services", ns, applied({"metadata": {"name": "fixed"}, "spec": FIXED}))
     ctl.seed("v1", "services", ns, applied({"metadata": {"name": "multi"}, "spec": MULTI}))
+    ctl.seed("v1", "services", ns, {"metadata": SSA, "spec": SSA_SPEC})
 
 
 def view(ctl, ns: str, name: str) -> dict:
@@ -73,7 +84,7 @@ def test_deleted_services_restored_by_name_come_back_on_their_fixed_node_ports(k
     options = velero.RestoreOptions(namespaces=[ns], resources=["services"], names=sorted(FIXED_PORTS))
     report = velero.restore(target, manifest, store, options)
 
-    assert report["restored_objects"] == [f"{ns}/services/fixed", f"{ns}/services/multi"]
+    assert report["restored_objects"] == [f"{ns}/services/{name}" for name in sorted(FIXED_PORTS)]
     assert {name: view(ctl, ns, name) for name in FIXED_PORTS} == before
     assert not [n for n in kube.list_namespaces(k8s(kube_api)) if n.startswith("klb-aside-")]
 
@@ -152,6 +163,7 @@ def test_a_mapped_copy_beside_its_original_gets_new_ports_and_one_without_it_kee
     assert {name: view(ctl, ns, name) for name in FIXED_PORTS} == before  # the originals untouched
     assert ports(ctl, f"b-{ns}", "fixed")["http"] not in (30080, None)
     assert ports(ctl, f"b-{ns}", "multi")["c"] not in (30083, None)
+    assert ports(ctl, f"b-{ns}", "ssa")["p"] not in (30084, None)
     delete_namespace(ctl, ns)
 
     alone = velero.restore(target, manifest, store, velero.RestoreOptions(namespace_mapping={ns: f"c-{ns}"}))
@@ -177,16 +189,13 @@ def test_drills_keep_the_free_fixed_ports_and_give_up_the_held_ones(kube_api, ct
     ctl.store.on_create.append(watch)
     try:
         assert velero.drill(target, manifest, store, "beside")["verified"] is True
-        assert [
-            (name, p["http" if name == "fixed" else "c"] in (30080, 30083)) for _, name, p in created
-        ] == [
-            ("fixed", False),
-            ("multi", False),
-        ]
+        fixed = {name: p[port] for _, name, p in created for port in FIXED_PORTS[name]}
+        assert sorted(fixed) == sorted(FIXED_PORTS)
+        assert not set(fixed.values()) & {30080, 30083, 30084}  # all held by the originals
         created.clear()
         delete_namespace(ctl, ns)
         assert velero.drill(target, manifest, store, "alone")["verified"] is True
-        assert [(name, p) for _, name, p in created if name == "fixed"] == [("fixed", {"http": 30080})]
-        assert [p["c"] for _, name, p in created if name == "multi"] == [30083]
+        fixed = {name: p[port] for _, name, p in created for port in FIXED_PORTS[name]}
+        assert fixed == {"fixed": 30080, "multi": 30083, "ssa": 30084}
     finally:
         ctl.store.on_create.remove(watch)

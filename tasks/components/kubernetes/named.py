@@ -68,13 +68,9 @@ def restore_named(
                 spec["resourceModifier"] = stack.enter_context(claims.resource_modifier(k, target, rules))
             cr = run_restore(k, target, spec["backupName"], spec, options.timeout_seconds, backup_id)
         copies = [
-            (
-                plural,
-                options.namespace_mapping.get(ns, ns),
-                name,
-                _read_copy(k, plural, aside[ns], name, held[0]),
-            )
+            (plural, dest, name, _read_copy(k, plural, aside[ns], name, held[0], dest))
             for ns, kinds_ in expected.items()
+            for dest in [options.namespace_mapping.get(ns, ns)]
             for plural, objs in kinds_.items()
             for name in objs
         ]
@@ -170,15 +166,12 @@ def _remove_scratch(k: Kube, target: VeleroTarget, namespaces: list[str], log_on
             log.error("could not delete scratch namespace %s: %s", ns, exc)
 
 
-def _read_copy(k: Kube, plural: str, src_ns: str, name: str, taken: dict[int, tuple[str, str]]) -> Any:
+def _read_copy(
+    k: Kube, plural: str, src_ns: str, name: str, taken: dict[int, tuple[str, str]], dest: str
+) -> Any:
     """The object Velero restored aside, without what the server sets or allocates but the
     nodePorts Velero kept (ports.py)."""
     obj = k.call(f"read restored {plural} {src_ns}/{name}", kube.kind_api(k, plural, "read"), name, src_ns)
-    meta = obj.metadata
-    meta.uid = meta.resource_version = meta.creation_timestamp = None
-    meta.managed_fields = meta.owner_references = None
-    if hasattr(obj, "status"):
-        obj.status = None
     if plural == "services" and obj.spec is not None:
         # allocated by the server, unique per cluster: a copy asking for the same one is refused
         # (422 "provided IP is already allocated"); Velero's service action drops it too
@@ -187,8 +180,13 @@ def _read_copy(k: Kube, plural: str, src_ns: str, name: str, taken: dict[int, tu
             obj.spec.cluster_ips = None
         # the nodePorts kept are those Velero kept (`kubectl apply` fixed them) that no Service
         # held (`taken`): the scratch copy frees them before the copy in place asks for them;
-        # the others were allocated for the scratch copy
-        keep_applied_ports(obj, taken)
+        # the others were allocated for the scratch copy (read before managedFields go)
+        keep_applied_ports(obj, taken, (dest, name))
+    meta = obj.metadata
+    meta.uid = meta.resource_version = meta.creation_timestamp = None
+    meta.managed_fields = meta.owner_references = None
+    if hasattr(obj, "status"):
+        obj.status = None
     return obj
 
 

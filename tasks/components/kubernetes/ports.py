@@ -94,26 +94,47 @@ def held_ports(k: Kube) -> tuple[dict[int, tuple[str, str]], int]:
     return taken, widest
 
 
-def keep_applied_ports(svc: Any, taken: dict[int, tuple[str, str]]) -> None:
-    """A copy Velero restored aside (`svc`, a V1Service) without the nodePorts it got there:
-    those Velero dropped, or our rules removed because `taken` held them, were allocated anew
-    for the scratch copy. Kept: the ports Velero keeps (service_action.go: the
-    last-applied-configuration names a port with a nodePort, a named port by name, an unnamed
-    one by value; the same for healthCheckNodePort) that no Service held, i.e. the backup's."""
+def keep_applied_ports(svc: Any, taken: dict[int, tuple[str, str]], dest: tuple[str, str]) -> None:
+    """A copy Velero restored aside (`svc`, a V1Service, managedFields still on it) without the
+    nodePorts it got there: those Velero dropped, or our rules removed because `taken` held them,
+    were allocated anew for the scratch copy. Kept: the ports Velero keeps (service_action.go:
+    a last-applied-configuration names the port with a nodePort, a named port by name, an
+    unnamed one by value; without one, a managedFields entry owns its `f:nodePort`; the same for
+    healthCheckNodePort) that no Service held, i.e. the backup's. managedFields hold no values:
+    a port they fix is kept unless the copy's destination `dest` (namespace, name) holds ports
+    (then an update keeps them, and a copy that is skipped asks for nothing)."""
     notes = (svc.metadata.annotations or {}) if svc.metadata else {}
     try:
-        asked = (json.loads(notes.get(LAST_APPLIED) or "{}") or {}).get("spec") or {}
-    except (ValueError, AttributeError):
-        asked = {}
+        last = json.loads(notes[LAST_APPLIED]) if LAST_APPLIED in notes else None
+    except ValueError:
+        last = None
+    asked = (last or {}).get("spec") or {} if isinstance(last, dict) else {}
+    owned = [
+        (entry.fields_v1 or {}).get("f:spec") or {}
+        for entry in (svc.metadata.managed_fields if svc.metadata else None) or []
+    ]
+    dest_holds = dest in taken.values()
     fixed = [p for p in asked.get("ports") or [] if isinstance(p, dict) and p.get("nodePort")]
     named = {p["name"]: p["nodePort"] for p in fixed if p.get("name")}
     unnamed = {p["nodePort"] for p in fixed if not p.get("name")}
+    keys = {
+        k
+        for f in owned
+        for k, e in (f.get("f:ports") or {}).items()
+        if isinstance(e, dict) and "f:nodePort" in e
+    }
     for port in svc.spec.ports or []:
-        applied = (
-            named.get(port.name) if port.name else (port.node_port if port.node_port in unnamed else None)
-        )
-        if not applied or applied in taken:
+        if last is not None:
+            applied = (
+                named.get(port.name) if port.name else (port.node_port if port.node_port in unnamed else None)
+            )
+            keep = bool(applied) and applied not in taken
+        else:
+            key = f'k:{{"port":{port.port},"protocol":"{port.protocol or "TCP"}"}}'
+            keep = key in keys and not dest_holds
+        if not keep:
             port.node_port = None
     health = asked.get("healthCheckNodePort")
-    if not health or health in taken:
+    by_fields = any("f:healthCheckNodePort" in f for f in owned) and not dest_holds
+    if not (health and health not in taken) and not by_fields:
         svc.spec.health_check_node_port = None
