@@ -288,6 +288,18 @@ def test_every_rule_and_verb_of_the_shipped_rbac_is_used(
     assert unused == [], unused
 
 
+def test_api_discovery_is_granted_by_the_clusters_system_discovery_role_not_by_rbac_yaml(
+    prefect_server, tmp_path, local_store, drill_tmp_dir
+):
+    """Resource type names are resolved through discovery before a restore (discovery.py): the
+    shipped account reads it through the bootstrap ClusterRole system:discovery, which every
+    cluster binds to system:authenticated, so rbac.yaml needs (and has) no rule for it."""
+    granted = {(key[2], res) for key, _, res, _ in audit("partial_restore", tmp_path, local_store)}
+    assert ("system:discovery", "nonResourceURL /apis/") in granted
+    assert ("system:discovery", "nonResourceURL /api/v1/") in granted
+    assert not any("nonResourceURLs" in rule for rule in shipped_rules().values())
+
+
 def test_nothing_cluster_wide_is_a_write_an_application_namespace_list_serves():
     """Cluster-wide: reads, and deleting namespaces (whose names are made per drill); every other
     write is bound per application namespace."""

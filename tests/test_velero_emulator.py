@@ -8,6 +8,7 @@ backups, Services restored with their nodePorts, no data-mover operations).
 
 from __future__ import annotations
 
+import json
 import secrets
 
 import pytest
@@ -170,6 +171,40 @@ def test_restored_services_lose_their_allocated_ports(kube_api, app):
     old, new = ctl.store.get(SERVICES, app, "api"), ctl.store.get(SERVICES, copy, "api")
     assert new["spec"]["clusterIP"] != old["spec"]["clusterIP"]
     assert new["spec"]["ports"][0]["nodePort"] != old["spec"]["ports"][0]["nodePort"]
+
+
+def test_restored_services_keep_the_node_ports_their_user_fixed(kube_api, app):
+    """service_action.go deleteNodePorts / deleteHealthCheckNodePort: with a
+    last-applied-configuration, the ports it names keep their nodePort; without one, those a
+    managedFields entry owns (`f:nodePort` under `k:{"port":N,"protocol":"P"}`, server-side
+    apply); the others, and an unowned healthCheckNodePort of a Local LoadBalancer, go."""
+    from sandbox.k8s_emulator.velero_items import LAST_APPLIED, service
+
+    ports = [{"name": "a", "port": 80, "nodePort": 30100}, {"name": "b", "port": 81, "nodePort": 30101}]
+    applied = {"spec": {"ports": [{"name": "a", "port": 80, "nodePort": 30100}]}}
+    svc = {
+        "metadata": {"annotations": {LAST_APPLIED: json.dumps(applied)}},
+        "spec": {"type": "NodePort", "ports": json.loads(json.dumps(ports))},
+    }
+    service(svc, preserve_node_ports=False)
+    assert [p.get("nodePort") for p in svc["spec"]["ports"]] == [30100, None]
+    owned = {
+        "f:spec": {
+            "f:healthCheckNodePort": {},
+            "f:ports": {'k:{"port":81,"protocol":"TCP"}': {"f:nodePort": {}}},
+        }
+    }
+    lb = {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 30200}
+    svc = {
+        "metadata": {"managedFields": [{"fieldsV1": owned}]},
+        "spec": {**lb, "ports": json.loads(json.dumps(ports))},
+    }
+    service(svc, preserve_node_ports=False)
+    assert [p.get("nodePort") for p in svc["spec"]["ports"]] == [None, 30101]
+    assert svc["spec"]["healthCheckNodePort"] == 30200
+    svc = {"metadata": {}, "spec": {**lb, "ports": json.loads(json.dumps(ports))}}
+    service(svc, preserve_node_ports=False)
+    assert "healthCheckNodePort" not in svc["spec"] and not any("nodePort" in p for p in svc["spec"]["ports"])
 
 
 def test_validation_failures(kube_api, app):

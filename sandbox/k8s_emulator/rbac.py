@@ -8,6 +8,10 @@ The RBAC objects are ordinary API objects: apply deployments/k8s/rbac.yaml throu
 
 Request attributes follow the apiserver's RequestInfo: verb get/list/create/update/patch/delete,
 `resource/subresource`, and for a request on one namespace object its namespace is that name.
+A non-resource URL (discovery: /api, /apis/...) is judged by the `nonResourceURLs` rules of
+ClusterRoles bound cluster-wide, with the request's lower-case HTTP method as its verb; the
+cluster's bootstrap ClusterRole system:discovery grants them to every authenticated user
+(seeding.py), as plugin/pkg/auth/authorizer/rbac/bootstrappolicy does.
 """
 
 from __future__ import annotations
@@ -106,6 +110,22 @@ class Authorizer:
             for index, rule in enumerate((role or {}).get("rules") or []):
                 rules.append(((ref.get("kind"), where, ref.get("name"), index), rule))
         return rules
+
+    def authorize_url(self, who: Identity, verb: str, path: str) -> None:
+        """Raise the apiserver's 403 unless a ClusterRole bound cluster-wide grants `verb` on the
+        non-resource URL `path` ('/apis/*' covers every path under /apis/)."""
+        if who.superuser:
+            return
+        for key, rule in self._rules(who, None):
+            verbs, urls = rule.get("verbs") or [], rule.get("nonResourceURLs") or []
+            if (verb in verbs or "*" in verbs) and any(
+                u == path or (u.endswith("*") and path.startswith(u[:-1])) for u in urls
+            ):
+                self.granted.append((key, verb, f"nonResourceURL {path}", ""))
+                return
+        message = f'forbidden: User "{who.user}" cannot {verb} path "{path}"'
+        self.refused.append(message)
+        raise ApiError(403, "Forbidden", message)
 
     def authorize(
         self, who: Identity, verb: str, res: Resource, sub: str | None, ns: str | None, name: str | None

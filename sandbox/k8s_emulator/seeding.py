@@ -16,6 +16,7 @@ class Seeding:
     def install(self) -> None:
         """Velero in `namespace` with an Available BackupStorageLocation `default`; two storage
         classes, `standard` (Immediate) and `local-wffc` (WaitForFirstConsumer)."""
+        self.seed_discovery_role()
         self.seed_namespace(self.namespace)
         self.seed(
             "velero.io/v1",
@@ -39,6 +40,29 @@ class Seeding:
                     "volumeBindingMode": mode,
                 },
             )
+
+    def seed_discovery_role(self) -> None:
+        """The bootstrap ClusterRole system:discovery and its binding to every authenticated user
+        (plugin/pkg/auth/authorizer/rbac/bootstrappolicy/policy.go): API discovery is allowed to
+        anyone the cluster knows, whatever the Roles an account is given."""
+        rbac = "rbac.authorization.k8s.io/v1"
+        meta = {
+            "name": "system:discovery",
+            "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"},
+            "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"},
+        }
+        urls = ["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi", "/openapi/*"]
+        urls += ["/readyz", "/version", "/version/"]
+        self.seed(
+            rbac,
+            "clusterroles",
+            "",
+            {"metadata": meta, "rules": [{"nonResourceURLs": urls, "verbs": ["get"]}]},
+        )
+        subject = {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:authenticated"}
+        ref = {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:discovery"}
+        binding = {"metadata": meta, "roleRef": ref, "subjects": [subject]}
+        self.seed(rbac, "clusterrolebindings", "", binding)
 
     def seed_namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
         self.store.create(NAMESPACES, "", {"metadata": {"name": name, "labels": labels or {}}})

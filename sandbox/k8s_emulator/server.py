@@ -5,6 +5,7 @@ serviceaccounts, RBAC roles and bindings, and velero.io/v1 custom objects (+ /st
 list/get/create/replace/patch/delete, label selectors, 201/404/409/403/422 with Kubernetes
 Status bodies. The official `kubernetes` client talks to it over real HTTP.
 Every request is authenticated by its bearer token and authorized by RBAC (rbac.py).
+API discovery (/api, /apis, ...) is served as the real server serves it (discovery.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from sandbox.k8s_emulator import discovery
 from sandbox.k8s_emulator.paging import page
 from sandbox.k8s_emulator.rbac import ADMIN, Authorizer, Identity
 from sandbox.k8s_emulator.store import BY_PATH, ApiError, ObjectStore, Resource
@@ -145,8 +147,16 @@ class KubeApiServer:
     ) -> tuple[int, Any]:
         url = urlsplit(raw_path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
-        res, served, ns, name, sub = parse_path(url.path)
         ctl = self.controller
+        if discovery.is_discovery(url.path):  # a non-resource URL: RBAC's nonResourceURLs rules
+            self.auth.authorize_url(who, method.lower(), url.path)
+            if method != "GET":
+                raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on {url.path}")
+            doc = discovery.serve(url.path, ctl.installed)
+            if doc is None:
+                raise ApiError(404, "NotFound", NOT_FOUND)
+            return 200, doc
+        res, served, ns, name, sub = parse_path(url.path)
         verb = VERBS.get(method) or ("get" if name else "list")
         self.auth.authorize(who, verb, res, sub, ns, name)  # 403 before 404, as the apiserver
         if not served or (res.group == "velero.io" and not ctl.installed):

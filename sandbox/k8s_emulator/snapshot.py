@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from sandbox.k8s_emulator.discovery import resolve
 from sandbox.k8s_emulator.store import BY_PATH, WORKLOAD, Resource
 
 VELERO = "velero.io/v1"
@@ -21,25 +22,21 @@ PVCS, PVS, PODS = (
     BY_PATH[("v1", "pods")],
 )
 SERVICES = BY_PATH[("v1", "services")]
-ALIASES = {
-    "pvc": "persistentvolumeclaims",
-    "pv": "persistentvolumes",
-    "cm": "configmaps",
-    "svc": "services",
-    "deploy": "deployments",
-    "po": "pods",
-}
 TERMINAL = {"Completed", "PartiallyFailed", "Failed", "FailedValidation"}
 __all__ = ["WORKLOAD"]
 
 
-def resource_names(res: Resource) -> set[str]:
-    return {res.plural, res.group_resource, res.kind.lower()}
+def group_resource(name: str) -> str:
+    """collections.GetResourceIncludesExcludes: a name resolved through the discovery helper
+    (short names, kinds, singulars, `plural.group`) to its 'plural.group'; one it cannot resolve
+    is kept as it is ("If we can't resolve it, return it as-is"), and so matches nothing."""
+    res = resolve(name)
+    return res.group_resource if res is not None else name
 
 
 def wanted(res: Resource, include: list[str] | None, exclude: list[str] | None) -> bool:
     def hit(names: list[str]) -> bool:
-        return any(n == "*" or ALIASES.get(n, n) in resource_names(res) for n in names)
+        return any(n == "*" or group_resource(n) == res.group_resource for n in names)
 
     return (not include or hit(include)) and not (exclude and hit(exclude))
 

@@ -3,7 +3,8 @@
 - Names (kubernetes staging/src/k8s.io/apimachinery/pkg/util/validation/validation.go,
   IsDNS1123Subdomain / IsDNS1123Label; pkg/apis/core/validation: namespaces and services need a
   DNS label, most other kinds a DNS subdomain; custom resources a DNS subdomain,
-  apiextensions-apiserver customresource_handler). generateName: at most 58 characters are
+  apiextensions-apiserver customresource_handler); RBAC objects a path segment (so
+  'system:discovery'). generateName: at most 58 characters are
   kept and 5 random ones appended (apiserver/pkg/storage/names/generate.go).
 - Label keys and values (IsQualifiedName, IsValidLabelValue: values at most 63 characters).
 - Structural-schema pruning of custom resources (apiextensions "Specifying a structural schema",
@@ -25,6 +26,9 @@ DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 LABEL_NAMED_KINDS = {"namespaces", "services"}  # ValidateNamespaceName, ValidateServiceName
+# pkg/apis/rbac/validation ValidateRBACName = path.IsValidPathSegmentName: any name that is a
+# path segment, so the bootstrap roles' 'system:discovery', 'system:node' are valid
+PATH_SEGMENT_KINDS = {"roles", "rolebindings", "clusterroles", "clusterrolebindings"}
 GENERATE_SUFFIX = "bcdfghjklmnpqrstvwxz2456789"  # utilrand's alphabet: no vowels, no 0/1/3
 
 SUBDOMAIN_MSG = (
@@ -53,6 +57,10 @@ def _invalid(kind: str, name: str, causes: list[str]) -> ApiError:
 
 
 def name_errors(plural: str, name: str) -> list[str]:
+    if plural in PATH_SEGMENT_KINDS:
+        if name in (".", "..") or "/" in name or "%" in name:
+            return [f"metadata.name: Invalid value: \"{name}\": may not be '.' or '..' or contain '/' or '%'"]
+        return []
     if plural in LABEL_NAMED_KINDS:
         ok, limit, msg = DNS1123_LABEL.fullmatch(name), 63, LABEL_MSG
     else:

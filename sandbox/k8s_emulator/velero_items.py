@@ -114,31 +114,55 @@ def _lingering(ctl, pv: dict[str, Any]) -> bool:
 
 def service(svc: dict[str, Any], preserve_node_ports: bool) -> None:
     """actions/service_action.go: the cluster IPs go (unless headless); unless preserveNodePorts,
-    the nodePorts go but those the last-applied-configuration names (set by `kubectl apply`: a
-    named port by name, an unnamed one by value), and an ExternalName service keeps its own;
-    healthCheckNodePort goes for a LoadBalancer with externalTrafficPolicy Local unless applied."""
+    the nodePorts go but those the user fixed: with a last-applied-configuration (`kubectl
+    apply`), those it names (a named port by name, an unnamed one by value); without one, those
+    a managedFields entry owns (`kubectl apply --server-side`: `f:nodePort` under the port's key
+    `k:{"port":N,"protocol":"P"}`). An ExternalName service keeps its own. healthCheckNodePort
+    goes for a LoadBalancer with externalTrafficPolicy Local unless the last-applied-configuration
+    has it (non-zero) or a managedFields entry owns it."""
     spec = svc.setdefault("spec", {})
     if spec.get("clusterIP") != "None":
         spec.pop("clusterIP", None)
         spec.pop("clusterIPs", None)
     if preserve_node_ports:
         return
-    last = json.loads((svc["metadata"].get("annotations") or {}).get(LAST_APPLIED) or "{}")
-    asked = last.get("spec") or {}
+    notes = svc["metadata"].get("annotations") or {}
+    last = json.loads(notes[LAST_APPLIED]) if LAST_APPLIED in notes else None
+    owned = [
+        (e.get("fieldsV1") or {}).get("f:spec") or {} for e in svc["metadata"].get("managedFields") or []
+    ]
+    asked = (last or {}).get("spec") or {}
     if (
         spec.get("type") == "LoadBalancer"
         and spec.get("externalTrafficPolicy") == "Local"
         and not asked.get("healthCheckNodePort")
+        and not any("f:healthCheckNodePort" in fields for fields in owned)
     ):
         spec.pop("healthCheckNodePort", None)
     if spec.get("type") == "ExternalName":
         return
-    fixed = [p for p in asked.get("ports") or [] if p.get("nodePort")]
-    named = {p["name"] for p in fixed if p.get("name")}
-    unnamed = {int(p["nodePort"]) for p in fixed if not p.get("name")}
+    if last is not None:
+        fixed = [p for p in asked.get("ports") or [] if p.get("nodePort")]
+        named = {p["name"] for p in fixed if p.get("name")}
+        unnamed = {int(p["nodePort"]) for p in fixed if not p.get("name")}
+        for port in spec.get("ports") or []:
+            if not (port.get("name") in named if port.get("name") else port.get("nodePort") in unnamed):
+                port.pop("nodePort", None)
+        return
+    keys = {
+        key
+        for fields in owned
+        for key, entry in (fields.get("f:ports") or {}).items()
+        if isinstance(entry, dict) and "f:nodePort" in entry
+    }
     for port in spec.get("ports") or []:
-        if not (port.get("name") in named if port.get("name") else port.get("nodePort") in unnamed):
+        if port_key(port) not in keys:
             port.pop("nodePort", None)
+
+
+def port_key(port: dict[str, Any]) -> str:
+    """service_action.go portKey: a port's key in managedFields (protocol defaults to TCP)."""
+    return f'k:{{"port":{port.get("port")},"protocol":"{port.get("protocol") or "TCP"}"}}'
 
 
 def restore_wait(pod: dict[str, Any], src_ns: str, src_pod: str, snap: Snapshot) -> None:

@@ -25,8 +25,9 @@
   pod gets the `restore-wait` init container and a PodVolumeRestore
   (actions/pod_volume_restore_action.go); a volume with no restored pod gets no data.
 - Services lose clusterIP(s) (not headless ones) and, unless spec.preserveNodePorts, the
-  nodePorts the cluster allocated; those `kubectl apply` asked for (last-applied-configuration)
-  stay (actions/service_action.go), so a copy next to the original is refused (422: an item error).
+  nodePorts the cluster allocated; those `kubectl apply` asked for (last-applied-configuration,
+  or managedFields for server-side apply) stay (actions/service_action.go), so a copy next to
+  the original is refused (422: an item error).
 - A namespace Velero makes gets the backed-up one's labels, annotations and spec (getNamespace).
 """
 

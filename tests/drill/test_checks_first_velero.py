@@ -54,6 +54,8 @@ def shop(kube_api, ctl, local_store):
             r"namespace_mapping restores aside, into a new namespace: \['{live}'\] exist",
         ),
         ({"namespaces": ["{a}"], "resources": ["configmaps"], "names": ["nope"]}, r"objects \['nope'\]"),
+        ({"exclude_resources": ["secretz"]}, r"exclude_resources \['secretz'\]: not resource types"),
+        ({"resources": ["configmap.apps"]}, r"resources \['configmap.apps'\]: not resource types"),
     ],
     ids=[
         "unknown-namespace",
@@ -64,6 +66,8 @@ def shop(kube_api, ctl, local_store):
         "onto-a-source",
         "onto-live",
         "unknown-name",
+        "misspelt-resource-exclusion",
+        "resource-of-another-group",
     ],
 )
 def test_kubernetes_options_that_do_not_fit_are_refused_before_the_checklist(

@@ -25,6 +25,7 @@ from tasks.components.kubernetes.backups import (
     run_backup,
     verify,
 )
+from tasks.components.kubernetes.discovery import check_resource_names
 from tasks.components.kubernetes.drills import SCALE_TO_ZERO, drill, drill_cleanup, drill_namespaces
 from tasks.components.kubernetes.expiry import keep_until
 from tasks.components.kubernetes.prechecks import refuse_live_targets, refuse_outside_scope
@@ -67,11 +68,13 @@ def check_restore(
     mapping_aside: bool = True,
 ) -> None:
     """What the restore would refuse, refused before a checklist, safety backup or approval:
-    namespaces, mappings and names against this backup, a mapping into a namespace that exists;
-    and namespaces that exist outside the target block's, which its safety backup would not hold."""
+    resource types the cluster does not serve; namespaces, mappings and names against this
+    backup, a mapping into a namespace that exists; and namespaces that exist outside the target
+    block's, which its safety backup would not hold."""
     doc = load_document(store, manifest)
-    namespaces, kinds = _plan(doc, options)
     k = connect(target.kube)
+    check_resource_names(k, resources=options.resources, exclude_resources=options.exclude_resources)
+    namespaces, kinds = _plan(doc, options)
     if options.names:
         from tasks.components.kubernetes.named import check_named
 

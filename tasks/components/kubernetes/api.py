@@ -282,6 +282,19 @@ ALIASES = {
     "serviceaccount": "serviceaccounts",
     "role": "roles",
     "rolebinding": "rolebindings",
+    "po": "pods",
+    "pod": "pods",
+    "persistentvolume": "persistentvolumes",
+    "ns": "namespaces",
+    "namespace": "namespaces",
+}
+# the API group of each kind we name: 'services.serving.knative.dev' (Knative's) is not ours
+GROUPS = {
+    **dict.fromkeys(("services", "configmaps", "secrets", "persistentvolumeclaims", "serviceaccounts"), ""),
+    **dict.fromkeys(("persistentvolumes", "pods", "namespaces"), ""),
+    "deployments": "apps",
+    "roles": "rbac.authorization.k8s.io",
+    "rolebindings": "rbac.authorization.k8s.io",
 }
 
 
@@ -291,11 +304,16 @@ def workload_names(plural: str, names: list[str]) -> list[str]:
 
 
 def canonical_resource(name: str) -> str:
-    """'deploy', 'deployments.apps', 'PVC' -> the plural the API and Velero use ('deployments')."""
+    """'deploy', 'deployments.apps', 'PVC' -> the plural the API and Velero use ('deployments');
+    a name of another group's resource stays whole ('services.serving.knative.dev')."""
     base = name.strip().lower()
-    if base != "*" and "." in base:
-        base = base.split(".", 1)[0]
-    return ALIASES.get(base, base)
+    if base == "*":
+        return base
+    resource, _, group = base.partition(".")
+    plural = ALIASES.get(resource, resource)
+    if group and group != GROUPS.get(plural, group):
+        return base
+    return plural
 
 
 def kind_api(k: Kube, plural: str, verb: str) -> Callable[..., Any]:

@@ -13,6 +13,7 @@ from blocks.kubernetes import VeleroTarget
 from blocks.store import StoreBlock
 from tasks.components.kubernetes import api as kube
 from tasks.components.kubernetes.api import KINDS, Kube, canonical_resource, connect, selector_string
+from tasks.components.kubernetes.discovery import check_resource_names
 from tasks.components.kubernetes.velero import (
     BACKUP_TERMINAL,
     GROUP,
@@ -153,6 +154,10 @@ def run_backup(target: VeleroTarget, session: BackupSession, spec: BackupSpec) -
     Velero says Completed."""
     k = connect(target.kube)
     preflight(k, target)
+    # Velero ignores a type it cannot resolve: a misspelt exclusion would back up what it names
+    check_resource_names(
+        k, include_resources=spec.include_resources, exclude_resources=spec.exclude_resources
+    )
     existing = kube.list_namespaces(k)
     if not spec.include_namespaces or "*" in spec.include_namespaces:
         namespaces = [n for n in existing if n not in spec.exclude_namespaces]

@@ -14,7 +14,7 @@ from tasks.components.kubernetes import claims
 from tasks.components.kubernetes.api import connect
 from tasks.components.kubernetes.backups import load_document
 from tasks.components.kubernetes.named import aside_name
-from tasks.components.kubernetes.ports import allocated_node_port_rules
+from tasks.components.kubernetes.ports import node_port_rules
 from tasks.components.kubernetes.restores import RestoreOptions, _plan, _present
 from tasks.components.kubernetes.velero import get_backup_cr, preflight, run_restore
 from tasks.errors import IntegrityError, IsolationTaken
@@ -66,8 +66,8 @@ def drill(target: VeleroTarget, manifest: Manifest, store: StoreBlock, drill_id:
         }
         # deployments at 0, and pods only as volume-restore helpers: the drill's apps never run
         rules = SCALE_TO_ZERO["resourceModifierRules"] + claims.helper_pod_rules(token)
-        # copies beside the originals: no nodePort the cluster has allocated (ports.py)
-        rules += allocated_node_port_rules(k, namespaces)
+        # copies beside the originals: no nodePort another Service holds (ports.py)
+        rules += node_port_rules(k, doc, namespaces, mapping)
         with claims.resource_modifier(k, target, rules) as modifier:
             spec["resourceModifier"] = modifier
             cr = run_restore(k, target, spec["backupName"], spec, None, manifest.id)

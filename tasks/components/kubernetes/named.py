@@ -13,7 +13,7 @@ from blocks.kubernetes import VeleroTarget
 from tasks.components.kubernetes import api as kube
 from tasks.components.kubernetes import claims
 from tasks.components.kubernetes.api import Kube, canonical_resource
-from tasks.components.kubernetes.ports import allocated_node_port_rules
+from tasks.components.kubernetes.ports import held_ports, keep_applied_ports, node_port_rules
 from tasks.components.kubernetes.restores import (
     ExistingResourcePolicy,
     RestoreOptions,
@@ -60,14 +60,17 @@ def restore_named(
             "restorePVs": False,
             "existingResourcePolicy": "none",
         }
+        held = held_ports(k) if "services" in kinds else ({}, 0)
         with contextlib.ExitStack() as stack:
-            # the copies stand beside the originals: no nodePort the cluster has allocated (ports.py)
-            if "services" in kinds and (rules := allocated_node_port_rules(k, list(expected))):
+            # the copies stand beside the originals: no nodePort another Service holds (ports.py);
+            # the fixed ports that are free stay, and go with the copies into place
+            if "services" in kinds and (rules := node_port_rules(k, doc, list(expected), aside, held)):
                 spec["resourceModifier"] = stack.enter_context(claims.resource_modifier(k, target, rules))
             cr = run_restore(k, target, spec["backupName"], spec, options.timeout_seconds, backup_id)
         copies = [
-            (plural, options.namespace_mapping.get(ns, ns), name, _read_copy(k, plural, aside[ns], name))
+            (plural, dest, name, _read_copy(k, plural, aside[ns], name, held[0], dest))
             for ns, kinds_ in expected.items()
+            for dest in [options.namespace_mapping.get(ns, ns)]
             for plural, objs in kinds_.items()
             for name in objs
         ]
@@ -82,15 +85,14 @@ def restore_named(
             if conflicts:
                 raise BadInput("; ".join(conflicts) + ". Nothing was changed")
             rollback = safety_backup(k, target, sorted({dest for _, dest, _, _ in copies}), backup_id)
+        # the scratch copies go first: a Service's copy there holds the nodePorts its copy in
+        # place asks for (a port kept by Velero, free in the cluster when it restored)
+        _remove_scratch(k, target, list(aside.values()))
         for plural, dest, name, obj in copies:
             written = _put(k, plural, dest, name, obj, policy)
             (copied if written else skipped).append(f"{dest}/{plural}/{name}")
     finally:
-        for ns in aside.values():
-            try:
-                kube.delete_namespace(k, ns, interval=target.poll_interval_seconds)
-            except Exception as exc:
-                log.error("could not delete scratch namespace %s: %s", ns, exc)
+        _remove_scratch(k, target, list(aside.values()), log_only=True)
     return {
         "velero_backup": doc["backup"]["metadata"]["name"],
         "velero_restore": cr["metadata"]["name"],
@@ -153,23 +155,38 @@ def ensure_namespace(k: Kube, name: str) -> None:
         ) from None
 
 
-def _read_copy(k: Kube, plural: str, src_ns: str, name: str) -> Any:
-    """The object Velero restored aside, without what the server sets or allocates."""
+def _remove_scratch(k: Kube, target: VeleroTarget, namespaces: list[str], log_only: bool = False) -> None:
+    """Delete the scratch namespaces and wait until they are gone (their Services' ports free)."""
+    for ns in namespaces:
+        try:
+            kube.delete_namespace(k, ns, interval=target.poll_interval_seconds)
+        except Exception as exc:
+            if not log_only:
+                raise
+            log.error("could not delete scratch namespace %s: %s", ns, exc)
+
+
+def _read_copy(
+    k: Kube, plural: str, src_ns: str, name: str, taken: dict[int, tuple[str, str]], dest: str
+) -> Any:
+    """The object Velero restored aside, without what the server sets or allocates but the
+    nodePorts Velero kept (ports.py)."""
     obj = k.call(f"read restored {plural} {src_ns}/{name}", kube.kind_api(k, plural, "read"), name, src_ns)
+    if plural == "services" and obj.spec is not None:
+        # allocated by the server, unique per cluster: a copy asking for the same one is refused
+        # (422 "provided IP is already allocated"); Velero's service action drops it too
+        if obj.spec.cluster_ip != "None":
+            obj.spec.cluster_ip = None
+            obj.spec.cluster_ips = None
+        # the nodePorts kept are those Velero kept (`kubectl apply` fixed them) that no Service
+        # held (`taken`): the scratch copy frees them before the copy in place asks for them;
+        # the others were allocated for the scratch copy (read before managedFields go)
+        keep_applied_ports(obj, taken, (dest, name))
     meta = obj.metadata
     meta.uid = meta.resource_version = meta.creation_timestamp = None
     meta.managed_fields = meta.owner_references = None
     if hasattr(obj, "status"):
         obj.status = None
-    if plural == "services" and obj.spec is not None:
-        # allocated by the server, unique per cluster: a copy asking for the same ones is refused
-        # (422 "provided port is already allocated"); Velero's service action drops them too
-        if obj.spec.cluster_ip != "None":
-            obj.spec.cluster_ip = None
-            obj.spec.cluster_ips = None
-        obj.spec.health_check_node_port = None
-        for port in obj.spec.ports or []:
-            port.node_port = None
     return obj
 
 

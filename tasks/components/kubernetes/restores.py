@@ -21,6 +21,8 @@ from tasks.components.kubernetes import api as kube
 from tasks.components.kubernetes import claims
 from tasks.components.kubernetes.api import Kube, canonical_resource, connect
 from tasks.components.kubernetes.backups import BackupSpec, _kinds, load_document
+from tasks.components.kubernetes.discovery import check_resource_names
+from tasks.components.kubernetes.ports import node_port_rules
 from tasks.components.kubernetes.prechecks import check_mapping, refuse_live_targets
 from tasks.components.kubernetes.velero import (
     BACKUP_TERMINAL,
@@ -175,6 +177,7 @@ def restore_document(
     try:  # refused before anything is created: the target is as it was
         preflight(k, target)
         get_backup_cr(k, target, name)  # unknown/expired backup: a clear error first
+        check_resource_names(k, resources=options.resources, exclude_resources=options.exclude_resources)
         namespaces, kinds = _plan(doc, options)
         if mapping_aside and not options.names:  # named objects are copied in, where they may exist
             refuse_live_targets(k, options.namespace_mapping, namespaces)
@@ -231,11 +234,12 @@ def restore_document(
         )
     token = secrets.token_hex(4)
     targets = [mapping.get(ns, ns) for ns in namespaces]
+    rules = claims.helper_pod_rules(token) if helper_pods else []
+    if "services" in kinds:  # nodePorts Velero keeps that another Service holds now (ports.py)
+        rules += node_port_rules(k, doc, namespaces, mapping)
     with contextlib.ExitStack() as stack:
-        if helper_pods:
-            spec["resourceModifier"] = stack.enter_context(
-                claims.resource_modifier(k, target, claims.helper_pod_rules(token))
-            )
+        if rules:
+            spec["resourceModifier"] = stack.enter_context(claims.resource_modifier(k, target, rules))
         cr = run_restore(k, target, name, spec, options.timeout_seconds, backup_id)
     limit = options.timeout_seconds or target.restore_timeout_seconds
     if (cr.get("status") or {}).get("progress", {}).get("totalItems") == 0:
