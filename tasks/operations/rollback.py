@@ -25,7 +25,7 @@ from tasks.operations.restores import CHANGED, RestoreRecord, load_restore_recor
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import get_backup
 from tasks.storage.layout import RESTORE_RECORD, RESTORES, layout
-from tasks.verbs import restore_options, writes_target
+from tasks.verbs import restore_options, writes_target, wrote
 
 # the options of a Kubernetes restore that narrow what it wrote, carried over to its rollback
 KUBERNETES_SCOPE = (
@@ -238,7 +238,16 @@ def _roles(store: StoreBlock, manifest: Manifest) -> set[str]:
 
 
 def check_rollback_allowed(record: RestoreRecord) -> None:
-    """A rollback undoes a restore that changed something, and needs its safety backup."""
+    """A rollback undoes a restore that changed something, and needs its safety backup. It puts
+    back what the restore overwrote: one that overwrote nothing (it only created what was
+    missing, as a Velero restore with existing_resource_policy none does) has nothing to put
+    back, and the safety backup would only undo writes made since to what it never touched."""
+    if record.status == "nothing restored":
+        why = (record.report or {}).get("note") or "every object it would restore was there already"
+        raise BadInput(
+            f"restore {record.id} wrote nothing to {record.component}: {why}. Putting its safety backup "
+            "back would only undo writes made since; nothing was done"
+        )
     if record.status not in CHANGED:
         raise BadInput(
             f"restore {record.id} is '{record.status}': it replaced nothing, so there is nothing to "
@@ -249,6 +258,14 @@ def check_rollback_allowed(record: RestoreRecord) -> None:
         raise BadInput(
             f"restore {record.id} {how} {record.component}: the target is as it "
             "was, and putting the safety backup back would only undo writes made since; nothing was done"
+        )
+    done = wrote(record.component, record.options, record.report)
+    if done is not None and not done["overwritten"]:
+        raise BadInput(
+            f"restore {record.id} overwrote nothing that was there before it: it only created "
+            f"{done['created']}, which its safety backup does not hold, and left everything else as it "
+            "was. A rollback has nothing to put back, and would only undo writes made since to what the "
+            "restore never touched; delete what it created by hand if it is not wanted; nothing was done"
         )
     if not record.safety_backup_id:
         raise BadInput(

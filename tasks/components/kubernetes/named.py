@@ -21,6 +21,7 @@ from tasks.components.kubernetes.restores import (
     safety_backup,
 )
 from tasks.components.kubernetes.velero import run_restore
+from tasks.components.kubernetes.written import nothing_written_note
 from tasks.errors import BadInput, ConfigurationError, NotFound
 
 log = logging.getLogger(__name__)
@@ -45,12 +46,15 @@ def restore_named(
     """Restore the resource types aside into a scratch namespace, check the named objects are
     there and can all be put in place, copy just those, and remove the scratch."""
     kinds, expected = check_named(doc, options, namespaces, kinds)
-    for ns in expected:  # before Velero restores anything aside
-        ensure_namespace(k, options.namespace_mapping.get(ns, ns))
+    made = [  # before Velero restores anything aside
+        f"namespace {dest}"
+        for ns in expected
+        if ensure_namespace(k, dest := options.namespace_mapping.get(ns, ns))
+    ]
     token = secrets.token_hex(3)
     aside = {ns: aside_name("klb-aside", token, ns) for ns in expected}
     policy = options.existing_resource_policy
-    copied, skipped = [], []
+    copied, skipped, created, overwritten = [], [], [], []
     try:
         spec = {
             "backupName": doc["backup"]["metadata"]["name"],
@@ -83,15 +87,18 @@ def restore_named(
                 raise BadInput("; ".join(conflicts) + ". Nothing was changed")
             rollback = safety_backup(k, target, sorted({dest for _, dest, _, _ in copies}), backup_id)
         for plural, dest, name, obj in copies:
-            written = _put(k, plural, dest, name, obj, policy)
-            (copied if written else skipped).append(f"{dest}/{plural}/{name}")
+            outcome = _put(k, plural, dest, name, obj, policy)
+            key = f"{dest}/{plural}/{name}"
+            (copied if outcome else skipped).append(key)
+            if outcome:
+                (created if outcome == "created" else overwritten).append(key)
     finally:
         for ns in aside.values():
             try:
                 kube.delete_namespace(k, ns, interval=target.poll_interval_seconds)
             except Exception as exc:
                 log.error("could not delete scratch namespace %s: %s", ns, exc)
-    return {
+    report = {
         "velero_backup": doc["backup"]["metadata"]["name"],
         "velero_restore": cr["metadata"]["name"],
         "phase": "Completed",
@@ -100,7 +107,13 @@ def restore_named(
         "rollback_velero_backup": rollback,
         "existing_resource_policy": policy.value,
         "verified_objects": len(copied) + len(skipped),
+        "created": made + created,
+        "overwritten": overwritten,
     }
+    if not report["created"] and not overwritten:
+        report["note"] = nothing_written_note(policy.value)
+        log.warning(report["note"])
+    return report
 
 
 def check_named(
@@ -137,12 +150,13 @@ def check_named(
     return kinds, expected
 
 
-def ensure_namespace(k: Kube, name: str) -> None:
-    """The destination of copied objects exists, or is made. The shipped flow account may not
-    create namespaces (rbac.yaml; drill-namespace-policy.yaml admits klb-aside-*/restore-drill-*
-    only), and could not write in a new one without a klb-flow-runner-apps RoleBinding there."""
+def ensure_namespace(k: Kube, name: str) -> bool:
+    """The destination of copied objects exists, or is made (-> True: made). The shipped flow
+    account may not create namespaces (rbac.yaml; drill-namespace-policy.yaml admits
+    klb-aside-*/restore-drill-* only), and could not write in a new one without a
+    klb-flow-runner-apps RoleBinding there."""
     if kube.namespace_exists(k, name):
-        return
+        return False
     try:
         kube.create_namespace(k, name)
     except ConfigurationError as exc:
@@ -151,6 +165,7 @@ def ensure_namespace(k: Kube, name: str) -> None:
             f"(kubectl create namespace {name}), bind the ClusterRole klb-flow-runner-apps there with a "
             "RoleBinding (deployments/k8s/rbac.yaml), then run the restore again"
         ) from None
+    return True
 
 
 def _read_copy(k: Kube, plural: str, src_ns: str, name: str) -> Any:
@@ -200,15 +215,16 @@ def _conflict(plural: str, ns: str, name: str, obj: Any, current: Any | None) ->
     return None
 
 
-def _put(k: Kube, plural: str, ns: str, name: str, obj: Any, policy_: ExistingResourcePolicy) -> bool:
-    """Create `obj` in `ns`; an existing one is replaced only with policy update. -> written."""
+def _put(k: Kube, plural: str, ns: str, name: str, obj: Any, policy_: ExistingResourcePolicy) -> str | None:
+    """Create `obj` in `ns`; an existing one is replaced only with policy update.
+    -> "created", "replaced", or None (it existed and was left as it is)."""
     obj.metadata.namespace = ns
     try:
         k.call(f"create {plural} {ns}/{name}", kube.kind_api(k, plural, "create"), ns, obj)
-        return True
+        return "created"
     except kube.AlreadyExists:
         if policy_ is not ExistingResourcePolicy.update:
-            return False
+            return None
     for attempt in range(3):
         current = k.call(f"read {plural} {ns}/{name}", kube.kind_api(k, plural, "read"), name, ns)
         refused = _conflict(plural, ns, name, obj, current)  # changed since the check
@@ -217,8 +233,8 @@ def _put(k: Kube, plural: str, ns: str, name: str, obj: Any, policy_: ExistingRe
         obj.metadata.resource_version = current.metadata.resource_version
         try:
             k.call(f"replace {plural} {ns}/{name}", kube.kind_api(k, plural, "replace"), name, ns, obj)
-            return True
+            return "replaced"
         except kube.AlreadyExists:  # 409 Conflict: changed since we read it; read it again
             if attempt == 2:
                 raise
-    return True
+    return "replaced"

@@ -18,7 +18,7 @@ from blocks.kubernetes import VeleroTarget
 from blocks.store import StoreBlock
 from tasks.components.contract import StrictOptions
 from tasks.components.kubernetes import api as kube
-from tasks.components.kubernetes import claims
+from tasks.components.kubernetes import claims, written
 from tasks.components.kubernetes.api import Kube, canonical_resource, connect
 from tasks.components.kubernetes.backups import BackupSpec, _kinds, load_document
 from tasks.components.kubernetes.prechecks import check_mapping, refuse_live_targets
@@ -187,13 +187,11 @@ def restore_document(
         return restore_named(k, target, doc, options, namespaces, kinds, backup_id)
     if options.label_selector:
         log.info("label selector %s: objects without those labels are not verified", options.label_selector)
-    expected = expected_objects(doc, namespaces, kinds, None) if not options.label_selector else {}
+    # what the restore may write (whatever its label selector picks): seen before and after
+    scope = expected_objects(doc, namespaces, kinds, None)
+    expected = scope if not options.label_selector else {}
     mapping = options.namespace_mapping
-    before = {
-        (ns, plural): _present(k, mapping.get(ns, ns), plural)
-        for ns, kinds_ in expected.items()
-        for plural in kinds_
-    }
+    before = written.scope_before(k, scope, mapping)
     spec: dict[str, Any] = {
         "backupName": name,
         "includedNamespaces": namespaces,
@@ -263,12 +261,15 @@ def restore_document(
             f"{sorted(missing)[:20]}: see `velero restore describe {cr['metadata']['name']} --details`"
         )
     skipped = sorted(
-        f"{mapping.get(ns, ns)}/{plural}/{obj}"
-        for (ns, plural), objs in before.items()
+        key
+        for ns, kinds_ in expected.items()
+        for plural, objs in kinds_.items()
         if plural not in kube.MERGED_KINDS  # Velero merges these into the cluster's
         for obj in objs
-        if obj in expected[ns][plural]
+        if (key := f"{mapping.get(ns, ns)}/{plural}/{obj}") in before.objects
     )
+    cluster = written.cluster_scoped_possible(doc, spec)
+    wrote = written.velero_written(k, cr["metadata"]["name"], before, scope, mapping, cluster)
     volumes = claims.wait_bound(
         k,
         target,
@@ -291,10 +292,14 @@ def restore_document(
         "existing_resource_policy": options.existing_resource_policy.value,
         "already_existed": skipped,
         "claims": volumes,
+        **wrote,
     }
     if rollback:
         report["rollback_velero_backup"] = rollback
-    if skipped and options.existing_resource_policy is ExistingResourcePolicy.none:
+    if not wrote["created"] and not wrote["overwritten"]:
+        report["note"] = written.nothing_written_note(options.existing_resource_policy.value)
+        log.warning(report["note"])
+    elif skipped and options.existing_resource_policy is ExistingResourcePolicy.none:
         report["note"] = (
             f"{len(skipped)} objects already existed and were left as they are (existing_resource_policy="
             "none): delete them first, or restore with existing_resource_policy=update"
