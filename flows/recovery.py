@@ -300,7 +300,9 @@ def rollback_restore(
     check_same_target(original, target_block)
     # what the restore wrote to, overwritten from the safety backup (the defaults were not the
     # undo: Velero kept the restored objects, other databases/steps were put back too)
-    given = rollback_options(store_block, original.component, original.backup_id, original.options, manifest)
+    given = rollback_options(
+        store_block, original.component, original.backup_id, original.options, manifest, original.report
+    )
     opts = restore_options(original.component, given)
     check_restore(manifest, target_block, store_block, given)  # refused now, not after the checklist
     # what the restore created is not in the safety backup: the rollback leaves it, and says so

@@ -174,3 +174,31 @@ def test_an_update_restore_lists_what_it_overwrote_and_stays_rollbackable(app, k
     rolled = rollback_restore(record.id, target=target, store=store)
     assert rolled.status == "rolled back"
     assert configmap(kube_api, ns, "settings") == {"m": "2"}
+
+
+def test_a_rollback_of_an_update_restore_leaves_what_the_restore_did_not_write(app, kube_api):
+    """`extra` was made after the backup: the restore (policy update, the whole namespace) left it
+    as it was. Its rollback restored the safety backup's namespace with policy update, and put
+    `extra` back as it was before the restore, undoing a write made since. It now puts back by
+    name exactly what the restore overwrote."""
+    from flows.recovery import load_restore_record, restore_with_checklist, rollback_restore
+    from tests.k8s_helpers import configmap, k8s, set_configmap
+
+    ns, target, store, backup = app
+    core = k8s(kube_api).core
+    core.create_namespaced_config_map(ns, {"metadata": {"name": "extra"}, "data": {"x": "before"}})
+    options = {"namespaces": [ns], "existing_resource_policy": "update"}
+    record = restore_with_checklist(
+        "kubernetes", backup_id=backup.id, target=target, store=store, options=options
+    )
+    assert configmap(kube_api, ns, "settings") == {"m": "1"}
+    assert f"{ns}/configmaps/extra" not in record.report["overwritten"]
+    set_configmap(kube_api, ns, "extra", {"x": "written since"})
+
+    rolled = rollback_restore(record.id, target=target, store=store)
+
+    assert rolled.status == "rolled back"
+    assert configmap(kube_api, ns, "settings") == {"m": "2"}  # what the restore overwrote: back
+    assert configmap(kube_api, ns, "extra") == {"x": "written since"}  # never the restore's
+    rollback = load_restore_record(store, rolled.rolled_back_by)
+    assert rollback.options["names"] == ["flags", "settings"]

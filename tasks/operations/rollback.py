@@ -47,9 +47,14 @@ def _restored_backup(store: StoreBlock, backup_id: str, component: str) -> Manif
 
 
 def _kubernetes(
-    store: StoreBlock, options: dict, backup: Callable[[], Manifest | None], safety: Manifest
+    store: StoreBlock,
+    options: dict,
+    backup: Callable[[], Manifest | None],
+    safety: Manifest,
+    done: dict[str, list[str]] | None,
 ) -> dict:
     from tasks.components.kubernetes import canonical_resource, load_document  # Velero's, only here
+    from tasks.components.kubernetes.written import exact_rollback
 
     inventory = load_document(store, safety)["inventory"]
     held = set(inventory)
@@ -80,6 +85,8 @@ def _kubernetes(
             for name in names
         }
         out["names"] = _held("names", list(options["names"]), have)
+    if done is not None:  # what it overwrote is known: that, and nothing the restore left alone
+        out = exact_rollback(out, done, inventory, safety.id)
     return out
 
 
@@ -133,10 +140,16 @@ def _held(what: str, written: list[str], held: set[str]) -> list[str]:
 
 
 def rollback_options(
-    store: StoreBlock, component: str, backup_id: str, options: dict[str, Any], safety: Manifest
+    store: StoreBlock,
+    component: str,
+    backup_id: str,
+    options: dict[str, Any],
+    safety: Manifest,
+    report: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The restore options that put back, from `safety`, exactly what the restore of `backup_id`
-    with `options` (as recorded) wrote to; BadInput when there is nothing it can put back."""
+    with `options` (as recorded) wrote to (its `report` may say which objects it overwrote);
+    BadInput when there is nothing it can put back."""
     if not writes_target(component, options):
         raise BadInput(
             f"the restore's options ({options or 'defaults'}) wrote nothing to its {component} "
@@ -147,7 +160,7 @@ def rollback_options(
         return _restored_backup(store, backup_id, component)
 
     if component in ("kubernetes", "volumes"):
-        return _kubernetes(store, options, backup, safety)
+        return _kubernetes(store, options, backup, safety, wrote(component, options, report))
     if component == "postgres":
         return _postgres(options, backup, safety)
     if component == "etcd":

@@ -19,8 +19,10 @@ from typing import Any
 
 from tasks.components.kubernetes import api as kube
 from tasks.components.kubernetes.api import Kube
+from tasks.errors import BadInput
 
 RESTORE_NAME = "velero.io/restore-name"
+CLUSTER_SCOPED = "cluster-scoped objects"  # in `created` when the restore may have written some
 
 
 @dataclass
@@ -85,7 +87,7 @@ def velero_written(
                     (overwritten if key in before.objects else created).append(key)
     if cluster:
         created.append(
-            "cluster-scoped objects of the backup that were missing (CRDs, ClusterRoles, PVs...: not "
+            f"{CLUSTER_SCOPED} of the backup that were missing (CRDs, ClusterRoles, PVs...: not "
             f"listed; `kubectl get <kind> -l {selector}` shows them)"
         )
     return {"created": created, "overwritten": overwritten}
@@ -109,3 +111,59 @@ def wrote(report: dict[str, Any] | None) -> dict[str, list[str]] | None:
     if not report or "created" not in report or "overwritten" not in report:
         return None
     return {"created": list(report["created"]), "overwritten": list(report["overwritten"])}
+
+
+def exact_rollback(
+    options: dict[str, Any],
+    done: dict[str, list[str]],
+    inventory: dict[str, dict[str, list[str]]],
+    safety_id: str,
+) -> dict[str, Any]:
+    """The rollback's restore `options` (of safety backup `safety_id`, whose `inventory` is
+    given), narrowed to exactly the objects the restore overwrote (`done`: what it wrote; one
+    that may have written cluster-scoped objects keeps them in its rollback). Velero restores by
+    namespace and kind, so options that also reach objects the restore never wrote would put
+    their copies from before the restore over writes made to them since: then by name (named.py
+    copies those, and only those), or BadInput saying what to put back by hand."""
+    kinds = {kube.canonical_resource(r) for r in options.get("resources") or []} or set(kube.KINDS)
+    kinds -= {kube.canonical_resource(r) for r in options.get("exclude_resources") or []}
+    names = set(options.get("names") or [])
+    skip = set(options.get("exclude_namespaces") or [])
+
+    def reach(namespaces: list[str], plurals: set[str], picked: set[str]) -> set[str]:
+        return {
+            f"{ns}/{plural}/{name}"
+            for ns in namespaces
+            if ns not in skip
+            for plural, held in inventory.get(ns, {}).items()
+            if plural in plurals
+            for name in held
+            if not picked or name in picked
+        }
+
+    scope = reach(options.get("namespaces") or sorted(inventory), kinds, names)
+    wrote = scope & set(done["overwritten"])
+    if scope <= wrote:
+        return options
+    parts = [key.split("/", 2) for key in sorted(wrote)]
+    by_name = {
+        "namespaces": sorted({p[0] for p in parts}),
+        "resources": sorted({p[1] for p in parts}),
+        "names": sorted({p[2] for p in parts}),
+    }
+    copied = set(kube.COPIED_KINDS) - {"persistentvolumeclaims"}  # named.py: no RBAC, no claims
+    if (
+        parts
+        and set(by_name["resources"]) <= copied
+        and not any(c.startswith(CLUSTER_SCOPED) for c in done["created"])
+        and reach(by_name["namespaces"], set(by_name["resources"]), set(by_name["names"])) == wrote
+    ):
+        keep = {k: options[k] for k in ("timeout_seconds",) if k in options}
+        return {**by_name, "existing_resource_policy": "update", **keep}
+    left = sorted(scope - wrote)
+    raise BadInput(
+        f"a rollback restores by namespace and kind, so it would also put back {left[:20]}, which the "
+        "restore did not write, over any writes made to them since; and what it overwrote cannot all be "
+        f"put back by name. Put back by hand what it overwrote ({sorted(wrote)[:20]}) from safety backup "
+        f"{safety_id}; nothing was done"
+    )
