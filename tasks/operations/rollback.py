@@ -7,7 +7,10 @@ as they are (existing_resource_policy=none), so a Kubernetes rollback changed no
 one of them, over writes made since to those the restore never touched. So the rollback takes
 the restore's own scope (what it wrote to, after renames and mappings) and overwrites it. A
 restore that by its options never wrote to its target (postgres cut_over=False without roles,
-etcd without execute_swap, a PITR into a new instance) has nothing to roll back.
+etcd without execute_swap, a PITR into a new instance) has nothing to roll back. A restore whose
+report says what it overwrote (the component's `wrote`: Kubernetes, volumes) is rolled back by
+exactly that: one that overwrote nothing (Velero's policy none only creates what is missing) has
+nothing to put back, and one whose scope reaches objects it left alone is put back by name.
 """
 
 from __future__ import annotations
