@@ -164,6 +164,8 @@ def _locked_restore(
         record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
         if getattr(exc, "target_untouched", False):  # the component knows it changed nothing
             record.target_changed = False
+        # what it wrote before it failed, when its component can tell: a rollback puts back that
+        record.report = getattr(exc, "partial_report", None) or record.report
         raise
     finally:
         record.finished_at = datetime.now(UTC)

@@ -7,7 +7,10 @@ API with its fake Velero, a real Prefect server."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
+from kubernetes.client.exceptions import ApiException
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
@@ -202,3 +205,47 @@ def test_a_rollback_of_an_update_restore_leaves_what_the_restore_did_not_write(a
     assert configmap(kube_api, ns, "extra") == {"x": "written since"}  # never the restore's
     rollback = load_restore_record(store, rolled.rolled_back_by)
     assert rollback.options["names"] == ["flags", "settings"]
+
+
+def test_a_failed_restore_with_policy_none_is_not_rolled_back_over_what_it_left(kube_api, ctl, local_store):
+    """The restore created `flags` and the `cron` deployment, and Velero refused its pods (Pod
+    Security): PartiallyFailed, the record `failed` with no report, so its rollback restored the
+    whole namespace with policy update and put `settings`, which the restore had left, back as it
+    was before, undoing a write made since. The failure now carries what the restore wrote."""
+    from flows.backup import backup_component
+    from flows.recovery import load_restore_record, restore_with_checklist, rollback_restore
+    from tasks.errors import BadInput, ComponentFailed
+    from tests.k8s_helpers import configmap, k8s, seed_namespaces, set_configmap
+
+    store = local_store()
+    (ns,) = seed_namespaces(ctl, "failed")
+    target = kube_api.velero_target(include_namespaces=[ns])
+    api = k8s(kube_api)
+    backup = backup_component("kubernetes", target=target, store=store)
+    api.core.patch_namespace(
+        ns, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}
+    )
+    api.core.delete_namespaced_config_map("flags", ns)
+    api.apps.delete_namespaced_deployment("cron", ns)
+    for pod in api.core.list_namespaced_pod(ns, label_selector="app=cron").items:
+        with contextlib.suppress(ApiException):  # collected with their deployment meanwhile
+            api.core.delete_namespaced_pod(pod.metadata.name, ns)
+    set_configmap(kube_api, ns, "settings", {"mode": "changed"})
+    with pytest.raises(ComponentFailed, match="PartiallyFailed"):
+        restore_with_checklist("kubernetes", backup_id=backup.id, target=target, store=store)
+    assert configmap(kube_api, ns, "flags") == {"beta": "off"}  # it did write
+    (record,) = [load_restore_record(store, key.rsplit("/", 2)[-2]) for key in _record_keys(store)]
+    assert record.status == "failed"
+    set_configmap(kube_api, ns, "settings", {"mode": "written since"})
+    with pytest.raises(BadInput, match="overwrote nothing"):
+        rollback_restore(record.id, target=target, store=store)
+    assert configmap(kube_api, ns, "settings") == {"mode": "written since"}
+    assert f"{ns}/configmaps/flags" in load_restore_record(store, record.id).report["created"]
+
+
+def _record_keys(store) -> list[str]:
+    from tasks.storage.backends import backend_for
+    from tasks.storage.layout import RESTORE_RECORD, RESTORES, layout
+
+    keys = backend_for(store).list_keys(layout(store).records_dir(RESTORES))
+    return [k for k in keys if k.endswith("/" + RESTORE_RECORD)]

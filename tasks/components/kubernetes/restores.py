@@ -215,6 +215,7 @@ def restore_document(
         # namespaces unless asked (restore.go getOrderedResourceCollection), so a full-cluster
         # restore brought back no CRD and no ClusterRole(Binding) of the backup
         spec["includeClusterResources"] = True
+    cluster = written.cluster_scoped_possible(doc, spec)
     rollback = None
     if options.existing_resource_policy is ExistingResourcePolicy.update:
         # the safety copy covers whatever the restore may overwrite: with cluster-scoped objects
@@ -234,7 +235,11 @@ def restore_document(
             spec["resourceModifier"] = stack.enter_context(
                 claims.resource_modifier(k, target, claims.helper_pod_rules(token))
             )
-        cr = run_restore(k, target, name, spec, options.timeout_seconds, backup_id)
+        try:
+            cr = run_restore(k, target, name, spec, options.timeout_seconds, backup_id)
+        except ComponentFailed as exc:
+            _tell_written(exc, k, getattr(exc, "velero_restore", None), before, scope, mapping, cluster)
+            raise
     limit = options.timeout_seconds or target.restore_timeout_seconds
     if (cr.get("status") or {}).get("progress", {}).get("totalItems") == 0:
         # nothing in the backup matched (a label selector or resource type that matches no
@@ -256,10 +261,12 @@ def restore_document(
         for obj in sorted(set(objs) - _present(k, mapping.get(ns, ns), plural))
     }
     if missing:
-        raise IntegrityError(
+        exc = IntegrityError(
             f"Velero restore {cr['metadata']['name']} Completed but these objects are missing: "
             f"{sorted(missing)[:20]}: see `velero restore describe {cr['metadata']['name']} --details`"
         )
+        _tell_written(exc, k, cr["metadata"]["name"], before, scope, mapping, cluster)
+        raise exc
     skipped = sorted(
         key
         for ns, kinds_ in expected.items()
@@ -268,7 +275,6 @@ def restore_document(
         for obj in objs
         if (key := f"{mapping.get(ns, ns)}/{plural}/{obj}") in before.objects
     )
-    cluster = written.cluster_scoped_possible(doc, spec)
     wrote = written.velero_written(k, cr["metadata"]["name"], before, scope, mapping, cluster)
     volumes = claims.wait_bound(
         k,
@@ -315,6 +321,18 @@ def restore_document(
         )
         log.warning(report["note"])
     return report
+
+
+def _tell_written(exc: Exception, k: Kube, restore_name: str | None, *seen: Any) -> None:
+    """A restore that failed once Velero's Restore had ended carries what it wrote (its
+    `partial_report`): the checklist records it, and a rollback puts back only that. Not one
+    that timed out (Velero may still be writing), nor when the cluster cannot tell."""
+    if restore_name:
+        with contextlib.suppress(BackupError):
+            exc.partial_report = {  # type: ignore[attr-defined]
+                "velero_restore": restore_name,
+                **written.velero_written(k, restore_name, *seen),
+            }
 
 
 def safety_backup(
