@@ -52,7 +52,7 @@ from tasks.operations.rollback import (
 from tasks.operations.scope import backup_and_target
 from tasks.storage.catalog import get_backup
 from tasks.storage.records import put_record
-from tasks.verbs import check_restore, restore_options, restore_task, writes_target
+from tasks.verbs import check_restore, restore_options, restore_task, target_changed, writes_target
 
 __all__ = [
     "restore_plan",
@@ -154,13 +154,18 @@ def _locked_restore(
     put_record(store, record_key_of(store, record.id), record)
     try:
         record.report = restore_task(manifest, target, store, options)
-        record.status = "restored"
-        # by its options it may have written nothing (aside only, a plan): nothing to roll back
-        record.target_changed = writes_target(record.component, record.options)
+        # by its options it may have written nothing (aside only, a plan): 'restored', nothing to
+        # roll back; one that could have written and did not (Velero, policy none, every object
+        # there already) restored nothing, and its record must not say 'restored'
+        record.target_changed = target_changed(record.component, record.options, record.report)
+        wrote_by_options = writes_target(record.component, record.options)
+        record.status = "nothing restored" if wrote_by_options and not record.target_changed else "restored"
     except Exception as exc:
         record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
         if getattr(exc, "target_untouched", False):  # the component knows it changed nothing
             record.target_changed = False
+        # what it wrote before it failed, when its component can tell: a rollback puts back that
+        record.report = getattr(exc, "partial_report", None) or record.report
         raise
     finally:
         record.finished_at = datetime.now(UTC)
@@ -297,7 +302,9 @@ def rollback_restore(
     check_same_target(original, target_block)
     # what the restore wrote to, overwritten from the safety backup (the defaults were not the
     # undo: Velero kept the restored objects, other databases/steps were put back too)
-    given = rollback_options(store_block, original.component, original.backup_id, original.options, manifest)
+    given = rollback_options(
+        store_block, original.component, original.backup_id, original.options, manifest, original.report
+    )
     opts = restore_options(original.component, given)
     check_restore(manifest, target_block, store_block, given)  # refused now, not after the checklist
     # what the restore created is not in the safety backup: the rollback leaves it, and says so

@@ -13,7 +13,7 @@ from flows.locks import component_lock
 from tasks.components.registry import ComponentName
 from tasks.metrics import tracked
 from tasks.operations.scope import backup_and_target
-from tasks.verbs import restore_options, restore_task, verify_task
+from tasks.verbs import restore_options, restore_task, target_changed, verify_task, writes_target
 
 
 @flow(name="restore-component")
@@ -50,9 +50,12 @@ def restore_component(
             verify_task(manifest, store_block, target_block)
             report = restore_task(manifest, target_block, store_block, options)
         run.gauges["restore_rpo_seconds"] = datetime.now(UTC).timestamp() - manifest.source_time.timestamp()
-    get_run_logger().info("restored %s from %s", component, manifest.id)
-    create_markdown_artifact(
-        key=f"restore-{component}",
-        markdown=f"# Restore of {component} from {manifest.id}\n\n```json\n{report}\n```\n",
-    )
+    title = f"Restore of {component} from {manifest.id}"
+    if writes_target(component, options) and not target_changed(component, options, report):
+        # it ran to its end and wrote nothing (every object there already): never "restored"
+        title += ": nothing written"
+        get_run_logger().warning("%s: %s", title, report.get("note", "the target is as it was"))
+    else:
+        get_run_logger().info("restored %s from %s", component, manifest.id)
+    create_markdown_artifact(key=f"restore-{component}", markdown=f"# {title}\n\n```json\n{report}\n```\n")
     return {"backup_id": manifest.id, **report}

@@ -51,7 +51,7 @@ from tasks.operations.recovery import get_recovery_point, member_manifests
 from tasks.operations.scope import backup_for
 from tasks.storage.catalog import LATEST
 from tasks.storage.records import put_record
-from tasks.verbs import restore_options, restore_task, verify_task
+from tasks.verbs import restore_options, restore_task, target_changed, verify_task
 
 
 def _report(key: str, title: str, report: dict[str, Any]) -> None:
@@ -207,7 +207,10 @@ def partial_restore(
     verify_task(manifest, store_block, target_block)
     with tracked("restore", "kubernetes"), component_lock("kubernetes"):
         report = {"backup_id": manifest.id, **restore_task(manifest, target_block, store_block, options)}
-    _report("partial-restore", f"Partial restore from {manifest.id}", report)
+    title = f"Partial restore from {manifest.id}"
+    if not target_changed("kubernetes", options, report):  # every object there already
+        title += ": nothing written"
+    _report("partial-restore", title, report)
     return report
 
 

@@ -78,6 +78,26 @@ def writes_target(component: str, options: dict[str, Any] | None) -> bool:
     return True if says is None else bool(says(restore_options(component, options)))
 
 
+def wrote(
+    component: str, options: dict[str, Any] | None, report: dict[str, Any] | None
+) -> dict[str, list[str]] | None:
+    """What a restore of `component` with these options (as recorded) that ended with `report`
+    wrote to its target: {"created": [...], "overwritten": [...]}, as its component tells it (its
+    optional `wrote`: a Velero restore with existing_resource_policy none leaves what exists, and
+    may write nothing at all). None when it cannot tell."""
+    says = getattr(load(component), "wrote", None)
+    return None if says is None else says(restore_options(component, options), report)
+
+
+def target_changed(component: str, options: dict[str, Any] | None, report: dict[str, Any] | None) -> bool:
+    """Whether a restore that ran to its end changed its target: not when its options write
+    nothing there, nor when its component says it wrote nothing (every object already there)."""
+    if not writes_target(component, options):
+        return False
+    done = wrote(component, options, report)
+    return done is None or bool(done["created"] or done["overwritten"])
+
+
 def describe_component(component: str, target: Block) -> dict[str, Any]:
     return load(component).describe_current_state(target)
 

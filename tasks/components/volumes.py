@@ -20,6 +20,7 @@ from tasks.components.kubernetes.api import connect
 from tasks.components.kubernetes.expiry import keep_until as keep_until  # Velero's expiry, as kubernetes
 from tasks.components.kubernetes.restores import _present
 from tasks.components.kubernetes.velero import pod_volume_backups
+from tasks.components.kubernetes.written import wrote as _wrote
 from tasks.errors import BadInput, ComponentFailed
 from tasks.models import Manifest
 from tasks.storage.session import BackupSession
@@ -116,6 +117,12 @@ def rewritten_too(target: VeleroTarget, doc: dict[str, Any], restoring: dict[str
     )
 
 
+def wrote(options: velero.RestoreOptions, report: dict[str, Any] | None) -> dict[str, list[str]] | None:
+    """What a restore wrote, from its report (as kubernetes; claims whose data it rewrote are
+    among `overwritten`); None when it cannot tell."""
+    return _wrote(report)
+
+
 class RestoreOptions(velero.RestoreOptions):
     resources: list[str] | None = Field(default_factory=lambda: list(VOLUME_RESOURCES))
     restore_pvs: bool | None = Field(default=True, description="restore the volumes' data")
@@ -139,12 +146,16 @@ def restore(
                 target, doc, options, manifest.id, helper_pods=True, mapping_aside=False
             )
             if rewritten:
-                # Velero skipped these claims as existing, yet wrote their data: never "left as they are"
+                # Velero skipped these claims as existing, yet wrote their data: never "left as they
+                # are", and never a restore that wrote nothing
                 report["rewritten_claims"] = rewritten
+                report["overwritten"] = [*report["overwritten"], *(f"{c}: its data" for c in rewritten)]
+                earlier = report.get("note", "")
+                earlier = "" if earlier.startswith(velero.NOTHING_WRITTEN) else earlier
                 report["note"] = (
                     f"claims {rewritten} already existed: Velero kept the claim objects but wrote the "
                     "backup's data into them through the restored pods (file-system backup restores "
-                    "every backed-up volume of the pods it restores). " + report.get("note", "")
+                    "every backed-up volume of the pods it restores). " + (earlier or "")
                 ).strip()
                 log.warning(report["note"])
             return report

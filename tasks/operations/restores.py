@@ -43,7 +43,7 @@ from tasks.storage.layout import layout
 from tasks.storage.records import get_record, put_record
 from tasks.verbs import writes_target
 
-Status = Literal["running", "refused", "cancelled", "failed", "restored", "rolled back"]
+Status = Literal["running", "refused", "cancelled", "failed", "restored", "nothing restored", "rolled back"]
 # a restore in one of these states may have changed the target: a rollback puts the safety copy back.
 # 'running' is stored just before the restore step: still so when asked, its run died mid-restore
 # (a live one holds the component lock, which a rollback waits for, then checks again)
@@ -56,7 +56,10 @@ class RestoreRecord(BaseModel):
     component: str
     backup_id: str
     size: int | None = Field(default=None, description="raw bytes of the backup restored")
-    status: Status = Field(description="running | refused | cancelled | failed | restored | rolled back")
+    status: Status = Field(
+        description="running | refused | cancelled | failed | restored | nothing restored (it ran to its "
+        "end and wrote nothing: every object was there already) | rolled back"
+    )
     started_at: AwareDatetime
     finished_at: AwareDatetime | None = None
     duration_seconds: float | None = Field(default=None, description="the restore step alone")
@@ -173,8 +176,9 @@ def finish(store: StoreBlock, record: RestoreRecord) -> None:
         markdown=checklist_markdown(title_of(record), record.checklist, record.status) + "\n".join(lines),
         description=f"pre-restore checklist {record.id} ({record.status})",
     )
-    if record.status in ("restored", "failed", "refused"):
-        record_run("restore", record.component, record.status == "restored", record.duration_seconds or 0.0)
+    if record.status in ("restored", "nothing restored", "failed", "refused"):
+        ok = record.status in ("restored", "nothing restored")  # a restore of what was there: no failure
+        record_run("restore", record.component, ok, record.duration_seconds or 0.0)
 
 
 def untouched(record: RestoreRecord) -> bool:
@@ -184,6 +188,8 @@ def untouched(record: RestoreRecord) -> bool:
 
 
 def _safety_note(record: RestoreRecord) -> str:
+    if record.status == "nothing restored":
+        return f"restore {record.id} wrote nothing to its target (all there already): nothing to roll back"
     if untouched(record) and record.status == "restored":
         return f"restore {record.id} wrote nothing to its target (by its options): nothing to roll back"
     if untouched(record):
@@ -194,6 +200,12 @@ def _safety_note(record: RestoreRecord) -> str:
 
 
 def next_step(record: RestoreRecord) -> str:
+    if record.status == "nothing restored":
+        why = (record.report or {}).get("note") or "every object it would restore was there already"
+        return (
+            f"Nothing was written to {record.component}'s target: {why}. The target is as it was: "
+            "there is nothing to roll back."
+        )
     if untouched(record) and record.status == "restored":
         return (
             f"With these options the restore wrote nothing to {record.component}'s target (see the "

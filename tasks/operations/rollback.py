@@ -7,7 +7,10 @@ as they are (existing_resource_policy=none), so a Kubernetes rollback changed no
 one of them, over writes made since to those the restore never touched. So the rollback takes
 the restore's own scope (what it wrote to, after renames and mappings) and overwrites it. A
 restore that by its options never wrote to its target (postgres cut_over=False without roles,
-etcd without execute_swap, a PITR into a new instance) has nothing to roll back.
+etcd without execute_swap, a PITR into a new instance) has nothing to roll back. A restore whose
+report says what it overwrote (the component's `wrote`: Kubernetes, volumes) is rolled back by
+exactly that: one that overwrote nothing (Velero's policy none only creates what is missing) has
+nothing to put back, and one whose scope reaches objects it left alone is put back by name.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from tasks.operations.restores import CHANGED, RestoreRecord, load_restore_recor
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import get_backup
 from tasks.storage.layout import RESTORE_RECORD, RESTORES, layout
-from tasks.verbs import restore_options, writes_target
+from tasks.verbs import restore_options, writes_target, wrote
 
 # the options of a Kubernetes restore that narrow what it wrote, carried over to its rollback
 KUBERNETES_SCOPE = (
@@ -47,9 +50,14 @@ def _restored_backup(store: StoreBlock, backup_id: str, component: str) -> Manif
 
 
 def _kubernetes(
-    store: StoreBlock, options: dict, backup: Callable[[], Manifest | None], safety: Manifest
+    store: StoreBlock,
+    options: dict,
+    backup: Callable[[], Manifest | None],
+    safety: Manifest,
+    done: dict[str, list[str]] | None,
 ) -> dict:
     from tasks.components.kubernetes import canonical_resource, load_document  # Velero's, only here
+    from tasks.components.kubernetes.written import exact_rollback
 
     inventory = load_document(store, safety)["inventory"]
     held = set(inventory)
@@ -80,6 +88,8 @@ def _kubernetes(
             for name in names
         }
         out["names"] = _held("names", list(options["names"]), have)
+    if done is not None:  # what it overwrote is known: that, and nothing the restore left alone
+        out = exact_rollback(out, done, inventory, safety.id)
     return out
 
 
@@ -133,10 +143,16 @@ def _held(what: str, written: list[str], held: set[str]) -> list[str]:
 
 
 def rollback_options(
-    store: StoreBlock, component: str, backup_id: str, options: dict[str, Any], safety: Manifest
+    store: StoreBlock,
+    component: str,
+    backup_id: str,
+    options: dict[str, Any],
+    safety: Manifest,
+    report: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The restore options that put back, from `safety`, exactly what the restore of `backup_id`
-    with `options` (as recorded) wrote to; BadInput when there is nothing it can put back."""
+    with `options` (as recorded) wrote to (its `report` may say which objects it overwrote);
+    BadInput when there is nothing it can put back."""
     if not writes_target(component, options):
         raise BadInput(
             f"the restore's options ({options or 'defaults'}) wrote nothing to its {component} "
@@ -147,7 +163,7 @@ def rollback_options(
         return _restored_backup(store, backup_id, component)
 
     if component in ("kubernetes", "volumes"):
-        return _kubernetes(store, options, backup, safety)
+        return _kubernetes(store, options, backup, safety, wrote(component, options, report))
     if component == "postgres":
         return _postgres(options, backup, safety)
     if component == "etcd":
@@ -238,7 +254,16 @@ def _roles(store: StoreBlock, manifest: Manifest) -> set[str]:
 
 
 def check_rollback_allowed(record: RestoreRecord) -> None:
-    """A rollback undoes a restore that changed something, and needs its safety backup."""
+    """A rollback undoes a restore that changed something, and needs its safety backup. It puts
+    back what the restore overwrote: one that overwrote nothing (it only created what was
+    missing, as a Velero restore with existing_resource_policy none does) has nothing to put
+    back, and the safety backup would only undo writes made since to what it never touched."""
+    if record.status == "nothing restored":
+        why = (record.report or {}).get("note") or "every object it would restore was there already"
+        raise BadInput(
+            f"restore {record.id} wrote nothing to {record.component}: {why}. Putting its safety backup "
+            "back would only undo writes made since; nothing was done"
+        )
     if record.status not in CHANGED:
         raise BadInput(
             f"restore {record.id} is '{record.status}': it replaced nothing, so there is nothing to "
@@ -249,6 +274,14 @@ def check_rollback_allowed(record: RestoreRecord) -> None:
         raise BadInput(
             f"restore {record.id} {how} {record.component}: the target is as it "
             "was, and putting the safety backup back would only undo writes made since; nothing was done"
+        )
+    done = wrote(record.component, record.options, record.report)
+    if done is not None and not done["overwritten"]:
+        raise BadInput(
+            f"restore {record.id} overwrote nothing that was there before it: it only created "
+            f"{done['created']}, which its safety backup does not hold, and left everything else as it "
+            "was. A rollback has nothing to put back, and would only undo writes made since to what the "
+            "restore never touched; delete what it created by hand if it is not wanted; nothing was done"
         )
     if not record.safety_backup_id:
         raise BadInput(

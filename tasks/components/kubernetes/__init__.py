@@ -50,6 +50,8 @@ from tasks.components.kubernetes.velero import (
     preflight,
     run_restore,
 )
+from tasks.components.kubernetes.written import NOTHING_WRITTEN
+from tasks.components.kubernetes.written import wrote as _wrote
 from tasks.errors import ConfigurationError
 from tasks.models import Manifest
 
@@ -82,6 +84,14 @@ def check_restore(
     elif mapping_aside:
         refuse_live_targets(k, options.namespace_mapping, namespaces)
     refuse_outside_scope(k, target, [options.namespace_mapping.get(ns, ns) for ns in namespaces])
+
+
+def wrote(options: RestoreOptions, report: dict[str, Any] | None) -> dict[str, list[str]] | None:
+    """What a restore wrote, from its report: {"created": [...], "overwritten": [...]}. With
+    existing_resource_policy none it overwrites nothing (a ServiceAccount Velero merged and a
+    claim's rewritten data aside), and when every object exists it writes nothing at all. None
+    when it cannot tell (no report: it failed or its run died)."""
+    return _wrote(report)
 
 
 def describe_current_state(target: VeleroTarget) -> dict[str, Any]:
@@ -128,6 +138,7 @@ __all__ = [
     "DNS_LABEL",
     "ExistingResourcePolicy",
     "GROUP",
+    "NOTHING_WRITTEN",
     "NOT_INSTALLED",
     "OBJECT_NAME",
     "RESTORE_TERMINAL",
@@ -156,4 +167,5 @@ __all__ = [
     "run_restore",
     "safety_backup",
     "verify",
+    "wrote",
 ]

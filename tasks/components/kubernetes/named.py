@@ -21,6 +21,7 @@ from tasks.components.kubernetes.restores import (
     safety_backup,
 )
 from tasks.components.kubernetes.velero import run_restore
+from tasks.components.kubernetes.written import nothing_written_note
 from tasks.errors import BadInput, ConfigurationError, NotFound
 
 log = logging.getLogger(__name__)
@@ -45,12 +46,15 @@ def restore_named(
     """Restore the resource types aside into a scratch namespace, check the named objects are
     there and can all be put in place, copy just those, and remove the scratch."""
     kinds, expected = check_named(doc, options, namespaces, kinds)
-    for ns in expected:  # before Velero restores anything aside
-        ensure_namespace(k, options.namespace_mapping.get(ns, ns))
+    made = [  # before Velero restores anything aside
+        f"namespace {dest}"
+        for ns in expected
+        if ensure_namespace(k, dest := options.namespace_mapping.get(ns, ns))
+    ]
     token = secrets.token_hex(3)
     aside = {ns: aside_name("klb-aside", token, ns) for ns in expected}
     policy = options.existing_resource_policy
-    copied, skipped = [], []
+    copied, skipped, created, overwritten = [], [], [], []
     try:
         spec = {
             "backupName": doc["backup"]["metadata"]["name"],
@@ -89,11 +93,14 @@ def restore_named(
         # place asks for (a port kept by Velero, free in the cluster when it restored)
         _remove_scratch(k, target, list(aside.values()))
         for plural, dest, name, obj in copies:
-            written = _put(k, plural, dest, name, obj, policy)
-            (copied if written else skipped).append(f"{dest}/{plural}/{name}")
+            outcome = _put(k, plural, dest, name, obj, policy)
+            key = f"{dest}/{plural}/{name}"
+            (copied if outcome else skipped).append(key)
+            if outcome:
+                (created if outcome == "created" else overwritten).append(key)
     finally:
         _remove_scratch(k, target, list(aside.values()), log_only=True)
-    return {
+    report = {
         "velero_backup": doc["backup"]["metadata"]["name"],
         "velero_restore": cr["metadata"]["name"],
         "phase": "Completed",
@@ -102,7 +109,13 @@ def restore_named(
         "rollback_velero_backup": rollback,
         "existing_resource_policy": policy.value,
         "verified_objects": len(copied) + len(skipped),
+        "created": made + created,
+        "overwritten": overwritten,
     }
+    if not report["created"] and not overwritten:
+        report["note"] = nothing_written_note(policy.value)
+        log.warning(report["note"])
+    return report
 
 
 def check_named(
@@ -139,12 +152,13 @@ def check_named(
     return kinds, expected
 
 
-def ensure_namespace(k: Kube, name: str) -> None:
-    """The destination of copied objects exists, or is made. The shipped flow account may not
-    create namespaces (rbac.yaml; drill-namespace-policy.yaml admits klb-aside-*/restore-drill-*
-    only), and could not write in a new one without a klb-flow-runner-apps RoleBinding there."""
+def ensure_namespace(k: Kube, name: str) -> bool:
+    """The destination of copied objects exists, or is made (-> True: made). The shipped flow
+    account may not create namespaces (rbac.yaml; drill-namespace-policy.yaml admits
+    klb-aside-*/restore-drill-* only), and could not write in a new one without a
+    klb-flow-runner-apps RoleBinding there."""
     if kube.namespace_exists(k, name):
-        return
+        return False
     try:
         kube.create_namespace(k, name)
     except ConfigurationError as exc:
@@ -153,6 +167,7 @@ def ensure_namespace(k: Kube, name: str) -> None:
             f"(kubectl create namespace {name}), bind the ClusterRole klb-flow-runner-apps there with a "
             "RoleBinding (deployments/k8s/rbac.yaml), then run the restore again"
         ) from None
+    return True
 
 
 def _remove_scratch(k: Kube, target: VeleroTarget, namespaces: list[str], log_only: bool = False) -> None:
@@ -217,15 +232,16 @@ def _conflict(plural: str, ns: str, name: str, obj: Any, current: Any | None) ->
     return None
 
 
-def _put(k: Kube, plural: str, ns: str, name: str, obj: Any, policy_: ExistingResourcePolicy) -> bool:
-    """Create `obj` in `ns`; an existing one is replaced only with policy update. -> written."""
+def _put(k: Kube, plural: str, ns: str, name: str, obj: Any, policy_: ExistingResourcePolicy) -> str | None:
+    """Create `obj` in `ns`; an existing one is replaced only with policy update.
+    -> "created", "replaced", or None (it existed and was left as it is)."""
     obj.metadata.namespace = ns
     try:
         k.call(f"create {plural} {ns}/{name}", kube.kind_api(k, plural, "create"), ns, obj)
-        return True
+        return "created"
     except kube.AlreadyExists:
         if policy_ is not ExistingResourcePolicy.update:
-            return False
+            return None
     for attempt in range(3):
         current = k.call(f"read {plural} {ns}/{name}", kube.kind_api(k, plural, "read"), name, ns)
         refused = _conflict(plural, ns, name, obj, current)  # changed since the check
@@ -234,8 +250,8 @@ def _put(k: Kube, plural: str, ns: str, name: str, obj: Any, policy_: ExistingRe
         obj.metadata.resource_version = current.metadata.resource_version
         try:
             k.call(f"replace {plural} {ns}/{name}", kube.kind_api(k, plural, "replace"), name, ns, obj)
-            return True
+            return "replaced"
         except kube.AlreadyExists:  # 409 Conflict: changed since we read it; read it again
             if attempt == 2:
                 raise
-    return True
+    return "replaced"

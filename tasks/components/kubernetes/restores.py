@@ -18,7 +18,7 @@ from blocks.kubernetes import VeleroTarget
 from blocks.store import StoreBlock
 from tasks.components.contract import StrictOptions
 from tasks.components.kubernetes import api as kube
-from tasks.components.kubernetes import claims
+from tasks.components.kubernetes import claims, written
 from tasks.components.kubernetes.api import Kube, canonical_resource, connect
 from tasks.components.kubernetes.backups import BackupSpec, _kinds, load_document
 from tasks.components.kubernetes.discovery import check_resource_names
@@ -190,13 +190,11 @@ def restore_document(
         return restore_named(k, target, doc, options, namespaces, kinds, backup_id)
     if options.label_selector:
         log.info("label selector %s: objects without those labels are not verified", options.label_selector)
-    expected = expected_objects(doc, namespaces, kinds, None) if not options.label_selector else {}
+    # what the restore may write (whatever its label selector picks): seen before and after
+    scope = expected_objects(doc, namespaces, kinds, None)
+    expected = scope if not options.label_selector else {}
     mapping = options.namespace_mapping
-    before = {
-        (ns, plural): _present(k, mapping.get(ns, ns), plural)
-        for ns, kinds_ in expected.items()
-        for plural in kinds_
-    }
+    before = written.scope_before(k, scope, mapping)
     spec: dict[str, Any] = {
         "backupName": name,
         "includedNamespaces": namespaces,
@@ -220,6 +218,7 @@ def restore_document(
         # namespaces unless asked (restore.go getOrderedResourceCollection), so a full-cluster
         # restore brought back no CRD and no ClusterRole(Binding) of the backup
         spec["includeClusterResources"] = True
+    cluster = written.cluster_scoped_possible(doc, spec)
     rollback = None
     if options.existing_resource_policy is ExistingResourcePolicy.update:
         # the safety copy covers whatever the restore may overwrite: with cluster-scoped objects
@@ -240,7 +239,11 @@ def restore_document(
     with contextlib.ExitStack() as stack:
         if rules:
             spec["resourceModifier"] = stack.enter_context(claims.resource_modifier(k, target, rules))
-        cr = run_restore(k, target, name, spec, options.timeout_seconds, backup_id)
+        try:
+            cr = run_restore(k, target, name, spec, options.timeout_seconds, backup_id)
+        except ComponentFailed as exc:
+            _tell_written(exc, k, getattr(exc, "velero_restore", None), before, scope, mapping, cluster)
+            raise
     limit = options.timeout_seconds or target.restore_timeout_seconds
     if (cr.get("status") or {}).get("progress", {}).get("totalItems") == 0:
         # nothing in the backup matched (a label selector or resource type that matches no
@@ -262,17 +265,21 @@ def restore_document(
         for obj in sorted(set(objs) - _present(k, mapping.get(ns, ns), plural))
     }
     if missing:
-        raise IntegrityError(
+        exc = IntegrityError(
             f"Velero restore {cr['metadata']['name']} Completed but these objects are missing: "
             f"{sorted(missing)[:20]}: see `velero restore describe {cr['metadata']['name']} --details`"
         )
+        _tell_written(exc, k, cr["metadata"]["name"], before, scope, mapping, cluster)
+        raise exc
     skipped = sorted(
-        f"{mapping.get(ns, ns)}/{plural}/{obj}"
-        for (ns, plural), objs in before.items()
+        key
+        for ns, kinds_ in expected.items()
+        for plural, objs in kinds_.items()
         if plural not in kube.MERGED_KINDS  # Velero merges these into the cluster's
         for obj in objs
-        if obj in expected[ns][plural]
+        if (key := f"{mapping.get(ns, ns)}/{plural}/{obj}") in before.objects
     )
+    wrote = written.velero_written(k, cr["metadata"]["name"], before, scope, mapping, cluster)
     volumes = claims.wait_bound(
         k,
         target,
@@ -295,10 +302,14 @@ def restore_document(
         "existing_resource_policy": options.existing_resource_policy.value,
         "already_existed": skipped,
         "claims": volumes,
+        **wrote,
     }
     if rollback:
         report["rollback_velero_backup"] = rollback
-    if skipped and options.existing_resource_policy is ExistingResourcePolicy.none:
+    if not wrote["created"] and not wrote["overwritten"]:
+        report["note"] = written.nothing_written_note(options.existing_resource_policy.value)
+        log.warning(report["note"])
+    elif skipped and options.existing_resource_policy is ExistingResourcePolicy.none:
         report["note"] = (
             f"{len(skipped)} objects already existed and were left as they are (existing_resource_policy="
             "none): delete them first, or restore with existing_resource_policy=update"
@@ -314,6 +325,18 @@ def restore_document(
         )
         log.warning(report["note"])
     return report
+
+
+def _tell_written(exc: Exception, k: Kube, restore_name: str | None, *seen: Any) -> None:
+    """A restore that failed once Velero's Restore had ended carries what it wrote (its
+    `partial_report`): the checklist records it, and a rollback puts back only that. Not one
+    that timed out (Velero may still be writing), nor when the cluster cannot tell."""
+    if restore_name:
+        with contextlib.suppress(BackupError):
+            exc.partial_report = {  # type: ignore[attr-defined]
+                "velero_restore": restore_name,
+                **written.velero_written(k, restore_name, *seen),
+            }
 
 
 def safety_backup(

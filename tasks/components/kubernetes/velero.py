@@ -253,9 +253,11 @@ def run_restore(
         )
     phase, errors = cr["status"]["phase"], cr["status"].get("errors") or 0
     if phase != "Completed" or errors:
-        raise ComponentFailed(
+        failed = ComponentFailed(
             f"Velero restore {name} ended {phase} with {errors} errors ({_status_text(cr)}): the restore "
             f"is incomplete. List them with `velero restore describe {name} --details` and "
             f"`velero restore logs {name}`, fix the cause, then restore again"
         )
+        failed.velero_restore = name  # it ended: what it wrote can be told (restores.py)
+        raise failed
     return cr
