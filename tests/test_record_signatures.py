@@ -14,14 +14,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import SecretStr
 
-from tasks.errors import IntegrityError, KeyNotHeld
+from tasks.errors import IntegrityError, KeyNotHeld, NotFound
 from tasks.ids import new_backup_id
 from tasks.operations.drills import save_drill_record
 from tasks.operations.full_restore import read_step, run_key, step_key
-from tasks.operations.recovery import new_recovery_point_id, write_recovery_point
+from tasks.operations.recovery import get_recovery_point, new_recovery_point_id, write_recovery_point
 from tasks.operations.restores import RestoreRecord, _mark_safety, load_restore_record, record_key_of
 from tasks.storage.backends import backend_for
 from tasks.storage.codec import key_id
+from tasks.storage.health import finding
 from tasks.storage.layout import DR_RUNS, DRILLS, RECOVERY_POINTS, RESTORES, layout
 from tasks.storage.records import get_record, iter_records, put_record, refused_records
 from tests.record_helpers import drill
@@ -236,3 +237,14 @@ def test_a_record_may_not_carry_a_field_named_signature(local_store):
     store = local_store(encryption_key=SecretStr(KEY_A))
     with pytest.raises(ValueError, match="signature"):
         put_record(store, layout(store).safety_mark_key(new_backup_id(APP)), {"signature": "mine"})
+
+
+def test_after_an_upgrade_latest_recovery_point_names_the_unsigned_ones(local_store):
+    """Points written before the store signed records are unsigned: 'latest' says so and what to
+    do (not just 'run backup-all')."""
+    key = _recovery_point(local_store())
+    rp_id = key.rsplit("/", 1)[-1].removesuffix(".json")
+    upgraded = local_store(encryption_key=SecretStr(KEY_A))
+    with pytest.raises(NotFound, match=f"{rp_id}: record .* is not signed.*unsigned_manifests_before"):
+        get_recovery_point(upgraded)
+    assert finding(upgraded, rp_id) is None  # unsigned is not proof of damage

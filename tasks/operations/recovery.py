@@ -185,8 +185,15 @@ def latest_recovery_point(store: StoreBlock, gap: PointGap | None = None) -> Rec
     naming it: never an older point in silence."""
     points, damaged = scan_recovery_points(store)
     complete = [p for p in points if p.complete]
-    if not complete:
-        raise NotFound(f"no complete recovery point in {store.location}: run the backup-all flow first")
+    if not complete:  # the ones that cannot be used are named: unsigned ones after an upgrade, say
+        unusable = (
+            f" ({len(damaged)} cannot be used; the newest, {max(damaged)}: {damaged[max(damaged)]})"
+            if damaged
+            else ""
+        )
+        raise NotFound(
+            f"no complete recovery point in {store.location}{unusable}: run the backup-all flow first"
+        )
     complete = _covering(store, complete, gap)
     newest = complete[-1]
     known = finding(store, newest.id)
