@@ -68,7 +68,8 @@ def _errors(caplog) -> str:
     "catalog",
     "a drill record forged by a writer without the key: a newer drill that PASSED with a fast RTO, "
     "after the real last drill FAILED; then the real record altered to say it passed (signature kept)",
-    "neither counts: the drill history, the drill report, `klb status` ('last drill ... FAILED') and "
+    "neither counts: the drill history, the drill report, `klb status` ('last drill ... FAILED', the "
+    "forged record named REFUSED, exit 1) and "
     "the restore estimates hold only the real drill, each refusal logged naming the record; the "
     "sweep fails naming the forged record; the altered real one is refused as not matching",
 )
@@ -81,8 +82,9 @@ def test_a_forged_passing_drill_never_counts(keyed, caplog):
         assert [r.id for r in list_drill_records(store)] == [real.id]
     assert forged.key in _errors(caplog) and "is not signed" in _errors(caplog)
     assert last_drill_report(store).startswith(f"Restore drill {real.id}")
-    text, _ = status(store, [APP])
-    assert f"last drill: {real.id}" in text and "FAILED" in text and forged.id not in text
+    text, healthy = status(store, [APP])
+    assert f"last drill: {real.id}" in text and "FAILED" in text and not healthy
+    assert f"REFUSED drill record {forged.key}: " in text and f"drill {forged.id}" not in text
     assert APP not in restore_history(store)  # the forged drill's RTO is no sample of anything
 
     st = verify_backups(store=store, return_state=True)
