@@ -55,11 +55,12 @@ class StoreBlock(StrictBlock):
     )
     unsigned_manifests_before: AwareDatetime | None = Field(
         default=None,
-        description="with an encryption key, every manifest is signed and an unsigned one is refused "
-        "(anyone who can write to the bucket could have made it). Backups written before the store "
-        "had a key, or by a version that did not sign, are unsigned too: set this to a time (with "
-        "its time zone) to accept, with a warning, unsigned manifests whose id and times are all "
-        "before it. Empty: none accepted (docs/operations.md, signed manifests)",
+        description="with an encryption key, every manifest and record (drills, restores, recovery "
+        "points) is signed and an unsigned one is refused (anyone who can write to the bucket could "
+        "have made it). Those written before the store had a key, or by a version that did not sign, "
+        "are unsigned too: set this to a time (with its time zone) to accept, with a warning, unsigned "
+        "manifests and records whose id and times are all before it. Empty: none accepted "
+        "(docs/operations.md, signed manifests)",
     )
     verify_after_write: bool = Field(
         default=True,

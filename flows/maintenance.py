@@ -29,6 +29,7 @@ from tasks.storage.health import Status, damaged_ids, health_of, is_damage, mark
 from tasks.storage.index import ComponentListing, list_component
 from tasks.storage.layout import backup_dir_of, layout, split_component_key
 from tasks.storage.leftovers import sweep_incomplete_writes
+from tasks.storage.records import refused_records
 from tasks.storage.replicate import dr_copy_problems, dr_only_problems, load_dr_store
 from tasks.storage.retention import (
     RetentionPlan,
@@ -53,7 +54,9 @@ def verify_backups(
     store and in the DR store (`dr_store` or $KLB_DR_STORE, when set): sha256 of every object
     against its manifest, then the component's own check. In the DR store, a backup that the
     primary has and the DR copy lacks, or whose copy differs, is a failure. The newest `newest`
-    recovery points of the primary are checked too (record intact, members there and sound). A
+    recovery points of the primary are checked too (record intact, members there and sound), and
+    (a sweep of every component) each drill, restore and full-cluster-restore record must read
+    and, on a store with keys, be signed by one (a forged one fails the sweep, naming it). A
     backup whose only good copy is the DR store's (the primary's damaged, or lost within its
     retention) fails as `dr-only:<id>`, saying how to restore it from there.
     Every finding is recorded (storage/health.py): what `latest`, the catalog, retention and the
@@ -138,6 +141,10 @@ def verify_backups(
                     for backup_id, why in dr_only_problems(primary_ids[name], lost, good, read).items():
                         fail("dr-only", backup_id, why, name)
         if where == "primary" and components is None:
+            # drill, restore and full-cluster-restore records that are unreadable or that no key
+            # of the store signed (forged): left out of every listing, and named here
+            for key, why in refused_records(block).items():
+                fail(where, key, why, "records")
             points, damaged_points = scan_recovery_points(block)
             for rp_id, why in damaged_points.items():
                 fail(where, rp_id, why, "recovery-point")
@@ -157,7 +164,7 @@ def verify_backups(
         + "\n| store:backup | result |\n|---|---|\n"
         + (rows or "| (none) | |\n"),
     )
-    failed_components.discard("recovery-point")  # not a component: its failures fail the run below
+    failed_components -= {"recovery-point", "records"}  # not components: their failures fail the run below
     for name in sorted(checked | failed_components):  # one outcome per component (BackupVerifyFailed)
         record_run(
             "verify", name, name not in failed_components, time.monotonic() - started, lock_gauges.get(name)

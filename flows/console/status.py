@@ -1,5 +1,6 @@
 """`klb status`: per component, is the newest good backup within its schedule interval, how big,
-when verified, what the last drill proved (RTO/RPO), and what is not configured."""
+when verified, what the last drill proved (RTO/RPO), and what is not configured; a drill record
+that is unreadable or that no key of the store signed is named (and makes the status unhealthy)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from tasks.operations.scope import scope_gap
 from tasks.storage.catalog import from_the_future
 from tasks.storage.codec import key_id
 from tasks.storage.keys import read_keys
+from tasks.storage.layout import DRILLS
+from tasks.storage.records import refused_records
 from tasks.table import policy
 
 # a scheduled backup takes time and a worker may start it late: overdue once it is this much later
@@ -148,5 +151,9 @@ def status(store: StoreBlock, components: list[str] | None = None) -> tuple[str,
         last = drills[-1]
         verdict = "PASSED" if last.passed else "FAILED: " + "; ".join(last.failures)[:200]
         lines.append(f"last drill: {last.id} {ago(last.started_at, now)}: {verdict}")
+    # a drill record no key of the store signed (forged) is left out of the drills above: say so
+    refused = refused_records(store, (DRILLS,))
+    for key, why in refused.items():
+        lines.append(f"REFUSED drill record {key}: {why}")
     lines += notes
-    return "\n".join(lines), healthy
+    return "\n".join(lines), healthy and not refused

@@ -22,7 +22,7 @@ from tasks.ids import new_backup_id, parse_backup_id
 from tasks.models import Manifest
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import get_backup
-from tasks.storage.health import Status, finding, mark_damaged, mark_verified
+from tasks.storage.health import Status, finding, is_damage, mark_damaged, mark_verified
 from tasks.storage.layout import RECOVERY_POINTS, layout
 from tasks.storage.records import get_record, put_record
 
@@ -118,8 +118,11 @@ def _load(data: dict, where: str, rp_id: str) -> RecoveryPoint:
 
 
 def scan_recovery_points(store: StoreBlock) -> tuple[list[RecoveryPoint], dict[str, str]]:
-    """(readable points oldest first, {id: why} of damaged records). A damaged record is recorded
-    as damaged (storage/health.py), never just dropped."""
+    """(readable points oldest first, {id: why} of records that cannot be used). A damaged record
+    (or one whose signature does not match: storage/signing.py) is recorded as damaged
+    (storage/health.py), never just dropped; an unsigned one, or one signed by a key the store
+    lacks, is not proof of damage: left out, not recorded. Either way a newer one stops
+    'latest' (latest_recovery_point)."""
     points, damaged = [], {}
     for key in backend_for(store).list_keys(layout(store).records_dir(SPACE)):
         if not key.endswith(".json"):
@@ -129,7 +132,10 @@ def scan_recovery_points(store: StoreBlock) -> tuple[list[RecoveryPoint], dict[s
             points.append(_load(get_record(store, key), key, rp_id))
         except (IntegrityError, NotFound) as exc:
             damaged[rp_id] = str(exc)
-            mark_damaged(store, rp_id, str(exc))
+            if is_damage(exc):
+                mark_damaged(store, rp_id, str(exc))
+            else:
+                log.error("recovery point left out: %s", exc)
     return sorted(points, key=lambda p: (p.created_at, p.id)), damaged
 
 
@@ -179,8 +185,15 @@ def latest_recovery_point(store: StoreBlock, gap: PointGap | None = None) -> Rec
     naming it: never an older point in silence."""
     points, damaged = scan_recovery_points(store)
     complete = [p for p in points if p.complete]
-    if not complete:
-        raise NotFound(f"no complete recovery point in {store.location}: run the backup-all flow first")
+    if not complete:  # the ones that cannot be used are named: unsigned ones after an upgrade, say
+        unusable = (
+            f" ({len(damaged)} cannot be used; the newest, {max(damaged)}: {damaged[max(damaged)]})"
+            if damaged
+            else ""
+        )
+        raise NotFound(
+            f"no complete recovery point in {store.location}{unusable}: run the backup-all flow first"
+        )
     complete = _covering(store, complete, gap)
     newest = complete[-1]
     known = finding(store, newest.id)
@@ -217,7 +230,8 @@ def get_recovery_point(
             f"no recovery point {rp_id} in {store.location}: list them with list_recovery_points()"
         ) from None
     except IntegrityError as exc:
-        mark_damaged(store, rp_id, str(exc))
+        if exc.proves_damage:  # not an unsigned record, nor a key the store lacks
+            mark_damaged(store, rp_id, str(exc))
         raise
 
 

@@ -107,14 +107,22 @@ def record_key_of(store: StoreBlock, restore_id: str) -> str:
 
 def load_restore_record(store: StoreBlock, restore_id: str) -> RestoreRecord:
     """The record stored under `restore_id`, naming that restore (a record copied over another's
-    would make a rollback put back the wrong safety backup)."""
+    would make a rollback put back the wrong safety backup). On a store with keys, one no key of
+    the store signed there is refused (IntegrityError, storage/signing.py): nothing is rolled
+    back on the word of a forged record."""
     try:
-        record = RestoreRecord.model_validate(get_record(store, record_key_of(store, restore_id)))
+        data = get_record(store, record_key_of(store, restore_id))
     except NotFound:
         raise NotFound(
             f"no restore {restore_id} in {store.location}: the id is in the restore's checklist "
             "artifact and in its flow run's result"
         ) from None
+    return restore_record_from(data, restore_id)
+
+
+def restore_record_from(data: dict[str, Any], restore_id: str) -> RestoreRecord:
+    """The record read under `restore_id`'s key, which must name that very restore."""
+    record = RestoreRecord.model_validate(data)
     if record.id != restore_id:
         raise IntegrityError(
             f"the record of restore {restore_id} names another restore, {record.id}: it was copied; "

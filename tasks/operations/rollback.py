@@ -24,10 +24,16 @@ from blocks.store import StoreBlock
 from tasks.errors import BackupError, BadInput
 from tasks.models import Manifest
 from tasks.operations.plan import target_label
-from tasks.operations.restores import CHANGED, RestoreRecord, load_restore_record, target_digest, untouched
-from tasks.storage.backends import backend_for
+from tasks.operations.restores import (
+    CHANGED,
+    RestoreRecord,
+    restore_record_from,
+    target_digest,
+    untouched,
+)
 from tasks.storage.catalog import get_backup
-from tasks.storage.layout import RESTORE_RECORD, RESTORES, layout
+from tasks.storage.layout import RESTORE_RECORD, RESTORES
+from tasks.storage.records import iter_records
 from tasks.verbs import restore_options, writes_target, wrote
 
 # the options of a Kubernetes restore that narrow what it wrote, carried over to its rollback
@@ -295,11 +301,13 @@ def check_nothing_later(store: StoreBlock, record: RestoreRecord) -> None:
     same target since then would be undone too, without a word, while its record still says
     'restored'. They are rolled back first, newest first, each by its own id."""
     later = []
-    for key in backend_for(store).list_keys(layout(store).records_dir(RESTORES)):
-        restore_id = key.rsplit("/", 2)[-2] if key.endswith("/" + RESTORE_RECORD) else ""
+    # a record no key of the store signed (forged by a writer of the bucket) is left out, logged:
+    # it must not stop the rollback of a real restore (storage/records.py iter_records)
+    for key, data in iter_records(store, RESTORES, "/" + RESTORE_RECORD):
+        restore_id = key.rsplit("/", 2)[-2]
         if restore_id <= record.id:  # ids sort by their start time
             continue
-        other = load_restore_record(store, restore_id)
+        other = restore_record_from(data, restore_id)
         same = other.component == record.component and other.target_digest == record.target_digest
         # a later restore rolled back (its status), with the rollback that undid it: back to as before
         undoes_later = other.kind == "rollback" and (other.rolls_back or "") > record.id
