@@ -176,3 +176,30 @@ def test_a_rollback_of_an_overwritten_queue_is_refused_naming_it():
             ["queue 'q' in vhost 'v'", "parameter vhost-limits 'limits' in vhost 'v'"], "s1"
         )
     assert "queue 'q'" in str(refused.value) and "s1" in str(refused.value)
+
+
+def test_only_names_the_backup_lacks_or_a_vhost_deleted_since_are_refused_before_anything(
+    api, rabbitmq, broker, local_store
+):
+    from tasks.errors import BadInput
+    from tasks.verbs import backup_task, restore_task
+
+    vhost, _ = broker
+    target = RabbitMQTarget(url=rabbitmq.extra["url"], vhosts=[vhost])
+    store = local_store()
+    backup = backup_task.fn("rabbitmq", target, store)
+    put(api, f"/vhost-limits/{seg(vhost)}/max-connections", {"value": 50})
+    with pytest.raises(BadInput, match="does not hold") as refused:
+        restore_task.fn(backup, target, store, {"only": [f"queue 'nope' in vhost {vhost!r}"]})
+    assert getattr(refused.value, "target_untouched", False)
+    assert limits(api, vhost) == {"max-connections": 50}
+
+    limit = f"parameter vhost-limits 'limits' in vhost {vhost!r}"
+    report = restore_task.fn(backup, target, store, {"only": [limit]})
+    assert report["overwritten"] == [limit] and report["created"] == []
+    assert limits(api, vhost) == {"max-connections": 10}
+    assert api.delete(f"/vhosts/{seg(vhost)}").status_code == 204
+    with pytest.raises(BadInput, match="deleted since") as refused:
+        restore_task.fn(backup, target, store, {"only": [limit]})
+    assert getattr(refused.value, "target_untouched", False)
+    assert vhost not in [v["name"] for v in api.get("/vhosts").json()]
