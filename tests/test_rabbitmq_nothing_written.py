@@ -203,3 +203,41 @@ def test_only_names_the_backup_lacks_or_a_vhost_deleted_since_are_refused_before
         restore_task.fn(backup, target, store, {"only": [limit]})
     assert getattr(refused.value, "target_untouched", False)
     assert vhost not in [v["name"] for v in api.get("/vhosts").json()]
+
+
+def tags(api, user: str) -> list[str]:
+    return sorted(api.get(f"/users/{seg(user)}").json()["tags"])
+
+
+@pytest.mark.broker_wide  # whole-broker restores, of every vhost and user (other tests' included)
+def test_a_whole_broker_restore_reports_the_users_it_overwrote_and_its_rollback_only_those(
+    api, rabbitmq, broker, local_store
+):
+    """An import of the broker's own definitions writes nothing: `nothing restored`. One that
+    overwrote user a (its tags changed since the backup) is rolled back by putting back user a
+    only: user b, whose tags were changed after the restore, keeps them."""
+    from pydantic import SecretStr
+
+    from flows.backup import backup_component
+    from flows.recovery import load_restore_record, restore_with_checklist, rollback_restore
+
+    _, (a, b) = broker
+    target = RabbitMQTarget(url=rabbitmq.extra["url"])
+    store = local_store(encryption_key=SecretStr("rmq-key"))
+    backup = backup_component("rabbitmq", target=target, store=store)
+    same = restore_with_checklist("rabbitmq", backup_id=backup.id, target=target, store=store)
+    assert same.status == "nothing restored", (same.report["created"], same.report["overwritten"])
+
+    put(api, f"/users/{seg(a)}", {"password_hash": "", "tags": "monitoring"})  # since the backup
+    hash_a = api.get(f"/users/{seg(a)}").json()["password_hash"]
+    record = restore_with_checklist("rabbitmq", backup_id=backup.id, target=target, store=store)
+    assert record.status == "restored"
+    assert record.report["overwritten"] == [f"user {a!r}"] and record.report["created"] == []
+    assert tags(api, a) == []
+    put(api, f"/users/{seg(b)}", {"password_hash": "", "tags": "management"})  # since the restore
+
+    rollback_restore(record.id, target=target, store=store)
+    assert tags(api, a) == ["monitoring"] and api.get(f"/users/{seg(a)}").json()["password_hash"] == hash_a
+    assert tags(api, b) == ["management"]
+    rollback = load_restore_record(store, load_restore_record(store, record.id).rolled_back_by)
+    assert rollback.options == {"only": [f"user {a!r}"]}
