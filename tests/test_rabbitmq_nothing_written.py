@@ -241,3 +241,50 @@ def test_a_whole_broker_restore_reports_the_users_it_overwrote_and_its_rollback_
     assert tags(api, b) == ["management"]
     rollback = load_restore_record(store, load_restore_record(store, record.id).rolled_back_by)
     assert rollback.options == {"only": [f"user {a!r}"]}
+
+
+def test_a_restore_that_failed_after_its_import_records_what_it_wrote(api, rabbitmq, local_store):
+    """RabbitMQ 3.10 imports a binding to a queue that does not exist without a word, so the
+    check after the import fails. The failed restore's record now holds what the import wrote
+    (it created queue a), and its rollback is refused: it overwrote nothing, and putting the
+    safety backup back would only undo writes made since."""
+    from flows.backup import backup_component
+    from flows.recovery import load_restore_record, restore_with_checklist, rollback_restore
+    from tasks.errors import BadInput, IntegrityError
+    from tests.rabbitmq_helpers import serve
+
+    name = f"klb-nw-f-{secrets.token_hex(4)}"
+    vhost_doc = {
+        "queues": [{"name": "a", "durable": True, "auto_delete": False, "arguments": {}}],
+        "bindings": [
+            {"source": "amq.direct", "destination": "missing", "destination_type": "queue",
+             "routing_key": "k", "arguments": {}},
+        ],
+        "exchanges": [], "policies": [], "parameters": [],
+    }  # fmt: skip
+    put(api, f"/vhosts/{name}", {"description": ""})
+    put(api, f"/vhost-limits/{seg(name)}/max-connections", {"value": 10})
+    store = local_store()
+    try:
+        with serve(name, {"vhosts": [{"name": name}]}, vhost_doc) as url:
+            backup = backup_component("rabbitmq", target=RabbitMQTarget(url=url, vhosts=[name]), store=store)
+        target = RabbitMQTarget(url=rabbitmq.extra["url"], vhosts=[name])
+        with pytest.raises(IntegrityError, match="missing"):
+            restore_with_checklist("rabbitmq", backup_id=backup.id, target=target, store=store)
+        (record_id,) = [r for r in _restore_ids(store) if r.startswith("restore-")]
+        record = load_restore_record(store, record_id)
+        assert record.status == "failed"
+        assert record.report == {"created": [f"queue 'a' in vhost {name!r}"], "overwritten": []}
+        put(api, f"/vhost-limits/{seg(name)}/max-connections", {"value": 50})  # since the restore
+        with pytest.raises(BadInput, match="overwrote nothing"):
+            rollback_restore(record.id, target=target, store=store)
+        assert limits(api, name) == {"max-connections": 50}
+    finally:
+        api.delete(f"/vhosts/{seg(name)}")
+
+
+def _restore_ids(store) -> list[str]:
+    from tasks.storage.layout import RESTORE_RECORD, RESTORES
+    from tasks.storage.records import iter_records
+
+    return [key.rsplit("/", 2)[-2] for key, _ in iter_records(store, RESTORES, "/" + RESTORE_RECORD)]
