@@ -308,7 +308,9 @@ def rollback_restore(
     opts = restore_options(original.component, given)
     check_restore(manifest, target_block, store_block, given)  # refused now, not after the checklist
     # what the restore created is not in the safety backup: the rollback leaves it, and says so
-    left = created_by_restore(store_block, original.component, original.backup_id, original.options, manifest)
+    left = created_by_restore(
+        store_block, original.component, original.backup_id, original.options, manifest, original.report
+    )
     if left:
         logger.warning("rollback of %s leaves what that restore created: %s", restore_id, ", ".join(left))
     record = _new_record(

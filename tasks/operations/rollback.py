@@ -8,9 +8,10 @@ one of them, over writes made since to those the restore never touched. So the r
 the restore's own scope (what it wrote to, after renames and mappings) and overwrites it. A
 restore that by its options never wrote to its target (postgres cut_over=False without roles,
 etcd without execute_swap, a PITR into a new instance) has nothing to roll back. A restore whose
-report says what it overwrote (the component's `wrote`: Kubernetes, volumes) is rolled back by
-exactly that: one that overwrote nothing (Velero's policy none only creates what is missing) has
-nothing to put back, and one whose scope reaches objects it left alone is put back by name.
+report says what it overwrote (the component's `wrote`: Kubernetes, volumes, RabbitMQ) is rolled
+back by exactly that: one that overwrote nothing (Velero's policy none only creates what is
+missing, an import of definitions the broker holds already) has nothing to put back, and one
+whose scope reaches objects it left alone is put back by name.
 """
 
 from __future__ import annotations
@@ -174,12 +175,33 @@ def rollback_options(
         return _postgres(options, backup, safety)
     if component == "etcd":
         return {"execute_swap": True}
-    if component == "rabbitmq" and options.get("vhost"):
-        return {"vhost": options.get("into_vhost") or options["vhost"]}
+    if component == "rabbitmq":
+        return _rabbitmq(store, options, safety, wrote(component, options, report))
     if component == "app-state" and options.get("steps"):
         held = {o.name for o in safety.objects}
         return {"steps": _held("steps", list(options["steps"]), held)}
     return {}
+
+
+def _rabbitmq(store: StoreBlock, options: dict, safety: Manifest, done: dict[str, list[str]] | None) -> dict:
+    """From the safety backup: exactly the definitions the restore overwrote (its report says
+    which), by name; the whole vhost (or broker) it restored only when its report cannot tell (a
+    record from before reports said it). Refused when the safety backup does not hold them all,
+    or when they are queues, exchanges or vhost metadata, which an import never replaces."""
+    from tasks.components.rabbitmq.definitions import _load  # the component's own, only here
+    from tasks.components.rabbitmq.written import narrowed, refuse_unsafe_rollback
+
+    vhost = {"vhost": options.get("into_vhost") or options["vhost"]} if options.get("vhost") else {}
+    if done is None:
+        return vhost
+    refuse_unsafe_rollback(done["overwritten"], safety.id)
+    _, absent = narrowed(_load(store, safety), done["overwritten"])
+    if absent:
+        raise BadInput(
+            f"the restore overwrote {absent[:20]}, which its safety backup {safety.id} does not hold "
+            "(it backed up other vhosts than the restore wrote to): put them back by hand; nothing was done"
+        )
+    return {**vhost, "only": list(done["overwritten"])}
 
 
 def _velero_created(store: StoreBlock, options: dict, restored: Manifest, safety: Manifest) -> list[str]:
@@ -210,7 +232,12 @@ def _velero_created(store: StoreBlock, options: dict, restored: Manifest, safety
 
 
 def created_by_restore(
-    store: StoreBlock, component: str, backup_id: str, options: dict[str, Any], safety: Manifest
+    store: StoreBlock,
+    component: str,
+    backup_id: str,
+    options: dict[str, Any],
+    safety: Manifest,
+    report: dict[str, Any] | None = None,
 ) -> list[str]:
     """What the restore of `backup_id` (with `options`, as recorded) created that its safety
     backup does not hold (new databases, namespaces, objects, vhosts, steps): a rollback puts back
@@ -218,6 +245,8 @@ def created_by_restore(
     them, and says so. Listed, never deleted here: deleting is the operator's call."""
     if not writes_target(component, options):
         return []
+    if component == "rabbitmq" and (done := wrote(component, options, report)) is not None:
+        return list(done["created"])  # what its import created, by name (its report)
     restored = _restored_backup(store, backup_id, component)
     if restored is None:
         return [f"unknown: backup {backup_id} is gone, so what its restore created cannot be listed"]
@@ -225,9 +254,9 @@ def created_by_restore(
         return _velero_created(store, options, restored, safety)
     if component == "postgres":
         rename = options.get("rename_to") or {}
-        wrote = options.get("databases") or list(restored.engine.get("databases") or {})
+        written = options.get("databases") or list(restored.engine.get("databases") or {})
         held = set(safety.engine.get("databases") or {})
-        left = [f"database {rename.get(d, d)}" for d in wrote if rename.get(d, d) not in held]
+        left = [f"database {rename.get(d, d)}" for d in written if rename.get(d, d) not in held]
         with_globals = options.get("include_globals")
         if with_globals if with_globals is not None else not options.get("databases"):
             # roles the restore's globals created (a rollback puts databases back, not roles)
@@ -235,9 +264,9 @@ def created_by_restore(
         return left
     if component == "rabbitmq":
         held = set(safety.engine.get("vhost_metadata") or {})
-        wrote = [options.get("into_vhost") or options["vhost"]] if options.get("vhost") else []
-        wrote = wrote or list(restored.engine.get("vhost_metadata") or {})
-        return [f"vhost {v}" for v in wrote if v not in held]
+        written = [options.get("into_vhost") or options["vhost"]] if options.get("vhost") else []
+        written = written or list(restored.engine.get("vhost_metadata") or {})
+        return [f"vhost {v}" for v in written if v not in held]
     if component == "app-state":
         held = {o.name for o in safety.objects}
         return [

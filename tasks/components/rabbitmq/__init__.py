@@ -24,7 +24,6 @@ from tasks.components.rabbitmq.api import (
     _raise_for,
     _vhost_exists,
     connect,
-    create_vhost,
     metadata_differences,
     q,
     vhost_metadata,
@@ -41,13 +40,16 @@ from tasks.components.rabbitmq.definitions import (
     broker_differences,
     counts,
     differences,
-    drop_newer_user_limits,
     restored_differences,
     vhost_definitions,
     without_movers,
 )
+from tasks.components.rabbitmq.drill import drill, drill_cleanup
+from tasks.components.rabbitmq.importing import attach_written, import_definitions
 from tasks.components.rabbitmq.prechecks import check_restore, refuse_before_restore, self_lockout
-from tasks.errors import BadInput, IntegrityError, IsolationTaken, TransientError, target_untouched
+from tasks.components.rabbitmq.written import COMPARED, compare, importable, narrowed, snapshot
+from tasks.components.rabbitmq.written import wrote as _wrote
+from tasks.errors import BadInput, IntegrityError, target_untouched
 from tasks.models import Manifest
 from tasks.storage.session import BackupSession
 
@@ -150,40 +152,11 @@ class RestoreOptions(StrictOptions):
     into_vhost: str | None = Field(
         default=None, description="import that vhost under another name (e.g. for a drill); needs `vhost`"
     )
-
-
-def _import_vhost(
-    target: RabbitMQTarget,
-    client: httpx.Client,
-    vhost: str,
-    defs: dict[str, Any],
-    meta: dict[str, Any] | None,
-) -> bool:
-    """Create the vhost if needed (with its backed-up metadata) and POST its definitions; True if
-    the vhost was created."""
-    created = not _vhost_exists(target, client, vhost)
-    if created:
-        create_vhost(target, client, vhost, meta)
-    resp = client.post(f"/definitions/{q(vhost)}", content=json.dumps(defs))
-    if resp.status_code >= 400 and created:  # a refused import leaves no empty vhost behind
-        client.delete(f"/vhosts/{q(vhost)}")
-    _raise_for(target, resp, f"import definitions into vhost {vhost!r}")
-    return created
-
-
-def _with_metadata(doc: dict[str, Any], meta: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
-    """The broker document with each vhost entry carrying `meta` (where known)."""
-    vhosts = []
-    for entry in doc.get("vhosts") or []:
-        extra = meta.get(entry["name"]) or {}
-        vhosts.append(
-            {
-                **entry,
-                **extra,
-                **({"metadata": {**entry["metadata"], **extra}} if "metadata" in entry else {}),
-            }
-        )
-    return {**doc, "vhosts": vhosts}
+    only: list[str] | None = Field(
+        default=None,
+        description="import only these definitions of the backup, named as a restore's report names "
+        "them (`overwritten`): what a rollback puts back, and nothing the restore left alone",
+    )
 
 
 COPY_WHY = (
@@ -208,29 +181,34 @@ def _plan(
     return {v: vhost_definitions(docs, v) for v in backup_vhosts(docs)}, {}
 
 
-def _restore_vhost_access(
-    target: RabbitMQTarget, client: httpx.Client, broker: dict[str, Any], vhost: str
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """A broker backup's permissions and topic permissions on `vhost`, put back for the users that
-    exist (deleting a vhost deletes them; a per-vhost import carries none). Returns (what was put
-    back, for verification; {user: why not})."""
-    live_users = {u["name"] for u in _get(target, client, "/users", "list users") or []}
-    put_back: dict[str, Any] = {"permissions": [], "topic_permissions": []}
-    skipped: dict[str, str] = {}
-    for kind, path, props in (
-        ("permissions", "permissions", ("configure", "write", "read")),
-        ("topic_permissions", "topic-permissions", ("exchange", "write", "read")),
-    ):
-        for perm in broker.get(kind) or []:
-            if perm.get("vhost") != vhost:
-                continue
-            if perm["user"] not in live_users:
-                skipped[perm["user"]] = "the user does not exist: restore the whole broker to bring it back"
-                continue
-            resp = client.put(f"/{path}/{q(vhost)}/{q(perm['user'])}", json={p: perm[p] for p in props})
-            _raise_for(target, resp, f"set {kind} of {perm['user']!r} on vhost {vhost!r}")
-            put_back[kind].append(perm)
-    return put_back, skipped
+def _narrow(
+    docs: dict[str | None, dict[str, Any]], options: RestoreOptions
+) -> dict[str | None, dict[str, Any]]:
+    """The backup's definitions, or with `only` those it names (refused if it holds not all)."""
+    if options.only is None:
+        return docs
+    kept, absent = narrowed(docs, options.only)
+    if absent:
+        raise BadInput(
+            f"the backup does not hold {absent[:20]} (`only`): restore from the backup taken before "
+            "the restore that wrote them (its safety backup), or put them back by hand"
+        )
+    return kept
+
+
+def _only_plan(
+    target: RabbitMQTarget, client: httpx.Client, plan: dict[str, dict[str, Any]], only: list[str]
+) -> dict[str, dict[str, Any]]:
+    """The vhosts of `plan` that hold something `only` names; each must exist: importing into one
+    deleted since would create it, which is more than putting back what a restore overwrote."""
+    kept = {v: defs for v, defs in plan.items() if any(defs.get(k) for k in VHOST_KINDS)}
+    gone = [v for v in kept if not _vhost_exists(target, client, v)]
+    if gone:
+        raise BadInput(
+            f"vhost(s) {gone} were deleted since: putting back {only[:20]} would create them again. "
+            "Restore them whole (without `only`) if they are wanted; nothing was done"
+        )
+    return kept
 
 
 def restore(
@@ -241,25 +219,37 @@ def restore(
     except BadInput as exc:  # before anything: a rollback must find nothing to undo
         raise target_untouched(exc) from None
     docs = _load(store, manifest)
+    try:
+        docs = _narrow(docs, options)
+    except BadInput as exc:
+        raise target_untouched(exc) from None
     plan, left_out = _plan(docs, options)
     broker_wide = None in docs and not options.vhost
     backed_up = manifest.engine.get("vhost_metadata") or {}  # older backups have none
     meta = {v: backed_up.get(options.vhost or v) for v in plan}
+    broker = docs.get(None)
     with connect(target) as client:
-        refuse_before_restore(target, client, plan, docs[None] if broker_wide else None)
-        if broker_wide:  # users, vhosts, permissions, global parameters and everything else at once
-            created = [v for v in plan if not _vhost_exists(target, client, v)]
-            # the import sets every vhost's description and tags from its entry (blank if absent):
-            # created vhosts get the backed-up ones, existing vhosts keep their own
-            meta |= vhost_metadata(target, client, [v for v in plan if v not in created])
-            resp = client.post("/definitions", content=json.dumps(_with_metadata(docs[None], meta)))
-            _raise_for(target, resp, "import the broker's definitions")
-            drop_newer_user_limits(target, client, docs[None])
-        else:
-            created = [v for v, defs in plan.items() if _import_vhost(target, client, v, defs, meta[v])]
-        access, skipped = None, {}
-        if None in docs and options.vhost and not options.into_vhost:  # one vhost of a broker backup
-            access, skipped = _restore_vhost_access(target, client, docs[None], options.vhost)
+        if options.only is not None:
+            try:
+                plan = _only_plan(target, client, plan, options.only)
+            except BadInput as exc:
+                raise target_untouched(exc) from None
+            if broker is not None:  # no vhost entry beyond those holding what is put back
+                broker = {**broker, "vhosts": [e for e in broker.get("vhosts") or [] if e["name"] in plan]}
+        refuse_before_restore(target, client, plan, broker if broker_wide else None)
+        # what the restore writes is what differs after it from before: the report says it, a
+        # restore that wrote nothing is `nothing restored`, and a rollback puts back exactly that
+        access_of = None if options.into_vhost else options.vhost
+        wanted = importable(plan, broker, broker_wide, access_of)
+        before = snapshot(target, client, wanted)
+        try:
+            created, access, skipped = import_definitions(
+                target, client, plan, meta, broker, broker_wide, access_of
+            )
+        except Exception as exc:
+            attach_written(exc, target, client, wanted, before)
+            raise
+        done = compare(before, snapshot(target, client, wanted))
         missing = [d for vhost, defs in plan.items() for d in differences(target, client, vhost, defs, False)]
         missing += [
             d
@@ -267,85 +257,42 @@ def restore(
             for d in metadata_differences(target, client, v, meta[v])
         ]
         if broker_wide or access:
-            missing += broker_differences(target, client, docs[None] if broker_wide else access)
-        missing += restored_differences(target, client, plan, docs[None] if broker_wide else None)
+            missing += broker_differences(target, client, broker if broker_wide else access)
+        missing += restored_differences(target, client, plan, broker if broker_wide else None)
     if missing:
-        raise IntegrityError(
+        exc = IntegrityError(
             f"definitions imported but not all present as backed up: {'; '.join(missing[:20])}"
         )
+        exc.partial_report = done  # type: ignore[attr-defined]
+        raise exc
     return {
         "restored_vhosts": {v: {k: len(defs[k]) for k in VHOST_KINDS} for v, defs in plan.items()},
         "created_vhosts": created,
         "broker_wide": broker_wide,
+        **done,
+        **({} if done["created"] or done["overwritten"] else {"note": NOTHING_NOTE}),
         **({"permissions_not_restored": skipped} if skipped else {}),
         **({"not_imported": left_out} if left_out else {}),
         "verified": "every vhost, queue, exchange, binding, policy and runtime parameter (vhost limits, "
         "shovels, federation upstreams) the restore imported exists with the same properties; every "
         "vhost the restore created has its description, tags and default queue type; a whole-broker "
         "restore also has every user, permission, topic permission and global parameter back",
+        "compared": COMPARED,
         "messages": MESSAGES_NOTE,
     }
 
 
-def _drill_vhost(target: RabbitMQTarget | None, docs: dict[str | None, dict[str, Any]]) -> str:
-    names = backup_vhosts(docs)
-    if target and target.vhosts and target.vhosts[0] in names:
-        return target.vhosts[0]
-    if not names:
-        raise BadInput("the backup holds no vhost to drill")
-
-    def weight(v: str) -> int:
-        defs = vhost_definitions(docs, v)
-        return len(defs["queues"]) + len(defs["exchanges"])
-
-    return max(names, key=weight)
+NOTHING_NOTE = (
+    "the restore wrote nothing: every definition it would import was on the broker already, as "
+    "backed up. The broker is as it was and there is nothing to roll back"
+)
 
 
-def drill(target: RabbitMQTarget, manifest: Manifest, store: StoreBlock, drill_id: str) -> dict[str, Any]:
-    """Import one vhost's definitions into `drill-<id>`, verify, and always delete that vhost."""
-    docs = _load(store, manifest)
-    source = _drill_vhost(target, docs)
-    drill_vhost = f"drill-{drill_id}"
-    # a shovel, federation upstream or federation policy would start consuming the broker's real
-    # queues the moment it is imported, and what it moved into the drill vhost is deleted with it
-    defs, not_drilled = without_movers(
-        vhost_definitions(docs, source),
-        "it would move messages of the broker's real queues while the drill runs",
-    )
-    with connect(target) as client:
-        if _vhost_exists(target, client, drill_vhost):
-            raise IsolationTaken(f"vhost {drill_vhost!r} already exists: use a new drill id")
-        try:
-            _import_vhost(
-                target, client, drill_vhost, defs, (manifest.engine.get("vhost_metadata") or {}).get(source)
-            )
-            missing = differences(target, client, drill_vhost, defs, False)
-            missing += restored_differences(target, client, {drill_vhost: defs}, None)
-        finally:
-            resp = client.delete(f"/vhosts/{q(drill_vhost)}")
-            if resp.status_code not in (204, 404):
-                log.error("could not delete drill vhost %s: HTTP %s", drill_vhost, resp.status_code)
-    if missing:
-        raise IntegrityError(
-            f"drill of {manifest.id} ({source!r} into {drill_vhost!r}): {'; '.join(missing[:20])}"
-        )
-    return {
-        "verified": True,
-        "checks": {
-            "source_vhost": source,
-            "drill_vhost": drill_vhost,
-            **{k: len(defs[k]) for k in VHOST_KINDS},
-        },
-        "not_drilled": not_drilled,
-    }
-
-
-def drill_cleanup(target: RabbitMQTarget, drill_id: str) -> None:
-    """Delete the `drill-<id>` vhost a crashed drill left."""
-    with connect(target) as client:
-        resp = client.delete(f"/vhosts/{q(f'drill-{drill_id}')}")
-        if resp.status_code not in (204, 404):
-            raise TransientError(f"could not delete vhost drill-{drill_id}: HTTP {resp.status_code}")
+def wrote(options: RestoreOptions, report: dict[str, Any] | None) -> dict[str, list[str]] | None:
+    """What a restore wrote, from its report: {"created": [...], "overwritten": [...]}, the
+    definitions of its scope that differ after its import from before it (written.py). None when
+    it cannot tell (no report: it failed before it could say, or its run died)."""
+    return _wrote(report)
 
 
 def describe_current_state(target: RabbitMQTarget) -> dict[str, Any]:
@@ -393,4 +340,5 @@ __all__ = [
     "self_lockout",
     "verify",
     "vhost_definitions",
+    "wrote",
 ]
