@@ -147,3 +147,16 @@ def test_a_backup_taken_without_cluster_resources_restored_where_the_crd_is_gone
     with pytest.raises(IntegrityError) as lost:
         velero.restore(target, manifest := session.manifest, store, velero.RestoreOptions())
     assert f"{ns}/{KSVC_KIND}/hello" in str(lost.value) and manifest
+
+
+def test_a_rollback_does_not_put_back_custom_resources_the_restore_never_wrote():
+    """A rollback restores the safety backup by namespace and kind: with the restore having
+    overwritten only a ConfigMap, a whole-namespace rollback would also put the Knative Service
+    back over writes made to it since. Its kinds were not in the rollback's scope, so it went
+    ahead; now it is narrowed to the ConfigMap by name."""
+    from tasks.components.kubernetes.written import exact_rollback
+
+    inventory = {"app": {"configmaps": ["settings"], KSVC_KIND: ["hello"]}}
+    done = {"created": [], "overwritten": ["app/configmaps/settings"]}
+    narrowed = exact_rollback({"namespaces": ["app"]}, done, inventory, "safety")
+    assert narrowed["resources"] == ["configmaps"] and narrowed["names"] == ["settings"]
