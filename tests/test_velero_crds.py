@@ -101,3 +101,21 @@ def test_a_crd_in_the_cluster_is_kept_and_serves_the_restored_resource(kube_api,
     _, done = restore(kube_api, name, includedNamespaces=[kn])
     assert done["status"]["phase"] == "Completed"
     assert kube_api.server.store.find(ksvc_res(kube_api), kn, "hello") is not None
+
+
+def test_a_crds_short_name_selects_its_resource_in_backups_and_restores(kube_api, kn):
+    """Velero resolves included/excluded resources through discovery, which lists the CRD's
+    short names: 'ksvc' is Knative's Service, 'services' the core one."""
+    only, _ = backup(kube_api, kn, includedResources=["ksvc"])
+    items = held(kube_api, only)
+    assert ("services.serving.knative.dev", "hello") in items and ("configmaps", "settings") not in items
+    assert ("customresourcedefinitions.apiextensions.k8s.io", "services.serving.knative.dev") in items
+    without, _ = backup(kube_api, kn, excludedResources=["ksvc"])
+    assert ("services.serving.knative.dev", "hello") not in held(kube_api, without)
+    core, _ = backup(kube_api, kn, includedResources=["services"])
+    assert ("services.serving.knative.dev", "hello") not in held(kube_api, core)
+    name, _ = backup(kube_api, kn)
+    kube_api.server.store.delete(ksvc_res(kube_api), kn, "hello")
+    _, done = restore(kube_api, name, includedNamespaces=[kn], includedResources=["ksvc"])
+    assert done["status"]["progress"]["itemsRestored"] == 1
+    assert kube_api.server.store.find(ksvc_res(kube_api), kn, "hello") is not None

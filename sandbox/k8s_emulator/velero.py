@@ -22,7 +22,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sandbox.k8s_emulator import velero_crds, velero_restore
+from sandbox.k8s_emulator import crds, velero_crds, velero_restore
 from sandbox.k8s_emulator.controllers import ClusterControllers, claims_of
 from sandbox.k8s_emulator.seeding import Seeding
 from sandbox.k8s_emulator.snapshot import (
@@ -237,6 +237,7 @@ class VeleroController(Seeding):
         snap = Snapshot()
         inc, exc = spec.get("includedResources"), spec.get("excludedResources")
         selector = spec.get("labelSelector")
+        served = crds.served(self.store)
         for ns_obj in self.store.list(NAMESPACES):
             ns = ns_obj["metadata"]["name"]
             if not ns_wanted(ns, spec.get("includedNamespaces"), spec.get("excludedNamespaces")):
@@ -244,7 +245,7 @@ class VeleroController(Seeding):
             if wanted(NAMESPACES, inc, exc):
                 snap.items.append((NAMESPACES, ns_obj))
             for res in [*WORKLOAD, *velero_crds.namespaced_custom(self.store)]:
-                if wanted(res, inc, exc):
+                if wanted(res, inc, exc, served):  # a CRD's short name ('ksvc') resolves too
                     snap.items += [(res, obj) for obj in self.store.list(res, ns, selector)]
         pvcs = [obj for res, obj in snap.items if res is PVCS and backed_up(obj)]
         if wanted(PVS, inc, exc):  # the PVC backup item action adds its PV

@@ -39,7 +39,7 @@ import contextlib
 import time
 from typing import Any
 
-from sandbox.k8s_emulator import velero_crds
+from sandbox.k8s_emulator import crds, velero_crds
 from sandbox.k8s_emulator.errors import ApiError
 from sandbox.k8s_emulator.snapshot import (
     BACKUPS,
@@ -148,6 +148,7 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
     restore_pvs = spec.get("restorePVs") is not False
     inc, exc = spec.get("includedResources"), spec.get("excludedResources")
     with_pvs = wanted(PVS, inc, exc)
+    served = crds.served(ctl.store)  # discovery at the restore's start: a CRD's short names too
     cluster = cluster_scoped_wanted(spec)
     picked = [
         (res, obj)
@@ -158,7 +159,7 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
             if res.namespaced or res is NAMESPACES
             else cluster
         )
-        and wanted(res, inc, exc)
+        and wanted(res, inc, exc, served)
         and match_labels(obj["metadata"].get("labels") or {}, spec.get("labelSelector"))
     ]
     picked.sort(
