@@ -51,3 +51,58 @@ def configmap(kube_api, ns: str, name: str) -> dict:
 
 def set_configmap(kube_api, ns: str, name: str, data: dict) -> None:
     k8s(kube_api).core.patch_namespaced_config_map(name, ns, {"data": data})
+
+
+# Knative Serving's Service CRD, cut down to what a backup must bring back (its schema is
+# open under spec, as Knative's own CRD is: x-kubernetes-preserve-unknown-fields)
+KNATIVE_SERVICE_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "services.serving.knative.dev", "labels": {"knative.dev/crd-install": "true"}},
+    "spec": {
+        "group": "serving.knative.dev",
+        "names": {
+            "kind": "Service",
+            "plural": "services",
+            "singular": "service",
+            "shortNames": ["kservice", "ksvc"],
+            "categories": ["all", "knative", "serving"],
+        },
+        "scope": "Namespaced",
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                        },
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+def install_knative_crd(ctl) -> None:
+    """Knative Serving's Service CRD, as `kubectl apply -f serving-crds.yaml` installs it."""
+    ctl.seed("apiextensions.k8s.io/v1", "customresourcedefinitions", "", KNATIVE_SERVICE_CRD)
+
+
+def seed_knative_service(ctl, ns: str, name: str = "hello", image: str = "ghcr.io/klb/hello:v1") -> dict:
+    """A Knative Service (the platform's workload) in `ns`; its CRD must be installed."""
+    return ctl.seed(
+        "serving.knative.dev/v1",
+        "services",
+        ns,
+        {
+            "metadata": {"name": name, "labels": {"app": name}},
+            "spec": {"template": {"spec": {"containers": [{"image": image}]}}},
+        },
+    )

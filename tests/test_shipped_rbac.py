@@ -52,12 +52,15 @@ class Cluster:
 
 
 def start_cluster(workdir: Path, rbac: list[dict]) -> Cluster:
-    """An emulated cluster with the apps, Velero, and `rbac` applied; a flow-runner kubeconfig."""
-    from tests.k8s_helpers import seed_app
+    """An emulated cluster with the apps (each with a Knative Service: the platform's workload, a
+    custom resource), Velero, and `rbac` applied; a flow-runner kubeconfig."""
+    from tests.k8s_helpers import install_knative_crd, seed_app, seed_knative_service
 
     api = start_kube_api(workdir)
+    install_knative_crd(api.controller)
     for ns in APP_NAMESPACES:
         seed_app(api.controller, ns)
+        seed_knative_service(api.controller, ns)
     api.apply(NAMESPACE + rbac)
     kubeconfig = api.service_account_kubeconfig(
         ACCOUNT["namespace"], ACCOUNT["name"], workdir / "flow-runner.kubeconfig"
@@ -327,6 +330,29 @@ def test_removing_any_rule_of_the_shipped_rbac_fails_a_flow(
         c = run_flow(flow, tmp_path / "reduced", local_store(), reduced)
         assert c.api.server.auth.refused == []  # a refusal the flow swallowed still counts
     assert "forbidden" in str(failed.value), f"without {rule}, {flow} failed otherwise: {failed.value}"
+
+
+def test_a_custom_kind_the_shipped_rbac_does_not_name_fails_the_backup_saying_how_to_add_it(
+    prefect_server, cluster, local_store
+):
+    """Least privilege: rbac.yaml lets the flows list Knative's Services, not every custom resource.
+    A namespace that holds another operator's custom resources (which Velero backs up) fails the
+    backup, naming the rule to add (or the exclusion), instead of an inventory that cannot see
+    them; with the kind excluded the backup goes ahead."""
+    from flows.backup import backup_component
+    from tests.k8s_helpers import KNATIVE_SERVICE_CRD
+
+    crd = copy.deepcopy(KNATIVE_SERVICE_CRD)
+    crd["metadata"] = {"name": "widgets.example.com"}
+    crd["spec"].update(group="example.com", names={"kind": "Widget", "plural": "widgets"})
+    cluster.api.apply([crd])
+    with pytest.raises(Exception) as refused:  # noqa: PT011 (the flow wraps the component's error)
+        backup_component("kubernetes", target=cluster.velero_target(), store=local_store())
+    said = str(refused.value)
+    assert "forbidden by RBAC" in said and "apiGroups: [example.com], resources: [widgets]" in said
+    assert "exclude_resources: [widgets.example.com]" in said
+    target = cluster.velero_target(exclude_resources=["widgets.example.com"])
+    backup_component("kubernetes", target=target, store=local_store())
 
 
 @pytest.fixture

@@ -72,11 +72,12 @@ class KubeAPI:
 
     def apply(self, docs: list[dict]) -> None:
         """Create manifests' objects as a cluster admin would (`kubectl apply` of new objects)."""
+        from sandbox.k8s_emulator import crds
         from sandbox.k8s_emulator.store import RESOURCES
 
-        by_kind = {(r.group_version, r.kind): r for r in RESOURCES}
-        for doc in docs:
-            res = by_kind.get((doc["apiVersion"], doc["kind"]))
+        for doc in docs:  # a CRD earlier in `docs` serves the custom resources after it
+            known = RESOURCES + crds.served(self.server.store)
+            res = {(r.group_version, r.kind): r for r in known}.get((doc["apiVersion"], doc["kind"]))
             if res is None:
                 raise ValueError(f"the emulator does not serve {doc['apiVersion']} {doc['kind']}")
             self.server.store.create(res, doc["metadata"].get("namespace", "") if res.namespaced else "", doc)

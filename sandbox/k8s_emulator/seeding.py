@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from sandbox.k8s_emulator import crds
 from sandbox.k8s_emulator.snapshot import NAMESPACES, PODS, PVCS, PVS
 from sandbox.k8s_emulator.store import BY_PATH, Resource
 
@@ -145,7 +146,8 @@ class Seeding:
         return pvc
 
     def seed(self, group_version: str, plural: str, namespace: str, obj: dict[str, Any]) -> dict:
-        return self.store.create(BY_PATH[(group_version, plural)], namespace, obj)
+        res = BY_PATH.get((group_version, plural)) or crds.by_path(self.store)[(group_version, plural)]
+        return self.store.create(res, namespace, obj)
 
     def settle(self, done, timeout: float = 10) -> None:
         """Wait until the controllers have brought `done()` about (seeding only)."""

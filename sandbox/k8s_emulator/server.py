@@ -1,7 +1,8 @@
 """An HTTP server speaking the Kubernetes REST API for the calls the project makes.
 
 Namespaces, apps/v1 deployments (+ /scale), core/v1 PVCs, configmaps, secrets, services, pods,
-serviceaccounts, RBAC roles and bindings, and velero.io/v1 custom objects (+ /status):
+serviceaccounts, RBAC roles and bindings, velero.io/v1 custom objects (+ /status),
+CustomResourceDefinitions and the custom resources they serve (crds.py):
 list/get/create/replace/patch/delete, label selectors, 201/404/409/403/422 with Kubernetes
 Status bodies. The official `kubernetes` client talks to it over real HTTP.
 Every request is authenticated by its bearer token and authorized by RBAC (rbac.py).
@@ -16,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from sandbox.k8s_emulator import discovery
+from sandbox.k8s_emulator import crds, discovery
 from sandbox.k8s_emulator.paging import page
 from sandbox.k8s_emulator.rbac import ADMIN, Authorizer, Identity
 from sandbox.k8s_emulator.store import BY_PATH, ApiError, ObjectStore, Resource
@@ -28,12 +29,15 @@ VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"
 NOT_FOUND = "the server could not find the requested resource"
 
 
-def parse_path(path: str) -> tuple[Resource, bool, str | None, str | None, str | None]:
+def parse_path(
+    path: str, custom: dict[tuple[str, str], Resource] | None = None
+) -> tuple[Resource, bool, str | None, str | None, str | None]:
     """-> (resource, served, namespace or None (all), name or None (collection), subresource).
 
     Like the apiserver's RequestInfo, any well-formed path yields its attributes, so RBAC judges
     the request before anyone learns whether the resource exists: `served` False is a 404 only
-    for a caller allowed to ask (the authorization filter runs before the API's handlers)."""
+    for a caller allowed to ask (the authorization filter runs before the API's handlers).
+    `custom`: the custom resources the established CRDs serve (crds.by_path)."""
     parts = [p for p in path.split("/") if p]
     if parts[:2] == ["api", "v1"]:
         gv, rest = "v1", parts[2:]
@@ -46,8 +50,9 @@ def parse_path(path: str) -> tuple[Resource, bool, str | None, str | None, str |
         ns, rest = rest[1], rest[2:]
     if not rest:
         raise ApiError(404, "NotFound", NOT_FOUND)
-    res = BY_PATH.get((gv, rest[0])) or Resource(gv, rest[0], "", namespaced=ns is not None)
-    served = (gv, rest[0]) in BY_PATH
+    known = {**(custom or {}), **BY_PATH}  # a built-in resource wins over a CRD's
+    res = known.get((gv, rest[0])) or Resource(gv, rest[0], "", namespaced=ns is not None)
+    served = (gv, rest[0]) in known
     name = rest[1] if len(rest) > 1 else None
     sub = rest[2] if len(rest) > 2 else None
     # a namespaced object needs its namespace in the path; a cluster-scoped one has none
@@ -152,11 +157,11 @@ class KubeApiServer:
             self.auth.authorize_url(who, method.lower(), url.path)
             if method != "GET":
                 raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on {url.path}")
-            doc = discovery.serve(url.path, ctl.installed)
+            doc = discovery.serve(url.path, ctl.installed, crds.served(self.store))
             if doc is None:
                 raise ApiError(404, "NotFound", NOT_FOUND)
             return 200, doc
-        res, served, ns, name, sub = parse_path(url.path)
+        res, served, ns, name, sub = parse_path(url.path, crds.by_path(self.store))
         verb = VERBS.get(method) or ("get" if name else "list")
         self.auth.authorize(who, verb, res, sub, ns, name)  # 403 before 404, as the apiserver
         if not served or (res.group == "velero.io" and not ctl.installed):
@@ -181,7 +186,7 @@ class KubeApiServer:
         ns_key = ns or ""
         store = self.store
         if sub == "scale":
-            if res.plural != "deployments":
+            if res.builtin != "deployments":
                 raise ApiError(404, "NotFound", NOT_FOUND)
             if method == "GET":
                 return 200, scale_of(store.get(res, ns_key, name))
@@ -218,7 +223,7 @@ class KubeApiServer:
                         for i in items
                     ],
                 }
-            if res.plural == "secrets":
+            if res.builtin == "secrets":
                 ctl.secret_reads.append(url.path)
             return 200, {
                 "apiVersion": res.group_version,
@@ -242,11 +247,15 @@ class KubeApiServer:
             if name is None:
                 raise ApiError(405, "MethodNotAllowed", "deletecollection is not emulated")
             obj = store.delete(res, ns_key, name)  # the volume data goes when the claim is gone
-            if res.plural == "namespaces":
+            if res.builtin == "namespaces":
                 obj["status"] = {"phase": "Terminating"}
                 return 200, obj
-            if res.group == "velero.io" or res.plural in ("persistentvolumeclaims", "services", "pods"):
-                return 200, obj  # what the API returns for these (PVCs: pending their finalizer)
+            if (
+                res.custom
+                or res.group == "velero.io"
+                or res.builtin in ("persistentvolumeclaims", "services", "pods")
+            ):
+                return 200, obj  # what the API returns for these (PVCs: pending their finalizer; CRs)
             return 200, {
                 "kind": "Status",
                 "apiVersion": "v1",

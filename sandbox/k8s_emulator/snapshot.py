@@ -4,6 +4,7 @@ shared by backups and restores (pkg/util/collections/includes_excludes.go)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -26,17 +27,20 @@ TERMINAL = {"Completed", "PartiallyFailed", "Failed", "FailedValidation"}
 __all__ = ["WORKLOAD"]
 
 
-def group_resource(name: str) -> str:
+def group_resource(name: str, custom: Sequence[Resource] = ()) -> str:
     """collections.GetResourceIncludesExcludes: a name resolved through the discovery helper
     (short names, kinds, singulars, `plural.group`) to its 'plural.group'; one it cannot resolve
-    is kept as it is ("If we can't resolve it, return it as-is"), and so matches nothing."""
-    res = resolve(name)
+    is kept as it is ("If we can't resolve it, return it as-is"), and so matches nothing.
+    `custom`: the custom resources the cluster serves (crds.served), resolved too."""
+    res = resolve(name, custom=custom)
     return res.group_resource if res is not None else name
 
 
-def wanted(res: Resource, include: list[str] | None, exclude: list[str] | None) -> bool:
+def wanted(
+    res: Resource, include: list[str] | None, exclude: list[str] | None, custom: Sequence[Resource] = ()
+) -> bool:
     def hit(names: list[str]) -> bool:
-        return any(n == "*" or group_resource(n) == res.group_resource for n in names)
+        return any(n == "*" or group_resource(n, custom) == res.group_resource for n in names)
 
     return (not include or hit(include)) and not (exclude and hit(exclude))
 

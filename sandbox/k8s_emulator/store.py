@@ -1,4 +1,5 @@
 """The emulated API server's object store: resources by (group/version, plural, namespace, name).
+The resources are in resources.py (re-exported here), CRDs and custom resources in crds.py.
 
 Thread-safe; every write bumps a global resourceVersion like etcd's revision does.
 """
@@ -9,15 +10,16 @@ import copy
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sandbox.k8s_emulator import crds
 from sandbox.k8s_emulator.admission import admit_pod
 from sandbox.k8s_emulator.allocation import ServiceAllocator
 from sandbox.k8s_emulator.errors import ApiError, not_found
 from sandbox.k8s_emulator.immutability import update_errors
 from sandbox.k8s_emulator.patches import apply_patch, json_patch, merge_patch
+from sandbox.k8s_emulator.resources import BY_PATH, CRDS, RESOURCES, WORKLOAD, Resource
 from sandbox.k8s_emulator.validation import (
     VELERO_FIELDS,
     check_fields,
@@ -26,60 +28,7 @@ from sandbox.k8s_emulator.validation import (
     validate_metadata,
 )
 
-NO_STATUS_SUBRESOURCE = frozenset({"backups", "restores", "deletebackuprequests"})
-
-
-@dataclass(frozen=True)
-class Resource:
-    group_version: str  # "v1", "apps/v1", "velero.io/v1"
-    plural: str
-    kind: str
-    namespaced: bool = True
-
-    @property
-    def group(self) -> str:
-        return self.group_version.rpartition("/")[0]
-
-    @property
-    def status_subresource(self) -> bool:
-        """Velero's Backup, Restore and DeleteBackupRequest CRDs declare no `subresources`
-        (config/crd/v1/bases/velero.io_backups.yaml): status is written through the object
-        itself (`kubectl edit backup` changes status.expiration, honoured by Velero's GC) and
-        /status is not found. Built-in kinds have one: the object's writes keep its status."""
-        return self.plural not in NO_STATUS_SUBRESOURCE
-
-    @property
-    def group_resource(self) -> str:
-        """Velero's spelling: 'deployments.apps', 'configmaps' (core has no group)."""
-        return f"{self.plural}.{self.group}" if self.group else self.plural
-
-
-RESOURCES = [
-    Resource("v1", "namespaces", "Namespace", namespaced=False),
-    Resource("v1", "persistentvolumes", "PersistentVolume", namespaced=False),
-    Resource("v1", "persistentvolumeclaims", "PersistentVolumeClaim"),
-    Resource("v1", "configmaps", "ConfigMap"),
-    Resource("v1", "secrets", "Secret"),
-    Resource("v1", "services", "Service"),
-    Resource("v1", "pods", "Pod"),
-    Resource("apps/v1", "deployments", "Deployment"),
-    Resource("velero.io/v1", "backups", "Backup"),
-    Resource("velero.io/v1", "restores", "Restore"),
-    Resource("velero.io/v1", "deletebackuprequests", "DeleteBackupRequest"),
-    Resource("velero.io/v1", "backupstoragelocations", "BackupStorageLocation"),
-    Resource("velero.io/v1", "podvolumebackups", "PodVolumeBackup"),
-    Resource("velero.io/v1", "podvolumerestores", "PodVolumeRestore"),
-    Resource("storage.k8s.io/v1", "storageclasses", "StorageClass", namespaced=False),
-    # identities and RBAC (sandbox/k8s_emulator/rbac.py enforces them)
-    Resource("v1", "serviceaccounts", "ServiceAccount"),
-    Resource("rbac.authorization.k8s.io/v1", "roles", "Role"),
-    Resource("rbac.authorization.k8s.io/v1", "rolebindings", "RoleBinding"),
-    Resource("rbac.authorization.k8s.io/v1", "clusterroles", "ClusterRole", namespaced=False),
-    Resource("rbac.authorization.k8s.io/v1", "clusterrolebindings", "ClusterRoleBinding", namespaced=False),
-]
-BY_PATH = {(r.group_version, r.plural): r for r in RESOURCES}
-# What a Velero backup captures from a namespace (the emulator's "all resources").
-WORKLOAD = [r for r in RESOURCES if r.namespaced and r.group != "velero.io"]
+__all__ = ["BY_PATH", "CRDS", "RESOURCES", "WORKLOAD", "ApiError", "ObjectStore", "Resource"]
 
 
 def now_iso() -> str:
@@ -204,7 +153,7 @@ class ObjectStore:
             meta["name"] = name
         if not name:
             raise ApiError(422, "Invalid", f"{res.kind} is invalid: metadata.name: Required value")
-        validate_metadata(res.kind, res.plural, obj, creating=True)
+        validate_metadata(res.kind, res.builtin, obj, creating=True)
         with self.lock:
             if res.namespaced:
                 if (BY_PATH[("v1", "namespaces")], "", ns) not in self.objects:
@@ -219,7 +168,7 @@ class ObjectStore:
                         f"{ns} because it is being terminated",
                     )
                 meta["namespace"] = ns
-                if res.plural == "pods":
+                if res.builtin == "pods":
                     refused = admit_pod(self.objects.get((BY_PATH[("v1", "namespaces")], "", ns)), obj)
                     if refused:
                         raise ApiError(403, "Forbidden", refused, {"name": name, "kind": "pods"})
@@ -230,7 +179,7 @@ class ObjectStore:
                     f'{res.group_resource} "{name}" already exists',
                     {"name": name, "group": res.group, "kind": res.plural},
                 )
-            if res.plural == "deployments" and not ((obj.get("spec") or {}).get("template")):
+            if res.builtin == "deployments" and not ((obj.get("spec") or {}).get("template")):
                 raise ApiError(
                     422, "Invalid", f'Deployment.apps "{name}" is invalid: spec.template: Required value'
                 )
@@ -238,8 +187,10 @@ class ObjectStore:
             for key in ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp", "generation"):
                 meta.pop(key, None)  # the server's to set, never the client's
             meta.update(uid=str(uuid.uuid4()), creationTimestamp=now_iso(), generation=1)
-            check_fields(res.kind, obj, self.crd_fields.get(res.plural), strict)
-            prune(obj, self.crd_fields.get(res.plural))
+            check_fields(res.kind, obj, self.crd_fields.get(res.builtin), strict)
+            prune(obj, self.crd_fields.get(res.builtin))
+            if res.custom or res == CRDS:  # a CRD's own checks, a custom resource's schema
+                crds.admit(self, res, obj, None, strict)
             defaults(res, obj, self.services)
             self._stamp(obj)
             self.objects[(res, ns, name)] = obj
@@ -280,8 +231,8 @@ class ObjectStore:
                     meta[key] = old["metadata"][key]
                 else:
                     meta.pop(key, None)
-            validate_metadata(res.kind, res.plural, new, creating=False)
-            causes = [] if status else update_errors(res.plural, old, new)
+            validate_metadata(res.kind, res.builtin, new, creating=False)
+            causes = [] if status else update_errors(res.builtin, old, new)
             if causes:
                 raise ApiError(
                     422,
@@ -290,11 +241,13 @@ class ObjectStore:
                     {"name": name, "kind": res.kind, "causes": [{"message": c} for c in causes]},
                 )
             new["apiVersion"], new["kind"] = res.group_version, res.kind
-            check_fields(res.kind, new, self.crd_fields.get(res.plural), strict)
-            prune(new, self.crd_fields.get(res.plural))
+            check_fields(res.kind, new, self.crd_fields.get(res.builtin), strict)
+            prune(new, self.crd_fields.get(res.builtin))
+            if res.custom or res == CRDS:
+                crds.admit(self, res, new, old, strict)
             if new.get("spec") != old.get("spec"):
                 meta["generation"] = old["metadata"].get("generation", 1) + 1
-            if res.plural == "deployments":
+            if res.builtin == "deployments":
                 new["status"] = {**(new.get("status") or {}), "observedGeneration": meta.get("generation", 1)}
             self._stamp(new)
             self.objects[(res, ns, name)] = new
@@ -316,7 +269,7 @@ class ObjectStore:
         with self.lock:
             old = self.get(res, ns, name)
             if content_type:
-                new = apply_patch(old, patch, content_type, custom=res.group == "velero.io")
+                new = apply_patch(old, patch, content_type, custom=res.custom or res.group == "velero.io")
             else:
                 new = json_patch(old, patch) if isinstance(patch, list) else merge_patch(old, patch)
             # a resourceVersion in the patch is a precondition (409 when stale), as in an update
@@ -332,7 +285,7 @@ class ObjectStore:
             if obj is None:
                 raise not_found(res, name)
             meta = obj["metadata"]
-            if res.plural == "namespaces" and meta.get("deletionTimestamp"):
+            if res.builtin == "namespaces" and meta.get("deletionTimestamp"):
                 # pkg/registry/core/namespace/storage/storage.go: a second delete while finalizing
                 raise ApiError(
                     409,
@@ -342,18 +295,18 @@ class ObjectStore:
                     "automatically be purged by the system.",
                     {"name": name, "kind": "namespaces"},
                 )
-            if res.plural == "namespaces" and self.namespace_termination_seconds > 0:
+            if res.builtin == "namespaces" and self.namespace_termination_seconds > 0:
                 meta["deletionTimestamp"] = now_iso()
                 obj["status"] = {"phase": "Terminating"}
                 self._stamp(obj)
                 self.terminating.setdefault(name, time.monotonic() + self.namespace_termination_seconds)
                 return copy.deepcopy(obj)
-            if res.plural == "pods":
+            if res.builtin == "pods":
                 # graceful deletion (pkg/registry/core/pod/strategy.go CheckGracefulDelete): the pod
                 # is marked and keeps running its grace period; the kubelet removes it (controllers.py)
                 grace = (obj.get("spec") or {}).get("terminationGracePeriodSeconds", 30)
                 meta.setdefault("deletionGracePeriodSeconds", grace)
-            if meta.get("finalizers") or res.plural == "pods":
+            if meta.get("finalizers") or res.builtin == "pods":
                 meta.setdefault("deletionTimestamp", now_iso())
                 self._stamp(obj)
                 return copy.deepcopy(obj)
@@ -364,11 +317,13 @@ class ObjectStore:
         obj = self.objects.pop((res, ns, name), None)
         if obj is None:
             return
-        if res.plural == "services":
+        if res.builtin == "services":
             self.services.release(obj)
-        if res.plural == "namespaces":
+        if res.builtin == "namespaces":
             for key in [k for k in self.objects if k[0].namespaced and k[1] == name]:
                 self._remove(*key)
+        if res == CRDS:
+            crds.removed(self, obj)
         for hook in self.on_remove:
             hook(res, ns, name, obj)
 
@@ -383,23 +338,23 @@ class ObjectStore:
 
 def defaults(res: Resource, obj: dict[str, Any], services: ServiceAllocator) -> None:
     """What the server sets on create (status is never the client's to set on create)."""
-    if res.plural == "namespaces":
+    if res.builtin == "namespaces":
         obj.setdefault("spec", {})["finalizers"] = ["kubernetes"]
         obj["status"] = {"phase": "Active"}
-    elif res.plural == "deployments":
+    elif res.builtin == "deployments":
         obj.setdefault("spec", {}).setdefault("replicas", 1)
         obj["status"] = {"observedGeneration": 1}  # the deployment controller fills in the rest
-    elif res.plural == "persistentvolumeclaims":
+    elif res.builtin == "persistentvolumeclaims":
         # pvc-protection admission adds the finalizer; the binder binds it (controllers.py)
         obj["metadata"].setdefault("finalizers", [])
         if "kubernetes.io/pvc-protection" not in obj["metadata"]["finalizers"]:
             obj["metadata"]["finalizers"].append("kubernetes.io/pvc-protection")
         obj["status"] = {"phase": "Pending"}
-    elif res.plural == "persistentvolumes":
+    elif res.builtin == "persistentvolumes":
         obj["status"] = {"phase": "Bound" if (obj.get("spec") or {}).get("claimRef") else "Available"}
-    elif res.plural == "pods":
+    elif res.builtin == "pods":
         obj["status"] = {"phase": "Pending"}  # the kubelet runs it (controllers.py)
-    elif res.plural == "services":
+    elif res.builtin == "services":
         services.allocate(obj)
-    elif res.group == "velero.io" and res.status_subresource and res.plural != "backupstoragelocations":
+    elif res.group == "velero.io" and res.status_subresource and res.builtin != "backupstoragelocations":
         obj.pop("status", None)  # Velero's controllers write it through /status

@@ -22,7 +22,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sandbox.k8s_emulator import velero_restore
+from sandbox.k8s_emulator import crds, velero_crds, velero_restore
 from sandbox.k8s_emulator.controllers import ClusterControllers, claims_of
 from sandbox.k8s_emulator.seeding import Seeding
 from sandbox.k8s_emulator.snapshot import (
@@ -71,6 +71,8 @@ class VeleroController(Seeding):
         self.restore_outcome: str | None = None
         self.restore_errors = 0  # > 0: restores report that many item errors (with restore_outcome's phase)
         self.installed = True
+        # a restored custom resource whose CRD is missing: velero_crds.SKIP or ERROR; restore logs
+        self.unresolved_mode, self.restore_logs = velero_crds.SKIP, {}
         # restores wait this long for a target namespace being deleted (Velero's
         # --resource-terminating-timeout, 10 min); restore name -> when its wait began
         self.resource_terminating_timeout = 600.0
@@ -85,6 +87,7 @@ class VeleroController(Seeding):
     def reset(self) -> None:
         self.backup_outcome = self.restore_outcome = None
         self.restore_errors = 0
+        self.unresolved_mode, self.restore_logs = velero_crds.SKIP, {}
         self.resource_terminating_timeout = 600.0
         self.terminating_waits.clear()
         self.installed = True
@@ -234,14 +237,15 @@ class VeleroController(Seeding):
         snap = Snapshot()
         inc, exc = spec.get("includedResources"), spec.get("excludedResources")
         selector = spec.get("labelSelector")
+        served = crds.served(self.store)
         for ns_obj in self.store.list(NAMESPACES):
             ns = ns_obj["metadata"]["name"]
             if not ns_wanted(ns, spec.get("includedNamespaces"), spec.get("excludedNamespaces")):
                 continue
             if wanted(NAMESPACES, inc, exc):
                 snap.items.append((NAMESPACES, ns_obj))
-            for res in WORKLOAD:
-                if wanted(res, inc, exc):
+            for res in [*WORKLOAD, *velero_crds.namespaced_custom(self.store)]:
+                if wanted(res, inc, exc, served):  # a CRD's short name ('ksvc') resolves too
                     snap.items += [(res, obj) for obj in self.store.list(res, ns, selector)]
         pvcs = [obj for res, obj in snap.items if res is PVCS and backed_up(obj)]
         if wanted(PVS, inc, exc):  # the PVC backup item action adds its PV
@@ -259,6 +263,9 @@ class VeleroController(Seeding):
                         if not (res is PVS and obj["metadata"]["name"] in taken)
                     ]
         snap.items = [(res, obj) for res, obj in snap.items if backed_up(obj)]
+        snap.items += velero_crds.crds_of_backed_up(
+            self.store, spec, snap.items, lambda r: not wanted(r, None, exc)
+        )
         status: dict[str, Any] = {}
         fs_done = self._pod_volume_backups(backup, snap, bool(spec.get("defaultVolumesToFsBackup")))
         if spec.get("snapshotVolumes") is not False:

@@ -3,10 +3,12 @@
 - Phases: New -> FailedValidation (backup missing or not Completed/PartiallyFailed) or
   InProgress -> Finalizing -> Completed/PartiallyFailed (restore_types.go). InProgress lasts
   until every PodVolumeRestore has finished (pkg/podvolume/restorer.go waits for them).
-- Order: namespaces, PVs, PVCs, serviceaccounts, secrets, configmaps, pods, services, then the
-  rest (deployments, ...) (Velero's default resource priorities, pkg/cmd/server/config/config.go
-  defaultRestorePriorities.HighPriorities: "... persistentvolumeclaims, serviceaccounts, secrets,
-  configmaps, limitranges, pods, replicasets.apps, ..., endpoints, services").
+- Order: CRDs, namespaces, storage classes, PVs, PVCs, serviceaccounts, secrets, configmaps,
+  pods, services, then the rest (deployments, custom resources, ...) (Velero's default resource
+  priorities, pkg/cmd/server/config/config.go defaultRestorePriorities.HighPriorities:
+  "customresourcedefinitions, namespaces, storageclasses, ... persistentvolumeclaims,
+  serviceaccounts, secrets, configmaps, limitranges, pods, replicasets.apps, ..., endpoints,
+  services"). A custom resource whose CRD the cluster lacks: velero_crds.py.
 - Items (velero_items.py): resetMetadataAndStatus drops status and the server's metadata (uid,
   resourceVersion, ownerReferences, ...), finalizers stay; a pod that Succeeded or Failed is
   not restored (isCompleted); an object that exists and equals the backed-up one is skipped
@@ -37,6 +39,7 @@ import contextlib
 import time
 from typing import Any
 
+from sandbox.k8s_emulator import crds, velero_crds
 from sandbox.k8s_emulator.errors import ApiError
 from sandbox.k8s_emulator.snapshot import (
     BACKUPS,
@@ -66,8 +69,10 @@ from sandbox.k8s_emulator.velero_items import (
 )
 from sandbox.k8s_emulator.velero_modifiers import resource_modifiers
 
-ORDER = [
+ORDER = [  # group resources ('plural.group'; core: 'plural')
+    "customresourcedefinitions.apiextensions.k8s.io",
     "namespaces",
+    "storageclasses.storage.k8s.io",
     "persistentvolumes",
     "persistentvolumeclaims",
     "serviceaccounts",
@@ -143,6 +148,7 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
     restore_pvs = spec.get("restorePVs") is not False
     inc, exc = spec.get("includedResources"), spec.get("excludedResources")
     with_pvs = wanted(PVS, inc, exc)
+    served = crds.served(ctl.store)  # discovery at the restore's start: a CRD's short names too
     cluster = cluster_scoped_wanted(spec)
     picked = [
         (res, obj)
@@ -153,10 +159,14 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
             if res.namespaced or res is NAMESPACES
             else cluster
         )
-        and wanted(res, inc, exc)
+        and wanted(res, inc, exc, served)
         and match_labels(obj["metadata"].get("labels") or {}, spec.get("labelSelector"))
     ]
-    picked.sort(key=lambda item: ORDER.index(item[0].plural) if item[0].plural in ORDER else len(ORDER))
+    picked.sort(
+        key=lambda item: (
+            ORDER.index(item[0].group_resource) if item[0].group_resource in ORDER else len(ORDER)
+        )
+    )
     if _terminating(ctl, rname, {mapping.get(n, n) for n in (_source_ns(r, o) for r, o in picked) if n}):
         return  # InProgress, nothing restored yet: the next pass looks again
     pvs = {o["metadata"]["name"]: o for r, o in snap.items if r is PVS}
@@ -176,6 +186,9 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
             )
             restored += 1
         if res is NAMESPACES or completed(res, obj):
+            continue
+        if not velero_crds.served_now(ctl.store, res):  # its CRD missing (velero_crds.py)
+            errors += velero_crds.unresolved(ctl, rname, res, ns, obj["metadata"]["name"])
             continue
         new = reset(obj)
         if res is PVCS:

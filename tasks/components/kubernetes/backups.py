@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from blocks.kubernetes import VeleroTarget
 from blocks.store import StoreBlock
 from tasks.components.kubernetes import api as kube
+from tasks.components.kubernetes import custom
 from tasks.components.kubernetes.api import KINDS, Kube, canonical_resource, connect, selector_string
 from tasks.components.kubernetes.discovery import check_resource_names
 from tasks.components.kubernetes.velero import (
@@ -106,13 +107,17 @@ def inventory(
     velero.io/exclude-from-backup=true, nor those being deleted (a restore must not expect them);
     nor those the cluster makes in every namespace (kube.CLUSTER_MANAGED: there before any restore)."""
     selector = selector_string(label_selector)
+    served = custom.served_kinds(k) if any(custom.is_custom(p) for p in kinds) else {}
+
+    def names(ns: str, plural: str) -> list[str]:
+        if custom.is_custom(plural):  # a custom resource (its CRD gone meanwhile: none)
+            return custom.list_names(k, ns, plural, selector, backed_up=True, served=served) or []
+        return kube.workload_names(plural, kube.list_names(k, ns, plural, selector, backed_up=True))
+
     out: dict[str, dict[str, list[str]]] = {}
     for ns in namespaces:
         try:
-            out[ns] = {
-                plural: kube.workload_names(plural, kube.list_names(k, ns, plural, selector, backed_up=True))
-                for plural in kinds
-            }
+            out[ns] = {plural: names(ns, plural) for plural in kinds}
         except NotFound:
             out[ns] = dict.fromkeys(kinds, [])
     return out
@@ -174,6 +179,7 @@ def run_backup(target: VeleroTarget, session: BackupSession, spec: BackupSpec) -
     if missing:
         log.warning("namespaces %s do not exist and are not in backup %s", missing, session.id)
     kinds = _kinds(spec.include_resources, spec.exclude_resources)
+    kinds += custom.select(k, spec.include_resources, spec.exclude_resources)  # found by discovery
     source_time = datetime.now(UTC)
     expected = inventory(k, namespaces, kinds, spec.label_selector)
     ttl = timedelta(hours=spec.ttl_hours) if spec.ttl_hours else policy(session.component).retention

@@ -35,6 +35,9 @@ class ApiResource:
     singular: str
     group: str
     short_names: tuple[str, ...]
+    version: str = ""  # the group version it was listed under (the preferred one first)
+    namespaced: bool = True
+    verbs: tuple[str, ...] = ()
 
     @property
     def group_resource(self) -> str:
@@ -68,12 +71,22 @@ def served_resources(k: Kube) -> tuple[list[ApiResource], list[str]]:
         except (NotFound, TransientError):
             failed.append(path.removeprefix("/apis/").removeprefix("/api/"))
             continue
-        group = (listed.get("groupVersion") or "v1").rpartition("/")[0]
+        group, _, version = (listed.get("groupVersion") or "v1").rpartition("/")
         for entry in listed.get("resources") or []:
             if "/" in entry["name"]:  # a subresource (deployments/scale)
                 continue
             singular = entry.get("singularName") or str(entry.get("kind", "")).lower()
-            out.append(ApiResource(entry["name"], singular, group, tuple(entry.get("shortNames") or ())))
+            out.append(
+                ApiResource(
+                    entry["name"],
+                    singular,
+                    group,
+                    tuple(entry.get("shortNames") or ()),
+                    version,
+                    bool(entry.get("namespaced", True)),
+                    tuple(entry.get("verbs") or ()),
+                )
+            )
     return out, failed
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from blocks.kubernetes import VeleroTarget
 from blocks.store import StoreBlock
 from tasks.components.kubernetes import api as kube
-from tasks.components.kubernetes import claims
+from tasks.components.kubernetes import claims, custom
 from tasks.components.kubernetes.api import connect
 from tasks.components.kubernetes.backups import load_document
 from tasks.components.kubernetes.named import aside_name
@@ -78,10 +78,13 @@ def drill(target: VeleroTarget, manifest: Manifest, store: StoreBlock, drill_id:
             for plural, held in kinds_.items():
                 # not what the cluster made in the drill namespace (older inventories hold it)
                 objs = kube.workload_names(plural, held)
-                present = _present(k, mapping[ns], plural)
+                unserved: set[str] = set()  # a custom kind whose CRD the cluster lacks (custom.py)
+                present = _present(k, mapping[ns], plural, unserved)
                 missing = sorted(set(objs) - present)
                 if missing:
-                    raise IntegrityError(f"drill {drill_id}: {mapping[ns]}/{plural} lacks {missing[:10]}")
+                    hint = custom.missing_crd_hint(unserved) if unserved else ""
+                    lacks = f"{mapping[ns]}/{plural} lacks {missing[:10]}"
+                    raise IntegrityError(f"drill {drill_id}: {lacks}.{hint}")
                 checks[f"{ns}/{plural}"] = {"expected": len(objs), "restored": len(set(objs) & present)}
             running = [
                 d.metadata.name for d in kube.list_deployments(k, mapping[ns]) if (d.spec.replicas or 0) != 0

@@ -18,7 +18,7 @@ from blocks.kubernetes import VeleroTarget
 from blocks.store import StoreBlock
 from tasks.components.contract import StrictOptions
 from tasks.components.kubernetes import api as kube
-from tasks.components.kubernetes import claims, written
+from tasks.components.kubernetes import claims, custom, written
 from tasks.components.kubernetes.api import Kube, canonical_resource, connect
 from tasks.components.kubernetes.backups import BackupSpec, _kinds, load_document
 from tasks.components.kubernetes.discovery import check_resource_names
@@ -112,6 +112,9 @@ def _plan(doc: dict[str, Any], options: RestoreOptions) -> tuple[list[str], list
         raise BadInput(f"namespace_mapping names {unknown}, which this restore does not include")
     check_mapping(wanted, options.namespace_mapping)
     kinds = _kinds(options.resources or [], options.exclude_resources)
+    # the custom kinds (Knative Services, ...) the backup's inventory holds (custom.py)
+    held = sorted({kind for kinds_ in doc["inventory"].values() for kind in kinds_ if custom.is_custom(kind)})
+    kinds += custom.wanted(held, options.resources or [], options.exclude_resources)
     if (
         not options.names
         and "persistentvolumeclaims" in kinds
@@ -153,9 +156,16 @@ def expected_objects(
     return out
 
 
-def _present(k: Kube, ns: str, plural: str) -> set[str]:
+def _present(k: Kube, ns: str, plural: str, unserved: set[str] | None = None) -> set[str]:
+    """The names of kind `plural` in `ns` now; a custom kind the cluster does not serve (its CRD
+    missing) holds none, and goes into `unserved`."""
     if not kube.namespace_active(k, ns):  # a Terminating namespace's objects are going
         return set()
+    if custom.is_custom(plural):
+        names = custom.list_names(k, ns, plural)
+        if names is None and unserved is not None:
+            unserved.add(plural)
+        return set(names or [])
     return set(kube.list_names(k, ns, plural))
 
 
@@ -258,16 +268,18 @@ def restore_document(
         )
     if helper_pods:
         claims.remove_helpers(k, target, targets, token, limit)
+    unserved: set[str] = set()  # custom kinds the cluster does not serve (their CRD missing)
     missing = {
         f"{mapping.get(ns, ns)}/{plural}/{obj}"
         for ns, kinds_ in expected.items()
         for plural, objs in kinds_.items()
-        for obj in sorted(set(objs) - _present(k, mapping.get(ns, ns), plural))
+        for obj in sorted(set(objs) - _present(k, mapping.get(ns, ns), plural, unserved))
     }
     if missing:
         exc = IntegrityError(
             f"Velero restore {cr['metadata']['name']} Completed but these objects are missing: "
-            f"{sorted(missing)[:20]}: see `velero restore describe {cr['metadata']['name']} --details`"
+            f"{sorted(missing)[:20]}: see `velero restore describe {cr['metadata']['name']} --details`."
+            + (custom.missing_crd_hint(unserved) if unserved else "")
         )
         _tell_written(exc, k, cr["metadata"]["name"], before, scope, mapping, cluster)
         raise exc

@@ -8,8 +8,9 @@ Velero labels every object it creates or updates with `velero.io/restore-name` (
 addRestoreLabels; a ServiceAccount it merges into the cluster's gets them through the merge's
 patch), and an object it leaves as it is keeps its own labels. So an object of the restore's
 scope that carries this restore's label was written by it: created if it was not there before,
-overwritten if it was. Seen are the kinds the project lists (api.KINDS); cluster-scoped objects
-are not listed, and a restore that may have brought some back says so in `created`.
+overwritten if it was. Seen are the kinds the inventory lists (api.KINDS and custom.py's);
+cluster-scoped objects are not listed, and a restore that may have brought some back says so in
+`created`.
 """
 
 from __future__ import annotations
@@ -125,7 +126,10 @@ def exact_rollback(
     namespace and kind, so options that also reach objects the restore never wrote would put
     their copies from before the restore over writes made to them since: then by name (named.py
     copies those, and only those), or BadInput saying what to put back by hand."""
-    kinds = {kube.canonical_resource(r) for r in options.get("resources") or []} or set(kube.KINDS)
+    # every kind the safety backup's inventory lists: the custom ones too (a Velero rollback of
+    # the namespace puts them back as well)
+    held = {kind for kinds_ in inventory.values() for kind in kinds_}
+    kinds = {kube.canonical_resource(r) for r in options.get("resources") or []} or set(kube.KINDS) | held
     kinds -= {kube.canonical_resource(r) for r in options.get("exclude_resources") or []}
     names = set(options.get("names") or [])
     skip = set(options.get("exclude_namespaces") or [])

@@ -1,0 +1,162 @@
+"""Custom resources in the project's inventory (tasks/components/kubernetes/custom.py): a
+backup of a namespace holding Knative Services lists them (found through discovery), and a
+restore that does not bring one back fails naming it, with what to do. Before, the inventory
+held only built-in kinds: a restore of the namespace onto a cluster without Knative's CRD
+(Velero skips the Services with an info log, the Restore Completed) passed as verified."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import pytest
+
+from sandbox.k8s_emulator import crds
+from sandbox.k8s_emulator.snapshot import NAMESPACES
+from sandbox.k8s_emulator.store import CRDS
+from tasks.components import kubernetes as velero
+from tasks.components.kubernetes.backups import BackupSpec, run_backup
+from tasks.errors import IntegrityError
+from tasks.storage.session import backup_session
+from tests.k8s_helpers import install_knative_crd, seed_knative_service, seed_settings
+from tests.test_velero_roundtrip import delete_namespace, take_backup
+
+KSVC_KIND = "services.serving.knative.dev"
+CRD_NAME = "services.serving.knative.dev"
+SERVER_SET = {"uid", "resourceVersion", "creationTimestamp", "generation", "managedFields"}
+
+
+def seed_kn(ctl, ns: str) -> None:
+    """A namespace like the platform's: a ConfigMap, a core Service and a Knative Service of the
+    same name (two kinds, never one)."""
+    install_knative_crd(ctl)
+    seed_settings(ctl, ns)
+    ctl.seed("v1", "services", ns, {"metadata": {"name": "hello"}, "spec": {"ports": [{"port": 80}]}})
+    seed_knative_service(ctl, ns, "hello")
+
+
+def whole_state(ctl, ns: str) -> dict:
+    """Every object of `ns`, the namespace and the Knative CRD, as Velero restores them
+    (server-set metadata, status, restore labels and allocated clusterIPs left out)."""
+    out = {}
+    with ctl.store.lock:
+        items = [
+            (r, n, o) for (r, o_ns, n), o in ctl.store.objects.items() if ns in (o_ns, n) or n == CRD_NAME
+        ]
+    for res, name, obj in items:
+        if res.group == "velero.io":
+            continue
+        obj = json.loads(json.dumps(obj))
+        meta = {k: v for k, v in obj.pop("metadata").items() if k not in SERVER_SET}
+        meta["labels"] = {
+            k: v for k, v in (meta.get("labels") or {}).items() if not k.startswith("velero.io/")
+        }
+        obj.pop("status", None)
+        if res.builtin == "services":
+            obj["spec"].pop("clusterIP", None), obj["spec"].pop("clusterIPs", None)
+        out[(res.group_resource, name)] = {**obj, "metadata": meta}
+    return out
+
+
+def test_the_inventory_lists_custom_resources_found_through_discovery(kube_api, ctl, local_store):
+    store = local_store()
+    ns = f"kn-{secrets.token_hex(3)}"
+    seed_kn(ctl, ns)
+    _, manifest = take_backup(kube_api, store, ns)
+    held = velero.load_document(store, manifest)["inventory"][ns]
+    assert held[KSVC_KIND] == ["hello"] and held["services"] == ["hello"]
+    assert not [k for k in held if k.endswith("velero.io")]  # Velero's own objects are not the workload
+
+
+def test_a_namespace_with_a_knative_service_and_its_crd_comes_back_whole(kube_api, ctl, local_store):
+    """Back up, lose the namespace and the CRD, restore the whole backup (cluster resources
+    included): the CRD first, then the Service; the whole state compares equal."""
+    store = local_store()
+    ns = f"kn-{secrets.token_hex(3)}"
+    seed_kn(ctl, ns)
+    before = whole_state(ctl, ns)
+    target, manifest = take_backup(kube_api, store, ns)
+    ctl.store.delete(CRDS, "", CRD_NAME)
+    delete_namespace(ctl, ns)
+    report = velero.restore(target, manifest, store, velero.RestoreOptions())
+    assert report["phase"] == "Completed" and report["warnings"] == 0
+    after = whole_state(ctl, ns)
+    assert sorted(after) == sorted(before)
+    assert {k: v for k, v in after.items() if v != before[k]} == {}
+    assert report["verified_objects"] == 3  # the ConfigMap, the core Service, the Knative Service
+
+
+def _two_namespaces(kube_api, ctl, local_store):
+    store = local_store()
+    token = secrets.token_hex(3)
+    kn, other = f"kn-{token}", f"other-{token}"
+    seed_kn(ctl, kn)
+    seed_settings(ctl, other)
+    target = kube_api.velero_target(include_namespaces=[kn, other])
+    with backup_session(store, "kubernetes") as session:
+        velero.backup(target, session)
+        session.commit()
+    return store, target, session.manifest, kn
+
+
+def test_a_restore_that_drops_a_custom_resource_because_its_crd_is_missing_fails_naming_it(
+    kube_api, ctl, local_store
+):
+    """The target cluster lost Knative's CRD; a restore of one namespace leaves the CRDs out, so
+    Velero skips the Knative Service (an info log, Completed, no warning): the check names it."""
+    store, target, manifest, kn = _two_namespaces(kube_api, ctl, local_store)
+    ctl.store.delete(CRDS, "", CRD_NAME)
+    delete_namespace(ctl, kn)
+    with pytest.raises(IntegrityError) as lost:
+        velero.restore(target, manifest, store, velero.RestoreOptions(namespaces=[kn]))
+    said = str(lost.value)
+    assert f"{kn}/{KSVC_KIND}/hello" in said
+    assert "include_cluster_resources" in said and "operator" in said
+    # restoring the CRD first, as the message says, brings it back
+    report = velero.restore(
+        target, manifest, store, velero.RestoreOptions(namespaces=[kn], include_cluster_resources=True)
+    )
+    assert report["phase"] == "Completed"
+    res = crds.by_path(ctl.store)[("serving.knative.dev/v1", "services")]
+    assert ctl.store.find(res, kn, "hello") is not None
+
+
+def test_from_velero_1_14_the_same_loss_fails_as_a_partially_failed_restore(kube_api, ctl, local_store):
+    store, target, manifest, kn = _two_namespaces(kube_api, ctl, local_store)
+    ctl.store.delete(CRDS, "", CRD_NAME)
+    delete_namespace(ctl, kn)
+    ctl.unresolved_mode = "error"
+    with pytest.raises(Exception) as failed:
+        velero.restore(target, manifest, store, velero.RestoreOptions(namespaces=[kn]))
+    assert "PartiallyFailed" in str(failed.value)
+
+
+def test_a_backup_taken_without_cluster_resources_restored_where_the_crd_is_gone_fails(
+    kube_api, ctl, local_store
+):
+    store = local_store()
+    ns = f"kn-{secrets.token_hex(3)}"
+    seed_kn(ctl, ns)
+    target = kube_api.velero_target(include_namespaces=[ns])
+    with backup_session(store, "kubernetes") as session:
+        run_backup(target, session, BackupSpec.of(target, include_cluster_resources=False))
+        session.commit()
+    ctl.store.delete(CRDS, "", CRD_NAME)
+    ctl.store.delete(NAMESPACES, "", ns)
+    ctl.settle(lambda: ctl.store.find(NAMESPACES, "", ns) is None)
+    with pytest.raises(IntegrityError) as lost:
+        velero.restore(target, manifest := session.manifest, store, velero.RestoreOptions())
+    assert f"{ns}/{KSVC_KIND}/hello" in str(lost.value) and manifest
+
+
+def test_a_rollback_does_not_put_back_custom_resources_the_restore_never_wrote():
+    """A rollback restores the safety backup by namespace and kind: with the restore having
+    overwritten only a ConfigMap, a whole-namespace rollback would also put the Knative Service
+    back over writes made to it since. Its kinds were not in the rollback's scope, so it went
+    ahead; now it is narrowed to the ConfigMap by name."""
+    from tasks.components.kubernetes.written import exact_rollback
+
+    inventory = {"app": {"configmaps": ["settings"], KSVC_KIND: ["hello"]}}
+    done = {"created": [], "overwritten": ["app/configmaps/settings"]}
+    narrowed = exact_rollback({"namespaces": ["app"]}, done, inventory, "safety")
+    assert narrowed["resources"] == ["configmaps"] and narrowed["names"] == ["settings"]
