@@ -13,6 +13,7 @@ from blocks.kubernetes import VeleroTarget
 from tasks.components.kubernetes import api as kube
 from tasks.components.kubernetes import claims
 from tasks.components.kubernetes.api import Kube, canonical_resource
+from tasks.components.kubernetes.custom import is_custom
 from tasks.components.kubernetes.ports import held_ports, keep_applied_ports, node_port_rules
 from tasks.components.kubernetes.restores import (
     ExistingResourcePolicy,
@@ -141,12 +142,21 @@ def check_named(
     absent = sorted(set(options.names or []) - found)
     if absent and uncopied:
         held = sorted(
-            f"{ns}/{p}/{n}" for ns, kinds_ in uncopied.items() for p, ns_ in kinds_.items() for n in ns_
+            f"{ns}/{p}/{n}"
+            for ns, kinds_ in uncopied.items()
+            for p, ns_ in kinds_.items()
+            for n in ns_
+            if n in absent
         )
-        raise BadInput(
-            f"objects {held} are ServiceAccounts, Roles or RoleBindings, which a restore by name does "
-            "not copy (the flows may not write RBAC objects): restore their namespace without names"
+        custom = [h for h in held if is_custom(h.split("/")[1])]
+        what = (
+            "custom resources (a Knative Service, say), which a restore by name does not copy (the "
+            "flows may write only the built-in kinds they copy)"
+            if custom
+            else "ServiceAccounts, Roles or RoleBindings, which a restore by name does not copy "
+            "(the flows may not write RBAC objects)"
         )
+        raise BadInput(f"objects {held} are {what}: restore their namespace without names; nothing was done")
     if absent:
         raise BadInput(f"objects {absent} of types {kinds} are not in the backup's namespaces {namespaces}")
     return kinds, expected
