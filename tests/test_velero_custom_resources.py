@@ -178,3 +178,15 @@ def test_a_restore_by_name_of_a_custom_resource_is_refused_saying_how_to_restore
     with pytest.raises(BadInput, match=r"(?s)only-kn.*custom resource.*restore (its|their) namespace"):
         velero.restore(target, manifest, store, velero.RestoreOptions(namespaces=[ns], names=["only-kn"]))
     assert whole_state(ctl, ns) == before
+
+
+def test_a_restore_by_name_says_which_objects_of_that_name_it_did_not_copy(kube_api, ctl, local_store):
+    """`names: [hello]` where a core Service and a Knative Service share the name: the Service is
+    copied, the Knative Service is not (a custom kind) and the report says so."""
+    store = local_store()
+    ns = f"kn-{secrets.token_hex(3)}"
+    seed_kn(ctl, ns)
+    target, manifest = take_backup(kube_api, store, ns)
+    report = velero.restore(target, manifest, store, velero.RestoreOptions(namespaces=[ns], names=["hello"]))
+    assert report["not_copied"] == [f"{ns}/{KSVC_KIND}/hello"]
+    assert f"{ns}/services/hello" in report["restored_objects"] + report["already_existed"]

@@ -46,6 +46,16 @@ def restore_named(
 ) -> dict[str, Any]:
     """Restore the resource types aside into a scratch namespace, check the named objects are
     there and can all be put in place, copy just those, and remove the scratch."""
+    # named objects of kinds a restore by name does not copy (RBAC, custom resources), beside
+    # copied ones of the same name (a Deployment and its ServiceAccount `hello`): said, not copied
+    not_copied = sorted(
+        f"{options.namespace_mapping.get(ns, ns)}/{plural}/{name}"
+        for ns, kinds_ in expected_objects(
+            doc, namespaces, [p for p in kinds if p not in kube.COPIED_KINDS], options.names
+        ).items()
+        for plural, objs in kinds_.items()
+        for name in objs
+    )
     kinds, expected = check_named(doc, options, namespaces, kinds)
     made = [  # before Velero restores anything aside
         f"namespace {dest}"
@@ -113,6 +123,14 @@ def restore_named(
         "created": made + created,
         "overwritten": overwritten,
     }
+    if not_copied:
+        report["not_copied"] = not_copied
+        log.warning(
+            "restore by name: %s share a name asked for but are of kinds a restore by name does not "
+            "copy (RBAC objects, custom resources): restore their namespace without names if they "
+            "are needed",
+            not_copied,
+        )
     if not report["created"] and not overwritten:
         report["note"] = nothing_written_note(policy.value)
         log.warning(report["note"])
