@@ -67,6 +67,16 @@ def _why(reason: str, manifest_id: str) -> str:
     )
 
 
+def refuse_into_copy(option: bool | None, into_vhost: str | None) -> None:
+    """A copy under into_vhost never gets them: asking for them there is refused, before anything."""
+    if option and into_vhost:
+        raise BadInput(
+            f"{OPTION}: true with into_vhost: a copy next to production never gets shovels or federation "
+            "(they would move production's messages into it); restore the vhost itself, without "
+            "into_vhost, to import them. Nothing was done"
+        )
+
+
 def decide(
     option: bool | None,
     into_vhost: str | None,
@@ -76,12 +86,7 @@ def decide(
 ) -> str | None:
     """Why the restore leaves the movers out, or None to import them. None (default): only into
     the broker the backup came from; True: always (production's replacement); False: never."""
-    if option and into_vhost:
-        raise BadInput(
-            f"{OPTION}: true with into_vhost: a copy next to production never gets shovels or federation "
-            "(they would move production's messages into it); restore the vhost itself, without "
-            "into_vhost, to import them. Nothing was done"
-        )
+    refuse_into_copy(option, into_vhost)
     if option is True:
         return None
     if option is False:
