@@ -12,10 +12,23 @@ from typing import Any
 
 
 @contextmanager
-def serve(name: str, broker_doc: dict[str, Any], vhost_doc: dict[str, Any]) -> Iterator[str]:
-    """A management API on loopback that serves what a source broker with vhost `name` exports."""
+def serve(
+    name: str, broker_doc: dict[str, Any], vhost_doc: dict[str, Any], cluster_id: str | None = None
+) -> Iterator[str]:
+    """A management API on loopback that serves what a source broker with vhost `name` exports;
+    `cluster_id` its internal_cluster_id (None: a broker whose id a backup cannot read)."""
     routes = {
-        "/api/overview": {"rabbitmq_version": "3.10.8"},
+        "/api/overview": {"rabbitmq_version": "3.10.8", "cluster_name": "rabbit@source"},
+        **(
+            {
+                "/api/global-parameters/internal_cluster_id": {
+                    "name": "internal_cluster_id",
+                    "value": cluster_id,
+                }
+            }
+            if cluster_id
+            else {}
+        ),
         "/api/vhosts": [{"name": name, "description": "", "tags": []}],
         f"/api/vhosts/{name}": {"name": name},
         "/api/definitions": broker_doc,

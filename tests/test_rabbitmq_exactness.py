@@ -223,7 +223,9 @@ def test_a_federation_policy_on_a_broker_without_federation_is_refused_before_an
 ):
     """RabbitMQ validates a policy's keys only while importing it: after a broker import's users
     and vhosts (and a vhost's parameters) are in. A federation policy where the federation plugin
-    does not run is refused first, like a federation upstream, and nothing changes."""
+    does not run is refused first, like a federation upstream, and nothing changes. (The backup
+    comes from another broker, whose federation a restore imports only when told: this broker
+    replaces it, import_message_movers.)"""
     name, user = "klb-fedpol-" + secrets.token_hex(4), "klb-fedpol-" + secrets.token_hex(4)
     vhosts.append(name)
     policy = {"name": "federate", "pattern": "^orders$", "apply-to": "queues", "priority": 0,
@@ -242,7 +244,7 @@ def test_a_federation_policy_on_a_broker_without_federation_is_refused_before_an
             manifest = backup_task.fn("rabbitmq", source, store)
         target = RabbitMQTarget(url=rabbitmq.extra["url"], vhosts=source.vhosts)
         with pytest.raises(BadInput, match="nothing was changed.*policy 'federate'.*rabbitmq_federation"):
-            restore_task.fn(manifest, target, store, {})
+            restore_task.fn(manifest, target, store, {"import_message_movers": True})
         assert name not in [v["name"] for v in api.get("/vhosts").json()]
         assert api.get(f"/users/{user}").status_code == 404
     finally:

@@ -240,7 +240,8 @@ def test_a_whole_broker_restore_reports_the_users_it_overwrote_and_its_rollback_
     assert tags(api, a) == ["monitoring"] and api.get(f"/users/{seg(a)}").json()["password_hash"] == hash_a
     assert tags(api, b) == ["management"]
     rollback = load_restore_record(store, load_restore_record(store, record.id).rolled_back_by)
-    assert rollback.options == {"only": [f"user {a!r}"]}
+    # the safety backup is this broker's own: its shovels and federation, if overwritten, go back too
+    assert rollback.options == {"only": [f"user {a!r}"], "import_message_movers": True}
 
 
 def test_a_restore_that_failed_after_its_import_records_what_it_wrote(api, rabbitmq, local_store):

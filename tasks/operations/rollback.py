@@ -192,6 +192,9 @@ def _rabbitmq(store: StoreBlock, options: dict, safety: Manifest, done: dict[str
     from tasks.components.rabbitmq.written import narrowed, refuse_unsafe_rollback
 
     vhost = {"vhost": options.get("into_vhost") or options["vhost"]} if options.get("vhost") else {}
+    # the safety backup is the target broker's own state: its shovels and federation are put back
+    # even when that backup does not record which broker it came from (one taken before it did)
+    vhost["import_message_movers"] = True
     if done is None:
         return vhost
     refuse_unsafe_rollback(done["overwritten"], safety.id)

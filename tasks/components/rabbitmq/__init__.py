@@ -46,6 +46,7 @@ from tasks.components.rabbitmq.definitions import (
 )
 from tasks.components.rabbitmq.drill import drill, drill_cleanup
 from tasks.components.rabbitmq.importing import attach_written, import_definitions
+from tasks.components.rabbitmq.movers import broker_identity, decide, leave_out, recorded_identity
 from tasks.components.rabbitmq.prechecks import check_restore, refuse_before_restore, self_lockout
 from tasks.components.rabbitmq.written import COMPARED, compare, importable, narrowed, snapshot
 from tasks.components.rabbitmq.written import wrote as _wrote
@@ -92,6 +93,8 @@ def backup(target: RabbitMQTarget, session: BackupSession) -> None:
     objects: dict[str, str | None] = {}
     with connect(target) as client:
         overview = _get(target, client, "/overview", "read the overview") or {}
+        # which broker this is: a restore elsewhere leaves its shovels and federation out (movers.py)
+        identity = broker_identity(target, client)
         if target.vhosts:
             missing = [v for v in target.vhosts if not _vhost_exists(target, client, v)]
             if missing:
@@ -120,6 +123,7 @@ def backup(target: RabbitMQTarget, session: BackupSession) -> None:
     session.engine.update(
         {
             "rabbitmq_version": overview.get("rabbitmq_version"),
+            "broker": identity,
             "scope": "vhosts" if target.vhosts else "broker",
             "vhosts": target.vhosts,
             "objects": objects,
@@ -156,6 +160,12 @@ class RestoreOptions(StrictOptions):
         default=None,
         description="import only these definitions of the backup, named as a restore's report names "
         "them (`overwritten`): what a rollback puts back, and nothing the restore left alone",
+    )
+    import_message_movers: bool | None = Field(
+        default=None,
+        description="shovels, federation upstreams and federation policy keys: None imports them only "
+        "into the broker the backup was taken from; true also into another (production's replacement "
+        "after a disaster); false never",
     )
 
 
@@ -229,6 +239,19 @@ def restore(
     meta = {v: backed_up.get(options.vhost or v) for v in plan}
     broker = docs.get(None)
     with connect(target) as client:
+        try:
+            why = decide(
+                options.import_message_movers,
+                options.into_vhost,
+                recorded_identity(manifest, docs),
+                broker_identity(target, client),
+                manifest.id,
+            )
+        except BadInput as exc:
+            raise target_untouched(exc) from None
+        if why is not None:  # not into the broker backed up: no shovel or federation moves its messages
+            plan, broker, movers = leave_out(plan, broker, why)
+            left_out |= movers
         if options.only is not None:
             try:
                 plan = _only_plan(target, client, plan, options.only)
@@ -273,6 +296,11 @@ def restore(
         **({} if done["created"] or done["overwritten"] else {"note": NOTHING_NOTE}),
         **({"permissions_not_restored": skipped} if skipped else {}),
         **({"not_imported": left_out} if left_out else {}),
+        **(
+            {"warning": MOVERS_WARNING.format(sorted(left_out))}
+            if left_out and not options.into_vhost
+            else {}
+        ),
         "verified": "every vhost, queue, exchange, binding, policy and runtime parameter (vhost limits, "
         "shovels, federation upstreams) the restore imported exists with the same properties; every "
         "vhost the restore created has its description, tags and default queue type; a whole-broker "
@@ -284,7 +312,13 @@ def restore(
 
 NOTHING_NOTE = (
     "the restore wrote nothing: every definition it would import was on the broker already, as "
-    "backed up. The broker is as it was and there is nothing to roll back"
+    "backed up (what it left out is in `not_imported`). The broker is as it was and there is "
+    "nothing to roll back"
+)
+MOVERS_WARNING = (
+    "LEFT OUT, not imported: {} (shovels, federation upstreams, federation policy keys: they would "
+    "move the messages of the broker backed up into this one; see `not_imported`). If this broker "
+    "replaces the one backed up, restore again with import_message_movers: true"
 )
 
 

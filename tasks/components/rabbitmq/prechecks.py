@@ -16,6 +16,7 @@ from blocks.rabbitmq import RabbitMQTarget
 from blocks.store import StoreBlock
 from tasks.components.rabbitmq.api import _get, _vhost_exists, connect, q
 from tasks.components.rabbitmq.definitions import FEDERATION_POLICY_KEYS, PLUGIN_COMPONENTS, differences
+from tasks.components.rabbitmq.movers import refuse_into_copy
 from tasks.errors import BadInput
 from tasks.models import Manifest
 
@@ -31,6 +32,7 @@ def check_restore(
     the approval form said 'aside'), and no rollback takes a merge apart."""
     if options.into_vhost and not options.vhost:
         raise BadInput("into_vhost needs vhost: say which vhost of the backup to import under the new name")
+    refuse_into_copy(options.import_message_movers, options.into_vhost)
     if options.into_vhost:
         with connect(target) as client:
             if _vhost_exists(target, client, options.into_vhost):
