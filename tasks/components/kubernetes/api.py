@@ -352,8 +352,14 @@ def list_names(
         _headers=METADATA_ONLY,
         _preload_content=False,
     )
+    return listed_names(resp.data, what, backed_up)
+
+
+def listed_names(data: bytes, what: str, backed_up: bool) -> list[str]:
+    """The names in a metadata-only list response; `backed_up`: only those Velero backs up (not
+    labelled exclude-from-backup, not being deleted)."""
     try:
-        items = json.loads(resp.data)["items"] or []
+        items = json.loads(data)["items"] or []
     except (ValueError, KeyError, TypeError):
         raise TransientError(f"{what}: the API server sent an unreadable list") from None
     if backed_up:

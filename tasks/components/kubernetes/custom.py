@@ -21,12 +21,11 @@ drop it unseen.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
-from tasks.components.kubernetes.api import EXCLUDE_FROM_BACKUP, METADATA_ONLY, Kube, canonical_resource
+from tasks.components.kubernetes.api import METADATA_ONLY, Kube, canonical_resource, listed_names
 from tasks.components.kubernetes.discovery import ApiResource, resolve, served_resources
-from tasks.errors import ConfigurationError, TransientError
+from tasks.errors import ConfigurationError
 
 NOT_WORKLOAD_GROUPS = ("velero.io",)
 
@@ -133,18 +132,7 @@ def list_names(
             f"verbs: [list]; docs/kubernetes.md), or leave the kind out of the backup with "
             f"exclude_resources: [{kind}] on the Velero target block"
         ) from None
-    try:
-        items = json.loads(resp.data)["items"] or []
-    except (ValueError, KeyError, TypeError):
-        raise TransientError(f"{what}: the API server sent an unreadable list") from None
-    if backed_up:
-        items = [
-            i
-            for i in items
-            if (i["metadata"].get("labels") or {}).get(EXCLUDE_FROM_BACKUP) != "true"
-            and not i["metadata"].get("deletionTimestamp")
-        ]
-    return sorted(i["metadata"]["name"] for i in items)
+    return listed_names(resp.data, what, backed_up)
 
 
 def missing_crd_hint(kinds: set[str]) -> str:
