@@ -28,6 +28,7 @@ from typing import Any
 
 from sandbox.k8s_emulator.errors import ApiError
 from sandbox.k8s_emulator.resources import CRDS, Resource
+from sandbox.k8s_emulator.validation import invalid
 
 TYPES: dict[str, tuple[type, ...]] = {
     "object": (dict,),
@@ -80,15 +81,6 @@ def by_path(store: Any) -> dict[tuple[str, str], Resource]:
 
 def crd_of(store: Any, res: Resource) -> dict[str, Any] | None:
     return store.find(CRDS, "", f"{res.plural}.{res.group}")
-
-
-def _invalid(kind: str, name: str, causes: list[str]) -> ApiError:
-    return ApiError(
-        422,
-        "Invalid",
-        f'{kind} "{name}" is invalid: ' + ", ".join(causes),
-        {"name": name, "kind": kind, "causes": [{"message": c} for c in causes]},
-    )
 
 
 def _crd_errors(crd: dict[str, Any], old: dict[str, Any] | None) -> list[str]:
@@ -185,7 +177,7 @@ def admit(store: Any, res: Resource, obj: dict[str, Any], old: dict[str, Any] | 
     if res == CRDS:
         causes = _crd_errors(obj, old)
         if causes:
-            raise _invalid("CustomResourceDefinition.apiextensions.k8s.io", name, causes)
+            raise invalid("CustomResourceDefinition.apiextensions.k8s.io", name, causes)
         if old is None:
             _establish(obj)
         return
@@ -206,7 +198,7 @@ def admit(store: Any, res: Resource, obj: dict[str, Any], old: dict[str, Any] | 
             f"{res.kind}: strict decoding error: " + ", ".join(f'unknown field "{u}"' for u in unknown),
         )
     if errors:
-        raise _invalid(f"{res.kind}.{res.group}", name, [e.lstrip(".") for e in errors])
+        raise invalid(f"{res.kind}.{res.group}", name, [e.lstrip(".") for e in errors])
     for key in [k for k in obj if k not in TOP_LEVEL]:
         del obj[key]
     obj.update(pruned)

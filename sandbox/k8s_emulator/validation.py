@@ -47,7 +47,7 @@ def generated_name(prefix: str) -> str:
     return prefix[:58] + "".join(random.choice(GENERATE_SUFFIX) for _ in range(5))
 
 
-def _invalid(kind: str, name: str, causes: list[str]) -> ApiError:
+def invalid(kind: str, name: str, causes: list[str]) -> ApiError:
     return ApiError(
         422,
         "Invalid",
@@ -96,7 +96,7 @@ def validate_metadata(kind: str, plural: str, obj: dict[str, Any], creating: boo
     meta = obj["metadata"]
     causes = (name_errors(plural, meta["name"]) if creating else []) + label_errors(meta.get("labels"))
     if causes:
-        raise _invalid(kind, meta["name"], causes)
+        raise invalid(kind, meta["name"], causes)
 
 
 def _fields(text: str) -> set[str]:

@@ -46,17 +46,9 @@ def restore_named(
 ) -> dict[str, Any]:
     """Restore the resource types aside into a scratch namespace, check the named objects are
     there and can all be put in place, copy just those, and remove the scratch."""
-    # named objects of kinds a restore by name does not copy (RBAC, custom resources), beside
-    # copied ones of the same name (a Deployment and its ServiceAccount `hello`): said, not copied
-    not_copied = sorted(
-        f"{options.namespace_mapping.get(ns, ns)}/{plural}/{name}"
-        for ns, kinds_ in expected_objects(
-            doc, namespaces, [p for p in kinds if p not in kube.COPIED_KINDS], options.names
-        ).items()
-        for plural, objs in kinds_.items()
-        for name in objs
-    )
-    kinds, expected = check_named(doc, options, namespaces, kinds)
+    kinds, expected, uncopied = check_named(doc, options, namespaces, kinds)
+    # those beside copied ones of the same name (a Deployment and its ServiceAccount `hello`)
+    not_copied = sorted(f"{options.namespace_mapping.get(ns, ns)}/{p}/{n}" for ns, p, n in uncopied)
     made = [  # before Velero restores anything aside
         f"namespace {dest}"
         for ns in expected
@@ -139,9 +131,10 @@ def restore_named(
 
 def check_named(
     doc: dict[str, Any], options: RestoreOptions, namespaces: list[str], kinds: list[str]
-) -> tuple[list[str], dict[str, dict[str, list[str]]]]:
-    """-> (the kinds copied, the named objects per namespace and kind); BadInput for a single PVC
-    or a name the backup does not hold."""
+) -> tuple[list[str], dict[str, dict[str, list[str]]], list[tuple[str, str, str]]]:
+    """-> (the kinds copied, the named objects per namespace and kind, the named objects of
+    kinds not copied as (namespace, kind, name)); BadInput for a single PVC or a name the backup
+    does not hold."""
     if (
         "persistentvolumeclaims" in kinds
         and options.resources
@@ -150,23 +143,23 @@ def check_named(
         raise BadInput(
             "single PVCs cannot be copied between namespaces with their data: use the data_corruption flow"
         )
-    # ServiceAccounts, Roles, RoleBindings are not copied by name (api.COPIED_KINDS: no RBAC writes)
-    uncopied = expected_objects(
-        doc, namespaces, [p for p in kinds if p not in kube.COPIED_KINDS], options.names
+    # ServiceAccounts, Roles, RoleBindings (no RBAC writes) and custom resources are not copied
+    # by name (api.COPIED_KINDS)
+    uncopied = sorted(
+        (ns, p, n)
+        for ns, kinds_ in expected_objects(
+            doc, namespaces, [p for p in kinds if p not in kube.COPIED_KINDS], options.names
+        ).items()
+        for p, objs in kinds_.items()
+        for n in objs
     )
     kinds = [p for p in kinds if p != "persistentvolumeclaims" and p in kube.COPIED_KINDS]
     expected = expected_objects(doc, namespaces, kinds, options.names)
     found = {n for kinds_ in expected.values() for objs in kinds_.values() for n in objs}
     absent = sorted(set(options.names or []) - found)
     if absent and uncopied:
-        held = sorted(
-            f"{ns}/{p}/{n}"
-            for ns, kinds_ in uncopied.items()
-            for p, ns_ in kinds_.items()
-            for n in ns_
-            if n in absent
-        )
-        custom = [h for h in held if is_custom(h.split("/")[1])]
+        held = [f"{ns}/{p}/{n}" for ns, p, n in uncopied if n in absent]
+        custom = [p for _, p, n in uncopied if n in absent and is_custom(p)]
         what = (
             "custom resources (a Knative Service, say), which a restore by name does not copy (the "
             "flows may write only the built-in kinds they copy)"
@@ -177,7 +170,7 @@ def check_named(
         raise BadInput(f"objects {held} are {what}: restore their namespace without names; nothing was done")
     if absent:
         raise BadInput(f"objects {absent} of types {kinds} are not in the backup's namespaces {namespaces}")
-    return kinds, expected
+    return kinds, expected, uncopied
 
 
 def ensure_namespace(k: Kube, name: str) -> bool:
