@@ -190,3 +190,16 @@ def test_a_restore_by_name_says_which_objects_of_that_name_it_did_not_copy(kube_
     report = velero.restore(target, manifest, store, velero.RestoreOptions(namespaces=[ns], names=["hello"]))
     assert report["not_copied"] == [f"{ns}/{KSVC_KIND}/hello"]
     assert f"{ns}/services/hello" in report["restored_objects"] + report["already_existed"]
+
+
+def test_a_name_the_backup_does_not_hold_is_named_even_beside_uncopied_objects(kube_api, ctl, local_store):
+    """`names: [hello, nosuch]`: `hello` is a Service and a Knative Service, `nosuch` nothing: the
+    refusal names `nosuch` as not in the backup (not an empty list of uncopied objects)."""
+    store = local_store()
+    ns = f"kn-{secrets.token_hex(3)}"
+    seed_kn(ctl, ns)
+    target, manifest = take_backup(kube_api, store, ns)
+    with pytest.raises(BadInput, match=r"objects \['nosuch'\] of types .* are not in the backup"):
+        velero.restore(
+            target, manifest, store, velero.RestoreOptions(namespaces=[ns], names=["hello", "nosuch"])
+        )

@@ -157,8 +157,8 @@ def check_named(
     expected = expected_objects(doc, namespaces, kinds, options.names)
     found = {n for kinds_ in expected.values() for objs in kinds_.values() for n in objs}
     absent = sorted(set(options.names or []) - found)
-    if absent and uncopied:
-        held = [f"{ns}/{p}/{n}" for ns, p, n in uncopied if n in absent]
+    held = [f"{ns}/{p}/{n}" for ns, p, n in uncopied if n in absent]
+    if held:  # names asked for that only uncopied kinds hold
         custom = [p for _, p, n in uncopied if n in absent and is_custom(p)]
         what = (
             "custom resources (a Knative Service, say), which a restore by name does not copy (the "
