@@ -129,6 +129,13 @@ def build_post_data(target: PostgresTarget, path: str, db: str, side: str, no_ow
             run([*last, path], env, timeout=None, name=f"pg_restore (event triggers) {db}")
 
 
+def _side_fingerprint(target: PostgresTarget, manifest: Manifest, side: str, kinds: str) -> dict[str, Any]:
+    """The side database's fingerprint by the backup's algorithm, table by table: nothing changes
+    it but post-data's DDL, which runs beside the scan (fingerprint_database)."""
+    algorithm = recorded_algorithm(manifest.fingerprint)
+    return fingerprint_database(target, side, algorithm, kinds=kinds, table_by_table=True)
+
+
 def check_fingerprint(target: PostgresTarget, manifest: Manifest, db: str, side: str) -> dict[str, Any]:
     """The side database's fingerprint (heap rows and sequences only), which must equal the
     manifest's; raises IntegrityError with the differences otherwise."""
@@ -136,9 +143,7 @@ def check_fingerprint(target: PostgresTarget, manifest: Manifest, db: str, side:
     if expected is None:
         raise IntegrityError(f"backup {manifest.id} has no fingerprint for {db!r}: cannot verify the restore")
     # materialized views are not refreshed yet (post-data): check_materialized_views, after
-    # table by table: the side database changes only by post-data's DDL, which runs beside it
-    algorithm = recorded_algorithm(manifest.fingerprint)
-    actual = fingerprint_database(target, side, algorithm, kinds="rS", table_by_table=True)
+    actual = _side_fingerprint(target, manifest, side, kinds="rS")
     diff = diff_fingerprints(expected, actual)
     if diff:
         raise IntegrityError(f"restored {db!r} does not match backup {manifest.id}: " + "; ".join(diff[:10]))
@@ -154,8 +159,7 @@ def check_materialized_views(
     expected = (manifest.fingerprint or {}).get("databases", {}).get(db, {})
     if "materialized_views" not in expected:
         return {}
-    algorithm = recorded_algorithm(manifest.fingerprint)
-    actual = fingerprint_database(target, side, algorithm, kinds="m", table_by_table=True)
+    actual = _side_fingerprint(target, manifest, side, kinds="m")
     try:
         return materialized_view_differences(expected, actual)
     except IntegrityError as exc:
