@@ -40,9 +40,31 @@ SELECT i, 0.1 + i / 3.0, 1.0 / (i + 7), date '2026-02-03' + i,
        E'line\\nbreak \\\\. ' || i
 FROM generate_series(1, 3000) i;
 INSERT INTO "we.ird s"."t ""a"",b" (id, f) VALUES (-1, 'NaN'), (-2, '-Infinity'), (-3, -0.0);
+-- every column of a type with exact binary I/O: its parts are binary COPY (BINARY_EXACT)
+CREATE TABLE "we.ird s".bin (
+    id int8, f4 real, f8 float8, n numeric, n2 numeric(7,3), ts timestamp(3), tz timestamptz, d date,
+    t time, ttz timetz, iv interval, c char(5), v varchar(9), tx text, b bytea, ok bool, u uuid,
+    j json, jb jsonb, o oid, s int2, arr float8[], tarr text[], narr numeric[][]);
+INSERT INTO "we.ird s".bin
+SELECT i, 1.0 / (i + 3), 0.1 + i / 3.0, i / 7.0, i / 9.0,
+       timestamp '2026-02-03 04:05:06.789' + i * interval '1 s',
+       timestamptz '2026-02-03 04:05:06.789+05' + i * interval '1 min', date '2026-02-03' + i,
+       time '23:59:59.999999', timetz '04:05:06+05:30', make_interval(0, 1, 0, 2, 3, 4, 5.5), 'ab',
+       E'é\\\\.\\n' || i % 10, E'tab\\there \\\\. "q"', decode('00ff5c0a', 'hex'), i % 2 = 0,
+       md5(i::text)::uuid, '{{"b": 1,  "a": [1.0, 1e2]}}', '{{"b": 1, "a": 1.50}}', i, i % 32000,
+       ARRAY[1.0 / 3, 'NaN', '-Infinity', -0.0, NULL], '[0:1]={{x,NULL}}', '{{{{1.10,2}},{{NULL,NaN}}}}'
+FROM generate_series(1, 2000) i;
+INSERT INTO "we.ird s".bin (id, f4, f8, n, ts, tz, d, iv, c, tx, jb) VALUES
+    (-1, 'NaN', '-Infinity', 'NaN', 'infinity', '-infinity', 'infinity', '-178000000 years', '', '', 'null'),
+    (-2, '-0', '-0', '-0.000', '-infinity', 'infinity', '-infinity', '0', NULL, NULL, '"s"'),
+    (-3, 'Infinity', 1e308, 'Infinity', NULL, NULL, NULL, NULL, 'x    ', 'x    ', '[]');
 CREATE TABLE "we.ird s".nocols ();
 INSERT INTO "we.ird s".nocols SELECT FROM generate_series(1, 5);
 '''
+
+
+# tables in parts, and their COPY format: binary where every column's type has exact binary I/O
+PARTS = {"items": "binary", "logs": "binary", "bin": "binary", 't "a",b': None}
 
 
 def _pg_dump(target, db: str) -> list[str]:
@@ -69,9 +91,9 @@ def test_tables_in_parts_come_back_exactly_whatever_the_database_s_settings(odd,
     manifest = take_backup(target, store)
     info = manifest.engine["databases"][db]
     # not a table with no column to copy: pg_dump keeps it
-    assert {t["table"] for t in info["table_parts"]} == {"items", "logs", 't "a",b'}
+    assert {t["table"]: t.get("format") for t in info["table_parts"]} == PARTS
     assert all(len(t["objects"]) >= 2 for t in info["table_parts"])  # more than one block each
-    assert pg.verify(target, manifest, store)[db]["table_data_entries"] == 4  # nocols in the archive
+    assert pg.verify(target, manifest, store)[db]["table_data_entries"] == 5  # nocols in the archive
     exec_in(target, db, "DELETE FROM app.items WHERE id % 3 = 0; DROP TABLE " + ODD_TABLE)
 
     report = pg.restore(target, manifest, store, pg.RestoreOptions())
@@ -111,7 +133,7 @@ def test_an_archive_that_also_holds_a_part_table_s_data_is_refused(odd, local_st
     toc = f"3350; 0 {table['oid']} TABLE DATA {table['schema']} {table['table']} postgres\n"
     with pytest.raises(IntegrityError, match="load twice"):
         table_parts.check_toc(manifest, db, info, toc)
-    assert table_parts.check_toc(manifest, db, info, "3350; 0 1 TABLE DATA public other postgres\n") == 3
+    assert table_parts.check_toc(manifest, db, info, "3350; 0 1 TABLE DATA public other postgres\n") == 4
 
 
 def test_tables_under_the_threshold_stay_in_the_archive(postgres, local_store):
@@ -178,7 +200,7 @@ def test_mid_sized_tables_are_objects_of_their_own_whole_and_come_back_exactly(o
     before = _pg_dump(target, db)
     manifest = take_backup(target, store)
     info = manifest.engine["databases"][db]
-    assert {t["table"] for t in info["table_parts"]} == {"items", "logs", 't "a",b'}
+    assert {t["table"]: t.get("format") for t in info["table_parts"]} == PARTS
     assert all(len(t["objects"]) == 1 for t in info["table_parts"])
     exec_in(target, db, "DELETE FROM app.items WHERE id % 3 = 0; DROP TABLE " + ODD_TABLE)
 
@@ -193,3 +215,29 @@ def test_no_table_has_objects_of_its_own_when_both_thresholds_are_empty(odd, loc
     target = target.model_copy(update={"table_objects_from_mib": None, "split_tables_from_mib": None})
     manifest = take_backup(target, local_store())
     assert manifest.engine["databases"][db]["table_parts"] == []
+
+
+def test_binary_copy_is_only_for_the_built_in_types_it_names(postgres):
+    """BINARY_EXACT's fixed OIDs are the types (and their arrays) its comment names, here."""
+    names = [
+        *("bool", "bytea", "int8", "int2", "int4", "text", "oid", "json", "float4", "float8", "bpchar"),
+        *(
+            "varchar",
+            "date",
+            "time",
+            "timestamp",
+            "timestamptz",
+            "interval",
+            "timetz",
+            "numeric",
+            "uuid",
+            "jsonb",
+        ),
+    ]
+    query = (
+        "SELECT array_agg(t.typname || ' ' || a.oid ORDER BY array_position(%s::oid[], t.oid)) "
+        "FROM pg_type t JOIN pg_type a ON a.oid = t.typarray WHERE t.oid = ANY(%s::oid[])"
+    )
+    scalars = list(table_parts.BINARY_SCALARS)
+    found = scalar(target_for(postgres), "postgres", query, (scalars, scalars))
+    assert found == [f"{n} {a}" for n, a in zip(names, table_parts.BINARY_ARRAYS, strict=True)]

@@ -213,7 +213,7 @@ def backup(target: PostgresTarget, session: BackupSession) -> None:
             "server_version": version,
             "server": f"{target.host}:{target.port}",
             "format": "pg_dump custom (-Fc): pre-data+data, and post-data on its own; large tables' "
-            "data as COPY text parts (table_parts); uncompressed inside; store-compressed",
+            "data as COPY parts, binary or text (table_parts); uncompressed inside; store-compressed",
             "databases": facts,
             "globals": GLOBALS,
             "not_backed_up": {d: "refuses connections" for d in closed} if not target.databases else {},
