@@ -264,6 +264,11 @@ def test_bad_restore_options_are_refused(sample, local_store):
         pg.restore(target, manifest, store, pg.RestoreOptions(rename_to={"nope": "x"}))
     with pytest.raises(ValueError):
         pg.RestoreOptions(rename_to={db: "bad\x01name"})
+    # names the project reads as its own: a kept copy's (cleanup drops it, a backup skips it, a
+    # rollback swaps it in) or template0 (no backup has it, CREATE DATABASE copies it)
+    for reserved in (f"{db}__rollback_20200101000000", "x__restore_20200101000000ab12", "template0"):
+        with pytest.raises(ValueError, match="reserved"):
+            pg.RestoreOptions(rename_to={db: reserved})
 
 
 def test_drill_restores_aside_verifies_and_always_drops(sample, local_store):

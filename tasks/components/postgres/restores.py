@@ -20,6 +20,7 @@ from tasks.components.postgres.common import (
     admin,
     aside_name,
     drop_database,
+    parse_aside,
     server_version,
 )
 from tasks.components.postgres.cutover import swap
@@ -56,6 +57,15 @@ class RestoreOptions(StrictOptions):
     def _names(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value.values():
             check_db_name(name)
+            # the project reads these names as its own: one restored under a kept copy's name is
+            # dropped by cleanup_postgres_rollbacks, skipped by every backup and swapped in by a
+            # rollback; template0 is in no backup and seeds every side database (TEMPLATE template0)
+            if name == "template0" or parse_aside(name):
+                raise ValueError(
+                    f"rename_to {name!r}: that name is reserved (template0, or the form "
+                    "<db>__restore_|rollback_|undone_<time> of a kept copy, which cleanup drops and "
+                    "backups skip): pick another name"
+                )
         return value
 
 
