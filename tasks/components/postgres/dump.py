@@ -161,6 +161,10 @@ def backup(target: PostgresTarget, session: BackupSession) -> None:
         version = server_version(conn)
         algorithm = algorithm_for(conn)
         present = databases(conn)
+        # ALTER ROLE ALL SET (every role, every database): pg_dumpall --globals-only leaves it out
+        every_role = conn.execute(
+            "SELECT setconfig FROM pg_db_role_setting WHERE setdatabase = 0 AND setrole = 0"
+        ).fetchone()
     wanted = _select(target, present)
     # left out without a word would read as "backed up": say which, in the log and the manifest
     closed = sorted(
@@ -216,6 +220,7 @@ def backup(target: PostgresTarget, session: BackupSession) -> None:
             "data as COPY text parts (table_parts); uncompressed inside; store-compressed",
             "databases": facts,
             "globals": GLOBALS,
+            "every_role_settings": list(every_role[0]) if every_role else [],
             "not_backed_up": {d: "refuses connections" for d in closed} if not target.databases else {},
             # the scope it was asked for (None: every database): 'latest' of a wider scope skips it
             "selected": list(target.databases) or None,

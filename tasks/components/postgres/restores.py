@@ -278,7 +278,8 @@ def restore(
             changed = True
             if with_globals:  # every database is verified: now the roles as the backup has them
                 try:
-                    report["globals"] = {**roles.apply_globals(target, raw), "created_bare": made}
+                    applied = roles.apply_globals(target, raw, manifest.engine.get("every_role_settings"))
+                    report["globals"] = {**applied, "created_bare": made}
                 except BaseException:
                     with admin(target) as conn:
                         for side in sides.values():
