@@ -15,10 +15,11 @@ from pydantic import Field, field_validator
 from blocks.postgres import PostgresTarget, check_db_name
 from blocks.store import StoreBlock
 from tasks.components.contract import StrictOptions
-from tasks.components.postgres import load, properties, roles, table_parts
+from tasks.components.postgres import extension_tables, load, properties, roles, table_parts
 from tasks.components.postgres.common import (
     admin,
     aside_name,
+    connect,
     drop_database,
     parse_aside,
     server_version,
@@ -182,6 +183,12 @@ def restore_aside(
                         )
                     # once post-data has refreshed them
                     views = load.check_materialized_views(target, manifest, db, side)
+        lost: dict[str, Any] = {}
+        if info.get("extension_tables"):
+            with connect(target, side, autocommit=True) as conn:
+                lost = extension_tables.differences(
+                    info["extension_tables"], extension_tables.row_counts(conn)
+                )
         with admin(target) as conn:
             properties.apply(conn, side, props, no_owner)
             now = properties.subscriptions(conn, side)
@@ -192,11 +199,20 @@ def restore_aside(
     rows = sum(t["rows"] for t in actual["tables"].values())
     if views:
         log.warning("restored %s: materialized views differ from the backup: %s", db, views)
+    if lost:
+        log.warning(
+            "restored %s: tables of an extension (not its configuration tables) came back with other "
+            "rows than at backup; pg_dump does not dump them, so this backup cannot bring them back "
+            "(make them configuration tables: pg_extension_config_dump): %s",
+            db,
+            lost,
+        )
     return {
         "tables": len(actual["tables"]),
         "rows": rows,
         "fingerprint_equal": True,
         **({"materialized_views_differ": views} if views else {}),
+        **({"extension_tables_differ": lost} if lost else {}),
         # pg_dump makes every subscription disabled; enabled again it could apply changes twice
         "subscriptions_left_disabled": [
             n for n, on in info.get("subscriptions", {}).items() if on and not now.get(n, True)
