@@ -264,6 +264,11 @@ def test_bad_restore_options_are_refused(sample, local_store):
         pg.restore(target, manifest, store, pg.RestoreOptions(rename_to={"nope": "x"}))
     with pytest.raises(ValueError):
         pg.RestoreOptions(rename_to={db: "bad\x01name"})
+    # names the project reads as its own: a kept copy's (cleanup drops it, a backup skips it, a
+    # rollback swaps it in) or template0 (no backup has it, CREATE DATABASE copies it)
+    for reserved in (f"{db}__rollback_20200101000000", "x__restore_20200101000000ab12", "template0"):
+        with pytest.raises(ValueError, match="reserved"):
+            pg.RestoreOptions(rename_to={db: reserved})
 
 
 def test_drill_restores_aside_verifies_and_always_drops(sample, local_store):
@@ -339,6 +344,22 @@ def test_cut_over_ends_sessions_on_the_target_and_describe_reports_missing_datab
     assert described["missing"] == ["lost_db"]
     assert list(described["databases"]) == [db]
     assert any(parse_aside(d)[0] == db for d in described["aside"])
+
+
+def test_template1_is_cut_over_when_it_is_also_the_maintenance_database(postgres):
+    """The renames run from another database than the three they touch (the current database
+    cannot be renamed): with maintenance_db template1, that was template1 again."""
+    from tasks.components.postgres.cutover import swap
+
+    target = target_for(postgres, maintenance_db="template1")
+    side, keep, back = new_name("side"), new_name("keep"), new_name("back")
+    exec_in(target, "postgres", f"CREATE DATABASE {side} TEMPLATE template1 IS_TEMPLATE true")
+    try:
+        assert swap(target, side, "template1", keep) == {"database": "template1", "kept_as": keep}
+        swap(target, keep, "template1", back)  # and back, as a rollback does
+        assert scalar(target, "postgres", "SELECT datallowconn FROM pg_database WHERE datname = 'template1'")
+    finally:
+        drop(target, *({side, keep, back} & db_names(target)))
 
 
 def _dead(conn) -> bool:

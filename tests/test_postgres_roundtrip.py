@@ -32,6 +32,7 @@ GRANT app_rw TO app_owner WITH ADMIN OPTION;
 GRANT app_ro TO "Ünïcode Rôle";
 ALTER ROLE reporter SET work_mem = '16MB';
 ALTER ROLE app_owner SET statement_timeout = '5s';
+ALTER ROLE ALL SET klb_test.everyone = 'on';
 COMMENT ON ROLE app_ro IS 'read only — lecture seule';
 CREATE ROLE "o'brien" LOGIN;
 ALTER ROLE granter SET search_path = E'"a\\nCREATE ROLE pwn;\\nb"';
@@ -280,6 +281,8 @@ def test_round_trip_into_an_empty_cluster_gives_back_an_identical_pg_dumpall(req
         x for x in after if x.startswith("ALTER ROLE app_owner ")
     ]
     assert scalar(empty, "shop", "SHOW DateStyle") == "SQL, DMY"
+    # not in pg_dumpall's output (so not in the comparison above): every role's settings
+    assert scalar(empty, "shop", "SHOW klb_test.everyone") == "on"
     assert scalar(empty, "Ünï db", "SHOW default_transaction_read_only") == "on"
     # and a database created on it now starts from the backup's template1
     exec_in(empty, "postgres", "CREATE DATABASE fresh")

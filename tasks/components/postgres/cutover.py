@@ -42,7 +42,9 @@ def swap(target: PostgresTarget, new: str, name: str, keep_as: str) -> dict[str,
     reconnects in between makes us try again.
     """
     busy = {new, name, keep_as}
-    admin_db = target.maintenance_db if target.maintenance_db not in busy else "template1"
+    # never from one of them (the current database cannot be renamed); `new` and `keep_as` are
+    # aside names, so of template1 and postgres at most one is busy
+    admin_db = next(d for d in (target.maintenance_db, "template1", "postgres") if d not in busy)
     deadline = time.monotonic() + DRAIN_SECONDS
     with admin(target, admin_db) as conn:
         while True:

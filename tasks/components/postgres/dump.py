@@ -18,7 +18,7 @@ import psycopg
 
 from blocks.postgres import PostgresTarget
 from blocks.store import StoreBlock
-from tasks.components.postgres import partitions, properties, table_parts
+from tasks.components.postgres import extension_tables, partitions, properties, table_parts
 from tasks.components.postgres.common import (
     admin,
     connect,
@@ -161,6 +161,10 @@ def backup(target: PostgresTarget, session: BackupSession) -> None:
         version = server_version(conn)
         algorithm = algorithm_for(conn)
         present = databases(conn)
+        # ALTER ROLE ALL SET (every role, every database): pg_dumpall --globals-only leaves it out
+        every_role = conn.execute(
+            "SELECT setconfig FROM pg_db_role_setting WHERE setdatabase = 0 AND setrole = 0"
+        ).fetchone()
     wanted = _select(target, present)
     # left out without a word would read as "backed up": say which, in the log and the manifest
     closed = sorted(
@@ -192,6 +196,8 @@ def backup(target: PostgresTarget, session: BackupSession) -> None:
         with admin(target) as conn:  # after the dump: what the restored database must carry
             props = properties.read(conn, db)
             subscriptions = properties.subscriptions(conn, db)
+        with connect(target, db, autocommit=True) as conn:  # and what it cannot (pg_dump's gap)
+            not_dumped = extension_tables.row_counts(conn)
         fingerprints[db] = fp
         in_parts = table_parts.object_names({"table_parts": parts})
         times.append(taken_at)
@@ -206,6 +212,8 @@ def backup(target: PostgresTarget, session: BackupSession) -> None:
             "dump_bytes": sum(o.raw_size for o in session.objects if o.name in {name, *in_parts}),
             "properties": props,
             "subscriptions": subscriptions,
+            # rows of an extension's own tables, which pg_dump leaves out (extension_tables.py)
+            "extension_tables": not_dumped,
         }
         log.info("dumped %s: %d tables, %d bytes", db, len(fp["tables"]), obj.raw_size)
     session.engine.update(
@@ -216,6 +224,7 @@ def backup(target: PostgresTarget, session: BackupSession) -> None:
             "data as COPY parts, binary or text (table_parts); uncompressed inside; store-compressed",
             "databases": facts,
             "globals": GLOBALS,
+            "every_role_settings": list(every_role[0]) if every_role else [],
             "not_backed_up": {d: "refuses connections" for d in closed} if not target.databases else {},
             # the scope it was asked for (None: every database): 'latest' of a wider scope skips it
             "selected": list(target.databases) or None,

@@ -172,7 +172,7 @@ def _list_elements(value: str) -> list[str]:
         i += 1
 
 
-def _setting(key_value: str) -> tuple[sql.Composable, sql.Composable]:
+def setting(key_value: str) -> tuple[sql.Composable, sql.Composable]:
     """`name=value` as recorded -> (name, value) for `SET name = value`. A list setting stored
     quoted (search_path) goes back as one literal per element, as pg_dump does: its stored text
     is identifiers (`""` for an empty path), never SQL to paste."""
@@ -213,12 +213,12 @@ def _statements(side: str, props: dict[str, Any], no_owner: bool) -> list[tuple[
                     )
                     out.append((grantor, stmt))
     for entry in props.get("settings", []):
-        out.append((None, sql.SQL("ALTER DATABASE {} SET {} = {}").format(db, *_setting(entry))))
+        out.append((None, sql.SQL("ALTER DATABASE {} SET {} = {}").format(db, *setting(entry))))
     if not no_owner:
         for row in props.get("role_settings", []):
             for entry in row["settings"]:
                 stmt = sql.SQL("ALTER ROLE {} IN DATABASE {} SET {} = {}").format(
-                    sql.Identifier(row["role"]), db, *_setting(entry)
+                    sql.Identifier(row["role"]), db, *setting(entry)
                 )
                 out.append((None, stmt))
     if props.get("is_template"):

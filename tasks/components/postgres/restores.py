@@ -15,11 +15,13 @@ from pydantic import Field, field_validator
 from blocks.postgres import PostgresTarget, check_db_name
 from blocks.store import StoreBlock
 from tasks.components.contract import StrictOptions
-from tasks.components.postgres import load, properties, roles, table_parts
+from tasks.components.postgres import extension_tables, load, properties, roles, table_parts
 from tasks.components.postgres.common import (
     admin,
     aside_name,
+    connect,
     drop_database,
+    parse_aside,
     server_version,
 )
 from tasks.components.postgres.cutover import swap
@@ -56,6 +58,15 @@ class RestoreOptions(StrictOptions):
     def _names(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value.values():
             check_db_name(name)
+            # the project reads these names as its own: one restored under a kept copy's name is
+            # dropped by cleanup_postgres_rollbacks, skipped by every backup and swapped in by a
+            # rollback; template0 is in no backup and seeds every side database (TEMPLATE template0)
+            if name == "template0" or parse_aside(name):
+                raise ValueError(
+                    f"rename_to {name!r}: that name is reserved (template0, or the form "
+                    "<db>__restore_|rollback_|undone_<time> of a kept copy, which cleanup drops and "
+                    "backups skip): pick another name"
+                )
         return value
 
 
@@ -172,6 +183,12 @@ def restore_aside(
                         )
                     # once post-data has refreshed them
                     views = load.check_materialized_views(target, manifest, db, side)
+        lost: dict[str, Any] = {}
+        if info.get("extension_tables"):
+            with connect(target, side, autocommit=True) as conn:
+                lost = extension_tables.differences(
+                    info["extension_tables"], extension_tables.row_counts(conn)
+                )
         with admin(target) as conn:
             properties.apply(conn, side, props, no_owner)
             now = properties.subscriptions(conn, side)
@@ -182,11 +199,20 @@ def restore_aside(
     rows = sum(t["rows"] for t in actual["tables"].values())
     if views:
         log.warning("restored %s: materialized views differ from the backup: %s", db, views)
+    if lost:
+        log.warning(
+            "restored %s: tables of an extension (not its configuration tables) came back with other "
+            "rows than at backup; pg_dump does not dump them, so this backup cannot bring them back "
+            "(make them configuration tables: pg_extension_config_dump): %s",
+            db,
+            lost,
+        )
     return {
         "tables": len(actual["tables"]),
         "rows": rows,
         "fingerprint_equal": True,
         **({"materialized_views_differ": views} if views else {}),
+        **({"extension_tables_differ": lost} if lost else {}),
         # pg_dump makes every subscription disabled; enabled again it could apply changes twice
         "subscriptions_left_disabled": [
             n for n, on in info.get("subscriptions", {}).items() if on and not now.get(n, True)
@@ -268,7 +294,8 @@ def restore(
             changed = True
             if with_globals:  # every database is verified: now the roles as the backup has them
                 try:
-                    report["globals"] = {**roles.apply_globals(target, raw), "created_bare": made}
+                    applied = roles.apply_globals(target, raw, manifest.engine.get("every_role_settings"))
+                    report["globals"] = {**applied, "created_bare": made}
                 except BaseException:
                     with admin(target) as conn:
                         for side in sides.values():

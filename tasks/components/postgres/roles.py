@@ -16,7 +16,7 @@ from psycopg import sql
 
 from blocks.postgres import PostgresTarget
 from blocks.store import StoreBlock
-from tasks.components.postgres import memberships, shared_acls
+from tasks.components.postgres import memberships, properties, shared_acls
 from tasks.components.postgres.common import admin, engine_env, psql
 from tasks.components.postgres.dump import GLOBALS, GLOBALS_MAX
 from tasks.errors import IntegrityError
@@ -187,7 +187,21 @@ def drop_made(target: PostgresTarget, made: dict[str, list[str]]) -> bool:
     return True
 
 
-def apply_globals(target: PostgresTarget, raw: bytes) -> dict[str, Any]:
+def _every_role(conn: psycopg.Connection, settings: list[str] | None) -> list[str]:
+    """ALTER ROLE ALL SET (every role, in every database) as the backup has it: what was set since
+    is reset. pg_dumpall --globals-only leaves these out, so the backup records them as data;
+    None (a backup from before it did): left as they are, there is nothing to compare with."""
+    if settings is None:
+        return []
+    out = [sql.SQL("ALTER ROLE ALL RESET ALL")]
+    out += [sql.SQL("ALTER ROLE ALL SET {} = {}").format(*properties.setting(e)) for e in settings]
+    return [stmt.as_string(conn) + ";" for stmt in out]
+
+
+def apply_globals(target: PostgresTarget, raw: bytes, every_role: list[str] | None = None) -> dict[str, Any]:
+    """pg_dumpall's globals on the live server, in one transaction (unless one creates a
+    tablespace), with the memberships, shared ACLs and every-role settings given since taken
+    back to the backup's."""
     with admin(target) as conn:
         spaces = {r[0] for r in conn.execute("SELECT spcname FROM pg_tablespace")}
         expiring = "SELECT rolname FROM pg_roles WHERE rolvaliduntil IS NOT NULL"
@@ -195,9 +209,10 @@ def apply_globals(target: PostgresTarget, raw: bytes) -> dict[str, Any]:
         lines = [line for line, start in _statement_starts(raw.decode().splitlines()) if start]
         revokes, revoked = memberships.revocations(conn, lines)
         revokes += shared_acls.resets(conn, lines)
+        settings = _every_role(conn, every_role)
     script, has_tablespace = _globals_script(raw, target.user, spaces, dated)
     # first, in the same transaction: the backup's statements below give back what it has
-    script = "".join(line + "\n" for line in revokes) + script
+    script = "".join(line + "\n" for line in revokes) + script + "".join(line + "\n" for line in settings)
     argv = psql(target)
     if not has_tablespace:  # CREATE TABLESPACE cannot run inside a transaction block
         argv.append("--single-transaction")
