@@ -52,7 +52,7 @@ def cleanup_postgres_rollbacks(
     older_than_hours: Annotated[float, Field(ge=0)] = 72,
     target: PostgresRef = None,
     dry_run: bool = False,
-) -> dict[str, list[str]]:
+) -> dict[str, Any]:
     """Drop kept copies (`__rollback_`, `__undone_`) and leftovers of interrupted restores
     (`__restore_`) older than `older_than_hours`.
 
@@ -65,12 +65,17 @@ def cleanup_postgres_rollbacks(
     age = timedelta(hours=number("older_than_hours", older_than_hours, 0))  # inf/1e20: BadInput
     with component_lock("postgres"):  # never drop a copy a running rollback is swapping in
         report = cleanup_task(postgres_target(target), age, dry_run)
-    names = next(iter(report.values()))
-    get_run_logger().info("%s: %s", next(iter(report)), names or "nothing")
+    verb = "would_drop" if dry_run else "dropped"
+    names, kept = report[verb], report.get("kept", {})
+    logger = get_run_logger()
+    logger.info("%s: %s", verb, names or "nothing")
+    for name, why in kept.items():
+        logger.warning("kept %s: %s", name, why)
     create_markdown_artifact(
         key="cleanup-postgres-rollbacks",
         markdown=f"# PostgreSQL kept copies older than {older_than_hours} h\n\n"
         + ("\n".join(f"- {n}" for n in names) or "nothing to drop")
+        + "".join(f"\n- kept {n}: {why}" for n, why in kept.items())
         + ("\n\n(dry run)" if dry_run else ""),
     )
     return report

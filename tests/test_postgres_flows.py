@@ -452,3 +452,41 @@ def test_a_rollback_of_one_database_puts_back_that_database_only(prefect_server,
         assert rollback.options == {"include_globals": False, "databases": [a]}
     finally:
         drop(admin_target, a, b, *_asides_of(admin_target, a), *_asides_of(admin_target, b))
+
+
+def test_a_publisher_s_slots_stay_with_its_kept_copy_and_cleanup_keeps_that_copy_saying_why(
+    request, local_store, prefect_server
+):
+    """Logical replication slots belong to a database, not to its name: an in-place restore
+    leaves them on the kept copy (its report says so, and what to do: they hold WAL), and
+    cleanup, which PostgreSQL would refuse for that copy, keeps it with why and drops the rest."""
+    from sandbox import services
+
+    svc = services.start_postgres(
+        secrets.token_hex(16), "pg-logical-" + secrets.token_hex(3), {"wal_level": "logical"}
+    )
+    request.addfinalizer(svc.stop)
+    db, other = new_name(), new_name()
+    admin_target = target_for(svc)
+    make_db(admin_target, db)
+    make_db(admin_target, other)
+    target = target_for(svc, databases=[db, other])
+    store = local_store()
+    with backup_session(store, "postgres") as session:
+        pg.backup(target, session)
+        session.commit()
+    exec_in(target, db, "SELECT pg_create_logical_replication_slot('orders_sub', 'pgoutput')")
+
+    report = restore_component("postgres", backup_id="latest", target=target, store=store)
+
+    kept = report["databases"][db]["kept_as"]
+    assert report["databases"][db]["replication_slots_left_on_kept_copy"] == ["orders_sub"]
+    assert "replication_slots_left_on_kept_copy" not in report["databases"][other]
+    dropped = cleanup_postgres_rollbacks(older_than_hours=0, target=target)
+    assert dropped["dropped"] == [report["databases"][other]["kept_as"]]
+    assert (
+        list(dropped["kept"]) == [kept] and "pg_drop_replication_slot('orders_sub')" in dropped["kept"][kept]
+    )
+    assert kept in db_names(target)
+    exec_in(target, "postgres", "SELECT pg_drop_replication_slot('orders_sub')")
+    assert cleanup_postgres_rollbacks(older_than_hours=0, target=target) == {"dropped": [kept]}

@@ -73,7 +73,32 @@ def swap(target: PostgresTarget, new: str, name: str, keep_as: str) -> dict[str,
     log.info(
         "cut over: %s is now %s%s", new, name, f"; the previous one is kept as {keep_as}" if had_old else ""
     )
-    return {"database": name, "kept_as": keep_as if had_old else None}
+    report: dict[str, Any] = {"database": name, "kept_as": keep_as if had_old else None}
+    with admin(target, admin_db) as conn:
+        if had_old and (slots := logical_slots(conn, keep_as)):
+            report["replication_slots_left_on_kept_copy"] = slots
+            log.warning("%s: %s", name, slots_note(keep_as, slots))
+    return report
+
+
+def logical_slots(conn: psycopg.Connection, database: str) -> list[str]:
+    """The logical replication slots of `database`: they belong to it, not to its name."""
+    rows = conn.execute(
+        "SELECT slot_name FROM pg_replication_slots WHERE slot_type = 'logical' AND database = %s ORDER BY 1",
+        (database,),
+    )
+    return [r[0] for r in rows]
+
+
+def slots_note(kept: str, slots: list[str]) -> str:
+    """What a cut-over that leaves logical slots on the kept copy means, and what to do."""
+    drops = "; ".join(f"SELECT pg_drop_replication_slot('{s}')" for s in slots)
+    return (
+        f"the logical replication slots {slots} stay with the kept copy {kept!r}: the restored "
+        "database has none, so its subscribers stop, and the slots hold WAL on the server until "
+        "dropped. Re-create the subscriptions against the restored database; once no rollback to "
+        f"{kept!r} is wanted, drop them ({drops}) and cleanup_postgres_rollbacks can drop the copy"
+    )
 
 
 def _rename(old: str, new: str) -> sql.Composed:

@@ -20,7 +20,7 @@ from tasks.components.postgres.common import (
     parse_aside,
     same_base,
 )
-from tasks.components.postgres.cutover import swap
+from tasks.components.postgres.cutover import logical_slots, slots_note, swap
 from tasks.components.registry import load_target
 from tasks.errors import BadInput, NotFound
 
@@ -68,11 +68,18 @@ def rollback_task(target: PostgresTarget, database: str, rollback_name: str | No
 
 
 @task(task_run_name="drop-kept-databases", cache_policy=NO_CACHE)
-def cleanup_task(target: PostgresTarget, older_than: timedelta, dry_run: bool) -> dict[str, list[str]]:
+def cleanup_task(target: PostgresTarget, older_than: timedelta, dry_run: bool) -> dict[str, Any]:
+    """-> {"dropped" (or "would_drop"): names, "kept": {name: why}}. A copy that holds logical
+    replication slots is kept, saying what to do: PostgreSQL refuses to drop it, and dropping
+    its slots is a replication decision, not cleanup's; the others are dropped all the same."""
     cutoff = datetime.now(UTC) - older_than
     old = sorted(name for name, _, _, when in kept_copies(target) if when <= cutoff)
-    if not dry_run and old:
-        with admin(target) as conn:
-            for name in old:
+    kept: dict[str, str] = {}
+    with admin(target) as conn:
+        for name in old:
+            if slots := logical_slots(conn, name):
+                kept[name] = slots_note(name, slots)
+            elif not dry_run:
                 drop_database(conn, name)
-    return {"dropped" if not dry_run else "would_drop": old}
+    gone = [name for name in old if name not in kept]
+    return {"dropped" if not dry_run else "would_drop": gone, **({"kept": kept} if kept else {})}
