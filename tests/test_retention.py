@@ -330,3 +330,33 @@ def test_the_newest_good_backup_of_each_namespace_is_kept():
     newer_full = with_namespaces(manifest(3, 24 * 35, component="kubernetes"), "database", "lambda-system")
     plan = plan_retention([full, only_lambda, newer_full], policy, NOW)
     assert [d.id for d in plan.deletions] == [full.id, only_lambda.id]
+
+
+def test_the_newest_good_backup_of_each_vhost_is_kept():
+    """A RabbitMQ target narrowed to some vhosts names its objects by position (vhost-000.json):
+    a newer backup of vhost billing must not cost vhost orders its only copy, and a newer backup
+    of the whole broker (it restores any vhost) lets the old one go."""
+
+    def with_vhosts(m: Manifest, *vhosts: str, broker: bool = False) -> Manifest:
+        if broker:
+            obj = m.objects[0].model_copy(update={"name": "definitions.json", "meta": {"scope": "broker"}})
+            engine = {"scope": "broker", "vhost_metadata": {v: {} for v in vhosts}}
+            return m.model_copy(update={"objects": [obj], "engine": engine})
+        objs = [
+            m.objects[0].model_copy(
+                update={"name": f"vhost-{i:03d}.json", "meta": {"scope": "vhost", "vhost": v}}
+            )
+            for i, v in enumerate(vhosts)
+        ]
+        engine = {"scope": "vhosts", "vhosts": list(vhosts), "vhost_metadata": {v: {} for v in vhosts}}
+        return m.model_copy(update={"objects": objs, "engine": engine})
+
+    policy = RetentionPolicy.from_table("rabbitmq")
+    orders = with_vhosts(manifest(1, 24 * 50, component="rabbitmq"), "orders")
+    billing = with_vhosts(manifest(2, 24 * 40, component="rabbitmq"), "billing")
+    plan = plan_retention([orders, billing], policy, NOW)
+    by_id = {d.id: d for d in plan.decisions}
+    assert by_id[orders.id].action == Action.keep and "vhost orders" in by_id[orders.id].reason
+    broker = with_vhosts(manifest(3, 24 * 35, component="rabbitmq"), "orders", "billing", broker=True)
+    plan = plan_retention([orders, billing, broker], policy, NOW)
+    assert [d.id for d in plan.deletions] == [orders.id, billing.id]

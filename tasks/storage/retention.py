@@ -335,22 +335,28 @@ def _group_keys(keys: Iterable[str], prefix: str) -> dict[str, list[str]]:
 
 
 def _last_holders(good: list[Manifest]) -> dict[str, list[str]]:
-    """backup id -> the parts (a database, an app-state step, a vhost) it is the newest good
-    backup of. A narrower backup (one database, taken before a migration) is good, and newer;
-    without this the others' last copies went with the older, wider backup once past the window.
-    A part is the object's database (postgres names objects by position too), else its name;
-    and each namespace a Velero backup holds (a target block narrowed to one namespace backs up
-    into the same catalog: its newer backup must not cost the other namespaces theirs)."""
+    """backup id -> the parts it is the newest good backup of (`_parts`): a narrower, newer backup
+    (one database, before a migration) must not cost the others their last copies."""
     newest_of: dict[str, str] = {}
     for m in good:  # oldest first: the newest holder of each part wins
-        for o in m.objects:
-            newest_of[str(o.meta.get("database") or o.name)] = m.id
-        for ns in m.engine.get("namespaces") or []:
-            newest_of[f"namespace {ns}"] = m.id
+        newest_of |= dict.fromkeys(_parts(m), m.id)
     holders: dict[str, list[str]] = {}
     for name, backup_id in sorted(newest_of.items()):
         holders.setdefault(backup_id, []).append(name)
     return holders
+
+
+def _parts(m: Manifest) -> list[str]:
+    """What `m` holds, never by position (db-000-x, vhost-000.json): each object's database or
+    vhost, else its name; each namespace (Velero); a whole broker's backup, each of its vhosts."""
+    parts = [
+        f"vhost {o.meta['vhost']}" if o.meta.get("vhost") else str(o.meta.get("database") or o.name)
+        for o in m.objects
+    ]
+    parts += [f"namespace {ns}" for ns in m.engine.get("namespaces") or []]
+    if any(o.meta.get("scope") == "broker" for o in m.objects):
+        parts += [f"vhost {v}" for v in m.engine.get("vhost_metadata") or {}]
+    return parts
 
 
 def _missing_objects(m: Manifest, listed: list[str] | None) -> list[str]:
