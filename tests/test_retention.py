@@ -360,3 +360,27 @@ def test_the_newest_good_backup_of_each_vhost_is_kept():
     broker = with_vhosts(manifest(3, 24 * 35, component="rabbitmq"), "orders", "billing", broker=True)
     plan = plan_retention([orders, billing, broker], policy, NOW)
     assert [d.id for d in plan.deletions] == [orders.id, billing.id]
+
+
+def test_a_newer_backup_narrowed_by_labels_or_resources_never_costs_the_full_one():
+    """A Velero backup of the same namespaces narrowed to some labels or resources (an on-demand
+    one before a change) is no copy of the rest of them: 'latest' of the whole component passes
+    over it, so retention must keep the full one it would fall back to. A newer full one (it
+    restores any narrower scope) lets both go."""
+
+    def scoped(m: Manifest, **narrowed) -> Manifest:
+        scope = {"include_namespaces": ["app"], "exclude_namespaces": [], "include_resources": []}
+        scope |= {"exclude_resources": [], "label_selector": {}} | narrowed
+        return m.model_copy(update={"engine": {"namespaces": ["app"], "scope": scope}})
+
+    policy = RetentionPolicy.from_table("kubernetes")
+    full = scoped(manifest(1, 24 * 50, component="kubernetes"))
+    labelled = scoped(manifest(2, 24 * 45, component="kubernetes"), label_selector={"app": "web"})
+    configmaps = scoped(manifest(3, 24 * 40, component="kubernetes"), include_resources=["configmaps"])
+    plan = plan_retention([full, labelled, configmaps], policy, NOW)
+    by_id = {d.id: d for d in plan.decisions}
+    assert by_id[full.id].action == Action.keep and "namespace app" in by_id[full.id].reason
+    assert by_id[labelled.id].action == Action.keep  # nor does one resource cost the labelled one
+    newer_full = scoped(manifest(4, 24 * 35, component="kubernetes"))
+    plan = plan_retention([full, labelled, configmaps, newer_full], policy, NOW)
+    assert [d.id for d in plan.deletions] == [full.id, labelled.id, configmaps.id]

@@ -44,6 +44,7 @@ from tasks.storage.layout import (
     manifest_key_beside,
     split_component_key,
 )
+from tasks.storage.retention_parts import last_holders
 from tasks.table import policy as table_policy
 
 RECOVERY_POINT_LABEL = "recovery_point"
@@ -224,7 +225,7 @@ def plan_retention(
     good = [m for m in ordered if is_good(m, damaged_ids, verified_ids, now)]
     special = policy.special_retention or policy.retention
     last_good = {m.id for m in good[-policy.keep_last_good :]}
-    holders = _last_holders(good)
+    holders = last_holders(good)
     # no good backup at all (none verified yet, say): the newest that may be one stays, so
     # retention alone can never leave a component with nothing to restore: the newest not known
     # damaged, else the newest whose objects are all there (a damage record, unsigned, may be
@@ -332,31 +333,6 @@ def _group_keys(keys: Iterable[str], prefix: str) -> dict[str, list[str]]:
         if parts is not None:
             groups.setdefault(parts[1], []).append(key)
     return groups
-
-
-def _last_holders(good: list[Manifest]) -> dict[str, list[str]]:
-    """backup id -> the parts it is the newest good backup of (`_parts`): a narrower, newer backup
-    (one database, before a migration) must not cost the others their last copies."""
-    newest_of: dict[str, str] = {}
-    for m in good:  # oldest first: the newest holder of each part wins
-        newest_of |= dict.fromkeys(_parts(m), m.id)
-    holders: dict[str, list[str]] = {}
-    for name, backup_id in sorted(newest_of.items()):
-        holders.setdefault(backup_id, []).append(name)
-    return holders
-
-
-def _parts(m: Manifest) -> list[str]:
-    """What `m` holds, never by position (db-000-x, vhost-000.json): each object's database or
-    vhost, else its name; each namespace (Velero); a whole broker's backup, each of its vhosts."""
-    parts = [
-        f"vhost {o.meta['vhost']}" if o.meta.get("vhost") else str(o.meta.get("database") or o.name)
-        for o in m.objects
-    ]
-    parts += [f"namespace {ns}" for ns in m.engine.get("namespaces") or []]
-    if any(o.meta.get("scope") == "broker" for o in m.objects):
-        parts += [f"vhost {v}" for v in m.engine.get("vhost_metadata") or {}]
-    return parts
 
 
 def _missing_objects(m: Manifest, listed: list[str] | None) -> list[str]:
