@@ -30,7 +30,7 @@ from tasks.storage.index import ComponentListing, list_component
 from tasks.storage.layout import backup_dir_of, layout, split_component_key
 from tasks.storage.leftovers import sweep_incomplete_writes
 from tasks.storage.records import refused_records
-from tasks.storage.replicate import dr_copy_problems, dr_only_problems, load_dr_store
+from tasks.storage.replicate import check_not_primary, dr_copy_problems, dr_only_problems, load_dr_store
 from tasks.storage.retention import (
     RetentionPlan,
     RetentionPolicy,
@@ -75,6 +75,7 @@ def verify_backups(
     stores: dict[str, StoreBlock] = {"primary": load_store(store)}
     dr = load_dr_store(dr_store)
     if dr is not None:
+        check_not_primary(stores["primary"], dr)  # before anything is read or recorded
         stores["dr"] = dr
     results: dict[str, Any] = {}
     bad: list[str] = []

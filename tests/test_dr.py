@@ -227,3 +227,17 @@ def test_the_sweep_reports_a_lost_primary_and_still_checks_dr(prefect_server, s3
     with pytest.raises(RuntimeError, match="primary:app-state") as err:
         verify_backups(components=["app-state"], store=primary, dr_store=dr)
     assert f"dr:{manifest.id}" not in str(err.value)
+
+
+def test_a_dr_store_that_is_the_primary_fails_the_sweep_before_it_reads(prefect_server, s3_store):
+    """$KLB_DR_STORE set to the primary's block by mistake: each backup skips its copy (it is
+    already 'there'), and a sweep comparing the store with itself found every copy identical.
+    It passed, and nobody learned that no second copy exists."""
+    from flows.maintenance import verify_backups
+
+    primary = s3_store()
+    with backup_session(primary, "app-state") as s:
+        s.write("data", [b"only copy"])
+        s.commit()
+    with pytest.raises(ConfigurationError, match="DR store is the primary"):
+        verify_backups(components=["app-state"], store=primary, dr_store=s3_store())

@@ -330,3 +330,57 @@ def test_the_newest_good_backup_of_each_namespace_is_kept():
     newer_full = with_namespaces(manifest(3, 24 * 35, component="kubernetes"), "database", "lambda-system")
     plan = plan_retention([full, only_lambda, newer_full], policy, NOW)
     assert [d.id for d in plan.deletions] == [full.id, only_lambda.id]
+
+
+def test_the_newest_good_backup_of_each_vhost_is_kept():
+    """A RabbitMQ target narrowed to some vhosts names its objects by position (vhost-000.json):
+    a newer backup of vhost billing must not cost vhost orders its only copy, and a newer backup
+    of the whole broker (it restores any vhost) lets the old one go."""
+
+    def with_vhosts(m: Manifest, *vhosts: str, broker: bool = False) -> Manifest:
+        if broker:
+            obj = m.objects[0].model_copy(update={"name": "definitions.json", "meta": {"scope": "broker"}})
+            engine = {"scope": "broker", "vhost_metadata": {v: {} for v in vhosts}}
+            return m.model_copy(update={"objects": [obj], "engine": engine})
+        objs = [
+            m.objects[0].model_copy(
+                update={"name": f"vhost-{i:03d}.json", "meta": {"scope": "vhost", "vhost": v}}
+            )
+            for i, v in enumerate(vhosts)
+        ]
+        engine = {"scope": "vhosts", "vhosts": list(vhosts), "vhost_metadata": {v: {} for v in vhosts}}
+        return m.model_copy(update={"objects": objs, "engine": engine})
+
+    policy = RetentionPolicy.from_table("rabbitmq")
+    orders = with_vhosts(manifest(1, 24 * 50, component="rabbitmq"), "orders")
+    billing = with_vhosts(manifest(2, 24 * 40, component="rabbitmq"), "billing")
+    plan = plan_retention([orders, billing], policy, NOW)
+    by_id = {d.id: d for d in plan.decisions}
+    assert by_id[orders.id].action == Action.keep and "vhost orders" in by_id[orders.id].reason
+    broker = with_vhosts(manifest(3, 24 * 35, component="rabbitmq"), "orders", "billing", broker=True)
+    plan = plan_retention([orders, billing, broker], policy, NOW)
+    assert [d.id for d in plan.deletions] == [orders.id, billing.id]
+
+
+def test_a_newer_backup_narrowed_by_labels_or_resources_never_costs_the_full_one():
+    """A Velero backup of the same namespaces narrowed to some labels or resources (an on-demand
+    one before a change) is no copy of the rest of them: 'latest' of the whole component passes
+    over it, so retention must keep the full one it would fall back to. A newer full one (it
+    restores any narrower scope) lets both go."""
+
+    def scoped(m: Manifest, **narrowed) -> Manifest:
+        scope = {"include_namespaces": ["app"], "exclude_namespaces": [], "include_resources": []}
+        scope |= {"exclude_resources": [], "label_selector": {}} | narrowed
+        return m.model_copy(update={"engine": {"namespaces": ["app"], "scope": scope}})
+
+    policy = RetentionPolicy.from_table("kubernetes")
+    full = scoped(manifest(1, 24 * 50, component="kubernetes"))
+    labelled = scoped(manifest(2, 24 * 45, component="kubernetes"), label_selector={"app": "web"})
+    configmaps = scoped(manifest(3, 24 * 40, component="kubernetes"), include_resources=["configmaps"])
+    plan = plan_retention([full, labelled, configmaps], policy, NOW)
+    by_id = {d.id: d for d in plan.decisions}
+    assert by_id[full.id].action == Action.keep and "namespace app" in by_id[full.id].reason
+    assert by_id[labelled.id].action == Action.keep  # nor does one resource cost the labelled one
+    newer_full = scoped(manifest(4, 24 * 35, component="kubernetes"))
+    plan = plan_retention([full, labelled, configmaps, newer_full], policy, NOW)
+    assert [d.id for d in plan.deletions] == [full.id, labelled.id, configmaps.id]

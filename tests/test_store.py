@@ -171,6 +171,25 @@ def test_catalog_latest_and_at_or_before(local_store):
         backup_at_or_before(store, "app-state", first.source_time.replace(tzinfo=None))
 
 
+def test_a_damaged_backup_whose_snapshot_is_after_the_time_asked_does_not_block_it(local_store):
+    """A backup that started before the time asked for but took its snapshot after it (a dump's
+    snapshot, a Velero backup's end) is no candidate for that time: its damage must not refuse
+    the backup that is, as if it were a newer one the restore would silently pass over."""
+    from datetime import UTC, datetime, timedelta
+
+    from tasks.storage.health import mark_damaged
+
+    store = local_store()
+    before = take_backup(store)
+    with backup_session(store, "app-state") as s:
+        s.write("data", [b"later"])
+        s.source_time = datetime.now(UTC) + timedelta(seconds=30)
+        after = s.commit()
+    mark_damaged(store, after.id, "object data: sha256 mismatch")
+    when = max(before.source_time, after.started_at)
+    assert backup_at_or_before(store, "app-state", when).id == before.id
+
+
 def test_a_damaged_manifest_does_not_hide_the_others(local_store):
     store = local_store()
     good, bad = take_backup(store), take_backup(store)

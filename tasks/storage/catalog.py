@@ -170,13 +170,17 @@ def get_backup(store: StoreBlock, backup_id: str, component: str | None = None) 
         raise
 
 
-def _still_there(store: StoreBlock, backup_id: str) -> bool:
-    """A finding can outlive its backup (deleted by hand): only a stored manifest counts."""
+def _may_be_newer(store: StoreBlock, backup_id: str, until: datetime | None) -> bool:
+    """Whether a damaged backup the listing left out may be newer than the one picked. A finding
+    can outlive its backup (deleted by hand): only a stored manifest counts. One that reads
+    took its snapshot after `until` (it started before): no candidate for that time at all."""
     try:
-        backend_for(store).get_bytes(layout(store).manifest_key(backup_id))
+        manifest = get_backup(store, backup_id)
     except NotFound:
         return False
-    return True
+    except IntegrityError:  # unreadable: whatever it holds, it may be newer
+        return True
+    return until is None or manifest.source_time <= until
 
 
 def from_the_future(manifest: Manifest, now: datetime | None = None) -> bool:
@@ -262,7 +266,7 @@ def _not_damaged(
             backup_id not in loaded
             and started >= newest_start  # ids name the second: one of the same may be newer
             and (until is None or started <= until)
-            and _still_there(store, backup_id)
+            and _may_be_newer(store, backup_id, until)
         )
 
     newer = [i for i in damaged if i == newest.id or newer_unreadable(i)]

@@ -84,8 +84,17 @@ def _check_keys(source: StoreBlock, dest: StoreBlock) -> None:
             "the DR store block must also hold the primary's previous_encryption_keys (copies of "
             "backups written before a key rotation are read with them): copy them to the DR block"
         )
-    if source.location == dest.location:
-        raise ConfigurationError(f"the DR store is the primary store ({dest.location}): point it elsewhere")
+    check_not_primary(source, dest)
+
+
+def check_not_primary(primary: StoreBlock, dest: StoreBlock) -> None:
+    """A DR store that is the primary holds no second copy: a backup skips its copy, and a sweep
+    comparing the store with itself finds every copy identical. Refused, naming what to fix."""
+    if primary.location == dest.location:
+        raise ConfigurationError(
+            f"the DR store is the primary store ({dest.location}): there is no second copy; point "
+            "$KLB_DR_STORE (or dr_store) at another bucket's store block"
+        )
 
 
 def _stored_sha256(backend: Backend, key: str, version_id: str | None, size: int) -> str:
@@ -227,7 +236,11 @@ def replicate_task(manifest: Manifest, store: StoreBlock, dr_store: str | StoreB
     from tasks.metrics import tracked
 
     dest = load_dr_store(dr_store)
-    if dest is None or dest.location == store.location:
+    if dest is None:
+        return None
+    if dest.location == store.location:  # written to the DR store itself (during a DR, say); a
+        # DR store that is the primary by mistake is refused by the sweep (check_not_primary)
+        log.warning("backup %s is in the DR store %s itself: no copy made", manifest.id, dest.location)
         return None
     with tracked("replication", manifest.component):
         try:

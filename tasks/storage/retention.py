@@ -44,6 +44,7 @@ from tasks.storage.layout import (
     manifest_key_beside,
     split_component_key,
 )
+from tasks.storage.retention_parts import last_holders
 from tasks.table import policy as table_policy
 
 RECOVERY_POINT_LABEL = "recovery_point"
@@ -224,7 +225,7 @@ def plan_retention(
     good = [m for m in ordered if is_good(m, damaged_ids, verified_ids, now)]
     special = policy.special_retention or policy.retention
     last_good = {m.id for m in good[-policy.keep_last_good :]}
-    holders = _last_holders(good)
+    holders = last_holders(good)
     # no good backup at all (none verified yet, say): the newest that may be one stays, so
     # retention alone can never leave a component with nothing to restore: the newest not known
     # damaged, else the newest whose objects are all there (a damage record, unsigned, may be
@@ -332,25 +333,6 @@ def _group_keys(keys: Iterable[str], prefix: str) -> dict[str, list[str]]:
         if parts is not None:
             groups.setdefault(parts[1], []).append(key)
     return groups
-
-
-def _last_holders(good: list[Manifest]) -> dict[str, list[str]]:
-    """backup id -> the parts (a database, an app-state step, a vhost) it is the newest good
-    backup of. A narrower backup (one database, taken before a migration) is good, and newer;
-    without this the others' last copies went with the older, wider backup once past the window.
-    A part is the object's database (postgres names objects by position too), else its name;
-    and each namespace a Velero backup holds (a target block narrowed to one namespace backs up
-    into the same catalog: its newer backup must not cost the other namespaces theirs)."""
-    newest_of: dict[str, str] = {}
-    for m in good:  # oldest first: the newest holder of each part wins
-        for o in m.objects:
-            newest_of[str(o.meta.get("database") or o.name)] = m.id
-        for ns in m.engine.get("namespaces") or []:
-            newest_of[f"namespace {ns}"] = m.id
-    holders: dict[str, list[str]] = {}
-    for name, backup_id in sorted(newest_of.items()):
-        holders.setdefault(backup_id, []).append(name)
-    return holders
 
 
 def _missing_objects(m: Manifest, listed: list[str] | None) -> list[str]:
