@@ -357,3 +357,16 @@ def test_a_local_write_is_read_back_and_decoded_before_the_manifest(local_store,
 
     manifest = take_backup(store, data)  # and a sound write goes through
     assert b"".join(read_object(store, manifest.object("data"))) == data
+
+
+def test_a_failure_after_the_manifest_is_written_keeps_the_backup_whole(local_store):
+    """A cancellation landing after commit() (still inside the session) must not delete the
+    objects of a backup the catalog already lists."""
+    store = local_store()
+    with pytest.raises(KeyboardInterrupt), backup_session(store, "app-state") as session:
+        session.write("data", [b"kept" * 1000])
+        session.commit()
+        raise KeyboardInterrupt
+    manifest = get_backup(store, "latest", "app-state")
+    assert manifest.id == session.id
+    assert verify_backup(store, manifest)["objects"] == 1

@@ -326,7 +326,11 @@ class BackupSession:
         """Remove whatever this session wrote (it never got its manifest). Unless the manifest's
         own write failed: whether it was stored is unknown, and a listed backup whose objects were
         deleted would be a lie; its objects stay, a whole backup if the manifest landed, else
-        orphans that retention collects after its orphan grace."""
+        orphans that retention collects after its orphan grace. Nor once the manifest is written:
+        a failure (a cancellation) after commit() would leave a listed backup without its objects."""
+        if self.manifest is not None:
+            log.warning("backup %s failed after its manifest was written: it is kept whole", self.id)
+            return
         if self._manifest_in_doubt:
             log.warning(
                 "backup %s: the manifest write failed and may still have been stored: its %d objects "
