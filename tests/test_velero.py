@@ -202,6 +202,31 @@ def test_named_objects_are_all_checked_before_any_is_put_back(kube_api, target, 
     assert "Nothing was changed" in str(refused.value)
 
 
+def test_named_objects_the_api_would_refuse_leave_every_one_in_place(kube_api, target, store, two_namespaces):
+    """A partial restore with existing_resource_policy=update where the API refuses one replace for
+    a reason of its own (a Secret's `type` never changes: ValidateSecretUpdate; the server defaults
+    it to Opaque): every write is tried as a server-side dry run first, so none is made and the
+    namespace is not left half put back (flags was put back, then the Secret refused)."""
+    shop, _ = two_namespaces
+    k = k8s(kube_api)
+    manifest = take_backup(target, store)
+    set_configmap(kube_api, shop, "flags", {"beta": "on"})
+    k.core.delete_namespaced_secret("db-password", shop)
+    body = {"metadata": {"name": "db-password"}, "type": "example.com/pw", "data": {"pw": "bmV3"}}
+    k.core.create_namespaced_secret(shop, body)
+    opts = velero.RestoreOptions(
+        namespaces=[shop],
+        resources=["configmaps", "secrets"],
+        names=["flags", "db-password"],
+        existing_resource_policy="update",
+    )
+    with pytest.raises(BadInput, match=f"{shop}/secrets/db-password.*type") as refused:
+        velero.restore(target, manifest, store, opts)
+    assert configmap(kube_api, shop, "flags") == {"beta": "on"}  # not put back alone
+    assert k.core.read_namespaced_secret("db-password", shop).type == "example.com/pw"
+    assert "Nothing was changed" in str(refused.value)
+
+
 def test_update_of_named_objects_keeps_allocations_and_names_immutable_ones(
     kube_api, target, store, two_namespaces
 ):

@@ -5,6 +5,7 @@ restored aside into scratch namespaces, every named object is checked against wh
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import secrets
 from typing import Any
@@ -81,20 +82,18 @@ def restore_named(
             for plural, objs in kinds_.items()
             for name in objs
         ]
-        rollback = None
-        if policy is ExistingResourcePolicy.update:
-            # every object is checked before the first is written: never half put back
-            conflicts = [
-                c
-                for plural, dest, name, obj in copies
-                if (c := _conflict(plural, dest, name, obj, _current(k, plural, dest, name)))
-            ]
-            if conflicts:
-                raise BadInput("; ".join(conflicts) + ". Nothing was changed")
-            rollback = safety_backup(k, target, sorted({dest for _, dest, _, _ in copies}), backup_id)
         # the scratch copies go first: a Service's copy there holds the nodePorts its copy in
         # place asks for (a port kept by Velero, free in the cluster when it restored)
         _remove_scratch(k, target, list(aside.values()))
+        # every write is checked before the first is made: never half put back
+        refused = [
+            r for plural, dest, name, obj in copies if (r := _refused(k, plural, dest, name, obj, policy))
+        ]
+        if refused:
+            raise BadInput("; ".join(refused) + ". Nothing was changed")
+        rollback = None
+        if policy is ExistingResourcePolicy.update:
+            rollback = safety_backup(k, target, sorted({dest for _, dest, _, _ in copies}), backup_id)
         for plural, dest, name, obj in copies:
             outcome = _put(k, plural, dest, name, obj, policy)
             key = f"{dest}/{plural}/{name}"
@@ -249,6 +248,41 @@ def _conflict(plural: str, ns: str, name: str, obj: Any, current: Any | None) ->
         return (
             f"{ns}/{plural}/{name} has another spec.selector than the backup, and a selector is "
             f"immutable: delete it (kubectl -n {ns} delete {plural} {name}) and run the restore again"
+        )
+    return None
+
+
+def _refused(
+    k: Kube, plural: str, ns: str, name: str, obj: Any, policy_: ExistingResourcePolicy
+) -> str | None:
+    """Why the API server would refuse the write _put makes, or None. Asked of the server itself,
+    as a dry run (its validation, immutable fields, admission, quota): a list of our own missed
+    some (a Secret's type never changes), and the copy went in half put back."""
+    current = _current(k, plural, ns, name)
+    if current is not None and policy_ is not ExistingResourcePolicy.update:
+        return None  # left as it is
+    said = _conflict(plural, ns, name, obj, current)  # the refusals we can say more about
+    if said:
+        return said
+    body = copy.deepcopy(obj)
+    body.metadata.namespace = ns
+    try:
+        if current is None:
+            k.call(
+                f"create {plural} {ns}/{name}", kube.kind_api(k, plural, "create"), ns, body, dry_run="All"
+            )
+        else:
+            body.metadata.resource_version = current.metadata.resource_version
+            replace = kube.kind_api(k, plural, "replace")
+            k.call(f"replace {plural} {ns}/{name}", replace, name, ns, body, dry_run="All")
+    except kube.AlreadyExists:  # made or changed meanwhile: _put reads it again
+        return None
+    except BadInput as exc:
+        if current is None:
+            return f"{ns}/{plural}/{name} cannot be created as the backup has it ({exc})"
+        return (
+            f"{ns}/{plural}/{name} cannot be replaced by the backup's ({exc}): delete it (kubectl -n "
+            f"{ns} delete {plural} {name}) and run the restore again, which then creates it from the backup"
         )
     return None
 
