@@ -227,6 +227,28 @@ def test_named_objects_the_api_would_refuse_leave_every_one_in_place(kube_api, t
     assert "Nothing was changed" in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    "extra", [{"label_selector": {"tier": "web"}}, {"include_cluster_resources": True}, {"restore_pvs": True}]
+)
+def test_a_restore_by_name_refuses_the_filters_it_cannot_apply(
+    kube_api, target, store, two_namespaces, extra
+):
+    """A restore by name picks objects by name alone (restored aside, then copied): a label selector
+    (flags has no label tier=web), cluster-scoped objects or volume data asked for beside the names
+    were silently dropped, and flags was put back all the same. Refused, with nothing changed."""
+    shop, _ = two_namespaces
+    manifest = take_backup(target, store)
+    set_configmap(kube_api, shop, "flags", {"beta": "on"})
+    opts = velero.RestoreOptions(
+        namespaces=[shop], names=["flags"], existing_resource_policy="update", **extra
+    )
+    with pytest.raises(BadInput, match=f"{next(iter(extra))}.*names.*nothing was done"):
+        velero.check_restore(target, manifest, store, opts)
+    with pytest.raises(BadInput, match=next(iter(extra))):
+        velero.restore(target, manifest, store, opts)
+    assert configmap(kube_api, shop, "flags") == {"beta": "on"}
+
+
 def test_update_of_named_objects_keeps_allocations_and_names_immutable_ones(
     kube_api, target, store, two_namespaces
 ):

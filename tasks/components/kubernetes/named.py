@@ -134,6 +134,21 @@ def check_named(
     """-> (the kinds copied, the named objects per namespace and kind, the named objects of
     kinds not copied as (namespace, kind, name)); BadInput for a single PVC or a name the backup
     does not hold."""
+    ignored = [
+        option
+        for option, given in (
+            ("label_selector", options.label_selector),
+            ("include_cluster_resources", options.include_cluster_resources),
+            ("restore_pvs", options.restore_pvs),
+        )
+        if given
+    ]
+    if ignored:  # the objects are picked by name alone, aside, and only built-in kinds copied
+        raise BadInput(
+            f"{', '.join(ignored)} cannot go with names: a restore by name copies the named objects "
+            "of the built-in kinds, whatever their labels, and no cluster-scoped object or volume "
+            "data. Restore without names to use them, or drop them; nothing was done"
+        )
     if (
         "persistentvolumeclaims" in kinds
         and options.resources
