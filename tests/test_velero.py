@@ -249,6 +249,30 @@ def test_a_restore_by_name_refuses_the_filters_it_cannot_apply(
     assert configmap(kube_api, shop, "flags") == {"beta": "on"}
 
 
+def test_long_namespaces_alike_are_restored_by_name_each_from_its_own(kube_api, ctl, store):
+    """Two namespaces whose names share their first 45 characters: the scratch namespaces of a
+    restore by name (and a drill's namespaces) cut a long name short, so both were restored aside
+    into one, the second's objects skipped as existing, and each got the first's copy: b's
+    settings silently overwritten with a's. Each now has a scratch namespace of its own."""
+    from tasks.components.kubernetes.drills import drill_namespaces
+    from tests.k8s_helpers import seed_settings
+
+    a, b = seed_namespaces(ctl, "x" * 45 + "-a", "x" * 45 + "-b", seed=seed_settings)
+    set_configmap(kube_api, b, "settings", {"m": "b"})
+    target = kube_api.velero_target(include_namespaces=[a, b])
+    manifest = take_backup(target, store)
+    for ns in (a, b):
+        set_configmap(kube_api, ns, "settings", {"m": "changed"})
+    opts = velero.RestoreOptions(names=["settings"], existing_resource_policy="update")
+    velero.restore(target, manifest, store, opts)
+    assert (configmap(kube_api, a, "settings"), configmap(kube_api, b, "settings")) == (
+        {"m": "1"},
+        {"m": "b"},
+    )
+    doc = velero.load_document(store, manifest)
+    assert len(set(drill_namespaces(doc, "d" * 40).values())) == 2
+
+
 def test_update_of_named_objects_keeps_allocations_and_names_immutable_ones(
     kube_api, target, store, two_namespaces
 ):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import logging
 import secrets
 from typing import Any
@@ -30,10 +31,15 @@ log = logging.getLogger(__name__)
 
 
 def aside_name(prefix: str, token: str, ns: str) -> str:
+    """`<prefix>-<token>-<ns>`, a namespace name (<= 63), one per `ns`: a long one is cut short
+    and keeps a hash of the whole (cut alone, two namespaces alike in their first characters
+    were restored into one scratch namespace, and each got the first's copies)."""
     name = f"{prefix}-{token}-{ns}"
-    return (
-        name if len(name) <= 63 else f"{prefix}-{token}-{ns[: 62 - len(prefix) - len(token) - 2]}".rstrip("-")
-    )
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(ns.encode()).hexdigest()[:6]
+    keep = 63 - len(prefix) - len(token) - len(digest) - 3
+    return f"{prefix}-{token}-{ns[:keep].rstrip('-')}-{digest}"
 
 
 def restore_named(
