@@ -273,6 +273,24 @@ def test_long_namespaces_alike_are_restored_by_name_each_from_its_own(kube_api, 
     assert len(set(drill_namespaces(doc, "d" * 40).values())) == 2
 
 
+def test_a_restore_by_name_restores_aside_only_the_kinds_of_the_names(
+    kube_api, ctl, target, store, two_namespaces
+):
+    """Velero cannot select by name, so every object of the kinds restored aside comes back in
+    the scratch namespace. Restoring a ConfigMap by name brought back every Deployment of the
+    namespace there too, at its full replicas: copies of the apps ran beside production (a worker
+    consuming its queues) until the scratch namespace went. Only the kinds named objects have."""
+    shop, _ = two_namespaces
+    manifest = take_backup(target, store)
+    set_configmap(kube_api, shop, "flags", {"beta": "on"})
+    made = len(ctl.store.created)
+    opts = velero.RestoreOptions(namespaces=[shop], names=["flags"], existing_resource_policy="update")
+    assert velero.restore(target, manifest, store, opts)["restored_objects"] == [f"{shop}/configmaps/flags"]
+    aside = {(plural, ns) for plural, ns, _, _ in ctl.store.created[made:] if ns.startswith("klb-aside-")}
+    assert not {plural for plural, _ in aside} & {"deployments", "pods", "services", "secrets"}, aside
+    assert configmap(kube_api, shop, "flags") == {"beta": "off"}
+
+
 def test_update_of_named_objects_keeps_allocations_and_names_immutable_ones(
     kube_api, target, store, two_namespaces
 ):

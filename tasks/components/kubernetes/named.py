@@ -54,6 +54,9 @@ def restore_named(
     """Restore the resource types aside into a scratch namespace, check the named objects are
     there and can all be put in place, copy just those, and remove the scratch."""
     kinds, expected, uncopied = check_named(doc, options, namespaces, kinds)
+    # Velero restores every object of a kind aside: only the kinds of the named objects, so a
+    # ConfigMap's restore does not run copies of the namespace's apps (Deployments) there
+    kinds = [p for p in kinds if any(p in kinds_ for kinds_ in expected.values())]
     # those beside copied ones of the same name (a Deployment and its ServiceAccount `hello`)
     not_copied = sorted(f"{options.namespace_mapping.get(ns, ns)}/{p}/{n}" for ns, p, n in uncopied)
     made = [  # before Velero restores anything aside
