@@ -331,6 +331,26 @@ def test_immutable_config_maps_and_secrets_refuse_changes(kube_api, ns):
     assert k.core.patch_namespaced_config_map("frozen", ns, labels).metadata.labels == {"x": "y"}
 
 
+def test_a_secret_s_type_defaults_to_opaque_and_never_changes_and_a_dry_run_keeps_nothing(kube_api, ns):
+    """SetDefaults_Secret (type Opaque when empty, on every write) and ValidateSecretUpdate (type is
+    immutable: an update without one asks for Opaque, 422); `?dryRun=All` answers as the write
+    would, a refusal included, and keeps nothing
+    (kubernetes.io/docs/reference/using-api/api-concepts/#dry-run)."""
+    k = k8s(kube_api)
+    writes = len(kube_api.controller.writes)
+    made = k.core.create_namespaced_secret(ns, {"metadata": {"name": "s"}}, dry_run="All")
+    assert made.type == "Opaque" and status_of(lambda: k.core.read_namespaced_secret("s", ns)) == 404
+    k.core.create_namespaced_secret(ns, {"metadata": {"name": "s"}, "type": "example.com/x"})
+    plain = {"metadata": {"name": "s"}, "data": {"a": "MQ=="}}
+    assert status_of(lambda: k.core.replace_namespaced_secret("s", ns, plain, dry_run="All")) == 422
+    assert status_of(lambda: k.core.replace_namespaced_secret("s", ns, plain)) == 422
+    same = {**plain, "type": "example.com/x"}
+    assert k.core.replace_namespaced_secret("s", ns, same, dry_run="All").data == {"a": "MQ=="}
+    assert k.core.read_namespaced_secret("s", ns).data is None
+    # the create and the refused replace: the dry runs write nothing
+    assert [m for m, _ in kube_api.controller.writes[writes:]] == ["POST", "PUT"]
+
+
 def test_pod_security_admission_enforces_the_namespace_level(kube_api):
     """The PodSecurity admission plugin (kubernetes.io/docs/concepts/security/pod-security-admission/,
     k8s.io/pod-security-admission/policy): a pod breaking the namespace's enforced level is 403

@@ -202,6 +202,95 @@ def test_named_objects_are_all_checked_before_any_is_put_back(kube_api, target, 
     assert "Nothing was changed" in str(refused.value)
 
 
+def test_named_objects_the_api_would_refuse_leave_every_one_in_place(kube_api, target, store, two_namespaces):
+    """A partial restore with existing_resource_policy=update where the API refuses one replace for
+    a reason of its own (a Secret's `type` never changes: ValidateSecretUpdate; the server defaults
+    it to Opaque): every write is tried as a server-side dry run first, so none is made and the
+    namespace is not left half put back (flags was put back, then the Secret refused)."""
+    shop, _ = two_namespaces
+    k = k8s(kube_api)
+    manifest = take_backup(target, store)
+    set_configmap(kube_api, shop, "flags", {"beta": "on"})
+    k.core.delete_namespaced_secret("db-password", shop)
+    body = {"metadata": {"name": "db-password"}, "type": "example.com/pw", "data": {"pw": "bmV3"}}
+    k.core.create_namespaced_secret(shop, body)
+    opts = velero.RestoreOptions(
+        namespaces=[shop],
+        resources=["configmaps", "secrets"],
+        names=["flags", "db-password"],
+        existing_resource_policy="update",
+    )
+    with pytest.raises(BadInput, match=f"{shop}/secrets/db-password.*type") as refused:
+        velero.restore(target, manifest, store, opts)
+    assert configmap(kube_api, shop, "flags") == {"beta": "on"}  # not put back alone
+    assert k.core.read_namespaced_secret("db-password", shop).type == "example.com/pw"
+    assert "Nothing was changed" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "extra", [{"label_selector": {"tier": "web"}}, {"include_cluster_resources": True}, {"restore_pvs": True}]
+)
+def test_a_restore_by_name_refuses_the_filters_it_cannot_apply(
+    kube_api, target, store, two_namespaces, extra
+):
+    """A restore by name picks objects by name alone (restored aside, then copied): a label selector
+    (flags has no label tier=web), cluster-scoped objects or volume data asked for beside the names
+    were silently dropped, and flags was put back all the same. Refused, with nothing changed."""
+    shop, _ = two_namespaces
+    manifest = take_backup(target, store)
+    set_configmap(kube_api, shop, "flags", {"beta": "on"})
+    opts = velero.RestoreOptions(
+        namespaces=[shop], names=["flags"], existing_resource_policy="update", **extra
+    )
+    with pytest.raises(BadInput, match=f"{next(iter(extra))}.*names.*nothing was done"):
+        velero.check_restore(target, manifest, store, opts)
+    with pytest.raises(BadInput, match=next(iter(extra))):
+        velero.restore(target, manifest, store, opts)
+    assert configmap(kube_api, shop, "flags") == {"beta": "on"}
+
+
+def test_long_namespaces_alike_are_restored_by_name_each_from_its_own(kube_api, ctl, store):
+    """Two namespaces whose names share their first 45 characters: the scratch namespaces of a
+    restore by name (and a drill's namespaces) cut a long name short, so both were restored aside
+    into one, the second's objects skipped as existing, and each got the first's copy: b's
+    settings silently overwritten with a's. Each now has a scratch namespace of its own."""
+    from tasks.components.kubernetes.drills import drill_namespaces
+    from tests.k8s_helpers import seed_settings
+
+    a, b = seed_namespaces(ctl, "x" * 45 + "-a", "x" * 45 + "-b", seed=seed_settings)
+    set_configmap(kube_api, b, "settings", {"m": "b"})
+    target = kube_api.velero_target(include_namespaces=[a, b])
+    manifest = take_backup(target, store)
+    for ns in (a, b):
+        set_configmap(kube_api, ns, "settings", {"m": "changed"})
+    opts = velero.RestoreOptions(names=["settings"], existing_resource_policy="update")
+    velero.restore(target, manifest, store, opts)
+    assert (configmap(kube_api, a, "settings"), configmap(kube_api, b, "settings")) == (
+        {"m": "1"},
+        {"m": "b"},
+    )
+    doc = velero.load_document(store, manifest)
+    assert len(set(drill_namespaces(doc, "d" * 40).values())) == 2
+
+
+def test_a_restore_by_name_restores_aside_only_the_kinds_of_the_names(
+    kube_api, ctl, target, store, two_namespaces
+):
+    """Velero cannot select by name, so every object of the kinds restored aside comes back in
+    the scratch namespace. Restoring a ConfigMap by name brought back every Deployment of the
+    namespace there too, at its full replicas: copies of the apps ran beside production (a worker
+    consuming its queues) until the scratch namespace went. Only the kinds named objects have."""
+    shop, _ = two_namespaces
+    manifest = take_backup(target, store)
+    set_configmap(kube_api, shop, "flags", {"beta": "on"})
+    made = len(ctl.store.created)
+    opts = velero.RestoreOptions(namespaces=[shop], names=["flags"], existing_resource_policy="update")
+    assert velero.restore(target, manifest, store, opts)["restored_objects"] == [f"{shop}/configmaps/flags"]
+    aside = {(plural, ns) for plural, ns, _, _ in ctl.store.created[made:] if ns.startswith("klb-aside-")}
+    assert not {plural for plural, _ in aside} & {"deployments", "pods", "services", "secrets"}, aside
+    assert configmap(kube_api, shop, "flags") == {"beta": "off"}
+
+
 def test_update_of_named_objects_keeps_allocations_and_names_immutable_ones(
     kube_api, target, store, two_namespaces
 ):

@@ -59,6 +59,15 @@ def test_a_restore_of_some_namespaces_leaves_cluster_scoped_objects_alone(kube_a
     ctl.store.delete(ROLES, "", "shop-reader")
     velero.restore(target, session.manifest, store, velero.RestoreOptions(namespaces=[shop]))
     assert ctl.store.find(ROLES, "", "shop-reader") is None
+    # only namespaced kinds asked for: no cluster-scoped object can be written, even with
+    # include_cluster_resources (as a whole-backup restore of some kinds sets it). The report said
+    # it may have created some, so a restore that wrote nothing was recorded as a change, and its
+    # rollback could not go by name
+    only = velero.RestoreOptions(namespaces=[shop], resources=["configmaps"], include_cluster_resources=True)
+    report = velero.restore(target, session.manifest, store, only)
+    assert report["created"] == [] and report["overwritten"] == []
+    assert velero.NOTHING_WRITTEN in report["note"]
+    assert ctl.store.find(ROLES, "", "shop-reader") is None
 
 
 @pytest.mark.parametrize("kubernetes_data", ["other-snapshot", "no-snapshot"])

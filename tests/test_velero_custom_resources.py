@@ -203,3 +203,23 @@ def test_a_name_the_backup_does_not_hold_is_named_even_beside_uncopied_objects(k
         velero.restore(
             target, manifest, store, velero.RestoreOptions(namespaces=[ns], names=["hello", "nosuch"])
         )
+
+
+def test_a_custom_kind_named_by_its_short_name_is_planned_as_velero_resolves_it(kube_api, ctl, local_store):
+    """Velero resolves `ksvc` to Knative's Services (its discovery helper), the restore planned
+    with the name as spelt: `resources: [ksvc]` re-created the Knative Service while the report
+    said nothing was written (recorded 'nothing restored', no rollback), and `exclude_resources:
+    [ksvc]` failed a restore that did what was asked, calling the excluded Service missing."""
+    store = local_store()
+    ns = f"kn-{secrets.token_hex(3)}"
+    seed_kn(ctl, ns)
+    target, manifest = take_backup(kube_api, store, ns)
+    res = crds.by_path(ctl.store)[("serving.knative.dev/v1", "services")]
+    ctl.store.delete(res, ns, "hello")
+    left = velero.restore(
+        target, manifest, store, velero.RestoreOptions(namespaces=[ns], exclude_resources=["ksvc"])
+    )
+    assert left["phase"] == "Completed" and ctl.store.find(res, ns, "hello") is None
+    back = velero.restore(target, manifest, store, velero.RestoreOptions(namespaces=[ns], resources=["ksvc"]))
+    assert ctl.store.find(res, ns, "hello") is not None
+    assert back["created"] == [f"{ns}/{KSVC_KIND}/hello"] and back["verified_objects"] == 1

@@ -13,7 +13,8 @@
 - Deployments (apps/validation ValidateDeploymentUpdate, apps/v1): `spec.selector` is immutable.
 - ConfigMaps and Secrets with `immutable: true` (ValidateConfigMapUpdate, ValidateSecretUpdate):
   `data`/`binaryData` may not change and `immutable` may not be unset; a Secret's `type` never
-  changes.
+  changes (ValidateImmutableField; the server defaults it to Opaque, so an update without one
+  asks for Opaque).
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def _deployment(old: dict, new: dict) -> list[str]:
 
 def _immutable_data(old: dict, new: dict) -> list[str]:
     causes = []
-    if old.get("type") is not None and new.get("type", old.get("type")) != old.get("type"):
+    if old.get("type") != new.get("type"):  # a Secret's (defaulted to Opaque on every write)
         causes.append(f'type: Invalid value: "{new.get("type")}": field is immutable')
     if not old.get("immutable"):
         return causes

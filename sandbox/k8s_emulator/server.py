@@ -15,7 +15,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from sandbox.k8s_emulator import crds, discovery
 from sandbox.k8s_emulator.paging import page
@@ -149,7 +149,9 @@ class KubeApiServer:
         accept: str = "",
         content_type: str = "",
         who: Identity = ADMIN,
+        record: bool = True,
     ) -> tuple[int, Any]:
+        """`record`: a write goes into the controller's `writes` (not a dry run's)."""
         url = urlsplit(raw_path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         ctl = self.controller
@@ -181,7 +183,16 @@ class KubeApiServer:
                 f'in API group "{res.group}"{where}',
                 {"name": name or "", "group": res.group, "kind": res.plural},
             )
-        if method != "GET":
+        dry = query.get("dryRun")
+        if dry not in (None, "All") or (dry and method not in ("POST", "PUT", "PATCH")):
+            raise ApiError(400, "BadRequest", f"dryRun {dry!r}: only All, on create, update or patch")
+        if dry:  # validated, admitted, defaulted and allocated as the write would be; nothing kept
+            rest = urlencode({k: v for k, v in query.items() if k != "dryRun"})
+            again = f"{url.path}?{rest}"
+            return self.store.dry_run(
+                lambda: self.dispatch(method, again, body, accept, content_type, who, record=False)
+            )
+        if method != "GET" and record:
             ctl.writes.append((method, url.path))
         ns_key = ns or ""
         store = self.store

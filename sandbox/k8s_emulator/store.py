@@ -10,6 +10,7 @@ import copy
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -119,6 +120,20 @@ class ObjectStore:
     def _stamp(self, obj: dict[str, Any]) -> None:
         self.revision += 1
         obj["metadata"]["resourceVersion"] = str(self.revision)
+
+    def dry_run(self, write: Callable[[], Any]) -> Any:
+        """`?dryRun=All`: the write goes through validation, admission, defaults and allocation
+        (its answer is what the real write would get, a refusal included) and nothing is kept;
+        no controller hears of it."""
+        with self.lock:
+            saved = (dict(self.objects), self.revision, list(self.created), copy.deepcopy(self.services))
+            hooks = self.on_create, self.on_remove
+            self.on_create, self.on_remove = [], []
+            try:
+                return write()
+            finally:
+                self.objects, self.revision, self.created, self.services = saved
+                self.on_create, self.on_remove = hooks
 
     def get(self, res: Resource, ns: str, name: str) -> dict[str, Any]:
         with self.lock:
@@ -232,6 +247,8 @@ class ObjectStore:
                 else:
                     meta.pop(key, None)
             validate_metadata(res.kind, res.builtin, new, creating=False)
+            if res.builtin == "secrets" and not new.get("type"):
+                new["type"] = "Opaque"  # SetDefaults_Secret runs on every decode, updates too
             causes = [] if status else update_errors(res.builtin, old, new)
             if causes:
                 raise ApiError(
@@ -356,5 +373,7 @@ def defaults(res: Resource, obj: dict[str, Any], services: ServiceAllocator) -> 
         obj["status"] = {"phase": "Pending"}  # the kubelet runs it (controllers.py)
     elif res.builtin == "services":
         services.allocate(obj)
+    elif res.builtin == "secrets" and not obj.get("type"):
+        obj["type"] = "Opaque"  # SetDefaults_Secret (pkg/apis/core/v1/defaults.go)
     elif res.group == "velero.io" and res.status_subresource and res.builtin != "backupstoragelocations":
         obj.pop("status", None)  # Velero's controllers write it through /status

@@ -34,6 +34,7 @@ from tasks.components.kubernetes.restores import (
     ExistingResourcePolicy,
     RestoreOptions,
     _plan,
+    resolved,
     restore,
     restore_document,
     safety_backup,
@@ -76,6 +77,7 @@ def check_restore(
     doc = load_document(store, manifest)
     k = connect(target.kube)
     check_resource_names(k, resources=options.resources, exclude_resources=options.exclude_resources)
+    options = resolved(k, options)  # as Velero resolves the names (its spec is not made here)
     namespaces, kinds = _plan(doc, options)
     if options.names:
         from tasks.components.kubernetes.named import check_named

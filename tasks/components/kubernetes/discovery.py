@@ -25,7 +25,7 @@ from typing import Any
 
 from kubernetes import client
 
-from tasks.components.kubernetes.api import Kube
+from tasks.components.kubernetes.api import Kube, canonical_resource
 from tasks.errors import BadInput, NotFound, TransientError
 
 
@@ -129,3 +129,19 @@ def check_resource_names(k: Kube, **fields: list[str] | None) -> None:
         "plural ('configmaps'), plural.group ('deployments.apps'), kind or short name ('cm'); "
         "`kubectl api-resources` lists them. Nothing was done"
     )
+
+
+def as_kinds(k: Kube, names: list[str] | None) -> list[str] | None:
+    """`names` as the inventory keys kinds, resolved as Velero resolves them ('ksvc' ->
+    'services.serving.knative.dev', 'cm' -> 'configmaps'): planned as spelt, a short name of a
+    custom kind matched no kind of the inventory while Velero restored (or excluded) that kind,
+    so what it wrote went unreported and what it left out was called missing. '*' and a name
+    the cluster does not serve (refused by check_resource_names) stay as given."""
+    if not names:
+        return names
+    served, _ = served_resources(k)
+    out = []
+    for name in names:
+        res = resolve(served, name) if name != "*" else None
+        out.append(canonical_resource(res.group_resource) if res is not None else name)
+    return out

@@ -5,6 +5,8 @@ restored aside into scratch namespaces, every named object is checked against wh
 from __future__ import annotations
 
 import contextlib
+import copy
+import hashlib
 import logging
 import secrets
 from typing import Any
@@ -29,10 +31,15 @@ log = logging.getLogger(__name__)
 
 
 def aside_name(prefix: str, token: str, ns: str) -> str:
+    """`<prefix>-<token>-<ns>`, a namespace name (<= 63), one per `ns`: a long one is cut short
+    and keeps a hash of the whole (cut alone, two namespaces alike in their first characters
+    were restored into one scratch namespace, and each got the first's copies)."""
     name = f"{prefix}-{token}-{ns}"
-    return (
-        name if len(name) <= 63 else f"{prefix}-{token}-{ns[: 62 - len(prefix) - len(token) - 2]}".rstrip("-")
-    )
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(ns.encode()).hexdigest()[:6]
+    keep = 63 - len(prefix) - len(token) - len(digest) - 3
+    return f"{prefix}-{token}-{ns[:keep].rstrip('-')}-{digest}"
 
 
 def restore_named(
@@ -47,6 +54,9 @@ def restore_named(
     """Restore the resource types aside into a scratch namespace, check the named objects are
     there and can all be put in place, copy just those, and remove the scratch."""
     kinds, expected, uncopied = check_named(doc, options, namespaces, kinds)
+    # Velero restores every object of a kind aside: only the kinds of the named objects, so a
+    # ConfigMap's restore does not run copies of the namespace's apps (Deployments) there
+    kinds = [p for p in kinds if any(p in kinds_ for kinds_ in expected.values())]
     # those beside copied ones of the same name (a Deployment and its ServiceAccount `hello`)
     not_copied = sorted(f"{options.namespace_mapping.get(ns, ns)}/{p}/{n}" for ns, p, n in uncopied)
     made = [  # before Velero restores anything aside
@@ -81,20 +91,18 @@ def restore_named(
             for plural, objs in kinds_.items()
             for name in objs
         ]
-        rollback = None
-        if policy is ExistingResourcePolicy.update:
-            # every object is checked before the first is written: never half put back
-            conflicts = [
-                c
-                for plural, dest, name, obj in copies
-                if (c := _conflict(plural, dest, name, obj, _current(k, plural, dest, name)))
-            ]
-            if conflicts:
-                raise BadInput("; ".join(conflicts) + ". Nothing was changed")
-            rollback = safety_backup(k, target, sorted({dest for _, dest, _, _ in copies}), backup_id)
         # the scratch copies go first: a Service's copy there holds the nodePorts its copy in
         # place asks for (a port kept by Velero, free in the cluster when it restored)
         _remove_scratch(k, target, list(aside.values()))
+        # every write is checked before the first is made: never half put back
+        refused = [
+            r for plural, dest, name, obj in copies if (r := _refused(k, plural, dest, name, obj, policy))
+        ]
+        if refused:
+            raise BadInput("; ".join(refused) + ". Nothing was changed")
+        rollback = None
+        if policy is ExistingResourcePolicy.update:
+            rollback = safety_backup(k, target, sorted({dest for _, dest, _, _ in copies}), backup_id)
         for plural, dest, name, obj in copies:
             outcome = _put(k, plural, dest, name, obj, policy)
             key = f"{dest}/{plural}/{name}"
@@ -135,6 +143,21 @@ def check_named(
     """-> (the kinds copied, the named objects per namespace and kind, the named objects of
     kinds not copied as (namespace, kind, name)); BadInput for a single PVC or a name the backup
     does not hold."""
+    ignored = [
+        option
+        for option, given in (
+            ("label_selector", options.label_selector),
+            ("include_cluster_resources", options.include_cluster_resources),
+            ("restore_pvs", options.restore_pvs),
+        )
+        if given
+    ]
+    if ignored:  # the objects are picked by name alone, aside, and only built-in kinds copied
+        raise BadInput(
+            f"{', '.join(ignored)} cannot go with names: a restore by name copies the named objects "
+            "of the built-in kinds, whatever their labels, and no cluster-scoped object or volume "
+            "data. Restore without names to use them, or drop them; nothing was done"
+        )
     if (
         "persistentvolumeclaims" in kinds
         and options.resources
@@ -249,6 +272,41 @@ def _conflict(plural: str, ns: str, name: str, obj: Any, current: Any | None) ->
         return (
             f"{ns}/{plural}/{name} has another spec.selector than the backup, and a selector is "
             f"immutable: delete it (kubectl -n {ns} delete {plural} {name}) and run the restore again"
+        )
+    return None
+
+
+def _refused(
+    k: Kube, plural: str, ns: str, name: str, obj: Any, policy_: ExistingResourcePolicy
+) -> str | None:
+    """Why the API server would refuse the write _put makes, or None. Asked of the server itself,
+    as a dry run (its validation, immutable fields, admission, quota): a list of our own missed
+    some (a Secret's type never changes), and the copy went in half put back."""
+    current = _current(k, plural, ns, name)
+    if current is not None and policy_ is not ExistingResourcePolicy.update:
+        return None  # left as it is
+    said = _conflict(plural, ns, name, obj, current)  # the refusals we can say more about
+    if said:
+        return said
+    body = copy.deepcopy(obj)
+    body.metadata.namespace = ns
+    try:
+        if current is None:
+            k.call(
+                f"create {plural} {ns}/{name}", kube.kind_api(k, plural, "create"), ns, body, dry_run="All"
+            )
+        else:
+            body.metadata.resource_version = current.metadata.resource_version
+            replace = kube.kind_api(k, plural, "replace")
+            k.call(f"replace {plural} {ns}/{name}", replace, name, ns, body, dry_run="All")
+    except kube.AlreadyExists:  # made or changed meanwhile: _put reads it again
+        return None
+    except BadInput as exc:
+        if current is None:
+            return f"{ns}/{plural}/{name} cannot be created as the backup has it ({exc})"
+        return (
+            f"{ns}/{plural}/{name} cannot be replaced by the backup's ({exc}): delete it (kubectl -n "
+            f"{ns} delete {plural} {name}) and run the restore again, which then creates it from the backup"
         )
     return None
 

@@ -21,7 +21,7 @@ from tasks.components.kubernetes import api as kube
 from tasks.components.kubernetes import claims, custom, written
 from tasks.components.kubernetes.api import Kube, canonical_resource, connect
 from tasks.components.kubernetes.backups import BackupSpec, _kinds, load_document
-from tasks.components.kubernetes.discovery import check_resource_names
+from tasks.components.kubernetes.discovery import as_kinds, check_resource_names
 from tasks.components.kubernetes.ports import node_port_rules
 from tasks.components.kubernetes.prechecks import check_mapping, refuse_live_targets
 from tasks.components.kubernetes.velero import (
@@ -127,6 +127,18 @@ def _plan(doc: dict[str, Any], options: RestoreOptions) -> tuple[list[str], list
     return wanted, kinds
 
 
+def resolved(k: Kube, options: RestoreOptions) -> RestoreOptions:
+    """`options` with its resource type names as Velero resolves them (discovery.as_kinds)."""
+    if not options.resources and not options.exclude_resources:
+        return options
+    return options.model_copy(
+        update={
+            "resources": as_kinds(k, options.resources),
+            "exclude_resources": as_kinds(k, options.exclude_resources),
+        }
+    )
+
+
 def velero_resources(options: RestoreOptions) -> list[str] | None:
     """includedResources for Velero: claims always with their PVs. Velero resets a claim's
     volumeName (or makes its PV from the snapshot) only for a PV it restores, and restores
@@ -188,7 +200,9 @@ def restore_document(
         preflight(k, target)
         get_backup_cr(k, target, name)  # unknown/expired backup: a clear error first
         check_resource_names(k, resources=options.resources, exclude_resources=options.exclude_resources)
-        namespaces, kinds = _plan(doc, options)
+        # planned with the names as Velero resolves them; Velero is given them as spelt
+        planned = resolved(k, options)
+        namespaces, kinds = _plan(doc, planned)
         if mapping_aside and not options.names:  # named objects are copied in, where they may exist
             refuse_live_targets(k, options.namespace_mapping, namespaces)
     except BackupError as exc:
@@ -197,7 +211,7 @@ def restore_document(
         # named.py builds on this module (options, safety backup): imported here, not at the top
         from tasks.components.kubernetes.named import restore_named
 
-        return restore_named(k, target, doc, options, namespaces, kinds, backup_id)
+        return restore_named(k, target, doc, planned, namespaces, kinds, backup_id)
     if options.label_selector:
         log.info("label selector %s: objects without those labels are not verified", options.label_selector)
     # what the restore may write (whatever its label selector picks): seen before and after

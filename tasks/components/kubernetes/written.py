@@ -49,11 +49,17 @@ def scope_before(k: Kube, scope: dict[str, dict[str, list[str]]], mapping: dict[
 
 
 def cluster_scoped_possible(doc: dict[str, Any], spec: dict[str, Any]) -> bool:
-    """Whether the restore (its spec) includes cluster-scoped objects and the backup may hold
-    some: Velero backs them up with includeClusterResources, or by default when it backs up every
-    namespace (backup_types.go)."""
+    """Whether the restore (its spec) includes cluster-scoped objects, of a kind it restores, and
+    the backup may hold some: Velero backs them up with includeClusterResources, or by default
+    when it backs up every namespace (backup_types.go)."""
     if not spec.get("includeClusterResources"):
         return False
+    asked = {kube.canonical_resource(r) for r in spec.get("includedResources") or ["*"]}
+    # the kinds surely namespaced: ours, pods, and the custom kinds the inventory holds (listed
+    # in namespaces); namespaces are reported on their own. Any other name may be cluster-scoped
+    held = {kind for kinds in (doc.get("inventory") or {}).values() for kind in kinds}
+    if asked <= set(kube.KINDS) | held | {"pods", "namespaces"}:
+        return False  # only namespaced kinds: no cluster-scoped object can be written
     backed = (doc.get("backup") or {}).get("spec") or {}
     given = backed.get("includeClusterResources")
     if given is not None:
