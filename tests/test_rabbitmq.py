@@ -18,7 +18,7 @@ from tasks.components import rabbitmq as rmq
 from tasks.errors import BadInput, ConfigurationError, IsolationTaken
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import list_backups
-from tasks.verbs import backup_task, restore_task, verify_task
+from tasks.verbs import backup_task, check_restore, restore_task, verify_task
 from tests.rabbitmq_helpers import serve
 
 
@@ -229,8 +229,13 @@ def test_restore_refuses_unknown_vhost_and_conflicts_without_changing_anything(
 ):
     store = local_store()
     manifest = backup_task.fn("rabbitmq", target, store)
+    # refused before the checklist's safety backup and approval, and recorded as changing nothing
+    # (a 'failed' record without it let a rollback put the safety backup over later writes)
     with pytest.raises(BadInput, match="not in this backup"):
+        check_restore(manifest, target, store, {"vhost": "no-such-vhost-klb"})
+    with pytest.raises(BadInput, match="not in this backup") as refused:
         restore_task.fn(manifest, target, store, {"vhost": "no-such-vhost-klb"})
+    assert getattr(refused.value, "target_untouched", False)
     assert "no-such-vhost-klb" not in list_vhosts(api)
 
     # The classic queue comes back with other arguments and one binding is gone: the import would
@@ -245,8 +250,9 @@ def test_restore_refuses_unknown_vhost_and_conflicts_without_changing_anything(
     )
     api.delete(f"/exchanges/{v}/audit")
     before = definitions(api, vhost)
-    with pytest.raises(BadInput, match="nothing was changed.*orders.classic"):
+    with pytest.raises(BadInput, match="nothing was changed.*orders.classic") as refused:
         restore_task.fn(manifest, target, store, {})
+    assert getattr(refused.value, "target_untouched", False)
     assert definitions(api, vhost) == before
 
 

@@ -224,39 +224,38 @@ def _only_plan(
 def restore(
     target: RabbitMQTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions
 ) -> dict[str, Any]:
+    importing: list[bool] = []  # set as the import starts: from then on the broker may have changed
     try:
-        check_restore(target, manifest, store, options)
-    except BadInput as exc:  # before anything: a rollback must find nothing to undo
-        raise target_untouched(exc) from None
-    docs = _load(store, manifest)
-    try:
-        docs = _narrow(docs, options)
-    except BadInput as exc:
-        raise target_untouched(exc) from None
+        return _restore(target, manifest, store, options, importing)
+    except Exception as exc:
+        if not importing:  # refused (or failed) before its import: a rollback must find nothing to undo
+            target_untouched(exc)
+        raise
+
+
+def _restore(
+    target: RabbitMQTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions, importing: list
+) -> dict[str, Any]:
+    check_restore(target, manifest, store, options)
+    docs = _narrow(_load(store, manifest), options)
     plan, left_out = _plan(docs, options)
     broker_wide = None in docs and not options.vhost
     backed_up = manifest.engine.get("vhost_metadata") or {}  # older backups have none
     meta = {v: backed_up.get(options.vhost or v) for v in plan}
     broker = docs.get(None)
     with connect(target) as client:
-        try:
-            why = decide(
-                options.import_message_movers,
-                options.into_vhost,
-                recorded_identity(manifest, docs),
-                broker_identity(target, client),
-                manifest.id,
-            )
-        except BadInput as exc:
-            raise target_untouched(exc) from None
+        why = decide(
+            options.import_message_movers,
+            options.into_vhost,
+            recorded_identity(manifest, docs),
+            broker_identity(target, client),
+            manifest.id,
+        )
         if why is not None:  # not into the broker backed up: no shovel or federation moves its messages
             plan, broker, movers = leave_out(plan, broker, why)
             left_out |= movers
         if options.only is not None:
-            try:
-                plan = _only_plan(target, client, plan, options.only)
-            except BadInput as exc:
-                raise target_untouched(exc) from None
+            plan = _only_plan(target, client, plan, options.only)
             if broker is not None:  # no vhost entry beyond those holding what is put back
                 broker = {**broker, "vhosts": [e for e in broker.get("vhosts") or [] if e["name"] in plan]}
         refuse_before_restore(target, client, plan, broker if broker_wide else None)
@@ -265,6 +264,7 @@ def restore(
         access_of = None if options.into_vhost else options.vhost
         wanted = importable(plan, broker, broker_wide, access_of)
         before = snapshot(target, client, wanted)
+        importing.append(True)
         try:
             created, access, skipped = import_definitions(
                 target, client, plan, meta, broker, broker_wide, access_of
