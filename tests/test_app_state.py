@@ -305,3 +305,27 @@ def test_a_backup_step_whose_cwd_is_missing_says_so(tmp_path, local_store):
     with pytest.raises(ConfigurationError, match=f"working directory {gone} does not exist"):
         backup_task.fn("app-state", AppStateTarget(steps=[step]), store)
     assert list_backups(store, "app-state") == []
+
+
+def test_a_damaged_step_is_refused_before_any_step_runs_and_recorded_untouched(
+    app_dir, tmp_path, local_store
+):
+    """Every step's object is checked whole before the first script runs: a damaged one refuses
+    the restore with the target as it was, and says so (a 'failed' record that may have changed
+    the target let a rollback put the safety backup over writes made since)."""
+    from tasks.errors import IntegrityError
+
+    store = local_store()
+    d1, d2 = tmp_path / "d1", tmp_path / "d2"
+    d1.mkdir()
+    d2.mkdir()
+    target = AppStateTarget(steps=[tar_step(app_dir, d1, "one"), tar_step(app_dir, d2, "two")])
+    manifest = backup_task.fn("app-state", target, store)
+    damaged = Path(store.path) / manifest.object("two").key
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError) as refused:
+        restore_task.fn(manifest, target, store, {})
+    assert getattr(refused.value, "target_untouched", False)
+    assert list(d1.iterdir()) == [] and list(d2.iterdir()) == [], "a step ran before the refusal"

@@ -130,7 +130,7 @@ def test_backup_without_encryption_key_warns(target, local_store, caplog):
     assert "WITHOUT client-side encryption" in caplog.text
 
 
-def test_corrupt_snapshot_is_refused_before_anything_changes(target, local_store):
+def test_corrupt_snapshot_is_refused_before_anything_changes(target, local_store, tmp_path):
     store = local_store()
     manifest = backup_task.fn("etcd", target, store)
     path = Path(store.path) / manifest.objects[0].key
@@ -141,6 +141,21 @@ def test_corrupt_snapshot_is_refused_before_anything_changes(target, local_store
         verify_task.fn(manifest, store, target)
     with pytest.raises(IntegrityError):
         restore_task.fn(manifest, target, store, {})
+    # The swap approved on the control-plane node: refused before its first step, and said so (a
+    # 'failed' record that may have changed the target let a rollback swap the safety snapshot in)
+    man, live = tmp_path / "node" / "manifests", tmp_path / "node" / "etcd"
+    (live / "member").mkdir(parents=True)
+    man.mkdir()
+    for pod in ("etcd.yaml", "kube-apiserver.yaml"):
+        (man / pod).write_text("kind: Pod\n")
+    node = EtcdTarget(
+        endpoints=target.endpoints, manifests_dir=str(man), data_dir=str(live), peer_url="http://127.0.0.1:1"
+    )
+    with pytest.raises(IntegrityError) as refused:
+        restore_task.fn(manifest, node, store, {"execute_swap": True})
+    assert getattr(refused.value, "target_untouched", False)
+    assert sorted(p.name for p in (tmp_path / "node").iterdir()) == ["etcd", "manifests"]
+    assert sorted(p.name for p in man.iterdir()) == ["etcd.yaml", "kube-apiserver.yaml"]
     dest = Path(store.path) / "fetched.db"
     with pytest.raises(IntegrityError):
         etcd_component.download_snapshot(store, manifest.id, dest)

@@ -18,7 +18,7 @@ from tasks.components import rabbitmq as rmq
 from tasks.errors import BadInput, ConfigurationError, IsolationTaken
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import list_backups
-from tasks.verbs import backup_task, restore_task, verify_task
+from tasks.verbs import backup_task, check_restore, restore_task, verify_task
 from tests.rabbitmq_helpers import serve
 
 
@@ -125,8 +125,22 @@ def target(rabbitmq, vhost) -> RabbitMQTarget:
     return RabbitMQTarget(url=rabbitmq.extra["url"], vhosts=[vhost])
 
 
-def test_vhost_back_up_delete_restore_identical(api, vhost, target, local_store):
+def test_vhost_back_up_delete_restore_identical(api, vhost, target, local_store, request):
+    """Deleting a vhost deletes every permission on it, and its own export carries none: a
+    per-vhost backup records them, and its restore puts them back (it brought the vhost back
+    with nobody allowed in it, and said nothing)."""
     store = local_store()
+    user = f"klb-app-{vhost[-8:]}"
+    assert api.put(f"/users/{user}", json={"password": "pw", "tags": ""}).status_code == 201
+    request.addfinalizer(lambda: api.delete(f"/users/{user}"))
+    perms = {"configure": "^$", "write": "^orders$", "read": "^orders\\..*"}
+    topic = {"exchange": "orders", "write": "^order\\.eu\\.", "read": ".*"}
+    assert api.put(f"/permissions/{seg(vhost)}/{user}", json=perms).status_code == 201
+    assert api.put(f"/topic-permissions/{seg(vhost)}/{user}", json=topic).status_code == 201
+    access = sorted(
+        (p["user"], p["configure"], p["write"], p["read"])
+        for p in api.get(f"/vhosts/{seg(vhost)}/permissions").json()
+    )
     before, meta = definitions(api, vhost), vhost_meta(api, vhost)
     assert meta == {"description": "orders, EU", "tags": ["eu", "prod"]}
     msg = {"properties": {}, "routing_key": "order.eu.1", "payload": "order 1", "payload_encoding": "string"}
@@ -134,7 +148,7 @@ def test_vhost_back_up_delete_restore_identical(api, vhost, target, local_store)
     wait_for_messages(target, vhost, 2)  # the classic and the quorum queue
     manifest = backup_task.fn("rabbitmq", target, store)
     assert manifest.engine["counts"] == {
-        "users": 0, "vhosts": 1, "permissions": 0, "policies": 1,
+        "users": 0, "vhosts": 1, "permissions": 2, "policies": 1,  # the user's and guest's
         "queues": 3, "exchanges": 3, "bindings": 4, "parameters": 0,
     }  # fmt: skip
     assert verify_task.fn(manifest, store, target)["component_check"]["counts"] == manifest.engine["counts"]
@@ -152,6 +166,11 @@ def test_vhost_back_up_delete_restore_identical(api, vhost, target, local_store)
     state = rmq.describe_current_state(target)
     assert state["vhosts"][vhost] == {"queues": 3, "messages": 0}, "messages are not part of definitions"
     assert "not part of definitions" in state["note"]
+    live = api.get(f"/vhosts/{seg(vhost)}/permissions").json()
+    assert sorted((p["user"], p["configure"], p["write"], p["read"]) for p in live) == access
+    live_topic = api.get(f"/topic-permissions/{seg(vhost)}/{user}").json()
+    assert [{k: t[k] for k in topic} for t in live_topic] == [topic]
+    assert f"permissions of user {user!r} on vhost {vhost!r}" in report["created"]
 
 
 def test_broker_backup_restores_one_vhost_under_another_name(api, vhost, rabbitmq, local_store):
@@ -229,8 +248,13 @@ def test_restore_refuses_unknown_vhost_and_conflicts_without_changing_anything(
 ):
     store = local_store()
     manifest = backup_task.fn("rabbitmq", target, store)
+    # refused before the checklist's safety backup and approval, and recorded as changing nothing
+    # (a 'failed' record without it let a rollback put the safety backup over later writes)
     with pytest.raises(BadInput, match="not in this backup"):
+        check_restore(manifest, target, store, {"vhost": "no-such-vhost-klb"})
+    with pytest.raises(BadInput, match="not in this backup") as refused:
         restore_task.fn(manifest, target, store, {"vhost": "no-such-vhost-klb"})
+    assert getattr(refused.value, "target_untouched", False)
     assert "no-such-vhost-klb" not in list_vhosts(api)
 
     # The classic queue comes back with other arguments and one binding is gone: the import would
@@ -245,8 +269,9 @@ def test_restore_refuses_unknown_vhost_and_conflicts_without_changing_anything(
     )
     api.delete(f"/exchanges/{v}/audit")
     before = definitions(api, vhost)
-    with pytest.raises(BadInput, match="nothing was changed.*orders.classic"):
+    with pytest.raises(BadInput, match="nothing was changed.*orders.classic") as refused:
         restore_task.fn(manifest, target, store, {})
+    assert getattr(refused.value, "target_untouched", False)
     assert definitions(api, vhost) == before
 
 

@@ -81,14 +81,14 @@ def check_restore(
 def restore(
     target: AppStateTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions
 ) -> dict[str, Any]:
-    try:
+    try:  # before any script runs: a rollback must find nothing to undo
         wanted = check_restore(target, manifest, store, options)
-    except BackupError as exc:  # before anything: a rollback must find nothing to undo
+        objects = [manifest.object(n) for n in wanted]
+        for obj in objects:  # the restore scripts only ever see data that checked out whole
+            verify_object(store, obj)
+    except BackupError as exc:
         raise target_untouched(exc) from None
     by_name = {s.name: s for s in target.steps}
-    objects = [manifest.object(n) for n in wanted]
-    for obj in objects:  # the restore scripts only ever see data that checked out whole
-        verify_object(store, obj)
     restored = []
     for i, obj in enumerate(objects):
         step = by_name[obj.name]

@@ -144,9 +144,17 @@ def restore(
     except BackupError as exc:
         raise target_untouched(exc) from None
     with private_dir(target, "restore") as tmp:
-        checks = _restore_and_check(tl, target, store, manifest, tmp, f"klb-verify-{secrets.token_hex(4)}")
-        plan = swap_plan(tl, target, manifest, str(tmp / OBJECT) if options.execute_swap else f"./{OBJECT}")
-        publish(manifest, plan)
+        try:  # the check in a throwaway member (a damaged snapshot fails here): the swap has not begun
+            checks = _restore_and_check(
+                tl, target, store, manifest, tmp, f"klb-verify-{secrets.token_hex(4)}"
+            )
+            plan = swap_plan(
+                tl, target, manifest, str(tmp / OBJECT) if options.execute_swap else f"./{OBJECT}"
+            )
+            publish(manifest, plan)
+        except Exception as exc:
+            target_untouched(exc)
+            raise
         report: dict[str, Any] = {
             "verified_in_throwaway_member": checks,
             "swap_plan": plan,

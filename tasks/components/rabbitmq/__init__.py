@@ -26,6 +26,7 @@ from tasks.components.rabbitmq.api import (
     connect,
     metadata_differences,
     q,
+    vhost_access,
     vhost_metadata,
 )
 from tasks.components.rabbitmq.definitions import (
@@ -91,6 +92,7 @@ def _stream_definitions(
 def backup(target: RabbitMQTarget, session: BackupSession) -> None:
     totals = dict.fromkeys(KINDS, 0)
     objects: dict[str, str | None] = {}
+    access: dict[str, dict[str, list]] = {}
     with connect(target) as client:
         overview = _get(target, client, "/overview", "read the overview") or {}
         # which broker this is: a restore elsewhere leaves its shovels and federation out (movers.py)
@@ -114,7 +116,8 @@ def backup(target: RabbitMQTarget, session: BackupSession) -> None:
             doc = _stream_definitions(
                 target, client, session, f"/definitions/{q(vhost)}", name, {"scope": "vhost", "vhost": vhost}
             )
-            for kind, n in counts(doc).items():
+            access[vhost] = vhost_access(target, client, vhost)
+            for kind, n in counts({**doc, **access[vhost]}).items():
                 totals[kind] += n
             totals["vhosts"] += 1
             objects[name] = vhost
@@ -129,6 +132,7 @@ def backup(target: RabbitMQTarget, session: BackupSession) -> None:
             "objects": objects,
             "counts": totals,
             "vhost_metadata": metadata,
+            **({"access": access} if target.vhosts else {}),
             "messages_included": False,
         }
     )
@@ -206,6 +210,13 @@ def _narrow(
     return kept
 
 
+def _access_doc(docs: dict[str | None, dict[str, Any]]) -> dict[str, Any] | None:
+    """The permissions a per-vhost backup recorded on its vhosts, as a broker document holds them."""
+    kinds = ("permissions", "topic_permissions")
+    out = {k: [i for doc in docs.values() for i in doc.get(k) or []] for k in kinds}
+    return out if any(out.values()) else None
+
+
 def _only_plan(
     target: RabbitMQTarget, client: httpx.Client, plan: dict[str, dict[str, Any]], only: list[str]
 ) -> dict[str, dict[str, Any]]:
@@ -224,47 +235,51 @@ def _only_plan(
 def restore(
     target: RabbitMQTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions
 ) -> dict[str, Any]:
+    importing: list[bool] = []  # set as the import starts: from then on the broker may have changed
     try:
-        check_restore(target, manifest, store, options)
-    except BadInput as exc:  # before anything: a rollback must find nothing to undo
-        raise target_untouched(exc) from None
-    docs = _load(store, manifest)
-    try:
-        docs = _narrow(docs, options)
-    except BadInput as exc:
-        raise target_untouched(exc) from None
+        return _restore(target, manifest, store, options, importing)
+    except Exception as exc:
+        if not importing:  # refused (or failed) before its import: a rollback must find nothing to undo
+            target_untouched(exc)
+        raise
+
+
+def _restore(
+    target: RabbitMQTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions, importing: list
+) -> dict[str, Any]:
+    check_restore(target, manifest, store, options)
+    docs = _narrow(_load(store, manifest), options)
     plan, left_out = _plan(docs, options)
     broker_wide = None in docs and not options.vhost
     backed_up = manifest.engine.get("vhost_metadata") or {}  # older backups have none
     meta = {v: backed_up.get(options.vhost or v) for v in plan}
-    broker = docs.get(None)
+    # permissions: a broker backup's, or those a per-vhost backup recorded on its vhosts
+    broker = docs.get(None) or _access_doc(docs)
+    access_of = [] if options.into_vhost else [options.vhost] if options.vhost else list(plan)
     with connect(target) as client:
-        try:
-            why = decide(
-                options.import_message_movers,
-                options.into_vhost,
-                recorded_identity(manifest, docs),
-                broker_identity(target, client),
-                manifest.id,
-            )
-        except BadInput as exc:
-            raise target_untouched(exc) from None
+        why = decide(
+            options.import_message_movers,
+            options.into_vhost,
+            recorded_identity(manifest, docs),
+            broker_identity(target, client),
+            manifest.id,
+        )
         if why is not None:  # not into the broker backed up: no shovel or federation moves its messages
             plan, broker, movers = leave_out(plan, broker, why)
             left_out |= movers
         if options.only is not None:
-            try:
-                plan = _only_plan(target, client, plan, options.only)
-            except BadInput as exc:
-                raise target_untouched(exc) from None
+            plan = _only_plan(target, client, plan, options.only)
             if broker is not None:  # no vhost entry beyond those holding what is put back
                 broker = {**broker, "vhosts": [e for e in broker.get("vhosts") or [] if e["name"] in plan]}
         refuse_before_restore(target, client, plan, broker if broker_wide else None)
         # what the restore writes is what differs after it from before: the report says it, a
         # restore that wrote nothing is `nothing restored`, and a rollback puts back exactly that
-        access_of = None if options.into_vhost else options.vhost
+        access_of = (
+            [] if broker_wide else [v for v in access_of if v in plan or _vhost_exists(target, client, v)]
+        )
         wanted = importable(plan, broker, broker_wide, access_of)
         before = snapshot(target, client, wanted)
+        importing.append(True)
         try:
             created, access, skipped = import_definitions(
                 target, client, plan, meta, broker, broker_wide, access_of

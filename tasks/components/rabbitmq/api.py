@@ -89,6 +89,16 @@ def vhost_metadata(
     return out
 
 
+def vhost_access(target: RabbitMQTarget, client: httpx.Client, vhost: str) -> dict[str, list[Any]]:
+    """The permissions and topic permissions on `vhost`: its own export (GET /definitions/{vhost})
+    carries none, and deleting the vhost deletes them, so a per-vhost backup records them."""
+    what = f"read the permissions on vhost {vhost!r}"
+    return {
+        "permissions": _get(target, client, f"/vhosts/{q(vhost)}/permissions", what) or [],
+        "topic_permissions": _get(target, client, f"/vhosts/{q(vhost)}/topic-permissions", what) or [],
+    }
+
+
 def create_vhost(
     target: RabbitMQTarget, client: httpx.Client, vhost: str, meta: dict[str, Any] | None
 ) -> None:

@@ -37,6 +37,10 @@ def _load(store: StoreBlock, manifest: Manifest) -> dict[str | None, dict[str, A
             docs[obj.meta.get("vhost")] = json.loads(body)
         except json.JSONDecodeError as exc:
             raise IntegrityError(f"{obj.key} is not JSON definitions: {exc}") from None
+    # a per-vhost backup's permissions on each vhost, recorded beside its export (api.vhost_access)
+    for vhost, access in (manifest.engine.get("access") or {}).items():
+        if vhost in docs:
+            docs[vhost] = {**docs[vhost], **access}
     return docs
 
 

@@ -34,7 +34,7 @@ def _with_metadata(doc: dict[str, Any], meta: dict[str, dict[str, Any] | None]) 
 def _restore_vhost_access(
     target: RabbitMQTarget, client: httpx.Client, broker: dict[str, Any], vhost: str
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """A broker backup's permissions and topic permissions on `vhost`, put back for the users that
+    """The backup's permissions and topic permissions on `vhost`, put back for the users that
     exist (deleting a vhost deletes them; a per-vhost import carries none). Returns (what was put
     back, for verification; {user: why not})."""
     live_users = {u["name"] for u in _get(target, client, "/users", "list users") or []}
@@ -63,10 +63,10 @@ def import_definitions(
     meta: dict[str, Any],
     broker: dict[str, Any] | None,
     broker_wide: bool,
-    access_of: str | None,
+    access_of: list[str],
 ) -> tuple[list[str], dict[str, Any] | None, dict[str, str]]:
-    """POST the definitions: (vhosts created, permissions put back on vhost `access_of` from a
-    broker backup, {user: why not})."""
+    """POST the definitions: (vhosts created, permissions put back on the vhosts `access_of` from
+    `broker` (a broker backup's, or those a per-vhost backup recorded), {user: why not})."""
     if broker_wide and broker is not None:  # users, vhosts, permissions, global parameters at once
         created = [v for v in plan if not _vhost_exists(target, client, v)]
         # the import sets every vhost's description and tags from its entry (blank if absent):
@@ -77,9 +77,12 @@ def import_definitions(
         drop_newer_user_limits(target, client, broker)
     else:
         created = [v for v, defs in plan.items() if import_vhost(target, client, v, defs, meta[v])]
-    access, skipped = None, {}
-    if broker is not None and access_of:  # one vhost of a broker backup
-        access, skipped = _restore_vhost_access(target, client, broker, access_of)
+    access: dict[str, Any] | None = None
+    skipped: dict[str, str] = {}
+    for vhost in access_of if broker is not None else []:
+        put_back, missed = _restore_vhost_access(target, client, broker, vhost)
+        access = {k: [*(access or {}).get(k, []), *put_back[k]] for k in put_back}
+        skipped |= missed
     return created, access, skipped
 
 

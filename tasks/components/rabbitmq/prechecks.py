@@ -15,7 +15,13 @@ import httpx
 from blocks.rabbitmq import RabbitMQTarget
 from blocks.store import StoreBlock
 from tasks.components.rabbitmq.api import _get, _vhost_exists, connect, q
-from tasks.components.rabbitmq.definitions import FEDERATION_POLICY_KEYS, PLUGIN_COMPONENTS, differences
+from tasks.components.rabbitmq.definitions import (
+    FEDERATION_POLICY_KEYS,
+    PLUGIN_COMPONENTS,
+    _load,
+    differences,
+    vhost_definitions,
+)
 from tasks.components.rabbitmq.movers import refuse_into_copy
 from tasks.errors import BadInput
 from tasks.models import Manifest
@@ -33,6 +39,9 @@ def check_restore(
     if options.into_vhost and not options.vhost:
         raise BadInput("into_vhost needs vhost: say which vhost of the backup to import under the new name")
     refuse_into_copy(options.import_message_movers, options.into_vhost)
+    if options.vhost:  # a vhost the backup lacks, refused before a safety backup and an approval
+        held = manifest.engine.get("vhost_metadata")  # every vhost backed up (older backups: none)
+        vhost_definitions({v: {} for v in held} if held else _load(store, manifest), options.vhost)
     if options.into_vhost:
         with connect(target) as client:
             if _vhost_exists(target, client, options.into_vhost):

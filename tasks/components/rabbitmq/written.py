@@ -85,18 +85,19 @@ def keyed(doc: dict[str, Any], vhost: str | None = None) -> dict[str, str]:
 
 
 def importable(
-    plan: dict[str, dict[str, Any]], broker: dict[str, Any] | None, broker_wide: bool, access_of: str | None
+    plan: dict[str, dict[str, Any]], broker: dict[str, Any] | None, broker_wide: bool, access_of: list[str]
 ) -> set[str]:
     """The keys of every definition an import of `plan` (destination vhost: its definitions) may
     write: those vhosts and their objects; a whole-broker import's every definition (`broker`);
-    one vhost of a broker backup (`access_of`) its permissions on it. Nothing else is compared, so
-    writes made meanwhile to what the restore does not import are never counted as its own."""
+    on the vhosts `access_of`, the permissions `broker` holds (a broker backup's, or those a
+    per-vhost backup recorded). Nothing else is compared, so writes made meanwhile to what the
+    restore does not import are never counted as its own."""
     out = {f"vhost {v!r}" for v in plan} | {k for v, defs in plan.items() for k in keyed(defs, v)}
     if broker is not None and broker_wide:
         out |= set(keyed(broker))
     elif broker is not None and access_of:
         perms = {kind: broker.get(kind) or [] for kind in ("permissions", "topic_permissions")}
-        out |= {k for k in keyed(perms) if k.endswith(f" on vhost {access_of!r}")}
+        out |= {k for k in keyed(perms) if k.endswith(tuple(f" on vhost {v!r}" for v in access_of))}
     return out
 
 
