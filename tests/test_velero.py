@@ -227,6 +227,25 @@ def test_named_objects_the_api_would_refuse_leave_every_one_in_place(kube_api, t
     assert "Nothing was changed" in str(refused.value)
 
 
+def test_a_restore_by_name_that_fails_before_writing_removes_the_namespace_it_made(
+    kube_api, ctl, target, store, two_namespaces
+):
+    """A restore by name into a new namespace (namespace_mapping) makes that namespace first; when
+    it then fails before any copy is written (here Velero's scratch restore fails) the namespace
+    goes too, and the failure is recorded as leaving the target untouched."""
+    shop, _ = two_namespaces
+    manifest = take_backup(target, store)
+    dest = "copy-" + shop
+    ctl.restore_outcome = "Failed"
+    opts = velero.RestoreOptions(
+        namespaces=[shop], resources=["configmaps"], names=["flags"], namespace_mapping={shop: dest}
+    )
+    with pytest.raises(ComponentFailed, match="ended Failed") as failed:
+        velero.restore(target, manifest, store, opts)
+    assert getattr(failed.value, "target_untouched", False) is True
+    assert not kube.namespace_exists(k8s(kube_api), dest)
+
+
 @pytest.mark.parametrize(
     "extra", [{"label_selector": {"tier": "web"}}, {"include_cluster_resources": True}, {"restore_pvs": True}]
 )

@@ -25,7 +25,7 @@ from tasks.components.kubernetes.restores import (
 )
 from tasks.components.kubernetes.velero import run_restore
 from tasks.components.kubernetes.written import nothing_written_note
-from tasks.errors import BadInput, ConfigurationError, NotFound
+from tasks.errors import BadInput, ComponentFailed, ConfigurationError, NotFound, target_untouched
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ def restore_named(
     aside = {ns: aside_name("klb-aside", token, ns) for ns in expected}
     policy = options.existing_resource_policy
     copied, skipped, created, overwritten = [], [], [], []
+    writing = False  # past it, something may have been written in place
     try:
         spec = {
             "backupName": doc["backup"]["metadata"]["name"],
@@ -103,12 +104,18 @@ def restore_named(
         rollback = None
         if policy is ExistingResourcePolicy.update:
             rollback = safety_backup(k, target, sorted({dest for _, dest, _, _ in copies}), backup_id)
+        writing = True
         for plural, dest, name, obj in copies:
             outcome = _put(k, plural, dest, name, obj, policy)
             key = f"{dest}/{plural}/{name}"
             (copied if outcome else skipped).append(key)
             if outcome:
                 (created if outcome == "created" else overwritten).append(key)
+    except Exception as exc:
+        if writing:
+            raise
+        _unmake(k, target, made, exc)  # nothing in place yet: the namespaces it made go too
+        raise target_untouched(exc) from None
     finally:
         _remove_scratch(k, target, list(aside.values()), log_only=True)
     report = {
@@ -212,6 +219,20 @@ def ensure_namespace(k: Kube, name: str) -> bool:
             "RoleBinding (deployments/k8s/rbac.yaml), then run the restore again"
         ) from None
     return True
+
+
+def _unmake(k: Kube, target: VeleroTarget, made: list[str], failure: Exception) -> None:
+    """Delete the namespaces this restore made ("namespace <name>") for copies it never wrote, so
+    a refused or failed restore leaves the cluster as it was; one that cannot go makes the
+    failure say so (a "Nothing was changed" would be untrue) and what to do."""
+    for ns in (m.removeprefix("namespace ") for m in made):
+        try:
+            kube.delete_namespace(k, ns, interval=target.poll_interval_seconds)
+        except Exception as exc:
+            raise ComponentFailed(
+                f"{failure}. But namespace {ns}, made by this restore for its copies, could not be "
+                f"removed ({exc}): delete it (kubectl delete namespace {ns})"
+            ) from None
 
 
 def _remove_scratch(k: Kube, target: VeleroTarget, namespaces: list[str], log_only: bool = False) -> None:
