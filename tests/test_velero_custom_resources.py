@@ -223,3 +223,26 @@ def test_a_custom_kind_named_by_its_short_name_is_planned_as_velero_resolves_it(
     back = velero.restore(target, manifest, store, velero.RestoreOptions(namespaces=[ns], resources=["ksvc"]))
     assert ctl.store.find(res, ns, "hello") is not None
     assert back["created"] == [f"{ns}/{KSVC_KIND}/hello"] and back["verified_objects"] == 1
+
+
+def test_the_rollback_of_a_short_name_restore_reaches_no_further_than_it_wrote(kube_api, ctl, local_store):
+    """A rollback narrows by the kinds the restore wrote: named `ksvc`, they matched no kind of
+    the safety backup as spelt, so a restore that only re-created `hello` was rolled back over
+    the whole kind, `bye` (which it left alone) included. The report records the names as
+    Velero resolved them, and the rollback is refused, saying what to put back by hand."""
+    from tasks.operations.rollback import rollback_options
+
+    store = local_store()
+    ns = f"kn-{secrets.token_hex(3)}"
+    seed_kn(ctl, ns)
+    seed_knative_service(ctl, ns, "bye")
+    target, manifest = take_backup(kube_api, store, ns)
+    res = crds.by_path(ctl.store)[("serving.knative.dev/v1", "services")]
+    ctl.store.delete(res, ns, "hello")
+    _, safety = take_backup(kube_api, store, ns)  # as the checklist takes it before the restore
+    options = {"namespaces": [ns], "resources": ["ksvc"]}
+    report = velero.restore(target, manifest, store, velero.RestoreOptions(**options))
+    assert report["created"] == [f"{ns}/{KSVC_KIND}/hello"] and report["overwritten"] == []
+    assert report["resolved_resources"] == {"resources": [KSVC_KIND]}
+    with pytest.raises(BadInput, match=f"{ns}/{KSVC_KIND}/bye"):
+        rollback_options(store, "kubernetes", manifest.id, options, safety, report)

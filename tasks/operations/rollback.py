@@ -170,7 +170,9 @@ def rollback_options(
         return _restored_backup(store, backup_id, component)
 
     if component in ("kubernetes", "volumes"):
-        return _kubernetes(store, options, backup, safety, wrote(component, options, report))
+        # narrowed by the resource names as Velero resolved them ('ksvc' matched no kind as spelt)
+        scope = {**options, **(report or {}).get("resolved_resources", {})}
+        return _kubernetes(store, scope, backup, safety, wrote(component, options, report))
     if component == "postgres":
         return _postgres(options, backup, safety)
     if component == "etcd":

@@ -267,6 +267,8 @@ def restore_document(
             cr = run_restore(k, target, name, spec, options.timeout_seconds, backup_id)
         except ComponentFailed as exc:
             _tell_written(exc, k, getattr(exc, "velero_restore", None), before, scope, mapping, cluster)
+            if hasattr(exc, "partial_report"):
+                exc.partial_report.update(_resolved(options, planned))
             raise
     limit = options.timeout_seconds or target.restore_timeout_seconds
     if (cr.get("status") or {}).get("progress", {}).get("totalItems") == 0:
@@ -332,6 +334,7 @@ def restore_document(
     }
     if rollback:
         report["rollback_velero_backup"] = rollback
+    report.update(_resolved(options, planned))
     if not wrote["created"] and not wrote["overwritten"]:
         report["note"] = written.nothing_written_note(options.existing_resource_policy.value)
         log.warning(report["note"])
@@ -351,6 +354,14 @@ def restore_document(
         )
         log.warning(report["note"])
     return report
+
+
+def _resolved(options: RestoreOptions, planned: RestoreOptions) -> dict[str, Any]:
+    """Resource names as Velero resolved them, where spelt otherwise: a rollback narrows by them."""
+    names = {f: getattr(planned, f) for f in ("resources", "exclude_resources")}
+    if all(getattr(options, f) == v for f, v in names.items()):
+        return {}
+    return {"resolved_resources": {f: v for f, v in names.items() if v}}
 
 
 def _tell_written(exc: Exception, k: Kube, restore_name: str | None, *seen: Any) -> None:
