@@ -334,6 +334,18 @@ def choose_base_backup(report: ArchiveReport, goal: RecoveryTarget) -> tuple[Win
                 "backup (backup_component('postgres-pitr')) and recover from it, or give a target "
                 f"before the branch: {where}. Nothing was changed."
             )
+        gap = [
+            m for m in report.missing_segments if m[:8] == window.last_segment[:8] and m > window.last_segment
+        ]
+        if goal.kind == "latest" and gap:
+            # recovery would stop at the gap and promote: the WAL archived after it silently lost
+            raise BadInput(
+                f"'latest' cannot be reached: WAL segment {gap[0]} is missing from the archive, so "
+                f"recovery would stop at LSN {window.end_lsn} without the WAL archived after it. Put "
+                "the segment back if a copy exists, or give a target time or LSN inside the window, or "
+                f"take a base backup (backup_component('postgres-pitr')) and recover from it: {where}. "
+                "Nothing was changed."
+            )
         # a named restore point's LSN is unknown here: start from the earliest backup of the stretch
         return window, window.base_backups[-1] if goal.kind == "latest" else window.base_backups[0]
     for window in reversed(report.windows):
