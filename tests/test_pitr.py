@@ -331,6 +331,11 @@ def test_a_timeline_that_branched_off_ends_the_window_and_latest_is_refused(
     assert window.end_time == kept[0][0]  # the last commit before the branch, not the archive's last
     with pytest.raises(BadInput, match="take a base backup on timeline 2"):
         pitr.plan(target, store, parse_target(bench["last_commit"] - timedelta(microseconds=1)))
+    # 'before-after' was created past the branch, in the abandoned history: a restore point's
+    # place is known only once replay meets it, so on a branched window it is refused
+    with pytest.raises(BadInput, match="restore point 'before-after' cannot be placed") as err:
+        pitr.plan(target, store, parse_target(target_name="before-after"))
+    assert "Nothing was changed" in str(err.value)
     # before the branch both histories are one: still recoverable
     before = parse_target(window.end_time - timedelta(microseconds=1))
     assert pitr.plan(target, store, before)[2].id == copy.id

@@ -334,6 +334,17 @@ def choose_base_backup(report: ArchiveReport, goal: RecoveryTarget) -> tuple[Win
                 "backup (backup_component('postgres-pitr')) and recover from it, or give a target "
                 f"before the branch: {where}. Nothing was changed."
             )
+        if goal.kind == "name" and window.branched_to is not None:
+            # where the restore point is is known only once replay meets it: past the branch that
+            # is the abandoned history, and recovery (on the base backup's timeline) would stop there
+            raise BadInput(
+                f"restore point {goal.name!r} cannot be placed before recovery, and timeline "
+                f"{window.branched_to} branched off timeline {window.timeline} at LSN {window.end_lsn}: "
+                "a restore point past it is in the abandoned history, which recovery would bring back. "
+                "Give its LSN (what pg_create_restore_point returned) as target_lsn, or a target_time, "
+                f"before the branch; or take a base backup on timeline {window.branched_to} and recover "
+                f"from it: {where}. Nothing was changed."
+            )
         gap = [
             m for m in report.missing_segments if m[:8] == window.last_segment[:8] and m > window.last_segment
         ]
