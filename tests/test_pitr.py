@@ -243,18 +243,24 @@ def _catalogued_copy(bench, moto, bucket: str, prefix: str, target: PitrTarget) 
         return store, s.commit()
 
 
-def test_archive_with_a_missing_segment_ends_the_window_before_it(prefect_server, bench, moto, new_dir):
-    """A copy of the archive without one segment: the window stops before the gap."""
+def _archive_with_a_gap(bench, moto) -> PitrTarget:
+    """A copy of the bench's archive without its `gap_segment` (segments after it kept)."""
     client, bucket = _s3(moto), bench["bucket"]
-    gap = bench["gap_segment"]
     for obj in client.list_objects_v2(Bucket=bucket, Prefix="pitr/pg/")["Contents"]:
-        if gap not in obj["Key"]:
+        if bench["gap_segment"] not in obj["Key"]:
             client.copy_object(
                 Bucket=bucket,
                 Key=obj["Key"].replace("pitr/pg/", "gap/pg/", 1),
                 CopySource={"Bucket": bucket, "Key": obj["Key"]},
             )
-    target = bench["target"].model_copy(update={"archive_url": f"s3://{bucket}/gap"})
+    return bench["target"].model_copy(update={"archive_url": f"s3://{bucket}/gap"})
+
+
+def test_archive_with_a_missing_segment_ends_the_window_before_it(prefect_server, bench, moto, new_dir):
+    """A copy of the archive without one segment: the window stops before the gap, and 'latest'
+    (which would stop at the gap, without the WAL archived after it) is refused."""
+    gap, bucket = bench["gap_segment"], bench["bucket"]
+    target = _archive_with_a_gap(bench, moto)
     store, _ = _catalogued_copy(bench, moto, bucket, "gap-catalog", target)
     report = pitr.wal_archive(target, store)
     assert report.missing_segments == [gap]
@@ -267,6 +273,24 @@ def test_archive_with_a_missing_segment_ends_the_window_before_it(prefect_server
     with pytest.raises(BadInput, match=f"missing WAL segments: {gap}") as err:
         pitr_postgres(bench["T"], new_dir, target=target, store=store)
     assert "Nothing was changed" in str(err.value)
+    assert not Path(new_dir).exists()
+    # 'latest' is the newest archived state: here it cannot be reached, and is refused, not
+    # quietly taken to mean the end of the base backup's stretch
+    with pytest.raises(BadInput, match=f"'latest' cannot be reached: WAL segment {gap} is missing") as err:
+        pitr.plan(target, store, parse_target("latest"))
+    assert "Nothing was changed" in str(err.value)
+
+
+def test_a_recovery_to_latest_that_stops_before_the_archive_ends_fails(bench, moto, new_dir):
+    """Bypass the plan: a segment the server cannot get (a gap, an S3 error on it) ends a
+    recovery to 'latest' there, and the server promotes itself: success was reported, without
+    the WAL archived after it (the 'between-2' and 'after' rows). The recovery must fail."""
+    target = _archive_with_a_gap(bench, moto)
+    options = pitr.RestoreOptions(directory=new_dir, timeout_seconds=120)
+    with pytest.raises(
+        ComponentFailed, match=f"did not reach the end of the archived WAL.*{bench['gap_segment']}"
+    ):
+        pitr.recover(target, bench["base"], bench["store"], parse_target("latest"), options)
     assert not Path(new_dir).exists()
 
 
@@ -307,6 +331,11 @@ def test_a_timeline_that_branched_off_ends_the_window_and_latest_is_refused(
     assert window.end_time == kept[0][0]  # the last commit before the branch, not the archive's last
     with pytest.raises(BadInput, match="take a base backup on timeline 2"):
         pitr.plan(target, store, parse_target(bench["last_commit"] - timedelta(microseconds=1)))
+    # 'before-after' was created past the branch, in the abandoned history: a restore point's
+    # place is known only once replay meets it, so on a branched window it is refused
+    with pytest.raises(BadInput, match="restore point 'before-after' cannot be placed") as err:
+        pitr.plan(target, store, parse_target(target_name="before-after"))
+    assert "Nothing was changed" in str(err.value)
     # before the branch both histories are one: still recoverable
     before = parse_target(window.end_time - timedelta(microseconds=1))
     assert pitr.plan(target, store, before)[2].id == copy.id

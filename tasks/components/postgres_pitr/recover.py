@@ -24,7 +24,12 @@ from blocks.store import StoreBlock
 from tasks.components.contract import StrictOptions
 from tasks.components.postgres_pitr.backups import BASE_OBJECT
 from tasks.components.postgres_pitr.engines import (
+    PitrEngine,
     engine_for,
+    is_segment,
+    parse_lsn,
+    segment_name,
+    segment_number,
     write_credentials_file,
 )
 from tasks.components.postgres_pitr.prefetch import restore_report, wal_spool
@@ -193,6 +198,36 @@ def _wait_for_target(target, goal, port, bindir, data, log, user, timeout) -> di
     raise ComponentFailed(f"recovery did not reach {goal.describe()} within {timeout}s:\n{_log_tail(log)}")
 
 
+def _archive_end(engine: PitrEngine, target: PitrTarget, manifest: Manifest) -> tuple[int, list[int]] | None:
+    """(last segment number, segment numbers) archived on the base backup's timeline."""
+    seg, tli = manifest.engine["wal_segment_size"], manifest.engine["timeline"]
+    named = (segment_number(name, seg) for name in engine.list_wal(target) if is_segment(name))
+    numbers = [n for timeline, n in named if timeline == tli]
+    return (max(numbers), numbers) if numbers else None
+
+
+def _raise_if_short_of(
+    end: tuple[int, list[int]] | None, manifest: Manifest, replayed: str, log: Path
+) -> None:
+    """'latest' ends where the server finds no next segment, and it then promotes itself: a
+    segment it could not get (missing, an S3 error) ended it early, reporting nothing."""
+    if end is None:
+        return
+    seg, tli = manifest.engine["wal_segment_size"], manifest.engine["timeline"]
+    last, numbers = end
+    if parse_lsn(replayed) > last * seg:  # past the start of the archive's last segment
+        return
+    held = set(numbers)
+    missing = [segment_name(tli, n, seg) for n in range(parse_lsn(replayed) // seg, last) if n not in held]
+    raise ComponentFailed(
+        f"PITR to latest did not reach the end of the archived WAL: replay stopped at LSN {replayed}, but "
+        f"the archive holds WAL up to segment {segment_name(tli, last, seg)}"
+        + (f"; missing from it: {', '.join(missing[:5])}" if missing else " (a segment could not be fetched)")
+        + ". The new instance was removed; the source was not touched. Check the archive "
+        "(check_wal_archive), then recover again or to a target before the gap.\n" + _log_tail(log)
+    )
+
+
 def _state(conn: psycopg.Connection) -> dict[str, Any]:
     in_recovery, replay_ts, replay_lsn, dbs = _row(
         conn,
@@ -262,6 +297,7 @@ def recover(
             "os_user": user,
         }
         (root / STATE_FILE).write_text(json.dumps(state_file, indent=2))
+        end = _archive_end(engine, target, manifest) if goal.kind == "latest" else None
         started = True
         for attempt in range(1, BIND_TRIES + 1):
             try:
@@ -280,6 +316,8 @@ def recover(
                 (root / STATE_FILE).write_text(json.dumps({**state_file, "port": port}, indent=2))
         # pg_ctl -w returns 0 once read-only connections work: the outcome is checked here
         state = _wait_for_target(target, goal, port, bindir, data, log, user, options.timeout_seconds)
+        if goal.kind == "latest":
+            _raise_if_short_of(end, manifest, state["replayed_lsn"], log)
         text = log.read_text(errors="replace")
         stop = re.findall(r"recovery stopping [^\n]*", text)
         if goal.kind != "latest" and not stop:

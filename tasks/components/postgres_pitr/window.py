@@ -334,6 +334,29 @@ def choose_base_backup(report: ArchiveReport, goal: RecoveryTarget) -> tuple[Win
                 "backup (backup_component('postgres-pitr')) and recover from it, or give a target "
                 f"before the branch: {where}. Nothing was changed."
             )
+        if goal.kind == "name" and window.branched_to is not None:
+            # where the restore point is is known only once replay meets it: past the branch that
+            # is the abandoned history, and recovery (on the base backup's timeline) would stop there
+            raise BadInput(
+                f"restore point {goal.name!r} cannot be placed before recovery, and timeline "
+                f"{window.branched_to} branched off timeline {window.timeline} at LSN {window.end_lsn}: "
+                "a restore point past it is in the abandoned history, which recovery would bring back. "
+                "Give its LSN (what pg_create_restore_point returned) as target_lsn, or a target_time, "
+                f"before the branch; or take a base backup on timeline {window.branched_to} and recover "
+                f"from it: {where}. Nothing was changed."
+            )
+        gap = [
+            m for m in report.missing_segments if m[:8] == window.last_segment[:8] and m > window.last_segment
+        ]
+        if goal.kind == "latest" and gap:
+            # recovery would stop at the gap and promote: the WAL archived after it silently lost
+            raise BadInput(
+                f"'latest' cannot be reached: WAL segment {gap[0]} is missing from the archive, so "
+                f"recovery would stop at LSN {window.end_lsn} without the WAL archived after it. Put "
+                "the segment back if a copy exists, or give a target time or LSN inside the window, or "
+                f"take a base backup (backup_component('postgres-pitr')) and recover from it: {where}. "
+                "Nothing was changed."
+            )
         # a named restore point's LSN is unknown here: start from the earliest backup of the stretch
         return window, window.base_backups[-1] if goal.kind == "latest" else window.base_backups[0]
     for window in reversed(report.windows):
