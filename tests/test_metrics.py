@@ -215,3 +215,5 @@ def test_a_drill_of_a_configured_component_that_covers_nothing_pushes_a_failure(
         was = value(before, counter, "app-state", job="klb_drill") or 0
         assert (value(samples, counter, "app-state", job="klb_drill") or 0) == was + added, counter
     assert value(samples, "drill_last_status", "app-state", job="klb_drill") == 0
+    # the time the failed drill took, not 0 s (every failure landed in the lowest bucket)
+    assert value(samples, "drill_last_duration_seconds", "app-state", job="klb_drill") > 0
