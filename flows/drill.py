@@ -167,10 +167,16 @@ def restore_drill(
     )
     record.failures = drill_verdict(record, rto_target_minutes)
     record = save_drill_record(store_block, record)
-    for c in record.components:  # metrics (tasks/metrics.py): one outcome per covered component
-        if c.status is not Status.not_covered:  # a missed target is a failure, not a green drill
+    for c in record.components:  # metrics (tasks/metrics.py): one outcome per configured component
+        # a configured component that covered nothing failed the drill: its metrics say so (left
+        # out, its last success stayed the newest and the drill alert stayed quiet); a missed
+        # target is a failure too, not a green drill
+        if c.configured:
             ok = passed_for(record, c.component, rto_target_minutes)
-            record_drill(c.component, ok, c.rto_seconds or 0.0, c.rpo_age_seconds)
+            # a failed one has no RTO: its duration is the time its phases took (0 s put every
+            # failure in the lowest bucket and said the drill took no time)
+            spent = c.rto_seconds if c.rto_seconds is not None else sum(c.rto_phases.values())
+            record_drill(c.component, ok, spent, c.rto_seconds if ok else None, c.rpo_age_seconds)
     create_markdown_artifact(
         key="restore-drill", markdown=drill_report_markdown(record), description=f"restore drill {drill_id}"
     )

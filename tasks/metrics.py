@@ -234,9 +234,12 @@ def tracked(kind: str, component: str) -> Iterator[Run]:
         record_run(kind, component, ok, run.elapsed, run.gauges)
 
 
-def record_drill(component: str, ok: bool, rto_seconds: float, rpo_seconds: float | None) -> bool:
-    """For the restore drill (flows/drill.py): one drill outcome per component."""
-    gauges = {"drill_rto_seconds": rto_seconds} if ok else {}
+def record_drill(
+    component: str, ok: bool, duration: float, rto_seconds: float | None, rpo_seconds: float | None
+) -> bool:
+    """For the restore drill (flows/drill.py): one drill outcome per component. `duration`: the
+    time the component's drill took (its RTO when verified); the RTO/RPO gauges only when ok."""
+    gauges = {"drill_rto_seconds": rto_seconds} if ok and rto_seconds is not None else {}
     if ok and rpo_seconds is not None:
         gauges["drill_rpo_seconds"] = rpo_seconds
-    return record_run("drill", component, ok, rto_seconds, gauges)
+    return record_run("drill", component, ok, duration, gauges)

@@ -186,3 +186,34 @@ def test_a_drill_that_misses_its_target_pushes_a_failure(
     for counter, added in (("drill_failure_total", 1), ("drill_success_total", 0)):
         was = value(before, counter, "app-state", job="klb_drill") or 0
         assert (value(samples, counter, "app-state", job="klb_drill") or 0) == was + added, counter
+
+
+def test_a_drill_of_a_configured_component_that_covers_nothing_pushes_a_failure(
+    gateway, prefect_server, local_store, tmp_path, monkeypatch
+):
+    """The component is configured but its drill covered nothing (no drill_restore_command):
+    the drill failed for it, and its metrics say so (nothing was pushed: the last success
+    stayed the newest, and the drill-failure alert stayed quiet)."""
+    from flows.backup import backup_component
+    from flows.drill import restore_drill
+    from tests.drill.conftest import Prod
+
+    monkeypatch.setenv("KLB_DRILL_TMPDIR", str(tmp_path))
+    prod = Prod(tmp_path / "prod")
+    store = local_store()
+    backup_component("app-state", target=prod.target(drill=False), store=store)
+    before = scrape(gateway)
+    state = restore_drill(
+        components=["app-state"],
+        targets={"app-state": prod.target(drill=False)},
+        store=store,
+        return_state=True,
+    )
+    assert state.is_failed() and "configured but not verified" in state.message
+    samples = scrape(gateway)
+    for counter, added in (("drill_failure_total", 1), ("drill_success_total", 0)):
+        was = value(before, counter, "app-state", job="klb_drill") or 0
+        assert (value(samples, counter, "app-state", job="klb_drill") or 0) == was + added, counter
+    assert value(samples, "drill_last_status", "app-state", job="klb_drill") == 0
+    # the time the failed drill took, not 0 s (every failure landed in the lowest bucket)
+    assert value(samples, "drill_last_duration_seconds", "app-state", job="klb_drill") > 0

@@ -138,16 +138,18 @@ def drill_component(
             result.health = [run_health_check(c, drill_id) for c in checks if c.component == name]
             result.rto_phases["health checks"] = _since(checked_from)
             bad = [h for h in result.health if not h.ok]
+            # parts of the backup the hook skipped were never shown to restore: like a configured
+            # component that is not covered, they fail the drill (passed, half a backup was proven)
+            uncovered = report.get("not_covered") or {}
             if bad:
                 result.reason = "health checks failed: " + "; ".join(f"{h.name}: {h.detail}" for h in bad)
+            elif uncovered:
+                result.reason = "configured but partly not verified: not covered " + ", ".join(
+                    f"{k} ({v})" for k, v in uncovered.items()
+                )
             else:
                 result.status, result.verified_at = Status.verified, datetime.now(UTC)
                 result.rto_seconds = (result.verified_at - result.restore_started).total_seconds()
-                uncovered = report.get("not_covered") or {}
-                if uncovered:
-                    result.reason = "partly: not covered " + ", ".join(
-                        f"{k} ({v})" for k, v in uncovered.items()
-                    )
     after, after_err = describe_safely(module, target)
     if before_err or after_err:
         when = "before" if before_err else "after"

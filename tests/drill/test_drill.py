@@ -174,6 +174,25 @@ def test_a_step_without_a_drill_command_is_not_covered_and_proves_nothing(local_
     assert "proves nothing" in message
 
 
+def test_a_step_left_out_of_the_drill_fails_it_even_when_another_step_verified(local_store, prod, drill_tmp):
+    """One step of the backup was restored and verified, the other never restored (no
+    drill_restore_command): the drill PASSED, though half of what the backup holds was never
+    shown to restore. A configured part not verified fails the drill like a configured component."""
+    from blocks.app_state import AppStateStep, AppStateTarget
+
+    store = local_store()
+    carts = AppStateStep(name="carts", backup_command=["echo", "cart"], restore_command=["true"])
+    target = AppStateTarget(steps=[prod.target().steps[0], carts])
+    backup_component("app-state", target=target, store=store)
+    state = restore_drill(
+        components=["app-state"], targets={"app-state": target}, store=store, return_state=True
+    )
+    record, message = _failed_record(store, state)
+    app = record.component("app-state")
+    assert app.status is Status.failed and app.verified_at is None
+    assert "carts" in message and "drill_restore_command" in message
+
+
 def test_verify_command_and_health_checks_decide(local_store, prod, drill_tmp):
     store = local_store()
     # argv is not a shell: sh only expands the variable the drill sets
