@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
-from blocks.strict import StrictBlock
+from blocks.strict import StrictBlock, without_credentials
 
 
 class PushgatewayConfig(StrictBlock):
@@ -16,6 +16,11 @@ class PushgatewayConfig(StrictBlock):
     username: str | None = Field(default=None, description="basic auth user, if the gateway wants one")
     password: SecretStr | None = None
     timeout_seconds: float = Field(default=10, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        return without_credentials(url)
 
 
 class NotificationRouting(StrictBlock):

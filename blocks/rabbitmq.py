@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from blocks.strict import StrictBlock
+from blocks.strict import StrictBlock, without_credentials
 
 
 class RabbitMQTarget(StrictBlock):
@@ -28,6 +28,7 @@ class RabbitMQTarget(StrictBlock):
     @field_validator("url")
     @classmethod
     def _url(cls, url: str) -> str:
+        without_credentials(url)  # first: the message below quotes the URL
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"url {url!r} must start with http:// or https://")
         return url.rstrip("/")

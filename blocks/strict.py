@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
@@ -37,6 +38,19 @@ def unknown_fields(model: type[BaseModel], values: Any) -> Any:
         f"correct or remove it (a misspelt field is refused, never ignored); the fields are "
         f"{', '.join(model.model_fields)}"
     )
+
+
+def without_credentials(url: str) -> str:
+    """`url` unchanged, or ValueError if it carries a user or password (`http://u:pw@host`): a URL
+    field is plain text, shown in the UI, stored in the block document and named by messages
+    about its server; credentials belong in the block's username and password (secret) fields.
+    The message does not echo the URL."""
+    if urlsplit(url).username is not None:
+        raise ValueError(
+            "the URL carries credentials (user:password@): remove them and put them in the "
+            "block's username and password fields, where the password is kept secret"
+        )
+    return url
 
 
 def validation_problems(exc: ValidationError) -> str:

@@ -71,6 +71,15 @@ def _die_with_us(parent: int):
     return set_pdeathsig
 
 
+def _inherited() -> dict[str, str]:
+    """The flow process's environment for a child, without the Prefect API credentials the worker
+    gives every flow pod (PREFECT_API_KEY, PREFECT_API_AUTH_STRING): no engine needs them, and a
+    child's environment is readable in /proc/<pid>/environ and inherited by all it starts (a
+    restored PostgreSQL's restore_command, an app-state step's own tools). What a caller passes
+    in `env` explicitly still goes."""
+    return {k: v for k, v in os.environ.items() if not (k.startswith("PREFECT_") and SECRET_ENV_RE.search(k))}
+
+
 def _spawn(
     argv: Sequence[str],
     env: Mapping[str, str | None] | None,
@@ -82,7 +91,7 @@ def _spawn(
     if isinstance(argv, str) or not argv:
         raise ConfigurationError("a command must be a non-empty list of arguments, not a shell string")
     # a None value removes an inherited variable (PGPASSWORD would beat our password file)
-    full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
+    full_env = {k: v for k, v in {**_inherited(), **(env or {})}.items() if v is not None}
     try:
         return subprocess.Popen(
             list(argv),

@@ -165,6 +165,25 @@ def test_every_block_and_parameter_model_refuses_an_unknown_field(model):
     assert "s3cr3t-never-shown" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda url: RabbitMQTarget(url=url),
+        lambda url: PushgatewayConfig(url=url),
+    ],
+    ids=["RabbitMQTarget", "PushgatewayConfig"],
+)
+def test_a_url_with_a_password_in_it_is_refused_without_echoing_it(make):
+    """A URL field is plain text (the UI, the block document, every message that names the
+    server): `http://admin:pw@host` was taken, and its password went wherever the URL went. It is
+    refused, pointing at the username and password fields, and the password is not echoed."""
+    with pytest.raises(ValidationError) as caught:
+        make("http://admin:s3cr3t-in-the-url@rabbit.example:15672")
+    assert "username and password fields" in str(caught.value)
+    assert "s3cr3t-in-the-url" not in str(caught.value)
+    assert make("https://rabbit.example:15672").url == "https://rabbit.example:15672"
+
+
 def test_etcd_default_target_missing_tells_a_managed_cluster_not_to_configure_one(
     prefect_server, monkeypatch
 ):

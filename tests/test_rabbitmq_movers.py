@@ -181,3 +181,37 @@ def test_a_restore_that_only_leaves_movers_out_writes_nothing_and_says_so(api, r
     again = restore_task.fn(manifest, target, store, {})
     assert again["created"] == [] and again["overwritten"] == []
     assert "not_imported" in again["note"] and len(again["not_imported"]) == 4
+
+
+def test_a_difference_found_after_import_never_quotes_a_uri_s_password(api, rabbitmq, name):
+    """A shovel's or federation upstream's value holds `amqp://user:password@host`; a restore
+    that found it different after the import failed quoting both values, the passwords with
+    them, in the error (and so the log, the run's state, the restore record). Now the messages
+    name what differs with the passwords of URIs hidden. Shown with a global parameter (this
+    broker has no shovel plugin) and a kind of definition this code does not know, which go
+    through the same comparison."""
+    from tasks.components.rabbitmq.definitions import restored_differences
+
+    live_pw, backup_pw, other_pw = (secrets.token_hex(12) for _ in range(3))
+    param = f"klb-uri-{name}"
+    uri = "amqps://mover:{}@prod.example:5671/%2F"
+    assert api.put(
+        f"/global-parameters/{param}", json={"value": {"uri": uri.format(live_pw)}}
+    ).status_code in (
+        201,
+        204,
+    )
+    try:
+        broker_doc = {
+            "global_parameters": [{"name": param, "value": {"uri": uri.format(backup_pw)}}],
+            "shovels_v9": [{"name": "s", "src-uri": uri.format(other_pw)}],  # a newer broker's kind
+        }
+        with httpx.Client(base_url=rabbitmq.extra["url"] + "/api", auth=("guest", "guest")) as client:
+            found = restored_differences(RabbitMQTarget(url=rabbitmq.extra["url"]), client, {}, broker_doc)
+    finally:
+        api.delete(f"/global-parameters/{param}")
+    text = "; ".join(found)
+    assert f"global parameter {param!r}" in text and "shovels_v9" in text, text
+    assert "mover:***@prod.example" in text, text
+    for pw in (live_pw, backup_pw, other_pw):
+        assert pw not in text, text

@@ -105,3 +105,28 @@ def test_no_secret_leaks_anywhere(prefect_server, moto, s3_bucket, tmp_path, cap
     scan.store(store)
     scan.prefect()
     scan.assert_clean(require=EVERY_PLACE)
+
+
+@pytest.mark.fault(
+    "secrets",
+    "an engine started from a flow pod whose environment holds the Prefect API credentials the "
+    "worker gives it (PREFECT_API_KEY, PREFECT_API_AUTH_STRING)",
+    "the engine's environment holds neither; what the flow passes it explicitly, and paths such "
+    "as PGSSLKEY, it still gets",
+)
+def test_no_engine_inherits_the_flow_pod_s_prefect_credentials(monkeypatch):
+    import json
+
+    from tasks.proc import run
+
+    key, auth = random_secret("pfkey"), random_secret("pfauth")
+    monkeypatch.setenv("PREFECT_API_KEY", key)
+    monkeypatch.setenv("PREFECT_API_AUTH_STRING", f"admin:{auth}")
+    monkeypatch.setenv("PGSSLKEY", "/etc/klb/secrets/client.key")
+    given = random_secret("given")
+    out = run(
+        [sys.executable, "-c", "import json, os; print(json.dumps(dict(os.environ)))"], {"API_KEY": given}
+    )
+    child = json.loads(out)
+    assert key not in out and auth not in out, sorted(child)
+    assert child["API_KEY"] == given and child["PGSSLKEY"] == "/etc/klb/secrets/client.key"

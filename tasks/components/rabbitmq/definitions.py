@@ -5,6 +5,7 @@ from each other or from what the broker holds now.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import httpx
@@ -69,6 +70,20 @@ EXCHANGE_PROPS = ("type", "durable", "auto_delete", "internal", "arguments")
 POLICY_PROPS = ("pattern", "apply-to", "definition", "priority")
 
 
+# the password of a URI's userinfo (`amqp://user:password@host`): a shovel's src-uri/dest-uri and
+# a federation upstream's uri carry one, and a message quoting a definition would carry it on
+# into the error, the log, the run's state and the restore record
+_URI_PASSWORD = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s\"']*):[^\s\"']*@")
+
+
+def shown(value: Any) -> str:
+    """`value` (a definition or one of its properties) for a message: JSON, with the password of
+    every URI in it hidden."""
+    return _URI_PASSWORD.sub(
+        r"\1:***@", value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    )
+
+
 def _props(item: dict[str, Any], props: tuple[str, ...]) -> dict[str, Any]:
     return {p: item.get(p) for p in props}
 
@@ -109,7 +124,7 @@ def differences(
             elif _props(live, props) != _props(item, props):
                 out.append(
                     f"{kind} {item['name']!r} in vhost {vhost!r}: "
-                    f"live {_props(live, props)} != backup {_props(item, props)}"
+                    f"live {shown(_props(live, props))} != backup {shown(_props(item, props))}"
                 )
     if not missing_ok and defs.get("bindings"):
         live_bindings = {
@@ -195,10 +210,8 @@ def restored_differences(
             what = f"parameter {p['component']} {p['name']!r} in vhost {vhost!r}"
             if (vhost, p["component"], p["name"]) not in live:
                 out.append(f"{what} is missing")
-            elif live[(vhost, p["component"], p["name"])] != p.get("value"):
-                out.append(
-                    f"{what}: live {live[(vhost, p['component'], p['name'])]} != backup {p.get('value')}"
-                )
+            elif (now := live[(vhost, p["component"], p["name"])]) != p.get("value"):
+                out.append(f"{what}: live {shown(now)} != backup {shown(p.get('value'))}")
     if broker_doc is None:
         return out
     globals_ = [p for p in broker_doc.get("global_parameters") or [] if p["name"] not in _OWN_GLOBALS]
@@ -211,15 +224,14 @@ def restored_differences(
             if p["name"] not in live:
                 out.append(f"global parameter {p['name']!r} is missing")
             elif live[p["name"]] != p.get("value"):
-                out.append(
-                    f"global parameter {p['name']!r}: live {live[p['name']]} != backup {p.get('value')}"
-                )
+                what = f"global parameter {p['name']!r}"
+                out.append(f"{what}: live {shown(live[p['name']])} != backup {shown(p.get('value'))}")
     others = [k for k, v in broker_doc.items() if isinstance(v, list) and v and k not in _COMPARED]
     if others:
         export = _get(target, client, "/definitions", "export definitions") or {}
         for kind in others:
             missing = [i for i in broker_doc[kind] if i not in (export.get(kind) or [])]
-            out += [f"{kind} {json.dumps(i, sort_keys=True)[:200]} is missing or different" for i in missing]
+            out += [f"{kind} {shown(i)[:200]} is missing or different" for i in missing]
     return out
 
 
