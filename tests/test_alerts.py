@@ -41,7 +41,7 @@ def test_prometheusrule_holds_the_same_rules_and_passes_promtool_check(tmp_path)
 
 
 def test_rule_unit_tests_pass():
-    out = promtool("test", "rules", "rules.test.yml")
+    out = promtool("test", "rules", "rules.test.yml", "rules.age.test.yml")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "SUCCESS" in out.stdout
 
