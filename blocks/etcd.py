@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from blocks.strict import StrictBlock
+from blocks.strict import StrictBlock, without_credentials
 
 
 class SwapMode(StrEnum):
@@ -82,9 +82,15 @@ class EtcdTarget(StrictBlock):
     @classmethod
     def _urls(cls, endpoints: list[str]) -> list[str]:
         for url in endpoints:
+            without_credentials(url)  # before any message that would quote it
             if not url.startswith(("http://", "https://")) or "," in url or " " in url:
                 raise ValueError(f"endpoint {url!r} must be one http(s):// URL")
         return endpoints
+
+    @field_validator("peer_url")
+    @classmethod
+    def _peer(cls, value: str | None) -> str | None:
+        return value if value is None else without_credentials(value)
 
     @model_validator(mode="after")
     def _one_source_each(self) -> EtcdTarget:

@@ -7,6 +7,7 @@ import re
 from pydantic import Field, SecretStr, field_validator
 
 from blocks.postgres import PostgresTarget
+from blocks.strict import without_credentials
 
 _ARCHIVE_URL = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9._-]+)*/?$")
 
@@ -32,9 +33,15 @@ class PitrTarget(PostgresTarget):
     aws_access_key_id: SecretStr | None = Field(default=None, description="archive read credentials")
     aws_secret_access_key: SecretStr | None = None
 
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return value if value is None else without_credentials(value)
+
     @field_validator("archive_url")
     @classmethod
     def _s3_url(cls, value: str) -> str:
+        without_credentials(value)  # before the message below quotes it
         if not _ARCHIVE_URL.match(value):
             raise ValueError(f"archive_url {value!r} must look like s3://bucket/path")
         return value.rstrip("/")
