@@ -41,57 +41,33 @@ MIB = 1024 * 1024
 PART_BYTES = 1024 * MIB  # a split table: a part per GiB of heap at most...
 MIN_PARTS, MAX_PARTS = 4, 256  # ...and at least as many as a restore's parallel sessions
 
-# built-in types (fixed OIDs) whose binary send/receive carry the stored value exactly and read
-# no setting but client_encoding (for text, which _exact sets both ways), with their arrays:
-# bool bytea int8 int2 int4 text oid json float4 float8 bpchar varchar date time timestamp
-# timestamptz interval timetz numeric uuid jsonb (tests/test_postgres_table_parts.py checks names)
-BINARY_SCALARS = (
-    16,
-    17,
-    20,
-    21,
-    23,
-    25,
-    26,
-    114,
-    700,
-    701,
-    1042,
-    1043,
-    1082,
-    1083,
-    1114,
-    1184,
-    1186,
-    1266,
-    1700,
-    2950,
-    3802,
-)
-BINARY_ARRAYS = (
-    1000,
-    1001,
-    1016,
-    1005,
-    1007,
-    1009,
-    1028,
-    199,
-    1021,
-    1022,
-    1014,
-    1015,
-    1182,
-    1183,
-    1115,
-    1185,
-    1187,
-    1270,
-    1231,
-    2951,
-    3807,
-)
-BINARY_EXACT = frozenset(BINARY_SCALARS + BINARY_ARRAYS)
+# built-in types whose binary send/receive carry the stored value exactly and read no setting but
+# client_encoding (for text, which _exact sets both ways): name -> (its fixed OID, its array's)
+# (tests/test_postgres_table_parts.py checks them against pg_type)
+BINARY_TYPES = {
+    "bool": (16, 1000),
+    "bytea": (17, 1001),
+    "int8": (20, 1016),
+    "int2": (21, 1005),
+    "int4": (23, 1007),
+    "text": (25, 1009),
+    "oid": (26, 1028),
+    "json": (114, 199),
+    "float4": (700, 1021),
+    "float8": (701, 1022),
+    "bpchar": (1042, 1014),
+    "varchar": (1043, 1015),
+    "date": (1082, 1182),
+    "time": (1083, 1183),
+    "timestamp": (1114, 1115),
+    "timestamptz": (1184, 1185),
+    "interval": (1186, 1187),
+    "timetz": (1266, 1270),
+    "numeric": (1700, 1231),
+    "uuid": (2950, 2951),
+    "jsonb": (3802, 3807),
+}
+BINARY_EXACT = frozenset(oid for pair in BINARY_TYPES.values() for oid in pair)
 
 
 def _exact(encoding: str | None) -> tuple[str, ...]:
