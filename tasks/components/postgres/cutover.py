@@ -70,14 +70,14 @@ def swap(target: PostgresTarget, new: str, name: str, keep_as: str) -> dict[str,
                     ) from None
                 log.info("sessions still on %s; retrying the cut-over", name)
                 time.sleep(0.2)
+        slots = logical_slots(conn, keep_as) if had_old else []  # committed: under its new name
     log.info(
         "cut over: %s is now %s%s", new, name, f"; the previous one is kept as {keep_as}" if had_old else ""
     )
     report: dict[str, Any] = {"database": name, "kept_as": keep_as if had_old else None}
-    with admin(target, admin_db) as conn:
-        if had_old and (slots := logical_slots(conn, keep_as)):
-            report["replication_slots_left_on_kept_copy"] = slots
-            log.warning("%s: %s", name, slots_note(keep_as, slots))
+    if slots:
+        report["replication_slots_left_on_kept_copy"] = slots
+        log.warning("%s: %s", name, slots_note(keep_as, slots))
     return report
 
 
