@@ -11,7 +11,8 @@ from pathlib import Path
 import tasks.components.postgres as pg
 from tasks.components.postgres import memberships, roles
 from tasks.components.postgres.common import connect
-from tasks.components.postgres.fingerprint import diff_fingerprints, fingerprint_database
+from tasks.components.postgres.fingerprint import fingerprint_database
+from tasks.components.postgres.fingerprint_diff import diff_fingerprints
 from tasks.proc import run
 from tasks.storage.session import backup_session
 from tests.pg_helpers import db_names, drop, exec_in, make_db, new_name, scalar, target_for

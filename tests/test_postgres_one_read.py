@@ -17,10 +17,10 @@ from tasks.components.postgres.fingerprint import (
     V3,
     V4,
     V5,
-    diff_fingerprints,
     fingerprint_database,
     recorded_algorithm,
 )
+from tasks.components.postgres.fingerprint_diff import diff_fingerprints
 from tasks.errors import IntegrityError
 from tests.pg_helpers import db_names, drop, exec_in, make_db, new_name, state, target_for
 from tests.test_postgres import take_backup

@@ -190,7 +190,12 @@ def lock_what_it_reads(conn: psycopg.Connection) -> None:
         conn.execute(f"LOCK TABLE {listed} IN ACCESS SHARE MODE")  # names quoted by the server
 
 
-def fingerprint(conn: psycopg.Connection, algorithm: str | None = None, kinds: str = "rSm") -> dict[str, Any]:
+def fingerprint(
+    conn: psycopg.Connection,
+    algorithm: str | None = None,
+    kinds: str = "rSm",
+    read: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Per table: row count and an order-independent checksum (sum of 64-bit row hashes).
 
     A sum needs no sort, so it costs one sequential scan and constant memory, and it is the same
@@ -198,9 +203,10 @@ def fingerprint(conn: psycopg.Connection, algorithm: str | None = None, kinds: s
     (read now: sequences are not transactional, see diff_fingerprints).
     Runs in the caller's transaction, so it sees exactly that transaction's snapshot.
     `kinds`: of relations, r(tables, with the large objects), S(equences), m(aterialized views).
+    `read`: tables already read by table_fingerprint (key -> rows and sum), taken as they are.
     """
     algorithm = algorithm or algorithm_for(conn)
-    expression = fingerprint_sum(algorithm)  # a constant of this module, never input
+    fingerprint_sum(algorithm)  # an algorithm this version knows
     for stmt in _STABLE_SETTINGS:
         conn.execute(stmt)
     rels = conn.execute(
@@ -249,29 +255,16 @@ def fingerprint(conn: psycopg.Connection, algorithm: str | None = None, kinds: s
         ):
             views[key] = {"populated": False}  # WITH NO DATA: reading it is an error
             continue
-        rows_of: sql.Composable = ident
         # the root's columns are a partition's, by name: in its order a row hashes alike in each
         part = at_root.get(oid) if kind == "r" and condition is None else None
         if part:
             roots[key] = f"{part['schema']}.{part['table']}" if old_keys else part["root_key"]
-        if expression is None:
-            row_sum: sql.Composable = _per_column_sum(conn, part["root_oid"] if part else oid, algorithm)
-        else:
-            row_sum = sql.SQL(expression)
-            if part:
-                rows_of = sql.SQL("(SELECT {} FROM ONLY {})").format(_columns(conn, part["root_oid"]), ident)
-        if condition is not None:
-            # an extension's configuration table (pg_extension_config_dump): pg_dump keeps the
-            # rows its condition selects (the rest CREATE EXTENSION makes); the condition is the
-            # extension's SQL, which pg_dump runs as it is too
-            rows_of = sql.SQL("(SELECT * FROM {} {})").format(ident, sql.SQL(condition))
-        rows, total = conn.execute(
-            sql.SQL("SELECT count(*), {} FROM {} AS klb_r").format(row_sum, rows_of)
-        ).fetchone()
-        (views if kind == "m" else configs if condition is not None else tables)[key] = {
-            "rows": rows,
-            "sum": total,
-        }
+        elif kind == "r" and condition is None and key in (read or {}):
+            tables[key] = read[key]  # type: ignore[index]
+            continue
+        (views if kind == "m" else configs if condition is not None else tables)[key] = _rows_and_sum(
+            conn, ident, oid, algorithm, part, condition
+        )
     out: dict[str, Any] = {"tables": tables, "sequences": sequences}
     if algorithm in _AT_ROOT and "r" in kinds:
         out["compared_at_root"] = roots
@@ -287,17 +280,71 @@ def fingerprint(conn: psycopg.Connection, algorithm: str | None = None, kinds: s
     return out
 
 
+def _rows_and_sum(
+    conn: psycopg.Connection,
+    ident: sql.Identifier,
+    oid: int,
+    algorithm: str,
+    part: dict[str, Any] | None = None,
+    condition: str | None = None,
+) -> dict[str, Any]:
+    """One relation's row count and sum. `part`: a partition compared at its root (its rows
+    hashed in the root's column order); `condition`: an extension configuration table's."""
+    expression = fingerprint_sum(algorithm)  # a constant of this module, never input
+    rows_of: sql.Composable = ident
+    if expression is None:
+        row_sum: sql.Composable = _per_column_sum(conn, part["root_oid"] if part else oid, algorithm)
+    else:
+        row_sum = sql.SQL(expression)
+        if part:
+            rows_of = sql.SQL("(SELECT {} FROM ONLY {})").format(_columns(conn, part["root_oid"]), ident)
+    if condition is not None:
+        # an extension's configuration table (pg_extension_config_dump): pg_dump keeps the
+        # rows its condition selects (the rest CREATE EXTENSION makes); the condition is the
+        # extension's SQL, which pg_dump runs as it is too
+        rows_of = sql.SQL("(SELECT * FROM {} {})").format(ident, sql.SQL(condition))
+    rows, total = conn.execute(
+        sql.SQL("SELECT count(*), {} FROM {} AS klb_r").format(row_sum, rows_of)
+    ).fetchone()
+    return {"rows": rows, "sum": total}
+
+
+def table_fingerprint(conn: psycopg.Connection, schema: str, table: str, algorithm: str) -> dict[str, Any]:
+    """One ordinary table's entry of fingerprint(), {key: {rows, sum}}, read now: for a restore
+    that reads each table as soon as its rows are all loaded (table_parts.load), so the scan runs
+    beside the other tables' loading instead of beside the index builds. Empty where the entry
+    cannot be read on its own: a partition (rows may be routed into it from elsewhere, and hash
+    partitions are compared at their root), a parent of inheritance (its scan reads its children's
+    rows, loaded by others), or a fingerprint from before v4 (other keys)."""
+    if algorithm in _FINGERPRINT_SUMS or algorithm == V3:
+        return {}
+    found = conn.execute(
+        """SELECT c.oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'r' AND NOT c.relispartition
+             AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid)""",
+        (schema, table),
+    ).fetchone()
+    if found is None:
+        return {}
+    for stmt in _STABLE_SETTINGS:
+        conn.execute(stmt)
+    return {found[1]: _rows_and_sum(conn, sql.Identifier(schema, table), found[0], algorithm)}
+
+
 def fingerprint_database(
     target: PostgresTarget,
     dbname: str,
     algorithm: str | None = None,
     kinds: str = "rSm",
     table_by_table: bool = False,
+    read: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`table_by_table`: each table read in a transaction of its own, its lock let go once read,
     for a database nobody writes to but a restore's own post-data build (a side database): in
     one transaction every table read stays locked to its end, and post-data's ADD PRIMARY KEY
-    on any of them (ACCESS EXCLUSIVE) waits for the whole scan, holding a build job idle."""
+    on any of them (ACCESS EXCLUSIVE) waits for the whole scan, holding a build job idle.
+    `read`: tables already read (fingerprint)."""
     conn = connect(target, dbname, autocommit=table_by_table)
     try:
         if table_by_table:
@@ -305,80 +352,7 @@ def fingerprint_database(
         else:
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             conn.read_only = True
-        return fingerprint(conn, algorithm, kinds)
+        return fingerprint(conn, algorithm, kinds, read)
     finally:
         conn.rollback()
         conn.close()
-
-
-def diff_fingerprints(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
-    """Human-readable differences, empty when the restore matches the backup.
-
-    Tables must match exactly; the partitions of a hierarchy with hash partitioning in it (v6's
-    `compared_at_root`) as exactly, added up at their root (partitions.py). Sequences are outside
-    MVCC: pg_dump reads their value when it reaches them, not at the snapshot, so a restored
-    sequence may be ahead of the recorded value (never behind: that would hand out ids already
-    used). Ahead is the way it counts: lower for a descending one (its increment; fingerprints
-    before it was recorded have the restored one's).
-    """
-    out = []
-    exp, act = expected.get("tables", {}), actual.get("tables", {})
-    # partitions whose rows may move between them: compared at their root (v6; none before)
-    roots = expected.get("compared_at_root") or {}
-    for key in sorted(set(exp) | set(act)):
-        if key not in act:
-            out.append(f"table {key} missing after restore")
-        elif key not in exp:
-            out.append(f"table {key} not in the backup")
-        elif exp[key] != act[key] and key not in roots:
-            out.append(f"table {key}: backup {exp[key]} != restored {act[key]}")
-    out += partitions.root_differences(roots, exp, act)
-    if "extension_config" in expected:  # fingerprints before it was recorded have none
-        exp_cfg, act_cfg = expected["extension_config"], actual.get("extension_config", {})
-        for key in sorted(set(exp_cfg) | set(act_cfg)):
-            if exp_cfg.get(key) != act_cfg.get(key):
-                was, now = exp_cfg.get(key), act_cfg.get(key)
-                out.append(f"extension configuration table {key}: backup {was} != restored {now}")
-    if "large_objects" in expected and expected["large_objects"] != actual.get("large_objects"):
-        out.append(
-            f"large objects: backup {expected['large_objects']} != restored {actual.get('large_objects')}"
-        )
-    exp, act = expected.get("sequences", {}), actual.get("sequences", {})
-    for key in sorted(set(exp) | set(act)):
-        if key not in act or key not in exp:
-            out.append(f"sequence {key} {'missing after restore' if key not in act else 'not in the backup'}")
-        elif _progress(act[key], exp[key]) < _progress(exp[key], act[key]):
-            out.append(f"sequence {key}: restored {act[key]} is behind the backup's {exp[key]}")
-    return out
-
-
-def materialized_view_differences(expected: dict[str, Any], actual: dict[str, Any]) -> dict[str, str]:
-    """Materialized views whose rows differ from the backup's (one refreshed last before the backup
-    while its tables changed since): view -> what differs. One populated at backup and not now,
-    or the other way round, or missing, is an IntegrityError: that a restore gives back exactly."""
-    exp, act = expected.get("materialized_views"), actual.get("materialized_views", {})
-    if exp is None:
-        return {}  # a fingerprint from before they were recorded
-    wrong = []
-    for key in sorted(set(exp) | set(act)):
-        if key not in act or key not in exp:
-            where = "missing after restore" if key not in act else "not in the backup"
-            wrong.append(f"materialized view {key} {where}")
-        elif exp[key].get("populated", True) != act[key].get("populated", True):
-            state = "populated" if exp[key].get("populated", True) else "not populated (WITH NO DATA)"
-            wrong.append(f"materialized view {key} was {state} at backup, and is not now")
-    if wrong:
-        raise IntegrityError("; ".join(wrong))
-    return {
-        key: f"backup had {exp[key]['rows']} rows (sum {exp[key]['sum']}), refreshed it has "
-        f"{act[key]['rows']} rows (sum {act[key]['sum']}): it was not refreshed since its tables "
-        "last changed before the backup, and pg_dump keeps no rows of a materialized view"
-        for key in sorted(exp)
-        if exp[key] != act[key]
-    }
-
-
-def _progress(seq: dict[str, Any], other: dict[str, Any]) -> tuple[int, bool]:
-    """How far `seq` has counted: its value in its own direction, then whether it was used."""
-    step = seq.get("increment") or other.get("increment") or 1
-    return (seq["last_value"] if step > 0 else -seq["last_value"], seq["is_called"])

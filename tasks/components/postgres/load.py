@@ -16,12 +16,8 @@ from typing import IO, Any
 from blocks.postgres import PostgresTarget
 from blocks.store import StoreBlock
 from tasks.components.postgres.common import conninfo_dbname, engine_env, tool
-from tasks.components.postgres.fingerprint import (
-    diff_fingerprints,
-    fingerprint_database,
-    materialized_view_differences,
-    recorded_algorithm,
-)
+from tasks.components.postgres.fingerprint import fingerprint_database, recorded_algorithm
+from tasks.components.postgres.fingerprint_diff import diff_fingerprints, materialized_view_differences
 from tasks.errors import IntegrityError
 from tasks.models import Manifest, StoredObject
 from tasks.proc import feed_stdin, private_dir, run
@@ -129,21 +125,26 @@ def build_post_data(target: PostgresTarget, path: str, db: str, side: str, no_ow
             run([*last, path], env, timeout=None, name=f"pg_restore (event triggers) {db}")
 
 
-def _side_fingerprint(target: PostgresTarget, manifest: Manifest, side: str, kinds: str) -> dict[str, Any]:
+def _side_fingerprint(
+    target: PostgresTarget, manifest: Manifest, side: str, kinds: str, read: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The side database's fingerprint by the backup's algorithm, table by table: nothing changes
     it but post-data's DDL, which runs beside the scan (fingerprint_database)."""
     algorithm = recorded_algorithm(manifest.fingerprint)
-    return fingerprint_database(target, side, algorithm, kinds=kinds, table_by_table=True)
+    return fingerprint_database(target, side, algorithm, kinds=kinds, table_by_table=True, read=read)
 
 
-def check_fingerprint(target: PostgresTarget, manifest: Manifest, db: str, side: str) -> dict[str, Any]:
+def check_fingerprint(
+    target: PostgresTarget, manifest: Manifest, db: str, side: str, read: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The side database's fingerprint (heap rows and sequences only), which must equal the
-    manifest's; raises IntegrityError with the differences otherwise."""
+    manifest's; raises IntegrityError with the differences otherwise. `read`: tables read as
+    they loaded (table_parts.load), taken as they are."""
     expected = (manifest.fingerprint or {}).get("databases", {}).get(db)
     if expected is None:
         raise IntegrityError(f"backup {manifest.id} has no fingerprint for {db!r}: cannot verify the restore")
     # materialized views are not refreshed yet (post-data): check_materialized_views, after
-    actual = _side_fingerprint(target, manifest, side, kinds="rS")
+    actual = _side_fingerprint(target, manifest, side, kinds="rS", read=read)
     diff = diff_fingerprints(expected, actual)
     if diff:
         raise IntegrityError(f"restored {db!r} does not match backup {manifest.id}: " + "; ".join(diff[:10]))
@@ -173,7 +174,13 @@ def refreshes_views(manifest: Manifest, db: str) -> bool:
 
 
 def fingerprint_while_building(
-    target: PostgresTarget, manifest: Manifest, db: str, side: str, post_path: str, no_owner: bool
+    target: PostgresTarget,
+    manifest: Manifest,
+    db: str,
+    side: str,
+    post_path: str,
+    no_owner: bool,
+    read: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The fingerprint scan (heap only) runs while post-data builds: CREATE INDEX lets it read;
     an ADD PRIMARY KEY waits for the scan of its table (each table read in a transaction of its
@@ -181,7 +188,7 @@ def fingerprint_while_building(
     after the other (docs/performance.md)."""
     pool = ThreadPoolExecutor(1, thread_name_prefix="pg-fingerprint")
     try:
-        future = pool.submit(check_fingerprint, target, manifest, db, side)
+        future = pool.submit(check_fingerprint, target, manifest, db, side, read)
         try:
             build_post_data(target, post_path, db, side, no_owner)
         except Exception:

@@ -26,6 +26,7 @@ from tasks.components.postgres.common import (
 )
 from tasks.components.postgres.cutover import swap
 from tasks.components.postgres.dump import GLOBALS
+from tasks.components.postgres.fingerprint import recorded_algorithm
 from tasks.errors import BadInput, ComponentFailed, IsolationTaken, target_untouched
 from tasks.models import Manifest
 from tasks.named_blocks import load_named
@@ -167,19 +168,24 @@ def restore_aside(
                 # no --single-transaction: the side database already makes the restore all or
                 # nothing (dropped on any failure), and one transaction over every table can run
                 # out of lock slots (max_locks_per_transaction) on a database with many tables
+                # post-data ends by refreshing materialized views, and a view's query may write
+                # (a volatile function keeping an audit log): then every table is read after it
+                refreshes = load.refreshes_views(manifest, db)
+                algorithm = None if refreshes else recorded_algorithm(manifest.fingerprint)
                 with _timed(seconds, "load"):
                     load.load_stream(target, store, obj, db, side, no_owner, single_transaction=False)
-                    # the large tables, made empty by pre-data: their parts in parallel
-                    table_parts.load(target, store, manifest, info, db, side, load.POST_DATA_JOBS)
+                    # the large tables, made empty by pre-data: their parts in parallel, each
+                    # whole one read for the fingerprint as soon as it is loaded
+                    read = table_parts.load(
+                        target, store, manifest, info, db, side, load.POST_DATA_JOBS, algorithm
+                    )
                 with _timed(seconds, "fingerprint+post_data"):
-                    if load.refreshes_views(manifest, db):
-                        # post-data ends by refreshing them, and a view's query may write (a
-                        # volatile function keeping an audit log): the tables are scanned after
+                    if refreshes:
                         load.build_post_data(target, post_path, db, side, no_owner)
                         actual = load.check_fingerprint(target, manifest, db, side)
                     else:
                         actual = load.fingerprint_while_building(
-                            target, manifest, db, side, post_path, no_owner
+                            target, manifest, db, side, post_path, no_owner, read
                         )
                     # once post-data has refreshed them
                     views = load.check_materialized_views(target, manifest, db, side)

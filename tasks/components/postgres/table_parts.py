@@ -30,7 +30,8 @@ import psycopg
 
 from blocks.postgres import PostgresTarget
 from blocks.store import StoreBlock
-from tasks.components.postgres.common import conninfo_dbname, dump_encoding, engine_env, psql
+from tasks.components.postgres.common import connect, conninfo_dbname, dump_encoding, engine_env, psql
+from tasks.components.postgres.fingerprint import table_fingerprint
 from tasks.errors import IntegrityError
 from tasks.models import Manifest, StoredObject
 from tasks.proc import feed_stdin, stream_stdout
@@ -252,15 +253,20 @@ def load(
     db: str,
     side: str,
     jobs: int,
-) -> None:
+    fingerprint_with: str | None = None,
+) -> dict[str, Any]:
     """Every part into `side` (its tables made by pre-data, empty), `jobs` COPY sessions at a
     time, each part checked as it streams; after the first failure no other part starts (the
-    caller then drops `side`)."""
+    caller then drops `side`). With `fingerprint_with` (an algorithm), a table in one object
+    loaded into itself is read for the fingerprint right after its COPY, in the same job: it then
+    holds exactly that object's rows, and nothing but post-data's DDL comes after. Returns those
+    tables' fingerprint entries (fingerprint.table_fingerprint)."""
     work: list[tuple[dict[str, Any], StoredObject]] = [
         (table, manifest.object(name)) for table in info.get("table_parts", []) for name in table["objects"]
     ]
+    read: dict[str, Any] = {}
     if not work:
-        return
+        return read
     with engine_env(target, side) as env:
 
         def one(table: dict[str, Any], obj: StoredObject) -> Callable[[], None]:
@@ -271,9 +277,19 @@ def load(
             copy_in = f"COPY {_pattern(into['schema'], into['table'])} ({columns}) FROM STDIN{_format(table)}"
             argv = _psql(target, side, [*_exact(info.get("encoding")), copy_in])
             label = f"COPY {table['schema']}.{table['table']} ({obj.name}, {db})"
-            # read_all: a psql that stopped at a stray end-of-data line loaded part of the rows
-            return lambda: consume_checked(
-                read_object(store, obj), lambda s: feed_stdin(argv, s, env, name=label, read_all=True)
-            )
+            whole = len(table["objects"]) == 1 and "load_into" not in table
+
+            def job() -> None:
+                # read_all: a psql that stopped at a stray end-of-data line loaded part of the rows
+                consume_checked(
+                    read_object(store, obj), lambda s: feed_stdin(argv, s, env, name=label, read_all=True)
+                )
+                if whole and (algorithm := fingerprint_with) is not None:
+                    with connect(target, side, autocommit=True) as conn:
+                        conn.execute("SET default_transaction_read_only = on")
+                        read.update(table_fingerprint(conn, table["schema"], table["table"], algorithm))
+
+            return job
 
         _all_or_first_error([one(table, obj) for table, obj in work], jobs)
+    return read
