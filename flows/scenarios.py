@@ -247,6 +247,7 @@ def full_cluster_restore(
         restore_options(component, given)
     store_block = load_store(store)
     run = read_step(store_block, run_key(store_block, run_id)) if run_id else None
+    settings = None
     if run_id and run is None:  # a dry run of a resume too: it would show the plan of 'latest'
         raise NotFound(
             f"no full cluster restore run {run_id} to resume in {store_block.location}: copy the run id "
@@ -260,7 +261,7 @@ def full_cluster_restore(
             )
         recovery_point = run["recovery_point"]
         # a resume restores and verifies into what the run started with, or is refused
-        targets, options = check_resume(run, targets, options)
+        targets, options, settings = check_resume(run, targets, options)
     plan = build_plan(store_block, recovery_point=recovery_point, targets=targets)
     create_markdown_artifact(
         key="full-cluster-restore-plan",
@@ -270,6 +271,8 @@ def full_cluster_restore(
         return {"dry_run": True, "recovery_point": plan.source, "plan": plan.model_dump(mode="json")}
     rp = get_recovery_point(store_block, plan.source)
     manifests = member_manifests(store_block, rp)
+    if run is not None and settings is not None:  # a target configured since: held to it from now on
+        put_record(store_block, run_key(store_block, run_id), {**run, "settings": settings})
     if run is None:
         run_id = new_backup_id("dr")
         put_record(

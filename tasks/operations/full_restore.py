@@ -109,12 +109,14 @@ def run_settings(targets: dict[str, str | Block], options: dict[str, dict[str, A
 
 def check_resume(
     run: dict[str, Any], targets: dict[str, str | Block], options: dict[str, dict[str, Any]]
-) -> tuple[dict[str, str | Block], dict[str, dict[str, Any]]]:
+) -> tuple[dict[str, str | Block], dict[str, dict[str, Any]], dict[str, Any] | None]:
     """The targets and options a resume of `run` uses: the recorded ones when none are given,
-    else the given ones only if they are the same; BadInput naming what differs otherwise. A run
-    recorded before settings were kept resumes with what is given, as before."""
+    else the given ones only if they are the same; BadInput naming what differs otherwise. A
+    component that was not configured (its step skipped, nothing restored into it) may be now:
+    the third value is then the run's settings with its target, to record before its step runs
+    (None: unchanged). A run recorded before settings were kept resumes with what is given."""
     if "settings" not in run:
-        return targets, options
+        return targets, options, None
     recorded = run["settings"]
     run_id = run.get("run_id")
     if options and options != recorded["options"]:
@@ -129,10 +131,11 @@ def check_resume(
     def label(entry: dict | None) -> str:
         return (entry or {}).get("label", "not configured")
 
+    added = {n: now[n] for n, r in recorded["targets"].items() if r is None and now.get(n) is not None}
     differ = {
         n: f"{label(r)} then, {label(now.get(n))} now"
         for n, r in recorded["targets"].items()
-        if (r or {}).get("identity") != (now.get(n) or {}).get("identity")
+        if n not in added and (r or {}).get("identity") != (now.get(n) or {}).get("identity")
     }
     if differ:
         raise BadInput(
@@ -141,7 +144,8 @@ def check_resume(
             + ". Resume it with the targets it started with (their block names, or the same block "
             "objects), or start a new run; nothing was changed"
         )
-    return targets, recorded["options"]
+    settings = {**recorded, "targets": {**recorded["targets"], **added}} if added else None
+    return targets, recorded["options"], settings
 
 
 def run_step(
