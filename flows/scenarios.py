@@ -39,6 +39,7 @@ from tasks.operations.disaster import (
 )
 from tasks.operations.full_restore import (
     check_resume,
+    left_out,
     not_verified,
     read_step,
     run_key,
@@ -332,9 +333,20 @@ def full_cluster_restore(
             statuses[step] += "; not verified: " + "; ".join(f"{n} ({why})" for n, why in unchecked.items())
         if component:
             done[component] = outcome
+    # a component of the point that did not come back: never a run that reads as done
+    missed = left_out(rp, done, targets or {})
+    for step, component in DR_STEPS:
+        if component in missed:
+            statuses[step] = f"NOT RESTORED: {missed[component]}"
     rows = [(i, s, statuses[s]) for i, (s, _) in enumerate(DR_STEPS, start=1)]
     create_markdown_artifact(
         key="full-cluster-restore",
         markdown=f"# Full cluster restore {run_id} from {rp.id}\n\n" + table(["#", "step", "status"], rows),
     )
+    if missed:
+        raise ComponentFailed(
+            f"full cluster restore {run_id} from {rp.id} did not restore "
+            + "; ".join(f"{c}: {why}" for c, why in missed.items())
+            + f". The other steps are done; resume with run_id={run_id!r} once that is fixed"
+        )
     return {"dry_run": False, "run_id": run_id, "recovery_point": rp.id, "steps": statuses}

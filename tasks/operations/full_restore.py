@@ -14,6 +14,7 @@ from tasks.components.registry import load, load_target
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError, NotFound
 from tasks.models import Manifest
 from tasks.operations.plan import DR_STEPS, PLAN_ONLY, target_label
+from tasks.operations.recovery import RecoveryPoint
 from tasks.operations.restores import target_digest
 from tasks.storage.layout import layout
 from tasks.storage.records import get_record
@@ -84,6 +85,27 @@ def verify_restored(
 def not_verified(outcome: dict[str, Any]) -> dict[str, str]:
     """Component -> why the verify step could not check it (from verify_restored's outcome)."""
     return {n: v["not_verified"] for n, v in (outcome.get("verified") or {}).items() if v.get("not_verified")}
+
+
+def left_out(rp: RecoveryPoint, outcomes: dict[str, dict], targets: dict[str, str | Block]) -> dict[str, str]:
+    """Component -> why the run did not bring it back though the recovery point asks for it: the
+    point holds its backup and its step was skipped, its target not configured; or the point
+    lacks it (it failed when the point was taken). Skipped as already identical is back."""
+    out: dict[str, str] = {}
+    for _, name in DR_STEPS:
+        if name is None:
+            continue
+        if name in rp.failed:
+            out[name] = (
+                f"failed in recovery point {rp.id} ({rp.failed[name][:200]}): restore it from another "
+                "backup (restore_with_checklist)"
+            )
+        elif name in rp.members and (outcomes.get(name) or {}).get("status") == "skipped":
+            try:
+                load_target(name, targets.get(name))
+            except ConfigurationError as exc:
+                out[name] = f"its target is not configured ({exc}): configure it and resume"
+    return out
 
 
 def run_settings(targets: dict[str, str | Block], options: dict[str, dict[str, Any]]) -> dict[str, Any]:

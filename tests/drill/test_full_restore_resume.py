@@ -8,7 +8,8 @@ import pytest
 
 from flows.backup import backup_all
 from flows.scenarios import full_cluster_restore
-from tasks.errors import BadInput
+from tasks.errors import BadInput, ComponentFailed
+from tasks.operations.recovery import list_recovery_points
 from tests.drill.conftest import Prod
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -89,3 +90,35 @@ def _run_id(state) -> str:
     if state.is_completed():
         return state.result()["run_id"]
     return str(state.message).split("run_id='")[1].split("'")[0]
+
+
+def test_a_full_cluster_restore_that_leaves_out_a_component_of_the_point_fails_naming_it(
+    local_store, prod, monkeypatch
+):
+    """The recovery point holds a backup of a component the run did not restore (its target not
+    configured here), or lacks one because it failed when the point was taken: the run ended
+    Completed, 'skipped' among its steps, a DR that said it was done with a component still lost."""
+    monkeypatch.delenv("KLB_APP_STATE_TARGET", raising=False)
+    monkeypatch.delenv("KLB_ETCD_TARGET", raising=False)
+    store = local_store()
+    target = prod.target()
+    backup_all(components=["app-state"], targets={"app-state": target}, store=store)
+    prod.file.write_bytes(b"cluster lost\n")
+
+    state = full_cluster_restore(store=store, dry_run=False, return_state=True)  # app-state not configured
+    assert state.is_failed() and prod.restores == 0
+    with pytest.raises(ComponentFailed, match="(?s)did not restore app-state: .*not configured.*run_id='dr-"):
+        state.result()
+
+    taken = backup_all(
+        components=["app-state", "etcd"], targets={"app-state": target}, store=store, return_state=True
+    )
+    assert taken.is_failed()  # etcd was asked for and is not configured: the point lacks it
+    rp = list_recovery_points(store)[-1]
+    assert set(rp.members) == {"app-state"} and "etcd" in rp.failed
+    state = full_cluster_restore(
+        recovery_point=rp.id, targets={"app-state": target}, store=store, dry_run=False, return_state=True
+    )
+    assert state.is_failed() and prod.restores == 1  # what the point holds was restored
+    with pytest.raises(ComponentFailed, match=f"(?s)did not restore etcd: failed in recovery point {rp.id}"):
+        state.result()
