@@ -205,7 +205,7 @@ def restore_volumes(
     the apps using them are quiesced, those claims deleted and restored with their data."""
     from tasks.components.kubernetes import api as kube
     from tasks.components.kubernetes.backups import _kinds, load_document
-    from tasks.components.kubernetes.quiesce import quiesced
+    from tasks.components.kubernetes.quiesce import QUIESCED_ANNOTATION, quiesced
     from tasks.components.kubernetes.restores import _plan, _present
     from tasks.operations.disaster import delete_pvcs_task, refuse_retained_volumes
 
@@ -221,6 +221,7 @@ def restore_volumes(
         return restore_task(manifest, target, store, options)  # no claim with its data: nothing to replace
     k = kube.connect(target.kube)
     existing: dict[str, list[str]] = {}
+    left_quiesced = []  # by an interrupted run (a killed step): their apps are put back here too
     for ns in opts.namespaces or sorted(doc["inventory"]):
         if ns in opts.exclude_namespaces:
             continue
@@ -230,8 +231,12 @@ def restore_volumes(
         if there:
             refuse_retained_volumes(target, doc, into, there)  # before any is deleted
             existing[into] = there
+        elif any(
+            QUIESCED_ANNOTATION in (d.metadata.annotations or {}) for d in kube.list_deployments(k, into)
+        ):
+            left_quiesced.append(into)
     with contextlib.ExitStack() as stack:
-        for ns in existing:
+        for ns in [*existing, *left_quiesced]:  # each one's recorded replica counts put back at the end
             stack.enter_context(quiesced(target.kube, ns))
         for ns, names in existing.items():
             delete_pvcs_task(target, ns, names)
