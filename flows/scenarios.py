@@ -46,6 +46,7 @@ from tasks.operations.full_restore import (
     run_settings,
     run_step,
     step_key,
+    verify_pending,
 )
 from tasks.operations.plan import DR_STEPS, build_plan, plan_markdown
 from tasks.operations.recovery import get_recovery_point, member_manifests
@@ -272,6 +273,8 @@ def full_cluster_restore(
         return {"dry_run": True, "recovery_point": plan.source, "plan": plan.model_dump(mode="json")}
     rp = get_recovery_point(store_block, plan.source)
     manifests = member_manifests(store_block, rp)
+    # every backup the run will restore, checked before it changes anything
+    checked = verify_pending(store_block, run_id if run else None, rp.id, plan, manifests, targets or {})
     if run is not None and settings is not None:  # a target configured since: held to it from now on
         put_record(store_block, run_key(store_block, run_id), {**run, "settings": settings})
     if run is None:
@@ -315,6 +318,7 @@ def full_cluster_restore(
                     store_block,
                     (options or {}).get(component) if component else None,
                     done,
+                    component in checked,
                 )
         except Exception as exc:
             put_record(

@@ -175,3 +175,34 @@ def test_a_full_cluster_restore_resumed_after_a_kill_in_its_volumes_step_puts_th
     assert ctl.volumes[(ns, "data")] == f"{ns} volume v1"
     replicas = {d.metadata.name: d.spec.replicas for d in kube.list_deployments(k8s(kube_api), ns)}
     assert replicas == {"api": 2, "worker": 5, "cron": 1}  # the apps back as they were
+
+
+def test_a_full_cluster_restore_checks_every_backup_of_the_point_before_it_changes_anything(
+    prefect_server, kube_api, ctl, local_store, tmp_path
+):
+    """Each step verified its own backup only when its turn came: with the point's app-state
+    backup damaged, the Kubernetes step had already restored the lost namespace from that point
+    when the run failed, and no resume could finish it (the backup stays damaged): the cluster
+    was left half at that point, and a run from an older point then mixed the two."""
+    from flows.backup import backup_all
+    from flows.scenarios import full_cluster_restore
+    from tasks.errors import ComponentFailed
+    from tasks.operations.recovery import get_recovery_point, member_manifests
+    from tests.drill.conftest import Prod, flip_byte
+
+    store = local_store()
+    (ns,) = seed_namespaces(ctl, "whole")
+    prod = Prod(tmp_path / "prod")
+    targets = {"kubernetes": kube_api.velero_target(include_namespaces=[ns]), "app-state": prod.target()}
+    point = backup_all(components=["kubernetes", "app-state"], targets=targets, store=store).recovery_point
+    app = member_manifests(store, get_recovery_point(store, point))["app-state"]
+    flip_byte(store, app.objects[0].key)
+    kube.delete_namespace(k8s(kube_api), ns, interval=0.01)  # the cluster is lost
+
+    state = full_cluster_restore(targets=targets, store=store, dry_run=False, return_state=True)
+
+    assert state.is_failed()
+    with pytest.raises(ComponentFailed, match=f"(?s){app.id} does not verify.*Nothing was changed"):
+        state.result()
+    assert not kube.namespace_exists(k8s(kube_api), ns)  # nothing restored from a point it cannot finish
+    assert prod.restores == 0

@@ -11,9 +11,9 @@ from prefect.blocks.core import Block
 
 from blocks.store import StoreBlock
 from tasks.components.registry import load, load_target
-from tasks.errors import BadInput, ComponentFailed, ConfigurationError, NotFound
+from tasks.errors import BackupError, BadInput, ComponentFailed, ConfigurationError, NotFound
 from tasks.models import Manifest
-from tasks.operations.plan import DR_STEPS, PLAN_ONLY, target_label
+from tasks.operations.plan import DR_STEPS, PLAN_ONLY, RestorePlan, target_label
 from tasks.operations.recovery import RecoveryPoint
 from tasks.operations.restores import target_digest
 from tasks.storage.layout import layout
@@ -170,6 +170,42 @@ def check_resume(
     return targets, recorded["options"], settings
 
 
+def verify_pending(
+    store: StoreBlock,
+    run_id: str | None,
+    rp_id: str,
+    plan: RestorePlan,
+    manifests: dict[str, Manifest],
+    targets: dict[str, str | Block],
+) -> set[str]:
+    """Before any step changes anything: every backup a step still to run would restore is
+    verified (checksums, then the component's own check). One that does not verify fails the run
+    here, changing nothing (checked step by step, the steps before it had restored the point's
+    other components, a run no resume can finish). -> the components verified."""
+    checked: set[str] = set()
+    for index, (step, component) in enumerate(DR_STEPS, start=1):
+        manifest = manifests.get(component) if component else None
+        if manifest is None or component in PLAN_ONLY or plan.step(component).action == "skip":
+            continue
+        previous = read_step(store, step_key(store, run_id, index, step)) if run_id else None
+        if previous and previous.get("status") == "done":
+            continue
+        try:
+            target = load_target(component, targets.get(component))
+        except ConfigurationError:
+            continue  # its step is skipped
+        try:
+            verify_task(manifest, store, target)
+        except BackupError as exc:
+            raise ComponentFailed(
+                f"full cluster restore from {rp_id}: its {component} backup {manifest.id} does not "
+                f"verify ({exc}). Nothing was changed: restore from another recovery point "
+                "(list_recovery_points), or restore the components one by one"
+            ) from exc
+        checked.add(component)
+    return checked
+
+
 def run_step(
     component: str | None,
     plan_action: str,
@@ -178,6 +214,7 @@ def run_step(
     store: StoreBlock,
     options: dict[str, Any] | None,
     done: dict[str, dict],
+    verified: bool = False,
 ) -> dict[str, Any]:
     if component is None:
         return {"status": "done", "verified": verify_restored(done, manifests, targets)}
@@ -187,7 +224,8 @@ def run_step(
     if component in PLAN_ONLY:
         return {"status": "done", "restored": False, "plan": etcd_plan(manifest)}
     target = load_target(component, targets.get(component))
-    verify_task(manifest, store, target)
+    if not verified:  # verify_pending read it before the run changed anything
+        verify_task(manifest, store, target)
     if component == "volumes":
         report = restore_volumes(manifest, target, store, options)
     else:
