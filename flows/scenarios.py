@@ -39,12 +39,14 @@ from tasks.operations.disaster import (
 )
 from tasks.operations.full_restore import (
     check_resume,
+    left_out,
     not_verified,
     read_step,
     run_key,
     run_settings,
     run_step,
     step_key,
+    verify_pending,
 )
 from tasks.operations.plan import DR_STEPS, build_plan, plan_markdown
 from tasks.operations.recovery import get_recovery_point, member_manifests
@@ -247,6 +249,7 @@ def full_cluster_restore(
         restore_options(component, given)
     store_block = load_store(store)
     run = read_step(store_block, run_key(store_block, run_id)) if run_id else None
+    settings = None
     if run_id and run is None:  # a dry run of a resume too: it would show the plan of 'latest'
         raise NotFound(
             f"no full cluster restore run {run_id} to resume in {store_block.location}: copy the run id "
@@ -260,7 +263,7 @@ def full_cluster_restore(
             )
         recovery_point = run["recovery_point"]
         # a resume restores and verifies into what the run started with, or is refused
-        targets, options = check_resume(run, targets, options)
+        targets, options, settings = check_resume(run, targets, options)
     plan = build_plan(store_block, recovery_point=recovery_point, targets=targets)
     create_markdown_artifact(
         key="full-cluster-restore-plan",
@@ -270,6 +273,10 @@ def full_cluster_restore(
         return {"dry_run": True, "recovery_point": plan.source, "plan": plan.model_dump(mode="json")}
     rp = get_recovery_point(store_block, plan.source)
     manifests = member_manifests(store_block, rp)
+    # every backup the run will restore, checked before it changes anything
+    checked = verify_pending(store_block, run_id if run else None, rp.id, plan, manifests, targets or {})
+    if run is not None and settings is not None:  # a target configured since: held to it from now on
+        put_record(store_block, run_key(store_block, run_id), {**run, "settings": settings})
     if run is None:
         run_id = new_backup_id("dr")
         put_record(
@@ -311,6 +318,7 @@ def full_cluster_restore(
                     store_block,
                     (options or {}).get(component) if component else None,
                     done,
+                    component in checked,
                 )
         except Exception as exc:
             put_record(
@@ -329,9 +337,20 @@ def full_cluster_restore(
             statuses[step] += "; not verified: " + "; ".join(f"{n} ({why})" for n, why in unchecked.items())
         if component:
             done[component] = outcome
+    # a component of the point that did not come back: never a run that reads as done
+    missed = left_out(rp, done, targets or {})
+    for step, component in DR_STEPS:
+        if component in missed:
+            statuses[step] = f"NOT RESTORED: {missed[component]}"
     rows = [(i, s, statuses[s]) for i, (s, _) in enumerate(DR_STEPS, start=1)]
     create_markdown_artifact(
         key="full-cluster-restore",
         markdown=f"# Full cluster restore {run_id} from {rp.id}\n\n" + table(["#", "step", "status"], rows),
     )
+    if missed:
+        raise ComponentFailed(
+            f"full cluster restore {run_id} from {rp.id} did not restore "
+            + "; ".join(f"{c}: {why}" for c, why in missed.items())
+            + f". The other steps are done; resume with run_id={run_id!r} once that is fixed"
+        )
     return {"dry_run": False, "run_id": run_id, "recovery_point": rp.id, "steps": statuses}

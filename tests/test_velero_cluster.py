@@ -135,3 +135,74 @@ def test_a_full_cluster_restore_into_a_mapped_namespace_puts_the_volumes_data_th
     )
     assert result["steps"]["volumes"] == "done"
     assert ctl.volumes[(copy, "data")] == f"{ns} volume v1" and ctl.volumes[(ns, "data")] == "changed since"
+
+
+def test_a_full_cluster_restore_resumed_after_a_kill_in_its_volumes_step_puts_the_apps_back(
+    prefect_server, kube_api, ctl, local_store
+):
+    """A volumes step killed after it quiesced the apps (their counts kept in an annotation) and
+    deleted the claims: on resume no claim exists any more, so the step quiesced nothing, and
+    nothing put the replicas back; the run said done with every app of the namespace at 0."""
+    from flows.backup import backup_all
+    from flows.scenarios import full_cluster_restore
+    from sandbox.k8s_emulator.snapshot import PVS
+    from tasks.components.kubernetes.quiesce import quiesce
+    from tasks.errors import ComponentFailed
+    from tasks.operations.disaster import delete_pvcs_task
+
+    store = local_store()
+    (ns,) = seed_namespaces(ctl, "kill")
+    target = kube_api.velero_target(include_namespaces=[ns])
+    targets = {"kubernetes": target, "volumes": target}
+    backup_all(components=["kubernetes", "volumes"], targets=targets, store=store)
+    ctl.volumes[(ns, "data")] = "changed since"
+    pv = f"pv-{ns}-data"
+    ctl.store.patch(PVS, "", pv, {"spec": {"persistentVolumeReclaimPolicy": "Retain"}})
+    state = full_cluster_restore(targets=targets, store=store, dry_run=False, return_state=True)
+    assert state.is_failed()  # the volumes step refuses the Retain PV first; the kubernetes step is done
+    with pytest.raises(ComponentFailed, match="step volumes failed"):
+        state.result()
+    run_id = str(state.message).split("run_id='")[1].split("'")[0]
+    ctl.store.patch(PVS, "", pv, {"spec": {"persistentVolumeReclaimPolicy": "Delete"}})  # as it says
+    # a resume killed in its volumes step, after it quiesced the apps and deleted the claims
+    quiesce(target.kube, ns)
+    delete_pvcs_task.fn(target, ns, ["data"])
+
+    result = full_cluster_restore(targets=targets, store=store, dry_run=False, run_id=run_id)
+
+    assert result["steps"]["namespaces-and-crds"] == "done (earlier run)"
+    assert result["steps"]["volumes"] == "done"
+    assert ctl.volumes[(ns, "data")] == f"{ns} volume v1"
+    replicas = {d.metadata.name: d.spec.replicas for d in kube.list_deployments(k8s(kube_api), ns)}
+    assert replicas == {"api": 2, "worker": 5, "cron": 1}  # the apps back as they were
+
+
+def test_a_full_cluster_restore_checks_every_backup_of_the_point_before_it_changes_anything(
+    prefect_server, kube_api, ctl, local_store, tmp_path
+):
+    """Each step verified its own backup only when its turn came: with the point's app-state
+    backup damaged, the Kubernetes step had already restored the lost namespace from that point
+    when the run failed, and no resume could finish it (the backup stays damaged): the cluster
+    was left half at that point, and a run from an older point then mixed the two."""
+    from flows.backup import backup_all
+    from flows.scenarios import full_cluster_restore
+    from tasks.errors import ComponentFailed
+    from tasks.operations.recovery import get_recovery_point, member_manifests
+    from tests.drill.conftest import Prod, flip_byte
+
+    store = local_store()
+    (ns,) = seed_namespaces(ctl, "whole")
+    prod = Prod(tmp_path / "prod")
+    targets = {"kubernetes": kube_api.velero_target(include_namespaces=[ns]), "app-state": prod.target()}
+    point = backup_all(components=["kubernetes", "app-state"], targets=targets, store=store).recovery_point
+    app = member_manifests(store, get_recovery_point(store, point))["app-state"]
+    flip_byte(store, app.objects[0].key)
+    kube.delete_namespace(k8s(kube_api), ns, interval=0.01)  # the cluster is lost
+
+    state = full_cluster_restore(targets=targets, store=store, dry_run=False, return_state=True)
+
+    assert state.is_failed()
+    with pytest.raises(ComponentFailed, match=f"(?s){app.id} does not verify.*Nothing was changed"):
+        state.result()
+    assert not kube.namespace_exists(k8s(kube_api), ns)  # nothing restored from a point it cannot finish
+    assert prod.restores == 0

@@ -24,7 +24,7 @@ from tasks.operations.drills import (
     run_health_check,
 )
 from tasks.operations.recovery import get_recovery_point, member_manifests
-from tasks.operations.scope import backup_for, recovery_point_gap
+from tasks.operations.scope import backup_for, recovery_point_gap, scope_gap
 from tasks.storage.catalog import LATEST, list_backups
 from tasks.storage.health import Status as HealthStatus
 from tasks.storage.health import health_of
@@ -48,12 +48,16 @@ def drill_source(
     return rp.id, member_manifests(store, rp), rp.failed
 
 
-def good_backups(store: StoreBlock, component: str) -> list[Manifest]:
+def good_backups(store: StoreBlock, component: str, target: Any) -> list[Manifest]:
     """The backups the worst gap is measured between: those 'latest' could restore from. Not a
     backup known damaged (the sweep or a failed read found it bad), nor a safety or forensic copy
-    (a forensic one holds the broken state): counted, they hid the gap they leave."""
+    (a forensic one holds the broken state), nor one narrower than the drilled target (fewer
+    steps, databases, namespaces, vhosts: operations/scope.py): counted, they hid the gap they leave."""
     damaged = {i for i, h in health_of(store, component).items() if h.status == HealthStatus.damaged}
-    return [m for m in list_backups(store, component) if m.routine and m.id not in damaged]
+    covers = scope_gap(component, target)
+    return [
+        m for m in list_backups(store, component) if m.routine and m.id not in damaged and covers(m) is None
+    ]
 
 
 def drill_component(
@@ -91,7 +95,7 @@ def drill_component(
             manifest = backup_for(store, LATEST, name, target)  # one that covers the whole target
     except NotFound as exc:
         return failed(f"configured, but nothing to restore: {exc}")
-    age, gap = rpo_figures(manifest, good_backups(store, name), drill_start, window)
+    age, gap = rpo_figures(manifest, good_backups(store, name, target), drill_start, window)
     result = ComponentDrill(
         component=name,
         status=Status.failed,

@@ -11,9 +11,10 @@ from prefect.blocks.core import Block
 
 from blocks.store import StoreBlock
 from tasks.components.registry import load, load_target
-from tasks.errors import BadInput, ComponentFailed, ConfigurationError, NotFound
+from tasks.errors import BackupError, BadInput, ComponentFailed, ConfigurationError, NotFound
 from tasks.models import Manifest
-from tasks.operations.plan import DR_STEPS, PLAN_ONLY, target_label
+from tasks.operations.plan import DR_STEPS, PLAN_ONLY, RestorePlan, target_label
+from tasks.operations.recovery import RecoveryPoint
 from tasks.operations.restores import target_digest
 from tasks.storage.layout import layout
 from tasks.storage.records import get_record
@@ -86,6 +87,27 @@ def not_verified(outcome: dict[str, Any]) -> dict[str, str]:
     return {n: v["not_verified"] for n, v in (outcome.get("verified") or {}).items() if v.get("not_verified")}
 
 
+def left_out(rp: RecoveryPoint, outcomes: dict[str, dict], targets: dict[str, str | Block]) -> dict[str, str]:
+    """Component -> why the run did not bring it back though the recovery point asks for it: the
+    point holds its backup and its step was skipped, its target not configured; or the point
+    lacks it (it failed when the point was taken). Skipped as already identical is back."""
+    out: dict[str, str] = {}
+    for _, name in DR_STEPS:
+        if name is None:
+            continue
+        if name in rp.failed:
+            out[name] = (
+                f"failed in recovery point {rp.id} ({rp.failed[name][:200]}): restore it from another "
+                "backup (restore_with_checklist)"
+            )
+        elif name in rp.members and (outcomes.get(name) or {}).get("status") == "skipped":
+            try:
+                load_target(name, targets.get(name))
+            except ConfigurationError as exc:
+                out[name] = f"its target is not configured ({exc}): configure it and resume"
+    return out
+
+
 def run_settings(targets: dict[str, str | Block], options: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """What a run restores into and how, recorded with the run: a resume must restore, and verify,
     into the same targets with the same options (check_resume)."""
@@ -109,12 +131,14 @@ def run_settings(targets: dict[str, str | Block], options: dict[str, dict[str, A
 
 def check_resume(
     run: dict[str, Any], targets: dict[str, str | Block], options: dict[str, dict[str, Any]]
-) -> tuple[dict[str, str | Block], dict[str, dict[str, Any]]]:
+) -> tuple[dict[str, str | Block], dict[str, dict[str, Any]], dict[str, Any] | None]:
     """The targets and options a resume of `run` uses: the recorded ones when none are given,
-    else the given ones only if they are the same; BadInput naming what differs otherwise. A run
-    recorded before settings were kept resumes with what is given, as before."""
+    else the given ones only if they are the same; BadInput naming what differs otherwise. A
+    component that was not configured (its step skipped, nothing restored into it) may be now:
+    the third value is then the run's settings with its target, to record before its step runs
+    (None: unchanged). A run recorded before settings were kept resumes with what is given."""
     if "settings" not in run:
-        return targets, options
+        return targets, options, None
     recorded = run["settings"]
     run_id = run.get("run_id")
     if options and options != recorded["options"]:
@@ -129,10 +153,11 @@ def check_resume(
     def label(entry: dict | None) -> str:
         return (entry or {}).get("label", "not configured")
 
+    added = {n: now[n] for n, r in recorded["targets"].items() if r is None and now.get(n) is not None}
     differ = {
         n: f"{label(r)} then, {label(now.get(n))} now"
         for n, r in recorded["targets"].items()
-        if (r or {}).get("identity") != (now.get(n) or {}).get("identity")
+        if n not in added and (r or {}).get("identity") != (now.get(n) or {}).get("identity")
     }
     if differ:
         raise BadInput(
@@ -141,7 +166,44 @@ def check_resume(
             + ". Resume it with the targets it started with (their block names, or the same block "
             "objects), or start a new run; nothing was changed"
         )
-    return targets, recorded["options"]
+    settings = {**recorded, "targets": {**recorded["targets"], **added}} if added else None
+    return targets, recorded["options"], settings
+
+
+def verify_pending(
+    store: StoreBlock,
+    run_id: str | None,
+    rp_id: str,
+    plan: RestorePlan,
+    manifests: dict[str, Manifest],
+    targets: dict[str, str | Block],
+) -> set[str]:
+    """Before any step changes anything: every backup a step still to run would restore is
+    verified (checksums, then the component's own check). One that does not verify fails the run
+    here, changing nothing (checked step by step, the steps before it had restored the point's
+    other components, a run no resume can finish). -> the components verified."""
+    checked: set[str] = set()
+    for index, (step, component) in enumerate(DR_STEPS, start=1):
+        manifest = manifests.get(component) if component else None
+        if manifest is None or component in PLAN_ONLY or plan.step(component).action == "skip":
+            continue
+        previous = read_step(store, step_key(store, run_id, index, step)) if run_id else None
+        if previous and previous.get("status") == "done":
+            continue
+        try:
+            target = load_target(component, targets.get(component))
+        except ConfigurationError:
+            continue  # its step is skipped
+        try:
+            verify_task(manifest, store, target)
+        except BackupError as exc:
+            raise ComponentFailed(
+                f"full cluster restore from {rp_id}: its {component} backup {manifest.id} does not "
+                f"verify ({exc}). Nothing was changed: restore from another recovery point "
+                "(list_recovery_points), or restore the components one by one"
+            ) from exc
+        checked.add(component)
+    return checked
 
 
 def run_step(
@@ -152,6 +214,7 @@ def run_step(
     store: StoreBlock,
     options: dict[str, Any] | None,
     done: dict[str, dict],
+    verified: bool = False,
 ) -> dict[str, Any]:
     if component is None:
         return {"status": "done", "verified": verify_restored(done, manifests, targets)}
@@ -161,7 +224,8 @@ def run_step(
     if component in PLAN_ONLY:
         return {"status": "done", "restored": False, "plan": etcd_plan(manifest)}
     target = load_target(component, targets.get(component))
-    verify_task(manifest, store, target)
+    if not verified:  # verify_pending read it before the run changed anything
+        verify_task(manifest, store, target)
     if component == "volumes":
         report = restore_volumes(manifest, target, store, options)
     else:
@@ -179,7 +243,7 @@ def restore_volumes(
     the apps using them are quiesced, those claims deleted and restored with their data."""
     from tasks.components.kubernetes import api as kube
     from tasks.components.kubernetes.backups import _kinds, load_document
-    from tasks.components.kubernetes.quiesce import quiesced
+    from tasks.components.kubernetes.quiesce import QUIESCED_ANNOTATION, quiesced
     from tasks.components.kubernetes.restores import _plan, _present
     from tasks.operations.disaster import delete_pvcs_task, refuse_retained_volumes
 
@@ -195,6 +259,7 @@ def restore_volumes(
         return restore_task(manifest, target, store, options)  # no claim with its data: nothing to replace
     k = kube.connect(target.kube)
     existing: dict[str, list[str]] = {}
+    left_quiesced = []  # by an interrupted run (a killed step): their apps are put back here too
     for ns in opts.namespaces or sorted(doc["inventory"]):
         if ns in opts.exclude_namespaces:
             continue
@@ -204,8 +269,12 @@ def restore_volumes(
         if there:
             refuse_retained_volumes(target, doc, into, there)  # before any is deleted
             existing[into] = there
+        elif any(
+            QUIESCED_ANNOTATION in (d.metadata.annotations or {}) for d in kube.list_deployments(k, into)
+        ):
+            left_quiesced.append(into)
     with contextlib.ExitStack() as stack:
-        for ns in existing:
+        for ns in [*existing, *left_quiesced]:  # each one's recorded replica counts put back at the end
             stack.enter_context(quiesced(target.kube, ns))
         for ns, names in existing.items():
             delete_pvcs_task(target, ns, names)

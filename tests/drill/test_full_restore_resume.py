@@ -8,7 +8,8 @@ import pytest
 
 from flows.backup import backup_all
 from flows.scenarios import full_cluster_restore
-from tasks.errors import BadInput
+from tasks.errors import BadInput, ComponentFailed
+from tasks.operations.recovery import list_recovery_points
 from tests.drill.conftest import Prod
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -55,3 +56,69 @@ def test_a_resume_with_other_targets_or_options_is_refused_and_the_same_ones_fin
     # app-state backups have no fingerprint: the verify step says it did not check it
     assert "not verified: app-state" in done["steps"]["verify"]
     assert done["steps"]["verify"] != "done"
+
+
+def test_a_component_skipped_as_not_configured_is_restored_by_a_resume_that_configures_it(
+    local_store, prod, tmp_path, monkeypatch
+):
+    """A step whose target was not configured is recorded 'skipped', to be re-evaluated on resume
+    (docs/drills.md); but the resume compared the targets with the run's and refused the one now
+    configured as 'other targets', so the recovery point's backup of it could never come back
+    through that run. Nothing was restored into it: configuring it now is no change of target."""
+    monkeypatch.delenv("KLB_APP_STATE_TARGET", raising=False)
+    store = local_store()
+    target = prod.target()
+    original = prod.file.read_bytes()
+    backup_all(components=["app-state"], targets={"app-state": target}, store=store)
+    prod.file.write_bytes(b"cluster lost\n")
+
+    state = full_cluster_restore(store=store, dry_run=False, return_state=True)  # app-state not configured
+    run_id = _run_id(state)
+    assert prod.file.read_bytes() == b"cluster lost\n" and prod.restores == 0
+
+    done = full_cluster_restore(targets={"app-state": target}, store=store, dry_run=False, run_id=run_id)
+    assert done["steps"]["app-state"] == "done" and prod.file.read_bytes() == original
+    assert prod.restores == 1
+    # once restored into it, that target is the run's: another one is refused as before
+    other = Prod(tmp_path / "other")
+    with pytest.raises(BadInput, match="other targets"):
+        full_cluster_restore(targets={"app-state": other.target()}, store=store, dry_run=False, run_id=run_id)
+    assert other.restores == 0
+
+
+def _run_id(state) -> str:
+    if state.is_completed():
+        return state.result()["run_id"]
+    return str(state.message).split("run_id='")[1].split("'")[0]
+
+
+def test_a_full_cluster_restore_that_leaves_out_a_component_of_the_point_fails_naming_it(
+    local_store, prod, monkeypatch
+):
+    """The recovery point holds a backup of a component the run did not restore (its target not
+    configured here), or lacks one because it failed when the point was taken: the run ended
+    Completed, 'skipped' among its steps, a DR that said it was done with a component still lost."""
+    monkeypatch.delenv("KLB_APP_STATE_TARGET", raising=False)
+    monkeypatch.delenv("KLB_ETCD_TARGET", raising=False)
+    store = local_store()
+    target = prod.target()
+    backup_all(components=["app-state"], targets={"app-state": target}, store=store)
+    prod.file.write_bytes(b"cluster lost\n")
+
+    state = full_cluster_restore(store=store, dry_run=False, return_state=True)  # app-state not configured
+    assert state.is_failed() and prod.restores == 0
+    with pytest.raises(ComponentFailed, match="(?s)did not restore app-state: .*not configured.*run_id='dr-"):
+        state.result()
+
+    taken = backup_all(
+        components=["app-state", "etcd"], targets={"app-state": target}, store=store, return_state=True
+    )
+    assert taken.is_failed()  # etcd was asked for and is not configured: the point lacks it
+    rp = list_recovery_points(store)[-1]
+    assert set(rp.members) == {"app-state"} and "etcd" in rp.failed
+    state = full_cluster_restore(
+        recovery_point=rp.id, targets={"app-state": target}, store=store, dry_run=False, return_state=True
+    )
+    assert state.is_failed() and prod.restores == 1  # what the point holds was restored
+    with pytest.raises(ComponentFailed, match=f"(?s)did not restore etcd: failed in recovery point {rp.id}"):
+        state.result()
