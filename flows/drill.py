@@ -84,8 +84,8 @@ def restore_drill(
             name.
         fail_on_production_change: Fail the drill if production looks different after it (isolation
             check).
-        drill_id: Identifier of this drill (names its isolated namespaces/databases); empty:
-            generated.
+        drill_id: Identifier of this drill, 1-24 lower-case letters and digits (names its isolated
+            namespaces/databases); empty: generated.
     """
     logger = get_run_logger()
     positive("rto_target_minutes", rto_target_minutes, maximum=MAX_HOURS * 60)
@@ -97,8 +97,10 @@ def restore_drill(
     targets = per_component_of("targets", targets)
     names = component_names(components)  # None: every component; [] is a mistake, never "all"
     store_block = load_store(store)
-    if drill_id and not re.fullmatch(r"[a-z0-9]{1,40}", drill_id):
-        raise BadInput(f"drill id {drill_id!r}: use lower-case letters and digits only")
+    # 24: the longest every component can name its copies from (postgres's drill_<id>; the
+    # Kubernetes namespaces keep 30), so two ids never share a copy and none fails mid-drill
+    if drill_id and not re.fullmatch(r"[a-z0-9]{1,24}", drill_id):
+        raise BadInput(f"drill id {drill_id!r}: use 1-24 lower-case letters and digits")
     if drill_id and any(r.id == drill_id for r in list_drill_records(store_block)):
         # the record would be overwritten (the trend loses a drill) and the names of its
         # isolated copies are the earlier drill's: one id, one drill

@@ -191,6 +191,14 @@ FLOW_INPUTS = [
         "health checks are for ['rabbitmq'], which this drill does not include (app-state)",
     ),
     Bad(
+        "drill-id-too-long",
+        "restore_drill(drill_id=<25 characters>) (was: accepted, the postgres drill refused it after the "
+        "other components were drilled, and Kubernetes cut it so that two ids shared namespaces)",
+        lambda w: restore_drill(drill_id="a" * 25, store=w.store, return_state=True),
+        "BadInput",
+        "use 1-24 lower-case letters and digits",
+    ),
+    Bad(
         "drill-targets-typo",
         "restore_drill targets={'app-stat': ...} (was: app-state 'not configured')",
         lambda w: restore_drill(targets={"app-stat": w.target}, store=w.store, return_state=True),
