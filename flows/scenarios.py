@@ -231,8 +231,8 @@ def full_cluster_restore(
     with the same `run_id` to resume, completed steps are skipped.
 
     Args:
-        recovery_point: 'latest' or a recovery point id (a set of backups taken together
-            by backup-all); empty: each component's newest backup.
+        recovery_point: 'latest' (the newest recovery point) or a recovery point id (a set of
+            backups taken together by backup-all).
         targets: Component name -> name of its target block (from Python, block objects); empty:
             each component's default target.
         store: Name of the store block holding the backups ('klb-s3-store/production' or
