@@ -382,3 +382,17 @@ def test_status_a_newer_narrower_backup_does_not_hide_an_overdue_whole_target(
     put_backup(LocalStore(), "app-state")
     code, lines, _ = klb(capsys, "status", "app-state")
     assert code == PROBLEM and "OVERDUE (no good backup of its whole target)" in row(lines, "app-state")
+
+
+def test_verify_without_id_reports_a_newest_backup_whose_manifest_is_damaged(store, capsys):
+    """`klb verify` checks the newest backup of each component: when the newest one's manifest
+    no longer reads, the older one behind it verifying must not make the answer 'all verified'."""
+    good = put_backup(store, "app-state")
+    bad = put_backup(store, "app-state")
+    backend = backend_for(store)
+    key = layout(store).manifest_key(bad.id)
+    backend.put_bytes(key, backend.get_bytes(key).replace(b'"size"', b'"sizes"', 1))
+    code, lines, _ = klb(capsys, "verify")
+    assert code == PROBLEM, lines
+    assert "DAMAGED" in row(lines, bad.id)
+    assert row(lines, good.id).endswith("verified")  # the rest is still checked and shown

@@ -10,8 +10,9 @@ from flows.console.fmt import ago, human_bytes, table, when
 from flows.console.known import backups_of, known_state
 from tasks.components.registry import SPECS
 from tasks.errors import BackupError, IntegrityError, KeyNotHeld
+from tasks.ids import parse_backup_id
 from tasks.models import Manifest
-from tasks.storage.catalog import get_backup, list_backups
+from tasks.storage.catalog import get_backup
 from tasks.storage.layout import layout
 from tasks.verbs import verify_component_backup
 
@@ -121,8 +122,18 @@ def verify_text(store: StoreBlock, backup_id: str | None) -> tuple[str, bool]:
         except IntegrityError as exc:  # its manifest (signature, checksum) is what failed
             return table(rows + [(backup_id, "?", "?", _problem(exc))]), False
     else:
-        manifests = [b[-1] for b in (list_backups(store, c) for c in SPECS) if b]
-    if not manifests:
+        manifests = []
+        for component in SPECS:
+            backups, damaged = backups_of(store, component)
+            newest = parse_backup_id(backups[-1].id)[1] if backups else None
+            # a manifest that no longer reads is left out of the listing: when it is (one of) the
+            # newest, the backup behind it verifying must not make the answer 'verified'
+            for bid, why in sorted(damaged.items()):
+                if newest is None or parse_backup_id(bid)[1] >= newest:
+                    ok = False
+                    rows.append((bid, "?", "?", f"DAMAGED: manifest unreadable: {why}"))
+            manifests += backups[-1:]
+    if not manifests and ok:
         return "no backups to verify", True
     for m in manifests:
         try:
