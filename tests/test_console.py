@@ -396,3 +396,22 @@ def test_verify_without_id_reports_a_newest_backup_whose_manifest_is_damaged(sto
     assert code == PROBLEM, lines
     assert "DAMAGED" in row(lines, bad.id)
     assert row(lines, good.id).endswith("verified")  # the rest is still checked and shown
+
+
+def test_status_a_component_whose_last_drill_failed_is_not_ok_and_exits_1(store, capsys):
+    """The last drill that covered app-state could not restore it: `klb status` showed FAILED in
+    the drill column but STATE 'ok' and exit 0, so a script or a glance at STATE saw nothing."""
+    from tasks.operations.drills import save_drill_record
+    from tests.record_helpers import drill
+
+    put_backup(store, "app-state")
+    put_backup(store, "etcd")
+    save_drill_record(store, drill(datetime.now(UTC) - timedelta(hours=1), passed=False))
+    code, lines, _ = klb(capsys, "status", "app-state")
+    assert code == PROBLEM, lines
+    assert "DRILL FAILED" in row(lines, "app-state") and not row(lines, "app-state").endswith("ok")
+    code, lines, _ = klb(capsys, "status", "etcd")  # a component the drill did not cover
+    assert "no drill covered it" in row(lines, "etcd") and row(lines, "etcd").endswith("ok")
+    save_drill_record(store, drill(datetime.now(UTC) - timedelta(minutes=5), passed=True))
+    code, lines, _ = klb(capsys, "status", "app-state")  # a newer drill proved it again
+    assert code == OK and row(lines, "app-state").endswith("ok"), lines
