@@ -415,3 +415,13 @@ def test_status_a_component_whose_last_drill_failed_is_not_ok_and_exits_1(store,
     save_drill_record(store, drill(datetime.now(UTC) - timedelta(minutes=5), passed=True))
     code, lines, _ = klb(capsys, "status", "app-state")  # a newer drill proved it again
     assert code == OK and row(lines, "app-state").endswith("ok"), lines
+
+
+def test_an_idempotency_key_without_deployment_is_refused_and_runs_nothing(saved, store, capsys):
+    """`--idempotency-key` only means something for a triggered deployment: given without
+    `--deployment` it was ignored and the backup (or restore) ran here, once per call, while the
+    operator counted on a retry attaching to the first run."""
+    argv = ["backup", "app-state", "--target", saved["target"], "--idempotency-key", "once"]
+    code, _, err = klb(capsys, *argv)
+    assert code == UNUSABLE and "--idempotency-key" in err and "--deployment" in err
+    assert list_backups(store, "app-state") == []

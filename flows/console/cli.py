@@ -80,6 +80,12 @@ def dispatch(args: argparse.Namespace, store: StoreBlock) -> tuple[str, bool]:
     from flows.console import backups, run, status
 
     ref = args.store  # flows load the store themselves, by the same rules
+    if getattr(args, "idempotency_key", None) and not args.deployment:
+        # run here, a command runs once per call: a key it ignored would promise a retry attaches
+        raise BadInput(
+            "--idempotency-key applies to a triggered deployment only: add --deployment, or drop "
+            "the key (run here, the command runs each time it is given)"
+        )
     if args.command == "status":
         return status.status(store, args.components or None)
     if args.command == "backups":
