@@ -425,3 +425,27 @@ def test_an_idempotency_key_without_deployment_is_refused_and_runs_nothing(saved
     code, _, err = klb(capsys, *argv)
     assert code == UNUSABLE and "--idempotency-key" in err and "--deployment" in err
     assert list_backups(store, "app-state") == []
+
+
+def test_an_empty_flag_value_is_refused_not_taken_for_the_default(saved, store, capsys):
+    """`--target "$TARGET"` with TARGET unset gave `--target ''`, which klb took for 'no target
+    given': the restore went to the component's default target (production, here the one
+    $KLB_APP_STATE_TARGET names) instead of the one meant. Likewise an empty --options restored
+    the whole component instead of the steps meant, and an empty --store used another store."""
+    code, lines, _ = klb(capsys, "backup", "app-state", "--target", saved["target"])
+    assert code == OK
+    backup_id = lines[1].split()[0]
+    os.environ["KLB_APP_STATE_TARGET"] = saved["target"]
+    try:
+        for argv in (
+            ["restore", "app-state", backup_id, "--yes", "--target", ""],
+            ["restore", "app-state", backup_id, "--yes", "--options", ""],
+            ["--store", "", "restore", "app-state", backup_id, "--yes"],
+        ):
+            with pytest.raises(SystemExit) as exc:
+                main(argv)
+            assert exc.value.code == UNUSABLE, argv
+            assert "must not be empty" in capsys.readouterr().err, argv
+    finally:
+        del os.environ["KLB_APP_STATE_TARGET"]
+    assert files(saved["dest"]) == {}  # nothing was restored anywhere
