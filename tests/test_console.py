@@ -449,3 +449,18 @@ def test_an_empty_flag_value_is_refused_not_taken_for_the_default(saved, store, 
     finally:
         del os.environ["KLB_APP_STATE_TARGET"]
     assert files(saved["dest"]) == {}  # nothing was restored anywhere
+
+
+def test_status_a_newest_backup_whose_objects_were_deleted_is_damaged_not_ok(store, capsys):
+    """The data of the newest backup was deleted behind its manifest's back (a writer of the
+    store, a bad lifecycle rule): `klb status` named it the newest good backup, 'verified', STATE
+    ok, exit 0, and `klb backups list` said verified; a restore of 'latest' then fails on it."""
+    good = put_backup(store, "app-state")
+    gone = put_backup(store, "app-state")
+    (Path(store.path) / gone.objects[0].key).unlink()
+    code, lines, _ = klb(capsys, "status", "app-state")
+    assert code == PROBLEM, lines
+    app = row(lines, "app-state")
+    assert f"DAMAGED: 1 backup(s) ({gone.id})" in app and app.split()[2] == good.id
+    code, lines, _ = klb(capsys, "backups", "list", "app-state")
+    assert "damaged" in row(lines, gone.id) and "verified" not in row(lines, gone.id)

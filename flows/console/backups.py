@@ -34,6 +34,8 @@ def list_text(store: StoreBlock, components: list[str]) -> str:
         for m in backups:
             known = known_state(store, m)
             status = f"{known.status} {ago(known.when, now)}" if known.when else known.status
+            if m.id in damaged:  # its objects are gone: whatever a past read found
+                status = f"damaged: {damaged[m.id]}"
             expires = f"{when(m.expires_at)} ({ago(m.expires_at, now)})" if m.expires_at else "never"
             rows.append(
                 (
@@ -46,7 +48,12 @@ def list_text(store: StoreBlock, components: list[str]) -> str:
                     expires,
                 )
             )
-        rows += [(bid, "?", "-", "-", "-", "damaged: manifest unreadable", "-") for bid in sorted(damaged)]
+        listed = {m.id for m in backups}
+        rows += [
+            (bid, "?", "-", "-", "-", "damaged: manifest unreadable", "-")
+            for bid in sorted(damaged)
+            if bid not in listed
+        ]
     return table(rows) if len(rows) > 1 else "no backups"
 
 
@@ -128,8 +135,9 @@ def verify_text(store: StoreBlock, backup_id: str | None) -> tuple[str, bool]:
             newest = parse_backup_id(backups[-1].id)[1] if backups else None
             # a manifest that no longer reads is left out of the listing: when it is (one of) the
             # newest, the backup behind it verifying must not make the answer 'verified'
+            listed = {m.id for m in backups}  # those are verified below, whole
             for bid, why in sorted(damaged.items()):
-                if newest is None or parse_backup_id(bid)[1] >= newest:
+                if bid not in listed and (newest is None or parse_backup_id(bid)[1] >= newest):
                     ok = False
                     rows.append((bid, "?", "?", f"DAMAGED: manifest unreadable: {why}"))
             manifests += backups[-1:]
