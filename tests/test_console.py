@@ -464,3 +464,20 @@ def test_status_a_newest_backup_whose_objects_were_deleted_is_damaged_not_ok(sto
     assert f"DAMAGED: 1 backup(s) ({gone.id})" in app and app.split()[2] == good.id
     code, lines, _ = klb(capsys, "backups", "list", "app-state")
     assert "damaged" in row(lines, gone.id) and "verified" not in row(lines, gone.id)
+
+
+def test_verify_without_id_checks_the_backup_latest_restores_not_only_a_newer_safety_backup(store, capsys):
+    """After a restore with its safety backup, the newest backup of the component is that safety
+    backup: `klb verify` read only it and said all verified, while the backup 'latest' restores
+    (the newest routine one) was damaged."""
+    routine = put_backup(store, "app-state")
+    with backup_session(store, "app-state", {"kind": "safety"}) as s:
+        s.write("data", [b"the state a restore replaced"])
+        safety = s.commit(retention=timedelta(days=14))
+    path = Path(store.path) / routine.objects[0].key
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 1
+    path.write_bytes(bytes(blob))
+    code, lines, _ = klb(capsys, "verify")
+    assert code == PROBLEM, lines
+    assert "DAMAGED" in row(lines, routine.id) and row(lines, safety.id).endswith("verified")

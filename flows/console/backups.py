@@ -12,7 +12,7 @@ from tasks.components.registry import SPECS
 from tasks.errors import BackupError, IntegrityError, KeyNotHeld
 from tasks.ids import parse_backup_id
 from tasks.models import Manifest
-from tasks.storage.catalog import get_backup
+from tasks.storage.catalog import from_the_future, get_backup
 from tasks.storage.layout import layout
 from tasks.verbs import verify_component_backup
 
@@ -120,8 +120,8 @@ def _short(value: object, limit: int = 100) -> str:
 
 
 def verify_text(store: StoreBlock, backup_id: str | None) -> tuple[str, bool]:
-    """Read every object of one backup (or the newest of every component) back and check it;
-    then the component's own offline check."""
+    """Read every object of one backup (or the newest of every component, and the one 'latest'
+    restores where that is older) back and check it; then the component's own offline check."""
     rows, ok = [("ID", "OBJECTS", "SIZE", "RESULT")], True
     if backup_id:
         try:
@@ -140,7 +140,12 @@ def verify_text(store: StoreBlock, backup_id: str | None) -> tuple[str, bool]:
                 if bid not in listed and (newest is None or parse_backup_id(bid)[1] >= newest):
                     ok = False
                     rows.append((bid, "?", "?", f"DAMAGED: manifest unreadable: {why}"))
-            manifests += backups[-1:]
+            # the newest backup, and the one 'latest' restores when that is another (a newer
+            # safety or forensic backup, or one dated in the future, is never 'latest')
+            now = datetime.now(UTC)
+            restorable = [m.id for m in backups if m.routine and not from_the_future(m, now)]
+            picked = set(restorable[-1:]) | {m.id for m in backups[-1:]}
+            manifests += [m for m in backups if m.id in picked]
     if not manifests and ok:
         return "no backups to verify", True
     for m in manifests:
