@@ -549,3 +549,20 @@ def test_object_lock_a_safety_backup_kept_past_the_components_retention_stays_lo
         with pytest.raises(ClientError):  # the worker's credentials cannot destroy it
             client.delete_object(Bucket=store.bucket, Key=key, VersionId=vid)
     assert "locked until at least" in applied["object_lock_hold"][safety.id]
+
+
+def test_object_lock_lengthening_a_lock_never_weakens_compliance_to_governance(moto):
+    """The store block was switched from COMPLIANCE to GOVERNANCE (to be able to clean up new
+    backups). Retention lengthens the locks of the backups it keeps: it must not turn their
+    COMPLIANCE locks into GOVERNANCE ones, which s3:BypassGovernanceRetention deletes (AWS refuses
+    the change and the run failed with a P1 every time; moto accepts it and the lock is weakened)."""
+    store, client = locked(moto, "COMPLIANCE")
+    kept = backup(store)
+    governed = store.model_copy(update={"object_lock_mode": "GOVERNANCE"})
+    now = datetime.now(UTC)
+    until = now + timedelta(days=400)  # past its COMPLIANCE date: the lock must be lengthened
+    assert object_lock.extend_locks(governed, backend_for(governed), [kept], until, now) == 2
+    for o in kept.objects:
+        head = client.head_object(Bucket=store.bucket, Key=o.key, VersionId=o.version_id)
+        assert head["ObjectLockMode"] == "COMPLIANCE", o.key
+        assert head["ObjectLockRetainUntilDate"] >= ceil_second(until), o.key
