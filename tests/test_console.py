@@ -382,3 +382,102 @@ def test_status_a_newer_narrower_backup_does_not_hide_an_overdue_whole_target(
     put_backup(LocalStore(), "app-state")
     code, lines, _ = klb(capsys, "status", "app-state")
     assert code == PROBLEM and "OVERDUE (no good backup of its whole target)" in row(lines, "app-state")
+
+
+def test_verify_without_id_reports_a_newest_backup_whose_manifest_is_damaged(store, capsys):
+    """`klb verify` checks the newest backup of each component: when the newest one's manifest
+    no longer reads, the older one behind it verifying must not make the answer 'all verified'."""
+    good = put_backup(store, "app-state")
+    bad = put_backup(store, "app-state")
+    backend = backend_for(store)
+    key = layout(store).manifest_key(bad.id)
+    backend.put_bytes(key, backend.get_bytes(key).replace(b'"size"', b'"sizes"', 1))
+    code, lines, _ = klb(capsys, "verify")
+    assert code == PROBLEM, lines
+    assert "DAMAGED" in row(lines, bad.id)
+    assert row(lines, good.id).endswith("verified")  # the rest is still checked and shown
+
+
+def test_status_a_component_whose_last_drill_failed_is_not_ok_and_exits_1(store, capsys):
+    """The last drill that covered app-state could not restore it: `klb status` showed FAILED in
+    the drill column but STATE 'ok' and exit 0, so a script or a glance at STATE saw nothing."""
+    from tasks.operations.drills import save_drill_record
+    from tests.record_helpers import drill
+
+    put_backup(store, "app-state")
+    put_backup(store, "etcd")
+    save_drill_record(store, drill(datetime.now(UTC) - timedelta(hours=1), passed=False))
+    code, lines, _ = klb(capsys, "status", "app-state")
+    assert code == PROBLEM, lines
+    assert "DRILL FAILED" in row(lines, "app-state") and not row(lines, "app-state").endswith("ok")
+    code, lines, _ = klb(capsys, "status", "etcd")  # a component the drill did not cover
+    assert "no drill covered it" in row(lines, "etcd") and row(lines, "etcd").endswith("ok")
+    save_drill_record(store, drill(datetime.now(UTC) - timedelta(minutes=5), passed=True))
+    code, lines, _ = klb(capsys, "status", "app-state")  # a newer drill proved it again
+    assert code == OK and row(lines, "app-state").endswith("ok"), lines
+
+
+def test_an_idempotency_key_without_deployment_is_refused_and_runs_nothing(saved, store, capsys):
+    """`--idempotency-key` only means something for a triggered deployment: given without
+    `--deployment` it was ignored and the backup (or restore) ran here, once per call, while the
+    operator counted on a retry attaching to the first run."""
+    argv = ["backup", "app-state", "--target", saved["target"], "--idempotency-key", "once"]
+    code, _, err = klb(capsys, *argv)
+    assert code == UNUSABLE and "--idempotency-key" in err and "--deployment" in err
+    assert list_backups(store, "app-state") == []
+
+
+def test_an_empty_flag_value_is_refused_not_taken_for_the_default(saved, store, capsys):
+    """`--target "$TARGET"` with TARGET unset gave `--target ''`, which klb took for 'no target
+    given': the restore went to the component's default target (production, here the one
+    $KLB_APP_STATE_TARGET names) instead of the one meant. Likewise an empty --options restored
+    the whole component instead of the steps meant, and an empty --store used another store."""
+    code, lines, _ = klb(capsys, "backup", "app-state", "--target", saved["target"])
+    assert code == OK
+    backup_id = lines[1].split()[0]
+    os.environ["KLB_APP_STATE_TARGET"] = saved["target"]
+    try:
+        for argv in (
+            ["restore", "app-state", backup_id, "--yes", "--target", ""],
+            ["restore", "app-state", backup_id, "--yes", "--options", ""],
+            ["--store", "", "restore", "app-state", backup_id, "--yes"],
+        ):
+            with pytest.raises(SystemExit) as exc:
+                main(argv)
+            assert exc.value.code == UNUSABLE, argv
+            assert "must not be empty" in capsys.readouterr().err, argv
+    finally:
+        del os.environ["KLB_APP_STATE_TARGET"]
+    assert files(saved["dest"]) == {}  # nothing was restored anywhere
+
+
+def test_status_a_newest_backup_whose_objects_were_deleted_is_damaged_not_ok(store, capsys):
+    """The data of the newest backup was deleted behind its manifest's back (a writer of the
+    store, a bad lifecycle rule): `klb status` named it the newest good backup, 'verified', STATE
+    ok, exit 0, and `klb backups list` said verified; a restore of 'latest' then fails on it."""
+    good = put_backup(store, "app-state")
+    gone = put_backup(store, "app-state")
+    (Path(store.path) / gone.objects[0].key).unlink()
+    code, lines, _ = klb(capsys, "status", "app-state")
+    assert code == PROBLEM, lines
+    app = row(lines, "app-state")
+    assert f"DAMAGED: 1 backup(s) ({gone.id})" in app and app.split()[2] == good.id
+    code, lines, _ = klb(capsys, "backups", "list", "app-state")
+    assert "damaged" in row(lines, gone.id) and "verified" not in row(lines, gone.id)
+
+
+def test_verify_without_id_checks_the_backup_latest_restores_not_only_a_newer_safety_backup(store, capsys):
+    """After a restore with its safety backup, the newest backup of the component is that safety
+    backup: `klb verify` read only it and said all verified, while the backup 'latest' restores
+    (the newest routine one) was damaged."""
+    routine = put_backup(store, "app-state")
+    with backup_session(store, "app-state", {"kind": "safety"}) as s:
+        s.write("data", [b"the state a restore replaced"])
+        safety = s.commit(retention=timedelta(days=14))
+    path = Path(store.path) / routine.objects[0].key
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 1
+    path.write_bytes(bytes(blob))
+    code, lines, _ = klb(capsys, "verify")
+    assert code == PROBLEM, lines
+    assert "DAMAGED" in row(lines, routine.id) and row(lines, safety.id).endswith("verified")

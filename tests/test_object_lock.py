@@ -508,3 +508,61 @@ def test_object_lock_a_delete_marker_on_an_old_kept_backups_manifest_does_not_hi
     applied = enforce_retention(dry_run=False, store=store, components=["app-state"])
     summary = applied["components"]["app-state"]
     assert summary["deleted"] == [] and summary["orphans"] == [] and last.id in summary["object_lock_hold"]
+
+
+def test_object_lock_a_safety_backup_kept_past_the_components_retention_stays_locked(moto, prefect_server):
+    """Safety backups are kept `special_retention_days`, which may be longer than the component's
+    retention: their own lock (retention + margin from the write) then runs out while retention
+    still keeps them, and the worker's credentials could delete the state a restore replaced.
+    Each run must lock them to the end of the window it keeps them for."""
+    from flows.maintenance import enforce_retention
+    from tasks.ids import new_backup_id
+
+    store, client = locked(moto, "COMPLIANCE")
+    backup(store)  # the newest good routine backup
+    old = datetime.now(UTC) - timedelta(days=20)
+    with backup_session(store, "app-state", {"kind": "safety"}) as s:
+        s.started_at, s.id = old, new_backup_id("app-state", old)
+        s.source_time = old
+        s.write("state", [b"before the restore\n"])
+        safety = s.commit(retention=RETENTION)
+    manifest_key = layout(store).manifest_key(safety.id)
+    manifest_version = client.head_object(Bucket=store.bucket, Key=manifest_key)["VersionId"]
+    pinned = [(o.key, o.version_id) for o in safety.objects] + [(manifest_key, manifest_version)]
+    past = datetime.now(UTC) - timedelta(minutes=1)  # its 14 (+1) days ran out: moto lets us say so
+    for key, vid in pinned:
+        client.put_object_retention(
+            Bucket=store.bucket,
+            Key=key,
+            VersionId=vid,
+            Retention={"Mode": "COMPLIANCE", "RetainUntilDate": past},
+        )
+
+    applied = enforce_retention(
+        dry_run=False, store=store, components=["app-state"], special_retention_days=30
+    )["components"]["app-state"]
+    assert applied["deleted"] == []  # within its 30 days: kept
+    floor = old + timedelta(days=30)
+    for key, vid in pinned:
+        head = client.head_object(Bucket=store.bucket, Key=key, VersionId=vid)
+        assert head.get("ObjectLockRetainUntilDate") and head["ObjectLockRetainUntilDate"] >= floor, key
+        with pytest.raises(ClientError):  # the worker's credentials cannot destroy it
+            client.delete_object(Bucket=store.bucket, Key=key, VersionId=vid)
+    assert "locked until at least" in applied["object_lock_hold"][safety.id]
+
+
+def test_object_lock_lengthening_a_lock_never_weakens_compliance_to_governance(moto):
+    """The store block was switched from COMPLIANCE to GOVERNANCE (to be able to clean up new
+    backups). Retention lengthens the locks of the backups it keeps: it must not turn their
+    COMPLIANCE locks into GOVERNANCE ones, which s3:BypassGovernanceRetention deletes (AWS refuses
+    the change and the run failed with a P1 every time; moto accepts it and the lock is weakened)."""
+    store, client = locked(moto, "COMPLIANCE")
+    kept = backup(store)
+    governed = store.model_copy(update={"object_lock_mode": "GOVERNANCE"})
+    now = datetime.now(UTC)
+    until = now + timedelta(days=400)  # past its COMPLIANCE date: the lock must be lengthened
+    assert object_lock.extend_locks(governed, backend_for(governed), [kept], until, now) == 2
+    for o in kept.objects:
+        head = client.head_object(Bucket=store.bucket, Key=o.key, VersionId=o.version_id)
+        assert head["ObjectLockMode"] == "COMPLIANCE", o.key
+        assert head["ObjectLockRetainUntilDate"] >= ceil_second(until), o.key

@@ -2,8 +2,8 @@
 store, and exit codes a script can use:
 
     0  all good
-    1  a problem was found: a component overdue or damaged, a backup that does not verify,
-       a flow that failed
+    1  a problem was found: a component overdue or damaged or whose last drill failed, a backup
+       that does not verify, a flow that failed
     2  the command could not run: bad input, a store or target not configured (the message says
        what to do)
 

@@ -10,8 +10,9 @@ from flows.console.fmt import ago, human_bytes, table, when
 from flows.console.known import backups_of, known_state
 from tasks.components.registry import SPECS
 from tasks.errors import BackupError, IntegrityError, KeyNotHeld
+from tasks.ids import parse_backup_id
 from tasks.models import Manifest
-from tasks.storage.catalog import get_backup, list_backups
+from tasks.storage.catalog import from_the_future, get_backup
 from tasks.storage.layout import layout
 from tasks.verbs import verify_component_backup
 
@@ -33,6 +34,8 @@ def list_text(store: StoreBlock, components: list[str]) -> str:
         for m in backups:
             known = known_state(store, m)
             status = f"{known.status} {ago(known.when, now)}" if known.when else known.status
+            if m.id in damaged:  # its objects are gone: whatever a past read found
+                status = f"damaged: {damaged[m.id]}"
             expires = f"{when(m.expires_at)} ({ago(m.expires_at, now)})" if m.expires_at else "never"
             rows.append(
                 (
@@ -45,7 +48,12 @@ def list_text(store: StoreBlock, components: list[str]) -> str:
                     expires,
                 )
             )
-        rows += [(bid, "?", "-", "-", "-", "damaged: manifest unreadable", "-") for bid in sorted(damaged)]
+        listed = {m.id for m in backups}
+        rows += [
+            (bid, "?", "-", "-", "-", "damaged: manifest unreadable", "-")
+            for bid in sorted(damaged)
+            if bid not in listed
+        ]
     return table(rows) if len(rows) > 1 else "no backups"
 
 
@@ -112,8 +120,8 @@ def _short(value: object, limit: int = 100) -> str:
 
 
 def verify_text(store: StoreBlock, backup_id: str | None) -> tuple[str, bool]:
-    """Read every object of one backup (or the newest of every component) back and check it;
-    then the component's own offline check."""
+    """Read every object of one backup (or the newest of every component, and the one 'latest'
+    restores where that is older) back and check it; then the component's own offline check."""
     rows, ok = [("ID", "OBJECTS", "SIZE", "RESULT")], True
     if backup_id:
         try:
@@ -121,8 +129,24 @@ def verify_text(store: StoreBlock, backup_id: str | None) -> tuple[str, bool]:
         except IntegrityError as exc:  # its manifest (signature, checksum) is what failed
             return table(rows + [(backup_id, "?", "?", _problem(exc))]), False
     else:
-        manifests = [b[-1] for b in (list_backups(store, c) for c in SPECS) if b]
-    if not manifests:
+        manifests = []
+        for component in SPECS:
+            backups, damaged = backups_of(store, component)
+            newest = parse_backup_id(backups[-1].id)[1] if backups else None
+            # a manifest that no longer reads is left out of the listing: when it is (one of) the
+            # newest, the backup behind it verifying must not make the answer 'verified'
+            listed = {m.id for m in backups}  # those are verified below, whole
+            for bid, why in sorted(damaged.items()):
+                if bid not in listed and (newest is None or parse_backup_id(bid)[1] >= newest):
+                    ok = False
+                    rows.append((bid, "?", "?", f"DAMAGED: manifest unreadable: {why}"))
+            # the newest backup, and the one 'latest' restores when that is another (a newer
+            # safety or forensic backup, or one dated in the future, is never 'latest')
+            now = datetime.now(UTC)
+            restorable = [m.id for m in backups if m.routine and not from_the_future(m, now)]
+            picked = set(restorable[-1:]) | {m.id for m in backups[-1:]}
+            manifests += [m for m in backups if m.id in picked]
+    if not manifests and ok:
         return "no backups to verify", True
     for m in manifests:
         try:

@@ -13,13 +13,24 @@ from tasks.errors import BadInput
 COMPONENTS = list(SPECS)
 
 
+def given(value: str) -> str:
+    """A flag's value as typed: an empty one (`--target "$UNSET"`) is refused, never read as
+    'not given', which would fall back to the default target, store or options."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError(
+            "must not be empty (an unset shell variable?): give a value, or leave the flag out "
+            "for the default"
+        )
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="klb",
         description="knative-lambda-backup console: status, backups, verify, restore, drill, plan, backup",
         epilog="exit codes: 0 ok, 1 a problem found (overdue, damaged, failed), 2 could not run",
     )
-    p.add_argument("--store", help="store block name (default: $KLB_STORE, else the local store)")
+    p.add_argument("--store", type=given, help="store block name (default: $KLB_STORE, else the local store)")
     p.add_argument("-v", "--verbose", action="store_true", help="show the flows' log lines")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -32,10 +43,10 @@ def parser() -> argparse.ArgumentParser:
     ls = bk.add_parser("list", help="backups, oldest first: id, kind, time, age, size, status, expiry")
     ls.add_argument("component", nargs="?", choices=COMPONENTS)
     ds = bk.add_parser("describe", help="one backup: objects, engine facts, fingerprint, run")
-    ds.add_argument("backup_id")
+    ds.add_argument("backup_id", type=given)
 
     vf = sub.add_parser("verify", help="read a backup (default: the newest of each component) back")
-    vf.add_argument("backup_id", nargs="?")
+    vf.add_argument("backup_id", nargs="?", type=given)
 
     def deployable(cmd: argparse.ArgumentParser) -> None:
         cmd.add_argument(
@@ -43,20 +54,22 @@ def parser() -> argparse.ArgumentParser:
             action="store_true",
             help="trigger the deployment on the Prefect server and follow it",
         )
-        cmd.add_argument("--idempotency-key", help="default: the command and the current minute")
+        cmd.add_argument("--idempotency-key", type=given, help="default: the command and the current minute")
 
     bu = sub.add_parser("backup", help="back up one component (or --all) now")
     who = bu.add_mutually_exclusive_group(required=True)
     who.add_argument("component", nargs="?", choices=COMPONENTS)
     who.add_argument("--all", action="store_true", help="every configured component")
-    bu.add_argument("--target", help="target block name (default: the component's default)")
+    bu.add_argument("--target", type=given, help="target block name (default: the component's default)")
     deployable(bu)
 
     rs = sub.add_parser("restore", help="restore one component from a backup (verified first)")
     rs.add_argument("component", choices=COMPONENTS)
-    rs.add_argument("backup_id", nargs="?", default="latest")
-    rs.add_argument("--target", help="target block name (default: the component's default)")
-    rs.add_argument("--options", help="restore options as JSON (strict: unknown fields are refused)")
+    rs.add_argument("backup_id", nargs="?", default="latest", type=given)
+    rs.add_argument("--target", type=given, help="target block name (default: the component's default)")
+    rs.add_argument(
+        "--options", type=given, help="restore options as JSON (strict: unknown fields are refused)"
+    )
     rs.add_argument("--yes", action="store_true", help="required: a restore changes the target")
     deployable(rs)
 
@@ -67,8 +80,8 @@ def parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="dry run: what a restore would do")
     pl.add_argument("components", nargs="*", choices=COMPONENTS + [[]], metavar="component")
     src = pl.add_mutually_exclusive_group()
-    src.add_argument("--recovery-point", help="'latest' or a recovery point id")
-    src.add_argument("--backup-id")
+    src.add_argument("--recovery-point", type=given, help="'latest' or a recovery point id")
+    src.add_argument("--backup-id", type=given)
     return p
 
 
@@ -80,6 +93,12 @@ def dispatch(args: argparse.Namespace, store: StoreBlock) -> tuple[str, bool]:
     from flows.console import backups, run, status
 
     ref = args.store  # flows load the store themselves, by the same rules
+    if getattr(args, "idempotency_key", None) and not args.deployment:
+        # run here, a command runs once per call: a key it ignored would promise a retry attaches
+        raise BadInput(
+            "--idempotency-key applies to a triggered deployment only: add --deployment, or drop "
+            "the key (run here, the command runs each time it is given)"
+        )
     if args.command == "status":
         return status.status(store, args.components or None)
     if args.command == "backups":

@@ -17,6 +17,7 @@ from tasks.models import Manifest
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import get_backup, list_backups
 from tasks.storage.health import finding
+from tasks.storage.index import hidden_but_pinned
 from tasks.storage.layout import backup_id_of, is_manifest_key, layout
 
 
@@ -38,10 +39,13 @@ def known_state(store: StoreBlock, manifest: Manifest) -> Known:
 
 def damaged_backups(store: StoreBlock, component: str, good: list[Manifest]) -> dict[str, str]:
     """backup id -> why, for backups whose manifest exists but does not load (the catalog skips
-    them; an operator must see them)."""
+    them; an operator must see them), and for listed backups whose objects the store no longer
+    holds (deleted behind the manifest's back: a restore of it would fail). One listing."""
     seen = {m.id for m in good}
     out: dict[str, str] = {}
-    for key in backend_for(store).list_keys(layout(store).component_dir(component)):
+    backend, folder = backend_for(store), layout(store).component_dir(component)
+    keys = list(backend.list_keys(folder))
+    for key in keys:
         backup_id = backup_id_of(key)
         if not is_manifest_key(key) or backup_id is None or backup_id in seen:
             continue
@@ -49,6 +53,12 @@ def damaged_backups(store: StoreBlock, component: str, good: list[Manifest]) -> 
             get_backup(store, backup_id, component)
         except (IntegrityError, NotFound) as exc:
             out[backup_id] = str(exc)
+    # a version a delete marker hides while its manifest pins it is still there (a locked backup)
+    present = set(keys)
+    present |= hidden_but_pinned(backend, folder, good, present)
+    for m in good:
+        if gone := [o.name for o in m.objects if o.key not in present]:
+            out[m.id] = f"objects missing from the store: {', '.join(gone[:3])}"
     return out
 
 

@@ -1,6 +1,7 @@
 """`klb status`: per component, is the newest good backup within its schedule interval, how big,
-when verified, what the last drill proved (RTO/RPO), and what is not configured; a drill record
-that is unreadable or that no key of the store signed is named (and makes the status unhealthy)."""
+when verified, what the last drill proved (RTO/RPO; a drill that failed to restore it is a
+problem), and what is not configured; a drill record that is unreadable or that no key of the
+store signed is named (and makes the status unhealthy)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from flows.console.known import backups_of, known_state
 from tasks.components.registry import SPECS, load_target
 from tasks.errors import BackupError
 from tasks.operations.drills import DrillRecord, list_drill_records
+from tasks.operations.drills import Status as DrillStatus
 from tasks.operations.scope import scope_gap
 from tasks.storage.catalog import from_the_future
 from tasks.storage.codec import key_id
@@ -57,14 +59,18 @@ def _configured(component: str) -> tuple[Any, str | None, str | None]:
         return None, None, f"{type(exc).__name__}: {str(exc)[:120]}"
 
 
-def _drill_line(component: str, drills: list[DrillRecord]) -> str:
+def _drill_line(component: str, drills: list[DrillRecord]) -> tuple[str, str | None]:
+    """(the LAST DRILL cell, the problem when the newest drill that covered it FAILED)."""
     for rec in reversed(drills):  # the newest drill that covered this component
         for c in rec.components:
-            if c.component == component and c.status.value != "not covered":
+            if c.component == component and c.status != DrillStatus.not_covered:
                 rto = age(c.rto_seconds)
                 rpo = age(c.rpo_age_seconds)
-                return f"{c.status.value} {ago(rec.started_at)} (drill {rec.id}, RTO {rto}, RPO {rpo})"
-    return "no drill covered it"
+                line = f"{c.status.value} {ago(rec.started_at)} (drill {rec.id}, RTO {rto}, RPO {rpo})"
+                # its restore is not proven until a later drill verifies it: not 'ok'
+                failed = f"DRILL FAILED (drill {rec.id})" if c.status == DrillStatus.failed else None
+                return line, failed
+    return "no drill covered it", None
 
 
 def component_status(
@@ -115,7 +121,9 @@ def component_status(
         st.problems.append(f"OVERDUE (no good backup{whole})")
     if damaged:
         st.problems.append(f"DAMAGED: {len(damaged)} backup(s) ({', '.join(sorted(damaged))})")
-    st.drill = _drill_line(component, drills)
+    st.drill, drill_failed = _drill_line(component, drills)
+    if drill_failed:
+        st.problems.append(drill_failed)
     return st
 
 

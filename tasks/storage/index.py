@@ -78,7 +78,7 @@ def _from_cache(entry: dict[str, str], tag: str, key: str, store: StoreBlock) ->
         return None
 
 
-def _hidden_but_pinned(
+def hidden_but_pinned(
     backend: Backend, folder: str, manifests: list[Manifest], current: dict[str, str]
 ) -> set[str]:
     """Objects of listed backups that a delete marker hides while the version their manifest
@@ -161,7 +161,7 @@ def list_component(store: StoreBlock, component: str, use_index: bool = True) ->
             log.warning("could not write manifest index %s: %s", ikey, exc)
     manifests = sorted(found.values(), key=lambda m: (m.source_time, m.id))
     listed = sorted(
-        set(tagged) | _hidden_but_pinned(backend, keys.component_dir(component), manifests, tagged)
+        set(tagged) | hidden_but_pinned(backend, keys.component_dir(component), manifests, tagged)
     )
     timings = {"list": t1 - t0, "index": t2 - t1, "fetch": t3 - t2, "write_index": time.perf_counter() - t3}
     return ComponentListing(

@@ -130,13 +130,18 @@ def pin_current(backend: Backend, key: str, until: datetime | None) -> str | Non
     return None if version in (None, "null") else version
 
 
-def _bucket_locks(backend: Backend) -> bool:
+def _bucket_locks(backend: Backend) -> bool | None:
+    """Whether the bucket has Object Lock on; None when its configuration cannot be read (a
+    server without the lock API, or a worker not allowed to read it: AccessDenied). Unknown is
+    never 'no lock': whoever deletes or counts asks each version's lock instead (a HEAD answers
+    with no lock where there is none)."""
     if not isinstance(backend, S3Backend):
         return False
     try:
         return backend.bucket_lock().lock_enabled
-    except ConfigurationError:  # a server without the lock API (some S3-compatible ones)
-        return False
+    except ConfigurationError as exc:
+        log.warning("the bucket's Object Lock configuration cannot be read (%s): asking each object", exc)
+        return None
 
 
 def written_manifests(
@@ -150,10 +155,10 @@ def written_manifests(
     if not isinstance(backend, S3Backend):
         return None
     try:
-        status = backend.bucket_lock()
-    except ConfigurationError:  # a server without the lock API
-        return None
-    if not status.lock_enabled:
+        enabled = backend.bucket_lock().lock_enabled
+    except ConfigurationError:  # a server without the lock API, or a worker not allowed to ask
+        enabled = bool(lock_mode(store))  # the store block says it locks (each backup checked it)
+    if not enabled:
         return None
     out: dict[str, str] = {}
     hidden: list[tuple[str, str]] = []
@@ -210,7 +215,7 @@ def locked_until(
     version locked past `now` or under a legal hold: name -> (mode, latest retain-until), and
     (LEGAL_HOLD, None) when any version is held (no date: it lasts until someone lifts it). A
     bare key means its current version. Retention asks this before it deletes."""
-    if not groups or not _bucket_locks(backend):
+    if not groups or _bucket_locks(backend) is False:
         return {}
     assert isinstance(backend, S3Backend)
     flat = [(name, k if isinstance(k, tuple) else (k, None)) for name, keys in groups.items() for k in keys]
@@ -302,7 +307,7 @@ def census(backend: Backend, manifests: list[Manifest], now: datetime) -> LockCe
     if not isinstance(backend, S3Backend):
         return None
     pinned: list[tuple[str, str | None]] = [(o.key, o.version_id) for m in manifests for o in m.objects]
-    if not _bucket_locks(backend):
+    if _bucket_locks(backend) is False:
         return LockCensus(objects=len(pinned), unlocked=len(pinned), earliest_retain_until=None)
     found: list[Any] = _retention_of_keys(backend, pinned)
     dated = [until for mode, until, _ in found if mode and until and until > now]

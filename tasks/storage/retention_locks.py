@@ -48,14 +48,36 @@ def apply_locks(plan: RetentionPlan, locks: dict[str, tuple[str, datetime | None
     return plan.model_copy(update={"decisions": decisions, "orphans": orphans})
 
 
+def _special_kept(
+    store: StoreBlock, plan: RetentionPlan, manifests: list[Manifest]
+) -> list[tuple[list[Manifest], datetime]]:
+    """Safety and forensic backups the plan keeps for a `special_retention` longer than the
+    component's retention, each with the end of that window (+ margin): the lock their write gave
+    them (the retention + margin) would otherwise run out while retention still keeps them."""
+    special = plan.policy.special_retention
+    if special is None or special <= plan.policy.retention:
+        return []
+    keeping = {d.id for d in plan.decisions if d.action == Action.keep}
+    out: list[tuple[list[Manifest], datetime]] = []
+    for m in manifests:
+        if m.routine or m.id not in keeping or not m.objects:
+            continue
+        until = object_lock.lock_until(store, m.source_time + special)
+        if until is not None and until > plan.now:  # a lock is only lengthened, never shortened
+            out.append(([m], until))
+    return out
+
+
 def hold_kept_locks(
     store: StoreBlock, plans: dict[str, RetentionPlan], manifests: dict[str, list[Manifest]], dry_run: bool
 ) -> tuple[dict[str, dict[str, str]], str]:
     """On a store that locks: the backups a plan keeps whatever their age (`Decision.protected`:
     the newest good, each part's holder, the newest recovery point's members, GFS picks) are
-    locked until a retention window (+ the store's margin) past the run. Their own lock ended
-    with their window; without this the backup retention promises never to delete could be
-    deleted for good by anyone with the worker's credentials once backups stop. -> (component
+    locked until a retention window (+ the store's margin) past the run; the safety and forensic
+    backups it keeps for a `special_retention` longer than the retention, to that window's end.
+    Their own lock ended with their window; without this the backup retention promises never to
+    delete could be deleted for good by anyone with the worker's credentials once backups stop.
+    -> (component
     -> backup id -> until when, or would be in a dry run; what failed, "" when nothing)."""
     held: dict[str, dict[str, str]] = {}
     failed: list[str] = []
@@ -65,17 +87,27 @@ def hold_kept_locks(
     for name, plan in plans.items():
         kept = [m for m in plan.protected(manifests.get(name, [])) if m.objects]
         until = object_lock.lock_until(store, plan.now + plan.policy.retention)
-        if not kept or until is None:
+        if until is None:
+            continue
+        # each group of backups with the date it must stay locked to
+        groups = [(kept, until)] if kept else []
+        groups += _special_kept(store, plan, manifests.get(name, []))
+        if not groups:
             continue
         try:
             if not dry_run:
-                object_lock.extend_locks(store, backend, kept, until, plan.now)
+                for group, group_until in groups:
+                    object_lock.extend_locks(store, backend, group, group_until, plan.now)
         except Exception as exc:  # one component's failure must not spare the others their lock
             log.error("%s: backups kept past their window stay unlocked: %s", name, exc)
             failed.append(f"{name}: {exc}")
             continue
         word = "would lock" if dry_run else "locked"
-        held[name] = {m.id: f"{word} until at least {until:%Y-%m-%dT%H:%M:%SZ}" for m in kept}
+        held[name] = {
+            m.id: f"{word} until at least {group_until:%Y-%m-%dT%H:%M:%SZ}"
+            for group, group_until in groups
+            for m in group
+        }
     if not failed:
         return held, ""
     return held, (

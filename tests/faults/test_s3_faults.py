@@ -233,3 +233,42 @@ def test_a_manifest_put_the_client_gave_up_on_never_lists_a_backup_without_its_o
     wait_until(lambda: list_backups(store, "app-state") != [], 15, "the late manifest to land")
     (late,) = list_backups(store, "app-state")
     verify_backup(store, late)  # whole: its objects were left in place
+
+
+@pytest.mark.fault(
+    "s3",
+    "the worker may not read the bucket's Object Lock configuration (GetObjectLockConfiguration "
+    "answers 403 AccessDenied: a least-privilege policy) on a COMPLIANCE bucket, and retention "
+    "runs with a backup past its window whose objects are still locked",
+    "retention asks each version's lock as usual and keeps the locked backup ('locked' says until "
+    "when); it never reports it deleted nor puts delete markers over it, and the catalog lists it",
+)
+def test_retention_never_takes_an_unreadable_lock_configuration_for_no_lock(
+    moto, fault_proxy, prefect_server
+):
+    from datetime import UTC, datetime
+
+    from flows.maintenance import enforce_retention
+    from sandbox.s3 import make_bucket
+    from sandbox.s3 import s3_store as make_store
+    from tasks.ids import new_backup_id
+
+    bucket, client = make_bucket(moto.url, object_lock=True)
+    store = make_store(fault_proxy.url, bucket, object_lock_mode="COMPLIANCE")
+    old = datetime.now(UTC) - timedelta(days=40)  # past its 14 days; locked 15 days from its write
+    with backup_session(store, "app-state") as s:
+        s.started_at, s.id, s.source_time = old, new_backup_id("app-state", old), old
+        s.write("data", [b"orders: 41\n"])  # the same part as the newer one: it replaces this
+        locked = s.commit(retention=timedelta(days=14))
+    backup_bytes(store, b"orders: 42\n")  # the newest good backup
+    fault_proxy.add(
+        Rule("error", method="GET", query="object-lock", status=403, code="AccessDenied", times=None)
+    )
+
+    summary = enforce_retention(dry_run=False, store=store, components=["app-state"])["components"][
+        "app-state"
+    ]
+    assert summary["deleted"] == [] and locked.id in summary["locked"], summary
+    assert client.list_object_versions(Bucket=bucket).get("DeleteMarkers", []) == []
+    fault_proxy.clear()
+    assert locked.id in [m.id for m in list_backups(store, "app-state")]

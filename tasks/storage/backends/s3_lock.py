@@ -80,11 +80,17 @@ def ensure_retention(
 ) -> str | None:
     """Make sure the version is locked in `mode` until at least `until`; returns its version id.
 
-    A lock may only be lengthened, never shortened, so this is safe to repeat. It also covers
+    A lock may only be lengthened, never shortened nor weakened (a running COMPLIANCE lock stays
+    COMPLIANCE when GOVERNANCE is asked), so this is safe to repeat. It also covers
     servers that accept the lock headers of a write and then do not keep them (moto's multipart
     uploads): the lock is read back, set when missing or short, and read back again."""
     until = ceil_second(until)
     have_mode, have_until, version_id, _ = retention_of(client, bucket, key, version_id)
+    if have_mode == "COMPLIANCE" and have_until is not None and have_until > datetime.now(UTC):
+        # never weakened: S3 refuses COMPLIANCE -> GOVERNANCE while it runs (a server that
+        # accepts it would let s3:BypassGovernanceRetention delete the version): it is lengthened
+        # as COMPLIANCE, and one already long enough is left as it is
+        mode = "COMPLIANCE"
     if have_mode == mode and have_until is not None and have_until >= until:
         return version_id
     with s3_errors(bucket, key):
