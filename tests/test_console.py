@@ -417,6 +417,22 @@ def test_status_a_component_whose_last_drill_failed_is_not_ok_and_exits_1(store,
     assert code == OK and row(lines, "app-state").endswith("ok"), lines
 
 
+def test_status_a_component_verified_in_a_drill_that_failed_as_a_whole_is_not_ok(store, capsys):
+    """A drill whose restore of app-state verified but whose RTO was over its target failed as a
+    whole: the drill metrics say it failed for app-state, while `klb status` showed STATE ok and
+    exit 0 (only the 'last drill' line said FAILED)."""
+    from tasks.operations.drills import save_drill_record
+    from tests.record_helpers import drill
+
+    put_backup(store, "app-state")
+    slow = drill(datetime.now(UTC) - timedelta(hours=1))
+    slow = slow.model_copy(update={"rto_seconds": 3600.0, "failures": ["RTO 1h over the target of 30 min"]})
+    save_drill_record(store, slow)
+    code, lines, _ = klb(capsys, "status", "app-state")
+    assert code == PROBLEM, lines
+    assert "DRILL FAILED" in row(lines, "app-state") and not row(lines, "app-state").endswith("ok")
+
+
 def test_an_idempotency_key_without_deployment_is_refused_and_runs_nothing(saved, store, capsys):
     """`--idempotency-key` only means something for a triggered deployment: given without
     `--deployment` it was ignored and the backup (or restore) ran here, once per call, while the

@@ -14,6 +14,7 @@ from flows.console.fmt import age, ago, every, human_bytes, table
 from flows.console.known import backups_of, known_state
 from tasks.components.registry import SPECS, load_target
 from tasks.errors import BackupError
+from tasks.operations.drill_run import passed_for
 from tasks.operations.drills import DrillRecord, list_drill_records
 from tasks.operations.drills import Status as DrillStatus
 from tasks.operations.scope import scope_gap
@@ -67,9 +68,11 @@ def _drill_line(component: str, drills: list[DrillRecord]) -> tuple[str, str | N
                 rto = age(c.rto_seconds)
                 rpo = age(c.rpo_age_seconds)
                 line = f"{c.status.value} {ago(rec.started_at)} (drill {rec.id}, RTO {rto}, RPO {rpo})"
-                # its restore is not proven until a later drill verifies it: not 'ok'
-                failed = f"DRILL FAILED (drill {rec.id})" if c.status == DrillStatus.failed else None
-                return line, failed
+                # its restore is not proven until a later drill passes for it: not 'ok'. As its
+                # drill metrics say (passed_for): a failure of the whole drill (RTO over target,
+                # a drill-wide health check) fails it too, though its own restore verified
+                passed = passed_for(rec, component, rec.rto_target_minutes)
+                return line, None if passed else f"DRILL FAILED (drill {rec.id})"
     return "no drill covered it", None
 
 
