@@ -134,6 +134,36 @@ def test_data_corruption_restores_pvcs_from_the_last_backup_that_verifies_good(
     assert [m.id for m in forensic] == [report["forensic_backup"]]
 
 
+def test_data_corruption_passes_over_a_volumes_backup_from_a_clock_that_ran_ahead(
+    prefect_server, kube_api, ctl, kube_api_volumes, store, namespaces, monkeypatch
+):
+    """A volumes backup whose source time is in the future (the worker's clock ran ahead) is not
+    'the newest good one': `latest` refuses such a backup, and scenario 3 restored it, over the
+    real newest, naming no reason."""
+    from datetime import UTC, datetime, timedelta
+
+    from tasks.components.kubernetes import backups
+
+    lam, _ = namespaces
+    good = backup_component("volumes", target=kube_api_volumes, store=store)
+
+    class Ahead(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.now(tz) + timedelta(days=2)
+
+    monkeypatch.setattr(backups, "datetime", Ahead)
+    ctl.volumes[(lam, "data")] = "written under a skewed clock"
+    skewed = backup_component("volumes", target=kube_api_volumes, store=store)
+    monkeypatch.undo()
+    assert skewed.source_time > datetime.now(UTC) + timedelta(days=1)
+    ctl.volumes[(lam, "data")] = "corrupted"
+    report = data_corruption(lam, target=kube_api_volumes, store=store)
+    assert report["backup_id"] == good.id
+    assert "in the future" in report["rejected_backups"][skewed.id]
+    assert ctl.volumes[(lam, "data")] == f"{lam} volume v1"
+
+
 def test_data_corruption_puts_the_apps_back_when_the_restore_fails(
     prefect_server, kube_api, ctl, kube_api_volumes, store, namespaces
 ):

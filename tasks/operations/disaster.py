@@ -20,7 +20,7 @@ from tasks.components.registry import load_target
 from tasks.errors import BackupError, BadInput, NotFound
 from tasks.models import Manifest
 from tasks.operations.scope import backup_for
-from tasks.storage.catalog import LATEST, list_backups, verify_backup
+from tasks.storage.catalog import LATEST, from_the_future, list_backups, verify_backup
 from tasks.storage.session import backup_session
 from tasks.table import policy
 
@@ -109,7 +109,11 @@ def newest_good_volumes_backup(
     why each newer one was rejected."""
     logger = get_run_logger()
     rejected: dict[str, str] = {}
-    for candidate in reversed([m for m in list_backups(store, "volumes", until=before) if m.routine]):
+    listed = [m for m in list_backups(store, "volumes", until=before) if m.routine]
+    for candidate in reversed(listed):
+        if from_the_future(candidate):  # a skewed clock: not chosen as newest, as `latest` does
+            rejected[candidate.id] = "its source time is in the future (clock skew?): restore it by id"
+            continue
         try:
             if not _holds(store, candidate, namespace, pvcs):
                 rejected[candidate.id] = f"does not hold the PVCs of {namespace}"
