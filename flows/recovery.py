@@ -333,11 +333,13 @@ def rollback_restore(
     }
 
     def still_wanted() -> None:  # under the lock: a concurrent rollback of it may have run, or
-        # a restore 'running' when asked has ended since (the lock waited for it)
+        # a restore 'running' when asked has ended since (the lock waited for it), or another
+        # restore into the target ran while this waited (paused for approval under the lock)
         now = load_restore_record(store_block, restore_id)
         if now.status == "rolled back":
             raise BadInput(f"restore {restore_id} was rolled back meanwhile: nothing more to do")
         check_rollback_allowed(now)
+        check_nothing_later(store_block, now)
 
     outcome = _checked_restore(
         record, manifest, store_block, target_block, guard_block, checklist, given, still_wanted
