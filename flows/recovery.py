@@ -45,6 +45,7 @@ from tasks.operations.rollback import (
     check_nothing_later,
     check_rollback_allowed,
     check_same_target,
+    check_still_rolled_back,
     created_by_restore,
     rollback_options,
     rollback_target,
@@ -291,6 +292,7 @@ def rollback_restore(
     guard_block = load_guard(guard)
     original = load_restore_record(store_block, restore_id)
     if original.status == "rolled back":
+        check_still_rolled_back(store_block, original)  # not when its rollback was rolled back
         logger.info(
             "restore %s was already rolled back by %s: nothing to do", restore_id, original.rolled_back_by
         )

@@ -28,6 +28,7 @@ from tasks.operations.plan import target_label
 from tasks.operations.restores import (
     CHANGED,
     RestoreRecord,
+    load_restore_record,
     restore_record_from,
     target_digest,
     untouched,
@@ -327,6 +328,27 @@ def check_rollback_allowed(record: RestoreRecord) -> None:
         raise BadInput(
             f"restore {record.id} took no safety backup (run with without_rollback=True): there is "
             "nothing to roll back to; restore an older backup with restore_with_checklist instead"
+        )
+
+
+def check_still_rolled_back(store: StoreBlock, record: RestoreRecord) -> None:
+    """A 'rolled back' restore stays undone only while its rollback is in force: once that
+    rollback was itself rolled back (and not rolled back again), the restore's data is in place
+    again, and "already rolled back: nothing to do" would be a lie. BadInput naming the rollback
+    to undo (the newest of the chain: it puts back the state without the restore)."""
+    chain, seen = [record], {record.id}
+    while chain[-1].status == "rolled back" and chain[-1].rolled_back_by:
+        nxt = load_restore_record(store, chain[-1].rolled_back_by)
+        if nxt.id in seen:  # a loop only a forged chain of records makes
+            break
+        chain.append(nxt)
+        seen.add(nxt.id)
+    if len(chain) % 2 == 1 and len(chain) > 1:  # A, its rollback R, R's rollback R2, ...: A in place
+        undone, newest = chain[-2], chain[-1]
+        raise BadInput(
+            f"restore {record.id} was rolled back by {record.rolled_back_by}, but {undone.id} was itself "
+            f"rolled back by {newest.id} ('{newest.status}'): the restore's data is in place again. To "
+            f"undo it, roll back that one: rollback_restore('{newest.id}'); nothing was done"
         )
 
 

@@ -1,5 +1,6 @@
-"""A rollback asked while another restore of the same target holds the component lock: what it
-checked before it waited must still hold when it gets the lock, or it changes nothing."""
+"""Rollbacks against what happened since they were asked: a rollback that waited for the component
+lock, a restore whose rollback was itself rolled back. A rollback changes nothing unless what it
+checked still holds, and never says "rolled back" of a restore that is in place."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from prefect.flow_runs import resume_flow_run
 
 from flows.backup import backup_component
 from flows.recovery import load_restore_record, restore_with_checklist, rollback_restore
+from tasks.errors import BadInput
 from tests.drill.test_approval import GUARD, Running
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -50,3 +52,29 @@ def test_a_rollback_that_waited_for_a_later_restore_does_not_undo_it(local_store
     assert prod.file.read_bytes() == restored_by_b and prod.restores == 2
     assert load_restore_record(store, a.id).status == "restored"
     assert load_restore_record(store, b_record.id).status == "restored"
+
+
+def test_a_restore_whose_rollback_was_rolled_back_is_not_said_to_be_rolled_back(local_store, prod):
+    """Before: restore A rolled back by R, R rolled back by R2 (A's data is back in place);
+    rollback_restore(A) said 'already rolled back: nothing to do' and returned A's record as
+    'rolled back', while the target held what A restored."""
+    store = local_store()
+    target = prod.target()
+    original = prod.file.read_bytes()
+    backup_component("app-state", target=target, store=store)
+    prod.file.write_bytes(b"state before the restore\n")
+    a = restore_with_checklist("app-state", target=target, store=store)
+    r = rollback_restore(a.id, target=target, store=store).rolled_back_by
+    r2 = rollback_restore(r, target=target, store=store).rolled_back_by
+    assert prod.file.read_bytes() == original and prod.restores == 3  # A's restore is in place again
+
+    state = rollback_restore(a.id, target=target, store=store, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(BadInput, match=rf"{r}.* was itself rolled back by {r2}.*rollback_restore\('{r2}'\)"):
+        state.result()
+    assert prod.file.read_bytes() == original and prod.restores == 3
+
+    rollback_restore(r2, target=target, store=store)  # what the refusal says: A undone again
+    assert prod.file.read_bytes() == b"state before the restore\n" and prod.restores == 4
+    again = rollback_restore(a.id, target=target, store=store)  # now it is: nothing to do
+    assert again.status == "rolled back" and again.rolled_back_by == r and prod.restores == 4
