@@ -78,3 +78,42 @@ def test_a_restore_whose_rollback_was_rolled_back_is_not_said_to_be_rolled_back(
     assert prod.file.read_bytes() == b"state before the restore\n" and prod.restores == 4
     again = rollback_restore(a.id, target=target, store=store)  # now it is: nothing to do
     assert again.status == "rolled back" and again.rolled_back_by == r and prod.restores == 4
+
+
+def test_a_window_that_closed_while_the_safety_backup_ran_changes_nothing(local_store, prod):
+    """Before: without approval the window was checked once, before the safety backup; a backup
+    that outlasted the window (a big database at 05:59, window ending 06:00) was followed by the
+    restore itself, outside the window, in business hours. Checked again right before it now."""
+    from datetime import UTC, datetime, timedelta
+
+    from blocks.restore_guard import MaintenanceWindow, RestoreGuard
+
+    store = local_store()
+    target = prod.target()
+    backup_component("app-state", target=target, store=store)
+    prod.file.write_bytes(b"current data\n")
+    step = target.steps[0].model_copy(update={"backup_command": ["sh", "-c", 'sleep 30; cat "$PROD"']})
+    slow = target.model_copy(update={"steps": [step]})  # its safety backup outlasts the window
+    now = datetime.now(UTC)
+    start, end = (now - timedelta(minutes=1)).time(), (now + timedelta(seconds=20)).time()
+    window = MaintenanceWindow(start=start, end=end)
+
+    state = restore_with_checklist(
+        "app-state", target=slow, store=store, guard=RestoreGuard(window=window), return_state=True
+    )
+    assert state.is_failed()
+    with pytest.raises(Exception, match="closed while the restore took its safety backup"):
+        state.result()
+    assert prod.file.read_bytes() == b"current data\n" and prod.restores == 0
+    record = load_restore_record(store, _only_record(store))
+    assert record.status == "refused" and record.checklist[2].mark.value == "ok"  # open when checked
+
+
+def _only_record(store) -> str:
+    from tasks.storage.backends import backend_for
+    from tasks.storage.layout import layout
+
+    keys = list(backend_for(store).list_keys(layout(store).records_dir("restores")))
+    ids = {k.rsplit("/", 2)[-2] for k in keys if k.endswith("/record.json")}
+    assert len(ids) == 1, ids
+    return ids.pop()
