@@ -117,3 +117,29 @@ def _only_record(store) -> str:
     ids = {k.rsplit("/", 2)[-2] for k in keys if k.endswith("/record.json")}
     assert len(ids) == 1, ids
     return ids.pop()
+
+
+def test_a_later_restore_back_in_force_through_a_rolled_back_rollback_blocks_an_earlier_rollback(
+    local_store, prod
+):
+    """Before: restore A, then B; B rolled back by RB, RB rolled back by RB2 (B's data in place
+    again). Rolling A back counted RB2 as 'a rollback of a later restore: back to as before' and
+    B as 'rolled back', and put A's safety backup over B's data without a word."""
+    store = local_store()
+    target = prod.target()
+    good = backup_component("app-state", target=target, store=store)
+    prod.file.write_bytes(b"state before A\n")
+    a = restore_with_checklist("app-state", target=target, store=store)
+    prod.file.write_bytes(b"written after A\n")
+    b = restore_with_checklist("app-state", backup_id=good.id, target=target, store=store)
+    rb = rollback_restore(b.id, target=target, store=store).rolled_back_by
+    rb2 = rollback_restore(rb, target=target, store=store).rolled_back_by
+    in_place = prod.file.read_bytes()  # what B restored, in force again
+    assert prod.restores == 4
+
+    state = rollback_restore(a.id, target=target, store=store, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(BadInput, match=f"{rb2} restored app-state into the same target after {a.id}"):
+        state.result()
+    assert prod.file.read_bytes() == in_place and prod.restores == 4
+    assert load_restore_record(store, a.id).status == "restored"
