@@ -45,6 +45,7 @@ from tasks.operations.rollback import (
     check_nothing_later,
     check_rollback_allowed,
     check_same_target,
+    check_still_rolled_back,
     created_by_restore,
     rollback_options,
     rollback_target,
@@ -291,6 +292,7 @@ def rollback_restore(
     guard_block = load_guard(guard)
     original = load_restore_record(store_block, restore_id)
     if original.status == "rolled back":
+        check_still_rolled_back(store_block, original)  # not when its rollback was rolled back
         logger.info(
             "restore %s was already rolled back by %s: nothing to do", restore_id, original.rolled_back_by
         )
@@ -333,11 +335,13 @@ def rollback_restore(
     }
 
     def still_wanted() -> None:  # under the lock: a concurrent rollback of it may have run, or
-        # a restore 'running' when asked has ended since (the lock waited for it)
+        # a restore 'running' when asked has ended since (the lock waited for it), or another
+        # restore into the target ran while this waited (paused for approval under the lock)
         now = load_restore_record(store_block, restore_id)
         if now.status == "rolled back":
             raise BadInput(f"restore {restore_id} was rolled back meanwhile: nothing more to do")
         check_rollback_allowed(now)
+        check_nothing_later(store_block, now)
 
     outcome = _checked_restore(
         record, manifest, store_block, target_block, guard_block, checklist, given, still_wanted

@@ -32,12 +32,19 @@ ORDER = dr_order()
 
 Action = Literal["create", "replace", "skip", "plan only"]
 
+# what a postgres restore with the globals does to the live server besides its databases
+ROLES_APPLIED = (
+    "; before the cut-over the backup's roles are applied to the whole server (attributes, "
+    "passwords, memberships of every role, other databases' included)"
+)
+ROLES_CREATED = "; roles the load needs that the server lacks are created on it (bare) and kept"
+
 # what a restore of each component really does to its target (its module's `restore`)
 MODES: dict[str, str] = {
     "kubernetes": "in place: a Velero Restore into the namespaces (existing objects per the policy)",
     "volumes": "in place: the claims are deleted and restored with their data",
     "postgres": "aside, then cut over: restored into a side database, checked, renamed over "
-    "(the old database is kept for rollback_postgres)",
+    "(the old database is kept for rollback_postgres)" + ROLES_APPLIED,
     "etcd": "plan only: the snapshot and the restore commands are written out for a reviewed swap",
     "rabbitmq": "in place: the definitions are imported over the current ones, then checked",
     "app-state": "in place: each step's restore command replaces the current state (no aside copy)",
@@ -53,10 +60,8 @@ def action_of(component: str, options: Any = None) -> str:
             "THE SWAP ITSELF (execute_swap): kube-apiserver and etcd are stopped on this node, the "
             "data dir is replaced by the restored one, both are restarted"
         )
-    if component == "postgres" and options is not None and not getattr(options, "cut_over", True):
-        return (
-            "aside only (cut_over=False): restored into a side database and checked; nothing is renamed over"
-        )
+    if component == "postgres" and options is not None:
+        return _postgres_action(options)
     if component == "rabbitmq" and getattr(options, "into_vhost", None):
         return (
             f"aside: vhost {options.vhost!r} of the backup as {options.into_vhost!r} (into_vhost), "
@@ -70,6 +75,20 @@ def action_of(component: str, options: Any = None) -> str:
     if component == "kubernetes" and options is not None:
         return _velero_action(options)
     return MODES.get(component, "the component's own restore")
+
+
+def _postgres_action(options: Any) -> str:
+    """Its databases aside (and cut over), and what the globals change on the live server: the
+    component applies them when asked, else on a restore of every database (applies_globals)."""
+    given = getattr(options, "include_globals", None)
+    with_globals = given if given is not None else not getattr(options, "databases", None)
+    if not getattr(options, "cut_over", True):
+        text = (
+            "aside only (cut_over=False): restored into a side database and checked; nothing is renamed over"
+        )
+        return text + (ROLES_CREATED if with_globals else "")
+    text = MODES["postgres"].removesuffix(ROLES_APPLIED)
+    return text + (ROLES_APPLIED if with_globals else "")
 
 
 def _velero_action(options: Any) -> str:

@@ -318,7 +318,9 @@ def _items(
         add(
             ChecklistLine(item=ITEMS[6], mark=Mark.warn if guard.require_approval else Mark.ok, detail=detail)
         )
-        still_as_verified(manifest, store)  # the safety backup may have taken an hour
+        # the safety backup may have taken an hour: the window and the backup are checked again
+        _window_still_open(guard, force, "took its safety backup")
+        still_as_verified(manifest, store)
         return
     state = get_record(store, record.current_state_key) if record.current_state_key else None
     safety = get_backup(store, record.safety_backup_id, record.component) if record.safety_backup_id else None
@@ -355,18 +357,24 @@ def _items(
         raise
     add(line)
     # the window was checked before the wait: an answer that comes after it closed is too late
+    _window_still_open(guard, force, "waited for approval", "approved, but ")
+    if record.safety_backup_id:
+        _retake_safety_backup(record, store, target, without_rollback, add)
+    still_as_verified(manifest, store)  # what was approved is what runs, or nothing does
+
+
+def _window_still_open(guard: RestoreGuard, force: bool, doing: str, prefix: str = "") -> None:
+    """Refused when the maintenance window, open at the checklist's window item, closed since
+    (while the restore `doing`): the restore step itself must start inside it."""
     if guard.window is not None and not guard.window.contains(datetime.now(UTC)) and not force:
         raise Refused(
             ChecklistLine(
                 item=ITEMS[2],
                 mark=Mark.refused,
-                detail=f"approved, but {guard.window.describe()} closed while the restore waited for "
-                "approval: nothing was changed; run it again in the window, or with force=True",
+                detail=f"{prefix}{guard.window.describe()} closed while the restore {doing}: nothing "
+                "was changed; run it again in the window, or with force=True",
             )
         )
-    if record.safety_backup_id:
-        _retake_safety_backup(record, store, target, without_rollback, add)
-    still_as_verified(manifest, store)  # what was approved is what runs, or nothing does
 
 
 def _retake_safety_backup(

@@ -28,6 +28,7 @@ from tasks.operations.plan import target_label
 from tasks.operations.restores import (
     CHANGED,
     RestoreRecord,
+    load_restore_record,
     restore_record_from,
     target_digest,
     untouched,
@@ -330,6 +331,34 @@ def check_rollback_allowed(record: RestoreRecord) -> None:
         )
 
 
+def check_still_rolled_back(store: StoreBlock, record: RestoreRecord) -> None:
+    """A 'rolled back' restore stays undone only while its rollback is in force: once that
+    rollback was itself rolled back (and not rolled back again), the restore's data is in place
+    again, and "already rolled back: nothing to do" would be a lie. BadInput naming the rollback
+    to undo (the newest of the chain: it puts back the state without the restore)."""
+    chain = _in_force_again(store, record)
+    if chain:
+        undone, newest = chain[-2], chain[-1]
+        raise BadInput(
+            f"restore {record.id} was rolled back by {record.rolled_back_by}, but {undone.id} was itself "
+            f"rolled back by {newest.id} ('{newest.status}'): the restore's data is in place again. To "
+            f"undo it, roll back that one: rollback_restore('{newest.id}'); nothing was done"
+        )
+
+
+def _in_force_again(store: StoreBlock, record: RestoreRecord) -> list[RestoreRecord]:
+    """The chain record, its rollback, that one's rollback, ... when it leaves the 'rolled back'
+    `record` in force again (an odd number of records); [] when it is undone."""
+    chain, seen = [record], {record.id}
+    while chain[-1].status == "rolled back" and chain[-1].rolled_back_by:
+        nxt = load_restore_record(store, chain[-1].rolled_back_by)
+        if nxt.id in seen:  # a loop only a forged chain of records makes
+            break
+        chain.append(nxt)
+        seen.add(nxt.id)
+    return chain if len(chain) % 2 == 1 and len(chain) > 1 else []
+
+
 def check_nothing_later(store: StoreBlock, record: RestoreRecord) -> None:
     """A rollback puts back the state from before `record`: any restore (or rollback) into the
     same target since then would be undone too, without a word, while its record still says
@@ -347,7 +376,11 @@ def check_nothing_later(store: StoreBlock, record: RestoreRecord) -> None:
         undoes_later = other.kind == "rollback" and (other.rolls_back or "") > record.id
         if same and other.status in CHANGED and not untouched(other) and not undoes_later:
             later.append(other.id)
+        elif same and other.status == "rolled back" and (chain := _in_force_again(store, other)):
+            # its rollback was rolled back: its data is in place again, by the newest of the chain
+            later.append(chain[-1].id)
     if later:
+        later = sorted(set(later))  # ids sort by start: the newest last
         raise BadInput(
             f"{', '.join(later)} restored {record.component} into the same target after {record.id}: "
             f"rolling {record.id} back would silently undo them too. Roll back the newest first "

@@ -45,7 +45,11 @@ class RestoreOptions(StrictOptions):
         description="restore roles/tablespaces too: missing ones before the load, the rest just "
         "before the cut-over (default: when restoring every database)",
     )
-    cut_over: bool = Field(default=True, description="False: leave the verified copy aside, touch nothing")
+    cut_over: bool = Field(
+        default=True,
+        description="False: leave the verified copy aside, rename nothing over (with the globals, "
+        "roles the load needs that the server lacks are still created on it)",
+    )
     no_owner: bool = Field(
         default=False, description="skip ownership and grants (a server without the roles)"
     )

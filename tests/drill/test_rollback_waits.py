@@ -1,0 +1,145 @@
+"""Rollbacks against what happened since they were asked: a rollback that waited for the component
+lock, a restore whose rollback was itself rolled back. A rollback changes nothing unless what it
+checked still holds, and never says "rolled back" of a restore that is in place."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from prefect.flow_runs import resume_flow_run
+
+from flows.backup import backup_component
+from flows.recovery import load_restore_record, restore_with_checklist, rollback_restore
+from tasks.errors import BadInput
+from tests.drill.test_approval import GUARD, Running
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def _waits_for_the_lock(run: Running, seconds: float = 8) -> None:
+    """Room for the rollback's checks, made before it takes the lock (it must still be waiting)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert run.thread.is_alive(), f"the rollback ended without waiting for the lock: {run.state}"
+        time.sleep(0.2)
+
+
+def test_a_rollback_that_waited_for_a_later_restore_does_not_undo_it(local_store, prod):
+    """Before: the rollback of A checked 'nothing restored into the target since A' before it
+    took the lock; restore B, paused for approval under the lock, then ran; the rollback put A's
+    safety backup back over B's restore, and B's record still said 'restored'."""
+    store = local_store()
+    target = prod.target()
+    good = backup_component("app-state", target=target, store=store)
+    prod.file.write_bytes(b"state before A\n")
+    a = restore_with_checklist("app-state", target=target, store=store)
+    assert a.status == "restored"
+    prod.file.write_bytes(b"written after A\n")
+    b = Running(component="app-state", backup_id=good.id, target=target, store=store, guard=GUARD)
+    paused = b.paused_run()
+    rollback = Running(flow=rollback_restore, restore_id=a.id, target=target, store=store)
+    _waits_for_the_lock(rollback)
+    resume_flow_run(paused.id, run_input={"decision": "approve", "by": "alice"})
+    b_record = b.wait().result()
+    assert b_record.status == "restored" and prod.restores == 2
+    restored_by_b = prod.file.read_bytes()
+
+    state = rollback.wait()
+    assert state.is_failed()
+    with pytest.raises(Exception, match=f"{b_record.id} restored app-state into the same target after"):
+        state.result()
+    assert prod.file.read_bytes() == restored_by_b and prod.restores == 2
+    assert load_restore_record(store, a.id).status == "restored"
+    assert load_restore_record(store, b_record.id).status == "restored"
+
+
+def test_a_restore_whose_rollback_was_rolled_back_is_not_said_to_be_rolled_back(local_store, prod):
+    """Before: restore A rolled back by R, R rolled back by R2 (A's data is back in place);
+    rollback_restore(A) said 'already rolled back: nothing to do' and returned A's record as
+    'rolled back', while the target held what A restored."""
+    store = local_store()
+    target = prod.target()
+    original = prod.file.read_bytes()
+    backup_component("app-state", target=target, store=store)
+    prod.file.write_bytes(b"state before the restore\n")
+    a = restore_with_checklist("app-state", target=target, store=store)
+    r = rollback_restore(a.id, target=target, store=store).rolled_back_by
+    r2 = rollback_restore(r, target=target, store=store).rolled_back_by
+    assert prod.file.read_bytes() == original and prod.restores == 3  # A's restore is in place again
+
+    state = rollback_restore(a.id, target=target, store=store, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(BadInput, match=rf"{r}.* was itself rolled back by {r2}.*rollback_restore\('{r2}'\)"):
+        state.result()
+    assert prod.file.read_bytes() == original and prod.restores == 3
+
+    rollback_restore(r2, target=target, store=store)  # what the refusal says: A undone again
+    assert prod.file.read_bytes() == b"state before the restore\n" and prod.restores == 4
+    again = rollback_restore(a.id, target=target, store=store)  # now it is: nothing to do
+    assert again.status == "rolled back" and again.rolled_back_by == r and prod.restores == 4
+
+
+def test_a_window_that_closed_while_the_safety_backup_ran_changes_nothing(local_store, prod):
+    """Before: without approval the window was checked once, before the safety backup; a backup
+    that outlasted the window (a big database at 05:59, window ending 06:00) was followed by the
+    restore itself, outside the window, in business hours. Checked again right before it now."""
+    from datetime import UTC, datetime, timedelta
+
+    from blocks.restore_guard import MaintenanceWindow, RestoreGuard
+
+    store = local_store()
+    target = prod.target()
+    backup_component("app-state", target=target, store=store)
+    prod.file.write_bytes(b"current data\n")
+    step = target.steps[0].model_copy(update={"backup_command": ["sh", "-c", 'sleep 30; cat "$PROD"']})
+    slow = target.model_copy(update={"steps": [step]})  # its safety backup outlasts the window
+    now = datetime.now(UTC)
+    start, end = (now - timedelta(minutes=1)).time(), (now + timedelta(seconds=20)).time()
+    window = MaintenanceWindow(start=start, end=end)
+
+    state = restore_with_checklist(
+        "app-state", target=slow, store=store, guard=RestoreGuard(window=window), return_state=True
+    )
+    assert state.is_failed()
+    with pytest.raises(Exception, match="closed while the restore took its safety backup"):
+        state.result()
+    assert prod.file.read_bytes() == b"current data\n" and prod.restores == 0
+    record = load_restore_record(store, _only_record(store))
+    assert record.status == "refused" and record.checklist[2].mark.value == "ok"  # open when checked
+
+
+def _only_record(store) -> str:
+    from tasks.storage.backends import backend_for
+    from tasks.storage.layout import layout
+
+    keys = list(backend_for(store).list_keys(layout(store).records_dir("restores")))
+    ids = {k.rsplit("/", 2)[-2] for k in keys if k.endswith("/record.json")}
+    assert len(ids) == 1, ids
+    return ids.pop()
+
+
+def test_a_later_restore_back_in_force_through_a_rolled_back_rollback_blocks_an_earlier_rollback(
+    local_store, prod
+):
+    """Before: restore A, then B; B rolled back by RB, RB rolled back by RB2 (B's data in place
+    again). Rolling A back counted RB2 as 'a rollback of a later restore: back to as before' and
+    B as 'rolled back', and put A's safety backup over B's data without a word."""
+    store = local_store()
+    target = prod.target()
+    good = backup_component("app-state", target=target, store=store)
+    prod.file.write_bytes(b"state before A\n")
+    a = restore_with_checklist("app-state", target=target, store=store)
+    prod.file.write_bytes(b"written after A\n")
+    b = restore_with_checklist("app-state", backup_id=good.id, target=target, store=store)
+    rb = rollback_restore(b.id, target=target, store=store).rolled_back_by
+    rb2 = rollback_restore(rb, target=target, store=store).rolled_back_by
+    in_place = prod.file.read_bytes()  # what B restored, in force again
+    assert prod.restores == 4
+
+    state = rollback_restore(a.id, target=target, store=store, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(BadInput, match=f"{rb2} restored app-state into the same target after {a.id}"):
+        state.result()
+    assert prod.file.read_bytes() == in_place and prod.restores == 4
+    assert load_restore_record(store, a.id).status == "restored"
