@@ -49,8 +49,8 @@ def test_damage_found_while_a_slow_sweep_reads_is_not_hidden_by_its_verified(
     m = backup(store)
     real_verify = maintenance.verify_task
 
-    def slow_verify(manifest, block):
-        done = real_verify.fn(manifest, block)  # the sweep's read: whole and good
+    def slow_verify(manifest, block, target=None):
+        done = real_verify.fn(manifest, block, target)  # the sweep's read: whole and good
         flip(store, manifest)  # meanwhile: bit rot, found by a restore's read
         with pytest.raises(IntegrityError):
             verify_backup(store, manifest)

@@ -1,0 +1,54 @@
+"""The integrity sweep (flows/maintenance.py verify_backups) over the Velero-owned components: our
+store holds only Velero's record, the data is Velero's. The sweep's 'verified' must mean Velero
+still holds the backup, Completed (the runbook's `velero backup describe | grep Completed`), not
+only that our record reads back."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.backup import backup_component
+from flows.maintenance import verify_backups
+from tasks.errors import IntegrityError
+from tasks.storage.catalog import get_backup, latest_backup
+from tasks.storage.health import Status, finding
+from tests.k8s_helpers import k8s, seed_namespaces
+
+
+@pytest.fixture
+def target(kube_api, ctl):
+    return kube_api.velero_target(include_namespaces=list(seed_namespaces(ctl, "swept")))
+
+
+def test_a_velero_backup_gone_from_the_cluster_fails_the_sweep_and_is_never_latest(
+    prefect_server, kube_api, target, local_store
+):
+    store = local_store()
+    manifest = get_backup(store, backup_component("kubernetes", target=target, store=store).id)
+    swept = verify_backups(components=["kubernetes"], store=store, targets={"kubernetes": target})
+    assert swept[f"primary:{manifest.id}"]["component_check"]["velero_phase"] == "Completed"
+    # Velero's GC (or anyone) deletes the Backup CR: our record still reads back whole
+    k8s(kube_api).custom.delete_namespaced_custom_object(
+        "velero.io", "v1", target.namespace, "backups", manifest.engine["velero_backup"]
+    )
+    st = verify_backups(
+        components=["kubernetes"], store=store, targets={"kubernetes": target}, return_state=True
+    )
+    assert st.is_failed()
+    assert "Velero has no backup" in finding(store, manifest.id).reason
+    assert finding(store, manifest.id).status == Status.damaged
+    with pytest.raises(IntegrityError, match="damaged"):
+        latest_backup(store, "kubernetes")
+
+
+def test_a_sweep_that_cannot_ask_velero_does_not_call_its_backups_verified(
+    prefect_server, kube_api, target, local_store, monkeypatch, caplog
+):
+    monkeypatch.delenv("KLB_VELERO_TARGET", raising=False)
+    store = local_store()
+    manifest = backup_component("kubernetes", target=target, store=store)
+    st = verify_backups(components=["kubernetes"], store=store, return_state=True)
+    assert st.is_failed()
+    assert manifest.id in str(st.result(raise_on_failure=False))
+    assert any("no Velero target" in r.getMessage() and manifest.id in r.getMessage() for r in caplog.records)
+    assert finding(store, manifest.id) is None  # neither verified nor damaged: not proven either way
