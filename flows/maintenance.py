@@ -39,7 +39,7 @@ from tasks.storage.retention import (
 )
 from tasks.storage.retention_locks import apply_locks, hold_kept_locks
 from tasks.storage.retention_report import locks_markdown, plan_markdown
-from tasks.storage.sweep import lock_sweep, sweep_choice
+from tasks.storage.sweep import lock_sweep, sweep_choice, vanished
 from tasks.verbs import check_target, verify_task
 
 
@@ -107,6 +107,8 @@ def verify_backups(
                 continue
             for key, why in listing.unreadable.items():
                 fail(where, key, why, name)
+            for backup_id, why in vanished(block, name, listing).items():
+                fail(where, backup_id, why, name)
             try:
                 on_problem = partial(fail, where, component=name)
                 gauges = lock_sweep(block, where, name, listing.manifests, on_problem)
