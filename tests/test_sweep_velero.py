@@ -52,3 +52,35 @@ def test_a_sweep_that_cannot_ask_velero_does_not_call_its_backups_verified(
     assert manifest.id in str(st.result(raise_on_failure=False))
     assert any("no Velero target" in r.getMessage() and manifest.id in r.getMessage() for r in caplog.records)
     assert finding(store, manifest.id) is None  # neither verified nor damaged: not proven either way
+
+
+def test_klb_verify_does_not_call_a_velero_backup_verified_without_asking_velero(
+    prefect_server, kube_api, target, tmp_path, monkeypatch, capsys
+):
+    """`klb verify` reads our record of a Velero backup back; 'verified' must also mean Velero
+    holds it, Completed: with no Velero target it cannot say so, and with one it asks."""
+    from blocks.store import LocalStore
+    from flows.console import OK, PROBLEM, main
+
+    monkeypatch.delenv("KLB_STORE", raising=False)
+    monkeypatch.delenv("KLB_VELERO_TARGET", raising=False)
+    monkeypatch.setenv("KLB_STORE_DIR", str(tmp_path / "store"))
+    store = LocalStore()
+    manifest = get_backup(store, backup_component("kubernetes", target=target, store=store).id)
+
+    def verify() -> tuple[int, str]:
+        capsys.readouterr()
+        code = main(["verify", manifest.id])
+        return code, next(line for line in capsys.readouterr().out.splitlines() if manifest.id in line)
+
+    code, line = verify()
+    assert code == PROBLEM and "no Velero target" in line and not line.endswith("verified")
+    target.save("swept-velero", overwrite=True)
+    monkeypatch.setenv("KLB_VELERO_TARGET", "swept-velero")
+    code, line = verify()
+    assert code == OK and line.endswith("verified")
+    k8s(kube_api).custom.delete_namespaced_custom_object(
+        "velero.io", "v1", target.namespace, "backups", manifest.engine["velero_backup"]
+    )
+    code, line = verify()
+    assert code == PROBLEM and "Velero has no backup" in line

@@ -13,7 +13,7 @@ from tasks.errors import BackupError, IntegrityError, KeyNotHeld
 from tasks.models import Manifest
 from tasks.storage.catalog import get_backup, list_backups
 from tasks.storage.layout import layout
-from tasks.verbs import verify_component_backup
+from tasks.verbs import check_target, verify_component_backup
 
 
 def kind(manifest: Manifest) -> str:
@@ -113,7 +113,8 @@ def _short(value: object, limit: int = 100) -> str:
 
 def verify_text(store: StoreBlock, backup_id: str | None) -> tuple[str, bool]:
     """Read every object of one backup (or the newest of every component) back and check it;
-    then the component's own offline check."""
+    then the component's own check: offline, but for kubernetes and volumes (Velero holds their
+    data) Velero is asked whether it still holds the backup, Completed ($KLB_VELERO_TARGET)."""
     rows, ok = [("ID", "OBJECTS", "SIZE", "RESULT")], True
     if backup_id:
         try:
@@ -126,7 +127,7 @@ def verify_text(store: StoreBlock, backup_id: str | None) -> tuple[str, bool]:
         return "no backups to verify", True
     for m in manifests:
         try:
-            verify_component_backup(m, store, None)
+            verify_component_backup(m, store, check_target(m.component, None))
             result = "verified"
         except BackupError as exc:
             ok, result = False, _problem(exc)
