@@ -179,8 +179,13 @@ def verify_backups(
         record_run(
             "verify", name, name not in failed_components, time.monotonic() - started, lock_gauges.get(name)
         )
-    if bad:
-        raise RuntimeError(f"{len(bad)} backup(s) failed verification: {', '.join(bad)}")
+    if bad:  # the reasons too: this message is what the Failed-run notification carries
+        why = "; ".join(f"{k}: {results[k]['error'][:200]}" for k in dict.fromkeys(bad[:10]))
+        more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
+        raise RuntimeError(
+            f"{len(bad)} backup(s) failed verification: {', '.join(bad)}. Why: {why}{more}. "
+            "Every result: the verify-backups artifact of this run"
+        )
     return results
 
 
