@@ -39,8 +39,8 @@ from tasks.storage.retention import (
 )
 from tasks.storage.retention_locks import apply_locks, hold_kept_locks
 from tasks.storage.retention_report import locks_markdown, plan_markdown
-from tasks.storage.sweep import lock_sweep, sweep_choice
-from tasks.verbs import verify_task
+from tasks.storage.sweep import lock_sweep, sweep_choice, vanished
+from tasks.verbs import check_target, verify_task
 
 
 @flow(name="verify-backups")
@@ -49,16 +49,18 @@ def verify_backups(
     newest: int = 1,
     store: StoreRef = None,
     dr_store: StoreRef = None,
+    targets: dict[str, str | TargetBlock] | None = None,
 ) -> dict[str, Any]:
-    """Integrity sweep: re-read the newest `newest` backups of each component in the primary
-    store and in the DR store (`dr_store` or $KLB_DR_STORE, when set): sha256 of every object
-    against its manifest, then the component's own check. In the DR store, a backup that the
-    primary has and the DR copy lacks, or whose copy differs, is a failure. The newest `newest`
-    recovery points of the primary are checked too (record intact, members there and sound), and
-    (a sweep of every component) each drill, restore and full-cluster-restore record must read
-    and, on a store with keys, be signed by one (a forged one fails the sweep, naming it). A
-    backup whose only good copy is the DR store's (the primary's damaged, or lost within its
-    retention) fails as `dr-only:<id>`, saying how to restore it from there.
+    """Integrity sweep: re-read the newest `newest` backups of each component in the primary store
+    and in the DR store (`dr_store` or $KLB_DR_STORE, when set): sha256 of every object against its
+    manifest, then the component's own check (kubernetes, volumes: Velero still holds the backup,
+    Completed; without their target that backup fails the sweep). In the DR store, a backup that
+    the primary has and the DR copy lacks, or whose copy differs, is a failure. The newest `newest`
+    recovery points of the primary are checked too (record intact, members there and sound), and (a
+    sweep of every component) each drill, restore and full-cluster-restore record must read and, on
+    a store with keys, be signed by one (a forged one fails the sweep, naming it). A backup whose
+    only good copy is the DR store's (the primary's damaged, or lost within its retention) fails as
+    `dr-only:<id>`, saying how to restore it from there.
     Every finding is recorded (storage/health.py): what `latest`, the catalog, retention and the
     drills see. Fails if any is bad.
 
@@ -68,8 +70,12 @@ def verify_backups(
         store: Name of the store block holding the backups ('klb-s3-store/production' or
             'production'); empty: $KLB_STORE, else the embedded local store.
         dr_store: Name of the disaster-recovery copy's store block; empty: $KLB_DR_STORE, if set.
+        targets: Component name -> name of its target block, for the components whose check asks
+            their engine (kubernetes, volumes: Velero); empty: from the environment
+            ($KLB_VELERO_TARGET, $KLB_VOLUMES_TARGET).
     """
     newest = count("newest", newest, 1)
+    targets = per_component("targets", targets)
     names = component_names(components)
     logger = get_run_logger()
     stores: dict[str, StoreBlock] = {"primary": load_store(store)}
@@ -101,6 +107,8 @@ def verify_backups(
                 continue
             for key, why in listing.unreadable.items():
                 fail(where, key, why, name)
+            for backup_id, why in vanished(block, name, listing).items():
+                fail(where, backup_id, why, name)
             try:
                 on_problem = partial(fail, where, component=name)
                 gauges = lock_sweep(block, where, name, listing.manifests, on_problem)
@@ -121,7 +129,8 @@ def verify_backups(
                     # the version first written), checked against its checksum and its folder
                     manifest = get_backup(block, manifest.id, name)
                     reread[manifest.id] = manifest
-                    results[f"{where}:{manifest.id}"] = {"ok": True, **verify_task(manifest, block)}
+                    target = check_target(name, targets.get(name))  # before anything is read
+                    results[f"{where}:{manifest.id}"] = {"ok": True, **verify_task(manifest, block, target)}
                     mark_verified(block, manifest.id, read_from)
                 except Exception as exc:
                     if is_damage(exc):  # e.g. the component's own check found it
@@ -170,8 +179,13 @@ def verify_backups(
         record_run(
             "verify", name, name not in failed_components, time.monotonic() - started, lock_gauges.get(name)
         )
-    if bad:
-        raise RuntimeError(f"{len(bad)} backup(s) failed verification: {', '.join(bad)}")
+    if bad:  # the reasons too: this message is what the Failed-run notification carries
+        why = "; ".join(f"{k}: {results[k]['error'][:200]}" for k in dict.fromkeys(bad[:10]))
+        more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
+        raise RuntimeError(
+            f"{len(bad)} backup(s) failed verification: {', '.join(bad)}. Why: {why}{more}. "
+            "Every result: the verify-backups artifact of this run"
+        )
     return results
 
 

@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE, CachePolicy
 from pydantic import ValidationError
 
 from blocks.store import StoreBlock
-from tasks.components.registry import load
+from tasks.components.registry import load, load_target, spec
 from tasks.errors import BadInput, is_retryable
 from tasks.models import Manifest
 from tasks.storage.catalog import verify_backup
@@ -60,6 +60,15 @@ def verify_component_backup(
     report: dict[str, Any] = verify_backup(store, manifest)
     report["component_check"] = load(manifest.component).verify(target, manifest, store)
     return report
+
+
+def check_target(component: str, ref: str | Block | None) -> Block | None:
+    """The target a component's own check of a stored backup needs, or None when it needs none.
+    The Velero-owned components' data is Velero's (our store holds its record): their check asks
+    Velero whether it still holds the backup, Completed. Without their target (given, or from the
+    environment) ConfigurationError saying which to set: a check that cannot ask Velero must not
+    pass as if it had."""
+    return load_target(component, ref) if spec(component).velero_owned else None
 
 
 def restore_options(component: str, options: dict[str, Any] | None) -> Any:

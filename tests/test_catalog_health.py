@@ -49,8 +49,8 @@ def test_damage_found_while_a_slow_sweep_reads_is_not_hidden_by_its_verified(
     m = backup(store)
     real_verify = maintenance.verify_task
 
-    def slow_verify(manifest, block):
-        done = real_verify.fn(manifest, block)  # the sweep's read: whole and good
+    def slow_verify(manifest, block, target=None):
+        done = real_verify.fn(manifest, block, target)  # the sweep's read: whole and good
         flip(store, manifest)  # meanwhile: bit rot, found by a restore's read
         with pytest.raises(IntegrityError):
             verify_backup(store, manifest)
@@ -137,3 +137,28 @@ def test_a_forged_verified_record_cannot_hide_damage_on_a_store_with_a_key(local
     assert finding(rotated, m.id).status == Status.verified
     # what the sweep stores carries its signature (a store without a key has none to sign with)
     assert BackupHealth.model_validate_json(backend_for(store).get_bytes(key)).signature
+
+
+def test_a_verified_backup_deleted_within_its_retention_fails_the_sweep(local_store, prefect_server):
+    """The newest backup, verified by a sweep, is deleted outside retention (by hand, a sync tool,
+    an attacker with write access): its folder is gone, the older one becomes 'latest'. The next
+    sweep must not report every backup healthy: it names the one that vanished. A damaged one
+    deleted by hand (what an operator does with a bad backup) is no finding."""
+    store = local_store()
+    older, newer = backup(store), backup(store)
+    maintenance.verify_backups(components=[APP], store=store, newest=2)
+    assert finding(store, newer.id).status == Status.verified
+    backend = backend_for(store)
+    folder = newer.objects[0].key.rsplit("/", 1)[0] + "/"
+    backend.delete_keys(list(backend.list_keys(folder)))
+    assert latest_backup(store, APP).id == older.id  # what a restore of 'latest' would now use
+    st = maintenance.verify_backups(components=[APP], store=store, newest=2, return_state=True)
+    assert st.is_failed() and newer.id in str(st.result(raise_on_failure=False))
+    # a damaged backup removed by hand: expected, not reported
+    bad = backup(store)
+    mark_damaged(store, bad.id, "a flipped byte")
+    folder = bad.objects[0].key.rsplit("/", 1)[0] + "/"
+    backend.delete_keys(list(backend.list_keys(folder)))
+    for key in layout(store).health_keys(newer.id):  # the vanished one, acknowledged
+        backend.delete_keys([key])
+    assert maintenance.verify_backups(components=[APP], store=store, newest=2)

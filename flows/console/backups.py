@@ -14,7 +14,7 @@ from tasks.ids import parse_backup_id
 from tasks.models import Manifest
 from tasks.storage.catalog import from_the_future, get_backup
 from tasks.storage.layout import layout
-from tasks.verbs import verify_component_backup
+from tasks.verbs import check_target, verify_component_backup
 
 
 def kind(manifest: Manifest) -> str:
@@ -121,7 +121,9 @@ def _short(value: object, limit: int = 100) -> str:
 
 def verify_text(store: StoreBlock, backup_id: str | None) -> tuple[str, bool]:
     """Read every object of one backup (or the newest of every component, and the one 'latest'
-    restores where that is older) back and check it; then the component's own offline check."""
+    restores where that is older) back and check it; then the component's own check: offline,
+    but for kubernetes and volumes (Velero holds their data) Velero is asked whether it still
+    holds the backup, Completed ($KLB_VELERO_TARGET)."""
     rows, ok = [("ID", "OBJECTS", "SIZE", "RESULT")], True
     if backup_id:
         try:
@@ -150,7 +152,7 @@ def verify_text(store: StoreBlock, backup_id: str | None) -> tuple[str, bool]:
         return "no backups to verify", True
     for m in manifests:
         try:
-            verify_component_backup(m, store, None)
+            verify_component_backup(m, store, check_target(m.component, None))
             result = "verified"
         except BackupError as exc:
             ok, result = False, _problem(exc)

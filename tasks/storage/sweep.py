@@ -1,5 +1,6 @@
 """What the integrity sweep (flows/maintenance.py verify_backups) reads and checks beyond the
-backups themselves: which backups to re-read, the tamper evidence and lock census of a store."""
+backups themselves: which backups to re-read, the tamper evidence and lock census of a store,
+and the verified backups that vanished."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from blocks.store import StoreBlock
+from tasks.ids import parse_backup_id
 from tasks.models import Manifest
 from tasks.storage import object_lock
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import from_the_future
+from tasks.storage.health import Status, health_of
+from tasks.storage.index import ComponentListing
 from tasks.storage.layout import layout
 
 
@@ -40,3 +44,31 @@ def lock_sweep(
     counted = object_lock.census(backend, manifests, datetime.now(UTC))
     # one group per component: the DR store's census beside the primary's
     return counted.gauges("verify" if where == "primary" else f"verify_{where}") if counted else {}
+
+
+def vanished(block: StoreBlock, component: str, listing: ComponentListing) -> dict[str, str]:
+    """Backups a sweep verified whose manifest is gone while their retention (backup-table.yaml,
+    from their start) still runs: backup id -> why, and what to do. Retention deletes a backup's
+    health records with it, and never a routine backup within its window; so these were deleted
+    by something else (by hand, a sync tool, someone with write access), and 'latest' silently
+    gives an older backup. A damaged one deleted by hand is what an operator does: not reported."""
+    keep = object_lock.table_retention(component)
+    if keep is None:
+        return {}
+    now, listed = datetime.now(UTC), {m.id for m in listing.manifests}
+    out: dict[str, str] = {}
+    for backup_id, known in health_of(block, component).items():
+        if backup_id in listed or known.status != Status.verified:
+            continue
+        if any(f"/{backup_id}/" in key for key in listing.unreadable):  # reported as unreadable
+            continue
+        if now - parse_backup_id(backup_id)[1] > keep:
+            continue
+        records = ", ".join(layout(block).health_keys(backup_id))
+        out[backup_id] = (
+            f"verified {known.checked_at:%Y-%m-%d %H:%M:%SZ}, its manifest is gone from {block.location} "
+            f"within its retention ({keep.days} d), which retention never deletes: deleted outside "
+            f"retention? 'latest' now gives an older backup. Restore it from the DR store if that "
+            f"holds it; if it was deleted on purpose, delete its health records ({records})"
+        )
+    return out
