@@ -10,7 +10,9 @@ exists whole, with its manifest, or not at all.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -29,6 +31,7 @@ from tasks.storage.signing import signed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+READ_BACK_JOBS = max(1, min(4, os.cpu_count() or 1))  # objects read back at once (commit)
 
 
 def preflight(store: StoreBlock) -> None:
@@ -264,9 +267,11 @@ class BackupSession:
         if self.store.verify_after_write:
             # a read-back only where the store could not check the upload itself (a local
             # directory, an S3-compatible server that keeps no checksums)
-            for obj in self.objects:
-                if obj.key not in self._checked_by_store:
-                    verify_object(self.store, obj, self.backend)
+            # several at a time: hashing and zstd let go of the GIL, and one object read back
+            # at a time left a core idle at the end of every backup (docs/performance.md)
+            pending = [obj for obj in self.objects if obj.key not in self._checked_by_store]
+            with ThreadPoolExecutor(READ_BACK_JOBS, thread_name_prefix="read-back") as pool:
+                list(pool.map(lambda obj: verify_object(self.store, obj, self.backend), pending))
             verified_at = datetime.now(UTC)
         self._still_stored()
         finished = datetime.now(UTC)
