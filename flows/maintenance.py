@@ -22,12 +22,11 @@ from tasks.models import Manifest
 from tasks.notify import Severity, notify
 from tasks.operations.engine_expiry import hold_kept_backups
 from tasks.operations.recovery import check_recovery_point, scan_recovery_points
-from tasks.storage import object_lock
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import get_backup
-from tasks.storage.health import Status, damaged_ids, health_of, is_damage, mark_damaged, mark_verified
-from tasks.storage.index import ComponentListing, list_component
-from tasks.storage.layout import backup_dir_of, layout, split_component_key
+from tasks.storage.health import damaged_ids, is_damage, mark_damaged, mark_verified
+from tasks.storage.index import list_component
+from tasks.storage.layout import layout
 from tasks.storage.leftovers import sweep_incomplete_writes
 from tasks.storage.records import refused_records
 from tasks.storage.replicate import check_not_primary, dr_copy_problems, dr_only_problems, load_dr_store
@@ -35,9 +34,8 @@ from tasks.storage.retention import (
     RetentionPlan,
     RetentionPolicy,
     newest_recovery_point,
-    plan_retention,
 )
-from tasks.storage.retention_locks import apply_locks, hold_kept_locks
+from tasks.storage.retention_locks import hold_kept_locks, plan_component
 from tasks.storage.retention_report import locks_markdown, plan_markdown
 from tasks.storage.sweep import lock_sweep, sweep_choice, vanished
 from tasks.verbs import check_target, verify_task
@@ -197,42 +195,6 @@ def delete_keys_task(store: StoreBlock, keys: list[str], what: str) -> int:
     return len(keys)
 
 
-def _locks(
-    block: StoreBlock, plan: RetentionPlan, manifests: list[Manifest], now: datetime
-) -> dict[str, tuple[str, datetime | None]]:
-    """Deletions that S3 Object Lock (a retain-until or a legal hold) still holds: one HEAD per
-    key of each candidate, and for the objects a manifest pinned, of the pinned version (an
-    overwrite on top is not the backup)."""
-    pinned = {o.key: o.version_id for m in manifests for o in m.objects}
-    groups: dict[str, list] = {d.id: [(k, pinned.get(k)) for k in d.keys] for d in plan.deletions}
-    groups |= {o.backup_dir: o.keys for o in plan.orphan_deletions}
-    return object_lock.locked_until(backend_for(block), groups, now)
-
-
-def _plan(
-    block: StoreBlock, policy: RetentionPolicy, listing: ComponentListing, now: datetime, rp: str | None
-) -> tuple[RetentionPlan, list[str]]:
-    """One component's plan (locks applied), and the folders left alone as unreadable."""
-    name = policy.component
-    known = health_of(block, name)
-    # a backup whose manifest is unreadable is evidence for the sweep, not an orphan to collect;
-    # a manifest.json higher up (a component's or day's folder) holds no backup's objects
-    folder = layout(block).component_dir(name)
-    bad_dirs = {backup_dir_of(k) + "/" for k in listing.unreadable if split_component_key(k, folder)}
-    keys = [k for k in listing.keys if not any(k.startswith(d) for d in bad_dirs)]
-    plan = plan_retention(
-        listing.manifests,
-        policy,
-        now,
-        keys=keys,
-        prefix=layout(block).component_dir(name),
-        damaged=[i for i, h in known.items() if h.status == Status.damaged],
-        verified=[i for i, h in known.items() if h.status == Status.verified],
-        recovery_point=rp,
-    )
-    return apply_locks(plan, _locks(block, plan, listing.manifests, now)), sorted(bad_dirs)
-
-
 def _apply(block: StoreBlock, plan: RetentionPlan) -> int:
     """Manifests first (the backups stop existing at once), then their objects and health
     records, then orphans. Returns the keys deleted."""
@@ -334,7 +296,7 @@ def enforce_retention(
     left_alone: dict[str, list[str]] = {}
     plans: dict[str, RetentionPlan] = {}
     for name, listing in listings.items():
-        plans[name], left_alone[name] = _plan(block, policies[name], listing, now, rp)
+        plans[name], left_alone[name] = plan_component(block, policies[name], listing, now, rp)
         for backup_id, gone in plans[name].missing.items():  # recorded: 'latest' must not pick it
             mark_damaged(block, backup_id, f"objects missing from {block.location}: {', '.join(gone)}")
     incomplete = {n: sweep_incomplete_writes(block, n, timedelta(hours=grace), dry_run=True) for n in names}
@@ -349,7 +311,7 @@ def enforce_retention(
                 # objects that would look abandoned: planned again under the component's lock
                 with component_lock(name):
                     listing = list_component(block, name)
-                    plans[name], left_alone[name] = _plan(
+                    plans[name], left_alone[name] = plan_component(
                         block, policies[name], listing, datetime.now(UTC), rp
                     )
                     deleted += _apply(block, plans[name])

@@ -41,13 +41,12 @@ from tasks.operations.restores import (
     run_checklist,
     target_digest,
 )
-from tasks.operations.rollback import (
+from tasks.operations.rollback import created_by_restore, rollback_options
+from tasks.operations.rollback_checks import (
     check_nothing_later,
     check_rollback_allowed,
     check_same_target,
     check_still_rolled_back,
-    created_by_restore,
-    rollback_options,
     rollback_target,
 )
 from tasks.operations.scope import backup_and_target

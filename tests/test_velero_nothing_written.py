@@ -74,7 +74,7 @@ def _refused_rollback(record, target, store, kube_api, ns, words: tuple[str, ...
 def test_a_restore_whose_objects_all_exist_says_it_restored_nothing(app, kube_api, options):
     from flows.recovery import load_restore_record, restore_with_checklist
     from tasks.errors import BadInput
-    from tasks.operations.rollback import check_rollback_allowed
+    from tasks.operations.rollback_checks import check_rollback_allowed
     from tests.k8s_helpers import configmap
 
     ns, target, store, backup = app

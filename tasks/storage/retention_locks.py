@@ -13,7 +13,17 @@ from blocks.store import StoreBlock
 from tasks.models import Manifest
 from tasks.storage import object_lock
 from tasks.storage.backends import backend_for
-from tasks.storage.retention import Action, Decision, OrphanDecision, RetentionPlan
+from tasks.storage.health import Status, health_of
+from tasks.storage.index import ComponentListing
+from tasks.storage.layout import backup_dir_of, layout, split_component_key
+from tasks.storage.retention import (
+    Action,
+    Decision,
+    OrphanDecision,
+    RetentionPlan,
+    RetentionPolicy,
+    plan_retention,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,3 +125,40 @@ def hold_kept_locks(
         "worker's credentials can delete them): " + "; ".join(failed) + ". Fix the cause (the "
         "worker needs s3:PutObjectRetention on the bucket), then run enforce-retention again"
     )
+
+
+def _locks(
+    block: StoreBlock, plan: RetentionPlan, manifests: list[Manifest], now: datetime
+) -> dict[str, tuple[str, datetime | None]]:
+    """Deletions that S3 Object Lock (a retain-until or a legal hold) still holds: one HEAD per
+    key of each candidate, and for the objects a manifest pinned, of the pinned version (an
+    overwrite on top is not the backup)."""
+    pinned = {o.key: o.version_id for m in manifests for o in m.objects}
+    groups: dict[str, list] = {d.id: [(k, pinned.get(k)) for k in d.keys] for d in plan.deletions}
+    groups |= {o.backup_dir: o.keys for o in plan.orphan_deletions}
+    return object_lock.locked_until(backend_for(block), groups, now)
+
+
+def plan_component(
+    block: StoreBlock, policy: RetentionPolicy, listing: ComponentListing, now: datetime, rp: str | None
+) -> tuple[RetentionPlan, list[str]]:
+    """One component's retention plan, with what Object Lock still holds kept (apply_locks), and
+    the folders left alone as unreadable."""
+    name = policy.component
+    known = health_of(block, name)
+    # a backup whose manifest is unreadable is evidence for the sweep, not an orphan to collect;
+    # a manifest.json higher up (a component's or day's folder) holds no backup's objects
+    folder = layout(block).component_dir(name)
+    bad_dirs = {backup_dir_of(k) + "/" for k in listing.unreadable if split_component_key(k, folder)}
+    keys = [k for k in listing.keys if not any(k.startswith(d) for d in bad_dirs)]
+    plan = plan_retention(
+        listing.manifests,
+        policy,
+        now,
+        keys=keys,
+        prefix=layout(block).component_dir(name),
+        damaged=[i for i, h in known.items() if h.status == Status.damaged],
+        verified=[i for i, h in known.items() if h.status == Status.verified],
+        recovery_point=rp,
+    )
+    return apply_locks(plan, _locks(block, plan, listing.manifests, now)), sorted(bad_dirs)

@@ -1,0 +1,135 @@
+"""Whether a rollback may go ahead, and where: the restore changed something and has a safety
+backup, it is not undone already (or is in force again through a rolled-back rollback), nothing
+restored into the same target since, and the rollback goes into the target the restore went into.
+What a rollback puts back is rollback.py's.
+"""
+
+from __future__ import annotations
+
+from prefect.blocks.core import Block
+
+from blocks.store import StoreBlock
+from tasks.errors import BadInput
+from tasks.operations.plan import target_label
+from tasks.operations.restores import (
+    CHANGED,
+    RestoreRecord,
+    load_restore_record,
+    restore_record_from,
+    target_digest,
+    untouched,
+)
+from tasks.storage.layout import RESTORE_RECORD, RESTORES
+from tasks.storage.records import iter_records
+from tasks.verbs import wrote
+
+
+def check_rollback_allowed(record: RestoreRecord) -> None:
+    """A rollback undoes a restore that changed something, and needs its safety backup. It puts
+    back what the restore overwrote: one that overwrote nothing (it only created what was
+    missing, as a Velero restore with existing_resource_policy none does) has nothing to put
+    back, and the safety backup would only undo writes made since to what it never touched."""
+    if record.status == "nothing restored":
+        why = (record.report or {}).get("note") or "every object it would restore was there already"
+        raise BadInput(
+            f"restore {record.id} wrote nothing to {record.component}: {why}. Putting its safety backup "
+            "back would only undo writes made since; nothing was done"
+        )
+    if record.status not in CHANGED:
+        raise BadInput(
+            f"restore {record.id} is '{record.status}': it replaced nothing, so there is nothing to "
+            "roll back; the current data stays as it is"
+        )
+    if untouched(record):
+        how = "failed before it changed" if record.status == "failed" else "by its options wrote nothing to"
+        raise BadInput(
+            f"restore {record.id} {how} {record.component}: the target is as it "
+            "was, and putting the safety backup back would only undo writes made since; nothing was done"
+        )
+    done = wrote(record.component, record.options, record.report)
+    if done is not None and not done["overwritten"]:
+        raise BadInput(
+            f"restore {record.id} overwrote nothing that was there before it: it only created "
+            f"{done['created']}, which its safety backup does not hold, and left everything else as it "
+            "was. A rollback has nothing to put back, and would only undo writes made since to what the "
+            "restore never touched; delete what it created by hand if it is not wanted; nothing was done"
+        )
+    if not record.safety_backup_id:
+        raise BadInput(
+            f"restore {record.id} took no safety backup (run with without_rollback=True): there is "
+            "nothing to roll back to; restore an older backup with restore_with_checklist instead"
+        )
+
+
+def check_still_rolled_back(store: StoreBlock, record: RestoreRecord) -> None:
+    """A 'rolled back' restore stays undone only while its rollback is in force: once that
+    rollback was itself rolled back (and not rolled back again), the restore's data is in place
+    again, and "already rolled back: nothing to do" would be a lie. BadInput naming the rollback
+    to undo (the newest of the chain: it puts back the state without the restore)."""
+    chain = _in_force_again(store, record)
+    if chain:
+        undone, newest = chain[-2], chain[-1]
+        raise BadInput(
+            f"restore {record.id} was rolled back by {record.rolled_back_by}, but {undone.id} was itself "
+            f"rolled back by {newest.id} ('{newest.status}'): the restore's data is in place again. To "
+            f"undo it, roll back that one: rollback_restore('{newest.id}'); nothing was done"
+        )
+
+
+def _in_force_again(store: StoreBlock, record: RestoreRecord) -> list[RestoreRecord]:
+    """The chain record, its rollback, that one's rollback, ... when it leaves the 'rolled back'
+    `record` in force again (an odd number of records); [] when it is undone."""
+    chain, seen = [record], {record.id}
+    while chain[-1].status == "rolled back" and chain[-1].rolled_back_by:
+        nxt = load_restore_record(store, chain[-1].rolled_back_by)
+        if nxt.id in seen:  # a loop only a forged chain of records makes
+            break
+        chain.append(nxt)
+        seen.add(nxt.id)
+    return chain if len(chain) % 2 == 1 and len(chain) > 1 else []
+
+
+def check_nothing_later(store: StoreBlock, record: RestoreRecord) -> None:
+    """A rollback puts back the state from before `record`: any restore (or rollback) into the
+    same target since then would be undone too, without a word, while its record still says
+    'restored'. They are rolled back first, newest first, each by its own id."""
+    later = []
+    # a record no key of the store signed (forged by a writer of the bucket) is left out, logged:
+    # it must not stop the rollback of a real restore (storage/records.py iter_records)
+    for key, data in iter_records(store, RESTORES, "/" + RESTORE_RECORD):
+        restore_id = key.rsplit("/", 2)[-2]
+        if restore_id <= record.id:  # ids sort by their start time
+            continue
+        other = restore_record_from(data, restore_id)
+        same = other.component == record.component and other.target_digest == record.target_digest
+        # a later restore rolled back (its status), with the rollback that undid it: back to as before
+        undoes_later = other.kind == "rollback" and (other.rolls_back or "") > record.id
+        if same and other.status in CHANGED and not untouched(other) and not undoes_later:
+            later.append(other.id)
+        elif same and other.status == "rolled back" and (chain := _in_force_again(store, other)):
+            # its rollback was rolled back: its data is in place again, by the newest of the chain
+            later.append(chain[-1].id)
+    if later:
+        later = sorted(set(later))  # ids sort by start: the newest last
+        raise BadInput(
+            f"{', '.join(later)} restored {record.component} into the same target after {record.id}: "
+            f"rolling {record.id} back would silently undo them too. Roll back the newest first "
+            f"({later[-1]}), then the others; nothing was done"
+        )
+
+
+def rollback_target(record: RestoreRecord, given: str | Block | None) -> str | Block | None:
+    """Where a rollback goes: the target given, else the one the restore went into (by name),
+    else the component's default (checked by `check_same_target`)."""
+    return given if given not in (None, "") else record.target
+
+
+def check_same_target(record: RestoreRecord, target: Block) -> None:
+    """A rollback puts the safety copy back where it was taken, never into another target (the
+    default one, when the restore went into a named one)."""
+    if record.target_digest and record.target_digest != target_digest(target):
+        raise BadInput(
+            f"restore {record.id} went into {record.target or 'a target given as a block'}, and its "
+            f"safety backup holds that target's data; {target_label(target)} is another target: pass "
+            "the restore's own target (or none, when it had a name); nothing was done"
+        )
