@@ -104,8 +104,8 @@ def test_damage_records_alone_never_make_retention_delete_every_backup(local_sto
     backup), yet retention deleted every backup of a component whose backups all carried one,
     though their objects were whole: with no good backup, the newest whose objects are all there
     stays (found by an adversarial review)."""
-    from flows.maintenance import _plan
     from tasks.storage.health import BackupHealth
+    from tasks.storage.retention_locks import plan_component
 
     store = local_store()
     a, b = take(store, b"a\n"), take(store, b"b\n")
@@ -114,7 +114,7 @@ def test_damage_records_alone_never_make_retention_delete_every_backup(local_sto
         forged = BackupHealth(id=m.id, status=Status.damaged, checked_at=later, reason="forged")
         backend_for(store).put_bytes(layout(store).health_key(m.id), forged.model_dump_json().encode())
     policy = RetentionPolicy(component="app-state", retention=timedelta(hours=1))
-    plan, _ = _plan(
+    plan, _ = plan_component(
         store, policy, list_component(store, "app-state"), datetime.now(UTC) + timedelta(hours=2), None
     )
     assert [d.id for d in plan.decisions if d.action == "keep"] == [b.id]

@@ -335,7 +335,7 @@ COMPONENT_BAD_INPUTS = [
         "restore_drill drill_id='../Prod'",
         lambda w: restore_drill(drill_id="../Prod", store=w.store, return_state=True),
         "BadInput",
-        "drill id '../Prod': use lower-case letters and digits only",
+        "drill id '../Prod': use 1-24 lower-case letters and digits",
     ),
 ]
 
