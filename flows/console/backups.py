@@ -12,7 +12,7 @@ from tasks.components.registry import SPECS
 from tasks.errors import BackupError, IntegrityError, KeyNotHeld
 from tasks.ids import parse_backup_id
 from tasks.models import Manifest
-from tasks.storage.catalog import from_the_future, get_backup
+from tasks.storage.catalog import get_backup, latest_candidates
 from tasks.storage.layout import layout
 from tasks.verbs import check_target, verify_component_backup
 
@@ -144,9 +144,8 @@ def verify_text(store: StoreBlock, backup_id: str | None) -> tuple[str, bool]:
                     rows.append((bid, "?", "?", f"DAMAGED: manifest unreadable: {why}"))
             # the newest backup, and the one 'latest' restores when that is another (a newer
             # safety or forensic backup, or one dated in the future, is never 'latest')
-            now = datetime.now(UTC)
-            restorable = [m.id for m in backups if m.routine and not from_the_future(m, now)]
-            picked = set(restorable[-1:]) | {m.id for m in backups[-1:]}
+            restorable = latest_candidates(backups, datetime.now(UTC))
+            picked = {m.id for m in restorable[-1:]} | {m.id for m in backups[-1:]}
             manifests += [m for m in backups if m.id in picked]
     if not manifests and ok:
         return "no backups to verify", True

@@ -216,6 +216,12 @@ def _covering(
     return covering
 
 
+def latest_candidates(backups: list[Manifest], now: datetime) -> list[Manifest]:
+    """Of `backups` (oldest first), those 'latest' may pick: routine ones (never a safety or
+    forensic copy) whose source time is not in the future."""
+    return [m for m in backups if m.routine and not from_the_future(m, now)]
+
+
 def latest_backup(
     store: StoreBlock, component: str, gap: Callable[[Manifest], str | None] | None = None
 ) -> Manifest:
@@ -235,7 +241,7 @@ def latest_backup(
             m.id,
             m.source_time.isoformat(),
         )
-    usable = [m for m in backups if m.routine and not from_the_future(m, now)]
+    usable = latest_candidates(backups, now)
     if not usable:
         if future:
             raise NotFound(
