@@ -43,6 +43,19 @@ def locked(moto, mode: str | None = "COMPLIANCE", default: tuple[str, int] | Non
     return s3_store(moto.url, name, object_lock_mode=mode, **fields), client
 
 
+def run_out(client, store, pinned: list[tuple[str, str]]) -> None:
+    """Each (key, version)'s lock ended a minute ago: moto lets a COMPLIANCE date be shortened
+    (S3 would not), which stands in for the days passing."""
+    past = datetime.now(UTC) - timedelta(minutes=1)
+    for key, vid in pinned:
+        client.put_object_retention(
+            Bucket=store.bucket,
+            Key=key,
+            VersionId=vid,
+            Retention={"Mode": "COMPLIANCE", "RetainUntilDate": past},
+        )
+
+
 def backup(store, payload: bytes = b"orders: 42\n" * 500, *, big: bytes = b"", source_time=None):
     with backup_session(store, "app-state") as s:
         if source_time is not None:
@@ -143,18 +156,10 @@ def test_retention_skips_object_lock_locked_backups_and_reports_until_when(moto,
     assert {m.id for m in list_backups(store, "app-state")} == {newest.id, *(m.id for m in old)}
 
     # once a lock has run out (moto lets a COMPLIANCE date be shortened; S3 would not), it goes
-    past = datetime.now(UTC) - timedelta(minutes=1)
-    for m in old[:1]:
-        for key, vid in [(o.key, o.version_id) for o in m.objects] + [
-            (layout(store).manifest_key(m.id), None)
-        ]:
-            vid = vid or client.head_object(Bucket=store.bucket, Key=key)["VersionId"]
-            client.put_object_retention(
-                Bucket=store.bucket,
-                Key=key,
-                VersionId=vid,
-                Retention={"Mode": "COMPLIANCE", "RetainUntilDate": past},
-            )
+    manifest_key = layout(store).manifest_key(old[0].id)
+    manifest_version = client.head_object(Bucket=store.bucket, Key=manifest_key)["VersionId"]
+    pinned = [(o.key, o.version_id) for o in old[0].objects] + [(manifest_key, manifest_version)]
+    run_out(client, store, pinned)
     applied = enforce_retention(dry_run=False, store=store, components=["app-state"])
     assert applied["components"]["app-state"]["deleted"] == [old[0].id]
     assert set(applied["components"]["app-state"]["locked"]) == {old[1].id}
@@ -464,14 +469,7 @@ def test_object_lock_retention_keeps_the_lock_on_the_backup_it_keeps_past_its_wi
     manifest_key = layout(store).manifest_key(last.id)
     manifest_version = client.head_object(Bucket=store.bucket, Key=manifest_key)["VersionId"]
     pinned = [(o.key, o.version_id) for o in last.objects] + [(manifest_key, manifest_version)]
-    past = datetime.now(UTC) - timedelta(minutes=1)  # moto lets a COMPLIANCE date be shortened
-    for key, vid in pinned:
-        client.put_object_retention(
-            Bucket=store.bucket,
-            Key=key,
-            VersionId=vid,
-            Retention={"Mode": "COMPLIANCE", "RetainUntilDate": past},
-        )
+    run_out(client, store, pinned)
 
     applied = enforce_retention(dry_run=False, store=store, components=["app-state"])
     assert applied["components"]["app-state"]["deleted"] == []
@@ -529,14 +527,7 @@ def test_object_lock_a_safety_backup_kept_past_the_components_retention_stays_lo
     manifest_key = layout(store).manifest_key(safety.id)
     manifest_version = client.head_object(Bucket=store.bucket, Key=manifest_key)["VersionId"]
     pinned = [(o.key, o.version_id) for o in safety.objects] + [(manifest_key, manifest_version)]
-    past = datetime.now(UTC) - timedelta(minutes=1)  # its 14 (+1) days ran out: moto lets us say so
-    for key, vid in pinned:
-        client.put_object_retention(
-            Bucket=store.bucket,
-            Key=key,
-            VersionId=vid,
-            Retention={"Mode": "COMPLIANCE", "RetainUntilDate": past},
-        )
+    run_out(client, store, pinned)  # its 14 (+1) days ran out
 
     applied = enforce_retention(
         dry_run=False, store=store, components=["app-state"], special_retention_days=30
