@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from prefect_aws import AwsCredentials
-from pydantic import AwareDatetime, Field, SecretStr
+from pydantic import AwareDatetime, Field, SecretStr, model_validator
 
 from blocks.strict import StrictBlock
 
@@ -43,7 +43,12 @@ class StoreBlock(StrictBlock):
         default=Compression.zstd,
         description="zstd is fast; gzip matches the runbook's manual `gunzip` commands",
     )
-    compression_level: int | None = Field(default=None, ge=1, le=19)
+    compression_level: int | None = Field(
+        default=None,
+        ge=1,
+        le=19,
+        description="zstd: 1 (the default: fastest) to 19 (smallest); gzip: 1 to 9 (default 6)",
+    )
     encryption_key: SecretStr | None = Field(
         default=None,
         description="client-side AES-256-GCM key (any secret string). Lose it and the backups are lost.",
@@ -66,6 +71,18 @@ class StoreBlock(StrictBlock):
         default=True,
         description="read every object back and check sha256 before the manifest is written",
     )
+
+    @model_validator(mode="after")
+    def _level_fits_compression(self) -> StoreBlock:
+        # refused here, not at the first backup: zlib fails on a level over 9 after the dump started
+        level = self.compression_level
+        if level is not None and self.compression is Compression.gzip and level > 9:
+            raise ValueError(f"gzip takes compression_level 1 to 9, not {level}")
+        if level is not None and self.compression is Compression.none:
+            raise ValueError(
+                "compression_level needs compression zstd or gzip: remove it, or set compression"
+            )
+        return self
 
     @property
     def location(self) -> str:

@@ -291,6 +291,20 @@ BAD_INPUTS = [
         "less than or equal to 19",
     ),
     Bad(
+        "gzip-level-out-of-range",
+        "LocalStore(compression='gzip', compression_level=12): zlib takes 1 to 9",
+        lambda w: LocalStore(compression="gzip", compression_level=12),
+        "ValidationError",
+        "gzip takes compression_level 1 to 9, not 12",
+    ),
+    Bad(
+        "compression-level-without-compression",
+        "LocalStore(compression='none', compression_level=3)",
+        lambda w: LocalStore(compression="none", compression_level=3),
+        "ValidationError",
+        "compression_level needs compression zstd or gzip",
+    ),
+    Bad(
         "empty-encryption-key",
         "a store whose encryption_key is '' (an unset variable)",
         lambda w: w.backup(store=LocalStore(path=str(w.tmp / "store"), encryption_key=SecretStr(""))),
