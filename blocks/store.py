@@ -138,6 +138,15 @@ class S3Store(StoreBlock):
         description="days a locked backup stays locked past its expiry (clock skew, a late retention run)",
     )
 
+    @model_validator(mode="after")
+    def _kms_key_needs_kms(self) -> S3Store:
+        # S3 would encrypt with its own keys (AES256) and the key named here would go unused
+        if self.kms_key_id and self.server_side_encryption != "aws:kms":
+            raise ValueError(
+                "kms_key_id needs server_side_encryption 'aws:kms': set it, or remove kms_key_id"
+            )
+        return self
+
     @property
     def location(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"

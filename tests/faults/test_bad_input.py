@@ -284,6 +284,13 @@ BAD_INPUTS = [
         "bucket\n  String should match pattern",
     ),
     Bad(
+        "kms-key-without-kms",
+        "S3Store(kms_key_id=...) with server_side_encryption AES256: the key would go unused",
+        lambda w: S3Store(bucket="klb-backups", kms_key_id="alias/backups"),
+        "ValidationError",
+        "kms_key_id needs server_side_encryption 'aws:kms'",
+    ),
+    Bad(
         "compression-level-out-of-range",
         "LocalStore(compression_level=99)",
         lambda w: LocalStore(compression_level=99),
