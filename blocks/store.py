@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from prefect_aws import AwsCredentials
-from pydantic import AwareDatetime, Field, SecretStr, model_validator
+from pydantic import AwareDatetime, Field, SecretStr, ValidationInfo, field_validator
 
 from blocks.strict import StrictBlock
 
@@ -72,17 +72,20 @@ class StoreBlock(StrictBlock):
         description="read every object back and check sha256 before the manifest is written",
     )
 
-    @model_validator(mode="after")
-    def _level_fits_compression(self) -> StoreBlock:
+    # Field validators, not a model validator: those would rename the block in Prefect's parameter
+    # errors ("function-after[...]" instead of "LocalStore"). compression is declared first.
+    @field_validator("compression_level")
+    @classmethod
+    def _level_fits_compression(cls, level: int | None, info: ValidationInfo) -> int | None:
         # refused here, not at the first backup: zlib fails on a level over 9 after the dump started
-        level = self.compression_level
-        if level is not None and self.compression is Compression.gzip and level > 9:
+        compression = info.data.get("compression")
+        if level is not None and compression is Compression.gzip and level > 9:
             raise ValueError(f"gzip takes compression_level 1 to 9, not {level}")
-        if level is not None and self.compression is Compression.none:
+        if level is not None and compression is Compression.none:
             raise ValueError(
                 "compression_level needs compression zstd or gzip: remove it, or set compression"
             )
-        return self
+        return level
 
     @property
     def location(self) -> str:
@@ -138,14 +141,15 @@ class S3Store(StoreBlock):
         description="days a locked backup stays locked past its expiry (clock skew, a late retention run)",
     )
 
-    @model_validator(mode="after")
-    def _kms_key_needs_kms(self) -> S3Store:
+    @field_validator("kms_key_id")
+    @classmethod
+    def _kms_key_needs_kms(cls, key: str | None, info: ValidationInfo) -> str | None:
         # S3 would encrypt with its own keys (AES256) and the key named here would go unused
-        if self.kms_key_id and self.server_side_encryption != "aws:kms":
+        if key and info.data.get("server_side_encryption") != "aws:kms":
             raise ValueError(
                 "kms_key_id needs server_side_encryption 'aws:kms': set it, or remove kms_key_id"
             )
-        return self
+        return key
 
     @property
     def location(self) -> str:
