@@ -26,7 +26,7 @@ def promtool(*args: str, cwd: Path = MON) -> subprocess.CompletedProcess:
 def test_plain_rules_pass_promtool_check():
     out = promtool("check", "rules", "rules.yml")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 8 rules found" in out.stdout
+    assert "SUCCESS: 9 rules found" in out.stdout
 
 
 def test_prometheusrule_holds_the_same_rules_and_passes_promtool_check(tmp_path):
@@ -37,7 +37,7 @@ def test_prometheusrule_holds_the_same_rules_and_passes_promtool_check(tmp_path)
     (tmp_path / "extracted.yml").write_text(yaml.safe_dump(cr["spec"]))
     out = promtool("check", "rules", "extracted.yml", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 8 rules found" in out.stdout
+    assert "SUCCESS: 9 rules found" in out.stdout
 
 
 def test_rule_unit_tests_pass():
