@@ -384,3 +384,18 @@ def test_a_newer_backup_narrowed_by_labels_or_resources_never_costs_the_full_one
     newer_full = scoped(manifest(4, 24 * 35, component="kubernetes"))
     plan = plan_retention([full, labelled, configmaps, newer_full], policy, NOW)
     assert [d.id for d in plan.deletions] == [full.id, labelled.id, configmaps.id]
+
+
+def test_pitr_keeps_the_base_backup_before_the_window_so_recovery_reaches_back_all_of_it():
+    # daily base backups for 40 days, 30 days' retention: a time 29.99 days ago is only reached
+    # by replaying WAL from a base backup older than 30 days (daily[30], 30 days and 30 min old)
+    daily = [manifest(i, 24 * i + 0.5, component="postgres-pitr") for i in range(40)]
+    damaged = daily[30].id  # the newest one before the window is damaged: the one before it serves
+    plan = plan_retention(daily, RetentionPolicy.from_table("postgres-pitr"), NOW, damaged={damaged})
+    kept = {d.id: d for d in plan.decisions if d.action == Action.keep}
+    assert set(kept) == {m.id for m in daily[:30]} | {daily[31].id}
+    assert "replays WAL" in kept[daily[31].id].reason and kept[daily[31].id].protected
+    # components without a recovery window keep nothing past their retention
+    etcd = [manifest(i, 24 * i + 0.5) for i in range(40)]
+    plan = plan_retention(etcd, RetentionPolicy.from_table("etcd"), NOW)  # 7 days (backup-table)
+    assert {d.id for d in plan.decisions if d.action == Action.keep} == {m.id for m in etcd[:7]}

@@ -41,6 +41,9 @@ class ComponentSpec:
     dr_step: str | None  # its step in a full-cluster restore, in row order; None: not part of it
     plan_only: bool = False  # a restore is written out as a reviewed plan, run by hand
     velero_owned: bool = False  # Velero holds the data: its Backup CR expires with the manifest
+    # its backups start windows of continuous recovery (base backup + WAL): retention also keeps
+    # the newest one before the window, or recovery would not reach back the whole retention
+    recovery_window: bool = False
     kinds: frozenset[BackupKind] = EVERY_KIND - {BackupKind.forensic}
 
 
@@ -85,7 +88,12 @@ SPECS: dict[str, ComponentSpec] = {
         ),
         # one PostgreSQL server: a base backup must not run while a dump restore replaces it
         ComponentSpec(
-            "postgres-pitr", "tasks.components.postgres_pitr", "klb-pitr-target", "postgres", dr_step=None
+            "postgres-pitr",
+            "tasks.components.postgres_pitr",
+            "klb-pitr-target",
+            "postgres",
+            dr_step=None,
+            recovery_window=True,
         ),
     )
 }

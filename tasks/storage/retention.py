@@ -15,7 +15,9 @@ Pure: no I/O here (flows/maintenance.py lists, plans, then deletes). The rules, 
    newest good backup holding each part (a database, an app-state step, a vhost, a Kubernetes
    namespace) is kept, so a narrower newer backup never costs the other parts their last copy;
 3. members of the newest recovery point are kept (labels["recovery_point"]);
-4. everything within the retention window is kept;
+4. everything within the retention window is kept; for point-in-time recovery (base backups
+   plus WAL) also the newest good base backup before the window: recovery to a time early in
+   the window starts from it (barman's and pgBackRest's recovery-window retention);
 5. GFS tiers (optional): the newest good backup of each of the last N days / ISO weeks / months;
 6. everything else is deleted.
 
@@ -60,6 +62,11 @@ class RetentionPolicy(BaseModel):
     velero_owned: bool = Field(
         default=False, description="Velero holds the data: its TTL and garbage collection expire it"
     )
+    recovery_window: bool = Field(
+        default=False,
+        description="PITR base backups: also keep the newest good one older than `retention`, so "
+        "recovery reaches any time within `retention` (not just from the oldest backup inside it)",
+    )
     orphan_grace: timedelta = Field(
         default=timedelta(hours=24), description="objects with no manifest younger than this may be in flight"
     )
@@ -75,6 +82,7 @@ class RetentionPolicy(BaseModel):
             component=component,
             retention=table_policy(component).retention,
             velero_owned=spec(component).velero_owned,
+            recovery_window=spec(component).recovery_window,
             **overrides,
         )
 
@@ -239,6 +247,9 @@ def plan_retention(
         "monthly": _gfs_keep(good, policy.keep_monthly, lambda t: (t.year, t.month)),
     }
 
+    # PITR: a time early in the window is reached from the last base backup before it
+    before = [m for m in good if now - m.source_time > policy.retention] if policy.recovery_window else []
+    window_base = before[-1].id if before else None
     velero = policy.velero_owned
     decisions: list[Decision] = []
     for m in ordered:
@@ -272,6 +283,12 @@ def plan_retention(
             action, reason = Action.keep, f"member of the newest recovery point {recovery_point}"
         elif age <= policy.retention:
             action, reason = Action.keep, f"within retention ({_days(age)} <= {_days(policy.retention)})"
+        elif m.id == window_base:
+            action = Action.keep
+            reason = (
+                f"the base backup that recovery to the start of the {_days(policy.retention)} window "
+                "replays WAL from (the newest good one before it)"
+            )
         elif tier := next((name for name, ids in tiers.items() if m.id in ids), None):
             action, reason = Action.keep, f"GFS {tier} tier"
         elif velero and m.expires_at is not None and now < m.expires_at:
@@ -291,6 +308,7 @@ def plan_retention(
             m.id in last_good
             or m.id in holders
             or m.id == fallback
+            or m.id == window_base
             or bool(recovery_point and m.labels.get(RECOVERY_POINT_LABEL) == recovery_point)
             or any(m.id in ids for ids in tiers.values())
         )
