@@ -138,6 +138,30 @@ def test_a_whole_broker_restore_into_another_broker_leaves_them_out_and_keeps_it
     assert real_id(api) == own
 
 
+@pytest.mark.broker_wide  # a whole-broker restore (of a broker holding only that vhost)
+def test_production_s_replacement_keeps_its_own_cluster_id(api, rabbitmq, name, local_store):
+    """import_message_movers: true (this broker replaces production) posted the backup's document
+    with production's internal_cluster_id, and RabbitMQ's import set it: this broker took the
+    lost broker's identity, and the check after the import skips that parameter, so nothing
+    said so. The id names the broker itself: a restore never sets it."""
+    broker_doc, vhost_doc = docs(name)
+    for doc in (broker_doc, vhost_doc):  # no shovel or federation: this broker runs neither plugin
+        doc["parameters"] = [p for p in doc["parameters"] if p["component"] == "vhost-limits"]
+        doc["policies"] = [p for p in doc["policies"] if p["name"] == "plain"]
+    store = local_store()
+    with serve(name, broker_doc, vhost_doc, "rabbitmq-cluster-id-production") as url:
+        manifest = backup_task.fn("rabbitmq", RabbitMQTarget(url=url), store)
+    own = real_id(api)
+    try:
+        target = RabbitMQTarget(url=rabbitmq.extra["url"])
+        report = restore_task.fn(manifest, target, store, {"import_message_movers": True})
+        assert report["broker_wide"] is True
+        assert {q["name"] for q in api.get(f"/queues/{seg(name)}").json()} == {"orders", "audit", "lost"}
+        assert real_id(api) == own
+    finally:  # the machine's broker keeps its id whatever happened
+        api.put("/global-parameters/internal_cluster_id", json={"value": own})
+
+
 def test_into_the_broker_backed_up_they_are_imported_as_before(api, rabbitmq, name, local_store):
     """A backup whose recorded broker is the target (the stand-in serves the real broker's id)
     imports them: on this broker, without the plugins, the restore is refused before anything,

@@ -315,6 +315,28 @@ def test_nothing_cluster_wide_is_a_write_an_application_namespace_list_serves():
             assert writes <= ({"delete"} if rule["resources"] == ["namespaces"] else set()), (name, rule)
 
 
+def test_secrets_are_read_cluster_wide_only_for_namespaces_made_per_run(
+    prefect_server, tmp_path, local_store, drill_tmp_dir
+):
+    """Least privilege: the cluster-wide rule on Secrets lets the account read every Secret of the
+    cluster. It is there only for the reads in namespaces no RoleBinding can name in advance: a
+    drill lists the names in restore-drill-<id>, a partial restore reads the scratch copy of a
+    named Secret in klb-aside-<token>-<ns>. Anything else is in an application namespace, where
+    klb-flow-runner-apps is bound. When neither read is needed any more, this fails: bind the
+    rule in the application namespaces instead."""
+    (key,) = [
+        k for k, r in shipped_rules().items() if k[0] == "ClusterRole" and r["resources"] == ["secrets"]
+    ]
+    assert key[2] == "klb-flow-runner"  # the ClusterRole bound cluster-wide
+    elsewhere = {
+        (verb, ns.split("-", 2)[0] + "-" + ns.split("-", 2)[1])
+        for flow in FLOWS
+        for granted_by, verb, _, ns in audit(flow, tmp_path, local_store)
+        if granted_by == key and ns not in APP_NAMESPACES
+    }
+    assert elsewhere == {("list", "restore-drill"), ("get", "klb-aside")}, elsewhere
+
+
 @pytest.mark.parametrize("rule", [f"{k[0]}/{k[2]}[{k[3]}]" for k in shipped_rules()])
 def test_removing_any_rule_of_the_shipped_rbac_fails_a_flow(
     prefect_server, tmp_path, local_store, drill_tmp_dir, rule

@@ -92,3 +92,35 @@ def test_a_restore_into_a_namespace_being_deleted_waits_for_it_and_makes_it_anew
     assert report["phase"] == "Completed" and report["already_existed"] == []
     assert "deletionTimestamp" not in ctl.store.get(NAMESPACES, "", ns)["metadata"]
     assert ctl.store.get(CONFIGMAPS, ns, "settings")["data"] == {"m": "1"}
+
+
+def test_a_service_account_that_exists_is_merged_with_the_backed_up_one(kube_api, ctl, local_store):
+    """restore.go (mergeServiceAccounts, whatever the policy): a ServiceAccount that exists gets the
+    backed-up one's imagePullSecrets, secrets, labels and annotations it lacks, and keeps its own.
+    The emulator warned and left it as it was (or, with policy update, replaced it): the `default`
+    ServiceAccount, which the cluster makes in a namespace before Velero restores into it, came
+    back without its imagePullSecrets, so the restored pods could not pull their images."""
+    from sandbox.k8s_emulator.store import BY_PATH
+
+    accounts = BY_PATH[("v1", "serviceaccounts")]
+    store = local_store()
+    (ns,) = seed_namespaces(ctl, "sa", seed=seed_settings)
+    pull = {"imagePullSecrets": [{"name": "regcred"}], "metadata": {"labels": {"team": "lambda"}}}
+    ctl.store.patch(accounts, ns, "default", pull)
+    ctl.seed("v1", "serviceaccounts", ns, {"metadata": {"name": "runner"}, "secrets": [{"name": "db"}]})
+    target, manifest = take_backup(kube_api, store, ns)
+    ctl.store.delete(NAMESPACES, "", ns)
+    ctl.settle(lambda: ctl.store.find(NAMESPACES, "", ns) is None)
+
+    report = velero.restore(target, manifest, store, velero.RestoreOptions())
+
+    default = ctl.store.get(accounts, ns, "default")
+    assert default["imagePullSecrets"] == [{"name": "regcred"}]
+    assert default["metadata"]["labels"]["team"] == "lambda"
+    assert report["warnings"] == 0
+    # into a namespace where it exists with its own: both, the cluster's first (policy update too)
+    ctl.store.patch(accounts, ns, "runner", {"secrets": [{"name": "own"}], "metadata": {"labels": {}}})
+    for policy in ("none", "update"):
+        options = velero.RestoreOptions(existing_resource_policy=policy)
+        velero.restore(target, manifest, store, options)
+        assert ctl.store.get(accounts, ns, "runner")["secrets"] == [{"name": "own"}, {"name": "db"}]

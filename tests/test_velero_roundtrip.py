@@ -11,7 +11,7 @@ import secrets
 from sandbox.k8s_emulator.snapshot import CONFIGMAPS, NAMESPACES, SERVICES
 from tasks.components import kubernetes as velero
 from tasks.storage.session import backup_session
-from tests.k8s_helpers import seed_namespaces, seed_settings
+from tests.k8s_helpers import install_knative_crd, seed_knative_service, seed_namespaces, seed_settings
 
 SERVER_SET = {"uid", "resourceVersion", "creationTimestamp", "managedFields", "generation", "generateName"}
 SERVER_SET |= {"ownerReferences", "selfLink"}  # restore.go resetMetadata drops these too
@@ -99,10 +99,15 @@ def seed_broad(ctl, ns: str) -> None:
     ctl.seed("v1", "services", ns, {"metadata": {"name": "auto"}, "spec": node_port})
     fixed = {"type": "NodePort", "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}
     ctl.seed("v1", "services", ns, applied({"metadata": {"name": "fixed"}, "spec": fixed}))
+    # the platform's workload, a custom resource, named like a core Service (as Knative's are)
+    install_knative_crd(ctl)
+    seed_knative_service(ctl, ns, "api")
+    ctl.seed("v1", "configmaps", ns, {"metadata": {"name": "blob"}, "binaryData": {"b": "AAEC"}})
 
 
 def whole_state(ctl, ns: str) -> dict:
-    """Every object of `ns` and the namespace itself, as Velero would restore them."""
+    """Every object of `ns` and the namespace itself, as Velero would restore them (keyed by
+    group resource: a Knative Service and the core Service of its name are two objects)."""
     out = {}
     with ctl.store.lock:
         items = [(r, n, o) for (r, o_ns, n), o in ctl.store.objects.items() if ns in (o_ns, n)]
@@ -119,7 +124,7 @@ def whole_state(ctl, ns: str) -> dict:
                 spec.pop("clusterIP"), spec.pop("clusterIPs")
             if name == "auto":
                 spec["ports"][0].pop("nodePort")
-        out[(res.plural, name)] = {**obj, "metadata": meta, "labels": labels}
+        out[(res.group_resource, name)] = {**obj, "metadata": meta, "labels": labels}
     return out
 
 

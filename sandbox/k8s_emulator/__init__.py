@@ -28,6 +28,12 @@ def write_kubeconfig(path: Path, url: str, context: str = "emulator", token: str
     return path
 
 
+# what the server sets on an object at each write, not part of what a client asked for
+SERVER_SET = frozenset(
+    {"uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "selfLink"}
+)
+
+
 @dataclass
 class KubeAPI:
     """What the `kube_api` fixture hands out."""
@@ -50,16 +56,17 @@ class KubeAPI:
 
     def state(self, *namespaces: str) -> dict:
         """The workload objects (not Velero's) of `namespaces` (default: all but velero), for
-        'the cluster is as it was' assertions; plus the volumes' content."""
+        'the cluster is as it was' assertions; plus the volumes' content. Each object whole but
+        for its status and what the server sets on every write (uid, resourceVersion,
+        managedFields, ...): a Role's rules, a ConfigMap's binaryData, finalizers and the rest
+        of a kind's own fields count. Keyed by group resource, so a Knative Service is never
+        taken for the core Service of its name."""
         store = self.server.store
         with store.lock:
             objects = {
-                (res.plural, ns, name): json.dumps(
-                    {k: v for k, v in obj.items() if k in ("spec", "data", "stringData")}
-                    | {
-                        "labels": obj["metadata"].get("labels"),
-                        "annotations": obj["metadata"].get("annotations"),
-                    },
+                (res.group_resource, ns, name): json.dumps(
+                    {k: v for k, v in obj.items() if k not in ("status", "metadata")}
+                    | {"metadata": {k: v for k, v in obj["metadata"].items() if k not in SERVER_SET}},
                     sort_keys=True,
                 )
                 for (res, ns, name), obj in store.objects.items()

@@ -50,6 +50,31 @@ def identical(existing: dict[str, Any], new: dict[str, Any]) -> bool:
     return cluster == new
 
 
+def merged_account(existing: dict[str, Any], new: dict[str, Any]) -> dict[str, Any] | None:
+    """restore.go mergeServiceAccounts: what a ServiceAccount that exists is patched with, or None
+    when it differs from the backed-up one in nothing a merge adds. Whatever the policy, the
+    backed-up `secrets` and `imagePullSecrets` it lacks (by name) are appended to its own, and
+    labels and annotations it lacks are added (its own values win). The patch is the difference
+    from the in-cluster object given the restore labels (merge_service_account.go
+    generatePatch), so those labels are not written."""
+    cluster = reset(existing)
+    ours = {k: v for k, v in (new["metadata"].get("labels") or {}).items() if k.startswith("velero.io/")}
+    cluster["metadata"].setdefault("labels", {}).update(ours)
+    patch: dict[str, Any] = {}
+    for field in ("secrets", "imagePullSecrets"):
+        have = list(cluster.get(field) or [])
+        names = {ref.get("name") for ref in have}
+        added = [ref for ref in new.get(field) or [] if ref.get("name") not in names]
+        if added:
+            patch[field] = have + added
+    for part in ("labels", "annotations"):
+        have = cluster["metadata"].get(part) or {}
+        added = {k: v for k, v in (new["metadata"].get(part) or {}).items() if k not in have}
+        if added:
+            patch.setdefault("metadata", {})[part] = added
+    return patch or None
+
+
 def completed(res: Resource, obj: dict[str, Any]) -> bool:
     """restore.go isCompleted: a pod that Succeeded or Failed is not restored."""
     return res.plural == "pods" and (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed")

@@ -12,7 +12,9 @@
 - Items (velero_items.py): resetMetadataAndStatus drops status and the server's metadata (uid,
   resourceVersion, ownerReferences, ...), finalizers stay; a pod that Succeeded or Failed is
   not restored (isCompleted); an object that exists and equals the backed-up one is skipped
-  without a warning, one that differs is a warning (policy none) or updated (policy update).
+  without a warning, one that differs is a warning (policy none) or updated (policy update);
+  but a ServiceAccount that exists is merged with the backed-up one, whatever the policy
+  (mergeServiceAccounts: the pull secrets, secrets, labels and annotations it lacks).
 - A target namespace being deleted is waited for (EnsureNamespaceExistsAndIsReady), up to
   `resource_terminating_timeout` (Velero's 10 min), then created anew.
 - A PV is restored with its PVC (actions/add_pv_from_pvc_action.go) only from a volume snapshot;
@@ -61,6 +63,7 @@ from sandbox.k8s_emulator.velero_items import (
     completed,
     identical,
     label,
+    merged_account,
     pod_volumes,
     reset,
     restore_wait,
@@ -216,6 +219,16 @@ def _apply(ctl, restore: dict[str, Any]) -> None:
             if res is PODS and with_pvs and wanted(PVCS, inc, exc):
                 # "Do not create podvolumerestore when current restore excludes pv/pvc"
                 pod_volumes(ctl, created, src_ns, obj["metadata"]["name"], snap, rname)
+        elif res.plural == "serviceaccounts" and not res.custom and not identical(existing, new):
+            # restore.go: an existing ServiceAccount is merged with the backed-up one, whatever
+            # the policy (velero_items.merged_account), never "could not restore"
+            patch = merged_account(existing, new)
+            if patch is not None:
+                try:
+                    ctl.store.patch(res, ns, new["metadata"]["name"], patch)
+                    restored += 1
+                except ApiError:
+                    warnings += 1
         elif identical(existing, new):
             # "skipped: it already exists in the cluster and is the same as the backed up
             # version": no warning; with policy update only its restore labels are patched

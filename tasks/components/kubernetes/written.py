@@ -5,8 +5,9 @@ that exists as it is, so a restore whose objects all exist writes nothing; it wa
 The checklist records from this whether the target changed, and a rollback what it may put back.
 
 Velero labels every object it creates or updates with `velero.io/restore-name` (restore.go
-addRestoreLabels; a ServiceAccount it merges into the cluster's gets them through the merge's
-patch), and an object it leaves as it is keeps its own labels. So an object of the restore's
+addRestoreLabels), and an object it leaves as it is keeps its own labels. A ServiceAccount it
+merges into the cluster's does not get them (the merge's patch is computed from the in-cluster
+object already given them), so a merge is not seen here. So an object of the restore's
 scope that carries this restore's label was written by it: created if it was not there before,
 overwritten if it was. Seen are the kinds the inventory lists (api.KINDS and custom.py's);
 cluster-scoped objects are not listed, and a restore that may have brought some back says so in

@@ -44,6 +44,7 @@ from tasks.components.rabbitmq.definitions import (
     restored_differences,
     vhost_definitions,
     without_movers,
+    without_own_globals,
 )
 from tasks.components.rabbitmq.drill import drill, drill_cleanup
 from tasks.components.rabbitmq.importing import attach_written, import_definitions
@@ -254,7 +255,7 @@ def _restore(
     backed_up = manifest.engine.get("vhost_metadata") or {}  # older backups have none
     meta = {v: backed_up.get(options.vhost or v) for v in plan}
     # permissions: a broker backup's, or those a per-vhost backup recorded on its vhosts
-    broker = docs.get(None) or _access_doc(docs)
+    broker = without_own_globals(docs.get(None)) or _access_doc(docs)  # never another broker's id
     access_of = [] if options.into_vhost else [options.vhost] if options.vhost else list(plan)
     with connect(target) as client:
         why = decide(

@@ -188,6 +188,17 @@ _COMPARED = {*KINDS, "topic_permissions", "global_parameters"}
 _OWN_GLOBALS = {"internal_cluster_id"}
 
 
+def without_own_globals(broker_doc: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A whole-broker document without the global parameters that name the broker it came from.
+    RabbitMQ's import sets them like any other: a replacement broker (import_message_movers:
+    true) took the lost one's internal_cluster_id, and every later backup said it came from
+    there. Into the broker backed up they are its own already."""
+    if broker_doc is None or "global_parameters" not in broker_doc:
+        return broker_doc
+    kept = [p for p in broker_doc["global_parameters"] or [] if p.get("name") not in _OWN_GLOBALS]
+    return {**broker_doc, "global_parameters": kept}
+
+
 def restored_differences(
     target: RabbitMQTarget,
     client: httpx.Client,

@@ -99,8 +99,7 @@ def leave_out(
     plan: dict[str, dict[str, Any]], broker: dict[str, Any] | None, why: str
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None, dict[str, str]]:
     """`plan` and the whole-broker document (which a broker restore posts as it is) without
-    shovels, federation upstreams and federation policy keys, and without the source broker's own
-    `internal_cluster_id` (it names that broker, not this one). Returns (plan, broker, {what was
+    shovels, federation upstreams and federation policy keys. Returns (plan, broker, {what was
     left out, by name and vhost: why})."""
     left: dict[str, str] = {}
     kept = {}
@@ -109,10 +108,6 @@ def leave_out(
         left |= {f"{name} in vhost {vhost!r}": reason for name, reason in out.items()}
     if broker is not None:
         broker, _ = without_movers(broker, why)  # the same items, named above by vhost
-        globals_ = [
-            p for p in broker.get("global_parameters") or [] if p.get("name") != "internal_cluster_id"
-        ]
-        broker = {**broker, **({"global_parameters": globals_} if "global_parameters" in broker else {})}
     if left:
         log.warning("restore leaves out shovels and federation: %s", "; ".join(sorted(left)))
     return kept, broker, left

@@ -10,11 +10,11 @@ from the safety backup exactly the objects it overwrote (`only`), or is refused.
 Compared (GET /api/definitions, only what the restore imports): vhosts (with their description, tags
 and default queue type from GET /vhosts: the export before 3.11 carries only a name), users (with
 password hash, tags and limits), permissions, topic permissions, policies, queues, exchanges,
-bindings, runtime parameters (vhost limits, shovels, federation upstreams) and global parameters,
-and any other list a newer broker exports (item by item). Not compared: messages (not
-definitions), operator policies (RabbitMQ 3.10 does not export them; the import sets none),
-definitions the import deleted (it deletes none), and writes someone else made to the same
-definitions while the import ran, which count as the restore's.
+bindings, runtime parameters (vhost limits, operator policies, shovels, federation upstreams:
+RabbitMQ exports an operator policy as a parameter of component operator_policy) and global
+parameters, and any other list a newer broker exports (item by item). Not compared: messages
+(not definitions), definitions the import deleted (it deletes none), and writes someone else
+made to the same definitions while the import ran, which count as the restore's.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ _SKIP_GLOBALS = {"internal_cluster_id"}
 _VERSION_KEYS = {"rabbit_version", "rabbitmq_version", "product_name", "product_version"}
 COMPARED = (
     "created and overwritten: the definitions the restore imports (every vhost, user, permission, "
-    "topic permission, policy, queue, exchange, binding, runtime and global parameter, user limits, "
-    "vhost description, tags and default queue type) that differ after the import from before it. "
-    "Not seen: operator policies (not exported), and writes others made to the same definitions "
-    "while the import ran, which count as the restore's"
+    "topic permission, policy, queue, exchange, binding, runtime parameter (operator policies "
+    "included) and global parameter, user limits, vhost description, tags and default queue type) "
+    "that differ after the import from before it. Not seen: writes others made to the same "
+    "definitions while the import ran, which count as the restore's"
 )
 
 
