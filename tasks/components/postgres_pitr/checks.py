@@ -32,7 +32,7 @@ from tasks.components.postgres_pitr.engines import (
     segment_of,
 )
 from tasks.components.postgres_pitr.tar import TarPeek
-from tasks.errors import ConfigurationError, IntegrityError
+from tasks.errors import IntegrityError
 from tasks.models import Manifest
 from tasks.storage.session import read_object
 
@@ -110,15 +110,13 @@ def check_contents(manifest: Manifest, store: StoreBlock) -> dict[str, Any]:
 
 
 def check_archive(target: PitrTarget, manifest: Manifest) -> str:
-    """Whether the archive holds the segment where the base backup ends: 'archived' or 'pending'
-    (not archived yet), or IntegrityError (lost, with later WAL archived)."""
+    """Whether the archive holds the segment where the base backup ends: 'archived', 'pending'
+    (not archived yet) or 'not checked' (another server's), or IntegrityError (lost, with later
+    WAL archived)."""
     e = manifest.engine
     if (e["archive_url"], e.get("server_name")) != (target.archive_url, target.server_name):
-        raise ConfigurationError(
-            f"base backup {manifest.id} was taken for the archive {e['archive_url']} "
-            f"({e.get('server_name')}), the target names {target.archive_url} ({target.server_name}): "
-            "give the target of the server it was taken from"
-        )
+        # a store may hold base backups of several servers; the sweep has one default target
+        return f"not checked: taken for {e['archive_url']} ({e.get('server_name')}), not the target's archive"
     seg, tli = e["wal_segment_size"], e["timeline"]
     stop = segment_of(parse_lsn(e["stop_lsn"]), seg)
     on_timeline = [
