@@ -36,7 +36,7 @@ from tasks.components.postgres_pitr.window import RecoveryTarget, choose_base_ba
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError, IntegrityError
 from tasks.models import Manifest
 from tasks.proc import free_port, run
-from tasks.storage.health import is_damage
+from tasks.storage.health import damaged_ids, is_damage
 from tasks.storage.session import backup_session, read_object
 from tasks.verbs import verify_component_backup
 
@@ -693,6 +693,7 @@ def test_a_base_backup_no_recovery_can_start_from_fails_verification(
     ) as err:
         verify_component_backup(broken, store, bench["target"])
     assert is_damage(err.value)
+    assert broken.id in damaged_ids(store, "postgres-pitr")  # by any reader, not only the sweep
 
 
 def test_a_base_backup_whose_wal_the_archive_lost_fails_verification(bench, base_tar, moto, local_store):

@@ -15,8 +15,9 @@ from tasks.components.postgres.common import connect, parse_aside
 from tasks.errors import BadInput, ComponentFailed, IntegrityError, IsolationTaken
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import latest_backup, list_backups
-from tasks.storage.health import is_damage
+from tasks.storage.health import damaged_ids, is_damage
 from tasks.storage.session import backup_session
+from tasks.verbs import verify_component_backup
 from tests.pg_helpers import (
     db_names,
     drop,
@@ -357,8 +358,9 @@ def test_a_dump_pg_restore_cannot_read_is_damage_not_an_engine_failure(sample, l
     store = local_store(compression="none")
     broken = _stored_again(store, take_backup(target, store), db, change)
     with pytest.raises(IntegrityError, match=f"{broken.id}.*{db}.*cannot be read") as err:
-        pg.verify(target, broken, store)
+        verify_component_backup(broken, store, target)  # what a restore, a drill, the sweep run
     assert is_damage(err.value)
+    assert broken.id in damaged_ids(store, "postgres")
 
 
 def test_cut_over_ends_sessions_on_the_target_and_describe_reports_missing_databases(sample, local_store):
