@@ -60,7 +60,7 @@ class Window(BaseModel):
     start_lsn: str
     end_time: AwareDatetime | None = Field(description="last transaction in the archive (exclusive)")
     end_lsn: str = Field(description="end of the last archived segment of the stretch")
-    last_xact_lsn: str | None = None
+    last_xact_lsn: str | None = Field(default=None, description="last transaction: LSN targets end here")
     first_segment: str
     last_segment: str
     segments: int
@@ -79,11 +79,8 @@ class Window(BaseModel):
 
     def describe(self) -> str:
         end = self.end_time.isoformat() if self.end_time else "(no transaction archived yet)"
-        lsns = (
-            f"LSN {self.start_lsn} .. {self.last_xact_lsn} (inclusive)"
-            if self.last_target_lsn() is not None
-            else "no LSN target"
-        )
+        has_lsns = self.last_target_lsn() is not None
+        lsns = f"LSN {self.start_lsn} .. {self.last_xact_lsn} (inclusive)" if has_lsns else "no LSN target"
         if self.branched_to is not None:
             return (
                 f"{self.start_time.isoformat()} .. {end} (exclusive; {lsns}) on timeline {self.timeline}, "
