@@ -16,7 +16,7 @@ from flows.common import StoreRef, TargetBlock, load_store
 from flows.inputs import MAX_HOURS, component_names, count, number, per_component
 from flows.locks import component_lock
 from tasks.components.registry import ComponentName
-from tasks.errors import BadInput, ComponentFailed, TransientError
+from tasks.errors import BadInput, ComponentFailed, IntegrityError, TransientError
 from tasks.metrics import record_run
 from tasks.models import Manifest
 from tasks.notify import Severity, notify
@@ -177,10 +177,11 @@ def verify_backups(
         record_run(
             "verify", name, name not in failed_components, time.monotonic() - started, lock_gauges.get(name)
         )
-    if bad:  # the reasons too: this message is what the Failed-run notification carries
+    if bad:  # the reasons too: this message is what the Failed-run notification carries, as
+        # one line of the project's own error type (a bare RuntimeError read as a crash, with a traceback)
         why = "; ".join(f"{k}: {results[k]['error'][:200]}" for k in dict.fromkeys(bad[:10]))
         more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
-        raise RuntimeError(
+        raise IntegrityError(
             f"{len(bad)} backup(s) failed verification: {', '.join(bad)}. Why: {why}{more}. "
             "Every result: the verify-backups artifact of this run"
         )

@@ -12,9 +12,10 @@ from pydantic import ValidationError
 
 from blocks.store import StoreBlock
 from tasks.components.registry import load, load_target, spec
-from tasks.errors import BadInput, is_retryable
+from tasks.errors import BadInput, IntegrityError, is_retryable
 from tasks.models import Manifest
 from tasks.storage.catalog import verify_backup
+from tasks.storage.health import is_damage, mark_damaged
 from tasks.storage.progress import tracking
 from tasks.storage.session import backup_session
 from tasks.table import policy
@@ -56,9 +57,16 @@ def backup_component(
 def verify_component_backup(
     manifest: Manifest, store: StoreBlock, target: Block | None = None
 ) -> dict[str, Any]:
-    """Checksums of every object, then the component's own check."""
+    """Checksums of every object, then the component's own check. Damage either finds is
+    recorded (storage/health.py), whoever reads: a restore, a drill or `klb verify` as well as the
+    sweep, so 'latest', retention and the PITR window skip that backup from then on."""
     report: dict[str, Any] = verify_backup(store, manifest)
-    report["component_check"] = load(manifest.component).verify(target, manifest, store)
+    try:
+        report["component_check"] = load(manifest.component).verify(target, manifest, store)
+    except IntegrityError as exc:
+        if is_damage(exc):  # not a wrong key, which proves nothing about the backup
+            mark_damaged(store, manifest.id, str(exc))
+        raise
     return report
 
 

@@ -72,7 +72,7 @@ def test_a_backup_repaired_and_reread_after_the_damage_is_verified_again(local_s
     store = local_store()
     m = backup(store)
     good = flip(store, m)
-    with pytest.raises(RuntimeError, match=m.id):
+    with pytest.raises(IntegrityError, match=m.id):
         maintenance.verify_backups(components=[APP], store=store)
     assert finding(store, m.id).status == Status.damaged
 

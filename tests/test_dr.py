@@ -108,7 +108,7 @@ def test_a_tampered_dr_copy_is_reported_by_the_sweep(prefect_server, s3_store, d
     key = get_backup(dr, manifest.id).objects[0].key
     body = dr_client.get_object(Bucket=dr.bucket, Key=key)["Body"].read()
     dr_client.put_object(Bucket=dr.bucket, Key=key, Body=bytes([body[0] ^ 1]) + body[1:])
-    with pytest.raises(RuntimeError, match=f"dr:{manifest.id}") as err:
+    with pytest.raises(IntegrityError, match=f"dr:{manifest.id}") as err:
         verify_backups(components=["app-state"], store=primary, dr_store=dr)
     assert f"primary:{manifest.id}" not in str(err.value)  # the primary copy is fine
 
@@ -142,7 +142,7 @@ def test_a_dr_copy_whose_manifest_says_something_else_fails_the_sweep(prefect_se
         assert field in (copy_difference(manifest, copy.model_copy(update=update)) or "")
 
     forge_dr_manifest(dr, dr_client, manifest.id, source_time=manifest.source_time - timedelta(days=3))
-    with pytest.raises(RuntimeError, match=f"dr:{manifest.id}") as err:
+    with pytest.raises(IntegrityError, match=f"dr:{manifest.id}") as err:
         verify_backups(components=["app-state"], store=primary, dr_store=dr)
     assert f"primary:{manifest.id}" not in str(err.value)
     # recorded: a restore of 'latest' from the DR store, and its retention, see it
@@ -163,7 +163,7 @@ def test_a_newer_dr_only_backup_does_not_spare_the_copy_its_reread(prefect_serve
     key = get_backup(dr, manifest.id).objects[0].key
     body = dr_client.get_object(Bucket=dr.bucket, Key=key)["Body"].read()
     dr_client.put_object(Bucket=dr.bucket, Key=key, Body=bytes([body[0] ^ 1]) + body[1:])
-    with pytest.raises(RuntimeError, match=f"dr:{manifest.id}"):
+    with pytest.raises(IntegrityError, match=f"dr:{manifest.id}"):
         verify_backups(components=["app-state"], store=primary, dr_store=dr)
 
 
@@ -224,7 +224,7 @@ def test_the_sweep_reports_a_lost_primary_and_still_checks_dr(prefect_server, s3
     replicate_backup(manifest, primary, dr)
     bucket, client = s3_bucket
     delete_bucket(client, bucket)
-    with pytest.raises(RuntimeError, match="primary:app-state") as err:
+    with pytest.raises(IntegrityError, match="primary:app-state") as err:
         verify_backups(components=["app-state"], store=primary, dr_store=dr)
     assert f"dr:{manifest.id}" not in str(err.value)
 

@@ -60,7 +60,7 @@ def test_a_backup_only_the_dr_store_holds_good_fails_the_sweep_saying_so(prefect
     )
     assert [m.id for m in list_backups(primary, APP)] == [damaged.id]
 
-    with pytest.raises(RuntimeError, match="failed verification") as err:
+    with pytest.raises(IntegrityError, match="failed verification") as err:
         verify_backups(components=[APP], store=primary, dr_store=dr, newest=2)
     assert f"dr-only:{damaged.id}" in str(err.value) and f"dr-only:{lost.id}" in str(err.value)
     assert f"dr:{lost.id}" not in str(err.value).replace("dr-only:", "")  # the DR copies are good

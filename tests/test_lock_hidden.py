@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from sandbox.s3 import make_bucket, s3_store
+from tasks.errors import IntegrityError
 from tasks.ids import new_backup_id
 from tasks.storage import object_lock
 from tasks.storage.backends import backend_for
@@ -78,7 +79,7 @@ def test_a_kept_locked_backup_with_every_key_delete_marked_is_still_found(moto, 
     assert last.id in applied["object_lock_hold"]
 
     # the sweep re-reads it whole, and fails naming the hiding and how to undo it
-    with pytest.raises(RuntimeError, match="failed verification") as err:
+    with pytest.raises(IntegrityError, match="failed verification") as err:
         verify_backups(components=[APP], store=store)
     assert f"primary:{last.id}" not in str(err.value)  # the backup itself reads whole
     assert f"primary:{mkey}" in str(err.value)

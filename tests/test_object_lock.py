@@ -15,7 +15,7 @@ from blocks.app_state import AppStateStep, AppStateTarget
 from blocks.monitoring import PushgatewayConfig
 from blocks.store import Encryption
 from sandbox.s3 import make_bucket, s3_store
-from tasks.errors import ConfigurationError
+from tasks.errors import ConfigurationError, IntegrityError
 from tasks.storage import object_lock
 from tasks.storage.backends import backend_for
 from tasks.storage.backends.s3_lock import ceil_second
@@ -188,7 +188,7 @@ def test_object_lock_compliance_the_workers_credentials_cannot_destroy_a_backup(
     # overwriting: a new version on top; the restore reads the pinned one, the sweep reports it
     client.put_object(Bucket=store.bucket, Key=obj.key, Body=b"ransom note")
     assert b"".join(read_object(store, get_backup(store, manifest.id).objects[0])) == payload
-    with pytest.raises(RuntimeError, match="failed verification") as err:
+    with pytest.raises(IntegrityError, match="failed verification") as err:
         verify_backups(components=["app-state"], store=store)
     assert obj.key in str(err.value)
 
@@ -336,7 +336,7 @@ def test_object_lock_sweep_reports_a_replaced_manifest_and_not_a_rerun_replicati
     forged = manifest.model_copy(update={"labels": {"forged": "yes"}}).sealed()
     pkey = layout(primary).manifest_key(manifest.id)
     backend_for(primary).put_bytes(pkey, forged.model_dump_json().encode())
-    with pytest.raises(RuntimeError, match="failed verification") as err:
+    with pytest.raises(IntegrityError, match="failed verification") as err:
         verify_backups(components=["app-state"], store=primary, dr_store=dr)
     assert f"primary:{pkey}" in str(err.value) and "dr:" not in str(err.value)
 

@@ -8,10 +8,12 @@ History written once (module scope), in this order:
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import secrets
 import shutil
 import socket
+import tarfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,10 +33,12 @@ from tasks.components.postgres_pitr.engines import (
     write_credentials_file,
 )
 from tasks.components.postgres_pitr.window import RecoveryTarget, choose_base_backup, parse_target
-from tasks.errors import BadInput, ComponentFailed, ConfigurationError
+from tasks.errors import BadInput, ComponentFailed, ConfigurationError, IntegrityError
 from tasks.models import Manifest
 from tasks.proc import free_port, run
-from tasks.storage.session import backup_session
+from tasks.storage.health import damaged_ids, is_damage
+from tasks.storage.session import backup_session, read_object
+from tasks.verbs import verify_component_backup
 
 REGION = "us-west-2"
 
@@ -415,6 +419,52 @@ def test_target_before_the_base_backup_is_refused(prefect_server, bench, new_dir
     assert not Path(new_dir).exists()
 
 
+def test_lsn_targets_the_archive_cannot_reach_are_refused_before_anything(prefect_server, bench, new_dir):
+    """recovery_target_lsn stops after the first record at or past it: past the last archived
+    transaction (the end of the last segment, a switch's padding, far beyond) no record is, and
+    the server ended with 'recovery ended before configured recovery target' after the new
+    instance was made. Before the base backup's end the target is before consistency. Each is
+    refused by the plan, stating what is reachable."""
+    from flows.pitr import pitr_postgres
+
+    (window,) = pitr.wal_archive(bench["target"], bench["store"]).windows
+    last = pitr.parse_lsn(window.last_xact_lsn)
+    start = pitr.parse_lsn(window.start_lsn)
+    beyond = [window.end_lsn, pitr.format_lsn(last + 1), "FFFFFFFF/FFFFFFFF"]
+    for lsn in [*beyond, pitr.format_lsn(start - 1)]:
+        with pytest.raises(BadInput, match="outside the recoverable window") as err:
+            pitr.plan(bench["target"], bench["store"], parse_target(target_lsn=lsn))
+        assert window.start_lsn in str(err.value) and window.last_xact_lsn in str(err.value), lsn
+        assert "Nothing was changed" in str(err.value)
+    with pytest.raises(BadInput, match="outside the recoverable window"):
+        pitr_postgres(None, new_dir, target_lsn=window.end_lsn, target=bench["target"], store=bench["store"])
+    assert not Path(new_dir).exists()
+
+
+def test_the_last_archived_transaction_is_a_reachable_lsn_target(bench, new_dir):
+    """The window's LSN end is inclusive: recovery stops right after that commit ('after' rows)."""
+    (window,) = pitr.wal_archive(bench["target"], bench["store"]).windows
+    options = pitr.RestoreOptions(directory=new_dir, target_lsn=window.last_xact_lsn, timeout_seconds=120)
+    result = pitr.restore(bench["target"], bench["base"], bench["store"], options)
+    assert result["in_recovery"] and "recovery stopping after" in result["stopped_at"]
+    assert _phases(result["port"], bench["svc"].extra["password"])["after"] == 5
+
+
+@pytest.mark.parametrize(("shift", "between_2"), [(timedelta(microseconds=-1), 0), (timedelta(0), 5)])
+def test_a_time_target_lands_exactly_on_it(bench, new_dir, shift, between_2):
+    """To the microsecond: 'between-1' committed before T is there; 'between-2', committed 1 us
+    after T, is not; a commit exactly at T is (recovery_target_inclusive)."""
+    committed = _sql(
+        bench["svc"], "select max(pg_xact_commit_timestamp(xmin)) from t where phase = 'between-2'"
+    )[0][0]
+    goal = RecoveryTarget(kind="time", time=committed + shift)
+    options = pitr.RestoreOptions(directory=new_dir, timeout_seconds=120)
+    result = pitr.recover(bench["target"], bench["base"], bench["store"], goal, options)
+    phases = _phases(result["port"], bench["svc"].extra["password"])
+    assert (phases["between-1"], phases.get("between-2", 0), phases.get("after", 0)) == (5, between_2, 0)
+    assert datetime.fromisoformat(result["recovered_to_time"]) <= goal.time
+
+
 def test_backup_id_latest_is_the_flows_choice_and_another_components_id_is_refused(bench):
     """The form offers backup_id='latest' ('the newest verified backup'): PITR refused it as
     'base backup latest is not in a recoverable window'. A postgres backup's id was looked for
@@ -564,6 +614,131 @@ def test_restore_refuses_a_directory_that_is_not_new(bench, tmp_path):
             bench["target"], bench["base"], bench["store"], pitr.RestoreOptions(directory=str(tmp_path))
         )
     assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+# ---- verification: what a base backup must hold to count ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def base_tar(bench) -> bytes:
+    """The bench's base backup as pg_basebackup wrote it (raw tar)."""
+    return b"".join(read_object(bench["store"], bench["base"].object(pitr.BASE_OBJECT)))
+
+
+def _stored_base(store, bench, data: bytes, **engine) -> Manifest:
+    """`data` catalogued as a base backup with the bench's facts (checksummed as it now is:
+    what a pg_basebackup that wrote a broken tar and exited 0, or a re-sealed forgery, leaves)."""
+    with backup_session(store, "postgres-pitr") as s:
+        s.write(pitr.BASE_OBJECT, [data[i : i + (4 << 20)] for i in range(0, len(data), 4 << 20)])
+        s.engine.update({**bench["base"].engine, **engine})
+        s.source_time = bench["base"].source_time
+        return s.commit()
+
+
+def _retar(data: bytes, keep) -> bytes:
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(data)) as src,
+        tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as dst,
+    ):
+        for m in src.getmembers():
+            if keep(m.name):
+                dst.addfile(m, src.extractfile(m) if m.isfile() else None)
+    return out.getvalue()
+
+
+def _middle_member(data: bytes) -> int:
+    """Where the header of the tar's middle member starts."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = tar.getmembers()
+    return members[len(members) // 2].offset
+
+
+def _cut_at_a_member(data: bytes) -> bytes:
+    """A tar cut where a member's header starts: what is left reads as a valid, shorter tar."""
+    return data[: _middle_member(data)]
+
+
+def _flip_a_header(data: bytes) -> bytes:
+    at = _middle_member(data)
+    return data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :]
+
+
+def test_a_sound_base_backup_verifies_with_its_wal_and_archive(bench):
+    report = pitr.verify(bench["target"], bench["base"], bench["store"])
+    e = bench["base"].engine
+    assert report["archive"] == "archived" and report["wal_in_tar"][0] == e["first_segment"]
+    assert report["manifest_files"] > 100 and report["tar_members"] > report["manifest_files"]
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (_cut_at_a_member, "without its end-of-archive block"),
+        (_flip_a_header, "wrong checksum"),
+        (lambda d: _retar(d, lambda n: n != "backup_label"), "holds no backup_label"),
+        (lambda d: _retar(d, lambda n: n != "global/pg_control"), "global/pg_control"),
+        (lambda d: _retar(d, lambda n: not n.startswith("pg_wal/0")), "the WAL it needs"),
+    ],
+    ids=["cut-at-a-member", "header-bit-flip", "no-backup-label", "a-file-missing", "no-wal"],
+)
+def test_a_base_backup_no_recovery_can_start_from_fails_verification(
+    bench, base_tar, local_store, damage, message
+):
+    """Stored whole (its sha256 matches), but not a base backup: IntegrityError, recorded as damage."""
+    store = local_store(compression="none")
+    broken = _stored_base(store, bench, damage(base_tar))
+    with pytest.raises(
+        IntegrityError, match=f"base backup {broken.id} cannot be recovered: .*{message}"
+    ) as err:
+        verify_component_backup(broken, store, bench["target"])
+    assert is_damage(err.value)
+    assert broken.id in damaged_ids(store, "postgres-pitr")  # by any reader, not only the sweep
+
+
+def test_a_base_backup_whose_wal_the_archive_lost_fails_verification(bench, base_tar, moto, local_store):
+    """The archive lost the segment where the base backup ends while later WAL is archived: no
+    recovery can replay on from it. Before its segment is archived at all, it is pending, not damage."""
+    client, bucket = _s3(moto), bench["bucket"]
+    stop = segment_name(1, pitr.parse_lsn(bench["base"].engine["stop_lsn"]) // (16 << 20), 16 << 20)
+    for obj in client.list_objects_v2(Bucket=bucket, Prefix="pitr/pg/")["Contents"]:
+        if stop not in obj["Key"]:
+            client.copy_object(
+                Bucket=bucket,
+                Key=obj["Key"].replace("pitr/pg/", "lost/pg/", 1),
+                CopySource={"Bucket": bucket, "Key": obj["Key"]},
+            )
+    target = bench["target"].model_copy(update={"archive_url": f"s3://{bucket}/lost"})
+    store = local_store(compression="none")
+    lost = _stored_base(store, bench, base_tar, archive_url=target.archive_url)
+    with pytest.raises(IntegrityError, match=f"lacks segment {stop}, where it ends, though later WAL") as err:
+        pitr.verify(target, lost, store)
+    assert is_damage(err.value)
+    empty = bench["target"].model_copy(update={"archive_url": f"s3://{bucket}/nothing-yet"})
+    pending = _stored_base(store, bench, base_tar, archive_url=empty.archive_url)
+    assert pitr.verify(empty, pending, store)["archive"] == "pending"
+    # another server's base backup (a store shared by several): the sweep's one target cannot judge it
+    assert pitr.verify(bench["target"], lost, store)["archive"].startswith("not checked: taken for")
+
+
+def test_a_base_backup_found_damaged_is_never_picked_by_the_window(
+    prefect_server, bench, base_tar, local_store
+):
+    """The sweep records the damage; the window starts at the sound one, 'latest' and every target
+    recover from it, and naming the damaged one is refused, saying why."""
+    from flows.maintenance import verify_backups
+
+    store = local_store(compression="none")
+    sound = _stored_base(store, bench, base_tar)
+    damaged = _stored_base(store, bench, _retar(base_tar, lambda n: n != "backup_label"))
+    state = verify_backups(components=["postgres-pitr"], store=store, newest=2, return_state=True)
+    assert state.is_failed() and f"primary:{damaged.id}" in state.message
+    assert f"primary:{sound.id}" not in state.message
+    (window,) = pitr.wal_archive(bench["target"], store).windows
+    assert [b.id for b in window.base_backups] == [sound.id]
+    assert pitr.plan(bench["target"], store, parse_target("latest"))[2].id == sound.id
+    with pytest.raises(IntegrityError, match=f"base backup {damaged.id} is recorded damaged"):
+        pitr.plan(bench["target"], store, parse_target("latest"), backup_id=damaged.id)
 
 
 # ---- flows: the scheduled base backup and the archive check (last: they add a base backup) -----

@@ -13,8 +13,11 @@ import tasks.components.postgres.load as pg_load
 import tasks.components.postgres.restores as pg_restores
 from tasks.components.postgres.common import connect, parse_aside
 from tasks.errors import BadInput, ComponentFailed, IntegrityError, IsolationTaken
+from tasks.storage.backends import backend_for
 from tasks.storage.catalog import latest_backup, list_backups
+from tasks.storage.health import damaged_ids, is_damage
 from tasks.storage.session import backup_session
+from tasks.verbs import verify_component_backup
 from tests.pg_helpers import (
     db_names,
     drop,
@@ -324,6 +327,40 @@ def test_describe_current_state_and_verify(sample, local_store):
     assert described["databases"][db]["fingerprint"]["tables"]["app.items"]["rows"] == 200
     manifest = take_backup(target, store)
     assert pg.verify(target, manifest, store)[db]["table_data_entries"] == 2
+
+
+def _stored_again(store, manifest, db, change):
+    """The backup stored once more, the dump of `db` changed by `change` and checksummed as it
+    now is: what a pg_dump that wrote a broken archive and exited 0 (or a re-sealed forgery)
+    leaves. `store` keeps objects as they are (no compression, no key)."""
+    backend = backend_for(store)
+    dump = manifest.engine["databases"][db]["object"]
+    with backup_session(store, "postgres") as s:
+        for obj in manifest.objects:
+            data = backend.get_bytes(obj.key)
+            s.write(obj.name, [change(data) if obj.name == dump else data])
+        s.engine.update(manifest.engine)
+        s.fingerprint = manifest.fingerprint
+        s.source_time = manifest.source_time
+        return s.commit()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [lambda d: d[:300], lambda d: b"not a dump at all", lambda d: d[:5] + b"\xff" * 64 + d[69:]],
+    ids=["truncated-in-its-toc", "not-a-dump", "header-overwritten"],
+)
+def test_a_dump_pg_restore_cannot_read_is_damage_not_an_engine_failure(sample, local_store, change):
+    """pg_restore --list failing on an archive whose bytes are as stored (checksums match) proves
+    the dump itself broken: IntegrityError (so the sweep records it damaged and 'latest' never
+    picks it), not ComponentFailed (an engine that failed, retried, the backup left 'unverified')."""
+    target, db = sample
+    store = local_store(compression="none")
+    broken = _stored_again(store, take_backup(target, store), db, change)
+    with pytest.raises(IntegrityError, match=f"{broken.id}.*{db}.*cannot be read") as err:
+        verify_component_backup(broken, store, target)  # what a restore, a drill, the sweep run
+    assert is_damage(err.value)
+    assert broken.id in damaged_ids(store, "postgres")
 
 
 def test_cut_over_ends_sessions_on_the_target_and_describe_reports_missing_databases(sample, local_store):

@@ -94,7 +94,7 @@ def test_a_future_dated_backup_does_not_spare_the_real_newest_the_sweep(world):
     session.commit()
     flip_object(store, real)
     st = verify_backups(components=[APP], store=store, newest=1, return_state=True)
-    failed_with(st, "RuntimeError", f"primary:{real.id}")
+    failed_with(st, "IntegrityError", f"primary:{real.id}")
     assert health_of(store, APP)[real.id].status == Status.damaged
 
 
@@ -113,7 +113,7 @@ def test_a_stray_copy_of_a_backup_folder_does_not_mark_the_real_one_damaged(worl
     stray = home.replace(f"/{real.started_at:%Y-%m-%d}/", "/1999-01-01/")
     backend.put_bytes(stray, backend.get_bytes(home))
     st = verify_backups(components=[APP], store=store, return_state=True)
-    failed_with(st, "RuntimeError", stray)
+    failed_with(st, "IntegrityError", stray)
     assert real.id not in health_of(store, APP) or health_of(store, APP)[real.id].status == Status.verified
     assert latest_backup(store, APP).id == real.id
     done = enforce_retention(dry_run=False, store=store, components=[APP])
@@ -138,7 +138,7 @@ def test_retention_never_deletes_the_last_good_backup_behind_a_damaged_one(world
     flip_object(store, damaged)
     if found_by == "sweep":
         st = verify_backups(components=[APP], store=store, return_state=True)
-        failed_with(st, "RuntimeError", f"primary:{damaged.id}")
+        failed_with(st, "IntegrityError", f"primary:{damaged.id}")
     else:
         st = restore_component(APP, backup_id=damaged.id, target=target, store=store, return_state=True)
         failed_with(st, "IntegrityError", damaged.objects[0].key)
@@ -178,7 +178,7 @@ def test_a_manifest_copied_into_another_backups_folder_is_refused(world, monkeyp
     assert app_dir(store) == before
 
     st = verify_backups(components=[APP], store=store, return_state=True)
-    failed_with(st, "RuntimeError", a_key)
+    failed_with(st, "IntegrityError", a_key)
     assert [m.id for m in list_backups(store, APP)] == [b.id]
     assert health_of(store, APP)[a.id].status == Status.damaged
     monkeypatch.delenv("KLB_STORE", raising=False)
@@ -212,7 +212,7 @@ def test_bit_rot_with_the_same_size_and_mtime_fails_the_sweep(world):
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
     st = verify_backups(components=[APP], store=store, return_state=True)
-    failed_with(st, "RuntimeError", "1 backup(s) failed verification")
+    failed_with(st, "IntegrityError", "1 backup(s) failed verification")
     assert health_of(store, APP)[m.id].status == Status.damaged
 
 
@@ -286,7 +286,7 @@ def test_a_damaged_newest_recovery_point_is_never_skipped_silently(world):
         get_recovery_point(store, "latest")
     assert [p.id for p in list_recovery_points(store)] == [first]
     st = verify_backups(store=store, return_state=True, components=None)
-    failed_with(st, "RuntimeError", f"primary:{second}")
+    failed_with(st, "IntegrityError", f"primary:{second}")
     assert get_recovery_point(store, first).id == first  # still usable by id
 
 
@@ -435,7 +435,7 @@ def test_a_damaged_backup_of_the_newest_s_second_is_not_passed_over(world):
     lost, kept = made
     backend_for(store).put_bytes(layout(store).manifest_key(lost.id), b"{ not a manifest")
     st = verify_backups(components=[APP], store=store, return_state=True)
-    failed_with(st, "RuntimeError", lost.id)
+    failed_with(st, "IntegrityError", lost.id)
     assert health_of(store, APP)[lost.id].status == Status.damaged
 
     with pytest.raises(IntegrityError, match=rf"(?s)newest {APP} backup {lost.id} is damaged.*{kept.id}"):

@@ -88,7 +88,7 @@ def test_a_forged_passing_drill_never_counts(keyed, caplog):
     assert APP not in restore_history(store)  # the forged drill's RTO is no sample of anything
 
     st = verify_backups(store=store, return_state=True)
-    failed_with(st, "RuntimeError", forged.key)
+    failed_with(st, "IntegrityError", forged.key)
 
     _rewrite(store, real.key, failures=[], components=[c.model_dump(mode="json") for c in forged.components])
     caplog.clear()

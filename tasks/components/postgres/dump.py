@@ -234,13 +234,32 @@ def backup(target: PostgresTarget, session: BackupSession) -> None:
     session.source_time = min(times) if times else datetime.now(UTC)
 
 
+# pg_restore older than the pg_dump that wrote the archive: "unsupported version (1.16) in file
+# header". A damaged header reads as nonsense (-1.-1): that is damage, this is not.
+_NEWER_ARCHIVE = re.compile(r"unsupported version \(1\.\d{1,2}\) in file header")
+
+
 def _list(pg_restore: str, manifest: Manifest, store: StoreBlock, db: str, name: str) -> str:
-    """The archive's table of contents, read by pg_restore: it fails on an unreadable archive."""
-    return feed_stdin(
-        [pg_restore, "--list"],
-        read_object(store, manifest.object(name)),
-        name=f"pg_restore --list {db} ({name})",
-    )
+    """The archive's table of contents, read by pg_restore. The bytes it reads are the ones the
+    catalog checked (sha256), so an archive it cannot parse is a broken dump: IntegrityError (the
+    sweep records it damaged; 'latest' skips it), not an engine failure, which would be retried
+    and leave the backup merely 'unverified'. A pg_restore too old for the archive, killed or
+    timed out stays ComponentFailed: the dump may be fine."""
+    try:
+        return feed_stdin(
+            [pg_restore, "--list"],
+            read_object(store, manifest.object(name)),
+            name=f"pg_restore --list {db} ({name})",
+        )
+    except ComponentFailed as exc:
+        text = str(exc)
+        if "exited with status" not in text or _NEWER_ARCHIVE.search(text):
+            raise
+        why = text.split("\n", 1)[-1].strip()
+        raise IntegrityError(
+            f"backup {manifest.id}: the dump of {db!r} ({name}) cannot be read by pg_restore ({why}): "
+            "the archive is damaged; restore an older backup or take a new one"
+        ) from exc
 
 
 def verify(target: PostgresTarget | None, manifest: Manifest, store: StoreBlock) -> dict[str, Any]:

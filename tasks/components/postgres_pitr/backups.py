@@ -7,12 +7,13 @@ stretch of archived WAL that reach a recovery target.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from blocks.pitr import PitrTarget
 from blocks.store import StoreBlock
+from tasks.components.contract import target_from_env
 from tasks.components.postgres.common import engine_env
+from tasks.components.postgres_pitr.checks import BASE_OBJECT, check_archive, check_contents, parse_label
 from tasks.components.postgres_pitr.engines import (
     engine_for,
     parse_lsn,
@@ -31,21 +32,12 @@ from tasks.components.postgres_pitr.window import (
     base_backup_refs,
     choose_base_backup,
 )
-from tasks.errors import BadInput, IntegrityError
+from tasks.errors import BadInput, ConfigurationError, IntegrityError
 from tasks.ids import parse_backup_id
 from tasks.models import Manifest
 from tasks.proc import stream_stdout
 from tasks.storage.catalog import LATEST, list_backups
-
-BASE_OBJECT = "base.tar"
-
-
-def _label(text: str) -> dict[str, Any]:
-    start = re.search(r"START WAL LOCATION: ([0-9A-F]+/[0-9A-F]+) \(file ([0-9A-F]{24})\)", text)
-    tli = re.search(r"START TIMELINE: (\d+)", text)
-    if not start or not tli:
-        raise IntegrityError("pg_basebackup's backup_label is not readable: the base backup is unusable")
-    return {"start_lsn": start[1], "start_segment": start[2], "timeline": int(tli[1])}
+from tasks.storage.health import damaged_ids
 
 
 def check_wal_lock(target: PitrTarget, store: StoreBlock) -> None:
@@ -93,9 +85,11 @@ def backup(target: PitrTarget, session) -> None:
         stream_stdout(argv, env=env, timeout=24 * 3600, name="pg_basebackup") as out,
     ):
         session.write(BASE_OBJECT, peek.tee(out), meta={"format": "tar", "wal": "fetch"})
+    if problem := peek.problem():  # no manifest is written: the stored bytes are a leftover
+        raise IntegrityError(f"pg_basebackup's output is not a readable tar ({problem}): no backup made")
     if "backup_label" not in peek.found:
         raise IntegrityError("the base backup has no backup_label: it cannot be recovered")
-    label = _label(peek.found["backup_label"].decode())
+    label = parse_label(peek.found["backup_label"].decode())
     stop_lsn = None
     if "backup_manifest" in peek.found:
         ranges = json.loads(peek.found["backup_manifest"])["WAL-Ranges"]
@@ -127,16 +121,27 @@ def backup(target: PitrTarget, session) -> None:
 
 
 def verify(target: PitrTarget | None, manifest: Manifest, store: StoreBlock) -> dict[str, Any]:
+    """A base backup a recovery can start from (checks.py). The archive is asked with the
+    target given, else the default one ($KLB_PITR_TARGET); without either it is not checked."""
+    report = check_contents(manifest, store)
+    if target is None:
+        try:
+            target = target_from_env(PitrTarget, "PITR", "KLB_PITR_TARGET")  # type: ignore[assignment]
+        except ConfigurationError as exc:
+            report["archive"] = f"not checked: {exc}"
+    if target is not None:
+        report["archive"] = check_archive(target, manifest)
     e = manifest.engine
-    missing = [k for k in ("start_lsn", "stop_lsn", "timeline", "end_time", "archive_url") if k not in e]
-    if missing:
-        raise IntegrityError(f"base backup {manifest.id} lacks {missing} in its manifest")
-    manifest.object(BASE_OBJECT)
-    return {"start_lsn": e["start_lsn"], "stop_lsn": e["stop_lsn"], "timeline": e["timeline"]}
+    return {"start_lsn": e["start_lsn"], "stop_lsn": e["stop_lsn"], "timeline": e["timeline"], **report}
 
 
 def catalog_backups(store: StoreBlock, target: PitrTarget) -> list[Manifest]:
-    return [m for m in list_backups(store, COMPONENT) if base_backup_refs([m], target)]
+    """This server's base backups, without those found damaged (a read or the sweep recorded
+    it): a window never starts at one, and no recovery picks it."""
+    damaged = damaged_ids(store, COMPONENT)
+    return [
+        m for m in list_backups(store, COMPONENT) if m.id not in damaged and base_backup_refs([m], target)
+    ]
 
 
 def wal_archive(target: PitrTarget, store: StoreBlock, engine_name: str = "barman-cloud") -> ArchiveReport:
@@ -155,6 +160,11 @@ def plan(
         raise BadInput(
             f"{backup_id} is a {parse_backup_id(backup_id)[0]} backup: PITR starts from a postgres-pitr "
             "base backup (klb backups list postgres-pitr), or leave backup_id empty; nothing was changed"
+        )
+    if backup_id and (why := damaged_ids(store, COMPONENT).get(backup_id)):
+        raise IntegrityError(
+            f"base backup {backup_id} is recorded damaged ({why[:300]}): leave backup_id empty (the "
+            "flow picks a sound base backup that reaches the target) or choose another. Nothing was changed."
         )
     report = wal_archive(target, store)
     explicit = None

@@ -60,7 +60,7 @@ class Window(BaseModel):
     start_lsn: str
     end_time: AwareDatetime | None = Field(description="last transaction in the archive (exclusive)")
     end_lsn: str = Field(description="end of the last archived segment of the stretch")
-    last_xact_lsn: str | None = None
+    last_xact_lsn: str | None = Field(default=None, description="last transaction: LSN targets end here")
     first_segment: str
     last_segment: str
     segments: int
@@ -69,14 +69,24 @@ class Window(BaseModel):
         default=None, description="a later timeline branched off this one at end_lsn: the window ends there"
     )
 
+    def last_target_lsn(self) -> int | None:
+        """The last LSN a target may name. Recovery stops after the first record at or past it,
+        so one must be archived: the last transaction is (pg_waldump read it whole); the end
+        of the last segment (a switch's padding, WAL not archived yet) is not."""
+        if self.last_xact_lsn is None or parse_lsn(self.last_xact_lsn) < parse_lsn(self.start_lsn):
+            return None
+        return parse_lsn(self.last_xact_lsn)
+
     def describe(self) -> str:
         end = self.end_time.isoformat() if self.end_time else "(no transaction archived yet)"
+        has_lsns = self.last_target_lsn() is not None
+        lsns = f"LSN {self.start_lsn} .. {self.last_xact_lsn} (inclusive)" if has_lsns else "no LSN target"
         if self.branched_to is not None:
             return (
-                f"{self.start_time.isoformat()} .. {end} (exclusive) on timeline {self.timeline}, where "
-                f"timeline {self.branched_to} branched off at LSN {self.end_lsn}"
+                f"{self.start_time.isoformat()} .. {end} (exclusive; {lsns}) on timeline {self.timeline}, "
+                f"where timeline {self.branched_to} branched off at LSN {self.end_lsn}"
             )
-        return f"{self.start_time.isoformat()} .. {end} (exclusive; 'latest' = LSN {self.end_lsn})"
+        return f"{self.start_time.isoformat()} .. {end} (exclusive; {lsns}; 'latest' = LSN {self.end_lsn})"
 
 
 class ArchiveReport(BaseModel):
@@ -379,8 +389,8 @@ def choose_base_backup(report: ArchiveReport, goal: RecoveryTarget) -> tuple[Win
                 continue
             ok = [b for b in window.base_backups if b.end_time <= goal.time]
         else:
-            lsn = parse_lsn(goal.lsn or "")
-            if not parse_lsn(window.start_lsn) <= lsn <= parse_lsn(window.end_lsn):
+            lsn, last = parse_lsn(goal.lsn or ""), window.last_target_lsn()
+            if last is None or not parse_lsn(window.start_lsn) <= lsn <= last:
                 continue
             ok = [b for b in window.base_backups if parse_lsn(b.stop_lsn) <= lsn]
         if ok:
