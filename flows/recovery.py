@@ -4,8 +4,9 @@
 window enforced, people told, current state documented, a safety backup taken, an optional human
 approval (a paused run whose form shows what is about to happen), then the component's own
 restore. Each checklist line is published as soon as it is known (artifact `restore-checklist`)
-and kept in the restore record (tasks/operations/restores.py). `rollback_restore` puts the safety
-backup back, as a restore of its own: same checklist, its own safety backup, its own record.
+and kept in the restore record (tasks/operations/restores.py; the checklist run:
+restore_checklist.py). `rollback_restore` puts the safety backup back, as a restore of its own:
+same checklist, its own safety backup, its own record.
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ from tasks.models import Manifest
 from tasks.operations.approval import RestoreCancelled
 from tasks.operations.checklist import Refused
 from tasks.operations.plan import build_plan, plan_markdown
+from tasks.operations.restore_checklist import run_checklist
 from tasks.operations.restores import (
     RestoreRecord,
     finish,
     load_guard,
     load_restore_record,
     record_key_of,
-    run_checklist,
     target_digest,
 )
 from tasks.operations.rollback import created_by_restore, rollback_options
