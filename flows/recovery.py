@@ -130,6 +130,7 @@ def _locked_restore(
     options: dict[str, Any] | None,
 ) -> RestoreRecord | State:
     logger = get_run_logger()
+    record.locked_at = datetime.now(UTC)  # the order of changes to the target (order_of)
     try:
         run_checklist(record, manifest, store, target, guard, **checklist)
     except Refused as exc:

@@ -41,6 +41,11 @@ class RestoreRecord(BaseModel):
         "end and wrote nothing: every object was there already) | rolled back"
     )
     started_at: AwareDatetime
+    locked_at: AwareDatetime | None = Field(
+        default=None,
+        description="when its run took the component lock: runs into one target change it in the "
+        "order they held the lock, whatever order they started in (order_of)",
+    )
     finished_at: AwareDatetime | None = None
     duration_seconds: float | None = Field(default=None, description="the restore step alone")
     forced: bool = False
@@ -79,6 +84,13 @@ def load_guard(ref: str | RestoreGuard | None) -> RestoreGuard:
     if guard is None:
         raise ConfigurationError(f"no klb-restore-guard block named {ref!r}: create it or pass none")
     return guard
+
+
+def order_of(record: RestoreRecord) -> tuple[datetime, str]:
+    """Sort key of restores into one target, oldest first: when each took the component lock
+    (a record from before it was kept: when it started). Never the id alone: two ids of the same
+    second sort by their random suffix, and a run that started first may take the lock last."""
+    return (record.locked_at or record.started_at, record.id)
 
 
 def record_key_of(store: StoreBlock, restore_id: str) -> str:

@@ -15,6 +15,7 @@ from tasks.operations.restores import (
     CHANGED,
     RestoreRecord,
     load_restore_record,
+    order_of,
     restore_record_from,
     target_digest,
     untouched,
@@ -92,29 +93,37 @@ def _in_force_again(store: StoreBlock, record: RestoreRecord) -> list[RestoreRec
 def check_nothing_later(store: StoreBlock, record: RestoreRecord) -> None:
     """A rollback puts back the state from before `record`: any restore (or rollback) into the
     same target since then would be undone too, without a word, while its record still says
-    'restored'. They are rolled back first, newest first, each by its own id."""
-    later = []
+    'restored'. They are rolled back first, newest first, each by its own id. "Since" is the
+    order in which they held the component lock (order_of), never their ids."""
     # a record no key of the store signed (forged by a writer of the bucket) is left out, logged:
     # it must not stop the rollback of a real restore (storage/records.py iter_records)
-    for key, data in iter_records(store, RESTORES, "/" + RESTORE_RECORD):
-        restore_id = key.rsplit("/", 2)[-2]
-        if restore_id <= record.id:  # ids sort by their start time
+    same = [
+        other
+        for key, data in iter_records(store, RESTORES, "/" + RESTORE_RECORD)
+        if (other := restore_record_from(data, key.rsplit("/", 2)[-2])).component == record.component
+        and other.target_digest == record.target_digest
+        and other.id != record.id
+    ]
+    by_id = {other.id: other for other in same}
+    since = order_of(record)
+    later: dict[str, RestoreRecord] = {}
+    for other in same:
+        if order_of(other) <= since:
             continue
-        other = restore_record_from(data, restore_id)
-        same = other.component == record.component and other.target_digest == record.target_digest
         # a later restore rolled back (its status), with the rollback that undid it: back to as before
-        undoes_later = other.kind == "rollback" and (other.rolls_back or "") > record.id
-        if same and other.status in CHANGED and not untouched(other) and not undoes_later:
-            later.append(other.id)
-        elif same and other.status == "rolled back" and (chain := _in_force_again(store, other)):
+        undone = by_id.get(other.rolls_back or "") if other.kind == "rollback" else None
+        undoes_later = undone is not None and order_of(undone) > since
+        if other.status in CHANGED and not untouched(other) and not undoes_later:
+            later[other.id] = other
+        elif other.status == "rolled back" and (chain := _in_force_again(store, other)):
             # its rollback was rolled back: its data is in place again, by the newest of the chain
-            later.append(chain[-1].id)
+            later[chain[-1].id] = chain[-1]
     if later:
-        later = sorted(set(later))  # ids sort by start: the newest last
+        names = [r.id for r in sorted(later.values(), key=order_of)]  # the newest last
         raise BadInput(
-            f"{', '.join(later)} restored {record.component} into the same target after {record.id}: "
+            f"{', '.join(names)} restored {record.component} into the same target after {record.id}: "
             f"rolling {record.id} back would silently undo them too. Roll back the newest first "
-            f"({later[-1]}), then the others; nothing was done"
+            f"({names[-1]}), then the others; nothing was done"
         )
 
 
