@@ -1,15 +1,19 @@
 """Whether a rollback may go ahead, and where: the restore changed something and has a safety
 backup, it is not undone already (or is in force again through a rolled-back rollback), nothing
 restored into the same target since, and the rollback goes into the target the restore went into.
-What a rollback puts back is rollback.py's.
+What a rollback puts back is rollback.py's; `decide_rollback` makes every decision of one rollback
+from the records as they are, and is asked again under the component lock.
 """
 
 from __future__ import annotations
+
+from typing import Any, NamedTuple
 
 from prefect.blocks.core import Block
 
 from blocks.store import StoreBlock
 from tasks.errors import BadInput
+from tasks.models import Manifest
 from tasks.operations.plan import target_label
 from tasks.operations.restores import (
     CHANGED,
@@ -20,9 +24,45 @@ from tasks.operations.restores import (
     target_digest,
     untouched,
 )
+from tasks.operations.rollback import created_by_restore, rollback_options
+from tasks.storage.catalog import get_backup
 from tasks.storage.layout import RESTORE_RECORD, RESTORES
 from tasks.storage.records import iter_records
-from tasks.verbs import wrote
+from tasks.verbs import check_restore, restore_options, wrote
+
+
+class Rollback(NamedTuple):
+    """What one rollback acts on: the safety backup, the restore options that put back exactly
+    what the restore wrote (as recorded, and as shown for approval), those options checked, and
+    what the restore created that the rollback leaves (listed)."""
+
+    safety: Manifest
+    options: dict[str, Any]
+    checked: Any
+    left: list[str]
+
+
+def decide_rollback(store: StoreBlock, original: RestoreRecord, target: Block) -> Rollback:
+    """Every decision of the rollback of `original` (as read now) into `target`, or BadInput
+    changing nothing. Its record changes while it waits for the component lock (a restore
+    'running' when asked ends and says what it wrote; another restore or rollback runs), so
+    the rollback asks again under the lock, from the record read there, and acts on that answer."""
+    check_rollback_allowed(original)
+    check_nothing_later(store, original)
+    safety = get_backup(store, original.safety_backup_id, original.component)
+    check_same_target(original, target)
+    # what the restore wrote to, overwritten from the safety backup (the defaults were not the
+    # undo: Velero kept the restored objects, other databases/steps were put back too)
+    given = rollback_options(
+        store, original.component, original.backup_id, original.options, safety, original.report
+    )
+    checked = restore_options(original.component, given)
+    check_restore(safety, target, store, given)  # refused now, not after the checklist
+    # what the restore created is not in the safety backup: the rollback leaves it, and says so
+    left = created_by_restore(
+        store, original.component, original.backup_id, original.options, safety, original.report
+    )
+    return Rollback(safety, given, checked, left)
 
 
 def check_rollback_allowed(record: RestoreRecord) -> None:
