@@ -216,6 +216,31 @@ def partial_restore(
     return report
 
 
+def _step(
+    store: StoreBlock, key: str, step: str, component: str | None, args: tuple, verified: bool
+) -> tuple[dict[str, Any], bool]:
+    """One step of a run: (its record, whether an earlier run did it). The step that changes a
+    component holds its lock, and its record is read and written under it: two resumes of one
+    run both wait for the lock, and the second finds the step done by the first (read before
+    the lock, both restored it). A step that restores pushes its restore metrics (a failure too)."""
+    with component_lock(component) if component else contextlib.nullcontext():
+        previous = read_step(store, key)
+        if previous and previous.get("status") == "done":
+            return previous, True
+        started = datetime.now(UTC)
+        restores = component is not None and args[0] in ("create", "replace")
+        try:
+            with tracked("restore", component) if restores else contextlib.nullcontext():
+                outcome = run_step(component, *args, verified)
+        except Exception as exc:
+            failed = {"step": step, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            put_record(store, key, failed)
+            raise
+        outcome |= {"step": step, "component": component, "started": started, "finished": datetime.now(UTC)}
+        put_record(store, key, outcome)
+        return outcome, False
+
+
 @flow(name="full-cluster-restore")
 def full_cluster_restore(
     recovery_point: str = "latest",
@@ -293,48 +318,25 @@ def full_cluster_restore(
     statuses: dict[str, str] = {}
     for index, (step, component) in enumerate(DR_STEPS, start=1):
         key = step_key(store_block, run_id, index, step)
-        previous = read_step(store_block, key)
-        if previous and previous.get("status") == "done":
-            logger.info("step %s already done in run %s: skipped", step, run_id)
-            statuses[step] = "done (earlier run)"
-            if component:
-                done[component] = previous
-            continue
         action = plan.step(component).action if component else "verify"
-        started = datetime.now(UTC)
+        args = (action, manifests, targets or {}, store_block, (options or {}).get(component), done)
         try:
-            # the step that changes a component holds its lock: no backup or other restore of it
-            # meanwhile; a step that restores pushes its restore metrics (a failure too)
-            restores = component is not None and action in ("create", "replace")
-            with (
-                component_lock(component) if component else contextlib.nullcontext(),
-                tracked("restore", component) if restores else contextlib.nullcontext(),
-            ):
-                outcome = run_step(
-                    component,
-                    action,
-                    manifests,
-                    targets or {},
-                    store_block,
-                    (options or {}).get(component) if component else None,
-                    done,
-                    component in checked,
-                )
+            outcome, earlier = _step(store_block, key, step, component, args, component in checked)
         except Exception as exc:
-            put_record(
-                store_block, key, {"step": step, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-            )
             message = (
                 f"full cluster restore step {step} failed: {exc}. Fix it and resume with run_id={run_id!r}"
             )
             # a failure the project names (BackupError) stays one: one line, no traceback; a bug
             # (any other exception) keeps its traceback
             raise (ComponentFailed if isinstance(exc, BackupError) else RuntimeError)(message) from exc
-        outcome |= {"step": step, "component": component, "started": started, "finished": datetime.now(UTC)}
-        put_record(store_block, key, outcome)
-        statuses[step] = outcome["status"]
-        if unchecked := not_verified(outcome):  # "done" must not read as verified
-            statuses[step] += "; not verified: " + "; ".join(f"{n} ({why})" for n, why in unchecked.items())
+        if earlier:
+            logger.info("step %s already done in run %s: skipped", step, run_id)
+            statuses[step] = "done (earlier run)"
+        else:
+            statuses[step] = outcome["status"]
+            if unchecked := not_verified(outcome):  # "done" must not read as verified
+                why = "; ".join(f"{n} ({why})" for n, why in unchecked.items())
+                statuses[step] += "; not verified: " + why
         if component:
             done[component] = outcome
     # a component of the point that did not come back: never a run that reads as done

@@ -122,3 +122,50 @@ def test_a_full_cluster_restore_that_leaves_out_a_component_of_the_point_fails_n
     assert state.is_failed() and prod.restores == 1  # what the point holds was restored
     with pytest.raises(ComponentFailed, match=f"(?s)did not restore etcd: failed in recovery point {rp.id}"):
         state.result()
+
+
+def test_two_resumes_of_one_run_restore_each_step_once(local_store, prod, monkeypatch):
+    """Before: each step's record was read before its component lock was taken. Two resumes of
+    the same run (the UI's Retry and a person's re-run) both read the app-state step as 'failed',
+    both waited for the lock, and both restored it, the second over whatever was written after
+    the first. The step record is read and written under the lock: the second one skips it."""
+    import threading
+    from contextlib import contextmanager
+
+    import flows.scenarios as scenarios
+    from flows.locks import component_lock
+    from tests.drill.test_approval import Running
+
+    store = local_store()
+    target = prod.target()
+    original = prod.file.read_bytes()
+    backup_all(components=["app-state"], targets={"app-state": target}, store=store)
+    prod.file.write_bytes(b"cluster lost\n")
+    run_id = _failed_run(store, target, prod)
+    waiting, both_wait = [], threading.Event()
+
+    @contextmanager
+    def counted(component, *args, **kwargs):
+        if component == "app-state":
+            waiting.append(component)
+            if len(waiting) == 2:  # both resumes have read the step and wait for the lock
+                both_wait.set()
+        with component_lock(component, *args, **kwargs):
+            yield
+
+    monkeypatch.setattr(scenarios, "component_lock", counted)
+    with component_lock("app-state"):  # a backup of app-state running: both resumes wait for it
+        resumes = [
+            Running(
+                flow=full_cluster_restore,
+                targets={"app-state": target},
+                store=store,
+                dry_run=False,
+                run_id=run_id,
+            )
+            for _ in range(2)
+        ]
+        assert both_wait.wait(120)
+    results = sorted((r.wait().result()["steps"]["app-state"] for r in resumes), key=len)
+    assert results == ["done", "done (earlier run)"]
+    assert prod.restores == 1 and prod.file.read_bytes() == original
