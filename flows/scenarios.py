@@ -9,6 +9,7 @@ label kind=forensic, so that "latest" never picks the broken state for a later r
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,6 +61,22 @@ def _report(key: str, title: str, report: dict[str, Any]) -> None:
     create_markdown_artifact(key=key, markdown=fields_table(title, report))
 
 
+@contextlib.contextmanager
+def _after_deleting(deleted: str, forensic: str | None, again: str) -> Iterator[None]:
+    """A restore that fails after the scenario deleted what it replaces leaves the target without
+    it: the failure says so, where the broken state is kept, and that the same call finishes the
+    job (it restores what is missing), not only the engine's message."""
+    try:
+        yield
+    except Exception as exc:
+        kept = f"its state before is in forensic backup {forensic}" if forensic else "no forensic backup"
+        message = (
+            f"{deleted} and the restore failed: {exc}. The target is without them now ({kept}); "
+            f"fix the cause and run {again} again"
+        )
+        raise (ComponentFailed if isinstance(exc, BackupError) else RuntimeError)(message) from exc
+
+
 @flow(name="namespace-corruption")
 def namespace_corruption(
     namespace: str,
@@ -92,7 +109,12 @@ def namespace_corruption(
         with component_lock("kubernetes"):  # no scheduled backup or other restore in between
             forensic = forensic_backup_task(target_block, store_block, namespace, "kubernetes")
             delete_namespace_task(target_block, namespace)
-            restored = restore_task(manifest, target_block, store_block, {"namespaces": [namespace]})
+            with _after_deleting(
+                f"namespace {namespace} was deleted",
+                forensic,
+                f"namespace_corruption({namespace!r}, backup_id={manifest.id!r})",
+            ):
+                restored = restore_task(manifest, target_block, store_block, {"namespaces": [namespace]})
     report = {"namespace": namespace, "backup_id": manifest.id, "forensic_backup": forensic, **restored}
     logger.info("namespace %s restored from %s (forensic backup %s)", namespace, manifest.id, forensic)
     _report("namespace-corruption", f"Namespace {namespace} restored", report)
@@ -157,12 +179,14 @@ def _replace_pvcs(
         forensic = forensic_backup_task(target, store, namespace, "volumes")
         with quiesced(target.kube, namespace) as replicas:
             delete_pvcs_task(target, namespace, names)
-            restored = restore_task(
-                manifest,
-                target,
-                store,
-                {"namespaces": [namespace], "resources": PVC_RESOURCES, "restore_pvs": True},
-            )
+            again = f"data_corruption({namespace!r}, pvcs={names!r})"
+            with _after_deleting(f"claims {names} in {namespace} were deleted", forensic, again):
+                restored = restore_task(
+                    manifest,
+                    target,
+                    store,
+                    {"namespaces": [namespace], "resources": PVC_RESOURCES, "restore_pvs": True},
+                )
     return forensic, replicas, restored
 
 
