@@ -7,7 +7,8 @@ with one slot, held by whichever flow touches the component (backup, restore, ro
 components of one system share it (the registry's lock_group). It is
 created on first use (idempotent; `scripts/create_blocks.py` creates them up front too) and
 taken with `strict=True`, so a missing or unreachable limit fails the run instead of running
-unlocked.
+unlocked. A full cluster restore also holds `klb-full-cluster-restore` from its first step to
+its last (full_restore_lock): one such run at a time.
 
 A crashed holder (its process killed, its machine gone) frees the slot by itself within about a
 minute: the slot is held under a lease of LEASE_SECONDS (60 s, the shortest the Prefect server
@@ -35,6 +36,7 @@ from tasks.components.registry import spec
 from tasks.errors import ConfigurationError, TransientError
 
 PREFIX = "klb-component-"
+FULL_RESTORE_LOCK = "klb-full-cluster-restore"
 DEFAULT_WAIT_SECONDS = 6 * 3600  # a restore waits for a running backup; longer means stuck
 LEASE_SECONDS = 60  # the server's minimum: a dead holder's slot is free again about a minute later
 
@@ -46,7 +48,10 @@ def lock_name(component: str) -> str:
 
 def ensure_component_limit(component: str) -> None:
     """Create `klb-component-<component>` (limit 1) if missing; refuse one that lost its meaning."""
-    name = lock_name(component)
+    _ensure_limit(lock_name(component), f"a backup and a restore of {component} could run at once")
+
+
+def _ensure_limit(name: str, else_: str) -> None:
     with get_client(sync_client=True) as client:
         try:
             found = client.read_global_concurrency_limit_by_name(name)
@@ -57,8 +62,8 @@ def ensure_component_limit(component: str) -> None:
     if found.limit != 1 or not found.active:
         raise ConfigurationError(
             f"global concurrency limit {name!r} must be active with limit 1 (it is "
-            f"limit={found.limit}, active={found.active}): otherwise a backup and a restore of "
-            f"{component} could run at once. Fix it: `prefect gcl update {name} --limit 1 --enable`"
+            f"limit={found.limit}, active={found.active}): otherwise {else_}. "
+            f"Fix it: `prefect gcl update {name} --limit 1 --enable`"
         )
 
 
@@ -88,15 +93,34 @@ def wait_seconds() -> float:
 def component_lock(component: str, timeout_seconds: float | None = None) -> Iterator[None]:
     """Hold the component's slot for the block; wait up to `timeout_seconds` for it."""
     component = str(component)
-    timeout = wait_seconds() if timeout_seconds is None else timeout_seconds
     _same_api_as_last_time()
     ensure_component_limit(component)
+    busy = f"another backup/restore of {component}"
+    with _held(lock_name(component), timeout_seconds, busy, f"the runs tagged component:{component}"):
+        yield
+
+
+@contextmanager
+def full_restore_lock(timeout_seconds: float | None = None) -> Iterator[None]:
+    """One full cluster restore at a time: its steps take each component's lock in turn, so two
+    runs (two recovery points, or two resumes of one run) would otherwise interleave step by
+    step and leave the cluster a mix of both."""
+    _same_api_as_last_time()
+    _ensure_limit(FULL_RESTORE_LOCK, "two full cluster restores could interleave")
+    busy, where = "another full cluster restore", "the full-cluster-restore runs"
+    with _held(FULL_RESTORE_LOCK, timeout_seconds, busy, where):
+        yield
+
+
+@contextmanager
+def _held(name: str, timeout_seconds: float | None, busy: str, where: str) -> Iterator[None]:
+    timeout = wait_seconds() if timeout_seconds is None else timeout_seconds
     acquired = False
     try:
         # raise_on_lease_renewal_failure=False: a blip in the API must not kill a restore halfway
         # through a cut-over; the lease is renewed again on the next beat.
         with concurrency(
-            lock_name(component),
+            name,
             occupy=1,
             timeout_seconds=timeout,
             lease_duration=LEASE_SECONDS,
@@ -104,12 +128,11 @@ def component_lock(component: str, timeout_seconds: float | None = None) -> Iter
             raise_on_lease_renewal_failure=False,
         ):
             acquired = True
-            get_logger("klb.locks").info("holding %s", lock_name(component))
+            get_logger("klb.locks").info("holding %s", name)
             yield
     except TimeoutError:
         if acquired:  # the work itself timed out: not ours to explain
             raise
         raise TransientError(
-            f"another backup/restore of {component} held {lock_name(component)} for more than "
-            f"{timeout:.0f}s: check the runs tagged component:{component} in the Prefect UI"
+            f"{busy} held {name} for more than {timeout:.0f}s: check {where} in the Prefect UI"
         ) from None

@@ -4,8 +4,9 @@
 window enforced, people told, current state documented, a safety backup taken, an optional human
 approval (a paused run whose form shows what is about to happen), then the component's own
 restore. Each checklist line is published as soon as it is known (artifact `restore-checklist`)
-and kept in the restore record (tasks/operations/restores.py). `rollback_restore` puts the safety
-backup back, as a restore of its own: same checklist, its own safety backup, its own record.
+and kept in the restore record (tasks/operations/restores.py; the checklist run:
+restore_checklist.py). `rollback_restore` puts the safety backup back, as a restore of its own:
+same checklist, its own safety backup, its own record.
 """
 
 from __future__ import annotations
@@ -32,25 +33,22 @@ from tasks.models import Manifest
 from tasks.operations.approval import RestoreCancelled
 from tasks.operations.checklist import Refused
 from tasks.operations.plan import build_plan, plan_markdown
+from tasks.operations.restore_checklist import run_checklist
 from tasks.operations.restores import (
     RestoreRecord,
     finish,
     load_guard,
     load_restore_record,
     record_key_of,
-    run_checklist,
     target_digest,
 )
-from tasks.operations.rollback import created_by_restore, rollback_options
 from tasks.operations.rollback_checks import (
-    check_nothing_later,
     check_rollback_allowed,
-    check_same_target,
     check_still_rolled_back,
+    decide_rollback,
     rollback_target,
 )
 from tasks.operations.scope import backup_and_target
-from tasks.storage.catalog import get_backup
 from tasks.storage.records import put_record
 from tasks.verbs import check_restore, restore_options, restore_task, target_changed, writes_target
 
@@ -104,19 +102,25 @@ def _checked_restore(
     guard: RestoreGuard,
     checklist: dict[str, Any],
     options: dict[str, Any] | None,
-    still_wanted: Callable[[], None] | None = None,
+    decide: Callable[[], tuple[Manifest, dict[str, Any]]] | None = None,
+    then: Callable[[RestoreRecord], None] | None = None,
 ) -> RestoreRecord | State:
     """The checklist and the restore, both under the component's lock: a second restore of the
     component waits for this one to end before its own checklist, so its safety backup, its
     "there now" and its approval see what this one restored (with the lock taken only for the
     restore step, the second put its restore over the first, and its rollback point was the
-    state before both). `still_wanted()` (under the lock) may say the restore is moot by now.
-    The record is finished (stored, artifact, metrics) however it ends; a cancellation ends the
-    run Cancelled."""
+    state before both). `decide()` (under the lock) makes the run's decisions again from what
+    holds now (a rollback's: what to put back), refusing when it is moot, and returns the backup
+    and options to restore; `then(record)`, still under the lock, follows a restore that ran
+    (a rollback marks the restore it undid). The record is finished (stored, artifact, metrics)
+    however it ends; a cancellation ends the run Cancelled."""
     with component_lock(record.component):  # never while a backup or restore of it runs
-        if still_wanted is not None:
-            still_wanted()
-        return _locked_restore(record, manifest, store, target, guard, checklist, options)
+        if decide is not None:
+            manifest, options = decide()
+        outcome = _locked_restore(record, manifest, store, target, guard, checklist, options)
+        if then is not None and isinstance(outcome, RestoreRecord):
+            then(outcome)
+        return outcome
 
 
 def _locked_restore(
@@ -129,6 +133,7 @@ def _locked_restore(
     options: dict[str, Any] | None,
 ) -> RestoreRecord | State:
     logger = get_run_logger()
+    record.locked_at = datetime.now(UTC)  # the order of changes to the target (order_of)
     try:
         run_checklist(record, manifest, store, target, guard, **checklist)
     except Refused as exc:
@@ -296,64 +301,65 @@ def rollback_restore(
             "restore %s was already rolled back by %s: nothing to do", restore_id, original.rolled_back_by
         )
         return original
-    check_rollback_allowed(original)
-    check_nothing_later(store_block, original)
-    manifest = get_backup(store_block, original.safety_backup_id, original.component)
+    check_rollback_allowed(original)  # before the target is looked up: the record's own refusal first
     target_block = load_target(original.component, rollback_target(original, target))
-    check_same_target(original, target_block)
-    # what the restore wrote to, overwritten from the safety backup (the defaults were not the
-    # undo: Velero kept the restored objects, other databases/steps were put back too)
-    given = rollback_options(
-        store_block, original.component, original.backup_id, original.options, manifest, original.report
-    )
-    opts = restore_options(original.component, given)
-    check_restore(manifest, target_block, store_block, given)  # refused now, not after the checklist
-    # what the restore created is not in the safety backup: the rollback leaves it, and says so
-    left = created_by_restore(
-        store_block, original.component, original.backup_id, original.options, manifest, original.report
-    )
-    if left:
-        logger.warning("rollback of %s leaves what that restore created: %s", restore_id, ", ".join(left))
+    # decided now (refused at once, changing nothing), and again under the lock (decide)
+    plan = decide_rollback(store_block, original, target_block)
     record = _new_record(
         original.component,
-        manifest,
+        plan.safety,
         force,
         target_block,
         kind="rollback",
         rolls_back=restore_id,
-        options=given,
+        options=plan.options,
     )
-    record.left_in_place = left
     needs_approval = guard_block.require_approval if require_approval is None else require_approval
     checklist = {
         "force": force,
         "required_objects": None,
         "needs_approval": needs_approval,
         "without_rollback": False,
-        "options": opts,
     }
 
-    def still_wanted() -> None:  # under the lock: a concurrent rollback of it may have run, or
-        # a restore 'running' when asked has ended since (the lock waited for it), or another
-        # restore into the target ran while this waited (paused for approval under the lock)
-        now = load_restore_record(store_block, restore_id)
+    read = [original]  # the restore's record as read under the lock
+
+    def decide() -> tuple[Manifest, dict[str, Any]]:
+        """Under the lock, from the record as it is now: a concurrent rollback of it may have
+        run, a restore 'running' when asked has ended since and says what it wrote (the lock
+        waited for it), another restore into the target ran meanwhile. The checklist, its
+        approval form and the restore act on this answer, never on the one made before."""
+        now = read[0] = load_restore_record(store_block, restore_id)
         if now.status == "rolled back":
             raise BadInput(f"restore {restore_id} was rolled back meanwhile: nothing more to do")
-        check_rollback_allowed(now)
-        check_nothing_later(store_block, now)
+        final = decide_rollback(store_block, now, target_block)
+        record.backup_id, record.size = final.safety.id, final.safety.raw_size
+        record.options, record.left_in_place, checklist["options"] = final.options, final.left, final.checked
+        if final.left:
+            logger.warning(
+                "rollback of %s leaves what that restore created: %s", restore_id, ", ".join(final.left)
+            )
+        return final.safety, final.options
+
+    def rolled_back(done: RestoreRecord) -> None:  # under the lock: the next rollback sees it
+        now = read[0]  # never the record read before the lock: its report may be out of date
+        now.status, now.rolled_back_at, now.rolled_back_by = "rolled back", datetime.now(UTC), done.id
+        put_record(store_block, record_key_of(store_block, restore_id), now)
 
     outcome = _checked_restore(
-        record, manifest, store_block, target_block, guard_block, checklist, given, still_wanted
+        record,
+        plan.safety,
+        store_block,
+        target_block,
+        guard_block,
+        checklist,
+        plan.options,
+        decide,
+        then=rolled_back,
     )
     if not isinstance(outcome, RestoreRecord):
         return outcome  # cancelled while waiting for approval
-    original.status, original.rolled_back_at, original.rolled_back_by = (
-        "rolled back",
-        datetime.now(UTC),
-        record.id,
-    )
-    put_record(store_block, record_key_of(store_block, restore_id), original)
     logger.info(
         "restore %s rolled back by %s (its safety backup %s)", restore_id, record.id, record.safety_backup_id
     )
-    return original
+    return read[0]

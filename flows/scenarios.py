@@ -9,7 +9,8 @@ label kind=forensic, so that "latest" never picks the broken state for a later r
 from __future__ import annotations
 
 import contextlib
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -17,14 +18,14 @@ from prefect.artifacts import create_markdown_artifact
 
 from blocks.store import StoreBlock
 from flows.common import StoreRef, TargetBlock, VeleroRef, load_store
+from flows.full_cluster_steps import run_steps
 from flows.inputs import per_component
-from flows.locks import component_lock
+from flows.locks import component_lock, full_restore_lock
 from tasks.components import kubernetes as velero
 from tasks.components.kubernetes import ExistingResourcePolicy
 from tasks.components.kubernetes.quiesce import quiesced
 from tasks.errors import BackupError, BadInput, ComponentFailed, NotFound
-from tasks.ids import new_backup_id
-from tasks.markdown import fields_table, table
+from tasks.markdown import fields_table
 from tasks.metrics import tracked
 from tasks.operations.disaster import (
     PVC_RESOURCES,
@@ -39,25 +40,33 @@ from tasks.operations.disaster import (
 )
 from tasks.operations.full_restore import (
     check_resume,
-    left_out,
-    not_verified,
     read_step,
     run_key,
-    run_settings,
-    run_step,
-    step_key,
-    verify_pending,
 )
-from tasks.operations.plan import DR_STEPS, build_plan, plan_markdown
-from tasks.operations.recovery import get_recovery_point, member_manifests
+from tasks.operations.plan import build_plan, plan_markdown
 from tasks.operations.scope import backup_for
 from tasks.storage.catalog import LATEST
-from tasks.storage.records import put_record
 from tasks.verbs import restore_options, restore_task, target_changed, verify_task
 
 
 def _report(key: str, title: str, report: dict[str, Any]) -> None:
     create_markdown_artifact(key=key, markdown=fields_table(title, report))
+
+
+@contextlib.contextmanager
+def _after_deleting(deleted: str, forensic: str | None, again: str) -> Iterator[None]:
+    """A restore that fails after the scenario deleted what it replaces leaves the target without
+    it: the failure says so, where the broken state is kept, and that the same call finishes the
+    job (it restores what is missing), not only the engine's message."""
+    try:
+        yield
+    except Exception as exc:
+        kept = f"its state before is in forensic backup {forensic}" if forensic else "no forensic backup"
+        message = (
+            f"{deleted} and the restore failed: {exc}. The target is without them now ({kept}); "
+            f"fix the cause and run {again} again"
+        )
+        raise (ComponentFailed if isinstance(exc, BackupError) else RuntimeError)(message) from exc
 
 
 @flow(name="namespace-corruption")
@@ -92,7 +101,12 @@ def namespace_corruption(
         with component_lock("kubernetes"):  # no scheduled backup or other restore in between
             forensic = forensic_backup_task(target_block, store_block, namespace, "kubernetes")
             delete_namespace_task(target_block, namespace)
-            restored = restore_task(manifest, target_block, store_block, {"namespaces": [namespace]})
+            with _after_deleting(
+                f"namespace {namespace} was deleted",
+                forensic,
+                f"namespace_corruption({namespace!r}, backup_id={manifest.id!r})",
+            ):
+                restored = restore_task(manifest, target_block, store_block, {"namespaces": [namespace]})
     report = {"namespace": namespace, "backup_id": manifest.id, "forensic_backup": forensic, **restored}
     logger.info("namespace %s restored from %s (forensic backup %s)", namespace, manifest.id, forensic)
     _report("namespace-corruption", f"Namespace {namespace} restored", report)
@@ -157,12 +171,14 @@ def _replace_pvcs(
         forensic = forensic_backup_task(target, store, namespace, "volumes")
         with quiesced(target.kube, namespace) as replicas:
             delete_pvcs_task(target, namespace, names)
-            restored = restore_task(
-                manifest,
-                target,
-                store,
-                {"namespaces": [namespace], "resources": PVC_RESOURCES, "restore_pvs": True},
-            )
+            again = f"data_corruption({namespace!r}, pvcs={names!r})"
+            with _after_deleting(f"claims {names} in {namespace} were deleted", forensic, again):
+                restored = restore_task(
+                    manifest,
+                    target,
+                    store,
+                    {"namespaces": [namespace], "resources": PVC_RESOURCES, "restore_pvs": True},
+                )
     return forensic, replicas, restored
 
 
@@ -242,7 +258,6 @@ def full_cluster_restore(
         options: Restore options of the component (its RestoreOptions fields, docs/components.md),
             e.g. {"namespaces": ["lambda"], "existing_resource_policy": "update"} for kubernetes.
     """
-    logger = get_run_logger()
     targets = per_component("targets", targets)
     options = per_component("options", options)
     for component, given in options.items():  # a typo fails now, not after earlier steps restored
@@ -271,86 +286,5 @@ def full_cluster_restore(
     )
     if dry_run:
         return {"dry_run": True, "recovery_point": plan.source, "plan": plan.model_dump(mode="json")}
-    rp = get_recovery_point(store_block, plan.source)
-    manifests = member_manifests(store_block, rp)
-    # every backup the run will restore, checked before it changes anything
-    checked = verify_pending(store_block, run_id if run else None, rp.id, plan, manifests, targets or {})
-    if run is not None and settings is not None:  # a target configured since: held to it from now on
-        put_record(store_block, run_key(store_block, run_id), {**run, "settings": settings})
-    if run is None:
-        run_id = new_backup_id("dr")
-        put_record(
-            store_block,
-            run_key(store_block, run_id),
-            {
-                "run_id": run_id,
-                "recovery_point": rp.id,
-                "created": datetime.now(UTC),
-                "settings": run_settings(targets or {}, options or {}),
-            },
-        )
-    done: dict[str, dict] = {}
-    statuses: dict[str, str] = {}
-    for index, (step, component) in enumerate(DR_STEPS, start=1):
-        key = step_key(store_block, run_id, index, step)
-        previous = read_step(store_block, key)
-        if previous and previous.get("status") == "done":
-            logger.info("step %s already done in run %s: skipped", step, run_id)
-            statuses[step] = "done (earlier run)"
-            if component:
-                done[component] = previous
-            continue
-        action = plan.step(component).action if component else "verify"
-        started = datetime.now(UTC)
-        try:
-            # the step that changes a component holds its lock: no backup or other restore of it
-            # meanwhile; a step that restores pushes its restore metrics (a failure too)
-            restores = component is not None and action in ("create", "replace")
-            with (
-                component_lock(component) if component else contextlib.nullcontext(),
-                tracked("restore", component) if restores else contextlib.nullcontext(),
-            ):
-                outcome = run_step(
-                    component,
-                    action,
-                    manifests,
-                    targets or {},
-                    store_block,
-                    (options or {}).get(component) if component else None,
-                    done,
-                    component in checked,
-                )
-        except Exception as exc:
-            put_record(
-                store_block, key, {"step": step, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-            )
-            message = (
-                f"full cluster restore step {step} failed: {exc}. Fix it and resume with run_id={run_id!r}"
-            )
-            # a failure the project names (BackupError) stays one: one line, no traceback; a bug
-            # (any other exception) keeps its traceback
-            raise (ComponentFailed if isinstance(exc, BackupError) else RuntimeError)(message) from exc
-        outcome |= {"step": step, "component": component, "started": started, "finished": datetime.now(UTC)}
-        put_record(store_block, key, outcome)
-        statuses[step] = outcome["status"]
-        if unchecked := not_verified(outcome):  # "done" must not read as verified
-            statuses[step] += "; not verified: " + "; ".join(f"{n} ({why})" for n, why in unchecked.items())
-        if component:
-            done[component] = outcome
-    # a component of the point that did not come back: never a run that reads as done
-    missed = left_out(rp, done, targets or {})
-    for step, component in DR_STEPS:
-        if component in missed:
-            statuses[step] = f"NOT RESTORED: {missed[component]}"
-    rows = [(i, s, statuses[s]) for i, (s, _) in enumerate(DR_STEPS, start=1)]
-    create_markdown_artifact(
-        key="full-cluster-restore",
-        markdown=f"# Full cluster restore {run_id} from {rp.id}\n\n" + table(["#", "step", "status"], rows),
-    )
-    if missed:
-        raise ComponentFailed(
-            f"full cluster restore {run_id} from {rp.id} did not restore "
-            + "; ".join(f"{c}: {why}" for c, why in missed.items())
-            + f". The other steps are done; resume with run_id={run_id!r} once that is fixed"
-        )
-    return {"dry_run": False, "run_id": run_id, "recovery_point": rp.id, "steps": statuses}
+    with full_restore_lock():  # one run at a time: its steps never interleave with another's
+        return run_steps(store_block, plan, run, run_id, settings, targets, options)

@@ -289,3 +289,69 @@ def _restore_ids(store) -> list[str]:
     from tasks.storage.records import iter_records
 
     return [key.rsplit("/", 2)[-2] for key, _ in iter_records(store, RESTORES, "/" + RESTORE_RECORD)]
+
+
+def test_a_rollback_asked_while_the_restore_ran_puts_back_only_what_it_overwrote(
+    api, rabbitmq, broker, local_store, monkeypatch
+):
+    """Before: a rollback decided what to put back before it took the component lock. Asked while
+    the restore ran (its record 'running', no report yet: what it overwrote unknown), it chose the
+    safety backup's whole vhost, waited for the restore to end, and re-imported that vhost over
+    user b's permissions, which the restore never touched and which were changed after it; and it
+    did not list the queue the restore created. Everything it decides is decided under the lock."""
+    import threading
+    from contextlib import contextmanager
+
+    import flows.recovery as recovery
+    from flows.recovery import load_restore_record, rollback_restore
+    from tasks.storage.backends import backend_for
+    from tasks.storage.layout import layout
+    from tests.drill.test_approval import Running
+
+    vhost, (a, b) = broker
+    target = RabbitMQTarget(url=rabbitmq.extra["url"])
+    store, backup = _backup(target, local_store)
+    before_restore = {"configure": "^a$", "write": ".*", "read": ".*"}
+    put(api, f"/permissions/{seg(vhost)}/{seg(a)}", before_restore)
+    assert api.delete(f"/queues/{seg(vhost)}/orders.q").status_code == 204
+    since = {"configure": "^b$", "write": "^b$", "read": ".*"}
+    imported, go, rollback_at_lock = threading.Event(), threading.Event(), threading.Event()
+    real_restore, real_lock, locks = recovery.restore_task, recovery.component_lock, []
+
+    def restore_then_wait(*args, **kwargs):  # the restore's import, a write made after it, a pause
+        report = real_restore(*args, **kwargs)
+        if not imported.is_set():
+            put(api, f"/permissions/{seg(vhost)}/{seg(b)}", since)
+            imported.set()
+            assert go.wait(120)
+        return report
+
+    @contextmanager
+    def lock(component, *args, **kwargs):
+        locks.append(component)
+        if len(locks) == 2:  # the rollback: it has read the record and waits for the restore to end
+            rollback_at_lock.set()
+        with real_lock(component, *args, **kwargs):
+            yield
+
+    monkeypatch.setattr(recovery, "restore_task", restore_then_wait)
+    monkeypatch.setattr(recovery, "component_lock", lock)
+    restore = Running(
+        component="rabbitmq", backup_id=backup.id, target=target, store=store, options={"vhost": vhost}
+    )
+    assert imported.wait(120)
+    keys = backend_for(store).list_keys(layout(store).records_dir("restores"))
+    (restore_id,) = {k.rsplit("/", 2)[-2] for k in keys if k.endswith("/record.json")}
+    assert load_restore_record(store, restore_id).status == "running"
+    rollback = Running(flow=rollback_restore, restore_id=restore_id, target=target, store=store)
+    assert rollback_at_lock.wait(120)
+    go.set()
+    record = restore.wait().result()
+    assert record.report["overwritten"] == [f"permissions of user {a!r} on vhost {vhost!r}"]
+
+    original = rollback.wait().result()
+    assert perms(api, vhost, a) == before_restore  # what the restore overwrote: put back
+    assert perms(api, vhost, b) == since  # a write made since to what it left: kept
+    done = load_restore_record(store, original.rolled_back_by)
+    assert done.options["only"] == [f"permissions of user {a!r} on vhost {vhost!r}"]
+    assert f"queue 'orders.q' in vhost {vhost!r}" in done.left_in_place

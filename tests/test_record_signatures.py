@@ -19,7 +19,7 @@ from tasks.ids import new_backup_id
 from tasks.operations.drills import save_drill_record
 from tasks.operations.full_restore import read_step, run_key, step_key
 from tasks.operations.recovery import get_recovery_point, new_recovery_point_id, write_recovery_point
-from tasks.operations.restores import RestoreRecord, _mark_safety, load_restore_record, record_key_of
+from tasks.operations.restores import RestoreRecord, load_restore_record, mark_safety, record_key_of
 from tasks.storage.backends import backend_for
 from tasks.storage.codec import key_id
 from tasks.storage.health import finding
@@ -67,7 +67,7 @@ def _restore_state(store) -> str:
 
 def _safety_mark(store) -> str:
     backup_id = new_backup_id(APP)
-    _mark_safety(store, backup_id, new_backup_id("restore"), "restored", "the state before")
+    mark_safety(store, backup_id, new_backup_id("restore"), "restored", "the state before")
     return layout(store).safety_mark_key(backup_id)
 
 

@@ -332,3 +332,38 @@ def test_a_rollback_of_a_kubernetes_restore_puts_back_what_the_restore_overwrote
     assert configmap(kube_api, db, "settings") == {"mode": "db-written-since"}  # left alone
     rollback = load_restore_record(store, rolled.rolled_back_by)
     assert rollback.options == {"namespaces": [lam], "existing_resource_policy": "update"}
+
+
+def test_a_namespace_corruption_whose_restore_fails_says_the_namespace_is_gone_and_what_to_do(
+    prefect_server, kube_api, ctl, target, store, namespaces
+):
+    """Before: the namespace was deleted, then the restore failed, and the run failed with Velero's
+    message alone: nothing said the namespace was gone now, which forensic backup held its broken
+    state, nor that running the scenario again brings it back (it did)."""
+    lam, _ = namespaces
+    backup_component("kubernetes", target=target, store=store)
+    ctl.restore_outcome = "Failed"
+    with pytest.raises(ComponentFailed) as failed:
+        namespace_corruption(lam, target=target, store=store)
+    (forensic,) = [m.id for m in list_backups(store, "kubernetes") if m.kind == "forensic"]
+    assert f"namespace {lam} was deleted" in str(failed.value) and forensic in str(failed.value)
+    assert "namespace_corruption(" in str(failed.value)
+    assert not kube.namespace_exists(k8s(kube_api), lam)
+
+    ctl.restore_outcome = None
+    namespace_corruption(lam, target=target, store=store)  # what the message says
+    assert configmap(kube_api, lam, "settings") == {"mode": "prod"}
+
+
+def test_a_data_corruption_whose_restore_fails_names_the_deleted_claims_and_their_forensic_backup(
+    prefect_server, kube_api, ctl, kube_api_volumes, store, namespaces
+):
+    """The claims were deleted, then the restore failed: the message said only 'ended Failed'."""
+    lam, _ = namespaces
+    backup_component("volumes", target=kube_api_volumes, store=store)
+    ctl.restore_outcome = "Failed"
+    with pytest.raises(ComponentFailed) as failed:
+        data_corruption(lam, target=kube_api_volumes, store=store)
+    (forensic,) = [m.id for m in list_backups(store, "volumes") if m.kind == "forensic"]
+    assert "were deleted" in str(failed.value) and forensic in str(failed.value)
+    assert "data_corruption(" in str(failed.value)

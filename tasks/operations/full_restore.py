@@ -1,6 +1,7 @@
 """Full cluster restore (runbook "Scenario 1"): the steps of one run, each recorded in the store
 so that a run can be resumed, in the registry's restore order. The flow
-(flows/scenarios.py:full_cluster_restore) holds each component's lock around its step."""
+(flows/scenarios.py:full_cluster_restore) holds each component's lock around its step, and reads
+and writes the step's record under it (two resumes of one run never both run a step)."""
 
 from __future__ import annotations
 

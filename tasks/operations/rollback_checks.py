@@ -1,27 +1,68 @@
 """Whether a rollback may go ahead, and where: the restore changed something and has a safety
 backup, it is not undone already (or is in force again through a rolled-back rollback), nothing
 restored into the same target since, and the rollback goes into the target the restore went into.
-What a rollback puts back is rollback.py's.
+What a rollback puts back is rollback.py's; `decide_rollback` makes every decision of one rollback
+from the records as they are, and is asked again under the component lock.
 """
 
 from __future__ import annotations
+
+from typing import Any, NamedTuple
 
 from prefect.blocks.core import Block
 
 from blocks.store import StoreBlock
 from tasks.errors import BadInput
+from tasks.models import Manifest
 from tasks.operations.plan import target_label
 from tasks.operations.restores import (
     CHANGED,
     RestoreRecord,
     load_restore_record,
+    order_of,
     restore_record_from,
     target_digest,
     untouched,
 )
+from tasks.operations.rollback import created_by_restore, rollback_options
+from tasks.storage.catalog import get_backup
 from tasks.storage.layout import RESTORE_RECORD, RESTORES
 from tasks.storage.records import iter_records
-from tasks.verbs import wrote
+from tasks.verbs import check_restore, restore_options, wrote
+
+
+class Rollback(NamedTuple):
+    """What one rollback acts on: the safety backup, the restore options that put back exactly
+    what the restore wrote (as recorded, and as shown for approval), those options checked, and
+    what the restore created that the rollback leaves (listed)."""
+
+    safety: Manifest
+    options: dict[str, Any]
+    checked: Any
+    left: list[str]
+
+
+def decide_rollback(store: StoreBlock, original: RestoreRecord, target: Block) -> Rollback:
+    """Every decision of the rollback of `original` (as read now) into `target`, or BadInput
+    changing nothing. Its record changes while it waits for the component lock (a restore
+    'running' when asked ends and says what it wrote; another restore or rollback runs), so
+    the rollback asks again under the lock, from the record read there, and acts on that answer."""
+    check_rollback_allowed(original)
+    check_nothing_later(store, original)
+    safety = get_backup(store, original.safety_backup_id, original.component)
+    check_same_target(original, target)
+    # what the restore wrote to, overwritten from the safety backup (the defaults were not the
+    # undo: Velero kept the restored objects, other databases/steps were put back too)
+    given = rollback_options(
+        store, original.component, original.backup_id, original.options, safety, original.report
+    )
+    checked = restore_options(original.component, given)
+    check_restore(safety, target, store, given)  # refused now, not after the checklist
+    # what the restore created is not in the safety backup: the rollback leaves it, and says so
+    left = created_by_restore(
+        store, original.component, original.backup_id, original.options, safety, original.report
+    )
+    return Rollback(safety, given, checked, left)
 
 
 def check_rollback_allowed(record: RestoreRecord) -> None:
@@ -92,29 +133,37 @@ def _in_force_again(store: StoreBlock, record: RestoreRecord) -> list[RestoreRec
 def check_nothing_later(store: StoreBlock, record: RestoreRecord) -> None:
     """A rollback puts back the state from before `record`: any restore (or rollback) into the
     same target since then would be undone too, without a word, while its record still says
-    'restored'. They are rolled back first, newest first, each by its own id."""
-    later = []
+    'restored'. They are rolled back first, newest first, each by its own id. "Since" is the
+    order in which they held the component lock (order_of), never their ids."""
     # a record no key of the store signed (forged by a writer of the bucket) is left out, logged:
     # it must not stop the rollback of a real restore (storage/records.py iter_records)
-    for key, data in iter_records(store, RESTORES, "/" + RESTORE_RECORD):
-        restore_id = key.rsplit("/", 2)[-2]
-        if restore_id <= record.id:  # ids sort by their start time
+    same = [
+        other
+        for key, data in iter_records(store, RESTORES, "/" + RESTORE_RECORD)
+        if (other := restore_record_from(data, key.rsplit("/", 2)[-2])).component == record.component
+        and other.target_digest == record.target_digest
+        and other.id != record.id
+    ]
+    by_id = {other.id: other for other in same}
+    since = order_of(record)
+    later: dict[str, RestoreRecord] = {}
+    for other in same:
+        if order_of(other) <= since:
             continue
-        other = restore_record_from(data, restore_id)
-        same = other.component == record.component and other.target_digest == record.target_digest
         # a later restore rolled back (its status), with the rollback that undid it: back to as before
-        undoes_later = other.kind == "rollback" and (other.rolls_back or "") > record.id
-        if same and other.status in CHANGED and not untouched(other) and not undoes_later:
-            later.append(other.id)
-        elif same and other.status == "rolled back" and (chain := _in_force_again(store, other)):
+        undone = by_id.get(other.rolls_back or "") if other.kind == "rollback" else None
+        undoes_later = undone is not None and order_of(undone) > since
+        if other.status in CHANGED and not untouched(other) and not undoes_later:
+            later[other.id] = other
+        elif other.status == "rolled back" and (chain := _in_force_again(store, other)):
             # its rollback was rolled back: its data is in place again, by the newest of the chain
-            later.append(chain[-1].id)
+            later[chain[-1].id] = chain[-1]
     if later:
-        later = sorted(set(later))  # ids sort by start: the newest last
+        names = [r.id for r in sorted(later.values(), key=order_of)]  # the newest last
         raise BadInput(
-            f"{', '.join(later)} restored {record.component} into the same target after {record.id}: "
+            f"{', '.join(names)} restored {record.component} into the same target after {record.id}: "
             f"rolling {record.id} back would silently undo them too. Roll back the newest first "
-            f"({later[-1]}), then the others; nothing was done"
+            f"({names[-1]}), then the others; nothing was done"
         )
 
 

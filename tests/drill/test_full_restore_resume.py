@@ -4,6 +4,8 @@ never counts a component it could not check (no fingerprint) as verified."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from flows.backup import backup_all
@@ -122,3 +124,82 @@ def test_a_full_cluster_restore_that_leaves_out_a_component_of_the_point_fails_n
     assert state.is_failed() and prod.restores == 1  # what the point holds was restored
     with pytest.raises(ComponentFailed, match=f"(?s)did not restore etcd: failed in recovery point {rp.id}"):
         state.result()
+
+
+def test_two_resumes_of_one_run_restore_each_step_once(local_store, prod, monkeypatch):
+    """Before: each step's record was read before its component lock was taken. Two resumes of
+    the same run (the UI's Retry and a person's re-run) both read the app-state step as 'failed',
+    both waited for the lock, and both restored it, the second over whatever was written after
+    the first. Now one run at a time, and the step record is read and written under the step's
+    lock: the second one finds the step done."""
+    import threading
+    import time
+    from contextlib import contextmanager
+
+    import flows.full_cluster_steps as steps
+    from flows.locks import component_lock
+    from tests.drill.test_approval import Running
+
+    store = local_store()
+    target = prod.target()
+    original = prod.file.read_bytes()
+    backup_all(components=["app-state"], targets={"app-state": target}, store=store)
+    prod.file.write_bytes(b"cluster lost\n")
+    run_id = _failed_run(store, target, prod)
+    at_step = threading.Event()
+
+    @contextmanager
+    def watched(component, *args, **kwargs):
+        if component == "app-state":
+            at_step.set()
+        with component_lock(component, *args, **kwargs):
+            yield
+
+    monkeypatch.setattr(steps, "component_lock", watched)
+    with component_lock("app-state"):  # a backup of app-state running: the resumes wait for it
+        resumes = [
+            Running(
+                flow=full_cluster_restore,
+                targets={"app-state": target},
+                store=store,
+                dry_run=False,
+                run_id=run_id,
+            )
+            for _ in range(2)
+        ]
+        assert at_step.wait(120)
+        time.sleep(5)  # room for the other resume to get as far as it can
+    results = sorted((r.wait().result()["steps"]["app-state"] for r in resumes), key=len)
+    assert results == ["done", "done (earlier run)"]
+    assert prod.restores == 1 and prod.file.read_bytes() == original
+
+
+def test_a_second_full_cluster_restore_waits_for_the_one_running(local_store, prod, monkeypatch):
+    """Before: each step held only its own component's lock, so two runs (from two recovery
+    points, or two new runs of one) interleaved step by step and left the cluster a mix of both.
+    One run at a time now: while `klb-full-cluster-restore` is held (another run), a run waits,
+    and one that gives up (its wait ran out) changes nothing."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists
+
+    from tasks.errors import TransientError
+
+    store = local_store()
+    target = prod.target()
+    backup_all(components=["app-state"], targets={"app-state": target}, store=store)
+    prod.file.write_bytes(b"cluster lost\n")
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name="klb-full-cluster-restore", limit=1)
+        )
+    monkeypatch.setenv("KLB_COMPONENT_LOCK_WAIT_SECONDS", "3")
+    with concurrency("klb-full-cluster-restore", occupy=1, strict=True):  # another run, mid-way
+        state = full_cluster_restore(
+            targets={"app-state": target}, store=store, dry_run=False, return_state=True
+        )
+    assert state.is_failed()
+    with pytest.raises(TransientError, match="another full cluster restore held klb-full-cluster-restore"):
+        state.result()
+    assert prod.restores == 0 and prod.file.read_bytes() == b"cluster lost\n"

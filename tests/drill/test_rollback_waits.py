@@ -5,6 +5,7 @@ checked still holds, and never says "rolled back" of a restore that is in place.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from prefect.flow_runs import resume_flow_run
@@ -12,6 +13,7 @@ from prefect.flow_runs import resume_flow_run
 from flows.backup import backup_component
 from flows.recovery import load_restore_record, restore_with_checklist, rollback_restore
 from tasks.errors import BadInput
+from tasks.ids import new_backup_id
 from tests.drill.test_approval import GUARD, Running
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -143,3 +145,67 @@ def test_a_later_restore_back_in_force_through_a_rolled_back_rollback_blocks_an_
         state.result()
     assert prod.file.read_bytes() == in_place and prod.restores == 4
     assert load_restore_record(store, a.id).status == "restored"
+
+
+def test_a_later_restore_started_in_the_same_second_blocks_the_rollback_of_an_earlier_one(
+    local_store, prod, monkeypatch
+):
+    """Before: restores were ordered by their ids ('ids sort by their start time'); two that start
+    in the same second compare by their random suffix, so B (suffix 000000) counted as older than
+    A (suffix ffffff), and A's rollback put A's safety backup over B's restore without a word."""
+    import flows.recovery as recovery
+    from tasks.ids import TS_FORMAT
+
+    second = datetime.now(UTC).strftime(TS_FORMAT)
+    suffixes = iter(["ffffff", "000000", "000001", "000002"])
+    monkeypatch.setattr(recovery, "new_backup_id", lambda kind, now=None: f"{kind}-{second}-{next(suffixes)}")
+    store = local_store()
+    target = prod.target()
+    good = backup_component("app-state", target=target, store=store)
+    prod.file.write_bytes(b"state before A\n")
+    a = restore_with_checklist("app-state", target=target, store=store)
+    prod.file.write_bytes(b"written after A\n")
+    b = restore_with_checklist("app-state", backup_id=good.id, target=target, store=store)
+    assert b.id < a.id  # the same second: the suffixes say nothing of which came first
+    in_place = prod.file.read_bytes()
+
+    with pytest.raises(BadInput, match=f"{b.id} restored app-state into the same target after {a.id}"):
+        rollback_restore(a.id, target=target, store=store)
+    assert prod.file.read_bytes() == in_place and prod.restores == 2
+    assert load_restore_record(store, a.id).status == "restored"
+
+
+def test_restores_are_ordered_by_when_they_took_the_lock_not_by_when_they_started(local_store):
+    """Restore B started (its id and start time minted) before rollback R of A, waited for the
+    component lock, and R took it first: B changed the target after R. Rolling R back (putting
+    back the state before R) would undo B, yet B's start time and id both say it came before R."""
+    from tasks.operations.restores import RestoreRecord, record_key_of
+    from tasks.operations.rollback_checks import check_nothing_later
+    from tasks.storage.records import put_record
+
+    store = local_store()
+    t0 = datetime.now(UTC) - timedelta(minutes=10)
+
+    def record(at: timedelta, locked: timedelta, **fields) -> RestoreRecord:
+        made = RestoreRecord(
+            id=new_backup_id("restore", t0 + at),
+            component="app-state",
+            backup_id=new_backup_id("app-state", t0 - timedelta(hours=1)),
+            status="restored",
+            started_at=t0 + at,
+            locked_at=t0 + locked,
+            safety_backup_id=new_backup_id("app-state", t0 + locked),
+            target_digest="0" * 64,
+            **fields,
+        )
+        put_record(store, record_key_of(store, made.id), made)
+        return made
+
+    a = record(timedelta(0), timedelta(0))
+    b = record(timedelta(minutes=1), timedelta(minutes=4))  # started, then waited for the lock
+    r = record(timedelta(minutes=2), timedelta(minutes=3), kind="rollback", rolls_back=a.id)
+    a.status, a.rolled_back_by = "rolled back", r.id
+    put_record(store, record_key_of(store, a.id), a)
+
+    with pytest.raises(BadInput, match=f"{b.id} restored app-state into the same target after {r.id}"):
+        check_nothing_later(store, r)
