@@ -218,7 +218,8 @@ def restore_document(
     scope = expected_objects(doc, namespaces, kinds, None)
     expected = scope if not options.label_selector else {}
     mapping = options.namespace_mapping
-    before = written.scope_before(k, scope, mapping)
+    merging = namespaces if "serviceaccounts" in kinds else []  # Velero merges those that exist
+    before = written.scope_before(k, scope, mapping, merging)
     spec: dict[str, Any] = {
         "backupName": name,
         "includedNamespaces": namespaces,
