@@ -23,6 +23,7 @@ from tasks.components.kubernetes.backups import (
     inventory,
     load_document,
     run_backup,
+    safety_backup,
     verify,
 )
 from tasks.components.kubernetes.discovery import check_resource_names
@@ -37,7 +38,6 @@ from tasks.components.kubernetes.restores import (
     resolved,
     restore,
     restore_document,
-    safety_backup,
 )
 from tasks.components.kubernetes.velero import (
     BACKUP_TERMINAL,
