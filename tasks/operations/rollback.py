@@ -49,7 +49,7 @@ def _kubernetes(
     options: dict,
     backup: Callable[[], Manifest | None],
     safety: Manifest,
-    done: dict[str, list[str]] | None,
+    done: dict[str, Any] | None,
 ) -> dict:
     from tasks.components.kubernetes import canonical_resource, load_document  # Velero's, only here
     from tasks.components.kubernetes.written import exact_rollback

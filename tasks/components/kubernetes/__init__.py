@@ -88,7 +88,7 @@ def check_restore(
     refuse_outside_scope(k, target, [options.namespace_mapping.get(ns, ns) for ns in namespaces])
 
 
-def wrote(options: RestoreOptions, report: dict[str, Any] | None) -> dict[str, list[str]] | None:
+def wrote(options: RestoreOptions, report: dict[str, Any] | None) -> dict[str, Any] | None:
     """What a restore wrote, from its report: {"created": [...], "overwritten": [...]}. With
     existing_resource_policy none it overwrites nothing (a ServiceAccount Velero merged and a
     claim's rewritten data aside), and when every object exists it writes nothing at all. None
