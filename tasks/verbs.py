@@ -97,11 +97,12 @@ def writes_target(component: str, options: dict[str, Any] | None) -> bool:
 
 def wrote(
     component: str, options: dict[str, Any] | None, report: dict[str, Any] | None
-) -> dict[str, list[str]] | None:
+) -> dict[str, Any] | None:
     """What a restore of `component` with these options (as recorded) that ended with `report`
     wrote to its target: {"created": [...], "overwritten": [...]}, as its component tells it (its
     optional `wrote`: a Velero restore with existing_resource_policy none leaves what exists, and
-    may write nothing at all). None when it cannot tell."""
+    may write nothing at all; Kubernetes adds `merged`, what Velero merged into ServiceAccounts).
+    None when it cannot tell."""
     says = getattr(load(component), "wrote", None)
     return None if says is None else says(restore_options(component, options), report)
 

@@ -97,3 +97,45 @@ def test_a_rollback_of_a_named_restore_puts_back_the_names_that_existed_and_list
     with pytest.raises(BadInput, match=r"overwrote nothing .* only created \['[^']*/configmaps/flags'\]"):
         rollback_restore(only_new.id, target=target, store=store)
     assert sorted(backend_for(store).list_keys(store.prefix)) == before
+
+
+def test_what_a_restore_merged_into_a_service_account_is_recorded_and_never_said_undone(
+    prefect_server, kube_api, ctl, local_store
+):
+    """Velero merges a ServiceAccount that exists (whatever the policy) by a patch without its
+    restore label: a restore that only merged the backup's pull secret into `default` was
+    recorded as 'nothing restored' and its rollback said there was nothing to undo. It is
+    'restored' now; its rollback is refused (a merge only adds: Velero cannot take it away),
+    saying what to remove by hand; with other objects overwritten, those are put back and the
+    merge is listed as left."""
+    from flows.backup import backup_component
+    from flows.recovery import load_restore_record, restore_with_checklist, rollback_restore
+    from sandbox.k8s_emulator.store import BY_PATH
+    from tasks.errors import BadInput
+    from tests.k8s_helpers import configmap, seed_namespaces, seed_settings, set_configmap
+
+    accounts = BY_PATH[("v1", "serviceaccounts")]
+    store = local_store()
+    (ns,) = seed_namespaces(ctl, "merge", seed=seed_settings)
+    target = kube_api.velero_target(include_namespaces=[ns])
+    ctl.store.patch(accounts, ns, "default", {"imagePullSecrets": [{"name": "regcred"}]})
+    backup_component("kubernetes", target=target, store=store)
+    ctl.store.patch(accounts, ns, "default", {"imagePullSecrets": None})
+
+    record = restore_with_checklist("kubernetes", target=target, store=store)
+    assert record.status == "restored" and record.target_changed
+    merged = rf"{ns}/serviceaccounts/default: imagePullSecrets \['regcred'\]"
+    with pytest.raises(BadInput, match=rf"{merged}.*by hand"):
+        rollback_restore(record.id, target=target, store=store)
+    assert load_restore_record(store, record.id).status == "restored"
+    assert ctl.store.get(accounts, ns, "default")["imagePullSecrets"] == [{"name": "regcred"}]
+
+    ctl.store.patch(accounts, ns, "default", {"imagePullSecrets": None})
+    set_configmap(kube_api, ns, "settings", {"m": "2"})
+    update = {"existing_resource_policy": "update"}
+    record = restore_with_checklist("kubernetes", target=target, store=store, options=update)
+    assert configmap(kube_api, ns, "settings") == {"m": "1"}
+    rolled = rollback_restore(record.id, target=target, store=store)
+    assert configmap(kube_api, ns, "settings") == {"m": "2"}
+    left = load_restore_record(store, rolled.rolled_back_by).left_in_place
+    assert [x for x in left if x.startswith(f"{ns}/serviceaccounts/default: imagePullSecrets")] == left

@@ -124,3 +124,35 @@ def test_a_service_account_that_exists_is_merged_with_the_backed_up_one(kube_api
         options = velero.RestoreOptions(existing_resource_policy=policy)
         velero.restore(target, manifest, store, options)
         assert ctl.store.get(accounts, ns, "runner")["secrets"] == [{"name": "own"}, {"name": "db"}]
+
+
+def test_a_restore_that_only_merged_service_accounts_says_what_it_wrote(kube_api, ctl, local_store):
+    """Velero's merge patch carries no restore label, and written.py found what a restore wrote
+    by that label: a restore whose only change was merging pull secrets into the ServiceAccounts
+    that existed said "wrote nothing", so the checklist recorded the target unchanged and a
+    rollback had nothing to undo. Those it changed are overwritten now, with what was merged in;
+    one left identical is not written."""
+    from sandbox.k8s_emulator.store import BY_PATH
+    from tasks.verbs import target_changed
+
+    accounts = BY_PATH[("v1", "serviceaccounts")]
+    store = local_store()
+    (ns,) = seed_namespaces(ctl, "sa", seed=seed_settings)
+    ctl.store.patch(accounts, ns, "default", {"imagePullSecrets": [{"name": "regcred"}]})
+    ctl.seed("v1", "serviceaccounts", ns, {"metadata": {"name": "runner"}, "secrets": [{"name": "db"}]})
+    target, manifest = take_backup(kube_api, store, ns)
+    ctl.store.patch(accounts, ns, "default", {"imagePullSecrets": None})
+    ctl.store.patch(accounts, ns, "runner", {"secrets": None})
+
+    report = velero.restore(target, manifest, store, velero.RestoreOptions())
+
+    assert sorted(report["overwritten"]) == [f"{ns}/serviceaccounts/default", f"{ns}/serviceaccounts/runner"]
+    assert report["merged"] == {
+        f"{ns}/serviceaccounts/default": {"imagePullSecrets": ["regcred"]},
+        f"{ns}/serviceaccounts/runner": {"secrets": ["db"]},
+    }
+    assert not report["note"].startswith(velero.NOTHING_WRITTEN)  # settings was left: its note
+    assert target_changed("kubernetes", {}, report)
+    again = velero.restore(target, manifest, store, velero.RestoreOptions())  # now identical
+    assert again["overwritten"] == [] and "merged" not in again
+    assert again["note"].startswith(velero.NOTHING_WRITTEN)

@@ -117,7 +117,7 @@ def rewritten_too(target: VeleroTarget, doc: dict[str, Any], restoring: dict[str
     )
 
 
-def wrote(options: velero.RestoreOptions, report: dict[str, Any] | None) -> dict[str, list[str]] | None:
+def wrote(options: velero.RestoreOptions, report: dict[str, Any] | None) -> dict[str, Any] | None:
     """What a restore wrote, from its report (as kubernetes; claims whose data it rewrote are
     among `overwritten`); None when it cannot tell."""
     return _wrote(report)

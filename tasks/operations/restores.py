@@ -71,7 +71,7 @@ class RestoreRecord(BaseModel):
     rolled_back_at: AwareDatetime | None = None
     rolled_back_by: str | None = Field(default=None, description="the rollback's own restore id")
     left_in_place: list[str] = Field(
-        default_factory=list, description="a rollback: what the restore created that it leaves (listed)"
+        default_factory=list, description="a rollback: what the restore created or merged that it leaves"
     )
 
 

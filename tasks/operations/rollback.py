@@ -49,7 +49,7 @@ def _kubernetes(
     options: dict,
     backup: Callable[[], Manifest | None],
     safety: Manifest,
-    done: dict[str, list[str]] | None,
+    done: dict[str, Any] | None,
 ) -> dict:
     from tasks.components.kubernetes import canonical_resource, load_document  # Velero's, only here
     from tasks.components.kubernetes.written import exact_rollback
@@ -235,16 +235,22 @@ def created_by_restore(
     """What the restore of `backup_id` (with `options`, as recorded) created that its safety
     backup does not hold (new databases, namespaces, objects, vhosts, steps): a rollback puts back
     what the safety backup holds and cannot tell these from what was written since, so it leaves
-    them, and says so. Listed, never deleted here: deleting is the operator's call."""
+    them, and says so; and what Velero merged into ServiceAccounts, which no restore takes away.
+    Listed, never deleted here: deleting is the operator's call."""
     if not writes_target(component, options):
         return []
     if component == "rabbitmq" and (done := wrote(component, options, report)) is not None:
         return list(done["created"])  # what its import created, by name (its report)
     restored = _restored_backup(store, backup_id, component)
-    if restored is None:
-        return [f"unknown: backup {backup_id} is gone, so what its restore created cannot be listed"]
+    merged: list[str] = []
     if component in ("kubernetes", "volumes"):
-        return _velero_created(store, options, restored, safety)
+        from tasks.components.kubernetes.written import merges_left  # Velero's, only here
+
+        merged = merges_left(wrote(component, options, report))  # a rollback only adds to those
+    if restored is None:
+        return [f"unknown: backup {backup_id} is gone, so what its restore created cannot be listed", *merged]
+    if component in ("kubernetes", "volumes"):
+        return _velero_created(store, options, restored, safety) + merged
     if component == "postgres":
         rename = options.get("rename_to") or {}
         written = options.get("databases") or list(restored.engine.get("databases") or {})

@@ -23,6 +23,7 @@ from tasks.components.kubernetes.backups import (
     inventory,
     load_document,
     run_backup,
+    safety_backup,
     verify,
 )
 from tasks.components.kubernetes.discovery import check_resource_names
@@ -37,7 +38,6 @@ from tasks.components.kubernetes.restores import (
     resolved,
     restore,
     restore_document,
-    safety_backup,
 )
 from tasks.components.kubernetes.velero import (
     BACKUP_TERMINAL,
@@ -88,7 +88,7 @@ def check_restore(
     refuse_outside_scope(k, target, [options.namespace_mapping.get(ns, ns) for ns in namespaces])
 
 
-def wrote(options: RestoreOptions, report: dict[str, Any] | None) -> dict[str, list[str]] | None:
+def wrote(options: RestoreOptions, report: dict[str, Any] | None) -> dict[str, Any] | None:
     """What a restore wrote, from its report: {"created": [...], "overwritten": [...]}. With
     existing_resource_policy none it overwrites nothing (a ServiceAccount Velero merged and a
     claim's rewritten data aside), and when every object exists it writes nothing at all. None

@@ -1,5 +1,5 @@
 """Kubernetes API helpers shared by the components: a client from a KubernetesTarget, errors
-translated into ours, namespaces, deployments and their scale, PVCs (quiescing: quiesce.py).
+translated into ours, namespaces, deployments, PVCs, the kinds the project lists and their names.
 """
 
 from __future__ import annotations
@@ -180,29 +180,9 @@ def delete_namespace(k: Kube, name: str, timeout: float = 600, interval: float =
     wait_for(lambda: not namespace_exists(k, name), timeout, interval, f"namespace {name} to terminate")
 
 
-# -- deployments and scale -------------------------------------------------------------------------
+# -- deployments (their scale: quiesce.py, its only user) ----------------------------------------------
 def list_deployments(k: Kube, namespace: str) -> list[client.V1Deployment]:
     return k.call(f"list deployments in {namespace}", k.apps.list_namespaced_deployment, namespace).items
-
-
-def get_replicas(k: Kube, namespace: str, name: str) -> int:
-    scale = k.call(
-        f"read scale of deployment {namespace}/{name}",
-        k.apps.read_namespaced_deployment_scale,
-        name,
-        namespace,
-    )
-    return int(scale.spec.replicas or 0)
-
-
-def scale(k: Kube, namespace: str, name: str, replicas: int) -> None:
-    k.call(
-        f"scale deployment {namespace}/{name} to {replicas}",
-        k.apps.patch_namespaced_deployment_scale,
-        name,
-        namespace,
-        {"spec": {"replicas": int(replicas)}},
-    )
 
 
 # -- PVCs ------------------------------------------------------------------------------------------
@@ -397,8 +377,6 @@ __all__ = [
     "create_namespace",
     "delete_namespace",
     "list_deployments",
-    "get_replicas",
-    "scale",
     "list_pvcs",
     "delete_pvc",
     "read_pv",

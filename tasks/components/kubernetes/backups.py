@@ -1,9 +1,11 @@
-"""One Velero backup, what it holds (the inventory), and our record of it in the store."""
+"""One Velero backup, what it holds (the inventory), and our record of it in the store; and the
+safety copy a restore takes of what it is about to overwrite (safety_backup)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -327,3 +329,30 @@ def verify(target: VeleroTarget | None, manifest: Manifest, store: StoreBlock) -
             )
         report["velero_phase"] = phase
     return report
+
+
+def safety_backup(
+    k: Kube, target: VeleroTarget, namespaces: list[str], backup_id: str = "", cluster: bool = False
+) -> str | None:
+    """Before a restore overwrites objects (policy update): a Velero backup of what is there now,
+    kept 7 days, so the overwrite can be rolled back. `cluster`: the restore overwrites
+    cluster-scoped objects too, so they are in the copy. None if there is nothing to copy."""
+    present = [ns for ns in namespaces if kube.namespace_exists(k, ns)]
+    if not present and not cluster:
+        return None
+    name = f"klb-pre-restore-{datetime.now(UTC):%Y%m%dt%H%M%S}-{secrets.token_hex(3)}"
+    metadata = id_metadata(backup_id, {"klb.io/purpose": "pre-restore"})
+    # no namespace present: Velero reads an empty includedNamespaces as all of them, so one that
+    # cannot exist keeps the copy to the cluster-scoped objects
+    spec = BackupSpec(include_namespaces=present or ["klb-none"], include_cluster_resources=cluster or None)
+    body = spec.cr(name, target, timedelta(days=7), metadata)
+    _call(k, f"create Velero backup {name}", "create", "backups", target.namespace, body)
+    cr, done = _wait(k, target, "backups", name, BACKUP_TERMINAL, target.backup_timeout_seconds)
+    if not done or cr["status"]["phase"] != "Completed":
+        raise ComponentFailed(
+            f"the safety backup {name} of {present}{' and the cluster-scoped objects' if cluster else ''} "
+            "before overwriting them did not complete "
+            f"({_status_text(cr)}): nothing was restored"
+        )
+    log.info("safety backup %s of %s (cluster-scoped: %s) taken before overwriting", name, present, cluster)
+    return name

@@ -15,14 +15,10 @@ from blocks.kubernetes import VeleroTarget
 from tasks.components.kubernetes import api as kube
 from tasks.components.kubernetes import claims
 from tasks.components.kubernetes.api import Kube, canonical_resource
+from tasks.components.kubernetes.backups import safety_backup
 from tasks.components.kubernetes.custom import is_custom
 from tasks.components.kubernetes.ports import held_ports, keep_applied_ports, node_port_rules
-from tasks.components.kubernetes.restores import (
-    ExistingResourcePolicy,
-    RestoreOptions,
-    expected_objects,
-    safety_backup,
-)
+from tasks.components.kubernetes.restores import ExistingResourcePolicy, RestoreOptions, expected_objects
 from tasks.components.kubernetes.velero import run_restore
 from tasks.components.kubernetes.written import nothing_written_note
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError, NotFound, target_untouched

@@ -13,11 +13,32 @@ from contextlib import contextmanager
 from kubernetes import client
 
 from blocks.kubernetes import KubernetesTarget
-from tasks.components.kubernetes.api import Kube, connect, get_replicas, list_deployments, scale, wait_for
+from tasks.components.kubernetes.api import Kube, connect, list_deployments, wait_for
 from tasks.errors import BackupError, ConfigurationError
 
 log = logging.getLogger(__name__)
 QUIESCED_ANNOTATION = "klb.io/quiesced-replicas"
+
+
+def get_replicas(k: Kube, namespace: str, name: str) -> int:
+    scale = k.call(
+        f"read scale of deployment {namespace}/{name}",
+        k.apps.read_namespaced_deployment_scale,
+        name,
+        namespace,
+    )
+    return int(scale.spec.replicas or 0)
+
+
+def scale(k: Kube, namespace: str, name: str, replicas: int) -> None:
+    """Through the scale subresource: the flows' RBAC grants patch on deployments/scale."""
+    k.call(
+        f"scale deployment {namespace}/{name} to {replicas}",
+        k.apps.patch_namespaced_deployment_scale,
+        name,
+        namespace,
+        {"spec": {"replicas": int(replicas)}},
+    )
 
 
 def label_selector(dep: client.V1Deployment) -> str:

@@ -8,7 +8,6 @@ import contextlib
 import logging
 import re
 import secrets
-from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -20,20 +19,11 @@ from tasks.components.contract import StrictOptions
 from tasks.components.kubernetes import api as kube
 from tasks.components.kubernetes import claims, custom, written
 from tasks.components.kubernetes.api import Kube, canonical_resource, connect
-from tasks.components.kubernetes.backups import BackupSpec, _kinds, load_document
+from tasks.components.kubernetes.backups import _kinds, load_document, safety_backup
 from tasks.components.kubernetes.discovery import as_kinds, check_resource_names
 from tasks.components.kubernetes.ports import node_port_rules
 from tasks.components.kubernetes.prechecks import check_mapping, refuse_live_targets
-from tasks.components.kubernetes.velero import (
-    BACKUP_TERMINAL,
-    _call,
-    _status_text,
-    _wait,
-    get_backup_cr,
-    id_metadata,
-    preflight,
-    run_restore,
-)
+from tasks.components.kubernetes.velero import get_backup_cr, preflight, run_restore
 from tasks.errors import BackupError, BadInput, ComponentFailed, IntegrityError, target_untouched
 from tasks.models import Manifest
 
@@ -208,7 +198,7 @@ def restore_document(
     except BackupError as exc:
         raise target_untouched(exc) from None
     if options.names:
-        # named.py builds on this module (options, safety backup): imported here, not at the top
+        # named.py builds on this module (its options): imported here, not at the top
         from tasks.components.kubernetes.named import restore_named
 
         return restore_named(k, target, doc, planned, namespaces, kinds, backup_id)
@@ -218,7 +208,8 @@ def restore_document(
     scope = expected_objects(doc, namespaces, kinds, None)
     expected = scope if not options.label_selector else {}
     mapping = options.namespace_mapping
-    before = written.scope_before(k, scope, mapping)
+    merging = namespaces if "serviceaccounts" in kinds else []  # Velero merges those that exist
+    before = written.scope_before(k, scope, mapping, merging)
     spec: dict[str, Any] = {
         "backupName": name,
         "includedNamespaces": namespaces,
@@ -374,30 +365,3 @@ def _tell_written(exc: Exception, k: Kube, restore_name: str | None, *seen: Any)
                 "velero_restore": restore_name,
                 **written.velero_written(k, restore_name, *seen),
             }
-
-
-def safety_backup(
-    k: Kube, target: VeleroTarget, namespaces: list[str], backup_id: str = "", cluster: bool = False
-) -> str | None:
-    """Before a restore overwrites objects (policy update): a Velero backup of what is there now,
-    kept 7 days, so the overwrite can be rolled back. `cluster`: the restore overwrites
-    cluster-scoped objects too, so they are in the copy. None if there is nothing to copy."""
-    present = [ns for ns in namespaces if kube.namespace_exists(k, ns)]
-    if not present and not cluster:
-        return None
-    name = f"klb-pre-restore-{datetime.now(UTC):%Y%m%dt%H%M%S}-{secrets.token_hex(3)}"
-    metadata = id_metadata(backup_id, {"klb.io/purpose": "pre-restore"})
-    # no namespace present: Velero reads an empty includedNamespaces as all of them, so one that
-    # cannot exist keeps the copy to the cluster-scoped objects
-    spec = BackupSpec(include_namespaces=present or ["klb-none"], include_cluster_resources=cluster or None)
-    body = spec.cr(name, target, timedelta(days=7), metadata)
-    _call(k, f"create Velero backup {name}", "create", "backups", target.namespace, body)
-    cr, done = _wait(k, target, "backups", name, BACKUP_TERMINAL, target.backup_timeout_seconds)
-    if not done or cr["status"]["phase"] != "Completed":
-        raise ComponentFailed(
-            f"the safety backup {name} of {present}{' and the cluster-scoped objects' if cluster else ''} "
-            "before overwriting them did not complete "
-            f"({_status_text(cr)}): nothing was restored"
-        )
-    log.info("safety backup %s of %s (cluster-scoped: %s) taken before overwriting", name, present, cluster)
-    return name

@@ -5,23 +5,27 @@ that exists as it is, so a restore whose objects all exist writes nothing; it wa
 The checklist records from this whether the target changed, and a rollback what it may put back.
 
 Velero labels every object it creates or updates with `velero.io/restore-name` (restore.go
-addRestoreLabels), and an object it leaves as it is keeps its own labels. A ServiceAccount it
-merges into the cluster's does not get them (the merge's patch is computed from the in-cluster
-object already given them), so a merge is not seen here. So an object of the restore's
-scope that carries this restore's label was written by it: created if it was not there before,
-overwritten if it was. Seen are the kinds the inventory lists (api.KINDS and custom.py's);
-cluster-scoped objects are not listed, and a restore that may have brought some back says so in
-`created`.
+addRestoreLabels), and an object it leaves as it is keeps its own labels. So an object of the
+restore's scope that carries this restore's label was written by it: created if it was not there
+before, overwritten if it was. A ServiceAccount that exists is merged instead, whatever the policy
+(mergeServiceAccounts), by a patch computed from the in-cluster object already given those labels,
+so it carries none: the ServiceAccounts the restore may merge into (the scope's and each
+namespace's `default`) are read before and after it, and one whose secrets, pull secrets, labels
+or annotations grew is overwritten too, with what was merged in (`merged`). A rollback cannot
+take that away (Velero's merge only adds): it leaves it, and says so. Seen are the kinds the
+inventory lists (api.KINDS and custom.py's); cluster-scoped objects are not listed, and a restore
+that may have brought some back says so in `created`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
 from tasks.components.kubernetes import api as kube
 from tasks.components.kubernetes.api import Kube
-from tasks.errors import BadInput
+from tasks.errors import BadInput, TransientError
 
 RESTORE_NAME = "velero.io/restore-name"
 CLUSTER_SCOPED = "cluster-scoped objects"  # in `created` when the restore may have written some
@@ -33,20 +37,85 @@ class Before:
 
     namespaces: set[str]
     objects: set[str]  # "<target ns>/<plural>/<name>"
+    # "<target ns>/serviceaccounts/<name>" -> what a merge adds to (merge_fields), of those that
+    # existed and the restore may merge into
+    accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def scope_before(k: Kube, scope: dict[str, dict[str, list[str]]], mapping: dict[str, str]) -> Before:
-    """`scope`: source namespace -> kind -> the names the restore may write (the backup's)."""
-    namespaces, objects = set(), set()
-    for ns, kinds in scope.items():
+def scope_before(
+    k: Kube,
+    scope: dict[str, dict[str, list[str]]],
+    mapping: dict[str, str],
+    merging: list[str] | tuple[str, ...] = (),
+) -> Before:
+    """`scope`: source namespace -> kind -> the names the restore may write (the backup's).
+    `merging`: the source namespaces whose ServiceAccounts it restores: the scope's and the
+    `default` one (the cluster's, out of every scope, yet Velero merges the backup's into it)."""
+    namespaces, objects, accounts = set(), set(), {}
+    for ns in sorted(set(scope) | set(merging)):
         dest = mapping.get(ns, ns)
         if not kube.namespace_active(k, dest):  # a Terminating one is made anew: its objects go
             continue
         namespaces.add(dest)
-        for plural, names in kinds.items():
+        for plural, names in scope.get(ns, {}).items():
             there = set(kube.list_names(k, dest, plural))
             objects |= {f"{dest}/{plural}/{n}" for n in names if n in there}
-    return Before(namespaces, objects)
+        if ns in merging:
+            watched = {"default", *scope.get(ns, {}).get("serviceaccounts", [])}
+            accounts |= {
+                f"{dest}/serviceaccounts/{name}": fields
+                for name, fields in _accounts(k, dest).items()
+                if name in watched
+            }
+    return Before(namespaces, objects, accounts)
+
+
+def _accounts(k: Kube, ns: str) -> dict[str, dict[str, Any]]:
+    """name -> merge_fields of the ServiceAccounts in `ns` (whole objects: they name secrets and
+    hold none of their data; raw JSON, compared as the API serves it)."""
+    what = f"list serviceaccounts in {ns}"
+    resp = k.call(what, k.core.list_namespaced_service_account, ns, _preload_content=False)
+    try:
+        items = json.loads(resp.data)["items"] or []
+    except (ValueError, KeyError, TypeError):
+        raise TransientError(f"{what}: the API server sent an unreadable list") from None
+    return {i["metadata"]["name"]: merge_fields(i) for i in items}
+
+
+def merge_fields(account: dict[str, Any]) -> dict[str, Any]:
+    """What Velero's mergeServiceAccounts adds to: secret and pull-secret names, labels and
+    annotations (not the restore's own labels: a merge never writes them)."""
+    meta = account.get("metadata") or {}
+    return {
+        "secrets": [r.get("name") for r in account.get("secrets") or []],
+        "imagePullSecrets": [r.get("name") for r in account.get("imagePullSecrets") or []],
+        "labels": {k: v for k, v in (meta.get("labels") or {}).items() if not k.startswith("velero.io/")},
+        "annotations": dict(meta.get("annotations") or {}),
+    }
+
+
+def merged_in(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What `after` holds that `before` did not: {} when the ServiceAccount was left identical."""
+    added: dict[str, Any] = {}
+    for refs in ("secrets", "imagePullSecrets"):
+        if new := [n for n in after[refs] if n not in before[refs]]:
+            added[refs] = new
+    for part in ("labels", "annotations"):
+        if new := {k: v for k, v in after[part].items() if before[part].get(k) != v}:
+            added[part] = new
+    return added
+
+
+def _merged(k: Kube, before: Before) -> dict[str, dict[str, Any]]:
+    """The ServiceAccounts of `before.accounts` that changed since, with what was merged in."""
+    out: dict[str, dict[str, Any]] = {}
+    for dest in sorted({key.split("/", 1)[0] for key in before.accounts}):
+        now = _accounts(k, dest) if kube.namespace_exists(k, dest) else {}
+        for key, fields in before.accounts.items():
+            name = key.split("/", 2)[2]
+            if key.startswith(f"{dest}/") and name in now and (added := merged_in(fields, now[name])):
+                out[key] = added
+    return out
 
 
 def cluster_scoped_possible(doc: dict[str, Any], spec: dict[str, Any]) -> bool:
@@ -75,9 +144,10 @@ def velero_written(
     scope: dict[str, dict[str, list[str]]],
     mapping: dict[str, str],
     cluster: bool = False,
-) -> dict[str, list[str]]:
+) -> dict[str, Any]:
     """-> {"created": [...], "overwritten": [...]} of a Velero restore named `restore_name` that
-    has ended, from what was there `before` and the restore's label on what is there now."""
+    has ended, from what was there `before` and the restore's label on what is there now; and
+    `merged` (key -> what was added) when it merged into ServiceAccounts that existed."""
     created: list[str] = []
     overwritten: list[str] = []
     selector = f"{RESTORE_NAME}={restore_name}"
@@ -93,12 +163,14 @@ def velero_written(
                 key = f"{dest}/{plural}/{name}"
                 if name in labelled:
                     (overwritten if key in before.objects else created).append(key)
+    merged = _merged(k, before)
+    overwritten += [key for key in merged if key not in overwritten]
     if cluster:
         created.append(
             f"{CLUSTER_SCOPED} of the backup that were missing (CRDs, ClusterRoles, PVs...: not "
             f"listed; `kubectl get <kind> -l {selector}` shows them)"
         )
-    return {"created": created, "overwritten": overwritten}
+    return {"created": created, "overwritten": overwritten, **({"merged": merged} if merged else {})}
 
 
 NOTHING_WRITTEN = "the restore wrote nothing"
@@ -113,17 +185,30 @@ def nothing_written_note(policy: str) -> str:
     )
 
 
-def wrote(report: dict[str, Any] | None) -> dict[str, list[str]] | None:
-    """What a restore that ended with `report` wrote; None when it cannot tell: no report (the
-    restore failed, or its run died), or one from before the report said it."""
+def wrote(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a restore that ended with `report` wrote (and `merged`, when it merged into
+    ServiceAccounts); None when it cannot tell: no report (the restore failed, or its run died),
+    or one from before the report said it."""
     if not report or "created" not in report or "overwritten" not in report:
         return None
-    return {"created": list(report["created"]), "overwritten": list(report["overwritten"])}
+    done = {"created": list(report["created"]), "overwritten": list(report["overwritten"])}
+    return done | ({"merged": dict(report["merged"])} if report.get("merged") else {})
+
+
+def merges_left(done: dict[str, Any] | None) -> list[str]:
+    """What a restore merged into ServiceAccounts, which its rollback leaves: Velero merges a
+    ServiceAccount that exists, whatever the policy, so putting the safety copy back only adds to
+    it and never takes away what the restore added."""
+    merged = (done or {}).get("merged") or {}
+    return [
+        f"{key}: {'; '.join(f'{part} {added[part]}' for part in sorted(added))} merged in by the restore"
+        for key, added in sorted(merged.items())
+    ]
 
 
 def exact_rollback(
     options: dict[str, Any],
-    done: dict[str, list[str]],
+    done: dict[str, Any],
     inventory: dict[str, dict[str, list[str]]],
     safety_id: str,
 ) -> dict[str, Any]:
@@ -152,8 +237,17 @@ def exact_rollback(
             if not picked or name in picked
         }
 
+    merged = merges_left(done)
+    if merged and not set(done["overwritten"]) - set(done["merged"]):
+        raise BadInput(
+            f"the restore only merged into ServiceAccounts that existed ({merged[:20]}); a rollback "
+            "cannot take that away (Velero merges a ServiceAccount that exists whatever the policy, "
+            "so the safety copy would only add to it). Remove by hand what was merged in "
+            "(`kubectl edit serviceaccount -n <namespace> <name>`); nothing was done"
+        )
     scope = reach(options.get("namespaces") or sorted(inventory), kinds, names)
-    wrote = scope & set(done["overwritten"])
+    # not the merged ServiceAccounts: a rollback cannot put them back (merges_left lists them)
+    wrote = scope & (set(done["overwritten"]) - set(done.get("merged") or {}))
     if scope <= wrote:
         return options
     parts = [key.split("/", 2) for key in sorted(wrote)]
