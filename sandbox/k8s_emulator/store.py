@@ -344,6 +344,12 @@ class ObjectStore:
         for hook in self.on_remove:
             hook(res, ns, name, obj)
 
+    def activity(self) -> tuple[int, int, bool]:
+        """Changes the controllers must see: every write bumps the revision or the object count,
+        and a Terminating namespace whose time has come is due for removal."""
+        now = time.monotonic()
+        return self.revision, len(self.objects), any(due <= now for due in self.terminating.values())
+
     def finalize_namespaces(self) -> None:
         """Remove the namespaces whose termination time has come (called by the controller loop)."""
         with self.lock:

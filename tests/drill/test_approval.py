@@ -29,6 +29,7 @@ from blocks.restore_guard import MaintenanceWindow, RestoreGuard
 from flows.backup import backup_component
 from flows.recovery import load_restore_record, restore_with_checklist, rollback_restore
 from tasks.errors import BadInput, IntegrityError
+from tasks.operations import restores
 from tasks.operations.checklist import ITEMS, Refused
 from tasks.operations.plan import action_of
 from tasks.operations.restores import safety_mark
@@ -311,18 +312,28 @@ def test_restore_options_are_checked_before_anything_and_the_form_shows_them(loc
     assert "aside only" in action_of("postgres", restore_options("postgres", {"cut_over": False}))
 
 
-def test_an_approval_given_after_the_window_closed_changes_nothing(local_store, prod):
+def test_an_approval_given_after_the_window_closed_changes_nothing(local_store, prod, monkeypatch):
     store = local_store()
     target = prod.target()
     backup_component("app-state", target=target, store=store)
     prod.file.write_bytes(b"current data\n")
     now = datetime.now(UTC)
-    closes = now + timedelta(seconds=40)
+    closes = now + timedelta(minutes=10)  # open at the checklist's window item, however slow the run
     window = MaintenanceWindow(start=(now - timedelta(minutes=1)).time(), end=closes.time())
     guard = RestoreGuard(require_approval=True, approval_timeout_seconds=300, window=window)
     run = Running(component="app-state", target=target, store=store, guard=guard)
     flow_run = run.paused_run()
-    time.sleep(max(0.0, (closes - datetime.now(UTC)).total_seconds() + 1))
+    # The person answers after the window closed: the clock the restore reads from now on is past
+    # the window's end (waiting it out took 40 s). A time read before the wait is not moved, so a
+    # re-check that reused one would restore, and fail this test, as with a real wait.
+    late = closes + timedelta(seconds=1) - datetime.now(UTC)
+
+    class AfterTheWindow(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.now(tz) + late
+
+    monkeypatch.setattr(restores, "datetime", AfterTheWindow)
     resume_flow_run(flow_run.id, run_input={"decision": "approve", "by": "alice"})
     state = run.wait()
 

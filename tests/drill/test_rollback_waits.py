@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from prefect.flow_runs import resume_flow_run
@@ -82,27 +83,45 @@ def test_a_restore_whose_rollback_was_rolled_back_is_not_said_to_be_rolled_back(
     assert again.status == "rolled back" and again.rolled_back_by == r and prod.restores == 4
 
 
-def test_a_window_that_closed_while_the_safety_backup_ran_changes_nothing(local_store, prod):
+def test_a_window_that_closed_while_the_safety_backup_ran_changes_nothing(local_store, prod, monkeypatch):
     """Before: without approval the window was checked once, before the safety backup; a backup
     that outlasted the window (a big database at 05:59, window ending 06:00) was followed by the
     restore itself, outside the window, in business hours. Checked again right before it now."""
     from datetime import UTC, datetime, timedelta
 
     from blocks.restore_guard import MaintenanceWindow, RestoreGuard
+    from tasks.operations import restores
 
     store = local_store()
     target = prod.target()
     backup_component("app-state", target=target, store=store)
     prod.file.write_bytes(b"current data\n")
-    step = target.steps[0].model_copy(update={"backup_command": ["sh", "-c", 'sleep 30; cat "$PROD"']})
-    slow = target.model_copy(update={"steps": [step]})  # its safety backup outlasts the window
+    # the safety backup runs until the test lets it end, after moving the restore's clock past the
+    # window's end (a backup that really outlasted the window took 30 s here)
+    waits = 'touch "$PROD.started"; until [ -e "$PROD.go" ]; do sleep 0.05; done; cat "$PROD"'
+    step = target.steps[0].model_copy(update={"backup_command": ["sh", "-c", waits]})
+    slow = target.model_copy(update={"steps": [step]})
     now = datetime.now(UTC)
-    start, end = (now - timedelta(minutes=1)).time(), (now + timedelta(seconds=20)).time()
-    window = MaintenanceWindow(start=start, end=end)
+    end = now + timedelta(minutes=10)  # open at the checklist's window item, however slow the run
+    window = MaintenanceWindow(start=(now - timedelta(minutes=1)).time(), end=end.time())
+    guard = RestoreGuard(window=window)
+    run = Running(flow=restore_with_checklist, component="app-state", target=slow, store=store, guard=guard)
+    try:
+        deadline = time.monotonic() + 120
+        while not Path(f"{prod.file}.started").exists():
+            assert run.thread.is_alive() and time.monotonic() < deadline, f"no safety backup: {run.state}"
+            time.sleep(0.05)
+        late = end + timedelta(seconds=1) - datetime.now(UTC)
 
-    state = restore_with_checklist(
-        "app-state", target=slow, store=store, guard=RestoreGuard(window=window), return_state=True
-    )
+        class AfterTheWindow(datetime):
+            @classmethod
+            def now(cls, tz=None):
+                return datetime.now(tz) + late
+
+        monkeypatch.setattr(restores, "datetime", AfterTheWindow)
+    finally:
+        Path(f"{prod.file}.go").touch()
+    state = run.wait()
     assert state.is_failed()
     with pytest.raises(Exception, match="closed while the restore took its safety backup"):
         state.result()
