@@ -29,7 +29,7 @@ from blocks.restore_guard import MaintenanceWindow, RestoreGuard
 from flows.backup import backup_component
 from flows.recovery import load_restore_record, restore_with_checklist, rollback_restore
 from tasks.errors import BadInput, IntegrityError
-from tasks.operations import restores
+from tasks.operations import restore_checklist
 from tasks.operations.checklist import ITEMS, Refused
 from tasks.operations.plan import action_of
 from tasks.operations.restores import safety_mark
@@ -333,7 +333,7 @@ def test_an_approval_given_after_the_window_closed_changes_nothing(local_store, 
         def now(cls, tz=None):
             return datetime.now(tz) + late
 
-    monkeypatch.setattr(restores, "datetime", AfterTheWindow)
+    monkeypatch.setattr(restore_checklist, "datetime", AfterTheWindow)
     resume_flow_run(flow_run.id, run_input={"decision": "approve", "by": "alice"})
     state = run.wait()
 

@@ -90,7 +90,7 @@ def test_a_window_that_closed_while_the_safety_backup_ran_changes_nothing(local_
     from datetime import UTC, datetime, timedelta
 
     from blocks.restore_guard import MaintenanceWindow, RestoreGuard
-    from tasks.operations import restores
+    from tasks.operations import restore_checklist
 
     store = local_store()
     target = prod.target()
@@ -118,7 +118,7 @@ def test_a_window_that_closed_while_the_safety_backup_ran_changes_nothing(local_
             def now(cls, tz=None):
                 return datetime.now(tz) + late
 
-        monkeypatch.setattr(restores, "datetime", AfterTheWindow)
+        monkeypatch.setattr(restore_checklist, "datetime", AfterTheWindow)
     finally:
         Path(f"{prod.file}.go").touch()
     state = run.wait()
