@@ -268,7 +268,10 @@ def rollback_restore(
     """Put back the safety backup a checklist restore took, through the same checklist (its own
     safety backup first, so the rollback can itself be rolled back; approval when the guard asks).
     Only a restore that changed something ('restored' or 'failed') can be rolled back; a second
-    call on a rolled-back restore changes nothing. Returns the original restore's record.
+    call on a rolled-back restore changes nothing. Refused when a later restore into the same
+    target is in force, a write outside the checklist included (restore_component, a DR scenario,
+    rollback_postgres: their records), and for such a write's own record (no safety backup).
+    Returns the original restore's record.
 
     Args:
         restore_id: The restore to undo: its id is in the restore-with-checklist run's result and
