@@ -104,7 +104,15 @@ def run_steps(
             + "; ".join(f"{c}: {why}" for c, why in missed.items())
             + f". The other steps are done; resume with run_id={run_id!r} once that is fixed"
         )
-    return {"dry_run": False, "run_id": run_id, "recovery_point": rp.id, "steps": statuses}
+    # the restore record of each step that wrote (an earlier run's too): what a rollback checks
+    records = {c: o["restore_id"] for c, o in done.items() if c and o.get("restore_id")}
+    return {
+        "dry_run": False,
+        "run_id": run_id,
+        "recovery_point": rp.id,
+        "steps": statuses,
+        "restore_ids": records,
+    }
 
 
 def _step(

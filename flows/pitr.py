@@ -1,6 +1,7 @@
 """Point-in-time recovery.
 
-pitr_postgres      window -> base backup -> NEW instance paused at the target -> verified
+pitr_postgres      window -> base backup -> NEW instance paused at the target -> verified (no
+                   restore record: it writes into no target a rollback could put anything back in)
 promote_pitr       the separate, explicit step that makes that instance writable
 check_wal_archive  archiving configuration + the recoverable window, as an artifact
 pitr_kubernetes    the newest Velero backup at or before the target, restored through restore_component
@@ -254,4 +255,11 @@ def pitr_kubernetes(
     report = restore_component(
         "kubernetes", backup_id=manifest.id, target=target_block, store=store_block, options=options
     )
-    return {**plan, "restore": report, "finished_at": datetime.now(UTC).isoformat()}
+    # restore_component left the restore record (`restore_id`): a rollback of an earlier
+    # checklist restore into this cluster sees it
+    return {
+        **plan,
+        "restore": report,
+        "restore_id": report["restore_id"],
+        "finished_at": datetime.now(UTC).isoformat(),
+    }

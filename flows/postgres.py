@@ -14,12 +14,13 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 
-from flows.common import PostgresRef, StoreRef
+from flows.common import PostgresRef, StoreRef, load_store
 from flows.inputs import number
 from flows.locks import component_lock
 from tasks.components.postgres.common import admin, drop_database
 from tasks.components.postgres.kept_copies import cleanup_task, postgres_target, rollback_task
 from tasks.markdown import fields_table
+from tasks.operations.written_records import recorded_write
 
 
 @flow(name="rollback-postgres")
@@ -27,18 +28,31 @@ def rollback_postgres(
     database: str,
     target: PostgresRef = None,
     rollback_name: str | None = None,
+    store: StoreRef = None,
 ) -> dict[str, Any]:
     """Put back the database the last cut-over replaced (or `rollback_name`). The database it
-    replaces is kept as `<db>__undone_<ts>`, so a rollback can itself be undone.
+    replaces is kept as `<db>__undone_<ts>`, so a rollback can itself be undone. It leaves a
+    restore record in the store (`restore_id`; `backup_id` there is the kept copy swapped in), so
+    a rollback_restore of an earlier checklist restore into this target is refused, not run over it.
 
     Args:
         database: Name of the database.
         target: Name of the component's target block (e.g. 'production'); empty: the default from
             the KLB_*_TARGET setting. From Python, a block object.
         rollback_name: The kept copy to roll back to (from the restore's report); empty: the newest.
+        store: Name of the store block holding the restore records ('klb-s3-store/production' or
+            'production'); empty: $KLB_STORE, else the embedded local store.
     """
+    block, store_block = postgres_target(target), load_store(store)
     with component_lock("postgres"):  # never while a backup or restore of it runs
-        report = rollback_task(postgres_target(target), database, rollback_name)
+        # its restore record: the rollback of an earlier checklist restore into this target would
+        # put that restore's safety backup back over this swap; it sees the record and refuses
+        kept = rollback_name or f"{database}__rollback_<newest>"
+        with recorded_write(store_block, "rollback-postgres", "postgres", kept, block) as write:
+            write.report = {"database": database, "rollback_name": rollback_name}
+            report = rollback_task(block, database, rollback_name)
+            write.record.backup_id, write.report, write.changed = report["restored_from"], report, True
+    report = {**report, "restore_id": write.id}
     get_run_logger().info("rolled back %s to %s", database, report["restored_from"])
     create_markdown_artifact(
         key="rollback-postgres",

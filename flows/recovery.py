@@ -40,6 +40,8 @@ from tasks.operations.restores import (
     load_guard,
     load_restore_record,
     record_key_of,
+    settle,
+    settle_failure,
     target_digest,
 )
 from tasks.operations.rollback_checks import (
@@ -50,7 +52,7 @@ from tasks.operations.rollback_checks import (
 )
 from tasks.operations.scope import backup_and_target
 from tasks.storage.records import put_record
-from tasks.verbs import check_restore, restore_options, restore_task, target_changed, writes_target
+from tasks.verbs import check_restore, restore_options, restore_task
 
 __all__ = [
     "restore_plan",
@@ -159,18 +161,9 @@ def _locked_restore(
     put_record(store, record_key_of(store, record.id), record)
     try:
         record.report = restore_task(manifest, target, store, options)
-        # by its options it may have written nothing (aside only, a plan): 'restored', nothing to
-        # roll back; one that could have written and did not (Velero, policy none, every object
-        # there already) restored nothing, and its record must not say 'restored'
-        record.target_changed = target_changed(record.component, record.options, record.report)
-        wrote_by_options = writes_target(record.component, record.options)
-        record.status = "nothing restored" if wrote_by_options and not record.target_changed else "restored"
+        settle(record)  # 'restored', or 'nothing restored' when it wrote nothing it could have
     except Exception as exc:
-        record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
-        if getattr(exc, "target_untouched", False):  # the component knows it changed nothing
-            record.target_changed = False
-        # what it wrote before it failed, when its component can tell: a rollback puts back that
-        record.report = getattr(exc, "partial_report", None) or record.report
+        settle_failure(record, exc)
         raise
     finally:
         record.finished_at = datetime.now(UTC)
@@ -275,7 +268,10 @@ def rollback_restore(
     """Put back the safety backup a checklist restore took, through the same checklist (its own
     safety backup first, so the rollback can itself be rolled back; approval when the guard asks).
     Only a restore that changed something ('restored' or 'failed') can be rolled back; a second
-    call on a rolled-back restore changes nothing. Returns the original restore's record.
+    call on a rolled-back restore changes nothing. Refused when a later restore into the same
+    target is in force, a write outside the checklist included (restore_component, a DR scenario,
+    rollback_postgres: their records), and for such a write's own record (no safety backup).
+    Returns the original restore's record.
 
     Args:
         restore_id: The restore to undo: its id is in the restore-with-checklist run's result and

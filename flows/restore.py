@@ -1,4 +1,6 @@
-"""Restore flows: verify the backup whole first, then the component's aside/verify/cut-over."""
+"""Restore flows: verify the backup whole first, then the component's aside/verify/cut-over. The
+write leaves a restore record (via restore-component; tasks/operations/written_records.py), so a
+rollback of an earlier checklist restore into the same target does not silently undo it."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from flows.locks import component_lock
 from tasks.components.registry import ComponentName
 from tasks.metrics import tracked
 from tasks.operations.scope import backup_and_target
+from tasks.operations.written_records import recorded_restore
 from tasks.verbs import restore_options, restore_task, target_changed, verify_task, writes_target
 
 
@@ -39,6 +42,9 @@ def restore_component(
             'production'); empty: $KLB_STORE.
         options: Restore options of the component (its RestoreOptions fields, docs/components.md),
             e.g. {"namespaces": ["lambda"], "existing_resource_policy": "update"} for kubernetes.
+
+    Returns the component's report with `backup_id` and `restore_id` (its restore record: no
+    safety backup, so not rolled back with rollback_restore; restore an older backup instead).
     """
     component = ComponentName(component).value
     restore_options(component, options)  # a typo or an empty selection fails before anything
@@ -48,7 +54,8 @@ def restore_component(
         manifest, target_block = backup_and_target(store_block, backup_id, component, target, options)
         with component_lock(component):  # never while a backup of this component runs
             verify_task(manifest, store_block, target_block)
-            report = restore_task(manifest, target_block, store_block, options)
+            with recorded_restore(store_block, "restore-component", manifest, target_block, options) as write:
+                report = write.report = restore_task(manifest, target_block, store_block, options)
         run.gauges["restore_rpo_seconds"] = datetime.now(UTC).timestamp() - manifest.source_time.timestamp()
     title = f"Restore of {component} from {manifest.id}"
     if writes_target(component, options) and not target_changed(component, options, report):
@@ -58,4 +65,4 @@ def restore_component(
     else:
         get_run_logger().info("restored %s from %s", component, manifest.id)
     create_markdown_artifact(key=f"restore-{component}", markdown=f"# {title}\n\n```json\n{report}\n```\n")
-    return {"backup_id": manifest.id, **report}
+    return {"backup_id": manifest.id, "restore_id": write.id, **report}

@@ -3,7 +3,10 @@ corruption (2), data corruption (3), and a partial restore.
 
 Each one verifies the backup it will use before changing anything, and takes a forensic backup
 of the broken state first. Forensic backups are backups of `kubernetes` / `volumes` with the
-label kind=forensic, so that "latest" never picks the broken state for a later restore.
+label kind=forensic, so that "latest" never picks the broken state for a later restore. Each
+write into the target leaves a restore record (its id: `restore_id` in the report;
+tasks/operations/written_records.py), so a rollback of an earlier checklist restore into the same
+target is refused instead of silently undoing it.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from tasks.operations.full_restore import (
 )
 from tasks.operations.plan import build_plan, plan_markdown
 from tasks.operations.scope import backup_for
+from tasks.operations.written_records import recorded_restore
 from tasks.storage.catalog import LATEST
 from tasks.verbs import restore_options, restore_task, target_changed, verify_task
 
@@ -98,16 +102,27 @@ def namespace_corruption(
         doc = velero.load_document(store_block, manifest)
         claims = doc["inventory"][namespace].get("persistentvolumeclaims", [])
         refuse_retained_volumes(target_block, doc, namespace, claims)
+        options = {"namespaces": [namespace]}
         with component_lock("kubernetes"):  # no scheduled backup or other restore in between
             forensic = forensic_backup_task(target_block, store_block, namespace, "kubernetes")
-            delete_namespace_task(target_block, namespace)
-            with _after_deleting(
-                f"namespace {namespace} was deleted",
-                forensic,
-                f"namespace_corruption({namespace!r}, backup_id={manifest.id!r})",
+            with (
+                recorded_restore(store_block, "namespace-corruption", manifest, target_block, options) as w,
+                _after_deleting(
+                    f"namespace {namespace} was deleted",
+                    forensic,
+                    f"namespace_corruption({namespace!r}, backup_id={manifest.id!r})",
+                ),
             ):
-                restored = restore_task(manifest, target_block, store_block, {"namespaces": [namespace]})
-    report = {"namespace": namespace, "backup_id": manifest.id, "forensic_backup": forensic, **restored}
+                delete_namespace_task(target_block, namespace)
+                w.changed = True  # the namespace is gone: the target changed, whatever follows
+                restored = w.report = restore_task(manifest, target_block, store_block, options)
+    report = {
+        "namespace": namespace,
+        "backup_id": manifest.id,
+        "forensic_backup": forensic,
+        "restore_id": w.id,
+        **restored,
+    }
     logger.info("namespace %s restored from %s (forensic backup %s)", namespace, manifest.id, forensic)
     _report("namespace-corruption", f"Namespace {namespace} restored", report)
     return report
@@ -151,6 +166,7 @@ def data_corruption(
     report = {
         "namespace": namespace,
         "backup_id": manifest.id,
+        "restore_id": restored.pop("restore_id"),
         "pvcs": names,
         "forensic_backup": forensic,
         "replicas_restored": replicas,
@@ -164,22 +180,23 @@ def data_corruption(
 def _replace_pvcs(
     store: StoreBlock, target: Any, manifest: Any, namespace: str, names: list[str]
 ) -> tuple[str, dict[str, int], dict[str, Any]]:
-    """A forensic backup, then with the apps quiesced the claims deleted and restored with their data."""
+    """A forensic backup, then with the apps quiesced the claims deleted and restored with their
+    data; the restore's report holds its record's id (`restore_id`)."""
+    options = {"namespaces": [namespace], "resources": PVC_RESOURCES, "restore_pvs": True}
     with component_lock("volumes"):
         # the forensic backup first, while the apps run: file-system backup reads volumes only
         # through running pods (Velero makes no PodVolumeBackup for a pod that is not Running)
         forensic = forensic_backup_task(target, store, namespace, "volumes")
-        with quiesced(target.kube, namespace) as replicas:
+        with (
+            recorded_restore(store, "data-corruption", manifest, target, options) as write,
+            quiesced(target.kube, namespace) as replicas,
+        ):
             delete_pvcs_task(target, namespace, names)
+            write.changed = True  # the claims are gone: the target changed, whatever follows
             again = f"data_corruption({namespace!r}, pvcs={names!r})"
             with _after_deleting(f"claims {names} in {namespace} were deleted", forensic, again):
-                restored = restore_task(
-                    manifest,
-                    target,
-                    store,
-                    {"namespaces": [namespace], "resources": PVC_RESOURCES, "restore_pvs": True},
-                )
-    return forensic, replicas, restored
+                restored = write.report = restore_task(manifest, target, store, options)
+    return forensic, replicas, {**restored, "restore_id": write.id}
 
 
 @flow(name="partial-restore")
@@ -223,8 +240,13 @@ def partial_restore(
     }
     manifest = backup_for(store_block, backup_id, "kubernetes", target_block, options)
     verify_task(manifest, store_block, target_block)
-    with tracked("restore", "kubernetes"), component_lock("kubernetes"):
-        report = {"backup_id": manifest.id, **restore_task(manifest, target_block, store_block, options)}
+    with (
+        tracked("restore", "kubernetes"),
+        component_lock("kubernetes"),
+        recorded_restore(store_block, "partial-restore", manifest, target_block, options) as write,
+    ):
+        write.report = restore_task(manifest, target_block, store_block, options)
+        report = {"backup_id": manifest.id, "restore_id": write.id, **write.report}
     title = f"Partial restore from {manifest.id}"
     if not target_changed("kubernetes", options, report):  # every object there already
         title += ": nothing written"

@@ -17,6 +17,7 @@ from tasks.models import Manifest
 from tasks.operations.plan import DR_STEPS, PLAN_ONLY, RestorePlan, target_label
 from tasks.operations.recovery import RecoveryPoint
 from tasks.operations.restores import target_digest
+from tasks.operations.written_records import Write, recorded_restore
 from tasks.storage.layout import layout
 from tasks.storage.records import get_record
 from tasks.verbs import restore_options, restore_task, verify_task
@@ -227,15 +228,22 @@ def run_step(
     target = load_target(component, targets.get(component))
     if not verified:  # verify_pending read it before the run changed anything
         verify_task(manifest, store, target)
-    if component == "volumes":
-        report = restore_volumes(manifest, target, store, options)
-    else:
-        report = restore_task(manifest, target, store, options)
-    return {"status": "done", "restored": True, "backup_id": manifest.id, "report": report}
+    # its restore record: a rollback of an earlier checklist restore into this target sees it
+    with recorded_restore(store, "full-cluster-restore", manifest, target, options) as write:
+        if component == "volumes":
+            report = write.report = restore_volumes(manifest, target, store, options, write)
+        else:
+            report = write.report = restore_task(manifest, target, store, options)
+    done = {"status": "done", "restored": True, "backup_id": manifest.id, "report": report}
+    return {**done, "restore_id": write.id}
 
 
 def restore_volumes(
-    manifest: Manifest, target: Any, store: StoreBlock, options: dict[str, Any] | None
+    manifest: Manifest,
+    target: Any,
+    store: StoreBlock,
+    options: dict[str, Any] | None,
+    write: Write | None = None,
 ) -> dict[str, Any]:
     """The volumes step: the data of the chosen volumes backup in every claim it holds. The
     kubernetes step before it restored the claims already, with the data of the kubernetes
@@ -279,6 +287,8 @@ def restore_volumes(
             stack.enter_context(quiesced(target.kube, ns))
         for ns, names in existing.items():
             delete_pvcs_task(target, ns, names)
+            if write is not None:  # the claims are gone: its record says changed, whatever follows
+                write.changed = True
         report = restore_task(manifest, target, store, options)
     if existing:
         report["replaced_claims"] = [f"{ns}/{name}" for ns, names in existing.items() for name in names]

@@ -1,7 +1,9 @@
 """Restore records: what one checklist restore (or rollback) did, kept in the store at
 <prefix>/restores/<YYYY-MM-DD>/<restore-id>/record.json, its artifacts, its metrics, and the mark
 on its safety backup (<prefix>/restores/safety-backups/<backup-id>.json: which restore it
-belongs to and how that restore ended)."""
+belongs to and how that restore ended). A write into a target made outside the checklist
+(restore_component, the DR scenarios, rollback_postgres) leaves a record too, with `via` naming
+its flow and no safety backup (written_records.py): a rollback of an earlier restore sees it."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from tasks.named_blocks import load_named
 from tasks.operations.checklist import ChecklistLine, checklist_markdown
 from tasks.storage.layout import layout
 from tasks.storage.records import get_record, put_record
+from tasks.verbs import target_changed, writes_target
 
 Status = Literal["running", "refused", "cancelled", "failed", "restored", "nothing restored", "rolled back"]
 # a restore in one of these states may have changed the target: a rollback puts the safety copy back.
@@ -73,6 +76,31 @@ class RestoreRecord(BaseModel):
     left_in_place: list[str] = Field(
         default_factory=list, description="a rollback: what the restore created or merged that it leaves"
     )
+    via: str | None = Field(
+        default=None,
+        description="the flow that wrote outside the checklist (restore-component, partial-restore, "
+        "rollback-postgres, ...): no safety backup, never rolled back itself; None: a checklist "
+        "restore or rollback",
+    )
+
+
+def settle(record: RestoreRecord) -> None:
+    """Status of a restore that ran to its end, from its options and report: by its options it
+    may have written nothing (aside only, a plan): 'restored', nothing to roll back; one that could
+    have written and did not (Velero, policy none, every object there already) restored nothing,
+    and its record must not say 'restored'."""
+    record.target_changed = target_changed(record.component, record.options, record.report)
+    wrote_by_options = writes_target(record.component, record.options)
+    record.status = "nothing restored" if wrote_by_options and not record.target_changed else "restored"
+
+
+def settle_failure(record: RestoreRecord, exc: BaseException) -> None:
+    """Status of a restore that failed: 'failed', untouched only when its component says so, with
+    what it wrote before it failed when the component can tell (a rollback puts back that)."""
+    record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+    if getattr(exc, "target_untouched", False):
+        record.target_changed = False
+    record.report = getattr(exc, "partial_report", None) or record.report
 
 
 def load_guard(ref: str | RestoreGuard | None) -> RestoreGuard:

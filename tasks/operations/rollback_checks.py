@@ -70,6 +70,13 @@ def check_rollback_allowed(record: RestoreRecord) -> None:
     back what the restore overwrote: one that overwrote nothing (it only created what was
     missing, as a Velero restore with existing_resource_policy none does) has nothing to put
     back, and the safety backup would only undo writes made since to what it never touched."""
+    if record.via:  # restore_component, a DR scenario, rollback_postgres: no checklist, no safety backup
+        raise BadInput(
+            f"restore {record.id} ran outside the checklist ({record.via}): it took no safety backup, so "
+            "there is nothing to roll back to; to undo it, restore an older backup of "
+            f"{record.component} with restore_with_checklist (it takes a safety backup first); "
+            "nothing was done"
+        )
     if record.status == "nothing restored":
         why = (record.report or {}).get("note") or "every object it would restore was there already"
         raise BadInput(
@@ -133,8 +140,10 @@ def _in_force_again(store: StoreBlock, record: RestoreRecord) -> list[RestoreRec
 def check_nothing_later(store: StoreBlock, record: RestoreRecord) -> None:
     """A rollback puts back the state from before `record`: any restore (or rollback) into the
     same target since then would be undone too, without a word, while its record still says
-    'restored'. They are rolled back first, newest first, each by its own id. "Since" is the
-    order in which they held the component lock (order_of), never their ids."""
+    'restored'. They are rolled back first, newest first, each by its own id; a write made outside
+    the checklist (its record's `via`: restore_component, a DR scenario, rollback_postgres) has no
+    safety backup to roll it back with, so the refusal says to restore an older backup instead.
+    "Since" is the order in which they held the component lock (order_of), never their ids."""
     # a record no key of the store signed (forged by a writer of the bucket) is left out, logged:
     # it must not stop the rollback of a real restore (storage/records.py iter_records)
     same = [
@@ -160,10 +169,18 @@ def check_nothing_later(store: StoreBlock, record: RestoreRecord) -> None:
             later[chain[-1].id] = chain[-1]
     if later:
         names = [r.id for r in sorted(later.values(), key=order_of)]  # the newest last
+        said = f"{', '.join(names)} restored {record.component} into the same target after {record.id}"
+        outside = [f"{r.id} ({r.via})" for r in later.values() if r.via]
+        if outside:  # no safety backup: they cannot be rolled back first
+            raise BadInput(
+                f"{said}: rolling {record.id} back would silently undo them too. {', '.join(outside)} "
+                "ran outside the checklist and took no safety backup, so it cannot be rolled back "
+                f"first: to get back the state before {record.id}, restore an older backup of "
+                f"{record.component} with restore_with_checklist; nothing was done"
+            )
         raise BadInput(
-            f"{', '.join(names)} restored {record.component} into the same target after {record.id}: "
-            f"rolling {record.id} back would silently undo them too. Roll back the newest first "
-            f"({names[-1]}), then the others; nothing was done"
+            f"{said}: rolling {record.id} back would silently undo them too. Roll back the newest "
+            f"first ({names[-1]}), then the others; nothing was done"
         )
 
 

@@ -9,6 +9,7 @@ import contextlib
 import pytest
 
 from flows.backup import backup_all
+from flows.recovery import load_restore_record
 from flows.scenarios import full_cluster_restore
 from tasks.errors import BadInput, ComponentFailed
 from tasks.operations.recovery import list_recovery_points
@@ -58,6 +59,9 @@ def test_a_resume_with_other_targets_or_options_is_refused_and_the_same_ones_fin
     # app-state backups have no fingerprint: the verify step says it did not check it
     assert "not verified: app-state" in done["steps"]["verify"]
     assert done["steps"]["verify"] != "done"
+    # the step's write has its restore record: a rollback of an earlier restore into it sees it
+    record = load_restore_record(store, done["restore_ids"]["app-state"])
+    assert (record.via, record.status, record.safety_backup_id) == ("full-cluster-restore", "restored", None)
 
 
 def test_a_component_skipped_as_not_configured_is_restored_by_a_resume_that_configures_it(

@@ -22,7 +22,7 @@ from tasks.components.postgres.common import (
 )
 from tasks.components.postgres.cutover import logical_slots, slots_note, swap
 from tasks.components.registry import load_target
-from tasks.errors import BadInput, NotFound
+from tasks.errors import BadInput, NotFound, target_untouched
 
 
 def postgres_target(ref: str | Block | None) -> PostgresTarget:
@@ -52,16 +52,20 @@ def rollback_task(target: PostgresTarget, database: str, rollback_name: str | No
     )
     if rollback_name:
         if rollback_name not in {n for _, n in copies}:
-            raise NotFound(
-                f"{rollback_name!r} is not a kept copy of {database!r}: kept are {[n for _, n in copies]}"
+            raise target_untouched(  # looked up before anything is swapped: its record says untouched
+                NotFound(
+                    f"{rollback_name!r} is not a kept copy of {database!r}: kept are {[n for _, n in copies]}"
+                )
             )
         chosen = rollback_name
     elif copies:
         chosen = copies[-1][1]
     else:
-        raise NotFound(
-            f"no kept copy of {database!r} on {target.host}:{target.port} (a cut-over keeps one as "
-            f"'{database}__rollback_<time>' until cleanup removes it)"
+        raise target_untouched(
+            NotFound(
+                f"no kept copy of {database!r} on {target.host}:{target.port} (a cut-over keeps one as "
+                f"'{database}__rollback_<time>' until cleanup removes it)"
+            )
         )
     report = swap(target, chosen, database, aside_name(database, "undone"))
     return {"restored_from": chosen, **report}
