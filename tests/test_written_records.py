@@ -13,6 +13,7 @@ from flows.recovery import load_restore_record, restore_with_checklist, rollback
 from flows.scenarios import namespace_corruption
 from tasks.components.postgres.common import parse_aside
 from tasks.errors import BadInput
+from tasks.operations.plan import restore_history
 from tests.k8s_helpers import configmap, seed_namespaces, seed_settings, set_configmap
 from tests.pg_helpers import db_names, drop, exec_in, make_db, new_name, state, target_for
 
@@ -73,6 +74,8 @@ def test_a_rollback_postgres_after_a_checklist_restore_blocks_its_rollback(postg
         assert state(target, db) == in_place
         written = load_restore_record(store, b["restore_id"])
         assert written.backup_id == b["restored_from"] and written.target_changed is True
+        # A's load is a sample of how long a postgres restore takes; B's swap (a rename) is not
+        assert len(restore_history(store)["postgres"]) == 1
     finally:
         kept = [d for d in db_names(admin_target) if (p := parse_aside(d)) and p[0] == db]
         drop(admin_target, db, *kept)

@@ -166,6 +166,9 @@ def restore_history(store: StoreBlock) -> dict[str, list[Sample]]:
     """(seconds, bytes) of past restores and drills of each component, oldest first."""
     out: dict[str, list[tuple[datetime, Sample]]] = {}
     for _, rec in iter_records(store, RESTORES, "/" + RESTORE_RECORD):
+        # a rollback_postgres swap (a rename, under a second) says nothing of how long a load takes
+        if rec.get("via") == "rollback-postgres":
+            continue
         if rec.get("status") in ("restored", "rolled back") and rec.get("duration_seconds") is not None:
             sample = (float(rec["duration_seconds"]), rec.get("size"))
             out.setdefault(rec["component"], []).append((_when(rec.get("started_at")), sample))
