@@ -1,0 +1,111 @@
+"""A backup of kubernetes or volumes never captures what a running restore or DR scenario made on
+purpose (apps scaled to zero, claims or a namespace deleted, claims restored empty), and so never
+becomes `latest` from it: the two components share one lock (flows/locks.py)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import contextmanager
+
+import pytest
+
+from flows.backup import backup_component
+from flows.locks import component_lock, lock_name
+from tasks.errors import TransientError
+from tasks.storage.catalog import get_backup
+from tests.k8s_helpers import seed_namespaces
+
+
+class InThread:
+    """`fn()` in a thread of its own, as another run would be (its result or its exception)."""
+
+    def __init__(self, fn):
+        self.result = self.error = None
+        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn) -> None:
+        try:
+            self.result = fn()
+        except BaseException as exc:  # handed to the test
+            self.error = exc
+
+    def wait(self):
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+@contextmanager
+def lock_waits_logged():
+    """An event set when a run logs that it waits for a component lock."""
+    waiting = threading.Event()
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("waiting for lock klb-component-"):
+                waiting.set()
+
+    handler, logger = Seen(), logging.getLogger("prefect.flow_runs")
+    logger.addHandler(handler)
+    try:
+        yield waiting
+    finally:
+        logger.removeHandler(handler)
+
+
+@pytest.mark.parametrize(("holder", "other"), [("kubernetes", "volumes"), ("volumes", "kubernetes")])
+def test_kubernetes_and_volumes_take_one_lock(prefect_server, holder, other):
+    """namespace_corruption holds the kubernetes lock while it deletes a namespace with its claims
+    (a volumes backup then held none of them); data_corruption holds the volumes lock while the
+    apps are at zero. Before, these were two locks and the other backup ran in between."""
+    assert lock_name(holder) == lock_name(other)
+    with component_lock(holder, timeout_seconds=30):
+        other_run = InThread(lambda: component_lock(other, timeout_seconds=1).__enter__())
+        with pytest.raises(TransientError, match="another backup/restore of kubernetes or volumes"):
+            other_run.wait()
+
+
+def test_a_kubernetes_backup_started_while_data_corruption_holds_the_apps_at_zero_waits_for_them(
+    prefect_server, kube_api, ctl, local_store, monkeypatch
+):
+    """data_corruption scales the namespace's apps to zero and deletes its claims holding only the
+    volumes lock: a scheduled kubernetes backup in that time captured Deployments with 0 replicas,
+    verified and became `latest` (a later restore of `latest` brought the apps back at zero). Now
+    it waits for the scenario to end, says so in its log, then captures the apps as they are."""
+    import flows.scenarios as scenarios
+    from flows.scenarios import data_corruption
+    from tasks.components.kubernetes import api as kube
+    from tests.k8s_helpers import k8s
+
+    (ns,) = seed_namespaces(ctl, "lambda")
+    target, store = kube_api.velero_target(include_namespaces=[ns]), local_store()
+    backup_component("volumes", target=target, store=store)
+    ctl.volumes[(ns, "data")] = "corrupted"
+    real_quiesced, started = scenarios.quiesced, []
+
+    @contextmanager
+    def quiesced_then_a_backup(kube_target, namespace):
+        with real_quiesced(kube_target, namespace) as replicas:
+            at_zero = {d.metadata.name: d.spec.replicas for d in kube.list_deployments(k8s(kube_api), ns)}
+            assert at_zero == {"api": 0, "worker": 0, "cron": 0}
+            started.append(InThread(lambda: backup_component("kubernetes", target=target, store=store)))
+            # the scenario goes on once the backup waits for the lock (or, before, had ended)
+            while started[0].thread.is_alive() and not waiting.wait(0.1):
+                pass
+            yield replicas
+
+    monkeypatch.setattr(scenarios, "quiesced", quiesced_then_a_backup)
+    with lock_waits_logged() as waiting:
+        data_corruption(ns, target=target, store=store)
+        backup = started[0].wait()
+    velero_name = get_backup(store, backup.id).engine["velero_backup"]
+    captured = {
+        obj["metadata"]["name"]: obj["spec"]["replicas"]
+        for res, obj in ctl.snapshots[velero_name].items
+        if res.plural == "deployments" and obj["metadata"]["namespace"] == ns
+    }
+    assert captured == {"api": 2, "worker": 5, "cron": 1}  # before: all 0
+    assert waiting.is_set()  # its log said it waited, and for which lock
