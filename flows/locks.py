@@ -23,6 +23,13 @@ concurrent mode still serialises backups whose namespaces overlap). Their schedu
 (backup-table.yaml: kubernetes at :15 every 2 h, volumes at 03:00) meet only when a volumes backup
 runs past 04:15 (or a kubernetes one past 03:00): the later one then waits, logged, as above.
 
+A full-cluster restore holds the Kubernetes group from its first step to its last
+(held_through): between its kubernetes and volumes steps the claims exist, empty or with the
+kubernetes backup's data, and a volumes backup there verified and became `latest`. Its steps take
+the group again (component_lock) without a second slot, which with one slot would wait for
+itself; only a hold made with held_through is entered again so, and only by its own thread: a
+component_lock inside a component_lock of the same group still waits (another run's, in tests).
+
 A run that has to wait says so in its log: which lock, who holds it, and how long it may wait.
 
 A crashed holder (its process killed, its machine gone) frees the slot by itself within about a
@@ -113,11 +120,18 @@ def wait_seconds() -> float:
     return float(os.environ.get("KLB_COMPONENT_LOCK_WAIT_SECONDS", DEFAULT_WAIT_SECONDS))
 
 
+_through = threading.local()  # names of the locks this thread holds through held_through
+
+
 @contextmanager
 def component_lock(component: str, timeout_seconds: float | None = None) -> Iterator[None]:
-    """Hold the component's slot for the block; wait up to `timeout_seconds` for it."""
+    """Hold the component's slot for the block; wait up to `timeout_seconds` for it. Inside
+    held_through of its group, in the same thread: entered at once, no second slot."""
     component = str(component)
     name = lock_name(component)
+    if name in getattr(_through, "names", ()):
+        yield
+        return
     _same_api_as_last_time()
     taken = ensure_component_limit(component)
     members = sharing(component)
@@ -125,6 +139,25 @@ def component_lock(component: str, timeout_seconds: float | None = None) -> Iter
     where = "the runs tagged " + " or ".join(f"component:{m}" for m in members)
     with _held(name, timeout_seconds, busy, where, taken):
         yield
+
+
+@contextmanager
+def held_through(component: str, timeout_seconds: float | None = None) -> Iterator[None]:
+    """component_lock for a run of steps that each take the same lock again (a full-cluster
+    restore): held from the first to the last, never free in between."""
+    name = lock_name(str(component))
+    with component_lock(component, timeout_seconds):
+        names = getattr(_through, "names", None)
+        if names is None:
+            names = _through.names = set()
+        if name in names:  # within a held_through of its own: the outer one ends it
+            yield
+            return
+        names.add(name)
+        try:
+            yield
+        finally:
+            names.discard(name)
 
 
 @contextmanager

@@ -109,3 +109,43 @@ def test_a_kubernetes_backup_started_while_data_corruption_holds_the_apps_at_zer
     }
     assert captured == {"api": 2, "worker": 5, "cron": 1}  # before: all 0
     assert waiting.is_set()  # its log said it waited, and for which lock
+
+
+def test_no_volumes_backup_between_the_kubernetes_and_volumes_steps_of_a_full_cluster_restore(
+    prefect_server, kube_api, ctl, local_store, monkeypatch
+):
+    """The kubernetes step restores the claims (empty, or with the kubernetes backup's data) and
+    the volumes step then replaces them with the volumes backup's data; each step took its lock
+    only for itself, so a volumes backup between the two captured the empty claims, verified and
+    became `latest`. The run holds the lock from its first step to its last now."""
+    import flows.full_cluster_steps as steps
+    from flows.backup import backup_all
+    from flows.scenarios import full_cluster_restore
+    from tasks.components.kubernetes import api as kube
+    from tests.k8s_helpers import k8s
+
+    (ns,) = seed_namespaces(ctl, "vol")
+    target, store = kube_api.velero_target(include_namespaces=[ns]), local_store()
+    targets = {"kubernetes": target, "volumes": target}
+    backup_all(components=["kubernetes", "volumes"], targets=targets, store=store)
+    kube.delete_namespace(k8s(kube_api), ns, interval=0.01)  # the cluster is lost
+    real_step_key, between = steps.step_key, []
+
+    def try_the_lock() -> str:
+        with component_lock("volumes", timeout_seconds=1):
+            return "a volumes backup could run here"
+
+    def step_key(store_block, run_id, index, step):
+        if step == "volumes":  # the kubernetes step is done, the volumes step not begun
+            attempt = InThread(try_the_lock)  # another run: a scheduled volumes backup
+            try:
+                between.append(attempt.wait())
+            except TransientError as exc:  # it waited: the run holds the lock
+                between.append(str(exc))
+        return real_step_key(store_block, run_id, index, step)
+
+    monkeypatch.setattr(steps, "step_key", step_key)
+    result = full_cluster_restore(targets=targets, store=store, dry_run=False)
+    assert result["steps"]["volumes"] == "done"
+    assert len(between) == 1
+    assert "another backup/restore of kubernetes or volumes held klb-component-kubernetes" in between[0]
