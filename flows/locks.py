@@ -30,6 +30,10 @@ the group again (component_lock) without a second slot, which with one slot woul
 itself; only a hold made with held_through is entered again so, and only by its own thread: a
 component_lock inside a component_lock of the same group still waits (another run's, in tests).
 
+A restore that scales apps to zero for another component (postgres's quiesce_namespace) holds
+the Kubernetes group too, taken first (component_lock's options): the one order in which any flow
+holds two groups.
+
 A run that has to wait says so in its log: which lock, who holds it, and how long it may wait.
 
 A crashed holder (its process killed, its machine gone) frees the slot by itself within about a
@@ -46,6 +50,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from typing import Any
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
@@ -124,10 +129,28 @@ _through = threading.local()  # names of the locks this thread holds through hel
 
 
 @contextmanager
-def component_lock(component: str, timeout_seconds: float | None = None) -> Iterator[None]:
+def component_lock(
+    component: str, timeout_seconds: float | None = None, options: Any = None
+) -> Iterator[None]:
     """Hold the component's slot for the block; wait up to `timeout_seconds` for it. Inside
-    held_through of its group, in the same thread: entered at once, no second slot."""
+    held_through of its group, in the same thread: entered at once, no second slot.
+
+    `options`: a restore's options. One that scales a namespace's apps to zero (postgres's
+    quiesce_namespace) holds the Kubernetes group too: a kubernetes backup in that window
+    captured Deployments at 0 replicas and became `latest`. Two groups are always taken in one
+    order, the Kubernetes group first (as a full-cluster restore does around its databases step),
+    and no flow takes it while holding another group: no two runs wait for each other."""
     component = str(component)
+    if scales_apps(options) and lock_name(component) != lock_name("kubernetes"):
+        with _one_lock("kubernetes", timeout_seconds), _one_lock(component, timeout_seconds):
+            yield
+    else:
+        with _one_lock(component, timeout_seconds):
+            yield
+
+
+@contextmanager
+def _one_lock(component: str, timeout_seconds: float | None) -> Iterator[None]:
     name = lock_name(component)
     if name in getattr(_through, "names", ()):
         yield
@@ -139,6 +162,17 @@ def component_lock(component: str, timeout_seconds: float | None = None) -> Iter
     where = "the runs tagged " + " or ".join(f"component:{m}" for m in members)
     with _held(name, timeout_seconds, busy, where, taken):
         yield
+
+
+QUIESCE_OPTION = "quiesce_namespace"  # a restore option that scales a namespace's apps to zero
+
+
+def scales_apps(options: Any) -> bool:
+    """Whether a restore with these options scales a namespace's apps to zero for its duration."""
+    value = (
+        options.get(QUIESCE_OPTION) if isinstance(options, dict) else getattr(options, QUIESCE_OPTION, None)
+    )
+    return bool(value)
 
 
 @contextmanager

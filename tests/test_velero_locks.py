@@ -149,3 +149,58 @@ def test_no_volumes_backup_between_the_kubernetes_and_volumes_steps_of_a_full_cl
     assert result["steps"]["volumes"] == "done"
     assert len(between) == 1
     assert "another backup/restore of kubernetes or volumes held klb-component-kubernetes" in between[0]
+
+
+def test_a_postgres_restore_that_scales_the_apps_to_zero_keeps_kubernetes_backups_out(
+    prefect_server, postgres, kube_api, local_store, monkeypatch
+):
+    """restore_component("postgres", options={"quiesce_namespace": ...}) scales the namespace's
+    apps to zero around the restore holding only the postgres lock: a kubernetes backup in that
+    window captured Deployments at 0 replicas. It holds the Kubernetes lock too now (taken first)."""
+    import secrets
+
+    import tasks.components.kubernetes.quiesce as quiesce
+    import tasks.components.postgres as pg
+    from flows.restore import restore_component
+    from tasks.storage.session import backup_session
+    from tests.pg_helpers import db_names, drop, make_db, new_name, target_for
+
+    name = new_name()
+    admin = target_for(postgres)
+    make_db(admin, name)
+    target, store = target_for(postgres, databases=[name]), local_store()
+    with backup_session(store, "postgres") as session:
+        pg.backup(target, session)
+        session.commit()
+    ns, block = "lambda-" + secrets.token_hex(3), "kube-" + secrets.token_hex(3)
+    kube_api.controller.seed_namespace(ns)
+    kube_api.controller.seed_deployment(ns, "api", 2)
+    kube_api.target().save(block)
+    real_quiesced, in_window = quiesce.quiesced, []
+
+    def try_the_lock() -> str:
+        with component_lock("kubernetes", timeout_seconds=1):
+            return "a kubernetes backup could run here"
+
+    @contextmanager
+    def quiesced(kube_target, namespace, *args, **kwargs):
+        with real_quiesced(kube_target, namespace, *args, **kwargs) as replicas:
+            try:  # another run: a scheduled kubernetes backup
+                in_window.append(InThread(try_the_lock).wait())
+            except TransientError as exc:  # it waited: the restore holds the lock
+                in_window.append(str(exc))
+            yield replicas
+
+    monkeypatch.setattr(quiesce, "quiesced", quiesced)
+    try:
+        restore_component(
+            "postgres",
+            backup_id=session.manifest.id,
+            target=target,
+            store=store,
+            options={"quiesce_namespace": ns, "kube_block": block},
+        )
+    finally:
+        drop(admin, *[d for d in db_names(admin) if d == name or d.startswith(name + "__")])
+    assert len(in_window) == 1
+    assert "another backup/restore of kubernetes or volumes held klb-component-kubernetes" in in_window[0]
