@@ -38,6 +38,22 @@ class InThread:
         return self.result
 
 
+WAITED = "another backup/restore of kubernetes or volumes held klb-component-kubernetes"
+
+
+def another_run_takes(component: str) -> str:
+    """What another run (a backup of `component`) gets now: the lock, or the error of its wait."""
+
+    def take() -> str:
+        with component_lock(component, timeout_seconds=1):
+            return f"the {component} lock was free"
+
+    try:
+        return InThread(take).wait()
+    except TransientError as exc:
+        return str(exc)
+
+
 @contextmanager
 def lock_waits_logged():
     """An event set when a run logs that it waits for a component lock."""
@@ -131,24 +147,15 @@ def test_no_volumes_backup_between_the_kubernetes_and_volumes_steps_of_a_full_cl
     kube.delete_namespace(k8s(kube_api), ns, interval=0.01)  # the cluster is lost
     real_step_key, between = steps.step_key, []
 
-    def try_the_lock() -> str:
-        with component_lock("volumes", timeout_seconds=1):
-            return "a volumes backup could run here"
-
     def step_key(store_block, run_id, index, step):
         if step == "volumes":  # the kubernetes step is done, the volumes step not begun
-            attempt = InThread(try_the_lock)  # another run: a scheduled volumes backup
-            try:
-                between.append(attempt.wait())
-            except TransientError as exc:  # it waited: the run holds the lock
-                between.append(str(exc))
+            between.append(another_run_takes("volumes"))  # a scheduled volumes backup
         return real_step_key(store_block, run_id, index, step)
 
     monkeypatch.setattr(steps, "step_key", step_key)
     result = full_cluster_restore(targets=targets, store=store, dry_run=False)
     assert result["steps"]["volumes"] == "done"
-    assert len(between) == 1
-    assert "another backup/restore of kubernetes or volumes held klb-component-kubernetes" in between[0]
+    assert len(between) == 1 and WAITED in between[0]
 
 
 def test_a_postgres_restore_that_scales_the_apps_to_zero_keeps_kubernetes_backups_out(
@@ -178,17 +185,10 @@ def test_a_postgres_restore_that_scales_the_apps_to_zero_keeps_kubernetes_backup
     kube_api.target().save(block)
     real_quiesced, in_window = quiesce.quiesced, []
 
-    def try_the_lock() -> str:
-        with component_lock("kubernetes", timeout_seconds=1):
-            return "a kubernetes backup could run here"
-
     @contextmanager
     def quiesced(kube_target, namespace, *args, **kwargs):
         with real_quiesced(kube_target, namespace, *args, **kwargs) as replicas:
-            try:  # another run: a scheduled kubernetes backup
-                in_window.append(InThread(try_the_lock).wait())
-            except TransientError as exc:  # it waited: the restore holds the lock
-                in_window.append(str(exc))
+            in_window.append(another_run_takes("kubernetes"))  # a scheduled kubernetes backup
             yield replicas
 
     monkeypatch.setattr(quiesce, "quiesced", quiesced)
@@ -202,5 +202,28 @@ def test_a_postgres_restore_that_scales_the_apps_to_zero_keeps_kubernetes_backup
         )
     finally:
         drop(admin, *[d for d in db_names(admin) if d == name or d.startswith(name + "__")])
-    assert len(in_window) == 1
-    assert "another backup/restore of kubernetes or volumes held klb-component-kubernetes" in in_window[0]
+    assert len(in_window) == 1 and WAITED in in_window[0]
+
+
+def test_a_kubernetes_drill_keeps_backups_out_of_its_drill_namespaces(
+    prefect_server, kube_api, ctl, local_store, monkeypatch
+):
+    """The drill restores a kubernetes backup into `restore-drill-*` namespaces of the live
+    cluster with the apps at 0 replicas, taking no lock: a kubernetes or volumes backup of every
+    namespace in that time kept the drill's copy. The drill of kubernetes or volumes holds their
+    lock now."""
+    import tasks.components.kubernetes as velero
+    from flows.drill import restore_drill
+
+    (ns,) = seed_namespaces(ctl, "lambda")
+    target, store = kube_api.velero_target(include_namespaces=[ns]), local_store()
+    backup_component("kubernetes", target=target, store=store)
+    real_drill, in_drill = velero.drill, []
+
+    def drill(*args, **kwargs):
+        in_drill.append(another_run_takes("volumes"))  # a scheduled volumes backup
+        return real_drill(*args, **kwargs)
+
+    monkeypatch.setattr(velero, "drill", drill)
+    restore_drill(components=["kubernetes"], targets={"kubernetes": target}, store=store)
+    assert len(in_drill) == 1 and WAITED in in_drill[0]
