@@ -15,13 +15,15 @@ changes the cluster for one of them changes what the other's backup reads: data_
 scales the apps to zero and deletes claims (a kubernetes backup then held Deployments at 0
 replicas, verified, and became `latest`), namespace_corruption deletes a namespace with its
 claims (a volumes backup then held none of them), a full-cluster restore makes the claims empty
-before its volumes step fills them. Two locks would mean every such operation takes both, in one
-order everywhere; one lock gives the same exclusion with no order to keep. The price is that a
-kubernetes and a volumes backup never run together; they are Velero backups of the same
-namespaces on the same Velero server, which runs one backup at a time anyway (before 1.18; its
-concurrent mode still serialises backups whose namespaces overlap). Their schedules
+before its volumes step fills them, a drill of either restores into `restore-drill-*` namespaces
+of the live cluster with the apps at 0 (flows/drill.py holds the lock for it). Two locks would
+mean every such operation takes both, in one order everywhere; one lock gives the same exclusion
+with no order to keep. The price is that a kubernetes and a volumes backup never run together;
+they are Velero backups of the same namespaces on the same Velero server, which runs one backup
+at a time anyway (before 1.18; its concurrent mode still serialises backups whose namespaces
+overlap). Their schedules
 (backup-table.yaml: kubernetes at :15 every 2 h, volumes at 03:00) meet only when a volumes backup
-runs past 04:15 (or a kubernetes one past 03:00): the later one then waits, logged, as above.
+runs past 04:15 (or a kubernetes one past 03:00): the later one then waits, and logs it (below).
 
 A full-cluster restore holds the Kubernetes group from its first step to its last
 (held_through): between its kubernetes and volumes steps the claims exist, empty or with the
