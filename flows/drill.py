@@ -12,6 +12,7 @@ in tasks/operations/drill_run.py.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -22,6 +23,7 @@ from prefect.states import Completed
 from flows.common import StoreRef, TargetBlock, load_store
 from flows.inputs import MAX_HOURS, component_names, positive
 from flows.inputs import per_component as per_component_of
+from flows.locks import component_lock, lock_name
 from tasks.components.registry import SPECS, ComponentName
 from tasks.errors import BackupError, BadInput, NotFound
 from tasks.metrics import record_drill
@@ -42,6 +44,16 @@ from tasks.operations.drills import (
 from tasks.operations.plan import ORDER
 
 __all__ = ["restore_drill", "drill_report_text", "last_drill_report", "DrillFailed"]
+
+
+def _in_cluster_lock(component: str) -> contextlib.AbstractContextManager:
+    """A drill of kubernetes or volumes restores into the live cluster (`restore-drill-*`
+    namespaces, apps at 0 replicas, their claims): a kubernetes or volumes backup of every
+    namespace in that time kept the drill's copy, and a restore of it brought that copy back. It
+    holds their lock (flows/locks.py); the other components drill aside, outside production."""
+    if lock_name(component) == lock_name("kubernetes"):
+        return component_lock(component)
+    return contextlib.nullcontext()
 
 
 class DrillFailed(BackupError):
@@ -124,21 +136,22 @@ def restore_drill(
     results = []
     for name in names:
         try:
-            results.append(
-                drill_component(
-                    name,
-                    explicit,
-                    (targets or {}).get(name),
-                    store_block,
-                    drill_id,
-                    started,
-                    timedelta(hours=rpo_window_hours),
-                    rp,
-                    checks,
-                    fail_on_production_change,
-                    per_component.get(name, rpo_target_hours),
+            with _in_cluster_lock(name):
+                results.append(
+                    drill_component(
+                        name,
+                        explicit,
+                        (targets or {}).get(name),
+                        store_block,
+                        drill_id,
+                        started,
+                        timedelta(hours=rpo_window_hours),
+                        rp,
+                        checks,
+                        fail_on_production_change,
+                        per_component.get(name, rpo_target_hours),
+                    )
                 )
-            )
         except Exception as exc:  # one component's surprise must not cost the others their drill
             logger.exception("drill of %s failed unexpectedly", name)
             results.append(

@@ -116,7 +116,8 @@ def _checked_restore(
     and options to restore; `then(record)`, still under the lock, follows a restore that ran
     (a rollback marks the restore it undid). The record is finished (stored, artifact, metrics)
     however it ends; a cancellation ends the run Cancelled."""
-    with component_lock(record.component):  # never while a backup or restore of it runs
+    # never while a backup or restore of it runs (nor of kubernetes, when it scales apps)
+    with component_lock(record.component, options=record.options):
         if decide is not None:
             manifest, options = decide()
         outcome = _locked_restore(record, manifest, store, target, guard, checklist, options)

@@ -52,7 +52,8 @@ def restore_component(
         store_block = load_store(store)
         # 'latest' is the newest backup covering what is asked for, never a narrower one
         manifest, target_block = backup_and_target(store_block, backup_id, component, target, options)
-        with component_lock(component):  # never while a backup of this component runs
+        # never while a backup of this component runs (nor of kubernetes, when it scales apps)
+        with component_lock(component, options=options):
             verify_task(manifest, store_block, target_block)
             with recorded_restore(store_block, "restore-component", manifest, target_block, options) as write:
                 report = write.report = restore_task(manifest, target_block, store_block, options)

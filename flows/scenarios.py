@@ -23,7 +23,7 @@ from blocks.store import StoreBlock
 from flows.common import StoreRef, TargetBlock, VeleroRef, load_store
 from flows.full_cluster_steps import run_steps
 from flows.inputs import per_component
-from flows.locks import component_lock, full_restore_lock
+from flows.locks import component_lock, full_restore_lock, held_through
 from tasks.components import kubernetes as velero
 from tasks.components.kubernetes import ExistingResourcePolicy
 from tasks.components.kubernetes.quiesce import quiesced
@@ -308,5 +308,7 @@ def full_cluster_restore(
     )
     if dry_run:
         return {"dry_run": True, "recovery_point": plan.source, "plan": plan.model_dump(mode="json")}
-    with full_restore_lock():  # one run at a time: its steps never interleave with another's
+    # one run at a time: its steps never interleave with another's; and no kubernetes or volumes
+    # backup between its steps (claims empty until the volumes step, apps quiesced in it)
+    with full_restore_lock(), held_through("kubernetes"):
         return run_steps(store_block, plan, run, run_id, settings, targets, options)

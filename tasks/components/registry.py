@@ -61,11 +61,14 @@ SPECS: dict[str, ComponentSpec] = {
             velero_owned=True,
             kinds=EVERY_KIND,
         ),
+        # one lock with kubernetes: what a restore or DR scenario of either does to the cluster
+        # (apps scaled to 0, claims or namespaces deleted, claims restored empty) is what the
+        # other's backup would capture and make `latest` (flows/locks.py says why one, not two)
         ComponentSpec(
             "volumes",
             "tasks.components.volumes",
             "klb-velero-target",
-            lock_group="volumes",
+            lock_group="kubernetes",
             dr_step="volumes",
             velero_owned=True,
             kinds=EVERY_KIND,
