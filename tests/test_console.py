@@ -195,6 +195,7 @@ def test_backup_restore_drill_and_plan_run_here(saved, store, capsys):
 
     code, lines, _ = klb(capsys, "restore", "app-state", backup_id, "--target", saved["target"], "--yes")
     assert code == OK and lines[1] == f"restored app-state from {backup_id}"
+    assert lines[2].startswith("restore record: restore-")
     assert files(saved["dest"]) == files(saved["src"])
 
     os.environ["KLB_APP_STATE_TARGET"] = saved["target"]  # the drill uses the default target

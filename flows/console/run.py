@@ -129,7 +129,8 @@ def restore(
         unchanged = " (the target was not changed)" if getattr(exc, "target_untouched", False) else ""
         return f"restore of {component} FAILED{unchanged}: {exc or r.message or r.name}", False
     res = r.result()
-    return f"restored {component} from {res['backup_id']}", True
+    # its restore record: what `klb` and a rollback of an earlier checklist restore will see
+    return f"restored {component} from {res['backup_id']}\nrestore record: {res['restore_id']}", True
 
 
 def drill(store_ref: str | None, components: list[str] | None) -> tuple[str, bool]:
