@@ -13,7 +13,7 @@ import tasks.components.postgres as pg
 from tasks.components.postgres import table_parts
 from tasks.components.postgres.common import connect, engine_env, tool
 from tasks.components.postgres.fingerprint import V3, algorithm_for, fingerprint, table_fingerprint
-from tasks.errors import IntegrityError, NotFound
+from tasks.errors import ComponentFailed, IntegrityError, NotFound
 from tasks.proc import run
 from tests.pg_helpers import db_names, drop, dump_lines, exec_in, make_db, new_name, scalar, state, target_for
 from tests.test_postgres import take_backup
@@ -315,3 +315,31 @@ def test_binary_copy_is_only_for_the_built_in_types_it_names(postgres):
     with connect(target_for(postgres), "postgres") as conn:
         found = {name: (oid, array) for name, oid, array in conn.execute(query, (scalars,))}
     assert found == table_parts.BINARY_TYPES
+
+
+def test_a_text_part_cut_short_by_an_end_of_data_marker_or_failing_its_copy_is_refused(postgres):
+    """A text COPY stops silently at an end-of-data marker (backslash-period, alone on its line
+    or after a row's data) and drops the rest: loading a part counts its rows against its lines
+    and refuses it. A COPY the server rejects fails naming the part; a good one loads whole."""
+    admin_target, db = target_for(postgres), new_name()
+    make_db(admin_target, db, rows=10)
+    exec_in(admin_target, db, "CREATE TABLE public.t (a int, b text)")
+    settings = list(table_parts._exact("UTF8"))
+
+    def load(chunks: list[bytes]) -> int:
+        consume = table_parts._copy_in(
+            admin_target, db, settings, "COPY public.t (a, b) FROM STDIN", True, "COPY public.t", "k.copy"
+        )
+        exec_in(admin_target, db, "TRUNCATE public.t")
+        consume(iter(chunks))
+        return scalar(admin_target, db, "SELECT count(*) FROM public.t")
+
+    try:
+        assert load([b"1\tx\n2\t\\\\.\n", b"3\t\\\\.\\N\n"]) == 3  # escaped backslashes are data
+        for marker in ([b"1\tx\n", b"\\.\n2\ty\n"], [b"1\tx\n3\tz\\", b".\n2\ty\n"]):
+            with pytest.raises(IntegrityError, match=r"k\.copy: COPY loaded \d of its 3 rows"):
+                load(marker)
+        with pytest.raises(ComponentFailed, match=r"COPY public\.t failed: .*invalid input syntax"):
+            load([b"1\tx\n", b"no\tnumber\n"])
+    finally:
+        drop(admin_target, db)
