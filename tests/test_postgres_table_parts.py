@@ -317,10 +317,11 @@ def test_binary_copy_is_only_for_the_built_in_types_it_names(postgres):
     assert found == table_parts.BINARY_TYPES
 
 
-def test_a_text_part_cut_short_by_an_end_of_data_marker_or_failing_its_copy_is_refused(postgres):
-    """A text COPY stops silently at an end-of-data marker (backslash-period, alone on its line
-    or after a row's data) and drops the rest: loading a part counts its rows against its lines
-    and refuses it. A COPY the server rejects fails naming the part; a good one loads whole."""
+def test_a_text_part_holding_an_end_of_data_marker_or_failing_its_copy_is_refused(postgres):
+    """A text COPY stops silently at an end-of-data marker (an unescaped backslash-period, on a
+    line of its own or after a row's data) and drops the rest: a part holding one is refused
+    once read whole, and none of its rows stays. Escaped backslashes are data, also split over
+    two chunks. A COPY the server rejects fails naming the part."""
     admin_target, db = target_for(postgres), new_name()
     make_db(admin_target, db, rows=10)
     exec_in(admin_target, db, "CREATE TABLE public.t (a int, b text)")
@@ -335,10 +336,16 @@ def test_a_text_part_cut_short_by_an_end_of_data_marker_or_failing_its_copy_is_r
         return scalar(admin_target, db, "SELECT count(*) FROM public.t")
 
     try:
-        assert load([b"1\tx\n2\t\\\\.\n", b"3\t\\\\.\\N\n"]) == 3  # escaped backslashes are data
-        for marker in ([b"1\tx\n", b"\\.\n2\ty\n"], [b"1\tx\n3\tz\\", b".\n2\ty\n"]):
-            with pytest.raises(IntegrityError, match=r"k\.copy: COPY loaded \d of its 3 rows"):
+        assert load([b"1\tx\n2\t\\\\.\n", b"3\t\\\\.\\N\n"]) == 3
+        assert load([b"1\tx\\", b"\\.\n2\t\\\\", b".\n"]) == 2  # an escape split over two chunks
+        for marker in (
+            [b"1\tx\n", b"\\.\n2\ty\n"],  # on its own line
+            [b"1\tx\n3\tz\\", b".\n2\ty\n"],  # after a row's data, over two chunks
+            [b"1\tx\n3\tz\\\\\\.\n2\ty\n"],  # after an escaped backslash
+        ):
+            with pytest.raises(IntegrityError, match=r"k\.copy: holds an end-of-data marker"):
                 load(marker)
+            assert scalar(admin_target, db, "SELECT count(*) FROM public.t") == 0
         with pytest.raises(ComponentFailed, match=r"COPY public\.t failed: .*invalid input syntax"):
             load([b"1\tx\n", b"no\tnumber\n"])
     finally:

@@ -245,6 +245,25 @@ def check_toc(manifest: Manifest, db: str, info: dict[str, Any], toc: str) -> in
     return len(tables)
 
 
+def _marker(chunk: bytes, escaped: bool) -> tuple[bool, bool]:
+    """Does this chunk of text COPY data hold an end-of-data marker, and does it end inside an
+    escape (`escaped`: its first byte is the escaped one)? The server's own rule: a backslash
+    escapes the byte after it, and a backslash escaping a period ends the COPY, silently, the
+    rest dropped (PostgreSQL 15, tried: on a line of its own or after a row's data). COPY TO
+    doubles every backslash of the data, so no backup holds one. Without a backslash (most
+    chunks) one memchr pass; else every escaped backslash is dropped, left to right as the
+    server pairs them, and what is left holds the marker or not (counting the rows loaded
+    against the lines instead cost 0.27 CPU-s per 580 MiB)."""
+    if escaped and chunk:
+        if chunk[:1] == b".":
+            return True, False
+        chunk = chunk[1:]
+    if chunk.find(b"\\") < 0:
+        return False, False
+    rest = chunk.replace(b"\\\\", b"")
+    return b"\\." in rest, rest.endswith(b"\\")
+
+
 def _copy_in(
     target: PostgresTarget, side: str, statements: list[str], copy_in: str, text: bool, label: str, key: str
 ) -> Callable[[Iterator[bytes]], None]:
@@ -255,26 +274,24 @@ def _copy_in(
     stream inside the COPY, which then ends with CopyFail: the server keeps none of its rows."""
 
     def consume(stream: Iterator[bytes]) -> None:
-        lines = 0
+        marker = escaped = False
         try:
             with connect(target, side, autocommit=True) as conn:
                 for statement in statements:
                     conn.execute(statement)
-                with conn.cursor() as cur:
-                    with cur.copy(copy_in) as copy:
-                        for chunk in stream:
-                            copy.write(memoryview(chunk))  # sent in slices: no copy of each
-                            lines += chunk.count(b"\n") if text else 0
-                    loaded = cur.rowcount
+                with conn.cursor().copy(copy_in) as copy:
+                    for chunk in stream:
+                        copy.write(memoryview(chunk))  # sent in slices: no copy of each
+                        if text and not marker:
+                            marker, escaped = _marker(chunk, escaped)
+                    # the whole object read and checked (psql's read_all), the COPY still open:
+                    # a text part the server would have cut short at a marker is refused whole
+                    if marker:
+                        raise IntegrityError(
+                            f"{key}: holds an end-of-data marker (a COPY would load part of it)"
+                        )
         except psycopg.Error as exc:
             raise ComponentFailed(f"{label} failed: {scrub(target, str(exc)).strip()}") from None
-        # a text COPY stops silently at an end-of-data marker (backslash-period) and drops what
-        # follows; every row is one line, so fewer rows than lines is a stream cut short (binary
-        # COPY refuses data after its trailer itself)
-        if text and loaded != lines:
-            raise IntegrityError(
-                f"{key}: COPY loaded {loaded} of its {lines} rows (an end-of-data marker in the data)"
-            )
 
     return consume
 
