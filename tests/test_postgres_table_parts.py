@@ -327,7 +327,7 @@ def test_a_text_part_holding_an_end_of_data_marker_or_failing_its_copy_is_refuse
     exec_in(admin_target, db, "CREATE TABLE public.t (a int, b text)")
     settings = list(table_parts._exact("UTF8"))
 
-    def load(chunks: list[bytes]) -> int:
+    def load(chunks) -> int:
         consume = table_parts._copy_in(
             admin_target, db, settings, "COPY public.t (a, b) FROM STDIN", True, "COPY public.t", "k.copy"
         )
@@ -348,5 +348,12 @@ def test_a_text_part_holding_an_end_of_data_marker_or_failing_its_copy_is_refuse
             assert scalar(admin_target, db, "SELECT count(*) FROM public.t") == 0
         with pytest.raises(ComponentFailed, match=r"COPY public\.t failed: .*invalid input syntax"):
             load([b"1\tx\n", b"no\tnumber\n"])
+
+        def damaged():  # bytes the server refuses, then the check that fails at the end
+            yield b"no\tnumber\n" * 100_000
+            raise IntegrityError("k.copy: sha256 does not match the manifest")
+
+        with pytest.raises(IntegrityError, match="sha256 does not match"):  # the damage, not the COPY
+            load(damaged())
     finally:
         drop(admin_target, db)
