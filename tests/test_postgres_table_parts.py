@@ -13,7 +13,7 @@ import tasks.components.postgres as pg
 from tasks.components.postgres import table_parts
 from tasks.components.postgres.common import connect, engine_env, tool
 from tasks.components.postgres.fingerprint import V3, algorithm_for, fingerprint, table_fingerprint
-from tasks.errors import IntegrityError, NotFound
+from tasks.errors import ComponentFailed, IntegrityError, NotFound
 from tasks.proc import run
 from tests.pg_helpers import db_names, drop, dump_lines, exec_in, make_db, new_name, scalar, state, target_for
 from tests.test_postgres import take_backup
@@ -315,3 +315,45 @@ def test_binary_copy_is_only_for_the_built_in_types_it_names(postgres):
     with connect(target_for(postgres), "postgres") as conn:
         found = {name: (oid, array) for name, oid, array in conn.execute(query, (scalars,))}
     assert found == table_parts.BINARY_TYPES
+
+
+def test_a_text_part_holding_an_end_of_data_marker_or_failing_its_copy_is_refused(postgres):
+    """A text COPY stops silently at an end-of-data marker (an unescaped backslash-period, on a
+    line of its own or after a row's data) and drops the rest: a part holding one is refused
+    once read whole, and none of its rows stays. Escaped backslashes are data, also split over
+    two chunks. A COPY the server rejects fails naming the part."""
+    admin_target, db = target_for(postgres), new_name()
+    make_db(admin_target, db, rows=10)
+    exec_in(admin_target, db, "CREATE TABLE public.t (a int, b text)")
+    settings = list(table_parts._exact("UTF8"))
+
+    def load(chunks) -> int:
+        consume = table_parts._copy_in(
+            admin_target, db, settings, "COPY public.t (a, b) FROM STDIN", True, "COPY public.t", "k.copy"
+        )
+        exec_in(admin_target, db, "TRUNCATE public.t")
+        consume(iter(chunks))
+        return scalar(admin_target, db, "SELECT count(*) FROM public.t")
+
+    try:
+        assert load([b"1\tx\n2\t\\\\.\n", b"3\t\\\\.\\N\n"]) == 3
+        assert load([b"1\tx\\", b"\\.\n2\t\\\\", b".\n"]) == 2  # an escape split over two chunks
+        for marker in (
+            [b"1\tx\n", b"\\.\n2\ty\n"],  # on its own line
+            [b"1\tx\n3\tz\\", b".\n2\ty\n"],  # after a row's data, over two chunks
+            [b"1\tx\n3\tz\\\\\\.\n2\ty\n"],  # after an escaped backslash
+        ):
+            with pytest.raises(IntegrityError, match=r"k\.copy: holds an end-of-data marker"):
+                load(marker)
+            assert scalar(admin_target, db, "SELECT count(*) FROM public.t") == 0
+        with pytest.raises(ComponentFailed, match=r"COPY public\.t failed: .*invalid input syntax"):
+            load([b"1\tx\n", b"no\tnumber\n"])
+
+        def damaged():  # bytes the server refuses, then the check that fails at the end
+            yield b"no\tnumber\n" * 100_000
+            raise IntegrityError("k.copy: sha256 does not match the manifest")
+
+        with pytest.raises(IntegrityError, match="sha256 does not match"):  # the damage, not the COPY
+            load(damaged())
+    finally:
+        drop(admin_target, db)
