@@ -43,6 +43,71 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     tempfile.tempdir = None
 
 
+def _one_certificate_bundle() -> str:
+    """A CA file of one certificate (certifi's first) for Prefect's API clients to load.
+
+    Every Prefect client builds a verifying TLS context when it is made, loading certifi's whole
+    bundle (~140 certificates, ~28 ms of CPU), and a flow run makes several clients: about a
+    tenth of a test process's CPU. The session's API is plain HTTP on loopback (the harness's
+    server, the e2e and lease tests' servers), so the context is never used to verify anything;
+    a one-certificate file builds it in under a millisecond."""
+    import certifi
+
+    bundle = Path(certifi.where()).read_text()
+    end = "-----END CERTIFICATE-----"
+    fd, path = tempfile.mkstemp(prefix="klb-one-ca-", suffix=".pem")
+    with os.fdopen(fd, "w") as out:
+        out.write(bundle[bundle.index("-----BEGIN CERTIFICATE-----") : bundle.index(end) + len(end)] + "\n")
+    atexit.register(lambda: Path(path).unlink(missing_ok=True))
+    return path
+
+
+if "PREFECT_API_SSL_CERT_FILE" not in os.environ:  # xdist workers inherit the controller's
+    os.environ["PREFECT_API_SSL_CERT_FILE"] = _one_certificate_bundle()
+
+
+class _SharedModelCache:
+    """What a botocore Loader caches (parsed service models, endpoint data, listings), kept
+    once per process for every Loader with the same search paths.
+
+    Each S3 store access makes a new boto3 session (prefect-aws's credentials block), and each
+    session's Loader parsed S3's JSON service model again: ~145 ms of CPU per client, a third of
+    the test process's CPU in the Object Lock tests. A session caches these for all the clients
+    it makes and botocore never changes them afterwards, so sharing them between sessions gives
+    every client the same model data, parsed once."""
+
+    _entries: dict = {}  # noqa: RUF012 - one per process on purpose
+
+    def __init__(self, loader) -> None:
+        self._loader = loader
+
+    def _key(self, key):
+        return (tuple(self._loader.search_paths), key)  # boto3 adds its path after __init__
+
+    def __contains__(self, key) -> bool:
+        return self._key(key) in self._entries
+
+    def __getitem__(self, key):
+        return self._entries[self._key(key)]
+
+    def __setitem__(self, key, value) -> None:
+        self._entries[self._key(key)] = value
+
+
+def _share_botocore_model_cache() -> None:
+    from botocore import loaders
+
+    init = loaders.Loader.__init__
+
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self._cache = _SharedModelCache(self)
+
+    loaders.Loader.__init__ = __init__
+
+
+_share_botocore_model_cache()
+
 DURATIONS = Path(__file__).with_name("durations.json")
 NEW_FILE_SECONDS = 60.0  # a file not timed yet: start it among the long ones rather than last
 
@@ -79,9 +144,17 @@ def _session_dirs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def prefect_server():
     """One Prefect test server for the whole session."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=300):  # a busy machine
+    # No flow-run heartbeats (None, which no environment variable can say): the heartbeat thread
+    # sleeps in 1 s steps and every flow run, subflows included, joined it on exit, so each
+    # run took up to a second longer than its work. Nothing here reads heartbeats (they feed the
+    # server's detection of crashed runs, a Prefect feature the project does not configure).
+    with (
+        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+        prefect_test_harness(server_startup_timeout=300),  # a busy machine
+    ):
         yield
 
 

@@ -25,6 +25,11 @@ def e2e(request, tmp_path_factory) -> dict:
         "PREFECT_UI_ENABLED": "false",
         # a run refused by a deployment's concurrency limit is retried after this many seconds
         "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "1",
+        # the scheduler makes a deployment's upcoming runs on its next pass (every 60 s by
+        # default): the schedule tests waited up to a minute each for it
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1",
+        # the API is plain HTTP: the clients' TLS context is never used (see tests/conftest.py)
+        "PREFECT_API_SSL_CERT_FILE": os.environ["PREFECT_API_SSL_CERT_FILE"],
         "PYTHONPATH": str(services.ROOT),
         "KLB_STORE_DIR": str(store_dir),
     }

@@ -254,6 +254,46 @@ def test_kubernetes_pool_accepts_the_base_job_template(e2e):
     assert pool["base_job_template"] == json.loads(template.read_text())
 
 
+FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+def _run_with_a_worker(e2e: dict, ids: set[str]) -> list[dict]:
+    """One `prefect worker start` on the pool until every run of `ids` is final, then stopped.
+    The deployment's limit (one slot) lets one run in at a time; the others wait their turn and
+    the same worker picks them up when they are due again (it asks every second). A `--run-once`
+    worker per turn, as before, started Prefect and the worker anew for each run."""
+    env = {
+        **e2e["env"],
+        "KLB_STORE": "klb-local-store/e2e",
+        "KLB_APP_STATE_TARGET": "e2e",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+    }
+    log = e2e["workdir"] / "worker.log"
+    with log.open("ab") as out:
+        worker = subprocess.Popen(
+            [str(ROOT / ".venv/bin/prefect"), "worker", "start", "--pool", e2e["pool"]],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            runs = [api(e2e, "GET", f"/flow_runs/{i}").json() for i in ids]
+            if all(r["state"]["type"] in FINAL for r in runs) or time.monotonic() > deadline:
+                return runs
+            assert worker.poll() is None, f"the worker exited:\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
 def test_backup_deployment_runs_through_a_worker(e2e, deployed):
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -292,13 +332,7 @@ def test_backup_deployment_runs_through_a_worker(e2e, deployed):
     ids = {by_cli, str(by_python.id), by_rest}
     assert len(ids) == 3
 
-    env = {"KLB_STORE": "klb-local-store/e2e", "KLB_APP_STATE_TARGET": "e2e"}
-    runs: list[dict] = []
-    for _ in range(8):  # one slot: the limit lets one run in per pass, the rest wait their turn
-        cli(e2e, "worker", "start", "--pool", e2e["pool"], "--run-once", timeout=180, env=env)
-        runs = [api(e2e, "GET", f"/flow_runs/{i}").json() for i in ids]
-        if all(r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for r in runs):
-            break
+    runs = _run_with_a_worker(e2e, ids)
     states = {r["id"]: (r["state"]["type"], r["state"]["message"]) for r in runs}
     assert {s for s, _ in states.values()} == {"COMPLETED"}, states
 

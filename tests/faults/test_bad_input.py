@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,27 +43,40 @@ from tests.faults.s3_fault_proxy import Rule
 STEP = {"name": "sessions", "backup_command": ["true"], "restore_command": ["true"]}
 
 
-class World:
-    """Two local stores (plain, encrypted) with one backup each, a bucket, a target with state."""
+class Stores:
+    """The two local stores (plain, encrypted) with one backup each, made once per module: a
+    World gets a copy of each. Writing the encrypted one (scrypt key derivations, ~50 ms each)
+    was most of the cost of a World, made anew for each of the ~80 cases."""
 
-    def __init__(self, request, tmp_path: Path) -> None:
-        self.request, self.tmp = request, tmp_path
-        self.store = LocalStore(path=str(tmp_path / "store"))
+    def __init__(self, root: Path) -> None:
+        self.root = root
         self.key = "enc-" + secrets.token_hex(8)
-        self.enc_store = LocalStore(path=str(tmp_path / "enc"), encryption_key=SecretStr(self.key))
-        self.target = app_target(tmp_path / "steps")
-        self.state = tmp_path / "steps" / "sessions.restored"
-        self.state.write_bytes(b"current state\n")
-        self.id = self._take(self.store)
-        self.enc_id = self._take(self.enc_store)
-        self.bucket, self.client = request.getfixturevalue("s3_bucket")
-        self.moto = request.getfixturevalue("moto")
+        self.id = self._take(LocalStore(path=str(root / "store")))
+        self.enc_id = self._take(LocalStore(path=str(root / "enc"), encryption_key=SecretStr(self.key)))
 
     @staticmethod
     def _take(store) -> str:
         with backup_session(store, "app-state") as session:
             session.write("sessions", [b"state of the app\n" * 100])
             return session.commit().id
+
+
+class World:
+    """Two local stores (plain, encrypted) with one backup each, a bucket, a target with state."""
+
+    def __init__(self, request, tmp_path: Path, stores: Stores) -> None:
+        self.request, self.tmp = request, tmp_path
+        for name in ("store", "enc"):  # this test's own copy: what it does stays in it
+            shutil.copytree(stores.root / name, tmp_path / name, symlinks=True)
+        self.store = LocalStore(path=str(tmp_path / "store"))
+        self.key = stores.key
+        self.enc_store = LocalStore(path=str(tmp_path / "enc"), encryption_key=SecretStr(self.key))
+        self.target = app_target(tmp_path / "steps")
+        self.state = tmp_path / "steps" / "sessions.restored"
+        self.state.write_bytes(b"current state\n")
+        self.id, self.enc_id = stores.id, stores.enc_id
+        self.bucket, self.client = request.getfixturevalue("s3_bucket")
+        self.moto = request.getfixturevalue("moto")
 
     def s3(self, endpoint: str | None = None, **kwargs) -> S3Store:
         return make_s3_store(endpoint or self.moto.url, kwargs.pop("bucket", self.bucket), **kwargs)
@@ -428,10 +442,15 @@ BAD_INPUTS = [
 ] + FLOW_INPUTS
 
 
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> Stores:
+    return Stores(tmp_path_factory.mktemp("bad-input-stores"))
+
+
 @pytest.fixture
-def world(request, tmp_path, prefect_server) -> World:
+def world(request, tmp_path, prefect_server, stores) -> World:
     with env(KLB_APP_STATE_TARGET=""):
-        yield World(request, tmp_path)
+        yield World(request, tmp_path, stores)
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=lambda c: c.name)

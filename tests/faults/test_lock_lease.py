@@ -32,6 +32,11 @@ def real_prefect_server(tmp_path_factory):
         PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED="false",
         PREFECT_SERVER_SERVICES_FOREMAN_ENABLED="false",
         PREFECT_SERVER_SERVICES_REPOSSESSOR_ENABLED="true",
+        # its sweep every second, not every 15 s: the lock is taken as soon as the lease expires
+        # rather than up to 15 s after (the lease itself, and what the test waits for, unchanged)
+        PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS="1",
+        # the API is plain HTTP: the clients' TLS context is never used (see tests/conftest.py)
+        PREFECT_API_SSL_CERT_FILE=os.environ["PREFECT_API_SSL_CERT_FILE"],
     )
     log = tmp_path / "prefect-server.log"
     with log.open("w") as out:
