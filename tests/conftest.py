@@ -66,48 +66,6 @@ if "PREFECT_API_SSL_CERT_FILE" not in os.environ:  # xdist workers inherit the c
     os.environ["PREFECT_API_SSL_CERT_FILE"] = _one_certificate_bundle()
 
 
-class _SharedModelCache:
-    """What a botocore Loader caches (parsed service models, endpoint data, listings), kept
-    once per process for every Loader with the same search paths.
-
-    Each S3 store access makes a new boto3 session (prefect-aws's credentials block), and each
-    session's Loader parsed S3's JSON service model again: ~145 ms of CPU per client, a third of
-    the test process's CPU in the Object Lock tests. A session caches these for all the clients
-    it makes and botocore never changes them afterwards, so sharing them between sessions gives
-    every client the same model data, parsed once."""
-
-    _entries: dict = {}  # noqa: RUF012 - one per process on purpose
-
-    def __init__(self, loader) -> None:
-        self._loader = loader
-
-    def _key(self, key):
-        return (tuple(self._loader.search_paths), key)  # boto3 adds its path after __init__
-
-    def __contains__(self, key) -> bool:
-        return self._key(key) in self._entries
-
-    def __getitem__(self, key):
-        return self._entries[self._key(key)]
-
-    def __setitem__(self, key, value) -> None:
-        self._entries[self._key(key)] = value
-
-
-def _share_botocore_model_cache() -> None:
-    from botocore import loaders
-
-    init = loaders.Loader.__init__
-
-    def __init__(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        self._cache = _SharedModelCache(self)
-
-    loaders.Loader.__init__ = __init__
-
-
-_share_botocore_model_cache()
-
 DURATIONS = Path(__file__).with_name("durations.json")
 NEW_FILE_SECONDS = 60.0  # a file not timed yet: start it among the long ones rather than last
 

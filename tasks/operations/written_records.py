@@ -31,8 +31,9 @@ from tasks.operations.restores import (
     settle_failure,
     target_digest,
 )
+from tasks.storage.backends import backend_for
 from tasks.storage.records import put_record
-from tasks.verbs import restore_options
+from tasks.verbs import check_restore, restore_options
 
 
 @dataclass
@@ -81,6 +82,12 @@ def recorded_write(
     key = record_key_of(store, record.id)
     put_record(store, key, record)  # before the target is touched: a killed run leaves 'running'
     write = Write(record)
+
+    def finish(record: RestoreRecord) -> None:
+        record.finished_at = datetime.now(UTC)
+        record.duration_seconds = (record.finished_at - now).total_seconds()
+        put_record(store, key, record)
+
     try:
         yield write
         record.report = write.report
@@ -89,19 +96,25 @@ def recorded_write(
         else:
             settle(record)
     except Exception as exc:
+        if getattr(exc, "target_untouched", False) and not write.changed:
+            # refused before it changed anything (a step the backup lacks, RBAC that forbids the
+            # restore): it blocks no rollback, and bad input changes nothing, its store included
+            backend_for(store).delete_keys([key])
+            raise
         record.report = write.report
         settle_failure(record, exc)
         if write.changed:  # the flow changed the target before the restore step failed
             record.target_changed = True
+        finish(record)
         raise
-    finally:
-        record.finished_at = datetime.now(UTC)
-        record.duration_seconds = (record.finished_at - now).total_seconds()
-        put_record(store, key, record)
+    finish(record)
 
 
 def recorded_restore(
     store: StoreBlock, via: str, manifest: Manifest, target: Block, options: dict[str, Any] | None = None
 ) -> Any:
-    """recorded_write of a restore of `manifest`."""
+    """recorded_write of a restore of `manifest`, after what the component's restore would refuse
+    (steps or names the backup does not hold...) is refused: bad input changes nothing, not even
+    the store's records (a 'failed' record of a restore that never started)."""
+    check_restore(manifest, target, store, options)
     return recorded_write(store, via, manifest.component, manifest.id, target, options, manifest.raw_size)

@@ -11,7 +11,14 @@ from typing import Any
 
 from blocks.kubernetes import VeleroTarget
 from tasks.components.kubernetes.api import Kube, connect
-from tasks.errors import BadInput, ComponentFailed, ConfigurationError, NotFound
+from tasks.errors import (
+    BackupError,
+    BadInput,
+    ComponentFailed,
+    ConfigurationError,
+    NotFound,
+    target_untouched,
+)
 from tasks.storage.progress import interval_seconds
 
 log = logging.getLogger(__name__)
@@ -242,7 +249,10 @@ def run_restore(
         "metadata": {"name": name, "namespace": target.namespace, **id_metadata(backup_id)},
         "spec": spec,
     }
-    _call(k, f"create Velero restore {name}", "create", "restores", target.namespace, body)
+    try:
+        _call(k, f"create Velero restore {name}", "create", "restores", target.namespace, body)
+    except BackupError as exc:  # refused (RBAC, a webhook, a bad spec): Velero restored nothing
+        raise target_untouched(exc) from None
     log.info("created Velero restore %s from %s", name, backup_name)
     limit = timeout or target.restore_timeout_seconds
     cr, done = _wait(k, target, "restores", name, RESTORE_TERMINAL, limit)
