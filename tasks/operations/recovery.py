@@ -200,7 +200,9 @@ def latest_recovery_point(store: StoreBlock, gap: PointGap | None = None) -> Rec
     if known is not None and known.status == Status.damaged:
         damaged[newest.id] = known.reason
     since = _started(newest.id)
-    blocking = {i: why for i, why in damaged.items() if i == newest.id or ((_started(i) or since) > since)}
+    # the same second as the newest: ids cannot tell which is newer, so it blocks too (never an
+    # older point in silence)
+    blocking = {i: why for i, why in damaged.items() if i == newest.id or ((_started(i) or since) >= since)}
     if blocking:
         worst = max(blocking)
         good = [p for p in complete if p.id not in damaged]
