@@ -4,7 +4,18 @@ look only at their own descendants: other test runs (and xdist workers) share th
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate a process the test started, killed if it has not exited 30 s later."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def descendant_pids(root: int | None = None) -> list[int]:

@@ -21,6 +21,7 @@ import yaml
 
 from tests import deployspec as spec
 from tests.deployspec import ROOT
+from tests.procs import stop
 
 BACKUP = "backup-component/backup-app-state"
 ENABLE = [str(ROOT / ".venv/bin/python"), str(ROOT / "scripts/enable_schedules.py")]
@@ -286,12 +287,7 @@ def _run_with_a_worker(e2e: dict, ids: set[str]) -> list[dict]:
             assert worker.poll() is None, f"the worker exited:\n{log.read_text()[-3000:]}"
             time.sleep(0.5)
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        stop(worker)
 
 
 def test_backup_deployment_runs_through_a_worker(e2e, deployed):

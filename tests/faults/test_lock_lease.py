@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import stop
+
 # --- 8. a crashed lock holder --------------------------------------------------------------------
 
 
@@ -50,12 +52,7 @@ def real_prefect_server(tmp_path_factory):
         wait_until(lambda: http_ok(f"{url}/health"), 600, "a real Prefect server", proc=server, log=log)
         yield url, env
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server)
 
 
 def held_here(component: str = "rabbitmq") -> int:
