@@ -234,8 +234,13 @@ def run_step(
             report = write.report = restore_volumes(manifest, target, store, options, write)
         else:
             report = write.report = restore_task(manifest, target, store, options)
-    done = {"status": "done", "restored": True, "backup_id": manifest.id, "report": report}
-    return {**done, "restore_id": write.id}
+    return {
+        "status": "done",
+        "restored": True,
+        "backup_id": manifest.id,
+        "report": report,
+        "restore_id": write.id,
+    }
 
 
 def restore_volumes(
@@ -243,7 +248,7 @@ def restore_volumes(
     target: Any,
     store: StoreBlock,
     options: dict[str, Any] | None,
-    write: Write | None = None,
+    write: Write,
 ) -> dict[str, Any]:
     """The volumes step: the data of the chosen volumes backup in every claim it holds. The
     kubernetes step before it restored the claims already, with the data of the kubernetes
@@ -287,8 +292,7 @@ def restore_volumes(
             stack.enter_context(quiesced(target.kube, ns))
         for ns, names in existing.items():
             delete_pvcs_task(target, ns, names)
-            if write is not None:  # the claims are gone: its record says changed, whatever follows
-                write.changed = True
+            write.changed = True  # the claims are gone: its record says changed, whatever follows
         report = restore_task(manifest, target, store, options)
     if existing:
         report["replaced_claims"] = [f"{ns}/{name}" for ns, names in existing.items() for name in names]
