@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import time
 
-from bench.pg_bench import GENERATE, ROWS_PER_SCALE
+from bench.pg_bench import ROWS_PER_SCALE, generate
 
 
 def _dump_through(argv: list[str], env: dict, encoder) -> tuple[float, int, int]:
@@ -52,7 +52,7 @@ def main() -> None:
         psql = [f"{bindir}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1"]
         rows = max(1000, int(ROWS_PER_SCALE * args.scale))
         subprocess.run([*psql, "-d", "postgres", "-c", "CREATE DATABASE bench"], env=env, check=True)
-        subprocess.run([*psql, "-d", "bench", "-c", GENERATE % rows], env=env, check=True)
+        subprocess.run([*psql, "-d", "bench", "-c", generate(rows, 1)], env=env, check=True)
         subprocess.run([*psql, "-d", "bench", "-c", "VACUUM ANALYZE"], env=env, check=True)
         dump = [f"{bindir}/pg_dump", "-Fc", "-Z0", "-d", "bench"]
         print(f"{rows} rows\n\n| step | wall s | MiB in | MiB out |\n|---|---|---|---|")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.pg_bench import GENERATE, ROOT, ROWS_PER_SCALE, run_measured
+from bench.pg_bench import ROOT, ROWS_PER_SCALE, generate, run_measured
 
 # WAL after the base backup: about 2 GB at scale 1 with a third of the rows updated and a quarter
 # copied; these fractions give a few hundred MB, closer to the 181 MB
@@ -177,7 +177,7 @@ def archiving_cluster(name: str, scale: float) -> Iterator[ArchivingCluster]:
         cluster = ArchivingCluster(moto, bucket, password, {**fields, "port": src.port}, src, work, rows)
         bindir, env = cluster.bindir, cluster.env
         services.wait_until(lambda: _psql(bindir, src.port, env, "select 1") == "1", 60, f"{name} cluster")
-        _psql(bindir, src.port, env, GENERATE % rows)
+        _psql(bindir, src.port, env, generate(rows, 1))
         _switch_and_wait(bindir, src.port, env)
         size = int(_psql(bindir, src.port, env, "select pg_database_size('postgres')"))
         print(f"generated {rows} rows, database {size / 2**20:.0f} MiB")
