@@ -162,3 +162,31 @@ def test_a_verified_backup_deleted_within_its_retention_fails_the_sweep(local_st
     for key in layout(store).health_keys(newer.id):  # the vanished one, acknowledged
         backend.delete_keys([key])
     assert maintenance.verify_backups(components=[APP], store=store, newest=2)
+
+
+def test_retention_never_collects_a_verified_backups_data_when_only_its_manifest_went(
+    any_store, prefect_server
+):
+    """The newest backup, verified by a sweep, loses only its manifest (deleted by hand, or by
+    someone with write access). Retention took its objects for an abandoned write and, after the
+    orphan grace, deleted the data of the newest verified-good backup: restoring the manifest
+    (from the DR store, a noncurrent version) no longer brought it back. On both stores."""
+    from datetime import timedelta
+
+    from tests.test_retention_flow import old_backup
+
+    store = any_store()
+    old_backup(store, APP, timedelta(days=60))
+    newest = old_backup(store, APP, timedelta(days=50))
+    maintenance.verify_backups(components=[APP], store=store)
+    assert finding(store, newest.id).status == Status.verified
+    backend = backend_for(store)
+    backend.delete_keys([layout(store).manifest_key(newest.id)])
+
+    result = maintenance.enforce_retention(dry_run=False, store=store, components=[APP])
+    assert result["components"][APP]["orphans"] == []
+    assert backend.get_bytes(newest.objects[0].key)  # the data is still there
+    # once its health records are gone (deleted on purpose, as the sweep says): collected
+    backend.delete_keys(layout(store).health_keys(newest.id))
+    result = maintenance.enforce_retention(dry_run=False, store=store, components=[APP])
+    assert result["components"][APP]["orphans"] == [layout(store).backup_dir(newest.id)]
