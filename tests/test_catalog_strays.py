@@ -38,12 +38,19 @@ def take(store, data: bytes, component: str = "app-state"):
 )
 def test_a_stray_manifest_key_is_no_backup_and_breaks_no_listing(local_store, stray):
     """One stray key (a sync tool's leftover, a copy made by hand) made list_backups, `latest`
-    and everything built on them raise 'malformed backup id'."""
+    and everything built on them raise 'malformed backup id'. And `klb backups list` / `klb
+    verify`: they raised BadInput (another component's id, no id), or listed a backup that does
+    not exist as damaged (a copy under another day)."""
+    from flows.console.backups import list_text, verify_text
+
     store = local_store()
     good = take(store, b"good\n")
     backend_for(store).put_bytes(f"{layout(store).component_dir('app-state')}/{stray}", b"{}")
     assert [m.id for m in list_backups(store, "app-state")] == [good.id]
     assert latest_backup(store, "app-state").id == good.id
+    listed = list_text(store, ["app-state"]).splitlines()
+    assert len(listed) == 2 and good.id in listed[1] and "verified" in listed[1], listed
+    assert verify_text(store, None)[1]
     listing = list_component(store, "app-state")
     assert [m.id for m in listing.manifests] == [good.id]
     assert list(listing.unreadable) == [

@@ -18,7 +18,7 @@ from tasks.storage.backends import backend_for
 from tasks.storage.catalog import get_backup, list_backups
 from tasks.storage.health import finding
 from tasks.storage.index import hidden_but_pinned
-from tasks.storage.layout import backup_id_of, is_manifest_key, layout
+from tasks.storage.layout import backup_id_of, layout
 
 
 @dataclass
@@ -43,11 +43,14 @@ def damaged_backups(store: StoreBlock, component: str, good: list[Manifest]) -> 
     holds (deleted behind the manifest's back: a restore of it would fail). One listing."""
     seen = {m.id for m in good}
     out: dict[str, str] = {}
-    backend, folder = backend_for(store), layout(store).component_dir(component)
+    where = layout(store)
+    backend, folder = backend_for(store), where.component_dir(component)
     keys = list(backend.list_keys(folder))
     for key in keys:
+        # only a backup's own manifest key, as the catalog lists them: a manifest.json anywhere
+        # else (a copy under another day, another component's id, no id) is no backup of this one
         backup_id = backup_id_of(key)
-        if not is_manifest_key(key) or backup_id is None or backup_id in seen:
+        if backup_id is None or backup_id in seen or not where.is_manifest_of(key, component):
             continue
         try:
             get_backup(store, backup_id, component)
