@@ -56,13 +56,23 @@ def damaged_backups(store: StoreBlock, component: str, good: list[Manifest]) -> 
             get_backup(store, backup_id, component)
         except (IntegrityError, NotFound) as exc:
             out[backup_id] = str(exc)
+    return out | objects_gone(store, good, folder, keys)
+
+
+def objects_gone(
+    store: StoreBlock, manifests: list[Manifest], folder: str, keys: list[str] | None = None
+) -> dict[str, str]:
+    """backup id -> why, for those of `manifests` whose objects the store no longer holds (deleted
+    behind the manifest's back: a restore of it would fail). `keys`: the listing of `folder`."""
+    backend = backend_for(store)
+    present = set(backend.list_keys(folder) if keys is None else keys)
     # a version a delete marker hides while its manifest pins it is still there (a locked backup)
-    present = set(keys)
-    present |= hidden_but_pinned(backend, folder, good, present)
-    for m in good:
-        if gone := [o.name for o in m.objects if o.key not in present]:
-            out[m.id] = f"objects missing from the store: {', '.join(gone[:3])}"
-    return out
+    present |= hidden_but_pinned(backend, folder, manifests, present)
+    return {
+        m.id: f"objects missing from the store: {', '.join(gone[:3])}"
+        for m in manifests
+        if (gone := [o.name for o in m.objects if o.key not in present])
+    }
 
 
 def backups_of(store: StoreBlock, component: str) -> tuple[list[Manifest], dict[str, str]]:
