@@ -190,3 +190,26 @@ def test_retention_never_collects_a_verified_backups_data_when_only_its_manifest
     backend.delete_keys(layout(store).health_keys(newest.id))
     result = maintenance.enforce_retention(dry_run=False, store=store, components=[APP])
     assert result["components"][APP]["orphans"] == [layout(store).backup_dir(newest.id)]
+
+
+def test_the_approval_form_never_offers_a_damaged_or_future_backup_as_the_newer_one(local_store):
+    """A checklist restore's approval form says 'A newer backup exists: <id>; this restore does
+    not use it' (tasks/operations/restore_checklist.py). It named the newest routine backup even
+    when that one was known damaged or dated in the future (a skewed clock): the approver was sent
+    to a backup 'latest' itself refuses. Now: the newest one 'latest' could pick, not damaged."""
+    from datetime import timedelta
+
+    from tasks.operations.restore_checklist import newer_backup
+    from tests.test_retention_flow import old_backup
+
+    store = local_store()
+    older = old_backup(store, APP, timedelta(hours=3))
+    middle = old_backup(store, APP, timedelta(hours=2))
+    newest = old_backup(store, APP, timedelta(hours=1))
+    old_backup(store, APP, -timedelta(days=2))  # from a clock two days ahead
+    assert newer_backup(store, older).id == newest.id
+    flip(store, newest)
+    with pytest.raises(IntegrityError):
+        verify_backup(store, newest)  # recorded damaged
+    assert newer_backup(store, older).id == middle.id
+    assert newer_backup(store, middle) is None
