@@ -37,7 +37,7 @@ from tasks.storage.retention import (
 )
 from tasks.storage.retention_locks import hold_kept_locks, plan_component
 from tasks.storage.retention_report import locks_markdown, plan_markdown
-from tasks.storage.sweep import lock_sweep, sweep_choice, vanished
+from tasks.storage.sweep import lock_sweep, objects_gone, sweep_choice, vanished
 from tasks.verbs import check_target, verify_task
 
 
@@ -119,6 +119,10 @@ def verify_backups(
                 chosen = [m for m in listing.manifests if m.id in wanted]
             if chosen:
                 checked.add(name)
+            for backup_id, why in objects_gone(listing).items():  # the chosen: found by their re-read
+                if backup_id not in {m.id for m in chosen}:
+                    mark_damaged(block, backup_id, why)  # 'latest', at-or-before, retention see it
+                    fail(where, backup_id, why, name)
             reread: dict[str, Manifest] = {}
             for manifest in chosen:
                 read_from = datetime.now(UTC)  # damage recorded after this is not disproved by this read

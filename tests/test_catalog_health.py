@@ -213,3 +213,16 @@ def test_the_approval_form_never_offers_a_damaged_or_future_backup_as_the_newer_
         verify_backup(store, newest)  # recorded damaged
     assert newer_backup(store, older).id == middle.id
     assert newer_backup(store, middle) is None
+
+
+def test_the_sweep_fails_naming_an_older_backup_whose_object_was_deleted(any_store, prefect_server):
+    """An object of an older backup deleted behind its manifest's back (by hand, a lifecycle rule,
+    an attacker): the sweep re-reads only the newest, and passed, saying nothing, while the
+    listing it made shows the object gone; `backup_at_or_before` and restores by id would pick
+    that backup. Now the sweep fails naming it, and records it damaged. On both stores."""
+    store = any_store()
+    older, _newer = backup(store), backup(store)
+    backend_for(store).delete_keys([older.objects[0].key])
+    st = maintenance.verify_backups(components=[APP], store=store, newest=1, return_state=True)
+    assert st.is_failed() and f"primary:{older.id}" in st.message and "sessions" in st.message, st.message
+    assert finding(store, older.id).status == Status.damaged
