@@ -106,6 +106,37 @@ def test_a_backup_whose_pinned_versions_are_gone_is_not_the_good_one_retention_k
     assert plan.missing == {new.id: ["data"]}
 
 
+def test_a_backup_whose_pinned_version_was_overwritten_then_purged_is_not_good(
+    s3_store, s3_bucket, prefect_server
+):
+    """On a versioned bucket, the newest backup's object overwritten, then the version its
+    manifest pins purged: the key still lists (the overwrite), so retention counted the backup
+    good and deleted the older one, the only one that restores; the sweep's listing said nothing
+    either. Presence is the pinned version's, not the key's."""
+    from flows.maintenance import verify_backups
+
+    bucket, client = s3_bucket
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    store = s3_store()
+    old, new = take(store, b"old\n"), take(store, b"new\n")
+    obj = new.objects[0]
+    client.put_object(Bucket=bucket, Key=obj.key, Body=b"an overwrite")
+    client.delete_object(Bucket=bucket, Key=obj.key, VersionId=obj.version_id)
+    listing = list_component(store, "app-state")
+    plan = plan_retention(
+        listing.manifests,
+        RetentionPolicy(component="app-state", retention=timedelta(hours=1)),
+        datetime.now(UTC) + timedelta(hours=2),
+        keys=listing.keys,
+        prefix=layout(store).component_dir("app-state"),
+    )
+    decisions = {d.id: d for d in plan.decisions}
+    assert decisions[old.id].action == "keep" and decisions[old.id].good, plan.decisions
+    assert plan.missing == {new.id: ["data"]}
+    st = verify_backups(components=["app-state"], store=store, newest=2, return_state=True)
+    assert st.is_failed() and new.id in st.message and old.id not in st.message.split("Why:")[0]
+
+
 def test_damage_records_alone_never_make_retention_delete_every_backup(local_store):
     """Damage records need no signature (a forged one can only make the project refuse a
     backup), yet retention deleted every backup of a component whose backups all carried one,

@@ -17,7 +17,7 @@ from tasks.models import Manifest
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import get_backup, list_backups
 from tasks.storage.health import finding
-from tasks.storage.index import hidden_but_pinned
+from tasks.storage.index import pinned_presence
 from tasks.storage.layout import backup_id_of, layout
 
 
@@ -66,8 +66,9 @@ def objects_gone(
     behind the manifest's back: a restore of it would fail). `keys`: the listing of `folder`."""
     backend = backend_for(store)
     present = set(backend.list_keys(folder) if keys is None else keys)
-    # a version a delete marker hides while its manifest pins it is still there (a locked backup)
-    present |= hidden_but_pinned(backend, folder, manifests, present)
+    # a pinned version a delete marker hides is still there (a locked backup); one purged is not
+    hidden, purged = pinned_presence(backend, folder, manifests, present)
+    present = (present - purged) | hidden
     return {
         m.id: f"objects missing from the store: {', '.join(gone[:3])}"
         for m in manifests
