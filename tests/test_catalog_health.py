@@ -226,3 +226,22 @@ def test_the_sweep_fails_naming_an_older_backup_whose_object_was_deleted(any_sto
     st = maintenance.verify_backups(components=[APP], store=store, newest=1, return_state=True)
     assert st.is_failed() and f"primary:{older.id}" in st.message and "sessions" in st.message, st.message
     assert finding(store, older.id).status == Status.damaged
+
+
+def test_damage_found_after_a_verdict_from_a_clock_ahead_is_not_hidden_by_it(local_store):
+    """The sweep ran on a worker whose clock is an hour ahead: its 'verified' says its read began
+    an hour from now. Then a restore (a worker with the right time) finds the backup damaged: the
+    damage, stamped earlier than that verdict, lost to it, and 'latest' and retention kept using
+    the damaged backup. Damage recorded after a verdict now outranks it whatever the clocks say."""
+    from datetime import timedelta
+
+    store = local_store()
+    m = backup(store)
+    mark_verified(store, m.id, datetime.now(UTC) + timedelta(hours=1))  # the skewed sweep's verdict
+    flip(store, m)
+    with pytest.raises(IntegrityError):
+        verify_backup(store, m)  # a restore's read: recorded damaged
+    assert finding(store, m.id).status == Status.damaged
+    assert health_of(store, APP)[m.id].status == Status.damaged
+    with pytest.raises(IntegrityError, match=f"newest {APP} backup {m.id} is damaged"):
+        latest_backup(store, APP)
