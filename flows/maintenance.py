@@ -201,12 +201,15 @@ def delete_keys_task(store: StoreBlock, keys: list[str], what: str) -> int:
 
 
 def _apply(block: StoreBlock, plan: RetentionPlan) -> int:
-    """Manifests first (the backups stop existing at once), then their objects and health
-    records, then orphans. Returns the keys deleted."""
+    """Manifests first (the backups stop existing at once) with their health records, then their
+    objects, then orphans. Returns the keys deleted. The records go with the manifests: objects a
+    crash leaves behind are then orphans the next run collects, never a verified backup's data
+    whose manifest went missing (kept: storage/retention.py, rule 1)."""
     c = plan.component
     objects = [k for d in plan.deletions for k in d.keys[1:]]
-    objects += [k for d in plan.deletions for k in layout(block).health_keys(d.id)]
-    deleted = delete_keys_task(block, [d.keys[0] for d in plan.deletions], f"{c}-manifests")
+    first = [d.keys[0] for d in plan.deletions]
+    first += [k for d in plan.deletions for k in layout(block).health_keys(d.id)]
+    deleted = delete_keys_task(block, first, f"{c}-manifests")
     deleted += delete_keys_task(block, objects, f"{c}-objects")
     return deleted + delete_keys_task(
         block, [k for o in plan.orphan_deletions for k in o.keys], f"{c}-orphans"
