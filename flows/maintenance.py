@@ -37,7 +37,7 @@ from tasks.storage.retention import (
 )
 from tasks.storage.retention_locks import hold_kept_locks, plan_component
 from tasks.storage.retention_report import locks_markdown, plan_markdown
-from tasks.storage.sweep import lock_sweep, sweep_choice, vanished
+from tasks.storage.sweep import lock_sweep, objects_gone, sweep_choice, vanished
 from tasks.verbs import check_target, verify_task
 
 
@@ -53,12 +53,12 @@ def verify_backups(
     and in the DR store (`dr_store` or $KLB_DR_STORE, when set): sha256 of every object against its
     manifest, then the component's own check (kubernetes, volumes: Velero still holds the backup,
     Completed; without their target that backup fails the sweep). In the DR store, a backup that
-    the primary has and the DR copy lacks, or whose copy differs, is a failure. The newest `newest`
-    recovery points of the primary are checked too (record intact, members there and sound), and (a
-    sweep of every component) each drill, restore and full-cluster-restore record must read and, on
-    a store with keys, be signed by one (a forged one fails the sweep, naming it). A backup whose
-    only good copy is the DR store's (the primary's damaged, or lost within its retention) fails as
-    `dr-only:<id>`, saying how to restore it from there.
+    the primary has and the DR copy lacks (of the newest), or whose copy differs (any), fails.
+    The newest `newest` recovery points of the primary are checked too (record intact, members
+    there and sound), and (a sweep of every component) each drill, restore and full-cluster-restore
+    record must read and, on a store with keys, be signed by one (a forged one fails the sweep,
+    naming it). A backup whose only good copy is the DR store's (the primary's damaged, or lost
+    within its retention) fails as `dr-only:<id>`, saying how to restore it from there.
     Every finding is recorded (storage/health.py): what `latest`, the catalog, retention and the
     drills see. Fails if any is bad.
 
@@ -95,6 +95,7 @@ def verify_backups(
 
     newest_primary: dict[str, list[Manifest]] = {}
     primary_ids: dict[str, set[str]] = {}  # components the primary could list: all its backup ids
+    primary_all: dict[str, list[Manifest]] = {}  # and their manifests (each DR copy is compared)
     lock_gauges: dict[str, dict[str, float]] = {}
     for where, block in stores.items():
         for name in names:
@@ -119,6 +120,10 @@ def verify_backups(
                 chosen = [m for m in listing.manifests if m.id in wanted]
             if chosen:
                 checked.add(name)
+            for backup_id, why in objects_gone(listing).items():  # the chosen: found by their re-read
+                if backup_id not in {m.id for m in chosen}:
+                    mark_damaged(block, backup_id, why)  # 'latest', at-or-before, retention see it
+                    fail(where, backup_id, why, name)
             reread: dict[str, Manifest] = {}
             for manifest in chosen:
                 read_from = datetime.now(UTC)  # damage recorded after this is not disproved by this read
@@ -137,9 +142,15 @@ def verify_backups(
             as_read = [reread.get(m.id, m) for m in (chosen if where == "primary" else listing.manifests)]
             if where == "primary":
                 newest_primary[name], primary_ids[name] = as_read, {m.id for m in listing.manifests}
-            else:  # the DR store must hold what the primary's newest are, identically
-                for backup_id, why in dr_copy_problems(newest_primary.get(name, []), as_read).items():
-                    if backup_id in reread:  # a copy that is not the primary's backup: recorded,
+                primary_all[name] = listing.manifests
+            else:  # the DR store must hold what the primary's newest are, identically; and every
+                # copy it holds of an older one must be that backup (both listings are at hand)
+                held = {m.id for m in as_read}
+                newest_ids = {m.id for m in newest_primary.get(name, [])}
+                older = [m for m in primary_all.get(name, []) if m.id in held and m.id not in newest_ids]
+                compared = [*newest_primary.get(name, []), *older]
+                for backup_id, why in dr_copy_problems(compared, as_read).items():
+                    if backup_id in held:  # a copy that is not the primary's backup: recorded,
                         mark_damaged(block, backup_id, why)  # so DR's latest/retention never trust it
                     fail(where, backup_id, why, name)
                 if name in primary_ids:  # and what only the DR store still holds good is said
@@ -197,12 +208,15 @@ def delete_keys_task(store: StoreBlock, keys: list[str], what: str) -> int:
 
 
 def _apply(block: StoreBlock, plan: RetentionPlan) -> int:
-    """Manifests first (the backups stop existing at once), then their objects and health
-    records, then orphans. Returns the keys deleted."""
+    """Manifests first (the backups stop existing at once) with their health records, then their
+    objects, then orphans. Returns the keys deleted. The records go with the manifests: objects a
+    crash leaves behind are then orphans the next run collects, never a verified backup's data
+    whose manifest went missing (kept: storage/retention.py, rule 1)."""
     c = plan.component
     objects = [k for d in plan.deletions for k in d.keys[1:]]
-    objects += [k for d in plan.deletions for k in layout(block).health_keys(d.id)]
-    deleted = delete_keys_task(block, [d.keys[0] for d in plan.deletions], f"{c}-manifests")
+    first = [d.keys[0] for d in plan.deletions]
+    first += [k for d in plan.deletions for k in layout(block).health_keys(d.id)]
+    deleted = delete_keys_task(block, first, f"{c}-manifests")
     deleted += delete_keys_task(block, objects, f"{c}-objects")
     return deleted + delete_keys_task(
         block, [k for o in plan.orphan_deletions for k in o.keys], f"{c}-orphans"

@@ -162,3 +162,86 @@ def test_a_verified_backup_deleted_within_its_retention_fails_the_sweep(local_st
     for key in layout(store).health_keys(newer.id):  # the vanished one, acknowledged
         backend.delete_keys([key])
     assert maintenance.verify_backups(components=[APP], store=store, newest=2)
+
+
+def test_retention_never_collects_a_verified_backups_data_when_only_its_manifest_went(
+    any_store, prefect_server
+):
+    """The newest backup, verified by a sweep, loses only its manifest (deleted by hand, or by
+    someone with write access). Retention took its objects for an abandoned write and, after the
+    orphan grace, deleted the data of the newest verified-good backup: restoring the manifest
+    (from the DR store, a noncurrent version) no longer brought it back. On both stores."""
+    from datetime import timedelta
+
+    from tests.test_retention_flow import old_backup
+
+    store = any_store()
+    old_backup(store, APP, timedelta(days=60))
+    newest = old_backup(store, APP, timedelta(days=50))
+    maintenance.verify_backups(components=[APP], store=store)
+    assert finding(store, newest.id).status == Status.verified
+    backend = backend_for(store)
+    backend.delete_keys([layout(store).manifest_key(newest.id)])
+
+    result = maintenance.enforce_retention(dry_run=False, store=store, components=[APP])
+    assert result["components"][APP]["orphans"] == []
+    assert backend.get_bytes(newest.objects[0].key)  # the data is still there
+    # once its health records are gone (deleted on purpose, as the sweep says): collected
+    backend.delete_keys(layout(store).health_keys(newest.id))
+    result = maintenance.enforce_retention(dry_run=False, store=store, components=[APP])
+    assert result["components"][APP]["orphans"] == [layout(store).backup_dir(newest.id)]
+
+
+def test_the_approval_form_never_offers_a_damaged_or_future_backup_as_the_newer_one(local_store):
+    """A checklist restore's approval form says 'A newer backup exists: <id>; this restore does
+    not use it' (tasks/operations/restore_checklist.py). It named the newest routine backup even
+    when that one was known damaged or dated in the future (a skewed clock): the approver was sent
+    to a backup 'latest' itself refuses. Now: the newest one 'latest' could pick, not damaged."""
+    from datetime import timedelta
+
+    from tasks.operations.restore_checklist import newer_backup
+    from tests.test_retention_flow import old_backup
+
+    store = local_store()
+    older = old_backup(store, APP, timedelta(hours=3))
+    middle = old_backup(store, APP, timedelta(hours=2))
+    newest = old_backup(store, APP, timedelta(hours=1))
+    old_backup(store, APP, -timedelta(days=2))  # from a clock two days ahead
+    assert newer_backup(store, older).id == newest.id
+    flip(store, newest)
+    with pytest.raises(IntegrityError):
+        verify_backup(store, newest)  # recorded damaged
+    assert newer_backup(store, older).id == middle.id
+    assert newer_backup(store, middle) is None
+
+
+def test_the_sweep_fails_naming_an_older_backup_whose_object_was_deleted(any_store, prefect_server):
+    """An object of an older backup deleted behind its manifest's back (by hand, a lifecycle rule,
+    an attacker): the sweep re-reads only the newest, and passed, saying nothing, while the
+    listing it made shows the object gone; `backup_at_or_before` and restores by id would pick
+    that backup. Now the sweep fails naming it, and records it damaged. On both stores."""
+    store = any_store()
+    older, _newer = backup(store), backup(store)
+    backend_for(store).delete_keys([older.objects[0].key])
+    st = maintenance.verify_backups(components=[APP], store=store, newest=1, return_state=True)
+    assert st.is_failed() and f"primary:{older.id}" in st.message and "sessions" in st.message, st.message
+    assert finding(store, older.id).status == Status.damaged
+
+
+def test_damage_found_after_a_verdict_from_a_clock_ahead_is_not_hidden_by_it(local_store):
+    """The sweep ran on a worker whose clock is an hour ahead: its 'verified' says its read began
+    an hour from now. Then a restore (a worker with the right time) finds the backup damaged: the
+    damage, stamped earlier than that verdict, lost to it, and 'latest' and retention kept using
+    the damaged backup. Damage recorded after a verdict now outranks it whatever the clocks say."""
+    from datetime import timedelta
+
+    store = local_store()
+    m = backup(store)
+    mark_verified(store, m.id, datetime.now(UTC) + timedelta(hours=1))  # the skewed sweep's verdict
+    flip(store, m)
+    with pytest.raises(IntegrityError):
+        verify_backup(store, m)  # a restore's read: recorded damaged
+    assert finding(store, m.id).status == Status.damaged
+    assert health_of(store, APP)[m.id].status == Status.damaged
+    with pytest.raises(IntegrityError, match=f"newest {APP} backup {m.id} is damaged"):
+        latest_backup(store, APP)

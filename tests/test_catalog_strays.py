@@ -38,12 +38,19 @@ def take(store, data: bytes, component: str = "app-state"):
 )
 def test_a_stray_manifest_key_is_no_backup_and_breaks_no_listing(local_store, stray):
     """One stray key (a sync tool's leftover, a copy made by hand) made list_backups, `latest`
-    and everything built on them raise 'malformed backup id'."""
+    and everything built on them raise 'malformed backup id'. And `klb backups list` / `klb
+    verify`: they raised BadInput (another component's id, no id), or listed a backup that does
+    not exist as damaged (a copy under another day)."""
+    from flows.console.backups import list_text, verify_text
+
     store = local_store()
     good = take(store, b"good\n")
     backend_for(store).put_bytes(f"{layout(store).component_dir('app-state')}/{stray}", b"{}")
     assert [m.id for m in list_backups(store, "app-state")] == [good.id]
     assert latest_backup(store, "app-state").id == good.id
+    listed = list_text(store, ["app-state"]).splitlines()
+    assert len(listed) == 2 and good.id in listed[1] and "verified" in listed[1], listed
+    assert verify_text(store, None)[1]
     listing = list_component(store, "app-state")
     assert [m.id for m in listing.manifests] == [good.id]
     assert list(listing.unreadable) == [
@@ -97,6 +104,37 @@ def test_a_backup_whose_pinned_versions_are_gone_is_not_the_good_one_retention_k
     decisions = {d.id: d for d in plan.decisions}
     assert decisions[old.id].action == "keep" and decisions[old.id].good, plan.decisions
     assert plan.missing == {new.id: ["data"]}
+
+
+def test_a_backup_whose_pinned_version_was_overwritten_then_purged_is_not_good(
+    s3_store, s3_bucket, prefect_server
+):
+    """On a versioned bucket, the newest backup's object overwritten, then the version its
+    manifest pins purged: the key still lists (the overwrite), so retention counted the backup
+    good and deleted the older one, the only one that restores; the sweep's listing said nothing
+    either. Presence is the pinned version's, not the key's."""
+    from flows.maintenance import verify_backups
+
+    bucket, client = s3_bucket
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    store = s3_store()
+    old, new = take(store, b"old\n"), take(store, b"new\n")
+    obj = new.objects[0]
+    client.put_object(Bucket=bucket, Key=obj.key, Body=b"an overwrite")
+    client.delete_object(Bucket=bucket, Key=obj.key, VersionId=obj.version_id)
+    listing = list_component(store, "app-state")
+    plan = plan_retention(
+        listing.manifests,
+        RetentionPolicy(component="app-state", retention=timedelta(hours=1)),
+        datetime.now(UTC) + timedelta(hours=2),
+        keys=listing.keys,
+        prefix=layout(store).component_dir("app-state"),
+    )
+    decisions = {d.id: d for d in plan.decisions}
+    assert decisions[old.id].action == "keep" and decisions[old.id].good, plan.decisions
+    assert plan.missing == {new.id: ["data"]}
+    st = verify_backups(components=["app-state"], store=store, newest=2, return_state=True)
+    assert st.is_failed() and new.id in st.message and old.id not in st.message.split("Why:")[0]
 
 
 def test_damage_records_alone_never_make_retention_delete_every_backup(local_store):

@@ -93,6 +93,19 @@ def test_damaged_backup_shows_in_status_and_list_and_exits_1(store, capsys):
     assert "verified" in row(lines, good.id)
 
 
+def test_a_backup_whose_object_is_gone_is_damaged_in_list_and_describe(store, capsys):
+    """An object deleted behind its manifest's back: `backups list` said damaged, but `backups
+    describe` still said 'verified' (from the manifest's write-time check)."""
+    m = put_backup(store, "app-state")
+    backend_for(store).delete_keys([m.objects[0].key])
+    code, lines, _ = klb(capsys, "backups", "list", "app-state")
+    assert "damaged: objects missing from the store: data" in row(lines, m.id)
+    code, lines, _ = klb(capsys, "backups", "describe", m.id)
+    text = "\n".join(lines)
+    assert "status      damaged" in text and "objects missing from the store: data" in text, text
+    assert "verified" not in text
+
+
 def test_backups_list_shows_every_column(store, capsys):
     m = put_backup(store, "etcd", age=timedelta(minutes=90))
     code, lines, err = klb(capsys, "backups", "list")

@@ -152,6 +152,30 @@ def test_a_dr_copy_whose_manifest_says_something_else_fails_the_sweep(prefect_se
         verify_replica(manifest, dr)
 
 
+def test_an_older_dr_copy_whose_manifest_says_something_else_fails_the_sweep(
+    prefect_server, s3_store, dr_store
+):
+    """The sweep compared the DR copy with the primary only for the newest `newest` backups: an
+    older copy whose manifest says something else (another source time moves what at-or-before
+    picks in the DR store) passed, and the DR store's retention and at-or-before trusted it. The
+    manifests of both stores are at hand: every copy the DR store holds is compared."""
+    from flows.maintenance import verify_backups
+
+    primary, dr, dr_client, older = _primary_backup(s3_store, dr_store, b"older bytes " * 50)
+    with backup_session(primary, "app-state") as s:
+        s.write("data", [b"newer bytes " * 50])
+        newer = s.commit()
+    for m in (older, newer):
+        replicate_backup(m, primary, dr)
+    assert verify_backups(components=["app-state"], store=primary, dr_store=dr, newest=1)
+    forge_dr_manifest(dr, dr_client, older.id, source_time=older.source_time - timedelta(days=3))
+    with pytest.raises(IntegrityError, match=f"dr:{older.id}") as err:
+        verify_backups(components=["app-state"], store=primary, dr_store=dr, newest=1)
+    assert f"dr:{newer.id}" not in str(err.value)
+    recorded = finding(dr, older.id)
+    assert recorded is not None and "not the primary's backup" in recorded.reason
+
+
 def test_a_newer_dr_only_backup_does_not_spare_the_copy_its_reread(prefect_server, s3_store, dr_store):
     from flows.maintenance import verify_backups
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from blocks.store import StoreBlock
 from flows.console.fmt import ago, human_bytes, table, when
-from flows.console.known import backups_of, known_state
+from flows.console.known import Known, backups_of, known_state, objects_gone
 from tasks.components.registry import SPECS
 from tasks.errors import BackupError, IntegrityError, KeyNotHeld
 from tasks.ids import parse_backup_id
@@ -60,6 +60,9 @@ def list_text(store: StoreBlock, components: list[str]) -> str:
 def describe_text(store: StoreBlock, backup_id: str) -> str:
     m = get_backup(store, backup_id)
     known = known_state(store, m)
+    # its objects gone: damaged, whatever a past read found (as `klb backups list` says)
+    if gone := objects_gone(store, [m], layout(store).backup_dir(m.id)).get(m.id):
+        known = Known("damaged", None, gone)
     lines = [
         f"backup      {m.id}",
         f"component   {m.component}",
@@ -71,6 +74,7 @@ def describe_text(store: StoreBlock, backup_id: str) -> str:
         f"size        {human_bytes(m.size)} stored, {human_bytes(m.raw_size)} raw, "
         f"{len(m.objects)} object(s)",
         f"status      {known.status}" + (f" {ago(known.when)} ({known.detail})" if known.when else ""),
+        *([f"            {gone}"] if gone else []),
         f"expires     {when(m.expires_at)}" if m.expires_at else "expires     never",
     ]
     run = {k: v for k, v in m.labels.items() if k not in ("kind",)}

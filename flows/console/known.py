@@ -17,8 +17,8 @@ from tasks.models import Manifest
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import get_backup, list_backups
 from tasks.storage.health import finding
-from tasks.storage.index import hidden_but_pinned
-from tasks.storage.layout import backup_id_of, is_manifest_key, layout
+from tasks.storage.index import pinned_presence
+from tasks.storage.layout import backup_id_of, layout
 
 
 @dataclass
@@ -43,23 +43,37 @@ def damaged_backups(store: StoreBlock, component: str, good: list[Manifest]) -> 
     holds (deleted behind the manifest's back: a restore of it would fail). One listing."""
     seen = {m.id for m in good}
     out: dict[str, str] = {}
-    backend, folder = backend_for(store), layout(store).component_dir(component)
+    where = layout(store)
+    backend, folder = backend_for(store), where.component_dir(component)
     keys = list(backend.list_keys(folder))
     for key in keys:
+        # only a backup's own manifest key, as the catalog lists them: a manifest.json anywhere
+        # else (a copy under another day, another component's id, no id) is no backup of this one
         backup_id = backup_id_of(key)
-        if not is_manifest_key(key) or backup_id is None or backup_id in seen:
+        if backup_id is None or backup_id in seen or not where.is_manifest_of(key, component):
             continue
         try:
             get_backup(store, backup_id, component)
         except (IntegrityError, NotFound) as exc:
             out[backup_id] = str(exc)
-    # a version a delete marker hides while its manifest pins it is still there (a locked backup)
-    present = set(keys)
-    present |= hidden_but_pinned(backend, folder, good, present)
-    for m in good:
-        if gone := [o.name for o in m.objects if o.key not in present]:
-            out[m.id] = f"objects missing from the store: {', '.join(gone[:3])}"
-    return out
+    return out | objects_gone(store, good, folder, keys)
+
+
+def objects_gone(
+    store: StoreBlock, manifests: list[Manifest], folder: str, keys: list[str] | None = None
+) -> dict[str, str]:
+    """backup id -> why, for those of `manifests` whose objects the store no longer holds (deleted
+    behind the manifest's back: a restore of it would fail). `keys`: the listing of `folder`."""
+    backend = backend_for(store)
+    present = set(backend.list_keys(folder) if keys is None else keys)
+    # a pinned version a delete marker hides is still there (a locked backup); one purged is not
+    hidden, purged = pinned_presence(backend, folder, manifests, present)
+    present = (present - purged) | hidden
+    return {
+        m.id: f"objects missing from the store: {', '.join(gone[:3])}"
+        for m in manifests
+        if (gone := [o.name for o in m.objects if o.key not in present])
+    }
 
 
 def backups_of(store: StoreBlock, component: str) -> tuple[list[Manifest], dict[str, str]]:

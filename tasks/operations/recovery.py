@@ -199,15 +199,21 @@ def latest_recovery_point(store: StoreBlock, gap: PointGap | None = None) -> Rec
     known = finding(store, newest.id)
     if known is not None and known.status == Status.damaged:
         damaged[newest.id] = known.reason
+    # a member found damaged (a restore's or `klb verify`'s read) damages its point at once: the
+    # sweep records that on the point only later, and a restore of the point would fail midway
+    if newest.id not in damaged and (why := _member_damage(store, newest)):
+        damaged[newest.id] = why
     since = _started(newest.id)
     # the same second as the newest: ids cannot tell which is newer, so it blocks too (never an
     # older point in silence)
     blocking = {i: why for i, why in damaged.items() if i == newest.id or ((_started(i) or since) >= since)}
     if blocking:
         worst = max(blocking)
-        good = [p for p in complete if p.id not in damaged]
+        good = next(
+            (p for p in reversed(complete) if p.id not in damaged and not _member_damage(store, p)), None
+        )
         fallback = (
-            f"the newest one not known damaged is {good[-1].id}: use it by id if older data is acceptable"
+            f"the newest one not known damaged is {good.id}: use it by id if older data is acceptable"
             if good
             else "no older complete point is known good either"
         )
@@ -216,6 +222,15 @@ def latest_recovery_point(store: StoreBlock, gap: PointGap | None = None) -> Rec
             f"not silently use an older one: {fallback}, or run backup-all"
         )
     return newest
+
+
+def _member_damage(store: StoreBlock, rp: RecoveryPoint) -> str | None:
+    """Why `rp` cannot be restored whole: a member recorded damaged (storage/health.py), or None."""
+    for component, member in sorted(rp.members.items()):
+        known = finding(store, member.backup_id)
+        if known is not None and known.status == Status.damaged:
+            return f"its {component} member {member.backup_id} is damaged: {known.reason[:200]}"
+    return None
 
 
 def get_recovery_point(

@@ -31,21 +31,23 @@ from tasks.operations.checklist import (
 )
 from tasks.operations.plan import action_of, short_state, target_label
 from tasks.operations.restores import RestoreRecord, mark_safety, publish_progress
-from tasks.storage.catalog import get_backup, list_backups
+from tasks.storage.catalog import get_backup, latest_candidates, list_backups
+from tasks.storage.health import damaged_ids
 from tasks.storage.records import get_record
 from tasks.verbs import writes_target
 
 
 def newer_backup(store: StoreBlock, manifest: Manifest) -> Manifest | None:
-    """The newest routine backup of the component with data newer than `manifest`'s, if any
-    (safety and forensic copies do not count: they hold the state being replaced)."""
-    routine = [
+    """The newest backup of the component that 'latest' could pick with data newer than
+    `manifest`'s, if any: the approval form offers it as the better choice. Never a safety or
+    forensic copy (they hold the state being replaced), one dated in the future (a skewed
+    clock), nor one known damaged (storage/health.py): offered, it was the one to pick instead."""
+    damaged = damaged_ids(store, manifest.component)
+    newer = [
         m
-        for m in list_backups(store, manifest.component)
-        if m.labels.get("purpose") != "pre-restore-safety"
-        and m.labels.get("kind") not in ("safety", "forensic")
+        for m in latest_candidates(list_backups(store, manifest.component), datetime.now(UTC))
+        if m.source_time > manifest.source_time and m.id != manifest.id and m.id not in damaged
     ]
-    newer = [m for m in routine if m.source_time > manifest.source_time and m.id != manifest.id]
     return newer[-1] if newer else None
 
 

@@ -11,8 +11,10 @@ damage can be recorded meanwhile (another sweep, a restore that found a bad obje
 live in two keys per backup: damage at `<backup-id>.json`, the sweep's verdict at
 `<backup-id>.verified.json`, and a verdict never overwrites a damage finding. Each verdict carries
 when its read began (`read_from`): it outranks damage only if that read began after the damage was
-recorded (a backup repaired, then re-read whole); else the damage stands. A record written before
-this split (a 'verified' at `<backup-id>.json`) is read the same way.
+recorded (a backup repaired, then re-read whole); else the damage stands. Damage recorded after a
+verdict was written is stamped after it too, so a sweep whose clock ran ahead cannot hide damage
+a later read finds. A record written before this split (a 'verified' at `<backup-id>.json`) is read
+the same way.
 
 Signed verdicts. The health records sit in the bucket beside the backups, so anyone who can
 write there could write "verified" over a damaged backup. On a store with an encryption_key every
@@ -35,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
 
@@ -125,6 +127,12 @@ def record(store: StoreBlock, backup_id: str, status: Status, reason: str = "") 
     except BadInput:
         return None  # not an id of ours: nothing to record it under
     now = datetime.now(UTC)
+    try:  # damage found after a verdict was written outranks it, whatever the two clocks say
+        verdict = _read(store, layout(store).verified_key(backup_id), backup_id)
+    except Exception:  # best effort, like the write: the damage is recorded all the same
+        verdict = None
+    if verdict is not None and verdict.since >= now:  # the sweep's clock was ahead of ours
+        now = verdict.since + timedelta(milliseconds=1)
     return _write(store, key, BackupHealth(id=backup_id, status=status, checked_at=now, reason=reason[:500]))
 
 

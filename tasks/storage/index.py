@@ -43,7 +43,7 @@ INDEX_VERSION = 2  # 2: entries hold the stored body, checked against the ETag
 @dataclass
 class ComponentListing:
     manifests: list[Manifest]  # oldest first
-    keys: list[str]  # every key under the component's folder
+    keys: list[str]  # every key under the component's folder (pinned versions: pinned_presence)
     unreadable: dict[str, str] = field(default_factory=dict)  # manifest key -> why
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase (bench/)
     fetched: int = 0  # manifests read from the store (the rest came from the index)
@@ -78,18 +78,22 @@ def _from_cache(entry: dict[str, str], tag: str, key: str, store: StoreBlock) ->
         return None
 
 
-def hidden_but_pinned(
-    backend: Backend, folder: str, manifests: list[Manifest], current: dict[str, str]
-) -> set[str]:
-    """Objects of listed backups that a delete marker hides while the version their manifest
-    pinned is still stored (a locked backup someone hid: the catalog lists it, restores read the
-    pinned versions). They are the backup's, not gone: retention must not count it damaged (so
-    stop keeping and locking it). One version listing, only when such objects exist."""
-    hidden = [o for m in manifests for o in m.objects if o.key not in current and o.version_id]
-    if not hidden or not isinstance(backend, S3Backend):
-        return set()
+def pinned_presence(
+    backend: Backend, folder: str, manifests: list[Manifest], current: dict[str, str] | set[str]
+) -> tuple[set[str], set[str]]:
+    """On a versioned bucket, where a manifest pins each object's version, whether an object is
+    there is whether THAT version is, not whether the key lists: (keys a delete marker hides
+    while the pinned version is stored: the backup's, not gone; keys listed whose pinned version
+    is gone: overwritten, then the pinned version purged, so a restore of it fails). One version
+    listing, only on a versioned bucket."""
+    pinned = [o for m in manifests for o in m.objects if o.version_id]
+    if not pinned or not isinstance(backend, S3Backend):
+        return set(), set()
     versions = backend.key_versions(folder)
-    return {o.key for o in hidden if o.version_id in versions.get(o.key, [])}
+    stored = {o.key for o in pinned if o.version_id in versions.get(o.key, [])}
+    return {o.key for o in pinned if o.key not in current and o.key in stored}, {
+        o.key for o in pinned if o.key in current and o.key not in stored
+    }
 
 
 def list_component(store: StoreBlock, component: str, use_index: bool = True) -> ComponentListing:
@@ -160,9 +164,9 @@ def list_component(store: StoreBlock, component: str, use_index: bool = True) ->
         except Exception as exc:  # the cache is an optimisation: never fail a sweep over it
             log.warning("could not write manifest index %s: %s", ikey, exc)
     manifests = sorted(found.values(), key=lambda m: (m.source_time, m.id))
-    listed = sorted(
-        set(tagged) | hidden_but_pinned(backend, keys.component_dir(component), manifests, tagged)
-    )
+    # as the backups' objects are: a pinned version hidden is there, one purged is not
+    hidden, purged = pinned_presence(backend, keys.component_dir(component), manifests, tagged)
+    listed = sorted((set(tagged) - purged) | hidden)
     timings = {"list": t1 - t0, "index": t2 - t1, "fetch": t3 - t2, "write_index": time.perf_counter() - t3}
     return ComponentListing(
         manifests=manifests, keys=listed, unreadable=unreadable, timings=timings, fetched=len(missing)

@@ -11,6 +11,7 @@ from tasks.errors import BadInput
 from tasks.ids import parse_backup_id
 from tasks.storage import object_lock
 from tasks.storage.backends import backend_for
+from tasks.storage.health import Status, health_of
 from tasks.storage.layout import backup_id_of, is_manifest_key, layout
 
 STALE_WRITE_AGE = timedelta(hours=24)  # longer than any backup runs: older uploads are orphans
@@ -47,8 +48,11 @@ def sweep_incomplete_writes(
         backup_id = backup_id_of(key)
         if backup_id is not None:
             by_backup.setdefault(backup_id, []).append(key)
+    # a backup a sweep verified had its manifest: deleted since, its objects are its data, not
+    # a failed write's (retention's plan keeps them too: storage/retention.py, rule 1)
+    verified = {i for i, h in health_of(store, component).items() if h.status == Status.verified}
     for backup_id, keys in by_backup.items():
-        if any(is_manifest_key(k) for k in keys):
+        if any(is_manifest_key(k) for k in keys) or backup_id in verified:
             continue
         try:
             _, started = parse_backup_id(backup_id)

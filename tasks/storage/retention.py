@@ -4,6 +4,7 @@ Pure: no I/O here (flows/maintenance.py lists, plans, then deletes). The rules, 
 
 1. a backup with no manifest is in flight or abandoned: it is invisible to the plan; its objects
    are "orphans", left alone while younger than `orphan_grace`, collected after (a separate step);
+   never those of a backup a sweep verified (its manifest was deleted since: they are its data);
 2. the newest `keep_last_good` good backups are kept whatever their age: retention by age alone
    can delete the last good backup. Good = routine (scheduled or on-demand), verified (when
    written or by the sweep) and not known damaged (storage/health.py): a damaged backup never
@@ -326,7 +327,10 @@ def plan_retention(
         )
         by_dir.pop(m.id, None)
 
-    orphans = [_orphan(backup_id, dir_keys, policy, now) for backup_id, dir_keys in sorted(by_dir.items())]
+    orphans = [
+        _orphan(backup_id, dir_keys, policy, now, backup_id in verified_ids)
+        for backup_id, dir_keys in sorted(by_dir.items())
+    ]
     return RetentionPlan(
         component=policy.component,
         now=now,
@@ -372,7 +376,11 @@ def _backup_keys(m: Manifest, listed: list[str] | None) -> list[str]:
     return manifest_keys + [k for k in rest if k not in manifest_keys]
 
 
-def _orphan(backup_id: str, keys: list[str], policy: RetentionPolicy, now: datetime) -> OrphanDecision:
+def _orphan(
+    backup_id: str, keys: list[str], policy: RetentionPolicy, now: datetime, verified: bool = False
+) -> OrphanDecision:
+    """Not `verified`: a sweep read this backup whole, so its manifest was deleted since (the
+    sweep fails naming it) and these objects are its data, no abandoned write."""
     backup_dir = backup_dir_of(keys[0])
     try:
         _, started = parse_backup_id(backup_id)
@@ -385,7 +393,9 @@ def _orphan(backup_id: str, keys: list[str], policy: RetentionPolicy, now: datet
             reason="not a backup id: not ours to delete",
         )
     age = now - started
-    if age < policy.orphan_grace:
+    if verified:  # its health records go if it was deleted on purpose: then collected
+        action, reason = Action.keep, "a verified backup whose manifest is gone: restore the manifest"
+    elif age < policy.orphan_grace:
         action, reason = Action.keep, f"no manifest yet, {_days(age)} old: may still be in flight"
     else:
         action, reason = Action.delete, f"no manifest, {_days(age)} old (grace {_days(policy.orphan_grace)})"

@@ -72,3 +72,16 @@ def vanished(block: StoreBlock, component: str, listing: ComponentListing) -> di
             f"holds it; if it was deleted on purpose, delete its health records ({records})"
         )
     return out
+
+
+def objects_gone(listing: ComponentListing) -> dict[str, str]:
+    """Listed backups whose objects the listing lacks (deleted behind their manifest's back; a
+    version a delete marker hides while the manifest pins it counts as there): backup id -> why.
+    The listing is at hand: every backup is checked, not only the newest the sweep re-reads."""
+    present = set(listing.keys)
+    return {
+        m.id: f"objects missing from the store: {', '.join(gone[:3])} (deleted behind its manifest's "
+        "back: a restore of it fails); restore them from the DR store, or delete the backup"
+        for m in listing.manifests
+        if (gone := [o.name for o in m.objects if o.key not in present])
+    }

@@ -290,6 +290,27 @@ def test_a_damaged_newest_recovery_point_is_never_skipped_silently(world):
     assert get_recovery_point(store, first).id == first  # still usable by id
 
 
+@pytest.mark.fault(
+    "catalog",
+    "a member backup of the newest recovery point found damaged by a read (klb verify, a restore), "
+    "before any sweep recorded the point itself damaged",
+    "'latest' recovery point fails with IntegrityError naming the member and the older point to "
+    "use by id (it returned the point, whose restore would fail midway); by id it is still given",
+)
+def test_a_recovery_point_with_a_member_known_damaged_is_not_latest(world):
+    store, target, _state = world
+    first = backup_all(components=[APP], targets={APP: target}, store=store).recovery_point
+    second = backup_all(components=[APP], targets={APP: target}, store=store).recovery_point
+    member = get_backup(store, get_recovery_point(store, second).members[APP].backup_id)
+    flip_object(store, member)
+    with pytest.raises(IntegrityError, match="sha256"):
+        verify_backup(store, member)  # recorded damaged; the point's own record says nothing yet
+
+    with pytest.raises(IntegrityError, match=rf"{second} is damaged \(its {APP} member {member.id}.*{first}"):
+        get_recovery_point(store, "latest")
+    assert get_recovery_point(store, second).id == second  # by id, as asked
+
+
 # --- 7. safety backups are never 'latest', never the good one --------------------------------------
 
 
