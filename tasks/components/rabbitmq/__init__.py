@@ -50,7 +50,15 @@ from tasks.components.rabbitmq.drill import drill, drill_cleanup
 from tasks.components.rabbitmq.importing import attach_written, import_definitions
 from tasks.components.rabbitmq.movers import broker_identity, decide, leave_out, recorded_identity
 from tasks.components.rabbitmq.prechecks import check_restore, refuse_before_restore, self_lockout
-from tasks.components.rabbitmq.written import COMPARED, compare, importable, narrowed, snapshot
+from tasks.components.rabbitmq.written import (
+    COMPARED,
+    beyond_backup,
+    compare,
+    importable,
+    narrowed,
+    report_note,
+    snapshot,
+)
 from tasks.components.rabbitmq.written import wrote as _wrote
 from tasks.errors import BadInput, IntegrityError, target_untouched
 from tasks.models import Manifest
@@ -289,6 +297,11 @@ def _restore(
             attach_written(exc, target, client, wanted, before)
             raise
         done = compare(before, snapshot(target, client, wanted))
+        # a rollback (`only`) puts back a part on purpose: what else is there is not its business
+        beyond = None if options.only is not None else beyond_backup(
+            target, client, {v: vhost_definitions(docs, options.vhost or v) for v in plan},
+            {v: broker for v in access_of}, docs[None] if broker_wide else None,
+        )  # fmt: skip
         missing = [d for vhost, defs in plan.items() for d in differences(target, client, vhost, defs, False)]
         missing += [
             d
@@ -309,7 +322,8 @@ def _restore(
         "created_vhosts": created,
         "broker_wide": broker_wide,
         **done,
-        **({} if done["created"] or done["overwritten"] else {"note": NOTHING_NOTE}),
+        **({} if beyond is None else {"not_in_backup": beyond}),
+        **report_note(done, beyond),
         **({"permissions_not_restored": skipped} if skipped else {}),
         **({"not_imported": left_out} if left_out else {}),
         **(
@@ -320,17 +334,13 @@ def _restore(
         "verified": "every vhost, queue, exchange, binding, policy and runtime parameter (vhost limits, "
         "shovels, federation upstreams) the restore imported exists with the same properties; every "
         "vhost the restore created has its description, tags and default queue type; a whole-broker "
-        "restore also has every user, permission, topic permission and global parameter back",
+        "restore also has every user, permission, topic permission and global parameter back; what "
+        "the scope holds beyond the backup is in `not_in_backup`",
         "compared": COMPARED,
         "messages": MESSAGES_NOTE,
     }
 
 
-NOTHING_NOTE = (
-    "the restore wrote nothing: every definition it would import was on the broker already, as "
-    "backed up (what it left out is in `not_imported`). The broker is as it was and there is "
-    "nothing to roll back"
-)
 MOVERS_WARNING = (
     "LEFT OUT, not imported: {} (shovels, federation upstreams, federation policy keys: they would "
     "move the messages of the broker backed up into this one; see `not_imported`). If this broker "
