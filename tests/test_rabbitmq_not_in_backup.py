@@ -92,10 +92,16 @@ def state(api, vhost: str) -> dict[str, str]:
     return keyed(doc, vhost)
 
 
-def test_a_restore_names_what_the_broker_holds_beyond_the_backup(api, rabbitmq, scope, local_store):
+@pytest.mark.parametrize("backup_of", ["vhost", "broker"])
+def test_a_restore_names_what_the_broker_holds_beyond_the_backup(
+    api, rabbitmq, scope, local_store, backup_of
+):
+    """A per-vhost backup, or the vhost of a whole-broker backup (`vhost` option: nothing else
+    of the broker is imported or compared)."""
     vhost, (user, other) = scope
     v = seg(vhost)
-    target = RabbitMQTarget(url=rabbitmq.extra["url"], vhosts=[vhost])
+    target = RabbitMQTarget(url=rabbitmq.extra["url"], vhosts=[vhost] if backup_of == "vhost" else None)
+    options = {} if backup_of == "vhost" else {"vhost": vhost}
     store = local_store()
     backed_up = state(api, vhost)
     manifest = backup_task.fn("rabbitmq", target, store)
@@ -114,7 +120,7 @@ def test_a_restore_names_what_the_broker_holds_beyond_the_backup(api, rabbitmq, 
     extra = sorted(set(state(api, vhost)) - set(backed_up))
     assert len(extra) == 5, extra
 
-    report = restore_task.fn(manifest, target, store, {})
+    report = restore_task.fn(manifest, target, store, options)
     assert report["not_in_backup"] == extra
     assert "not_in_backup" in report["note"]
     now = state(api, vhost)
@@ -128,6 +134,6 @@ def test_a_restore_names_what_the_broker_holds_beyond_the_backup(api, rabbitmq, 
         f"/permissions/{v}/{other}",
     ):
         assert api.delete(path).status_code == 204
-    report = restore_task.fn(manifest, target, store, {})
+    report = restore_task.fn(manifest, target, store, options)
     assert report["not_in_backup"] == []
     assert state(api, vhost) == backed_up
