@@ -137,3 +137,23 @@ def test_a_restore_names_what_the_broker_holds_beyond_the_backup(
     report = restore_task.fn(manifest, target, store, options)
     assert report["not_in_backup"] == []
     assert state(api, vhost) == backed_up
+
+
+def test_a_restore_names_the_metadata_an_existing_vhost_keeps(api, rabbitmq, scope, local_store):
+    """The import sets a vhost's description and tags only when it creates the vhost: one changed
+    since the backup kept its new ones, and the restore said nothing (its check compared the live
+    metadata with itself). The report names each difference in `differs_from_backup`."""
+    vhost, _ = scope
+    target = RabbitMQTarget(url=rabbitmq.extra["url"], vhosts=[vhost])
+    store = local_store()
+    manifest = backup_task.fn("rabbitmq", target, store)
+    put(api, f"/vhosts/{seg(vhost)}", {"description": "changed since", "tags": "eu,new"})
+
+    report = restore_task.fn(manifest, target, store, {})
+    assert report["differs_from_backup"] == [
+        f"vhost {vhost!r}: description is 'changed since', backed up as 'exactness'",
+        f"vhost {vhost!r}: tags is ['eu', 'new'], backed up as ['eu']",
+    ]
+    assert report["not_in_backup"] == []
+    put(api, f"/vhosts/{seg(vhost)}", {"description": "exactness", "tags": "eu"})
+    assert "differs_from_backup" not in restore_task.fn(manifest, target, store, {})

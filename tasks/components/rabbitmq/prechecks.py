@@ -18,11 +18,13 @@ from tasks.components.rabbitmq.api import _get, _vhost_exists, connect, q
 from tasks.components.rabbitmq.definitions import (
     FEDERATION_POLICY_KEYS,
     PLUGIN_COMPONENTS,
+    VHOST_KINDS,
     _load,
     differences,
     vhost_definitions,
 )
 from tasks.components.rabbitmq.movers import refuse_into_copy
+from tasks.components.rabbitmq.written import narrowed
 from tasks.errors import BadInput
 from tasks.models import Manifest
 
@@ -191,3 +193,33 @@ def self_lockout(target: RabbitMQTarget, doc: dict[str, Any]) -> list[str]:
             "restore with another administrator"
         )
     return out
+
+
+def narrow(
+    docs: dict[str | None, dict[str, Any]], only: list[str] | None
+) -> dict[str | None, dict[str, Any]]:
+    """The backup's definitions, or with `only` those it names (refused if it holds not all)."""
+    if only is None:
+        return docs
+    kept, absent = narrowed(docs, only)
+    if absent:
+        raise BadInput(
+            f"the backup does not hold {absent[:20]} (`only`): restore from the backup taken before "
+            "the restore that wrote them (its safety backup), or put them back by hand"
+        )
+    return kept
+
+
+def only_plan(
+    target: RabbitMQTarget, client: httpx.Client, plan: dict[str, dict[str, Any]], only: list[str]
+) -> dict[str, dict[str, Any]]:
+    """The vhosts of `plan` that hold something `only` names; each must exist: importing into one
+    deleted since would create it, which is more than putting back what a restore overwrote."""
+    kept = {v: defs for v, defs in plan.items() if any(defs.get(k) for k in VHOST_KINDS)}
+    gone = [v for v in kept if not _vhost_exists(target, client, v)]
+    if gone:
+        raise BadInput(
+            f"vhost(s) {gone} were deleted since: putting back {only[:20]} would create them again. "
+            "Restore them whole (without `only`) if they are wanted; nothing was done"
+        )
+    return kept
