@@ -77,6 +77,15 @@ def refuse_before_restore(
             "restore refused, nothing was changed: these exist with other properties "
             "(delete them, or restore into another vhost with into_vhost): " + "; ".join(conflicts[:20])
         )
+    if dangling := [
+        d for vhost, defs in plan.items() for d in dangling_bindings(target, client, vhost, defs)
+    ]:
+        raise BadInput(
+            "restore refused, nothing was changed: these bindings name a queue or exchange that neither "
+            "the backup nor the broker holds (the export ran while they changed, or the backup was "
+            "edited), and RabbitMQ's import would drop them without a word after importing the rest: "
+            "declare them first, or restore another backup: " + "; ".join(dangling[:20])
+        )
     if lacking := feature_conflicts(target, client, plan):
         raise BadInput(
             "restore refused, nothing was changed: this broker lacks what the backup uses: "
@@ -87,6 +96,39 @@ def refuse_before_restore(
             "restore refused, nothing was changed: the import would lock this restore out "
             "before it could check what it brought back: " + "; ".join(lockout)
         )
+
+
+def dangling_bindings(
+    target: RabbitMQTarget, client: httpx.Client, vhost: str, defs: dict[str, Any]
+) -> list[str]:
+    """The bindings of `defs` whose source exchange or destination is neither in `defs` nor in the
+    live `vhost` (the default exchanges, "" and amq.*, are in every vhost)."""
+    held = {
+        "exchange": {e["name"] for e in defs.get("exchanges") or []},
+        "queue": {i["name"] for i in defs.get("queues") or []},
+    }
+
+    def absent(b: dict[str, Any]) -> list[tuple[str, str]]:
+        ends = [("exchange", b["source"]), (b.get("destination_type", "queue"), b["destination"])]
+        return [
+            (kind, name)
+            for kind, name in ends
+            if name not in held.get(kind, set())
+            and not (kind == "exchange" and name.startswith("amq."))
+            and name != ""
+        ]
+
+    wanted = {end for b in defs.get("bindings") or [] for end in absent(b)}
+    for kind in {k for k, _ in wanted}:  # one listing per kind, only when the backup lacks one
+        held[kind] = held.get(kind, set()) | {
+            i["name"] for i in _get(target, client, f"/{kind}s/{q(vhost)}", f"list {kind}s") or []
+        }
+    return [
+        f"binding {b['source']!r} -> {b['destination']!r} ({b.get('routing_key')!r}) in vhost {vhost!r}: "
+        + ", ".join(f"{kind} {name!r} is missing" for kind, name in gone)
+        for b in defs.get("bindings") or []
+        if (gone := absent(b))
+    ]
 
 
 def limit_conflicts(
