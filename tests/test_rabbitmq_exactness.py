@@ -298,3 +298,38 @@ def test_a_binding_to_an_object_neither_backed_up_nor_live_is_refused_before_any
     assert {k: v for k, v in after.items() if k != "vhosts"} == {
         k: v for k, v in before.items() if k != "vhosts"
     }
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_a_policy_this_broker_does_not_know_is_refused_before_anything(
+    api, rabbitmq, vhosts, local_store, exists
+):
+    """A backup of a newer RabbitMQ holds a policy key this one does not know (consumer-timeout,
+    3.12): the import validates policies only after it has set the vhost's runtime parameters,
+    and stopped there, the vhost's limits changed and its queues missing. Tried first in a
+    scratch vhost (deleted), refused, and nothing changes."""
+    name = "klb-newer-policy-" + secrets.token_hex(4)
+    vhosts.append(name)
+    vhost_doc = {
+        "rabbit_version": "3.12.0",
+        "parameters": [{"component": "vhost-limits", "name": "limits", "value": {"max-connections": 5}}],
+        "policies": [{"name": "p", "pattern": ".*", "apply-to": "queues", "priority": 0,
+                      "definition": {"consumer-timeout": 1000, "message-ttl": 1000}}],
+        "queues": [{"name": "q1", "durable": True, "auto_delete": False, "arguments": {}}],
+        "exchanges": [], "bindings": [],
+    }  # fmt: skip
+    store = local_store()
+    with serve(name, {}, vhost_doc) as url:
+        manifest = backup_task.fn("rabbitmq", RabbitMQTarget(url=url, vhosts=[name]), store)
+    if exists:
+        put(api, f"/vhosts/{seg(name)}", {})
+    target = RabbitMQTarget(url=rabbitmq.extra["url"], vhosts=[name])
+    before = api.get("/definitions").json()
+    with pytest.raises(BadInput, match=f"nothing was changed.*vhost '{name}'.*consumer-timeout"):
+        restore_task.fn(manifest, target, store, {})
+    after = api.get("/definitions").json()
+    assert [v["name"] for v in after["vhosts"] if v["name"] == name] == ([name] if exists else [])
+    assert not [v for v in after["vhosts"] if v["name"].startswith("klb-check-")], "the scratch vhost is gone"
+    assert {k: v for k, v in after.items() if k != "vhosts"} == {
+        k: v for k, v in before.items() if k != "vhosts"
+    }
