@@ -301,13 +301,14 @@ def test_a_binding_to_an_object_neither_backed_up_nor_live_is_refused_before_any
 
 
 @pytest.mark.parametrize("exists", [True, False])
-def test_a_policy_this_broker_does_not_know_is_refused_before_anything(
-    api, rabbitmq, vhosts, local_store, exists
+@pytest.mark.parametrize("unknown", ["policy key", "queue type"])
+def test_a_definition_this_broker_does_not_know_is_refused_before_anything(
+    api, rabbitmq, vhosts, local_store, exists, unknown
 ):
-    """A backup of a newer RabbitMQ holds a policy key this one does not know (consumer-timeout,
-    3.12): the import validates policies only after it has set the vhost's runtime parameters,
-    and stopped there, the vhost's limits changed and its queues missing. Tried first in a
-    scratch vhost (deleted), refused, and nothing changes."""
+    """A backup of a newer RabbitMQ holds a policy key (consumer-timeout, 3.12) or a queue type
+    this one does not know: the import validates each only as it comes to it, and stopped there,
+    the vhost's limits (or its exchange and first queue) in place and the rest missing. Tried
+    first in a scratch vhost (deleted), refused, and nothing changes."""
     name = "klb-newer-policy-" + secrets.token_hex(4)
     vhosts.append(name)
     vhost_doc = {
@@ -316,8 +317,14 @@ def test_a_policy_this_broker_does_not_know_is_refused_before_anything(
         "policies": [{"name": "p", "pattern": ".*", "apply-to": "queues", "priority": 0,
                       "definition": {"consumer-timeout": 1000, "message-ttl": 1000}}],
         "queues": [{"name": "q1", "durable": True, "auto_delete": False, "arguments": {}}],
-        "exchanges": [], "bindings": [],
+        "exchanges": [{"name": "x", "type": "direct", "durable": True, "auto_delete": False,
+                       "internal": False, "arguments": {}}],
+        "bindings": [],
     }  # fmt: skip
+    if unknown == "queue type":
+        vhost_doc["policies"][0]["definition"] = {"message-ttl": 1000}
+        vhost_doc["queues"].append({"name": "q10", "durable": True, "auto_delete": False,
+                                    "arguments": {"x-queue-type": "klb-unknown"}})  # fmt: skip
     store = local_store()
     with serve(name, {}, vhost_doc) as url:
         manifest = backup_task.fn("rabbitmq", RabbitMQTarget(url=url, vhosts=[name]), store)
@@ -325,7 +332,8 @@ def test_a_policy_this_broker_does_not_know_is_refused_before_anything(
         put(api, f"/vhosts/{seg(name)}", {})
     target = RabbitMQTarget(url=rabbitmq.extra["url"], vhosts=[name])
     before = api.get("/definitions").json()
-    with pytest.raises(BadInput, match=f"nothing was changed.*vhost '{name}'.*consumer-timeout"):
+    why = "consumer-timeout" if unknown == "policy key" else "queue 'q10'.*klb-unknown"
+    with pytest.raises(BadInput, match=f"nothing was changed.*vhost '{name}'.*{why}"):
         restore_task.fn(manifest, target, store, {})
     after = api.get("/definitions").json()
     assert [v["name"] for v in after["vhosts"] if v["name"] == name] == ([name] if exists else [])

@@ -141,30 +141,49 @@ def dangling_bindings(
     ]
 
 
+def _shapes(vhost_index: int, defs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """One queue and one exchange of each kind (type, flags, arguments) in `defs`, under scratch
+    names (the same name may have two shapes in two vhosts), and {scratch name: real name}."""
+    out: dict[str, Any] = {"queues": [], "exchanges": []}
+    names: dict[str, str] = {}
+    for kind in out:
+        seen = set()
+        for item in defs.get(kind) or []:
+            shape = json.dumps({k: v for k, v in item.items() if k != "name"}, sort_keys=True)
+            if shape not in seen:
+                seen.add(shape)
+                scratch = f"klb-check-{vhost_index}-{kind[0]}{len(seen)}"
+                out[kind].append({**item, "name": scratch})
+                names[scratch] = item["name"]
+    return out, names
+
+
 def unimportable(target: RabbitMQTarget, client: httpx.Client, plan: dict[str, dict[str, Any]]) -> list[str]:
-    """Why the broker refuses each vhost's policies and runtime parameters (a policy key or a
-    parameter component it does not know: it validates them only while importing, after what
-    comes before them). Tried in a scratch vhost of our own, always deleted; shovels, federation
-    upstreams and federation keys left out (they would start moving messages; feature_conflicts
-    checks their plugins)."""
-    tried = {
-        v: {k: defs[k] for k in ("policies", "parameters")}
-        for v, defs in ((v, without_movers(d, "")[0]) for v, d in plan.items())
-        if defs.get("policies") or defs.get("parameters")
-    }
+    """Why the broker refuses each vhost's queues, exchanges, policies or runtime parameters (a
+    queue type or argument, a policy key, a parameter component it does not know): it validates
+    each only while importing it, after what comes before. Tried in a scratch vhost of our own,
+    always deleted: one queue and one exchange of each kind, then the policies and parameters;
+    shovels, federation upstreams and federation keys left out (they would start moving
+    messages; feature_conflicts checks their plugins)."""
+    tried = [(v, without_movers(d, "")[0]) for v, d in plan.items()]
+    tried = [(v, d) for v, d in tried if any(d.get(k) for k in VHOST_KINDS if k != "bindings")]
     if not tried:
         return []
     scratch = f"klb-check-{secrets.token_hex(6)}"
     _raise_for(target, client.put(f"/vhosts/{q(scratch)}", json={}), "create a scratch vhost")
     out = []
     try:
-        for vhost, defs in tried.items():
-            resp = client.post(f"/definitions/{q(scratch)}", content=json.dumps(defs))
-            if resp.status_code == 400:
-                reason = str(resp.json().get("reason", resp.text)).replace(scratch, vhost)
-                out.append(f"vhost {vhost!r}: {shown(reason)[:300]}")
-            else:
-                _raise_for(target, resp, "check the backup's policies in a scratch vhost")
+        for i, (vhost, defs) in enumerate(tried):
+            shapes, names = _shapes(i, defs)
+            for part in (shapes, {k: defs.get(k) or [] for k in ("policies", "parameters")}):
+                resp = client.post(f"/definitions/{q(scratch)}", content=json.dumps(part))
+                if resp.status_code == 400:
+                    reason = str(resp.json().get("reason", resp.text)).replace(scratch, vhost)
+                    for fake, real in sorted(names.items(), key=lambda n: -len(n[0])):
+                        reason = reason.replace(fake, real)
+                    out.append(f"vhost {vhost!r}: {shown(reason)[:300]}")
+                    break
+                _raise_for(target, resp, "check the backup's definitions in a scratch vhost")
     finally:
         client.delete(f"/vhosts/{q(scratch)}")
     return out
