@@ -1,5 +1,6 @@
 """A stand-in for a source broker's management API, for tests whose backup must read what a
-broker with other plugins or versions exports (the machine's broker cannot hold it)."""
+broker with other plugins or versions exports (the machine's broker cannot hold it); and a
+broker whose import drops a kind of definition without a word."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import httpx
+
+from blocks.rabbitmq import RabbitMQTarget
+from tasks.components import rabbitmq as rmq
 
 
 @contextmanager
@@ -52,3 +58,33 @@ def serve(
         yield f"http://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
+
+
+@contextmanager
+def lossy(drop: str) -> Iterator[None]:
+    """The broker's definitions import drops every `drop` item of what it is given, and says
+    nothing (as an import that ignores what it does not handle would)."""
+    real = rmq.connect
+
+    class Client:
+        def __init__(self, inner: httpx.Client) -> None:
+            self._inner = inner
+
+        def __getattr__(self, attr: str) -> Any:
+            return getattr(self._inner, attr)
+
+        def post(self, path: str, content: str | None = None, **kwargs: Any) -> httpx.Response:
+            if path.startswith("/definitions") and content is not None:
+                content = json.dumps({**json.loads(content), drop: []})
+            return self._inner.post(path, content=content, **kwargs)
+
+    @contextmanager
+    def connect(target: RabbitMQTarget) -> Iterator[Any]:
+        with real(target) as client:
+            yield Client(client)
+
+    rmq.connect = connect  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        rmq.connect = real  # type: ignore[assignment]

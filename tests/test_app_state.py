@@ -329,3 +329,70 @@ def test_a_damaged_step_is_refused_before_any_step_runs_and_recorded_untouched(
         restore_task.fn(manifest, target, store, {})
     assert getattr(refused.value, "target_untouched", False)
     assert list(d1.iterdir()) == [] and list(d2.iterdir()) == [], "a step ran before the refusal"
+
+
+def test_no_step_inherits_the_workers_secrets(tmp_path, local_store, monkeypatch):
+    """The worker's own credentials (the store's AWS keys, a password or token of the flow pod)
+    reached every backup, restore, drill restore and verify script through the inherited
+    environment, and so everything those scripts start. A step gets only what it names: its `env`
+    and `secret_env`, plus the non-secret inherited variables (PATH, HOME, ...)."""
+    from tasks.components import app_state
+
+    leaked = {
+        "AWS_SECRET_ACCESS_KEY": "aws-" + os.urandom(8).hex(),
+        "AWS_SESSION_TOKEN": "sts-" + os.urandom(8).hex(),
+        "KLB_STORE_ENCRYPTION_KEY": "enc-" + os.urandom(8).hex(),
+        "PGPASSWORD": "pg-" + os.urandom(8).hex(),
+    }
+    for name, value in leaked.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("KLB_HARMLESS", "kept")
+    dump = "import json, os, sys; json.dump(dict(os.environ), open(sys.argv[1], 'w'))"
+    seen = tmp_path / "seen"
+    seen.mkdir()
+
+    def env_of(path: Path) -> dict[str, str]:
+        import json
+
+        return json.loads(path.read_text())
+
+    step = AppStateStep(
+        name="state",
+        backup_command=[sys.executable, "-c", dump + "; print('state')", str(seen / "backup")],
+        restore_command=[sys.executable, "-c", dump + "; sys.stdin.read()", str(seen / "restore")],
+        drill_restore_command=["sh", "-c", 'cat > "$KLB_DRILL_DIR/state"'],
+        verify_command=[sys.executable, "-c", dump, str(seen / "verify")],
+        env={"MODE": "plain"},
+        secret_env={"PGPASSWORD": SecretStr("the-steps-own"), "API_TOKEN": SecretStr("tok")},
+    )
+    target, store = AppStateTarget(steps=[step]), local_store()
+    manifest = backup_task.fn("app-state", target, store)
+    restore_task.fn(manifest, target, store, {})
+    app_state.drill(target, manifest, store, "envleak")
+    for what in ("backup", "restore", "verify"):
+        child = env_of(seen / what)
+        text = (seen / what).read_text()
+        assert not [n for n, v in leaked.items() if v in text], (what, sorted(child))
+        assert "AWS_SECRET_ACCESS_KEY" not in child and "KLB_STORE_ENCRYPTION_KEY" not in child
+        assert child["PGPASSWORD"] == "the-steps-own" and child["API_TOKEN"] == "tok", what
+        assert child["MODE"] == "plain" and child["KLB_HARMLESS"] == "kept", what
+        assert child["PATH"] == os.environ["PATH"], what
+
+
+def test_selected_steps_restore_in_the_backups_order(tmp_path, local_store):
+    """`steps` selects which steps run, not in which order: they ran in the order the option
+    listed them, so a data step could run before the schema step it needs (the backup's order)."""
+    log = tmp_path / "order"
+
+    def step(name: str) -> AppStateStep:
+        return AppStateStep(
+            name=name,
+            backup_command=["echo", name],
+            restore_command=["sh", "-c", f'cat >/dev/null; echo {name} >> "{log}"'],
+        )
+
+    target, store = AppStateTarget(steps=[step("schema"), step("data"), step("cache")]), local_store()
+    manifest = backup_task.fn("app-state", target, store)
+    report = restore_task.fn(manifest, target, store, {"steps": ["cache", "schema"]})
+    assert report["restored_steps"] == ["schema", "cache"]
+    assert log.read_text().split() == ["schema", "cache"]

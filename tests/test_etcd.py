@@ -554,3 +554,34 @@ def test_a_swap_whose_etcd_comes_back_on_other_data_fails_and_rolls_back(tmp_pat
         assert (stale / "member").is_dir() and not Path(f"{stale}-old-{manifest.id}").exists()
         assert len(read_prefix(kubelet.client, "/registry/after-backup/")[0]) == 1
     assert {p.name for p in kubelet.manifests.iterdir()} == {"etcd.yaml", "kube-apiserver.yaml"}
+
+
+def test_a_swap_whose_etcd_serves_other_data_at_the_same_revision_fails_and_rolls_back(tmp_path, local_store):
+    """The check after the swap compared revision and key count only: an etcd that came back on
+    other data with as many keys at the same revision (here the target's own live data, its
+    data_dir a stale copy, and a backup of another member of that shape) passed, and the report
+    said swap_executed with none of the backup's values in place. Now the whole key-value state at
+    the backup's revision (etcd's HashKV, recorded at backup) must match too."""
+    store = local_store()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with StaticPodKubelet(tmp_path / "a") as live, StaticPodKubelet(tmp_path / "b") as other:
+        put_keys(live.client, "/registry/configmaps/", 10)
+        with httpx.Client(base_url=other.client, timeout=10) as http:
+            for i in range(10):  # the same keys, other values: the same revision and key count
+                http.post("/v3/kv/put", json={"key": b64(f"/registry/configmaps/{i:03d}"),
+                                              "value": b64(f"other-{i}")}).raise_for_status()  # fmt: skip
+        manifest = backup_task.fn("etcd", other.target(), store)
+        stale = tmp_path / "a" / "etcd-copy"
+        shutil.copytree(live.data, stale)
+        target = live.target(swap_wait_seconds=10).model_copy(update={"data_dir": str(stale)})
+        assert (
+            read_prefix(live.client, "/registry/configmaps/")[1]
+            == manifest.engine["snapshot_status"]["revision"]
+        )
+
+        with pytest.raises(ComponentFailed, match="key-value state.*is data_dir.*Rolled back"):
+            restore_task.fn(manifest, target, store, {"execute_swap": True})
+        assert (stale / "member").is_dir() and not Path(f"{stale}-old-{manifest.id}").exists()
+        assert read_prefix(live.client, "/registry/configmaps/")[0]["/registry/configmaps/000"] == "value-0"
+    assert manifest.engine["kv_hash"]["compact_revision"] == -1, "never compacted"

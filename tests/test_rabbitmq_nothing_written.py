@@ -245,20 +245,21 @@ def test_a_whole_broker_restore_reports_the_users_it_overwrote_and_its_rollback_
 
 
 def test_a_restore_that_failed_after_its_import_records_what_it_wrote(api, rabbitmq, local_store):
-    """RabbitMQ 3.10 imports a binding to a queue that does not exist without a word, so the
-    check after the import fails. The failed restore's record now holds what the import wrote
+    """An import that drops a binding without a word (RabbitMQ 3.10 does so for one whose queue
+    does not exist: such a backup is now refused before anything; here the import drops it), so
+    the check after the import fails. The failed restore's record now holds what the import wrote
     (it created queue a), and its rollback is refused: it overwrote nothing, and putting the
     safety backup back would only undo writes made since."""
     from flows.backup import backup_component
     from flows.recovery import load_restore_record, restore_with_checklist, rollback_restore
     from tasks.errors import BadInput, IntegrityError
-    from tests.rabbitmq_helpers import serve
+    from tests.rabbitmq_helpers import lossy, serve
 
     name = f"klb-nw-f-{secrets.token_hex(4)}"
     vhost_doc = {
         "queues": [{"name": "a", "durable": True, "auto_delete": False, "arguments": {}}],
         "bindings": [
-            {"source": "amq.direct", "destination": "missing", "destination_type": "queue",
+            {"source": "amq.direct", "destination": "a", "destination_type": "queue",
              "routing_key": "k", "arguments": {}},
         ],
         "exchanges": [], "policies": [], "parameters": [],
@@ -270,7 +271,7 @@ def test_a_restore_that_failed_after_its_import_records_what_it_wrote(api, rabbi
         with serve(name, {"vhosts": [{"name": name}]}, vhost_doc) as url:
             backup = backup_component("rabbitmq", target=RabbitMQTarget(url=url, vhosts=[name]), store=store)
         target = RabbitMQTarget(url=rabbitmq.extra["url"], vhosts=[name])
-        with pytest.raises(IntegrityError, match="missing"):
+        with lossy("bindings"), pytest.raises(IntegrityError, match="binding.*missing"):
             restore_with_checklist("rabbitmq", backup_id=backup.id, target=target, store=store)
         (record_id,) = [r for r in _restore_ids(store) if r.startswith("restore-")]
         record = load_restore_record(store, record_id)

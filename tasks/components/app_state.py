@@ -22,7 +22,7 @@ from blocks.store import StoreBlock
 from tasks.components.contract import StrictOptions, target_from_env
 from tasks.errors import BackupError, BadInput, ConfigurationError, IntegrityError, target_untouched
 from tasks.models import Manifest
-from tasks.proc import feed_stdin, run, stream_stdout
+from tasks.proc import SECRET_ENV_RE, feed_stdin, run, stream_stdout
 from tasks.storage.session import BackupSession, read_object, verify_object
 
 Target = AppStateTarget
@@ -33,11 +33,19 @@ def default_target() -> AppStateTarget:
     return target_from_env(AppStateTarget, "app-state", "KLB_APP_STATE_TARGET")  # type: ignore[return-value]
 
 
+def step_env(step: AppStateStep) -> dict[str, str | None]:
+    """The environment of a step's commands: its `env` and `secret_env` over the worker's, less
+    every inherited variable whose name looks secret (the store's AWS keys, a password or token of
+    the flow pod): a script, and all it starts, gets only the credentials its step names."""
+    inherited = {name: None for name in os.environ if SECRET_ENV_RE.search(name)}
+    return {**inherited, **step.environment()}
+
+
 def backup(target: AppStateTarget, session: BackupSession) -> None:
     for step in target.steps:
         with stream_stdout(
             step.backup_command,
-            step.environment(),
+            step_env(step),
             step.cwd,
             step.timeout_seconds,
             f"app-state {step.name}",
@@ -61,12 +69,14 @@ def check_restore(
     """The steps to restore, in order; what the restore would refuse is refused here, before a
     checklist, safety backup or approval."""
     by_name = {s.name: s for s in target.steps}
-    wanted = options.steps or [o.name for o in manifest.objects]
-    unknown = [n for n in wanted if n not in by_name or n not in {o.name for o in manifest.objects}]
+    backed_up = [o.name for o in manifest.objects]
+    wanted = options.steps or backed_up
+    unknown = [n for n in wanted if n not in by_name or n not in backed_up]
     if unknown:
         raise BadInput(f"steps {unknown} are not in both backup {manifest.id} and the target")
     if len(set(wanted)) != len(wanted):
         raise BadInput(f"steps {wanted} name a step twice: name each step once (nothing was restored)")
+    wanted = [n for n in backed_up if n in wanted]  # `steps` selects; the backup's order is kept
     # steps are separate scripts run one after the other: one that cannot even start (a misspelt
     # command, a missing directory) must refuse the restore before an earlier step overwrites state
     unstartable = {n: why for n in wanted if (why := _cannot_start(by_name[n]))}
@@ -96,7 +106,7 @@ def restore(
             feed_stdin(
                 step.restore_command,
                 read_object(store, obj),
-                step.environment(),
+                step_env(step),
                 step.cwd,
                 step.timeout_seconds,
                 f"app-state restore {step.name}",
@@ -167,7 +177,7 @@ def _reap(workdir: Path) -> list[int]:
 def _drill_step(step, obj, store: StoreBlock, drill_id: str) -> dict[str, Any]:
     """Restore one step into its own temp directory, verify it there, always remove it."""
     workdir = Path(tempfile.mkdtemp(prefix=f"klb-drill-{drill_id}-{step.name}-", dir=drill_base_dir()))
-    env = {**step.environment(), DRILL_DIR_ENV: str(workdir)}
+    env = {**step_env(step), DRILL_DIR_ENV: str(workdir)}
     cwd = step.cwd or str(workdir)  # relative paths in drill commands land in the drill dir
     try:
         feed_stdin(  # read_object raises at the end of the stream if any byte is wrong

@@ -44,6 +44,7 @@ from tasks.components.etcd.tools import (
     _pick_endpoint,
     count_keys,
     ctl,
+    kv_hash,
     private_dir,
     snapshot_status,
     tools,
@@ -85,12 +86,23 @@ def backup(target: EtcdTarget, session: BackupSession) -> None:
         except (ComponentFailed, ValueError, KeyError) as exc:
             log.warning("could not count keys at revision %s: %s", status["revision"], exc)
             keys = None
+        try:  # etcd's hash of every key and value at that revision: the whole state, compared after a restore
+            kv = kv_hash(tl, target, env, endpoint, max(status["revision"], 1))
+        except (ComponentFailed, ValueError, KeyError, IndexError) as exc:
+            log.warning("could not hash the keys at revision %s: %s", status["revision"], exc)
+            kv = None
         with open(snap, "rb") as fh:
             session.write(OBJECT, fh, meta={"format": "etcd-snapshot"})
         snap.unlink()  # the local copy lives only as long as the upload
     session.source_time = taken
     session.engine.update(
-        {"snapshot_status": status, "keys": keys, "endpoint": endpoint, "etcd_version": member["version"]}
+        {
+            "snapshot_status": status,
+            "keys": keys,
+            "kv_hash": kv,
+            "endpoint": endpoint,
+            "etcd_version": member["version"],
+        }
     )
     session.fingerprint = {"revision": status["revision"], "keys": keys, "hash": status["hash"]}
 

@@ -151,7 +151,7 @@ def _restore_and_check(
     want_keys, env = manifest.engine.get("keys"), {"ETCDCTL_API": "3"}
     with throwaway_member(tl, snap, tmp, token) as url:
         try:  # the restored member keeps the cluster's users and auth: log in as the backup did
-            served = check_served(tl, target, env, url, want_rev, want_keys)
+            served = check_served(tl, target, env, url, want_rev, want_keys, manifest.engine.get("kv_hash"))
         except ComponentFailed as exc:
             if "user name is empty" not in str(exc):
                 raise
@@ -160,6 +160,6 @@ def _restore_and_check(
                 "(those of the cluster it was taken from) to check it"
             ) from None
     checks = {**served, "snapshot_hash": status["hash"]}
-    if not (checks["revision"]["ok"] and checks["keys"]["ok"]):
+    if not (checks["revision"]["ok"] and checks["keys"]["ok"] and checks["kv_hash"]["ok"]):
         raise IntegrityError(f"etcd restored from {manifest.id} does not match its manifest: {checks}")
     return checks

@@ -55,6 +55,7 @@ def swap_plan(tl: Tools, target: EtcdTarget, manifest: Manifest, snapshot_path: 
         "expect": {
             "revision": max(int((manifest.engine.get("snapshot_status") or {}).get("revision") or 0), 1),
             "keys": manifest.engine.get("keys"),
+            "kv_hash": manifest.engine.get("kv_hash"),
         },
     }
     restore_step = _step(
@@ -238,14 +239,17 @@ def _run_step(step: dict[str, Any], target: EtcdTarget, tl: Tools, env: dict[str
 
 def _check_restored(expect: dict[str, Any], target: EtcdTarget, tl: Tools, env: dict[str, str]) -> None:
     try:
-        served = check_served(tl, target, env, target.endpoints[0], expect["revision"], expect["keys"])
-    except (ValueError, KeyError) as exc:
+        served = check_served(
+            tl, target, env, target.endpoints[0], expect["revision"], expect["keys"], expect.get("kv_hash")
+        )
+    except (ValueError, KeyError, IndexError) as exc:
         raise ComponentFailed(f"could not read the swapped etcd's revision and keys: {exc}") from None
-    if not (served["revision"]["ok"] and served["keys"]["ok"]):
+    if not (served["revision"]["ok"] and served["keys"]["ok"] and served["kv_hash"]["ok"]):
         changed = served["revision"].get("changed_since")
+        other = "" if served["kv_hash"]["ok"] else " and another key-value state (HashKV) at that revision"
         raise ComponentFailed(
             f"etcd came back with revision {served['revision']['found']} and {served['keys']['found']} "
-            f"keys, the backup has revision {expect['revision']} and {expect['keys']} keys"
+            f"keys{other}, the backup has revision {expect['revision']} and {expect['keys']} keys"
             + f": is data_dir ({target.data_dir}) the directory this etcd runs from?"
             + (f" Changed since the backup's revision: {changed[:5]}" if changed else "")
         )

@@ -147,6 +147,32 @@ def count_keys(
     return int(out.get("count", 0)), int(out["header"]["revision"])
 
 
+def kv_hash(
+    tl: Tools, target: EtcdTarget | None, env: dict[str, str], endpoint: str, revision: int
+) -> dict[str, int]:
+    """etcd's own hash of every key and value (every revision of each kept since the last
+    compaction) up to `revision`, and that compaction's revision: equal on two members that hold
+    the same state at `revision` (HashKV; writes after it do not change it)."""
+    args = ["endpoint", "hashkv", "--rev", str(revision), "-w", "json"]
+    out = json.loads(ctl(tl, target, env, endpoint, *args, name="etcdctl endpoint hashkv"))[0]["HashKV"]
+    return {"hash": int(out["hash"]), "compact_revision": int(out.get("compact_revision", 0))}
+
+
+def _check_kv_hash(
+    tl: Tools, target: EtcdTarget | None, env: dict[str, str], endpoint: str, revision: int, want: dict | None
+) -> dict[str, Any]:
+    """The member's HashKV at `revision` against the one recorded at backup (`want`; None for a
+    backup from before it was recorded: not compared). Compared only at the same compaction: a
+    compaction of the source between the snapshot and the recording changes the hash, not the data."""
+    if not want:
+        return {"compared": False, "ok": True, "why": "the backup recorded no HashKV"}
+    found = kv_hash(tl, target, env, endpoint, revision)
+    if found["compact_revision"] != want["compact_revision"]:
+        why = f"compacted at revision {found['compact_revision']}, recorded at {want['compact_revision']}"
+        return {"compared": False, "ok": True, "why": why}
+    return {"compared": True, "expected": want["hash"], "found": found["hash"], "ok": found == want}
+
+
 def _listing(
     tl: Tools, target: EtcdTarget | None, env: dict[str, str], endpoint: str, revision: int | None
 ) -> tuple[dict[bytes, dict[str, Any]], int]:
@@ -160,11 +186,12 @@ def _listing(
 
 
 def check_served(
-    tl: Tools, target: EtcdTarget | None, env: dict[str, str], endpoint: str, revision: int, keys: int | None
-) -> dict[str, dict[str, Any]]:
+    tl: Tools, target: EtcdTarget | None, env: dict[str, str], endpoint: str, revision: int, keys: int | None,
+    kv: dict[str, int] | None = None,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Whether the member at `endpoint`, just started on data restored from a snapshot at
-    `revision` holding `keys` keys, serves exactly that: {"revision": ..., "keys": ...}, each with
-    expected, found and ok.
+    `revision` holding `keys` keys whose HashKV at `revision` was `kv`, serves exactly that:
+    {"revision": ..., "keys": ..., "kv_hash": ...}, each with ok (and expected and found).
 
     A lease in the snapshot keeps running in the restored member: one that runs out before the
     check deletes its keys and moves the member's revision on (kube-apiserver's master leases
@@ -195,4 +222,10 @@ def check_served(
     return {
         "revision": rev,
         "keys": {"expected": keys, "found": found, "ok": keys is None or found == keys},
+        # the whole state, not only its size: same keys and values at the backup's revision
+        "kv_hash": (
+            _check_kv_hash(tl, target, env, endpoint, revision, kv)
+            if current >= revision  # below it: the revision check fails already
+            else {"compared": False, "ok": True, "why": "the member lacks the revision"}
+        ),
     }

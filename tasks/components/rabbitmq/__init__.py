@@ -49,8 +49,21 @@ from tasks.components.rabbitmq.definitions import (
 from tasks.components.rabbitmq.drill import drill, drill_cleanup
 from tasks.components.rabbitmq.importing import attach_written, import_definitions
 from tasks.components.rabbitmq.movers import broker_identity, decide, leave_out, recorded_identity
-from tasks.components.rabbitmq.prechecks import check_restore, refuse_before_restore, self_lockout
-from tasks.components.rabbitmq.written import COMPARED, compare, importable, narrowed, snapshot
+from tasks.components.rabbitmq.prechecks import (
+    check_restore,
+    narrow,
+    only_plan,
+    refuse_before_restore,
+    self_lockout,
+)
+from tasks.components.rabbitmq.written import (
+    COMPARED,
+    beyond_backup,
+    compare,
+    importable,
+    report_note,
+    snapshot,
+)
 from tasks.components.rabbitmq.written import wrote as _wrote
 from tasks.errors import BadInput, IntegrityError, target_untouched
 from tasks.models import Manifest
@@ -196,41 +209,11 @@ def _plan(
     return {v: vhost_definitions(docs, v) for v in backup_vhosts(docs)}, {}
 
 
-def _narrow(
-    docs: dict[str | None, dict[str, Any]], options: RestoreOptions
-) -> dict[str | None, dict[str, Any]]:
-    """The backup's definitions, or with `only` those it names (refused if it holds not all)."""
-    if options.only is None:
-        return docs
-    kept, absent = narrowed(docs, options.only)
-    if absent:
-        raise BadInput(
-            f"the backup does not hold {absent[:20]} (`only`): restore from the backup taken before "
-            "the restore that wrote them (its safety backup), or put them back by hand"
-        )
-    return kept
-
-
 def _access_doc(docs: dict[str | None, dict[str, Any]]) -> dict[str, Any] | None:
     """The permissions a per-vhost backup recorded on its vhosts, as a broker document holds them."""
     kinds = ("permissions", "topic_permissions")
     out = {k: [i for doc in docs.values() for i in doc.get(k) or []] for k in kinds}
     return out if any(out.values()) else None
-
-
-def _only_plan(
-    target: RabbitMQTarget, client: httpx.Client, plan: dict[str, dict[str, Any]], only: list[str]
-) -> dict[str, dict[str, Any]]:
-    """The vhosts of `plan` that hold something `only` names; each must exist: importing into one
-    deleted since would create it, which is more than putting back what a restore overwrote."""
-    kept = {v: defs for v, defs in plan.items() if any(defs.get(k) for k in VHOST_KINDS)}
-    gone = [v for v in kept if not _vhost_exists(target, client, v)]
-    if gone:
-        raise BadInput(
-            f"vhost(s) {gone} were deleted since: putting back {only[:20]} would create them again. "
-            "Restore them whole (without `only`) if they are wanted; nothing was done"
-        )
-    return kept
 
 
 def restore(
@@ -249,7 +232,7 @@ def _restore(
     target: RabbitMQTarget, manifest: Manifest, store: StoreBlock, options: RestoreOptions, importing: list
 ) -> dict[str, Any]:
     check_restore(target, manifest, store, options)
-    docs = _narrow(_load(store, manifest), options)
+    docs = narrow(_load(store, manifest), options.only)
     plan, left_out = _plan(docs, options)
     broker_wide = None in docs and not options.vhost
     backed_up = manifest.engine.get("vhost_metadata") or {}  # older backups have none
@@ -269,7 +252,7 @@ def _restore(
             plan, broker, movers = leave_out(plan, broker, why)
             left_out |= movers
         if options.only is not None:
-            plan = _only_plan(target, client, plan, options.only)
+            plan = only_plan(target, client, plan, options.only)
             if broker is not None:  # no vhost entry beyond those holding what is put back
                 broker = {**broker, "vhosts": [e for e in broker.get("vhosts") or [] if e["name"] in plan]}
         refuse_before_restore(target, client, plan, broker if broker_wide else None)
@@ -289,6 +272,16 @@ def _restore(
             attach_written(exc, target, client, wanted, before)
             raise
         done = compare(before, snapshot(target, client, wanted))
+        # a rollback (`only`) puts back a part on purpose: what else is there is not its business
+        beyond = None if options.only is not None else beyond_backup(
+            target, client, {v: vhost_definitions(docs, options.vhost or v) for v in plan},
+            {v: broker for v in access_of}, docs[None] if broker_wide else None,
+        )  # fmt: skip
+        # an import sets a vhost's description and tags only when it creates it: say what differs
+        kept = [] if options.only is not None else [
+            d for v in plan if v not in created
+            for d in metadata_differences(target, client, v, backed_up.get(options.vhost or v))
+        ]  # fmt: skip
         missing = [d for vhost, defs in plan.items() for d in differences(target, client, vhost, defs, False)]
         missing += [
             d
@@ -309,7 +302,9 @@ def _restore(
         "created_vhosts": created,
         "broker_wide": broker_wide,
         **done,
-        **({} if done["created"] or done["overwritten"] else {"note": NOTHING_NOTE}),
+        **({} if beyond is None else {"not_in_backup": beyond}),
+        **({"differs_from_backup": kept} if kept else {}),
+        **report_note(done, beyond),
         **({"permissions_not_restored": skipped} if skipped else {}),
         **({"not_imported": left_out} if left_out else {}),
         **(
@@ -320,17 +315,13 @@ def _restore(
         "verified": "every vhost, queue, exchange, binding, policy and runtime parameter (vhost limits, "
         "shovels, federation upstreams) the restore imported exists with the same properties; every "
         "vhost the restore created has its description, tags and default queue type; a whole-broker "
-        "restore also has every user, permission, topic permission and global parameter back",
+        "restore also has every user, permission, topic permission and global parameter back; what "
+        "the scope holds beyond the backup is in `not_in_backup`",
         "compared": COMPARED,
         "messages": MESSAGES_NOTE,
     }
 
 
-NOTHING_NOTE = (
-    "the restore wrote nothing: every definition it would import was on the broker already, as "
-    "backed up (what it left out is in `not_imported`). The broker is as it was and there is "
-    "nothing to roll back"
-)
 MOVERS_WARNING = (
     "LEFT OUT, not imported: {} (shovels, federation upstreams, federation policy keys: they would "
     "move the messages of the broker backed up into this one; see `not_imported`). If this broker "

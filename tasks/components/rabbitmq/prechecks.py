@@ -8,21 +8,27 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
+import secrets
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from blocks.rabbitmq import RabbitMQTarget
 from blocks.store import StoreBlock
-from tasks.components.rabbitmq.api import _get, _vhost_exists, connect, q
+from tasks.components.rabbitmq.api import _get, _raise_for, _vhost_exists, connect, q
 from tasks.components.rabbitmq.definitions import (
     FEDERATION_POLICY_KEYS,
     PLUGIN_COMPONENTS,
+    VHOST_KINDS,
     _load,
     differences,
+    shown,
     vhost_definitions,
+    without_movers,
 )
 from tasks.components.rabbitmq.movers import refuse_into_copy
+from tasks.components.rabbitmq.written import narrowed
 from tasks.errors import BadInput
 from tasks.models import Manifest
 
@@ -75,16 +81,112 @@ def refuse_before_restore(
             "restore refused, nothing was changed: these exist with other properties "
             "(delete them, or restore into another vhost with into_vhost): " + "; ".join(conflicts[:20])
         )
+    if dangling := [
+        d for vhost, defs in plan.items() for d in dangling_bindings(target, client, vhost, defs)
+    ]:
+        raise BadInput(
+            "restore refused, nothing was changed: these bindings name a queue or exchange that neither "
+            "the backup nor the broker holds (the export ran while they changed, or the backup was "
+            "edited), and RabbitMQ's import would drop them without a word after importing the rest: "
+            "declare them first, or restore another backup: " + "; ".join(dangling[:20])
+        )
     if lacking := feature_conflicts(target, client, plan):
         raise BadInput(
             "restore refused, nothing was changed: this broker lacks what the backup uses: "
             + "; ".join(lacking[:20])
+        )
+    if refused := unimportable(target, client, plan):
+        raise BadInput(
+            "restore refused, nothing was changed: this broker refuses the backup's policies or runtime "
+            "parameters (a backup of a newer RabbitMQ, or edited?), and its import would stop there "
+            "half-way, the definitions before them imported: " + "; ".join(refused[:20])
         )
     if broker_doc is not None and (lockout := self_lockout(target, broker_doc)):
         raise BadInput(
             "restore refused, nothing was changed: the import would lock this restore out "
             "before it could check what it brought back: " + "; ".join(lockout)
         )
+
+
+def dangling_bindings(
+    target: RabbitMQTarget, client: httpx.Client, vhost: str, defs: dict[str, Any]
+) -> list[str]:
+    """The bindings of `defs` whose source exchange or destination is neither in `defs` nor in the
+    live `vhost` (the default exchanges, "" and amq.*, are in every vhost)."""
+    held = {
+        "exchange": {e["name"] for e in defs.get("exchanges") or []},
+        "queue": {i["name"] for i in defs.get("queues") or []},
+    }
+
+    def absent(b: dict[str, Any]) -> list[tuple[str, str]]:
+        ends = [("exchange", b["source"]), (b.get("destination_type", "queue"), b["destination"])]
+        return [
+            (kind, name)
+            for kind, name in ends
+            if name not in held.get(kind, set())
+            and not (kind == "exchange" and name.startswith("amq."))
+            and name != ""
+        ]
+
+    wanted = {end for b in defs.get("bindings") or [] for end in absent(b)}
+    for kind in {k for k, _ in wanted}:  # one listing per kind, only when the backup lacks one
+        held[kind] = held.get(kind, set()) | {
+            i["name"] for i in _get(target, client, f"/{kind}s/{q(vhost)}", f"list {kind}s") or []
+        }
+    return [
+        f"binding {b['source']!r} -> {b['destination']!r} ({b.get('routing_key')!r}) in vhost {vhost!r}: "
+        + ", ".join(f"{kind} {name!r} is missing" for kind, name in gone)
+        for b in defs.get("bindings") or []
+        if (gone := absent(b))
+    ]
+
+
+def _shapes(vhost_index: int, defs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """One queue and one exchange of each kind (type, flags, arguments) in `defs`, under scratch
+    names (the same name may have two shapes in two vhosts), and {scratch name: real name}."""
+    out: dict[str, Any] = {"queues": [], "exchanges": []}
+    names: dict[str, str] = {}
+    for kind in out:
+        seen = set()
+        for item in defs.get(kind) or []:
+            shape = json.dumps({k: v for k, v in item.items() if k != "name"}, sort_keys=True)
+            if shape not in seen:
+                seen.add(shape)
+                scratch = f"klb-check-{vhost_index}-{kind[0]}{len(seen)}"
+                out[kind].append({**item, "name": scratch})
+                names[scratch] = item["name"]
+    return out, names
+
+
+def unimportable(target: RabbitMQTarget, client: httpx.Client, plan: dict[str, dict[str, Any]]) -> list[str]:
+    """Why the broker refuses each vhost's queues, exchanges, policies or runtime parameters (a
+    queue type or argument, a policy key, a parameter component it does not know): it validates
+    each only while importing it, after what comes before. Tried in a scratch vhost of our own,
+    always deleted: one queue and one exchange of each kind, then the policies and parameters;
+    shovels, federation upstreams and federation keys left out (they would start moving
+    messages; feature_conflicts checks their plugins)."""
+    tried = [(v, without_movers(d, "")[0]) for v, d in plan.items()]
+    tried = [(v, d) for v, d in tried if any(d.get(k) for k in VHOST_KINDS if k != "bindings")]
+    if not tried:
+        return []
+    scratch = f"klb-check-{secrets.token_hex(6)}"
+    _raise_for(target, client.put(f"/vhosts/{q(scratch)}", json={}), "create a scratch vhost")
+    out = []
+    try:
+        for i, (vhost, defs) in enumerate(tried):
+            shapes, names = _shapes(i, defs)
+            for part in (shapes, {k: defs.get(k) or [] for k in ("policies", "parameters")}):
+                resp = client.post(f"/definitions/{q(scratch)}", content=json.dumps(part))
+                if resp.status_code == 400:
+                    reason = str(resp.json().get("reason", resp.text)).replace(scratch, vhost)
+                    for fake, real in sorted(names.items(), key=lambda n: -len(n[0])):
+                        reason = reason.replace(fake, real)
+                    out.append(f"vhost {vhost!r}: {shown(reason)[:300]}")
+                    break
+                _raise_for(target, resp, "check the backup's definitions in a scratch vhost")
+    finally:
+        client.delete(f"/vhosts/{q(scratch)}")
+    return out
 
 
 def limit_conflicts(
@@ -191,3 +293,33 @@ def self_lockout(target: RabbitMQTarget, doc: dict[str, Any]) -> list[str]:
             "restore with another administrator"
         )
     return out
+
+
+def narrow(
+    docs: dict[str | None, dict[str, Any]], only: list[str] | None
+) -> dict[str | None, dict[str, Any]]:
+    """The backup's definitions, or with `only` those it names (refused if it holds not all)."""
+    if only is None:
+        return docs
+    kept, absent = narrowed(docs, only)
+    if absent:
+        raise BadInput(
+            f"the backup does not hold {absent[:20]} (`only`): restore from the backup taken before "
+            "the restore that wrote them (its safety backup), or put them back by hand"
+        )
+    return kept
+
+
+def only_plan(
+    target: RabbitMQTarget, client: httpx.Client, plan: dict[str, dict[str, Any]], only: list[str]
+) -> dict[str, dict[str, Any]]:
+    """The vhosts of `plan` that hold something `only` names; each must exist: importing into one
+    deleted since would create it, which is more than putting back what a restore overwrote."""
+    kept = {v: defs for v, defs in plan.items() if any(defs.get(k) for k in VHOST_KINDS)}
+    gone = [v for v in kept if not _vhost_exists(target, client, v)]
+    if gone:
+        raise BadInput(
+            f"vhost(s) {gone} were deleted since: putting back {only[:20]} would create them again. "
+            "Restore them whole (without `only`) if they are wanted; nothing was done"
+        )
+    return kept

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from blocks.rabbitmq import RabbitMQTarget
-from tasks.components.rabbitmq.api import _get, vhost_metadata
+from tasks.components.rabbitmq.api import _get, q, vhost_access, vhost_metadata
 from tasks.errors import BadInput
 
 # the broker's own, never written by an import (definitions.py _OWN_GLOBALS)
@@ -166,3 +166,55 @@ def wrote(report: dict[str, Any] | None) -> dict[str, list[str]] | None:
     if not report or "created" not in report or "overwritten" not in report:
         return None
     return {"created": list(report["created"]), "overwritten": list(report["overwritten"])}
+
+
+ACCESS_KINDS = ("permissions", "topic_permissions")
+BEYOND_NOTE = (
+    "not_in_backup: definitions the broker holds in the restored scope that the backup does not "
+    "(created since it was taken). An import deletes nothing, so they stay, and the scope is the "
+    "backup's plus exactly these: delete them (and restore again) if it must be the backup's alone"
+)
+
+
+def _access_on(doc: dict[str, Any] | None, vhost: str) -> dict[str, list[Any]]:
+    """The permissions and topic permissions on `vhost` that `doc` holds."""
+    return {k: [i for i in (doc or {}).get(k) or [] if i.get("vhost", vhost) == vhost] for k in ACCESS_KINDS}
+
+
+def beyond_backup(
+    target: RabbitMQTarget,
+    client: httpx.Client,
+    backed_up: dict[str, dict[str, Any]],
+    access: dict[str | None, dict[str, Any] | None],
+    broker: dict[str, Any] | None,
+) -> list[str]:
+    """The keys of what the broker holds now and the backup does not: with `broker` (a whole-broker
+    restore, its document), every definition of the broker; else in each destination vhost of
+    `backed_up` ({vhost: the backup's definitions for it, movers included}), its definitions and,
+    for the vhosts in `access` ({vhost: the document holding the backup's permissions on it}),
+    the permissions and topic permissions on it."""
+    if broker is not None:
+        live = set(keyed(_get(target, client, "/definitions", "export definitions") or {}))
+        return sorted(live - set(keyed(broker)))
+    out: set[str] = set()
+    for vhost, defs in backed_up.items():
+        doc = _get(target, client, f"/definitions/{q(vhost)}", f"export vhost {vhost!r}") or {}
+        live, held = set(keyed(doc, vhost)), set(keyed(defs, vhost))
+        if vhost in access:
+            live |= set(keyed(vhost_access(target, client, vhost)))
+            held |= set(keyed(_access_on(access[vhost], vhost)))
+        out |= live - held
+    return sorted(out)
+
+
+NOTHING_NOTE = (
+    "the restore wrote nothing: every definition it would import was on the broker already, as "
+    "backed up (what it left out is in `not_imported`). The broker is as it was and there is "
+    "nothing to roll back"
+)
+
+
+def report_note(done: dict[str, list[str]], beyond: list[str] | None) -> dict[str, str]:
+    """The report's `note`: a restore that wrote nothing, and what the broker holds beyond the backup."""
+    notes = [NOTHING_NOTE] * (not (done["created"] or done["overwritten"])) + [BEYOND_NOTE] * bool(beyond)
+    return {"note": ". ".join(notes)} if notes else {}
