@@ -379,7 +379,7 @@ def _backup_keys(m: Manifest, listed: list[str] | None) -> list[str]:
 def _orphan(
     backup_id: str, keys: list[str], policy: RetentionPolicy, now: datetime, verified: bool = False
 ) -> OrphanDecision:
-    """Not `verified`: a sweep read this backup whole, so its manifest was deleted since (the
+    """`verified`: a sweep read this backup whole, so its manifest was deleted since (the
     sweep fails naming it) and these objects are its data, no abandoned write."""
     backup_dir = backup_dir_of(keys[0])
     try:
