@@ -101,7 +101,9 @@ def postgres_setup(request, tmp: Path):
 
     postgres = request.getfixturevalue("postgres")
     db = new_name("fault_rst")
-    make_db(target_for(postgres), db, rows=20_000)
+    # 100,000 rows (about 25 MB, under table_objects_from_mib: all in pg_restore's stream): with
+    # 20,000 a loaded machine let pg_restore read its whole input between two polls
+    make_db(target_for(postgres), db, rows=100_000)
     request.addfinalizer(lambda: _drop_with_asides(target_for(postgres), db))
     target = target_for(postgres, databases=[db])
     store = LocalStore(path=str(tmp / "store"))
