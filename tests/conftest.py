@@ -15,8 +15,10 @@ import os
 import secrets
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from sandbox import services
@@ -170,6 +172,13 @@ def pushgateway(request) -> services.Service:
 @pytest.fixture(scope="session")
 def rabbitmq(request) -> services.Service:
     return _start(request, services.rabbitmq_management)
+
+
+@pytest.fixture
+def api(rabbitmq) -> Iterator[httpx.Client]:
+    """The machine's RabbitMQ management API, as its administrator (the RabbitMQ tests)."""
+    with httpx.Client(base_url=rabbitmq.extra["url"] + "/api", auth=("guest", "guest"), timeout=30) as client:
+        yield client
 
 
 RABBITMQ_LOCK = Path("/tmp/knative-lambda-backup-rabbitmq-tests.lock")  # not $TMPDIR: per worker here

@@ -1,6 +1,7 @@
-"""A stand-in for a source broker's management API, for tests whose backup must read what a
-broker with other plugins or versions exports (the machine's broker cannot hold it); and a
-broker whose import drops a kind of definition without a word."""
+"""The RabbitMQ tests' helpers (their `api` fixture, the broker's management API, is in
+tests/conftest.py): a stand-in for a source broker's management API, for tests whose backup
+must read what a broker with other plugins or versions exports (the machine's broker cannot hold
+it); and a broker whose import drops a kind of definition without a word."""
 
 from __future__ import annotations
 
@@ -10,11 +11,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from blocks.rabbitmq import RabbitMQTarget
 from tasks.components import rabbitmq as rmq
+
+ALL = {"configure": ".*", "write": ".*", "read": ".*"}  # every permission, as a vhost's owner has
+
+
+def seg(name: str) -> str:
+    """A name as one segment of a management API path."""
+    return quote(name, safe="")
+
+
+def put(api: httpx.Client, path: str, body: dict[str, Any]) -> None:
+    resp = api.put(path, json=body)
+    assert resp.status_code in (201, 204), (path, resp.text)
 
 
 @contextmanager

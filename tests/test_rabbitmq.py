@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-from urllib.parse import quote
 
 import httpx
 import pytest
@@ -19,17 +18,7 @@ from tasks.errors import BadInput, ConfigurationError, IsolationTaken
 from tasks.storage.backends import backend_for
 from tasks.storage.catalog import list_backups
 from tasks.verbs import backup_task, check_restore, restore_task, verify_task
-from tests.rabbitmq_helpers import serve
-
-
-def seg(name: str) -> str:
-    return quote(name, safe="")
-
-
-@pytest.fixture
-def api(rabbitmq):
-    with httpx.Client(base_url=rabbitmq.extra["url"] + "/api", auth=("guest", "guest"), timeout=30) as client:
-        yield client
+from tests.rabbitmq_helpers import seg, serve
 
 
 @pytest.fixture

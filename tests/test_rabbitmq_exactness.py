@@ -6,9 +6,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
 
-import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -16,17 +14,7 @@ from blocks.rabbitmq import RabbitMQTarget
 from tasks.components import rabbitmq as rmq
 from tasks.errors import BadInput, IntegrityError
 from tasks.verbs import backup_task, restore_task
-from tests.rabbitmq_helpers import lossy, serve
-
-
-def seg(name: str) -> str:
-    return quote(name, safe="")
-
-
-@pytest.fixture
-def api(rabbitmq) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=rabbitmq.extra["url"] + "/api", auth=("guest", "guest"), timeout=30) as client:
-        yield client
+from tests.rabbitmq_helpers import lossy, put, seg, serve
 
 
 @pytest.fixture
@@ -36,11 +24,6 @@ def vhosts(api) -> Iterator[list[str]]:
     yield made
     for name in made:
         api.delete(f"/vhosts/{seg(name)}")
-
-
-def put(api: httpx.Client, path: str, body: dict[str, Any]) -> None:
-    resp = api.put(path, json=body)
-    assert resp.status_code in (201, 204), (path, resp.text)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import pytest
@@ -18,19 +17,9 @@ import pytest
 from blocks.rabbitmq import RabbitMQTarget
 from tasks.errors import BadInput
 from tasks.verbs import backup_task, restore_task
-from tests.rabbitmq_helpers import serve
+from tests.rabbitmq_helpers import seg, serve
 
 LEFT_OUT = {"shovel 'move'", "federation-upstream 'prod'", "policy 'federate'", "policy 'federate-ttl'"}
-
-
-def seg(name: str) -> str:
-    return quote(name, safe="")
-
-
-@pytest.fixture
-def api(rabbitmq) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=rabbitmq.extra["url"] + "/api", auth=("guest", "guest"), timeout=30) as client:
-        yield client
 
 
 @pytest.fixture

@@ -7,31 +7,13 @@ backup's whole but for exactly those. The machine's RabbitMQ, a vhost and users 
 from __future__ import annotations
 
 import secrets
-from urllib.parse import quote
 
-import httpx
 import pytest
 
 from blocks.rabbitmq import RabbitMQTarget
 from tasks.components.rabbitmq.written import keyed
 from tasks.verbs import backup_task, restore_task
-
-ALL = {"configure": ".*", "write": ".*", "read": ".*"}
-
-
-def seg(name: str) -> str:
-    return quote(name, safe="")
-
-
-@pytest.fixture
-def api(rabbitmq):
-    with httpx.Client(base_url=rabbitmq.extra["url"] + "/api", auth=("guest", "guest"), timeout=30) as client:
-        yield client
-
-
-def put(api, path: str, body: dict) -> None:
-    r = api.put(path, json=body)
-    assert r.status_code in (201, 204), (path, r.text)
+from tests.rabbitmq_helpers import ALL, put, seg
 
 
 def bind(api, vhost: str, path: str, key: str, arguments: dict | None = None) -> None:

@@ -9,30 +9,13 @@ Prefect server."""
 from __future__ import annotations
 
 import secrets
-from urllib.parse import quote
 
-import httpx
 import pytest
 
 from blocks.rabbitmq import RabbitMQTarget
+from tests.rabbitmq_helpers import ALL, put, seg
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
-ALL = {"configure": ".*", "write": ".*", "read": ".*"}
-
-
-def seg(name: str) -> str:
-    return quote(name, safe="")
-
-
-@pytest.fixture
-def api(rabbitmq):
-    with httpx.Client(base_url=rabbitmq.extra["url"] + "/api", auth=("guest", "guest"), timeout=30) as client:
-        yield client
-
-
-def put(api, path: str, body: dict) -> None:
-    r = api.put(path, json=body)
-    assert r.status_code in (201, 204), (path, r.text)
 
 
 def limits(api, vhost: str) -> dict:
