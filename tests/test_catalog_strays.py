@@ -25,6 +25,22 @@ def take(store, data: bytes, component: str = "app-state"):
         return s.commit()
 
 
+def assert_old_kept_as_good_and_new_missing(store, old, new) -> None:
+    """Retention, two hours after both app-state backups with a one-hour window: `new` lacks its
+    object, so `old` is the good backup it keeps."""
+    listing = list_component(store, "app-state")
+    plan = plan_retention(
+        listing.manifests,
+        RetentionPolicy(component="app-state", retention=timedelta(hours=1)),
+        datetime.now(UTC) + timedelta(hours=2),
+        keys=listing.keys,
+        prefix=layout(store).component_dir("app-state"),
+    )
+    decisions = {d.id: d for d in plan.decisions}
+    assert decisions[old.id].action == "keep" and decisions[old.id].good, plan.decisions
+    assert plan.missing == {new.id: ["data"]}
+
+
 @pytest.mark.parametrize(
     "stray",
     [
@@ -93,17 +109,7 @@ def test_a_backup_whose_pinned_versions_are_gone_is_not_the_good_one_retention_k
     client.delete_object(Bucket=bucket, Key=obj.key, VersionId=obj.version_id)
     with pytest.raises((IntegrityError, NotFound)):
         backend_for(store).get_bytes(obj.key)
-    listing = list_component(store, "app-state")
-    plan = plan_retention(
-        listing.manifests,
-        RetentionPolicy(component="app-state", retention=timedelta(hours=1)),
-        datetime.now(UTC) + timedelta(hours=2),
-        keys=listing.keys,
-        prefix=layout(store).component_dir("app-state"),
-    )
-    decisions = {d.id: d for d in plan.decisions}
-    assert decisions[old.id].action == "keep" and decisions[old.id].good, plan.decisions
-    assert plan.missing == {new.id: ["data"]}
+    assert_old_kept_as_good_and_new_missing(store, old, new)
 
 
 def test_a_backup_whose_pinned_version_was_overwritten_then_purged_is_not_good(
@@ -122,17 +128,7 @@ def test_a_backup_whose_pinned_version_was_overwritten_then_purged_is_not_good(
     obj = new.objects[0]
     client.put_object(Bucket=bucket, Key=obj.key, Body=b"an overwrite")
     client.delete_object(Bucket=bucket, Key=obj.key, VersionId=obj.version_id)
-    listing = list_component(store, "app-state")
-    plan = plan_retention(
-        listing.manifests,
-        RetentionPolicy(component="app-state", retention=timedelta(hours=1)),
-        datetime.now(UTC) + timedelta(hours=2),
-        keys=listing.keys,
-        prefix=layout(store).component_dir("app-state"),
-    )
-    decisions = {d.id: d for d in plan.decisions}
-    assert decisions[old.id].action == "keep" and decisions[old.id].good, plan.decisions
-    assert plan.missing == {new.id: ["data"]}
+    assert_old_kept_as_good_and_new_missing(store, old, new)
     st = verify_backups(components=["app-state"], store=store, newest=2, return_state=True)
     assert st.is_failed() and new.id in st.message and old.id not in st.message.split("Why:")[0]
 
