@@ -19,6 +19,7 @@ from tasks.storage.catalog import get_backup, list_backups
 from tasks.storage.health import finding
 from tasks.storage.index import pinned_presence
 from tasks.storage.layout import backup_id_of, layout
+from tasks.storage.sweep import missing_objects
 
 
 @dataclass
@@ -68,12 +69,7 @@ def objects_gone(
     present = set(backend.list_keys(folder) if keys is None else keys)
     # a pinned version a delete marker hides is still there (a locked backup); one purged is not
     hidden, purged = pinned_presence(backend, folder, manifests, present)
-    present = (present - purged) | hidden
-    return {
-        m.id: f"objects missing from the store: {', '.join(gone[:3])}"
-        for m in manifests
-        if (gone := [o.name for o in m.objects if o.key not in present])
-    }
+    return missing_objects(manifests, (present - purged) | hidden)
 
 
 def backups_of(store: StoreBlock, component: str) -> tuple[list[Manifest], dict[str, str]]:

@@ -74,14 +74,23 @@ def vanished(block: StoreBlock, component: str, listing: ComponentListing) -> di
     return out
 
 
+def missing_objects(manifests: list[Manifest], present: set[str]) -> dict[str, str]:
+    """backup id -> "objects missing from the store: ...", for those of `manifests` with an
+    object whose key is not in `present` (the store's keys, pinned versions already weighed:
+    index.pinned_presence). The sweep and the console (`klb backups`) both judge by it."""
+    return {
+        m.id: f"objects missing from the store: {', '.join(gone[:3])}"
+        for m in manifests
+        if (gone := [o.name for o in m.objects if o.key not in present])
+    }
+
+
 def objects_gone(listing: ComponentListing) -> dict[str, str]:
     """Listed backups whose objects the listing lacks (deleted behind their manifest's back; a
     version a delete marker hides while the manifest pins it counts as there): backup id -> why.
     The listing is at hand: every backup is checked, not only the newest the sweep re-reads."""
-    present = set(listing.keys)
     return {
-        m.id: f"objects missing from the store: {', '.join(gone[:3])} (deleted behind its manifest's "
-        "back: a restore of it fails); restore them from the DR store, or delete the backup"
-        for m in listing.manifests
-        if (gone := [o.name for o in m.objects if o.key not in present])
+        backup_id: f"{why} (deleted behind its manifest's back: a restore of it fails); restore them "
+        "from the DR store, or delete the backup"
+        for backup_id, why in missing_objects(listing.manifests, set(listing.keys)).items()
     }
