@@ -278,9 +278,9 @@ def test_a_manifest_must_name_its_objects_in_its_own_folder_exactly(any_store, h
 def test_s3_parts_grow_so_a_long_stream_stays_under_the_part_limit(s3_store, s3_bucket, monkeypatch):
     """S3 takes 10,000 parts at most: parts grow every PARTS_PER_STEP parts (here 2), the store
     still confirms the composite checksum, and the object reads back whole."""
-    from tasks.storage.backends import s3
+    from tasks.storage.backends import s3_upload
 
-    monkeypatch.setattr(s3, "PARTS_PER_STEP", 2)
+    monkeypatch.setattr(s3_upload, "PARTS_PER_STEP", 2)
     store = s3_store(part_size_mib=5, compression="none")
     data = os.urandom(40 * 1024 * 1024)
     with backup_session(store, "app-state") as session:
@@ -299,11 +299,37 @@ def test_s3_parts_grow_so_a_long_stream_stays_under_the_part_limit(s3_store, s3_
     assert b"".join(read_object(store, obj)) == data
 
 
+def test_s3_upload_memory_is_bounded_by_the_parts_in_flight(s3_store):
+    """A stream of 24 parts holds at most max_concurrency parts in flight, counting the one being
+    joined: the next part is joined only once a slot is free, and a finished part is not kept by
+    the upload pool. With one part at a time, Python's allocations stay under two parts (the pieces
+    of the next one and their join) whatever the stream's length; they used to pass 2.5."""
+    import tracemalloc
+
+    store = s3_store(part_size_mib=5, max_concurrency=1, compression="none")
+    part = 5 * 1024 * 1024
+    piece = os.urandom(1024 * 1024)
+    with backup_session(store, "app-state") as session:  # botocore's models, read once per process
+        session.write("small", [piece])
+        session.commit()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        with backup_session(store, "app-state") as session:
+            session.write("long", (piece for _ in range(24 * 5)))  # 120 MiB
+            session.commit()
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * part, f"peak {peak / part:.1f} parts"
+
+
 def test_s3_stream_past_the_part_limit_fails_clearly_and_leaves_nothing(s3_store, monkeypatch):
     from tasks.errors import ConfigurationError
-    from tasks.storage.backends import s3
+    from tasks.storage.backends import s3_upload
 
-    monkeypatch.setattr(s3, "MAX_PARTS", 2)
+    monkeypatch.setattr(s3_upload, "MAX_PARTS", 2)
     store = s3_store(part_size_mib=5, compression="none")
     chunks = [os.urandom(1024 * 1024) for _ in range(16)]
     with (
