@@ -22,7 +22,8 @@ from tasks.storage.backends import backend_for
 from tasks.storage.catalog import list_backups
 from tasks.storage.index import list_component
 from tasks.storage.layout import StoreLayout, layout
-from tasks.storage.retention import RetentionPolicy, plan_retention
+from tasks.storage.retention import plan_retention
+from tasks.storage.retention_types import RetentionPolicy
 
 COMPONENT = "etcd"
 

@@ -30,13 +30,10 @@ from tasks.storage.layout import layout
 from tasks.storage.leftovers import sweep_incomplete_writes
 from tasks.storage.records import refused_records
 from tasks.storage.replicate import check_not_primary, dr_copy_problems, dr_only_problems, load_dr_store
-from tasks.storage.retention import (
-    RetentionPlan,
-    RetentionPolicy,
-    newest_recovery_point,
-)
+from tasks.storage.retention import newest_recovery_point
 from tasks.storage.retention_locks import hold_kept_locks, plan_component
 from tasks.storage.retention_report import locks_markdown, plan_markdown
+from tasks.storage.retention_types import RetentionPlan, RetentionPolicy
 from tasks.storage.sweep import lock_sweep, objects_gone, sweep_choice, vanished
 from tasks.verbs import check_target, verify_task
 

@@ -14,7 +14,8 @@ from tasks.storage.catalog import latest_backup, list_backups, verify_backup
 from tasks.storage.health import Status, health_of
 from tasks.storage.index import list_component
 from tasks.storage.layout import layout
-from tasks.storage.retention import RetentionPolicy, plan_retention
+from tasks.storage.retention import plan_retention
+from tasks.storage.retention_types import RetentionPolicy
 from tasks.storage.session import backup_session
 from tests.test_retention_flow import old_backup
 

@@ -23,9 +23,10 @@ from tasks.storage.catalog import get_backup, list_backups
 from tasks.storage.index import list_component
 from tasks.storage.layout import layout
 from tasks.storage.replicate import replicate_backup
-from tasks.storage.retention import RetentionPolicy, plan_retention
+from tasks.storage.retention import plan_retention
 from tasks.storage.retention_locks import apply_locks
 from tasks.storage.retention_report import locks_markdown
+from tasks.storage.retention_types import RetentionPolicy
 from tasks.storage.session import backup_session, read_object
 from tasks.table import policy
 

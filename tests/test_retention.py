@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tasks.models import Compression, Encryption, Manifest, StoredObject
-from tasks.storage.retention import Action, RetentionPolicy, newest_recovery_point, plan_retention
+from tasks.storage.retention import newest_recovery_point, plan_retention
+from tasks.storage.retention_types import Action, RetentionPolicy
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 PREFIX = "backups/etcd"

@@ -15,7 +15,7 @@ from typing import Any
 
 from tasks.components.registry import load, load_target, spec
 from tasks.models import Manifest
-from tasks.storage.retention import RetentionPlan
+from tasks.storage.retention_types import RetentionPlan
 
 log = logging.getLogger(__name__)
 MIN_HOLD = timedelta(days=2)  # retention runs daily: a hold always outlasts the next run

@@ -16,14 +16,8 @@ from tasks.storage.backends import backend_for
 from tasks.storage.health import Status, health_of
 from tasks.storage.index import ComponentListing
 from tasks.storage.layout import backup_dir_of, layout, split_component_key
-from tasks.storage.retention import (
-    Action,
-    Decision,
-    OrphanDecision,
-    RetentionPlan,
-    RetentionPolicy,
-    plan_retention,
-)
+from tasks.storage.retention import plan_retention
+from tasks.storage.retention_types import Action, Decision, OrphanDecision, RetentionPlan, RetentionPolicy
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ and orphan with its reason, the leftovers of failed writes, and what S3 Object L
 
 from __future__ import annotations
 
-from tasks.storage.retention import Action, RetentionPlan
+from tasks.storage.retention_types import Action, RetentionPlan
 
 
 def plan_markdown(
