@@ -302,12 +302,22 @@ def full_cluster_restore(
         # a resume restores and verifies into what the run started with, or is refused
         targets, options, settings = check_resume(run, targets, options)
     plan = build_plan(store_block, recovery_point=recovery_point, targets=targets)
-    create_markdown_artifact(
-        key="full-cluster-restore-plan",
-        markdown=plan_markdown(plan, "Full cluster restore plan" + (" (dry run)" if dry_run else "")),
-    )
+    markdown = plan_markdown(plan, "Full cluster restore plan" + (" (dry run)" if dry_run else ""))
+    # what a person approves after a dry run is this point: 'latest' may be a newer one by then
+    act_with = {"recovery_point": plan.source, "dry_run": False}
+    if dry_run and recovery_point == "latest":
+        markdown += (
+            f"\n'latest' is resolved again when you act and may then be a newer recovery point: to "
+            f"restore exactly this plan, run with recovery_point='{plan.source}' and dry_run=False.\n"
+        )
+    create_markdown_artifact(key="full-cluster-restore-plan", markdown=markdown)
     if dry_run:
-        return {"dry_run": True, "recovery_point": plan.source, "plan": plan.model_dump(mode="json")}
+        return {
+            "dry_run": True,
+            "recovery_point": plan.source,
+            "act_with": act_with,
+            "plan": plan.model_dump(mode="json"),
+        }
     # one run at a time: its steps never interleave with another's; and no kubernetes or volumes
     # backup between its steps (claims empty until the volumes step, apps quiesced in it)
     with full_restore_lock(), held_through("kubernetes"):

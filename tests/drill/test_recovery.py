@@ -136,6 +136,9 @@ def test_full_cluster_restore_plans_first_then_resumes_where_it_stopped(local_st
 
     dry = full_cluster_restore(targets={"app-state": target}, store=store)
     assert dry["dry_run"] and prod.file.read_bytes() == b"cluster lost\n" and prod.restores == 0
+    # the point the dry run showed, by id: 'latest' could be a newer one when the person acts
+    assert dry["act_with"] == {"recovery_point": dry["recovery_point"], "dry_run": False}
+    assert dry["recovery_point"] != "latest"
 
     fail = prod.file.with_name(prod.file.name + ".fail")
     fail.touch()  # the app-state step fails the first time
