@@ -164,32 +164,6 @@ def recorded_algorithm(fingerprint: dict[str, Any] | None) -> str:
     return (fingerprint or {}).get("algorithm") or "rows+sum64(md5(row::text))/v1"
 
 
-# every table pg_dump dumps and the fingerprint reads (not an extension's own, but its
-# configuration tables): quoted names, for LOCK TABLE (which takes no materialized view)
-_READ = """SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname)
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind = 'r' AND c.relpersistence <> 't'
-      AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'
-      AND (NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_class'::regclass
-                       AND e.objid = c.oid AND e.deptype = 'e')
-           OR EXISTS (SELECT 1 FROM pg_extension x WHERE c.oid = ANY(x.extconfig)))
-    ORDER BY 1"""
-LOCK_BATCH = 1000
-
-
-def lock_what_it_reads(conn: psycopg.Connection) -> None:
-    """ACCESS SHARE, in the caller's (snapshot's) transaction, on every table the fingerprint
-    reads, as pg_dump locks what it dumps. TRUNCATE and table rewrites are not MVCC-safe: one
-    committed after the snapshot showed the table empty to whatever read it later in that
-    snapshot (the fingerprint still scanning larger tables, a large table's parts after pg_dump
-    had ended and let its locks go), though it had rows in the snapshot. Held until the backup's
-    transaction ends, so such DDL waits for the backup, as it waits for pg_dump."""
-    names = [row[0] for row in conn.execute(_READ).fetchall()]
-    for i in range(0, len(names), LOCK_BATCH):
-        listed = ", ".join(f"ONLY {name}" for name in names[i : i + LOCK_BATCH])
-        conn.execute(f"LOCK TABLE {listed} IN ACCESS SHARE MODE")  # names quoted by the server
-
-
 def fingerprint(
     conn: psycopg.Connection,
     algorithm: str | None = None,
