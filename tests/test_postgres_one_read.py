@@ -14,9 +14,11 @@ import tasks.components.postgres as pg
 from tasks.components.postgres.fingerprint import (
     FINGERPRINT_ALGORITHM,
     V2_AT_ROOT,
+    V2_OWN_ROWS,
     V3,
     V4,
     V5,
+    V6,
     fingerprint_database,
     recorded_algorithm,
 )
@@ -89,7 +91,9 @@ def test_the_one_read_restore_brings_back_exactly_the_backup(sample, local_store
     assert manifest.fingerprint["algorithm"] == FINGERPRINT_ALGORITHM
 
 
-@pytest.mark.parametrize("algorithm", [V1, V2, V2_AT_ROOT, V3, V4, V5, FINGERPRINT_ALGORITHM])
+@pytest.mark.parametrize(
+    "algorithm", [V1, V2, V2_AT_ROOT, V2_OWN_ROWS, V3, V4, V5, V6, FINGERPRINT_ALGORITHM]
+)
 def test_fingerprint_catches_a_missing_row_a_changed_value_and_a_missing_table(sample, algorithm):
     target, db = sample
     before = fingerprint_database(target, db, algorithm)

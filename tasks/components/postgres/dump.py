@@ -18,7 +18,7 @@ import psycopg
 
 from blocks.postgres import PostgresTarget
 from blocks.store import StoreBlock
-from tasks.components.postgres import extension_tables, partitions, properties, table_parts
+from tasks.components.postgres import extension_tables, locks, partitions, properties, table_parts
 from tasks.components.postgres.common import (
     admin,
     connect,
@@ -30,7 +30,8 @@ from tasks.components.postgres.common import (
     server_version,
     tool,
 )
-from tasks.components.postgres.fingerprint import algorithm_for, fingerprint, lock_what_it_reads
+from tasks.components.postgres.fingerprint import algorithm_for, fingerprint
+from tasks.components.postgres.locks import lock_what_it_reads
 from tasks.errors import ComponentFailed, IntegrityError, NotFound
 from tasks.models import Manifest, StoredObject
 from tasks.proc import feed_stdin, stream_stdout
@@ -93,11 +94,20 @@ def _dump_database(
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         snapshot, taken_at = conn.execute("SELECT pg_export_snapshot(), statement_timestamp()").fetchone()
-        lock_what_it_reads(conn)  # before anything reads: no TRUNCATE or rewrite until we are done
-        # sequences are read live, not in the snapshot: ours before pg_dump reads its own, so a
-        # restored value (pg_dump's) is ahead of the recorded one or equal, never behind
-        # (diff_fingerprints); read after the large tables' scan it was behind under any writes
-        sequences = fingerprint(conn, algorithm, kinds="S")["sequences"]
+        named = locks.relations(conn)  # what the snapshot calls each relation it reads
+        try:
+            lock_what_it_reads(conn)  # before anything reads: no TRUNCATE or rewrite until we are done
+            # sequences are read live, not in the snapshot: ours before pg_dump reads its own, so a
+            # restored value (pg_dump's) is ahead of the recorded one or equal, never behind
+            # (diff_fingerprints); read after the large tables' scan it was behind under any writes
+            sequences = fingerprint(conn, algorithm, kinds="S")["sequences"]
+        except psycopg.ProgrammingError:
+            # a name gone or now another kind of relation ("does not exist", "is not a table")
+            locks.check_same(target, db, named, "before its locks")
+            raise
+        # each name locked (a sequence, read) is the snapshot's relation: a rename or a swap
+        # committed before the locks would have us read another table's rows under its name
+        locks.check_same(target, db, named, "before its locks")
         # partitions whose rows may belong to another one when restored: through their root
         hashed = partitions.hashed(conn)
         large = table_parts.plan(conn, target, hashed)  # before the fingerprint takes `conn`
@@ -140,6 +150,8 @@ def _dump_database(
                 # error is the cause, pg_dump's "could not import the requested snapshot" is not
                 cause = future.exception() if future.done() else None  # before our cancel below
                 conn.cancel_safe()
+                # a relation renamed or dropped meanwhile (not locked: a materialized view) says why
+                locks.check_same(target, db, named, "during the backup")
                 if isinstance(cause, psycopg.Error):
                     raise ComponentFailed(f"the fingerprint of {db!r} failed: {str(cause).strip()}") from None
                 raise
@@ -147,6 +159,8 @@ def _dump_database(
                 conn.cancel_safe()
                 raise
             fp = {**future.result(), "sequences": sequences}
+        # ALTER SCHEMA ... RENAME takes no table lock: a schema swap moved names while we read
+        locks.check_same(target, db, named, "during the backup")
         return fp, taken_at.astimezone(UTC), obj, post, parts
     finally:
         if not conn.closed:

@@ -34,6 +34,9 @@ V2 = "rows+sum64(hashtextextended(row::text,0))/v2"
 # with the columns in the root's order
 V2_AT_ROOT = "rows+sum64(hashtextextended(row::text,0))/v2, hash partitions at their root"
 _FINGERPRINT_SUMS[V2_AT_ROOT] = _FINGERPRINT_SUMS[V2]
+# and each table's own rows only (as v7, below), what servers before 14 record since
+V2_OWN_ROWS = f"{V2_AT_ROOT}, own rows"
+_FINGERPRINT_SUMS[V2_OWN_ROWS] = _FINGERPRINT_SUMS[V2]
 # v3: per row, hash_record_extended over the columns (PostgreSQL 14+). A column whose type's
 # equality is byte identity is hashed by its type's own hash function (no text made for it: the
 # row's text was nearly all of v2's cost, measured in docs/performance.md); every other column
@@ -57,9 +60,14 @@ V5 = "rows+sum64(hashtextextended(hash_record_extended(typed columns,0)::text,0)
 # compared at their root (`compared_at_root`: partition -> root, recorded with the tables), and a
 # row of them is hashed with its columns in the root's order (a partition attached with its
 # own column order would hash a row otherwise than the partition it moves to).
-FINGERPRINT_ALGORITHM = "rows+sum64(hashtextextended(hash_record_extended(typed columns,0)::text,0))/v6"
-_MIXED = {V5, FINGERPRINT_ALGORITHM}  # each row's hash hashed again (v5 and after)
-_AT_ROOT = {V2_AT_ROOT, FINGERPRINT_ALGORITHM}  # with `compared_at_root`
+V6 = "rows+sum64(hashtextextended(hash_record_extended(typed columns,0)::text,0))/v6"
+# v7 is v6 with each table's own rows only (`FROM ONLY`), as pg_dump dumps them: v6's scan of a
+# parent of inheritance read its children's rows too, so every child's rows counted twice and a
+# row moved between a parent and its child left the parent's entry as it was.
+FINGERPRINT_ALGORITHM = "rows+sum64(hashtextextended(hash_record_extended(typed columns,0)::text,0))/v7"
+_MIXED = {V5, V6, FINGERPRINT_ALGORITHM}  # each row's hash hashed again (v5 and after)
+_AT_ROOT = {V2_AT_ROOT, V2_OWN_ROWS, V6, FINGERPRINT_ALGORITHM}  # with `compared_at_root`
+_OWN_ROWS = {V2_OWN_ROWS, FINGERPRINT_ALGORITHM}  # own rows, not its inheritance children's
 _PER_COLUMN = {V3, V4, *_MIXED}
 _BPCHAR = 1042
 # the 8-byte types hashint8 folds, and the function that gives their bytes (v5)
@@ -109,7 +117,7 @@ def fingerprint_sum(algorithm: str) -> str | None:
 def algorithm_for(conn: psycopg.Connection) -> str:
     """The fingerprint a new backup of this server records: the latest where the server has
     hash_record_extended (PostgreSQL 14+), v2 before."""
-    return FINGERPRINT_ALGORITHM if conn.info.server_version >= 140000 else V2_AT_ROOT
+    return FINGERPRINT_ALGORITHM if conn.info.server_version >= 140000 else V2_OWN_ROWS
 
 
 def _per_column_sum(conn: psycopg.Connection, oid: int, algorithm: str) -> sql.Composable:
@@ -162,32 +170,6 @@ def _columns(conn: psycopg.Connection, oid: int) -> sql.Composable:
 def recorded_algorithm(fingerprint: dict[str, Any] | None) -> str:
     """The algorithm a backup's fingerprint was made with (backups before v2 did not all say)."""
     return (fingerprint or {}).get("algorithm") or "rows+sum64(md5(row::text))/v1"
-
-
-# every table pg_dump dumps and the fingerprint reads (not an extension's own, but its
-# configuration tables): quoted names, for LOCK TABLE (which takes no materialized view)
-_READ = """SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname)
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind = 'r' AND c.relpersistence <> 't'
-      AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'
-      AND (NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_class'::regclass
-                       AND e.objid = c.oid AND e.deptype = 'e')
-           OR EXISTS (SELECT 1 FROM pg_extension x WHERE c.oid = ANY(x.extconfig)))
-    ORDER BY 1"""
-LOCK_BATCH = 1000
-
-
-def lock_what_it_reads(conn: psycopg.Connection) -> None:
-    """ACCESS SHARE, in the caller's (snapshot's) transaction, on every table the fingerprint
-    reads, as pg_dump locks what it dumps. TRUNCATE and table rewrites are not MVCC-safe: one
-    committed after the snapshot showed the table empty to whatever read it later in that
-    snapshot (the fingerprint still scanning larger tables, a large table's parts after pg_dump
-    had ended and let its locks go), though it had rows in the snapshot. Held until the backup's
-    transaction ends, so such DDL waits for the backup, as it waits for pg_dump."""
-    names = [row[0] for row in conn.execute(_READ).fetchall()]
-    for i in range(0, len(names), LOCK_BATCH):
-        listed = ", ".join(f"ONLY {name}" for name in names[i : i + LOCK_BATCH])
-        conn.execute(f"LOCK TABLE {listed} IN ACCESS SHARE MODE")  # names quoted by the server
 
 
 def fingerprint(
@@ -263,7 +245,7 @@ def fingerprint(
             tables[key] = read[key]  # type: ignore[index]
             continue
         (views if kind == "m" else configs if condition is not None else tables)[key] = _rows_and_sum(
-            conn, ident, oid, algorithm, part, condition
+            conn, ident, oid, algorithm, part, condition, only=kind == "r"
         )
     out: dict[str, Any] = {"tables": tables, "sequences": sequences}
     if algorithm in _AT_ROOT and "r" in kinds:
@@ -287,11 +269,14 @@ def _rows_and_sum(
     algorithm: str,
     part: dict[str, Any] | None = None,
     condition: str | None = None,
+    only: bool = True,
 ) -> dict[str, Any]:
     """One relation's row count and sum. `part`: a partition compared at its root (its rows
-    hashed in the root's column order); `condition`: an extension configuration table's."""
+    hashed in the root's column order); `condition`: an extension configuration table's; `only`:
+    a table (not a materialized view), whose own rows v7 reads."""
     expression = fingerprint_sum(algorithm)  # a constant of this module, never input
-    rows_of: sql.Composable = ident
+    own = only and algorithm in _OWN_ROWS
+    rows_of: sql.Composable = sql.SQL("ONLY {}").format(ident) if own else ident
     if expression is None:
         row_sum: sql.Composable = _per_column_sum(conn, part["root_oid"] if part else oid, algorithm)
     else:
@@ -301,7 +286,7 @@ def _rows_and_sum(
     if condition is not None:
         # an extension's configuration table (pg_extension_config_dump): pg_dump keeps the
         # rows its condition selects (the rest CREATE EXTENSION makes); the condition is the
-        # extension's SQL, which pg_dump runs as it is too
+        # extension's SQL, which pg_dump runs as it is too (without ONLY, as here)
         rows_of = sql.SQL("(SELECT * FROM {} {})").format(ident, sql.SQL(condition))
     rows, total = conn.execute(
         sql.SQL("SELECT count(*), {} FROM {} AS klb_r").format(row_sum, rows_of)
@@ -314,16 +299,16 @@ def table_fingerprint(conn: psycopg.Connection, schema: str, table: str, algorit
     that reads each table as soon as its rows are all loaded (table_parts.load), so the scan runs
     beside the other tables' loading instead of beside the index builds. Empty where the entry
     cannot be read on its own: a partition (rows may be routed into it from elsewhere, and hash
-    partitions are compared at their root), a parent of inheritance (its scan reads its children's
-    rows, loaded by others), or a fingerprint from before v4 (other keys)."""
+    partitions are compared at their root), a parent of inheritance before v7 (its scan reads its
+    children's rows, loaded by others), or a fingerprint from before v4 (other keys)."""
     if algorithm in _FINGERPRINT_SUMS or algorithm == V3:
         return {}
     found = conn.execute(
         """SELECT c.oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname)
            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
            WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'r' AND NOT c.relispartition
-             AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid)""",
-        (schema, table),
+             AND (%s OR NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid))""",
+        (schema, table, algorithm in _OWN_ROWS),
     ).fetchone()
     if found is None:
         return {}

@@ -13,8 +13,9 @@ from tasks.errors import IntegrityError
 def diff_fingerprints(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
     """Human-readable differences, empty when the restore matches the backup.
 
-    Tables must match exactly; the partitions of a hierarchy with hash partitioning in it (v6's
-    `compared_at_root`) as exactly, added up at their root (partitions.py). Sequences are outside
+    Tables must match exactly (v7: each by its own rows); the partitions of a hierarchy with hash
+    partitioning in it (v6's `compared_at_root`) as exactly, added up at their root
+    (partitions.py). Sequences are outside
     MVCC: pg_dump reads their value when it reaches them, not at the snapshot, so a restored
     sequence may be ahead of the recorded value (never behind: that would hand out ids already
     used). Ahead is the way it counts: lower for a descending one (its increment; fingerprints

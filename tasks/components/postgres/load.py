@@ -15,7 +15,7 @@ from typing import IO, Any
 
 from blocks.postgres import PostgresTarget
 from blocks.store import StoreBlock
-from tasks.components.postgres.common import conninfo_dbname, engine_env, tool
+from tasks.components.postgres.common import connect, conninfo_dbname, engine_env, tool
 from tasks.components.postgres.fingerprint import fingerprint_database, recorded_algorithm
 from tasks.components.postgres.fingerprint_diff import diff_fingerprints, materialized_view_differences
 from tasks.errors import IntegrityError
@@ -123,6 +123,32 @@ def build_post_data(target: PostgresTarget, path: str, db: str, side: str, no_ow
         if lists:
             last = _pg_restore(target, side, no_owner, "--section=post-data", "--use-list", lists[1])
             run([*last, path], env, timeout=None, name=f"pg_restore (event triggers) {db}")
+
+
+# User code that loading rows runs: CHECK constraints of tables and of domains, and generated
+# columns' expressions (COPY names every other column, so no default runs). A built-in function
+# never writes, nor does an extension's (taken as vetted); a user's may, volatile or not: one
+# declared IMMUTABLE can still call a volatile one that logs into an audit table
+_LOAD_RUNS_USER_CODE = """
+SELECT EXISTS (
+    SELECT 1 FROM pg_depend d
+    WHERE d.refclassid IN ('pg_proc'::regclass, 'pg_operator'::regclass) AND d.refobjid >= 16384
+      AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = d.refclassid
+                      AND e.objid = d.refobjid AND e.deptype = 'e')
+      AND (EXISTS (SELECT 1 FROM pg_constraint c
+                   WHERE d.classid = 'pg_constraint'::regclass AND c.oid = d.objid AND c.contype = 'c')
+           OR EXISTS (SELECT 1 FROM pg_attrdef a JOIN pg_attribute t
+                          ON t.attrelid = a.adrelid AND t.attnum = a.adnum
+                      WHERE d.classid = 'pg_attrdef'::regclass AND a.oid = d.objid
+                        AND t.attgenerated <> '')))"""
+
+
+def checks_may_write(target: PostgresTarget, side: str) -> bool:
+    """Whether loading `side` (its pre-data restored) runs a user's function, which may write to
+    other tables than the one being loaded. Then a table read right after its own load may still
+    change: every table is compared after the whole build instead (restores.restore_aside)."""
+    with connect(target, side, autocommit=True) as conn:
+        return bool(conn.execute(_LOAD_RUNS_USER_CODE).fetchone()[0])
 
 
 def _side_fingerprint(

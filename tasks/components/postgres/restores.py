@@ -175,16 +175,19 @@ def restore_aside(
                 # post-data ends by refreshing materialized views, and a view's query may write
                 # (a volatile function keeping an audit log): then every table is read after it
                 refreshes = load.refreshes_views(manifest, db)
-                algorithm = None if refreshes else recorded_algorithm(manifest.fingerprint)
                 with _timed(seconds, "load"):
                     load.load_stream(target, store, obj, db, side, no_owner, single_transaction=False)
+                    # so may a CHECK's or a generated column's function, for each row loaded into
+                    # another table: no table is read before every load and the build are done
+                    late = refreshes or load.checks_may_write(target, side)
+                    algorithm = None if late else recorded_algorithm(manifest.fingerprint)
                     # the large tables, made empty by pre-data: their parts in parallel, each
                     # whole one read for the fingerprint as soon as it is loaded
                     read = table_parts.load(
                         target, store, manifest, info, db, side, load.POST_DATA_JOBS, algorithm
                     )
                 with _timed(seconds, "fingerprint+post_data"):
-                    if refreshes:
+                    if late:
                         load.build_post_data(target, post_path, db, side, no_owner)
                         actual = load.check_fingerprint(target, manifest, db, side)
                     else:

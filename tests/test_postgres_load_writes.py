@@ -1,0 +1,78 @@
+"""User code that a restore's load runs may write to other tables: a CHECK constraint (of a table
+or a domain) or a generated column calling a function that logs into an audit table runs for
+every row COPY loads. A table in an object of its own was fingerprinted right after its own COPY:
+an audit table loaded first matched the backup, then the next table's load added rows to it, and
+the restore verified and cut over with rows the backup never had. Where such code exists, every
+table is compared after the whole build."""
+
+from __future__ import annotations
+
+import pytest
+
+import tasks.components.postgres as pg
+from tasks.components.postgres import load
+from tasks.errors import IntegrityError
+from tests.pg_helpers import db_names, drop, exec_in, new_name, scalar, target_for
+from tests.test_postgres import take_backup
+
+# the audit table is the larger one: loaded (and read) first, then `t`'s rows write into it
+AUDIT = """
+CREATE TABLE public.audit (v int, pad text);
+CREATE FUNCTION public.log_it(v int) RETURNS boolean LANGUAGE plpgsql VOLATILE AS
+  $$ BEGIN INSERT INTO public.audit VALUES (v, 'load'); RETURN true; END $$;
+-- declared immutable, as a generated column requires; it still calls the volatile one
+CREATE FUNCTION public.pure(v int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS
+  $$ BEGIN PERFORM public.log_it(v); RETURN v * 2; END $$;
+"""
+USES = {
+    "check": "CREATE TABLE public.t (v int CHECK (public.log_it(v)));",
+    "domain_check": "CREATE DOMAIN public.logged AS int CHECK (public.log_it(VALUE));"
+    " CREATE TABLE public.t (v public.logged);",
+    "generated": "CREATE TABLE public.t (v int, twice int GENERATED ALWAYS AS (public.pure(v)) STORED);",
+}
+
+
+@pytest.mark.parametrize("use", sorted(USES))
+@pytest.mark.parametrize("objects_from", [0, None], ids=["tables-in-objects", "pg_dump"])
+def test_rows_written_by_the_load_s_own_checks_are_seen_and_refused(
+    postgres, local_store, monkeypatch, use, objects_from
+):
+    admin_target, db = target_for(postgres), new_name()
+    exec_in(admin_target, "postgres", f"CREATE DATABASE {db}")
+    try:
+        exec_in(admin_target, db, AUDIT + USES[use])
+        exec_in(admin_target, db, "INSERT INTO public.t (v) VALUES (1), (2), (3)")
+        exec_in(admin_target, db, "UPDATE public.audit SET pad = repeat('x', 5000)")  # the largest
+        assert scalar(admin_target, db, "SELECT count(*) FROM public.audit") == 3
+        target = admin_target.model_copy(
+            update={"databases": [db], "table_objects_from_mib": objects_from, "split_tables_from_mib": None}
+        )
+        store = local_store()
+        manifest = take_backup(target, store)
+        monkeypatch.setattr(load, "POST_DATA_JOBS", 1)  # one table after the other: audit first
+        before = db_names(admin_target)
+        with pytest.raises(IntegrityError, match=r"table public\.audit: backup"):
+            pg.restore(
+                target, manifest, store, pg.RestoreOptions(include_globals=False, rename_to={db: f"{db}_c"})
+            )
+        assert db_names(admin_target) == before  # the side database is gone, nothing cut over
+    finally:
+        drop(admin_target, *[d for d in db_names(admin_target) if d.startswith(db)])
+
+
+def test_checks_of_built_in_functions_keep_the_fast_path(postgres):
+    """Only a user's function may write: a CHECK of built-in functions and a user function's
+    default (COPY gives every column, so no default runs) leave the load's early reads on."""
+    admin_target, db = target_for(postgres), new_name()
+    exec_in(admin_target, "postgres", f"CREATE DATABASE {db}")
+    try:
+        exec_in(
+            admin_target,
+            db,
+            AUDIT + "CREATE TABLE public.u (v text CHECK (length(v) < 10), w int DEFAULT public.pure(1));",
+        )
+        assert load.checks_may_write(admin_target, db) is False
+        exec_in(admin_target, db, USES["check"])
+        assert load.checks_may_write(admin_target, db) is True
+    finally:
+        drop(admin_target, db)
