@@ -82,3 +82,23 @@ def test_database_and_role_defaults_change_nothing_that_is_backed_up_or_restored
         )
     finally:
         drop(admin_target, *[d for d in db_names(admin_target) if d.startswith(db)])
+
+
+def test_a_database_that_quotes_every_identifier_backs_up_and_restores(postgres, local_store):
+    """The fingerprint's keys are quote_ident's: a database's `quote_all_identifiers = on` made
+    them `"public"."t"` at backup and `public.t` in the side database (its settings come after
+    the load), so every table was 'missing after restore' and no backup of it restored."""
+    admin_target, db = target_for(postgres), new_name()
+    exec_in(admin_target, "postgres", f"CREATE DATABASE {db}")
+    try:
+        exec_in(admin_target, db, "CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
+        exec_in(admin_target, "postgres", f"ALTER DATABASE {db} SET quote_all_identifiers = on")
+        target = admin_target.model_copy(update={"databases": [db]})
+        store = local_store()
+        manifest = take_backup(target, store)
+        assert "public.t" in manifest.fingerprint["databases"][db]["tables"]
+        copy = f"{db}_c"
+        options = pg.RestoreOptions(include_globals=False, rename_to={db: copy})
+        assert pg.restore(target, manifest, store, options)["databases"][copy]["fingerprint_equal"] is True
+    finally:
+        drop(admin_target, *[d for d in db_names(admin_target) if d.startswith(db)])
