@@ -7,6 +7,8 @@ table is compared after the whole build."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 import tasks.components.postgres as pg
@@ -76,3 +78,44 @@ def test_checks_of_built_in_functions_keep_the_fast_path(postgres):
         assert load.checks_may_write(admin_target, db) is True
     finally:
         drop(admin_target, db)
+
+
+def test_rows_written_by_an_index_build_are_seen_and_refused(postgres, local_store, monkeypatch):
+    """An expression index's function (declared immutable, calling a volatile one) runs for every
+    row when post-data builds the index, beside the fingerprint's scan: a table scanned before the
+    build wrote to it matched the backup. Here the scan ends before the build starts."""
+    admin_target, db = target_for(postgres), new_name()
+    exec_in(admin_target, "postgres", f"CREATE DATABASE {db}")
+    try:
+        exec_in(
+            admin_target,
+            db,
+            AUDIT + "CREATE TABLE public.t (v int); CREATE INDEX ON public.t (public.pure(v));",
+        )
+        exec_in(admin_target, db, "INSERT INTO public.t VALUES (1), (2), (3)")
+        target = admin_target.model_copy(update={"databases": [db]})
+        store = local_store()
+        manifest = take_backup(target, store)
+        scanned = threading.Event()
+        real_check, real_build = load.check_fingerprint, load.build_post_data
+
+        def check(*args, **kwargs):
+            try:
+                return real_check(*args, **kwargs)
+            finally:
+                scanned.set()
+
+        def build(*args, **kwargs):
+            scanned.wait(60)
+            return real_build(*args, **kwargs)
+
+        monkeypatch.setattr(load, "check_fingerprint", check)
+        monkeypatch.setattr(load, "build_post_data", build)
+        before = db_names(admin_target)
+        with pytest.raises(IntegrityError, match=r"table public\.audit: backup"):
+            pg.restore(
+                target, manifest, store, pg.RestoreOptions(include_globals=False, rename_to={db: f"{db}_c"})
+            )
+        assert db_names(admin_target) == before
+    finally:
+        drop(admin_target, *[d for d in db_names(admin_target) if d.startswith(db)])

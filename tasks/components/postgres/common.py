@@ -45,6 +45,14 @@ SESSION_SETTINGS = {
     # de_DE dumped `1.234,50 €`, which the restore (into a new database: the server's C) read
     # as another amount or refused. Dumped and loaded in one locale, it keeps its exact value
     "lc_monetary": "C",
+    # neither pg_dump nor pg_restore sets it: off, a dumped '{NULL}' loaded as the string "NULL"
+    "array_nulls": "on",
+    # off, our own '...\\_...' patterns lost their backslash: `pg\_toast%` matched a user's schema
+    # `pgxtoast` (left out of the fingerprint). pg_dump and pg_restore set it on for themselves
+    "standard_conforming_strings": "on",
+    # the fingerprint's keys are quote_ident's: a database's `on` made them `"public"."t"` at
+    # backup and `public.t` in the side database (its settings come after the load)
+    "quote_all_identifiers": "off",
 }
 SESSION_OPTIONS = " ".join(f"-c {k}={v}" for k, v in SESSION_SETTINGS.items())
 ASIDE_RE = re.compile(

@@ -125,22 +125,34 @@ def build_post_data(target: PostgresTarget, path: str, db: str, side: str, no_ow
             run([*last, path], env, timeout=None, name=f"pg_restore (event triggers) {db}")
 
 
-# User code that loading rows runs: CHECK constraints of tables and of domains, and generated
-# columns' expressions (COPY names every other column, so no default runs). A built-in function
-# never writes, nor does an extension's (taken as vetted); a user's may, volatile or not: one
-# declared IMMUTABLE can still call a volatile one that logs into an audit table
-_LOAD_RUNS_USER_CODE = """
+# A user's function (or operator) that `{what}` depends on. A built-in function never writes, nor
+# does an extension's (taken as vetted); a user's may, volatile or not: one declared IMMUTABLE
+# can still call a volatile one that logs into an audit table
+_USER_CODE = """
 SELECT EXISTS (
     SELECT 1 FROM pg_depend d
     WHERE d.refclassid IN ('pg_proc'::regclass, 'pg_operator'::regclass) AND d.refobjid >= 16384
       AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = d.refclassid
                       AND e.objid = d.refobjid AND e.deptype = 'e')
-      AND (EXISTS (SELECT 1 FROM pg_constraint c
+      AND ({what}))"""
+# what loading rows runs: CHECK constraints of tables and of domains, and generated columns'
+# expressions (COPY names every other column, so no default runs; triggers and rules are
+# post-data, made after the rows)
+_ON_LOAD = _USER_CODE.format(
+    what="""EXISTS (SELECT 1 FROM pg_constraint c
                    WHERE d.classid = 'pg_constraint'::regclass AND c.oid = d.objid AND c.contype = 'c')
            OR EXISTS (SELECT 1 FROM pg_attrdef a JOIN pg_attribute t
                           ON t.attrelid = a.adrelid AND t.attnum = a.adnum
                       WHERE d.classid = 'pg_attrdef'::regclass AND a.oid = d.objid
-                        AND t.attgenerated <> '')))"""
+                        AND t.attgenerated <> '')"""
+)
+# what post-data's build runs over the rows: index expressions and predicates, and constraints
+# (exclusion, foreign keys) through their operators
+_IN_BUILD = _USER_CODE.format(
+    what="""d.classid = 'pg_constraint'::regclass
+           OR EXISTS (SELECT 1 FROM pg_class i WHERE d.classid = 'pg_class'::regclass
+                      AND i.oid = d.objid AND i.relkind IN ('i', 'I'))"""
+)
 
 
 def checks_may_write(target: PostgresTarget, side: str) -> bool:
@@ -148,7 +160,14 @@ def checks_may_write(target: PostgresTarget, side: str) -> bool:
     other tables than the one being loaded. Then a table read right after its own load may still
     change: every table is compared after the whole build instead (restores.restore_aside)."""
     with connect(target, side, autocommit=True) as conn:
-        return bool(conn.execute(_LOAD_RUNS_USER_CODE).fetchone()[0])
+        return bool(conn.execute(_ON_LOAD).fetchone()[0])
+
+
+def build_may_write(target: PostgresTarget, side: str) -> bool:
+    """Whether post-data's build (done) ran a user's function over the rows: one that wrote may
+    have done so after the fingerprint, which runs beside the build, had read that table."""
+    with connect(target, side, autocommit=True) as conn:
+        return bool(conn.execute(_IN_BUILD).fetchone()[0])
 
 
 def _side_fingerprint(

@@ -194,6 +194,8 @@ def restore_aside(
                         actual = load.fingerprint_while_building(
                             target, manifest, db, side, post_path, no_owner, read
                         )
+                        if load.build_may_write(target, side):  # read again, the build done
+                            actual = load.check_fingerprint(target, manifest, db, side)
                     # once post-data has refreshed them
                     views = load.check_materialized_views(target, manifest, db, side)
         lost: dict[str, Any] = {}
