@@ -607,6 +607,62 @@ def test_pitr_to_a_named_restore_point(bench, new_dir, monkeypatch):
     }
 
 
+def _with_source_settings(data: bytes, lines: str) -> bytes:
+    """The base tar with `lines` appended to its postgresql.auto.conf: what a source that was
+    itself recovered (a cut-over PITR instance keeps its recovery settings), a standby, or one
+    with its own archive_command carries into every base backup of it."""
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(data)) as src,
+        tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as dst,
+    ):
+        for m in src.getmembers():
+            body = src.extractfile(m).read() if m.isfile() else None
+            if m.name == "postgresql.auto.conf":
+                body += lines.encode()
+                m.size = len(body)
+            dst.addfile(m, io.BytesIO(body) if body is not None else None)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("goal_kind", ["latest", "time"])
+def test_recovery_settings_a_base_backup_carries_from_its_source_never_apply(
+    bench, base_tar, local_store, new_dir, tmp_path, goal_kind
+):
+    """The source's recovery target, its action, its end command, its archive_command and
+    synchronous standbys: none decides where the recovery goes or what the new instance runs."""
+    ran = tmp_path / "ran"
+    ran.mkdir(mode=0o777)
+    source = (
+        f"recovery_target_lsn = '{bench['T_lsn']}'\n"  # another target, where the source stopped
+        "recovery_target_action = 'shutdown'\n"
+        "recovery_target_inclusive = off\n"
+        f"recovery_end_command = 'touch {ran}/recovery_end_command'\n"
+        f"archive_command = 'touch {ran}/archive_command'\n"
+        "synchronous_standby_names = '*'\n"
+        "restore_command = 'false'\n"
+        f"primary_conninfo = 'host=127.0.0.1 port={bench['svc'].port}'\n"
+    )
+    store = local_store(compression="none")
+    # pg_verifybackup would (rightly) see the changed file: the test is about what it holds
+    carried = _stored_base(store, bench, _with_source_settings(base_tar, source), pg_manifest=False)
+    goal = (
+        RecoveryTarget(kind="latest")
+        if goal_kind == "latest"
+        else RecoveryTarget(kind="time", time=bench["T"])
+    )
+    result = pitr.recover(bench["target"], carried, store, goal, pitr.RestoreOptions(directory=new_dir))
+    password = bench["svc"].extra["password"]
+    want = {"before": 5, "between-1": 5, "between-2": 5} | ({"after": 5} if goal_kind == "latest" else {})
+    assert _phases(result["port"], password) == want
+    with psycopg.connect(host="127.0.0.1", port=result["port"], user="postgres", password=password) as conn:
+        applied = dict(conn.execute("select name, setting from pg_file_settings where applied").fetchall())
+        assert conn.execute("show synchronous_standby_names").fetchone()[0] == ""
+    assert applied["archive_command"] == applied["recovery_end_command"] == applied["primary_conninfo"] == ""
+    assert applied["recovery_target_action"] == "pause" and applied["recovery_target_inclusive"] == "on"
+    assert not list(ran.iterdir())  # none of the source's commands ran
+
+
 def test_restore_refuses_a_directory_that_is_not_new(bench, tmp_path):
     (tmp_path / "keep.txt").write_text("precious")
     with pytest.raises(BadInput, match="not empty"):

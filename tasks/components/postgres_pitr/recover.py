@@ -34,6 +34,7 @@ from tasks.components.postgres_pitr.engines import (
 )
 from tasks.components.postgres_pitr.prefetch import restore_report, wal_spool
 from tasks.components.postgres_pitr.server import _row, connect, pg_bindir
+from tasks.components.postgres_pitr.settings import recovery_settings, write_recovery_conf
 from tasks.components.postgres_pitr.window import (
     RecoveryTarget,
 )
@@ -71,10 +72,6 @@ def _as_user(user: str) -> list[str]:
     return []
 
 
-def _conf_quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 DEFAULT_PITR_ROOT = "/var/lib/knative-lambda-backup/pitr"
 
 
@@ -105,41 +102,6 @@ def _prepare_directory(path: str, user: str) -> Path:
         for p in (root, root / "data", root / "socket"):
             shutil.chown(p, user)
     return root
-
-
-def _recovery_settings(
-    goal: RecoveryTarget, restore_command: str, port: int, sock: Path, shared_buffers: str
-) -> dict[str, str]:
-    conf = {
-        # sized for the pod it runs in, not the source (replay needs little); huge pages may not
-        # exist there. Settings a standby must keep >= the primary's (max_connections...) stay.
-        "shared_buffers": _conf_quote(shared_buffers),
-        "huge_pages": "'try'",
-        "port": str(port),
-        "listen_addresses": "'127.0.0.1'",
-        "unix_socket_directories": _conf_quote(str(sock)),
-        "archive_mode": "'off'",  # it must never write into the production archive
-        # its log (-l) is read for "recovery stopping" and NOT_REACHED: on stderr, at LOG level,
-        # untranslated, whatever the source's postgresql.conf (a base backup carries it) says
-        "logging_collector": "off",
-        "log_destination": "'stderr'",
-        "log_min_messages": "'warning'",
-        "lc_messages": "'C'",
-        "hot_standby": "on",
-        "primary_conninfo": "''",
-        "restore_command": _conf_quote(restore_command),
-        "recovery_target_timeline": "'current'",
-    }
-    if goal.kind != "latest":
-        conf["recovery_target_action"] = "'pause'"  # promotion is promote(), an explicit step
-        conf["recovery_target_inclusive"] = "on"
-    if goal.kind == "time":
-        conf["recovery_target_time"] = _conf_quote(goal.time.isoformat())
-    elif goal.kind == "lsn":
-        conf["recovery_target_lsn"] = _conf_quote(goal.lsn)
-    elif goal.kind == "name":
-        conf["recovery_target_name"] = _conf_quote(goal.name)
-    return conf
 
 
 def _log_tail(log: Path, lines: int = 15) -> str:
@@ -277,12 +239,7 @@ def recover(
                 engine, target, root, creds, manifest.engine.get("first_segment"), user if as_user else None
             )
         )
-        settings = _recovery_settings(goal, command, port, sock, options.shared_buffers)
-        if not (data / "postgresql.conf").exists():  # Debian keeps it in /etc: the data dir has none
-            (data / "postgresql.conf").touch()
-        with open(data / "postgresql.auto.conf", "a") as fh:
-            fh.write("\n# knative-lambda-backup PITR: new instance, archiving off\n")
-            fh.writelines(f"{k} = {v}\n" for k, v in settings.items())
+        write_recovery_conf(data, recovery_settings(goal, command, port, sock, options.shared_buffers, major))
         (data / "standby.signal").unlink(missing_ok=True)
         (data / "recovery.signal").touch()
         log.touch()
