@@ -529,11 +529,31 @@ def test_pitr_to_a_time_brings_back_exactly_the_rows_before_it(prefect_server, b
     assert not (Path(new_dir) / "aws-credentials").exists()
 
 
-def test_pitr_to_latest_and_to_an_lsn(bench, new_dir, tmp_path):
+def _environ(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/environ").read_bytes()
+
+
+def test_pitr_to_latest_and_to_an_lsn(bench, new_dir, tmp_path, monkeypatch):
+    """'latest' promotes itself: its archive key is deleted then (no promote_pitr follows), and
+    the server (and its restore_command) never had the flow's secrets in its environment."""
+    ours = {
+        name: f"{name}-{secrets.token_hex(8)}" for name in ("PGPASSWORD", "KLB_X_TOKEN", "AWS_SESSION_TOKEN")
+    }
+    for name, value in ours.items():
+        monkeypatch.setenv(name, value)
+    key = "aws-" + secrets.token_hex(16)  # moto accepts any key pair
+    target = bench["target"].model_copy(update={"aws_secret_access_key": SecretStr(key)})
     latest_dir = new_dir
     options = pitr.RestoreOptions(directory=latest_dir)
-    result = pitr.restore(bench["target"], bench["base"], bench["store"], options)
+    result = pitr.restore(target, bench["base"], bench["store"], options)
     assert not result["in_recovery"]
+    pid = int(Path(latest_dir, "data", "postmaster.pid").read_text().split()[0])
+    server_env = _environ(pid)
+    assert not [n for n, v in ours.items() if v.encode() in server_env]
+    assert key.encode() not in server_env and b"AWS_SECRET_ACCESS_KEY" not in server_env
+    assert not (Path(latest_dir) / "aws-credentials").exists()
+    on_disk = [p for p in Path(latest_dir).rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
+    assert not on_disk
     assert _phases(result["port"], bench["svc"].extra["password"]) == {
         "before": 5,
         "between-1": 5,

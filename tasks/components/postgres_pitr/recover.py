@@ -30,6 +30,7 @@ from tasks.components.postgres_pitr.engines import (
     parse_lsn,
     segment_name,
     segment_number,
+    server_env,
     write_credentials_file,
 )
 from tasks.components.postgres_pitr.prefetch import restore_report, wal_spool
@@ -259,7 +260,7 @@ def recover(
         for attempt in range(1, BIND_TRIES + 1):
             try:
                 start = [*as_user, str(bindir / "pg_ctl"), "start", "-D", str(data), "-l", str(log)]
-                run([*start, "-w", "-t", "600"], timeout=700, name="pg_ctl start")
+                run([*start, "-w", "-t", "600"], env=server_env(target), timeout=700, name="pg_ctl start")
                 break
             except ComponentFailed:
                 _raise_if_not_reached(goal, log)
@@ -275,6 +276,7 @@ def recover(
         state = _wait_for_target(target, goal, port, bindir, data, log, user, options.timeout_seconds)
         if goal.kind == "latest":
             _raise_if_short_of(end, manifest, state["replayed_lsn"], log)
+            creds.unlink()  # it promoted itself: no WAL left to fetch, no key left on disk
         text = log.read_text(errors="replace")
         stop = re.findall(r"recovery stopping [^\n]*", text)
         if goal.kind != "latest" and not stop:
