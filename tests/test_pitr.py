@@ -10,9 +10,11 @@ from __future__ import annotations
 import importlib
 import io
 import json
+import os
 import secrets
 import shutil
 import socket
+import subprocess
 import tarfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -625,6 +627,41 @@ def test_pitr_to_a_named_restore_point(bench, new_dir, monkeypatch):
         "between-1": 5,
         "between-2": 5,
     }
+
+
+def test_promote_refuses_an_instance_that_is_not_running_and_never_promotes_another(bench, new_dir):
+    """A PITR instance that died leaves its directory (and maybe a stale postmaster.pid); free ports
+    are reused, so another recovering server may answer on its port. promote() of the dead one
+    must refuse, not promote that other server and report success."""
+    options = pitr.RestoreOptions(directory=new_dir, target_lsn=bench["T_lsn"])
+    alive = pitr.restore(bench["target"], bench["base"], bench["store"], options)
+    assert alive["in_recovery"]
+    dead = Path(new_dir + "-dead")
+    try:
+        (dead / "data").mkdir(parents=True)
+        shutil.copy(Path(new_dir, pitr.STATE_FILE), dead / pitr.STATE_FILE)  # same port
+        with pytest.raises(ComponentFailed, match="is not running before promotion"):
+            pitr.promote(bench["target"], str(dead))
+        lines = Path(new_dir, "data", "postmaster.pid").read_text().splitlines()
+        exited = subprocess.Popen(["true"])
+        exited.wait()  # its pid names no process now
+        gone = str(exited.pid)
+        (dead / "data" / "postmaster.pid").write_text(
+            "\n".join([gone, str(dead / "data"), *lines[2:]]) + "\n"
+        )
+        with pytest.raises(ComponentFailed, match="is not running before promotion"):
+            pitr.promote(bench["target"], str(dead))
+        # a live postmaster.pid that names the port, but the port is another data directory's
+        (dead / "data" / "postmaster.pid").write_text("\n".join([str(os.getpid()), *lines[1:]]) + "\n")
+        with pytest.raises(ComponentFailed, match=f"served by .*{Path(new_dir).name}/data, not by"):
+            pitr.promote(bench["target"], str(dead))
+        with psycopg.connect(
+            host="127.0.0.1", port=alive["port"], user="postgres", password=bench["svc"].extra["password"]
+        ) as conn:
+            assert conn.execute("select pg_is_in_recovery()").fetchone()[0]  # still paused
+        assert Path(new_dir, "aws-credentials").exists()
+    finally:
+        shutil.rmtree(dead, ignore_errors=True)
 
 
 def _with_source_settings(data: bytes, lines: str) -> bytes:
