@@ -80,6 +80,14 @@ def _inherited() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not (k.startswith("PREFECT_") and SECRET_ENV_RE.search(k))}
 
 
+def inherited_secrets(keep: Iterable[str] = ()) -> dict[str, None]:
+    """Every variable of ours whose name looks secret (a password, an access key, a token), as
+    None: given in a child's `env` it is not passed on. For children that outlive the call or run
+    commands of their own (a recovered PostgreSQL and its restore_command, an app-state step),
+    which must get only the credentials meant for them. `keep` names ones they need."""
+    return {name: None for name in os.environ if SECRET_ENV_RE.search(name) and name not in keep}
+
+
 def _spawn(
     argv: Sequence[str],
     env: Mapping[str, str | None] | None,

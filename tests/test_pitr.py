@@ -10,9 +10,11 @@ from __future__ import annotations
 import importlib
 import io
 import json
+import os
 import secrets
 import shutil
 import socket
+import subprocess
 import tarfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -529,11 +531,31 @@ def test_pitr_to_a_time_brings_back_exactly_the_rows_before_it(prefect_server, b
     assert not (Path(new_dir) / "aws-credentials").exists()
 
 
-def test_pitr_to_latest_and_to_an_lsn(bench, new_dir, tmp_path):
+def _environ(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/environ").read_bytes()
+
+
+def test_pitr_to_latest_and_to_an_lsn(bench, new_dir, tmp_path, monkeypatch):
+    """'latest' promotes itself: its archive key is deleted then (no promote_pitr follows), and
+    the server (and its restore_command) never had the flow's secrets in its environment."""
+    ours = {
+        name: f"{name}-{secrets.token_hex(8)}" for name in ("PGPASSWORD", "KLB_X_TOKEN", "AWS_SESSION_TOKEN")
+    }
+    for name, value in ours.items():
+        monkeypatch.setenv(name, value)
+    key = "aws-" + secrets.token_hex(16)  # moto accepts any key pair
+    target = bench["target"].model_copy(update={"aws_secret_access_key": SecretStr(key)})
     latest_dir = new_dir
     options = pitr.RestoreOptions(directory=latest_dir)
-    result = pitr.restore(bench["target"], bench["base"], bench["store"], options)
+    result = pitr.restore(target, bench["base"], bench["store"], options)
     assert not result["in_recovery"]
+    pid = int(Path(latest_dir, "data", "postmaster.pid").read_text().split()[0])
+    server_env = _environ(pid)
+    assert not [n for n, v in ours.items() if v.encode() in server_env]
+    assert key.encode() not in server_env and b"AWS_SECRET_ACCESS_KEY" not in server_env
+    assert not (Path(latest_dir) / "aws-credentials").exists()
+    on_disk = [p for p in Path(latest_dir).rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
+    assert not on_disk
     assert _phases(result["port"], bench["svc"].extra["password"]) == {
         "before": 5,
         "between-1": 5,
@@ -605,6 +627,97 @@ def test_pitr_to_a_named_restore_point(bench, new_dir, monkeypatch):
         "between-1": 5,
         "between-2": 5,
     }
+
+
+def test_promote_refuses_an_instance_that_is_not_running_and_never_promotes_another(bench, new_dir):
+    """A PITR instance that died leaves its directory (and maybe a stale postmaster.pid); free ports
+    are reused, so another recovering server may answer on its port. promote() of the dead one
+    must refuse, not promote that other server and report success."""
+    options = pitr.RestoreOptions(directory=new_dir, target_lsn=bench["T_lsn"])
+    alive = pitr.restore(bench["target"], bench["base"], bench["store"], options)
+    assert alive["in_recovery"]
+    dead = Path(new_dir + "-dead")
+    try:
+        (dead / "data").mkdir(parents=True)
+        shutil.copy(Path(new_dir, pitr.STATE_FILE), dead / pitr.STATE_FILE)  # same port
+        with pytest.raises(ComponentFailed, match="is not running before promotion"):
+            pitr.promote(bench["target"], str(dead))
+        lines = Path(new_dir, "data", "postmaster.pid").read_text().splitlines()
+        exited = subprocess.Popen(["true"])
+        exited.wait()  # its pid names no process now
+        gone = str(exited.pid)
+        (dead / "data" / "postmaster.pid").write_text(
+            "\n".join([gone, str(dead / "data"), *lines[2:]]) + "\n"
+        )
+        with pytest.raises(ComponentFailed, match="is not running before promotion"):
+            pitr.promote(bench["target"], str(dead))
+        # a live postmaster.pid that names the port, but the port is another data directory's
+        (dead / "data" / "postmaster.pid").write_text("\n".join([str(os.getpid()), *lines[1:]]) + "\n")
+        with pytest.raises(ComponentFailed, match=f"served by .*{Path(new_dir).name}/data, not by"):
+            pitr.promote(bench["target"], str(dead))
+        with psycopg.connect(
+            host="127.0.0.1", port=alive["port"], user="postgres", password=bench["svc"].extra["password"]
+        ) as conn:
+            assert conn.execute("select pg_is_in_recovery()").fetchone()[0]  # still paused
+        assert Path(new_dir, "aws-credentials").exists()
+    finally:
+        shutil.rmtree(dead, ignore_errors=True)
+
+
+def _with_source_settings(data: bytes, lines: str) -> bytes:
+    """The base tar with `lines` appended to its postgresql.auto.conf: what a source that was
+    itself recovered (a cut-over PITR instance keeps its recovery settings), a standby, or one
+    with its own archive_command carries into every base backup of it."""
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(data)) as src,
+        tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as dst,
+    ):
+        for m in src.getmembers():
+            body = src.extractfile(m).read() if m.isfile() else None
+            if m.name == "postgresql.auto.conf":
+                body += lines.encode()
+                m.size = len(body)
+            dst.addfile(m, io.BytesIO(body) if body is not None else None)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("goal_kind", ["latest", "time"])
+def test_recovery_settings_a_base_backup_carries_from_its_source_never_apply(
+    bench, base_tar, local_store, new_dir, tmp_path, goal_kind
+):
+    """The source's recovery target, its action, its end command, its archive_command and
+    synchronous standbys: none decides where the recovery goes or what the new instance runs."""
+    ran = tmp_path / "ran"
+    ran.mkdir(mode=0o777)
+    source = (
+        f"recovery_target_lsn = '{bench['T_lsn']}'\n"  # another target, where the source stopped
+        "recovery_target_action = 'shutdown'\n"
+        "recovery_target_inclusive = off\n"
+        f"recovery_end_command = 'touch {ran}/recovery_end_command'\n"
+        f"archive_command = 'touch {ran}/archive_command'\n"
+        "synchronous_standby_names = '*'\n"
+        "restore_command = 'false'\n"
+        f"primary_conninfo = 'host=127.0.0.1 port={bench['svc'].port}'\n"
+    )
+    store = local_store(compression="none")
+    # pg_verifybackup would (rightly) see the changed file: the test is about what it holds
+    carried = _stored_base(store, bench, _with_source_settings(base_tar, source), pg_manifest=False)
+    goal = (
+        RecoveryTarget(kind="latest")
+        if goal_kind == "latest"
+        else RecoveryTarget(kind="time", time=bench["T"])
+    )
+    result = pitr.recover(bench["target"], carried, store, goal, pitr.RestoreOptions(directory=new_dir))
+    password = bench["svc"].extra["password"]
+    want = {"before": 5, "between-1": 5, "between-2": 5} | ({"after": 5} if goal_kind == "latest" else {})
+    assert _phases(result["port"], password) == want
+    with psycopg.connect(host="127.0.0.1", port=result["port"], user="postgres", password=password) as conn:
+        applied = dict(conn.execute("select name, setting from pg_file_settings where applied").fetchall())
+        assert conn.execute("show synchronous_standby_names").fetchone()[0] == ""
+    assert applied["archive_command"] == applied["recovery_end_command"] == applied["primary_conninfo"] == ""
+    assert applied["recovery_target_action"] == "pause" and applied["recovery_target_inclusive"] == "on"
+    assert not list(ran.iterdir())  # none of the source's commands ran
 
 
 def test_restore_refuses_a_directory_that_is_not_new(bench, tmp_path):

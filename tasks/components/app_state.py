@@ -22,7 +22,7 @@ from blocks.store import StoreBlock
 from tasks.components.contract import StrictOptions, target_from_env
 from tasks.errors import BackupError, BadInput, ConfigurationError, IntegrityError, target_untouched
 from tasks.models import Manifest
-from tasks.proc import SECRET_ENV_RE, feed_stdin, run, stream_stdout
+from tasks.proc import feed_stdin, inherited_secrets, run, stream_stdout
 from tasks.storage.session import BackupSession, read_object, verify_object
 
 Target = AppStateTarget
@@ -37,8 +37,7 @@ def step_env(step: AppStateStep) -> dict[str, str | None]:
     """The environment of a step's commands: its `env` and `secret_env` over the worker's, less
     every inherited variable whose name looks secret (the store's AWS keys, a password or token of
     the flow pod): a script, and all it starts, gets only the credentials its step names."""
-    inherited = {name: None for name in os.environ if SECRET_ENV_RE.search(name)}
-    return {**inherited, **step.environment()}
+    return {**inherited_secrets(), **step.environment()}
 
 
 def backup(target: AppStateTarget, session: BackupSession) -> None:

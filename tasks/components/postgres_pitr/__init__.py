@@ -26,17 +26,15 @@ from tasks.components.postgres_pitr.backups import (
     wal_archive,
 )
 from tasks.components.postgres_pitr.engines import format_lsn, parse_lsn
+from tasks.components.postgres_pitr.instance import STATE_FILE, promote, stop_instance
 from tasks.components.postgres_pitr.recover import (
     DEFAULT_PITR_ROOT,
     NOT_REACHED,
-    STATE_FILE,
     RestoreOptions,
     check_directory,
     default_directory,
     free_port,
-    promote,
     recover,
-    stop_instance,
 )
 from tasks.components.postgres_pitr.server import check_config, connect, pg_bindir, require_archiving
 from tasks.components.postgres_pitr.window import RecoveryTarget, parse_target

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from blocks.pitr import PitrTarget
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError
-from tasks.proc import find_binary, private_file, run
+from tasks.proc import find_binary, inherited_secrets, private_file, run
 
 # A venv built from /usr/bin/python3 by scripts/setup.sh: root's pyenv is not readable by postgres.
 DEFAULT_BARMAN_BIN = "/opt/knative-lambda-backup/barman-venv/bin"
@@ -187,14 +187,36 @@ class BarmanCloud:
         return " ".join([*env, *map(shlex.quote, argv), "%p"])
 
 
-def _credentials_text(target: PitrTarget) -> str:
-    lines = ["[default]"]
+def _keys(target: PitrTarget) -> dict[str, str]:
+    """The block's S3 keys, else ambient ones in our environment (the recovering server does not
+    inherit those: they go into its credentials file). IRSA / instance profiles: none."""
     if target.aws_access_key_id and target.aws_secret_access_key:
-        lines += [
-            f"aws_access_key_id = {target.aws_access_key_id.get_secret_value()}",
-            f"aws_secret_access_key = {target.aws_secret_access_key.get_secret_value()}",
-        ]
-    return "\n".join(lines) + "\n"
+        return {
+            "aws_access_key_id": target.aws_access_key_id.get_secret_value(),
+            "aws_secret_access_key": target.aws_secret_access_key.get_secret_value(),
+        }
+    env = os.environ
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        keys = {
+            "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
+        }
+        if env.get("AWS_SESSION_TOKEN"):
+            keys["aws_session_token"] = env["AWS_SESSION_TOKEN"]
+        return keys
+    return {}
+
+
+def _credentials_text(target: PitrTarget) -> str:
+    return "\n".join(["[default]", *(f"{k} = {v}" for k, v in _keys(target).items())]) + "\n"
+
+
+def server_env(target: PitrTarget) -> dict[str, str | None]:
+    """The recovering server's environment, which its restore_command inherits: none of our
+    secrets (readable in /proc/<pid>/environ for the server's whole life; inherited S3 keys would
+    also beat its credentials file). IRSA's token file is a path, kept when no keys are written."""
+    keep = () if _keys(target) else ("AWS_WEB_IDENTITY_TOKEN_FILE",)
+    return {**inherited_secrets(keep), **({"AWS_PROFILE": None} if _keys(target) else {})}
 
 
 def write_credentials_file(target: PitrTarget, path: Path, owner: str | None) -> Path:

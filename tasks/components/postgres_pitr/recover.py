@@ -5,18 +5,16 @@ recovery_target_action=pause; verified; promotion is the separate promote() step
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
 import logging
 import os
 import re
 import shutil
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from pydantic import Field
 
 from blocks.pitr import PitrTarget
@@ -30,10 +28,20 @@ from tasks.components.postgres_pitr.engines import (
     parse_lsn,
     segment_name,
     segment_number,
+    server_env,
     write_credentials_file,
+)
+from tasks.components.postgres_pitr.instance import (
+    CREDENTIALS,
+    STATE_FILE,
+    as_user,
+    instance_state,
+    is_running,
+    stop_instance,
 )
 from tasks.components.postgres_pitr.prefetch import restore_report, wal_spool
 from tasks.components.postgres_pitr.server import _row, connect, pg_bindir
+from tasks.components.postgres_pitr.settings import recovery_settings, write_recovery_conf
 from tasks.components.postgres_pitr.window import (
     RecoveryTarget,
 )
@@ -43,7 +51,6 @@ from tasks.proc import feed_stdin, free_port, run
 from tasks.storage.session import read_object
 
 log_ = logging.getLogger(__name__)
-STATE_FILE = "pitr.json"
 NOT_REACHED = "recovery ended before configured recovery target was reached"
 
 
@@ -63,16 +70,6 @@ class RestoreOptions(StrictOptions):
         description="shared_buffers of the recovered instance, whatever the source's (a base backup "
         "carries production's, often more than the recovery pod's memory limit)",
     )
-
-
-def _as_user(user: str) -> list[str]:
-    if os.geteuid() == 0 and user != getpass.getuser():
-        return ["runuser", "-u", user, "--"]
-    return []
-
-
-def _conf_quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 DEFAULT_PITR_ROOT = "/var/lib/knative-lambda-backup/pitr"
@@ -101,45 +98,10 @@ def _prepare_directory(path: str, user: str) -> Path:
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     (root / "data").mkdir(mode=0o700)
     (root / "socket").mkdir(mode=0o700)
-    if _as_user(user):
+    if as_user(user):
         for p in (root, root / "data", root / "socket"):
             shutil.chown(p, user)
     return root
-
-
-def _recovery_settings(
-    goal: RecoveryTarget, restore_command: str, port: int, sock: Path, shared_buffers: str
-) -> dict[str, str]:
-    conf = {
-        # sized for the pod it runs in, not the source (replay needs little); huge pages may not
-        # exist there. Settings a standby must keep >= the primary's (max_connections...) stay.
-        "shared_buffers": _conf_quote(shared_buffers),
-        "huge_pages": "'try'",
-        "port": str(port),
-        "listen_addresses": "'127.0.0.1'",
-        "unix_socket_directories": _conf_quote(str(sock)),
-        "archive_mode": "'off'",  # it must never write into the production archive
-        # its log (-l) is read for "recovery stopping" and NOT_REACHED: on stderr, at LOG level,
-        # untranslated, whatever the source's postgresql.conf (a base backup carries it) says
-        "logging_collector": "off",
-        "log_destination": "'stderr'",
-        "log_min_messages": "'warning'",
-        "lc_messages": "'C'",
-        "hot_standby": "on",
-        "primary_conninfo": "''",
-        "restore_command": _conf_quote(restore_command),
-        "recovery_target_timeline": "'current'",
-    }
-    if goal.kind != "latest":
-        conf["recovery_target_action"] = "'pause'"  # promotion is promote(), an explicit step
-        conf["recovery_target_inclusive"] = "on"
-    if goal.kind == "time":
-        conf["recovery_target_time"] = _conf_quote(goal.time.isoformat())
-    elif goal.kind == "lsn":
-        conf["recovery_target_lsn"] = _conf_quote(goal.lsn)
-    elif goal.kind == "name":
-        conf["recovery_target_name"] = _conf_quote(goal.name)
-    return conf
 
 
 def _log_tail(log: Path, lines: int = 15) -> str:
@@ -157,14 +119,6 @@ def _port_taken(log: Path) -> bool:
     return "could not bind" in text and "already in use" in text.lower()
 
 
-def _running(bindir: Path, data: Path, user: str) -> bool:
-    try:
-        run([*_as_user(user), str(bindir / "pg_ctl"), "status", "-D", str(data)], timeout=30)
-        return True
-    except ComponentFailed:
-        return False
-
-
 def _raise_if_not_reached(goal: RecoveryTarget, log: Path) -> None:
     if NOT_REACHED in log.read_text(errors="replace"):
         raise ComponentFailed(
@@ -178,7 +132,7 @@ def _wait_for_target(target, goal, port, bindir, data, log, user, timeout) -> di
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         _raise_if_not_reached(goal, log)
-        if not _running(bindir, data, user):
+        if not is_running(bindir, data, user):
             _raise_if_not_reached(goal, log)
             raise ComponentFailed(f"the recovering server stopped:\n{_log_tail(log)}")
         try:
@@ -191,7 +145,7 @@ def _wait_for_target(target, goal, port, bindir, data, log, user, timeout) -> di
                 if (goal.kind == "latest" and not in_recovery) or (
                     goal.kind != "latest" and pause == "paused"
                 ):
-                    return _state(conn)
+                    return instance_state(conn)
         except (ConfigurationError, TransientError):
             pass  # shutting down or not accepting yet: the checks above decide
         time.sleep(0.3)
@@ -228,20 +182,6 @@ def _raise_if_short_of(
     )
 
 
-def _state(conn: psycopg.Connection) -> dict[str, Any]:
-    in_recovery, replay_ts, replay_lsn, dbs = _row(
-        conn,
-        "select pg_is_in_recovery(), pg_last_xact_replay_timestamp(), pg_last_wal_replay_lsn()::text, "
-        "(select array_agg(datname order by datname) from pg_database where not datistemplate)",
-    )
-    return {
-        "in_recovery": in_recovery,
-        "recovered_to_time": replay_ts.astimezone(UTC).isoformat() if replay_ts else None,
-        "replayed_lsn": replay_lsn,
-        "databases": dbs,
-    }
-
-
 def recover(
     target: PitrTarget,
     manifest: Manifest,
@@ -257,36 +197,31 @@ def recover(
     user = options.os_user
     port = options.port or free_port()
     root = _prepare_directory(options.directory, user)
-    data, sock, log, creds = root / "data", root / "socket", root / "server.log", root / "aws-credentials"
-    as_user = _as_user(user)
+    data, sock, log, creds = root / "data", root / "socket", root / "server.log", root / CREDENTIALS
+    runas = as_user(user)
     started = False
     spool = contextlib.ExitStack()  # the WAL prefetcher, while recovery replays
     try:
         # the stream is checked (sha256) at its end, before anything is started from it
         feed_stdin(
-            [*as_user, "tar", "-x", "-f", "-", "-C", str(data)],
+            [*runas, "tar", "-x", "-f", "-", "-C", str(data)],
             read_object(store, manifest.object(BASE_OBJECT)),
             timeout=options.timeout_seconds,
             name="tar",
         )
         if manifest.engine.get("pg_manifest"):
-            run([*as_user, str(bindir / "pg_verifybackup"), str(data)], timeout=options.timeout_seconds)
-        write_credentials_file(target, creds, user if as_user else None)
+            run([*runas, str(bindir / "pg_verifybackup"), str(data)], timeout=options.timeout_seconds)
+        write_credentials_file(target, creds, user if runas else None)
         command = spool.enter_context(
             wal_spool(
-                engine, target, root, creds, manifest.engine.get("first_segment"), user if as_user else None
+                engine, target, root, creds, manifest.engine.get("first_segment"), user if runas else None
             )
         )
-        settings = _recovery_settings(goal, command, port, sock, options.shared_buffers)
-        if not (data / "postgresql.conf").exists():  # Debian keeps it in /etc: the data dir has none
-            (data / "postgresql.conf").touch()
-        with open(data / "postgresql.auto.conf", "a") as fh:
-            fh.write("\n# knative-lambda-backup PITR: new instance, archiving off\n")
-            fh.writelines(f"{k} = {v}\n" for k, v in settings.items())
+        write_recovery_conf(data, recovery_settings(goal, command, port, sock, options.shared_buffers, major))
         (data / "standby.signal").unlink(missing_ok=True)
         (data / "recovery.signal").touch()
         log.touch()
-        if as_user:
+        if runas:
             for p in (data / "postgresql.conf", data / "postgresql.auto.conf", data / "recovery.signal", log):
                 shutil.chown(p, user)
         state_file = {
@@ -301,8 +236,8 @@ def recover(
         started = True
         for attempt in range(1, BIND_TRIES + 1):
             try:
-                start = [*as_user, str(bindir / "pg_ctl"), "start", "-D", str(data), "-l", str(log)]
-                run([*start, "-w", "-t", "600"], timeout=700, name="pg_ctl start")
+                start = [*runas, str(bindir / "pg_ctl"), "start", "-D", str(data), "-l", str(log)]
+                run([*start, "-w", "-t", "600"], env=server_env(target), timeout=700, name="pg_ctl start")
                 break
             except ComponentFailed:
                 _raise_if_not_reached(goal, log)
@@ -318,6 +253,7 @@ def recover(
         state = _wait_for_target(target, goal, port, bindir, data, log, user, options.timeout_seconds)
         if goal.kind == "latest":
             _raise_if_short_of(end, manifest, state["replayed_lsn"], log)
+            creds.unlink()  # it promoted itself: no WAL left to fetch, no key left on disk
         text = log.read_text(errors="replace")
         stop = re.findall(r"recovery stopping [^\n]*", text)
         if goal.kind != "latest" and not stop:
@@ -351,46 +287,3 @@ def recover(
         "wal_restored": restore_report(root),
         **state,
     }
-
-
-def _load_state(directory: str) -> tuple[Path, dict[str, Any]]:
-    root = Path(directory)
-    try:
-        return root, json.loads((root / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        raise BadInput(f"{directory} is not a PITR instance directory (no {STATE_FILE})") from None
-
-
-def promote(target: PitrTarget, directory: str) -> dict[str, Any]:
-    """End recovery on a PITR instance paused at its target: it becomes writable (new timeline)."""
-    root, st = _load_state(directory)
-    with connect(target, "127.0.0.1", st["port"]) as conn:
-        if not _row(conn, "select pg_is_in_recovery()")[0]:
-            raise BadInput(f"the instance in {directory} is already promoted")
-        if not _row(conn, "select pg_promote(true, 300)")[0]:
-            raise ComponentFailed(f"promotion of {directory} did not finish in 300 s")
-        state = _state(conn)
-        # the control file's timeline waits for the next checkpoint; the WAL file name does not
-        state["timeline"] = int(_row(conn, "select pg_walfile_name(pg_current_wal_lsn())")[0][:8], 16)
-    (root / "aws-credentials").unlink(missing_ok=True)  # no more WAL to fetch
-    return {"directory": str(root), "port": st["port"], "promoted": not state["in_recovery"], **state}
-
-
-def stop_instance(directory: str) -> None:
-    root, st = _load_state(directory)
-    data = root / "data"
-    if (data / "postmaster.pid").exists():
-        with contextlib.suppress(ComponentFailed):  # already stopped
-            run(
-                [
-                    *_as_user(st["os_user"]),
-                    str(Path(st["bindir"]) / "pg_ctl"),
-                    "stop",
-                    "-D",
-                    str(data),
-                    "-m",
-                    "fast",
-                    "-w",
-                ],
-                timeout=120,
-            )
