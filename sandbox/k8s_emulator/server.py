@@ -11,6 +11,7 @@ API discovery (/api, /apis, ...) is served as the real server serves it (discove
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -184,8 +185,12 @@ class KubeApiServer:
                 {"name": name or "", "group": res.group, "kind": res.plural},
             )
         dry = query.get("dryRun")
-        if dry not in (None, "All") or (dry and method not in ("POST", "PUT", "PATCH")):
-            raise ApiError(400, "BadRequest", f"dryRun {dry!r}: only All, on create, update or patch")
+        if dry not in (None, "All") or (dry and method not in ("POST", "PUT", "PATCH", "DELETE")):
+            raise ApiError(400, "BadRequest", f"dryRun {dry!r}: only All, on create, update, patch or delete")
+        if dry and method == "DELETE":  # authorized above; the object as it is, nothing deleted
+            if name is None:
+                raise ApiError(405, "MethodNotAllowed", "deletecollection is not emulated")
+            return 200, copy.deepcopy(self.store.get(res, ns or "", name))
         if dry:  # validated, admitted, defaulted and allocated as the write would be; nothing kept
             rest = urlencode({k: v for k, v in query.items() if k != "dryRun"})
             again = f"{url.path}?{rest}"

@@ -288,6 +288,12 @@ def restore_volumes(
             QUIESCED_ANNOTATION in (d.metadata.annotations or {}) for d in kube.list_deployments(k, into)
         ):
             left_quiesced.append(into)
+    if existing and any(p.get("phase") == "Completed" for p in doc["describe"].get("fs_backups") or []):
+        # the restore's own check comes after the claims are deleted: the helper pods it brings
+        # (volumes.restore) must be removable before any claim goes
+        from tasks.components.kubernetes.claims import check_helpers_removable
+
+        check_helpers_removable(k, list(existing))
     with contextlib.ExitStack() as stack:
         for ns in [*existing, *left_quiesced]:  # each one's recorded replica counts put back at the end
             stack.enter_context(quiesced(target.kube, ns))
