@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from sandbox.k8s_emulator import crds, discovery
+from sandbox.k8s_emulator import crds, discovery, fields
 from sandbox.k8s_emulator.paging import page
 from sandbox.k8s_emulator.rbac import ADMIN, Authorizer, Identity
 from sandbox.k8s_emulator.store import BY_PATH, ApiError, ObjectStore, Resource
@@ -221,9 +221,8 @@ class KubeApiServer:
             raise ApiError(404, "NotFound", NOT_FOUND)
         if method == "GET" and name is None:
             items = store.list(res, ns if res.namespaced else None, query.get("labelSelector"))
-            if query.get("fieldSelector", "").startswith("metadata.name="):
-                wanted = query["fieldSelector"].split("=", 1)[1]
-                items = [i for i in items if i["metadata"]["name"] == wanted]
+            if query.get("fieldSelector"):
+                items = fields.select(res.builtin, res.namespaced, items, query["fieldSelector"])
             items, list_meta = page(items, query, store.revision)
             if "as=PartialObjectMetadataList" in accept:
                 return 200, {
