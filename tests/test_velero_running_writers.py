@@ -112,3 +112,24 @@ def test_the_volumes_step_of_a_full_restore_refuses_claims_a_bare_pod_mounts_bef
     assert ctl.volumes[(lam, "data")] == "changed since"  # the claim is still there, untouched
     deployments = {d["metadata"]["name"]: d["spec"]["replicas"] for d in ctl.store.list(DEPLOYMENTS, lam)}
     assert deployments == {"api": 2, "worker": 5, "cron": 1}
+
+
+def test_a_file_system_volumes_restore_refuses_to_rewrite_a_claim_live_pods_use(
+    prefect_server, kube_api, ctl, local_store, lam
+):
+    """Velero writes every backed-up volume of the helper pods into the claim they mount, one that
+    exists too: a volumes restore with the apps running rewrote their claim's data under them."""
+    from flows.restore import restore_component
+
+    target = kube_api.velero_target(include_namespaces=[lam], default_volumes_to_fs_backup=True)
+    store = local_store()
+    result = backup_component("volumes", target=target, store=store)
+    ctl.volumes[(lam, "data")] = "written since"
+    before = kube_api.state(lam)
+
+    with pytest.raises(BadInput) as refused:
+        restore_component("volumes", result.id, target=target, store=store, options={"namespaces": [lam]})
+
+    said = str(refused.value)
+    assert f"claim {lam}/data by pods ['api-" in said and "Nothing was changed" in said
+    assert kube_api.state(lam) == before and ctl.volumes[(lam, "data")] == "written since"

@@ -75,11 +75,16 @@ def unstopped_users(k: Kube, namespace: str, claims: list[str]) -> dict[str, lis
     under such a pod stays Terminating (pvc-protection) until it goes, and restored under it, it
     is written while the pod writes too."""
     stopped = {p for dep in list_deployments(k, namespace) for p in _pods(k, namespace, label_selector(dep))}
+    return users_of(k, namespace, claims, stopped)
+
+
+def users_of(k: Kube, namespace: str, claims: list[str], but: set[str] = frozenset()) -> dict[str, list[str]]:
+    """claim -> the live pods of `namespace` (not done, not being deleted) mounting it, but `but`."""
     wanted = set(claims)
     users: dict[str, list[str]] = {}
     for pod in k.call(f"list pods in {namespace}", k.core.list_namespaced_pod, namespace).items:
         done = (pod.status.phase if pod.status else None) in ("Succeeded", "Failed")
-        if pod.metadata.name in stopped or pod.metadata.deletion_timestamp or done:
+        if pod.metadata.name in but or pod.metadata.deletion_timestamp or done:
             continue
         for volume in (pod.spec.volumes if pod.spec else None) or []:
             source = volume.persistent_volume_claim
