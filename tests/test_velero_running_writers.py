@@ -133,3 +133,18 @@ def test_a_file_system_volumes_restore_refuses_to_rewrite_a_claim_live_pods_use(
     said = str(refused.value)
     assert f"claim {lam}/data by pods ['api-" in said and "Nothing was changed" in said
     assert kube_api.state(lam) == before and ctl.volumes[(lam, "data")] == "written since"
+
+
+def test_quiesce_waits_only_for_the_pods_scaling_stops(kube_api, ctl, lam):
+    """A pod of another controller whose labels match a Deployment's selector is not the
+    ReplicaSet's: scaling to 0 leaves it running, and quiesce waited for it until it timed out
+    (postgres's quiesce_namespace too). It waits for the Deployment's own pods, then returns."""
+    from tasks.components.kubernetes import quiesce
+
+    seed_pod(ctl, lam, "db-0", owner=stateful_owner(ctl, lam), labels={"app": "api"})
+
+    counts = quiesce.quiesce(kube_api.target(), lam, timeout=5)
+
+    assert counts == {"api": 2, "worker": 5, "cron": 1}
+    assert [p["metadata"]["name"] for p in ctl.store.list(PODS, lam)] == ["db-0"]
+    quiesce.unquiesce(kube_api.target(), lam, counts)
