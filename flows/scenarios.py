@@ -39,6 +39,7 @@ from tasks.operations.disaster import (
     newest_good_volumes_backup,
     refuse_other_claims,
     refuse_retained_volumes,
+    refuse_running_writers,
     velero_target,
 )
 from tasks.operations.full_restore import (
@@ -161,6 +162,7 @@ def data_corruption(
         doc = velero.load_document(store_block, manifest)
         names = pvcs or doc["inventory"][namespace]["persistentvolumeclaims"]
         refuse_other_claims(target_block, doc, namespace, names)
+        refuse_running_writers(target_block, namespace, names)
         refuse_retained_volumes(target_block, doc, namespace, names)
         forensic, replicas, restored = _replace_pvcs(store_block, target_block, manifest, namespace, names)
     report = {

@@ -227,6 +227,15 @@ def ctl(kube_api):
 
 
 @pytest.fixture
+def short_waits(monkeypatch):
+    """Waits for the cluster cut short, so a test of a flow that would hang fails in seconds:
+    claims deleted under a pod that still uses them stay Terminating (pvc-protection)."""
+    from tasks.operations import disaster
+
+    monkeypatch.setattr(disaster, "PVC_DELETE_TIMEOUT", 3.0)
+
+
+@pytest.fixture
 def s3_bucket(moto):
     """A fresh bucket on the session's moto server: (name, boto3 client)."""
     from sandbox.s3 import make_bucket

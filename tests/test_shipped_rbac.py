@@ -162,6 +162,25 @@ def partial_restore(c: Cluster, store) -> None:
     assert "broken" not in c.api.server.store.get(_res("v1", "configmaps"), ns, "flags")["data"]
 
 
+def checklist_restore_and_rollback(c: Cluster, store) -> None:
+    """A checklist restore that overwrites (its safety backup first), then its rollback (its own
+    safety backup, then the first one put back)."""
+    from flows.backup import backup_component
+    from flows.recovery import restore_with_checklist, rollback_restore
+
+    target = c.velero_target()
+    backup_component("kubernetes", target=target, store=store)
+    ns = APP_NAMESPACES[0]
+    store_ = c.api.server.store
+    store_.patch(_res("v1", "configmaps"), ns, "settings", {"data": {"mode": "broken"}})
+    options = {"namespaces": [ns], "existing_resource_policy": "update"}
+    record = restore_with_checklist("kubernetes", target=target, store=store, options=options)
+    assert store_.get(_res("v1", "configmaps"), ns, "settings")["data"] == {"mode": "prod"}
+    rolled = rollback_restore(record.id, target=target, store=store)
+    assert rolled.status == "rolled back"
+    assert store_.get(_res("v1", "configmaps"), ns, "settings")["data"] == {"mode": "broken"}
+
+
 def stuck_backup_is_cancelled(c: Cluster, store) -> None:
     from flows.backup import backup_component
 
@@ -220,6 +239,7 @@ FLOWS: dict[str, Callable[[Cluster, object], None]] = {
         namespace_corruption,
         data_corruption,
         partial_restore,
+        checklist_restore_and_rollback,
         pitr_kubernetes,
         full_cluster_restore,
         stuck_backup_is_cancelled,

@@ -110,8 +110,19 @@ class ClusterControllers:
         self._collect_garbage()
 
     # -- deployments -> pods -----------------------------------------------------------------
-    def _pods(self, ns: str, selector: dict) -> list[dict[str, Any]]:
-        return [p for p in self.store.list(PODS, ns, selector) if not p["metadata"].get("deletionTimestamp")]
+    def _pods(self, ns: str, selector: dict, uid: str) -> list[dict[str, Any]]:
+        """The live pods the deployment `uid` holds: its own, and orphans its selector matches
+        (adopted); never one another controller holds (ClaimPods: a StatefulSet's pod with the
+        same labels is not the ReplicaSet's to delete)."""
+        return [
+            p
+            for p in self.store.list(PODS, ns, selector)
+            if not p["metadata"].get("deletionTimestamp")
+            and (
+                not (owners := p["metadata"].get("ownerReferences"))
+                or any(o.get("uid") == uid for o in owners)
+            )
+        ]
 
     def _deployment(self, listed: dict[str, Any]) -> None:
         meta = listed["metadata"]
@@ -125,7 +136,7 @@ class ClusterControllers:
     def _sync(self, dep: dict[str, Any]) -> None:
         meta, spec = dep["metadata"], dep.get("spec") or {}
         ns = meta["namespace"]
-        pods = self._pods(ns, spec.get("selector") or {})
+        pods = self._pods(ns, spec.get("selector") or {}, meta["uid"])
         want = int(spec.get("replicas", 1))
         for pod in pods[want:]:
             self.store.delete(PODS, ns, pod["metadata"]["name"])
@@ -150,7 +161,7 @@ class ClusterControllers:
                     "spec": template.get("spec") or {},
                 },
             )
-        pods = self._pods(ns, spec.get("selector") or {})
+        pods = self._pods(ns, spec.get("selector") or {}, meta["uid"])
         running = sum(1 for p in pods if (p.get("status") or {}).get("phase") == "Running")
         status = {
             "observedGeneration": meta.get("generation", 1),
@@ -252,7 +263,15 @@ class ClusterControllers:
 
     def _protect(self, pvc: dict[str, Any]) -> None:
         meta = pvc["metadata"]
-        if not meta.get("deletionTimestamp") or meta["name"] in self._consumers(meta["namespace"]):
+        # a pod that is done (Succeeded, Failed) holds no claim (pvc_protection_controller.go
+        # podIsShutDown)
+        users = {
+            claim
+            for pod in self.store.list(PODS, meta["namespace"])
+            if (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+            for _, claim in claims_of(pod)
+        }
+        if not meta.get("deletionTimestamp") or meta["name"] in users:
             return
         rest = [f for f in meta.get("finalizers") or [] if f != PROTECTION]
         self.store.patch(PVCS, meta["namespace"], meta["name"], {"metadata": {"finalizers": rest}})

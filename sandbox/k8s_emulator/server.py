@@ -11,13 +11,14 @@ API discovery (/api, /apis, ...) is served as the real server serves it (discove
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from sandbox.k8s_emulator import crds, discovery
+from sandbox.k8s_emulator import crds, discovery, fields
 from sandbox.k8s_emulator.paging import page
 from sandbox.k8s_emulator.rbac import ADMIN, Authorizer, Identity
 from sandbox.k8s_emulator.store import BY_PATH, ApiError, ObjectStore, Resource
@@ -184,8 +185,12 @@ class KubeApiServer:
                 {"name": name or "", "group": res.group, "kind": res.plural},
             )
         dry = query.get("dryRun")
-        if dry not in (None, "All") or (dry and method not in ("POST", "PUT", "PATCH")):
-            raise ApiError(400, "BadRequest", f"dryRun {dry!r}: only All, on create, update or patch")
+        if dry not in (None, "All") or (dry and method not in ("POST", "PUT", "PATCH", "DELETE")):
+            raise ApiError(400, "BadRequest", f"dryRun {dry!r}: only All, on create, update, patch or delete")
+        if dry and method == "DELETE":  # authorized above; the object as it is, nothing deleted
+            if name is None:
+                raise ApiError(405, "MethodNotAllowed", "deletecollection is not emulated")
+            return 200, copy.deepcopy(self.store.get(res, ns or "", name))
         if dry:  # validated, admitted, defaulted and allocated as the write would be; nothing kept
             rest = urlencode({k: v for k, v in query.items() if k != "dryRun"})
             again = f"{url.path}?{rest}"
@@ -216,9 +221,8 @@ class KubeApiServer:
             raise ApiError(404, "NotFound", NOT_FOUND)
         if method == "GET" and name is None:
             items = store.list(res, ns if res.namespaced else None, query.get("labelSelector"))
-            if query.get("fieldSelector", "").startswith("metadata.name="):
-                wanted = query["fieldSelector"].split("=", 1)[1]
-                items = [i for i in items if i["metadata"]["name"] == wanted]
+            if query.get("fieldSelector"):
+                items = fields.select(res.builtin, res.namespaced, items, query["fieldSelector"])
             items, list_meta = page(items, query, store.revision)
             if "as=PartialObjectMetadataList" in accept:
                 return 200, {

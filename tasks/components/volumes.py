@@ -18,10 +18,11 @@ from tasks.components import kubernetes as velero
 from tasks.components.contract import target_from_env
 from tasks.components.kubernetes.api import connect
 from tasks.components.kubernetes.expiry import keep_until as keep_until  # Velero's expiry, as kubernetes
+from tasks.components.kubernetes.quiesce import users_of
 from tasks.components.kubernetes.restores import _present
 from tasks.components.kubernetes.velero import pod_volume_backups
 from tasks.components.kubernetes.written import wrote as _wrote
-from tasks.errors import BadInput, ComponentFailed
+from tasks.errors import BadInput, ComponentFailed, target_untouched
 from tasks.models import Manifest
 from tasks.storage.session import BackupSession
 
@@ -140,6 +141,7 @@ def restore(
         wanted = {velero.canonical_resource(r) for r in options.resources or []}
         if not options.resources or "persistentvolumeclaims" in wanted:
             rewritten = _existing_claims_rewritten(target, doc, options)
+            _refuse_running_writers(target, rewritten)
             if options.resources and "pods" not in wanted:
                 options = options.model_copy(update={"resources": [*options.resources, "pods"]})
             report = velero.restore_document(
@@ -160,6 +162,31 @@ def restore(
                 log.warning(report["note"])
             return report
     return velero.restore_document(target, doc, options, manifest.id, mapping_aside=False)
+
+
+def _refuse_running_writers(target: VeleroTarget, rewritten: list[str]) -> None:
+    """Before anything changes: existing claims the helper pods will write the backup's data into
+    ('ns/claim (mounted by ...)') while live pods still use them. Nothing quiesces here: their
+    data would be rewritten under a running writer."""
+    k = connect(target.kube)
+    by_ns: dict[str, list[str]] = {}
+    for entry in rewritten:
+        ns, claim = entry.split(" ", 1)[0].split("/", 1)
+        by_ns.setdefault(ns, []).append(claim)
+    users = [
+        f"claim {ns}/{claim} by pods {pods}"
+        for ns, claims_ in sorted(by_ns.items())
+        for claim, pods in users_of(k, ns, claims_).items()
+    ]
+    if users:
+        raise target_untouched(
+            BadInput(
+                f"this file-system restore would write the backup's data into existing claims that live "
+                f"pods use ({'; '.join(users)}): stop those apps first (data_corruption quiesces the "
+                "Deployments and restores the claims for you), or delete the claims, then run again. "
+                "Nothing was changed"
+            )
+        )
 
 
 def _existing_claims_rewritten(

@@ -16,6 +16,7 @@ from blocks.store import StoreBlock
 from tasks.components import kubernetes as velero
 from tasks.components import volumes
 from tasks.components.kubernetes import api as kube
+from tasks.components.kubernetes.quiesce import unstopped_users
 from tasks.components.registry import load_target
 from tasks.errors import BackupError, BadInput, NotFound
 from tasks.models import Manifest
@@ -25,6 +26,8 @@ from tasks.storage.session import backup_session
 from tasks.table import policy
 
 PVC_RESOURCES = volumes.VOLUME_RESOURCES
+# how long deleted claims are waited for (pvc-protection holds one while a pod still uses it)
+PVC_DELETE_TIMEOUT = 600.0
 
 
 def velero_target(component: str, ref: str | Block | None) -> VeleroTarget:
@@ -78,7 +81,7 @@ def delete_pvcs_task(target: VeleroTarget, namespace: str, names: list[str]) -> 
             kube.delete_pvc(k, namespace, name)
     kube.wait_for(
         lambda: not ({p["name"] for p in kube.list_pvcs(k, namespace)} & set(names)),
-        600,
+        PVC_DELETE_TIMEOUT,
         target.poll_interval_seconds,
         f"PVCs {names} in {namespace} to be deleted",
     )
@@ -136,6 +139,23 @@ def refuse_other_claims(target: VeleroTarget, doc: dict, namespace: str, names: 
         raise BadInput(
             f"restoring {names} from this file-system backup would also rewrite {rewritten}, whose "
             "pods Velero restores with them: name those claims too (or leave pvcs out for all). "
+            "Nothing was changed"
+        )
+
+
+def refuse_running_writers(target: VeleroTarget, namespace: str, names: list[str]) -> None:
+    """Before anything changes: claims about to be deleted and restored that pods quiescing does
+    not stop still mount (quiesce.unstopped_users). Deleted, such a claim stays Terminating until
+    the pod goes; restored, its data would be written under a running writer."""
+    users = unstopped_users(kube.connect(target.kube), namespace, names)
+    if users:
+        listed = "; ".join(f"claim {namespace}/{claim} by pods {pods}" for claim, pods in users.items())
+        first = next(iter(users.values()))[0]
+        raise BadInput(
+            f"claims to be restored are mounted by pods that quiescing does not stop ({listed}): only "
+            "Deployments are scaled to 0, and bare pods or those of another controller (StatefulSet, "
+            "DaemonSet, Job) would keep writing. Stop them first (kubectl -n "
+            f"{namespace} delete pod {first}, or scale their controller to 0), then run again. "
             "Nothing was changed"
         )
 

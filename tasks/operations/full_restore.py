@@ -259,7 +259,7 @@ def restore_volumes(
     from tasks.components.kubernetes.backups import _kinds, load_document
     from tasks.components.kubernetes.quiesce import QUIESCED_ANNOTATION, quiesced
     from tasks.components.kubernetes.restores import _plan, _present
-    from tasks.operations.disaster import delete_pvcs_task, refuse_retained_volumes
+    from tasks.operations.disaster import delete_pvcs_task, refuse_retained_volumes, refuse_running_writers
 
     opts = restore_options("volumes", options)
     doc = load_document(store, manifest)
@@ -282,11 +282,18 @@ def restore_volumes(
         there = sorted(set(held) & _present(k, into, "persistentvolumeclaims"))
         if there:
             refuse_retained_volumes(target, doc, into, there)  # before any is deleted
+            refuse_running_writers(target, into, there)
             existing[into] = there
         elif any(
             QUIESCED_ANNOTATION in (d.metadata.annotations or {}) for d in kube.list_deployments(k, into)
         ):
             left_quiesced.append(into)
+    if existing and any(p.get("phase") == "Completed" for p in doc["describe"].get("fs_backups") or []):
+        # the restore's own check comes after the claims are deleted: the helper pods it brings
+        # (volumes.restore) must be removable before any claim goes
+        from tasks.components.kubernetes.claims import check_helpers_removable
+
+        check_helpers_removable(k, list(existing))
     with contextlib.ExitStack() as stack:
         for ns in [*existing, *left_quiesced]:  # each one's recorded replica counts put back at the end
             stack.enter_context(quiesced(target.kube, ns))

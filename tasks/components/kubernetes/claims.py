@@ -27,7 +27,7 @@ import yaml
 from blocks.kubernetes import VeleroTarget
 from tasks.components.kubernetes import api as kube
 from tasks.components.kubernetes.api import Kube
-from tasks.errors import ComponentFailed, NotFound, TransientError
+from tasks.errors import ComponentFailed, ConfigurationError, NotFound, TransientError
 
 log = logging.getLogger(__name__)
 HELPER_LABEL = "klb.io/restore-helper"
@@ -87,6 +87,28 @@ def resource_modifier(k: Kube, target: VeleroTarget, rules: list[dict[str, Any]]
             k.call(f"delete ConfigMap {name}", k.core.delete_namespaced_config_map, name, target.namespace)
         except Exception as exc:  # a leftover ConfigMap is harmless; the restore's outcome is what counts
             log.warning("resource modifier %s: %s", name, exc)
+
+
+# a pod name no restore makes: a dry-run delete of it asks RBAC, and deletes nothing
+PERMISSION_PROBE = "klb-helper-delete-check"
+
+
+def check_helpers_removable(k: Kube, namespaces: list[str]) -> None:
+    """Before a restore that brings helper pods into `namespaces`: may this account delete pods
+    there? Asked of the API server as a dry-run delete (authorization comes before the 404 of a pod
+    that is not there). Without it Velero put the helpers in, their removal was refused, and the
+    restore stopped half done with the helpers holding the claims."""
+    for ns in namespaces:
+        try:
+            k.call(f"delete pods in {ns}", k.core.delete_namespaced_pod, PERMISSION_PROBE, ns, dry_run="All")
+        except NotFound:
+            continue  # allowed: no such pod, nothing deleted
+        except ConfigurationError as exc:
+            raise ConfigurationError(
+                f"{exc}. A file-system volume restore into {ns} deletes the helper pods it puts there "
+                f"once their data is in: bind the ClusterRole klb-flow-runner-apps in {ns} with a "
+                "RoleBinding (deployments/k8s/rbac.yaml), then run the restore again"
+            ) from None
 
 
 def remove_helpers(k: Kube, target: VeleroTarget, namespaces: list[str], token: str, timeout: float) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from blocks.kubernetes import VeleroTarget
 from tasks.components.kubernetes import api as kube
-from tasks.components.kubernetes import claims
+from tasks.components.kubernetes import claims, objects
 from tasks.components.kubernetes.api import Kube, canonical_resource
 from tasks.components.kubernetes.backups import safety_backup
 from tasks.components.kubernetes.custom import is_custom
@@ -244,48 +244,42 @@ def _remove_scratch(k: Kube, target: VeleroTarget, namespaces: list[str], log_on
 
 def _read_copy(
     k: Kube, plural: str, src_ns: str, name: str, taken: dict[int, tuple[str, str]], dest: str
-) -> Any:
-    """The object Velero restored aside, without what the server sets or allocates but the
-    nodePorts Velero kept (ports.py)."""
-    obj = k.call(f"read restored {plural} {src_ns}/{name}", kube.kind_api(k, plural, "read"), name, src_ns)
-    if plural == "services" and obj.spec is not None:
+) -> dict[str, Any]:
+    """The object Velero restored aside, whole (raw JSON: objects.py), without what the server
+    sets or allocates but the nodePorts Velero kept (ports.py)."""
+    obj = objects.read(k, plural, src_ns, name)
+    if obj is None:
+        raise NotFound(f"read restored {plural} {src_ns}/{name}: not found in the scratch namespace")
+    spec = obj.get("spec") or {}
+    if plural == "services":
         # allocated by the server, unique per cluster: a copy asking for the same one is refused
         # (422 "provided IP is already allocated"); Velero's service action drops it too
-        if obj.spec.cluster_ip != "None":
-            obj.spec.cluster_ip = None
-            obj.spec.cluster_ips = None
+        if spec.get("clusterIP") != "None":
+            spec.pop("clusterIP", None)
+            spec.pop("clusterIPs", None)
         # the nodePorts kept are those Velero kept (`kubectl apply` fixed them) that no Service
         # held (`taken`): the scratch copy frees them before the copy in place asks for them;
         # the others were allocated for the scratch copy (read before managedFields go)
         keep_applied_ports(obj, taken, (dest, name))
-    meta = obj.metadata
-    meta.uid = meta.resource_version = meta.creation_timestamp = None
-    meta.managed_fields = meta.owner_references = None
-    if hasattr(obj, "status"):
-        obj.status = None
-    return obj
+    return objects.copy_of(obj, dest)
 
 
-def _current(k: Kube, plural: str, ns: str, name: str) -> Any | None:
-    try:
-        return k.call(f"read {plural} {ns}/{name}", kube.kind_api(k, plural, "read"), name, ns)
-    except NotFound:
-        return None
-
-
-def _conflict(plural: str, ns: str, name: str, obj: Any, current: Any | None) -> str | None:
+def _conflict(
+    plural: str, ns: str, name: str, obj: dict[str, Any], current: dict[str, Any] | None
+) -> str | None:
     """Why the API would refuse to replace `current` with `obj` (an immutable field), or None."""
     if current is None:
         return None
-    binary = getattr(current, "binary_data", None), getattr(obj, "binary_data", None)
-    if getattr(current, "immutable", None) and (current.data != obj.data or binary[0] != binary[1]):
+    same = (current.get("data"), current.get("binaryData")) == (obj.get("data"), obj.get("binaryData"))
+    if current.get("immutable") and not same:
         # the API refuses any change to the data of an immutable ConfigMap/Secret (422)
         return (
             f"{ns}/{plural}/{name} is immutable (immutable: true) and differs from the backup: "
             f"delete it (kubectl -n {ns} delete {plural} {name}) and run the restore again, "
             "which then creates it from the backup"
         )
-    if plural == "deployments" and current.spec.selector != obj.spec.selector:
+    selectors = [(o.get("spec") or {}).get("selector") for o in (current, obj)]
+    if plural == "deployments" and selectors[0] != selectors[1]:
         return (
             f"{ns}/{plural}/{name} has another spec.selector than the backup, and a selector is "
             f"immutable: delete it (kubectl -n {ns} delete {plural} {name}) and run the restore again"
@@ -293,29 +287,30 @@ def _conflict(plural: str, ns: str, name: str, obj: Any, current: Any | None) ->
     return None
 
 
+def _replacing(obj: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """`obj` as the replacement of `current`: at its resourceVersion (a change meanwhile is 409)."""
+    body = copy.deepcopy(obj)
+    body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+    return body
+
+
 def _refused(
-    k: Kube, plural: str, ns: str, name: str, obj: Any, policy_: ExistingResourcePolicy
+    k: Kube, plural: str, ns: str, name: str, obj: dict[str, Any], policy_: ExistingResourcePolicy
 ) -> str | None:
     """Why the API server would refuse the write _put makes, or None. Asked of the server itself,
     as a dry run (its validation, immutable fields, admission, quota): a list of our own missed
     some (a Secret's type never changes), and the copy went in half put back."""
-    current = _current(k, plural, ns, name)
+    current = objects.read(k, plural, ns, name)
     if current is not None and policy_ is not ExistingResourcePolicy.update:
         return None  # left as it is
     said = _conflict(plural, ns, name, obj, current)  # the refusals we can say more about
     if said:
         return said
-    body = copy.deepcopy(obj)
-    body.metadata.namespace = ns
     try:
         if current is None:
-            k.call(
-                f"create {plural} {ns}/{name}", kube.kind_api(k, plural, "create"), ns, body, dry_run="All"
-            )
+            objects.create(k, plural, ns, obj, dry_run=True)
         else:
-            body.metadata.resource_version = current.metadata.resource_version
-            replace = kube.kind_api(k, plural, "replace")
-            k.call(f"replace {plural} {ns}/{name}", replace, name, ns, body, dry_run="All")
+            objects.replace(k, plural, ns, _replacing(obj, current), dry_run=True)
     except kube.AlreadyExists:  # made or changed meanwhile: _put reads it again
         return None
     except BadInput as exc:
@@ -328,24 +323,27 @@ def _refused(
     return None
 
 
-def _put(k: Kube, plural: str, ns: str, name: str, obj: Any, policy_: ExistingResourcePolicy) -> str | None:
+def _put(
+    k: Kube, plural: str, ns: str, name: str, obj: dict[str, Any], policy_: ExistingResourcePolicy
+) -> str | None:
     """Create `obj` in `ns`; an existing one is replaced only with policy update.
     -> "created", "replaced", or None (it existed and was left as it is)."""
-    obj.metadata.namespace = ns
     try:
-        k.call(f"create {plural} {ns}/{name}", kube.kind_api(k, plural, "create"), ns, obj)
+        objects.create(k, plural, ns, obj)
         return "created"
     except kube.AlreadyExists:
         if policy_ is not ExistingResourcePolicy.update:
             return None
     for attempt in range(3):
-        current = k.call(f"read {plural} {ns}/{name}", kube.kind_api(k, plural, "read"), name, ns)
+        current = objects.read(k, plural, ns, name)
+        if current is None:  # deleted since: create it
+            objects.create(k, plural, ns, obj)
+            return "created"
         refused = _conflict(plural, ns, name, obj, current)  # changed since the check
         if refused:
             raise BadInput(refused)
-        obj.metadata.resource_version = current.metadata.resource_version
         try:
-            k.call(f"replace {plural} {ns}/{name}", kube.kind_api(k, plural, "replace"), name, ns, obj)
+            objects.replace(k, plural, ns, _replacing(obj, current))
             return "replaced"
         except kube.AlreadyExists:  # 409 Conflict: changed since we read it; read it again
             if attempt == 2:

@@ -94,8 +94,8 @@ def held_ports(k: Kube) -> tuple[dict[int, tuple[str, str]], int]:
     return taken, widest
 
 
-def keep_applied_ports(svc: Any, taken: dict[int, tuple[str, str]], dest: tuple[str, str]) -> None:
-    """A copy Velero restored aside (`svc`, a V1Service, managedFields still on it) without the
+def keep_applied_ports(svc: dict[str, Any], taken: dict[int, tuple[str, str]], dest: tuple[str, str]) -> None:
+    """A copy Velero restored aside (`svc`, the raw object, managedFields still on it) without the
     nodePorts it got there: those Velero dropped, or our rules removed because `taken` held them,
     were allocated anew for the scratch copy. Kept: the ports Velero keeps (service_action.go:
     a last-applied-configuration names the port with a nodePort, a named port by name, an
@@ -103,16 +103,14 @@ def keep_applied_ports(svc: Any, taken: dict[int, tuple[str, str]], dest: tuple[
     healthCheckNodePort) that no Service held, i.e. the backup's. managedFields hold no values:
     a port they fix is kept unless the copy's destination `dest` (namespace, name) holds ports
     (then an update keeps them, and a copy that is skipped asks for nothing)."""
-    notes = (svc.metadata.annotations or {}) if svc.metadata else {}
+    meta = svc.get("metadata") or {}
+    notes = meta.get("annotations") or {}
     try:
         last = json.loads(notes[LAST_APPLIED]) if LAST_APPLIED in notes else None
     except ValueError:
         last = None
     asked = (last or {}).get("spec") or {} if isinstance(last, dict) else {}
-    owned = [
-        (entry.fields_v1 or {}).get("f:spec") or {}
-        for entry in (svc.metadata.managed_fields if svc.metadata else None) or []
-    ]
+    owned = [((entry.get("fieldsV1") or {}).get("f:spec") or {}) for entry in meta.get("managedFields") or []]
     dest_holds = dest in taken.values()
     fixed = [p for p in asked.get("ports") or [] if isinstance(p, dict) and p.get("nodePort")]
     named = {p["name"]: p["nodePort"] for p in fixed if p.get("name")}
@@ -123,18 +121,18 @@ def keep_applied_ports(svc: Any, taken: dict[int, tuple[str, str]], dest: tuple[
         for k, e in (f.get("f:ports") or {}).items()
         if isinstance(e, dict) and "f:nodePort" in e
     }
-    for port in svc.spec.ports or []:
+    spec = svc.get("spec") or {}
+    for port in spec.get("ports") or []:
         if last is not None:
-            applied = (
-                named.get(port.name) if port.name else (port.node_port if port.node_port in unnamed else None)
-            )
+            name, node_port = port.get("name"), port.get("nodePort")
+            applied = named.get(name) if name else (node_port if node_port in unnamed else None)
             keep = bool(applied) and applied not in taken
         else:
-            key = f'k:{{"port":{port.port},"protocol":"{port.protocol or "TCP"}"}}'
+            key = f'k:{{"port":{port.get("port")},"protocol":"{port.get("protocol") or "TCP"}"}}'
             keep = key in keys and not dest_holds
         if not keep:
-            port.node_port = None
+            port.pop("nodePort", None)
     health = asked.get("healthCheckNodePort")
     by_fields = any("f:healthCheckNodePort" in f for f in owned) and not dest_holds
     if not (health and health not in taken) and not by_fields:
-        svc.spec.health_check_node_port = None
+        spec.pop("healthCheckNodePort", None)

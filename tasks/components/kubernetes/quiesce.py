@@ -59,11 +59,43 @@ def label_selector(dep: client.V1Deployment) -> str:
 
 
 def _pods(k: Kube, namespace: str, selector: str) -> list[str]:
-    """Names of the pods `selector` matches, terminating ones included."""
+    """Names of the pods `selector` matches that scaling its Deployment stops, terminating ones
+    included (not one another controller holds: unstopped_users)."""
     items = k.call(
         f"list pods in {namespace}", k.core.list_namespaced_pod, namespace, label_selector=selector
     )
-    return [p.metadata.name for p in items.items]
+    return [p.metadata.name for p in items.items if _controller_kind(p) in (None, "ReplicaSet")]
+
+
+def unstopped_users(k: Kube, namespace: str, claims: list[str]) -> dict[str, list[str]]:
+    """claim -> the pods of `namespace` mounting it that `quiesce` leaves running: bare pods and
+    those of a controller it does not scale (StatefulSet, DaemonSet, Job...). Quiesce scales the
+    namespace's Deployments only, and a ReplicaSet adopts an orphan its selector matches; pods that
+    are done (Succeeded, Failed) or already being deleted hold no claim for long. A claim deleted
+    under such a pod stays Terminating (pvc-protection) until it goes, and restored under it, it
+    is written while the pod writes too."""
+    stopped = {p for dep in list_deployments(k, namespace) for p in _pods(k, namespace, label_selector(dep))}
+    return users_of(k, namespace, claims, stopped)
+
+
+def users_of(k: Kube, namespace: str, claims: list[str], but: set[str] = frozenset()) -> dict[str, list[str]]:
+    """claim -> the live pods of `namespace` (not done, not being deleted) mounting it, but `but`."""
+    wanted = set(claims)
+    users: dict[str, list[str]] = {}
+    for pod in k.call(f"list pods in {namespace}", k.core.list_namespaced_pod, namespace).items:
+        done = (pod.status.phase if pod.status else None) in ("Succeeded", "Failed")
+        if pod.metadata.name in but or pod.metadata.deletion_timestamp or done:
+            continue
+        for volume in (pod.spec.volumes if pod.spec else None) or []:
+            source = volume.persistent_volume_claim
+            if source is not None and source.claim_name in wanted:
+                users.setdefault(source.claim_name, []).append(pod.metadata.name)
+    return {claim: sorted(set(pods)) for claim, pods in sorted(users.items())}
+
+
+def _controller_kind(pod: client.V1Pod) -> str | None:
+    owners = pod.metadata.owner_references or []
+    return next((o.kind for o in owners if o.controller), owners[0].kind if owners else None)
 
 
 def _annotate(k: Kube, namespace: str, name: str, value: str | None) -> None:

@@ -195,6 +195,8 @@ def restore_document(
         namespaces, kinds = _plan(doc, planned)
         if mapping_aside and not options.names:  # named objects are copied in, where they may exist
             refuse_live_targets(k, options.namespace_mapping, namespaces)
+        if helper_pods and not options.names:  # removed afterwards: may they be?
+            claims.check_helpers_removable(k, [options.namespace_mapping.get(ns, ns) for ns in namespaces])
     except BackupError as exc:
         raise target_untouched(exc) from None
     if options.names:
