@@ -31,6 +31,9 @@ USES = {
     "domain_check": "CREATE DOMAIN public.logged AS int CHECK (public.log_it(VALUE));"
     " CREATE TABLE public.t (v public.logged);",
     "generated": "CREATE TABLE public.t (v int, twice int GENERATED ALWAYS AS (public.pure(v)) STORED);",
+    # a row loaded into its partition is checked against the partition's bounds: the key is run
+    "partition_key": "CREATE TABLE public.t (v int) PARTITION BY RANGE (public.pure(v));"
+    " CREATE TABLE public.t_all PARTITION OF public.t FOR VALUES FROM (0) TO (100);",
 }
 
 

@@ -134,12 +134,15 @@ SELECT EXISTS (
     SELECT 1 FROM pg_depend d
     WHERE d.refclassid IN ('pg_proc'::regclass, 'pg_operator'::regclass) AND d.refobjid >= 16384
       AND ({what}))"""
-# what loading rows runs: CHECK constraints of tables and of domains, and generated columns'
-# expressions (COPY names every other column, so no default runs; triggers and rules are
-# post-data, made after the rows)
+# what loading rows runs: CHECK constraints of tables and of domains, generated columns'
+# expressions, partition keys' expressions (a row is routed by its key, or checked against its
+# partition's bounds); COPY names every other column, so no default runs; triggers and rules are
+# post-data, made after the rows
 _ON_LOAD = _USER_CODE.format(
     what="""EXISTS (SELECT 1 FROM pg_constraint c
                    WHERE d.classid = 'pg_constraint'::regclass AND c.oid = d.objid AND c.contype = 'c')
+           OR EXISTS (SELECT 1 FROM pg_class p WHERE d.classid = 'pg_class'::regclass
+                      AND p.oid = d.objid AND p.relkind = 'p')
            OR EXISTS (SELECT 1 FROM pg_attrdef a JOIN pg_attribute t
                           ON t.attrelid = a.adrelid AND t.attnum = a.adnum
                       WHERE d.classid = 'pg_attrdef'::regclass AND a.oid = d.objid
