@@ -20,6 +20,9 @@ SWAPS = {
     "table_renamed": "ALTER TABLE a RENAME TO a_old",
     "table_dropped": "DROP TABLE a",
     "table_replaced": "ALTER TABLE a RENAME TO a_old; CREATE TABLE a (v text); INSERT INTO a VALUES ('new')",
+    # not MVCC-safe: the new relfilenode's rows are invisible to the older snapshot (seen empty)
+    "table_truncated": "TRUNCATE a",
+    "table_rewritten": "ALTER TABLE a ALTER COLUMN v TYPE varchar(50)",
     "sequence_swap": "ALTER SEQUENCE s1 RENAME TO tmp; ALTER SEQUENCE s2 RENAME TO s1;"
     " ALTER SEQUENCE tmp RENAME TO s2",
     "view_swap": "ALTER MATERIALIZED VIEW m1 RENAME TO tmp; ALTER MATERIALIZED VIEW m2 RENAME TO m1;"
@@ -30,6 +33,8 @@ NAMED = {
     "table_renamed": "public.a",
     "table_dropped": "public.a",
     "table_replaced": "public.a",
+    "table_truncated": "public.a",
+    "table_rewritten": "public.a",
     "sequence_swap": "public.s1",
     "view_swap": "public.m1",
 }
