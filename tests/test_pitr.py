@@ -12,7 +12,9 @@ import io
 import json
 import os
 import secrets
+import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import tarfile
@@ -27,6 +29,7 @@ from blocks.pitr import PitrTarget
 from blocks.store import S3Store
 from sandbox import s3, services
 from tasks.components import postgres_pitr as pitr
+from tasks.components.postgres_pitr import prefetch
 from tasks.components.postgres_pitr.engines import (
     BarmanCloud,
     aws_engine_env,
@@ -922,6 +925,57 @@ def test_recovery_replays_wal_fetched_ahead_not_one_process_per_segment(bench, n
         "between-2": 5,
     }
     assert not (Path(new_dir) / "wal-spool").exists()  # the spool is gone once recovery paused
+
+
+def _ask(command: str, name: str, dest: Path) -> None:
+    """Run the restore_command as the server would for `name` (a hang guard: it waits at most
+    WAIT_STEPS x 0.05 s = 300 s for a segment it believes is coming)."""
+    argv = shlex.split(command.replace("%f", name).replace("%p", str(dest)))
+    subprocess.run(argv, check=True, timeout=60, capture_output=True)  # noqa: S603
+    assert dest.stat().st_size > 0
+
+
+def _fetcher_pid(spool: Path) -> int:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) != os.getpid():
+                continue
+            if str(spool).encode() in (entry / "cmdline").read_bytes():
+                return int(entry.name)
+        except (OSError, ValueError, IndexError):
+            continue
+    raise AssertionError("no fetcher process")
+
+
+def test_the_spool_neither_waits_again_for_a_segment_handed_over_nor_for_a_dead_fetcher(
+    bench, tmp_path, monkeypatch
+):
+    """The server asks for some segments again after the spool handed them over; a fetcher can
+    die (killed, out of memory) before it marks the spool done. Neither is waited for (300 s
+    each): the restore_command falls back to barman-cloud-wal-restore at once."""
+    monkeypatch.setattr(prefetch, "AHEAD", 1)  # the fetcher stays busy (alive) until plan[1] is taken
+    root = tmp_path / "pitr"
+    root.mkdir()
+    creds = write_credentials_file(bench["target"], root / "aws-credentials", None)
+    engine, first = BarmanCloud(), bench["base"].engine["first_segment"]
+    with prefetch.wal_spool(engine, bench["target"], root, creds, first, None) as command:
+        spool = root / "wal-spool"
+        plan = (spool / prefetch.PLAN).read_text().split()
+        assert len(plan) >= 3 and plan[0] == first
+        services.wait_until(lambda: (spool / plan[0]).exists(), 30, "the first segment spooled")
+        _ask(command, plan[0], tmp_path / "a")
+        _ask(command, plan[0], tmp_path / "again")  # asked again: from the archive, not waited for
+        assert (tmp_path / "again").read_bytes() == (tmp_path / "a").read_bytes()
+        assert not (spool / prefetch.DONE).exists()  # the fetcher is still at work
+
+        os.kill(_fetcher_pid(spool), signal.SIGKILL)  # holding plan[1]; plan[2] never comes
+        services.wait_until(lambda: (spool / prefetch.DONE).exists(), 15, "the spool marked done")
+        _ask(command, plan[2], tmp_path / "b")
+    log = (root / prefetch.RESTORE_LOG).read_text().split("\n")
+    assert log[:3] == [f"spool {plan[0]}", f"fallback {plan[0]}", f"fallback {plan[2]}"]
+    assert not spool.exists()
 
 
 # ---- secrets ----------------------------------------------------------------------------------
