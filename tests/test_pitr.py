@@ -37,8 +37,9 @@ from tasks.components.postgres_pitr.engines import (
     segment_number,
     write_credentials_file,
 )
-from tasks.components.postgres_pitr.window import RecoveryTarget, choose_base_backup, parse_target
-from tasks.errors import BadInput, ComponentFailed, ConfigurationError, IntegrityError
+from tasks.components.postgres_pitr.targets import RecoveryTarget, parse_target
+from tasks.components.postgres_pitr.window import choose_base_backup
+from tasks.errors import BadInput, ComponentFailed, ConfigurationError, IntegrityError, NotFound
 from tasks.models import Manifest
 from tasks.proc import free_port, run
 from tasks.storage.health import damaged_ids, is_damage
@@ -389,6 +390,10 @@ def test_an_archive_ending_in_a_long_stretch_without_transactions_keeps_its_wind
         ("2026-01-15T14:30:00", "has no time zone"),
         ("yesterday at noon", "is not a time"),
         ("2026-13-45T99:00:00Z", "is not a time"),
+        ("2026-01-15T14+01:00", "is not a time"),  # fromisoformat: 14:00
+        ("20260115T1430Z", "is not a time"),
+        ("2026-W03-4T14:30:00Z", "is not a time"),  # a week date
+        ("2026-01-15T14:30:00.123456789Z", "is not a time"),  # past PostgreSQL's microseconds
         (datetime.now(UTC) + timedelta(hours=1), "in the future"),
     ],
 )
@@ -397,6 +402,16 @@ def test_malformed_and_naive_targets_are_refused(prefect_server, bench, new_dir,
 
     with pytest.raises(BadInput, match=message):
         pitr_postgres(value, new_dir, target=bench["target"], store=bench["store"])
+    assert not Path(new_dir).exists()
+
+
+@pytest.mark.parametrize("lsn", ["0x0/0x3000060", "0/1_0000", "-0/3000060", "0/1FFFFFFFF", "0/ 3000060"])
+def test_lsns_are_read_strictly(prefect_server, bench, new_dir, lsn):
+    """int(x, 16) reads each of these as some LSN: the target would be another position."""
+    from flows.pitr import pitr_postgres
+
+    with pytest.raises(BadInput, match="is not an LSN: write it as PostgreSQL prints it"):
+        pitr_postgres(None, new_dir, target_lsn=lsn, target=bench["target"], store=bench["store"])
     assert not Path(new_dir).exists()
 
 
@@ -721,6 +736,15 @@ def test_recovery_settings_a_base_backup_carries_from_its_source_never_apply(
     assert applied["archive_command"] == applied["recovery_end_command"] == applied["primary_conninfo"] == ""
     assert applied["recovery_target_action"] == "pause" and applied["recovery_target_inclusive"] == "on"
     assert not list(ran.iterdir())  # none of the source's commands ran
+
+
+def test_a_restore_point_not_in_the_archive_is_not_found(bench, new_dir):
+    """A name no pg_create_restore_point made (a typo, another server's): NotFound naming it, not
+    a recovery reported done, and nothing left behind."""
+    options = pitr.RestoreOptions(directory=new_dir, target_name="before-aftr")
+    with pytest.raises(NotFound, match="restore point 'before-aftr' is not in the archived WAL"):
+        pitr.restore(bench["target"], bench["base"], bench["store"], options)
+    assert not Path(new_dir).exists()
 
 
 def test_restore_refuses_a_directory_that_is_not_new(bench, tmp_path):
