@@ -37,7 +37,7 @@ def child(kind: str, spec: dict) -> None:
     from blocks.pitr import PitrTarget
     from sandbox.s3 import s3_store
     from tasks.components import postgres_pitr as pitr
-    from tasks.components.postgres_pitr.window import RecoveryTarget
+    from tasks.components.postgres_pitr.targets import RecoveryTarget
     from tasks.storage.catalog import get_backup
     from tasks.storage.session import backup_session
 

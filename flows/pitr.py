@@ -20,7 +20,8 @@ from blocks.pitr import PitrTarget
 from blocks.store import StoreBlock
 from flows.common import PitrRef, StoreRef, TargetRef, VeleroRef, load_store
 from tasks.components import postgres_pitr as pitr
-from tasks.components.postgres_pitr.window import ArchiveReport, parse_target
+from tasks.components.postgres_pitr.targets import parse_target
+from tasks.components.postgres_pitr.window import ArchiveReport
 from tasks.components.registry import load_target
 from tasks.errors import BadInput, ConfigurationError
 from tasks.markdown import fields_table

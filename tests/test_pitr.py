@@ -12,7 +12,9 @@ import io
 import json
 import os
 import secrets
+import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import tarfile
@@ -27,6 +29,7 @@ from blocks.pitr import PitrTarget
 from blocks.store import S3Store
 from sandbox import s3, services
 from tasks.components import postgres_pitr as pitr
+from tasks.components.postgres_pitr import prefetch
 from tasks.components.postgres_pitr.engines import (
     BarmanCloud,
     aws_engine_env,
@@ -34,8 +37,9 @@ from tasks.components.postgres_pitr.engines import (
     segment_number,
     write_credentials_file,
 )
-from tasks.components.postgres_pitr.window import RecoveryTarget, choose_base_backup, parse_target
-from tasks.errors import BadInput, ComponentFailed, ConfigurationError, IntegrityError
+from tasks.components.postgres_pitr.targets import RecoveryTarget, parse_target
+from tasks.components.postgres_pitr.window import choose_base_backup
+from tasks.errors import BadInput, ComponentFailed, ConfigurationError, IntegrityError, NotFound
 from tasks.models import Manifest
 from tasks.proc import free_port, run
 from tasks.storage.health import damaged_ids, is_damage
@@ -386,6 +390,10 @@ def test_an_archive_ending_in_a_long_stretch_without_transactions_keeps_its_wind
         ("2026-01-15T14:30:00", "has no time zone"),
         ("yesterday at noon", "is not a time"),
         ("2026-13-45T99:00:00Z", "is not a time"),
+        ("2026-01-15T14+01:00", "is not a time"),  # fromisoformat: 14:00
+        ("20260115T1430Z", "is not a time"),
+        ("2026-W03-4T14:30:00Z", "is not a time"),  # a week date
+        ("2026-01-15T14:30:00.123456789Z", "is not a time"),  # past PostgreSQL's microseconds
         (datetime.now(UTC) + timedelta(hours=1), "in the future"),
     ],
 )
@@ -394,6 +402,16 @@ def test_malformed_and_naive_targets_are_refused(prefect_server, bench, new_dir,
 
     with pytest.raises(BadInput, match=message):
         pitr_postgres(value, new_dir, target=bench["target"], store=bench["store"])
+    assert not Path(new_dir).exists()
+
+
+@pytest.mark.parametrize("lsn", ["0x0/0x3000060", "0/1_0000", "-0/3000060", "0/1FFFFFFFF", "0/ 3000060"])
+def test_lsns_are_read_strictly(prefect_server, bench, new_dir, lsn):
+    """int(x, 16) reads each of these as some LSN: the target would be another position."""
+    from flows.pitr import pitr_postgres
+
+    with pytest.raises(BadInput, match="is not an LSN: write it as PostgreSQL prints it"):
+        pitr_postgres(None, new_dir, target_lsn=lsn, target=bench["target"], store=bench["store"])
     assert not Path(new_dir).exists()
 
 
@@ -720,6 +738,15 @@ def test_recovery_settings_a_base_backup_carries_from_its_source_never_apply(
     assert not list(ran.iterdir())  # none of the source's commands ran
 
 
+def test_a_restore_point_not_in_the_archive_is_not_found(bench, new_dir):
+    """A name no pg_create_restore_point made (a typo, another server's): NotFound naming it, not
+    a recovery reported done, and nothing left behind."""
+    options = pitr.RestoreOptions(directory=new_dir, target_name="before-aftr")
+    with pytest.raises(NotFound, match="restore point 'before-aftr' is not in the archived WAL"):
+        pitr.restore(bench["target"], bench["base"], bench["store"], options)
+    assert not Path(new_dir).exists()
+
+
 def test_restore_refuses_a_directory_that_is_not_new(bench, tmp_path):
     (tmp_path / "keep.txt").write_text("precious")
     with pytest.raises(BadInput, match="not empty"):
@@ -922,6 +949,57 @@ def test_recovery_replays_wal_fetched_ahead_not_one_process_per_segment(bench, n
         "between-2": 5,
     }
     assert not (Path(new_dir) / "wal-spool").exists()  # the spool is gone once recovery paused
+
+
+def _ask(command: str, name: str, dest: Path) -> None:
+    """Run the restore_command as the server would for `name` (a hang guard: it waits at most
+    WAIT_STEPS x 0.05 s = 300 s for a segment it believes is coming)."""
+    argv = shlex.split(command.replace("%f", name).replace("%p", str(dest)))
+    subprocess.run(argv, check=True, timeout=60, capture_output=True)  # noqa: S603
+    assert dest.stat().st_size > 0
+
+
+def _fetcher_pid(spool: Path) -> int:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) != os.getpid():
+                continue
+            if str(spool).encode() in (entry / "cmdline").read_bytes():
+                return int(entry.name)
+        except (OSError, ValueError, IndexError):
+            continue
+    raise AssertionError("no fetcher process")
+
+
+def test_the_spool_neither_waits_again_for_a_segment_handed_over_nor_for_a_dead_fetcher(
+    bench, tmp_path, monkeypatch
+):
+    """The server asks for some segments again after the spool handed them over; a fetcher can
+    die (killed, out of memory) before it marks the spool done. Neither is waited for (300 s
+    each): the restore_command falls back to barman-cloud-wal-restore at once."""
+    monkeypatch.setattr(prefetch, "AHEAD", 1)  # the fetcher stays busy (alive) until plan[1] is taken
+    root = tmp_path / "pitr"
+    root.mkdir()
+    creds = write_credentials_file(bench["target"], root / "aws-credentials", None)
+    engine, first = BarmanCloud(), bench["base"].engine["first_segment"]
+    with prefetch.wal_spool(engine, bench["target"], root, creds, first, None) as command:
+        spool = root / "wal-spool"
+        plan = (spool / prefetch.PLAN).read_text().split()
+        assert len(plan) >= 3 and plan[0] == first
+        services.wait_until(lambda: (spool / plan[0]).exists(), 30, "the first segment spooled")
+        _ask(command, plan[0], tmp_path / "a")
+        _ask(command, plan[0], tmp_path / "again")  # asked again: from the archive, not waited for
+        assert (tmp_path / "again").read_bytes() == (tmp_path / "a").read_bytes()
+        assert not (spool / prefetch.DONE).exists()  # the fetcher is still at work
+
+        os.kill(_fetcher_pid(spool), signal.SIGKILL)  # holding plan[1]; plan[2] never comes
+        services.wait_until(lambda: (spool / prefetch.DONE).exists(), 15, "the spool marked done")
+        _ask(command, plan[2], tmp_path / "b")
+    log = (root / prefetch.RESTORE_LOG).read_text().split("\n")
+    assert log[:3] == [f"spool {plan[0]}", f"fallback {plan[0]}", f"fallback {plan[2]}"]
+    assert not spool.exists()
 
 
 # ---- secrets ----------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from tasks.components.postgres_pitr.recover import (
     recover,
 )
 from tasks.components.postgres_pitr.server import check_config, connect, pg_bindir, require_archiving
-from tasks.components.postgres_pitr.window import RecoveryTarget, parse_target
+from tasks.components.postgres_pitr.targets import RecoveryTarget, parse_target
 from tasks.models import Manifest
 
 Target = PitrTarget

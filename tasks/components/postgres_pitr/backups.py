@@ -22,11 +22,11 @@ from tasks.components.postgres_pitr.engines import (
 )
 from tasks.components.postgres_pitr.server import _row, check_config, connect, pg_bindir, require_archiving
 from tasks.components.postgres_pitr.tar import TarPeek
+from tasks.components.postgres_pitr.targets import RecoveryTarget
 from tasks.components.postgres_pitr.window import (
     COMPONENT,
     ArchiveReport,
     BaseBackupRef,
-    RecoveryTarget,
     Window,
     archive_report,
     base_backup_refs,

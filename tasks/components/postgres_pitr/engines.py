@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -27,12 +28,19 @@ DEFAULT_BARMAN_BIN = "/opt/knative-lambda-backup/barman-venv/bin"
 # ---- WAL names and LSNs --------------------------------------------------------------------
 
 
+# PostgreSQL's own pg_lsn syntax: two hex numbers of 1 to 8 digits. int(x, 16) alone also takes
+# '0x', '_', signs, spaces and more than 32 bits, which would name another position silently.
+_LSN = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
+
+
 def parse_lsn(text: str) -> int:
-    try:
-        hi, lo = text.strip().split("/")
-        return (int(hi, 16) << 32) | int(lo, 16)
-    except ValueError:
-        raise BadInput(f"{text!r} is not an LSN: write it like 0/3000060") from None
+    match = _LSN.fullmatch(text.strip()) if isinstance(text, str) else None
+    if not match:
+        raise BadInput(
+            f"{str(text)[:40]!r} is not an LSN: write it as PostgreSQL prints it, two hexadecimal "
+            "numbers of at most 8 digits, like 0/3000060 (pg_current_wal_lsn(), pg_create_restore_point())"
+        )
+    return (int(match[1], 16) << 32) | int(match[2], 16)
 
 
 def format_lsn(lsn: int) -> str:

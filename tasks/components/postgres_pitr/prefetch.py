@@ -18,6 +18,7 @@ import logging
 import os
 import shlex
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -82,7 +83,9 @@ _RESTORE_SCRIPT = """#!/bin/sh
 # knative-lambda-backup PITR: the next WAL file from the prefetch spool, else barman-cloud
 spool={spool}
 f="$1"; p="$2"
-if grep -qxF -- "$f" "$spool/{plan}" 2>/dev/null; then
+# wait only for a planned file the fetcher may still bring: not one handed over already (the
+# server asks for some again), not once the fetcher ended (done: marked by us if it died)
+if grep -qxF -- "$f" "$spool/{plan}" 2>/dev/null && [ ! -f "$spool/$f.given" ]; then
   i=0
   while [ ! -f "$spool/$f" ] && [ ! -f "$spool/$f.failed" ] && [ ! -f "$spool/{done}" ] \\
         && [ "$i" -lt {steps} ]; do
@@ -90,6 +93,7 @@ if grep -qxF -- "$f" "$spool/{plan}" 2>/dev/null; then
   done
 fi
 if [ -f "$spool/$f" ] && mv -f -- "$spool/$f" "$p"; then
+  : > "$spool/$f.given"
   echo "spool $f" >> {log}; exit 0
 fi
 echo "fallback $f" >> {log}
@@ -163,6 +167,10 @@ def wal_spool(
         fetcher = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
             argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, env=env
         )
+    # a fetcher that dies (killed, out of memory) cannot mark the spool done itself: without the
+    # mark the restore_command would wait WAIT_STEPS for every segment it had not brought yet
+    watcher = threading.Thread(target=_mark_done_on_exit, args=(fetcher, spool), daemon=True)
+    watcher.start()
     try:
         _wait_for_plan(spool, fetcher, fetcher_log)
         yield f"sh {shlex.quote(str(script))} %f %p"
@@ -174,9 +182,18 @@ def wal_spool(
         except subprocess.TimeoutExpired:
             fetcher.kill()
             fetcher.wait()
+        watcher.join()
         for path in spool.iterdir():
             path.unlink(missing_ok=True)
         spool.rmdir()
+
+
+def _mark_done_on_exit(fetcher: subprocess.Popen, spool: Path) -> None:
+    fetcher.wait()
+    tmp = spool / f".{DONE}.watcher"
+    with contextlib.suppress(OSError):  # the fetcher's own mark, or the spool gone: nothing to do
+        tmp.touch()
+        tmp.replace(spool / DONE)
 
 
 def _wait_for_plan(spool: Path, fetcher: subprocess.Popen, fetcher_log: Path, timeout: float = 120) -> None:

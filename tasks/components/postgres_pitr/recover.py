@@ -42,10 +42,15 @@ from tasks.components.postgres_pitr.instance import (
 from tasks.components.postgres_pitr.prefetch import restore_report, wal_spool
 from tasks.components.postgres_pitr.server import _row, connect, pg_bindir
 from tasks.components.postgres_pitr.settings import recovery_settings, write_recovery_conf
-from tasks.components.postgres_pitr.window import (
-    RecoveryTarget,
+from tasks.components.postgres_pitr.targets import RecoveryTarget
+from tasks.errors import (
+    BadInput,
+    ComponentFailed,
+    ConfigurationError,
+    IntegrityError,
+    NotFound,
+    TransientError,
 )
-from tasks.errors import BadInput, ComponentFailed, ConfigurationError, IntegrityError, TransientError
 from tasks.models import Manifest
 from tasks.proc import feed_stdin, free_port, run
 from tasks.storage.session import read_object
@@ -120,12 +125,21 @@ def _port_taken(log: Path) -> bool:
 
 
 def _raise_if_not_reached(goal: RecoveryTarget, log: Path) -> None:
-    if NOT_REACHED in log.read_text(errors="replace"):
-        raise ComponentFailed(
-            f"PITR to {goal.describe()} failed: the server says '{NOT_REACHED}' (the archived WAL "
-            "ends before the target). The new instance was removed; the source was not touched.\n"
-            + _log_tail(log)
+    if NOT_REACHED not in log.read_text(errors="replace"):
+        return
+    if goal.kind == "name":
+        # its place is unknown before replay: a name replay never met is not in this archive
+        raise NotFound(
+            f"restore point {goal.name!r} is not in the archived WAL: recovery replayed all of it from "
+            "the base backup on and met no restore point of that name. Check the name (exact, case "
+            "included, as given to pg_create_restore_point) or give target_lsn (what it returned) or "
+            "target_time. The new instance was removed; the source was not touched."
         )
+    raise ComponentFailed(
+        f"PITR to {goal.describe()} failed: the server says '{NOT_REACHED}' (the archived WAL "
+        "ends before the target). The new instance was removed; the source was not touched.\n"
+        + _log_tail(log)
+    )
 
 
 def _wait_for_target(target, goal, port, bindir, data, log, user, timeout) -> dict[str, Any]:

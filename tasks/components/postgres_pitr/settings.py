@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.components.postgres_pitr.window import RecoveryTarget
+from tasks.components.postgres_pitr.targets import RecoveryTarget
 
 CONF_FILE = "postgresql.auto.conf"
 _TARGETS = ("recovery_target", "recovery_target_lsn", "recovery_target_name", "recovery_target_time")

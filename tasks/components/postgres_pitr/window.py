@@ -19,7 +19,6 @@ import re
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, Field
 
@@ -34,6 +33,7 @@ from tasks.components.postgres_pitr.engines import (
     segment_number,
     segment_of,
 )
+from tasks.components.postgres_pitr.targets import RecoveryTarget
 from tasks.errors import BadInput, NotFound
 from tasks.models import Manifest
 
@@ -107,59 +107,6 @@ class ArchiveReport(BaseModel):
         if not self.windows:
             return "no recoverable window (no base backup whose WAL is archived)"
         return "; ".join(w.describe() for w in self.windows)
-
-
-class RecoveryTarget(BaseModel):
-    kind: Literal["time", "latest", "lsn", "name"]
-    time: AwareDatetime | None = None
-    lsn: str | None = None
-    name: str | None = None
-
-    def describe(self) -> str:
-        return {
-            "time": lambda: f"time {self.time.isoformat()}",
-            "latest": lambda: "latest",
-            "lsn": lambda: f"LSN {self.lsn}",
-            "name": lambda: f"restore point {self.name!r}",
-        }[self.kind]()
-
-
-def parse_target(
-    target_time: datetime | str | None = None, target_lsn: str | None = None, target_name: str | None = None
-) -> RecoveryTarget:
-    """Exactly one target: an aware time (or 'latest'), an LSN, or a named restore point."""
-    given = [x for x in (target_time, target_lsn, target_name) if x not in (None, "")]
-    if len(given) != 1:
-        raise BadInput(
-            "give exactly one target: target_time (with zone, or 'latest'), target_lsn or target_name"
-        )
-    if target_lsn:
-        lsn = parse_lsn(target_lsn)
-        return RecoveryTarget(kind="lsn", lsn=format_lsn(lsn))
-    if target_name:
-        if not re.fullmatch(r"[A-Za-z0-9 ._:-]{1,63}", target_name):
-            raise BadInput(f"restore point name {target_name!r}: use letters, digits, ' ._:-', at most 63")
-        return RecoveryTarget(kind="name", name=target_name)
-    if isinstance(target_time, str):
-        text = target_time.strip()
-        if text.lower() == "latest":
-            return RecoveryTarget(kind="latest")
-        try:
-            target_time = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise BadInput(
-                f"target time {text[:60]!r} is not a time: use ISO 8601 with a zone, "
-                "e.g. 2026-01-15T14:30:00+00:00, or 'latest'"
-            ) from None
-    assert isinstance(target_time, datetime)
-    if target_time.tzinfo is None or target_time.utcoffset() is None:
-        raise BadInput(
-            f"target time {target_time.isoformat()} has no time zone: PITR will not guess one; "
-            "add it, e.g. '+00:00' or 'Z'"
-        )
-    if target_time > datetime.now(UTC):
-        raise BadInput(f"target time {target_time.isoformat()} is in the future")
-    return RecoveryTarget(kind="time", time=target_time.astimezone(UTC))
 
 
 def base_backup_refs(backups: list[Manifest], target: PitrTarget) -> list[BaseBackupRef]:
