@@ -103,7 +103,7 @@ def _dump_database(
             sequences = fingerprint(conn, algorithm, kinds="S")["sequences"]
         except psycopg.ProgrammingError:
             # a name gone or now another kind of relation ("does not exist", "is not a table")
-            locks.check_same(target, db, named, "before its locks")
+            locks.explain_failure(target, db, named)
             raise
         # each name locked (a sequence, read) is the snapshot's relation: a rename or a swap
         # committed before the locks would have us read another table's rows under its name
@@ -151,7 +151,7 @@ def _dump_database(
                 cause = future.exception() if future.done() else None  # before our cancel below
                 conn.cancel_safe()
                 # a relation renamed or dropped meanwhile (not locked: a materialized view) says why
-                locks.check_same(target, db, named, "during the backup")
+                locks.explain_failure(target, db, named)
                 if isinstance(cause, psycopg.Error):
                     raise ComponentFailed(f"the fingerprint of {db!r} failed: {str(cause).strip()}") from None
                 raise

@@ -100,3 +100,14 @@ def check_same(target: PostgresTarget, db: str, named: Named, when: str) -> None
             "This attempt is abandoned; a retry takes a new snapshot. If it keeps failing, pause the job "
             "that renames or swaps tables while the backup runs"
         )
+
+
+def explain_failure(target: PostgresTarget, db: str, named: Named) -> None:
+    """After the backup failed: TransientError if a relation moved meanwhile (why it failed);
+    nothing if not, or if the check cannot run (the server gone): the failure says more then."""
+    try:
+        names = moved(target, db, named)
+    except Exception:  # noqa: BLE001 - the caller raises the failure itself
+        return
+    if names:
+        check_same(target, db, {n: named[n] for n in names}, "during the backup")
