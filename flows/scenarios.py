@@ -40,6 +40,7 @@ from tasks.operations.disaster import (
     refuse_other_claims,
     refuse_retained_volumes,
     refuse_running_writers,
+    refuse_unpermitted,
     velero_target,
 )
 from tasks.operations.full_restore import (
@@ -163,6 +164,7 @@ def data_corruption(
         names = pvcs or doc["inventory"][namespace]["persistentvolumeclaims"]
         refuse_other_claims(target_block, doc, namespace, names)
         refuse_running_writers(target_block, namespace, names)
+        refuse_unpermitted(target_block, namespace, names)
         refuse_retained_volumes(target_block, doc, namespace, names)
         forensic, replicas, restored = _replace_pvcs(store_block, target_block, manifest, namespace, names)
     report = {

@@ -75,3 +75,30 @@ def test_the_volumes_step_of_a_full_restore_asks_before_it_deletes_a_claim(
 
     assert [p["name"] for p in kube.list_pvcs(k8s(kube_api), lam)] == ["data"]
     assert ctl.volumes[(lam, "data")] == f"{lam} volume v1"
+
+
+@pytest.mark.parametrize(
+    "verb, resource, said",
+    [
+        ("delete", "persistentvolumeclaims", "delete PVC"),
+        ("patch", "deployments/scale", "scale deployment"),
+        ("patch", "deployments", "annotate deployment"),
+    ],
+)
+def test_data_corruption_asks_for_every_permission_it_needs_before_it_changes_anything(
+    prefect_server, kube_api, ctl, local_store, lam, verb, resource, said
+):
+    """A missing verb was found mid-way: the apps scaled down (and back) or a claim about to go,
+    a forensic backup taken, for a restore that could never be made."""
+    from flows.scenarios import data_corruption
+
+    target = kube_api.velero_target(include_namespaces=[lam])
+    store = local_store()
+    backup_component("volumes", target=target, store=store)
+    ctl.deny(verb, resource)
+    before, writes = kube_api.state(), len(ctl.writes)
+
+    with pytest.raises(ConfigurationError, match=f"{said} .*forbidden by RBAC"):
+        data_corruption(lam, target=target, store=store)
+
+    assert kube_api.state() == before and len(ctl.writes) == writes  # no forensic backup either

@@ -148,3 +148,22 @@ def test_quiesce_waits_only_for_the_pods_scaling_stops(kube_api, ctl, lam):
     assert counts == {"api": 2, "worker": 5, "cron": 1}
     assert [p["metadata"]["name"] for p in ctl.store.list(PODS, lam)] == ["db-0"]
     quiesce.unquiesce(kube_api.target(), lam, counts)
+
+
+def test_a_checklist_volumes_restore_refuses_it_before_its_checklist_and_safety_backup(
+    prefect_server, kube_api, ctl, local_store, lam
+):
+    """restore_with_checklist checks what the restore would refuse first (check_restore): the
+    refusal came only after the checklist's safety backup and its record."""
+    from flows.recovery import restore_with_checklist
+    from sandbox.k8s_emulator.snapshot import BACKUPS
+
+    target = kube_api.velero_target(include_namespaces=[lam], default_volumes_to_fs_backup=True)
+    store = local_store()
+    backup_component("volumes", target=target, store=store)
+    velero_backups, writes = len(ctl.store.list(BACKUPS)), len(ctl.writes)
+
+    with pytest.raises(BadInput, match=rf"claim {lam}/data by pods \['api-"):
+        restore_with_checklist("volumes", target=target, store=store, options={"namespaces": [lam]})
+
+    assert len(ctl.store.list(BACKUPS)) == velero_backups and len(ctl.writes) == writes

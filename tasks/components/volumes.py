@@ -89,6 +89,9 @@ def check_restore(
     """Kubernetes' refusals before a checklist, but a mapping may go into a namespace that
     exists (a full restore's kubernetes step made it, with the claims this puts data into)."""
     velero.check_restore(target, manifest, store, options, mapping_aside=False)
+    doc = velero.load_document(store, manifest)
+    if _through_helpers(doc, options):  # before the checklist's safety backup, as restore refuses
+        _refuse_running_writers(target, _existing_claims_rewritten(target, doc, options))
 
 
 def fs_claims(target: VeleroTarget, doc: dict[str, Any]) -> dict[tuple[str, str], list[str]]:
@@ -136,32 +139,39 @@ def restore(
     (Velero's restore-wait): their pods come too, as helpers that never run the app and are
     removed once the data is in (kubernetes/claims.py). Snapshots need no pods."""
     doc = velero.load_document(store, manifest)
-    fs = any(p.get("phase") == "Completed" for p in doc["describe"].get("fs_backups") or [])
-    if fs and options.restore_pvs is not False:
+    if _through_helpers(doc, options):
         wanted = {velero.canonical_resource(r) for r in options.resources or []}
-        if not options.resources or "persistentvolumeclaims" in wanted:
-            rewritten = _existing_claims_rewritten(target, doc, options)
-            _refuse_running_writers(target, rewritten)
-            if options.resources and "pods" not in wanted:
-                options = options.model_copy(update={"resources": [*options.resources, "pods"]})
-            report = velero.restore_document(
-                target, doc, options, manifest.id, helper_pods=True, mapping_aside=False
-            )
-            if rewritten:
-                # Velero skipped these claims as existing, yet wrote their data: never "left as they
-                # are", and never a restore that wrote nothing
-                report["rewritten_claims"] = rewritten
-                report["overwritten"] = [*report["overwritten"], *(f"{c}: its data" for c in rewritten)]
-                earlier = report.get("note", "")
-                earlier = "" if earlier.startswith(velero.NOTHING_WRITTEN) else earlier
-                report["note"] = (
-                    f"claims {rewritten} already existed: Velero kept the claim objects but wrote the "
-                    "backup's data into them through the restored pods (file-system backup restores "
-                    "every backed-up volume of the pods it restores). " + (earlier or "")
-                ).strip()
-                log.warning(report["note"])
-            return report
+        rewritten = _existing_claims_rewritten(target, doc, options)
+        _refuse_running_writers(target, rewritten)
+        if options.resources and "pods" not in wanted:
+            options = options.model_copy(update={"resources": [*options.resources, "pods"]})
+        report = velero.restore_document(
+            target, doc, options, manifest.id, helper_pods=True, mapping_aside=False
+        )
+        if rewritten:
+            # Velero skipped these claims as existing, yet wrote their data: never "left as they
+            # are", and never a restore that wrote nothing
+            report["rewritten_claims"] = rewritten
+            report["overwritten"] = [*report["overwritten"], *(f"{c}: its data" for c in rewritten)]
+            earlier = report.get("note", "")
+            earlier = "" if earlier.startswith(velero.NOTHING_WRITTEN) else earlier
+            report["note"] = (
+                f"claims {rewritten} already existed: Velero kept the claim objects but wrote the "
+                "backup's data into them through the restored pods (file-system backup restores "
+                "every backed-up volume of the pods it restores). " + (earlier or "")
+            ).strip()
+            log.warning(report["note"])
+        return report
     return velero.restore_document(target, doc, options, manifest.id, mapping_aside=False)
+
+
+def _through_helpers(doc: dict[str, Any], options: RestoreOptions) -> bool:
+    """The restore brings claims' data back through helper pods: a file-system backup, claims and
+    their data asked for."""
+    fs = any(p.get("phase") == "Completed" for p in doc["describe"].get("fs_backups") or [])
+    wanted = {velero.canonical_resource(r) for r in options.resources or []}
+    claims_wanted = not options.resources or "persistentvolumeclaims" in wanted
+    return fs and options.restore_pvs is not False and claims_wanted
 
 
 def _refuse_running_writers(target: VeleroTarget, rewritten: list[str]) -> None:

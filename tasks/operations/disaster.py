@@ -16,7 +16,7 @@ from blocks.store import StoreBlock
 from tasks.components import kubernetes as velero
 from tasks.components import volumes
 from tasks.components.kubernetes import api as kube
-from tasks.components.kubernetes.quiesce import unstopped_users
+from tasks.components.kubernetes.quiesce import check_may_quiesce, unstopped_users
 from tasks.components.registry import load_target
 from tasks.errors import BackupError, BadInput, NotFound
 from tasks.models import Manifest
@@ -141,6 +141,17 @@ def refuse_other_claims(target: VeleroTarget, doc: dict, namespace: str, names: 
             "pods Velero restores with them: name those claims too (or leave pvcs out for all). "
             "Nothing was changed"
         )
+
+
+def refuse_unpermitted(target: VeleroTarget, namespace: str, names: list[str]) -> None:
+    """Before anything changes: may this account quiesce the apps of `namespace` and delete the
+    claims `names` there? Asked as dry runs; a refusal is the ConfigurationError naming the verb."""
+    k = kube.connect(target.kube)
+    check_may_quiesce(k, namespace)
+    for name in names:
+        with contextlib.suppress(NotFound):  # gone already: nothing to delete
+            fn = k.core.delete_namespaced_persistent_volume_claim
+            k.call(f"delete PVC {namespace}/{name}", fn, name, namespace, dry_run="All")
 
 
 def refuse_running_writers(target: VeleroTarget, namespace: str, names: list[str]) -> None:

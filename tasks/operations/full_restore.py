@@ -259,7 +259,12 @@ def restore_volumes(
     from tasks.components.kubernetes.backups import _kinds, load_document
     from tasks.components.kubernetes.quiesce import QUIESCED_ANNOTATION, quiesced
     from tasks.components.kubernetes.restores import _plan, _present
-    from tasks.operations.disaster import delete_pvcs_task, refuse_retained_volumes, refuse_running_writers
+    from tasks.operations.disaster import (
+        delete_pvcs_task,
+        refuse_retained_volumes,
+        refuse_running_writers,
+        refuse_unpermitted,
+    )
 
     opts = restore_options("volumes", options)
     doc = load_document(store, manifest)
@@ -283,6 +288,7 @@ def restore_volumes(
         if there:
             refuse_retained_volumes(target, doc, into, there)  # before any is deleted
             refuse_running_writers(target, into, there)
+            refuse_unpermitted(target, into, there)
             existing[into] = there
         elif any(
             QUIESCED_ANNOTATION in (d.metadata.annotations or {}) for d in kube.list_deployments(k, into)

@@ -338,10 +338,7 @@ def list_names(
 def listed_names(data: bytes, what: str, backed_up: bool) -> list[str]:
     """The names in a metadata-only list response; `backed_up`: only those Velero backs up (not
     labelled exclude-from-backup, not being deleted)."""
-    try:
-        items = json.loads(data)["items"] or []
-    except (ValueError, KeyError, TypeError):
-        raise TransientError(f"{what}: the API server sent an unreadable list") from None
+    items = listed_items(data, what)
     if backed_up:
         items = [
             i
@@ -350,6 +347,14 @@ def listed_names(data: bytes, what: str, backed_up: bool) -> list[str]:
             and not i["metadata"].get("deletionTimestamp")
         ]
     return sorted(i["metadata"]["name"] for i in items)
+
+
+def listed_items(data: bytes, what: str) -> list[dict[str, Any]]:
+    """The items of a list response (metadata-only ones: their metadata)."""
+    try:
+        return json.loads(data)["items"] or []
+    except (ValueError, KeyError, TypeError):
+        raise TransientError(f"{what}: the API server sent an unreadable list") from None
 
 
 def selector_string(labels: dict[str, str] | None) -> str | None:

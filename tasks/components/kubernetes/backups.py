@@ -17,6 +17,7 @@ from tasks.components.kubernetes import api as kube
 from tasks.components.kubernetes import custom
 from tasks.components.kubernetes.api import KINDS, Kube, canonical_resource, connect, selector_string
 from tasks.components.kubernetes.discovery import check_resource_names
+from tasks.components.kubernetes.labels import held_labels
 from tasks.components.kubernetes.velero import (
     BACKUP_TERMINAL,
     GROUP,
@@ -229,6 +230,7 @@ def run_backup(target: VeleroTarget, session: BackupSession, spec: BackupSpec) -
         "changed_during_backup": changed,
         "missing_namespaces": missing,
         "claim_volumes": claim_volumes(k, expected),
+        "labels": held_labels(k, expected),  # what a restore by label_selector must bring back
     }
     session.write(
         OBJECT_NAME, [json.dumps(doc, indent=2, sort_keys=True).encode()], meta={"velero_backup": name}

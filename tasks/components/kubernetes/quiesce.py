@@ -108,6 +108,25 @@ def _annotate(k: Kube, namespace: str, name: str, value: str | None) -> None:
     )
 
 
+def check_may_quiesce(k: Kube, namespace: str) -> None:
+    """Every write quiesce and unquiesce make, asked of the API server as dry runs (RBAC,
+    admission), before a flow changes anything: a refusal found mid-way bounced the apps for
+    nothing."""
+    for dep in list_deployments(k, namespace):
+        name, replicas = dep.metadata.name, get_replicas(k, namespace, dep.metadata.name)
+        k.call(
+            f"scale deployment {namespace}/{name}",
+            k.apps.patch_namespaced_deployment_scale,
+            name,
+            namespace,
+            {"spec": {"replicas": replicas}},
+            dry_run="All",
+        )
+        note = {"metadata": {"annotations": {QUIESCED_ANNOTATION: str(replicas)}}}
+        fn = k.apps.patch_namespaced_deployment
+        k.call(f"annotate deployment {namespace}/{name}", fn, name, namespace, note, dry_run="All")
+
+
 def quiesce(kube: KubernetesTarget | None, namespace: str, timeout: float = 300) -> dict[str, int]:
     """Scale every deployment of `namespace` to 0; return the replica counts they had.
 

@@ -17,7 +17,7 @@ from blocks.kubernetes import VeleroTarget
 from blocks.store import StoreBlock
 from tasks.components.contract import StrictOptions
 from tasks.components.kubernetes import api as kube
-from tasks.components.kubernetes import claims, custom, written
+from tasks.components.kubernetes import claims, custom, labels, written
 from tasks.components.kubernetes.api import Kube, canonical_resource, connect
 from tasks.components.kubernetes.backups import _kinds, load_document, safety_backup
 from tasks.components.kubernetes.discovery import as_kinds, check_resource_names
@@ -204,11 +204,16 @@ def restore_document(
         from tasks.components.kubernetes.named import restore_named
 
         return restore_named(k, target, doc, planned, namespaces, kinds, backup_id)
-    if options.label_selector:
-        log.info("label selector %s: objects without those labels are not verified", options.label_selector)
     # what the restore may write (whatever its label selector picks): seen before and after
     scope = expected_objects(doc, namespaces, kinds, None)
-    expected = scope if not options.label_selector else {}
+    expected = scope
+    if options.label_selector:  # those the selector picks, by their labels at backup time
+        expected = labels.selected(doc, scope, options.label_selector) or {}
+        if not expected:
+            log.info(
+                "label selector %s: a backup without its labels recorded, not verified",
+                options.label_selector,
+            )
     mapping = options.namespace_mapping
     merging = namespaces if "serviceaccounts" in kinds else []  # Velero merges those that exist
     before = written.scope_before(k, scope, mapping, merging)
