@@ -1002,6 +1002,24 @@ def test_the_spool_neither_waits_again_for_a_segment_handed_over_nor_for_a_dead_
     assert not spool.exists()
 
 
+def test_ambient_s3_keys_reach_the_prefetcher_through_the_credentials_file_not_the_servers_env(
+    bench, new_dir, monkeypatch
+):
+    """A block without S3 keys uses the worker's (AWS_ACCESS_KEY_ID...): they go into the recovery's
+    0600 credentials file, so the prefetcher (which gets no inherited environment) can fetch,
+    and the recovering server's environment does not hold them."""
+    key = "ambient-" + secrets.token_hex(12)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key)
+    target = bench["target"].model_copy(update={"aws_access_key_id": None, "aws_secret_access_key": None})
+    goal = RecoveryTarget(kind="lsn", lsn=bench["T_lsn"])
+    result = pitr.recover(target, bench["base"], bench["store"], goal, pitr.RestoreOptions(directory=new_dir))
+    assert len(result["wal_restored"]["from_spool"]) >= 2, result["wal_restored"]
+    pid = int(Path(new_dir, "data", "postmaster.pid").read_text().split()[0])
+    assert key.encode() not in _environ(pid)
+    assert oct(Path(new_dir, "aws-credentials").stat().st_mode & 0o777) == "0o600"
+
+
 # ---- secrets ----------------------------------------------------------------------------------
 
 _RECORDER = """#!/bin/sh
