@@ -35,6 +35,7 @@ from tasks.components.postgres_pitr.engines import (
     aws_engine_env,
     segment_name,
     segment_number,
+    server_env,
     write_credentials_file,
 )
 from tasks.components.postgres_pitr.targets import RecoveryTarget, parse_target
@@ -1081,3 +1082,25 @@ def test_no_engine_gets_a_password_or_key_in_its_environment_or_argv(bench, tmp_
         path, file_mode, dir_mode = record.read_text().split()
         assert (file_mode, dir_mode) == ("600", "700"), record.name
         assert not Path(path).exists()  # removed once the engine is done
+
+
+def test_the_recovering_server_keeps_the_ambient_identity_but_no_secret(bench, monkeypatch):
+    """Without S3 keys anywhere, the server's restore_command needs the pod's own identity (IRSA,
+    EKS Pod Identity): the paths to their token files stay, the tokens and passwords do not."""
+    for name, value in {
+        "AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/secrets/eks.amazonaws.com/serviceaccount/token",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": "/var/run/secrets/pods.eks.amazonaws.com/token",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN": "tok",
+        "PGPASSWORD": "pw",
+        "KLB_STORE_SECRET": "s",
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    no_keys = bench["target"].model_copy(update={"aws_access_key_id": None, "aws_secret_access_key": None})
+    removed = {name for name, value in server_env(no_keys).items() if value is None}
+    assert {"AWS_CONTAINER_AUTHORIZATION_TOKEN", "PGPASSWORD", "KLB_STORE_SECRET"} <= removed
+    assert not removed & {"AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"}
+    # with keys on the block, they are the ones meant: no ambient identity competes with them
+    removed = {name for name, value in server_env(bench["target"]).items() if value is None}
+    assert {"AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "AWS_PROFILE"} <= removed
