@@ -35,6 +35,7 @@ from tasks.components.postgres_pitr.engines import (
     aws_engine_env,
     segment_name,
     segment_number,
+    server_env,
     write_credentials_file,
 )
 from tasks.components.postgres_pitr.targets import RecoveryTarget, parse_target
@@ -1002,6 +1003,24 @@ def test_the_spool_neither_waits_again_for_a_segment_handed_over_nor_for_a_dead_
     assert not spool.exists()
 
 
+def test_ambient_s3_keys_reach_the_prefetcher_through_the_credentials_file_not_the_servers_env(
+    bench, new_dir, monkeypatch
+):
+    """A block without S3 keys uses the worker's (AWS_ACCESS_KEY_ID...): they go into the recovery's
+    0600 credentials file, so the prefetcher (which gets no inherited environment) can fetch,
+    and the recovering server's environment does not hold them."""
+    key = "ambient-" + secrets.token_hex(12)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key)
+    target = bench["target"].model_copy(update={"aws_access_key_id": None, "aws_secret_access_key": None})
+    goal = RecoveryTarget(kind="lsn", lsn=bench["T_lsn"])
+    result = pitr.recover(target, bench["base"], bench["store"], goal, pitr.RestoreOptions(directory=new_dir))
+    assert len(result["wal_restored"]["from_spool"]) >= 2, result["wal_restored"]
+    pid = int(Path(new_dir, "data", "postmaster.pid").read_text().split()[0])
+    assert key.encode() not in _environ(pid)
+    assert oct(Path(new_dir, "aws-credentials").stat().st_mode & 0o777) == "0o600"
+
+
 # ---- secrets ----------------------------------------------------------------------------------
 
 _RECORDER = """#!/bin/sh
@@ -1063,3 +1082,25 @@ def test_no_engine_gets_a_password_or_key_in_its_environment_or_argv(bench, tmp_
         path, file_mode, dir_mode = record.read_text().split()
         assert (file_mode, dir_mode) == ("600", "700"), record.name
         assert not Path(path).exists()  # removed once the engine is done
+
+
+def test_the_recovering_server_keeps_the_ambient_identity_but_no_secret(bench, monkeypatch):
+    """Without S3 keys anywhere, the server's restore_command needs the pod's own identity (IRSA,
+    EKS Pod Identity): the paths to their token files stay, the tokens and passwords do not."""
+    for name, value in {
+        "AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/secrets/eks.amazonaws.com/serviceaccount/token",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": "/var/run/secrets/pods.eks.amazonaws.com/token",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN": "tok",
+        "PGPASSWORD": "pw",
+        "KLB_STORE_SECRET": "s",
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    no_keys = bench["target"].model_copy(update={"aws_access_key_id": None, "aws_secret_access_key": None})
+    removed = {name for name, value in server_env(no_keys).items() if value is None}
+    assert {"AWS_CONTAINER_AUTHORIZATION_TOKEN", "PGPASSWORD", "KLB_STORE_SECRET"} <= removed
+    assert not removed & {"AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"}
+    # with keys on the block, they are the ones meant: no ambient identity competes with them
+    removed = {name for name, value in server_env(bench["target"]).items() if value is None}
+    assert {"AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "AWS_PROFILE"} <= removed

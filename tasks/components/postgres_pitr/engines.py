@@ -222,8 +222,9 @@ def _credentials_text(target: PitrTarget) -> str:
 def server_env(target: PitrTarget) -> dict[str, str | None]:
     """The recovering server's environment, which its restore_command inherits: none of our
     secrets (readable in /proc/<pid>/environ for the server's whole life; inherited S3 keys would
-    also beat its credentials file). IRSA's token file is a path, kept when no keys are written."""
-    keep = () if _keys(target) else ("AWS_WEB_IDENTITY_TOKEN_FILE",)
+    also beat its credentials file). Without keys to write, the ambient identity stays: IRSA's and
+    EKS Pod Identity's token files are paths (AWS_WEB_IDENTITY_TOKEN_FILE...), not secrets."""
+    keep = () if _keys(target) else [n for n in os.environ if n.startswith("AWS_") and n.endswith("_FILE")]
     return {**inherited_secrets(keep), **({"AWS_PROFILE": None} if _keys(target) else {})}
 
 
