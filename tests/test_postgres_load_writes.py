@@ -131,3 +131,42 @@ def test_rows_written_by_an_index_build_are_seen_and_refused(postgres, local_sto
         assert db_names(admin_target) == before
     finally:
         drop(admin_target, *[d for d in db_names(admin_target) if d.startswith(db)])
+
+
+@pytest.mark.parametrize("objects_from", [0, None], ids=["tables-in-objects", "pg_dump"])
+def test_triggers_and_rules_that_write_are_made_after_the_rows_and_never_fire(
+    postgres, local_store, objects_from
+):
+    """A trigger or a rule writing into the audit table on each insert comes with post-data, after
+    every row is loaded (parts included): the restore adds nothing, verifies, and keeps them."""
+    admin_target, db = target_for(postgres), new_name()
+    exec_in(admin_target, "postgres", f"CREATE DATABASE {db}")
+    try:
+        exec_in(
+            admin_target,
+            db,
+            AUDIT
+            + """CREATE TABLE public.t (v int);
+                 CREATE FUNCTION public.on_insert() RETURNS trigger LANGUAGE plpgsql AS
+                   $$ BEGIN PERFORM public.log_it(NEW.v); RETURN NEW; END $$;
+                 CREATE TRIGGER logged AFTER INSERT ON public.t
+                   FOR EACH ROW EXECUTE FUNCTION public.on_insert();
+                 CREATE TABLE public.r (v int);
+                 CREATE RULE logged AS ON INSERT TO public.r
+                   DO ALSO INSERT INTO public.audit VALUES (NEW.v, 'rule');
+                 INSERT INTO public.t VALUES (1), (2); INSERT INTO public.r VALUES (3);""",
+        )
+        assert scalar(admin_target, db, "SELECT count(*) FROM public.audit") == 3
+        target = admin_target.model_copy(
+            update={"databases": [db], "table_objects_from_mib": objects_from, "split_tables_from_mib": None}
+        )
+        store = local_store()
+        manifest = take_backup(target, store)
+        copy = f"{db}_c"
+        options = pg.RestoreOptions(include_globals=False, rename_to={db: copy})
+        assert pg.restore(target, manifest, store, options)["databases"][copy]["fingerprint_equal"] is True
+        assert scalar(admin_target, copy, "SELECT count(*) FROM public.audit") == 3
+        exec_in(admin_target, copy, "INSERT INTO public.t VALUES (4); INSERT INTO public.r VALUES (5)")
+        assert scalar(admin_target, copy, "SELECT count(*) FROM public.audit") == 5  # both came back
+    finally:
+        drop(admin_target, *[d for d in db_names(admin_target) if d.startswith(db)])
