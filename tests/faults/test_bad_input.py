@@ -437,7 +437,7 @@ BAD_INPUTS = [
         "pitr target_time='yesterday at noon'",
         lambda w: pitr_postgres(target_time="yesterday at noon", return_state=True),
         "BadInput",
-        "target time 'yesterday at noon' is not a time: use ISO 8601 with a zone",
+        "target time 'yesterday at noon' is not a time: write it as YYYY-MM-DDTHH:MM",
     ),
 ] + FLOW_INPUTS
 
