@@ -569,3 +569,29 @@ def test_every_object_the_project_creates_has_a_kubernetes_safe_name(
         if plural in ("backups", "restores", "namespaces", "services"):
             assert len(name) <= 63, (plural, name)
         assert all(len(v) <= 63 for v in labels.values()), (plural, name, labels)
+
+
+def test_a_restore_by_name_into_a_terminating_namespace_waits_for_it_and_makes_it_anew(
+    kube_api, target, store, two_namespaces
+):
+    """A namespace being deleted (Terminating: the namespace controller is removing its content)
+    refuses new objects (403 "being terminated") and stays until its content is gone. A restore
+    by name into it took it for existing and failed writing its copy; it now waits for the
+    namespace to go and makes it anew, as Velero does for a whole namespace
+    (EnsureNamespaceExistsAndIsReady), and the copy is written there."""
+    shop, _ = two_namespaces
+    manifest = take_backup(target, store)
+    server = kube_api.server.store
+    k = k8s(kube_api)
+    before = server.namespace_termination_seconds
+    server.namespace_termination_seconds = 1.5  # long enough to outlast the scratch restore
+    try:
+        k.core.delete_namespace(shop)
+        opts = velero.RestoreOptions(namespaces=[shop], resources=["configmaps"], names=["flags"])
+        report = velero.restore(target, manifest, store, opts)
+    finally:
+        server.namespace_termination_seconds = before
+    assert report["restored_objects"] == [f"{shop}/configmaps/flags"]
+    assert kube.namespace_active(k, shop)
+    assert configmap(kube_api, shop, "flags") == {"beta": "off"}
+    assert [n for n in kube.list_namespaces(k) if n.startswith("klb-aside-")] == []

@@ -1,6 +1,6 @@
 """PATCH bodies by content type, as the API server applies them
 (https://kubernetes.io/docs/reference/using-api/api-concepts/#patch-and-apply): JSON patch
-(RFC 6902), merge patch (RFC 7386), and strategic merge patch, which custom resources refuse
+(RFC 6902), merge patch (RFC 7386), and strategic merge patch (strategic.py), which custom resources refuse
 with 415 (apiextensions-apiserver customresource_handler: "the body of the request was in an
 unknown format - accepted media types include: application/json-patch+json,
 application/merge-patch+json, application/apply-patch+yaml").
@@ -12,14 +12,16 @@ import copy
 from typing import Any
 
 from sandbox.k8s_emulator.errors import ApiError
+from sandbox.k8s_emulator.strategic import strategic_merge
 
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
 
 
-def apply_patch(doc: Any, patch: Any, content_type: str, custom: bool) -> Any:
-    """`patch` applied to `doc` the way `content_type` says; 415 for what the resource refuses."""
+def apply_patch(doc: Any, patch: Any, content_type: str, custom: bool, plural: str = "") -> Any:
+    """`patch` applied to `doc` the way `content_type` says; 415 for what the resource refuses.
+    `plural`: the built-in kind, whose lists a strategic merge patch merges by key (strategic.py)."""
     kind = (content_type or "").split(";")[0].strip()
     accepted = [JSON_PATCH, MERGE_PATCH] + ([] if custom else [STRATEGIC])
     if kind not in accepted:
@@ -39,12 +41,13 @@ def apply_patch(doc: Any, patch: Any, content_type: str, custom: bool) -> Any:
         raise ApiError(
             400, "BadRequest", "json: cannot unmarshal array into Go value of type map[string]interface {}"
         )
-    # strategic merge without list merge keys = merge patch (the emulator's kinds need no more)
+    if kind == STRATEGIC:
+        return strategic_merge(doc, patch, plural)
     return merge_patch(doc, patch)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 (also used for strategic-merge patches: the emulator has no list merge keys)."""
+    """RFC 7386: every list it names is replaced (strategic.py merges them by key)."""
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
     out = copy.deepcopy(target) if isinstance(target, dict) else {}

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from sandbox.k8s_emulator import crds, discovery, fields
 from sandbox.k8s_emulator.paging import page
 from sandbox.k8s_emulator.rbac import ADMIN, Authorizer, Identity
-from sandbox.k8s_emulator.store import BY_PATH, ApiError, ObjectStore, Resource
+from sandbox.k8s_emulator.store import BY_PATH, CRDS, ApiError, ObjectStore, Resource
 from sandbox.k8s_emulator.velero import VeleroController
 
 VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
@@ -77,6 +77,38 @@ def scale_of(dep: dict[str, Any]) -> dict[str, Any]:
             "selector": ",".join(f"{k}={v}" for k, v in labels.items()),
         },
     }
+
+
+def unconditional_update(res: Resource, current: dict[str, Any], body: Any) -> None:
+    """422 for an update (PUT) without metadata.resourceVersion of a kind whose strategy says
+    AllowUnconditionalUpdate() false: custom resources (Velero's included) and CRDs
+    (apiextensions-apiserver customresource/strategy.go, customresourcedefinition/strategy.go;
+    generic registry store.go Update: "must be specified for an update"). Built-in kinds such as
+    ConfigMaps, Secrets, Deployments take one (last write wins). A patch never needs one."""
+    if not (res.custom or res.group == "velero.io" or res == CRDS):
+        return
+    meta = body.get("metadata") if isinstance(body, dict) else None
+    if isinstance(meta, dict) and meta.get("resourceVersion"):
+        return
+    name = current["metadata"]["name"]
+    raise ApiError(
+        422,
+        "Invalid",
+        f'{current.get("kind", res.kind)}.{res.group} "{name}" is invalid: metadata.resourceVersion: '
+        "Invalid value: 0x0: must be specified for an update",
+        {
+            "name": name,
+            "group": res.group,
+            "kind": res.kind,
+            "causes": [
+                {
+                    "reason": "FieldValueInvalid",
+                    "message": "Invalid value: 0x0: must be specified for an update",
+                    "field": "metadata.resourceVersion",
+                }
+            ],
+        },
+    )
 
 
 class KubeApiServer:
@@ -251,8 +283,12 @@ class KubeApiServer:
         if method == "POST":
             if name is not None or not isinstance(body, dict):
                 raise ApiError(405, "MethodNotAllowed", "POST goes to a collection, with an object")
+            rv = str((body.get("metadata") or {}).get("resourceVersion") or "")
+            if rv.isdigit() and int(rv):  # etcd3 store.go Create: a 500, not silently dropped
+                raise ApiError(500, "", "resourceVersion should not be set on objects to be created")
             return 201, store.create(res, ns_key, body, strict=strict)
         if method == "PUT":
+            unconditional_update(res, store.get(res, ns_key, name), body)
             return 200, store.replace(res, ns_key, name, body or {}, status=sub == "status", strict=strict)
         if method == "PATCH":
             return 200, store.patch(

@@ -286,7 +286,8 @@ class ObjectStore:
         with self.lock:
             old = self.get(res, ns, name)
             if content_type:
-                new = apply_patch(old, patch, content_type, custom=res.custom or res.group == "velero.io")
+                custom = res.custom or res.group == "velero.io"
+                new = apply_patch(old, patch, content_type, custom, res.builtin)
             else:
                 new = json_patch(old, patch) if isinstance(patch, list) else merge_patch(old, patch)
             # a resourceVersion in the patch is a precondition (409 when stale), as in an update

@@ -177,7 +177,18 @@ def delete_namespace(k: Kube, name: str, timeout: float = 600, interval: float =
         # 409 Conflict: already Terminating (a second delete while its content is being removed,
         # pkg/registry/core/namespace/storage/storage.go): wait for it like for our own delete
         log.info("namespace %s is already terminating: waiting for it to go", name)
-    wait_for(lambda: not namespace_exists(k, name), timeout, interval, f"namespace {name} to terminate")
+    wait_gone(k, name, timeout, interval)
+
+
+def wait_gone(k: Kube, name: str, timeout: float = 600, interval: float = 2) -> None:
+    """Until namespace `name` is gone. A deleted namespace stays Terminating (refusing new
+    objects, re-created only as a 409) until the namespace controller has removed all it holds;
+    600 s is Velero's own wait for one (--resource-terminating-timeout)."""
+    what = (
+        f"namespace {name} to terminate (it goes once everything in it is gone: "
+        f"`kubectl get namespace {name} -o yaml` shows in status.conditions what holds it)"
+    )
+    wait_for(lambda: not namespace_exists(k, name), timeout, interval, what)
 
 
 # -- deployments (their scale: quiesce.py, its only user) ----------------------------------------------
@@ -379,6 +390,7 @@ __all__ = [
     "list_namespaces",
     "namespace_exists",
     "namespace_active",
+    "wait_gone",
     "create_namespace",
     "delete_namespace",
     "list_deployments",

@@ -58,7 +58,7 @@ def restore_named(
     made = [  # before Velero restores anything aside
         f"namespace {dest}"
         for ns in expected
-        if ensure_namespace(k, dest := options.namespace_mapping.get(ns, ns))
+        if ensure_namespace(k, dest := options.namespace_mapping.get(ns, ns), target.poll_interval_seconds)
     ]
     token = secrets.token_hex(3)
     aside = {ns: aside_name("klb-aside", token, ns) for ns in expected}
@@ -199,13 +199,17 @@ def check_named(
     return kinds, expected, uncopied
 
 
-def ensure_namespace(k: Kube, name: str) -> bool:
+def ensure_namespace(k: Kube, name: str, interval: float = 2) -> bool:
     """The destination of copied objects exists, or is made (-> True: made). The shipped flow
     account may not create namespaces (rbac.yaml; drill-namespace-policy.yaml admits
     klb-aside-*/restore-drill-* only), and could not write in a new one without a
-    klb-flow-runner-apps RoleBinding there."""
-    if kube.namespace_exists(k, name):
+    klb-flow-runner-apps RoleBinding there. A Terminating one refuses new objects and is losing
+    its own: it is waited for and made anew, as Velero does for a whole namespace."""
+    if kube.namespace_active(k, name):
         return False
+    if kube.namespace_exists(k, name):
+        log.info("namespace %s is terminating: waiting for it to go to make it anew", name)
+        kube.wait_gone(k, name, interval=interval)
     try:
         kube.create_namespace(k, name)
     except ConfigurationError as exc:
