@@ -739,6 +739,107 @@ def test_recovery_settings_a_base_backup_carries_from_its_source_never_apply(
     assert not list(ran.iterdir())  # none of the source's commands ran
 
 
+
+def _with_source_files(data: bytes, append: dict[str, str], drop: tuple[str, ...] = ()) -> bytes:
+    """The base tar with lines appended to some of its files (a file not in it is added), some
+    left out (a Debian source keeps postgresql.conf, pg_hba.conf and pg_ident.conf in /etc)."""
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(data)) as src,
+        tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as dst,
+    ):
+        for m in src.getmembers():
+            if m.name in drop:
+                continue
+            body = src.extractfile(m).read() if m.isfile() else None
+            if m.name in append:
+                body += append[m.name].encode()
+                m.size = len(body)
+            dst.addfile(m, io.BytesIO(body) if body is not None else None)
+        for name in sorted(set(append) - set(src.getnames())):
+            added = tarfile.TarInfo(name)
+            added.size, added.mode = len(append[name].encode()), 0o600
+            dst.addfile(added, io.BytesIO(append[name].encode()))
+    return out.getvalue()
+
+
+# what a production host's configuration names: its own files, directories, group and libraries,
+# none of which exists on the host a drill or a DR restore runs on
+_SOURCE_HOST_CONF = """
+ssl = on
+ssl_cert_file = '/srv/source-host/tls/server.crt'
+ssl_key_file = '/srv/source-host/tls/server.key'
+ssl_ca_file = '/srv/source-host/tls/ca.crt'
+ssl_crl_file = '/srv/source-host/tls/crl.pem'
+hba_file = '/srv/source-host/etc/pg_hba.conf'
+ident_file = '/srv/source-host/etc/pg_ident.conf'
+include_dir = '/srv/source-host/etc/conf.d'
+include '/srv/source-host/etc/tuning.conf'
+INCLUDE_IF_EXISTS = '../outside-the-data-directory.conf'
+include 'kept.conf'
+shared_preload_libraries = 'pg_stat_statements, "pg_not_installed_here"'
+session_preload_libraries = 'missing_session_lib'
+data_directory = '/srv/source-host/data'
+config_file = '/srv/source-host/etc/postgresql.conf'
+external_pid_file = '/srv/source-host/run/postgresql.pid'
+unix_socket_group = 'source-only-group'
+unix_socket_permissions = 0770
+logging_collector = on
+log_directory = '/srv/source-host/log'
+listen_addresses = '10.255.0.5'
+port = 6543
+"""
+
+
+@pytest.mark.parametrize("layout", ["in-data-directory", "debian"])
+def test_a_source_hosts_files_libraries_and_addresses_never_stop_the_recovery(
+    bench, base_tar, local_store, new_dir, layout
+):
+    """A base backup carries its source's configuration: TLS files, hba/ident files, includes,
+    preload libraries, its data directory, socket group, log directory and address, all of the
+    source host. The recovery starts anyway, on its own address, with exactly the target's data;
+    what it left out (a library not installed here, an include of the source's file) is reported."""
+    kept = {"kept.conf": "work_mem = '7MB'\n"}  # an include inside the data directory applies
+    if layout == "debian":  # postgresql.conf, pg_hba.conf, pg_ident.conf in /etc of the source
+        drop = ("postgresql.conf", "pg_hba.conf", "pg_ident.conf")
+        tar = _with_source_files(base_tar, {"postgresql.auto.conf": _SOURCE_HOST_CONF, **kept}, drop)
+    else:
+        tar = _with_source_files(base_tar, {"postgresql.conf": _SOURCE_HOST_CONF, **kept})
+    store = local_store(compression="none")
+    carried = _stored_base(store, bench, tar, pg_manifest=False)
+    goal = RecoveryTarget(kind="time", time=bench["T"])
+    result = pitr.recover(bench["target"], carried, store, goal, pitr.RestoreOptions(directory=new_dir))
+    password = bench["svc"].extra["password"]
+    assert _phases(result["port"], password) == {"before": 5, "between-1": 5, "between-2": 5}
+    with psycopg.connect(host="127.0.0.1", port=result["port"], user="postgres", password=password) as conn:
+        show = {
+            name: conn.execute(f"show {name}").fetchone()[0]
+            for name in ("ssl", "hba_file", "ident_file", "data_directory", "listen_addresses")
+            + ("shared_preload_libraries", "session_preload_libraries", "unix_socket_group")
+            + ("external_pid_file", "logging_collector", "work_mem")
+        }
+    data = str(Path(new_dir, "data"))
+    assert show == {
+        "ssl": "off",
+        "hba_file": f"{data}/pg_hba.conf",
+        "ident_file": f"{data}/pg_ident.conf",
+        "data_directory": data,
+        "listen_addresses": "127.0.0.1",
+        "shared_preload_libraries": "pg_stat_statements",  # installed here: kept
+        "session_preload_libraries": "",
+        "unix_socket_group": "",
+        "external_pid_file": "",
+        "logging_collector": "off",
+        "work_mem": "7MB",
+    }
+    warnings = "\n".join(result["warnings"])
+    assert "pg_not_installed_here" in warnings and "missing_session_lib" in warnings
+    assert "install it" in warnings
+    assert "/srv/source-host/etc/conf.d" in warnings and "/srv/source-host/etc/tuning.conf" in warnings
+    assert "outside-the-data-directory.conf" in warnings
+    assert "pg_stat_statements" not in warnings
+
+
 def test_a_restore_point_not_in_the_archive_is_not_found(bench, new_dir):
     """A name no pg_create_restore_point made (a typo, another server's): NotFound naming it, not
     a recovery reported done, and nothing left behind."""

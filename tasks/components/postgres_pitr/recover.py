@@ -31,6 +31,13 @@ from tasks.components.postgres_pitr.engines import (
     server_env,
     write_credentials_file,
 )
+from tasks.components.postgres_pitr.hostconf import (
+    append_settings,
+    check_libraries,
+    drop_foreign_includes,
+    ensure_auth_files,
+    host_settings,
+)
 from tasks.components.postgres_pitr.instance import (
     CREDENTIALS,
     STATE_FILE,
@@ -225,19 +232,27 @@ def recover(
         )
         if manifest.engine.get("pg_manifest"):
             run([*runas, str(bindir / "pg_verifybackup"), str(data)], timeout=options.timeout_seconds)
+        # after verification (it checks these files): the source host's files are not here
+        warnings = drop_foreign_includes(data) + ensure_auth_files(data, user if runas else None)
         write_credentials_file(target, creds, user if runas else None)
         command = spool.enter_context(
             wal_spool(
                 engine, target, root, creds, manifest.engine.get("first_segment"), user if runas else None
             )
         )
-        write_recovery_conf(data, recovery_settings(goal, command, port, sock, options.shared_buffers, major))
+        settings = recovery_settings(goal, command, port, sock, options.shared_buffers, major)
+        write_recovery_conf(data, {**settings, **host_settings(data, major)})
         (data / "standby.signal").unlink(missing_ok=True)
         (data / "recovery.signal").touch()
         log.touch()
         if runas:
             for p in (data / "postgresql.conf", data / "postgresql.auto.conf", data / "recovery.signal", log):
                 shutil.chown(p, user)
+        libraries, missing = check_libraries(bindir, data, user)
+        append_settings(data, libraries)
+        warnings += missing
+        for warning in warnings:
+            log_.warning("PITR instance: %s", warning)
         state_file = {
             "backup_id": manifest.id,
             "goal": goal.model_dump(mode="json"),
@@ -299,5 +314,6 @@ def recover(
         "stopped_at": stop[-1] if stop else "end of archived WAL",
         "paused_for_promotion": goal.kind != "latest",
         "wal_restored": restore_report(root),
+        "warnings": warnings,
         **state,
     }
