@@ -406,6 +406,36 @@ def test_malformed_and_naive_targets_are_refused(prefect_server, bench, new_dir,
     assert not Path(new_dir).exists()
 
 
+@pytest.mark.parametrize("value", [1733000000, 1733000000.5, 1733000000000, 0, True, "1733000000", "1.7e9"])
+def test_a_number_for_a_time_is_refused_never_read_as_a_unix_time(prefect_server, new_dir, value):
+    """JSON 1733000000 (the form, the API, restore options) was read by pydantic as a Unix time
+    (0: no target at all, so 'latest') before the strict parser saw it: refused, saying how to
+    write a time, through the flow's parameters and through RestoreOptions alike."""
+    from flows.pitr import pitr_postgres
+    from tasks.verbs import restore_options
+
+    with pytest.raises(BadInput, match="is a number, not a time.*write it as text, YYYY-MM-DDTHH:MM"):
+        pitr_postgres(value, new_dir)
+    options = restore_options("postgres-pitr", {"directory": new_dir, "target_time": value})
+    with pytest.raises(BadInput, match="is a number, not a time"):
+        pitr.goal_of(options)
+    with pytest.raises(BadInput, match="is a number, not a time"):
+        parse_target(value)
+    assert not Path(new_dir).exists()
+
+
+def test_the_target_time_form_field_is_text_or_a_date_time_never_a_number():
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.pitr import pitr_kubernetes, pitr_postgres
+
+    for flow_ in (pitr_postgres, pitr_kubernetes):
+        field = parameter_schema(flow_.fn).model_dump()["properties"]["target_time"]
+        types = {option.get("type") for option in field.get("anyOf", [field])}
+        assert types <= {"string", "null"} and "string" in types, field
+        assert "time zone" in field["description"] or "timezone" in field["description"]
+
+
 @pytest.mark.parametrize("lsn", ["0x0/0x3000060", "0/1_0000", "-0/3000060", "0/1FFFFFFFF", "0/ 3000060"])
 def test_lsns_are_read_strictly(prefect_server, bench, new_dir, lsn):
     """int(x, 16) reads each of these as some LSN: the target would be another position."""
@@ -737,7 +767,6 @@ def test_recovery_settings_a_base_backup_carries_from_its_source_never_apply(
     assert applied["archive_command"] == applied["recovery_end_command"] == applied["primary_conninfo"] == ""
     assert applied["recovery_target_action"] == "pause" and applied["recovery_target_inclusive"] == "on"
     assert not list(ran.iterdir())  # none of the source's commands ran
-
 
 
 def _with_source_files(data: bytes, append: dict[str, str], drop: tuple[str, ...] = ()) -> bytes:

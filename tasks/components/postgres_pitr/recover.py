@@ -49,7 +49,7 @@ from tasks.components.postgres_pitr.instance import (
 from tasks.components.postgres_pitr.prefetch import restore_report, wal_spool
 from tasks.components.postgres_pitr.server import _row, connect, pg_bindir
 from tasks.components.postgres_pitr.settings import recovery_settings, write_recovery_conf
-from tasks.components.postgres_pitr.targets import RecoveryTarget
+from tasks.components.postgres_pitr.targets import RecoveryTarget, TargetTime
 from tasks.errors import (
     BadInput,
     ComponentFailed,
@@ -68,7 +68,10 @@ NOT_REACHED = "recovery ended before configured recovery target was reached"
 
 class RestoreOptions(StrictOptions):
     directory: str = Field(description="NEW directory for the recovered instance (absent or empty)")
-    target_time: datetime | str | None = Field(default=None, description="aware time or 'latest' (default)")
+    target_time: TargetTime | None = Field(
+        default=None,
+        description="aware time (text: 2026-01-15T14:30:00Z, never a number) or 'latest' (default)",
+    )
     target_lsn: str | None = None
     target_name: str | None = None
     port: int | None = Field(
