@@ -1151,6 +1151,47 @@ def test_ambient_s3_keys_reach_the_prefetcher_through_the_credentials_file_not_t
     assert oct(Path(new_dir, "aws-credentials").stat().st_mode & 0o777) == "0o600"
 
 
+def test_the_pods_own_identity_reaches_the_prefetcher_as_paths_never_secrets(
+    bench, moto, tmp_path, monkeypatch
+):
+    """No keys on the block nor in the worker: the pod's identity (IRSA: a web identity token file
+    and a role; EKS Pod Identity: a token file) is what fetches WAL. The prefetcher got none of it,
+    so every segment fell back to one process each. It now gets the paths and names the recovering
+    server keeps (here moto's STS exchanges the token), never a token or password value."""
+    token, secret = tmp_path / "token", "never-" + secrets.token_hex(12)
+    token.write_text("eyJ-web-identity-" + secret)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    identity = {
+        "AWS_WEB_IDENTITY_TOKEN_FILE": str(token),
+        "AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/klb-pitr",
+        "AWS_ROLE_SESSION_NAME": "klb-pitr",
+        "AWS_ENDPOINT_URL_STS": moto.url,
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": str(tmp_path / "pod-identity-token"),
+    }
+    for name, value in identity.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN", "pod-" + secret)
+    monkeypatch.setenv("PGPASSWORD", "pw-" + secret)
+    target = bench["target"].model_copy(update={"aws_access_key_id": None, "aws_secret_access_key": None})
+    root = tmp_path / "pitr"
+    root.mkdir()
+    creds = write_credentials_file(target, root / "aws-credentials", None)
+    first = bench["base"].engine["first_segment"]
+    with prefetch.wal_spool(BarmanCloud(), target, root, creds, first, None) as command:
+        spool = root / "wal-spool"
+        environ = dict(
+            item.split(b"=", 1) for item in _environ(_fetcher_pid(spool)).split(b"\0") if b"=" in item
+        )
+        assert (spool / prefetch.PLAN).exists(), (root / "wal-fetcher.log").read_text()
+        services.wait_until(lambda: (spool / first).exists(), 30, "the first segment spooled")
+        _ask(command, first, tmp_path / "first")
+    assert secret.encode() not in b"".join(environ.values())
+    assert {k: environ[k.encode()].decode() for k in identity if k.encode() in environ} == identity
+    assert environ[b"AWS_SHARED_CREDENTIALS_FILE"] == str(creds).encode()
+    assert (root / prefetch.RESTORE_LOG).read_text().split("\n")[0] == f"spool {first}"
+
+
 # ---- secrets ----------------------------------------------------------------------------------
 
 _RECORDER = """#!/bin/sh
