@@ -785,7 +785,7 @@ def _with_source_files(data: bytes, append: dict[str, str], drop: tuple[str, ...
                 body += append[m.name].encode()
                 m.size = len(body)
             dst.addfile(m, io.BytesIO(body) if body is not None else None)
-        for name in sorted(set(append) - set(src.getnames())):
+        for name in sorted(set(append) - (set(src.getnames()) - set(drop))):
             added = tarfile.TarInfo(name)
             added.size, added.mode = len(append[name].encode()), 0o600
             dst.addfile(added, io.BytesIO(append[name].encode()))
@@ -826,18 +826,33 @@ def test_a_source_hosts_files_libraries_and_addresses_never_stop_the_recovery(
 ):
     """A base backup carries its source's configuration: TLS files, hba/ident files, includes,
     preload libraries, its data directory, socket group, log directory and address, all of the
-    source host. The recovery starts anyway, on its own address, with exactly the target's data;
-    what it left out (a library not installed here, an include of the source's file) is reported."""
+    source host; a hostssl-only pg_hba.conf and a block whose sslmode is 'require'. The recovery
+    starts and is reached anyway, on its own address, with exactly the target's data (and the
+    source's pg_hba.conf as backed up); what it left out (a library not installed here, an include
+    of the source's file) is reported."""
     kept = {"kept.conf": "work_mem = '7MB'\n"}  # an include inside the data directory applies
     if layout == "debian":  # postgresql.conf, pg_hba.conf, pg_ident.conf in /etc of the source
         drop = ("postgresql.conf", "pg_hba.conf", "pg_ident.conf")
         tar = _with_source_files(base_tar, {"postgresql.auto.conf": _SOURCE_HOST_CONF, **kept}, drop)
-    else:
-        tar = _with_source_files(base_tar, {"postgresql.conf": _SOURCE_HOST_CONF, **kept})
+    else:  # and TLS-only client authentication, which a loopback instance without TLS never matches
+        hba = {"pg_hba.conf": "hostssl all all 0.0.0.0/0 scram-sha-256\nlocal all all peer\n"}
+        tar = _with_source_files(
+            base_tar, {"postgresql.conf": _SOURCE_HOST_CONF, **kept, **hba}, drop=tuple(hba)
+        )
     store = local_store(compression="none")
     carried = _stored_base(store, bench, tar, pg_manifest=False)
     goal = RecoveryTarget(kind="time", time=bench["T"])
-    result = pitr.recover(bench["target"], carried, store, goal, pitr.RestoreOptions(directory=new_dir))
+    tls = bench["target"].model_copy(update={"sslmode": "require"})  # production's connection
+    options = pitr.RestoreOptions(directory=new_dir, timeout_seconds=120)
+    result = pitr.recover(tls, carried, store, goal, options)
+    with tarfile.open(fileobj=io.BytesIO(tar)) as backed_up:  # the data directory's, as backed up
+        names = backed_up.getnames()
+        for name in ("pg_hba.conf", "pg_ident.conf"):
+            there = Path(new_dir, "data", name)
+            if name in names:
+                assert there.read_bytes() == backed_up.extractfile(name).read()
+            else:
+                assert not there.exists()
     password = bench["svc"].extra["password"]
     assert _phases(result["port"], password) == {"before": 5, "between-1": 5, "between-2": 5}
     with psycopg.connect(host="127.0.0.1", port=result["port"], user="postgres", password=password) as conn:
@@ -850,8 +865,8 @@ def test_a_source_hosts_files_libraries_and_addresses_never_stop_the_recovery(
     data = str(Path(new_dir, "data"))
     assert show == {
         "ssl": "off",
-        "hba_file": f"{data}/pg_hba.conf",
-        "ident_file": f"{data}/pg_ident.conf",
+        "hba_file": f"{new_dir}/pg_hba.conf",  # the recovery's own: loopback, password
+        "ident_file": f"{new_dir}/pg_ident.conf",
         "data_directory": data,
         "listen_addresses": "127.0.0.1",
         "shared_preload_libraries": "pg_stat_statements",  # installed here: kept

@@ -4,8 +4,8 @@ A base backup carries its source's postgresql.conf / postgresql.auto.conf. What 
 source HOST (TLS certificates, hba/ident files, include files and directories, its data directory,
 pid file, socket group, log directory, preload libraries) is not on the host a drill or a DR
 restore runs on, and the recovery instance would not start there (or, on the source's own host,
-would read production's files). Here each is pointed at the recovered data directory, turned off,
-or left out with a warning in the recovery's result. Data is untouched: this is configuration only.
+would read production's files). Here each is pointed at the recovery's own (its directory), turned
+off, or left out with a warning in the recovery's result. Data is untouched: this is configuration only.
 
 shared_preload_libraries (and session_/local_preload_libraries, which fail every connection): a
 library installed on this host is kept, a missing one is dropped with a warning naming it. WAL
@@ -37,20 +37,22 @@ _INCLUDE = re.compile(
 _LOCATION = re.compile(r"^\s*(data_directory|config_file)\s*=?", re.IGNORECASE)
 _LIBRARIES = ("shared_preload_libraries", "session_preload_libraries", "local_preload_libraries")
 
-# a data directory without its own pg_hba.conf (Debian keeps it in /etc): password logins on
-# loopback only, the socket for the OS user that owns the instance. md5 accepts SCRAM secrets too.
-_HBA = """# knative-lambda-backup PITR: the base backup had no pg_hba.conf (its source kept it elsewhere)
+# the recovery's own client authentication, in the instance directory (the data directory's
+# pg_hba.conf stays as backed up): the source's is for its network and may be hostssl-only, which a
+# loopback instance without TLS never matches. Password logins on loopback (md5 accepts SCRAM
+# secrets too), the socket for the OS user that owns the instance.
+_HBA = """# knative-lambda-backup PITR: this recovered instance's own; the source's is data/pg_hba.conf
 local all all peer
 host all all 127.0.0.1/32 md5
 """
 
 
-def host_settings(data: Path, major: int) -> dict[str, str]:
+def host_settings(root: Path, major: int) -> dict[str, str]:
     """Settings that would name the source host's files, group or log place, given this host's
     (data_directory is not one: it decides where postgresql.auto.conf is, see _LOCATION)."""
     conf = {
-        "hba_file": conf_quote(str(data / "pg_hba.conf")),
-        "ident_file": conf_quote(str(data / "pg_ident.conf")),
+        "hba_file": conf_quote(str(root / "pg_hba.conf")),
+        "ident_file": conf_quote(str(root / "pg_ident.conf")),
         "external_pid_file": "''",
         # loopback only: TLS would need the source's certificate and key files
         "ssl": "off",
@@ -109,22 +111,13 @@ def drop_foreign_includes(data: Path) -> list[str]:
     return warnings
 
 
-def ensure_auth_files(data: Path, user: str | None) -> list[str]:
-    """pg_hba.conf and pg_ident.conf in the data directory, which hba_file/ident_file now name."""
-    warnings = []
-    if not (data / "pg_hba.conf").exists():
-        (data / "pg_hba.conf").write_text(_HBA)
-        warnings.append(
-            "the base backup has no pg_hba.conf (the source kept it outside its data directory): the "
-            "recovered instance accepts password logins on 127.0.0.1 only"
-        )
-    if not (data / "pg_ident.conf").exists():
-        (data / "pg_ident.conf").write_text("")
-    for name in ("pg_hba.conf", "pg_ident.conf"):
-        (data / name).chmod(0o600)
+def write_auth_files(root: Path, user: str | None) -> None:
+    """The recovery's own pg_hba.conf and (empty) pg_ident.conf, which hba_file/ident_file name."""
+    for name, text in (("pg_hba.conf", _HBA), ("pg_ident.conf", "")):
+        (root / name).write_text(text)
+        (root / name).chmod(0o600)
         if user:
-            shutil.chown(data / name, user)
-    return warnings
+            shutil.chown(root / name, user)
 
 
 def _split(value: str) -> list[str]:

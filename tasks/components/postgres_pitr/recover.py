@@ -35,8 +35,8 @@ from tasks.components.postgres_pitr.hostconf import (
     append_settings,
     check_libraries,
     drop_foreign_includes,
-    ensure_auth_files,
     host_settings,
+    write_auth_files,
 )
 from tasks.components.postgres_pitr.instance import (
     CREDENTIALS,
@@ -236,7 +236,8 @@ def recover(
         if manifest.engine.get("pg_manifest"):
             run([*runas, str(bindir / "pg_verifybackup"), str(data)], timeout=options.timeout_seconds)
         # after verification (it checks these files): the source host's files are not here
-        warnings = drop_foreign_includes(data) + ensure_auth_files(data, user if runas else None)
+        warnings = drop_foreign_includes(data)
+        write_auth_files(root, user if runas else None)
         write_credentials_file(target, creds, user if runas else None)
         command = spool.enter_context(
             wal_spool(
@@ -244,7 +245,7 @@ def recover(
             )
         )
         settings = recovery_settings(goal, command, port, sock, options.shared_buffers, major)
-        write_recovery_conf(data, {**settings, **host_settings(data, major)})
+        write_recovery_conf(data, {**settings, **host_settings(root, major)})
         (data / "standby.signal").unlink(missing_ok=True)
         (data / "recovery.signal").touch()
         log.touch()
