@@ -20,7 +20,7 @@ from blocks.pitr import PitrTarget
 from blocks.store import StoreBlock
 from flows.common import PitrRef, StoreRef, TargetRef, VeleroRef, load_store
 from tasks.components import postgres_pitr as pitr
-from tasks.components.postgres_pitr.targets import parse_target
+from tasks.components.postgres_pitr.targets import TargetTime, parse_target
 from tasks.components.postgres_pitr.window import ArchiveReport
 from tasks.components.registry import load_target
 from tasks.errors import BadInput, ConfigurationError
@@ -118,7 +118,7 @@ def recover_task(target, manifest, store, goal, options) -> dict[str, Any]:
 
 @flow(name="pitr-postgres")
 def pitr_postgres(
-    target_time: datetime | str | None,
+    target_time: TargetTime | None,
     directory: str | None = None,
     target: PitrRef = None,
     store: StoreRef = None,
@@ -199,7 +199,7 @@ def promote_pitr(directory: str, target: PitrRef = None) -> dict[str, Any]:
 
 @flow(name="pitr-kubernetes")
 def pitr_kubernetes(
-    target_time: datetime,
+    target_time: TargetTime,
     target: VeleroRef = None,
     store: StoreRef = None,
     options: dict[str, Any] | None = None,

@@ -406,6 +406,36 @@ def test_malformed_and_naive_targets_are_refused(prefect_server, bench, new_dir,
     assert not Path(new_dir).exists()
 
 
+@pytest.mark.parametrize("value", [1733000000, 1733000000.5, 1733000000000, 0, True, "1733000000", "1.7e9"])
+def test_a_number_for_a_time_is_refused_never_read_as_a_unix_time(prefect_server, new_dir, value):
+    """JSON 1733000000 (the form, the API, restore options) was read by pydantic as a Unix time
+    (0: no target at all, so 'latest') before the strict parser saw it: refused, saying how to
+    write a time, through the flow's parameters and through RestoreOptions alike."""
+    from flows.pitr import pitr_postgres
+    from tasks.verbs import restore_options
+
+    with pytest.raises(BadInput, match="is a number, not a time.*write it as text, YYYY-MM-DDTHH:MM"):
+        pitr_postgres(value, new_dir)
+    options = restore_options("postgres-pitr", {"directory": new_dir, "target_time": value})
+    with pytest.raises(BadInput, match="is a number, not a time"):
+        pitr.goal_of(options)
+    with pytest.raises(BadInput, match="is a number, not a time"):
+        parse_target(value)
+    assert not Path(new_dir).exists()
+
+
+def test_the_target_time_form_field_is_text_or_a_date_time_never_a_number():
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.pitr import pitr_kubernetes, pitr_postgres
+
+    for flow_ in (pitr_postgres, pitr_kubernetes):
+        field = parameter_schema(flow_.fn).model_dump()["properties"]["target_time"]
+        types = {option.get("type") for option in field.get("anyOf", [field])}
+        assert types <= {"string", "null"} and "string" in types, field
+        assert "time zone" in field["description"] or "timezone" in field["description"]
+
+
 @pytest.mark.parametrize("lsn", ["0x0/0x3000060", "0/1_0000", "-0/3000060", "0/1FFFFFFFF", "0/ 3000060"])
 def test_lsns_are_read_strictly(prefect_server, bench, new_dir, lsn):
     """int(x, 16) reads each of these as some LSN: the target would be another position."""
@@ -739,6 +769,121 @@ def test_recovery_settings_a_base_backup_carries_from_its_source_never_apply(
     assert not list(ran.iterdir())  # none of the source's commands ran
 
 
+def _with_source_files(data: bytes, append: dict[str, str], drop: tuple[str, ...] = ()) -> bytes:
+    """The base tar with lines appended to some of its files (a file not in it is added), some
+    left out (a Debian source keeps postgresql.conf, pg_hba.conf and pg_ident.conf in /etc)."""
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(data)) as src,
+        tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as dst,
+    ):
+        for m in src.getmembers():
+            if m.name in drop:
+                continue
+            body = src.extractfile(m).read() if m.isfile() else None
+            if m.name in append:
+                body += append[m.name].encode()
+                m.size = len(body)
+            dst.addfile(m, io.BytesIO(body) if body is not None else None)
+        for name in sorted(set(append) - (set(src.getnames()) - set(drop))):
+            added = tarfile.TarInfo(name)
+            added.size, added.mode = len(append[name].encode()), 0o600
+            dst.addfile(added, io.BytesIO(append[name].encode()))
+    return out.getvalue()
+
+
+# what a production host's configuration names: its own files, directories, group and libraries,
+# none of which exists on the host a drill or a DR restore runs on
+_SOURCE_HOST_CONF = """
+ssl = on
+ssl_cert_file = '/srv/source-host/tls/server.crt'
+ssl_key_file = '/srv/source-host/tls/server.key'
+ssl_ca_file = '/srv/source-host/tls/ca.crt'
+ssl_crl_file = '/srv/source-host/tls/crl.pem'
+hba_file = '/srv/source-host/etc/pg_hba.conf'
+ident_file = '/srv/source-host/etc/pg_ident.conf'
+include_dir = '/srv/source-host/etc/conf.d'
+include '/srv/source-host/etc/tuning.conf'
+INCLUDE_IF_EXISTS = '../outside-the-data-directory.conf'
+include 'kept.conf'
+shared_preload_libraries = 'pg_stat_statements, "pg_not_installed_here"'
+session_preload_libraries = 'missing_session_lib'
+data_directory = '/srv/source-host/data'
+config_file = '/srv/source-host/etc/postgresql.conf'
+external_pid_file = '/srv/source-host/run/postgresql.pid'
+unix_socket_group = 'source-only-group'
+unix_socket_permissions = 0770
+logging_collector = on
+log_directory = '/srv/source-host/log'
+listen_addresses = '10.255.0.5'
+port = 6543
+"""
+
+
+@pytest.mark.parametrize("layout", ["in-data-directory", "debian"])
+def test_a_source_hosts_files_libraries_and_addresses_never_stop_the_recovery(
+    bench, base_tar, local_store, new_dir, layout
+):
+    """A base backup carries its source's configuration: TLS files, hba/ident files, includes,
+    preload libraries, its data directory, socket group, log directory and address, all of the
+    source host; a hostssl-only pg_hba.conf and a block whose sslmode is 'require'. The recovery
+    starts and is reached anyway, on its own address, with exactly the target's data (and the
+    source's pg_hba.conf as backed up); what it left out (a library not installed here, an include
+    of the source's file) is reported."""
+    kept = {"kept.conf": "work_mem = '7MB'\n"}  # an include inside the data directory applies
+    if layout == "debian":  # postgresql.conf, pg_hba.conf, pg_ident.conf in /etc of the source
+        drop = ("postgresql.conf", "pg_hba.conf", "pg_ident.conf")
+        tar = _with_source_files(base_tar, {"postgresql.auto.conf": _SOURCE_HOST_CONF, **kept}, drop)
+    else:  # and TLS-only client authentication, which a loopback instance without TLS never matches
+        hba = {"pg_hba.conf": "hostssl all all 0.0.0.0/0 scram-sha-256\nlocal all all peer\n"}
+        tar = _with_source_files(
+            base_tar, {"postgresql.conf": _SOURCE_HOST_CONF, **kept, **hba}, drop=tuple(hba)
+        )
+    store = local_store(compression="none")
+    carried = _stored_base(store, bench, tar, pg_manifest=False)
+    goal = RecoveryTarget(kind="time", time=bench["T"])
+    tls = bench["target"].model_copy(update={"sslmode": "require"})  # production's connection
+    options = pitr.RestoreOptions(directory=new_dir, timeout_seconds=120)
+    result = pitr.recover(tls, carried, store, goal, options)
+    with tarfile.open(fileobj=io.BytesIO(tar)) as backed_up:  # the data directory's, as backed up
+        names = backed_up.getnames()
+        for name in ("pg_hba.conf", "pg_ident.conf"):
+            there = Path(new_dir, "data", name)
+            if name in names:
+                assert there.read_bytes() == backed_up.extractfile(name).read()
+            else:
+                assert not there.exists()
+    password = bench["svc"].extra["password"]
+    assert _phases(result["port"], password) == {"before": 5, "between-1": 5, "between-2": 5}
+    with psycopg.connect(host="127.0.0.1", port=result["port"], user="postgres", password=password) as conn:
+        show = {
+            name: conn.execute(f"show {name}").fetchone()[0]
+            for name in ("ssl", "hba_file", "ident_file", "data_directory", "listen_addresses")
+            + ("shared_preload_libraries", "session_preload_libraries", "unix_socket_group")
+            + ("external_pid_file", "logging_collector", "work_mem")
+        }
+    data = str(Path(new_dir, "data"))
+    assert show == {
+        "ssl": "off",
+        "hba_file": f"{new_dir}/pg_hba.conf",  # the recovery's own: loopback, password
+        "ident_file": f"{new_dir}/pg_ident.conf",
+        "data_directory": data,
+        "listen_addresses": "127.0.0.1",
+        "shared_preload_libraries": "pg_stat_statements",  # installed here: kept
+        "session_preload_libraries": "",
+        "unix_socket_group": "",
+        "external_pid_file": "",
+        "logging_collector": "off",
+        "work_mem": "7MB",
+    }
+    warnings = "\n".join(result["warnings"])
+    assert "pg_not_installed_here" in warnings and "missing_session_lib" in warnings
+    assert "install it" in warnings
+    assert "/srv/source-host/etc/conf.d" in warnings and "/srv/source-host/etc/tuning.conf" in warnings
+    assert "outside-the-data-directory.conf" in warnings
+    assert "pg_stat_statements" not in warnings
+
+
 def test_a_restore_point_not_in_the_archive_is_not_found(bench, new_dir):
     """A name no pg_create_restore_point made (a typo, another server's): NotFound naming it, not
     a recovery reported done, and nothing left behind."""
@@ -1019,6 +1164,47 @@ def test_ambient_s3_keys_reach_the_prefetcher_through_the_credentials_file_not_t
     pid = int(Path(new_dir, "data", "postmaster.pid").read_text().split()[0])
     assert key.encode() not in _environ(pid)
     assert oct(Path(new_dir, "aws-credentials").stat().st_mode & 0o777) == "0o600"
+
+
+def test_the_pods_own_identity_reaches_the_prefetcher_as_paths_never_secrets(
+    bench, moto, tmp_path, monkeypatch
+):
+    """No keys on the block nor in the worker: the pod's identity (IRSA: a web identity token file
+    and a role; EKS Pod Identity: a token file) is what fetches WAL. The prefetcher got none of it,
+    so every segment fell back to one process each. It now gets the paths and names the recovering
+    server keeps (here moto's STS exchanges the token), never a token or password value."""
+    token, secret = tmp_path / "token", "never-" + secrets.token_hex(12)
+    token.write_text("eyJ-web-identity-" + secret)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    identity = {
+        "AWS_WEB_IDENTITY_TOKEN_FILE": str(token),
+        "AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/klb-pitr",
+        "AWS_ROLE_SESSION_NAME": "klb-pitr",
+        "AWS_ENDPOINT_URL_STS": moto.url,
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": str(tmp_path / "pod-identity-token"),
+    }
+    for name, value in identity.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN", "pod-" + secret)
+    monkeypatch.setenv("PGPASSWORD", "pw-" + secret)
+    target = bench["target"].model_copy(update={"aws_access_key_id": None, "aws_secret_access_key": None})
+    root = tmp_path / "pitr"
+    root.mkdir()
+    creds = write_credentials_file(target, root / "aws-credentials", None)
+    first = bench["base"].engine["first_segment"]
+    with prefetch.wal_spool(BarmanCloud(), target, root, creds, first, None) as command:
+        spool = root / "wal-spool"
+        environ = dict(
+            item.split(b"=", 1) for item in _environ(_fetcher_pid(spool)).split(b"\0") if b"=" in item
+        )
+        assert (spool / prefetch.PLAN).exists(), (root / "wal-fetcher.log").read_text()
+        services.wait_until(lambda: (spool / first).exists(), 30, "the first segment spooled")
+        _ask(command, first, tmp_path / "first")
+    assert secret.encode() not in b"".join(environ.values())
+    assert {k: environ[k.encode()].decode() for k in identity if k.encode() in environ} == identity
+    assert environ[b"AWS_SHARED_CREDENTIALS_FILE"] == str(creds).encode()
+    assert (root / prefetch.RESTORE_LOG).read_text().split("\n")[0] == f"spool {first}"
 
 
 # ---- secrets ----------------------------------------------------------------------------------

@@ -58,6 +58,15 @@ def test_naive_target_is_refused(prefect_server, k8s_store):
         pitr_kubernetes(now.replace(tzinfo=None), store=store, dry_run=True)
 
 
+@pytest.mark.parametrize("value", [1733000000, 1733000000.0, "1733000000"])
+def test_a_number_for_a_time_is_refused_never_read_as_a_unix_time(prefect_server, k8s_store, value):
+    from flows.pitr import pitr_kubernetes
+
+    store, _, _ = k8s_store
+    with pytest.raises(BadInput, match="is a number, not a time.*YYYY-MM-DDTHH:MM"):
+        pitr_kubernetes(value, store=store, dry_run=True)
+
+
 @pytest.mark.parametrize("fs_backup", [False, True], ids=["snapshots", "fs"])
 def test_restores_the_cluster_as_of_the_target_through_velero(
     prefect_server, kube_api, local_store, fs_backup

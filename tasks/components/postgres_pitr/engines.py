@@ -228,6 +228,17 @@ def server_env(target: PitrTarget) -> dict[str, str | None]:
     return {**inherited_secrets(keep), **({"AWS_PROFILE": None} if _keys(target) else {})}
 
 
+def ambient_identity(target: PitrTarget) -> dict[str, str]:
+    """Without keys to write, the AWS_* settings of the pod's own identity that the recovering
+    server keeps (server_env): IRSA's token file path and role, EKS Pod Identity's token file and
+    URI, region, endpoints. For a process started with an environment of its own (the prefetcher):
+    names and paths only, never a secret-looking variable's value."""
+    if _keys(target):
+        return {}
+    removed = server_env(target)
+    return {n: v for n, v in os.environ.items() if n.startswith("AWS_") and n not in removed}
+
+
 def write_credentials_file(target: PitrTarget, path: Path, owner: str | None) -> Path:
     """An AWS shared-credentials file readable only by the server's OS user."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from blocks.pitr import PitrTarget
-from tasks.components.postgres_pitr.engines import BarmanCloud
+from tasks.components.postgres_pitr.engines import BarmanCloud, ambient_identity
 
 log = logging.getLogger(__name__)
 AHEAD = 8  # segments fetched ahead of replay (16 MiB each by default)
@@ -145,6 +145,8 @@ def wal_spool(
         shutil.chown(script, owner)
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        # no keys anywhere: the pod's identity (IRSA, EKS Pod Identity), as the server has it
+        **ambient_identity(target),
         "AWS_SHARED_CREDENTIALS_FILE": str(credentials),  # no secret in the environment
         **({"AWS_DEFAULT_REGION": target.region} if target.region else {}),
     }

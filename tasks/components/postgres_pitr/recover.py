@@ -31,6 +31,13 @@ from tasks.components.postgres_pitr.engines import (
     server_env,
     write_credentials_file,
 )
+from tasks.components.postgres_pitr.hostconf import (
+    append_settings,
+    check_libraries,
+    drop_foreign_includes,
+    host_settings,
+    write_auth_files,
+)
 from tasks.components.postgres_pitr.instance import (
     CREDENTIALS,
     STATE_FILE,
@@ -42,7 +49,7 @@ from tasks.components.postgres_pitr.instance import (
 from tasks.components.postgres_pitr.prefetch import restore_report, wal_spool
 from tasks.components.postgres_pitr.server import _row, connect, pg_bindir
 from tasks.components.postgres_pitr.settings import recovery_settings, write_recovery_conf
-from tasks.components.postgres_pitr.targets import RecoveryTarget
+from tasks.components.postgres_pitr.targets import RecoveryTarget, TargetTime
 from tasks.errors import (
     BadInput,
     ComponentFailed,
@@ -61,7 +68,10 @@ NOT_REACHED = "recovery ended before configured recovery target was reached"
 
 class RestoreOptions(StrictOptions):
     directory: str = Field(description="NEW directory for the recovered instance (absent or empty)")
-    target_time: datetime | str | None = Field(default=None, description="aware time or 'latest' (default)")
+    target_time: TargetTime | None = Field(
+        default=None,
+        description="aware time (text: 2026-01-15T14:30:00Z, never a number) or 'latest' (default)",
+    )
     target_lsn: str | None = None
     target_name: str | None = None
     port: int | None = Field(
@@ -225,19 +235,28 @@ def recover(
         )
         if manifest.engine.get("pg_manifest"):
             run([*runas, str(bindir / "pg_verifybackup"), str(data)], timeout=options.timeout_seconds)
+        # after verification (it checks these files): the source host's files are not here
+        warnings = drop_foreign_includes(data)
+        write_auth_files(root, user if runas else None)
         write_credentials_file(target, creds, user if runas else None)
         command = spool.enter_context(
             wal_spool(
                 engine, target, root, creds, manifest.engine.get("first_segment"), user if runas else None
             )
         )
-        write_recovery_conf(data, recovery_settings(goal, command, port, sock, options.shared_buffers, major))
+        settings = recovery_settings(goal, command, port, sock, options.shared_buffers, major)
+        write_recovery_conf(data, {**settings, **host_settings(root, major)})
         (data / "standby.signal").unlink(missing_ok=True)
         (data / "recovery.signal").touch()
         log.touch()
         if runas:
             for p in (data / "postgresql.conf", data / "postgresql.auto.conf", data / "recovery.signal", log):
                 shutil.chown(p, user)
+        libraries, missing = check_libraries(bindir, data, user)
+        append_settings(data, libraries)
+        warnings += missing
+        for warning in warnings:
+            log_.warning("PITR instance: %s", warning)
         state_file = {
             "backup_id": manifest.id,
             "goal": goal.model_dump(mode="json"),
@@ -299,5 +318,6 @@ def recover(
         "stopped_at": stop[-1] if stop else "end of archived WAL",
         "paused_for_promotion": goal.kind != "latest",
         "wal_restored": restore_report(root),
+        "warnings": warnings,
         **state,
     }

@@ -30,7 +30,10 @@ def pg_bindir(major: int | None = None) -> Path:
 
 
 def connect(target: PitrTarget, host: str | None = None, port: int | None = None) -> psycopg.Connection:
-    """An autocommit connection to the target's `database`, or to the instance at `host`:`port`."""
+    """An autocommit connection to the target's `database`, or to the instance at `host`:`port`
+    (a recovered instance: on loopback, without TLS, whatever sslmode production needs)."""
+    if host is not None:
+        target = target.model_copy(update={"sslmode": "prefer"})
     return pg_connect(target, target.database, autocommit=True, host=host, port=port)
 
 
