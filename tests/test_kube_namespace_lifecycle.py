@@ -43,3 +43,21 @@ def test_a_deleted_namespace_terminates_refusing_new_content_and_goes_with_its_o
     assert [
         c.metadata.name for c in core.list_namespaced_config_map(ns).items if c.metadata.name == "kept"
     ] == []
+
+
+def test_a_namespace_stays_terminating_while_an_object_in_it_keeps_its_finalizer(kube_api, ctl):
+    """The namespace controller deletes each object as a client would: one with a finalizer is
+    only marked (deletionTimestamp), and the namespace goes only when nothing is left in it
+    (pkg/controller/namespace/deletion: NamespaceFinalizersRemaining). The emulator removed the
+    namespace with everything in it, finalizers or not."""
+    ns = "held-" + secrets.token_hex(3)
+    ctl.seed_namespace(ns)
+    core = k8s(kube_api).core
+    core.create_namespaced_config_map(ns, {"metadata": {"name": "held", "finalizers": ["example.com/hold"]}})
+    core.create_namespaced_config_map(ns, {"metadata": {"name": "free"}})
+    core.delete_namespace(ns)
+    ctl.settle(lambda: core.read_namespaced_config_map("held", ns).metadata.deletion_timestamp is not None)
+    ctl.settle(lambda: "free" not in [c.metadata.name for c in core.list_namespaced_config_map(ns).items])
+    assert core.read_namespace(ns).status.phase == "Terminating"
+    core.patch_namespaced_config_map("held", ns, {"metadata": {"finalizers": None}})
+    ctl.settle(lambda: ns not in [n.metadata.name for n in core.list_namespace().items])

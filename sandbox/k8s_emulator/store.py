@@ -101,7 +101,8 @@ class ObjectStore:
         self.objects: dict[tuple[Resource, str, str], dict[str, Any]] = {}
         self.revision = 1
         self.namespace_termination_seconds = 0.0
-        self.terminating: dict[str, float] = {}  # namespace -> when it is finally removed
+        self.terminating: dict[str, float] = {}  # namespace -> when its content starts to go
+        self.finalizing: set[str] = set()  # those whose content is being deleted
         self.created: list[tuple[str, str, str, dict]] = []  # (plural, ns, name, labels) of every create
         self.on_remove: list = []  # callbacks(res, ns, name, obj) when an object is really gone
         self.on_create: list = []  # callbacks(res, ns, obj) after a create, under the lock
@@ -113,6 +114,7 @@ class ObjectStore:
         with self.lock:
             self.objects.clear()
             self.terminating.clear()
+            self.finalizing.clear()
             self.created.clear()
             self.services = ServiceAllocator()
             self.crd_fields = copy.deepcopy(VELERO_FIELDS)
@@ -349,15 +351,27 @@ class ObjectStore:
         """Changes the controllers must see: every write bumps the revision or the object count,
         and a Terminating namespace whose time has come is due for removal."""
         now = time.monotonic()
-        return self.revision, len(self.objects), any(due <= now for due in self.terminating.values())
+        due = any(t <= now and n not in self.finalizing for n, t in self.terminating.items())
+        return self.revision, len(self.objects), due
 
     def finalize_namespaces(self) -> None:
-        """Remove the namespaces whose termination time has come (called by the controller loop)."""
+        """The namespace controller's `kubernetes` finalizer (pkg/controller/namespace/deletion),
+        run by the controller loop: each object in a namespace whose time has come is deleted as
+        by a client (finalizers hold it, pods terminate); the namespace goes once it is empty."""
         with self.lock:
             for name, due in list(self.terminating.items()):
-                if time.monotonic() >= due:
+                if time.monotonic() < due:
+                    continue
+                self.finalizing.add(name)
+                content = [k for k in self.objects if k[0].namespaced and k[1] == name]
+                for key in content:
+                    obj = self.objects.get(key)
+                    if obj is not None and not obj["metadata"].get("deletionTimestamp"):
+                        self.delete(*key)  # marked only: no new revision on every pass
+                if not any(k[0].namespaced and k[1] == name for k in self.objects):
                     self._remove(BY_PATH[("v1", "namespaces")], "", name)
                     del self.terminating[name]
+                    self.finalizing.discard(name)
 
 
 def defaults(res: Resource, obj: dict[str, Any], services: ServiceAllocator) -> None:
