@@ -817,6 +817,9 @@ logging_collector = on
 log_directory = '/srv/source-host/log'
 listen_addresses = '10.255.0.5'
 port = 6543
+lc_monetary = 'xx_NOT_HERE.UTF-8'
+lc_time = 'xx_NOT_HERE.UTF-8'
+timezone = 'Not/Here'
 """
 
 
@@ -860,7 +863,7 @@ def test_a_source_hosts_files_libraries_and_addresses_never_stop_the_recovery(
             name: conn.execute(f"show {name}").fetchone()[0]
             for name in ("ssl", "hba_file", "ident_file", "data_directory", "listen_addresses")
             + ("shared_preload_libraries", "session_preload_libraries", "unix_socket_group")
-            + ("external_pid_file", "logging_collector", "work_mem")
+            + ("external_pid_file", "logging_collector", "work_mem", "lc_monetary", "timezone")
         }
     data = str(Path(new_dir, "data"))
     assert show == {
@@ -875,6 +878,8 @@ def test_a_source_hosts_files_libraries_and_addresses_never_stop_the_recovery(
         "external_pid_file": "",
         "logging_collector": "off",
         "work_mem": "7MB",
+        "lc_monetary": "C",
+        "timezone": "UTC",
     }
     warnings = "\n".join(result["warnings"])
     assert "pg_not_installed_here" in warnings and "missing_session_lib" in warnings
@@ -882,6 +887,8 @@ def test_a_source_hosts_files_libraries_and_addresses_never_stop_the_recovery(
     assert "/srv/source-host/etc/conf.d" in warnings and "/srv/source-host/etc/tuning.conf" in warnings
     assert "outside-the-data-directory.conf" in warnings
     assert "pg_stat_statements" not in warnings
+    for name in ("lc_monetary", "lc_time", "timezone"):
+        assert f"{name} = '" in warnings, name
 
 
 def test_a_restore_point_not_in_the_archive_is_not_found(bench, new_dir):

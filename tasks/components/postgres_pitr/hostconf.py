@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tasks.components.postgres_pitr.instance import as_user
 from tasks.components.postgres_pitr.settings import CONF_FILE, conf_quote
+from tasks.errors import ComponentFailed
 from tasks.proc import run
 
 # include 'file', include_dir 'dir', include_if_exists 'file': names are case-insensitive, '='
@@ -137,6 +138,37 @@ def _installed(name: str, setting: str, libdir: str, search: list[str]) -> bool:
     else:
         candidates = [Path(d.replace("$libdir", libdir, 1)) / name for d in search if d]
     return any(c.is_file() or c.with_name(c.name + ".so").is_file() for c in candidates)
+
+
+# a locale or time zone the source host has and this one (a slim image) lacks stops the server
+# ("configuration file contains errors"); they only format values, the data is the same
+_HOST_NAMES = {"lc_monetary": "'C'", "lc_numeric": "'C'", "lc_time": "'C'"}
+_HOST_NAMES |= {"timezone": "'UTC'", "log_timezone": "'UTC'"}
+_INVALID = re.compile(r'invalid value for parameter "(\w+)": "([^"]*)"', re.IGNORECASE)
+
+
+def replace_missing_locales(bindir: Path, data: Path, user: str) -> list[str]:
+    """Each locale or time zone setting this host does not have, set to C / UTC; a warning each.
+    The server's own check (postgres -C) says which: it names the first invalid one, so again."""
+    warnings: list[str] = []
+    argv = [*as_user(user), str(bindir / "postgres"), "-D", str(data), "-C", "timezone"]
+    for _ in range(len(_HOST_NAMES) + 1):
+        try:
+            run(argv, timeout=60)
+            break
+        except ComponentFailed as exc:
+            bad = [m for m in _INVALID.finditer(str(exc)) if m[1].lower() in _HOST_NAMES]
+            if not bad:
+                raise
+            for match in bad:
+                name = match[1].lower()
+                append_settings(data, {name: _HOST_NAMES[name]})
+                warnings.append(
+                    f"{name} = '{match[2]}' of the source is not available on this host: the recovered "
+                    f"instance uses {_HOST_NAMES[name]} (values are formatted differently, the data is "
+                    "the same); install that locale or time zone and set it again if needed"
+                )
+    return warnings
 
 
 def check_libraries(bindir: Path, data: Path, user: str) -> tuple[dict[str, str], list[str]]:

@@ -36,6 +36,7 @@ from tasks.components.postgres_pitr.hostconf import (
     check_libraries,
     drop_foreign_includes,
     host_settings,
+    replace_missing_locales,
     write_auth_files,
 )
 from tasks.components.postgres_pitr.instance import (
@@ -252,6 +253,7 @@ def recover(
         if runas:
             for p in (data / "postgresql.conf", data / "postgresql.auto.conf", data / "recovery.signal", log):
                 shutil.chown(p, user)
+        warnings += replace_missing_locales(bindir, data, user)
         libraries, missing = check_libraries(bindir, data, user)
         append_settings(data, libraries)
         warnings += missing
