@@ -9,7 +9,6 @@ workers share is the machine's RabbitMQ, which `_rabbitmq_sharing` arbitrates.
 from __future__ import annotations
 
 import atexit
-import fcntl
 import json
 import os
 import secrets
@@ -181,22 +180,20 @@ def api(rabbitmq) -> Iterator[httpx.Client]:
         yield client
 
 
-RABBITMQ_LOCK = Path("/tmp/knative-lambda-backup-rabbitmq-tests.lock")  # not $TMPDIR: per worker here
-
-
 @pytest.fixture(autouse=True)
 def _rabbitmq_sharing(request):
     """Tests on the machine's broker work in vhosts of their own and may run side by side; a test
     marked `broker_wide` (it restores the whole broker, bringing back every vhost it backed up, or
-    checks that no drill vhost is left on it) runs alone on it: one lock file, taken shared or
-    exclusive. The broker is the machine's, so the lock is too: every checkout's test run on this
-    machine (xdist workers, git worktrees, a fresh clone) takes the same file."""
+    checks that no drill vhost is left on it) runs alone on it (tests/rabbitmq_helpers.broker_lock).
+    A fixture that takes the broker by getfixturevalue and keeps a vhost across tests takes the
+    shared lock itself, for as long as it keeps the vhost."""
+    from tests.rabbitmq_helpers import broker_lock
+
     exclusive = request.node.get_closest_marker("broker_wide") is not None
     if not exclusive and "rabbitmq" not in request.fixturenames:
         yield
         return
-    with open(RABBITMQ_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)  # released on close
+    with broker_lock(exclusive):
         yield
 
 

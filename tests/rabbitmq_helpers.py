@@ -5,11 +5,13 @@ it); and a broker whose import drops a kind of definition without a word."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -19,6 +21,19 @@ from blocks.rabbitmq import RabbitMQTarget
 from tasks.components import rabbitmq as rmq
 
 ALL = {"configure": ".*", "write": ".*", "read": ".*"}  # every permission, as a vhost's owner has
+# The broker is the machine's: every checkout's test run on it (xdist workers, worktrees, a fresh
+# clone) takes this one file. Not $TMPDIR: that is per worker here.
+BROKER_LOCK = Path("/tmp/knative-lambda-backup-rabbitmq-tests.lock")
+
+
+@contextmanager
+def broker_lock(exclusive: bool) -> Iterator[None]:
+    """Work on the machine's broker: shared (in vhosts of one's own, side by side with others) or
+    exclusive (a whole-broker restore brings back every vhost it backed up, so no other test may
+    make or drop one meanwhile). Whoever holds a vhost across tests holds the shared lock as long."""
+    with open(BROKER_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)  # released on close
+        yield
 
 
 def seg(name: str) -> str:

@@ -34,6 +34,7 @@ from tests.faults.helpers import assert_refused_clearly, dir_state
 from tests.faults.test_bad_input import Bad
 from tests.k8s_helpers import seed_namespaces, seed_settings
 from tests.pg_helpers import db_names, drop, make_db, new_name, state, target_for
+from tests.rabbitmq_helpers import broker_lock
 
 
 class Systems:
@@ -351,12 +352,15 @@ PREPARE = {
 
 @pytest.fixture(scope="module")
 def world(request, tmp_path_factory, prefect_server):
-    """One world for the table (built once: a database, a vhost, a Velero backup)."""
-    world = Systems(request, tmp_path_factory.mktemp("systems"))
-    try:
-        yield world
-    finally:
-        world.cleanup()
+    """One world for the table (built once: a database, a vhost, a Velero backup). Its vhost lives
+    from the first case to the last: a whole-broker restore elsewhere must not back it up in one
+    moment and bring it back after it was dropped (the fresh-clone run of 2026-12-03)."""
+    with broker_lock(exclusive=False):
+        world = Systems(request, tmp_path_factory.mktemp("systems"))
+        try:
+            yield world
+        finally:
+            world.cleanup()
 
 
 @pytest.fixture
