@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 
 from tasks.components.postgres_pitr.instance import as_user
-from tasks.components.postgres_pitr.settings import CONF_FILE, conf_quote
+from tasks.components.postgres_pitr.settings import CONF_FILE, append_settings, conf_quote
 from tasks.errors import ComponentFailed
 from tasks.proc import run
 
@@ -147,14 +147,18 @@ _HOST_NAMES |= {"timezone": "'UTC'", "log_timezone": "'UTC'"}
 _INVALID = re.compile(r'invalid value for parameter "(\w+)": "([^"]*)"', re.IGNORECASE)
 
 
+def _show(bindir: Path, data: Path, user: str, name: str) -> str:
+    """A setting as the server will read it from the data directory (postgres -C, its own parser)."""
+    return run([*as_user(user), str(bindir / "postgres"), "-D", str(data), "-C", name], timeout=60).strip()
+
+
 def replace_missing_locales(bindir: Path, data: Path, user: str) -> list[str]:
     """Each locale or time zone setting this host does not have, set to C / UTC; a warning each.
     The server's own check (postgres -C) says which: it names the first invalid one, so again."""
     warnings: list[str] = []
-    argv = [*as_user(user), str(bindir / "postgres"), "-D", str(data), "-C", "timezone"]
     for _ in range(len(_HOST_NAMES) + 1):
         try:
-            run(argv, timeout=60)
+            _show(bindir, data, user, "timezone")
             break
         except ComponentFailed as exc:
             bad = [m for m in _INVALID.finditer(str(exc)) if m[1].lower() in _HOST_NAMES]
@@ -174,17 +178,12 @@ def replace_missing_locales(bindir: Path, data: Path, user: str) -> list[str]:
 def check_libraries(bindir: Path, data: Path, user: str) -> tuple[dict[str, str], list[str]]:
     """The preload libraries installed on this host (settings to append) and a warning for each
     library left out. Values are read with the server's own parser (postgres -C), as it will."""
-    runas = as_user(user)
-
-    def setting(name: str) -> str:
-        return run([*runas, str(bindir / "postgres"), "-D", str(data), "-C", name], timeout=60).strip()
-
     libdir = run([str(bindir / "pg_config"), "--pkglibdir"], timeout=60).strip()
-    search = setting("dynamic_library_path").split(":")
+    search = _show(bindir, data, user, "dynamic_library_path").split(":")
     conf: dict[str, str] = {}
     warnings: list[str] = []
     for name in _LIBRARIES:
-        listed = _split(setting(name))
+        listed = _split(_show(bindir, data, user, name))
         kept = [lib for lib in listed if _installed(lib, name, libdir, search)]
         if kept == listed:
             continue
@@ -197,10 +196,3 @@ def check_libraries(bindir: Path, data: Path, user: str) -> tuple[dict[str, str]
             if lib not in kept
         ]
     return conf, warnings
-
-
-def append_settings(data: Path, settings: dict[str, str]) -> None:
-    """Settings after all others in postgresql.auto.conf (the last occurrence wins)."""
-    if settings:
-        with open(data / CONF_FILE, "a") as fh:
-            fh.writelines(f"{k} = {v}\n" for k, v in settings.items())

@@ -32,7 +32,6 @@ from tasks.components.postgres_pitr.engines import (
     write_credentials_file,
 )
 from tasks.components.postgres_pitr.hostconf import (
-    append_settings,
     check_libraries,
     drop_foreign_includes,
     host_settings,
@@ -49,7 +48,7 @@ from tasks.components.postgres_pitr.instance import (
 )
 from tasks.components.postgres_pitr.prefetch import restore_report, wal_spool
 from tasks.components.postgres_pitr.server import _row, connect, pg_bindir
-from tasks.components.postgres_pitr.settings import recovery_settings, write_recovery_conf
+from tasks.components.postgres_pitr.settings import append_settings, recovery_settings, write_recovery_conf
 from tasks.components.postgres_pitr.targets import RecoveryTarget, TargetTime
 from tasks.errors import (
     BadInput,

@@ -88,4 +88,11 @@ def write_recovery_conf(data: Path, settings: dict[str, str]) -> None:
         (data / "postgresql.conf").touch()
     with open(data / CONF_FILE, "a") as fh:
         fh.write("\n# knative-lambda-backup PITR: new instance, archiving off, the source's recovery reset\n")
-        fh.writelines(f"{k} = {v}\n" for k, v in settings.items())
+    append_settings(data, settings)
+
+
+def append_settings(data: Path, settings: dict[str, str]) -> None:
+    """Settings after all others in postgresql.auto.conf (the last occurrence wins)."""
+    if settings:
+        with open(data / CONF_FILE, "a") as fh:
+            fh.writelines(f"{k} = {v}\n" for k, v in settings.items())
