@@ -157,19 +157,22 @@ _IN_BUILD = _USER_CODE.format(
 )
 
 
+def _runs_user_code(target: PostgresTarget, side: str, query: str) -> bool:
+    with connect(target, side, autocommit=True) as conn:
+        return bool(conn.execute(query).fetchone()[0])
+
+
 def checks_may_write(target: PostgresTarget, side: str) -> bool:
     """Whether loading `side` (its pre-data restored) runs a user's function, which may write to
     other tables than the one being loaded. Then a table read right after its own load may still
     change: every table is compared after the whole build instead (restores.restore_aside)."""
-    with connect(target, side, autocommit=True) as conn:
-        return bool(conn.execute(_ON_LOAD).fetchone()[0])
+    return _runs_user_code(target, side, _ON_LOAD)
 
 
 def build_may_write(target: PostgresTarget, side: str) -> bool:
     """Whether post-data's build (done) ran a user's function over the rows: one that wrote may
     have done so after the fingerprint, which runs beside the build, had read that table."""
-    with connect(target, side, autocommit=True) as conn:
-        return bool(conn.execute(_IN_BUILD).fetchone()[0])
+    return _runs_user_code(target, side, _IN_BUILD)
 
 
 def _side_fingerprint(

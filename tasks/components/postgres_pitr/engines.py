@@ -224,8 +224,9 @@ def server_env(target: PitrTarget) -> dict[str, str | None]:
     secrets (readable in /proc/<pid>/environ for the server's whole life; inherited S3 keys would
     also beat its credentials file). Without keys to write, the ambient identity stays: IRSA's and
     EKS Pod Identity's token files are paths (AWS_WEB_IDENTITY_TOKEN_FILE...), not secrets."""
-    keep = () if _keys(target) else [n for n in os.environ if n.startswith("AWS_") and n.endswith("_FILE")]
-    return {**inherited_secrets(keep), **({"AWS_PROFILE": None} if _keys(target) else {})}
+    if _keys(target):
+        return {**inherited_secrets(()), "AWS_PROFILE": None}
+    return inherited_secrets([n for n in os.environ if n.startswith("AWS_") and n.endswith("_FILE")])
 
 
 def ambient_identity(target: PitrTarget) -> dict[str, str]:
