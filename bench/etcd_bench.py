@@ -1,7 +1,7 @@
 """etcd: the runbook's `etcdctl snapshot save` + upload against the component's backup, and the
 restore check (restore into a new data dir + throwaway member), on a throwaway etcd.
 
-    PYTHONPATH=. .venv/bin/python -m bench.etcd_bench [--keys 100000] [--value-bytes 1024]
+    PYTHONPATH=. .venv/bin/python -m bench.etcd_bench [--keys 100000] [--value-bytes 1024] [--repeat 3]
 
 Values are random (incompressible, like Secrets' ciphertext-ish payloads); the store encrypts.
 """
@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -48,6 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--value-bytes", type=int, default=1024)
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each (median shown, interleaved)")
     args = parser.parse_args()
     etcd = start_etcd()
     work = Path(tempfile.mkdtemp(prefix="klb-etcd-bench-"))
@@ -56,24 +58,31 @@ def main() -> None:
         load(etcd.url, args.keys, args.value_bytes)
         loaded = time.monotonic() - t
         env = {**os.environ, "ETCDCTL_API": "3"}
-
-        t = time.monotonic()
-        subprocess.run(["etcdctl", "--endpoints", etcd.url, "snapshot", "save", str(work / "s.db")],
-                       env=env, check=True, capture_output=True)  # fmt: skip
-        save = time.monotonic() - t
-        size = (work / "s.db").stat().st_size
-
-        store = LocalStore(path=str(work / "store"), encryption_key=SecretStr("bench"))
         target = EtcdTarget(endpoints=[etcd.url])
-        t = time.monotonic()
-        with backup_session(store, "etcd") as session:
-            component.backup(target, session)
-            manifest = session.commit()
-        backup = time.monotonic() - t
+        runs: dict[str, list[float]] = {"save": [], "backup": [], "drill": []}
+        for i in range(args.repeat):  # interleaved, so drifting load hits each alike
+            t = time.monotonic()
+            subprocess.run(["etcdctl", "--endpoints", etcd.url, "snapshot", "save", str(work / "s.db")],
+                           env=env, check=True, capture_output=True)  # fmt: skip
+            runs["save"].append(time.monotonic() - t)
+            size = (work / "s.db").stat().st_size
+            (work / "s.db").unlink()
 
-        t = time.monotonic()
-        component.drill(target, manifest, store, "bench")
-        drill = time.monotonic() - t
+            store = LocalStore(path=str(work / f"store{i}"), encryption_key=SecretStr("bench"))
+            t = time.monotonic()
+            with backup_session(store, "etcd") as session:
+                component.backup(target, session)
+                manifest = session.commit()
+            runs["backup"].append(time.monotonic() - t)
+
+            t = time.monotonic()
+            component.drill(target, manifest, store, "bench")
+            runs["drill"].append(time.monotonic() - t)
+
+        def median(name: str) -> str:
+            spread = ", ".join(f"{x:.2f}" for x in runs[name])
+            return f"{statistics.median(runs[name]):.2f} ({spread})"
+
         print(
             json.dumps(
                 {
@@ -81,10 +90,13 @@ def main() -> None:
                     "value_bytes": args.value_bytes,
                     "load_s": round(loaded, 1),
                     "snapshot_bytes": size,
-                    "etcdctl_snapshot_save_s": round(save, 2),
-                    "component_backup_s (save+status+count+zstd+aes+sha256+read-back)": round(backup, 2),
+                    "etcdctl_snapshot_save_s": median("save"),
+                    "component_backup_s (save+status+count+zstd+aes+sha256+read-back)": median("backup"),
                     "stored_bytes": manifest.size,
-                    "drill_s (download+status+restore+start+count)": round(drill, 2),
+                    "drill_s (download+status+restore+start+count)": median("drill"),
+                    "backup / save (medians)": round(
+                        statistics.median(runs["backup"]) / statistics.median(runs["save"]), 2
+                    ),
                 },
                 indent=2,
             )

@@ -182,6 +182,18 @@ def test_unreachable_endpoint_says_so_and_leaves_no_backup(local_store):
     assert list(backend_for(store).list_keys(store.prefix)) == []
 
 
+def test_a_snapshot_the_file_tool_refuses_fails_the_backup_and_leaves_nothing(target, local_store, tmp_path):
+    """The snapshot's status is read beside its upload: a refusal still fails the backup, with
+    no manifest and no object left (the upload that ran beside it is removed)."""
+    refuses = tmp_path / "etcdutl"
+    refuses.write_text("#!/bin/sh\necho 'snapshot file integrity check failed' >&2\nexit 1\n")
+    refuses.chmod(0o755)
+    store = local_store()
+    with pytest.raises(IntegrityError, match="(?s)not a valid etcd database.*integrity check failed"):
+        backup_task.fn("etcd", target.model_copy(update={"etcdutl": str(refuses)}), store)
+    assert list_backups(store, "etcd") == []
+    assert list(backend_for(store).list_keys(store.prefix)) == []
+
 def test_tls_contents_become_private_files_removed_afterwards():
     target = EtcdTarget(
         cacert=SecretStr("CA PEM"), cert=SecretStr("CERT PEM"), key=SecretStr("KEY PEM"), key_path=None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -80,19 +81,13 @@ def backup(target: EtcdTarget, session: BackupSession) -> None:
         save_env = {**env, "ETCDCTL_COMMAND_TIMEOUT": f"{target.command_timeout_seconds}s"}
         ctl(tl, target, save_env, endpoint, "snapshot", "save", str(snap),
             timeout=target.command_timeout_seconds + 30, name="etcdctl snapshot save")  # fmt: skip
-        status = snapshot_status(tl, snap)
-        try:  # the user keys at exactly the snapshot's revision: what a restore must give back
-            keys, _ = count_keys(tl, target, env, endpoint, status["revision"])
-        except (ComponentFailed, ValueError, KeyError) as exc:
-            log.warning("could not count keys at revision %s: %s", status["revision"], exc)
-            keys = None
-        try:  # etcd's hash of every key and value at that revision: the whole state, compared after a restore
-            kv = kv_hash(tl, target, env, endpoint, max(status["revision"], 1))
-        except (ComponentFailed, ValueError, KeyError, IndexError) as exc:
-            log.warning("could not hash the keys at revision %s: %s", status["revision"], exc)
-            kv = None
-        with open(snap, "rb") as fh:
-            session.write(OBJECT, fh, meta={"format": "etcd-snapshot"})
+        # what the snapshot holds is read beside its upload (both only read the file; the
+        # facts go into the manifest, written last): 3.3 -> 2.7 s at 138 MB (docs/performance.md)
+        with ThreadPoolExecutor(1, thread_name_prefix="etcd-facts") as pool:
+            facts = pool.submit(_snapshot_facts, tl, target, env, endpoint, snap)
+            with open(snap, "rb") as fh:
+                session.write(OBJECT, fh, meta={"format": "etcd-snapshot"})
+            status, keys, kv = facts.result()
         snap.unlink()  # the local copy lives only as long as the upload
     session.source_time = taken
     session.engine.update(
@@ -105,6 +100,26 @@ def backup(target: EtcdTarget, session: BackupSession) -> None:
         }
     )
     session.fingerprint = {"revision": status["revision"], "keys": keys, "hash": status["hash"]}
+
+
+def _snapshot_facts(
+    tl: Tools, target: EtcdTarget, env: dict[str, str], endpoint: str, snap: Path
+) -> tuple[dict[str, int], int | None, dict[str, int] | None]:
+    """The snapshot's status (a snapshot etcdutl cannot read fails the backup), and, at exactly
+    its revision, the count of user keys and etcd's hash of every key and value: what a restore
+    must give back (either left out, with a warning, where the member cannot say)."""
+    status = snapshot_status(tl, snap)
+    try:
+        keys, _ = count_keys(tl, target, env, endpoint, status["revision"])
+    except (ComponentFailed, ValueError, KeyError) as exc:
+        log.warning("could not count keys at revision %s: %s", status["revision"], exc)
+        keys = None
+    try:
+        kv = kv_hash(tl, target, env, endpoint, max(status["revision"], 1))
+    except (ComponentFailed, ValueError, KeyError, IndexError) as exc:
+        log.warning("could not hash the keys at revision %s: %s", status["revision"], exc)
+        kv = None
+    return status, keys, kv
 
 
 def verify(target: EtcdTarget | None, manifest: Manifest, store: StoreBlock) -> dict[str, Any]:
