@@ -194,6 +194,7 @@ def test_a_snapshot_the_file_tool_refuses_fails_the_backup_and_leaves_nothing(ta
     assert list_backups(store, "etcd") == []
     assert list(backend_for(store).list_keys(store.prefix)) == []
 
+
 def test_tls_contents_become_private_files_removed_afterwards():
     target = EtcdTarget(
         cacert=SecretStr("CA PEM"), cert=SecretStr("CERT PEM"), key=SecretStr("KEY PEM"), key_path=None
@@ -250,6 +251,12 @@ def test_drill_restores_checks_and_cleans_up(target, local_store, monkeypatch):
     before = set(os.listdir(tempfile.gettempdir()))
     result = etcd_component.drill(target, manifest, store, "t1")
     assert result["verified"] is True and result["checks"]["revision"]["ok"]
+    assert set(result["checks"]["seconds"]) == {
+        "fetch",
+        "status",
+        "restore+start",
+        "check",
+    }  # the RTO's parts
     assert not [d for d in set(os.listdir(tempfile.gettempdir())) - before if d.startswith("klb-etcd")]
     assert not etcd_procs()
 

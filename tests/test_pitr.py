@@ -11,6 +11,7 @@ import importlib
 import io
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -638,6 +639,8 @@ def test_drill_recovers_verifies_and_removes_its_instance(bench, monkeypatch):
     report = pitr.drill(bench["target"], bench["base"], bench["store"], "d1")
     assert report["verified"] and report["checks"]["in_recovery"] is False
     assert "postgres" in report["checks"]["databases"]
+    # where its RTO went, phase by phase
+    assert set(report["checks"]["seconds"]) == {"fetch+untar", "verify", "start+replay"}
     assert not (base / "drill-d1").exists()
     assert _sql(bench["svc"], "select count(*) from t")[0][0] == 20  # source untouched
 
@@ -646,12 +649,17 @@ def test_the_drill_flow_picks_the_newest_pitr_backup_and_passes(prefect_server, 
     """restore_drill resolves 'latest' for postgres-pitr with no restore options: PITR's
     RestoreOptions require `directory`, and validating them to pick the backup failed every
     drill of postgres-pitr (the demo's 7th component) with BadInput."""
-    from flows.drill import restore_drill
+    from flows.drill import drill_report_text, restore_drill
 
     record = restore_drill(
         components=["postgres-pitr"], targets={"postgres-pitr": bench["target"]}, store=bench["store"]
     )
     assert record.passed and [c.status.value for c in record.components] == ["verified"]
+    # the report says where the RTO went, with PITR's own phases inside the restore step
+    text = drill_report_text(record)
+    assert re.search(
+        r"postgres-pitr: restore [\d.]+ s \(fetch\+untar [\d.]+ s, verify [\d.]+ s, start\+replay", text
+    )
 
 
 def test_pitr_to_a_named_restore_point(bench, new_dir, monkeypatch):

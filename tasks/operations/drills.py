@@ -295,12 +295,17 @@ SHOWN = {Status.verified: "verified", Status.failed: "FAILED", Status.not_covere
 
 def rto_phases_text(c: ComponentDrill) -> str:
     """`restore 12.3 s (app: load 9.5 s, fingerprint+post_data 2.1 s), health checks 0.2 s`: the
-    drill's steps, with the phases a component reports for each thing it restored."""
+    drill's steps, with the phases a component reports for each thing it restored (PostgreSQL:
+    per database) or for itself (PITR, etcd: `fetch+untar 3.1 s, verify 0.4 s, ...`)."""
+    checks = c.checks.get("checks")
+    checks = checks if isinstance(checks, dict) else {}
     inner = [
-        f"{name}: " + ", ".join(f"{k} {v:.1f} s" for k, v in check["seconds"].items())
-        for name, check in c.checks.get("checks", {}).items()
-        if isinstance(check, dict) and isinstance(check.get("seconds"), dict) and check["seconds"]
+        f"{name}: " + _phases(check["seconds"])
+        for name, check in checks.items()
+        if isinstance(check, dict) and _is_phases(check.get("seconds"))
     ]
+    if _is_phases(own := checks.get("seconds")):
+        inner.insert(0, _phases(own))
     parts = []
     for step, seconds in c.rto_phases.items():
         text = f"{step} {seconds:.1f} s"
@@ -308,3 +313,16 @@ def rto_phases_text(c: ComponentDrill) -> str:
             text += " (" + "; ".join(inner) + ")"
         parts.append(text)
     return ", ".join(parts)
+
+
+def _is_phases(value: Any) -> bool:
+    """A component's `seconds`: phase -> seconds, at least one."""
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value.values())
+    )
+
+
+def _phases(seconds: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())

@@ -22,6 +22,7 @@ from tasks.errors import BadInput, ComponentFailed, ConfigurationError, Integrit
 from tasks.models import Manifest
 from tasks.proc import free_port, run, start, stop
 from tasks.storage.session import read_object
+from tasks.timing import rounded, timed
 
 
 def _download(store: StoreBlock, manifest: Manifest, tmp: Path) -> Path:
@@ -145,13 +146,21 @@ def _start_member(tl: Tools, snap: Path, workdir: Path, token: str) -> tuple[Pop
 def _restore_and_check(
     tl: Tools, target: EtcdTarget | None, store: StoreBlock, manifest: Manifest, tmp: Path, token: str
 ) -> dict[str, Any]:
-    snap = _download(store, manifest, tmp)
-    status = _check_status(tl, snap, manifest)
+    seconds: dict[str, float] = {}  # per phase: what a drill's RTO is made of
+    with timed(seconds, "fetch"):
+        snap = _download(store, manifest, tmp)
+    with timed(seconds, "status"):
+        status = _check_status(tl, snap, manifest)
     want_rev = max(status["revision"], 1)  # a never-written etcd: the file says 0, a server says 1
     want_keys, env = manifest.engine.get("keys"), {"ETCDCTL_API": "3"}
+    restoring = time.monotonic()
     with throwaway_member(tl, snap, tmp, token) as url:
+        seconds["restore+start"] = time.monotonic() - restoring
         try:  # the restored member keeps the cluster's users and auth: log in as the backup did
-            served = check_served(tl, target, env, url, want_rev, want_keys, manifest.engine.get("kv_hash"))
+            with timed(seconds, "check"):
+                served = check_served(
+                    tl, target, env, url, want_rev, want_keys, manifest.engine.get("kv_hash")
+                )
         except ComponentFailed as exc:
             if "user name is empty" not in str(exc):
                 raise
@@ -159,7 +168,7 @@ def _restore_and_check(
                 f"the etcd of {manifest.id} has auth enabled: give the target's username and password "
                 "(those of the cluster it was taken from) to check it"
             ) from None
-    checks = {**served, "snapshot_hash": status["hash"]}
+    checks = {**served, "snapshot_hash": status["hash"], "seconds": rounded(seconds)}
     if not (checks["revision"]["ok"] and checks["keys"]["ok"] and checks["kv_hash"]["ok"]):
         raise IntegrityError(f"etcd restored from {manifest.id} does not match its manifest: {checks}")
     return checks

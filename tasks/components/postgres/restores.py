@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,6 +30,7 @@ from tasks.errors import BadInput, ComponentFailed, IsolationTaken, target_untou
 from tasks.models import Manifest
 from tasks.named_blocks import load_named
 from tasks.storage.session import verify_object
+from tasks.timing import rounded, timed
 
 log = logging.getLogger(__name__)
 
@@ -162,9 +162,9 @@ def restore_aside(
     seconds: dict[str, float] = {}  # per phase: what a drill's RTO is made of
     try:
         if post is None:  # a backup from before post-data had its own object: all in one stream
-            with _timed(seconds, "load"):
+            with timed(seconds, "load"):
                 load.load_stream(target, store, obj, db, side, no_owner, single_transaction=True)
-            with _timed(seconds, "fingerprint"):
+            with timed(seconds, "fingerprint"):
                 actual = load.check_fingerprint(target, manifest, db, side)
                 views = load.check_materialized_views(target, manifest, db, side)
         else:
@@ -175,7 +175,7 @@ def restore_aside(
                 # post-data ends by refreshing materialized views, and a view's query may write
                 # (a volatile function keeping an audit log): then every table is read after it
                 refreshes = load.refreshes_views(manifest, db)
-                with _timed(seconds, "load"):
+                with timed(seconds, "load"):
                     load.load_stream(target, store, obj, db, side, no_owner, single_transaction=False)
                     # so may a CHECK's or a generated column's function, for each row loaded into
                     # another table: no table is read before every load and the build are done
@@ -186,7 +186,7 @@ def restore_aside(
                     read = table_parts.load(
                         target, store, manifest, info, db, side, load.POST_DATA_JOBS, algorithm
                     )
-                with _timed(seconds, "fingerprint+post_data"):
+                with timed(seconds, "fingerprint+post_data"):
                     if late:
                         load.build_post_data(target, post_path, db, side, no_owner)
                         actual = load.check_fingerprint(target, manifest, db, side)
@@ -232,17 +232,8 @@ def restore_aside(
         "subscriptions_left_disabled": [
             n for n, on in info.get("subscriptions", {}).items() if on and not now.get(n, True)
         ],
-        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        "seconds": rounded(seconds),
     }
-
-
-@contextmanager
-def _timed(seconds: dict[str, float], phase: str) -> Iterator[None]:
-    started = time.monotonic()
-    try:
-        yield
-    finally:
-        seconds[phase] = time.monotonic() - started
 
 
 def applies_globals(options: RestoreOptions) -> bool:

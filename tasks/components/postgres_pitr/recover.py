@@ -61,6 +61,7 @@ from tasks.errors import (
 from tasks.models import Manifest
 from tasks.proc import feed_stdin, free_port, run
 from tasks.storage.session import read_object
+from tasks.timing import rounded, timed
 
 log_ = logging.getLogger(__name__)
 NOT_REACHED = "recovery ended before configured recovery target was reached"
@@ -225,16 +226,19 @@ def recover(
     runas = as_user(user)
     started = False
     spool = contextlib.ExitStack()  # the WAL prefetcher, while recovery replays
+    seconds: dict[str, float] = {}  # per phase: what a drill's RTO is made of
     try:
         # the stream is checked (sha256) at its end, before anything is started from it
-        feed_stdin(
-            [*runas, "tar", "-x", "-f", "-", "-C", str(data)],
-            read_object(store, manifest.object(BASE_OBJECT)),
-            timeout=options.timeout_seconds,
-            name="tar",
-        )
+        with timed(seconds, "fetch+untar"):
+            feed_stdin(
+                [*runas, "tar", "-x", "-f", "-", "-C", str(data)],
+                read_object(store, manifest.object(BASE_OBJECT)),
+                timeout=options.timeout_seconds,
+                name="tar",
+            )
         if manifest.engine.get("pg_manifest"):
-            run([*runas, str(bindir / "pg_verifybackup"), str(data)], timeout=options.timeout_seconds)
+            with timed(seconds, "verify"):
+                run([*runas, str(bindir / "pg_verifybackup"), str(data)], timeout=options.timeout_seconds)
         # after verification (it checks these files): the source host's files are not here
         warnings = drop_foreign_includes(data)
         write_auth_files(root, user if runas else None)
@@ -268,6 +272,7 @@ def recover(
         (root / STATE_FILE).write_text(json.dumps(state_file, indent=2))
         end = _archive_end(engine, target, manifest) if goal.kind == "latest" else None
         started = True
+        replay = time.monotonic()  # start, WAL fetched ahead and replayed, the target reached
         for attempt in range(1, BIND_TRIES + 1):
             try:
                 start = [*runas, str(bindir / "pg_ctl"), "start", "-D", str(data), "-l", str(log)]
@@ -285,6 +290,7 @@ def recover(
                 (root / STATE_FILE).write_text(json.dumps({**state_file, "port": port}, indent=2))
         # pg_ctl -w returns 0 once read-only connections work: the outcome is checked here
         state = _wait_for_target(target, goal, port, bindir, data, log, user, options.timeout_seconds)
+        seconds["start+replay"] = time.monotonic() - replay
         if goal.kind == "latest":
             _raise_if_short_of(end, manifest, state["replayed_lsn"], log)
             creds.unlink()  # it promoted itself: no WAL left to fetch, no key left on disk
@@ -321,4 +327,5 @@ def recover(
         "wal_restored": restore_report(root),
         "warnings": warnings,
         **state,
+        "seconds": rounded(seconds),
     }
