@@ -649,7 +649,7 @@ def test_the_drill_flow_picks_the_newest_pitr_backup_and_passes(prefect_server, 
     """restore_drill resolves 'latest' for postgres-pitr with no restore options: PITR's
     RestoreOptions require `directory`, and validating them to pick the backup failed every
     drill of postgres-pitr (the demo's 7th component) with BadInput."""
-    from flows.drill import drill_report_text, restore_drill
+    from flows.drill import drill_report_markdown, drill_report_text, restore_drill
 
     record = restore_drill(
         components=["postgres-pitr"], targets={"postgres-pitr": bench["target"]}, store=bench["store"]
@@ -660,6 +660,8 @@ def test_the_drill_flow_picks_the_newest_pitr_backup_and_passes(prefect_server, 
     assert re.search(
         r"postgres-pitr: restore [\d.]+ s \(fetch\+untar [\d.]+ s, verify [\d.]+ s, start\+replay", text
     )
+    markdown = drill_report_markdown(record)
+    assert "where the RTO went: restore" in markdown and "seconds: ok" not in markdown
 
 
 def test_pitr_to_a_named_restore_point(bench, new_dir, monkeypatch):

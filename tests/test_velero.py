@@ -471,6 +471,8 @@ def test_drill_restores_into_isolated_namespaces_verifies_and_cleans_up(
     assert set(report["namespaces"]) == set(two_namespaces)
     assert all(ns.startswith("restore-drill-") for ns in report["namespaces"].values())
     assert report["checks"][f"{two_namespaces[0]}/configmaps"] == {"expected": 2, "restored": 2}
+    # where its RTO went, phase by phase
+    assert set(report["checks"]["seconds"]) == {"velero restore", "inventory check", "claims bound"}
     names = kube.list_namespaces(k8s(kube_api))
     assert not [n for n in names if n.startswith("restore-drill-")]
     assert kube_api.state() == before  # production unchanged, drill namespaces gone

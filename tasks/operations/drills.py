@@ -260,7 +260,11 @@ def drill_report_markdown(rec: DrillRecord) -> str:
         prod = {True: "yes", False: "NO (changed)", None: "-"}[c.production_unchanged]
         status = SHOWN[c.status] if c.configured else "not configured"
         target = "-" if c.rpo_target_hours is None else f"< {c.rpo_target_hours:g} h"
-        detail = c.reason or ", ".join(f"{k}: ok" for k in c.checks.get("checks", {})) or ""
+        checked = c.checks.get("checks")
+        checked = checked if isinstance(checked, dict) else {}
+        # less the component's own phases, shown where the RTO went (rto_phases_text)
+        shown = [k for k, v in checked.items() if k != "seconds" or not _is_phases(v)]
+        detail = c.reason or ", ".join(f"{k}: ok" for k in shown) or ""
         out.append(
             f"| {c.component} | {status} | {c.backup_id or '-'} | {duration(c.rto_seconds)} | "
             f"{duration(c.rpo_age_seconds)} | {duration(c.worst_gap_seconds)} | "
