@@ -78,6 +78,8 @@ def test_backup_alter_restore_gives_back_the_recorded_fingerprint(sample, local_
         is False
     )
     assert report["databases"][db]["fingerprint_equal"] is True
+    # where the restore's time went, to the cut-over
+    assert set(report["databases"][db]["seconds"]) == {"load", "fingerprint+post_data", "cut-over"}
     assert not [d for d in db_names(target) if "__restore_" in d]
     # database-level settings came back with the database
     assert scalar(target, db, "SHOW search_path") == "app, public"

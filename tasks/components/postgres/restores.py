@@ -343,8 +343,11 @@ def _cut_over_all(target: PostgresTarget, sides: dict[str, str], report: dict[st
     """Each database is swapped atomically; if one swap fails, say exactly where things stand."""
     done: list[str] = []
     for name, side in sides.items():
+        phases: dict[str, float] = {}
         try:
-            report["databases"][name].update(swap(target, side, name, aside_name(name, "rollback")))
+            with timed(phases, "cut-over"):  # the last part of the RTO, beside the load's
+                report["databases"][name].update(swap(target, side, name, aside_name(name, "rollback")))
+            report["databases"][name].setdefault("seconds", {}).update(rounded(phases))
         except Exception as exc:
             left = {n: s for n, s in sides.items() if n not in done}
             raise ComponentFailed(
