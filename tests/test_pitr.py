@@ -557,6 +557,7 @@ def test_pitr_to_a_time_brings_back_exactly_the_rows_before_it(prefect_server, b
     assert result["base_backup"] == bench["base"].id
     assert result["port"] != svc.port
     assert result["in_recovery"] and result["paused_for_promotion"]
+    assert list(result["seconds"]) == ["fetch+untar", "verify", "prepare", "start+replay"]  # the RTO
     assert datetime.fromisoformat(result["recovered_to_time"]) <= bench["T"]
     assert "recovery stopping before commit" in result["stopped_at"]
     assert _phases(result["port"], password) == {"before": 5, "between-1": 5, "between-2": 5}
@@ -640,7 +641,9 @@ def test_drill_recovers_verifies_and_removes_its_instance(bench, monkeypatch):
     assert report["verified"] and report["checks"]["in_recovery"] is False
     assert "postgres" in report["checks"]["databases"]
     # where its RTO went, phase by phase
-    assert set(report["checks"]["seconds"]) == {"fetch+untar", "verify", "start+replay"}
+    assert list(report["checks"]["seconds"]) == [
+        "plan", "fetch+untar", "verify", "prepare", "start+replay", "stop+remove"
+    ]  # fmt: skip
     assert not (base / "drill-d1").exists()
     assert _sql(bench["svc"], "select count(*) from t")[0][0] == 20  # source untouched
 
@@ -658,7 +661,9 @@ def test_the_drill_flow_picks_the_newest_pitr_backup_and_passes(prefect_server, 
     # the report says where the RTO went, with PITR's own phases inside the restore step
     text = drill_report_text(record)
     assert re.search(
-        r"postgres-pitr: restore [\d.]+ s \(fetch\+untar [\d.]+ s, verify [\d.]+ s, start\+replay", text
+        r"postgres-pitr: restore [\d.]+ s \(plan [\d.]+ s, fetch\+untar [\d.]+ s, verify [\d.]+ s, "
+        r"prepare [\d.]+ s, start\+replay [\d.]+ s, stop\+remove [\d.]+ s\)",
+        text,
     )
     markdown = drill_report_markdown(record)
     assert "where the RTO went: restore" in markdown and "seconds: ok" not in markdown

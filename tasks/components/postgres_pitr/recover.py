@@ -239,6 +239,7 @@ def recover(
         if manifest.engine.get("pg_manifest"):
             with timed(seconds, "verify"):
                 run([*runas, str(bindir / "pg_verifybackup"), str(data)], timeout=options.timeout_seconds)
+        preparing = time.monotonic()  # the instance's files, the WAL fetcher, the archive's end
         # after verification (it checks these files): the source host's files are not here
         warnings = drop_foreign_includes(data)
         write_auth_files(root, user if runas else None)
@@ -271,6 +272,7 @@ def recover(
         }
         (root / STATE_FILE).write_text(json.dumps(state_file, indent=2))
         end = _archive_end(engine, target, manifest) if goal.kind == "latest" else None
+        seconds["prepare"] = time.monotonic() - preparing
         started = True
         replay = time.monotonic()  # start, WAL fetched ahead and replayed, the target reached
         for attempt in range(1, BIND_TRIES + 1):
