@@ -42,8 +42,17 @@ def cli(e2e: dict, *args: str, timeout: float = 120, env: dict | None = None) ->
     return out.stdout
 
 
+# Prefect's own client retries these: the server answers 503 when its SQLite database is busy
+# (the whole suite runs beside it), and the request changed nothing.
+RETRY_STATUS = {429, 502, 503}
+
+
 def api(e2e: dict, method: str, path: str, **kwargs) -> httpx.Response:
-    resp = httpx.request(method, e2e["api"] + path, timeout=30, **kwargs)
+    for attempt in range(6):
+        resp = httpx.request(method, e2e["api"] + path, timeout=30, **kwargs)
+        if resp.status_code not in RETRY_STATUS or attempt == 5:
+            break
+        time.sleep(0.5 * 2**attempt)
     resp.raise_for_status()
     return resp
 
