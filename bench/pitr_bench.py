@@ -276,7 +276,8 @@ def main() -> None:
             "s": rec["op_s"],
             "rss": rss,
             "detail": f"{secs:.1f} s with interpreter start and imports; {rec['spool']} segments from "
-            f"the spool; fallback: {rec['wal_restored']['fallback']}",
+            f"the spool; asked of the fetcher: {rec['wal_restored']['from_fetcher']}, not archived: "
+            f"{rec['wal_restored']['not_archived']}; fallback: {rec['wal_restored']['fallback']}",
         }
 
     floor_b = results["floor: pg_basebackup -Ft -X fetch to local disk"]["s"]

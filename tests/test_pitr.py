@@ -1106,11 +1106,13 @@ def test_recovery_replays_wal_fetched_ahead_not_one_process_per_segment(bench, n
         for n in BarmanCloud().list_wal(bench["target"])
         if len(n) == 24 and n[:8] == first[:8] and n >= first
     )
-    spooled, fallback = result["wal_restored"]["from_spool"], result["wal_restored"]["fallback"]
+    restored = result["wal_restored"]
+    spooled = restored["from_spool"]
     # the replayed segments, in order from the base backup's first, all came out of the spool
     assert len(spooled) >= 2 and spooled == replayed[: len(spooled)]
-    # the fallback ran only for what comes after them (the end of the archive) or is no segment
-    assert all(n > spooled[-1] or len(n) != 24 for n in fallback)
+    # what else the server asked for (timeline history files) the running fetcher answered:
+    # not one barman-cloud-wal-restore process was started
+    assert restored["fallback"] == [] and restored["not_archived"], restored
     assert _phases(result["port"], bench["svc"].extra["password"]) == {
         "before": 5,
         "between-1": 5,
@@ -1144,9 +1146,10 @@ def _fetcher_pid(spool: Path) -> int:
 def test_the_spool_neither_waits_again_for_a_segment_handed_over_nor_for_a_dead_fetcher(
     bench, tmp_path, monkeypatch
 ):
-    """The server asks for some segments again after the spool handed them over; a fetcher can
-    die (killed, out of memory) before it marks the spool done. Neither is waited for (300 s
-    each): the restore_command falls back to barman-cloud-wal-restore at once."""
+    """The server asks for some segments again after the spool handed them over: the running
+    fetcher brings it again, on request. A fetcher can die (killed, out of memory) before it
+    marks the spool done: that is not waited for (300 s each), the restore_command falls back to
+    barman-cloud-wal-restore at once."""
     monkeypatch.setattr(prefetch, "AHEAD", 1)  # the fetcher stays busy (alive) until plan[1] is taken
     root = tmp_path / "pitr"
     root.mkdir()
@@ -1158,7 +1161,7 @@ def test_the_spool_neither_waits_again_for_a_segment_handed_over_nor_for_a_dead_
         assert len(plan) >= 3 and plan[0] == first
         services.wait_until(lambda: (spool / plan[0]).exists(), 30, "the first segment spooled")
         _ask(command, plan[0], tmp_path / "a")
-        _ask(command, plan[0], tmp_path / "again")  # asked again: from the archive, not waited for
+        _ask(command, plan[0], tmp_path / "again")  # asked again: fetched again, not waited for
         assert (tmp_path / "again").read_bytes() == (tmp_path / "a").read_bytes()
         assert not (spool / prefetch.DONE).exists()  # the fetcher is still at work
 
@@ -1166,8 +1169,44 @@ def test_the_spool_neither_waits_again_for_a_segment_handed_over_nor_for_a_dead_
         services.wait_until(lambda: (spool / prefetch.DONE).exists(), 15, "the spool marked done")
         _ask(command, plan[2], tmp_path / "b")
     log = (root / prefetch.RESTORE_LOG).read_text().split("\n")
-    assert log[:3] == [f"spool {plan[0]}", f"fallback {plan[0]}", f"fallback {plan[2]}"]
+    assert log[:3] == [f"spool {plan[0]}", f"fetcher {plan[0]}", f"fallback {plan[2]}"]
     assert not spool.exists()
+
+
+def test_the_fetcher_answers_what_is_not_planned_and_says_what_the_archive_does_not_hold(bench, tmp_path):
+    """Beyond its plan the server asks for timeline history files, for the segment after the
+    archive's end (how 'latest' finds it) and for segments again: the running fetcher answers
+    each, with the file or 'not archived' (the restore_command exits non-zero, as
+    barman-cloud-wal-restore does for a missing file), starting no process. What is no WAL file
+    name is never asked of the fetcher."""
+    root = tmp_path / "pitr"
+    root.mkdir()
+    creds = write_credentials_file(bench["target"], root / "aws-credentials", None)
+    first = bench["base"].engine["first_segment"]
+    beyond = "0000000100000009000000FF"  # far past the archive's end
+    with prefetch.wal_spool(BarmanCloud(), bench["target"], root, creds, first, None) as command:
+        spool = root / "wal-spool"
+        plan = (spool / prefetch.PLAN).read_text().split()
+        for name in (beyond, "00000009.history", beyond):  # asked twice: answered twice
+            argv = shlex.split(command.replace("%f", name).replace("%p", str(tmp_path / "x")))
+            out = subprocess.run(argv, timeout=60, capture_output=True)  # noqa: S603
+            assert out.returncode != 0 and not (tmp_path / "x").exists()
+        _ask(command, plan[0], tmp_path / "first")
+        _ask(command, plan[0], tmp_path / "first-again")
+        assert (tmp_path / "first-again").read_bytes() == (tmp_path / "first").read_bytes()
+        odd = subprocess.run(  # noqa: S603
+            shlex.split(command.replace("%f", "../x").replace("%p", str(tmp_path / "y"))),
+            timeout=60,
+            capture_output=True,
+        )
+        assert odd.returncode != 0
+    assert prefetch.restore_report(root) == {
+        "from_spool": [plan[0]],
+        "from_fetcher": [plan[0]],
+        "not_archived": [beyond, "00000009.history", beyond],
+        "fallback": ["../x"],
+    }
+    assert not list(root.glob("x*"))  # nothing written beside the spool for the odd name
 
 
 def test_ambient_s3_keys_reach_the_prefetcher_through_the_credentials_file_not_the_servers_env(

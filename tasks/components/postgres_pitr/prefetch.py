@@ -36,10 +36,11 @@ RESTORE_LOG = "wal-restore.log"  # one line per file the server asked for: spool
 WAIT_STEPS = 6000  # x 0.05 s: how long the restore_command waits for a planned segment
 
 _FETCHER = r"""
-import json, os, sys, threading, time
+import json, os, re, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from barman.cloud import CloudBackupCatalog, CloudWalDownloader
 from barman.cloud_providers.aws_s3 import S3CloudInterface
+from barman.clients.cloud_cli import OperationErrorExit
 from barman.xlog import is_wal_file
 url, server, endpoint, spool, first, uid, ahead, jobs = sys.argv[1:9]
 uid, ahead, jobs = int(uid), int(ahead), int(jobs)
@@ -50,22 +51,47 @@ def mark(name, text=""):
     with open(tmp, "w") as fh:
         fh.write(text)
     os.replace(tmp, os.path.join(spool, name))
+def fetch(name, no_partial=True):
+    tmp = os.path.join(spool, "." + name + ".part")
+    down.download_wal(name, tmp, no_partial, 0)
+    if uid >= 0:
+        os.chown(tmp, uid, -1)
+    os.replace(tmp, os.path.join(spool, name))
+def planned(name):
+    try:
+        fetch(name)
+    except BaseException as exc:
+        mark(name + ".failed", type(exc).__name__)
+ASKABLE = re.compile(r"[0-9A-F]{24}(\.partial)?|[0-9A-F]{8}\.history")
+def answer():
+    # anything else the server asks for (history files, the end of the archive, a segment asked
+    # again): one request at a time, as barman-cloud-wal-restore would answer it, minus its start
+    want = os.path.join(spool, "want")
+    while True:
+        try:
+            os.replace(want, want + ".taken")
+        except FileNotFoundError:
+            time.sleep(0.02)
+            continue
+        with open(want + ".taken") as fh:
+            name = fh.read().strip()
+        if not ASKABLE.fullmatch(name):
+            mark(name + ".error", "not a WAL file name")
+            continue
+        try:
+            fetch(name, no_partial=False)
+        except OperationErrorExit:
+            mark(name + ".missing")  # not in the archive
+        except BaseException as exc:
+            mark(name + ".error", type(exc).__name__)
 try:
     iface = S3CloudInterface(url=url, endpoint_url=endpoint or None, jobs=1)
     down = CloudWalDownloader(iface, server, spool_dir=spool)
     names = sorted(CloudBackupCatalog(iface, server).get_wal_paths())
     # the segments of the base backup's timeline from its first one on, in replay order
     plan = [n for n in names if is_wal_file(n) and n[:8] == first[:8] and n >= first]
+    threading.Thread(target=answer, daemon=True).start()
     mark("plan", "".join(n + "\n" for n in plan))
-    def fetch(name):
-        tmp = os.path.join(spool, "." + name + ".part")
-        try:
-            down.download_wal(name, tmp, True, 0)
-            if uid >= 0:
-                os.chown(tmp, uid, -1)
-            os.replace(tmp, os.path.join(spool, name))
-        except BaseException as exc:
-            mark(name + ".failed", type(exc).__name__)
     held = []
     with ThreadPoolExecutor(jobs) as pool:
         for name in plan:
@@ -74,9 +100,11 @@ try:
                 if len(held) < ahead:
                     break
                 time.sleep(0.05)
-            held.append((name, pool.submit(fetch, name)))
-finally:
+            held.append((name, pool.submit(planned, name)))
+except BaseException:
     mark("done")
+    raise
+threading.Event().wait()  # every planned segment is in the spool or failed: answer until EOF
 """
 
 _RESTORE_SCRIPT = """#!/bin/sh
@@ -96,6 +124,26 @@ if [ -f "$spool/$f" ] && mv -f -- "$spool/$f" "$p"; then
   : > "$spool/$f.given"
   echo "spool $f" >> {log}; exit 0
 fi
+# anything else: asked of the running fetcher (no process started), which answers with the
+# file, or that the archive does not hold it (the server then takes it as the end of WAL)
+case "$f" in
+  .*|*[!0-9A-Za-z.]*) ;;
+  *) if [ -f "$spool/{plan}" ] && [ ! -f "$spool/{done}" ]; then
+    rm -f -- "$spool/$f.missing" "$spool/$f.error"
+    echo "$f" > "$spool/.want.tmp" && mv -f -- "$spool/.want.tmp" "$spool/want"
+    i=0
+    while [ ! -f "$spool/$f" ] && [ ! -f "$spool/$f.missing" ] && [ ! -f "$spool/$f.error" ] \\
+          && [ ! -f "$spool/{done}" ] && [ "$i" -lt {steps} ]; do
+      sleep 0.05; i=$((i + 1))
+    done
+    if [ -f "$spool/$f" ] && mv -f -- "$spool/$f" "$p"; then
+      echo "fetcher $f" >> {log}; exit 0
+    fi
+    if [ -f "$spool/$f.missing" ]; then
+      echo "missing $f" >> {log}; exit 1
+    fi
+  fi ;;
+esac
 echo "fallback $f" >> {log}
 exec env {fallback}
 """
@@ -213,15 +261,26 @@ def _wait_for_plan(spool: Path, fetcher: subprocess.Popen, fetcher_log: Path, ti
     log.warning("WAL prefetch did not list the archive in %.0f s: fetching segment by segment", timeout)
 
 
-def restore_report(root: Path) -> dict[str, object]:
-    """What the recovering server asked for so far: the files the spool served, and those the
-    fallback command was run for (history files, the end of the archive, misses)."""
+def planned_segments(root: Path) -> list[str] | None:
+    """The archive's segments the fetcher listed (the base backup's timeline, from its first
+    segment on), or None where no fetcher listed them."""
+    try:
+        return (root / "wal-spool" / PLAN).read_text().split()
+    except FileNotFoundError:
+        return None
+
+
+# how the restore_command got each file (its log's first word) -> the report's key
+_HOW = {"spool": "from_spool", "fetcher": "from_fetcher", "missing": "not_archived", "fallback": "fallback"}
+
+
+def restore_report(root: Path) -> dict[str, list[str]]:
+    """What the recovering server asked for so far: the files the spool served ahead, those the
+    running fetcher answered on request (history files, a segment asked again) or found not to
+    be archived (the end of WAL), and those the fallback command was run for."""
     try:
         lines = (root / RESTORE_LOG).read_text().split("\n")
     except FileNotFoundError:
-        return {"from_spool": [], "fallback": []}
+        lines = []
     pairs = [line.split(" ", 1) for line in lines if " " in line]
-    return {
-        "from_spool": [name for how, name in pairs if how == "spool"],
-        "fallback": [name for how, name in pairs if how == "fallback"],
-    }
+    return {key: [name for how, name in pairs if how == kind] for kind, key in _HOW.items()}

@@ -22,7 +22,6 @@ from blocks.store import StoreBlock
 from tasks.components.contract import StrictOptions
 from tasks.components.postgres_pitr.backups import BASE_OBJECT
 from tasks.components.postgres_pitr.engines import (
-    PitrEngine,
     engine_for,
     is_segment,
     parse_lsn,
@@ -46,7 +45,7 @@ from tasks.components.postgres_pitr.instance import (
     is_running,
     stop_instance,
 )
-from tasks.components.postgres_pitr.prefetch import restore_report, wal_spool
+from tasks.components.postgres_pitr.prefetch import planned_segments, restore_report, wal_spool
 from tasks.components.postgres_pitr.server import _row, connect, pg_bindir
 from tasks.components.postgres_pitr.settings import append_settings, recovery_settings, write_recovery_conf
 from tasks.components.postgres_pitr.targets import RecoveryTarget, TargetTime
@@ -177,10 +176,10 @@ def _wait_for_target(target, goal, port, bindir, data, log, user, timeout) -> di
     raise ComponentFailed(f"recovery did not reach {goal.describe()} within {timeout}s:\n{_log_tail(log)}")
 
 
-def _archive_end(engine: PitrEngine, target: PitrTarget, manifest: Manifest) -> tuple[int, list[int]] | None:
+def _archive_end(wal: list[str], manifest: Manifest) -> tuple[int, list[int]] | None:
     """(last segment number, segment numbers) archived on the base backup's timeline."""
     seg, tli = manifest.engine["wal_segment_size"], manifest.engine["timeline"]
-    named = (segment_number(name, seg) for name in engine.list_wal(target) if is_segment(name))
+    named = (segment_number(name, seg) for name in wal if is_segment(name))
     numbers = [n for timeline, n in named if timeline == tli]
     return (max(numbers), numbers) if numbers else None
 
@@ -271,7 +270,9 @@ def recover(
             "os_user": user,
         }
         (root / STATE_FILE).write_text(json.dumps(state_file, indent=2))
-        end = _archive_end(engine, target, manifest) if goal.kind == "latest" else None
+        end = None  # for 'latest': the fetcher's listing, taken just now, else one of our own
+        if goal.kind == "latest":
+            end = _archive_end(planned_segments(root) or engine.list_wal(target), manifest)
         seconds["prepare"] = time.monotonic() - preparing
         started = True
         replay = time.monotonic()  # start, WAL fetched ahead and replayed, the target reached
