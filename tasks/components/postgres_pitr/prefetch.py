@@ -6,9 +6,11 @@ the RTO starting interpreters. Here one fetcher process (barman's own library, i
 Python) lists the archive once and downloads the segments recovery will ask for, a few at a
 time, into a spool directory next to the data directory; the `restore_command` is a small shell
 script that moves the next segment out of the spool, waiting for it if the fetcher has it in
-hand, and falls back to `barman-cloud-wal-restore` for anything else (timeline history files,
-a segment the fetcher could not get). The spool holds at most AHEAD segments: nothing of
-database size lands on local disk. WAL is checked by PostgreSQL itself (CRC on every record).
+hand. Anything else (timeline history files, the segment after the archive's end, a segment
+asked again) it asks of the same running fetcher, which answers with the file or "not
+archived"; `barman-cloud-wal-restore` runs only once the fetcher is gone or fails. The spool
+holds at most AHEAD segments: nothing of database size lands on local disk. WAL is checked by
+PostgreSQL itself (CRC on every record).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ RESTORE_LOG = "wal-restore.log"  # one line per file the server asked for: spool
 WAIT_STEPS = 6000  # x 0.05 s: how long the restore_command waits for a planned segment
 
 _FETCHER = r"""
-import json, os, re, sys, threading, time
+import os, re, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from barman.cloud import CloudBackupCatalog, CloudWalDownloader
 from barman.cloud_providers.aws_s3 import S3CloudInterface
@@ -63,27 +65,34 @@ def planned(name):
     except BaseException as exc:
         mark(name + ".failed", type(exc).__name__)
 ASKABLE = re.compile(r"[0-9A-F]{24}(\.partial)?|[0-9A-F]{8}\.history")
+SAFE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.]*")  # what restore_wal.sh asks about: no path
+def answer_one(want):
+    os.replace(want, want + ".taken")  # FileNotFoundError: nothing asked
+    with open(want + ".taken") as fh:
+        name = fh.read().strip()
+    if not SAFE.fullmatch(name):
+        return
+    if not ASKABLE.fullmatch(name):
+        mark(name + ".error", "not a WAL file name")
+        return
+    try:
+        fetch(name, no_partial=False)
+    except OperationErrorExit:
+        mark(name + ".missing")  # not in the archive
+    except BaseException as exc:
+        mark(name + ".error", type(exc).__name__)
 def answer():
     # anything else the server asks for (history files, the end of the archive, a segment asked
     # again): one request at a time, as barman-cloud-wal-restore would answer it, minus its start
     want = os.path.join(spool, "want")
     while True:
         try:
-            os.replace(want, want + ".taken")
+            answer_one(want)
         except FileNotFoundError:
             time.sleep(0.02)
-            continue
-        with open(want + ".taken") as fh:
-            name = fh.read().strip()
-        if not ASKABLE.fullmatch(name):
-            mark(name + ".error", "not a WAL file name")
-            continue
-        try:
-            fetch(name, no_partial=False)
-        except OperationErrorExit:
-            mark(name + ".missing")  # not in the archive
-        except BaseException as exc:
-            mark(name + ".error", type(exc).__name__)
+        except Exception as exc:  # one request gone wrong must not end the answering
+            print("answering:", repr(exc), file=sys.stderr, flush=True)
+            time.sleep(0.02)
 try:
     iface = S3CloudInterface(url=url, endpoint_url=endpoint or None, jobs=1)
     down = CloudWalDownloader(iface, server, spool_dir=spool)
