@@ -260,8 +260,7 @@ def drill_report_markdown(rec: DrillRecord) -> str:
         prod = {True: "yes", False: "NO (changed)", None: "-"}[c.production_unchanged]
         status = SHOWN[c.status] if c.configured else "not configured"
         target = "-" if c.rpo_target_hours is None else f"< {c.rpo_target_hours:g} h"
-        checked = c.checks.get("checks")
-        checked = checked if isinstance(checked, dict) else {}
+        checked = _component_checks(c)
         # less the component's own phases, shown where the RTO went (rto_phases_text)
         shown = [k for k, v in checked.items() if k != "seconds" or not _is_phases(v)]
         detail = c.reason or ", ".join(f"{k}: ok" for k in shown) or ""
@@ -301,8 +300,7 @@ def rto_phases_text(c: ComponentDrill) -> str:
     """`restore 12.3 s (app: load 9.5 s, fingerprint+post_data 2.1 s), health checks 0.2 s`: the
     drill's steps, with the phases a component reports for each thing it restored (PostgreSQL:
     per database) or for itself (PITR, etcd: `fetch+untar 3.1 s, verify 0.4 s, ...`)."""
-    checks = c.checks.get("checks")
-    checks = checks if isinstance(checks, dict) else {}
+    checks = _component_checks(c)
     inner = [
         f"{name}: " + _phases(check["seconds"])
         for name, check in checks.items()
@@ -317,6 +315,12 @@ def rto_phases_text(c: ComponentDrill) -> str:
             text += " (" + "; ".join(inner) + ")"
         parts.append(text)
     return ", ".join(parts)
+
+
+def _component_checks(c: ComponentDrill) -> dict[str, Any]:
+    """What the component's drill reported under `checks` (a record may hold anything there)."""
+    checks = c.checks.get("checks")
+    return checks if isinstance(checks, dict) else {}
 
 
 def _is_phases(value: Any) -> bool:
