@@ -1268,6 +1268,30 @@ def test_the_pods_own_identity_reaches_the_prefetcher_as_paths_never_secrets(
     assert (root / prefetch.RESTORE_LOG).read_text().split("\n")[0] == f"spool {first}"
 
 
+def test_a_history_file_the_server_asks_for_comes_from_the_fetcher_decompressed(bench, moto, tmp_path):
+    """A promoted server archives its timeline history (gzipped by barman-cloud-wal-archive): a
+    recovery asks for it by name, and the running fetcher brings it back as it was written."""
+    target = bench["target"].model_copy(update={"archive_url": f"s3://{bench['bucket']}/answers"})
+    history = tmp_path / "00000002.history"
+    history.write_text(f"1\t{bench['T_lsn']}\tno recovery target specified\n")
+    engine = BarmanCloud()
+    with aws_engine_env(target) as env:
+        run(
+            [engine.bin("barman-cloud-wal-archive"), "--endpoint-url", moto.url, "--gzip"]
+            + [target.archive_url, target.server_name, str(history)],
+            env=env,
+        )
+    root = tmp_path / "pitr"
+    root.mkdir()
+    creds = write_credentials_file(target, root / "aws-credentials", None)
+    first = bench["base"].engine["first_segment"]
+    with prefetch.wal_spool(engine, target, root, creds, first, None) as command:
+        assert (root / "wal-spool" / prefetch.PLAN).read_text() == ""  # no segment here
+        _ask(command, "00000002.history", tmp_path / "asked")
+    assert (tmp_path / "asked").read_bytes() == history.read_bytes()
+    assert prefetch.restore_report(root)["from_fetcher"] == ["00000002.history"]
+
+
 # ---- secrets ----------------------------------------------------------------------------------
 
 _RECORDER = """#!/bin/sh
