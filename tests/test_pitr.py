@@ -11,6 +11,7 @@ import importlib
 import io
 import json
 import os
+import pwd
 import re
 import secrets
 import shlex
@@ -1207,6 +1208,53 @@ def test_the_fetcher_answers_what_is_not_planned_and_says_what_the_archive_does_
         "fallback": ["../x"],
     }
     assert not list(root.glob("x*"))  # nothing written beside the spool for the odd name
+
+
+def test_the_fetcher_runs_as_the_servers_user_so_a_link_planted_in_its_spool_leads_nowhere(
+    bench, new_dir, tmp_path, monkeypatch
+):
+    """Run as root for a server of another OS user, the fetcher writes into the spool, which that
+    user can write to: as root, a link planted there (`.<segment>.part` -> a root-only file) had
+    the download written through it. It runs as the server's user, which the link gets nowhere."""
+    assert os.geteuid() == 0, "the suite runs as root (scripts/setup.sh installs packages)"
+    monkeypatch.setattr(prefetch, "AHEAD", 1)  # plan[1] is fetched only once plan[0] is taken
+    user = "postgres"
+    root = Path(new_dir)
+    root.mkdir(parents=True)
+    shutil.chown(root, user)
+    creds = write_credentials_file(bench["target"], root / "aws-credentials", user)
+    victim = tmp_path / "root-only"
+    victim.write_text("untouched")
+    first = bench["base"].engine["first_segment"]
+    with prefetch.wal_spool(BarmanCloud(), bench["target"], root, creds, first, user) as command:
+        spool = root / "wal-spool"
+        plan = (spool / prefetch.PLAN).read_text().split()
+        assert len(plan) >= 2
+        services.wait_until(lambda: (spool / plan[0]).exists(), 30, "the first segment spooled")
+        (spool / f".{plan[1]}.part").symlink_to(victim)
+        fetchers = [
+            int(p.name)
+            for p in Path("/proc").iterdir()
+            if p.name.isdigit() and _reads(p / "cmdline", str(spool)) and _reads(p / "comm", "python")
+        ]
+        assert fetchers, "no fetcher process"
+        for pid in fetchers:
+            uid = int(Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[0])
+            assert uid == pwd.getpwnam(user).pw_uid
+        _ask(command, plan[0], tmp_path / "first")  # the fetcher moves on to plan[1]
+        services.wait_until(
+            lambda: (spool / plan[1]).exists() or (spool / f"{plan[1]}.failed").exists(),
+            30,
+            "the second segment tried",
+        )
+    assert victim.read_text() == "untouched"
+
+
+def _reads(path: Path, text: str) -> bool:
+    try:
+        return text.encode() in path.read_bytes()
+    except OSError:
+        return False
 
 
 def test_ambient_s3_keys_reach_the_prefetcher_through_the_credentials_file_not_the_servers_env(

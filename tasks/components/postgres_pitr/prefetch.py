@@ -28,6 +28,7 @@ from pathlib import Path
 
 from blocks.pitr import PitrTarget
 from tasks.components.postgres_pitr.engines import BarmanCloud, ambient_identity
+from tasks.components.postgres_pitr.instance import as_user
 
 log = logging.getLogger(__name__)
 AHEAD = 8  # segments fetched ahead of replay (16 MiB each by default)
@@ -44,8 +45,8 @@ from barman.cloud import CloudBackupCatalog, CloudWalDownloader
 from barman.cloud_providers.aws_s3 import S3CloudInterface
 from barman.clients.cloud_cli import OperationErrorExit
 from barman.xlog import is_wal_file
-url, server, endpoint, spool, first, uid, ahead, jobs = sys.argv[1:9]
-uid, ahead, jobs = int(uid), int(ahead), int(jobs)
+url, server, endpoint, spool, first, ahead, jobs = sys.argv[1:8]
+ahead, jobs = int(ahead), int(jobs)
 # the parent closes our stdin when it is done with us, or dies: either way, stop
 threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
 def mark(name, text=""):
@@ -56,8 +57,6 @@ def mark(name, text=""):
 def fetch(name, no_partial=True):
     tmp = os.path.join(spool, "." + name + ".part")
     down.download_wal(name, tmp, no_partial, 0)
-    if uid >= 0:
-        os.chown(tmp, uid, -1)
     os.replace(tmp, os.path.join(spool, name))
 def planned(name):
     try:
@@ -192,14 +191,15 @@ def wal_spool(
     script = root / "restore_wal.sh"
     script.write_text(restore_script(fallback, spool, root / RESTORE_LOG))
     script.chmod(0o700)
-    uid = -1
+    runas: list[str] = []
     if owner:
-        import pwd
         import shutil
 
-        uid = pwd.getpwnam(owner).pw_uid
         shutil.chown(spool, owner)
         shutil.chown(script, owner)
+        # the fetcher writes into a directory the owner can write to: as the owner, never as us
+        # (root following a link planted there would write wherever it points)
+        runas = as_user(owner)
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         # no keys anywhere: the pod's identity (IRSA, EKS Pod Identity), as the server has it
@@ -208,6 +208,7 @@ def wal_spool(
         **({"AWS_DEFAULT_REGION": target.region} if target.region else {}),
     }
     argv = [
+        *runas,
         engine._python(),
         "-c",
         _FETCHER,
@@ -216,7 +217,6 @@ def wal_spool(
         target.endpoint_url or "",
         str(spool),
         first_segment,
-        str(uid),
         str(AHEAD),
         str(JOBS),
     ]
