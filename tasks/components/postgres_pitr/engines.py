@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import shlex
-import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -243,11 +243,11 @@ def ambient_identity(target: PitrTarget) -> dict[str, str]:
 def write_credentials_file(target: PitrTarget, path: Path, owner: str | None) -> Path:
     """An AWS shared-credentials file readable only by the server's OS user."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)  # never through a link
     with os.fdopen(fd, "w") as fh:
+        if owner:
+            os.fchown(fh.fileno(), pwd.getpwnam(owner).pw_uid, -1)
         fh.write(_credentials_text(target))
-    if owner:
-        shutil.chown(path, owner)
     return path
 
 

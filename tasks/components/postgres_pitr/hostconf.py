@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 
+from tasks.components.postgres_pitr import files
 from tasks.components.postgres_pitr.instance import as_user
 from tasks.components.postgres_pitr.settings import CONF_FILE, append_settings, conf_quote
 from tasks.errors import ComponentFailed
@@ -77,7 +77,7 @@ def _drop_foreign_includes(conf: Path, data: Path, warnings: list[str], seen: se
     if conf in seen or not conf.is_file():
         return
     seen.add(conf)
-    lines, changed = conf.read_text(errors="replace").splitlines(keepends=True), False
+    lines, changed = files.read_text(conf).splitlines(keepends=True), False
     for i, line in enumerate(lines):
         if _LOCATION.match(line):
             lines[i], changed = "# knative-lambda-backup PITR, the source's location: " + line, True
@@ -87,7 +87,8 @@ def _drop_foreign_includes(conf: Path, data: Path, warnings: list[str], seen: se
             continue
         name = match["q"].replace("''", "'") if match["q"] is not None else match["bare"]
         path = Path(os.path.normpath(conf.parent / name))
-        if _inside(path, data) and path.exists():
+        # through a link, a file inside may be one outside: what it resolves to must be inside
+        if _inside(path, data) and path.exists() and _inside(path.resolve(), data.resolve()):
             inner = sorted(path.glob("*.conf")) if path.is_dir() else [path]
             for included in inner:
                 _drop_foreign_includes(included, data, warnings, seen)
@@ -99,7 +100,7 @@ def _drop_foreign_includes(conf: Path, data: Path, warnings: list[str], seen: se
             "(not in the base backup); its settings do not apply to the recovered instance"
         )
     if changed:
-        conf.write_text("".join(lines))
+        files.write_text(conf, "".join(lines))
 
 
 def drop_foreign_includes(data: Path) -> list[str]:
@@ -115,10 +116,10 @@ def drop_foreign_includes(data: Path) -> list[str]:
 def write_auth_files(root: Path, user: str | None) -> None:
     """The recovery's own pg_hba.conf and (empty) pg_ident.conf, which hba_file/ident_file name."""
     for name, text in (("pg_hba.conf", _HBA), ("pg_ident.conf", "")):
-        (root / name).write_text(text)
+        files.write_text(root / name, text)
         (root / name).chmod(0o600)
         if user:
-            shutil.chown(root / name, user)
+            files.give(root / name, user)
 
 
 def _split(value: str) -> list[str]:

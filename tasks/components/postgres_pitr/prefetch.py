@@ -197,6 +197,8 @@ def wal_spool(
 
         shutil.chown(spool, owner)
         shutil.chown(script, owner)
+        (root / RESTORE_LOG).touch()  # the script writes it, and the instance directory is ours
+        shutil.chown(root / RESTORE_LOG, owner)
         # the fetcher writes into a directory the owner can write to: as the owner, never as us
         # (root following a link planted there would write wherever it points)
         runas = as_user(owner)

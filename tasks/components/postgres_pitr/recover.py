@@ -20,6 +20,7 @@ from pydantic import Field
 from blocks.pitr import PitrTarget
 from blocks.store import StoreBlock
 from tasks.components.contract import StrictOptions
+from tasks.components.postgres_pitr import files
 from tasks.components.postgres_pitr.backups import BASE_OBJECT
 from tasks.components.postgres_pitr.engines import (
     engine_for,
@@ -103,6 +104,8 @@ def check_directory(path: str) -> Path:
     root = Path(path)
     if not root.is_absolute():
         raise BadInput(f"directory {path!r} must be an absolute path")
+    if root.is_symlink():
+        raise BadInput(f"directory {path} is a symbolic link: give the directory it points to")
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise BadInput(f"directory {path} exists and is not empty: PITR only restores into a new directory")
     return root
@@ -114,7 +117,11 @@ def _prepare_directory(path: str, user: str) -> Path:
     (root / "data").mkdir(mode=0o700)
     (root / "socket").mkdir(mode=0o700)
     if as_user(user):
-        for p in (root, root / "data", root / "socket"):
+        # the server's user gets its data and socket directories, not this one: what we write
+        # here (credentials, settings, the restore script) is never where that user can put a link
+        os.chown(root, os.geteuid(), os.getegid())
+        root.chmod(0o711)
+        for p in (root / "data", root / "socket"):
             shutil.chown(p, user)
     return root
 
@@ -251,11 +258,11 @@ def recover(
         settings = recovery_settings(goal, command, port, sock, options.shared_buffers, major)
         write_recovery_conf(data, {**settings, **host_settings(root, major)})
         (data / "standby.signal").unlink(missing_ok=True)
-        (data / "recovery.signal").touch()
-        log.touch()
+        files.touch(data / "recovery.signal")
+        files.touch(log)
         if runas:
             for p in (data / "postgresql.conf", data / "postgresql.auto.conf", data / "recovery.signal", log):
-                shutil.chown(p, user)
+                files.give(p, user)
         warnings += replace_missing_locales(bindir, data, user)
         libraries, missing = check_libraries(bindir, data, user)
         append_settings(data, libraries)
@@ -288,8 +295,7 @@ def recover(
                 if options.port or attempt == BIND_TRIES or not _port_taken(log):
                     raise
                 port = free_port()
-                with open(data / "postgresql.auto.conf", "a") as fh:
-                    fh.write(f"port = {port}\n")  # the last setting wins
+                files.append_text(data / "postgresql.auto.conf", f"port = {port}\n")  # the last one wins
                 (root / STATE_FILE).write_text(json.dumps({**state_file, "port": port}, indent=2))
         # pg_ctl -w returns 0 once read-only connections work: the outcome is checked here
         state = _wait_for_target(target, goal, port, bindir, data, log, user, options.timeout_seconds)

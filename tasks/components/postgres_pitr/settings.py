@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tasks.components.postgres_pitr import files
 from tasks.components.postgres_pitr.targets import RecoveryTarget
 
 CONF_FILE = "postgresql.auto.conf"
@@ -85,14 +86,13 @@ def recovery_settings(
 def write_recovery_conf(data: Path, settings: dict[str, str]) -> None:
     """Append `settings` to the data directory's postgresql.auto.conf (they win over the source's)."""
     if not (data / "postgresql.conf").exists():  # Debian keeps it in /etc: the data dir has none
-        (data / "postgresql.conf").touch()
-    with open(data / CONF_FILE, "a") as fh:
-        fh.write("\n# knative-lambda-backup PITR: new instance, archiving off, the source's recovery reset\n")
+        files.touch(data / "postgresql.conf")
+    note = "\n# knative-lambda-backup PITR: new instance, archiving off, the source's recovery reset\n"
+    files.append_text(data / CONF_FILE, note)
     append_settings(data, settings)
 
 
 def append_settings(data: Path, settings: dict[str, str]) -> None:
     """Settings after all others in postgresql.auto.conf (the last occurrence wins)."""
     if settings:
-        with open(data / CONF_FILE, "a") as fh:
-            fh.writelines(f"{k} = {v}\n" for k, v in settings.items())
+        files.append_text(data / CONF_FILE, "".join(f"{k} = {v}\n" for k, v in settings.items()))
