@@ -307,6 +307,18 @@ def test_a_recovery_to_latest_that_stops_before_the_archive_ends_fails(bench, mo
     assert not Path(new_dir).exists()
 
 
+def _archive_history(moto, target: PitrTarget, path: Path, text: str) -> None:
+    """A timeline history file, archived as a promoted server archives it: its archive_command,
+    barman-cloud-wal-archive (gzipped)."""
+    path.write_text(text)
+    with aws_engine_env(target) as env:
+        run(
+            [BarmanCloud().bin("barman-cloud-wal-archive"), "--endpoint-url", moto.url, "--gzip"]
+            + [target.archive_url, target.server_name, str(path)],
+            env=env,
+        )
+
+
 def test_a_timeline_that_branched_off_ends_the_window_and_latest_is_refused(
     prefect_server, bench, moto, tmp_path
 ):
@@ -322,16 +334,9 @@ def test_a_timeline_that_branched_off_ends_the_window_and_latest_is_refused(
             CopySource={"Bucket": bucket, "Key": obj["Key"]},
         )
     target = bench["target"].model_copy(update={"archive_url": f"s3://{bucket}/tl"})
-    # archived as the server archives it: its archive_command, barman-cloud-wal-archive
     history = tmp_path / "00000002.history"
-    history.write_text(f'1\t{bench["T_lsn"]}\tat restore point "before-after"\n')
+    _archive_history(moto, target, history, f'1\t{bench["T_lsn"]}\tat restore point "before-after"\n')
     engine = BarmanCloud()
-    with aws_engine_env(target) as env:
-        run(
-            [engine.bin("barman-cloud-wal-archive"), "--endpoint-url", moto.url, "--gzip"]
-            + [target.archive_url, target.server_name, str(history)],
-            env=env,
-        )
     assert "00000002.history" in engine.list_wal(target)
     store, copy = _catalogued_copy(bench, moto, bucket, "tl-catalog", target)
 
@@ -1321,14 +1326,8 @@ def test_a_history_file_the_server_asks_for_comes_from_the_fetcher_decompressed(
     recovery asks for it by name, and the running fetcher brings it back as it was written."""
     target = bench["target"].model_copy(update={"archive_url": f"s3://{bench['bucket']}/answers"})
     history = tmp_path / "00000002.history"
-    history.write_text(f"1\t{bench['T_lsn']}\tno recovery target specified\n")
+    _archive_history(moto, target, history, f"1\t{bench['T_lsn']}\tno recovery target specified\n")
     engine = BarmanCloud()
-    with aws_engine_env(target) as env:
-        run(
-            [engine.bin("barman-cloud-wal-archive"), "--endpoint-url", moto.url, "--gzip"]
-            + [target.archive_url, target.server_name, str(history)],
-            env=env,
-        )
     root = tmp_path / "pitr"
     root.mkdir()
     creds = write_credentials_file(target, root / "aws-credentials", None)
