@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import pwd
 import secrets
-import shutil
 from pathlib import Path
 
 import pytest
@@ -90,4 +89,3 @@ def test_a_recovery_directory_that_is_a_link_is_refused(tmp_path):
     (tmp_path / "pitr").symlink_to(real)
     with pytest.raises(BadInput, match="symbolic link"):
         _prepare_directory(str(tmp_path / "pitr"), USER)
-    shutil.rmtree(real)

@@ -27,12 +27,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from blocks.pitr import PitrTarget
+from tasks.components.postgres_pitr import files
 from tasks.components.postgres_pitr.engines import BarmanCloud, ambient_identity
 from tasks.components.postgres_pitr.instance import as_user
 
 log = logging.getLogger(__name__)
 AHEAD = 8  # segments fetched ahead of replay (16 MiB each by default)
 JOBS = 4  # downloads at once
+SPOOL = "wal-spool"  # beside the data directory: the segments fetched ahead, and the markers
 PLAN = "plan"  # the segments the fetcher will bring, one name a line
 DONE = "done"  # the fetcher ended (every planned segment is in the spool or marked failed)
 RESTORE_LOG = "wal-restore.log"  # one line per file the server asked for: spool or fallback
@@ -186,7 +188,7 @@ def wal_spool(
     if not isinstance(engine, BarmanCloud) or not first_segment:
         yield fallback
         return
-    spool = root / "wal-spool"
+    spool = root / SPOOL
     spool.mkdir(mode=0o700)
     script = root / "restore_wal.sh"
     script.write_text(restore_script(fallback, spool, root / RESTORE_LOG))
@@ -197,8 +199,8 @@ def wal_spool(
 
         shutil.chown(spool, owner)
         shutil.chown(script, owner)
-        (root / RESTORE_LOG).touch()  # the script writes it, and the instance directory is ours
-        shutil.chown(root / RESTORE_LOG, owner)
+        files.touch(root / RESTORE_LOG)  # the script writes it, and the instance directory is ours
+        files.give(root / RESTORE_LOG, owner)
         # the fetcher writes into a directory the owner can write to: as the owner, never as us
         # (root following a link planted there would write wherever it points)
         runas = as_user(owner)
@@ -276,7 +278,7 @@ def planned_segments(root: Path) -> list[str] | None:
     """The archive's segments the fetcher listed (the base backup's timeline, from its first
     segment on), or None where no fetcher listed them."""
     try:
-        return (root / "wal-spool" / PLAN).read_text().split()
+        return (root / SPOOL / PLAN).read_text().split()
     except FileNotFoundError:
         return None
 
