@@ -37,7 +37,7 @@ JOBS = 4  # downloads at once
 SPOOL = "wal-spool"  # beside the data directory: the segments fetched ahead, and the markers
 PLAN = "plan"  # the segments the fetcher will bring, one name a line
 DONE = "done"  # the fetcher ended (every planned segment is in the spool or marked failed)
-RESTORE_LOG = "wal-restore.log"  # one line per file the server asked for: spool or fallback
+RESTORE_LOG = "wal-restore.log"  # one line per file the server asked for, and how it got it (_HOW)
 WAIT_STEPS = 6000  # x 0.05 s: how long the restore_command waits for a planned segment
 
 _FETCHER = r"""
