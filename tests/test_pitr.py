@@ -1255,6 +1255,36 @@ def test_the_fetcher_runs_as_the_servers_user_so_a_link_planted_in_its_spool_lea
     assert victim.read_text() == "untouched"
 
 
+def test_a_wal_file_planted_in_barmans_shared_default_spool_is_never_taken(bench, tmp_path):
+    """barman-cloud-wal-restore hands over a file of the asked name from its spool directory
+    before it looks in the archive, and its default spool is /var/tmp/walrestore, which any
+    local user may create: a segment or history file planted there was taken as archived, by
+    the plan's reads (history files, the window's last transaction) and by the recovering
+    server's fallback command. Each names a spool of its own."""
+    engine, target = BarmanCloud(), bench["target"]
+    name = bench["base"].engine["first_segment"]
+    shared = Path("/var/tmp/walrestore")
+    made = not shared.exists()
+    shared.mkdir(exist_ok=True)
+    planted = shared / name
+    planted.write_bytes(b"planted")
+    root = tmp_path / "pitr"
+    root.mkdir()
+    creds = write_credentials_file(target, root / "aws-credentials", None)
+    try:
+        engine.fetch_wal(target, name, tmp_path / "fetched")
+        command = engine.restore_command(target, creds, root / "wal-spool")
+        command = command.replace("%f", name).replace("%p", str(tmp_path / "fallback"))
+        subprocess.run(["sh", "-c", command], check=True, timeout=60, capture_output=True)  # noqa: S603
+        assert planted.read_bytes() == b"planted"  # neither took it
+    finally:
+        planted.unlink(missing_ok=True)
+        if made:
+            shared.rmdir()
+    fetched = (tmp_path / "fetched").read_bytes()
+    assert len(fetched) == 16 * 1024 * 1024 and fetched == (tmp_path / "fallback").read_bytes()
+
+
 def _reads(path: Path, text: str) -> bool:
     try:
         return text.encode() in path.read_bytes()

@@ -13,6 +13,7 @@ import pwd
 import re
 import shlex
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,8 +79,9 @@ class PitrEngine(Protocol):
     def fetch_wal(self, target: PitrTarget, wal_name: str, dest: Path) -> None:
         """Download one archived WAL file to `dest` (decompressed)."""
 
-    def restore_command(self, target: PitrTarget, credentials_file: Path) -> str:
-        """The `restore_command` for a recovering server; secrets stay in `credentials_file`."""
+    def restore_command(self, target: PitrTarget, credentials_file: Path, spool_dir: Path) -> str:
+        """The `restore_command` for a recovering server; secrets stay in `credentials_file`, and
+        any file the engine keeps between its runs in `spool_dir`, which only we can create."""
 
     def archive_command(self, target: PitrTarget, credentials_file: Path) -> str:
         """The `archive_command` the source server should run (documentation / checks)."""
@@ -154,15 +156,20 @@ class BarmanCloud:
             return run(argv, env=env, timeout=300, name="barman-cloud WAL list")
 
     def fetch_wal(self, target: PitrTarget, wal_name: str, dest: Path) -> None:
-        argv = [
-            self.bin("barman-cloud-wal-restore"),
-            *self._endpoint_args(target),
-            target.archive_url,
-            target.server_name,
-            wal_name,
-            str(dest),
-        ]
-        with aws_engine_env(target) as env:
+        with tempfile.TemporaryDirectory(prefix="klb-barman-spool-") as spool, aws_engine_env(target) as env:
+            argv = [
+                self.bin("barman-cloud-wal-restore"),
+                *self._endpoint_args(target),
+                # barman-cloud-wal-restore hands over a file of the name it finds in its spool
+                # before it looks in the archive, and its default spool, /var/tmp/walrestore, is
+                # anyone's to create: a WAL file planted there would be replayed as archived
+                "--spool-dir",
+                spool,
+                target.archive_url,
+                target.server_name,
+                wal_name,
+                str(dest),
+            ]
             run(argv, env=env, timeout=300, name="barman-cloud-wal-restore")
 
     def _env_prefix(self, target: PitrTarget, credentials_file: Path) -> list[str]:
@@ -173,11 +180,13 @@ class BarmanCloud:
             env.append(f"AWS_DEFAULT_REGION={shlex.quote(target.region)}")
         return env
 
-    def restore_command(self, target: PitrTarget, credentials_file: Path) -> str:
+    def restore_command(self, target: PitrTarget, credentials_file: Path, spool_dir: Path) -> str:
         env = self._env_prefix(target, credentials_file)
         argv = [
             self.bin("barman-cloud-wal-restore"),
             *self._endpoint_args(target),
+            "--spool-dir",  # never the shared default: see fetch_wal
+            str(spool_dir),
             target.archive_url,
             target.server_name,
         ]

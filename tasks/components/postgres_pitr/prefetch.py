@@ -184,7 +184,9 @@ def wal_spool(
 ) -> Iterator[str]:
     """Start the fetcher; yield the restore_command to configure. The fetcher is stopped and
     the spool removed on exit. An engine other than barman-cloud gets its own command."""
-    fallback = engine.restore_command(target, credentials)  # type: ignore[attr-defined]
+    # the fallback's own spool is ours too: created only with the fetcher, in the instance
+    # directory, which nobody else can write to (it only ever holds what the fetcher brought)
+    fallback = engine.restore_command(target, credentials, root / SPOOL)  # type: ignore[attr-defined]
     if not isinstance(engine, BarmanCloud) or not first_segment:
         yield fallback
         return
