@@ -257,10 +257,10 @@ def main() -> None:
         # the floor's WAL is local already (its download is not timed): every archived segment
         wal_dir = work / "floor-wal"
         wal_dir.mkdir()
-        engine = BarmanCloud()
-        for name in engine.list_wal(target):
-            if len(name) == 24:
-                engine.fetch_wal(target, name, wal_dir / name)
+        with BarmanCloud().reader(target) as archive:
+            for name in archive.names:
+                if len(name) == 24:
+                    archive.fetch(name, wal_dir / name)
         subprocess.run(["chown", "-R", "postgres", str(wal_dir), str(base_tar)], check=True)
         tar = base_tar / "base.tar"
         results["floor restore: untar, start, replay to T with cp from local WAL"] = {

@@ -332,6 +332,15 @@ def start(argv: Sequence[str], log: Path, env: Mapping[str, str | None] | None =
         return _spawn(argv, env, None, subprocess.DEVNULL, out, subprocess.STDOUT)
 
 
+def start_piped(
+    argv: Sequence[str], err: Path, env: Mapping[str, str | None] | None = None
+) -> subprocess.Popen:
+    """Start a helper we talk to over its stdin and stdout (byte pipes), stderr into `err`; it
+    dies with the flow process, and ends when we close its stdin."""
+    with open(err, "wb") as out:
+        return _spawn(argv, env, None, subprocess.PIPE, subprocess.PIPE, out)
+
+
 def stop(proc: subprocess.Popen, timeout: float = 15) -> None:
     """SIGTERM to the server's process group, SIGKILL if it is still there after `timeout`."""
     if proc.poll() is not None:

@@ -1272,7 +1272,8 @@ def test_a_wal_file_planted_in_barmans_shared_default_spool_is_never_taken(bench
     root.mkdir()
     creds = write_credentials_file(target, root / "aws-credentials", None)
     try:
-        engine.fetch_wal(target, name, tmp_path / "fetched")
+        with engine.reader(target) as archive:  # the plan's reads
+            archive.fetch(name, tmp_path / "fetched")
         command = engine.restore_command(target, creds, root / "wal-spool")
         command = command.replace("%f", name).replace("%p", str(tmp_path / "fallback"))
         subprocess.run(["sh", "-c", command], check=True, timeout=60, capture_output=True)  # noqa: S603
@@ -1283,6 +1284,26 @@ def test_a_wal_file_planted_in_barmans_shared_default_spool_is_never_taken(bench
             shared.rmdir()
     fetched = (tmp_path / "fetched").read_bytes()
     assert len(fetched) == 16 * 1024 * 1024 and fetched == (tmp_path / "fallback").read_bytes()
+
+
+def test_the_plan_reads_the_archive_through_one_barman_process(bench, tmp_path, monkeypatch):
+    """The plan lists the archive and fetches its history files and the window's last segments
+    (for pg_waldump): one barman process for all of it, where each file was a
+    barman-cloud-wal-restore of its own (about 0.6 s of Python start). A file the archive lacks
+    is a clear error, and the reader still answers after it."""
+    log = tmp_path / "log"
+    log.mkdir()
+    _recording_bindir(BarmanCloud().bin_dir, ["python", "barman-cloud-wal-restore"], tmp_path / "barman", log)
+    monkeypatch.setenv("KLB_BARMAN_BIN", str(tmp_path / "barman"))
+    (window,) = pitr.wal_archive(bench["target"], bench["store"]).windows
+    assert window.end_time == bench["last_commit"]  # pg_waldump read the last segment
+    assert [p.name.split(".")[0] for p in log.glob("*.argv")] == ["python"]
+    with BarmanCloud().reader(bench["target"]) as archive:
+        with pytest.raises(ComponentFailed, match="WAL file 00000009.history is not in the archive s3://"):
+            archive.fetch("00000009.history", tmp_path / "absent")
+        archive.fetch(window.last_segment, tmp_path / "last")
+    assert (tmp_path / "last").stat().st_size == 16 * 1024 * 1024
+    assert not (tmp_path / "absent").exists()
 
 
 def _reads(path: Path, text: str) -> bool:
@@ -1411,13 +1432,12 @@ def test_no_engine_gets_a_password_or_key_in_its_environment_or_argv(bench, tmp_
     with backup_session(bench["store"].model_copy(update={"prefix": "secrets"}), "postgres-pitr") as session:
         pitr.backup(target, session)
         session.commit()
-    engine = BarmanCloud()
-    segment = engine.list_wal(target)[0]
-    engine.fetch_wal(target, segment, tmp_path / "segment")
+    with BarmanCloud().reader(target) as archive:
+        archive.fetch(archive.names[0], tmp_path / "segment")
     assert (tmp_path / "segment").stat().st_size > 0
 
     runs = {p.name.split(".")[0] for p in log.glob("*.env")}
-    assert runs == {"pg_basebackup", "python", "barman-cloud-wal-restore"}
+    assert runs == {"pg_basebackup", "python"}
     for record in log.glob("*.argv"):
         assert password not in record.read_text() and aws_secret not in record.read_text()
     for record in log.glob("*.env"):

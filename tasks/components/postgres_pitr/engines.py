@@ -12,16 +12,17 @@ import os
 import pwd
 import re
 import shlex
+import subprocess
 import sys
-import tempfile
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Protocol
 
 from blocks.pitr import PitrTarget
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError
-from tasks.proc import find_binary, inherited_secrets, private_file, run
+from tasks.proc import find_binary, inherited_secrets, private_dir, private_file, start_piped, stop
 
 # A venv built from /usr/bin/python3 by scripts/setup.sh: root's pyenv is not readable by postgres.
 DEFAULT_BARMAN_BIN = "/opt/knative-lambda-backup/barman-venv/bin"
@@ -70,14 +71,21 @@ def segment_of(lsn: int, seg_size: int) -> int:
 # ---- the interface ---------------------------------------------------------------------------
 
 
+class ArchiveReader(Protocol):
+    names: list[str]  # every WAL file in the archive when it was opened, as list_wal
+
+    def fetch(self, wal_name: str, dest: Path) -> None:
+        """Download one archived WAL file to `dest` (decompressed); ComponentFailed if absent."""
+
+
 class PitrEngine(Protocol):
     name: str
 
     def list_wal(self, target: PitrTarget) -> list[str]:
         """Names of every WAL file in the archive (segments, .history, .backup, .partial)."""
 
-    def fetch_wal(self, target: PitrTarget, wal_name: str, dest: Path) -> None:
-        """Download one archived WAL file to `dest` (decompressed)."""
+    def reader(self, target: PitrTarget) -> AbstractContextManager[ArchiveReader]:
+        """The archive opened for a run of reads: its listing, then any file of it fetched."""
 
     def restore_command(self, target: PitrTarget, credentials_file: Path, spool_dir: Path) -> str:
         """The `restore_command` for a recovering server; secrets stay in `credentials_file`, and
@@ -89,21 +97,37 @@ class PitrEngine(Protocol):
 
 # ---- barman-cloud ---------------------------------------------------------------------------
 
-_LIST_WAL = """
+# One process for a run of reads: the listing, then each file asked on stdin ([name, dest], a
+# JSON line) answered on stdout in a line. Its spool is private: barman hands over a file of the
+# asked name found in its spool before it looks in the archive, and the default spool,
+# /var/tmp/walrestore, is anyone's to create (a WAL file planted there would be replayed).
+_READER = """
 import json, sys
-from barman.cloud import CloudBackupCatalog
+from barman.clients.cloud_cli import OperationErrorExit
+from barman.cloud import CloudBackupCatalog, CloudWalDownloader
 from barman.cloud_providers.aws_s3 import S3CloudInterface
-url, server, endpoint = sys.argv[1], sys.argv[2], sys.argv[3] or None
+url, server, endpoint, spool = sys.argv[1], sys.argv[2], sys.argv[3] or None, sys.argv[4]
 try:
     iface = S3CloudInterface(url=url, endpoint_url=endpoint, jobs=1)
     if not iface.test_connectivity():
         sys.exit("cannot reach " + url)
     if not iface.bucket_exists:
         sys.exit("bucket of " + url + " does not exist")
-    print(json.dumps(sorted(CloudBackupCatalog(iface, server).get_wal_paths())))
+    print(json.dumps(sorted(CloudBackupCatalog(iface, server).get_wal_paths())), flush=True)
 except Exception as exc:  # one line for the operator, not boto's traceback
     sys.exit(type(exc).__name__ + ": " + str(exc))
+down = CloudWalDownloader(iface, server, spool_dir=spool)
+for line in sys.stdin:
+    name, dest = json.loads(line)
+    try:
+        down.download_wal(name, dest, False, 0)
+        print("ok", flush=True)
+    except OperationErrorExit:
+        print("missing", flush=True)
+    except Exception as exc:
+        print((type(exc).__name__ + ": " + str(exc)).replace("\\n", " "), flush=True)
 """
+READ_TIMEOUT = 300  # seconds for the listing, and for each file
 _CREDENTIAL_ERRORS = ("NoCredentialsError", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken")
 
 
@@ -131,46 +155,29 @@ class BarmanCloud:
         return ["--endpoint-url", target.endpoint_url] if target.endpoint_url else []
 
     def list_wal(self, target: PitrTarget) -> list[str]:
-        try:
-            out = self._list_wal(target)
-        except ComponentFailed as exc:
-            if any(code in str(exc) for code in _CREDENTIAL_ERRORS):
-                raise ConfigurationError(
-                    f"the WAL archive {target.archive_url} has no valid S3 credentials for us: set "
-                    "aws_access_key_id / aws_secret_access_key on the PITR target block (or the "
-                    "environment's AWS credentials)"
-                ) from None
-            raise
-        return json.loads(out)
+        with self.reader(target) as archive:
+            return archive.names
 
-    def _list_wal(self, target: PitrTarget) -> str:
-        argv = [
-            self._python(),
-            "-c",
-            _LIST_WAL,
-            target.archive_url,
-            target.server_name,
-            target.endpoint_url or "",
-        ]
-        with aws_engine_env(target) as env:
-            return run(argv, env=env, timeout=300, name="barman-cloud WAL list")
-
-    def fetch_wal(self, target: PitrTarget, wal_name: str, dest: Path) -> None:
-        with tempfile.TemporaryDirectory(prefix="klb-barman-spool-") as spool, aws_engine_env(target) as env:
-            argv = [
-                self.bin("barman-cloud-wal-restore"),
-                *self._endpoint_args(target),
-                # barman-cloud-wal-restore hands over a file of the name it finds in its spool
-                # before it looks in the archive, and its default spool, /var/tmp/walrestore, is
-                # anyone's to create: a WAL file planted there would be replayed as archived
-                "--spool-dir",
-                spool,
-                target.archive_url,
-                target.server_name,
-                wal_name,
-                str(dest),
-            ]
-            run(argv, env=env, timeout=300, name="barman-cloud-wal-restore")
+    @contextmanager
+    def reader(self, target: PitrTarget) -> Iterator[ArchiveReader]:
+        with private_dir() as spool, aws_engine_env(target) as env:
+            err = Path(spool) / "stderr"
+            argv = [self._python(), "-c", _READER, target.archive_url, target.server_name]
+            helper = start_piped([*argv, target.endpoint_url or "", spool], err, env)
+            try:
+                try:
+                    names = json.loads(_answer(helper, err, "the WAL listing"))
+                except ComponentFailed as exc:
+                    if not any(code in str(exc) for code in _CREDENTIAL_ERRORS):
+                        raise
+                    raise ConfigurationError(
+                        f"the WAL archive {target.archive_url} has no valid S3 credentials for us: set "
+                        "aws_access_key_id / aws_secret_access_key on the PITR target block (or the "
+                        "environment's AWS credentials)"
+                    ) from None
+                yield _BarmanReader(helper, err, names, target.archive_url)
+            finally:
+                stop(helper)
 
     def _env_prefix(self, target: PitrTarget, credentials_file: Path) -> list[str]:
         # PostgreSQL runs these commands through /bin/sh: every configured value is quoted, and
@@ -275,6 +282,39 @@ def aws_engine_env(target: PitrTarget) -> Iterator[dict[str, str | None]]:
         # inherited keys would beat the file in boto's order: the block's keys are the ones meant
         yield {**env, "AWS_SHARED_CREDENTIALS_FILE": path, "AWS_ACCESS_KEY_ID": None,
                "AWS_SECRET_ACCESS_KEY": None, "AWS_SESSION_TOKEN": None, "AWS_PROFILE": None}  # fmt: skip
+
+
+class _BarmanReader:
+    def __init__(self, helper: subprocess.Popen, err: Path, names: list[str], url: str) -> None:
+        self._helper, self._err, self.names, self._url = helper, err, names, url
+
+    def fetch(self, wal_name: str, dest: Path) -> None:
+        self._helper.stdin.write(json.dumps([wal_name, str(dest)]).encode() + b"\n")  # type: ignore[union-attr]
+        self._helper.stdin.flush()  # type: ignore[union-attr]
+        answer = _answer(self._helper, self._err, f"WAL file {wal_name}")
+        if answer == "missing":
+            raise ComponentFailed(f"WAL file {wal_name} is not in the archive {self._url}")
+        if answer != "ok":
+            raise ComponentFailed(
+                f"barman-cloud could not fetch WAL file {wal_name} of {self._url}: {answer}"
+            )
+
+
+def _answer(helper: subprocess.Popen, err: Path, what: str) -> str:
+    """The reader's next line, or ComponentFailed with why it has none (it ended: its last
+    error line; it hung: killed after READ_TIMEOUT)."""
+    timer = threading.Timer(READ_TIMEOUT, helper.kill)
+    timer.start()
+    try:
+        line = helper.stdout.readline()  # type: ignore[union-attr]
+    finally:
+        timer.cancel()
+    if line.endswith(b"\n"):
+        return line.decode(errors="replace").rstrip("\n")
+    helper.wait()
+    last = (err.read_text(errors="replace").strip().splitlines() or ["(no error output)"])[-1]
+    how = f"no answer in {READ_TIMEOUT} s" if helper.returncode == -9 else last
+    raise ComponentFailed(f"barman-cloud (reading {what}) failed: {how}")
 
 
 ENGINES: dict[str, type] = {"barman-cloud": BarmanCloud}

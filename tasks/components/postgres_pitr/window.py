@@ -25,6 +25,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 from blocks.pitr import PitrTarget
 from tasks import proc
 from tasks.components.postgres_pitr.engines import (
+    ArchiveReader,
     PitrEngine,
     format_lsn,
     is_segment,
@@ -150,7 +151,7 @@ def _runs(segments: list[str], seg_size: int) -> tuple[dict[int, list[list[int]]
     return runs, missing
 
 
-def branch_points(engine: PitrEngine, target: PitrTarget, names: list[str]) -> dict[int, tuple[int, int]]:
+def branch_points(archive: ArchiveReader, names: list[str]) -> dict[int, tuple[int, int]]:
     """Per timeline, the earliest point where a later timeline in the archive left it:
     {timeline: (switch LSN, the timeline whose history file says so)}. A history file
     `0000000N.history` lists each ancestor of N and the LSN at which N's history left it."""
@@ -160,7 +161,7 @@ def branch_points(engine: PitrEngine, target: PitrTarget, names: list[str]) -> d
             if not _HISTORY.fullmatch(name):
                 continue
             path = Path(tmp) / name
-            engine.fetch_wal(target, name, path)
+            archive.fetch(name, path)
             for line in path.read_text(errors="replace").splitlines():
                 fields = line.split()
                 if len(fields) < 2 or not fields[0].isdigit():
@@ -172,8 +173,7 @@ def branch_points(engine: PitrEngine, target: PitrTarget, names: list[str]) -> d
 
 
 def last_transaction(
-    engine: PitrEngine,
-    target: PitrTarget,
+    archive: ArchiveReader,
     tli: int,
     run: list[int],
     seg_size: int,
@@ -191,7 +191,7 @@ def last_transaction(
         for segno in reversed([n for n in run if floor is None or n >= floor]):
             name = segment_name(tli, segno, seg_size)
             path = Path(tmp) / name
-            engine.fetch_wal(target, name, path)
+            archive.fetch(name, path)
             # pg_waldump exits 1 at the end of a switched/zero-filled segment: read what it printed.
             out = proc.run(
                 [str(bindir / "pg_waldump"), "--rmgr=Transaction", str(path)],
@@ -214,11 +214,24 @@ def last_transaction(
 def archive_report(
     engine: PitrEngine, target: PitrTarget, backups: list[Manifest], seg_size: int, bindir: Path
 ) -> ArchiveReport:
-    wal = engine.list_wal(target)
+    # one reader for the plan: the listing, history files and the last segments for pg_waldump
+    with engine.reader(target) as archive:
+        return _report(archive, engine.name, target, backups, seg_size, bindir)
+
+
+def _report(
+    archive: ArchiveReader,
+    engine: str,
+    target: PitrTarget,
+    backups: list[Manifest],
+    seg_size: int,
+    bindir: Path,
+) -> ArchiveReport:
+    wal = archive.names
     segments = [w for w in wal if is_segment(w)]
     refs = base_backup_refs(backups, target)
     runs, missing = _runs(segments, seg_size) if segments else ({}, [])
-    branches = branch_points(engine, target, wal)
+    branches = branch_points(archive, wal)
     windows: list[Window] = []
     for tli, tli_runs in runs.items():
         branch_lsn, child = branches.get(tli, (None, None))
@@ -238,7 +251,7 @@ def archive_report(
             if not usable:
                 continue
             floor = segment_of(parse_lsn(usable[0].stop_lsn), seg_size)
-            last = last_transaction(engine, target, tli, run, seg_size, bindir, branch_lsn, floor)
+            last = last_transaction(archive, tli, run, seg_size, bindir, branch_lsn, floor)
             end_time, xact_lsn = last if last else (None, None)
             if end_time is not None and end_time <= usable[0].end_time:
                 end_time = None  # nothing committed after the base backup: only 'latest' applies
@@ -260,7 +273,7 @@ def archive_report(
             )
     windows.sort(key=lambda w: w.start_time)
     return ArchiveReport(
-        engine=engine.name,
+        engine=engine,
         archive=target.archive_url,
         server_name=target.server_name,
         wal_files=len(wal),
