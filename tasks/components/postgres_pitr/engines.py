@@ -161,7 +161,7 @@ class BarmanCloud:
     @contextmanager
     def reader(self, target: PitrTarget) -> Iterator[ArchiveReader]:
         with private_dir() as spool, aws_engine_env(target) as env:
-            err = Path(spool) / "stderr"
+            err = Path(spool) / "stderr"  # no WAL file name: barman never hands it over
             argv = [self._python(), "-c", _READER, target.archive_url, target.server_name]
             helper = start_piped([*argv, target.endpoint_url or "", spool], err, env)
             try:
@@ -192,7 +192,7 @@ class BarmanCloud:
         argv = [
             self.bin("barman-cloud-wal-restore"),
             *self._endpoint_args(target),
-            "--spool-dir",  # never the shared default: see fetch_wal
+            "--spool-dir",  # never the shared default: see _READER
             str(spool_dir),
             target.archive_url,
             target.server_name,
