@@ -22,7 +22,8 @@ from psycopg import sql
 
 from blocks.postgres import PostgresTarget
 from tasks.errors import ConfigurationError, NotFound, TransientError
-from tasks.proc import find_binary, private_file
+from tasks.private_files import private_file
+from tasks.proc import find_binary
 
 # Every session we open (ours and the engines') sets what it depends on, in the startup packet,
 # which outranks ALTER DATABASE/ROLE ... SET: a database with a read-only default, DateStyle

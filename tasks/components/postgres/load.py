@@ -20,7 +20,8 @@ from tasks.components.postgres.fingerprint import fingerprint_database, recorded
 from tasks.components.postgres.fingerprint_diff import diff_fingerprints, materialized_view_differences
 from tasks.errors import IntegrityError
 from tasks.models import Manifest, StoredObject
-from tasks.proc import feed_stdin, private_dir, run
+from tasks.private_files import private_dir
+from tasks.proc import feed_stdin, run
 from tasks.storage.session import consume_checked, read_object
 
 # index builds at a time: pg_restore -j opens this many connections; past the cores they only

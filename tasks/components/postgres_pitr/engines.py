@@ -22,7 +22,8 @@ from typing import Protocol
 
 from blocks.pitr import PitrTarget
 from tasks.errors import BadInput, ComponentFailed, ConfigurationError
-from tasks.proc import find_binary, inherited_secrets, private_dir, private_file, start_piped, stop
+from tasks.private_files import private_dir, private_file
+from tasks.proc import find_binary, inherited_secrets, start_piped, stop
 
 # A venv built from /usr/bin/python3 by scripts/setup.sh: root's pyenv is not readable by postgres.
 DEFAULT_BARMAN_BIN = "/opt/knative-lambda-backup/barman-venv/bin"
